@@ -1,0 +1,234 @@
+"""The base class of every solver: options, and the one iteration loop they all share."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.result import STATUS_MESSAGES, Result, Status
+from mmopt._core.validation import check_callable, check_scalar
+
+__all__ = ["Solver", "SolverState"]
+
+
+@dataclass
+class SolverState:
+    """What a solver carries from one iteration to the next.
+
+    ``x``, ``fun`` and ``residual`` are read by the shared loop; ``record`` holds extra scalars
+    to append to ``Result.history`` for this iteration. Solvers subclass it to add fields.
+    A step returns a new state (or the old one updated after all its arrays were replaced), so
+    that the loop can fall back to the previous state when a step fails.
+    """
+
+    x: np.ndarray
+    fun: float
+    residual: float = np.inf
+    record: dict[str, float] = field(default_factory=dict)
+
+
+class Solver(BaseEstimator):
+    """Base class of mmopt solvers.
+
+    Options are keyword-only arguments of ``__init__`` and are only stored there, so
+    ``get_params``/``set_params``/``clone`` and ``repr`` behave as in scikit-learn. Every solver
+    has at least ``tol``, ``max_iter``, ``callback`` and ``verbose``.
+
+    :meth:`solve` runs the shared loop: it starts the state, calls one step at a time, records
+    the history, calls the callback, tests ``residual <= tol`` and ``max_iter``, times the run,
+    shows progress, turns ``KeyboardInterrupt`` into status 3 (returning the best iterate) and a
+    non-finite objective or iterate into status 4 (returning the last finite one).
+
+    A subclass implements only the algorithm:
+
+    - ``_init_state(problem, x0) -> SolverState``
+    - ``_step(problem, state) -> SolverState``
+    - ``_result_fields(problem, state) -> dict`` (extra ``Result`` fields, optional)
+
+    and declares ``name`` (its key in the registry), ``problem_types`` (the problem classes it
+    accepts) and ``required_methods`` (what it calls on the problem).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.mm import MMProblem, MMSolver
+    >>> problem = MMProblem(
+    ...     objective=lambda x: float(np.sum((x - 1.0) ** 2)),
+    ...     surrogate_minimizer=lambda x: 0.5 * (x + 1.0),
+    ...     x0=np.zeros(2),
+    ... )
+    >>> res = MMSolver(tol=1e-10).solve(problem)
+    >>> bool(res.success), np.allclose(res.x, 1.0)
+    (True, True)
+    """
+
+    name: ClassVar[str] = "solver"
+    problem_types: ClassVar[tuple[type, ...]] = ()
+    required_methods: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def _validate_params(self) -> None:
+        """Check the options; subclasses extend this and call ``super()``."""
+        check_scalar(self.tol, "tol", min_value=0.0)
+        check_scalar(self.max_iter, "max_iter", kind=int, min_value=1)
+        check_callable(self.callback, "callback")
+        check_scalar(self.verbose, "verbose", kind=int, min_value=0)
+
+    def _init_state(self, problem, x0) -> SolverState:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _step(self, problem, state: SolverState) -> SolverState:  # pragma: no cover
+        raise NotImplementedError
+
+    def _result_fields(self, problem, state: SolverState) -> dict[str, Any]:
+        return {}
+
+    # ------------------------------------------------------------------------ the contract
+    def check_problem(self, problem) -> None:
+        """Raise ``TypeError`` unless ``problem`` is something this solver can solve."""
+        if self.problem_types and not isinstance(problem, self.problem_types):
+            accepted = ", ".join(t.__name__ for t in self.problem_types)
+            raise TypeError(
+                f"solver {self.name!r} solves {accepted} instances; "
+                f"got problem of type {type(problem).__name__}."
+            )
+        missing = [m for m in self.required_methods if not callable(getattr(problem, m, None))]
+        if missing:
+            raise TypeError(
+                f"solver {self.name!r} needs the problem to provide "
+                + ", ".join(f"{m}()" for m in missing)
+                + f"; {type(problem).__name__} does not."
+            )
+
+    def solve(self, problem, x0=None) -> Result:
+        """Solve ``problem`` starting from ``x0`` (the problem's default start when None).
+
+        Returns
+        -------
+        Result
+            See :class:`mmopt.Result` and the solver's own documentation for extra fields.
+        """
+        self._validate_params()
+        self.check_problem(problem)
+        start = time.perf_counter()
+        state = self._init_state(problem, x0)
+        history: dict[str, list[float]] = {"fun": [], "residual": [], "time": []}
+        best = state
+        status = Status.MAX_ITER
+        nit = 0
+        progress = _Progress(self.verbose, self.max_iter, self.name)
+        try:
+            for iteration in range(1, self.max_iter + 1):
+                new_state = self._step(problem, state)
+                if not _is_finite(new_state):
+                    status = Status.NUMERICAL_FAILURE
+                    break
+                state, nit = new_state, iteration
+                elapsed = time.perf_counter() - start
+                _append(history, state, elapsed)
+                if state.fun <= best.fun or not np.isfinite(best.fun):
+                    best = state
+                progress.update(nit, state)
+                if self.callback is not None:
+                    snapshot = self._make_result(
+                        problem, state, Status.MAX_ITER, nit, elapsed, history, final=False
+                    )
+                    try:
+                        self.callback(snapshot)
+                    except StopIteration:
+                        status = Status.CALLBACK
+                        break
+                if state.residual <= self.tol:
+                    status = Status.CONVERGED
+                    break
+        except KeyboardInterrupt:
+            status = Status.INTERRUPTED
+            state = best
+        finally:
+            progress.close()
+        elapsed = time.perf_counter() - start
+        result = self._make_result(problem, state, status, nit, elapsed, history, final=True)
+        if status in (Status.MAX_ITER, Status.NUMERICAL_FAILURE):
+            warnings.warn(
+                f"{type(self).__name__}: {result.message} (nit={nit}, "
+                f"residual={state.residual:.3g}, tol={self.tol:.3g})",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return result
+
+    def _make_result(self, problem, state, status, nit, elapsed, history, *, final):
+        result = Result(
+            x=state.x,
+            fun=float(state.fun),
+            success=status == Status.CONVERGED,
+            status=int(status),
+            message=STATUS_MESSAGES[status],
+            nit=nit,
+            time=elapsed,
+            residual=float(state.residual),
+            history={k: np.asarray(v, dtype=float) for k, v in history.items()},
+            solver=self.name,
+        )
+        if final:
+            result.update(self._result_fields(problem, state))
+        else:
+            # A snapshot for the callback: a copy, so a callback cannot corrupt the iterate.
+            result["x"] = np.array(state.x, copy=True)
+        return result
+
+
+def _is_finite(state: SolverState) -> bool:
+    return bool(
+        np.isfinite(state.fun) and not np.isnan(state.residual) and np.all(np.isfinite(state.x))
+    )
+
+
+def _append(history, state: SolverState, elapsed: float) -> None:
+    history["fun"].append(float(state.fun))
+    history["residual"].append(float(state.residual))
+    history["time"].append(elapsed)
+    for key, value in state.record.items():
+        # A quantity first seen late is padded with NaN so every array has one entry per
+        # iteration.
+        column = history.setdefault(key, [np.nan] * (len(history["fun"]) - 1))
+        column.append(float(value))
+    for key, column in history.items():
+        if len(column) < len(history["fun"]):
+            column.append(np.nan)
+
+
+class _Progress:
+    """A tqdm bar (verbose=1) or one line per iteration on stderr (verbose>=2)."""
+
+    def __init__(self, verbose: int, total: int, name: str):
+        self.verbose = int(verbose)
+        self.bar = None
+        if self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=name, leave=False, file=sys.stderr)
+
+    def update(self, nit: int, state: SolverState) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(fun=f"{state.fun:.6g}", residual=f"{state.residual:.2e}")
+        elif self.verbose >= 2:
+            from tqdm import tqdm
+
+            extra = "".join(f"  {k}={v:.4g}" for k, v in state.record.items())
+            tqdm.write(
+                f"iter {nit:5d}  fun={state.fun:.10g}  residual={state.residual:.3e}{extra}",
+                file=sys.stderr,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

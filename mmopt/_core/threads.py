@@ -1,0 +1,64 @@
+"""How many threads a compiled kernel may use."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import operator
+
+import joblib
+
+from mmopt_ext._openmp_helpers import openmp_enabled, openmp_max_threads
+
+__all__ = ["effective_n_threads", "single_threaded", "openmp_enabled"]
+
+# Set inside solve_many workers: the processes already run in parallel, so kernels must not
+# each start a full team of threads on top of them.
+_forced_threads: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "mmopt_forced_threads", default=None
+)
+
+
+def effective_n_threads(n_threads: int | None = None) -> int:
+    """Resolve a user's ``n_threads`` the way scikit-learn does.
+
+    ``None`` means OpenMP's default (which honours ``OMP_NUM_THREADS``) capped by the CPUs this
+    process may use, or 1 inside a :func:`mmopt.solve_many` worker; a negative value counts
+    back from the number of CPUs (``-1`` is all of them).
+
+    Examples
+    --------
+    >>> from mmopt._core.threads import effective_n_threads
+    >>> effective_n_threads(1)
+    1
+    """
+    if not openmp_enabled():
+        return 1
+    cpus = joblib.cpu_count()
+    if n_threads is None:
+        forced = _forced_threads.get()
+        if forced is not None:
+            return forced
+        return max(1, min(openmp_max_threads(), cpus))
+    try:
+        n_threads = operator.index(n_threads)
+    except TypeError:
+        raise TypeError(f"n_threads must be an integer or None, got {n_threads!r}.") from None
+    if n_threads == 0:
+        raise ValueError("n_threads must not be 0: use None, a positive or a negative integer.")
+    if n_threads < 0:
+        n_threads = max(1, cpus + 1 + n_threads)
+    return n_threads
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Within this context, ``effective_n_threads(None)`` is 1 (and BLAS uses one thread)."""
+    from threadpoolctl import threadpool_limits
+
+    token = _forced_threads.set(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        _forced_threads.reset(token)

@@ -1,0 +1,174 @@
+"""Input checks shared by every problem and solver.
+
+Each helper names the offending argument in its message and returns a read-only array, so a
+problem never writes into (or lets a solver write into) memory the caller owns.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "check_array",
+    "check_scalar",
+    "check_callable",
+    "check_choice",
+    "readonly",
+]
+
+
+def readonly(array: np.ndarray) -> np.ndarray:
+    """Return a read-only view of ``array`` (the caller's own array keeps its flags)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def check_array(
+    value,
+    name: str,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    shape: tuple[int | None, ...] | None = None,
+    dtype=np.float64,
+    finite: bool = True,
+    nonnegative: bool = False,
+    min_size: int = 1,
+    order: str = "C",
+) -> np.ndarray:
+    """Convert ``value`` to a read-only array of ``dtype`` and check it.
+
+    Parameters
+    ----------
+    value : array-like
+        What the user passed.
+    name : str
+        The argument's name, used in error messages.
+    ndim : int or tuple of int, optional
+        Allowed number of dimensions.
+    shape : tuple, optional
+        Expected shape; ``None`` entries match any length.
+    dtype : dtype, default=float64
+        Target dtype.
+    finite : bool, default=True
+        Reject NaN and infinite entries.
+    nonnegative : bool, default=False
+        Reject negative entries.
+    min_size : int, default=1
+        Minimum number of entries.
+    order : {"C", "F"}, default="C"
+        Memory layout of the returned array.
+
+    Returns
+    -------
+    ndarray
+        A read-only array; a copy only when a conversion was needed.
+
+    Raises
+    ------
+    ValueError or TypeError
+        Naming ``name`` and what was expected.
+
+    Examples
+    --------
+    >>> from mmopt._core.validation import check_array
+    >>> check_array([1, 2], "a", ndim=1)
+    array([1., 2.])
+    """
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None.")
+    if hasattr(value, "toarray") and not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a dense array, got a sparse {type(value).__name__}.")
+    try:
+        array = np.asarray(value, order=order)
+        if array.dtype == object or array.dtype.kind in "USV":
+            raise TypeError
+        if array.dtype.kind == "c":
+            raise TypeError
+        array = array.astype(dtype, order=order, copy=False)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(value).__name__}."
+        ) from None
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if array.ndim not in allowed:
+            expected = " or ".join(str(d) for d in allowed)
+            raise ValueError(
+                f"{name} must be {expected}-dimensional, got an array of shape {array.shape}."
+            )
+    if shape is not None:
+        if array.ndim != len(shape) or any(
+            want is not None and want != got for want, got in zip(shape, array.shape)
+        ):
+            wanted = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name} must have shape {wanted}, got {array.shape}.")
+    if array.size < min_size:
+        raise ValueError(
+            f"{name} must have at least {min_size} entr{'y' if min_size == 1 else 'ies'}, "
+            f"got shape {array.shape}."
+        )
+    if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"{name} must not contain NaN or infinite values.")
+    if nonnegative and array.size and array.min() < 0:
+        raise ValueError(f"{name} must be non-negative; its smallest entry is {array.min()!r}.")
+    return readonly(array)
+
+
+def check_scalar(
+    value,
+    name: str,
+    *,
+    kind: type | tuple[type, ...] = numbers.Real,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    include_min: bool = True,
+    include_max: bool = True,
+    allow_none: bool = False,
+):
+    """Check a scalar option's type and range; return it as a Python int or float.
+
+    Examples
+    --------
+    >>> from mmopt._core.validation import check_scalar
+    >>> check_scalar(5, "m", kind=int, min_value=1)
+    5
+    """
+    if value is None and allow_none:
+        return None
+    integral = kind is int or kind is numbers.Integral
+    if isinstance(value, bool) or not isinstance(
+        value, numbers.Integral if integral else numbers.Real
+    ):
+        what = "an integer" if integral else "a real number"
+        raise TypeError(f"{name} must be {what}, got {value!r} of type {type(value).__name__}.")
+    value = int(value) if integral else float(value)
+    if not integral and not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    if min_value is not None and (value < min_value or (not include_min and value == min_value)):
+        relation = ">=" if include_min else ">"
+        raise ValueError(f"{name} must be {relation} {min_value}, got {value!r}.")
+    if max_value is not None and (value > max_value or (not include_max and value == max_value)):
+        relation = "<=" if include_max else "<"
+        raise ValueError(f"{name} must be {relation} {max_value}, got {value!r}.")
+    return value
+
+
+def check_callable(value, name: str, *, allow_none: bool = True) -> Callable | None:
+    """Check that ``value`` is callable (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}.")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    """Check that ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}; got {value!r}.")
+    return value
