@@ -160,7 +160,7 @@ class Solver(BaseEstimator):
                 f"{type(self).__name__}: {result.message} (nit={nit}, "
                 f"residual={state.residual:.3g}, tol={self.tol:.3g})",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=_caller_stacklevel(),
             )
         return result
 
@@ -183,6 +183,14 @@ class Solver(BaseEstimator):
             # A snapshot for the callback: a copy, so a callback cannot corrupt the iterate.
             result["x"] = np.array(state.x, copy=True)
         return result
+
+
+def _caller_stacklevel() -> int:
+    """Stack level of the first frame outside mmopt, so warnings point at the user's line."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("mmopt"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _is_finite(state: SolverState) -> bool:

@@ -1,0 +1,131 @@
+"""Loop semantics every registered solver must honour (scipy's common-test pattern)."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+import mmopt
+from mmopt import SOLVERS, ConvergenceWarning, Result
+from mmopt.mm import MMProblem
+
+
+def _mm_problem():
+    # A smooth convex problem whose MM map contracts slowly: many iterations are needed.
+    A = np.diag(np.linspace(1.0, 50.0, 6))
+    return MMProblem(
+        objective=lambda x: 0.5 * float(x @ A @ x) - float(x.sum()),
+        surrogate_minimizer=lambda x: x - (A @ x - 1.0) / 50.0,
+        x0=np.zeros(6),
+    )
+
+
+# Every registered solver needs a small problem here: a new family adds its entry.
+EXAMPLE_PROBLEMS = {
+    "mm": _mm_problem,
+}
+
+NAMES = sorted(SOLVERS)
+
+
+def test_every_solver_has_an_example_problem():
+    assert set(SOLVERS) <= set(EXAMPLE_PROBLEMS), (
+        "add a small problem for each new solver to EXAMPLE_PROBLEMS"
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_result_fields(name):
+    res = mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, max_iter=10_000)
+    assert isinstance(res, Result)
+    for field in ("x", "fun", "success", "status", "message", "nit", "time", "history"):
+        assert field in res, field
+    assert res.solver == name
+    assert res.status == 0 and res.success
+    assert res.nit >= 1 and res.time >= 0
+    for key in ("fun", "residual", "time"):
+        assert res.history[key].shape == (res.nit,)
+    assert all(v.shape == (res.nit,) for v in res.history.values())
+    assert res.history["residual"][-1] <= SOLVERS[name]().tol
+    assert np.isfinite(res.fun)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_max_iter_warns_and_sets_status_1(name):
+    with pytest.warns(ConvergenceWarning, match="Maximum number of iterations"):
+        res = mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, max_iter=2, tol=0.0)
+    assert res.status == 1 and not res.success and res.nit == 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_callback_stop_iteration(name):
+    seen = []
+
+    def callback(intermediate_result):
+        assert isinstance(intermediate_result, Result)
+        seen.append(intermediate_result.nit)
+        if intermediate_result.nit == 3:
+            raise StopIteration
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, callback=callback, tol=0.0)
+    assert res.status == 2 and res.nit == 3 and seen == [1, 2, 3]
+    assert "callback" in res.message
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keyboard_interrupt_returns_best_iterate(name):
+    def callback(intermediate_result):
+        if intermediate_result.nit == 4:
+            raise KeyboardInterrupt
+
+    res = mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, callback=callback, tol=0.0)
+    assert res.status == 3 and not res.success
+    assert res.fun == pytest.approx(res.history["fun"].min())
+    assert np.all(np.isfinite(res.x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_callback_snapshot_is_a_copy(name):
+    def callback(intermediate_result):
+        intermediate_result.x[...] = np.nan
+
+    res = mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, callback=callback)
+    assert res.success and np.all(np.isfinite(res.x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_options_are_sklearn_params(name):
+    solver = SOLVERS[name](max_iter=7)
+    params = solver.get_params()
+    assert params["max_iter"] == 7 and "tol" in params and "callback" in params
+    other = clone(solver).set_params(max_iter=9)
+    assert other.max_iter == 9 and solver.max_iter == 7
+    assert name in repr(solver) or type(solver).__name__ in repr(solver)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_option_is_a_type_error_naming_it(name):
+    with pytest.raises(TypeError, match=rf"'bogus_option'.*{name}"):
+        mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, bogus_option=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "option, value, error",
+    [("tol", -1.0, ValueError), ("max_iter", 0, ValueError), ("max_iter", 1.5, TypeError),
+     ("callback", 3, TypeError), ("verbose", -1, ValueError)],
+)
+def test_bad_common_options(name, option, value, error):
+    with pytest.raises(error, match=option):
+        mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, **{option: value})
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@pytest.mark.parametrize("name", NAMES)
+def test_verbose_progress_goes_to_stderr(name, capsys):
+    mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, verbose=2, max_iter=3, tol=0.0)
+    err = capsys.readouterr().err
+    assert "iter" in err and "fun=" in err

@@ -1,0 +1,72 @@
+"""The shared loop, driven by a minimal solver written for the test."""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from mmopt import ConvergenceWarning, Problem, Solver
+from mmopt._core.solver import SolverState
+
+
+@dataclass(frozen=True)
+class Scripted(Problem):
+    """A problem whose iterates follow a script of objective values."""
+
+    values: tuple
+    interrupt_at: int | None = None
+
+
+class ScriptedSolver(Solver):
+    name = "scripted-test"
+    problem_types = (Scripted,)
+
+    def __init__(self, *, tol=0.0, max_iter=100, callback=None, verbose=0):
+        self.tol = tol
+        self.max_iter = max_iter
+        self.callback = callback
+        self.verbose = verbose
+
+    def _init_state(self, problem, x0):
+        return SolverState(x=np.zeros(1), fun=np.inf)
+
+    def _step(self, problem, state):
+        k = int(state.x[0]) + 1
+        if problem.interrupt_at == k:
+            raise KeyboardInterrupt
+        value = problem.values[min(k, len(problem.values)) - 1]
+        record = {"late": 1.0} if k >= 3 else {}
+        return SolverState(x=np.array([float(k)]), fun=value, residual=value, record=record)
+
+
+def test_non_finite_value_gives_status_4_and_last_finite_iterate():
+    problem = Scripted(values=(5.0, 4.0, np.nan, 1.0))
+    with pytest.warns(ConvergenceWarning, match="Numerical failure"):
+        res = ScriptedSolver().solve(problem)
+    assert res.status == 4 and res.nit == 2
+    assert res.fun == 4.0 and res.x[0] == 2.0
+
+
+def test_interrupt_inside_a_step_returns_best_so_far():
+    problem = Scripted(values=(5.0, 3.0, 4.0, 6.0, 7.0), interrupt_at=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = ScriptedSolver().solve(problem)
+    assert res.status == 3 and res.nit == 4
+    assert res.fun == 3.0 and res.x[0] == 2.0
+
+
+def test_converges_on_tol_and_pads_late_history_entries():
+    problem = Scripted(values=(5.0, 3.0, 1.0, 0.5, 0.1))
+    res = ScriptedSolver(tol=0.6).solve(problem)
+    assert res.status == 0 and res.nit == 4
+    np.testing.assert_array_equal(res.history["fun"], [5.0, 3.0, 1.0, 0.5])
+    late = res.history["late"]
+    assert late.shape == (4,) and np.isnan(late[:2]).all() and (late[2:] == 1.0).all()
+    assert np.all(np.diff(res.history["time"]) >= 0)
+
+
+def test_verbose_bar(capsys):
+    ScriptedSolver(verbose=1, tol=0.6).solve(Scripted(values=(5.0, 3.0, 0.1)))
+    assert "scripted-test" in capsys.readouterr().err
