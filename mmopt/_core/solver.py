@@ -138,7 +138,7 @@ class Solver(BaseEstimator):
                 progress.update(nit, state)
                 if self.callback is not None:
                     snapshot = self._make_result(
-                        problem, state, Status.MAX_ITER, nit, elapsed, history, final=False
+                        problem, state, None, nit, elapsed, history, final=False
                     )
                     try:
                         self.callback(snapshot)
@@ -165,6 +165,19 @@ class Solver(BaseEstimator):
         return result
 
     def _make_result(self, problem, state, status, nit, elapsed, history, *, final):
+        history = {k: np.asarray(v, dtype=float) for k, v in history.items()}
+        if not final:
+            # A snapshot for the callback, without a status (the solve is still running); x is
+            # a copy so that a callback cannot corrupt the iterate.
+            return Result(
+                x=np.array(state.x, copy=True),
+                fun=float(state.fun),
+                nit=nit,
+                time=elapsed,
+                residual=float(state.residual),
+                history=history,
+                solver=self.name,
+            )
         result = Result(
             x=state.x,
             fun=float(state.fun),
@@ -174,14 +187,10 @@ class Solver(BaseEstimator):
             nit=nit,
             time=elapsed,
             residual=float(state.residual),
-            history={k: np.asarray(v, dtype=float) for k, v in history.items()},
+            history=history,
             solver=self.name,
         )
-        if final:
-            result.update(self._result_fields(problem, state))
-        else:
-            # A snapshot for the callback: a copy, so a callback cannot corrupt the iterate.
-            result["x"] = np.array(state.x, copy=True)
+        result.update(self._result_fields(problem, state))
         return result
 
 

@@ -1,0 +1,75 @@
+"""Run every benchmark side by side with the peer libraries and write BENCHMARKS.md.
+
+Usage::
+
+    python benchmarks/run.py            # full sizes
+    python benchmarks/run.py --quick    # small sizes, a smoke run
+    python benchmarks/run.py --only mm  # one family
+
+Each ``bench_<family>.py`` module beside this script exposes ``run(quick: bool) -> str``,
+returning a Markdown section. Figures are ratios measured in the same run on the same machine
+(absolute times on shared machines are noise); each section says how it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FAMILIES = ["mm"]
+
+
+def _environment() -> str:
+    import numpy
+    import scipy
+    import sklearn
+
+    import mmopt
+
+    return (
+        f"- date: {datetime.date.today().isoformat()}\n"
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}\n"
+        f"- mmopt {mmopt.__version__} (OpenMP: {mmopt.openmp_enabled()}), numpy "
+        f"{numpy.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--only", choices=FAMILIES, action="append", help="families to run")
+    parser.add_argument("--output", default=str(HERE.parent / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    sections = []
+    for family in args.only or FAMILIES:
+        module = importlib.import_module(f"bench_{family}")
+        start = time.perf_counter()
+        print(f"running bench_{family} ...", file=sys.stderr, flush=True)
+        sections.append(module.run(quick=args.quick))
+        print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    text = (
+        "# mmopt benchmarks\n\n"
+        f"Written by `{command}`. Ratios are measured in one run, side by side; "
+        "absolute times on these shared machines are only indicative.\n\n"
+        + _environment()
+        + "\n"
+        + "\n\n".join(sections)
+        + "\n"
+    )
+    Path(args.output).write_text(text)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
