@@ -5,6 +5,8 @@ The front door is :func:`mmopt.solve` (like ``scipy.optimize.minimize``); each f
 estimators that all return or hold a :class:`mmopt.Result`.
 """
 
+# Importing the families registers their solvers.
+from mmopt import mm
 from mmopt._core import (
     SOLVERS,
     AndersonAcceleration,
@@ -16,9 +18,6 @@ from mmopt._core import (
     solve_many,
 )
 from mmopt._core.threads import openmp_enabled
-
-# Importing the families registers their solvers.
-from mmopt import mm  # noqa: E402  (after the core on purpose)
 
 __version__ = "0.1.0.dev0"
 

@@ -27,7 +27,8 @@ class AndersonAcceleration:
     keep the proposal only when its objective (or residual norm) is no larger than the
     reference (the plain step's value, or the last accepted one); otherwise take the plain
     step ``G(x_k)``, and the history is reset. ``n_accepted``, ``n_rejected`` and ``n_resets``
-    count what happened.
+    count what happened; :attr:`extrapolated` tells whether the last :meth:`update` returned
+    an extrapolated point or the plain step.
 
     Parameters
     ----------
@@ -90,6 +91,7 @@ class AndersonAcceleration:
         self._n_cols = 0
         self._next_col = 0
         self._since_reset = 0
+        self.extrapolated = False
         self.n_resets += 1
 
     @property
@@ -110,7 +112,8 @@ class AndersonAcceleration:
         Returns
         -------
         ndarray of shape (d,)
-            The extrapolated point, or ``g`` itself while the history is too short.
+            The extrapolated point, or ``g`` while the history is too short (then
+            :attr:`extrapolated` is False).
         """
         x = np.asarray(x, dtype=float).ravel()
         g = np.asarray(g, dtype=float).ravel()
@@ -133,11 +136,13 @@ class AndersonAcceleration:
         self._x_prev = x.copy()
         self._r_prev = r
         self._since_reset += 1
+        self.extrapolated = False
         if self._n_cols == 0 or self._since_reset <= self.delay:
             return g
         theta, cols = self._coefficients(r)
         if theta is None:
             return g
+        self.extrapolated = True
         beta = self.damping
         step = self._dX[:, cols] @ theta + beta * (self._dR[:, cols] @ theta)
         return x + beta * r - step

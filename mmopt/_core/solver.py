@@ -217,7 +217,7 @@ def _append(history, state: SolverState, elapsed: float) -> None:
         # iteration.
         column = history.setdefault(key, [np.nan] * (len(history["fun"]) - 1))
         column.append(float(value))
-    for key, column in history.items():
+    for column in history.values():
         if len(column) < len(history["fun"]):
             column.append(np.nan)
 

@@ -1,10 +1,26 @@
 """Majorization-minimization (MM) with safeguarded Anderson acceleration.
 
 :class:`MMProblem` is the protocol (an objective and the minimizer of a majorizing surrogate),
-:class:`MMSolver` the solver, and the built-in problems come with scikit-learn estimators.
+:class:`MMSolver` the solver, and the built-in problems come with scikit-learn estimators:
+robust linear regression by iteratively reweighted least squares
+(:class:`RobustRegressionProblem`, :class:`MMRobustRegressor`) and non-negative matrix
+factorization by multiplicative updates (:class:`NMFProblem`, :class:`MMNMF`).
 """
 
+from mmopt.mm.losses import CauchyLoss, HuberLoss, RobustLoss, WelschLoss, get_loss
 from mmopt.mm.problem import MMProblem
+from mmopt.mm.robust_regression import MMRobustRegressor, RobustRegressionProblem, mad_scale
 from mmopt.mm.solver import MMSolver
 
-__all__ = ["MMProblem", "MMSolver"]
+__all__ = [
+    "CauchyLoss",
+    "HuberLoss",
+    "MMProblem",
+    "MMRobustRegressor",
+    "MMSolver",
+    "RobustLoss",
+    "RobustRegressionProblem",
+    "WelschLoss",
+    "get_loss",
+    "mad_scale",
+]

@@ -158,7 +158,7 @@ class MMSolver(Solver):
         proposal = None
         if self._anderson is not None:
             candidate = self._anderson.update(state.x, state.plain_step)
-            if candidate is not state.plain_step:
+            if self._anderson.extrapolated:
                 proposal = problem.project(candidate)
         if proposal is not None:
             plain_step, fun = self._evaluate(problem, proposal)

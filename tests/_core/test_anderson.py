@@ -44,18 +44,20 @@ def test_full_memory_solves_linear_problem_exactly():
 def test_first_update_returns_plain_step_and_delay():
     aa = AndersonAcceleration(m=3, delay=2)
     x, g = np.zeros(3), np.ones(3)
-    assert aa.update(x, g) is not None
     np.testing.assert_array_equal(aa.update(x, g), g)
-    # still within the delay: plain step even though one difference exists
-    out = aa.update(g, 2 * g)
-    np.testing.assert_array_equal(out, 2 * g)
+    assert not aa.extrapolated
+    # one difference exists, but the delay still asks for a plain step
+    np.testing.assert_array_equal(aa.update(g, 1.5 * g), 1.5 * g)
+    assert not aa.extrapolated
+    aa.update(1.5 * g, 1.7 * g)
+    assert aa.extrapolated
 
 
 def test_collinear_history_is_dropped_not_exploded():
     aa = AndersonAcceleration(m=3, regularization=0.0)
     x = np.zeros(2)
     # identical residual differences -> rank-deficient system
-    for k in range(5):
+    for _ in range(5):
         g = x + np.array([1.0, 1.0])
         x = aa.update(x, g)
         assert np.all(np.isfinite(x))

@@ -90,6 +90,7 @@ def test_history_records_acceptance():
     res = MMSolver(tol=1e-10).solve(problem)
     accepted = res.history["accepted"]
     assert np.nansum(accepted == 1.0) == res.n_accepted
+    assert np.isnan(accepted[0])  # the first step has no history to extrapolate from
     assert np.nansum(accepted == 0.0) == res.n_rejected
     assert res.history["n_evaluations"][-1] == res.n_evaluations
     plain = MMSolver(anderson=False, tol=1e-10, max_iter=20_000).solve(problem)
