@@ -1,6 +1,9 @@
 """Kernels of the multiplicative-update NMF (Kullback-Leibler loss on sparse data)."""
 
 from cython.parallel cimport prange
+from libc.math cimport log
+
+import numpy as np
 
 
 def sparse_ratio_and_kl(
@@ -13,20 +16,22 @@ def sparse_ratio_and_kl(
     double eps,
     int n_threads,
 ):
-    """For each stored entry (i, j) of a CSR matrix X, set ``ratio = X_ij / (W H)_ij``.
+    """For each stored entry (i, j) of a CSR matrix X, set ``ratio = X_ij / max((W H)_ij, eps)``.
 
     Only the stored entries of ``W @ H`` are formed, so a sparse X never becomes dense.
-    Returns the sum over stored entries of ``X_ij * log(X_ij / (W H)_ij)``, the data part of
-    the generalized Kullback-Leibler divergence. ``Ht`` is ``H.T`` in C order so both factors
-    are read along contiguous rows.
+    Returns the sum over stored entries of ``X_ij * log(X_ij / max((W H)_ij, eps))``, the
+    data term of the generalized Kullback-Leibler divergence. ``Ht`` is ``H.T`` in C order so
+    that both factors are read along contiguous rows.
     """
     cdef Py_ssize_t n_rows = indptr.shape[0] - 1
     cdef Py_ssize_t n_components = W.shape[1]
     cdef Py_ssize_t i, j, s, c
-    cdef double wh, x
-    cdef double[::1] row_kl = _zeros(n_rows)
+    cdef double wh, x, acc
+    cdef double[::1] row_kl = np.zeros(n_rows, dtype=np.float64)
+    cdef double total = 0.0
     with nogil:
         for i in prange(n_rows, schedule="static", num_threads=n_threads):
+            acc = 0.0
             for s in range(indptr[i], indptr[i + 1]):
                 j = indices[s]
                 wh = 0.0
@@ -37,17 +42,10 @@ def sparse_ratio_and_kl(
                 x = data[s]
                 ratio[s] = x / wh
                 if x > 0.0:
-                    row_kl[i] += x * _log(x / wh)
-    cdef double total = 0.0
-    for i in range(n_rows):
-        total += row_kl[i]
+                    acc = acc + x * log(x / wh)
+            row_kl[i] = acc
+        # Summing the per-row terms in a fixed order keeps the result independent of the
+        # number of threads.
+        for i in range(n_rows):
+            total += row_kl[i]
     return total
-
-
-cdef extern from "math.h" nogil:
-    double _log "log"(double)
-
-
-cdef double[::1] _zeros(Py_ssize_t n):
-    import numpy as np
-    return np.zeros(n, dtype=np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -203,9 +204,12 @@ def _caller_stacklevel() -> int:
 
 
 def _is_finite(state: SolverState) -> bool:
-    return bool(
-        np.isfinite(state.fun) and not np.isnan(state.residual) and np.all(np.isfinite(state.x))
-    )
+    if not (math.isfinite(state.fun) and not math.isnan(state.residual)):
+        return False
+    # The sum is NaN or infinite whenever an entry is (and costs no temporary array); a false
+    # alarm needs entries near 1e308.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(float(np.sum(state.x)))
 
 
 def _append(history, state: SolverState, elapsed: float) -> None:

@@ -8,6 +8,7 @@ factorization by multiplicative updates (:class:`NMFProblem`, :class:`MMNMF`).
 """
 
 from mmopt.mm.losses import CauchyLoss, HuberLoss, RobustLoss, WelschLoss, get_loss
+from mmopt.mm.nmf import MMNMF, NMFProblem
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.robust_regression import MMRobustRegressor, RobustRegressionProblem, mad_scale
 from mmopt.mm.solver import MMSolver
@@ -15,9 +16,11 @@ from mmopt.mm.solver import MMSolver
 __all__ = [
     "CauchyLoss",
     "HuberLoss",
+    "MMNMF",
     "MMProblem",
     "MMRobustRegressor",
     "MMSolver",
+    "NMFProblem",
     "RobustLoss",
     "RobustRegressionProblem",
     "WelschLoss",
