@@ -23,6 +23,7 @@ LOSSES = ("frobenius", "kullback-leibler")
 # Zero denominators are replaced by this (float32 machine epsilon, as scikit-learn's MU does),
 # so that a factor entry whose numerator is also zero simply stays put.
 _EPSILON = float(np.finfo(np.float32).eps)
+_TRANSFORM_TOL = 1e-8
 
 
 def _check_data(X, name="X"):
@@ -33,9 +34,13 @@ def _check_data(X, name="X"):
         if X.nnz and not np.isfinite(X.data).all():
             raise ValueError(f"{name} must not contain NaN or infinite values.")
         if X.nnz and X.data.min() < 0:
-            raise ValueError(f"{name} must be non-negative; its smallest entry is {X.data.min()!r}.")
+            raise ValueError(
+                f"{name} must be non-negative; its smallest entry is {X.data.min()!r}."
+            )
         if X.shape[0] == 0 or X.shape[1] == 0:
-            raise ValueError(f"{name} must have at least one row and one column, got {X.shape}.")
+            raise ValueError(
+                f"{name} must have at least one row and one column, got {X.shape}."
+            )
         X.data.flags.writeable = False
         return X
     return check_array(X, name, ndim=2, nonnegative=True)
@@ -186,8 +191,13 @@ class NMFProblem(MMProblem):
         return self._kl_step(W, H)
 
     def project(self, x) -> np.ndarray:
-        """Clip an extrapolated point to a tiny positive floor (zeros would freeze MU)."""
-        floor = 1e-12 * max(float(np.max(x)), _EPSILON)
+        """Clip an extrapolated point to a small positive floor.
+
+        Multiplicative updates can never leave an exact zero, and entries clipped far below
+        their scale take many sweeps to grow back; a floor of 1e-6 of the largest entry
+        measured best among 0, 1e-12, 1e-6, 1e-5, 1e-4 and 1e-3 on digits (k = 6, 10, 16).
+        """
+        floor = 1e-6 * max(float(np.max(x)), _EPSILON)
         return np.maximum(x, floor)
 
     # ------------------------------------------------------------------- the two sweeps
@@ -350,9 +360,10 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     m : int, default=5
         Anderson memory.
     tol : float, default=1e-4
-        Stop when the objective decreases by at most ``tol`` (relative) in one sweep
-        (scikit-learn's ``NMF`` tests the decrease over 10 sweeps relative to the initial
-        error instead).
+        Stop when one sweep changes the factors by at most ``tol`` relative to their norm,
+        ``||G(x) - x|| / max(||x||, 1)`` (scikit-learn's ``NMF`` tests the decrease of the
+        objective over 10 sweeps instead; that test misfires on Anderson-accelerated runs,
+        whose per-sweep decrease is irregular).
     max_iter : int, default=200
         Maximum number of sweeps.
     random_state : int, RandomState instance or None
@@ -416,12 +427,11 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         tags.requires_fit = True
         return tags
 
-    def _solver(self) -> MMSolver:
+    def _solver(self, *, tol=None) -> MMSolver:
         return MMSolver(
             anderson=self.anderson,
             m=self.m,
-            stopping="objective",
-            tol=self.tol,
+            tol=self.tol if tol is None else tol,
             max_iter=self.max_iter,
             verbose=self.verbose,
         )
@@ -490,7 +500,10 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X) -> np.ndarray:
-        """Return ``W`` for new data, by multiplicative updates with ``H`` fixed."""
+        """Return ``W`` for new data, by multiplicative updates with ``H`` fixed.
+
+        The problem in ``W`` alone is convex; it is solved to ``min(tol, 1e-8)``.
+        """
         check_is_fitted(self)
         X = self._validate_data_nonnegative(X, reset=False)
         k = self.n_components_
@@ -498,7 +511,9 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         avg = np.sqrt(max(float(X.mean()), 0.0) / k)
         W0 = np.full((X.shape[0], k), avg)
         problem = NMFProblem(X, W0, self.components_, loss=self.loss, update_H=False)
-        result = self._solver().solve(problem)
+        # With H fixed the problem is convex in W: solve it tightly, so that transform(X)
+        # agrees with the W that fit_transform(X) returned, whatever the path to it.
+        result = self._solver(tol=min(self.tol, _TRANSFORM_TOL)).solve(problem)
         return np.array(problem.factors(result.x)[0])
 
     def inverse_transform(self, X) -> np.ndarray:

@@ -8,7 +8,6 @@ import scipy.optimize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mmopt import ConvergenceWarning, Result
 from mmopt.datasets import load_diabetes_with_outliers, make_regression_with_outliers
@@ -308,18 +307,6 @@ def test_exact_fit_of_most_points():
 # --------------------------------------------------------------------------------------------
 # The estimator
 # --------------------------------------------------------------------------------------------
-@parametrize_with_checks(
-    [
-        MMRobustRegressor(),
-        MMRobustRegressor(loss="welsch"),
-        MMRobustRegressor(loss="cauchy", anderson=False, fit_intercept=False),
-        MMRobustRegressor(loss="welsch", scale=1.0, alpha=0.1),
-    ]
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
-
-
 def test_fitted_attributes():
     X, y, _ = load_diabetes_with_outliers(0.1, random_state=0)
     model = MMRobustRegressor(loss="welsch").fit(X, y)

@@ -1,0 +1,45 @@
+"""scikit-learn's estimator checks over every mmopt estimator, and the shared conventions."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from mmopt import Result
+from mmopt.mm import MMNMF, MMRobustRegressor
+
+ESTIMATORS = [
+    MMRobustRegressor(),
+    MMRobustRegressor(loss="welsch"),
+    MMRobustRegressor(loss="cauchy", anderson=False, fit_intercept=False),
+    MMRobustRegressor(loss="welsch", scale=1.0, alpha=0.1),
+    MMNMF(n_components=2, max_iter=500),
+    MMNMF(n_components=2, loss="kullback-leibler", init="random", max_iter=1000),
+    MMNMF(n_components=2, anderson=False, init="nndsvda", max_iter=3000),
+]
+
+# Expected failures, each with its reason. None so far.
+EXPECTED_FAILED_CHECKS: dict = {}
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@parametrize_with_checks(
+    ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS.get(type(est), {})
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_every_estimator_exposes_result_and_n_iter(estimator):
+    rng = np.random.default_rng(0)
+    X = rng.random((30, 4))
+    y = X @ np.arange(1.0, 5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = clone(estimator).fit(X, y)
+    assert isinstance(fitted.result_, Result)
+    assert fitted.n_iter_ == fitted.result_.nit
+    assert fitted.result_.solver == "mm"
