@@ -27,7 +27,9 @@ def _rows_and_curves(label, fits):
                 "status": result.status,
             }
         )
-        curves.append((method, result.history["n_evaluations"], result.history["fun"] - best))
+        # Relative to the best value found, floored so the best run does not plunge to zero.
+        gap = np.maximum((result.history["fun"] - best) / abs(best), 1e-10)
+        curves.append((method, result.history["n_evaluations"], gap))
     return rows, curves
 
 
@@ -45,9 +47,9 @@ def _plot(curves, title, path):
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method, evaluations, gap in curves:
-        ax.semilogy(evaluations, np.maximum(gap, 1e-16), label=method)
-    ax.set_xlabel("objective + surrogate evaluations")
-    ax.set_ylabel("F(x_k) - F_best")
+        ax.semilogy(evaluations, gap, label=method)
+    ax.set_xlabel("MM-map evaluations (objective + surrogate minimizer)")
+    ax.set_ylabel("(F(x_k) - F_best) / |F_best|")
     ax.set_title(title, fontsize=10)
     ax.legend()
     fig.tight_layout()
@@ -93,8 +95,8 @@ def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
                 n_components=10,
                 init="nndsvda",
                 anderson=anderson,
-                tol=1e-6,
-                max_iter=300 if quick else 3000,
+                tol=1e-4,
+                max_iter=300 if quick else 5000,
                 random_state=0,
                 verbose=verbose,
             ),
