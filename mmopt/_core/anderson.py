@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 from mmopt._core.validation import check_scalar
 
@@ -16,7 +15,9 @@ class AndersonAcceleration:
     Keeps the last ``m`` differences of the residuals ``r_k = G(x_k) - x_k`` and of the map
     values ``G(x_k)``, solves the small least-squares problem
     ``theta = argmin ||r_k - dR theta||^2 + regularization ||D theta||^2`` (``D`` scales the
-    columns of ``dR`` to unit norm) by a QR factorization, and proposes
+    columns of ``dR`` to unit norm) through its regularized normal equations, whose Gram
+    matrix is kept up to date one column at a time (``O(d m)`` work per update), and
+    proposes
 
     ``x_{k+1} = x_k + damping * r_k - (dX + damping * dR) theta``,
 
@@ -86,8 +87,6 @@ class AndersonAcceleration:
         """Forget the history (after a rejected proposal or a change of problem)."""
         self._x_prev = None
         self._r_prev = None
-        self._dX = None
-        self._dR = None
         self._n_cols = 0
         self._next_col = 0
         self._since_reset = 0
@@ -98,6 +97,13 @@ class AndersonAcceleration:
     def history_size(self) -> int:
         """Number of difference pairs currently used."""
         return self._n_cols
+
+    def _allocate(self, size: int) -> None:
+        # Zero-filled so that unused columns never carry NaN garbage into the products
+        # below, which run over the whole buffer.
+        self._dX = np.zeros((size, self.m), order="F")
+        self._dR = np.zeros((size, self.m), order="F")
+        self._gram = np.zeros((self.m, self.m))
 
     def update(self, x, g) -> np.ndarray:
         """Record the pair ``(x, G(x))`` and return the next point to try.
@@ -119,18 +125,22 @@ class AndersonAcceleration:
         g = np.asarray(g, dtype=float).ravel()
         if x.shape != g.shape:
             raise ValueError(f"x and g must have the same shape, got {x.shape} and {g.shape}.")
-        r = g - x
         if self._x_prev is not None and self._x_prev.shape != x.shape:
             raise ValueError(
                 f"x changed size from {self._x_prev.shape[0]} to {x.shape[0]}; call reset()."
             )
+        r = g - x
         if self._x_prev is not None:
-            if self._dX is None:
-                self._dX = np.empty((x.size, self.m), order="F")
-                self._dR = np.empty((x.size, self.m), order="F")
+            if getattr(self, "_dX", None) is None or self._dX.shape[0] != x.size:
+                self._allocate(x.size)
             col = self._next_col
             np.subtract(x, self._x_prev, out=self._dX[:, col])
             np.subtract(r, self._r_prev, out=self._dR[:, col])
+            # Keep the Gram matrix dR^T dR up to date one column at a time: O(d m) per
+            # update instead of refactorizing a d-by-m matrix.
+            products = self._dR.T @ self._dR[:, col]
+            self._gram[col, :] = products
+            self._gram[:, col] = products
             self._next_col = (col + 1) % self.m
             self._n_cols = min(self._n_cols + 1, self.m)
         self._x_prev = x.copy()
@@ -139,42 +149,50 @@ class AndersonAcceleration:
         self.extrapolated = False
         if self._n_cols == 0 or self._since_reset <= self.delay:
             return g
-        theta, cols = self._coefficients(r)
+        theta = self._coefficients(r)
         if theta is None:
             return g
         self.extrapolated = True
         beta = self.damping
-        step = self._dX[:, cols] @ theta + beta * (self._dR[:, cols] @ theta)
+        step = self._dX @ theta
+        if beta == 1.0:
+            step += self._dR @ theta
+            return g - step
+        step += beta * (self._dR @ theta)
         return x + beta * r - step
 
     def _coefficients(self, r):
-        """Solve the regularized least-squares problem on the newest well-conditioned columns."""
+        """Solve the regularized, column-normalized normal equations on the newest columns.
+
+        Returns the coefficients over the whole buffer (zero for unused columns), or None
+        (and a reset) when no well-conditioned subset of columns is left.
+        """
         # Columns in chronological order, newest last, so that dropping from the front drops
         # the oldest differences.
         order = [(self._next_col + i) % self.m for i in range(self.m)][self.m - self._n_cols :]
+        rhs_all = self._dR.T @ r
         while order:
-            dR = self._dR[:, order]
-            norms = np.linalg.norm(dR, axis=0)
+            gram = self._gram[np.ix_(order, order)]
+            norms = np.sqrt(np.diag(gram))
             if not np.all(norms > 0):
                 order = order[1:]
                 continue
-            scaled = dR / norms
-            k = len(order)
-            if self.regularization > 0:
-                scaled = np.vstack([scaled, np.sqrt(self.regularization) * np.eye(k)])
-                rhs = np.concatenate([r, np.zeros(k)])
-            else:
-                rhs = r
-            q, upper = scipy.linalg.qr(scaled, mode="economic", check_finite=False)
-            diag = np.abs(np.diag(upper))
-            if diag.min() > 0 and diag.max() / diag.min() <= self.max_condition:
-                phi = scipy.linalg.solve_triangular(upper, q.T @ rhs, check_finite=False)
-                theta = phi / norms
-                if np.all(np.isfinite(theta)):
-                    return theta, order
+            normalized = gram / np.outer(norms, norms)
+            normalized[np.diag_indices_from(normalized)] += self.regularization
+            eigenvalues = np.linalg.eigvalsh(normalized)
+            # cond(Gram) is cond(dR)^2: compare the square root with the bound.
+            if eigenvalues[0] > 0 and np.sqrt(eigenvalues[-1] / eigenvalues[0]) <= (
+                self.max_condition
+            ):
+                phi = np.linalg.solve(normalized, rhs_all[order] / norms)
+                theta_used = phi / norms
+                if np.all(np.isfinite(theta_used)):
+                    theta = np.zeros(self.m)
+                    theta[order] = theta_used
+                    return theta
             order = order[1:]
         self.reset()
-        return None, None
+        return None
 
     def safeguard(self, value: float, reference: float) -> bool:
         """Apply the safeguard to an extrapolated point and keep the counts.
