@@ -73,6 +73,9 @@ class Solver(BaseEstimator):
     name: ClassVar[str] = "solver"
     problem_types: ClassVar[tuple[type, ...]] = ()
     required_methods: ClassVar[tuple[str, ...]] = ()
+    # A solver sets this when a non-finite iterate always makes its residual NaN, so that
+    # the loop need not scan the iterate every iteration.
+    residual_covers_x: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _validate_params(self) -> None:
@@ -90,6 +93,9 @@ class Solver(BaseEstimator):
 
     def _result_fields(self, problem, state: SolverState) -> dict[str, Any]:
         return {}
+
+    def _residual_covers_x(self) -> bool:
+        return self.residual_covers_x
 
     # ------------------------------------------------------------------------ the contract
     def check_problem(self, problem) -> None:
@@ -128,7 +134,7 @@ class Solver(BaseEstimator):
         try:
             for iteration in range(1, self.max_iter + 1):
                 new_state = self._step(problem, state)
-                if not _is_finite(new_state):
+                if not _is_finite(new_state, check_x=not self._residual_covers_x()):
                     status = Status.NUMERICAL_FAILURE
                     break
                 state, nit = new_state, iteration
@@ -203,9 +209,11 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def _is_finite(state: SolverState) -> bool:
+def _is_finite(state: SolverState, *, check_x: bool = True) -> bool:
     if not (math.isfinite(state.fun) and not math.isnan(state.residual)):
         return False
+    if not check_x:
+        return True
     # The sum is NaN or infinite whenever an entry is (and costs no temporary array); a false
     # alarm needs entries near 1e308.
     with np.errstate(over="ignore", invalid="ignore"):

@@ -7,6 +7,7 @@ import contextvars
 import operator
 
 import joblib
+
 from mmopt_ext._openmp_helpers import openmp_enabled, openmp_max_threads
 
 __all__ = ["effective_n_threads", "single_threaded", "openmp_enabled"]

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from mmopt_ext._nmf import sparse_ratio_and_kl as _sparse_ratio_and_kl
 
 from mmopt._core.threads import effective_n_threads
+from mmopt_ext._nmf import multiplicative_update as _multiplicative_update
+from mmopt_ext._nmf import sparse_ratio_and_kl as _sparse_ratio_and_kl
+
+# Zero denominators of the multiplicative updates are replaced by this (float32 machine
+# epsilon, as scikit-learn's MU does), so that an entry whose numerator is also zero stays put.
+EPSILON = float(np.finfo(np.float32).eps)
 
 
 def sparse_ratio_and_kl(X, W, H, *, eps: float, n_threads: int | None = None):
@@ -38,3 +43,28 @@ def sparse_ratio_and_kl(X, W, H, *, eps: float, n_threads: int | None = None):
         effective_n_threads(n_threads),
     )
     return sp.csr_matrix((ratio, indices, indptr), shape=X.shape), float(total)
+
+
+def multiplicative_update(factor, numerator, denominator, out):
+    """``out = factor * numerator / denominator`` (zero denominators read as float32 eps).
+
+    Returns ``(<numerator, factor>, <denominator, factor>, ||out - factor||^2,
+    ||factor||^2)``, computed in the same pass. ``out`` must be a C-contiguous float64
+    array of the factor's shape; the other inputs are made so if needed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = np.empty((1, 2))
+    >>> sums = multiplicative_update(np.ones((1, 2)), np.array([[2.0, 3.0]]),
+    ...                              np.array([[1.0, 3.0]]), out)
+    >>> out, sums
+    (array([[2., 1.]]), (5.0, 4.0, 1.0, 2.0))
+    """
+    return _multiplicative_update(
+        np.ascontiguousarray(factor, dtype=np.float64),
+        np.ascontiguousarray(numerator, dtype=np.float64),
+        np.ascontiguousarray(denominator, dtype=np.float64),
+        out,
+        EPSILON,
+    )

@@ -13,16 +13,14 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
 from mmopt._core.validation import check_array, check_choice, check_scalar
-from mmopt.mm._kernels import sparse_ratio_and_kl
+from mmopt.mm._kernels import EPSILON as _EPSILON
+from mmopt.mm._kernels import multiplicative_update, sparse_ratio_and_kl
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.solver import MMSolver
 
 __all__ = ["NMFProblem", "MMNMF"]
 
 LOSSES = ("frobenius", "kullback-leibler")
-# Zero denominators are replaced by this (float32 machine epsilon, as scikit-learn's MU does),
-# so that a factor entry whose numerator is also zero simply stays put.
-_EPSILON = float(np.finfo(np.float32).eps)
 _TRANSFORM_TOL = 1e-8
 
 
@@ -183,8 +181,12 @@ class NMFProblem(MMProblem):
         """One multiplicative-update sweep from ``x``."""
         return self.mm_step(x)[0]
 
-    def mm_step(self, x) -> tuple[np.ndarray, float]:
-        """Return ``(G(x), F(x))``: one multiplicative sweep and the objective at ``x``."""
+    def mm_step(self, x) -> tuple:
+        """Return ``(G(x), F(x))``: one multiplicative sweep and the objective at ``x``.
+
+        The Frobenius sweep also returns ``(||G(x) - x||^2, ||x||^2)``, computed in the same
+        pass (see :meth:`MMProblem.mm_step`).
+        """
         W, H = self.factors(x)
         if self.loss == "frobenius":
             return self._frobenius_step(W, H)
@@ -212,22 +214,19 @@ class NMFProblem(MMProblem):
     def _frobenius_step(self, W, H):
         X = self.X
         out, W_new, H_new = self._new_iterate()
-        XHt = X @ H.T
-        WHHt = W @ (H @ H.T)
-        fun = 0.5 * (
-            self._x_squared_norm - 2.0 * float(np.vdot(XHt, W)) + float(np.vdot(WHHt, W))
+        # One fused pass per factor (Cython): the update, the objective's cross terms
+        # <X H^T, W> and <W H H^T, W>, and the squared lengths of the step and of x.
+        cross, quad, step_sq, x_sq = multiplicative_update(
+            W, X @ H.T, W @ (H @ H.T), W_new
         )
-        # The update is W * (X H^T) / (W H H^T), written into the new iterate in place.
-        WHHt[WHHt == 0.0] = _EPSILON
-        np.divide(XHt, WHHt, out=XHt)
-        np.multiply(W, XHt, out=W_new)
+        fun = 0.5 * (self._x_squared_norm - 2.0 * cross + quad)
         if self.update_H:
             WtX = (X.T @ W_new).T if sp.issparse(X) else W_new.T @ X
-            WtWH = (W_new.T @ W_new) @ H
-            WtWH[WtWH == 0.0] = _EPSILON
-            np.divide(WtX, WtWH, out=WtX)
-            np.multiply(H, WtX, out=H_new)
-        return out, max(fun, 0.0)
+            _, _, h_step_sq, h_sq = multiplicative_update(
+                H, WtX, (W_new.T @ W_new) @ H, H_new
+            )
+            step_sq, x_sq = step_sq + h_step_sq, x_sq + h_sq
+        return out, max(fun, 0.0), (step_sq, x_sq)
 
     def _kl_ratio(self, W, H):
         """``X / max(WH, eps)`` (sparse when X is) and the data term of the divergence."""

@@ -38,6 +38,8 @@ class MMProblem(Problem):
     Subclasses may also override :meth:`mm_step`, which returns ``(G(x), F(x))`` together:
     most MM problems compute ``F(x)`` almost for free while building the surrogate at ``x``
     (the residuals of IRLS, the products of NMF), and the solver only ever asks for both.
+    It may return a third element, ``(||G(x) - x||^2, ||x||^2)``, when it gets those in the
+    same pass; the solver then skips reading both vectors again for its stopping test.
 
     Examples
     --------
@@ -86,8 +88,11 @@ class MMProblem(Problem):
             return x
         return np.asarray(self._project(x), dtype=float)
 
-    def mm_step(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """Return ``(G(x), F(x))``; override to share work between the two."""
+    def mm_step(self, x: np.ndarray) -> tuple:
+        """Return ``(G(x), F(x))``; override to share work between the two.
+
+        An override may append ``(||G(x) - x||^2, ||x||^2)`` as a third element.
+        """
         return self.surrogate_minimizer(x), self.objective(x)
 
     def initial_point(self) -> np.ndarray:

@@ -128,7 +128,10 @@ class MMSolver(Solver):
         check_choice(self.stopping, "stopping", ("step", "objective"))
 
     def _evaluate(self, problem, x):
-        plain_step, fun = problem.mm_step(x)
+        evaluation = problem.mm_step(x)
+        plain_step, fun = evaluation[0], evaluation[1]
+        # Squared lengths of the step and of x, when the problem got them for free.
+        self._norms = evaluation[2] if len(evaluation) > 2 else None
         plain_step = np.asarray(plain_step, dtype=float)
         if plain_step.shape != x.shape:
             raise ValueError(
@@ -138,9 +141,16 @@ class MMSolver(Solver):
         self._n_evaluations += 1
         return plain_step, float(fun)
 
+    def _residual_covers_x(self) -> bool:
+        # ||G(x) - x|| / ||x|| is NaN whenever x (or G(x)) holds a NaN or an infinity.
+        return self.stopping == "step"
+
     def _stopping_quantity(self, x, plain_step, previous_fun, fun):
         if self.stopping == "objective":
             return abs(previous_fun - fun) / max(abs(fun), np.finfo(float).tiny)
+        if self._norms is not None:
+            step_sq, x_sq = self._norms
+            return math.sqrt(step_sq) / max(math.sqrt(x_sq), 1.0)
         # A work buffer reused across iterations: a fresh large temporary each time costs as
         # much as the arithmetic on problems with cheap MM steps.
         if self._work is None or self._work.shape != x.shape:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mmopt.mm._kernels import sparse_ratio_and_kl
+from mmopt.mm._kernels import multiplicative_update, sparse_ratio_and_kl
 
 
 def _reference(X, W, H, eps):
@@ -49,3 +49,22 @@ def test_read_only_inputs_are_accepted():
     W.flags.writeable = False
     ratio, _ = sparse_ratio_and_kl(X, W, np.ones((1, 2)), eps=1e-12)
     np.testing.assert_allclose(ratio.toarray(), [[1.0, 0.0], [2.0, 3.0]])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (200, 12)])
+def test_multiplicative_update_matches_numpy(shape):
+    rng = np.random.default_rng(sum(shape))
+    factor, numerator, denominator = (rng.random(shape) for _ in range(3))
+    denominator[0, 0] = 0.0  # a zero denominator reads as float32 eps
+    out = np.empty(shape)
+    sums = multiplicative_update(factor, numerator, denominator, out)
+    safe = np.where(denominator == 0.0, np.finfo(np.float32).eps, denominator)
+    expected = factor * numerator / safe
+    np.testing.assert_allclose(out, expected, rtol=1e-15)
+    reference = (
+        np.sum(numerator * factor),
+        np.sum(denominator * factor),
+        np.sum((expected - factor) ** 2),
+        np.sum(factor**2),
+    )
+    np.testing.assert_allclose(sums, reference, rtol=1e-12)
