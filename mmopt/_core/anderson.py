@@ -85,7 +85,7 @@ class AndersonAcceleration:
 
     def reset(self) -> None:
         """Forget the history (after a rejected proposal or a change of problem)."""
-        self._x_prev = None
+        self._g_prev = None
         self._r_prev = None
         self._n_cols = 0
         self._next_col = 0
@@ -101,7 +101,7 @@ class AndersonAcceleration:
     def _allocate(self, size: int) -> None:
         # Zero-filled so that unused columns never carry NaN garbage into the products
         # below, which run over the whole buffer.
-        self._dX = np.zeros((size, self.m), order="F")
+        self._dG = np.zeros((size, self.m), order="F")
         self._dR = np.zeros((size, self.m), order="F")
         self._gram = np.zeros((self.m, self.m))
 
@@ -125,16 +125,18 @@ class AndersonAcceleration:
         g = np.asarray(g, dtype=float).ravel()
         if x.shape != g.shape:
             raise ValueError(f"x and g must have the same shape, got {x.shape} and {g.shape}.")
-        if self._x_prev is not None and self._x_prev.shape != x.shape:
+        if self._g_prev is not None and self._g_prev.shape != x.shape:
             raise ValueError(
-                f"x changed size from {self._x_prev.shape[0]} to {x.shape[0]}; call reset()."
+                f"x changed size from {self._g_prev.shape[0]} to {x.shape[0]}; call reset()."
             )
         r = g - x
-        if self._x_prev is not None:
-            if getattr(self, "_dX", None) is None or self._dX.shape[0] != x.size:
+        if self._g_prev is not None:
+            if getattr(self, "_dG", None) is None or self._dG.shape[0] != x.size:
                 self._allocate(x.size)
             col = self._next_col
-            np.subtract(x, self._x_prev, out=self._dX[:, col])
+            # Differences of G values (not of iterates): the undamped proposal is then a
+            # single product, g - dG theta.
+            np.subtract(g, self._g_prev, out=self._dG[:, col])
             np.subtract(r, self._r_prev, out=self._dR[:, col])
             # Keep the Gram matrix dR^T dR up to date one column at a time: O(d m) per
             # update instead of refactorizing a d-by-m matrix.
@@ -143,7 +145,7 @@ class AndersonAcceleration:
             self._gram[:, col] = products
             self._next_col = (col + 1) % self.m
             self._n_cols = min(self._n_cols + 1, self.m)
-        self._x_prev = x.copy()
+        self._g_prev = g.copy()
         self._r_prev = r
         self._since_reset += 1
         self.extrapolated = False
@@ -154,12 +156,10 @@ class AndersonAcceleration:
             return g
         self.extrapolated = True
         beta = self.damping
-        step = self._dX @ theta
         if beta == 1.0:
-            step += self._dR @ theta
-            return g - step
-        step += beta * (self._dR @ theta)
-        return x + beta * r - step
+            return g - self._dG @ theta
+        # dX = dG - dR, so (dX + beta dR) theta = dG theta - (1 - beta) dR theta.
+        return x + beta * r - self._dG @ theta + (1.0 - beta) * (self._dR @ theta)
 
     def _coefficients(self, r):
         """Solve the regularized, column-normalized normal equations on the newest columns.
