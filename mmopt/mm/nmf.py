@@ -140,6 +140,9 @@ class NMFProblem(MMProblem):
             put("_x_squared_norm", sq)
         else:
             put("_x_sum", float(X.sum()))
+            if not sp.issparse(X):
+                # Where X > 0: only there does X log(X / WH) contribute.
+                put("_positive", X > 0)
 
     # ----------------------------------------------------------------------------- helpers
     def factors(self, x) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +179,7 @@ class NMFProblem(MMProblem):
             _, kl_data = sparse_ratio_and_kl(X, W, H, eps=_EPSILON, n_threads=self.n_threads)
         else:
             WH = np.maximum(W @ H, _EPSILON)
-            pos = X > 0
+            pos = self._positive
             kl_data = float(np.sum(X[pos] * np.log(X[pos] / WH[pos])))
         return kl_data - self._x_sum + wh_sum
 
@@ -199,8 +202,9 @@ class NMFProblem(MMProblem):
         """Clip an extrapolated point to a small positive floor.
 
         Multiplicative updates can never leave an exact zero, and entries clipped far below
-        their scale take many sweeps to grow back; a floor of 1e-6 of the largest entry
-        measured best among 0, 1e-12, 1e-6, 1e-5, 1e-4 and 1e-3 on digits (k = 6, 10, 16).
+        their scale take many sweeps to grow back. Of the floors 0, 1e-12, 1e-6, 1e-5, 1e-4
+        and 1e-3 (times the largest entry), 1e-6 and 1e-5 needed the fewest sweeps on digits
+        (k = 6, 10, 16); 0 stalled and 1e-3 rejected 93-97% of the extrapolations.
         """
         floor = 1e-6 * max(float(np.max(x)), _EPSILON)
         return np.maximum(x, floor)
@@ -239,7 +243,7 @@ class NMFProblem(MMProblem):
         WH = W @ H
         np.maximum(WH, _EPSILON, out=WH)
         ratio = X / WH
-        pos = X > 0
+        pos = self._positive
         return ratio, float(np.sum(X[pos] * np.log(ratio[pos])))
 
     def _kl_step(self, W, H):
