@@ -30,6 +30,7 @@ __all__ = [
     "Solver",
     "__version__",
     "mm",
+    "ot",
     "openmp_enabled",
     "solve",
     "solve_many",

@@ -76,6 +76,9 @@ class Solver(BaseEstimator):
     # A solver sets this when a non-finite iterate always makes its residual NaN, so that
     # the loop need not scan the iterate every iteration.
     residual_covers_x: ClassVar[bool] = False
+    # True when ``fun`` is maximized (a dual objective): the best iterate kept for an
+    # interrupted solve is then the one with the largest value.
+    maximize: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _validate_params(self) -> None:
@@ -140,7 +143,7 @@ class Solver(BaseEstimator):
                 state, nit = new_state, iteration
                 elapsed = time.perf_counter() - start
                 _append(history, state, elapsed)
-                if state.fun <= best.fun or not np.isfinite(best.fun):
+                if _is_better(state.fun, best.fun, self.maximize):
                     best = state
                 progress.update(nit, state)
                 if self.callback is not None:
@@ -199,6 +202,12 @@ class Solver(BaseEstimator):
         )
         result.update(self._result_fields(problem, state))
         return result
+
+
+def _is_better(value: float, best: float, maximize: bool) -> bool:
+    if not math.isfinite(best):
+        return True
+    return value >= best if maximize else value <= best
 
 
 def _caller_stacklevel() -> int:

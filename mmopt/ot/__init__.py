@@ -1,0 +1,12 @@
+"""Optimal transport: entropic OT by Sinkhorn, and exact OT by linear programming.
+
+:class:`OTProblem` holds the histograms, the cost and the regularization; :func:`sinkhorn`
+(:class:`Sinkhorn`) solves the entropic problem and :func:`exact_ot` the unregularized one.
+Sinkhorn-Newton-Sparse, sparsity-constrained OT and the ``OTMapping`` estimator are planned.
+"""
+
+from mmopt.ot.exact import exact_ot
+from mmopt.ot.problem import OTProblem
+from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
+
+__all__ = ["OTProblem", "Sinkhorn", "exact_ot", "sinkhorn"]

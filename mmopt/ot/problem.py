@@ -1,0 +1,118 @@
+"""The optimal transport problem: two histograms, a cost matrix, a regularization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmopt._core.problem import Problem
+from mmopt._core.validation import check_array, check_scalar, readonly
+
+__all__ = ["OTProblem", "check_histograms"]
+
+# Relative tolerance on the equality of the two total masses.
+_MASS_RTOL = 1e-9
+
+
+def check_histograms(a, b, C):
+    """Validate ``(a, b, C)``; empty ``a``/``b`` mean uniform (as in POT).
+
+    Returns read-only float64 arrays. Raises ``ValueError`` naming the argument for wrong
+    shapes, NaN or infinite entries, negative masses, zero total mass or unequal total masses.
+
+    Examples
+    --------
+    >>> from mmopt.ot.problem import check_histograms
+    >>> a, b, C = check_histograms([], [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    >>> a
+    array([0.33333333, 0.33333333, 0.33333333])
+    """
+    C = check_array(C, "C", ndim=2)
+    n, m = C.shape
+    a = _histogram(a, "a", n, "rows")
+    b = _histogram(b, "b", m, "columns")
+    mass_a, mass_b = float(a.sum()), float(b.sum())
+    if abs(mass_a - mass_b) > _MASS_RTOL * max(mass_a, mass_b):
+        raise ValueError(
+            f"a and b must have the same total mass; got sum(a)={mass_a!r} and "
+            f"sum(b)={mass_b!r}."
+        )
+    return a, b, C
+
+
+def _histogram(value, name, size, axis):
+    if value is None or np.size(value) == 0:
+        return readonly(np.full(size, 1.0 / size))
+    hist = check_array(value, name, ndim=1, nonnegative=True)
+    if hist.shape[0] != size:
+        raise ValueError(
+            f"{name} must have one entry per {axis[:-1]} of C ({size}), got {hist.shape[0]}."
+        )
+    if not hist.sum() > 0:
+        raise ValueError(f"{name} must have a positive total mass.")
+    return hist
+
+
+@dataclass(frozen=True)
+class OTProblem(Problem):
+    r"""Entropic optimal transport between histograms ``a`` and ``b`` for the cost ``C``.
+
+    .. math::
+
+        \min_{P \ge 0,\ P 1 = a,\ P^\top 1 = b} \langle C, P \rangle
+        + \mathrm{reg} \sum_{ij} P_{ij} (\log P_{ij} - 1),
+
+    solved through its dual in the potentials ``f`` (rows) and ``g`` (columns), with
+    ``P_ij = exp((f_i + g_j - C_ij) / reg)``.
+
+    Parameters
+    ----------
+    a : array-like of shape (n,)
+        Non-negative source histogram; empty means uniform.
+    b : array-like of shape (m,)
+        Non-negative target histogram with the same total mass; empty means uniform.
+    C : array-like of shape (n, m)
+        Finite cost matrix.
+    reg : float
+        Entropic regularization strength (> 0), in the units of ``C``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.ot import OTProblem
+    >>> problem = OTProblem([], [], np.array([[0.0, 1.0], [1.0, 0.0]]), reg=0.1)
+    >>> res = problem.solve(tol=1e-10)
+    >>> np.round(res.plan, 4)
+    array([[0.5, 0. ],
+           [0. , 0.5]])
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    C: np.ndarray
+    reg: float
+
+    default_solver = "sinkhorn"
+
+    def __post_init__(self):
+        a, b, C = check_histograms(self.a, self.b, self.C)
+        reg = check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
+        object.__setattr__(self, "a", a)
+        object.__setattr__(self, "b", b)
+        object.__setattr__(self, "C", C)
+        object.__setattr__(self, "reg", reg)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n, m)``, the shape of the plan."""
+        return self.C.shape
+
+    def plan(self, f, g) -> np.ndarray:
+        """The plan ``exp((f_i + g_j - C_ij) / reg)`` of potentials ``f``, ``g``."""
+        with np.errstate(under="ignore"):
+            return np.exp((np.asarray(f)[:, None] + np.asarray(g)[None, :] - self.C) / self.reg)
+
+    def __repr__(self) -> str:
+        n, m = self.C.shape
+        return f"OTProblem(n={n}, m={m}, reg={self.reg:g})"

@@ -1,0 +1,136 @@
+import warnings
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+import mmopt
+from mmopt import ConvergenceWarning
+from mmopt.ot import OTProblem, Sinkhorn, exact_ot, sinkhorn
+
+
+def _clouds(seed, n=30, m=40, shift=0.0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((n, 2)), rng.standard_normal((m, 2)) + shift
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    return rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m)), C / C.max()
+
+
+def _reference_log_sinkhorn(a, b, C, reg, n_iter):
+    """Textbook log-domain Sinkhorn with scipy's logsumexp: shares no code with mmopt."""
+    f, g = np.zeros(len(a)), np.zeros(len(b))
+    for _ in range(n_iter):
+        f = reg * np.log(a) - reg * logsumexp((g[None, :] - C) / reg, axis=1)
+        g = reg * np.log(b) - reg * logsumexp((f[:, None] - C) / reg, axis=0)
+    return np.exp((f[:, None] + g[None, :] - C) / reg)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("reg", [1e-1, 1e-2])
+@pytest.mark.parametrize("method", ["log", "scaling"])
+def test_plan_matches_a_reference_implementation(seed, reg, method):
+    a, b, C = _clouds(seed)
+    res = sinkhorn(a, b, C, reg, method=method, tol=1e-13, max_iter=50_000)
+    assert res.success and res.method == method
+    reference = _reference_log_sinkhorn(a, b, C, reg, n_iter=res.nit + 200)
+    np.testing.assert_allclose(res.plan, reference, atol=1e-10)
+
+
+@pytest.mark.parametrize("reg", [1e-2, 1e-3, 1e-4])
+def test_log_domain_is_stable_at_small_reg(reg):
+    a, b, C = _clouds(2, n=20, m=20, shift=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = sinkhorn(a, b, C, reg, method="log", max_iter=20_000, tol=1e-9)
+    assert np.isfinite(res.plan).all() and np.isfinite(res.f).all()
+    assert res.plan.sum() == pytest.approx(1.0, abs=1e-6)
+    assert res.status in (0, 1)
+
+
+def test_optimality_conditions_of_the_entropic_problem():
+    a, b, C = _clouds(3)
+    reg = 5e-2
+    res = sinkhorn(a, b, C, reg, tol=1e-12)
+    P = res.plan
+    np.testing.assert_allclose(P.sum(1), a, atol=1e-11)
+    np.testing.assert_allclose(P.sum(0), b, atol=1e-11)
+    # Stationarity: log P = (f + g - C) / reg; strong duality: dual value = primal value.
+    np.testing.assert_allclose(reg * np.log(P), res.f[:, None] + res.g[None, :] - C, atol=1e-9)
+    assert res.fun == pytest.approx(res.objective, rel=1e-9)
+    assert res.transport_cost == pytest.approx(float((C * P).sum()), rel=1e-12)
+
+
+def test_cost_approaches_exact_ot_as_reg_vanishes():
+    a, b, C = _clouds(4, n=25, m=25)
+    exact = exact_ot(a, b, C).fun
+    gaps = []
+    for reg in (1e-1, 1e-2, 1e-3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = sinkhorn(a, b, C, reg, tol=1e-8, max_iter=50_000)
+        gaps.append(res.transport_cost - exact)
+    assert all(gap >= -1e-8 for gap in gaps)
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-2 * max(exact, 1e-12) + 1e-3
+
+
+def test_auto_picks_the_domain_and_both_agree():
+    a, b, C = _clouds(5)
+    large = sinkhorn(a, b, C, 1.0)
+    small = sinkhorn(a, b, C, 1e-3, max_iter=50_000, tol=1e-9)
+    assert large.method == "scaling" and small.method == "log"
+
+
+def test_warm_start_from_the_solution_stops_at_once():
+    a, b, C = _clouds(6)
+    first = sinkhorn(a, b, C, 1e-2, tol=1e-12)
+    again = sinkhorn(a, b, C, 1e-2, tol=1e-12, x0=first.x)
+    assert again.nit <= 2
+    np.testing.assert_allclose(again.plan, first.plan, atol=1e-12)
+
+
+def test_zero_masses_get_empty_rows_and_columns():
+    a, b, C = _clouds(7, n=6, m=5)
+    a[2] = 0.0
+    a /= a.sum()
+    b[0] = 0.0
+    b /= b.sum()
+    res = sinkhorn(a, b, C, 0.05, tol=1e-12)
+    assert (res.plan[2] == 0).all() and (res.plan[:, 0] == 0).all()
+    assert res.f[2] == -np.inf and res.g[0] == -np.inf
+    assert res.marginal_error < 1e-10
+
+
+def test_inputs_are_not_modified():
+    a, b, C = _clouds(8)
+    copies = a.copy(), b.copy(), C.copy()
+    sinkhorn(a, b, C, 1e-2)
+    for original, copy in zip((a, b, C), copies):
+        np.testing.assert_array_equal(original, copy)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"reg": 0.0}, ValueError, "reg must be > 0"),
+        ({"reg": -1.0}, ValueError, "reg must be > 0"),
+        ({"C": np.ones((3, 4))}, ValueError, "a must have one entry per row"),
+        ({"b": [0.2, 0.2]}, ValueError, "same total mass"),
+        ({"C": [[0.0, np.nan], [1.0, 0.0]]}, ValueError, "C must not contain NaN"),
+        ({"a": [-0.5, 1.5]}, ValueError, "a must be non-negative"),
+    ],
+)
+def test_problem_validation(kwargs, error, match):
+    args = {"a": [0.5, 0.5], "b": [0.5, 0.5], "C": [[0.0, 1.0], [1.0, 0.0]], "reg": 0.1}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        OTProblem(**args)
+
+
+def test_bad_options_and_x0():
+    problem = OTProblem([], [], np.ones((3, 2)), 0.1)
+    with pytest.raises(ValueError, match="method must be one of"):
+        mmopt.solve(problem, method="newton")
+    with pytest.raises(ValueError, match=r"x0 must have shape \(5,\)"):
+        mmopt.solve(problem, x0=np.zeros(4))
+    with pytest.raises(TypeError, match="n_threads"):
+        Sinkhorn(n_threads=1.5).solve(problem)
