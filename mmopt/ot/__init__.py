@@ -2,11 +2,20 @@
 
 :class:`OTProblem` holds the histograms, the cost and the regularization; :func:`sinkhorn`
 (:class:`Sinkhorn`) solves the entropic problem and :func:`exact_ot` the unregularized one.
-Sinkhorn-Newton-Sparse, sparsity-constrained OT and the ``OTMapping`` estimator are planned.
+Sinkhorn-Newton-Sparse (:func:`sinkhorn_newton_sparse`) accelerates small ``reg``.
+Sparsity-constrained OT and the ``OTMapping`` estimator are planned.
 """
 
 from mmopt.ot.exact import exact_ot
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
+from mmopt.ot.sns import SinkhornNewtonSparse, sinkhorn_newton_sparse
 
-__all__ = ["OTProblem", "Sinkhorn", "exact_ot", "sinkhorn"]
+__all__ = [
+    "OTProblem",
+    "Sinkhorn",
+    "SinkhornNewtonSparse",
+    "exact_ot",
+    "sinkhorn",
+    "sinkhorn_newton_sparse",
+]

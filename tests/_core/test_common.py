@@ -22,17 +22,19 @@ def _mm_problem():
     )
 
 
-def _ot_problem():
+def _ot_problem(reg=0.02):
     rng = np.random.default_rng(0)
     x, y = rng.random((12, 2)), rng.random((15, 2))
     C = ((x[:, None] - y[None]) ** 2).sum(-1)
-    return OTProblem([], [], C / C.max(), reg=0.02)
+    return OTProblem([], [], C / C.max(), reg=reg)
 
 
 # Every registered solver needs a small problem here: a new family adds its entry.
 EXAMPLE_PROBLEMS = {
     "mm": _mm_problem,
     "sinkhorn": _ot_problem,
+    # Small reg, so that the Newton stage runs.
+    "sns": lambda: _ot_problem(reg=1e-3),
 }
 
 NAMES = sorted(SOLVERS)

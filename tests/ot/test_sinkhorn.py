@@ -41,9 +41,10 @@ def test_log_domain_is_stable_at_small_reg(reg):
     a, b, C = _clouds(2, n=20, m=20, shift=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        res = sinkhorn(a, b, C, reg, method="log", max_iter=20_000, tol=1e-9)
+        res = sinkhorn(a, b, C, reg, method="log", max_iter=2000, tol=1e-9)
     assert np.isfinite(res.plan).all() and np.isfinite(res.f).all()
-    assert res.plan.sum() == pytest.approx(1.0, abs=1e-6)
+    # Whether or not 2000 iterations converge, the columns are exact after each iteration.
+    np.testing.assert_allclose(res.plan.sum(axis=0), b, atol=1e-12)
     assert res.status in (0, 1)
 
 
@@ -76,7 +77,9 @@ def test_cost_approaches_exact_ot_as_reg_vanishes():
 def test_auto_picks_the_domain_and_both_agree():
     a, b, C = _clouds(5)
     large = sinkhorn(a, b, C, 1.0)
-    small = sinkhorn(a, b, C, 1e-3, max_iter=50_000, tol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        small = sinkhorn(a, b, C, 1e-3, max_iter=5)
     assert large.method == "scaling" and small.method == "log"
 
 
