@@ -4,6 +4,13 @@ import os
 import sys
 from pathlib import Path
 
+# One BLAS/OpenMP thread for the build, unless the caller says otherwise. The gallery examples
+# are small, and on shared CI machines (two cores, other jobs running) the thread pools spin
+# against each other: one example measured 40 s with the default pools and 1 s with one
+# thread. Set before numpy is first imported, which is when the pools read these variables.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
 import matplotlib
 
 matplotlib.use("Agg")
