@@ -54,13 +54,15 @@ class BuildExtWithOpenMP(build_ext):
 
 
 def _extensions():
-    common = dict(
-        include_dirs=[np.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3"],
-    )
+    # Fresh lists per extension: build_ext appends the OpenMP flags to each one.
     modules = [
-        Extension(f"mmopt_ext.{Path(path).stem}", [path], **common)
+        Extension(
+            f"mmopt_ext.{Path(path).stem}",
+            [path],
+            include_dirs=[np.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            extra_compile_args=["-O3"],
+        )
         for path in sorted(glob.glob("mmopt_ext/*.pyx"))
     ]
     # Cython's shared utility module: one copy of the memoryview machinery for all kernels.

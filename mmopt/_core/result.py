@@ -18,6 +18,7 @@ class Status(IntEnum):
     CALLBACK = 2
     INTERRUPTED = 3
     NUMERICAL_FAILURE = 4
+    STALLED = 5
 
 
 STATUS_MESSAGES = {
@@ -27,6 +28,9 @@ STATUS_MESSAGES = {
     Status.INTERRUPTED: "Interrupted by the user (KeyboardInterrupt); best iterate returned.",
     Status.NUMERICAL_FAILURE: (
         "Numerical failure: a non-finite value was met; the last finite iterate is returned."
+    ),
+    Status.STALLED: (
+        "Stalled: the objective stopped improving before the stopping quantity reached tol."
     ),
 }
 
@@ -47,7 +51,8 @@ class Result(OptimizeResult):
         True when ``status == 0``.
     status : int
         0 converged, 1 ``max_iter`` reached, 2 stopped by the callback, 3 interrupted,
-        4 numerical failure (see :class:`Status`).
+        4 numerical failure, 5 stalled: the objective stopped improving before the stopping
+        quantity reached ``tol`` (see :class:`Status`).
     message : str
         Human-readable form of ``status``.
     nit : int

@@ -16,7 +16,23 @@ from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
 from mmopt._core.validation import check_callable, check_scalar
 
-__all__ = ["Solver", "SolverState"]
+__all__ = ["Solver", "SolverState", "StopSolve"]
+
+
+class StopSolve(Exception):
+    """Raised by a step to end the solve now.
+
+    ``status`` is a :class:`mmopt._core.result.Status`; ``reason`` (a full sentence, e.g. why
+    a line search could not make progress) becomes the result's message. With ``state``
+    the step's new state is recorded as the last iteration; without it the solve ends on
+    the state before the step.
+    """
+
+    def __init__(self, status: Status, reason: str, state: SolverState | None = None):
+        super().__init__(reason)
+        self.status = Status(status)
+        self.reason = reason
+        self.state = state
 
 
 @dataclass
@@ -132,13 +148,21 @@ class Solver(BaseEstimator):
         history: dict[str, list[float]] = {"fun": [], "residual": [], "time": []}
         best = state
         status = Status.MAX_ITER
+        reason = None
         nit = 0
         progress = _Progress(self.verbose, self.max_iter, self.name)
         try:
             for iteration in range(1, self.max_iter + 1):
-                new_state = self._step(problem, state)
+                stopping = False
+                try:
+                    new_state = self._step(problem, state)
+                except StopSolve as stop:
+                    status, reason = stop.status, stop.reason
+                    if stop.state is None:
+                        break
+                    new_state, stopping = stop.state, True
                 if not _is_finite(new_state, check_x=not self._residual_covers_x()):
-                    status = Status.NUMERICAL_FAILURE
+                    status, reason = Status.NUMERICAL_FAILURE, None
                     break
                 state, nit = new_state, iteration
                 elapsed = time.perf_counter() - start
@@ -153,19 +177,23 @@ class Solver(BaseEstimator):
                     try:
                         self.callback(snapshot)
                     except StopIteration:
-                        status = Status.CALLBACK
+                        status, reason = Status.CALLBACK, None
                         break
                 if state.residual <= self.tol:
-                    status = Status.CONVERGED
+                    status, reason = Status.CONVERGED, None
+                    break
+                if stopping:
                     break
         except KeyboardInterrupt:
-            status = Status.INTERRUPTED
+            status, reason = Status.INTERRUPTED, None
             state = best
         finally:
             progress.close()
         elapsed = time.perf_counter() - start
         result = self._make_result(problem, state, status, nit, elapsed, history, final=True)
-        if status in (Status.MAX_ITER, Status.NUMERICAL_FAILURE):
+        if reason:
+            result.message = reason
+        if status in (Status.MAX_ITER, Status.NUMERICAL_FAILURE, Status.STALLED):
             warnings.warn(
                 f"{type(self).__name__}: {result.message} (nit={nit}, "
                 f"residual={state.residual:.3g}, tol={self.tol:.3g})",

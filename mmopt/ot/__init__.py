@@ -3,19 +3,24 @@
 :class:`OTProblem` holds the histograms, the cost and the regularization; :func:`sinkhorn`
 (:class:`Sinkhorn`) solves the entropic problem and :func:`exact_ot` the unregularized one.
 Sinkhorn-Newton-Sparse (:func:`sinkhorn_newton_sparse`) accelerates small ``reg``.
-Sparsity-constrained OT and the ``OTMapping`` estimator are planned.
+:func:`sparsity_constrained_ot` (:class:`SparsityConstrainedOT`) keeps at most ``k``
+nonzeros per column of a quadratically regularized plan. The ``OTMapping`` estimator is
+planned.
 """
 
 from mmopt.ot.exact import exact_ot
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
 from mmopt.ot.sns import SinkhornNewtonSparse, sinkhorn_newton_sparse
+from mmopt.ot.sparsity_constrained import SparsityConstrainedOT, sparsity_constrained_ot
 
 __all__ = [
     "OTProblem",
     "Sinkhorn",
     "SinkhornNewtonSparse",
+    "SparsityConstrainedOT",
     "exact_ot",
     "sinkhorn",
     "sinkhorn_newton_sparse",
+    "sparsity_constrained_ot",
 ]

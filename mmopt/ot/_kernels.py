@@ -1,4 +1,4 @@
-"""Python wrapper of the OT family's compiled kernel (``mmopt_ext._sinkhorn``)."""
+"""Python wrappers of the OT family's kernels (``mmopt_ext._sinkhorn``, ``._sparse_ot``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import numpy as np
 
 from mmopt._core.threads import effective_n_threads
 from mmopt_ext._sinkhorn import log_half_step as _log_half_step
+from mmopt_ext._sparse_ot import dual_columns as _dual_columns
+from mmopt_ext._sparse_ot import semi_dual_columns as _semi_dual_columns
 
 
 def log_half_step(C, g, f_old, log_a, reg, *, n_threads=None):
@@ -36,3 +38,43 @@ def log_half_step(C, g, f_old, log_a, reg, *, n_threads=None):
         effective_n_threads(n_threads),
     )
     return f_new, row_mass
+
+
+def sparse_columns(formulation, alpha, beta, Ct, b, reg, k, *, n_threads=None):
+    """The k-sparse plan columns of the semi-dual or dual at the given potentials.
+
+    Returns ``(rows, values, nnz, phi, row_sums, col_sums)``: column ``j`` of the plan has
+    entries ``values[j, :nnz[j]]`` at rows ``rows[j, :nnz[j]]``, ``phi[j]`` is its conjugate
+    value, and the last two are the plan's row and column sums. ``Ct`` is the transposed
+    cost, shape (m, n). ``beta`` is ignored by the semi-dual, ``b`` by the dual.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Ct = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    >>> out = sparse_columns("semi_dual", np.zeros(3), None, Ct, np.array([0.5, 0.5]), 1.0, 1)
+    >>> out[1][:, 0], out[1][:, 0].sum(), out[0][:, 0]
+    (array([0.5, 0.5]), np.float64(1.0), array([0, 2], dtype=int32))
+    """
+    Ct = np.ascontiguousarray(Ct, dtype=np.float64)
+    m, n = Ct.shape
+    width = max(1, min(int(k), n))
+    rows = np.empty((m, width), dtype=np.int32)
+    values = np.empty((m, width))
+    nnz = np.empty(m, dtype=np.int32)
+    phi = np.empty(m)
+    row_sums = np.empty(n)
+    col_sums = np.empty(m)
+    alpha = np.ascontiguousarray(alpha, dtype=np.float64)
+    threads = effective_n_threads(n_threads)
+    if formulation == "semi_dual":
+        _semi_dual_columns(
+            alpha, Ct, np.ascontiguousarray(b, dtype=np.float64), float(reg),
+            rows, values, nnz, phi, row_sums, col_sums, threads,
+        )
+    else:
+        _dual_columns(
+            alpha, np.ascontiguousarray(beta, dtype=np.float64), Ct, float(reg),
+            rows, values, nnz, phi, row_sums, col_sums, threads,
+        )
+    return rows, values, nnz, phi, row_sums, col_sums

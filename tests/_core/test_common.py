@@ -35,6 +35,8 @@ EXAMPLE_PROBLEMS = {
     "sinkhorn": _ot_problem,
     # Small reg, so that the Newton stage runs.
     "sns": lambda: _ot_problem(reg=1e-3),
+    # The solver's default k (None) is unconstrained: a smooth problem that converges.
+    "sparsity_constrained": lambda: _ot_problem(reg=0.1),
 }
 
 NAMES = sorted(SOLVERS)

@@ -16,4 +16,4 @@ def test_result_is_optimize_result_with_attribute_access():
 
 def test_every_status_has_a_message():
     assert set(STATUS_MESSAGES) == set(Status)
-    assert [int(s) for s in Status] == [0, 1, 2, 3, 4]
+    assert [int(s) for s in Status] == [0, 1, 2, 3, 4, 5]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mmopt import ConvergenceWarning, Problem, Solver
-from mmopt._core.solver import SolverState
+from mmopt._core.result import Status
+from mmopt._core.solver import SolverState, StopSolve
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,43 @@ def test_converges_on_tol_and_pads_late_history_entries():
 def test_verbose_bar(capsys):
     ScriptedSolver(verbose=1, tol=0.6).solve(Scripted(values=(5.0, 3.0, 0.1)))
     assert "scripted-test" in capsys.readouterr().err
+
+
+class StoppingSolver(ScriptedSolver):
+    """Ends the solve from inside a step at iteration ``stop_at``."""
+
+    name = "stopping-test"
+
+    def __init__(self, *, stop_at=3, keep_state=True, tol=0.0, max_iter=100, callback=None,
+                 verbose=0):
+        super().__init__(tol=tol, max_iter=max_iter, callback=callback, verbose=verbose)
+        self.stop_at = stop_at
+        self.keep_state = keep_state
+
+    def _step(self, problem, state):
+        new_state = super()._step(problem, state)
+        if int(new_state.x[0]) == self.stop_at:
+            raise StopSolve(
+                Status.STALLED, "Stalled: scripted.", new_state if self.keep_state else None
+            )
+        return new_state
+
+
+@pytest.mark.parametrize("keep_state", [True, False])
+def test_stop_solve_from_a_step(keep_state):
+    problem = Scripted(values=(5.0, 4.0, 3.0, 2.0))
+    with pytest.warns(ConvergenceWarning, match="Stalled: scripted"):
+        res = StoppingSolver(keep_state=keep_state).solve(problem)
+    assert res.status == 5 and not res.success and res.message == "Stalled: scripted."
+    expected = 3 if keep_state else 2
+    assert res.nit == expected and res.x[0] == expected
+    assert res.history["fun"].shape == (expected,)
+
+
+def test_stop_solve_yields_to_convergence():
+    # The stopping state meets tol: that is convergence, not a stall.
+    problem = Scripted(values=(5.0, 4.0, 1e-12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = StoppingSolver(tol=1e-9).solve(problem)
+    assert res.status == 0 and res.nit == 3 and res.message.startswith("Converged")
