@@ -130,7 +130,9 @@ class _Conjugates:
         # the quadratic model is linear along it, so it is left out of the step.
         curved = diagonal > 1e-12 * max(float(diagonal.max(initial=0.0)), 1e-300)
         rhs = np.where(curved, grad, 0.0)
-        preconditioner = np.where(curved, 1.0 / (inv_reg * (diagonal + shift)), 0.0)
+        preconditioner = np.divide(
+            1.0, inv_reg * (diagonal + shift), out=np.zeros(size), where=curved
+        )
         operator = LinearOperator((size, size), matvec=matvec, dtype=float)
         jacobi = LinearOperator((size, size), matvec=lambda v: preconditioner * np.ravel(v))
         direction, _ = cg(operator, rhs, rtol=1e-10, maxiter=_MAX_CG, M=jacobi)
