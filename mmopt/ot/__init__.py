@@ -4,17 +4,19 @@
 (:class:`Sinkhorn`) solves the entropic problem and :func:`exact_ot` the unregularized one.
 Sinkhorn-Newton-Sparse (:func:`sinkhorn_newton_sparse`) accelerates small ``reg``.
 :func:`sparsity_constrained_ot` (:class:`SparsityConstrainedOT`) keeps at most ``k``
-nonzeros per column of a quadratically regularized plan. The ``OTMapping`` estimator is
-planned.
+nonzeros per column of a quadratically regularized plan. :class:`OTMapping` maps samples
+through a plan, as a scikit-learn transformer.
 """
 
 from mmopt.ot.exact import exact_ot
+from mmopt.ot.mapping import OTMapping
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
 from mmopt.ot.sns import SinkhornNewtonSparse, sinkhorn_newton_sparse
 from mmopt.ot.sparsity_constrained import SparsityConstrainedOT, sparsity_constrained_ot
 
 __all__ = [
+    "OTMapping",
     "OTProblem",
     "Sinkhorn",
     "SinkhornNewtonSparse",
