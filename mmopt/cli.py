@@ -33,6 +33,7 @@ def _format_cell(value) -> str:
 
 def _demo(args: argparse.Namespace) -> int:
     from mmopt.mm import _demo as mm_demo
+    from mmopt.ot import _demo as ot_demo
 
     output_dir = Path(args.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
             '(pip install "mmopt[examples]").',
             file=sys.stderr,
         )
-    demos = [("majorization-minimization", mm_demo.run)]
+    demos = [("majorization-minimization", mm_demo.run), ("optimal transport", ot_demo.run)]
     all_rows, written = [], []
     start = time.perf_counter()
     for family, run in demos:

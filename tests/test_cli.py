@@ -43,7 +43,11 @@ def test_demo_quick_writes_plots_and_table(tmp_path, capsys):
     assert "MM + Anderson" in out and "NMF" in out and "robust regression" in out
     assert str(tmp_path) in out
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["mm_nmf_digits.png", "mm_robust_huber.png", "mm_robust_welsch.png"]
+    assert pngs == [
+        "mm_nmf_digits.png", "mm_robust_huber.png", "mm_robust_welsch.png",
+        "ot_convergence.png", "ot_plans.png",
+    ]
+    assert "Sinkhorn-Newton-Sparse" in out and "nonzeros per column" in out
     assert all((tmp_path / p).stat().st_size > 1000 for p in pngs)
 
 
