@@ -35,7 +35,9 @@ class NeighborIndex:
         if backend == "auto":
             backend = "pykdtree" if pykdtree_available() else "scipy"
         elif backend == "pykdtree" and not pykdtree_available():
-            raise ImportError("neighbors='pykdtree' needs the pykdtree package (pip install pykdtree).")
+            raise ImportError(
+                "neighbors='pykdtree' needs the pykdtree package (pip install pykdtree)."
+            )
         self.backend = backend
         self.points = np.ascontiguousarray(points, dtype=np.float64)
         self.n_threads = int(n_threads)
@@ -58,7 +60,9 @@ class NeighborIndex:
             idx = idx.astype(np.intp)
             idx[idx >= self.points.shape[0]] = -1
         else:
-            dist, idx = self._tree.query(x, k=k, distance_upper_bound=bound, workers=self.n_threads)
+            dist, idx = self._tree.query(
+                x, k=k, distance_upper_bound=bound, workers=self.n_threads
+            )
             idx = np.asarray(idx, dtype=np.intp)
             idx[idx >= self.points.shape[0]] = -1
         return np.asarray(dist, dtype=float), idx

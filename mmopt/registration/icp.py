@@ -19,7 +19,7 @@ from mmopt.registration.normals import local_geometry
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
 from mmopt.registration.se3 import se3_exp, se3_log
 
-__all__ = ["ICP", "icp"]
+__all__ = ["ICP", "icp", "point_to_plane_jacobian"]
 
 METRICS = ("point_to_point", "point_to_plane")
 INITS = ("centroids", "identity")
@@ -264,7 +264,9 @@ class ICP(Solver):
                 f"scale_bounds must be a pair of numbers, got {self.scale_bounds!r}."
             ) from None
         if not 0 < low <= 1.0 <= high:
-            raise ValueError(f"scale_bounds must satisfy 0 < low <= 1 <= high, got {self.scale_bounds!r}.")
+            raise ValueError(
+                f"scale_bounds must satisfy 0 < low <= 1 <= high, got {self.scale_bounds!r}."
+            )
         check_scalar(self.m, "m", kind=int, min_value=1)
         check_scalar(self.max_iter_per_stage, "max_iter_per_stage", kind=int, min_value=1)
         check_scalar(self.normals_k, "normals_k", kind=int, min_value=3)
@@ -376,10 +378,7 @@ class ICP(Solver):
         return X, residuals, dist, idx
 
     def _energy(self, corr: tuple, nu) -> float:
-        residuals = corr[1]
-        if self.loss in BOUNDED_LOSSES:
-            return loss_energy(self.loss, residuals, nu, keep=self.keep_fraction)
-        return loss_energy(self.loss, residuals, nu, keep=self.keep_fraction)
+        return loss_energy(self.loss, corr[1], nu, keep=self.keep_fraction)
 
     # ------------------------------------------------------------------------ the steps
     def _plain_step(self, T: np.ndarray, corr: tuple, nu) -> np.ndarray:
@@ -400,8 +399,7 @@ class ICP(Solver):
 
     def _gauss_newton(self, T, X, r, idx, w, nu) -> np.ndarray:
         normals = self._setup.normals[idx]
-        # d/d(omega, v) of n^T (exp(delta) x) at delta = 0 is (x cross n, n).
-        J = np.hstack([np.cross(X, normals), normals])
+        J = point_to_plane_jacobian(X, normals)
         Jw = J * w[:, None]
         A = Jw.T @ J
         b = Jw.T @ r
@@ -549,6 +547,23 @@ class ICP(Solver):
             "inlier_threshold": threshold,
             "correspondences": state.corr[3],
         }
+
+
+def point_to_plane_jacobian(X: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Jacobian of ``r_i = n_i^T (exp(delta) x_i - q_i)`` in ``delta = (omega, v)`` at 0.
+
+    ``d/d omega (omega x x) . n = x x n`` and ``d/d v = n``: rows ``(x_i x n_i, n_i)``. This
+    is exact at ``delta = 0`` (the left-perturbation parametrization needs no Jacobian of
+    ``exp`` away from the identity).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration.icp import point_to_plane_jacobian
+    >>> point_to_plane_jacobian(np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 1.0]]))
+    array([[ 0., -1.,  0.,  0.,  0.,  1.]])
+    """
+    return np.hstack([np.cross(X, normals), normals])
 
 
 def icp(source, target, **options) -> Result:
