@@ -69,7 +69,8 @@ class ICP(Solver):
     decreases ``E``. **Point-to-plane** takes one Gauss-Newton step per iteration in the
     se(3) twist (left perturbation ``exp(delta) T``, whose Jacobian at ``delta = 0`` is exact)
     on the weighted linearized residuals, then backtracks until the energy with the closest
-    points frozen decreases.
+    points frozen decreases; a step whose re-matched energy is higher is refused (the pose
+    stays, which ends the stage), so the energy never increases within a stage there either.
 
     **Anderson acceleration** runs on the 6-D twist ``log(T)`` (7-D with the log-scale for
     ``similarity=True``), with the energy safeguard: the extrapolated pose is kept only if
@@ -472,6 +473,12 @@ class ICP(Solver):
             T_new = state.G
             corr = self._correspond(T_new, nu)
             energy = self._energy(corr, nu)
+            if self.metric == "point_to_plane" and energy > state.energy:
+                # Re-matching by Euclidean distance does not minimize the point-to-plane
+                # residuals, so a Gauss-Newton step that lowered the frozen-match energy can
+                # raise the re-matched one (seen: a 2-cycle between two poses). Staying put
+                # keeps the energy monotone and ends the stage.
+                T_new, corr, energy = state.T, state.corr, state.energy
         step = float(np.linalg.norm(T_new - state.T))
         stage, stage_iter = state.stage, state.stage_iter + 1
         self._stage_iters[stage] += 1

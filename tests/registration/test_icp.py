@@ -108,10 +108,14 @@ def test_energy_never_increases_within_a_stage(scan_runs):
         assert np.all(np.diff(fun)[same] <= 1e-9 * fun[1:][same])
 
 
-def test_point_to_plane_on_real_pair(scan, scan_problem):
-    res = ICP(metric="point_to_plane", anderson=False).solve(scan_problem)
+@pytest.mark.parametrize("anderson", [False, True])
+def test_point_to_plane_on_real_pair(scan, scan_problem, anderson):
+    res = ICP(metric="point_to_plane", anderson=anderson).solve(scan_problem)
     ref = _nearest_rotation(scan.reference_transform[:3, :3])
     assert res.success and _rotation_error_deg(res.rotation, ref) <= 0.05
+    fun, stage = res.history["fun"], res.history["stage"]
+    same = stage[1:] == stage[:-1]
+    assert np.all(np.diff(fun)[same] <= 1e-9 * fun[1:][same])
 
 
 # ----------------------------------------------------------------------- synthetic cases
