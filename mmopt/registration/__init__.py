@@ -8,8 +8,8 @@ is the scikit-learn estimator. :func:`estimate_normals` gives PCA normals;
 """
 
 from mmopt.registration.estimator import ICPRegistration
-from mmopt.registration.io import read_point_cloud, write_point_cloud
 from mmopt.registration.icp import ICP, icp
+from mmopt.registration.io import read_point_cloud, write_point_cloud
 from mmopt.registration.kabsch import weighted_kabsch
 from mmopt.registration.normals import estimate_normals
 from mmopt.registration.problem import RegistrationProblem

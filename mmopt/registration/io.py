@@ -17,7 +17,9 @@ def _format(path: Path) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         known = ", ".join(sorted(FORMATS))
-        raise ValueError(f"{path}: unknown point-cloud format {path.suffix!r}; use one of {known}.")
+        raise ValueError(
+            f"{path}: unknown point-cloud format {path.suffix!r}; use one of {known}."
+        )
     return fmt
 
 
