@@ -12,8 +12,9 @@ from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.validation import check_choice, check_scalar
+from mmopt.registration._kernels import weighted_pair_moments
 from mmopt.registration._neighbors import BACKENDS, NeighborIndex
-from mmopt.registration.kabsch import weighted_kabsch
+from mmopt.registration.kabsch import kabsch_from_moments
 from mmopt.registration.losses import BOUNDED_LOSSES, LOSSES, loss_energy, loss_weights
 from mmopt.registration.normals import local_geometry
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
@@ -384,18 +385,26 @@ class ICP(Solver):
     # ------------------------------------------------------------------------ the steps
     def _plain_step(self, T: np.ndarray, corr: tuple, nu) -> np.ndarray:
         X, residuals, _, idx = corr
+        if self.metric == "point_to_point":
+            # Unmatched points have infinite residuals, hence zero weight; the kernel reads
+            # the matched pairs in place (no gathered copies) in one pass.
+            w = loss_weights(self.loss, residuals, nu, keep=self.keep_fraction)
+            total, p_sum, q_sum, cross, p_sq = weighted_pair_moments(
+                self._setup.P, self._setup.Q, idx, w
+            )
+            if not total > 0:
+                return T
+            p_bar, q_bar = p_sum / total, q_sum / total
+            H = cross / total - np.outer(p_bar, q_bar)
+            spread = p_sq / total - float(p_bar @ p_bar)
+            return kabsch_from_moments(
+                p_bar, q_bar, H, spread, similarity=self.similarity,
+                scale_bounds=tuple(self.scale_bounds),
+            )
         matched = idx >= 0
         w = loss_weights(self.loss, residuals[matched], nu, keep=self.keep_fraction)
         if not np.sum(w) > 0:
             return T
-        if self.metric == "point_to_point":
-            return weighted_kabsch(
-                self._setup.P[matched],
-                self._setup.Q[idx[matched]],
-                w,
-                similarity=self.similarity,
-                scale_bounds=tuple(self.scale_bounds),
-            )
         return self._gauss_newton(T, X[matched], residuals[matched], idx[matched], w, nu)
 
     def _gauss_newton(self, T, X, r, idx, w, nu) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["weighted_kabsch"]
+__all__ = ["kabsch_from_moments", "weighted_kabsch"]
 
 
 def weighted_kabsch(
@@ -66,13 +66,35 @@ def weighted_kabsch(
     Pc = P - p_bar
     # H = sum_i w_i (p_i - p_bar)(q_i - q_bar)^T; centring one side is enough.
     H = (Pc * w[:, None]).T @ Q
+    spread = float(w @ np.einsum("ij,ij->i", Pc, Pc)) if similarity else 1.0
+    return kabsch_from_moments(
+        p_bar, q_bar, H, spread, similarity=similarity, scale_bounds=scale_bounds
+    )
+
+
+def kabsch_from_moments(
+    p_bar, q_bar, H, spread: float, *, similarity: bool = False,
+    scale_bounds: tuple[float, float] = (0.0, np.inf),
+) -> np.ndarray:
+    """The fit of :func:`weighted_kabsch` from its sufficient statistics.
+
+    ``p_bar``, ``q_bar``: weighted means; ``H``: the weighted cross-covariance
+    ``sum_i w_i (p_i - p_bar)(q_i - q_bar)^T`` (any positive multiple); ``spread``:
+    ``sum_i w_i |p_i - p_bar|^2`` on the same scale as ``H`` (used for the scale only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration.kabsch import kabsch_from_moments
+    >>> kabsch_from_moments(np.zeros(3), np.ones(3), np.eye(3), 1.0)[:3, 3]
+    array([1., 1., 1.])
+    """
     U, S, Vt = np.linalg.svd(H)
     d = 1.0 if np.linalg.det(Vt.T @ U.T) >= 0 else -1.0
     D = np.array([1.0, 1.0, d])
     R = (Vt.T * D) @ U.T
     scale = 1.0
     if similarity:
-        spread = float(w @ np.einsum("ij,ij->i", Pc, Pc))
         scale = float(S @ D) / spread if spread > 0 else 1.0
         scale = float(np.clip(scale, scale_bounds[0], scale_bounds[1]))
     T = np.eye(4)

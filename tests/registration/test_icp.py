@@ -124,15 +124,29 @@ def small_cloud(scan):
     return scan.source[::4]
 
 
-def test_synthetic_case_from_identity(scan):
+def _issue_case(scan, seed):
     # The issue's case: 30 degrees, 10% translation, 0.5% noise, 20% outliers, 30% crop.
-    # Known gap: this seed meets the target (0.26 degrees); seeds 0 and 1 of the same
-    # generator end 0.74-0.76 degrees off, at an energy no higher than the truth's (the
-    # estimator's bias under this much noise and cropping, not a failure of the solver).
-    problem, T = make_registration_problem(
+    return make_registration_problem(
         scan.source, rotation_deg=30, translation=0.1, noise=0.005, outlier_fraction=0.2,
-        overlap=0.7, random_state=2,
+        overlap=0.7, random_state=seed,
     )
+
+
+def test_synthetic_case_from_identity(scan):
+    # Measured over seeds 0-4 with the defaults: 0.44-0.94 degrees and 0.34-0.53% of the
+    # diagonal, ending at an energy no higher than the true transform's (the estimator's bias
+    # under this much noise and cropping, not a failed solve); L2 ICP is degrees off.
+    problem, T = _issue_case(scan, 0)
+    res = ICP(init="identity").solve(problem)
+    diagonal = np.linalg.norm(np.ptp(problem.target, axis=0))
+    assert res.success
+    assert _rotation_error_deg(res.rotation, T[:3, :3]) <= 1.2
+    assert np.linalg.norm(res.translation - T[:3, 3]) <= 0.008 * diagonal
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: 0.44-0.94 deg / 0.34-0.53% measured")
+def test_synthetic_case_meets_the_issue_target(scan):
+    problem, T = _issue_case(scan, 1)
     res = ICP(init="identity").solve(problem)
     diagonal = np.linalg.norm(np.ptp(problem.target, axis=0))
     assert _rotation_error_deg(res.rotation, T[:3, :3]) <= 0.6
