@@ -130,6 +130,10 @@ class ICP(Solver):
         Plain steps after each Anderson reset before extrapolating again.
     max_iter_per_stage : int, default=100
         Iteration cap of each stage but the last.
+    coarse_stride : int, default=4
+        Coarse-to-fine: all stages but the last three match every ``coarse_stride``-th
+        source point only (1 uses every point throughout). The last three stages, and so
+        the result, always use the whole source.
     normals_k : int, default=10
         Neighbourhood size for normals, spacing and noise estimates.
     inlier_threshold : float, optional
@@ -157,9 +161,10 @@ class ICP(Solver):
     ``residual`` (last ``||T_k - T_{k-1}||_F``, normalized units; ``inf`` on an iteration that
     changed the stage), ``nu`` and ``nu_min`` (data's units; NaN for scale-free losses),
     ``spacing`` and ``noise`` (the target estimates, data's units), ``n_stages``,
-    ``iterations_per_stage``, ``n_accepted`` and ``n_rejected`` (Anderson proposals kept /
-    refused), ``acceptance_rate``, ``n_queries`` (nearest-neighbour searches of the source
-    cloud), ``inlier_ratio``, ``inlier_rmse``, ``inlier_threshold``, ``correspondences``
+    ``n_coarse_stages`` (stages run on the subsample), ``iterations_per_stage``,
+    ``n_accepted`` and ``n_rejected`` (Anderson proposals kept / refused),
+    ``acceptance_rate``, ``n_queries`` (nearest-neighbour searches of the source cloud or of
+    its subsample), ``inlier_ratio``, ``inlier_rmse``, ``inlier_threshold``, ``correspondences``
     (index of each source point's closest target point, -1 beyond the search bound).
     ``history`` adds ``nu``, ``stage``, ``accepted`` (1, 0, NaN when not tried) and
     ``n_queries`` per iteration.
@@ -206,6 +211,7 @@ class ICP(Solver):
         anderson_regularization: float = 1e-10,
         anderson_delay: int = 0,
         max_iter_per_stage: int = 100,
+        coarse_stride: int = 4,
         normals_k: int = 10,
         inlier_threshold: float | None = None,
         neighbors: str = "auto",
@@ -231,6 +237,7 @@ class ICP(Solver):
         self.anderson_regularization = anderson_regularization
         self.anderson_delay = anderson_delay
         self.max_iter_per_stage = max_iter_per_stage
+        self.coarse_stride = coarse_stride
         self.normals_k = normals_k
         self.inlier_threshold = inlier_threshold
         self.neighbors = neighbors
@@ -271,6 +278,7 @@ class ICP(Solver):
             )
         check_scalar(self.m, "m", kind=int, min_value=1)
         check_scalar(self.max_iter_per_stage, "max_iter_per_stage", kind=int, min_value=1)
+        check_scalar(self.coarse_stride, "coarse_stride", kind=int, min_value=1)
         check_scalar(self.normals_k, "normals_k", kind=int, min_value=3)
         check_scalar(
             self.inlier_threshold, "inlier_threshold", min_value=0.0, include_min=False,
@@ -356,7 +364,7 @@ class ICP(Solver):
     # ------------------------------------------------------------------ correspondences
     def _correspond(self, T: np.ndarray, nu) -> tuple:
         setup = self._setup
-        X = setup.P @ T[:3, :3].T + T[:3, 3]
+        X = self._P @ T[:3, :3].T + T[:3, 3]
         dist, idx = setup.index.query(X, bound=self._bound(nu))
         if self.metric == "point_to_plane":
             residuals = np.full(dist.shape, np.inf)
@@ -390,7 +398,7 @@ class ICP(Solver):
             # the matched pairs in place (no gathered copies) in one pass.
             w = loss_weights(self.loss, residuals, nu, keep=self.keep_fraction)
             total, p_sum, q_sum, cross, p_sq = weighted_pair_moments(
-                self._setup.P, self._setup.Q, idx, w
+                self._P, self._setup.Q, idx, w
             )
             if not total > 0:
                 return T
@@ -440,9 +448,13 @@ class ICP(Solver):
             name = "init" if x0 is None else "x0"
             T = self._from_user(check_rigid_transform(init, name, similarity=self.similarity))
         self._n_queries_start = setup.index.n_queries
+        self._P = setup.P
         corr = self._correspond(T, None)
         setup.nus = self._schedule(corr[1])
         nu = setup.nus[0]
+        self._P = self._active_points(0)
+        if self._P.shape[0] != setup.P.shape[0]:
+            corr = tuple(a[:: self.coarse_stride] for a in corr)
         corr = self._restrict(corr, nu)
         self._anderson = None
         if self.anderson:
@@ -458,6 +470,15 @@ class ICP(Solver):
             x=self._to_user(T), fun=self._user_energy(energy), T=T, corr=corr,
             G=self._plain_step(T, corr, nu), energy=energy,
         )
+
+    def _coarse(self, stage: int) -> bool:
+        # Early stages (all but the last three) match a regular subsample of the source:
+        # at a large nu the fit averages over many points anyway, and each query is cheaper.
+        return self.coarse_stride > 1 and stage < len(self._setup.nus) - 3
+
+    def _active_points(self, stage: int) -> np.ndarray:
+        P = self._setup.P
+        return P[:: self.coarse_stride] if self._coarse(stage) else P
 
     def _user_energy(self, energy: float) -> float:
         return energy if self.loss == "welsch" else energy * self._setup.scale**2
@@ -499,7 +520,12 @@ class ICP(Solver):
             stage, stage_iter = stage + 1, 0
             self._stage_iters.append(0)
             nu = setup.nus[stage]
-            corr = self._restrict(corr, nu)
+            if self._coarse(stage - 1) and not self._coarse(stage):
+                # From the subsample to the whole source: match every point (one query).
+                self._P = self._active_points(stage)
+                corr = self._correspond(T_new, nu)
+            else:
+                corr = self._restrict(corr, nu)
             energy = self._energy(corr, nu)
             if aa is not None:
                 aa.reset()
@@ -528,7 +554,12 @@ class ICP(Solver):
         T = state.x
         nu = setup.nus[state.stage]
         nu_min = setup.nus[-1]
-        dist = state.corr[2]
+        corr = state.corr
+        if corr[0].shape[0] != setup.P.shape[0]:
+            # Stopped during a subsampled stage: match the whole source for the diagnostics.
+            self._P = setup.P
+            corr = self._correspond(state.T, nu)
+        dist = corr[2]
         if self.inlier_threshold is not None:
             threshold = float(self.inlier_threshold)
         else:
@@ -552,6 +583,7 @@ class ICP(Solver):
             "spacing": setup.spacing * s,
             "noise": setup.noise * s,
             "n_stages": state.stage + 1,
+            "n_coarse_stages": sum(self._coarse(k) for k in range(state.stage + 1)),
             "iterations_per_stage": np.array(self._stage_iters[: state.stage + 1], dtype=int),
             "n_accepted": n_acc,
             "n_rejected": n_rej,
@@ -561,7 +593,7 @@ class ICP(Solver):
             "inlier_rmse": float(np.sqrt(np.mean(user_dist[inliers] ** 2))) if inliers.any()
             else np.nan,
             "inlier_threshold": threshold,
-            "correspondences": state.corr[3],
+            "correspondences": corr[3],
         }
 
 
