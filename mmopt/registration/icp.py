@@ -134,6 +134,9 @@ class ICP(Solver):
         Coarse-to-fine: all stages but the last three match every ``coarse_stride``-th
         source point only (1 uses every point throughout). The last three stages, and so
         the result, always use the whole source.
+    stage_tol : float, optional
+        Threshold on ``||T_k - T_{k-1}||_F`` that ends every stage but the last (``tol``
+        when None); a looser value spends fewer iterations on the intermediate scales.
     normals_k : int, default=10
         Neighbourhood size for normals, spacing and noise estimates.
     inlier_threshold : float, optional
@@ -212,6 +215,7 @@ class ICP(Solver):
         anderson_delay: int = 0,
         max_iter_per_stage: int = 100,
         coarse_stride: int = 4,
+        stage_tol: float | None = None,
         normals_k: int = 10,
         inlier_threshold: float | None = None,
         neighbors: str = "auto",
@@ -238,6 +242,7 @@ class ICP(Solver):
         self.anderson_delay = anderson_delay
         self.max_iter_per_stage = max_iter_per_stage
         self.coarse_stride = coarse_stride
+        self.stage_tol = stage_tol
         self.normals_k = normals_k
         self.inlier_threshold = inlier_threshold
         self.neighbors = neighbors
@@ -279,6 +284,7 @@ class ICP(Solver):
         check_scalar(self.m, "m", kind=int, min_value=1)
         check_scalar(self.max_iter_per_stage, "max_iter_per_stage", kind=int, min_value=1)
         check_scalar(self.coarse_stride, "coarse_stride", kind=int, min_value=1)
+        check_scalar(self.stage_tol, "stage_tol", min_value=0.0, allow_none=True)
         check_scalar(self.normals_k, "normals_k", kind=int, min_value=3)
         check_scalar(
             self.inlier_threshold, "inlier_threshold", min_value=0.0, include_min=False,
@@ -514,7 +520,8 @@ class ICP(Solver):
         self._stage_iters[stage] += 1
         residual = step
         last = stage == len(setup.nus) - 1
-        if not last and (step < self.tol or stage_iter >= self.max_iter_per_stage):
+        stage_tol = self.tol if self.stage_tol is None else self.stage_tol
+        if not last and (step < stage_tol or stage_iter >= self.max_iter_per_stage):
             # Next stage: a smaller nu. Correspondences found under the wider bound remain
             # valid; the energy and the plain step are those of the new problem.
             stage, stage_iter = stage + 1, 0

@@ -252,7 +252,8 @@ def test_similarity_recovers_scale(small_cloud):
     [("metric", "plane", ValueError), ("loss", "l1", ValueError), ("nu", -1.0, ValueError),
      ("init", "random", ValueError), ("anderson", 1, TypeError),
      ("scale_bounds", (2.0, 3.0), ValueError), ("keep_fraction", 0.0, ValueError),
-     ("neighbors", "faiss", ValueError)],
+     ("neighbors", "faiss", ValueError), ("stage_tol", -1.0, ValueError),
+     ("coarse_stride", 0, ValueError)],
 )
 def test_bad_options(small_cloud, option, value, error):
     with pytest.raises(error, match=option):
@@ -272,3 +273,17 @@ def test_results_do_not_depend_on_backend_or_threads(small_cloud, options):
         reference = ICP(neighbors="scipy", n_threads=1, max_iter=30).solve(problem)
         res = ICP(max_iter=30, **options).solve(problem)
     np.testing.assert_array_equal(res.transform, reference.transform)
+
+
+def test_looser_stage_tol_and_no_coarse_stages(small_cloud):
+    problem, T = make_registration_problem(
+        small_cloud, rotation_deg=10, translation=0.05, noise=0.0, outlier_fraction=0.0,
+        overlap=1.0, random_state=8,
+    )
+    full = ICP(coarse_stride=1).solve(problem)
+    assert full.n_coarse_stages == 0
+    assert full.n_queries == 1 + full.nit + full.n_rejected
+    loose = ICP(coarse_stride=1, stage_tol=1e-3).solve(problem)
+    assert loose.n_stages == full.n_stages and loose.nit < full.nit
+    for res in (full, loose):
+        assert _rotation_error_deg(res.rotation, T[:3, :3]) <= 0.05
