@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("source", help="the moving cloud")
     register.add_argument("target", help="the fixed cloud")
     register.add_argument(
-        "--metric", choices=["point-to-point", "point-to-plane"], default="point-to-point"
+        "--metric", choices=["point-to-point", "point-to-plane", "hybrid"],
+        default="point-to-point",
     )
     register.add_argument(
         "--loss", choices=["welsch", "l2", "huber", "cauchy", "tukey", "trimmed"],

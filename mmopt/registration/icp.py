@@ -22,7 +22,7 @@ from mmopt.registration.se3 import se3_exp, se3_log
 
 __all__ = ["ICP", "icp", "point_to_plane_jacobian"]
 
-METRICS = ("point_to_point", "point_to_plane")
+METRICS = ("point_to_point", "point_to_plane", "hybrid")
 INITS = ("centroids", "identity")
 # Losses with a scale nu that the stages anneal; l2 and trimmed have none.
 _SCALED_LOSSES = ("welsch", "huber", "cauchy", "tukey")
@@ -96,9 +96,12 @@ class ICP(Solver):
 
     Parameters
     ----------
-    metric : {"point_to_point", "point_to_plane"}, default="point_to_point"
+    metric : {"point_to_point", "point_to_plane", "hybrid"}, default="point_to_point"
         Residual. Point-to-plane uses the target normals (estimated by PCA over
-        ``normals_k`` neighbours when the problem has none).
+        ``normals_k`` neighbours when the problem has none). ``"hybrid"`` runs the
+        point-to-point stages and refines with point-to-plane in the last stage: robust
+        point-to-point finds the basin from far starts, where point-to-plane alone can
+        stall.
     loss : {"welsch", "l2", "huber", "cauchy", "tukey", "trimmed"}, default="welsch"
         Robust loss (``"l2"`` is classic ICP).
     nu : float, optional
@@ -336,7 +339,7 @@ class ICP(Solver):
             ("geometry", self.normals_k, self.neighbors),
             lambda: local_geometry(Q, k=self.normals_k, neighbors=self.neighbors),
         )
-        if self.metric == "point_to_plane" and problem.target_normals is not None:
+        if self.metric != "point_to_point" and problem.target_normals is not None:
             normals = np.asarray(problem.target_normals)
         return _Setup(
             P=P, Q=Q, normals=normals, index=index, scale=s, source_centroid=cs,
@@ -372,15 +375,15 @@ class ICP(Solver):
         setup = self._setup
         X = self._P @ T[:3, :3].T + T[:3, 3]
         dist, idx = setup.index.query(X, bound=self._bound(nu))
-        if self.metric == "point_to_plane":
-            residuals = np.full(dist.shape, np.inf)
-            ok = idx >= 0
-            residuals[ok] = np.einsum(
-                "ij,ij->i", setup.normals[idx[ok]], X[ok] - setup.Q[idx[ok]]
-            )
-        else:
-            residuals = dist
+        residuals = self._plane_residuals(X, idx) if self._metric == "point_to_plane" else dist
         return X, residuals, dist, idx
+
+    def _plane_residuals(self, X, idx) -> np.ndarray:
+        setup = self._setup
+        residuals = np.full(idx.shape, np.inf)
+        ok = idx >= 0
+        residuals[ok] = np.einsum("ij,ij->i", setup.normals[idx[ok]], X[ok] - setup.Q[idx[ok]])
+        return residuals
 
     def _restrict(self, corr: tuple, nu) -> tuple:
         """Correspondences found under a wider bound, cut to the bound of ``nu``."""
@@ -399,7 +402,7 @@ class ICP(Solver):
     # ------------------------------------------------------------------------ the steps
     def _plain_step(self, T: np.ndarray, corr: tuple, nu) -> np.ndarray:
         X, residuals, _, idx = corr
-        if self.metric == "point_to_point":
+        if self._metric == "point_to_point":
             # Unmatched points have infinite residuals, hence zero weight; the kernel reads
             # the matched pairs in place (no gathered copies) in one pass.
             w = loss_weights(self.loss, residuals, nu, keep=self.keep_fraction)
@@ -455,6 +458,7 @@ class ICP(Solver):
             T = self._from_user(check_rigid_transform(init, name, similarity=self.similarity))
         self._n_queries_start = setup.index.n_queries
         self._P = setup.P
+        self._metric = "point_to_plane" if self.metric == "point_to_plane" else "point_to_point"
         corr = self._correspond(T, None)
         setup.nus = self._schedule(corr[1])
         nu = setup.nus[0]
@@ -462,6 +466,8 @@ class ICP(Solver):
         if self._P.shape[0] != setup.P.shape[0]:
             corr = tuple(a[:: self.coarse_stride] for a in corr)
         corr = self._restrict(corr, nu)
+        if self.metric == "hybrid" and len(setup.nus) == 1:
+            corr = self._switch_to_plane(corr)
         self._anderson = None
         if self.anderson:
             self._anderson = AndersonAcceleration(
@@ -486,6 +492,12 @@ class ICP(Solver):
         P = self._setup.P
         return P[:: self.coarse_stride] if self._coarse(stage) else P
 
+    def _switch_to_plane(self, corr: tuple) -> tuple:
+        """Hybrid metric: the last stage refines with point-to-plane on the same matches."""
+        self._metric = "point_to_plane"
+        X, _, dist, idx = corr
+        return X, self._plane_residuals(X, idx), dist, idx
+
     def _user_energy(self, energy: float) -> float:
         return energy if self.loss == "welsch" else energy * self._setup.scale**2
 
@@ -509,7 +521,7 @@ class ICP(Solver):
             T_new = state.G
             corr = self._correspond(T_new, nu)
             energy = self._energy(corr, nu)
-            if self.metric == "point_to_plane" and energy > state.energy:
+            if self._metric == "point_to_plane" and energy > state.energy:
                 # Re-matching by Euclidean distance does not minimize the point-to-plane
                 # residuals, so a Gauss-Newton step that lowered the frozen-match energy can
                 # raise the re-matched one (seen: a 2-cycle between two poses). Staying put
@@ -533,6 +545,8 @@ class ICP(Solver):
                 corr = self._correspond(T_new, nu)
             else:
                 corr = self._restrict(corr, nu)
+            if self.metric == "hybrid" and stage == len(setup.nus) - 1:
+                corr = self._switch_to_plane(corr)
             energy = self._energy(corr, nu)
             if aa is not None:
                 aa.reset()

@@ -174,7 +174,7 @@ def test_l2_anderson_reaches_plain_fixed_point(small_cloud):
 
 
 @pytest.mark.parametrize("loss", ["welsch", "huber", "cauchy", "tukey", "trimmed", "l2"])
-@pytest.mark.parametrize("metric", ["point_to_point", "point_to_plane"])
+@pytest.mark.parametrize("metric", ["point_to_point", "point_to_plane", "hybrid"])
 def test_every_loss_and_metric_recovers_a_clean_motion(small_cloud, loss, metric):
     problem, T = make_registration_problem(
         small_cloud, rotation_deg=10, translation=0.05, noise=0.0, outlier_fraction=0.0,
@@ -292,3 +292,14 @@ def test_looser_stage_tol_on_real_pair(scan, scan_problem, scan_runs):
     assert loose.n_stages == default.n_stages and loose.nit < default.nit
     ref = _nearest_rotation(scan.reference_transform[:3, :3])
     assert _rotation_error_deg(loose.rotation, ref) <= 0.02
+
+
+def test_hybrid_from_identity_on_real_pair(scan, scan_problem):
+    # Point-to-plane alone stalls ~60 degrees off from this start; the hybrid does not.
+    res = ICP(metric="hybrid", init="identity").solve(scan_problem)
+    ref = _nearest_rotation(scan.reference_transform[:3, :3])
+    assert res.success and _rotation_error_deg(res.rotation, ref) <= 0.05
+    stage = res.history["stage"]
+    fun = res.history["fun"]
+    last = stage == stage[-1]
+    assert np.all(np.diff(fun[last]) <= 1e-9 * fun[last][1:])
