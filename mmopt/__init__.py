@@ -6,7 +6,7 @@ estimators that all return or hold a :class:`mmopt.Result`.
 """
 
 # Importing the families registers their solvers.
-from mmopt import mm
+from mmopt import mm, registration
 from mmopt._core import (
     SOLVERS,
     AndersonAcceleration,
@@ -32,6 +32,7 @@ __all__ = [
     "mm",
     "ot",
     "openmp_enabled",
+    "registration",
     "solve",
     "solve_many",
 ]

@@ -1,5 +1,11 @@
 """Data for mmopt's examples, tests and benchmarks: real data loaders and generators."""
 
 from mmopt.datasets._generators import load_diabetes_with_outliers, make_regression_with_outliers
+from mmopt.datasets._scans import load_scan_pair, make_registration_problem
 
-__all__ = ["load_diabetes_with_outliers", "make_regression_with_outliers"]
+__all__ = [
+    "load_diabetes_with_outliers",
+    "load_scan_pair",
+    "make_registration_problem",
+    "make_regression_with_outliers",
+]

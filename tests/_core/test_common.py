@@ -10,6 +10,7 @@ import mmopt
 from mmopt import SOLVERS, ConvergenceWarning, Result
 from mmopt.mm import MMProblem
 from mmopt.ot import OTProblem
+from mmopt.registration import RegistrationProblem
 
 
 def _mm_problem():
@@ -29,10 +30,21 @@ def _ot_problem(reg=0.02):
     return OTProblem([], [], C / C.max(), reg=reg)
 
 
+def _registration_problem():
+    # A small cloud and a moved copy of it; the ICP solve runs a few annealing stages.
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(200, 3)) * [3.0, 2.0, 1.0]
+    angle = 0.3
+    R = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                  [0, 0, 1.0]])
+    return RegistrationProblem(source, source @ R.T + [0.5, 0.0, 0.2])
+
+
 # Every registered solver needs a small problem here: a new family adds its entry.
 EXAMPLE_PROBLEMS = {
     "mm": _mm_problem,
     "sinkhorn": _ot_problem,
+    "icp": _registration_problem,
     # Small reg, so that the Newton stage runs.
     "sns": lambda: _ot_problem(reg=1e-3),
     # The solver's default k (None) is unconstrained: a smooth problem that converges.

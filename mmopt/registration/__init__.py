@@ -1,0 +1,29 @@
+"""Rigid registration of point clouds: Fast and Robust ICP.
+
+:class:`RegistrationProblem` holds the two clouds (source first: ``target ~= T source``);
+:class:`ICP` (:func:`icp`) solves it by robust point-to-point or point-to-plane ICP with the
+annealed Welsch scale and Anderson acceleration on the se(3) twist; :class:`ICPRegistration`
+is the scikit-learn estimator. :func:`estimate_normals` gives PCA normals;
+:func:`read_point_cloud` and :func:`write_point_cloud` handle PLY, XYZ and NPY files.
+"""
+
+from mmopt.registration.estimator import ICPRegistration
+from mmopt.registration.icp import ICP, icp
+from mmopt.registration.io import read_point_cloud, write_point_cloud
+from mmopt.registration.kabsch import weighted_kabsch
+from mmopt.registration.normals import estimate_normals
+from mmopt.registration.problem import RegistrationProblem
+from mmopt.registration.se3 import se3_exp, se3_log
+
+__all__ = [
+    "ICP",
+    "ICPRegistration",
+    "RegistrationProblem",
+    "estimate_normals",
+    "icp",
+    "read_point_cloud",
+    "se3_exp",
+    "se3_log",
+    "weighted_kabsch",
+    "write_point_cloud",
+]

@@ -1,0 +1,97 @@
+"""The scikit-learn estimator of rigid registration."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from mmopt._core.registry import get_solver
+from mmopt._core.validation import check_array
+from mmopt.registration.icp import ICP
+from mmopt.registration.problem import RegistrationProblem
+
+__all__ = ["ICPRegistration"]
+
+
+class ICPRegistration(TransformerMixin, BaseEstimator):
+    """Rigid registration as an estimator: ``fit(X=source, y=target)``, ``transform(X)``.
+
+    Learns the transform ``T`` with ``y ~= T X`` by :class:`ICP`; :meth:`transform` applies
+    it to any (k, 3) points. The options are those of :class:`ICP`.
+
+    Parameters
+    ----------
+    metric, loss, nu, init, similarity, anderson, tol, max_iter
+        See :class:`ICP`.
+    **solver_options
+        Not accepted: use :class:`ICP` directly for the other options.
+
+    Attributes
+    ----------
+    transform_matrix_ : ndarray of shape (4, 4)
+        The fitted ``T``.
+    result_ : mmopt.Result
+        The full result of the solve (diagnostics, history).
+    n_iter_ : int
+        Iterations done.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration import ICPRegistration
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3)) * [3.0, 2.0, 1.0]
+    >>> reg = ICPRegistration(loss="l2").fit(X, X + [0.5, 0.0, 0.0])
+    >>> np.round(reg.transform_matrix_[:3, 3], 4) + 0.0
+    array([0.5, 0. , 0. ])
+    >>> np.round(reg.transform(np.zeros((1, 3))), 4) + 0.0
+    array([[0.5, 0. , 0. ]])
+    """
+
+    def __init__(
+        self,
+        *,
+        metric: str = "point_to_point",
+        loss: str = "welsch",
+        nu: float | None = None,
+        init="centroids",
+        similarity: bool = False,
+        anderson: bool = True,
+        tol: float = 1e-5,
+        max_iter: int = 1000,
+    ):
+        self.metric = metric
+        self.loss = loss
+        self.nu = nu
+        self.init = init
+        self.similarity = similarity
+        self.anderson = anderson
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def fit(self, X, y, *, target_normals=None):
+        """Register the source ``X`` (n, 3) onto the target ``y`` (m, 3)."""
+        if y is None:
+            raise ValueError("y (the target cloud) is required: fit(X=source, y=target).")
+        problem = RegistrationProblem(X, y, target_normals=target_normals)
+        solver = get_solver(ICP, problem, **self.get_params())
+        self.result_ = solver.solve(problem)
+        self.transform_matrix_ = np.array(self.result_.transform, copy=True)
+        self.n_iter_ = self.result_.nit
+        self.n_features_in_ = 3
+        return self
+
+    def transform(self, X):
+        """Apply the fitted transform to the points ``X`` (k, 3)."""
+        check_is_fitted(self, "transform_matrix_")
+        X = check_array(X, "X", ndim=2)
+        if X.shape[1] != 3:
+            raise ValueError(f"X must have shape (k, 3), got {X.shape}.")
+        T = self.transform_matrix_
+        return X @ T[:3, :3].T + T[:3, 3]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags

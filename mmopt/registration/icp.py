@@ -1,0 +1,676 @@
+"""Fast and Robust ICP: robust point-to-point / point-to-plane ICP with Anderson acceleration."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmopt._core.anderson import AndersonAcceleration
+from mmopt._core.registry import register_solver, solve
+from mmopt._core.result import Result
+from mmopt._core.solver import Solver, SolverState
+from mmopt._core.validation import check_choice, check_scalar
+from mmopt.registration._kernels import weighted_pair_moments
+from mmopt.registration._neighbors import BACKENDS, NeighborIndex
+from mmopt.registration.kabsch import kabsch_from_moments
+from mmopt.registration.losses import BOUNDED_LOSSES, LOSSES, loss_energy, loss_weights
+from mmopt.registration.normals import local_geometry
+from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
+from mmopt.registration.se3 import se3_exp, se3_log
+
+__all__ = ["ICP", "icp", "point_to_plane_jacobian"]
+
+METRICS = ("point_to_point", "point_to_plane", "hybrid")
+INITS = ("centroids", "identity")
+# Losses with a scale nu that the stages anneal; l2 and trimmed have none.
+_SCALED_LOSSES = ("welsch", "huber", "cauchy", "tukey")
+
+
+@dataclass
+class _ICPState(SolverState):
+    T: np.ndarray | None = None  # transform in normalized coordinates
+    corr: tuple | None = None  # (moved source, residuals, distances, indices)
+    G: np.ndarray | None = None  # plain step from T
+    energy: float = np.inf  # energy in normalized units at the current nu
+    stage: int = 0
+    stage_iter: int = 0
+
+
+@dataclass
+class _Setup:
+    """Everything fixed during one solve, in normalized coordinates."""
+
+    P: np.ndarray
+    Q: np.ndarray
+    normals: np.ndarray | None
+    index: NeighborIndex
+    scale: float
+    source_centroid: np.ndarray
+    target_centroid: np.ndarray
+    spacing: float
+    noise: float
+    nus: list  # nu of each stage (normalized); [None] for l2 / trimmed
+
+
+@register_solver
+class ICP(Solver):
+    """Fast and Robust ICP (Zhang, Yao, Deng): robust ICP accelerated by Anderson.
+
+    Minimizes ``E(T) = sum_i psi(r_i(T))`` over rigid transforms ``T`` (``target ~= T
+    source``), where ``r_i`` is the distance from ``T p_i`` to its closest target point
+    (``metric="point_to_point"``) or its offset along the target normal there
+    (``"point_to_plane"``), and ``psi`` a robust loss of scale ``nu``
+    (:mod:`mmopt.registration.losses`).
+
+    **Point-to-point** is majorization-minimization: with the closest points frozen, the
+    robust loss is majorized by a weighted least-squares problem whose minimizer is a
+    weighted Kabsch fit; re-matching can only lower the energy further, so every plain step
+    decreases ``E``. **Point-to-plane** takes one Gauss-Newton step per iteration in the
+    se(3) twist (left perturbation ``exp(delta) T``, whose Jacobian at ``delta = 0`` is exact)
+    on the weighted linearized residuals, then backtracks until the energy with the closest
+    points frozen decreases; a step whose re-matched energy is higher is refused (the pose
+    stays, which ends the stage), so the energy never increases within a stage there either.
+
+    **Anderson acceleration** runs on the 6-D twist ``log(T)`` (7-D with the log-scale for
+    ``similarity=True``), with the energy safeguard: the extrapolated pose is kept only if
+    its energy (after re-matching, which it needs anyway) is no larger than the current one;
+    otherwise the plain step is taken (one more nearest-neighbour query) and the history is
+    reset.
+
+    **Stages** (the annealed ``nu``): the solver works in coordinates centred on each cloud's
+    centroid and divided by the larger bounding-box diagonal. ``nu`` starts at
+    ``nu_init_factor`` times the median initial residual and halves at each stage down to
+    ``nu_min``, the largest of the official floor ``spacing / (3 sqrt 3)`` (``spacing``: the
+    target's typical point spacing) and ``noise_factor`` times the target's noise estimate
+    (the median thickness of its 10-point neighbourhoods across their local plane): on noisy
+    data the official floor alone fits the noise. A stage ends when the transform moves by
+    less than ``tol`` (Frobenius norm in normalized units) or after ``max_iter_per_stage``
+    iterations; the Anderson history is reset at each stage. The solve converges when the
+    last stage (``nu = nu_min``) does. With ``nu`` given, one stage runs at that scale (the
+    "tracking" mode); ``"l2"`` and ``"trimmed"`` have one stage and no scale.
+
+    Searches for the Welsch and Tukey losses are bounded at ``5 nu`` and ``nu``: farther
+    points have (nearly) zero weight, and bounded KD-tree searches are several times faster.
+
+    Parameters
+    ----------
+    metric : {"point_to_point", "point_to_plane", "hybrid"}, default="point_to_point"
+        Residual. Point-to-plane uses the target normals (estimated by PCA over
+        ``normals_k`` neighbours when the problem has none). ``"hybrid"`` runs the
+        point-to-point stages and refines with point-to-plane in the last stage: robust
+        point-to-point finds the basin from far starts, where point-to-plane alone can
+        stall.
+    loss : {"welsch", "l2", "huber", "cauchy", "tukey", "trimmed"}, default="welsch"
+        Robust loss (``"l2"`` is classic ICP).
+    nu : float, optional
+        Fixed loss scale in the data's units (one stage); annealed when None.
+    nu_init_factor : float, default=3.0
+        First ``nu`` as a multiple of the median initial residual.
+    nu_min : float, optional
+        Smallest ``nu`` in the data's units; estimated as described above when None.
+    noise_factor : float, default=1.0
+        Multiple of the noise estimate that floors the estimated ``nu_min``.
+    keep_fraction : float, default=0.9
+        Fraction of the correspondences kept by the ``"trimmed"`` loss.
+    init : {"centroids", "identity"} or array of shape (4, 4), default="centroids"
+        Start: translate the source centroid onto the target centroid, the identity, or a
+        given rigid transform (in the data's units). ``x0`` of :meth:`solve` overrides it.
+    similarity : bool, default=False
+        Also fit a uniform scale (7 degrees of freedom; point-to-point only).
+    scale_bounds : (float, float), default=(0.5, 2.0)
+        Bounds on the scale when ``similarity`` is True.
+    anderson : bool, default=True
+        Use Anderson acceleration.
+    m : int, default=5
+        Anderson memory.
+    anderson_damping : float, default=1.0
+        Anderson mixing parameter in (0, 1].
+    anderson_regularization : float, default=1e-10
+        Tikhonov term of the column-normalized Anderson least squares.
+    anderson_delay : int, default=0
+        Plain steps after each Anderson reset before extrapolating again.
+    max_iter_per_stage : int, default=100
+        Iteration cap of each stage but the last.
+    coarse_stride : int, default=4
+        Coarse-to-fine: all stages but the last three match every ``coarse_stride``-th
+        source point only (1 uses every point throughout). The last three stages, and so
+        the result, always use the whole source.
+    stage_tol : float, optional
+        Threshold on ``||T_k - T_{k-1}||_F`` that ends every stage but the last (``tol``
+        when None); a looser value spends fewer iterations on the intermediate scales.
+    normals_k : int, default=10
+        Neighbourhood size for normals, spacing and noise estimates.
+    inlier_threshold : float, optional
+        Distance (data's units) below which a source point counts as an inlier in the
+        diagnostics; ``max(3 nu, 2 spacing)`` at the final ``nu`` (``nu_min`` for scale-free
+        losses) when None.
+    neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
+        KD-tree library (``"auto"``: pykdtree when installed).
+    n_threads : int, default=1
+        Threads of scipy's KD-tree queries (results do not depend on it).
+    tol : float, default=1e-5
+        Stage (and final) stopping threshold on ``||T_k - T_{k-1}||_F`` in normalized units.
+    max_iter : int, default=1000
+        Total iteration cap.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
+    verbose : int, default=0
+        0 silent, 1 a progress bar, 2 one line per iteration.
+
+    Notes
+    -----
+    Result fields: ``x`` and ``transform`` (the 4x4 ``T``, ``target ~= T source``),
+    ``rotation``, ``translation``, ``scale`` (1 unless ``similarity``), ``fun`` (the energy at
+    the final ``nu``: unit-free for Welsch, in squared data units otherwise),
+    ``residual`` (last ``||T_k - T_{k-1}||_F``, normalized units; ``inf`` on an iteration that
+    changed the stage), ``nu`` and ``nu_min`` (data's units; NaN for scale-free losses),
+    ``spacing`` and ``noise`` (the target estimates, data's units), ``n_stages``,
+    ``n_coarse_stages`` (stages run on the subsample), ``iterations_per_stage``,
+    ``n_accepted`` and ``n_rejected`` (Anderson proposals kept / refused),
+    ``acceptance_rate``, ``n_queries`` (nearest-neighbour searches of the source cloud or of
+    its subsample), ``inlier_ratio``, ``inlier_rmse``, ``inlier_threshold``, ``correspondences``
+    (index of each source point's closest target point, -1 beyond the search bound).
+    ``history`` adds ``nu``, ``stage``, ``accepted`` (1, 0, NaN when not tried) and
+    ``n_queries`` per iteration.
+
+    References
+    ----------
+    J. Zhang, Y. Yao, B. Deng, "Fast and Robust Iterative Closest Point", IEEE TPAMI 44(7),
+    3450-3466, 2022.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration import ICP, RegistrationProblem
+    >>> from mmopt.registration.se3 import se3_exp
+    >>> rng = np.random.default_rng(0)
+    >>> source = rng.normal(size=(300, 3)) * [3.0, 2.0, 1.0]
+    >>> T = se3_exp([0.0, 0.0, 0.3, 0.2, 0.0, 0.1])
+    >>> target = source @ T[:3, :3].T + T[:3, 3]
+    >>> res = ICP().solve(RegistrationProblem(source, target))
+    >>> bool(res.success), bool(np.allclose(res.transform, T, atol=1e-4))
+    (True, True)
+    """
+
+    name = "icp"
+    problem_types = (RegistrationProblem,)
+    residual_covers_x = False
+
+    def __init__(
+        self,
+        *,
+        metric: str = "point_to_point",
+        loss: str = "welsch",
+        nu: float | None = None,
+        nu_init_factor: float = 3.0,
+        nu_min: float | None = None,
+        noise_factor: float = 1.0,
+        keep_fraction: float = 0.9,
+        init="centroids",
+        similarity: bool = False,
+        scale_bounds: tuple[float, float] = (0.5, 2.0),
+        anderson: bool = True,
+        m: int = 5,
+        anderson_damping: float = 1.0,
+        anderson_regularization: float = 1e-10,
+        anderson_delay: int = 0,
+        max_iter_per_stage: int = 100,
+        coarse_stride: int = 4,
+        stage_tol: float | None = None,
+        normals_k: int = 10,
+        inlier_threshold: float | None = None,
+        neighbors: str = "auto",
+        n_threads: int = 1,
+        tol: float = 1e-5,
+        max_iter: int = 1000,
+        callback=None,
+        verbose: int = 0,
+    ):
+        self.metric = metric
+        self.loss = loss
+        self.nu = nu
+        self.nu_init_factor = nu_init_factor
+        self.nu_min = nu_min
+        self.noise_factor = noise_factor
+        self.keep_fraction = keep_fraction
+        self.init = init
+        self.similarity = similarity
+        self.scale_bounds = scale_bounds
+        self.anderson = anderson
+        self.m = m
+        self.anderson_damping = anderson_damping
+        self.anderson_regularization = anderson_regularization
+        self.anderson_delay = anderson_delay
+        self.max_iter_per_stage = max_iter_per_stage
+        self.coarse_stride = coarse_stride
+        self.stage_tol = stage_tol
+        self.normals_k = normals_k
+        self.inlier_threshold = inlier_threshold
+        self.neighbors = neighbors
+        self.n_threads = n_threads
+        self.tol = tol
+        self.max_iter = max_iter
+        self.callback = callback
+        self.verbose = verbose
+
+    # ---------------------------------------------------------------------------- options
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        check_choice(self.metric, "metric", METRICS)
+        check_choice(self.loss, "loss", LOSSES)
+        check_scalar(self.nu, "nu", min_value=0.0, include_min=False, allow_none=True)
+        check_scalar(self.nu_init_factor, "nu_init_factor", min_value=0.0, include_min=False)
+        check_scalar(self.nu_min, "nu_min", min_value=0.0, include_min=False, allow_none=True)
+        check_scalar(self.noise_factor, "noise_factor", min_value=0.0)
+        check_scalar(
+            self.keep_fraction, "keep_fraction", min_value=0.0, max_value=1.0, include_min=False
+        )
+        if isinstance(self.init, str):
+            check_choice(self.init, "init", INITS)
+        for flag in ("similarity", "anderson"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
+        if self.similarity and self.metric != "point_to_point":
+            raise ValueError("similarity=True needs metric='point_to_point'.")
+        try:
+            low, high = (float(b) for b in self.scale_bounds)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"scale_bounds must be a pair of numbers, got {self.scale_bounds!r}."
+            ) from None
+        if not 0 < low <= 1.0 <= high:
+            raise ValueError(
+                f"scale_bounds must satisfy 0 < low <= 1 <= high, got {self.scale_bounds!r}."
+            )
+        check_scalar(self.m, "m", kind=int, min_value=1)
+        check_scalar(self.max_iter_per_stage, "max_iter_per_stage", kind=int, min_value=1)
+        check_scalar(self.coarse_stride, "coarse_stride", kind=int, min_value=1)
+        check_scalar(self.stage_tol, "stage_tol", min_value=0.0, allow_none=True)
+        check_scalar(self.normals_k, "normals_k", kind=int, min_value=3)
+        check_scalar(
+            self.inlier_threshold, "inlier_threshold", min_value=0.0, include_min=False,
+            allow_none=True,
+        )
+        check_choice(self.neighbors, "neighbors", BACKENDS)
+        check_scalar(self.n_threads, "n_threads", kind=int, min_value=1)
+
+    # --------------------------------------------------------------------- coordinates
+    def _to_user(self, T: np.ndarray) -> np.ndarray:
+        s, cs, ct = self._setup.scale, self._setup.source_centroid, self._setup.target_centroid
+        out = T.copy()
+        out[:3, 3] = s * T[:3, 3] + ct - T[:3, :3] @ cs
+        return out
+
+    def _from_user(self, T: np.ndarray) -> np.ndarray:
+        s, cs, ct = self._setup.scale, self._setup.source_centroid, self._setup.target_centroid
+        out = np.array(T, dtype=float)
+        out[:3, 3] = (T[:3, 3] + T[:3, :3] @ cs - ct) / s
+        return out
+
+    def _params(self, T: np.ndarray) -> np.ndarray:
+        """Anderson's variable: the twist of T (and the log-scale for similarities)."""
+        if not self.similarity:
+            return se3_log(T)
+        scale = float(np.cbrt(np.linalg.det(T[:3, :3])))
+        rigid = T.copy()
+        rigid[:3, :3] /= scale
+        return np.append(se3_log(rigid), math.log(scale))
+
+    def _from_params(self, u: np.ndarray) -> np.ndarray:
+        T = se3_exp(u[:6])
+        if self.similarity:
+            low, high = self.scale_bounds
+            T[:3, :3] *= float(np.clip(math.exp(u[6]), low, high))
+        return T
+
+    # --------------------------------------------------------------------------- setup
+    def _make_setup(self, problem: RegistrationProblem) -> _Setup:
+        s = problem.scale
+        cs, ct = problem.source_centroid, problem.target_centroid
+        P = np.ascontiguousarray((problem.source - cs) / s)
+        Q = np.ascontiguousarray((problem.target - ct) / s)
+        index = problem.cached(
+            ("index", self.neighbors), lambda: NeighborIndex(Q, backend=self.neighbors)
+        )
+        index.n_threads = self.n_threads
+        normals, thickness, spacing = problem.cached(
+            ("geometry", self.normals_k, self.neighbors),
+            lambda: local_geometry(Q, k=self.normals_k, neighbors=self.neighbors),
+        )
+        if self.metric != "point_to_point" and problem.target_normals is not None:
+            normals = np.asarray(problem.target_normals)
+        return _Setup(
+            P=P, Q=Q, normals=normals, index=index, scale=s, source_centroid=cs,
+            target_centroid=ct, spacing=spacing, noise=float(np.median(thickness)), nus=[None],
+        )
+
+    def _schedule(self, initial_residuals: np.ndarray) -> list:
+        setup = self._setup
+        if self.loss not in _SCALED_LOSSES:
+            return [None]
+        if self.nu is not None:
+            return [self.nu / setup.scale]
+        if self.nu_min is not None:
+            nu_min = self.nu_min / setup.scale
+        else:
+            nu_min = max(setup.spacing / (3.0 * math.sqrt(3.0)), self.noise_factor * setup.noise)
+        finite = initial_residuals[np.isfinite(initial_residuals)]
+        nu = self.nu_init_factor * float(np.median(np.abs(finite)))
+        nus = []
+        while nu > nu_min:
+            nus.append(nu)
+            nu = nu / 2.0
+        nus.append(nu_min)
+        return nus
+
+    def _bound(self, nu) -> float:
+        if nu is None or self.loss not in BOUNDED_LOSSES:
+            return np.inf
+        return BOUNDED_LOSSES[self.loss] * nu
+
+    # ------------------------------------------------------------------ correspondences
+    def _correspond(self, T: np.ndarray, nu) -> tuple:
+        setup = self._setup
+        X = self._P @ T[:3, :3].T + T[:3, 3]
+        dist, idx = setup.index.query(X, bound=self._bound(nu))
+        residuals = self._plane_residuals(X, idx) if self._metric == "point_to_plane" else dist
+        return X, residuals, dist, idx
+
+    def _plane_residuals(self, X, idx) -> np.ndarray:
+        setup = self._setup
+        residuals = np.full(idx.shape, np.inf)
+        ok = idx >= 0
+        residuals[ok] = np.einsum("ij,ij->i", setup.normals[idx[ok]], X[ok] - setup.Q[idx[ok]])
+        return residuals
+
+    def _restrict(self, corr: tuple, nu) -> tuple:
+        """Correspondences found under a wider bound, cut to the bound of ``nu``."""
+        X, residuals, dist, idx = corr
+        bound = self._bound(nu)
+        far = dist > bound
+        if not far.any():
+            return corr
+        residuals, dist, idx = residuals.copy(), dist.copy(), idx.copy()
+        residuals[far], dist[far], idx[far] = np.inf, np.inf, -1
+        return X, residuals, dist, idx
+
+    def _energy(self, corr: tuple, nu) -> float:
+        return loss_energy(self.loss, corr[1], nu, keep=self.keep_fraction)
+
+    # ------------------------------------------------------------------------ the steps
+    def _plain_step(self, T: np.ndarray, corr: tuple, nu) -> np.ndarray:
+        X, residuals, _, idx = corr
+        if self._metric == "point_to_point":
+            # Unmatched points have infinite residuals, hence zero weight; the kernel reads
+            # the matched pairs in place (no gathered copies) in one pass.
+            w = loss_weights(self.loss, residuals, nu, keep=self.keep_fraction)
+            total, p_sum, q_sum, cross, p_sq = weighted_pair_moments(
+                self._P, self._setup.Q, idx, w
+            )
+            if not total > 0:
+                return T
+            p_bar, q_bar = p_sum / total, q_sum / total
+            H = cross / total - np.outer(p_bar, q_bar)
+            spread = p_sq / total - float(p_bar @ p_bar)
+            return kabsch_from_moments(
+                p_bar, q_bar, H, spread, similarity=self.similarity,
+                scale_bounds=tuple(self.scale_bounds),
+            )
+        matched = idx >= 0
+        w = loss_weights(self.loss, residuals[matched], nu, keep=self.keep_fraction)
+        if not np.sum(w) > 0:
+            return T
+        return self._gauss_newton(T, X[matched], residuals[matched], idx[matched], w, nu)
+
+    def _gauss_newton(self, T, X, r, idx, w, nu) -> np.ndarray:
+        normals = self._setup.normals[idx]
+        J = point_to_plane_jacobian(X, normals)
+        Jw = J * w[:, None]
+        A = Jw.T @ J
+        b = Jw.T @ r
+        # A tiny ridge keeps degenerate geometry (a plane: rotation about its normal and
+        # in-plane translation are free) solvable; the line search guards the result.
+        ridge = 1e-12 * max(float(np.trace(A)), np.finfo(float).tiny)
+        delta = -np.linalg.solve(A + ridge * np.eye(6), b)
+        Q = self._setup.Q[idx]
+        e0 = loss_energy(self.loss, r, nu, keep=self.keep_fraction)
+        step = 1.0
+        for _ in range(30):
+            D = se3_exp(step * delta)
+            Xs = X @ D[:3, :3].T + D[:3, 3]
+            rs = np.einsum("ij,ij->i", normals, Xs - Q)
+            if loss_energy(self.loss, rs, nu, keep=self.keep_fraction) < e0:
+                return D @ T
+            step *= 0.5
+        return T
+
+    def _init_state(self, problem, x0):
+        self._setup = setup = self._make_setup(problem)
+        init = self.init if x0 is None else x0
+        if isinstance(init, str):
+            T = np.eye(4)
+            if init == "identity":
+                T = self._from_user(np.eye(4))
+        else:
+            name = "init" if x0 is None else "x0"
+            T = self._from_user(check_rigid_transform(init, name, similarity=self.similarity))
+        self._n_queries_start = setup.index.n_queries
+        self._P = setup.P
+        self._metric = "point_to_plane" if self.metric == "point_to_plane" else "point_to_point"
+        corr = self._correspond(T, None)
+        setup.nus = self._schedule(corr[1])
+        nu = setup.nus[0]
+        self._P = self._active_points(0)
+        if self._P.shape[0] != setup.P.shape[0]:
+            corr = tuple(a[:: self.coarse_stride] for a in corr)
+        corr = self._restrict(corr, nu)
+        if self.metric == "hybrid" and len(setup.nus) == 1:
+            corr = self._switch_to_plane(corr)
+        self._anderson = None
+        if self.anderson:
+            self._anderson = AndersonAcceleration(
+                self.m,
+                regularization=self.anderson_regularization,
+                damping=self.anderson_damping,
+                delay=self.anderson_delay,
+            )
+        self._stage_iters = [0]
+        energy = self._energy(corr, nu)
+        return _ICPState(
+            x=self._to_user(T), fun=self._user_energy(energy), T=T, corr=corr,
+            G=self._plain_step(T, corr, nu), energy=energy,
+        )
+
+    def _coarse(self, stage: int) -> bool:
+        # Early stages (all but the last three) match a regular subsample of the source:
+        # at a large nu the fit averages over many points anyway, and each query is cheaper.
+        return self.coarse_stride > 1 and stage < len(self._setup.nus) - 3
+
+    def _active_points(self, stage: int) -> np.ndarray:
+        P = self._setup.P
+        return P[:: self.coarse_stride] if self._coarse(stage) else P
+
+    def _switch_to_plane(self, corr: tuple) -> tuple:
+        """Hybrid metric: the last stage refines with point-to-plane on the same matches."""
+        self._metric = "point_to_plane"
+        X, _, dist, idx = corr
+        return X, self._plane_residuals(X, idx), dist, idx
+
+    def _user_energy(self, energy: float) -> float:
+        return energy if self.loss == "welsch" else energy * self._setup.scale**2
+
+    def _step(self, problem, state):
+        setup = self._setup
+        nu = setup.nus[state.stage]
+        accepted = np.nan
+        T_new = None
+        aa = self._anderson
+        if aa is not None:
+            u = aa.update(self._params(state.T), self._params(state.G))
+            if aa.extrapolated:
+                T_try = self._from_params(u)
+                corr_try = self._correspond(T_try, nu)
+                energy_try = self._energy(corr_try, nu)
+                if aa.safeguard(energy_try, state.energy):
+                    T_new, corr, energy, accepted = T_try, corr_try, energy_try, 1.0
+                else:
+                    accepted = 0.0
+        if T_new is None:
+            T_new = state.G
+            corr = self._correspond(T_new, nu)
+            energy = self._energy(corr, nu)
+            if self._metric == "point_to_plane" and energy > state.energy:
+                # Re-matching by Euclidean distance does not minimize the point-to-plane
+                # residuals, so a Gauss-Newton step that lowered the frozen-match energy can
+                # raise the re-matched one (seen: a 2-cycle between two poses). Staying put
+                # keeps the energy monotone and ends the stage.
+                T_new, corr, energy = state.T, state.corr, state.energy
+        step = float(np.linalg.norm(T_new - state.T))
+        stage, stage_iter = state.stage, state.stage_iter + 1
+        self._stage_iters[stage] += 1
+        residual = step
+        last = stage == len(setup.nus) - 1
+        stage_tol = self.tol if self.stage_tol is None else self.stage_tol
+        if not last and (step < stage_tol or stage_iter >= self.max_iter_per_stage):
+            # Next stage: a smaller nu. Correspondences found under the wider bound remain
+            # valid; the energy and the plain step are those of the new problem.
+            stage, stage_iter = stage + 1, 0
+            self._stage_iters.append(0)
+            nu = setup.nus[stage]
+            if self._coarse(stage - 1) and not self._coarse(stage):
+                # From the subsample to the whole source: match every point (one query).
+                self._P = self._active_points(stage)
+                corr = self._correspond(T_new, nu)
+            else:
+                corr = self._restrict(corr, nu)
+            if self.metric == "hybrid" and stage == len(setup.nus) - 1:
+                corr = self._switch_to_plane(corr)
+            energy = self._energy(corr, nu)
+            if aa is not None:
+                aa.reset()
+            residual = np.inf
+        return _ICPState(
+            x=self._to_user(T_new),
+            fun=self._user_energy(energy),
+            residual=residual,
+            T=T_new,
+            corr=corr,
+            G=self._plain_step(T_new, corr, nu),
+            energy=energy,
+            stage=stage,
+            stage_iter=stage_iter,
+            record={
+                "nu": np.nan if nu is None else nu * setup.scale,
+                "stage": stage,
+                "accepted": accepted,
+                "n_queries": setup.index.n_queries - self._n_queries_start,
+            },
+        )
+
+    def _result_fields(self, problem, state):
+        setup = self._setup
+        s = setup.scale
+        T = state.x
+        nu = setup.nus[state.stage]
+        nu_min = setup.nus[-1]
+        corr = state.corr
+        if corr[0].shape[0] != setup.P.shape[0]:
+            # Stopped during a subsampled stage: match the whole source for the diagnostics.
+            self._P = setup.P
+            corr = self._correspond(state.T, nu)
+        dist = corr[2]
+        if self.inlier_threshold is not None:
+            threshold = float(self.inlier_threshold)
+        else:
+            reference = nu if nu is not None else max(
+                setup.spacing / (3.0 * math.sqrt(3.0)), self.noise_factor * setup.noise
+            )
+            threshold = max(3.0 * reference, 2.0 * setup.spacing) * s
+        user_dist = dist * s
+        inliers = user_dist <= threshold
+        aa = self._anderson
+        n_acc = 0 if aa is None else aa.n_accepted
+        n_rej = 0 if aa is None else aa.n_rejected
+        scale = float(np.cbrt(np.linalg.det(T[:3, :3])))
+        return {
+            "transform": T,
+            "rotation": T[:3, :3] / scale,
+            "translation": T[:3, 3].copy(),
+            "scale": scale,
+            "nu": np.nan if nu is None else nu * s,
+            "nu_min": np.nan if nu_min is None else nu_min * s,
+            "spacing": setup.spacing * s,
+            "noise": setup.noise * s,
+            "n_stages": state.stage + 1,
+            "n_coarse_stages": sum(self._coarse(k) for k in range(state.stage + 1)),
+            "iterations_per_stage": np.array(self._stage_iters[: state.stage + 1], dtype=int),
+            "n_accepted": n_acc,
+            "n_rejected": n_rej,
+            "acceptance_rate": n_acc / (n_acc + n_rej) if n_acc + n_rej else np.nan,
+            "n_queries": setup.index.n_queries - self._n_queries_start,
+            "inlier_ratio": float(np.mean(inliers)),
+            "inlier_rmse": float(np.sqrt(np.mean(user_dist[inliers] ** 2))) if inliers.any()
+            else np.nan,
+            "inlier_threshold": threshold,
+            "correspondences": corr[3],
+        }
+
+
+def point_to_plane_jacobian(X: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Jacobian of ``r_i = n_i^T (exp(delta) x_i - q_i)`` in ``delta = (omega, v)`` at 0.
+
+    ``d/d omega (omega x x) . n = x x n`` and ``d/d v = n``: rows ``(x_i x n_i, n_i)``. This
+    is exact at ``delta = 0`` (the left-perturbation parametrization needs no Jacobian of
+    ``exp`` away from the identity).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration.icp import point_to_plane_jacobian
+    >>> point_to_plane_jacobian(np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 1.0]]))
+    array([[ 0., -1.,  0.,  0.,  0.,  1.]])
+    """
+    return np.hstack([np.cross(X, normals), normals])
+
+
+def icp(source, target, **options) -> Result:
+    """Register ``source`` onto ``target`` (``target ~= T source``) with :class:`ICP`.
+
+    Parameters
+    ----------
+    source : array-like of shape (n, 3)
+        The moving cloud.
+    target : array-like of shape (m, 3)
+        The fixed cloud.
+    **options
+        ``target_normals`` and ``source_normals`` (see :class:`RegistrationProblem`), and the
+        options of :class:`ICP` (``metric``, ``loss``, ``init``, ``anderson``, ``tol``, ...).
+
+    Returns
+    -------
+    Result
+        With ``transform`` (4x4), ``rotation``, ``translation`` and the diagnostics listed in
+        :class:`ICP`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration import icp
+    >>> from mmopt.registration.se3 import se3_exp
+    >>> rng = np.random.default_rng(1)
+    >>> source = rng.normal(size=(500, 3)) * [3.0, 2.0, 1.0]
+    >>> T = se3_exp([0.2, -0.1, 0.3, 0.5, 0.0, 0.0])
+    >>> res = icp(source, source @ T[:3, :3].T + T[:3, 3])
+    >>> bool(np.allclose(res.transform, T, atol=1e-4)), res.inlier_ratio
+    (True, 1.0)
+    """
+    problem = RegistrationProblem(
+        source,
+        target,
+        target_normals=options.pop("target_normals", None),
+        source_normals=options.pop("source_normals", None),
+    )
+    x0 = options.pop("x0", None)
+    return solve(problem, "icp", x0=x0, **options)

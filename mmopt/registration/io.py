@@ -1,0 +1,145 @@
+"""Read and write point clouds: PLY (through the optional plyfile package), XYZ and NPY."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmopt._core.validation import check_array
+
+__all__ = ["read_point_cloud", "write_point_cloud"]
+
+FORMATS = {".ply": "ply", ".xyz": "xyz", ".txt": "xyz", ".pts": "xyz", ".npy": "npy"}
+
+
+def _format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(FORMATS))
+        raise ValueError(
+            f"{path}: unknown point-cloud format {path.suffix!r}; use one of {known}."
+        )
+    return fmt
+
+
+def _plyfile():
+    try:
+        import plyfile
+    except ImportError:
+        raise ImportError(
+            "reading and writing PLY files needs the plyfile package: "
+            'pip install "mmopt[io]" (or pip install plyfile).'
+        ) from None
+    return plyfile
+
+
+def _split(array: np.ndarray, path: Path):
+    if array.ndim != 2 or array.shape[1] not in (3, 6):
+        raise ValueError(
+            f"{path}: expected rows of 3 (x y z) or 6 (x y z nx ny nz) numbers, got an array of "
+            f"shape {array.shape}."
+        )
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: the file contains NaN or infinite coordinates.")
+    points = np.ascontiguousarray(array[:, :3], dtype=float)
+    normals = np.ascontiguousarray(array[:, 3:], dtype=float) if array.shape[1] == 6 else None
+    return points, normals
+
+
+def read_point_cloud(path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a cloud (and its normals when the file has them) from PLY, XYZ or NPY.
+
+    PLY files (ASCII or binary) need the optional ``plyfile`` package; their ``vertex``
+    element must have ``x``, ``y``, ``z`` (and optionally ``nx``, ``ny``, ``nz``). XYZ files
+    are whitespace-separated rows of 3 or 6 numbers; NPY files hold an (n, 3) or (n, 6) array.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; its suffix picks the format (``.ply``, ``.xyz``/``.txt``/``.pts``, ``.npy``).
+
+    Returns
+    -------
+    points : ndarray of shape (n, 3)
+    normals : ndarray of shape (n, 3) or None
+
+    Raises
+    ------
+    ValueError
+        For an unknown suffix or a file that cannot be parsed (naming the file).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from mmopt.registration.io import read_point_cloud, write_point_cloud
+    >>> path = os.path.join(tempfile.mkdtemp(), "cloud.xyz")
+    >>> write_point_cloud(path, np.eye(3))
+    >>> points, normals = read_point_cloud(path)
+    >>> points.shape, normals is None
+    ((3, 3), True)
+    """
+    path = Path(path)
+    fmt = _format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file.")
+    if fmt == "npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{path}: not a readable .npy array ({error}).") from None
+        return _split(np.asarray(array, dtype=float), path)
+    if fmt == "xyz":
+        try:
+            array = np.loadtxt(path, dtype=float, ndmin=2)
+        except ValueError as error:
+            raise ValueError(f"{path}: not a table of numbers ({error}).") from None
+        return _split(array, path)
+    plyfile = _plyfile()
+    try:
+        data = plyfile.PlyData.read(str(path))
+        vertex = data["vertex"]
+        names = vertex.data.dtype.names
+        columns = ["x", "y", "z"]
+        if all(c in names for c in ("nx", "ny", "nz")):
+            columns += ["nx", "ny", "nz"]
+        array = np.column_stack([np.asarray(vertex[c], dtype=float) for c in columns])
+    except ImportError:
+        raise
+    except Exception as error:  # plyfile raises several types for a corrupt file
+        raise ValueError(f"{path}: not a readable PLY point cloud ({error}).") from None
+    return _split(array, path)
+
+
+def write_point_cloud(path, points, normals=None, *, binary: bool = False) -> None:
+    """Write a cloud (and normals) as PLY, XYZ or NPY, picked by the suffix of ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination file.
+    points : array-like of shape (n, 3)
+    normals : array-like of shape (n, 3), optional
+    binary : bool, default=False
+        Binary little-endian PLY instead of ASCII (PLY only).
+    """
+    path = Path(path)
+    fmt = _format(path)
+    points = check_array(points, "points", ndim=2, shape=(None, 3))
+    array = points
+    if normals is not None:
+        normals = check_array(normals, "normals", shape=(points.shape[0], 3))
+        array = np.hstack([points, normals])
+    if fmt == "npy":
+        np.save(path, np.asarray(array))
+        return
+    if fmt == "xyz":
+        np.savetxt(path, array, fmt="%.10g")
+        return
+    plyfile = _plyfile()
+    names = ["x", "y", "z"] + (["nx", "ny", "nz"] if normals is not None else [])
+    records = np.empty(points.shape[0], dtype=[(n, "f8") for n in names])
+    for i, name in enumerate(names):
+        records[name] = array[:, i]
+    element = plyfile.PlyElement.describe(records, "vertex")
+    plyfile.PlyData([element], text=not binary).write(str(path))
