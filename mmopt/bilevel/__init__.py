@@ -1,0 +1,20 @@
+"""Bilevel hyperparameter learning with adaptive accuracy and inexact backtracking (MAID).
+
+:class:`BilevelProblem` holds the lower level(s) (:class:`LowerLevel`, smooth and strongly
+convex in ``x``) and the upper level(s) (:class:`UpperLevel`); :class:`MAID` learns the
+hyperparameters with inexact hypergradients whose error is bounded a posteriori, and offers
+the a-priori accuracy schedules of HOAG for comparison. Built-in problems: cross-validated
+ridge and L2-regularized logistic regression (:mod:`mmopt.bilevel.glm`), with the estimators
+:class:`BilevelRidge` and :class:`BilevelLogisticRegression`.
+"""
+
+from mmopt.bilevel.maid import MAID
+from mmopt.bilevel.problem import BilevelProblem, LowerLevel, SpreadPenalty, UpperLevel
+
+__all__ = [
+    "MAID",
+    "BilevelProblem",
+    "LowerLevel",
+    "SpreadPenalty",
+    "UpperLevel",
+]
