@@ -8,13 +8,30 @@ ridge and L2-regularized logistic regression (:mod:`mmopt.bilevel.glm`), with th
 :class:`BilevelRidge` and :class:`BilevelLogisticRegression`.
 """
 
+from mmopt.bilevel.estimators import BilevelLogisticRegression, BilevelRidge
+from mmopt.bilevel.glm import (
+    LogisticLowerLevel,
+    LogLossUpperLevel,
+    RidgeLowerLevel,
+    SquaredLossUpperLevel,
+    logistic_cv_problem,
+    ridge_cv_problem,
+)
 from mmopt.bilevel.maid import MAID
 from mmopt.bilevel.problem import BilevelProblem, LowerLevel, SpreadPenalty, UpperLevel
 
 __all__ = [
     "MAID",
+    "BilevelLogisticRegression",
     "BilevelProblem",
+    "BilevelRidge",
+    "LogLossUpperLevel",
+    "LogisticLowerLevel",
     "LowerLevel",
+    "RidgeLowerLevel",
     "SpreadPenalty",
+    "SquaredLossUpperLevel",
     "UpperLevel",
+    "logistic_cv_problem",
+    "ridge_cv_problem",
 ]

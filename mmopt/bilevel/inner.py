@@ -145,7 +145,7 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None) -> InnerResult:
     return InnerResult(x, k, n_hvp, norm, norm <= tol)
 
 
-def newton_cg(lower, x0, theta, gtol, *, max_iter=200) -> InnerResult:
+def newton_cg(lower, x0, theta, gtol, *, max_iter=100) -> InnerResult:
     """Damped Newton until ``||grad|| <= gtol``, for small smooth problems (GLMs).
 
     The Newton system is solved exactly from the dense Hessian when the lower level offers
@@ -197,16 +197,26 @@ def newton_cg(lower, x0, theta, gtol, *, max_iter=200) -> InnerResult:
         if fun is None:
             fun = lower.value(x, theta)
         step = 1.0
-        for _ in range(60):
+        grad_new = None
+        for _ in range(30):
             x_new = x + step * direction
             fun_new = lower.value(x_new, theta)
             if fun_new <= fun + 1e-4 * step * slope:
                 break
+            if step == 1.0:
+                # Near the minimizer the decrease is below the rounding of the values: a
+                # full step that halves the gradient is then taken on the gradient's word.
+                grad_new = lower.grad_x(x_new, theta)
+                if float(np.linalg.norm(grad_new)) < 0.5 * norm:
+                    break
+                grad_new = None
             step *= 0.5
-        else:
-            # No decrease at machine precision: the gradient is as small as it can be made.
+        if grad_new is None:
+            grad_new = lower.grad_x(x_new, theta)
+        norm_new = float(np.linalg.norm(grad_new))
+        if not (fun_new < fun or norm_new < 0.5 * norm):
+            # Neither the value nor the gradient improves: rounding error dominates, and the
+            # gradient is as small as it can be made in floating point.
             return InnerResult(x, k, n_hvp, norm, norm <= gtol)
-        x, fun = x_new, fun_new
-        grad = lower.grad_x(x, theta)
-        norm = float(np.linalg.norm(grad))
+        x, fun, grad, norm = x_new, fun_new, grad_new, norm_new
     return InnerResult(x, max_iter, n_hvp, norm, False)

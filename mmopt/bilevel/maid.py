@@ -105,8 +105,9 @@ class MAID(Solver):
         How ``eps`` and ``delta`` are chosen (see above).
     eps0, delta0 : float, default=0.1
         Initial lower-level and adjoint accuracies.
-    step0 : float, default=1.0
-        Initial step ``alpha``.
+    step0 : float or "auto", default="auto"
+        Initial step ``alpha``; ``"auto"`` makes the first trial move of length 1 in
+        ``theta`` (``1 / ||z_0||``; a factor ``e`` on a log-penalty), the paper uses 0.1.
     eta : float, default=1e-4
         Parameter of the accuracy and sufficient-decrease tests, in (0, 1).
     tau : float, default=0.5
@@ -132,7 +133,8 @@ class MAID(Solver):
         Iteration cap of each lower-level solve.
     max_cost : int, optional
         Budget on the total lower-level + CG iterations; the solve stops with status 1 when
-        it is spent.
+        it is spent. It also stops with status 1 when ``eps`` and ``delta`` sit at
+        ``min_eps`` and still no step passes (``tol`` below what rounding allows).
     tol : float, default=1e-6
         Stop when the projected hypergradient ``||theta - P(theta - z)||`` is at most ``tol``.
     max_iter : int, default=200
@@ -167,7 +169,7 @@ class MAID(Solver):
     >>> from mmopt.bilevel.glm import ridge_cv_problem
     >>> from sklearn.datasets import load_diabetes
     >>> X, y = load_diabetes(return_X_y=True)
-    >>> res = MAID(tol=1e-7).solve(ridge_cv_problem(X, y, cv=5))
+    >>> res = MAID(tol=1e-4).solve(ridge_cv_problem(X, y, cv=5))
     >>> bool(res.success), res.bound_certified
     (True, True)
     """
@@ -182,7 +184,7 @@ class MAID(Solver):
         accuracy: str = "adaptive",
         eps0: float = 0.1,
         delta0: float = 0.1,
-        step0: float = 1.0,
+        step0: float | str = "auto",
         eta: float = 1e-4,
         tau: float = 0.5,
         nu: float = 1.05,
@@ -223,8 +225,10 @@ class MAID(Solver):
     def _validate_params(self) -> None:
         super()._validate_params()
         check_choice(self.accuracy, "accuracy", _SCHEDULES)
-        for name in ("eps0", "delta0", "step0"):
+        for name in ("eps0", "delta0"):
             check_scalar(getattr(self, name), name, min_value=0.0, include_min=False)
+        if not (isinstance(self.step0, str) and self.step0 == "auto"):
+            check_scalar(self.step0, "step0", min_value=0.0, include_min=False)
         check_scalar(self.eta, "eta", min_value=0.0, max_value=1.0, include_min=False,
                      include_max=False)
         check_scalar(self.tau, "tau", min_value=0.0, max_value=1.0, include_min=False,
@@ -253,7 +257,7 @@ class MAID(Solver):
         # The cost budget is checked after each iteration through the loop's callback hook;
         # the user's callback (an option, never modified) is called first.
         user_callback = self.callback
-        self._budget_spent = False
+        self._budget_spent = self._stalled = False
 
         def budget_callback(intermediate_result):
             if user_callback is not None:
@@ -261,15 +265,22 @@ class MAID(Solver):
             if self.max_cost is not None and self._cost["cost"] >= self.max_cost:
                 self._budget_spent = True
                 raise StopIteration
+            if self._stalled:
+                raise StopIteration
 
-        self.callback = budget_callback if self.max_cost is not None else user_callback
+        self.callback = budget_callback
         try:
             result = super().solve(problem, x0)
         finally:
             self.callback = user_callback
-        if self._budget_spent and result.status == Status.CALLBACK:
+        if (self._budget_spent or self._stalled) and result.status == Status.CALLBACK:
             result.status, result.success = int(Status.MAX_ITER), False
-            result.message = "Cost budget (max_cost) spent before convergence."
+            result.message = (
+                "Cost budget (max_cost) spent before convergence."
+                if self._budget_spent
+                else "Stalled: no step passes the decrease test at the accuracy floor "
+                "(min_eps); tol is below what floating point can certify."
+            )
             warnings.warn(
                 f"MAID: {result.message} (nit={result.nit}, cost={result.cost}, "
                 f"residual={result.residual:.3g}, tol={self.tol:.3g})",
@@ -297,14 +308,20 @@ class MAID(Solver):
             fun=np.inf,
             eps=float(self.eps0),
             delta=float(self.delta0),
-            step=float(self.step0),
+            step=1.0 if self.step0 == "auto" else float(self.step0),
             qs=[np.zeros_like(np.asarray(low.x0, dtype=float)) for low in problem.lowers],
         )
         if self.accuracy != "adaptive":
             state.eps, state.delta = self._scheduled(0)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
         evaluation = self._evaluate(problem, theta, starts, state.eps)
-        return self._hypergradient_with_test(problem, state, evaluation)
+        state = self._hypergradient_with_test(problem, state, evaluation)
+        if self.step0 == "auto":
+            # A first trial move of length 1 in theta: a factor e on a log-penalty.
+            z_norm = float(np.linalg.norm(state.z))
+            state.step = 1.0 / z_norm if z_norm > 0 else 1.0
+            state.record["step"] = state.step
+        return state
 
     def _scheduled(self, k):
         """``(eps, delta)`` of the a-priori schedules, or ``(None, None)`` when adaptive."""
@@ -336,7 +353,9 @@ class MAID(Solver):
                 break
             new = self._evaluate(problem, theta_new, old.xs, eps)
             upper_new = new.fun + sign * new.slack
-            if upper_new - lower_old <= -(self.eta / step) * float(move @ move):
+            # Differences below the rounding of the values cannot be resolved.
+            rounding = 8 * np.finfo(float).eps * max(abs(new.fun), abs(old.fun))
+            if upper_new - lower_old <= -(self.eta / step) * float(move @ move) + rounding:
                 accepted = True
                 break
             if attempt < self.max_backtracks:
@@ -351,6 +370,10 @@ class MAID(Solver):
             )
             evaluation = new
         else:
+            if adaptive and eps <= self.min_eps and state.delta <= self.min_eps:
+                # The accuracy floor is reached and still no step passes: nothing more can
+                # be certified in floating point.
+                self._stalled = True
             # No step passed: the bounds are too loose (adaptive), or the step too long.
             next_state = _MAIDState(
                 x=theta, fun=old.fun, qs=state.qs, outer=state.outer + 1,
@@ -368,6 +391,48 @@ class MAID(Solver):
         return next_state
 
     # --------------------------------------------------------------------- the oracle
+    def hypergradient(self, problem, theta, *, eps: float = 1e-10, delta: float = 1e-10):
+        """The inexact oracle at ``theta``: lower levels to accuracy ``eps`` (from their
+        default starts), adjoints to residual ``delta``.
+
+        Returns
+        -------
+        z : ndarray
+            The hypergradient estimate.
+        bound : float
+            Its a-posteriori error bound (certified when ``self`` reports so afterwards in
+            ``bound_certified_``).
+        fun : float
+            The computed objective ``mean g_k(x_k) + r(theta)``.
+        x_lower : list of ndarray
+            The lower-level solutions.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_diabetes
+        >>> from mmopt.bilevel import MAID
+        >>> from mmopt.bilevel.glm import ridge_cv_problem
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> z, bound, fun, _ = MAID().hypergradient(ridge_cv_problem(X, y), np.zeros(1))
+        >>> bool(bound < 1e-6 * np.linalg.norm(z))
+        True
+        """
+        self._validate_params()
+        self.check_problem(problem)
+        self._cost = dict.fromkeys(
+            ("n_lower_iter", "n_hvp", "n_cg_iter", "n_lower_solves", "n_backtracks",
+             "n_accuracy_retries", "cost"), 0
+        )
+        self._certified = True
+        theta = self._validate_theta(problem, theta)
+        starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
+        evaluation = self._evaluate(problem, theta, starts, float(eps))
+        qs = [np.zeros_like(x) for x in starts]
+        z, bound, _, _ = self._hypergradient(problem, evaluation, qs, float(delta))
+        self.bound_certified_ = bool(self._certified)
+        return z, bound, evaluation.fun, evaluation.xs
+
     def _hypergradient_with_test(self, problem, state, evaluation) -> _MAIDState:
         """Hypergradient at ``state.x``; in adaptive mode, tighten until the accuracy test
         ``bound <= (1 - eta) ||z||`` passes (at most ``max_accuracy_retries`` times)."""
@@ -376,12 +441,17 @@ class MAID(Solver):
         for retry in range(self.max_accuracy_retries + 1):
             if evaluation.errors.max() > state.eps * (1 + 1e-12):
                 evaluation = self._evaluate(problem, theta, evaluation.xs, state.eps)
-            z, bound, qs = self._hypergradient(problem, evaluation, state.qs, state.delta)
+            z, bound, qs, reached = self._hypergradient(
+                problem, evaluation, state.qs, state.delta
+            )
             state.qs = qs
             z_norm = float(np.linalg.norm(z))
             if not adaptive or bound <= (1 - self.eta) * z_norm:
                 break
-            if state.eps <= self.min_eps and state.delta <= self.min_eps:
+            limited = evaluation.errors.max() > state.eps * (1 + 1e-12) or not reached
+            if limited or (state.eps <= self.min_eps and state.delta <= self.min_eps):
+                # The inner solvers cannot reach the accuracy asked for (rounding): asking
+                # for more would only burn iterations.
                 break
             if retry < self.max_accuracy_retries:
                 self._cost["n_accuracy_retries"] += 1
@@ -413,7 +483,9 @@ class MAID(Solver):
                 x = np.asarray(x, dtype=float)
                 norm = float(np.linalg.norm(lower.grad_x(x, theta)))
                 return InnerResult(x, int(nit), 0, norm, norm <= gtol)
-            method = "newton-cg" if callable(getattr(lower, "hessian", None)) else "fista"
+            method = getattr(lower, "inner_solver_hint", None) or (
+                "newton-cg" if callable(getattr(lower, "hessian", None)) else "fista"
+            )
         solver = newton_cg if method == "newton-cg" else fista
         return solver(lower, x0, theta, gtol, max_iter=self.max_inner_iter)
 
@@ -423,6 +495,8 @@ class MAID(Solver):
         slack = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             mu = BilevelProblem.check_mu(lower.mu(theta), k)
+            if not getattr(lower, "mu_certified", True):
+                self._certified = False
             out = self._inner(lower, starts[k], theta, mu * eps)
             self._cost["n_lower_iter"] += out.nit
             self._cost["n_hvp"] += out.n_hvp
@@ -448,6 +522,7 @@ class MAID(Solver):
         z = np.zeros_like(theta)
         bound = 0.0
         qs = []
+        reached = True
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
             mu = lower.mu(theta)
@@ -457,6 +532,7 @@ class MAID(Solver):
             self._cost["n_cg_iter"] += cg.nit
             self._cost["n_hvp"] += cg.n_hvp
             self._cost["cost"] += cg.nit
+            reached = reached and cg.converged
             q = cg.x
             z_k = -lower.vjp_theta(x, theta, q)
             z += z_k
@@ -477,7 +553,7 @@ class MAID(Solver):
             bound += norm_B * e_q + L_B * e * (q_norm + e_q)
         n = len(qs)
         z = z / n + problem.penalty_grad(theta)
-        return z, bound / n, qs
+        return z, bound / n, qs, reached
 
     def _result_fields(self, problem, state) -> dict:
         evaluation = state.evaluation
