@@ -69,16 +69,20 @@ def test_quadratic_toy_closed_form(seed, accuracy):
 def test_adaptive_fista_without_lipschitz_and_fields():
     c, t = np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.8, 1.6])
     lower, upper = _toy(c, t)
-    res = MAID(tol=1e-6, inner_solver="fista").solve(BilevelProblem(lower, upper, 0.0))
+    thetas = []
+    res = MAID(tol=1e-6, inner_solver="fista", callback=lambda r: thetas.append(r.x[0])).solve(
+        BilevelProblem(lower, upper, 0.0)
+    )
     assert res.success
     for key in ("n_lower_iter", "n_hvp", "n_cg_iter", "n_lower_solves", "cost"):
         assert res[key] > 0
         assert np.all(np.diff(res.history[key]) >= 0)  # cumulative
     for key in ("eps", "delta", "step", "bound", "z_norm", "fun", "accepted"):
         assert res.history[key].shape == (res.nit,)
-    # The objective never goes up on accepted steps (certified decrease).
-    fun = res.history["fun"]
-    assert np.all(np.diff(fun) <= 1e-12) and fun[-1] < fun[0]
+    # The true objective never goes up (certified decrease), though the computed one may
+    # when a re-solve at the same theta is more accurate.
+    true = [0.5 * np.sum((c / (1 + np.exp(th)) - t) ** 2) for th in [0.0, *thetas]]
+    assert np.all(np.diff(true) <= 1e-15) and true[-1] < true[0]
     assert res.cost == res.n_lower_iter + res.n_cg_iter
 
 
