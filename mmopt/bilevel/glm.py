@@ -382,6 +382,15 @@ class LogisticLowerLevel(LowerLevel):
         out = self.loss.hvp(W, V) + self._pad(self._alpha(theta) * V[: self.p])
         return (out / self.n).ravel()
 
+    def hessian_diagonal(self, x, theta):
+        """Diagonal of the Hessian in ``x`` (a Jacobi preconditioner for CG)."""
+        W, _ = self._split(x)
+        _, P = self.loss.probabilities(W)
+        Xa = self.loss.Xa
+        diag = (Xa * Xa).T @ (P * (1.0 - P))
+        diag[: self.p] += np.broadcast_to(self._alpha(theta), (self.p, self.k))
+        return (diag / self.n).ravel()
+
     def _hessian(self, x, theta):
         W, _ = self._split(x)
         _, P = self.loss.probabilities(W)

@@ -9,14 +9,14 @@ Each outer iteration works with an inexact hypergradient whose error is bounded 
 3. ``z = (1/K) sum_k -B_k^T q_k + grad r(theta)``, with an error bound ``omega`` (below).
 
 The hypergradient is accepted when ``omega <= (1 - eta) ||z||`` (then ``-z`` is a descent
-direction); otherwise ``eps`` and ``delta`` shrink by ``tau`` and it is recomputed. A trial
+direction); otherwise ``eps`` and ``delta`` shrink by ``tau`` (or at once by the factor the
+bound is off by, with a margin of 2, when that is smaller) and it is recomputed. A trial
 step ``theta+ = P(theta - alpha z)`` is accepted by an inexact sufficient-decrease test that
 compares an *upper* bound of the new objective with a *lower* bound of the old one.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -27,7 +27,13 @@ from mmopt._core.registry import register_solver
 from mmopt._core.result import Status
 from mmopt._core.solver import Solver, SolverState, _caller_stacklevel
 from mmopt._core.validation import check_array, check_choice, check_scalar
-from mmopt.bilevel.inner import InnerResult, conjugate_gradient, fista, newton_cg
+from mmopt.bilevel.inner import (
+    InnerResult,
+    _inverse_diagonal,
+    conjugate_gradient,
+    fista,
+    newton_cg,
+)
 from mmopt.bilevel.problem import BilevelProblem
 
 __all__ = ["MAID"]
@@ -256,6 +262,7 @@ class MAID(Solver):
         """
         # The cost budget is checked after each iteration through the loop's callback hook;
         # the user's callback (an option, never modified) is called first.
+        self._validate_params()  # before the user's callback is wrapped
         user_callback = self.callback
         self._budget_spent = self._stalled = False
 
@@ -455,8 +462,13 @@ class MAID(Solver):
                 break
             if retry < self.max_accuracy_retries:
                 self._cost["n_accuracy_retries"] += 1
-                state.eps = max(state.eps * self.tau, self.min_eps)
-                state.delta = max(state.delta * self.tau, self.min_eps)
+                # The bound is about linear in eps and delta: shrink by tau, or at once by
+                # the factor the bound says is missing (with a margin), whichever is smaller.
+                factor = self.tau
+                if bound > 0 and z_norm > 0:
+                    factor = max(min(self.tau, 0.5 * (1 - self.eta) * z_norm / bound), 1e-6)
+                state.eps = max(state.eps * factor, self.min_eps)
+                state.delta = max(state.delta * factor, self.min_eps)
         state.evaluation, state.z, state.bound = evaluation, z, bound
         state.fun = evaluation.fun
         state.residual = float(np.linalg.norm(theta - problem.project(theta - z)))
@@ -527,7 +539,8 @@ class MAID(Solver):
             x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
             mu = lower.mu(theta)
             cg = conjugate_gradient(
-                lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_starts[k], delta
+                lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_starts[k], delta,
+                inv_diag=_inverse_diagonal(lower, x, theta),
             )
             self._cost["n_cg_iter"] += cg.nit
             self._cost["n_hvp"] += cg.n_hvp

@@ -294,7 +294,8 @@ class BilevelProblem(Problem):
     ... )
     >>> upper = UpperLevel(lambda x: 0.5 * np.sum((x - t) ** 2), lambda x: x - t, L_g=1.0)
     >>> res = BilevelProblem(lower, upper, theta0=0.0).solve(tol=1e-7)
-    >>> bool(res.success), round(float(np.exp(res.theta[0])), 5), round(float(c @ c / (c @ t)) - 1, 5)
+    >>> alpha_star = float(c @ c / (c @ t)) - 1
+    >>> bool(res.success), round(float(np.exp(res.theta[0])), 5), round(alpha_star, 5)
     (True, 1.27273, 1.27273)
     """
 
