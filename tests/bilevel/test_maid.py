@@ -4,6 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.preprocessing import StandardScaler
 
@@ -328,3 +330,25 @@ def test_inputs_are_not_modified():
     np.testing.assert_array_equal(X, X0)
     np.testing.assert_array_equal(y, y0)
     np.testing.assert_array_equal(theta0, [0.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    theta=st.floats(-3.0, 3.0),
+    log_eps=st.floats(-8.0, 0.0),
+    log_delta=st.floats(-8.0, 0.0),
+)
+def test_bound_covers_the_true_error_property(seed, theta, log_eps, log_delta):
+    rng = np.random.default_rng(seed)
+    c, t = rng.uniform(-2, 2, 4), rng.uniform(-2, 2, 4)
+    lower, upper = _toy(c, t)
+    problem = BilevelProblem(lower, upper, theta0=theta)
+    a = np.exp(theta)
+    x = c / (1 + a)
+    exact = -a * x @ ((x - t) / (1 + a))
+    solver = MAID(inner_solver="fista")
+    z, bound, _, _ = solver.hypergradient(problem, np.array([theta]), eps=10.0**log_eps,
+                                          delta=10.0**log_delta)
+    assert solver.bound_certified_
+    assert abs(z[0] - exact) <= bound + 1e-14
