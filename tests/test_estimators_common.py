@@ -8,6 +8,7 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mmopt import Result
+from mmopt.bilevel import BilevelLogisticRegression, BilevelRidge
 from mmopt.mm import MMNMF, MMRobustRegressor
 
 ESTIMATORS = [
@@ -18,6 +19,10 @@ ESTIMATORS = [
     MMNMF(n_components=2, max_iter=500),
     MMNMF(n_components=2, loss="kullback-leibler", init="random", max_iter=1000),
     MMNMF(n_components=2, anderson=False, init="nndsvda", max_iter=3000),
+    BilevelRidge(),
+    BilevelRidge(penalty="per_feature", cv=3, fit_intercept=False),
+    BilevelLogisticRegression(max_iter=30),
+    BilevelLogisticRegression(penalty="per_feature", cv=3, max_iter=20, spread_penalty=0.1),
 ]
 
 # Expected failures, each with its reason. None so far.
@@ -37,9 +42,13 @@ def test_every_estimator_exposes_result_and_n_iter(estimator):
     rng = np.random.default_rng(0)
     X = rng.random((30, 4))
     y = X @ np.arange(1.0, 5.0)
+    if getattr(estimator, "_estimator_type", None) == "classifier" or hasattr(
+        estimator, "predict_proba"
+    ):
+        y = (y > np.median(y)).astype(int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fitted = clone(estimator).fit(X, y)
     assert isinstance(fitted.result_, Result)
     assert fitted.n_iter_ == fitted.result_.nit
-    assert fitted.result_.solver == "mm"
+    assert fitted.result_.solver in ("mm", "maid")

@@ -8,6 +8,7 @@ from sklearn.base import clone
 
 import mmopt
 from mmopt import SOLVERS, ConvergenceWarning, Result
+from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 from mmopt.mm import MMProblem
 from mmopt.ot import OTProblem
 from mmopt.registration import RegistrationProblem
@@ -40,8 +41,24 @@ def _registration_problem():
     return RegistrationProblem(source, source @ R.T + [0.5, 0.0, 0.2])
 
 
+def _bilevel_problem():
+    # Learn the shrinkage e^theta of x*(theta) = c / (1 + e^theta) towards a target.
+    c, t = np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.8, 1.6])
+    lower = LowerLevel(
+        value=lambda x, th: 0.5 * np.sum((x - c) ** 2) + 0.5 * np.exp(th[0]) * x @ x,
+        grad_x=lambda x, th: x - c + np.exp(th[0]) * x,
+        hvp_xx=lambda x, th, v: (1.0 + np.exp(th[0])) * v,
+        vjp_theta=lambda x, th, q: np.array([np.exp(th[0]) * x @ q]),
+        mu=lambda th: 1.0 + np.exp(th[0]),
+        x0=np.zeros(3),
+    )
+    upper = UpperLevel(lambda x: 0.5 * np.sum((x - t) ** 2), lambda x: x - t, L_g=1.0)
+    return BilevelProblem(lower, upper, theta0=2.0)
+
+
 # Every registered solver needs a small problem here: a new family adds its entry.
 EXAMPLE_PROBLEMS = {
+    "maid": _bilevel_problem,
     "mm": _mm_problem,
     "sinkhorn": _ot_problem,
     "icp": _registration_problem,

@@ -1,0 +1,361 @@
+"""scikit-learn estimators that learn their L2 penalties by minimizing the CV loss with MAID."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.special
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from mmopt._core.validation import check_choice, check_scalar
+from mmopt.bilevel.glm import (
+    LogisticLowerLevel,
+    RidgeLowerLevel,
+    _encode,
+    logistic_cv_problem,
+    ridge_cv_problem,
+)
+from mmopt.bilevel.inner import newton_cg
+from mmopt.bilevel.maid import MAID
+from mmopt.bilevel.problem import SpreadPenalty
+
+__all__ = ["BilevelLogisticRegression", "BilevelRidge"]
+
+
+def _check_bounds(bounds, name):
+    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+        raise ValueError(f"{name} must be a pair (low, high), got {bounds!r}.")
+    low = check_scalar(bounds[0], f"{name}[0]", min_value=0.0, include_min=False)
+    high = check_scalar(bounds[1], f"{name}[1]", min_value=low)
+    return low, high
+
+
+def _solver(est):
+    check_scalar(est.spread_penalty, "spread_penalty", min_value=0.0)
+    return MAID(tol=est.tol, max_iter=est.max_iter, verbose=est.verbose)
+
+
+def _theta_penalty(est):
+    return SpreadPenalty(est.spread_penalty) if est.spread_penalty > 0 else None
+
+
+def _scalar_or_array(values, penalty):
+    return float(values[0]) if penalty == "shared" else np.array(values)
+
+
+class BilevelRidge(RegressorMixin, BaseEstimator):
+    """Ridge regression whose penalty is learned by minimizing the K-fold CV error.
+
+    The penalty ``alpha`` (one, or one per feature) minimizes the mean over folds of the
+    validation mean squared error of ridge fits on the other folds, by :class:`MAID` on
+    ``theta = log(alpha)`` (:func:`mmopt.bilevel.glm.ridge_cv_problem`); then the model is
+    refit on all the data. The objective is that of :class:`sklearn.linear_model.Ridge`:
+    ``||y - X w - b||^2 + sum_j alpha_j w_j^2``.
+
+    Parameters
+    ----------
+    penalty : {"shared", "per_feature"}, default="shared"
+        One penalty or one per feature.
+    cv : int, cross-validation generator or iterable, default=5
+        As in scikit-learn; an iterable of one ``(train, validation)`` pair is a single
+        validation split.
+    fit_intercept : bool, default=True
+        Fit an unpenalized intercept.
+    alpha_init : float, default=1.0
+        Starting penalty.
+    alpha_bounds : tuple (low, high), default=(1e-8, 1e8)
+        Box on ``alpha`` (per-feature penalties overfit the validation folds without one).
+    spread_penalty : float, default=0.0
+        Weight of :class:`SpreadPenalty` on ``log(alpha)`` (per-feature penalties).
+    tol : float, default=1e-5
+        Tolerance of MAID on the projected hypergradient.
+    max_iter : int, default=100
+        Outer iterations of MAID.
+    verbose : int, default=0
+        Progress of MAID.
+
+    Attributes
+    ----------
+    alpha_ : float or ndarray of shape (n_features,)
+        The learned penalty.
+    coef_ : ndarray of shape (n_features,)
+        Coefficients refit on all data.
+    intercept_ : float
+        Intercept.
+    best_score_ : float
+        Minus the CV mean squared error at ``alpha_`` (as ``RidgeCV.best_score_``).
+    result_ : mmopt.Result
+        The MAID result (``theta = log(alpha_)``).
+    n_iter_ : int
+        MAID iterations.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from mmopt.bilevel import BilevelRidge
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> model = BilevelRidge().fit(X, y)
+    >>> round(model.alpha_, 4), round(-model.best_score_)
+    (0.0005, 2993)
+    """
+
+    def __init__(
+        self,
+        *,
+        penalty: str = "shared",
+        cv=5,
+        fit_intercept: bool = True,
+        alpha_init: float = 1.0,
+        alpha_bounds=(1e-8, 1e8),
+        spread_penalty: float = 0.0,
+        tol: float = 1e-5,
+        max_iter: int = 100,
+        verbose: int = 0,
+    ):
+        self.penalty = penalty
+        self.cv = cv
+        self.fit_intercept = fit_intercept
+        self.alpha_init = alpha_init
+        self.alpha_bounds = alpha_bounds
+        self.spread_penalty = spread_penalty
+        self.tol = tol
+        self.max_iter = max_iter
+        self.verbose = verbose
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> BilevelRidge:
+        """Learn the penalty by cross-validation, then refit on all data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        self : BilevelRidge
+        """
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        check_choice(self.penalty, "penalty", ("shared", "per_feature"))
+        low, high = _check_bounds(self.alpha_bounds, "alpha_bounds")
+        check_scalar(self.alpha_init, "alpha_init", min_value=0.0, include_min=False)
+        solver = _solver(self)
+        problem = ridge_cv_problem(
+            X, y, cv=self.cv, penalty=self.penalty, fit_intercept=self.fit_intercept,
+            alpha0=self.alpha_init, bounds=(np.log(low), np.log(high)),
+            theta_penalty=_theta_penalty(self),
+        )
+        result = solver.solve(problem)
+        full = RidgeLowerLevel(X, y, penalty=self.penalty, fit_intercept=self.fit_intercept)
+        coef, _ = full.custom_solver(None, result.theta, 0.0)
+        self.alpha_ = _scalar_or_array(np.exp(result.theta), self.penalty)
+        self.coef_ = np.asarray(coef)
+        self.intercept_ = float(full.intercept(coef))
+        self.best_score_ = -float(result.fun)
+        self.result_ = result
+        self.n_iter_ = int(result.nit)
+        return self
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predict ``X @ coef_ + intercept_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return X @ self.coef_ + self.intercept_
+
+
+class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
+    """L2 logistic regression whose penalty is learned by minimizing the K-fold CV log-loss.
+
+    ``C`` (one, one per feature, or one per weight) minimizes the mean over folds of the
+    validation log-loss, by :class:`MAID` on ``theta = log(1 / C)``
+    (:func:`mmopt.bilevel.glm.logistic_cv_problem`); the model is then refit on all data.
+    The training objective is that of :class:`sklearn.linear_model.LogisticRegression`
+    (``sum_i loss_i + 1/2 sum_j w_j^2 / C_j``, intercept not penalized; sigmoid for two
+    classes, multinomial otherwise).
+
+    Parameters
+    ----------
+    penalty : {"shared", "per_feature", "per_weight"}, default="shared"
+        One ``C``, one per feature (shared by the classes), or one per weight.
+    cv : int, cross-validation generator or iterable, default=5
+        As in scikit-learn (stratified K-fold for an integer).
+    fit_intercept : bool, default=True
+        Fit unpenalized intercepts.
+    C_init : float, default=1.0
+        Starting ``C``.
+    C_bounds : tuple (low, high), default=(1e-4, 1e4)
+        Box on ``C``.
+    spread_penalty : float, default=0.0
+        Weight of :class:`SpreadPenalty` on ``log(1 / C)``.
+    tol : float, default=1e-5
+        Tolerance of MAID on the projected hypergradient.
+    max_iter : int, default=100
+        Outer iterations of MAID.
+    verbose : int, default=0
+        Progress of MAID.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+    C_ : float or ndarray
+        Learned ``C`` (shape (n_features,) per feature, (n_features, n_columns) per weight).
+    coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
+        Coefficients refit on all data.
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+        Intercepts.
+    best_score_ : float
+        Minus the CV log-loss at ``C_``.
+    result_ : mmopt.Result
+        The MAID result (``theta = log(1 / C_)``).
+    n_iter_ : int
+        MAID iterations.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from mmopt.bilevel import BilevelLogisticRegression
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> X = StandardScaler().fit_transform(X)
+    >>> model = BilevelLogisticRegression().fit(X, y)
+    >>> round(model.C_, 2), round(model.best_score_, 4)
+    (0.63, -0.0781)
+    """
+
+    def __init__(
+        self,
+        *,
+        penalty: str = "shared",
+        cv=5,
+        fit_intercept: bool = True,
+        C_init: float = 1.0,
+        C_bounds=(1e-4, 1e4),
+        spread_penalty: float = 0.0,
+        tol: float = 1e-5,
+        max_iter: int = 100,
+        verbose: int = 0,
+    ):
+        self.penalty = penalty
+        self.cv = cv
+        self.fit_intercept = fit_intercept
+        self.C_init = C_init
+        self.C_bounds = C_bounds
+        self.spread_penalty = spread_penalty
+        self.tol = tol
+        self.max_iter = max_iter
+        self.verbose = verbose
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> BilevelLogisticRegression:
+        """Learn the penalty by cross-validation, then refit on all data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Class labels.
+
+        Returns
+        -------
+        self : BilevelLogisticRegression
+        """
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        check_choice(self.penalty, "penalty", ("shared", "per_feature", "per_weight"))
+        low, high = _check_bounds(self.C_bounds, "C_bounds")
+        check_scalar(self.C_init, "C_init", min_value=0.0, include_min=False)
+        self.classes_, Y = _encode(y)
+        solver = _solver(self)
+        problem = logistic_cv_problem(
+            X, y, cv=self.cv, penalty=self.penalty, fit_intercept=self.fit_intercept,
+            C0=self.C_init, bounds=(-np.log(high), -np.log(low)),
+            theta_penalty=_theta_penalty(self),
+        )
+        result = solver.solve(problem)
+        full = LogisticLowerLevel(X, Y, penalty=self.penalty, fit_intercept=self.fit_intercept)
+        start = self._refit_start(full, result)
+        x = newton_cg(full, start, result.theta, 1e-10 * full.mu(result.theta)).x
+        coef, intercept = full.coef_intercept(x)
+        C = np.exp(-result.theta)
+        if self.penalty == "per_weight":
+            C = C.reshape(full.p, full.k)
+        self.C_ = _scalar_or_array(C.ravel(), "shared") if self.penalty == "shared" else C
+        self.coef_, self.intercept_ = coef, intercept
+        self.best_score_ = -float(result.fun)
+        self.result_ = result
+        self.n_iter_ = int(result.nit)
+        return self
+
+    @staticmethod
+    def _refit_start(full, result):
+        # The mean of the fold solutions is close to the full-data one: a warm start.
+        return np.mean(result.x_lower, axis=0) if result.x_lower else full.x0
+
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
+        """Linear scores ``X @ coef_.T + intercept_`` (one column for two classes).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_classes)
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        scores = X @ self.coef_.T + self.intercept_
+        return scores[:, 0] if scores.shape[1] == 1 else scores
+
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p = scipy.special.expit(scores)
+            return np.column_stack([1.0 - p, p])
+        return scipy.special.softmax(scores, axis=1)
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Most probable class.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        scores = self.decision_function(X)
+        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[index]

@@ -1,0 +1,542 @@
+"""Built-in bilevel problems: cross-validated ridge and L2-regularized logistic regression.
+
+The hyperparameters are ``theta = log(penalty)``: one shared penalty, one per feature, or
+(logistic) one per weight. Each cross-validation fold is one instance of the bilevel problem,
+with its own lower level (training on the other folds) and upper level (the loss on the fold).
+Penalties are scaled as in scikit-learn: ridge minimizes ``||y - X w - b||^2 + sum_j alpha_j
+w_j^2`` (as :class:`sklearn.linear_model.Ridge`) and logistic regression
+``sum_i loss_i + 1/2 sum_j w_j^2 / C_j`` (as :class:`sklearn.linear_model.LogisticRegression`,
+intercept not penalized); the lower levels divide these by the number of training samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.special
+from sklearn.model_selection import check_cv
+from sklearn.preprocessing import LabelEncoder
+
+from mmopt._core.validation import check_array, check_choice
+from mmopt.bilevel.problem import BilevelProblem, LowerLevel, UpperLevel
+
+__all__ = [
+    "LogLossUpperLevel",
+    "LogisticLowerLevel",
+    "RidgeLowerLevel",
+    "SquaredLossUpperLevel",
+    "logistic_cv_problem",
+    "ridge_cv_problem",
+]
+
+# max |d^3/dt^3 log(1 + e^t)| = 1 / (6 sqrt 3); the third derivative of log-sum-exp is bounded
+# by 2 ||u||_inf ||u||^2 (a third central moment), whence the Hessian Lipschitz constants.
+_SIGMOID_THIRD = 1.0 / (6.0 * np.sqrt(3.0))
+_SOFTMAX_THIRD = 2.0
+_PENALTIES = ("shared", "per_feature", "per_weight")
+
+
+def _spectral_norm_sq(A: np.ndarray) -> float:
+    """Largest eigenvalue of ``A^T A``."""
+    if A.size == 0:
+        return 0.0
+    small = A.T @ A if A.shape[1] <= A.shape[0] else A @ A.T
+    return float(scipy.linalg.eigvalsh(small, subset_by_index=[small.shape[0] - 1] * 2)[0])
+
+
+# ------------------------------------------------------------------------------------ ridge
+class RidgeLowerLevel(LowerLevel):
+    """Ridge training problem ``Phi(w, theta) = (||Xc w - yc||^2 + sum_j e^theta_j w_j^2)
+    / (2 n)`` over the coefficients ``w``.
+
+    With ``fit_intercept`` the data are centred (the intercept ``mean(y) - mean(X) w`` is
+    eliminated exactly). The Hessian is constant in ``w`` and the problem is solved exactly
+    by a Cholesky factorization (the custom inner solver).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Training data.
+    y : array-like of shape (n_samples,)
+        Targets.
+    penalty : {"shared", "per_feature"}, default="shared"
+        One penalty (``theta`` of size 1) or one per feature.
+    fit_intercept : bool, default=True
+        Fit an unpenalized intercept.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.linear_model import Ridge
+    >>> from mmopt.bilevel.glm import RidgeLowerLevel
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.standard_normal((20, 3)), rng.standard_normal(20)
+    >>> lower = RidgeLowerLevel(X, y)
+    >>> w, _ = lower.custom_solver(None, np.log([2.0]), 0.0)
+    >>> bool(np.allclose(w, Ridge(alpha=2.0).fit(X, y).coef_))
+    True
+    """
+
+    def __init__(self, X, y, *, penalty: str = "shared", fit_intercept: bool = True):
+        X = check_array(X, "X", ndim=2)
+        y = check_array(y, "y", ndim=1, shape=(X.shape[0],))
+        check_choice(penalty, "penalty", _PENALTIES[:2])
+        n, p = X.shape
+        self.penalty, self.fit_intercept = penalty, bool(fit_intercept)
+        self.x_mean = X.mean(0) if fit_intercept else np.zeros(p)
+        self.y_mean = float(y.mean()) if fit_intercept else 0.0
+        self.Xc = X - self.x_mean
+        self.yc = y - self.y_mean
+        self.n = n
+        self.gram = self.Xc.T @ self.Xc
+        self.Xty = self.Xc.T @ self.yc
+        eig = scipy.linalg.eigvalsh(self.gram)
+        self.eig_min, self.eig_max = max(float(eig[0]), 0.0), float(eig[-1])
+        self.x0 = np.zeros(p)
+        self.n_theta = 1 if penalty == "shared" else p
+
+    def _alpha(self, theta):
+        return np.exp(theta) if self.penalty == "per_feature" else np.exp(theta[0])
+
+    def value(self, x, theta):
+        r = self.Xc @ x - self.yc
+        return float(r @ r + np.sum(self._alpha(theta) * x * x)) / (2 * self.n)
+
+    def grad_x(self, x, theta):
+        return (self.gram @ x - self.Xty + self._alpha(theta) * x) / self.n
+
+    def hvp_xx(self, x, theta, v):
+        return (self.gram @ v + self._alpha(theta) * v) / self.n
+
+    def hessian(self, x, theta):
+        """Dense Hessian ``(Xc^T Xc + diag(alpha)) / n``."""
+        H = self.gram.copy()
+        H[np.diag_indices_from(H)] += self._alpha(theta)
+        return H / self.n
+
+    def vjp_theta(self, x, theta, q):
+        m = self._alpha(theta) * x * q / self.n
+        return m if self.penalty == "per_feature" else np.array([m.sum()])
+
+    def mu(self, theta):
+        return (self.eig_min + float(np.min(self._alpha(theta)))) / self.n
+
+    def lipschitz(self, theta):
+        return (self.eig_max + float(np.max(self._alpha(theta)))) / self.n
+
+    def hessian_lipschitz(self, theta):
+        return 0.0
+
+    def cross_norm(self, x, theta):
+        ax = self._alpha(theta) * x
+        if self.penalty == "per_feature":
+            return float(np.max(np.abs(ax), initial=0.0)) / self.n
+        return float(np.linalg.norm(ax)) / self.n
+
+    def cross_lipschitz(self, theta):
+        return float(np.max(self._alpha(theta))) / self.n
+
+    @property
+    def custom_solver(self):
+        def solve(x0, theta, gtol):
+            return scipy.linalg.solve(self.hessian(None, theta), self.Xty / self.n,
+                                      assume_a="pos", check_finite=False), 1
+
+        return solve
+
+    def intercept(self, x) -> float:
+        """Intercept that goes with coefficients ``x``."""
+        return self.y_mean - float(self.x_mean @ x)
+
+
+class SquaredLossUpperLevel(UpperLevel):
+    """Validation mean squared error ``g(w) = mean((X w + b(w) - y)^2)`` of a ridge fold,
+    with the intercept ``b(w)`` of the training centring.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.bilevel.glm import SquaredLossUpperLevel
+    >>> upper = SquaredLossUpperLevel(np.eye(2), np.ones(2))
+    >>> upper.value(np.ones(2))
+    0.0
+    """
+
+    def __init__(self, X, y, *, x_mean=None, y_mean=0.0):
+        X = check_array(X, "X", ndim=2)
+        y = check_array(y, "y", ndim=1, shape=(X.shape[0],))
+        x_mean = np.zeros(X.shape[1]) if x_mean is None else np.asarray(x_mean, dtype=float)
+        self.Xc, self.yc, self.n = X - x_mean, y - y_mean, X.shape[0]
+        self.L_g = 2.0 * _spectral_norm_sq(self.Xc) / self.n
+
+    def value(self, x):
+        r = self.Xc @ x - self.yc
+        return float(r @ r) / self.n
+
+    def grad(self, x):
+        return 2.0 * (self.Xc.T @ (self.Xc @ x - self.yc)) / self.n
+
+
+def _splits(cv, X, y, classifier):
+    splitter = check_cv(cv, y, classifier=classifier)
+    splits = list(splitter.split(X, y))
+    if not splits:
+        raise ValueError("cv must produce at least one (train, validation) split.")
+    return splits
+
+
+def ridge_cv_problem(
+    X, y, *, cv=5, penalty="shared", fit_intercept=True, alpha0=1.0, bounds=None,
+    theta_penalty=None,
+) -> BilevelProblem:
+    """K-fold cross-validated ridge regression as a bilevel problem in ``theta = log(alpha)``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Data.
+    y : array-like of shape (n_samples,)
+        Targets.
+    cv : int, cross-validation generator or iterable, default=5
+        As in scikit-learn (:func:`sklearn.model_selection.check_cv`); an iterable of one
+        ``(train, validation)`` pair gives a single validation split.
+    penalty : {"shared", "per_feature"}, default="shared"
+        One ``alpha`` or one per feature.
+    fit_intercept : bool, default=True
+        Fit an unpenalized intercept in every fold.
+    alpha0 : float or array-like, default=1.0
+        Starting penalty.
+    bounds : tuple (lo, hi), optional
+        Bounds on ``theta = log(alpha)``.
+    theta_penalty : object, optional
+        Penalty ``r(theta)`` (see :class:`mmopt.bilevel.SpreadPenalty`).
+
+    Returns
+    -------
+    BilevelProblem
+        The mean over folds of the validation mean squared error.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from mmopt.bilevel.glm import ridge_cv_problem
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> ridge_cv_problem(X, y, cv=5).n_instances
+    5
+    """
+    X = check_array(X, "X", ndim=2)
+    y = check_array(y, "y", ndim=1, shape=(X.shape[0],))
+    lowers, uppers = [], []
+    for train, val in _splits(cv, X, y, classifier=False):
+        lower = RidgeLowerLevel(X[train], y[train], penalty=penalty, fit_intercept=fit_intercept)
+        lowers.append(lower)
+        uppers.append(
+            SquaredLossUpperLevel(X[val], y[val], x_mean=lower.x_mean, y_mean=lower.y_mean)
+        )
+    theta0 = np.log(np.broadcast_to(np.asarray(alpha0, dtype=float), (lowers[0].n_theta,)))
+    return BilevelProblem(lowers, uppers, theta0, bounds=bounds, theta_penalty=theta_penalty)
+
+
+# --------------------------------------------------------------------------------- logistic
+def _augment(X, fit_intercept):
+    return np.hstack([X, np.ones((X.shape[0], 1))]) if fit_intercept else np.asarray(X)
+
+
+class _LogisticLoss:
+    """Sum of binary (sigmoid) or multinomial (softmax) log-losses of ``Xa @ W``."""
+
+    def __init__(self, Xa, Y, binary):
+        self.Xa, self.Y, self.binary = Xa, Y, binary
+        self._key = None
+
+    def probabilities(self, W):
+        # The last point's probabilities are cached: the solvers ask for the gradient and
+        # then several Hessian-vector products at the same point.
+        if self._key is not None and np.array_equal(self._key, W):
+            return self._Z, self._P
+        Z = self.Xa @ W
+        P = scipy.special.expit(Z) if self.binary else scipy.special.softmax(Z, axis=1)
+        self._key, self._Z, self._P = W.copy(), Z, P
+        return Z, P
+
+    def value(self, W):
+        Z, _ = self.probabilities(W)
+        if self.binary:
+            return float(np.sum(np.logaddexp(0.0, Z)) - np.sum(self.Y * Z))
+        return float(np.sum(scipy.special.logsumexp(Z, axis=1)) - np.sum(self.Y * Z))
+
+    def grad(self, W):
+        _, P = self.probabilities(W)
+        return self.Xa.T @ (P - self.Y)
+
+    def hvp(self, W, V):
+        _, P = self.probabilities(W)
+        U = self.Xa @ V
+        if self.binary:
+            HU = P * (1.0 - P) * U
+        else:
+            PU = P * U
+            HU = PU - P * PU.sum(axis=1, keepdims=True)
+        return self.Xa.T @ HU
+
+
+class LogisticLowerLevel(LowerLevel):
+    """L2-regularized logistic regression training problem, ``theta = log(1 / C)``.
+
+    ``Phi(W, theta) = (sum_i loss_i(W) + 1/2 sum e^theta * W_coef^2) / n`` with the binary
+    (one column of weights) or multinomial (one per class) log-loss, the intercept not
+    penalized. ``x`` is ``W`` of shape (n_features [+ 1], n_columns) flattened row-wise.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Training data.
+    Y : array-like of shape (n_samples,) or (n_samples, n_classes)
+        0/1 labels (binary) or a one-hot matrix (multinomial).
+    penalty : {"shared", "per_feature", "per_weight"}, default="shared"
+        One penalty, one per feature (shared by the classes), or one per weight.
+    fit_intercept : bool, default=True
+        Fit an unpenalized intercept (per class).
+
+    Notes
+    -----
+    ``mu`` is the penalty's curvature ``min e^theta / n``; it bounds the strong convexity in
+    the coefficients but not in the unpenalized intercept, so with ``fit_intercept`` the
+    certificate is not rigorous (``mu_certified`` is False; in practice the data curvature in
+    the intercept direction is larger). Binary problems offer a dense ``hessian`` (Newton
+    inner solver); multinomial ones use Newton-CG on Hessian-vector products.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from mmopt.bilevel.glm import LogisticLowerLevel
+    >>> from mmopt.bilevel.inner import newton_cg
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((40, 3)); y = (X[:, 0] + rng.standard_normal(40) > 0) * 1.0
+    >>> lower = LogisticLowerLevel(X, y)
+    >>> w = newton_cg(lower, lower.x0, np.log([1 / 0.5]), 1e-12).x
+    >>> ref = LogisticRegression(C=0.5, tol=1e-12).fit(X, y)
+    >>> bool(np.allclose(w, np.r_[ref.coef_[0], ref.intercept_], atol=1e-6))
+    True
+    """
+
+    inner_solver_hint = "newton-cg"
+
+    def __init__(self, X, Y, *, penalty: str = "shared", fit_intercept: bool = True):
+        X = check_array(X, "X", ndim=2)
+        Y = check_array(Y, "Y", ndim=(1, 2))
+        if Y.shape[0] != X.shape[0]:
+            raise ValueError(f"Y must have {X.shape[0]} rows like X, got shape {Y.shape}.")
+        check_choice(penalty, "penalty", _PENALTIES)
+        self.binary = Y.ndim == 1
+        Y = Y[:, None] if self.binary else Y
+        self.n, self.p = X.shape
+        self.k = Y.shape[1]
+        self.penalty, self.fit_intercept = penalty, bool(fit_intercept)
+        Xa = _augment(X, fit_intercept)
+        self.loss = _LogisticLoss(Xa, Y, self.binary)
+        self.shape = (Xa.shape[1], self.k)
+        self.x0 = np.zeros(Xa.shape[1] * self.k)
+        self.n_theta = {"shared": 1, "per_feature": self.p, "per_weight": self.p * self.k}[
+            penalty
+        ]
+        row_norm = float(np.sqrt((Xa * Xa).sum(1).max()))
+        third = _SIGMOID_THIRD if self.binary else _SOFTMAX_THIRD
+        self._hessian_lipschitz = third * row_norm * _spectral_norm_sq(Xa) / self.n
+        self.mu_certified = not fit_intercept
+        if self.binary:
+            self.hessian = self._hessian
+
+    def _alpha(self, theta):
+        """Penalties as an array broadcastable to the coefficient block (p, k)."""
+        a = np.exp(theta)
+        if self.penalty == "shared":
+            return a[0]
+        if self.penalty == "per_feature":
+            return a[:, None]
+        return a.reshape(self.p, self.k)
+
+    def _split(self, x):
+        W = x.reshape(self.shape)
+        return W, W[: self.p]
+
+    def _pad(self, coef_part):
+        if not self.fit_intercept:
+            return coef_part
+        return np.vstack([coef_part, np.zeros((1, self.k))])
+
+    def value(self, x, theta):
+        W, coef = self._split(x)
+        return (self.loss.value(W) + 0.5 * float(np.sum(self._alpha(theta) * coef * coef))) / (
+            self.n
+        )
+
+    def grad_x(self, x, theta):
+        W, coef = self._split(x)
+        return ((self.loss.grad(W) + self._pad(self._alpha(theta) * coef)) / self.n).ravel()
+
+    def hvp_xx(self, x, theta, v):
+        W, _ = self._split(x)
+        V = v.reshape(self.shape)
+        out = self.loss.hvp(W, V) + self._pad(self._alpha(theta) * V[: self.p])
+        return (out / self.n).ravel()
+
+    def hessian_diagonal(self, x, theta):
+        """Diagonal of the Hessian in ``x`` (a Jacobi preconditioner for CG)."""
+        W, _ = self._split(x)
+        _, P = self.loss.probabilities(W)
+        Xa = self.loss.Xa
+        diag = (Xa * Xa).T @ (P * (1.0 - P))
+        diag[: self.p] += np.broadcast_to(self._alpha(theta), (self.p, self.k))
+        return (diag / self.n).ravel()
+
+    def _hessian(self, x, theta):
+        W, _ = self._split(x)
+        _, P = self.loss.probabilities(W)
+        Xa = self.loss.Xa
+        d = (P * (1.0 - P))[:, 0]
+        H = Xa.T @ (Xa * d[:, None])
+        diag = np.zeros(Xa.shape[1])
+        diag[: self.p] = np.broadcast_to(self._alpha(theta), (self.p, 1))[:, 0]
+        H[np.diag_indices_from(H)] += diag
+        return H / self.n
+
+    def vjp_theta(self, x, theta, q):
+        _, coef = self._split(x)
+        Q = q.reshape(self.shape)[: self.p]
+        M = self._alpha(theta) * coef * Q / self.n
+        if self.penalty == "shared":
+            return np.array([M.sum()])
+        if self.penalty == "per_feature":
+            return M.sum(axis=1)
+        return M.ravel()
+
+    def mu(self, theta):
+        return float(np.min(np.exp(theta))) / self.n
+
+    def lipschitz(self, theta):
+        return None
+
+    def hessian_lipschitz(self, theta):
+        return self._hessian_lipschitz
+
+    def cross_norm(self, x, theta):
+        _, coef = self._split(x)
+        AC = self._alpha(theta) * coef
+        if self.penalty == "shared":
+            return float(np.linalg.norm(AC)) / self.n
+        if self.penalty == "per_feature":
+            return float(np.max(np.linalg.norm(AC, axis=1), initial=0.0)) / self.n
+        return float(np.max(np.abs(AC), initial=0.0)) / self.n
+
+    def cross_lipschitz(self, theta):
+        return float(np.max(np.exp(theta))) / self.n
+
+    def coef_intercept(self, x):
+        """``(coef, intercept)`` of shapes (n_columns, n_features) and (n_columns,)."""
+        W = x.reshape(self.shape)
+        intercept = W[self.p] if self.fit_intercept else np.zeros(self.k)
+        return W[: self.p].T.copy(), np.array(intercept)
+
+
+class LogLossUpperLevel(UpperLevel):
+    """Mean validation log-loss of the weights ``W`` of a :class:`LogisticLowerLevel`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.bilevel.glm import LogLossUpperLevel
+    >>> upper = LogLossUpperLevel(np.ones((2, 1)), np.array([0.0, 1.0]))
+    >>> bool(np.isclose(upper.value(np.zeros(2)), np.log(2)))
+    True
+    """
+
+    def __init__(self, X, Y, *, fit_intercept=True):
+        X = check_array(X, "X", ndim=2)
+        Y = check_array(Y, "Y", ndim=(1, 2))
+        binary = Y.ndim == 1
+        Xa = _augment(X, fit_intercept)
+        self.loss = _LogisticLoss(Xa, Y[:, None] if binary else Y, binary)
+        self.shape = (Xa.shape[1], 1 if binary else Y.shape[1])
+        self.n = X.shape[0]
+        self.L_g = (0.25 if binary else 0.5) * _spectral_norm_sq(Xa) / self.n
+
+    def value(self, x):
+        return self.loss.value(x.reshape(self.shape)) / self.n
+
+    def grad(self, x):
+        return (self.loss.grad(x.reshape(self.shape)) / self.n).ravel()
+
+
+def _encode(y):
+    encoder = LabelEncoder().fit(y)
+    codes = encoder.transform(y)
+    n_classes = encoder.classes_.size
+    if n_classes < 2:
+        raise ValueError(
+            f"y must hold at least 2 classes for logistic regression; got 1 class "
+            f"({encoder.classes_[0]!r})."
+        )
+    if n_classes == 2:
+        return encoder.classes_, codes.astype(float)
+    return encoder.classes_, np.eye(n_classes)[codes]
+
+
+def logistic_cv_problem(
+    X, y, *, cv=5, penalty="shared", fit_intercept=True, C0=1.0, bounds=None,
+    theta_penalty=None,
+) -> BilevelProblem:
+    """K-fold cross-validated L2 logistic regression as a bilevel problem in
+    ``theta = log(1 / C)``.
+
+    Binary labels give the sigmoid model, more classes the multinomial one. The objective is
+    the mean over folds of the mean validation log-loss, the quantity GridSearchCV maximizes
+    with ``scoring="neg_log_loss"`` (with the same folds: a stratified K-fold for an integer
+    ``cv``, as scikit-learn uses for classifiers).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Data.
+    y : array-like of shape (n_samples,)
+        Class labels.
+    cv : int, cross-validation generator or iterable, default=5
+        As in scikit-learn.
+    penalty : {"shared", "per_feature", "per_weight"}, default="shared"
+        One ``C``, one per feature, or one per weight (``n_features * n_columns``).
+    fit_intercept : bool, default=True
+        Fit unpenalized intercepts.
+    C0 : float or array-like, default=1.0
+        Starting inverse penalty.
+    bounds : tuple (lo, hi), optional
+        Bounds on ``theta = log(1 / C)``.
+    theta_penalty : object, optional
+        Penalty ``r(theta)``.
+
+    Returns
+    -------
+    BilevelProblem
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from mmopt.bilevel.glm import logistic_cv_problem
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> problem = logistic_cv_problem(X, y, cv=3)
+    >>> problem.n_instances, problem.theta0.shape
+    (3, (1,))
+    """
+    X = check_array(X, "X", ndim=2)
+    classes, Y = _encode(np.asarray(y))
+    lowers, uppers = [], []
+    for train, val in _splits(cv, X, np.asarray(y), classifier=True):
+        lowers.append(
+            LogisticLowerLevel(X[train], Y[train], penalty=penalty, fit_intercept=fit_intercept)
+        )
+        uppers.append(LogLossUpperLevel(X[val], Y[val], fit_intercept=fit_intercept))
+    n_theta = lowers[0].n_theta
+    theta0 = -np.log(np.broadcast_to(np.asarray(C0, dtype=float), (n_theta,)))
+    problem = BilevelProblem(lowers, uppers, theta0, bounds=bounds, theta_penalty=theta_penalty)
+    problem.classes_ = classes
+    return problem

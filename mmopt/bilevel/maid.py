@@ -1,0 +1,584 @@
+"""MAID: the method of adaptive inexact descent for bilevel problems (Salehi et al.).
+
+Each outer iteration works with an inexact hypergradient whose error is bounded a posteriori:
+
+1. every lower level is solved from its warm start until ``||grad_x Phi_k|| <= mu_k eps``,
+   which certifies ``||x_k - x_k*|| <= eps``;
+2. every adjoint system ``A_k q_k = grad g_k(x_k)`` is solved by warm-started CG to a
+   residual ``delta``;
+3. ``z = (1/K) sum_k -B_k^T q_k + grad r(theta)``, with an error bound ``omega`` (below).
+
+The hypergradient is accepted when ``omega <= (1 - eta) ||z||`` (then ``-z`` is a descent
+direction); otherwise ``eps`` and ``delta`` shrink by ``tau`` (or at once by the factor the
+bound is off by, with a margin of 2, when that is smaller) and it is recomputed. A trial
+step ``theta+ = P(theta - alpha z)`` is accepted by an inexact sufficient-decrease test that
+compares an *upper* bound of the new objective with a *lower* bound of the old one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.registry import register_solver
+from mmopt._core.result import Status
+from mmopt._core.solver import Solver, SolverState, _caller_stacklevel
+from mmopt._core.validation import check_array, check_choice, check_scalar
+from mmopt.bilevel.inner import (
+    InnerResult,
+    _inverse_diagonal,
+    conjugate_gradient,
+    fista,
+    newton_cg,
+)
+from mmopt.bilevel.problem import BilevelProblem
+
+__all__ = ["MAID"]
+
+_SCHEDULES = ("adaptive", "geometric", "quadratic", "cubic", "fixed")
+_INNER = ("auto", "fista", "newton-cg")
+
+
+@dataclass
+class _Evaluation:
+    """Lower levels solved at one ``theta`` to one accuracy, and the upper level there."""
+
+    theta: np.ndarray
+    xs: list
+    errors: np.ndarray  # certified ||x_k - x_k*|| (achieved ||grad|| / mu)
+    values: np.ndarray  # g_k(x_k)
+    grads: list  # grad g_k(x_k)
+    fun: float  # mean g_k(x_k) + r(theta)
+    slack: float  # |f(theta) - fun| <= slack
+
+
+@dataclass
+class _MAIDState(SolverState):
+    evaluation: _Evaluation | None = None
+    qs: list = field(default_factory=list)
+    z: np.ndarray | None = None
+    bound: float = np.inf
+    eps: float = 0.1
+    delta: float = 0.1
+    step: float = 1.0
+    outer: int = 0
+
+
+@register_solver
+class MAID(Solver):
+    r"""Adaptively inexact first-order method for bilevel learning (MAID).
+
+    Solves a :class:`BilevelProblem` ``min_theta (1/K) sum_k g_k(x_k*(theta)) + r(theta)``
+    over a box by projected inexact gradient descent, choosing the lower-level accuracy
+    ``eps`` and the adjoint accuracy ``delta`` on the fly (``accuracy="adaptive"``, MAID) or
+    from an a-priori schedule (the HOAG baselines).
+
+    **Error bound.** With ``e = ||grad_x Phi(x)|| / mu`` (the certified distance to
+    ``x*``), ``r = ||A q - grad g(x)||`` (the true CG residual), ``L_A, L_B`` the Lipschitz
+    constants of the Hessian ``A`` and of the mixed derivative ``B`` in ``x``, and ``L_g`` that
+    of ``grad g``, the adjoint error is
+    ``e_q = r / mu + L_g e / mu + L_A e (||grad g(x)|| + L_g e) / mu^2`` and
+
+    .. math::
+
+        \|z - \nabla f(\theta)\| \le \omega = \|B(x)\|\, e_q + L_B\, e\, (\|q\| + e_q)
+
+    (per instance, then averaged): a bound of the form ``c1 eps + c2 delta + c3 eps^2``. It
+    is *certified* when the lower and upper levels supply every constant (and ``mu`` is a
+    valid bound); the result says so in ``bound_certified``.
+
+    **Sufficient decrease.** ``|f(theta) - f_hat(theta)| <= s = mean(||grad g_k|| e_k +
+    L_g e_k^2 / 2)``, so a step is accepted when
+    ``(f_hat(theta+) + s+) - (f_hat(theta) - s) <= -(eta / alpha) ||theta+ - theta||^2`` (the
+    principled test: ``eta``, not the ``eta^2`` of the authors' code). A failed test shrinks
+    the step by ``backtrack``; after ``max_backtracks`` failures ``eps`` and ``delta`` shrink
+    by ``tau`` and the iteration ends without moving. On success ``eps``, ``delta`` are
+    multiplied by ``nu`` (> 1: cheaper next time) and the step by ``step_growth``.
+
+    **HOAG schedules** (``accuracy="geometric"``, ``"quadratic"``, ``"cubic"``,
+    ``"fixed"``): ``eps_k = eps0 * s_k``, ``delta_k = delta0 * s_k`` with ``s_k = 0.9^k``,
+    ``1/(k+1)^2``, ``1/(k+1)^3`` or 1; no accuracy test, and HOAG's lenient decrease test
+    ``(f_hat(theta+) - s+) - (f_hat(theta) + s) <= -(eta / alpha) ||theta+ - theta||^2`` (the
+    inexactness is tolerated rather than guarded against); after a failed iteration the step
+    is shrunk once by ``backtrack``.
+
+    Parameters
+    ----------
+    accuracy : {"adaptive", "geometric", "quadratic", "cubic", "fixed"}, default="adaptive"
+        How ``eps`` and ``delta`` are chosen (see above).
+    eps0, delta0 : float, default=0.1
+        Initial lower-level and adjoint accuracies.
+    step0 : float or "auto", default="auto"
+        Initial step ``alpha``; ``"auto"`` makes the first trial move of length 1 in
+        ``theta`` (``1 / ||z_0||``; a factor ``e`` on a log-penalty), the paper uses 0.1.
+    eta : float, default=1e-4
+        Parameter of the accuracy and sufficient-decrease tests, in (0, 1).
+    tau : float, default=0.5
+        Shrink factor of ``eps`` and ``delta`` on a failed test.
+    nu : float, default=1.05
+        Growth factor of ``eps`` and ``delta`` after a successful step.
+    backtrack : float, default=0.5
+        Shrink factor of the step on a failed decrease test.
+    step_growth : float, default=10/9
+        Growth factor of the step after a successful one.
+    max_backtracks : int, default=10
+        Failed decrease tests before ``eps``, ``delta`` shrink.
+    max_accuracy_retries : int, default=30
+        Failed accuracy tests in a row before the hypergradient is used anyway.
+    min_eps : float, default=1e-13
+        Floor of ``eps`` and ``delta`` (rounding limits what can be certified).
+    inner_solver : {"auto", "fista", "newton-cg"} or callable, default="auto"
+        Lower-level solver: ``"auto"`` uses the lower level's own solver when it has one,
+        Newton-CG when it offers a dense ``hessian``, FISTA otherwise. A callable
+        ``inner_solver(lower, x0, theta, gtol) -> (x, n_iter)`` plugs in any solver (for
+        example an mmopt solver on the lower-level problem).
+    max_inner_iter : int, default=10000
+        Iteration cap of each lower-level solve.
+    max_cost : int, optional
+        Budget on the total lower-level + CG iterations; the solve stops with status 1 when
+        it is spent. It also stops with status 1 when ``eps`` and ``delta`` sit at
+        ``min_eps`` and still no step passes (``tol`` below what rounding allows).
+    tol : float, default=1e-6
+        Stop when the projected hypergradient ``||theta - P(theta - z)||`` is at most ``tol``.
+    max_iter : int, default=200
+        Maximum outer iterations.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
+    verbose : int, default=0
+        0 silent, 1 a progress bar, 2 one line per iteration.
+
+    Notes
+    -----
+    The result's ``x`` (also ``theta``) holds the hyperparameters, ``fun`` the computed
+    upper-level objective ``mean g_k(x_k) + r(theta)`` at the returned lower-level solutions
+    ``x_lower`` (a list, one per instance; ``f`` is within ``fun_error`` of it). Extra
+    fields: ``hypergradient``, ``bound`` (its error bound), ``bound_certified``, ``eps``,
+    ``delta``, ``step``, and the cost counters ``n_lower_iter``, ``n_hvp``, ``n_cg_iter``,
+    ``n_lower_solves``, ``n_backtracks``, ``n_accuracy_retries``. ``history`` records per
+    iteration ``eps``, ``delta``, ``step``, ``bound``, ``z_norm``, ``accepted``, and the
+    cumulative ``n_lower_iter``, ``n_cg_iter``, ``n_hvp``, ``n_lower_solves`` and ``cost``
+    (lower + CG iterations).
+
+    References
+    ----------
+    M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact first-order
+    method for bilevel optimization with application to hyperparameter learning".
+    F. Pedregosa, "Hyperparameter optimization with approximate gradient", ICML 2016.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.bilevel import MAID
+    >>> from mmopt.bilevel.glm import ridge_cv_problem
+    >>> from sklearn.datasets import load_diabetes
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> res = MAID(tol=1e-4).solve(ridge_cv_problem(X, y, cv=5))
+    >>> bool(res.success), res.bound_certified
+    (True, True)
+    """
+
+    name = "maid"
+    problem_types = (BilevelProblem,)
+    residual_covers_x = False
+
+    def __init__(
+        self,
+        *,
+        accuracy: str = "adaptive",
+        eps0: float = 0.1,
+        delta0: float = 0.1,
+        step0: float | str = "auto",
+        eta: float = 1e-4,
+        tau: float = 0.5,
+        nu: float = 1.05,
+        backtrack: float = 0.5,
+        step_growth: float = 10.0 / 9.0,
+        max_backtracks: int = 10,
+        max_accuracy_retries: int = 30,
+        min_eps: float = 1e-13,
+        inner_solver="auto",
+        max_inner_iter: int = 10_000,
+        max_cost: int | None = None,
+        tol: float = 1e-6,
+        max_iter: int = 200,
+        callback=None,
+        verbose: int = 0,
+    ):
+        self.accuracy = accuracy
+        self.eps0 = eps0
+        self.delta0 = delta0
+        self.step0 = step0
+        self.eta = eta
+        self.tau = tau
+        self.nu = nu
+        self.backtrack = backtrack
+        self.step_growth = step_growth
+        self.max_backtracks = max_backtracks
+        self.max_accuracy_retries = max_accuracy_retries
+        self.min_eps = min_eps
+        self.inner_solver = inner_solver
+        self.max_inner_iter = max_inner_iter
+        self.max_cost = max_cost
+        self.tol = tol
+        self.max_iter = max_iter
+        self.callback = callback
+        self.verbose = verbose
+
+    # -------------------------------------------------------------------------- options
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        check_choice(self.accuracy, "accuracy", _SCHEDULES)
+        for name in ("eps0", "delta0"):
+            check_scalar(getattr(self, name), name, min_value=0.0, include_min=False)
+        if not (isinstance(self.step0, str) and self.step0 == "auto"):
+            check_scalar(self.step0, "step0", min_value=0.0, include_min=False)
+        check_scalar(self.eta, "eta", min_value=0.0, max_value=1.0, include_min=False,
+                     include_max=False)
+        check_scalar(self.tau, "tau", min_value=0.0, max_value=1.0, include_min=False,
+                     include_max=False)
+        check_scalar(self.backtrack, "backtrack", min_value=0.0, max_value=1.0,
+                     include_min=False, include_max=False)
+        check_scalar(self.nu, "nu", min_value=1.0)
+        check_scalar(self.step_growth, "step_growth", min_value=1.0)
+        check_scalar(self.max_backtracks, "max_backtracks", kind=int, min_value=0)
+        check_scalar(self.max_accuracy_retries, "max_accuracy_retries", kind=int, min_value=0)
+        check_scalar(self.min_eps, "min_eps", min_value=0.0)
+        check_scalar(self.max_inner_iter, "max_inner_iter", kind=int, min_value=1)
+        check_scalar(self.max_cost, "max_cost", kind=int, min_value=1, allow_none=True)
+        if not callable(self.inner_solver):
+            check_choice(self.inner_solver, "inner_solver", _INNER)
+
+    # ------------------------------------------------------------------ the shared loop
+    def solve(self, problem, x0=None):
+        """Solve ``problem`` from hyperparameters ``x0`` (``problem.theta0`` when None).
+
+        Returns
+        -------
+        Result
+            See the class documentation for the fields.
+        """
+        # The cost budget is checked after each iteration through the loop's callback hook;
+        # the user's callback (an option, never modified) is called first.
+        self._validate_params()  # before the user's callback is wrapped
+        user_callback = self.callback
+        self._budget_spent = self._stalled = False
+
+        def budget_callback(intermediate_result):
+            if user_callback is not None:
+                user_callback(intermediate_result)
+            if self.max_cost is not None and self._cost["cost"] >= self.max_cost:
+                self._budget_spent = True
+                raise StopIteration
+            if self._stalled:
+                raise StopIteration
+
+        self.callback = budget_callback
+        try:
+            result = super().solve(problem, x0)
+        finally:
+            self.callback = user_callback
+        if (self._budget_spent or self._stalled) and result.status == Status.CALLBACK:
+            result.status, result.success = int(Status.MAX_ITER), False
+            result.message = (
+                "Cost budget (max_cost) spent before convergence."
+                if self._budget_spent
+                else "Stalled: no step passes the decrease test at the accuracy floor "
+                "(min_eps); tol is below what floating point can certify."
+            )
+            warnings.warn(
+                f"MAID: {result.message} (nit={result.nit}, cost={result.cost}, "
+                f"residual={result.residual:.3g}, tol={self.tol:.3g})",
+                ConvergenceWarning,
+                stacklevel=_caller_stacklevel(),
+            )
+        return result
+
+    def _validate_theta(self, problem, x0):
+        if x0 is None:
+            return np.array(problem.theta0)
+        theta = check_array(np.atleast_1d(np.asarray(x0, dtype=float)), "x0", ndim=1,
+                            shape=problem.theta0.shape)
+        return problem.project(np.array(theta))
+
+    def _init_state(self, problem, x0) -> _MAIDState:
+        self._cost = dict.fromkeys(
+            ("n_lower_iter", "n_hvp", "n_cg_iter", "n_lower_solves", "n_backtracks",
+             "n_accuracy_retries", "cost"), 0
+        )
+        self._certified = True
+        theta = self._validate_theta(problem, x0)
+        state = _MAIDState(
+            x=theta,
+            fun=np.inf,
+            eps=float(self.eps0),
+            delta=float(self.delta0),
+            step=1.0 if self.step0 == "auto" else float(self.step0),
+            qs=[np.zeros_like(np.asarray(low.x0, dtype=float)) for low in problem.lowers],
+        )
+        if self.accuracy != "adaptive":
+            state.eps, state.delta = self._scheduled(0)
+        starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
+        evaluation = self._evaluate(problem, theta, starts, state.eps)
+        state = self._hypergradient_with_test(problem, state, evaluation)
+        if self.step0 == "auto":
+            # A first trial move of length 1 in theta: a factor e on a log-penalty.
+            z_norm = float(np.linalg.norm(state.z))
+            state.step = 1.0 / z_norm if z_norm > 0 else 1.0
+            state.record["step"] = state.step
+        return state
+
+    def _scheduled(self, k):
+        """``(eps, delta)`` of the a-priori schedules, or ``(None, None)`` when adaptive."""
+        factor = {
+            "adaptive": None,
+            "geometric": 0.9**k,
+            "quadratic": 1.0 / (k + 1) ** 2,
+            "cubic": 1.0 / (k + 1) ** 3,
+            "fixed": 1.0,
+        }[self.accuracy]
+        if factor is None:
+            return None, None
+        return max(self.eps0 * factor, self.min_eps), max(self.delta0 * factor, self.min_eps)
+
+    def _step(self, problem, state: _MAIDState) -> _MAIDState:
+        theta, old, z = state.x, state.evaluation, state.z
+        adaptive = self.accuracy == "adaptive"
+        eps, step = state.eps, state.step
+        # MAID compares an upper bound of the new value with a lower bound of the old one;
+        # HOAG's lenient test compares the other way round (tolerating the inexactness).
+        sign = 1.0 if adaptive else -1.0
+        lower_old = old.fun - sign * old.slack
+        accepted = False
+        new = None
+        for attempt in range(self.max_backtracks + 1):
+            theta_new = problem.project(theta - step * z)
+            move = theta_new - theta
+            if not move.any():
+                break
+            new = self._evaluate(problem, theta_new, old.xs, eps)
+            upper_new = new.fun + sign * new.slack
+            # Differences below the rounding of the values cannot be resolved.
+            rounding = 8 * np.finfo(float).eps * max(abs(new.fun), abs(old.fun))
+            if upper_new - lower_old <= -(self.eta / step) * float(move @ move) + rounding:
+                accepted = True
+                break
+            if attempt < self.max_backtracks:
+                self._cost["n_backtracks"] += 1
+                step *= self.backtrack
+        if accepted:
+            next_state = _MAIDState(
+                x=theta_new, fun=new.fun, qs=state.qs, outer=state.outer + 1,
+                eps=max(eps * self.nu, self.min_eps) if adaptive else eps,
+                delta=max(state.delta * self.nu, self.min_eps) if adaptive else state.delta,
+                step=step * self.step_growth,
+            )
+            evaluation = new
+        else:
+            if adaptive and eps <= self.min_eps and state.delta <= self.min_eps:
+                # The accuracy floor is reached and still no step passes: nothing more can
+                # be certified in floating point.
+                self._stalled = True
+            # No step passed: the bounds are too loose (adaptive), or the step too long.
+            next_state = _MAIDState(
+                x=theta, fun=old.fun, qs=state.qs, outer=state.outer + 1,
+                eps=max(eps * self.tau, self.min_eps) if adaptive else eps,
+                delta=max(state.delta * self.tau, self.min_eps) if adaptive else state.delta,
+                # Adaptive: the bounds were too loose, not the step. Schedules: the step
+                # shrinks once per failed iteration (HOAG's L *= 2), not by every backtrack.
+                step=state.step if adaptive else state.step * self.backtrack,
+            )
+            evaluation = old
+        if not adaptive:
+            next_state.eps, next_state.delta = self._scheduled(next_state.outer)
+        next_state = self._hypergradient_with_test(problem, next_state, evaluation)
+        next_state.record["accepted"] = float(accepted)
+        return next_state
+
+    # --------------------------------------------------------------------- the oracle
+    def hypergradient(self, problem, theta, *, eps: float = 1e-10, delta: float = 1e-10):
+        """The inexact oracle at ``theta``: lower levels to accuracy ``eps`` (from their
+        default starts), adjoints to residual ``delta``.
+
+        Returns
+        -------
+        z : ndarray
+            The hypergradient estimate.
+        bound : float
+            Its a-posteriori error bound (certified when ``self`` reports so afterwards in
+            ``bound_certified_``).
+        fun : float
+            The computed objective ``mean g_k(x_k) + r(theta)``.
+        x_lower : list of ndarray
+            The lower-level solutions.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_diabetes
+        >>> from mmopt.bilevel import MAID
+        >>> from mmopt.bilevel.glm import ridge_cv_problem
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> z, bound, fun, _ = MAID().hypergradient(ridge_cv_problem(X, y), np.zeros(1))
+        >>> bool(bound < 1e-6 * np.linalg.norm(z))
+        True
+        """
+        self._validate_params()
+        self.check_problem(problem)
+        self._cost = dict.fromkeys(
+            ("n_lower_iter", "n_hvp", "n_cg_iter", "n_lower_solves", "n_backtracks",
+             "n_accuracy_retries", "cost"), 0
+        )
+        self._certified = True
+        theta = self._validate_theta(problem, theta)
+        starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
+        evaluation = self._evaluate(problem, theta, starts, float(eps))
+        qs = [np.zeros_like(x) for x in starts]
+        z, bound, _, _ = self._hypergradient(problem, evaluation, qs, float(delta))
+        self.bound_certified_ = bool(self._certified)
+        return z, bound, evaluation.fun, evaluation.xs
+
+    def _hypergradient_with_test(self, problem, state, evaluation) -> _MAIDState:
+        """Hypergradient at ``state.x``; in adaptive mode, tighten until the accuracy test
+        ``bound <= (1 - eta) ||z||`` passes (at most ``max_accuracy_retries`` times)."""
+        theta = state.x
+        adaptive = self.accuracy == "adaptive"
+        for retry in range(self.max_accuracy_retries + 1):
+            if evaluation.errors.max() > state.eps * (1 + 1e-12):
+                evaluation = self._evaluate(problem, theta, evaluation.xs, state.eps)
+            z, bound, qs, reached = self._hypergradient(
+                problem, evaluation, state.qs, state.delta
+            )
+            state.qs = qs
+            z_norm = float(np.linalg.norm(z))
+            if not adaptive or bound <= (1 - self.eta) * z_norm:
+                break
+            limited = evaluation.errors.max() > state.eps * (1 + 1e-12) or not reached
+            if limited or (state.eps <= self.min_eps and state.delta <= self.min_eps):
+                # The inner solvers cannot reach the accuracy asked for (rounding): asking
+                # for more would only burn iterations.
+                break
+            if retry < self.max_accuracy_retries:
+                self._cost["n_accuracy_retries"] += 1
+                # The bound is about linear in eps and delta: shrink by tau, or at once by
+                # the factor the bound says is missing (with a margin), whichever is smaller.
+                factor = self.tau
+                if bound > 0 and z_norm > 0:
+                    factor = max(min(self.tau, 0.5 * (1 - self.eta) * z_norm / bound), 1e-6)
+                state.eps = max(state.eps * factor, self.min_eps)
+                state.delta = max(state.delta * factor, self.min_eps)
+        state.evaluation, state.z, state.bound = evaluation, z, bound
+        state.fun = evaluation.fun
+        state.residual = float(np.linalg.norm(theta - problem.project(theta - z)))
+        state.record.update(
+            eps=state.eps, delta=state.delta, step=state.step, bound=bound, z_norm=z_norm,
+            **{k: float(v) for k, v in self._cost.items() if k.startswith("n_") or k == "cost"},
+        )
+        return state
+
+    def _inner(self, lower, x0, theta, gtol) -> InnerResult:
+        method = self.inner_solver
+        if callable(method):
+            out = method(lower, x0, theta, gtol)
+            if isinstance(out, InnerResult):
+                return out
+            x, nit = out
+            x = np.asarray(x, dtype=float)
+            norm = float(np.linalg.norm(lower.grad_x(x, theta)))
+            return InnerResult(x, int(nit), 0, norm, norm <= gtol)
+        if method == "auto":
+            custom = getattr(lower, "custom_solver", None)
+            if custom is not None:
+                x, nit = custom(x0, theta, gtol)
+                x = np.asarray(x, dtype=float)
+                norm = float(np.linalg.norm(lower.grad_x(x, theta)))
+                return InnerResult(x, int(nit), 0, norm, norm <= gtol)
+            method = getattr(lower, "inner_solver_hint", None) or (
+                "newton-cg" if callable(getattr(lower, "hessian", None)) else "fista"
+            )
+        solver = newton_cg if method == "newton-cg" else fista
+        return solver(lower, x0, theta, gtol, max_iter=self.max_inner_iter)
+
+    def _evaluate(self, problem, theta, starts, eps) -> _Evaluation:
+        """Solve every lower level at ``theta`` to accuracy ``eps`` from ``starts``."""
+        xs, errors, values, grads = [], [], [], []
+        slack = 0.0
+        for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
+            mu = BilevelProblem.check_mu(lower.mu(theta), k)
+            if not getattr(lower, "mu_certified", True):
+                self._certified = False
+            out = self._inner(lower, starts[k], theta, mu * eps)
+            self._cost["n_lower_iter"] += out.nit
+            self._cost["n_hvp"] += out.n_hvp
+            self._cost["n_lower_solves"] += 1
+            self._cost["cost"] += out.nit
+            error = out.residual / mu
+            value, grad = upper.value(out.x), upper.grad(out.x)
+            L_g = upper.L_g
+            if L_g is None:
+                self._certified, L_g = False, 0.0
+            slack += float(np.linalg.norm(grad)) * error + 0.5 * L_g * error**2
+            xs.append(out.x)
+            errors.append(error)
+            values.append(value)
+            grads.append(grad)
+        n = len(xs)
+        fun = float(np.mean(values)) + problem.penalty_value(theta)
+        return _Evaluation(theta, xs, np.array(errors), np.array(values), grads, fun, slack / n)
+
+    def _hypergradient(self, problem, evaluation, q_starts, delta):
+        """``z``, its error bound, and the adjoint solutions (warm starts for next time)."""
+        theta = evaluation.theta
+        z = np.zeros_like(theta)
+        bound = 0.0
+        qs = []
+        reached = True
+        for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
+            x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
+            mu = lower.mu(theta)
+            cg = conjugate_gradient(
+                lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_starts[k], delta,
+                inv_diag=_inverse_diagonal(lower, x, theta),
+            )
+            self._cost["n_cg_iter"] += cg.nit
+            self._cost["n_hvp"] += cg.n_hvp
+            self._cost["cost"] += cg.nit
+            reached = reached and cg.converged
+            q = cg.x
+            z_k = -lower.vjp_theta(x, theta, q)
+            z += z_k
+            qs.append(q)
+            # Constants of the bound; a missing one is estimated and the bound not certified.
+            L_g = upper.L_g
+            L_A = lower.hessian_lipschitz(theta)
+            L_B = lower.cross_lipschitz(theta)
+            norm_B = lower.cross_norm(x, theta)
+            q_norm = float(np.linalg.norm(q))
+            if None in (L_g, L_A, L_B, norm_B):
+                self._certified = False
+            L_g, L_A, L_B = L_g or 0.0, L_A or 0.0, L_B or 0.0
+            if norm_B is None:
+                norm_B = float(np.linalg.norm(z_k)) / q_norm if q_norm > 0 else 0.0
+            g_norm = float(np.linalg.norm(grad))
+            e_q = cg.residual / mu + L_g * e / mu + L_A * e * (g_norm + L_g * e) / mu**2
+            bound += norm_B * e_q + L_B * e * (q_norm + e_q)
+        n = len(qs)
+        z = z / n + problem.penalty_grad(theta)
+        return z, bound / n, qs, reached
+
+    def _result_fields(self, problem, state) -> dict:
+        evaluation = state.evaluation
+        return {
+            "theta": state.x,
+            "x_lower": evaluation.xs,
+            "fun_error": evaluation.slack,
+            "hypergradient": state.z,
+            "bound": state.bound,
+            "bound_certified": bool(self._certified),
+            "eps": state.eps,
+            "delta": state.delta,
+            "step": state.step,
+            **{k: int(v) for k, v in self._cost.items()},
+        }

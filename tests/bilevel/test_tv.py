@@ -1,0 +1,77 @@
+"""Smoothed-TV denoising: derivatives by finite differences, valid constants, robustness."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from mmopt import ConvergenceWarning
+from mmopt.bilevel import MAID
+from mmopt.bilevel.tv import make_tv_denoising_data, tv_denoising_problem
+
+
+@pytest.fixture(scope="module")
+def problem():
+    noisy, clean = make_tv_denoising_data(size=16, n_images=2)
+    return tv_denoising_problem(noisy, clean, strength=0.005, smoothing=0.2)
+
+
+def test_derivatives_by_finite_differences(problem):
+    lower = problem.lowers[0]
+    rng = np.random.default_rng(0)
+    x = lower.y + 0.1 * rng.standard_normal(lower.y.size)
+    theta = np.log([0.08, 0.03])
+    v = rng.standard_normal(x.size)
+    h = 1e-6
+    fd = (lower.value(x + h * v, theta) - lower.value(x - h * v, theta)) / (2 * h)
+    assert lower.grad_x(x, theta) @ v == pytest.approx(fd, rel=1e-6)
+    fd = (lower.grad_x(x + h * v, theta) - lower.grad_x(x - h * v, theta)) / (2 * h)
+    np.testing.assert_allclose(lower.hvp_xx(x, theta, v), fd, rtol=1e-5, atol=1e-7)
+    for j in range(2):
+        e = np.zeros(2)
+        e[j] = h
+        fd = (lower.grad_x(x, theta + e) - lower.grad_x(x, theta - e)) @ v / (2 * h)
+        assert lower.vjp_theta(x, theta, v)[j] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def test_constants_are_valid(problem):
+    lower = problem.lowers[0]
+    rng = np.random.default_rng(1)
+    theta = np.log([0.08, 0.03])
+    x = lower.y.copy()
+    for _ in range(5):
+        d = rng.standard_normal(x.size)
+        d *= 1e-3 / np.linalg.norm(d)
+        v = rng.standard_normal(x.size)
+        v /= np.linalg.norm(v)
+        change = np.linalg.norm(lower.hvp_xx(x + d, theta, v) - lower.hvp_xx(x, theta, v))
+        assert change <= lower.hessian_lipschitz(theta) * np.linalg.norm(d)
+        grads = lower.grad_x(x + d, theta) - lower.grad_x(x, theta)
+        assert np.linalg.norm(grads) <= lower.lipschitz(theta) * np.linalg.norm(d) * (1 + 1e-9)
+    # ||B|| bounds B's action on unit theta directions (B columns by finite differences).
+    h = 1e-6
+    cols = [(lower.grad_x(x, theta + h * e) - lower.grad_x(x, theta - h * e)) / (2 * h)
+            for e in np.eye(2)]
+    assert np.linalg.norm(np.column_stack(cols), 2) <= lower.cross_norm(x, theta) * (1 + 1e-5)
+
+
+def test_learning_improves_on_the_start_and_is_robust_to_eps0(problem):
+    _, _, start, _ = MAID().hypergradient(problem, problem.theta0, eps=1e-10, delta=1e-10)
+    finals = []
+    for eps0 in (1e-5, 1e-2, 1e1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = MAID(eps0=eps0, delta0=eps0, max_iter=60, tol=1e-6).solve(problem)
+        assert res.bound_certified
+        _, _, final, _ = MAID().hypergradient(problem, res.theta, eps=1e-10, delta=1e-10)
+        finals.append(final)
+    assert max(finals) < 0.9 * start
+    assert (max(finals) - min(finals)) <= 0.01 * min(finals)
+
+
+def test_mismatched_images_are_rejected():
+    noisy, clean = make_tv_denoising_data(size=8, n_images=2)
+    with pytest.raises(ValueError, match="as many"):
+        tv_denoising_problem(noisy, clean[:1])
+    with pytest.raises(ValueError, match="same shape"):
+        tv_denoising_problem(noisy, [clean[0][:4], clean[1]])
