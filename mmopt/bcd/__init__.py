@@ -16,12 +16,22 @@ from mmopt.bcd.datafits import (
     Logistic,
     Multinomial,
 )
+from mmopt.bcd.estimators import (
+    BCDElasticNet,
+    BCDLabelPropagation,
+    BCDLasso,
+    BCDLogisticRegression,
+)
 from mmopt.bcd.partition import check_blocks, make_partition, red_black_partition
 from mmopt.bcd.penalties import L1, L2, ElasticNet, L1Positive, NoPenalty, Penalty
 from mmopt.bcd.problem import BCDProblem
 from mmopt.bcd.solver import BlockCoordinateDescent
 
 __all__ = [
+    "BCDElasticNet",
+    "BCDLabelPropagation",
+    "BCDLasso",
+    "BCDLogisticRegression",
     "BCDProblem",
     "BlockCoordinateDescent",
     "CoordinateDescent",

@@ -169,11 +169,13 @@ class LeastSquares(_LinearDatafit):
         return cols.T @ cols / self.n_samples
 
     def duality_gap(self, w, aux, penalty) -> float:
-        """Duality gap of ``f + penalty`` for an (elastic-net) L1 penalty.
+        """Duality gap of ``f + penalty`` for an (elastic-net) L1 penalty; NaN without L1.
 
         The dual point is the residual rescaled into the dual feasible set, as in
         scikit-learn's coordinate descent; the gap is in the units of ``f``.
         """
+        if penalty.l1 == 0:
+            return float("nan")  # the rescaled dual point needs an L1 part
         n = self.n_samples
         R = self.y - aux
         l1, l2 = n * penalty.l1, n * penalty.l2
@@ -341,7 +343,7 @@ class LabelPropagationQuadratic(Datafit):
     >>> W = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0.0]])
     >>> f = LabelPropagationQuadratic(W, [1.0, np.nan, 0.0], label_weight=1.0)
     >>> np.round(np.linalg.solve(f.A.toarray(), f.c), 3)
-    array([0.667, 0.5  , 0.333])
+    array([0.75, 0.5 , 0.25])
     """
 
     quadratic = True

@@ -224,6 +224,8 @@ class BlockCoordinateDescent(Solver):
                 # Undo the permutation: coordinate perm[i] sits at row i of the block diagonal.
                 P = sp.csr_matrix((np.ones(p), (perm, np.arange(p))), shape=(p, p))
                 self._gsq_inv = (P @ Hinv @ P.T).tocsr()
+        self._greedy = self.selection not in ("cyclic", "random", "lipschitz")
+        self._epoch = len(self._blocks) if self._blocks is not None else -(-p // self._k_var)
         self._gap = (
             self.stopping in ("auto", "gap")
             and hasattr(datafit, "duality_gap")
@@ -338,7 +340,11 @@ class BlockCoordinateDescent(Solver):
         block_index = None if self._variable else int(self._block_id[block[0]])
         datafit, pen = problem.datafit, problem.penalty
         x, aux = state.x.copy(), state.aux.copy()
-        xb, gb = x[block], state.grad[block]
+        xb = x[block]
+        if state.grad is not None:
+            gb = state.grad[block]
+        else:
+            gb = datafit.gradient_block(state.x, state.aux, block)
         memory = state.memory
         if self.update == "gradient":
             L = self._block_lipschitz(problem, block, block_index)
@@ -357,12 +363,16 @@ class BlockCoordinateDescent(Solver):
         if np.any(d != 0):
             x[block] = xb + d
             datafit.update_aux(aux, block, d)
-        grad = datafit.gradient(x, aux)
+        k = state.k + 1
+        # Random and cyclic rules need only the block's gradient: the full gradient (and the
+        # stopping test) is then formed once per epoch, not at every block.
+        full = self._greedy or k % self._epoch == 0
+        grad = datafit.gradient(x, aux) if full else None
         new = _BCDState(
-            x=x, fun=self._objective(problem, x, aux), aux=aux, grad=grad, k=state.k + 1,
+            x=x, fun=self._objective(problem, x, aux), aux=aux, grad=grad, k=k,
             memory=memory,
         )
-        new.residual = self._residual(problem, new)
+        new.residual = self._residual(problem, new) if full else state.residual
         new.record = {"block_size": float(len(block))}
         return new
 
@@ -427,7 +437,10 @@ class BlockCoordinateDescent(Solver):
         return scipy.linalg.cho_solve(chol, rhs)
 
     def _result_fields(self, problem, state):
-        return {"blocks": self._blocks, "gradient": state.grad}
+        grad = state.grad
+        if grad is None:
+            grad = problem.datafit.gradient(state.x, state.aux)
+        return {"blocks": self._blocks, "gradient": grad}
 
 
 def _cholesky(H):
