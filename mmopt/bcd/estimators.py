@@ -421,6 +421,8 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         check_choice(self.kernel, "kernel", ("knn", "rbf"))
         check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
         check_scalar(self.gamma, "gamma", min_value=0.0, include_min=False)
+        if X.shape[0] < 2:
+            raise ValueError(f"BCDLabelPropagation needs a graph of at least 2 samples; got n_samples={X.shape[0]}.")
         labelled = y != -1
         if not labelled.any():
             raise ValueError("y must have at least one labelled sample (y != -1).")
@@ -466,4 +468,5 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """The most probable class of each sample."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
