@@ -195,7 +195,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
     compiled :class:`~mmopt.bcd.CoordinateDescent` (the intercept is updated by a Newton step
     after every epoch). More classes: the multinomial (softmax) loss by
     :class:`~mmopt.bcd.BlockCoordinateDescent`, one block per feature (its coefficients for
-    all classes) with matrix updates; its intercept is a constant feature of value
+    all classes) with Newton updates (Armijo line search); its intercept is a constant feature of value
     ``intercept_scaling`` that is penalized like the others (as liblinear does), so a large
     ``intercept_scaling`` makes that penalty negligible.
 
@@ -289,7 +289,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
             penalty = L1(strength) if self.penalty == "l1" else L2(strength)
             blocks = [np.arange(j * k, (j + 1) * k) for j in range(p)]
             solver = BlockCoordinateDescent(
-                partition=blocks, selection="cyclic", update="matrix", tol=self.tol,
+                partition=blocks, selection="cyclic", update="newton", tol=self.tol,
                 max_iter=self.max_iter * p, verbose=self.verbose,
             )
             result = solver.solve(BCDProblem(Multinomial(design, codes, n_classes=k), penalty))

@@ -1,0 +1,133 @@
+"""CoordinateDescent (compiled, working sets, screening) against scikit-learn."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.linear_model import ElasticNet as SkElasticNet
+from sklearn.linear_model import Lasso, LogisticRegression
+
+from mmopt.bcd import L1, L2, BCDProblem, CoordinateDescent, ElasticNet, L1Positive, LeastSquares, Logistic
+
+
+def _correlated(n, p, seed, rho=0.6):
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((n, p))
+    X = np.empty((n, p))
+    X[:, 0] = Z[:, 0]
+    for j in range(1, p):
+        X[:, j] = rho * X[:, j - 1] + np.sqrt(1 - rho**2) * Z[:, j]
+    w = np.where(rng.random(p) < 0.2, rng.standard_normal(p), 0.0)
+    return X, X @ w + 0.3 * rng.standard_normal(n)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _correlated(100, 250, 0)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("working_set, screening, anderson", [(True, True, True), (False, False, False), (True, False, True), (False, True, False)])
+def test_lasso_equals_sklearn(data, sparse, working_set, screening, anderson):
+    X, y = data
+    n = X.shape[0]
+    alpha = np.abs(X.T @ y).max() / n / 20
+    ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=200_000).fit(X, y).coef_
+    design = sp.csc_matrix(X) if sparse else X
+    res = CoordinateDescent(tol=1e-12, working_set=working_set, screening=screening,
+                            anderson=anderson, max_iter=1000).solve(BCDProblem(LeastSquares(design, y), L1(alpha)))
+    assert res.success and res.gap <= 1e-12
+    np.testing.assert_allclose(res.x, ref, atol=1e-6)
+    if screening:
+        assert res.n_screened > 0
+
+
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("l1_ratio", [0.3, 1.0])
+def test_elastic_net_and_positive_equal_sklearn(data, positive, l1_ratio):
+    X, y = data
+    n = X.shape[0]
+    alpha = np.abs(X.T @ y).max() / n / 10
+    ref = SkElasticNet(alpha=alpha, l1_ratio=l1_ratio, positive=positive, fit_intercept=False,
+                       tol=1e-14, max_iter=200_000).fit(X, y).coef_
+    pen = ElasticNet(alpha, l1_ratio, positive=positive)
+    res = CoordinateDescent(tol=1e-12, max_iter=1000).solve(BCDProblem(LeastSquares(X, y), pen))
+    np.testing.assert_allclose(res.x, ref, atol=1e-6)
+    if positive:
+        assert np.all(res.x >= 0)
+        pos = CoordinateDescent(tol=1e-12).solve(BCDProblem(LeastSquares(X, y), L1Positive(alpha)))
+        if l1_ratio == 1.0:
+            np.testing.assert_allclose(pos.x, ref, atol=1e-6)
+
+
+def test_intercept_on_sparse_design_equals_centered_dense(data):
+    X, y = data
+    y = y + 4.0
+    n = X.shape[0]
+    alpha = np.abs(X.T @ (y - y.mean())).max() / n / 10
+    ref = Lasso(alpha=alpha, tol=1e-14, max_iter=200_000).fit(X, y)
+    res = CoordinateDescent(tol=1e-12, fit_intercept=True, max_iter=1000).solve(
+        BCDProblem(LeastSquares(sp.csc_matrix(X), y), L1(alpha)))
+    np.testing.assert_allclose(res.x, ref.coef_, atol=1e-6)
+    assert res.intercept == pytest.approx(ref.intercept_, abs=1e-6)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("penalty", ["l1", "l2"])
+@pytest.mark.parametrize("fit_intercept", [False, True])
+def test_logistic_equals_sklearn(sparse, penalty, fit_intercept):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((120, 30))
+    y = np.where(X[:, :3].sum(1) + 0.5 + rng.standard_normal(120) > 0, 1.0, -1.0)
+    n = X.shape[0]
+    C = 0.5
+    pen = L1(1 / (C * n)) if penalty == "l1" else L2(1 / (C * n))
+    design = sp.csc_matrix(X) if sparse else X
+    if penalty == "l1" and fit_intercept:
+        # liblinear penalizes its intercept: check the optimality conditions instead.
+        res = CoordinateDescent(tol=1e-11, fit_intercept=True, max_iter=1000).solve(
+            BCDProblem(Logistic(design, y), pen))
+        z = X @ res.x + res.intercept
+        raw = -y / (1 + np.exp(y * z)) / n
+        assert abs(raw.sum()) <= 1e-9
+        grad = X.T @ raw
+        on = res.x != 0
+        np.testing.assert_allclose(grad[on], -pen.l1 * np.sign(res.x[on]), atol=1e-6)
+        assert np.all(np.abs(grad[~on]) <= pen.l1 + 1e-8)
+        return
+    ref = LogisticRegression(penalty=penalty, C=C, solver="liblinear" if penalty == "l1" else "lbfgs",
+                             fit_intercept=fit_intercept, tol=1e-12, max_iter=100_000).fit(X, y)
+    res = CoordinateDescent(tol=1e-11, fit_intercept=fit_intercept, max_iter=1000).solve(
+        BCDProblem(Logistic(design, y), pen))
+    assert res.success
+    np.testing.assert_allclose(res.x, ref.coef_[0], atol=2e-4 if penalty == "l1" else 1e-6)
+    if fit_intercept:
+        assert res.intercept == pytest.approx(ref.intercept_[0], abs=2e-4 if penalty == "l1" else 1e-6)
+
+
+def test_logistic_l1_reaches_a_tiny_gap_and_kkt():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((100, 50))
+    y = np.where(X[:, 0] - X[:, 1] + rng.standard_normal(100) > 0, 1.0, -1.0)
+    lam = 0.02
+    datafit = Logistic(X, y)
+    res = CoordinateDescent(tol=1e-12, max_iter=1000).solve(BCDProblem(datafit, L1(lam)))
+    assert res.gap <= 1e-12
+    grad = res.gradient
+    on = res.x != 0
+    np.testing.assert_allclose(grad[on], -lam * np.sign(res.x[on]), atol=1e-5)
+    assert np.all(np.abs(grad[~on]) <= lam + 1e-6)
+
+
+def test_rejects_other_datafits():
+    from mmopt.bcd import Multinomial
+
+    with pytest.raises(TypeError, match="solver='bcd'"):
+        CoordinateDescent().solve(BCDProblem(Multinomial(np.eye(3), [0, 1, 2])))
+
+
+def test_does_not_modify_inputs(data):
+    X, y = data
+    Xc, yc = X.copy(), y.copy()
+    CoordinateDescent().solve(BCDProblem(LeastSquares(X, y), L1(0.1)))
+    np.testing.assert_array_equal(X, Xc)
+    np.testing.assert_array_equal(y, yc)
