@@ -35,8 +35,16 @@ def cd_least_squares(X, w, R, norms2, ws, l1, l2, positive=False, n_epochs=1) ->
     >>> w
     array([2., 0.])
     """
-    args = (w, R, np.ascontiguousarray(norms2, dtype=float), _ws(ws), float(l1), float(l2),
-            bool(positive), int(n_epochs))
+    args = (
+        w,
+        R,
+        np.ascontiguousarray(norms2, dtype=float),
+        _ws(ws),
+        float(l1),
+        float(l2),
+        bool(positive),
+        int(n_epochs),
+    )
     if sp.issparse(X):
         return _bcd.cd_ls_sparse(*_csc(X), *args)
     return _bcd.cd_ls_dense(X, *args)
@@ -56,9 +64,17 @@ def cd_logistic(X, y, w, z, lipschitz, ws, l1, l2, positive=False, n_epochs=1) -
     >>> np.round(w, 3)
     array([ 0.4, -0.4])
     """
-    args = (np.ascontiguousarray(y, dtype=float), w, z,
-            np.ascontiguousarray(lipschitz, dtype=float), _ws(ws), float(l1), float(l2),
-            bool(positive), int(n_epochs))
+    args = (
+        np.ascontiguousarray(y, dtype=float),
+        w,
+        z,
+        np.ascontiguousarray(lipschitz, dtype=float),
+        _ws(ws),
+        float(l1),
+        float(l2),
+        bool(positive),
+        int(n_epochs),
+    )
     if sp.issparse(X):
         return _bcd.cd_logistic_sparse(*_csc(X), *args)
     return _bcd.cd_logistic_dense(X, *args)

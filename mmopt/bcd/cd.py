@@ -182,7 +182,13 @@ class CoordinateDescent(Solver):
         screened |= datafit.norms2 == 0
         fun, grad, gap, residual = self._full(problem, x, lin, screened)
         return _CDState(
-            x=x, fun=fun, residual=residual, lin=lin, grad=grad, screened=screened, gap=gap,
+            x=x,
+            fun=fun,
+            residual=residual,
+            lin=lin,
+            grad=grad,
+            screened=screened,
+            gap=gap,
             intercept=intercept,
         )
 
@@ -297,7 +303,9 @@ class CoordinateDescent(Solver):
         scale = 1.0 if norm <= pen.l1 else pen.l1 / norm
         v = np.clip(-datafit.raw_gradient(lin) * datafit.y * scale, 0.0, 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ent = np.where(v > 0, v * np.log(v), 0.0) + np.where(v < 1, (1 - v) * np.log1p(-v), 0.0)
+            ent = np.where(v > 0, v * np.log(v), 0.0) + np.where(
+                v < 1, (1 - v) * np.log1p(-v), 0.0
+            )
         dual = -float(ent.sum()) / n
         return datafit.value(None, lin) + pen.value(w_ws) - dual
 
@@ -306,12 +314,27 @@ class CoordinateDescent(Solver):
         n = datafit.n_samples
         if self._is_ls(problem):
             return _kernels.cd_least_squares(
-                datafit.X, x_ws, lin, self._norms2, ws, n * pen.l1, n * pen.l2, pen.positive,
+                datafit.X,
+                x_ws,
+                lin,
+                self._norms2,
+                ws,
+                n * pen.l1,
+                n * pen.l2,
+                pen.positive,
                 n_epochs,
             )
         return _kernels.cd_logistic(
-            datafit.X, datafit.y, x_ws, lin, self._lips, ws, n * pen.l1, n * pen.l2,
-            pen.positive, n_epochs,
+            datafit.X,
+            datafit.y,
+            x_ws,
+            lin,
+            self._lips,
+            ws,
+            n * pen.l1,
+            n * pen.l2,
+            pen.positive,
+            n_epochs,
         )
 
     def _step(self, problem, state: _CDState) -> _CDState:
@@ -343,8 +366,16 @@ class CoordinateDescent(Solver):
                     break
         fun, grad, gap, residual = self._full(problem, x, lin, screened)
         new = _CDState(
-            x=x, fun=fun, residual=residual, lin=lin, grad=grad, screened=screened, gap=gap,
-            n_epochs=state.n_epochs + epochs, ws_size=ws.size, intercept=intercept,
+            x=x,
+            fun=fun,
+            residual=residual,
+            lin=lin,
+            grad=grad,
+            screened=screened,
+            gap=gap,
+            n_epochs=state.n_epochs + epochs,
+            ws_size=ws.size,
+            intercept=intercept,
         )
         new.record = {"gap": float(gap), "ws_size": float(ws.size), "n_epochs": float(epochs)}
         return new

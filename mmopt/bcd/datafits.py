@@ -240,7 +240,9 @@ class Logistic(_LinearDatafit):
         scale = 1.0 if norm <= penalty.l1 else penalty.l1 / norm
         v = np.clip(n * self.y * rho * scale, 0.0, 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ent = np.where(v > 0, v * np.log(v), 0.0) + np.where(v < 1, (1 - v) * np.log1p(-v), 0.0)
+            ent = np.where(v > 0, v * np.log(v), 0.0) + np.where(
+                v < 1, (1 - v) * np.log1p(-v), 0.0
+            )
         dual = -float(ent.sum()) / n
         return self.value(w, aux) + penalty.value(w) - dual
 
@@ -265,7 +267,11 @@ class Multinomial(_LinearDatafit):
         if np.any(y != np.round(y)) or np.any(y < 0):
             raise ValueError("y must hold class indices 0, 1, ... for the Multinomial datafit.")
         y = y.astype(np.intp)
-        k = int(y.max()) + 1 if n_classes is None else check_scalar(n_classes, "n_classes", kind=int, min_value=2)
+        k = (
+            int(y.max()) + 1
+            if n_classes is None
+            else check_scalar(n_classes, "n_classes", kind=int, min_value=2)
+        )
         if y.max() >= k:
             raise ValueError(f"y has a class index {y.max()} >= n_classes={k}.")
         self.n_classes = k
@@ -279,7 +285,10 @@ class Multinomial(_LinearDatafit):
         return np.asarray(self.X @ W, dtype=float)
 
     def value(self, x, aux):
-        return float((logsumexp(aux, axis=1) - aux[np.arange(self.n_samples), self.y]).sum()) / self.n_samples
+        return (
+            float((logsumexp(aux, axis=1) - aux[np.arange(self.n_samples), self.y]).sum())
+            / self.n_samples
+        )
 
     def raw_gradient(self, aux):
         return softmax(aux, axis=1) - self.Y
@@ -367,7 +376,9 @@ class LabelPropagationQuadratic(Datafit):
         y = check_array(y, "y", ndim=1, finite=False)
         if y.shape[0] != n:
             raise ValueError(f"y must have one entry per node: got {y.shape[0]} for {n} nodes.")
-        self.label_weight = check_scalar(label_weight, "label_weight", min_value=0.0, include_min=False)
+        self.label_weight = check_scalar(
+            label_weight, "label_weight", min_value=0.0, include_min=False
+        )
         self.ridge = check_scalar(ridge, "ridge", min_value=0.0)
         labelled = np.isfinite(y)
         degree = np.asarray(W.sum(axis=1)).ravel()

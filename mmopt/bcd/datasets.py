@@ -45,7 +45,11 @@ def make_sparse_least_squares(
     check_scalar(density, "density", min_value=0.0, max_value=1.0, include_min=False)
     rng = np.random.default_rng(random_state)
     X = sp.random(
-        n_samples, n_features, density=density, format="csc", random_state=rng,
+        n_samples,
+        n_features,
+        density=density,
+        format="csc",
+        random_state=rng,
         data_rvs=rng.standard_normal,
     )
     X = X @ sp.diags(1.0 + 10.0 * rng.random(n_features))

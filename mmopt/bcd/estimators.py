@@ -195,9 +195,9 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
     compiled :class:`~mmopt.bcd.CoordinateDescent` (the intercept is updated by a Newton step
     after every epoch). More classes: the multinomial (softmax) loss by
     :class:`~mmopt.bcd.BlockCoordinateDescent`, one block per feature (its coefficients for
-    all classes) with Newton updates (Armijo line search); its intercept is a constant feature of value
-    ``intercept_scaling`` that is penalized like the others (as liblinear does), so a large
-    ``intercept_scaling`` makes that penalty negligible.
+    all classes) with Newton updates (Armijo line search); its intercept is a constant
+    feature of value ``intercept_scaling`` that is penalized like the others (as liblinear
+    does), so a large ``intercept_scaling`` makes that penalty negligible.
 
     Parameters
     ----------
@@ -259,7 +259,9 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         check_choice(self.penalty, "penalty", ("l1", "l2"))
         C = check_scalar(self.C, "C", min_value=0.0, include_min=False)
-        scaling = check_scalar(self.intercept_scaling, "intercept_scaling", min_value=0.0, include_min=False)
+        scaling = check_scalar(
+            self.intercept_scaling, "intercept_scaling", min_value=0.0, include_min=False
+        )
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         codes = encoder.transform(y)
@@ -273,7 +275,9 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
         if len(self.classes_) == 2:
             penalty = L1(strength) if self.penalty == "l1" else L2(strength)
             solver = CoordinateDescent(
-                tol=self.tol, max_iter=self.max_iter, fit_intercept=self.fit_intercept,
+                tol=self.tol,
+                max_iter=self.max_iter,
+                fit_intercept=self.fit_intercept,
                 verbose=self.verbose,
             )
             result = solver.solve(BCDProblem(Logistic(X, 2.0 * codes - 1.0), penalty))
@@ -284,13 +288,19 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
             design = X
             if self.fit_intercept:
                 ones = np.full((n, 1), scaling)
-                design = sp.hstack([X, ones], format="csc") if sp.issparse(X) else np.hstack([X, ones])
+                design = (
+                    sp.hstack([X, ones], format="csc") if sp.issparse(X) else np.hstack([X, ones])
+                )
             p = design.shape[1]
             penalty = L1(strength) if self.penalty == "l1" else L2(strength)
             blocks = [np.arange(j * k, (j + 1) * k) for j in range(p)]
             solver = BlockCoordinateDescent(
-                partition=blocks, selection="cyclic", update="newton", tol=self.tol,
-                max_iter=self.max_iter * p, verbose=self.verbose,
+                partition=blocks,
+                selection="cyclic",
+                update="newton",
+                tol=self.tol,
+                max_iter=self.max_iter * p,
+                verbose=self.verbose,
             )
             result = solver.solve(BCDProblem(Multinomial(design, codes, n_classes=k), penalty))
             W = np.array(result.x).reshape(p, k)
@@ -422,7 +432,10 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
         check_scalar(self.gamma, "gamma", min_value=0.0, include_min=False)
         if X.shape[0] < 2:
-            raise ValueError(f"BCDLabelPropagation needs a graph of at least 2 samples; got n_samples={X.shape[0]}.")
+            raise ValueError(
+                "BCDLabelPropagation needs a graph of at least 2 samples; "
+                f"got n_samples={X.shape[0]}."
+            )
         labelled = y != -1
         if not labelled.any():
             raise ValueError("y must have at least one labelled sample (y != -1).")
@@ -431,21 +444,28 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         W = self._graph(X)
         n, k = X.shape[0], len(self.classes_)
         solver = BlockCoordinateDescent(
-            partition=self.partition, selection=self.selection, update=self.update,
-            tol=self.tol, max_iter=self.max_iter,
+            partition=self.partition,
+            selection=self.selection,
+            update=self.update,
+            tol=self.tol,
+            max_iter=self.max_iter,
         )
         F = np.zeros((n, k))
         n_iter = 0
         for c, label in enumerate(self.classes_):
             targets = np.where(labelled, (y == label).astype(float), np.nan)
-            datafit = LabelPropagationQuadratic(W, targets, label_weight=self.label_weight, ridge=1e-8)
+            datafit = LabelPropagationQuadratic(
+                W, targets, label_weight=self.label_weight, ridge=1e-8
+            )
             result = solver.solve(BCDProblem(datafit))
             F[:, c] = result.x
             n_iter = max(n_iter, int(result.nit))
         F = np.clip(F, 0.0, None)
         totals = F.sum(axis=1, keepdims=True)
         # A node no label reaches (an isolated component) gets the uniform distribution.
-        self.label_distributions_ = np.where(totals > 0, F / np.where(totals > 0, totals, 1.0), 1.0 / k)
+        self.label_distributions_ = np.where(
+            totals > 0, F / np.where(totals > 0, totals, 1.0), 1.0 / k
+        )
         self.transduction_ = self.classes_[self.label_distributions_.argmax(axis=1)]
         self.n_iter_ = n_iter
         self._X_fit = X

@@ -30,7 +30,10 @@ def check_blocks(blocks, n_coords: int) -> list[np.ndarray]:
         arr = np.asarray(block)
         if arr.ndim != 1 or arr.size == 0:
             raise ValueError(f"blocks[{i}] must be a non-empty 1-D sequence of indices.")
-        if not (np.issubdtype(arr.dtype, np.integer) or all(isinstance(v, numbers.Integral) for v in arr.tolist())):
+        if not (
+            np.issubdtype(arr.dtype, np.integer)
+            or all(isinstance(v, numbers.Integral) for v in arr.tolist())
+        ):
             raise TypeError(f"blocks[{i}] must hold integer indices, got dtype {arr.dtype}.")
         arr = arr.astype(np.intp)
         if arr.min() < 0 or arr.max() >= n_coords:
@@ -109,7 +112,9 @@ def red_black_partition(graph) -> list[np.ndarray]:
             neighbours = A.indices[A.indptr[node] : A.indptr[node + 1]]
             for nb in neighbours:
                 if nb != node and colour[nb] < 0:
-                    used = {colour[m] for m in A.indices[A.indptr[nb] : A.indptr[nb + 1]] if m != nb}
+                    used = {
+                        colour[m] for m in A.indices[A.indptr[nb] : A.indptr[nb + 1]] if m != nb
+                    }
                     c = 0
                     while c in used:
                         c += 1

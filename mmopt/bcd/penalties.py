@@ -64,7 +64,9 @@ class Penalty:
         g = grad + self.l2 * x
         if self.l1 == 0.0 and not self.positive:
             return np.abs(g)
-        out = np.where(x != 0, np.abs(g + self.l1 * np.sign(x)), np.maximum(np.abs(g) - self.l1, 0.0))
+        out = np.where(
+            x != 0, np.abs(g + self.l1 * np.sign(x)), np.maximum(np.abs(g) - self.l1, 0.0)
+        )
         if self.positive:
             # At x_i = 0 the subdifferential is (-inf, l1]: only -grad_i > l1 violates it.
             out = np.where(x > 0, np.abs(g + self.l1), np.maximum(-g - self.l1, 0.0))

@@ -168,7 +168,10 @@ class BlockCoordinateDescent(Solver):
         self._rng = np.random.default_rng(self.random_state)
         self._lip = np.asarray(datafit.lipschitz, dtype=float)
         if self.update == "exact" and not datafit.quadratic:
-            raise ValueError("update='exact' needs a quadratic datafit (LeastSquares, LabelPropagationQuadratic).")
+            raise ValueError(
+                "update='exact' needs a quadratic datafit "
+                "(LeastSquares, LabelPropagationQuadratic)."
+            )
         partition = self.partition
         if isinstance(partition, str) and partition == "auto":
             partition = "sorted" if self.selection in _LIPSCHITZ_AWARE else "order"
@@ -184,7 +187,9 @@ class BlockCoordinateDescent(Solver):
         else:
             if isinstance(partition, str) and partition == "red-black":
                 if not isinstance(datafit, LabelPropagationQuadratic):
-                    raise ValueError("partition='red-black' needs a LabelPropagationQuadratic datafit.")
+                    raise ValueError(
+                        "partition='red-black' needs a LabelPropagationQuadratic datafit."
+                    )
                 blocks = red_black_partition(datafit.W)
             elif isinstance(partition, str):
                 blocks = make_partition(partition, self._lip, min(self.block_size, p))
@@ -213,8 +218,16 @@ class BlockCoordinateDescent(Solver):
                             gsq_parts.append(scipy.linalg.cho_solve(chol, np.eye(len(b))))
                 else:
                     # Large blocks (red-black): the diagonal-dominance bound is cheap and valid.
-                    H = datafit.hessian_bound(b) if not isinstance(datafit, LabelPropagationQuadratic) else None
-                    row = (np.abs(datafit.A[:, b]).sum(axis=0).A1 if H is None else np.abs(H).sum(axis=1))
+                    H = (
+                        datafit.hessian_bound(b)
+                        if not isinstance(datafit, LabelPropagationQuadratic)
+                        else None
+                    )
+                    row = (
+                        np.abs(datafit.A[:, b]).sum(axis=0).A1
+                        if H is None
+                        else np.abs(H).sum(axis=1)
+                    )
                     ddiag[b] = row + penalty.l2
                     self._L_block[i] = ddiag[b].max()
             self._ddiag = ddiag
@@ -369,7 +382,11 @@ class BlockCoordinateDescent(Solver):
         full = self._greedy or k % self._epoch == 0
         grad = datafit.gradient(x, aux) if full else None
         new = _BCDState(
-            x=x, fun=self._objective(problem, x, aux), aux=aux, grad=grad, k=k,
+            x=x,
+            fun=self._objective(problem, x, aux),
+            aux=aux,
+            grad=grad,
+            k=k,
             memory=memory,
         )
         new.residual = self._residual(problem, new) if full else state.residual
@@ -388,7 +405,9 @@ class BlockCoordinateDescent(Solver):
             datafit.update_aux(aux, block, d)
             x = state.x.copy()
             x[block] = xb + d
-            if datafit.value(x, aux) <= f0 + gb @ d + 0.5 * (L - pen.l2) * (d @ d) + 1e-12 * abs(f0):
+            if datafit.value(x, aux) <= f0 + gb @ d + 0.5 * (L - pen.l2) * (d @ d) + 1e-12 * abs(
+                f0
+            ):
                 break
             L *= 2.0
         memory[block] = L - pen.l2

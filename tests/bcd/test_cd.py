@@ -6,7 +6,16 @@ import scipy.sparse as sp
 from sklearn.linear_model import ElasticNet as SkElasticNet
 from sklearn.linear_model import Lasso, LogisticRegression
 
-from mmopt.bcd import L1, L2, BCDProblem, CoordinateDescent, ElasticNet, L1Positive, LeastSquares, Logistic
+from mmopt.bcd import (
+    L1,
+    L2,
+    BCDProblem,
+    CoordinateDescent,
+    ElasticNet,
+    L1Positive,
+    LeastSquares,
+    Logistic,
+)
 
 
 def _correlated(n, p, seed, rho=0.6):
@@ -26,15 +35,19 @@ def data():
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-@pytest.mark.parametrize("working_set, screening, anderson", [(True, True, True), (False, False, False), (True, False, True), (False, True, False)])
+@pytest.mark.parametrize(
+    "working_set, screening, anderson",
+    [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
+)
 def test_lasso_equals_sklearn(data, sparse, working_set, screening, anderson):
     X, y = data
     n = X.shape[0]
     alpha = np.abs(X.T @ y).max() / n / 20
     ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=200_000).fit(X, y).coef_
     design = sp.csc_matrix(X) if sparse else X
-    res = CoordinateDescent(tol=1e-12, working_set=working_set, screening=screening,
-                            anderson=anderson, max_iter=1000).solve(BCDProblem(LeastSquares(design, y), L1(alpha)))
+    res = CoordinateDescent(
+        tol=1e-12, working_set=working_set, screening=screening, anderson=anderson, max_iter=1000
+    ).solve(BCDProblem(LeastSquares(design, y), L1(alpha)))
     assert res.success and res.gap <= 1e-12
     np.testing.assert_allclose(res.x, ref, atol=1e-6)
     if screening:
@@ -47,8 +60,18 @@ def test_elastic_net_and_positive_equal_sklearn(data, positive, l1_ratio):
     X, y = data
     n = X.shape[0]
     alpha = np.abs(X.T @ y).max() / n / 10
-    ref = SkElasticNet(alpha=alpha, l1_ratio=l1_ratio, positive=positive, fit_intercept=False,
-                       tol=1e-14, max_iter=200_000).fit(X, y).coef_
+    ref = (
+        SkElasticNet(
+            alpha=alpha,
+            l1_ratio=l1_ratio,
+            positive=positive,
+            fit_intercept=False,
+            tol=1e-14,
+            max_iter=200_000,
+        )
+        .fit(X, y)
+        .coef_
+    )
     pen = ElasticNet(alpha, l1_ratio, positive=positive)
     res = CoordinateDescent(tol=1e-12, max_iter=1000).solve(BCDProblem(LeastSquares(X, y), pen))
     np.testing.assert_allclose(res.x, ref, atol=1e-6)
@@ -66,7 +89,8 @@ def test_intercept_on_sparse_design_equals_centered_dense(data):
     alpha = np.abs(X.T @ (y - y.mean())).max() / n / 10
     ref = Lasso(alpha=alpha, tol=1e-14, max_iter=200_000).fit(X, y)
     res = CoordinateDescent(tol=1e-12, fit_intercept=True, max_iter=1000).solve(
-        BCDProblem(LeastSquares(sp.csc_matrix(X), y), L1(alpha)))
+        BCDProblem(LeastSquares(sp.csc_matrix(X), y), L1(alpha))
+    )
     np.testing.assert_allclose(res.x, ref.coef_, atol=1e-6)
     assert res.intercept == pytest.approx(ref.intercept_, abs=1e-6)
 
@@ -85,7 +109,8 @@ def test_logistic_equals_sklearn(sparse, penalty, fit_intercept):
     if penalty == "l1" and fit_intercept:
         # liblinear penalizes its intercept: check the optimality conditions instead.
         res = CoordinateDescent(tol=1e-11, fit_intercept=True, max_iter=1000).solve(
-            BCDProblem(Logistic(design, y), pen))
+            BCDProblem(Logistic(design, y), pen)
+        )
         z = X @ res.x + res.intercept
         raw = -y / (1 + np.exp(y * z)) / n
         assert abs(raw.sum()) <= 1e-9
@@ -94,14 +119,23 @@ def test_logistic_equals_sklearn(sparse, penalty, fit_intercept):
         np.testing.assert_allclose(grad[on], -pen.l1 * np.sign(res.x[on]), atol=1e-6)
         assert np.all(np.abs(grad[~on]) <= pen.l1 + 1e-8)
         return
-    ref = LogisticRegression(penalty=penalty, C=C, solver="liblinear" if penalty == "l1" else "lbfgs",
-                             fit_intercept=fit_intercept, tol=1e-12, max_iter=100_000).fit(X, y)
+    ref = LogisticRegression(
+        penalty=penalty,
+        C=C,
+        solver="liblinear" if penalty == "l1" else "lbfgs",
+        fit_intercept=fit_intercept,
+        tol=1e-12,
+        max_iter=100_000,
+    ).fit(X, y)
     res = CoordinateDescent(tol=1e-11, fit_intercept=fit_intercept, max_iter=1000).solve(
-        BCDProblem(Logistic(design, y), pen))
+        BCDProblem(Logistic(design, y), pen)
+    )
     assert res.success
     np.testing.assert_allclose(res.x, ref.coef_[0], atol=2e-4 if penalty == "l1" else 1e-6)
     if fit_intercept:
-        assert res.intercept == pytest.approx(ref.intercept_[0], abs=2e-4 if penalty == "l1" else 1e-6)
+        assert res.intercept == pytest.approx(
+            ref.intercept_[0], abs=2e-4 if penalty == "l1" else 1e-6
+        )
 
 
 def test_logistic_l1_reaches_a_tiny_gap_and_kkt():

@@ -44,7 +44,12 @@ def test_gradient_matches_finite_differences(kind, sparse):
     numeric = approx_fprime(x, lambda v: _f(datafit, v), 1e-7)
     np.testing.assert_allclose(datafit.gradient(x, aux), numeric, rtol=1e-5, atol=1e-6)
     block = np.array([0, 3, 4])
-    np.testing.assert_allclose(datafit.gradient_block(x, aux, block), datafit.gradient(x, aux)[block], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        datafit.gradient_block(x, aux, block),
+        datafit.gradient(x, aux)[block],
+        rtol=1e-12,
+        atol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -117,9 +122,18 @@ def test_duality_gap_is_nonnegative_and_vanishes_at_the_optimum(penalty, kind):
         (lambda: LeastSquares(sp.csc_matrix(np.array([[np.inf, 1.0]])), [1.0]), "NaN"),
         (lambda: Logistic(np.ones((2, 2)), [0.0, 1.0]), "-1 and \\+1"),
         (lambda: Multinomial(np.ones((2, 2)), [0.5, 1.0]), "class indices"),
-        (lambda: LabelPropagationQuadratic(np.array([[0, 1.0], [2.0, 0]]), [1, np.nan]), "symmetric"),
-        (lambda: LabelPropagationQuadratic(np.array([[0, -1.0], [-1.0, 0]]), [1, np.nan]), "non-negative"),
-        (lambda: LabelPropagationQuadratic(np.zeros((2, 2)), [1.0], ridge=0), "one entry per node"),
+        (
+            lambda: LabelPropagationQuadratic(np.array([[0, 1.0], [2.0, 0]]), [1, np.nan]),
+            "symmetric",
+        ),
+        (
+            lambda: LabelPropagationQuadratic(np.array([[0, -1.0], [-1.0, 0]]), [1, np.nan]),
+            "non-negative",
+        ),
+        (
+            lambda: LabelPropagationQuadratic(np.zeros((2, 2)), [1.0], ridge=0),
+            "one entry per node",
+        ),
     ],
 )
 def test_bad_data_is_named(make, match):

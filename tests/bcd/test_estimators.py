@@ -27,7 +27,9 @@ def _gap_tol(y):
 def test_lasso_equals_sklearn(sparse, fit_intercept):
     X, y = _regression()
     alpha = 0.05
-    ref = Lasso(alpha=alpha, fit_intercept=fit_intercept, tol=_gap_tol(y), max_iter=100_000).fit(X, y)
+    ref = Lasso(alpha=alpha, fit_intercept=fit_intercept, tol=_gap_tol(y), max_iter=100_000).fit(
+        X, y
+    )
     design = sp.csr_matrix(X) if sparse else X
     model = BCDLasso(alpha=alpha, fit_intercept=fit_intercept, tol=1e-13).fit(design, y)
     np.testing.assert_allclose(model.coef_, ref.coef_, atol=1e-6)
@@ -48,8 +50,9 @@ def test_elastic_net_equals_sklearn():
 @pytest.mark.parametrize("penalty, solver", [("l2", "lbfgs"), ("l1", "saga")])
 def test_binary_logistic_equals_sklearn(penalty, solver):
     X, y = make_classification(150, 10, random_state=0)
-    ref = LogisticRegression(penalty=penalty, C=0.3, solver=solver, fit_intercept=False,
-                             tol=1e-12, max_iter=100_000).fit(X, y)
+    ref = LogisticRegression(
+        penalty=penalty, C=0.3, solver=solver, fit_intercept=False, tol=1e-12, max_iter=100_000
+    ).fit(X, y)
     model = BCDLogisticRegression(penalty=penalty, C=0.3, fit_intercept=False, tol=1e-12).fit(X, y)
     np.testing.assert_allclose(model.coef_, ref.coef_, atol=1e-5)
     np.testing.assert_allclose(model.predict_proba(X), ref.predict_proba(X), atol=1e-5)

@@ -49,7 +49,10 @@ def _logistic_reference(X, y, w, z, ws, l1, l2, positive, n_epochs):
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-@pytest.mark.parametrize("l1, l2, positive", [(0.0, 0.0, False), (3.0, 0.0, False), (2.0, 1.5, False), (1.0, 0.0, True), (0.0, 2.0, False)])
+@pytest.mark.parametrize(
+    "l1, l2, positive",
+    [(0.0, 0.0, False), (3.0, 0.0, False), (2.0, 1.5, False), (1.0, 0.0, True), (0.0, 2.0, False)],
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_cd_least_squares_matches_numpy(sparse, l1, l2, positive, seed):
     rng = np.random.default_rng(seed)
@@ -73,7 +76,9 @@ def test_cd_least_squares_matches_numpy(sparse, l1, l2, positive, seed):
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-@pytest.mark.parametrize("l1, l2, positive", [(0.0, 1.0, False), (0.5, 0.0, False), (0.5, 0.0, True), (0.3, 0.2, False)])
+@pytest.mark.parametrize(
+    "l1, l2, positive", [(0.0, 1.0, False), (0.5, 0.0, False), (0.5, 0.0, True), (0.3, 0.2, False)]
+)
 def test_cd_logistic_matches_numpy(sparse, l1, l2, positive):
     rng = np.random.default_rng(3)
     Xk, X = _design(rng, 20, 7, sparse)

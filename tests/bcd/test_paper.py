@@ -20,7 +20,9 @@ def problem_a():
 def _final_suboptimality(problem, n, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = BlockCoordinateDescent(block_size=5, max_iter=500, tol=0.0, random_state=0, **options).solve(problem)
+        res = BlockCoordinateDescent(
+            block_size=5, max_iter=500, tol=0.0, random_state=0, **options
+        ).solve(problem)
     # The paper's f is 1/2 ||Ax - b||^2 (ours is divided by n) and f* = 0.
     return res.fun * n, res
 
@@ -36,7 +38,9 @@ def test_gsl_variable_blocks_beat_random_by_100x(problem_a):
 
 def test_gsq_matrix_updates_variable_blocks(problem_a):
     problem, n = problem_a
-    gsq_vb, _ = _final_suboptimality(problem, n, selection="gsq", partition="variable", update="matrix")
+    gsq_vb, _ = _final_suboptimality(
+        problem, n, selection="gsq", partition="variable", update="matrix"
+    )
     assert gsq_vb <= 0.1
 
 
@@ -47,8 +51,9 @@ def test_lattice_red_black_message_passing():
     f_star = problem.objective(spla.spsolve(datafit.A.tocsc(), datafit.c))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = BlockCoordinateDescent(partition="red-black", selection="cyclic", update="exact",
-                                     max_iter=500, tol=0.0).solve(problem)
+        res = BlockCoordinateDescent(
+            partition="red-black", selection="cyclic", update="exact", max_iter=500, tol=0.0
+        ).solve(problem)
     assert problem.objective(np.zeros(2500)) - f_star > 1e6
     assert res.fun - f_star <= 1e-3
     # Timing is for the benchmarks; here only that it is not pathologically slow.

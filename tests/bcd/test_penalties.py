@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 
 from mmopt.bcd import L1, L2, ElasticNet, L1Positive, NoPenalty
 
-PENALTIES = [NoPenalty(), L2(0.7), L1(0.4), L1Positive(0.4), ElasticNet(0.6, 0.3), ElasticNet(0.6, 0.3, positive=True)]
+PENALTIES = [
+    NoPenalty(),
+    L2(0.7),
+    L1(0.4),
+    L1Positive(0.4),
+    ElasticNet(0.6, 0.3),
+    ElasticNet(0.6, 0.3, positive=True),
+]
 
 
 @settings(max_examples=40, deadline=None)

@@ -50,8 +50,15 @@ def test_every_rule_and_update_solves_the_lasso(lasso_data, selection, update, p
     if partition == "variable" and selection in ("cyclic", "lipschitz"):
         pytest.skip("fixed-block rules")
     X, y, alpha, ref = lasso_data
-    res = _solve(BCDProblem(LeastSquares(X, y), L1(alpha)), selection=selection, update=update,
-                 partition=partition, block_size=4, tol=1e-10, max_iter=20_000)
+    res = _solve(
+        BCDProblem(LeastSquares(X, y), L1(alpha)),
+        selection=selection,
+        update=update,
+        partition=partition,
+        block_size=4,
+        tol=1e-10,
+        max_iter=20_000,
+    )
     assert res.success
     np.testing.assert_allclose(res.x, ref, atol=1e-7)
 
@@ -63,9 +70,19 @@ def test_l2_logistic_matches_sklearn(update, selection):
     X = rng.standard_normal((60, 8))
     y = np.where(X[:, 0] + 0.5 * rng.standard_normal(60) > 0, 1.0, -1.0)
     lam = 0.05
-    ref = LogisticRegression(C=1 / (lam * 60), fit_intercept=False, tol=1e-12, max_iter=10_000).fit(X, y).coef_[0]
-    res = _solve(BCDProblem(Logistic(X, y), L2(lam)), selection=selection, update=update,
-                 block_size=3, tol=1e-10, max_iter=50_000)
+    ref = (
+        LogisticRegression(C=1 / (lam * 60), fit_intercept=False, tol=1e-12, max_iter=10_000)
+        .fit(X, y)
+        .coef_[0]
+    )
+    res = _solve(
+        BCDProblem(Logistic(X, y), L2(lam)),
+        selection=selection,
+        update=update,
+        block_size=3,
+        tol=1e-10,
+        max_iter=50_000,
+    )
     np.testing.assert_allclose(res.x, ref, atol=1e-6)
 
 
@@ -75,10 +92,18 @@ def test_multinomial_matches_sklearn():
     y = rng.integers(0, 3, 80)
     X[np.arange(80), y] += 1.5
     lam = 0.02
-    ref = LogisticRegression(C=1 / (lam * 80), fit_intercept=False, tol=1e-12, max_iter=10_000).fit(X, y)
+    ref = LogisticRegression(
+        C=1 / (lam * 80), fit_intercept=False, tol=1e-12, max_iter=10_000
+    ).fit(X, y)
     blocks = [np.arange(3 * j, 3 * j + 3) for j in range(5)]
-    res = _solve(BCDProblem(Multinomial(X, y), L2(lam)), partition=blocks, selection="gsq",
-                 update="newton", tol=1e-9, max_iter=20_000)
+    res = _solve(
+        BCDProblem(Multinomial(X, y), L2(lam)),
+        partition=blocks,
+        selection="gsq",
+        update="newton",
+        tol=1e-9,
+        max_iter=20_000,
+    )
     W = res.x.reshape(5, 3)
     # Softmax coefficients are defined up to a per-feature shift; the L2 penalty picks the
     # zero-mean one in both solvers.
@@ -90,8 +115,13 @@ def test_nonnegative_lasso_kkt(sparse):
     X, y = make_sparse_least_squares(30, 60, density=0.3, random_state=3)
     X = X if sparse else X.toarray()
     alpha = 0.05 * np.abs(X.T @ y).max() / 30
-    res = _solve(BCDProblem(LeastSquares(X, y), L1Positive(alpha)), selection="gs-q",
-                 partition="variable", tol=1e-9, max_iter=50_000)
+    res = _solve(
+        BCDProblem(LeastSquares(X, y), L1Positive(alpha)),
+        selection="gs-q",
+        partition="variable",
+        tol=1e-9,
+        max_iter=50_000,
+    )
     grad = X.T @ (X @ res.x - y) / 30
     assert np.all(res.x >= 0)
     # KKT of min f + alpha sum x, x >= 0: grad + alpha >= 0, and = 0 on the support.
@@ -104,8 +134,14 @@ def test_lattice_red_black_exact_matches_direct_solve():
     W, y = make_lattice_graph(12, n_labelled=10, random_state=0)
     datafit = LabelPropagationQuadratic(W, y, label_weight=100.0)
     x_star = spla.spsolve(datafit.A.tocsc(), datafit.c)
-    res = _solve(BCDProblem(datafit), partition="red-black", selection="cyclic", update="exact",
-                 tol=1e-10, max_iter=100_000)
+    res = _solve(
+        BCDProblem(datafit),
+        partition="red-black",
+        selection="cyclic",
+        update="exact",
+        tol=1e-10,
+        max_iter=100_000,
+    )
     assert len(res.blocks) == 2
     np.testing.assert_allclose(res.x, x_star, atol=1e-8)
 
@@ -116,8 +152,9 @@ def test_exact_update_on_a_forest_block_is_one_solve():
     datafit = LabelPropagationQuadratic(W, y, label_weight=10.0)
     first_row = np.arange(5)  # a path in the lattice
     rest = np.arange(5, 25)
-    res = BlockCoordinateDescent(partition=[first_row, rest], selection="cyclic", update="exact",
-                                 max_iter=1, tol=0.0)
+    res = BlockCoordinateDescent(
+        partition=[first_row, rest], selection="cyclic", update="exact", max_iter=1, tol=0.0
+    )
     with pytest.warns(mmopt.ConvergenceWarning):
         out = res.solve(BCDProblem(datafit))
     # After one exact update of the path with the rest at 0, the path's gradient is 0.
@@ -129,8 +166,13 @@ def test_smooth_least_squares_closed_form():
     X = rng.standard_normal((30, 12))
     y = rng.standard_normal(30)
     x_star = np.linalg.lstsq(X, y, rcond=None)[0]
-    res = _solve(BCDProblem(LeastSquares(X, y), NoPenalty()), selection="gsd", update="backtracking",
-                 tol=1e-10, max_iter=50_000)
+    res = _solve(
+        BCDProblem(LeastSquares(X, y), NoPenalty()),
+        selection="gsd",
+        update="backtracking",
+        tol=1e-10,
+        max_iter=50_000,
+    )
     np.testing.assert_allclose(res.x, x_star, atol=1e-8)
 
 
@@ -144,7 +186,9 @@ def test_greedy_rules_are_greedy():
     g = X.T @ (-y) / 20
     expected = int(np.argmax([np.linalg.norm(g[b]) for b in blocks]))
     with pytest.warns(mmopt.ConvergenceWarning):
-        res = BlockCoordinateDescent(partition=blocks, selection="gs", max_iter=1, tol=0).solve(problem)
+        res = BlockCoordinateDescent(partition=blocks, selection="gs", max_iter=1, tol=0).solve(
+            problem
+        )
     moved = np.flatnonzero(res.x != 0)
     np.testing.assert_array_equal(moved, blocks[expected])
 
@@ -158,8 +202,9 @@ def test_variable_blocks_take_the_top_coordinates():
     lip = (X**2).sum(0) / 20
     top = np.sort(np.argsort(g**2 / lip)[-4:])
     with pytest.warns(mmopt.ConvergenceWarning):
-        res = BlockCoordinateDescent(partition="variable", selection="gsl", block_size=4,
-                                     max_iter=1, tol=0).solve(problem)
+        res = BlockCoordinateDescent(
+            partition="variable", selection="gsl", block_size=4, max_iter=1, tol=0
+        ).solve(problem)
     np.testing.assert_array_equal(np.flatnonzero(res.x != 0), top)
 
 
@@ -195,9 +240,13 @@ def test_bad_blocks(blocks, error, match):
 
 @pytest.mark.parametrize(
     "option, value, error",
-    [("selection", "best", ValueError), ("update", "magic", ValueError),
-     ("partition", "random", ValueError), ("block_size", 0, ValueError),
-     ("stopping", "never", ValueError)],
+    [
+        ("selection", "best", ValueError),
+        ("update", "magic", ValueError),
+        ("partition", "random", ValueError),
+        ("block_size", 0, ValueError),
+        ("stopping", "never", ValueError),
+    ],
 )
 def test_bad_options(option, value, error):
     problem = BCDProblem(LeastSquares(np.eye(3), np.ones(3)))
@@ -236,5 +285,7 @@ def test_sparse_and_dense_designs_agree():
     X, y = make_sparse_least_squares(30, 50, density=0.3, random_state=8)
     alpha = 0.05 * np.abs(X.T @ y).max() / 30
     dense = _solve(BCDProblem(LeastSquares(X.toarray(), y), L1(alpha)), tol=1e-10, max_iter=50_000)
-    sparse = _solve(BCDProblem(LeastSquares(sp.csr_matrix(X), y), L1(alpha)), tol=1e-10, max_iter=50_000)
+    sparse = _solve(
+        BCDProblem(LeastSquares(sp.csr_matrix(X), y), L1(alpha)), tol=1e-10, max_iter=50_000
+    )
     np.testing.assert_allclose(dense.x, sparse.x, atol=1e-8)
