@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ["mm", "ot"]
+FAMILIES = ["mm", "ot", "bcd"]
 
 
 def _environment() -> str:
