@@ -115,3 +115,38 @@ def add_columns(X, ws, coef, out) -> None:
         _bcd.add_columns_sparse(*_csc(X), _ws(ws), coef, out)
     else:
         _bcd.add_columns_dense(X, _ws(ws), coef, out)
+
+
+def cd_quadratic_model(
+    X, curvature, hdiag, w, r, q, ws, l1, l2, positive=False, n_epochs=1, compute_h=False
+):
+    """Epochs of coordinate descent on a GLM loss's quadratic model (proximal Newton).
+
+    ``r = l' + l'' * q`` and ``q = X (w - w_start)`` are kept exact; with ``compute_h`` the
+    first epoch also fills ``hdiag[j] = sum_i l''_i X_ij^2``. See ``mmopt_ext._bcd``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.asfortranarray(np.eye(2))
+    >>> w, r, q, h = np.zeros(2), np.array([-1.0, 2.0]), np.zeros(2), np.zeros(2)
+    >>> _ = cd_quadratic_model(X, np.ones(2), h, w, r, q, [0, 1], 0.0, 0.0, compute_h=True)
+    >>> w, q, h
+    (array([ 1., -2.]), array([ 1., -2.]), array([1., 1.]))
+    """
+    args = (
+        np.ascontiguousarray(curvature, dtype=float),
+        hdiag,
+        w,
+        r,
+        q,
+        _ws(ws),
+        float(l1),
+        float(l2),
+        bool(positive),
+        int(n_epochs),
+        bool(compute_h),
+    )
+    if sp.issparse(X):
+        return _bcd.cd_quadratic_model_sparse(*_csc(X), *args)
+    return _bcd.cd_quadratic_model_dense(X, *args)
