@@ -16,6 +16,8 @@ coordinate change of its last epoch.
 from libc.math cimport exp, fabs, fmax
 from scipy.linalg.cython_blas cimport daxpy, ddot
 
+import numpy as np
+
 
 cdef inline double _soft(double v, double t, bint positive) noexcept nogil:
     """argmin_u 1/2 (u - v)^2 + t |u| (and u >= 0 when positive)."""
@@ -347,3 +349,120 @@ def cd_quadratic_model_sparse(
                     w[j] = new
                     max_change = fmax(max_change, fabs(delta))
     return max_change
+
+
+cdef Py_ssize_t _find(Py_ssize_t[::1] parent, Py_ssize_t v) noexcept nogil:
+    """Union-find root with path halving."""
+    while parent[v] != v:
+        parent[v] = parent[parent[v]]
+        v = parent[v]
+    return v
+
+
+def greedy_forest_solve(
+    const int[::1] indptr,
+    const int[::1] indices,
+    const double[::1] data,
+    const double[::1] diag,
+    const Py_ssize_t[::1] order,
+    const double[::1] grad,
+    Py_ssize_t max_size,
+    Py_ssize_t[::1] block,
+    double[::1] delta,
+):
+    """Grow a forest greedily and minimize a graph quadratic exactly on it.
+
+    ``A`` (CSR, symmetric, ``diag`` its diagonal) is the Hessian of a quadratic whose gradient
+    is ``grad``. Nodes are visited in ``order`` (best score first) and added when the
+    subgraph of ``A`` they induce with the nodes already taken stays a forest (their taken
+    neighbours lie in different trees), up to ``max_size`` nodes. The block problem
+    ``A_bb d = -grad_b`` is then solved exactly by Gaussian elimination from the leaves to
+    the roots and back (message passing on the trees): O(sum of the block's degrees).
+
+    Writes the block's nodes to ``block`` and their moves to ``delta`` (in BFS order of the
+    trees) and returns the block size.
+    """
+    cdef Py_ssize_t n = diag.shape[0]
+    cdef Py_ssize_t k, v, u, s, root_u, size = 0, head, tail, p
+    cdef bint ok
+    cdef Py_ssize_t[::1] uf = np.arange(n, dtype=np.intp)
+    cdef Py_ssize_t[::1] taken_at = np.full(n, -1, dtype=np.intp)
+    cdef Py_ssize_t[::1] roots_seen = np.empty(n, dtype=np.intp)
+    cdef Py_ssize_t n_roots
+    cdef Py_ssize_t[::1] bfs_parent = np.full(n, -1, dtype=np.intp)
+    cdef double[::1] edge = np.zeros(n)
+    cdef double[::1] D = np.empty(n)
+    cdef double[::1] rhs = np.empty(n)
+    cdef Py_ssize_t[::1] visited_pos = np.full(n, -1, dtype=np.intp)
+    cdef Py_ssize_t[::1] bfs = np.empty(n, dtype=np.intp)
+    cdef Py_ssize_t i, j, c
+    with nogil:
+        for k in range(order.shape[0]):
+            if size >= max_size:
+                break
+            v = order[k]
+            ok = True
+            n_roots = 0
+            for s in range(indptr[v], indptr[v + 1]):
+                u = indices[s]
+                if u == v or taken_at[u] < 0 or data[s] == 0.0:
+                    continue
+                root_u = _find(uf, u)
+                for i in range(n_roots):
+                    if roots_seen[i] == root_u:
+                        ok = False
+                        break
+                if not ok:
+                    break
+                roots_seen[n_roots] = root_u
+                n_roots = n_roots + 1
+            if not ok:
+                continue
+            taken_at[v] = size
+            block[size] = v
+            size = size + 1
+            for i in range(n_roots):
+                uf[roots_seen[i]] = v
+        # Breadth-first order of each tree of the forest: parents before children.
+        tail = 0
+        for k in range(size):
+            v = block[k]
+            if visited_pos[v] >= 0:
+                continue
+            visited_pos[v] = tail
+            bfs[tail] = v
+            tail = tail + 1
+            head = tail - 1
+            while head < tail:
+                p = bfs[head]
+                head = head + 1
+                for s in range(indptr[p], indptr[p + 1]):
+                    c = indices[s]
+                    if c == p or taken_at[c] < 0 or visited_pos[c] >= 0 or data[s] == 0.0:
+                        continue
+                    visited_pos[c] = tail
+                    bfs[tail] = c
+                    bfs_parent[c] = p
+                    edge[c] = data[s]
+                    tail = tail + 1
+        for k in range(size):
+            v = bfs[k]
+            D[v] = diag[v]
+            rhs[v] = -grad[v]
+        # Leaves to roots: eliminate each node into its parent.
+        for k in range(size - 1, -1, -1):
+            v = bfs[k]
+            p = bfs_parent[v]
+            if p >= 0:
+                D[p] -= edge[v] * edge[v] / D[v]
+                rhs[p] -= edge[v] * rhs[v] / D[v]
+        # Roots to leaves: back substitution.
+        for k in range(size):
+            v = bfs[k]
+            p = bfs_parent[v]
+            if p >= 0:
+                delta[k] = (rhs[v] - edge[v] * delta[visited_pos[p]]) / D[v]
+            else:
+                delta[k] = rhs[v] / D[v]
+            block[k] = v
+    return size

@@ -150,3 +150,37 @@ def cd_quadratic_model(
     if sp.issparse(X):
         return _bcd.cd_quadratic_model_sparse(*_csc(X), *args)
     return _bcd.cd_quadratic_model_dense(X, *args)
+
+
+def greedy_forest_solve(A, diag, order, grad, max_size=None):
+    """Greedy forest of a graph quadratic's Hessian ``A``, solved exactly by message passing.
+
+    Returns ``(block, delta)``: the nodes taken (visited in ``order``, kept while the induced
+    subgraph stays a forest, at most ``max_size``) and the exact minimizing move
+    ``A_bb^{-1} (-grad_b)`` on them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> A = sp.csr_matrix(np.array([[2.0, -1, -1], [-1, 2, -1], [-1, -1, 2]]))  # a triangle
+    >>> block, delta = greedy_forest_solve(A, A.diagonal(), np.array([0, 1, 2]), np.ones(3))
+    >>> block.tolist(), np.round(delta, 6).tolist()  # node 2 would close a cycle
+    ([0, 1], [-1.0, -1.0])
+    """
+    A = sp.csr_matrix(A)
+    n = A.shape[0]
+    block = np.empty(n, dtype=np.intp)
+    delta = np.empty(n)
+    size = _bcd.greedy_forest_solve(
+        A.indptr.astype(np.int32, copy=False),
+        A.indices.astype(np.int32, copy=False),
+        np.ascontiguousarray(A.data, dtype=float),
+        np.ascontiguousarray(diag, dtype=float),
+        np.ascontiguousarray(order, dtype=np.intp),
+        np.ascontiguousarray(grad, dtype=float),
+        n if max_size is None else int(max_size),
+        block,
+        delta,
+    )
+    return block[:size], delta[:size]

@@ -159,3 +159,40 @@ def test_cd_quadratic_model_matches_numpy(sparse, l1, l2, positive):
     # (An empty column with l2 = 0 has no curvature: the kernel leaves it where it is.)
     on = (w[ws] != 0) & (h[ws] + l2 > 0)
     np.testing.assert_allclose(grad[on], -l1 * np.sign(w[ws][on]), atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_forest_solve_matches_numpy(seed):
+    import scipy.sparse.csgraph as csgraph
+
+    from mmopt.bcd._kernels import greedy_forest_solve
+
+    rng = np.random.default_rng(seed)
+    n = 40
+    W = sp.random(n, n, density=0.15, random_state=seed)
+    W = ((W + W.T) > 0).astype(float).tocsr()
+    W.setdiag(0)
+    W.eliminate_zeros()
+    A = sp.diags(np.asarray(W.sum(1)).ravel() + 1.0) - W
+    grad = rng.standard_normal(n)
+    order = rng.permutation(n)
+    block, delta = greedy_forest_solve(A, A.diagonal(), order, grad)
+    sub = W[block][:, block]
+    # A forest: edges = nodes - connected components.
+    n_comp = csgraph.connected_components(sub, directed=False)[0]
+    assert sub.nnz // 2 == block.size - n_comp
+    # Maximal in the visiting order: every node left out would close a cycle.
+    taken = np.zeros(n, dtype=bool)
+    taken[block] = True
+    for v in np.flatnonzero(~taken):
+        both = np.r_[block, v]
+        bigger = W[both][:, both]
+        assert (
+            bigger.nnz // 2 > both.size - csgraph.connected_components(bigger, directed=False)[0]
+        )
+    # The move solves the block's system exactly.
+    A_bb = A.tocsr()[block][:, block].toarray()
+    np.testing.assert_allclose(delta, np.linalg.solve(A_bb, -grad[block]), rtol=1e-10, atol=1e-12)
+    # With a size cap, the first nodes of the order that fit are taken.
+    small, _ = greedy_forest_solve(A, A.diagonal(), order, grad, max_size=3)
+    assert small.size == 3

@@ -58,3 +58,19 @@ def test_lattice_red_black_message_passing():
     assert res.fun - f_star <= 1e-3
     # Timing is for the benchmarks; here only that it is not pathologically slow.
     assert res.time < 5.0
+
+
+def test_lattice_greedy_tree_message_passing():
+    W, y = make_lattice_graph(50, n_labelled=100, random_state=0)
+    datafit = LabelPropagationQuadratic(W, y, label_weight=1e5)
+    problem = BCDProblem(datafit)
+    f_star = problem.objective(spla.spsolve(datafit.A.tocsc(), datafit.c))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = BlockCoordinateDescent(
+            partition="greedy-tree", selection="gsl", max_iter=500, tol=0.0
+        ).solve(problem)
+    assert res.fun - f_star <= 1e-3
+    # Blocks are forests of the lattice: far larger than a red-black colour is not possible,
+    # yet more than a few nodes.
+    assert 100 < res.history["block_size"].mean() < 2500

@@ -146,6 +146,25 @@ def test_lattice_red_black_exact_matches_direct_solve():
     np.testing.assert_allclose(res.x, x_star, atol=1e-8)
 
 
+@pytest.mark.parametrize("selection", ["gsl", "gs", "random"])
+def test_greedy_tree_converges_to_direct_solve(selection):
+    W, y = make_lattice_graph(10, n_labelled=8, random_state=2)
+    datafit = LabelPropagationQuadratic(W, y, label_weight=50.0)
+    x_star = spla.spsolve(datafit.A.tocsc(), datafit.c)
+    res = _solve(
+        BCDProblem(datafit, L2(1e-3)) if selection == "gs" else BCDProblem(datafit),
+        partition="greedy-tree",
+        selection=selection,
+        tol=1e-10,
+        max_iter=10_000,
+    )
+    if selection != "gs":
+        np.testing.assert_allclose(res.x, x_star, atol=1e-8)
+    else:
+        A = datafit.A + 1e-3 * sp.identity(100)
+        np.testing.assert_allclose(res.x, spla.spsolve(A.tocsc(), datafit.c), atol=1e-8)
+
+
 def test_exact_update_on_a_forest_block_is_one_solve():
     """A block inducing a path (a tree) is minimized exactly in one update."""
     W, y = make_lattice_graph(5, n_labelled=3, random_state=1)
@@ -264,6 +283,8 @@ def test_incompatible_choices_are_explained():
         BlockCoordinateDescent(partition="red-black").solve(problem)
     with pytest.raises(ValueError, match="gap"):
         BlockCoordinateDescent(stopping="gap").solve(problem)
+    with pytest.raises(ValueError, match="greedy-tree"):
+        BlockCoordinateDescent(partition="greedy-tree").solve(problem)
     with pytest.raises(TypeError, match="datafit"):
         BCDProblem(np.eye(2))
 
