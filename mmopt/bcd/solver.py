@@ -12,7 +12,7 @@ One iteration updates one block ``b``: the three levers of the paper are options
   with a per-coordinate memory), ``"matrix"`` (the block of the Hessian bound, its Cholesky
   factor cached per fixed block), ``"newton"`` (exact block Hessian, Armijo line search) and
   ``"exact"`` (exact block minimization of a quadratic, by sparse elimination: on a forest
-  block this is message passing and costs O(|b|)).
+  block this is message passing and costs ``O(|b|)``).
 
 The datafit's gradient is kept for the whole vector (the greedy rules and the stopping test
 need it), recomputed from the maintained linear predictor ``aux`` after each block move.
@@ -71,7 +71,7 @@ class BlockCoordinateDescent(Solver):
         :class:`~mmopt.bcd.LabelPropagationQuadratic`), ``"greedy-tree"`` (each iteration
         grows a forest of that graph greedily, nodes ranked by ``"gsl"``, ``"gs"`` or
         ``"random"``, as large as it can be, and minimizes exactly on it by compiled message
-        passing in O(|b|); ``block_size`` is ignored), or blocks given as index arrays that
+        passing in ``O(|b|)``; ``block_size`` is ignored), or blocks given as index arrays that
         must partition the coordinates. ``"auto"`` is ``"sorted"`` for Lipschitz-aware rules
         and ``"order"`` otherwise.
     selection : str, default="gsl"
