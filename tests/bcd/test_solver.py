@@ -310,3 +310,19 @@ def test_sparse_and_dense_designs_agree():
         BCDProblem(LeastSquares(sp.csr_matrix(X), y), L1(alpha)), tol=1e-10, max_iter=50_000
     )
     np.testing.assert_allclose(dense.x, sparse.x, atol=1e-8)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_active_set_newton_terminates_fast(lasso_data, positive):
+    X, y, alpha, ref = lasso_data
+    pen = L1Positive(alpha) if positive else L1(alpha)
+    problem = BCDProblem(LeastSquares(X, y), pen)
+    opts = dict(selection="gsl", partition="variable", block_size=2, tol=1e-12, max_iter=50_000)
+    plain = _solve(problem, **opts)
+    newton = _solve(problem, active_set_newton=True, **opts)
+    assert newton.success
+    np.testing.assert_allclose(newton.x, plain.x, atol=1e-8)
+    if not positive:
+        np.testing.assert_allclose(newton.x, ref, atol=1e-8)
+    # Once the support is found, one Newton step on it solves the least-squares problem.
+    assert newton.nit < plain.nit / 2
