@@ -31,7 +31,7 @@ from mmopt._core.registry import register_solver
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.bcd import _kernels
-from mmopt.bcd.datafits import LabelPropagationQuadratic
+from mmopt.bcd.datafits import LabelPropagationQuadratic, Logistic
 from mmopt.bcd.partition import check_blocks, make_partition, red_black_partition
 from mmopt.bcd.problem import BCDProblem
 
@@ -47,6 +47,8 @@ _INNER_SWEEPS = 50
 # coordinates (the Newton system is dense).
 _SETTLE = 10
 _MAX_ACTIVE = 2000
+# Fixed blocks of a design-based datafit get a dense bound matrix: cap their size.
+_MAX_DENSE_BLOCK = 2000
 
 
 @dataclass
@@ -249,11 +251,16 @@ class BlockCoordinateDescent(Solver):
                             gsq_parts.append(scipy.linalg.cho_solve(chol, np.eye(len(b))))
                 else:
                     # Large blocks (red-black): the diagonal-dominance bound is cheap and valid.
-                    H = (
-                        datafit.hessian_bound(b)
-                        if not isinstance(datafit, LabelPropagationQuadratic)
-                        else None
-                    )
+                    if isinstance(datafit, LabelPropagationQuadratic):
+                        H = None
+                    elif len(b) <= _MAX_DENSE_BLOCK:
+                        H = datafit.hessian_bound(b)
+                    else:
+                        raise ValueError(
+                            f"blocks[{i}] has {len(b)} coordinates: blocks of more than "
+                            f"{_MAX_DENSE_BLOCK} need a graph datafit (their bound matrix is "
+                            "dense)."
+                        )
                     row = (
                         np.abs(datafit.A[:, b]).sum(axis=0).A1
                         if H is None
@@ -274,7 +281,7 @@ class BlockCoordinateDescent(Solver):
             self.stopping in ("auto", "gap")
             and hasattr(datafit, "duality_gap")
             and penalty.l1 > 0
-            and not (penalty.l2 > 0 and type(datafit).__name__ == "Logistic")
+            and not (penalty.l2 > 0 and isinstance(datafit, Logistic))
         )
         if self.stopping == "gap" and not self._gap:
             raise ValueError(
