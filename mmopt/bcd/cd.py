@@ -294,7 +294,8 @@ class CoordinateDescent(Solver):
             raw = datafit.raw_gradient(lin)
             grad_ws = _kernels.column_dots(datafit.X, raw, ws) / n
         w_ws = x[ws]
-        if self._is_ls(problem) or (pen.l2 == 0 and pen.l1 > 0):
+        # The gap needs an L1 part (and, for logistic, no L2 part); otherwise: optimality.
+        if pen.l1 > 0 and (self._is_ls(problem) or pen.l2 == 0):
             gap = self._ws_gap(problem, w_ws, lin, grad_ws)
             return gap <= target
         return float(pen.subdiff_distance(w_ws, grad_ws).max()) <= target

@@ -165,3 +165,19 @@ def test_does_not_modify_inputs(data):
     CoordinateDescent().solve(BCDProblem(LeastSquares(X, y), L1(0.1)))
     np.testing.assert_array_equal(X, Xc)
     np.testing.assert_array_equal(y, yc)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_pure_ridge_and_ols_stop_on_optimality(data, sparse):
+    """Without an L1 part there is no duality gap: the KKT violation stops the solve."""
+    X, y = data
+    X, y = X[:, :40], y
+    n = X.shape[0]
+    design = sp.csc_matrix(X) if sparse else X
+    for alpha in (0.5, 0.0):
+        res = CoordinateDescent(tol=1e-10, max_iter=200).solve(
+            BCDProblem(LeastSquares(design, y), L2(alpha))
+        )
+        expected = np.linalg.solve(X.T @ X / n + alpha * np.eye(40), X.T @ y / n)
+        assert res.success and np.isnan(res.gap)
+        np.testing.assert_allclose(res.x, expected, atol=1e-7)
