@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.linear_model import ElasticNet as SkElasticNet
 from sklearn.linear_model import Lasso, LogisticRegression
 
@@ -181,3 +183,33 @@ def test_pure_ridge_and_ols_stop_on_optimality(data, sparse):
         expected = np.linalg.solve(X.T @ X / n + alpha * np.eye(40), X.T @ y / n)
         assert res.success and np.isnan(res.gap)
         np.testing.assert_allclose(res.x, expected, atol=1e-7)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    ratio=st.floats(0.02, 0.9),
+    positive=st.booleans(),
+    sparse=st.booleans(),
+)
+def test_lasso_kkt_property(seed, ratio, positive, sparse):
+    """Any small Lasso: the result satisfies the KKT conditions that the gap certifies."""
+    rng = np.random.default_rng(seed)
+    n, p = 20, 35
+    X = rng.standard_normal((n, p))
+    if sparse:
+        X[rng.random((n, p)) < 0.5] = 0.0
+    y = rng.standard_normal(n)
+    alpha = ratio * np.abs(X.T @ y).max() / n
+    pen = L1Positive(alpha) if positive else L1(alpha)
+    design = sp.csc_matrix(X) if sparse else X
+    res = CoordinateDescent(tol=1e-12, max_iter=1000).solve(
+        BCDProblem(LeastSquares(design, y), pen)
+    )
+    grad = X.T @ (X @ res.x - y) / n
+    on = res.x != 0
+    np.testing.assert_allclose(grad[on], -alpha * np.sign(res.x[on]), atol=1e-5)
+    if positive:
+        assert np.all(res.x >= 0) and np.all(grad[~on] >= -alpha - 1e-6)
+    else:
+        assert np.all(np.abs(grad[~on]) <= alpha + 1e-6)
