@@ -360,6 +360,8 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     kernel : {"knn", "rbf"}, default="knn"
+        The graph: symmetrized k-nearest-neighbour connectivity (sparse), or RBF weights
+        between all pairs (a dense n x n matrix: small data only).
     n_neighbors : int, default=7
     gamma : float, default=20.0
         RBF width: weight ``exp(-gamma ||x_i - x_j||^2)``.
@@ -367,10 +369,13 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         How strongly labelled samples hold their label.
     partition, selection, update : default "red-black", "cyclic", "exact"
         Options of :class:`~mmopt.bcd.BlockCoordinateDescent`.
-    tol : float, default=1e-6
-        Optimality tolerance (largest gradient entry) of each class's solve.
+    tol : float, default=1e-8
+        Optimality tolerance of each class's solve: the largest gradient entry relative to
+        ``label_weight`` (the initial gradient's scale).
     max_iter : int, default=10_000
-        Block updates per class at most.
+        Block updates per class at most. Block coordinate descent on a graph Laplacian
+        converges at a rate set by the graph's diameter: on long, thin graphs (a large
+        k-nearest-neighbour graph of a curve) it may need more.
 
     Attributes
     ----------
@@ -401,7 +406,7 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         partition="red-black",
         selection: str = "cyclic",
         update: str = "exact",
-        tol: float = 1e-6,
+        tol: float = 1e-8,
         max_iter: int = 10_000,
     ):
         self.kernel = kernel
@@ -431,6 +436,8 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         check_choice(self.kernel, "kernel", ("knn", "rbf"))
         check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
         check_scalar(self.gamma, "gamma", min_value=0.0, include_min=False)
+        check_scalar(self.label_weight, "label_weight", min_value=0.0, include_min=False)
+        check_scalar(self.tol, "tol", min_value=0.0)
         if X.shape[0] < 2:
             raise ValueError(
                 "BCDLabelPropagation needs a graph of at least 2 samples; "
@@ -447,7 +454,7 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
             partition=self.partition,
             selection=self.selection,
             update=self.update,
-            tol=self.tol,
+            tol=self.tol * self.label_weight,
             max_iter=self.max_iter,
         )
         F = np.zeros((n, k))
