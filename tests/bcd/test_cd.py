@@ -213,3 +213,18 @@ def test_lasso_kkt_property(seed, ratio, positive, sparse):
         assert np.all(res.x >= 0) and np.all(grad[~on] >= -alpha - 1e-6)
     else:
         assert np.all(np.abs(grad[~on]) <= alpha + 1e-6)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_logistic_screening_is_safe(positive):
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((150, 300))
+    y = np.where(X[:, :4].sum(1) + 0.3 * rng.standard_normal(150) > 0, 1.0, -1.0)
+    lam = 0.2 * np.abs(X.T @ y).max() / (2 * 150)
+    pen = L1Positive(lam) if positive else L1(lam)
+    problem = BCDProblem(Logistic(X, y), pen)
+    screened = CoordinateDescent(tol=1e-10, screening=True).solve(problem)
+    plain = CoordinateDescent(tol=1e-10, screening=False).solve(problem)
+    assert screened.n_screened > 100 and plain.n_screened == 0
+    np.testing.assert_allclose(screened.x, plain.x, atol=1e-6)
+    assert screened.gap <= 1e-10
