@@ -4,17 +4,19 @@ For least squares and binary logistic regression with L1 / L2 / elastic-net / no
 L1 penalties. One iteration of :class:`CoordinateDescent` is one outer working-set
 iteration:
 
-1. from the full gradient, the duality gap and (least squares with a pure L1 penalty) the
-   gap-safe sphere: features proven to be zero at the optimum are removed for good;
+1. from the full gradient, the duality gap and (a pure L1 penalty) the gap-safe sphere:
+   features proven to be zero at the optimum are removed for good;
 2. the working set: the current support plus the coordinates that violate optimality most
-   (an O(p) ``np.argpartition``), at least twice the support;
-3. compiled coordinate-descent epochs on the working set (residual ``y - X w`` or predictor
-   ``X w`` kept exact), with an Anderson extrapolation of the last iterates every few epochs
-   kept only when it lowers the objective, until the working set's own duality gap (its
-   optimality violation for the logistic L2 case) is a fraction of the outer one;
+   (an O(p) ``np.argpartition``), at least twice the support; all features when the penalty
+   has no L1 part;
+3. least squares: compiled coordinate-descent epochs on the working set (the residual
+   ``y - X w`` kept exact), with an Anderson extrapolation of the last iterates every few
+   epochs kept only when it lowers the objective; logistic: proximal-Newton iterations, each
+   direction from compiled coordinate descent on the loss's quadratic model, then an Armijo
+   line search; until the working set's own duality gap (its optimality violation without
+   an L1 part) is a fraction of the outer one;
 4. the full gradient again, and the stopping quantity: the duality gap (or the largest
-   optimality violation when the penalty has an L2 part for logistic regression).
-"""
+   optimality violation when there is no gap: no L1 part, or logistic with an L2 part)."""
 
 from __future__ import annotations
 
