@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike
@@ -353,8 +355,12 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     Builds a symmetric k-nearest-neighbour graph (or an RBF graph), and for each class ``c``
     minimizes the :class:`~mmopt.bcd.LabelPropagationQuadratic` criterion with targets 1 on
     the labelled samples of class ``c`` and 0 on the other labelled samples, with
-    :class:`~mmopt.bcd.BlockCoordinateDescent` (by default red-black blocks, exact block
-    updates: each colour class is solved exactly in one division per node). Unlabelled
+    :class:`~mmopt.bcd.BlockCoordinateDescent`. By default the blocks are clusters of the
+    samples (k-means on ``X``, about 400 samples each) and each block is minimized exactly
+    by a cached sparse factorization: few, large, well-connected blocks make block
+    Gauss-Seidel converge far faster than small or scattered ones on long, thin graphs
+    (on 2000 two-moons samples: about 700 block updates, where red-black blocks have not
+    converged after 10000). Unlabelled
     samples carry the label ``-1``, as in :mod:`sklearn.semi_supervised`.
 
     Parameters
@@ -367,7 +373,10 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         RBF width: weight ``exp(-gamma ||x_i - x_j||^2)``.
     label_weight : float, default=1e5
         How strongly labelled samples hold their label.
-    partition, selection, update : default "red-black", "cyclic", "exact"
+    partition : "clusters" or a partition of :class:`~mmopt.bcd.BlockCoordinateDescent`
+        ``"clusters"`` (default): k-means clusters of the samples as fixed blocks; or
+        ``"red-black"``, ``"greedy-tree"``, ``"variable"``, ... (see the solver).
+    selection, update : default "cyclic", "exact"
         Options of :class:`~mmopt.bcd.BlockCoordinateDescent`.
     tol : float, default=1e-8
         Optimality tolerance of each class's solve: the largest gradient entry relative to
@@ -403,7 +412,7 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         n_neighbors: int = 7,
         gamma: float = 20.0,
         label_weight: float = 1e5,
-        partition="red-black",
+        partition="clusters",
         selection: str = "cyclic",
         update: str = "exact",
         tol: float = 1e-8,
@@ -421,8 +430,11 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
 
     def _graph(self, X):
         if self.kernel == "knn":
+            from sklearn.neighbors import kneighbors_graph
+
+            # n_neighbors other samples (a sample is not its own neighbour), symmetrized.
             k = min(self.n_neighbors, X.shape[0] - 1)
-            W = self._nn.kneighbors_graph(X, k, mode="connectivity")
+            W = kneighbors_graph(X, k, mode="connectivity", include_self=False)
             W = W.maximum(W.T)
         else:
             d2 = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
@@ -450,8 +462,11 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         self._nn = NearestNeighbors().fit(X)
         W = self._graph(X)
         n, k = X.shape[0], len(self.classes_)
+        partition = self.partition
+        if isinstance(partition, str) and partition == "clusters":
+            partition = _cluster_blocks(X)
         solver = BlockCoordinateDescent(
-            partition=self.partition,
+            partition=partition,
             selection=self.selection,
             update=self.update,
             tol=self.tol * self.label_weight,
@@ -497,3 +512,20 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         """The most probable class of each sample."""
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
+
+
+# Samples per block of the default partition of BCDLabelPropagation.
+_CLUSTER_SIZE = 400
+
+
+def _cluster_blocks(X: np.ndarray) -> list[np.ndarray]:
+    """k-means clusters of the samples as blocks (each a connected-ish piece of the graph)."""
+    from sklearn.cluster import KMeans
+
+    n_blocks = max(2, min(X.shape[0] // _CLUSTER_SIZE, 50))
+    n_blocks = min(n_blocks, X.shape[0])
+    with warnings.catch_warnings():
+        # Duplicate samples can leave fewer distinct clusters: empty blocks are dropped.
+        warnings.simplefilter("ignore")
+        labels = KMeans(n_blocks, n_init=1, random_state=0).fit_predict(X)
+    return [np.flatnonzero(labels == c) for c in range(n_blocks) if np.any(labels == c)]

@@ -118,3 +118,33 @@ def test_label_propagation_two_moons():
 def test_label_propagation_needs_a_label():
     with pytest.raises(ValueError, match="labelled"):
         BCDLabelPropagation().fit(np.random.default_rng(0).random((5, 2)), -np.ones(5, dtype=int))
+
+
+@pytest.mark.parametrize(
+    "partition, tol, atol",
+    [("clusters", 1e-15, 1e-6), ("red-black", 1e-10, 1e-4), ("greedy-tree", 1e-10, 1e-4)],
+)
+def test_label_propagation_partitions_agree_with_direct_solve(partition, tol, atol):
+    import scipy.sparse.linalg as spla
+    from sklearn.neighbors import kneighbors_graph
+
+    from mmopt.bcd import LabelPropagationQuadratic
+
+    n = 120
+    X, y_true = make_moons(n, noise=0.05, random_state=1)
+    y = -np.ones(n, dtype=int)
+    y[:6] = y_true[:6]
+    selection = "gsl" if partition == "greedy-tree" else "cyclic"
+    model = BCDLabelPropagation(
+        n_neighbors=8, partition=partition, selection=selection, tol=tol, max_iter=100_000
+    ).fit(X, y)
+    W = kneighbors_graph(X, 8)
+    W = W.maximum(W.T)
+    F = []
+    for label in (0, 1):
+        targets = np.where(y != -1, (y == label).astype(float), np.nan)
+        datafit = LabelPropagationQuadratic(W, targets, label_weight=1e5, ridge=1e-8)
+        F.append(spla.spsolve(datafit.A.tocsc(), datafit.c))
+    F = np.clip(np.column_stack(F), 0, None)
+    expected = F / F.sum(1, keepdims=True)
+    np.testing.assert_allclose(model.label_distributions_, expected, atol=atol)
