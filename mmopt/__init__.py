@@ -6,7 +6,7 @@ estimators that all return or hold a :class:`mmopt.Result`.
 """
 
 # Importing the families registers their solvers.
-from mmopt import bilevel, mm, registration
+from mmopt import bcd, bilevel, mm, ot, registration
 from mmopt._core import (
     SOLVERS,
     AndersonAcceleration,
@@ -29,6 +29,7 @@ __all__ = [
     "Result",
     "Solver",
     "__version__",
+    "bcd",
     "bilevel",
     "mm",
     "ot",

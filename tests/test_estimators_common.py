@@ -8,10 +8,11 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mmopt import Result
+from mmopt.bcd import BCDElasticNet, BCDLabelPropagation, BCDLasso, BCDLogisticRegression
 from mmopt.bilevel import BilevelLogisticRegression, BilevelRidge
 from mmopt.mm import MMNMF, MMRobustRegressor
 
-ESTIMATORS = [
+MM_ESTIMATORS = [
     MMRobustRegressor(),
     MMRobustRegressor(loss="welsch"),
     MMRobustRegressor(loss="cauchy", anderson=False, fit_intercept=False),
@@ -25,8 +26,26 @@ ESTIMATORS = [
     BilevelLogisticRegression(penalty="per_feature", cv=3, max_iter=20, spread_penalty=0.1),
 ]
 
-# Expected failures, each with its reason. None so far.
-EXPECTED_FAILED_CHECKS: dict = {}
+BCD_ESTIMATORS = [
+    BCDLasso(alpha=0.1),
+    BCDLasso(alpha=0.01, positive=True, fit_intercept=False),
+    BCDElasticNet(alpha=0.1, l1_ratio=0.5),
+    BCDLogisticRegression(),
+    BCDLogisticRegression(penalty="l1", C=10.0),
+    BCDLabelPropagation(),
+]
+
+ESTIMATORS = MM_ESTIMATORS + BCD_ESTIMATORS
+
+# Expected failures, each with its reason.
+EXPECTED_FAILED_CHECKS: dict = {
+    BCDLabelPropagation: {
+        "check_classifiers_classes": (
+            "-1 marks unlabelled samples (the sklearn.semi_supervised convention), so a class "
+            "labelled -1 is not a class"
+        ),
+    },
+}
 
 
 @pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
@@ -37,7 +56,7 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("estimator", MM_ESTIMATORS, ids=lambda e: type(e).__name__)
 def test_every_estimator_exposes_result_and_n_iter(estimator):
     rng = np.random.default_rng(0)
     X = rng.random((30, 4))

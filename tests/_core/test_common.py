@@ -8,6 +8,7 @@ from sklearn.base import clone
 
 import mmopt
 from mmopt import SOLVERS, ConvergenceWarning, Result
+from mmopt.bcd import L1, BCDProblem, LeastSquares
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 from mmopt.mm import MMProblem
 from mmopt.ot import OTProblem
@@ -56,9 +57,18 @@ def _bilevel_problem():
     return BilevelProblem(lower, upper, theta0=2.0)
 
 
+def _lasso_problem():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 40))
+    y = X[:, :4] @ np.array([2.0, -1.0, 1.0, 0.5]) + 0.1 * rng.standard_normal(30)
+    return BCDProblem(LeastSquares(X, y), L1(0.05))
+
+
 # Every registered solver needs a small problem here: a new family adds its entry.
 EXAMPLE_PROBLEMS = {
     "maid": _bilevel_problem,
+    "bcd": _lasso_problem,
+    "cd": _lasso_problem,
     "mm": _mm_problem,
     "sinkhorn": _ot_problem,
     "icp": _registration_problem,

@@ -1,0 +1,198 @@
+"""The BCD family's Cython kernels against plain NumPy references."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from mmopt.bcd._kernels import add_columns, cd_least_squares, cd_logistic, column_dots
+from mmopt.bcd.datafits import check_design
+
+
+def _design(rng, n, p, sparse):
+    X = rng.standard_normal((n, p))
+    if sparse:
+        X[rng.random((n, p)) < 0.6] = 0.0
+        X[:, 0] = 0.0  # an empty column must be skipped, not divided by
+        return check_design(sp.csc_matrix(X)), X
+    return check_design(X), X
+
+
+def _soft(v, t, positive):
+    if positive:
+        return max(v - t, 0.0)
+    return np.sign(v) * max(abs(v) - t, 0.0)
+
+
+def _ls_reference(X, w, R, ws, l1, l2, positive, n_epochs):
+    """Exact coordinate minimization, one coordinate at a time, in plain NumPy."""
+    norms2 = (X**2).sum(axis=0)
+    for _ in range(n_epochs):
+        for j in ws:
+            if norms2[j] + l2 == 0:
+                continue
+            old = w[j]
+            new = _soft(X[:, j] @ R + norms2[j] * old, l1, positive) / (norms2[j] + l2)
+            R -= X[:, j] * (new - old)
+            w[j] = new
+
+
+def _logistic_reference(X, y, w, z, ws, l1, l2, positive, n_epochs):
+    lips = (X**2).sum(axis=0) / 4
+    for _ in range(n_epochs):
+        for j in ws:
+            if lips[j] + l2 == 0:
+                continue
+            grad = -(X[:, j] * y / (1 + np.exp(y * z))).sum()
+            new = _soft(lips[j] * w[j] - grad, l1, positive) / (lips[j] + l2)
+            z += X[:, j] * (new - w[j])
+            w[j] = new
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize(
+    "l1, l2, positive",
+    [(0.0, 0.0, False), (3.0, 0.0, False), (2.0, 1.5, False), (1.0, 0.0, True), (0.0, 2.0, False)],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cd_least_squares_matches_numpy(sparse, l1, l2, positive, seed):
+    rng = np.random.default_rng(seed)
+    Xk, X = _design(rng, 15, 8, sparse)
+    y = rng.standard_normal(15)
+    w0 = rng.standard_normal(8)
+    if positive:
+        w0 = np.abs(w0)
+    ws = rng.permutation(8)[:6]
+    w, R = w0.copy(), y - X @ w0
+    w_ref, R_ref = w0.copy(), y - X @ w0
+    cd_least_squares(Xk, w, R, (X**2).sum(0), ws, l1, l2, positive, n_epochs=3)
+    _ls_reference(X, w_ref, R_ref, ws, l1, l2, positive, 3)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(R, R_ref, rtol=1e-12, atol=1e-12)
+    # The residual stays exact.
+    np.testing.assert_allclose(R, y - X @ w, atol=1e-12)
+    # Coordinates outside the working set never move.
+    outside = np.setdiff1d(np.arange(8), ws)
+    np.testing.assert_array_equal(w[outside], w0[outside])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize(
+    "l1, l2, positive", [(0.0, 1.0, False), (0.5, 0.0, False), (0.5, 0.0, True), (0.3, 0.2, False)]
+)
+def test_cd_logistic_matches_numpy(sparse, l1, l2, positive):
+    rng = np.random.default_rng(3)
+    Xk, X = _design(rng, 20, 7, sparse)
+    y = np.where(rng.random(20) < 0.5, -1.0, 1.0)
+    w0 = 0.1 * np.abs(rng.standard_normal(7))
+    ws = np.arange(7)[::-1]
+    w, z = w0.copy(), X @ w0
+    w_ref, z_ref = w0.copy(), X @ w0
+    cd_logistic(Xk, y, w, z, (X**2).sum(0) / 4, ws, l1, l2, positive, n_epochs=4)
+    _logistic_reference(X, y, w_ref, z_ref, ws, l1, l2, positive, 4)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(z, X @ w, atol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_column_dots_and_add_columns(sparse):
+    rng = np.random.default_rng(5)
+    Xk, X = _design(rng, 12, 9, sparse)
+    v = rng.standard_normal(12)
+    ws = np.array([7, 2, 2, 0, 8])
+    np.testing.assert_allclose(column_dots(Xk, v, ws), X[:, ws].T @ v, rtol=1e-13, atol=1e-13)
+    coef = rng.standard_normal(ws.size)
+    coef[1] = 0.0
+    out = v.copy()
+    add_columns(Xk, ws, coef, out)
+    np.testing.assert_allclose(out, v + X[:, ws] @ coef, rtol=1e-13, atol=1e-13)
+
+
+def test_kernels_do_not_touch_read_only_design():
+    rng = np.random.default_rng(0)
+    X = check_design(rng.standard_normal((5, 3)))
+    assert not X.flags.writeable
+    w, R = np.zeros(3), rng.standard_normal(5)
+    cd_least_squares(X, w, R, (X**2).sum(0), [0, 1, 2], 0.1, 0.0)
+    assert np.all(np.isfinite(w))
+
+
+def _model_reference(X, curv, w, r, q, ws, l1, l2, positive, n_epochs):
+    """CD on sum_i r0_i q_i + curv_i / 2 q_i^2 + penalty, r = r0 + curv * q, in NumPy."""
+    h = (curv[:, None] * X**2).sum(axis=0)
+    for _ in range(n_epochs):
+        for j in ws:
+            if h[j] + l2 == 0:
+                continue
+            a = X[:, j] @ r
+            new = _soft(h[j] * w[j] - a, l1, positive) / (h[j] + l2)
+            delta = new - w[j]
+            r += delta * curv * X[:, j]
+            q += delta * X[:, j]
+            w[j] = new
+    return h
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize(
+    "l1, l2, positive", [(0.0, 1.0, False), (0.7, 0.0, False), (0.5, 0.1, True)]
+)
+def test_cd_quadratic_model_matches_numpy(sparse, l1, l2, positive):
+    from mmopt.bcd._kernels import cd_quadratic_model
+
+    rng = np.random.default_rng(9)
+    Xk, X = _design(rng, 18, 6, sparse)
+    curv = rng.random(18) * 0.25
+    r0 = rng.standard_normal(18)
+    w0 = np.abs(rng.standard_normal(6))
+    ws = np.array([5, 1, 3, 0])
+    w, r, q, h = w0.copy(), r0.copy(), np.zeros(18), np.zeros(6)
+    cd_quadratic_model(Xk, curv, h, w, r, q, ws, l1, l2, positive, n_epochs=3, compute_h=True)
+    w_ref, r_ref, q_ref = w0.copy(), r0.copy(), np.zeros(18)
+    h_ref = _model_reference(X, curv, w_ref, r_ref, q_ref, ws, l1, l2, positive, 3)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(r, r_ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(q, X @ (w - w0), atol=1e-12)
+    np.testing.assert_allclose(h[ws], h_ref[ws], rtol=1e-12)
+    # At convergence the model's optimality conditions hold on the working set.
+    cd_quadratic_model(Xk, curv, h, w, r, q, ws, l1, l2, positive, n_epochs=500)
+    grad = X[:, ws].T @ r + l2 * w[ws]
+    # (An empty column with l2 = 0 has no curvature: the kernel leaves it where it is.)
+    on = (w[ws] != 0) & (h[ws] + l2 > 0)
+    np.testing.assert_allclose(grad[on], -l1 * np.sign(w[ws][on]), atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_forest_solve_matches_numpy(seed):
+    import scipy.sparse.csgraph as csgraph
+
+    from mmopt.bcd._kernels import greedy_forest_solve
+
+    rng = np.random.default_rng(seed)
+    n = 40
+    W = sp.random(n, n, density=0.15, random_state=seed)
+    W = ((W + W.T) > 0).astype(float).tocsr()
+    W.setdiag(0)
+    W.eliminate_zeros()
+    A = sp.diags(np.asarray(W.sum(1)).ravel() + 1.0) - W
+    grad = rng.standard_normal(n)
+    order = rng.permutation(n)
+    block, delta = greedy_forest_solve(A, A.diagonal(), order, grad)
+    sub = W[block][:, block]
+    # A forest: edges = nodes - connected components.
+    n_comp = csgraph.connected_components(sub, directed=False)[0]
+    assert sub.nnz // 2 == block.size - n_comp
+    # Maximal in the visiting order: every node left out would close a cycle.
+    taken = np.zeros(n, dtype=bool)
+    taken[block] = True
+    for v in np.flatnonzero(~taken):
+        both = np.r_[block, v]
+        bigger = W[both][:, both]
+        assert (
+            bigger.nnz // 2 > both.size - csgraph.connected_components(bigger, directed=False)[0]
+        )
+    # The move solves the block's system exactly.
+    A_bb = A.tocsr()[block][:, block].toarray()
+    np.testing.assert_allclose(delta, np.linalg.solve(A_bb, -grad[block]), rtol=1e-10, atol=1e-12)
+    # With a size cap, the first nodes of the order that fit are taken.
+    small, _ = greedy_forest_solve(A, A.diagonal(), order, grad, max_size=3)
+    assert small.size == 3
