@@ -37,6 +37,12 @@ def _environment() -> str:
         f"- date: {datetime.date.today().isoformat()}\n"
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}\n"
+        f"- threads: "
+        + ", ".join(
+            f"{name}={os.environ.get(name, 'unset')}"
+            for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+        )
+        + "\n"
         f"- mmopt {mmopt.__version__} (OpenMP: {mmopt.openmp_enabled()}), numpy "
         f"{numpy.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}\n"
     )
