@@ -41,7 +41,6 @@ _KINK_HINT = (
 @dataclass
 class _SparseOTState(SolverState):
     grad: np.ndarray | None = None  # gradient of the maximized objective at x
-    nfev: int = 0
 
 
 class _Conjugates:
@@ -391,7 +390,7 @@ class SparsityConstrainedOT(Solver):
     def _make_state(self, x, fun, grad, *, newton=False):
         return _SparseOTState(
             x=x, fun=fun, residual=float(np.abs(grad).sum()), grad=grad,
-            nfev=self._conj.nfev, record={"newton": float(newton)},
+            record={"newton": float(newton)},
         )
 
     def _newton_step(self, state):
