@@ -24,6 +24,9 @@ _NEWTON_MIN_RATIO = 200.0
 # and column on average (a near-matching, small reg: little fill-in, and CG struggles);
 # denser plans are well conditioned and CG converges in a few dozen products.
 _DIRECT_MAX_DEGREE = 20
+# Magnitude bins of the O(nm) sparsification: entries more than 2**-127 below the largest
+# share the lowest bin.
+_SPARSIFY_BINS = 128
 # Backtracking halvings before a Newton step counts as failed (steps down to 2**-11).
 _MAX_HALVINGS = 12
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
@@ -46,22 +49,34 @@ def _dual_and_plan(support, reg, f, g):
 
 
 def _sparsify(plan, row_budget, col_budget):
-    """Keep the plan's entries outside the smallest ones of total at most the budget.
+    """Drop, per row and per column, the smallest entries of total at most the budget.
 
-    Per row, the smallest entries whose cumulative sum stays within ``row_budget`` are
-    dropped, and likewise per column; an entry is kept when its row or its column keeps it.
+    An entry is kept when its row or its column keeps it. The selection is O(n m) and needs
+    no sort: entries are binned by their binary exponent relative to the plan's largest
+    (bins a factor 2 wide, from ``np.frexp``), each row's (column's) mass per bin comes
+    from one ``bincount``, and whole bins are dropped from the smallest up while their
+    cumulative mass stays within the budget. That drops a subset of what the exact sorted
+    rule would (up to the part of one bin), never more.
     """
     keep = np.zeros(plan.shape, dtype=bool)
+    _, exponent = np.frexp(plan)
+    # Bin 0 gathers everything 2**-(_SPARSIFY_BINS - 1) below the largest entry (and zeros).
+    top = int(exponent.max())
+    bins = np.clip(exponent - (top - _SPARSIFY_BINS + 1), 0, _SPARSIFY_BINS - 1)
+    bins[plan <= 0] = 0
     for axis, budget in ((1, row_budget), (0, col_budget)):
-        values = plan if axis == 1 else plan.T
-        order = np.argsort(values, axis=1)
-        cumulative = np.cumsum(np.take_along_axis(values, order, axis=1), axis=1)
-        dropped = cumulative <= budget
-        kept_sorted = ~dropped
-        kept = np.zeros_like(kept_sorted)
-        np.put_along_axis(kept, order, kept_sorted, axis=1)
+        values, labels = (plan, bins) if axis == 1 else (plan.T, bins.T)
+        lines = values.shape[0]
+        index = labels + (np.arange(lines) * _SPARSIFY_BINS)[:, None]
+        mass = np.bincount(
+            index.ravel(), weights=values.ravel(), minlength=lines * _SPARSIFY_BINS
+        ).reshape(lines, _SPARSIFY_BINS)
+        # First bin of each line that cannot be dropped: the cumulative mass exceeds budget.
+        first_kept = np.argmax(np.cumsum(mass, axis=1) > budget, axis=1)
+        kept = labels >= first_kept[:, None]
         keep |= kept if axis == 1 else kept.T
-    return sp.csr_matrix(np.where(keep, plan, 0.0))
+    rows, cols = np.nonzero(keep)
+    return sp.csr_matrix((plan[rows, cols], (rows, cols)), shape=plan.shape)
 
 
 @register_solver
@@ -74,10 +89,16 @@ class SinkhornNewtonSparse(Sinkhorn):
     :math:`-\frac{1}{\mathrm{reg}}\begin{bmatrix}\mathrm{diag}(S1) & S\\ S^\top &
     \mathrm{diag}(S^\top 1)\end{bmatrix}` is built from a sparsified plan ``S`` (per row and
     per column, the smallest entries whose total is at most ``nu * ||grad||_1`` are
-    dropped), shifted by ``shift * ||grad||_1`` (the Hessian's null direction ``(1, -1)``),
-    and the Newton system is solved by Jacobi-preconditioned conjugate gradients. A
-    backtracking (Armijo) line search guarantees ascent and treats a non-finite trial value
-    as a reason to backtrack; if it fails, a Sinkhorn iteration is taken instead.
+    dropped, selected in O(nm) by binning the entries by magnitude), shifted by
+    ``shift * ||grad||_1`` (the Hessian's null direction ``(1, -1)``) and damped
+    Levenberg-Marquardt style (the diagonal scaled by ``1 + lam``, ``lam`` growing after
+    short or failed steps and shrinking after full ones: at small ``reg`` the dual is far
+    from quadratic and undamped steps overshoot). The system is solved by a sparse LU
+    factorization when the sparsified plan is near a matching, by Jacobi-preconditioned
+    conjugate gradients otherwise. A backtracking line search accepts a step that raises the
+    dual value (Armijo, by more than its rounding error) or lowers the marginal error
+    without losing value, and treats a non-finite trial value as a reason to backtrack; if
+    it fails, Sinkhorn iterations are taken instead (more of them after each failure).
 
     With ``newton="auto"`` Newton steps are only used when ``(max C - min C) / reg > 200``:
     at larger ``reg`` the plan is dense, Sinkhorn converges in a few dozen iterations and a
@@ -87,7 +108,7 @@ class SinkhornNewtonSparse(Sinkhorn):
     ----------
     newton : {"auto", "always", "never"}, default="auto"
         When to use the Newton stage.
-    switch_tol : float, default=1e-3
+    switch_tol : float, default=1e-2
         L1 marginal error at which stage 1 hands over to Newton steps.
     nu : float, default=0.01
         Sparsification budget, relative to the gradient's L1 norm.
@@ -132,7 +153,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         self,
         *,
         newton: str = "auto",
-        switch_tol: float = 1e-3,
+        switch_tol: float = 1e-2,
         nu: float = 0.01,
         shift: float = 1e-3,
         linear_solver: str = "auto",
@@ -180,6 +201,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         self._n_sinkhorn = 0
         self._n_newton = 0
         self._newton_pause, self._newton_backoff = 0, 1
+        self._damping = 0.0
         return _SNSState(x=state.x, fun=state.fun, f=state.f, g=state.g)
 
     def _step(self, problem, state):
@@ -224,14 +246,20 @@ class SinkhornNewtonSparse(Sinkhorn):
         S = _sparsify(plan, self.nu * grad_norm, self.nu * grad_norm)
         density = S.nnz / plan.size
         r, c = np.asarray(S.sum(axis=1)).ravel(), np.asarray(S.sum(axis=0)).ravel()
-        delta = self.shift * grad_norm
         n = r.size
-        diagonal = np.concatenate([r, c]) / reg + delta
+        # Levenberg-Marquardt damping, lam times the Hessian's diagonal on top of the shift:
+        # at small reg the dual is far from quadratic and a plain Newton step overshoots,
+        # so lam grows after short or failed steps and shrinks after full ones.
+        lam = self._damping
+        delta = self.shift * grad_norm
+        scale = 1.0 + lam
+        r_damped, c_damped = r * scale, c * scale
+        diagonal = np.concatenate([r_damped, c_damped]) / reg + delta
         St = S.T.tocsr()
 
         def matvec(v):
-            top = (r * v[:n] + S @ v[n:]) / reg
-            bottom = (St @ v[:n] + c * v[n:]) / reg
+            top = (r_damped * v[:n] + S @ v[n:]) / reg
+            bottom = (St @ v[:n] + c_damped * v[n:]) / reg
             return np.concatenate([top, bottom]) + delta * v
 
         size = n + c.size
@@ -246,8 +274,8 @@ class SinkhornNewtonSparse(Sinkhorn):
             # small reg its graph is a near-matching with long chains, where Jacobi-CG
             # needs hundreds of iterations and still returns poor directions.
             system = sp.bmat(
-                [[sp.diags_array(r / reg + delta), S / reg],
-                 [St / reg, sp.diags_array(c / reg + delta)]],
+                [[sp.diags_array(r_damped / reg + delta), S / reg],
+                 [St / reg, sp.diags_array(c_damped / reg + delta)]],
                 format="csc",
             )
             try:
@@ -294,6 +322,10 @@ class SinkhornNewtonSparse(Sinkhorn):
             if (gain >= 1e-4 * step * slope and gain > rounding) or (
                 error <= (1.0 - 1e-4 * step) * residual
             ):
+                if step == 1.0:
+                    self._damping = self._damping / 4.0 if self._damping > 1e-6 else 0.0
+                else:
+                    self._damping = max(4.0 * self._damping, 1e-3)
                 return _SNSState(
                     x=np.concatenate([f_new, g_new]),
                     fun=new_value,
@@ -305,6 +337,7 @@ class SinkhornNewtonSparse(Sinkhorn):
                             "hessian_density": density, "step": step},
                 )
             step *= 0.5
+        self._damping = max(16.0 * self._damping, 1e-2)
         return None
 
     def _result_fields(self, problem, state):
