@@ -50,6 +50,7 @@ _INNER_RTOL = 0.3
 # most, and the fraction of ``tol`` below which the system's residual needs no reduction.
 _MAX_CG = 1000
 _CG_TOL_FRACTION = 0.3
+_FORCING_POWER = 0.5
 _NEWTON_SOLVERS = ("auto", "cd", "cg")
 
 
@@ -422,7 +423,9 @@ class CoordinateDescent(Solver):
         intercept = state.intercept
         newton = self.prox_newton and not self._is_ls(problem)
         if newton and self._use_cg(problem, ws):
-            epochs, intercept, moved = self._newton_cg(problem, x, lin, state.grad, intercept)
+            epochs, intercept, moved = self._newton_cg(
+                problem, x, lin, state.grad, state.fun, intercept
+            )
             if not moved:  # the line search failed (round-off): coordinate descent instead
                 extra, intercept = self._prox_newton(problem, x, lin, ws, target, intercept)
                 epochs += extra
@@ -528,12 +531,11 @@ class CoordinateDescent(Solver):
         return epochs, intercept
 
     def _use_cg(self, problem, ws) -> bool:
-        """Newton-CG for a smooth penalty (then the working set is every feature)."""
-        if self.newton_solver == "cd" or not problem.penalty.smooth:
-            return False
-        return ws.size == problem.datafit.n_features
+        """Newton-CG for a smooth penalty: then the working set is every feature (all-zero
+        columns aside, which CG handles: their rows of ``H`` are ``l2`` on the diagonal)."""
+        return self.newton_solver != "cd" and problem.penalty.smooth
 
-    def _newton_cg(self, problem, x, lin, grad, intercept):
+    def _newton_cg(self, problem, x, lin, grad, fun, intercept):
         """One Newton step with a truncated-CG direction and an Armijo line search.
 
         With a smooth penalty the proximal-Newton model is a ridge-like quadratic; its
@@ -544,7 +546,8 @@ class CoordinateDescent(Solver):
         regularized GLMs. The loop is written out rather than calling
         ``scipy.sparse.linalg.cg`` so that ``q = X d`` is accumulated from the products
         already computed: the line search and the update of ``z = X w`` need no further
-        pass over ``X``. ``grad`` is the datafit gradient at ``x``. Returns the number of
+        pass over ``X``. ``grad`` is the datafit gradient and ``fun`` the objective at ``x``
+        (both known from the outer iteration). Returns the number of
         CG iterations, the intercept and whether the line search found a decrease.
         """
         datafit, pen = problem.datafit, problem.penalty
@@ -557,7 +560,7 @@ class CoordinateDescent(Solver):
             return 0, intercept, True
         # Forcing term: inexact early, superlinear near the optimum (Eisenstat-Walker);
         # the residual never needs to go below a fraction of tol, the outer stopping test.
-        eta = min(0.5, np.sqrt(g_inf))
+        eta = min(0.5, g_inf**_FORCING_POWER)
         stop_2 = eta * float(np.sqrt(g @ g))
         stop_inf = _CG_TOL_FRACTION * self.tol
         # Jacobi-like preconditioner from the column norms and the mean curvature: it
@@ -590,7 +593,7 @@ class CoordinateDescent(Solver):
         if not d.any():
             return iterations, intercept, False
         # Armijo backtracking on the exact objective (CG iterates are descent directions).
-        f0 = datafit.value(None, lin) + pen.value(x)
+        f0 = fun
         slope = float(g @ d)
         step = 1.0
         while step > 1e-10:

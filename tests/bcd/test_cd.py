@@ -142,9 +142,11 @@ def test_logistic_equals_sklearn(sparse, penalty, fit_intercept):
 
 
 def _scaled_logistic_data(seed, n=300, p=40):
-    """Columns on very different scales (the preconditioner's job) and a dense signal."""
+    """Columns on very different scales (the preconditioner's job), one all-zero column and
+    a dense signal."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, p)) * np.logspace(-1, 1, p)
+    X[:, 2] = 0.0
     w = rng.standard_normal(p) / np.logspace(-1, 1, p)
     y = np.where(X @ w / np.sqrt(p) + 0.3 + rng.standard_normal(n) > 0, 1.0, -1.0)
     return X, y
@@ -200,6 +202,7 @@ def test_newton_cg_is_the_default_for_l2_and_converges_superlinearly():
 
 def test_newton_cg_without_penalty_equals_sklearn():
     X, y = _scaled_logistic_data(5)
+    X = np.delete(X, 2, axis=1)  # a zero column leaves the unpenalized optimum non-unique
     y[:60] *= -1  # not separable: the unpenalized optimum exists
     ref = LogisticRegression(
         C=np.inf, fit_intercept=False, solver="newton-cholesky", tol=1e-14, max_iter=1000
@@ -209,6 +212,8 @@ def test_newton_cg_without_penalty_equals_sklearn():
     )
     assert res.success
     np.testing.assert_allclose(res.x, ref.coef_[0], rtol=1e-7, atol=1e-9)
+    raw = -y / (1 + np.exp(y * (X @ res.x))) / X.shape[0]
+    assert float(np.abs(X.T @ raw).max()) <= 1e-12
 
 
 def test_newton_solver_validation():
