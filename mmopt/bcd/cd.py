@@ -50,6 +50,8 @@ _INNER_RTOL = 0.3
 # most, and the fraction of ``tol`` below which the system's residual needs no reduction.
 _MAX_CG = 1000
 _CG_TOL_FRACTION = 0.3
+# Forcing term min(0.5, ||g||_inf ** power): 0.5 measured fastest on the benchmark problem
+# (0.75 and 1.0 over-solve the early systems: 1.3x the time).
 _FORCING_POWER = 0.5
 _NEWTON_SOLVERS = ("auto", "cd", "cg")
 
@@ -422,7 +424,7 @@ class CoordinateDescent(Solver):
         ws32 = ws.astype(np.int32)
         intercept = state.intercept
         newton = self.prox_newton and not self._is_ls(problem)
-        if newton and self._use_cg(problem, ws):
+        if newton and self._use_cg(problem):
             epochs, intercept, moved = self._newton_cg(
                 problem, x, lin, state.grad, state.fun, intercept
             )
@@ -530,7 +532,7 @@ class CoordinateDescent(Solver):
                 break
         return epochs, intercept
 
-    def _use_cg(self, problem, ws) -> bool:
+    def _use_cg(self, problem) -> bool:
         """Newton-CG for a smooth penalty: then the working set is every feature (all-zero
         columns aside, which CG handles: their rows of ``H`` are ``l2`` on the diagonal)."""
         return self.newton_solver != "cd" and problem.penalty.smooth
