@@ -14,7 +14,9 @@ iteration:
    epochs kept only when it lowers the objective; logistic: proximal-Newton iterations, each
    direction from compiled coordinate descent on the loss's quadratic model, then an Armijo
    line search; until the working set's own duality gap (its optimality violation without
-   an L1 part) is a fraction of the outer one;
+   an L1 part) is a fraction of the outer one. With a smooth penalty (L2 or none) the
+   direction is the Newton system's solution by preconditioned conjugate gradients instead
+   (one Newton step per outer iteration, inexact with a forcing term);
 4. the full gradient again, and the stopping quantity: the duality gap (or the largest
    optimality violation when there is no gap: no L1 part, or logistic with an L2 part)."""
 
@@ -44,6 +46,14 @@ _INNER_FRACTION = 0.3
 _MAX_NEWTON = 100
 _MAX_INNER_EPOCHS = 20
 _INNER_RTOL = 0.3
+# Newton-CG (logistic, smooth penalty): conjugate-gradient iterations per Newton system at
+# most, and the fraction of ``tol`` below which the system's residual needs no reduction.
+_MAX_CG = 1000
+_CG_TOL_FRACTION = 0.3
+# Forcing term min(0.5, ||g||_inf ** power): 0.5 measured fastest on the benchmark problem
+# (0.75 and 1.0 over-solve the early systems: 1.3x the time).
+_FORCING_POWER = 0.5
+_NEWTON_SOLVERS = ("auto", "cd", "cg")
 
 
 @dataclass
@@ -80,6 +90,14 @@ class CoordinateDescent(Solver):
         from compiled coordinate descent on the loss's quadratic model and an Armijo line
         search (the glmnet scheme); False: proximal coordinate-gradient steps with step
         ``4 / ||X_j||^2``.
+    newton_solver : {"auto", "cd", "cg"}, default="auto"
+        How a proximal-Newton direction is computed (logistic datafit, ``prox_newton``):
+        ``"cd"``, coordinate descent on the quadratic model (any penalty); ``"cg"``,
+        preconditioned conjugate gradients on the Newton system ``(X^T D X / n + l2 I) d =
+        -g`` (smooth penalties only: L2 or none), each iteration two matrix-vector products
+        with ``X``, stopped by an inexact-Newton forcing term ``min(0.5, sqrt(||g||_inf))``
+        relative to ``||g||``, or once the predicted gradient is below a fraction of
+        ``tol``; ``"auto"``, ``"cg"`` for smooth penalties and ``"cd"`` otherwise.
     fit_intercept : bool, default=False
         Also fit an unpenalized intercept ``b`` (``X w + b``), updated exactly (least
         squares) or by a safeguarded Newton step (logistic) after every epoch. It is
@@ -99,8 +117,9 @@ class CoordinateDescent(Solver):
     Notes
     -----
     ``Result`` extra fields: ``gap`` (duality gap, NaN where not defined), ``n_epochs`` (all
-    epochs, over all working sets), ``n_screened`` (features removed by screening). The
-    history records ``gap``, ``ws_size`` and ``n_epochs`` per outer iteration.
+    epochs, over all working sets; conjugate-gradient iterations count as epochs),
+    ``n_screened`` (features removed by screening). The history records ``gap``,
+    ``ws_size`` and ``n_epochs`` per outer iteration.
 
     Examples
     --------
@@ -126,6 +145,7 @@ class CoordinateDescent(Solver):
         screening: bool = True,
         anderson: bool = True,
         prox_newton: bool = True,
+        newton_solver: str = "auto",
         fit_intercept: bool = False,
         ws_min_size: int = 10,
         max_epochs: int = 50_000,
@@ -138,6 +158,7 @@ class CoordinateDescent(Solver):
         self.screening = screening
         self.anderson = anderson
         self.prox_newton = prox_newton
+        self.newton_solver = newton_solver
         self.fit_intercept = fit_intercept
         self.ws_min_size = ws_min_size
         self.max_epochs = max_epochs
@@ -150,6 +171,10 @@ class CoordinateDescent(Solver):
         super()._validate_params()
         check_scalar(self.ws_min_size, "ws_min_size", kind=int, min_value=1)
         check_scalar(self.max_epochs, "max_epochs", kind=int, min_value=1)
+        if self.newton_solver not in _NEWTON_SOLVERS:
+            raise ValueError(
+                f"newton_solver must be one of {_NEWTON_SOLVERS}, got {self.newton_solver!r}."
+            )
 
     def check_problem(self, problem) -> None:
         super().check_problem(problem)
@@ -157,6 +182,11 @@ class CoordinateDescent(Solver):
             raise TypeError(
                 "solver 'cd' handles LeastSquares and Logistic datafits; got "
                 f"{type(problem.datafit).__name__} (use solver='bcd')."
+            )
+        if self.newton_solver == "cg" and not problem.penalty.smooth:
+            raise ValueError(
+                "newton_solver='cg' needs a smooth penalty (L2 or none); got "
+                f"{type(problem.penalty).__name__} (use newton_solver='cd' or 'auto')."
             )
 
     # ------------------------------------------------------------------ helpers
@@ -190,7 +220,8 @@ class CoordinateDescent(Solver):
             x = np.array(check_array(x0, "x0", ndim=1, shape=(p,)), dtype=float)
             if problem.penalty.positive:
                 x = np.maximum(x, 0.0)
-        aux = datafit.init_aux(x)
+        # X @ 0 is a pass over X for nothing.
+        aux = datafit.init_aux(x) if x.any() else np.zeros(datafit.n_samples)
         lin = datafit.y - aux if self._is_ls(problem) else aux.copy()
         lin = np.ascontiguousarray(lin, dtype=float)
         intercept = self._update_intercept(problem, lin, 50) if self.fit_intercept else 0.0
@@ -393,7 +424,14 @@ class CoordinateDescent(Solver):
         ws32 = ws.astype(np.int32)
         intercept = state.intercept
         newton = self.prox_newton and not self._is_ls(problem)
-        if newton:
+        if newton and self._use_cg(problem):
+            epochs, intercept, moved = self._newton_cg(
+                problem, x, lin, state.grad, state.fun, intercept
+            )
+            if not moved:  # the line search failed (round-off): coordinate descent instead
+                extra, intercept = self._prox_newton(problem, x, lin, ws, target, intercept)
+                epochs += extra
+        elif newton:
             epochs, intercept = self._prox_newton(problem, x, lin, ws, target, intercept)
         while not newton and epochs < self.max_epochs:
             self._epochs(problem, x, lin, ws32, 1)
@@ -493,6 +531,87 @@ class CoordinateDescent(Solver):
             if step == 0.0 or whole or self._ws_stop(problem, x, lin, ws, target):
                 break
         return epochs, intercept
+
+    def _use_cg(self, problem) -> bool:
+        """Newton-CG for a smooth penalty: then the working set is every feature (all-zero
+        columns aside, which CG handles: their rows of ``H`` are ``l2`` on the diagonal)."""
+        return self.newton_solver != "cd" and problem.penalty.smooth
+
+    def _newton_cg(self, problem, x, lin, grad, fun, intercept):
+        """One Newton step with a truncated-CG direction and an Armijo line search.
+
+        With a smooth penalty the proximal-Newton model is a ridge-like quadratic; its
+        minimizer solves ``H d = -g`` with ``H = X^T diag(l'') X / n + l2 I``. Conjugate
+        gradients need ``H`` only through products (``X p`` then ``X^T (l'' X p)``: two
+        passes over ``X``, BLAS for dense designs, against ``n p^2`` to form ``H`` for a
+        Cholesky factorization), and converge fast on the well-conditioned systems of
+        regularized GLMs. The loop is written out rather than calling
+        ``scipy.sparse.linalg.cg`` so that ``q = X d`` is accumulated from the products
+        already computed: the line search and the update of ``z = X w`` need no further
+        pass over ``X``. ``grad`` is the datafit gradient and ``fun`` the objective at ``x``
+        (both known from the outer iteration). Returns the number of
+        CG iterations, the intercept and whether the line search found a decrease.
+        """
+        datafit, pen = problem.datafit, problem.penalty
+        n, y, X = datafit.n_samples, datafit.y, datafit.X
+        s = expit(-y * lin)
+        lpp = s * (1.0 - s) / n  # curvature of the mean loss in z
+        g = grad + pen.l2 * x
+        g_inf = float(np.abs(g).max(initial=0.0))
+        if g_inf == 0.0:
+            return 0, intercept, True
+        # Forcing term: inexact early, superlinear near the optimum (Eisenstat-Walker);
+        # the residual never needs to go below a fraction of tol, the outer stopping test.
+        eta = min(0.5, g_inf**_FORCING_POWER)
+        stop_2 = eta * float(np.sqrt(g @ g))
+        stop_inf = _CG_TOL_FRACTION * self.tol
+        # Jacobi-like preconditioner from the column norms and the mean curvature: it
+        # corrects the features' scales without a pass over the squared design.
+        precond = 1.0 / (datafit.norms2 * lpp.mean() + pen.l2 + 1e-300)
+        d = np.zeros_like(x)
+        q = np.zeros(n)
+        r = -g
+        z = precond * r
+        direction = z.copy()
+        rz = float(r @ z)
+        iterations = 0
+        while iterations < min(_MAX_CG, 2 * x.size + 10):
+            iterations += 1
+            Xp = np.asarray(X @ direction).ravel()
+            Hp = np.asarray(X.T @ (lpp * Xp)).ravel() + pen.l2 * direction
+            curvature = float(direction @ Hp)
+            if not curvature > 0.0:  # H is only semi-definite without an L2 part
+                break
+            alpha = rz / curvature
+            d += alpha * direction
+            q += alpha * Xp
+            r -= alpha * Hp
+            if float(np.sqrt(r @ r)) <= stop_2 or float(np.abs(r).max()) <= stop_inf:
+                break
+            z = precond * r
+            rz_new = float(r @ z)
+            direction = z + (rz_new / rz) * direction
+            rz = rz_new
+        if not d.any():
+            return iterations, intercept, False
+        # Armijo backtracking on the exact objective (CG iterates are descent directions).
+        f0 = fun
+        slope = float(g @ d)
+        step = 1.0
+        while step > 1e-10:
+            trial = datafit.value(None, lin + step * q) + pen.value(x + step * d)
+            if trial <= f0 + 1e-4 * step * slope + 1e-15 * abs(f0):
+                break
+            step *= 0.5
+        else:
+            step = 0.0
+        if step == 0.0:
+            return iterations, intercept, False
+        x += step * d
+        lin += step * q
+        if self.fit_intercept:
+            intercept += self._update_intercept(problem, lin)
+        return iterations, intercept, True
 
     def _extrapolate(self, problem, x, lin, ws, history):
         """Anderson extrapolation of the last iterates; kept only if the objective drops."""
