@@ -349,7 +349,7 @@ def test_bad_problem(kwargs, match):
     "option, value, error",
     [("formulation", "primal", ValueError), ("memory", 0, ValueError),
      ("polish", "yes", TypeError), ("plan_format", "coo", ValueError),
-     ("ftol", -1.0, ValueError), ("patience", 0, ValueError)],
+     ("ftol", -1.0, ValueError), ("patience", 0, ValueError), ("init", "random", ValueError)],
 )
 def test_bad_options(option, value, error):
     with pytest.raises(error, match=option):
@@ -370,3 +370,24 @@ def test_inputs_are_not_modified():
         sparsity_constrained_ot(a, b, C, k=3, reg=0.1, formulation="dual")
     for original, copy in zip((C, a, b), copies):
         np.testing.assert_array_equal(original, copy)
+
+
+@pytest.mark.parametrize("formulation", ["semi_dual", "dual"])
+def test_entropic_start_reaches_the_same_optimum(formulation):
+    C = _clouds(40, 35, seed=14)
+    common = dict(k=40, reg=0.05, formulation=formulation)
+    warm = sparsity_constrained_ot([], [], C, init="sinkhorn", **common)
+    cold = sparsity_constrained_ot([], [], C, init="zeros", **common)
+    assert warm.success and cold.success
+    np.testing.assert_allclose(warm.plan.toarray(), cold.plan.toarray(), atol=1e-8)
+    assert warm.fun == pytest.approx(cold.fun, rel=1e-10)
+
+
+def test_constant_cost_start_is_finite():
+    # A zero cost spread makes the entropic start's reg tiny: it must not fail. Every entry
+    # ties, where the tie-broken gradient is no ascent direction: the solve may stall, and
+    # then says so.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = sparsity_constrained_ot([], [], np.ones((6, 4)), k=2, reg=0.1)
+    assert np.isfinite(res.fun) and res.nnz_per_column.max() <= 2
