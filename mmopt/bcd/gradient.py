@@ -7,7 +7,8 @@ whole gradient at every iteration; forming it from the maintained ``X w`` costs
 
 * least squares: ``H = X^T X / n``. Its columns are formed on demand and kept in a
   least-recently-used cache of bounded size (a ``p``-by-``capacity`` Fortran buffer); when
-  ``p`` columns fit, this is the whole Gram matrix, built lazily;
+  ``p`` columns fit, this is the whole Gram matrix, built lazily. The same cache gives a
+  variable block's bound matrix ``H[b][:, b]`` for its step;
 * label propagation: ``H = A``, sparse, and the gradient is ``A x - c`` with ``A x`` already
   maintained: only the entries in the rows of the block's columns of ``A`` change, and they
   are re-formed from ``A x``, ``O(nnz(A[:, b]))`` and identical to a recomputation.
@@ -150,6 +151,21 @@ class IncrementalGradient:
         if block.size > self.capacity:
             grad += self.gram_columns(block) @ delta
             return
+        _kernels.add_columns(self._gram, self._cached_slots(block), delta, grad)
+
+    def block_hessian(self, block) -> np.ndarray | None:
+        """``H[block][:, block]`` read from the Gram cache (least squares), None otherwise.
+
+        Variable blocks need this matrix (or its largest eigenvalue) before the move; taking
+        it from the cache forms the block's columns once, for the step and the update.
+        """
+        block = np.asarray(block, dtype=np.intp)
+        if self._A is not None or block.size > self.capacity:
+            return None
+        return self._gram[np.ix_(block, self._cached_slots(block))]
+
+    def _cached_slots(self, block) -> np.ndarray:
+        """Cache slots of the columns ``block``, forming the missing ones."""
         slots = np.empty(block.size, dtype=np.int32)
         missing = []
         for i, j in enumerate(block.tolist()):
@@ -171,4 +187,4 @@ class IncrementalGradient:
                 self._gram[:, slot] = G[:, m]
                 self._slots[int(block[i])] = slot
                 slots[i] = slot
-        _kernels.add_columns(self._gram, slots, delta, grad)
+        return slots

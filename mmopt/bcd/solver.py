@@ -414,10 +414,19 @@ class BlockCoordinateDescent(Solver):
         totals = np.bincount(self._block_id, weights=scores, minlength=n_blocks)
         return self._blocks[int(np.argmax(totals))]
 
+    def _variable_block_bound(self, problem, block):
+        """The datafit's bound on a block without a per-block cache entry (variable blocks),
+        read from the Gram cache when the gradient is maintained incrementally."""
+        if self._incremental is not None:
+            H = self._incremental.block_hessian(block)
+            if H is not None:
+                return H
+        return problem.datafit.hessian_bound(block)
+
     def _block_matrix(self, problem, block, block_index):
         if block_index is not None and block_index in self._cache:
             return self._cache[block_index]
-        H = problem.datafit.hessian_bound(block) + problem.penalty.l2 * np.eye(len(block))
+        H = self._variable_block_bound(problem, block) + problem.penalty.l2 * np.eye(len(block))
         entry = (H, _cholesky(H))
         if block_index is not None:
             self._cache[block_index] = entry
@@ -426,7 +435,7 @@ class BlockCoordinateDescent(Solver):
     def _block_lipschitz(self, problem, block, block_index):
         if block_index is not None:
             return self._L_block[block_index]
-        H = problem.datafit.hessian_bound(block)
+        H = self._variable_block_bound(problem, block)
         return float(np.linalg.eigvalsh(H)[-1]) + problem.penalty.l2
 
     # ------------------------------------------------------------------ one step

@@ -154,3 +154,23 @@ def test_incremental_needs_a_quadratic_datafit():
         BlockCoordinateDescent(gradient="sometimes").solve(problem)
     with pytest.raises(TypeError, match="LeastSquares or LabelPropagationQuadratic"):
         IncrementalGradient(problem.datafit)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_block_hessian_from_the_cache(sparse):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((20, 12)) * (rng.random((20, 12)) < 0.5)
+    f = LeastSquares(sp.csc_matrix(X) if sparse else X, rng.standard_normal(20))
+    inc = IncrementalGradient(f, max_bytes=8 * 12 * 4)  # 4 columns: evictions
+    for _ in range(10):
+        block = rng.choice(12, size=3, replace=False)
+        np.testing.assert_allclose(inc.block_hessian(block), f.hessian_bound(block), atol=1e-13)
+    assert inc.block_hessian(np.arange(5)) is None  # more columns than the cache holds
+
+
+def test_gsq_matrix_variable_blocks_paths_agree(paper_problem):
+    kw = dict(selection="gsq", partition="variable", update="matrix", block_size=5, max_iter=300)
+    rec = _solve(paper_problem, gradient="recompute", **kw)
+    inc = _solve(paper_problem, gradient="incremental", **kw)
+    np.testing.assert_allclose(inc.x, rec.x, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(inc.fun, rec.fun, rtol=1e-10)
