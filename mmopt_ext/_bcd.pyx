@@ -239,6 +239,27 @@ def add_columns_sparse(
                     out[indices[s]] += c * data[s]
 
 
+def gram_columns_sparse(
+    const double[::1] data, const int[::1] indices, const int[::1] indptr,
+    const double[::1] rdata, const int[::1] rindices, const int[::1] rindptr,
+    const int[::1] cols, double[::1, :] out,
+):
+    """``out[:, k] += X^T X[:, cols[k]]`` for ``X`` given both as CSC and as CSR (``r*``).
+
+    Column ``j`` of the Gram matrix is the sum of the rows of ``X`` that column ``j`` touches,
+    weighted by its entries: the cost is those rows' non-zeros, not ``nnz(X)``.
+    """
+    cdef Py_ssize_t k, s, t, i
+    cdef double v
+    with nogil:
+        for k in range(cols.shape[0]):
+            for s in range(indptr[cols[k]], indptr[cols[k] + 1]):
+                i = indices[s]
+                v = data[s]
+                for t in range(rindptr[i], rindptr[i + 1]):
+                    out[rindices[t], k] += v * rdata[t]
+
+
 def cd_quadratic_model_dense(
     const double[::1, :] X,
     const double[::1] curvature,

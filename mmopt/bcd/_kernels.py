@@ -117,6 +117,32 @@ def add_columns(X, ws, coef, out) -> None:
         _bcd.add_columns_dense(X, _ws(ws), coef, out)
 
 
+def gram_columns(X, X_csr, cols) -> np.ndarray:
+    """``X.T @ X[:, cols]`` as a dense Fortran array, for a CSC ``X`` and its CSR copy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> X = sp.csc_matrix(np.array([[1.0, 0, 2], [0, 3, 1]]))
+    >>> gram_columns(X, X.tocsr(), [2])
+    array([[2.],
+           [3.],
+           [5.]])
+    """
+    out = np.zeros((X.shape[1], len(cols)), order="F")
+    _bcd.gram_columns_sparse(*_csc(X), *_csr(X_csr), _ws(cols), out)
+    return out
+
+
+def _csr(X):
+    return (
+        np.ascontiguousarray(X.data, dtype=float),
+        X.indices.astype(np.int32, copy=False),
+        X.indptr.astype(np.int32, copy=False),
+    )
+
+
 def cd_quadratic_model(
     X, curvature, hdiag, w, r, q, ws, l1, l2, positive=False, n_epochs=1, compute_h=False
 ):
