@@ -1,0 +1,94 @@
+"""Optimal transport problems between random point clouds, as in the OT benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.distance import cdist
+from sklearn.utils import check_random_state
+
+from mmopt._core.validation import check_choice, check_scalar
+
+__all__ = ["make_ot_problem"]
+
+
+def make_ot_problem(
+    n_source: int = 1000,
+    n_target: int | None = None,
+    *,
+    n_features: int = 2,
+    shift: float = 0.0,
+    weights: str = "uniform",
+    metric: str = "sqeuclidean",
+    normalize_cost: bool = True,
+    return_points: bool = False,
+    random_state: int | np.random.RandomState | None = None,
+):
+    """Histograms and cost between two Gaussian point clouds.
+
+    The source points are standard normal in ``n_features`` dimensions, the target points
+    standard normal shifted by ``shift`` along every axis; the cost is the ``metric``
+    (:func:`scipy.spatial.distance.cdist`) between them, divided by its maximum unless
+    ``normalize_cost=False``. This is the problem of the Sinkhorn and SNS benchmarks
+    (Tang et al.): ``reg`` is then relative to the cost's scale.
+
+    Parameters
+    ----------
+    n_source : int, default=1000
+        Number of source points (rows of the cost).
+    n_target : int, optional
+        Number of target points (columns); ``n_source`` when None.
+    n_features : int, default=2
+        Dimension of the points.
+    shift : float, default=0.0
+        Offset of the target cloud along every axis.
+    weights : {"uniform", "random"}, default="uniform"
+        Uniform histograms, or random positive ones (uniform on [0.5, 1.5], rescaled); both
+        sum to 1.
+    metric : str, default="sqeuclidean"
+        Cost between points.
+    normalize_cost : bool, default=True
+        Divide the cost by its maximum.
+    return_points : bool, default=False
+        Also return the source and target points.
+    random_state : int, RandomState instance or None
+        Seed, as in scikit-learn.
+
+    Returns
+    -------
+    a : ndarray of shape (n_source,)
+    b : ndarray of shape (n_target,)
+    C : ndarray of shape (n_source, n_target)
+    source, target : ndarray
+        Only with ``return_points=True``.
+
+    Examples
+    --------
+    >>> from mmopt.datasets import make_ot_problem
+    >>> from mmopt.ot import sinkhorn
+    >>> a, b, C = make_ot_problem(50, 40, shift=1.0, random_state=0)
+    >>> C.shape, float(C.max()), round(float(a.sum()), 12) == round(float(b.sum()), 12)
+    ((50, 40), 1.0, True)
+    >>> bool(sinkhorn(a, b, C, reg=1e-2).success)
+    True
+    """
+    n_source = check_scalar(n_source, "n_source", kind=int, min_value=1)
+    n_target = n_source if n_target is None else check_scalar(
+        n_target, "n_target", kind=int, min_value=1
+    )
+    n_features = check_scalar(n_features, "n_features", kind=int, min_value=1)
+    shift = check_scalar(shift, "shift")
+    check_choice(weights, "weights", ("uniform", "random"))
+    rng = check_random_state(random_state)
+    source = rng.standard_normal((n_source, n_features))
+    target = rng.standard_normal((n_target, n_features)) + shift
+    if weights == "uniform":
+        a, b = np.full(n_source, 1.0 / n_source), np.full(n_target, 1.0 / n_target)
+    else:
+        a, b = rng.uniform(0.5, 1.5, n_source), rng.uniform(0.5, 1.5, n_target)
+        a, b = a / a.sum(), b / b.sum()
+    C = cdist(source, target, metric=metric)
+    if normalize_cost and C.max() > 0:
+        C = C / C.max()
+    if return_points:
+        return a, b, C, source, target
+    return a, b, C
