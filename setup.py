@@ -13,6 +13,21 @@ from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("MMOPT_CYTHON_DEBUG", "0") == "1"
 NO_OPENMP = os.environ.get("MMOPT_NO_OPENMP", "0") == "1"
+NO_LIBMVEC = os.environ.get("MMOPT_NO_LIBMVEC", "0") == "1"
+# Kernels that include mmopt_ext/_expsum.h (SIMD exp through glibc's libmvec).
+SIMD_EXP_MODULES = {"mmopt_ext._sinkhorn"}
+
+LIBMVEC_PROBE = textwrap.dedent(
+    """
+    #include <emmintrin.h>
+    __m128d _ZGVbN2v_exp(__m128d);
+    int main(void) {
+        double out[2];
+        _mm_storeu_pd(out, _ZGVbN2v_exp(_mm_set1_pd(0.0)));
+        return out[0] == 1.0 ? 0 : 1;
+    }
+    """
+)
 
 OPENMP_PROBE = textwrap.dedent(
     """
@@ -22,34 +37,48 @@ OPENMP_PROBE = textwrap.dedent(
 )
 
 
-def _compiler_has_openmp(compiler) -> bool:
-    """Compile and link a tiny OpenMP program with the compiler that will build the kernels."""
+def _compiles_and_links(compiler, program, name, compile_args=(), link_args=()) -> bool:
+    """Compile and link a tiny program with the compiler that will build the kernels."""
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "probe_openmp.c"
-        source.write_text(OPENMP_PROBE)
+        source = Path(tmp) / f"probe_{name}.c"
+        source.write_text(program)
         try:
             objects = compiler.compile(
-                [str(source)], output_dir=tmp, extra_postargs=["-fopenmp"]
+                [str(source)], output_dir=tmp, extra_postargs=list(compile_args)
             )
             compiler.link_executable(
-                objects, "probe_openmp", output_dir=tmp, extra_postargs=["-fopenmp"]
+                objects, f"probe_{name}", output_dir=tmp, extra_postargs=list(link_args)
             )
-        except Exception:  # any compile or link error means: no usable OpenMP
+        except Exception:  # any compile or link error means: not usable here
             return False
     return True
 
 
 class BuildExtWithOpenMP(build_ext):
-    """Add ``-fopenmp`` when the compiler in use supports it; build serially otherwise."""
+    """Add ``-fopenmp`` when the compiler in use supports it; build serially otherwise.
+
+    Also links glibc's vector math library (libmvec) into the kernels that use SIMD ``exp``
+    (``_expsum.h``) when a probe program using it compiles and links; scalar ``exp`` otherwise.
+    """
 
     def build_extensions(self):
-        use_openmp = not NO_OPENMP and _compiler_has_openmp(self.compiler)
+        use_openmp = not NO_OPENMP and _compiles_and_links(
+            self.compiler, OPENMP_PROBE, "openmp", ["-fopenmp"], ["-fopenmp"]
+        )
         if not use_openmp:
             print("mmopt: building the kernels without OpenMP (prange runs serially)")
+        use_libmvec = not NO_LIBMVEC and _compiles_and_links(
+            self.compiler, LIBMVEC_PROBE, "libmvec", (), ["-lmvec", "-lm"]
+        )
+        if not use_libmvec:
+            print("mmopt: no libmvec; the Sinkhorn kernel uses scalar exp")
         for ext in self.extensions:
             if use_openmp:
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
+            if use_libmvec and ext.name in SIMD_EXP_MODULES:
+                ext.define_macros.append(("MMOPT_HAVE_LIBMVEC", "1"))
+                ext.extra_link_args.extend(["-lmvec", "-lm"])
         super().build_extensions()
 
 
@@ -59,7 +88,7 @@ def _extensions():
         Extension(
             f"mmopt_ext.{Path(path).stem}",
             [path],
-            include_dirs=[np.get_include()],
+            include_dirs=[np.get_include(), "mmopt_ext"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=["-O3"],
         )

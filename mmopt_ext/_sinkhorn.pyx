@@ -1,11 +1,53 @@
-"""Log-domain Sinkhorn half-step: one log-sum-exp per row, rows in parallel."""
+"""Log-domain Sinkhorn half-step: one log-sum-exp per row, rows in parallel.
+
+The sums of exponentials run through ``_expsum.h`` (glibc's SIMD ``exp`` where available).
+"""
+
+import numpy as np
 
 from cython.parallel cimport prange
 from libc.math cimport exp, log, INFINITY
+from libc.stdlib cimport free, malloc, realloc
 
-# exp(-50) = 2e-22: below this (relative to the row's largest term) a term cannot change a
-# double-precision sum of up to 1e6 terms.
-cdef double _NEGLIGIBLE = -50.0
+cdef extern from "_expsum.h" nogil:
+    ctypedef double (*mmopt_expsum_fn)(const double*, const double*, double, double, Py_ssize_t)
+    mmopt_expsum_fn mmopt_expsum
+    double MMOPT_EXPSUM_TINY
+    double MMOPT_EXPSUM_HUGE
+    const char *mmopt_expsum_names[4]
+    int mmopt_expsum_path
+    int mmopt_expsum_available(int which)
+    int mmopt_expsum_select(int which)
+    ctypedef void (*mmopt_exprow_fn)(
+        const double*, const double*, double, double, Py_ssize_t, double*
+    )
+    mmopt_exprow_fn mmopt_exprow
+    int mmopt_binary_exponent(double x)
+
+mmopt_expsum_select(-1)
+
+_PATHS = tuple(mmopt_expsum_names[i].decode() for i in range(4))
+
+
+def exp_paths():
+    """The names of the ``exp`` paths this build and CPU can run, slowest first."""
+    return tuple(name for i, name in enumerate(_PATHS) if mmopt_expsum_available(i))
+
+
+def exp_path():
+    """The name of the ``exp`` path in use."""
+    return _PATHS[mmopt_expsum_path]
+
+
+def select_exp_path(name=None):
+    """Use the ``exp`` path ``name`` (None: the fastest available); returns the name in use.
+
+    Meant for tests and benchmarks: every path computes the same sums up to rounding.
+    """
+    which = -1 if name is None else (_PATHS.index(name) if name in _PATHS else 99)
+    if mmopt_expsum_select(which) < 0:
+        raise ValueError(f"exp path {name!r} is not available here; available: {exp_paths()}")
+    return exp_path()
 
 
 def log_half_step(
@@ -25,13 +67,13 @@ def log_half_step(
         f_new_i = reg * (log_a_i - logsumexp_j t_ij)
         row_mass_i = sum_j exp(f_old_i / reg + t_ij)     # row sum of the plan at (f_old, g)
 
-    The row sums come out of the same pass, so the marginal error of the previous iterate
-    costs nothing. Terms more than 50 below the row's largest exponent are skipped: together
-    they change the sum by less than ``m * exp(-50)`` (2e-22 m) relative, and at small
-    ``reg`` they are most of the row, whose ``exp`` calls would otherwise dominate (and fall
-    into slow subnormal arithmetic). Calling it with ``C.T`` (C-contiguous) and the roles of ``f``/``g``
-    swapped gives the column update. Rows are independent: the result does not depend on
-    the number of threads.
+    One pass per row: the previous potential ``f_old_i`` shifts the exponents, so the sum of
+    exponentials is the current plan's row sum, which sets both outputs (``f_new_i = f_old_i
+    + reg * (log_a_i - log row_mass_i)``). Exponents are clamped to [-700, 700]; a row whose
+    sum falls outside [1e-250, 1e250] (far from balanced: early iterations, small ``reg``)
+    is redone exactly with its largest exponent as the shift. Calling it with ``C.T``
+    (C-contiguous) and the roles of ``f``/``g`` swapped gives the column update. Rows are
+    independent: the result does not depend on the number of threads.
     """
     cdef Py_ssize_t n = C.shape[0]
     cdef Py_ssize_t m = C.shape[1]
@@ -40,16 +82,209 @@ def log_half_step(
     cdef double t, largest, total, lse
     with nogil:
         for i in prange(n, schedule="static", num_threads=n_threads):
-            largest = -INFINITY
+            total = mmopt_expsum(&C[i, 0], &g[0], f_old[i], inv_reg, m)
+            if MMOPT_EXPSUM_TINY <= total <= MMOPT_EXPSUM_HUGE:
+                f_new[i] = f_old[i] + reg * (log_a[i] - log(total))
+                row_mass[i] = total
+            else:
+                largest = -INFINITY
+                for j in range(m):
+                    t = (g[j] - C[i, j]) * inv_reg
+                    if t > largest:
+                        largest = t
+                total = mmopt_expsum(&C[i, 0], &g[0], -largest * reg, inv_reg, m)
+                lse = largest + log(total)
+                f_new[i] = reg * (log_a[i] - lse)
+                row_mass[i] = exp(f_old[i] * inv_reg + lse)
+
+
+cdef inline double _row_sum(
+    const double *c, const double *g, double shift, double inv_reg, Py_ssize_t m
+) noexcept nogil:
+    """sum_j exp((shift + g_j - c_j) * inv_reg), exact at any magnitude (inf on overflow)."""
+    cdef double total = mmopt_expsum(c, g, shift, inv_reg, m)
+    cdef double largest = -INFINITY
+    cdef double t
+    cdef Py_ssize_t j
+    if MMOPT_EXPSUM_TINY <= total <= MMOPT_EXPSUM_HUGE:
+        return total
+    for j in range(m):
+        t = (shift + g[j] - c[j]) * inv_reg
+        if t > largest:
+            largest = t
+    if largest == -INFINITY:
+        return 0.0
+    # exp((shift + g_j - c_j) / reg - largest) through the same routine: shift' = shift - largest reg.
+    total = mmopt_expsum(c, g, shift - largest / inv_reg, inv_reg, m)
+    return exp(largest + log(total))
+
+
+def plan_row_sums(
+    const double[:, ::1] C,
+    const double[::1] f,
+    const double[::1] g,
+    double reg,
+    double[::1] out,
+    int n_threads,
+):
+    """Row sums of the plan ``exp((f_i + g_j - C_ij) / reg)`` without forming it.
+
+    Exact at any magnitude: 0 where every entry underflows, ``inf`` where the sum overflows.
+    Pass ``C.T`` (C-contiguous) with ``f``, ``g`` swapped for the column sums.
+    """
+    cdef Py_ssize_t n = C.shape[0]
+    cdef Py_ssize_t m = C.shape[1]
+    cdef Py_ssize_t i
+    cdef double inv_reg = 1.0 / reg
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            out[i] = _row_sum(&C[i, 0], &g[0], f[i], inv_reg, m)
+
+
+# Magnitude bins of the sparsification: bin b of a line holds its entries of binary exponent
+# b below that of the line's sum (factor-2 bins). The last bin gathers everything from
+# 2**-(_N_BINS - 1) of the line's sum down and is always dropped (its entries' total is at
+# most m * 2**-62 of the line's mass).
+cdef enum:
+    _N_BINS = 64
+
+
+cdef inline int _bin(int top, double value) noexcept nogil:
+    cdef int b = top - mmopt_binary_exponent(value)
+    if b < 0:
+        return 0
+    if b > _N_BINS - 1:
+        return _N_BINS - 1
+    return b
+
+
+cdef inline int _cutoff(const double *mass, double budget) noexcept nogil:
+    """First bin to keep: bins are dropped from the smallest up while their total fits."""
+    cdef int b = _N_BINS - 1
+    cdef double dropped = 0.0
+    while b > 0 and dropped + mass[b - 1] <= budget:
+        dropped += mass[b - 1]
+        b -= 1
+    return b
+
+
+cdef int _line_top(double total) noexcept nogil:
+    """Binary exponent of a line's sum; -1 for a line with (numerically) no mass, whose
+    entries its own rule never keeps (they are clamped exponentials, not its mass)."""
+    if not total > 1e-290:
+        return -1
+    return mmopt_binary_exponent(total)
+
+
+def sparsify_plan(
+    const double[:, ::1] C,
+    const double[::1] f,
+    const double[::1] g,
+    double reg,
+    const double[::1] row_sums,
+    const double[::1] col_sums,
+    double row_budget,
+    double col_budget,
+):
+    """The sparsified plan of Sinkhorn-Newton-Sparse, in CSR arrays ``(indptr, indices, data)``.
+
+    Entries ``P_ij = exp((f_i + g_j - C_ij) / reg)`` are binned per row (per column) by
+    their binary exponent below that of the row's (column's) sum; whole bins are dropped
+    from the smallest up while their cumulative mass stays within ``row_budget``
+    (``col_budget``); an entry is kept when its row or its column keeps it. Entries below
+    ``2**-62`` of both their row's and their column's sum are always dropped.
+    ``row_sums``/``col_sums`` are the plan's marginals (from :func:`plan_row_sums`).
+
+    Two passes over the rows, each computing the row's exponentials at once (SIMD ``exp``):
+    the first bins the masses of every row and every column, the second collects the kept
+    entries. Serial: the column bins are shared by all rows.
+    """
+    cdef Py_ssize_t n = C.shape[0]
+    cdef Py_ssize_t m = C.shape[1]
+    cdef Py_ssize_t i, j, nnz = 0, capacity = 4 * (n + m)
+    cdef double inv_reg = 1.0 / reg
+    cdef double value
+    cdef int top, b
+    cdef double row_mass[_N_BINS]
+    row_cut_arr = np.zeros(n, dtype=np.int32)
+    col_cut_arr = np.zeros(m, dtype=np.int32)
+    row_top_arr = np.array([_line_top(x) for x in row_sums], dtype=np.int32)
+    col_top_arr = np.array([_line_top(x) for x in col_sums], dtype=np.int32)
+    col_mass_arr = np.zeros((m, _N_BINS))
+    values_arr = np.empty(m)
+    indptr_arr = np.zeros(n + 1, dtype=np.int64)
+    cdef int[::1] row_cut = row_cut_arr
+    cdef int[::1] col_cut = col_cut_arr
+    cdef int[::1] row_top = row_top_arr
+    cdef int[::1] col_top = col_top_arr
+    cdef double[:, ::1] col_mass = col_mass_arr
+    cdef double[::1] values = values_arr
+    cdef long long[::1] indptr = indptr_arr
+    cdef int *indices = NULL
+    cdef double *data = NULL
+    cdef void *grown
+    cdef bint out_of_memory = False
+    with nogil:
+        for i in range(n):
+            mmopt_exprow(&C[i, 0], &g[0], f[i], inv_reg, m, &values[0])
+            for j in range(_N_BINS):
+                row_mass[j] = 0.0
+            top = row_top[i]
             for j in range(m):
-                t = (g[j] - C[i, j]) * inv_reg
-                if t > largest:
-                    largest = t
-            total = 0.0
+                value = values[j]
+                # The last bin is always dropped: its mass is never needed (skipping it
+                # spares most entries' scattered writes into the column bins).
+                if top >= 0:
+                    b = _bin(top, value)
+                    if b < _N_BINS - 1:
+                        row_mass[b] += value
+                if col_top[j] >= 0:
+                    b = _bin(col_top[j], value)
+                    if b < _N_BINS - 1:
+                        col_mass[j, b] += value
+            if top >= 0:
+                row_cut[i] = _cutoff(row_mass, row_budget)
+        for j in range(m):
+            if col_top[j] >= 0:
+                col_cut[j] = _cutoff(&col_mass[j, 0], col_budget)
+        indices = <int *>malloc(capacity * sizeof(int))
+        data = <double *>malloc(capacity * sizeof(double))
+        out_of_memory = indices == NULL or data == NULL
+        for i in range(n):
+            if out_of_memory:
+                break
+            mmopt_exprow(&C[i, 0], &g[0], f[i], inv_reg, m, &values[0])
+            top = row_top[i]
             for j in range(m):
-                t = (g[j] - C[i, j]) * inv_reg - largest
-                if t > _NEGLIGIBLE:
-                    total = total + exp(t)
-            lse = largest + log(total)
-            f_new[i] = reg * (log_a[i] - lse)
-            row_mass[i] = exp(f_old[i] * inv_reg + lse)
+                value = values[j]
+                if (top >= 0 and _bin(top, value) < row_cut[i]) or (
+                    col_top[j] >= 0 and _bin(col_top[j], value) < col_cut[j]
+                ):
+                    if nnz == capacity:
+                        capacity = 2 * capacity
+                        grown = realloc(indices, capacity * sizeof(int))
+                        if grown == NULL:
+                            out_of_memory = True
+                            break
+                        indices = <int *>grown
+                        grown = realloc(data, capacity * sizeof(double))
+                        if grown == NULL:
+                            out_of_memory = True
+                            break
+                        data = <double *>grown
+                    indices[nnz] = <int>j
+                    data[nnz] = value
+                    nnz += 1
+            indptr[i + 1] = nnz
+    try:
+        if out_of_memory:
+            raise MemoryError("sparsify_plan: out of memory for the sparsified plan")
+        indices_arr = np.empty(nnz, dtype=np.int32)
+        data_arr = np.empty(nnz)
+        if nnz:
+            indices_arr[:] = <int[:nnz]>indices
+            data_arr[:] = <double[:nnz]>data
+    finally:
+        free(indices)
+        free(data)
+    return indptr_arr, indices_arr, data_arr

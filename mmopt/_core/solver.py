@@ -43,12 +43,18 @@ class SolverState:
     to append to ``Result.history`` for this iteration. Solvers subclass it to add fields.
     A step returns a new state (or the old one updated after all its arrays were replaced), so
     that the loop can fall back to the previous state when a step fails.
+
+    ``intermediate`` marks an iterate of an auxiliary problem (a continuation stage, such as
+    the epsilon scaling of Sinkhorn-Newton-Sparse) whose ``fun`` and ``residual`` are the
+    auxiliary problem's: the loop records it in the history and passes it to the callback,
+    but never stops on its residual nor keeps it as the best iterate.
     """
 
     x: np.ndarray
     fun: float
     residual: float = np.inf
     record: dict[str, float] = field(default_factory=dict)
+    intermediate: bool = False
 
 
 class Solver(BaseEstimator):
@@ -146,7 +152,7 @@ class Solver(BaseEstimator):
         start = time.perf_counter()
         state = self._init_state(problem, x0)
         history: dict[str, list[float]] = {"fun": [], "residual": [], "time": []}
-        best = state
+        best, improved = state, False
         status = Status.MAX_ITER
         reason = None
         nit = 0
@@ -167,8 +173,8 @@ class Solver(BaseEstimator):
                 state, nit = new_state, iteration
                 elapsed = time.perf_counter() - start
                 _append(history, state, elapsed)
-                if _is_better(state.fun, best.fun, self.maximize):
-                    best = state
+                if not state.intermediate and _is_better(state.fun, best.fun, self.maximize):
+                    best, improved = state, True
                 progress.update(nit, state)
                 if self.callback is not None:
                     snapshot = self._make_result(
@@ -179,14 +185,18 @@ class Solver(BaseEstimator):
                     except StopIteration:
                         status, reason = Status.CALLBACK, None
                         break
-                if state.residual <= self.tol:
+                if state.residual <= self.tol and not state.intermediate:
                     status, reason = Status.CONVERGED, None
                     break
                 if stopping:
                     break
         except KeyboardInterrupt:
             status, reason = Status.INTERRUPTED, None
-            state = best
+            # Interrupted in a continuation stage before any better iterate of the problem
+            # itself: the latest iterate is the closest to a solution (solvers report the
+            # problem's own value and residual for it in their result fields).
+            if improved or not state.intermediate:
+                state = best
         finally:
             progress.close()
         elapsed = time.perf_counter() - start

@@ -34,12 +34,11 @@ def effective_n_threads(n_threads: int | None = None) -> int:
     """
     if not openmp_enabled():
         return 1
-    cpus = joblib.cpu_count()
     if n_threads is None:
         forced = _forced_threads.get()
         if forced is not None:
             return forced
-        return max(1, min(openmp_max_threads(), cpus))
+        return max(1, min(openmp_max_threads(), joblib.cpu_count()))
     try:
         n_threads = operator.index(n_threads)
     except TypeError:
@@ -47,7 +46,9 @@ def effective_n_threads(n_threads: int | None = None) -> int:
     if n_threads == 0:
         raise ValueError("n_threads must not be 0: use None, a positive or a negative integer.")
     if n_threads < 0:
-        n_threads = max(1, cpus + 1 + n_threads)
+        # (joblib reads the cgroup quota files: only asked when needed, kernels resolve
+        # their thread count on every call)
+        n_threads = max(1, joblib.cpu_count() + 1 + n_threads)
     return n_threads
 
 

@@ -155,28 +155,34 @@ class Sinkhorn(Solver):
     # ------------------------------------------------------------------------------ step
     def _step(self, problem, state):
         support, reg = self._support, problem.reg
-        if self._method == "log":
-            f, row_mass = log_half_step(
-                support.C, state.g, state.f, support.log_a, reg, n_threads=self._threads
-            )
-            g, _ = log_half_step(
-                self._Ct, f, state.g, support.log_b, reg, n_threads=self._threads
-            )
-        else:
-            u_old = np.exp(state.f / reg)
-            v_old = np.exp(state.g / reg)
-            Kv = self._K @ v_old
-            row_mass = u_old * Kv
-            u = support.a / Kv
-            v = support.b / (self._K.T @ u)
-            with np.errstate(divide="ignore"):
-                f, g = reg * np.log(u), reg * np.log(v)
+        f, g, row_mass = self._iteration(reg, state.f, state.g)
         # After the column update the plan's columns sum to b exactly, so sum(P) = mass.
         fun = float(support.a @ f + support.b @ g) - reg * support.mass
         error = float(np.abs(row_mass - support.a).sum())
         return _SinkhornState(
             x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g
         )
+
+    def _iteration(self, reg, f, g):
+        """One row and one column update at ``reg``; also the row sums of the plan at the
+        incoming ``(f, g)``."""
+        support = self._support
+        if self._method == "log":
+            f_new, row_mass = log_half_step(
+                support.C, g, f, support.log_a, reg, n_threads=self._threads
+            )
+            g_new, _ = log_half_step(
+                self._Ct, f_new, g, support.log_b, reg, n_threads=self._threads
+            )
+            return f_new, g_new, row_mass
+        u_old = np.exp(f / reg)
+        v_old = np.exp(g / reg)
+        Kv = self._K @ v_old
+        row_mass = u_old * Kv
+        u = support.a / Kv
+        v = support.b / (self._K.T @ u)
+        with np.errstate(divide="ignore"):
+            return reg * np.log(u), reg * np.log(v), row_mass
 
     # ---------------------------------------------------------------------------- result
     def _result_fields(self, problem, state):

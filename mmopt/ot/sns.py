@@ -12,6 +12,7 @@ from scipy.sparse.linalg import LinearOperator, cg, splu
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.validation import check_choice, check_scalar
+from mmopt.ot._kernels import plan_marginals, sparsify_plan
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, _SinkhornState
 
@@ -24,9 +25,11 @@ _NEWTON_MIN_RATIO = 200.0
 # and column on average (a near-matching, small reg: little fill-in, and CG struggles);
 # denser plans are well conditioned and CG converges in a few dozen products.
 _DIRECT_MAX_DEGREE = 20
-# Magnitude bins of the O(nm) sparsification: entries more than 2**-127 below the largest
-# share the lowest bin.
-_SPARSIFY_BINS = 128
+# Stage 1 at small reg starts at reg = (max C - min C) / this ratio, where Sinkhorn converges
+# in a few dozen iterations, and divides reg by ``reg_scaling`` each time the marginal error
+# reaches ``switch_tol`` (epsilon scaling): 3-8x fewer Sinkhorn iterations at reg = 1e-4
+# than starting at the target reg.
+_SCALING_START_RATIO = 100.0
 # Backtracking halvings before a Newton step counts as failed (steps down to 2**-11).
 _MAX_HALVINGS = 12
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
@@ -36,47 +39,6 @@ _MAX_NEWTON_BACKOFF = 32
 @dataclass
 class _SNSState(_SinkhornState):
     stage: str = "sinkhorn"
-
-
-def _dual_and_plan(support, reg, f, g):
-    """Dual value L(f, g) and the plan; (-inf, None) when the plan overflows."""
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        plan = np.exp((f[:, None] + g[None, :] - support.C) / reg)
-        total = plan.sum()
-    if not np.isfinite(total):
-        return -np.inf, None
-    return float(support.a @ f + support.b @ g) - reg * float(total), plan
-
-
-def _sparsify(plan, row_budget, col_budget):
-    """Drop, per row and per column, the smallest entries of total at most the budget.
-
-    An entry is kept when its row or its column keeps it. The selection is O(n m) and needs
-    no sort: entries are binned by their binary exponent relative to the plan's largest
-    (bins a factor 2 wide, from ``np.frexp``), each row's (column's) mass per bin comes
-    from one ``bincount``, and whole bins are dropped from the smallest up while their
-    cumulative mass stays within the budget. That drops a subset of what the exact sorted
-    rule would (up to the part of one bin), never more.
-    """
-    keep = np.zeros(plan.shape, dtype=bool)
-    _, exponent = np.frexp(plan)
-    # Bin 0 gathers everything 2**-(_SPARSIFY_BINS - 1) below the largest entry (and zeros).
-    top = int(exponent.max())
-    bins = np.clip(exponent - (top - _SPARSIFY_BINS + 1), 0, _SPARSIFY_BINS - 1)
-    bins[plan <= 0] = 0
-    for axis, budget in ((1, row_budget), (0, col_budget)):
-        values, labels = (plan, bins) if axis == 1 else (plan.T, bins.T)
-        lines = values.shape[0]
-        index = labels + (np.arange(lines) * _SPARSIFY_BINS)[:, None]
-        mass = np.bincount(
-            index.ravel(), weights=values.ravel(), minlength=lines * _SPARSIFY_BINS
-        ).reshape(lines, _SPARSIFY_BINS)
-        # First bin of each line that cannot be dropped: the cumulative mass exceeds budget.
-        first_kept = np.argmax(np.cumsum(mass, axis=1) > budget, axis=1)
-        kept = labels >= first_kept[:, None]
-        keep |= kept if axis == 1 else kept.T
-    rows, cols = np.nonzero(keep)
-    return sp.csr_matrix((plan[rows, cols], (rows, cols)), shape=plan.shape)
 
 
 @register_solver
@@ -110,7 +72,13 @@ class SinkhornNewtonSparse(Sinkhorn):
         When to use the Newton stage.
     switch_tol : float, default=1e-2
         L1 marginal error at which stage 1 hands over to Newton steps.
-    nu : float, default=0.01
+    reg_scaling : float or None, default=3.0
+        Epsilon scaling of stage 1 when Newton steps are used: Sinkhorn starts at
+        ``reg' = (max C - min C) / 100`` and divides ``reg'`` by this factor each time its
+        marginal error (at ``reg'``) reaches ``switch_tol``, down to ``reg``. At small
+        ``reg`` this takes several times fewer iterations than Sinkhorn at ``reg`` from zero
+        potentials. None: stage 1 runs at ``reg`` only.
+    nu : float, default=1e-3
         Sparsification budget, relative to the gradient's L1 norm.
     shift : float, default=1e-3
         Diagonal shift of the Newton system, relative to the gradient's L1 norm.
@@ -119,7 +87,8 @@ class SinkhornNewtonSparse(Sinkhorn):
         Hessian (``"direct"``), or Jacobi-preconditioned conjugate gradients (``"cg"``).
         ``"auto"`` factorizes when the sparsified plan keeps at most 20 entries per row and
         column on average (small ``reg``: a near-matching, where CG needed hundreds of
-        iterations at ``reg = 1e-4``).
+        iterations at ``reg = 1e-4``), and for every step after CG has once failed to reach
+        ``cg_tol`` within ``max_cg`` iterations.
     cg_tol : float, default=1e-2
         Relative residual at which conjugate gradients stop (an inexact Newton step).
     max_cg : int, default=500
@@ -154,7 +123,8 @@ class SinkhornNewtonSparse(Sinkhorn):
         *,
         newton: str = "auto",
         switch_tol: float = 1e-2,
-        nu: float = 0.01,
+        reg_scaling: float | None = 3.0,
+        nu: float = 1e-3,
         shift: float = 1e-3,
         linear_solver: str = "auto",
         cg_tol: float = 1e-2,
@@ -176,6 +146,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         )
         self.newton = newton
         self.switch_tol = switch_tol
+        self.reg_scaling = reg_scaling
         self.nu = nu
         self.shift = shift
         self.linear_solver = linear_solver
@@ -186,6 +157,8 @@ class SinkhornNewtonSparse(Sinkhorn):
         super()._validate_params()
         check_choice(self.newton, "newton", ("auto", "always", "never"))
         check_scalar(self.switch_tol, "switch_tol", min_value=0.0)
+        if self.reg_scaling is not None:
+            check_scalar(self.reg_scaling, "reg_scaling", min_value=1.0, include_min=False)
         check_scalar(self.nu, "nu", min_value=0.0, max_value=1.0)
         check_scalar(self.shift, "shift", min_value=0.0)
         check_choice(self.linear_solver, "linear_solver", ("auto", "direct", "cg"))
@@ -194,19 +167,38 @@ class SinkhornNewtonSparse(Sinkhorn):
 
     def _init_state(self, problem, x0):
         state = super()._init_state(problem, x0)
-        spread = float(self._support.C.max() - self._support.C.min())
+        support = self._support
+        spread = float(support.C.max() - support.C.min())
         self._use_newton = self.newton == "always" or (
             self.newton == "auto" and spread / problem.reg > _NEWTON_MIN_RATIO
         )
+        if self._use_newton and not hasattr(self, "_Ct"):
+            self._Ct = np.ascontiguousarray(support.C.T)
         self._n_sinkhorn = 0
         self._n_newton = 0
         self._newton_pause, self._newton_backoff = 0, 1
         self._damping = 0.0
+        self._cg_failed = False
+        # Epsilon scaling (log domain only: the scaling domain's kernel is built for reg).
+        self._level_reg = problem.reg
+        if (
+            self._use_newton
+            and self.reg_scaling is not None
+            and self._method == "log"
+            and x0 is None
+            and spread / _SCALING_START_RATIO > problem.reg
+        ):
+            self._level_reg = spread / _SCALING_START_RATIO
         return _SNSState(x=state.x, fun=state.fun, f=state.f, g=state.g)
 
     def _step(self, problem, state):
+        if self._level_reg > problem.reg:
+            return self._scaling_step(problem, state)
         in_newton = state.stage == "newton" or (
-            self._use_newton and np.isfinite(state.residual) and state.residual <= self.switch_tol
+            self._use_newton
+            and not state.intermediate
+            and np.isfinite(state.residual)
+            and state.residual <= self.switch_tol
         )
         if in_newton and self._newton_pause > 0:
             self._newton_pause -= 1
@@ -216,7 +208,7 @@ class SinkhornNewtonSparse(Sinkhorn):
                 self._n_newton += 1
                 self._newton_backoff = 1
                 return new
-            # A failed attempt costs a CG solve and a line search (tens of Sinkhorn
+            # A failed attempt costs a linear solve and a line search (several Sinkhorn
             # iterations' worth): wait longer before each new one.
             self._newton_pause = self._newton_backoff
             self._newton_backoff = min(2 * self._newton_backoff, _MAX_NEWTON_BACKOFF)
@@ -229,23 +221,66 @@ class SinkhornNewtonSparse(Sinkhorn):
             f=new.f,
             g=new.g,
             record={"newton": 0.0, "cg_iterations": 0.0, "hessian_density": np.nan,
-                    "step": np.nan},
+                    "step": np.nan, "reg": problem.reg, "intermediate": 0.0},
         )
+
+    def _scaling_step(self, problem, state):
+        """A Sinkhorn iteration at the current level of the epsilon scaling.
+
+        An intermediate state: its value and residual are the level's (the dual at the
+        level's reg and the row marginal error of the previous iterate there), recorded in
+        the history with the level as ``reg``; the loop neither stops on them nor keeps the
+        state as the best iterate.
+        """
+        support, level = self._support, self._level_reg
+        f, g, level_mass = self._iteration(level, state.f, state.g)
+        error = float(np.abs(level_mass - support.a).sum())
+        if error <= self.switch_tol:
+            next_level = level / self.reg_scaling
+            self._level_reg = next_level if next_level > 1.01 * problem.reg else problem.reg
+        self._n_sinkhorn += 1
+        return _SNSState(
+            x=np.concatenate([f, g]),
+            fun=float(support.a @ f + support.b @ g) - level * support.mass,
+            residual=error,
+            f=f,
+            g=g,
+            record={"newton": 0.0, "cg_iterations": 0.0, "hessian_density": np.nan,
+                    "step": np.nan, "reg": level, "intermediate": 1.0},
+            intermediate=True,
+        )
+
+    def _dual(self, reg, f, g):
+        """The dual value at (f, g), the plan's marginals and the L1 marginal error."""
+        support = self._support
+        rows, cols = plan_marginals(support.C, self._Ct, f, g, reg, n_threads=self._threads)
+        total = float(rows.sum())
+        if not np.isfinite(total):
+            return -np.inf, rows, cols, np.inf
+        value = float(support.a @ f + support.b @ g) - reg * total
+        error = float(np.abs(rows - support.a).sum() + np.abs(cols - support.b).sum())
+        return value, rows, cols, error
 
     def _newton_step(self, problem, state):
         support, reg = self._support, problem.reg
         f, g = state.f, state.g
-        value, plan = _dual_and_plan(support, reg, f, g)
-        if plan is None:
+        value, row, col, _ = self._dual(reg, f, g)
+        if not np.isfinite(value):
             return None
-        row, col = plan.sum(axis=1), plan.sum(axis=0)
         grad_f, grad_g = support.a - row, support.b - col
         grad_norm = float(np.abs(grad_f).sum() + np.abs(grad_g).sum())
         if grad_norm == 0.0:
             return None
-        S = _sparsify(plan, self.nu * grad_norm, self.nu * grad_norm)
-        density = S.nnz / plan.size
-        r, c = np.asarray(S.sum(axis=1)).ravel(), np.asarray(S.sum(axis=0)).ravel()
+        S = sparsify_plan(
+            support.C, f, g, reg, row, col, self.nu * grad_norm, self.nu * grad_norm
+        )
+        density = S.nnz / (row.size * col.size)
+        # The diagonal keeps the full plan's marginals (only the off-diagonal block is
+        # sparsified): the matrix is then the bipartite Laplacian of S plus the dropped mass
+        # on the diagonal, positive definite with only the shift's null direction left.
+        # With S's own sums instead, every connected component of S's graph adds a null
+        # direction, along which the step is garbage (steps stalled near 1e-7 that way).
+        r, c = row, col
         n = r.size
         # Levenberg-Marquardt damping, lam times the Hessian's diagonal on top of the shift:
         # at small reg the dual is far from quadratic and a plain Newton step overshoots,
@@ -267,19 +302,27 @@ class SinkhornNewtonSparse(Sinkhorn):
         cg_iterations = 0
         solver = self.linear_solver
         if solver == "auto":
-            solver = "direct" if S.nnz <= _DIRECT_MAX_DEGREE * size else "cg"
+            # Once CG has failed to converge (an ill-conditioned system, small reg), the
+            # remaining steps factorize: CG failed again at every later step when measured.
+            sparse_enough = S.nnz <= _DIRECT_MAX_DEGREE * size
+            solver = "direct" if sparse_enough or self._cg_failed else "cg"
         if solver == "direct":
             # The shifted, sparsified Hessian is a bipartite graph's (signless) Laplacian
             # plus delta I: sparse, symmetric positive definite, with little fill-in. At
             # small reg its graph is a near-matching with long chains, where Jacobi-CG
-            # needs hundreds of iterations and still returns poor directions.
+            # needs hundreds of iterations and still returns poor directions. Symmetric
+            # mode (no pivoting off the diagonal, a minimum-degree ordering of A + A^T) is
+            # the right LU for a symmetric positive definite matrix and has less fill-in.
             system = sp.bmat(
                 [[sp.diags_array(r_damped / reg + delta), S / reg],
                  [St / reg, sp.diags_array(c_damped / reg + delta)]],
                 format="csc",
             )
             try:
-                direction = splu(system).solve(grad)
+                direction = splu(
+                    system, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                    options={"SymmetricMode": True},
+                ).solve(grad)
             except RuntimeError:  # a singular factor: fall back to a Sinkhorn step
                 return None
         else:
@@ -294,10 +337,11 @@ class SinkhornNewtonSparse(Sinkhorn):
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                direction, _ = cg(
+                direction, info = cg(
                     system, grad, rtol=self.cg_tol, maxiter=self.max_cg, M=preconditioner,
                     callback=count,
                 )
+            self._cg_failed = self._cg_failed or info != 0
         slope = float(grad @ direction)
         if not np.isfinite(slope) or slope <= 0:
             return None
@@ -310,14 +354,10 @@ class SinkhornNewtonSparse(Sinkhorn):
         residual = state.residual if np.isfinite(state.residual) else grad_norm
         for _ in range(_MAX_HALVINGS):
             f_new, g_new = f + step * direction[:n], g + step * direction[n:]
-            new_value, new_plan = _dual_and_plan(support, reg, f_new, g_new)
-            if new_plan is None or not new_value >= value - rounding:
+            new_value, _, _, error = self._dual(reg, f_new, g_new)
+            if not new_value >= value - rounding:
                 step *= 0.5
                 continue
-            error = float(
-                np.abs(new_plan.sum(axis=1) - support.a).sum()
-                + np.abs(new_plan.sum(axis=0) - support.b).sum()
-            )
             gain = new_value - value
             if (gain >= 1e-4 * step * slope and gain > rounding) or (
                 error <= (1.0 - 1e-4 * step) * residual
@@ -334,7 +374,8 @@ class SinkhornNewtonSparse(Sinkhorn):
                     g=g_new,
                     stage="newton",
                     record={"newton": 1.0, "cg_iterations": float(cg_iterations),
-                            "hessian_density": density, "step": step},
+                            "hessian_density": density, "step": step, "reg": reg,
+                            "intermediate": 0.0},
                 )
             step *= 0.5
         self._damping = max(16.0 * self._damping, 1e-2)
@@ -342,6 +383,11 @@ class SinkhornNewtonSparse(Sinkhorn):
 
     def _result_fields(self, problem, state):
         fields = super()._result_fields(problem, state)
+        if state.intermediate:
+            # Stopped (max_iter, interrupt, callback) during the epsilon scaling: report the
+            # problem's own dual value and marginal error, not the level's.
+            value, _, _, error = self._dual(problem.reg, state.f, state.g)
+            fields["fun"], fields["residual"] = value, error
         fields["n_sinkhorn"] = self._n_sinkhorn
         fields["n_newton"] = self._n_newton
         return fields

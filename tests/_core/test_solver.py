@@ -111,3 +111,40 @@ def test_stop_solve_yields_to_convergence():
         warnings.simplefilter("error")
         res = StoppingSolver(tol=1e-9).solve(problem)
     assert res.status == 0 and res.nit == 3 and res.message.startswith("Converged")
+
+
+@dataclass(frozen=True)
+class Continued(Scripted):
+    """The first ``n_intermediate`` iterates belong to an auxiliary problem."""
+
+    n_intermediate: int = 0
+
+
+class ContinuationSolver(ScriptedSolver):
+    name = "continuation-test"
+    problem_types = (Continued,)
+
+    def _step(self, problem, state):
+        new = super()._step(problem, state)
+        new.intermediate = int(new.x[0]) <= problem.n_intermediate
+        return new
+
+
+def test_intermediate_iterates_neither_stop_nor_count_as_best():
+    # The auxiliary problem's values are smaller (better for a minimizer) and its residual
+    # is below tol: the loop must go on and keep the best of the problem's own iterates.
+    problem = Continued(values=(0.0, 0.0, 5.0, 3.0, 4.0, 6.0), interrupt_at=6,
+                        n_intermediate=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = ContinuationSolver(tol=0.5).solve(problem)
+    assert res.status == 3 and res.nit == 5
+    np.testing.assert_array_equal(res.history["fun"], [0.0, 0.0, 5.0, 3.0, 4.0])
+    assert res.fun == 3.0 and res.x[0] == 4.0
+
+
+def test_interrupt_during_a_continuation_returns_the_latest_iterate():
+    problem = Continued(values=(9.0, 8.0, 7.0, 6.0), interrupt_at=3, n_intermediate=3)
+    res = ContinuationSolver().solve(problem)
+    assert res.status == 3 and res.nit == 2
+    assert res.x[0] == 2.0  # not the initial state

@@ -1,16 +1,34 @@
-"""The OT family's Cython kernel against a plain NumPy reference."""
+"""The OT family's Cython kernels against plain NumPy references."""
 
 import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from mmopt.ot._kernels import log_half_step
+from mmopt.ot._kernels import log_half_step, plan_marginals, plan_row_sums, sparsify_plan
+from mmopt_ext import _sinkhorn
+
+EXP_PATHS = _sinkhorn.exp_paths()
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (40, 70)])
+@pytest.fixture(params=EXP_PATHS)
+def exp_path(request):
+    """Run the test once per SIMD ``exp`` path this machine can run (scalar always)."""
+    _sinkhorn.select_exp_path(request.param)
+    yield request.param
+    _sinkhorn.select_exp_path(None)
+
+
+def test_exp_paths():
+    assert EXP_PATHS[0] == "scalar"
+    assert _sinkhorn.exp_path() == EXP_PATHS[-1]  # the fastest one by default
+    with pytest.raises(ValueError, match="not available|avx"):
+        _sinkhorn.select_exp_path("avx1024")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (40, 70), (7, 33)])
 @pytest.mark.parametrize("reg", [1.0, 1e-2, 1e-4])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_log_half_step_matches_numpy(shape, reg, n_threads):
+def test_log_half_step_matches_numpy(exp_path, shape, reg, n_threads):
     rng = np.random.default_rng(shape[0] * 7 + shape[1])
     C = rng.random(shape)
     # Potentials of the size reg * O(1), as in a solve (larger ones overflow the plan itself).
@@ -23,6 +41,21 @@ def test_log_half_step_matches_numpy(shape, reg, n_threads):
     np.testing.assert_allclose(row_mass, expected_mass, rtol=1e-10)
 
 
+@pytest.mark.parametrize("offset", [-900.0, -300.0, 0.0, 300.0, 900.0])
+def test_log_half_step_far_from_balanced(exp_path, offset):
+    # Row potentials far off (the plan's rows sum to e^offset): the one-pass sum leaves its
+    # safe range and the row is redone with its largest exponent as the shift.
+    rng = np.random.default_rng(5)
+    C, reg = rng.random((6, 50)), 1e-2
+    g, f_old = np.zeros(50), np.full(6, offset * reg)
+    log_a = np.log(np.full(6, 1 / 6))
+    f_new, row_mass = log_half_step(C, g, f_old, log_a, reg)
+    lse = logsumexp(-C / reg, axis=1)
+    np.testing.assert_allclose(f_new, reg * (log_a - lse), rtol=1e-12)
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(row_mass, np.exp(offset + lse), rtol=1e-10)
+
+
 def test_thread_count_does_not_change_the_result():
     rng = np.random.default_rng(0)
     C = rng.random((300, 200))
@@ -30,3 +63,73 @@ def test_thread_count_does_not_change_the_result():
     one, two = log_half_step(*args, n_threads=1), log_half_step(*args, n_threads=2)
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
+
+
+@pytest.mark.parametrize("reg", [1.0, 1e-2, 1e-4])
+def test_plan_marginals_match_numpy(exp_path, reg):
+    rng = np.random.default_rng(1)
+    C = rng.random((30, 45))
+    f, g = reg * rng.standard_normal(30), reg * rng.standard_normal(45)
+    # Two rows far off: one whose entries all underflow, one whose sum overflows.
+    f[0], f[1] = -2000 * reg, 800 * reg
+    rows, cols = plan_marginals(C, C.T.copy(), f, g, reg, n_threads=2)
+    log_plan = (f[:, None] + g[None, :] - C) / reg
+    with np.errstate(over="ignore", under="ignore"):
+        np.testing.assert_allclose(rows, np.exp(logsumexp(log_plan, axis=1)), rtol=1e-10)
+        np.testing.assert_allclose(cols, np.exp(logsumexp(log_plan, axis=0)), rtol=1e-10)
+    assert rows[0] == 0.0 and rows[1] == np.inf
+    np.testing.assert_array_equal(plan_row_sums(C, f, g, reg), rows)
+
+
+def _sparsified(plan, row_budget, col_budget):
+    """Sparsify a given plan: with f = g = 0 and reg = 1, C = -log(plan)."""
+    n, m = plan.shape
+    C = -np.log(plan)
+    return sparsify_plan(C, np.zeros(n), np.zeros(m), 1.0, plan.sum(1), plan.sum(0),
+                         row_budget, col_budget).toarray()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparsify_drops_at_most_the_budget_per_row_and_column(exp_path, seed):
+    rng = np.random.default_rng(seed)
+    plan = rng.random((20, 30)) ** 4
+    budget = 0.05
+    S = _sparsified(plan, budget, budget)
+    kept = S > 0
+    # Kept entries carry the plan's values (up to the exp's rounding).
+    np.testing.assert_allclose(S[kept], plan[kept], rtol=1e-13)
+    dropped = np.where(kept, 0.0, plan)
+    # An entry is dropped only when both its row and its column drop it, so each row's and
+    # each column's dropped mass stays within the budget.
+    assert (dropped.sum(axis=1) <= budget * (1 + 1e-12)).all()
+    assert (dropped.sum(axis=0) <= budget * (1 + 1e-12)).all()
+    assert kept.sum() < plan.size  # it does drop something
+    # The largest entry of every row survives.
+    assert kept[np.arange(20), plan.argmax(axis=1)].all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparsify_keeps_what_the_sorted_rule_keeps(exp_path, seed):
+    # The binned O(nm) selection drops a subset of what the exact rule (sort each row and
+    # column, drop the smallest entries while their total stays within the budget) drops.
+    rng = np.random.default_rng(seed)
+    plan = np.exp(5 * rng.normal(size=(40, 50)))
+    plan /= plan.sum()
+    budget = 0.02 / 40
+    exact_keep = np.zeros(plan.shape, dtype=bool)
+    for axis in (1, 0):
+        values = plan if axis == 1 else plan.T
+        order = np.argsort(values, axis=1)
+        cumulative = np.cumsum(np.take_along_axis(values, order, axis=1), axis=1)
+        kept = np.zeros(values.shape, dtype=bool)
+        np.put_along_axis(kept, order, cumulative > budget, axis=1)
+        exact_keep |= kept if axis == 1 else kept.T
+    ours = _sparsified(plan, budget, budget) > 0
+    assert np.all(ours[exact_keep])
+    assert ours.sum() < plan.size
+
+
+def test_sparsify_with_a_zero_budget_keeps_every_significant_entry():
+    rng = np.random.default_rng(3)
+    plan = rng.random((15, 25)) + 0.01
+    np.testing.assert_allclose(_sparsified(plan, 0.0, 0.0), plan, rtol=1e-13)

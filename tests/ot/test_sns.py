@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+import mmopt
 from mmopt.ot import OTProblem, SinkhornNewtonSparse, sinkhorn, sinkhorn_newton_sparse
-from mmopt.ot.sns import _sparsify
 
 
 def _clouds(seed, n=60, m=50):
@@ -53,21 +53,6 @@ def test_auto_keeps_sinkhorn_at_large_reg():
     np.testing.assert_allclose(forced.plan, res.plan, atol=1e-8)
 
 
-def test_sparsify_drops_at_most_the_budget_per_row_and_column():
-    rng = np.random.default_rng(4)
-    plan = rng.random((20, 30)) ** 4
-    budget = 0.05
-    S = _sparsify(plan, budget, budget).toarray()
-    dropped = plan - S
-    assert (dropped >= 0).all()
-    # An entry is dropped only when both its row and its column drop it, so each row's and
-    # each column's dropped mass stays within the budget.
-    assert (dropped.sum(axis=1) <= budget + 1e-12).all()
-    assert (dropped.sum(axis=0) <= budget + 1e-12).all()
-    # The largest entry of every row survives.
-    assert (S[np.arange(20), plan.argmax(axis=1)] > 0).all()
-
-
 def test_bad_options():
     problem = OTProblem([], [], np.ones((3, 3)) - np.eye(3), 1e-3)
     for option, value in (("newton", "sometimes"), ("nu", 2.0), ("cg_tol", 0.0), ("max_cg", 0),
@@ -76,22 +61,46 @@ def test_bad_options():
             SinkhornNewtonSparse(**{option: value}).solve(problem)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sparsify_keeps_what_the_sorted_rule_keeps(seed):
-    # The binned O(nm) selection drops a subset of what the exact rule (sort each row and
-    # column, drop the smallest entries while their total stays within the budget) drops.
-    rng = np.random.default_rng(seed)
-    plan = np.exp(5 * rng.normal(size=(40, 50)))
-    plan /= plan.sum()
-    budget = 0.02 / 40
-    exact_keep = np.zeros(plan.shape, dtype=bool)
-    for axis in (1, 0):
-        values = plan if axis == 1 else plan.T
-        order = np.argsort(values, axis=1)
-        cumulative = np.cumsum(np.take_along_axis(values, order, axis=1), axis=1)
-        kept = np.zeros(values.shape, dtype=bool)
-        np.put_along_axis(kept, order, cumulative > budget, axis=1)
-        exact_keep |= kept if axis == 1 else kept.T
-    ours = _sparsify(plan, budget, budget).toarray() > 0
-    assert np.all(ours[exact_keep])
-    assert ours.sum() < plan.size  # it does drop something
+def test_epsilon_scaling_reaches_the_same_plan_with_fewer_sinkhorn_iterations():
+    a, b, C = _clouds(5, n=80, m=70)
+    reg = 2e-4
+    scaled = sinkhorn_newton_sparse(a, b, C, reg, tol=1e-10, max_iter=50_000)
+    plain = sinkhorn_newton_sparse(a, b, C, reg, tol=1e-10, max_iter=50_000, reg_scaling=None)
+    assert scaled.success and plain.success
+    np.testing.assert_allclose(scaled.plan, plain.plan, atol=1e-8)
+    assert scaled.n_sinkhorn < plain.n_sinkhorn
+    levels = scaled.history["reg"]
+    intermediate = scaled.history["intermediate"] == 1.0
+    # The levels decrease from spread / 100 to reg; the iterates at reg come after them.
+    assert levels[0] == pytest.approx((C.max() - C.min()) / 100)
+    assert np.all(np.diff(levels) <= 0) and levels[-1] == reg
+    assert intermediate[0] and not intermediate[-1]
+    assert np.all(levels[intermediate] > reg) and np.all(levels[~intermediate] == reg)
+    assert (plain.history["reg"] == reg).all() and not plain.history["intermediate"].any()
+
+
+def test_stopped_during_epsilon_scaling_reports_the_problems_own_value():
+    a, b, C = _clouds(6)
+    reg = 1e-4
+    with pytest.warns(mmopt.ConvergenceWarning):
+        res = sinkhorn_newton_sparse(a, b, C, reg, max_iter=3)
+    assert res.status == 1 and res.history["intermediate"][-1] == 1.0
+    # Independently: the dual at reg of the returned potentials and their marginal error.
+    with np.errstate(under="ignore"):
+        plan = np.exp((res.f[:, None] + res.g[None, :] - C) / reg)
+    assert res.fun == pytest.approx(a @ res.f + b @ res.g - reg * plan.sum(), rel=1e-12)
+    error = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
+    assert res.residual == pytest.approx(error, rel=1e-9)
+    np.testing.assert_allclose(res.plan, plan, atol=1e-15)
+
+
+def test_levels_that_converge_at_once_do_not_stop_the_solve():
+    # On a 2x2 problem every epsilon-scaling level converges in an iteration or two; the
+    # solve must still end at reg, with the plan of reg.
+    C = np.array([[0.0, 1.0], [1.0, 0.0]])
+    a, b = np.array([0.3, 0.7]), np.array([0.6, 0.4])
+    reg = 1e-3
+    res = sinkhorn_newton_sparse(a, b, C, reg, newton="always", tol=1e-12)
+    ref = sinkhorn(a, b, C, reg, method="log", tol=1e-13)
+    assert res.success and res.history["reg"][-1] == reg
+    np.testing.assert_allclose(res.plan, ref.plan, atol=1e-10)
