@@ -55,9 +55,11 @@ class Sinkhorn(Solver):
         \qquad g_j = \mathrm{reg} \log b_j - \mathrm{reg} \log \sum_i
         e^{(f_i - C_{ij})/\mathrm{reg}}.
 
-    In the log domain (a Cython kernel, one log-sum-exp per row, rows in parallel) this is
-    stable for any ``reg``; the scaling domain (``u = a / K v``, ``K = exp(-C / reg)``, BLAS
-    matrix-vector products) is faster but underflows when ``C / reg`` is large.
+    In the log domain (a Cython kernel, one log-sum-exp per row in a single pass shifted by
+    the previous potential, SIMD ``exp`` from glibc's libmvec where available, rows in
+    parallel) this is stable for any ``reg``; the scaling domain (``u = a / K v``,
+    ``K = exp(-C / reg)``, BLAS matrix-vector products) is faster but underflows when
+    ``C / reg`` is large.
 
     Parameters
     ----------

@@ -36,6 +36,20 @@ def test_plan_matches_a_reference_implementation(seed, reg, method):
     np.testing.assert_allclose(res.plan, reference, atol=1e-10)
 
 
+@pytest.mark.parametrize("seed", [2, 3, 4])
+@pytest.mark.parametrize("reg", [5e-2, 1e-2])
+def test_plan_matches_pot_sinkhorn_log(seed, reg):
+    # POT is an optional benchmark extra: where installed, our log-domain plan equals its.
+    pot = pytest.importorskip("ot")
+    a, b, C = _clouds(seed, n=25 + seed, m=33, shift=0.5 * seed)
+    res = sinkhorn(a, b, C, reg, method="log", tol=1e-13, max_iter=100_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = pot.sinkhorn(a, b, C, reg, method="sinkhorn_log", stopThr=1e-14,
+                           numItermax=100_000)
+    np.testing.assert_allclose(res.plan, ref, atol=1e-8, rtol=0)
+
+
 @pytest.mark.parametrize("reg", [1e-2, 1e-3, 1e-4])
 def test_log_domain_is_stable_at_small_reg(reg):
     a, b, C = _clouds(2, n=20, m=20, shift=1.0)
