@@ -288,3 +288,32 @@ def sparsify_plan(
         free(indices)
         free(data)
     return indptr_arr, indices_arr, data_arr
+
+
+def dense_plan(
+    const double[:, ::1] C,
+    const double[::1] f,
+    const double[::1] g,
+    double reg,
+    double[:, ::1] out,
+    int n_threads,
+):
+    """Write the plan ``exp((f_i + g_j - C_ij) / reg)`` into ``out`` (SIMD ``exp``).
+
+    Entries whose exponent is below -700 are set to 0 and above 700 to ``inf`` (the SIMD
+    routine clamps there; ``exp`` itself is below 1e-304 and above 1e304 there).
+    """
+    cdef Py_ssize_t n = C.shape[0]
+    cdef Py_ssize_t m = C.shape[1]
+    cdef Py_ssize_t i, j
+    cdef double inv_reg = 1.0 / reg
+    cdef double t
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            mmopt_exprow(&C[i, 0], &g[0], f[i], inv_reg, m, &out[i, 0])
+            for j in range(m):
+                t = (f[i] + g[j] - C[i, j]) * inv_reg
+                if t < -700.0:
+                    out[i, j] = 0.0
+                elif t > 700.0:
+                    out[i, j] = INFINITY

@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmopt._core.threads import effective_n_threads
+from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import log_half_step as _log_half_step
 from mmopt_ext._sinkhorn import plan_row_sums as _plan_row_sums
 from mmopt_ext._sinkhorn import sparsify_plan as _sparsify_plan
@@ -41,6 +42,25 @@ def log_half_step(C, g, f_old, log_a, reg, *, n_threads=None):
         effective_n_threads(n_threads),
     )
     return f_new, row_mass
+
+
+def dense_plan(C, f, g, reg, *, n_threads=None):
+    """The plan ``exp((f_i + g_j - C_ij) / reg)`` as a dense array (SIMD ``exp``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
+    >>> bool(np.allclose(dense_plan(C, np.zeros(2), np.zeros(2), 1.0), np.exp(-C)))
+    True
+    """
+    C = np.ascontiguousarray(C, dtype=np.float64)
+    out = np.empty(C.shape)
+    _dense_plan(
+        C, np.ascontiguousarray(f, dtype=np.float64), np.ascontiguousarray(g, dtype=np.float64),
+        float(reg), out, effective_n_threads(n_threads),
+    )
+    return out
 
 
 def plan_row_sums(C, f, g, reg, *, n_threads=None):

@@ -11,7 +11,7 @@ from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice
-from mmopt.ot._kernels import log_half_step
+from mmopt.ot._kernels import dense_plan, log_half_step
 from mmopt.ot.problem import OTProblem
 
 __all__ = ["Sinkhorn", "sinkhorn"]
@@ -36,7 +36,11 @@ class _Support:
         self.cols = np.flatnonzero(problem.b > 0)
         self.a = problem.a[self.rows]
         self.b = problem.b[self.cols]
-        self.C = np.ascontiguousarray(problem.C[np.ix_(self.rows, self.cols)])
+        self.full = self.rows.size == problem.a.size and self.cols.size == problem.b.size
+        if self.full:  # no copy of C (the problem holds a read-only view of it)
+            self.C = np.ascontiguousarray(problem.C)
+        else:
+            self.C = np.ascontiguousarray(problem.C[np.ix_(self.rows, self.cols)])
         self.mass = float(self.b.sum())
         self.log_a = np.log(self.a)
         self.log_b = np.log(self.b)
@@ -141,7 +145,8 @@ class Sinkhorn(Solver):
             self._Ct = np.ascontiguousarray(support.C.T)
         else:
             with np.errstate(under="ignore"):
-                self._K = np.exp(-support.C / problem.reg)
+                self._K = np.multiply(support.C, -1.0 / problem.reg)
+                np.exp(self._K, out=self._K)
         n, m = problem.shape
         if x0 is None:
             f, g = np.zeros(support.rows.size), np.zeros(support.cols.size)
@@ -193,15 +198,23 @@ class Sinkhorn(Solver):
         f = np.full(n, -np.inf)
         g = np.full(m, -np.inf)
         f[support.rows], g[support.cols] = state.f, state.g
-        plan = np.zeros((n, m))
-        with np.errstate(under="ignore"):
-            block = np.exp((state.f[:, None] + state.g[None, :] - support.C) / reg)
-        plan[np.ix_(support.rows, support.cols)] = block
+        block = dense_plan(support.C, state.f, state.g, reg, n_threads=self._threads)
+        if support.full:
+            plan = block
+        else:
+            plan = np.zeros((n, m))
+            plan[np.ix_(support.rows, support.cols)] = block
         transport_cost = float(np.vdot(support.C, block))
-        positive = block > 0
-        entropy_term = float(np.sum(block[positive] * (np.log(block[positive]) - 1.0)))
+        rows, cols = block.sum(axis=1), block.sum(axis=0)
+        # sum P (log P - 1) from the potentials: log P_ij = (f_i + g_j - C_ij) / reg, so no
+        # logarithm of the n x m entries is needed.
+        total = float(rows.sum())
+        entropy_term = (
+            float(state.f @ rows + state.g @ cols) - transport_cost
+        ) / reg - total
         marginal_error = float(
-            np.abs(plan.sum(axis=1) - problem.a).sum() + np.abs(plan.sum(axis=0) - problem.b).sum()
+            np.abs(rows - support.a).sum()
+            + np.abs(cols - support.b).sum()
         )
         return {
             "x": np.concatenate([f, g]),

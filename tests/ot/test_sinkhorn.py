@@ -73,6 +73,25 @@ def test_optimality_conditions_of_the_entropic_problem():
     np.testing.assert_allclose(reg * np.log(P), res.f[:, None] + res.g[None, :] - C, atol=1e-9)
     assert res.fun == pytest.approx(res.objective, rel=1e-9)
     assert res.transport_cost == pytest.approx(float((C * P).sum()), rel=1e-12)
+    # The primal objective straight from the plan's entries.
+    primal = float((C * P).sum() + reg * (P * (np.log(P) - 1.0)).sum())
+    assert res.objective == pytest.approx(primal, rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["log", "scaling"])
+def test_objective_and_plan_with_zero_masses(method):
+    a, b, C = _clouds(8, n=12, m=9)
+    a[[2, 5]], b[4] = 0.0, 0.0
+    a, b = a / a.sum(), b / b.sum()
+    reg = 0.1
+    res = sinkhorn(a, b, C, reg, tol=1e-12, method=method)
+    P = res.plan
+    positive = P > 0
+    primal = float((C * P).sum() + reg * (P[positive] * (np.log(P[positive]) - 1.0)).sum())
+    assert res.objective == pytest.approx(primal, rel=1e-10)
+    assert res.marginal_error == pytest.approx(
+        np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum(), abs=1e-15
+    )
 
 
 def test_cost_approaches_exact_ot_as_reg_vanishes():
