@@ -17,6 +17,7 @@ compares an *upper* bound of the new objective with a *lower* bound of the old o
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -48,7 +49,8 @@ class _Evaluation:
 
     theta: np.ndarray
     xs: list
-    errors: np.ndarray  # certified ||x_k - x_k*|| (achieved ||grad|| / mu)
+    errors: np.ndarray  # certified ||x_k - x_k*|| (achieved ||grad|| / modulus)
+    moduli: np.ndarray  # certified lower bounds of lambda_min(A_k) near x_k and x_k*
     values: np.ndarray  # g_k(x_k)
     grads: list  # grad g_k(x_k)
     fun: float  # mean g_k(x_k) + r(theta)
@@ -76,11 +78,13 @@ class MAID(Solver):
     ``eps`` and the adjoint accuracy ``delta`` on the fly (``accuracy="adaptive"``, MAID) or
     from an a-priori schedule (the HOAG baselines).
 
-    **Error bound.** With ``e = ||grad_x Phi(x)|| / mu`` (the certified distance to
-    ``x*``), ``r = ||A q - grad g(x)||`` (the true CG residual), ``L_A, L_B`` the Lipschitz
-    constants of the Hessian ``A`` and of the mixed derivative ``B`` in ``x``, and ``L_g`` that
-    of ``grad g``, the adjoint error is
-    ``e_q = r / mu + L_g e / mu + L_A e (||grad g(x)|| + L_g e) / mu^2`` and
+    **Error bound.** With ``m`` a certified lower bound of the Hessian ``A``'s eigenvalues
+    near ``x`` (``mu``, or the lower level's ``local_mu``), ``e = ||grad_x Phi(x)|| / m``
+    (the certified distance to ``x*``), ``r = ||A q - grad g(x)||`` (the true CG residual),
+    ``c(q)`` a bound on ``||(A(x*) - A(x)) q||`` (the lower level's ``hessian_change``, or
+    ``L_A e ||q||`` with ``L_A`` the Lipschitz constant of ``A``), ``L_B`` that of the mixed
+    derivative ``B`` in ``x`` and ``L_g`` that of ``grad g``, the adjoint error is
+    ``e_q = (r + L_g e + c(q)) / m`` (from ``q - q* = A*^{-1} (A* q - grad g(x*))``) and
 
     .. math::
 
@@ -123,7 +127,12 @@ class MAID(Solver):
     backtrack : float, default=0.5
         Shrink factor of the step on a failed decrease test.
     step_growth : float, default=10/9
-        Growth factor of the step after a successful one.
+        Growth factor of the step after a successful one (``step_rule="growth"``).
+    step_rule : {"growth", "bb"}, default="growth"
+        Step after a successful iteration: the previous one times ``step_growth`` (the
+        paper's rule), or the Barzilai-Borwein step ``s.s / s.y`` from the move ``s`` and
+        the change ``y`` of the hypergradient (within a factor 10 of the previous step; the
+        growth rule when ``s.y <= 0``). The sufficient-decrease test guards both.
     max_backtracks : int, default=10
         Failed decrease tests before ``eps``, ``delta`` shrink.
     max_accuracy_retries : int, default=30
@@ -196,6 +205,7 @@ class MAID(Solver):
         nu: float = 1.05,
         backtrack: float = 0.5,
         step_growth: float = 10.0 / 9.0,
+        step_rule: str = "growth",
         max_backtracks: int = 10,
         max_accuracy_retries: int = 30,
         min_eps: float = 1e-13,
@@ -216,6 +226,7 @@ class MAID(Solver):
         self.nu = nu
         self.backtrack = backtrack
         self.step_growth = step_growth
+        self.step_rule = step_rule
         self.max_backtracks = max_backtracks
         self.max_accuracy_retries = max_accuracy_retries
         self.min_eps = min_eps
@@ -231,6 +242,7 @@ class MAID(Solver):
     def _validate_params(self) -> None:
         super()._validate_params()
         check_choice(self.accuracy, "accuracy", _SCHEDULES)
+        check_choice(self.step_rule, "step_rule", ("growth", "bb"))
         for name in ("eps0", "delta0"):
             check_scalar(getattr(self, name), name, min_value=0.0, include_min=False)
         if not (isinstance(self.step0, str) and self.step0 == "auto"):
@@ -321,7 +333,7 @@ class MAID(Solver):
         if self.accuracy != "adaptive":
             state.eps, state.delta = self._scheduled(0)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
-        evaluation = self._evaluate(problem, theta, starts, state.eps)
+        evaluation = self._evaluate(problem, theta, starts, state.eps, chain=True)
         state = self._hypergradient_with_test(problem, state, evaluation)
         if self.step0 == "auto":
             # A first trial move of length 1 in theta: a factor e on a log-penalty.
@@ -394,6 +406,15 @@ class MAID(Solver):
         if not adaptive:
             next_state.eps, next_state.delta = self._scheduled(next_state.outer)
         next_state = self._hypergradient_with_test(problem, next_state, evaluation)
+        if accepted and self.step_rule == "bb":
+            # Barzilai-Borwein: the step that fits the curvature seen along the move (the
+            # secant, a Newton step in one dimension), kept within a factor 10 of the step
+            # that passed; the decrease test still guards every trial.
+            s_move, y_change = theta_new - theta, next_state.z - z
+            sy = float(s_move @ y_change)
+            if sy > 0:
+                next_state.step = min(max(float(s_move @ s_move) / sy, 0.1 * step), 10 * step)
+                next_state.record["step"] = next_state.step
         next_state.record["accepted"] = float(accepted)
         return next_state
 
@@ -434,7 +455,7 @@ class MAID(Solver):
         self._certified = True
         theta = self._validate_theta(problem, theta)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
-        evaluation = self._evaluate(problem, theta, starts, float(eps))
+        evaluation = self._evaluate(problem, theta, starts, float(eps), chain=True)
         qs = [np.zeros_like(x) for x in starts]
         z, bound, _, _ = self._hypergradient(problem, evaluation, qs, float(delta))
         self.bound_certified_ = bool(self._certified)
@@ -455,6 +476,12 @@ class MAID(Solver):
             z_norm = float(np.linalg.norm(z))
             if not adaptive or bound <= (1 - self.eta) * z_norm:
                 break
+            projected = float(np.linalg.norm(theta - problem.project(theta - z)))
+            if projected + bound <= self.tol:
+                # Certified convergence: the true projected hypergradient is at most
+                # projected + bound <= tol (the projection is non-expansive), so no step
+                # is needed and no more accuracy either.
+                break
             limited = evaluation.errors.max() > state.eps * (1 + 1e-12) or not reached
             if limited or (state.eps <= self.min_eps and state.delta <= self.min_eps):
                 # The inner solvers cannot reach the accuracy asked for (rounding): asking
@@ -464,9 +491,13 @@ class MAID(Solver):
                 self._cost["n_accuracy_retries"] += 1
                 # The bound is about linear in eps and delta: shrink by tau, or at once by
                 # the factor the bound says is missing (with a margin), whichever is smaller.
+                # Enough for either test: the accuracy test, or certified convergence.
                 factor = self.tau
                 if bound > 0 and z_norm > 0:
-                    factor = max(min(self.tau, 0.5 * (1 - self.eta) * z_norm / bound), 1e-6)
+                    needed = (1 - self.eta) * z_norm
+                    if projected < self.tol:
+                        needed = max(needed, self.tol - projected)
+                    factor = max(min(self.tau, 0.5 * needed / bound), 1e-6)
                 state.eps = max(state.eps * factor, self.min_eps)
                 state.delta = max(state.delta * factor, self.min_eps)
         state.evaluation, state.z, state.bound = evaluation, z, bound
@@ -501,20 +532,32 @@ class MAID(Solver):
         solver = newton_cg if method == "newton-cg" else fista
         return solver(lower, x0, theta, gtol, max_iter=self.max_inner_iter)
 
-    def _evaluate(self, problem, theta, starts, eps) -> _Evaluation:
-        """Solve every lower level at ``theta`` to accuracy ``eps`` from ``starts``."""
-        xs, errors, values, grads = [], [], [], []
+    def _evaluate(self, problem, theta, starts, eps, *, chain=False) -> _Evaluation:
+        """Solve every lower level at ``theta`` to accuracy ``eps`` from ``starts``; with
+        ``chain`` (cold starts), each instance starts from the previous one's solution
+        instead (cross-validation folds have similar solutions)."""
+        xs, errors, moduli, values, grads = [], [], [], [], []
         slack = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             mu = BilevelProblem.check_mu(lower.mu(theta), k)
-            if not getattr(lower, "mu_certified", True):
+            start = starts[k]
+            if chain and k > 0 and np.shape(xs[-1]) == np.shape(start):
+                start = xs[-1]
+            out = self._solve_lower(lower, start, theta, mu * eps)
+            modulus, error = self._certify(lower, out, theta, mu)
+            # A local modulus below mu (an unpenalized intercept) certifies less than the
+            # stopping test assumed, or nothing yet when the ball it needs is too large:
+            # continue from the point reached until it certifies eps.
+            for _ in range(8):
+                if error <= eps * (1 + 1e-12) or not out.converged:
+                    break
+                gtol = 0.5 * modulus * eps if math.isfinite(error) else 0.1 * out.residual
+                out = self._solve_lower(lower, out.x, theta, gtol)
+                modulus, error = self._certify(lower, out, theta, mu)
+            if not math.isfinite(error):
+                # No certificate: the global mu is only a heuristic here.
                 self._certified = False
-            out = self._inner(lower, starts[k], theta, mu * eps)
-            self._cost["n_lower_iter"] += out.nit
-            self._cost["n_hvp"] += out.n_hvp
-            self._cost["n_lower_solves"] += 1
-            self._cost["cost"] += out.nit
-            error = out.residual / mu
+                modulus, error = mu, out.residual / mu
             value, grad = upper.value(out.x), upper.grad(out.x)
             L_g = upper.L_g
             if L_g is None:
@@ -522,11 +565,47 @@ class MAID(Solver):
             slack += float(np.linalg.norm(grad)) * error + 0.5 * L_g * error**2
             xs.append(out.x)
             errors.append(error)
+            moduli.append(modulus)
             values.append(value)
             grads.append(grad)
         n = len(xs)
         fun = float(np.mean(values)) + problem.penalty_value(theta)
-        return _Evaluation(theta, xs, np.array(errors), np.array(values), grads, fun, slack / n)
+        return _Evaluation(theta, xs, np.array(errors), np.array(moduli), np.array(values),
+                           grads, fun, slack / n)
+
+    def _solve_lower(self, lower, x0, theta, gtol) -> InnerResult:
+        out = self._inner(lower, x0, theta, gtol)
+        self._cost["n_lower_iter"] += out.nit
+        self._cost["n_hvp"] += out.n_hvp
+        self._cost["n_lower_solves"] += 1
+        self._cost["cost"] += out.nit
+        return out
+
+    def _certify(self, lower, out, theta, mu):
+        """``(modulus, error)``: a curvature bound valid on a ball around ``out.x`` that
+        holds ``x*``, and the certified distance ``||x - x*|| <= ||grad|| / modulus``.
+
+        With ``m`` a lower bound of the Hessian's eigenvalues on the ball of radius ``R``
+        around ``x``, ``t -> Phi(x + t u)`` has a derivative ``>= -||grad|| + m t`` there, so
+        ``||grad|| <= m R`` puts the minimizer within ``||grad|| / m`` of ``x``.
+        """
+        norm = out.residual
+        global_valid = getattr(lower, "mu_certified", True)
+        radius = 2.0 * norm / mu
+        for _ in range(3):
+            local = lower.local_mu(out.x, theta, radius)
+            if local is None or (global_valid and local <= mu):
+                break  # nothing sharper than the global bound
+            if local > 0 and norm <= local * radius:
+                return local, norm / local
+            # The curvature near x is below half of mu: look again on a larger ball.
+            radius = 2.0 * norm / local if local > 0 else 10.0 * radius
+        else:
+            if not global_valid:
+                return mu, math.inf  # solve more accurately: a smaller ball may certify
+        if not global_valid and local is None:
+            self._certified = False
+        return mu, norm / mu
 
     def _hypergradient(self, problem, evaluation, q_starts, delta):
         """``z``, its error bound, and the adjoint solutions (warm starts for next time)."""
@@ -537,9 +616,12 @@ class MAID(Solver):
         reached = True
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
-            mu = lower.mu(theta)
+            mu = evaluation.moduli[k]
+            q_start = q_starts[k]
+            if k > 0 and not q_start.any() and qs[-1].shape == q_start.shape:
+                q_start = qs[-1]  # a cold start: the previous instance's adjoint is closer
             cg = conjugate_gradient(
-                lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_starts[k], delta,
+                lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_start, delta,
                 inv_diag=_inverse_diagonal(lower, x, theta),
             )
             self._cost["n_cg_iter"] += cg.nit
@@ -552,17 +634,25 @@ class MAID(Solver):
             qs.append(q)
             # Constants of the bound; a missing one is estimated and the bound not certified.
             L_g = upper.L_g
-            L_A = lower.hessian_lipschitz(theta)
             L_B = lower.cross_lipschitz(theta)
             norm_B = lower.cross_norm(x, theta)
             q_norm = float(np.linalg.norm(q))
-            if None in (L_g, L_A, L_B, norm_B):
+            # ||(A(x*) - A(x)) q||, from the lower level or from the Hessian's Lipschitz
+            # constant.
+            change = lower.hessian_change(x, theta, q, e) if e > 0 else 0.0
+            if change is None:
+                L_A = lower.hessian_lipschitz(theta)
+                if L_A is None:
+                    self._certified, L_A = False, 0.0
+                change = L_A * e * q_norm
+            if None in (L_g, L_B, norm_B):
                 self._certified = False
-            L_g, L_A, L_B = L_g or 0.0, L_A or 0.0, L_B or 0.0
+            L_g, L_B = L_g or 0.0, L_B or 0.0
             if norm_B is None:
                 norm_B = float(np.linalg.norm(z_k)) / q_norm if q_norm > 0 else 0.0
-            g_norm = float(np.linalg.norm(grad))
-            e_q = cg.residual / mu + L_g * e / mu + L_A * e * (g_norm + L_g * e) / mu**2
+            # q - q* = A*^{-1} (A* q - g*) and A* q - g* = (A* - A) q + (A q - grad g(x))
+            # + (grad g(x) - grad g(x*)).
+            e_q = (cg.residual + L_g * e + change) / mu
             bound += norm_B * e_q + L_B * e * (q_norm + e_q)
         n = len(qs)
         z = z / n + problem.penalty_grad(theta)
