@@ -55,6 +55,10 @@ class _Evaluation:
     grads: list  # grad g_k(x_k)
     fun: float  # mean g_k(x_k) + r(theta)
     slack: float  # |f(theta) - fun| <= slack
+    # With the adjoints: fun - mean q_k . grad_x Phi_k(x_k) (a dual-weighted residual
+    # correction), within corrected_slack of f(theta): second order in the errors.
+    corrected: float | None = None
+    corrected_slack: float | None = None
 
 
 @dataclass
@@ -84,23 +88,33 @@ class MAID(Solver):
     ``c(q)`` a bound on ``||(A(x*) - A(x)) q||`` (the lower level's ``hessian_change``, or
     ``L_A e ||q||`` with ``L_A`` the Lipschitz constant of ``A``), ``L_B`` that of the mixed
     derivative ``B`` in ``x`` and ``L_g`` that of ``grad g``, the adjoint error is
-    ``e_q = (r + L_g e + c(q)) / m`` (from ``q - q* = A*^{-1} (A* q - grad g(x*))``) and
+    ``e_q = (r + L_g e + c(q)) / m`` (from ``q - q* = A*^{-1} (A* q - grad g(x*))``) and,
+    with ``b(q)`` a bound on ``||(B(x*) - B(x))^T q||`` (the lower level's
+    ``cross_change``, or ``L_B e ||q||``),
 
     .. math::
 
-        \|z - \nabla f(\theta)\| \le \omega = \|B(x)\|\, e_q + L_B\, e\, (\|q\| + e_q)
+        \|z - \nabla f(\theta)\| \le \omega = \|B(x)\|\, e_q + b(q) + L_B\, e\, e_q
 
     (per instance, then averaged): a bound of the form ``c1 eps + c2 delta + c3 eps^2``. It
     is *certified* when the lower and upper levels supply every constant (and ``mu`` is a
     valid bound); the result says so in ``bound_certified``.
 
-    **Sufficient decrease.** ``|f(theta) - f_hat(theta)| <= s = mean(||grad g_k|| e_k +
-    L_g e_k^2 / 2)``, so a step is accepted when
-    ``(f_hat(theta+) + s+) - (f_hat(theta) - s) <= -(eta / alpha) ||theta+ - theta||^2`` (the
-    principled test: ``eta``, not the ``eta^2`` of the authors' code). A failed test shrinks
-    the step by ``backtrack``; after ``max_backtracks`` failures ``eps`` and ``delta`` shrink
-    by ``tau`` and the iteration ends without moving. On success ``eps``, ``delta`` are
-    multiplied by ``nu`` (> 1: cheaper next time) and the step by ``step_growth``.
+    **Sufficient decrease.** The plain computed value ``mean g_k(x_k)`` is within ``mean(||grad
+    g_k|| e_k + L_g e_k^2 / 2)`` of ``f``; MAID uses the adjoints (solved at every trial point,
+    warm-started, and reused by the next hypergradient) for a sharper estimate, the
+    dual-weighted residual correction ``f_hat = mean(g_k(x_k) - q_k . grad_x Phi_k(x_k)) +
+    r(theta)``, within ``s = mean((r_k + c_k(q_k)) e_k + L_g e_k^2 / 2)`` of ``f``
+    (second order in the errors; ``grad_x Phi(x) = Abar (x - x*)`` with ``Abar`` the mean
+    Hessian on the segment). A step is accepted when ``(f_hat(theta+) + s+) - (f_hat(theta)
+    - s) <= -(eta / alpha) ||theta+ - theta||^2`` (the principled test: ``eta``, not the
+    ``eta^2`` of the authors' code). A failed test shrinks the step by ``backtrack``; after
+    ``max_backtracks`` failures ``eps`` and ``delta`` shrink by ``tau`` and the iteration
+    ends without moving. When the computed values pass and only the slack ``s + s+`` fails
+    the test, no shorter step can pass (it asks for more decrease relative to the slack): the
+    iteration ends at once, ``eps`` and ``delta`` shrink by the factor the slack is off (at
+    most ``tau``) and the step is kept. On success ``eps``, ``delta`` are multiplied by
+    ``nu`` (> 1: cheaper next time) and the step by ``step_growth``.
 
     **HOAG schedules** (``accuracy="geometric"``, ``"quadratic"``, ``"cubic"``,
     ``"fixed"``): ``eps_k = eps0 * s_k``, ``delta_k = delta0 * s_k`` with ``s_k = 0.9^k``,
@@ -362,27 +376,51 @@ class MAID(Solver):
         # MAID compares an upper bound of the new value with a lower bound of the old one;
         # HOAG's lenient test compares the other way round (tolerating the inexactness).
         sign = 1.0 if adaptive else -1.0
-        lower_old = old.fun - sign * old.slack
+        # MAID's values: with the adjoints' dual-weighted residual correction, whose error
+        # is second order in eps (the plain values' slack ||grad g|| eps is first order).
+        corrected = adaptive and old.corrected is not None
+        old_fun, old_slack = (old.corrected, old.corrected_slack) if corrected else (
+            old.fun, old.slack)
+        lower_old = old_fun - sign * old_slack
         accepted = False
         new = None
+        shrink = self.tau
         for attempt in range(self.max_backtracks + 1):
             theta_new = problem.project(theta - step * z)
             move = theta_new - theta
             if not move.any():
                 break
             new = self._evaluate(problem, theta_new, old.xs, eps)
-            upper_new = new.fun + sign * new.slack
+            new_fun, new_slack = new.fun, new.slack
+            if corrected:
+                # The adjoints at the trial point (warm-started): needed for the next
+                # hypergradient anyway when the step passes.
+                trial_qs = self._hypergradient(problem, new, state.qs, state.delta)[2]
+                new_fun, new_slack = new.corrected, new.corrected_slack
+            upper_new = new_fun + sign * new_slack
             # Differences below the rounding of the values cannot be resolved.
-            rounding = 8 * np.finfo(float).eps * max(abs(new.fun), abs(old.fun))
-            if upper_new - lower_old <= -(self.eta / step) * float(move @ move) + rounding:
+            rounding = 8 * np.finfo(float).eps * max(abs(new_fun), abs(old_fun))
+            target = -(self.eta / step) * float(move @ move) + rounding
+            if upper_new - lower_old <= target:
                 accepted = True
+                break
+            if adaptive and new_fun - old_fun <= target:
+                # The computed values pass and only the slack of the bounds fails the test:
+                # a shorter step cannot fix that (it only asks for more decrease relative to
+                # the slack). Tighten eps and delta instead, by the factor the slack is off
+                # (slack is about linear in eps), and keep this step.
+                slack = new_slack + old_slack
+                if slack > 0:
+                    shrink = max(min(self.tau, 0.5 * (target - (new_fun - old_fun)) / slack),
+                                 1e-3)
                 break
             if attempt < self.max_backtracks:
                 self._cost["n_backtracks"] += 1
                 step *= self.backtrack
         if accepted:
             next_state = _MAIDState(
-                x=theta_new, fun=new.fun, qs=state.qs, outer=state.outer + 1,
+                x=theta_new, fun=new.fun, qs=trial_qs if corrected else state.qs,
+                outer=state.outer + 1,
                 eps=max(eps * self.nu, self.min_eps) if adaptive else eps,
                 delta=max(state.delta * self.nu, self.min_eps) if adaptive else state.delta,
                 step=step * self.step_growth,
@@ -396,11 +434,13 @@ class MAID(Solver):
             # No step passed: the bounds are too loose (adaptive), or the step too long.
             next_state = _MAIDState(
                 x=theta, fun=old.fun, qs=state.qs, outer=state.outer + 1,
-                eps=max(eps * self.tau, self.min_eps) if adaptive else eps,
-                delta=max(state.delta * self.tau, self.min_eps) if adaptive else state.delta,
-                # Adaptive: the bounds were too loose, not the step. Schedules: the step
-                # shrinks once per failed iteration (HOAG's L *= 2), not by every backtrack.
-                step=state.step if adaptive else state.step * self.backtrack,
+                eps=max(eps * shrink, self.min_eps) if adaptive else eps,
+                delta=max(state.delta * shrink, self.min_eps) if adaptive else state.delta,
+                # Adaptive: the bounds were too loose (or the step, shortened above until
+                # only the slack failed). Schedules: the step shrinks once per failed
+                # iteration (HOAG's L *= 2), not by every backtrack.
+                step=step if adaptive and shrink != self.tau else (
+                    state.step if adaptive else state.step * self.backtrack),
             )
             evaluation = old
         if not adaptive:
@@ -614,6 +654,7 @@ class MAID(Solver):
         bound = 0.0
         qs = []
         reached = True
+        correction = corrected_slack = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
             mu = evaluation.moduli[k]
@@ -653,9 +694,19 @@ class MAID(Solver):
             # q - q* = A*^{-1} (A* q - g*) and A* q - g* = (A* - A) q + (A q - grad g(x))
             # + (grad g(x) - grad g(x*)).
             e_q = (cg.residual + L_g * e + change) / mu
-            bound += norm_B * e_q + L_B * e * (q_norm + e_q)
+            # B*^T q* - B^T q = B^T (q* - q) + (B* - B)^T q + (B* - B)^T (q* - q).
+            cross = lower.cross_change(x, theta, q, e) if e > 0 else 0.0
+            if cross is None:
+                cross = L_B * e * q_norm
+            bound += norm_B * e_q + cross + L_B * e * e_q
+            # g(x*) = g(x) - q . grad_x Phi(x) + ((A - Abar) q - res) . (x* - x) + O(L_g e^2),
+            # with grad_x Phi(x) = Abar (x - x*), Abar the mean Hessian on the segment.
+            correction += float(q @ lower.grad_x(x, theta))
+            corrected_slack += (cg.residual + change) * e + 0.5 * L_g * e * e
         n = len(qs)
         z = z / n + problem.penalty_grad(theta)
+        evaluation.corrected = evaluation.fun - correction / n
+        evaluation.corrected_slack = corrected_slack / n
         return z, bound / n, qs, reached
 
     def _result_fields(self, problem, state) -> dict:

@@ -58,6 +58,9 @@ class LowerLevel:
     hessian_change : callable ``hessian_change(x, theta, v, radius) -> float``, optional
         An upper bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``; by default
         ``hessian_lipschitz(theta) * radius * ||v||``.
+    cross_change : callable ``cross_change(x, theta, q, radius) -> float``, optional
+        An upper bound on ``||(B(y) - B(x))^T q||`` over ``||y - x|| <= radius``; by default
+        ``cross_lipschitz(theta) * radius * ||q||``.
     solver : callable ``solver(x0, theta, gtol) -> (x, n_iter)``, optional
         A custom inner solver that returns a point with ``||grad_x(x)|| <= gtol``.
 
@@ -104,6 +107,7 @@ class LowerLevel:
         cross_lipschitz: Callable | None = None,
         local_mu: Callable | None = None,
         hessian_change: Callable | None = None,
+        cross_change: Callable | None = None,
         solver: Callable | None = None,
     ):
         for name, func in (
@@ -122,6 +126,7 @@ class LowerLevel:
         self._cross_lipschitz = check_callable(cross_lipschitz, "cross_lipschitz")
         self._local_mu = check_callable(local_mu, "local_mu")
         self._hessian_change = check_callable(hessian_change, "hessian_change")
+        self._cross_change = check_callable(cross_change, "cross_change")
         self._solver = check_callable(solver, "solver")
         self.x0 = check_array(x0, "x0", ndim=1)
 
@@ -175,6 +180,12 @@ class LowerLevel:
         (then ``hessian_lipschitz(theta) * radius * ||v||`` is used)."""
         change = getattr(self, "_hessian_change", None)
         return None if change is None else float(change(x, theta, v, radius))
+
+    def cross_change(self, x, theta, q, radius) -> float | None:
+        """Upper bound on ``||(B(y) - B(x))^T q||`` over ``||y - x|| <= radius``, or None
+        (then ``cross_lipschitz(theta) * radius * ||q||`` is used)."""
+        change = getattr(self, "_cross_change", None)
+        return None if change is None else float(change(x, theta, q, radius))
 
     @property
     def custom_solver(self) -> Callable | None:
