@@ -71,6 +71,7 @@ class _MAIDState(SolverState):
     delta: float = 0.1
     step: float = 1.0
     outer: int = 0
+    previous: _Evaluation | None = None  # the evaluation at the previous accepted point
 
 
 @register_solver
@@ -390,7 +391,7 @@ class MAID(Solver):
             move = theta_new - theta
             if not move.any():
                 break
-            new = self._evaluate(problem, theta_new, old.xs, eps)
+            new = self._evaluate(problem, theta_new, self._predict(state, move), eps)
             new_fun, new_slack = new.fun, new.slack
             if corrected:
                 # The adjoints at the trial point (warm-started): needed for the next
@@ -423,7 +424,7 @@ class MAID(Solver):
                 outer=state.outer + 1,
                 eps=max(eps * self.nu, self.min_eps) if adaptive else eps,
                 delta=max(state.delta * self.nu, self.min_eps) if adaptive else state.delta,
-                step=step * self.step_growth,
+                step=step * self.step_growth, previous=old,
             )
             evaluation = new
         else:
@@ -441,6 +442,7 @@ class MAID(Solver):
                 # iteration (HOAG's L *= 2), not by every backtrack.
                 step=step if adaptive and shrink != self.tau else (
                     state.step if adaptive else state.step * self.backtrack),
+                previous=state.previous,
             )
             evaluation = old
         if not adaptive:
@@ -457,6 +459,21 @@ class MAID(Solver):
                 next_state.record["step"] = next_state.step
         next_state.record["accepted"] = float(accepted)
         return next_state
+
+    @staticmethod
+    def _predict(state, move):
+        """Warm starts at ``theta + move``: the lower-level solutions extrapolated along the
+        previous accepted move (a secant estimate of ``dx*/dtheta`` applied to the part of
+        ``move`` parallel to it); the current solutions when there is none."""
+        old, previous = state.evaluation, state.previous
+        if previous is None:
+            return old.xs
+        last = old.theta - previous.theta
+        norm2 = float(last @ last)
+        if norm2 == 0:
+            return old.xs
+        c = min(max(float(move @ last) / norm2, -4.0), 4.0)
+        return [x + c * (x - x_prev) for x, x_prev in zip(old.xs, previous.xs)]
 
     # --------------------------------------------------------------------- the oracle
     def hypergradient(self, problem, theta, *, eps: float = 1e-10, delta: float = 1e-10):
