@@ -336,6 +336,7 @@ class MAID(Solver):
              "n_accuracy_retries", "cost"), 0
         )
         self._certified = True
+        self._modulus_hints = {}
         theta = self._validate_theta(problem, x0)
         state = _MAIDState(
             x=theta,
@@ -510,6 +511,7 @@ class MAID(Solver):
              "n_accuracy_retries", "cost"), 0
         )
         self._certified = True
+        self._modulus_hints = {}
         theta = self._validate_theta(problem, theta)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
         evaluation = self._evaluate(problem, theta, starts, float(eps), chain=True)
@@ -539,10 +541,12 @@ class MAID(Solver):
                 # projected + bound <= tol (the projection is non-expansive), so no step
                 # is needed and no more accuracy either.
                 break
-            limited = evaluation.errors.max() > state.eps * (1 + 1e-12) or not reached
-            if limited or (state.eps <= self.min_eps and state.delta <= self.min_eps):
-                # The inner solvers cannot reach the accuracy asked for (rounding): asking
-                # for more would only burn iterations.
+            # A side is done when its solver cannot reach the accuracy asked for (rounding)
+            # or sits at the floor: asking it for more would only burn iterations.
+            lower_done = (evaluation.errors.max() > state.eps * (1 + 1e-12)
+                          or state.eps <= self.min_eps)
+            adjoint_done = not reached or state.delta <= self.min_eps
+            if lower_done and adjoint_done:
                 break
             if retry < self.max_accuracy_retries:
                 self._cost["n_accuracy_retries"] += 1
@@ -555,8 +559,13 @@ class MAID(Solver):
                     if projected < self.tol:
                         needed = max(needed, self.tol - projected)
                     factor = max(min(self.tau, 0.5 * needed / bound), 1e-6)
-                state.eps = max(state.eps * factor, self.min_eps)
-                state.delta = max(state.delta * factor, self.min_eps)
+                # From the accuracy reached (often below the one asked for): shrinking only
+                # the request would re-solve nothing.
+                if not lower_done:
+                    reached_eps = min(state.eps, float(evaluation.errors.max()))
+                    state.eps = max(reached_eps * factor, self.min_eps)
+                if not adjoint_done:
+                    state.delta = max(state.delta * factor, self.min_eps)
         state.evaluation, state.z, state.bound = evaluation, z, bound
         state.fun = evaluation.fun
         state.residual = float(np.linalg.norm(theta - problem.project(theta - z)))
@@ -600,8 +609,11 @@ class MAID(Solver):
             start = starts[k]
             if chain and k > 0 and np.shape(xs[-1]) == np.shape(start):
                 start = xs[-1]
-            out = self._solve_lower(lower, start, theta, mu * eps)
-            modulus, error = self._certify(lower, out, theta, mu)
+            # The curvature certified last time (below mu with an intercept) sets the
+            # stopping test, so that one solve usually certifies eps.
+            hint = min(self._modulus_hints.get(k, mu), mu)
+            out = self._solve_lower(lower, start, theta, hint * eps)
+            modulus, error = self._certify(lower, out, theta, mu, k)
             # A local modulus below mu (an unpenalized intercept) certifies less than the
             # stopping test assumed, or nothing yet when the ball it needs is too large:
             # continue from the point reached until it certifies eps.
@@ -610,7 +622,7 @@ class MAID(Solver):
                     break
                 gtol = 0.5 * modulus * eps if math.isfinite(error) else 0.1 * out.residual
                 out = self._solve_lower(lower, out.x, theta, gtol)
-                modulus, error = self._certify(lower, out, theta, mu)
+                modulus, error = self._certify(lower, out, theta, mu, k)
             if not math.isfinite(error):
                 # No certificate: the global mu is only a heuristic here.
                 self._certified = False
@@ -638,7 +650,7 @@ class MAID(Solver):
         self._cost["cost"] += out.nit
         return out
 
-    def _certify(self, lower, out, theta, mu):
+    def _certify(self, lower, out, theta, mu, k=0):
         """``(modulus, error)``: a curvature bound valid on a ball around ``out.x`` that
         holds ``x*``, and the certified distance ``||x - x*|| <= ||grad|| / modulus``.
 
@@ -648,12 +660,13 @@ class MAID(Solver):
         """
         norm = out.residual
         global_valid = getattr(lower, "mu_certified", True)
-        radius = 2.0 * norm / mu
+        radius = 2.0 * norm / min(self._modulus_hints.get(k, mu), mu)
         for _ in range(3):
             local = lower.local_mu(out.x, theta, radius)
             if local is None or (global_valid and local <= mu):
                 break  # nothing sharper than the global bound
             if local > 0 and norm <= local * radius:
+                self._modulus_hints[k] = local
                 return local, norm / local
             # The curvature near x is below half of mu: look again on a larger ball.
             radius = 2.0 * norm / local if local > 0 else 10.0 * radius
