@@ -453,31 +453,39 @@ class LogisticLowerLevel(LowerLevel):
         """Upper bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``.
 
         ``A(y) - A(x) = Xa^T (H_i(y) - H_i(x)) Xa / n`` with ``H_i`` the loss curvature of
-        sample ``i``, whose scores move by at most ``t_i = ||xa_i|| radius``. Binary:
-        ``log sigma'`` is 1-Lipschitz, so ``|sigma'(z + s) - sigma'(z)| <= sigma'(z)
-        (e^|s| - 1)`` (and ``<= |s| / (6 sqrt 3)``). Multinomial: the third derivative of
-        log-sum-exp is ``E_p[(h - Eh)(u - Eu)(w - Ew)]``, so ``||(H(z + h) - H(z)) u|| <= 2
-        range(h) sd_p'(u)`` along the segment, with ``p' <= p e^range(h)`` and ``range(h)
-        <= 2 t_i``: ``<= 4 t_i e^t_i sd_p(u)`` (and ``<= 2 t_i range(u)``). Then ``||Xa^T
-        M|| <= ||Xa|| ||M||_F``; never more than the global ``L_A radius ||v||``.
+        sample ``i``, whose scores move by ``tau_i = ||Delta z_i|| <= t_i = ||xa_i||
+        radius``, with ``sum_i tau_i^2 <= ||Xa||^2 radius^2``. Binary: ``log sigma'`` is
+        1-Lipschitz, so ``|sigma'(z + s) - sigma'(z)| <= sigma'(z) |s| e^t_i`` (and ``<= |s|
+        / (6 sqrt 3)``). Multinomial: the third derivative of log-sum-exp is
+        ``E_p[(h - Eh)(u - Eu)(w - Ew)]``, so ``||(H(z + h) - H(z)) u|| <= 2 range(h)
+        sd_p'(u)`` along the segment, with ``p' <= p e^range(h)`` and ``range(h) <= 2
+        tau_i``: ``<= 4 tau_i e^t_i sd_p(u)`` (and ``<= 2 tau_i range(u)``). Then ``||Xa^T M||
+        <= ||Xa|| ||M||_F``, maximized over the ``tau_i`` (greedily); never more than the
+        global ``L_A radius ||v||``.
         """
         W, _ = self._split(x)
         _, P = self.loss.probabilities(W)
         U = self.loss.Xa @ v.reshape(self.shape)
-        t = self._row_norms * radius
+        t = np.minimum(self._row_norms * radius, 700.0)
+        # Per unit of tau_i = ||Delta z_i|| (<= t_i): the change of sample i's term.
         if self.binary:
             d = (P * (1.0 - P))[:, 0]
-            change = np.minimum(d * np.expm1(np.minimum(t, 700.0)), _SIGMOID_THIRD * t)
-            beta = change * np.abs(U[:, 0])
+            slope = np.minimum(d * np.exp(t), _SIGMOID_THIRD) * np.abs(U[:, 0])
         else:
             ones = np.ones(self.k)
             mean = (P * U) @ ones
             var = np.maximum((P * U * U) @ ones - mean * mean, 0.0)
             # sd <= range / 2 under any distribution: the bound for large t.
             spread = U.max(axis=1) - U.min(axis=1)
-            beta = np.minimum(4.0 * t * np.exp(np.minimum(t, 700.0)) * np.sqrt(var),
-                              2.0 * t * spread)
-        local = self._Xa_norm * float(np.linalg.norm(beta)) / self.n
+            slope = np.minimum(4.0 * np.exp(t) * np.sqrt(var), 2.0 * spread)
+        # ||M||_F^2 <= sum_i slope_i^2 tau_i^2 with tau_i <= t_i and sum_i tau_i^2 =
+        # ||Xa (Y - X)||_F^2 <= ||Xa||^2 radius^2: the largest value puts the budget on the
+        # steepest samples first (a fractional knapsack).
+        order = np.argsort(-slope)
+        caps = (t * t)[order]
+        budget = (self._Xa_norm * radius) ** 2
+        used = np.minimum(caps, np.maximum(budget - (np.cumsum(caps) - caps), 0.0))
+        local = self._Xa_norm * float(np.sqrt(np.sum(slope[order] ** 2 * used))) / self.n
         return min(local, self._hessian_lipschitz * radius * float(np.linalg.norm(v)))
 
     def local_mu(self, x, theta, radius):

@@ -59,6 +59,7 @@ class _Evaluation:
     # correction), within corrected_slack of f(theta): second order in the errors.
     corrected: float | None = None
     corrected_slack: float | None = None
+    qs: list | None = None  # the adjoints solved at this point
 
 
 @dataclass
@@ -392,12 +393,13 @@ class MAID(Solver):
             move = theta_new - theta
             if not move.any():
                 break
-            new = self._evaluate(problem, theta_new, self._predict(state, move), eps)
+            x_starts, q_starts = self._predict(state, move)
+            new = self._evaluate(problem, theta_new, x_starts, eps)
             new_fun, new_slack = new.fun, new.slack
             if corrected:
                 # The adjoints at the trial point (warm-started): needed for the next
                 # hypergradient anyway when the step passes.
-                trial_qs = self._hypergradient(problem, new, state.qs, state.delta)[2]
+                trial_qs = self._hypergradient(problem, new, q_starts, state.delta)[2]
                 new_fun, new_slack = new.corrected, new.corrected_slack
             upper_new = new_fun + sign * new_slack
             # Differences below the rounding of the values cannot be resolved.
@@ -463,18 +465,21 @@ class MAID(Solver):
 
     @staticmethod
     def _predict(state, move):
-        """Warm starts at ``theta + move``: the lower-level solutions extrapolated along the
-        previous accepted move (a secant estimate of ``dx*/dtheta`` applied to the part of
-        ``move`` parallel to it); the current solutions when there is none."""
+        """Warm starts at ``theta + move``: the lower-level solutions and the adjoints
+        extrapolated along the previous accepted move (a secant estimate of their
+        derivatives in ``theta`` applied to the part of ``move`` parallel to it); the
+        current ones when there is none."""
         old, previous = state.evaluation, state.previous
-        if previous is None:
-            return old.xs
+        if previous is None or previous.qs is None:
+            return old.xs, state.qs
         last = old.theta - previous.theta
         norm2 = float(last @ last)
         if norm2 == 0:
-            return old.xs
+            return old.xs, state.qs
         c = min(max(float(move @ last) / norm2, -4.0), 4.0)
-        return [x + c * (x - x_prev) for x, x_prev in zip(old.xs, previous.xs)]
+        xs = [x + c * (x - x_prev) for x, x_prev in zip(old.xs, previous.xs)]
+        qs = [q + c * (q - q_prev) for q, q_prev in zip(state.qs, previous.qs)]
+        return xs, qs
 
     # --------------------------------------------------------------------- the oracle
     def hypergradient(self, problem, theta, *, eps: float = 1e-10, delta: float = 1e-10):
@@ -737,6 +742,7 @@ class MAID(Solver):
         z = z / n + problem.penalty_grad(theta)
         evaluation.corrected = evaluation.fun - correction / n
         evaluation.corrected_slack = corrected_slack / n
+        evaluation.qs = qs
         return z, bound / n, qs, reached
 
     def _result_fields(self, problem, state) -> dict:
