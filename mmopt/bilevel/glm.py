@@ -256,7 +256,16 @@ class _LogisticLoss:
         if self._key is not None and np.array_equal(self._key, W):
             return self._Z, self._P
         Z = self.Xa @ W
-        P = scipy.special.expit(Z) if self.binary else scipy.special.softmax(Z, axis=1)
+        if self.binary:
+            P = scipy.special.expit(Z)
+            self._lse = None
+        else:
+            # Softmax and log-sum-exp in one pass (the value needs the latter).
+            top = Z.max(axis=1, keepdims=True)
+            P = np.exp(Z - top)
+            total = P @ self._ones
+            P /= total[:, None]
+            self._lse = top[:, 0] + np.log(total)
         self._key, self._Z, self._P = W.copy(), Z, P
         return Z, P
 
@@ -264,7 +273,7 @@ class _LogisticLoss:
         Z, _ = self.probabilities(W)
         if self.binary:
             return float(np.sum(np.logaddexp(0.0, Z)) - np.sum(self.Y * Z))
-        return float(np.sum(scipy.special.logsumexp(Z, axis=1)) - np.sum(self.Y * Z))
+        return float(np.sum(self._lse) - np.sum(self.Y * Z))
 
     def grad(self, W):
         _, P = self.probabilities(W)
