@@ -253,7 +253,8 @@ class _LogisticLoss:
     def probabilities(self, W):
         # The last point's probabilities are cached: the solvers ask for the gradient and
         # then several Hessian-vector products at the same point.
-        if self._key is not None and np.array_equal(self._key, W):
+        key = W.tobytes()  # a byte comparison is several times faster than array_equal
+        if key == self._key:
             return self._Z, self._P
         Z = self.Xa @ W
         if self.binary:
@@ -266,7 +267,7 @@ class _LogisticLoss:
             total = P @ self._ones
             P /= total[:, None]
             self._lse = top[:, 0] + np.log(total)
-        self._key, self._Z, self._P = W.copy(), Z, P
+        self._key, self._Z, self._P = key, Z, P
         return Z, P
 
     def value(self, W):
@@ -359,7 +360,8 @@ class LogisticLowerLevel(LowerLevel):
         self.n_theta = {"shared": 1, "per_feature": self.p, "per_weight": self.p * self.k}[
             penalty
         ]
-        self._row_norms = np.sqrt((Xa * Xa).sum(1))
+        self._Xa_squared = Xa * Xa
+        self._row_norms = np.sqrt(self._Xa_squared.sum(1))
         self._Xa_norm = float(np.sqrt(_spectral_norm_sq(Xa)))
         third = _SIGMOID_THIRD if self.binary else _SOFTMAX_THIRD
         self._hessian_lipschitz = (
@@ -423,8 +425,7 @@ class LogisticLowerLevel(LowerLevel):
         """Diagonal of the Hessian in ``x`` (a Jacobi preconditioner for CG)."""
         W, _ = self._split(x)
         _, P = self.loss.probabilities(W)
-        Xa = self.loss.Xa
-        diag = (Xa * Xa).T @ (P * (1.0 - P))
+        diag = self._Xa_squared.T @ (P * (1.0 - P))
         diag[: self.p] += np.broadcast_to(self._alpha(theta), (self.p, self.k))
         return (diag / self.n).ravel()
 
@@ -544,13 +545,20 @@ class LogisticLowerLevel(LowerLevel):
             # Coefficient part: W -> (xbar_e . (w_c - w_d))_e has Gram matrix G G^T; its
             # square root S gives an isometric parametrization of the span it sees.
             gram = (means @ means.T) * self._incidence_gram[np.ix_(keep, keep)]
-            evals, evecs = np.linalg.eigh(gram)
-            root = (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+            try:
+                # Any root with root root^T = G G^T will do (G = root U, U a partial
+                # isometry): Cholesky when G G^T is definite, else the symmetric root.
+                root = np.linalg.cholesky(gram)
+            except np.linalg.LinAlgError:
+                evals, evecs = np.linalg.eigh(gram)
+                root = (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+            # In the coordinates y (W_1 = U^T y, G W_1 = root y) the form is
+            # alpha |y|^2 + |Omega^1/2 (root y + Inc B beta)|^2.
             weighted = totals[:, None] * root
             basis = self._pair_basis[keep]
             n_keep = totals.size
             M = np.block([
-                [alpha * np.eye(n_keep) + root @ weighted, weighted.T @ basis],
+                [alpha * np.eye(n_keep) + root.T @ weighted, weighted.T @ basis],
                 [basis.T @ weighted, basis.T @ (totals[:, None] * basis)],
             ])
             eig = np.linalg.eigvalsh(M)
