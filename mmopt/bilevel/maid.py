@@ -9,8 +9,9 @@ Each outer iteration works with an inexact hypergradient whose error is bounded 
 3. ``z = (1/K) sum_k -B_k^T q_k + grad r(theta)``, with an error bound ``omega`` (below).
 
 The hypergradient is accepted when ``omega <= (1 - eta) ||z||`` (then ``-z`` is a descent
-direction); otherwise ``eps`` and ``delta`` shrink by ``tau`` (or at once by the factor the
-bound is off by, with a margin of 2, when that is smaller) and it is recomputed. A trial
+direction); otherwise ``eps`` and ``delta`` shrink by ``tau`` (or at once by the factor their
+part of the bound is off by, with a margin; a side whose part is already below half of what
+is needed is left alone) and it is recomputed. A trial
 step ``theta+ = P(theta - alpha z)`` is accepted by an inexact sufficient-decrease test that
 compares an *upper* bound of the new objective with a *lower* bound of the old one.
 """
@@ -558,19 +559,30 @@ class MAID(Solver):
                 # The bound is about linear in eps and delta: shrink by tau, or at once by
                 # the factor the bound says is missing (with a margin), whichever is smaller.
                 # Enough for either test: the accuracy test, or certified convergence.
-                factor = self.tau
+                factor_eps = factor_delta = self.tau
                 if bound > 0 and z_norm > 0:
                     needed = (1 - self.eta) * z_norm
                     if projected < self.tol:
                         needed = max(needed, self.tol - projected)
-                    factor = max(min(self.tau, 0.5 * needed / bound), 1e-6)
+                    # Half of what is needed for each side, from its own part of the bound:
+                    # a side already well below its half is not asked for more.
+                    parts = {"delta": self._bound_from_adjoint}
+                    parts["eps"] = max(bound - parts["delta"], 0.0)
+                    factors = {
+                        side: 1.0 if part <= 0.5 * needed
+                        else max(min(self.tau, 0.25 * needed / part), 1e-6)
+                        for side, part in parts.items()
+                    }
+                    if factors["eps"] == factors["delta"] == 1.0:
+                        factors = dict.fromkeys(factors, self.tau)  # rounding: both
+                    factor_eps, factor_delta = factors["eps"], factors["delta"]
                 # From the accuracy reached (often below the one asked for): shrinking only
                 # the request would re-solve nothing.
-                if not lower_done:
+                if not lower_done and factor_eps < 1:
                     reached_eps = min(state.eps, float(evaluation.errors.max()))
-                    state.eps = max(reached_eps * factor, self.min_eps)
-                if not adjoint_done:
-                    state.delta = max(state.delta * factor, self.min_eps)
+                    state.eps = max(reached_eps * factor_eps, self.min_eps)
+                if not adjoint_done and factor_delta < 1:
+                    state.delta = max(state.delta * factor_delta, self.min_eps)
         state.evaluation, state.z, state.bound = evaluation, z, bound
         state.fun = evaluation.fun
         state.residual = float(np.linalg.norm(theta - problem.project(theta - z)))
@@ -689,7 +701,7 @@ class MAID(Solver):
         bound = 0.0
         qs = []
         reached = True
-        correction = corrected_slack = 0.0
+        correction = corrected_slack = from_adjoint = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
             mu = evaluation.moduli[k]
@@ -734,6 +746,8 @@ class MAID(Solver):
             if cross is None:
                 cross = L_B * e * q_norm
             bound += norm_B * e_q + cross + L_B * e * e_q
+            # The part due to the adjoint residual (the rest is due to the lower level).
+            from_adjoint += (norm_B + L_B * e) * cg.residual / mu
             # g(x*) = g(x) - q . grad_x Phi(x) + ((A - Abar) q - res) . (x* - x) + O(L_g e^2),
             # with grad_x Phi(x) = Abar (x - x*), Abar the mean Hessian on the segment.
             correction += float(q @ lower.grad_x(x, theta))
@@ -743,6 +757,7 @@ class MAID(Solver):
         evaluation.corrected = evaluation.fun - correction / n
         evaluation.corrected_slack = corrected_slack / n
         evaluation.qs = qs
+        self._bound_from_adjoint = from_adjoint / n
         return z, bound / n, qs, reached
 
     def _result_fields(self, problem, state) -> dict:
