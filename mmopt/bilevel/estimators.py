@@ -34,7 +34,9 @@ def _check_bounds(bounds, name):
 
 def _solver(est):
     check_scalar(est.spread_penalty, "spread_penalty", min_value=0.0)
-    return MAID(tol=est.tol, max_iter=est.max_iter, verbose=est.verbose)
+    # Barzilai-Borwein steps: a secant step fits the few hyperparameters in a handful
+    # of iterations where the growth rule needs many.
+    return MAID(tol=est.tol, max_iter=est.max_iter, verbose=est.verbose, step_rule="bb")
 
 
 def _theta_penalty(est):

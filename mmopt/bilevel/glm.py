@@ -247,23 +247,34 @@ class _LogisticLoss:
 
     def __init__(self, Xa, Y, binary):
         self.Xa, self.Y, self.binary = Xa, Y, binary
+        self._ones = np.ones(Y.shape[1])
         self._key = None
 
     def probabilities(self, W):
         # The last point's probabilities are cached: the solvers ask for the gradient and
         # then several Hessian-vector products at the same point.
-        if self._key is not None and np.array_equal(self._key, W):
+        key = W.tobytes()  # a byte comparison is several times faster than array_equal
+        if key == self._key:
             return self._Z, self._P
         Z = self.Xa @ W
-        P = scipy.special.expit(Z) if self.binary else scipy.special.softmax(Z, axis=1)
-        self._key, self._Z, self._P = W.copy(), Z, P
+        if self.binary:
+            P = scipy.special.expit(Z)
+            self._lse = None
+        else:
+            # Softmax and log-sum-exp in one pass (the value needs the latter).
+            top = Z.max(axis=1, keepdims=True)
+            P = np.exp(Z - top)
+            total = P @ self._ones
+            P /= total[:, None]
+            self._lse = top[:, 0] + np.log(total)
+        self._key, self._Z, self._P = key, Z, P
         return Z, P
 
     def value(self, W):
         Z, _ = self.probabilities(W)
         if self.binary:
             return float(np.sum(np.logaddexp(0.0, Z)) - np.sum(self.Y * Z))
-        return float(np.sum(scipy.special.logsumexp(Z, axis=1)) - np.sum(self.Y * Z))
+        return float(np.sum(self._lse) - np.sum(self.Y * Z))
 
     def grad(self, W):
         _, P = self.probabilities(W)
@@ -275,8 +286,9 @@ class _LogisticLoss:
         if self.binary:
             HU = P * (1.0 - P) * U
         else:
-            PU = P * U
-            HU = PU - P * PU.sum(axis=1, keepdims=True)
+            HU = P * U
+            # A matrix-vector product sums the rows several times faster than .sum(axis=1).
+            HU -= P * (HU @ self._ones)[:, None]
         return self.Xa.T @ HU
 
 
@@ -301,10 +313,17 @@ class LogisticLowerLevel(LowerLevel):
     Notes
     -----
     ``mu`` is the penalty's curvature ``min e^theta / n``; it bounds the strong convexity in
-    the coefficients but not in the unpenalized intercept, so with ``fit_intercept`` the
-    certificate is not rigorous (``mu_certified`` is False; in practice the data curvature in
-    the intercept direction is larger). Binary problems offer a dense ``hessian`` (Newton
-    inner solver); multinomial ones use Newton-CG on Hessian-vector products.
+    the coefficients but not in the unpenalized intercept, so with ``fit_intercept`` it is
+    only a heuristic (``mu_certified`` is False) and :class:`MAID` certifies the distance to
+    the solution with :meth:`local_mu`, a lower bound of the curvature on a ball that uses
+    the data (the intercept is held in place by the loss, not the penalty). The multinomial
+    loss does not change when the same constant is added to every class's intercept: there
+    the lower-level solution is unique up to that shift, which neither the validation loss
+    nor the hypergradient sees, and every distance is measured off that direction.
+    :meth:`hessian_change` bounds ``||(A(y) - A(x)) v||`` per sample, much more sharply
+    than the global Lipschitz constant of the Hessian. Binary problems offer a dense
+    ``hessian`` (Newton inner solver); multinomial ones use Newton-CG on Hessian-vector
+    products.
 
     Examples
     --------
@@ -341,10 +360,28 @@ class LogisticLowerLevel(LowerLevel):
         self.n_theta = {"shared": 1, "per_feature": self.p, "per_weight": self.p * self.k}[
             penalty
         ]
-        row_norm = float(np.sqrt((Xa * Xa).sum(1).max()))
+        self._Xa_squared = Xa * Xa
+        self._row_norms = np.sqrt(self._Xa_squared.sum(1))
+        self._Xa_norm = float(np.sqrt(_spectral_norm_sq(Xa)))
         third = _SIGMOID_THIRD if self.binary else _SOFTMAX_THIRD
-        self._hessian_lipschitz = third * row_norm * _spectral_norm_sq(Xa) / self.n
+        self._hessian_lipschitz = (
+            third * float(self._row_norms.max(initial=0.0)) * self._Xa_norm**2 / self.n
+        )
+        # mu = min(penalty) / n misses the unpenalized intercept; local_mu certifies it.
         self.mu_certified = not fit_intercept
+        if fit_intercept and not self.binary:
+            # The class pairs (c, d) of the softmax Hessian diag(p) - p p^T =
+            # sum_{c<d} p_c p_d (e_c - e_d)(e_c - e_d)^T, and a basis of the intercepts
+            # orthogonal to the constant one (the loss does not change along it).
+            self._pairs = np.triu_indices(self.k, 1)
+            n_pairs = self._pairs[0].size
+            incidence = np.zeros((n_pairs, self.k))
+            incidence[np.arange(n_pairs), self._pairs[0]] = 1.0
+            incidence[np.arange(n_pairs), self._pairs[1]] = -1.0
+            self._incidence = incidence
+            self._incidence_gram = incidence @ incidence.T
+            centred = np.eye(self.k) - 1.0 / self.k
+            self._pair_basis = incidence @ scipy.linalg.orth(centred)
         if self.binary:
             self.hessian = self._hessian
 
@@ -379,15 +416,16 @@ class LogisticLowerLevel(LowerLevel):
     def hvp_xx(self, x, theta, v):
         W, _ = self._split(x)
         V = v.reshape(self.shape)
-        out = self.loss.hvp(W, V) + self._pad(self._alpha(theta) * V[: self.p])
-        return (out / self.n).ravel()
+        out = self.loss.hvp(W, V)
+        out[: self.p] += self._alpha(theta) * V[: self.p]
+        out /= self.n
+        return out.ravel()
 
     def hessian_diagonal(self, x, theta):
         """Diagonal of the Hessian in ``x`` (a Jacobi preconditioner for CG)."""
         W, _ = self._split(x)
         _, P = self.loss.probabilities(W)
-        Xa = self.loss.Xa
-        diag = (Xa * Xa).T @ (P * (1.0 - P))
+        diag = self._Xa_squared.T @ (P * (1.0 - P))
         diag[: self.p] += np.broadcast_to(self._alpha(theta), (self.p, self.k))
         return (diag / self.n).ravel()
 
@@ -420,6 +458,114 @@ class LogisticLowerLevel(LowerLevel):
 
     def hessian_lipschitz(self, theta):
         return self._hessian_lipschitz
+
+    def hessian_change(self, x, theta, v, radius):
+        """Upper bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``.
+
+        ``A(y) - A(x) = Xa^T (H_i(y) - H_i(x)) Xa / n`` with ``H_i`` the loss curvature of
+        sample ``i``, whose scores move by ``tau_i = ||Delta z_i|| <= t_i = ||xa_i||
+        radius``, with ``sum_i tau_i^2 <= ||Xa||^2 radius^2``. Binary: ``log sigma'`` is
+        1-Lipschitz, so ``|sigma'(z + s) - sigma'(z)| <= sigma'(z) |s| e^t_i`` (and ``<= |s|
+        / (6 sqrt 3)``). Multinomial: the third derivative of log-sum-exp is
+        ``E_p[(h - Eh)(u - Eu)(w - Ew)]``, so ``||(H(z + h) - H(z)) u|| <= 2 range(h)
+        sd_p'(u)`` along the segment, with ``p' <= p e^range(h)`` and ``range(h) <= 2
+        tau_i``: ``<= 4 tau_i e^t_i sd_p(u)`` (and ``<= 2 tau_i range(u)``). Then ``||Xa^T M||
+        <= ||Xa|| ||M||_F``, maximized over the ``tau_i`` (greedily); never more than the
+        global ``L_A radius ||v||``.
+        """
+        W, _ = self._split(x)
+        _, P = self.loss.probabilities(W)
+        U = self.loss.Xa @ v.reshape(self.shape)
+        t = np.minimum(self._row_norms * radius, 700.0)
+        # Per unit of tau_i = ||Delta z_i|| (<= t_i): the change of sample i's term.
+        if self.binary:
+            d = (P * (1.0 - P))[:, 0]
+            slope = np.minimum(d * np.exp(t), _SIGMOID_THIRD) * np.abs(U[:, 0])
+        else:
+            ones = np.ones(self.k)
+            mean = (P * U) @ ones
+            var = np.maximum((P * U * U) @ ones - mean * mean, 0.0)
+            # sd <= range / 2 under any distribution: the bound for large t.
+            spread = U.max(axis=1) - U.min(axis=1)
+            slope = np.minimum(4.0 * np.exp(t) * np.sqrt(var), 2.0 * spread)
+        # ||M||_F^2 <= sum_i slope_i^2 tau_i^2 with tau_i <= t_i and sum_i tau_i^2 =
+        # ||Xa (Y - X)||_F^2 <= ||Xa||^2 radius^2: the largest value puts the budget on the
+        # steepest samples first (a fractional knapsack).
+        order = np.argsort(-slope)
+        caps = (t * t)[order]
+        budget = (self._Xa_norm * radius) ** 2
+        used = np.minimum(caps, np.maximum(budget - (np.cumsum(caps) - caps), 0.0))
+        local = self._Xa_norm * float(np.sqrt(np.sum(slope[order] ** 2 * used))) / self.n
+        return min(local, self._hessian_lipschitz * radius * float(np.linalg.norm(v)))
+
+    def local_mu(self, x, theta, radius):
+        """Lower bound on the Hessian's eigenvalues over ``||y - x|| <= radius``.
+
+        Without an intercept: ``mu(theta)``. With one, the data curvature is what keeps the
+        intercept in place. Each sample's loss curvature on the ball is at least ``gamma_i``
+        times the one at ``x`` (``gamma_i = e^-t_i`` binary, ``e^-2 t_i`` multinomial, with
+        ``t_i = ||xa_i|| radius``). Binary: writing the weights ``omega_i = gamma_i
+        sigma'(z_i)``, ``sum_i omega_i (x_i w + b)^2 >= Omega (xbar w + b)^2`` (``Omega =
+        sum omega_i``, ``xbar`` the omega-weighted mean of the samples), which with the
+        penalty ``alpha ||w||^2`` has the smallest eigenvalue of ``[[alpha + Omega |xbar|^2,
+        Omega |xbar|], [Omega |xbar|, Omega]]``. Multinomial: the softmax curvature is a sum
+        over class pairs, ``u^T H u = sum_{c<d} p_c p_d (u_c - u_d)^2``; the same weighted
+        centring per pair leaves a quadratic form in the intercepts (orthogonal to the
+        constant direction, along which the loss does not change) and in the projection of
+        the coefficients onto the span of the pairs' mean samples, whose smallest eigenvalue
+        is computed (a matrix of size n_pairs + n_classes - 1).
+        """
+        alpha = float(np.min(np.exp(theta)))
+        if not self.fit_intercept:
+            return alpha / self.n
+        W, _ = self._split(x)
+        _, P = self.loss.probabilities(W)
+        X = self.loss.Xa[:, : self.p]
+        t = self._row_norms * radius
+        if self.binary:
+            omega = (P * (1.0 - P))[:, 0] * np.exp(-t)
+            total = float(omega.sum())
+            if not total > 0:
+                return 0.0
+            xbar = (omega @ X) / total
+            c2 = float(xbar @ xbar)
+            trace = alpha + total * (1.0 + c2)
+            disc = np.sqrt(max(trace * trace - 4.0 * alpha * total, 0.0))
+            lam = 2.0 * alpha * total / (trace + disc)
+            scale = trace
+        else:
+            first, second = self._pairs
+            omega = np.exp(-2.0 * t)[:, None] * P[:, first] * P[:, second]
+            totals = omega.sum(0)
+            keep = totals > 0
+            omega, totals = omega[:, keep], totals[keep]
+            if totals.size == 0:
+                return 0.0
+            means = (omega.T @ X) / totals[:, None]
+            # Coefficient part: W -> (xbar_e . (w_c - w_d))_e has Gram matrix G G^T; its
+            # square root S gives an isometric parametrization of the span it sees.
+            gram = (means @ means.T) * self._incidence_gram[np.ix_(keep, keep)]
+            try:
+                # Any root with root root^T = G G^T will do (G = root U, U a partial
+                # isometry): Cholesky when G G^T is definite, else the symmetric root.
+                root = np.linalg.cholesky(gram)
+            except np.linalg.LinAlgError:
+                evals, evecs = np.linalg.eigh(gram)
+                root = (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+            # In the coordinates y (W_1 = U^T y, G W_1 = root y) the form is
+            # alpha |y|^2 + |Omega^1/2 (root y + Inc B beta)|^2.
+            weighted = totals[:, None] * root
+            basis = self._pair_basis[keep]
+            n_keep = totals.size
+            M = np.block([
+                [alpha * np.eye(n_keep) + root.T @ weighted, weighted.T @ basis],
+                [basis.T @ weighted, basis.T @ (totals[:, None] * basis)],
+            ])
+            eig = np.linalg.eigvalsh(M)
+            lam, scale = float(eig[0]), float(eig[-1])
+        # Rounding of the eigenvalue computation, then never above the penalty's curvature.
+        lam = min(lam - 64 * np.finfo(float).eps * scale, alpha)
+        return max(lam, 0.0) / self.n
 
     def cross_norm(self, x, theta):
         _, coef = self._split(x)

@@ -9,14 +9,16 @@ Each outer iteration works with an inexact hypergradient whose error is bounded 
 3. ``z = (1/K) sum_k -B_k^T q_k + grad r(theta)``, with an error bound ``omega`` (below).
 
 The hypergradient is accepted when ``omega <= (1 - eta) ||z||`` (then ``-z`` is a descent
-direction); otherwise ``eps`` and ``delta`` shrink by ``tau`` (or at once by the factor the
-bound is off by, with a margin of 2, when that is smaller) and it is recomputed. A trial
+direction); otherwise ``eps`` and ``delta`` shrink by ``tau`` (or at once by the factor their
+part of the bound is off by, with a margin; a side whose part is already below half of what
+is needed is left alone) and it is recomputed. A trial
 step ``theta+ = P(theta - alpha z)`` is accepted by an inexact sufficient-decrease test that
 compares an *upper* bound of the new objective with a *lower* bound of the old one.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -48,11 +50,17 @@ class _Evaluation:
 
     theta: np.ndarray
     xs: list
-    errors: np.ndarray  # certified ||x_k - x_k*|| (achieved ||grad|| / mu)
+    errors: np.ndarray  # certified ||x_k - x_k*|| (achieved ||grad|| / modulus)
+    moduli: np.ndarray  # certified lower bounds of lambda_min(A_k) near x_k and x_k*
     values: np.ndarray  # g_k(x_k)
     grads: list  # grad g_k(x_k)
     fun: float  # mean g_k(x_k) + r(theta)
     slack: float  # |f(theta) - fun| <= slack
+    # With the adjoints: fun - mean q_k . grad_x Phi_k(x_k) (a dual-weighted residual
+    # correction), within corrected_slack of f(theta): second order in the errors.
+    corrected: float | None = None
+    corrected_slack: float | None = None
+    qs: list | None = None  # the adjoints solved at this point
 
 
 @dataclass
@@ -65,6 +73,7 @@ class _MAIDState(SolverState):
     delta: float = 0.1
     step: float = 1.0
     outer: int = 0
+    previous: _Evaluation | None = None  # the evaluation at the previous accepted point
 
 
 @register_solver
@@ -76,27 +85,39 @@ class MAID(Solver):
     ``eps`` and the adjoint accuracy ``delta`` on the fly (``accuracy="adaptive"``, MAID) or
     from an a-priori schedule (the HOAG baselines).
 
-    **Error bound.** With ``e = ||grad_x Phi(x)|| / mu`` (the certified distance to
-    ``x*``), ``r = ||A q - grad g(x)||`` (the true CG residual), ``L_A, L_B`` the Lipschitz
-    constants of the Hessian ``A`` and of the mixed derivative ``B`` in ``x``, and ``L_g`` that
-    of ``grad g``, the adjoint error is
-    ``e_q = r / mu + L_g e / mu + L_A e (||grad g(x)|| + L_g e) / mu^2`` and
+    **Error bound.** With ``m`` a certified lower bound of the Hessian ``A``'s eigenvalues
+    near ``x`` (``mu``, or the lower level's ``local_mu``), ``e = ||grad_x Phi(x)|| / m``
+    (the certified distance to ``x*``), ``r = ||A q - grad g(x)||`` (the true CG residual),
+    ``c(q)`` a bound on ``||(A(x*) - A(x)) q||`` (the lower level's ``hessian_change``, or
+    ``L_A e ||q||`` with ``L_A`` the Lipschitz constant of ``A``), ``L_B`` that of the mixed
+    derivative ``B`` in ``x`` and ``L_g`` that of ``grad g``, the adjoint error is
+    ``e_q = (r + L_g e + c(q)) / m`` (from ``q - q* = A*^{-1} (A* q - grad g(x*))``) and,
+    with ``b(q)`` a bound on ``||(B(x*) - B(x))^T q||`` (the lower level's
+    ``cross_change``, or ``L_B e ||q||``),
 
     .. math::
 
-        \|z - \nabla f(\theta)\| \le \omega = \|B(x)\|\, e_q + L_B\, e\, (\|q\| + e_q)
+        \|z - \nabla f(\theta)\| \le \omega = \|B(x)\|\, e_q + b(q) + L_B\, e\, e_q
 
     (per instance, then averaged): a bound of the form ``c1 eps + c2 delta + c3 eps^2``. It
     is *certified* when the lower and upper levels supply every constant (and ``mu`` is a
     valid bound); the result says so in ``bound_certified``.
 
-    **Sufficient decrease.** ``|f(theta) - f_hat(theta)| <= s = mean(||grad g_k|| e_k +
-    L_g e_k^2 / 2)``, so a step is accepted when
-    ``(f_hat(theta+) + s+) - (f_hat(theta) - s) <= -(eta / alpha) ||theta+ - theta||^2`` (the
-    principled test: ``eta``, not the ``eta^2`` of the authors' code). A failed test shrinks
-    the step by ``backtrack``; after ``max_backtracks`` failures ``eps`` and ``delta`` shrink
-    by ``tau`` and the iteration ends without moving. On success ``eps``, ``delta`` are
-    multiplied by ``nu`` (> 1: cheaper next time) and the step by ``step_growth``.
+    **Sufficient decrease.** The plain computed value ``mean g_k(x_k)`` is within ``mean(||grad
+    g_k|| e_k + L_g e_k^2 / 2)`` of ``f``; MAID uses the adjoints (solved at every trial point,
+    warm-started, and reused by the next hypergradient) for a sharper estimate, the
+    dual-weighted residual correction ``f_hat = mean(g_k(x_k) - q_k . grad_x Phi_k(x_k)) +
+    r(theta)``, within ``s = mean((r_k + c_k(q_k)) e_k + L_g e_k^2 / 2)`` of ``f``
+    (second order in the errors; ``grad_x Phi(x) = Abar (x - x*)`` with ``Abar`` the mean
+    Hessian on the segment). A step is accepted when ``(f_hat(theta+) + s+) - (f_hat(theta)
+    - s) <= -(eta / alpha) ||theta+ - theta||^2`` (the principled test: ``eta``, not the
+    ``eta^2`` of the authors' code). A failed test shrinks the step by ``backtrack``; after
+    ``max_backtracks`` failures ``eps`` and ``delta`` shrink by ``tau`` and the iteration
+    ends without moving. When the computed values pass and only the slack ``s + s+`` fails
+    the test, no shorter step can pass (it asks for more decrease relative to the slack): the
+    iteration ends at once, ``eps`` and ``delta`` shrink by the factor the slack is off (at
+    most ``tau``) and the step is kept. On success ``eps``, ``delta`` are multiplied by
+    ``nu`` (> 1: cheaper next time) and the step by ``step_growth``.
 
     **HOAG schedules** (``accuracy="geometric"``, ``"quadratic"``, ``"cubic"``,
     ``"fixed"``): ``eps_k = eps0 * s_k``, ``delta_k = delta0 * s_k`` with ``s_k = 0.9^k``,
@@ -123,7 +144,12 @@ class MAID(Solver):
     backtrack : float, default=0.5
         Shrink factor of the step on a failed decrease test.
     step_growth : float, default=10/9
-        Growth factor of the step after a successful one.
+        Growth factor of the step after a successful one (``step_rule="growth"``).
+    step_rule : {"growth", "bb"}, default="growth"
+        Step after a successful iteration: the previous one times ``step_growth`` (the
+        paper's rule), or the Barzilai-Borwein step ``s.s / s.y`` from the move ``s`` and
+        the change ``y`` of the hypergradient (within a factor 10 of the previous step; the
+        growth rule when ``s.y <= 0``). The sufficient-decrease test guards both.
     max_backtracks : int, default=10
         Failed decrease tests before ``eps``, ``delta`` shrink.
     max_accuracy_retries : int, default=30
@@ -196,6 +222,7 @@ class MAID(Solver):
         nu: float = 1.05,
         backtrack: float = 0.5,
         step_growth: float = 10.0 / 9.0,
+        step_rule: str = "growth",
         max_backtracks: int = 10,
         max_accuracy_retries: int = 30,
         min_eps: float = 1e-13,
@@ -216,6 +243,7 @@ class MAID(Solver):
         self.nu = nu
         self.backtrack = backtrack
         self.step_growth = step_growth
+        self.step_rule = step_rule
         self.max_backtracks = max_backtracks
         self.max_accuracy_retries = max_accuracy_retries
         self.min_eps = min_eps
@@ -231,6 +259,7 @@ class MAID(Solver):
     def _validate_params(self) -> None:
         super()._validate_params()
         check_choice(self.accuracy, "accuracy", _SCHEDULES)
+        check_choice(self.step_rule, "step_rule", ("growth", "bb"))
         for name in ("eps0", "delta0"):
             check_scalar(getattr(self, name), name, min_value=0.0, include_min=False)
         if not (isinstance(self.step0, str) and self.step0 == "auto"):
@@ -309,6 +338,7 @@ class MAID(Solver):
              "n_accuracy_retries", "cost"), 0
         )
         self._certified = True
+        self._modulus_hints = {}
         theta = self._validate_theta(problem, x0)
         state = _MAIDState(
             x=theta,
@@ -321,7 +351,7 @@ class MAID(Solver):
         if self.accuracy != "adaptive":
             state.eps, state.delta = self._scheduled(0)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
-        evaluation = self._evaluate(problem, theta, starts, state.eps)
+        evaluation = self._evaluate(problem, theta, starts, state.eps, chain=True)
         state = self._hypergradient_with_test(problem, state, evaluation)
         if self.step0 == "auto":
             # A first trial move of length 1 in theta: a factor e on a log-penalty.
@@ -350,30 +380,55 @@ class MAID(Solver):
         # MAID compares an upper bound of the new value with a lower bound of the old one;
         # HOAG's lenient test compares the other way round (tolerating the inexactness).
         sign = 1.0 if adaptive else -1.0
-        lower_old = old.fun - sign * old.slack
+        # MAID's values: with the adjoints' dual-weighted residual correction, whose error
+        # is second order in eps (the plain values' slack ||grad g|| eps is first order).
+        corrected = adaptive and old.corrected is not None
+        old_fun, old_slack = (old.corrected, old.corrected_slack) if corrected else (
+            old.fun, old.slack)
+        lower_old = old_fun - sign * old_slack
         accepted = False
         new = None
+        shrink = self.tau
         for attempt in range(self.max_backtracks + 1):
             theta_new = problem.project(theta - step * z)
             move = theta_new - theta
             if not move.any():
                 break
-            new = self._evaluate(problem, theta_new, old.xs, eps)
-            upper_new = new.fun + sign * new.slack
+            x_starts, q_starts = self._predict(state, move)
+            new = self._evaluate(problem, theta_new, x_starts, eps)
+            new_fun, new_slack = new.fun, new.slack
+            if corrected:
+                # The adjoints at the trial point (warm-started): needed for the next
+                # hypergradient anyway when the step passes.
+                trial_qs = self._hypergradient(problem, new, q_starts, state.delta)[2]
+                new_fun, new_slack = new.corrected, new.corrected_slack
+            upper_new = new_fun + sign * new_slack
             # Differences below the rounding of the values cannot be resolved.
-            rounding = 8 * np.finfo(float).eps * max(abs(new.fun), abs(old.fun))
-            if upper_new - lower_old <= -(self.eta / step) * float(move @ move) + rounding:
+            rounding = 8 * np.finfo(float).eps * max(abs(new_fun), abs(old_fun))
+            target = -(self.eta / step) * float(move @ move) + rounding
+            if upper_new - lower_old <= target:
                 accepted = True
+                break
+            if adaptive and new_fun - old_fun <= target:
+                # The computed values pass and only the slack of the bounds fails the test:
+                # a shorter step cannot fix that (it only asks for more decrease relative to
+                # the slack). Tighten eps and delta instead, by the factor the slack is off
+                # (slack is about linear in eps), and keep this step.
+                slack = new_slack + old_slack
+                if slack > 0:
+                    shrink = max(min(self.tau, 0.5 * (target - (new_fun - old_fun)) / slack),
+                                 1e-3)
                 break
             if attempt < self.max_backtracks:
                 self._cost["n_backtracks"] += 1
                 step *= self.backtrack
         if accepted:
             next_state = _MAIDState(
-                x=theta_new, fun=new.fun, qs=state.qs, outer=state.outer + 1,
+                x=theta_new, fun=new.fun, qs=trial_qs if corrected else state.qs,
+                outer=state.outer + 1,
                 eps=max(eps * self.nu, self.min_eps) if adaptive else eps,
                 delta=max(state.delta * self.nu, self.min_eps) if adaptive else state.delta,
-                step=step * self.step_growth,
+                step=step * self.step_growth, previous=old,
             )
             evaluation = new
         else:
@@ -384,18 +439,48 @@ class MAID(Solver):
             # No step passed: the bounds are too loose (adaptive), or the step too long.
             next_state = _MAIDState(
                 x=theta, fun=old.fun, qs=state.qs, outer=state.outer + 1,
-                eps=max(eps * self.tau, self.min_eps) if adaptive else eps,
-                delta=max(state.delta * self.tau, self.min_eps) if adaptive else state.delta,
-                # Adaptive: the bounds were too loose, not the step. Schedules: the step
-                # shrinks once per failed iteration (HOAG's L *= 2), not by every backtrack.
-                step=state.step if adaptive else state.step * self.backtrack,
+                eps=max(eps * shrink, self.min_eps) if adaptive else eps,
+                delta=max(state.delta * shrink, self.min_eps) if adaptive else state.delta,
+                # Adaptive: the bounds were too loose (or the step, shortened above until
+                # only the slack failed). Schedules: the step shrinks once per failed
+                # iteration (HOAG's L *= 2), not by every backtrack.
+                step=step if adaptive and shrink != self.tau else (
+                    state.step if adaptive else state.step * self.backtrack),
+                previous=state.previous,
             )
             evaluation = old
         if not adaptive:
             next_state.eps, next_state.delta = self._scheduled(next_state.outer)
         next_state = self._hypergradient_with_test(problem, next_state, evaluation)
+        if accepted and self.step_rule == "bb":
+            # Barzilai-Borwein: the step that fits the curvature seen along the move (the
+            # secant, a Newton step in one dimension), kept within a factor 10 of the step
+            # that passed; the decrease test still guards every trial.
+            s_move, y_change = theta_new - theta, next_state.z - z
+            sy = float(s_move @ y_change)
+            if sy > 0:
+                next_state.step = min(max(float(s_move @ s_move) / sy, 0.1 * step), 10 * step)
+                next_state.record["step"] = next_state.step
         next_state.record["accepted"] = float(accepted)
         return next_state
+
+    @staticmethod
+    def _predict(state, move):
+        """Warm starts at ``theta + move``: the lower-level solutions and the adjoints
+        extrapolated along the previous accepted move (a secant estimate of their
+        derivatives in ``theta`` applied to the part of ``move`` parallel to it); the
+        current ones when there is none."""
+        old, previous = state.evaluation, state.previous
+        if previous is None or previous.qs is None:
+            return old.xs, state.qs
+        last = old.theta - previous.theta
+        norm2 = float(last @ last)
+        if norm2 == 0:
+            return old.xs, state.qs
+        c = min(max(float(move @ last) / norm2, -4.0), 4.0)
+        xs = [x + c * (x - x_prev) for x, x_prev in zip(old.xs, previous.xs)]
+        qs = [q + c * (q - q_prev) for q, q_prev in zip(state.qs, previous.qs)]
+        return xs, qs
 
     # --------------------------------------------------------------------- the oracle
     def hypergradient(self, problem, theta, *, eps: float = 1e-10, delta: float = 1e-10):
@@ -432,9 +517,10 @@ class MAID(Solver):
              "n_accuracy_retries", "cost"), 0
         )
         self._certified = True
+        self._modulus_hints = {}
         theta = self._validate_theta(problem, theta)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
-        evaluation = self._evaluate(problem, theta, starts, float(eps))
+        evaluation = self._evaluate(problem, theta, starts, float(eps), chain=True)
         qs = [np.zeros_like(x) for x in starts]
         z, bound, _, _ = self._hypergradient(problem, evaluation, qs, float(delta))
         self.bound_certified_ = bool(self._certified)
@@ -455,20 +541,48 @@ class MAID(Solver):
             z_norm = float(np.linalg.norm(z))
             if not adaptive or bound <= (1 - self.eta) * z_norm:
                 break
-            limited = evaluation.errors.max() > state.eps * (1 + 1e-12) or not reached
-            if limited or (state.eps <= self.min_eps and state.delta <= self.min_eps):
-                # The inner solvers cannot reach the accuracy asked for (rounding): asking
-                # for more would only burn iterations.
+            projected = float(np.linalg.norm(theta - problem.project(theta - z)))
+            if projected + bound <= self.tol:
+                # Certified convergence: the true projected hypergradient is at most
+                # projected + bound <= tol (the projection is non-expansive), so no step
+                # is needed and no more accuracy either.
+                break
+            # A side is done when its solver cannot reach the accuracy asked for (rounding)
+            # or sits at the floor: asking it for more would only burn iterations.
+            lower_done = (evaluation.errors.max() > state.eps * (1 + 1e-12)
+                          or state.eps <= self.min_eps)
+            adjoint_done = not reached or state.delta <= self.min_eps
+            if lower_done and adjoint_done:
                 break
             if retry < self.max_accuracy_retries:
                 self._cost["n_accuracy_retries"] += 1
                 # The bound is about linear in eps and delta: shrink by tau, or at once by
                 # the factor the bound says is missing (with a margin), whichever is smaller.
-                factor = self.tau
+                # Enough for either test: the accuracy test, or certified convergence.
+                factor_eps = factor_delta = self.tau
                 if bound > 0 and z_norm > 0:
-                    factor = max(min(self.tau, 0.5 * (1 - self.eta) * z_norm / bound), 1e-6)
-                state.eps = max(state.eps * factor, self.min_eps)
-                state.delta = max(state.delta * factor, self.min_eps)
+                    needed = (1 - self.eta) * z_norm
+                    if projected < self.tol:
+                        needed = max(needed, self.tol - projected)
+                    # Half of what is needed for each side, from its own part of the bound:
+                    # a side already well below its half is not asked for more.
+                    parts = {"delta": self._bound_from_adjoint}
+                    parts["eps"] = max(bound - parts["delta"], 0.0)
+                    factors = {
+                        side: 1.0 if part <= 0.5 * needed
+                        else max(min(self.tau, 0.25 * needed / part), 1e-6)
+                        for side, part in parts.items()
+                    }
+                    if factors["eps"] == factors["delta"] == 1.0:
+                        factors = dict.fromkeys(factors, self.tau)  # rounding: both
+                    factor_eps, factor_delta = factors["eps"], factors["delta"]
+                # From the accuracy reached (often below the one asked for): shrinking only
+                # the request would re-solve nothing.
+                if not lower_done and factor_eps < 1:
+                    reached_eps = min(state.eps, float(evaluation.errors.max()))
+                    state.eps = max(reached_eps * factor_eps, self.min_eps)
+                if not adjoint_done and factor_delta < 1:
+                    state.delta = max(state.delta * factor_delta, self.min_eps)
         state.evaluation, state.z, state.bound = evaluation, z, bound
         state.fun = evaluation.fun
         state.residual = float(np.linalg.norm(theta - problem.project(theta - z)))
@@ -501,20 +615,35 @@ class MAID(Solver):
         solver = newton_cg if method == "newton-cg" else fista
         return solver(lower, x0, theta, gtol, max_iter=self.max_inner_iter)
 
-    def _evaluate(self, problem, theta, starts, eps) -> _Evaluation:
-        """Solve every lower level at ``theta`` to accuracy ``eps`` from ``starts``."""
-        xs, errors, values, grads = [], [], [], []
+    def _evaluate(self, problem, theta, starts, eps, *, chain=False) -> _Evaluation:
+        """Solve every lower level at ``theta`` to accuracy ``eps`` from ``starts``; with
+        ``chain`` (cold starts), each instance starts from the previous one's solution
+        instead (cross-validation folds have similar solutions)."""
+        xs, errors, moduli, values, grads = [], [], [], [], []
         slack = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             mu = BilevelProblem.check_mu(lower.mu(theta), k)
-            if not getattr(lower, "mu_certified", True):
+            start = starts[k]
+            if chain and k > 0 and np.shape(xs[-1]) == np.shape(start):
+                start = xs[-1]
+            # The curvature certified last time (below mu with an intercept) sets the
+            # stopping test, so that one solve usually certifies eps.
+            hint = min(self._modulus_hints.get(k, mu), mu)
+            out = self._solve_lower(lower, start, theta, hint * eps)
+            modulus, error = self._certify(lower, out, theta, mu, k)
+            # A local modulus below mu (an unpenalized intercept) certifies less than the
+            # stopping test assumed, or nothing yet when the ball it needs is too large:
+            # continue from the point reached until it certifies eps.
+            for _ in range(8):
+                if error <= eps * (1 + 1e-12) or not out.converged:
+                    break
+                gtol = 0.5 * modulus * eps if math.isfinite(error) else 0.1 * out.residual
+                out = self._solve_lower(lower, out.x, theta, gtol)
+                modulus, error = self._certify(lower, out, theta, mu, k)
+            if not math.isfinite(error):
+                # No certificate: the global mu is only a heuristic here.
                 self._certified = False
-            out = self._inner(lower, starts[k], theta, mu * eps)
-            self._cost["n_lower_iter"] += out.nit
-            self._cost["n_hvp"] += out.n_hvp
-            self._cost["n_lower_solves"] += 1
-            self._cost["cost"] += out.nit
-            error = out.residual / mu
+                modulus, error = mu, out.residual / mu
             value, grad = upper.value(out.x), upper.grad(out.x)
             L_g = upper.L_g
             if L_g is None:
@@ -522,11 +651,48 @@ class MAID(Solver):
             slack += float(np.linalg.norm(grad)) * error + 0.5 * L_g * error**2
             xs.append(out.x)
             errors.append(error)
+            moduli.append(modulus)
             values.append(value)
             grads.append(grad)
         n = len(xs)
         fun = float(np.mean(values)) + problem.penalty_value(theta)
-        return _Evaluation(theta, xs, np.array(errors), np.array(values), grads, fun, slack / n)
+        return _Evaluation(theta, xs, np.array(errors), np.array(moduli), np.array(values),
+                           grads, fun, slack / n)
+
+    def _solve_lower(self, lower, x0, theta, gtol) -> InnerResult:
+        out = self._inner(lower, x0, theta, gtol)
+        self._cost["n_lower_iter"] += out.nit
+        self._cost["n_hvp"] += out.n_hvp
+        self._cost["n_lower_solves"] += 1
+        self._cost["cost"] += out.nit
+        return out
+
+    def _certify(self, lower, out, theta, mu, k=0):
+        """``(modulus, error)``: a curvature bound valid on a ball around ``out.x`` that
+        holds ``x*``, and the certified distance ``||x - x*|| <= ||grad|| / modulus``.
+
+        With ``m`` a lower bound of the Hessian's eigenvalues on the ball of radius ``R``
+        around ``x``, ``t -> Phi(x + t u)`` has a derivative ``>= -||grad|| + m t`` there, so
+        ``||grad|| <= m R`` puts the minimizer within ``||grad|| / m`` of ``x``.
+        """
+        norm = out.residual
+        global_valid = getattr(lower, "mu_certified", True)
+        radius = 2.0 * norm / min(self._modulus_hints.get(k, mu), mu)
+        for _ in range(3):
+            local = lower.local_mu(out.x, theta, radius)
+            if local is None or (global_valid and local <= mu):
+                break  # nothing sharper than the global bound
+            if local > 0 and norm <= local * radius:
+                self._modulus_hints[k] = local
+                return local, norm / local
+            # The curvature near x is below half of mu: look again on a larger ball.
+            radius = 2.0 * norm / local if local > 0 else 10.0 * radius
+        else:
+            if not global_valid:
+                return mu, math.inf  # solve more accurately: a smaller ball may certify
+        if not global_valid and local is None:
+            self._certified = False
+        return mu, norm / mu
 
     def _hypergradient(self, problem, evaluation, q_starts, delta):
         """``z``, its error bound, and the adjoint solutions (warm starts for next time)."""
@@ -535,11 +701,15 @@ class MAID(Solver):
         bound = 0.0
         qs = []
         reached = True
+        correction = corrected_slack = from_adjoint = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
-            mu = lower.mu(theta)
+            mu = evaluation.moduli[k]
+            q_start = q_starts[k]
+            if k > 0 and not q_start.any() and qs[-1].shape == q_start.shape:
+                q_start = qs[-1]  # a cold start: the previous instance's adjoint is closer
             cg = conjugate_gradient(
-                lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_starts[k], delta,
+                lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_start, delta,
                 inv_diag=_inverse_diagonal(lower, x, theta),
             )
             self._cost["n_cg_iter"] += cg.nit
@@ -552,20 +722,42 @@ class MAID(Solver):
             qs.append(q)
             # Constants of the bound; a missing one is estimated and the bound not certified.
             L_g = upper.L_g
-            L_A = lower.hessian_lipschitz(theta)
             L_B = lower.cross_lipschitz(theta)
             norm_B = lower.cross_norm(x, theta)
             q_norm = float(np.linalg.norm(q))
-            if None in (L_g, L_A, L_B, norm_B):
+            # ||(A(x*) - A(x)) q||, from the lower level or from the Hessian's Lipschitz
+            # constant.
+            change = lower.hessian_change(x, theta, q, e) if e > 0 else 0.0
+            if change is None:
+                L_A = lower.hessian_lipschitz(theta)
+                if L_A is None:
+                    self._certified, L_A = False, 0.0
+                change = L_A * e * q_norm
+            if None in (L_g, L_B, norm_B):
                 self._certified = False
-            L_g, L_A, L_B = L_g or 0.0, L_A or 0.0, L_B or 0.0
+            L_g, L_B = L_g or 0.0, L_B or 0.0
             if norm_B is None:
                 norm_B = float(np.linalg.norm(z_k)) / q_norm if q_norm > 0 else 0.0
-            g_norm = float(np.linalg.norm(grad))
-            e_q = cg.residual / mu + L_g * e / mu + L_A * e * (g_norm + L_g * e) / mu**2
-            bound += norm_B * e_q + L_B * e * (q_norm + e_q)
+            # q - q* = A*^{-1} (A* q - g*) and A* q - g* = (A* - A) q + (A q - grad g(x))
+            # + (grad g(x) - grad g(x*)).
+            e_q = (cg.residual + L_g * e + change) / mu
+            # B*^T q* - B^T q = B^T (q* - q) + (B* - B)^T q + (B* - B)^T (q* - q).
+            cross = lower.cross_change(x, theta, q, e) if e > 0 else 0.0
+            if cross is None:
+                cross = L_B * e * q_norm
+            bound += norm_B * e_q + cross + L_B * e * e_q
+            # The part due to the adjoint residual (the rest is due to the lower level).
+            from_adjoint += (norm_B + L_B * e) * cg.residual / mu
+            # g(x*) = g(x) - q . grad_x Phi(x) + ((A - Abar) q - res) . (x* - x) + O(L_g e^2),
+            # with grad_x Phi(x) = Abar (x - x*), Abar the mean Hessian on the segment.
+            correction += float(q @ lower.grad_x(x, theta))
+            corrected_slack += (cg.residual + change) * e + 0.5 * L_g * e * e
         n = len(qs)
         z = z / n + problem.penalty_grad(theta)
+        evaluation.corrected = evaluation.fun - correction / n
+        evaluation.corrected_slack = corrected_slack / n
+        evaluation.qs = qs
+        self._bound_from_adjoint = from_adjoint / n
         return z, bound / n, qs, reached
 
     def _result_fields(self, problem, state) -> dict:

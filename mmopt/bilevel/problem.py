@@ -49,14 +49,29 @@ class LowerLevel:
         An upper bound on the operator norm ``||B(x, theta)||``.
     cross_lipschitz : callable ``cross_lipschitz(theta) -> float``, optional
         Lipschitz constant of ``x -> B(x, theta)``.
+    local_mu : callable ``local_mu(x, theta, radius) -> float``, optional
+        A valid lower bound on the smallest eigenvalue of ``A(y)`` over the ball
+        ``||y - x|| <= radius`` (on the complement of the directions in which ``Phi`` is
+        constant, if any). It certifies the distance to ``x*`` where no global ``mu`` does
+        (an unpenalized intercept), or more sharply: when ``||grad_x Phi(x)|| <= m * radius``
+        with ``m = local_mu(x, theta, radius)``, then ``||x - x*|| <= ||grad_x Phi(x)|| / m``.
+    hessian_change : callable ``hessian_change(x, theta, v, radius) -> float``, optional
+        An upper bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``; by default
+        ``hessian_lipschitz(theta) * radius * ||v||``.
+    cross_change : callable ``cross_change(x, theta, q, radius) -> float``, optional
+        An upper bound on ``||(B(y) - B(x))^T q||`` over ``||y - x|| <= radius``; by default
+        ``cross_lipschitz(theta) * radius * ||q||``.
     solver : callable ``solver(x0, theta, gtol) -> (x, n_iter)``, optional
         A custom inner solver that returns a point with ``||grad_x(x)|| <= gtol``.
 
     Notes
     -----
-    The three optional constants make the hypergradient error bound of :class:`MAID`
-    certified; when any is missing the solver falls back to estimates (0 for the Lipschitz
-    constants, ``||B^T q|| / ||q||`` for the norm) and reports ``bound_certified=False``.
+    The optional constants (``hessian_lipschitz`` or ``hessian_change``, ``cross_norm``,
+    ``cross_lipschitz``) make the hypergradient error bound of :class:`MAID` certified; when
+    any is missing the solver falls back to estimates (0 for the Lipschitz constants,
+    ``||B^T q|| / ||q||`` for the norm) and reports ``bound_certified=False``. A lower level
+    whose ``mu`` is only a heuristic sets the attribute ``mu_certified = False``; it is then
+    certified through ``local_mu`` when it has one.
 
     Examples
     --------
@@ -90,6 +105,9 @@ class LowerLevel:
         hessian_lipschitz: Callable | None = None,
         cross_norm: Callable | None = None,
         cross_lipschitz: Callable | None = None,
+        local_mu: Callable | None = None,
+        hessian_change: Callable | None = None,
+        cross_change: Callable | None = None,
         solver: Callable | None = None,
     ):
         for name, func in (
@@ -106,6 +124,9 @@ class LowerLevel:
         self._hessian_lipschitz = check_callable(hessian_lipschitz, "hessian_lipschitz")
         self._cross_norm = check_callable(cross_norm, "cross_norm")
         self._cross_lipschitz = check_callable(cross_lipschitz, "cross_lipschitz")
+        self._local_mu = check_callable(local_mu, "local_mu")
+        self._hessian_change = check_callable(hessian_change, "hessian_change")
+        self._cross_change = check_callable(cross_change, "cross_change")
         self._solver = check_callable(solver, "solver")
         self.x0 = check_array(x0, "x0", ndim=1)
 
@@ -148,6 +169,23 @@ class LowerLevel:
         if self._cross_lipschitz is None:
             return None
         return float(self._cross_lipschitz(theta))
+
+    def local_mu(self, x, theta, radius) -> float | None:
+        """Lower bound on the curvature of ``Phi`` near ``x``, or None when not offered."""
+        local = getattr(self, "_local_mu", None)
+        return None if local is None else float(local(x, theta, radius))
+
+    def hessian_change(self, x, theta, v, radius) -> float | None:
+        """Upper bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``, or None
+        (then ``hessian_lipschitz(theta) * radius * ||v||`` is used)."""
+        change = getattr(self, "_hessian_change", None)
+        return None if change is None else float(change(x, theta, v, radius))
+
+    def cross_change(self, x, theta, q, radius) -> float | None:
+        """Upper bound on ``||(B(y) - B(x))^T q||`` over ``||y - x|| <= radius``, or None
+        (then ``cross_lipschitz(theta) * radius * ||q||`` is used)."""
+        change = getattr(self, "_cross_change", None)
+        return None if change is None else float(change(x, theta, q, radius))
 
     @property
     def custom_solver(self) -> Callable | None:

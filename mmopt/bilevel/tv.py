@@ -107,6 +107,47 @@ class TVDenoisingLowerLevel(LowerLevel):
         lam, gam = np.exp(theta[0]), np.exp(theta[1])
         return lam * _D_NORM_SQ**1.5 * 5.0 / gam**2
 
+    def _segment_radius(self, x, theta, radius):
+        """``lam``, ``gam`` and a lower bound ``rho_p`` of ``r_p = sqrt(|(D y)_p|^2 +
+        gam^2)`` over ``||y - x|| <= radius`` (``r`` is 1-Lipschitz in ``(D y)_p``, which
+        moves by at most ``||D|| radius``)."""
+        lam, gam, _, r = self._parts(x, theta)
+        return lam, gam, np.maximum(r - np.sqrt(_D_NORM_SQ) * radius, gam)
+
+    def hessian_change(self, x, theta, v, radius):
+        """Per-pixel bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``.
+
+        The Hessian of ``psi(w) = sqrt(|w|^2 + gam^2)`` is ``6 / r^2``-Lipschitz where
+        ``r(w) >= rho`` (its derivative is at most ``(|w| / r^3) (3 + 3 |w|^2 / r^2)``), so
+        with ``h = D (y - x)``, ``||h|| <= ||D|| radius``: ``||(A(y) - A(x)) v|| <= lam ||D||
+        (sum_p (6 / rho_p^2 |h_p| |(D v)_p|)^2)^(1/2) <= lam ||D||^2 radius max_p 6 |(D
+        v)_p| / rho_p^2``. Near edges ``rho_p`` is much larger than ``gam``, where the
+        global constant has to sit.
+        """
+        lam, _, rho = self._segment_radius(x, theta, radius)
+        w = _grad(v.reshape(self.image_shape))
+        local = lam * _D_NORM_SQ * radius * float(
+            np.max(6.0 * np.sqrt(w[0] ** 2 + w[1] ** 2) / rho**2)
+        )
+        return min(local, self.hessian_lipschitz(theta) * radius * float(np.linalg.norm(v)))
+
+    def cross_change(self, x, theta, q, radius):
+        """Per-pixel bound on ``||(B(y) - B(x))^T q||`` over ``||y - x|| <= radius``.
+
+        ``B^T q = (lam <u / r, D q>, -lam gam^2 <u / r^3, D q>)`` with ``u = D x``; ``w ->
+        w / r`` is ``1 / rho``-Lipschitz and ``w -> w / r^3`` is ``2 / rho^3``-Lipschitz
+        where ``r >= rho``, and Cauchy-Schwarz over the pixels with ``||h|| <= ||D||
+        radius``.
+        """
+        lam, gam, rho = self._segment_radius(x, theta, radius)
+        dq = _grad(q.reshape(self.image_shape))
+        dq_norm = np.sqrt(dq[0] ** 2 + dq[1] ** 2)
+        h = np.sqrt(_D_NORM_SQ) * radius
+        first = lam * h * float(np.linalg.norm(dq_norm / rho))
+        second = lam * gam**2 * h * float(np.linalg.norm(2.0 * dq_norm / rho**3))
+        return min(float(np.hypot(first, second)),
+                   self.cross_lipschitz(theta) * radius * float(np.linalg.norm(q)))
+
     def cross_norm(self, x, theta):
         first, second = self._columns(x, theta)
         gram = np.array([[first @ first, first @ second], [first @ second, second @ second]])

@@ -202,3 +202,128 @@ def test_single_validation_split_and_bad_parameters():
         BilevelRidge(alpha_bounds=(1.0, 0.1)).fit(X, y)
     with pytest.raises(ValueError, match="class"):
         BilevelLogisticRegression().fit(X[:20], np.zeros(20))
+
+
+def _dense_hessian(lower, x, theta):
+    dim = x.size
+    H = np.column_stack([lower.hvp_xx(x, theta, e) for e in np.eye(dim)])
+    return 0.5 * (H + H.T)
+
+
+def _gauge(lower):
+    """Unit vectors of the directions along which Phi is constant (multinomial intercepts)."""
+    if not (lower.fit_intercept and not lower.binary):
+        return np.zeros((lower.x0.size, 0))
+    g = np.zeros(lower.shape)
+    g[lower.p] = 1.0
+    return (g / np.linalg.norm(g)).reshape(-1, 1)
+
+
+INTERCEPT_LOWERS = [name for name in LOWERS
+                    if not name.startswith("ridge") and name.endswith("True")]
+
+
+@pytest.mark.parametrize("name", INTERCEPT_LOWERS + ["binary-shared-False"])
+@pytest.mark.parametrize("radius", [0.0, 1e-3, 0.1, 1.0])
+def test_local_mu_bounds_the_hessian_on_the_ball(name, radius):
+    # The smallest eigenvalue of the dense Hessian (off the flat directions) at points of
+    # the ball never falls below local_mu.
+    lower = LOWERS[name]
+    rng = np.random.default_rng(5)
+    theta = 0.5 * rng.standard_normal(lower.n_theta)
+    x = 0.5 * rng.standard_normal(lower.x0.size)
+    bound = lower.local_mu(x, theta, radius)
+    assert bound > 0
+    gauge = _gauge(lower)
+    basis = np.linalg.svd(np.eye(x.size) - gauge @ gauge.T)[0][:, : x.size - gauge.shape[1]]
+    for _ in range(6):
+        d = rng.standard_normal(x.size)
+        y = x + radius * rng.uniform() ** (1 / x.size) * d / np.linalg.norm(d)
+        H = basis.T @ _dense_hessian(lower, y, theta) @ basis
+        assert np.linalg.eigvalsh(H)[0] >= bound * (1 - 1e-10)
+
+
+@pytest.mark.parametrize("name", INTERCEPT_LOWERS + ["binary-shared-False",
+                                                     "multinomial-per_weight-False"])
+@pytest.mark.parametrize("radius", [1e-4, 1e-2, 0.5])
+def test_hessian_change_bounds_the_change_on_the_ball(name, radius):
+    lower = LOWERS[name]
+    rng = np.random.default_rng(6)
+    theta = 0.5 * rng.standard_normal(lower.n_theta)
+    x = 0.5 * rng.standard_normal(lower.x0.size)
+    v = rng.standard_normal(x.size)
+    bound = lower.hessian_change(x, theta, v, radius)
+    base = lower.hvp_xx(x, theta, v)
+    worst = 0.0
+    for _ in range(20):
+        d = rng.standard_normal(x.size)
+        y = x + radius * d / np.linalg.norm(d)
+        worst = max(worst, np.linalg.norm(lower.hvp_xx(y, theta, v) - base))
+    assert worst <= bound
+    # Sharper than the global Lipschitz constant of the Hessian.
+    assert bound <= lower.hessian_lipschitz(theta) * radius * np.linalg.norm(v) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("name", INTERCEPT_LOWERS)
+def test_local_mu_certifies_the_distance_to_the_solution(name):
+    # ||grad|| <= m R with m = local_mu(x, theta, R) puts x* (the nearest solution, off the
+    # flat directions) within ||grad|| / m of x.
+    lower = LOWERS[name]
+    rng = np.random.default_rng(7)
+    theta = 0.3 * rng.standard_normal(lower.n_theta)
+    x_star = newton_cg(lower, lower.x0, theta, 1e-13).x
+    gauge = _gauge(lower)
+    certified = 0
+    for scale in (1e-1, 1e-2, 1e-3, 1e-4, 1e-6):
+        x = x_star + scale * rng.standard_normal(x_star.size)
+        g = np.linalg.norm(lower.grad_x(x, theta))
+        radius = 2 * g / lower.mu(theta)
+        for _ in range(10):
+            m = lower.local_mu(x, theta, radius)
+            if g <= m * radius:
+                break
+            radius *= 4
+        else:
+            assert scale >= 1e-2  # far points need not be certified; near ones must be
+            continue
+        certified += 1
+        diff = x - x_star
+        diff -= gauge @ (gauge.T @ diff)
+        assert np.linalg.norm(diff) <= g / m
+    assert certified >= 3
+
+
+def _exact_hypergradient_dense(problem, theta):
+    """x* by a tight Newton solve, q* = A^+ grad g with the dense Hessian, z = -B^T q*."""
+    z = np.zeros_like(theta)
+    for lower, upper in zip(problem.lowers, problem.uppers):
+        x = newton_cg(lower, lower.x0, theta, 1e-14).x
+        q = np.linalg.pinv(_dense_hessian(lower, x, theta), rcond=1e-10) @ upper.grad(x)
+        z -= lower.vjp_theta(x, theta, q)
+    return z / len(problem.lowers)
+
+
+@pytest.mark.parametrize("multinomial", [False, True])
+@pytest.mark.parametrize("penalty", ["shared", "per_feature"])
+@pytest.mark.parametrize("eps", [1e-1, 1e-3, 1e-6])
+def test_error_bound_with_an_intercept_is_certified_and_holds(multinomial, penalty, eps):
+    # The unpenalized intercept is certified through local_mu; with FISTA the lower level is
+    # really inexact, and the bound covers the error of the hypergradient.
+    from mmopt.bilevel import MAID, logistic_cv_problem
+
+    if multinomial:
+        X, y = load_iris(return_X_y=True)
+        X = StandardScaler().fit_transform(X)
+    else:
+        X, y = load_breast_cancer(return_X_y=True)
+        X = StandardScaler().fit_transform(X)[:150, :5]
+        y = y[:150]
+    problem = logistic_cv_problem(X, y, cv=3, penalty=penalty)
+    theta = np.linspace(-1, 1, problem.theta0.size)
+    exact = _exact_hypergradient_dense(problem, theta)
+    solver = MAID(inner_solver="fista" if eps > 1e-4 else "newton-cg")
+    z, bound, _, _ = solver.hypergradient(problem, theta, eps=eps, delta=eps)
+    assert solver.bound_certified_
+    assert np.linalg.norm(z - exact) <= bound
+    if eps <= 1e-6:
+        assert np.linalg.norm(z - exact) <= 1e-4 * np.linalg.norm(exact)

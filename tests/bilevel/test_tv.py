@@ -55,6 +55,31 @@ def test_constants_are_valid(problem):
     assert np.linalg.norm(np.column_stack(cols), 2) <= lower.cross_norm(x, theta) * (1 + 1e-5)
 
 
+@pytest.mark.parametrize("radius", [1e-4, 1e-2, 0.3])
+def test_per_pixel_change_bounds_hold_on_the_ball(problem, radius):
+    # hessian_change and cross_change bound the change of A v and B^T q at points of the
+    # ball (B^T q from vjp_theta, A v from hvp_xx), and are sharper than the global
+    # Lipschitz constants for small radii.
+    lower = problem.lowers[0]
+    rng = np.random.default_rng(2)
+    theta = np.log([0.06, 0.04])
+    x = lower.y + 0.02 * rng.standard_normal(lower.y.size)
+    v = rng.standard_normal(x.size)
+    h_bound = lower.hessian_change(x, theta, v, radius)
+    c_bound = lower.cross_change(x, theta, v, radius)
+    base_h, base_c = lower.hvp_xx(x, theta, v), lower.vjp_theta(x, theta, v)
+    for _ in range(20):
+        d = rng.standard_normal(x.size)
+        y = x + radius * d / np.linalg.norm(d)
+        assert np.linalg.norm(lower.hvp_xx(y, theta, v) - base_h) <= h_bound
+        assert np.linalg.norm(lower.vjp_theta(y, theta, v) - base_c) <= c_bound
+    norm_v = np.linalg.norm(v)
+    assert h_bound <= lower.hessian_lipschitz(theta) * radius * norm_v
+    assert c_bound <= lower.cross_lipschitz(theta) * radius * norm_v
+    if radius <= 1e-2:
+        assert h_bound < 0.2 * lower.hessian_lipschitz(theta) * radius * norm_v
+
+
 def test_learning_improves_on_the_start_and_is_robust_to_eps0(problem):
     _, _, start, _ = MAID().hypergradient(problem, problem.theta0, eps=1e-10, delta=1e-10)
     finals = []
