@@ -119,9 +119,10 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> I
     max_iter = 10 * n + 10 if max_iter is None else max_iter
     r = b - matvec(x)
     n_hvp = 1
-    norm = float(np.linalg.norm(r))
-    scale = np.ones_like(x) if inv_diag is None else inv_diag
-    s = scale * r
+    # math.sqrt of a dot product and in-place updates: the per-iteration overhead counts
+    # next to a cheap matvec (a GLM Hessian-vector product is two small matrix products).
+    norm = math.sqrt(float(r @ r))
+    s = r.copy() if inv_diag is None else inv_diag * r
     p = s.copy()
     rs = float(r @ s)
     k = 0
@@ -133,12 +134,16 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> I
             break
         a = rs / pAp
         x += a * p
-        r -= a * Ap
-        s = scale * r
+        r -= a * Ap  # (not in place on Ap: a matvec may return its argument or a view)
+        if inv_diag is None:
+            s = r
+        else:
+            np.multiply(inv_diag, r, out=s)
         rs_new = float(r @ s)
-        p = s + (rs_new / rs) * p
+        p *= rs_new / rs
+        p += s
         rs = rs_new
-        norm = float(np.linalg.norm(r))
+        norm = math.sqrt(float(r @ r))
         k += 1
         if norm <= tol or k % 50 == 0:
             # Recursive residuals drift from the true ones: check before trusting them.
@@ -146,7 +151,7 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> I
             n_hvp += 1
             true = float(np.linalg.norm(r))
             if true > tol and norm <= tol:
-                s = scale * r
+                s = r.copy() if inv_diag is None else inv_diag * r
                 p, rs = s.copy(), float(r @ s)
             norm = true
     return InnerResult(x, k, n_hvp, norm, norm <= tol)

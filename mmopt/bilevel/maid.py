@@ -27,7 +27,7 @@ import numpy as np
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.registry import register_solver
 from mmopt._core.result import Status
-from mmopt._core.solver import Solver, SolverState, _caller_stacklevel
+from mmopt._core.solver import Solver, SolverState, StopSolve, _caller_stacklevel
 from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.bilevel.inner import (
     InnerResult,
@@ -169,6 +169,14 @@ class MAID(Solver):
         ``min_eps`` and still no step passes (``tol`` below what rounding allows).
     tol : float, default=1e-6
         Stop when the projected hypergradient ``||theta - P(theta - z)||`` is at most ``tol``.
+    xtol : float, optional
+        With ``step_rule="bb"``, also stop when the next move ``||theta - P(theta - alpha
+        z)||`` with the Barzilai-Borwein step ``alpha`` (the secant estimate of the distance
+        to the stationary point, from the curvature seen along the last move) is at most
+        ``xtol``, once the hypergradient has passed the accuracy test. A tolerance on the
+        hyperparameters themselves (for a log-penalty, ``xtol=1e-2`` asks for the penalty to
+        about 1%), independent of the scale of the upper-level objective; unlike ``tol`` it
+        rests on the secant's curvature estimate, not on a certificate.
     max_iter : int, default=200
         Maximum outer iterations.
     callback : callable, optional
@@ -230,6 +238,7 @@ class MAID(Solver):
         max_inner_iter: int = 10_000,
         max_cost: int | None = None,
         tol: float = 1e-6,
+        xtol: float | None = None,
         max_iter: int = 200,
         callback=None,
         verbose: int = 0,
@@ -251,6 +260,7 @@ class MAID(Solver):
         self.max_inner_iter = max_inner_iter
         self.max_cost = max_cost
         self.tol = tol
+        self.xtol = xtol
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
@@ -277,6 +287,7 @@ class MAID(Solver):
         check_scalar(self.min_eps, "min_eps", min_value=0.0)
         check_scalar(self.max_inner_iter, "max_inner_iter", kind=int, min_value=1)
         check_scalar(self.max_cost, "max_cost", kind=int, min_value=1, allow_none=True)
+        check_scalar(self.xtol, "xtol", min_value=0.0, allow_none=True)
         if not callable(self.inner_solver):
             check_choice(self.inner_solver, "inner_solver", _INNER)
 
@@ -461,8 +472,25 @@ class MAID(Solver):
             if sy > 0:
                 next_state.step = min(max(float(s_move @ s_move) / sy, 0.1 * step), 10 * step)
                 next_state.record["step"] = next_state.step
+                if self.xtol is not None and self._secant_converged(problem, next_state):
+                    next_state.record["accepted"] = 1.0
+                    raise StopSolve(
+                        Status.CONVERGED,
+                        "Converged: the secant estimate of the distance to the stationary "
+                        "point fell below xtol.",
+                        next_state,
+                    )
         next_state.record["accepted"] = float(accepted)
         return next_state
+
+    def _secant_converged(self, problem, state) -> bool:
+        """The next (Barzilai-Borwein) move is at most ``xtol`` and its direction is
+        trustworthy (the hypergradient passed the accuracy test)."""
+        z = state.z
+        if not state.bound <= (1 - self.eta) * float(np.linalg.norm(z)):
+            return False
+        move = problem.project(state.x - state.step * z) - state.x
+        return float(np.linalg.norm(move)) <= self.xtol
 
     @staticmethod
     def _predict(state, move):

@@ -352,3 +352,36 @@ def test_bound_covers_the_true_error_property(seed, theta, log_eps, log_delta):
                                           delta=10.0**log_delta)
     assert solver.bound_certified_
     assert abs(z[0] - exact) <= bound + 1e-14
+
+
+def test_xtol_stops_on_the_secant_distance_estimate():
+    # On the toy the secant estimate of the distance to theta* is accurate near it, so
+    # stopping on xtol lands within about xtol of the closed form, sooner than on tol.
+    c = np.array([1.0, 2.0, 1.5])
+    t = c / 2.5 + np.array([0.03, -0.02, 0.01])
+    theta_star = np.log(c @ c / (c @ t) - 1.0)
+    lower, upper = _toy(c, t)
+    problem = BilevelProblem(lower, upper, theta0=2.0)
+    tight = MAID(tol=1e-10, step_rule="bb").solve(problem)
+    loose = MAID(tol=1e-10, xtol=1e-2, step_rule="bb").solve(problem)
+    assert tight.success and loose.success
+    assert "xtol" in loose.message and "xtol" not in tight.message
+    assert loose.nit < tight.nit and loose.cost < tight.cost
+    assert abs(loose.theta[0] - theta_star) <= 2e-2
+    assert abs(tight.theta[0] - theta_star) <= 1e-6
+    with pytest.raises(ValueError, match="xtol"):
+        problem.solve(xtol=-1.0)
+
+
+def test_softmax_hessian_kernel_matches_numpy():
+    from mmopt_ext._softmax_hvp import softmax_hessian_rows
+
+    rng = np.random.default_rng(3)
+    for n, k in [(1, 2), (7, 3), (50, 10)]:
+        Z = rng.standard_normal((n, k))
+        P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
+        U = rng.standard_normal((n, k))
+        expected = np.stack([(np.diag(p) - np.outer(p, p)) @ u for p, u in zip(P, U)])
+        out = U.copy()
+        softmax_hessian_rows(P, out)
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
