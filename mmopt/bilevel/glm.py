@@ -11,6 +11,8 @@ intercept not penalized); the lower levels divide these by the number of trainin
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 import scipy.special
@@ -415,10 +417,13 @@ class LogisticLowerLevel(LowerLevel):
         return ((self.loss.grad(W) + self._pad(self._alpha(theta) * coef)) / self.n).ravel()
 
     def hvp_xx(self, x, theta, v):
-        W, _ = self._split(x)
+        # The hot path of Newton-CG and the adjoint CG: no more than the two products.
         V = v.reshape(self.shape)
-        out = self.loss.hvp(W, V)
-        out[: self.p] += self._alpha(theta) * V[: self.p]
+        out = self.loss.hvp(x.reshape(self.shape), V)
+        if self.penalty == "shared":
+            out[: self.p] += math.exp(theta[0]) * V[: self.p]
+        else:
+            out[: self.p] += self._alpha(theta) * V[: self.p]
         out /= self.n
         return out.ravel()
 
