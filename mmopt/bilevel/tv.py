@@ -132,16 +132,24 @@ class TVDenoisingLowerLevel(LowerLevel):
         its Hessian is ``L_p``-Lipschitz with ``L_p = min(6 / rho_p^2, 6 (|u_p| + c) /
         rho_p^3, 1.61 / gam^2)``: small where the image is flat (``|u_p|`` well below
         ``gam``, where ``psi`` is nearly quadratic) and where it has edges (``rho_p``
-        large). With ``h = D (y - x)``, ``||h|| <= ||D|| radius``: ``||(A(y) - A(x)) v|| <=
-        lam ||D|| (sum_p (L_p |h_p| |(D v)_p|)^2)^(1/2) <= lam ||D||^2 radius max_p L_p
-        |(D v)_p|``.
+        large). With ``h = D (y - x)``: ``||(A(y) - A(x)) v|| <= lam ||D|| (sum_p (a_p
+        |h_p|)^2)^(1/2)``, ``a_p = L_p |(D v)_p|``, maximized over ``sum_p |h_p|^2 <= ||D||^2
+        radius^2`` and ``|h_p| <= c`` (a fractional knapsack: the budget goes to the largest
+        ``a_p`` first; at most ``lam ||D||^2 radius max_p a_p``).
         """
         lam, gam, u, c, rho = self._segment_radius(x, theta, radius)
         w = _grad(v.reshape(self.image_shape))
         u_norm = np.sqrt(u[0] ** 2 + u[1] ** 2)
         rate = np.minimum(np.minimum(6.0 / rho**2, 6.0 * (u_norm + c) / rho**3),
                           _PSI_THIRD / gam**2)
-        local = lam * _D_NORM_SQ * radius * float(np.max(rate * np.sqrt(w[0] ** 2 + w[1] ** 2)))
+        a2 = np.sort((rate * rate * (w[0] ** 2 + w[1] ** 2)).ravel())[::-1]
+        cap, budget = c * c, _D_NORM_SQ * radius * radius
+        # Full caps for the first floor(budget / cap) pixels, the remainder on the next one.
+        full = min(int(budget // cap), a2.size) if cap > 0 else 0
+        total = cap * float(a2[:full].sum())
+        if full < a2.size:
+            total += (budget - cap * full) * float(a2[full])
+        local = lam * np.sqrt(_D_NORM_SQ) * float(np.sqrt(total))
         return min(local, self.hessian_lipschitz(theta) * radius * float(np.linalg.norm(v)))
 
     def cross_change(self, x, theta, q, radius):
