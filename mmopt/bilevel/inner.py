@@ -95,7 +95,8 @@ def fista(lower, x0, theta, gtol, *, max_iter=10_000) -> InnerResult:
     return InnerResult(y, max_iter, 0, norm, False)
 
 
-def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> InnerResult:
+def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None,
+                       true_residual=True) -> InnerResult:
     """Conjugate gradients for ``A x = b`` (``A`` symmetric positive semi-definite) from ``x0``,
     until the residual norm ``||A x - b|| <= tol``.
 
@@ -103,7 +104,9 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> I
     stopping test stays on the unpreconditioned residual.
 
     The residual is recomputed from scratch at the end so that the reported value is the
-    true one (not the recursively updated one), as the error bound of MAID relies on it.
+    true one (not the recursively updated one), as the error bound of MAID relies on it;
+    ``true_residual=False`` skips that product where the recursive residual is enough (the
+    truncated Newton steps of :func:`newton_cg`, whose gradient is recomputed anyway).
 
     Examples
     --------
@@ -145,7 +148,7 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> I
         rs = rs_new
         norm = math.sqrt(float(r @ r))
         k += 1
-        if norm <= tol or k % 50 == 0:
+        if (norm <= tol or k % 50 == 0) and true_residual:
             # Recursive residuals drift from the true ones: check before trusting them.
             r = b - matvec(x)
             n_hvp += 1
@@ -203,7 +206,7 @@ def newton_cg(lower, x0, theta, gtol, *, max_iter=100) -> InnerResult:
             forcing = max(min(0.5, math.sqrt(norm)) * norm, 0.1 * gtol)
             inner = conjugate_gradient(
                 lambda v, x=x: lower.hvp_xx(x, theta, v), -grad, np.zeros_like(x), forcing,
-                inv_diag=_inverse_diagonal(lower, x, theta),
+                inv_diag=_inverse_diagonal(lower, x, theta), true_residual=False,
             )
             direction, n_hvp = inner.x, n_hvp + inner.n_hvp
         slope = float(grad @ direction)
