@@ -40,7 +40,7 @@ def _solver(est):
     # makes an accurate solve cost little more than a loose one: start accurate rather than
     # at MAID's generic eps0 = 0.1 (the first accuracy test would ask for it anyway).
     return MAID(tol=est.tol, xtol=est.xtol, max_iter=est.max_iter, verbose=est.verbose,
-                step_rule="bb", eps0=1e-6, delta0=1e-4)
+                step_rule="bb", eps0=1e-5, delta0=1e-3)
 
 
 def _theta_penalty(est):

@@ -446,6 +446,20 @@ class LogisticLowerLevel(LowerLevel):
         H[np.diag_indices_from(H)] += diag
         return H / self.n
 
+    def jvp_theta(self, x, theta, d):
+        _, coef = self._split(x)
+        # d/dtheta_j of the penalty's gradient e^theta_j coef / n, along d.
+        scaled = self._alpha(theta) * self._broadcast(np.asarray(d, float))
+        return (self._pad(scaled * coef) / self.n).ravel()
+
+    def _broadcast(self, values):
+        """Per-hyperparameter values as an array broadcastable to the coefficient block."""
+        if self.penalty == "shared":
+            return values[0]
+        if self.penalty == "per_feature":
+            return values[:, None]
+        return values.reshape(self.p, self.k)
+
     def vjp_theta(self, x, theta, q):
         _, coef = self._split(x)
         Q = q.reshape(self.shape)[: self.p]

@@ -407,3 +407,33 @@ def test_conjugate_gradient_against_a_direct_solve(preconditioned):
     np.testing.assert_allclose(recursive.x, checked.x, rtol=0, atol=1e-12)
     assert recursive.n_hvp < checked.n_hvp
     np.testing.assert_allclose(checked.x, exact, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multinomial"])
+@pytest.mark.parametrize("eps", [1e-1, 1e-2, 1e-4])
+def test_tangent_bound_is_valid_and_sharper(kind, eps, monkeypatch):
+    # One shared penalty with an intercept: MAID bounds |B^T (q* - q)| through the tangent
+    # A^-1 B (||A*^-1 B|| <= ||t|| + (||s|| + c(t)) / m) instead of ||B|| / m.
+    if kind == "binary":
+        X, y = load_breast_cancer(return_X_y=True)
+        X, y = StandardScaler().fit_transform(X)[:150, :5], y[:150]
+    else:
+        X, y = load_iris(return_X_y=True)
+    problem = logistic_cv_problem(X, y, cv=3)
+    theta = np.array([0.3])
+    exact, _, _, _ = MAID().hypergradient(problem, theta, eps=1e-13, delta=1e-13)
+    solver = MAID(inner_solver="fista")
+    z, bound, _, _ = solver.hypergradient(problem, theta, eps=eps, delta=eps)
+    assert solver.bound_certified_
+    assert np.linalg.norm(z - exact) <= bound
+    # Without jvp_theta the bound falls back to ||B|| / m: valid, and looser.
+    from mmopt.bilevel import LogisticLowerLevel
+
+    monkeypatch.setattr(LogisticLowerLevel, "jvp_theta", lambda self, x, theta, d: None)
+    plain = MAID(inner_solver="fista")
+    z_plain, bound_plain, _, _ = plain.hypergradient(problem, theta, eps=eps, delta=eps)
+    np.testing.assert_allclose(z_plain, z, rtol=1e-12, atol=1e-15)
+    assert np.linalg.norm(z_plain - exact) <= bound_plain
+    assert bound <= bound_plain
+    if eps <= 1e-4:  # far from x* the change of A along t can make T the larger one
+        assert bound < 0.8 * bound_plain
