@@ -80,6 +80,11 @@ def run_dataset(name: str, *, repeat: int = 1) -> list[dict]:
         "MAID (BilevelLogisticRegression)": lambda: BilevelLogisticRegression(cv=cv).fit(
             X_train, y_train
         ),
+        # The option that stops on the hyperparameter itself: C to about 1% (by the secant
+        # estimate of the distance to the optimum), against the grid's 58% steps.
+        "MAID, xtol=1e-2": lambda: BilevelLogisticRegression(cv=cv, xtol=1e-2).fit(
+            X_train, y_train
+        ),
     }
     rows, times = [], {}
     with threadpool_limits(1):

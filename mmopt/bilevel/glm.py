@@ -11,6 +11,8 @@ intercept not penalized); the lower levels divide these by the number of trainin
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 import scipy.special
@@ -19,6 +21,7 @@ from sklearn.preprocessing import LabelEncoder
 
 from mmopt._core.validation import check_array, check_choice
 from mmopt.bilevel.problem import BilevelProblem, LowerLevel, UpperLevel
+from mmopt_ext._softmax_hvp import softmax_hessian_rows
 
 __all__ = [
     "LogLossUpperLevel",
@@ -286,9 +289,9 @@ class _LogisticLoss:
         if self.binary:
             HU = P * (1.0 - P) * U
         else:
-            HU = P * U
-            # A matrix-vector product sums the rows several times faster than .sum(axis=1).
-            HU -= P * (HU @ self._ones)[:, None]
+            # HU = P * (U - rowsum(P * U)) in one pass (Cython; NumPy needs four).
+            HU = np.ascontiguousarray(U)
+            softmax_hessian_rows(np.ascontiguousarray(P), HU)
         return self.Xa.T @ HU
 
 
@@ -414,10 +417,13 @@ class LogisticLowerLevel(LowerLevel):
         return ((self.loss.grad(W) + self._pad(self._alpha(theta) * coef)) / self.n).ravel()
 
     def hvp_xx(self, x, theta, v):
-        W, _ = self._split(x)
+        # The hot path of Newton-CG and the adjoint CG: no more than the two products.
         V = v.reshape(self.shape)
-        out = self.loss.hvp(W, V)
-        out[: self.p] += self._alpha(theta) * V[: self.p]
+        out = self.loss.hvp(x.reshape(self.shape), V)
+        if self.penalty == "shared":
+            out[: self.p] += math.exp(theta[0]) * V[: self.p]
+        else:
+            out[: self.p] += self._alpha(theta) * V[: self.p]
         out /= self.n
         return out.ravel()
 
@@ -439,6 +445,20 @@ class LogisticLowerLevel(LowerLevel):
         diag[: self.p] = np.broadcast_to(self._alpha(theta), (self.p, 1))[:, 0]
         H[np.diag_indices_from(H)] += diag
         return H / self.n
+
+    def jvp_theta(self, x, theta, d):
+        _, coef = self._split(x)
+        # d/dtheta_j of the penalty's gradient e^theta_j coef / n, along d.
+        scaled = self._alpha(theta) * self._broadcast(np.asarray(d, float))
+        return (self._pad(scaled * coef) / self.n).ravel()
+
+    def _broadcast(self, values):
+        """Per-hyperparameter values as an array broadcastable to the coefficient block."""
+        if self.penalty == "shared":
+            return values[0]
+        if self.penalty == "per_feature":
+            return values[:, None]
+        return values.reshape(self.p, self.k)
 
     def vjp_theta(self, x, theta, q):
         _, coef = self._split(x)

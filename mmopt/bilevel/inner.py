@@ -95,7 +95,8 @@ def fista(lower, x0, theta, gtol, *, max_iter=10_000) -> InnerResult:
     return InnerResult(y, max_iter, 0, norm, False)
 
 
-def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> InnerResult:
+def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None,
+                       true_residual=True) -> InnerResult:
     """Conjugate gradients for ``A x = b`` (``A`` symmetric positive semi-definite) from ``x0``,
     until the residual norm ``||A x - b|| <= tol``.
 
@@ -103,7 +104,9 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> I
     stopping test stays on the unpreconditioned residual.
 
     The residual is recomputed from scratch at the end so that the reported value is the
-    true one (not the recursively updated one), as the error bound of MAID relies on it.
+    true one (not the recursively updated one), as the error bound of MAID relies on it;
+    ``true_residual=False`` skips that product where the recursive residual is enough (the
+    truncated Newton steps of :func:`newton_cg`, whose gradient is recomputed anyway).
 
     Examples
     --------
@@ -119,9 +122,10 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> I
     max_iter = 10 * n + 10 if max_iter is None else max_iter
     r = b - matvec(x)
     n_hvp = 1
-    norm = float(np.linalg.norm(r))
-    scale = np.ones_like(x) if inv_diag is None else inv_diag
-    s = scale * r
+    # math.sqrt of a dot product and in-place updates: the per-iteration overhead counts
+    # next to a cheap matvec (a GLM Hessian-vector product is two small matrix products).
+    norm = math.sqrt(float(r @ r))
+    s = r.copy() if inv_diag is None else inv_diag * r
     p = s.copy()
     rs = float(r @ s)
     k = 0
@@ -133,20 +137,24 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None) -> I
             break
         a = rs / pAp
         x += a * p
-        r -= a * Ap
-        s = scale * r
+        r -= a * Ap  # (not in place on Ap: a matvec may return its argument or a view)
+        if inv_diag is None:
+            s = r
+        else:
+            np.multiply(inv_diag, r, out=s)
         rs_new = float(r @ s)
-        p = s + (rs_new / rs) * p
+        p *= rs_new / rs
+        p += s
         rs = rs_new
-        norm = float(np.linalg.norm(r))
+        norm = math.sqrt(float(r @ r))
         k += 1
-        if norm <= tol or k % 50 == 0:
+        if (norm <= tol or k % 50 == 0) and true_residual:
             # Recursive residuals drift from the true ones: check before trusting them.
             r = b - matvec(x)
             n_hvp += 1
             true = float(np.linalg.norm(r))
             if true > tol and norm <= tol:
-                s = scale * r
+                s = r.copy() if inv_diag is None else inv_diag * r
                 p, rs = s.copy(), float(r @ s)
             norm = true
     return InnerResult(x, k, n_hvp, norm, norm <= tol)
@@ -198,7 +206,7 @@ def newton_cg(lower, x0, theta, gtol, *, max_iter=100) -> InnerResult:
             forcing = max(min(0.5, math.sqrt(norm)) * norm, 0.1 * gtol)
             inner = conjugate_gradient(
                 lambda v, x=x: lower.hvp_xx(x, theta, v), -grad, np.zeros_like(x), forcing,
-                inv_diag=_inverse_diagonal(lower, x, theta),
+                inv_diag=_inverse_diagonal(lower, x, theta), true_residual=False,
             )
             direction, n_hvp = inner.x, n_hvp + inner.n_hvp
         slope = float(grad @ direction)

@@ -27,7 +27,7 @@ import numpy as np
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.registry import register_solver
 from mmopt._core.result import Status
-from mmopt._core.solver import Solver, SolverState, _caller_stacklevel
+from mmopt._core.solver import Solver, SolverState, StopSolve, _caller_stacklevel
 from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.bilevel.inner import (
     InnerResult,
@@ -61,6 +61,7 @@ class _Evaluation:
     corrected: float | None = None
     corrected_slack: float | None = None
     qs: list | None = None  # the adjoints solved at this point
+    ts: list | None = None  # the tangents A^-1 B (one hyperparameter), when offered
 
 
 @dataclass
@@ -99,9 +100,16 @@ class MAID(Solver):
 
         \|z - \nabla f(\theta)\| \le \omega = \|B(x)\|\, e_q + b(q) + L_B\, e\, e_q
 
-    (per instance, then averaged): a bound of the form ``c1 eps + c2 delta + c3 eps^2``. It
-    is *certified* when the lower and upper levels supply every constant (and ``mu`` is a
-    valid bound); the result says so in ``bound_certified``.
+    (per instance, then averaged): a bound of the form ``c1 eps + c2 delta + c3 eps^2``.
+    With one hyperparameter and a lower level that offers ``jvp_theta`` (``B``), the first
+    term becomes ``min(||B|| / m, T) (r + L_g e + c(q))`` with ``T = ||t|| + (||s|| + c(t))
+    / m >= ||A*^-1 B||``, from the tangent ``t ~ A^-1 B`` solved by warm-started CG to a
+    residual ``s`` (``B^T (q* - q) = (A*^-1 B)^T (A* q - grad g(x*))``): ``||B|| / m``
+    pays for the flattest direction of ``A`` (an unpenalized intercept) even when ``B``
+    does not point there. ``-t`` is also ``dx*/dtheta``: trial points start from
+    ``x - (theta_new - theta) t``. The bound is *certified* when the lower and upper levels
+    supply every constant (and ``mu`` is a valid bound); the result says so in
+    ``bound_certified``.
 
     **Sufficient decrease.** The plain computed value ``mean g_k(x_k)`` is within ``mean(||grad
     g_k|| e_k + L_g e_k^2 / 2)`` of ``f``; MAID uses the adjoints (solved at every trial point,
@@ -169,6 +177,14 @@ class MAID(Solver):
         ``min_eps`` and still no step passes (``tol`` below what rounding allows).
     tol : float, default=1e-6
         Stop when the projected hypergradient ``||theta - P(theta - z)||`` is at most ``tol``.
+    xtol : float, optional
+        With ``step_rule="bb"``, also stop when the next move ``||theta - P(theta - alpha
+        z)||`` with the Barzilai-Borwein step ``alpha`` (the secant estimate of the distance
+        to the stationary point, from the curvature seen along the last move) is at most
+        ``xtol``, once the hypergradient has passed the accuracy test. A tolerance on the
+        hyperparameters themselves (for a log-penalty, ``xtol=1e-2`` asks for the penalty to
+        about 1%), independent of the scale of the upper-level objective; unlike ``tol`` it
+        rests on the secant's curvature estimate, not on a certificate.
     max_iter : int, default=200
         Maximum outer iterations.
     callback : callable, optional
@@ -230,6 +246,7 @@ class MAID(Solver):
         max_inner_iter: int = 10_000,
         max_cost: int | None = None,
         tol: float = 1e-6,
+        xtol: float | None = None,
         max_iter: int = 200,
         callback=None,
         verbose: int = 0,
@@ -251,6 +268,7 @@ class MAID(Solver):
         self.max_inner_iter = max_inner_iter
         self.max_cost = max_cost
         self.tol = tol
+        self.xtol = xtol
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
@@ -277,6 +295,7 @@ class MAID(Solver):
         check_scalar(self.min_eps, "min_eps", min_value=0.0)
         check_scalar(self.max_inner_iter, "max_inner_iter", kind=int, min_value=1)
         check_scalar(self.max_cost, "max_cost", kind=int, min_value=1, allow_none=True)
+        check_scalar(self.xtol, "xtol", min_value=0.0, allow_none=True)
         if not callable(self.inner_solver):
             check_choice(self.inner_solver, "inner_solver", _INNER)
 
@@ -339,6 +358,7 @@ class MAID(Solver):
         )
         self._certified = True
         self._modulus_hints = {}
+        self._tangents = {}
         theta = self._validate_theta(problem, x0)
         state = _MAIDState(
             x=theta,
@@ -461,8 +481,25 @@ class MAID(Solver):
             if sy > 0:
                 next_state.step = min(max(float(s_move @ s_move) / sy, 0.1 * step), 10 * step)
                 next_state.record["step"] = next_state.step
+                if self.xtol is not None and self._secant_converged(problem, next_state):
+                    next_state.record["accepted"] = 1.0
+                    raise StopSolve(
+                        Status.CONVERGED,
+                        "Converged: the secant estimate of the distance to the stationary "
+                        "point fell below xtol.",
+                        next_state,
+                    )
         next_state.record["accepted"] = float(accepted)
         return next_state
+
+    def _secant_converged(self, problem, state) -> bool:
+        """The next (Barzilai-Borwein) move is at most ``xtol`` and its direction is
+        trustworthy (the hypergradient passed the accuracy test)."""
+        z = state.z
+        if not state.bound <= (1 - self.eta) * float(np.linalg.norm(z)):
+            return False
+        move = problem.project(state.x - state.step * z) - state.x
+        return float(np.linalg.norm(move)) <= self.xtol
 
     @staticmethod
     def _predict(state, move):
@@ -471,8 +508,19 @@ class MAID(Solver):
         derivatives in ``theta`` applied to the part of ``move`` parallel to it); the
         current ones when there is none."""
         old, previous = state.evaluation, state.previous
+        if old.ts is not None and move.size == 1:
+            # First order: dx*/dtheta = -A^-1 B = -t.
+            xs = [x - move[0] * t for x, t in zip(old.xs, old.ts)]
+            if previous is None or previous.qs is None:
+                return xs, state.qs
+            _, qs = MAID._secant(old, previous, state, move)
+            return xs, qs
         if previous is None or previous.qs is None:
             return old.xs, state.qs
+        return MAID._secant(old, previous, state, move)
+
+    @staticmethod
+    def _secant(old, previous, state, move):
         last = old.theta - previous.theta
         norm2 = float(last @ last)
         if norm2 == 0:
@@ -518,6 +566,7 @@ class MAID(Solver):
         )
         self._certified = True
         self._modulus_hints = {}
+        self._tangents = {}
         theta = self._validate_theta(problem, theta)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
         evaluation = self._evaluate(problem, theta, starts, float(eps), chain=True)
@@ -701,6 +750,7 @@ class MAID(Solver):
         bound = 0.0
         qs = []
         reached = True
+        ts = []
         correction = corrected_slack = from_adjoint = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
@@ -708,9 +758,10 @@ class MAID(Solver):
             q_start = q_starts[k]
             if k > 0 and not q_start.any() and qs[-1].shape == q_start.shape:
                 q_start = qs[-1]  # a cold start: the previous instance's adjoint is closer
+            inv_diag = _inverse_diagonal(lower, x, theta)
             cg = conjugate_gradient(
                 lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_start, delta,
-                inv_diag=_inverse_diagonal(lower, x, theta),
+                inv_diag=inv_diag,
             )
             self._cost["n_cg_iter"] += cg.nit
             self._cost["n_hvp"] += cg.n_hvp
@@ -738,16 +789,23 @@ class MAID(Solver):
             L_g, L_B = L_g or 0.0, L_B or 0.0
             if norm_B is None:
                 norm_B = float(np.linalg.norm(z_k)) / q_norm if q_norm > 0 else 0.0
-            # q - q* = A*^{-1} (A* q - g*) and A* q - g* = (A* - A) q + (A q - grad g(x))
-            # + (grad g(x) - grad g(x*)).
-            e_q = (cg.residual + L_g * e + change) / mu
-            # B*^T q* - B^T q = B^T (q* - q) + (B* - B)^T q + (B* - B)^T (q* - q).
+            # q - q* = A*^{-1} rho with rho = A* q - g* = (A* - A) q + (A q - grad g(x))
+            # + (grad g(x) - grad g(x*)), ||rho|| <= R.
+            R = cg.residual + L_g * e + change
+            e_q = R / mu
+            # B*^T q* - B^T q = B^T (q* - q) + (B* - B)^T q + (B* - B)^T (q* - q), and
+            # |B^T (q* - q)| = |(A*^{-1} B)^T rho| <= min(||B|| / mu, ||A*^{-1} B||) R.
+            gain = norm_B / mu
+            if theta.size == 1:
+                t, t_bound = self._tangent(lower, x, theta, mu, e, k, inv_diag)
+                ts.append(t)
+                gain = min(gain, t_bound)
             cross = lower.cross_change(x, theta, q, e) if e > 0 else 0.0
             if cross is None:
                 cross = L_B * e * q_norm
-            bound += norm_B * e_q + cross + L_B * e * e_q
+            bound += gain * R + cross + L_B * e * e_q
             # The part due to the adjoint residual (the rest is due to the lower level).
-            from_adjoint += (norm_B + L_B * e) * cg.residual / mu
+            from_adjoint += (gain + L_B * e / mu) * cg.residual
             # g(x*) = g(x) - q . grad_x Phi(x) + ((A - Abar) q - res) . (x* - x) + O(L_g e^2),
             # with grad_x Phi(x) = Abar (x - x*), Abar the mean Hessian on the segment.
             correction += float(q @ lower.grad_x(x, theta))
@@ -757,8 +815,48 @@ class MAID(Solver):
         evaluation.corrected = evaluation.fun - correction / n
         evaluation.corrected_slack = corrected_slack / n
         evaluation.qs = qs
+        evaluation.ts = ts if len(ts) == n and all(t is not None for t in ts) else None
         self._bound_from_adjoint = from_adjoint / n
         return z, bound / n, qs, reached
+
+    def _tangent(self, lower, x, theta, mu, e, k, inv_diag):
+        """``(t, T)``: the tangent ``t ~ A^-1 b`` (``b = B``, one hyperparameter; ``-t`` is
+        ``dx*/dtheta``) by warm-started CG, and a certified bound ``T >= ||A*^-1 b||``, or
+        ``(None, inf)`` when the lower level offers no ``jvp_theta``.
+
+        With ``s = b - A t``: ``A*^-1 b = t + A*^-1 (s + (A - A*) t)``, so ``||A*^-1 b|| <=
+        ||t|| + (||s|| + c(t)) / m`` (``c`` the bound on the Hessian's change, ``m`` the
+        certified curvature). CG runs until the residual's share is at most a quarter of
+        ``||t||``: a rough ``t`` suffices.
+        """
+        b = lower.jvp_theta(x, theta, np.ones(1))
+        if b is None:
+            return None, math.inf
+        b = np.asarray(b, dtype=float)
+        start = self._tangents.get(k)
+        if start is None or start.shape != b.shape:
+            start = np.zeros_like(b)
+        matvec = lambda v: lower.hvp_xx(x, theta, v)  # noqa: E731
+        tol = 0.25 * mu * float(np.linalg.norm(start)) if start.any() else 0.1 * float(
+            np.linalg.norm(b))
+        for _ in range(3):
+            cg = conjugate_gradient(matvec, b, start, tol, inv_diag=inv_diag)
+            self._cost["n_cg_iter"] += cg.nit
+            self._cost["n_hvp"] += cg.n_hvp
+            self._cost["cost"] += cg.nit
+            start = cg.x
+            t_norm = float(np.linalg.norm(start))
+            if cg.residual <= 0.5 * mu * t_norm or not cg.converged:
+                break
+            tol = 0.25 * mu * t_norm
+        self._tangents[k] = start
+        change = lower.hessian_change(x, theta, start, e) if e > 0 else 0.0
+        if change is None:
+            L_A = lower.hessian_lipschitz(theta)
+            if L_A is None:
+                return start, math.inf
+            change = L_A * e * t_norm
+        return start, t_norm + (cg.residual + change) / mu
 
     def _result_fields(self, problem, state) -> dict:
         evaluation = state.evaluation

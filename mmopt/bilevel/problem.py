@@ -187,6 +187,13 @@ class LowerLevel:
         change = getattr(self, "_cross_change", None)
         return None if change is None else float(change(x, theta, q, radius))
 
+    def jvp_theta(self, x, theta, d) -> np.ndarray | None:
+        """``B d``, the mixed second derivative applied to a direction ``d`` of ``theta``,
+        or None when not offered. With one hyperparameter :class:`MAID` uses it for the
+        tangent ``t = A^-1 B`` (``-dx*/dtheta``): a sharper error bound (``||A*^-1 B||``
+        instead of ``||B|| / mu``) and first-order warm starts."""
+        return None
+
     @property
     def custom_solver(self) -> Callable | None:
         """The custom inner solver ``solver(x0, theta, gtol) -> (x, n_iter)``, if any."""

@@ -22,6 +22,9 @@ __all__ = [
 ]
 
 _D_NORM_SQ = 8.0  # ||D||^2 <= 8 for 2-D forward differences
+# max_s s (3 + 3 s^2 / (1 + s^2)) / (1 + s^2)^(3/2) = 1.6050 (at s = 0.90), rounded up: the
+# largest rate of change of the Hessian of sqrt(|w|^2 + gam^2) is this over gam^2.
+_PSI_THIRD = 1.61
 
 
 def _grad(x):
@@ -108,27 +111,45 @@ class TVDenoisingLowerLevel(LowerLevel):
         return lam * _D_NORM_SQ**1.5 * 5.0 / gam**2
 
     def _segment_radius(self, x, theta, radius):
-        """``lam``, ``gam`` and a lower bound ``rho_p`` of ``r_p = sqrt(|(D y)_p|^2 +
-        gam^2)`` over ``||y - x|| <= radius`` (``r`` is 1-Lipschitz in ``(D y)_p``, which
-        moves by at most ``||D|| radius``)."""
-        lam, gam, _, r = self._parts(x, theta)
-        return lam, gam, np.maximum(r - np.sqrt(_D_NORM_SQ) * radius, gam)
+        """``lam``, ``gam``, ``u = D x``, ``c`` and a lower bound ``rho_p`` of ``r_p =
+        sqrt(|(D y)_p|^2 + gam^2)`` over ``||y - x|| <= radius``.
+
+        ``(D y)_p`` moves by at most ``c = sqrt(3) radius``: it involves three pixels, and
+        ``(a - b)^2 + (c - b)^2 <= 3 (a^2 + b^2 + c^2)`` (the largest eigenvalue of that
+        form); ``r`` is 1-Lipschitz in ``(D y)_p``.
+        """
+        lam, gam, u, r = self._parts(x, theta)
+        c = np.sqrt(3.0) * radius
+        return lam, gam, u, c, np.maximum(r - c, gam)
 
     def hessian_change(self, x, theta, v, radius):
         """Per-pixel bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``.
 
-        The Hessian of ``psi(w) = sqrt(|w|^2 + gam^2)`` is ``6 / r^2``-Lipschitz where
-        ``r(w) >= rho`` (its derivative is at most ``(|w| / r^3) (3 + 3 |w|^2 / r^2)``), so
-        with ``h = D (y - x)``, ``||h|| <= ||D|| radius``: ``||(A(y) - A(x)) v|| <= lam ||D||
-        (sum_p (6 / rho_p^2 |h_p| |(D v)_p|)^2)^(1/2) <= lam ||D||^2 radius max_p 6 |(D
-        v)_p| / rho_p^2``. Near edges ``rho_p`` is much larger than ``gam``, where the
-        global constant has to sit.
+        The Hessian of ``psi(w) = sqrt(|w|^2 + gam^2)`` changes along ``h`` at the rate
+        ``<= (|w| / r^3) (3 + 3 |w|^2 / r^2) |h|``, which is at most ``6 / r^2``, at most
+        ``6 |w| / r^3``, and at most ``1.61 / gam^2`` (the maximum over ``w``, at ``|w| ~
+        0.9 gam``). On the segment of pixel ``p``, ``r >= rho_p`` and ``|w| <= |u_p| + c``, so
+        its Hessian is ``L_p``-Lipschitz with ``L_p = min(6 / rho_p^2, 6 (|u_p| + c) /
+        rho_p^3, 1.61 / gam^2)``: small where the image is flat (``|u_p|`` well below
+        ``gam``, where ``psi`` is nearly quadratic) and where it has edges (``rho_p``
+        large). With ``h = D (y - x)``: ``||(A(y) - A(x)) v|| <= lam ||D|| (sum_p (a_p
+        |h_p|)^2)^(1/2)``, ``a_p = L_p |(D v)_p|``, maximized over ``sum_p |h_p|^2 <= ||D||^2
+        radius^2`` and ``|h_p| <= c`` (a fractional knapsack: the budget goes to the largest
+        ``a_p`` first; at most ``lam ||D||^2 radius max_p a_p``).
         """
-        lam, _, rho = self._segment_radius(x, theta, radius)
+        lam, gam, u, c, rho = self._segment_radius(x, theta, radius)
         w = _grad(v.reshape(self.image_shape))
-        local = lam * _D_NORM_SQ * radius * float(
-            np.max(6.0 * np.sqrt(w[0] ** 2 + w[1] ** 2) / rho**2)
-        )
+        u_norm = np.sqrt(u[0] ** 2 + u[1] ** 2)
+        rate = np.minimum(np.minimum(6.0 / rho**2, 6.0 * (u_norm + c) / rho**3),
+                          _PSI_THIRD / gam**2)
+        a2 = np.sort((rate * rate * (w[0] ** 2 + w[1] ** 2)).ravel())[::-1]
+        cap, budget = c * c, _D_NORM_SQ * radius * radius
+        # Full caps for the first floor(budget / cap) pixels, the remainder on the next one.
+        full = min(int(budget // cap), a2.size) if cap > 0 else 0
+        total = cap * float(a2[:full].sum())
+        if full < a2.size:
+            total += (budget - cap * full) * float(a2[full])
+        local = lam * np.sqrt(_D_NORM_SQ) * float(np.sqrt(total))
         return min(local, self.hessian_lipschitz(theta) * radius * float(np.linalg.norm(v)))
 
     def cross_change(self, x, theta, q, radius):
@@ -139,7 +160,7 @@ class TVDenoisingLowerLevel(LowerLevel):
         where ``r >= rho``, and Cauchy-Schwarz over the pixels with ``||h|| <= ||D||
         radius``.
         """
-        lam, gam, rho = self._segment_radius(x, theta, radius)
+        lam, gam, _, _, rho = self._segment_radius(x, theta, radius)
         dq = _grad(q.reshape(self.image_shape))
         dq_norm = np.sqrt(dq[0] ** 2 + dq[1] ** 2)
         h = np.sqrt(_D_NORM_SQ) * radius

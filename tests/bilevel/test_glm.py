@@ -327,3 +327,19 @@ def test_error_bound_with_an_intercept_is_certified_and_holds(multinomial, penal
     assert np.linalg.norm(z - exact) <= bound
     if eps <= 1e-6:
         assert np.linalg.norm(z - exact) <= 1e-4 * np.linalg.norm(exact)
+
+
+@pytest.mark.parametrize("penalty", ["shared", "per_feature", "per_weight"])
+@pytest.mark.parametrize("kind", ["binary", "multinomial"])
+def test_logistic_jvp_theta_by_finite_differences_and_adjointness(penalty, kind):
+    rng = np.random.default_rng(7)
+    X, Y = _data(kind, rng)
+    lower = LogisticLowerLevel(X, Y, penalty=penalty)
+    theta = rng.uniform(-1, 1, lower.n_theta)
+    x = rng.standard_normal(lower.x0.size)
+    d = rng.standard_normal(lower.n_theta)
+    h = 1e-6
+    fd = (lower.grad_x(x, theta + h * d) - lower.grad_x(x, theta - h * d)) / (2 * h)
+    np.testing.assert_allclose(lower.jvp_theta(x, theta, d), fd, rtol=1e-6, atol=1e-10)
+    q = rng.standard_normal(x.size)
+    assert q @ lower.jvp_theta(x, theta, d) == pytest.approx(d @ lower.vjp_theta(x, theta, q))

@@ -100,3 +100,33 @@ def test_mismatched_images_are_rejected():
         tv_denoising_problem(noisy, clean[:1])
     with pytest.raises(ValueError, match="same shape"):
         tv_denoising_problem(noisy, [clean[0][:4], clean[1]])
+
+
+@pytest.mark.parametrize("radius", [1e-5, 1e-3, 3e-2, 0.5])
+@pytest.mark.parametrize("where", ["noisy", "flat", "smooth"])
+def test_hessian_change_holds_for_concentrated_moves(problem, radius, where):
+    # The worst moves for a per-pixel bound put the whole radius on one pixel (flat regions,
+    # where psi's Hessian is largest, and edges); every single-pixel move of the ball and
+    # random ones, at a noisy image, a flat one (D x = 0) and a smooth one (|D x| ~ gam).
+    lower = problem.lowers[0]
+    rng = np.random.default_rng(5)
+    theta = np.log([0.05, 0.02])
+    shape = lower.image_shape
+    if where == "noisy":
+        x = lower.y + 0.02 * rng.standard_normal(lower.y.size)
+    elif where == "flat":
+        x = np.full(lower.y.size, 0.4)
+    else:
+        x = (0.02 * np.add.outer(np.arange(shape[0]), np.arange(shape[1]))).ravel()
+    for v in (rng.standard_normal(x.size), np.eye(x.size)[x.size // 2 + 3]):
+        bound = lower.hessian_change(x, theta, v, radius)
+        base = lower.hvp_xx(x, theta, v)
+        moves = [radius * e for e in np.eye(x.size)] + [-radius * e for e in np.eye(x.size)[::7]]
+        for _ in range(10):
+            d = rng.standard_normal(x.size)
+            moves.append(radius * d / np.linalg.norm(d))
+        worst = max(np.linalg.norm(lower.hvp_xx(x + d, theta, v) - base) for d in moves)
+        assert worst <= bound
+        # ...and it is not vacuous where the image is flat and the ball small.
+        if where == "flat" and radius <= 1e-3:
+            assert bound <= 0.1 * lower.hessian_lipschitz(theta) * radius * np.linalg.norm(v)
