@@ -172,7 +172,8 @@ class SinkhornNewtonSparse(Sinkhorn):
         self._use_newton = self.newton == "always" or (
             self.newton == "auto" and spread / problem.reg > _NEWTON_MIN_RATIO
         )
-        if self._use_newton and not hasattr(self, "_Ct"):
+        if self._use_newton and self._method != "log":
+            # (the log domain's setup made it already, for this problem)
             self._Ct = np.ascontiguousarray(support.C.T)
         self._n_sinkhorn = 0
         self._n_newton = 0
@@ -277,8 +278,8 @@ class SinkhornNewtonSparse(Sinkhorn):
         density = S.nnz / (row.size * col.size)
         # The diagonal keeps the full plan's marginals (only the off-diagonal block is
         # sparsified): the matrix is then the bipartite Laplacian of S plus the dropped mass
-        # on the diagonal, positive definite with only the shift's null direction left.
-        # With S's own sums instead, every connected component of S's graph adds a null
+        # on the diagonal, whose only null direction is the full Hessian's own (1, -1),
+        # which the shift takes care of. With S's own sums instead, every connected component of S's graph adds a null
         # direction, along which the step is garbage (steps stalled near 1e-7 that way).
         r, c = row, col
         n = r.size

@@ -104,3 +104,15 @@ def test_levels_that_converge_at_once_do_not_stop_the_solve():
     ref = sinkhorn(a, b, C, reg, method="log", tol=1e-13)
     assert res.success and res.history["reg"][-1] == reg
     np.testing.assert_allclose(res.plan, ref.plan, atol=1e-10)
+
+
+def test_a_solver_instance_solves_several_problems():
+    # Cached per-problem arrays (the transposed cost) must follow the problem.
+    solver = SinkhornNewtonSparse(newton="always", method="scaling", tol=1e-10,
+                                  max_iter=20_000)
+    for seed, (n, m) in ((7, (20, 30)), (8, (25, 15))):
+        a, b, C = _clouds(seed, n=n, m=m)
+        res = solver.solve(OTProblem(a, b, C, 5e-2))
+        ref = sinkhorn(a, b, C, 5e-2, method="log", tol=1e-12)
+        assert res.success
+        np.testing.assert_allclose(res.plan, ref.plan, atol=1e-9)
