@@ -34,6 +34,8 @@ _REFINE_NOISE_RATIO = 0.1
 # spread wider than the noise estimate, which underestimates heavy noise).
 _REFINE_BANDWIDTH = 2.5
 _REFINE_NU_FACTOR = 1.5
+# Smallest subsample of the coarse stages (see coarse_stride).
+_COARSE_MIN_POINTS = 1000
 
 
 @dataclass
@@ -161,9 +163,11 @@ class ICP(Solver):
     max_iter_per_stage : int, default=100
         Iteration cap of each stage but the last.
     coarse_stride : int, default=4
-        Coarse-to-fine: all stages but the last three match every ``coarse_stride``-th
-        source point only (1 uses every point throughout). The last three stages, and so
-        the result, always use the whole source.
+        Coarse-to-fine: all stages but the last three match a regular subsample of the
+        source (1 uses every point throughout): every ``coarse_stride``-th point in the last
+        coarse stage, half as many in the stage before and so on (the subsample doubles as
+        ``nu`` halves), but never fewer than about ``_COARSE_MIN_POINTS = 1000`` points. The
+        last three stages, and so the result, always use the whole source.
     stage_tol : float, optional, default=1e-3
         Threshold on ``||T_k - T_{k-1}||_F`` that ends the intermediate stages (``nu >
         nu_min``; ``tol`` when None). They only lead the pose into the basin of the final
@@ -210,8 +214,9 @@ class ICP(Solver):
     ``acceptance_rate``, ``n_queries`` (nearest-neighbour searches of the source cloud or of
     its subsample), ``inlier_ratio``, ``inlier_rmse``, ``inlier_threshold``, ``correspondences``
     (index of each source point's closest target point, -1 beyond the search bound).
-    ``history`` adds ``nu``, ``stage``, ``accepted`` (1, 0, NaN when not tried) and
-    ``n_queries`` per iteration.
+    ``history`` adds ``nu``, ``stage``, ``accepted`` (1, 0, NaN when not tried),
+    ``n_queries`` and ``n_points`` (source points matched: the coarse subsample or all) per
+    iteration.
 
     References
     ----------
@@ -540,14 +545,20 @@ class ICP(Solver):
             name = "init" if x0 is None else "x0"
             T = self._from_user(check_rigid_transform(init, name, similarity=self.similarity))
         self._n_queries_start = setup.index.n_queries
-        self._P = setup.P
         self._metric = "point_to_plane" if self.metric == "point_to_plane" else "point_to_point"
+        # The median initial residual that sets the schedule, from the sparsest subsample
+        # (queries from a far start are the slowest); it is also the first stage's subsample
+        # unless the schedule is too short to have coarse stages.
+        probe = 1 if self.coarse_stride == 1 else max(
+            self.coarse_stride, setup.P.shape[0] // _COARSE_MIN_POINTS
+        )
+        self._P = setup.P[::probe]
         corr = self._correspond(T, None)
         setup.nus = self._schedule(corr[1])
         nu = setup.nus[0]
-        self._P = self._active_points(0)
-        if self._P.shape[0] != setup.P.shape[0]:
-            corr = tuple(a[:: self.coarse_stride] for a in corr)
+        if self._stride(0) != probe:
+            self._P = self._active_points(0)
+            corr = self._correspond(T, None)
         corr = self._restrict(corr, nu)
         if self.metric == "hybrid" and len(setup.nus) == 1:
             corr = self._switch_to_plane(corr)
@@ -578,15 +589,23 @@ class ICP(Solver):
         quartile = np.partition(dist, dist.shape[0] // 4)[dist.shape[0] // 4]
         return bool(quartile > 0.1 * self._setup.spacing)
 
-    def _coarse(self, stage: int) -> bool:
+    def _stride(self, stage: int) -> int:
         # Early stages (all but the last three) match a regular subsample of the source:
-        # at a large nu the fit averages over many points anyway, and each query is cheaper.
+        # at a large nu the fit averages over many points anyway, and each query is cheaper
+        # (queries from a far pose are the slowest: the bound 5 nu prunes nothing). The
+        # subsample doubles as nu halves, from about _COARSE_MIN_POINTS points.
         n_annealed = len(self._setup.nus) - self._setup.refine
-        return self.coarse_stride > 1 and stage < n_annealed - 3
+        n_coarse = n_annealed - 3
+        if self.coarse_stride == 1 or stage >= n_coarse:
+            return 1
+        sparsest = max(self.coarse_stride, self._setup.P.shape[0] // _COARSE_MIN_POINTS)
+        return min(self.coarse_stride * 2 ** (n_coarse - 1 - stage), sparsest)
+
+    def _coarse(self, stage: int) -> bool:
+        return self._stride(stage) > 1
 
     def _active_points(self, stage: int) -> np.ndarray:
-        P = self._setup.P
-        return P[:: self.coarse_stride] if self._coarse(stage) else P
+        return self._setup.P[:: self._stride(stage)]
 
     def _switch_to_plane(self, corr: tuple) -> tuple:
         """Hybrid metric: the last stage refines with point-to-plane on the same matches."""
@@ -651,8 +670,8 @@ class ICP(Solver):
                 self._metric = "surface"
                 self._P = setup.P
                 corr = self._correspond(T_new, nu)
-            elif self._coarse(stage - 1) and not self._coarse(stage):
-                # From the subsample to the whole source: match every point (one query).
+            elif self._stride(stage - 1) != self._stride(stage):
+                # A denser subsample, or the whole source: match its points (one query).
                 self._P = self._active_points(stage)
                 corr = self._correspond(T_new, nu)
             else:
@@ -678,6 +697,7 @@ class ICP(Solver):
                 "stage": stage,
                 "accepted": accepted,
                 "n_queries": setup.index.n_queries - self._n_queries_start,
+                "n_points": self._P.shape[0],
             },
         )
 
