@@ -347,3 +347,21 @@ def test_hybrid_from_identity_on_real_pair(scan, scan_problem):
     fun = res.history["fun"]
     last = stage == stage[-1]
     assert np.all(np.diff(fun[last]) <= 1e-9 * fun[last][1:])
+
+
+def test_smoothed_surface_of_a_plane_is_the_plane():
+    # Closed form: on a flat grid the kernel-weighted mean of any neighbourhood lies in the
+    # plane and its PCA normal is the plane's, so the residual is the height above it.
+    g = np.stack(np.meshgrid(np.linspace(0, 1, 41), np.linspace(0, 1, 41)), -1).reshape(-1, 2)
+    target = np.c_[g, np.zeros(g.shape[0])]
+    solver = ICP()
+    solver._setup = solver._make_setup(RegistrationProblem(target, target))
+    setup = solver._setup
+    heights = np.array([0.01, -0.02, 0.0, 0.005])
+    points = np.c_[[[0.5, 0.5], [0.31, 0.72], [0.1, 0.9], [0.66, 0.2]], heights]
+    X = (points - setup.target_centroid) / setup.scale
+    _, residuals, _, _, centres, normals = solver._surface_correspond(X)
+    np.testing.assert_allclose(np.abs(normals[:, 2]), 1.0, atol=1e-12)
+    np.testing.assert_allclose(residuals * normals[:, 2] * setup.scale, heights, atol=1e-12)
+    np.testing.assert_allclose(centres[:, 2] * setup.scale + setup.target_centroid[2], 0.0,
+                               atol=1e-12)
