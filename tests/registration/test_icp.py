@@ -89,9 +89,14 @@ def test_diagnostics(scan_runs):
     assert res.iterations_per_stage.sum() == res.nit
     assert res.n_stages == len(res.iterations_per_stage) >= 2
     # One query to start, one per iteration, one more per rejected extrapolation, and one
-    # when the coarse (subsampled) stages hand over to the whole source.
+    # each time the subsample of the coarse stages grows (it ends as the whole source).
     assert 0 < res.n_coarse_stages < res.n_stages
-    assert res.n_queries == 1 + res.nit + res.n_rejected + 1
+    n_points = res.history["n_points"]
+    assert np.all(np.diff(n_points) >= 0) and n_points[-1] == 14806
+    assert 1000 <= n_points[0] <= 1100
+    n_handovers = np.count_nonzero(np.diff(n_points))
+    assert n_handovers >= 2
+    assert res.n_queries == 1 + res.nit + res.n_rejected + n_handovers
     assert res.history["n_queries"][-1] == res.n_queries
     assert res.nu == pytest.approx(res.nu_min) and res.nu_min > 0
     np.testing.assert_allclose(res.transform[:3, :3], res.rotation)
@@ -126,34 +131,67 @@ def small_cloud(scan):
     return scan.source[::4]
 
 
-def _issue_case(scan, seed):
+def _issue_case(points, seed, *, rotation_deg=30, overlap=0.7):
     # The issue's case: 30 degrees, 10% translation, 0.5% noise, 20% outliers, 30% crop.
     return make_registration_problem(
-        scan.source, rotation_deg=30, translation=0.1, noise=0.005, outlier_fraction=0.2,
-        overlap=0.7, random_state=seed,
+        points, rotation_deg=rotation_deg, translation=0.1, noise=0.005, outlier_fraction=0.2,
+        overlap=overlap, random_state=seed,
     )
 
 
-def test_synthetic_case_from_identity(scan):
-    # Measured over seeds 0-4 with the defaults: 0.16-0.82 degrees (3 of 5 within 0.6) and
-    # 0.10-0.34% of the diagonal (2 of 5 within 0.2%), ending at an energy no higher than the
-    # true transform's (the estimator's bias under this much noise and cropping, not a failed
-    # solve); L2 ICP is degrees off.
-    problem, T = _issue_case(scan, 0)
-    res = ICP(init="identity").solve(problem)
+def _errors(res, problem, T):
     diagonal = np.linalg.norm(np.ptp(problem.target, axis=0))
-    assert res.success
-    assert _rotation_error_deg(res.rotation, T[:3, :3]) <= 1.2
-    assert np.linalg.norm(res.translation - T[:3, 3]) <= 0.008 * diagonal
+    return (_rotation_error_deg(res.rotation, T[:3, :3]),
+            np.linalg.norm(res.translation - T[:3, 3]) / diagonal)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: seed 1 ends 0.82 deg / 0.32% off")
-def test_synthetic_case_meets_the_issue_target(scan):
-    problem, T = _issue_case(scan, 1)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_synthetic_case_meets_the_issue_target(scan, seed):
+    # The issue's case at full density, defaults, from the identity. Seed 7 was the worst of
+    # ten before the surface refinement (1.45 degrees, 0.69%); measured over seeds 0-9 now:
+    # at most 0.36 degrees and 0.18% of the diagonal.
+    problem, T = _issue_case(scan.source, seed)
     res = ICP(init="identity").solve(problem)
-    diagonal = np.linalg.norm(np.ptp(problem.target, axis=0))
-    assert _rotation_error_deg(res.rotation, T[:3, :3]) <= 0.6
-    assert np.linalg.norm(res.translation - T[:3, 3]) <= 0.002 * diagonal
+    rotation, translation = _errors(res, problem, T)
+    assert res.success and res.refined
+    assert rotation <= 0.6 and translation <= 0.002
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("cloud", ["source", "target"])
+def test_synthetic_case_on_many_seeds_and_clouds(scan, cloud, seed):
+    # The same case (noise, outliers and crop relative to the diagonal) cut from either
+    # shipped scan at half density, which halves the time; measured at most 0.44 degrees and
+    # 0.18%.
+    problem, T = _issue_case(getattr(scan, cloud)[::2], seed)
+    res = ICP(init="identity").solve(problem)
+    rotation, translation = _errors(res, problem, T)
+    assert rotation <= 0.6 and translation <= 0.002
+
+
+def test_without_surface_refinement_noise_biases_the_fit(scan):
+    # Why the refinement exists: nearest-point matching at nu ~ noise snaps onto single
+    # noisy points, and the fit ends over a degree off, from the true transform too.
+    # Measured from the true transform without it: 0.77, 0.92, 1.28 degrees (seeds 0, 1, 6).
+    problem, T = _issue_case(scan.source, 6)
+    res = ICP(init=T, refine=False).solve(problem)
+    assert not res.refined
+    assert _errors(res, problem, T)[0] > 0.6
+
+
+def test_surface_refinement_skipped_on_clean_or_identical_samples(scan_runs):
+    # The shipped pair: noise far below the spacing.
+    assert not scan_runs["centroids"].refined
+    # A moved copy of the same volume sample: its "thickness" passes for noise, but the
+    # matches are exact, so there is nothing to smooth; forcing the stage shows it would hurt.
+    X = np.random.default_rng(0).normal(size=(400, 3)) * [3.0, 2.0, 1.0]
+    T = se3_exp([0.1, -0.2, 0.25, 0.3, 0.1, -0.2])
+    problem = RegistrationProblem(X, X @ T[:3, :3].T + T[:3, 3])
+    res = ICP().solve(problem)
+    assert res.noise > 0.1 * res.spacing
+    assert not res.refined and np.allclose(res.transform, T, atol=1e-6)
+    forced = ICP(refine=True).solve(problem)
+    assert forced.refined and not np.allclose(forced.transform, T, atol=1e-3)
 
 
 def test_l2_anderson_reaches_plain_fixed_point(small_cloud):
@@ -253,7 +291,8 @@ def test_similarity_recovers_scale(small_cloud):
      ("init", "random", ValueError), ("anderson", 1, TypeError),
      ("scale_bounds", (2.0, 3.0), ValueError), ("keep_fraction", 0.0, ValueError),
      ("neighbors", "faiss", ValueError), ("stage_tol", -1.0, ValueError),
-     ("coarse_stride", 0, ValueError)],
+     ("coarse_stride", 0, ValueError), ("refine", "yes", ValueError),
+     ("refine_k", 2, ValueError)],
 )
 def test_bad_options(small_cloud, option, value, error):
     with pytest.raises(error, match=option):
@@ -286,12 +325,17 @@ def test_no_coarse_stages(small_cloud):
     assert _rotation_error_deg(full.rotation, T[:3, :3]) <= 0.05
 
 
-def test_looser_stage_tol_on_real_pair(scan, scan_problem, scan_runs):
-    loose = ICP(stage_tol=1e-3).solve(scan_problem)
+def test_stage_tol_on_real_pair(scan, scan_problem, scan_runs):
+    # Converging the intermediate scales to tol (stage_tol=None) costs far more iterations
+    # for the same answer as the default's loose stage_tol.
+    tight = ICP(stage_tol=None).solve(scan_problem)
     default = scan_runs["centroids"]
-    assert loose.n_stages == default.n_stages and loose.nit < default.nit
+    assert tight.n_stages == default.n_stages and tight.nit >= 2 * default.nit
     ref = _nearest_rotation(scan.reference_transform[:3, :3])
-    assert _rotation_error_deg(loose.rotation, ref) <= 0.02
+    assert _rotation_error_deg(tight.rotation, ref) <= 0.02
+    assert _rotation_error_deg(tight.rotation, default.rotation) <= 0.01
+    # The nu_min stage runs to tol under any stage_tol.
+    assert default.residual <= 1e-5
 
 
 def test_hybrid_from_identity_on_real_pair(scan, scan_problem):
@@ -303,3 +347,21 @@ def test_hybrid_from_identity_on_real_pair(scan, scan_problem):
     fun = res.history["fun"]
     last = stage == stage[-1]
     assert np.all(np.diff(fun[last]) <= 1e-9 * fun[last][1:])
+
+
+def test_smoothed_surface_of_a_plane_is_the_plane():
+    # Closed form: on a flat grid the kernel-weighted mean of any neighbourhood lies in the
+    # plane and its PCA normal is the plane's, so the residual is the height above it.
+    g = np.stack(np.meshgrid(np.linspace(0, 1, 41), np.linspace(0, 1, 41)), -1).reshape(-1, 2)
+    target = np.c_[g, np.zeros(g.shape[0])]
+    solver = ICP()
+    solver._setup = solver._make_setup(RegistrationProblem(target, target))
+    setup = solver._setup
+    heights = np.array([0.01, -0.02, 0.0, 0.005])
+    points = np.c_[[[0.5, 0.5], [0.31, 0.72], [0.1, 0.9], [0.66, 0.2]], heights]
+    X = (points - setup.target_centroid) / setup.scale
+    _, residuals, _, _, centres, normals = solver._surface_correspond(X)
+    np.testing.assert_allclose(np.abs(normals[:, 2]), 1.0, atol=1e-12)
+    np.testing.assert_allclose(residuals * normals[:, 2] * setup.scale, heights, atol=1e-12)
+    np.testing.assert_allclose(centres[:, 2] * setup.scale + setup.target_centroid[2], 0.0,
+                               atol=1e-12)
