@@ -279,8 +279,9 @@ class SinkhornNewtonSparse(Sinkhorn):
         # The diagonal keeps the full plan's marginals (only the off-diagonal block is
         # sparsified): the matrix is then the bipartite Laplacian of S plus the dropped mass
         # on the diagonal, whose only null direction is the full Hessian's own (1, -1),
-        # which the shift takes care of. With S's own sums instead, every connected component of S's graph adds a null
-        # direction, along which the step is garbage (steps stalled near 1e-7 that way).
+        # which the shift takes care of. With S's own sums instead, every connected
+        # component of S's graph adds a null direction, along which the step is garbage
+        # (steps stalled near 1e-7 that way).
         r, c = row, col
         n = r.size
         # Levenberg-Marquardt damping, lam times the Hessian's diagonal on top of the shift:
