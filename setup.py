@@ -14,7 +14,8 @@ from setuptools.command.build_ext import build_ext
 DEBUG = os.environ.get("MMOPT_CYTHON_DEBUG", "0") == "1"
 NO_OPENMP = os.environ.get("MMOPT_NO_OPENMP", "0") == "1"
 NO_LIBMVEC = os.environ.get("MMOPT_NO_LIBMVEC", "0") == "1"
-# Kernels that include mmopt_ext/_expsum.h (SIMD exp through glibc's libmvec).
+# Kernels that include mmopt_ext/_expsum.h (libmvec gives them an SSE2 exp for CPUs without
+# AVX2; their AVX2/AVX-512 exp is inline).
 SIMD_EXP_MODULES = {"mmopt_ext._sinkhorn"}
 
 LIBMVEC_PROBE = textwrap.dedent(
@@ -58,7 +59,8 @@ class BuildExtWithOpenMP(build_ext):
     """Add ``-fopenmp`` when the compiler in use supports it; build serially otherwise.
 
     Also links glibc's vector math library (libmvec) into the kernels that use SIMD ``exp``
-    (``_expsum.h``) when a probe program using it compiles and links; scalar ``exp`` otherwise.
+    (``_expsum.h``; its SSE2 ``exp`` serves CPUs without AVX2) when a probe program using it
+    compiles and links.
     """
 
     def build_extensions(self):
@@ -71,7 +73,7 @@ class BuildExtWithOpenMP(build_ext):
             self.compiler, LIBMVEC_PROBE, "libmvec", (), ["-lmvec", "-lm"]
         )
         if not use_libmvec:
-            print("mmopt: no libmvec; the Sinkhorn kernel uses scalar exp")
+            print("mmopt: no libmvec; CPUs without AVX2 get scalar exp in the Sinkhorn kernel")
         for ext in self.extensions:
             if use_openmp:
                 ext.extra_compile_args.append("-fopenmp")

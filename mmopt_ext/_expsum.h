@@ -8,10 +8,12 @@
  * bottom adds at most exp(-700) ~ 1e-304 to the sum; callers treat sums outside
  * [MMOPT_EXPSUM_TINY, MMOPT_EXPSUM_HUGE] as unreliable and recompute them exactly.
  *
- * Where glibc's vector math library (libmvec) is available (setup.py probes it and defines
- * MMOPT_HAVE_LIBMVEC), the exponentials go through its SIMD exp (AVX-512, AVX2 or SSE2,
- * chosen once from the CPU); otherwise through the C library's scalar exp. The choice can be
- * forced for testing with mmopt_expsum_select().
+ * Paths, chosen once from the CPU (the choice can be forced for testing with
+ * mmopt_expsum_select()):
+ * - AVX-512: an inline exp (below), on any x86-64 GCC/Clang build;
+ * - AVX2, SSE2: glibc's vector math library (libmvec), where setup.py found it and defined
+ *   MMOPT_HAVE_LIBMVEC;
+ * - scalar: the C library's exp.
  */
 #ifndef MMOPT_EXPSUM_H
 #define MMOPT_EXPSUM_H
@@ -60,14 +62,6 @@ typedef double (*mmopt_expsum_fn)(const double *, const double *, double, double
 typedef void (*mmopt_exprow_fn)(const double *, const double *, double, double, ptrdiff_t,
                                 double *);
 
-#if defined(MMOPT_HAVE_LIBMVEC) && defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
-/* glibc's libmvec, x86-64 vector ABI names: b = SSE2, d = AVX2, e = AVX-512. */
-__m128d _ZGVbN2v_exp(__m128d);
-__attribute__((target("avx2"))) __m256d _ZGVdN4v_exp(__m256d);
-__attribute__((target("avx512f"))) __m512d _ZGVeN8v_exp(__m512d);
-
 static double mmopt_expsum_tail(const double *c, const double *g, double shift,
                                 double inv_reg, ptrdiff_t start, ptrdiff_t m)
 {
@@ -76,6 +70,13 @@ static double mmopt_expsum_tail(const double *c, const double *g, double shift,
         total += exp(mmopt_clamp_exponent((shift + g[j] - c[j]) * inv_reg));
     return total;
 }
+
+#if defined(MMOPT_HAVE_LIBMVEC) && defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* glibc's libmvec, x86-64 vector ABI name of its SSE2 exp. */
+__m128d _ZGVbN2v_exp(__m128d);
+
 
 static double mmopt_expsum_sse2(const double *c, const double *g, double shift,
                                 double inv_reg, ptrdiff_t m)
@@ -111,84 +112,206 @@ static void mmopt_exprow_sse2(const double *c, const double *g, double shift,
     mmopt_exprow_scalar(c + j, g + j, shift, inv_reg, m - j, out + j);
 }
 
-__attribute__((target("avx2")))
-static void mmopt_exprow_avx2(const double *c, const double *g, double shift,
-                              double inv_reg, ptrdiff_t m, double *out)
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* exp on AVX-512 without a library call.
+ *
+ * libmvec's AVX-512 exp costs ~1 ns per entry here, mostly in the call (every zmm register is
+ * caller-saved, so the accumulators spill around each call of 8 entries) and its special-case
+ * handling, which the clamped exponents never need. Inline: with u = 16 log2(e) t, split
+ * u = 16 k + j + r (k, j integers, 0 <= j < 16, |r| <= 1/2):
+ *     exp(t) = 2^k * 2^(j/16) * exp(r ln2 / 16),
+ * the middle factor from a 16-entry table held in two registers (one permute), the last by its
+ * degree-6 Taylor polynomial (|r ln2/16| <= 0.0217: truncation error < 5e-16 relative), the
+ * power of two added to the exponent field. Relative error ~1e-15 for the clamped range,
+ * below the rounding of the argument itself (~|t| 1e-16).
+ *
+ * The rounding u -> 16k + j uses the 1.5 * 2^52 shift: the low bits of u + shift hold the
+ * integer nearest u. Shifting those bits left by 48 puts k into the exponent field and j into
+ * the top 4 bits of the mantissa; the table stores 2^(j/16) with j << 48 subtracted, so that
+ * one integer addition gives the bits of 2^k 2^(j/16) (as glibc's scalar exp does).
+ */
+static uint64_t mmopt_exp_table_bits[16];
+
+static void mmopt_exp_table_init(void)
 {
-    const __m256d vshift = _mm256_set1_pd(shift), vinv = _mm256_set1_pd(inv_reg);
-    const __m256d lo = _mm256_set1_pd(-MMOPT_EXP_CLAMP), hi = _mm256_set1_pd(MMOPT_EXP_CLAMP);
-    ptrdiff_t j = 0;
-    for (; j + 4 <= m; j += 4) {
-        __m256d t = _mm256_mul_pd(
-            _mm256_sub_pd(_mm256_add_pd(vshift, _mm256_loadu_pd(g + j)), _mm256_loadu_pd(c + j)),
-            vinv);
-        _mm256_storeu_pd(out + j, _ZGVdN4v_exp(_mm256_min_pd(_mm256_max_pd(t, lo), hi)));
+    for (int j = 0; j < 16; ++j) {
+        double value = exp2(j / 16.0);
+        uint64_t bits;
+        memcpy(&bits, &value, sizeof bits);
+        mmopt_exp_table_bits[j] = bits - ((uint64_t)j << 48);
     }
-    mmopt_exprow_scalar(c + j, g + j, shift, inv_reg, m - j, out + j);
 }
 
-__attribute__((target("avx512f")))
+/* Coefficients of exp(x ln2/16) = sum_k (ln2/16)^k x^k / k!. */
+#define MMOPT_EXP_C1 0.04332169878499658 /* ln2 / 16 */
+#define MMOPT_EXP_C2 (MMOPT_EXP_C1 * MMOPT_EXP_C1 / 2.0)
+#define MMOPT_EXP_C3 (MMOPT_EXP_C2 * MMOPT_EXP_C1 / 3.0)
+#define MMOPT_EXP_C4 (MMOPT_EXP_C3 * MMOPT_EXP_C1 / 4.0)
+#define MMOPT_EXP_C5 (MMOPT_EXP_C4 * MMOPT_EXP_C1 / 5.0)
+#define MMOPT_EXP_C6 (MMOPT_EXP_C5 * MMOPT_EXP_C1 / 6.0)
+#define MMOPT_EXP_UNITS 23.083120654223414 /* 16 log2(e) */
+
+__attribute__((target("avx512f,avx512dq")))
+static inline __m512d mmopt_exp_avx512(__m512d u, __m512i table_lo, __m512i table_hi)
+{
+    /* exp(u / MMOPT_EXP_UNITS): callers fold the units into their scaling of the argument. */
+    const __m512d bound = _mm512_set1_pd(MMOPT_EXP_CLAMP * MMOPT_EXP_UNITS);
+    const __m512d round_shift = _mm512_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
+    /* sign(u) min(|u|, bound): the clamp in one instruction (VRANGEPD, imm 2). */
+    u = _mm512_range_pd(u, bound, 2);
+    __m512d shifted = _mm512_add_pd(u, round_shift);
+    /* u - round(u), rounding to nearest even like the addition above (VREDUCEPD, imm 0). */
+    __m512d r = _mm512_reduce_pd(u, 0);
+    /* Estrin's scheme: depth 3 instead of Horner's 6 (throughput here is latency-bound). */
+    __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d low = _mm512_fmadd_pd(_mm512_set1_pd(MMOPT_EXP_C1), r, _mm512_set1_pd(1.0));
+    __m512d mid = _mm512_fmadd_pd(_mm512_set1_pd(MMOPT_EXP_C3), r, _mm512_set1_pd(MMOPT_EXP_C2));
+    __m512d high = _mm512_fmadd_pd(_mm512_set1_pd(MMOPT_EXP_C5), r, _mm512_set1_pd(MMOPT_EXP_C4));
+    high = _mm512_fmadd_pd(_mm512_set1_pd(MMOPT_EXP_C6), r2, high);
+    __m512d p = _mm512_fmadd_pd(mid, r2, low);
+    p = _mm512_fmadd_pd(high, _mm512_mul_pd(r2, r2), p);
+    __m512i bits = _mm512_castpd_si512(shifted);
+    __m512i scale = _mm512_add_epi64(_mm512_permutex2var_epi64(table_lo, bits, table_hi),
+                                     _mm512_slli_epi64(bits, 48));
+    return _mm512_mul_pd(p, _mm512_castsi512_pd(scale));
+}
+
+__attribute__((target("avx512f,avx512dq")))
 static void mmopt_exprow_avx512(const double *c, const double *g, double shift,
                                 double inv_reg, ptrdiff_t m, double *out)
 {
-    const __m512d vshift = _mm512_set1_pd(shift), vinv = _mm512_set1_pd(inv_reg);
-    const __m512d lo = _mm512_set1_pd(-MMOPT_EXP_CLAMP), hi = _mm512_set1_pd(MMOPT_EXP_CLAMP);
+    const __m512i table_lo = _mm512_loadu_si512(mmopt_exp_table_bits);
+    const __m512i table_hi = _mm512_loadu_si512(mmopt_exp_table_bits + 8);
+    const __m512d vshift = _mm512_set1_pd(shift);
+    const __m512d vinv = _mm512_set1_pd(inv_reg * MMOPT_EXP_UNITS);
     ptrdiff_t j = 0;
     for (; j + 8 <= m; j += 8) {
         __m512d t = _mm512_mul_pd(
             _mm512_sub_pd(_mm512_add_pd(vshift, _mm512_loadu_pd(g + j)), _mm512_loadu_pd(c + j)),
             vinv);
-        _mm512_storeu_pd(out + j, _ZGVeN8v_exp(_mm512_min_pd(_mm512_max_pd(t, lo), hi)));
+        _mm512_storeu_pd(out + j, mmopt_exp_avx512(t, table_lo, table_hi));
+    }
+    if (j < m) {
+        __mmask8 tail = (__mmask8)((1u << (m - j)) - 1u);
+        __m512d t = _mm512_mul_pd(
+            _mm512_sub_pd(_mm512_add_pd(vshift, _mm512_maskz_loadu_pd(tail, g + j)),
+                          _mm512_maskz_loadu_pd(tail, c + j)),
+            vinv);
+        _mm512_mask_storeu_pd(out + j, tail, mmopt_exp_avx512(t, table_lo, table_hi));
+    }
+}
+
+__attribute__((target("avx512f,avx512dq")))
+static double mmopt_expsum_avx512(const double *c, const double *g, double shift,
+                                  double inv_reg, ptrdiff_t m)
+{
+    const __m512i table_lo = _mm512_loadu_si512(mmopt_exp_table_bits);
+    const __m512i table_hi = _mm512_loadu_si512(mmopt_exp_table_bits + 8);
+    const __m512d vshift = _mm512_set1_pd(shift);
+    const __m512d vinv = _mm512_set1_pd(inv_reg * MMOPT_EXP_UNITS);
+    __m512d acc[4];
+    for (int k = 0; k < 4; ++k) acc[k] = _mm512_setzero_pd();
+    ptrdiff_t j = 0;
+    for (; j + 32 <= m; j += 32) {
+        for (int k = 0; k < 4; ++k) {
+            __m512d u = _mm512_mul_pd(
+                _mm512_sub_pd(_mm512_add_pd(vshift, _mm512_loadu_pd(g + j + 8 * k)),
+                              _mm512_loadu_pd(c + j + 8 * k)),
+                vinv);
+            acc[k] = _mm512_add_pd(acc[k], mmopt_exp_avx512(u, table_lo, table_hi));
+        }
+    }
+    for (; j + 8 <= m; j += 8) {
+        __m512d u = _mm512_mul_pd(
+            _mm512_sub_pd(_mm512_add_pd(vshift, _mm512_loadu_pd(g + j)), _mm512_loadu_pd(c + j)),
+            vinv);
+        acc[0] = _mm512_add_pd(acc[0], mmopt_exp_avx512(u, table_lo, table_hi));
+    }
+    if (j < m) {
+        /* The last 1-7 entries through masked loads: the other lanes never reach the sum. */
+        __mmask8 tail = (__mmask8)((1u << (m - j)) - 1u);
+        __m512d u = _mm512_mul_pd(
+            _mm512_sub_pd(_mm512_add_pd(vshift, _mm512_maskz_loadu_pd(tail, g + j)),
+                          _mm512_maskz_loadu_pd(tail, c + j)),
+            vinv);
+        acc[1] = _mm512_mask_add_pd(acc[1], tail, acc[1], mmopt_exp_avx512(u, table_lo, table_hi));
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(acc[0], acc[1]),
+                                              _mm512_add_pd(acc[2], acc[3])));
+}
+__attribute__((target("avx2,fma")))
+static inline __m256d mmopt_exp_avx2(__m256d u)
+{
+    /* The AVX-512 routine above on 4 lanes: clamp by min/max, rounding by the shift alone,
+     * the table read by a gather. */
+    const __m256d bound = _mm256_set1_pd(MMOPT_EXP_CLAMP * MMOPT_EXP_UNITS);
+    const __m256d round_shift = _mm256_set1_pd(6755399441055744.0);
+    u = _mm256_min_pd(_mm256_max_pd(u, _mm256_sub_pd(_mm256_setzero_pd(), bound)), bound);
+    __m256d shifted = _mm256_add_pd(u, round_shift);
+    __m256d r = _mm256_sub_pd(u, _mm256_sub_pd(shifted, round_shift));
+    __m256d r2 = _mm256_mul_pd(r, r);
+    __m256d low = _mm256_fmadd_pd(_mm256_set1_pd(MMOPT_EXP_C1), r, _mm256_set1_pd(1.0));
+    __m256d mid = _mm256_fmadd_pd(_mm256_set1_pd(MMOPT_EXP_C3), r, _mm256_set1_pd(MMOPT_EXP_C2));
+    __m256d high = _mm256_fmadd_pd(_mm256_set1_pd(MMOPT_EXP_C5), r, _mm256_set1_pd(MMOPT_EXP_C4));
+    high = _mm256_fmadd_pd(_mm256_set1_pd(MMOPT_EXP_C6), r2, high);
+    __m256d p = _mm256_fmadd_pd(mid, r2, low);
+    p = _mm256_fmadd_pd(high, _mm256_mul_pd(r2, r2), p);
+    __m256i bits = _mm256_castpd_si256(shifted);
+    __m256i index = _mm256_and_si256(bits, _mm256_set1_epi64x(15));
+    __m256i table = _mm256_i64gather_epi64((const long long *)mmopt_exp_table_bits, index, 8);
+    __m256i scale = _mm256_add_epi64(table, _mm256_slli_epi64(bits, 48));
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(scale));
+}
+
+__attribute__((target("avx2,fma")))
+static void mmopt_exprow_avx2(const double *c, const double *g, double shift,
+                              double inv_reg, ptrdiff_t m, double *out)
+{
+    const __m256d vshift = _mm256_set1_pd(shift);
+    const __m256d vinv = _mm256_set1_pd(inv_reg * MMOPT_EXP_UNITS);
+    ptrdiff_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+        __m256d u = _mm256_mul_pd(
+            _mm256_sub_pd(_mm256_add_pd(vshift, _mm256_loadu_pd(g + j)), _mm256_loadu_pd(c + j)),
+            vinv);
+        _mm256_storeu_pd(out + j, mmopt_exp_avx2(u));
     }
     mmopt_exprow_scalar(c + j, g + j, shift, inv_reg, m - j, out + j);
 }
 
-__attribute__((target("avx2")))
+__attribute__((target("avx2,fma")))
 static double mmopt_expsum_avx2(const double *c, const double *g, double shift,
                                 double inv_reg, ptrdiff_t m)
 {
-    const __m256d vshift = _mm256_set1_pd(shift), vinv = _mm256_set1_pd(inv_reg);
-    const __m256d lo = _mm256_set1_pd(-MMOPT_EXP_CLAMP), hi = _mm256_set1_pd(MMOPT_EXP_CLAMP);
-    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
-    ptrdiff_t j = 0;
-    for (; j + 8 <= m; j += 8) {
-        __m256d t0 = _mm256_mul_pd(
-            _mm256_sub_pd(_mm256_add_pd(vshift, _mm256_loadu_pd(g + j)), _mm256_loadu_pd(c + j)),
-            vinv);
-        __m256d t1 = _mm256_mul_pd(
-            _mm256_sub_pd(_mm256_add_pd(vshift, _mm256_loadu_pd(g + j + 4)),
-                          _mm256_loadu_pd(c + j + 4)),
-            vinv);
-        acc0 = _mm256_add_pd(acc0, _ZGVdN4v_exp(_mm256_min_pd(_mm256_max_pd(t0, lo), hi)));
-        acc1 = _mm256_add_pd(acc1, _ZGVdN4v_exp(_mm256_min_pd(_mm256_max_pd(t1, lo), hi)));
-    }
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(acc0, acc1));
-    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-           + mmopt_expsum_tail(c, g, shift, inv_reg, j, m);
-}
-
-__attribute__((target("avx512f")))
-static double mmopt_expsum_avx512(const double *c, const double *g, double shift,
-                                  double inv_reg, ptrdiff_t m)
-{
-    const __m512d vshift = _mm512_set1_pd(shift), vinv = _mm512_set1_pd(inv_reg);
-    const __m512d lo = _mm512_set1_pd(-MMOPT_EXP_CLAMP), hi = _mm512_set1_pd(MMOPT_EXP_CLAMP);
-    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    const __m256d vshift = _mm256_set1_pd(shift);
+    const __m256d vinv = _mm256_set1_pd(inv_reg * MMOPT_EXP_UNITS);
+    __m256d acc[4];
+    for (int k = 0; k < 4; ++k) acc[k] = _mm256_setzero_pd();
     ptrdiff_t j = 0;
     for (; j + 16 <= m; j += 16) {
-        __m512d t0 = _mm512_mul_pd(
-            _mm512_sub_pd(_mm512_add_pd(vshift, _mm512_loadu_pd(g + j)), _mm512_loadu_pd(c + j)),
-            vinv);
-        __m512d t1 = _mm512_mul_pd(
-            _mm512_sub_pd(_mm512_add_pd(vshift, _mm512_loadu_pd(g + j + 8)),
-                          _mm512_loadu_pd(c + j + 8)),
-            vinv);
-        acc0 = _mm512_add_pd(acc0, _ZGVeN8v_exp(_mm512_min_pd(_mm512_max_pd(t0, lo), hi)));
-        acc1 = _mm512_add_pd(acc1, _ZGVeN8v_exp(_mm512_min_pd(_mm512_max_pd(t1, lo), hi)));
+        for (int k = 0; k < 4; ++k) {
+            __m256d u = _mm256_mul_pd(
+                _mm256_sub_pd(_mm256_add_pd(vshift, _mm256_loadu_pd(g + j + 4 * k)),
+                              _mm256_loadu_pd(c + j + 4 * k)),
+                vinv);
+            acc[k] = _mm256_add_pd(acc[k], mmopt_exp_avx2(u));
+        }
     }
-    double total = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
-    return total + mmopt_expsum_tail(c, g, shift, inv_reg, j, m);
+    for (; j + 4 <= m; j += 4) {
+        __m256d u = _mm256_mul_pd(
+            _mm256_sub_pd(_mm256_add_pd(vshift, _mm256_loadu_pd(g + j)), _mm256_loadu_pd(c + j)),
+            vinv);
+        acc[0] = _mm256_add_pd(acc[0], mmopt_exp_avx2(u));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]),
+                                          _mm256_add_pd(acc[2], acc[3])));
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+           + mmopt_expsum_tail(c, g, shift, inv_reg, j, m);
 }
 #endif
 
@@ -202,11 +325,14 @@ static int mmopt_expsum_path = -1;
 static int mmopt_expsum_available(int which)
 {
     if (which == 0) return 1;
-#if defined(MMOPT_HAVE_LIBMVEC) && defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
-    if (which == 1) return 1;
+    if (which == 3)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
     if (which == 2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (which == 3) return __builtin_cpu_supports("avx512f");
+#if defined(MMOPT_HAVE_LIBMVEC)
+    if (which == 1) return 1;
+#endif
 #endif
     return 0;
 }
@@ -220,16 +346,15 @@ static int mmopt_expsum_select(int which)
     } else if (which > 3 || !mmopt_expsum_available(which)) {
         return -1;
     }
-#if defined(MMOPT_HAVE_LIBMVEC) && defined(__x86_64__) && defined(__GNUC__)
-    if (which == 1) { mmopt_expsum = mmopt_expsum_sse2; mmopt_exprow = mmopt_exprow_sse2; }
-    else if (which == 2) { mmopt_expsum = mmopt_expsum_avx2; mmopt_exprow = mmopt_exprow_avx2; }
-    else if (which == 3) {
-        mmopt_expsum = mmopt_expsum_avx512;
-        mmopt_exprow = mmopt_exprow_avx512;
-    } else { mmopt_expsum = mmopt_expsum_scalar; mmopt_exprow = mmopt_exprow_scalar; }
-#else
     mmopt_expsum = mmopt_expsum_scalar;
     mmopt_exprow = mmopt_exprow_scalar;
+#if defined(__x86_64__) && defined(__GNUC__)
+    mmopt_exp_table_init();
+    if (which == 3) { mmopt_expsum = mmopt_expsum_avx512; mmopt_exprow = mmopt_exprow_avx512; }
+    if (which == 2) { mmopt_expsum = mmopt_expsum_avx2; mmopt_exprow = mmopt_exprow_avx2; }
+#if defined(MMOPT_HAVE_LIBMVEC)
+    if (which == 1) { mmopt_expsum = mmopt_expsum_sse2; mmopt_exprow = mmopt_exprow_sse2; }
+#endif
 #endif
     mmopt_expsum_path = which;
     return which;

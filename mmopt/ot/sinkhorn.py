@@ -60,7 +60,7 @@ class Sinkhorn(Solver):
         e^{(f_i - C_{ij})/\mathrm{reg}}.
 
     In the log domain (a Cython kernel, one log-sum-exp per row in a single pass shifted by
-    the previous potential, SIMD ``exp`` from glibc's libmvec where available, rows in
+    the previous potential, a SIMD ``exp`` on AVX-512/AVX2 CPUs, rows in
     parallel) this is stable for any ``reg``; the scaling domain (``u = a / K v``,
     ``K = exp(-C / reg)``, BLAS matrix-vector products) is faster but underflows when
     ``C / reg`` is large.

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from mmopt.ot._kernels import log_half_step, plan_marginals, plan_row_sums, sparsify_plan
+from mmopt.ot._kernels import (
+    dense_plan,
+    log_half_step,
+    plan_marginals,
+    plan_row_sums,
+    sparsify_plan,
+)
 from mmopt_ext import _sinkhorn
 
 EXP_PATHS = _sinkhorn.exp_paths()
@@ -23,6 +29,24 @@ def test_exp_paths():
     assert _sinkhorn.exp_path() == EXP_PATHS[-1]  # the fastest one by default
     with pytest.raises(ValueError, match="not available|avx"):
         _sinkhorn.select_exp_path("avx1024")
+
+
+@pytest.mark.parametrize("reg", [1.0, 1e-3])
+def test_exp_is_accurate_over_the_clamped_range(exp_path, reg):
+    # Exponents across [-699, 699] (dense_plan sets 0 / inf beyond +-700), dense near 0 and
+    # at the AVX-512 path's table breakpoints (it splits 16 log2(e) t into integer and
+    # fraction).
+    breakpoints = np.log(2.0) / 16 * np.arange(-64, 65)
+    t = np.concatenate([
+        np.arange(-699 * 1024, 699 * 1024 + 1, 997) / 1024.0,
+        np.arange(-4096, 4097) / 1024.0,
+        breakpoints, np.nextafter(breakpoints, -np.inf), np.nextafter(breakpoints, np.inf),
+    ])
+    C = (-t * reg)[None, :]
+    out = dense_plan(C, np.zeros(1), np.zeros(t.size), reg, n_threads=1)[0]
+    # The argument -C / reg is rounded (relative ~2e-16, an error of |t| 2e-16 in exp(t)).
+    relative_error = np.abs(out - np.exp(t)) / np.exp(t)
+    assert np.all(relative_error <= 4e-16 * np.abs(t) + 2e-15)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (40, 70), (7, 33)])
