@@ -4,7 +4,9 @@
  * exprow(c, g, shift, inv_reg, m, out): out[j] = exp(clamp((shift + g[j] - c[j]) * inv_reg))
  *
  * with the exponent clamped to [-700, 700]: exp stays a normal double (no subnormal slow
- * path, no overflow) and the vector exp never leaves its fast range. A clamped term at the
+ * path, no overflow) and the vector exp never leaves its fast range. A NaN exponent stays NaN
+ * on every path (x86 min/max return their second operand when one is NaN, so the clamps
+ * take the exponent second). A clamped term at the
  * bottom adds at most exp(-700) ~ 1e-304 to the sum; callers treat sums outside
  * [MMOPT_EXPSUM_TINY, MMOPT_EXPSUM_HUGE] as unreliable and recompute them exactly.
  *
@@ -90,8 +92,8 @@ static double mmopt_expsum_sse2(const double *c, const double *g, double shift,
                                            _mm_loadu_pd(c + j)), vinv);
         __m128d t1 = _mm_mul_pd(_mm_sub_pd(_mm_add_pd(vshift, _mm_loadu_pd(g + j + 2)),
                                            _mm_loadu_pd(c + j + 2)), vinv);
-        acc0 = _mm_add_pd(acc0, _ZGVbN2v_exp(_mm_min_pd(_mm_max_pd(t0, lo), hi)));
-        acc1 = _mm_add_pd(acc1, _ZGVbN2v_exp(_mm_min_pd(_mm_max_pd(t1, lo), hi)));
+        acc0 = _mm_add_pd(acc0, _ZGVbN2v_exp(_mm_min_pd(hi, _mm_max_pd(lo, t0))));
+        acc1 = _mm_add_pd(acc1, _ZGVbN2v_exp(_mm_min_pd(hi, _mm_max_pd(lo, t1))));
     }
     double lanes[2];
     _mm_storeu_pd(lanes, _mm_add_pd(acc0, acc1));
@@ -107,7 +109,7 @@ static void mmopt_exprow_sse2(const double *c, const double *g, double shift,
     for (; j + 2 <= m; j += 2) {
         __m128d t = _mm_mul_pd(_mm_sub_pd(_mm_add_pd(vshift, _mm_loadu_pd(g + j)),
                                           _mm_loadu_pd(c + j)), vinv);
-        _mm_storeu_pd(out + j, _ZGVbN2v_exp(_mm_min_pd(_mm_max_pd(t, lo), hi)));
+        _mm_storeu_pd(out + j, _ZGVbN2v_exp(_mm_min_pd(hi, _mm_max_pd(lo, t))));
     }
     mmopt_exprow_scalar(c + j, g + j, shift, inv_reg, m - j, out + j);
 }
@@ -162,8 +164,7 @@ static inline __m512d mmopt_exp_avx512(__m512d u, __m512i table_lo, __m512i tabl
     /* exp(u / MMOPT_EXP_UNITS): callers fold the units into their scaling of the argument. */
     const __m512d bound = _mm512_set1_pd(MMOPT_EXP_CLAMP * MMOPT_EXP_UNITS);
     const __m512d round_shift = _mm512_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
-    /* sign(u) min(|u|, bound): the clamp in one instruction (VRANGEPD, imm 2). */
-    u = _mm512_range_pd(u, bound, 2);
+    u = _mm512_min_pd(bound, _mm512_max_pd(_mm512_sub_pd(_mm512_setzero_pd(), bound), u));
     __m512d shifted = _mm512_add_pd(u, round_shift);
     /* u - round(u), rounding to nearest even like the addition above (VREDUCEPD, imm 0). */
     __m512d r = _mm512_reduce_pd(u, 0);
@@ -251,7 +252,7 @@ static inline __m256d mmopt_exp_avx2(__m256d u)
      * the table read by a gather. */
     const __m256d bound = _mm256_set1_pd(MMOPT_EXP_CLAMP * MMOPT_EXP_UNITS);
     const __m256d round_shift = _mm256_set1_pd(6755399441055744.0);
-    u = _mm256_min_pd(_mm256_max_pd(u, _mm256_sub_pd(_mm256_setzero_pd(), bound)), bound);
+    u = _mm256_min_pd(bound, _mm256_max_pd(_mm256_sub_pd(_mm256_setzero_pd(), bound), u));
     __m256d shifted = _mm256_add_pd(u, round_shift);
     __m256d r = _mm256_sub_pd(u, _mm256_sub_pd(shifted, round_shift));
     __m256d r2 = _mm256_mul_pd(r, r);

@@ -49,6 +49,27 @@ def test_exp_is_accurate_over_the_clamped_range(exp_path, reg):
     assert np.all(relative_error <= 4e-16 * np.abs(t) + 2e-15)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_potentials_behave_like_scalar_exp(exp_path, bad):
+    # A NaN potential must not vanish in a clamp (x86 min/max drop a NaN first operand):
+    # every path gives what plain exp gives. -inf is a column of zero mass.
+    C = np.random.default_rng(3).random((3, 21))
+    g = np.zeros(21)
+    g[5] = bad
+    log_a = np.log(np.full(3, 1 / 3))
+    f_new, row_mass = log_half_step(C, g, np.zeros(3), log_a, 0.1, n_threads=1)
+    plan = dense_plan(C, np.zeros(3), g, 0.1, n_threads=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected_plan = np.exp((g[None, :] - C) / 0.1)
+        expected_f = 0.1 * (log_a - logsumexp((g[None, :] - C) / 0.1, axis=1))
+    if np.isnan(bad) or bad > 0:
+        assert np.isnan(f_new).all() and np.isnan(row_mass).all()
+    else:
+        np.testing.assert_allclose(f_new, expected_f, rtol=1e-12)
+    np.testing.assert_array_equal(np.isnan(plan), np.isnan(expected_plan))
+    np.testing.assert_allclose(plan[:, 5], expected_plan[:, 5])
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (40, 70), (7, 33)])
 @pytest.mark.parametrize("reg", [1.0, 1e-2, 1e-4])
 @pytest.mark.parametrize("n_threads", [1, 2])
