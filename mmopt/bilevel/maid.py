@@ -42,6 +42,8 @@ __all__ = ["MAID"]
 
 _SCHEDULES = ("adaptive", "geometric", "quadratic", "cubic", "fixed")
 _INNER = ("auto", "fista", "newton-cg")
+# Hyperparameters up to which Broyden estimates of dx*/dtheta (n x m per instance) are kept.
+_BROYDEN_MAX = 8
 
 
 @dataclass
@@ -75,6 +77,9 @@ class _MAIDState(SolverState):
     step: float = 1.0
     outer: int = 0
     previous: _Evaluation | None = None  # the evaluation at the previous accepted point
+    # Broyden estimates of dx_k*/dtheta and dq_k/dtheta (warm starts), when kept.
+    jac_x: list | None = None
+    jac_q: list | None = None
 
 
 @register_solver
@@ -449,6 +454,7 @@ class MAID(Solver):
                 eps=max(eps * self.nu, self.min_eps) if adaptive else eps,
                 delta=max(state.delta * self.nu, self.min_eps) if adaptive else state.delta,
                 step=step * self.step_growth, previous=old,
+                jac_x=state.jac_x, jac_q=state.jac_q,
             )
             evaluation = new
         else:
@@ -466,12 +472,14 @@ class MAID(Solver):
                 # iteration (HOAG's L *= 2), not by every backtrack.
                 step=step if adaptive and shrink != self.tau else (
                     state.step if adaptive else state.step * self.backtrack),
-                previous=state.previous,
+                previous=state.previous, jac_x=state.jac_x, jac_q=state.jac_q,
             )
             evaluation = old
         if not adaptive:
             next_state.eps, next_state.delta = self._scheduled(next_state.outer)
         next_state = self._hypergradient_with_test(problem, next_state, evaluation)
+        if accepted:
+            self._broyden(next_state, state, theta_new - theta)
         if accepted and self.step_rule == "bb":
             # Barzilai-Borwein: the step that fits the curvature seen along the move (the
             # secant, a Newton step in one dimension), kept within a factor 10 of the step
@@ -501,23 +509,47 @@ class MAID(Solver):
         move = problem.project(state.x - state.step * z) - state.x
         return float(np.linalg.norm(move)) <= self.xtol
 
+    def _broyden(self, new_state, old_state, move) -> None:
+        """Broyden's update of the estimates of ``dx_k*/dtheta`` and ``dq_k/dtheta`` from
+        the accepted ``move`` (``J += (dx - J move) move^T / |move|^2``: the secant along
+        the move, unchanged across it), for the next warm starts. Kept for a few
+        hyperparameters only (an ``n x m`` matrix per instance)."""
+        m = move.size
+        norm2 = float(move @ move)
+        if m > _BROYDEN_MAX or norm2 == 0:
+            return
+        new_xs, old_xs = new_state.evaluation.xs, old_state.evaluation.xs
+        pairs = (("jac_x", new_xs, old_xs), ("jac_q", new_state.qs, old_state.qs))
+        for name, news, olds in pairs:
+            jacs = getattr(old_state, name)
+            if jacs is None:
+                jacs = [np.zeros((np.size(v), m)) for v in olds]
+            updated = []
+            for jac, v_new, v_old in zip(jacs, news, olds):
+                miss = (v_new - v_old) - jac @ move
+                updated.append(jac + np.outer(miss, move / norm2))
+            setattr(new_state, name, updated)
+
     @staticmethod
     def _predict(state, move):
         """Warm starts at ``theta + move``: the lower-level solutions and the adjoints
-        extrapolated along the previous accepted move (a secant estimate of their
-        derivatives in ``theta`` applied to the part of ``move`` parallel to it); the
-        current ones when there is none."""
+        extrapolated to first order, with the tangents (one hyperparameter, a lower level
+        with ``jvp_theta``) or the Broyden estimates of their derivatives in ``theta``
+        (a few hyperparameters), otherwise along the previous accepted move (a secant
+        estimate applied to the part of ``move`` parallel to it); the current ones when
+        there is no estimate yet."""
         old, previous = state.evaluation, state.previous
+        if state.jac_x is not None:
+            xs = [x + jac @ move for x, jac in zip(old.xs, state.jac_x)]
+            qs = [q + jac @ move for q, jac in zip(state.qs, state.jac_q)]
+        elif previous is None or previous.qs is None:
+            xs, qs = old.xs, state.qs
+        else:
+            xs, qs = MAID._secant(old, previous, state, move)
         if old.ts is not None and move.size == 1:
             # First order: dx*/dtheta = -A^-1 B = -t.
             xs = [x - move[0] * t for x, t in zip(old.xs, old.ts)]
-            if previous is None or previous.qs is None:
-                return xs, state.qs
-            _, qs = MAID._secant(old, previous, state, move)
-            return xs, qs
-        if previous is None or previous.qs is None:
-            return old.xs, state.qs
-        return MAID._secant(old, previous, state, move)
+        return xs, qs
 
     @staticmethod
     def _secant(old, previous, state, move):
