@@ -928,9 +928,9 @@ class MAID(Solver):
         return z, bound / n, qs, reached
 
     def _newton_correction(self, lower, x, theta, e, grad_norm, mu, inv_diag):
-        """``(d, e_d)``: the Newton correction ``d ~ A^-1 grad_x Phi(x)`` (CG to a tenth of
-        the gradient) and a certified bound ``e_d >= ||x - d - x*||``, or None when the
-        Hessian's change cannot be bounded.
+        """``(d, e_d)``: the Newton correction ``d ~ A^-1 grad_x Phi(x)`` (CG to 30% of the
+        gradient: a rough ``d`` suffices, the rest is certified) and a certified bound
+        ``e_d >= ||x - d - x*||``, or None when the Hessian's change cannot be bounded.
 
         ``x - x* = Abar^-1 grad_x Phi(x)`` (``Abar`` the mean Hessian on the segment, at
         least ``m``), so ``x - d - x* = Abar^-1 ((grad_x Phi(x) - A d) + (A - Abar) d)``:
@@ -942,7 +942,7 @@ class MAID(Solver):
         """
         g = lower.grad_x(x, theta)
         matvec = lambda v: lower.hvp_xx(x, theta, v)  # noqa: E731
-        cg = conjugate_gradient(matvec, g, np.zeros_like(g), 0.1 * grad_norm, max_iter=20,
+        cg = conjugate_gradient(matvec, g, np.zeros_like(g), 0.3 * grad_norm, max_iter=20,
                                 inv_diag=inv_diag)
         self._cost["n_cg_iter"] += cg.nit
         self._cost["n_hvp"] += cg.n_hvp + 1

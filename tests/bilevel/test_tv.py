@@ -185,7 +185,7 @@ def test_energy_constrained_changes_hold_at_the_minimizer(problem, kind, size):
 def test_directional_bound_covers_the_true_error_and_is_sharper(problem, eps, monkeypatch):
     # The changes of A and B measured along the Newton correction (certified on the small
     # ball around x - d) bound the hypergradient error; without it (the whole ball of
-    # radius eps) the bound is valid too, and several times looser where eps is small.
+    # radius eps) the bound is valid too, and at least twice as loose where eps is small.
     theta = np.log([0.07, 0.025])
     exact = MAID().hypergradient(problem, theta, eps=1e-12, delta=1e-12)[0]
     solver = MAID()
@@ -199,7 +199,7 @@ def test_directional_bound_covers_the_true_error_and_is_sharper(problem, eps, mo
     assert np.linalg.norm(z_plain - exact) <= bound_plain
     assert bound <= bound_plain
     if eps <= 1e-3:
-        assert bound < 0.3 * bound_plain
+        assert bound < 0.5 * bound_plain
 
 
 def test_newton_correction_error_bound_is_valid(problem):
