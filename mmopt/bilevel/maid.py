@@ -18,6 +18,7 @@ compares an *upper* bound of the new objective with a *lower* bound of the old o
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import warnings
@@ -54,13 +55,18 @@ def _segment_change(method, x, theta, v, radius, grad_norm):
     over the whole ball."""
     if radius <= 0:
         return 0.0
-    try:
-        params = inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "grad_norm" in params:
+    if _takes_grad_norm(getattr(method, "__func__", method)):
         return method(x, theta, v, radius, grad_norm=grad_norm)
     return method(x, theta, v, radius)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_grad_norm(function) -> bool:
+    # Cached: inspecting a signature costs as much as a small Hessian-vector product.
+    try:
+        return "grad_norm" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
