@@ -120,8 +120,12 @@ def conjugate_gradient(matvec, b, x0, tol, *, max_iter=None, inv_diag=None,
     x = np.array(x0, dtype=float)
     n = x.size
     max_iter = 10 * n + 10 if max_iter is None else max_iter
-    r = b - matvec(x)
-    n_hvp = 1
+    if x.any():
+        r = b - matvec(x)
+        n_hvp = 1
+    else:  # a cold start: the residual is b, no product needed
+        r = np.array(b, dtype=float)
+        n_hvp = 0
     # math.sqrt of a dot product and in-place updates: the per-iteration overhead counts
     # next to a cheap matvec (a GLM Hessian-vector product is two small matrix products).
     norm = math.sqrt(float(r @ r))

@@ -18,6 +18,8 @@ compares an *upper* bound of the new objective with a *lower* bound of the old o
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -42,6 +44,29 @@ __all__ = ["MAID"]
 
 _SCHEDULES = ("adaptive", "geometric", "quadratic", "cubic", "fixed")
 _INNER = ("auto", "fista", "newton-cg")
+# Hyperparameters up to which Broyden estimates of dx*/dtheta (n x m per instance) are kept.
+_BROYDEN_MAX = 8
+
+
+def _segment_change(method, x, theta, v, radius, grad_norm):
+    """A lower level's ``hessian_change`` or ``cross_change`` at ``x`` for the segment to
+    ``x*`` (``||x - x*|| <= radius``, ``||grad_x Phi(x)|| = grad_norm``): with the
+    gradient norm when the method accepts it (a sharper bound for ``y = x*`` only), else
+    over the whole ball."""
+    if radius <= 0:
+        return 0.0
+    if _takes_grad_norm(getattr(method, "__func__", method)):
+        return method(x, theta, v, radius, grad_norm=grad_norm)
+    return method(x, theta, v, radius)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_grad_norm(function) -> bool:
+    # Cached: inspecting a signature costs as much as a small Hessian-vector product.
+    try:
+        return "grad_norm" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -51,6 +76,7 @@ class _Evaluation:
     theta: np.ndarray
     xs: list
     errors: np.ndarray  # certified ||x_k - x_k*|| (achieved ||grad|| / modulus)
+    residuals: np.ndarray  # achieved ||grad_x Phi_k(x_k)||
     moduli: np.ndarray  # certified lower bounds of lambda_min(A_k) near x_k and x_k*
     values: np.ndarray  # g_k(x_k)
     grads: list  # grad g_k(x_k)
@@ -61,6 +87,7 @@ class _Evaluation:
     corrected: float | None = None
     corrected_slack: float | None = None
     qs: list | None = None  # the adjoints solved at this point
+    adjoint_residual: float | None = None  # the largest adjoint residual reached
     ts: list | None = None  # the tangents A^-1 B (one hyperparameter), when offered
 
 
@@ -75,6 +102,9 @@ class _MAIDState(SolverState):
     step: float = 1.0
     outer: int = 0
     previous: _Evaluation | None = None  # the evaluation at the previous accepted point
+    # Broyden estimates of dx_k*/dtheta and dq_k/dtheta (warm starts), when kept.
+    jac_x: list | None = None
+    jac_q: list | None = None
 
 
 @register_solver
@@ -111,6 +141,20 @@ class MAID(Solver):
     supply every constant (and ``mu`` is a valid bound); the result says so in
     ``bound_certified``.
 
+    **Sharper bound along the Newton correction.** Where the accuracy test fails only
+    because of the change terms ``c(q)`` and ``b(q)`` (bounds over the whole ball of radius
+    ``e``, whose worst case concentrates the error where the Hessian changes fastest), the
+    Newton correction ``d ~ A^-1 grad_x Phi(x)`` is computed by a few CG iterations
+    (counted in the cost): ``||x - d - x*|| <= e_d = (||grad_x Phi(x) - A d|| + c(d)) / m``,
+    second order in ``e``, and the changes become the computed ``||(A(x - d) - A(x)) q||``
+    (and ``||(B(x - d) - B(x))^T q||``) plus the bounds on the ball of radius ``e_d`` around
+    ``x - d``.
+
+    **Warm starts.** Trial points start from the current lower-level solutions and adjoints
+    extrapolated to first order: along the tangent (one hyperparameter, ``jvp_theta``), or
+    with Broyden estimates of ``dx*/dtheta`` and ``dq/dtheta`` updated after each accepted
+    move (up to 8 hyperparameters), else along the previous move.
+
     **Sufficient decrease.** The plain computed value ``mean g_k(x_k)`` is within ``mean(||grad
     g_k|| e_k + L_g e_k^2 / 2)`` of ``f``; MAID uses the adjoints (solved at every trial point,
     warm-started, and reused by the next hypergradient) for a sharper estimate, the
@@ -120,10 +164,11 @@ class MAID(Solver):
     Hessian on the segment). A step is accepted when ``(f_hat(theta+) + s+) - (f_hat(theta)
     - s) <= -(eta / alpha) ||theta+ - theta||^2`` (the principled test: ``eta``, not the
     ``eta^2`` of the authors' code). A failed test shrinks the step by ``backtrack``; after
-    ``max_backtracks`` failures ``eps`` and ``delta`` shrink by ``tau`` and the iteration
-    ends without moving. When the computed values pass and only the slack ``s + s+`` fails
-    the test, no shorter step can pass (it asks for more decrease relative to the slack): the
-    iteration ends at once, ``eps`` and ``delta`` shrink by the factor the slack is off (at
+    ``max_backtracks`` failures ``eps`` and ``delta`` shrink by ``tau`` (from the accuracies
+    reached, often far below the ones asked for) and the iteration ends without moving.
+    When the computed values pass and only the slack ``s + s+`` fails the test, no shorter
+    step can pass (it asks for more decrease relative to the slack): the iteration ends at
+    once, ``eps`` and ``delta`` shrink by the factor the slack is off (at
     most ``tau``) and the step is kept. On success ``eps``, ``delta`` are multiplied by
     ``nu`` (> 1: cheaper next time) and the step by ``step_growth``.
 
@@ -449,6 +494,7 @@ class MAID(Solver):
                 eps=max(eps * self.nu, self.min_eps) if adaptive else eps,
                 delta=max(state.delta * self.nu, self.min_eps) if adaptive else state.delta,
                 step=step * self.step_growth, previous=old,
+                jac_x=state.jac_x, jac_q=state.jac_q,
             )
             evaluation = new
         else:
@@ -457,21 +503,29 @@ class MAID(Solver):
                 # be certified in floating point.
                 self._stalled = True
             # No step passed: the bounds are too loose (adaptive), or the step too long.
+            # Shrink from the accuracies reached (often far below the ones asked for after
+            # a run of successes): shrinking only the requests would re-solve nothing and
+            # fail the same test again.
+            reached_eps = min(eps, float(old.errors.max()))
+            reached_delta = state.delta if old.adjoint_residual is None else min(
+                state.delta, old.adjoint_residual)
             next_state = _MAIDState(
                 x=theta, fun=old.fun, qs=state.qs, outer=state.outer + 1,
-                eps=max(eps * shrink, self.min_eps) if adaptive else eps,
-                delta=max(state.delta * shrink, self.min_eps) if adaptive else state.delta,
+                eps=max(reached_eps * shrink, self.min_eps) if adaptive else eps,
+                delta=max(reached_delta * shrink, self.min_eps) if adaptive else state.delta,
                 # Adaptive: the bounds were too loose (or the step, shortened above until
                 # only the slack failed). Schedules: the step shrinks once per failed
                 # iteration (HOAG's L *= 2), not by every backtrack.
                 step=step if adaptive and shrink != self.tau else (
                     state.step if adaptive else state.step * self.backtrack),
-                previous=state.previous,
+                previous=state.previous, jac_x=state.jac_x, jac_q=state.jac_q,
             )
             evaluation = old
         if not adaptive:
             next_state.eps, next_state.delta = self._scheduled(next_state.outer)
         next_state = self._hypergradient_with_test(problem, next_state, evaluation)
+        if accepted:
+            self._broyden(next_state, state, theta_new - theta)
         if accepted and self.step_rule == "bb":
             # Barzilai-Borwein: the step that fits the curvature seen along the move (the
             # secant, a Newton step in one dimension), kept within a factor 10 of the step
@@ -501,23 +555,47 @@ class MAID(Solver):
         move = problem.project(state.x - state.step * z) - state.x
         return float(np.linalg.norm(move)) <= self.xtol
 
+    def _broyden(self, new_state, old_state, move) -> None:
+        """Broyden's update of the estimates of ``dx_k*/dtheta`` and ``dq_k/dtheta`` from
+        the accepted ``move`` (``J += (dx - J move) move^T / |move|^2``: the secant along
+        the move, unchanged across it), for the next warm starts. Kept for a few
+        hyperparameters only (an ``n x m`` matrix per instance)."""
+        m = move.size
+        norm2 = float(move @ move)
+        if m > _BROYDEN_MAX or norm2 == 0:
+            return
+        new_xs, old_xs = new_state.evaluation.xs, old_state.evaluation.xs
+        pairs = (("jac_x", new_xs, old_xs), ("jac_q", new_state.qs, old_state.qs))
+        for name, news, olds in pairs:
+            jacs = getattr(old_state, name)
+            if jacs is None:
+                jacs = [np.zeros((np.size(v), m)) for v in olds]
+            updated = []
+            for jac, v_new, v_old in zip(jacs, news, olds):
+                miss = (v_new - v_old) - jac @ move
+                updated.append(jac + np.outer(miss, move / norm2))
+            setattr(new_state, name, updated)
+
     @staticmethod
     def _predict(state, move):
         """Warm starts at ``theta + move``: the lower-level solutions and the adjoints
-        extrapolated along the previous accepted move (a secant estimate of their
-        derivatives in ``theta`` applied to the part of ``move`` parallel to it); the
-        current ones when there is none."""
+        extrapolated to first order, with the tangents (one hyperparameter, a lower level
+        with ``jvp_theta``) or the Broyden estimates of their derivatives in ``theta``
+        (a few hyperparameters), otherwise along the previous accepted move (a secant
+        estimate applied to the part of ``move`` parallel to it); the current ones when
+        there is no estimate yet."""
         old, previous = state.evaluation, state.previous
+        if state.jac_x is not None:
+            xs = [x + jac @ move for x, jac in zip(old.xs, state.jac_x)]
+            qs = [q + jac @ move for q, jac in zip(state.qs, state.jac_q)]
+        elif previous is None or previous.qs is None:
+            xs, qs = old.xs, state.qs
+        else:
+            xs, qs = MAID._secant(old, previous, state, move)
         if old.ts is not None and move.size == 1:
             # First order: dx*/dtheta = -A^-1 B = -t.
             xs = [x - move[0] * t for x, t in zip(old.xs, old.ts)]
-            if previous is None or previous.qs is None:
-                return xs, state.qs
-            _, qs = MAID._secant(old, previous, state, move)
-            return xs, qs
-        if previous is None or previous.qs is None:
-            return old.xs, state.qs
-        return MAID._secant(old, previous, state, move)
+        return xs, qs
 
     @staticmethod
     def _secant(old, previous, state, move):
@@ -571,7 +649,8 @@ class MAID(Solver):
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
         evaluation = self._evaluate(problem, theta, starts, float(eps), chain=True)
         qs = [np.zeros_like(x) for x in starts]
-        z, bound, _, _ = self._hypergradient(problem, evaluation, qs, float(delta))
+        z, bound, _, _ = self._hypergradient(problem, evaluation, qs, float(delta),
+                                             directional=True)
         self.bound_certified_ = bool(self._certified)
         return z, bound, evaluation.fun, evaluation.xs
 
@@ -586,8 +665,17 @@ class MAID(Solver):
             z, bound, qs, reached = self._hypergradient(
                 problem, evaluation, state.qs, state.delta
             )
-            state.qs = qs
             z_norm = float(np.linalg.norm(z))
+            needed = (1 - self.eta) * z_norm
+            if adaptive and bound > needed and bound - self._bound_from_change < needed:
+                # The sharper bound along the Newton correction, where the plain one fails
+                # because of the Hessian's change (the part it sharpens) and would pass
+                # without it; the adjoints are warm-started at their solutions (no CG
+                # iterations).
+                z, bound, qs, reached = self._hypergradient(
+                    problem, evaluation, qs, state.delta, directional=True)
+                z_norm = float(np.linalg.norm(z))
+            state.qs = qs
             if not adaptive or bound <= (1 - self.eta) * z_norm:
                 break
             projected = float(np.linalg.norm(theta - problem.project(theta - z)))
@@ -668,7 +756,7 @@ class MAID(Solver):
         """Solve every lower level at ``theta`` to accuracy ``eps`` from ``starts``; with
         ``chain`` (cold starts), each instance starts from the previous one's solution
         instead (cross-validation folds have similar solutions)."""
-        xs, errors, moduli, values, grads = [], [], [], [], []
+        xs, errors, moduli, values, grads, residuals = [], [], [], [], [], []
         slack = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             mu = BilevelProblem.check_mu(lower.mu(theta), k)
@@ -700,20 +788,22 @@ class MAID(Solver):
             slack += float(np.linalg.norm(grad)) * error + 0.5 * L_g * error**2
             xs.append(out.x)
             errors.append(error)
+            residuals.append(out.residual)
             moduli.append(modulus)
             values.append(value)
             grads.append(grad)
         n = len(xs)
         fun = float(np.mean(values)) + problem.penalty_value(theta)
-        return _Evaluation(theta, xs, np.array(errors), np.array(moduli), np.array(values),
-                           grads, fun, slack / n)
+        return _Evaluation(theta, xs, np.array(errors), np.array(residuals), np.array(moduli),
+                           np.array(values), grads, fun, slack / n)
 
     def _solve_lower(self, lower, x0, theta, gtol) -> InnerResult:
         out = self._inner(lower, x0, theta, gtol)
         self._cost["n_lower_iter"] += out.nit
         self._cost["n_hvp"] += out.n_hvp
         self._cost["n_lower_solves"] += 1
-        self._cost["cost"] += out.nit
+        # Every Hessian-vector product of a truncated Newton solve is a CG iteration.
+        self._cost["cost"] += out.nit + out.n_hvp
         return out
 
     def _certify(self, lower, out, theta, mu, k=0):
@@ -743,15 +833,20 @@ class MAID(Solver):
             self._certified = False
         return mu, norm / mu
 
-    def _hypergradient(self, problem, evaluation, q_starts, delta):
-        """``z``, its error bound, and the adjoint solutions (warm starts for next time)."""
+    def _hypergradient(self, problem, evaluation, q_starts, delta, *, directional=False):
+        """``z``, its error bound, and the adjoint solutions (warm starts for next time).
+
+        With ``directional``, the changes of ``A`` and ``B`` between ``x`` and ``x*`` are
+        also bounded along the Newton correction where they dominate the bound (see
+        :meth:`_newton_correction`): a few more CG iterations for a much sharper bound.
+        """
         theta = evaluation.theta
         z = np.zeros_like(theta)
         bound = 0.0
         qs = []
         reached = True
-        ts = []
-        correction = corrected_slack = from_adjoint = 0.0
+        ts, residuals = [], []
+        correction = corrected_slack = from_adjoint = from_change = 0.0
         for k, (lower, upper) in enumerate(zip(problem.lowers, problem.uppers)):
             x, grad, e = evaluation.xs[k], evaluation.grads[k], evaluation.errors[k]
             mu = evaluation.moduli[k]
@@ -767,6 +862,7 @@ class MAID(Solver):
             self._cost["n_hvp"] += cg.n_hvp
             self._cost["cost"] += cg.nit
             reached = reached and cg.converged
+            residuals.append(cg.residual)
             q = cg.x
             z_k = -lower.vjp_theta(x, theta, q)
             z += z_k
@@ -778,7 +874,8 @@ class MAID(Solver):
             q_norm = float(np.linalg.norm(q))
             # ||(A(x*) - A(x)) q||, from the lower level or from the Hessian's Lipschitz
             # constant.
-            change = lower.hessian_change(x, theta, q, e) if e > 0 else 0.0
+            gn = evaluation.residuals[k]
+            change = _segment_change(lower.hessian_change, x, theta, q, e, gn)
             if change is None:
                 L_A = lower.hessian_lipschitz(theta)
                 if L_A is None:
@@ -797,29 +894,92 @@ class MAID(Solver):
             # |B^T (q* - q)| = |(A*^{-1} B)^T rho| <= min(||B|| / mu, ||A*^{-1} B||) R.
             gain = norm_B / mu
             if theta.size == 1:
-                t, t_bound = self._tangent(lower, x, theta, mu, e, k, inv_diag)
+                t, t_bound = self._tangent(lower, x, theta, mu, e, k, inv_diag, gn)
                 ts.append(t)
                 gain = min(gain, t_bound)
-            cross = lower.cross_change(x, theta, q, e) if e > 0 else 0.0
+            cross = _segment_change(lower.cross_change, x, theta, q, e, gn)
             if cross is None:
                 cross = L_B * e * q_norm
+            # The slack of the corrected value needs the change on the whole segment.
+            segment_change = change
+            if directional and e > 0 and change > cg.residual + L_g * e:
+                newton = self._newton_correction(lower, x, theta, e, gn, mu, inv_diag)
+                if newton is not None:
+                    d, e_newton = newton
+                    change = min(change, self._endpoint_change(
+                        lower, x, theta, q, d, e_newton, lower.hvp_xx, lower.hessian_change,
+                        lower.hessian_lipschitz))
+                    cross = min(cross, self._endpoint_change(
+                        lower, x, theta, q, d, e_newton, lower.vjp_theta, lower.cross_change,
+                        lower.cross_lipschitz))
+                    R = cg.residual + L_g * e + change
+                    e_q = R / mu
             bound += gain * R + cross + L_B * e * e_q
+            from_change += (gain + L_B * e / mu) * change + cross
             # The part due to the adjoint residual (the rest is due to the lower level).
             from_adjoint += (gain + L_B * e / mu) * cg.residual
             # g(x*) = g(x) - q . grad_x Phi(x) + ((A - Abar) q - res) . (x* - x) + O(L_g e^2),
             # with grad_x Phi(x) = Abar (x - x*), Abar the mean Hessian on the segment.
             correction += float(q @ lower.grad_x(x, theta))
-            corrected_slack += (cg.residual + change) * e + 0.5 * L_g * e * e
+            corrected_slack += (cg.residual + segment_change) * e + 0.5 * L_g * e * e
         n = len(qs)
         z = z / n + problem.penalty_grad(theta)
         evaluation.corrected = evaluation.fun - correction / n
         evaluation.corrected_slack = corrected_slack / n
         evaluation.qs = qs
+        evaluation.adjoint_residual = max(residuals)
         evaluation.ts = ts if len(ts) == n and all(t is not None for t in ts) else None
         self._bound_from_adjoint = from_adjoint / n
+        self._bound_from_change = from_change / n
         return z, bound / n, qs, reached
 
-    def _tangent(self, lower, x, theta, mu, e, k, inv_diag):
+    def _newton_correction(self, lower, x, theta, e, grad_norm, mu, inv_diag):
+        """``(d, e_d)``: the Newton correction ``d ~ A^-1 grad_x Phi(x)`` (CG to 30% of the
+        gradient: a rough ``d`` suffices, the rest is certified) and a certified bound
+        ``e_d >= ||x - d - x*||``, or None when the Hessian's change cannot be bounded.
+
+        ``x - x* = Abar^-1 grad_x Phi(x)`` (``Abar`` the mean Hessian on the segment, at
+        least ``m``), so ``x - d - x* = Abar^-1 ((grad_x Phi(x) - A d) + (A - Abar) d)``:
+        ``e_d = (||grad_x Phi(x) - A d|| + c(d)) / m``, second order in ``e``. The changes of
+        ``A`` and ``B`` from ``x`` to ``x*`` are then measured along ``d`` and bounded only
+        on the small ball of radius ``e_d`` around ``x - d`` (:meth:`_endpoint_change`),
+        instead of over the whole ball of radius ``e``, where the worst case (a move
+        concentrated where the Hessian changes fastest) is far from the actual error.
+        """
+        g = lower.grad_x(x, theta)
+        matvec = lambda v: lower.hvp_xx(x, theta, v)  # noqa: E731
+        cg = conjugate_gradient(matvec, g, np.zeros_like(g), 0.3 * grad_norm, max_iter=20,
+                                inv_diag=inv_diag)
+        self._cost["n_cg_iter"] += cg.nit
+        self._cost["n_hvp"] += cg.n_hvp + 1
+        self._cost["cost"] += cg.nit
+        d = cg.x
+        residual = float(np.linalg.norm(g - matvec(d)))  # the true residual, certified
+        change = _segment_change(lower.hessian_change, x, theta, d, e, grad_norm)
+        if change is None:
+            L_A = lower.hessian_lipschitz(theta)
+            if L_A is None:
+                return None
+            change = L_A * e * float(np.linalg.norm(d))
+        return d, (residual + change) / mu
+
+    def _endpoint_change(self, lower, x, theta, v, d, radius, apply, change, lipschitz):
+        """Bound on ``||M(x*) v - M(x) v||`` (``M`` = ``A`` with ``apply=hvp_xx``, or
+        ``B^T`` with ``vjp_theta``) from ``||x - d - x*|| <= radius``: the change to ``x - d``
+        computed, plus the bound of the change on the ball around it."""
+        y = x - d
+        direct = float(np.linalg.norm(apply(y, theta, v) - apply(x, theta, v)))
+        if apply == lower.hvp_xx:
+            self._cost["n_hvp"] += 2
+        rest = change(y, theta, v, radius) if radius > 0 else 0.0
+        if rest is None:
+            constant = lipschitz(theta)
+            if constant is None:
+                return math.inf
+            rest = constant * radius * float(np.linalg.norm(v))
+        return direct + rest
+
+    def _tangent(self, lower, x, theta, mu, e, k, inv_diag, grad_norm):
         """``(t, T)``: the tangent ``t ~ A^-1 b`` (``b = B``, one hyperparameter; ``-t`` is
         ``dx*/dtheta``) by warm-started CG, and a certified bound ``T >= ||A*^-1 b||``, or
         ``(None, inf)`` when the lower level offers no ``jvp_theta``.
@@ -850,7 +1010,7 @@ class MAID(Solver):
                 break
             tol = 0.25 * mu * t_norm
         self._tangents[k] = start
-        change = lower.hessian_change(x, theta, start, e) if e > 0 else 0.0
+        change = _segment_change(lower.hessian_change, x, theta, start, e, grad_norm)
         if change is None:
             L_A = lower.hessian_lipschitz(theta)
             if L_A is None:

@@ -57,7 +57,11 @@ class LowerLevel:
         with ``m = local_mu(x, theta, radius)``, then ``||x - x*|| <= ||grad_x Phi(x)|| / m``.
     hessian_change : callable ``hessian_change(x, theta, v, radius) -> float``, optional
         An upper bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``; by default
-        ``hessian_lipschitz(theta) * radius * ||v||``.
+        ``hessian_lipschitz(theta) * radius * ||v||``. A subclass whose method also takes a
+        keyword ``grad_norm`` receives ``||grad_x Phi(x)||`` where only ``y = x*`` (and the
+        segment to it) matters, and may use it: then ``(x - x*) . Abar (x - x*) <=
+        grad_norm * radius`` with ``Abar`` the mean Hessian on the segment (the built-in
+        TV lower level does). The same holds for ``cross_change``.
     cross_change : callable ``cross_change(x, theta, q, radius) -> float``, optional
         An upper bound on ``||(B(y) - B(x))^T q||`` over ``||y - x|| <= radius``; by default
         ``cross_lipschitz(theta) * radius * ||q||``.

@@ -45,6 +45,20 @@ def _grad_adjoint(d):
     return out
 
 
+def _knapsack(values, weights, cap, budget):
+    """``max sum_p values_p X_p`` over ``0 <= X_p <= cap``, ``sum_p weights_p X_p <=
+    budget`` (fractional: the budget goes to the best value per unit of weight first)."""
+    order = np.argsort(-(values / weights))
+    values, weights = values[order], weights[order]
+    spent = np.cumsum(weights * cap)
+    full = int(np.searchsorted(spent, budget, side="right"))
+    total = cap * float(values[:full].sum())
+    if full < values.size:
+        left = budget - (spent[full - 1] if full > 0 else 0.0)
+        total += left / weights[full] * float(values[full])
+    return total
+
+
 class TVDenoisingLowerLevel(LowerLevel):
     """Smoothed-TV denoising of one image; ``theta = (log strength, log smoothing)``.
 
@@ -122,7 +136,21 @@ class TVDenoisingLowerLevel(LowerLevel):
         c = np.sqrt(3.0) * radius
         return lam, gam, u, c, np.maximum(r - c, gam)
 
-    def hessian_change(self, x, theta, v, radius):
+    def _energy_weights(self, gam, u, c, radius, grad_norm, lam):
+        """Weights ``omega_p`` and budget ``E`` of the energy constraint ``sum_p omega_p
+        |h_p|^2 <= E`` on ``h = D (x* - x)``, or None without ``grad_norm``.
+
+        ``grad_x Phi(x) = Abar (x - x*)`` with ``Abar = I + lam D^T Hbar D`` the mean
+        Hessian on the segment, so ``lam sum_p h_p^T Hbar_p h_p <= (x - x*) . grad_x Phi(x)
+        <= grad_norm radius``. The Hessian of ``psi`` is at least ``gam^2 / r^3`` (along
+        ``w``) and on the segment ``r <= r_p + c``: ``omega_p = gam^2 / (r_p + c)^3``.
+        """
+        if grad_norm is None:
+            return None
+        r = np.sqrt(u[0] ** 2 + u[1] ** 2 + gam * gam)
+        return gam * gam / (r + c) ** 3, float(grad_norm) * radius / lam
+
+    def hessian_change(self, x, theta, v, radius, *, grad_norm=None):
         """Per-pixel bound on ``||(A(y) - A(x)) v||`` over ``||y - x|| <= radius``.
 
         The Hessian of ``psi(w) = sqrt(|w|^2 + gam^2)`` changes along ``h`` at the rate
@@ -136,37 +164,53 @@ class TVDenoisingLowerLevel(LowerLevel):
         |h_p|)^2)^(1/2)``, ``a_p = L_p |(D v)_p|``, maximized over ``sum_p |h_p|^2 <= ||D||^2
         radius^2`` and ``|h_p| <= c`` (a fractional knapsack: the budget goes to the largest
         ``a_p`` first; at most ``lam ||D||^2 radius max_p a_p``).
+
+        With ``grad_norm`` (``>= ||grad_x Phi(x, theta)||``) the bound holds for ``y = x*``
+        (and the segment to it) only, and uses its energy as well: ``sum_p omega_p |h_p|^2
+        <= grad_norm radius / lam`` (see ``_energy_weights``), a second knapsack whose
+        value also bounds the maximum; the smaller one is returned. A move concentrated on
+        the pixels where the Hessian changes fastest (``|w| ~ gam``) is also where it is
+        largest, which this constraint charges for.
         """
         lam, gam, u, c, rho = self._segment_radius(x, theta, radius)
         w = _grad(v.reshape(self.image_shape))
         u_norm = np.sqrt(u[0] ** 2 + u[1] ** 2)
         rate = np.minimum(np.minimum(6.0 / rho**2, 6.0 * (u_norm + c) / rho**3),
                           _PSI_THIRD / gam**2)
-        a2 = np.sort((rate * rate * (w[0] ** 2 + w[1] ** 2)).ravel())[::-1]
-        cap, budget = c * c, _D_NORM_SQ * radius * radius
-        # Full caps for the first floor(budget / cap) pixels, the remainder on the next one.
-        full = min(int(budget // cap), a2.size) if cap > 0 else 0
-        total = cap * float(a2[:full].sum())
-        if full < a2.size:
-            total += (budget - cap * full) * float(a2[full])
+        a2 = (rate * rate * (w[0] ** 2 + w[1] ** 2)).ravel()
+        cap = c * c
+        total = _knapsack(a2, np.ones_like(a2), cap, _D_NORM_SQ * radius * radius)
+        energy = self._energy_weights(gam, u, c, radius, grad_norm, lam)
+        if energy is not None:
+            weights, budget = energy
+            total = min(total, _knapsack(a2, weights.ravel(), cap, budget))
         local = lam * np.sqrt(_D_NORM_SQ) * float(np.sqrt(total))
         return min(local, self.hessian_lipschitz(theta) * radius * float(np.linalg.norm(v)))
 
-    def cross_change(self, x, theta, q, radius):
+    def cross_change(self, x, theta, q, radius, *, grad_norm=None):
         """Per-pixel bound on ``||(B(y) - B(x))^T q||`` over ``||y - x|| <= radius``.
 
         ``B^T q = (lam <u / r, D q>, -lam gam^2 <u / r^3, D q>)`` with ``u = D x``; ``w ->
         w / r`` is ``1 / rho``-Lipschitz and ``w -> w / r^3`` is ``2 / rho^3``-Lipschitz
         where ``r >= rho``, and Cauchy-Schwarz over the pixels with ``||h|| <= ||D||
-        radius``.
+        radius``. With ``grad_norm`` (``y = x*`` only, as in :meth:`hessian_change`), also
+        Cauchy-Schwarz weighted by the energy constraint ``sum_p omega_p |h_p|^2 <= E``:
+        ``sum_p b_p |h_p| <= (sum_p b_p^2 / omega_p)^(1/2) E^(1/2)``; the smaller is used.
         """
-        lam, gam, _, _, rho = self._segment_radius(x, theta, radius)
+        lam, gam, u, c, rho = self._segment_radius(x, theta, radius)
         dq = _grad(q.reshape(self.image_shape))
         dq_norm = np.sqrt(dq[0] ** 2 + dq[1] ** 2)
         h = np.sqrt(_D_NORM_SQ) * radius
-        first = lam * h * float(np.linalg.norm(dq_norm / rho))
-        second = lam * gam**2 * h * float(np.linalg.norm(2.0 * dq_norm / rho**3))
-        return min(float(np.hypot(first, second)),
+        b_first, b_second = dq_norm / rho, 2.0 * dq_norm / rho**3
+        first = h * float(np.linalg.norm(b_first))
+        second = h * float(np.linalg.norm(b_second))
+        energy = self._energy_weights(gam, u, c, radius, grad_norm, lam)
+        if energy is not None:
+            weights, budget = energy
+            root = np.sqrt(budget)
+            first = min(first, root * float(np.sqrt(np.sum(b_first**2 / weights))))
+            second = min(second, root * float(np.sqrt(np.sum(b_second**2 / weights))))
+        return min(float(np.hypot(lam * first, lam * gam**2 * second)),
                    self.cross_lipschitz(theta) * radius * float(np.linalg.norm(q)))
 
     def cross_norm(self, x, theta):

@@ -130,3 +130,127 @@ def test_hessian_change_holds_for_concentrated_moves(problem, radius, where):
         # ...and it is not vacuous where the image is flat and the ball small.
         if where == "flat" and radius <= 1e-3:
             assert bound <= 0.1 * lower.hessian_lipschitz(theta) * radius * np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_knapsack_matches_a_linear_program(seed):
+    from scipy.optimize import linprog
+
+    from mmopt.bilevel.tv import _knapsack
+
+    rng = np.random.default_rng(seed)
+    n = 12
+    values, weights = rng.exponential(size=n), rng.uniform(0.1, 3.0, size=n)
+    cap, budget = rng.uniform(0.1, 1.0), rng.uniform(0.05, 0.5) * n
+    lp = linprog(-values, A_ub=weights[None, :], b_ub=[budget], bounds=[(0, cap)] * n)
+    assert lp.success
+    np.testing.assert_allclose(_knapsack(values, weights, cap, budget), -lp.fun, rtol=1e-9)
+    # A budget beyond every cap fills them all.
+    np.testing.assert_allclose(_knapsack(values, weights, cap, 1e9), cap * values.sum())
+
+
+@pytest.mark.parametrize("kind", ["random", "spike", "smooth"])
+@pytest.mark.parametrize("size", [1e-4, 1e-2, 0.2])
+def test_energy_constrained_changes_hold_at_the_minimizer(problem, kind, size):
+    # With grad_norm the bounds need only hold between x and x* (the energy of x - x* in
+    # the Hessian is at most ||grad|| ||x - x*||): check them at x* exactly, for points x
+    # around it whose error is spread out, concentrated on one pixel, or smooth.
+    lower = problem.lowers[1]
+    theta = np.log([0.06, 0.03])
+    x_star = MAID().hypergradient(problem, theta, eps=1e-12, delta=1e-12)[3][1]
+    rng = np.random.default_rng(3)
+    shape = lower.image_shape
+    if kind == "random":
+        move = rng.standard_normal(x_star.size)
+    elif kind == "spike":
+        move = np.zeros(x_star.size)
+        move[rng.integers(x_star.size)] = 1.0
+    else:
+        move = np.sin(np.linspace(0, np.pi, shape[0]))[:, None] * np.ones(shape[1])
+        move = move.ravel()
+    x = x_star + size * move / np.linalg.norm(move)
+    grad_norm = float(np.linalg.norm(lower.grad_x(x, theta)))
+    radius = grad_norm / lower.mu(theta)  # the certified distance
+    assert np.linalg.norm(x - x_star) <= radius
+    for v in (rng.standard_normal(x.size), lower.y - x):
+        true_h = np.linalg.norm(lower.hvp_xx(x_star, theta, v) - lower.hvp_xx(x, theta, v))
+        true_c = np.linalg.norm(lower.vjp_theta(x_star, theta, v) - lower.vjp_theta(x, theta, v))
+        h = lower.hessian_change(x, theta, v, radius, grad_norm=grad_norm)
+        c = lower.cross_change(x, theta, v, radius, grad_norm=grad_norm)
+        assert true_h <= h <= lower.hessian_change(x, theta, v, radius)
+        assert true_c <= c <= lower.cross_change(x, theta, v, radius)
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-3, 1e-4, 1e-5])
+def test_directional_bound_covers_the_true_error_and_is_sharper(problem, eps, monkeypatch):
+    # The changes of A and B measured along the Newton correction (certified on the small
+    # ball around x - d) bound the hypergradient error; without it (the whole ball of
+    # radius eps) the bound is valid too, and at least twice as loose where eps is small.
+    theta = np.log([0.07, 0.025])
+    exact = MAID().hypergradient(problem, theta, eps=1e-12, delta=1e-12)[0]
+    solver = MAID()
+    z, bound, _, _ = solver.hypergradient(problem, theta, eps=eps, delta=eps)
+    assert solver.bound_certified_
+    assert np.linalg.norm(z - exact) <= bound
+    monkeypatch.setattr(MAID, "_newton_correction", lambda self, *args: None)
+    plain = MAID()
+    z_plain, bound_plain, _, _ = plain.hypergradient(problem, theta, eps=eps, delta=eps)
+    np.testing.assert_allclose(z_plain, z, rtol=1e-10, atol=1e-14)
+    assert np.linalg.norm(z_plain - exact) <= bound_plain
+    assert bound <= bound_plain
+    if eps <= 1e-3:
+        assert bound < 0.5 * bound_plain
+
+
+def test_newton_correction_error_bound_is_valid(problem):
+    # ||x - d - x*|| <= e_d, and far below the certified distance of x itself.
+    from mmopt.bilevel.inner import fista
+
+    theta = np.log([0.05, 0.03])
+    lower = problem.lowers[0]
+    x_star = MAID().hypergradient(problem, theta, eps=1e-12, delta=1e-12)[3][0]
+    solver = MAID()
+    solver._cost = dict.fromkeys(("n_cg_iter", "n_hvp", "cost"), 0)
+    for gtol in (1e-2, 1e-3, 1e-4):
+        x = fista(lower, lower.y, theta, gtol).x
+        grad_norm = float(np.linalg.norm(lower.grad_x(x, theta)))
+        e = grad_norm / lower.mu(theta)
+        d, e_d = solver._newton_correction(lower, x, theta, e, grad_norm, lower.mu(theta),
+                                           None)
+        assert np.linalg.norm(x - d - x_star) <= e_d
+        if gtol <= 1e-3:
+            assert e_d < 0.5 * e
+    assert solver._cost["n_cg_iter"] > 0  # its CG iterations are counted
+
+
+def test_broyden_estimates_satisfy_the_secant_condition_and_save_work(problem, monkeypatch):
+    from mmopt.bilevel.maid import _MAIDState
+
+    rng = np.random.default_rng(0)
+    n, m = 7, 2
+    solver = MAID()
+    old = _MAIDState(x=np.zeros(m), fun=0.0, qs=[rng.standard_normal(n)],
+                     jac_x=[rng.standard_normal((n, m))], jac_q=[rng.standard_normal((n, m))])
+    old.evaluation = type("E", (), {"xs": [rng.standard_normal(n)]})()
+    new = _MAIDState(x=np.ones(m), fun=0.0, qs=[rng.standard_normal(n)])
+    new.evaluation = type("E", (), {"xs": [rng.standard_normal(n)]})()
+    move = np.array([0.3, -0.2])
+    solver._broyden(new, old, move)
+    np.testing.assert_allclose(new.jac_x[0] @ move, new.evaluation.xs[0] - old.evaluation.xs[0])
+    np.testing.assert_allclose(new.jac_q[0] @ move, new.qs[0] - old.qs[0])
+    # Unchanged across the move: the smallest change that satisfies the secant condition.
+    across = np.array([0.2, 0.3])
+    np.testing.assert_allclose(new.jac_x[0] @ across, old.jac_x[0] @ across)
+
+    # First-order warm starts need fewer lower-level iterations than the previous points.
+    def solve():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return MAID(eps0=1e-4, delta0=1e-4, max_iter=25, tol=1e-8).solve(problem)
+
+    with_broyden = solve()
+    monkeypatch.setattr(MAID, "_broyden", lambda self, *args: None)
+    monkeypatch.setattr(MAID, "_secant", staticmethod(
+        lambda old, previous, state, move: (old.xs, state.qs)))
+    without = solve()
+    assert with_broyden.n_lower_iter < 0.8 * without.n_lower_iter
