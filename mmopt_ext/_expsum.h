@@ -4,11 +4,11 @@
  * exprow(c, g, shift, inv_reg, m, out): out[j] = exp(clamp((shift + g[j] - c[j]) * inv_reg))
  *
  * with the exponent clamped to [-700, 700]: exp stays a normal double (no subnormal slow
- * path, no overflow) and the vector exp never leaves its fast range. A NaN exponent stays NaN
- * on every path (x86 min/max return their second operand when one is NaN, so the clamps
- * take the exponent second). A clamped term at the
+ * path, no overflow) and the vector exp never leaves its fast range. A clamped term at the
  * bottom adds at most exp(-700) ~ 1e-304 to the sum; callers treat sums outside
- * [MMOPT_EXPSUM_TINY, MMOPT_EXPSUM_HUGE] as unreliable and recompute them exactly.
+ * [MMOPT_EXPSUM_TINY, MMOPT_EXPSUM_HUGE] as unreliable and recompute them exactly. A NaN
+ * exponent stays NaN on every path (x86 min/max return their second operand when one is
+ * NaN, so the clamps take the exponent second).
  *
  * Paths, chosen once from the CPU (the choice can be forced for testing with
  * mmopt_expsum_select()):
@@ -79,7 +79,6 @@ static double mmopt_expsum_tail(const double *c, const double *g, double shift,
 /* glibc's libmvec, x86-64 vector ABI name of its SSE2 exp. */
 __m128d _ZGVbN2v_exp(__m128d);
 
-
 static double mmopt_expsum_sse2(const double *c, const double *g, double shift,
                                 double inv_reg, ptrdiff_t m)
 {
@@ -124,8 +123,8 @@ static void mmopt_exprow_sse2(const double *c, const double *g, double shift,
  * libmvec's AVX-512 exp cost ~1 ns per entry on the benchmark machine (AMD EPYC), twice this
  * routine: the call itself (every vector register is caller-saved, so the accumulators spill
  * around each call of 8 entries) and special-case handling that the clamped exponents never
- * need. Inline: with u = 16 log2(e) t, split
- * u = 16 k + j + r (k, j integers, 0 <= j < 16, |r| <= 1/2):
+ * need. Inline: with u = 16 log2(e) t, split u = 16 k + j + r (k, j integers, 0 <= j < 16,
+ * |r| <= 1/2):
  *     exp(t) = 2^k * 2^(j/16) * exp(r ln2 / 16),
  * the middle factor from a 16-entry table held in two registers (one permute), the last by its
  * degree-6 Taylor polynomial (|r ln2/16| <= 0.0217: truncation error < 5e-16 relative), the
@@ -245,6 +244,7 @@ static double mmopt_expsum_avx512(const double *c, const double *g, double shift
     return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(acc[0], acc[1]),
                                               _mm512_add_pd(acc[2], acc[3])));
 }
+
 __attribute__((target("avx2,fma")))
 static inline __m256d mmopt_exp_avx2(__m256d u)
 {
