@@ -122,6 +122,15 @@ class Solver(BaseEstimator):
     def _residual_covers_x(self) -> bool:
         return self.residual_covers_x
 
+    def _close_state(self, problem, state: SolverState) -> None:
+        """Release what a run holds (worker threads, pools) however the solve ended.
+
+        Called once by :meth:`solve` on the last state it knew of: after convergence, a
+        stop, ``KeyboardInterrupt`` or an exception raised by a step or the callback. States
+        that hold resources share them from one iteration to the next, so closing the last
+        one releases them all.
+        """
+
     # ------------------------------------------------------------------------ the contract
     def check_problem(self, problem) -> None:
         """Raise ``TypeError`` unless ``problem`` is something this solver can solve."""
@@ -151,6 +160,14 @@ class Solver(BaseEstimator):
         self.check_problem(problem)
         start = time.perf_counter()
         state = self._init_state(problem, x0)
+        # The latest state a step returned, also when the loop did not accept it.
+        latest = [state]
+        try:
+            return self._run(problem, state, start, latest)
+        finally:
+            self._close_state(problem, latest[0])
+
+    def _run(self, problem, state: SolverState, start: float, latest: list) -> Result:
         history: dict[str, list[float]] = {"fun": [], "residual": [], "time": []}
         best, improved = state, False
         status = Status.MAX_ITER
@@ -167,6 +184,7 @@ class Solver(BaseEstimator):
                     if stop.state is None:
                         break
                     new_state, stopping = stop.state, True
+                latest[0] = new_state
                 if not _is_finite(new_state, check_x=not self._residual_covers_x()):
                     status, reason = Status.NUMERICAL_FAILURE, None
                     break

@@ -1,6 +1,8 @@
 """Loop semantics every registered solver must honour (scipy's common-test pattern)."""
 
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,26 +17,26 @@ from mmopt.ot import OTProblem
 from mmopt.registration import RegistrationProblem
 
 
-def _mm_problem():
+def _mm_problem(seed=0):
     # A smooth convex problem whose MM map contracts slowly: many iterations are needed.
-    A = np.diag(np.linspace(1.0, 50.0, 6))
+    A = np.diag(np.linspace(1.0, 50.0 + seed, 6))
     return MMProblem(
         objective=lambda x: 0.5 * float(x @ A @ x) - float(x.sum()),
-        surrogate_minimizer=lambda x: x - (A @ x - 1.0) / 50.0,
+        surrogate_minimizer=lambda x: x - (A @ x - 1.0) / (50.0 + seed),
         x0=np.zeros(6),
     )
 
 
-def _ot_problem(reg=0.02):
-    rng = np.random.default_rng(0)
+def _ot_problem(reg=0.02, seed=0):
+    rng = np.random.default_rng(seed)
     x, y = rng.random((12, 2)), rng.random((15, 2))
     C = ((x[:, None] - y[None]) ** 2).sum(-1)
     return OTProblem([], [], C / C.max(), reg=reg)
 
 
-def _registration_problem():
+def _registration_problem(seed=0):
     # A small cloud and a moved copy of it; the ICP solve runs a few annealing stages.
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     source = rng.normal(size=(200, 3)) * [3.0, 2.0, 1.0]
     angle = 0.3
     R = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
@@ -42,9 +44,9 @@ def _registration_problem():
     return RegistrationProblem(source, source @ R.T + [0.5, 0.0, 0.2])
 
 
-def _bilevel_problem():
+def _bilevel_problem(seed=0):
     # Learn the shrinkage e^theta of x*(theta) = c / (1 + e^theta) towards a target.
-    c, t = np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.8, 1.6])
+    c, t = np.array([1.0, 2.0, 3.0]) + 0.1 * seed, np.array([0.5, 0.8, 1.6])
     lower = LowerLevel(
         value=lambda x, th: 0.5 * np.sum((x - c) ** 2) + 0.5 * np.exp(th[0]) * x @ x,
         grad_x=lambda x, th: x - c + np.exp(th[0]) * x,
@@ -57,14 +59,15 @@ def _bilevel_problem():
     return BilevelProblem(lower, upper, theta0=2.0)
 
 
-def _lasso_problem():
-    rng = np.random.default_rng(0)
+def _lasso_problem(seed=0):
+    rng = np.random.default_rng(seed)
     X = rng.standard_normal((30, 40))
     y = X[:, :4] @ np.array([2.0, -1.0, 1.0, 0.5]) + 0.1 * rng.standard_normal(30)
     return BCDProblem(LeastSquares(X, y), L1(0.05))
 
 
-# Every registered solver needs a small problem here: a new family adds its entry.
+# Every registered solver needs a small problem here: a new family adds its entry. Each
+# factory takes a seed, so that the reentrancy tests can solve several different problems.
 EXAMPLE_PROBLEMS = {
     "maid": _bilevel_problem,
     "bcd": _lasso_problem,
@@ -73,9 +76,9 @@ EXAMPLE_PROBLEMS = {
     "sinkhorn": _ot_problem,
     "icp": _registration_problem,
     # Small reg, so that the Newton stage runs.
-    "sns": lambda: _ot_problem(reg=1e-3),
+    "sns": lambda seed=0: _ot_problem(reg=1e-3, seed=seed),
     # The solver's default k (None) is unconstrained: a smooth problem that converges.
-    "sparsity_constrained": lambda: _ot_problem(reg=0.1),
+    "sparsity_constrained": lambda seed=0: _ot_problem(reg=0.1, seed=seed),
 }
 
 NAMES = sorted(SOLVERS)
@@ -186,3 +189,78 @@ def test_verbose_progress_goes_to_stderr(name, capsys):
     mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, verbose=2, max_iter=3, tol=0.0)
     err = capsys.readouterr().err
     assert "iter" in err and "fun=" in err
+
+
+# ------------------------------------------------------------------------------ reentrancy
+def _answer(res):
+    """What two solves of one problem must agree on exactly."""
+    return res.status, res.nit, float(res.fun), np.array(res.x, copy=True)
+
+
+def _same_answer(first, second):
+    return (
+        first[:2] == second[:2]
+        and (first[2] == second[2] or (np.isnan(first[2]) and np.isnan(second[2])))
+        and np.array_equal(first[3], second[3], equal_nan=True)
+    )
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@pytest.mark.parametrize("n_threads", [2, 4])
+@pytest.mark.parametrize("name", NAMES)
+def test_shared_instance_serves_threads(name, n_threads):
+    # One solver object, several problems solved from several threads at once: the answers
+    # are exactly the sequential ones, and the solver's attributes are its options only.
+    solver = SOLVERS[name](max_iter=2_000)
+    problems = [EXAMPLE_PROBLEMS[name](seed=seed) for seed in range(n_threads)]
+    sequential = [_answer(solver.solve(problem)) for problem in problems]
+    before = dict(vars(solver))
+    jobs = problems * 3
+    with ThreadPoolExecutor(n_threads) as pool:
+        concurrent = list(pool.map(lambda problem: _answer(solver.solve(problem)), jobs))
+    for i, answer in enumerate(concurrent):
+        assert _same_answer(answer, sequential[i % n_threads]), (name, i)
+    after = vars(solver)
+    assert before.keys() == after.keys()
+    assert all(before[key] is after[key] for key in before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_solve_leaves_only_options_on_the_solver(name):
+    solver = SOLVERS[name]()
+    before = dict(vars(solver))
+    assert set(before) == set(solver.get_params()), "a solver stores its options only"
+    mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=solver)
+    assert dict(vars(solver)).keys() == before.keys()
+
+
+def _raise(exc_type):
+    def callback(intermediate_result):
+        if intermediate_result.nit == 2:
+            raise exc_type
+
+    return callback
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@pytest.mark.parametrize(
+    "ending",
+    ["converged", "max_iter", "stop_iteration", "keyboard_interrupt", "callback_error"],
+)
+@pytest.mark.parametrize("name", NAMES)
+def test_no_thread_left_behind(name, ending):
+    threads_before = threading.active_count()
+    options = {
+        "converged": {},
+        "max_iter": {"max_iter": 2, "tol": 0.0},
+        "stop_iteration": {"callback": _raise(StopIteration), "tol": 0.0},
+        "keyboard_interrupt": {"callback": _raise(KeyboardInterrupt), "tol": 0.0},
+        "callback_error": {"callback": _raise(RuntimeError), "tol": 0.0},
+    }[ending]
+    for _ in range(3):
+        if ending == "callback_error":
+            with pytest.raises(RuntimeError):
+                mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, **options)
+        else:
+            mmopt.solve(EXAMPLE_PROBLEMS[name](), solver=name, **options)
+    assert threading.active_count() == threads_before
