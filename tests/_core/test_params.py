@@ -1,0 +1,89 @@
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmopt._core.params import (
+    InstanceOf,
+    Interval,
+    Options,
+    Rule,
+    constraints_of,
+    invalid_values,
+    validate_params,
+)
+
+TABLE = {
+    "tol": [Interval(float, 0, None)],
+    "max_iter": [Interval(int, 1, None)],
+    "step": [Interval(float, 0, 1, closed="right")],
+    "method": [Options({"auto", "log"})],
+    "callback": [None, callable],
+    "flag": [bool],
+    "k": [None, Interval(int, 1, None)],
+    "refine": [bool, Options({"auto"})],
+}
+GOOD = {"tol": 0.0, "max_iter": 3, "step": 1.0, "method": "log", "callback": None,
+        "flag": True, "k": None, "refine": "auto"}
+
+
+def test_good_values_pass():
+    validate_params(TABLE, GOOD)
+
+
+@pytest.mark.parametrize(
+    "name, value, error",
+    [("tol", -1e-300, ValueError), ("tol", math.nan, ValueError), ("tol", math.inf, ValueError),
+     ("tol", "1", TypeError), ("max_iter", 0, ValueError), ("max_iter", 1.5, TypeError),
+     ("max_iter", True, TypeError), ("step", 0.0, ValueError), ("step", 1.0000001, ValueError),
+     ("method", "exp", ValueError), ("method", 3, TypeError), ("callback", 3, TypeError),
+     ("flag", 1, TypeError), ("k", 0, ValueError), ("refine", "yes", ValueError),
+     ("refine", 2, TypeError)],
+)
+def test_bad_values_raise_naming_the_option(name, value, error):
+    with pytest.raises(error, match=rf"^{name} must be "):
+        validate_params(TABLE, {**GOOD, name: value})
+
+
+def test_generated_invalid_values_are_rejected_and_cover_every_option():
+    cases = invalid_values(TABLE)
+    assert {name for name, _, _ in cases} == set(TABLE)
+    for name, value, error in cases:
+        with pytest.raises(error, match=name):
+            validate_params(TABLE, {**GOOD, name: value})
+
+
+@settings(max_examples=100, deadline=None)
+@given(low=st.integers(-5, 5), width=st.integers(0, 5), value=st.integers(-20, 20),
+       closed=st.sampled_from(["both", "left", "right", "neither"]))
+def test_interval_membership_matches_its_definition(low, width, value, closed):
+    high = low + width
+    above = value >= low if closed in ("both", "left") else value > low
+    below = value <= high if closed in ("both", "right") else value < high
+    inside = above and below
+    assert Interval(int, low, high, closed=closed).is_satisfied_by(value) == inside
+    assert Interval(float, low, high, closed=closed).is_satisfied_by(float(value)) == inside
+
+
+def test_rules_and_inheritance():
+    class Base:
+        _parameter_constraints = {"a": [Interval(int, 0, None)], "b": [bool]}
+
+    class Child(Base):
+        _parameter_constraints = {"a": [Interval(int, 1, None)]}
+        _parameter_rules = [Rule(("a", "b"), lambda p: not (p["b"] and p["a"] > 2),
+                                 "b=True needs a <= 2")]
+
+    table, rules = constraints_of(Child)
+    assert set(table) == {"a", "b"} and len(rules) == 1
+    with pytest.raises(ValueError, match="a must be"):
+        validate_params(table, {"a": 0, "b": False}, rules)
+    with pytest.raises(ValueError, match=r"b=True needs a <= 2; got a=3, b=True"):
+        validate_params(table, {"a": 3, "b": True}, rules)
+
+
+def test_descriptions():
+    assert Interval(int, 1, None).describe() == "an integer in [1, inf)"
+    assert InstanceOf(bool).describe() == "True or False"
+    assert Options({"b", "a"}).describe() == "one of 'a', 'b'"
