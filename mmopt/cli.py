@@ -106,9 +106,9 @@ def _register(args: argparse.Namespace) -> int:
         ("nearest-neighbour queries", result.n_queries),
         ("Anderson accepted / rejected", f"{result.n_accepted} / {result.n_rejected}"),
         ("energy", f"{result.fun:.8g}"),
-        ("final nu", f"{result.nu:.4g}"),
+        ("final nu", "-" if result.nu is None else f"{result.nu:.4g}"),
         ("inlier ratio", f"{result.inlier_ratio:.4f}"),
-        ("inlier RMSE", f"{result.inlier_rmse:.4g}"),
+        ("inlier RMSE", "-" if result.inlier_rmse is None else f"{result.inlier_rmse:.4g}"),
         ("seconds", f"{result.time:.3f}"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,6 +134,9 @@ class RegistrationProblem(Problem):
     target_normals: np.ndarray | None = None
     source_normals: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.RLock = field(
+        default_factory=threading.RLock, init=False, repr=False, compare=False
+    )
 
     default_solver = "icp"
 
@@ -178,10 +182,14 @@ class RegistrationProblem(Problem):
         return self.target.mean(axis=0)
 
     def cached(self, key, build):
-        """Memoize ``build()`` under ``key`` (KD-trees and geometry are built once)."""
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        """Memoize ``build()`` under ``key`` (KD-trees and geometry are built once).
+
+        Thread-safe: solves sharing the problem build each entry once and read it only.
+        """
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
 
     def __repr__(self) -> str:
         normals = " with target normals" if self.target_normals is not None else ""

@@ -130,8 +130,28 @@ def _left_jacobian(omega: np.ndarray) -> np.ndarray:
     return np.eye(3) + b * W + c * (W @ W)
 
 
+def _finite(array: np.ndarray, name: str) -> np.ndarray:
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must not contain NaN or infinite values.")
+    return array
+
+
+def _real(value, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise TypeError
+        return array.astype(float)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(value).__name__}."
+        ) from None
+
+
 def se3_exp(twist) -> np.ndarray:
     """4x4 rigid transform of the twist ``(omega, v)`` (rotation vector first).
+
+    Raises ``ValueError`` for a twist that is not 6 finite numbers.
 
     Examples
     --------
@@ -143,9 +163,15 @@ def se3_exp(twist) -> np.ndarray:
            [0., 0., 1., 3.],
            [0., 0., 0., 1.]])
     """
-    twist = np.asarray(twist, dtype=float).ravel()
+    twist = _real(twist, "twist").ravel()
     if twist.shape != (6,):
         raise ValueError(f"twist must have 6 entries, got shape {twist.shape}.")
+    return _se3_exp(_finite(twist, "twist"))
+
+
+def _se3_exp(twist: np.ndarray) -> np.ndarray:
+    """:func:`se3_exp` without the checks (the solvers' inner loops)."""
+    twist = np.asarray(twist, dtype=float).ravel()
     omega, v = twist[:3], twist[3:]
     T = np.eye(4)
     T[:3, :3] = so3_exp(omega)
@@ -156,6 +182,8 @@ def se3_exp(twist) -> np.ndarray:
 def se3_log(T) -> np.ndarray:
     """Twist ``(omega, v)`` of the 4x4 rigid transform ``T``; inverse of :func:`se3_exp`.
 
+    Raises ``ValueError`` for a matrix that is not 4x4 or not finite.
+
     Examples
     --------
     >>> import numpy as np
@@ -164,9 +192,14 @@ def se3_log(T) -> np.ndarray:
     >>> bool(np.allclose(se3_log(se3_exp(xi)), xi))
     True
     """
-    T = np.asarray(T, dtype=float)
+    T = _real(T, "T")
     if T.shape != (4, 4):
         raise ValueError(f"T must be a 4x4 matrix, got shape {T.shape}.")
+    return _se3_log(_finite(T, "T"))
+
+
+def _se3_log(T: np.ndarray) -> np.ndarray:
+    """:func:`se3_log` without the checks (the solvers' inner loops)."""
     omega = so3_log(T[:3, :3])
     # V(omega) is invertible for angles below 2 pi: solving is exact and branch-free.
     v = np.linalg.solve(_left_jacobian(omega), T[:3, 3])
