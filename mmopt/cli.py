@@ -71,6 +71,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_init(path: str):
+    """The 4x4 matrix of ``--init``, with errors that name the file."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise ValueError(
+            f"--init {path}: no such file (use centroids, identity or a text file holding a "
+            "4x4 matrix)."
+        )
+    try:
+        matrix = np.loadtxt(path, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"--init {path}: not a text file holding a 4x4 matrix ({error})."
+        ) from None
+    if matrix.shape != (4, 4):
+        raise ValueError(f"--init {path}: expected a 4x4 matrix, got shape {matrix.shape}.")
+    return matrix
+
+
 def _register(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -82,7 +102,7 @@ def _register(args: argparse.Namespace) -> int:
         target, target_normals = read_point_cloud(args.target)
         init = args.init
         if init not in ("centroids", "identity"):
-            init = np.loadtxt(init, ndmin=2)
+            init = _read_init(init)
         problem = RegistrationProblem(source, target, target_normals=target_normals)
         solver = ICP(
             metric=args.metric.replace("-", "_"),

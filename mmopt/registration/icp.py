@@ -418,7 +418,11 @@ class ICP(Solver):
             )
         normals, thickness, spacing = problem.cached(
             ("geometry", self.normals_k, self.neighbors),
-            lambda: local_geometry(Q, k=self.normals_k, neighbors=self.neighbors),
+            # Smaller clouds than normals_k: the whole cloud is each neighbourhood (only the
+            # noise estimate of point-to-point uses it then; estimated normals were refused).
+            lambda: local_geometry(
+                Q, k=min(self.normals_k, Q.shape[0]), neighbors=self.neighbors
+            ),
         )
         if self.metric != "point_to_point" and problem.target_normals is not None:
             normals = np.asarray(problem.target_normals)
@@ -615,11 +619,20 @@ class ICP(Solver):
             )
         energy = self._energy(corr, nu)
         fun = self._user_energy(setup, energy)
-        if np.isfinite(energy) and not np.isfinite(fun):
+        squared_units = setup.scale * setup.scale * setup.P.shape[0]
+        if self.loss != "welsch" and not (np.isfinite(squared_units) and np.isfinite(fun)
+                                          or not np.isfinite(energy)):
+            # Not a numerical failure of the solve: the energy is not representable.
             raise ValueError(
                 f"source and target: with loss={self.loss!r} the energy is reported in squared "
                 f"data units, which overflow float64 at the clouds' scale ({setup.scale:.3g}); "
                 "rescale the clouds or use loss='welsch' (unit-free)."
+            )
+        if not np.isfinite(energy):
+            name = "init" if x0 is None else "x0"
+            raise ValueError(
+                f"{name}: the start is so far from the target that the energy overflows "
+                "float64; start closer (init='centroids')."
             )
         return _ICPState(
             x=self._to_user(setup, T), fun=fun, T=T, corr=corr,
@@ -667,7 +680,7 @@ class ICP(Solver):
         return "point_to_plane", (X, self._plane_residuals(setup, X, idx), dist, idx)
 
     def _user_energy(self, setup: _Setup, energy: float) -> float:
-        return energy if self.loss == "welsch" else energy * setup.scale**2
+        return energy if self.loss == "welsch" else energy * setup.scale * setup.scale
 
     def _step(self, problem, state):
         run = state.run
@@ -804,7 +817,8 @@ class ICP(Solver):
             "n_queries": run.n_queries,
             "inlier_ratio": float(np.mean(inliers)),
             # No inlier: the RMSE of an empty set is undefined (None, not a NaN).
-            "inlier_rmse": float(np.sqrt(np.mean(user_dist[inliers] ** 2))) if inliers.any()
+            # In normalized units then scaled: squaring data units overflows at 1e300.
+            "inlier_rmse": float(s * np.sqrt(np.mean(dist[inliers] ** 2))) if inliers.any()
             else None,
             "inlier_threshold": threshold,
             "correspondences": corr[3],
