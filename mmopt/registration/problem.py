@@ -54,6 +54,8 @@ def _diagonal(points: np.ndarray) -> float:
     """Bounding-box diagonal, without the overflow (1e300) or underflow (1e-300) of squaring."""
     spread = np.ptp(points, axis=0)
     largest = float(spread.max())
+    if 1e-150 < largest < 1e150:  # the squares are representable: the plain norm
+        return float(np.linalg.norm(spread))
     if largest == 0.0:
         return 0.0
     return largest * float(np.linalg.norm(spread / largest))
