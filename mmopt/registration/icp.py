@@ -352,6 +352,12 @@ class ICP(Solver):
                 f"scale_bounds must satisfy 0 < low <= 1 <= high, got {self.scale_bounds!r}."
             )
         check_scalar(self.m, "m", kind=int, min_value=1)
+        check_scalar(
+            self.anderson_damping, "anderson_damping", min_value=0.0, max_value=1.0,
+            include_min=False,
+        )
+        check_scalar(self.anderson_regularization, "anderson_regularization", min_value=0.0)
+        check_scalar(self.anderson_delay, "anderson_delay", kind=int, min_value=0)
         check_scalar(self.max_iter_per_stage, "max_iter_per_stage", kind=int, min_value=1)
         check_scalar(self.coarse_stride, "coarse_stride", kind=int, min_value=1)
         check_scalar(self.stage_tol, "stage_tol", min_value=0.0, allow_none=True)

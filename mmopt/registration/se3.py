@@ -22,6 +22,8 @@ __all__ = ["hat", "so3_exp", "so3_log", "se3_exp", "se3_log", "rotation_angle"]
 _SMALL_ANGLE = 1e-3
 # Above pi minus this angle the logarithm reads the axis from the symmetric part of R.
 _NEAR_PI = 1e-2
+# Above this angle |omega|^2 and [omega]_x^2 may overflow: the exponential uses the unit axis.
+_LARGE_ANGLE = 1e100
 
 
 def hat(omega) -> np.ndarray:
@@ -64,7 +66,12 @@ def so3_exp(omega) -> np.ndarray:
            [ 0.,  0.,  1.]])
     """
     omega = np.asarray(omega, dtype=float).ravel()
-    theta = math.sqrt(float(omega @ omega))
+    theta = _norm(omega)
+    if theta > _LARGE_ANGLE:
+        # |omega|^2 overflows: Rodrigues on the unit axis, with the angle reduced mod 2 pi.
+        K = hat(omega / theta)
+        angle = math.fmod(theta, 2.0 * math.pi)
+        return np.eye(3) + math.sin(angle) * K + (1.0 - math.cos(angle)) * (K @ K)
     a, b, _ = _coefficients(theta)
     W = hat(omega)
     return np.eye(3) + a * W + b * (W @ W)
@@ -123,8 +130,21 @@ def so3_log(R) -> np.ndarray:
     return theta * axis
 
 
+def _norm(v: np.ndarray) -> float:
+    largest = float(np.abs(v).max()) if v.size else 0.0
+    if largest < 1e150:
+        return math.sqrt(float(v @ v))
+    return largest * math.sqrt(float((v / largest) @ (v / largest)))
+
+
 def _left_jacobian(omega: np.ndarray) -> np.ndarray:
-    theta = math.sqrt(float(omega @ omega))
+    theta = _norm(omega)
+    if theta > _LARGE_ANGLE:
+        K = hat(omega / theta)
+        return (
+            np.eye(3) + (1.0 - math.cos(theta)) / theta * K
+            + (theta - math.sin(theta)) / theta * (K @ K)
+        )
     _, b, c = _coefficients(theta)
     W = hat(omega)
     return np.eye(3) + b * W + c * (W @ W)
@@ -182,7 +202,8 @@ def _se3_exp(twist: np.ndarray) -> np.ndarray:
 def se3_log(T) -> np.ndarray:
     """Twist ``(omega, v)`` of the 4x4 rigid transform ``T``; inverse of :func:`se3_exp`.
 
-    Raises ``ValueError`` for a matrix that is not 4x4 or not finite.
+    Raises ``ValueError`` for a matrix that is not a finite 4x4 rigid transform (rotation
+    block orthonormal to 1e-6, last row ``(0, 0, 0, 1)``).
 
     Examples
     --------
@@ -192,10 +213,12 @@ def se3_log(T) -> np.ndarray:
     >>> bool(np.allclose(se3_log(se3_exp(xi)), xi))
     True
     """
+    from mmopt.registration.problem import check_rigid_transform
+
     T = _real(T, "T")
     if T.shape != (4, 4):
         raise ValueError(f"T must be a 4x4 matrix, got shape {T.shape}.")
-    return _se3_log(_finite(T, "T"))
+    return _se3_log(check_rigid_transform(_finite(T, "T"), "T"))
 
 
 def _se3_log(T: np.ndarray) -> np.ndarray:
