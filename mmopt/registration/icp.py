@@ -585,6 +585,7 @@ class ICP(Solver):
         setup = self._make_setup(problem)
         init = self.init if x0 is None else x0
         if isinstance(init, str):
+            check_choice(init, "init" if x0 is None else "x0", INITS)
             T = np.eye(4)
             if init == "identity":
                 T = self._from_user(setup, np.eye(4))
