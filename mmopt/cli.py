@@ -71,6 +71,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_init(path: str):
+    """The 4x4 matrix of ``--init``, with errors that name the file."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise ValueError(
+            f"--init {path}: no such file (use centroids, identity or a text file holding a "
+            "4x4 matrix)."
+        )
+    try:
+        matrix = np.loadtxt(path, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"--init {path}: not a text file holding a 4x4 matrix ({error})."
+        ) from None
+    if matrix.shape != (4, 4):
+        raise ValueError(f"--init {path}: expected a 4x4 matrix, got shape {matrix.shape}.")
+    return matrix
+
+
 def _register(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -82,7 +102,7 @@ def _register(args: argparse.Namespace) -> int:
         target, target_normals = read_point_cloud(args.target)
         init = args.init
         if init not in ("centroids", "identity"):
-            init = np.loadtxt(init, ndmin=2)
+            init = _read_init(init)
         problem = RegistrationProblem(source, target, target_normals=target_normals)
         solver = ICP(
             metric=args.metric.replace("-", "_"),
@@ -106,9 +126,9 @@ def _register(args: argparse.Namespace) -> int:
         ("nearest-neighbour queries", result.n_queries),
         ("Anderson accepted / rejected", f"{result.n_accepted} / {result.n_rejected}"),
         ("energy", f"{result.fun:.8g}"),
-        ("final nu", f"{result.nu:.4g}"),
+        ("final nu", "-" if result.nu is None else f"{result.nu:.4g}"),
         ("inlier ratio", f"{result.inlier_ratio:.4f}"),
-        ("inlier RMSE", f"{result.inlier_rmse:.4g}"),
+        ("inlier RMSE", "-" if result.inlier_rmse is None else f"{result.inlier_rmse:.4g}"),
         ("seconds", f"{result.time:.3f}"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -127,7 +127,7 @@ def make_registration_problem(
     >>> problem.source.shape, problem.target.shape
     ((2125, 3), (1699, 3))
     """
-    from mmopt.registration.problem import RegistrationProblem
+    from mmopt.registration.problem import RegistrationProblem, _diagonal
 
     if points is None:
         points = load_scan_pair().source
@@ -139,20 +139,38 @@ def make_registration_problem(
                  include_max=False)
     check_scalar(overlap, "overlap", min_value=0.0, max_value=1.0, include_min=False)
     rng = check_random_state(random_state)
-    diagonal = float(np.linalg.norm(np.ptp(points, axis=0)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = np.ptp(points, axis=0)
+    if not np.isfinite(spread).all():
+        raise ValueError(
+            "points: the points spread over more than float64 can hold; rescale them."
+        )
+    diagonal = _diagonal(points)
     direction = rng.normal(size=3)
     ranks = np.argsort(np.argsort(points @ direction)) / points.shape[0]
     target = points[ranks >= (1.0 - overlap) / 2.0]
     source = points[ranks < (1.0 + overlap) / 2.0]
+    if min(source.shape[0], target.shape[0]) < 3:
+        raise ValueError(
+            f"points and overlap: {points.shape[0]} points with overlap={overlap} leave fewer "
+            "than 3 points in a cloud; pass more points or a larger overlap."
+        )
     R = _random_rotation(math.radians(rotation_deg), rng)
     shift = rng.normal(size=3)
-    t = translation * diagonal * shift / np.linalg.norm(shift)
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = translation * diagonal * shift / np.linalg.norm(shift)
     T = np.eye(4)
     T[:3, :3], T[:3, 3] = R, t
     # target = R source + t  <=>  source = R^T (target - t)
-    source = (source - t) @ R
-    source = source + noise * diagonal * rng.normal(size=source.shape)
-    target = target + noise * diagonal * rng.normal(size=target.shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        source = (source - t) @ R
+        source = source + noise * diagonal * rng.normal(size=source.shape)
+        target = target + noise * diagonal * rng.normal(size=target.shape)
+    if not (np.isfinite(source).all() and np.isfinite(target).all()):
+        raise ValueError(
+            f"translation={translation} and noise={noise} times the points' extent "
+            f"({diagonal:.3g}) overflow float64; lower them or rescale the points."
+        )
     n_outliers = int(round(outlier_fraction / (1.0 - outlier_fraction) * source.shape[0]))
     if n_outliers:
         low, high = source.min(axis=0), source.max(axis=0)

@@ -25,9 +25,17 @@ def weighted_pair_moments(P, Q, idx, w):
     >>> total, p_sum, q_sum, p_sq
     (1.5, array([1. , 0.5, 0. ]), array([2., 1., 0.]), 1.5)
     """
-    return _weighted_pair_moments(
-        np.ascontiguousarray(P, dtype=np.float64),
-        np.ascontiguousarray(Q, dtype=np.float64),
-        np.ascontiguousarray(idx, dtype=np.intp),
-        np.ascontiguousarray(w, dtype=np.float64),
-    )
+    P = np.ascontiguousarray(P, dtype=np.float64)
+    Q = np.ascontiguousarray(Q, dtype=np.float64)
+    idx = np.ascontiguousarray(idx, dtype=np.intp)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    # The kernel reads without bounds checks: a mismatch would read outside the arrays.
+    if P.ndim != 2 or P.shape[1] != 3 or Q.ndim != 2 or Q.shape[1] != 3:
+        raise ValueError(f"P and Q must have shape (*, 3), got {P.shape} and {Q.shape}.")
+    if idx.shape != (P.shape[0],) or w.shape != (P.shape[0],):
+        raise ValueError(
+            f"idx and w must have shape ({P.shape[0]},), got {idx.shape} and {w.shape}."
+        )
+    if idx.size and idx.max() >= Q.shape[0]:
+        raise ValueError(f"idx holds {idx.max()}, beyond the {Q.shape[0]} rows of Q.")
+    return _weighted_pair_moments(P, Q, idx, w)

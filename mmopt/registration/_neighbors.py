@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from mmopt._core.validation import check_choice
+from mmopt._core.validation import check_choice, check_scalar
 
 __all__ = ["NeighborIndex", "pykdtree_available"]
 
@@ -28,9 +28,12 @@ class NeighborIndex:
     here) and scipy's cKDTree otherwise; both return the exact nearest neighbour, so results
     do not depend on the backend or on the thread count (up to ties between equidistant
     points). Points with no neighbour within ``bound`` get distance ``inf`` and index ``-1``.
+
+    The index is immutable after construction and its queries only read the tree, so one
+    index can serve several solves (threads) at once; callers count their own queries.
     """
 
-    def __init__(self, points: np.ndarray, *, backend: str = "auto", n_threads: int = 1):
+    def __init__(self, points: np.ndarray, *, backend: str = "auto"):
         check_choice(backend, "neighbors", BACKENDS)
         if backend == "auto":
             backend = "pykdtree" if pykdtree_available() else "scipy"
@@ -40,19 +43,21 @@ class NeighborIndex:
             )
         self.backend = backend
         self.points = np.ascontiguousarray(points, dtype=np.float64)
-        self.n_threads = int(n_threads)
         if backend == "pykdtree":
             from pykdtree.kdtree import KDTree
 
             self._tree = KDTree(self.points)
         else:
             self._tree = cKDTree(self.points)
-        self.n_queries = 0
 
-    def query(self, x: np.ndarray, *, k: int = 1, bound: float = np.inf):
-        """Distances and indices of the ``k`` nearest points to each row of ``x``."""
+    def query(self, x: np.ndarray, *, k: int = 1, bound: float = np.inf, n_threads: int = 1):
+        """Distances and indices of the ``k`` nearest points to each row of ``x``.
+
+        ``n_threads`` (at least 1) is the thread count of scipy's search (pykdtree uses
+        OpenMP as configured).
+        """
+        n_threads = check_scalar(n_threads, "n_threads", kind=int, min_value=1)
         x = np.ascontiguousarray(x, dtype=np.float64)
-        self.n_queries += 1
         if self.backend == "pykdtree":
             dist, idx = self._tree.query(
                 x, k=k, distance_upper_bound=None if not np.isfinite(bound) else float(bound)
@@ -60,9 +65,7 @@ class NeighborIndex:
             idx = idx.astype(np.intp)
             idx[idx >= self.points.shape[0]] = -1
         else:
-            dist, idx = self._tree.query(
-                x, k=k, distance_upper_bound=bound, workers=self.n_threads
-            )
+            dist, idx = self._tree.query(x, k=k, distance_upper_bound=bound, workers=n_threads)
             idx = np.asarray(idx, dtype=np.intp)
             idx[idx >= self.points.shape[0]] = -1
         return np.asarray(dist, dtype=float), idx

@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 from mmopt._core.registry import get_solver
 from mmopt._core.validation import check_array
 from mmopt.registration.icp import ICP
-from mmopt.registration.problem import RegistrationProblem
+from mmopt.registration.problem import RegistrationProblem, check_point_cloud
 
 __all__ = ["ICPRegistration"]
 
@@ -74,6 +74,9 @@ class ICPRegistration(TransformerMixin, BaseEstimator):
         """Register the source ``X`` (n, 3) onto the target ``y`` (m, 3)."""
         if y is None:
             raise ValueError("y (the target cloud) is required: fit(X=source, y=target).")
+        # Checked under the estimator's argument names (the problem calls them source/target).
+        X = check_point_cloud(X, "X")
+        y = check_point_cloud(y, "y")
         problem = RegistrationProblem(X, y, target_normals=target_normals)
         solver = get_solver(ICP, problem, **self.get_params())
         self.result_ = solver.solve(problem)

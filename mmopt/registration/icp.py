@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from mmopt.registration.kabsch import kabsch_from_moments
 from mmopt.registration.losses import BOUNDED_LOSSES, LOSSES, loss_energy, loss_weights
 from mmopt.registration.normals import local_geometry
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
-from mmopt.registration.se3 import se3_exp, se3_log
+from mmopt.registration.se3 import _se3_exp, _se3_log
 
 __all__ = ["ICP", "icp", "point_to_plane_jacobian"]
 
@@ -39,16 +39,6 @@ _COARSE_MIN_POINTS = 1000
 
 
 @dataclass
-class _ICPState(SolverState):
-    T: np.ndarray | None = None  # transform in normalized coordinates
-    corr: tuple | None = None  # (moved source, residuals, distances, indices)
-    G: np.ndarray | None = None  # plain step from T
-    energy: float = np.inf  # energy in normalized units at the current nu
-    stage: int = 0
-    stage_iter: int = 0
-
-
-@dataclass
 class _Setup:
     """Everything fixed during one solve, in normalized coordinates."""
 
@@ -63,6 +53,29 @@ class _Setup:
     noise: float
     nus: list  # nu of each stage (normalized); [None] for l2 / trimmed
     refine: bool = False  # the last stage is the surface refinement
+
+
+@dataclass
+class _Run:
+    """The per-solve context shared by the states of one run (never stored on the solver)."""
+
+    setup: _Setup
+    anderson: AndersonAcceleration | None = None
+    stage_iters: list = field(default_factory=lambda: [0])  # iterations of each stage
+    n_queries: int = 0  # nearest-neighbour searches of this run
+
+
+@dataclass
+class _ICPState(SolverState):
+    T: np.ndarray | None = None  # transform in normalized coordinates
+    corr: tuple | None = None  # (moved source, residuals, distances, indices)
+    G: np.ndarray | None = None  # plain step from T
+    energy: float = np.inf  # energy in normalized units at the current nu
+    stage: int = 0
+    stage_iter: int = 0
+    P: np.ndarray | None = None  # the source points matched (a subsample in coarse stages)
+    metric: str = "point_to_point"  # residual of the current stage
+    run: _Run | None = None
 
 
 @register_solver
@@ -140,7 +153,9 @@ class ICP(Solver):
     nu_min : float, optional
         Smallest ``nu`` in the data's units; estimated as described above when None.
     noise_factor : float, default=1.0
-        Multiple of the noise estimate that floors the estimated ``nu_min``.
+        Multiple of the noise estimate that floors the estimated ``nu_min`` (at least 0;
+        0 drops this floor and keeps the official ``spacing / (3 sqrt 3)`` alone, which fits
+        the noise on noisy data).
     keep_fraction : float, default=0.9
         Fraction of the correspondences kept by the ``"trimmed"`` loss.
     init : {"centroids", "identity"} or array of shape (4, 4), default="centroids"
@@ -176,7 +191,9 @@ class ICP(Solver):
         answer (within 0.01 degrees); the ``nu_min`` stage and the refinement always run to
         ``tol``.
     normals_k : int, default=10
-        Neighbourhood size for normals, spacing and noise estimates.
+        Neighbourhood size for normals, spacing and noise estimates; when the target normals
+        are estimated (``metric`` other than ``"point_to_point"`` and no ``target_normals``),
+        it must be smaller than the number of target points (``ValueError`` otherwise).
     refine : {"auto", True, False}, default="auto"
         Surface refinement stage (point-to-point metric with an annealed scaled loss only):
         ``"auto"`` runs it when the noise estimate exceeds a tenth of the spacing and the
@@ -190,7 +207,7 @@ class ICP(Solver):
     neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
         KD-tree library (``"auto"``: pykdtree when installed).
     n_threads : int, default=1
-        Threads of scipy's KD-tree queries (results do not depend on it).
+        Threads of scipy's KD-tree queries, at least 1 (results do not depend on it).
     tol : float, default=1e-5
         Stage (and final) stopping threshold on ``||T_k - T_{k-1}||_F`` in normalized units.
     max_iter : int, default=1000
@@ -204,19 +221,22 @@ class ICP(Solver):
     -----
     Result fields: ``x`` and ``transform`` (the 4x4 ``T``, ``target ~= T source``),
     ``rotation``, ``translation``, ``scale`` (1 unless ``similarity``), ``fun`` (the energy at
-    the final ``nu``: unit-free for Welsch, in squared data units otherwise),
-    ``residual`` (last ``||T_k - T_{k-1}||_F``, normalized units; ``inf`` on an iteration that
-    changed the stage), ``nu`` and ``nu_min`` (data's units; NaN for scale-free losses),
-    ``spacing`` and ``noise`` (the target estimates, data's units), ``n_stages``,
-    ``refined`` (whether the surface refinement ran), ``n_coarse_stages`` (stages run on the
-    subsample), ``iterations_per_stage``,
-    ``n_accepted`` and ``n_rejected`` (Anderson proposals kept / refused),
-    ``acceptance_rate``, ``n_queries`` (nearest-neighbour searches of the source cloud or of
-    its subsample), ``inlier_ratio``, ``inlier_rmse``, ``inlier_threshold``, ``correspondences``
-    (index of each source point's closest target point, -1 beyond the search bound).
-    ``history`` adds ``nu``, ``stage``, ``accepted`` (1, 0, NaN when not tried),
-    ``n_queries`` and ``n_points`` (source points matched: the coarse subsample or all) per
-    iteration.
+    the final ``nu``: unit-free for Welsch, in squared data units otherwise; clouds so large
+    that this overflows are rejected with a ``ValueError``), ``residual`` (last
+    ``||T_k - T_{k-1}||_F``, normalized units; ``inf`` on an iteration that changed the
+    stage), ``nu`` and ``nu_min`` (data's units; None for the scale-free losses ``"l2"`` and
+    ``"trimmed"``), ``spacing`` and ``noise`` (the target estimates, data's units),
+    ``n_stages``, ``refined`` (whether the surface refinement ran), ``n_coarse_stages``
+    (stages run on the subsample), ``iterations_per_stage``, ``n_accepted`` and
+    ``n_rejected`` (Anderson proposals kept / refused), ``acceptance_rate`` (0 when no
+    proposal was made), ``n_queries`` (nearest-neighbour searches of the source cloud or of
+    its subsample), ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
+    ``inlier_threshold``, ``correspondences`` (index of each source point's closest target
+    point, -1 beyond the search bound). ``history`` adds ``nu`` (NaN for the scale-free
+    losses), ``stage``, ``accepted`` (1, 0, NaN when not tried), ``n_queries`` and
+    ``n_points`` (source points matched: the coarse subsample or all) per iteration.
+
+    The solver keeps nothing of a run on itself: one instance can serve several threads.
 
     References
     ----------
@@ -332,6 +352,12 @@ class ICP(Solver):
                 f"scale_bounds must satisfy 0 < low <= 1 <= high, got {self.scale_bounds!r}."
             )
         check_scalar(self.m, "m", kind=int, min_value=1)
+        check_scalar(
+            self.anderson_damping, "anderson_damping", min_value=0.0, max_value=1.0,
+            include_min=False,
+        )
+        check_scalar(self.anderson_regularization, "anderson_regularization", min_value=0.0)
+        check_scalar(self.anderson_delay, "anderson_delay", kind=int, min_value=0)
         check_scalar(self.max_iter_per_stage, "max_iter_per_stage", kind=int, min_value=1)
         check_scalar(self.coarse_stride, "coarse_stride", kind=int, min_value=1)
         check_scalar(self.stage_tol, "stage_tol", min_value=0.0, allow_none=True)
@@ -347,14 +373,16 @@ class ICP(Solver):
         check_scalar(self.n_threads, "n_threads", kind=int, min_value=1)
 
     # --------------------------------------------------------------------- coordinates
-    def _to_user(self, T: np.ndarray) -> np.ndarray:
-        s, cs, ct = self._setup.scale, self._setup.source_centroid, self._setup.target_centroid
+    @staticmethod
+    def _to_user(setup: _Setup, T: np.ndarray) -> np.ndarray:
+        s, cs, ct = setup.scale, setup.source_centroid, setup.target_centroid
         out = T.copy()
         out[:3, 3] = s * T[:3, 3] + ct - T[:3, :3] @ cs
         return out
 
-    def _from_user(self, T: np.ndarray) -> np.ndarray:
-        s, cs, ct = self._setup.scale, self._setup.source_centroid, self._setup.target_centroid
+    @staticmethod
+    def _from_user(setup: _Setup, T: np.ndarray) -> np.ndarray:
+        s, cs, ct = setup.scale, setup.source_centroid, setup.target_centroid
         out = np.array(T, dtype=float)
         out[:3, 3] = (T[:3, 3] + T[:3, :3] @ cs - ct) / s
         return out
@@ -362,14 +390,14 @@ class ICP(Solver):
     def _params(self, T: np.ndarray) -> np.ndarray:
         """Anderson's variable: the twist of T (and the log-scale for similarities)."""
         if not self.similarity:
-            return se3_log(T)
+            return _se3_log(T)
         scale = float(np.cbrt(np.linalg.det(T[:3, :3])))
         rigid = T.copy()
         rigid[:3, :3] /= scale
-        return np.append(se3_log(rigid), math.log(scale))
+        return np.append(_se3_log(rigid), math.log(scale))
 
     def _from_params(self, u: np.ndarray) -> np.ndarray:
-        T = se3_exp(u[:6])
+        T = _se3_exp(u[:6])
         if self.similarity:
             low, high = self.scale_bounds
             T[:3, :3] *= float(np.clip(math.exp(u[6]), low, high))
@@ -381,13 +409,26 @@ class ICP(Solver):
         cs, ct = problem.source_centroid, problem.target_centroid
         P = np.ascontiguousarray((problem.source - cs) / s)
         Q = np.ascontiguousarray((problem.target - ct) / s)
+        # The index and the geometry are cached on the problem and may serve several solves
+        # (threads) at once: they are read-only here (the thread count goes with each query).
         index = problem.cached(
             ("index", self.neighbors), lambda: NeighborIndex(Q, backend=self.neighbors)
         )
-        index.n_threads = self.n_threads
+        estimated = self.metric != "point_to_point" and problem.target_normals is None
+        if estimated and self.normals_k >= Q.shape[0]:
+            # Every neighbourhood would be the whole cloud: one normal for all points.
+            raise ValueError(
+                f"normals_k={self.normals_k} must be smaller than the number of target points "
+                f"({Q.shape[0]}) to estimate the target normals of metric={self.metric!r}; "
+                "lower normals_k or pass target_normals."
+            )
         normals, thickness, spacing = problem.cached(
             ("geometry", self.normals_k, self.neighbors),
-            lambda: local_geometry(Q, k=self.normals_k, neighbors=self.neighbors),
+            # Smaller clouds than normals_k: the whole cloud is each neighbourhood (only the
+            # noise estimate of point-to-point uses it then; estimated normals were refused).
+            lambda: local_geometry(
+                Q, k=min(self.normals_k, Q.shape[0]), neighbors=self.neighbors
+            ),
         )
         if self.metric != "point_to_point" and problem.target_normals is not None:
             normals = np.asarray(problem.target_normals)
@@ -396,8 +437,7 @@ class ICP(Solver):
             target_centroid=ct, spacing=spacing, noise=float(np.median(thickness)), nus=[None],
         )
 
-    def _schedule(self, initial_residuals: np.ndarray) -> list:
-        setup = self._setup
+    def _schedule(self, setup: _Setup, initial_residuals: np.ndarray) -> list:
         if self.loss not in _SCALED_LOSSES:
             return [None]
         if self.nu is not None:
@@ -413,16 +453,15 @@ class ICP(Solver):
             nus.append(nu)
             nu = nu / 2.0
         nus.append(nu_min)
-        if self._refines():
+        if self._refines(setup):
             setup.refine = True
             nus.append(_REFINE_NU_FACTOR * nu_min)
         return nus
 
-    def _refines(self) -> bool:
+    def _refines(self, setup: _Setup) -> bool:
         if self.metric != "point_to_point" or self.similarity or self.refine is False:
             return False
         if self.refine == "auto":
-            setup = self._setup
             return setup.noise > _REFINE_NOISE_RATIO * setup.spacing
         return True
 
@@ -432,25 +471,31 @@ class ICP(Solver):
         return BOUNDED_LOSSES[self.loss] * nu
 
     # ------------------------------------------------------------------ correspondences
-    def _correspond(self, T: np.ndarray, nu) -> tuple:
-        setup = self._setup
-        X = self._P @ T[:3, :3].T + T[:3, 3]
-        if self._metric == "surface":
-            return self._surface_correspond(X)
-        dist, idx = setup.index.query(X, bound=self._bound(nu))
-        residuals = self._plane_residuals(X, idx) if self._metric == "point_to_plane" else dist
+    def _query(self, run: _Run, X: np.ndarray, **kwargs):
+        run.n_queries += 1
+        return run.setup.index.query(X, n_threads=self.n_threads, **kwargs)
+
+    def _correspond(self, run: _Run, P: np.ndarray, metric: str, T: np.ndarray, nu) -> tuple:
+        X = P @ T[:3, :3].T + T[:3, 3]
+        if metric == "surface":
+            return self._surface_correspond(run, X)
+        dist, idx = self._query(run, X, bound=self._bound(nu))
+        if metric == "point_to_plane":
+            residuals = self._plane_residuals(run.setup, X, idx)
+        else:
+            residuals = dist
         return X, residuals, dist, idx
 
-    def _surface_correspond(self, X: np.ndarray) -> tuple:
+    def _surface_correspond(self, run: _Run, X: np.ndarray) -> tuple:
         """Offsets of ``X`` from the smoothed target surface (see the class notes).
 
         Returns ``(X, residuals, dist, idx, centres, normals)``: ``dist`` and ``idx`` of the
         nearest target point, and per source point the kernel-weighted mean and the PCA
         normal of its ``refine_k`` nearest target points.
         """
-        setup = self._setup
+        setup = run.setup
         k = min(self.refine_k, setup.Q.shape[0])
-        dist, idx = setup.index.query(X, k=k)
+        dist, idx = self._query(run, X, k=k)
         h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
         # Weights relative to the nearest point: no underflow for far source points.
         a = np.exp((dist[:, :1] ** 2 - dist**2) / (2.0 * h * h))
@@ -463,8 +508,8 @@ class ICP(Solver):
         residuals = np.einsum("ij,ij->i", normals, X - centres)
         return X, residuals, dist[:, 0], idx[:, 0], centres, normals
 
-    def _plane_residuals(self, X, idx) -> np.ndarray:
-        setup = self._setup
+    @staticmethod
+    def _plane_residuals(setup: _Setup, X, idx) -> np.ndarray:
         residuals = np.full(idx.shape, np.inf)
         ok = idx >= 0
         residuals[ok] = np.einsum("ij,ij->i", setup.normals[idx[ok]], X[ok] - setup.Q[idx[ok]])
@@ -485,15 +530,15 @@ class ICP(Solver):
         return loss_energy(self.loss, corr[1], nu, keep=self.keep_fraction)
 
     # ------------------------------------------------------------------------ the steps
-    def _plain_step(self, T: np.ndarray, corr: tuple, nu) -> np.ndarray:
+    def _plain_step(
+        self, setup: _Setup, P: np.ndarray, metric: str, T: np.ndarray, corr: tuple, nu
+    ) -> np.ndarray:
         X, residuals, _, idx = corr[:4]
-        if self._metric == "point_to_point":
+        if metric == "point_to_point":
             # Unmatched points have infinite residuals, hence zero weight; the kernel reads
             # the matched pairs in place (no gathered copies) in one pass.
             w = loss_weights(self.loss, residuals, nu, keep=self.keep_fraction)
-            total, p_sum, q_sum, cross, p_sq = weighted_pair_moments(
-                self._P, self._setup.Q, idx, w
-            )
+            total, p_sum, q_sum, cross, p_sq = weighted_pair_moments(P, setup.Q, idx, w)
             if not total > 0:
                 return T
             p_bar, q_bar = p_sum / total, q_sum / total
@@ -507,11 +552,11 @@ class ICP(Solver):
         w = loss_weights(self.loss, residuals[matched], nu, keep=self.keep_fraction)
         if not np.sum(w) > 0:
             return T
-        if self._metric == "surface":
+        if metric == "surface":
             centres, normals = corr[4][matched], corr[5][matched]
         else:
-            centres = self._setup.Q[idx[matched]]
-            normals = self._setup.normals[idx[matched]]
+            centres = setup.Q[idx[matched]]
+            normals = setup.normals[idx[matched]]
         return self._gauss_newton(T, X[matched], residuals[matched], centres, normals, w, nu)
 
     def _gauss_newton(self, T, X, r, Q, normals, w, nu) -> np.ndarray:
@@ -523,10 +568,12 @@ class ICP(Solver):
         # in-plane translation are free) solvable; the line search guards the result.
         ridge = 1e-12 * max(float(np.trace(A)), np.finfo(float).tiny)
         delta = -np.linalg.solve(A + ridge * np.eye(6), b)
+        if not np.all(np.isfinite(delta)):
+            return T
         e0 = loss_energy(self.loss, r, nu, keep=self.keep_fraction)
         step = 1.0
         for _ in range(30):
-            D = se3_exp(step * delta)
+            D = _se3_exp(step * delta)
             Xs = X @ D[:3, :3].T + D[:3, 3]
             rs = np.einsum("ij,ij->i", normals, Xs - Q)
             if loss_energy(self.loss, rs, nu, keep=self.keep_fraction) < e0:
@@ -535,49 +582,73 @@ class ICP(Solver):
         return T
 
     def _init_state(self, problem, x0):
-        self._setup = setup = self._make_setup(problem)
+        setup = self._make_setup(problem)
         init = self.init if x0 is None else x0
         if isinstance(init, str):
+            check_choice(init, "init" if x0 is None else "x0", INITS)
             T = np.eye(4)
             if init == "identity":
-                T = self._from_user(np.eye(4))
+                T = self._from_user(setup, np.eye(4))
         else:
             name = "init" if x0 is None else "x0"
-            T = self._from_user(check_rigid_transform(init, name, similarity=self.similarity))
-        self._n_queries_start = setup.index.n_queries
-        self._metric = "point_to_plane" if self.metric == "point_to_plane" else "point_to_point"
+            T = self._from_user(
+                setup, check_rigid_transform(init, name, similarity=self.similarity)
+            )
+            if not np.all(np.isfinite(T)):
+                raise ValueError(
+                    f"{name}: its translation is too large for the clouds' scale "
+                    f"({setup.scale:.3g}): the start overflows float64."
+                )
+        run = _Run(setup)
+        metric = "point_to_plane" if self.metric == "point_to_plane" else "point_to_point"
         # The median initial residual that sets the schedule, from the sparsest subsample
         # (queries from a far start are the slowest); it is also the first stage's subsample
         # unless the schedule is too short to have coarse stages.
         probe = 1 if self.coarse_stride == 1 else max(
             self.coarse_stride, setup.P.shape[0] // _COARSE_MIN_POINTS
         )
-        self._P = setup.P[::probe]
-        corr = self._correspond(T, None)
-        setup.nus = self._schedule(corr[1])
+        P = setup.P[::probe]
+        corr = self._correspond(run, P, metric, T, None)
+        setup.nus = self._schedule(setup, corr[1])
         nu = setup.nus[0]
-        if self._stride(0) != probe:
-            self._P = self._active_points(0)
-            corr = self._correspond(T, None)
+        if self._stride(setup, 0) != probe:
+            P = self._active_points(setup, 0)
+            corr = self._correspond(run, P, metric, T, None)
         corr = self._restrict(corr, nu)
         if self.metric == "hybrid" and len(setup.nus) == 1:
-            corr = self._switch_to_plane(corr)
-        self._anderson = None
+            metric, corr = self._switch_to_plane(setup, corr)
         if self.anderson:
-            self._anderson = AndersonAcceleration(
+            run.anderson = AndersonAcceleration(
                 self.m,
                 regularization=self.anderson_regularization,
                 damping=self.anderson_damping,
                 delay=self.anderson_delay,
             )
-        self._stage_iters = [0]
         energy = self._energy(corr, nu)
+        fun = self._user_energy(setup, energy)
+        squared_units = setup.scale * setup.scale * setup.P.shape[0]
+        if self.loss != "welsch" and not (np.isfinite(squared_units) and np.isfinite(fun)
+                                          or not np.isfinite(energy)):
+            # Not a numerical failure of the solve: the energy is not representable.
+            raise ValueError(
+                f"source and target: with loss={self.loss!r} the energy is reported in squared "
+                f"data units, which overflow float64 at the clouds' scale ({setup.scale:.3g}); "
+                "rescale the clouds or use loss='welsch' (unit-free)."
+            )
+        if not np.isfinite(energy):
+            name = "init" if x0 is None else "x0"
+            raise ValueError(
+                f"{name}: the start is so far from the target that the energy overflows "
+                "float64; start closer (init='centroids')."
+            )
         return _ICPState(
-            x=self._to_user(T), fun=self._user_energy(energy), T=T, corr=corr,
-            G=self._plain_step(T, corr, nu), energy=energy,
+            x=self._to_user(setup, T), fun=fun, T=T, corr=corr,
+            G=self._plain_step(setup, P, metric, T, corr, nu), energy=energy,
+            P=P, metric=metric, run=run,
         )
 
-    def _matches_noisy(self, corr: tuple) -> bool:
+    @staticmethod
+    def _matches_noisy(setup: _Setup, corr: tuple) -> bool:
         """Whether nearest-point matches at the annealed solution are inexact.
 
         Where most source points coincide with target points (the same sampling, as in
@@ -587,46 +658,50 @@ class ICP(Solver):
         """
         dist = corr[2]
         quartile = np.partition(dist, dist.shape[0] // 4)[dist.shape[0] // 4]
-        return bool(quartile > 0.1 * self._setup.spacing)
+        return bool(quartile > 0.1 * setup.spacing)
 
-    def _stride(self, stage: int) -> int:
+    def _stride(self, setup: _Setup, stage: int) -> int:
         # Early stages (all but the last three) match a regular subsample of the source:
         # at a large nu the fit averages over many points anyway, and each query is cheaper
         # (queries from a far pose are the slowest: the bound 5 nu prunes nothing). The
         # subsample doubles as nu halves, from about _COARSE_MIN_POINTS points.
-        n_annealed = len(self._setup.nus) - self._setup.refine
+        n_annealed = len(setup.nus) - setup.refine
         n_coarse = n_annealed - 3
         if self.coarse_stride == 1 or stage >= n_coarse:
             return 1
-        sparsest = max(self.coarse_stride, self._setup.P.shape[0] // _COARSE_MIN_POINTS)
+        sparsest = max(self.coarse_stride, setup.P.shape[0] // _COARSE_MIN_POINTS)
         return min(self.coarse_stride * 2 ** (n_coarse - 1 - stage), sparsest)
 
-    def _coarse(self, stage: int) -> bool:
-        return self._stride(stage) > 1
+    def _coarse(self, setup: _Setup, stage: int) -> bool:
+        return self._stride(setup, stage) > 1
 
-    def _active_points(self, stage: int) -> np.ndarray:
-        return self._setup.P[:: self._stride(stage)]
+    def _active_points(self, setup: _Setup, stage: int) -> np.ndarray:
+        return setup.P[:: self._stride(setup, stage)]
 
-    def _switch_to_plane(self, corr: tuple) -> tuple:
-        """Hybrid metric: the last stage refines with point-to-plane on the same matches."""
-        self._metric = "point_to_plane"
+    def _switch_to_plane(self, setup: _Setup, corr: tuple) -> tuple:
+        """Hybrid metric: the last stage refines with point-to-plane on the same matches.
+
+        Returns the new metric and the correspondences with plane residuals.
+        """
         X, _, dist, idx = corr
-        return X, self._plane_residuals(X, idx), dist, idx
+        return "point_to_plane", (X, self._plane_residuals(setup, X, idx), dist, idx)
 
-    def _user_energy(self, energy: float) -> float:
-        return energy if self.loss == "welsch" else energy * self._setup.scale**2
+    def _user_energy(self, setup: _Setup, energy: float) -> float:
+        return energy if self.loss == "welsch" else energy * setup.scale * setup.scale
 
     def _step(self, problem, state):
-        setup = self._setup
+        run = state.run
+        setup = run.setup
+        P, metric = state.P, state.metric
         nu = setup.nus[state.stage]
         accepted = np.nan
         T_new = None
-        aa = self._anderson
+        aa = run.anderson
         if aa is not None:
             u = aa.update(self._params(state.T), self._params(state.G))
             if aa.extrapolated:
                 T_try = self._from_params(u)
-                corr_try = self._correspond(T_try, nu)
+                corr_try = self._correspond(run, P, metric, T_try, nu)
                 energy_try = self._energy(corr_try, nu)
                 if aa.safeguard(energy_try, state.energy):
                     T_new, corr, energy, accepted = T_try, corr_try, energy_try, 1.0
@@ -634,9 +709,9 @@ class ICP(Solver):
                     accepted = 0.0
         if T_new is None:
             T_new = state.G
-            corr = self._correspond(T_new, nu)
+            corr = self._correspond(run, P, metric, T_new, nu)
             energy = self._energy(corr, nu)
-            if self._metric != "point_to_point" and energy > state.energy:
+            if metric != "point_to_point" and energy > state.energy:
                 # Re-matching by Euclidean distance does not minimize the point-to-plane
                 # residuals, so a Gauss-Newton step that lowered the frozen-match energy can
                 # raise the re-matched one (seen: a 2-cycle between two poses). Staying put
@@ -644,7 +719,7 @@ class ICP(Solver):
                 T_new, corr, energy = state.T, state.corr, state.energy
         step = float(np.linalg.norm(T_new - state.T))
         stage, stage_iter = state.stage, state.stage_iter + 1
-        self._stage_iters[stage] += 1
+        run.stage_iters[stage] += 1
         residual = step
         last = stage == len(setup.nus) - 1
         # The intermediate scales only lead into the basin: stage_tol ends them; the nu_min
@@ -654,7 +729,7 @@ class ICP(Solver):
         ending = not last and (step < stage_tol or stage_iter >= self.max_iter_per_stage)
         if (
             ending and setup.refine and self.refine == "auto" and stage == len(setup.nus) - 2
-            and not self._matches_noisy(corr)
+            and not self._matches_noisy(setup, corr)
         ):
             # No refinement after all: the nu_min stage is the last one.
             setup.nus.pop()
@@ -663,46 +738,49 @@ class ICP(Solver):
             # Next stage: a smaller nu. Correspondences found under the wider bound remain
             # valid; the energy and the plain step are those of the new problem.
             stage, stage_iter = stage + 1, 0
-            self._stage_iters.append(0)
+            run.stage_iters.append(0)
             nu = setup.nus[stage]
             if setup.refine and stage == len(setup.nus) - 1:
                 # The surface refinement: new residuals, matched afresh on every point.
-                self._metric = "surface"
-                self._P = setup.P
-                corr = self._correspond(T_new, nu)
-            elif self._stride(stage - 1) != self._stride(stage):
+                metric, P = "surface", setup.P
+                corr = self._correspond(run, P, metric, T_new, nu)
+            elif self._stride(setup, stage - 1) != self._stride(setup, stage):
                 # A denser subsample, or the whole source: match its points (one query).
-                self._P = self._active_points(stage)
-                corr = self._correspond(T_new, nu)
+                P = self._active_points(setup, stage)
+                corr = self._correspond(run, P, metric, T_new, nu)
             else:
                 corr = self._restrict(corr, nu)
             if self.metric == "hybrid" and stage == len(setup.nus) - 1:
-                corr = self._switch_to_plane(corr)
+                metric, corr = self._switch_to_plane(setup, corr)
             energy = self._energy(corr, nu)
             if aa is not None:
                 aa.reset()
             residual = np.inf
         return _ICPState(
-            x=self._to_user(T_new),
-            fun=self._user_energy(energy),
+            x=self._to_user(setup, T_new),
+            fun=self._user_energy(setup, energy),
             residual=residual,
             T=T_new,
             corr=corr,
-            G=self._plain_step(T_new, corr, nu),
+            G=self._plain_step(setup, P, metric, T_new, corr, nu),
             energy=energy,
             stage=stage,
             stage_iter=stage_iter,
+            P=P,
+            metric=metric,
+            run=run,
             record={
                 "nu": np.nan if nu is None else nu * setup.scale,
                 "stage": stage,
                 "accepted": accepted,
-                "n_queries": setup.index.n_queries - self._n_queries_start,
-                "n_points": self._P.shape[0],
+                "n_queries": run.n_queries,
+                "n_points": P.shape[0],
             },
         )
 
     def _result_fields(self, problem, state):
-        setup = self._setup
+        run = state.run
+        setup = run.setup
         s = setup.scale
         T = state.x
         nu = setup.nus[state.stage]
@@ -710,8 +788,7 @@ class ICP(Solver):
         corr = state.corr
         if corr[0].shape[0] != setup.P.shape[0]:
             # Stopped during a subsampled stage: match the whole source for the diagnostics.
-            self._P = setup.P
-            corr = self._correspond(state.T, nu)
+            corr = self._correspond(run, setup.P, state.metric, state.T, nu)
         dist = corr[2]
         if self.inlier_threshold is not None:
             threshold = float(self.inlier_threshold)
@@ -722,7 +799,7 @@ class ICP(Solver):
             threshold = max(3.0 * reference, 2.0 * setup.spacing) * s
         user_dist = dist * s
         inliers = user_dist <= threshold
-        aa = self._anderson
+        aa = run.anderson
         n_acc = 0 if aa is None else aa.n_accepted
         n_rej = 0 if aa is None else aa.n_rejected
         scale = float(np.cbrt(np.linalg.det(T[:3, :3])))
@@ -731,21 +808,25 @@ class ICP(Solver):
             "rotation": T[:3, :3] / scale,
             "translation": T[:3, 3].copy(),
             "scale": scale,
-            "nu": np.nan if nu is None else nu * s,
-            "nu_min": np.nan if nu_min is None else nu_min * s,
+            # Scale-free losses (l2, trimmed) have no nu: None rather than a NaN.
+            "nu": None if nu is None else nu * s,
+            "nu_min": None if nu_min is None else nu_min * s,
             "spacing": setup.spacing * s,
             "noise": setup.noise * s,
             "n_stages": state.stage + 1,
             "refined": bool(setup.refine and state.stage == len(setup.nus) - 1),
-            "n_coarse_stages": sum(self._coarse(k) for k in range(state.stage + 1)),
-            "iterations_per_stage": np.array(self._stage_iters[: state.stage + 1], dtype=int),
+            "n_coarse_stages": sum(self._coarse(setup, k) for k in range(state.stage + 1)),
+            "iterations_per_stage": np.array(run.stage_iters[: state.stage + 1], dtype=int),
             "n_accepted": n_acc,
             "n_rejected": n_rej,
-            "acceptance_rate": n_acc / (n_acc + n_rej) if n_acc + n_rej else np.nan,
-            "n_queries": setup.index.n_queries - self._n_queries_start,
+            # No proposal made (Anderson off, or converged before it extrapolated): 0.
+            "acceptance_rate": n_acc / (n_acc + n_rej) if n_acc + n_rej else 0.0,
+            "n_queries": run.n_queries,
             "inlier_ratio": float(np.mean(inliers)),
-            "inlier_rmse": float(np.sqrt(np.mean(user_dist[inliers] ** 2))) if inliers.any()
-            else np.nan,
+            # No inlier: the RMSE of an empty set is undefined (None, not a NaN).
+            # In normalized units then scaled: squaring data units overflows at 1e300.
+            "inlier_rmse": float(s * np.sqrt(np.mean(dist[inliers] ** 2))) if inliers.any()
+            else None,
             "inlier_threshold": threshold,
             "correspondences": corr[3],
         }

@@ -35,11 +35,17 @@ def _plyfile():
 
 
 def _split(array: np.ndarray, path: Path):
+    if array.dtype.kind not in "biuf":
+        kind = "complex" if array.dtype.kind == "c" else f"dtype {array.dtype}"
+        raise ValueError(f"{path}: expected real coordinates, got {kind} values.")
     if array.ndim != 2 or array.shape[1] not in (3, 6):
         raise ValueError(
             f"{path}: expected rows of 3 (x y z) or 6 (x y z nx ny nz) numbers, got an array of "
             f"shape {array.shape}."
         )
+    if array.shape[0] == 0:
+        raise ValueError(f"{path}: the file holds no points.")
+    array = array.astype(float, copy=False)
     if not np.isfinite(array).all():
         raise ValueError(f"{path}: the file contains NaN or infinite coordinates.")
     points = np.ascontiguousarray(array[:, :3], dtype=float)
@@ -47,11 +53,30 @@ def _split(array: np.ndarray, path: Path):
     return points, normals
 
 
+def _ply_columns(names, path: Path) -> list[str]:
+    """The vertex properties to read: x, y, z and, when declared, all of nx, ny, nz."""
+    missing = [c for c in ("x", "y", "z") if c not in names]
+    if missing:
+        raise ValueError(
+            f"{path}: the vertex element lacks the properties {', '.join(missing)} "
+            "(a point cloud needs x, y and z)."
+        )
+    normals = [c for c in ("nx", "ny", "nz") if c in names]
+    if normals and len(normals) < 3:
+        missing = [c for c in ("nx", "ny", "nz") if c not in names]
+        raise ValueError(
+            f"{path}: the vertex element declares {', '.join(normals)} but not "
+            f"{', '.join(missing)}: normals need all of nx, ny and nz."
+        )
+    return ["x", "y", "z"] + normals
+
+
 def read_point_cloud(path) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a cloud (and its normals when the file has them) from PLY, XYZ or NPY.
 
     PLY files (ASCII or binary) need the optional ``plyfile`` package; their ``vertex``
-    element must have ``x``, ``y``, ``z`` (and optionally ``nx``, ``ny``, ``nz``). XYZ files
+    element must have ``x``, ``y``, ``z`` (and optionally all of ``nx``, ``ny``, ``nz``: a
+    partial set is an error). XYZ files
     are whitespace-separated rows of 3 or 6 numbers; NPY files hold an (n, 3) or (n, 6) array.
 
     Parameters
@@ -67,7 +92,10 @@ def read_point_cloud(path) -> tuple[np.ndarray, np.ndarray | None]:
     Raises
     ------
     ValueError
-        For an unknown suffix or a file that cannot be parsed (naming the file).
+        For an unknown suffix or a file that cannot be parsed, holds no points, or holds
+        complex, non-numeric or non-finite values (naming the file).
+    FileNotFoundError
+        When the file does not exist.
 
     Examples
     --------
@@ -86,27 +114,29 @@ def read_point_cloud(path) -> tuple[np.ndarray, np.ndarray | None]:
     if fmt == "npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise ValueError(f"{path}: not a readable .npy array ({error}).") from None
-        return _split(np.asarray(array, dtype=float), path)
+        except (ValueError, OSError, EOFError) as error:
+            reason = str(error) or type(error).__name__
+            raise ValueError(f"{path}: not a readable .npy array ({reason}).") from None
+        return _split(np.asarray(array), path)
     if fmt == "xyz":
         try:
             array = np.loadtxt(path, dtype=float, ndmin=2)
-        except ValueError as error:
+        except (ValueError, UnicodeDecodeError) as error:
             raise ValueError(f"{path}: not a table of numbers ({error}).") from None
+        if array.size == 0:
+            raise ValueError(f"{path}: the file holds no points.")
         return _split(array, path)
     plyfile = _plyfile()
     try:
         data = plyfile.PlyData.read(str(path))
         vertex = data["vertex"]
         names = vertex.data.dtype.names
-        columns = ["x", "y", "z"]
-        if all(c in names for c in ("nx", "ny", "nz")):
-            columns += ["nx", "ny", "nz"]
-        array = np.column_stack([np.asarray(vertex[c], dtype=float) for c in columns])
-    except ImportError:
-        raise
     except Exception as error:  # plyfile raises several types for a corrupt file
+        raise ValueError(f"{path}: not a readable PLY point cloud ({error}).") from None
+    columns = _ply_columns(names, path)
+    try:
+        array = np.column_stack([np.asarray(vertex[c]) for c in columns])
+    except Exception as error:
         raise ValueError(f"{path}: not a readable PLY point cloud ({error}).") from None
     return _split(array, path)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmopt._core.validation import check_array
+
 __all__ = ["kabsch_from_moments", "weighted_kabsch"]
 
 
@@ -26,8 +28,8 @@ def weighted_kabsch(
 
     Parameters
     ----------
-    source, target : ndarray of shape (n, 3)
-        Corresponding points ``p_i`` and ``q_i``.
+    source, target : array-like of shape (n, 3)
+        Corresponding points ``p_i`` and ``q_i`` (finite; the same number of each).
     weights : ndarray of shape (n,), optional
         Non-negative weights with a positive sum; all ones when None.
     similarity : bool, default=False
@@ -51,25 +53,62 @@ def weighted_kabsch(
     >>> bool(np.allclose(weighted_kabsch(p, q), T))
     True
     """
-    P = np.asarray(source, dtype=float)
-    Q = np.asarray(target, dtype=float)
+    P = check_array(source, "source", ndim=2)
+    if P.shape[1] != 3:
+        raise ValueError(f"source must have shape (n, 3), got {P.shape}.")
+    Q = check_array(target, "target", ndim=2)
+    if Q.shape != P.shape:
+        raise ValueError(
+            f"target must have the shape of source {P.shape} (one point per source point), "
+            f"got {Q.shape}."
+        )
     if weights is None:
         w = np.full(P.shape[0], 1.0 / P.shape[0])
     else:
-        w = np.asarray(weights, dtype=float)
+        w = check_array(weights, "weights", shape=(P.shape[0],), nonnegative=True)
         total = float(w.sum())
         if not total > 0:
             raise ValueError("weights must have a positive sum.")
         w = w / total
-    p_bar = w @ P
-    q_bar = w @ Q
+    for flag, value in (("similarity", similarity),):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {value!r}.")
+    try:
+        low, high = (float(b) for b in scale_bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale_bounds must be a pair of numbers, got {scale_bounds!r}.") from None
+    if not 0.0 <= low <= high or np.isnan(high):
+        raise ValueError(f"scale_bounds must satisfy 0 <= low <= high, got {scale_bounds!r}.")
+    p_bar = _weighted_mean(w, P)
+    q_bar = _weighted_mean(w, Q)
     Pc = P - p_bar
-    # H = sum_i w_i (p_i - p_bar)(q_i - q_bar)^T; centring one side is enough.
-    H = (Pc * w[:, None]).T @ Q
+    Qc = Q - q_bar
+    # The fit is invariant to a common scaling of the centred clouds: dividing by a power of
+    # two near their size (exact) keeps H and the spread finite at 1e300 and 1e-300.
+    with np.errstate(over="ignore", invalid="ignore"):
+        size = max(float(np.abs(Pc).max()), float(np.abs(Qc).max()))
+    if not np.isfinite(size):
+        raise ValueError(
+            "source and target: the points spread over more than float64 can hold; "
+            "rescale them."
+        )
+    unit = float(2.0 ** round(np.log2(size))) if size > 0 else 1.0
+    Pc, Qc = Pc / unit, Qc / unit
+    # H = sum_i w_i (p_i - p_bar)(q_i - q_bar)^T.
+    H = (Pc * w[:, None]).T @ Qc
     spread = float(w @ np.einsum("ij,ij->i", Pc, Pc)) if similarity else 1.0
     return kabsch_from_moments(
-        p_bar, q_bar, H, spread, similarity=similarity, scale_bounds=scale_bounds
+        p_bar, q_bar, H, spread, similarity=similarity, scale_bounds=(low, high)
     )
+
+
+def _weighted_mean(w: np.ndarray, X: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = w @ X
+    if np.isfinite(mean).all():
+        return mean
+    largest = float(np.abs(X).max())
+    return (w @ (X / largest)) * largest
 
 
 def kabsch_from_moments(

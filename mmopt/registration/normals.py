@@ -33,6 +33,12 @@ def local_geometry(points, *, k: int = 10, neighbors: str = "auto"):
     n = points.shape[0]
     if n < 3:
         raise ValueError(f"points must hold at least 3 points, got {n}.")
+    if k > n:
+        raise ValueError(f"k={k} must be at most the number of points ({n}).")
+    # Work at unit size (a power of two: the scaling is exact), so that the squared
+    # distances and covariances of clouds at 1e300 or 1e-300 neither overflow nor underflow.
+    unit = _power_of_two_size(points)
+    points = points / unit
     n_neighbors = min(max(k, 7), n)
     index = NeighborIndex(points, backend=neighbors)
     dist, idx = index.query(points, k=n_neighbors)
@@ -45,7 +51,15 @@ def local_geometry(points, *, k: int = 10, neighbors: str = "auto"):
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     normals = np.ascontiguousarray(eigenvectors[:, :, 0])
     thickness = np.sqrt(np.clip(eigenvalues[:, 0], 0.0, None))
-    return normals, thickness, spacing
+    return normals, thickness * unit, spacing * unit
+
+
+def _power_of_two_size(points: np.ndarray) -> float:
+    """The power of two nearest to the cloud's largest coordinate spread (1 if none)."""
+    spread = float(np.ptp(points, axis=0).max()) if points.size else 0.0
+    if not 0.0 < spread < np.inf:
+        return 1.0
+    return float(2.0 ** round(np.log2(spread)))
 
 
 def estimate_normals(points, *, k: int = 10, neighbors: str = "auto") -> np.ndarray:
@@ -58,7 +72,7 @@ def estimate_normals(points, *, k: int = 10, neighbors: str = "auto") -> np.ndar
     points : array-like of shape (n, 3)
         The cloud.
     k : int, default=10
-        Neighbourhood size (the point itself included), at least 3.
+        Neighbourhood size (the point itself included), from 3 to the number of points.
     neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
         KD-tree library.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,13 @@ def check_point_cloud(value, name: str) -> np.ndarray:
         raise ValueError(f"{name} must have shape (n, 3), got {points.shape}.")
     if points.shape[0] < 3:
         raise ValueError(f"{name} must hold at least 3 points, got {points.shape[0]}.")
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = np.ptp(points, axis=0)
+    if not np.isfinite(spread).all():
+        raise ValueError(
+            f"{name}: the points spread over more than float64 can hold (their coordinates "
+            "differ by more than ~1.8e308); rescale them."
+        )
     singular = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
     if not singular[1] > _COLLINEAR_RTOL * max(singular[0], np.finfo(float).tiny):
         raise ValueError(
@@ -40,6 +48,27 @@ def check_point_cloud(value, name: str) -> np.ndarray:
             "undetermined."
         )
     return points
+
+
+def _diagonal(points: np.ndarray) -> float:
+    """Bounding-box diagonal, without the overflow (1e300) or underflow (1e-300) of squaring."""
+    spread = np.ptp(points, axis=0)
+    largest = float(spread.max())
+    if 1e-150 < largest < 1e150:  # the squares are representable: the plain norm
+        return float(np.linalg.norm(spread))
+    if largest == 0.0:
+        return 0.0
+    return largest * float(np.linalg.norm(spread / largest))
+
+
+def _centroid(points: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        centroid = points.mean(axis=0)
+    if np.isfinite(centroid).all():
+        return centroid
+    # Coordinates near the float64 limit: their sum overflows, a scaled mean does not.
+    largest = float(np.abs(points).max())
+    return (points / largest).mean(axis=0) * largest
 
 
 def _check_normals(value, name: str, n_points: int, points_name: str) -> np.ndarray | None:
@@ -133,6 +162,9 @@ class RegistrationProblem(Problem):
     target_normals: np.ndarray | None = None
     source_normals: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.RLock = field(
+        default_factory=threading.RLock, init=False, repr=False, compare=False
+    )
 
     default_solver = "icp"
 
@@ -162,26 +194,25 @@ class RegistrationProblem(Problem):
     @property
     def scale(self) -> float:
         """Normalization length: the larger bounding-box diagonal of the two clouds."""
-        return float(
-            max(
-                np.linalg.norm(np.ptp(self.source, axis=0)),
-                np.linalg.norm(np.ptp(self.target, axis=0)),
-            )
-        )
+        return max(_diagonal(self.source), _diagonal(self.target))
 
     @property
     def source_centroid(self) -> np.ndarray:
-        return self.source.mean(axis=0)
+        return _centroid(self.source)
 
     @property
     def target_centroid(self) -> np.ndarray:
-        return self.target.mean(axis=0)
+        return _centroid(self.target)
 
     def cached(self, key, build):
-        """Memoize ``build()`` under ``key`` (KD-trees and geometry are built once)."""
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        """Memoize ``build()`` under ``key`` (KD-trees and geometry are built once).
+
+        Thread-safe: solves sharing the problem build each entry once and read it only.
+        """
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
 
     def __repr__(self) -> str:
         normals = " with target normals" if self.target_normals is not None else ""

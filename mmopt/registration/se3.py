@@ -22,6 +22,8 @@ __all__ = ["hat", "so3_exp", "so3_log", "se3_exp", "se3_log", "rotation_angle"]
 _SMALL_ANGLE = 1e-3
 # Above pi minus this angle the logarithm reads the axis from the symmetric part of R.
 _NEAR_PI = 1e-2
+# Above this angle |omega|^2 and [omega]_x^2 may overflow: the exponential uses the unit axis.
+_LARGE_ANGLE = 1e100
 
 
 def hat(omega) -> np.ndarray:
@@ -64,7 +66,12 @@ def so3_exp(omega) -> np.ndarray:
            [ 0.,  0.,  1.]])
     """
     omega = np.asarray(omega, dtype=float).ravel()
-    theta = math.sqrt(float(omega @ omega))
+    theta = _norm(omega)
+    if theta > _LARGE_ANGLE:
+        # |omega|^2 overflows: Rodrigues on the unit axis, with the angle reduced mod 2 pi.
+        K = hat(omega / theta)
+        angle = math.fmod(theta, 2.0 * math.pi)
+        return np.eye(3) + math.sin(angle) * K + (1.0 - math.cos(angle)) * (K @ K)
     a, b, _ = _coefficients(theta)
     W = hat(omega)
     return np.eye(3) + a * W + b * (W @ W)
@@ -123,15 +130,48 @@ def so3_log(R) -> np.ndarray:
     return theta * axis
 
 
+def _norm(v: np.ndarray) -> float:
+    largest = float(np.abs(v).max()) if v.size else 0.0
+    if largest < 1e150:
+        return math.sqrt(float(v @ v))
+    return largest * math.sqrt(float((v / largest) @ (v / largest)))
+
+
 def _left_jacobian(omega: np.ndarray) -> np.ndarray:
-    theta = math.sqrt(float(omega @ omega))
+    theta = _norm(omega)
+    if theta > _LARGE_ANGLE:
+        K = hat(omega / theta)
+        return (
+            np.eye(3) + (1.0 - math.cos(theta)) / theta * K
+            + (theta - math.sin(theta)) / theta * (K @ K)
+        )
     _, b, c = _coefficients(theta)
     W = hat(omega)
     return np.eye(3) + b * W + c * (W @ W)
 
 
+def _finite(array: np.ndarray, name: str) -> np.ndarray:
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must not contain NaN or infinite values.")
+    return array
+
+
+def _real(value, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise TypeError
+        return array.astype(float)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(value).__name__}."
+        ) from None
+
+
 def se3_exp(twist) -> np.ndarray:
     """4x4 rigid transform of the twist ``(omega, v)`` (rotation vector first).
+
+    Raises ``ValueError`` for a twist that is not 6 finite numbers.
 
     Examples
     --------
@@ -143,9 +183,15 @@ def se3_exp(twist) -> np.ndarray:
            [0., 0., 1., 3.],
            [0., 0., 0., 1.]])
     """
-    twist = np.asarray(twist, dtype=float).ravel()
+    twist = _real(twist, "twist").ravel()
     if twist.shape != (6,):
         raise ValueError(f"twist must have 6 entries, got shape {twist.shape}.")
+    return _se3_exp(_finite(twist, "twist"))
+
+
+def _se3_exp(twist: np.ndarray) -> np.ndarray:
+    """:func:`se3_exp` without the checks (the solvers' inner loops)."""
+    twist = np.asarray(twist, dtype=float).ravel()
     omega, v = twist[:3], twist[3:]
     T = np.eye(4)
     T[:3, :3] = so3_exp(omega)
@@ -156,6 +202,9 @@ def se3_exp(twist) -> np.ndarray:
 def se3_log(T) -> np.ndarray:
     """Twist ``(omega, v)`` of the 4x4 rigid transform ``T``; inverse of :func:`se3_exp`.
 
+    Raises ``ValueError`` for a matrix that is not a finite 4x4 rigid transform (rotation
+    block orthonormal to 1e-6, last row ``(0, 0, 0, 1)``).
+
     Examples
     --------
     >>> import numpy as np
@@ -164,9 +213,16 @@ def se3_log(T) -> np.ndarray:
     >>> bool(np.allclose(se3_log(se3_exp(xi)), xi))
     True
     """
-    T = np.asarray(T, dtype=float)
+    from mmopt.registration.problem import check_rigid_transform
+
+    T = _real(T, "T")
     if T.shape != (4, 4):
         raise ValueError(f"T must be a 4x4 matrix, got shape {T.shape}.")
+    return _se3_log(check_rigid_transform(_finite(T, "T"), "T"))
+
+
+def _se3_log(T: np.ndarray) -> np.ndarray:
+    """:func:`se3_log` without the checks (the solvers' inner loops)."""
     omega = so3_log(T[:3, :3])
     # V(omega) is invertible for angles below 2 pi: solving is exact and branch-free.
     v = np.linalg.solve(_left_jacobian(omega), T[:3, 3])

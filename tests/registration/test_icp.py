@@ -12,7 +12,7 @@ import mmopt
 from mmopt.datasets import load_scan_pair, make_registration_problem
 from mmopt.registration import ICP, RegistrationProblem, icp, weighted_kabsch
 from mmopt.registration._neighbors import pykdtree_available
-from mmopt.registration.icp import point_to_plane_jacobian
+from mmopt.registration.icp import _Run, point_to_plane_jacobian
 from mmopt.registration.se3 import rotation_angle, se3_exp
 
 
@@ -355,12 +355,11 @@ def test_smoothed_surface_of_a_plane_is_the_plane():
     g = np.stack(np.meshgrid(np.linspace(0, 1, 41), np.linspace(0, 1, 41)), -1).reshape(-1, 2)
     target = np.c_[g, np.zeros(g.shape[0])]
     solver = ICP()
-    solver._setup = solver._make_setup(RegistrationProblem(target, target))
-    setup = solver._setup
+    setup = solver._make_setup(RegistrationProblem(target, target))
     heights = np.array([0.01, -0.02, 0.0, 0.005])
     points = np.c_[[[0.5, 0.5], [0.31, 0.72], [0.1, 0.9], [0.66, 0.2]], heights]
     X = (points - setup.target_centroid) / setup.scale
-    _, residuals, _, _, centres, normals = solver._surface_correspond(X)
+    _, residuals, _, _, centres, normals = solver._surface_correspond(_Run(setup), X)
     np.testing.assert_allclose(np.abs(normals[:, 2]), 1.0, atol=1e-12)
     np.testing.assert_allclose(residuals * normals[:, 2] * setup.scale, heights, atol=1e-12)
     np.testing.assert_allclose(centres[:, 2] * setup.scale + setup.target_centroid[2], 0.0,
