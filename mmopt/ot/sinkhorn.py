@@ -23,9 +23,22 @@ _SCALING_MAX_RATIO = 100.0
 
 
 @dataclass
+class _SinkhornRun:
+    """What one solve computes once and reads at every step (never stored on the solver,
+    so that one solver object can run several solves at once)."""
+
+    support: _Support
+    method: str  # "log" or "scaling", the domain in use
+    threads: int
+    Ct: np.ndarray | None = None  # C.T in C order (log domain)
+    K: np.ndarray | None = None  # exp(-C / reg) (scaling domain)
+
+
+@dataclass
 class _SinkhornState(SolverState):
     f: np.ndarray | None = None  # row potentials on the support of a
     g: np.ndarray | None = None  # column potentials on the support of b
+    run: _SinkhornRun | None = None  # shared by every state of one solve
 
 
 class _Support:
@@ -132,21 +145,24 @@ class Sinkhorn(Solver):
         effective_n_threads(self.n_threads)
 
     # ----------------------------------------------------------------------------- setup
-    def _init_state(self, problem, x0):
+    def _start_run(self, problem) -> _SinkhornRun:
         support = _Support(problem)
-        self._support = support
-        self._threads = effective_n_threads(self.n_threads)
         method = self.method
         if method == "auto":
             spread = float(support.C.max() - support.C.min())
             method = "scaling" if spread / problem.reg <= _SCALING_MAX_RATIO else "log"
-        self._method = method
+        run = _SinkhornRun(support, method, effective_n_threads(self.n_threads))
         if method == "log":
-            self._Ct = np.ascontiguousarray(support.C.T)
+            run.Ct = np.ascontiguousarray(support.C.T)
         else:
             with np.errstate(under="ignore"):
-                self._K = np.multiply(support.C, -1.0 / problem.reg)
-                np.exp(self._K, out=self._K)
+                run.K = np.multiply(support.C, -1.0 / problem.reg)
+                np.exp(run.K, out=run.K)
+        return run
+
+    def _init_state(self, problem, x0):
+        run = self._start_run(problem)
+        support = run.support
         n, m = problem.shape
         if x0 is None:
             f, g = np.zeros(support.rows.size), np.zeros(support.cols.size)
@@ -157,48 +173,29 @@ class Sinkhorn(Solver):
             f, g = np.array(x0[:n][support.rows]), np.array(x0[n:][support.cols])
             if not (np.isfinite(f).all() and np.isfinite(g).all()):
                 raise ValueError("x0 must be finite on the entries of positive mass.")
-        return _SinkhornState(x=np.concatenate([f, g]), fun=-np.inf, f=f, g=g)
+        return _SinkhornState(x=np.concatenate([f, g]), fun=-np.inf, f=f, g=g, run=run)
 
     # ------------------------------------------------------------------------------ step
     def _step(self, problem, state):
-        support, reg = self._support, problem.reg
-        f, g, row_mass = self._iteration(reg, state.f, state.g)
+        run, reg = state.run, problem.reg
+        support = run.support
+        f, g, row_mass = _iteration(run, reg, state.f, state.g)
         # After the column update the plan's columns sum to b exactly, so sum(P) = mass.
         fun = float(support.a @ f + support.b @ g) - reg * support.mass
         error = float(np.abs(row_mass - support.a).sum())
         return _SinkhornState(
-            x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g
+            x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g, run=run
         )
-
-    def _iteration(self, reg, f, g):
-        """One row and one column update at ``reg``; also the row sums of the plan at the
-        incoming ``(f, g)``."""
-        support = self._support
-        if self._method == "log":
-            f_new, row_mass = log_half_step(
-                support.C, g, f, support.log_a, reg, n_threads=self._threads
-            )
-            g_new, _ = log_half_step(
-                self._Ct, f_new, g, support.log_b, reg, n_threads=self._threads
-            )
-            return f_new, g_new, row_mass
-        u_old = np.exp(f / reg)
-        v_old = np.exp(g / reg)
-        Kv = self._K @ v_old
-        row_mass = u_old * Kv
-        u = support.a / Kv
-        v = support.b / (self._K.T @ u)
-        with np.errstate(divide="ignore"):
-            return reg * np.log(u), reg * np.log(v), row_mass
 
     # ---------------------------------------------------------------------------- result
     def _result_fields(self, problem, state):
-        support, reg = self._support, problem.reg
+        run, reg = state.run, problem.reg
+        support = run.support
         n, m = problem.shape
         f = np.full(n, -np.inf)
         g = np.full(m, -np.inf)
         f[support.rows], g[support.cols] = state.f, state.g
-        block = dense_plan(support.C, state.f, state.g, reg, n_threads=self._threads)
+        block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
         if support.full:
             plan = block
         else:
@@ -224,8 +221,28 @@ class Sinkhorn(Solver):
             "transport_cost": transport_cost,
             "objective": transport_cost + reg * entropy_term,
             "marginal_error": marginal_error,
-            "method": self._method,
+            "method": run.method,
         }
+
+
+def _iteration(run: _SinkhornRun, reg, f, g):
+    """One row and one column update at ``reg``; also the row sums of the plan at the
+    incoming ``(f, g)``."""
+    support = run.support
+    if run.method == "log":
+        f_new, row_mass = log_half_step(
+            support.C, g, f, support.log_a, reg, n_threads=run.threads
+        )
+        g_new, _ = log_half_step(run.Ct, f_new, g, support.log_b, reg, n_threads=run.threads)
+        return f_new, g_new, row_mass
+    u_old = np.exp(f / reg)
+    v_old = np.exp(g / reg)
+    Kv = run.K @ v_old
+    row_mass = u_old * Kv
+    u = support.a / Kv
+    v = support.b / (run.K.T @ u)
+    with np.errstate(divide="ignore"):
+        return reg * np.log(u), reg * np.log(v), row_mass
 
 
 def sinkhorn(a, b, C, reg, **options) -> Result:
