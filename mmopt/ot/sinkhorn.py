@@ -235,13 +235,15 @@ def _iteration(run: _SinkhornRun, reg, f, g):
         )
         g_new, _ = log_half_step(run.Ct, f_new, g, support.log_b, reg, n_threads=run.threads)
         return f_new, g_new, row_mass
-    u_old = np.exp(f / reg)
-    v_old = np.exp(g / reg)
-    Kv = run.K @ v_old
-    row_mass = u_old * Kv
-    u = support.a / Kv
-    v = support.b / (run.K.T @ u)
-    with np.errstate(divide="ignore"):
+    # A kernel that underflows makes the scalings overflow (inf, then NaN): the loop sees
+    # the non-finite iterate and ends with status 4, so NumPy need not warn as well.
+    with np.errstate(all="ignore"):
+        u_old = np.exp(f / reg)
+        v_old = np.exp(g / reg)
+        Kv = run.K @ v_old
+        row_mass = u_old * Kv
+        u = support.a / Kv
+        v = support.b / (run.K.T @ u)
         return reg * np.log(u), reg * np.log(v), row_mass
 
 

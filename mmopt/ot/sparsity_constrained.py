@@ -43,8 +43,28 @@ _KINK_HINT = (
 
 
 @dataclass
+class _SparseOTRun:
+    """What one solve holds from step to step: the conjugates, the L-BFGS-B worker and the
+    controls of the Newton steps and of the stall test. Made by ``_init_state`` and carried
+    by every state of the solve, never stored on the solver."""
+
+    conj: _Conjugates
+    reg: float
+    steps: LBFGSBSteps
+    recent: deque
+    best_residual: float = np.inf
+    since_best: int = 0
+    newton_mode: bool = False
+    since_newton: int = 0
+    n_newton: int = 0
+    newton_interval: int = _NEWTON_INTERVAL
+    lbfgs_stale: bool = False
+
+
+@dataclass
 class _SparseOTState(SolverState):
     grad: np.ndarray | None = None  # gradient of the maximized objective at x
+    run: _SparseOTRun | None = None  # shared by every state of one solve
 
 
 class _Conjugates:
@@ -334,34 +354,36 @@ class SparsityConstrainedOT(Solver):
                 f"k * m must be at least n so that every row can be served: k={self.k}, "
                 f"m={n_cols} and n={n_rows} (rows and columns of positive mass)."
             )
-        self._reg = reg
-        self._conj = _Conjugates(
-            problem, k, reg, self.formulation, effective_n_threads(self.n_threads)
-        )
+        conj = _Conjugates(problem, k, reg, self.formulation, effective_n_threads(self.n_threads))
         n, m = problem.shape
         size = n if self.formulation == "semi_dual" else n + m
         if x0 is None:
-            start = self._entropic_start() if self.init == "sinkhorn" else np.zeros(
-                self._full_to_support(n).size
+            start = self._entropic_start(conj) if self.init == "sinkhorn" else np.zeros(
+                self._full_to_support(conj, n).size
             )
         else:
             x0 = check_array(x0, "x0", ndim=1, finite=False)
             if x0.shape != (size,):
                 what = "(n,) = f" if self.formulation == "semi_dual" else "(n + m,) = concat(f, g)"
                 raise ValueError(f"x0 must have shape ({size},), {what}; got {x0.shape}.")
-            start = x0[self._full_to_support(n)]
+            start = x0[self._full_to_support(conj, n)]
             if not np.isfinite(start).all():
                 raise ValueError("x0 must be finite on the entries of positive mass.")
-        self._recent = deque(maxlen=_STALL_WINDOW + 1)
-        self._best_residual, self._since_best = np.inf, 0
-        self._newton_mode, self._since_newton, self._n_newton = False, 0, 0
-        self._newton_interval = _NEWTON_INTERVAL
-        self._lbfgs_stale = False
-        self._steps = LBFGSBSteps(self._conj.negated, start, memory=self.memory)
-        value, grad = self._conj.value_and_grad(start)
-        return self._make_state(start, value, grad)
+        value, grad = conj.value_and_grad(start)
+        # The worker thread starts on the first step; _close_state ends it.
+        run = _SparseOTRun(
+            conj=conj,
+            reg=reg,
+            steps=LBFGSBSteps(conj.negated, start, memory=self.memory),
+            recent=deque(maxlen=_STALL_WINDOW + 1),
+        )
+        return self._make_state(run, start, value, grad)
 
-    def _entropic_start(self):
+    def _close_state(self, problem, state):
+        if state.run is not None:
+            state.run.steps.close()
+
+    def _entropic_start(self, conj):
         """Potentials of a rough entropic plan: 30 Sinkhorn iterations at reg = spread / 100.
 
         The (semi-)dual's optimum is near the entropic one's; starting there rather than
@@ -369,7 +391,6 @@ class SparsityConstrainedOT(Solver):
         reg 0.1 and 0.01) for the cost of a few dozen matrix-vector products (the scaling
         domain applies at that reg).
         """
-        conj = self._conj
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             rough = solve(
@@ -384,30 +405,30 @@ class SparsityConstrainedOT(Solver):
             return np.zeros(conj.n if self.formulation == "semi_dual" else conj.n + g.size)
         return f if self.formulation == "semi_dual" else np.concatenate([f, g])
 
-    def _full_to_support(self, n):
-        conj = self._conj
+    def _full_to_support(self, conj, n):
         if self.formulation == "semi_dual":
             return conj.rows
         return np.concatenate([conj.rows, n + conj.cols])
 
     # ------------------------------------------------------------------------------ step
     def _step(self, problem, state):
+        run = state.run
         new_state = None
         tried_newton = False
-        if self.newton and (self._newton_mode or self._since_newton >= self._newton_interval):
+        if self.newton and (run.newton_mode or run.since_newton >= run.newton_interval):
             new_state, tried_newton = self._newton_step(state), True
         if new_state is None:
             new_state = self._lbfgs_step(state, newton_tried=tried_newton)
-        if new_state.residual < 0.5 * self._best_residual:
-            self._best_residual = new_state.residual
-            self._since_best = 0
+        if new_state.residual < 0.5 * run.best_residual:
+            run.best_residual = new_state.residual
+            run.since_best = 0
         else:
-            self._since_best += 1
-        recent = self._recent
+            run.since_best += 1
+        recent = run.recent
         recent.append(new_state.fun)
         if (
             len(recent) == recent.maxlen
-            and self._since_best >= self.patience
+            and run.since_best >= self.patience
             and new_state.residual > self.tol
         ):
             gain = new_state.fun - recent[0]
@@ -416,27 +437,29 @@ class SparsityConstrainedOT(Solver):
                 raise StopSolve(
                     Status.STALLED,
                     f"Stalled: the marginal error ({new_state.residual:.3g} > tol) has not "
-                    f"halved in {self._since_best} iterations and the objective "
+                    f"halved in {run.since_best} iterations and the objective "
                     f"rose by only {gain / scale:.2g} (relative) over the last "
                     f"{recent.maxlen - 1}. {_KINK_HINT}",
                     state=new_state,
                 )
         return new_state
 
-    def _make_state(self, x, fun, grad, *, newton=False):
+    @staticmethod
+    def _make_state(run, x, fun, grad, *, newton=False):
         return _SparseOTState(
             x=x, fun=fun, residual=float(np.abs(grad).sum()), grad=grad,
-            record={"newton": float(newton)},
+            record={"newton": float(newton)}, run=run,
         )
 
     def _newton_step(self, state):
         """A Newton step with a backtracking line search; None when it does not pay."""
-        conj = self._conj
-        self._since_newton = 0
+        run = state.run
+        conj = run.conj
+        run.since_newton = 0
         direction = conj.newton_direction(state.x, state.grad)
         slope = float(state.grad @ direction)
         if not (np.isfinite(slope) and slope > 0):
-            self._newton_mode = False
+            run.newton_mode = False
             return None
         step_size = 1.0
         # Judged on the marginal error, the quantity to drive to zero (a semismooth Newton
@@ -452,33 +475,34 @@ class SparsityConstrainedOT(Solver):
                 and value >= state.fun - rounding
                 and residual <= (1.0 - 1e-4 * step_size) * state.residual
             ):
-                self._newton_mode = residual <= 0.5 * state.residual
-                self._newton_interval = _NEWTON_INTERVAL
-                self._n_newton += 1
+                run.newton_mode = residual <= 0.5 * state.residual
+                run.newton_interval = _NEWTON_INTERVAL
+                run.n_newton += 1
                 # L-BFGS-B's curvature pairs belong to the path it took; start afresh.
-                self._lbfgs_stale = True
-                return self._make_state(x, value, grad, newton=True)
+                run.lbfgs_stale = True
+                return self._make_state(run, x, value, grad, newton=True)
             step_size *= 0.5
         # Failed attempts cost evaluations: at a kink they keep failing, so back off.
-        self._newton_mode = False
-        self._newton_interval = min(2 * self._newton_interval, _MAX_NEWTON_INTERVAL)
+        run.newton_mode = False
+        run.newton_interval = min(2 * run.newton_interval, _MAX_NEWTON_INTERVAL)
         return None
 
-    def _restart_lbfgs(self, x):
-        self._steps.close()
-        self._steps = LBFGSBSteps(self._conj.negated, x, memory=self.memory)
-        self._lbfgs_stale = False
+    def _restart_lbfgs(self, run, x):
+        run.steps.close()
+        run.steps = LBFGSBSteps(run.conj.negated, x, memory=self.memory)
+        run.lbfgs_stale = False
 
     def _lbfgs_step(self, state, *, newton_tried):
         """The next L-BFGS-B iterate. After a failed line search a Newton step is tried
         (L-BFGS-B mostly fails where the objective is flat to rounding, which Newton,
         judged on the marginal error, gets past), then L-BFGS-B restarts with no memory."""
-        self._newton_mode = False
-        if self._lbfgs_stale:
-            self._restart_lbfgs(state.x)
+        run = state.run
+        run.newton_mode = False
+        if run.lbfgs_stale:
+            self._restart_lbfgs(run, state.x)
         for _ in range(_MAX_RESTARTS + 1):
             try:
-                step = self._steps.step()
+                step = run.steps.step()
             except LBFGSBStopped as stopped:
                 reason = str(stopped)
                 if self.newton and not newton_tried:
@@ -486,11 +510,11 @@ class SparsityConstrainedOT(Solver):
                     new_state = self._newton_step(state)
                     if new_state is not None:
                         return new_state
-                self._restart_lbfgs(state.x)
+                self._restart_lbfgs(run, state.x)
                 continue
-            self._since_newton += 1
+            run.since_newton += 1
             # The gradient of the maximized objective is the negated one L-BFGS-B saw.
-            return self._make_state(step.x, -step.fun, -step.grad)
+            return self._make_state(run, step.x, -step.fun, -step.grad)
         raise StopSolve(
             Status.STALLED,
             "Stalled: L-BFGS-B's line search cannot raise the objective any further "
@@ -500,8 +524,8 @@ class SparsityConstrainedOT(Solver):
 
     # ---------------------------------------------------------------------------- result
     def _result_fields(self, problem, state):
-        self._steps.close()
-        conj = self._conj
+        run = state.run
+        conj = run.conj
         n, m = problem.shape
         rows, values, nnz, *_ = conj.columns(state.x)
         plan = _assemble_plan(rows, values, nnz, conj.rows, conj.cols, (n, m))
@@ -510,12 +534,12 @@ class SparsityConstrainedOT(Solver):
             scaled = _scale_on_support(plan, problem.a, problem.b, tol=self.tol)
             if scaled is not None:
                 plan, polished = scaled, True
-        fields = _plan_report(plan, problem, self._reg)
+        fields = _plan_report(plan, problem, run.reg)
         f = np.full(n, np.nan)
         f[conj.rows] = state.x[: conj.n]
         fields.update(f=f, k=conj.k, formulation=self.formulation, polished=polished)
         fields["nfev"] = conj.nfev
-        fields["n_newton"] = self._n_newton
+        fields["n_newton"] = run.n_newton
         full_x = f
         if self.formulation == "dual":
             g = np.full(m, np.nan)
