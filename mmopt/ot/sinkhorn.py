@@ -12,7 +12,7 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot.problem import OTProblem
+from mmopt.ot.problem import OTProblem, check_n_threads
 
 __all__ = ["Sinkhorn", "sinkhorn"]
 
@@ -30,6 +30,7 @@ class _SinkhornRun:
     support: _Support
     method: str  # "log" or "scaling", the domain in use
     threads: int
+    full_C: np.ndarray  # the problem's cost, rows and columns of zero mass included
     Ct: np.ndarray | None = None  # C.T in C order (log domain)
     K: np.ndarray | None = None  # exp(-C / reg) (scaling domain)
 
@@ -91,7 +92,7 @@ class Sinkhorn(Solver):
     max_iter : int, default=10000
         Maximum number of iterations (one row and one column update each).
     n_threads : int, optional
-        Threads of the log-domain kernel; all available CPUs when None.
+        Threads of the log-domain kernel (a positive integer); all available CPUs when None.
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
     verbose : int, default=0
@@ -104,7 +105,10 @@ class Sinkhorn(Solver):
     at the optimum). Extra fields: ``plan`` (n, m), ``f``, ``g``, ``transport_cost``
     (``<C, P>``), ``objective`` (``<C, P> + reg * sum P (log P - 1)``), ``marginal_error``
     (L1 of both violations, computed on the returned plan), ``method`` (the domain used).
-    Rows or columns of zero mass get zero plan entries and potential ``-inf``.
+    Rows or columns of zero mass get zero plan entries; their potentials (which no finite
+    value makes optimal) are the soft c-transform of the other side's,
+    ``f_i = -reg log sum_j exp((g_j - C_ij) / reg)`` over the columns of positive mass (the
+    potential a row of unit mass would have there), so ``x`` is finite.
 
     Examples
     --------
@@ -142,7 +146,7 @@ class Sinkhorn(Solver):
     def _validate_params(self) -> None:
         super()._validate_params()
         check_choice(self.method, "method", ("auto", "log", "scaling"))
-        effective_n_threads(self.n_threads)
+        check_n_threads(self.n_threads)
 
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
@@ -151,7 +155,7 @@ class Sinkhorn(Solver):
         if method == "auto":
             spread = float(support.C.max() - support.C.min())
             method = "scaling" if spread / problem.reg <= _SCALING_MAX_RATIO else "log"
-        run = _SinkhornRun(support, method, effective_n_threads(self.n_threads))
+        run = _SinkhornRun(support, method, effective_n_threads(self.n_threads), problem.C)
         if method == "log":
             run.Ct = np.ascontiguousarray(support.C.T)
         else:
@@ -173,6 +177,7 @@ class Sinkhorn(Solver):
             f, g = np.array(x0[:n][support.rows]), np.array(x0[n:][support.cols])
             if not (np.isfinite(f).all() and np.isfinite(g).all()):
                 raise ValueError("x0 must be finite on the entries of positive mass.")
+            f, g = _usable_start(run, problem.reg, f, g)
         return _SinkhornState(x=np.concatenate([f, g]), fun=-np.inf, f=f, g=g, run=run)
 
     # ------------------------------------------------------------------------------ step
@@ -181,7 +186,9 @@ class Sinkhorn(Solver):
         support = run.support
         f, g, row_mass = _iteration(run, reg, state.f, state.g)
         # After the column update the plan's columns sum to b exactly, so sum(P) = mass.
-        fun = float(support.a @ f + support.b @ g) - reg * support.mass
+        # (Python floats: a non-finite value becomes NaN without a NumPy warning; the loop
+        # reports it as status 4.)
+        fun = float(support.a @ f) + float(support.b @ g) - reg * support.mass
         error = float(np.abs(row_mass - support.a).sum())
         return _SinkhornState(
             x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g, run=run
@@ -192,9 +199,10 @@ class Sinkhorn(Solver):
         run, reg = state.run, problem.reg
         support = run.support
         n, m = problem.shape
-        f = np.full(n, -np.inf)
-        g = np.full(m, -np.inf)
+        f = np.empty(n)
+        g = np.empty(m)
         f[support.rows], g[support.cols] = state.f, state.g
+        _zero_mass_potentials(run, reg, f, g, state.f, state.g)
         block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
         if support.full:
             plan = block
@@ -213,7 +221,7 @@ class Sinkhorn(Solver):
             np.abs(rows - support.a).sum()
             + np.abs(cols - support.b).sum()
         )
-        return {
+        fields = {
             "x": np.concatenate([f, g]),
             "plan": plan,
             "f": f,
@@ -223,6 +231,61 @@ class Sinkhorn(Solver):
             "marginal_error": marginal_error,
             "method": run.method,
         }
+        if not np.isfinite(state.fun):
+            # The start itself (no step was accepted): its dual value and marginal error.
+            fields["fun"] = float(support.a @ state.f + support.b @ state.g) - reg * total
+            fields["residual"] = marginal_error
+        return fields
+
+
+def _usable_start(run: _SinkhornRun, reg, f, g):
+    """Warm-start potentials the iterations can use.
+
+    Potentials so large that the plan ``exp((f_i + g_j - C_ij) / reg)`` overflows, or that
+    their rounding exceeds ``reg`` (the plan's entries then carry no digit), are replaced
+    by an equivalent start: ``f`` shifted to a largest entry of 0 (the dual is invariant
+    under ``(f + c, g - c)``) and ``g`` its column update, so that the plan's columns are
+    exact as after any iteration (the first iteration's error is then the rows').
+    """
+    C = run.support.C
+    scale = max(float(np.abs(f).max(initial=0.0)), float(np.abs(g).max(initial=0.0)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        top = float(((g[None, :] - C).max(axis=1) + f).max()) / reg
+    if np.isfinite(top) and top <= 700.0 and scale * np.finfo(float).eps <= 1e-3 * reg:
+        return f, g
+    f = f - f.max()
+    Ct = run.Ct if run.Ct is not None else np.ascontiguousarray(C.T)
+    g, _ = log_half_step(Ct, f, np.zeros_like(g), run.support.log_b, reg, n_threads=run.threads)
+    return f, g
+
+
+def _zero_mass_potentials(run: _SinkhornRun, reg, f, g, f_support, g_support):
+    """Fill in the potentials of rows and columns of zero mass (in place).
+
+    Their plan entries are zero, which no finite potential gives; they get the soft
+    c-transform of the other side's potentials, ``f_i = -reg log sum_j exp((g_j - C_ij) /
+    reg)`` over the columns of positive mass (and likewise ``g_j``): the potential of a
+    row of unit mass placed there, finite, and the unregularized c-transform
+    ``min_j (C_ij - g_j)`` as ``reg`` goes to 0.
+    """
+    support = run.support
+    if support.full:
+        return
+    C = run.full_C
+    empty_rows = np.setdiff1d(np.arange(f.size), support.rows)
+    empty_cols = np.setdiff1d(np.arange(g.size), support.cols)
+    if empty_rows.size:
+        block = np.ascontiguousarray(C[np.ix_(empty_rows, support.cols)])
+        f[empty_rows], _ = log_half_step(
+            block, g_support, np.zeros(empty_rows.size), np.zeros(empty_rows.size), reg,
+            n_threads=run.threads,
+        )
+    if empty_cols.size:
+        block = np.ascontiguousarray(C[np.ix_(support.rows, empty_cols)].T)
+        g[empty_cols], _ = log_half_step(
+            block, f_support, np.zeros(empty_cols.size), np.zeros(empty_cols.size), reg,
+            n_threads=run.threads,
+        )
 
 
 def _iteration(run: _SinkhornRun, reg, f, g):

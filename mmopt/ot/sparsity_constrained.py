@@ -19,7 +19,7 @@ from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.ot._kernels import sparse_columns
-from mmopt.ot.problem import OTProblem
+from mmopt.ot.problem import OTProblem, check_n_threads
 
 __all__ = ["SparsityConstrainedOT", "sparsity_constrained_ot"]
 
@@ -247,7 +247,7 @@ class SparsityConstrainedOT(Solver):
         the sparsity, is kept. Only applied when it reaches ``tol``; ``Result.polished``
         tells.
     n_threads : int or None, default=1
-        Threads of the column kernel (None: all available CPUs). The result does not depend
+        Threads of the column kernel, a positive integer (None: all available CPUs). The result does not depend
         on it. One thread is the default because an evaluation is short (about 1 ms for
         n = m = 1000, k = 5): on a loaded 2-core machine two threads measured 5-10x slower.
     callback, verbose
@@ -270,7 +270,10 @@ class SparsityConstrainedOT(Solver):
     with ``plan_format="dense"``), ``f``, ``g`` (dual only), ``transport_cost``
     (``<C, T>``), ``objective`` (the primal value ``<C, T> + reg/2 ||T||^2``),
     ``marginal_error``, ``row_violation`` and ``column_violation`` (L1 each),
-    ``nnz_per_column``, ``nfev``, ``k``, ``formulation``, ``polished``.
+    ``nnz_per_column``, ``nfev``, ``k``, ``formulation``, ``polished``. Rows (columns) of
+    zero mass get the c-transform of the other side's potentials, ``f_i = min_j (C_ij -
+    g_j)``: the largest potential at which they would receive no mass (for the
+    semi-dual, ``g`` is the one its plan implies, ``T_ij = [f_i + g_j - C_ij]_+ / reg``).
 
     Examples
     --------
@@ -341,7 +344,7 @@ class SparsityConstrainedOT(Solver):
         for flag in ("newton", "polish"):
             if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
-        effective_n_threads(self.n_threads)
+        check_n_threads(self.n_threads)
 
     # ----------------------------------------------------------------------------- setup
     def _init_state(self, problem, x0):
@@ -535,21 +538,51 @@ class SparsityConstrainedOT(Solver):
             if scaled is not None:
                 plan, polished = scaled, True
         fields = _plan_report(plan, problem, run.reg)
-        f = np.full(n, np.nan)
-        f[conj.rows] = state.x[: conj.n]
+        f_support = state.x[: conj.n]
+        if self.formulation == "dual":
+            g_support = state.x[conj.n :]
+        else:
+            g_support = _implied_column_potentials(conj, f_support, rows, values, nnz)
+        f, g = _full_potentials(problem, conj, f_support, g_support)
         fields.update(f=f, k=conj.k, formulation=self.formulation, polished=polished)
         fields["nfev"] = conj.nfev
         fields["n_newton"] = run.n_newton
         full_x = f
         if self.formulation == "dual":
-            g = np.full(m, np.nan)
-            g[conj.cols] = state.x[conj.n :]
             fields["g"] = g
             full_x = np.concatenate([f, g])
         fields["x"] = full_x
         if self.plan_format == "dense":
             fields["plan"] = plan.toarray()
         return fields
+
+
+def _implied_column_potentials(conj, f, rows, values, nnz):
+    """The column potentials of the semi-dual's plan: ``g_j = reg T_ij - f_i + C_ij`` on
+    any entry of column j's support (the plan is ``[f_i + g_j - C_ij]_+ / reg`` there)."""
+    g = np.zeros(nnz.size)
+    has = nnz > 0
+    first = rows[has, 0]
+    cols = np.flatnonzero(has)
+    g[has] = conj.reg * values[has, 0] - f[first] + conj.Ct[cols, first]
+    return g
+
+
+def _full_potentials(problem, conj, f_support, g_support):
+    """``f`` and ``g`` on every row and column: rows and columns of zero mass get the
+    c-transform of the other side's potentials, ``f_i = min_j (C_ij - g_j)``, the largest
+    potential at which they would receive no mass."""
+    n, m = problem.shape
+    f, g = np.empty(n), np.empty(m)
+    f[conj.rows], g[conj.cols] = f_support, g_support
+    C = problem.C
+    empty_rows = np.setdiff1d(np.arange(n), conj.rows)
+    empty_cols = np.setdiff1d(np.arange(m), conj.cols)
+    if empty_rows.size:
+        f[empty_rows] = (C[np.ix_(empty_rows, conj.cols)] - g_support[None, :]).min(axis=1)
+    if empty_cols.size:
+        g[empty_cols] = (C[np.ix_(conj.rows, empty_cols)] - f_support[:, None]).min(axis=0)
+    return f, g
 
 
 def _assemble_plan(rows, values, nnz, row_ids, col_ids, shape):
@@ -596,12 +629,13 @@ def _scale_on_support(plan, a, b, *, tol, max_iter=10_000):
     Kt = K.T.tocsr()
     for _ in range(max_iter):
         Kv = K @ v
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # A support that admits no plan drives the scalings to inf: None, without warnings.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             u = np.where(a > 0, a / Kv, 0.0)
         if not np.isfinite(u).all():
             return None
         Ktu = Kt @ u
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             v = np.where(b > 0, b / Ktu, 0.0)
         if not np.isfinite(v).all():
             return None
