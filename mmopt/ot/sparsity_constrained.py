@@ -247,9 +247,10 @@ class SparsityConstrainedOT(Solver):
         the sparsity, is kept. Only applied when it reaches ``tol``; ``Result.polished``
         tells.
     n_threads : int or None, default=1
-        Threads of the column kernel, a positive integer (None: all available CPUs). The result does not depend
-        on it. One thread is the default because an evaluation is short (about 1 ms for
-        n = m = 1000, k = 5): on a loaded 2-core machine two threads measured 5-10x slower.
+        Threads of the column kernel, a positive integer (None: all available CPUs). The
+        result does not depend on it. One thread is the default because an evaluation is
+        short (about 1 ms for n = m = 1000, k = 5): on a loaded 2-core machine two threads
+        measured 5-10x slower.
     callback, verbose
         As in every solver.
 
