@@ -103,14 +103,18 @@ class _Worker:
             # worker runs.
             _enter_single_threaded_blas()
             try:
-                result = minimize(
-                    self.evaluate,
-                    self.x0,
-                    jac=True,
-                    method="L-BFGS-B",
-                    callback=self.pause,
-                    options=self.options,
-                )
+                # An iterate near the float64 range overflows in L-BFGS-B's own norms and
+                # dot products; the caller sees the non-finite values it returns, so
+                # NumPy's warnings from this thread would only be noise.
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    result = minimize(
+                        self.evaluate,
+                        self.x0,
+                        jac=True,
+                        method="L-BFGS-B",
+                        callback=self.pause,
+                        options=self.options,
+                    )
             finally:
                 _leave_single_threaded_blas()
             self.reports.put(("done", str(result.message)))

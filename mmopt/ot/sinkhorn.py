@@ -20,6 +20,9 @@ __all__ = ["Sinkhorn", "sinkhorn"]
 # this ratio they come close enough to underflow (and the scalings to overflow) that the
 # log domain is used instead.
 _SCALING_MAX_RATIO = 100.0
+# Largest rounding error tolerated in the plan's exponents (a relative error of e^0.1 - 1,
+# about 10%, in each entry of the plan).
+_MAX_EXPONENT_ERROR = 0.1
 
 
 @dataclass
@@ -151,9 +154,19 @@ class Sinkhorn(Solver):
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
         support = _Support(problem)
+        spread = float(support.C.max() - support.C.min())
+        # The plan's exponents (f_i + g_j - C_ij) / reg are computed to about eps * |C| /
+        # reg: beyond this they carry no digit and every plan is rounding noise.
+        rounding = float(np.abs(support.C).max()) * np.finfo(float).eps
+        if rounding > _MAX_EXPONENT_ERROR * problem.reg:
+            raise ValueError(
+                f"reg={problem.reg:.3g} is too small for the cost (max |C| = "
+                f"{float(np.abs(support.C).max()):.3g}, spread {spread:.3g}): in float64 the "
+                "plan's exponents (f + g - C) / reg would be pure rounding error. Use a "
+                "larger reg, or exact_ot for unregularized transport."
+            )
         method = self.method
         if method == "auto":
-            spread = float(support.C.max() - support.C.min())
             method = "scaling" if spread / problem.reg <= _SCALING_MAX_RATIO else "log"
         run = _SinkhornRun(support, method, effective_n_threads(self.n_threads), problem.C)
         if method == "log":
@@ -186,9 +199,7 @@ class Sinkhorn(Solver):
         support = run.support
         f, g, row_mass = _iteration(run, reg, state.f, state.g)
         # After the column update the plan's columns sum to b exactly, so sum(P) = mass.
-        # (Python floats: a non-finite value becomes NaN without a NumPy warning; the loop
-        # reports it as status 4.)
-        fun = float(support.a @ f) + float(support.b @ g) - reg * support.mass
+        fun = _dual_value(support, f, g, reg * support.mass)
         error = float(np.abs(row_mass - support.a).sum())
         return _SinkhornState(
             x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g, run=run
@@ -196,6 +207,12 @@ class Sinkhorn(Solver):
 
     # ---------------------------------------------------------------------------- result
     def _result_fields(self, problem, state):
+        # Potentials or costs near the float64 range (a numerical failure, status 4) may
+        # overflow here: the fields then say so, NumPy need not warn.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._fields(problem, state)
+
+    def _fields(self, problem, state):
         run, reg = state.run, problem.reg
         support = run.support
         n, m = problem.shape
@@ -233,9 +250,16 @@ class Sinkhorn(Solver):
         }
         if not np.isfinite(state.fun):
             # The start itself (no step was accepted): its dual value and marginal error.
-            fields["fun"] = float(support.a @ state.f + support.b @ state.g) - reg * total
+            fields["fun"] = _dual_value(support, state.f, state.g, reg * total)
             fields["residual"] = marginal_error
         return fields
+
+
+def _dual_value(support: _Support, f, g, penalty: float) -> float:
+    """``<a, f> + <b, g> - penalty``; a value beyond float64 becomes inf or NaN quietly
+    (the loop reports it as status 4)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(support.a @ f) + float(support.b @ g) - penalty
 
 
 def _usable_start(run: _SinkhornRun, reg, f, g):

@@ -15,7 +15,13 @@ from mmopt._core.result import Result
 from mmopt._core.validation import check_choice, check_scalar
 from mmopt.ot._kernels import plan_marginals, sparsify_plan
 from mmopt.ot.problem import OTProblem
-from mmopt.ot.sinkhorn import Sinkhorn, _iteration, _SinkhornRun, _SinkhornState
+from mmopt.ot.sinkhorn import (
+    Sinkhorn,
+    _dual_value,
+    _iteration,
+    _SinkhornRun,
+    _SinkhornState,
+)
 
 __all__ = ["SinkhornNewtonSparse", "sinkhorn_newton_sparse"]
 
@@ -87,7 +93,8 @@ class SinkhornNewtonSparse(Sinkhorn):
     newton : {"auto", "always", "never"}, default="auto"
         When to use the Newton stage.
     switch_tol : float, default=1e-2
-        L1 marginal error at which stage 1 hands over to Newton steps.
+        L1 marginal error, relative to the total mass, at which stage 1 hands over to
+        Newton steps (and each level of the epsilon scaling to the next).
     reg_scaling : float or None, default=3.0
         Epsilon scaling of stage 1 when Newton steps are used: Sinkhorn starts at
         ``reg' = (max C - min C) / 100`` and divides ``reg'`` by this factor each time its
@@ -216,12 +223,15 @@ class SinkhornNewtonSparse(Sinkhorn):
             run.use_newton
             and not state.intermediate
             and np.isfinite(state.residual)
-            and state.residual <= self.switch_tol
+            and state.residual <= self.switch_tol * run.support.mass
         )
         if in_newton and run.newton_pause > 0:
             run.newton_pause -= 1
         elif in_newton:
-            new = self._newton_step(problem, state)
+            # The step tests every value it computes for finiteness (a trial point that
+            # overflows is backtracked from): NumPy need not warn about them.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                new = self._newton_step(problem, state)
             if new is not None:
                 run.n_newton += 1
                 run.newton_backoff = 1
@@ -255,13 +265,13 @@ class SinkhornNewtonSparse(Sinkhorn):
         support, level = run.support, run.level_reg
         f, g, level_mass = _iteration(run, level, state.f, state.g)
         error = float(np.abs(level_mass - support.a).sum())
-        if error <= self.switch_tol:
+        if error <= self.switch_tol * support.mass:
             next_level = level / self.reg_scaling
             run.level_reg = next_level if next_level > 1.01 * problem.reg else problem.reg
         run.n_sinkhorn += 1
         return _SNSState(
             x=np.concatenate([f, g]),
-            fun=float(support.a @ f + support.b @ g) - level * support.mass,
+            fun=_dual_value(support, f, g, level * support.mass),
             residual=error,
             f=f,
             g=g,
@@ -279,7 +289,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         total = float(rows.sum())
         if not np.isfinite(total):
             return -np.inf, rows, cols, np.inf
-        value = float(support.a @ f + support.b @ g) - reg * total
+        value = _dual_value(support, f, g, reg * total)
         error = float(np.abs(rows - support.a).sum() + np.abs(cols - support.b).sum())
         return value, rows, cols, error
 

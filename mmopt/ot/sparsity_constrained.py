@@ -167,7 +167,15 @@ class _Conjugates:
         return direction
 
     def value_and_grad(self, x):
-        """The maximized objective and its gradient (the marginal violations)."""
+        """The maximized objective and its gradient (the marginal violations).
+
+        Near the float64 range the value may overflow: L-BFGS-B and the Newton step treat
+        a non-finite value as a failed trial, so NumPy need not warn about it.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._value_and_grad(x)
+
+    def _value_and_grad(self, x):
         *_, phi, row_sums, col_sums = self.columns(x)
         if self.formulation == "semi_dual":
             value = float(x @ self.a - self.b @ phi)
@@ -397,13 +405,17 @@ class SparsityConstrainedOT(Solver):
         """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            rough = solve(
-                OTProblem(conj.a, conj.b, conj.Ct.T, conj.spread / 100.0),
-                "sinkhorn",
-                tol=0.0,
-                max_iter=_ENTROPIC_START_ITERATIONS,
-                n_threads=conj.n_threads,
-            )
+            try:
+                rough = solve(
+                    OTProblem(conj.a, conj.b, conj.Ct.T, conj.spread / 100.0),
+                    "sinkhorn",
+                    tol=0.0,
+                    max_iter=_ENTROPIC_START_ITERATIONS,
+                    n_threads=conj.n_threads,
+                )
+            except ValueError:  # a cost too large for its spread in float64: no start
+                size = conj.n if self.formulation == "semi_dual" else conj.n + conj.b.size
+                return np.zeros(size)
         f, g = rough.f - rough.f.mean(), rough.g + rough.f.mean()
         if not (np.isfinite(f).all() and np.isfinite(g).all()):
             return np.zeros(conj.n if self.formulation == "semi_dual" else conj.n + g.size)
@@ -457,6 +469,12 @@ class SparsityConstrainedOT(Solver):
 
     def _newton_step(self, state):
         """A Newton step with a backtracking line search; None when it does not pay."""
+        # Its values are tested for finiteness (CG on a system near the float64 range may
+        # overflow and is then rejected): NumPy need not warn.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._try_newton(state)
+
+    def _try_newton(self, state):
         run = state.run
         conj = run.conj
         run.since_newton = 0
@@ -528,6 +546,10 @@ class SparsityConstrainedOT(Solver):
 
     # ---------------------------------------------------------------------------- result
     def _result_fields(self, problem, state):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._fields(problem, state)
+
+    def _fields(self, problem, state):
         run = state.run
         conj = run.conj
         n, m = problem.shape
