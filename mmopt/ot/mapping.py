@@ -192,13 +192,22 @@ def _cost(X, Y, metric, normalize):
     by a common factor when the cost is normalised: every metric of ``cdist`` is
     homogeneous in a common scaling of both samples, so the normalised cost is the same.
     """
+    if not (isinstance(metric, str) or callable(metric)):
+        raise TypeError(
+            f"metric must be a metric name of scipy's cdist or a callable, got {metric!r}."
+        )
     scale = max(float(np.abs(X).max(initial=0.0)), float(np.abs(Y).max(initial=0.0)))
     extreme = scale > 1e100 or 0.0 < scale < 1e-100
-    if extreme and normalize and isinstance(metric, str):
-        C = cdist(X / scale, Y / scale, metric=metric)
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            C = cdist(X, Y, metric=metric)
+    try:
+        if extreme and normalize and isinstance(metric, str):
+            C = cdist(X / scale, Y / scale, metric=metric)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                C = cdist(X, Y, metric=metric)
+    except ValueError as exc:
+        if "metric" in str(exc).lower():
+            raise ValueError(f"metric: {exc}") from None
+        raise
     if not np.isfinite(C).all():
         larger_y = float(np.abs(Y).max(initial=0.0)) > float(np.abs(X).max(initial=0.0))
         name = "y" if larger_y else "X"
