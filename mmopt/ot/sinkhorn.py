@@ -257,9 +257,12 @@ class Sinkhorn(Solver):
 
 def _dual_value(support: _Support, f, g, penalty: float) -> float:
     """``<a, f> + <b, g> - penalty``; a value beyond float64 becomes inf or NaN quietly
-    (the loop reports it as status 4)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return float(support.a @ f) + float(support.b @ g) - penalty
+    (the loop reports it as status 4).
+
+    ``np.vdot`` and Python floats do not raise NumPy's floating-point warnings, and cost
+    less than an ``np.errstate`` context in every iteration.
+    """
+    return float(np.vdot(support.a, f)) + float(np.vdot(support.b, g)) - penalty
 
 
 def _usable_start(run: _SinkhornRun, reg, f, g):
