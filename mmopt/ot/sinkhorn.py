@@ -350,7 +350,10 @@ def sinkhorn(a, b, C, reg, **options) -> Result:
         Entropic regularization (> 0).
     **options
         Options of :class:`Sinkhorn` (``method``, ``tol``, ``max_iter``, ``n_threads``,
-        ``callback``, ``verbose``) and ``x0`` (warm-start potentials ``concat(f, g)``).
+        ``callback``, ``verbose``) and ``x0`` (warm-start potentials ``concat(f, g)``;
+        potentials whose plan overflows, or too large for ``reg`` in float64, are replaced
+        by an equivalent start: ``f`` shifted to a largest entry of 0, ``g`` its column
+        update).
 
     Returns
     -------
