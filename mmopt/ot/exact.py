@@ -19,7 +19,10 @@ def exact_ot(a, b, C) -> Result:
 
     ``min <C, P>`` over plans with row sums ``a`` and column sums ``b``, by scipy's HiGHS
     linear-programming solver; when ``a`` and ``b`` are uniform of the same size the optimum
-    is a permutation, found by ``scipy.optimize.linear_sum_assignment``.
+    is a permutation, found by ``scipy.optimize.linear_sum_assignment``. The problem is
+    solved at unit total mass and a largest ``|C|`` of 1 (HiGHS works to absolute
+    tolerances) and the plan, potentials and cost are scaled back, so masses and costs of
+    any magnitude are handled; a total cost beyond float64 is a ``ValueError``.
 
     Parameters
     ----------
