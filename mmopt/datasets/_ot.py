@@ -78,7 +78,17 @@ def make_ot_problem(
     n_features = check_scalar(n_features, "n_features", kind=int, min_value=1)
     shift = check_scalar(shift, "shift")
     check_choice(weights, "weights", ("uniform", "random"))
-    rng = check_random_state(random_state)
+    for flag, value in (("normalize_cost", normalize_cost), ("return_points", return_points)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {value!r}.")
+    if not (isinstance(metric, str) or callable(metric)):
+        raise TypeError(
+            f"metric must be a metric name of scipy's cdist or a callable, got {metric!r}."
+        )
+    try:
+        rng = check_random_state(random_state)
+    except ValueError as exc:
+        raise ValueError(f"random_state: {exc}") from None
     source = rng.standard_normal((n_source, n_features))
     target = rng.standard_normal((n_target, n_features)) + shift
     if weights == "uniform":
@@ -86,7 +96,16 @@ def make_ot_problem(
     else:
         a, b = rng.uniform(0.5, 1.5, n_source), rng.uniform(0.5, 1.5, n_target)
         a, b = a / a.sum(), b / b.sum()
-    C = cdist(source, target, metric=metric)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            C = cdist(source, target, metric=metric)
+    except ValueError as exc:
+        raise ValueError(f"metric: {exc}") from None
+    if not np.isfinite(C).all():
+        raise ValueError(
+            f"the {metric!r} cost between the clouds is not finite in float64 "
+            f"(shift={shift!r} is too large for it, or the metric gave NaN)."
+        )
     if normalize_cost and C.max() > 0:
         C = C / C.max()
     if return_points:

@@ -19,7 +19,10 @@ def exact_ot(a, b, C) -> Result:
 
     ``min <C, P>`` over plans with row sums ``a`` and column sums ``b``, by scipy's HiGHS
     linear-programming solver; when ``a`` and ``b`` are uniform of the same size the optimum
-    is a permutation, found by ``scipy.optimize.linear_sum_assignment``.
+    is a permutation, found by ``scipy.optimize.linear_sum_assignment``. The problem is
+    solved at unit total mass and a largest ``|C|`` of 1 (HiGHS works to absolute
+    tolerances) and the plan, potentials and cost are scaled back, so masses and costs of
+    any magnitude are handled; a total cost beyond float64 is a ``ValueError``.
 
     Parameters
     ----------
@@ -50,10 +53,19 @@ def exact_ot(a, b, C) -> Result:
     start = time.perf_counter()
     a, b, C = check_histograms(a, b, C)
     n, m = C.shape
+    # HiGHS works to absolute tolerances (about 1e-7): masses of 1e-300 look like zero to it
+    # (an empty plan passed as optimal) and costs of 1e300 overflow it. It solves the
+    # problem scaled to unit mass and a largest |cost| of 1; the plan, potentials and cost
+    # are scaled back.
+    mass = float(a.sum())
+    cost_scale = float(np.abs(C).max())
+    if cost_scale == 0.0:
+        cost_scale = 1.0
+    a_unit, b_unit, C_unit = a / mass, b / mass, C / cost_scale
     if n == m and np.all(a == a[0]) and np.all(b == b[0]):
-        rows, cols = linear_sum_assignment(C)
-        plan = np.zeros((n, m))
-        plan[rows, cols] = a[rows]
+        rows, cols = linear_sum_assignment(C_unit)
+        plan_unit = np.zeros((n, m))
+        plan_unit[rows, cols] = a_unit[rows]
         f = g = None
         status, nit, method = Status.CONVERGED, 1, "assignment"
     else:
@@ -62,20 +74,30 @@ def exact_ot(a, b, C) -> Result:
             [sp.kron(sp.eye(n), np.ones((1, m))), sp.kron(np.ones((1, n)), sp.eye(m))]
         ).tocsr()
         lp = linprog(
-            C.ravel(),
+            C_unit.ravel(),
             A_eq=equalities,
-            b_eq=np.concatenate([a, b]),
+            b_eq=np.concatenate([a_unit, b_unit]),
             bounds=(0, None),
             method="highs",
         )
         if lp.status != 0:
             raise RuntimeError(f"exact_ot: the linear program failed: {lp.message}")
-        plan = lp.x.reshape(n, m)
+        plan_unit = lp.x.reshape(n, m)
         duals = lp.eqlin.marginals
-        f, g = duals[:n], duals[n:]
+        f, g = cost_scale * duals[:n], cost_scale * duals[n:]
         status, nit, method = Status.CONVERGED, int(lp.nit), "highs"
-    cost = float(np.vdot(C, plan))
-    marginal_error = float(np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum())
+    plan = plan_unit * mass
+    with np.errstate(over="ignore"):
+        cost = float(np.vdot(C_unit, plan_unit)) * cost_scale * mass
+    if not np.isfinite(cost):
+        raise ValueError(
+            "exact_ot: the transport cost overflows float64 (C and the masses of a and b "
+            f"are too large together: max |C| = {cost_scale:.3g}, total mass {mass:.3g}); "
+            "rescale C or the histograms."
+        )
+    marginal_error = mass * float(
+        np.abs(plan_unit.sum(1) - a_unit).sum() + np.abs(plan_unit.sum(0) - b_unit).sum()
+    )
     elapsed = time.perf_counter() - start
     return Result(
         x=plan,

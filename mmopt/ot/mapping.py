@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
@@ -106,10 +108,19 @@ class OTMapping(TransformerMixin, BaseEstimator):
         """
         check_choice(self.solver, "solver", _SOLVERS)
         check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
+        if self.solver_options is not None and not isinstance(self.solver_options, Mapping):
+            raise TypeError(
+                "solver_options must be a dict of the solver's options or None, got "
+                f"{type(self.solver_options).__name__}."
+            )
         options = dict(self.solver_options or {})
+        if not isinstance(self.normalize_cost, (bool, np.bool_)):
+            raise TypeError(
+                f"normalize_cost must be True or False, got {self.normalize_cost!r}."
+            )
         if y is None:
             raise ValueError("OTMapping.fit needs target samples y, of shape (m, d).")
-        X = validate_data(self, X, reset=True, dtype=np.float64)
+        X = _named(validate_data, "X", self, X, reset=True, dtype=np.float64)
         target = check_array(y, "y", ndim=2)
         if target.shape[1] != X.shape[1]:
             raise ValueError(
@@ -119,9 +130,7 @@ class OTMapping(TransformerMixin, BaseEstimator):
         a = _weights(sample_weight, "sample_weight", X.shape[0])
         b = _weights(target_weight, "target_weight", target.shape[0])
         b = b * (a.sum() / b.sum())
-        C = cdist(X, target, metric=self.metric)
-        if self.normalize_cost and C.max() > 0:
-            C = C / C.max()
+        C = _cost(X, target, self.metric, self.normalize_cost)
         if self.solver == "exact":
             if options:
                 raise TypeError(f"exact_ot takes no options; got {sorted(options)}.")
@@ -145,7 +154,7 @@ class OTMapping(TransformerMixin, BaseEstimator):
         displacement of their nearest fitted source sample.
         """
         check_is_fitted(self, "plan_")
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = _named(validate_data, "X", self, X, reset=False, dtype=np.float64)
         return _displace(X, self.source_, self.mapped_source_, self._source_tree)
 
     def inverse_transform(self, X):
@@ -164,6 +173,51 @@ class OTMapping(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
         return tags
+
+
+def _named(func, name, *args, **kwargs):
+    """Call a scikit-learn validator; its errors name ``name`` (NumPy's do not)."""
+    try:
+        return func(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        if name in str(exc):
+            raise
+        raise type(exc)(f"{name}: {exc}") from exc
+
+
+def _cost(X, Y, metric, normalize):
+    """The cost between source and target samples, normalised to a largest entry of 1.
+
+    Samples so large (or small) that the cost overflows (or underflows) are first scaled
+    by a common factor when the cost is normalised: every metric of ``cdist`` is
+    homogeneous in a common scaling of both samples, so the normalised cost is the same.
+    """
+    if not (isinstance(metric, str) or callable(metric)):
+        raise TypeError(
+            f"metric must be a metric name of scipy's cdist or a callable, got {metric!r}."
+        )
+    scale = max(float(np.abs(X).max(initial=0.0)), float(np.abs(Y).max(initial=0.0)))
+    extreme = scale > 1e100 or 0.0 < scale < 1e-100
+    try:
+        if extreme and normalize and isinstance(metric, str):
+            C = cdist(X / scale, Y / scale, metric=metric)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                C = cdist(X, Y, metric=metric)
+    except ValueError as exc:
+        if "metric" in str(exc).lower():
+            raise ValueError(f"metric: {exc}") from None
+        raise
+    if not np.isfinite(C).all():
+        larger_y = float(np.abs(Y).max(initial=0.0)) > float(np.abs(X).max(initial=0.0))
+        name = "y" if larger_y else "X"
+        raise ValueError(
+            f"{name}: the {metric!r} cost between X and y is not finite (the samples are "
+            "too large for it in float64, or the metric gave NaN); rescale X and y."
+        )
+    if normalize and C.max() > 0:
+        C = C / C.max()
+    return C
 
 
 def _weights(weight, name, size):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,17 +10,47 @@ import numpy as np
 from mmopt._core.problem import Problem
 from mmopt._core.validation import check_array, check_scalar, readonly
 
-__all__ = ["OTProblem", "check_histograms"]
+__all__ = ["OTProblem", "check_histograms", "check_n_threads"]
 
-# Relative tolerance on the equality of the two total masses.
+# Relative tolerance on the equality of the two total masses (float64 histograms).
 _MASS_RTOL = 1e-9
 
 
+def check_n_threads(value, name: str = "n_threads"):
+    """``None`` or a positive integer (the OT kernels' thread count); else raise naming it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer or None, got {value!r}.")
+    if value < 1:
+        raise ValueError(
+            f"{name} must be a positive integer or None (all available CPUs), got {value!r}."
+        )
+    return int(value)
+
+
+def _mass_rtol(values, size: int) -> float:
+    """Tolerance on the equality of total masses for histograms given as ``values``.
+
+    Histograms normalised in a lower precision (float32, float16) sum to 1 only up to that
+    precision's rounding, about ``eps`` per entry at worst: the tolerance follows it.
+    """
+    rtol = _MASS_RTOL
+    for value in values:
+        dtype = getattr(value, "dtype", None)
+        if dtype is not None and np.issubdtype(dtype, np.floating):
+            rtol = max(rtol, float(np.finfo(dtype).eps) * max(size, 1))
+    return rtol
+
+
 def check_histograms(a, b, C):
-    """Validate ``(a, b, C)``; empty ``a``/``b`` mean uniform (as in POT).
+    """Validate ``(a, b, C)``; empty (or None) ``a``/``b`` mean uniform (as in POT).
 
     Returns read-only float64 arrays. Raises ``ValueError`` naming the argument for wrong
-    shapes, NaN or infinite entries, negative masses, zero total mass or unequal total masses.
+    shapes, NaN or infinite entries, negative masses, zero or overflowing total mass, or
+    unequal total masses. Histograms given in a lower precision (float32, float16) may
+    differ in total mass by that precision's rounding: ``b`` is then rescaled to the mass
+    of ``a`` in float64.
 
     Examples
     --------
@@ -28,29 +59,48 @@ def check_histograms(a, b, C):
     >>> a
     array([0.33333333, 0.33333333, 0.33333333])
     """
+    a_in, b_in = a, b
     C = check_array(C, "C", ndim=2)
     n, m = C.shape
     a = _histogram(a, "a", n, "rows")
     b = _histogram(b, "b", m, "columns")
     mass_a, mass_b = float(a.sum()), float(b.sum())
-    if abs(mass_a - mass_b) > _MASS_RTOL * max(mass_a, mass_b):
-        raise ValueError(
-            f"a and b must have the same total mass; got sum(a)={mass_a!r} and "
-            f"sum(b)={mass_b!r}."
-        )
+    difference = abs(mass_a - mass_b)
+    if difference > _MASS_RTOL * max(mass_a, mass_b):
+        if difference > _mass_rtol((a_in, b_in), max(n, m)) * max(mass_a, mass_b):
+            raise ValueError(
+                f"a and b must have the same total mass; got sum(a)={mass_a!r} and "
+                f"sum(b)={mass_b!r}."
+            )
+        b = readonly(b * (mass_a / mass_b))
     return a, b, C
 
 
+def _is_empty(value) -> bool:
+    if value is None:
+        return True
+    try:
+        return np.size(value) == 0
+    except ValueError:  # a ragged list: check_array names the argument
+        return False
+
+
 def _histogram(value, name, size, axis):
-    if value is None or np.size(value) == 0:
+    if _is_empty(value):
         return readonly(np.full(size, 1.0 / size))
     hist = check_array(value, name, ndim=1, nonnegative=True)
     if hist.shape[0] != size:
         raise ValueError(
             f"{name} must have one entry per {axis[:-1]} of C ({size}), got {hist.shape[0]}."
         )
-    if not hist.sum() > 0:
+    total = float(hist.sum())
+    if not total > 0:
         raise ValueError(f"{name} must have a positive total mass.")
+    if not np.isfinite(total):
+        raise ValueError(
+            f"the total mass of {name} overflows float64 (its entries sum beyond 1.8e308); "
+            "rescale the histograms."
+        )
     return hist
 
 
@@ -69,9 +119,10 @@ class OTProblem(Problem):
     Parameters
     ----------
     a : array-like of shape (n,)
-        Non-negative source histogram; empty means uniform.
+        Non-negative source histogram; empty (or None) means uniform.
     b : array-like of shape (m,)
-        Non-negative target histogram with the same total mass; empty means uniform.
+        Non-negative target histogram with the same total mass (up to the rounding of the
+        histograms' precision); empty (or None) means uniform.
     C : array-like of shape (n, m)
         Finite cost matrix.
     reg : float

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 
 import numpy as np
 import scipy.sparse as sp
@@ -14,7 +15,13 @@ from mmopt._core.result import Result
 from mmopt._core.validation import check_choice, check_scalar
 from mmopt.ot._kernels import plan_marginals, sparsify_plan
 from mmopt.ot.problem import OTProblem
-from mmopt.ot.sinkhorn import Sinkhorn, _SinkhornState
+from mmopt.ot.sinkhorn import (
+    Sinkhorn,
+    _dual_value,
+    _iteration,
+    _SinkhornRun,
+    _SinkhornState,
+)
 
 __all__ = ["SinkhornNewtonSparse", "sinkhorn_newton_sparse"]
 
@@ -34,6 +41,21 @@ _SCALING_START_RATIO = 100.0
 _MAX_HALVINGS = 12
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
+
+
+@dataclass
+class _SNSRun(_SinkhornRun):
+    """Sinkhorn's run context plus the Newton stage's counters and controls (mutated by the
+    steps of one solve, never shared between solves)."""
+
+    use_newton: bool = False
+    n_sinkhorn: int = 0
+    n_newton: int = 0
+    newton_pause: int = 0
+    newton_backoff: int = 1
+    damping: float = 0.0
+    cg_failed: bool = False
+    level_reg: float = 0.0  # the reg of the current epsilon-scaling level
 
 
 @dataclass
@@ -71,7 +93,8 @@ class SinkhornNewtonSparse(Sinkhorn):
     newton : {"auto", "always", "never"}, default="auto"
         When to use the Newton stage.
     switch_tol : float, default=1e-2
-        L1 marginal error at which stage 1 hands over to Newton steps.
+        L1 marginal error, relative to the total mass, at which stage 1 hands over to
+        Newton steps (and each level of the epsilon scaling to the next).
     reg_scaling : float or None, default=3.0
         Epsilon scaling of stage 1 when Newton steps are used: Sinkhorn starts at
         ``reg' = (max C - min C) / 100`` and divides ``reg'`` by this factor each time its
@@ -165,55 +188,59 @@ class SinkhornNewtonSparse(Sinkhorn):
         check_scalar(self.cg_tol, "cg_tol", min_value=0.0, include_min=False)
         check_scalar(self.max_cg, "max_cg", kind=int, min_value=1)
 
+    def _start_run(self, problem) -> _SNSRun:
+        base = super()._start_run(problem)
+        return _SNSRun(**{f.name: getattr(base, f.name) for f in dataclass_fields(_SinkhornRun)})
+
     def _init_state(self, problem, x0):
         state = super()._init_state(problem, x0)
-        support = self._support
+        run = state.run
+        support = run.support
         spread = float(support.C.max() - support.C.min())
-        self._use_newton = self.newton == "always" or (
+        run.use_newton = self.newton == "always" or (
             self.newton == "auto" and spread / problem.reg > _NEWTON_MIN_RATIO
         )
-        if self._use_newton and self._method != "log":
+        if run.use_newton and run.method != "log":
             # (the log domain's setup made it already, for this problem)
-            self._Ct = np.ascontiguousarray(support.C.T)
-        self._n_sinkhorn = 0
-        self._n_newton = 0
-        self._newton_pause, self._newton_backoff = 0, 1
-        self._damping = 0.0
-        self._cg_failed = False
+            run.Ct = np.ascontiguousarray(support.C.T)
         # Epsilon scaling (log domain only: the scaling domain's kernel is built for reg).
-        self._level_reg = problem.reg
+        run.level_reg = problem.reg
         if (
-            self._use_newton
+            run.use_newton
             and self.reg_scaling is not None
-            and self._method == "log"
+            and run.method == "log"
             and x0 is None
             and spread / _SCALING_START_RATIO > problem.reg
         ):
-            self._level_reg = spread / _SCALING_START_RATIO
-        return _SNSState(x=state.x, fun=state.fun, f=state.f, g=state.g)
+            run.level_reg = spread / _SCALING_START_RATIO
+        return _SNSState(x=state.x, fun=state.fun, f=state.f, g=state.g, run=run)
 
     def _step(self, problem, state):
-        if self._level_reg > problem.reg:
+        run = state.run
+        if run.level_reg > problem.reg:
             return self._scaling_step(problem, state)
         in_newton = state.stage == "newton" or (
-            self._use_newton
+            run.use_newton
             and not state.intermediate
             and np.isfinite(state.residual)
-            and state.residual <= self.switch_tol
+            and state.residual <= self.switch_tol * run.support.mass
         )
-        if in_newton and self._newton_pause > 0:
-            self._newton_pause -= 1
+        if in_newton and run.newton_pause > 0:
+            run.newton_pause -= 1
         elif in_newton:
-            new = self._newton_step(problem, state)
+            # The step tests every value it computes for finiteness (a trial point that
+            # overflows is backtracked from): NumPy need not warn about them.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                new = self._newton_step(problem, state)
             if new is not None:
-                self._n_newton += 1
-                self._newton_backoff = 1
+                run.n_newton += 1
+                run.newton_backoff = 1
                 return new
             # A failed attempt costs a linear solve and a line search (several Sinkhorn
             # iterations' worth): wait longer before each new one.
-            self._newton_pause = self._newton_backoff
-            self._newton_backoff = min(2 * self._newton_backoff, _MAX_NEWTON_BACKOFF)
-        self._n_sinkhorn += 1
+            run.newton_pause = run.newton_backoff
+            run.newton_backoff = min(2 * run.newton_backoff, _MAX_NEWTON_BACKOFF)
+        run.n_sinkhorn += 1
         new = super()._step(problem, state)
         return _SNSState(
             x=new.x,
@@ -221,6 +248,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             residual=new.residual,
             f=new.f,
             g=new.g,
+            run=run,
             record={"newton": 0.0, "cg_iterations": 0.0, "hessian_density": np.nan,
                     "step": np.nan, "reg": problem.reg, "intermediate": 0.0},
         )
@@ -233,39 +261,43 @@ class SinkhornNewtonSparse(Sinkhorn):
         the history with the level as ``reg``; the loop neither stops on them nor keeps the
         state as the best iterate.
         """
-        support, level = self._support, self._level_reg
-        f, g, level_mass = self._iteration(level, state.f, state.g)
+        run = state.run
+        support, level = run.support, run.level_reg
+        f, g, level_mass = _iteration(run, level, state.f, state.g)
         error = float(np.abs(level_mass - support.a).sum())
-        if error <= self.switch_tol:
+        if error <= self.switch_tol * support.mass:
             next_level = level / self.reg_scaling
-            self._level_reg = next_level if next_level > 1.01 * problem.reg else problem.reg
-        self._n_sinkhorn += 1
+            run.level_reg = next_level if next_level > 1.01 * problem.reg else problem.reg
+        run.n_sinkhorn += 1
         return _SNSState(
             x=np.concatenate([f, g]),
-            fun=float(support.a @ f + support.b @ g) - level * support.mass,
+            fun=_dual_value(support, f, g, level * support.mass),
             residual=error,
             f=f,
             g=g,
+            run=run,
             record={"newton": 0.0, "cg_iterations": 0.0, "hessian_density": np.nan,
                     "step": np.nan, "reg": level, "intermediate": 1.0},
             intermediate=True,
         )
 
-    def _dual(self, reg, f, g):
+    @staticmethod
+    def _dual(run, reg, f, g):
         """The dual value at (f, g), the plan's marginals and the L1 marginal error."""
-        support = self._support
-        rows, cols = plan_marginals(support.C, self._Ct, f, g, reg, n_threads=self._threads)
+        support = run.support
+        rows, cols = plan_marginals(support.C, run.Ct, f, g, reg, n_threads=run.threads)
         total = float(rows.sum())
         if not np.isfinite(total):
             return -np.inf, rows, cols, np.inf
-        value = float(support.a @ f + support.b @ g) - reg * total
+        value = _dual_value(support, f, g, reg * total)
         error = float(np.abs(rows - support.a).sum() + np.abs(cols - support.b).sum())
         return value, rows, cols, error
 
     def _newton_step(self, problem, state):
-        support, reg = self._support, problem.reg
+        run, reg = state.run, problem.reg
+        support = run.support
         f, g = state.f, state.g
-        value, row, col, _ = self._dual(reg, f, g)
+        value, row, col, _ = self._dual(run, reg, f, g)
         if not np.isfinite(value):
             return None
         grad_f, grad_g = support.a - row, support.b - col
@@ -287,7 +319,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         # Levenberg-Marquardt damping, lam times the Hessian's diagonal on top of the shift:
         # at small reg the dual is far from quadratic and a plain Newton step overshoots,
         # so lam grows after short or failed steps and shrinks after full ones.
-        lam = self._damping
+        lam = run.damping
         delta = self.shift * grad_norm
         scale = 1.0 + lam
         r_damped, c_damped = r * scale, c * scale
@@ -307,7 +339,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             # Once CG has failed to converge (an ill-conditioned system, small reg), the
             # remaining steps factorize: CG failed again at every later step when measured.
             sparse_enough = S.nnz <= _DIRECT_MAX_DEGREE * size
-            solver = "direct" if sparse_enough or self._cg_failed else "cg"
+            solver = "direct" if sparse_enough or run.cg_failed else "cg"
         if solver == "direct":
             # The shifted, sparsified Hessian is a bipartite graph's (signless) Laplacian
             # plus delta I: sparse, symmetric positive definite, with little fill-in. At
@@ -343,7 +375,7 @@ class SinkhornNewtonSparse(Sinkhorn):
                     system, grad, rtol=self.cg_tol, maxiter=self.max_cg, M=preconditioner,
                     callback=count,
                 )
-            self._cg_failed = self._cg_failed or info != 0
+            run.cg_failed = run.cg_failed or info != 0
         slope = float(grad @ direction)
         if not np.isfinite(slope) or slope <= 0:
             return None
@@ -356,7 +388,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         residual = state.residual if np.isfinite(state.residual) else grad_norm
         for _ in range(_MAX_HALVINGS):
             f_new, g_new = f + step * direction[:n], g + step * direction[n:]
-            new_value, _, _, error = self._dual(reg, f_new, g_new)
+            new_value, _, _, error = self._dual(run, reg, f_new, g_new)
             if not new_value >= value - rounding:
                 step *= 0.5
                 continue
@@ -365,22 +397,23 @@ class SinkhornNewtonSparse(Sinkhorn):
                 error <= (1.0 - 1e-4 * step) * residual
             ):
                 if step == 1.0:
-                    self._damping = self._damping / 4.0 if self._damping > 1e-6 else 0.0
+                    run.damping = run.damping / 4.0 if run.damping > 1e-6 else 0.0
                 else:
-                    self._damping = max(4.0 * self._damping, 1e-3)
+                    run.damping = max(4.0 * run.damping, 1e-3)
                 return _SNSState(
                     x=np.concatenate([f_new, g_new]),
                     fun=new_value,
                     residual=error,
                     f=f_new,
                     g=g_new,
+                    run=run,
                     stage="newton",
                     record={"newton": 1.0, "cg_iterations": float(cg_iterations),
                             "hessian_density": density, "step": step, "reg": reg,
                             "intermediate": 0.0},
                 )
             step *= 0.5
-        self._damping = max(16.0 * self._damping, 1e-2)
+        run.damping = max(16.0 * run.damping, 1e-2)
         return None
 
     def _result_fields(self, problem, state):
@@ -388,10 +421,10 @@ class SinkhornNewtonSparse(Sinkhorn):
         if state.intermediate:
             # Stopped (max_iter, interrupt, callback) during the epsilon scaling: report the
             # problem's own dual value and marginal error, not the level's.
-            value, _, _, error = self._dual(problem.reg, state.f, state.g)
+            value, _, _, error = self._dual(state.run, problem.reg, state.f, state.g)
             fields["fun"], fields["residual"] = value, error
-        fields["n_sinkhorn"] = self._n_sinkhorn
-        fields["n_newton"] = self._n_newton
+        fields["n_sinkhorn"] = state.run.n_sinkhorn
+        fields["n_newton"] = state.run.n_newton
         return fields
 
 

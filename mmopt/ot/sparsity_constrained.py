@@ -19,7 +19,7 @@ from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.ot._kernels import sparse_columns
-from mmopt.ot.problem import OTProblem
+from mmopt.ot.problem import OTProblem, check_n_threads
 
 __all__ = ["SparsityConstrainedOT", "sparsity_constrained_ot"]
 
@@ -43,8 +43,28 @@ _KINK_HINT = (
 
 
 @dataclass
+class _SparseOTRun:
+    """What one solve holds from step to step: the conjugates, the L-BFGS-B worker and the
+    controls of the Newton steps and of the stall test. Made by ``_init_state`` and carried
+    by every state of the solve, never stored on the solver."""
+
+    conj: _Conjugates
+    reg: float
+    steps: LBFGSBSteps
+    recent: deque
+    best_residual: float = np.inf
+    since_best: int = 0
+    newton_mode: bool = False
+    since_newton: int = 0
+    n_newton: int = 0
+    newton_interval: int = _NEWTON_INTERVAL
+    lbfgs_stale: bool = False
+
+
+@dataclass
 class _SparseOTState(SolverState):
     grad: np.ndarray | None = None  # gradient of the maximized objective at x
+    run: _SparseOTRun | None = None  # shared by every state of one solve
 
 
 class _Conjugates:
@@ -147,7 +167,15 @@ class _Conjugates:
         return direction
 
     def value_and_grad(self, x):
-        """The maximized objective and its gradient (the marginal violations)."""
+        """The maximized objective and its gradient (the marginal violations).
+
+        Near the float64 range the value may overflow: L-BFGS-B and the Newton step treat
+        a non-finite value as a failed trial, so NumPy need not warn about it.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._value_and_grad(x)
+
+    def _value_and_grad(self, x):
         *_, phi, row_sums, col_sums = self.columns(x)
         if self.formulation == "semi_dual":
             value = float(x @ self.a - self.b @ phi)
@@ -227,9 +255,10 @@ class SparsityConstrainedOT(Solver):
         the sparsity, is kept. Only applied when it reaches ``tol``; ``Result.polished``
         tells.
     n_threads : int or None, default=1
-        Threads of the column kernel (None: all available CPUs). The result does not depend
-        on it. One thread is the default because an evaluation is short (about 1 ms for
-        n = m = 1000, k = 5): on a loaded 2-core machine two threads measured 5-10x slower.
+        Threads of the column kernel, a positive integer (None: all available CPUs). The
+        result does not depend on it. One thread is the default because an evaluation is
+        short (about 1 ms for n = m = 1000, k = 5): on a loaded 2-core machine two threads
+        measured 5-10x slower.
     callback, verbose
         As in every solver.
 
@@ -250,7 +279,10 @@ class SparsityConstrainedOT(Solver):
     with ``plan_format="dense"``), ``f``, ``g`` (dual only), ``transport_cost``
     (``<C, T>``), ``objective`` (the primal value ``<C, T> + reg/2 ||T||^2``),
     ``marginal_error``, ``row_violation`` and ``column_violation`` (L1 each),
-    ``nnz_per_column``, ``nfev``, ``k``, ``formulation``, ``polished``.
+    ``nnz_per_column``, ``nfev``, ``k``, ``formulation``, ``polished``. Rows (columns) of
+    zero mass get the c-transform of the other side's potentials, ``f_i = min_j (C_ij -
+    g_j)``: the largest potential at which they would receive no mass (for the
+    semi-dual, ``g`` is the one its plan implies, ``T_ij = [f_i + g_j - C_ij]_+ / reg``).
 
     Examples
     --------
@@ -321,7 +353,7 @@ class SparsityConstrainedOT(Solver):
         for flag in ("newton", "polish"):
             if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
-        effective_n_threads(self.n_threads)
+        check_n_threads(self.n_threads)
 
     # ----------------------------------------------------------------------------- setup
     def _init_state(self, problem, x0):
@@ -334,34 +366,36 @@ class SparsityConstrainedOT(Solver):
                 f"k * m must be at least n so that every row can be served: k={self.k}, "
                 f"m={n_cols} and n={n_rows} (rows and columns of positive mass)."
             )
-        self._reg = reg
-        self._conj = _Conjugates(
-            problem, k, reg, self.formulation, effective_n_threads(self.n_threads)
-        )
+        conj = _Conjugates(problem, k, reg, self.formulation, effective_n_threads(self.n_threads))
         n, m = problem.shape
         size = n if self.formulation == "semi_dual" else n + m
         if x0 is None:
-            start = self._entropic_start() if self.init == "sinkhorn" else np.zeros(
-                self._full_to_support(n).size
+            start = self._entropic_start(conj) if self.init == "sinkhorn" else np.zeros(
+                self._full_to_support(conj, n).size
             )
         else:
             x0 = check_array(x0, "x0", ndim=1, finite=False)
             if x0.shape != (size,):
                 what = "(n,) = f" if self.formulation == "semi_dual" else "(n + m,) = concat(f, g)"
                 raise ValueError(f"x0 must have shape ({size},), {what}; got {x0.shape}.")
-            start = x0[self._full_to_support(n)]
+            start = x0[self._full_to_support(conj, n)]
             if not np.isfinite(start).all():
                 raise ValueError("x0 must be finite on the entries of positive mass.")
-        self._recent = deque(maxlen=_STALL_WINDOW + 1)
-        self._best_residual, self._since_best = np.inf, 0
-        self._newton_mode, self._since_newton, self._n_newton = False, 0, 0
-        self._newton_interval = _NEWTON_INTERVAL
-        self._lbfgs_stale = False
-        self._steps = LBFGSBSteps(self._conj.negated, start, memory=self.memory)
-        value, grad = self._conj.value_and_grad(start)
-        return self._make_state(start, value, grad)
+        value, grad = conj.value_and_grad(start)
+        # The worker thread starts on the first step; _close_state ends it.
+        run = _SparseOTRun(
+            conj=conj,
+            reg=reg,
+            steps=LBFGSBSteps(conj.negated, start, memory=self.memory),
+            recent=deque(maxlen=_STALL_WINDOW + 1),
+        )
+        return self._make_state(run, start, value, grad)
 
-    def _entropic_start(self):
+    def _close_state(self, problem, state):
+        if state.run is not None:
+            state.run.steps.close()
+
+    def _entropic_start(self, conj):
         """Potentials of a rough entropic plan: 30 Sinkhorn iterations at reg = spread / 100.
 
         The (semi-)dual's optimum is near the entropic one's; starting there rather than
@@ -369,45 +403,48 @@ class SparsityConstrainedOT(Solver):
         reg 0.1 and 0.01) for the cost of a few dozen matrix-vector products (the scaling
         domain applies at that reg).
         """
-        conj = self._conj
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            rough = solve(
-                OTProblem(conj.a, conj.b, conj.Ct.T, conj.spread / 100.0),
-                "sinkhorn",
-                tol=0.0,
-                max_iter=_ENTROPIC_START_ITERATIONS,
-                n_threads=conj.n_threads,
-            )
+            try:
+                rough = solve(
+                    OTProblem(conj.a, conj.b, conj.Ct.T, conj.spread / 100.0),
+                    "sinkhorn",
+                    tol=0.0,
+                    max_iter=_ENTROPIC_START_ITERATIONS,
+                    n_threads=conj.n_threads,
+                )
+            except ValueError:  # a cost too large for its spread in float64: no start
+                size = conj.n if self.formulation == "semi_dual" else conj.n + conj.b.size
+                return np.zeros(size)
         f, g = rough.f - rough.f.mean(), rough.g + rough.f.mean()
         if not (np.isfinite(f).all() and np.isfinite(g).all()):
             return np.zeros(conj.n if self.formulation == "semi_dual" else conj.n + g.size)
         return f if self.formulation == "semi_dual" else np.concatenate([f, g])
 
-    def _full_to_support(self, n):
-        conj = self._conj
+    def _full_to_support(self, conj, n):
         if self.formulation == "semi_dual":
             return conj.rows
         return np.concatenate([conj.rows, n + conj.cols])
 
     # ------------------------------------------------------------------------------ step
     def _step(self, problem, state):
+        run = state.run
         new_state = None
         tried_newton = False
-        if self.newton and (self._newton_mode or self._since_newton >= self._newton_interval):
+        if self.newton and (run.newton_mode or run.since_newton >= run.newton_interval):
             new_state, tried_newton = self._newton_step(state), True
         if new_state is None:
             new_state = self._lbfgs_step(state, newton_tried=tried_newton)
-        if new_state.residual < 0.5 * self._best_residual:
-            self._best_residual = new_state.residual
-            self._since_best = 0
+        if new_state.residual < 0.5 * run.best_residual:
+            run.best_residual = new_state.residual
+            run.since_best = 0
         else:
-            self._since_best += 1
-        recent = self._recent
+            run.since_best += 1
+        recent = run.recent
         recent.append(new_state.fun)
         if (
             len(recent) == recent.maxlen
-            and self._since_best >= self.patience
+            and run.since_best >= self.patience
             and new_state.residual > self.tol
         ):
             gain = new_state.fun - recent[0]
@@ -416,27 +453,35 @@ class SparsityConstrainedOT(Solver):
                 raise StopSolve(
                     Status.STALLED,
                     f"Stalled: the marginal error ({new_state.residual:.3g} > tol) has not "
-                    f"halved in {self._since_best} iterations and the objective "
+                    f"halved in {run.since_best} iterations and the objective "
                     f"rose by only {gain / scale:.2g} (relative) over the last "
                     f"{recent.maxlen - 1}. {_KINK_HINT}",
                     state=new_state,
                 )
         return new_state
 
-    def _make_state(self, x, fun, grad, *, newton=False):
+    @staticmethod
+    def _make_state(run, x, fun, grad, *, newton=False):
         return _SparseOTState(
             x=x, fun=fun, residual=float(np.abs(grad).sum()), grad=grad,
-            record={"newton": float(newton)},
+            record={"newton": float(newton)}, run=run,
         )
 
     def _newton_step(self, state):
         """A Newton step with a backtracking line search; None when it does not pay."""
-        conj = self._conj
-        self._since_newton = 0
+        # Its values are tested for finiteness (CG on a system near the float64 range may
+        # overflow and is then rejected): NumPy need not warn.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._try_newton(state)
+
+    def _try_newton(self, state):
+        run = state.run
+        conj = run.conj
+        run.since_newton = 0
         direction = conj.newton_direction(state.x, state.grad)
         slope = float(state.grad @ direction)
         if not (np.isfinite(slope) and slope > 0):
-            self._newton_mode = False
+            run.newton_mode = False
             return None
         step_size = 1.0
         # Judged on the marginal error, the quantity to drive to zero (a semismooth Newton
@@ -452,33 +497,34 @@ class SparsityConstrainedOT(Solver):
                 and value >= state.fun - rounding
                 and residual <= (1.0 - 1e-4 * step_size) * state.residual
             ):
-                self._newton_mode = residual <= 0.5 * state.residual
-                self._newton_interval = _NEWTON_INTERVAL
-                self._n_newton += 1
+                run.newton_mode = residual <= 0.5 * state.residual
+                run.newton_interval = _NEWTON_INTERVAL
+                run.n_newton += 1
                 # L-BFGS-B's curvature pairs belong to the path it took; start afresh.
-                self._lbfgs_stale = True
-                return self._make_state(x, value, grad, newton=True)
+                run.lbfgs_stale = True
+                return self._make_state(run, x, value, grad, newton=True)
             step_size *= 0.5
         # Failed attempts cost evaluations: at a kink they keep failing, so back off.
-        self._newton_mode = False
-        self._newton_interval = min(2 * self._newton_interval, _MAX_NEWTON_INTERVAL)
+        run.newton_mode = False
+        run.newton_interval = min(2 * run.newton_interval, _MAX_NEWTON_INTERVAL)
         return None
 
-    def _restart_lbfgs(self, x):
-        self._steps.close()
-        self._steps = LBFGSBSteps(self._conj.negated, x, memory=self.memory)
-        self._lbfgs_stale = False
+    def _restart_lbfgs(self, run, x):
+        run.steps.close()
+        run.steps = LBFGSBSteps(run.conj.negated, x, memory=self.memory)
+        run.lbfgs_stale = False
 
     def _lbfgs_step(self, state, *, newton_tried):
         """The next L-BFGS-B iterate. After a failed line search a Newton step is tried
         (L-BFGS-B mostly fails where the objective is flat to rounding, which Newton,
         judged on the marginal error, gets past), then L-BFGS-B restarts with no memory."""
-        self._newton_mode = False
-        if self._lbfgs_stale:
-            self._restart_lbfgs(state.x)
+        run = state.run
+        run.newton_mode = False
+        if run.lbfgs_stale:
+            self._restart_lbfgs(run, state.x)
         for _ in range(_MAX_RESTARTS + 1):
             try:
-                step = self._steps.step()
+                step = run.steps.step()
             except LBFGSBStopped as stopped:
                 reason = str(stopped)
                 if self.newton and not newton_tried:
@@ -486,11 +532,11 @@ class SparsityConstrainedOT(Solver):
                     new_state = self._newton_step(state)
                     if new_state is not None:
                         return new_state
-                self._restart_lbfgs(state.x)
+                self._restart_lbfgs(run, state.x)
                 continue
-            self._since_newton += 1
+            run.since_newton += 1
             # The gradient of the maximized objective is the negated one L-BFGS-B saw.
-            return self._make_state(step.x, -step.fun, -step.grad)
+            return self._make_state(run, step.x, -step.fun, -step.grad)
         raise StopSolve(
             Status.STALLED,
             "Stalled: L-BFGS-B's line search cannot raise the objective any further "
@@ -500,8 +546,12 @@ class SparsityConstrainedOT(Solver):
 
     # ---------------------------------------------------------------------------- result
     def _result_fields(self, problem, state):
-        self._steps.close()
-        conj = self._conj
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._fields(problem, state)
+
+    def _fields(self, problem, state):
+        run = state.run
+        conj = run.conj
         n, m = problem.shape
         rows, values, nnz, *_ = conj.columns(state.x)
         plan = _assemble_plan(rows, values, nnz, conj.rows, conj.cols, (n, m))
@@ -510,22 +560,52 @@ class SparsityConstrainedOT(Solver):
             scaled = _scale_on_support(plan, problem.a, problem.b, tol=self.tol)
             if scaled is not None:
                 plan, polished = scaled, True
-        fields = _plan_report(plan, problem, self._reg)
-        f = np.full(n, np.nan)
-        f[conj.rows] = state.x[: conj.n]
+        fields = _plan_report(plan, problem, run.reg)
+        f_support = state.x[: conj.n]
+        if self.formulation == "dual":
+            g_support = state.x[conj.n :]
+        else:
+            g_support = _implied_column_potentials(conj, f_support, rows, values, nnz)
+        f, g = _full_potentials(problem, conj, f_support, g_support)
         fields.update(f=f, k=conj.k, formulation=self.formulation, polished=polished)
         fields["nfev"] = conj.nfev
-        fields["n_newton"] = self._n_newton
+        fields["n_newton"] = run.n_newton
         full_x = f
         if self.formulation == "dual":
-            g = np.full(m, np.nan)
-            g[conj.cols] = state.x[conj.n :]
             fields["g"] = g
             full_x = np.concatenate([f, g])
         fields["x"] = full_x
         if self.plan_format == "dense":
             fields["plan"] = plan.toarray()
         return fields
+
+
+def _implied_column_potentials(conj, f, rows, values, nnz):
+    """The column potentials of the semi-dual's plan: ``g_j = reg T_ij - f_i + C_ij`` on
+    any entry of column j's support (the plan is ``[f_i + g_j - C_ij]_+ / reg`` there)."""
+    g = np.zeros(nnz.size)
+    has = nnz > 0
+    first = rows[has, 0]
+    cols = np.flatnonzero(has)
+    g[has] = conj.reg * values[has, 0] - f[first] + conj.Ct[cols, first]
+    return g
+
+
+def _full_potentials(problem, conj, f_support, g_support):
+    """``f`` and ``g`` on every row and column: rows and columns of zero mass get the
+    c-transform of the other side's potentials, ``f_i = min_j (C_ij - g_j)``, the largest
+    potential at which they would receive no mass."""
+    n, m = problem.shape
+    f, g = np.empty(n), np.empty(m)
+    f[conj.rows], g[conj.cols] = f_support, g_support
+    C = problem.C
+    empty_rows = np.setdiff1d(np.arange(n), conj.rows)
+    empty_cols = np.setdiff1d(np.arange(m), conj.cols)
+    if empty_rows.size:
+        f[empty_rows] = (C[np.ix_(empty_rows, conj.cols)] - g_support[None, :]).min(axis=1)
+    if empty_cols.size:
+        g[empty_cols] = (C[np.ix_(conj.rows, empty_cols)] - f_support[:, None]).min(axis=0)
+    return f, g
 
 
 def _assemble_plan(rows, values, nnz, row_ids, col_ids, shape):
@@ -572,12 +652,13 @@ def _scale_on_support(plan, a, b, *, tol, max_iter=10_000):
     Kt = K.T.tocsr()
     for _ in range(max_iter):
         Kv = K @ v
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # A support that admits no plan drives the scalings to inf: None, without warnings.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             u = np.where(a > 0, a / Kv, 0.0)
         if not np.isfinite(u).all():
             return None
         Ktu = Kt @ u
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             v = np.where(b > 0, b / Ktu, 0.0)
         if not np.isfinite(v).all():
             return None
