@@ -82,16 +82,36 @@ def check_array(
         raise TypeError(f"{name} must be an array, got None.")
     if hasattr(value, "toarray") and not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a dense array, got a sparse {type(value).__name__}.")
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be an array of real numbers, got a string {value!r:.40}.")
     try:
         array = np.asarray(value, order=order)
-        if array.dtype == object or array.dtype.kind in "USV":
-            raise TypeError
-        if array.dtype.kind == "c":
-            raise TypeError
+    except ValueError:
+        # NumPy refuses nested sequences of unequal lengths ("inhomogeneous shape").
+        raise ValueError(
+            f"{name} must be a rectangular array of real numbers; got a ragged "
+            f"{type(value).__name__} whose rows have different lengths."
+        ) from None
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(value).__name__}."
+        ) from None
+    if array.dtype == object or array.dtype.kind in "USVMm":
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(value).__name__} of dtype "
+            f"{array.dtype}."
+        )
+    if array.dtype.kind == "c":
+        raise TypeError(
+            f"{name} must be an array of real numbers, got complex values (dtype "
+            f"{array.dtype}); pass the real part explicitly if that is what you mean."
+        )
+    try:
         array = array.astype(dtype, order=order, copy=False)
     except (TypeError, ValueError):
         raise TypeError(
-            f"{name} must be an array of real numbers, got {type(value).__name__}."
+            f"{name} must be an array of real numbers convertible to {np.dtype(dtype)}, "
+            f"got {type(value).__name__} of dtype {array.dtype}."
         ) from None
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
