@@ -251,33 +251,41 @@ class _LogisticLoss:
     def __init__(self, Xa, Y, binary):
         self.Xa, self.Y, self.binary = Xa, Y, binary
         self._ones = np.ones(Y.shape[1])
-        self._key = None
+        # (key, Z, P, lse) of the last point, replaced as one tuple so that concurrent
+        # solves sharing this problem never read a mix of two points.
+        self._last = None
 
-    def probabilities(self, W):
-        # The last point's probabilities are cached: the solvers ask for the gradient and
-        # then several Hessian-vector products at the same point.
+    def _evaluate(self, W):
+        # The last point's products are cached: the solvers ask for the gradient and then
+        # several Hessian-vector products at the same point.
         key = W.tobytes()  # a byte comparison is several times faster than array_equal
-        if key == self._key:
-            return self._Z, self._P
+        last = self._last
+        if last is not None and last[0] == key:
+            return last
         Z = self.Xa @ W
         if self.binary:
             P = scipy.special.expit(Z)
-            self._lse = None
+            lse = None
         else:
             # Softmax and log-sum-exp in one pass (the value needs the latter).
             top = Z.max(axis=1, keepdims=True)
             P = np.exp(Z - top)
             total = P @ self._ones
             P /= total[:, None]
-            self._lse = top[:, 0] + np.log(total)
-        self._key, self._Z, self._P = key, Z, P
+            lse = top[:, 0] + np.log(total)
+        last = (key, Z, P, lse)
+        self._last = last
+        return last
+
+    def probabilities(self, W):
+        _, Z, P, _ = self._evaluate(W)
         return Z, P
 
     def value(self, W):
-        Z, _ = self.probabilities(W)
+        _, Z, _, lse = self._evaluate(W)
         if self.binary:
             return float(np.sum(np.logaddexp(0.0, Z)) - np.sum(self.Y * Z))
-        return float(np.sum(self._lse) - np.sum(self.Y * Z))
+        return float(np.sum(lse) - np.sum(self.Y * Z))
 
     def grad(self, W):
         _, P = self.probabilities(W)
