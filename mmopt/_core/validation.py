@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "check_array",
+    "check_input",
     "check_scalar",
     "check_callable",
     "check_choice",
@@ -136,6 +137,72 @@ def check_array(
     if nonnegative and array.size and array.min() < 0:
         raise ValueError(f"{name} must be non-negative; its smallest entry is {array.min()!r}.")
     return readonly(array)
+
+
+def check_input(value, name: str, *, numeric: bool = True, allow_sparse: bool = False):
+    """Reject what scikit-learn's ``validate_data`` would report without naming ``name``.
+
+    Estimators call it on ``X`` and ``y`` before ``validate_data``: ``None``, strings, ragged
+    nested sequences (NumPy's "setting an array element with a sequence"), entries that are
+    not numbers (object arrays of arbitrary objects, text when ``numeric``), complex values
+    and empty inputs get a ``TypeError``/``ValueError`` naming the argument. The value itself
+    is returned unchanged, for ``validate_data`` to convert.
+
+    Parameters
+    ----------
+    value : array-like or sparse matrix
+        What the user passed.
+    name : str
+        The argument's name (``"X"``, ``"y"``).
+    numeric : bool, default=True
+        Require numbers (False for class labels, which may be strings).
+    allow_sparse : bool, default=False
+        Let sparse matrices through (to ``validate_data``, which checks them).
+
+    Examples
+    --------
+    >>> from mmopt._core.validation import check_input
+    >>> check_input([[1.0, 2.0], [3.0, 4.0]], "X")
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None.")
+    if hasattr(value, "toarray") and not isinstance(value, np.ndarray):
+        if not allow_sparse:
+            raise TypeError(f"{name} must be a dense array, got a sparse {type(value).__name__}.")
+        if value.shape[0] == 0 or (len(value.shape) > 1 and value.shape[1] == 0):
+            raise ValueError(f"{name} must not be empty, got shape {value.shape}.")
+        return value
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be an array, got a string {value!r:.40}.")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{name} must be a rectangular array; got a ragged {type(value).__name__} whose "
+            "rows have different lengths."
+        ) from None
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {array.shape}.")
+    kind = array.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got complex values.")
+    if kind in "VMm" or (numeric and kind in "SU"):
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}.")
+    if kind == "O":
+        try:
+            if numeric:
+                array.astype(np.float64)
+            else:
+                # Labels: hashable, comparable values (numbers or strings).
+                np.unique(array)
+        except (TypeError, ValueError):
+            what = "real numbers" if numeric else "class labels (numbers or strings)"
+            raise TypeError(
+                f"{name} must hold {what}; some entries are "
+                f"{type(array.flat[0]).__name__} objects."
+            ) from None
+    return value
 
 
 def check_scalar(
