@@ -139,7 +139,9 @@ def check_array(
     return readonly(array)
 
 
-def check_input(value, name: str, *, numeric: bool = True, allow_sparse: bool = False):
+def check_input(
+    value, name: str, *, numeric: bool = True, allow_sparse: bool = False, ndim: int | None = None
+):
     """Reject what scikit-learn's ``validate_data`` would report without naming ``name``.
 
     Estimators call it on ``X`` and ``y`` before ``validate_data``: ``None``, strings, ragged
@@ -158,6 +160,8 @@ def check_input(value, name: str, *, numeric: bool = True, allow_sparse: bool = 
         Require numbers (False for class labels, which may be strings).
     allow_sparse : bool, default=False
         Let sparse matrices through (to ``validate_data``, which checks them).
+    ndim : int, optional
+        Required number of dimensions (2 for ``X``).
 
     Examples
     --------
@@ -182,6 +186,11 @@ def check_input(value, name: str, *, numeric: bool = True, allow_sparse: bool = 
             f"{name} must be a rectangular array; got a ragged {type(value).__name__} whose "
             "rows have different lengths."
         ) from None
+    if ndim is not None and array.ndim != ndim:
+        hint = " (reshape a single feature with .reshape(-1, 1))" if ndim == 2 else ""
+        raise ValueError(
+            f"{name} must be {ndim}-dimensional, got an array of shape {array.shape}{hint}."
+        )
     if array.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {array.shape}.")
     kind = array.dtype.kind

@@ -152,7 +152,7 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         -------
         self : BilevelRidge
         """
-        check_input(X, "X")
+        check_input(X, "X", ndim=2)
         check_input(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         check_choice(self.penalty, "penalty", ("shared", "per_feature"))
@@ -188,7 +188,7 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        check_input(X, "X")
+        check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return X @ self.coef_ + self.intercept_
 
@@ -298,7 +298,7 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
         -------
         self : BilevelLogisticRegression
         """
-        check_input(X, "X")
+        check_input(X, "X", ndim=2)
         check_input(y, "y", numeric=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
         y = _check_labels(y, X.shape[0])
@@ -345,7 +345,7 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples,) or (n_samples, n_classes)
         """
         check_is_fitted(self)
-        check_input(X, "X")
+        check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         scores = X @ self.coef_.T + self.intercept_
         return scores[:, 0] if scores.shape[1] == 1 else scores

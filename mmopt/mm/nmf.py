@@ -273,10 +273,11 @@ class NMFProblem(MMProblem):
 
 
 def _unit(X) -> float:
-    """A power of four near the largest entry of ``X`` when it is beyond 1e100 or below
-    1e-100 (1 otherwise): dividing by it is exact and brings squares back in range."""
+    """A power of four near the largest entry of ``X`` when it is beyond 1e30 or below 1e-30
+    (1 otherwise): dividing by it is exact and keeps the objective's fourth-order terms
+    (``<W^T W, H H^T>``, with the NNDSVDa fill of the order of ``X``) in range."""
     peak = float(abs(X).max()) if X.shape[0] and X.shape[1] else 0.0
-    if peak == 0.0 or 1e-100 <= peak <= 1e100:
+    if peak == 0.0 or 1e-30 <= peak <= 1e30:
         return 1.0
     return 4.0 ** math.floor(math.log(peak, 4))
 
@@ -455,7 +456,7 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         )
 
     def _validate_data_nonnegative(self, X, reset):
-        check_input(X, "X", allow_sparse=True)
+        check_input(X, "X", allow_sparse=True, ndim=2)
         X = validate_data(
             self, X, accept_sparse=("csr", "csc"), dtype=np.float64, reset=reset
         )
@@ -496,7 +497,7 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if init is None:
             init = "nndsvda" if k <= min(n_samples, n_features) else "random"
         check_choice(init, "init", ("random", "nndsvd", "nndsvda", "nndsvdar", "custom"))
-        # Data far from unit scale (beyond 1e100 or below 1e-100) is factorized as X / unit,
+        # Data far from unit scale (beyond 1e30 or below 1e-30) is factorized as X / unit,
         # whose squares stay in range; X = (root W)(root H) with root = sqrt(unit) exact.
         unit = _unit(X)
         root = math.sqrt(unit)
@@ -521,7 +522,8 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.result_ = result
         # The Frobenius objective is homogeneous of degree 2 in X, the divergence of degree 1.
         degree = 1.0 if self.loss == "frobenius" else 0.5
-        self.reconstruction_err_ = float(np.sqrt(2.0 * result.fun)) * unit**degree
+        # The divergence, a difference of sums, can round to slightly below zero.
+        self.reconstruction_err_ = math.sqrt(2.0 * max(result.fun, 0.0)) * unit**degree
         return np.array(W_out) * root
 
     def fit(self, X, y=None, **params) -> MMNMF:

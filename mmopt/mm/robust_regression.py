@@ -494,7 +494,7 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         self : MMRobustRegressor
             The fitted estimator.
         """
-        check_input(X, "X", allow_sparse=True)
+        check_input(X, "X", allow_sparse=True, ndim=2)
         check_input(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         rho = get_loss(self.loss, self.c)
@@ -602,6 +602,6 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
             Predictions.
         """
         check_is_fitted(self)
-        check_input(X, "X", allow_sparse=True)
+        check_input(X, "X", allow_sparse=True, ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return X @ self.coef_ + self.intercept_

@@ -19,7 +19,7 @@ from mmopt._core.threads import check_n_threads, effective_n_threads
 from mmopt._core.validation import check_array, check_input
 from mmopt.mm import MMProblem, MMSolver
 
-FAST = settings(max_examples=25, deadline=None)
+FAST = settings(max_examples=25, deadline=None, derandomize=True)
 
 
 # ------------------------------------------------------------------------------ validation
