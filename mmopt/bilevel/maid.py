@@ -394,8 +394,12 @@ class MAID(Solver):
     def _validate_theta(self, problem, x0):
         if x0 is None:
             return np.array(problem.theta0)
-        theta = check_array(np.atleast_1d(np.asarray(x0, dtype=float)), "x0", ndim=1,
-                            shape=problem.theta0.shape)
+        theta = check_array(x0, "x0", ndim=(0, 1)).reshape(-1)
+        if theta.shape != problem.theta0.shape:
+            raise ValueError(
+                f"x0 must have shape {problem.theta0.shape} (one entry per hyperparameter), "
+                f"got {theta.shape}."
+            )
         return problem.project(np.array(theta))
 
     def _init_state(self, problem, x0) -> _MAIDState:
