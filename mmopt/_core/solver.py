@@ -67,7 +67,9 @@ class Solver(BaseEstimator):
     :meth:`solve` runs the shared loop: it starts the state, calls one step at a time, records
     the history, calls the callback, tests ``residual <= tol`` and ``max_iter``, times the run,
     shows progress, turns ``KeyboardInterrupt`` into status 3 (returning the best iterate) and a
-    non-finite objective or iterate into status 4 (returning the last finite one).
+    non-finite objective or iterate into status 4 (returning the last finite one; when there is
+    none, because the start or the first step is already non-finite, it raises ``ValueError``
+    instead of returning NaN fields under that promise).
 
     A subclass implements only the algorithm:
 

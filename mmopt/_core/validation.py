@@ -170,12 +170,16 @@ def check_input(
     [[1.0, 2.0], [3.0, 4.0]]
     """
     if value is None:
-        raise TypeError(f"{name} must be an array, got None.")
+        # (scikit-learn's estimator checks look for its own wording of a missing y)
+        raise ValueError(
+            f"{name} must be an array, got None"
+            + ("; this estimator requires y to be passed, but the target y is None."
+               if name == "y" else ".")
+        )
     if hasattr(value, "toarray") and not isinstance(value, np.ndarray):
         if not allow_sparse:
             raise TypeError(f"{name} must be a dense array, got a sparse {type(value).__name__}.")
-        if value.shape[0] == 0 or (len(value.shape) > 1 and value.shape[1] == 0):
-            raise ValueError(f"{name} must not be empty, got shape {value.shape}.")
+        _check_not_empty(value.shape, name)
         return value
     if isinstance(value, str | bytes):
         raise TypeError(f"{name} must be an array, got a string {value!r:.40}.")
@@ -187,15 +191,18 @@ def check_input(
             "rows have different lengths."
         ) from None
     if ndim is not None and array.ndim != ndim:
-        hint = " (reshape a single feature with .reshape(-1, 1))" if ndim == 2 else ""
+        hint = (
+            "; Reshape your data with .reshape(-1, 1) for a single feature or .reshape(1, -1)"
+            " for a single sample" if ndim == 2 else ""
+        )
         raise ValueError(
             f"{name} must be {ndim}-dimensional, got an array of shape {array.shape}{hint}."
         )
-    if array.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {array.shape}.")
+    _check_not_empty(array.shape, name)
     kind = array.dtype.kind
     if kind == "c":
-        raise TypeError(f"{name} must hold real numbers, got complex values.")
+        # (the wording scikit-learn's estimator checks expect)
+        raise ValueError(f"Complex data not supported: {name} must hold real numbers.")
     if kind in "VMm" or (numeric and kind in "SU"):
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}.")
     if kind == "O":
@@ -205,13 +212,26 @@ def check_input(
             else:
                 # Labels: hashable, comparable values (numbers or strings).
                 np.unique(array)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as error:
             what = "real numbers" if numeric else "class labels (numbers or strings)"
-            raise TypeError(
-                f"{name} must hold {what}; some entries are "
-                f"{type(array.flat[0]).__name__} objects."
-            ) from None
+            raise TypeError(f"{name} must hold {what}: {error}") from None
     return value
+
+
+def _check_not_empty(shape: tuple, name: str) -> None:
+    # Worded as scikit-learn's validation, with the argument's name in front.
+    if len(shape) and shape[0] == 0:
+        raise ValueError(
+            f"{name} is empty: found array with 0 sample(s) (shape={shape}) while a minimum "
+            "of 1 is required."
+        )
+    if len(shape) > 1 and shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty: found array with 0 feature(s) (shape={shape}) while a minimum "
+            "of 1 is required."
+        )
+    if 0 in shape:
+        raise ValueError(f"{name} must not be empty, got shape {shape}.")
 
 
 def check_scalar(

@@ -722,7 +722,7 @@ def _check_labels(y, n_samples: int) -> np.ndarray:
     kind = type_of_target(y, input_name="y")
     if kind not in ("binary", "multiclass"):
         raise ValueError(
-            f"y must hold class labels for logistic regression; its values look {kind} "
+            f"Unknown label type: {kind}. y must hold class labels for logistic regression "
             "(use ridge_cv_problem / BilevelRidge for a regression target)."
         )
     return y
