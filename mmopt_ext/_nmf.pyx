@@ -29,6 +29,20 @@ def sparse_ratio_and_kl(
     cdef double wh, x, acc
     cdef double[::1] row_kl = np.zeros(n_rows, dtype=np.float64)
     cdef double total = 0.0
+    # Bounds are not checked inside the loops (boundscheck=False): check the shapes once, so
+    # that mismatched inputs are an error instead of reads and writes out of bounds.
+    if ratio.shape[0] != data.shape[0] or indices.shape[0] != data.shape[0]:
+        raise ValueError("data, indices and ratio must have the same length.")
+    if n_rows < 0 or W.shape[0] != n_rows or Ht.shape[1] != n_components:
+        raise ValueError("W must have one row per row of X and Ht as many columns as W.")
+    if n_rows > 0 and (indptr[0] != 0 or indptr[n_rows] > data.shape[0]):
+        raise ValueError("indptr does not describe the stored entries.")
+    for i in range(n_rows):
+        if indptr[i + 1] < indptr[i]:
+            raise ValueError("indptr must be non-decreasing.")
+    for s in range(data.shape[0]):
+        if indices[s] < 0 or indices[s] >= Ht.shape[0]:
+            raise ValueError("a column index of X is out of range of H.")
     with nogil:
         for i in prange(n_rows, schedule="static", num_threads=n_threads):
             acc = 0.0
@@ -73,6 +87,10 @@ def multiplicative_update(
     cdef Py_ssize_t i, j
     cdef double f, num, den, new
     cdef double d_num = 0.0, d_den = 0.0, d_step = 0.0, d_norm = 0.0
+    for i in range(2):
+        if (numerator.shape[i] != factor.shape[i] or denominator.shape[i] != factor.shape[i]
+                or out.shape[i] != factor.shape[i]):
+            raise ValueError("factor, numerator, denominator and out must have one shape.")
     with nogil:
         for i in range(n_rows):
             for j in range(n_cols):

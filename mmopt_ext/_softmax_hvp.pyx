@@ -12,6 +12,9 @@ def softmax_hessian_rows(const double[:, ::1] P, double[:, ::1] U):
     """Overwrite ``U`` with ``P * (U - rowsum(P * U))`` (serial; rows are short)."""
     cdef Py_ssize_t n = P.shape[0], k = P.shape[1], i, j
     cdef double s
+    # boundscheck=False: a U smaller than P would be written out of bounds.
+    if U.shape[0] != n or U.shape[1] != k:
+        raise ValueError("P and U must have the same shape.")
     with nogil:
         for i in range(n):
             s = 0.0

@@ -11,31 +11,75 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("plot_*.py"))
 
-# Examples are small: one BLAS/OpenMP thread keeps them quick on a busy machine.
+# Examples are small: one BLAS/OpenMP thread keeps them quick on a busy machine. The checkout
+# under test comes first on the path: the subprocess runs from a temporary directory, where
+# an installed mmopt (another checkout) would otherwise be imported instead.
 _ENV = {
     **os.environ,
     "MPLBACKEND": "Agg",
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+    ),
 }
 
+# Runs a script (argv[1]) or ``mmopt demo`` (argv[1] == "demo") with every warning an error,
+# but for mmopt's ConvergenceWarning (a documented outcome: the example shows its status),
+# third-party deprecations, and matplotlib's note that the Agg backend cannot show figures.
+# A NumPy RuntimeWarning (overflow, division by zero ...) leaking out of a solver on a valid
+# problem fails the run (issue 13).
+_STRICT_RUNNER = """
+import runpy, sys, warnings
+warnings.simplefilter("error")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
+import mmopt
+warnings.filterwarnings("ignore", category=mmopt.ConvergenceWarning)
+target = sys.argv[1]
+if target == "demo":
+    from mmopt.cli import main
+    sys.exit(main(["demo", *sys.argv[2:]]))
+sys.argv = [target]
+runpy.run_path(target, run_name="__main__")
+"""
 
-@pytest.mark.skipif(not EXAMPLES, reason="no examples/ next to the tests (installed package)")
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_runs_standalone(path, tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(path)],
-        cwd=tmp_path,
+
+def _run_strict(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-c", _STRICT_RUNNER, *args],
+        cwd=cwd,
         env=_ENV,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.skipif(not EXAMPLES, reason="no examples/ next to the tests (installed package)")
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs_standalone_without_warnings(path, tmp_path):
+    out = _run_strict([str(path)], tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    raises=AssertionError,
+    reason="sparsity_constrained_ot's entropic start overflows (b / Ktu, mmopt/ot); fixed on "
+    "the OT branch of issue 13: drop this marker when it is merged",
+)
+def test_demo_runs_without_warnings(tmp_path):
+    # The first thing a newcomer runs: no NumPy warning may reach the terminal (issue 13).
+    out = _run_strict(["demo", "--quick", "--output-dir", str(tmp_path / "out")], tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "Warning" not in out.stderr, out.stderr[-4000:]
 
 
 @pytest.fixture

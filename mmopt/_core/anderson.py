@@ -93,6 +93,20 @@ class AndersonAcceleration:
         self.extrapolated = False
         self.n_resets += 1
 
+    def fresh(self) -> AndersonAcceleration:
+        """A new accelerator with the same options and an empty history.
+
+        A solver given an accelerator as an option runs with ``accelerator.fresh()``, so that
+        the caller's object is never mutated and concurrent solves never share a history.
+        """
+        return type(self)(
+            self.m,
+            regularization=self.regularization,
+            damping=self.damping,
+            max_condition=self.max_condition,
+            delay=self.delay,
+        )
+
     @property
     def history_size(self) -> int:
         """Number of difference pairs currently used."""

@@ -173,7 +173,16 @@ def solve_many(
     """
     from joblib import Parallel, delayed
 
-    problems = list(problems)
+    if isinstance(problems, Problem):
+        raise TypeError("problems must be an iterable of Problem instances; wrap one in a list.")
+    try:
+        problems = list(problems)
+    except TypeError:
+        raise TypeError(
+            f"problems must be an iterable of Problem instances, got {type(problems).__name__}."
+        ) from None
+    if x0s is not None and (isinstance(x0s, str | bytes) or not hasattr(x0s, "__iter__")):
+        raise TypeError(f"x0s must be an iterable of starts or None, got {type(x0s).__name__}.")
     for i, problem in enumerate(problems):
         if not isinstance(problem, Problem):
             raise TypeError(

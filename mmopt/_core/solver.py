@@ -67,7 +67,9 @@ class Solver(BaseEstimator):
     :meth:`solve` runs the shared loop: it starts the state, calls one step at a time, records
     the history, calls the callback, tests ``residual <= tol`` and ``max_iter``, times the run,
     shows progress, turns ``KeyboardInterrupt`` into status 3 (returning the best iterate) and a
-    non-finite objective or iterate into status 4 (returning the last finite one).
+    non-finite objective or iterate into status 4 (returning the last finite one; when there is
+    none, because the start or the first step is already non-finite, it raises ``ValueError``
+    instead of returning NaN fields under that promise).
 
     A subclass implements only the algorithm:
 
@@ -219,6 +221,14 @@ class Solver(BaseEstimator):
             progress.close()
         elapsed = time.perf_counter() - start
         result = self._make_result(problem, state, status, nit, elapsed, history, final=True)
+        if status == Status.NUMERICAL_FAILURE and not _result_is_finite(result):
+            # Status 4 promises the last finite iterate; with none (the start itself, or the
+            # first step, already non-finite) the honest answer is an error, not NaN fields.
+            raise ValueError(
+                f"{type(self).__name__}: a non-finite value was met before any finite iterate "
+                f"(fun={result.fun!r} after {nit} iterations); check the problem's data "
+                "(its scale) and x0."
+            )
         if reason:
             result.message = reason
         if status in (Status.MAX_ITER, Status.NUMERICAL_FAILURE, Status.STALLED):
@@ -283,6 +293,14 @@ def _is_finite(state: SolverState, *, check_x: bool = True) -> bool:
     # alarm needs entries near 1e308.
     with np.errstate(over="ignore", invalid="ignore"):
         return math.isfinite(float(np.sum(state.x)))
+
+
+def _result_is_finite(result: Result) -> bool:
+    if not math.isfinite(result.fun):
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.asarray(result.x)
+        return x.dtype.kind not in "fc" or bool(np.isfinite(x).all())
 
 
 def _append(history, state: SolverState, elapsed: float) -> None:

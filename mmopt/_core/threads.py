@@ -10,7 +10,7 @@ import joblib
 
 from mmopt_ext._openmp_helpers import openmp_enabled, openmp_max_threads
 
-__all__ = ["effective_n_threads", "single_threaded", "openmp_enabled"]
+__all__ = ["check_n_threads", "effective_n_threads", "single_threaded", "openmp_enabled"]
 
 # Set inside solve_many workers: the processes already run in parallel, so kernels must not
 # each start a full team of threads on top of them.
@@ -39,16 +39,43 @@ def effective_n_threads(n_threads: int | None = None) -> int:
         if forced is not None:
             return forced
         return max(1, min(openmp_max_threads(), joblib.cpu_count()))
-    try:
-        n_threads = operator.index(n_threads)
-    except TypeError:
-        raise TypeError(f"n_threads must be an integer or None, got {n_threads!r}.") from None
-    if n_threads == 0:
-        raise ValueError("n_threads must not be 0: use None, a positive or a negative integer.")
+    n_threads = check_n_threads(n_threads)
     if n_threads < 0:
         # (joblib reads the cgroup quota files: only asked when needed, kernels resolve
         # their thread count on every call)
         n_threads = max(1, joblib.cpu_count() + 1 + n_threads)
+    return n_threads
+
+
+def check_n_threads(n_threads, name: str = "n_threads"):
+    """Check a ``n_threads`` option without resolving it (problems call it at construction).
+
+    ``None`` or a non-zero integer; a negative value counts back from the number of CPUs, so
+    it must leave at least one (``-1`` is all of them, ``-cpu_count`` one).
+
+    Examples
+    --------
+    >>> from mmopt._core.threads import check_n_threads
+    >>> check_n_threads(-1)
+    -1
+    """
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, bool):
+        raise TypeError(f"{name} must be an integer or None, got {n_threads!r}.")
+    try:
+        n_threads = operator.index(n_threads)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer or None, got {n_threads!r}.") from None
+    if n_threads == 0:
+        raise ValueError(f"{name} must not be 0: use None, a positive or a negative integer.")
+    if n_threads < 0:
+        cpus = joblib.cpu_count()
+        if n_threads < -cpus:
+            raise ValueError(
+                f"{name}={n_threads} leaves no thread: negative values count back from the "
+                f"{cpus} CPUs (-1 is all of them), so it must be >= {-cpus}."
+            )
     return n_threads
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "check_array",
+    "check_input",
     "check_scalar",
     "check_callable",
     "check_choice",
@@ -82,16 +83,36 @@ def check_array(
         raise TypeError(f"{name} must be an array, got None.")
     if hasattr(value, "toarray") and not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a dense array, got a sparse {type(value).__name__}.")
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be an array of real numbers, got a string {value!r:.40}.")
     try:
         array = np.asarray(value, order=order)
-        if array.dtype == object or array.dtype.kind in "USV":
-            raise TypeError
-        if array.dtype.kind == "c":
-            raise TypeError
+    except ValueError:
+        # NumPy refuses nested sequences of unequal lengths ("inhomogeneous shape").
+        raise ValueError(
+            f"{name} must be a rectangular array of real numbers; got a ragged "
+            f"{type(value).__name__} whose rows have different lengths."
+        ) from None
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(value).__name__}."
+        ) from None
+    if array.dtype == object or array.dtype.kind in "USVMm":
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(value).__name__} of dtype "
+            f"{array.dtype}."
+        )
+    if array.dtype.kind == "c":
+        raise TypeError(
+            f"{name} must be an array of real numbers, got complex values (dtype "
+            f"{array.dtype}); pass the real part explicitly if that is what you mean."
+        )
+    try:
         array = array.astype(dtype, order=order, copy=False)
     except (TypeError, ValueError):
         raise TypeError(
-            f"{name} must be an array of real numbers, got {type(value).__name__}."
+            f"{name} must be an array of real numbers convertible to {np.dtype(dtype)}, "
+            f"got {type(value).__name__} of dtype {array.dtype}."
         ) from None
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
@@ -116,6 +137,101 @@ def check_array(
     if nonnegative and array.size and array.min() < 0:
         raise ValueError(f"{name} must be non-negative; its smallest entry is {array.min()!r}.")
     return readonly(array)
+
+
+def check_input(
+    value, name: str, *, numeric: bool = True, allow_sparse: bool = False, ndim: int | None = None
+):
+    """Reject what scikit-learn's ``validate_data`` would report without naming ``name``.
+
+    Estimators call it on ``X`` and ``y`` before ``validate_data``: ``None``, strings, ragged
+    nested sequences (NumPy's "setting an array element with a sequence"), entries that are
+    not numbers (object arrays of arbitrary objects, text when ``numeric``), complex values
+    and empty inputs get a ``TypeError``/``ValueError`` naming the argument. The value itself
+    is returned unchanged, for ``validate_data`` to convert.
+
+    Parameters
+    ----------
+    value : array-like or sparse matrix
+        What the user passed.
+    name : str
+        The argument's name (``"X"``, ``"y"``).
+    numeric : bool, default=True
+        Require numbers (False for class labels, which may be strings).
+    allow_sparse : bool, default=False
+        Let sparse matrices through (to ``validate_data``, which checks them).
+    ndim : int, optional
+        Required number of dimensions (2 for ``X``).
+
+    Examples
+    --------
+    >>> from mmopt._core.validation import check_input
+    >>> check_input([[1.0, 2.0], [3.0, 4.0]], "X")
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    if value is None:
+        # (scikit-learn's estimator checks look for its own wording of a missing y)
+        raise ValueError(
+            f"{name} must be an array, got None"
+            + ("; this estimator requires y to be passed, but the target y is None."
+               if name == "y" else ".")
+        )
+    if hasattr(value, "toarray") and not isinstance(value, np.ndarray):
+        if not allow_sparse:
+            raise TypeError(f"{name} must be a dense array, got a sparse {type(value).__name__}.")
+        _check_not_empty(value.shape, name)
+        return value
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be an array, got a string {value!r:.40}.")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{name} must be a rectangular array; got a ragged {type(value).__name__} whose "
+            "rows have different lengths."
+        ) from None
+    if ndim is not None and array.ndim != ndim:
+        hint = (
+            "; Reshape your data with .reshape(-1, 1) for a single feature or .reshape(1, -1)"
+            " for a single sample" if ndim == 2 else ""
+        )
+        raise ValueError(
+            f"{name} must be {ndim}-dimensional, got an array of shape {array.shape}{hint}."
+        )
+    _check_not_empty(array.shape, name)
+    kind = array.dtype.kind
+    if kind == "c":
+        # (the wording scikit-learn's estimator checks expect)
+        raise ValueError(f"Complex data not supported: {name} must hold real numbers.")
+    if kind in "VMm" or (numeric and kind in "SU"):
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}.")
+    if kind == "O":
+        try:
+            if numeric:
+                array.astype(np.float64)
+            else:
+                # Labels: hashable, comparable values (numbers or strings).
+                np.unique(array)
+        except (TypeError, ValueError) as error:
+            what = "real numbers" if numeric else "class labels (numbers or strings)"
+            raise TypeError(f"{name} must hold {what}: {error}") from None
+    return value
+
+
+def _check_not_empty(shape: tuple, name: str) -> None:
+    # Worded as scikit-learn's validation, with the argument's name in front.
+    if len(shape) and shape[0] == 0:
+        raise ValueError(
+            f"{name} is empty: found array with 0 sample(s) (shape={shape}) while a minimum "
+            "of 1 is required."
+        )
+    if len(shape) > 1 and shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty: found array with 0 feature(s) (shape={shape}) while a minimum "
+            "of 1 is required."
+        )
+    if 0 in shape:
+        raise ValueError(f"{name} must not be empty, got shape {shape}.")
 
 
 def check_scalar(

@@ -6,13 +6,13 @@ import numpy as np
 import scipy.special
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.validation import check_choice, check_scalar
+from mmopt._core.validation import check_choice, check_input, check_scalar
 from mmopt.bilevel.glm import (
     LogisticLowerLevel,
     RidgeLowerLevel,
+    _check_labels,
     _encode,
     logistic_cv_problem,
     ridge_cv_problem,
@@ -152,6 +152,8 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         -------
         self : BilevelRidge
         """
+        check_input(X, "X", ndim=2)
+        check_input(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         check_choice(self.penalty, "penalty", ("shared", "per_feature"))
         low, high = _check_bounds(self.alpha_bounds, "alpha_bounds")
@@ -186,6 +188,7 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
+        check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return X @ self.coef_ + self.intercept_
 
@@ -295,8 +298,10 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
         -------
         self : BilevelLogisticRegression
         """
+        check_input(X, "X", ndim=2)
+        check_input(y, "y", numeric=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
-        check_classification_targets(y)
+        y = _check_labels(y, X.shape[0])
         check_choice(self.penalty, "penalty", ("shared", "per_feature", "per_weight"))
         low, high = _check_bounds(self.C_bounds, "C_bounds")
         check_scalar(self.C_init, "C_init", min_value=0.0, include_min=False)
@@ -340,6 +345,7 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples,) or (n_samples, n_classes)
         """
         check_is_fitted(self)
+        check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         scores = X @ self.coef_.T + self.intercept_
         return scores[:, 0] if scores.shape[1] == 1 else scores

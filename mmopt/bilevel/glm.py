@@ -12,14 +12,16 @@ intercept not penalized); the lower levels divide these by the number of trainin
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import scipy.linalg
 import scipy.special
 from sklearn.model_selection import check_cv
 from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import type_of_target
 
-from mmopt._core.validation import check_array, check_choice
+from mmopt._core.validation import check_array, check_choice, check_input
 from mmopt.bilevel.problem import BilevelProblem, LowerLevel, UpperLevel
 from mmopt_ext._softmax_hvp import softmax_hessian_rows
 
@@ -181,11 +183,75 @@ class SquaredLossUpperLevel(UpperLevel):
 
 
 def _splits(cv, X, y, classifier):
-    splitter = check_cv(cv, y, classifier=classifier)
-    splits = list(splitter.split(X, y))
+    if isinstance(cv, numbers.Integral) and not isinstance(cv, bool):
+        if not 2 <= cv <= X.shape[0]:
+            raise ValueError(
+                f"cv must be between 2 and n_samples={X.shape[0]} folds, got {cv}."
+            )
+    try:
+        splitter = check_cv(cv, y, classifier=classifier)
+        splits = list(splitter.split(X, y))
+    except (TypeError, ValueError) as error:
+        if "cv" in str(error):
+            raise
+        raise ValueError(f"cv could not split the data: {error}") from None
     if not splits:
         raise ValueError("cv must produce at least one (train, validation) split.")
-    return splits
+    return [_check_split(split, k, X.shape[0]) for k, split in enumerate(splits)]
+
+
+def _check_split(split, k: int, n: int):
+    """One ``(train, validation)`` pair as integer index arrays in ``[0, n)``, or an error
+    naming ``cv`` (a user's iterable of pairs is otherwise used as given)."""
+    try:
+        train, val = split
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"cv must yield (train, validation) pairs; split {k} is not one."
+        ) from None
+    out = []
+    for part, name in ((train, "training"), (val, "validation")):
+        try:
+            idx = np.asarray(part)
+        except ValueError:
+            raise ValueError(f"cv split {k}: the {name} indices are ragged.") from None
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise ValueError(
+                    f"cv split {k}: a boolean {name} mask must have length n_samples={n}, "
+                    f"got shape {idx.shape}."
+                )
+            idx = np.flatnonzero(idx)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise ValueError(
+                f"cv split {k}: the {name} indices must be a 1-d array of integers, got "
+                f"dtype {idx.dtype} and shape {idx.shape}."
+            )
+        if idx.size == 0:
+            raise ValueError(f"cv split {k}: the {name} set is empty.")
+        if idx.min() < 0 or idx.max() >= n:
+            raise ValueError(
+                f"cv split {k}: {name} indices must lie in [0, {n}) (n_samples), got "
+                f"{int(idx.min())} to {int(idx.max())}."
+            )
+        out.append(idx.astype(np.intp, copy=False))
+    return tuple(out)
+
+
+# The certified bounds of these problems hold up to third and fourth powers of the data
+# (Lipschitz constants of Hessians, squared validation errors times curvatures): beyond this
+# magnitude they overflow, so larger data is refused with a message naming it.
+_MAX_DATA_MAGNITUDE = 1e50
+
+
+def _check_scale(A, name: str) -> None:
+    """Reject data too large in magnitude for the problem's bounds to be represented."""
+    peak = float(np.max(np.abs(A))) if A.size else 0.0
+    if peak > _MAX_DATA_MAGNITUDE:
+        raise ValueError(
+            f"{name} has entries of magnitude {peak:.3g}: beyond {_MAX_DATA_MAGNITUDE:.0e} "
+            f"the powers of the data in this problem's bounds overflow; rescale {name}."
+        )
 
 
 def ridge_cv_problem(
@@ -229,6 +295,8 @@ def ridge_cv_problem(
     """
     X = check_array(X, "X", ndim=2)
     y = check_array(y, "y", ndim=1, shape=(X.shape[0],))
+    _check_scale(X, "X")
+    _check_scale(y, "y")
     lowers, uppers = [], []
     for train, val in _splits(cv, X, y, classifier=False):
         lower = RidgeLowerLevel(X[train], y[train], penalty=penalty, fit_intercept=fit_intercept)
@@ -251,33 +319,41 @@ class _LogisticLoss:
     def __init__(self, Xa, Y, binary):
         self.Xa, self.Y, self.binary = Xa, Y, binary
         self._ones = np.ones(Y.shape[1])
-        self._key = None
+        # (key, Z, P, lse) of the last point, replaced as one tuple so that concurrent
+        # solves sharing this problem never read a mix of two points.
+        self._last = None
 
-    def probabilities(self, W):
-        # The last point's probabilities are cached: the solvers ask for the gradient and
-        # then several Hessian-vector products at the same point.
+    def _evaluate(self, W):
+        # The last point's products are cached: the solvers ask for the gradient and then
+        # several Hessian-vector products at the same point.
         key = W.tobytes()  # a byte comparison is several times faster than array_equal
-        if key == self._key:
-            return self._Z, self._P
+        last = self._last
+        if last is not None and last[0] == key:
+            return last
         Z = self.Xa @ W
         if self.binary:
             P = scipy.special.expit(Z)
-            self._lse = None
+            lse = None
         else:
             # Softmax and log-sum-exp in one pass (the value needs the latter).
             top = Z.max(axis=1, keepdims=True)
             P = np.exp(Z - top)
             total = P @ self._ones
             P /= total[:, None]
-            self._lse = top[:, 0] + np.log(total)
-        self._key, self._Z, self._P = key, Z, P
+            lse = top[:, 0] + np.log(total)
+        last = (key, Z, P, lse)
+        self._last = last
+        return last
+
+    def probabilities(self, W):
+        _, Z, P, _ = self._evaluate(W)
         return Z, P
 
     def value(self, W):
-        Z, _ = self.probabilities(W)
+        _, Z, _, lse = self._evaluate(W)
         if self.binary:
             return float(np.sum(np.logaddexp(0.0, Z)) - np.sum(self.Y * Z))
-        return float(np.sum(self._lse) - np.sum(self.Y * Z))
+        return float(np.sum(lse) - np.sum(self.Y * Z))
 
     def grad(self, W):
         _, P = self.probabilities(W)
@@ -635,6 +711,23 @@ class LogLossUpperLevel(UpperLevel):
         return (self.loss.grad(x.reshape(self.shape)) / self.n).ravel()
 
 
+def _check_labels(y, n_samples: int) -> np.ndarray:
+    """Class labels as a 1-d array of length ``n_samples``; continuous targets refused."""
+    check_input(y, "y", numeric=False)
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n_samples:
+        raise ValueError(
+            f"y must have shape (n_samples,) = ({n_samples},) to match X, got {y.shape}."
+        )
+    kind = type_of_target(y, input_name="y")
+    if kind not in ("binary", "multiclass"):
+        raise ValueError(
+            f"Unknown label type: {kind}. y must hold class labels for logistic regression "
+            "(use ridge_cv_problem / BilevelRidge for a regression target)."
+        )
+    return y
+
+
 def _encode(y):
     encoder = LabelEncoder().fit(y)
     codes = encoder.transform(y)
@@ -694,9 +787,11 @@ def logistic_cv_problem(
     (3, (1,))
     """
     X = check_array(X, "X", ndim=2)
-    classes, Y = _encode(np.asarray(y))
+    _check_scale(X, "X")
+    y = _check_labels(y, X.shape[0])
+    classes, Y = _encode(y)
     lowers, uppers = [], []
-    for train, val in _splits(cv, X, np.asarray(y), classifier=True):
+    for train, val in _splits(cv, X, y, classifier=True):
         lowers.append(
             LogisticLowerLevel(X[train], Y[train], penalty=penalty, fit_intercept=fit_intercept)
         )

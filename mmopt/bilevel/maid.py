@@ -18,6 +18,7 @@ compares an *upper* bound of the new objective with a *lower* bound of the old o
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
@@ -353,31 +354,32 @@ class MAID(Solver):
         Result
             See the class documentation for the fields.
         """
+        self._validate_params()  # before the user's callback is wrapped
+        # The run's bookkeeping (cost counters, certification flags, warm-start tangents,
+        # the wrapped callback) lives on a private copy of the solver made for this solve:
+        # the instance the user holds keeps its options only and can serve several threads.
+        run = copy.copy(self)
+        user_callback = self.callback
+        run._budget_spent = run._stalled = False
+
         # The cost budget is checked after each iteration through the loop's callback hook;
         # the user's callback (an option, never modified) is called first.
-        self._validate_params()  # before the user's callback is wrapped
-        user_callback = self.callback
-        self._budget_spent = self._stalled = False
-
         def budget_callback(intermediate_result):
             if user_callback is not None:
                 user_callback(intermediate_result)
-            if self.max_cost is not None and self._cost["cost"] >= self.max_cost:
-                self._budget_spent = True
+            if run.max_cost is not None and run._cost["cost"] >= run.max_cost:
+                run._budget_spent = True
                 raise StopIteration
-            if self._stalled:
+            if run._stalled:
                 raise StopIteration
 
-        self.callback = budget_callback
-        try:
-            result = super().solve(problem, x0)
-        finally:
-            self.callback = user_callback
-        if (self._budget_spent or self._stalled) and result.status == Status.CALLBACK:
+        run.callback = budget_callback
+        result = Solver.solve(run, problem, x0)
+        if (run._budget_spent or run._stalled) and result.status == Status.CALLBACK:
             result.status, result.success = int(Status.MAX_ITER), False
             result.message = (
                 "Cost budget (max_cost) spent before convergence."
-                if self._budget_spent
+                if run._budget_spent
                 else "Stalled: no step passes the decrease test at the accuracy floor "
                 "(min_eps); tol is below what floating point can certify."
             )
@@ -392,8 +394,12 @@ class MAID(Solver):
     def _validate_theta(self, problem, x0):
         if x0 is None:
             return np.array(problem.theta0)
-        theta = check_array(np.atleast_1d(np.asarray(x0, dtype=float)), "x0", ndim=1,
-                            shape=problem.theta0.shape)
+        theta = check_array(x0, "x0", ndim=(0, 1)).reshape(-1)
+        if theta.shape != problem.theta0.shape:
+            raise ValueError(
+                f"x0 must have shape {problem.theta0.shape} (one entry per hyperparameter), "
+                f"got {theta.shape}."
+            )
         return problem.project(np.array(theta))
 
     def _init_state(self, problem, x0) -> _MAIDState:

@@ -358,7 +358,7 @@ class BilevelProblem(Problem):
                 f"lower and upper must have the same length: got {len(self.lowers)} lower and "
                 f"{len(self.uppers)} upper levels."
             )
-        theta0 = check_array(np.atleast_1d(np.asarray(theta0, dtype=float)), "theta0", ndim=1)
+        theta0 = check_array(theta0, "theta0", ndim=(0, 1)).reshape(-1)
         m = theta0.size
         if bounds is None:
             lo, hi = np.full(m, -np.inf), np.full(m, np.inf)

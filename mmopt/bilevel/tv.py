@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmopt._core.validation import check_array
+from mmopt._core.validation import check_array, check_scalar
 from mmopt.bilevel.problem import BilevelProblem, LowerLevel, UpperLevel
 
 __all__ = [
@@ -303,6 +303,10 @@ def make_tv_denoising_data(*, size=48, n_images=1, noise=0.1, random_state=0):
     ((8, 8), True)
     """
     from sklearn.datasets import load_sample_image
+
+    size = check_scalar(size, "size", kind=int, min_value=2)
+    n_images = check_scalar(n_images, "n_images", kind=int, min_value=1)
+    noise = check_scalar(noise, "noise", min_value=0.0)
 
     photo = load_sample_image("china.jpg").astype(float).mean(axis=2) / 255.0
     h, w = (photo.shape[0] // 4) * 4, (photo.shape[1] // 4) * 4

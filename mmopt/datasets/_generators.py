@@ -17,6 +17,17 @@ def _outlier_mask(n_samples: int, outlier_fraction: float, rng) -> np.ndarray:
     return mask
 
 
+def _random_state(random_state):
+    """``check_random_state``, with a message naming ``random_state``."""
+    try:
+        return check_random_state(random_state)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "random_state must be None, an integer or a numpy RandomState/Generator seed, got "
+            f"{random_state!r}."
+        ) from None
+
+
 def _random_signs(size: int, rng) -> np.ndarray:
     return np.where(rng.random_sample(size) < 0.5, -1.0, 1.0)
 
@@ -81,13 +92,19 @@ def make_regression_with_outliers(
     )
     noise = check_scalar(noise, "noise", min_value=0.0)
     outlier_scale = check_scalar(outlier_scale, "outlier_scale", min_value=0.0)
-    rng = check_random_state(random_state)
+    rng = _random_state(random_state)
     X = rng.standard_normal((n_samples, n_features))
     coef = rng.uniform(-10.0, 10.0, n_features)
     y = X @ coef + noise * rng.standard_normal(n_samples)
     mask = _outlier_mask(n_samples, outlier_fraction, rng)
     k = int(mask.sum())
-    y[mask] += _random_signs(k, rng) * outlier_scale * (1.0 + np.abs(rng.standard_normal(k)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y[mask] += _random_signs(k, rng) * outlier_scale * (1.0 + np.abs(rng.standard_normal(k)))
+    if not np.isfinite(y).all():
+        raise ValueError(
+            f"noise={noise!r} or outlier_scale={outlier_scale!r} is too large: the targets "
+            "overflow."
+        )
     return X, y, coef, mask
 
 
@@ -129,7 +146,7 @@ def load_diabetes_with_outliers(
     outlier_fraction = check_scalar(
         outlier_fraction, "outlier_fraction", min_value=0.0, max_value=1.0, include_max=False
     )
-    rng = check_random_state(random_state)
+    rng = _random_state(random_state)
     data = load_diabetes()
     X = np.asarray(data.data, dtype=float)
     y = np.array(data.target, dtype=float)

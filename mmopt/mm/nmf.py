@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import KW_ONLY, dataclass
 
@@ -12,7 +13,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from mmopt._core.validation import check_array, check_choice, check_scalar
+from mmopt._core.threads import check_n_threads
+from mmopt._core.validation import check_array, check_choice, check_input, check_scalar
 from mmopt.mm._kernels import EPSILON as _EPSILON
 from mmopt.mm._kernels import multiplicative_update, sparse_ratio_and_kl
 from mmopt.mm.problem import MMProblem
@@ -126,6 +128,7 @@ class NMFProblem(MMProblem):
             raise ValueError(
                 f"W0 must have shape (n_samples, n_components) = ({n}, {k}), got {W0.shape}."
             )
+        put("n_threads", check_n_threads(self.n_threads))
         if not isinstance(self.update_H, (bool, np.bool_)):
             raise TypeError(f"update_H must be True or False, got {self.update_H!r}.")
         put("X", X)
@@ -267,6 +270,16 @@ class NMFProblem(MMProblem):
             f"NMFProblem(n_samples={n}, n_features={m}, n_components={self._n_components}, "
             f"loss={self.loss!r}, update_H={self.update_H})"
         )
+
+
+def _unit(X) -> float:
+    """A power of four near the largest entry of ``X`` when it is beyond 1e30 or below 1e-30
+    (1 otherwise): dividing by it is exact and keeps the objective's fourth-order terms
+    (``<W^T W, H H^T>``, with the NNDSVDa fill of the order of ``X``) in range."""
+    peak = float(abs(X).max()) if X.shape[0] and X.shape[1] else 0.0
+    if peak == 0.0 or 1e-30 <= peak <= 1e30:
+        return 1.0
+    return 4.0 ** math.floor(math.log(peak, 4))
 
 
 def initialize_factors(X, n_components, init="nndsvda", *, random_state=None, eps=1e-6):
@@ -443,6 +456,7 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         )
 
     def _validate_data_nonnegative(self, X, reset):
+        check_input(X, "X", allow_sparse=True, ndim=2)
         X = validate_data(
             self, X, accept_sparse=("csr", "csc"), dtype=np.float64, reset=reset
         )
@@ -483,22 +497,34 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if init is None:
             init = "nndsvda" if k <= min(n_samples, n_features) else "random"
         check_choice(init, "init", ("random", "nndsvd", "nndsvda", "nndsvdar", "custom"))
+        # Data far from unit scale (beyond 1e30 or below 1e-30) is factorized as X / unit,
+        # whose squares stay in range; X = (root W)(root H) with root = sqrt(unit) exact.
+        unit = _unit(X)
+        root = math.sqrt(unit)
+        if unit != 1.0:
+            X = X / unit
         if init == "custom":
             if W is None or H is None:
                 raise ValueError('init="custom" needs both W and H passed to fit.')
             W0, H0 = W, H
+            if unit != 1.0:
+                W0 = check_array(W0, "W", ndim=2) / root
+                H0 = check_array(H0, "H", ndim=2) / root
         else:
             W0, H0 = initialize_factors(X, k, init, random_state=self.random_state)
         problem = NMFProblem(X, W0, H0, loss=self.loss)
         result = self._solver().solve(problem)
         W_out, H_out = problem.factors(result.x)
-        self.components_ = np.array(H_out)
+        self.components_ = np.array(H_out) * root
         self.n_components_ = k
         self._n_features_out = k
         self.n_iter_ = result.nit
         self.result_ = result
-        self.reconstruction_err_ = float(np.sqrt(2.0 * result.fun))
-        return np.array(W_out)
+        # The Frobenius objective is homogeneous of degree 2 in X, the divergence of degree 1.
+        degree = 1.0 if self.loss == "frobenius" else 0.5
+        # The divergence, a difference of sums, can round to slightly below zero.
+        self.reconstruction_err_ = math.sqrt(2.0 * max(result.fun, 0.0)) * unit**degree
+        return np.array(W_out) * root
 
     def fit(self, X, y=None, **params) -> MMNMF:
         """Learn the factorization of ``X``; ``W``/``H`` may be passed as in ``fit_transform``."""
@@ -513,14 +539,19 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._validate_data_nonnegative(X, reset=False)
         k = self.n_components_
+        # Extreme scales as in fit: X / u = (W v / u)(H / v), exact for powers of two u, v.
+        unit_x, unit_h = _unit(X), _unit(self.components_)
+        if unit_x != 1.0:
+            X = X / unit_x
+        H = self.components_ / unit_h if unit_h != 1.0 else self.components_
         # A constant start, as multiplicative updates cannot leave zeros.
         avg = np.sqrt(max(float(X.mean()), 0.0) / k)
         W0 = np.full((X.shape[0], k), avg)
-        problem = NMFProblem(X, W0, self.components_, loss=self.loss, update_H=False)
+        problem = NMFProblem(X, W0, H, loss=self.loss, update_H=False)
         # With H fixed the problem is convex in W: solve it tightly, so that transform(X)
         # agrees with the W that fit_transform(X) returned, whatever the path to it.
         result = self._solver(tol=min(self.tol, _TRANSFORM_TOL)).solve(problem)
-        return np.array(problem.factors(result.x)[0])
+        return np.array(problem.factors(result.x)[0]) * (unit_x / unit_h)
 
     def inverse_transform(self, X) -> np.ndarray:
         """Map ``W`` back to data space: ``W @ components_``."""

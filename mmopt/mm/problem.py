@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -76,17 +77,26 @@ class MMProblem(Problem):
 
     def objective(self, x: np.ndarray) -> float:
         """Return ``F(x)``."""
-        return float(self._objective(x))
+        value = self._objective(x)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real | np.ndarray):
+            raise TypeError(
+                f"objective must return a real number, got {type(value).__name__}."
+            )
+        if np.ndim(value) != 0 and np.size(value) != 1:
+            raise TypeError(
+                f"objective must return a scalar, got an array of shape {np.shape(value)}."
+            )
+        return float(np.asarray(value).reshape(()))
 
     def surrogate_minimizer(self, x: np.ndarray) -> np.ndarray:
         """Return ``G(x)``, the minimizer of the majorizer of ``F`` built at ``x``."""
-        return np.asarray(self._surrogate_minimizer(x), dtype=float)
+        return _as_iterate(self._surrogate_minimizer(x), "surrogate_minimizer", x)
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Map an extrapolated point back into the domain (identity by default)."""
         if getattr(self, "_project", None) is None:
             return x
-        return np.asarray(self._project(x), dtype=float)
+        return _as_iterate(self._project(x), "project", x)
 
     def mm_step(self, x: np.ndarray) -> tuple:
         """Return ``(G(x), F(x))``; override to share work between the two.
@@ -101,3 +111,21 @@ class MMProblem(Problem):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(d={np.size(self.initial_point())})"
+
+
+def _as_iterate(value, name: str, x: np.ndarray) -> np.ndarray:
+    """A user callable's output as a float vector shaped like ``x``, or an error naming it."""
+    if value is None:
+        raise TypeError(f"{name} must return an array shaped like x, got None.")
+    try:
+        out = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must return an array of real numbers, got {type(value).__name__}."
+        ) from None
+    if out.shape != np.shape(x):
+        raise ValueError(
+            f"{name}: the surrogate minimizer returned shape {out.shape} for an iterate of "
+            f"shape {np.shape(x)}."
+        )
+    return out

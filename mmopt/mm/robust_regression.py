@@ -16,6 +16,7 @@ scale estimate, and :class:`MMRobustRegressor` the scikit-learn estimator that c
 
 from __future__ import annotations
 
+import math
 from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
@@ -24,7 +25,13 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
+from mmopt._core.validation import (
+    check_array,
+    check_choice,
+    check_input,
+    check_scalar,
+    readonly,
+)
 from mmopt.mm.losses import HuberLoss, RobustLoss, get_loss
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.solver import MMSolver
@@ -278,7 +285,12 @@ class RobustRegressionProblem(MMProblem):
         put("rho", rho)
         design = np.hstack([X, np.ones((n_samples, 1))]) if self.fit_intercept else X
         put("_design", readonly(np.ascontiguousarray(design)))
-        penalty = np.full(design.shape[1], alpha * scale**2)
+        if alpha > 0 and not math.isfinite(alpha * scale * scale):
+            raise ValueError(
+                f"alpha * scale**2 overflows (alpha={alpha!r}, scale={scale!r}); rescale y "
+                "and scale."
+            )
+        penalty = np.full(design.shape[1], alpha * scale * scale)
         if self.fit_intercept:
             penalty[-1] = 0.0
         # The surrogate is sum s_i w_i r_i^2 / (2 scale^2) + alpha/2 ||coef||^2; multiplying
@@ -482,10 +494,13 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         self : MMRobustRegressor
             The fitted estimator.
         """
+        check_input(X, "X", allow_sparse=True, ndim=2)
+        check_input(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         rho = get_loss(self.loss, self.c)
         if self.scale is not None:
             check_scalar(self.scale, "scale", min_value=0.0, include_min=False)
+        y, unit = self._normalize_targets(y)
         solver = MMSolver(
             anderson=self.anderson,
             m=self.m,
@@ -540,14 +555,38 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
 
         coef, intercept = final.split(result.x)
         residuals = final.residuals(result.x)
-        self.coef_ = np.array(coef)
-        self.intercept_ = float(intercept)
-        self.scale_ = float(final.scale)
+        if unit != 1.0:
+            # Back to the units of y (see _normalize_targets); the objective is unchanged.
+            result.x = result.x * unit
+        self.coef_ = np.array(coef) * unit
+        self.intercept_ = float(intercept) * unit
+        self.scale_ = float(final.scale) * unit
         self.n_iter_ = int(result.nit)
         self.result_ = result
         self.weights_ = final.rho.weight(residuals / final.scale)
         self.outliers_ = np.abs(residuals) > final.rho.c * final.scale
         return self
+
+    def _normalize_targets(self, y: np.ndarray) -> tuple[np.ndarray, float]:
+        """``(y / unit, unit)``, with ``unit`` a power of two when ``y`` is extreme in scale.
+
+        Squares of targets beyond about 1e154 overflow (and below 1e-154 underflow) in the
+        scale estimate and the weighted least-squares steps. Without a ridge penalty and with
+        the scale estimated, the fit is equivariant (``y -> t y`` gives ``coef -> t coef``,
+        ``scale -> t scale`` and the same weights), so it runs on ``y / unit`` and the results
+        are scaled back; a power of two keeps the division exact. Otherwise such targets are
+        an error naming ``y``.
+        """
+        peak = float(np.max(np.abs(y)))
+        if peak == 0.0 or 1e-100 <= peak <= 1e100:
+            return y, 1.0
+        if self.alpha == 0 and self.scale is None:
+            unit = 2.0 ** math.floor(math.log2(peak))
+            return y / unit, unit
+        raise ValueError(
+            f"y has entries of magnitude {peak:.3g}, whose squares are out of floating-point "
+            "range; rescale y (with alpha=0 and scale=None the fit rescales it itself)."
+        )
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict ``X @ coef_ + intercept_``.
@@ -563,5 +602,6 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
             Predictions.
         """
         check_is_fitted(self)
+        check_input(X, "X", allow_sparse=True, ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return X @ self.coef_ + self.intercept_

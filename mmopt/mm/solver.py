@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +17,27 @@ from mmopt.mm.problem import MMProblem
 __all__ = ["MMSolver"]
 
 
+class _MMRun:
+    """What one solve carries besides the iterate: counts, the accelerator, a work buffer.
+
+    Made by ``_init_state`` and shared by the states of that solve only, so that the solver
+    object keeps nothing but its options and can serve several threads at once.
+    """
+
+    def __init__(self, anderson: AndersonAcceleration | None):
+        self.anderson = anderson
+        self.n_evaluations = 0
+        self.work: np.ndarray | None = None
+        # Squared lengths of the last plain step and iterate, when the problem got them free.
+        self.norms = None
+
+
 @dataclass
 class _MMState(SolverState):
     # G(x) at the current iterate: the plain step, and the fallback when an extrapolated
     # point is rejected.
     plain_step: np.ndarray | None = None
+    run: _MMRun | None = None
 
 
 @register_solver
@@ -127,36 +144,43 @@ class MMSolver(Solver):
         check_scalar(self.m, "m", kind=int, min_value=1)
         check_choice(self.stopping, "stopping", ("step", "objective"))
 
-    def _evaluate(self, problem, x):
+    def _evaluate(self, problem, x, run: _MMRun):
         evaluation = problem.mm_step(x)
+        if not isinstance(evaluation, tuple | list) or len(evaluation) not in (2, 3):
+            raise TypeError(
+                "the problem's mm_step must return (G(x), F(x)) or (G(x), F(x), norms); got "
+                f"{type(evaluation).__name__}."
+            )
         plain_step, fun = evaluation[0], evaluation[1]
         # Squared lengths of the step and of x, when the problem got them for free.
-        self._norms = evaluation[2] if len(evaluation) > 2 else None
+        run.norms = evaluation[2] if len(evaluation) > 2 else None
         plain_step = np.asarray(plain_step, dtype=float)
         if plain_step.shape != x.shape:
             raise ValueError(
                 f"the problem's surrogate minimizer returned shape {plain_step.shape} for an "
                 f"iterate of shape {x.shape}."
             )
-        self._n_evaluations += 1
-        return plain_step, float(fun)
+        run.n_evaluations += 1
+        return plain_step, _objective_value(fun)
 
     def _residual_covers_x(self) -> bool:
         # ||G(x) - x|| / ||x|| is NaN whenever x (or G(x)) holds a NaN or an infinity.
         return self.stopping == "step"
 
-    def _stopping_quantity(self, x, plain_step, previous_fun, fun):
+    def _stopping_quantity(self, x, plain_step, previous_fun, fun, run: _MMRun):
         if self.stopping == "objective":
             return abs(previous_fun - fun) / max(abs(fun), np.finfo(float).tiny)
-        if self._norms is not None:
-            step_sq, x_sq = self._norms
+        if run.norms is not None:
+            step_sq, x_sq = run.norms
             return math.sqrt(step_sq) / max(math.sqrt(x_sq), 1.0)
         # A work buffer reused across iterations: a fresh large temporary each time costs as
         # much as the arithmetic on problems with cheap MM steps.
-        if self._work is None or self._work.shape != x.shape:
-            self._work = np.empty_like(x)
-        step = np.subtract(plain_step, x, out=self._work)
-        return math.sqrt(float(step @ step)) / max(math.sqrt(float(x @ x)), 1.0)
+        if run.work is None or run.work.shape != x.shape:
+            run.work = np.empty_like(x)
+        step = np.subtract(plain_step, x, out=run.work)
+        with np.errstate(over="ignore", invalid="ignore"):
+            # An overflow makes the residual infinite or NaN, which the loop reports.
+            return math.sqrt(float(step @ step)) / max(math.sqrt(float(x @ x)), 1.0)
 
     def _init_state(self, problem, x0):
         if x0 is None:
@@ -166,52 +190,77 @@ class MMSolver(Solver):
             expected = np.shape(problem.initial_point())
             if x.shape != expected:
                 raise ValueError(f"x0 must have shape {expected}, got {x.shape}.")
-        self._n_evaluations = 0
-        self._work = None
-        self._anderson = None
+        if not np.isfinite(x).all():
+            raise ValueError("the starting point x0 must not contain NaN or infinite values.")
+        accelerator = None
         if self.anderson:
-            self._anderson = AndersonAcceleration(
+            accelerator = AndersonAcceleration(
                 self.m,
                 regularization=self.anderson_regularization,
                 damping=self.anderson_damping,
                 delay=self.anderson_delay,
             )
-        plain_step, fun = self._evaluate(problem, x)
+        run = _MMRun(accelerator)
+        plain_step, fun = self._evaluate(problem, x, run)
+        if not math.isfinite(fun):
+            # No finite iterate to fall back to: status 4 could not keep its promise.
+            raise ValueError(
+                f"the objective is not finite at the starting point x0 (got {fun!r}); "
+                "check the problem's data and x0."
+            )
         return _MMState(
             x=x,
             fun=fun,
-            residual=self._stopping_quantity(x, plain_step, np.inf, fun),
+            residual=self._stopping_quantity(x, plain_step, np.inf, fun, run),
             plain_step=plain_step,
+            run=run,
         )
 
     def _step(self, problem, state):
+        run = state.run
+        accelerator = run.anderson
         accepted = np.nan
         proposal = None
-        if self._anderson is not None:
-            candidate = self._anderson.update(state.x, state.plain_step)
-            if self._anderson.extrapolated:
+        if accelerator is not None:
+            candidate = accelerator.update(state.x, state.plain_step)
+            if accelerator.extrapolated:
                 proposal = problem.project(candidate)
         if proposal is not None:
-            plain_step, fun = self._evaluate(problem, proposal)
-            if self._anderson.safeguard(fun, state.fun):
+            plain_step, fun = self._evaluate(problem, proposal, run)
+            if accelerator.safeguard(fun, state.fun):
                 x, accepted = proposal, 1.0
             else:
                 proposal, accepted = None, 0.0
         if proposal is None:
             x = state.plain_step
-            plain_step, fun = self._evaluate(problem, x)
+            plain_step, fun = self._evaluate(problem, x, run)
         return _MMState(
             x=x,
             fun=fun,
-            residual=self._stopping_quantity(x, plain_step, state.fun, fun),
+            residual=self._stopping_quantity(x, plain_step, state.fun, fun, run),
             plain_step=plain_step,
-            record={"accepted": accepted, "n_evaluations": self._n_evaluations},
+            record={"accepted": accepted, "n_evaluations": run.n_evaluations},
+            run=run,
         )
 
     def _result_fields(self, problem, state):
-        aa = self._anderson
+        aa = state.run.anderson
         return {
-            "n_evaluations": self._n_evaluations,
+            "n_evaluations": state.run.n_evaluations,
             "n_accepted": 0 if aa is None else aa.n_accepted,
             "n_rejected": 0 if aa is None else aa.n_rejected,
         }
+
+
+def _objective_value(fun) -> float:
+    """``F(x)`` as a float; a clear error when the problem's objective returned no number."""
+    if isinstance(fun, bool) or not isinstance(fun, numbers.Real | np.ndarray):
+        raise TypeError(
+            "the problem's objective must return a real number, got "
+            f"{type(fun).__name__}."
+        )
+    if isinstance(fun, np.ndarray) and fun.size != 1:
+        raise TypeError(
+            f"the problem's objective must return a scalar, got an array of shape {fun.shape}."
+        )
+    return float(fun)

@@ -54,3 +54,23 @@ def test_check_choice():
     assert check_choice("a", "loss", ["a", "b"]) == "a"
     with pytest.raises(ValueError, match="loss must be one of 'a', 'b'"):
         check_choice("c", "loss", ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "value, error, match",
+    [
+        ([[1.0, 2.0], [3.0]], ValueError, "X must be a rectangular array.*ragged"),
+        ([[1.0, [2.0]], [3.0, 4.0]], ValueError, "X must be a rectangular"),
+        ("abc", TypeError, "X must be an array of real numbers, got a string"),
+        (b"abc", TypeError, "X must be an array of real numbers, got a string"),
+        (np.array([object(), object()], dtype=object), TypeError, "X must .*dtype object"),
+        ([1.0, None], TypeError, "X must .*dtype object"),
+        (np.array(["1", "2"]), TypeError, "X must .*dtype <U1"),
+        (np.array([1, 2], dtype="datetime64[s]"), TypeError, "X must"),
+    ],
+)
+def test_check_array_rejects_ragged_strings_and_objects(value, error, match):
+    # Issue 13: NumPy's own message ("setting an array element with a sequence") named no
+    # argument; every family relies on these messages.
+    with pytest.raises(error, match=match):
+        check_array(value, "X")
