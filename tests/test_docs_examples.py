@@ -69,12 +69,6 @@ def test_example_runs_standalone_without_warnings(path, tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=AssertionError,
-    reason="sparsity_constrained_ot's entropic start overflows (b / Ktu, mmopt/ot); fixed on "
-    "the OT branch of issue 13: drop this marker when it is merged",
-)
 def test_demo_runs_without_warnings(tmp_path):
     # The first thing a newcomer runs: no NumPy warning may reach the terminal (issue 13).
     out = _run_strict(["demo", "--quick", "--output-dir", str(tmp_path / "out")], tmp_path)
