@@ -1,8 +1,9 @@
 """Python wrappers of the BCD family's compiled kernels (``mmopt_ext._bcd``).
 
 Each wrapper takes a design that :func:`mmopt.bcd.datafits.check_design` produced (dense
-Fortran-ordered, or CSC with int32 indices) and dispatches to the dense or sparse kernel.
-Vectors that the kernels update (``w``, ``R``, ``z``) are modified in place.
+Fortran-ordered, or CSC with int32 indices), in float32 or float64: the kernels run in the
+design's precision. Vectors that the kernels update (``w``, ``R``, ``z``, ...) are modified in
+place and must already have the design's dtype; the read-only ones are converted to it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,87 @@ import scipy.sparse as sp
 
 from mmopt_ext import _bcd
 
+# The compiled kernels' specializations, by the design's dtype (indexing the fused function
+# skips its per-call signature matching).
+_SPECIALIZATION = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_LEAST_SQUARES, _LOGISTIC, _QUADRATIC_MODEL = (
+    int(_bcd.Datafit.LEAST_SQUARES),
+    int(_bcd.Datafit.LOGISTIC),
+    int(_bcd.Datafit.QUADRATIC_MODEL),
+)
+
 
 def _ws(ws) -> np.ndarray:
+    # The kernels check that the indices name columns of the design.
     return np.ascontiguousarray(ws, dtype=np.int32)
 
 
-def _csc(X):
-    return X.data, X.indices, X.indptr
+def _storage(X):
+    """``(data, indices, indptr)`` of a dense Fortran or CSC design, and its specialization.
+
+    A dense design's ``data`` is a view of its columns one after the other, with no indices (None).
+    """
+    dtype = X.dtype
+    spec = _SPECIALIZATION.get(dtype)
+    if spec is None:
+        raise TypeError(f"X must have dtype float32 or float64, got {dtype}.")
+    if sp.issparse(X):
+        if X.format != "csc":
+            raise TypeError(f"X must be a CSC matrix, got format {X.format!r}.")
+        indices = X.indices.astype(np.int32, copy=False)
+        return (X.data, indices, X.indptr.astype(np.int32, copy=False)), spec
+    if X.ndim != 2 or not X.flags.f_contiguous:
+        raise ValueError("X must be a 2-dimensional Fortran-ordered array (see check_design).")
+    return (X.ravel(order="F"), None, None), spec
+
+
+def _vector(a, dtype, size: int, name: str) -> np.ndarray:
+    """A read-only input vector in the design's dtype."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if a.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), got {a.shape}.")
+    return a
+
+
+def _inplace(a, dtype, size: int, name: str) -> np.ndarray:
+    """A vector the kernel updates: it must already be what the kernel writes to."""
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
+        got = getattr(a, "dtype", type(a).__name__)
+        raise TypeError(
+            f"{name} must be a numpy array of dtype {dtype} (the design's), got {got}."
+        )
+    if a.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), got {a.shape}.")
+    # (The kernel's buffer protocol refuses a read-only or non-contiguous one.)
+    return a
+
+
+def _cd_epochs(
+    fit, X, ws, l1, l2, positive, n_epochs, *, coef, w, u, aux=None, v=None, hdiag=False
+):
+    """Run the compiled epoch skeleton; the datafit's arrays come as ``(name, array)`` pairs.
+
+    With ``hdiag`` the kernel computes the curvatures and writes them into ``coef``.
+    """
+    storage, spec = _storage(X)
+    n, p = X.shape
+    dtype = storage[0].dtype
+    return _bcd.cd_epochs[spec](
+        fit,
+        *storage,
+        n,
+        None if aux is None else _vector(aux[1], dtype, n, aux[0]),
+        (_inplace if hdiag else _vector)(coef[1], dtype, p, coef[0]),
+        _inplace(w, dtype, p, "w"),
+        _inplace(u[1], dtype, n, u[0]),
+        None if v is None else _inplace(v[1], dtype, n, v[0]),
+        _ws(ws),
+        float(l1),
+        float(l2),
+        bool(positive),
+        int(n_epochs),
+        bool(hdiag),
+    )
 
 
 def cd_least_squares(X, w, R, norms2, ws, l1, l2, positive=False, n_epochs=1) -> float:
@@ -35,19 +110,10 @@ def cd_least_squares(X, w, R, norms2, ws, l1, l2, positive=False, n_epochs=1) ->
     >>> w
     array([2., 0.])
     """
-    args = (
-        w,
-        R,
-        np.ascontiguousarray(norms2, dtype=float),
-        _ws(ws),
-        float(l1),
-        float(l2),
-        bool(positive),
-        int(n_epochs),
+    fit = _LEAST_SQUARES
+    return _cd_epochs(
+        fit, X, ws, l1, l2, positive, n_epochs, coef=("norms2", norms2), w=w, u=("R", R)
     )
-    if sp.issparse(X):
-        return _bcd.cd_ls_sparse(*_csc(X), *args)
-    return _bcd.cd_ls_dense(X, *args)
 
 
 def cd_logistic(X, y, w, z, lipschitz, ws, l1, l2, positive=False, n_epochs=1) -> float:
@@ -64,24 +130,37 @@ def cd_logistic(X, y, w, z, lipschitz, ws, l1, l2, positive=False, n_epochs=1) -
     >>> np.round(w, 3)
     array([ 0.4, -0.4])
     """
-    args = (
-        np.ascontiguousarray(y, dtype=float),
-        w,
-        z,
-        np.ascontiguousarray(lipschitz, dtype=float),
-        _ws(ws),
-        float(l1),
-        float(l2),
-        bool(positive),
-        int(n_epochs),
+    fit, coef = _LOGISTIC, ("lipschitz", lipschitz)
+    return _cd_epochs(
+        fit, X, ws, l1, l2, positive, n_epochs, coef=coef, w=w, u=("z", z), aux=("y", y)
     )
-    if sp.issparse(X):
-        return _bcd.cd_logistic_sparse(*_csc(X), *args)
-    return _bcd.cd_logistic_dense(X, *args)
+
+
+def cd_quadratic_model(
+    X, curvature, hdiag, w, r, q, ws, l1, l2, positive=False, n_epochs=1, compute_h=False
+):
+    """Epochs of coordinate descent on a GLM loss's quadratic model (proximal Newton).
+
+    ``r = l' + l'' * q`` and ``q = X (w - w_start)`` are kept exact; with ``compute_h`` the
+    first epoch also fills ``hdiag[j] = sum_i l''_i X_ij^2`` (``hdiag`` is then updated in
+    place). See ``mmopt_ext._bcd``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.asfortranarray(np.eye(2))
+    >>> w, r, q, h = np.zeros(2), np.array([-1.0, 2.0]), np.zeros(2), np.zeros(2)
+    >>> _ = cd_quadratic_model(X, np.ones(2), h, w, r, q, [0, 1], 0.0, 0.0, compute_h=True)
+    >>> w, q, h
+    (array([ 1., -2.]), array([ 1., -2.]), array([1., 1.]))
+    """
+    model = {"coef": ("hdiag", hdiag), "aux": ("curvature", curvature), "hdiag": compute_h}
+    fit = _QUADRATIC_MODEL
+    return _cd_epochs(fit, X, ws, l1, l2, positive, n_epochs, w=w, u=("r", r), v=("q", q), **model)
 
 
 def column_dots(X, v, ws) -> np.ndarray:
-    """``X[:, ws].T @ v`` without copying the columns.
+    """``X[:, ws].T @ v`` without copying the columns (in the design's dtype).
 
     Examples
     --------
@@ -89,13 +168,12 @@ def column_dots(X, v, ws) -> np.ndarray:
     >>> column_dots(np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.ones(2), [2, 0])
     array([7., 3.])
     """
+    storage, spec = _storage(X)
+    dtype = storage[0].dtype
     ws = _ws(ws)
-    out = np.empty(ws.shape[0])
-    v = np.ascontiguousarray(v, dtype=float)
-    if sp.issparse(X):
-        _bcd.column_dots_sparse(*_csc(X), v, ws, out)
-    else:
-        _bcd.column_dots_dense(X, v, ws, out)
+    out = np.empty(ws.shape[0], dtype=dtype)
+    v = _vector(v, dtype, X.shape[0], "v")
+    _bcd.column_dots[spec](*storage, X.shape[0], v, ws, out)
     return out
 
 
@@ -110,11 +188,12 @@ def add_columns(X, ws, coef, out) -> None:
     >>> out
     array([2., 5.])
     """
-    coef = np.ascontiguousarray(coef, dtype=float)
-    if sp.issparse(X):
-        _bcd.add_columns_sparse(*_csc(X), _ws(ws), coef, out)
-    else:
-        _bcd.add_columns_dense(X, _ws(ws), coef, out)
+    storage, spec = _storage(X)
+    dtype = storage[0].dtype
+    ws = _ws(ws)
+    coef = _vector(coef, dtype, ws.shape[0], "coef")
+    out = _inplace(out, dtype, X.shape[0], "out")
+    _bcd.add_columns[spec](*storage, X.shape[0], ws, coef, out)
 
 
 def gram_columns(X, X_csr, cols) -> np.ndarray:
@@ -130,52 +209,17 @@ def gram_columns(X, X_csr, cols) -> np.ndarray:
            [3.],
            [5.]])
     """
-    out = np.zeros((X.shape[1], len(cols)), order="F")
-    _bcd.gram_columns_sparse(*_csc(X), *_csr(X_csr), _ws(cols), out)
+    storage, spec = _storage(X)
+    dtype = storage[0].dtype
+    cols = _ws(cols)
+    out = np.zeros((X.shape[1], cols.shape[0]), dtype=dtype, order="F")
+    csr = (
+        np.ascontiguousarray(X_csr.data, dtype=dtype),
+        X_csr.indices.astype(np.int32, copy=False),
+        X_csr.indptr.astype(np.int32, copy=False),
+    )
+    _bcd.gram_columns_sparse[spec](*storage, *csr, cols, out)
     return out
-
-
-def _csr(X):
-    return (
-        np.ascontiguousarray(X.data, dtype=float),
-        X.indices.astype(np.int32, copy=False),
-        X.indptr.astype(np.int32, copy=False),
-    )
-
-
-def cd_quadratic_model(
-    X, curvature, hdiag, w, r, q, ws, l1, l2, positive=False, n_epochs=1, compute_h=False
-):
-    """Epochs of coordinate descent on a GLM loss's quadratic model (proximal Newton).
-
-    ``r = l' + l'' * q`` and ``q = X (w - w_start)`` are kept exact; with ``compute_h`` the
-    first epoch also fills ``hdiag[j] = sum_i l''_i X_ij^2``. See ``mmopt_ext._bcd``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> X = np.asfortranarray(np.eye(2))
-    >>> w, r, q, h = np.zeros(2), np.array([-1.0, 2.0]), np.zeros(2), np.zeros(2)
-    >>> _ = cd_quadratic_model(X, np.ones(2), h, w, r, q, [0, 1], 0.0, 0.0, compute_h=True)
-    >>> w, q, h
-    (array([ 1., -2.]), array([ 1., -2.]), array([1., 1.]))
-    """
-    args = (
-        np.ascontiguousarray(curvature, dtype=float),
-        hdiag,
-        w,
-        r,
-        q,
-        _ws(ws),
-        float(l1),
-        float(l2),
-        bool(positive),
-        int(n_epochs),
-        bool(compute_h),
-    )
-    if sp.issparse(X):
-        return _bcd.cd_quadratic_model_sparse(*_csc(X), *args)
-    return _bcd.cd_quadratic_model_dense(X, *args)
 
 
 def greedy_forest_solve(A, diag, order, grad, max_size=None):
