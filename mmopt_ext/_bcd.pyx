@@ -264,11 +264,15 @@ def cd_epochs(
     return float(change)
 
 
-def column_dots(
+def ws_matvec(
     const floating[::1] data, const int[::1] indices, const int[::1] indptr, Py_ssize_t n_rows,
-    const floating[::1] v, const int[::1] ws, floating[::1] out,
+    const int[::1] ws, const floating[::1] vec, floating[::1] out, bint transpose,
 ):
-    """``out[k] = X[:, ws[k]] . v`` for every ``k``: the gradient on a working set only."""
+    """Products with the working set's columns ``X[:, ws]``, which are not copied.
+
+    ``transpose``: ``out[k] = X[:, ws[k]] . vec`` (the gradient on a working set only);
+    otherwise ``out += X[:, ws] @ vec``, where columns with a zero coefficient cost nothing.
+    """
     cdef Py_ssize_t k, start
     cdef int m
     cdef const int* rows
@@ -277,26 +281,12 @@ def column_dots(
     _check_columns(data.shape[0], indptr, n_rows, ws, "ws")
     with nogil:
         for k in range(ws.shape[0]):
-            m = _column(indices_p, indptr_p, n_rows, ws[k], &start, &rows)
-            out[k] = _dot(&data[start], rows, m, &v[0])
-
-
-def add_columns(
-    const floating[::1] data, const int[::1] indices, const int[::1] indptr, Py_ssize_t n_rows,
-    const int[::1] ws, const floating[::1] coef, floating[::1] out,
-):
-    """``out += X[:, ws] @ coef`` (columns with a zero coefficient cost nothing)."""
-    cdef Py_ssize_t k, start
-    cdef int m
-    cdef const int* rows
-    cdef const int* indices_p = <const int*> NULL if indices is None else &indices[0]
-    cdef const int* indptr_p = <const int*> NULL if indptr is None else &indptr[0]
-    _check_columns(data.shape[0], indptr, n_rows, ws, "ws")
-    with nogil:
-        for k in range(ws.shape[0]):
-            if coef[k] != 0:
+            if transpose or vec[k] != 0:
                 m = _column(indices_p, indptr_p, n_rows, ws[k], &start, &rows)
-                _axpy(coef[k], &data[start], rows, m, &out[0])
+                if transpose:
+                    out[k] = _dot(&data[start], rows, m, &vec[0])
+                else:
+                    _axpy(vec[k], &data[start], rows, m, &out[0])
 
 
 def gram_columns_sparse(

@@ -24,14 +24,14 @@ _LEAST_SQUARES, _LOGISTIC, _QUADRATIC_MODEL = (
 
 
 def _ws(ws) -> np.ndarray:
-    # The kernels check that the indices name columns of the design.
+    # (The kernels check that the indices name columns of the design.)
     return np.ascontiguousarray(ws, dtype=np.int32)
 
 
 def _storage(X):
     """``(data, indices, indptr)`` of a dense Fortran or CSC design, and its specialization.
 
-    A dense design's ``data`` is a view of its columns one after the other, with no indices (None).
+    A dense design's ``data`` is a view of its columns one after the other (indices: None).
     """
     dtype = X.dtype
     spec = _SPECIALIZATION.get(dtype)
@@ -173,7 +173,7 @@ def column_dots(X, v, ws) -> np.ndarray:
     ws = _ws(ws)
     out = np.empty(ws.shape[0], dtype=dtype)
     v = _vector(v, dtype, X.shape[0], "v")
-    _bcd.column_dots[spec](*storage, X.shape[0], v, ws, out)
+    _bcd.ws_matvec[spec](*storage, X.shape[0], ws, v, out, True)
     return out
 
 
@@ -193,7 +193,7 @@ def add_columns(X, ws, coef, out) -> None:
     ws = _ws(ws)
     coef = _vector(coef, dtype, ws.shape[0], "coef")
     out = _inplace(out, dtype, X.shape[0], "out")
-    _bcd.add_columns[spec](*storage, X.shape[0], ws, coef, out)
+    _bcd.ws_matvec[spec](*storage, X.shape[0], ws, coef, out, False)
 
 
 def gram_columns(X, X_csr, cols) -> np.ndarray:
