@@ -72,7 +72,7 @@ cdef int _check_columns(
 cdef inline floating _dot(const floating* x, const int* rows, int m, const floating* v) noexcept nogil:
     """``sum_s x[s] v[rows[s]]`` (``x . v`` when ``rows`` is NULL)."""
     cdef int one = 1
-    cdef int s
+    cdef Py_ssize_t s
     cdef floating acc = 0
     if rows == NULL:
         # BLAS: a plain C reduction is not vectorized without -ffast-math.
@@ -88,7 +88,7 @@ cdef inline floating _dot(const floating* x, const int* rows, int m, const float
 cdef inline void _axpy(floating a, const floating* x, const int* rows, int m, floating* out) noexcept nogil:
     """``out[rows[s]] += a x[s]`` (``out += a x`` when ``rows`` is NULL)."""
     cdef int one = 1
-    cdef int s
+    cdef Py_ssize_t s
     if rows == NULL:
         if floating is float:
             saxpy(&m, &a, <float*> x, &one, out, &one)
@@ -244,6 +244,9 @@ def cd_epochs(
     ``compute_h``: ``coef`` must then be writable), ``u`` is ``R``, ``z`` or ``r`` and ``v``
     is the model's ``q``; unused ones are None. ``w``, ``u`` and ``v`` are updated in
     place. Returns the largest absolute coordinate change of the last epoch.
+
+    Checks the working set's indices; the vectors' lengths are the caller's (the wrappers in
+    ``mmopt.bcd._kernels`` check them).
     """
     cdef floating change
     cdef const floating* data_p = &data[0] if data.shape[0] else <const floating*> NULL
@@ -255,6 +258,12 @@ def cd_epochs(
     cdef floating* u_p = &u[0] if u.shape[0] else NULL
     cdef floating* v_p = NULL if v is None else &v[0]
     cdef const int* ws_p = &ws[0] if ws.shape[0] else <const int*> NULL
+    if fit != LEAST_SQUARES and fit != LOGISTIC and fit != QUADRATIC_MODEL:
+        raise ValueError(f"fit must be a Datafit, got {fit}.")
+    if aux_p == NULL and fit != LEAST_SQUARES or v_p == NULL and fit == QUADRATIC_MODEL:
+        raise ValueError("aux (and v for the quadratic model) must be given for this datafit.")
+    if compute_h and fit != QUADRATIC_MODEL:
+        raise ValueError("compute_h is for the quadratic model only.")
     _check_columns(data.shape[0], indptr, n_rows, ws, "ws")
     with nogil:
         change = _epochs(
@@ -280,12 +289,14 @@ def ws_matvec(
     cdef const int* indptr_p = <const int*> NULL if indptr is None else &indptr[0]
     _check_columns(data.shape[0], indptr, n_rows, ws, "ws")
     with nogil:
-        for k in range(ws.shape[0]):
-            if transpose or vec[k] != 0:
+        if transpose:
+            for k in range(ws.shape[0]):
                 m = _column(indices_p, indptr_p, n_rows, ws[k], &start, &rows)
-                if transpose:
-                    out[k] = _dot(&data[start], rows, m, &vec[0])
-                else:
+                out[k] = _dot(&data[start], rows, m, &vec[0])
+        else:
+            for k in range(ws.shape[0]):
+                if vec[k] != 0:
+                    m = _column(indices_p, indptr_p, n_rows, ws[k], &start, &rows)
                     _axpy(vec[k], &data[start], rows, m, &out[0])
 
 

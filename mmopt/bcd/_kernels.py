@@ -33,18 +33,19 @@ def _storage(X):
 
     A dense design's ``data`` is a view of its columns one after the other (indices: None).
     """
-    dtype = X.dtype
+    dtype = getattr(X, "dtype", None)
     spec = _SPECIALIZATION.get(dtype)
     if spec is None:
         raise TypeError(f"X must have dtype float32 or float64, got {dtype}.")
-    if sp.issparse(X):
-        if X.format != "csc":
-            raise TypeError(f"X must be a CSC matrix, got format {X.format!r}.")
-        indices = X.indices.astype(np.int32, copy=False)
-        return (X.data, indices, X.indptr.astype(np.int32, copy=False)), spec
-    if X.ndim != 2 or not X.flags.f_contiguous:
-        raise ValueError("X must be a 2-dimensional Fortran-ordered array (see check_design).")
-    return (X.ravel(order="F"), None, None), spec
+    # (isinstance first: scipy's issparse costs more than the rest of the call.)
+    if isinstance(X, np.ndarray):
+        if X.ndim != 2 or not X.flags.f_contiguous:
+            raise ValueError("X must be a 2-dimensional Fortran-ordered array (see check_design).")
+        return (X.ravel(order="F"), None, None), spec
+    if not sp.issparse(X) or X.format != "csc":
+        raise TypeError(f"X must be a Fortran-ordered array or a CSC matrix, got {type(X)}.")
+    indices = X.indices.astype(np.int32, copy=False)
+    return (X.data, indices, X.indptr.astype(np.int32, copy=False)), spec
 
 
 def _vector(a, dtype, size: int, name: str) -> np.ndarray:
