@@ -89,11 +89,14 @@ cdef inline void _axpy(floating a, const floating* x, const int* rows, int m, fl
     """``out[rows[s]] += a x[s]`` (``out += a x`` when ``rows`` is NULL)."""
     cdef int one = 1
     cdef Py_ssize_t s
+    # BLAS gets the address of a copy: were it ``a``'s, the compiler would reload ``a`` from
+    # memory after every store in the loop below.
+    cdef floating alpha = a
     if rows == NULL:
         if floating is float:
-            saxpy(&m, &a, <float*> x, &one, out, &one)
+            saxpy(&m, &alpha, <float*> x, &one, out, &one)
         else:
-            daxpy(&m, &a, <double*> x, &one, out, &one)
+            daxpy(&m, &alpha, <double*> x, &one, out, &one)
         return
     for s in range(m):
         out[rows[s]] += a * x[s]
