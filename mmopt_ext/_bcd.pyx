@@ -57,15 +57,22 @@ cdef inline int _column(
     return indptr[j + 1] - indptr[j]
 
 
-cdef int _check_columns(
-    Py_ssize_t n_data, const int[::1] indptr, Py_ssize_t n_rows, const int[::1] ws, str name
-) except -1:
+cdef Py_ssize_t _n_cols(Py_ssize_t n_data, const int[::1] indptr, Py_ssize_t n_rows):
+    return n_data // max(n_rows, 1) if indptr is None else indptr.shape[0] - 1
+
+
+cdef int _check_columns(Py_ssize_t n_cols, const int[::1] ws, str name) except -1:
     """Check that ``ws`` indexes columns of the design (the kernels do no bounds checks)."""
     cdef Py_ssize_t k
-    cdef Py_ssize_t n_cols = n_data // max(n_rows, 1) if indptr is None else indptr.shape[0] - 1
     for k in range(ws.shape[0]):
         if ws[k] < 0 or ws[k] >= n_cols:
             raise ValueError(f"{name} must hold column indices in [0, {n_cols}), got {ws[k]}.")
+    return 0
+
+
+cdef int _check_length(Py_ssize_t got, Py_ssize_t want, str name) except -1:
+    if got != want:
+        raise ValueError(f"{name} must have shape ({want},), got ({got},).")
     return 0
 
 
@@ -238,6 +245,7 @@ def cd_epochs(
     bint positive,
     int n_epochs,
     bint compute_h,
+    tuple names=("aux", "coef", "u", "v"),
 ):
     """Run ``n_epochs`` coordinate-descent epochs of the datafit ``fit`` over ``ws``.
 
@@ -248,8 +256,8 @@ def cd_epochs(
     is the model's ``q``; unused ones are None. ``w``, ``u`` and ``v`` are updated in
     place. Returns the largest absolute coordinate change of the last epoch.
 
-    Checks the working set's indices; the vectors' lengths are the caller's (the wrappers in
-    ``mmopt.bcd._kernels`` check them).
+    Checks the working set's indices and the vectors' lengths (error messages call ``aux``,
+    ``coef``, ``u`` and ``v`` by ``names``).
     """
     cdef floating change
     cdef const floating* data_p = &data[0] if data.shape[0] else <const floating*> NULL
@@ -267,7 +275,15 @@ def cd_epochs(
         raise ValueError("aux (and v for the quadratic model) must be given for this datafit.")
     if compute_h and fit != QUADRATIC_MODEL:
         raise ValueError("compute_h is for the quadratic model only.")
-    _check_columns(data.shape[0], indptr, n_rows, ws, "ws")
+    cdef Py_ssize_t n_cols = _n_cols(data.shape[0], indptr, n_rows)
+    _check_columns(n_cols, ws, "ws")
+    _check_length(w.shape[0], n_cols, "w")
+    _check_length(coef.shape[0], n_cols, names[1])
+    _check_length(u.shape[0], n_rows, names[2])
+    if aux is not None:
+        _check_length(aux.shape[0], n_rows, names[0])
+    if v is not None:
+        _check_length(v.shape[0], n_rows, names[3])
     with nogil:
         change = _epochs(
             fit, data_p, indices_p, indptr_p, n_rows, aux_p, coef_p, &w[0], u_p, v_p,
@@ -279,6 +295,7 @@ def cd_epochs(
 def ws_matvec(
     const floating[::1] data, const int[::1] indices, const int[::1] indptr, Py_ssize_t n_rows,
     const int[::1] ws, const floating[::1] vec, floating[::1] out, bint transpose,
+    str vec_name="vec",
 ):
     """Products with the working set's columns ``X[:, ws]``, which are not copied.
 
@@ -290,7 +307,9 @@ def ws_matvec(
     cdef const int* rows
     cdef const int* indices_p = <const int*> NULL if indices is None else &indices[0]
     cdef const int* indptr_p = <const int*> NULL if indptr is None else &indptr[0]
-    _check_columns(data.shape[0], indptr, n_rows, ws, "ws")
+    _check_columns(_n_cols(data.shape[0], indptr, n_rows), ws, "ws")
+    _check_length(vec.shape[0], n_rows if transpose else ws.shape[0], vec_name)
+    _check_length(out.shape[0], ws.shape[0] if transpose else n_rows, "out")
     with nogil:
         if transpose:
             for k in range(ws.shape[0]):
@@ -315,7 +334,7 @@ def gram_columns_sparse(
     """
     cdef Py_ssize_t k, s, t, i
     cdef floating c
-    _check_columns(data.shape[0], indptr, 0, cols, "cols")
+    _check_columns(indptr.shape[0] - 1, cols, "cols")
     with nogil:
         for k in range(cols.shape[0]):
             for s in range(indptr[cols[k]], indptr[cols[k] + 1]):

@@ -48,53 +48,57 @@ def _storage(X):
     return (X.data, indices, X.indptr.astype(np.int32, copy=False)), spec
 
 
-def _vector(a, dtype, size: int, name: str) -> np.ndarray:
-    """A read-only input vector in the design's dtype."""
-    a = np.ascontiguousarray(a, dtype=dtype)
-    if a.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {a.shape}.")
-    return a
+def _name_bad_buffer(error: Exception, dtype, **updated) -> None:
+    """Re-raise a kernel's buffer error naming the vector it updates that caused it."""
+    for name, a in updated.items():
+        if a is None:
+            continue
+        if not isinstance(a, np.ndarray) or a.dtype != dtype:
+            got = getattr(a, "dtype", type(a).__name__)
+            raise TypeError(
+                f"{name} must be a numpy array of dtype {dtype} (the design's: the kernel "
+                f"updates it in place), got {got}."
+            ) from error
+        if a.ndim != 1 or not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{name} must be a writable contiguous 1-D array.") from error
 
 
-def _inplace(a, dtype, size: int, name: str) -> np.ndarray:
-    """A vector the kernel updates: it must already be what the kernel writes to."""
-    if not isinstance(a, np.ndarray) or a.dtype != dtype:
-        got = getattr(a, "dtype", type(a).__name__)
-        raise TypeError(
-            f"{name} must be a numpy array of dtype {dtype} (the design's), got {got}."
-        )
-    if a.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {a.shape}.")
-    # (The kernel's buffer protocol refuses a read-only or non-contiguous one.)
-    return a
-
-
-def _cd_epochs(
-    fit, X, ws, l1, l2, positive, n_epochs, *, coef, w, u, aux=None, v=None, hdiag=False
-):
-    """Run the compiled epoch skeleton; the datafit's arrays come as ``(name, array)`` pairs.
+def _cd_epochs(fit, names, X, aux, coef, w, u, v, ws, l1, l2, positive, n_epochs, hdiag=False):
+    """Run the compiled epoch skeleton; ``names`` name ``aux, coef, u, v`` in messages.
 
     With ``hdiag`` the kernel computes the curvatures and writes them into ``coef``.
     """
     storage, spec = _storage(X)
-    n, p = X.shape
     dtype = storage[0].dtype
-    return _bcd.cd_epochs[spec](
-        fit,
-        *storage,
-        n,
-        None if aux is None else _vector(aux[1], dtype, n, aux[0]),
-        (_inplace if hdiag else _vector)(coef[1], dtype, p, coef[0]),
-        _inplace(w, dtype, p, "w"),
-        _inplace(u[1], dtype, n, u[0]),
-        None if v is None else _inplace(v[1], dtype, n, v[0]),
-        _ws(ws),
-        float(l1),
-        float(l2),
-        bool(positive),
-        int(n_epochs),
-        bool(hdiag),
-    )
+    # The lengths are checked by the kernel, the in-place vectors' dtypes by its buffers.
+    if aux is not None:
+        aux = np.ascontiguousarray(aux, dtype=dtype)
+    if not hdiag:
+        coef = np.ascontiguousarray(coef, dtype=dtype)
+    elif not (isinstance(coef, np.ndarray) and coef.flags.writeable):
+        raise ValueError(f"{names[1]} must be a writable array: the kernel computes it.")
+    try:
+        return _bcd.cd_epochs[spec](
+            fit,
+            *storage,
+            X.shape[0],
+            aux,
+            coef,
+            w,
+            u,
+            v,
+            _ws(ws),
+            float(l1),
+            float(l2),
+            bool(positive),
+            int(n_epochs),
+            bool(hdiag),
+            names,
+        )
+    except (TypeError, ValueError) as error:
+        updated = {"w": w, names[1]: coef if hdiag else None, names[2]: u, names[3]: v}
+        _name_bad_buffer(error, dtype, **updated)
+        raise
 
 
 def cd_least_squares(X, w, R, norms2, ws, l1, l2, positive=False, n_epochs=1) -> float:
@@ -111,9 +115,9 @@ def cd_least_squares(X, w, R, norms2, ws, l1, l2, positive=False, n_epochs=1) ->
     >>> w
     array([2., 0.])
     """
-    fit = _LEAST_SQUARES
+    names = ("y", "norms2", "R", "q")
     return _cd_epochs(
-        fit, X, ws, l1, l2, positive, n_epochs, coef=("norms2", norms2), w=w, u=("R", R)
+        _LEAST_SQUARES, names, X, None, norms2, w, R, None, ws, l1, l2, positive, n_epochs
     )
 
 
@@ -131,9 +135,9 @@ def cd_logistic(X, y, w, z, lipschitz, ws, l1, l2, positive=False, n_epochs=1) -
     >>> np.round(w, 3)
     array([ 0.4, -0.4])
     """
-    fit, coef = _LOGISTIC, ("lipschitz", lipschitz)
+    names = ("y", "lipschitz", "z", "q")
     return _cd_epochs(
-        fit, X, ws, l1, l2, positive, n_epochs, coef=coef, w=w, u=("z", z), aux=("y", y)
+        _LOGISTIC, names, X, y, lipschitz, w, z, None, ws, l1, l2, positive, n_epochs
     )
 
 
@@ -155,9 +159,23 @@ def cd_quadratic_model(
     >>> w, q, h
     (array([ 1., -2.]), array([ 1., -2.]), array([1., 1.]))
     """
-    model = {"coef": ("hdiag", hdiag), "aux": ("curvature", curvature), "hdiag": compute_h}
-    fit = _QUADRATIC_MODEL
-    return _cd_epochs(fit, X, ws, l1, l2, positive, n_epochs, w=w, u=("r", r), v=("q", q), **model)
+    names = ("curvature", "hdiag", "r", "q")
+    return _cd_epochs(
+        _QUADRATIC_MODEL,
+        names,
+        X,
+        curvature,
+        hdiag,
+        w,
+        r,
+        q,
+        ws,
+        l1,
+        l2,
+        positive,
+        n_epochs,
+        compute_h,
+    )
 
 
 def column_dots(X, v, ws) -> np.ndarray:
@@ -170,11 +188,10 @@ def column_dots(X, v, ws) -> np.ndarray:
     array([7., 3.])
     """
     storage, spec = _storage(X)
-    dtype = storage[0].dtype
     ws = _ws(ws)
-    out = np.empty(ws.shape[0], dtype=dtype)
-    v = _vector(v, dtype, X.shape[0], "v")
-    _bcd.ws_matvec[spec](*storage, X.shape[0], ws, v, out, True)
+    out = np.empty(ws.shape[0], dtype=storage[0].dtype)
+    v = np.ascontiguousarray(v, dtype=out.dtype)
+    _bcd.ws_matvec[spec](*storage, X.shape[0], ws, v, out, True, "v")
     return out
 
 
@@ -190,11 +207,12 @@ def add_columns(X, ws, coef, out) -> None:
     array([2., 5.])
     """
     storage, spec = _storage(X)
-    dtype = storage[0].dtype
-    ws = _ws(ws)
-    coef = _vector(coef, dtype, ws.shape[0], "coef")
-    out = _inplace(out, dtype, X.shape[0], "out")
-    _bcd.ws_matvec[spec](*storage, X.shape[0], ws, coef, out, False)
+    coef = np.ascontiguousarray(coef, dtype=storage[0].dtype)
+    try:
+        _bcd.ws_matvec[spec](*storage, X.shape[0], _ws(ws), coef, out, False, "coef")
+    except (TypeError, ValueError) as error:
+        _name_bad_buffer(error, coef.dtype, out=out)
+        raise
 
 
 def gram_columns(X, X_csr, cols) -> np.ndarray:

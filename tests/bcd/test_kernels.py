@@ -178,6 +178,16 @@ def test_kernels_name_bad_arguments(sparse):
             cd_least_squares(Xk, w32, R32, norms2, bad, 0.1, 0.0)
         with pytest.raises(ValueError, match="ws must hold column indices"):
             column_dots(Xk, R32, bad)
+    with pytest.raises(ValueError, match="w must be a writable"):
+        cd_least_squares(Xk, np.zeros(4, np.float32)[::-1], R32, norms2, [0], 0.1, 0.0)
+    with pytest.raises(TypeError, match="out must"):
+        add_columns(Xk, [0], [1.0], np.zeros(6))
+    frozen = np.zeros(4, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="hdiag must be a writable"):
+        cd_quadratic_model(
+            Xk, np.ones(6), frozen, w32, R32, R32.copy(), [0], 0.0, 1.0, compute_h=True
+        )
     with pytest.raises(TypeError, match="X must have dtype"):
         column_dots(Xk.astype(np.float16) if not sparse else Xk.astype(np.int64), R32, [0])
     np.testing.assert_array_equal(w32, 0.0)  # nothing ran
