@@ -1,7 +1,7 @@
 """Coordinate-descent epochs for L1/L2-penalized GLM datafits, in float32 or float64.
 
-One epoch skeleton (:func:`cd_epochs`) sweeps the coordinates listed in ``ws`` (a working
-set) ``n_epochs`` times. For coordinate ``j`` the datafit supplies the curvature ``h_j`` and
+One epoch skeleton (:func:`cd_epochs`), compiled once per datafit and precision, sweeps the
+coordinates listed in ``ws`` (a working set) ``n_epochs`` times. For coordinate ``j`` the datafit supplies the curvature ``h_j`` and
 the gradient ``g_j`` of its smooth part along ``j``; the move minimizes
 ``g_j d + h_j / 2 d^2 + l1 |w_j + d| + l2 / 2 (w_j + d)^2`` (``w_j + d >= 0`` when
 ``positive``), and the datafit then updates its linear predictors so that each coordinate
@@ -34,6 +34,21 @@ cpdef enum Datafit:
     LEAST_SQUARES = 0
     LOGISTIC = 1
     QUADRATIC_MODEL = 2
+
+
+# One empty type per datafit: the skeleton and its helpers take a (NULL) pointer to one, so
+# that each datafit gets its own compiled epoch, with no per-coordinate dispatch and only its
+# own arrays live in the loop.
+cdef struct _LeastSquares:
+    char unused
+cdef struct _Logistic:
+    char unused
+cdef struct _QuadraticModel:
+    char unused
+ctypedef fused Fit:
+    _LeastSquares
+    _Logistic
+    _QuadraticModel
 
 
 # ---- one column of a dense or CSC design ------------------------------------------------
@@ -144,38 +159,38 @@ cdef inline floating _curvature(
 
 
 cdef inline floating _gradient(
-    int fit, const floating* x, const int* rows, int m, const floating* aux, const floating* u
+    Fit* fit, const floating* x, const int* rows, int m, const floating* aux, const floating* u
 ) noexcept nogil:
     """The smooth part's derivative along the column ``x``."""
     cdef int s
     cdef Py_ssize_t i
     cdef floating acc = 0
-    if fit == LEAST_SQUARES:  # u = R = y - X w
+    if Fit is _LeastSquares:  # u = R = y - X w
         return -_dot(x, rows, m, u)
-    if fit == QUADRATIC_MODEL:  # u = r = l' + l'' q
+    elif Fit is _QuadraticModel:  # u = r = l' + l'' q
         return _dot(x, rows, m, u)
-    # Logistic, aux = y, u = z: l'(z_i) = -y_i / (1 + exp(y_i z_i)).
-    if rows == NULL:
+    else:  # logistic, aux = y, u = z: l'(z_i) = -y_i / (1 + exp(y_i z_i))
+        if rows == NULL:
+            for s in range(m):
+                acc = acc - x[s] * aux[s] / (1 + _exp(aux[s] * u[s]))
+            return acc
         for s in range(m):
-            acc = acc - x[s] * aux[s] / (1 + _exp(aux[s] * u[s]))
+            i = rows[s]
+            acc = acc - x[s] * aux[i] / (1 + _exp(aux[i] * u[i]))
         return acc
-    for s in range(m):
-        i = rows[s]
-        acc = acc - x[s] * aux[i] / (1 + _exp(aux[i] * u[i]))
-    return acc
 
 
 cdef inline void _move(
-    int fit, floating delta, const floating* x, const int* rows, int m,
+    Fit* fit, floating delta, const floating* x, const int* rows, int m,
     const floating* aux, floating* u, floating* v,
 ) noexcept nogil:
     """Keep the datafit's linear predictors exact after ``w_j += delta``."""
     cdef int s
     cdef Py_ssize_t i
     cdef floating d
-    if fit == LEAST_SQUARES:  # R -= delta X_j
+    if Fit is _LeastSquares:  # R -= delta X_j
         _axpy(-delta, x, rows, m, u)
-    elif fit == LOGISTIC:  # z += delta X_j
+    elif Fit is _Logistic:  # z += delta X_j
         _axpy(delta, x, rows, m, u)
     elif rows == NULL:  # model: q += delta X_j and r += l'' delta X_j, in one pass
         # Separate dense loop: with unit stride and raw pointers the compiler vectorizes it.
@@ -195,7 +210,7 @@ cdef inline void _move(
 
 
 cdef floating _epochs(
-    int fit,
+    Fit* fit,
     const floating* data, const int* indices, const int* indptr, Py_ssize_t n_rows,
     const floating* aux, floating* coef, floating* w, floating* u, floating* v,
     const int* ws, Py_ssize_t n_ws,
@@ -212,8 +227,9 @@ cdef floating _epochs(
             j = ws[k]
             m = _column(indices, indptr, n_rows, j, &start, &rows)
             x = data + start
-            if compute_h and e == 0:
-                coef[j] = _curvature(x, rows, m, aux)
+            if Fit is _QuadraticModel:
+                if compute_h and e == 0:
+                    coef[j] = _curvature(x, rows, m, aux)
             h = coef[j]
             if h + l2 == 0:
                 continue
@@ -284,11 +300,20 @@ def cd_epochs(
         _check_length(aux.shape[0], n_rows, names[0])
     if v is not None:
         _check_length(v.shape[0], n_rows, names[3])
+    cdef floating* w_p = &w[0]
+    cdef Py_ssize_t n_ws = ws.shape[0]
+    cdef floating l1_ = l1, l2_ = l2
     with nogil:
-        change = _epochs(
-            fit, data_p, indices_p, indptr_p, n_rows, aux_p, coef_p, &w[0], u_p, v_p,
-            ws_p, ws.shape[0], <floating> l1, <floating> l2, positive, n_epochs, compute_h,
-        )
+        if fit == LEAST_SQUARES:
+            change = _epochs(<_LeastSquares*> NULL, data_p, indices_p, indptr_p, n_rows, aux_p,
+                             coef_p, w_p, u_p, v_p, ws_p, n_ws, l1_, l2_, positive, n_epochs, 0)
+        elif fit == LOGISTIC:
+            change = _epochs(<_Logistic*> NULL, data_p, indices_p, indptr_p, n_rows, aux_p,
+                             coef_p, w_p, u_p, v_p, ws_p, n_ws, l1_, l2_, positive, n_epochs, 0)
+        else:
+            change = _epochs(<_QuadraticModel*> NULL, data_p, indices_p, indptr_p, n_rows, aux_p,
+                             coef_p, w_p, u_p, v_p, ws_p, n_ws, l1_, l2_, positive, n_epochs,
+                             compute_h)
     return float(change)
 
 
