@@ -1,248 +1,356 @@
-"""Coordinate-descent epochs for L1/L2-penalized least squares and logistic regression.
+"""Coordinate-descent epochs for L1/L2-penalized GLM datafits, in float32 or float64.
 
-Every kernel sweeps the coordinates listed in ``ws`` (a working set) ``n_epochs`` times and
-keeps the linear predictor (``R = y - X w`` for least squares, ``z = X w`` for logistic)
-exact after each coordinate move, so one coordinate costs one pass over its column. The
-objectives are unscaled (the caller multiplies the penalties by ``n_samples``)::
+One epoch skeleton (:func:`cd_epochs`), compiled once per datafit and precision, sweeps the
+coordinates listed in ``ws`` (a working set) ``n_epochs`` times. For coordinate ``j`` the datafit supplies the curvature ``h_j`` and
+the gradient ``g_j`` of its smooth part along ``j``; the move minimizes
+``g_j d + h_j / 2 d^2 + l1 |w_j + d| + l2 / 2 (w_j + d)^2`` (``w_j + d >= 0`` when
+``positive``), and the datafit then updates its linear predictors so that each coordinate
+costs one pass over its column. The datafits (objectives unscaled: the caller multiplies the
+penalties by ``n_samples``) are
 
-    least squares:  1/2 ||y - X w||^2          + l1 ||w||_1 + l2 / 2 ||w||^2
-    logistic:       sum_i log(1 + exp(-y_i z_i)) + l1 ||w||_1 + l2 / 2 ||w||^2
+- ``LEAST_SQUARES``: ``1/2 ||R||^2`` with ``R = y - X w`` kept exact, ``h_j = ||X_j||^2``
+  (exact coordinate minimization);
+- ``LOGISTIC``: ``sum_i log(1 + exp(-y_i z_i))`` with ``z = X w`` kept exact and
+  ``h_j = ||X_j||^2 / 4`` bounding its curvature (proximal coordinate-gradient steps, each
+  one decreasing the objective);
+- ``QUADRATIC_MODEL``: the quadratic model ``sum_i l'_i q_i + l''_i / 2 q_i^2`` of a GLM loss
+  (a proximal-Newton direction) with ``q = X (w - w_start)`` and ``r = l' + l'' q`` kept
+  exact, ``h_j = sum_i l''_i X_ij^2``.
 
-with ``w >= 0`` when ``positive``. Dense designs are Fortran-ordered (columns contiguous),
-sparse ones CSC (``data, indices, indptr``). Each kernel returns the largest absolute
-coordinate change of its last epoch.
+A design is given by its storage: CSC (``data, indices, indptr``) or dense Fortran-ordered
+(``data`` its columns one after the other, ``indices`` and ``indptr`` None). All floating
+arrays of one call share one precision (the fused type ``floating``): float32 data runs in
+float32, with BLAS ``sdot``/``saxpy``, and float64 data with ``ddot``/``daxpy``.
 """
 
-from libc.math cimport exp, fabs, fmax
-from scipy.linalg.cython_blas cimport daxpy, ddot
+from cython cimport floating
+from libc.math cimport exp, expf, fabs
+from scipy.linalg.cython_blas cimport daxpy, ddot, saxpy, sdot
 
 import numpy as np
 
 
-cdef inline double _soft(double v, double t, bint positive) noexcept nogil:
+cpdef enum Datafit:
+    LEAST_SQUARES = 0
+    LOGISTIC = 1
+    QUADRATIC_MODEL = 2
+
+
+# One empty type per datafit: the skeleton and its helpers take a (NULL) pointer to one, so
+# that each datafit gets its own compiled epoch, with no per-coordinate dispatch and only its
+# own arrays live in the loop.
+cdef struct _LeastSquares:
+    char unused
+cdef struct _Logistic:
+    char unused
+cdef struct _QuadraticModel:
+    char unused
+ctypedef fused Fit:
+    _LeastSquares
+    _Logistic
+    _QuadraticModel
+
+
+# ---- one column of a dense or CSC design ------------------------------------------------
+
+
+cdef inline int _column(
+    const int* indices, const int* indptr, Py_ssize_t n_rows, Py_ssize_t j,
+    Py_ssize_t* start, const int** rows,
+) noexcept nogil:
+    """Locate column ``j``: its values start at ``data + start[0]``; returns its length.
+
+    ``rows[0]`` receives the column's row indices, or NULL for a dense column (all rows, in
+    order), which the helpers below hand to BLAS.
+    """
+    if indptr == NULL:
+        start[0] = j * n_rows
+        rows[0] = NULL
+        return <int> n_rows
+    start[0] = indptr[j]
+    rows[0] = indices + indptr[j]
+    return indptr[j + 1] - indptr[j]
+
+
+cdef Py_ssize_t _n_cols(Py_ssize_t n_data, const int[::1] indptr, Py_ssize_t n_rows):
+    return n_data // max(n_rows, 1) if indptr is None else indptr.shape[0] - 1
+
+
+cdef int _check_columns(Py_ssize_t n_cols, const int[::1] ws, str name) except -1:
+    """Check that ``ws`` indexes columns of the design (the kernels do no bounds checks)."""
+    cdef Py_ssize_t k
+    for k in range(ws.shape[0]):
+        if ws[k] < 0 or ws[k] >= n_cols:
+            raise ValueError(f"{name} must hold column indices in [0, {n_cols}), got {ws[k]}.")
+    return 0
+
+
+cdef int _check_length(Py_ssize_t got, Py_ssize_t want, str name) except -1:
+    if got != want:
+        raise ValueError(f"{name} must have shape ({want},), got ({got},).")
+    return 0
+
+
+cdef inline floating _dot(const floating* x, const int* rows, int m, const floating* v) noexcept nogil:
+    """``sum_s x[s] v[rows[s]]`` (``x . v`` when ``rows`` is NULL)."""
+    cdef int one = 1
+    cdef Py_ssize_t s
+    cdef floating acc = 0
+    if rows == NULL:
+        # BLAS: a plain C reduction is not vectorized without -ffast-math.
+        if floating is float:
+            return sdot(&m, <float*> x, &one, <float*> v, &one)
+        else:
+            return ddot(&m, <double*> x, &one, <double*> v, &one)
+    for s in range(m):
+        acc = acc + x[s] * v[rows[s]]
+    return acc
+
+
+cdef inline void _axpy(floating a, const floating* x, const int* rows, int m, floating* out) noexcept nogil:
+    """``out[rows[s]] += a x[s]`` (``out += a x`` when ``rows`` is NULL)."""
+    cdef int one = 1
+    cdef Py_ssize_t s
+    # BLAS gets the address of a copy: were it ``a``'s, the compiler would reload ``a`` from
+    # memory after every store in the loop below.
+    cdef floating alpha = a
+    if rows == NULL:
+        if floating is float:
+            saxpy(&m, &alpha, <float*> x, &one, out, &one)
+        else:
+            daxpy(&m, &alpha, <double*> x, &one, out, &one)
+        return
+    for s in range(m):
+        out[rows[s]] += a * x[s]
+
+
+cdef inline floating _exp(floating v) noexcept nogil:
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef inline floating _soft(floating v, floating t, bint positive) noexcept nogil:
     """argmin_u 1/2 (u - v)^2 + t |u| (and u >= 0 when positive)."""
     if positive:
-        return v - t if v > t else 0.0
+        return v - t if v > t else 0
     if v > t:
         return v - t
     if v < -t:
         return v + t
-    return 0.0
+    return 0
 
 
-def cd_ls_dense(
-    const double[::1, :] X,
-    double[::1] w,
-    double[::1] R,
-    const double[::1] norms2,
-    const int[::1] ws,
-    double l1,
-    double l2,
-    bint positive,
-    int n_epochs,
-):
-    """Exact coordinate minimization of penalized least squares, dense design."""
-    cdef int n = X.shape[0]
-    cdef int one = 1
-    cdef Py_ssize_t e, k, j
-    cdef double old, new, tmp, delta, max_change = 0.0
-    with nogil:
-        for e in range(n_epochs):
-            max_change = 0.0
-            for k in range(ws.shape[0]):
-                j = ws[k]
-                if norms2[j] + l2 == 0.0:
-                    continue
-                old = w[j]
-                tmp = ddot(&n, <double*> &X[0, j], &one, &R[0], &one) + norms2[j] * old
-                new = _soft(tmp, l1, positive) / (norms2[j] + l2)
-                if new != old:
-                    delta = old - new
-                    daxpy(&n, &delta, <double*> &X[0, j], &one, &R[0], &one)
-                    w[j] = new
-                    max_change = fmax(max_change, fabs(delta))
-    return max_change
+# ---- what each datafit contributes to a coordinate move ---------------------------------
 
 
-def cd_ls_sparse(
-    const double[::1] data,
-    const int[::1] indices,
-    const int[::1] indptr,
-    double[::1] w,
-    double[::1] R,
-    const double[::1] norms2,
-    const int[::1] ws,
-    double l1,
-    double l2,
-    bint positive,
-    int n_epochs,
-):
-    """Exact coordinate minimization of penalized least squares, CSC design."""
-    cdef Py_ssize_t e, k, j, s
-    cdef double old, new, tmp, delta, max_change = 0.0
-    with nogil:
-        for e in range(n_epochs):
-            max_change = 0.0
-            for k in range(ws.shape[0]):
-                j = ws[k]
-                if norms2[j] + l2 == 0.0:
-                    continue
-                old = w[j]
-                tmp = 0.0
-                for s in range(indptr[j], indptr[j + 1]):
-                    tmp = tmp + data[s] * R[indices[s]]
-                tmp = tmp + norms2[j] * old
-                new = _soft(tmp, l1, positive) / (norms2[j] + l2)
-                if new != old:
-                    delta = old - new
-                    for s in range(indptr[j], indptr[j + 1]):
-                        R[indices[s]] += delta * data[s]
-                    w[j] = new
-                    max_change = fmax(max_change, fabs(delta))
-    return max_change
+cdef inline floating _curvature(
+    const floating* x, const int* rows, int m, const floating* weights
+) noexcept nogil:
+    """``sum_s weights[i] x[s]^2`` over the column's rows ``i`` (the model's ``h_j``)."""
+    cdef int s
+    cdef Py_ssize_t i
+    cdef floating acc = 0
+    for s in range(m):
+        i = s if rows == NULL else rows[s]
+        acc = acc + weights[i] * x[s] * x[s]
+    return acc
 
 
-def cd_logistic_dense(
-    const double[::1, :] X,
-    const double[::1] y,
-    double[::1] w,
-    double[::1] z,
-    const double[::1] lipschitz,
-    const int[::1] ws,
-    double l1,
-    double l2,
-    bint positive,
-    int n_epochs,
-):
-    """Proximal coordinate-gradient steps on penalized logistic loss, dense design.
-
-    ``y`` holds -1/+1 labels and ``lipschitz[j] = ||X_j||^2 / 4`` bounds the loss's curvature
-    along coordinate ``j``, so every step decreases the objective.
-    """
-    cdef Py_ssize_t n = X.shape[0]
-    cdef Py_ssize_t e, k, j, i
-    cdef double old, new, grad, delta, lj, max_change = 0.0
-    with nogil:
-        for e in range(n_epochs):
-            max_change = 0.0
-            for k in range(ws.shape[0]):
-                j = ws[k]
-                lj = lipschitz[j]
-                if lj + l2 == 0.0:
-                    continue
-                old = w[j]
-                grad = 0.0
-                for i in range(n):
-                    grad = grad - X[i, j] * y[i] / (1.0 + exp(y[i] * z[i]))
-                new = _soft(lj * old - grad, l1, positive) / (lj + l2)
-                if new != old:
-                    delta = new - old
-                    for i in range(n):
-                        z[i] += delta * X[i, j]
-                    w[j] = new
-                    max_change = fmax(max_change, fabs(delta))
-    return max_change
+cdef inline floating _gradient(
+    Fit* fit, const floating* x, const int* rows, int m, const floating* aux, const floating* u
+) noexcept nogil:
+    """The smooth part's derivative along the column ``x``."""
+    cdef int s
+    cdef Py_ssize_t i
+    cdef floating acc = 0
+    if Fit is _LeastSquares:  # u = R = y - X w
+        return -_dot(x, rows, m, u)
+    elif Fit is _QuadraticModel:  # u = r = l' + l'' q
+        return _dot(x, rows, m, u)
+    else:  # logistic, aux = y, u = z: l'(z_i) = -y_i / (1 + exp(y_i z_i))
+        if rows == NULL:
+            for s in range(m):
+                acc = acc - x[s] * aux[s] / (1 + _exp(aux[s] * u[s]))
+            return acc
+        for s in range(m):
+            i = rows[s]
+            acc = acc - x[s] * aux[i] / (1 + _exp(aux[i] * u[i]))
+        return acc
 
 
-def cd_logistic_sparse(
-    const double[::1] data,
-    const int[::1] indices,
-    const int[::1] indptr,
-    const double[::1] y,
-    double[::1] w,
-    double[::1] z,
-    const double[::1] lipschitz,
-    const int[::1] ws,
-    double l1,
-    double l2,
-    bint positive,
-    int n_epochs,
-):
-    """Proximal coordinate-gradient steps on penalized logistic loss, CSC design."""
-    cdef Py_ssize_t e, k, j, s, i
-    cdef double old, new, grad, delta, lj, max_change = 0.0
-    with nogil:
-        for e in range(n_epochs):
-            max_change = 0.0
-            for k in range(ws.shape[0]):
-                j = ws[k]
-                lj = lipschitz[j]
-                if lj + l2 == 0.0:
-                    continue
-                old = w[j]
-                grad = 0.0
-                for s in range(indptr[j], indptr[j + 1]):
-                    i = indices[s]
-                    grad = grad - data[s] * y[i] / (1.0 + exp(y[i] * z[i]))
-                new = _soft(lj * old - grad, l1, positive) / (lj + l2)
-                if new != old:
-                    delta = new - old
-                    for s in range(indptr[j], indptr[j + 1]):
-                        z[indices[s]] += delta * data[s]
-                    w[j] = new
-                    max_change = fmax(max_change, fabs(delta))
-    return max_change
+cdef inline void _move(
+    Fit* fit, floating delta, const floating* x, const int* rows, int m,
+    const floating* aux, floating* u, floating* v,
+) noexcept nogil:
+    """Keep the datafit's linear predictors exact after ``w_j += delta``."""
+    cdef int s
+    cdef Py_ssize_t i
+    cdef floating d
+    if Fit is _LeastSquares:  # R -= delta X_j
+        _axpy(-delta, x, rows, m, u)
+    elif Fit is _Logistic:  # z += delta X_j
+        _axpy(delta, x, rows, m, u)
+    elif rows == NULL:  # model: q += delta X_j and r += l'' delta X_j, in one pass
+        # Separate dense loop: with unit stride and raw pointers the compiler vectorizes it.
+        for s in range(m):
+            d = delta * x[s]
+            u[s] += aux[s] * d
+            v[s] += d
+    else:
+        for s in range(m):
+            i = rows[s]
+            d = delta * x[s]
+            u[i] += aux[i] * d
+            v[i] += d
 
 
-def column_dots_dense(const double[::1, :] X, const double[::1] v, const int[::1] ws, double[::1] out):
-    """``out[k] = X[:, ws[k]] . v`` for every ``k``: the gradient on a working set only."""
-    cdef int n = X.shape[0]
-    cdef int one = 1
-    cdef Py_ssize_t k
-    with nogil:
-        for k in range(ws.shape[0]):
-            out[k] = ddot(&n, <double*> &X[0, ws[k]], &one, <double*> &v[0], &one)
+# ---- the epoch skeleton -----------------------------------------------------------------
 
 
-def column_dots_sparse(
-    const double[::1] data, const int[::1] indices, const int[::1] indptr,
-    const double[::1] v, const int[::1] ws, double[::1] out,
-):
-    """CSC version of :func:`column_dots_dense`."""
-    cdef Py_ssize_t k, j, s
-    cdef double acc
-    with nogil:
-        for k in range(ws.shape[0]):
+cdef floating _epochs(
+    Fit* fit,
+    const floating* data, const int* indices, const int* indptr, Py_ssize_t n_rows,
+    const floating* aux, floating* coef, floating* w, floating* u, floating* v,
+    const int* ws, Py_ssize_t n_ws,
+    floating l1, floating l2, bint positive, int n_epochs, bint compute_h,
+) noexcept nogil:
+    cdef Py_ssize_t e, k, j, start
+    cdef int m
+    cdef const int* rows
+    cdef const floating* x
+    cdef floating h, old, new, delta, max_change = 0
+    for e in range(n_epochs):
+        max_change = 0
+        for k in range(n_ws):
             j = ws[k]
-            acc = 0.0
-            for s in range(indptr[j], indptr[j + 1]):
-                acc = acc + data[s] * v[indices[s]]
-            out[k] = acc
+            m = _column(indices, indptr, n_rows, j, &start, &rows)
+            x = data + start
+            if Fit is _QuadraticModel:
+                if compute_h and e == 0:
+                    coef[j] = _curvature(x, rows, m, aux)
+            h = coef[j]
+            if h + l2 == 0:
+                continue
+            old = w[j]
+            new = _soft(h * old - _gradient(fit, x, rows, m, aux, u), l1, positive) / (h + l2)
+            if new != old:
+                delta = new - old
+                _move(fit, delta, x, rows, m, aux, u, v)
+                w[j] = new
+                if fabs(delta) > max_change:
+                    max_change = fabs(delta)
+    return max_change
 
 
-def add_columns_dense(const double[::1, :] X, const int[::1] ws, const double[::1] coef, double[::1] out):
-    """``out += X[:, ws] @ coef`` (columns with a zero coefficient cost nothing)."""
-    cdef int n = X.shape[0]
-    cdef int one = 1
-    cdef Py_ssize_t k
-    cdef double c
-    with nogil:
-        for k in range(ws.shape[0]):
-            c = coef[k]
-            if c != 0.0:
-                daxpy(&n, &c, <double*> &X[0, ws[k]], &one, &out[0], &one)
-
-
-def add_columns_sparse(
-    const double[::1] data, const int[::1] indices, const int[::1] indptr,
-    const int[::1] ws, const double[::1] coef, double[::1] out,
+def cd_epochs(
+    int fit,
+    const floating[::1] data,
+    const int[::1] indices,
+    const int[::1] indptr,
+    Py_ssize_t n_rows,
+    const floating[::1] aux,
+    const floating[::1] coef,
+    floating[::1] w,
+    floating[::1] u,
+    floating[::1] v,
+    const int[::1] ws,
+    double l1,
+    double l2,
+    bint positive,
+    int n_epochs,
+    bint compute_h,
+    tuple names=("aux", "coef", "u", "v"),
 ):
-    """CSC version of :func:`add_columns_dense`."""
-    cdef Py_ssize_t k, j, s
-    cdef double c
+    """Run ``n_epochs`` coordinate-descent epochs of the datafit ``fit`` over ``ws``.
+
+    The datafit's arrays (see the module docstring): ``aux`` is ``y`` (logistic) or ``l''``
+    (model), ``coef`` holds the curvatures ``h`` (``||X_j||^2``, ``||X_j||^2 / 4`` or the
+    model's ``h_j``, which the first epoch computes and writes into ``coef`` when
+    ``compute_h``: ``coef`` must then be writable), ``u`` is ``R``, ``z`` or ``r`` and ``v``
+    is the model's ``q``; unused ones are None. ``w``, ``u`` and ``v`` are updated in
+    place. Returns the largest absolute coordinate change of the last epoch.
+
+    Checks the working set's indices and the vectors' lengths (error messages call ``aux``,
+    ``coef``, ``u`` and ``v`` by ``names``).
+    """
+    cdef floating change
+    cdef const floating* data_p = &data[0] if data.shape[0] else <const floating*> NULL
+    cdef const int* indices_p = <const int*> NULL if indices is None else &indices[0]
+    cdef const int* indptr_p = <const int*> NULL if indptr is None else &indptr[0]
+    cdef const floating* aux_p = <const floating*> NULL if aux is None else &aux[0]
+    # Written only with compute_h, when the caller passes a writable array.
+    cdef floating* coef_p = <floating*> &coef[0] if coef.shape[0] else NULL
+    cdef floating* u_p = &u[0] if u.shape[0] else NULL
+    cdef floating* v_p = NULL if v is None else &v[0]
+    cdef const int* ws_p = &ws[0] if ws.shape[0] else <const int*> NULL
+    if fit != LEAST_SQUARES and fit != LOGISTIC and fit != QUADRATIC_MODEL:
+        raise ValueError(f"fit must be a Datafit, got {fit}.")
+    if aux_p == NULL and fit != LEAST_SQUARES or v_p == NULL and fit == QUADRATIC_MODEL:
+        raise ValueError("aux (and v for the quadratic model) must be given for this datafit.")
+    if compute_h and fit != QUADRATIC_MODEL:
+        raise ValueError("compute_h is for the quadratic model only.")
+    cdef Py_ssize_t n_cols = _n_cols(data.shape[0], indptr, n_rows)
+    _check_columns(n_cols, ws, "ws")
+    _check_length(w.shape[0], n_cols, "w")
+    _check_length(coef.shape[0], n_cols, names[1])
+    _check_length(u.shape[0], n_rows, names[2])
+    if aux is not None:
+        _check_length(aux.shape[0], n_rows, names[0])
+    if v is not None:
+        _check_length(v.shape[0], n_rows, names[3])
+    cdef floating* w_p = &w[0]
+    cdef Py_ssize_t n_ws = ws.shape[0]
+    cdef floating l1_ = l1, l2_ = l2
     with nogil:
-        for k in range(ws.shape[0]):
-            c = coef[k]
-            if c != 0.0:
-                j = ws[k]
-                for s in range(indptr[j], indptr[j + 1]):
-                    out[indices[s]] += c * data[s]
+        if fit == LEAST_SQUARES:
+            change = _epochs(<_LeastSquares*> NULL, data_p, indices_p, indptr_p, n_rows, aux_p,
+                             coef_p, w_p, u_p, v_p, ws_p, n_ws, l1_, l2_, positive, n_epochs, 0)
+        elif fit == LOGISTIC:
+            change = _epochs(<_Logistic*> NULL, data_p, indices_p, indptr_p, n_rows, aux_p,
+                             coef_p, w_p, u_p, v_p, ws_p, n_ws, l1_, l2_, positive, n_epochs, 0)
+        else:
+            change = _epochs(<_QuadraticModel*> NULL, data_p, indices_p, indptr_p, n_rows, aux_p,
+                             coef_p, w_p, u_p, v_p, ws_p, n_ws, l1_, l2_, positive, n_epochs,
+                             compute_h)
+    return float(change)
+
+
+def ws_matvec(
+    const floating[::1] data, const int[::1] indices, const int[::1] indptr, Py_ssize_t n_rows,
+    const int[::1] ws, const floating[::1] vec, floating[::1] out, bint transpose,
+    str vec_name="vec",
+):
+    """Products with the working set's columns ``X[:, ws]``, which are not copied.
+
+    ``transpose``: ``out[k] = X[:, ws[k]] . vec`` (the gradient on a working set only);
+    otherwise ``out += X[:, ws] @ vec``, where columns with a zero coefficient cost nothing.
+    """
+    cdef Py_ssize_t k, start
+    cdef int m
+    cdef const int* rows
+    cdef const int* indices_p = <const int*> NULL if indices is None else &indices[0]
+    cdef const int* indptr_p = <const int*> NULL if indptr is None else &indptr[0]
+    _check_columns(_n_cols(data.shape[0], indptr, n_rows), ws, "ws")
+    _check_length(vec.shape[0], n_rows if transpose else ws.shape[0], vec_name)
+    _check_length(out.shape[0], ws.shape[0] if transpose else n_rows, "out")
+    with nogil:
+        if transpose:
+            for k in range(ws.shape[0]):
+                m = _column(indices_p, indptr_p, n_rows, ws[k], &start, &rows)
+                out[k] = _dot(&data[start], rows, m, &vec[0])
+        else:
+            for k in range(ws.shape[0]):
+                if vec[k] != 0:
+                    m = _column(indices_p, indptr_p, n_rows, ws[k], &start, &rows)
+                    _axpy(vec[k], &data[start], rows, m, &out[0])
 
 
 def gram_columns_sparse(
-    const double[::1] data, const int[::1] indices, const int[::1] indptr,
-    const double[::1] rdata, const int[::1] rindices, const int[::1] rindptr,
-    const int[::1] cols, double[::1, :] out,
+    const floating[::1] data, const int[::1] indices, const int[::1] indptr,
+    const floating[::1] rdata, const int[::1] rindices, const int[::1] rindptr,
+    const int[::1] cols, floating[::1, :] out,
 ):
     """``out[:, k] += X^T X[:, cols[k]]`` for ``X`` given both as CSC and as CSR (``r*``).
 
@@ -250,133 +358,15 @@ def gram_columns_sparse(
     weighted by its entries: the cost is those rows' non-zeros, not ``nnz(X)``.
     """
     cdef Py_ssize_t k, s, t, i
-    cdef double v
+    cdef floating c
+    _check_columns(indptr.shape[0] - 1, cols, "cols")
     with nogil:
         for k in range(cols.shape[0]):
             for s in range(indptr[cols[k]], indptr[cols[k] + 1]):
                 i = indices[s]
-                v = data[s]
+                c = data[s]
                 for t in range(rindptr[i], rindptr[i + 1]):
-                    out[rindices[t], k] += v * rdata[t]
-
-
-def cd_quadratic_model_dense(
-    const double[::1, :] X,
-    const double[::1] curvature,
-    double[::1] hdiag,
-    double[::1] w,
-    double[::1] r,
-    double[::1] q,
-    const int[::1] ws,
-    double l1,
-    double l2,
-    bint positive,
-    int n_epochs,
-    bint compute_h,
-):
-    """Coordinate descent on the quadratic model of a GLM loss (a proximal-Newton direction).
-
-    The model of ``sum_i loss(z_i)`` around ``z`` is
-    ``sum_i l'_i q_i + l''_i / 2 q_i^2`` with ``q = X (w - w_start)`` (start it at 0);
-    ``r = l' + l'' q`` is its derivative with respect to ``q`` (start it at ``l'``),
-    ``curvature = l''`` and ``hdiag[j] = sum_i l''_i X_ij^2`` (computed during the first
-    epoch when ``compute_h``, in the same pass over the column). Minimizes the model plus
-    ``l1 |w|_1 + l2 / 2 |w|^2`` over ``w[ws]``, updating ``w``, ``r`` and ``q`` in place:
-    one pass over a column per coordinate, with the column in cache for the updates.
-    """
-    cdef Py_ssize_t n = X.shape[0]
-    cdef int n_int = X.shape[0]
-    cdef int one = 1
-    cdef Py_ssize_t e, k, j, i
-    cdef double old, new, a, h, delta, xij, max_change = 0.0
-    cdef const double* xp
-    cdef double* rp = &r[0]
-    cdef double* qp = &q[0]
-    cdef const double* cp = &curvature[0]
-    with nogil:
-        for e in range(n_epochs):
-            max_change = 0.0
-            for k in range(ws.shape[0]):
-                j = ws[k]
-                # BLAS for the dot product: a plain C reduction is not vectorized without
-                # -ffast-math, and costs three times as much here.
-                a = ddot(&n_int, <double*> &X[0, j], &one, &r[0], &one)
-                if compute_h and e == 0:
-                    h = 0.0
-                    for i in range(n):
-                        xij = X[i, j]
-                        h = h + curvature[i] * xij * xij
-                    hdiag[j] = h
-                else:
-                    h = hdiag[j]
-                if h + l2 == 0.0:
-                    continue
-                old = w[j]
-                new = _soft(h * old - a, l1, positive) / (h + l2)
-                if new != old:
-                    delta = new - old
-                    # Raw pointers: the compiler vectorizes this loop (with memoryview
-                    # indexing it did not).
-                    xp = &X[0, j]
-                    for i in range(n):
-                        xij = delta * xp[i]
-                        rp[i] += cp[i] * xij
-                        qp[i] += xij
-                    w[j] = new
-                    max_change = fmax(max_change, fabs(delta))
-    return max_change
-
-
-def cd_quadratic_model_sparse(
-    const double[::1] data,
-    const int[::1] indices,
-    const int[::1] indptr,
-    const double[::1] curvature,
-    double[::1] hdiag,
-    double[::1] w,
-    double[::1] r,
-    double[::1] q,
-    const int[::1] ws,
-    double l1,
-    double l2,
-    bint positive,
-    int n_epochs,
-    bint compute_h,
-):
-    """CSC version of :func:`cd_quadratic_model_dense`."""
-    cdef Py_ssize_t e, k, j, s, i
-    cdef double old, new, a, h, delta, xij, max_change = 0.0
-    with nogil:
-        for e in range(n_epochs):
-            max_change = 0.0
-            for k in range(ws.shape[0]):
-                j = ws[k]
-                a = 0.0
-                if compute_h and e == 0:
-                    h = 0.0
-                    for s in range(indptr[j], indptr[j + 1]):
-                        i = indices[s]
-                        a = a + data[s] * r[i]
-                        h = h + curvature[i] * data[s] * data[s]
-                    hdiag[j] = h
-                else:
-                    h = hdiag[j]
-                    for s in range(indptr[j], indptr[j + 1]):
-                        a = a + data[s] * r[indices[s]]
-                if h + l2 == 0.0:
-                    continue
-                old = w[j]
-                new = _soft(h * old - a, l1, positive) / (h + l2)
-                if new != old:
-                    delta = new - old
-                    for s in range(indptr[j], indptr[j + 1]):
-                        i = indices[s]
-                        xij = delta * data[s]
-                        r[i] += curvature[i] * xij
-                        q[i] += xij
-                    w[j] = new
-                    max_change = fmax(max_change, fabs(delta))
-    return max_change
+                    out[rindices[t], k] += c * rdata[t]
 
 
 cdef Py_ssize_t _find(Py_ssize_t[::1] parent, Py_ssize_t v) noexcept nogil:

@@ -1,8 +1,9 @@
 """Python wrappers of the BCD family's compiled kernels (``mmopt_ext._bcd``).
 
 Each wrapper takes a design that :func:`mmopt.bcd.datafits.check_design` produced (dense
-Fortran-ordered, or CSC with int32 indices) and dispatches to the dense or sparse kernel.
-Vectors that the kernels update (``w``, ``R``, ``z``) are modified in place.
+Fortran-ordered, or CSC with int32 indices), in float32 or float64: the kernels run in the
+design's precision. Vectors that the kernels update (``w``, ``R``, ``z``, ...) are modified in
+place and must already have the design's dtype; the read-only ones are converted to it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,92 @@ import scipy.sparse as sp
 
 from mmopt_ext import _bcd
 
+# The compiled kernels' specializations, by the design's dtype (indexing the fused function
+# skips its per-call signature matching).
+_SPECIALIZATION = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_LEAST_SQUARES, _LOGISTIC, _QUADRATIC_MODEL = (
+    int(_bcd.Datafit.LEAST_SQUARES),
+    int(_bcd.Datafit.LOGISTIC),
+    int(_bcd.Datafit.QUADRATIC_MODEL),
+)
+
 
 def _ws(ws) -> np.ndarray:
+    # (The kernels check that the indices name columns of the design.)
     return np.ascontiguousarray(ws, dtype=np.int32)
 
 
-def _csc(X):
-    return X.data, X.indices, X.indptr
+def _storage(X):
+    """``(data, indices, indptr)`` of a dense Fortran or CSC design, and its specialization.
+
+    A dense design's ``data`` is a view of its columns one after the other (indices: None).
+    """
+    dtype = getattr(X, "dtype", None)
+    spec = _SPECIALIZATION.get(dtype)
+    if spec is None:
+        raise TypeError(f"X must have dtype float32 or float64, got {dtype}.")
+    # (isinstance first: scipy's issparse costs more than the rest of the call.)
+    if isinstance(X, np.ndarray):
+        if X.ndim != 2 or not X.flags.f_contiguous:
+            raise ValueError("X must be a 2-dimensional Fortran-ordered array (see check_design).")
+        return (X.ravel(order="F"), None, None), spec
+    if not sp.issparse(X) or X.format != "csc":
+        raise TypeError(f"X must be a Fortran-ordered array or a CSC matrix, got {type(X)}.")
+    indices = X.indices.astype(np.int32, copy=False)
+    return (X.data, indices, X.indptr.astype(np.int32, copy=False)), spec
+
+
+def _name_bad_buffer(error: Exception, dtype, **updated) -> None:
+    """Re-raise a kernel's buffer error naming the vector it updates that caused it."""
+    for name, a in updated.items():
+        if a is None:
+            continue
+        if not isinstance(a, np.ndarray) or a.dtype != dtype:
+            got = getattr(a, "dtype", type(a).__name__)
+            raise TypeError(
+                f"{name} must be a numpy array of dtype {dtype} (the design's: the kernel "
+                f"updates it in place), got {got}."
+            ) from error
+        if a.ndim != 1 or not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{name} must be a writable contiguous 1-D array.") from error
+
+
+def _cd_epochs(fit, names, X, aux, coef, w, u, v, ws, l1, l2, positive, n_epochs, hdiag=False):
+    """Run the compiled epoch skeleton; ``names`` name ``aux, coef, u, v`` in messages.
+
+    With ``hdiag`` the kernel computes the curvatures and writes them into ``coef``.
+    """
+    storage, spec = _storage(X)
+    dtype = storage[0].dtype
+    # The lengths are checked by the kernel, the in-place vectors' dtypes by its buffers.
+    if aux is not None:
+        aux = np.ascontiguousarray(aux, dtype=dtype)
+    if not hdiag:
+        coef = np.ascontiguousarray(coef, dtype=dtype)
+    elif not (isinstance(coef, np.ndarray) and coef.flags.writeable):
+        raise ValueError(f"{names[1]} must be a writable array: the kernel computes it.")
+    try:
+        return _bcd.cd_epochs[spec](
+            fit,
+            *storage,
+            X.shape[0],
+            aux,
+            coef,
+            w,
+            u,
+            v,
+            _ws(ws),
+            float(l1),
+            float(l2),
+            bool(positive),
+            int(n_epochs),
+            bool(hdiag),
+            names,
+        )
+    except (TypeError, ValueError) as error:
+        updated = {"w": w, names[1]: coef if hdiag else None, names[2]: u, names[3]: v}
+        _name_bad_buffer(error, dtype, **updated)
+        raise
 
 
 def cd_least_squares(X, w, R, norms2, ws, l1, l2, positive=False, n_epochs=1) -> float:
@@ -35,19 +115,10 @@ def cd_least_squares(X, w, R, norms2, ws, l1, l2, positive=False, n_epochs=1) ->
     >>> w
     array([2., 0.])
     """
-    args = (
-        w,
-        R,
-        np.ascontiguousarray(norms2, dtype=float),
-        _ws(ws),
-        float(l1),
-        float(l2),
-        bool(positive),
-        int(n_epochs),
+    names = ("y", "norms2", "R", "q")
+    return _cd_epochs(
+        _LEAST_SQUARES, names, X, None, norms2, w, R, None, ws, l1, l2, positive, n_epochs
     )
-    if sp.issparse(X):
-        return _bcd.cd_ls_sparse(*_csc(X), *args)
-    return _bcd.cd_ls_dense(X, *args)
 
 
 def cd_logistic(X, y, w, z, lipschitz, ws, l1, l2, positive=False, n_epochs=1) -> float:
@@ -64,24 +135,51 @@ def cd_logistic(X, y, w, z, lipschitz, ws, l1, l2, positive=False, n_epochs=1) -
     >>> np.round(w, 3)
     array([ 0.4, -0.4])
     """
-    args = (
-        np.ascontiguousarray(y, dtype=float),
-        w,
-        z,
-        np.ascontiguousarray(lipschitz, dtype=float),
-        _ws(ws),
-        float(l1),
-        float(l2),
-        bool(positive),
-        int(n_epochs),
+    names = ("y", "lipschitz", "z", "q")
+    return _cd_epochs(
+        _LOGISTIC, names, X, y, lipschitz, w, z, None, ws, l1, l2, positive, n_epochs
     )
-    if sp.issparse(X):
-        return _bcd.cd_logistic_sparse(*_csc(X), *args)
-    return _bcd.cd_logistic_dense(X, *args)
+
+
+def cd_quadratic_model(
+    X, curvature, hdiag, w, r, q, ws, l1, l2, positive=False, n_epochs=1, compute_h=False
+):
+    """Epochs of coordinate descent on a GLM loss's quadratic model (proximal Newton).
+
+    ``r = l' + l'' * q`` and ``q = X (w - w_start)`` are kept exact; with ``compute_h`` the
+    first epoch also fills ``hdiag[j] = sum_i l''_i X_ij^2`` (``hdiag`` is then updated in
+    place). See ``mmopt_ext._bcd``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.asfortranarray(np.eye(2))
+    >>> w, r, q, h = np.zeros(2), np.array([-1.0, 2.0]), np.zeros(2), np.zeros(2)
+    >>> _ = cd_quadratic_model(X, np.ones(2), h, w, r, q, [0, 1], 0.0, 0.0, compute_h=True)
+    >>> w, q, h
+    (array([ 1., -2.]), array([ 1., -2.]), array([1., 1.]))
+    """
+    names = ("curvature", "hdiag", "r", "q")
+    return _cd_epochs(
+        _QUADRATIC_MODEL,
+        names,
+        X,
+        curvature,
+        hdiag,
+        w,
+        r,
+        q,
+        ws,
+        l1,
+        l2,
+        positive,
+        n_epochs,
+        compute_h,
+    )
 
 
 def column_dots(X, v, ws) -> np.ndarray:
-    """``X[:, ws].T @ v`` without copying the columns.
+    """``X[:, ws].T @ v`` without copying the columns (in the design's dtype).
 
     Examples
     --------
@@ -89,13 +187,11 @@ def column_dots(X, v, ws) -> np.ndarray:
     >>> column_dots(np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.ones(2), [2, 0])
     array([7., 3.])
     """
+    storage, spec = _storage(X)
     ws = _ws(ws)
-    out = np.empty(ws.shape[0])
-    v = np.ascontiguousarray(v, dtype=float)
-    if sp.issparse(X):
-        _bcd.column_dots_sparse(*_csc(X), v, ws, out)
-    else:
-        _bcd.column_dots_dense(X, v, ws, out)
+    out = np.empty(ws.shape[0], dtype=storage[0].dtype)
+    v = np.ascontiguousarray(v, dtype=out.dtype)
+    _bcd.ws_matvec[spec](*storage, X.shape[0], ws, v, out, True, "v")
     return out
 
 
@@ -110,11 +206,13 @@ def add_columns(X, ws, coef, out) -> None:
     >>> out
     array([2., 5.])
     """
-    coef = np.ascontiguousarray(coef, dtype=float)
-    if sp.issparse(X):
-        _bcd.add_columns_sparse(*_csc(X), _ws(ws), coef, out)
-    else:
-        _bcd.add_columns_dense(X, _ws(ws), coef, out)
+    storage, spec = _storage(X)
+    coef = np.ascontiguousarray(coef, dtype=storage[0].dtype)
+    try:
+        _bcd.ws_matvec[spec](*storage, X.shape[0], _ws(ws), coef, out, False, "coef")
+    except (TypeError, ValueError) as error:
+        _name_bad_buffer(error, coef.dtype, out=out)
+        raise
 
 
 def gram_columns(X, X_csr, cols) -> np.ndarray:
@@ -130,52 +228,17 @@ def gram_columns(X, X_csr, cols) -> np.ndarray:
            [3.],
            [5.]])
     """
-    out = np.zeros((X.shape[1], len(cols)), order="F")
-    _bcd.gram_columns_sparse(*_csc(X), *_csr(X_csr), _ws(cols), out)
+    storage, spec = _storage(X)
+    dtype = storage[0].dtype
+    cols = _ws(cols)
+    out = np.zeros((X.shape[1], cols.shape[0]), dtype=dtype, order="F")
+    csr = (
+        np.ascontiguousarray(X_csr.data, dtype=dtype),
+        X_csr.indices.astype(np.int32, copy=False),
+        X_csr.indptr.astype(np.int32, copy=False),
+    )
+    _bcd.gram_columns_sparse[spec](*storage, *csr, cols, out)
     return out
-
-
-def _csr(X):
-    return (
-        np.ascontiguousarray(X.data, dtype=float),
-        X.indices.astype(np.int32, copy=False),
-        X.indptr.astype(np.int32, copy=False),
-    )
-
-
-def cd_quadratic_model(
-    X, curvature, hdiag, w, r, q, ws, l1, l2, positive=False, n_epochs=1, compute_h=False
-):
-    """Epochs of coordinate descent on a GLM loss's quadratic model (proximal Newton).
-
-    ``r = l' + l'' * q`` and ``q = X (w - w_start)`` are kept exact; with ``compute_h`` the
-    first epoch also fills ``hdiag[j] = sum_i l''_i X_ij^2``. See ``mmopt_ext._bcd``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> X = np.asfortranarray(np.eye(2))
-    >>> w, r, q, h = np.zeros(2), np.array([-1.0, 2.0]), np.zeros(2), np.zeros(2)
-    >>> _ = cd_quadratic_model(X, np.ones(2), h, w, r, q, [0, 1], 0.0, 0.0, compute_h=True)
-    >>> w, q, h
-    (array([ 1., -2.]), array([ 1., -2.]), array([1., 1.]))
-    """
-    args = (
-        np.ascontiguousarray(curvature, dtype=float),
-        hdiag,
-        w,
-        r,
-        q,
-        _ws(ws),
-        float(l1),
-        float(l2),
-        bool(positive),
-        int(n_epochs),
-        bool(compute_h),
-    )
-    if sp.issparse(X):
-        return _bcd.cd_quadratic_model_sparse(*_csc(X), *args)
-    return _bcd.cd_quadratic_model_dense(X, *args)
 
 
 def greedy_forest_solve(A, diag, order, grad, max_size=None):

@@ -1,20 +1,46 @@
-"""The BCD family's Cython kernels against plain NumPy references."""
+"""The BCD family's Cython kernels against plain NumPy references, in float64 and float32.
+
+The references run in float64 on the kernel's (possibly float32) data: float32 kernels match
+them to float32 round-off.
+"""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mmopt.bcd._kernels import add_columns, cd_least_squares, cd_logistic, column_dots
+from mmopt.bcd._kernels import (
+    _storage,
+    add_columns,
+    cd_least_squares,
+    cd_logistic,
+    cd_quadratic_model,
+    column_dots,
+    gram_columns,
+)
 from mmopt.bcd.datafits import check_design
 
+DTYPES = [np.float64, np.float32]
+# Tolerances (rtol = atol) against the float64 references, by the kernel's precision.
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
-def _design(rng, n, p, sparse):
-    X = rng.standard_normal((n, p))
+
+def _design(rng, n, p, sparse, dtype=np.float64):
+    """The design in the kernel's storage and dtype, and the same numbers as float64 array."""
+    X = rng.standard_normal((n, p)).astype(dtype)
     if sparse:
         X[rng.random((n, p)) < 0.6] = 0.0
         X[:, 0] = 0.0  # an empty column must be skipped, not divided by
-        return check_design(sp.csc_matrix(X)), X
-    return check_design(X), X
+        Xk = check_design(sp.csc_matrix(X)).astype(dtype)  # (check_design gives float64)
+        Xk.indices, Xk.indptr = Xk.indices.astype(np.int32), Xk.indptr.astype(np.int32)
+    else:
+        Xk = np.asfortranarray(X)
+    return Xk, X.astype(np.float64)
+
+
+def _close(actual, desired, dtype, scale=1.0):
+    assert actual.dtype == dtype  # float32 data runs in float32: no float64 result
+    tol = TOL[dtype] * scale
+    np.testing.assert_allclose(actual, desired, rtol=tol, atol=tol)
 
 
 def _soft(v, t, positive):
@@ -54,22 +80,23 @@ def _logistic_reference(X, y, w, z, ws, l1, l2, positive, n_epochs):
     [(0.0, 0.0, False), (3.0, 0.0, False), (2.0, 1.5, False), (1.0, 0.0, True), (0.0, 2.0, False)],
 )
 @pytest.mark.parametrize("seed", [0, 1])
-def test_cd_least_squares_matches_numpy(sparse, l1, l2, positive, seed):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cd_least_squares_matches_numpy(sparse, l1, l2, positive, seed, dtype):
     rng = np.random.default_rng(seed)
-    Xk, X = _design(rng, 15, 8, sparse)
-    y = rng.standard_normal(15)
-    w0 = rng.standard_normal(8)
+    Xk, X = _design(rng, 15, 8, sparse, dtype)
+    y = rng.standard_normal(15).astype(dtype).astype(float)
+    w0 = rng.standard_normal(8).astype(dtype).astype(float)
     if positive:
         w0 = np.abs(w0)
     ws = rng.permutation(8)[:6]
-    w, R = w0.copy(), y - X @ w0
+    w, R = w0.astype(dtype), (y - X @ w0).astype(dtype)
     w_ref, R_ref = w0.copy(), y - X @ w0
     cd_least_squares(Xk, w, R, (X**2).sum(0), ws, l1, l2, positive, n_epochs=3)
     _ls_reference(X, w_ref, R_ref, ws, l1, l2, positive, 3)
-    np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(R, R_ref, rtol=1e-12, atol=1e-12)
+    _close(w, w_ref, dtype)
+    _close(R, R_ref, dtype)
     # The residual stays exact.
-    np.testing.assert_allclose(R, y - X @ w, atol=1e-12)
+    _close(R, y - X @ w, dtype)
     # Coordinates outside the working set never move.
     outside = np.setdiff1d(np.arange(8), ws)
     np.testing.assert_array_equal(w[outside], w0[outside])
@@ -79,32 +106,97 @@ def test_cd_least_squares_matches_numpy(sparse, l1, l2, positive, seed):
 @pytest.mark.parametrize(
     "l1, l2, positive", [(0.0, 1.0, False), (0.5, 0.0, False), (0.5, 0.0, True), (0.3, 0.2, False)]
 )
-def test_cd_logistic_matches_numpy(sparse, l1, l2, positive):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cd_logistic_matches_numpy(sparse, l1, l2, positive, dtype):
     rng = np.random.default_rng(3)
-    Xk, X = _design(rng, 20, 7, sparse)
+    Xk, X = _design(rng, 20, 7, sparse, dtype)
     y = np.where(rng.random(20) < 0.5, -1.0, 1.0)
-    w0 = 0.1 * np.abs(rng.standard_normal(7))
+    w0 = (0.1 * np.abs(rng.standard_normal(7))).astype(dtype).astype(float)
     ws = np.arange(7)[::-1]
-    w, z = w0.copy(), X @ w0
+    w, z = w0.astype(dtype), (X @ w0).astype(dtype)
     w_ref, z_ref = w0.copy(), X @ w0
     cd_logistic(Xk, y, w, z, (X**2).sum(0) / 4, ws, l1, l2, positive, n_epochs=4)
     _logistic_reference(X, y, w_ref, z_ref, ws, l1, l2, positive, 4)
-    np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(z, X @ w, atol=1e-12)
+    _close(w, w_ref, dtype)
+    _close(z, X @ w, dtype)
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-def test_column_dots_and_add_columns(sparse):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_dots_and_add_columns(sparse, dtype):
     rng = np.random.default_rng(5)
-    Xk, X = _design(rng, 12, 9, sparse)
-    v = rng.standard_normal(12)
+    Xk, X = _design(rng, 12, 9, sparse, dtype)
+    v = rng.standard_normal(12).astype(dtype)
     ws = np.array([7, 2, 2, 0, 8])
-    np.testing.assert_allclose(column_dots(Xk, v, ws), X[:, ws].T @ v, rtol=1e-13, atol=1e-13)
-    coef = rng.standard_normal(ws.size)
+    _close(column_dots(Xk, v, ws), X[:, ws].T @ v, dtype)
+    coef = rng.standard_normal(ws.size).astype(dtype)
     coef[1] = 0.0
     out = v.copy()
     add_columns(Xk, ws, coef, out)
-    np.testing.assert_allclose(out, v + X[:, ws] @ coef, rtol=1e-13, atol=1e-13)
+    _close(out, v + X[:, ws] @ coef.astype(float), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gram_columns_in_both_precisions(dtype):
+    rng = np.random.default_rng(6)
+    Xk, X = _design(rng, 14, 7, True, dtype)
+    cols = np.array([3, 0, 6])
+    G = gram_columns(Xk, Xk.tocsr(), cols)
+    assert G.flags.f_contiguous
+    _close(G, X.T @ X[:, cols], dtype, scale=10.0)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_float32_design_is_not_copied(sparse):
+    """The kernels read a float32 design where it is: no float64 (or any) copy."""
+    Xk, _ = _design(np.random.default_rng(8), 10, 4, sparse, np.float32)
+    (data, indices, indptr), spec = _storage(Xk)
+    assert spec == "float" and data.dtype == np.float32
+    if sparse:
+        assert data is Xk.data and indices is Xk.indices and indptr is Xk.indptr
+    else:
+        assert np.shares_memory(data, Xk) and indices is None
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_kernels_name_bad_arguments(sparse):
+    Xk, X = _design(np.random.default_rng(2), 6, 4, sparse, np.float32)
+    w32, R32 = np.zeros(4, np.float32), np.ones(6, np.float32)
+    norms2 = (X**2).sum(0)
+    # In-place vectors must have the design's dtype (a silent cast would not update them).
+    with pytest.raises(TypeError, match="w must"):
+        cd_least_squares(Xk, np.zeros(4), R32, norms2, [0, 1], 0.1, 0.0)
+    with pytest.raises(TypeError, match="z must"):
+        cd_logistic(Xk, np.ones(6), w32, np.zeros(6), norms2 / 4, [0], 0.0, 1.0)
+    with pytest.raises(ValueError, match="R must have shape"):
+        cd_least_squares(Xk, w32, np.ones(5, np.float32), norms2, [0, 1], 0.1, 0.0)
+    with pytest.raises(ValueError, match="norms2 must have shape"):
+        cd_least_squares(Xk, w32, R32, norms2[:3], [0, 1], 0.1, 0.0)
+    # Working-set indices must name columns: the kernels do no bounds checks.
+    for bad in ([0, 4], [-1]):
+        with pytest.raises(ValueError, match="ws must hold column indices"):
+            cd_least_squares(Xk, w32, R32, norms2, bad, 0.1, 0.0)
+        with pytest.raises(ValueError, match="ws must hold column indices"):
+            column_dots(Xk, R32, bad)
+    with pytest.raises(ValueError, match="w must be a writable"):
+        cd_least_squares(Xk, np.zeros(4, np.float32)[::-1], R32, norms2, [0], 0.1, 0.0)
+    with pytest.raises(TypeError, match="out must"):
+        add_columns(Xk, [0], [1.0], np.zeros(6))
+    frozen = np.zeros(4, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="hdiag must be a writable"):
+        cd_quadratic_model(
+            Xk, np.ones(6), frozen, w32, R32, R32.copy(), [0], 0.0, 1.0, compute_h=True
+        )
+    with pytest.raises(TypeError, match="X must have dtype"):
+        column_dots(Xk.astype(np.float16) if not sparse else Xk.astype(np.int64), R32, [0])
+    np.testing.assert_array_equal(w32, 0.0)  # nothing ran
+
+
+def test_dense_design_must_be_fortran_ordered():
+    X = np.ascontiguousarray(np.random.default_rng(0).standard_normal((5, 3)))
+    with pytest.raises(ValueError, match="X must be a 2-dimensional Fortran-ordered"):
+        column_dots(X, np.ones(5), [0])
 
 
 def test_kernels_do_not_touch_read_only_design():
@@ -136,29 +228,29 @@ def _model_reference(X, curv, w, r, q, ws, l1, l2, positive, n_epochs):
 @pytest.mark.parametrize(
     "l1, l2, positive", [(0.0, 1.0, False), (0.7, 0.0, False), (0.5, 0.1, True)]
 )
-def test_cd_quadratic_model_matches_numpy(sparse, l1, l2, positive):
-    from mmopt.bcd._kernels import cd_quadratic_model
-
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cd_quadratic_model_matches_numpy(sparse, l1, l2, positive, dtype):
     rng = np.random.default_rng(9)
-    Xk, X = _design(rng, 18, 6, sparse)
-    curv = rng.random(18) * 0.25
-    r0 = rng.standard_normal(18)
-    w0 = np.abs(rng.standard_normal(6))
+    Xk, X = _design(rng, 18, 6, sparse, dtype)
+    curv = (rng.random(18) * 0.25).astype(dtype).astype(float)
+    r0 = rng.standard_normal(18).astype(dtype).astype(float)
+    w0 = np.abs(rng.standard_normal(6)).astype(dtype).astype(float)
     ws = np.array([5, 1, 3, 0])
-    w, r, q, h = w0.copy(), r0.copy(), np.zeros(18), np.zeros(6)
+    w, r, q, h = (a.astype(dtype) for a in (w0, r0, np.zeros(18), np.zeros(6)))
     cd_quadratic_model(Xk, curv, h, w, r, q, ws, l1, l2, positive, n_epochs=3, compute_h=True)
     w_ref, r_ref, q_ref = w0.copy(), r0.copy(), np.zeros(18)
     h_ref = _model_reference(X, curv, w_ref, r_ref, q_ref, ws, l1, l2, positive, 3)
-    np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(r, r_ref, rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(q, X @ (w - w0), atol=1e-12)
-    np.testing.assert_allclose(h[ws], h_ref[ws], rtol=1e-12)
+    _close(w, w_ref, dtype)
+    _close(r, r_ref, dtype)
+    _close(q, X @ (w - w0), dtype)
+    _close(h[ws], h_ref[ws], dtype)
     # At convergence the model's optimality conditions hold on the working set.
     cd_quadratic_model(Xk, curv, h, w, r, q, ws, l1, l2, positive, n_epochs=500)
     grad = X[:, ws].T @ r + l2 * w[ws]
     # (An empty column with l2 = 0 has no curvature: the kernel leaves it where it is.)
     on = (w[ws] != 0) & (h[ws] + l2 > 0)
-    np.testing.assert_allclose(grad[on], -l1 * np.sign(w[ws][on]), atol=1e-9)
+    tol = 1e-9 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(grad[on], -l1 * np.sign(w[ws][on]), atol=tol)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
