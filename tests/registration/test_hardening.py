@@ -14,6 +14,7 @@ from mmopt.registration import (
     ICP,
     ICPRegistration,
     RegistrationProblem,
+    ScaleSchedule,
     estimate_normals,
     icp,
     read_point_cloud,
@@ -208,10 +209,10 @@ def test_noise_factor_zero_keeps_the_official_floor_only():
                                            random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = problem.solve(noise_factor=0.0, refine=False)
+        res = problem.solve(schedule=ScaleSchedule(noise_factor=0.0), refine=False)
     assert res.nu_min == pytest.approx(res.spacing / (3.0 * np.sqrt(3.0)))
     with pytest.raises(ValueError, match="noise_factor"):
-        icp(_cloud(), _cloud(), noise_factor=-1.0)
+        icp(_cloud(), _cloud(), schedule=ScaleSchedule(noise_factor=-1.0))
 
 
 # ------------------------------------------------------------------------------- files
