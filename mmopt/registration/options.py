@@ -57,11 +57,6 @@ class ScaleSchedule(_Checked):
         doubles as ``nu`` halves), but never fewer than about 1000 points. The last three
         stages, and so the result, use the whole source.
 
-    Raises
-    ------
-    ValueError, TypeError
-        If a field is out of range or of the wrong type (the message names it).
-
     Examples
     --------
     >>> from mmopt.registration import ScaleSchedule
@@ -101,11 +96,6 @@ class StageCriteria(_Checked):
     tol : float, optional, default=1e-3
         Step threshold that ends an intermediate stage (at least 0); the solver's ``tol``
         when None.
-
-    Raises
-    ------
-    ValueError, TypeError
-        If a field is out of range or of the wrong type (the message names it).
 
     Examples
     --------
