@@ -278,6 +278,20 @@ def test_cli_register_prints_scale_free_losses(tmp_path, capsys):
     assert "final nu" in out and "nan" not in out
 
 
+def test_cli_register_nu_is_a_fixed_scale(tmp_path, capsys):
+    # --nu is ScaleSchedule(nu=...): one stage at that scale; a bad value names nu.
+    source, target = tmp_path / "s.npy", tmp_path / "t.npy"
+    write_point_cloud(source, _cloud())
+    write_point_cloud(target, _moved(_cloud()))
+    assert main(["register", str(source), str(target), "--nu", "0.25"]) == 0
+    out = capsys.readouterr().out
+    stages = next(line for line in out.splitlines() if "iterations per stage" in line)
+    assert len(stages.split()) == 4  # "iterations per stage" and one count
+    assert "0.25" in next(line for line in out.splitlines() if "final nu" in line)
+    assert main(["register", str(source), str(target), "--nu", "-1"]) == 2
+    assert "nu (ScaleSchedule)" in capsys.readouterr().err
+
+
 def test_make_registration_problem_overflow_names_the_options():
     with pytest.raises(ValueError, match="noise"):
         make_registration_problem(_cloud(), noise=1e308, random_state=0)
