@@ -94,7 +94,7 @@ def _read_init(path: str):
 def _register(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mmopt.registration import ICP, RegistrationProblem
+    from mmopt.registration import ICP, RegistrationProblem, ScaleSchedule
     from mmopt.registration.io import read_point_cloud, write_point_cloud
 
     try:
@@ -107,7 +107,7 @@ def _register(args: argparse.Namespace) -> int:
         solver = ICP(
             metric=args.metric.replace("-", "_"),
             loss=args.loss,
-            nu=args.nu,
+            schedule=None if args.nu is None else ScaleSchedule(nu=args.nu),
             init=init,
             anderson=not args.no_anderson,
             max_iter=args.max_iter,

@@ -2,9 +2,11 @@
 
 :class:`RegistrationProblem` holds the two clouds (source first: ``target ~= T source``);
 :class:`ICP` (:func:`icp`) solves it by robust point-to-point or point-to-plane ICP with the
-annealed Welsch scale and Anderson acceleration on the se(3) twist; :class:`ICPRegistration`
-is the scikit-learn estimator. :func:`estimate_normals` gives PCA normals;
-:func:`read_point_cloud` and :func:`write_point_cloud` handle PLY, XYZ and NPY files.
+annealed Welsch scale and Anderson acceleration on the se(3) twist, its grouped options
+:class:`ScaleSchedule` (the annealing of the loss scale) and :class:`StageCriteria` (when
+intermediate stages end); :class:`ICPRegistration` is the scikit-learn estimator.
+:func:`estimate_normals` gives PCA normals; :func:`read_point_cloud` and
+:func:`write_point_cloud` handle PLY, XYZ and NPY files.
 """
 
 from mmopt.registration.estimator import ICPRegistration
@@ -12,6 +14,7 @@ from mmopt.registration.icp import ICP, icp
 from mmopt.registration.io import read_point_cloud, write_point_cloud
 from mmopt.registration.kabsch import weighted_kabsch
 from mmopt.registration.normals import estimate_normals
+from mmopt.registration.options import ScaleSchedule, StageCriteria
 from mmopt.registration.problem import RegistrationProblem
 from mmopt.registration.se3 import se3_exp, se3_log
 
@@ -19,6 +22,8 @@ __all__ = [
     "ICP",
     "ICPRegistration",
     "RegistrationProblem",
+    "ScaleSchedule",
+    "StageCriteria",
     "estimate_normals",
     "icp",
     "read_point_cloud",

@@ -8,7 +8,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from mmopt._core.registry import get_solver
 from mmopt._core.validation import check_array
+from mmopt.losses import RobustLoss
 from mmopt.registration.icp import ICP
+from mmopt.registration.options import ScaleSchedule
 from mmopt.registration.problem import RegistrationProblem, check_point_cloud
 
 __all__ = ["ICPRegistration"]
@@ -22,7 +24,7 @@ class ICPRegistration(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    metric, loss, nu, init, similarity, anderson, tol, max_iter
+    metric, loss, schedule, init, similarity, anderson, tol, max_iter
         See :class:`ICP`.
     **solver_options
         Not accepted: use :class:`ICP` directly for the other options.
@@ -53,8 +55,8 @@ class ICPRegistration(TransformerMixin, BaseEstimator):
         self,
         *,
         metric: str = "point_to_point",
-        loss: str = "welsch",
-        nu: float | None = None,
+        loss: str | RobustLoss = "welsch",
+        schedule: ScaleSchedule | None = None,
         init="centroids",
         similarity: bool = False,
         anderson: bool = True,
@@ -63,7 +65,7 @@ class ICPRegistration(TransformerMixin, BaseEstimator):
     ):
         self.metric = metric
         self.loss = loss
-        self.nu = nu
+        self.schedule = schedule
         self.init = init
         self.similarity = similarity
         self.anderson = anderson

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from mmopt._core.anderson import AndersonAcceleration
+from mmopt._core.linesearch import backtracking
+from mmopt._core.params import (
+    Constraint,
+    InstanceOf,
+    Interval,
+    Options,
+    Rule,
+    constraints_of,
+    validate_params,
+)
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
-from mmopt._core.validation import check_choice, check_scalar
+from mmopt._core.validation import check_choice
+from mmopt.losses import LOSSES, L2Loss, RobustLoss, TrimmedLoss, get_loss
 from mmopt.registration._kernels import weighted_pair_moments
 from mmopt.registration._neighbors import BACKENDS, NeighborIndex
 from mmopt.registration.kabsch import kabsch_from_moments
-from mmopt.registration.losses import BOUNDED_LOSSES, LOSSES, loss_energy, loss_weights
 from mmopt.registration.normals import local_geometry
+from mmopt.registration.options import ScaleSchedule, StageCriteria
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
 from mmopt.registration.se3 import _se3_exp, _se3_log
 
@@ -24,8 +37,10 @@ __all__ = ["ICP", "icp", "point_to_plane_jacobian"]
 
 METRICS = ("point_to_point", "point_to_plane", "hybrid")
 INITS = ("centroids", "identity")
-# Losses with a scale nu that the stages anneal; l2 and trimmed have none.
-_SCALED_LOSSES = ("welsch", "huber", "cauchy", "tukey")
+# The named losses at ICP's scale nu: Welsch's weight exp(-r^2 / (2 nu^2)) is c = sqrt(2);
+# Huber's corner, Cauchy's half-weight point and Tukey's cutoff sit at nu (c = 1). "l2" and
+# "trimmed" (keeping 90%) have no scale.
+_NAMED_LOSS_C = {"welsch": math.sqrt(2.0), "huber": 1.0, "cauchy": 1.0, "tukey": 1.0}
 # Surface refinement (see ICP): automatic when the target's noise estimate exceeds this
 # fraction of its point spacing (the shipped real scans: 0.04; 0.5% noise: 0.3).
 _REFINE_NOISE_RATIO = 0.1
@@ -36,6 +51,49 @@ _REFINE_BANDWIDTH = 2.5
 _REFINE_NU_FACTOR = 1.5
 # Smallest subsample of the coarse stages (see coarse_stride).
 _COARSE_MIN_POINTS = 1000
+
+
+def _scale_free(loss: RobustLoss) -> bool:
+    """Whether ``loss`` has no scale for the stages to anneal (least squares, trimmed)."""
+    return isinstance(loss, L2Loss | TrimmedLoss)
+
+
+def _loss_energy(loss: RobustLoss, r: np.ndarray, nu) -> float:
+    """ICP's energy: ``sum_i rho(r_i / nu)`` (unit-free), or ``sum_i rho(r_i)`` without a
+    scale (``nu`` None: squared units of ``r``)."""
+    if nu is None:
+        return loss.energy(r, 1.0)
+    return loss.energy(np.asarray(r) / nu, 1.0)
+
+
+def _loss_weights(loss: RobustLoss, r: np.ndarray, nu) -> np.ndarray:
+    return loss.weights(r, 1.0 if nu is None else nu)
+
+
+class _ScaleBounds(Constraint):
+    """A pair ``(low, high)`` of real numbers with ``0 < low <= 1 <= high``."""
+
+    def accepts_type(self, value) -> bool:
+        return (
+            isinstance(value, tuple | list | np.ndarray) and len(value) == 2
+            and all(isinstance(b, numbers.Real) and not isinstance(b, bool | np.bool_)
+                    for b in value)
+        )
+
+    def is_satisfied_by(self, value) -> bool:
+        if not self.accepts_type(value):
+            return False
+        low, high = (float(b) for b in value)
+        return 0.0 < low <= 1.0 <= high
+
+    def describe(self) -> str:
+        return "a pair (low, high) with 0 < low <= 1 <= high"
+
+    def invalid_values(self) -> list:
+        return [(2.0, 3.0), (0.0, 2.0), (0.5, 0.9), (float("nan"), 2.0)]
+
+    def valid_value(self):
+        return (0.5, 2.0)
 
 
 @dataclass
@@ -52,6 +110,7 @@ class _Setup:
     spacing: float
     noise: float
     nus: list  # nu of each stage (normalized); [None] for l2 / trimmed
+    loss: RobustLoss  # the loss object (a name resolved)
     refine: bool = False  # the last stage is the surface refinement
 
 
@@ -85,8 +144,8 @@ class ICP(Solver):
     Minimizes ``E(T) = sum_i psi(r_i(T))`` over rigid transforms ``T`` (``target ~= T
     source``), where ``r_i`` is the distance from ``T p_i`` to its closest target point
     (``metric="point_to_point"``) or its offset along the target normal there
-    (``"point_to_plane"``), and ``psi`` a robust loss of scale ``nu``
-    (:mod:`mmopt.registration.losses`).
+    (``"point_to_plane"``), and ``psi(r) = rho(r / nu)`` a robust loss of :mod:`mmopt.losses`
+    at scale ``nu``.
 
     **Point-to-point** is majorization-minimization: with the closest points frozen, the
     robust loss is majorized by a weighted least-squares problem whose minimizer is a
@@ -103,18 +162,20 @@ class ICP(Solver):
     otherwise the plain step is taken (one more nearest-neighbour query) and the history is
     reset.
 
-    **Stages** (the annealed ``nu``): the solver works in coordinates centred on each cloud's
-    centroid and divided by the larger bounding-box diagonal. ``nu`` starts at
-    ``nu_init_factor`` times the median initial residual and halves at each stage down to
-    ``nu_min``, the largest of the official floor ``spacing / (3 sqrt 3)`` (``spacing``: the
-    target's typical point spacing) and ``noise_factor`` times the target's noise estimate
-    (the median thickness of its 10-point neighbourhoods across their local plane): on noisy
-    data the official floor alone fits the noise. An intermediate stage ends when the
-    transform moves by less than ``stage_tol`` (Frobenius norm in normalized units) or after
-    ``max_iter_per_stage`` iterations; the ``nu_min`` stage runs to ``tol``; the Anderson
-    history is reset at each stage. The solve converges when the last stage (``nu = nu_min``,
-    or the surface refinement below) does. With ``nu`` given, one stage runs at that scale (the
-    "tracking" mode); ``"l2"`` and ``"trimmed"`` have one stage and no scale.
+    **Stages** (the annealed ``nu``, set by ``schedule``, a :class:`ScaleSchedule`): the solver
+    works in coordinates centred on each cloud's centroid and divided by the larger
+    bounding-box diagonal. ``nu`` starts at ``schedule.init_factor`` times the median initial
+    residual and halves at each stage down to ``nu_min``, the largest of the official floor
+    ``spacing / (3 sqrt 3)`` (``spacing``: the target's typical point spacing) and
+    ``schedule.noise_factor`` times the target's noise estimate (the median thickness of its
+    10-point neighbourhoods across their local plane): on noisy data the official floor alone
+    fits the noise. An intermediate stage ends as ``stage_criteria`` (a
+    :class:`StageCriteria`) says: when the transform moves by less than its ``tol`` (Frobenius
+    norm in normalized units) or after its ``max_iter`` iterations; the ``nu_min`` stage runs
+    to the solver's ``tol``; the Anderson history is reset at each stage. The solve converges
+    when the last stage (``nu = nu_min``, or the surface refinement below) does. With
+    ``schedule.nu`` given, one stage runs at that scale (the "tracking" mode); ``"l2"`` and
+    ``"trimmed"`` have one stage and no scale.
 
     **Surface refinement.** When the points are noisy relative to their spacing (the
     target's noise estimate above a tenth of its spacing), nearest-point matching at a small
@@ -133,8 +194,10 @@ class ICP(Solver):
     so it is when a quarter of the source points or more sit exactly on target points (the
     same sampling: the matches are exact).
 
-    Searches for the Welsch and Tukey losses are bounded at ``5 nu`` and ``nu``: farther
-    points have (nearly) zero weight, and bounded KD-tree searches are several times faster.
+    Searches for the losses whose weight vanishes far away are bounded at the loss's
+    :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
+    ``nu`` for ``"tukey"``): farther points have (nearly) zero weight, and bounded KD-tree
+    searches are several times faster.
 
     Parameters
     ----------
@@ -144,20 +207,18 @@ class ICP(Solver):
         point-to-point stages and refines with point-to-plane in the last stage: robust
         point-to-point finds the basin from far starts, where point-to-plane alone can
         stall.
-    loss : {"welsch", "l2", "huber", "cauchy", "tukey", "trimmed"}, default="welsch"
-        Robust loss (``"l2"`` is classic ICP).
-    nu : float, optional
-        Fixed loss scale in the data's units (one stage); annealed when None.
-    nu_init_factor : float, default=3.0
-        First ``nu`` as a multiple of the median initial residual.
-    nu_min : float, optional
-        Smallest ``nu`` in the data's units; estimated as described above when None.
-    noise_factor : float, default=1.0
-        Multiple of the noise estimate that floors the estimated ``nu_min`` (at least 0;
-        0 drops this floor and keeps the official ``spacing / (3 sqrt 3)`` alone, which fits
-        the noise on noisy data).
-    keep_fraction : float, default=0.9
-        Fraction of the correspondences kept by the ``"trimmed"`` loss.
+    loss : {"welsch", "l2", "huber", "cauchy", "tukey", "trimmed"} or RobustLoss, \
+default="welsch"
+        Robust loss (``"l2"`` is classic ICP). A name is the :mod:`mmopt.losses` loss tuned
+        to ICP's scale ``nu``: Welsch's weight ``exp(-r^2 / (2 nu^2))`` (``c = sqrt 2``);
+        Huber, Cauchy and Tukey with ``c = 1`` (their weights bend at ``r = nu``);
+        ``"trimmed"`` keeps 90% of the matches. A :class:`~mmopt.losses.RobustLoss` instance
+        is used as is, its ``c`` in units of ``nu`` (e.g. ``WelschLoss(c=3.0)`` for a wider
+        kernel, ``TrimmedLoss(keep=0.8)``).
+    schedule : ScaleSchedule, optional
+        The annealing of ``nu`` and the coarse-to-fine subsampling (see
+        :class:`ScaleSchedule`; its defaults when None): ``ScaleSchedule(nu=0.01)`` runs one
+        stage at that fixed scale.
     init : {"centroids", "identity"} or array of shape (4, 4), default="centroids"
         Start: translate the source centroid onto the target centroid, the identity, or a
         given rigid transform (in the data's units). ``x0`` of :meth:`solve` overrides it.
@@ -175,21 +236,11 @@ class ICP(Solver):
         Tikhonov term of the column-normalized Anderson least squares.
     anderson_delay : int, default=0
         Plain steps after each Anderson reset before extrapolating again.
-    max_iter_per_stage : int, default=100
-        Iteration cap of each stage but the last.
-    coarse_stride : int, default=4
-        Coarse-to-fine: all stages but the last three match a regular subsample of the
-        source (1 uses every point throughout): every ``coarse_stride``-th point in the last
-        coarse stage, half as many in the stage before and so on (the subsample doubles as
-        ``nu`` halves), but never fewer than about ``_COARSE_MIN_POINTS = 1000`` points. The
-        last three stages, and so the result, always use the whole source.
-    stage_tol : float, optional, default=1e-3
-        Threshold on ``||T_k - T_{k-1}||_F`` that ends the intermediate stages (``nu >
-        nu_min``; ``tol`` when None). They only lead the pose into the basin of the final
-        scale, so converging them to ``tol`` is wasted work: on the shipped pair the default
-        needs 2.6x fewer iterations and half the time than ``stage_tol=None`` for the same
-        answer (within 0.01 degrees); the ``nu_min`` stage and the refinement always run to
-        ``tol``.
+    stage_criteria : StageCriteria, optional
+        When the intermediate stages (``nu > nu_min``) end (see :class:`StageCriteria`; its
+        defaults, ``max_iter=100`` and ``tol=1e-3``, when None). They only lead the pose
+        into the basin of the final scale, so converging them to the solver's ``tol`` is
+        wasted work; the ``nu_min`` stage and the refinement always run to ``tol``.
     normals_k : int, default=10
         Neighbourhood size for normals, spacing and noise estimates; when the target normals
         are estimated (``metric`` other than ``"point_to_point"`` and no ``target_normals``),
@@ -221,7 +272,8 @@ class ICP(Solver):
     -----
     Result fields: ``x`` and ``transform`` (the 4x4 ``T``, ``target ~= T source``),
     ``rotation``, ``translation``, ``scale`` (1 unless ``similarity``), ``fun`` (the energy at
-    the final ``nu``: unit-free for Welsch, in squared data units otherwise; clouds so large
+    the final ``nu``, ``sum_i rho(r_i / nu)``: unit-free; for ``"l2"`` and ``"trimmed"``
+    ``sum_i r_i^2 / 2`` over the counted matches, in squared data units, and clouds so large
     that this overflows are rejected with a ``ValueError``), ``residual`` (last
     ``||T_k - T_{k-1}||_F``, normalized units; ``inf`` on an iteration that changed the
     stage), ``nu`` and ``nu_min`` (data's units; None for the scale-free losses ``"l2"`` and
@@ -261,16 +313,46 @@ class ICP(Solver):
     problem_types = (RegistrationProblem,)
     residual_covers_x = False
 
+    _parameter_constraints: ClassVar[dict] = {
+        "metric": [Options(METRICS)],
+        "loss": [Options(LOSSES), InstanceOf(RobustLoss)],
+        "schedule": [InstanceOf(ScaleSchedule), None],
+        "stage_criteria": [InstanceOf(StageCriteria), None],
+        # An array-like transform is checked (shape, rigidity) when the solve starts.
+        "init": [Options(INITS),
+                 InstanceOf(np.ndarray, list, tuple, name="a (4, 4) rigid transform")],
+        "similarity": [bool],
+        "scale_bounds": [_ScaleBounds()],
+        "anderson": [bool],
+        "m": [Interval(int, 1, None)],
+        "anderson_damping": [Interval(float, 0, 1, closed="right")],
+        "anderson_regularization": [Interval(float, 0, None)],
+        "anderson_delay": [Interval(int, 0, None)],
+        "normals_k": [Interval(int, 3, None)],
+        "refine": [Options({"auto"}), bool],
+        "refine_k": [Interval(int, 3, None)],
+        "inlier_threshold": [Interval(float, 0, None, closed="neither"), None],
+        "neighbors": [Options(BACKENDS)],
+        "n_threads": [Interval(int, 1, None)],
+        # The options every solver has (Solver checks them too).
+        "tol": [Interval(float, 0, None)],
+        "max_iter": [Interval(int, 1, None)],
+        "callback": [None, callable],
+        "verbose": [Interval(int, 0, None)],
+    }
+    _parameter_rules: ClassVar[list] = [
+        Rule(("similarity", "metric"),
+             lambda p: not p["similarity"] or p["metric"] == "point_to_point",
+             "similarity=True needs metric='point_to_point'"),
+    ]
+
     def __init__(
         self,
         *,
         metric: str = "point_to_point",
-        loss: str = "welsch",
-        nu: float | None = None,
-        nu_init_factor: float = 3.0,
-        nu_min: float | None = None,
-        noise_factor: float = 1.0,
-        keep_fraction: float = 0.9,
+        loss: str | RobustLoss = "welsch",
+        schedule: ScaleSchedule | None = None,
+        stage_criteria: StageCriteria | None = None,
         init="centroids",
         similarity: bool = False,
         scale_bounds: tuple[float, float] = (0.5, 2.0),
@@ -279,9 +361,6 @@ class ICP(Solver):
         anderson_damping: float = 1.0,
         anderson_regularization: float = 1e-10,
         anderson_delay: int = 0,
-        max_iter_per_stage: int = 100,
-        coarse_stride: int = 4,
-        stage_tol: float | None = 1e-3,
         normals_k: int = 10,
         refine="auto",
         refine_k: int = 32,
@@ -295,11 +374,8 @@ class ICP(Solver):
     ):
         self.metric = metric
         self.loss = loss
-        self.nu = nu
-        self.nu_init_factor = nu_init_factor
-        self.nu_min = nu_min
-        self.noise_factor = noise_factor
-        self.keep_fraction = keep_fraction
+        self.schedule = schedule
+        self.stage_criteria = stage_criteria
         self.init = init
         self.similarity = similarity
         self.scale_bounds = scale_bounds
@@ -308,9 +384,6 @@ class ICP(Solver):
         self.anderson_damping = anderson_damping
         self.anderson_regularization = anderson_regularization
         self.anderson_delay = anderson_delay
-        self.max_iter_per_stage = max_iter_per_stage
-        self.coarse_stride = coarse_stride
-        self.stage_tol = stage_tol
         self.normals_k = normals_k
         self.refine = refine
         self.refine_k = refine_k
@@ -324,53 +397,21 @@ class ICP(Solver):
 
     # ---------------------------------------------------------------------------- options
     def _validate_params(self) -> None:
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
         super()._validate_params()
-        check_choice(self.metric, "metric", METRICS)
-        check_choice(self.loss, "loss", LOSSES)
-        check_scalar(self.nu, "nu", min_value=0.0, include_min=False, allow_none=True)
-        check_scalar(self.nu_init_factor, "nu_init_factor", min_value=0.0, include_min=False)
-        check_scalar(self.nu_min, "nu_min", min_value=0.0, include_min=False, allow_none=True)
-        check_scalar(self.noise_factor, "noise_factor", min_value=0.0)
-        check_scalar(
-            self.keep_fraction, "keep_fraction", min_value=0.0, max_value=1.0, include_min=False
-        )
-        if isinstance(self.init, str):
-            check_choice(self.init, "init", INITS)
-        for flag in ("similarity", "anderson"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
-        if self.similarity and self.metric != "point_to_point":
-            raise ValueError("similarity=True needs metric='point_to_point'.")
-        try:
-            low, high = (float(b) for b in self.scale_bounds)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"scale_bounds must be a pair of numbers, got {self.scale_bounds!r}."
-            ) from None
-        if not 0 < low <= 1.0 <= high:
-            raise ValueError(
-                f"scale_bounds must satisfy 0 < low <= 1 <= high, got {self.scale_bounds!r}."
-            )
-        check_scalar(self.m, "m", kind=int, min_value=1)
-        check_scalar(
-            self.anderson_damping, "anderson_damping", min_value=0.0, max_value=1.0,
-            include_min=False,
-        )
-        check_scalar(self.anderson_regularization, "anderson_regularization", min_value=0.0)
-        check_scalar(self.anderson_delay, "anderson_delay", kind=int, min_value=0)
-        check_scalar(self.max_iter_per_stage, "max_iter_per_stage", kind=int, min_value=1)
-        check_scalar(self.coarse_stride, "coarse_stride", kind=int, min_value=1)
-        check_scalar(self.stage_tol, "stage_tol", min_value=0.0, allow_none=True)
-        check_scalar(self.normals_k, "normals_k", kind=int, min_value=3)
-        if not (isinstance(self.refine, (bool, np.bool_)) or self.refine == "auto"):
-            raise ValueError(f"refine must be 'auto', True or False, got {self.refine!r}.")
-        check_scalar(self.refine_k, "refine_k", kind=int, min_value=3)
-        check_scalar(
-            self.inlier_threshold, "inlier_threshold", min_value=0.0, include_min=False,
-            allow_none=True,
-        )
-        check_choice(self.neighbors, "neighbors", BACKENDS)
-        check_scalar(self.n_threads, "n_threads", kind=int, min_value=1)
+
+    def _resolved_loss(self) -> RobustLoss:
+        """The loss object: a name tuned to ICP's scale (see ``loss``), or the instance."""
+        if isinstance(self.loss, RobustLoss):
+            return self.loss
+        return get_loss(self.loss, c=_NAMED_LOSS_C.get(self.loss))
+
+    def _scale_schedule(self) -> ScaleSchedule:
+        return ScaleSchedule() if self.schedule is None else self.schedule
+
+    def _stage_criteria(self) -> StageCriteria:
+        return StageCriteria() if self.stage_criteria is None else self.stage_criteria
 
     # --------------------------------------------------------------------- coordinates
     @staticmethod
@@ -435,19 +476,23 @@ class ICP(Solver):
         return _Setup(
             P=P, Q=Q, normals=normals, index=index, scale=s, source_centroid=cs,
             target_centroid=ct, spacing=spacing, noise=float(np.median(thickness)), nus=[None],
+            loss=self._resolved_loss(),
         )
 
     def _schedule(self, setup: _Setup, initial_residuals: np.ndarray) -> list:
-        if self.loss not in _SCALED_LOSSES:
+        if _scale_free(setup.loss):
             return [None]
-        if self.nu is not None:
-            return [self.nu / setup.scale]
-        if self.nu_min is not None:
-            nu_min = self.nu_min / setup.scale
+        schedule = self._scale_schedule()
+        if schedule.nu is not None:
+            return [schedule.nu / setup.scale]
+        if schedule.nu_min is not None:
+            nu_min = schedule.nu_min / setup.scale
         else:
-            nu_min = max(setup.spacing / (3.0 * math.sqrt(3.0)), self.noise_factor * setup.noise)
+            nu_min = max(
+                setup.spacing / (3.0 * math.sqrt(3.0)), schedule.noise_factor * setup.noise
+            )
         finite = initial_residuals[np.isfinite(initial_residuals)]
-        nu = self.nu_init_factor * float(np.median(np.abs(finite)))
+        nu = schedule.init_factor * float(np.median(np.abs(finite)))
         nus = []
         while nu > nu_min:
             nus.append(nu)
@@ -465,10 +510,12 @@ class ICP(Solver):
             return setup.noise > _REFINE_NOISE_RATIO * setup.spacing
         return True
 
-    def _bound(self, nu) -> float:
-        if nu is None or self.loss not in BOUNDED_LOSSES:
+    @staticmethod
+    def _bound(setup: _Setup, nu) -> float:
+        bound = setup.loss.search_bound
+        if nu is None or bound is None:
             return np.inf
-        return BOUNDED_LOSSES[self.loss] * nu
+        return bound * nu
 
     # ------------------------------------------------------------------ correspondences
     def _query(self, run: _Run, X: np.ndarray, **kwargs):
@@ -479,7 +526,7 @@ class ICP(Solver):
         X = P @ T[:3, :3].T + T[:3, 3]
         if metric == "surface":
             return self._surface_correspond(run, X)
-        dist, idx = self._query(run, X, bound=self._bound(nu))
+        dist, idx = self._query(run, X, bound=self._bound(run.setup, nu))
         if metric == "point_to_plane":
             residuals = self._plane_residuals(run.setup, X, idx)
         else:
@@ -515,10 +562,10 @@ class ICP(Solver):
         residuals[ok] = np.einsum("ij,ij->i", setup.normals[idx[ok]], X[ok] - setup.Q[idx[ok]])
         return residuals
 
-    def _restrict(self, corr: tuple, nu) -> tuple:
+    def _restrict(self, setup: _Setup, corr: tuple, nu) -> tuple:
         """Correspondences found under a wider bound, cut to the bound of ``nu``."""
         X, residuals, dist, idx = corr
-        bound = self._bound(nu)
+        bound = self._bound(setup, nu)
         far = dist > bound
         if not far.any():
             return corr
@@ -526,8 +573,9 @@ class ICP(Solver):
         residuals[far], dist[far], idx[far] = np.inf, np.inf, -1
         return X, residuals, dist, idx
 
-    def _energy(self, corr: tuple, nu) -> float:
-        return loss_energy(self.loss, corr[1], nu, keep=self.keep_fraction)
+    @staticmethod
+    def _energy(setup: _Setup, corr: tuple, nu) -> float:
+        return _loss_energy(setup.loss, corr[1], nu)
 
     # ------------------------------------------------------------------------ the steps
     def _plain_step(
@@ -537,7 +585,7 @@ class ICP(Solver):
         if metric == "point_to_point":
             # Unmatched points have infinite residuals, hence zero weight; the kernel reads
             # the matched pairs in place (no gathered copies) in one pass.
-            w = loss_weights(self.loss, residuals, nu, keep=self.keep_fraction)
+            w = _loss_weights(setup.loss, residuals, nu)
             total, p_sum, q_sum, cross, p_sq = weighted_pair_moments(P, setup.Q, idx, w)
             if not total > 0:
                 return T
@@ -549,7 +597,7 @@ class ICP(Solver):
                 scale_bounds=tuple(self.scale_bounds),
             )
         matched = idx >= 0
-        w = loss_weights(self.loss, residuals[matched], nu, keep=self.keep_fraction)
+        w = _loss_weights(setup.loss, residuals[matched], nu)
         if not np.sum(w) > 0:
             return T
         if metric == "surface":
@@ -557,9 +605,12 @@ class ICP(Solver):
         else:
             centres = setup.Q[idx[matched]]
             normals = setup.normals[idx[matched]]
-        return self._gauss_newton(T, X[matched], residuals[matched], centres, normals, w, nu)
+        return self._gauss_newton(
+            setup.loss, T, X[matched], residuals[matched], centres, normals, w, nu
+        )
 
-    def _gauss_newton(self, T, X, r, Q, normals, w, nu) -> np.ndarray:
+    @staticmethod
+    def _gauss_newton(loss, T, X, r, Q, normals, w, nu) -> np.ndarray:
         J = point_to_plane_jacobian(X, normals)
         Jw = J * w[:, None]
         A = Jw.T @ J
@@ -570,16 +621,17 @@ class ICP(Solver):
         delta = -np.linalg.solve(A + ridge * np.eye(6), b)
         if not np.all(np.isfinite(delta)):
             return T
-        e0 = loss_energy(self.loss, r, nu, keep=self.keep_fraction)
-        step = 1.0
-        for _ in range(30):
+        e0 = _loss_energy(loss, r, nu)
+
+        def trial(step: float) -> tuple:
             D = _se3_exp(step * delta)
             Xs = X @ D[:3, :3].T + D[:3, 3]
-            rs = np.einsum("ij,ij->i", normals, Xs - Q)
-            if loss_energy(self.loss, rs, nu, keep=self.keep_fraction) < e0:
-                return D @ T
-            step *= 0.5
-        return T
+            return D, _loss_energy(loss, np.einsum("ij,ij->i", normals, Xs - Q), nu)
+
+        # Strict decrease of the frozen-match energy (the Gauss-Newton model is not the
+        # robust energy's, so no Armijo slope): the energy never increases within a stage.
+        search = backtracking(trial, lambda _, t: t[1] < e0, max_trials=30)
+        return search.trial[0] @ T if search.success else T
 
     def _init_state(self, problem, x0):
         setup = self._make_setup(problem)
@@ -604,9 +656,8 @@ class ICP(Solver):
         # The median initial residual that sets the schedule, from the sparsest subsample
         # (queries from a far start are the slowest); it is also the first stage's subsample
         # unless the schedule is too short to have coarse stages.
-        probe = 1 if self.coarse_stride == 1 else max(
-            self.coarse_stride, setup.P.shape[0] // _COARSE_MIN_POINTS
-        )
+        stride = self._scale_schedule().coarse_stride
+        probe = 1 if stride == 1 else max(stride, setup.P.shape[0] // _COARSE_MIN_POINTS)
         P = setup.P[::probe]
         corr = self._correspond(run, P, metric, T, None)
         setup.nus = self._schedule(setup, corr[1])
@@ -614,7 +665,7 @@ class ICP(Solver):
         if self._stride(setup, 0) != probe:
             P = self._active_points(setup, 0)
             corr = self._correspond(run, P, metric, T, None)
-        corr = self._restrict(corr, nu)
+        corr = self._restrict(setup, corr, nu)
         if self.metric == "hybrid" and len(setup.nus) == 1:
             metric, corr = self._switch_to_plane(setup, corr)
         if self.anderson:
@@ -624,11 +675,11 @@ class ICP(Solver):
                 damping=self.anderson_damping,
                 delay=self.anderson_delay,
             )
-        energy = self._energy(corr, nu)
+        energy = self._energy(setup, corr, nu)
         fun = self._user_energy(setup, energy)
         squared_units = setup.scale * setup.scale * setup.P.shape[0]
-        if self.loss != "welsch" and not (np.isfinite(squared_units) and np.isfinite(fun)
-                                          or not np.isfinite(energy)):
+        if _scale_free(setup.loss) and not (np.isfinite(squared_units) and np.isfinite(fun)
+                                            or not np.isfinite(energy)):
             # Not a numerical failure of the solve: the energy is not representable.
             raise ValueError(
                 f"source and target: with loss={self.loss!r} the energy is reported in squared "
@@ -667,10 +718,11 @@ class ICP(Solver):
         # subsample doubles as nu halves, from about _COARSE_MIN_POINTS points.
         n_annealed = len(setup.nus) - setup.refine
         n_coarse = n_annealed - 3
-        if self.coarse_stride == 1 or stage >= n_coarse:
+        stride = self._scale_schedule().coarse_stride
+        if stride == 1 or stage >= n_coarse:
             return 1
-        sparsest = max(self.coarse_stride, setup.P.shape[0] // _COARSE_MIN_POINTS)
-        return min(self.coarse_stride * 2 ** (n_coarse - 1 - stage), sparsest)
+        sparsest = max(stride, setup.P.shape[0] // _COARSE_MIN_POINTS)
+        return min(stride * 2 ** (n_coarse - 1 - stage), sparsest)
 
     def _coarse(self, setup: _Setup, stage: int) -> bool:
         return self._stride(setup, stage) > 1
@@ -687,7 +739,8 @@ class ICP(Solver):
         return "point_to_plane", (X, self._plane_residuals(setup, X, idx), dist, idx)
 
     def _user_energy(self, setup: _Setup, energy: float) -> float:
-        return energy if self.loss == "welsch" else energy * setup.scale * setup.scale
+        # Scaled losses: sum rho(r / nu) is unit-free; without a scale it is in squared units.
+        return energy * setup.scale * setup.scale if _scale_free(setup.loss) else energy
 
     def _step(self, problem, state):
         run = state.run
@@ -702,7 +755,7 @@ class ICP(Solver):
             if aa.extrapolated:
                 T_try = self._from_params(u)
                 corr_try = self._correspond(run, P, metric, T_try, nu)
-                energy_try = self._energy(corr_try, nu)
+                energy_try = self._energy(setup, corr_try, nu)
                 if aa.safeguard(energy_try, state.energy):
                     T_new, corr, energy, accepted = T_try, corr_try, energy_try, 1.0
                 else:
@@ -710,7 +763,7 @@ class ICP(Solver):
         if T_new is None:
             T_new = state.G
             corr = self._correspond(run, P, metric, T_new, nu)
-            energy = self._energy(corr, nu)
+            energy = self._energy(setup, corr, nu)
             if metric != "point_to_point" and energy > state.energy:
                 # Re-matching by Euclidean distance does not minimize the point-to-plane
                 # residuals, so a Gauss-Newton step that lowered the frozen-match energy can
@@ -722,11 +775,12 @@ class ICP(Solver):
         run.stage_iters[stage] += 1
         residual = step
         last = stage == len(setup.nus) - 1
-        # The intermediate scales only lead into the basin: stage_tol ends them; the nu_min
-        # stage (and the refinement after it) converge to tol.
+        # The intermediate scales only lead into the basin: the stage criteria end them; the
+        # nu_min stage (and the refinement after it) converge to tol.
+        criteria = self._stage_criteria()
         intermediate = stage < len(setup.nus) - 1 - setup.refine
-        stage_tol = self.tol if self.stage_tol is None or not intermediate else self.stage_tol
-        ending = not last and (step < stage_tol or stage_iter >= self.max_iter_per_stage)
+        stage_tol = self.tol if criteria.tol is None or not intermediate else criteria.tol
+        ending = not last and (step < stage_tol or stage_iter >= criteria.max_iter)
         if (
             ending and setup.refine and self.refine == "auto" and stage == len(setup.nus) - 2
             and not self._matches_noisy(setup, corr)
@@ -749,10 +803,10 @@ class ICP(Solver):
                 P = self._active_points(setup, stage)
                 corr = self._correspond(run, P, metric, T_new, nu)
             else:
-                corr = self._restrict(corr, nu)
+                corr = self._restrict(setup, corr, nu)
             if self.metric == "hybrid" and stage == len(setup.nus) - 1:
                 metric, corr = self._switch_to_plane(setup, corr)
-            energy = self._energy(corr, nu)
+            energy = self._energy(setup, corr, nu)
             if aa is not None:
                 aa.reset()
             residual = np.inf
@@ -794,7 +848,8 @@ class ICP(Solver):
             threshold = float(self.inlier_threshold)
         else:
             reference = nu if nu is not None else max(
-                setup.spacing / (3.0 * math.sqrt(3.0)), self.noise_factor * setup.noise
+                setup.spacing / (3.0 * math.sqrt(3.0)),
+                self._scale_schedule().noise_factor * setup.noise,
             )
             threshold = max(3.0 * reference, 2.0 * setup.spacing) * s
         user_dist = dist * s

@@ -14,6 +14,7 @@ from mmopt.registration import (
     ICP,
     ICPRegistration,
     RegistrationProblem,
+    ScaleSchedule,
     estimate_normals,
     icp,
     read_point_cloud,
@@ -208,10 +209,10 @@ def test_noise_factor_zero_keeps_the_official_floor_only():
                                            random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = problem.solve(noise_factor=0.0, refine=False)
+        res = problem.solve(schedule=ScaleSchedule(noise_factor=0.0), refine=False)
     assert res.nu_min == pytest.approx(res.spacing / (3.0 * np.sqrt(3.0)))
     with pytest.raises(ValueError, match="noise_factor"):
-        icp(_cloud(), _cloud(), noise_factor=-1.0)
+        icp(_cloud(), _cloud(), schedule=ScaleSchedule(noise_factor=-1.0))
 
 
 # ------------------------------------------------------------------------------- files
@@ -268,13 +269,30 @@ def test_cli_init_binary_file_names_the_file(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_cli_register_prints_scale_free_losses(tmp_path, capsys):
+def _write_pair(tmp_path):
     source, target = tmp_path / "s.npy", tmp_path / "t.npy"
     write_point_cloud(source, _cloud())
     write_point_cloud(target, _moved(_cloud()))
+    return str(source), str(target)
+
+
+def test_cli_register_prints_scale_free_losses(tmp_path, capsys):
+    source, target = _write_pair(tmp_path)
     assert main(["register", str(source), str(target), "--loss", "trimmed"]) == 0
     out = capsys.readouterr().out
     assert "final nu" in out and "nan" not in out
+
+
+def test_cli_register_nu_is_a_fixed_scale(tmp_path, capsys):
+    # --nu is ScaleSchedule(nu=...): one stage at that scale; a bad value names nu.
+    source, target = _write_pair(tmp_path)
+    assert main(["register", source, target, "--nu", "0.25"]) == 0
+    out = capsys.readouterr().out
+    stages = next(line for line in out.splitlines() if "iterations per stage" in line)
+    assert len(stages.split()) == 4  # "iterations per stage" and one count
+    assert "0.25" in next(line for line in out.splitlines() if "final nu" in line)
+    assert main(["register", source, target, "--nu", "-1"]) == 2
+    assert "nu (ScaleSchedule)" in capsys.readouterr().err
 
 
 def test_make_registration_problem_overflow_names_the_options():

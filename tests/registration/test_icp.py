@@ -10,7 +10,15 @@ from scipy.spatial.transform import Rotation
 
 import mmopt
 from mmopt.datasets import load_scan_pair, make_registration_problem
-from mmopt.registration import ICP, RegistrationProblem, icp, weighted_kabsch
+from mmopt.losses import TrimmedLoss
+from mmopt.registration import (
+    ICP,
+    RegistrationProblem,
+    ScaleSchedule,
+    StageCriteria,
+    icp,
+    weighted_kabsch,
+)
 from mmopt.registration._neighbors import pykdtree_available
 from mmopt.registration.icp import _Run, point_to_plane_jacobian
 from mmopt.registration.se3 import rotation_angle, se3_exp
@@ -218,7 +226,9 @@ def test_every_loss_and_metric_recovers_a_clean_motion(small_cloud, loss, metric
         small_cloud, rotation_deg=10, translation=0.05, noise=0.0, outlier_fraction=0.0,
         overlap=1.0, random_state=1,
     )
-    res = ICP(loss=loss, metric=metric, keep_fraction=0.95).solve(problem)
+    if loss == "trimmed":
+        loss = TrimmedLoss(keep=0.95)
+    res = ICP(loss=loss, metric=metric).solve(problem)
     assert res.success
     assert _rotation_error_deg(res.rotation, T[:3, :3]) <= 0.05
 
@@ -256,7 +266,7 @@ def test_fixed_nu_runs_one_stage(small_cloud):
         small_cloud, rotation_deg=5, translation=0.02, noise=0.001, outlier_fraction=0.1,
         overlap=0.9, random_state=4,
     )
-    res = ICP(nu=0.01).solve(problem)
+    res = ICP(schedule=ScaleSchedule(nu=0.01)).solve(problem)
     assert res.n_stages == 1 and res.nu == pytest.approx(0.01)
     assert _rotation_error_deg(res.rotation, T[:3, :3]) < 0.5
 
@@ -266,9 +276,9 @@ def test_init_matrix_and_x0(small_cloud):
         small_cloud, rotation_deg=90, translation=0.3, noise=0.0, outlier_fraction=0.0,
         overlap=1.0, random_state=5,
     )
-    res = ICP(init=T, nu=0.005).solve(problem)
+    res = ICP(init=T, schedule=ScaleSchedule(nu=0.005)).solve(problem)
     assert res.nit <= 3 and np.allclose(res.transform, T, atol=1e-6)
-    via_x0 = mmopt.solve(problem, "icp", x0=T, nu=0.005)
+    via_x0 = mmopt.solve(problem, "icp", x0=T, schedule=ScaleSchedule(nu=0.005))
     np.testing.assert_allclose(via_x0.transform, res.transform)
 
 
@@ -287,12 +297,11 @@ def test_similarity_recovers_scale(small_cloud):
 
 @pytest.mark.parametrize(
     "option, value, error",
-    [("metric", "plane", ValueError), ("loss", "l1", ValueError), ("nu", -1.0, ValueError),
+    [("metric", "plane", ValueError), ("loss", "l1", ValueError), ("loss", 2.0, TypeError),
+     ("schedule", {"nu": 1.0}, TypeError), ("stage_criteria", 1e-3, TypeError),
      ("init", "random", ValueError), ("anderson", 1, TypeError),
-     ("scale_bounds", (2.0, 3.0), ValueError), ("keep_fraction", 0.0, ValueError),
-     ("neighbors", "faiss", ValueError), ("stage_tol", -1.0, ValueError),
-     ("coarse_stride", 0, ValueError), ("refine", "yes", ValueError),
-     ("refine_k", 2, ValueError)],
+     ("scale_bounds", (2.0, 3.0), ValueError), ("neighbors", "faiss", ValueError),
+     ("refine", "yes", ValueError), ("refine_k", 2, ValueError)],
 )
 def test_bad_options(small_cloud, option, value, error):
     with pytest.raises(error, match=option):
@@ -319,7 +328,7 @@ def test_no_coarse_stages(small_cloud):
         small_cloud, rotation_deg=10, translation=0.05, noise=0.0, outlier_fraction=0.0,
         overlap=1.0, random_state=8,
     )
-    full = ICP(coarse_stride=1).solve(problem)
+    full = ICP(schedule=ScaleSchedule(coarse_stride=1)).solve(problem)
     assert full.n_coarse_stages == 0
     assert full.n_queries == 1 + full.nit + full.n_rejected
     assert _rotation_error_deg(full.rotation, T[:3, :3]) <= 0.05
@@ -328,7 +337,7 @@ def test_no_coarse_stages(small_cloud):
 def test_stage_tol_on_real_pair(scan, scan_problem, scan_runs):
     # Converging the intermediate scales to tol (stage_tol=None) costs far more iterations
     # for the same answer as the default's loose stage_tol.
-    tight = ICP(stage_tol=None).solve(scan_problem)
+    tight = ICP(stage_criteria=StageCriteria(tol=None)).solve(scan_problem)
     default = scan_runs["centroids"]
     assert tight.n_stages == default.n_stages and tight.nit >= 2 * default.nit
     ref = _nearest_rotation(scan.reference_transform[:3, :3])
