@@ -14,6 +14,7 @@ from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
 from mmopt.ot.sns import SinkhornNewtonSparse, sinkhorn_newton_sparse
 from mmopt.ot.sparsity_constrained import SparsityConstrainedOT, sparsity_constrained_ot
+from mmopt.ot.unbalanced import UnbalancedOTProblem, UnbalancedSinkhorn, unbalanced_sinkhorn
 
 __all__ = [
     "OTMapping",
@@ -21,8 +22,11 @@ __all__ = [
     "Sinkhorn",
     "SinkhornNewtonSparse",
     "SparsityConstrainedOT",
+    "UnbalancedOTProblem",
+    "UnbalancedSinkhorn",
     "exact_ot",
     "sinkhorn",
     "sinkhorn_newton_sparse",
     "sparsity_constrained_ot",
+    "unbalanced_sinkhorn",
 ]
