@@ -10,6 +10,7 @@ through a plan, as a scikit-learn transformer.
 
 from mmopt.ot.exact import exact_ot
 from mmopt.ot.mapping import OTMapping
+from mmopt.ot.partial import PartialOTProblem, PartialSinkhorn, partial_ot
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
 from mmopt.ot.sns import SinkhornNewtonSparse, sinkhorn_newton_sparse
@@ -19,12 +20,15 @@ from mmopt.ot.unbalanced import UnbalancedOTProblem, UnbalancedSinkhorn, unbalan
 __all__ = [
     "OTMapping",
     "OTProblem",
+    "PartialOTProblem",
+    "PartialSinkhorn",
     "Sinkhorn",
     "SinkhornNewtonSparse",
     "SparsityConstrainedOT",
     "UnbalancedOTProblem",
     "UnbalancedSinkhorn",
     "exact_ot",
+    "partial_ot",
     "sinkhorn",
     "sinkhorn_newton_sparse",
     "sparsity_constrained_ot",
