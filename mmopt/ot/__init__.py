@@ -10,6 +10,12 @@ through a plan, as a scikit-learn transformer.
 
 from mmopt.ot.exact import exact_ot
 from mmopt.ot.mapping import OTMapping
+from mmopt.ot.p2ot import (
+    P2OTProblem,
+    ProgressivePartialOT,
+    progressive_partial_ot,
+    rho_schedule,
+)
 from mmopt.ot.partial import PartialOTProblem, PartialSinkhorn, partial_ot
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
@@ -20,8 +26,10 @@ from mmopt.ot.unbalanced import UnbalancedOTProblem, UnbalancedSinkhorn, unbalan
 __all__ = [
     "OTMapping",
     "OTProblem",
+    "P2OTProblem",
     "PartialOTProblem",
     "PartialSinkhorn",
+    "ProgressivePartialOT",
     "Sinkhorn",
     "SinkhornNewtonSparse",
     "SparsityConstrainedOT",
@@ -29,6 +37,8 @@ __all__ = [
     "UnbalancedSinkhorn",
     "exact_ot",
     "partial_ot",
+    "progressive_partial_ot",
+    "rho_schedule",
     "sinkhorn",
     "sinkhorn_newton_sparse",
     "sparsity_constrained_ot",

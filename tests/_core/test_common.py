@@ -13,7 +13,7 @@ from mmopt import SOLVERS, ConvergenceWarning, Result
 from mmopt.bcd import L1, BCDProblem, LeastSquares
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 from mmopt.mm import MMProblem
-from mmopt.ot import OTProblem, UnbalancedOTProblem
+from mmopt.ot import OTProblem, P2OTProblem, PartialOTProblem, UnbalancedOTProblem
 from mmopt.registration import RegistrationProblem
 
 
@@ -86,6 +86,12 @@ EXAMPLE_PROBLEMS = {
     # The solver's default k (None) is unconstrained: a smooth problem that converges.
     "sparsity_constrained": lambda seed=0: _ot_problem(reg=0.1, seed=seed),
     "unbalanced_sinkhorn": lambda seed=0: _unbalanced_problem(seed=seed),
+    "partial_sinkhorn": lambda seed=0: PartialOTProblem(
+        [], np.full(15, 1.2 / 15), _ot_problem(seed=seed).C, 0.7, 0.02
+    ),
+    "p2ot": lambda seed=0: P2OTProblem(
+        -np.log(_ot_problem(seed=seed).C[:, :4] + 0.01), rho=0.4, gamma=1.0, reg=0.05
+    ),
 }
 
 NAMES = sorted(SOLVERS)
