@@ -8,6 +8,7 @@ nonzeros per column of a quadratically regularized plan. :class:`OTMapping` maps
 through a plan, as a scikit-learn transformer.
 """
 
+from mmopt.ot.clustering import ImbalancedOTClustering
 from mmopt.ot.exact import exact_ot
 from mmopt.ot.mapping import OTMapping
 from mmopt.ot.p2ot import (
@@ -25,6 +26,7 @@ from mmopt.ot.sparsity_constrained import SparsityConstrainedOT, sparsity_constr
 from mmopt.ot.unbalanced import UnbalancedOTProblem, UnbalancedSinkhorn, unbalanced_sinkhorn
 
 __all__ = [
+    "ImbalancedOTClustering",
     "OTMapping",
     "OTProblem",
     "P2OTProblem",
