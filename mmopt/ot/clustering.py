@@ -6,12 +6,12 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.cluster import kmeans_plusplus
+from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core.exceptions import ConvergenceWarning
-from mmopt._core.validation import check_scalar
+from mmopt._core.validation import check_choice, check_scalar
 from mmopt.mm.solver import MMSolver
 from mmopt.ot.p2ot import progressive_partial_ot, rho_schedule
 from mmopt.ot.sp2ot import SP2OTProblem, semantic_graph
@@ -25,8 +25,8 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     The features are standardized; the head is a linear softmax layer whose weights and
     biases come from ``k`` prototypes ``mu_j`` (logits ``-||x_i - mu_j||^2 / (2 T s)`` up to
     a per-sample constant, ``T = temperature``, ``s`` the mean squared distance of the
-    samples to their nearest k-means++ seed), started by k-means++. Each of ``n_rounds``
-    rounds
+    samples to their nearest initial center), started from k-means (or k-means++ seeds).
+    Each of ``n_rounds`` rounds
 
     1. takes the progressive fraction ``rho_t`` (:func:`rho_schedule`),
     2. computes pseudo-labels: the SP²OT plan ``Q`` for the cost ``-log softmax(logits)``
@@ -61,8 +61,10 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         Softmax temperature of the head, relative to the data's spread ``s``.
     n_neighbors : int, default=10
         Neighbours of the semantic graph.
+    init : {"kmeans", "k-means++"}, default="kmeans"
+        Start: the centers of a k-means fit (4 starts) or k-means++ seeds.
     random_state : int, RandomState instance or None, default=None
-        Seeds the k-means++ start.
+        Seeds the start.
 
     Attributes
     ----------
@@ -104,6 +106,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         reg: float = 0.1,
         temperature: float = 0.5,
         n_neighbors: int = 10,
+        init: str = "kmeans",
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -114,6 +117,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         self.reg = reg
         self.temperature = temperature
         self.n_neighbors = n_neighbors
+        self.init = init
         self.random_state = random_state
 
     def _embed(self, X):
@@ -134,6 +138,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         lam = check_scalar(self.lam, "lam", min_value=0.0)
         check_scalar(self.temperature, "temperature", min_value=0.0, include_min=False)
         check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
+        check_choice(self.init, "init", ("kmeans", "k-means++"))
         n = X.shape[0]
         if n < max(k, 2):
             raise ValueError(f"n_samples={n} should be >= max(n_clusters={k}, 2).")
@@ -142,7 +147,10 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         scale = X.std(axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
         Z = self._embed(X)
-        centers, _ = kmeans_plusplus(Z, k, random_state=rng)
+        if self.init == "kmeans":
+            centers = KMeans(k, n_init=4, random_state=rng).fit(Z).cluster_centers_
+        else:
+            centers, _ = kmeans_plusplus(Z, k, random_state=rng)
         distances = ((Z[:, None, :] - centers[None]) ** 2).sum(-1).min(axis=1)
         spread = float(distances.mean())
         self.spread_ = spread if spread > 0 else 1.0
