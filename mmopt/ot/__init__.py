@@ -21,7 +21,7 @@ from mmopt.ot.partial import PartialOTProblem, PartialSinkhorn, partial_ot
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
 from mmopt.ot.sns import SinkhornNewtonSparse, sinkhorn_newton_sparse
-from mmopt.ot.sp2ot import SP2OTProblem, semantic_graph, sp2ot_pseudo_labels
+from mmopt.ot.sp2ot import SP2OT, SP2OTProblem, semantic_graph, sp2ot_pseudo_labels
 from mmopt.ot.sparsity_constrained import SparsityConstrainedOT, sparsity_constrained_ot
 from mmopt.ot.unbalanced import UnbalancedOTProblem, UnbalancedSinkhorn, unbalanced_sinkhorn
 
@@ -33,6 +33,7 @@ __all__ = [
     "PartialOTProblem",
     "PartialSinkhorn",
     "ProgressivePartialOT",
+    "SP2OT",
     "SP2OTProblem",
     "Sinkhorn",
     "SinkhornNewtonSparse",
