@@ -8,21 +8,46 @@ nonzeros per column of a quadratically regularized plan. :class:`OTMapping` maps
 through a plan, as a scikit-learn transformer.
 """
 
+from mmopt.ot.clustering import ImbalancedOTClustering
 from mmopt.ot.exact import exact_ot
 from mmopt.ot.mapping import OTMapping
+from mmopt.ot.p2ot import (
+    P2OTProblem,
+    ProgressivePartialOT,
+    progressive_partial_ot,
+    rho_schedule,
+)
+from mmopt.ot.partial import PartialOTProblem, PartialSinkhorn, partial_ot
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
 from mmopt.ot.sns import SinkhornNewtonSparse, sinkhorn_newton_sparse
+from mmopt.ot.sp2ot import SP2OT, SP2OTProblem, semantic_graph, sp2ot_pseudo_labels
 from mmopt.ot.sparsity_constrained import SparsityConstrainedOT, sparsity_constrained_ot
+from mmopt.ot.unbalanced import UnbalancedOTProblem, UnbalancedSinkhorn, unbalanced_sinkhorn
 
 __all__ = [
+    "ImbalancedOTClustering",
     "OTMapping",
     "OTProblem",
+    "P2OTProblem",
+    "PartialOTProblem",
+    "PartialSinkhorn",
+    "ProgressivePartialOT",
+    "SP2OT",
+    "SP2OTProblem",
     "Sinkhorn",
     "SinkhornNewtonSparse",
     "SparsityConstrainedOT",
+    "UnbalancedOTProblem",
+    "UnbalancedSinkhorn",
     "exact_ot",
+    "partial_ot",
+    "progressive_partial_ot",
+    "rho_schedule",
+    "semantic_graph",
     "sinkhorn",
     "sinkhorn_newton_sparse",
+    "sp2ot_pseudo_labels",
     "sparsity_constrained_ot",
+    "unbalanced_sinkhorn",
 ]

@@ -13,7 +13,7 @@ from mmopt import SOLVERS, ConvergenceWarning, Result
 from mmopt.bcd import L1, BCDProblem, LeastSquares
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 from mmopt.mm import MMProblem
-from mmopt.ot import OTProblem
+from mmopt.ot import OTProblem, P2OTProblem, PartialOTProblem, UnbalancedOTProblem
 from mmopt.registration import RegistrationProblem
 
 
@@ -32,6 +32,12 @@ def _ot_problem(reg=0.02, seed=0):
     x, y = rng.random((12, 2)), rng.random((15, 2))
     C = ((x[:, None] - y[None]) ** 2).sum(-1)
     return OTProblem([], [], C / C.max(), reg=reg)
+
+
+def _unbalanced_problem(seed=0):
+    # Small reg: the stabilized scaling and the Newton stage both run.
+    problem = _ot_problem(seed=seed)
+    return UnbalancedOTProblem([], np.full(15, 1.5 / 15), problem.C, 2e-3, (1.0, 0.5))
 
 
 def _registration_problem(seed=0):
@@ -79,6 +85,13 @@ EXAMPLE_PROBLEMS = {
     "sns": lambda seed=0: _ot_problem(reg=1e-3, seed=seed),
     # The solver's default k (None) is unconstrained: a smooth problem that converges.
     "sparsity_constrained": lambda seed=0: _ot_problem(reg=0.1, seed=seed),
+    "unbalanced_sinkhorn": lambda seed=0: _unbalanced_problem(seed=seed),
+    "partial_sinkhorn": lambda seed=0: PartialOTProblem(
+        [], np.full(15, 1.2 / 15), _ot_problem(seed=seed).C, 0.7, 0.02
+    ),
+    "p2ot": lambda seed=0: P2OTProblem(
+        -np.log(_ot_problem(seed=seed).C[:, :4] + 0.01), rho=0.4, gamma=1.0, reg=0.05
+    ),
 }
 
 NAMES = sorted(SOLVERS)

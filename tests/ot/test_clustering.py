@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from mmopt.ot import ImbalancedOTClustering
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@parametrize_with_checks([
+    ImbalancedOTClustering(n_clusters=3, n_rounds=5, random_state=0),
+    ImbalancedOTClustering(n_clusters=3, n_rounds=3, lam=0.05, n_neighbors=5, random_state=0),
+])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def _accuracy(truth, labels):
+    k = max(truth.max(), labels.max()) + 1
+    table = np.zeros((k, k))
+    np.add.at(table, (truth, labels), 1)
+    rows, cols = linear_sum_assignment(-table)
+    return table[rows, cols].sum() / truth.size
+
+
+def test_long_tailed_blobs_beat_kmeans():
+    # Three clusters of 200, 40 and 10 points, close enough that k-means splits the big one.
+    rng = np.random.default_rng(0)
+    sizes = [200, 40, 10]
+    centers = np.array([[0.0, 0.0], [3.5, 0.0], [0.0, 3.5]])
+    X = np.vstack([rng.normal(c, 1.0, (s, 2)) for c, s in zip(centers, sizes)])
+    truth = np.repeat(np.arange(3), sizes)
+    ours = ImbalancedOTClustering(n_clusters=3, random_state=0).fit(X)
+    kmeans = KMeans(3, n_init=10, random_state=0).fit(X)
+    assert _accuracy(truth, ours.labels_) > _accuracy(truth, kmeans.labels_) + 0.03
+    np.testing.assert_array_equal(ours.labels_, ours.predict(X))
+    assert ours.cluster_centers_.shape == (3, 2)
