@@ -56,6 +56,14 @@ _FORCING_POWER = 0.5
 _NEWTON_SOLVERS = ("auto", "cd", "cg")
 
 
+@dataclass(eq=False)
+class _CDRun:
+    """What one solve computes once and its iterations share (made by ``_init_state``, so
+    that the solver object keeps its options only and can serve several threads)."""
+
+    squared: object = None  # the squared design X * X (logistic proximal Newton), on demand
+
+
 @dataclass
 class _CDState(SolverState):
     lin: np.ndarray = None  # R = y - X w (least squares) or z = X w (logistic)
@@ -65,6 +73,7 @@ class _CDState(SolverState):
     n_epochs: int = 0
     ws_size: int = 0
     intercept: float = 0.0
+    run: _CDRun = None
 
 
 @register_solver
@@ -238,6 +247,7 @@ class CoordinateDescent(Solver):
             screened=screened,
             gap=gap,
             intercept=intercept,
+            run=_CDRun(),
         )
 
     def _update_intercept(self, problem, lin, n_newton=1) -> float:
@@ -381,7 +391,7 @@ class CoordinateDescent(Solver):
         dual = -float(ent.sum()) / n
         return datafit.value(None, lin) + pen.value(w_ws) - dual
 
-    def _epochs(self, problem, x_ws, lin, ws, n_epochs):
+    def _epochs(self, problem, x_ws, lin, ws, n_epochs, norms2, lips):
         datafit, pen = problem.datafit, problem.penalty
         n = datafit.n_samples
         if self._is_ls(problem):
@@ -389,7 +399,7 @@ class CoordinateDescent(Solver):
                 datafit.X,
                 x_ws,
                 lin,
-                self._norms2,
+                norms2,
                 ws,
                 n * pen.l1,
                 n * pen.l2,
@@ -401,7 +411,7 @@ class CoordinateDescent(Solver):
             datafit.y,
             x_ws,
             lin,
-            self._lips,
+            lips,
             ws,
             n * pen.l1,
             n * pen.l2,
@@ -412,8 +422,8 @@ class CoordinateDescent(Solver):
     def _step(self, problem, state: _CDState) -> _CDState:
         datafit = problem.datafit
         x, lin, screened = state.x.copy(), state.lin.copy(), state.screened.copy()
-        self._norms2 = np.ascontiguousarray(datafit.norms2)
-        self._lips = self._norms2 / 4.0
+        norms2 = np.ascontiguousarray(datafit.norms2)
+        lips = norms2 / 4.0
         self._screen(problem, state, x, lin, screened)
         ws = self._working_set(problem, state, x, screened)
         target = max(_INNER_FRACTION * state.residual, 0.1 * self.tol)
@@ -429,12 +439,16 @@ class CoordinateDescent(Solver):
                 problem, x, lin, state.grad, state.fun, intercept
             )
             if not moved:  # the line search failed (round-off): coordinate descent instead
-                extra, intercept = self._prox_newton(problem, x, lin, ws, target, intercept)
+                extra, intercept = self._prox_newton(
+                    problem, state.run, x, lin, ws, target, intercept
+                )
                 epochs += extra
         elif newton:
-            epochs, intercept = self._prox_newton(problem, x, lin, ws, target, intercept)
+            epochs, intercept = self._prox_newton(
+                problem, state.run, x, lin, ws, target, intercept
+            )
         while not newton and epochs < self.max_epochs:
-            self._epochs(problem, x, lin, ws32, 1)
+            self._epochs(problem, x, lin, ws32, 1, norms2, lips)
             if self.fit_intercept:
                 intercept += self._update_intercept(problem, lin)
             epochs += 1
@@ -458,20 +472,19 @@ class CoordinateDescent(Solver):
             n_epochs=state.n_epochs + epochs,
             ws_size=ws.size,
             intercept=intercept,
+            run=state.run,
         )
         new.record = {"gap": float(gap), "ws_size": float(ws.size), "n_epochs": float(epochs)}
         return new
 
-    def _squared_design(self, datafit):
-        cached = getattr(self, "_squared", None)
-        if cached is not None and cached[0] is datafit:
-            return cached[1]
-        X = datafit.X
-        squared = X.multiply(X).tocsc() if sp.issparse(X) else np.square(X, order="F")
-        self._squared = (datafit, squared)
-        return squared
+    @staticmethod
+    def _squared_design(datafit, run):
+        if run.squared is None:
+            X = datafit.X
+            run.squared = X.multiply(X).tocsc() if sp.issparse(X) else np.square(X, order="F")
+        return run.squared
 
-    def _prox_newton(self, problem, x, lin, ws, target, intercept):
+    def _prox_newton(self, problem, run, x, lin, ws, target, intercept):
         """Proximal-Newton iterations on the working set (logistic loss); returns epochs."""
         datafit, pen = problem.datafit, problem.penalty
         n, y, X = datafit.n_samples, datafit.y, datafit.X
@@ -480,7 +493,7 @@ class CoordinateDescent(Solver):
         whole = ws.size == datafit.n_features
         # The curvature of each coordinate, sum_i l''_i X_ij^2, is one BLAS product with the
         # squared design (kept for the solve) instead of a scalar reduction per column.
-        squared = self._squared_design(datafit)
+        squared = self._squared_design(datafit, run)
         epochs = 0
         for _ in range(_MAX_NEWTON):
             s = expit(-y * lin)
@@ -636,7 +649,6 @@ class CoordinateDescent(Solver):
             lin[:] = lin_acc
 
     def _result_fields(self, problem, state):
-        self._squared = None  # the squared design was only needed during the solve
         return {
             "gap": float(state.gap),
             "n_epochs": int(state.n_epochs),

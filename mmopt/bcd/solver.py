@@ -55,6 +55,34 @@ _MAX_ACTIVE = 2000
 _MAX_DENSE_BLOCK = 2000
 
 
+@dataclass(eq=False)
+class _BCDRun:
+    """What one solve sets up and every iteration of it shares: the partition, the block
+    constants and factor caches, the random generator and the incremental gradient.
+
+    A solve makes its own (in ``_init_state``), so that one solver object can serve several
+    threads at once: the solver keeps its options only.
+    """
+
+    rng: np.random.Generator
+    lip: np.ndarray
+    tree: bool = False
+    A_csr: sp.csr_matrix | None = None
+    A_diag: np.ndarray | None = None
+    variable: bool = False
+    blocks: list | None = None
+    k_var: int = 0
+    block_id: np.ndarray | None = None
+    L_block: np.ndarray | None = None
+    cache: dict = field(default_factory=dict)
+    ddiag: np.ndarray | None = None
+    gsq_inv: sp.csr_matrix | None = None
+    greedy: bool = False
+    epoch: int = 1
+    incremental: IncrementalGradient | None = None
+    gap: bool = False
+
+
 @dataclass
 class _BCDState(SolverState):
     aux: np.ndarray = None
@@ -63,6 +91,7 @@ class _BCDState(SolverState):
     memory: np.ndarray = None
     stable: int = 0  # iterations the L1 support has stayed the same
     record: dict = field(default_factory=dict)
+    run: _BCDRun = None
 
 
 @register_solver
@@ -208,11 +237,13 @@ class BlockCoordinateDescent(Solver):
         check_choice(self.stopping, "stopping", ("auto", "gap", "kkt"))
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self, problem: BCDProblem) -> None:
+    def _setup(self, problem: BCDProblem) -> _BCDRun:
         datafit, penalty = problem.datafit, problem.penalty
         p = datafit.n_coords
-        self._rng = np.random.default_rng(self.random_state)
-        self._lip = np.asarray(datafit.lipschitz, dtype=float)
+        run = _BCDRun(
+            rng=np.random.default_rng(self.random_state),
+            lip=np.asarray(datafit.lipschitz, dtype=float),
+        )
         if self.update == "exact" and not datafit.quadratic:
             raise ValueError(
                 "update='exact' needs a quadratic datafit "
@@ -221,8 +252,8 @@ class BlockCoordinateDescent(Solver):
         partition = self.partition
         if isinstance(partition, str) and partition == "auto":
             partition = "sorted" if self.selection in _LIPSCHITZ_AWARE else "order"
-        self._tree = isinstance(partition, str) and partition == "greedy-tree"
-        if self._tree:
+        run.tree = isinstance(partition, str) and partition == "greedy-tree"
+        if run.tree:
             if not isinstance(datafit, LabelPropagationQuadratic) or not penalty.smooth:
                 raise ValueError(
                     "partition='greedy-tree' needs a LabelPropagationQuadratic datafit and a "
@@ -232,17 +263,17 @@ class BlockCoordinateDescent(Solver):
                 raise ValueError(
                     "partition='greedy-tree' orders nodes by selection='gsl', 'gs' or 'random'."
                 )
-            self._A_csr = datafit.A.tocsr()
-            self._A_diag = datafit.A.diagonal() + penalty.l2
-        self._variable = isinstance(partition, str) and partition in ("variable", "greedy-tree")
-        if self._variable:
+            run.A_csr = datafit.A.tocsr()
+            run.A_diag = datafit.A.diagonal() + penalty.l2
+        run.variable = isinstance(partition, str) and partition in ("variable", "greedy-tree")
+        if run.variable:
             if self.selection in ("cyclic", "lipschitz"):
                 raise ValueError(
                     f"selection={self.selection!r} needs fixed blocks; with partition='variable' "
                     "use 'random' or a greedy rule."
                 )
-            self._blocks = None
-            self._k_var = min(self.block_size, p)
+            run.blocks = None
+            run.k_var = min(self.block_size, p)
         else:
             if isinstance(partition, str) and partition == "red-black":
                 if not isinstance(datafit, LabelPropagationQuadratic):
@@ -251,16 +282,15 @@ class BlockCoordinateDescent(Solver):
                     )
                 blocks = red_black_partition(datafit.W)
             elif isinstance(partition, str):
-                blocks = make_partition(partition, self._lip, min(self.block_size, p))
+                blocks = make_partition(partition, run.lip, min(self.block_size, p))
             else:
                 blocks = check_blocks(partition, p)
-            self._blocks = blocks
-            self._block_id = np.empty(p, dtype=np.intp)
+            run.blocks = blocks
+            run.block_id = np.empty(p, dtype=np.intp)
             for i, b in enumerate(blocks):
-                self._block_id[b] = i
+                run.block_id[b] = i
             n_blocks = len(blocks)
-            self._L_block = np.empty(n_blocks)
-            self._cache = {}
+            run.L_block = np.empty(n_blocks)
             need_matrix = self.selection in ("gsd", "gsq") or self.update in ("matrix",)
             ddiag = np.empty(p)
             gsq_parts = []
@@ -268,11 +298,11 @@ class BlockCoordinateDescent(Solver):
                 if need_matrix or len(b) <= 64:
                     H = datafit.hessian_bound(b)
                     H = H + penalty.l2 * np.eye(len(b))
-                    self._L_block[i] = np.linalg.eigvalsh(H)[-1] if len(b) > 1 else H[0, 0]
+                    run.L_block[i] = np.linalg.eigvalsh(H)[-1] if len(b) > 1 else H[0, 0]
                     ddiag[b] = np.abs(H).sum(axis=1)
                     if need_matrix:
                         chol = _cholesky(H)
-                        self._cache[i] = (H, chol)
+                        run.cache[i] = (H, chol)
                         if self.selection == "gsq":
                             gsq_parts.append(scipy.linalg.cho_solve(chol, np.eye(len(b))))
                 else:
@@ -293,41 +323,42 @@ class BlockCoordinateDescent(Solver):
                         else np.abs(H).sum(axis=1)
                     )
                     ddiag[b] = row + penalty.l2
-                    self._L_block[i] = ddiag[b].max()
-            self._ddiag = ddiag
+                    run.L_block[i] = ddiag[b].max()
+            run.ddiag = ddiag
             if self.selection == "gsq":
                 perm = np.concatenate(blocks)
                 Hinv = sp.block_diag(gsq_parts, format="csr")
                 # Undo the permutation: coordinate perm[i] sits at row i of the block diagonal.
                 P = sp.csr_matrix((np.ones(p), (perm, np.arange(p))), shape=(p, p))
-                self._gsq_inv = (P @ Hinv @ P.T).tocsr()
-        self._greedy = self.selection not in ("cyclic", "random", "lipschitz")
-        self._epoch = len(self._blocks) if self._blocks is not None else -(-p // self._k_var)
-        self._incremental = None
+                run.gsq_inv = (P @ Hinv @ P.T).tocsr()
+        run.greedy = self.selection not in ("cyclic", "random", "lipschitz")
+        run.epoch = len(run.blocks) if run.blocks is not None else -(-p // run.k_var)
+        run.incremental = None
         if self.gradient == "incremental" and not supports_incremental(datafit):
             raise ValueError(
                 "gradient='incremental' needs a quadratic datafit (LeastSquares, "
                 f"LabelPropagationQuadratic), got {type(datafit).__name__}."
             )
-        if self._greedy and not self._tree:
-            largest = self._k_var if self._blocks is None else max(len(b) for b in self._blocks)
+        if run.greedy and not run.tree:
+            largest = run.k_var if run.blocks is None else max(len(b) for b in run.blocks)
             if self.gradient == "incremental" or (
                 self.gradient == "auto" and incremental_pays(datafit, largest)
             ):
-                self._incremental = IncrementalGradient(datafit)
-        self._gap = (
+                run.incremental = IncrementalGradient(datafit)
+        run.gap = (
             self.stopping in ("auto", "gap")
             and hasattr(datafit, "duality_gap")
             and penalty.l1 > 0
             and not (penalty.l2 > 0 and isinstance(datafit, Logistic))
         )
-        if self.stopping == "gap" and not self._gap:
+        if self.stopping == "gap" and not run.gap:
             raise ValueError(
                 "stopping='gap' needs a LeastSquares or Logistic datafit with an L1 penalty."
             )
+        return run
 
     def _init_state(self, problem, x0) -> _BCDState:
-        self._setup(problem)
+        run = self._setup(problem)
         p = problem.n_coords
         if x0 is None:
             x = np.zeros(p)
@@ -337,7 +368,7 @@ class BlockCoordinateDescent(Solver):
                 x = np.maximum(x, 0.0)
         aux = problem.datafit.init_aux(x)
         grad = problem.datafit.gradient(x, aux)
-        state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=self._lip.copy())
+        state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=run.lip.copy(), run=run)
         state.fun = self._objective(problem, x, aux)
         state.residual = self._residual(problem, state)
         return state
@@ -348,7 +379,7 @@ class BlockCoordinateDescent(Solver):
         return problem.datafit.value(x, aux) + problem.penalty.value(x)
 
     def _residual(self, problem, state) -> float:
-        if self._gap:
+        if state.run.gap:
             datafit = problem.datafit
             if isinstance(datafit, LeastSquares) and state.grad is not None:
                 # X^T R is -n * grad: no product with X when the gradient is maintained.
@@ -361,6 +392,7 @@ class BlockCoordinateDescent(Solver):
     def _scores(self, problem, state, step):
         """Per-coordinate score whose block sums the greedy rule maximizes."""
         rule, pen, x, g = self.selection, problem.penalty, state.x, state.grad
+        run = state.run
         if rule in ("gs-r", "gs-q"):
             d = pen.prox(x - step * g, step) - x
             if rule == "gs-r":
@@ -378,80 +410,82 @@ class BlockCoordinateDescent(Solver):
         v2 = v * v
         if rule in ("gs", "gs-s"):
             return v2
-        if rule == "gsl" or self._variable:
+        if rule == "gsl" or run.variable:
             return v2 * step
         if rule == "gsd":
-            return v2 / self._ddiag
+            return v2 / run.ddiag
         raise AssertionError(rule)  # gsq handled by _select
 
     def _select(self, problem, state) -> np.ndarray:
-        rule = self.selection
-        if self._variable:
+        rule, run = self.selection, state.run
+        if run.variable:
             p = problem.n_coords
             if rule == "random":
-                return np.sort(self._rng.choice(p, self._k_var, replace=False))
-            step = 1.0 / np.maximum(self._lip + problem.penalty.l2, 1e-300)
+                return np.sort(run.rng.choice(p, run.k_var, replace=False))
+            step = 1.0 / np.maximum(run.lip + problem.penalty.l2, 1e-300)
             scores = self._scores(problem, state, step)
-            k = self._k_var
+            k = run.k_var
             if k >= p:
                 return np.arange(p)
             return np.sort(np.argpartition(scores, p - k)[p - k :])
-        n_blocks = len(self._blocks)
+        n_blocks = len(run.blocks)
         if rule == "cyclic":
-            return self._blocks[state.k % n_blocks]
+            return run.blocks[state.k % n_blocks]
         if rule == "random":
-            return self._blocks[self._rng.integers(n_blocks)]
+            return run.blocks[run.rng.integers(n_blocks)]
         if rule == "lipschitz":
-            prob = self._L_block / self._L_block.sum()
-            return self._blocks[self._rng.choice(n_blocks, p=prob)]
+            prob = run.L_block / run.L_block.sum()
+            return run.blocks[run.rng.choice(n_blocks, p=prob)]
         if rule == "gsq":
             v = problem.penalty.subdiff_distance(state.x, state.grad)
-            scores = v * (self._gsq_inv @ v)
+            scores = v * (run.gsq_inv @ v)
         else:
-            step = 1.0 / np.maximum(self._L_block[self._block_id], 1e-300)
+            step = 1.0 / np.maximum(run.L_block[run.block_id], 1e-300)
             # For "gsl" each coordinate's score is already divided by its block's L_b.
             scores = self._scores(problem, state, step)
-        totals = np.bincount(self._block_id, weights=scores, minlength=n_blocks)
-        return self._blocks[int(np.argmax(totals))]
+        totals = np.bincount(run.block_id, weights=scores, minlength=n_blocks)
+        return run.blocks[int(np.argmax(totals))]
 
-    def _variable_block_bound(self, problem, block):
+    def _variable_block_bound(self, problem, run, block):
         """The datafit's bound on a block without a per-block cache entry (variable blocks),
         read from the Gram cache when the gradient is maintained incrementally."""
-        if self._incremental is not None:
-            H = self._incremental.block_hessian(block)
+        if run.incremental is not None:
+            H = run.incremental.block_hessian(block)
             if H is not None:
                 return H
         return problem.datafit.hessian_bound(block)
 
-    def _block_matrix(self, problem, block, block_index):
-        if block_index is not None and block_index in self._cache:
-            return self._cache[block_index]
-        H = self._variable_block_bound(problem, block) + problem.penalty.l2 * np.eye(len(block))
+    def _block_matrix(self, problem, run, block, block_index):
+        if block_index is not None and block_index in run.cache:
+            return run.cache[block_index]
+        H = self._variable_block_bound(problem, run, block)
+        H = H + problem.penalty.l2 * np.eye(len(block))
         entry = (H, _cholesky(H))
         if block_index is not None:
-            self._cache[block_index] = entry
+            run.cache[block_index] = entry
         return entry
 
-    def _block_lipschitz(self, problem, block, block_index):
+    def _block_lipschitz(self, problem, run, block, block_index):
         if block_index is not None:
-            return self._L_block[block_index]
-        H = self._variable_block_bound(problem, block)
+            return run.L_block[block_index]
+        H = self._variable_block_bound(problem, run, block)
         return float(np.linalg.eigvalsh(H)[-1]) + problem.penalty.l2
 
     # ------------------------------------------------------------------ one step
     def _greedy_tree(self, problem, state):
         """Forest block grown greedily by the rule's scores, with its exact update."""
-        pen = problem.penalty
+        pen, run = problem.penalty, state.run
         g = state.grad + pen.l2 * state.x
         if self.selection == "random":
-            order = self._rng.permutation(g.size)
+            order = run.rng.permutation(g.size)
         else:
-            score = g * g if self.selection == "gs" else g * g / self._A_diag
+            score = g * g if self.selection == "gs" else g * g / run.A_diag
             order = np.argsort(-score, kind="stable")
-        return _kernels.greedy_forest_solve(self._A_csr, self._A_diag, order, g)
+        return _kernels.greedy_forest_solve(run.A_csr, run.A_diag, order, g)
 
     def _step(self, problem, state: _BCDState) -> _BCDState:
-        if self._tree:
+        run = state.run
+        if run.tree:
             return self._tree_step(problem, state)
         if (
             self.active_set_newton
@@ -463,7 +497,7 @@ class BlockCoordinateDescent(Solver):
             if new is not None:
                 return new
         block = self._select(problem, state)
-        block_index = None if self._variable else int(self._block_id[block[0]])
+        block_index = None if run.variable else int(run.block_id[block[0]])
         datafit, pen = problem.datafit, problem.penalty
         x, aux = state.x.copy(), state.aux.copy()
         xb = x[block]
@@ -473,19 +507,19 @@ class BlockCoordinateDescent(Solver):
             gb = datafit.gradient_block(state.x, state.aux, block)
         memory = state.memory
         if self.update == "gradient":
-            L = self._block_lipschitz(problem, block, block_index)
+            L = self._block_lipschitz(problem, run, block, block_index)
             d = pen.prox(xb - gb / L, 1.0 / L) - xb
         elif self.update == "backtracking":
             d, memory = self._backtracking(problem, state, block, xb, gb)
         elif self.update == "matrix":
-            H, chol = self._block_matrix(problem, block, block_index)
+            H, chol = self._block_matrix(problem, run, block, block_index)
             d = _model_step(pen, xb, gb, H, chol)
         elif self.update == "newton":
             H = datafit.hessian(state.aux, block) + pen.l2 * np.eye(len(block))
             d = _model_step(pen, xb, gb, H, _cholesky(H))
             d = self._armijo(problem, state, block, xb, gb, d)
         else:  # exact block minimization of a quadratic
-            d = self._exact(problem, block, block_index, xb, gb)
+            d = self._exact(problem, run, block, block_index, xb, gb)
         moved = bool(np.any(d != 0))
         if moved:
             x[block] = xb + d
@@ -493,13 +527,13 @@ class BlockCoordinateDescent(Solver):
         k = state.k + 1
         # Random and cyclic rules need only the block's gradient: the full gradient (and the
         # stopping test) is then formed once per epoch, not at every block.
-        full = self._greedy or k % self._epoch == 0
-        if self._incremental is not None and k % self._epoch != 0 and state.grad is not None:
+        full = run.greedy or k % run.epoch == 0
+        if run.incremental is not None and k % run.epoch != 0 and state.grad is not None:
             # The gradient of a quadratic moves by H[:, b] @ d; the exact recomputation once
             # per epoch (the else branch) bounds the rounding drift.
             grad = state.grad.copy()
             if moved:
-                self._incremental.update(grad, block, d, aux=aux)
+                run.incremental.update(grad, block, d, aux=aux)
         else:
             grad = datafit.gradient(x, aux) if full else None
         new = _BCDState(
@@ -509,6 +543,7 @@ class BlockCoordinateDescent(Solver):
             grad=grad,
             k=k,
             memory=memory,
+            run=run,
         )
         new.residual = self._residual(problem, new) if full else state.residual
         new.record = {"block_size": float(len(block))}
@@ -544,7 +579,14 @@ class BlockCoordinateDescent(Solver):
             return None
         grad = datafit.gradient(x, aux)
         new = _BCDState(
-            x=x, fun=fun, aux=aux, grad=grad, k=state.k + 1, memory=state.memory, stable=0
+            x=x,
+            fun=fun,
+            aux=aux,
+            grad=grad,
+            k=state.k + 1,
+            memory=state.memory,
+            stable=0,
+            run=state.run,
         )
         new.residual = self._residual(problem, new)
         new.record = {"block_size": float(support.size)}
@@ -563,6 +605,7 @@ class BlockCoordinateDescent(Solver):
             grad=datafit.gradient(x, aux),
             k=state.k + 1,
             memory=state.memory,
+            run=state.run,
         )
         new.residual = self._residual(problem, new)
         new.record = {"block_size": float(block.size)}
@@ -607,7 +650,7 @@ class BlockCoordinateDescent(Solver):
             t *= 0.5
         return np.zeros_like(d)
 
-    def _exact(self, problem, block, block_index, xb, gb):
+    def _exact(self, problem, run, block, block_index, xb, gb):
         datafit, pen = problem.datafit, problem.penalty
         if not pen.smooth:
             H = datafit.hessian_bound(block) + pen.l2 * np.eye(len(block))
@@ -615,7 +658,7 @@ class BlockCoordinateDescent(Solver):
         rhs = -(gb + pen.l2 * xb)
         if isinstance(datafit, LabelPropagationQuadratic):
             key = ("exact", block_index)
-            solve = self._cache.get(key) if block_index is not None else None
+            solve = run.cache.get(key) if block_index is not None else None
             if solve is None:
                 A_bb = (datafit.A[block][:, block] + pen.l2 * sp.eye(len(block))).tocsc()
                 if A_bb.nnz == len(block):
@@ -625,16 +668,16 @@ class BlockCoordinateDescent(Solver):
                     # Sparse elimination; on a forest it creates no fill (message passing).
                     solve = spla.factorized(A_bb)
                 if block_index is not None:
-                    self._cache[key] = solve
+                    run.cache[key] = solve
             return solve(rhs)
-        H, chol = self._block_matrix(problem, block, block_index)
+        H, chol = self._block_matrix(problem, run, block, block_index)
         return scipy.linalg.cho_solve(chol, rhs)
 
     def _result_fields(self, problem, state):
         grad = state.grad
         if grad is None:
             grad = problem.datafit.gradient(state.x, state.aux)
-        return {"blocks": self._blocks, "gradient": grad}
+        return {"blocks": state.run.blocks, "gradient": grad}
 
 
 def _cholesky(H):
