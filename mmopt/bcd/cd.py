@@ -29,9 +29,11 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from mmopt._core.registry import register_solver
-from mmopt._core.solver import Solver, SolverState
+from mmopt._core.result import STATUS_MESSAGES, Status
+from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.validation import check_array, check_scalar
 from mmopt.bcd import _kernels
+from mmopt.bcd._checks import check_bool
 from mmopt.bcd.datafits import LeastSquares, Logistic
 from mmopt.bcd.problem import BCDProblem
 
@@ -178,6 +180,8 @@ class CoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
+        for flag in ("working_set", "screening", "anderson", "prox_newton", "fit_intercept"):
+            check_bool(getattr(self, flag), flag)
         check_scalar(self.ws_min_size, "ws_min_size", kind=int, min_value=1)
         check_scalar(self.max_epochs, "max_epochs", kind=int, min_value=1)
         if self.newton_solver not in _NEWTON_SOLVERS:
@@ -205,19 +209,32 @@ class CoordinateDescent(Solver):
     def _aux(self, problem, lin):
         return problem.datafit.y - lin if self._is_ls(problem) else lin
 
+    def _gap_stops(self, problem) -> bool:
+        """Whether the duality gap is the stopping quantity: with an L1 part (and, for
+        logistic regression, no L2 part), where the gap goes to 0 at least as fast as the
+        optimality violation; otherwise the violation stops the solve."""
+        pen = problem.penalty
+        return pen.l1 > 0 and (self._is_ls(problem) or pen.l2 == 0)
+
     def _full(self, problem, x, lin, screened):
-        """Objective, full gradient and stopping quantity at ``x``."""
+        """Objective, full gradient, duality gap and stopping quantity at ``x``."""
         datafit, pen = problem.datafit, problem.penalty
         aux = self._aux(problem, lin)
         grad = datafit.gradient(x, aux)
         fun = datafit.value(x, aux) + pen.value(x)
-        gap = datafit.duality_gap(x, aux, pen)
-        if np.isnan(gap):
+        if self._gap_stops(problem):
+            gap = datafit.duality_gap(x, aux, pen)
+        else:
+            # Reported only; the gap of a smooth penalty comes from the gradient at hand.
+            gap = datafit.duality_gap(x, aux, pen, grad=grad)
+        # A gap is non-negative (weak duality): a negative value is rounding.
+        gap = max(float(gap), 0.0) if not np.isnan(gap) else float("nan")
+        if self._gap_stops(problem):
+            residual = gap
+        else:
             violation = pen.subdiff_distance(x, grad)
             violation[screened] = 0.0
             residual = float(violation.max())
-        else:
-            residual = max(float(gap), 0.0)
         return fun, grad, gap, residual
 
     def _init_state(self, problem, x0) -> _CDState:
@@ -238,6 +255,11 @@ class CoordinateDescent(Solver):
         # Features with a zero column never move; leave them out from the start.
         screened |= datafit.norms2 == 0
         fun, grad, gap, residual = self._full(problem, x, lin, screened)
+        if not _finite(fun, gap, residual, grad, lin, x):
+            raise ValueError(
+                "x0 gives a non-finite objective, gradient or duality gap: the problem's "
+                "scale overflows float64 there; start closer to 0 or rescale the data."
+            )
         return _CDState(
             x=x,
             fun=fun,
@@ -447,11 +469,19 @@ class CoordinateDescent(Solver):
             epochs, intercept = self._prox_newton(
                 problem, state.run, x, lin, ws, target, intercept
             )
+        last = self._ws_objective(problem, x[ws], lin) if not newton else None
         while not newton and epochs < self.max_epochs:
-            self._epochs(problem, x, lin, ws32, 1, norms2, lips)
-            if self.fit_intercept:
-                intercept += self._update_intercept(problem, lin)
+            change = self._epochs(problem, x, lin, ws32, 1, norms2, lips)
+            shift = self._update_intercept(problem, lin) if self.fit_intercept else 0.0
+            intercept += shift
             epochs += 1
+            if change == 0.0 and shift == 0.0:
+                # A fixed point: no coordinate moved, so further epochs would not either.
+                # The working set's own test may still fail when rounding hides the
+                # optimality conditions (badly scaled data): the outer loop decides.
+                break
+            if not np.isfinite(change):
+                break  # the outer test below reports the numerical failure
             if self.anderson:
                 history.append(x[ws].copy())
             if epochs % _ANDERSON_EVERY == 0:
@@ -460,6 +490,13 @@ class CoordinateDescent(Solver):
                     history = []
                 if not self.working_set or self._ws_stop(problem, x, lin, ws, target):
                     break
+                current = self._ws_objective(problem, x[ws], lin)
+                if not current < last:
+                    # No decrease over these epochs: the iterates only move by rounding
+                    # (the working set's test can be out of float64's reach on badly
+                    # scaled data); the outer iteration takes over.
+                    break
+                last = current
         fun, grad, gap, residual = self._full(problem, x, lin, screened)
         new = _CDState(
             x=x,
@@ -475,6 +512,24 @@ class CoordinateDescent(Solver):
             run=state.run,
         )
         new.record = {"gap": float(gap), "ws_size": float(ws.size), "n_epochs": float(epochs)}
+        if not _finite(fun, gap, residual, grad, lin, x):
+            raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])
+        if (
+            residual > self.tol
+            and intercept == state.intercept
+            and np.array_equal(x, state.x)
+            and np.array_equal(lin, state.lin)
+            and np.array_equal(screened, state.screened)
+        ):
+            # Nothing moved: the next iteration would be this one again.
+            raise StopSolve(
+                Status.STALLED,
+                "Stalled: coordinate descent reached a fixed point where the stopping "
+                f"quantity ({residual:.3g}) is still above tol ({self.tol:.3g}); rounding "
+                "hides the optimality conditions (badly scaled data? rescale X and y, or "
+                "raise tol).",
+                state=new,
+            )
         return new
 
     @staticmethod
@@ -656,3 +711,11 @@ class CoordinateDescent(Solver):
             "gradient": state.grad,
             "intercept": float(state.intercept),
         }
+
+
+def _finite(fun, gap, residual, *arrays) -> bool:
+    """Whether an iterate's reported quantities are all finite (a sum is NaN or infinite
+    whenever an entry is, without a temporary array)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = [float(np.sum(a)) for a in arrays]
+    return bool(np.isfinite([fun, gap, residual, *sums]).all())

@@ -14,6 +14,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core.validation import check_choice, check_scalar
+from mmopt.bcd._checks import check_bool
 from mmopt.bcd.cd import CoordinateDescent
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic, Multinomial
 from mmopt.bcd.penalties import L1, L2, ElasticNet, L1Positive
@@ -21,6 +22,54 @@ from mmopt.bcd.problem import BCDProblem
 from mmopt.bcd.solver import BlockCoordinateDescent
 
 __all__ = ["BCDLasso", "BCDElasticNet", "BCDLogisticRegression", "BCDLabelPropagation"]
+
+
+def _check_input(value, name: str, *, numeric: bool = True) -> None:
+    """Named errors for inputs whose scikit-learn validation error does not name them.
+
+    Ragged nested sequences, strings, None, complex or empty arrays, and (``numeric``)
+    non-numeric entries raise here, naming ``name``; everything else is left to
+    ``validate_data``, whose messages name the input (``"Input X contains NaN"``).
+    """
+    if value is None:
+        raise TypeError(f"{name} must be array-like, got None.")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be array-like, got a {type(value).__name__}.")
+    if sp.issparse(value):
+        if value.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{name} must hold real numbers, got a sparse matrix of {value.dtype}."
+            )
+        return
+    array = value
+    if not isinstance(value, np.ndarray):
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must be a rectangular array: its nested sequences have different "
+                "lengths (a ragged sequence)."
+            ) from None
+    if array.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got complex values.")
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {array.shape}.")
+    if numeric and array.dtype.kind in "OUSV":
+        try:
+            array.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must hold numbers, got dtype {array.dtype} (class labels belong to "
+                "a classifier)."
+            ) from None
+
+
+def _check_labels(y) -> None:
+    """scikit-learn's check of classification targets, its error naming ``y``."""
+    try:
+        check_classification_targets(y)
+    except ValueError as exc:
+        raise ValueError(f"y must hold class labels: {exc}") from None
 
 
 class BCDElasticNet(RegressorMixin, BaseEstimator):
@@ -103,6 +152,10 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDElasticNet:
         """Fit the model; ``X`` dense or sparse, ``y`` of shape (n_samples,)."""
+        _check_input(X, "X")
+        _check_input(y, "y")
+        for flag in ("fit_intercept", "positive", "working_set", "screening"):
+            check_bool(getattr(self, flag), flag)
         X, y = validate_data(
             self, X, y, dtype=np.float64, y_numeric=True, accept_sparse="csc", order="F"
         )
@@ -135,6 +188,7 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Linear predictions ``X coef_ + intercept_``."""
         check_is_fitted(self)
+        _check_input(X, "X")
         X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
         return np.asarray(X @ self.coef_).ravel() + self.intercept_
 
@@ -257,8 +311,11 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLogisticRegression:
         """Fit the model; ``X`` dense or sparse."""
+        _check_input(X, "X")
+        _check_input(y, "y", numeric=False)
+        check_bool(self.fit_intercept, "fit_intercept")
         X, y = validate_data(self, X, y, dtype=np.float64, accept_sparse="csc", order="F")
-        check_classification_targets(y)
+        _check_labels(y)
         check_choice(self.penalty, "penalty", ("l1", "l2"))
         C = check_scalar(self.C, "C", min_value=0.0, include_min=False)
         scaling = check_scalar(
@@ -319,6 +376,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         """``X coef_.T + intercept_`` (one column for two classes)."""
         check_is_fitted(self)
+        _check_input(X, "X")
         X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
         scores = np.asarray(X @ self.coef_.T) + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
@@ -443,8 +501,10 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLabelPropagation:
         """Fit on all samples; ``y == -1`` marks the unlabelled ones."""
+        _check_input(X, "X")
+        _check_input(y, "y", numeric=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
-        check_classification_targets(y)
+        _check_labels(y)
         check_choice(self.kernel, "kernel", ("knn", "rbf"))
         check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
         check_scalar(self.gamma, "gamma", min_value=0.0, include_min=False)
@@ -496,6 +556,7 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities of new samples: weighted averages of their neighbours'."""
         check_is_fitted(self)
+        _check_input(X, "X")
         X = validate_data(self, X, dtype=np.float64, reset=False)
         if self.kernel == "knn":
             k = min(self.n_neighbors, self._X_fit.shape[0])

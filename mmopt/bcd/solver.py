@@ -23,6 +23,7 @@ per epoch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,9 +32,11 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from mmopt._core.registry import register_solver
-from mmopt._core.solver import Solver, SolverState
+from mmopt._core.result import STATUS_MESSAGES, Status
+from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.bcd import _kernels
+from mmopt.bcd._checks import check_bool, check_random_state
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic
 from mmopt.bcd.gradient import IncrementalGradient, incremental_pays, supports_incremental
 from mmopt.bcd.partition import check_blocks, make_partition, red_black_partition
@@ -53,6 +56,13 @@ _SETTLE = 10
 _MAX_ACTIVE = 2000
 # Fixed blocks of a design-based datafit get a dense bound matrix: cap their size.
 _MAX_DENSE_BLOCK = 2000
+# A block whose datafit is flat (all-zero columns) has L_b = 0: its step uses this constant
+# instead (the gradient there is 0, so the step is the penalty's prox with a huge step).
+_TINY = np.finfo(float).tiny
+# Backtracking doublings at most: in exact arithmetic log2(|b|) + 1 suffice (each
+# coordinate's constant is remembered), so this only ends a search that rounding or a
+# non-finite value keeps from succeeding.
+_MAX_DOUBLINGS = 100
 
 
 @dataclass(eq=False)
@@ -229,8 +239,15 @@ class BlockCoordinateDescent(Solver):
     def _validate_params(self) -> None:
         super()._validate_params()
         check_scalar(self.block_size, "block_size", kind=int, min_value=1)
-        if isinstance(self.partition, str):
+        if isinstance(self.partition, (str, bytes)):
             check_choice(self.partition, "partition", PARTITIONS)
+        elif not hasattr(self.partition, "__iter__"):
+            raise TypeError(
+                "partition must be one of " + ", ".join(map(repr, PARTITIONS)) + " or a "
+                f"sequence of index arrays, got {type(self.partition).__name__}."
+            )
+        check_bool(self.active_set_newton, "active_set_newton")
+        check_random_state(self.random_state)
         check_choice(self.selection, "selection", SELECTIONS)
         check_choice(self.update, "update", UPDATES)
         check_choice(self.gradient, "gradient", ("auto", "recompute", "incremental"))
@@ -284,7 +301,7 @@ class BlockCoordinateDescent(Solver):
             elif isinstance(partition, str):
                 blocks = make_partition(partition, run.lip, min(self.block_size, p))
             else:
-                blocks = check_blocks(partition, p)
+                blocks = check_blocks(partition, p, name="partition")
             run.blocks = blocks
             run.block_id = np.empty(p, dtype=np.intp)
             for i, b in enumerate(blocks):
@@ -324,7 +341,7 @@ class BlockCoordinateDescent(Solver):
                     )
                     ddiag[b] = row + penalty.l2
                     run.L_block[i] = ddiag[b].max()
-            run.ddiag = ddiag
+            run.ddiag = np.maximum(ddiag, _TINY)  # a zero column: no 0/0 in the scores
             if self.selection == "gsq":
                 perm = np.concatenate(blocks)
                 Hinv = sp.block_diag(gsq_parts, format="csr")
@@ -371,6 +388,11 @@ class BlockCoordinateDescent(Solver):
         state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=run.lip.copy(), run=run)
         state.fun = self._objective(problem, x, aux)
         state.residual = self._residual(problem, state)
+        if not _finite(state.fun, state.residual, state.grad, aux):
+            raise ValueError(
+                "x0 gives a non-finite objective or gradient: the problem's scale overflows "
+                "float64 there; start closer to 0 or rescale the data."
+            )
         return state
 
     # ------------------------------------------------------------------ pieces
@@ -484,6 +506,14 @@ class BlockCoordinateDescent(Solver):
         return _kernels.greedy_forest_solve(run.A_csr, run.A_diag, order, g)
 
     def _step(self, problem, state: _BCDState) -> _BCDState:
+        new = self._advance(problem, state)
+        if new.grad is not None and not _finite(0.0, 0.0, new.grad):
+            # The loop checks the objective, the residual and x; the gradient feeds the next
+            # block choice and the result, so it must be finite too.
+            raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])
+        return new
+
+    def _advance(self, problem, state: _BCDState) -> _BCDState:
         run = state.run
         if run.tree:
             return self._tree_step(problem, state)
@@ -507,7 +537,7 @@ class BlockCoordinateDescent(Solver):
             gb = datafit.gradient_block(state.x, state.aux, block)
         memory = state.memory
         if self.update == "gradient":
-            L = self._block_lipschitz(problem, run, block, block_index)
+            L = max(self._block_lipschitz(problem, run, block, block_index), _TINY)
             d = pen.prox(xb - gb / L, 1.0 / L) - xb
         elif self.update == "backtracking":
             d, memory = self._backtracking(problem, state, block, xb, gb)
@@ -615,9 +645,9 @@ class BlockCoordinateDescent(Solver):
         pen, datafit = problem.penalty, problem.datafit
         memory = state.memory.copy()
         # The block constant is at least each coordinate's: start from the largest remembered.
-        L = float(memory[block].max()) + pen.l2
+        L = max(float(memory[block].max()) + pen.l2, _TINY)
         f0 = datafit.value(state.x, state.aux)
-        while True:
+        for _ in range(_MAX_DOUBLINGS):
             d = pen.prox(xb - gb / L, 1.0 / L) - xb
             aux = state.aux.copy()
             datafit.update_aux(aux, block, d)
@@ -628,6 +658,12 @@ class BlockCoordinateDescent(Solver):
             ):
                 break
             L *= 2.0
+        else:
+            raise StopSolve(
+                Status.NUMERICAL_FAILURE,
+                "Numerical failure: the backtracking line search found no step size (a "
+                "non-finite datafit value?); the last finite iterate is returned.",
+            )
         memory[block] = L - pen.l2
         return d, memory
 
@@ -716,3 +752,10 @@ def _model_step(pen, xb, gb, H, chol):
         if change <= 1e-12 * (1.0 + np.abs(xb).max()):
             break
     return d
+
+
+def _finite(fun, residual, *arrays) -> bool:
+    """Whether the scalars and the arrays (None for an array not formed) are all finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = [float(np.sum(a)) for a in arrays if a is not None]
+    return math.isfinite(fun) and math.isfinite(residual) and all(map(math.isfinite, sums))
