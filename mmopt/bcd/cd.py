@@ -56,6 +56,10 @@ _CG_TOL_FRACTION = 0.3
 # (0.75 and 1.0 over-solve the early systems: 1.3x the time).
 _FORCING_POWER = 0.5
 _NEWTON_SOLVERS = ("auto", "cd", "cg")
+# Outer iterations in a row that lower neither the objective nor the stopping quantity
+# before the solve is declared stalled.
+_MAX_STALLS = 5
+_ROUNDING = 16 * np.finfo(float).eps
 
 
 @dataclass(eq=False)
@@ -76,6 +80,7 @@ class _CDState(SolverState):
     ws_size: int = 0
     intercept: float = 0.0
     run: _CDRun = None
+    stalls: int = 0  # consecutive outer iterations that lowered neither fun nor residual
 
 
 @register_solver
@@ -254,7 +259,8 @@ class CoordinateDescent(Solver):
         screened = np.zeros(p, dtype=bool)
         # Features with a zero column never move; leave them out from the start.
         screened |= datafit.norms2 == 0
-        fun, grad, gap, residual = self._full(problem, x, lin, screened)
+        with np.errstate(over="ignore", invalid="ignore"):
+            fun, grad, gap, residual = self._full(problem, x, lin, screened)
         if not _finite(fun, gap, residual, grad, lin, x):
             raise ValueError(
                 "x0 gives a non-finite objective, gradient or duality gap: the problem's "
@@ -514,17 +520,24 @@ class CoordinateDescent(Solver):
         new.record = {"gap": float(gap), "ws_size": float(ws.size), "n_epochs": float(epochs)}
         if not _finite(fun, gap, residual, grad, lin, x):
             raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])
-        if (
-            residual > self.tol
-            and intercept == state.intercept
+        # Progress must exceed rounding: at the level of the last bits, values go up and
+        # down without the iterate getting anywhere.
+        progress = fun < state.fun - _ROUNDING * abs(state.fun) or residual < state.residual * (
+            1.0 - _ROUNDING
+        )
+        new.stalls = 0 if progress else state.stalls + 1
+        unchanged = (
+            intercept == state.intercept
             and np.array_equal(x, state.x)
             and np.array_equal(lin, state.lin)
             and np.array_equal(screened, state.screened)
-        ):
-            # Nothing moved: the next iteration would be this one again.
+        )
+        if residual > self.tol and (unchanged or new.stalls >= _MAX_STALLS):
+            # Nothing moved (the next iteration would be this one again), or iterations no
+            # longer lower the objective nor the stopping quantity: rounding rules.
             raise StopSolve(
                 Status.STALLED,
-                "Stalled: coordinate descent reached a fixed point where the stopping "
+                "Stalled: coordinate descent no longer makes progress while the stopping "
                 f"quantity ({residual:.3g}) is still above tol ({self.tol:.3g}); rounding "
                 "hides the optimality conditions (badly scaled data? rescale X and y, or "
                 "raise tol).",

@@ -24,12 +24,13 @@ from mmopt.bcd.solver import BlockCoordinateDescent
 __all__ = ["BCDLasso", "BCDElasticNet", "BCDLogisticRegression", "BCDLabelPropagation"]
 
 
-def _check_input(value, name: str, *, numeric: bool = True) -> None:
+def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | None:
     """Named errors for inputs whose scikit-learn validation error does not name them.
 
-    Ragged nested sequences, strings, None, complex or empty arrays, and (``numeric``)
-    non-numeric entries raise here, naming ``name``; everything else is left to
-    ``validate_data``, whose messages name the input (``"Input X contains NaN"``).
+    Ragged nested sequences, strings, None, complex or empty arrays, a number of
+    dimensions other than ``ndim`` and (``numeric``) non-numeric entries raise here, naming
+    ``name``; everything else is left to ``validate_data``, whose messages name the input
+    (``"Input X contains NaN"``). Returns the number of samples (rows).
     """
     if value is None:
         raise TypeError(f"{name} must be array-like, got None.")
@@ -40,7 +41,7 @@ def _check_input(value, name: str, *, numeric: bool = True) -> None:
             raise TypeError(
                 f"{name} must hold real numbers, got a sparse matrix of {value.dtype}."
             )
-        return
+        return value.shape[0]
     array = value
     if not isinstance(value, np.ndarray):
         try:
@@ -54,6 +55,11 @@ def _check_input(value, name: str, *, numeric: bool = True) -> None:
         raise TypeError(f"{name} must hold real numbers, got complex values.")
     if array.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {array.shape}.")
+    if ndim is not None and array.ndim != ndim:
+        shape = "(n_samples, n_features)" if ndim == 2 else "(n_samples,)"
+        raise ValueError(
+            f"{name} must be {ndim}-dimensional, of shape {shape}; got shape {array.shape}."
+        )
     if numeric and array.dtype.kind in "OUSV":
         try:
             array.astype(np.float64)
@@ -62,6 +68,18 @@ def _check_input(value, name: str, *, numeric: bool = True) -> None:
                 f"{name} must hold numbers, got dtype {array.dtype} (class labels belong to "
                 "a classifier)."
             ) from None
+    return array.shape[0] if array.ndim else None
+
+
+def _check_Xy(X, y, *, numeric_y: bool = True) -> None:
+    """:func:`_check_input` on both, and one target per row of ``X``."""
+    n = _check_input(X, "X", ndim=2)
+    m = _check_input(y, "y", numeric=numeric_y)
+    if m is not None and n != m:
+        raise ValueError(
+            f"y must have one entry per row of X (inconsistent numbers of samples: {m} "
+            f"targets for {n} rows)."
+        )
 
 
 def _check_labels(y) -> None:
@@ -152,8 +170,7 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDElasticNet:
         """Fit the model; ``X`` dense or sparse, ``y`` of shape (n_samples,)."""
-        _check_input(X, "X")
-        _check_input(y, "y")
+        _check_Xy(X, y)
         for flag in ("fit_intercept", "positive", "working_set", "screening"):
             check_bool(getattr(self, flag), flag)
         X, y = validate_data(
@@ -188,7 +205,7 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Linear predictions ``X coef_ + intercept_``."""
         check_is_fitted(self)
-        _check_input(X, "X")
+        _check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
         return np.asarray(X @ self.coef_).ravel() + self.intercept_
 
@@ -311,8 +328,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLogisticRegression:
         """Fit the model; ``X`` dense or sparse."""
-        _check_input(X, "X")
-        _check_input(y, "y", numeric=False)
+        _check_Xy(X, y, numeric_y=False)
         check_bool(self.fit_intercept, "fit_intercept")
         X, y = validate_data(self, X, y, dtype=np.float64, accept_sparse="csc", order="F")
         _check_labels(y)
@@ -376,7 +392,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         """``X coef_.T + intercept_`` (one column for two classes)."""
         check_is_fitted(self)
-        _check_input(X, "X")
+        _check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
         scores = np.asarray(X @ self.coef_.T) + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
@@ -492,17 +508,15 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
 
             # n_neighbors other samples (a sample is not its own neighbour), symmetrized.
             k = min(self.n_neighbors, X.shape[0] - 1)
-            W = kneighbors_graph(X, k, mode="connectivity", include_self=False)
+            W = kneighbors_graph(X * self._knn_scale, k, mode="connectivity", include_self=False)
             W = W.maximum(W.T)
         else:
-            d2 = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
-            W = sp.csr_matrix(np.exp(-self.gamma * d2))
+            W = sp.csr_matrix(np.exp(-self.gamma * _squared_distances(X, X)))
         return W
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLabelPropagation:
         """Fit on all samples; ``y == -1`` marks the unlabelled ones."""
-        _check_input(X, "X")
-        _check_input(y, "y", numeric=False)
+        _check_Xy(X, y, numeric_y=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
         _check_labels(y)
         check_choice(self.kernel, "kernel", ("knn", "rbf"))
@@ -519,7 +533,8 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         if not labelled.any():
             raise ValueError("y must have at least one labelled sample (y != -1).")
         self.classes_ = np.unique(y[labelled])
-        self._nn = NearestNeighbors().fit(X)
+        self._knn_scale = _distance_scale(X)
+        self._nn = NearestNeighbors().fit(X * self._knn_scale)
         W = self._graph(X)
         n, k = X.shape[0], len(self.classes_)
         partition = self.partition
@@ -556,15 +571,20 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities of new samples: weighted averages of their neighbours'."""
         check_is_fitted(self)
-        _check_input(X, "X")
+        _check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         if self.kernel == "knn":
             k = min(self.n_neighbors, self._X_fit.shape[0])
-            idx = self._nn.kneighbors(X, k, return_distance=False)
+            idx = self._nn.kneighbors(X * self._knn_scale, k, return_distance=False)
             P = self.label_distributions_[idx].mean(axis=1)
         else:
-            d2 = ((X[:, None, :] - self._X_fit[None, :, :]) ** 2).sum(-1)
-            Wn = np.exp(-self.gamma * (d2 - d2.min(axis=1, keepdims=True)))
+            d2 = _squared_distances(X, self._X_fit)
+            with np.errstate(invalid="ignore"):
+                shifted = d2 - d2.min(axis=1, keepdims=True)
+            # A sample infinitely far from every training sample (distances past float64)
+            # is equally far from all of them.
+            shifted[np.isnan(shifted)] = 0.0
+            Wn = np.exp(-self.gamma * shifted)
             P = Wn @ self.label_distributions_
         totals = P.sum(axis=1, keepdims=True)
         return P / np.where(totals > 0, totals, 1.0)
@@ -573,6 +593,22 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         """The most probable class of each sample."""
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
+
+
+def _squared_distances(A, B) -> np.ndarray:
+    """Pairwise squared distances; past float64's range they are infinite (weight 0)."""
+    with np.errstate(over="ignore"):
+        return ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
+
+
+def _distance_scale(X) -> float:
+    """A power of two bringing ``X`` to unit magnitude when its squared distances could
+    overflow or underflow (the nearest-neighbour graph does not change with a common scale;
+    a power of two scales exactly), else 1."""
+    top = float(np.abs(X).max(initial=0.0))
+    if top == 0.0 or 1e-100 <= top <= 1e100:
+        return 1.0
+    return float(2.0 ** -np.frexp(top)[1])
 
 
 # Samples per block of the default partition of BCDLabelPropagation.

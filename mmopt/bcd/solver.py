@@ -383,11 +383,12 @@ class BlockCoordinateDescent(Solver):
             x = np.array(check_array(x0, "x0", ndim=1, shape=(p,)), dtype=float)
             if problem.penalty.positive:
                 x = np.maximum(x, 0.0)
-        aux = problem.datafit.init_aux(x)
-        grad = problem.datafit.gradient(x, aux)
-        state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=run.lip.copy(), run=run)
-        state.fun = self._objective(problem, x, aux)
-        state.residual = self._residual(problem, state)
+        with np.errstate(over="ignore", invalid="ignore"):  # a bad x0 is reported below
+            aux = problem.datafit.init_aux(x)
+            grad = problem.datafit.gradient(x, aux)
+            state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=run.lip.copy(), run=run)
+            state.fun = self._objective(problem, x, aux)
+            state.residual = self._residual(problem, state)
         if not _finite(state.fun, state.residual, state.grad, aux):
             raise ValueError(
                 "x0 gives a non-finite objective or gradient: the problem's scale overflows "
