@@ -132,10 +132,18 @@ class CoordinateDescent(Solver):
 
     Notes
     -----
-    ``Result`` extra fields: ``gap`` (duality gap, NaN where not defined), ``n_epochs`` (all
-    epochs, over all working sets; conjugate-gradient iterations count as epochs),
-    ``n_screened`` (features removed by screening). The history records ``gap``,
+    ``Result`` extra fields: ``gap`` (the duality gap, an upper bound on the objective's
+    distance to its minimum, see :meth:`LeastSquares.duality_gap` and
+    :meth:`Logistic.duality_gap`: without any penalty it is the objective itself),
+    ``n_epochs`` (all epochs, over all working sets; conjugate-gradient iterations count as
+    epochs), ``n_screened`` (features removed by screening). The history records ``gap``,
     ``ws_size`` and ``n_epochs`` per outer iteration.
+
+    An outer iteration that changes nothing, or five in a row that lower neither the
+    objective nor the stopping quantity beyond rounding, end the solve with status 5
+    (stalled, with a ``ConvergenceWarning``): on badly scaled data rounding can hide the
+    optimality conditions from the stopping test. A non-finite iterate ends it with status 4
+    and the last finite iterate.
 
     Examples
     --------

@@ -125,7 +125,11 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
     n_iter_ : int
         Outer iterations of the solve.
     dual_gap_ : float
-        Duality gap at the solution.
+        Duality gap at the solution (an upper bound on the objective's distance to its
+        minimum). With ``l1_ratio=0`` (ridge) it is the exact Fenchel gap; with
+        ``alpha=0`` (least squares without penalty, accepted as scikit-learn does; the
+        optimality violation stops the solve) the only dual point formed without solving
+        the problem is 0, and the gap is the objective itself.
     result_ : mmopt.Result
         The solver's result.
     n_features_in_ : int
