@@ -29,9 +29,11 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from mmopt._core.registry import register_solver
-from mmopt._core.solver import Solver, SolverState
+from mmopt._core.result import STATUS_MESSAGES, Status
+from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.validation import check_array, check_scalar
 from mmopt.bcd import _kernels
+from mmopt.bcd._checks import check_bool
 from mmopt.bcd.datafits import LeastSquares, Logistic
 from mmopt.bcd.problem import BCDProblem
 
@@ -54,6 +56,18 @@ _CG_TOL_FRACTION = 0.3
 # (0.75 and 1.0 over-solve the early systems: 1.3x the time).
 _FORCING_POWER = 0.5
 _NEWTON_SOLVERS = ("auto", "cd", "cg")
+# Outer iterations in a row that lower neither the objective nor the stopping quantity
+# before the solve is declared stalled.
+_MAX_STALLS = 5
+_ROUNDING = 16 * np.finfo(float).eps
+
+
+@dataclass(eq=False)
+class _CDRun:
+    """What one solve computes once and its iterations share (made by ``_init_state``, so
+    that the solver object keeps its options only and can serve several threads)."""
+
+    squared: object = None  # the squared design X * X (logistic proximal Newton), on demand
 
 
 @dataclass
@@ -65,6 +79,8 @@ class _CDState(SolverState):
     n_epochs: int = 0
     ws_size: int = 0
     intercept: float = 0.0
+    run: _CDRun = None
+    stalls: int = 0  # consecutive outer iterations that lowered neither fun nor residual
 
 
 @register_solver
@@ -116,10 +132,18 @@ class CoordinateDescent(Solver):
 
     Notes
     -----
-    ``Result`` extra fields: ``gap`` (duality gap, NaN where not defined), ``n_epochs`` (all
-    epochs, over all working sets; conjugate-gradient iterations count as epochs),
-    ``n_screened`` (features removed by screening). The history records ``gap``,
+    ``Result`` extra fields: ``gap`` (the duality gap, an upper bound on the objective's
+    distance to its minimum, see :meth:`LeastSquares.duality_gap` and
+    :meth:`Logistic.duality_gap`: without any penalty it is the objective itself),
+    ``n_epochs`` (all epochs, over all working sets; conjugate-gradient iterations count as
+    epochs), ``n_screened`` (features removed by screening). The history records ``gap``,
     ``ws_size`` and ``n_epochs`` per outer iteration.
+
+    An outer iteration that changes nothing, or five in a row that lower neither the
+    objective nor the stopping quantity beyond rounding, end the solve with status 5
+    (stalled, with a ``ConvergenceWarning``): on badly scaled data rounding can hide the
+    optimality conditions from the stopping test. A non-finite iterate ends it with status 4
+    and the last finite iterate.
 
     Examples
     --------
@@ -169,6 +193,8 @@ class CoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
+        for flag in ("working_set", "screening", "anderson", "prox_newton", "fit_intercept"):
+            check_bool(getattr(self, flag), flag)
         check_scalar(self.ws_min_size, "ws_min_size", kind=int, min_value=1)
         check_scalar(self.max_epochs, "max_epochs", kind=int, min_value=1)
         if self.newton_solver not in _NEWTON_SOLVERS:
@@ -196,19 +222,32 @@ class CoordinateDescent(Solver):
     def _aux(self, problem, lin):
         return problem.datafit.y - lin if self._is_ls(problem) else lin
 
+    def _gap_stops(self, problem) -> bool:
+        """Whether the duality gap is the stopping quantity: with an L1 part (and, for
+        logistic regression, no L2 part), where the gap goes to 0 at least as fast as the
+        optimality violation; otherwise the violation stops the solve."""
+        pen = problem.penalty
+        return pen.l1 > 0 and (self._is_ls(problem) or pen.l2 == 0)
+
     def _full(self, problem, x, lin, screened):
-        """Objective, full gradient and stopping quantity at ``x``."""
+        """Objective, full gradient, duality gap and stopping quantity at ``x``."""
         datafit, pen = problem.datafit, problem.penalty
         aux = self._aux(problem, lin)
         grad = datafit.gradient(x, aux)
         fun = datafit.value(x, aux) + pen.value(x)
-        gap = datafit.duality_gap(x, aux, pen)
-        if np.isnan(gap):
+        if self._gap_stops(problem):
+            gap = datafit.duality_gap(x, aux, pen)
+        else:
+            # Reported only; the gap of a smooth penalty comes from the gradient at hand.
+            gap = datafit.duality_gap(x, aux, pen, grad=grad)
+        # A gap is non-negative (weak duality): a negative value is rounding.
+        gap = max(float(gap), 0.0) if not np.isnan(gap) else float("nan")
+        if self._gap_stops(problem):
+            residual = gap
+        else:
             violation = pen.subdiff_distance(x, grad)
             violation[screened] = 0.0
             residual = float(violation.max())
-        else:
-            residual = max(float(gap), 0.0)
         return fun, grad, gap, residual
 
     def _init_state(self, problem, x0) -> _CDState:
@@ -228,7 +267,13 @@ class CoordinateDescent(Solver):
         screened = np.zeros(p, dtype=bool)
         # Features with a zero column never move; leave them out from the start.
         screened |= datafit.norms2 == 0
-        fun, grad, gap, residual = self._full(problem, x, lin, screened)
+        with np.errstate(over="ignore", invalid="ignore"):
+            fun, grad, gap, residual = self._full(problem, x, lin, screened)
+        if not _finite(fun, gap, residual, grad, lin, x):
+            raise ValueError(
+                "x0 gives a non-finite objective, gradient or duality gap: the problem's "
+                "scale overflows float64 there; start closer to 0 or rescale the data."
+            )
         return _CDState(
             x=x,
             fun=fun,
@@ -238,6 +283,7 @@ class CoordinateDescent(Solver):
             screened=screened,
             gap=gap,
             intercept=intercept,
+            run=_CDRun(),
         )
 
     def _update_intercept(self, problem, lin, n_newton=1) -> float:
@@ -381,7 +427,7 @@ class CoordinateDescent(Solver):
         dual = -float(ent.sum()) / n
         return datafit.value(None, lin) + pen.value(w_ws) - dual
 
-    def _epochs(self, problem, x_ws, lin, ws, n_epochs):
+    def _epochs(self, problem, x_ws, lin, ws, n_epochs, norms2, lips):
         datafit, pen = problem.datafit, problem.penalty
         n = datafit.n_samples
         if self._is_ls(problem):
@@ -389,7 +435,7 @@ class CoordinateDescent(Solver):
                 datafit.X,
                 x_ws,
                 lin,
-                self._norms2,
+                norms2,
                 ws,
                 n * pen.l1,
                 n * pen.l2,
@@ -401,7 +447,7 @@ class CoordinateDescent(Solver):
             datafit.y,
             x_ws,
             lin,
-            self._lips,
+            lips,
             ws,
             n * pen.l1,
             n * pen.l2,
@@ -412,8 +458,8 @@ class CoordinateDescent(Solver):
     def _step(self, problem, state: _CDState) -> _CDState:
         datafit = problem.datafit
         x, lin, screened = state.x.copy(), state.lin.copy(), state.screened.copy()
-        self._norms2 = np.ascontiguousarray(datafit.norms2)
-        self._lips = self._norms2 / 4.0
+        norms2 = np.ascontiguousarray(datafit.norms2)
+        lips = norms2 / 4.0
         self._screen(problem, state, x, lin, screened)
         ws = self._working_set(problem, state, x, screened)
         target = max(_INNER_FRACTION * state.residual, 0.1 * self.tol)
@@ -429,15 +475,27 @@ class CoordinateDescent(Solver):
                 problem, x, lin, state.grad, state.fun, intercept
             )
             if not moved:  # the line search failed (round-off): coordinate descent instead
-                extra, intercept = self._prox_newton(problem, x, lin, ws, target, intercept)
+                extra, intercept = self._prox_newton(
+                    problem, state.run, x, lin, ws, target, intercept
+                )
                 epochs += extra
         elif newton:
-            epochs, intercept = self._prox_newton(problem, x, lin, ws, target, intercept)
+            epochs, intercept = self._prox_newton(
+                problem, state.run, x, lin, ws, target, intercept
+            )
+        last = self._ws_objective(problem, x[ws], lin) if not newton else None
         while not newton and epochs < self.max_epochs:
-            self._epochs(problem, x, lin, ws32, 1)
-            if self.fit_intercept:
-                intercept += self._update_intercept(problem, lin)
+            change = self._epochs(problem, x, lin, ws32, 1, norms2, lips)
+            shift = self._update_intercept(problem, lin) if self.fit_intercept else 0.0
+            intercept += shift
             epochs += 1
+            if change == 0.0 and shift == 0.0:
+                # A fixed point: no coordinate moved, so further epochs would not either.
+                # The working set's own test may still fail when rounding hides the
+                # optimality conditions (badly scaled data): the outer loop decides.
+                break
+            if not np.isfinite(change):
+                break  # the outer test below reports the numerical failure
             if self.anderson:
                 history.append(x[ws].copy())
             if epochs % _ANDERSON_EVERY == 0:
@@ -446,6 +504,13 @@ class CoordinateDescent(Solver):
                     history = []
                 if not self.working_set or self._ws_stop(problem, x, lin, ws, target):
                     break
+                current = self._ws_objective(problem, x[ws], lin)
+                if not current < last:
+                    # No decrease over these epochs: the iterates only move by rounding
+                    # (the working set's test can be out of float64's reach on badly
+                    # scaled data); the outer iteration takes over.
+                    break
+                last = current
         fun, grad, gap, residual = self._full(problem, x, lin, screened)
         new = _CDState(
             x=x,
@@ -458,20 +523,44 @@ class CoordinateDescent(Solver):
             n_epochs=state.n_epochs + epochs,
             ws_size=ws.size,
             intercept=intercept,
+            run=state.run,
         )
         new.record = {"gap": float(gap), "ws_size": float(ws.size), "n_epochs": float(epochs)}
+        if not _finite(fun, gap, residual, grad, lin, x):
+            raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])
+        # Progress must exceed rounding: at the level of the last bits, values go up and
+        # down without the iterate getting anywhere.
+        progress = fun < state.fun - _ROUNDING * abs(state.fun) or residual < state.residual * (
+            1.0 - _ROUNDING
+        )
+        new.stalls = 0 if progress else state.stalls + 1
+        unchanged = (
+            intercept == state.intercept
+            and np.array_equal(x, state.x)
+            and np.array_equal(lin, state.lin)
+            and np.array_equal(screened, state.screened)
+        )
+        if residual > self.tol and (unchanged or new.stalls >= _MAX_STALLS):
+            # Nothing moved (the next iteration would be this one again), or iterations no
+            # longer lower the objective nor the stopping quantity: rounding rules.
+            raise StopSolve(
+                Status.STALLED,
+                "Stalled: coordinate descent no longer makes progress while the stopping "
+                f"quantity ({residual:.3g}) is still above tol ({self.tol:.3g}); rounding "
+                "hides the optimality conditions (badly scaled data? rescale X and y, or "
+                "raise tol).",
+                state=new,
+            )
         return new
 
-    def _squared_design(self, datafit):
-        cached = getattr(self, "_squared", None)
-        if cached is not None and cached[0] is datafit:
-            return cached[1]
-        X = datafit.X
-        squared = X.multiply(X).tocsc() if sp.issparse(X) else np.square(X, order="F")
-        self._squared = (datafit, squared)
-        return squared
+    @staticmethod
+    def _squared_design(datafit, run):
+        if run.squared is None:
+            X = datafit.X
+            run.squared = X.multiply(X).tocsc() if sp.issparse(X) else np.square(X, order="F")
+        return run.squared
 
-    def _prox_newton(self, problem, x, lin, ws, target, intercept):
+    def _prox_newton(self, problem, run, x, lin, ws, target, intercept):
         """Proximal-Newton iterations on the working set (logistic loss); returns epochs."""
         datafit, pen = problem.datafit, problem.penalty
         n, y, X = datafit.n_samples, datafit.y, datafit.X
@@ -480,7 +569,7 @@ class CoordinateDescent(Solver):
         whole = ws.size == datafit.n_features
         # The curvature of each coordinate, sum_i l''_i X_ij^2, is one BLAS product with the
         # squared design (kept for the solve) instead of a scalar reduction per column.
-        squared = self._squared_design(datafit)
+        squared = self._squared_design(datafit, run)
         epochs = 0
         for _ in range(_MAX_NEWTON):
             s = expit(-y * lin)
@@ -636,7 +725,6 @@ class CoordinateDescent(Solver):
             lin[:] = lin_acc
 
     def _result_fields(self, problem, state):
-        self._squared = None  # the squared design was only needed during the solve
         return {
             "gap": float(state.gap),
             "n_epochs": int(state.n_epochs),
@@ -644,3 +732,11 @@ class CoordinateDescent(Solver):
             "gradient": state.grad,
             "intercept": float(state.intercept),
         }
+
+
+def _finite(fun, gap, residual, *arrays) -> bool:
+    """Whether an iterate's reported quantities are all finite (a sum is NaN or infinite
+    whenever an entry is, without a temporary array)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = [float(np.sum(a)) for a in arrays]
+    return bool(np.isfinite([fun, gap, residual, *sums]).all())

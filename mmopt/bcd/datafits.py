@@ -42,6 +42,7 @@ def check_design(X, name: str = "X"):
     True
     """
     if sp.issparse(X):
+        _check_sparse_dtype(X, name)
         X = sp.csc_matrix(X, dtype=np.float64)
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-dimensional.")
@@ -54,6 +55,11 @@ def check_design(X, name: str = "X"):
         X.indptr = X.indptr.astype(np.int32, copy=False)
         return X
     return check_array(X, name, ndim=2, order="F")
+
+
+def _check_sparse_dtype(X, name: str) -> None:
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got a sparse matrix of dtype {X.dtype}.")
 
 
 def _column_norms2(X) -> np.ndarray:
@@ -104,11 +110,33 @@ class Datafit:
 class _LinearDatafit(Datafit):
     """Shared pieces of datafits of the linear predictor ``X w``."""
 
-    def _setup(self, X, y_len_name="y"):
+    def _setup(self, X):
         self.X = check_design(X)
         self.n_samples, self.n_features = self.X.shape
         self.sparse = sp.issparse(self.X)
-        self.norms2 = readonly(_column_norms2(self.X))
+        with np.errstate(over="ignore"):
+            norms2 = _column_norms2(self.X)
+        if not np.isfinite(norms2).all():
+            # Every step size and curvature comes from these norms: past float64's range
+            # the updates would be NaN (0 * inf) and the solvers would never stop.
+            j = int(np.flatnonzero(~np.isfinite(norms2))[0])
+            raise ValueError(
+                f"X is too large in magnitude: the squared norm of its column {j} overflows "
+                "float64; rescale X (e.g. with sklearn.preprocessing.StandardScaler)."
+            )
+        tiny = np.finfo(float).tiny
+        small = np.flatnonzero(norms2 < tiny)
+        if small.size:
+            small = small[_columns(self.X, small).any(axis=0)]
+        if small.size:
+            # A non-zero column whose squared norm underflows would be taken for a zero
+            # column (a coordinate that never moves): a wrong answer, not a slow one.
+            raise ValueError(
+                f"X is too small in magnitude: the squared norm of its column {small[0]} "
+                "underflows float64 although the column is not zero; rescale X (e.g. with "
+                "sklearn.preprocessing.StandardScaler)."
+            )
+        self.norms2 = readonly(norms2)
 
     def _check_y(self, y):
         y = check_array(y, "y", ndim=1)
@@ -154,6 +182,13 @@ class LeastSquares(_LinearDatafit):
     def __init__(self, X, y):
         self._setup(X)
         self.y = self._check_y(y)
+        with np.errstate(over="ignore"):
+            start = float(self.y @ self.y)
+        if not np.isfinite(start):
+            raise ValueError(
+                "y is too large in magnitude: ||y||^2 overflows float64, so the objective "
+                "cannot be evaluated; rescale y."
+            )
         self.n_coords = self.n_features
         self.lipschitz = readonly(self.norms2 / self.n_samples)
 
@@ -169,18 +204,32 @@ class LeastSquares(_LinearDatafit):
         return cols.T @ cols / self.n_samples
 
     def duality_gap(self, w, aux, penalty, *, grad=None) -> float:
-        """Duality gap of ``f + penalty`` for an (elastic-net) L1 penalty; NaN without L1.
+        """Duality gap of ``f + penalty``: an upper bound on ``F(w) - min F``.
 
-        The dual point is the residual rescaled into the dual feasible set, as in
-        scikit-learn's coordinate descent; the gap is in the units of ``f``. ``grad``, the
-        gradient at ``w`` when the caller keeps it, spares the product ``X^T (y - X w)``.
+        The dual of ``min_w f(X w) + g(w)`` is ``max_u u^T y - n/2 ||u||^2 - g^*(X^T u)``,
+        evaluated at the residual ``u = (y - X w) / n``. With an L1 part, ``g^*`` is finite
+        only on a box: the residual is rescaled into it, as in scikit-learn's coordinate
+        descent. A ridge penalty (L2 without L1) has a finite ``g^*`` everywhere, so the
+        residual is used as it is: the gap is the exact Fenchel gap and vanishes at the
+        optimum. Without any penalty (``alpha = 0``) the only dual point formed without
+        solving the problem is 0 (unless ``X^T (y - X w) = 0``): the gap is then the
+        objective itself, a valid but loose bound that does not vanish unless the fit is
+        exact. The gap is in the units of ``f``. ``grad``, the gradient at ``w`` when the
+        caller keeps it, spares the product ``X^T (y - X w)``.
         """
-        if penalty.l1 == 0:
-            return float("nan")  # the rescaled dual point needs an L1 part
         n = self.n_samples
         R = self.y - aux
         l1, l2 = n * penalty.l1, n * penalty.l2
         XtR = np.asarray(self.X.T @ R) if grad is None else -n * np.asarray(grad)
+        if penalty.l1 == 0 and penalty.l2 > 0:
+            # g^*(v) = sum (v_j)_+^2 / (2 l2) (positive) or v_j^2 / (2 l2): no rescaling.
+            v = XtR / n
+            if penalty.positive:
+                v = np.maximum(v, 0.0)
+            R2 = float(R @ R)
+            primal = 0.5 * R2 / n + penalty.value(w)
+            dual = (float(R @ self.y) - 0.5 * R2) / n - float(v @ v) / (2.0 * penalty.l2)
+            return primal - dual
         XtA = XtR - l2 * w
         dual_norm = XtA.max(initial=0.0) if penalty.positive else np.abs(XtA).max()
         R2 = float(R @ R)
@@ -231,22 +280,41 @@ class Logistic(_LinearDatafit):
         s = expit(aux)
         return cols.T @ (cols * (s * (1 - s))[:, None]) / self.n_samples
 
-    def duality_gap(self, w, aux, penalty) -> float:
-        """Duality gap for an L1 penalty (with or without positivity); NaN with an L2 part."""
-        if penalty.l2 > 0 or penalty.l1 == 0:
-            return float("nan")
+    def duality_gap(self, w, aux, penalty, *, grad=None) -> float:
+        """Duality gap of ``f + penalty``: an upper bound on ``F(w) - min F``.
+
+        The dual of ``min_w 1/n sum_i h(y_i z_i) + g(w)`` (``h`` the logistic loss,
+        ``z = X w``) is ``max_v -1/n sum_i H(v_i) - g^*(X^T (y v) / n)`` over ``v`` in
+        ``[0, 1]^n``, with ``H(v) = v log v + (1 - v) log(1 - v)``; it is evaluated at
+        ``v_i = sigma(-y_i z_i)``, the point that is optimal when ``w`` is. A pure L1 penalty
+        (with or without positivity) has a ``g^*`` finite only on a box: ``v`` is rescaled
+        into it. With an L2 part ``g^*(u) = sum (|u_j| - l1)_+^2 / (2 l2)`` is finite
+        everywhere and no rescaling is needed. Without any penalty the dual point is 0 and
+        the gap is the objective itself (a loose bound). ``grad``, the gradient at ``w``
+        when the caller keeps it, spares a product with ``X^T``.
+        """
         n = self.n_samples
-        rho = -self.raw_gradient(aux) / n
-        Xtr = np.asarray(self.X.T @ rho)
-        norm = Xtr.max(initial=0.0) if penalty.positive else np.abs(Xtr).max()
-        scale = 1.0 if norm <= penalty.l1 else penalty.l1 / norm
+        primal = self.value(w, aux) + penalty.value(w)
+        if penalty.l1 == 0 and penalty.l2 == 0:
+            return primal  # the dual point 0: H(0) = 0 and g^*(0) = 0
+        rho = -self.raw_gradient(aux) / n  # y v / n
+        Xtr = np.asarray(self.X.T @ rho) if grad is None else -np.asarray(grad)
+        if penalty.l2 > 0:
+            over = Xtr - penalty.l1 if penalty.positive else np.abs(Xtr) - penalty.l1
+            over = np.maximum(over, 0.0)
+            conjugate = float(over @ over) / (2.0 * penalty.l2)
+            scale = 1.0
+        else:
+            norm = Xtr.max(initial=0.0) if penalty.positive else np.abs(Xtr).max()
+            scale = 1.0 if norm <= penalty.l1 else penalty.l1 / norm
+            conjugate = 0.0
         v = np.clip(n * self.y * rho * scale, 0.0, 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             ent = np.where(v > 0, v * np.log(v), 0.0) + np.where(
                 v < 1, (1 - v) * np.log1p(-v), 0.0
             )
-        dual = -float(ent.sum()) / n
-        return self.value(w, aux) + penalty.value(w) - dual
+        dual = -float(ent.sum()) / n - conjugate
+        return primal - dual
 
 
 class Multinomial(_LinearDatafit):
@@ -361,6 +429,7 @@ class LabelPropagationQuadratic(Datafit):
 
     def __init__(self, graph, y, *, label_weight: float = 1e5, ridge: float = 1e-8):
         if sp.issparse(graph):
+            _check_sparse_dtype(graph, "graph")
             W = sp.csr_matrix(graph, dtype=np.float64)
             if not np.isfinite(W.data).all():
                 raise ValueError("graph must not contain NaN or infinite values.")
@@ -382,18 +451,30 @@ class LabelPropagationQuadratic(Datafit):
             label_weight, "label_weight", min_value=0.0, include_min=False
         )
         self.ridge = check_scalar(ridge, "ridge", min_value=0.0)
+        if np.isinf(y).any():
+            raise ValueError("y must hold finite targets, or NaN for unlabelled nodes.")
         labelled = np.isfinite(y)
-        degree = np.asarray(W.sum(axis=1)).ravel()
-        diag = degree + self.label_weight * labelled + self.ridge
+        with np.errstate(over="ignore", invalid="ignore"):
+            degree = np.asarray(W.sum(axis=1)).ravel()
+            diag = degree + self.label_weight * labelled + self.ridge
+            targets = np.where(labelled, y, 0.0)
+            const = 0.5 * self.label_weight * float(targets @ targets)
+            scale = self.label_weight * np.abs(targets).max(initial=0.0)
+        if not np.isfinite(degree).all():
+            raise ValueError("graph is too large in magnitude: a node's degree overflows float64.")
+        if not (np.isfinite(diag).all() and np.isfinite(const) and np.isfinite(scale)):
+            raise ValueError(
+                "label_weight and y are too large together: the objective overflows float64; "
+                "rescale y or lower label_weight."
+            )
         if np.any(diag <= 0):
             raise ValueError("every node needs an edge, a label, or ridge > 0.")
         self.A = sp.csc_matrix(sp.diags(diag) - W)
         self.A.sort_indices()
         self.W = W
         self.labelled = readonly(labelled)
-        targets = np.where(labelled, y, 0.0)
         self.c = readonly(self.label_weight * targets)
-        self.const = 0.5 * self.label_weight * float(targets @ targets)
+        self.const = const
         self.n_coords = n
         self.lipschitz = readonly(diag)
 

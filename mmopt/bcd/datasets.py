@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmopt._core.validation import check_scalar
+from mmopt.bcd._checks import check_random_state
 
 __all__ = ["make_sparse_least_squares", "make_lattice_graph"]
 
@@ -43,6 +44,7 @@ def make_sparse_least_squares(
     check_scalar(n_samples, "n_samples", kind=int, min_value=1)
     check_scalar(n_features, "n_features", kind=int, min_value=1)
     check_scalar(density, "density", min_value=0.0, max_value=1.0, include_min=False)
+    check_random_state(random_state)
     rng = np.random.default_rng(random_state)
     X = sp.random(
         n_samples,
@@ -78,6 +80,7 @@ def make_lattice_graph(side: int = 50, *, n_labelled: int = 100, random_state=No
     """
     check_scalar(side, "side", kind=int, min_value=2)
     check_scalar(n_labelled, "n_labelled", kind=int, min_value=1, max_value=side * side)
+    check_random_state(random_state)
     rng = np.random.default_rng(random_state)
     path = sp.diags([np.ones(side - 1), np.ones(side - 1)], [-1, 1])
     eye = sp.identity(side)

@@ -14,6 +14,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core.validation import check_choice, check_scalar
+from mmopt.bcd._checks import check_bool
 from mmopt.bcd.cd import CoordinateDescent
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic, Multinomial
 from mmopt.bcd.penalties import L1, L2, ElasticNet, L1Positive
@@ -21,6 +22,72 @@ from mmopt.bcd.problem import BCDProblem
 from mmopt.bcd.solver import BlockCoordinateDescent
 
 __all__ = ["BCDLasso", "BCDElasticNet", "BCDLogisticRegression", "BCDLabelPropagation"]
+
+
+def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | None:
+    """Named errors for inputs whose scikit-learn validation error does not name them.
+
+    Ragged nested sequences, strings, None, complex or empty arrays, a number of
+    dimensions other than ``ndim`` and (``numeric``) non-numeric entries raise here, naming
+    ``name``; everything else is left to ``validate_data``, whose messages name the input
+    (``"Input X contains NaN"``). Returns the number of samples (rows).
+    """
+    if value is None:
+        raise TypeError(f"{name} must be array-like, got None.")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be array-like, got a {type(value).__name__}.")
+    if sp.issparse(value):
+        if value.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{name} must hold real numbers, got a sparse matrix of {value.dtype}."
+            )
+        return value.shape[0]
+    array = value
+    if not isinstance(value, np.ndarray):
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must be a rectangular array: its nested sequences have different "
+                "lengths (a ragged sequence)."
+            ) from None
+    if array.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got complex values.")
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {array.shape}.")
+    if ndim is not None and array.ndim != ndim:
+        shape = "(n_samples, n_features)" if ndim == 2 else "(n_samples,)"
+        raise ValueError(
+            f"{name} must be {ndim}-dimensional, of shape {shape}; got shape {array.shape}."
+        )
+    if numeric and array.dtype.kind in "OUSV":
+        try:
+            array.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must hold numbers, got dtype {array.dtype} (class labels belong to "
+                "a classifier)."
+            ) from None
+    return array.shape[0] if array.ndim else None
+
+
+def _check_Xy(X, y, *, numeric_y: bool = True) -> None:
+    """:func:`_check_input` on both, and one target per row of ``X``."""
+    n = _check_input(X, "X", ndim=2)
+    m = _check_input(y, "y", numeric=numeric_y)
+    if m is not None and n != m:
+        raise ValueError(
+            f"y must have one entry per row of X (inconsistent numbers of samples: {m} "
+            f"targets for {n} rows)."
+        )
+
+
+def _check_labels(y) -> None:
+    """scikit-learn's check of classification targets, its error naming ``y``."""
+    try:
+        check_classification_targets(y)
+    except ValueError as exc:
+        raise ValueError(f"y must hold class labels: {exc}") from None
 
 
 class BCDElasticNet(RegressorMixin, BaseEstimator):
@@ -58,7 +125,11 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
     n_iter_ : int
         Outer iterations of the solve.
     dual_gap_ : float
-        Duality gap at the solution.
+        Duality gap at the solution (an upper bound on the objective's distance to its
+        minimum). With ``l1_ratio=0`` (ridge) it is the exact Fenchel gap; with
+        ``alpha=0`` (least squares without penalty, accepted as scikit-learn does; the
+        optimality violation stops the solve) the only dual point formed without solving
+        the problem is 0, and the gap is the objective itself.
     result_ : mmopt.Result
         The solver's result.
     n_features_in_ : int
@@ -103,6 +174,9 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDElasticNet:
         """Fit the model; ``X`` dense or sparse, ``y`` of shape (n_samples,)."""
+        _check_Xy(X, y)
+        for flag in ("fit_intercept", "positive", "working_set", "screening"):
+            check_bool(getattr(self, flag), flag)
         X, y = validate_data(
             self, X, y, dtype=np.float64, y_numeric=True, accept_sparse="csc", order="F"
         )
@@ -135,6 +209,7 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Linear predictions ``X coef_ + intercept_``."""
         check_is_fitted(self)
+        _check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
         return np.asarray(X @ self.coef_).ravel() + self.intercept_
 
@@ -257,8 +332,10 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLogisticRegression:
         """Fit the model; ``X`` dense or sparse."""
+        _check_Xy(X, y, numeric_y=False)
+        check_bool(self.fit_intercept, "fit_intercept")
         X, y = validate_data(self, X, y, dtype=np.float64, accept_sparse="csc", order="F")
-        check_classification_targets(y)
+        _check_labels(y)
         check_choice(self.penalty, "penalty", ("l1", "l2"))
         C = check_scalar(self.C, "C", min_value=0.0, include_min=False)
         scaling = check_scalar(
@@ -319,6 +396,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         """``X coef_.T + intercept_`` (one column for two classes)."""
         check_is_fitted(self)
+        _check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
         scores = np.asarray(X @ self.coef_.T) + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
@@ -434,17 +512,17 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
 
             # n_neighbors other samples (a sample is not its own neighbour), symmetrized.
             k = min(self.n_neighbors, X.shape[0] - 1)
-            W = kneighbors_graph(X, k, mode="connectivity", include_self=False)
+            W = kneighbors_graph(X * self._knn_scale, k, mode="connectivity", include_self=False)
             W = W.maximum(W.T)
         else:
-            d2 = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
-            W = sp.csr_matrix(np.exp(-self.gamma * d2))
+            W = sp.csr_matrix(np.exp(-self.gamma * _squared_distances(X, X)))
         return W
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLabelPropagation:
         """Fit on all samples; ``y == -1`` marks the unlabelled ones."""
+        _check_Xy(X, y, numeric_y=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
-        check_classification_targets(y)
+        _check_labels(y)
         check_choice(self.kernel, "kernel", ("knn", "rbf"))
         check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
         check_scalar(self.gamma, "gamma", min_value=0.0, include_min=False)
@@ -459,7 +537,8 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         if not labelled.any():
             raise ValueError("y must have at least one labelled sample (y != -1).")
         self.classes_ = np.unique(y[labelled])
-        self._nn = NearestNeighbors().fit(X)
+        self._knn_scale = _distance_scale(X)
+        self._nn = NearestNeighbors().fit(X * self._knn_scale)
         W = self._graph(X)
         n, k = X.shape[0], len(self.classes_)
         partition = self.partition
@@ -496,14 +575,20 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities of new samples: weighted averages of their neighbours'."""
         check_is_fitted(self)
+        _check_input(X, "X", ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         if self.kernel == "knn":
             k = min(self.n_neighbors, self._X_fit.shape[0])
-            idx = self._nn.kneighbors(X, k, return_distance=False)
+            idx = self._nn.kneighbors(X * self._knn_scale, k, return_distance=False)
             P = self.label_distributions_[idx].mean(axis=1)
         else:
-            d2 = ((X[:, None, :] - self._X_fit[None, :, :]) ** 2).sum(-1)
-            Wn = np.exp(-self.gamma * (d2 - d2.min(axis=1, keepdims=True)))
+            d2 = _squared_distances(X, self._X_fit)
+            with np.errstate(invalid="ignore"):
+                shifted = d2 - d2.min(axis=1, keepdims=True)
+            # A sample infinitely far from every training sample (distances past float64)
+            # is equally far from all of them.
+            shifted[np.isnan(shifted)] = 0.0
+            Wn = np.exp(-self.gamma * shifted)
             P = Wn @ self.label_distributions_
         totals = P.sum(axis=1, keepdims=True)
         return P / np.where(totals > 0, totals, 1.0)
@@ -512,6 +597,22 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
         """The most probable class of each sample."""
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
+
+
+def _squared_distances(A, B) -> np.ndarray:
+    """Pairwise squared distances; past float64's range they are infinite (weight 0)."""
+    with np.errstate(over="ignore"):
+        return ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
+
+
+def _distance_scale(X) -> float:
+    """A power of two bringing ``X`` to unit magnitude when its squared distances could
+    overflow or underflow (the nearest-neighbour graph does not change with a common scale;
+    a power of two scales exactly), else 1."""
+    top = float(np.abs(X).max(initial=0.0))
+    if top == 0.0 or 1e-100 <= top <= 1e100:
+        return 1.0
+    return float(2.0 ** -np.frexp(top)[1])
 
 
 # Samples per block of the default partition of BCDLabelPropagation.

@@ -7,11 +7,15 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 
+from mmopt._core.validation import check_array, check_choice, check_scalar
+
 __all__ = ["make_partition", "check_blocks", "red_black_partition"]
 
 
-def check_blocks(blocks, n_coords: int) -> list[np.ndarray]:
+def check_blocks(blocks, n_coords: int, *, name: str = "blocks") -> list[np.ndarray]:
     """Check that ``blocks`` (a sequence of index arrays) partitions ``range(n_coords)``.
+
+    ``name`` is the argument's name in error messages (a solver passes ``"partition"``).
 
     Examples
     --------
@@ -22,35 +26,41 @@ def check_blocks(blocks, n_coords: int) -> list[np.ndarray]:
     ...
     ValueError: blocks must partition the coordinates: coordinate 0 is in more than one block.
     """
+    n_coords = check_scalar(n_coords, "n_coords", kind=int, min_value=1)
     if isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__iter__"):
-        raise TypeError(f"blocks must be a sequence of index arrays, got {type(blocks).__name__}.")
+        raise TypeError(f"{name} must be a sequence of index arrays, got {type(blocks).__name__}.")
     out = []
     seen = np.zeros(n_coords, dtype=int)
     for i, block in enumerate(blocks):
-        arr = np.asarray(block)
+        try:
+            arr = np.asarray(block)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}[{i}] must be a 1-D sequence of indices.") from None
         if arr.ndim != 1 or arr.size == 0:
-            raise ValueError(f"blocks[{i}] must be a non-empty 1-D sequence of indices.")
-        if not (
+            raise ValueError(f"{name}[{i}] must be a non-empty 1-D sequence of indices.")
+        if arr.dtype.kind == "b" or not (
             np.issubdtype(arr.dtype, np.integer)
-            or all(isinstance(v, numbers.Integral) for v in arr.tolist())
+            or all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in arr.tolist()
+            )
         ):
-            raise TypeError(f"blocks[{i}] must hold integer indices, got dtype {arr.dtype}.")
+            raise TypeError(f"{name}[{i}] must hold integer indices, got dtype {arr.dtype}.")
         arr = arr.astype(np.intp)
         if arr.min() < 0 or arr.max() >= n_coords:
             raise ValueError(
-                f"blocks[{i}] has an index outside [0, {n_coords}): blocks must partition "
+                f"{name}[{i}] has an index outside [0, {n_coords}): {name} must partition "
                 "the coordinates."
             )
         np.add.at(seen, arr, 1)
         out.append(arr)
     if np.any(seen > 1):
         raise ValueError(
-            "blocks must partition the coordinates: coordinate "
+            f"{name} must partition the coordinates: coordinate "
             f"{int(np.flatnonzero(seen > 1)[0])} is in more than one block."
         )
     if np.any(seen == 0):
         raise ValueError(
-            "blocks must partition the coordinates: coordinate "
+            f"{name} must partition the coordinates: coordinate "
             f"{int(np.flatnonzero(seen == 0)[0])} is in no block."
         )
     return out
@@ -72,6 +82,9 @@ def make_partition(kind: str, lipschitz: np.ndarray, block_size: int) -> list[np
     >>> [b.tolist() for b in make_partition("avg", np.array([1.0, 4.0, 2.0, 3.0]), 2)]
     [[1, 2], [3, 0]]
     """
+    check_choice(kind, "kind", ("order", "sorted", "avg"))
+    lipschitz = check_array(lipschitz, "lipschitz", ndim=1)
+    block_size = check_scalar(block_size, "block_size", kind=int, min_value=1)
     p = lipschitz.shape[0]
     n_blocks = -(-p // block_size)
     if kind == "order":
@@ -98,8 +111,13 @@ def red_black_partition(graph) -> list[np.ndarray]:
     >>> [b.tolist() for b in red_black_partition(path)]
     [[0, 2], [1, 3]]
     """
-    A = sp.csr_matrix(graph)
+    if sp.issparse(graph):
+        A = sp.csr_matrix(graph)
+    else:
+        A = sp.csr_matrix(check_array(graph, "graph", ndim=2))
     n = A.shape[0]
+    if A.shape != (n, n):
+        raise ValueError(f"graph must be a square adjacency matrix, got shape {A.shape}.")
     colour = -np.ones(n, dtype=int)
     # Breadth-first order, so that a bipartite graph (a lattice) gets exactly two colours.
     for start in range(n):

@@ -23,6 +23,7 @@ per epoch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,9 +32,11 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from mmopt._core.registry import register_solver
-from mmopt._core.solver import Solver, SolverState
+from mmopt._core.result import STATUS_MESSAGES, Status
+from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.bcd import _kernels
+from mmopt.bcd._checks import check_bool, check_random_state
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic
 from mmopt.bcd.gradient import IncrementalGradient, incremental_pays, supports_incremental
 from mmopt.bcd.partition import check_blocks, make_partition, red_black_partition
@@ -53,6 +56,41 @@ _SETTLE = 10
 _MAX_ACTIVE = 2000
 # Fixed blocks of a design-based datafit get a dense bound matrix: cap their size.
 _MAX_DENSE_BLOCK = 2000
+# A block whose datafit is flat (all-zero columns) has L_b = 0: its step uses this constant
+# instead (the gradient there is 0, so the step is the penalty's prox with a huge step).
+_TINY = np.finfo(float).tiny
+# Backtracking doublings at most: in exact arithmetic log2(|b|) + 1 suffice (each
+# coordinate's constant is remembered), so this only ends a search that rounding or a
+# non-finite value keeps from succeeding.
+_MAX_DOUBLINGS = 100
+
+
+@dataclass(eq=False)
+class _BCDRun:
+    """What one solve sets up and every iteration of it shares: the partition, the block
+    constants and factor caches, the random generator and the incremental gradient.
+
+    A solve makes its own (in ``_init_state``), so that one solver object can serve several
+    threads at once: the solver keeps its options only.
+    """
+
+    rng: np.random.Generator
+    lip: np.ndarray
+    tree: bool = False
+    A_csr: sp.csr_matrix | None = None
+    A_diag: np.ndarray | None = None
+    variable: bool = False
+    blocks: list | None = None
+    k_var: int = 0
+    block_id: np.ndarray | None = None
+    L_block: np.ndarray | None = None
+    cache: dict = field(default_factory=dict)
+    ddiag: np.ndarray | None = None
+    gsq_inv: sp.csr_matrix | None = None
+    greedy: bool = False
+    epoch: int = 1
+    incremental: IncrementalGradient | None = None
+    gap: bool = False
 
 
 @dataclass
@@ -63,6 +101,7 @@ class _BCDState(SolverState):
     memory: np.ndarray = None
     stable: int = 0  # iterations the L1 support has stayed the same
     record: dict = field(default_factory=dict)
+    run: _BCDRun = None
 
 
 @register_solver
@@ -200,19 +239,28 @@ class BlockCoordinateDescent(Solver):
     def _validate_params(self) -> None:
         super()._validate_params()
         check_scalar(self.block_size, "block_size", kind=int, min_value=1)
-        if isinstance(self.partition, str):
+        if isinstance(self.partition, (str, bytes)):
             check_choice(self.partition, "partition", PARTITIONS)
+        elif not hasattr(self.partition, "__iter__"):
+            raise TypeError(
+                "partition must be one of " + ", ".join(map(repr, PARTITIONS)) + " or a "
+                f"sequence of index arrays, got {type(self.partition).__name__}."
+            )
+        check_bool(self.active_set_newton, "active_set_newton")
+        check_random_state(self.random_state)
         check_choice(self.selection, "selection", SELECTIONS)
         check_choice(self.update, "update", UPDATES)
         check_choice(self.gradient, "gradient", ("auto", "recompute", "incremental"))
         check_choice(self.stopping, "stopping", ("auto", "gap", "kkt"))
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self, problem: BCDProblem) -> None:
+    def _setup(self, problem: BCDProblem) -> _BCDRun:
         datafit, penalty = problem.datafit, problem.penalty
         p = datafit.n_coords
-        self._rng = np.random.default_rng(self.random_state)
-        self._lip = np.asarray(datafit.lipschitz, dtype=float)
+        run = _BCDRun(
+            rng=np.random.default_rng(self.random_state),
+            lip=np.asarray(datafit.lipschitz, dtype=float),
+        )
         if self.update == "exact" and not datafit.quadratic:
             raise ValueError(
                 "update='exact' needs a quadratic datafit "
@@ -221,8 +269,8 @@ class BlockCoordinateDescent(Solver):
         partition = self.partition
         if isinstance(partition, str) and partition == "auto":
             partition = "sorted" if self.selection in _LIPSCHITZ_AWARE else "order"
-        self._tree = isinstance(partition, str) and partition == "greedy-tree"
-        if self._tree:
+        run.tree = isinstance(partition, str) and partition == "greedy-tree"
+        if run.tree:
             if not isinstance(datafit, LabelPropagationQuadratic) or not penalty.smooth:
                 raise ValueError(
                     "partition='greedy-tree' needs a LabelPropagationQuadratic datafit and a "
@@ -232,17 +280,17 @@ class BlockCoordinateDescent(Solver):
                 raise ValueError(
                     "partition='greedy-tree' orders nodes by selection='gsl', 'gs' or 'random'."
                 )
-            self._A_csr = datafit.A.tocsr()
-            self._A_diag = datafit.A.diagonal() + penalty.l2
-        self._variable = isinstance(partition, str) and partition in ("variable", "greedy-tree")
-        if self._variable:
+            run.A_csr = datafit.A.tocsr()
+            run.A_diag = datafit.A.diagonal() + penalty.l2
+        run.variable = isinstance(partition, str) and partition in ("variable", "greedy-tree")
+        if run.variable:
             if self.selection in ("cyclic", "lipschitz"):
                 raise ValueError(
                     f"selection={self.selection!r} needs fixed blocks; with partition='variable' "
                     "use 'random' or a greedy rule."
                 )
-            self._blocks = None
-            self._k_var = min(self.block_size, p)
+            run.blocks = None
+            run.k_var = min(self.block_size, p)
         else:
             if isinstance(partition, str) and partition == "red-black":
                 if not isinstance(datafit, LabelPropagationQuadratic):
@@ -251,16 +299,15 @@ class BlockCoordinateDescent(Solver):
                     )
                 blocks = red_black_partition(datafit.W)
             elif isinstance(partition, str):
-                blocks = make_partition(partition, self._lip, min(self.block_size, p))
+                blocks = make_partition(partition, run.lip, min(self.block_size, p))
             else:
-                blocks = check_blocks(partition, p)
-            self._blocks = blocks
-            self._block_id = np.empty(p, dtype=np.intp)
+                blocks = check_blocks(partition, p, name="partition")
+            run.blocks = blocks
+            run.block_id = np.empty(p, dtype=np.intp)
             for i, b in enumerate(blocks):
-                self._block_id[b] = i
+                run.block_id[b] = i
             n_blocks = len(blocks)
-            self._L_block = np.empty(n_blocks)
-            self._cache = {}
+            run.L_block = np.empty(n_blocks)
             need_matrix = self.selection in ("gsd", "gsq") or self.update in ("matrix",)
             ddiag = np.empty(p)
             gsq_parts = []
@@ -268,11 +315,11 @@ class BlockCoordinateDescent(Solver):
                 if need_matrix or len(b) <= 64:
                     H = datafit.hessian_bound(b)
                     H = H + penalty.l2 * np.eye(len(b))
-                    self._L_block[i] = np.linalg.eigvalsh(H)[-1] if len(b) > 1 else H[0, 0]
+                    run.L_block[i] = np.linalg.eigvalsh(H)[-1] if len(b) > 1 else H[0, 0]
                     ddiag[b] = np.abs(H).sum(axis=1)
                     if need_matrix:
                         chol = _cholesky(H)
-                        self._cache[i] = (H, chol)
+                        run.cache[i] = (H, chol)
                         if self.selection == "gsq":
                             gsq_parts.append(scipy.linalg.cho_solve(chol, np.eye(len(b))))
                 else:
@@ -293,41 +340,42 @@ class BlockCoordinateDescent(Solver):
                         else np.abs(H).sum(axis=1)
                     )
                     ddiag[b] = row + penalty.l2
-                    self._L_block[i] = ddiag[b].max()
-            self._ddiag = ddiag
+                    run.L_block[i] = ddiag[b].max()
+            run.ddiag = np.maximum(ddiag, _TINY)  # a zero column: no 0/0 in the scores
             if self.selection == "gsq":
                 perm = np.concatenate(blocks)
                 Hinv = sp.block_diag(gsq_parts, format="csr")
                 # Undo the permutation: coordinate perm[i] sits at row i of the block diagonal.
                 P = sp.csr_matrix((np.ones(p), (perm, np.arange(p))), shape=(p, p))
-                self._gsq_inv = (P @ Hinv @ P.T).tocsr()
-        self._greedy = self.selection not in ("cyclic", "random", "lipschitz")
-        self._epoch = len(self._blocks) if self._blocks is not None else -(-p // self._k_var)
-        self._incremental = None
+                run.gsq_inv = (P @ Hinv @ P.T).tocsr()
+        run.greedy = self.selection not in ("cyclic", "random", "lipschitz")
+        run.epoch = len(run.blocks) if run.blocks is not None else -(-p // run.k_var)
+        run.incremental = None
         if self.gradient == "incremental" and not supports_incremental(datafit):
             raise ValueError(
                 "gradient='incremental' needs a quadratic datafit (LeastSquares, "
                 f"LabelPropagationQuadratic), got {type(datafit).__name__}."
             )
-        if self._greedy and not self._tree:
-            largest = self._k_var if self._blocks is None else max(len(b) for b in self._blocks)
+        if run.greedy and not run.tree:
+            largest = run.k_var if run.blocks is None else max(len(b) for b in run.blocks)
             if self.gradient == "incremental" or (
                 self.gradient == "auto" and incremental_pays(datafit, largest)
             ):
-                self._incremental = IncrementalGradient(datafit)
-        self._gap = (
+                run.incremental = IncrementalGradient(datafit)
+        run.gap = (
             self.stopping in ("auto", "gap")
             and hasattr(datafit, "duality_gap")
             and penalty.l1 > 0
             and not (penalty.l2 > 0 and isinstance(datafit, Logistic))
         )
-        if self.stopping == "gap" and not self._gap:
+        if self.stopping == "gap" and not run.gap:
             raise ValueError(
                 "stopping='gap' needs a LeastSquares or Logistic datafit with an L1 penalty."
             )
+        return run
 
     def _init_state(self, problem, x0) -> _BCDState:
-        self._setup(problem)
+        run = self._setup(problem)
         p = problem.n_coords
         if x0 is None:
             x = np.zeros(p)
@@ -335,11 +383,17 @@ class BlockCoordinateDescent(Solver):
             x = np.array(check_array(x0, "x0", ndim=1, shape=(p,)), dtype=float)
             if problem.penalty.positive:
                 x = np.maximum(x, 0.0)
-        aux = problem.datafit.init_aux(x)
-        grad = problem.datafit.gradient(x, aux)
-        state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=self._lip.copy())
-        state.fun = self._objective(problem, x, aux)
-        state.residual = self._residual(problem, state)
+        with np.errstate(over="ignore", invalid="ignore"):  # a bad x0 is reported below
+            aux = problem.datafit.init_aux(x)
+            grad = problem.datafit.gradient(x, aux)
+            state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=run.lip.copy(), run=run)
+            state.fun = self._objective(problem, x, aux)
+            state.residual = self._residual(problem, state)
+        if not _finite(state.fun, state.residual, state.grad, aux):
+            raise ValueError(
+                "x0 gives a non-finite objective or gradient: the problem's scale overflows "
+                "float64 there; start closer to 0 or rescale the data."
+            )
         return state
 
     # ------------------------------------------------------------------ pieces
@@ -348,7 +402,7 @@ class BlockCoordinateDescent(Solver):
         return problem.datafit.value(x, aux) + problem.penalty.value(x)
 
     def _residual(self, problem, state) -> float:
-        if self._gap:
+        if state.run.gap:
             datafit = problem.datafit
             if isinstance(datafit, LeastSquares) and state.grad is not None:
                 # X^T R is -n * grad: no product with X when the gradient is maintained.
@@ -361,6 +415,7 @@ class BlockCoordinateDescent(Solver):
     def _scores(self, problem, state, step):
         """Per-coordinate score whose block sums the greedy rule maximizes."""
         rule, pen, x, g = self.selection, problem.penalty, state.x, state.grad
+        run = state.run
         if rule in ("gs-r", "gs-q"):
             d = pen.prox(x - step * g, step) - x
             if rule == "gs-r":
@@ -378,80 +433,90 @@ class BlockCoordinateDescent(Solver):
         v2 = v * v
         if rule in ("gs", "gs-s"):
             return v2
-        if rule == "gsl" or self._variable:
+        if rule == "gsl" or run.variable:
             return v2 * step
         if rule == "gsd":
-            return v2 / self._ddiag
+            return v2 / run.ddiag
         raise AssertionError(rule)  # gsq handled by _select
 
     def _select(self, problem, state) -> np.ndarray:
-        rule = self.selection
-        if self._variable:
+        rule, run = self.selection, state.run
+        if run.variable:
             p = problem.n_coords
             if rule == "random":
-                return np.sort(self._rng.choice(p, self._k_var, replace=False))
-            step = 1.0 / np.maximum(self._lip + problem.penalty.l2, 1e-300)
+                return np.sort(run.rng.choice(p, run.k_var, replace=False))
+            step = 1.0 / np.maximum(run.lip + problem.penalty.l2, 1e-300)
             scores = self._scores(problem, state, step)
-            k = self._k_var
+            k = run.k_var
             if k >= p:
                 return np.arange(p)
             return np.sort(np.argpartition(scores, p - k)[p - k :])
-        n_blocks = len(self._blocks)
+        n_blocks = len(run.blocks)
         if rule == "cyclic":
-            return self._blocks[state.k % n_blocks]
+            return run.blocks[state.k % n_blocks]
         if rule == "random":
-            return self._blocks[self._rng.integers(n_blocks)]
+            return run.blocks[run.rng.integers(n_blocks)]
         if rule == "lipschitz":
-            prob = self._L_block / self._L_block.sum()
-            return self._blocks[self._rng.choice(n_blocks, p=prob)]
+            prob = run.L_block / run.L_block.sum()
+            return run.blocks[run.rng.choice(n_blocks, p=prob)]
         if rule == "gsq":
             v = problem.penalty.subdiff_distance(state.x, state.grad)
-            scores = v * (self._gsq_inv @ v)
+            scores = v * (run.gsq_inv @ v)
         else:
-            step = 1.0 / np.maximum(self._L_block[self._block_id], 1e-300)
+            step = 1.0 / np.maximum(run.L_block[run.block_id], 1e-300)
             # For "gsl" each coordinate's score is already divided by its block's L_b.
             scores = self._scores(problem, state, step)
-        totals = np.bincount(self._block_id, weights=scores, minlength=n_blocks)
-        return self._blocks[int(np.argmax(totals))]
+        totals = np.bincount(run.block_id, weights=scores, minlength=n_blocks)
+        return run.blocks[int(np.argmax(totals))]
 
-    def _variable_block_bound(self, problem, block):
+    def _variable_block_bound(self, problem, run, block):
         """The datafit's bound on a block without a per-block cache entry (variable blocks),
         read from the Gram cache when the gradient is maintained incrementally."""
-        if self._incremental is not None:
-            H = self._incremental.block_hessian(block)
+        if run.incremental is not None:
+            H = run.incremental.block_hessian(block)
             if H is not None:
                 return H
         return problem.datafit.hessian_bound(block)
 
-    def _block_matrix(self, problem, block, block_index):
-        if block_index is not None and block_index in self._cache:
-            return self._cache[block_index]
-        H = self._variable_block_bound(problem, block) + problem.penalty.l2 * np.eye(len(block))
+    def _block_matrix(self, problem, run, block, block_index):
+        if block_index is not None and block_index in run.cache:
+            return run.cache[block_index]
+        H = self._variable_block_bound(problem, run, block)
+        H = H + problem.penalty.l2 * np.eye(len(block))
         entry = (H, _cholesky(H))
         if block_index is not None:
-            self._cache[block_index] = entry
+            run.cache[block_index] = entry
         return entry
 
-    def _block_lipschitz(self, problem, block, block_index):
+    def _block_lipschitz(self, problem, run, block, block_index):
         if block_index is not None:
-            return self._L_block[block_index]
-        H = self._variable_block_bound(problem, block)
+            return run.L_block[block_index]
+        H = self._variable_block_bound(problem, run, block)
         return float(np.linalg.eigvalsh(H)[-1]) + problem.penalty.l2
 
     # ------------------------------------------------------------------ one step
     def _greedy_tree(self, problem, state):
         """Forest block grown greedily by the rule's scores, with its exact update."""
-        pen = problem.penalty
+        pen, run = problem.penalty, state.run
         g = state.grad + pen.l2 * state.x
         if self.selection == "random":
-            order = self._rng.permutation(g.size)
+            order = run.rng.permutation(g.size)
         else:
-            score = g * g if self.selection == "gs" else g * g / self._A_diag
+            score = g * g if self.selection == "gs" else g * g / run.A_diag
             order = np.argsort(-score, kind="stable")
-        return _kernels.greedy_forest_solve(self._A_csr, self._A_diag, order, g)
+        return _kernels.greedy_forest_solve(run.A_csr, run.A_diag, order, g)
 
     def _step(self, problem, state: _BCDState) -> _BCDState:
-        if self._tree:
+        new = self._advance(problem, state)
+        if new.grad is not None and not _finite(0.0, 0.0, new.grad):
+            # The loop checks the objective, the residual and x; the gradient feeds the next
+            # block choice and the result, so it must be finite too.
+            raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])
+        return new
+
+    def _advance(self, problem, state: _BCDState) -> _BCDState:
+        run = state.run
+        if run.tree:
             return self._tree_step(problem, state)
         if (
             self.active_set_newton
@@ -463,7 +528,7 @@ class BlockCoordinateDescent(Solver):
             if new is not None:
                 return new
         block = self._select(problem, state)
-        block_index = None if self._variable else int(self._block_id[block[0]])
+        block_index = None if run.variable else int(run.block_id[block[0]])
         datafit, pen = problem.datafit, problem.penalty
         x, aux = state.x.copy(), state.aux.copy()
         xb = x[block]
@@ -473,19 +538,19 @@ class BlockCoordinateDescent(Solver):
             gb = datafit.gradient_block(state.x, state.aux, block)
         memory = state.memory
         if self.update == "gradient":
-            L = self._block_lipschitz(problem, block, block_index)
+            L = max(self._block_lipschitz(problem, run, block, block_index), _TINY)
             d = pen.prox(xb - gb / L, 1.0 / L) - xb
         elif self.update == "backtracking":
             d, memory = self._backtracking(problem, state, block, xb, gb)
         elif self.update == "matrix":
-            H, chol = self._block_matrix(problem, block, block_index)
+            H, chol = self._block_matrix(problem, run, block, block_index)
             d = _model_step(pen, xb, gb, H, chol)
         elif self.update == "newton":
             H = datafit.hessian(state.aux, block) + pen.l2 * np.eye(len(block))
             d = _model_step(pen, xb, gb, H, _cholesky(H))
             d = self._armijo(problem, state, block, xb, gb, d)
         else:  # exact block minimization of a quadratic
-            d = self._exact(problem, block, block_index, xb, gb)
+            d = self._exact(problem, run, block, block_index, xb, gb)
         moved = bool(np.any(d != 0))
         if moved:
             x[block] = xb + d
@@ -493,13 +558,13 @@ class BlockCoordinateDescent(Solver):
         k = state.k + 1
         # Random and cyclic rules need only the block's gradient: the full gradient (and the
         # stopping test) is then formed once per epoch, not at every block.
-        full = self._greedy or k % self._epoch == 0
-        if self._incremental is not None and k % self._epoch != 0 and state.grad is not None:
+        full = run.greedy or k % run.epoch == 0
+        if run.incremental is not None and k % run.epoch != 0 and state.grad is not None:
             # The gradient of a quadratic moves by H[:, b] @ d; the exact recomputation once
             # per epoch (the else branch) bounds the rounding drift.
             grad = state.grad.copy()
             if moved:
-                self._incremental.update(grad, block, d, aux=aux)
+                run.incremental.update(grad, block, d, aux=aux)
         else:
             grad = datafit.gradient(x, aux) if full else None
         new = _BCDState(
@@ -509,6 +574,7 @@ class BlockCoordinateDescent(Solver):
             grad=grad,
             k=k,
             memory=memory,
+            run=run,
         )
         new.residual = self._residual(problem, new) if full else state.residual
         new.record = {"block_size": float(len(block))}
@@ -544,7 +610,14 @@ class BlockCoordinateDescent(Solver):
             return None
         grad = datafit.gradient(x, aux)
         new = _BCDState(
-            x=x, fun=fun, aux=aux, grad=grad, k=state.k + 1, memory=state.memory, stable=0
+            x=x,
+            fun=fun,
+            aux=aux,
+            grad=grad,
+            k=state.k + 1,
+            memory=state.memory,
+            stable=0,
+            run=state.run,
         )
         new.residual = self._residual(problem, new)
         new.record = {"block_size": float(support.size)}
@@ -563,6 +636,7 @@ class BlockCoordinateDescent(Solver):
             grad=datafit.gradient(x, aux),
             k=state.k + 1,
             memory=state.memory,
+            run=state.run,
         )
         new.residual = self._residual(problem, new)
         new.record = {"block_size": float(block.size)}
@@ -572,9 +646,9 @@ class BlockCoordinateDescent(Solver):
         pen, datafit = problem.penalty, problem.datafit
         memory = state.memory.copy()
         # The block constant is at least each coordinate's: start from the largest remembered.
-        L = float(memory[block].max()) + pen.l2
+        L = max(float(memory[block].max()) + pen.l2, _TINY)
         f0 = datafit.value(state.x, state.aux)
-        while True:
+        for _ in range(_MAX_DOUBLINGS):
             d = pen.prox(xb - gb / L, 1.0 / L) - xb
             aux = state.aux.copy()
             datafit.update_aux(aux, block, d)
@@ -585,6 +659,12 @@ class BlockCoordinateDescent(Solver):
             ):
                 break
             L *= 2.0
+        else:
+            raise StopSolve(
+                Status.NUMERICAL_FAILURE,
+                "Numerical failure: the backtracking line search found no step size (a "
+                "non-finite datafit value?); the last finite iterate is returned.",
+            )
         memory[block] = L - pen.l2
         return d, memory
 
@@ -607,7 +687,7 @@ class BlockCoordinateDescent(Solver):
             t *= 0.5
         return np.zeros_like(d)
 
-    def _exact(self, problem, block, block_index, xb, gb):
+    def _exact(self, problem, run, block, block_index, xb, gb):
         datafit, pen = problem.datafit, problem.penalty
         if not pen.smooth:
             H = datafit.hessian_bound(block) + pen.l2 * np.eye(len(block))
@@ -615,7 +695,7 @@ class BlockCoordinateDescent(Solver):
         rhs = -(gb + pen.l2 * xb)
         if isinstance(datafit, LabelPropagationQuadratic):
             key = ("exact", block_index)
-            solve = self._cache.get(key) if block_index is not None else None
+            solve = run.cache.get(key) if block_index is not None else None
             if solve is None:
                 A_bb = (datafit.A[block][:, block] + pen.l2 * sp.eye(len(block))).tocsc()
                 if A_bb.nnz == len(block):
@@ -625,16 +705,16 @@ class BlockCoordinateDescent(Solver):
                     # Sparse elimination; on a forest it creates no fill (message passing).
                     solve = spla.factorized(A_bb)
                 if block_index is not None:
-                    self._cache[key] = solve
+                    run.cache[key] = solve
             return solve(rhs)
-        H, chol = self._block_matrix(problem, block, block_index)
+        H, chol = self._block_matrix(problem, run, block, block_index)
         return scipy.linalg.cho_solve(chol, rhs)
 
     def _result_fields(self, problem, state):
         grad = state.grad
         if grad is None:
             grad = problem.datafit.gradient(state.x, state.aux)
-        return {"blocks": self._blocks, "gradient": grad}
+        return {"blocks": state.run.blocks, "gradient": grad}
 
 
 def _cholesky(H):
@@ -673,3 +753,10 @@ def _model_step(pen, xb, gb, H, chol):
         if change <= 1e-12 * (1.0 + np.abs(xb).max()):
             break
     return d
+
+
+def _finite(fun, residual, *arrays) -> bool:
+    """Whether the scalars and the arrays (None for an array not formed) are all finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = [float(np.sum(a)) for a in arrays if a is not None]
+    return math.isfinite(fun) and math.isfinite(residual) and all(map(math.isfinite, sums))
