@@ -171,3 +171,17 @@ def test_x0_not_mutated():
     problem, _ = _logistic_problem(0)
     MMSolver().solve(problem, x0=x0)
     assert np.all(x0 == 0.0)
+
+
+def test_one_solver_with_an_anderson_object_serves_many_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    problems = [_logistic_problem(seed)[0] for seed in range(4)]
+    solver = MMSolver(anderson=AndersonAcceleration(memory=4), tol=1e-10)
+    alone = [solver.solve(p) for p in problems]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(solver.solve, problems * 2))
+    for ref, res in zip(alone * 2, together, strict=True):
+        np.testing.assert_array_equal(ref.x, res.x)
+        assert (ref.nit, ref.n_accepted, ref.n_rejected) == (res.nit, res.n_accepted,
+                                                           res.n_rejected)
