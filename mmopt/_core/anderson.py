@@ -11,6 +11,7 @@ does not increase. ``ANDERSON_OPTION`` is the option's entry for a solver's
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -381,10 +382,14 @@ class AndersonAcceleration:
         return AndersonStep(tried=True, accepted=False, value=value)
 
     def __repr__(self) -> str:
-        return (
-            f"AndersonAcceleration(memory={self.memory}, regularization={self.regularization}, "
-            f"damping={self.damping}, max_condition={self.max_condition}, delay={self.delay})"
+        # Like scikit-learn's estimators: only the options that differ from their defaults.
+        parameters = inspect.signature(AndersonAcceleration.__init__).parameters
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self._parameter_constraints
+            if getattr(self, name) != parameters[name].default
         )
+        return f"{type(self).__name__}({shown})"
 
 
 #: The ``anderson`` option's entry in a solver's ``_parameter_constraints`` table.
