@@ -165,7 +165,9 @@ def _huber_section(quick):
         "Diabetes (442x10) with 10% of the targets replaced by gross outliers; coefficient "
         "error relative to least squares on the clean samples only. Best of "
         f"{repeat} fits each. HuberRegressor estimates the scale jointly (L-BFGS), mmopt uses "
-        "a MAD scale and IRLS with Anderson acceleration.\n\n" + markdown_table(rows)
+        "a MAD scale and IRLS with Anderson acceleration; its iterations count every IRLS "
+        "solve of the fit (the Huber passes that estimate the scale, then the final "
+        "fit).\n\n" + markdown_table(rows)
     )
 
 

@@ -1,12 +1,24 @@
 """mmopt.losses against closed forms, finite differences and the 95%-efficiency constants."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
 
-from mmopt.losses import LOSSES, RobustLoss, TrimmedLoss, get_loss
+from mmopt.losses import (
+    LOSSES,
+    CauchyLoss,
+    HuberLoss,
+    L2Loss,
+    RobustLoss,
+    TrimmedLoss,
+    TukeyLoss,
+    WelschLoss,
+    get_loss,
+)
 
 POINTWISE = [name for name, cls in LOSSES.items() if cls is not TrimmedLoss]
 
@@ -93,3 +105,75 @@ def test_get_loss_with_an_instance():
     assert get_loss(loss) is loss
     other = get_loss(loss, c=1.0)
     assert isinstance(other, RobustLoss) and other.c == 1.0 and loss.c != 1.0
+
+
+# Moved from tests/mm/test_losses.py when mmopt/mm/losses.py became mmopt.losses.
+DEFAULT_C = {"l2": 1.0, "huber": 1.345, "cauchy": 2.3849, "welsch": 2.9846, "tukey": 4.685}
+
+
+@pytest.mark.parametrize("name", POINTWISE)
+def test_defaults_and_override(name):
+    assert get_loss(name).c == DEFAULT_C[name]
+    assert get_loss(name, c=0.7).c == 0.7
+    assert get_loss(name).name == name
+    assert get_loss(get_loss(name, c=3.0)).c == 3.0
+
+
+@pytest.mark.parametrize("name", POINTWISE)
+def test_weights_bounded_symmetric_and_non_increasing(name):
+    loss = get_loss(name)
+    u = np.linspace(0.0, 1e3, 20_001)
+    w = loss.weight(u)
+    assert np.all(np.isfinite(w)) and np.all((w >= 0) & (w <= 1))
+    assert np.all(np.diff(w) <= 0)
+    np.testing.assert_array_equal(loss.weight(-u), w)
+    np.testing.assert_allclose(loss.psi(u), u * w, rtol=1e-15)
+
+
+def test_closed_forms():
+    u = np.array([0.5, 2.0, -7.0])
+    np.testing.assert_allclose(HuberLoss(c=1.0).rho(u), [0.125, 1.5, 6.5], rtol=1e-15)
+    np.testing.assert_allclose(HuberLoss(c=1.0).psi(u), [0.5, 1.0, -1.0])
+    np.testing.assert_allclose(CauchyLoss(c=2.0).rho(u), 2.0 * np.log(1 + u**2 / 4))
+    np.testing.assert_allclose(WelschLoss(c=2.0).rho(u), 2.0 * (1 - np.exp(-(u**2) / 4)))
+    np.testing.assert_allclose(TukeyLoss(c=1.0).rho(u), [(1 - 0.75**3) / 6, 1 / 6, 1 / 6])
+    np.testing.assert_allclose(L2Loss().rho(u), 0.5 * u * u)
+    # Welsch is bounded: a gross outlier costs at most c^2 / 2.
+    assert WelschLoss(c=2.0).rho(1e10) == 2.0
+    # Accurate for tiny residuals (no cancellation).
+    assert WelschLoss().rho(1e-10) == pytest.approx(0.5e-20, rel=1e-12)
+    assert CauchyLoss().rho(1e-10) == pytest.approx(0.5e-20, rel=1e-12)
+
+
+def test_convexity_flags():
+    assert L2Loss.convex and HuberLoss.convex
+    assert not (CauchyLoss.convex or WelschLoss.convex or TukeyLoss.convex)
+
+
+def test_losses_are_immutable():
+    loss = HuberLoss()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loss.c = 2.0
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (("bogus",), ValueError, "loss must be one of 'l2', 'huber'"),
+        ((3,), ValueError, "loss must be one of"),
+        (("huber", 0.0), ValueError, "c must be > 0"),
+        (("welsch", -1.0), ValueError, "c must be > 0"),
+        (("cauchy", "big"), TypeError, "c must be a real number"),
+        (("cauchy", np.inf), ValueError, "c must be finite"),
+    ],
+)
+def test_bad_argument_types_and_values(args, error, match):
+    with pytest.raises(error, match=match):
+        get_loss(*args)
+
+
+def test_mm_reexports_the_shared_losses():
+    import mmopt.mm
+
+    for name in ("RobustLoss", "HuberLoss", "CauchyLoss", "WelschLoss", "TukeyLoss", "get_loss"):
+        assert getattr(mmopt.mm, name) is getattr(__import__("mmopt.losses").losses, name)

@@ -1,22 +1,80 @@
-"""Type-II Anderson acceleration of a fixed-point map, with the safeguard MM methods need."""
+"""Type-II Anderson acceleration of a fixed-point map, and its safeguard protocol.
+
+:class:`AndersonAcceleration` is both the option a solver accepts (``anderson=True``,
+``False`` or a configured instance) and, through :meth:`AndersonAcceleration.fresh`, the
+per-run accelerator that keeps the history. :func:`make_accelerator` turns the option into a
+fresh accelerator for one solve, and :meth:`AndersonAcceleration.safeguarded_step` is the one
+safeguard protocol: extrapolate, evaluate, keep the extrapolated point only if the objective
+does not increase. ``ANDERSON_OPTION`` is the option's entry for a solver's
+``_parameter_constraints`` table.
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-from mmopt._core.validation import check_scalar
+from mmopt._core.params import InstanceOf, Interval, validate_params
 
-__all__ = ["AndersonAcceleration"]
+__all__ = [
+    "ANDERSON_OPTION",
+    "AndersonAcceleration",
+    "AndersonStep",
+    "anderson_counts",
+    "make_accelerator",
+]
+
+
+@dataclass(frozen=True)
+class AndersonStep:
+    """What :meth:`AndersonAcceleration.safeguarded_step` decided.
+
+    Attributes
+    ----------
+    tried : bool
+        Whether an extrapolated point was proposed and evaluated (False while the history is
+        too short, during the delay after a reset, or when no well-conditioned subset of the
+        history was left).
+    accepted : bool
+        Whether the extrapolated point was kept. When False the caller takes its plain step.
+    point : object or None
+        The accepted point (after ``to_point``), else None.
+    value : float
+        The objective at the extrapolated point (NaN when none was tried).
+    info : object or None
+        What ``evaluate`` returned beside the value for the extrapolated point (the plain step
+        from it, correspondences, ...), kept when it was accepted, else None.
+    """
+
+    tried: bool = False
+    accepted: bool = False
+    point: Any = None
+    value: float = float("nan")
+    info: Any = None
+
+    @property
+    def record(self) -> float:
+        """For the history: 1.0 kept, 0.0 refused, NaN when nothing was proposed."""
+        if not self.tried:
+            return float("nan")
+        return 1.0 if self.accepted else 0.0
+
+
+_NOT_TRIED = AndersonStep()
 
 
 class AndersonAcceleration:
     """Type-II Anderson acceleration of a fixed-point iteration ``x <- G(x)``.
 
-    Keeps the last ``m`` differences of the residuals ``r_k = G(x_k) - x_k`` and of the map
-    values ``G(x_k)``, solves the small least-squares problem
+    Keeps the last ``memory`` differences of the residuals ``r_k = G(x_k) - x_k`` and of the
+    map values ``G(x_k)``, solves the small least-squares problem
     ``theta = argmin ||r_k - dR theta||^2 + regularization ||D theta||^2`` (``D`` scales the
     columns of ``dR`` to unit norm) through its regularized normal equations, whose Gram
-    matrix is kept up to date one column at a time (``O(d m)`` work per update), and
+    matrix is kept up to date one column at a time (``O(d memory)`` work per update), and
     proposes
 
     ``x_{k+1} = x_k + damping * r_k - (dX + damping * dR) theta``,
@@ -24,17 +82,20 @@ class AndersonAcceleration:
     which for ``damping=1`` is the classic ``G(x_k) - dG theta``. Columns that make the system
     ill-conditioned are dropped, oldest first; when none is left the history is reset.
 
-    The proposal is only a candidate. Callers apply the safeguard with :meth:`safeguard`:
-    keep the proposal only when its objective (or residual norm) is no larger than the
-    reference (the plain step's value, or the last accepted one); otherwise take the plain
-    step ``G(x_k)``, and the history is reset. ``n_accepted``, ``n_rejected`` and ``n_resets``
-    count what happened; :attr:`extrapolated` tells whether the last :meth:`update` returned
-    an extrapolated point or the plain step.
+    The proposal is only a candidate. :meth:`safeguarded_step` is the protocol solvers use:
+    it records ``(x, G(x))``, evaluates the extrapolated point and keeps it only if its
+    objective is no larger than a reference (the current objective); otherwise the caller
+    takes the plain step ``G(x)`` and the history is reset. ``n_accepted``, ``n_rejected``
+    and ``n_resets`` count what happened.
+
+    A solver takes this object as its ``anderson`` option: it is then a configuration, and
+    each solve runs with its own :meth:`fresh` copy (see :func:`make_accelerator`), so the
+    caller's object is never changed and one solver can serve several threads.
 
     Parameters
     ----------
-    m : int, default=5
-        Memory: number of past differences used.
+    memory : int, default=5
+        Number of past differences used.
     regularization : float, default=1e-10
         Tikhonov term on the column-normalized least-squares problem; a small value damps
         wild extrapolations when the differences are nearly collinear.
@@ -46,6 +107,15 @@ class AndersonAcceleration:
         Number of plain steps after each reset before extrapolating again. A short delay
         avoids proposals built from differences that straddle a change of regime.
 
+    References
+    ----------
+    .. [1] D. G. Anderson, "Iterative procedures for nonlinear integral equations",
+       *J. ACM* 12(4), 547-560, 1965.
+    .. [2] H. F. Walker and P. Ni, "Anderson acceleration for fixed-point iterations",
+       *SIAM J. Numer. Anal.* 49(4), 1715-1735, 2011.
+    .. [3] J. Zhang, Y. Yao and B. Deng, "Fast and robust iterative closest point",
+       *IEEE TPAMI* 44(7), 3450-3466, 2022 (the objective safeguard).
+
     Examples
     --------
     Accelerate the linear fixed-point map ``G(x) = A x + b``:
@@ -53,30 +123,62 @@ class AndersonAcceleration:
     >>> import numpy as np
     >>> from mmopt import AndersonAcceleration
     >>> A = np.diag([0.9, 0.5, 0.99]); b = np.ones(3)
-    >>> aa = AndersonAcceleration(m=3)
+    >>> aa = AndersonAcceleration(memory=3)
     >>> x = np.zeros(3)
     >>> for _ in range(6):
     ...     x = aa.update(x, A @ x + b)
     >>> bool(np.allclose(x, np.linalg.solve(np.eye(3) - A, b)))
     True
+
+    The safeguarded protocol, minimizing ``F(x) = ||x - c||^2 / 2`` by the gradient map
+    ``G(x) = x - (x - c) / 2``:
+
+    >>> c = np.array([1.0, -2.0])
+    >>> aa = AndersonAcceleration(memory=2).fresh()
+    >>> x = np.zeros(2)
+    >>> for _ in range(5):
+    ...     g = x - 0.5 * (x - c)
+    ...     step = aa.safeguarded_step(
+    ...         x, g, lambda p: (0.5 * float((p - c) @ (p - c)), None),
+    ...         reference=0.5 * float((x - c) @ (x - c)),
+    ...     )
+    ...     x = step.point if step.accepted else g
+    >>> bool(np.allclose(x, c)), aa.n_accepted, aa.n_rejected
+    (True, 3, 0)
     """
+
+    _parameter_constraints = {
+        "memory": [Interval(int, 1, None)],
+        "regularization": [Interval(float, 0, None)],
+        "damping": [Interval(float, 0, 1, closed="right")],
+        "max_condition": [Interval(float, 1, None)],
+        "delay": [Interval(int, 0, None)],
+    }
 
     def __init__(
         self,
-        m: int = 5,
+        memory: int = 5,
         *,
         regularization: float = 1e-10,
         damping: float = 1.0,
         max_condition: float = 1e10,
         delay: int = 0,
     ):
-        self.m = check_scalar(m, "m", kind=int, min_value=1)
-        self.regularization = check_scalar(regularization, "regularization", min_value=0.0)
-        self.damping = check_scalar(
-            damping, "damping", min_value=0.0, max_value=1.0, include_min=False
+        validate_params(
+            self._parameter_constraints,
+            {
+                "memory": memory,
+                "regularization": regularization,
+                "damping": damping,
+                "max_condition": max_condition,
+                "delay": delay,
+            },
         )
-        self.max_condition = check_scalar(max_condition, "max_condition", min_value=1.0)
-        self.delay = check_scalar(delay, "delay", kind=int, min_value=0)
+        self.memory = int(memory)
+        self.regularization = float(regularization)
+        self.damping = float(damping)
+        self.max_condition = float(max_condition)
+        self.delay = int(delay)
         self.n_accepted = 0
         self.n_rejected = 0
         self.n_resets = 0
@@ -94,13 +196,13 @@ class AndersonAcceleration:
         self.n_resets += 1
 
     def fresh(self) -> AndersonAcceleration:
-        """A new accelerator with the same options and an empty history.
+        """A new accelerator with the same options, an empty history and zero counts.
 
         A solver given an accelerator as an option runs with ``accelerator.fresh()``, so that
         the caller's object is never mutated and concurrent solves never share a history.
         """
         return type(self)(
-            self.m,
+            self.memory,
             regularization=self.regularization,
             damping=self.damping,
             max_condition=self.max_condition,
@@ -115,9 +217,9 @@ class AndersonAcceleration:
     def _allocate(self, size: int) -> None:
         # Zero-filled so that unused columns never carry NaN garbage into the products
         # below, which run over the whole buffer.
-        self._dG = np.zeros((size, self.m), order="F")
-        self._dR = np.zeros((size, self.m), order="F")
-        self._gram = np.zeros((self.m, self.m))
+        self._dG = np.zeros((size, self.memory), order="F")
+        self._dR = np.zeros((size, self.memory), order="F")
+        self._gram = np.zeros((self.memory, self.memory))
 
     def update(self, x, g) -> np.ndarray:
         """Record the pair ``(x, G(x))`` and return the next point to try.
@@ -157,8 +259,8 @@ class AndersonAcceleration:
             products = self._dR.T @ self._dR[:, col]
             self._gram[col, :] = products
             self._gram[:, col] = products
-            self._next_col = (col + 1) % self.m
-            self._n_cols = min(self._n_cols + 1, self.m)
+            self._next_col = (col + 1) % self.memory
+            self._n_cols = min(self._n_cols + 1, self.memory)
         self._g_prev = g.copy()
         self._r_prev = r
         self._since_reset += 1
@@ -183,7 +285,8 @@ class AndersonAcceleration:
         """
         # Columns in chronological order, newest last, so that dropping from the front drops
         # the oldest differences.
-        order = [(self._next_col + i) % self.m for i in range(self.m)][self.m - self._n_cols :]
+        memory = self.memory
+        order = [(self._next_col + i) % memory for i in range(memory)][memory - self._n_cols :]
         rhs_all = self._dR.T @ r
         while order:
             gram = self._gram[np.ix_(order, order)]
@@ -201,7 +304,7 @@ class AndersonAcceleration:
                 phi = np.linalg.solve(normalized, rhs_all[order] / norms)
                 theta_used = phi / norms
                 if np.all(np.isfinite(theta_used)):
-                    theta = np.zeros(self.m)
+                    theta = np.zeros(self.memory)
                     theta[order] = theta_used
                     return theta
             order = order[1:]
@@ -209,14 +312,14 @@ class AndersonAcceleration:
         return None
 
     def safeguard(self, value: float, reference: float) -> bool:
-        """Apply the safeguard to an extrapolated point and keep the counts.
+        """Decide on an extrapolated point from its objective, and keep the counts.
 
         Parameters
         ----------
         value : float
             Objective (or residual norm) at the extrapolated point.
         reference : float
-            The value it must not exceed: at the plain step, or the last accepted value.
+            The value it must not exceed: the current objective, or the last accepted one.
 
         Returns
         -------
@@ -231,8 +334,92 @@ class AndersonAcceleration:
         self.reset()
         return False
 
+    def safeguarded_step(
+        self,
+        x,
+        g,
+        evaluate: Callable[[Any], tuple[float, Any]],
+        reference: float,
+        *,
+        to_point: Callable[[np.ndarray], Any] | None = None,
+    ) -> AndersonStep:
+        """One safeguarded Anderson step: extrapolate, evaluate, keep it only if no worse.
+
+        Records ``(x, G(x))`` with :meth:`update`; when that gives an extrapolated point,
+        maps it with ``to_point`` (a projection onto the domain, or from the accelerated
+        variables back to the iterate), evaluates it and applies :meth:`safeguard` against
+        ``reference``. The caller takes its plain step ``G(x)`` unless the result says
+        ``accepted``; so a solver whose plain step never increases the objective stays
+        monotone with the acceleration on.
+
+        Parameters
+        ----------
+        x : ndarray of shape (d,)
+            The current iterate, in the accelerated variables.
+        g : ndarray of shape (d,)
+            ``G(x)``, the plain fixed-point step, in the same variables.
+        evaluate : callable
+            ``evaluate(point) -> (value, info)``: the objective at the proposed point and
+            whatever else the caller computed there and wants back (``info``).
+        reference : float
+            The largest objective accepted (usually the objective at ``x``).
+        to_point : callable, optional
+            Maps the extrapolated vector to the point that ``evaluate`` takes; identity when
+            None.
+
+        Returns
+        -------
+        AndersonStep
+            ``tried``, ``accepted``, the accepted ``point``, its ``value`` and ``info``.
+        """
+        candidate = self.update(x, g)
+        if not self.extrapolated:
+            return _NOT_TRIED
+        point = candidate if to_point is None else to_point(candidate)
+        value, info = evaluate(point)
+        if self.safeguard(value, reference):
+            return AndersonStep(tried=True, accepted=True, point=point, value=value, info=info)
+        return AndersonStep(tried=True, accepted=False, value=value)
+
     def __repr__(self) -> str:
-        return (
-            f"AndersonAcceleration(m={self.m}, regularization={self.regularization}, "
-            f"damping={self.damping}, max_condition={self.max_condition}, delay={self.delay})"
+        # Like scikit-learn's estimators: only the options that differ from their defaults.
+        parameters = inspect.signature(AndersonAcceleration.__init__).parameters
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self._parameter_constraints
+            if getattr(self, name) != parameters[name].default
         )
+        return f"{type(self).__name__}({shown})"
+
+
+#: The ``anderson`` option's entry in a solver's ``_parameter_constraints`` table.
+ANDERSON_OPTION = [bool, InstanceOf(AndersonAcceleration)]
+
+
+def make_accelerator(option: bool | AndersonAcceleration | None) -> AndersonAcceleration | None:
+    """The per-run accelerator for a solver's ``anderson`` option.
+
+    ``True`` gives a default :class:`AndersonAcceleration`, ``False`` (or None) no
+    acceleration, and an instance its :meth:`~AndersonAcceleration.fresh` copy, so that the
+    option object is never mutated by a solve.
+
+    Examples
+    --------
+    >>> from mmopt._core.anderson import AndersonAcceleration, make_accelerator
+    >>> option = AndersonAcceleration(memory=3)
+    >>> aa = make_accelerator(option)
+    >>> aa is not option, aa.memory, make_accelerator(False)
+    (True, 3, None)
+    """
+    if isinstance(option, AndersonAcceleration):
+        return option.fresh()
+    if option is None or not option:
+        return None
+    return AndersonAcceleration()
+
+
+def anderson_counts(accelerator: AndersonAcceleration | None) -> dict[str, int]:
+    """``n_accepted`` and ``n_rejected`` of a run's accelerator (0 and 0 without one)."""
+    if accelerator is None:
+        return {"n_accepted": 0, "n_rejected": 0}
+    return {"n_accepted": accelerator.n_accepted, "n_rejected": accelerator.n_rejected}

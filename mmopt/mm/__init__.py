@@ -4,10 +4,11 @@
 :class:`MMSolver` the solver, and the built-in problems come with scikit-learn estimators:
 robust linear regression by iteratively reweighted least squares
 (:class:`RobustRegressionProblem`, :class:`MMRobustRegressor`) and non-negative matrix
-factorization by multiplicative updates (:class:`NMFProblem`, :class:`MMNMF`).
+factorization by multiplicative updates (:class:`NMFProblem`, :class:`MMNMF`). The robust
+losses are those of :mod:`mmopt.losses`, re-exported here.
 """
 
-from mmopt.mm.losses import CauchyLoss, HuberLoss, RobustLoss, WelschLoss, get_loss
+from mmopt.losses import CauchyLoss, HuberLoss, RobustLoss, TukeyLoss, WelschLoss, get_loss
 from mmopt.mm.nmf import MMNMF, NMFProblem
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.robust_regression import MMRobustRegressor, RobustRegressionProblem, mad_scale
@@ -23,6 +24,7 @@ __all__ = [
     "NMFProblem",
     "RobustLoss",
     "RobustRegressionProblem",
+    "TukeyLoss",
     "WelschLoss",
     "get_loss",
     "mad_scale",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
@@ -13,8 +12,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
+from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
+from mmopt._core.params import InstanceOf, Interval, Options, constraints_of, validate_params
 from mmopt._core.threads import check_n_threads
-from mmopt._core.validation import check_array, check_choice, check_input, check_scalar
+from mmopt._core.validation import check_array, check_choice, check_input
 from mmopt.mm._kernels import EPSILON as _EPSILON
 from mmopt.mm._kernels import multiplicative_update, sparse_ratio_and_kl
 from mmopt.mm.problem import MMProblem
@@ -77,9 +78,8 @@ class NMFProblem(MMProblem):
         Update ``H`` too (False: only ``W`` moves).
     n_threads : int or None, default=1
         Threads of the sparse Kullback-Leibler kernel (None: all available). One by
-        default: on a 2-core machine two OpenMP threads made each sweep 3x slower, as the
-        OpenMP and OpenBLAS thread pools spun against each other between the kernel and the
-        BLAS products (with ``OPENBLAS_NUM_THREADS=1`` two threads were 1.4x faster).
+        default, because the kernel's OpenMP threads compete with the BLAS threads of the
+        products around it; raise it when BLAS runs single-threaded.
 
     Notes
     -----
@@ -88,6 +88,11 @@ class NMFProblem(MMProblem):
     ``W H H^T``, the numerator and denominator of the ``W`` update. A zero entry of ``W`` or
     ``H`` stays zero under multiplicative updates, so :meth:`project` clips extrapolated
     (Anderson) points to a tiny positive floor rather than to zero.
+
+    References
+    ----------
+    .. [1] D. D. Lee and H. S. Seung, "Algorithms for non-negative matrix factorization",
+       *Advances in Neural Information Processing Systems* 13, 556-562, 2001.
 
     Examples
     --------
@@ -205,9 +210,9 @@ class NMFProblem(MMProblem):
         """Clip an extrapolated point to a small positive floor.
 
         Multiplicative updates can never leave an exact zero, and entries clipped far below
-        their scale take many sweeps to grow back. Of the floors 0, 1e-12, 1e-6, 1e-5, 1e-4
-        and 1e-3 (times the largest entry), 1e-6 and 1e-5 needed the fewest sweeps on digits
-        (k = 6, 10, 16); 0 stalled and 1e-3 rejected 93-97% of the extrapolations.
+        their scale take many sweeps to grow back, so the floor is ``1e-6`` times the largest
+        entry: a zero floor stalls the updates, and a high one makes most extrapolations
+        worse than the plain step.
         """
         floor = 1e-6 * max(float(np.max(x)), _EPSILON)
         return np.maximum(x, floor)
@@ -374,10 +379,10 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Initial factors (see :func:`mmopt.mm.nmf.initialize_factors`); ``"custom"`` takes
         ``W`` and ``H`` passed to ``fit``. None means ``"nndsvda"`` when
         ``n_components <= min(n_samples, n_features)``, else ``"random"``.
-    anderson : bool, default=True
-        Accelerate the multiplicative updates with safeguarded Anderson acceleration.
-    m : int, default=5
-        Anderson memory.
+    anderson : bool or AndersonAcceleration, default=True
+        Accelerate the multiplicative updates with safeguarded Anderson acceleration: True
+        for the default :class:`mmopt.AndersonAcceleration`, False for plain updates, or a
+        configured instance (see :class:`mmopt.mm.MMSolver`).
     tol : float, default=1e-4
         Stop when one sweep changes the factors by at most ``tol`` relative to their norm,
         ``||G(x) - x|| / max(||x||, 1)`` (scikit-learn's ``NMF`` tests the decrease of the
@@ -416,14 +421,28 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints = {
+        "n_components": [None, Interval(int, 1, None)],
+        "loss": [Options(LOSSES)],
+        "init": [None, Options({"random", "nndsvd", "nndsvda", "nndsvdar", "custom"})],
+        "anderson": ANDERSON_OPTION,
+        "tol": [Interval(float, 0, None)],
+        "max_iter": [Interval(int, 1, None)],
+        "random_state": [
+            None,
+            Interval(int, 0, 2**32 - 1),
+            InstanceOf(np.random.RandomState, name="a numpy RandomState"),
+        ],
+        "verbose": [Interval(int, 0, None)],
+    }
+
     def __init__(
         self,
         n_components: int | None = None,
         *,
         loss: str = "frobenius",
         init: str | None = None,
-        anderson: bool = True,
-        m: int = 5,
+        anderson: bool | AndersonAcceleration = True,
         tol: float = 1e-4,
         max_iter: int = 200,
         random_state=None,
@@ -433,7 +452,6 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.loss = loss
         self.init = init
         self.anderson = anderson
-        self.m = m
         self.tol = tol
         self.max_iter = max_iter
         self.random_state = random_state
@@ -449,11 +467,14 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _solver(self, *, tol=None) -> MMSolver:
         return MMSolver(
             anderson=self.anderson,
-            m=self.m,
             tol=self.tol if tol is None else tol,
             max_iter=self.max_iter,
             verbose=self.verbose,
         )
+
+    def _validate_params(self) -> None:
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
 
     def _validate_data_nonnegative(self, X, reset):
         check_input(X, "X", allow_sparse=True, ndim=2)
@@ -480,23 +501,13 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples, n_components)
         """
+        self._validate_params()
         X = self._validate_data_nonnegative(X, reset=True)
         n_samples, n_features = X.shape
-        if self.n_components is None:
-            k = n_features
-        else:
-            if isinstance(self.n_components, (bool, np.bool_)) or not isinstance(
-                self.n_components, numbers.Integral
-            ):
-                raise TypeError(
-                    f"n_components must be an integer or None, got {self.n_components!r}."
-                )
-            k = check_scalar(self.n_components, "n_components", kind=int, min_value=1)
-        check_choice(self.loss, "loss", LOSSES)
+        k = n_features if self.n_components is None else int(self.n_components)
         init = self.init
         if init is None:
             init = "nndsvda" if k <= min(n_samples, n_features) else "random"
-        check_choice(init, "init", ("random", "nndsvd", "nndsvda", "nndsvdar", "custom"))
         # Data far from unit scale (beyond 1e30 or below 1e-30) is factorized as X / unit,
         # whose squares stay in range; X = (root W)(root H) with root = sqrt(unit) exact.
         unit = _unit(X)

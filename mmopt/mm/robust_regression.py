@@ -1,7 +1,7 @@
 """Robust linear regression by iteratively reweighted least squares, read as MM.
 
-For a robust loss ``rho`` whose ``rho(sqrt(t))`` is concave (Huber, Cauchy, Welsch; see
-:mod:`mmopt.mm.losses`), each term of
+For a robust loss ``rho`` whose ``rho(sqrt(t))`` is concave (Huber, Cauchy, Welsch, Tukey;
+see :mod:`mmopt.losses`), each term of
 
 ``F(beta) = sum_i sw_i rho((y_i - x_i beta) / scale) + alpha / 2 ||coef||^2``
 
@@ -25,6 +25,9 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
+from mmopt._core.params import InstanceOf, Interval, Options, constraints_of, validate_params
+from mmopt._core.result import Result
 from mmopt._core.validation import (
     check_array,
     check_choice,
@@ -32,7 +35,7 @@ from mmopt._core.validation import (
     check_scalar,
     readonly,
 )
-from mmopt.mm.losses import HuberLoss, RobustLoss, get_loss
+from mmopt.losses import LOSSES, HuberLoss, RobustLoss, TrimmedLoss, get_loss
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.solver import MMSolver
 
@@ -51,6 +54,21 @@ _MAX_CHOLESKY_RATIO = 1e7
 # fraction, or after this many passes.
 _SCALE_RTOL = 1e-2
 _MAX_SCALE_PASSES = 20
+# The losses IRLS can use: every pointwise loss of mmopt.losses (a trimmed loss decides which
+# residuals count from all of them, so it has no per-residual majorizer).
+_IRLS_LOSSES = tuple(name for name, cls in LOSSES.items() if cls is not TrimmedLoss)
+
+
+def _irls_loss(loss, c) -> RobustLoss:
+    """The loss object for IRLS from ``loss`` and ``c``; a trimmed loss is refused."""
+    rho = get_loss(loss, c)
+    if isinstance(rho, TrimmedLoss):
+        options = ", ".join(repr(name) for name in _IRLS_LOSSES)
+        raise ValueError(
+            f"loss must be one of {options} or a pointwise RobustLoss; a trimmed loss has no "
+            "IRLS weights per residual."
+        )
+    return rho
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -194,8 +212,8 @@ class RobustRegressionProblem(MMProblem):
         Dense design matrix.
     y : array-like of shape (n_samples,)
         Targets.
-    loss : {"huber", "cauchy", "welsch"} or RobustLoss, default="huber"
-        The robust loss (see :mod:`mmopt.mm.losses`).
+    loss : {"huber", "cauchy", "welsch", "tukey", "l2"} or RobustLoss, default="huber"
+        The robust loss (see :mod:`mmopt.losses`; any but the trimmed loss).
     c : float, optional
         The loss's tuning constant, in units of ``scale``; its 95%-efficiency default when
         None.
@@ -258,7 +276,7 @@ class RobustRegressionProblem(MMProblem):
             raise ValueError(
                 f"y must have shape (n_samples,) = ({n_samples},) to match X, got {y.shape}."
             )
-        rho = get_loss(self.loss, self.c)
+        rho = _irls_loss(self.loss, self.c)
         scale = check_scalar(self.scale, "scale", min_value=0.0, include_min=False)
         if not isinstance(self.fit_intercept, (bool, np.bool_)):
             raise TypeError(f"fit_intercept must be True or False, got {self.fit_intercept!r}.")
@@ -383,22 +401,22 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    loss : {"huber", "cauchy", "welsch"}, default="huber"
-        The robust loss; see :mod:`mmopt.mm.losses`.
+    loss : {"huber", "cauchy", "welsch", "tukey", "l2"} or RobustLoss, default="huber"
+        The robust loss; see :mod:`mmopt.losses` (any loss but the trimmed one).
     c : float, optional
         Tuning constant of the loss in units of the scale; the 95%-efficiency default
-        (1.345, 2.3849, 2.9846) when None.
+        (1.345, 2.3849, 2.9846, 4.685) when None.
     scale : float, optional
         Fixed positive residual scale; estimated (see above) when None.
     alpha : float, default=0.0
         L2 penalty on the coefficients (not the intercept).
     fit_intercept : bool, default=True
         Fit an intercept.
-    anderson : bool, default=True
+    anderson : bool or AndersonAcceleration, default=True
         Accelerate IRLS with safeguarded Anderson acceleration (the objective still never
-        increases).
-    m : int, default=5
-        Anderson memory.
+        increases): True for the default :class:`mmopt.AndersonAcceleration`, False for plain
+        IRLS, or a configured instance (its ``memory``, ``damping`` ...); see
+        :class:`mmopt.mm.MMSolver`.
     tol : float, default=1e-6
         Stopping tolerance on the relative fixed-point residual of each solve.
     max_iter : int, default=500
@@ -415,11 +433,18 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
     scale_ : float
         The scale used by the final fit (``scale`` when given).
     n_iter_ : int
-        Iterations of the final solve.
+        Iterations of all the solves of the fit: the Huber passes (scale estimation, or the
+        start of a non-convex loss) and the final solve.
     result_ : mmopt.Result
-        The final solve's result: ``x`` is ``coef_`` followed by ``intercept_`` (when
-        fitted), ``fun`` the objective above at ``scale_``; also ``history``,
-        ``n_evaluations``, ``n_accepted``, ``n_rejected`` (see :class:`mmopt.mm.MMSolver`).
+        The fit as one result. ``x``, ``fun``, ``status``, ``message`` and ``residual`` are
+        the final solve's: ``x`` is ``coef_`` followed by ``intercept_`` (when fitted), ``fun``
+        the objective above at ``scale_``. ``nit`` (equal to ``n_iter_``), ``time``,
+        ``n_evaluations``, ``n_accepted`` and ``n_rejected`` (see
+        :class:`mmopt.mm.MMSolver`) add up all the solves, and ``history`` runs through them
+        one after the other, with two more columns: ``stage`` (0, 1, ... the solve an
+        iteration belongs to; the last is the final fit) and ``scale`` (the scale of that
+        solve, in the units of ``y``); ``time`` and ``n_evaluations`` count from the start
+        of the fit. ``nit_per_stage`` gives the iterations of each solve.
     weights_ : ndarray of shape (n_samples,)
         Final IRLS weights ``w(r_i / scale_)`` in [0, 1], without ``sample_weight``.
     outliers_ : ndarray of bool of shape (n_samples,)
@@ -450,6 +475,18 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
     (array([1., 2., 3.]), 20)
     """
 
+    _parameter_constraints = {
+        "loss": [Options(_IRLS_LOSSES), InstanceOf(RobustLoss, name="a RobustLoss")],
+        "c": [None, Interval(float, 0, None, closed="neither")],
+        "scale": [None, Interval(float, 0, None, closed="neither")],
+        "alpha": [Interval(float, 0, None)],
+        "fit_intercept": [bool],
+        "anderson": ANDERSON_OPTION,
+        "tol": [Interval(float, 0, None)],
+        "max_iter": [Interval(int, 1, None)],
+        "verbose": [Interval(int, 0, None)],
+    }
+
     def __init__(
         self,
         loss: str = "huber",
@@ -458,8 +495,7 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         scale: float | None = None,
         alpha: float = 0.0,
         fit_intercept: bool = True,
-        anderson: bool = True,
-        m: int = 5,
+        anderson: bool | AndersonAcceleration = True,
         tol: float = 1e-6,
         max_iter: int = 500,
         verbose: int = 0,
@@ -470,7 +506,6 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.anderson = anderson
-        self.m = m
         self.tol = tol
         self.max_iter = max_iter
         self.verbose = verbose
@@ -496,19 +531,25 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         """
         check_input(X, "X", allow_sparse=True, ndim=2)
         check_input(y, "y")
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
-        rho = get_loss(self.loss, self.c)
-        if self.scale is not None:
-            check_scalar(self.scale, "scale", min_value=0.0, include_min=False)
+        rho = _irls_loss(self.loss, self.c)
         y, unit = self._normalize_targets(y)
         solver = MMSolver(
             anderson=self.anderson,
-            m=self.m,
             tol=self.tol,
             max_iter=self.max_iter,
             verbose=self.verbose,
         )
         huber = rho if isinstance(rho, HuberLoss) else HuberLoss()
+        # Every solve of the fit, with its scale: the reported iterations and history cover
+        # them all.
+        solves: list[tuple[Result, float]] = []
+
+        def run(problem, x0=None):
+            result = solver.solve(problem, x0=x0)
+            solves.append((result, problem.scale))
+            return result
 
         def problem(loss, scale):
             return RobustRegressionProblem(
@@ -537,7 +578,7 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
             x_huber = None
             for _ in range(_MAX_SCALE_PASSES):
                 start = problem(huber, scale)
-                x_huber = solver.solve(start, x0=x_huber).x
+                x_huber = run(start, x0=x_huber).x
                 previous = scale
                 scale = mad_scale(
                     start.residuals(x_huber), sample_weight=start.sample_weight, center=center
@@ -545,14 +586,15 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
                 if abs(scale - previous) <= _SCALE_RTOL * previous:
                     break
             final = problem(rho, scale)
-            result = solver.solve(final, x0=x_huber)
+            run(final, x0=x_huber)
         else:
             final = problem(rho, self.scale)
             x0 = None
             if not rho.convex:
-                x0 = solver.solve(problem(huber, self.scale)).x
-            result = solver.solve(final, x0=x0)
+                x0 = run(problem(huber, self.scale)).x
+            run(final, x0=x0)
 
+        result = _chain_results(solves, unit)
         coef, intercept = final.split(result.x)
         residuals = final.residuals(result.x)
         if unit != 1.0:
@@ -566,6 +608,10 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         self.weights_ = final.rho.weight(residuals / final.scale)
         self.outliers_ = np.abs(residuals) > final.rho.c * final.scale
         return self
+
+    def _validate_params(self) -> None:
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
 
     def _normalize_targets(self, y: np.ndarray) -> tuple[np.ndarray, float]:
         """``(y / unit, unit)``, with ``unit`` a power of two when ``y`` is extreme in scale.
@@ -605,3 +651,40 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         check_input(X, "X", allow_sparse=True, ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return X @ self.coef_ + self.intercept_
+
+
+def _chain_results(solves: list[tuple[Result, float]], unit: float) -> Result:
+    """One result for the solves of a fit, run one after the other.
+
+    The answer (``x``, ``fun``, ``status``, ``message``, ``residual``) is the last solve's;
+    the counts and the time add up, and the history runs through all the solves, with the
+    solve's index (``stage``) and scale (times ``unit``, in the units of ``y``) per iteration.
+    """
+    final = solves[-1][0]
+    result = Result(final)
+    keys = []
+    for res, _ in solves:
+        keys.extend(k for k in res.history if k not in keys)
+    history: dict[str, list[np.ndarray]] = {k: [] for k in [*keys, "stage", "scale"]}
+    elapsed = evaluations = 0.0
+    for stage, (res, scale) in enumerate(solves):
+        n = res.nit
+        for key in keys:
+            column = np.asarray(res.history.get(key, np.full(n, np.nan)), dtype=float)
+            if key == "time":
+                column = column + elapsed
+            elif key == "n_evaluations":
+                column = column + evaluations
+            history[key].append(column)
+        history["stage"].append(np.full(n, float(stage)))
+        history["scale"].append(np.full(n, scale * unit))
+        elapsed += res.time
+        evaluations += res.n_evaluations
+    result.history = {k: np.concatenate(v) if v else np.empty(0) for k, v in history.items()}
+    result.nit = sum(res.nit for res, _ in solves)
+    result.time = elapsed
+    result.n_evaluations = int(evaluations)
+    result.n_accepted = sum(res.n_accepted for res, _ in solves)
+    result.n_rejected = sum(res.n_rejected for res, _ in solves)
+    result.nit_per_stage = np.array([res.nit for res, _ in solves], dtype=int)
+    return result

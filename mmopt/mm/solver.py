@@ -8,10 +8,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmopt._core.anderson import AndersonAcceleration
+from mmopt._core.anderson import (
+    ANDERSON_OPTION,
+    AndersonAcceleration,
+    anderson_counts,
+    make_accelerator,
+)
+from mmopt._core.params import Options, constraints_of, validate_params
 from mmopt._core.registry import register_solver
 from mmopt._core.solver import Solver, SolverState
-from mmopt._core.validation import check_array, check_choice, check_scalar
+from mmopt._core.validation import check_array
 from mmopt.mm.problem import MMProblem
 
 __all__ = ["MMSolver"]
@@ -44,33 +50,28 @@ class _MMState(SolverState):
 class MMSolver(Solver):
     """Majorization-minimization with optional safeguarded Anderson acceleration.
 
-    Iterates ``x <- G(x)`` where ``G`` is the problem's surrogate minimizer. With
-    ``anderson=True`` the iterate is instead extrapolated by type-II Anderson acceleration
-    (:class:`mmopt.AndersonAcceleration`) from the last ``m`` steps, and the extrapolated
-    point is kept only if its objective is no larger than the current one; otherwise the plain
-    MM step is taken and the Anderson history is reset. The objective therefore never
-    increases, with or without acceleration.
+    Iterates ``x <- G(x)`` where ``G`` is the problem's surrogate minimizer. With Anderson
+    acceleration on, the iterate is instead extrapolated by type-II Anderson acceleration
+    (:class:`mmopt.AndersonAcceleration`) from the last ``memory`` steps, projected with the
+    problem's ``project``, and kept only if its objective is no larger than the current one
+    (:meth:`mmopt.AndersonAcceleration.safeguarded_step`); otherwise the plain MM step is
+    taken and the Anderson history is reset. The objective therefore never increases, with
+    or without acceleration.
 
     Two stopping quantities are offered. ``stopping="step"`` (default) is the relative
     fixed-point residual ``||G(x) - x|| / max(||x||, 1)`` at the current iterate: it bounds
     the error in ``x`` itself. ``stopping="objective"`` is the relative decrease
     ``|F(x_{k-1}) - F(x_k)| / |F(x_k)|`` (``ftol`` in ``scipy.optimize``): free, as ``F`` is
-    evaluated anyway, where the residual reads two more full vectors per iteration (a
-    sizeable share of the time for cheap MM steps such as NMF), but it only controls the
-    objective, so ``x`` is accurate to about ``sqrt(tol)``.
+    evaluated anyway, where the residual reads two more full vectors per iteration, but it
+    only controls the objective, so ``x`` is accurate to about ``sqrt(tol)``.
 
     Parameters
     ----------
-    anderson : bool, default=True
-        Use Anderson acceleration.
-    m : int, default=5
-        Anderson memory.
-    anderson_damping : float, default=1.0
-        Anderson mixing parameter in (0, 1].
-    anderson_regularization : float, default=1e-10
-        Tikhonov term of the (column-normalized) Anderson least-squares problem.
-    anderson_delay : int, default=0
-        Plain steps after each Anderson reset before extrapolating again.
+    anderson : bool or AndersonAcceleration, default=True
+        Anderson acceleration: True for the default :class:`mmopt.AndersonAcceleration`
+        (memory 5), False for plain MM, or a configured instance (``memory``, ``damping``,
+        ``regularization``, ``max_condition``, ``delay``). An instance is a configuration:
+        each solve runs with its own fresh copy, so it is never changed by a solve.
     stopping : {"step", "objective"}, default="step"
         Which stopping quantity ``tol`` applies to (see above).
     tol : float, default=1e-6
@@ -91,6 +92,12 @@ class MMSolver(Solver):
     per iteration (1 kept, 0 refused, NaN when no extrapolation was tried) and the cumulative
     ``n_evaluations``.
 
+    References
+    ----------
+    .. [1] K. Lange, *MM Optimization Algorithms*, SIAM, 2016.
+    .. [2] H. F. Walker and P. Ni, "Anderson acceleration for fixed-point iterations",
+       *SIAM J. Numer. Anal.* 49(4), 1715-1735, 2011.
+
     Examples
     --------
     >>> import numpy as np
@@ -106,20 +113,24 @@ class MMSolver(Solver):
     >>> fast = MMSolver(tol=1e-10).solve(problem)
     >>> bool(fast.nit < plain.nit / 10), np.round(fast.x, 6)
     (True, array([1.  , 0.1 , 0.01]))
+    >>> from mmopt import AndersonAcceleration
+    >>> MMSolver(anderson=AndersonAcceleration(memory=3), tol=1e-10).solve(problem).success
+    True
     """
 
     name = "mm"
     problem_types = (MMProblem,)
     required_methods = ("mm_step", "project", "initial_point")
 
+    _parameter_constraints = {
+        "anderson": ANDERSON_OPTION,
+        "stopping": [Options({"step", "objective"})],
+    }
+
     def __init__(
         self,
         *,
-        anderson: bool = True,
-        m: int = 5,
-        anderson_damping: float = 1.0,
-        anderson_regularization: float = 1e-10,
-        anderson_delay: int = 0,
+        anderson: bool | AndersonAcceleration = True,
         stopping: str = "step",
         tol: float = 1e-6,
         max_iter: int = 1000,
@@ -127,10 +138,6 @@ class MMSolver(Solver):
         verbose: int = 0,
     ):
         self.anderson = anderson
-        self.m = m
-        self.anderson_damping = anderson_damping
-        self.anderson_regularization = anderson_regularization
-        self.anderson_delay = anderson_delay
         self.stopping = stopping
         self.tol = tol
         self.max_iter = max_iter
@@ -139,10 +146,8 @@ class MMSolver(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if not isinstance(self.anderson, (bool, np.bool_)):
-            raise TypeError(f"anderson must be True or False, got {self.anderson!r}.")
-        check_scalar(self.m, "m", kind=int, min_value=1)
-        check_choice(self.stopping, "stopping", ("step", "objective"))
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
 
     def _evaluate(self, problem, x, run: _MMRun):
         evaluation = problem.mm_step(x)
@@ -192,15 +197,7 @@ class MMSolver(Solver):
                 raise ValueError(f"x0 must have shape {expected}, got {x.shape}.")
         if not np.isfinite(x).all():
             raise ValueError("the starting point x0 must not contain NaN or infinite values.")
-        accelerator = None
-        if self.anderson:
-            accelerator = AndersonAcceleration(
-                self.m,
-                regularization=self.anderson_regularization,
-                damping=self.anderson_damping,
-                delay=self.anderson_delay,
-            )
-        run = _MMRun(accelerator)
+        run = _MMRun(make_accelerator(self.anderson))
         plain_step, fun = self._evaluate(problem, x, run)
         if not math.isfinite(fun):
             # No finite iterate to fall back to: status 4 could not keep its promise.
@@ -218,20 +215,19 @@ class MMSolver(Solver):
 
     def _step(self, problem, state):
         run = state.run
-        accelerator = run.anderson
         accepted = np.nan
-        proposal = None
-        if accelerator is not None:
-            candidate = accelerator.update(state.x, state.plain_step)
-            if accelerator.extrapolated:
-                proposal = problem.project(candidate)
-        if proposal is not None:
-            plain_step, fun = self._evaluate(problem, proposal, run)
-            if accelerator.safeguard(fun, state.fun):
-                x, accepted = proposal, 1.0
-            else:
-                proposal, accepted = None, 0.0
-        if proposal is None:
+        if run.anderson is not None:
+            outcome = run.anderson.safeguarded_step(
+                state.x,
+                state.plain_step,
+                lambda point: self._evaluate(problem, point, run)[::-1],
+                state.fun,
+                to_point=problem.project,
+            )
+            accepted = outcome.record
+            if outcome.accepted:
+                x, fun, plain_step = outcome.point, outcome.value, outcome.info
+        if run.anderson is None or not outcome.accepted:
             x = state.plain_step
             plain_step, fun = self._evaluate(problem, x, run)
         return _MMState(
@@ -244,11 +240,9 @@ class MMSolver(Solver):
         )
 
     def _result_fields(self, problem, state):
-        aa = state.run.anderson
         return {
             "n_evaluations": state.run.n_evaluations,
-            "n_accepted": 0 if aa is None else aa.n_accepted,
-            "n_rejected": 0 if aa is None else aa.n_rejected,
+            **anderson_counts(state.run.anderson),
         }
 
 

@@ -4,6 +4,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmopt import AndersonAcceleration
+from mmopt._core.anderson import (
+    ANDERSON_OPTION,
+    AndersonStep,
+    anderson_counts,
+    make_accelerator,
+)
+from mmopt._core.params import invalid_values, validate_params
 
 
 def _linear_map(seed, d=20, rho=0.95):
@@ -30,19 +37,19 @@ def test_accelerates_linear_fixed_point(seed):
     A, b, x_star = _linear_map(seed)
     x0 = np.zeros_like(b)
     plain = _iterate(A, b, None, 60, x0)
-    accelerated = _iterate(A, b, AndersonAcceleration(m=10), 60, x0)
+    accelerated = _iterate(A, b, AndersonAcceleration(memory=10), 60, x0)
     assert np.linalg.norm(accelerated - x_star) < 1e-3 * np.linalg.norm(plain - x_star)
 
 
 def test_full_memory_solves_linear_problem_exactly():
-    # On a linear map in dimension d, AA with m >= d is GMRES-like: exact after d+1 steps.
+    # On a linear map in dimension d, AA with memory >= d is GMRES-like: exact after d+1 steps.
     A, b, x_star = _linear_map(3, d=4)
-    x = _iterate(A, b, AndersonAcceleration(m=4, regularization=0.0), 6, np.zeros(4))
+    x = _iterate(A, b, AndersonAcceleration(memory=4, regularization=0.0), 6, np.zeros(4))
     np.testing.assert_allclose(x, x_star, rtol=1e-8, atol=1e-10)
 
 
 def test_first_update_returns_plain_step_and_delay():
-    aa = AndersonAcceleration(m=3, delay=2)
+    aa = AndersonAcceleration(memory=3, delay=2)
     x, g = np.zeros(3), np.ones(3)
     np.testing.assert_array_equal(aa.update(x, g), g)
     assert not aa.extrapolated
@@ -54,7 +61,7 @@ def test_first_update_returns_plain_step_and_delay():
 
 
 def test_collinear_history_is_dropped_not_exploded():
-    aa = AndersonAcceleration(m=3, regularization=0.0)
+    aa = AndersonAcceleration(memory=3, regularization=0.0)
     x = np.zeros(2)
     # identical residual differences -> rank-deficient system
     for _ in range(5):
@@ -64,7 +71,7 @@ def test_collinear_history_is_dropped_not_exploded():
 
 
 def test_safeguard_counts_and_resets():
-    aa = AndersonAcceleration(m=2)
+    aa = AndersonAcceleration(memory=2)
     aa.update(np.zeros(2), np.ones(2))
     aa.update(np.ones(2), 1.5 * np.ones(2))
     assert aa.history_size == 1
@@ -92,8 +99,8 @@ def test_inputs_not_mutated_and_shape_checks():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"m": 0}, "m must be"),
-        ({"m": 2.5}, "m must be an integer"),
+        ({"memory": 0}, "memory must be"),
+        ({"memory": 2.5}, "memory must be an integer"),
         ({"damping": 0.0}, "damping"),
         ({"damping": 1.5}, "damping"),
         ({"regularization": -1.0}, "regularization"),
@@ -109,12 +116,12 @@ def test_bad_options(kwargs, match):
 @given(
     seed=st.integers(0, 10_000),
     d=st.integers(1, 8),
-    m=st.integers(1, 6),
+    memory=st.integers(1, 6),
     damping=st.floats(0.1, 1.0),
 )
-def test_contraction_converges_with_any_settings(seed, d, m, damping):
+def test_contraction_converges_with_any_settings(seed, d, memory, damping):
     A, b, x_star = _linear_map(seed, d=d, rho=0.8)
-    aa = AndersonAcceleration(m=m, damping=damping, regularization=1e-8)
+    aa = AndersonAcceleration(memory=memory, damping=damping, regularization=1e-8)
     x = np.zeros(d)
     best = np.inf
     for _ in range(200):
@@ -125,3 +132,106 @@ def test_contraction_converges_with_any_settings(seed, d, m, damping):
         best = min(best, np.linalg.norm(g - x))
         x = aa.update(x, g)
     assert np.linalg.norm(x - x_star) <= 1e-6 * max(1.0, np.linalg.norm(x_star))
+
+
+def test_every_invalid_option_value_is_refused_naming_it():
+    table = AndersonAcceleration._parameter_constraints
+    cases = invalid_values(table)
+    assert {name for name, _, _ in cases} == set(table)
+    for name, value, error in cases:
+        with pytest.raises(error, match=rf"^{name} must be"):
+            AndersonAcceleration(**{name: value})
+
+
+def test_the_option_entry_accepts_flags_and_instances_only():
+    table = {"anderson": ANDERSON_OPTION}
+    for value in (True, False, np.bool_(True), AndersonAcceleration(memory=2)):
+        validate_params(table, {"anderson": value})
+    for value in ("yes", 1, None, AndersonAcceleration):
+        with pytest.raises(TypeError, match="anderson must be"):
+            validate_params(table, {"anderson": value})
+
+
+def test_fresh_copies_options_not_history_and_leaves_the_original():
+    aa = AndersonAcceleration(memory=3, regularization=1e-6, damping=0.5, max_condition=1e8,
+                              delay=1)
+    aa.update(np.zeros(2), np.ones(2))
+    aa.update(np.ones(2), 1.5 * np.ones(2))
+    aa.safeguard(1.0, 0.0)
+    before = dict(vars(aa))
+    copy = aa.fresh()
+    assert repr(copy) == repr(aa)
+    assert (copy.history_size, copy.n_accepted, copy.n_rejected, copy.n_resets) == (0, 0, 0, 0)
+    assert vars(aa).keys() == before.keys()
+    assert all(vars(aa)[k] is before[k] for k in before)
+
+
+def test_make_accelerator():
+    option = AndersonAcceleration(memory=7, damping=0.3)
+    aa = make_accelerator(option)
+    assert aa is not option and (aa.memory, aa.damping) == (7, 0.3)
+    assert make_accelerator(option) is not aa  # one per run
+    assert make_accelerator(False) is None and make_accelerator(None) is None
+    assert repr(make_accelerator(True)) == repr(AndersonAcceleration())
+    assert anderson_counts(None) == {"n_accepted": 0, "n_rejected": 0}
+
+
+def _quadratic_steps(aa, c, n_steps, reference_shift=0.0):
+    """Gradient steps x - (x - c) / 4 on F = ||x - c||^2 / 2 through safeguarded_step."""
+    x = np.zeros(c.size)
+    outcomes = []
+    evaluated = []
+
+    def evaluate(point):
+        evaluated.append(point.copy())
+        return 0.5 * float((point - c) @ (point - c)), ("info", point.copy())
+
+    for _ in range(n_steps):
+        g = x - 0.25 * (x - c)
+        fun = 0.5 * float((x - c) @ (x - c))
+        outcome = aa.safeguarded_step(x, g, evaluate, fun + reference_shift)
+        outcomes.append(outcome)
+        x = outcome.point if outcome.accepted else g
+    return x, outcomes, evaluated
+
+
+def test_safeguarded_step_accepts_decreases_and_returns_the_callers_info():
+    c = np.array([1.0, -2.0, 0.5])
+    aa = AndersonAcceleration(memory=3)
+    x, outcomes, evaluated = _quadratic_steps(aa, c, 6)
+    assert not outcomes[0].tried and np.isnan(outcomes[0].record)  # no history yet
+    tried = [o for o in outcomes if o.tried]
+    assert tried and all(o.accepted and o.record == 1.0 for o in tried)
+    assert len(evaluated) == len(tried) == aa.n_accepted and aa.n_rejected == 0
+    for o in tried:
+        assert o.info[0] == "info" and np.array_equal(o.info[1], o.point)
+        assert o.value == pytest.approx(0.5 * float((o.point - c) @ (o.point - c)))
+    # The quadratic is solved exactly once the history spans it (a Krylov method).
+    np.testing.assert_allclose(x, c, atol=1e-12)
+
+
+def test_safeguarded_step_rejects_increases_and_resets():
+    c = np.array([1.0, -2.0, 0.5])
+    aa = AndersonAcceleration(memory=3)
+    # A reference below any value the extrapolation can reach: every proposal is refused.
+    _, outcomes, _ = _quadratic_steps(aa, c, 6, reference_shift=-1e9)
+    tried = [o for o in outcomes if o.tried]
+    assert tried and all(not o.accepted and o.record == 0.0 for o in tried)
+    assert all(o.point is None and o.info is None for o in tried)
+    assert aa.n_rejected == len(tried) and aa.n_accepted == 0
+    assert aa.n_resets == aa.n_rejected and aa.history_size == 0
+
+
+def test_safeguarded_step_maps_the_candidate_before_evaluating():
+    aa = AndersonAcceleration(memory=2)
+    seen = []
+    x = np.array([4.0, -3.0])
+    for _ in range(4):
+        g = 0.5 * x
+        outcome = aa.safeguarded_step(
+            x, g, lambda p: (seen.append(p) or 0.0, None), np.inf,
+            to_point=lambda v: np.maximum(v, 0.0),
+        )
+        x = outcome.point if outcome.accepted else g
+    assert seen and all(np.all(p >= 0.0) for p in seen)
+    assert isinstance(outcome, AndersonStep)

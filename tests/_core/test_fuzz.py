@@ -160,8 +160,8 @@ def test_mm_problem_bad_callables_named(fuzz):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("m", 0), ("m", 1.5), ("anderson", "yes"), ("stopping", "bogus"), ("tol", -1.0),
-     ("max_iter", 0), ("tol", np.nan)],
+    [("anderson", 0), ("anderson", None), ("anderson", "yes"), ("stopping", "bogus"),
+     ("tol", -1.0), ("max_iter", 0), ("tol", np.nan)],
 )
 def test_mm_solver_bad_options_named(fuzz, option, value):
     fuzz.raises_naming(MMSolver(**{option: value}).solve, option, _quadratic())

@@ -81,7 +81,7 @@ def test_ragged_lists_name_the_argument(fuzz):
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"loss": "bogus"}, "loss"), ({"c": -1.0}, "c"), ({"scale": 0.0}, "scale"),
-     ({"alpha": -1.0}, "alpha"), ({"m": 0}, "m"), ({"tol": -1.0}, "tol"),
+     ({"alpha": -1.0}, "alpha"), ({"anderson": 1}, "anderson"), ({"tol": -1.0}, "tol"),
      ({"max_iter": 0}, "max_iter"), ({"anderson": "yes"}, "anderson")],
 )
 def test_robust_regressor_bad_options_named(fuzz, kwargs, name):
@@ -91,7 +91,7 @@ def test_robust_regressor_bad_options_named(fuzz, kwargs, name):
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"n_components": 0}, "n_components"), ({"n_components": 1.5}, "n_components"),
-     ({"loss": "bogus"}, "loss"), ({"init": "bogus"}, "init"), ({"m": 0}, "m"),
+     ({"loss": "bogus"}, "loss"), ({"init": "bogus"}, "init"), ({"anderson": 0}, "anderson"),
      ({"max_iter": 0}, "max_iter")],
 )
 def test_nmf_bad_options_named(fuzz, kwargs, name):

@@ -208,3 +208,28 @@ def test_estimator_validation(params, fit_kwargs, error, match):
         MMNMF(**params).fit(np.ones((4, 3)), **fit_kwargs)
     with pytest.raises(ValueError, match="Negative values"):
         MMNMF(2).fit(-np.ones((4, 3)))
+
+
+def test_every_invalid_option_value_is_refused_naming_it():
+    from mmopt._core.params import constraints_of, invalid_values
+
+    X = np.random.default_rng(0).random((6, 4))
+    table, _ = constraints_of(MMNMF)
+    cases = invalid_values(table)
+    assert {name for name, _, _ in cases} == set(table)
+    for name, value, error in cases:
+        with pytest.raises(error, match=rf"^{name} must be"):
+            MMNMF(**{name: value}).fit(X)
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+def test_anderson_option_object_is_used_and_not_mutated():
+    from mmopt import AndersonAcceleration
+
+    X = np.random.default_rng(1).random((12, 8))
+    option = AndersonAcceleration(memory=2)
+    small = MMNMF(3, anderson=option, random_state=0, max_iter=80, tol=0.0).fit(X)
+    default = MMNMF(3, random_state=0, max_iter=80, tol=0.0).fit(X)
+    assert option.n_accepted == 0 and option.history_size == 0
+    assert small.result_.n_accepted > 0
+    assert not np.array_equal(small.components_, default.components_)

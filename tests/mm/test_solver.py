@@ -3,6 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mmopt import AndersonAcceleration
+from mmopt._core.params import constraints_of, invalid_values
 from mmopt.mm import MMProblem, MMSolver
 
 
@@ -50,10 +52,11 @@ def test_anderson_cuts_iterations_and_never_ends_worse(seed):
 
 @pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), m=st.integers(1, 8), anderson=st.booleans())
-def test_objective_never_increases(seed, m, anderson):
+@given(seed=st.integers(0, 10_000), memory=st.integers(1, 8), anderson=st.booleans())
+def test_objective_never_increases(seed, memory, anderson):
     problem, _ = _logistic_problem(seed, n=30, p=4)
-    res = MMSolver(anderson=anderson, m=m, tol=1e-10, max_iter=300).solve(problem)
+    option = AndersonAcceleration(memory=memory) if anderson else False
+    res = MMSolver(anderson=option, tol=1e-10, max_iter=300).solve(problem)
     fun = res.history["fun"]
     assert np.all(np.diff(fun) <= 1e-12 * np.abs(fun[:-1]) + 1e-15)
 
@@ -116,12 +119,51 @@ def test_mm_problem_validation(kwargs, error, match):
 
 def test_bad_solver_options():
     problem, _ = _logistic_problem(0)
-    with pytest.raises(TypeError, match="anderson must be True or False"):
+    with pytest.raises(TypeError, match="anderson must be True or False or an instance"):
         MMSolver(anderson="yes").solve(problem)
-    with pytest.raises(ValueError, match="m must be"):
-        MMSolver(m=0).solve(problem)
+    with pytest.raises(ValueError, match="memory must be"):
+        MMSolver(anderson=AndersonAcceleration(memory=0))
     with pytest.raises(ValueError, match="damping"):
-        MMSolver(anderson_damping=2.0).solve(problem)
+        AndersonAcceleration(damping=2.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'm'"):
+        MMSolver(m=5)  # the flat options are gone: memory lives in AndersonAcceleration
+
+
+def test_every_invalid_option_value_is_refused_naming_it():
+    problem, _ = _logistic_problem(0, n=20, p=3)
+    table, _ = constraints_of(MMSolver)
+    cases = invalid_values(table)
+    assert {"anderson", "stopping"} <= {name for name, _, _ in cases}
+    for name, value, error in cases:
+        with pytest.raises(error, match=rf"\b{name}\b"):
+            MMSolver(**{name: value}).solve(problem)
+
+
+def test_anderson_instance_is_a_configuration_never_mutated():
+    problem, _ = _logistic_problem(1)
+    option = AndersonAcceleration(memory=3, damping=0.9)
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(option).items()}
+    solver = MMSolver(anderson=option, tol=1e-10)
+    first = solver.solve(problem)
+    second = solver.solve(problem)
+    assert first.n_accepted > 0
+    # Each solve starts from an empty history: the same iterates twice.
+    np.testing.assert_array_equal(first.x, second.x)
+    assert (first.nit, first.n_accepted) == (second.nit, second.n_accepted)
+    assert vars(option).keys() == before.keys()
+    for key, value in vars(option).items():
+        assert value is before[key] or np.array_equal(value, before[key])
+    assert solver.anderson is option
+
+
+def test_anderson_true_is_the_default_accelerator():
+    problem, _ = _logistic_problem(2)
+    default = MMSolver(tol=1e-10).solve(problem)
+    explicit = MMSolver(anderson=AndersonAcceleration(), tol=1e-10).solve(problem)
+    np.testing.assert_array_equal(default.x, explicit.x)
+    np.testing.assert_array_equal(default.history["accepted"], explicit.history["accepted"])
+    smaller = MMSolver(anderson=AndersonAcceleration(memory=1), tol=1e-10).solve(problem)
+    assert smaller.nit != default.nit or not np.array_equal(smaller.x, default.x)
 
 
 def test_x0_not_mutated():
@@ -129,3 +171,17 @@ def test_x0_not_mutated():
     problem, _ = _logistic_problem(0)
     MMSolver().solve(problem, x0=x0)
     assert np.all(x0 == 0.0)
+
+
+def test_one_solver_with_an_anderson_object_serves_many_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    problems = [_logistic_problem(seed)[0] for seed in range(4)]
+    solver = MMSolver(anderson=AndersonAcceleration(memory=4), tol=1e-10)
+    alone = [solver.solve(p) for p in problems]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(solver.solve, problems * 2))
+    for ref, res in zip(alone * 2, together, strict=True):
+        np.testing.assert_array_equal(ref.x, res.x)
+        assert (ref.nit, ref.n_accepted, ref.n_rejected) == (res.nit, res.n_accepted,
+                                                           res.n_rejected)
