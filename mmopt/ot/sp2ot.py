@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
+from mmopt._core.anderson import AndersonAcceleration
 from mmopt._core.registry import solve
 from mmopt._core.result import Result
 from mmopt._core.validation import check_array, check_scalar
@@ -327,11 +328,7 @@ class SP2OT(MMSolver):
     def __init__(
         self,
         *,
-        anderson: bool = False,
-        m: int = 5,
-        anderson_damping: float = 1.0,
-        anderson_regularization: float = 1e-10,
-        anderson_delay: int = 0,
+        anderson: bool | AndersonAcceleration = False,
         stopping: str = "objective",
         tol: float = 1e-6,
         max_iter: int = 100,
@@ -339,9 +336,7 @@ class SP2OT(MMSolver):
         verbose: int = 0,
     ):
         super().__init__(
-            anderson=anderson, m=m, anderson_damping=anderson_damping,
-            anderson_regularization=anderson_regularization, anderson_delay=anderson_delay,
-            stopping=stopping, tol=tol, max_iter=max_iter, callback=callback,
+            anderson=anderson, stopping=stopping, tol=tol, max_iter=max_iter, callback=callback,
             verbose=verbose,
         )
 
