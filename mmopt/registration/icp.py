@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from mmopt._core.anderson import AndersonAcceleration
+from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration, make_accelerator
 from mmopt._core.linesearch import backtracking
 from mmopt._core.params import (
     Constraint,
@@ -226,16 +226,12 @@ default="welsch"
         Also fit a uniform scale (7 degrees of freedom; point-to-point only).
     scale_bounds : (float, float), default=(0.5, 2.0)
         Bounds on the scale when ``similarity`` is True.
-    anderson : bool, default=True
-        Use Anderson acceleration.
-    m : int, default=5
-        Anderson memory.
-    anderson_damping : float, default=1.0
-        Anderson mixing parameter in (0, 1].
-    anderson_regularization : float, default=1e-10
-        Tikhonov term of the column-normalized Anderson least squares.
-    anderson_delay : int, default=0
-        Plain steps after each Anderson reset before extrapolating again.
+    anderson : bool or AndersonAcceleration, default=True
+        Anderson acceleration of the fixed-point map on the transform's parameters, with
+        the shared safeguard (an extrapolated transform is kept only if the robust energy
+        does not increase): True for the defaults, False for none, or an
+        :class:`mmopt.AndersonAcceleration` whose options are used (each solve runs on a
+        fresh copy of it).
     stage_criteria : StageCriteria, optional
         When the intermediate stages (``nu > nu_min``) end (see :class:`StageCriteria`; its
         defaults, ``max_iter=100`` and ``tol=1e-3``, when None). They only lead the pose
@@ -323,11 +319,7 @@ default="welsch"
                  InstanceOf(np.ndarray, list, tuple, name="a (4, 4) rigid transform")],
         "similarity": [bool],
         "scale_bounds": [_ScaleBounds()],
-        "anderson": [bool],
-        "m": [Interval(int, 1, None)],
-        "anderson_damping": [Interval(float, 0, 1, closed="right")],
-        "anderson_regularization": [Interval(float, 0, None)],
-        "anderson_delay": [Interval(int, 0, None)],
+        "anderson": ANDERSON_OPTION,
         "normals_k": [Interval(int, 3, None)],
         "refine": [Options({"auto"}), bool],
         "refine_k": [Interval(int, 3, None)],
@@ -356,11 +348,7 @@ default="welsch"
         init="centroids",
         similarity: bool = False,
         scale_bounds: tuple[float, float] = (0.5, 2.0),
-        anderson: bool = True,
-        m: int = 5,
-        anderson_damping: float = 1.0,
-        anderson_regularization: float = 1e-10,
-        anderson_delay: int = 0,
+        anderson: bool | AndersonAcceleration = True,
         normals_k: int = 10,
         refine="auto",
         refine_k: int = 32,
@@ -380,10 +368,6 @@ default="welsch"
         self.similarity = similarity
         self.scale_bounds = scale_bounds
         self.anderson = anderson
-        self.m = m
-        self.anderson_damping = anderson_damping
-        self.anderson_regularization = anderson_regularization
-        self.anderson_delay = anderson_delay
         self.normals_k = normals_k
         self.refine = refine
         self.refine_k = refine_k
@@ -668,13 +652,7 @@ default="welsch"
         corr = self._restrict(setup, corr, nu)
         if self.metric == "hybrid" and len(setup.nus) == 1:
             metric, corr = self._switch_to_plane(setup, corr)
-        if self.anderson:
-            run.anderson = AndersonAcceleration(
-                self.m,
-                regularization=self.anderson_regularization,
-                damping=self.anderson_damping,
-                delay=self.anderson_delay,
-            )
+        run.anderson = make_accelerator(self.anderson)
         energy = self._energy(setup, corr, nu)
         fun = self._user_energy(setup, energy)
         squared_units = setup.scale * setup.scale * setup.P.shape[0]
@@ -751,15 +729,18 @@ default="welsch"
         T_new = None
         aa = run.anderson
         if aa is not None:
-            u = aa.update(self._params(state.T), self._params(state.G))
-            if aa.extrapolated:
-                T_try = self._from_params(u)
+
+            def evaluate(T_try):
                 corr_try = self._correspond(run, P, metric, T_try, nu)
-                energy_try = self._energy(setup, corr_try, nu)
-                if aa.safeguard(energy_try, state.energy):
-                    T_new, corr, energy, accepted = T_try, corr_try, energy_try, 1.0
-                else:
-                    accepted = 0.0
+                return self._energy(setup, corr_try, nu), corr_try
+
+            out = aa.safeguarded_step(
+                self._params(state.T), self._params(state.G), evaluate, state.energy,
+                to_point=self._from_params,
+            )
+            accepted = out.record
+            if out.accepted:
+                T_new, corr, energy = out.point, out.info, out.value
         if T_new is None:
             T_new = state.G
             corr = self._correspond(run, P, metric, T_new, nu)

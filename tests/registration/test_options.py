@@ -145,3 +145,20 @@ def test_a_loss_instance_is_used_as_is():
     assert wide.search_bound == pytest.approx(5.0 * 3.0 / math.sqrt(2.0))
     trimmed = icp(source, target, loss=TrimmedLoss(keep=0.8))
     assert trimmed.success and trimmed.nu is None
+
+
+def test_anderson_option_object_is_used_and_never_mutated():
+    from mmopt import AndersonAcceleration
+    from mmopt.datasets import load_scan_pair, make_registration_problem
+
+    problem = make_registration_problem(load_scan_pair().source[::8], random_state=3)[0]
+    option = AndersonAcceleration(memory=3)
+    before = repr(option), option.n_accepted, option.n_rejected
+    res = ICP(anderson=option).solve(problem)
+    assert (repr(option), option.n_accepted, option.n_rejected) == before
+    assert res.n_accepted + res.n_rejected > 0
+    plain = ICP(anderson=False).solve(problem)
+    assert plain.n_accepted == plain.n_rejected == 0
+    default = ICP(anderson=True).solve(problem)
+    same = ICP(anderson=AndersonAcceleration()).solve(problem)
+    assert default.nit == same.nit and np.array_equal(default.transform, same.transform)
