@@ -160,7 +160,7 @@ def test_ridge_bad_options_named(fuzz, kwargs, name):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("eps0", 0.0), ("eta", 1.0), ("tau", 0.0), ("nu", 0.5), ("accuracy", "bogus"),
+    [("eps0", 0.0), ("eta", 1.0), ("tau", 0.0), ("accuracy_growth", 0.5), ("accuracy", "bogus"),
      ("step_rule", "bogus"), ("max_cost", 0), ("inner_solver", "bogus"), ("tol", np.nan)],
 )
 def test_maid_bad_options_named(fuzz, option, value):
