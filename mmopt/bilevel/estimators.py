@@ -126,6 +126,12 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen in ``fit``.
 
+    References
+    ----------
+    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
+       first-order method for bilevel optimization with application to hyperparameter
+       learning", arXiv:2308.10098, 2023 (MAID, the solver used here).
+
     Examples
     --------
     >>> from sklearn.datasets import load_diabetes
@@ -276,6 +282,12 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
         MAID iterations.
     n_features_in_ : int
         Number of features seen in ``fit``.
+
+    References
+    ----------
+    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
+       first-order method for bilevel optimization with application to hyperparameter
+       learning", arXiv:2308.10098, 2023 (MAID, the solver used here).
 
     Examples
     --------

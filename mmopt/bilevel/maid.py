@@ -266,9 +266,11 @@ class MAID(Solver):
 
     References
     ----------
-    M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact first-order
-    method for bilevel optimization with application to hyperparameter learning".
-    F. Pedregosa, "Hyperparameter optimization with approximate gradient", ICML 2016.
+    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
+       first-order method for bilevel optimization with application to hyperparameter
+       learning", arXiv:2308.10098, 2023.
+    .. [2] F. Pedregosa, "Hyperparameter optimization with approximate gradient", ICML 2016
+       (HOAG: the a-priori accuracy schedules).
 
     Examples
     --------
