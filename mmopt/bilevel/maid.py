@@ -227,8 +227,9 @@ class MAID(Solver):
     inner_solver : {"auto", "fista", "newton-cg"} or callable, default="auto"
         Lower-level solver: ``"auto"`` uses the lower level's own solver when it has one,
         Newton-CG when it offers a dense ``hessian``, FISTA otherwise. A callable
-        ``inner_solver(lower, x0, theta, gtol) -> (x, n_iter)`` plugs in any solver (for
-        example an mmopt solver on the lower-level problem).
+        ``inner_solver(lower, x0, theta, gtol) -> (x, n_iter)`` (or an
+        :class:`~mmopt._core.result.InnerSolveResult`, whose ``n_matvec`` is then counted)
+        plugs in any solver (for example an mmopt solver on the lower-level problem).
     max_inner_iter : int, default=10000
         Iteration cap of each lower-level solve.
     max_cost : int, optional
