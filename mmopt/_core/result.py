@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
 from scipy.optimize import OptimizeResult
 
-__all__ = ["Result", "Status", "STATUS_MESSAGES"]
+__all__ = ["InnerSolveResult", "Result", "Status", "STATUS_MESSAGES"]
 
 
 class Status(IntEnum):
@@ -88,3 +89,33 @@ class Result(OptimizeResult):
 
     def __dir__(self):
         return list(self.keys())
+
+
+@dataclass
+class InnerSolveResult:
+    """What an inner solve returns: a Krylov solve, or a subproblem solved inside a step.
+
+    One type for every family's inner solvers (:func:`mmopt._core.krylov.conjugate_gradient`,
+    the lower-level solvers of :mod:`mmopt.bilevel.inner`, ...), so that a caller adds up
+    their costs the same way.
+
+    Attributes
+    ----------
+    x : ndarray
+        The point reached.
+    nit : int
+        Iterations (CG steps, gradient steps or Newton steps).
+    n_matvec : int
+        Products with the operator (Hessian-vector products) spent.
+    residual : float
+        The stopping quantity at ``x``: ``||A x - b||`` for a linear solve, the gradient
+        norm for a minimization.
+    converged : bool
+        Whether the residual reached the requested tolerance.
+    """
+
+    x: np.ndarray
+    nit: int
+    n_matvec: int
+    residual: float
+    converged: bool

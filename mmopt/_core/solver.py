@@ -13,10 +13,10 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.params import Interval, constraints_of, validate_params
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
-from mmopt._core.validation import check_callable, check_scalar
 
-__all__ = ["Solver", "SolverState", "StopSolve"]
+__all__ = ["Solver", "SolverState", "StopSolve", "caller_stacklevel"]
 
 
 class StopSolve(Exception):
@@ -71,14 +71,22 @@ class Solver(BaseEstimator):
     none, because the start or the first step is already non-finite, it raises ``ValueError``
     instead of returning NaN fields under that promise).
 
-    A subclass implements only the algorithm:
+    A subclass implements only the algorithm, never :meth:`solve` itself:
 
     - ``_init_state(problem, x0) -> SolverState``
-    - ``_step(problem, state) -> SolverState``
+    - ``_step(problem, state) -> SolverState`` (raise :class:`StopSolve` to end the solve
+      from inside a step)
+    - ``_should_stop(problem, state) -> (Status, reason) | Status | None`` (optional): a
+      stopping test of its own (a cost budget, a stall), checked each iteration after the
+      callback and before the ``tol`` test
     - ``_result_fields(problem, state) -> dict`` (extra ``Result`` fields, optional)
+    - ``_close_state(problem, state)`` (optional): release what the run holds
 
     and declares ``name`` (its key in the registry), ``problem_types`` (the problem classes it
-    accepts) and ``required_methods`` (what it calls on the problem).
+    accepts), ``required_methods`` (what it calls on the problem) and its options'
+    constraints in ``_parameter_constraints`` (see :mod:`mmopt._core.params`); the table is
+    merged with the common one (``tol``, ``max_iter``, ``callback``, ``verbose``) and checked
+    at the start of every solve.
 
     Examples
     --------
@@ -103,14 +111,31 @@ class Solver(BaseEstimator):
     # True when ``fun`` is maximized (a dual objective): the best iterate kept for an
     # interrupted solve is then the one with the largest value.
     maximize: ClassVar[bool] = False
+    # The options every solver has; subclasses add their own tables (merged along the MRO).
+    _parameter_constraints: ClassVar[dict] = {
+        "tol": [Interval(float, 0, None)],
+        "max_iter": [Interval(int, 1, None)],
+        "callback": [None, callable],
+        "verbose": [Interval(int, 0, None)],
+    }
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _validate_params(self) -> None:
-        """Check the options; subclasses extend this and call ``super()``."""
-        check_scalar(self.tol, "tol", min_value=0.0)
-        check_scalar(self.max_iter, "max_iter", kind=int, min_value=1)
-        check_callable(self.callback, "callback")
-        check_scalar(self.verbose, "verbose", kind=int, min_value=0)
+        """Check the options against the merged ``_parameter_constraints`` tables and
+        ``_parameter_rules``; subclasses with checks no table can say extend this and call
+        ``super()``."""
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
+
+    def _should_stop(self, problem, state: SolverState) -> tuple[Status, str] | Status | None:
+        """A solver's own stopping test, checked after each recorded iteration.
+
+        Return None to go on, or the status to end with (with a sentence that becomes the
+        result's message, as ``(status, reason)``). Checked after the callback and before
+        the ``tol`` test; a status other than 0 is reported like ``max_iter`` (with a
+        :class:`~mmopt.ConvergenceWarning` for statuses 1, 4 and 5).
+        """
+        return None
 
     def _init_state(self, problem, x0) -> SolverState:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -205,6 +230,11 @@ class Solver(BaseEstimator):
                     except StopIteration:
                         status, reason = Status.CALLBACK, None
                         break
+                stop = self._should_stop(problem, state)
+                if stop is not None:
+                    status, reason = stop if isinstance(stop, tuple) else (stop, None)
+                    status = Status(status)
+                    break
                 if state.residual <= self.tol and not state.intermediate:
                     status, reason = Status.CONVERGED, None
                     break
@@ -236,7 +266,7 @@ class Solver(BaseEstimator):
                 f"{type(self).__name__}: {result.message} (nit={nit}, "
                 f"residual={state.residual:.3g}, tol={self.tol:.3g})",
                 ConvergenceWarning,
-                stacklevel=_caller_stacklevel(),
+                stacklevel=caller_stacklevel(),
             )
         return result
 
@@ -276,8 +306,11 @@ def _is_better(value: float, best: float, maximize: bool) -> bool:
     return value >= best if maximize else value <= best
 
 
-def _caller_stacklevel() -> int:
-    """Stack level of the first frame outside mmopt, so warnings point at the user's line."""
+def caller_stacklevel() -> int:
+    """Stack level of the first frame outside mmopt, so warnings point at the user's line.
+
+    For ``warnings.warn(..., stacklevel=caller_stacklevel())`` called from mmopt code.
+    """
     frame, level = sys._getframe(2), 2
     while frame is not None and frame.f_globals.get("__name__", "").startswith("mmopt"):
         frame, level = frame.f_back, level + 1

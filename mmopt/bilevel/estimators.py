@@ -8,7 +8,8 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.validation import check_choice, check_input, check_scalar
+from mmopt._core.params import InstanceOf, Interval, Options, Rule, constraints_of, validate_params
+from mmopt._core.validation import check_input
 from mmopt.bilevel.glm import (
     LogisticLowerLevel,
     RidgeLowerLevel,
@@ -24,16 +25,38 @@ from mmopt.bilevel.problem import SpreadPenalty
 __all__ = ["BilevelLogisticRegression", "BilevelRidge"]
 
 
-def _check_bounds(bounds, name):
-    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-        raise ValueError(f"{name} must be a pair (low, high), got {bounds!r}.")
-    low = check_scalar(bounds[0], f"{name}[0]", min_value=0.0, include_min=False)
-    high = check_scalar(bounds[1], f"{name}[1]", min_value=low)
-    return low, high
+# The options both estimators share (the MAID options they pass on, checked before the CV
+# problem is built).
+_COMMON_CONSTRAINTS = {
+    "fit_intercept": [bool],
+    "spread_penalty": [Interval(float, 0, None)],
+    "tol": [Interval(float, 0, None)],
+    "xtol": [Interval(float, 0, None), None],
+    "max_iter": [Interval(int, 1, None)],
+    "verbose": [Interval(int, 0, None)],
+}
+_PAIR = InstanceOf(tuple, list, name="a pair (low, high)")
+
+
+def _is_positive_pair(bounds) -> bool:
+    if len(bounds) != 2:
+        return False
+    positive = Interval(float, 0, None, closed="neither")
+    low, high = bounds
+    return positive.is_satisfied_by(low) and positive.is_satisfied_by(high) and low <= high
+
+
+def _bounds_rule(name: str) -> Rule:
+    return Rule((name,), lambda params: _is_positive_pair(params[name]),
+                f"{name} must be a pair (low, high) of finite numbers with 0 < low <= high")
+
+
+def _validate_params(est) -> None:
+    table, rules = constraints_of(type(est))
+    validate_params(table, est.get_params(deep=False), rules)
 
 
 def _solver(est):
-    check_scalar(est.spread_penalty, "spread_penalty", min_value=0.0)
     # Barzilai-Borwein steps: a secant step fits the few hyperparameters in a handful
     # of iterations where the growth rule needs many.
     # The lower levels are GLMs solved by Newton's method, whose quadratic convergence
@@ -103,6 +126,12 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen in ``fit``.
 
+    References
+    ----------
+    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
+       first-order method for bilevel optimization with application to hyperparameter
+       learning", arXiv:2308.10098, 2023 (MAID, the solver used here).
+
     Examples
     --------
     >>> from sklearn.datasets import load_diabetes
@@ -112,6 +141,14 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
     >>> round(model.alpha_, 4), round(-model.best_score_)
     (0.0005, 2993)
     """
+
+    _parameter_constraints = {
+        **_COMMON_CONSTRAINTS,
+        "penalty": [Options({"shared", "per_feature"})],
+        "alpha_init": [Interval(float, 0, None, closed="neither")],
+        "alpha_bounds": [_PAIR],
+    }
+    _parameter_rules = [_bounds_rule("alpha_bounds")]
 
     def __init__(
         self,
@@ -155,9 +192,8 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         check_input(X, "X", ndim=2)
         check_input(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
-        check_choice(self.penalty, "penalty", ("shared", "per_feature"))
-        low, high = _check_bounds(self.alpha_bounds, "alpha_bounds")
-        check_scalar(self.alpha_init, "alpha_init", min_value=0.0, include_min=False)
+        _validate_params(self)
+        low, high = (float(v) for v in self.alpha_bounds)
         solver = _solver(self)
         problem = ridge_cv_problem(
             X, y, cv=self.cv, penalty=self.penalty, fit_intercept=self.fit_intercept,
@@ -247,6 +283,12 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen in ``fit``.
 
+    References
+    ----------
+    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
+       first-order method for bilevel optimization with application to hyperparameter
+       learning", arXiv:2308.10098, 2023 (MAID, the solver used here).
+
     Examples
     --------
     >>> from sklearn.datasets import load_breast_cancer
@@ -258,6 +300,14 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
     >>> round(model.C_, 2), round(model.best_score_, 4)
     (0.63, -0.0781)
     """
+
+    _parameter_constraints = {
+        **_COMMON_CONSTRAINTS,
+        "penalty": [Options({"shared", "per_feature", "per_weight"})],
+        "C_init": [Interval(float, 0, None, closed="neither")],
+        "C_bounds": [_PAIR],
+    }
+    _parameter_rules = [_bounds_rule("C_bounds")]
 
     def __init__(
         self,
@@ -302,9 +352,8 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
         check_input(y, "y", numeric=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
         y = _check_labels(y, X.shape[0])
-        check_choice(self.penalty, "penalty", ("shared", "per_feature", "per_weight"))
-        low, high = _check_bounds(self.C_bounds, "C_bounds")
-        check_scalar(self.C_init, "C_init", min_value=0.0, include_min=False)
+        _validate_params(self)
+        low, high = (float(v) for v in self.C_bounds)
         self.classes_, Y = _encode(y)
         solver = _solver(self)
         problem = logistic_cv_problem(

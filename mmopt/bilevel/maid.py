@@ -18,27 +18,21 @@ compares an *upper* bound of the new objective with a *lower* bound of the old o
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.krylov import conjugate_gradient
+from mmopt._core.linesearch import backtracking
+from mmopt._core.params import Interval, Options
 from mmopt._core.registry import register_solver
-from mmopt._core.result import Status
-from mmopt._core.solver import Solver, SolverState, StopSolve, _caller_stacklevel
-from mmopt._core.validation import check_array, check_choice, check_scalar
-from mmopt.bilevel.inner import (
-    InnerResult,
-    _inverse_diagonal,
-    conjugate_gradient,
-    fista,
-    newton_cg,
-)
+from mmopt._core.result import InnerSolveResult, Status
+from mmopt._core.solver import Solver, SolverState, StopSolve
+from mmopt._core.validation import check_array
+from mmopt.bilevel.inner import _inverse_diagonal, fista, newton_cg
 from mmopt.bilevel.problem import BilevelProblem
 
 __all__ = ["MAID"]
@@ -92,8 +86,27 @@ class _Evaluation:
     ts: list | None = None  # the tangents A^-1 B (one hyperparameter), when offered
 
 
+_COST_COUNTERS = ("n_lower_iter", "n_hvp", "n_cg_iter", "n_lower_solves", "n_backtracks",
+                  "n_accuracy_retries", "cost")
+
+
+@dataclass
+class _MAIDRun:
+    """One run's bookkeeping, shared by all its states (the solver keeps its options only)."""
+
+    cost: dict = field(default_factory=lambda: dict.fromkeys(_COST_COUNTERS, 0))
+    certified: bool = True  # every constant of the error bound was supplied
+    modulus_hints: dict = field(default_factory=dict)  # curvature certified per instance
+    tangents: dict = field(default_factory=dict)  # warm starts of the tangent solves
+    # The parts of the last bound due to the adjoint residual and to the Hessian's change.
+    bound_from_adjoint: float = 0.0
+    bound_from_change: float = 0.0
+    stalled: bool = False  # no step passes at the accuracy floor
+
+
 @dataclass
 class _MAIDState(SolverState):
+    run: _MAIDRun = field(default_factory=_MAIDRun)
     evaluation: _Evaluation | None = None
     qs: list = field(default_factory=list)
     z: np.ndarray | None = None
@@ -171,7 +184,7 @@ class MAID(Solver):
     step can pass (it asks for more decrease relative to the slack): the iteration ends at
     once, ``eps`` and ``delta`` shrink by the factor the slack is off (at
     most ``tau``) and the step is kept. On success ``eps``, ``delta`` are multiplied by
-    ``nu`` (> 1: cheaper next time) and the step by ``step_growth``.
+    ``accuracy_growth`` (> 1: cheaper next time) and the step by ``step_growth``.
 
     **HOAG schedules** (``accuracy="geometric"``, ``"quadratic"``, ``"cubic"``,
     ``"fixed"``): ``eps_k = eps0 * s_k``, ``delta_k = delta0 * s_k`` with ``s_k = 0.9^k``,
@@ -193,8 +206,9 @@ class MAID(Solver):
         Parameter of the accuracy and sufficient-decrease tests, in (0, 1).
     tau : float, default=0.5
         Shrink factor of ``eps`` and ``delta`` on a failed test.
-    nu : float, default=1.05
-        Growth factor of ``eps`` and ``delta`` after a successful step.
+    accuracy_growth : float, default=1.05
+        Growth factor of ``eps`` and ``delta`` after a successful step (the paper's
+        ``nu``).
     backtrack : float, default=0.5
         Shrink factor of the step on a failed decrease test.
     step_growth : float, default=10/9
@@ -213,8 +227,9 @@ class MAID(Solver):
     inner_solver : {"auto", "fista", "newton-cg"} or callable, default="auto"
         Lower-level solver: ``"auto"`` uses the lower level's own solver when it has one,
         Newton-CG when it offers a dense ``hessian``, FISTA otherwise. A callable
-        ``inner_solver(lower, x0, theta, gtol) -> (x, n_iter)`` plugs in any solver (for
-        example an mmopt solver on the lower-level problem).
+        ``inner_solver(lower, x0, theta, gtol) -> (x, n_iter)`` (or an
+        :class:`~mmopt._core.result.InnerSolveResult`, whose ``n_matvec`` is then counted)
+        plugs in any solver (for example an mmopt solver on the lower-level problem).
     max_inner_iter : int, default=10000
         Iteration cap of each lower-level solve.
     max_cost : int, optional
@@ -252,9 +267,11 @@ class MAID(Solver):
 
     References
     ----------
-    M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact first-order
-    method for bilevel optimization with application to hyperparameter learning".
-    F. Pedregosa, "Hyperparameter optimization with approximate gradient", ICML 2016.
+    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
+       first-order method for bilevel optimization with application to hyperparameter
+       learning", arXiv:2308.10098, 2023.
+    .. [2] F. Pedregosa, "Hyperparameter optimization with approximate gradient", ICML 2016
+       (HOAG: the a-priori accuracy schedules).
 
     Examples
     --------
@@ -271,6 +288,25 @@ class MAID(Solver):
     name = "maid"
     problem_types = (BilevelProblem,)
     residual_covers_x = False
+    _parameter_constraints = {
+        "accuracy": [Options(_SCHEDULES)],
+        "eps0": [Interval(float, 0, None, closed="neither")],
+        "delta0": [Interval(float, 0, None, closed="neither")],
+        "step0": [Interval(float, 0, None, closed="neither"), Options({"auto"})],
+        "eta": [Interval(float, 0, 1, closed="neither")],
+        "tau": [Interval(float, 0, 1, closed="neither")],
+        "accuracy_growth": [Interval(float, 1, None)],
+        "backtrack": [Interval(float, 0, 1, closed="neither")],
+        "step_growth": [Interval(float, 1, None)],
+        "step_rule": [Options({"growth", "bb"})],
+        "max_backtracks": [Interval(int, 0, None)],
+        "max_accuracy_retries": [Interval(int, 0, None)],
+        "min_eps": [Interval(float, 0, None)],
+        "inner_solver": [Options(_INNER), callable],
+        "max_inner_iter": [Interval(int, 1, None)],
+        "max_cost": [Interval(int, 1, None), None],
+        "xtol": [Interval(float, 0, None), None],
+    }
 
     def __init__(
         self,
@@ -281,7 +317,7 @@ class MAID(Solver):
         step0: float | str = "auto",
         eta: float = 1e-4,
         tau: float = 0.5,
-        nu: float = 1.05,
+        accuracy_growth: float = 1.05,
         backtrack: float = 0.5,
         step_growth: float = 10.0 / 9.0,
         step_rule: str = "growth",
@@ -303,7 +339,7 @@ class MAID(Solver):
         self.step0 = step0
         self.eta = eta
         self.tau = tau
-        self.nu = nu
+        self.accuracy_growth = accuracy_growth
         self.backtrack = backtrack
         self.step_growth = step_growth
         self.step_rule = step_rule
@@ -319,77 +355,18 @@ class MAID(Solver):
         self.callback = callback
         self.verbose = verbose
 
-    # -------------------------------------------------------------------------- options
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_choice(self.accuracy, "accuracy", _SCHEDULES)
-        check_choice(self.step_rule, "step_rule", ("growth", "bb"))
-        for name in ("eps0", "delta0"):
-            check_scalar(getattr(self, name), name, min_value=0.0, include_min=False)
-        if not (isinstance(self.step0, str) and self.step0 == "auto"):
-            check_scalar(self.step0, "step0", min_value=0.0, include_min=False)
-        check_scalar(self.eta, "eta", min_value=0.0, max_value=1.0, include_min=False,
-                     include_max=False)
-        check_scalar(self.tau, "tau", min_value=0.0, max_value=1.0, include_min=False,
-                     include_max=False)
-        check_scalar(self.backtrack, "backtrack", min_value=0.0, max_value=1.0,
-                     include_min=False, include_max=False)
-        check_scalar(self.nu, "nu", min_value=1.0)
-        check_scalar(self.step_growth, "step_growth", min_value=1.0)
-        check_scalar(self.max_backtracks, "max_backtracks", kind=int, min_value=0)
-        check_scalar(self.max_accuracy_retries, "max_accuracy_retries", kind=int, min_value=0)
-        check_scalar(self.min_eps, "min_eps", min_value=0.0)
-        check_scalar(self.max_inner_iter, "max_inner_iter", kind=int, min_value=1)
-        check_scalar(self.max_cost, "max_cost", kind=int, min_value=1, allow_none=True)
-        check_scalar(self.xtol, "xtol", min_value=0.0, allow_none=True)
-        if not callable(self.inner_solver):
-            check_choice(self.inner_solver, "inner_solver", _INNER)
-
     # ------------------------------------------------------------------ the shared loop
-    def solve(self, problem, x0=None):
-        """Solve ``problem`` from hyperparameters ``x0`` (``problem.theta0`` when None).
-
-        Returns
-        -------
-        Result
-            See the class documentation for the fields.
-        """
-        self._validate_params()  # before the user's callback is wrapped
-        # The run's bookkeeping (cost counters, certification flags, warm-start tangents,
-        # the wrapped callback) lives on a private copy of the solver made for this solve:
-        # the instance the user holds keeps its options only and can serve several threads.
-        run = copy.copy(self)
-        user_callback = self.callback
-        run._budget_spent = run._stalled = False
-
-        # The cost budget is checked after each iteration through the loop's callback hook;
-        # the user's callback (an option, never modified) is called first.
-        def budget_callback(intermediate_result):
-            if user_callback is not None:
-                user_callback(intermediate_result)
-            if run.max_cost is not None and run._cost["cost"] >= run.max_cost:
-                run._budget_spent = True
-                raise StopIteration
-            if run._stalled:
-                raise StopIteration
-
-        run.callback = budget_callback
-        result = Solver.solve(run, problem, x0)
-        if (run._budget_spent or run._stalled) and result.status == Status.CALLBACK:
-            result.status, result.success = int(Status.MAX_ITER), False
-            result.message = (
-                "Cost budget (max_cost) spent before convergence."
-                if run._budget_spent
-                else "Stalled: no step passes the decrease test at the accuracy floor "
-                "(min_eps); tol is below what floating point can certify."
+    def _should_stop(self, problem, state: _MAIDState):
+        """Stop with status 1 when the cost budget is spent or no step can pass any more."""
+        run = state.run
+        if self.max_cost is not None and run.cost["cost"] >= self.max_cost:
+            return Status.MAX_ITER, "Cost budget (max_cost) spent before convergence."
+        if run.stalled:
+            return Status.MAX_ITER, (
+                "Stalled: no step passes the decrease test at the accuracy floor (min_eps); "
+                "tol is below what floating point can certify."
             )
-            warnings.warn(
-                f"MAID: {result.message} (nit={result.nit}, cost={result.cost}, "
-                f"residual={result.residual:.3g}, tol={self.tol:.3g})",
-                ConvergenceWarning,
-                stacklevel=_caller_stacklevel(),
-            )
-        return result
+        return None
 
     def _validate_theta(self, problem, x0):
         if x0 is None:
@@ -403,16 +380,11 @@ class MAID(Solver):
         return problem.project(np.array(theta))
 
     def _init_state(self, problem, x0) -> _MAIDState:
-        self._cost = dict.fromkeys(
-            ("n_lower_iter", "n_hvp", "n_cg_iter", "n_lower_solves", "n_backtracks",
-             "n_accuracy_retries", "cost"), 0
-        )
-        self._certified = True
-        self._modulus_hints = {}
-        self._tangents = {}
+        run = _MAIDRun()
         theta = self._validate_theta(problem, x0)
         state = _MAIDState(
             x=theta,
+            run=run,
             fun=np.inf,
             eps=float(self.eps0),
             delta=float(self.delta0),
@@ -422,7 +394,7 @@ class MAID(Solver):
         if self.accuracy != "adaptive":
             state.eps, state.delta = self._scheduled(0)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
-        evaluation = self._evaluate(problem, theta, starts, state.eps, chain=True)
+        evaluation = self._evaluate(run, problem, theta, starts, state.eps, chain=True)
         state = self._hypergradient_with_test(problem, state, evaluation)
         if self.step0 == "auto":
             # A first trial move of length 1 in theta: a factor e on a log-penalty.
@@ -445,9 +417,9 @@ class MAID(Solver):
         return max(self.eps0 * factor, self.min_eps), max(self.delta0 * factor, self.min_eps)
 
     def _step(self, problem, state: _MAIDState) -> _MAIDState:
-        theta, old, z = state.x, state.evaluation, state.z
+        theta, old, z, run = state.x, state.evaluation, state.z, state.run
         adaptive = self.accuracy == "adaptive"
-        eps, step = state.eps, state.step
+        eps = state.eps
         # MAID compares an upper bound of the new value with a lower bound of the old one;
         # HOAG's lenient test compares the other way round (tolerating the inexactness).
         sign = 1.0 if adaptive else -1.0
@@ -457,48 +429,55 @@ class MAID(Solver):
         old_fun, old_slack = (old.corrected, old.corrected_slack) if corrected else (
             old.fun, old.slack)
         lower_old = old_fun - sign * old_slack
-        accepted = False
-        new = None
-        shrink = self.tau
-        for attempt in range(self.max_backtracks + 1):
+
+        def trial(step):
+            """``(outcome, theta_new, evaluation, adjoints, shrink)`` at step ``step``."""
             theta_new = problem.project(theta - step * z)
             move = theta_new - theta
             if not move.any():
-                break
+                return "no move", theta_new, None, None, self.tau
             x_starts, q_starts = self._predict(state, move)
-            new = self._evaluate(problem, theta_new, x_starts, eps)
-            new_fun, new_slack = new.fun, new.slack
+            new = self._evaluate(run, problem, theta_new, x_starts, eps)
+            new_fun, new_slack, trial_qs = new.fun, new.slack, None
             if corrected:
                 # The adjoints at the trial point (warm-started): needed for the next
                 # hypergradient anyway when the step passes.
-                trial_qs = self._hypergradient(problem, new, q_starts, state.delta)[2]
+                trial_qs = self._hypergradient(run, problem, new, q_starts, state.delta)[2]
                 new_fun, new_slack = new.corrected, new.corrected_slack
             upper_new = new_fun + sign * new_slack
             # Differences below the rounding of the values cannot be resolved.
             rounding = 8 * np.finfo(float).eps * max(abs(new_fun), abs(old_fun))
             target = -(self.eta / step) * float(move @ move) + rounding
             if upper_new - lower_old <= target:
-                accepted = True
-                break
+                return "accepted", theta_new, new, trial_qs, self.tau
             if adaptive and new_fun - old_fun <= target:
                 # The computed values pass and only the slack of the bounds fails the test:
                 # a shorter step cannot fix that (it only asks for more decrease relative to
                 # the slack). Tighten eps and delta instead, by the factor the slack is off
                 # (slack is about linear in eps), and keep this step.
                 slack = new_slack + old_slack
+                shrink = self.tau
                 if slack > 0:
                     shrink = max(min(self.tau, 0.5 * (target - (new_fun - old_fun)) / slack),
                                  1e-3)
-                break
-            if attempt < self.max_backtracks:
-                self._cost["n_backtracks"] += 1
-                step *= self.backtrack
+                return "slack", theta_new, new, trial_qs, shrink
+            return "rejected", theta_new, new, trial_qs, self.tau
+
+        # Backtracking ends on an accepted step, or early when shortening cannot help (no
+        # move left, or only the slack fails).
+        search = backtracking(trial, lambda step, t: t[0] != "rejected", step=state.step,
+                              shrink=self.backtrack, max_trials=self.max_backtracks + 1)
+        run.cost["n_backtracks"] += search.n_trials - 1
+        step = search.step
+        outcome, theta_new, new, trial_qs, shrink = search.trial
+        accepted = outcome == "accepted"
         if accepted:
+            growth = self.accuracy_growth
             next_state = _MAIDState(
                 x=theta_new, fun=new.fun, qs=trial_qs if corrected else state.qs,
-                outer=state.outer + 1,
-                eps=max(eps * self.nu, self.min_eps) if adaptive else eps,
-                delta=max(state.delta * self.nu, self.min_eps) if adaptive else state.delta,
+                run=run, outer=state.outer + 1,
+                eps=max(eps * growth, self.min_eps) if adaptive else eps,
+                delta=max(state.delta * growth, self.min_eps) if adaptive else state.delta,
                 step=step * self.step_growth, previous=old,
                 jac_x=state.jac_x, jac_q=state.jac_q,
             )
@@ -507,7 +486,7 @@ class MAID(Solver):
             if adaptive and eps <= self.min_eps and state.delta <= self.min_eps:
                 # The accuracy floor is reached and still no step passes: nothing more can
                 # be certified in floating point.
-                self._stalled = True
+                run.stalled = True
             # No step passed: the bounds are too loose (adaptive), or the step too long.
             # Shrink from the accuracies reached (often far below the ones asked for after
             # a run of successes): shrinking only the requests would re-solve nothing and
@@ -516,7 +495,7 @@ class MAID(Solver):
             reached_delta = state.delta if old.adjoint_residual is None else min(
                 state.delta, old.adjoint_residual)
             next_state = _MAIDState(
-                x=theta, fun=old.fun, qs=state.qs, outer=state.outer + 1,
+                x=theta, fun=old.fun, qs=state.qs, run=run, outer=state.outer + 1,
                 eps=max(reached_eps * shrink, self.min_eps) if adaptive else eps,
                 delta=max(reached_delta * shrink, self.min_eps) if adaptive else state.delta,
                 # Adaptive: the bounds were too loose (or the step, shortened above until
@@ -644,42 +623,36 @@ class MAID(Solver):
         """
         self._validate_params()
         self.check_problem(problem)
-        self._cost = dict.fromkeys(
-            ("n_lower_iter", "n_hvp", "n_cg_iter", "n_lower_solves", "n_backtracks",
-             "n_accuracy_retries", "cost"), 0
-        )
-        self._certified = True
-        self._modulus_hints = {}
-        self._tangents = {}
+        run = _MAIDRun()
         theta = self._validate_theta(problem, theta)
         starts = [np.array(low.x0, dtype=float) for low in problem.lowers]
-        evaluation = self._evaluate(problem, theta, starts, float(eps), chain=True)
+        evaluation = self._evaluate(run, problem, theta, starts, float(eps), chain=True)
         qs = [np.zeros_like(x) for x in starts]
-        z, bound, _, _ = self._hypergradient(problem, evaluation, qs, float(delta),
+        z, bound, _, _ = self._hypergradient(run, problem, evaluation, qs, float(delta),
                                              directional=True)
-        self.bound_certified_ = bool(self._certified)
+        self.bound_certified_ = bool(run.certified)
         return z, bound, evaluation.fun, evaluation.xs
 
     def _hypergradient_with_test(self, problem, state, evaluation) -> _MAIDState:
         """Hypergradient at ``state.x``; in adaptive mode, tighten until the accuracy test
         ``bound <= (1 - eta) ||z||`` passes (at most ``max_accuracy_retries`` times)."""
-        theta = state.x
+        theta, run = state.x, state.run
         adaptive = self.accuracy == "adaptive"
         for retry in range(self.max_accuracy_retries + 1):
             if evaluation.errors.max() > state.eps * (1 + 1e-12):
-                evaluation = self._evaluate(problem, theta, evaluation.xs, state.eps)
+                evaluation = self._evaluate(run, problem, theta, evaluation.xs, state.eps)
             z, bound, qs, reached = self._hypergradient(
-                problem, evaluation, state.qs, state.delta
+                run, problem, evaluation, state.qs, state.delta
             )
             z_norm = float(np.linalg.norm(z))
             needed = (1 - self.eta) * z_norm
-            if adaptive and bound > needed and bound - self._bound_from_change < needed:
+            if adaptive and bound > needed and bound - run.bound_from_change < needed:
                 # The sharper bound along the Newton correction, where the plain one fails
                 # because of the Hessian's change (the part it sharpens) and would pass
                 # without it; the adjoints are warm-started at their solutions (no CG
                 # iterations).
                 z, bound, qs, reached = self._hypergradient(
-                    problem, evaluation, qs, state.delta, directional=True)
+                    run, problem, evaluation, qs, state.delta, directional=True)
                 z_norm = float(np.linalg.norm(z))
             state.qs = qs
             if not adaptive or bound <= (1 - self.eta) * z_norm:
@@ -698,7 +671,7 @@ class MAID(Solver):
             if lower_done and adjoint_done:
                 break
             if retry < self.max_accuracy_retries:
-                self._cost["n_accuracy_retries"] += 1
+                run.cost["n_accuracy_retries"] += 1
                 # The bound is about linear in eps and delta: shrink by tau, or at once by
                 # the factor the bound says is missing (with a margin), whichever is smaller.
                 # Enough for either test: the accuracy test, or certified convergence.
@@ -709,7 +682,7 @@ class MAID(Solver):
                         needed = max(needed, self.tol - projected)
                     # Half of what is needed for each side, from its own part of the bound:
                     # a side already well below its half is not asked for more.
-                    parts = {"delta": self._bound_from_adjoint}
+                    parts = {"delta": run.bound_from_adjoint}
                     parts["eps"] = max(bound - parts["delta"], 0.0)
                     factors = {
                         side: 1.0 if part <= 0.5 * needed
@@ -731,34 +704,34 @@ class MAID(Solver):
         state.residual = float(np.linalg.norm(theta - problem.project(theta - z)))
         state.record.update(
             eps=state.eps, delta=state.delta, step=state.step, bound=bound, z_norm=z_norm,
-            **{k: float(v) for k, v in self._cost.items() if k.startswith("n_") or k == "cost"},
+            **{k: float(v) for k, v in run.cost.items() if k.startswith("n_") or k == "cost"},
         )
         return state
 
-    def _inner(self, lower, x0, theta, gtol) -> InnerResult:
+    def _inner(self, lower, x0, theta, gtol) -> InnerSolveResult:
         method = self.inner_solver
         if callable(method):
             out = method(lower, x0, theta, gtol)
-            if isinstance(out, InnerResult):
+            if isinstance(out, InnerSolveResult):
                 return out
             x, nit = out
             x = np.asarray(x, dtype=float)
             norm = float(np.linalg.norm(lower.grad_x(x, theta)))
-            return InnerResult(x, int(nit), 0, norm, norm <= gtol)
+            return InnerSolveResult(x, int(nit), 0, norm, norm <= gtol)
         if method == "auto":
             custom = getattr(lower, "custom_solver", None)
             if custom is not None:
                 x, nit = custom(x0, theta, gtol)
                 x = np.asarray(x, dtype=float)
                 norm = float(np.linalg.norm(lower.grad_x(x, theta)))
-                return InnerResult(x, int(nit), 0, norm, norm <= gtol)
+                return InnerSolveResult(x, int(nit), 0, norm, norm <= gtol)
             method = getattr(lower, "inner_solver_hint", None) or (
                 "newton-cg" if callable(getattr(lower, "hessian", None)) else "fista"
             )
         solver = newton_cg if method == "newton-cg" else fista
         return solver(lower, x0, theta, gtol, max_iter=self.max_inner_iter)
 
-    def _evaluate(self, problem, theta, starts, eps, *, chain=False) -> _Evaluation:
+    def _evaluate(self, run, problem, theta, starts, eps, *, chain=False) -> _Evaluation:
         """Solve every lower level at ``theta`` to accuracy ``eps`` from ``starts``; with
         ``chain`` (cold starts), each instance starts from the previous one's solution
         instead (cross-validation folds have similar solutions)."""
@@ -771,9 +744,9 @@ class MAID(Solver):
                 start = xs[-1]
             # The curvature certified last time (below mu with an intercept) sets the
             # stopping test, so that one solve usually certifies eps.
-            hint = min(self._modulus_hints.get(k, mu), mu)
-            out = self._solve_lower(lower, start, theta, hint * eps)
-            modulus, error = self._certify(lower, out, theta, mu, k)
+            hint = min(run.modulus_hints.get(k, mu), mu)
+            out = self._solve_lower(run, lower, start, theta, hint * eps)
+            modulus, error = self._certify(run, lower, out, theta, mu, k)
             # A local modulus below mu (an unpenalized intercept) certifies less than the
             # stopping test assumed, or nothing yet when the ball it needs is too large:
             # continue from the point reached until it certifies eps.
@@ -781,16 +754,16 @@ class MAID(Solver):
                 if error <= eps * (1 + 1e-12) or not out.converged:
                     break
                 gtol = 0.5 * modulus * eps if math.isfinite(error) else 0.1 * out.residual
-                out = self._solve_lower(lower, out.x, theta, gtol)
-                modulus, error = self._certify(lower, out, theta, mu, k)
+                out = self._solve_lower(run, lower, out.x, theta, gtol)
+                modulus, error = self._certify(run, lower, out, theta, mu, k)
             if not math.isfinite(error):
                 # No certificate: the global mu is only a heuristic here.
-                self._certified = False
+                run.certified = False
                 modulus, error = mu, out.residual / mu
             value, grad = upper.value(out.x), upper.grad(out.x)
             L_g = upper.L_g
             if L_g is None:
-                self._certified, L_g = False, 0.0
+                run.certified, L_g = False, 0.0
             slack += float(np.linalg.norm(grad)) * error + 0.5 * L_g * error**2
             xs.append(out.x)
             errors.append(error)
@@ -803,16 +776,16 @@ class MAID(Solver):
         return _Evaluation(theta, xs, np.array(errors), np.array(residuals), np.array(moduli),
                            np.array(values), grads, fun, slack / n)
 
-    def _solve_lower(self, lower, x0, theta, gtol) -> InnerResult:
+    def _solve_lower(self, run, lower, x0, theta, gtol) -> InnerSolveResult:
         out = self._inner(lower, x0, theta, gtol)
-        self._cost["n_lower_iter"] += out.nit
-        self._cost["n_hvp"] += out.n_hvp
-        self._cost["n_lower_solves"] += 1
+        run.cost["n_lower_iter"] += out.nit
+        run.cost["n_hvp"] += out.n_matvec
+        run.cost["n_lower_solves"] += 1
         # Every Hessian-vector product of a truncated Newton solve is a CG iteration.
-        self._cost["cost"] += out.nit + out.n_hvp
+        run.cost["cost"] += out.nit + out.n_matvec
         return out
 
-    def _certify(self, lower, out, theta, mu, k=0):
+    def _certify(self, run, lower, out, theta, mu, k=0):
         """``(modulus, error)``: a curvature bound valid on a ball around ``out.x`` that
         holds ``x*``, and the certified distance ``||x - x*|| <= ||grad|| / modulus``.
 
@@ -822,13 +795,13 @@ class MAID(Solver):
         """
         norm = out.residual
         global_valid = getattr(lower, "mu_certified", True)
-        radius = 2.0 * norm / min(self._modulus_hints.get(k, mu), mu)
+        radius = 2.0 * norm / min(run.modulus_hints.get(k, mu), mu)
         for _ in range(3):
             local = lower.local_mu(out.x, theta, radius)
             if local is None or (global_valid and local <= mu):
                 break  # nothing sharper than the global bound
             if local > 0 and norm <= local * radius:
-                self._modulus_hints[k] = local
+                run.modulus_hints[k] = local
                 return local, norm / local
             # The curvature near x is below half of mu: look again on a larger ball.
             radius = 2.0 * norm / local if local > 0 else 10.0 * radius
@@ -836,10 +809,10 @@ class MAID(Solver):
             if not global_valid:
                 return mu, math.inf  # solve more accurately: a smaller ball may certify
         if not global_valid and local is None:
-            self._certified = False
+            run.certified = False
         return mu, norm / mu
 
-    def _hypergradient(self, problem, evaluation, q_starts, delta, *, directional=False):
+    def _hypergradient(self, run, problem, evaluation, q_starts, delta, *, directional=False):
         """``z``, its error bound, and the adjoint solutions (warm starts for next time).
 
         With ``directional``, the changes of ``A`` and ``B`` between ``x`` and ``x*`` are
@@ -864,9 +837,9 @@ class MAID(Solver):
                 lambda v, lower=lower, x=x: lower.hvp_xx(x, theta, v), grad, q_start, delta,
                 inv_diag=inv_diag,
             )
-            self._cost["n_cg_iter"] += cg.nit
-            self._cost["n_hvp"] += cg.n_hvp
-            self._cost["cost"] += cg.nit
+            run.cost["n_cg_iter"] += cg.nit
+            run.cost["n_hvp"] += cg.n_matvec
+            run.cost["cost"] += cg.nit
             reached = reached and cg.converged
             residuals.append(cg.residual)
             q = cg.x
@@ -885,10 +858,10 @@ class MAID(Solver):
             if change is None:
                 L_A = lower.hessian_lipschitz(theta)
                 if L_A is None:
-                    self._certified, L_A = False, 0.0
+                    run.certified, L_A = False, 0.0
                 change = L_A * e * q_norm
             if None in (L_g, L_B, norm_B):
-                self._certified = False
+                run.certified = False
             L_g, L_B = L_g or 0.0, L_B or 0.0
             if norm_B is None:
                 norm_B = float(np.linalg.norm(z_k)) / q_norm if q_norm > 0 else 0.0
@@ -900,7 +873,7 @@ class MAID(Solver):
             # |B^T (q* - q)| = |(A*^{-1} B)^T rho| <= min(||B|| / mu, ||A*^{-1} B||) R.
             gain = norm_B / mu
             if theta.size == 1:
-                t, t_bound = self._tangent(lower, x, theta, mu, e, k, inv_diag, gn)
+                t, t_bound = self._tangent(run, lower, x, theta, mu, e, k, inv_diag, gn)
                 ts.append(t)
                 gain = min(gain, t_bound)
             cross = _segment_change(lower.cross_change, x, theta, q, e, gn)
@@ -909,14 +882,14 @@ class MAID(Solver):
             # The slack of the corrected value needs the change on the whole segment.
             segment_change = change
             if directional and e > 0 and change > cg.residual + L_g * e:
-                newton = self._newton_correction(lower, x, theta, e, gn, mu, inv_diag)
+                newton = self._newton_correction(run, lower, x, theta, e, gn, mu, inv_diag)
                 if newton is not None:
                     d, e_newton = newton
                     change = min(change, self._endpoint_change(
-                        lower, x, theta, q, d, e_newton, lower.hvp_xx, lower.hessian_change,
+                        run, lower, x, theta, q, d, e_newton, lower.hvp_xx, lower.hessian_change,
                         lower.hessian_lipschitz))
                     cross = min(cross, self._endpoint_change(
-                        lower, x, theta, q, d, e_newton, lower.vjp_theta, lower.cross_change,
+                        run, lower, x, theta, q, d, e_newton, lower.vjp_theta, lower.cross_change,
                         lower.cross_lipschitz))
                     R = cg.residual + L_g * e + change
                     e_q = R / mu
@@ -935,11 +908,11 @@ class MAID(Solver):
         evaluation.qs = qs
         evaluation.adjoint_residual = max(residuals)
         evaluation.ts = ts if len(ts) == n and all(t is not None for t in ts) else None
-        self._bound_from_adjoint = from_adjoint / n
-        self._bound_from_change = from_change / n
+        run.bound_from_adjoint = from_adjoint / n
+        run.bound_from_change = from_change / n
         return z, bound / n, qs, reached
 
-    def _newton_correction(self, lower, x, theta, e, grad_norm, mu, inv_diag):
+    def _newton_correction(self, run, lower, x, theta, e, grad_norm, mu, inv_diag):
         """``(d, e_d)``: the Newton correction ``d ~ A^-1 grad_x Phi(x)`` (CG to 30% of the
         gradient: a rough ``d`` suffices, the rest is certified) and a certified bound
         ``e_d >= ||x - d - x*||``, or None when the Hessian's change cannot be bounded.
@@ -956,9 +929,9 @@ class MAID(Solver):
         matvec = lambda v: lower.hvp_xx(x, theta, v)  # noqa: E731
         cg = conjugate_gradient(matvec, g, np.zeros_like(g), 0.3 * grad_norm, max_iter=20,
                                 inv_diag=inv_diag)
-        self._cost["n_cg_iter"] += cg.nit
-        self._cost["n_hvp"] += cg.n_hvp + 1
-        self._cost["cost"] += cg.nit
+        run.cost["n_cg_iter"] += cg.nit
+        run.cost["n_hvp"] += cg.n_matvec + 1
+        run.cost["cost"] += cg.nit
         d = cg.x
         residual = float(np.linalg.norm(g - matvec(d)))  # the true residual, certified
         change = _segment_change(lower.hessian_change, x, theta, d, e, grad_norm)
@@ -969,14 +942,14 @@ class MAID(Solver):
             change = L_A * e * float(np.linalg.norm(d))
         return d, (residual + change) / mu
 
-    def _endpoint_change(self, lower, x, theta, v, d, radius, apply, change, lipschitz):
+    def _endpoint_change(self, run, lower, x, theta, v, d, radius, apply, change, lipschitz):
         """Bound on ``||M(x*) v - M(x) v||`` (``M`` = ``A`` with ``apply=hvp_xx``, or
         ``B^T`` with ``vjp_theta``) from ``||x - d - x*|| <= radius``: the change to ``x - d``
         computed, plus the bound of the change on the ball around it."""
         y = x - d
         direct = float(np.linalg.norm(apply(y, theta, v) - apply(x, theta, v)))
         if apply == lower.hvp_xx:
-            self._cost["n_hvp"] += 2
+            run.cost["n_hvp"] += 2
         rest = change(y, theta, v, radius) if radius > 0 else 0.0
         if rest is None:
             constant = lipschitz(theta)
@@ -985,7 +958,7 @@ class MAID(Solver):
             rest = constant * radius * float(np.linalg.norm(v))
         return direct + rest
 
-    def _tangent(self, lower, x, theta, mu, e, k, inv_diag, grad_norm):
+    def _tangent(self, run, lower, x, theta, mu, e, k, inv_diag, grad_norm):
         """``(t, T)``: the tangent ``t ~ A^-1 b`` (``b = B``, one hyperparameter; ``-t`` is
         ``dx*/dtheta``) by warm-started CG, and a certified bound ``T >= ||A*^-1 b||``, or
         ``(None, inf)`` when the lower level offers no ``jvp_theta``.
@@ -999,7 +972,7 @@ class MAID(Solver):
         if b is None:
             return None, math.inf
         b = np.asarray(b, dtype=float)
-        start = self._tangents.get(k)
+        start = run.tangents.get(k)
         if start is None or start.shape != b.shape:
             start = np.zeros_like(b)
         matvec = lambda v: lower.hvp_xx(x, theta, v)  # noqa: E731
@@ -1007,15 +980,15 @@ class MAID(Solver):
             np.linalg.norm(b))
         for _ in range(3):
             cg = conjugate_gradient(matvec, b, start, tol, inv_diag=inv_diag)
-            self._cost["n_cg_iter"] += cg.nit
-            self._cost["n_hvp"] += cg.n_hvp
-            self._cost["cost"] += cg.nit
+            run.cost["n_cg_iter"] += cg.nit
+            run.cost["n_hvp"] += cg.n_matvec
+            run.cost["cost"] += cg.nit
             start = cg.x
             t_norm = float(np.linalg.norm(start))
             if cg.residual <= 0.5 * mu * t_norm or not cg.converged:
                 break
             tol = 0.25 * mu * t_norm
-        self._tangents[k] = start
+        run.tangents[k] = start
         change = _segment_change(lower.hessian_change, x, theta, start, e, grad_norm)
         if change is None:
             L_A = lower.hessian_lipschitz(theta)
@@ -1025,16 +998,16 @@ class MAID(Solver):
         return start, t_norm + (cg.residual + change) / mu
 
     def _result_fields(self, problem, state) -> dict:
-        evaluation = state.evaluation
+        evaluation, run = state.evaluation, state.run
         return {
             "theta": state.x,
             "x_lower": evaluation.xs,
             "fun_error": evaluation.slack,
             "hypergradient": state.z,
             "bound": state.bound,
-            "bound_certified": bool(self._certified),
+            "bound_certified": bool(run.certified),
             "eps": state.eps,
             "delta": state.delta,
             "step": state.step,
-            **{k: int(v) for k, v in self._cost.items()},
+            **{k: int(v) for k, v in run.cost.items()},
         }

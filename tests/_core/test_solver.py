@@ -148,3 +148,54 @@ def test_interrupt_during_a_continuation_returns_the_latest_iterate():
     res = ContinuationSolver().solve(problem)
     assert res.status == 3 and res.nit == 2
     assert res.x[0] == 2.0  # not the initial state
+
+
+class BudgetSolver(ScriptedSolver):
+    """Stops through the loop's hook once ``budget`` iterations are done."""
+
+    name = "budget-test"
+
+    def __init__(self, *, budget=3, stop_status=Status.MAX_ITER, tol=0.0, max_iter=100,
+                 callback=None, verbose=0):
+        super().__init__(tol=tol, max_iter=max_iter, callback=callback, verbose=verbose)
+        self.budget = budget
+        self.stop_status = stop_status
+
+    def _should_stop(self, problem, state):
+        if state.x[0] >= self.budget:
+            return self.stop_status, f"Budget of {self.budget} spent."
+        return None
+
+
+def test_should_stop_hook_ends_the_solve_with_its_status_and_reason():
+    problem = Scripted(values=(5.0, 4.0, 3.0, 2.0, 1.0))
+    seen = []
+    with pytest.warns(ConvergenceWarning, match="Budget of 3 spent"):
+        res = BudgetSolver(callback=lambda r: seen.append(r.nit)).solve(problem)
+    assert res.status == 1 and not res.success and res.nit == 3
+    assert res.message == "Budget of 3 spent." and res.x[0] == 3.0
+    assert len(res.history["fun"]) == 3
+    assert seen == [1, 2, 3]  # the callback still sees the last iteration, before the hook
+
+
+def test_should_stop_hook_runs_before_the_tol_test_and_may_return_a_bare_status():
+    # The residual reaches tol at iteration 2, where the hook stops first.
+    problem = Scripted(values=(5.0, 0.5, 0.1))
+
+    class Bare(BudgetSolver):
+        def _should_stop(self, problem, state):
+            return Status.CALLBACK if state.x[0] >= 2 else None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # status 2 does not warn
+        res = Bare(tol=1.0).solve(problem)
+    assert res.status == 2 and res.nit == 2
+    assert res.message == "Stopped by the callback (StopIteration)."
+
+
+def test_hook_that_never_fires_leaves_the_loop_as_it_was():
+    problem = Scripted(values=(5.0, 4.0, 3.0))
+    plain = ScriptedSolver(tol=3.5).solve(problem)
+    hooked = BudgetSolver(budget=99, tol=3.5).solve(problem)
+    assert (plain.status, plain.nit, plain.fun) == (hooked.status, hooked.nit, hooked.fun) == (
+        0, 3, 3.0)

@@ -158,9 +158,35 @@ def test_ridge_bad_options_named(fuzz, kwargs, name):
     fuzz.raises_naming(BilevelRidge(**kwargs).fit, name, *_regression())
 
 
+def _estimator_invalid_cases():
+    from mmopt._core.params import constraints_of, invalid_values
+
+    return [pytest.param(cls, option, value, error, id=f"{cls.__name__}-{option}-{value!r}")
+            for cls in (BilevelRidge, BilevelLogisticRegression)
+            for option, value, error in invalid_values(constraints_of(cls)[0])]
+
+
+@pytest.mark.parametrize("cls, option, value, error", _estimator_invalid_cases())
+def test_estimator_options_reject_their_table_invalid_values(cls, option, value, error):
+    X, y = _classification() if cls is BilevelLogisticRegression else _regression()
+    with pytest.raises(error, match=option):
+        cls(**{option: value}).fit(X, y)
+
+
+@pytest.mark.parametrize("option", ["alpha_bounds", "C_bounds"])
+@pytest.mark.parametrize("bounds", [(1.0, 0.1), (0.0, 1.0), (1.0,), (1.0, np.inf), ("a", 1.0)])
+def test_estimator_bounds_rule(option, bounds):
+    X, y = _regression()
+    cls = BilevelRidge if option == "alpha_bounds" else BilevelLogisticRegression
+    if cls is BilevelLogisticRegression:
+        X, y = _classification()
+    with pytest.raises(ValueError, match=option):
+        cls(**{option: bounds}).fit(X, y)
+
+
 @pytest.mark.parametrize(
     "option, value",
-    [("eps0", 0.0), ("eta", 1.0), ("tau", 0.0), ("nu", 0.5), ("accuracy", "bogus"),
+    [("eps0", 0.0), ("eta", 1.0), ("tau", 0.0), ("accuracy_growth", 0.5), ("accuracy", "bogus"),
      ("step_rule", "bogus"), ("max_cost", 0), ("inner_solver", "bogus"), ("tol", np.nan)],
 )
 def test_maid_bad_options_named(fuzz, option, value):

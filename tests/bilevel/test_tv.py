@@ -205,22 +205,22 @@ def test_directional_bound_covers_the_true_error_and_is_sharper(problem, eps, mo
 def test_newton_correction_error_bound_is_valid(problem):
     # ||x - d - x*|| <= e_d, and far below the certified distance of x itself.
     from mmopt.bilevel.inner import fista
+    from mmopt.bilevel.maid import _MAIDRun
 
     theta = np.log([0.05, 0.03])
     lower = problem.lowers[0]
     x_star = MAID().hypergradient(problem, theta, eps=1e-12, delta=1e-12)[3][0]
-    solver = MAID()
-    solver._cost = dict.fromkeys(("n_cg_iter", "n_hvp", "cost"), 0)
+    solver, run = MAID(), _MAIDRun()
     for gtol in (1e-2, 1e-3, 1e-4):
         x = fista(lower, lower.y, theta, gtol).x
         grad_norm = float(np.linalg.norm(lower.grad_x(x, theta)))
         e = grad_norm / lower.mu(theta)
-        d, e_d = solver._newton_correction(lower, x, theta, e, grad_norm, lower.mu(theta),
+        d, e_d = solver._newton_correction(run, lower, x, theta, e, grad_norm, lower.mu(theta),
                                            None)
         assert np.linalg.norm(x - d - x_star) <= e_d
         if gtol <= 1e-3:
             assert e_d < 0.5 * e
-    assert solver._cost["n_cg_iter"] > 0  # its CG iterations are counted
+    assert run.cost["n_cg_iter"] > 0  # its CG iterations are counted
 
 
 def test_broyden_estimates_satisfy_the_secant_condition_and_save_work(problem, monkeypatch):
