@@ -83,11 +83,19 @@ def conjugate_gradient(
     p = s.copy()
     rs = float(r @ s)
     k = 0
+    # The largest Rayleigh quotient met so far: a lower estimate of ||A||, against which a
+    # direction's curvature is judged numerically zero.
+    top_curvature = 0.0
     while norm > tol and k < max_iter:
         Ap = matvec(p)
         n_matvec += 1
         pAp = float(p @ Ap)
-        if pAp <= 0 or rs <= 0:  # a null direction of a semi-definite A: no more progress
+        pp = float(p @ p)
+        top_curvature = max(top_curvature, pAp / pp if pp > 0 else 0.0)
+        if pAp <= 1e-15 * top_curvature * pp or rs <= 0 or not math.isfinite(pAp):
+            # A (numerically) null direction of a semi-definite A, where a right-hand side
+            # with a part in the null space would send the step to infinity: no more
+            # progress is possible.
             break
         a = rs / pAp
         x += a * p

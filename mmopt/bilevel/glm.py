@@ -583,7 +583,10 @@ class LogisticLowerLevel(LowerLevel):
             var = np.maximum((P * U * U) @ ones - mean * mean, 0.0)
             # sd <= range / 2 under any distribution: the bound for large t.
             spread = U.max(axis=1) - U.min(axis=1)
-            slope = np.minimum(4.0 * np.exp(t) * np.sqrt(var), 2.0 * spread)
+            # exp(t) * sd may overflow to inf for t near its cap: the minimum then takes the
+            # range bound, which is the right answer.
+            with np.errstate(over="ignore"):
+                slope = np.minimum(4.0 * np.exp(t) * np.sqrt(var), 2.0 * spread)
         # ||M||_F^2 <= sum_i slope_i^2 tau_i^2 with tau_i <= t_i and sum_i tau_i^2 =
         # ||Xa (Y - X)||_F^2 <= ||Xa||^2 radius^2: the largest value puts the budget on the
         # steepest samples first (a fractional knapsack).

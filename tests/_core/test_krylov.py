@@ -1,4 +1,7 @@
+
 """Conjugate gradients (mmopt/_core/krylov.py) against direct solves."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -87,3 +90,16 @@ def test_max_iter_caps_the_iterations():
 
 def test_inverse_diagonal_keeps_null_entries_at_unit_scale():
     np.testing.assert_array_equal(inverse_diagonal(np.array([4.0, 0.0, -1.0])), [0.25, 1, 1])
+
+
+def test_inconsistent_semidefinite_system_stops_without_overflow():
+    # b has a part in A's null space: no x solves A x = b, and a step along the null
+    # direction would be infinite. CG must stop with a finite iterate whose reported residual
+    # is the true one, and no warning.
+    A = np.diag([2.0, 1.0, 1e-300, 0.0])
+    b = np.array([2.0, 1.0, 1.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = conjugate_gradient(lambda v: A @ v, b, np.zeros(4), 1e-10)
+    assert not out.converged and np.all(np.isfinite(out.x))
+    assert out.residual == pytest.approx(np.linalg.norm(A @ out.x - b))
