@@ -22,6 +22,7 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from mmopt._core.validation import check_array
 from mmopt.bilevel.inner import _inverse_diagonal, fista, newton_cg
 from mmopt.bilevel.problem import BilevelProblem
 
-__all__ = ["MAID"]
+__all__ = ["MAID", "HypergradientEstimate"]
 
 _SCHEDULES = ("adaptive", "geometric", "quadratic", "cubic", "fixed")
 _INNER = ("auto", "fista", "newton-cg")
@@ -119,6 +120,16 @@ class _MAIDState(SolverState):
     # Broyden estimates of dx_k*/dtheta and dq_k/dtheta (warm starts), when kept.
     jac_x: list | None = None
     jac_q: list | None = None
+
+
+class HypergradientEstimate(NamedTuple):
+    """What :meth:`MAID.hypergradient` returns."""
+
+    z: np.ndarray
+    bound: float
+    fun: float
+    x_lower: list
+    certified: bool
 
 
 @register_solver
@@ -600,15 +611,12 @@ class MAID(Solver):
 
         Returns
         -------
-        z : ndarray
-            The hypergradient estimate.
-        bound : float
-            Its a-posteriori error bound (certified when ``self`` reports so afterwards in
-            ``bound_certified_``).
-        fun : float
-            The computed objective ``mean g_k(x_k) + r(theta)``.
-        x_lower : list of ndarray
-            The lower-level solutions.
+        HypergradientEstimate
+            A named tuple ``(z, bound, fun, x_lower, certified)``: the hypergradient
+            estimate, its a-posteriori error bound, the computed objective
+            ``mean g_k(x_k) + r(theta)``, the lower-level solutions, and whether the bound is
+            certified (the solver object is not changed, so one instance serves many
+            threads).
 
         Examples
         --------
@@ -617,9 +625,10 @@ class MAID(Solver):
         >>> from mmopt.bilevel import MAID
         >>> from mmopt.bilevel.glm import ridge_cv_problem
         >>> X, y = load_diabetes(return_X_y=True)
-        >>> z, bound, fun, _ = MAID().hypergradient(ridge_cv_problem(X, y), np.zeros(1))
-        >>> bool(bound < 1e-6 * np.linalg.norm(z))
-        True
+        >>> z, bound, fun, _, certified = MAID().hypergradient(ridge_cv_problem(X, y),
+        ...                                                   np.zeros(1))
+        >>> bool(bound < 1e-6 * np.linalg.norm(z)), certified
+        (True, True)
         """
         self._validate_params()
         self.check_problem(problem)
@@ -630,8 +639,8 @@ class MAID(Solver):
         qs = [np.zeros_like(x) for x in starts]
         z, bound, _, _ = self._hypergradient(run, problem, evaluation, qs, float(delta),
                                              directional=True)
-        self.bound_certified_ = bool(run.certified)
-        return z, bound, evaluation.fun, evaluation.xs
+        return HypergradientEstimate(z, bound, evaluation.fun, evaluation.xs,
+                                     bool(run.certified))
 
     def _hypergradient_with_test(self, problem, state, evaluation) -> _MAIDState:
         """Hypergradient at ``state.x``; in adaptive mode, tighten until the accuracy test

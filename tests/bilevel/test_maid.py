@@ -89,7 +89,7 @@ def test_adaptive_fista_without_lipschitz_and_fields():
 
 
 def _fd_objective(problem, theta):
-    _, _, fun, _ = MAID().hypergradient(problem, theta, eps=1e-13, delta=1e-13)
+    _, _, fun, _, _ = MAID().hypergradient(problem, theta, eps=1e-13, delta=1e-13)
     return fun
 
 
@@ -120,7 +120,7 @@ def _hypergradient_problems():
 @pytest.mark.parametrize("name", list(_hypergradient_problems()))
 def test_hypergradient_matches_central_differences(name):
     problem, theta = _hypergradient_problems()[name]
-    z, bound, _, _ = MAID().hypergradient(problem, theta, eps=1e-12, delta=1e-12)
+    z, bound, *_ = MAID().hypergradient(problem, theta, eps=1e-12, delta=1e-12)
     h = 1e-4
     fd = np.empty_like(theta)
     for j in range(theta.size):
@@ -154,8 +154,9 @@ def test_error_bound_is_never_below_the_true_error_ridge(penalty, eps, delta):
     exact = _exact_hypergradient_ridge(problem, theta)
     # FISTA instead of the exact Cholesky solve, so that the lower level is really inexact.
     solver = MAID(inner_solver="fista")
-    z, bound, _, _ = solver.hypergradient(problem, theta, eps=eps, delta=delta)
-    assert solver.bound_certified_
+    before = dict(vars(solver))
+    z, bound, _, _, certified = solver.hypergradient(problem, theta, eps=eps, delta=delta)
+    assert certified and vars(solver) == before
     assert np.linalg.norm(z - exact) <= bound
 
 
@@ -166,10 +167,10 @@ def test_error_bound_is_never_below_the_true_error_logistic(eps):
     X = StandardScaler().fit_transform(X)[:150, :5]
     problem = logistic_cv_problem(X, y[:150], cv=3, fit_intercept=False, penalty="per_feature")
     theta = np.linspace(-1, 1, 5)
-    exact, _, _, _ = MAID().hypergradient(problem, theta, eps=1e-13, delta=1e-13)
+    exact, *_ = MAID().hypergradient(problem, theta, eps=1e-13, delta=1e-13)
     solver = MAID(inner_solver="fista")
-    z, bound, _, _ = solver.hypergradient(problem, theta, eps=eps, delta=eps)
-    assert solver.bound_certified_
+    z, bound, _, _, certified = solver.hypergradient(problem, theta, eps=eps, delta=eps)
+    assert certified
     assert np.linalg.norm(z - exact) <= bound
 
 
@@ -349,9 +350,9 @@ def test_bound_covers_the_true_error_property(seed, theta, log_eps, log_delta):
     x = c / (1 + a)
     exact = -a * x @ ((x - t) / (1 + a))
     solver = MAID(inner_solver="fista")
-    z, bound, _, _ = solver.hypergradient(problem, np.array([theta]), eps=10.0**log_eps,
-                                          delta=10.0**log_delta)
-    assert solver.bound_certified_
+    z, bound, _, _, certified = solver.hypergradient(
+        problem, np.array([theta]), eps=10.0**log_eps, delta=10.0**log_delta)
+    assert certified
     assert abs(z[0] - exact) <= bound + 1e-14
 
 
@@ -400,17 +401,17 @@ def test_tangent_bound_is_valid_and_sharper(kind, eps, monkeypatch):
         X, y = load_iris(return_X_y=True)
     problem = logistic_cv_problem(X, y, cv=3)
     theta = np.array([0.3])
-    exact, _, _, _ = MAID().hypergradient(problem, theta, eps=1e-13, delta=1e-13)
+    exact, *_ = MAID().hypergradient(problem, theta, eps=1e-13, delta=1e-13)
     solver = MAID(inner_solver="fista")
-    z, bound, _, _ = solver.hypergradient(problem, theta, eps=eps, delta=eps)
-    assert solver.bound_certified_
+    z, bound, _, _, certified = solver.hypergradient(problem, theta, eps=eps, delta=eps)
+    assert certified
     assert np.linalg.norm(z - exact) <= bound
     # Without jvp_theta the bound falls back to ||B|| / m: valid, and looser.
     from mmopt.bilevel import LogisticLowerLevel
 
     monkeypatch.setattr(LogisticLowerLevel, "jvp_theta", lambda self, x, theta, d: None)
     plain = MAID(inner_solver="fista")
-    z_plain, bound_plain, _, _ = plain.hypergradient(problem, theta, eps=eps, delta=eps)
+    z_plain, bound_plain, *_ = plain.hypergradient(problem, theta, eps=eps, delta=eps)
     np.testing.assert_allclose(z_plain, z, rtol=1e-12, atol=1e-15)
     assert np.linalg.norm(z_plain - exact) <= bound_plain
     assert bound <= bound_plain
