@@ -79,6 +79,7 @@ EXAMPLE_PROBLEMS = {
     "sns": lambda seed=0: _ot_problem(reg=1e-3, seed=seed),
     # The solver's default k (None) is unconstrained: a smooth problem that converges.
     "sparsity_constrained": lambda seed=0: _ot_problem(reg=0.1, seed=seed),
+    "exact": _ot_problem,
 }
 
 NAMES = sorted(SOLVERS)

@@ -90,7 +90,7 @@ def test_inputs_are_not_modified():
         ({}, "y_features", ValueError, "same number of features"),
         ({}, "x_nan", ValueError, "NaN"),
         ({}, "weights", ValueError, "sample_weight"),
-        ({"solver": "exact", "solver_options": {"tol": 1.0}}, None, TypeError, "no options"),
+        ({"solver": "exact", "solver_options": {"k": 3}}, None, TypeError, "'k'.*exact"),
         ({"solver_options": {"bogus": 1}}, None, TypeError, "bogus"),
     ],
 )
