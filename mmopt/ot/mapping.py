@@ -119,7 +119,10 @@ class OTMapping(TransformerMixin, BaseEstimator):
         validate_params(table, self.get_params(deep=False), rules)
         options = dict(self.solver_options or {})
         if y is None:
-            raise ValueError("OTMapping.fit needs target samples y, of shape (m, d).")
+            raise ValueError(
+                "OTMapping requires y to be passed, but the target y is None: pass the "
+                "target samples y, of shape (m, d)."
+            )
         X = _named(validate_data, "X", self, X, reset=True, dtype=np.float64)
         target = check_array(y, "y", ndim=2)
         if target.shape[1] != X.shape[1]:
