@@ -1,4 +1,8 @@
-"""The real scan pair shipped with mmopt, and synthetic registration problems."""
+"""The real scan pair shipped with mmopt, and synthetic registration clouds.
+
+Arrays only: :func:`mmopt.registration.make_registration_problem` builds the problem from
+:func:`make_registration_clouds` (the data layer imports no solver family).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from sklearn.utils import Bunch, check_random_state
 
 from mmopt._core.validation import check_array, check_scalar
 
-__all__ = ["load_scan_pair", "make_registration_problem"]
+__all__ = ["load_scan_pair", "make_registration_clouds"]
 
 _DATA = "data/scan_pair"
 
@@ -73,7 +77,7 @@ def _random_rotation(angle_rad: float, rng) -> np.ndarray:
     return np.eye(3) + math.sin(angle_rad) * K + (1 - math.cos(angle_rad)) * (K @ K)
 
 
-def make_registration_problem(
+def make_registration_clouds(
     points=None,
     *,
     rotation_deg: float = 30.0,
@@ -83,7 +87,7 @@ def make_registration_problem(
     overlap: float = 0.7,
     random_state=None,
 ):
-    """A registration problem with a known answer, cut from one cloud.
+    """Source and target clouds with a known rigid motion between them, cut from one cloud.
 
     The cloud is split along a random direction: the target keeps the points whose rank along
     it is at least ``(1 - overlap) / 2``, the source those below ``(1 + overlap) / 2``, so a
@@ -113,22 +117,26 @@ def make_registration_problem(
 
     Returns
     -------
-    problem : RegistrationProblem
-        The source and target clouds.
+    source : ndarray of shape (n_source, 3)
+        The moved, noisy, cropped cloud with its outliers.
+    target : ndarray of shape (n_target, 3)
+        The cropped, noisy cloud.
     transform : ndarray of shape (4, 4)
         The true ``T`` (``target ~= T source`` on the shared part, up to noise).
+
+    See Also
+    --------
+    mmopt.registration.make_registration_problem : the same, as a ``RegistrationProblem``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from mmopt.datasets import make_registration_problem
+    >>> from mmopt.datasets import make_registration_clouds
     >>> rng = np.random.default_rng(0)
-    >>> problem, T = make_registration_problem(rng.random((2000, 3)), random_state=0)
-    >>> problem.source.shape, problem.target.shape
+    >>> source, target, T = make_registration_clouds(rng.random((2000, 3)), random_state=0)
+    >>> source.shape, target.shape
     ((2125, 3), (1699, 3))
     """
-    from mmopt.registration.problem import RegistrationProblem, _diagonal
-
     if points is None:
         points = load_scan_pair().source
     points = check_array(points, "points", ndim=2, shape=(None, 3))
@@ -176,4 +184,14 @@ def make_registration_problem(
         low, high = source.min(axis=0), source.max(axis=0)
         source = np.vstack([source, rng.uniform(low, high, size=(n_outliers, 3))])
         source = source[rng.permutation(source.shape[0])]
-    return RegistrationProblem(source, target), T
+    return source, target, T
+
+
+def _diagonal(points: np.ndarray) -> float:
+    """Bounding-box diagonal, without the overflow (1e300) or underflow (1e-300) of squaring."""
+    spread = np.ptp(points, axis=0)
+    largest = float(spread.max())
+    if 1e-150 < largest < 1e150:  # the squares are representable: the plain norm
+        return float(np.linalg.norm(spread))
+    # hypot scales as it goes: no overflow nor underflow.
+    return float(np.hypot.reduce(spread))

@@ -1,7 +1,8 @@
 """Optimal transport: entropic OT by Sinkhorn, and exact OT by linear programming.
 
 :class:`OTProblem` holds the histograms, the cost and the regularization; :func:`sinkhorn`
-(:class:`Sinkhorn`) solves the entropic problem and :func:`exact_ot` the unregularized one.
+(:class:`Sinkhorn`) solves the entropic problem and :func:`exact_ot`
+(:class:`ExactOT`) the unregularized one.
 Sinkhorn-Newton-Sparse (:func:`sinkhorn_newton_sparse`) accelerates small ``reg``.
 :func:`sparsity_constrained_ot` (:class:`SparsityConstrainedOT`) keeps at most ``k``
 nonzeros per column of a quadratically regularized plan. :class:`OTMapping` maps samples
@@ -9,7 +10,7 @@ through a plan, as a scikit-learn transformer.
 """
 
 from mmopt.ot.clustering import ImbalancedOTClustering
-from mmopt.ot.exact import exact_ot
+from mmopt.ot.exact import ExactOT, exact_ot
 from mmopt.ot.mapping import OTMapping
 from mmopt.ot.p2ot import (
     P2OTProblem,
@@ -27,6 +28,7 @@ from mmopt.ot.unbalanced import UnbalancedOTProblem, UnbalancedSinkhorn, unbalan
 
 __all__ = [
     "ImbalancedOTClustering",
+    "ExactOT",
     "OTMapping",
     "OTProblem",
     "P2OTProblem",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -11,9 +12,9 @@ from scipy.spatial.distance import cdist
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core.params import InstanceOf, Interval, Options, constraints_of, validate_params
 from mmopt._core.registry import solve
-from mmopt._core.validation import check_array, check_choice, check_scalar
-from mmopt.ot.exact import exact_ot
+from mmopt._core.validation import check_array
 from mmopt.ot.problem import OTProblem
 
 __all__ = ["OTMapping"]
@@ -36,7 +37,7 @@ class OTMapping(TransformerMixin, BaseEstimator):
     ----------
     solver : {"sinkhorn", "sns", "exact", "sparsity_constrained"}, default="sinkhorn"
         How the plan is computed: entropic OT (:func:`~mmopt.ot.sinkhorn`,
-        :func:`~mmopt.ot.sinkhorn_newton_sparse`), exact OT (:func:`~mmopt.ot.exact_ot`) or
+        :func:`~mmopt.ot.sinkhorn_newton_sparse`), exact OT (:class:`~mmopt.ot.ExactOT`) or
         at most ``solver_options["k"]`` nonzeros per column
         (:func:`~mmopt.ot.sparsity_constrained_ot`).
     reg : float, default=1e-2
@@ -74,6 +75,14 @@ class OTMapping(TransformerMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        "solver": [Options(_SOLVERS)],
+        "reg": [Interval(float, 0, None, closed="neither")],
+        "metric": [str, callable],
+        "normalize_cost": [bool],
+        "solver_options": [None, InstanceOf(Mapping, name="a dict of the solver's options")],
+    }
+
     def __init__(
         self,
         *,
@@ -106,20 +115,14 @@ class OTMapping(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        check_choice(self.solver, "solver", _SOLVERS)
-        check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
-        if self.solver_options is not None and not isinstance(self.solver_options, Mapping):
-            raise TypeError(
-                "solver_options must be a dict of the solver's options or None, got "
-                f"{type(self.solver_options).__name__}."
-            )
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
         options = dict(self.solver_options or {})
-        if not isinstance(self.normalize_cost, (bool, np.bool_)):
-            raise TypeError(
-                f"normalize_cost must be True or False, got {self.normalize_cost!r}."
-            )
         if y is None:
-            raise ValueError("OTMapping.fit needs target samples y, of shape (m, d).")
+            raise ValueError(
+                "OTMapping requires y to be passed, but the target y is None: pass the "
+                "target samples y, of shape (m, d)."
+            )
         X = _named(validate_data, "X", self, X, reset=True, dtype=np.float64)
         target = check_array(y, "y", ndim=2)
         if target.shape[1] != X.shape[1]:
@@ -131,12 +134,8 @@ class OTMapping(TransformerMixin, BaseEstimator):
         b = _weights(target_weight, "target_weight", target.shape[0])
         b = b * (a.sum() / b.sum())
         C = _cost(X, target, self.metric, self.normalize_cost)
-        if self.solver == "exact":
-            if options:
-                raise TypeError(f"exact_ot takes no options; got {sorted(options)}.")
-            result = exact_ot(a, b, C)
-        else:
-            result = solve(OTProblem(a, b, C, self.reg), self.solver, **options)
+        # The exact solver does not read the problem's reg.
+        result = solve(OTProblem(a, b, C, self.reg), self.solver, **options)
         plan = result.plan
         self.result_ = result
         self.plan_ = plan

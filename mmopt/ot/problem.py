@@ -93,7 +93,8 @@ def _histogram(value, name, size, axis):
         raise ValueError(
             f"{name} must have one entry per {axis[:-1]} of C ({size}), got {hist.shape[0]}."
         )
-    total = float(hist.sum())
+    with np.errstate(over="ignore"):  # an overflowing total is reported below
+        total = float(hist.sum())
     if not total > 0:
         raise ValueError(f"{name} must have a positive total mass.")
     if not np.isfinite(total):

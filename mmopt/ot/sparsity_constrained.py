@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from dataclasses import dataclass
-from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,13 +13,15 @@ from scipy.sparse.linalg import LinearOperator, cg
 
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.lbfgs import LBFGSBSteps, LBFGSBStopped
+from mmopt._core.linesearch import backtracking
+from mmopt._core.params import Interval, Options, constraints_of, validate_params
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import effective_n_threads
-from mmopt._core.validation import check_array, check_choice, check_scalar
+from mmopt._core.validation import check_array
 from mmopt.ot._kernels import sparse_columns
-from mmopt.ot.problem import OTProblem, check_n_threads
+from mmopt.ot.problem import OTProblem
 
 __all__ = ["SparsityConstrainedOT", "sparsity_constrained_ot"]
 
@@ -239,8 +241,8 @@ class SparsityConstrainedOT(Solver):
         L-BFGS-B correction pairs.
     init : {"sinkhorn", "zeros"}, default="sinkhorn"
         Start (without ``x0``) from the potentials of a rough entropic plan (30 Sinkhorn
-        iterations at ``reg = (max C - min C) / 100``), or from zero. The entropic start
-        saved 35-40% of the iterations on 1000-point problems.
+        iterations at ``reg = (max C - min C) / 100``), or from zero. The entropic start is
+        close to the optimum and usually saves iterations.
     newton : bool, default=True
         Also take Newton steps: where the columns' supports stay put the objective is
         quadratic with a sparse Hessian (``k`` entries per column), so a Newton step, solved
@@ -257,8 +259,7 @@ class SparsityConstrainedOT(Solver):
     n_threads : int or None, default=1
         Threads of the column kernel, a positive integer (None: all available CPUs). The
         result does not depend on it. One thread is the default because an evaluation is
-        short (about 1 ms for n = m = 1000, k = 5): on a loaded 2-core machine two threads
-        measured 5-10x slower.
+        short, so that starting threads for it rarely pays (see the user guide).
     callback, verbose
         As in every solver.
 
@@ -284,6 +285,16 @@ class SparsityConstrainedOT(Solver):
     g_j)``: the largest potential at which they would receive no mass (for the
     semi-dual, ``g`` is the one its plan implies, ``T_ij = [f_i + g_j - C_ij]_+ / reg``).
 
+    References
+    ----------
+    .. [1] T. Liu, J. Puigcerver and M. Blondel, "Sparsity-constrained optimal transport",
+       International Conference on Learning Representations (ICLR), 2023.
+    .. [2] M. Blondel, V. Seguy and A. Rolet, "Smooth and sparse optimal transport",
+       International Conference on Artificial Intelligence and Statistics (AISTATS), 2018.
+    .. [3] R. H. Byrd, P. Lu, J. Nocedal and C. Zhu, "A limited memory algorithm for bound
+       constrained optimization", SIAM Journal on Scientific Computing 16(5):1190-1208,
+       1995 (L-BFGS-B).
+
     Examples
     --------
     >>> import numpy as np
@@ -299,6 +310,21 @@ class SparsityConstrainedOT(Solver):
     name = "sparsity_constrained"
     problem_types = (OTProblem,)
     maximize = True
+
+    # The common options (tol, max_iter, callback, verbose) are checked by the base class.
+    _parameter_constraints: ClassVar[dict] = {
+        "k": [None, Interval(int, 1, None)],
+        "reg": [None, Interval(float, 0, None, closed="neither")],
+        "formulation": [Options({"semi_dual", "dual"})],
+        "ftol": [Interval(float, 0, None)],
+        "patience": [Interval(int, 1, None)],
+        "memory": [Interval(int, 1, None)],
+        "init": [Options({"sinkhorn", "zeros"})],
+        "newton": [bool],
+        "polish": [bool],
+        "plan_format": [Options({"sparse", "dense"})],
+        "n_threads": [None, Interval(int, 1, None)],
+    }
 
     def __init__(
         self,
@@ -337,23 +363,8 @@ class SparsityConstrainedOT(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if self.k is not None:
-            if isinstance(self.k, bool) or not isinstance(self.k, Integral):
-                raise TypeError(f"k must be an integer or None, got {self.k!r}.")
-            if self.k < 1:
-                raise ValueError(f"k must be at least 1, got {self.k}.")
-        if self.reg is not None:
-            check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
-        check_choice(self.formulation, "formulation", ("semi_dual", "dual"))
-        check_scalar(self.ftol, "ftol", min_value=0.0)
-        check_scalar(self.patience, "patience", kind=int, min_value=1)
-        check_scalar(self.memory, "memory", kind=int, min_value=1)
-        check_choice(self.plan_format, "plan_format", ("sparse", "dense"))
-        check_choice(self.init, "init", ("sinkhorn", "zeros"))
-        for flag in ("newton", "polish"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
-        check_n_threads(self.n_threads)
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
 
     # ----------------------------------------------------------------------------- setup
     def _init_state(self, problem, x0):
@@ -398,11 +409,11 @@ class SparsityConstrainedOT(Solver):
     def _entropic_start(self, conj):
         """Potentials of a rough entropic plan: 30 Sinkhorn iterations at reg = spread / 100.
 
-        The (semi-)dual's optimum is near the entropic one's; starting there rather than
-        at zero saved 35-40% of the L-BFGS-B iterations on 1000-point problems (k = 2, 5,
-        reg 0.1 and 0.01) for the cost of a few dozen matrix-vector products (the scaling
-        domain applies at that reg).
+        The (semi-)dual's optimum is near the entropic one's, so the solve starts there
+        rather than at zero, for the cost of a few dozen matrix-vector products.
         """
+        # Why: it saved 35-40% of the L-BFGS-B iterations on 1000-point problems (k = 2, 5,
+        # reg 0.1 and 0.01); the scaling domain applies at that reg.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             try:
@@ -483,27 +494,33 @@ class SparsityConstrainedOT(Solver):
         if not (np.isfinite(slope) and slope > 0):
             run.newton_mode = False
             return None
-        step_size = 1.0
         # Judged on the marginal error, the quantity to drive to zero (a semismooth Newton
         # globalization): the objective is only asked not to drop beyond its rounding
         # error, since near the optimum it stops changing in double precision.
         rounding = 1e-13 * max(abs(state.fun), 1.0)
-        for _ in range(_MAX_HALVINGS + 1):
+
+        def trial(step_size):
             x = state.x + step_size * direction
             value, grad = conj.value_and_grad(x)
-            residual = float(np.abs(grad).sum())
-            if (
+            return x, value, grad, float(np.abs(grad).sum())
+
+        def accept(step_size, point):
+            _, value, _, residual = point
+            return bool(
                 np.isfinite(value)
                 and value >= state.fun - rounding
                 and residual <= (1.0 - 1e-4 * step_size) * state.residual
-            ):
-                run.newton_mode = residual <= 0.5 * state.residual
-                run.newton_interval = _NEWTON_INTERVAL
-                run.n_newton += 1
-                # L-BFGS-B's curvature pairs belong to the path it took; start afresh.
-                run.lbfgs_stale = True
-                return self._make_state(run, x, value, grad, newton=True)
-            step_size *= 0.5
+            )
+
+        search = backtracking(trial, accept, max_trials=_MAX_HALVINGS + 1)
+        if search.success:
+            x, value, grad, residual = search.trial
+            run.newton_mode = residual <= 0.5 * state.residual
+            run.newton_interval = _NEWTON_INTERVAL
+            run.n_newton += 1
+            # L-BFGS-B's curvature pairs belong to the path it took; start afresh.
+            run.lbfgs_stale = True
+            return self._make_state(run, x, value, grad, newton=True)
         # Failed attempts cost evaluations: at a kink they keep failing, so back off.
         run.newton_mode = False
         run.newton_interval = min(2 * run.newton_interval, _MAX_NEWTON_INTERVAL)
@@ -695,6 +712,11 @@ def sparsity_constrained_ot(a, b, C, k, reg, **options) -> Result:
         With ``plan`` (sparse), ``f`` (and ``g`` for the dual), ``transport_cost``,
         ``objective``, ``row_violation``, ``column_violation``, ``marginal_error``,
         ``nnz_per_column``.
+
+    References
+    ----------
+    .. [1] T. Liu, J. Puigcerver and M. Blondel, "Sparsity-constrained optimal transport",
+       International Conference on Learning Representations (ICLR), 2023.
 
     Examples
     --------

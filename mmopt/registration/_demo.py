@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mmopt._core.exceptions import ConvergenceWarning
+from mmopt.datasets import load_scan_pair
 
 
 def _rotation_error_deg(R, reference):
@@ -56,7 +57,6 @@ def _plot_energy(runs, path):
 
 def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
     """Register the shipped scan pair with and without Anderson; return (rows, plot paths)."""
-    from mmopt.datasets import load_scan_pair
     from mmopt.registration import ICP, RegistrationProblem
 
     data = load_scan_pair()

@@ -94,6 +94,7 @@ EXAMPLE_PROBLEMS = {
     "p2ot": lambda seed=0: P2OTProblem(
         -np.log(_ot_problem(seed=seed).C[:, :4] + 0.01), rho=0.4, gamma=1.0, reg=0.05
     ),
+    "exact": _ot_problem,
 }
 
 NAMES = sorted(SOLVERS)

@@ -1,11 +1,15 @@
 """The shipped scan pair and the synthetic registration generator."""
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from mmopt.datasets import load_scan_pair, make_registration_problem
+from mmopt.datasets import load_scan_pair, make_registration_clouds
 from mmopt.registration import RegistrationProblem
+from mmopt.registration.problem import make_registration_problem
 
 
 def test_scan_pair_contents_and_reference_direction():
@@ -71,3 +75,41 @@ def test_generator_crop_outliers_noise_and_seed():
 def test_generator_bad_options(option, value):
     with pytest.raises(ValueError, match=option):
         make_registration_problem(np.random.default_rng(0).random((50, 3)), **{option: value})
+
+
+def test_clouds_are_arrays_and_the_problem_is_built_from_them():
+    points = np.random.default_rng(2).random((400, 3))
+    source, target, T = make_registration_clouds(points, random_state=5)
+    assert isinstance(source, np.ndarray) and isinstance(target, np.ndarray)
+    problem, T2 = make_registration_problem(points, random_state=5)
+    np.testing.assert_array_equal(problem.source, source)
+    np.testing.assert_array_equal(problem.target, target)
+    np.testing.assert_array_equal(T, T2)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_clouds_of_extreme_extent_keep_their_diagonal(scale):
+    # The translation is a fraction of the bounding-box diagonal, computed without
+    # overflow or underflow: with no noise its length is that fraction of the true diagonal.
+    points = np.random.default_rng(3).random((300, 3))
+    _, _, T = make_registration_clouds(points * scale, translation=0.1, noise=0.0,
+                                       outlier_fraction=0.0, random_state=0)
+    diagonal = np.linalg.norm(np.ptp(points, axis=0)) * scale
+    assert np.linalg.norm(T[:3, 3] / scale) == pytest.approx(0.1 * diagonal / scale, rel=1e-12)
+
+
+def test_the_data_layer_imports_no_solver_family():
+    # mmopt.datasets sits below the families (they may import it): none of its modules
+    # imports one, at module level or inside a function.
+    import mmopt.datasets
+
+    families = {"mm", "ot", "registration", "bilevel", "bcd"}
+    for path in Path(mmopt.datasets.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+            elif isinstance(node, ast.Import):
+                parts = [p for alias in node.names for p in alias.name.split(".")[:2]]
+            else:
+                continue
+            assert not (parts[0] == "mmopt" and families & set(parts[1:2])), (path.name, parts)

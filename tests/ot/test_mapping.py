@@ -5,6 +5,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from mmopt._core.params import constraints_of, invalid_values
 from mmopt.ot import OTMapping
 
 
@@ -90,7 +91,7 @@ def test_inputs_are_not_modified():
         ({}, "y_features", ValueError, "same number of features"),
         ({}, "x_nan", ValueError, "NaN"),
         ({}, "weights", ValueError, "sample_weight"),
-        ({"solver": "exact", "solver_options": {"tol": 1.0}}, None, TypeError, "no options"),
+        ({"solver": "exact", "solver_options": {"k": 3}}, None, TypeError, "'k'.*exact"),
         ({"solver_options": {"bogus": 1}}, None, TypeError, "bogus"),
     ],
 )
@@ -119,3 +120,24 @@ def test_transform_checks():
         mapping.transform(np.ones((3, 5)))
     with pytest.raises(ValueError, match="features"):
         mapping.inverse_transform(np.ones((3, 5)))
+
+
+@pytest.mark.parametrize(
+    "option, value, error",
+    invalid_values(constraints_of(OTMapping)[0]),
+    ids=lambda v: repr(v) if not isinstance(v, type) else v.__name__,
+)
+def test_every_option_rejects_what_its_constraints_rule_out(option, value, error):
+    source, target = _clouds(n=8, m=9)
+    with pytest.raises(error, match=option):
+        OTMapping(**{option: value}).fit(source, target)
+
+
+def test_the_constraint_table_covers_every_option():
+    assert set(constraints_of(OTMapping)[0]) == set(OTMapping().get_params())
+
+
+def test_exact_plan_goes_through_the_registered_solver():
+    source, target = _clouds(n=8, m=9)
+    mapping = OTMapping(solver="exact", solver_options={"tol": 1e-9}).fit(source, target)
+    assert mapping.result_.solver == "exact" and mapping.result_.nit == 1

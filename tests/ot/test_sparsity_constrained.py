@@ -11,6 +11,7 @@ from scipy.optimize import check_grad
 
 import mmopt
 from mmopt import ConvergenceWarning
+from mmopt._core.params import constraints_of, invalid_values
 from mmopt.ot import OTProblem, SparsityConstrainedOT, exact_ot, sparsity_constrained_ot
 from mmopt.ot._kernels import sparse_columns
 from mmopt.ot.sparsity_constrained import _Conjugates
@@ -317,8 +318,10 @@ def test_zero_mass_rows_and_columns_stay_empty():
 # ------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "k, error, match",
-    [(0, ValueError, "k must be at least 1"), (-2, ValueError, "k must be at least 1"),
-     (2.0, TypeError, "k must be an integer"), (True, TypeError, "k must be an integer"),
+    [(0, ValueError, r"k must be None or an integer in \[1, inf\)"),
+     (-2, ValueError, r"k must be None or an integer in \[1"),
+     (2.0, TypeError, "k must be None or an integer"),
+     (True, TypeError, "k must be None or an integer"),
      (1, ValueError, r"k \* m must be at least n")],
 )
 def test_bad_k(k, error, match):
@@ -354,6 +357,23 @@ def test_bad_problem(kwargs, match):
 def test_bad_options(option, value, error):
     with pytest.raises(error, match=option):
         sparsity_constrained_ot([], [], _clouds(5, 5), k=2, reg=0.1, **{option: value})
+
+
+@pytest.mark.parametrize(
+    "option, value, error",
+    invalid_values(constraints_of(SparsityConstrainedOT)[0]),
+    ids=lambda v: repr(v) if not isinstance(v, type) else v.__name__,
+)
+def test_every_option_rejects_what_its_constraints_rule_out(option, value, error):
+    problem = OTProblem([], [], _clouds(5, 5), reg=0.1)
+    with pytest.raises(error, match=option):
+        SparsityConstrainedOT(**{option: value}).solve(problem)
+
+
+def test_the_constraint_table_covers_every_option_but_the_common_ones():
+    table, _ = constraints_of(SparsityConstrainedOT)
+    common = {"tol", "max_iter", "callback", "verbose"}
+    assert set(table) == set(SparsityConstrainedOT().get_params()) - common
 
 
 def test_bad_x0_shape():
