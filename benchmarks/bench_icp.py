@@ -9,10 +9,9 @@ import warnings
 import numpy as np
 from _common import markdown_table
 
-from mmopt.datasets import load_scan_pair
+from mmopt.datasets import load_scan_pair, make_registration_problem
 from mmopt.registration import ICP, RegistrationProblem
 from mmopt.registration._neighbors import pykdtree_available
-from mmopt.registration.problem import make_registration_problem
 from mmopt.registration.se3 import rotation_angle
 
 try:

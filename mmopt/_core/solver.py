@@ -111,6 +111,9 @@ class Solver(BaseEstimator):
     # True when ``fun`` is maximized (a dual objective): the best iterate kept for an
     # interrupted solve is then the one with the largest value.
     maximize: ClassVar[bool] = False
+    # True for a direct method whose one step gives the final answer (exact OT's LP solve):
+    # there is no later iteration for max_iter or a callback to stop at.
+    single_step: ClassVar[bool] = False
     # The options every solver has; subclasses add their own tables (merged along the MRO).
     _parameter_constraints: ClassVar[dict] = {
         "tol": [Interval(float, 0, None)],

@@ -1,18 +1,23 @@
 """Data for mmopt's examples, tests and benchmarks: real data loaders and generators.
 
-The data layer returns arrays and imports no solver family (the families may import it):
-problems are built on the family's side, e.g.
-:func:`mmopt.registration.make_registration_problem`.
+The data layer sits above the solver families: it may import their problem classes (so that
+a generator can return a ready problem), and no family imports it (their ``_demo`` modules,
+run by the CLI, aside).
 """
 
 from mmopt.datasets._generators import load_diabetes_with_outliers, make_regression_with_outliers
 from mmopt.datasets._ot import make_ot_problem
-from mmopt.datasets._scans import load_scan_pair, make_registration_clouds
+from mmopt.datasets._scans import (
+    load_scan_pair,
+    make_registration_clouds,
+    make_registration_problem,
+)
 
 __all__ = [
     "load_diabetes_with_outliers",
     "load_scan_pair",
     "make_ot_problem",
     "make_registration_clouds",
+    "make_registration_problem",
     "make_regression_with_outliers",
 ]

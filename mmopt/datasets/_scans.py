@@ -1,7 +1,9 @@
 """The real scan pair shipped with mmopt, and synthetic registration clouds.
 
-Arrays only: :func:`mmopt.registration.make_registration_problem` builds the problem from
-:func:`make_registration_clouds` (the data layer imports no solver family).
+:func:`make_registration_clouds` returns arrays; :func:`make_registration_problem` wraps them
+in a :class:`mmopt.registration.RegistrationProblem`. The data layer sits above the families:
+it may import their problem classes, and no family imports it (their ``_demo`` modules, run
+by the CLI, aside).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import numpy as np
 from sklearn.utils import Bunch, check_random_state
 
 from mmopt._core.validation import check_array, check_scalar
+from mmopt.registration.problem import RegistrationProblem
 
-__all__ = ["load_scan_pair", "make_registration_clouds"]
+__all__ = ["load_scan_pair", "make_registration_clouds", "make_registration_problem"]
 
 _DATA = "data/scan_pair"
 
@@ -126,7 +129,7 @@ def make_registration_clouds(
 
     See Also
     --------
-    mmopt.registration.make_registration_problem : the same, as a ``RegistrationProblem``.
+    make_registration_problem : the same, as a ``RegistrationProblem``.
 
     Examples
     --------
@@ -195,3 +198,23 @@ def _diagonal(points: np.ndarray) -> float:
         return float(np.linalg.norm(spread))
     # hypot scales as it goes: no overflow nor underflow.
     return float(np.hypot.reduce(spread))
+
+
+def make_registration_problem(points=None, **options):
+    """A :class:`RegistrationProblem` with a known answer, cut from one cloud.
+
+    The clouds of :func:`make_registration_clouds` (same ``points`` and
+    options: ``rotation_deg``, ``translation``, ``noise``, ``outlier_fraction``, ``overlap``,
+    ``random_state``), as a problem; returns ``(problem, transform)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.datasets import make_registration_problem
+    >>> rng = np.random.default_rng(0)
+    >>> problem, T = make_registration_problem(rng.random((2000, 3)), random_state=0)
+    >>> problem.source.shape, problem.target.shape
+    ((2125, 3), (1699, 3))
+    """
+    source, target, transform = make_registration_clouds(points, **options)
+    return RegistrationProblem(source, target), transform

@@ -15,7 +15,7 @@ from mmopt.registration.io import read_point_cloud, write_point_cloud
 from mmopt.registration.kabsch import weighted_kabsch
 from mmopt.registration.normals import estimate_normals
 from mmopt.registration.options import ScaleSchedule, StageCriteria
-from mmopt.registration.problem import RegistrationProblem, make_registration_problem
+from mmopt.registration.problem import RegistrationProblem
 from mmopt.registration.se3 import se3_exp, se3_log
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "StageCriteria",
     "estimate_normals",
     "icp",
-    "make_registration_problem",
     "read_point_cloud",
     "se3_exp",
     "se3_log",

@@ -9,13 +9,11 @@ import numpy as np
 
 from mmopt._core.problem import Problem
 from mmopt._core.validation import check_array, readonly
-from mmopt.datasets import make_registration_clouds
 
 __all__ = [
     "RegistrationProblem",
     "check_point_cloud",
     "check_rigid_transform",
-    "make_registration_problem",
 ]
 
 # Relative size of the second singular value of the centred cloud below which the points are
@@ -226,23 +224,3 @@ class RegistrationProblem(Problem):
             f"RegistrationProblem(source: {self.source.shape[0]} points, "
             f"target: {self.target.shape[0]} points{normals})"
         )
-
-
-def make_registration_problem(points=None, **options):
-    """A :class:`RegistrationProblem` with a known answer, cut from one cloud.
-
-    The clouds of :func:`mmopt.datasets.make_registration_clouds` (same ``points`` and
-    options: ``rotation_deg``, ``translation``, ``noise``, ``outlier_fraction``, ``overlap``,
-    ``random_state``), as a problem; returns ``(problem, transform)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mmopt.registration import make_registration_problem
-    >>> rng = np.random.default_rng(0)
-    >>> problem, T = make_registration_problem(rng.random((2000, 3)), random_state=0)
-    >>> problem.source.shape, problem.target.shape
-    ((2125, 3), (1699, 3))
-    """
-    source, target, transform = make_registration_clouds(points, **options)
-    return RegistrationProblem(source, target), transform

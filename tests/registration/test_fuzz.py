@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmopt.datasets import load_scan_pair
+from mmopt.datasets import load_scan_pair, make_registration_problem
 from mmopt.registration import (
     ICPRegistration,
     RegistrationProblem,
@@ -26,7 +26,6 @@ from mmopt.registration import (
     weighted_kabsch,
     write_point_cloud,
 )
-from mmopt.registration.problem import make_registration_problem
 from mmopt.registration.se3 import so3_exp
 
 FAST = settings(max_examples=25, deadline=None,

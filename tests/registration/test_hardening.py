@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmopt.cli import main
+from mmopt.datasets import make_registration_problem
 from mmopt.registration import (
     ICP,
     ICPRegistration,
@@ -23,7 +24,6 @@ from mmopt.registration import (
     write_point_cloud,
 )
 from mmopt.registration._neighbors import NeighborIndex
-from mmopt.registration.problem import make_registration_problem
 from mmopt.registration.se3 import so3_exp
 
 

@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 import mmopt
-from mmopt.datasets import load_scan_pair
+from mmopt.datasets import load_scan_pair, make_registration_problem
 from mmopt.losses import TrimmedLoss
 from mmopt.registration import (
     ICP,
@@ -17,12 +17,10 @@ from mmopt.registration import (
     ScaleSchedule,
     StageCriteria,
     icp,
-    make_registration_problem,
     weighted_kabsch,
 )
 from mmopt.registration._neighbors import pykdtree_available
 from mmopt.registration.icp import _Run, point_to_plane_jacobian
-from mmopt.registration.problem import make_registration_problem
 from mmopt.registration.se3 import rotation_angle, se3_exp
 
 
