@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from mmopt._core.problem import Problem
+from mmopt._core.threads import check_n_threads
 from mmopt._core.validation import check_array, check_scalar, readonly
 
 __all__ = ["OTProblem", "check_histograms", "check_n_threads"]
 
 # Relative tolerance on the equality of the two total masses (float64 histograms).
 _MASS_RTOL = 1e-9
-
-
-def check_n_threads(value, name: str = "n_threads"):
-    """``None`` or a positive integer (the OT kernels' thread count); else raise naming it."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer or None, got {value!r}.")
-    if value < 1:
-        raise ValueError(
-            f"{name} must be a positive integer or None (all available CPUs), got {value!r}."
-        )
-    return int(value)
 
 
 def _mass_rtol(values, size: int) -> float:
