@@ -28,7 +28,7 @@ def first_index_below(values, target) -> int | None:
 
 def markdown_table(rows: list[dict]) -> str:
     columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(map(_escape, columns)) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
     return "\n".join(lines)
@@ -37,4 +37,9 @@ def markdown_table(rows: list[dict]) -> str:
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
-    return "—" if value is None else str(value)
+    return "—" if value is None else _escape(str(value))
+
+
+def _escape(text: str) -> str:
+    # A bare "|" inside a cell (as in "max |a - b|") would end the cell.
+    return text.replace("|", "\\|")

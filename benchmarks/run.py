@@ -26,6 +26,25 @@ HERE = Path(__file__).resolve().parent
 FAMILIES = ["mm", "ot", "sparse_ot", "icp", "bilevel", "bcd"]
 
 
+def _cpu_model() -> str:
+    """The CPU's model name, and which exp the Sinkhorn kernels use on it."""
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        from mmopt_ext._sinkhorn import exp_path
+
+        return f"{model} (Sinkhorn exp: {exp_path()})"
+    except (ImportError, AttributeError):
+        return model
+
+
 def _environment() -> str:
     import numpy
     import scipy
@@ -37,6 +56,7 @@ def _environment() -> str:
         f"- date: {datetime.date.today().isoformat()}\n"
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}\n"
+        f"- cpu: {_cpu_model()}\n"
         f"- threads: "
         + ", ".join(
             f"{name}={os.environ.get(name, 'unset')}"

@@ -84,5 +84,25 @@ def _skip_member(app, what, name, obj, skip, options):
     return None
 
 
+# The Benchmarks page shows BENCHMARKS.md (written by benchmarks/run.py at the repository
+# root) converted to reST when the page is read, so the page never goes stale.
+_BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+_BENCHMARKS_MARKER = ".. benchmarks-md-goes-here"
+
+
+def _insert_benchmarks(app, docname, source):
+    if docname != "benchmarks":
+        return
+    from _benchmarks import markdown_to_rst
+
+    app.env.note_dependency(str(_BENCHMARKS_MD))
+    if _BENCHMARKS_MARKER not in source[0]:
+        raise ValueError(f"docs/benchmarks.rst lost its marker line {_BENCHMARKS_MARKER!r}")
+    source[0] = source[0].replace(
+        _BENCHMARKS_MARKER, markdown_to_rst(_BENCHMARKS_MD.read_text(encoding="utf-8"))
+    )
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_member)
+    app.connect("source-read", _insert_benchmarks)

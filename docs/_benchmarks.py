@@ -1,0 +1,134 @@
+"""BENCHMARKS.md as reStructuredText, for the Benchmarks page of the docs.
+
+``benchmarks/run.py`` writes a small part of Markdown: ATX headings, paragraphs, ``-``
+lists, pipe tables (``\\|`` inside a cell) and inline code. Converting that part here keeps
+the docs build free of a Markdown parser; :func:`markdown_to_rst` raises ``ValueError`` on
+anything else (a table row with the wrong number of cells, say), so a change in the file's
+format fails the build instead of rendering wrongly.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["markdown_to_rst"]
+
+# Section underlines below the page's own title ("="), by Markdown heading level.
+_UNDERLINES = {1: "-", 2: "~", 3: "^", 4: '"'}
+_HEADING = re.compile(r"^(#{1,4})\s+(.*?)\s*#*\s*$")
+_CODE = re.compile(r"`([^`]+)`")
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+_RST_SPECIAL = re.compile(r"([\\*_`|])")
+# What reStructuredText would read as a list or enumeration at the start of a cell.
+_LEADING_MARKUP = re.compile(r"^([-+*•]|\d+[.)]|#\.)(\s|$)")
+
+
+def _escape(text: str) -> str:
+    return _RST_SPECIAL.sub(r"\\\1", text)
+
+
+def _inline(text: str) -> str:
+    """Escape reST markup in plain text; turn `code` into ``code``."""
+    out, last = [], 0
+    for match in _CODE.finditer(text):
+        out.append(_escape(text[last : match.start()]))
+        before = text[match.start() - 1] if match.start() > 0 else " "
+        after = text[match.end()] if match.end() < len(text) else " "
+        # An inline literal must stand apart from word characters; "\ " joins it invisibly.
+        out.append(("\\ " if before.isalnum() else "") + f"``{match.group(1)}``")
+        if after.isalnum():
+            out.append("\\ ")
+        last = match.end()
+    out.append(_escape(text[last:]))
+    return "".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    if not (line.startswith("|") and line.endswith("|")):
+        raise ValueError(f"a table row must start and end with '|': {line!r}")
+    return [cell.strip().replace("\\|", "|") for cell in _CELL_SPLIT.split(line[1:-1])]
+
+
+def _table(lines: list[str]) -> list[str]:
+    header = _cells(lines[0])
+    if len(lines) < 2 or not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[1].strip()):
+        raise ValueError(f"a table needs a |---| line under its header: {lines[0]!r}")
+    out = [".. list-table::", "   :header-rows: 1", ""]
+    for line in [lines[0], *lines[2:]]:
+        cells = _cells(line)
+        if len(cells) != len(header):
+            raise ValueError(
+                f"table row has {len(cells)} cells, its header {len(header)}: {line!r}"
+            )
+        for i, cell in enumerate(cells):
+            text = _inline(cell)
+            if _LEADING_MARKUP.match(text):
+                text = "\\" + text
+            out.append(("   * - " if i == 0 else "     - ") + text)
+    return out
+
+
+def markdown_to_rst(markdown: str, *, skip_title: bool = True) -> str:
+    """Convert the Markdown of BENCHMARKS.md to reStructuredText.
+
+    Parameters
+    ----------
+    markdown : str
+        The file's text.
+    skip_title : bool, default=True
+        Drop the first level-1 heading (the page has its own title).
+
+    Returns
+    -------
+    str
+        reStructuredText whose sections sit below a page title underlined with ``=``.
+    """
+    lines = markdown.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+            continue
+        heading = _HEADING.match(line)
+        if heading:
+            level, title = len(heading.group(1)), heading.group(2)
+            if skip_title and level == 1:
+                skip_title = False
+            else:
+                text = _inline(title)
+                out += [text, _UNDERLINES[level] * len(text), ""]
+            i += 1
+            continue
+        if line.lstrip().startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                block.append(lines[i])
+                i += 1
+            out += _table(block) + [""]
+            continue
+        if line.startswith("- "):
+            while i < len(lines) and lines[i].startswith("- "):
+                item = [lines[i][2:].strip()]
+                i += 1
+                while i < len(lines) and lines[i].startswith("  ") and lines[i].strip():
+                    item.append(lines[i].strip())
+                    i += 1
+                out.append("- " + _inline(" ".join(item)))
+            out.append("")
+            continue
+        paragraph = []
+        while i < len(lines) and lines[i].strip() and not (
+            _HEADING.match(lines[i])
+            or lines[i].lstrip().startswith("|")
+            or lines[i].startswith("- ")
+        ):
+            paragraph.append(lines[i].strip())
+            i += 1
+        text = _inline(" ".join(paragraph))
+        if _LEADING_MARKUP.match(text):
+            text = "\\" + text
+        out += [text, ""]
+    return "\n".join(out).rstrip() + "\n"
