@@ -13,13 +13,51 @@ from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice
 from mmopt.ot._kernels import dense_plan, log_half_step
 from mmopt.ot.problem import OTProblem, check_n_threads
+from mmopt_ext._sinkhorn import dense_plan as _dense_plan
+from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
 
 __all__ = ["Sinkhorn", "sinkhorn"]
 
-# In the scaling domain the kernel exp(-C/reg) has entries down to exp(-spread/reg); above
-# this ratio they come close enough to underflow (and the scalings to overflow) that the
-# log domain is used instead.
-_SCALING_MAX_RATIO = 100.0
+# The scaling domain keeps its kernel relative to the potentials at the last absorption,
+# K_ij = exp((f_i + g_j - C_ij) / reg), with the scalings u, v in [1 / _BOUND, _BOUND];
+# entries of exponent below _KERNEL_FLOOR are set to 0 (they are below 1e-260 of the plan's
+# scale even times _BOUND ** 2), so that K v and K^T u never meet a subnormal number.
+_BOUND = 1e20
+_KERNEL_FLOOR = -600.0
+# The scaling domain gives way to the log domain for the rest of a solve when absorptions
+# (each recomputing the kernel: an exp per entry) or failed sweeps become this frequent.
+_MAX_ABSORPTION_SHARE = 1.0 / 3.0
+_MIN_ABSORPTIONS = 10
+
+
+class _ScalingKernel:
+    """The scaling domain's absorbed kernel and scalings (one solve's working memory).
+
+    The potentials it last produced are ``f_base + reg log u`` and ``g_base + reg log v``;
+    an iteration starting from any other potentials (a warm start, a Newton step, a new
+    ``reg``) absorbs them first: ``f_base, g_base = f, g``, ``u = v = 1`` and the kernel
+    recomputed, as does one after the scalings left ``[1 / _BOUND, _BOUND]``.
+    """
+
+    def __init__(self, n: int, m: int, threads: int):
+        self.K = np.empty((n, m))
+        # One partial K^T u per block of rows (the blocks run in parallel).
+        self.acc = np.empty((max(1, min(threads, n // 4)), m))
+        self.u, self.v = np.ones(n), np.ones(m)
+        self.reg = None
+        self.f = self.g = None  # the potentials of the last iteration
+        self.f_base = self.g_base = None
+        self.absorb = True
+        self.absorptions = 0
+        self.sweeps = 0
+
+    def absorb_potentials(self, support, reg, f, g, threads):
+        _dense_plan(support.C, f, g, float(reg), self.K, threads, _KERNEL_FLOOR)
+        self.f_base, self.g_base, self.reg = f, g, reg
+        self.u.fill(1.0)
+        self.v.fill(1.0)
+        self.absorb = False
+        self.absorptions += 1
 
 
 @dataclass
@@ -32,7 +70,7 @@ class _SinkhornRun:
     threads: int
     full_C: np.ndarray  # the problem's cost, rows and columns of zero mass included
     Ct: np.ndarray | None = None  # C.T in C order (log domain)
-    K: np.ndarray | None = None  # exp(-C / reg) (scaling domain)
+    scaling: _ScalingKernel | None = None  # the scaling domain's kernel and scalings
 
 
 @dataclass
@@ -151,17 +189,12 @@ class Sinkhorn(Solver):
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
         support = _Support(problem)
-        method = self.method
-        if method == "auto":
-            spread = float(support.C.max() - support.C.min())
-            method = "scaling" if spread / problem.reg <= _SCALING_MAX_RATIO else "log"
+        method = "scaling" if self.method == "auto" else self.method
         run = _SinkhornRun(support, method, effective_n_threads(self.n_threads), problem.C)
         if method == "log":
             run.Ct = np.ascontiguousarray(support.C.T)
         else:
-            with np.errstate(under="ignore"):
-                run.K = np.multiply(support.C, -1.0 / problem.reg)
-                np.exp(run.K, out=run.K)
+            run.scaling = _ScalingKernel(support.rows.size, support.cols.size, run.threads)
         return run
 
     def _init_state(self, problem, x0):
@@ -184,12 +217,11 @@ class Sinkhorn(Solver):
     def _step(self, problem, state):
         run, reg = state.run, problem.reg
         support = run.support
-        f, g, row_mass = _iteration(run, reg, state.f, state.g)
+        f, g, error = _iteration(run, reg, state.f, state.g, self.method == "auto")
         # After the column update the plan's columns sum to b exactly, so sum(P) = mass.
         # (Python floats: a non-finite value becomes NaN without a NumPy warning; the loop
         # reports it as status 4.)
         fun = float(support.a @ f) + float(support.b @ g) - reg * support.mass
-        error = float(np.abs(row_mass - support.a).sum())
         return _SinkhornState(
             x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g, run=run
         )
@@ -288,26 +320,52 @@ def _zero_mass_potentials(run: _SinkhornRun, reg, f, g, f_support, g_support):
         )
 
 
-def _iteration(run: _SinkhornRun, reg, f, g):
-    """One row and one column update at ``reg``; also the row sums of the plan at the
-    incoming ``(f, g)``."""
-    support = run.support
-    if run.method == "log":
-        f_new, row_mass = log_half_step(
-            support.C, g, f, support.log_a, reg, n_threads=run.threads
+def _iteration(run: _SinkhornRun, reg, f, g, automatic=True):
+    """One row and one column update at ``reg``; also the L1 row-marginal error of the plan
+    at the incoming ``(f, g)``.
+
+    In the scaling domain a sweep that fails (a kernel row that underflows entirely, far
+    from the solution at small ``reg``) is redone in the log domain; with ``automatic``,
+    frequent failures or absorptions move the rest of the solve to the log domain.
+    """
+    if run.method == "scaling":
+        out = _scaling_step(run, reg, f, g)
+        if out is not None:
+            return out
+        state = run.scaling
+        frequent = state.absorptions >= _MIN_ABSORPTIONS and (
+            state.absorptions > _MAX_ABSORPTION_SHARE * state.sweeps
         )
-        g_new, _ = log_half_step(run.Ct, f_new, g, support.log_b, reg, n_threads=run.threads)
-        return f_new, g_new, row_mass
-    # A kernel that underflows makes the scalings overflow (inf, then NaN): the loop sees
-    # the non-finite iterate and ends with status 4, so NumPy need not warn as well.
+        if run.Ct is None:
+            run.Ct = np.ascontiguousarray(run.support.C.T)
+        if automatic and frequent:
+            run.method, run.scaling = "log", None
+    support = run.support
+    f_new, row_mass = log_half_step(support.C, g, f, support.log_a, reg, n_threads=run.threads)
+    g_new, _ = log_half_step(run.Ct, f_new, g, support.log_b, reg, n_threads=run.threads)
+    return f_new, g_new, float(np.abs(row_mass - support.a).sum())
+
+
+def _scaling_step(run: _SinkhornRun, reg, f, g):
+    """A scaling-domain iteration (fused Cython sweep) with absorption; None if it failed."""
+    state, support = run.scaling, run.support
+    if state.absorb or reg != state.reg or f is not state.f or g is not state.g:
+        state.absorb_potentials(support, reg, f, g, run.threads)
+    state.sweeps += 1
+    error, within = _scaling_iteration(
+        state.K, support.a, support.b, state.u, state.v, state.acc, _BOUND, run.threads
+    )
     with np.errstate(all="ignore"):
-        u_old = np.exp(f / reg)
-        v_old = np.exp(g / reg)
-        Kv = run.K @ v_old
-        row_mass = u_old * Kv
-        u = support.a / Kv
-        v = support.b / (run.K.T @ u)
-        return reg * np.log(u), reg * np.log(v), row_mass
+        f_new = state.f_base + reg * np.log(state.u)
+        g_new = state.g_base + reg * np.log(state.v)
+    if not within:
+        # Absorb at the next iteration; a non-finite scaling means the sweep failed.
+        state.absorb = True
+        if not (np.isfinite(f_new).all() and np.isfinite(g_new).all() and np.isfinite(error)):
+            state.f = state.g = None
+            return None
+    state.f, state.g = f_new, g_new
+    return f_new, g_new, float(error)
 
 
 def sinkhorn(a, b, C, reg, **options) -> Result:

@@ -196,12 +196,11 @@ class SinkhornNewtonSparse(Sinkhorn):
         if run.use_newton and run.method != "log":
             # (the log domain's setup made it already, for this problem)
             run.Ct = np.ascontiguousarray(support.C.T)
-        # Epsilon scaling (log domain only: the scaling domain's kernel is built for reg).
+        # Epsilon scaling (the scaling domain absorbs the potentials at each new level).
         run.level_reg = problem.reg
         if (
             run.use_newton
             and self.reg_scaling is not None
-            and run.method == "log"
             and x0 is None
             and spread / _SCALING_START_RATIO > problem.reg
         ):
@@ -253,8 +252,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         """
         run = state.run
         support, level = run.support, run.level_reg
-        f, g, level_mass = _iteration(run, level, state.f, state.g)
-        error = float(np.abs(level_mass - support.a).sum())
+        f, g, error = _iteration(run, level, state.f, state.g, self.method == "auto")
         if error <= self.switch_tol:
             next_level = level / self.reg_scaling
             run.level_reg = next_level if next_level > 1.01 * problem.reg else problem.reg
