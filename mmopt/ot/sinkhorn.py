@@ -1,4 +1,5 @@
-"""Sinkhorn's algorithm for entropic optimal transport, in the log or the scaling domain."""
+"""Sinkhorn's algorithm for entropic optimal transport, in the stabilized scaling domain or the
+log domain."""
 
 from __future__ import annotations
 
@@ -111,17 +112,27 @@ class Sinkhorn(Solver):
         \qquad g_j = \mathrm{reg} \log b_j - \mathrm{reg} \log \sum_i
         e^{(f_i - C_{ij})/\mathrm{reg}}.
 
-    In the log domain (a Cython kernel, one log-sum-exp per row in a single pass shifted by
-    the previous potential, a SIMD ``exp`` on AVX-512/AVX2 CPUs, rows in
-    parallel) this is stable for any ``reg``; the scaling domain (``u = a / K v``,
-    ``K = exp(-C / reg)``, BLAS matrix-vector products) is faster but underflows when
-    ``C / reg`` is large.
+    The scaling domain (the default) iterates on scalings of an absorbed kernel
+    (Schmitzer's stabilization): with potentials ``(F, G)`` fixed at the last absorption,
+    ``K_ij = exp((F_i + G_j - C_ij) / reg)``, ``u = a / (K v)``, ``v = b / (K^T u)`` and
+    ``(f, g) = (F + reg log u, G + reg log v)``. Both products take one pass over ``K``
+    (a Cython sweep: each row's dot product with ``v`` gives ``u_i``, and the row, still in
+    cache, is added into ``K^T u``; the row marginal error comes out of the same pass; rows
+    in parallel). When ``u`` or ``v`` leave ``[1e-20, 1e20]`` they are absorbed into the
+    potentials and the kernel recomputed, so that it neither underflows nor overflows at
+    any ``reg``. In the log domain (a Cython kernel, one log-sum-exp per row in a single
+    pass shifted by the previous potential, a SIMD ``exp`` on AVX-512/AVX2 CPUs, rows in
+    parallel) each half-iteration pays an ``exp`` per entry instead of a multiply-add.
 
     Parameters
     ----------
     method : {"auto", "log", "scaling"}, default="auto"
-        ``"auto"`` uses the scaling domain when ``(max C - min C) / reg <= 100`` and the
-        log domain otherwise.
+        ``"scaling"``: the stabilized scaling domain; a sweep that fails (a row of the
+        kernel underflowing entirely, far from the solution) is redone in the log domain.
+        ``"auto"``: the same, moving the rest of the solve to the log domain once
+        absorptions or failed sweeps are frequent (at least 10 and a third of the
+        iterations), where recomputing the kernel would cost more than the log domain.
+        ``Result.method`` is the domain the solve ended in.
     tol : float, default=1e-9
         Stop when the L1 marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1`` is at most ``tol``.
         The row sums come out of the next row update, so the error recorded at iteration
@@ -130,7 +141,7 @@ class Sinkhorn(Solver):
     max_iter : int, default=10000
         Maximum number of iterations (one row and one column update each).
     n_threads : int, optional
-        Threads of the log-domain kernel (a positive integer); all available CPUs when None.
+        Threads of the Cython kernels (a positive integer); all available CPUs when None.
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
     verbose : int, default=0
@@ -329,17 +340,17 @@ def _iteration(run: _SinkhornRun, reg, f, g, automatic=True):
     frequent failures or absorptions move the rest of the solve to the log domain.
     """
     if run.method == "scaling":
-        out = _scaling_step(run, reg, f, g)
-        if out is not None:
-            return out
         state = run.scaling
-        frequent = state.absorptions >= _MIN_ABSORPTIONS and (
+        if automatic and state.absorptions >= _MIN_ABSORPTIONS and (
             state.absorptions > _MAX_ABSORPTION_SHARE * state.sweeps
-        )
+        ):
+            run.method, run.scaling = "log", None
+        else:
+            out = _scaling_step(run, reg, f, g)
+            if out is not None:
+                return out
         if run.Ct is None:
             run.Ct = np.ascontiguousarray(run.support.C.T)
-        if automatic and frequent:
-            run.method, run.scaling = "log", None
     support = run.support
     f_new, row_mass = log_half_step(support.C, g, f, support.log_a, reg, n_threads=run.threads)
     g_new, _ = log_half_step(run.Ct, f_new, g, support.log_b, reg, n_threads=run.threads)
@@ -355,10 +366,13 @@ def _scaling_step(run: _SinkhornRun, reg, f, g):
     error, within = _scaling_iteration(
         state.K, support.a, support.b, state.u, state.v, state.acc, _BOUND, run.threads
     )
-    with np.errstate(all="ignore"):
+    if within:  # positive, finite scalings: no NumPy warning to silence
         f_new = state.f_base + reg * np.log(state.u)
         g_new = state.g_base + reg * np.log(state.v)
-    if not within:
+    else:
+        with np.errstate(all="ignore"):
+            f_new = state.f_base + reg * np.log(state.u)
+            g_new = state.g_base + reg * np.log(state.v)
         # Absorb at the next iteration; a non-finite scaling means the sweep failed.
         state.absorb = True
         if not (np.isfinite(f_new).all() and np.isfinite(g_new).all() and np.isfinite(error)):

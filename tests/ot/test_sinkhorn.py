@@ -1,3 +1,4 @@
+import sys
 import warnings
 
 import numpy as np
@@ -107,13 +108,58 @@ def test_cost_approaches_exact_ot_as_reg_vanishes():
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-2 * max(exact, 1e-12) + 1e-3
 
 
-def test_auto_picks_the_domain_and_both_agree():
+def test_auto_uses_the_stabilized_scaling_domain_at_any_reg():
     a, b, C = _clouds(5)
-    large = sinkhorn(a, b, C, 1.0)
+    for reg in (1.0, 1e-3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = sinkhorn(a, b, C, reg, max_iter=5)
+        assert res.method == "scaling"
+
+
+@pytest.mark.parametrize("reg", [1e-2, 1e-3, 1e-4])
+def test_scaling_and_log_domains_agree_at_small_reg(reg):
+    # At 1e-4 the first sweep from zero potentials underflows (exp(-C / reg) has rows of
+    # zeros): it is redone in the log domain, and absorption keeps the kernel finite after.
+    a, b, C = _clouds(9, n=25, m=20, shift=0.5)
+    runs = [sinkhorn(a, b, C, reg, method=method, tol=1e-11, max_iter=100_000)
+            for method in ("scaling", "log")]
+    assert all(res.success for res in runs)
+    np.testing.assert_allclose(runs[0].plan, runs[1].plan, atol=1e-11, rtol=0)
+    np.testing.assert_allclose(runs[0].f, runs[1].f, atol=1e-9 * reg + 1e-13)
+    # Same iterates (up to rounding), hence the same number of iterations.
+    assert abs(runs[0].nit - runs[1].nit) <= 1
+
+
+def test_frequent_absorptions_move_auto_to_the_log_domain(monkeypatch):
+    # With scalings bounded to [1/1.5, 1.5] nearly every iteration absorbs (recomputes the
+    # kernel): "auto" moves to the log domain and says so; "scaling" stays.
+    module = sys.modules["mmopt.ot.sinkhorn"]  # (mmopt.ot.sinkhorn is also the function)
+    monkeypatch.setattr(module, "_BOUND", 1.5)
+    a, b, C = _clouds(10)
+    auto = sinkhorn(a, b, C, 1e-2, tol=1e-11)
+    forced = sinkhorn(a, b, C, 1e-2, tol=1e-11, method="scaling")
+    reference = sinkhorn(a, b, C, 1e-2, tol=1e-11, method="log")
+    assert auto.method == "log" and forced.method == "scaling"
+    for res in (auto, forced):
+        assert res.success
+        np.testing.assert_allclose(res.plan, reference.plan, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("reg", [5e-2, 1e-2, 3e-3])
+def test_plan_matches_pot_default_sinkhorn(seed, reg):
+    # POT's default ot.sinkhorn (scaling domain, no stabilization) iterates the same
+    # scalings from u = v = 1: the plans agree once both have converged.
+    pot = pytest.importorskip("ot")
+    a, b, C = _clouds(seed + 20, n=30 + seed, m=26, shift=0.3 * seed)
+    res = sinkhorn(a, b, C, reg, tol=1e-13, max_iter=200_000)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        small = sinkhorn(a, b, C, 1e-3, max_iter=5)
-    assert large.method == "scaling" and small.method == "log"
+        warnings.simplefilter("ignore")
+        ref = pot.sinkhorn(a, b, C, reg, stopThr=1e-15, numItermax=200_000)
+    assert res.method == "scaling"
+    np.testing.assert_allclose(res.plan, ref, atol=1e-8, rtol=0)
+    assert np.abs(res.plan - ref).max() < 1e-11
 
 
 def test_warm_start_from_the_solution_stops_at_once():
