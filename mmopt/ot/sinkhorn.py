@@ -29,6 +29,8 @@ _KERNEL_FLOOR = -600.0
 # (each recomputing the kernel: an exp per entry) or failed sweeps become this frequent.
 _MAX_ABSORPTION_SHARE = 1.0 / 3.0
 _MIN_ABSORPTIONS = 10
+# Problems with fewer entries run their kernels on one thread.
+_MIN_PARALLEL_SIZE = 1 << 16
 
 
 class _ScalingKernel:
@@ -43,7 +45,9 @@ class _ScalingKernel:
     def __init__(self, n: int, m: int, threads: int):
         self.K = np.empty((n, m))
         # One partial K^T u per block of rows (the blocks run in parallel).
-        self.acc = np.empty((max(1, min(threads, n // 4)), m))
+        blocks = max(1, min(threads, n // 4))
+        self.acc = np.empty((blocks, m))
+        self.threads = blocks
         self.u, self.v = np.ones(n), np.ones(m)
         self.reg = None
         self.f = self.g = None  # the potentials of the last iteration
@@ -201,7 +205,10 @@ class Sinkhorn(Solver):
     def _start_run(self, problem) -> _SinkhornRun:
         support = _Support(problem)
         method = "scaling" if self.method == "auto" else self.method
-        run = _SinkhornRun(support, method, effective_n_threads(self.n_threads), problem.C)
+        threads = effective_n_threads(self.n_threads)
+        if support.C.size < _MIN_PARALLEL_SIZE:
+            threads = 1  # waking other threads would cost more than a pass over C
+        run = _SinkhornRun(support, method, threads, problem.C)
         if method == "log":
             run.Ct = np.ascontiguousarray(support.C.T)
         else:
@@ -364,7 +371,7 @@ def _scaling_step(run: _SinkhornRun, reg, f, g):
         state.absorb_potentials(support, reg, f, g, run.threads)
     state.sweeps += 1
     error, within = _scaling_iteration(
-        state.K, support.a, support.b, state.u, state.v, state.acc, _BOUND, run.threads
+        state.K, support.a, support.b, state.u, state.v, state.acc, _BOUND, state.threads
     )
     if within:  # positive, finite scalings: no NumPy warning to silence
         f_new = state.f_base + reg * np.log(state.u)

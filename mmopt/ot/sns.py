@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 
 import numpy as np
@@ -19,9 +19,16 @@ from mmopt.ot.sinkhorn import Sinkhorn, _iteration, _SinkhornRun, _SinkhornState
 
 __all__ = ["SinkhornNewtonSparse", "sinkhorn_newton_sparse"]
 
-# Newton pays off only when the plan is sparse: below this (max C - min C) / reg the plan is
-# nearly dense and Sinkhorn converges in a few dozen iterations, so "auto" keeps Sinkhorn.
-_NEWTON_MIN_RATIO = 200.0
+# "auto" takes Newton steps once the observed convergence rate of Sinkhorn (the ratio of
+# successive marginal errors over the last _RATE_WINDOW iterations) predicts more than
+# _NEWTON_MIN_REMAINING iterations left to reach tol: a Newton step costs a few to a few
+# dozen Sinkhorn iterations' worth (sparsification, linear solve, line search) and a handful
+# of them finish from there; where Sinkhorn is about to finish, it just finishes.
+_NEWTON_MIN_REMAINING = 100
+_RATE_WINDOW = 5
+# Epsilon scaling of stage 1 above this (max C - min C) / reg (below it Sinkhorn needs few
+# iterations at reg itself).
+_EPSILON_SCALING_MIN_RATIO = 200.0
 # "auto" factorizes the sparsified Hessian when it has at most this many entries per row
 # and column on average (a near-matching, small reg: little fill-in, and CG struggles);
 # denser plans are well conditioned and CG converges in a few dozen products.
@@ -50,6 +57,8 @@ class _SNSRun(_SinkhornRun):
     damping: float = 0.0
     cg_failed: bool = False
     level_reg: float = 0.0  # the reg of the current epsilon-scaling level
+    # Marginal errors of the latest Sinkhorn iterations at reg (the rate estimate).
+    errors: list = field(default_factory=list)
 
 
 @dataclass
@@ -78,18 +87,23 @@ class SinkhornNewtonSparse(Sinkhorn):
     without losing value, and treats a non-finite trial value as a reason to backtrack; if
     it fails, Sinkhorn iterations are taken instead (more of them after each failure).
 
-    With ``newton="auto"`` Newton steps are only used when ``(max C - min C) / reg > 200``:
-    at larger ``reg`` the plan is dense, Sinkhorn converges in a few dozen iterations and a
-    Newton step would cost more than it saves.
+    With ``newton="auto"`` Newton steps are taken once Sinkhorn's marginal error is below
+    ``switch_tol`` and its observed rate (the ratio of the errors 5 iterations apart)
+    predicts more than 100 iterations left to ``tol``: where Sinkhorn is about to finish
+    (large ``reg``, an easy problem) it finishes, and where it converges slowly Newton
+    takes over whatever ``reg``. After a Newton step that fails, the rate is measured
+    afresh before the next try.
 
     Parameters
     ----------
     newton : {"auto", "always", "never"}, default="auto"
-        When to use the Newton stage.
+        When to use the Newton stage: by the observed convergence rate, as soon as the
+        error is below ``switch_tol``, or never.
     switch_tol : float, default=1e-2
         L1 marginal error at which stage 1 hands over to Newton steps.
     reg_scaling : float or None, default=3.0
-        Epsilon scaling of stage 1 when Newton steps are used: Sinkhorn starts at
+        Epsilon scaling of stage 1 when Newton steps may be used and
+        ``(max C - min C) / reg > 200``: Sinkhorn starts at
         ``reg' = (max C - min C) / 100`` and divides ``reg'`` by this factor each time its
         marginal error (at ``reg'``) reaches ``switch_tol``, down to ``reg``. At small
         ``reg`` this takes several times fewer iterations than Sinkhorn at ``reg`` from zero
@@ -190,11 +204,8 @@ class SinkhornNewtonSparse(Sinkhorn):
         run = state.run
         support = run.support
         spread = float(support.C.max() - support.C.min())
-        run.use_newton = self.newton == "always" or (
-            self.newton == "auto" and spread / problem.reg > _NEWTON_MIN_RATIO
-        )
-        if run.use_newton and run.method != "log":
-            # (the log domain's setup made it already, for this problem)
+        run.use_newton = self.newton != "never"
+        if run.use_newton and run.Ct is None:
             run.Ct = np.ascontiguousarray(support.C.T)
         # Epsilon scaling (the scaling domain absorbs the potentials at each new level).
         run.level_reg = problem.reg
@@ -202,6 +213,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             run.use_newton
             and self.reg_scaling is not None
             and x0 is None
+            and spread / problem.reg > _EPSILON_SCALING_MIN_RATIO
             and spread / _SCALING_START_RATIO > problem.reg
         ):
             run.level_reg = spread / _SCALING_START_RATIO
@@ -216,11 +228,13 @@ class SinkhornNewtonSparse(Sinkhorn):
             and not state.intermediate
             and np.isfinite(state.residual)
             and state.residual <= self.switch_tol
+            and (self.newton == "always" or self._iterations_left(run) > _NEWTON_MIN_REMAINING)
         )
         if in_newton and run.newton_pause > 0:
             run.newton_pause -= 1
         elif in_newton:
             new = self._newton_step(problem, state)
+            run.errors.clear()  # the rate is Sinkhorn's, measured afresh after Newton
             if new is not None:
                 run.n_newton += 1
                 run.newton_backoff = 1
@@ -231,6 +245,8 @@ class SinkhornNewtonSparse(Sinkhorn):
             run.newton_backoff = min(2 * run.newton_backoff, _MAX_NEWTON_BACKOFF)
         run.n_sinkhorn += 1
         new = super()._step(problem, state)
+        run.errors.append(new.residual)
+        del run.errors[:-(_RATE_WINDOW + 1)]
         return _SNSState(
             x=new.x,
             fun=new.fun,
@@ -268,6 +284,17 @@ class SinkhornNewtonSparse(Sinkhorn):
                     "step": np.nan, "reg": level, "intermediate": 1.0},
             intermediate=True,
         )
+
+    def _iterations_left(self, run) -> float:
+        """Sinkhorn iterations still needed to reach ``tol`` at the rate of the last ones
+        (0 until enough iterations were seen; infinite when the error stopped falling)."""
+        errors = run.errors
+        if len(errors) <= _RATE_WINDOW or not errors[-1] > self.tol:
+            return 0.0
+        if not (errors[0] > 0 and errors[-1] < errors[0]):
+            return np.inf
+        log_rate = np.log(errors[-1] / errors[0]) / _RATE_WINDOW
+        return float(np.log(self.tol / errors[-1]) / log_rate)
 
     @staticmethod
     def _dual(run, reg, f, g):
