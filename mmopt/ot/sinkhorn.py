@@ -178,6 +178,9 @@ class Sinkhorn(Solver):
     name = "sinkhorn"
     problem_types = (OTProblem,)
     maximize = True
+    # fun = <a, f> + <b, g> - reg sum(P) with a, b > 0 on the support (the iterate x): a
+    # non-finite entry of x makes fun non-finite, which the loop checks without scanning x.
+    residual_covers_x = True
 
     def __init__(
         self,
@@ -253,7 +256,14 @@ class Sinkhorn(Solver):
         g = np.empty(m)
         f[support.rows], g[support.cols] = state.f, state.g
         _zero_mass_potentials(run, reg, f, g, state.f, state.g)
-        block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
+        scaling = run.scaling
+        if scaling is not None and state.f is scaling.f and state.g is scaling.g:
+            # The last iterate of the scaling domain: its plan diag(u) K diag(v) without an
+            # exp per entry.
+            block = scaling.K * scaling.u[:, None]
+            block *= scaling.v
+        else:
+            block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
         if support.full:
             plan = block
         else:

@@ -205,8 +205,6 @@ class SinkhornNewtonSparse(Sinkhorn):
         support = run.support
         spread = float(support.C.max() - support.C.min())
         run.use_newton = self.newton != "never"
-        if run.use_newton and run.Ct is None:
-            run.Ct = np.ascontiguousarray(support.C.T)
         # Epsilon scaling (the scaling domain absorbs the potentials at each new level).
         run.level_reg = problem.reg
         if (
@@ -300,6 +298,8 @@ class SinkhornNewtonSparse(Sinkhorn):
     def _dual(run, reg, f, g):
         """The dual value at (f, g), the plan's marginals and the L1 marginal error."""
         support = run.support
+        if run.Ct is None:  # made once, when the Newton stage first needs it
+            run.Ct = np.ascontiguousarray(support.C.T)
         rows, cols = plan_marginals(support.C, run.Ct, f, g, reg, n_threads=run.threads)
         total = float(rows.sum())
         if not np.isfinite(total):
