@@ -321,17 +321,25 @@ static double mmopt_expsum_avx2(const double *c, const double *g, double shift,
  *
  *     s_i = sum_j K_ij v_j;  err += |u_i s_i - a_i|;  u_i = a_i / s_i;  acc_j += u_i K_ij
  *
+ * (with omega != 1 the update of u_i is over-relaxed: u_i^(1 - omega) (a_i / s_i)^omega)
  * for each row i of the block, returning err. K v and K^T u (into acc) in one pass over K:
  * each row is read from memory once for the dot product and again from cache for the
  * update of acc, where BLAS's two matrix-vector products read K from memory twice. err is
  * the L1 row-marginal error of the plan diag(u) K diag(v) before the update of u.
  */
 typedef double (*mmopt_scaling_fn)(const double *, ptrdiff_t, ptrdiff_t, const double *,
-                                   const double *, double *, double *);
+                                   const double *, double *, double *, double);
+
+/* The new scaling of a row or column: the Sinkhorn update target = a_i / s_i, over-relaxed
+ * by omega (u^(1 - omega) target^omega; omega = 1 is plain Sinkhorn). */
+static inline double mmopt_relaxed(double old, double target, double omega)
+{
+    return omega == 1.0 ? target : old * pow(target / old, omega);
+}
 
 static double mmopt_scaling_rows_scalar(const double *K, ptrdiff_t m, ptrdiff_t rows,
                                         const double *v, const double *a, double *u,
-                                        double *acc)
+                                        double *acc, double omega)
 {
     double err = 0.0;
     for (ptrdiff_t i = 0; i < rows; ++i) {
@@ -339,7 +347,7 @@ static double mmopt_scaling_rows_scalar(const double *K, ptrdiff_t m, ptrdiff_t 
         double s = 0.0;
         for (ptrdiff_t j = 0; j < m; ++j) s += k[j] * v[j];
         err += fabs(u[i] * s - a[i]);
-        double w = a[i] / s;
+        double w = mmopt_relaxed(u[i], a[i] / s, omega);
         u[i] = w;
         for (ptrdiff_t j = 0; j < m; ++j) acc[j] += w * k[j];
     }
@@ -360,7 +368,7 @@ static inline double mmopt_hsum_avx2(__m256d x)
 __attribute__((target("avx2,fma")))
 static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t rows,
                                       const double *v, const double *a, double *u,
-                                      double *acc)
+                                      double *acc, double omega)
 {
     double err = 0.0;
     ptrdiff_t i = 0;
@@ -395,7 +403,7 @@ static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t ro
         double w[4];
         for (int r = 0; r < 4; ++r) {
             err += fabs(u[i + r] * d[r] - a[i + r]);
-            w[r] = a[i + r] / d[r];
+            w[r] = mmopt_relaxed(u[i + r], a[i + r] / d[r], omega);
             u[i + r] = w[r];
         }
         const __m256d w0 = _mm256_set1_pd(w[0]), w1 = _mm256_set1_pd(w[1]);
@@ -412,7 +420,7 @@ static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t ro
             acc[j] += (w[0] * k0[j] + w[1] * k1[j]) + (w[2] * k2[j] + w[3] * k3[j]);
     }
     if (i < rows)
-        err += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v, a + i, u + i, acc);
+        err += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v, a + i, u + i, acc, omega);
     return err;
 }
 #endif

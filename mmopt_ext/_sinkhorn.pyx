@@ -7,7 +7,7 @@ The sums of exponentials run through ``_expsum.h`` (glibc's SIMD ``exp`` where a
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.math cimport exp, log, INFINITY
+from libc.math cimport exp, fabs, log, INFINITY
 from libc.string cimport memset
 from libc.stdlib cimport free, malloc, realloc
 
@@ -26,9 +26,11 @@ cdef extern from "_expsum.h" nogil:
     mmopt_exprow_fn mmopt_exprow
     int mmopt_binary_exponent(double x)
     ctypedef double (*mmopt_scaling_fn)(
-        const double*, Py_ssize_t, Py_ssize_t, const double*, const double*, double*, double*
+        const double*, Py_ssize_t, Py_ssize_t, const double*, const double*, double*, double*,
+        double
     )
     mmopt_scaling_fn mmopt_scaling_rows
+    double mmopt_relaxed(double old, double target, double omega)
 
 mmopt_expsum_select(-1)
 
@@ -336,12 +338,17 @@ def scaling_iteration(
     double[:, ::1] acc,
     double bound,
     int n_threads,
+    double omega=1.0,
 ):
     """One scaling-domain Sinkhorn iteration in place: ``u = a / (K v)``, then ``v = b / (K^T u)``.
 
-    Returns ``(error, within)``: ``error`` is the L1 row-marginal error of the plan
-    ``diag(u) K diag(v)`` at the incoming ``(u, v)``, ``within`` whether every new entry
-    of ``u`` and ``v`` lies in ``[1 / bound, bound]`` (False on NaN or infinity as well).
+    With ``omega != 1`` both updates are over-relaxed: ``u = u^(1 - omega) (a / K v)^omega``
+    and likewise ``v``. Returns ``(row_error, within, column_error, mass)``: ``row_error``
+    is the L1 row-marginal error of the plan ``diag(u) K diag(v)`` at the incoming
+    ``(u, v)``; ``within`` whether every new entry of ``u`` and ``v`` lies in
+    ``[1 / bound, bound]`` (False on NaN or infinity as well); ``column_error`` and
+    ``mass`` are the L1 column-marginal error and the total mass of the plan at the new
+    ``(u, v)`` (0 and ``sum(b)`` up to rounding when ``omega == 1``).
 
     ``K v`` and ``K^T u`` take one pass over ``K``: each row's dot product with ``v`` sets
     ``u_i``, and the row, still in cache, is added to ``K^T u`` right away. The rows are
@@ -353,7 +360,7 @@ def scaling_iteration(
     cdef Py_ssize_t m = K.shape[1]
     cdef Py_ssize_t blocks = acc.shape[0]
     cdef Py_ssize_t t, j, start, stop
-    cdef double error = 0.0
+    cdef double error = 0.0, column_error = 0.0, mass = 0.0
     cdef double total, low = 1.0 / bound
     cdef bint within = True
     with nogil:
@@ -364,16 +371,19 @@ def scaling_iteration(
             memset(&acc[t, 0], 0, m * sizeof(double))
             if stop > start:
                 error += mmopt_scaling_rows(
-                    &K[start, 0], m, stop - start, &v[0], &a[start], &u[start], &acc[t, 0]
+                    &K[start, 0], m, stop - start, &v[0], &a[start], &u[start], &acc[t, 0],
+                    omega,
                 )
         for j in range(m):
             total = acc[0, j]
             for t in range(1, blocks):
                 total = total + acc[t, j]
-            v[j] = b[j] / total
+            v[j] = mmopt_relaxed(v[j], b[j] / total, omega)
+            column_error += fabs(v[j] * total - b[j])
+            mass += v[j] * total
             if not (low <= v[j] <= bound):
                 within = False
         for j in range(n):
             if not (low <= u[j] <= bound):
                 within = False
-    return error, within
+    return error, within, column_error, mass

@@ -29,6 +29,18 @@ _KERNEL_FLOOR = -600.0
 # (each recomputing the kernel: an exp per entry) or failed sweeps become this frequent.
 _MAX_ABSORPTION_SHARE = 1.0 / 3.0
 _MIN_ABSORPTIONS = 10
+# Over-relaxation: once the error's rates over the last three windows of _RATE_WINDOW
+# plain sweeps agree within 10% (in log), the scalings are over-relaxed by
+# omega = 2 / (1 + sqrt(1 - rate)), at most _MAX_OMEGA; if the error then grows past
+# _RELAX_GROWTH times its value at the switch (a transient growth is normal: the relaxed
+# iteration is not monotone), or is not below that value after _RELAX_PATIENCE sweeps,
+# plain sweeps resume and the rate is measured again, up to _MAX_RELAX_FAILURES times.
+_RATE_WINDOW = 5
+_RATE_SWEEPS = 3 * _RATE_WINDOW + 1
+_MAX_OMEGA = 1.9
+_RELAX_GROWTH = 1e3
+_RELAX_PATIENCE = 100  # relaxed sweeps within which the error must fall below the switch's
+_MAX_RELAX_FAILURES = 3
 # Problems with fewer entries run their kernels on one thread.
 _MIN_PARALLEL_SIZE = 1 << 16
 
@@ -55,6 +67,16 @@ class _ScalingKernel:
         self.absorb = True
         self.absorptions = 0
         self.sweeps = 0
+        # The last iterate's column-marginal error and total mass (0 and sum(b) after a
+        # plain sweep, up to rounding).
+        self.column_error = 0.0
+        self.mass = None
+        self.omega = 1.0
+        self.errors = []  # errors of the latest plain sweeps (the rate estimate)
+        self.switch_error = np.inf  # the error when over-relaxation started
+        self.relaxed_sweeps = 0
+        self.last_relaxed = False  # whether the last iterate came from a relaxed sweep
+        self.relax_failures = 0
 
     def absorb_potentials(self, support, reg, f, g, threads):
         _dense_plan(support.C, f, g, float(reg), self.K, threads, _KERNEL_FLOOR)
@@ -137,11 +159,21 @@ class Sinkhorn(Solver):
         absorptions or failed sweeps are frequent (at least 10 and a third of the
         iterations), where recomputing the kernel would cost more than the log domain.
         ``Result.method`` is the domain the solve ended in.
+    overrelaxation : bool, default=True
+        Over-relax the scaling domain's updates once Sinkhorn's linear rate is measured:
+        ``u = u^(1 - w) (a / K v)^w`` (likewise ``v``) with ``w = 2 / (1 + sqrt(1 -
+        rate))``, the optimal relaxation of the linearized iteration (Thibault et al.,
+        2017), where ``rate`` is the observed ratio of successive marginal errors over
+        5 plain iterations (used once two successive windows agree within 10%). If the
+        error then grows tenfold the plain iteration resumes. The fixed point is the same;
+        slow problems (small ``reg``) converge in several times fewer iterations.
     tol : float, default=1e-9
         Stop when the L1 marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1`` is at most ``tol``.
         The row sums come out of the next row update, so the error recorded at iteration
         ``k`` is that of iterate ``k - 1`` (the returned iterate is at least as good; its
-        exact error is ``Result.marginal_error``).
+        exact error is ``Result.marginal_error``). After an over-relaxed iteration, whose
+        columns are not exact, the error covers rows and columns, and the solve returns
+        iterate ``k - 1`` itself when it meets ``tol``.
     max_iter : int, default=10000
         Maximum number of iterations (one row and one column update each).
     n_threads : int, optional
@@ -186,6 +218,7 @@ class Sinkhorn(Solver):
         self,
         *,
         method: str = "auto",
+        overrelaxation: bool = True,
         tol: float = 1e-9,
         max_iter: int = 10_000,
         n_threads: int | None = None,
@@ -193,6 +226,7 @@ class Sinkhorn(Solver):
         verbose: int = 0,
     ):
         self.method = method
+        self.overrelaxation = overrelaxation
         self.tol = tol
         self.max_iter = max_iter
         self.n_threads = n_threads
@@ -202,6 +236,10 @@ class Sinkhorn(Solver):
     def _validate_params(self) -> None:
         super()._validate_params()
         check_choice(self.method, "method", ("auto", "log", "scaling"))
+        if not isinstance(self.overrelaxation, (bool, np.bool_)):
+            raise TypeError(
+                f"overrelaxation must be True or False, got {self.overrelaxation!r}."
+            )
         check_n_threads(self.n_threads)
 
     # ----------------------------------------------------------------------------- setup
@@ -238,11 +276,18 @@ class Sinkhorn(Solver):
     def _step(self, problem, state):
         run, reg = state.run, problem.reg
         support = run.support
-        f, g, error = _iteration(run, reg, state.f, state.g, self.method == "auto")
-        # After the column update the plan's columns sum to b exactly, so sum(P) = mass.
+        f, g, error, mass, relaxed = _iteration(
+            run, reg, state.f, state.g, self.method == "auto", self.overrelaxation
+        )
+        if relaxed and error <= self.tol and np.isfinite(state.fun):
+            # An over-relaxed iterate need not be better than the one it came from, whose
+            # error (rows and columns) meets tol: that one is the answer.
+            return _SinkhornState(
+                x=state.x, fun=state.fun, residual=error, f=state.f, g=state.g, run=run
+            )
         # (Python floats: a non-finite value becomes NaN without a NumPy warning; the loop
         # reports it as status 4.)
-        fun = float(support.a @ f) + float(support.b @ g) - reg * support.mass
+        fun = float(support.a @ f) + float(support.b @ g) - reg * mass
         return _SinkhornState(
             x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g, run=run
         )
@@ -257,9 +302,14 @@ class Sinkhorn(Solver):
         f[support.rows], g[support.cols] = state.f, state.g
         _zero_mass_potentials(run, reg, f, g, state.f, state.g)
         scaling = run.scaling
-        if scaling is not None and state.f is scaling.f and state.g is scaling.g:
-            # The last iterate of the scaling domain: its plan diag(u) K diag(v) without an
-            # exp per entry.
+        if (
+            scaling is not None
+            and scaling.reg == reg
+            and state.f is scaling.f
+            and state.g is scaling.g
+        ):
+            # The last iterate of the scaling domain at reg (not an epsilon-scaling level's):
+            # its plan diag(u) K diag(v) without an exp per entry.
             block = scaling.K * scaling.u[:, None]
             block *= scaling.v
         else:
@@ -348,9 +398,14 @@ def _zero_mass_potentials(run: _SinkhornRun, reg, f, g, f_support, g_support):
         )
 
 
-def _iteration(run: _SinkhornRun, reg, f, g, automatic=True):
-    """One row and one column update at ``reg``; also the L1 row-marginal error of the plan
-    at the incoming ``(f, g)``.
+def _iteration(run: _SinkhornRun, reg, f, g, automatic=True, relax=False):
+    """One row and one column update at ``reg``.
+
+    Returns ``(f_new, g_new, error, mass, relaxed)``: ``error`` is the L1 marginal error of
+    the plan at the incoming ``(f, g)`` (its rows, plus its columns where they were not
+    exact: after an over-relaxed iteration), ``mass`` the total mass of the plan at the
+    new potentials, ``relaxed`` whether this iteration was over-relaxed (``relax`` allows
+    it, in the scaling domain).
 
     In the scaling domain a sweep that fails (a kernel row that underflows entirely, far
     from the solution at small ``reg``) is redone in the log domain; with ``automatic``,
@@ -363,7 +418,7 @@ def _iteration(run: _SinkhornRun, reg, f, g, automatic=True):
         ):
             run.method, run.scaling = "log", None
         else:
-            out = _scaling_step(run, reg, f, g)
+            out = _scaling_step(run, reg, f, g, relax)
             if out is not None:
                 return out
         if run.Ct is None:
@@ -371,18 +426,32 @@ def _iteration(run: _SinkhornRun, reg, f, g, automatic=True):
     support = run.support
     f_new, row_mass = log_half_step(support.C, g, f, support.log_a, reg, n_threads=run.threads)
     g_new, _ = log_half_step(run.Ct, f_new, g, support.log_b, reg, n_threads=run.threads)
-    return f_new, g_new, float(np.abs(row_mass - support.a).sum())
+    # After the column update the plan's columns sum to b exactly, so sum(P) = mass.
+    return (f_new, g_new, float(np.abs(row_mass - support.a).sum()), support.mass, False)
 
 
-def _scaling_step(run: _SinkhornRun, reg, f, g):
-    """A scaling-domain iteration (fused Cython sweep) with absorption; None if it failed."""
+def _scaling_step(run: _SinkhornRun, reg, f, g, relax):
+    """A scaling-domain iteration (fused Cython sweep) with absorption and, with ``relax``,
+    over-relaxation; None if the sweep failed."""
     state, support = run.scaling, run.support
-    if state.absorb or reg != state.reg or f is not state.f or g is not state.g:
+    own = reg == state.reg and f is state.f and g is state.g
+    if not own:
+        # Potentials from elsewhere (a start, the log domain, a Newton step, a new reg):
+        # their column error is not known (0 for those of a column update), and the rate
+        # is measured afresh.
+        state.column_error, state.mass = 0.0, None
+        state.omega, state.switch_error = 1.0, np.inf
+        state.last_relaxed = False
+        state.errors.clear()
+    if state.absorb or not own:
         state.absorb_potentials(support, reg, f, g, run.threads)
     state.sweeps += 1
-    error, within = _scaling_iteration(
-        state.K, support.a, support.b, state.u, state.v, state.acc, _BOUND, state.threads
+    omega = state.omega
+    row_error, within, column_error, mass = _scaling_iteration(
+        state.K, support.a, support.b, state.u, state.v, state.acc, _BOUND, state.threads,
+        omega,
     )
+    error = row_error + state.column_error
     if within:  # positive, finite scalings: no NumPy warning to silence
         f_new = state.f_base + reg * np.log(state.u)
         g_new = state.g_base + reg * np.log(state.v)
@@ -394,9 +463,47 @@ def _scaling_step(run: _SinkhornRun, reg, f, g):
         state.absorb = True
         if not (np.isfinite(f_new).all() and np.isfinite(g_new).all() and np.isfinite(error)):
             state.f = state.g = None
+            if omega != 1.0:
+                state.relax_failures += 1
             return None
+    # The incoming iterate's error is known exactly (rows and columns) when it or this
+    # sweep was relaxed; the caller then returns it rather than the new one on convergence.
+    relaxed = omega != 1.0 or (own and state.last_relaxed)
+    state.last_relaxed = omega != 1.0
     state.f, state.g = f_new, g_new
-    return f_new, g_new, float(error)
+    state.column_error = column_error if omega != 1.0 else 0.0
+    state.mass = mass if omega != 1.0 else support.mass
+    if relax and state.relax_failures < _MAX_RELAX_FAILURES:
+        _choose_relaxation(state, error)
+    return f_new, g_new, float(error), state.mass, relaxed
+
+
+def _choose_relaxation(state: _ScalingKernel, error: float) -> None:
+    """Start over-relaxation once the plain rate is steady; stop it if the error grows."""
+    errors = state.errors
+    if state.omega != 1.0:
+        state.relaxed_sweeps += 1
+        if error < state.switch_error:
+            state.relaxed_sweeps = -np.inf  # it pays off: no more patience test
+        if not error <= _RELAX_GROWTH * state.switch_error or (
+            state.relaxed_sweeps > _RELAX_PATIENCE
+        ):
+            state.omega = 1.0
+            state.relax_failures += 1
+            errors.clear()
+        return
+    errors.append(error)
+    del errors[:-_RATE_SWEEPS]
+    if len(errors) < _RATE_SWEEPS or not min(errors) > 0.0:
+        return
+    w = _RATE_WINDOW
+    rates = np.diff(np.log(errors[::w])) / w  # oldest window first
+    recent = rates[-1]
+    if (rates < 0.0).all() and np.all(np.abs(rates - recent) <= 0.1 * abs(recent)):
+        rate = float(np.exp(recent))
+        state.omega = min(2.0 / (1.0 + np.sqrt(1.0 - rate)), _MAX_OMEGA)
+        state.switch_error = error
+        state.relaxed_sweeps = 0
 
 
 def sinkhorn(a, b, C, reg, **options) -> Result:

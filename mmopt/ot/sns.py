@@ -266,7 +266,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         """
         run = state.run
         support, level = run.support, run.level_reg
-        f, g, error = _iteration(run, level, state.f, state.g, self.method == "auto")
+        f, g, error, _, _ = _iteration(run, level, state.f, state.g, self.method == "auto")
         if error <= self.switch_tol:
             next_level = level / self.reg_scaling
             run.level_reg = next_level if next_level > 1.01 * problem.reg else problem.reg

@@ -122,13 +122,38 @@ def test_scaling_and_log_domains_agree_at_small_reg(reg):
     # At 1e-4 the first sweep from zero potentials underflows (exp(-C / reg) has rows of
     # zeros): it is redone in the log domain, and absorption keeps the kernel finite after.
     a, b, C = _clouds(9, n=25, m=20, shift=0.5)
-    runs = [sinkhorn(a, b, C, reg, method=method, tol=1e-11, max_iter=100_000)
-            for method in ("scaling", "log")]
-    assert all(res.success for res in runs)
-    np.testing.assert_allclose(runs[0].plan, runs[1].plan, atol=1e-11, rtol=0)
-    np.testing.assert_allclose(runs[0].f, runs[1].f, atol=1e-9 * reg + 1e-13)
-    # Same iterates (up to rounding), hence the same number of iterations.
-    assert abs(runs[0].nit - runs[1].nit) <= 1
+    options = {"tol": 1e-11, "max_iter": 100_000}
+    plain = sinkhorn(a, b, C, reg, method="scaling", overrelaxation=False, **options)
+    log = sinkhorn(a, b, C, reg, method="log", **options)
+    relaxed = sinkhorn(a, b, C, reg, **options)
+    assert plain.success and log.success and relaxed.success
+    assert relaxed.method == "scaling"
+    np.testing.assert_allclose(plain.plan, log.plan, atol=1e-11, rtol=0)
+    np.testing.assert_allclose(relaxed.plan, log.plan, atol=1e-11, rtol=0)
+    # Plain scaling and log: the same iterates (up to rounding), the same potentials.
+    np.testing.assert_allclose(plain.f, log.f, atol=1e-9 * reg + 1e-13)
+    assert abs(plain.nit - log.nit) <= 1
+    # Over-relaxation: the same fixed point in fewer iterations where Sinkhorn is slow.
+    assert relaxed.marginal_error <= 1e-11
+    if reg <= 1e-3:
+        assert relaxed.nit < plain.nit / 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_overrelaxation_returns_an_iterate_within_tol(seed):
+    # The relaxed iteration is not monotone: the solve returns the iterate whose own error
+    # (rows and columns) met tol, and Result.marginal_error, computed on the plan, says so.
+    rng = np.random.default_rng(seed)
+    n, m = rng.integers(5, 60, size=2)
+    a, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m))
+    C = rng.random((n, m)) ** rng.uniform(0.5, 3)
+    for reg in (3e-2, 3e-3, 5e-4):
+        res = sinkhorn(a, b, C, reg, tol=1e-9, max_iter=100_000)
+        assert res.success and res.marginal_error <= 1e-9 * (1 + 1e-6)
+        assert res.residual <= 1e-9
+        P = res.plan
+        assert np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum() <= 1e-9 * (1 + 1e-6)
+        assert res.fun == pytest.approx(res.objective, rel=1e-6, abs=1e-9)
 
 
 def test_frequent_absorptions_move_auto_to_the_log_domain(monkeypatch):
@@ -221,3 +246,5 @@ def test_bad_options_and_x0():
         mmopt.solve(problem, x0=np.zeros(4))
     with pytest.raises(TypeError, match="n_threads"):
         Sinkhorn(n_threads=1.5).solve(problem)
+    with pytest.raises(TypeError, match="overrelaxation"):
+        Sinkhorn(overrelaxation="yes").solve(problem)
