@@ -15,7 +15,13 @@ from mmopt._core.result import Result
 from mmopt._core.validation import check_choice, check_scalar
 from mmopt.ot._kernels import plan_marginals, sparsify_plan
 from mmopt.ot.problem import OTProblem
-from mmopt.ot.sinkhorn import Sinkhorn, _iteration, _SinkhornRun, _SinkhornState
+from mmopt.ot.sinkhorn import (
+    _MAX_RELAX_FAILURES,
+    Sinkhorn,
+    _iteration,
+    _SinkhornRun,
+    _SinkhornState,
+)
 
 __all__ = ["SinkhornNewtonSparse", "sinkhorn_newton_sparse"]
 
@@ -89,9 +95,10 @@ class SinkhornNewtonSparse(Sinkhorn):
 
     With ``newton="auto"`` Newton steps are taken once Sinkhorn's marginal error is below
     ``switch_tol`` and its observed rate (the ratio of the errors 5 iterations apart)
-    predicts more than 100 iterations left to ``tol``: where Sinkhorn is about to finish
-    (large ``reg``, an easy problem) it finishes, and where it converges slowly Newton
-    takes over whatever ``reg``. After a Newton step that fails, the rate is measured
+    predicts more than 100 iterations left to ``tol`` (at the rate of the over-relaxed
+    iteration that rate implies, ``omega - 1``, while over-relaxation is still to come):
+    where Sinkhorn is about to finish (large ``reg``, an easy problem) it finishes, and
+    where it converges slowly Newton takes over whatever ``reg``. After a Newton step that fails, the rate is measured
     afresh before the next try.
 
     Parameters
@@ -292,6 +299,19 @@ class SinkhornNewtonSparse(Sinkhorn):
         if not (errors[0] > 0 and errors[-1] < errors[0]):
             return np.inf
         log_rate = np.log(errors[-1] / errors[0]) / _RATE_WINDOW
+        scaling = run.scaling
+        if (
+            self.overrelaxation
+            and scaling is not None
+            and scaling.omega == 1.0
+            and scaling.relax_failures < _MAX_RELAX_FAILURES
+        ):
+            # Sinkhorn is about to be over-relaxed: its rate will be omega - 1, with
+            # omega = 2 / (1 + sqrt(1 - rate)), the benchmark for Newton steps.
+            root = np.sqrt(-np.expm1(log_rate))
+            log_rate = np.log((1.0 - root) / (1.0 + root)) if root < 1.0 else -np.inf
+            if log_rate == -np.inf:
+                return 0.0
         return float(np.log(self.tol / errors[-1]) / log_rate)
 
     @staticmethod
