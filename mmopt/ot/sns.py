@@ -98,8 +98,8 @@ class SinkhornNewtonSparse(Sinkhorn):
     predicts more than 100 iterations left to ``tol`` (at the rate of the over-relaxed
     iteration that rate implies, ``omega - 1``, while over-relaxation is still to come):
     where Sinkhorn is about to finish (large ``reg``, an easy problem) it finishes, and
-    where it converges slowly Newton takes over whatever ``reg``. After a Newton step that fails, the rate is measured
-    afresh before the next try.
+    where it converges slowly Newton takes over whatever ``reg``. After a Newton step that
+    fails, the rate is measured afresh before the next try.
 
     Parameters
     ----------
