@@ -65,6 +65,7 @@ class _SNSRun(_SinkhornRun):
     level_reg: float = 0.0  # the reg of the current epsilon-scaling level
     # Marginal errors of the latest Sinkhorn iterations at reg (the rate estimate).
     errors: list = field(default_factory=list)
+    errors_omega: float = 1.0  # the over-relaxation of the iterations that made them
 
 
 @dataclass
@@ -250,6 +251,10 @@ class SinkhornNewtonSparse(Sinkhorn):
             run.newton_backoff = min(2 * run.newton_backoff, _MAX_NEWTON_BACKOFF)
         run.n_sinkhorn += 1
         new = super()._step(problem, state)
+        omega = run.scaling.omega if run.scaling is not None else 1.0
+        if omega != run.errors_omega:  # a new rate: the iteration changed
+            run.errors.clear()
+            run.errors_omega = omega
         run.errors.append(new.residual)
         del run.errors[:-(_RATE_WINDOW + 1)]
         return _SNSState(
@@ -296,10 +301,16 @@ class SinkhornNewtonSparse(Sinkhorn):
         errors = run.errors
         if len(errors) <= _RATE_WINDOW or not errors[-1] > self.tol:
             return 0.0
+        scaling = run.scaling
+        if scaling is not None and scaling.omega != 1.0:
+            # Over-relaxed Sinkhorn: not monotone, and its first sweeps may raise the
+            # error; it is judged once it has brought the error below its value at the
+            # switch, at its own rate then.
+            if scaling.relaxed_sweeps != -np.inf or not errors[-1] < errors[0]:
+                return 0.0
         if not (errors[0] > 0 and errors[-1] < errors[0]):
             return np.inf
         log_rate = np.log(errors[-1] / errors[0]) / _RATE_WINDOW
-        scaling = run.scaling
         if (
             self.overrelaxation
             and scaling is not None
