@@ -41,6 +41,9 @@ _MAX_OMEGA = 1.9
 _RELAX_GROWTH = 1e3
 _RELAX_PATIENCE = 100  # relaxed sweeps within which the error must fall below the switch's
 _MAX_RELAX_FAILURES = 3
+# ... and only once the error is below this fraction of the mass: the linear regime, where
+# the rate means something (earlier windows can agree by chance, and relaxing there fails).
+_RELAX_MAX_ERROR = 0.1
 # Problems with fewer entries run their kernels on one thread.
 _MIN_PARALLEL_SIZE = 1 << 16
 
@@ -474,11 +477,11 @@ def _scaling_step(run: _SinkhornRun, reg, f, g, relax):
     state.column_error = column_error if omega != 1.0 else 0.0
     state.mass = mass if omega != 1.0 else support.mass
     if relax and state.relax_failures < _MAX_RELAX_FAILURES:
-        _choose_relaxation(state, error)
+        _choose_relaxation(state, error, support.mass)
     return f_new, g_new, float(error), state.mass, relaxed
 
 
-def _choose_relaxation(state: _ScalingKernel, error: float) -> None:
+def _choose_relaxation(state: _ScalingKernel, error: float, mass: float) -> None:
     """Start over-relaxation once the plain rate is steady; stop it if the error grows."""
     errors = state.errors
     if state.omega != 1.0:
@@ -494,7 +497,7 @@ def _choose_relaxation(state: _ScalingKernel, error: float) -> None:
         return
     errors.append(error)
     del errors[:-_RATE_SWEEPS]
-    if len(errors) < _RATE_SWEEPS or not min(errors) > 0.0:
+    if len(errors) < _RATE_SWEEPS or not min(errors) > 0.0 or error > _RELAX_MAX_ERROR * mass:
         return
     w = _RATE_WINDOW
     rates = np.diff(np.log(errors[::w])) / w  # oldest window first
