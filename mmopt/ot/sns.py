@@ -131,8 +131,9 @@ class SinkhornNewtonSparse(Sinkhorn):
         Relative residual at which conjugate gradients stop (an inexact Newton step).
     max_cg : int, default=500
         Maximum conjugate-gradient iterations per Newton step.
-    method, tol, max_iter, n_threads, callback, verbose
-        As in :class:`Sinkhorn`; ``max_iter`` counts Sinkhorn iterations and Newton steps.
+    method, overrelaxation, tol, max_iter, n_threads, callback, verbose
+        As in :class:`Sinkhorn` (for the Sinkhorn iterations); ``max_iter`` counts Sinkhorn
+        iterations and Newton steps.
 
     Notes
     -----
@@ -168,6 +169,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         cg_tol: float = 1e-2,
         max_cg: int = 500,
         method: str = "auto",
+        overrelaxation: bool = True,
         tol: float = 1e-9,
         max_iter: int = 10_000,
         n_threads: int | None = None,
@@ -176,6 +178,7 @@ class SinkhornNewtonSparse(Sinkhorn):
     ):
         super().__init__(
             method=method,
+            overrelaxation=overrelaxation,
             tol=tol,
             max_iter=max_iter,
             n_threads=n_threads,
