@@ -1,4 +1,5 @@
-"""Log-domain Sinkhorn half-step: one log-sum-exp per row, rows in parallel.
+"""Sinkhorn kernels: the log-domain half-step (one log-sum-exp per row, rows in parallel), the
+fused scaling-domain iteration, the plan and its marginals, the sparsified plan.
 
 The sums of exponentials run through ``_expsum.h`` (glibc's SIMD ``exp`` where available).
 """
@@ -6,7 +7,8 @@ The sums of exponentials run through ``_expsum.h`` (glibc's SIMD ``exp`` where a
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.math cimport exp, log, INFINITY
+from libc.math cimport exp, fabs, log, INFINITY
+from libc.string cimport memset
 from libc.stdlib cimport free, malloc, realloc
 
 cdef extern from "_expsum.h" nogil:
@@ -23,6 +25,12 @@ cdef extern from "_expsum.h" nogil:
     )
     mmopt_exprow_fn mmopt_exprow
     int mmopt_binary_exponent(double x)
+    ctypedef double (*mmopt_scaling_fn)(
+        const double*, Py_ssize_t, Py_ssize_t, const double*, const double*, double*, double*,
+        double
+    )
+    mmopt_scaling_fn mmopt_scaling_rows
+    double mmopt_relaxed(double old, double target, double omega)
 
 mmopt_expsum_select(-1)
 
@@ -297,11 +305,13 @@ def dense_plan(
     double reg,
     double[:, ::1] out,
     int n_threads,
+    double floor=-700.0,
 ):
     """Write the plan ``exp((f_i + g_j - C_ij) / reg)`` into ``out`` (SIMD ``exp``).
 
-    Entries whose exponent is below -700 are set to 0 and above 700 to ``inf`` (the SIMD
-    routine clamps there; ``exp`` itself is below 1e-304 and above 1e304 there).
+    Entries whose exponent is below ``floor`` (at least -700) are set to 0 and above 700 to
+    ``inf`` (the SIMD routine clamps there; ``exp`` itself is below 1e-304 and above 1e304
+    there).
     """
     cdef Py_ssize_t n = C.shape[0]
     cdef Py_ssize_t m = C.shape[1]
@@ -313,7 +323,67 @@ def dense_plan(
             mmopt_exprow(&C[i, 0], &g[0], f[i], inv_reg, m, &out[i, 0])
             for j in range(m):
                 t = (f[i] + g[j] - C[i, j]) * inv_reg
-                if t < -700.0:
+                if t < floor:
                     out[i, j] = 0.0
                 elif t > 700.0:
                     out[i, j] = INFINITY
+
+
+def scaling_iteration(
+    const double[:, ::1] K,
+    const double[::1] a,
+    const double[::1] b,
+    double[::1] u,
+    double[::1] v,
+    double[:, ::1] acc,
+    double bound,
+    int n_threads,
+    double omega=1.0,
+):
+    """One scaling-domain Sinkhorn iteration in place: ``u = a / (K v)``, then ``v = b / (K^T u)``.
+
+    With ``omega != 1`` both updates are over-relaxed: ``u = u^(1 - omega) (a / K v)^omega``
+    and likewise ``v``. Returns ``(row_error, within, column_error, mass)``: ``row_error``
+    is the L1 row-marginal error of the plan ``diag(u) K diag(v)`` at the incoming
+    ``(u, v)``; ``within`` whether every new entry of ``u`` and ``v`` lies in
+    ``[1 / bound, bound]`` (False on NaN or infinity as well); ``column_error`` and
+    ``mass`` are the L1 column-marginal error and the total mass of the plan at the new
+    ``(u, v)`` (0 and ``sum(b)`` up to rounding when ``omega == 1``).
+
+    ``K v`` and ``K^T u`` take one pass over ``K``: each row's dot product with ``v`` sets
+    ``u_i``, and the row, still in cache, is added to ``K^T u`` right away. The rows are
+    split into ``acc.shape[0]`` blocks, one partial ``K^T u`` per row of ``acc``, processed
+    in parallel and summed in a fixed order (the result does not depend on the number of
+    threads, only on ``acc.shape[0]``).
+    """
+    cdef Py_ssize_t n = K.shape[0]
+    cdef Py_ssize_t m = K.shape[1]
+    cdef Py_ssize_t blocks = acc.shape[0]
+    cdef Py_ssize_t t, j, start, stop
+    cdef double error = 0.0, column_error = 0.0, mass = 0.0
+    cdef double total, low = 1.0 / bound
+    cdef bint within = True
+    with nogil:
+        for t in prange(blocks, schedule="static", num_threads=n_threads):
+            # Block boundaries on multiples of 4 rows (the SIMD path's row blocks).
+            start = (t * n // blocks) // 4 * 4
+            stop = n if t == blocks - 1 else ((t + 1) * n // blocks) // 4 * 4
+            memset(&acc[t, 0], 0, m * sizeof(double))
+            if stop > start:
+                error += mmopt_scaling_rows(
+                    &K[start, 0], m, stop - start, &v[0], &a[start], &u[start], &acc[t, 0],
+                    omega,
+                )
+        for j in range(m):
+            total = acc[0, j]
+            for t in range(1, blocks):
+                total = total + acc[t, j]
+            v[j] = mmopt_relaxed(v[j], b[j] / total, omega)
+            column_error += fabs(v[j] * total - b[j])
+            mass += v[j] * total
+            if not (low <= v[j] <= bound):
+                within = False
+        for j in range(n):
+            if not (low <= u[j] <= bound):
+                within = False
+    return error, within, column_error, mass

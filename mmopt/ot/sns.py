@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 
 import numpy as np
@@ -16,6 +16,7 @@ from mmopt._core.validation import check_choice, check_scalar
 from mmopt.ot._kernels import plan_marginals, sparsify_plan
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import (
+    _MAX_RELAX_FAILURES,
     Sinkhorn,
     _dual_value,
     _iteration,
@@ -25,9 +26,16 @@ from mmopt.ot.sinkhorn import (
 
 __all__ = ["SinkhornNewtonSparse", "sinkhorn_newton_sparse"]
 
-# Newton pays off only when the plan is sparse: below this (max C - min C) / reg the plan is
-# nearly dense and Sinkhorn converges in a few dozen iterations, so "auto" keeps Sinkhorn.
-_NEWTON_MIN_RATIO = 200.0
+# "auto" takes Newton steps once the observed convergence rate of Sinkhorn (the ratio of
+# successive marginal errors over the last _RATE_WINDOW iterations) predicts more than
+# _NEWTON_MIN_REMAINING iterations left to reach tol: a Newton step costs a few to a few
+# dozen Sinkhorn iterations' worth (sparsification, linear solve, line search) and a handful
+# of them finish from there; where Sinkhorn is about to finish, it just finishes.
+_NEWTON_MIN_REMAINING = 100
+_RATE_WINDOW = 5
+# Epsilon scaling of stage 1 above this (max C - min C) / reg (below it Sinkhorn needs few
+# iterations at reg itself).
+_EPSILON_SCALING_MIN_RATIO = 200.0
 # "auto" factorizes the sparsified Hessian when it has at most this many entries per row
 # and column on average (a near-matching, small reg: little fill-in, and CG struggles);
 # denser plans are well conditioned and CG converges in a few dozen products.
@@ -56,6 +64,9 @@ class _SNSRun(_SinkhornRun):
     damping: float = 0.0
     cg_failed: bool = False
     level_reg: float = 0.0  # the reg of the current epsilon-scaling level
+    # Marginal errors of the latest Sinkhorn iterations at reg (the rate estimate).
+    errors: list = field(default_factory=list)
+    errors_omega: float = 1.0  # the over-relaxation of the iterations that made them
 
 
 @dataclass
@@ -84,19 +95,25 @@ class SinkhornNewtonSparse(Sinkhorn):
     without losing value, and treats a non-finite trial value as a reason to backtrack; if
     it fails, Sinkhorn iterations are taken instead (more of them after each failure).
 
-    With ``newton="auto"`` Newton steps are only used when ``(max C - min C) / reg > 200``:
-    at larger ``reg`` the plan is dense, Sinkhorn converges in a few dozen iterations and a
-    Newton step would cost more than it saves.
+    With ``newton="auto"`` Newton steps are taken once Sinkhorn's marginal error is below
+    ``switch_tol`` and its observed rate (the ratio of the errors 5 iterations apart)
+    predicts more than 100 iterations left to ``tol`` (at the rate of the over-relaxed
+    iteration that rate implies, ``omega - 1``, while over-relaxation is still to come):
+    where Sinkhorn is about to finish (large ``reg``, an easy problem) it finishes, and
+    where it converges slowly Newton takes over whatever ``reg``. After a Newton step that
+    fails, the rate is measured afresh before the next try.
 
     Parameters
     ----------
     newton : {"auto", "always", "never"}, default="auto"
-        When to use the Newton stage.
+        When to use the Newton stage: by the observed convergence rate, as soon as the
+        error is below ``switch_tol``, or never.
     switch_tol : float, default=1e-2
         L1 marginal error, relative to the total mass, at which stage 1 hands over to
         Newton steps (and each level of the epsilon scaling to the next).
     reg_scaling : float or None, default=3.0
-        Epsilon scaling of stage 1 when Newton steps are used: Sinkhorn starts at
+        Epsilon scaling of stage 1 when Newton steps may be used and
+        ``(max C - min C) / reg > 200``: Sinkhorn starts at
         ``reg' = (max C - min C) / 100`` and divides ``reg'`` by this factor each time its
         marginal error (at ``reg'``) reaches ``switch_tol``, down to ``reg``. At small
         ``reg`` this takes several times fewer iterations than Sinkhorn at ``reg`` from zero
@@ -116,8 +133,9 @@ class SinkhornNewtonSparse(Sinkhorn):
         Relative residual at which conjugate gradients stop (an inexact Newton step).
     max_cg : int, default=500
         Maximum conjugate-gradient iterations per Newton step.
-    method, tol, max_iter, n_threads, callback, verbose
-        As in :class:`Sinkhorn`; ``max_iter`` counts Sinkhorn iterations and Newton steps.
+    method, overrelaxation, tol, max_iter, n_threads, callback, verbose
+        As in :class:`Sinkhorn` (for the Sinkhorn iterations); ``max_iter`` counts Sinkhorn
+        iterations and Newton steps.
 
     Notes
     -----
@@ -153,6 +171,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         cg_tol: float = 1e-2,
         max_cg: int = 500,
         method: str = "auto",
+        overrelaxation: bool = True,
         tol: float = 1e-9,
         max_iter: int = 10_000,
         n_threads: int | None = None,
@@ -161,6 +180,7 @@ class SinkhornNewtonSparse(Sinkhorn):
     ):
         super().__init__(
             method=method,
+            overrelaxation=overrelaxation,
             tol=tol,
             max_iter=max_iter,
             n_threads=n_threads,
@@ -197,19 +217,14 @@ class SinkhornNewtonSparse(Sinkhorn):
         run = state.run
         support = run.support
         spread = float(support.C.max() - support.C.min())
-        run.use_newton = self.newton == "always" or (
-            self.newton == "auto" and spread / problem.reg > _NEWTON_MIN_RATIO
-        )
-        if run.use_newton and run.method != "log":
-            # (the log domain's setup made it already, for this problem)
-            run.Ct = np.ascontiguousarray(support.C.T)
-        # Epsilon scaling (log domain only: the scaling domain's kernel is built for reg).
+        run.use_newton = self.newton != "never"
+        # Epsilon scaling (the scaling domain absorbs the potentials at each new level).
         run.level_reg = problem.reg
         if (
             run.use_newton
             and self.reg_scaling is not None
-            and run.method == "log"
             and x0 is None
+            and spread / problem.reg > _EPSILON_SCALING_MIN_RATIO
             and spread / _SCALING_START_RATIO > problem.reg
         ):
             run.level_reg = spread / _SCALING_START_RATIO
@@ -224,6 +239,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             and not state.intermediate
             and np.isfinite(state.residual)
             and state.residual <= self.switch_tol * run.support.mass
+            and (self.newton == "always" or self._iterations_left(run) > _NEWTON_MIN_REMAINING)
         )
         if in_newton and run.newton_pause > 0:
             run.newton_pause -= 1
@@ -232,6 +248,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             # overflows is backtracked from): NumPy need not warn about them.
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 new = self._newton_step(problem, state)
+            run.errors.clear()  # the rate is Sinkhorn's, measured afresh after Newton
             if new is not None:
                 run.n_newton += 1
                 run.newton_backoff = 1
@@ -242,6 +259,12 @@ class SinkhornNewtonSparse(Sinkhorn):
             run.newton_backoff = min(2 * run.newton_backoff, _MAX_NEWTON_BACKOFF)
         run.n_sinkhorn += 1
         new = super()._step(problem, state)
+        omega = run.scaling.omega if run.scaling is not None else 1.0
+        if omega != run.errors_omega:  # a new rate: the iteration changed
+            run.errors.clear()
+            run.errors_omega = omega
+        run.errors.append(new.residual)
+        del run.errors[:-(_RATE_WINDOW + 1)]
         return _SNSState(
             x=new.x,
             fun=new.fun,
@@ -263,8 +286,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         """
         run = state.run
         support, level = run.support, run.level_reg
-        f, g, level_mass = _iteration(run, level, state.f, state.g)
-        error = float(np.abs(level_mass - support.a).sum())
+        f, g, error, _, _ = _iteration(run, level, state.f, state.g, self.method == "auto")
         if error <= self.switch_tol * support.mass:
             next_level = level / self.reg_scaling
             run.level_reg = next_level if next_level > 1.01 * problem.reg else problem.reg
@@ -281,10 +303,42 @@ class SinkhornNewtonSparse(Sinkhorn):
             intermediate=True,
         )
 
+    def _iterations_left(self, run) -> float:
+        """Sinkhorn iterations still needed to reach ``tol`` at the rate of the last ones
+        (0 until enough iterations were seen; infinite when the error stopped falling)."""
+        errors = run.errors
+        if len(errors) <= _RATE_WINDOW or not errors[-1] > self.tol:
+            return 0.0
+        scaling = run.scaling
+        if scaling is not None and scaling.omega != 1.0:
+            # Over-relaxed Sinkhorn: not monotone, and its first sweeps may raise the
+            # error; it is judged once it has brought the error below its value at the
+            # switch, at its own rate then.
+            if scaling.relaxed_sweeps != -np.inf or not errors[-1] < errors[0]:
+                return 0.0
+        if not (errors[0] > 0 and errors[-1] < errors[0]):
+            return np.inf
+        log_rate = np.log(errors[-1] / errors[0]) / _RATE_WINDOW
+        if (
+            self.overrelaxation
+            and scaling is not None
+            and scaling.omega == 1.0
+            and scaling.relax_failures < _MAX_RELAX_FAILURES
+        ):
+            # Sinkhorn is about to be over-relaxed: its rate will be omega - 1, with
+            # omega = 2 / (1 + sqrt(1 - rate)), the benchmark for Newton steps.
+            root = np.sqrt(-np.expm1(log_rate))
+            log_rate = np.log((1.0 - root) / (1.0 + root)) if root < 1.0 else -np.inf
+            if log_rate == -np.inf:
+                return 0.0
+        return float(np.log(self.tol / errors[-1]) / log_rate)
+
     @staticmethod
     def _dual(run, reg, f, g):
         """The dual value at (f, g), the plan's marginals and the L1 marginal error."""
         support = run.support
+        if run.Ct is None:  # made once, when the Newton stage first needs it
+            run.Ct = np.ascontiguousarray(support.C.T)
         rows, cols = plan_marginals(support.C, run.Ct, f, g, reg, n_threads=run.threads)
         total = float(rows.sum())
         if not np.isfinite(total):

@@ -1,3 +1,4 @@
+import sys
 import warnings
 
 import numpy as np
@@ -107,13 +108,83 @@ def test_cost_approaches_exact_ot_as_reg_vanishes():
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-2 * max(exact, 1e-12) + 1e-3
 
 
-def test_auto_picks_the_domain_and_both_agree():
+def test_auto_uses_the_stabilized_scaling_domain_at_any_reg():
     a, b, C = _clouds(5)
-    large = sinkhorn(a, b, C, 1.0)
+    for reg in (1.0, 1e-3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = sinkhorn(a, b, C, reg, max_iter=5)
+        assert res.method == "scaling"
+
+
+@pytest.mark.parametrize("reg", [1e-2, 1e-3, 1e-4])
+def test_scaling_and_log_domains_agree_at_small_reg(reg):
+    # At 1e-4 the first sweep from zero potentials underflows (exp(-C / reg) has rows of
+    # zeros): it is redone in the log domain, and absorption keeps the kernel finite after.
+    a, b, C = _clouds(9, n=25, m=20, shift=0.5)
+    options = {"tol": 1e-11, "max_iter": 100_000}
+    plain = sinkhorn(a, b, C, reg, method="scaling", overrelaxation=False, **options)
+    log = sinkhorn(a, b, C, reg, method="log", **options)
+    relaxed = sinkhorn(a, b, C, reg, **options)
+    assert plain.success and log.success and relaxed.success
+    assert relaxed.method == "scaling"
+    np.testing.assert_allclose(plain.plan, log.plan, atol=1e-11, rtol=0)
+    np.testing.assert_allclose(relaxed.plan, log.plan, atol=1e-11, rtol=0)
+    # Plain scaling and log: the same iterates (up to rounding), the same potentials.
+    np.testing.assert_allclose(plain.f, log.f, atol=1e-9 * reg + 1e-13)
+    assert abs(plain.nit - log.nit) <= 1
+    # Over-relaxation: the same fixed point in fewer iterations where Sinkhorn is slow.
+    assert relaxed.marginal_error <= 1e-11
+    if reg <= 1e-3:
+        assert relaxed.nit < plain.nit / 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_overrelaxation_returns_an_iterate_within_tol(seed):
+    # The relaxed iteration is not monotone: the solve returns the iterate whose own error
+    # (rows and columns) met tol, and Result.marginal_error, computed on the plan, says so.
+    rng = np.random.default_rng(seed)
+    n, m = rng.integers(5, 60, size=2)
+    a, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m))
+    C = rng.random((n, m)) ** rng.uniform(0.5, 3)
+    for reg in (3e-2, 3e-3, 5e-4):
+        res = sinkhorn(a, b, C, reg, tol=1e-9, max_iter=100_000)
+        assert res.success and res.marginal_error <= 1e-9 * (1 + 1e-6)
+        assert res.residual <= 1e-9
+        P = res.plan
+        assert np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum() <= 1e-9 * (1 + 1e-6)
+        assert res.fun == pytest.approx(res.objective, rel=1e-6, abs=1e-9)
+
+
+def test_frequent_absorptions_move_auto_to_the_log_domain(monkeypatch):
+    # With scalings bounded to [1/1.5, 1.5] nearly every iteration absorbs (recomputes the
+    # kernel): "auto" moves to the log domain and says so; "scaling" stays.
+    module = sys.modules["mmopt.ot.sinkhorn"]  # (mmopt.ot.sinkhorn is also the function)
+    monkeypatch.setattr(module, "_BOUND", 1.5)
+    a, b, C = _clouds(10)
+    auto = sinkhorn(a, b, C, 1e-2, tol=1e-11)
+    forced = sinkhorn(a, b, C, 1e-2, tol=1e-11, method="scaling")
+    reference = sinkhorn(a, b, C, 1e-2, tol=1e-11, method="log")
+    assert auto.method == "log" and forced.method == "scaling"
+    for res in (auto, forced):
+        assert res.success
+        np.testing.assert_allclose(res.plan, reference.plan, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("reg", [5e-2, 1e-2, 3e-3])
+def test_plan_matches_pot_default_sinkhorn(seed, reg):
+    # POT's default ot.sinkhorn (scaling domain, no stabilization) iterates the same
+    # scalings from u = v = 1: the plans agree once both have converged.
+    pot = pytest.importorskip("ot")
+    a, b, C = _clouds(seed + 20, n=30 + seed, m=26, shift=0.3 * seed)
+    res = sinkhorn(a, b, C, reg, tol=1e-13, max_iter=200_000)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        small = sinkhorn(a, b, C, 1e-3, max_iter=5)
-    assert large.method == "scaling" and small.method == "log"
+        warnings.simplefilter("ignore")
+        ref = pot.sinkhorn(a, b, C, reg, stopThr=1e-15, numItermax=200_000)
+    assert res.method == "scaling"
+    np.testing.assert_allclose(res.plan, ref, atol=1e-8, rtol=0)
+    assert np.abs(res.plan - ref).max() < 1e-11
 
 
 def test_warm_start_from_the_solution_stops_at_once():
@@ -175,3 +246,5 @@ def test_bad_options_and_x0():
         mmopt.solve(problem, x0=np.zeros(4))
     with pytest.raises(TypeError, match="n_threads"):
         Sinkhorn(n_threads=1.5).solve(problem)
+    with pytest.raises(TypeError, match="overrelaxation"):
+        Sinkhorn(overrelaxation="yes").solve(problem)

@@ -116,3 +116,39 @@ def test_a_solver_instance_solves_several_problems():
         ref = sinkhorn(a, b, C, 5e-2, method="log", tol=1e-12)
         assert res.success
         np.testing.assert_allclose(res.plan, ref.plan, atol=1e-9)
+
+
+def _small_hard_problem(kind, n, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        C = rng.random((n, n))
+    else:
+        x, y = rng.random((n, 2)), rng.random((n, 2))
+        C = ((x[:, None] - y[None]) ** 2).sum(-1)
+        C /= C.max()
+    return np.full(n, 1.0 / n), C
+
+
+@pytest.mark.parametrize("kind", ["random", "geometric"])
+@pytest.mark.parametrize("n", [20, 50, 120])
+def test_small_hard_problems_converge_in_few_iterations(kind, n):
+    # Uniform weights, reg 1e-3 ... 1e-2: plain Sinkhorn needs thousands of iterations on
+    # some of these (10,000 at 5e-3 on a 50 x 50 random cost); the switch on the observed
+    # rate hands over to Newton instead.
+    for seed, reg in enumerate((1e-2, 7e-3, 5e-3, 3e-3, 1e-3)):
+        a, C = _small_hard_problem(kind, n, seed)
+        res = sinkhorn_newton_sparse(a, a, C, reg, tol=1e-9, n_threads=1)
+        assert res.success and res.marginal_error <= 1e-9, (reg, res.message)
+        assert np.isfinite(res.plan).all()
+        assert res.n_sinkhorn <= 300 and res.n_newton <= 30, (reg, res.n_sinkhorn, res.n_newton)
+
+
+def test_issue_case_takes_newton_steps_where_sinkhorn_crawls():
+    # 50 x 50 uniform random cost at reg 5e-3: Sinkhorn alone stops at its 10,000-iteration
+    # cap; the rate rule switches to Newton after a few dozen iterations.
+    a, C = _small_hard_problem("random", 50, 0)
+    res = sinkhorn_newton_sparse(a, a, C, 5e-3, tol=1e-9, n_threads=1)
+    assert res.success and res.n_newton > 0 and res.n_sinkhorn < 200
+    ref = sinkhorn(a, a, C, 5e-3, tol=1e-12, max_iter=200_000)
+    assert ref.nit > 20 * res.n_sinkhorn
+    np.testing.assert_allclose(res.plan, ref.plan, atol=1e-9)
