@@ -397,15 +397,17 @@ def test_huge_warm_start_gives_the_cold_answer():
         np.testing.assert_allclose(warm.plan, cold.plan, atol=1e-11)
 
 
-def test_status_4_at_the_start_has_finite_fields(fuzz):
-    # Scaling domain with a kernel that underflows: the first step fails, the start is
-    # returned with its own value and marginal error (on main: fun and residual inf).
+def test_scaling_domain_with_an_underflowing_kernel_row(fuzz):
+    # exp(-C[0] / reg) underflows: plain scaling gave status 4 with fun and residual inf (on
+    # main before issue 13); the stabilized (absorbing) scaling domain now solves it, as the
+    # log domain does.
     C = _cost(5, 6)
-    C[0] += 100.0  # exp(-C[0] / reg) underflows: the row's scaling is inf
-    with pytest.warns(ConvergenceWarning, match="Numerical failure"):
-        res = sinkhorn([], [], C, 0.1, method="scaling")
-    assert res.status == 4
+    C[0] += 100.0
+    res = sinkhorn([], [], C, 0.1, method="scaling")
     fuzz.assert_honest(res)
+    assert res.success
+    reference = sinkhorn([], [], C, 0.1, method="log")
+    np.testing.assert_allclose(res.plan, reference.plan, atol=1e-8)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
