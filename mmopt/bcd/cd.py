@@ -23,17 +23,19 @@ iteration:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
+from mmopt._core.linesearch import armijo, backtracking
+from mmopt._core.params import Interval, Options, constraints_of, validate_params
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
-from mmopt._core.validation import check_array, check_scalar
+from mmopt._core.validation import check_array
 from mmopt.bcd import _kernels
-from mmopt.bcd._checks import check_bool
 from mmopt.bcd.datafits import LeastSquares, Logistic
 from mmopt.bcd.problem import BCDProblem
 
@@ -60,6 +62,12 @@ _NEWTON_SOLVERS = ("auto", "cd", "cg")
 # before the solve is declared stalled.
 _MAX_STALLS = 5
 _ROUNDING = 16 * np.finfo(float).eps
+# Armijo line searches (proximal Newton, Newton-CG): sufficient-decrease fraction, slack for
+# the objective's rounding (relative), and halvings at most (steps 1, 1/2, ..., 2**-33: down
+# to about 1e-10).
+_ARMIJO = 1e-4
+_ARMIJO_ROUNDING = 1e-15
+_MAX_HALVINGS = 34
 
 
 @dataclass(eq=False)
@@ -162,6 +170,17 @@ class CoordinateDescent(Solver):
     required_methods = ("objective",)
     residual_covers_x = True
 
+    _parameter_constraints: ClassVar[dict] = {
+        "working_set": [bool],
+        "screening": [bool],
+        "anderson": [bool],
+        "prox_newton": [bool],
+        "newton_solver": [Options(_NEWTON_SOLVERS)],
+        "fit_intercept": [bool],
+        "ws_min_size": [Interval(int, 1, None)],
+        "max_epochs": [Interval(int, 1, None)],
+    }
+
     def __init__(
         self,
         *,
@@ -193,14 +212,8 @@ class CoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        for flag in ("working_set", "screening", "anderson", "prox_newton", "fit_intercept"):
-            check_bool(getattr(self, flag), flag)
-        check_scalar(self.ws_min_size, "ws_min_size", kind=int, min_value=1)
-        check_scalar(self.max_epochs, "max_epochs", kind=int, min_value=1)
-        if self.newton_solver not in _NEWTON_SOLVERS:
-            raise ValueError(
-                f"newton_solver must be one of {_NEWTON_SOLVERS}, got {self.newton_solver!r}."
-            )
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
 
     def check_problem(self, problem) -> None:
         super().check_problem(problem)
@@ -301,13 +314,16 @@ class CoordinateDescent(Solver):
                 break
             s = 0.25 - (raw + 0.5 * datafit.y) ** 2  # sigma (1 - sigma) from the raw gradient
             h = max(float(s.mean()), 1e-12)
-            step = -g / h
             f0 = datafit.value(None, lin)
-            # Newton step, halved until the loss decreases (the 1-D problem is convex).
-            for _ in range(30):
-                if datafit.value(None, lin + step) <= f0:
-                    break
-                step *= 0.5
+            # Newton step, halved until the loss does not increase (the 1-D problem is
+            # convex); after 30 refusals the next, tiny step is taken anyway.
+            search = backtracking(
+                lambda t: datafit.value(None, lin + t),  # noqa: B023 - called right here
+                armijo(f0, 0.0),
+                step=-g / h,
+                max_trials=30,
+            )
+            step = search.step if search.success else 0.5 * search.step
             lin += step
             total += step
         return total
@@ -604,14 +620,13 @@ class CoordinateDescent(Solver):
             x[ws] = w_start
             f0 = datafit.value(None, lin) + pen.value(w_start)
             decrease = float(lp @ q) / n + pen.value(w_start + delta) - pen.value(w_start)
-            step = 1.0
-            while step > 1e-10:
-                trial = datafit.value(None, lin + step * q) + pen.value(w_start + step * delta)
-                if trial <= f0 + 1e-4 * step * decrease + 1e-15 * abs(f0):
-                    break
-                step *= 0.5
-            else:
-                step = 0.0
+            search = backtracking(
+                # The trial is called right here, with this iteration's vectors.
+                lambda t: datafit.value(None, lin + t * q) + pen.value(w_start + t * delta),  # noqa: B023
+                armijo(f0, decrease, c1=_ARMIJO, rounding=_ARMIJO_ROUNDING * abs(f0)),
+                max_trials=_MAX_HALVINGS,
+            )
+            step = search.step if search.success else 0.0
             x[ws] = w_start + step * delta
             lin += step * q
             if self.fit_intercept:
@@ -684,18 +699,14 @@ class CoordinateDescent(Solver):
         if not d.any():
             return iterations, intercept, False
         # Armijo backtracking on the exact objective (CG iterates are descent directions).
-        f0 = fun
-        slope = float(g @ d)
-        step = 1.0
-        while step > 1e-10:
-            trial = datafit.value(None, lin + step * q) + pen.value(x + step * d)
-            if trial <= f0 + 1e-4 * step * slope + 1e-15 * abs(f0):
-                break
-            step *= 0.5
-        else:
-            step = 0.0
-        if step == 0.0:
+        search = backtracking(
+            lambda t: datafit.value(None, lin + t * q) + pen.value(x + t * d),
+            armijo(fun, float(g @ d), c1=_ARMIJO, rounding=_ARMIJO_ROUNDING * abs(fun)),
+            max_trials=_MAX_HALVINGS,
+        )
+        if not search.success:
             return iterations, intercept, False
+        step = search.step
         x += step * d
         lin += step * q
         if self.fit_intercept:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,15 +14,30 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.validation import check_choice, check_scalar
-from mmopt.bcd._checks import check_bool
+from mmopt._core.params import Interval, Options, constraints_of, validate_params
 from mmopt.bcd.cd import CoordinateDescent
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic, Multinomial
 from mmopt.bcd.penalties import L1, L2, ElasticNet, L1Positive
 from mmopt.bcd.problem import BCDProblem
-from mmopt.bcd.solver import BlockCoordinateDescent
+from mmopt.bcd.solver import PARTITIONS, SELECTIONS, UPDATES, BlockCoordinateDescent, _IndexBlocks
 
 __all__ = ["BCDLasso", "BCDElasticNet", "BCDLogisticRegression", "BCDLabelPropagation"]
+
+_POSITIVE = [Interval(float, 0, None, closed="neither")]
+_NON_NEGATIVE = [Interval(float, 0, None)]
+_COMMON = {
+    "tol": _NON_NEGATIVE,
+    "max_iter": [Interval(int, 1, None)],
+    "verbose": [Interval(int, 0, None)],
+}
+
+
+class _Validated:
+    """Checks an estimator's options against its ``_parameter_constraints`` table."""
+
+    def _validate_params(self) -> None:
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
 
 
 def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | None:
@@ -90,7 +106,7 @@ def _check_labels(y) -> None:
         raise ValueError(f"y must hold class labels: {exc}") from None
 
 
-class BCDElasticNet(RegressorMixin, BaseEstimator):
+class BCDElasticNet(_Validated, RegressorMixin, BaseEstimator):
     """Elastic net by compiled coordinate descent with working sets and gap-safe screening.
 
     Minimizes, like :class:`sklearn.linear_model.ElasticNet`,
@@ -146,6 +162,16 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
     (array([1., 0., 2., 0., 0.]), 3.0)
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        "alpha": _NON_NEGATIVE,
+        "l1_ratio": [Interval(float, 0, 1)],
+        "fit_intercept": [bool],
+        "positive": [bool],
+        "working_set": [bool],
+        "screening": [bool],
+        **_COMMON,
+    }
+
     def __init__(
         self,
         alpha: float = 1.0,
@@ -174,9 +200,8 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDElasticNet:
         """Fit the model; ``X`` dense or sparse, ``y`` of shape (n_samples,)."""
+        self._validate_params()
         _check_Xy(X, y)
-        for flag in ("fit_intercept", "positive", "working_set", "screening"):
-            check_bool(getattr(self, flag), flag)
         X, y = validate_data(
             self, X, y, dtype=np.float64, y_numeric=True, accept_sparse="csc", order="F"
         )
@@ -263,7 +288,7 @@ class BCDLasso(BCDElasticNet):
         return L1Positive(self.alpha) if self.positive else L1(self.alpha)
 
 
-class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
+class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
     """L1 or L2 logistic regression by (block) coordinate descent.
 
     Minimizes, like :class:`sklearn.linear_model.LogisticRegression`,
@@ -311,6 +336,14 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        "penalty": [Options({"l1", "l2"})],
+        "C": _POSITIVE,
+        "fit_intercept": [bool],
+        "intercept_scaling": _POSITIVE,
+        **_COMMON,
+    }
+
     def __init__(
         self,
         penalty: str = "l2",
@@ -332,15 +365,11 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLogisticRegression:
         """Fit the model; ``X`` dense or sparse."""
+        self._validate_params()
         _check_Xy(X, y, numeric_y=False)
-        check_bool(self.fit_intercept, "fit_intercept")
         X, y = validate_data(self, X, y, dtype=np.float64, accept_sparse="csc", order="F")
         _check_labels(y)
-        check_choice(self.penalty, "penalty", ("l1", "l2"))
-        C = check_scalar(self.C, "C", min_value=0.0, include_min=False)
-        scaling = check_scalar(
-            self.intercept_scaling, "intercept_scaling", min_value=0.0, include_min=False
-        )
+        C, scaling = float(self.C), float(self.intercept_scaling)
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         codes = encoder.transform(y)
@@ -427,7 +456,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
         return tags
 
 
-class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
+class BCDLabelPropagation(_Validated, ClassifierMixin, BaseEstimator):
     """Graph-based semi-supervised classification by quadratic label propagation.
 
     Builds a symmetric k-nearest-neighbour graph (or an RBF graph), and for each class ``c``
@@ -483,6 +512,20 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        "kernel": [Options({"knn", "rbf"})],
+        "n_neighbors": [Interval(int, 1, None)],
+        "gamma": _POSITIVE,
+        "label_weight": _POSITIVE,
+        "partition": [Options({"clusters", *PARTITIONS}), _IndexBlocks()],
+        "selection": [Options(SELECTIONS)],
+        "update": [Options(UPDATES)],
+        "tol": _NON_NEGATIVE,
+        "max_iter": [Interval(int, 1, None)],
+    }
+    # The solver's clashes between partition and selection hold here too.
+    _parameter_rules: ClassVar[list] = BlockCoordinateDescent._parameter_rules
+
     def __init__(
         self,
         kernel: str = "knn",
@@ -520,14 +563,10 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLabelPropagation:
         """Fit on all samples; ``y == -1`` marks the unlabelled ones."""
+        self._validate_params()
         _check_Xy(X, y, numeric_y=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
         _check_labels(y)
-        check_choice(self.kernel, "kernel", ("knn", "rbf"))
-        check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
-        check_scalar(self.gamma, "gamma", min_value=0.0, include_min=False)
-        check_scalar(self.label_weight, "label_weight", min_value=0.0, include_min=False)
-        check_scalar(self.tol, "tol", min_value=0.0)
         if X.shape[0] < 2:
             raise ValueError(
                 "BCDLabelPropagation needs a graph of at least 2 samples; "
