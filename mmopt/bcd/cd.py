@@ -22,6 +22,7 @@ iteration:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
+from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.params import Interval, Options, constraints_of, validate_params
 from mmopt._core.registry import register_solver
@@ -61,7 +63,20 @@ _NEWTON_SOLVERS = ("auto", "cd", "cg")
 # Outer iterations in a row that lower neither the objective nor the stopping quantity
 # before the solve is declared stalled.
 _MAX_STALLS = 5
-_ROUNDING = 16 * np.finfo(float).eps
+
+
+def _rounding(dtype) -> float:
+    """Relative change below which an iterate of this precision has not moved."""
+    return 16 * float(np.finfo(dtype).eps)
+
+
+def _tol_floor(dtype, fun) -> float:
+    """The smallest duality gap a design of this precision resolves, about: the rounding of
+    the objective that the iterates carry (the sums are float64). 0 for float64 designs."""
+    if dtype == np.float64:
+        return 0.0
+    return float(np.finfo(dtype).eps) * max(abs(float(fun)), float(np.finfo(dtype).tiny))
+
 # Armijo line searches (proximal Newton, Newton-CG): sufficient-decrease fraction, slack for
 # the objective's rounding (relative), and halvings at most (steps 1, 1/2, ..., 2**-33: down
 # to about 1e-10).
@@ -266,16 +281,18 @@ class CoordinateDescent(Solver):
     def _init_state(self, problem, x0) -> _CDState:
         datafit = problem.datafit
         p = datafit.n_coords
+        # The vectors the kernels update in place take the design's precision.
+        dtype = datafit.X.dtype
         if x0 is None:
-            x = np.zeros(p)
+            x = np.zeros(p, dtype=dtype)
         else:
-            x = np.array(check_array(x0, "x0", ndim=1, shape=(p,)), dtype=float)
+            x = np.array(check_array(x0, "x0", ndim=1, shape=(p,)), dtype=dtype)
             if problem.penalty.positive:
                 x = np.maximum(x, 0.0)
         # X @ 0 is a pass over X for nothing.
-        aux = datafit.init_aux(x) if x.any() else np.zeros(datafit.n_samples)
+        aux = datafit.init_aux(x) if x.any() else np.zeros(datafit.n_samples, dtype=dtype)
         lin = datafit.y - aux if self._is_ls(problem) else aux.copy()
-        lin = np.ascontiguousarray(lin, dtype=float)
+        lin = np.ascontiguousarray(lin, dtype=dtype)
         intercept = self._update_intercept(problem, lin, 50) if self.fit_intercept else 0.0
         screened = np.zeros(p, dtype=bool)
         # Features with a zero column never move; leave them out from the start.
@@ -285,7 +302,16 @@ class CoordinateDescent(Solver):
         if not _finite(fun, gap, residual, grad, lin, x):
             raise ValueError(
                 "x0 gives a non-finite objective, gradient or duality gap: the problem's "
-                "scale overflows float64 there; start closer to 0 or rescale the data."
+                f"scale overflows {dtype} there; start closer to 0 or rescale the data."
+            )
+        floor = _tol_floor(dtype, fun)
+        if self.tol < floor:
+            warnings.warn(
+                f"tol={self.tol:.3g} is below what a {dtype} design resolves (about "
+                f"{floor:.2g} here: the objective's rounding); the solve is likely to stall "
+                "(status 5). Raise tol or pass X as float64.",
+                ConvergenceWarning,
+                stacklevel=3,
             )
         return _CDState(
             x=x,
@@ -396,7 +422,7 @@ class CoordinateDescent(Solver):
         """Objective up to terms fixed on the working set (the datafit is always complete)."""
         datafit, pen = problem.datafit, problem.penalty
         if self._is_ls(problem):
-            data = 0.5 * float(lin @ lin) / datafit.n_samples
+            data = 0.5 * float(np.dot(lin, lin.astype(float, copy=False))) / datafit.n_samples
         else:
             data = datafit.value(None, lin)
         return data + pen.value(w_ws)
@@ -546,8 +572,9 @@ class CoordinateDescent(Solver):
             raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])
         # Progress must exceed rounding: at the level of the last bits, values go up and
         # down without the iterate getting anywhere.
-        progress = fun < state.fun - _ROUNDING * abs(state.fun) or residual < state.residual * (
-            1.0 - _ROUNDING
+        rounding = _rounding(x.dtype)
+        progress = fun < state.fun - rounding * abs(state.fun) or residual < state.residual * (
+            1.0 - rounding
         )
         new.stalls = 0 if progress else state.stalls + 1
         unchanged = (
@@ -581,7 +608,7 @@ class CoordinateDescent(Solver):
         datafit, pen = problem.datafit, problem.penalty
         n, y, X = datafit.n_samples, datafit.y, datafit.X
         ws32 = ws.astype(np.int32)
-        hdiag = np.zeros(datafit.n_features)
+        hdiag = np.zeros(datafit.n_features, dtype=x.dtype)
         whole = ws.size == datafit.n_features
         # The curvature of each coordinate, sum_i l''_i X_ij^2, is one BLAS product with the
         # squared design (kept for the solve) instead of a scalar reduction per column.
@@ -595,8 +622,8 @@ class CoordinateDescent(Solver):
             else:
                 hdiag[ws] = np.asarray(squared[:, ws].T @ lpp).ravel()
             w_start = x[ws].copy()
-            r = lp.copy()
-            q = np.zeros(n)
+            r = lp.astype(x.dtype)
+            q = np.zeros(n, dtype=x.dtype)
             first = None
             for _ in range(_MAX_INNER_EPOCHS):
                 change = _kernels.cd_quadratic_model(
@@ -660,6 +687,7 @@ class CoordinateDescent(Solver):
         n, y, X = datafit.n_samples, datafit.y, datafit.X
         s = expit(-y * lin)
         lpp = s * (1.0 - s) / n  # curvature of the mean loss in z
+        tiny = np.finfo(x.dtype).tiny
         g = grad + pen.l2 * x
         g_inf = float(np.abs(g).max(initial=0.0))
         if g_inf == 0.0:
@@ -671,9 +699,9 @@ class CoordinateDescent(Solver):
         stop_inf = _CG_TOL_FRACTION * self.tol
         # Jacobi-like preconditioner from the column norms and the mean curvature: it
         # corrects the features' scales without a pass over the squared design.
-        precond = 1.0 / (datafit.norms2 * lpp.mean() + pen.l2 + 1e-300)
+        precond = 1.0 / (datafit.norms2 * lpp.mean() + pen.l2 + tiny)
         d = np.zeros_like(x)
-        q = np.zeros(n)
+        q = np.zeros(n, dtype=x.dtype)
         r = -g
         z = precond * r
         direction = z.copy()

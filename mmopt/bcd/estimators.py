@@ -23,6 +23,8 @@ from mmopt.bcd.solver import PARTITIONS, SELECTIONS, UPDATES, BlockCoordinateDes
 
 __all__ = ["BCDLasso", "BCDElasticNet", "BCDLogisticRegression", "BCDLabelPropagation"]
 
+# float32 data stay float32 (the compiled coordinate descent runs in either precision).
+_FLOATS = [np.float64, np.float32]
 _POSITIVE = [Interval(float, 0, None, closed="neither")]
 _NON_NEGATIVE = [Interval(float, 0, None)]
 _COMMON = {
@@ -203,7 +205,7 @@ class BCDElasticNet(_Validated, RegressorMixin, BaseEstimator):
         self._validate_params()
         _check_Xy(X, y)
         X, y = validate_data(
-            self, X, y, dtype=np.float64, y_numeric=True, accept_sparse="csc", order="F"
+            self, X, y, dtype=_FLOATS, y_numeric=True, accept_sparse="csc", order="F"
         )
         penalty = self._penalty()
         intercept_coordinate = self.fit_intercept and sp.issparse(X)
@@ -235,7 +237,7 @@ class BCDElasticNet(_Validated, RegressorMixin, BaseEstimator):
         """Linear predictions ``X coef_ + intercept_``."""
         check_is_fitted(self)
         _check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
+        X = validate_data(self, X, dtype=_FLOATS, accept_sparse="csr", reset=False)
         return np.asarray(X @ self.coef_).ravel() + self.intercept_
 
     def __sklearn_tags__(self):
@@ -367,7 +369,7 @@ class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
         """Fit the model; ``X`` dense or sparse."""
         self._validate_params()
         _check_Xy(X, y, numeric_y=False)
-        X, y = validate_data(self, X, y, dtype=np.float64, accept_sparse="csc", order="F")
+        X, y = validate_data(self, X, y, dtype=_FLOATS, accept_sparse="csc", order="F")
         _check_labels(y)
         C, scaling = float(self.C), float(self.intercept_scaling)
         encoder = LabelEncoder().fit(y)
@@ -393,11 +395,14 @@ class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
             self.intercept_ = np.array([result.intercept if self.fit_intercept else 0.0])
         else:
             k = len(self.classes_)
-            design = X
+            # The block solver works in float64 (coef_ is returned in X's precision).
+            design = X.astype(np.float64, copy=False)
             if self.fit_intercept:
                 ones = np.full((n, 1), scaling)
                 design = (
-                    sp.hstack([X, ones], format="csc") if sp.issparse(X) else np.hstack([X, ones])
+                    sp.hstack([design, ones], format="csc")
+                    if sp.issparse(design)
+                    else np.hstack([design, ones])
                 )
             p = design.shape[1]
             penalty = L1(strength) if self.penalty == "l1" else L2(strength)
@@ -418,6 +423,8 @@ class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
             else:
                 self.coef_ = W.T.copy()
                 self.intercept_ = np.zeros(k)
+        self.coef_ = self.coef_.astype(X.dtype, copy=False)
+        self.intercept_ = np.asarray(self.intercept_, dtype=X.dtype)
         self.n_iter_ = int(result.nit)
         self.result_ = result
         return self
@@ -426,7 +433,7 @@ class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
         """``X coef_.T + intercept_`` (one column for two classes)."""
         check_is_fitted(self)
         _check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
+        X = validate_data(self, X, dtype=_FLOATS, accept_sparse="csr", reset=False)
         scores = np.asarray(X @ self.coef_.T) + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
 

@@ -442,8 +442,10 @@ class BlockCoordinateDescent(Solver):
             if problem.penalty.positive:
                 x = np.maximum(x, 0.0)
         with np.errstate(over="ignore", invalid="ignore"):  # a bad x0 is reported below
-            aux = problem.datafit.init_aux(x)
-            grad = problem.datafit.gradient(x, aux)
+            # Block moves are small: this solver keeps its vectors in float64 whatever the
+            # design's precision (products with X run in the design's).
+            aux = np.asarray(problem.datafit.init_aux(x), dtype=float)
+            grad = _gradient(problem.datafit, x, aux)
             state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=run.lip.copy(), run=run)
             state.fun = self._objective(problem, x, aux)
             state.residual = self._residual(problem, state)
@@ -624,7 +626,7 @@ class BlockCoordinateDescent(Solver):
             if moved:
                 run.incremental.update(grad, block, d, aux=aux)
         else:
-            grad = datafit.gradient(x, aux) if full else None
+            grad = _gradient(datafit, x, aux) if full else None
         new = _BCDState(
             x=x,
             fun=self._objective(problem, x, aux),
@@ -671,7 +673,7 @@ class BlockCoordinateDescent(Solver):
         if not search.success:
             return None
         x, aux, fun, _ = search.trial
-        grad = datafit.gradient(x, aux)
+        grad = _gradient(datafit, x, aux)
         new = _BCDState(
             x=x,
             fun=fun,
@@ -696,7 +698,7 @@ class BlockCoordinateDescent(Solver):
             x=x,
             fun=self._objective(problem, x, aux),
             aux=aux,
-            grad=datafit.gradient(x, aux),
+            grad=_gradient(datafit, x, aux),
             k=state.k + 1,
             memory=state.memory,
             run=state.run,
@@ -786,8 +788,13 @@ class BlockCoordinateDescent(Solver):
     def _result_fields(self, problem, state):
         grad = state.grad
         if grad is None:
-            grad = problem.datafit.gradient(state.x, state.aux)
+            grad = _gradient(problem.datafit, state.x, state.aux)
         return {"blocks": state.run.blocks, "gradient": grad}
+
+
+def _gradient(datafit, x, aux) -> np.ndarray:
+    """The datafit's gradient as float64 (a float32 design's is float32)."""
+    return np.asarray(datafit.gradient(x, aux), dtype=float)
 
 
 def _cholesky(H):
