@@ -168,6 +168,24 @@ class CoordinateDescent(Solver):
     optimality conditions from the stopping test. A non-finite iterate ends it with status 4
     and the last finite iterate.
 
+    A float32 design is solved in float32 (``x`` is float32; objectives and gaps are summed
+    in float64). Its iterates carry the objective's rounding, about ``1.2e-7 |f|``: a
+    ``tol`` below that warns (``ConvergenceWarning``) when the solve starts.
+
+    References
+    ----------
+    J. Friedman, T. Hastie, R. Tibshirani, "Regularization Paths for Generalized Linear
+    Models via Coordinate Descent", Journal of Statistical Software 33(1), 2010 (coordinate
+    descent, proximal Newton for logistic regression).
+
+    O. Fercoq, A. Gramfort, J. Salmon, "Mind the duality gap: safer rules for the Lasso",
+    ICML 2015 (gap-safe screening).
+
+    M. Massias, A. Gramfort, J. Salmon, "Celer: a Fast Solver for the Lasso with Dual
+    Extrapolation", ICML 2018 (working sets).
+
+    Q. Bertrand, M. Massias, "Anderson acceleration of coordinate descent", AISTATS 2021.
+
     Examples
     --------
     >>> import numpy as np

@@ -471,11 +471,10 @@ class BCDLabelPropagation(_Validated, ClassifierMixin, BaseEstimator):
     the labelled samples of class ``c`` and 0 on the other labelled samples, with
     :class:`~mmopt.bcd.BlockCoordinateDescent`. By default the blocks are clusters of the
     samples (k-means on ``X``, about 400 samples each) and each block is minimized exactly
-    by a cached sparse factorization: few, large, well-connected blocks make block
-    Gauss-Seidel converge far faster than small or scattered ones on long, thin graphs
-    (on 2000 two-moons samples: about 700 block updates, where red-black blocks have not
-    converged after 10000). Unlabelled
-    samples carry the label ``-1``, as in :mod:`sklearn.semi_supervised`.
+    by a cached sparse factorization: block Gauss-Seidel converges at a rate set by how much
+    of the graph a block spans, so few, large, well-connected blocks suit long, thin graphs
+    better than small or scattered ones (see the user guide). Unlabelled samples carry the
+    label ``-1``, as in :mod:`sklearn.semi_supervised`.
 
     Parameters
     ----------
@@ -507,6 +506,16 @@ class BCDLabelPropagation(_Validated, ClassifierMixin, BaseEstimator):
     transduction_ : ndarray of shape (n_samples,)
     n_iter_ : int
         Largest number of block updates over the per-class solves.
+
+    References
+    ----------
+    Y. Bengio, O. Delalleau, N. Le Roux, "Label Propagation and Quadratic Criterion", in
+    *Semi-Supervised Learning*, O. Chapelle, B. Schölkopf, A. Zien (eds.), MIT Press, 2006.
+
+    J. Nutini, I. Laradji, M. Schmidt, "Let's Make Block Coordinate Descent Converge Faster:
+    Faster Greedy Rules, Message-Passing, Active-Set Complexity, and Superlinear
+    Convergence", Journal of Machine Learning Research 23, 2022 (block updates on this
+    criterion).
 
     Examples
     --------

@@ -230,7 +230,12 @@ class BlockCoordinateDescent(Solver):
     ----------
     J. Nutini, I. Laradji, M. Schmidt, "Let's Make Block Coordinate Descent Converge Faster:
     Faster Greedy Rules, Message-Passing, Active-Set Complexity, and Superlinear Convergence",
-    JMLR 2022.
+    Journal of Machine Learning Research 23, 2022 (greedy block rules, variable and tree
+    blocks, matrix and Newton updates, active-set Newton).
+
+    J. Nutini, M. Schmidt, I. Laradji, M. Friedlander, H. Koepke, "Coordinate Descent
+    Converges Faster with the Gauss-Southwell Rule Than Random Selection", ICML 2015
+    (the ``"gs"``, ``"gsl"`` and proximal Gauss-Southwell rules).
 
     Examples
     --------
