@@ -22,6 +22,7 @@ iteration:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar
@@ -245,8 +246,8 @@ class CoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
+        table, rules = _tables(type(self))
+        validate_params(table, {name: getattr(self, name) for name in table}, rules)
 
     def check_problem(self, problem) -> None:
         super().check_problem(problem)
@@ -789,6 +790,12 @@ class CoordinateDescent(Solver):
             "gradient": state.grad,
             "intercept": float(state.intercept),
         }
+
+
+@functools.cache
+def _tables(cls):
+    """The option table and rules of a solver class (built once per class)."""
+    return constraints_of(cls)
 
 
 def _finite(fun, gap, residual, *arrays) -> bool:

@@ -23,6 +23,7 @@ per epoch.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -311,8 +312,8 @@ class BlockCoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
+        table, rules = _tables(type(self))
+        validate_params(table, {name: getattr(self, name) for name in table}, rules)
 
     def check_problem(self, problem) -> None:
         """Check the options that depend on the problem's datafit and penalty."""
@@ -795,6 +796,12 @@ class BlockCoordinateDescent(Solver):
         if grad is None:
             grad = _gradient(problem.datafit, state.x, state.aux)
         return {"blocks": state.run.blocks, "gradient": grad}
+
+
+@functools.cache
+def _tables(cls):
+    """The option table and rules of a solver class (built once per class)."""
+    return constraints_of(cls)
 
 
 def _gradient(datafit, x, aux) -> np.ndarray:
