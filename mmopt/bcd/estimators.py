@@ -51,6 +51,12 @@ def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | 
     (``"Input X contains NaN"``). Returns the number of samples (rows).
     """
     if value is None:
+        # (The parenthesis is scikit-learn's wording, which its estimator checks look for.)
+        if name == "y":
+            raise ValueError(
+                "y must be array-like, got None (this estimator requires y to be passed, but "
+                "the target y is None)."
+            )
         raise TypeError(f"{name} must be array-like, got None.")
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be array-like, got a {type(value).__name__}.")
@@ -70,21 +76,33 @@ def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | 
                 "lengths (a ragged sequence)."
             ) from None
     if array.dtype.kind == "c":
-        raise TypeError(f"{name} must hold real numbers, got complex values.")
+        raise ValueError(
+            f"{name} must hold real numbers, got complex values (Complex data not supported)."
+        )
     if array.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {array.shape}.")
+        what = ""
+        if array.ndim == 2:
+            count, kind = (0, "sample") if array.shape[0] == 0 else (0, "feature")
+            what = (f": {count} {kind}(s) (shape={array.shape}) while a minimum of 1 is "
+                    "required")
+        raise ValueError(f"{name} must not be empty, got shape {array.shape}{what}.")
     if ndim is not None and array.ndim != ndim:
         shape = "(n_samples, n_features)" if ndim == 2 else "(n_samples,)"
+        hint = ""
+        if ndim == 2 and array.ndim == 1:
+            hint = (" Reshape your data with array.reshape(-1, 1) if it has a single feature "
+                    "or array.reshape(1, -1) if it holds a single sample.")
         raise ValueError(
             f"{name} must be {ndim}-dimensional, of shape {shape}; got shape {array.shape}."
+            + hint
         )
     if numeric and array.dtype.kind in "OUSV":
         try:
             array.astype(np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"{name} must hold numbers, got dtype {array.dtype} (class labels belong to "
-                "a classifier)."
+                f"a classifier): {exc}"
             ) from None
     return array.shape[0] if array.ndim else None
 
