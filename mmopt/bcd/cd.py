@@ -22,7 +22,6 @@ iteration:
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar
@@ -33,12 +32,13 @@ from scipy.special import expit
 
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.linesearch import armijo, backtracking
-from mmopt._core.params import Interval, Options, constraints_of, validate_params
+from mmopt._core.params import Interval, Options
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.validation import check_array
 from mmopt.bcd import _kernels
+from mmopt.bcd._params import check_options
 from mmopt.bcd.datafits import LeastSquares, Logistic
 from mmopt.bcd.problem import BCDProblem
 
@@ -246,8 +246,7 @@ class CoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        table, rules = _tables(type(self))
-        validate_params(table, {name: getattr(self, name) for name in table}, rules)
+        check_options(self)
 
     def check_problem(self, problem) -> None:
         super().check_problem(problem)
@@ -790,12 +789,6 @@ class CoordinateDescent(Solver):
             "gradient": state.grad,
             "intercept": float(state.intercept),
         }
-
-
-@functools.cache
-def _tables(cls):
-    """The option table and rules of a solver class (built once per class)."""
-    return constraints_of(cls)
 
 
 def _finite(fun, gap, residual, *arrays) -> bool:

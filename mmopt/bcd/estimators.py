@@ -14,7 +14,8 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.params import Interval, Options, constraints_of, validate_params
+from mmopt._core.params import Interval, Options
+from mmopt.bcd._params import check_options
 from mmopt.bcd.cd import CoordinateDescent
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic, Multinomial
 from mmopt.bcd.penalties import L1, L2, ElasticNet, L1Positive
@@ -38,8 +39,7 @@ class _Validated:
     """Checks an estimator's options against its ``_parameter_constraints`` table."""
 
     def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
+        check_options(self)
 
 
 def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | None:

@@ -23,7 +23,6 @@ per epoch.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -40,14 +39,13 @@ from mmopt._core.params import (
     Interval,
     Options,
     Rule,
-    constraints_of,
-    validate_params,
 )
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.validation import check_array
 from mmopt.bcd import _kernels
+from mmopt.bcd._params import check_options
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic
 from mmopt.bcd.gradient import IncrementalGradient, incremental_pays, supports_incremental
 from mmopt.bcd.partition import check_blocks, make_partition, red_black_partition
@@ -312,8 +310,7 @@ class BlockCoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        table, rules = _tables(type(self))
-        validate_params(table, {name: getattr(self, name) for name in table}, rules)
+        check_options(self)
 
     def check_problem(self, problem) -> None:
         """Check the options that depend on the problem's datafit and penalty."""
@@ -796,12 +793,6 @@ class BlockCoordinateDescent(Solver):
         if grad is None:
             grad = _gradient(problem.datafit, state.x, state.aux)
         return {"blocks": state.run.blocks, "gradient": grad}
-
-
-@functools.cache
-def _tables(cls):
-    """The option table and rules of a solver class (built once per class)."""
-    return constraints_of(cls)
 
 
 def _gradient(datafit, x, aux) -> np.ndarray:
