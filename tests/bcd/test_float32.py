@@ -8,20 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mmopt import ConvergenceWarning
-from mmopt.bcd import (
-    L1,
-    L2,
-    BCDElasticNet,
-    BCDLasso,
-    BCDLogisticRegression,
-    BCDProblem,
-    BlockCoordinateDescent,
-    CoordinateDescent,
-    ElasticNet,
-    LeastSquares,
-    Logistic,
-)
+from mmopt import ConvergenceWarning, bcd
 
 
 def _data(seed=0, n=200, p=50):
@@ -38,7 +25,7 @@ def test_datafits_keep_float32_and_sum_in_float64(sparse):
     X32 = X.astype(np.float32)
     if sparse:
         X32 = sp.csc_matrix(X32)
-    f = LeastSquares(X32, y)
+    f = bcd.LeastSquares(X32, y)
     assert f.X.dtype == f.y.dtype == f.norms2.dtype == f.lipschitz.dtype == np.float32
     w = np.linspace(-1, 1, X.shape[1]).astype(np.float32)
     aux = f.init_aux(w)
@@ -46,19 +33,24 @@ def test_datafits_keep_float32_and_sum_in_float64(sparse):
     # The value is summed in float64: it equals the float64 sum of the float32 residuals.
     r = f.y.astype(float) - aux.astype(float)
     assert f.value(w, aux) == pytest.approx(float(r @ r) / (2 * X.shape[0]), rel=1e-15)
-    assert LeastSquares(X.astype(np.int64), y).X.dtype == np.float64
+    assert bcd.LeastSquares(X.astype(np.int64), y).X.dtype == np.float64
 
 
 @pytest.mark.parametrize(
     "make, pen",
-    [(LeastSquares, L1(0.05)), (LeastSquares, ElasticNet(0.05, 0.5)), (Logistic, L1(0.01)),
-     (Logistic, L2(0.01))],
+    [
+        (bcd.LeastSquares, bcd.L1(0.05)),
+        (bcd.LeastSquares, bcd.ElasticNet(0.05, 0.5)),
+        (bcd.Logistic, bcd.L1(0.01)),
+        (bcd.Logistic, bcd.L2(0.01)),
+    ],
 )
 def test_cd_float32_agrees_with_float64(make, pen):
     X, y, labels = _data(1)
-    target = y if make is LeastSquares else 2.0 * labels - 1.0
-    ref = CoordinateDescent(tol=1e-12).solve(BCDProblem(make(X, target), pen))
-    res = CoordinateDescent(tol=1e-6).solve(BCDProblem(make(X.astype(np.float32), target), pen))
+    target = y if make is bcd.LeastSquares else 2.0 * labels - 1.0
+    ref = bcd.CoordinateDescent(tol=1e-12).solve(bcd.BCDProblem(make(X, target), pen))
+    problem = bcd.BCDProblem(make(X.astype(np.float32), target), pen)
+    res = bcd.CoordinateDescent(tol=1e-6).solve(problem)
     assert res.success and res.x.dtype == np.float32
     np.testing.assert_allclose(res.x, ref.x, atol=2e-5)
     assert res.fun == pytest.approx(ref.fun, rel=1e-6)
@@ -66,9 +58,9 @@ def test_cd_float32_agrees_with_float64(make, pen):
 
 @pytest.mark.parametrize(
     "model, target",
-    [(BCDLasso(alpha=0.05), "y"), (BCDElasticNet(alpha=0.05), "y"),
-     (BCDLogisticRegression(C=1.0, tol=1e-7), "labels"),
-     (BCDLogisticRegression(penalty="l1", tol=1e-7), "labels")],
+    [(bcd.BCDLasso(alpha=0.05), "y"), (bcd.BCDElasticNet(alpha=0.05), "y"),
+     (bcd.BCDLogisticRegression(C=1.0, tol=1e-7), "labels"),
+     (bcd.BCDLogisticRegression(penalty="l1", tol=1e-7), "labels")],
 )
 def test_estimators_return_float32_coef_for_float32_X(model, target):
     X, y, labels = _data(2)
@@ -87,24 +79,30 @@ def test_estimators_return_float32_coef_for_float32_X(model, target):
 def test_multiclass_logistic_returns_float32_coef():
     X, _, _ = _data(3)
     labels = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
-    model = BCDLogisticRegression(tol=1e-8).fit(X.astype(np.float32), labels)
-    ref = BCDLogisticRegression(tol=1e-8).fit(X, labels)
+    model = bcd.BCDLogisticRegression(tol=1e-8).fit(X.astype(np.float32), labels)
+    ref = bcd.BCDLogisticRegression(tol=1e-8).fit(X, labels)
     assert model.coef_.dtype == model.intercept_.dtype == np.float32
     np.testing.assert_allclose(model.coef_, ref.coef_, atol=1e-4)
 
 
-@pytest.mark.parametrize("make, pen", [(LeastSquares, ElasticNet(0.01, 0.5)),
-                                       (LeastSquares, L1(0.01)), (Logistic, L2(0.01))])
+@pytest.mark.parametrize(
+    "make, pen",
+    [
+        (bcd.LeastSquares, bcd.ElasticNet(0.01, 0.5)),
+        (bcd.LeastSquares, bcd.L1(0.01)),
+        (bcd.Logistic, bcd.L2(0.01)),
+    ],
+)
 def test_no_float64_copy_of_a_float32_design(make, pen):
     rng = np.random.default_rng(4)
     X = np.asfortranarray(rng.standard_normal((1000, 400)), dtype=np.float32)
     y = np.sign(X[:, :5] @ np.ones(5) + 0.1 * rng.standard_normal(1000))
-    problem = BCDProblem(make(X, y), pen)
+    problem = bcd.BCDProblem(make(X, y), pen)
     tracemalloc.start()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            res = CoordinateDescent(tol=1e-5, max_iter=20).solve(problem)
+            res = bcd.CoordinateDescent(tol=1e-5, max_iter=20).solve(problem)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -115,18 +113,18 @@ def test_no_float64_copy_of_a_float32_design(make, pen):
 
 def test_tol_below_float32_resolution_warns_then_stalls_honestly():
     X, y, _ = _data(5)
-    problem = BCDProblem(LeastSquares(X.astype(np.float32), y), L1(0.05))
+    problem = bcd.BCDProblem(bcd.LeastSquares(X.astype(np.float32), y), bcd.L1(0.05))
     with pytest.warns(ConvergenceWarning, match="float32"):
-        res = CoordinateDescent(tol=1e-12).solve(problem)
+        res = bcd.CoordinateDescent(tol=1e-12).solve(problem)
     assert res.status in (0, 5) and np.isfinite(res.x).all()
     assert res.status == 5 or res.gap <= 1e-12
 
 
 def test_block_coordinate_descent_on_a_float32_design():
     X, y, _ = _data(6, n=100, p=20)
-    ref = BlockCoordinateDescent(tol=1e-10, max_iter=5000).solve(
-        BCDProblem(LeastSquares(X, y), L1(0.1)))
-    res = BlockCoordinateDescent(tol=1e-5, max_iter=5000).solve(
-        BCDProblem(LeastSquares(X.astype(np.float32), y), L1(0.1)))
+    ref = bcd.BlockCoordinateDescent(tol=1e-10, max_iter=5000).solve(
+        bcd.BCDProblem(bcd.LeastSquares(X, y), bcd.L1(0.1)))
+    res = bcd.BlockCoordinateDescent(tol=1e-5, max_iter=5000).solve(
+        bcd.BCDProblem(bcd.LeastSquares(X.astype(np.float32), y), bcd.L1(0.1)))
     assert res.success
     np.testing.assert_allclose(res.x, ref.x, atol=1e-4)

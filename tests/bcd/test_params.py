@@ -4,19 +4,10 @@ an error naming its option, and clashes between options are found before any wor
 import numpy as np
 import pytest
 
+from mmopt import bcd
 from mmopt._core.params import constraints_of, invalid_values
-from mmopt.bcd import (
-    BCDElasticNet,
-    BCDLabelPropagation,
-    BCDLasso,
-    BCDLogisticRegression,
-    BCDProblem,
-    BlockCoordinateDescent,
-    CoordinateDescent,
-    LeastSquares,
-)
 
-PROBLEM = BCDProblem(LeastSquares(np.eye(3), np.ones(3)))
+PROBLEM = bcd.BCDProblem(bcd.LeastSquares(np.eye(3), np.ones(3)))
 X = np.random.default_rng(0).standard_normal((12, 2))
 Y_REG = X[:, 0].copy()
 Y_CLS = (X[:, 0] > 0).astype(int)
@@ -38,12 +29,12 @@ def _solve(cls):
 
 
 RUNNERS = {
-    BlockCoordinateDescent: _solve(BlockCoordinateDescent),
-    CoordinateDescent: _solve(CoordinateDescent),
-    BCDLasso: lambda **kw: BCDLasso(**kw).fit(X, Y_REG),
-    BCDElasticNet: lambda **kw: BCDElasticNet(**kw).fit(X, Y_REG),
-    BCDLogisticRegression: lambda **kw: BCDLogisticRegression(**kw).fit(X, Y_CLS),
-    BCDLabelPropagation: lambda **kw: BCDLabelPropagation(**kw).fit(X, Y_SEMI),
+    bcd.BlockCoordinateDescent: _solve(bcd.BlockCoordinateDescent),
+    bcd.CoordinateDescent: _solve(bcd.CoordinateDescent),
+    bcd.BCDLasso: lambda **kw: bcd.BCDLasso(**kw).fit(X, Y_REG),
+    bcd.BCDElasticNet: lambda **kw: bcd.BCDElasticNet(**kw).fit(X, Y_REG),
+    bcd.BCDLogisticRegression: lambda **kw: bcd.BCDLogisticRegression(**kw).fit(X, Y_CLS),
+    bcd.BCDLabelPropagation: lambda **kw: bcd.BCDLabelPropagation(**kw).fit(X, Y_SEMI),
 }
 
 
@@ -55,7 +46,7 @@ def test_every_invalid_option_value_is_refused_naming_it(cls):
             run(**{name: value})
 
 
-@pytest.mark.parametrize("cls", [BlockCoordinateDescent, BCDLabelPropagation],
+@pytest.mark.parametrize("cls", [bcd.BlockCoordinateDescent, bcd.BCDLabelPropagation],
                          ids=lambda c: c.__name__)
 @pytest.mark.parametrize(
     "options, match",
@@ -75,7 +66,8 @@ def test_option_clashes_are_rules_found_at_validation(cls, options, match):
 
 def test_random_state_accepts_numpy_seeds_and_refuses_others():
     for seed in (None, 0, np.int64(3), np.random.default_rng(1), np.random.SeedSequence(2)):
-        BlockCoordinateDescent(selection="random", random_state=seed, max_iter=3).solve(PROBLEM)
+        solver = bcd.BlockCoordinateDescent(selection="random", random_state=seed, max_iter=3)
+        solver.solve(PROBLEM)
     for seed, error in ((-1, ValueError), (1.5, TypeError), ("0", TypeError), (True, TypeError)):
         with pytest.raises(error, match="^random_state"):
-            BlockCoordinateDescent(random_state=seed).solve(PROBLEM)
+            bcd.BlockCoordinateDescent(random_state=seed).solve(PROBLEM)
