@@ -30,7 +30,7 @@ from mmopt.bcd import (
     Logistic,
     Multinomial,
 )
-from mmopt.bcd.datasets import make_lattice_graph, make_sparse_least_squares
+from mmopt.datasets import make_lattice_graph, make_sparse_least_squares
 
 try:
     import skglm

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mmopt.bcd import BCDProblem, BlockCoordinateDescent, LeastSquares
-from mmopt.bcd.datasets import make_sparse_least_squares
+from mmopt.datasets import make_sparse_least_squares
 
 X, y = make_sparse_least_squares(500, 5000, random_state=0)
 n = X.shape[0]

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from mmopt.bcd import BCDProblem, BlockCoordinateDescent, LabelPropagationQuadratic
-from mmopt.bcd.datasets import make_lattice_graph
+from mmopt.datasets import make_lattice_graph
 
 W, y = make_lattice_graph(50, n_labelled=100, random_state=0)
 datafit = LabelPropagationQuadratic(W, y, label_weight=1e5)

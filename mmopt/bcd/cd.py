@@ -22,18 +22,23 @@ iteration:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
+from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.linesearch import armijo, backtracking
+from mmopt._core.params import Interval, Options
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
-from mmopt._core.validation import check_array, check_scalar
+from mmopt._core.validation import check_array
 from mmopt.bcd import _kernels
-from mmopt.bcd._checks import check_bool
+from mmopt.bcd._params import check_options
 from mmopt.bcd.datafits import LeastSquares, Logistic
 from mmopt.bcd.problem import BCDProblem
 
@@ -59,7 +64,26 @@ _NEWTON_SOLVERS = ("auto", "cd", "cg")
 # Outer iterations in a row that lower neither the objective nor the stopping quantity
 # before the solve is declared stalled.
 _MAX_STALLS = 5
-_ROUNDING = 16 * np.finfo(float).eps
+
+
+def _rounding(dtype) -> float:
+    """Relative change below which an iterate of this precision has not moved."""
+    return 16 * float(np.finfo(dtype).eps)
+
+
+def _tol_floor(dtype, fun) -> float:
+    """The smallest duality gap a design of this precision resolves, about: the rounding of
+    the objective that the iterates carry (the sums are float64). 0 for float64 designs."""
+    if dtype == np.float64:
+        return 0.0
+    return float(np.finfo(dtype).eps) * max(abs(float(fun)), float(np.finfo(dtype).tiny))
+
+# Armijo line searches (proximal Newton, Newton-CG): sufficient-decrease fraction, slack for
+# the objective's rounding (relative), and halvings at most (steps 1, 1/2, ..., 2**-33: down
+# to about 1e-10).
+_ARMIJO = 1e-4
+_ARMIJO_ROUNDING = 1e-15
+_MAX_HALVINGS = 34
 
 
 @dataclass(eq=False)
@@ -145,6 +169,24 @@ class CoordinateDescent(Solver):
     optimality conditions from the stopping test. A non-finite iterate ends it with status 4
     and the last finite iterate.
 
+    A float32 design is solved in float32 (``x`` is float32; objectives and gaps are summed
+    in float64). Its iterates carry the objective's rounding, about ``1.2e-7 |f|``: a
+    ``tol`` below that warns (``ConvergenceWarning``) when the solve starts.
+
+    References
+    ----------
+    J. Friedman, T. Hastie, R. Tibshirani, "Regularization Paths for Generalized Linear
+    Models via Coordinate Descent", Journal of Statistical Software 33(1), 2010 (coordinate
+    descent, proximal Newton for logistic regression).
+
+    O. Fercoq, A. Gramfort, J. Salmon, "Mind the duality gap: safer rules for the Lasso",
+    ICML 2015 (gap-safe screening).
+
+    M. Massias, A. Gramfort, J. Salmon, "Celer: a Fast Solver for the Lasso with Dual
+    Extrapolation", ICML 2018 (working sets).
+
+    Q. Bertrand, M. Massias, "Anderson acceleration of coordinate descent", AISTATS 2021.
+
     Examples
     --------
     >>> import numpy as np
@@ -161,6 +203,17 @@ class CoordinateDescent(Solver):
     problem_types = (BCDProblem,)
     required_methods = ("objective",)
     residual_covers_x = True
+
+    _parameter_constraints: ClassVar[dict] = {
+        "working_set": [bool],
+        "screening": [bool],
+        "anderson": [bool],
+        "prox_newton": [bool],
+        "newton_solver": [Options(_NEWTON_SOLVERS)],
+        "fit_intercept": [bool],
+        "ws_min_size": [Interval(int, 1, None)],
+        "max_epochs": [Interval(int, 1, None)],
+    }
 
     def __init__(
         self,
@@ -193,14 +246,7 @@ class CoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        for flag in ("working_set", "screening", "anderson", "prox_newton", "fit_intercept"):
-            check_bool(getattr(self, flag), flag)
-        check_scalar(self.ws_min_size, "ws_min_size", kind=int, min_value=1)
-        check_scalar(self.max_epochs, "max_epochs", kind=int, min_value=1)
-        if self.newton_solver not in _NEWTON_SOLVERS:
-            raise ValueError(
-                f"newton_solver must be one of {_NEWTON_SOLVERS}, got {self.newton_solver!r}."
-            )
+        check_options(self)
 
     def check_problem(self, problem) -> None:
         super().check_problem(problem)
@@ -253,16 +299,18 @@ class CoordinateDescent(Solver):
     def _init_state(self, problem, x0) -> _CDState:
         datafit = problem.datafit
         p = datafit.n_coords
+        # The vectors the kernels update in place take the design's precision.
+        dtype = datafit.X.dtype
         if x0 is None:
-            x = np.zeros(p)
+            x = np.zeros(p, dtype=dtype)
         else:
-            x = np.array(check_array(x0, "x0", ndim=1, shape=(p,)), dtype=float)
+            x = np.array(check_array(x0, "x0", ndim=1, shape=(p,)), dtype=dtype)
             if problem.penalty.positive:
                 x = np.maximum(x, 0.0)
         # X @ 0 is a pass over X for nothing.
-        aux = datafit.init_aux(x) if x.any() else np.zeros(datafit.n_samples)
+        aux = datafit.init_aux(x) if x.any() else np.zeros(datafit.n_samples, dtype=dtype)
         lin = datafit.y - aux if self._is_ls(problem) else aux.copy()
-        lin = np.ascontiguousarray(lin, dtype=float)
+        lin = np.ascontiguousarray(lin, dtype=dtype)
         intercept = self._update_intercept(problem, lin, 50) if self.fit_intercept else 0.0
         screened = np.zeros(p, dtype=bool)
         # Features with a zero column never move; leave them out from the start.
@@ -272,7 +320,16 @@ class CoordinateDescent(Solver):
         if not _finite(fun, gap, residual, grad, lin, x):
             raise ValueError(
                 "x0 gives a non-finite objective, gradient or duality gap: the problem's "
-                "scale overflows float64 there; start closer to 0 or rescale the data."
+                f"scale overflows {dtype} there; start closer to 0 or rescale the data."
+            )
+        floor = _tol_floor(dtype, fun)
+        if self.tol < floor:
+            warnings.warn(
+                f"tol={self.tol:.3g} is below what a {dtype} design resolves (about "
+                f"{floor:.2g} here: the objective's rounding); the solve is likely to stall "
+                "(status 5). Raise tol or pass X as float64.",
+                ConvergenceWarning,
+                stacklevel=3,
             )
         return _CDState(
             x=x,
@@ -301,13 +358,16 @@ class CoordinateDescent(Solver):
                 break
             s = 0.25 - (raw + 0.5 * datafit.y) ** 2  # sigma (1 - sigma) from the raw gradient
             h = max(float(s.mean()), 1e-12)
-            step = -g / h
             f0 = datafit.value(None, lin)
-            # Newton step, halved until the loss decreases (the 1-D problem is convex).
-            for _ in range(30):
-                if datafit.value(None, lin + step) <= f0:
-                    break
-                step *= 0.5
+            # Newton step, halved until the loss does not increase (the 1-D problem is
+            # convex); after 30 refusals the next, tiny step is taken anyway.
+            search = backtracking(
+                lambda t: datafit.value(None, lin + t),  # noqa: B023 - called right here
+                armijo(f0, 0.0),
+                step=-g / h,
+                max_trials=30,
+            )
+            step = search.step if search.success else 0.5 * search.step
             lin += step
             total += step
         return total
@@ -380,7 +440,7 @@ class CoordinateDescent(Solver):
         """Objective up to terms fixed on the working set (the datafit is always complete)."""
         datafit, pen = problem.datafit, problem.penalty
         if self._is_ls(problem):
-            data = 0.5 * float(lin @ lin) / datafit.n_samples
+            data = 0.5 * float(np.dot(lin, lin.astype(float, copy=False))) / datafit.n_samples
         else:
             data = datafit.value(None, lin)
         return data + pen.value(w_ws)
@@ -530,8 +590,9 @@ class CoordinateDescent(Solver):
             raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])
         # Progress must exceed rounding: at the level of the last bits, values go up and
         # down without the iterate getting anywhere.
-        progress = fun < state.fun - _ROUNDING * abs(state.fun) or residual < state.residual * (
-            1.0 - _ROUNDING
+        rounding = _rounding(x.dtype)
+        progress = fun < state.fun - rounding * abs(state.fun) or residual < state.residual * (
+            1.0 - rounding
         )
         new.stalls = 0 if progress else state.stalls + 1
         unchanged = (
@@ -565,7 +626,7 @@ class CoordinateDescent(Solver):
         datafit, pen = problem.datafit, problem.penalty
         n, y, X = datafit.n_samples, datafit.y, datafit.X
         ws32 = ws.astype(np.int32)
-        hdiag = np.zeros(datafit.n_features)
+        hdiag = np.zeros(datafit.n_features, dtype=x.dtype)
         whole = ws.size == datafit.n_features
         # The curvature of each coordinate, sum_i l''_i X_ij^2, is one BLAS product with the
         # squared design (kept for the solve) instead of a scalar reduction per column.
@@ -579,8 +640,8 @@ class CoordinateDescent(Solver):
             else:
                 hdiag[ws] = np.asarray(squared[:, ws].T @ lpp).ravel()
             w_start = x[ws].copy()
-            r = lp.copy()
-            q = np.zeros(n)
+            r = lp.astype(x.dtype)
+            q = np.zeros(n, dtype=x.dtype)
             first = None
             for _ in range(_MAX_INNER_EPOCHS):
                 change = _kernels.cd_quadratic_model(
@@ -604,14 +665,13 @@ class CoordinateDescent(Solver):
             x[ws] = w_start
             f0 = datafit.value(None, lin) + pen.value(w_start)
             decrease = float(lp @ q) / n + pen.value(w_start + delta) - pen.value(w_start)
-            step = 1.0
-            while step > 1e-10:
-                trial = datafit.value(None, lin + step * q) + pen.value(w_start + step * delta)
-                if trial <= f0 + 1e-4 * step * decrease + 1e-15 * abs(f0):
-                    break
-                step *= 0.5
-            else:
-                step = 0.0
+            search = backtracking(
+                # The trial is called right here, with this iteration's vectors.
+                lambda t: datafit.value(None, lin + t * q) + pen.value(w_start + t * delta),  # noqa: B023
+                armijo(f0, decrease, c1=_ARMIJO, rounding=_ARMIJO_ROUNDING * abs(f0)),
+                max_trials=_MAX_HALVINGS,
+            )
+            step = search.step if search.success else 0.0
             x[ws] = w_start + step * delta
             lin += step * q
             if self.fit_intercept:
@@ -645,6 +705,7 @@ class CoordinateDescent(Solver):
         n, y, X = datafit.n_samples, datafit.y, datafit.X
         s = expit(-y * lin)
         lpp = s * (1.0 - s) / n  # curvature of the mean loss in z
+        tiny = np.finfo(x.dtype).tiny
         g = grad + pen.l2 * x
         g_inf = float(np.abs(g).max(initial=0.0))
         if g_inf == 0.0:
@@ -656,9 +717,9 @@ class CoordinateDescent(Solver):
         stop_inf = _CG_TOL_FRACTION * self.tol
         # Jacobi-like preconditioner from the column norms and the mean curvature: it
         # corrects the features' scales without a pass over the squared design.
-        precond = 1.0 / (datafit.norms2 * lpp.mean() + pen.l2 + 1e-300)
+        precond = 1.0 / (datafit.norms2 * lpp.mean() + pen.l2 + tiny)
         d = np.zeros_like(x)
-        q = np.zeros(n)
+        q = np.zeros(n, dtype=x.dtype)
         r = -g
         z = precond * r
         direction = z.copy()
@@ -684,18 +745,14 @@ class CoordinateDescent(Solver):
         if not d.any():
             return iterations, intercept, False
         # Armijo backtracking on the exact objective (CG iterates are descent directions).
-        f0 = fun
-        slope = float(g @ d)
-        step = 1.0
-        while step > 1e-10:
-            trial = datafit.value(None, lin + step * q) + pen.value(x + step * d)
-            if trial <= f0 + 1e-4 * step * slope + 1e-15 * abs(f0):
-                break
-            step *= 0.5
-        else:
-            step = 0.0
-        if step == 0.0:
+        search = backtracking(
+            lambda t: datafit.value(None, lin + t * q) + pen.value(x + t * d),
+            armijo(fun, float(g @ d), c1=_ARMIJO, rounding=_ARMIJO_ROUNDING * abs(fun)),
+            max_trials=_MAX_HALVINGS,
+        )
+        if not search.success:
             return iterations, intercept, False
+        step = search.step
         x += step * d
         lin += step * q
         if self.fit_intercept:

@@ -33,7 +33,10 @@ __all__ = [
 
 
 def check_design(X, name: str = "X"):
-    """Validate a design matrix: dense -> read-only Fortran float64, sparse -> CSC float64.
+    """Validate a design matrix: dense -> read-only Fortran array, sparse -> CSC matrix.
+
+    float32 designs stay float32 (the compiled kernels run in either precision); any other
+    dtype is converted to float64.
 
     Examples
     --------
@@ -41,9 +44,10 @@ def check_design(X, name: str = "X"):
     >>> check_design(np.eye(2)).flags.f_contiguous
     True
     """
+    dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
     if sp.issparse(X):
         _check_sparse_dtype(X, name)
-        X = sp.csc_matrix(X, dtype=np.float64)
+        X = sp.csc_matrix(X, dtype=dtype)
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-dimensional.")
         if not np.isfinite(X.data).all():
@@ -54,7 +58,7 @@ def check_design(X, name: str = "X"):
         X.indices = X.indices.astype(np.int32, copy=False)
         X.indptr = X.indptr.astype(np.int32, copy=False)
         return X
-    return check_array(X, name, ndim=2, order="F")
+    return check_array(X, name, ndim=2, order="F", dtype=dtype)
 
 
 def _check_sparse_dtype(X, name: str) -> None:
@@ -63,9 +67,21 @@ def _check_sparse_dtype(X, name: str) -> None:
 
 
 def _column_norms2(X) -> np.ndarray:
+    """Squared column norms, summed in float64 whatever the design's precision."""
     if sp.issparse(X):
-        return np.asarray(X.multiply(X).sum(axis=0)).ravel()
-    return np.einsum("ij,ij->j", X, X)
+        return np.asarray(X.multiply(X).sum(axis=0, dtype=np.float64)).ravel()
+    return np.einsum("ij,ij->j", X, X, dtype=np.float64)
+
+
+def _times(X, v) -> np.ndarray:
+    """``X @ v`` in the design's precision (a float64 ``v`` would make NumPy copy a float32
+    ``X`` to float64)."""
+    return np.asarray(X @ np.asarray(v).astype(X.dtype, copy=False)).ravel()
+
+
+def _times_T(X, v) -> np.ndarray:
+    """``X.T @ v`` in the design's precision."""
+    return np.asarray(X.T @ np.asarray(v).astype(X.dtype, copy=False)).ravel()
 
 
 def _columns(X, cols) -> np.ndarray:
@@ -114,17 +130,18 @@ class _LinearDatafit(Datafit):
         self.X = check_design(X)
         self.n_samples, self.n_features = self.X.shape
         self.sparse = sp.issparse(self.X)
+        dtype = self.X.dtype
         with np.errstate(over="ignore"):
-            norms2 = _column_norms2(self.X)
+            norms2 = _column_norms2(self.X).astype(dtype)
         if not np.isfinite(norms2).all():
             # Every step size and curvature comes from these norms: past float64's range
             # the updates would be NaN (0 * inf) and the solvers would never stop.
             j = int(np.flatnonzero(~np.isfinite(norms2))[0])
             raise ValueError(
                 f"X is too large in magnitude: the squared norm of its column {j} overflows "
-                "float64; rescale X (e.g. with sklearn.preprocessing.StandardScaler)."
+                f"{dtype}; rescale X (e.g. with sklearn.preprocessing.StandardScaler)."
             )
-        tiny = np.finfo(float).tiny
+        tiny = np.finfo(dtype).tiny
         small = np.flatnonzero(norms2 < tiny)
         if small.size:
             small = small[_columns(self.X, small).any(axis=0)]
@@ -133,13 +150,14 @@ class _LinearDatafit(Datafit):
             # column (a coordinate that never moves): a wrong answer, not a slow one.
             raise ValueError(
                 f"X is too small in magnitude: the squared norm of its column {small[0]} "
-                "underflows float64 although the column is not zero; rescale X (e.g. with "
+                f"underflows {dtype} although the column is not zero; rescale X (e.g. with "
                 "sklearn.preprocessing.StandardScaler)."
             )
         self.norms2 = readonly(norms2)
 
     def _check_y(self, y):
-        y = check_array(y, "y", ndim=1)
+        # In the design's precision: the compiled kernels read it as they read X.
+        y = check_array(y, "y", ndim=1, dtype=self.X.dtype)
         if y.shape[0] != self.n_samples:
             raise ValueError(
                 f"y must have one entry per row of X: got {y.shape[0]} entries for "
@@ -148,10 +166,10 @@ class _LinearDatafit(Datafit):
         return y
 
     def init_aux(self, x):
-        return np.asarray(self.X @ x, dtype=float)
+        return _times(self.X, x)
 
     def gradient(self, x, aux):
-        return np.asarray(self.X.T @ self.raw_gradient(aux)) / self.n_samples
+        return _times_T(self.X, self.raw_gradient(aux)) / self.n_samples
 
     def gradient_block(self, x, aux, block):
         return _columns(self.X, block).T @ self.raw_gradient(aux) / self.n_samples
@@ -183,7 +201,7 @@ class LeastSquares(_LinearDatafit):
         self._setup(X)
         self.y = self._check_y(y)
         with np.errstate(over="ignore"):
-            start = float(self.y @ self.y)
+            start = float(np.dot(self.y, self.y.astype(float)))
         if not np.isfinite(start):
             raise ValueError(
                 "y is too large in magnitude: ||y||^2 overflows float64, so the objective "
@@ -193,7 +211,7 @@ class LeastSquares(_LinearDatafit):
         self.lipschitz = readonly(self.norms2 / self.n_samples)
 
     def value(self, x, aux):
-        r = self.y - aux
+        r = np.subtract(self.y, aux, dtype=float)  # summed in float64 for any design
         return float(r @ r) / (2 * self.n_samples)
 
     def raw_gradient(self, aux):
@@ -218,9 +236,12 @@ class LeastSquares(_LinearDatafit):
         caller keeps it, spares the product ``X^T (y - X w)``.
         """
         n = self.n_samples
-        R = self.y - aux
+        # Summed in float64 whatever the design's precision (X products in the design's).
+        R = np.subtract(self.y, aux, dtype=float)
+        w = np.asarray(w, dtype=float)
         l1, l2 = n * penalty.l1, n * penalty.l2
-        XtR = np.asarray(self.X.T @ R) if grad is None else -n * np.asarray(grad)
+        XtR = _times_T(self.X, R) if grad is None else -n * np.asarray(grad)
+        XtR = XtR.astype(float, copy=False)
         if penalty.l1 == 0 and penalty.l2 > 0:
             # g^*(v) = sum (v_j)_+^2 / (2 l2) (positive) or v_j^2 / (2 l2): no rescaling.
             v = XtR / n
@@ -266,7 +287,8 @@ class Logistic(_LinearDatafit):
         self.lipschitz = readonly(self.norms2 / (4 * self.n_samples))
 
     def value(self, x, aux):
-        return float(-log_expit(self.y * aux).sum()) / self.n_samples
+        margins = np.multiply(self.y, aux, dtype=float)  # summed in float64 for any design
+        return float(-log_expit(margins).sum()) / self.n_samples
 
     def raw_gradient(self, aux):
         return -self.y * expit(-self.y * aux)
@@ -297,8 +319,11 @@ class Logistic(_LinearDatafit):
         primal = self.value(w, aux) + penalty.value(w)
         if penalty.l1 == 0 and penalty.l2 == 0:
             return primal  # the dual point 0: H(0) = 0 and g^*(0) = 0
+        # Summed in float64 whatever the design's precision (X products in the design's).
+        aux = np.asarray(aux, dtype=float)
         rho = -self.raw_gradient(aux) / n  # y v / n
-        Xtr = np.asarray(self.X.T @ rho) if grad is None else -np.asarray(grad)
+        Xtr = _times_T(self.X, rho) if grad is None else -np.asarray(grad)
+        Xtr = Xtr.astype(float, copy=False)
         if penalty.l2 > 0:
             over = Xtr - penalty.l1 if penalty.positive else np.abs(Xtr) - penalty.l1
             over = np.maximum(over, 0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,15 +14,32 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.validation import check_choice, check_scalar
-from mmopt.bcd._checks import check_bool
+from mmopt._core.params import Interval, Options
+from mmopt.bcd._params import check_options
 from mmopt.bcd.cd import CoordinateDescent
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic, Multinomial
 from mmopt.bcd.penalties import L1, L2, ElasticNet, L1Positive
 from mmopt.bcd.problem import BCDProblem
-from mmopt.bcd.solver import BlockCoordinateDescent
+from mmopt.bcd.solver import PARTITIONS, SELECTIONS, UPDATES, BlockCoordinateDescent, _IndexBlocks
 
 __all__ = ["BCDLasso", "BCDElasticNet", "BCDLogisticRegression", "BCDLabelPropagation"]
+
+# float32 data stay float32 (the compiled coordinate descent runs in either precision).
+_FLOATS = [np.float64, np.float32]
+_POSITIVE = [Interval(float, 0, None, closed="neither")]
+_NON_NEGATIVE = [Interval(float, 0, None)]
+_COMMON = {
+    "tol": _NON_NEGATIVE,
+    "max_iter": [Interval(int, 1, None)],
+    "verbose": [Interval(int, 0, None)],
+}
+
+
+class _Validated:
+    """Checks an estimator's options against its ``_parameter_constraints`` table."""
+
+    def _validate_params(self) -> None:
+        check_options(self)
 
 
 def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | None:
@@ -33,6 +51,12 @@ def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | 
     (``"Input X contains NaN"``). Returns the number of samples (rows).
     """
     if value is None:
+        # (The parenthesis is scikit-learn's wording, which its estimator checks look for.)
+        if name == "y":
+            raise ValueError(
+                "y must be array-like, got None (this estimator requires y to be passed, but "
+                "the target y is None)."
+            )
         raise TypeError(f"{name} must be array-like, got None.")
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be array-like, got a {type(value).__name__}.")
@@ -52,21 +76,33 @@ def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | 
                 "lengths (a ragged sequence)."
             ) from None
     if array.dtype.kind == "c":
-        raise TypeError(f"{name} must hold real numbers, got complex values.")
+        raise ValueError(
+            f"{name} must hold real numbers, got complex values (Complex data not supported)."
+        )
     if array.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {array.shape}.")
+        what = ""
+        if array.ndim == 2:
+            count, kind = (0, "sample") if array.shape[0] == 0 else (0, "feature")
+            what = (f": {count} {kind}(s) (shape={array.shape}) while a minimum of 1 is "
+                    "required")
+        raise ValueError(f"{name} must not be empty, got shape {array.shape}{what}.")
     if ndim is not None and array.ndim != ndim:
         shape = "(n_samples, n_features)" if ndim == 2 else "(n_samples,)"
+        hint = ""
+        if ndim == 2 and array.ndim == 1:
+            hint = (" Reshape your data with array.reshape(-1, 1) if it has a single feature "
+                    "or array.reshape(1, -1) if it holds a single sample.")
         raise ValueError(
             f"{name} must be {ndim}-dimensional, of shape {shape}; got shape {array.shape}."
+            + hint
         )
     if numeric and array.dtype.kind in "OUSV":
         try:
             array.astype(np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"{name} must hold numbers, got dtype {array.dtype} (class labels belong to "
-                "a classifier)."
+                f"a classifier): {exc}"
             ) from None
     return array.shape[0] if array.ndim else None
 
@@ -90,7 +126,7 @@ def _check_labels(y) -> None:
         raise ValueError(f"y must hold class labels: {exc}") from None
 
 
-class BCDElasticNet(RegressorMixin, BaseEstimator):
+class BCDElasticNet(_Validated, RegressorMixin, BaseEstimator):
     """Elastic net by compiled coordinate descent with working sets and gap-safe screening.
 
     Minimizes, like :class:`sklearn.linear_model.ElasticNet`,
@@ -146,6 +182,16 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
     (array([1., 0., 2., 0., 0.]), 3.0)
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        "alpha": _NON_NEGATIVE,
+        "l1_ratio": [Interval(float, 0, 1)],
+        "fit_intercept": [bool],
+        "positive": [bool],
+        "working_set": [bool],
+        "screening": [bool],
+        **_COMMON,
+    }
+
     def __init__(
         self,
         alpha: float = 1.0,
@@ -174,11 +220,10 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDElasticNet:
         """Fit the model; ``X`` dense or sparse, ``y`` of shape (n_samples,)."""
+        self._validate_params()
         _check_Xy(X, y)
-        for flag in ("fit_intercept", "positive", "working_set", "screening"):
-            check_bool(getattr(self, flag), flag)
         X, y = validate_data(
-            self, X, y, dtype=np.float64, y_numeric=True, accept_sparse="csc", order="F"
+            self, X, y, dtype=_FLOATS, y_numeric=True, accept_sparse="csc", order="F"
         )
         penalty = self._penalty()
         intercept_coordinate = self.fit_intercept and sp.issparse(X)
@@ -210,7 +255,7 @@ class BCDElasticNet(RegressorMixin, BaseEstimator):
         """Linear predictions ``X coef_ + intercept_``."""
         check_is_fitted(self)
         _check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
+        X = validate_data(self, X, dtype=_FLOATS, accept_sparse="csr", reset=False)
         return np.asarray(X @ self.coef_).ravel() + self.intercept_
 
     def __sklearn_tags__(self):
@@ -263,7 +308,7 @@ class BCDLasso(BCDElasticNet):
         return L1Positive(self.alpha) if self.positive else L1(self.alpha)
 
 
-class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
+class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
     """L1 or L2 logistic regression by (block) coordinate descent.
 
     Minimizes, like :class:`sklearn.linear_model.LogisticRegression`,
@@ -311,6 +356,14 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        "penalty": [Options({"l1", "l2"})],
+        "C": _POSITIVE,
+        "fit_intercept": [bool],
+        "intercept_scaling": _POSITIVE,
+        **_COMMON,
+    }
+
     def __init__(
         self,
         penalty: str = "l2",
@@ -332,15 +385,11 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLogisticRegression:
         """Fit the model; ``X`` dense or sparse."""
+        self._validate_params()
         _check_Xy(X, y, numeric_y=False)
-        check_bool(self.fit_intercept, "fit_intercept")
-        X, y = validate_data(self, X, y, dtype=np.float64, accept_sparse="csc", order="F")
+        X, y = validate_data(self, X, y, dtype=_FLOATS, accept_sparse="csc", order="F")
         _check_labels(y)
-        check_choice(self.penalty, "penalty", ("l1", "l2"))
-        C = check_scalar(self.C, "C", min_value=0.0, include_min=False)
-        scaling = check_scalar(
-            self.intercept_scaling, "intercept_scaling", min_value=0.0, include_min=False
-        )
+        C, scaling = float(self.C), float(self.intercept_scaling)
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         codes = encoder.transform(y)
@@ -364,11 +413,14 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
             self.intercept_ = np.array([result.intercept if self.fit_intercept else 0.0])
         else:
             k = len(self.classes_)
-            design = X
+            # The block solver works in float64 (coef_ is returned in X's precision).
+            design = X.astype(np.float64, copy=False)
             if self.fit_intercept:
                 ones = np.full((n, 1), scaling)
                 design = (
-                    sp.hstack([X, ones], format="csc") if sp.issparse(X) else np.hstack([X, ones])
+                    sp.hstack([design, ones], format="csc")
+                    if sp.issparse(design)
+                    else np.hstack([design, ones])
                 )
             p = design.shape[1]
             penalty = L1(strength) if self.penalty == "l1" else L2(strength)
@@ -389,6 +441,8 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
             else:
                 self.coef_ = W.T.copy()
                 self.intercept_ = np.zeros(k)
+        self.coef_ = self.coef_.astype(X.dtype, copy=False)
+        self.intercept_ = np.asarray(self.intercept_, dtype=X.dtype)
         self.n_iter_ = int(result.nit)
         self.result_ = result
         return self
@@ -397,7 +451,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
         """``X coef_.T + intercept_`` (one column for two classes)."""
         check_is_fitted(self)
         _check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=np.float64, accept_sparse="csr", reset=False)
+        X = validate_data(self, X, dtype=_FLOATS, accept_sparse="csr", reset=False)
         scores = np.asarray(X @ self.coef_.T) + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
 
@@ -427,7 +481,7 @@ class BCDLogisticRegression(ClassifierMixin, BaseEstimator):
         return tags
 
 
-class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
+class BCDLabelPropagation(_Validated, ClassifierMixin, BaseEstimator):
     """Graph-based semi-supervised classification by quadratic label propagation.
 
     Builds a symmetric k-nearest-neighbour graph (or an RBF graph), and for each class ``c``
@@ -435,11 +489,10 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     the labelled samples of class ``c`` and 0 on the other labelled samples, with
     :class:`~mmopt.bcd.BlockCoordinateDescent`. By default the blocks are clusters of the
     samples (k-means on ``X``, about 400 samples each) and each block is minimized exactly
-    by a cached sparse factorization: few, large, well-connected blocks make block
-    Gauss-Seidel converge far faster than small or scattered ones on long, thin graphs
-    (on 2000 two-moons samples: about 700 block updates, where red-black blocks have not
-    converged after 10000). Unlabelled
-    samples carry the label ``-1``, as in :mod:`sklearn.semi_supervised`.
+    by a cached sparse factorization: block Gauss-Seidel converges at a rate set by how much
+    of the graph a block spans, so few, large, well-connected blocks suit long, thin graphs
+    better than small or scattered ones (see the user guide). Unlabelled samples carry the
+    label ``-1``, as in :mod:`sklearn.semi_supervised`.
 
     Parameters
     ----------
@@ -472,6 +525,16 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     n_iter_ : int
         Largest number of block updates over the per-class solves.
 
+    References
+    ----------
+    Y. Bengio, O. Delalleau, N. Le Roux, "Label Propagation and Quadratic Criterion", in
+    *Semi-Supervised Learning*, O. Chapelle, B. Schölkopf, A. Zien (eds.), MIT Press, 2006.
+
+    J. Nutini, I. Laradji, M. Schmidt, "Let's Make Block Coordinate Descent Converge Faster:
+    Faster Greedy Rules, Message-Passing, Active-Set Complexity, and Superlinear
+    Convergence", Journal of Machine Learning Research 23, 2022 (block updates on this
+    criterion).
+
     Examples
     --------
     >>> import numpy as np
@@ -482,6 +545,20 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
     >>> model.transduction_.tolist() == [0] * 10 + [1] * 10
     True
     """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "kernel": [Options({"knn", "rbf"})],
+        "n_neighbors": [Interval(int, 1, None)],
+        "gamma": _POSITIVE,
+        "label_weight": _POSITIVE,
+        "partition": [Options({"clusters", *PARTITIONS}), _IndexBlocks()],
+        "selection": [Options(SELECTIONS)],
+        "update": [Options(UPDATES)],
+        "tol": _NON_NEGATIVE,
+        "max_iter": [Interval(int, 1, None)],
+    }
+    # The solver's clashes between partition and selection hold here too.
+    _parameter_rules: ClassVar[list] = BlockCoordinateDescent._parameter_rules
 
     def __init__(
         self,
@@ -520,14 +597,10 @@ class BCDLabelPropagation(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLabelPropagation:
         """Fit on all samples; ``y == -1`` marks the unlabelled ones."""
+        self._validate_params()
         _check_Xy(X, y, numeric_y=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
         _check_labels(y)
-        check_choice(self.kernel, "kernel", ("knn", "rbf"))
-        check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
-        check_scalar(self.gamma, "gamma", min_value=0.0, include_min=False)
-        check_scalar(self.label_weight, "label_weight", min_value=0.0, include_min=False)
-        check_scalar(self.tol, "tol", min_value=0.0)
         if X.shape[0] < 2:
             raise ValueError(
                 "BCDLabelPropagation needs a graph of at least 2 samples; "

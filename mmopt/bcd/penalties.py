@@ -36,6 +36,7 @@ class Penalty:
         """Penalty value at ``x`` (``inf`` when a positivity constraint is violated)."""
         if self.positive and np.any(x < 0):
             return np.inf
+        x = np.asarray(x, dtype=float)  # summed in float64 for float32 iterates too
         return float(self.l1 * np.abs(x).sum() + 0.5 * self.l2 * (x @ x))
 
     def prox(self, v: np.ndarray, step) -> np.ndarray:

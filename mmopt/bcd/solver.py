@@ -25,18 +25,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from mmopt._core.linesearch import armijo, backtracking
+from mmopt._core.params import (
+    Constraint,
+    InstanceOf,
+    Interval,
+    Options,
+    Rule,
+)
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
-from mmopt._core.validation import check_array, check_choice, check_scalar
+from mmopt._core.validation import check_array
 from mmopt.bcd import _kernels
-from mmopt.bcd._checks import check_bool, check_random_state
+from mmopt.bcd._params import check_options
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic
 from mmopt.bcd.gradient import IncrementalGradient, incremental_pays, supports_incremental
 from mmopt.bcd.partition import check_blocks, make_partition, red_black_partition
@@ -49,6 +58,7 @@ UPDATES = ("gradient", "backtracking", "matrix", "newton", "exact")
 PARTITIONS = ("auto", "order", "sorted", "avg", "variable", "red-black", "greedy-tree")
 _LIPSCHITZ_AWARE = ("lipschitz", "gsl", "gsd", "gsq", "gs-r", "gs-q")
 _ARMIJO = 1e-4
+_ROUNDING = 1e-15  # relative slack of the Armijo tests for the objective's rounding
 _INNER_SWEEPS = 50
 # Active-set Newton: the support must have held for this many iterations; at most this many
 # coordinates (the Newton system is dense).
@@ -63,6 +73,37 @@ _TINY = np.finfo(float).tiny
 # coordinate's constant is remembered), so this only ends a search that rounding or a
 # non-finite value keeps from succeeding.
 _MAX_DOUBLINGS = 100
+
+
+class _IndexBlocks(Constraint):
+    """User blocks: a sequence of index arrays (checked against the problem by
+    :func:`~mmopt.bcd.check_blocks` when a solve starts)."""
+
+    def accepts_type(self, value) -> bool:
+        return self.is_satisfied_by(value)
+
+    def is_satisfied_by(self, value) -> bool:
+        return not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")
+
+    def describe(self) -> str:
+        return "a sequence of index arrays"
+
+    def valid_value(self):
+        return [[0]]
+
+
+# Seeds of numpy.random.default_rng.
+RANDOM_STATE = [
+    None,
+    Interval(int, 0, None),
+    InstanceOf(np.random.Generator, np.random.BitGenerator, np.random.SeedSequence,
+               name="a numpy Generator, BitGenerator or SeedSequence"),
+]
+
+
+def _named(partition):
+    """The partition's name, or None for user blocks."""
+    return partition if isinstance(partition, str) else None
 
 
 @dataclass(eq=False)
@@ -188,7 +229,12 @@ class BlockCoordinateDescent(Solver):
     ----------
     J. Nutini, I. Laradji, M. Schmidt, "Let's Make Block Coordinate Descent Converge Faster:
     Faster Greedy Rules, Message-Passing, Active-Set Complexity, and Superlinear Convergence",
-    JMLR 2022.
+    Journal of Machine Learning Research 23, 2022 (greedy block rules, variable and tree
+    blocks, matrix and Newton updates, active-set Newton).
+
+    J. Nutini, M. Schmidt, I. Laradji, M. Friedlander, H. Koepke, "Coordinate Descent
+    Converges Faster with the Gauss-Southwell Rule Than Random Selection", ICML 2015
+    (the ``"gs"``, ``"gsl"`` and proximal Gauss-Southwell rules).
 
     Examples
     --------
@@ -206,6 +252,32 @@ class BlockCoordinateDescent(Solver):
     name = "bcd"
     problem_types = (BCDProblem,)
     required_methods = ("objective",)
+
+    _parameter_constraints: ClassVar[dict] = {
+        "block_size": [Interval(int, 1, None)],
+        "partition": [Options(PARTITIONS), _IndexBlocks()],
+        "selection": [Options(SELECTIONS)],
+        "update": [Options(UPDATES)],
+        "gradient": [Options({"auto", "recompute", "incremental"})],
+        "active_set_newton": [bool],
+        "stopping": [Options({"auto", "gap", "kkt"})],
+        "random_state": RANDOM_STATE,
+    }
+    _parameter_rules: ClassVar[list] = [
+        Rule(
+            ("partition", "selection"),
+            lambda p: _named(p["partition"]) not in ("variable", "greedy-tree")
+            or p["selection"] not in ("cyclic", "lipschitz"),
+            "selection='cyclic' and 'lipschitz' need fixed blocks; with "
+            "partition='variable' or 'greedy-tree' use 'random' or a greedy rule",
+        ),
+        Rule(
+            ("partition", "selection"),
+            lambda p: _named(p["partition"]) != "greedy-tree"
+            or p["selection"] in ("random", "gs", "gsl"),
+            "partition='greedy-tree' orders nodes by selection='gsl', 'gs' or 'random'",
+        ),
+    ]
 
     def __init__(
         self,
@@ -238,20 +310,46 @@ class BlockCoordinateDescent(Solver):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_scalar(self.block_size, "block_size", kind=int, min_value=1)
-        if isinstance(self.partition, (str, bytes)):
-            check_choice(self.partition, "partition", PARTITIONS)
-        elif not hasattr(self.partition, "__iter__"):
-            raise TypeError(
-                "partition must be one of " + ", ".join(map(repr, PARTITIONS)) + " or a "
-                f"sequence of index arrays, got {type(self.partition).__name__}."
+        check_options(self)
+
+    def check_problem(self, problem) -> None:
+        """Check the options that depend on the problem's datafit and penalty."""
+        super().check_problem(problem)
+        datafit, penalty = problem.datafit, problem.penalty
+        partition = self.partition if isinstance(self.partition, str) else None
+        if self.update == "exact" and not datafit.quadratic:
+            raise ValueError(
+                "update='exact' needs a quadratic datafit "
+                "(LeastSquares, LabelPropagationQuadratic)."
             )
-        check_bool(self.active_set_newton, "active_set_newton")
-        check_random_state(self.random_state)
-        check_choice(self.selection, "selection", SELECTIONS)
-        check_choice(self.update, "update", UPDATES)
-        check_choice(self.gradient, "gradient", ("auto", "recompute", "incremental"))
-        check_choice(self.stopping, "stopping", ("auto", "gap", "kkt"))
+        if partition == "greedy-tree" and (
+            not isinstance(datafit, LabelPropagationQuadratic) or not penalty.smooth
+        ):
+            raise ValueError(
+                "partition='greedy-tree' needs a LabelPropagationQuadratic datafit and a "
+                "smooth penalty."
+            )
+        if partition == "red-black" and not isinstance(datafit, LabelPropagationQuadratic):
+            raise ValueError("partition='red-black' needs a LabelPropagationQuadratic datafit.")
+        if self.gradient == "incremental" and not supports_incremental(datafit):
+            raise ValueError(
+                "gradient='incremental' needs a quadratic datafit (LeastSquares, "
+                f"LabelPropagationQuadratic), got {type(datafit).__name__}."
+            )
+        if self.stopping == "gap" and not self._gap_stops(problem):
+            raise ValueError(
+                "stopping='gap' needs a LeastSquares or Logistic datafit with an L1 penalty."
+            )
+
+    def _gap_stops(self, problem) -> bool:
+        """Whether the duality gap is the stopping quantity."""
+        datafit, penalty = problem.datafit, problem.penalty
+        return (
+            self.stopping in ("auto", "gap")
+            and hasattr(datafit, "duality_gap")
+            and penalty.l1 > 0
+            and not (penalty.l2 > 0 and isinstance(datafit, Logistic))
+        )
 
     # ------------------------------------------------------------------ set-up
     def _setup(self, problem: BCDProblem) -> _BCDRun:
@@ -261,42 +359,19 @@ class BlockCoordinateDescent(Solver):
             rng=np.random.default_rng(self.random_state),
             lip=np.asarray(datafit.lipschitz, dtype=float),
         )
-        if self.update == "exact" and not datafit.quadratic:
-            raise ValueError(
-                "update='exact' needs a quadratic datafit "
-                "(LeastSquares, LabelPropagationQuadratic)."
-            )
         partition = self.partition
         if isinstance(partition, str) and partition == "auto":
             partition = "sorted" if self.selection in _LIPSCHITZ_AWARE else "order"
         run.tree = isinstance(partition, str) and partition == "greedy-tree"
         if run.tree:
-            if not isinstance(datafit, LabelPropagationQuadratic) or not penalty.smooth:
-                raise ValueError(
-                    "partition='greedy-tree' needs a LabelPropagationQuadratic datafit and a "
-                    "smooth penalty."
-                )
-            if self.selection not in ("random", "gs", "gsl"):
-                raise ValueError(
-                    "partition='greedy-tree' orders nodes by selection='gsl', 'gs' or 'random'."
-                )
             run.A_csr = datafit.A.tocsr()
             run.A_diag = datafit.A.diagonal() + penalty.l2
         run.variable = isinstance(partition, str) and partition in ("variable", "greedy-tree")
         if run.variable:
-            if self.selection in ("cyclic", "lipschitz"):
-                raise ValueError(
-                    f"selection={self.selection!r} needs fixed blocks; with partition='variable' "
-                    "use 'random' or a greedy rule."
-                )
             run.blocks = None
             run.k_var = min(self.block_size, p)
         else:
             if isinstance(partition, str) and partition == "red-black":
-                if not isinstance(datafit, LabelPropagationQuadratic):
-                    raise ValueError(
-                        "partition='red-black' needs a LabelPropagationQuadratic datafit."
-                    )
                 blocks = red_black_partition(datafit.W)
             elif isinstance(partition, str):
                 blocks = make_partition(partition, run.lip, min(self.block_size, p))
@@ -351,27 +426,13 @@ class BlockCoordinateDescent(Solver):
         run.greedy = self.selection not in ("cyclic", "random", "lipschitz")
         run.epoch = len(run.blocks) if run.blocks is not None else -(-p // run.k_var)
         run.incremental = None
-        if self.gradient == "incremental" and not supports_incremental(datafit):
-            raise ValueError(
-                "gradient='incremental' needs a quadratic datafit (LeastSquares, "
-                f"LabelPropagationQuadratic), got {type(datafit).__name__}."
-            )
         if run.greedy and not run.tree:
             largest = run.k_var if run.blocks is None else max(len(b) for b in run.blocks)
             if self.gradient == "incremental" or (
                 self.gradient == "auto" and incremental_pays(datafit, largest)
             ):
                 run.incremental = IncrementalGradient(datafit)
-        run.gap = (
-            self.stopping in ("auto", "gap")
-            and hasattr(datafit, "duality_gap")
-            and penalty.l1 > 0
-            and not (penalty.l2 > 0 and isinstance(datafit, Logistic))
-        )
-        if self.stopping == "gap" and not run.gap:
-            raise ValueError(
-                "stopping='gap' needs a LeastSquares or Logistic datafit with an L1 penalty."
-            )
+        run.gap = self._gap_stops(problem)
         return run
 
     def _init_state(self, problem, x0) -> _BCDState:
@@ -384,8 +445,10 @@ class BlockCoordinateDescent(Solver):
             if problem.penalty.positive:
                 x = np.maximum(x, 0.0)
         with np.errstate(over="ignore", invalid="ignore"):  # a bad x0 is reported below
-            aux = problem.datafit.init_aux(x)
-            grad = problem.datafit.gradient(x, aux)
+            # Block moves are small: this solver keeps its vectors in float64 whatever the
+            # design's precision (products with X run in the design's).
+            aux = np.asarray(problem.datafit.init_aux(x), dtype=float)
+            grad = _gradient(problem.datafit, x, aux)
             state = _BCDState(x=x, fun=np.inf, aux=aux, grad=grad, memory=run.lip.copy(), run=run)
             state.fun = self._objective(problem, x, aux)
             state.residual = self._residual(problem, state)
@@ -566,7 +629,7 @@ class BlockCoordinateDescent(Solver):
             if moved:
                 run.incremental.update(grad, block, d, aux=aux)
         else:
-            grad = datafit.gradient(x, aux) if full else None
+            grad = _gradient(datafit, x, aux) if full else None
         new = _BCDState(
             x=x,
             fun=self._objective(problem, x, aux),
@@ -593,8 +656,8 @@ class BlockCoordinateDescent(Solver):
         g = state.grad[support] + pen.l1 * sign + pen.l2 * xs
         H = datafit.hessian(state.aux, support) + pen.l2 * np.eye(support.size)
         d = scipy.linalg.cho_solve(_cholesky(H), -g)
-        step = 1.0
-        for _ in range(30):
+
+        def trial(step):
             new_xs = xs + step * d
             # Stay in the support's orthant: a coordinate that would change sign stops at 0.
             new_xs = np.where(np.sign(new_xs) == sign, new_xs, 0.0)
@@ -602,13 +665,18 @@ class BlockCoordinateDescent(Solver):
             x, aux = state.x.copy(), state.aux.copy()
             x[support] = new_xs
             datafit.update_aux(aux, support, move)
-            fun = self._objective(problem, x, aux)
-            if fun <= state.fun + _ARMIJO * float(g @ move) + 1e-15 * abs(state.fun):
-                break
-            step *= 0.5
-        else:
+            return x, aux, self._objective(problem, x, aux), float(g @ move)
+
+        def accept(step, t):
+            # Armijo's test on the projected move (not step * d once a coordinate is clipped).
+            _, _, fun, slope = t
+            return fun <= state.fun + _ARMIJO * slope + _ROUNDING * abs(state.fun)
+
+        search = backtracking(trial, accept, max_trials=30)
+        if not search.success:
             return None
-        grad = datafit.gradient(x, aux)
+        x, aux, fun, _ = search.trial
+        grad = _gradient(datafit, x, aux)
         new = _BCDState(
             x=x,
             fun=fun,
@@ -633,7 +701,7 @@ class BlockCoordinateDescent(Solver):
             x=x,
             fun=self._objective(problem, x, aux),
             aux=aux,
-            grad=datafit.gradient(x, aux),
+            grad=_gradient(datafit, x, aux),
             k=state.k + 1,
             memory=state.memory,
             run=state.run,
@@ -646,25 +714,33 @@ class BlockCoordinateDescent(Solver):
         pen, datafit = problem.penalty, problem.datafit
         memory = state.memory.copy()
         # The block constant is at least each coordinate's: start from the largest remembered.
-        L = max(float(memory[block].max()) + pen.l2, _TINY)
+        L0 = max(float(memory[block].max()) + pen.l2, _TINY)
         f0 = datafit.value(state.x, state.aux)
-        for _ in range(_MAX_DOUBLINGS):
+
+        # The step 1 / L halves, i.e. the constant doubles: L0 / step is exact for the
+        # powers of two the search tries.
+        def trial(step):
+            L = L0 / step
             d = pen.prox(xb - gb / L, 1.0 / L) - xb
             aux = state.aux.copy()
             datafit.update_aux(aux, block, d)
             x = state.x.copy()
             x[block] = xb + d
-            if datafit.value(x, aux) <= f0 + gb @ d + 0.5 * (L - pen.l2) * (d @ d) + 1e-12 * abs(
-                f0
-            ):
-                break
-            L *= 2.0
-        else:
+            return L, d, datafit.value(x, aux)
+
+        def accept(step, t):
+            # The descent lemma's bound with constant L - l2 (the datafit's own).
+            L, d, value = t
+            return value <= f0 + gb @ d + 0.5 * (L - pen.l2) * (d @ d) + 1e-12 * abs(f0)
+
+        search = backtracking(trial, accept, max_trials=_MAX_DOUBLINGS)
+        if not search.success:
             raise StopSolve(
                 Status.NUMERICAL_FAILURE,
                 "Numerical failure: the backtracking line search found no step size (a "
                 "non-finite datafit value?); the last finite iterate is returned.",
             )
+        L, d, _ = search.trial
         memory[block] = L - pen.l2
         return d, memory
 
@@ -675,17 +751,19 @@ class BlockCoordinateDescent(Solver):
             # The Newton model is the function itself: the full step minimizes it.
             return d
         decrease = gb @ d + pen.value(xb + d) - pen.value(xb)
-        t = 1.0
-        for _ in range(50):
+
+        def trial(t):
             x = state.x.copy()
             x[block] = xb + t * d
             aux = state.aux.copy()
             datafit.update_aux(aux, block, t * d)
-            # A rounding allowance, so that steps at the level of machine precision pass.
-            if self._objective(problem, x, aux) <= F0 + _ARMIJO * t * decrease + 1e-15 * abs(F0):
-                return t * d
-            t *= 0.5
-        return np.zeros_like(d)
+            return self._objective(problem, x, aux)
+
+        # A rounding allowance, so that steps at the level of machine precision pass.
+        search = backtracking(
+            trial, armijo(F0, decrease, c1=_ARMIJO, rounding=_ROUNDING * abs(F0)), max_trials=50
+        )
+        return search.step * d if search.success else np.zeros_like(d)
 
     def _exact(self, problem, run, block, block_index, xb, gb):
         datafit, pen = problem.datafit, problem.penalty
@@ -713,8 +791,13 @@ class BlockCoordinateDescent(Solver):
     def _result_fields(self, problem, state):
         grad = state.grad
         if grad is None:
-            grad = problem.datafit.gradient(state.x, state.aux)
+            grad = _gradient(problem.datafit, state.x, state.aux)
         return {"blocks": state.run.blocks, "gradient": grad}
+
+
+def _gradient(datafit, x, aux) -> np.ndarray:
+    """The datafit's gradient as float64 (a float32 design's is float32)."""
+    return np.asarray(datafit.gradient(x, aux), dtype=float)
 
 
 def _cholesky(H):

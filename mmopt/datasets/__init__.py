@@ -5,6 +5,7 @@ a generator can return a ready problem), and no family imports it (their ``_demo
 run by the CLI, aside).
 """
 
+from mmopt.datasets._bcd import make_lattice_graph, make_sparse_least_squares
 from mmopt.datasets._generators import load_diabetes_with_outliers, make_regression_with_outliers
 from mmopt.datasets._ot import make_ot_problem
 from mmopt.datasets._scans import (
@@ -16,8 +17,10 @@ from mmopt.datasets._scans import (
 __all__ = [
     "load_diabetes_with_outliers",
     "load_scan_pair",
+    "make_lattice_graph",
     "make_ot_problem",
     "make_registration_clouds",
     "make_registration_problem",
     "make_regression_with_outliers",
+    "make_sparse_least_squares",
 ]

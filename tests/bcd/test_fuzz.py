@@ -37,7 +37,7 @@ from mmopt.bcd import (
     make_partition,
     red_black_partition,
 )
-from mmopt.bcd.datasets import make_lattice_graph, make_sparse_least_squares
+from mmopt.datasets import make_lattice_graph, make_sparse_least_squares
 
 FAST = settings(max_examples=25, deadline=None)
 

@@ -15,8 +15,8 @@ from mmopt.bcd import (
     Logistic,
 )
 from mmopt.bcd._kernels import gram_columns
-from mmopt.bcd.datasets import make_lattice_graph, make_sparse_least_squares
 from mmopt.bcd.gradient import IncrementalGradient, incremental_pays
+from mmopt.datasets import make_lattice_graph, make_sparse_least_squares
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse.linalg as spla
 
 from mmopt.bcd import BCDProblem, BlockCoordinateDescent, LabelPropagationQuadratic, LeastSquares
-from mmopt.bcd.datasets import make_lattice_graph, make_sparse_least_squares
+from mmopt.datasets import make_lattice_graph, make_sparse_least_squares
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from mmopt.bcd import (
     LeastSquares,
     Logistic,
 )
-from mmopt.bcd.datasets import make_lattice_graph
+from mmopt.datasets import make_lattice_graph
 
 
 def _least_squares(seed):

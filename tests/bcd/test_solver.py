@@ -23,8 +23,8 @@ from mmopt.bcd import (
     check_blocks,
     make_partition,
 )
-from mmopt.bcd.datasets import make_lattice_graph, make_sparse_least_squares
 from mmopt.bcd.solver import SELECTIONS, UPDATES
+from mmopt.datasets import make_lattice_graph, make_sparse_least_squares
 
 
 @pytest.fixture(scope="module")
