@@ -12,6 +12,7 @@ or set raises ``ValueError``, as scikit-learn and scipy do.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ __all__ = [
     "Interval",
     "Options",
     "Rule",
+    "check_options",
     "constraints_of",
     "invalid_values",
     "validate_params",
@@ -293,8 +295,13 @@ class Rule:
     message: str
 
 
+@functools.cache
 def constraints_of(cls: type) -> tuple[dict[str, list[Constraint]], list[Rule]]:
-    """The option table of a class and its bases (a subclass's entry replaces its base's)."""
+    """The option table of a class and its bases (a subclass's entry replaces its base's).
+
+    Built once per class (a table does not change after its class is defined); callers must
+    not modify what it returns.
+    """
     table: dict[str, list[Constraint]] = {}
     rules: list[Rule] = []
     for klass in reversed(cls.__mro__):
@@ -342,6 +349,14 @@ def validate_params(table: Mapping[str, list], params: Mapping[str, Any],
         if not rule.check(params):
             shown = ", ".join(f"{o}={params.get(o)!r}" for o in rule.options)
             raise ValueError(f"{rule.message}; got {shown}.")
+
+
+def check_options(obj) -> None:
+    """Check ``obj``'s options against its class's ``_parameter_constraints`` and
+    ``_parameter_rules`` (an option the object does not have is skipped)."""
+    table, rules = constraints_of(type(obj))
+    params = {name: getattr(obj, name) for name in table if hasattr(obj, name)}
+    validate_params(table, params, rules, owner=None)
 
 
 class _Unlikely:

@@ -32,13 +32,12 @@ from scipy.special import expit
 
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.linesearch import armijo, backtracking
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, check_options
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.validation import check_array
 from mmopt.bcd import _kernels
-from mmopt.bcd._params import check_options
 from mmopt.bcd.datafits import LeastSquares, Logistic
 from mmopt.bcd.problem import BCDProblem
 

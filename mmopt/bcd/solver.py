@@ -39,13 +39,13 @@ from mmopt._core.params import (
     Interval,
     Options,
     Rule,
+    check_options,
 )
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.validation import check_array
 from mmopt.bcd import _kernels
-from mmopt.bcd._params import check_options
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic
 from mmopt.bcd.gradient import IncrementalGradient, incremental_pays, supports_incremental
 from mmopt.bcd.partition import check_blocks, make_partition, red_black_partition
