@@ -8,6 +8,7 @@ factorization by multiplicative updates (:class:`NMFProblem`, :class:`MMNMF`).
 """
 
 from mmopt.mm.losses import CauchyLoss, HuberLoss, RobustLoss, WelschLoss, get_loss
+from mmopt.mm.moe import MixtureOfExperts, MoEProblem
 from mmopt.mm.nmf import MMNMF, NMFProblem
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.robust_regression import MMRobustRegressor, RobustRegressionProblem, mad_scale
@@ -20,6 +21,8 @@ __all__ = [
     "MMProblem",
     "MMRobustRegressor",
     "MMSolver",
+    "MixtureOfExperts",
+    "MoEProblem",
     "NMFProblem",
     "RobustLoss",
     "RobustRegressionProblem",
