@@ -9,6 +9,7 @@ factorization by multiplicative updates (:class:`NMFProblem`, :class:`MMNMF`).
 
 from mmopt.mm.losses import CauchyLoss, HuberLoss, RobustLoss, WelschLoss, get_loss
 from mmopt.mm.moe import MixtureOfExperts, MoEProblem
+from mmopt.mm.moe_reduction import MixtureReductionProblem, aggregate_mixtures
 from mmopt.mm.nmf import MMNMF, NMFProblem
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.robust_regression import MMRobustRegressor, RobustRegressionProblem, mad_scale
@@ -22,11 +23,13 @@ __all__ = [
     "MMRobustRegressor",
     "MMSolver",
     "MixtureOfExperts",
+    "MixtureReductionProblem",
     "MoEProblem",
     "NMFProblem",
     "RobustLoss",
     "RobustRegressionProblem",
     "WelschLoss",
+    "aggregate_mixtures",
     "get_loss",
     "mad_scale",
 ]
