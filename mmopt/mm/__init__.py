@@ -7,6 +7,7 @@ robust linear regression by iteratively reweighted least squares
 factorization by multiplicative updates (:class:`NMFProblem`, :class:`MMNMF`).
 """
 
+from mmopt.mm.distributed import DistributedMixtureOfExperts
 from mmopt.mm.losses import CauchyLoss, HuberLoss, RobustLoss, WelschLoss, get_loss
 from mmopt.mm.moe import MixtureOfExperts, MoEProblem
 from mmopt.mm.moe_reduction import MixtureReductionProblem, aggregate_mixtures
@@ -17,6 +18,7 @@ from mmopt.mm.solver import MMSolver
 
 __all__ = [
     "CauchyLoss",
+    "DistributedMixtureOfExperts",
     "HuberLoss",
     "MMNMF",
     "MMProblem",
