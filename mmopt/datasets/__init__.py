@@ -7,6 +7,7 @@ run by the CLI, aside).
 
 from mmopt.datasets._bcd import make_lattice_graph, make_sparse_least_squares
 from mmopt.datasets._generators import load_diabetes_with_outliers, make_regression_with_outliers
+from mmopt.datasets._moe import make_moe_regression
 from mmopt.datasets._ot import make_ot_problem
 from mmopt.datasets._scans import (
     load_scan_pair,
@@ -18,6 +19,7 @@ __all__ = [
     "load_diabetes_with_outliers",
     "load_scan_pair",
     "make_lattice_graph",
+    "make_moe_regression",
     "make_ot_problem",
     "make_registration_clouds",
     "make_registration_problem",

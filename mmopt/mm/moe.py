@@ -1,0 +1,368 @@
+r"""Mixtures of linear-Gaussian experts with softmax gates, fitted by EM as an MM problem.
+
+The model is :math:`p(y \mid x) = \sum_k \pi_k(x; W)\, N(y;\, z^\top \beta_k, \sigma_k^2)`
+with :math:`z = (1, x)` and gates :math:`\pi(x; W) = \mathrm{softmax}(W z)`, the last gate
+row fixed to zero (the softmax is unchanged by adding one vector to every row). EM is MM on
+the negative log-likelihood: the E-step's lower bound (Jensen's inequality on the log of the
+mixture) touches the log-likelihood at the current parameters, and the M-step maximizes it:
+weighted least squares per expert, the weighted variance of its residuals, and a weighted
+multinomial-logistic fit of the gates (convex, solved by trust-region Newton from the current
+gates, so the bound never goes down even when it stops early).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.cluster import KMeans
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from mmopt._core.params import Interval, validate_params
+from mmopt._core.validation import check_input
+from mmopt.mm.problem import MMProblem
+from mmopt.mm.solver import MMSolver
+
+__all__ = ["MixtureOfExperts", "MoEProblem"]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+# Floor of the experts' variances relative to the variance of y: keeps an expert that
+# collapses onto a few points from driving the likelihood to infinity.
+_VARIANCE_FLOOR = 1e-8
+_GATE_MAX_ITER = 50
+
+
+def logsumexp(a: np.ndarray, axis: int = 1, keepdims: bool = False) -> np.ndarray:
+    """``log(sum(exp(a)))`` along ``axis``, shifted by the maximum (finite inputs)."""
+    top = np.max(a, axis=axis, keepdims=True)
+    out = top + np.log(np.sum(np.exp(a - top), axis=axis, keepdims=True))
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def log_softmax(a: np.ndarray, axis: int = 1) -> np.ndarray:
+    """``a - logsumexp(a)`` along ``axis``.
+
+    scipy.special's versions check their inputs for the array API on every call, which cost
+    more than the arithmetic on the small matrices of the gate fit.
+    """
+    return a - logsumexp(a, axis=axis, keepdims=True)
+
+
+def _design(X: np.ndarray) -> np.ndarray:
+    """``[1, X]``: the intercept column first."""
+    return np.hstack([np.ones((X.shape[0], 1)), X])
+
+
+def _gate_objective(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float):
+    """Negative weighted multinomial log-likelihood of the gates and its gradient.
+
+    ``-sum_ik R_ik log softmax(Z W^T)_ik / scale`` over the first ``K - 1`` gate rows (the
+    last is zero); ``R`` holds non-negative weights per sample and gate.
+    """
+    n_gates, p = R.shape[1], Z.shape[1]
+    W = np.vstack([free.reshape(n_gates - 1, p), np.zeros((1, p))])
+    log_pi = log_softmax(Z @ W.T, axis=1)
+    value = -float(np.sum(R * log_pi)) / scale
+    residual = R - R.sum(axis=1, keepdims=True) * np.exp(log_pi)
+    grad = -(residual.T @ Z)[:-1] / scale
+    return value, grad.ravel()
+
+
+def _gate_hessian(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float):
+    """Hessian of :func:`_gate_objective`: ``sum_i r_i (diag(P_i) - P_i P_i^T) (x) z_i z_i^T``."""
+    n_gates, p = R.shape[1], Z.shape[1]
+    W = np.vstack([free.reshape(n_gates - 1, p), np.zeros((1, p))])
+    P = np.exp(log_softmax(Z @ W.T, axis=1))[:, :-1]
+    weighted = P * (R.sum(axis=1, keepdims=True) / scale)
+    A = n_gates - 1
+    # Block (a, b) of size p x p is Z^T diag(c_ab) Z with c_ab = w_a (delta_ab - P_b): one
+    # BLAS product of all the c_ab with the rows' outer products z_i z_i^T.
+    c = -weighted[:, :, None] * P[:, None, :]
+    c[:, np.arange(A), np.arange(A)] += weighted
+    outer = (Z[:, :, None] * Z[:, None, :]).reshape(Z.shape[0], p * p)
+    blocks = (c.reshape(Z.shape[0], A * A).T @ outer).reshape(A, A, p, p)
+    return blocks.transpose(0, 2, 1, 3).reshape(A * p, A * p)
+
+
+def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _GATE_MAX_ITER,
+              tol: float = 1e-10) -> np.ndarray:
+    """Gate parameters maximizing ``sum_ik R_ik log softmax(Z W^T)_ik``, from ``W0``.
+
+    Newton's method in a trust region (scipy's ``trust-exact``) on the convex weighted
+    multinomial-logistic objective, over the first ``K - 1`` rows (the last row stays zero).
+    The trust region accepts only steps that lower the objective, so its value at the
+    returned point is never above its value at ``W0``.
+    """
+    n_gates = R.shape[1]
+    if n_gates == 1:
+        return np.zeros_like(W0)
+    scale = max(float(R.sum()), np.finfo(float).tiny)
+    start = (W0[:-1] - W0[-1]).ravel()
+    f0, _ = _gate_objective(start, Z, R, scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        res = minimize(_gate_objective, start, args=(Z, R, scale), jac=True,
+                       hess=_gate_hessian, method="trust-exact",
+                       options={"maxiter": max_iter, "gtol": tol})
+    free = res.x if np.isfinite(res.fun) and res.fun <= f0 else start
+    return np.vstack([free.reshape(n_gates - 1, -1), np.zeros((1, Z.shape[1]))])
+
+
+def log_joint(Z, y, W, B, variances):
+    """``log pi_k(x_i) + log N(y_i; z_i^T beta_k, sigma_k^2)``, shape (n, K)."""
+    log_pi = log_softmax(Z @ W.T, axis=1)
+    residual = y[:, None] - Z @ B.T
+    return log_pi - 0.5 * (_LOG_2PI + np.log(variances) + residual**2 / variances)
+
+
+class MoEProblem(MMProblem):
+    """Maximum likelihood of a mixture of experts as an MM problem (EM).
+
+    The iterate packs the gates' free rows ``W[:-1]`` (K - 1, p), the experts ``B`` (K, p)
+    and their variances (K,), with ``p = n_features + 1`` (intercept first). ``F`` is the
+    negative mean log-likelihood; ``G`` is one EM step.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples,)
+    n_experts : int
+    x0 : ndarray
+        Starting parameters (packed as above).
+    """
+
+    def __init__(self, X, y, n_experts: int, x0):
+        self.Z = _design(np.asarray(X, dtype=float))
+        self.y = np.asarray(y, dtype=float)
+        self.n_experts = int(n_experts)
+        self.x0 = np.asarray(x0, dtype=float)
+        self.variance_floor = _VARIANCE_FLOOR * max(float(np.var(self.y)), 1e-300)
+
+    def unpack(self, x):
+        """``(W, B, variances)`` from a packed iterate."""
+        K, p = self.n_experts, self.Z.shape[1]
+        W = np.vstack([x[: (K - 1) * p].reshape(K - 1, p), np.zeros((1, p))])
+        B = x[(K - 1) * p: (2 * K - 1) * p].reshape(K, p)
+        return W, B, x[(2 * K - 1) * p:]
+
+    @staticmethod
+    def pack(W, B, variances):
+        """Inverse of :meth:`unpack` (``W``'s last row is subtracted from every row)."""
+        W = np.asarray(W) - np.asarray(W)[-1]
+        return np.concatenate([W[:-1].ravel(), np.ravel(B), np.ravel(variances)])
+
+    def objective(self, x) -> float:
+        W, B, v = self.unpack(x)
+        return -float(np.mean(logsumexp(log_joint(self.Z, self.y, W, B, v), axis=1)))
+
+    def surrogate_minimizer(self, x):
+        return self.mm_step(x)[0]
+
+    def mm_step(self, x):
+        W, B, v = self.unpack(x)
+        joint = log_joint(self.Z, self.y, W, B, v)
+        log_norm = logsumexp(joint, axis=1, keepdims=True)
+        R = np.exp(joint - log_norm)  # E-step: responsibilities
+        return self.m_step(R, W), -float(np.mean(log_norm))
+
+    def m_step(self, R, W0):
+        """The packed parameters maximizing the EM bound with responsibilities ``R``."""
+        Z, y = self.Z, self.y
+        K, p = self.n_experts, Z.shape[1]
+        B = np.empty((K, p))
+        variances = np.empty(K)
+        for k in range(K):
+            r = R[:, k]
+            root = np.sqrt(r)
+            B[k] = np.linalg.lstsq(Z * root[:, None], y * root, rcond=None)[0]
+            mass = float(r.sum())
+            residual = y - Z @ B[k]
+            variance = float(r @ residual**2) / mass if mass > 0 else np.inf
+            variances[k] = variance if np.isfinite(variance) else np.var(y)
+        variances = np.maximum(variances, self.variance_floor)
+        W = fit_gates(Z, R, W0)
+        return self.pack(W, B, variances)
+
+    def project(self, x):
+        out = np.array(x, dtype=float)
+        K, p = self.n_experts, self.Z.shape[1]
+        tail = (2 * K - 1) * p
+        out[tail:] = np.maximum(out[tail:], self.variance_floor)
+        return out
+
+    def initial_point(self):
+        return self.x0
+
+
+def _initial_responsibilities(X, y, n_experts, rng) -> np.ndarray:
+    """Hard responsibilities from k-means on the standardized ``(X, y)``."""
+    data = np.column_stack([X, y])
+    scale = data.std(axis=0)
+    data = (data - data.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    n_clusters = min(n_experts, len(np.unique(data, axis=0)))
+    labels = KMeans(n_clusters, n_init=1, random_state=rng.randint(2**31 - 1)).fit(data).labels_
+    R = np.full((X.shape[0], n_experts), 1e-3)
+    R[np.arange(X.shape[0]), labels] = 1.0
+    return R / R.sum(axis=1, keepdims=True)
+
+
+class MixtureOfExperts(RegressorMixin, BaseEstimator):
+    r"""Mixture of linear-Gaussian experts with softmax gates, fitted by EM.
+
+    :math:`p(y \mid x) = \sum_k \pi_k(x)\, N(y;\, b_k + x^\top \beta_k, \sigma_k^2)`, gates
+    :math:`\pi(x) = \mathrm{softmax}(c + W x)` with the last gate as reference
+    (:math:`c_K = 0`, :math:`W_K = 0`). Each start initializes the responsibilities by k-means
+    on the standardized ``(X, y)``; EM then runs on the shared MM loop (:class:`MoEProblem`,
+    :class:`~mmopt.mm.MMSolver` without extrapolation) until the relative change of the mean
+    log-likelihood is at most ``tol``. The start with the highest log-likelihood is kept.
+
+    Parameters
+    ----------
+    n_experts : int, default=3
+        Number of experts ``K``.
+    max_iter : int, default=300
+        Maximum EM iterations per start.
+    tol : float, default=1e-6
+        Relative change of the mean log-likelihood that stops EM.
+    n_init : int, default=3
+        Number of starts.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the k-means initializations.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_experts, n_features)
+        Expert slopes.
+    intercept_ : ndarray of shape (n_experts,)
+        Expert intercepts.
+    variances_ : ndarray of shape (n_experts,)
+        Expert noise variances.
+    gate_coef_ : ndarray of shape (n_experts, n_features)
+        Gate slopes (last row zero).
+    gate_intercept_ : ndarray of shape (n_experts,)
+        Gate intercepts (last entry zero).
+    log_likelihood_ : float
+        Mean log-likelihood of the training data at the kept start.
+    result_ : mmopt.Result
+        The kept start's EM run (``fun`` is the negative mean log-likelihood).
+    n_iter_ : int
+        EM iterations of the kept start.
+
+    Examples
+    --------
+    >>> from mmopt.datasets import make_moe_regression
+    >>> from mmopt.mm import MixtureOfExperts
+    >>> X, y, truth = make_moe_regression(2000, 1, 2, noise=0.2, random_state=0)
+    >>> moe = MixtureOfExperts(n_experts=2, random_state=0).fit(X, y)
+    >>> moe.predict_proba(X[:3]).shape
+    (3, 2)
+    >>> bool(moe.score(X, y) > -1.0)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "n_experts": [Interval(int, 1, None)],
+        "max_iter": [Interval(int, 1, None)],
+        "tol": [Interval(float, 0, None)],
+        "n_init": [Interval(int, 1, None)],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, n_experts: int = 3, *, max_iter: int = 300, tol: float = 1e-6,
+                 n_init: int = 3, random_state=None):
+        self.n_experts = n_experts
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.random_state = random_state
+
+    def _check_params(self):
+        table = {k: v for k, v in self._parameter_constraints.items() if k != "random_state"}
+        validate_params(table, self.get_params(deep=False), owner=type(self).__name__)
+
+    def fit(self, X, y) -> MixtureOfExperts:
+        """Fit the mixture by EM from ``n_init`` starts.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        self : MixtureOfExperts
+        """
+        self._check_params()
+        check_input(X, "X", ndim=2)
+        check_input(y, "y")
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        rng = check_random_state(self.random_state)
+        solver = MMSolver(anderson=False, stopping="objective", tol=self.tol,
+                          max_iter=self.max_iter)
+        K = self.n_experts
+        best = None
+        for _ in range(self.n_init):
+            R = _initial_responsibilities(X, y, K, rng)
+            blank = MoEProblem(X, y, K, np.zeros(0))
+            start = blank.m_step(R, np.zeros((K, X.shape[1] + 1)))
+            result = solver.solve(MoEProblem(X, y, K, start))
+            if best is None or result.fun < best.fun:
+                best = result
+        W, B, variances = blank.unpack(best.x)
+        self._set_parameters(W, B, variances)
+        self.log_likelihood_ = -float(best.fun)
+        self.result_ = best
+        self.n_iter_ = int(best.nit)
+        return self
+
+    def _set_parameters(self, W, B, variances):
+        self.gate_intercept_, self.gate_coef_ = W[:, 0].copy(), W[:, 1:].copy()
+        self.intercept_, self.coef_ = B[:, 0].copy(), B[:, 1:].copy()
+        self.variances_ = np.asarray(variances, dtype=float).copy()
+
+    def _parameters(self):
+        W = np.column_stack([self.gate_intercept_, self.gate_coef_])
+        B = np.column_stack([self.intercept_, self.coef_])
+        return W, B, self.variances_
+
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        check_input(X, "X", ndim=2)
+        return validate_data(self, X, dtype=np.float64, reset=False)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Gate probabilities ``pi_k(x)``, shape (n_samples, n_experts)."""
+        X = self._validate_X(X)
+        W = self._parameters()[0]
+        return np.exp(log_softmax(_design(X) @ W.T, axis=1))
+
+    def predict(self, X) -> np.ndarray:
+        """The conditional mean ``sum_k pi_k(x) (b_k + x^T beta_k)``."""
+        X = self._validate_X(X)
+        W, B, _ = self._parameters()
+        Z = _design(X)
+        gates = np.exp(log_softmax(Z @ W.T, axis=1))
+        return np.sum(gates * (Z @ B.T), axis=1)
+
+    def predict_expert(self, X, y) -> np.ndarray:
+        """The most probable expert of each sample given ``y`` (posterior responsibilities)."""
+        return np.argmax(self.responsibilities(X, y), axis=1)
+
+    def responsibilities(self, X, y) -> np.ndarray:
+        """Posterior expert probabilities ``p(k | x, y)``, shape (n_samples, n_experts)."""
+        X = self._validate_X(X)
+        y = np.asarray(y, dtype=float).ravel()
+        joint = log_joint(_design(X), y, *self._parameters())
+        return np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
+
+    def sample_log_likelihood(self, X, y) -> np.ndarray:
+        """Log-likelihood ``log p(y_i | x_i)`` of each sample."""
+        X = self._validate_X(X)
+        y = np.asarray(y, dtype=float).ravel()
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"y must have {X.shape[0]} entries like X, got {y.shape[0]}.")
+        return logsumexp(log_joint(_design(X), y, *self._parameters()), axis=1)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean log-likelihood of ``(X, y)`` (not the R^2 of other regressors)."""
+        return float(np.average(self.sample_log_likelihood(X, y), weights=sample_weight))

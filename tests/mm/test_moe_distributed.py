@@ -1,0 +1,123 @@
+"""Distributed mixtures of experts: local fits through joblib or Dask, one reduction."""
+
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from mmopt.datasets import make_moe_regression
+from mmopt.mm import DistributedMixtureOfExperts, MixtureOfExperts
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_moe_regression(4000, 2, 3, noise=0.3, random_state=2)
+
+
+@pytest.fixture(scope="module")
+def serial_fit(data):
+    X, y, _ = data
+    return DistributedMixtureOfExperts(3, n_shards=2, n_init=1, n_support=200,
+                                       random_state=0).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client
+
+
+def test_close_to_the_global_fit(data, serial_fit):
+    X, y, truth = data
+    global_fit = MixtureOfExperts(3, n_init=1, random_state=0).fit(X, y)
+    assert serial_fit.score(X, y) > global_fit.score(X, y) - 0.01
+    truth_params = np.column_stack([truth.intercept, truth.coef])
+    errors = []
+    for fit in (serial_fit, global_fit):
+        params = np.column_stack([fit.intercept_, fit.coef_])
+        cost = ((params[:, None] - truth_params[None]) ** 2).sum(axis=2)
+        errors.append(cost[linear_sum_assignment(cost)].sum() ** 0.5)
+    assert errors[0] <= 1.5 * errors[1] + 0.05
+    assert serial_fit.reduction_.status == 0
+    assert list(serial_fit.shard_sizes_) == [2000, 2000]
+
+
+def test_one_shard_is_the_local_fit(data):
+    X, y, _ = data
+    fit = DistributedMixtureOfExperts(3, n_shards=1, n_init=1, n_support=300,
+                                      random_state=0).fit(X, y)
+    local = fit.local_models_[0]
+    assert fit.reduction_.fun == 0.0
+    order, ref = np.argsort(fit.intercept_), np.argsort(local.intercept_)
+    assert np.allclose(fit.coef_[order], local.coef_[ref], atol=1e-12)
+    assert np.allclose(fit.predict_proba(X)[:, order], local.predict_proba(X)[:, ref],
+                       atol=1e-4)
+
+
+def test_joblib_dask_backend_runs_the_shards_on_the_cluster(data, serial_fit, client):
+    X, y, _ = data
+    with distributed.get_task_stream(client) as stream:
+        with joblib.parallel_config(backend="dask"):
+            fit = DistributedMixtureOfExperts(3, n_shards=2, n_init=1, n_support=200,
+                                              random_state=0).fit(X, y)
+    workers = {task["worker"] for task in stream.data}
+    assert len(stream.data) >= 2 and workers <= set(client.scheduler_info()["workers"])
+    assert np.array_equal(fit.coef_, serial_fit.coef_)
+    assert np.array_equal(fit.gate_coef_, serial_fit.gate_coef_)
+
+
+def test_dask_array_chunks_are_the_shards_and_never_gathered(data, serial_fit, client,
+                                                              monkeypatch):
+    X, y, _ = data
+    dX, dy = da.from_array(X, chunks=(2000, 2)), da.from_array(y, chunks=2000)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dask array was gathered on the driver")
+
+    monkeypatch.setattr(da.Array, "__array__", refuse)
+    monkeypatch.setattr(da.Array, "compute", refuse)
+    with distributed.get_task_stream(client) as stream:
+        fit = DistributedMixtureOfExperts(3, n_shards=5, n_init=1, n_support=200,
+                                          random_state=0).fit(dX, dy)
+    assert any("_fit_shard" in task["key"][0] if isinstance(task["key"], tuple)
+               else "_fit_shard" in task["key"] for task in stream.data)
+    assert len(fit.local_models_) == 2 and fit.n_features_in_ == 2
+    # Same shards, same seeds: the same model as the array input.
+    assert np.allclose(fit.coef_, serial_fit.coef_, rtol=1e-12)
+
+
+def test_bad_inputs(fuzz, data):
+    X, y, _ = data
+    dX = da.from_array(X, chunks=(2000, 2))
+    fuzz.raises_naming(DistributedMixtureOfExperts(2).fit, "y", dX, y)
+    fuzz.raises_naming(DistributedMixtureOfExperts(2).fit, "y", dX,
+                       da.from_array(y, chunks=1000))
+    fuzz.raises_naming(DistributedMixtureOfExperts(2, n_shards=5).fit, "n_shards", X[:3], y[:3])
+    for option, value in [("n_shards", 0), ("n_support", 0), ("n_jobs", 1.5)]:
+        fuzz.raises_naming(DistributedMixtureOfExperts(**{option: value}).fit, option, X, y)
+    fuzz.raises_naming(DistributedMixtureOfExperts(2).fit, "X", fuzz.BAD_ARRAYS["nan"], y[:2])
+
+
+EXPECTED_FAILED = {
+    "check_regressors_train": "score is the mean log-likelihood, not R^2",
+    "check_regressors_no_decision_function": "predict_proba returns the gate probabilities",
+}
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@parametrize_with_checks(
+    [DistributedMixtureOfExperts(2, n_init=1, max_iter=50, n_support=50, random_state=0)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED,
+)
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        check(estimator)
