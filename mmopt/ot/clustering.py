@@ -22,7 +22,8 @@ __all__ = ["ImbalancedOTClustering"]
 class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     r"""Clustering with a prototype head trained on (S)P²OT pseudo-labels.
 
-    The features are standardized; the head is a linear softmax layer whose weights and
+    The features are centered and scaled (by one common factor, or per feature with
+    ``standardize=True``); the head is a linear softmax layer whose weights and
     biases come from ``k`` prototypes ``mu_j`` (logits ``-||x_i - mu_j||^2 / (2 T s)`` up to
     a per-sample constant, ``T = temperature``, ``s`` the mean squared distance of the
     samples to their nearest initial center), started from k-means (or k-means++ seeds).
@@ -61,6 +62,11 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         Softmax temperature of the head, relative to the data's spread ``s``.
     n_neighbors : int, default=10
         Neighbours of the semantic graph.
+    standardize : bool, default=False
+        Scale each feature to unit variance (for features in unrelated units). By default
+        one common factor (the root mean variance) is used, which keeps the geometry of the
+        features: per-feature scaling of, e.g., principal components whitens them and
+        gives the low-variance (noisy) directions the weight of the leading ones.
     init : {"kmeans", "k-means++"}, default="kmeans"
         Start: the centers of a k-means fit (4 starts) or k-means++ seeds.
     random_state : int, RandomState instance or None, default=None
@@ -106,6 +112,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         reg: float = 0.1,
         temperature: float = 0.5,
         n_neighbors: int = 10,
+        standardize: bool = False,
         init: str = "kmeans",
         random_state=None,
     ):
@@ -117,6 +124,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         self.reg = reg
         self.temperature = temperature
         self.n_neighbors = n_neighbors
+        self.standardize = standardize
         self.init = init
         self.random_state = random_state
 
@@ -139,12 +147,17 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         check_scalar(self.temperature, "temperature", min_value=0.0, include_min=False)
         check_scalar(self.n_neighbors, "n_neighbors", kind=int, min_value=1)
         check_choice(self.init, "init", ("kmeans", "k-means++"))
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise TypeError(f"standardize must be True or False, got {self.standardize!r}.")
         n = X.shape[0]
         if n < max(k, 2):
             raise ValueError(f"n_samples={n} should be >= max(n_clusters={k}, 2).")
         rng = check_random_state(self.random_state)
         self.mean_ = X.mean(axis=0)
-        scale = X.std(axis=0)
+        if self.standardize:
+            scale = X.std(axis=0)
+        else:
+            scale = np.full(X.shape[1], float(np.sqrt(X.var(axis=0).mean())))
         self.scale_ = np.where(scale > 0, scale, 1.0)
         Z = self._embed(X)
         if self.init == "kmeans":

@@ -13,12 +13,21 @@ from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
-from mmopt.ot._kernels import dense_plan, log_half_step
+from mmopt.ot._kernels import (
+    dense_plan,
+    log_half_step,
+    plan_marginals,
+    plan_row_sums,
+    sparsify_plan,
+)
+from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot.exact import exact_ot
 
 __all__ = ["PartialOTProblem", "PartialSinkhorn", "partial_ot"]
 
 _SCALING_MAX_RATIO = 100.0
+# Newton: sparsification budget relative to the gradient's L1 norm.
+_NEWTON_NU = 1e-2
 
 
 def _measure(value, name, size, axis):
@@ -134,9 +143,8 @@ class _Run:
             spread = float(self.C.max() - self.C.min())
             method = "scaling" if spread / self.reg <= _SCALING_MAX_RATIO else "log"
         self.method = method
-        if method == "log":
-            self.Ct = np.ascontiguousarray(self.C.T)
-        else:
+        self.Ct = np.ascontiguousarray(self.C.T)
+        if method != "log":
             with np.errstate(under="ignore"):
                 self.K = np.exp(self.C * (-1.0 / self.reg))
 
@@ -151,6 +159,90 @@ class _Run:
         with np.errstate(divide="ignore"):
             return reg * (log_w - np.log(Kv)), np.exp(own_old / reg) * Kv
 
+    def marginals(self, f, g, t):
+        return plan_marginals(self.C, self.Ct, f, g + t, self.reg, n_threads=self.threads)
+
+    def error(self, f, g, rows, cols):
+        return (_kkt(rows, self.a, f) + _kkt(cols, self.b, g)
+                + abs(float(rows.sum()) - self.mass))
+
+    def negative_dual(self, f, g, t, total):
+        return -(float(self.a @ f + self.b @ g) + self.mass * t - self.reg * total)
+
+    def newton_step(self, f, g, t, rows, cols, damping):
+        """A projected Newton step (Bertsekas) on the dual from ``(f, g, t)``, the plan's
+        marginals there being ``rows``, ``cols``; None when it makes no progress.
+
+        The Hessian of the negative dual in ``(f, g, t)`` is ``(1/reg) [[diag(r), P, r],
+        [P^T, diag(c), c], [r^T, c^T, sum P]]`` (``r``, ``c`` the plan's marginals). The
+        potentials at their bound 0 whose gradient pushes them beyond it are held there;
+        the Newton system in the others, with the plan sparsified as for unbalanced OT, is
+        solved by :func:`newton_direction`, and the step is projected on ``f, g <= 0``
+        with an Armijo search along the projected arc.
+        """
+        reg = self.reg
+        n, m = f.size, g.size
+        total = float(rows.sum())
+        grad = np.concatenate([rows - self.a, cols - self.b, [total - self.mass]])
+        value = self.negative_dual(f, g, t, total)
+        grad_norm = float(np.abs(grad).sum())
+        if grad_norm == 0.0 or not math.isfinite(value):
+            return None
+        free_f = ~((f >= 0.0) & (rows < self.a))
+        free_g = ~((g >= 0.0) & (cols < self.b))
+        if not (free_f.any() and free_g.any()):
+            return None
+        reduced = np.concatenate([grad[:n][free_f], grad[n:n + m][free_g], grad[-1:]])
+        # The held potentials' gradients do not enter the system: the sparsification
+        # budget is relative to the free part's.
+        reduced_norm = float(np.abs(reduced).sum())
+        budget = _NEWTON_NU * reduced_norm
+        S = sparsify_plan(self.C, f, g + t, reg, rows, cols, budget, budget)
+        # The full Hessian is sum_ij P_ij (e_i + e_j + e_t)(e_i + e_j + e_t)^T. With the
+        # full marginals on the diagonal and the border, a dropped entry leaves
+        # [[1, 0, 1], [0, 1, 1], [1, 1, 1]] P_ij, which is indefinite; counting its mass
+        # twice in the corner makes it [[1, 0, 1], [0, 1, 1], [1, 1, 2]] P_ij >= 0.
+        dropped = max(total - float(S.sum()), 0.0)
+        S = S[free_f][:, free_g].tocsr()
+        diagonal = (1.0 + damping) * np.concatenate([rows[free_f], cols[free_g]]) / reg
+        diagonal += 1e-12 * reduced_norm
+        border = np.concatenate([rows[free_f], cols[free_g]]) / reg
+        corner = (1.0 + damping) * (total + dropped) / reg + 1e-12 * reduced_norm
+        solution = newton_direction(diagonal, S, reduced, reg, border=(border, corner))
+        if solution is None or not np.all(np.isfinite(solution)):
+            return None
+        df, dg = np.zeros(n), np.zeros(m)
+        nf = int(free_f.sum())
+        df[free_f] = solution[:nf]
+        dg[free_g] = solution[nf:-1]
+        dt = float(solution[-1])
+        if not float(reduced @ solution) < 0:
+            return None
+
+        def evaluate(step):
+            f1 = np.minimum(f + step * df, 0.0)
+            g1 = np.minimum(g + step * dg, 0.0)
+            t1 = t + step * dt
+            with np.errstate(over="ignore", invalid="ignore"):
+                total1 = float(plan_row_sums(self.C, f1, g1 + t1, reg,
+                                             n_threads=self.threads).sum())
+            new_value = self.negative_dual(f1, g1, t1, total1)
+            if not new_value <= value + 1e-13 * max(abs(value), 1.0):
+                return None
+            # Armijo along the projected arc: the decrease the gradient predicts for the
+            # displacement actually taken.
+            predicted = -float(grad[:n] @ (f1 - f) + grad[n:n + m] @ (g1 - g)
+                               + grad[-1] * (t1 - t))
+            rows1, cols1 = self.marginals(f1, g1, t1)
+            error = self.error(f1, g1, rows1, cols1)
+            return new_value, 1e-4 * predicted, error, (f1, g1, t1, rows1, cols1, error)
+
+        found = line_search(evaluate, value, self.error(f, g, rows, cols))
+        if found is None:
+            return None
+        payload, step = found
+        return (*payload, step)
+
 
 @dataclass
 class _PartialState(SolverState):
@@ -158,6 +250,12 @@ class _PartialState(SolverState):
     g: np.ndarray | None = None
     t: float = 0.0
     run: _Run | None = None
+    # Newton stage: the plan's marginals at (f, g, t), its damping, and whether it is on.
+    marginals: tuple | None = None
+    damping: float = 0.0
+    # Newton steps are tried once the residual is below this (lowered tenfold after a
+    # step that made no progress).
+    newton_below: float = math.inf
 
 
 def _kkt(sums, target, potential):
@@ -189,6 +287,15 @@ class PartialSinkhorn(Solver):
         Log domain (the Cython log-sum-exp kernel; stable at any ``reg``) or scaling domain
         (BLAS products with ``exp(-C / reg)``); ``"auto"`` takes the scaling domain when
         ``(max C - min C) / reg <= 100``.
+    newton : bool or None, default=None
+        Switch to projected Newton steps on the dual (the
+        potentials held at their bound 0 are left out, the plan is sparsified, Armijo
+        search along the projected arc) once the residual is below ``newton_switch``
+        times the mass; a step that makes no progress goes back to block steps until the
+        residual is ten times smaller. None: Newton on the log-domain path (``reg`` small
+        against the cost's spread), where block steps need many iterations.
+    newton_switch : float, default=1e-2
+        See ``newton``.
     tol : float, default=1e-9
         Stop when the L1 violation of the optimality conditions (each row and column sum at
         most its mass, with equality where its multiplier is negative) is at most ``tol``;
@@ -235,6 +342,8 @@ class PartialSinkhorn(Solver):
         self,
         *,
         method: str = "auto",
+        newton: bool | None = None,
+        newton_switch: float = 1e-2,
         tol: float = 1e-9,
         max_iter: int = 10_000,
         n_threads: int | None = None,
@@ -242,6 +351,8 @@ class PartialSinkhorn(Solver):
         verbose: int = 0,
     ):
         self.method = method
+        self.newton = newton
+        self.newton_switch = newton_switch
         self.tol = tol
         self.max_iter = max_iter
         self.n_threads = n_threads
@@ -251,6 +362,9 @@ class PartialSinkhorn(Solver):
     def _validate_params(self) -> None:
         super()._validate_params()
         check_choice(self.method, "method", ("auto", "log", "scaling"))
+        if self.newton is not None and not isinstance(self.newton, (bool, np.bool_)):
+            raise TypeError(f"newton must be True, False or None, got {self.newton!r}.")
+        check_scalar(self.newton_switch, "newton_switch", min_value=0.0)
         effective_n_threads(self.n_threads)
 
     def _init_state(self, problem, x0):
@@ -273,8 +387,38 @@ class PartialSinkhorn(Solver):
             x=np.concatenate([f, g, [t]]), fun=-np.inf, f=f, g=g, t=t, run=run
         )
 
+    def _use_newton(self, run, state):
+        wanted = run.method == "log" if self.newton is None else bool(self.newton)
+        return wanted and state.residual <= min(self.newton_switch * run.mass,
+                                                state.newton_below)
+
+    def _newton(self, run, state):
+        if state.marginals is None:
+            rows, cols = run.marginals(state.f, state.g, state.t)
+        else:
+            rows, cols = state.marginals
+        out = run.newton_step(state.f, state.g, state.t, rows, cols, state.damping)
+        if out is None:
+            return None
+        f, g, t, rows, cols, error, step = out
+        fun = -run.negative_dual(f, g, t, float(rows.sum()))
+        return _PartialState(
+            x=np.concatenate([f, g, [t]]), fun=fun, residual=error, f=f, g=g, t=t, run=run,
+            marginals=(rows, cols), damping=next_damping(state.damping, step),
+            newton_below=state.newton_below,
+            record={"newton": 1.0, "step": step},
+        )
+
     def _step(self, problem, state):
         run, reg = state.run, state.run.reg
+        if self._use_newton(run, state):
+            new_state = self._newton(run, state)
+            if new_state is not None:
+                return new_state
+            # No progress: block steps until the residual is ten times smaller.
+            state = _PartialState(x=state.x, fun=state.fun, residual=state.residual,
+                                  f=state.f, g=state.g, t=state.t, run=run,
+                                  newton_below=state.residual / 10.0)
         f, g, t = state.f, state.g, state.t
         h, row_mass = run.half(f, g + t, run.log_a, False)
         row_error = _kkt(row_mass, run.a, f)
@@ -290,7 +434,7 @@ class PartialSinkhorn(Solver):
         fun = float(run.a @ f + run.b @ g) + run.mass * t - reg * run.mass
         return _PartialState(
             x=np.concatenate([f, g, [t]]), fun=fun, residual=residual, f=f, g=g, t=t,
-            run=run,
+            run=run, newton_below=state.newton_below, record={"newton": 0.0},
         )
 
     def _result_fields(self, problem, state):

@@ -6,8 +6,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator, cg, splu
 
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
@@ -22,6 +20,7 @@ from mmopt.ot._kernels import (
     plan_row_sums,
     sparsify_plan,
 )
+from mmopt.ot._newton import line_search, newton_direction, next_damping
 
 __all__ = ["UnbalancedOTProblem", "UnbalancedSinkhorn", "unbalanced_sinkhorn"]
 
@@ -33,10 +32,8 @@ _SCALING_MAX_RATIO = 100.0
 # the absorbed ones (exp of the drift stays far from overflow).
 _ABSORB_SETTLED = 5.0
 _ABSORB_DRIFT = 50.0
-# Newton: sparsification budget relative to the gradient's L1 norm; sparse LU when the
-# sparsified Hessian has at most this many nonzeros per row, CG beyond.
+# Newton: sparsification budget relative to the gradient's L1 norm.
 _NEWTON_NU = 1e-2
-_DIRECT_MAX_DEGREE = 40
 
 
 def _relaxation_pair(reg_m):
@@ -314,54 +311,33 @@ class _Run:
         d_cols = cols / reg + (0.0 if math.isinf(self.rho_b) else beta / self.rho_b)
         diagonal = (1.0 + damping) * np.concatenate([d_rows, d_cols])
         diagonal += 1e-12 * grad_norm  # both marginals hard: the (1, -1) null direction
-        size = diagonal.size
-        St = S.T.tocsr()
-        if S.nnz <= _DIRECT_MAX_DEGREE * size:
-            system = sp.bmat(
-                [[sp.diags_array(diagonal[:n]), S / reg], [St / reg,
-                                                            sp.diags_array(diagonal[n:])]],
-                format="csc",
-            )
-            try:
-                direction = splu(
-                    system, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                    options={"SymmetricMode": True},
-                ).solve(-grad)
-            except RuntimeError:
-                return None
-        else:
-            def matvec(v):
-                return diagonal * v + np.concatenate([S @ v[n:], St @ v[:n]]) / reg
-
-            operator = LinearOperator((size, size), matvec=matvec, dtype=float)
-            jacobi = LinearOperator((size, size), matvec=lambda v: v / diagonal, dtype=float)
-            direction, _ = cg(operator, -grad, rtol=min(0.1, math.sqrt(grad_norm)),
-                              maxiter=200, M=jacobi)
+        direction = newton_direction(diagonal, S, grad, reg)
+        if direction is None:
+            return None
         slope = float(grad @ direction)
         if not (math.isfinite(slope) and slope < 0):
             return None
-        # Near the optimum the value changes below its rounding error: a step is kept when
-        # it lowers the value by Armijo's rule beyond rounding, or keeps the value within
-        # rounding and lowers the gradient's norm.
-        rounding = 1e-13 * max(abs(value), 1.0)
-        step = 1.0
-        for _ in range(30):
+
+        def evaluate(step):
             ft1 = ft + step * direction[:n]
             gt1 = gt + step * direction[n:]
             with np.errstate(over="ignore", invalid="ignore"):
                 total = float(plan_row_sums(self.C, ft1, gt1, reg,
                                             n_threads=self.threads).sum())
                 new_value = -self.dual(ft1, gt1, total)
-            if math.isfinite(new_value) and new_value <= value + rounding:
-                rows1, cols1 = plan_marginals(self.C, self.Ct, ft1, gt1, reg,
-                                              n_threads=self.threads)
-                error = float(np.abs(rows1 - self.target_rows(ft1)).sum()
-                              + np.abs(cols1 - self.target_cols(gt1)).sum())
-                if (value - new_value >= -1e-4 * step * slope and value - new_value > rounding
-                        ) or error < (1.0 - 1e-4 * step) * grad_norm:
-                    return ft1, gt1, rows1, cols1, error, step
-            step *= 0.5
-        return None
+            if not new_value <= value + 1e-13 * max(abs(value), 1.0):
+                return None
+            rows1, cols1 = plan_marginals(self.C, self.Ct, ft1, gt1, reg,
+                                          n_threads=self.threads)
+            error = float(np.abs(rows1 - self.target_rows(ft1)).sum()
+                          + np.abs(cols1 - self.target_cols(gt1)).sum())
+            return new_value, -1e-4 * step * slope, error, (ft1, gt1, rows1, cols1, error)
+
+        found = line_search(evaluate, value, grad_norm)
+        if found is None:
+            return None
+        (ft1, gt1, rows1, cols1, error), step = found
+        return ft1, gt1, rows1, cols1, error, step
 
     # ---------------------------------------------------------------------------- values
     def target_rows(self, ft):
@@ -570,10 +546,7 @@ class UnbalancedSinkhorn(Solver):
         if out is None:
             return None
         ft, gt, rows, cols, error, step = out
-        # Levenberg-Marquardt-style damping: grows after short steps, shrinks after full.
-        damping = state.damping / 4.0 if step == 1.0 else max(4.0 * state.damping, 1e-3)
-        if damping < 1e-6:
-            damping = 0.0
+        damping = next_damping(state.damping, step)
         plan_mass = float(rows.sum())
         return _UnbalancedState(
             x=np.concatenate([run.true_f(ft), run.true_g(gt)]),

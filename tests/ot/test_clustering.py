@@ -36,3 +36,16 @@ def test_long_tailed_blobs_beat_kmeans():
     assert _accuracy(truth, ours.labels_) > _accuracy(truth, kmeans.labels_) + 0.03
     np.testing.assert_array_equal(ours.labels_, ours.predict(X))
     assert ours.cluster_centers_.shape == (3, 2)
+
+
+def test_common_scale_keeps_the_geometry():
+    # The default scaling is one common factor, standardize=True one per feature: on
+    # standardized data (common factor 1) the two give the same clustering.
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.normal((0, 0), 0.6, (80, 2)), rng.normal((3, 0), 0.6, (20, 2))])
+    X_std = (X - X.mean(0)) / X.std(0)
+    a = ImbalancedOTClustering(2, n_rounds=5, random_state=0).fit_predict(X_std)
+    b = ImbalancedOTClustering(2, n_rounds=5, standardize=True, random_state=0).fit_predict(X)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="standardize"):
+        ImbalancedOTClustering(2, standardize="yes").fit(X)

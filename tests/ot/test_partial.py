@@ -126,3 +126,33 @@ def test_zero_mass_rows_and_front_door(fuzz):
     assert np.all(res.plan[3] == 0)
     warm = PartialSinkhorn(tol=1e-12).solve(PartialOTProblem(a, b, C, 0.5, 0.05), x0=res.x)
     assert warm.nit <= 2
+
+
+@pytest.mark.parametrize("reg", [1e-3, 1e-4])
+def test_newton_stage_at_small_reg(reg):
+    # The projected Newton stage converges at small reg where block steps are slow; its
+    # plan satisfies the KKT conditions checked from the plan alone and equals the plan of
+    # block steps only.
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((60, 2)), rng.standard_normal((70, 2)) + 0.5
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    C /= C.max()
+    a, b = np.full(60, 1 / 60), np.full(70, 1.2 / 70)
+    res = partial_ot(a, b, C, 0.8, reg=reg, newton=True, tol=1e-11, max_iter=20_000)
+    assert res.success and sum(res.history["newton"]) > 0
+    assert res.transported_mass == pytest.approx(0.8, abs=1e-10)
+    assert np.all(res.row_marginal <= a + 1e-10) and np.all(res.col_marginal <= b + 1e-10)
+    # Stationarity on the plan's support: reg log P + C splits into row and column terms.
+    support = res.plan > 1e-250
+    L = np.where(support, reg * np.log(np.where(support, res.plan, 1.0)) + C, 0.0)
+    i, j = np.nonzero(support)
+    assert np.abs(L[i, j] - res.f[i] - (res.g + res.t)[j]).max() < 1e-9
+    np.testing.assert_allclose(res.f[res.row_marginal < a - 1e-9], 0.0, atol=1e-10)
+    np.testing.assert_allclose(res.g[res.col_marginal < b - 1e-9], 0.0, atol=1e-10)
+    if reg == 1e-3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = partial_ot(a, b, C, 0.8, reg=reg, newton=False, tol=1e-11,
+                                max_iter=50_000)
+        assert blocks.success and res.nit < blocks.nit
+        np.testing.assert_allclose(res.plan, blocks.plan, atol=1e-8)

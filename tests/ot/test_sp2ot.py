@@ -152,3 +152,28 @@ def test_bad_graph_shape():
     _, _, _, C = _blobs(7)
     with pytest.raises(ValueError, match="S must"):
         SP2OTProblem(C, sp.eye(5), rho=0.5)
+
+
+def test_one_solver_serves_two_threads():
+    # SP2OT stores its options only: vars() unchanged by solves, and two threads sharing
+    # one instance get the answers of sequential solves.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmopt.ot import SP2OT
+
+    problems = []
+    for seed in (1, 2):
+        X, _, _, C = _blobs(seed)
+        problems.append(SP2OTProblem(C, semantic_graph(X, 5), rho=0.6, lam=20.0))
+    solver = SP2OT(max_iter=15)
+    before = dict(vars(solver))
+    sequential = [solver.solve(p) for p in problems]
+    assert vars(solver) == before
+    with ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(solver.solve, problems * 2))
+    assert vars(solver) == before
+    for res, ref in zip(threaded, sequential * 2):
+        assert res.nit == ref.nit
+        np.testing.assert_allclose(res.x, ref.x, rtol=0, atol=1e-14)
+        assert res.fun == pytest.approx(ref.fun, rel=1e-14)
+    assert not np.allclose(sequential[0].x, sequential[1].x)
