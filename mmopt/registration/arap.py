@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from mmopt.registration._neighbors import NeighborIndex
 
@@ -19,8 +21,9 @@ __all__ = [
 def knn_edges(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Directed edges ``(i, j)`` from every point to its ``k`` nearest other points.
 
-    Returns ``(heads, tails)``, two int arrays of length ``n * k`` (``k`` is clipped to
-    ``n - 1``).
+    Returns ``(heads, tails)``, int arrays of at least ``n * k`` edges (``k`` is clipped to
+    ``n - 1``): when the k-NN graph is not connected, edges (both ways) between the nearest
+    points of its components are added until it is.
     """
     n = points.shape[0]
     k = min(int(k), n - 1)
@@ -31,7 +34,33 @@ def knn_edges(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     others = idx != np.arange(n)[:, None]
     keep = others & (np.cumsum(others, axis=1) <= k)
     tails = idx[keep].reshape(n, k)
-    return heads, tails.ravel()
+    return _connect(points, heads, tails.ravel())
+
+
+def _connect(points, heads, tails):
+    """Add edges (both ways) until the graph is connected.
+
+    A k-NN graph of a scan with separate parts (or uneven density) can fall apart into
+    components that the ARAP term does not tie together; each round joins every component to
+    its nearest point outside it (Boruvka), so at most ``log2(components)`` rounds run.
+    """
+    n = points.shape[0]
+    while True:
+        graph = sp.csr_matrix((np.ones(heads.shape[0]), (heads, tails)), shape=(n, n))
+        n_comp, labels = connected_components(graph, directed=False)
+        if n_comp == 1:
+            return heads, tails
+        joins = set()
+        for c in range(n_comp):
+            inside = np.flatnonzero(labels == c)
+            outside = np.flatnonzero(labels != c)
+            dist, nearest = cKDTree(points[outside]).query(points[inside])
+            best = int(np.argmin(dist))
+            i, j = int(inside[best]), int(outside[nearest[best]])
+            joins.add((min(i, j), max(i, j)))  # two components may pick the same pair
+        pairs = np.array(sorted(joins), dtype=np.intp)
+        heads = np.concatenate([heads, pairs[:, 0], pairs[:, 1]])
+        tails = np.concatenate([tails, pairs[:, 1], pairs[:, 0]])
 
 
 def mesh_edges(faces: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

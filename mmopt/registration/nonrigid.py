@@ -237,17 +237,19 @@ class SPARE(Solver):
 
         E(v, R) = \\sum_i 2\\nu^2 \\left(1 - e^{-d_i^2 / (2\\nu^2)}\\right)
         + \\alpha \\sum_i \\frac{1}{|N(i)|} \\sum_{j \\in N(i)}
-        \\lVert (v_i - v_j) - R_i (p_i - p_j) \\rVert^2,
+        \\lVert (v_i - v_j) - R_i (p_i - p_j) \\rVert^2
+        + \\beta \\sum_i w_i \\lVert R_i n_i - n_q \\rVert^2,
 
     with the symmetrized point-to-plane residual ``d_i = (R_i n_i + n_q)^T (v_i - q)`` to the
     closest target point ``q`` (normal ``n_q``). Each outer iteration finds the closest points,
     fixes the Welsch weights ``w_i = exp(-d_i^2 / (2 nu^2))`` (the MM surrogate: the data term
     is concave in ``d^2``, so its tangent majorizes it), solves one sparse symmetric positive
     definite system for all ``v`` (SuperLU), then updates every ``R_i`` by a batched 3x3 SVD:
-    the ARAP edges give a Procrustes term and the normal-alignment part of the data term is
-    majorized by a function linear in ``R_i n_i`` (``(e^T r)^2 = |e|^2 - |e x r|^2`` with a
-    concave second part, majorized by its tangent), so both updates decrease ``E`` at the
-    iteration's correspondences. Pairs whose normals point in opposite directions get weight
+    the ARAP edges and the normal alignment (weight ``beta``, with the iteration's Welsch
+    weights ``w_i``) give a Procrustes term, and the data term's dependence on ``R_i n_i`` is
+    majorized by a linear function (``(e^T r)^2 = |e|^2 - |e x r|^2`` with a concave second
+    part, majorized by its tangent), so both updates decrease ``E`` at the iteration's
+    correspondences and weights. Pairs whose normals point in opposite directions get weight
     0. The solve stops when the RMS change of ``v`` per point, divided by the problem's
     ``scale``, is at most ``tol``.
 
@@ -258,6 +260,9 @@ class SPARE(Solver):
     arap_weight : float, default=200.0
         ``alpha``, the weight of the as-rigid-as-possible term relative to the data term
         (which behaves as a sum of squared distances for inliers).
+    normal_weight : float, default=1.0
+        ``beta``, the weight of the alignment of the deformed normals ``R_i n_i`` with the
+        matched target normals (0 to leave it out).
     welsch_scale : float, optional
         ``nu`` in data units; by default the median of the initial closest-point distances
         (at least ``1e-6 * scale``).
@@ -307,6 +312,7 @@ class SPARE(Solver):
     _parameter_constraints: ClassVar[dict] = {
         "arap_weight": [Interval(float, 0, None, closed="neither")],
         "welsch_scale": [Interval(float, 0, None, closed="neither"), None],
+        "normal_weight": [Interval(float, 0, None)],
         "reject_opposite": [bool],
         "neighbors": [Options(BACKENDS)],
         "tol": [Interval(float, 0, None)],
@@ -320,6 +326,7 @@ class SPARE(Solver):
         *,
         arap_weight: float = 200.0,
         welsch_scale: float | None = None,
+        normal_weight: float = 1.0,
         reject_opposite: bool = True,
         neighbors: str = "auto",
         tol: float = 1e-4,
@@ -329,6 +336,7 @@ class SPARE(Solver):
     ):
         self.arap_weight = arap_weight
         self.welsch_scale = welsch_scale
+        self.normal_weight = normal_weight
         self.reject_opposite = reject_opposite
         self.neighbors = neighbors
         self.tol = tol
@@ -434,7 +442,11 @@ class SPARE(Solver):
         d = self._residuals(s, v, R, pairs)
         nu2 = s.nu * s.nu
         data = np.sum(np.where(pairs.valid, -2.0 * nu2 * np.expm1(-0.5 * d * d / nu2), 0.0))
-        return float(data) + arap_energy(v, R, s.p, s.heads, s.tails, s.weights)
+        align = 0.0
+        if self.normal_weight > 0:
+            rn = np.einsum("nab,nb->na", R, s.normals)
+            align = self.normal_weight * float(np.sum(pairs.w * np.sum((rn - pairs.nq) ** 2, 1)))
+        return float(data) + align + arap_energy(v, R, s.p, s.heads, s.tails, s.weights)
 
     @staticmethod
     def _system(s: _Setup, v, R, pairs: _Pairs) -> tuple[sp.csc_matrix, np.ndarray]:
@@ -460,8 +472,7 @@ class SPARE(Solver):
         H, rhs = self._system(s, v, R, pairs)
         return splu(H, permc_spec="MMD_AT_PLUS_A").solve(rhs).reshape(-1, 3)
 
-    @staticmethod
-    def _rotation_targets(s: _Setup, v, R, pairs: _Pairs) -> np.ndarray:
+    def _rotation_targets(self, s: _Setup, v, R, pairs: _Pairs) -> np.ndarray:
         """The matrices ``M_i`` whose Procrustes rotations minimize the R-step surrogate."""
         e_edges = v[s.heads] - v[s.tails]
         p_edges = s.p[s.heads] - s.p[s.tails]
@@ -476,6 +487,9 @@ class SPARE(Solver):
         c = np.einsum("na,na->n", e, pairs.nq)
         g = 2.0 * ((a0 + c)[:, None] * e - np.einsum("na,na->n", e, e)[:, None] * r0)
         M -= pairs.w[:, None, None] * np.einsum("na,nb->nab", g, s.normals)
+        # Normal alignment w ||R n - n_q||^2 = const - 2 w <R, n_q n^T>.
+        M += (2.0 * self.normal_weight) * pairs.w[:, None, None] * np.einsum(
+            "na,nb->nab", pairs.nq, s.normals)
         return M
 
     def _update_rotations(self, s: _Setup, v, R, pairs: _Pairs) -> np.ndarray:
