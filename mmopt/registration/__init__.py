@@ -7,12 +7,22 @@ annealed Welsch scale and Anderson acceleration on the se(3) twist, its grouped 
 intermediate stages end); :class:`ICPRegistration` is the scikit-learn estimator.
 :func:`estimate_normals` gives PCA normals; :func:`read_point_cloud` and
 :func:`write_point_cloud` handle PLY, XYZ and NPY files.
+
+:class:`SPARE` (:func:`nonrigid_icp`, :class:`NonRigidRegistration`) deforms a source point by
+point onto a target (:class:`NonRigidRegistrationProblem`): robust non-rigid registration with
+the symmetrized point-to-plane distance and an as-rigid-as-possible regularizer.
 """
 
 from mmopt.registration.estimator import ICPRegistration
 from mmopt.registration.icp import ICP, icp
 from mmopt.registration.io import read_point_cloud, write_point_cloud
 from mmopt.registration.kabsch import weighted_kabsch
+from mmopt.registration.nonrigid import (
+    SPARE,
+    NonRigidRegistration,
+    NonRigidRegistrationProblem,
+    nonrigid_icp,
+)
 from mmopt.registration.normals import estimate_normals
 from mmopt.registration.options import ScaleSchedule, StageCriteria
 from mmopt.registration.problem import RegistrationProblem
@@ -21,11 +31,15 @@ from mmopt.registration.se3 import se3_exp, se3_log
 __all__ = [
     "ICP",
     "ICPRegistration",
+    "NonRigidRegistration",
+    "NonRigidRegistrationProblem",
     "RegistrationProblem",
+    "SPARE",
     "ScaleSchedule",
     "StageCriteria",
     "estimate_normals",
     "icp",
+    "nonrigid_icp",
     "read_point_cloud",
     "se3_exp",
     "se3_log",

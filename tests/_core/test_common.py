@@ -16,7 +16,7 @@ from mmopt.bcd import L1, BCDProblem, LeastSquares
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 from mmopt.mm import MMProblem
 from mmopt.ot import OTProblem, P2OTProblem, PartialOTProblem, UnbalancedOTProblem
-from mmopt.registration import RegistrationProblem
+from mmopt.registration import NonRigidRegistrationProblem, RegistrationProblem
 
 
 def _mm_problem(seed=0):
@@ -52,6 +52,19 @@ def _registration_problem(seed=0):
     return RegistrationProblem(source, source @ R.T + [0.5, 0.0, 0.2])
 
 
+def _nonrigid_problem(seed=0):
+    # A small ellipsoid and a bumped copy of it (known normals): SPARE runs a few iterations.
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(150, 3))
+    x /= np.linalg.norm(x, axis=1)[:, None]
+    source = x * [1.0, 0.7, 0.5]
+    normals = source / [1.0, 0.49, 0.25]
+    normals /= np.linalg.norm(normals, axis=1)[:, None]
+    target = source + 0.04 * normals * np.sin(3 * source[:, :1])
+    return NonRigidRegistrationProblem(source, target, source_normals=normals,
+                                       target_normals=normals, k=6)
+
+
 def _bilevel_problem(seed=0):
     # Learn the shrinkage e^theta of x*(theta) = c / (1 + e^theta) towards a target.
     c, t = np.array([1.0, 2.0, 3.0]) + 0.1 * seed, np.array([0.5, 0.8, 1.6])
@@ -83,6 +96,7 @@ EXAMPLE_PROBLEMS = {
     "mm": _mm_problem,
     "sinkhorn": _ot_problem,
     "icp": _registration_problem,
+    "spare": _nonrigid_problem,
     # Small reg, so that the Newton stage runs.
     "sns": lambda seed=0: _ot_problem(reg=1e-3, seed=seed),
     # The solver's default k (None) is unconstrained: a smooth problem that converges.

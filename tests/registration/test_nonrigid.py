@@ -1,0 +1,298 @@
+"""SPARE non-rigid registration: each step checked against an independent reference."""
+
+import numpy as np
+import pytest
+from scipy.optimize import approx_fprime
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+import mmopt
+from mmopt.registration import (
+    SPARE,
+    NonRigidRegistration,
+    NonRigidRegistrationProblem,
+    nonrigid_icp,
+)
+from mmopt.registration.arap import (
+    arap_energy,
+    arap_gradient,
+    best_rotations,
+    edge_weights,
+    knn_edges,
+    mesh_edges,
+)
+
+
+def _ellipsoid(n, seed=0, axes=(1.0, 0.7, 0.5)):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    x /= np.linalg.norm(x, axis=1)[:, None]
+    axes = np.asarray(axes)
+    p = x * axes
+    normals = p / axes**2
+    return p, normals / np.linalg.norm(normals, axis=1)[:, None]
+
+
+def _run_setup(n=60, seed=0):
+    """A solver, a problem and its first state and pairs (the pieces the tests check)."""
+    p, normals = _ellipsoid(n, seed)
+    target = p + 0.03 * normals * np.sin(3 * p[:, :1])
+    problem = NonRigidRegistrationProblem(p, target, source_normals=normals,
+                                          target_normals=normals, k=6)
+    solver = SPARE()
+    state = solver._init_state(problem, None)
+    rng = np.random.default_rng(seed + 1)
+    state.R = Rotation.from_rotvec(0.1 * rng.normal(size=(n, 3))).as_matrix()
+    pairs = solver._pairs(state.setup, state.v, state.R)
+    return solver, problem, state, pairs
+
+
+def test_arap_gradient_by_finite_differences():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(30, 3))
+    heads, tails = knn_edges(p, 5)
+    weights = 3.0 * edge_weights(heads, 30)
+    R = Rotation.from_rotvec(0.3 * rng.normal(size=(30, 3))).as_matrix()
+    v = p + 0.1 * rng.normal(size=p.shape)
+
+    def energy(flat):
+        return arap_energy(flat.reshape(-1, 3), R, p, heads, tails, weights)
+
+    numeric = approx_fprime(v.ravel(), energy, 1e-7)
+    analytic = arap_gradient(v, R, p, heads, tails, weights).ravel()
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_solve_matches_a_dense_minimization():
+    # The v-step minimizes the surrogate sum_i w_i (m_i^T (v_i - q_i))^2 + ARAP + eps|v-v_k|^2;
+    # its minimizer from a dense least-squares fit of those residual rows, built independently.
+    solver, _, state, pairs = _run_setup()
+    s = state.setup
+    v_new = solver._solve_positions(s, state.v, state.R, pairs)
+    n = state.v.shape[0]
+    m = np.einsum("nab,nb->na", state.R, s.normals) + pairs.nq
+    rows, rhs = [], []
+    for i in range(n):
+        row = np.zeros(3 * n)
+        row[3 * i:3 * i + 3] = np.sqrt(pairs.w[i]) * m[i]
+        rows.append(row)
+        rhs.append(np.sqrt(pairs.w[i]) * m[i] @ pairs.q[i])
+    for e, (i, j) in enumerate(zip(s.heads, s.tails)):
+        b = state.R[i] @ (s.p[i] - s.p[j])
+        for a in range(3):
+            row = np.zeros(3 * n)
+            row[3 * i + a], row[3 * j + a] = 1.0, -1.0
+            rows.append(np.sqrt(s.weights[e]) * row)
+            rhs.append(np.sqrt(s.weights[e]) * b[a])
+    eps = 1e-8
+    rows.extend(np.sqrt(eps) * np.eye(3 * n))
+    rhs.extend(np.sqrt(eps) * state.v.ravel())
+    dense = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
+    np.testing.assert_allclose(v_new.ravel(), dense, atol=1e-8)
+
+
+def test_rotation_step_against_brute_force():
+    # The R-step's surrogate is minimized by the batched SVD: no rotation sampled (random and
+    # near the answer) has a lower surrogate, and the energy does not increase.
+    solver, _, state, pairs = _run_setup(n=40)
+    s = state.setup
+    v = solver._solve_positions(s, state.v, state.R, pairs)
+    M = solver._rotation_targets(s, v, state.R, pairs)
+    R_new = best_rotations(M)
+    rng = np.random.default_rng(3)
+    for i in range(0, 40, 7):
+        candidates = np.concatenate([
+            Rotation.random(2000, random_state=rng).as_matrix(),
+            (Rotation.from_rotvec(0.02 * rng.normal(size=(500, 3)))
+             * Rotation.from_matrix(R_new[i])).as_matrix(),
+        ])
+        scores = np.einsum("kab,ab->k", candidates, M[i])
+        assert np.einsum("ab,ab->", R_new[i], M[i]) >= scores.max() - 1e-12
+    before = solver._energy(s, v, state.R, pairs)
+    after = solver._energy(s, v, R_new, pairs)
+    assert after <= before + 1e-12
+
+
+def test_best_rotations_are_rotations():
+    M = np.random.default_rng(0).normal(size=(50, 3, 3))
+    R = best_rotations(M)
+    np.testing.assert_allclose(R @ np.transpose(R, (0, 2, 1)), np.broadcast_to(np.eye(3),
+                               (50, 3, 3)), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@pytest.mark.parametrize("normal_weight", [0.0, 1.0])
+@pytest.mark.parametrize("estimated", [False, True])
+def test_objective_non_increasing_in_every_outer_iteration(normal_weight, estimated):
+    # At each iteration's matches and weights (the MM argument); re-matching may raise it.
+    p, normals = _ellipsoid(300)
+    target = p + 0.04 * normals * np.sin(3 * p[:, :1])
+    given = {} if estimated else {"source_normals": normals, "target_normals": normals}
+    res = nonrigid_icp(p, target, max_iter=15, normal_weight=normal_weight, **given)
+    assert np.all(res.history["fun"] <= res.history["energy_start"] * (1 + 1e-12))
+    assert np.all(res.history["fun"] < res.history["energy_start"])
+
+
+@pytest.mark.parametrize("normal_weight, atol", [(0.0, 1e-5), (1.0, 5e-4)])
+def test_recovers_a_translation(normal_weight, atol):
+    # The normal-alignment term matches R_i n_i with the normal of the nearest (not the
+    # same) target point, which tilts the rotations slightly on a coarse sampling.
+    p, normals = _ellipsoid(400)
+    res = nonrigid_icp(p, p[::-1] + [0.02, -0.01, 0.0], source_normals=normals,
+                       target_normals=normals[::-1], normal_weight=normal_weight)
+    assert res.success
+    np.testing.assert_allclose(res.points, p + [0.02, -0.01, 0.0], atol=atol)
+
+
+@pytest.mark.parametrize("normal_weight, ratio", [(0.0, 0.15), (1.0, 0.4)])
+def test_recovers_a_normal_bump(normal_weight, ratio):
+    # A bump along the normals: the point-to-plane data term sees the normal part of the
+    # displacement (the tangential part is only as good as the sampling).
+    p, normals = _ellipsoid(600)
+    gt = p + 0.04 * normals * np.sin(3 * p[:, :1])
+    res = nonrigid_icp(p, gt[::-1], source_normals=normals, target_normals=normals[::-1],
+                       arap_weight=20.0, normal_weight=normal_weight)
+
+    def normal_error(x):
+        return np.sqrt(np.mean(np.sum((x - gt) * normals, axis=1) ** 2))
+
+    assert res.success
+    assert normal_error(res.points) < ratio * normal_error(p)
+
+
+def test_result_fields_and_estimator():
+    p, normals = _ellipsoid(200)
+    target = p + [0.0, 0.0, 0.01]
+    res = nonrigid_icp(p, target)
+    assert res.points.shape == (200, 3) and res.rotations.shape == (200, 3, 3)
+    np.testing.assert_allclose(res.x, res.points.ravel())
+    np.testing.assert_allclose(np.linalg.norm(res.normals, axis=1), 1.0)
+    assert 0.0 <= res.inlier_ratio <= 1.0 and res.nu > 0
+    reg = NonRigidRegistration().fit(p, target)
+    np.testing.assert_allclose(reg.points_, res.points)
+
+
+def test_inputs_unchanged_and_solver_keeps_options_only():
+    p, normals = _ellipsoid(150)
+    target = p * 1.02
+    p0, n0, t0 = p.copy(), normals.copy(), target.copy()
+    solver = SPARE(max_iter=5, tol=0.0)
+    before = dict(vars(solver))
+    with pytest.warns(mmopt.ConvergenceWarning):
+        solver.solve(NonRigidRegistrationProblem(p, target, source_normals=normals))
+    assert vars(solver) == before
+    assert np.array_equal(p, p0) and np.array_equal(normals, n0) and np.array_equal(target, t0)
+
+
+def test_mesh_edges_of_two_triangles():
+    heads, tails = mesh_edges(np.array([[0, 1, 2], [2, 1, 3]]), 4)
+    pairs = set(zip(heads.tolist(), tails.tolist()))
+    assert len(pairs) == 10 and (1, 2) in pairs and (2, 1) in pairs and (0, 3) not in pairs
+
+
+def test_knn_graph_is_connected():
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(0)
+    # Two far clusters: their 5-NN graphs are separate until joined.
+    p = np.vstack([rng.random((30, 3)), rng.random((30, 3)) + 10.0])
+    heads, tails = knn_edges(p, 5)
+    graph = csr_matrix((np.ones(len(heads)), (heads, tails)), shape=(60, 60))
+    assert connected_components(graph, directed=False)[0] == 1
+    assert len(heads) == 60 * 5 + 2
+
+
+def test_faces_graph_is_used():
+    u, w = np.meshgrid(np.linspace(0, 1, 6), np.linspace(0, 1, 6))
+    points = np.c_[u.ravel(), w.ravel(), 0.1 * u.ravel() ** 2]
+    idx = np.arange(36).reshape(6, 6)
+    faces = np.concatenate([
+        np.c_[idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[:-1, 1:].ravel()],
+        np.c_[idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()],
+    ])
+    problem = NonRigidRegistrationProblem(points, points + 0.01, faces=faces)
+    assert problem.n_edges == 2 * (5 * 6 * 2 + 25)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"source": [[0, 0, 0], [1, 0, 0], [0, 1, np.nan]]}, "source"),
+        ({"target": np.full((20, 3), np.nan)}, "target"),
+        ({"faces": [[0, 1, 99]]}, "faces"),
+        ({"faces": [[0, 1]]}, "faces"),
+        ({"faces": [[0.5, 1, 2]]}, "faces"),
+        ({"source_normals": np.ones((3, 3))}, "source_normals"),
+        ({"k": 0}, "k"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, name):
+    p, _ = _ellipsoid(20)
+    args = {"source": p, "target": p + 0.01} | kwargs
+    with pytest.raises(ValueError, match=name):
+        NonRigidRegistrationProblem(**args)
+
+
+def test_too_few_points_for_normals():
+    p = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.0]])
+    with pytest.raises(ValueError, match="source_normals"):
+        NonRigidRegistrationProblem(p, np.random.default_rng(0).random((30, 3)))
+    with pytest.raises(ValueError, match="target_normals"):
+        NonRigidRegistrationProblem(np.random.default_rng(0).random((30, 3)), p)
+    # With normals given, four points are enough.
+    NonRigidRegistrationProblem(p, p + 0.1, source_normals=np.ones((4, 3)),
+                                target_normals=np.ones((4, 3)))
+
+
+@pytest.mark.parametrize(
+    "option, value, error",
+    [("arap_weight", 0.0, ValueError), ("welsch_scale", -1.0, ValueError),
+     ("reject_opposite", 1, TypeError), ("neighbors", "bogus", ValueError)],
+)
+def test_bad_options(option, value, error):
+    p, _ = _ellipsoid(30)
+    with pytest.raises(error, match=option):
+        nonrigid_icp(p, p + 0.01, **{option: value})
+
+
+# --------------------------------------------------------------------------- the dataset
+@pytest.mark.parametrize("kind", ["bend", "twist", "bumps"])
+def test_make_nonrigid_problem(kind):
+    from mmopt.datasets import load_scan_pair, make_nonrigid_problem
+
+    scan = load_scan_pair()
+    points, normals = scan.source[::10], scan.source_normals[::10]
+    data = make_nonrigid_problem(points, normals, kind=kind, noise=0.0, outlier_fraction=0.2,
+                                 overlap=0.7, random_state=0)
+    n = points.shape[0]
+    assert data.ground_truth.shape == (n, 3)
+    assert data.in_target.mean() == pytest.approx(0.7, abs=0.01)
+    target = data.problem.target
+    assert target.shape[0] == pytest.approx(data.in_target.sum() / 0.8, abs=1)
+    # Without noise, every kept true position is a target point.
+    dist = cKDTree(target).query(data.ground_truth[data.in_target])[0]
+    assert dist.max() < 1e-12
+    moved = np.linalg.norm(data.ground_truth - points, axis=1)
+    assert moved.max() > 0.01
+    with pytest.raises(ValueError, match="kind"):
+        make_nonrigid_problem(points, normals, kind="melt")
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@pytest.mark.parametrize("kind", ["bend", "twist"])
+def test_recovers_a_scan_deformation(kind):
+    from mmopt.datasets import load_scan_pair, make_nonrigid_problem
+
+    scan = load_scan_pair()
+    data = make_nonrigid_problem(scan.source[::8], scan.source_normals[::8], kind=kind,
+                                 random_state=1)
+    res = SPARE(max_iter=30).solve(data.problem)
+    source = data.problem.source
+
+    def error(x):
+        return np.sqrt(np.mean(np.sum((x - data.ground_truth) ** 2, axis=1)))
+
+    assert error(res.points) < 0.5 * error(source)
