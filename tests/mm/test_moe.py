@@ -7,7 +7,6 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mmopt.datasets import make_moe_regression
 from mmopt.mm import MixtureOfExperts
@@ -143,20 +142,3 @@ def test_solver_state_not_kept_and_refit_is_deterministic(data):
         second = moe.fit(X, y).coef_
     assert moe.get_params() == params
     assert np.array_equal(first, second)
-
-
-EXPECTED_FAILED = {
-    "check_regressors_train": "score is the mean log-likelihood, not R^2, so it need not "
-    "exceed 0.5",
-    "check_regressors_no_decision_function": "predict_proba returns the gate probabilities "
-    "(the issue asks for it), not class probabilities",
-}
-
-
-@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
-@parametrize_with_checks(
-    [MixtureOfExperts(2, n_init=1, max_iter=50, random_state=0)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)

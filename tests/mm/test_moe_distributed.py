@@ -1,12 +1,10 @@
 """Distributed mixtures of experts: local fits through joblib or Dask, one reduction."""
 
-import warnings
 
 import joblib
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mmopt.datasets import make_moe_regression
 from mmopt.mm import DistributedMixtureOfExperts, MixtureOfExperts
@@ -104,20 +102,3 @@ def test_bad_inputs(fuzz, data):
     for option, value in [("n_shards", 0), ("n_support", 0), ("n_jobs", 1.5)]:
         fuzz.raises_naming(DistributedMixtureOfExperts(**{option: value}).fit, option, X, y)
     fuzz.raises_naming(DistributedMixtureOfExperts(2).fit, "X", fuzz.BAD_ARRAYS["nan"], y[:2])
-
-
-EXPECTED_FAILED = {
-    "check_regressors_train": "score is the mean log-likelihood, not R^2",
-    "check_regressors_no_decision_function": "predict_proba returns the gate probabilities",
-}
-
-
-@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
-@parametrize_with_checks(
-    [DistributedMixtureOfExperts(2, n_init=1, max_iter=50, n_support=50, random_state=0)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED,
-)
-def test_sklearn_compatible(estimator, check):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        check(estimator)
