@@ -1,6 +1,6 @@
 r"""
 Distributed mixture of experts: local fits on shards, one MM reduction
-=====================================================================
+======================================================================
 
 A mixture of three linear experts with softmax gates is simulated
 (:func:`mmopt.datasets.make_moe_regression`), split into four shards, and fitted twice:
