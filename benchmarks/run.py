@@ -4,11 +4,16 @@ Usage::
 
     python benchmarks/run.py            # full sizes
     python benchmarks/run.py --quick    # small sizes, a smoke run
-    python benchmarks/run.py --only mm  # one family
+    python benchmarks/run.py --only mm  # one family: only its section of BENCHMARKS.md changes
 
 Each ``bench_<family>.py`` module beside this script exposes ``run(quick: bool) -> str``,
 returning a Markdown section. Figures are ratios measured in the same run on the same machine
 (absolute times on shared machines are noise); each section says how it measured.
+
+Every section sits between ``<!-- section: <family> -->`` and ``<!-- end: <family> -->``
+markers under a line naming the date, CPU and threads it was measured with, so ``--only``
+replaces just those sections of an existing file (appending the ones it lacks) and every figure
+keeps the CPU it came from.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import datetime
 import importlib
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,6 +74,35 @@ def _environment() -> str:
     )
 
 
+def _measured_on() -> str:
+    """One line naming when, on which CPU and with which threads a section was measured."""
+    threads = ", ".join(
+        f"{name}={os.environ.get(name, 'unset')}"
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    )
+    return (
+        f"_Measured {datetime.date.today().isoformat()} on {_cpu_model()}, "
+        f"{os.cpu_count()} CPUs, {threads}._"
+    )
+
+
+def _wrap(family: str, section: str) -> str:
+    return (
+        f"<!-- section: {family} -->\n{_measured_on()}\n\n{section.strip()}\n"
+        f"<!-- end: {family} -->"
+    )
+
+
+def _splice(text: str, family: str, block: str) -> str:
+    """``text`` with the marked section of ``family`` replaced by ``block`` (or appended)."""
+    pattern = re.compile(
+        rf"<!-- section: {re.escape(family)} -->.*?<!-- end: {re.escape(family)} -->", re.S
+    )
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text, count=1)
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
@@ -75,24 +110,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(HERE.parent / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
-    sections = []
+    blocks = {}
     for family in args.only or FAMILIES:
         module = importlib.import_module(f"bench_{family}")
         start = time.perf_counter()
         print(f"running bench_{family} ...", file=sys.stderr, flush=True)
-        sections.append(module.run(quick=args.quick))
+        blocks[family] = _wrap(family, module.run(quick=args.quick))
         print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
-    text = (
-        "# mmopt benchmarks\n\n"
-        f"Written by `{command}`. Ratios are measured in one run, side by side; "
-        "absolute times on these shared machines are only indicative.\n\n"
-        + _environment()
-        + "\n"
-        + "\n\n".join(sections)
-        + "\n"
-    )
-    Path(args.output).write_text(text)
+    output = Path(args.output)
+    if args.only and output.exists():
+        text = output.read_text()
+        for family, block in blocks.items():
+            text = _splice(text, family, block)
+    else:
+        command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+        text = (
+            "# mmopt benchmarks\n\n"
+            f"Written by `{command}`. Ratios are measured in one run, side by side; "
+            "absolute times on these shared machines are only indicative. Each section "
+            "names the date, CPU and threads it was measured with.\n\n"
+            + _environment()
+            + "\n"
+            + "\n\n".join(blocks.values())
+            + "\n"
+        )
+    output.write_text(text)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -89,7 +89,8 @@ def markdown_to_rst(markdown: str, *, skip_title: bool = True) -> str:
     i = 0
     while i < len(lines):
         line = lines[i]
-        if not line.strip():
+        if not line.strip() or line.lstrip().startswith("<!--"):
+            # blank lines and run.py's section markers (HTML comments) render as nothing
             i += 1
             continue
         heading = _HEADING.match(line)
@@ -121,7 +122,8 @@ def markdown_to_rst(markdown: str, *, skip_title: bool = True) -> str:
             continue
         paragraph = []
         while i < len(lines) and lines[i].strip() and not (
-            _HEADING.match(lines[i])
+            lines[i].lstrip().startswith("<!--")
+            or _HEADING.match(lines[i])
             or lines[i].lstrip().startswith("|")
             or lines[i].startswith("- ")
         ):
