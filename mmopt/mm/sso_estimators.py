@@ -1,4 +1,4 @@
-"""Linear models fitted by target-based surrogates: :class:`SSORegressor`, :class:`SSOClassifier`."""
+"""Linear models fitted by target-based surrogates: SSORegressor and SSOClassifier."""
 
 from __future__ import annotations
 
