@@ -167,15 +167,15 @@ class _Surrogate:
     """``s_t`` built at ``theta_t`` on the rows ``rows``: value and gradient."""
 
     def __init__(self, problem: TargetSurrogateProblem, Z, G, rows, eta: float):
-        self.problem, self.Z, self.G, self.rows, self.eta = problem, Z, G, rows, eta
+        self.problem, self.Z, self.G, self.eta = problem, Z, G, eta
         self.X = problem.X if rows is None else problem.X[rows]
         self.n = self.X.shape[0]
 
     def value_and_outputs(self, theta):
         F = self.problem.model.predict(theta, self.X)
         gap = F - self.Z
-        eta = self.eta
-        value = (float(np.sum(self.G * gap)) + float(np.sum(gap * gap)) / (2.0 * eta)) / self.n
+        value = float(np.sum(self.G * gap)) + float(np.sum(gap * gap)) / (2.0 * self.eta)
+        value /= self.n
         return value + self.problem.penalty(theta), gap
 
     def gradient(self, theta, gap):
