@@ -61,12 +61,12 @@ class _SSOLinearModel(BaseEstimator):
             alpha=self.alpha, inner=inner or self.inner, n_inner=self.n_inner,
             n_classes=self._n_outputs if self._loss == "softmax" else None)
 
-    def _fit(self, X, y, theta0=None):
+    def _fit(self, X, y):
         problem = self._problem(X, y)
         solver = SSO(batch_size=self.batch_size, anderson=self.anderson, tol=self.tol,
                      max_iter=self.max_iter, random_state=self.random_state,
                      verbose=self.verbose)
-        result = solver.solve(problem, x0=theta0)
+        result = solver.solve(problem)
         self._set_theta(result.x, X.shape[1])
         self.result_ = result
         self.n_iter_ = int(result.nit)
@@ -91,11 +91,6 @@ class _SSOLinearModel(BaseEstimator):
     def _theta(self):
         rows = [self.coef_.T] + ([self.intercept_[None, :]] if self.fit_intercept else [])
         return np.vstack(rows).ravel()
-
-    def _check_partial(self, X, first: bool):
-        if not first and X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
-                             f"expecting {self.n_features_in_} features as input.")
 
 
 class SSORegressor(RegressorMixin, _SSOLinearModel):
@@ -204,7 +199,6 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
         check_input(X, "X", ndim=2)
         check_input(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, reset=first)
-        self._check_partial(X, first)
         if not first:
             self.coef_, self.intercept_ = self.coef_[None, :], np.array([self.intercept_])
         self._partial_fit(X, y)
@@ -341,7 +335,6 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
         check_input(X, "X", ndim=2)
         check_input(y, "y", numeric=False)
         X, y = validate_data(self, X, y, dtype=np.float64, reset=first)
-        self._check_partial(X, first)
         check_classification_targets(y)
         unknown = np.setdiff1d(y, self.classes_)
         if unknown.size:
