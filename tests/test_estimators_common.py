@@ -16,7 +16,14 @@ import mmopt
 from mmopt import Result, Solver
 from mmopt.bcd import BCDElasticNet, BCDLabelPropagation, BCDLasso, BCDLogisticRegression
 from mmopt.bilevel import BilevelLogisticRegression, BilevelRidge
-from mmopt.mm import MMNMF, DistributedMixtureOfExperts, MixtureOfExperts, MMRobustRegressor
+from mmopt.mm import (
+    MMNMF,
+    DistributedMixtureOfExperts,
+    MixtureOfExperts,
+    MMRobustRegressor,
+    SSOClassifier,
+    SSORegressor,
+)
 from mmopt.ot import OTMapping
 from mmopt.registration import ICPRegistration, NonRigidRegistration
 
@@ -67,6 +74,10 @@ VARIANTS = {
     DistributedMixtureOfExperts: [
         DistributedMixtureOfExperts(2, n_init=1, max_iter=50, n_support=50, random_state=0)
     ],
+    # The full-batch path (classifier) and the minibatch one (regressor): each check of an
+    # estimator costs the whole suite time.
+    SSORegressor: [SSORegressor(batch_size=8, n_inner=1, max_iter=20, random_state=0)],
+    SSOClassifier: [SSOClassifier()],
 }
 
 ESTIMATORS = [est for cls in PUBLIC_ESTIMATORS for est in VARIANTS.get(cls, [cls()])]
@@ -168,4 +179,4 @@ def test_every_estimator_exposes_result_and_n_iter(estimator):
         fitted = clone(estimator).fit(X, y)
     assert isinstance(fitted.result_, Result)
     assert fitted.n_iter_ == fitted.result_.nit
-    assert fitted.result_.solver in ("mm", "maid")
+    assert fitted.result_.solver in ("mm", "maid", "sso")

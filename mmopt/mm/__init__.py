@@ -7,7 +7,9 @@ robust linear regression by iteratively reweighted least squares
 factorization by multiplicative updates (:class:`NMFProblem`, :class:`MMNMF`), mixtures of
 linear experts by EM (:class:`MixtureOfExperts`) and their distributed fit with an MM
 reduction of the local models (:class:`DistributedMixtureOfExperts`,
-:func:`aggregate_mixtures`). The robust losses are those of :mod:`mmopt.losses`, re-exported
+:func:`aggregate_mixtures`), and target-based surrogates for losses of a model's outputs
+(:class:`TargetSurrogateProblem`, the :class:`SSO` solver, :class:`SSORegressor`,
+:class:`SSOClassifier`). The robust losses are those of :mod:`mmopt.losses`, re-exported
 here.
 """
 
@@ -19,11 +21,15 @@ from mmopt.mm.nmf import MMNMF, NMFProblem
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.robust_regression import MMRobustRegressor, RobustRegressionProblem, mad_scale
 from mmopt.mm.solver import MMSolver
+from mmopt.mm.sso import SSO
+from mmopt.mm.sso_estimators import SSOClassifier, SSORegressor
+from mmopt.mm.target_surrogate import LinearTargetModel, TargetModel, TargetSurrogateProblem
 
 __all__ = [
     "CauchyLoss",
     "DistributedMixtureOfExperts",
     "HuberLoss",
+    "LinearTargetModel",
     "MMNMF",
     "MMProblem",
     "MMRobustRegressor",
@@ -34,6 +40,11 @@ __all__ = [
     "NMFProblem",
     "RobustLoss",
     "RobustRegressionProblem",
+    "SSO",
+    "SSOClassifier",
+    "SSORegressor",
+    "TargetModel",
+    "TargetSurrogateProblem",
     "TukeyLoss",
     "WelschLoss",
     "aggregate_mixtures",

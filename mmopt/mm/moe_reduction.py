@@ -165,14 +165,20 @@ class MixtureReductionProblem(MMProblem):
         K = self.n_experts
         features = np.column_stack([self.local_experts, np.sqrt(self.local_variances)])
         weight = self.mass.sum(axis=0)
-        n_distinct = len(np.unique(features, axis=0))
+        # Experts equal to about nine digits (noise-free data: every shard fits the same
+        # line) are one cluster, not several that k-means could not tell apart.
+        scale = max(float(np.abs(features).max()), np.finfo(float).tiny)
+        n_distinct = len(np.unique(np.round(features / scale, 9), axis=0))
         rng = check_random_state(self.random_state)
         kmeans = KMeans(min(K, n_distinct), n_init=10, random_state=rng.randint(2**31 - 1))
         labels = kmeans.fit(features, sample_weight=weight + 1e-12).labels_
+        # k-means may still leave a cluster empty (distinct but nearly equal experts): the
+        # reduced experts then repeat the non-empty clusters, as when there are fewer than K.
+        clusters = np.unique(labels)
         B = np.empty((K, self.Z.shape[1]))
         v = np.empty(K)
         for k in range(K):
-            members = labels == (k % kmeans.n_clusters)
+            members = labels == clusters[k % len(clusters)]
             w = weight[members] + 1e-300
             B[k] = np.average(self.local_experts[members], axis=0, weights=w)
             v[k] = np.average(self.local_variances[members], weights=w)

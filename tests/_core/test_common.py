@@ -14,7 +14,7 @@ from mmopt import SOLVERS, ConvergenceWarning, Result, Solver
 from mmopt._core.params import constraints_of, invalid_values
 from mmopt.bcd import L1, BCDProblem, LeastSquares
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
-from mmopt.mm import MMProblem
+from mmopt.mm import LinearTargetModel, MMProblem, TargetSurrogateProblem
 from mmopt.ot import OTProblem, P2OTProblem, PartialOTProblem, UnbalancedOTProblem
 from mmopt.registration import NonRigidRegistrationProblem, RegistrationProblem
 
@@ -27,6 +27,14 @@ def _mm_problem(seed=0):
         surrogate_minimizer=lambda x: x - (A @ x - 1.0) / (50.0 + seed),
         x0=np.zeros(6),
     )
+
+
+def _target_problem(seed=0):
+    # Logistic regression by target surrogates: exact inner solves, several MM steps.
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((40, 3))
+    y = (X @ [1.0, -2.0, 0.5] + rng.standard_normal(40) > 0).astype(float)
+    return TargetSurrogateProblem(LinearTargetModel(), "logistic", X, y, alpha=0.05)
 
 
 def _ot_problem(reg=0.02, seed=0):
@@ -94,6 +102,7 @@ EXAMPLE_PROBLEMS = {
     "bcd": _lasso_problem,
     "cd": _lasso_problem,
     "mm": _mm_problem,
+    "sso": _target_problem,
     "sinkhorn": _ot_problem,
     "icp": _registration_problem,
     "spare": _nonrigid_problem,

@@ -109,3 +109,40 @@ def test_bad_inputs(fuzz, local_models):
     before = fuzz.snapshot(support)
     aggregate_mixtures(models, support, random_state=0)
     fuzz.assert_unchanged(before, support)
+
+
+def test_tiny_noise_free_data_at_the_defaults():
+    # Every shard fits the same line (to rounding) with all its experts: the estimator checks'
+    # 30-sample data used to leave a k-means cluster empty (ZeroDivisionError).
+    import warnings
+
+    from mmopt.mm import DistributedMixtureOfExperts
+
+    rng = np.random.default_rng(0)
+    X = rng.random((30, 3))
+    y = X @ np.array([1.0, 2.0, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a k-means warning about duplicate points
+        fitted = DistributedMixtureOfExperts(random_state=0).fit(X, y)
+    assert np.abs(fitted.predict(X) - y).max() < 1e-8
+
+
+def test_empty_kmeans_cluster_repeats_a_found_one(local_models, monkeypatch):
+    # k-means may find fewer clusters than asked (nearly equal experts): every reduced expert
+    # then comes from a non-empty cluster, never from an empty average.
+    import mmopt.mm.moe_reduction as reduction
+
+    class OneCluster:
+        def __init__(self, n_clusters, **kwargs):
+            self.n_clusters = n_clusters
+
+        def fit(self, features, sample_weight=None):
+            self.labels_ = np.zeros(len(features), dtype=int)
+            return self
+
+    models, support, *_ = local_models
+    monkeypatch.setattr(reduction, "KMeans", OneCluster)
+    problem = MixtureReductionProblem(models, support, n_experts=3, random_state=0)
+    B, v = problem.unpack(problem.initial_point())
+    assert np.isfinite(B).all() and np.isfinite(v).all()
+    assert np.allclose(B, B[0]) and np.allclose(v, v[0])
