@@ -32,7 +32,7 @@ from scipy.special import expit
 
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.linesearch import armijo, backtracking
-from mmopt._core.params import Interval, Options, check_options
+from mmopt._core.params import Interval, Options
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
@@ -242,10 +242,6 @@ class CoordinateDescent(Solver):
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_options(self)
 
     def check_problem(self, problem) -> None:
         super().check_problem(problem)

@@ -14,7 +14,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.params import Interval, Options, check_options
+from mmopt._core.params import Interval, Options, ParamsValidationMixin
 from mmopt.bcd.cd import CoordinateDescent
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic, Multinomial
 from mmopt.bcd.penalties import L1, L2, ElasticNet, L1Positive
@@ -32,13 +32,6 @@ _COMMON = {
     "max_iter": [Interval(int, 1, None)],
     "verbose": [Interval(int, 0, None)],
 }
-
-
-class _Validated:
-    """Checks an estimator's options against its ``_parameter_constraints`` table."""
-
-    def _validate_params(self) -> None:
-        check_options(self)
 
 
 def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | None:
@@ -125,7 +118,7 @@ def _check_labels(y) -> None:
         raise ValueError(f"y must hold class labels: {exc}") from None
 
 
-class BCDElasticNet(_Validated, RegressorMixin, BaseEstimator):
+class BCDElasticNet(ParamsValidationMixin, RegressorMixin, BaseEstimator):
     """Elastic net by compiled coordinate descent with working sets and gap-safe screening.
 
     Minimizes, like :class:`sklearn.linear_model.ElasticNet`,
@@ -307,7 +300,7 @@ class BCDLasso(BCDElasticNet):
         return L1Positive(self.alpha) if self.positive else L1(self.alpha)
 
 
-class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
+class BCDLogisticRegression(ParamsValidationMixin, ClassifierMixin, BaseEstimator):
     """L1 or L2 logistic regression by (block) coordinate descent.
 
     Minimizes, like :class:`sklearn.linear_model.LogisticRegression`,
@@ -480,7 +473,7 @@ class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
         return tags
 
 
-class BCDLabelPropagation(_Validated, ClassifierMixin, BaseEstimator):
+class BCDLabelPropagation(ParamsValidationMixin, ClassifierMixin, BaseEstimator):
     """Graph-based semi-supervised classification by quadratic label propagation.
 
     Builds a symmetric k-nearest-neighbour graph (or an RBF graph), and for each class ``c``

@@ -8,7 +8,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.params import InstanceOf, Interval, Options, Rule, constraints_of, validate_params
+from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin, Rule
 from mmopt._core.validation import check_input
 from mmopt.bilevel.glm import (
     LogisticLowerLevel,
@@ -51,11 +51,6 @@ def _bounds_rule(name: str) -> Rule:
                 f"{name} must be a pair (low, high) of finite numbers with 0 < low <= high")
 
 
-def _validate_params(est) -> None:
-    table, rules = constraints_of(type(est))
-    validate_params(table, est.get_params(deep=False), rules)
-
-
 def _solver(est):
     # Barzilai-Borwein steps: a secant step fits the few hyperparameters in a handful
     # of iterations where the growth rule needs many.
@@ -74,7 +69,7 @@ def _scalar_or_array(values, penalty):
     return float(values[0]) if penalty == "shared" else np.array(values)
 
 
-class BilevelRidge(RegressorMixin, BaseEstimator):
+class BilevelRidge(ParamsValidationMixin, RegressorMixin, BaseEstimator):
     """Ridge regression whose penalty is learned by minimizing the K-fold CV error.
 
     The penalty ``alpha`` (one, or one per feature) minimizes the mean over folds of the
@@ -192,7 +187,7 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         check_input(X, "X", ndim=2)
         check_input(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
-        _validate_params(self)
+        self._validate_params()
         low, high = (float(v) for v in self.alpha_bounds)
         solver = _solver(self)
         problem = ridge_cv_problem(
@@ -229,7 +224,7 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         return X @ self.coef_ + self.intercept_
 
 
-class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
+class BilevelLogisticRegression(ParamsValidationMixin, ClassifierMixin, BaseEstimator):
     """L2 logistic regression whose penalty is learned by minimizing the K-fold CV log-loss.
 
     ``C`` (one, one per feature, or one per weight) minimizes the mean over folds of the
@@ -352,7 +347,7 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
         check_input(y, "y", numeric=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
         y = _check_labels(y, X.shape[0])
-        _validate_params(self)
+        self._validate_params()
         low, high = (float(v) for v in self.C_bounds)
         self.classes_, Y = _encode(y)
         solver = _solver(self)

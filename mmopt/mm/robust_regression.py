@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
-from mmopt._core.params import InstanceOf, Interval, Options, constraints_of, validate_params
+from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin
 from mmopt._core.result import Result
 from mmopt._core.validation import (
     check_array,
@@ -376,7 +376,7 @@ class RobustRegressionProblem(MMProblem):
         )
 
 
-class MMRobustRegressor(RegressorMixin, BaseEstimator):
+class MMRobustRegressor(ParamsValidationMixin, RegressorMixin, BaseEstimator):
     """Robust linear regression (Huber, Cauchy or Welsch) by IRLS accelerated with Anderson.
 
     Fits ``y ~ X coef + intercept`` by minimizing
@@ -608,10 +608,6 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         self.weights_ = final.rho.weight(residuals / final.scale)
         self.outliers_ = np.abs(residuals) > final.rho.c * final.scale
         return self
-
-    def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
 
     def _normalize_targets(self, y: np.ndarray) -> tuple[np.ndarray, float]:
         """``(y / unit, unit)``, with ``unit`` a power of two when ``y`` is extreme in scale.
