@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.krylov import conjugate_gradient
 from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.params import Interval, Options
 from mmopt._core.registry import register_solver
@@ -689,12 +690,13 @@ class CoordinateDescent(Solver):
         gradients need ``H`` only through products (``X p`` then ``X^T (l'' X p)``: two
         passes over ``X``, BLAS for dense designs, against ``n p^2`` to form ``H`` for a
         Cholesky factorization), and converge fast on the well-conditioned systems of
-        regularized GLMs. The loop is written out rather than calling
-        ``scipy.sparse.linalg.cg`` so that ``q = X d`` is accumulated from the products
-        already computed: the line search and the update of ``z = X w`` need no further
-        pass over ``X``. ``grad`` is the datafit gradient and ``fun`` the objective at ``x``
-        (both known from the outer iteration). Returns the number of
-        CG iterations, the intercept and whether the line search found a decrease.
+        regularized GLMs. The shared :func:`~mmopt._core.krylov.conjugate_gradient` runs
+        with a hook that accumulates ``q = X d`` from the products already computed (the
+        line search and the update of ``z = X w`` then need no further pass over ``X``) and
+        a second stopping rule, the forcing term's sup-norm floor. ``grad`` is the datafit
+        gradient and ``fun`` the objective at ``x`` (both known from the outer iteration).
+        Returns the number of CG iterations, the intercept and whether the line search
+        found a decrease.
         """
         datafit, pen = problem.datafit, problem.penalty
         n, y, X = datafit.n_samples, datafit.y, datafit.X
@@ -708,35 +710,34 @@ class CoordinateDescent(Solver):
         # Forcing term: inexact early, superlinear near the optimum (Eisenstat-Walker);
         # the residual never needs to go below a fraction of tol, the outer stopping test.
         eta = min(0.5, g_inf**_FORCING_POWER)
-        stop_2 = eta * float(np.sqrt(g @ g))
+        stop_2 = eta * float(np.sqrt(g @ g))  # CG's own test, on ||r||_2
         stop_inf = _CG_TOL_FRACTION * self.tol
         # Jacobi-like preconditioner from the column norms and the mean curvature: it
         # corrects the features' scales without a pass over the squared design.
         precond = 1.0 / (datafit.norms2 * lpp.mean() + pen.l2 + tiny)
-        d = np.zeros_like(x)
         q = np.zeros(n, dtype=x.dtype)
-        r = -g
-        z = precond * r
-        direction = z.copy()
-        rz = float(r @ z)
-        iterations = 0
-        while iterations < min(_MAX_CG, 2 * x.size + 10):
-            iterations += 1
+        products = []  # the last X p, which on_step folds into q = X d
+
+        def hessian_product(direction):
             Xp = np.asarray(X @ direction).ravel()
-            Hp = np.asarray(X.T @ (lpp * Xp)).ravel() + pen.l2 * direction
-            curvature = float(direction @ Hp)
-            if not curvature > 0.0:  # H is only semi-definite without an L2 part
-                break
-            alpha = rz / curvature
-            d += alpha * direction
-            q += alpha * Xp
-            r -= alpha * Hp
-            if float(np.sqrt(r @ r)) <= stop_2 or float(np.abs(r).max()) <= stop_inf:
-                break
-            z = precond * r
-            rz_new = float(r @ z)
-            direction = z + (rz_new / rz) * direction
-            rz = rz_new
+            products[:] = [Xp]
+            return np.asarray(X.T @ (lpp * Xp)).ravel() + pen.l2 * direction
+
+        def accumulate(alpha, direction):
+            np.add(q, alpha * products[0], out=q)
+
+        cg = conjugate_gradient(
+            hessian_product,
+            -g,
+            np.zeros_like(x),
+            stop_2,
+            max_iter=min(_MAX_CG, 2 * x.size + 10),
+            inv_diag=precond,
+            true_residual=False,
+            stop=lambda r: float(np.abs(r).max()) <= stop_inf,
+            on_step=accumulate,
+        )
+        d, iterations = cg.x, cg.n_matvec
         if not d.any():
             return iterations, intercept, False
         # Armijo backtracking on the exact objective (CG iterates are descent directions).
