@@ -123,8 +123,12 @@ class CoordinateDescent(Solver):
     screening : bool, default=True
         Gap-safe screening (an L1 penalty without L2 part; not for logistic regression with
         an intercept).
-    anderson : bool, default=True
-        Anderson extrapolation of the inner iterates (kept only when the objective drops).
+    extrapolation : bool, default=True
+        Anderson extrapolation of the inner iterates (Bertrand and Massias): every few
+        epochs, the affine combination of the last iterates that minimizes the norm of
+        their differences' combination, kept only when the objective drops. A fixed,
+        offline scheme of coordinate descent, distinct from the ``anderson=`` option of the
+        MM-type solvers (an :class:`~mmopt.AndersonAcceleration` configuration).
     prox_newton : bool, default=True
         Logistic datafit: proximal-Newton iterations on the working set, their directions
         from compiled coordinate descent on the loss's quadratic model and an Armijo line
@@ -207,7 +211,7 @@ class CoordinateDescent(Solver):
     _parameter_constraints: ClassVar[dict] = {
         "working_set": [bool],
         "screening": [bool],
-        "anderson": [bool],
+        "extrapolation": [bool],
         "prox_newton": [bool],
         "newton_solver": [Options(_NEWTON_SOLVERS)],
         "fit_intercept": [bool],
@@ -220,7 +224,7 @@ class CoordinateDescent(Solver):
         *,
         working_set: bool = True,
         screening: bool = True,
-        anderson: bool = True,
+        extrapolation: bool = True,
         prox_newton: bool = True,
         newton_solver: str = "auto",
         fit_intercept: bool = False,
@@ -233,7 +237,7 @@ class CoordinateDescent(Solver):
     ):
         self.working_set = working_set
         self.screening = screening
-        self.anderson = anderson
+        self.extrapolation = extrapolation
         self.prox_newton = prox_newton
         self.newton_solver = newton_solver
         self.fit_intercept = fit_intercept
@@ -552,10 +556,10 @@ class CoordinateDescent(Solver):
                 break
             if not np.isfinite(change):
                 break  # the outer test below reports the numerical failure
-            if self.anderson:
+            if self.extrapolation:
                 history.append(x[ws].copy())
             if epochs % _ANDERSON_EVERY == 0:
-                if self.anderson and len(history) >= _ANDERSON_EVERY + 1:
+                if self.extrapolation and len(history) >= _ANDERSON_EVERY + 1:
                     self._extrapolate(problem, x, lin, ws, history)
                     history = []
                 if not self.working_set or self._ws_stop(problem, x, lin, ws, target):

@@ -253,7 +253,7 @@ BAD_BCD_OPTIONS = [
 BAD_CD_OPTIONS = [
     ("working_set", "yes"),
     ("screening", 1),
-    ("anderson", None),
+    ("extrapolation", None),
     ("prox_newton", "no"),
     ("fit_intercept", 2),
     ("newton_solver", "bogus"),
