@@ -275,8 +275,9 @@ class CoordinateDescent(Solver):
         pen = problem.penalty
         return pen.l1 > 0 and (self._is_ls(problem) or pen.l2 == 0)
 
-    def _full(self, problem, x, lin, screened):
-        """Objective, full gradient, duality gap and stopping quantity at ``x``."""
+    def _evaluated(self, problem, x, lin, screened, **fields) -> _CDState:
+        """The state at ``x`` (``fields``: its counters): objective, full gradient, duality
+        gap and stopping quantity."""
         datafit, pen = problem.datafit, problem.penalty
         aux = self._aux(problem, lin)
         grad = datafit.gradient(x, aux)
@@ -294,7 +295,10 @@ class CoordinateDescent(Solver):
             violation = pen.subdiff_distance(x, grad)
             violation[screened] = 0.0
             residual = float(violation.max())
-        return fun, grad, gap, residual
+        return _CDState(
+            x=x, fun=fun, residual=residual, lin=lin, grad=grad, screened=screened, gap=gap,
+            **fields,
+        )
 
     def _init_state(self, problem, x0) -> _CDState:
         datafit = problem.datafit
@@ -316,8 +320,9 @@ class CoordinateDescent(Solver):
         # Features with a zero column never move; leave them out from the start.
         screened |= datafit.norms2 == 0
         with np.errstate(over="ignore", invalid="ignore"):
-            fun, grad, gap, residual = self._full(problem, x, lin, screened)
-        if not _finite(fun, gap, residual, grad, lin, x):
+            state = self._evaluated(problem, x, lin, screened, intercept=intercept, run=_CDRun())
+        fun = state.fun
+        if not _finite(fun, state.gap, state.residual, state.grad, lin, x):
             raise ValueError(
                 "x0 gives a non-finite objective, gradient or duality gap: the problem's "
                 f"scale overflows {dtype} there; start closer to 0 or rescale the data."
@@ -331,17 +336,7 @@ class CoordinateDescent(Solver):
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        return _CDState(
-            x=x,
-            fun=fun,
-            residual=residual,
-            lin=lin,
-            grad=grad,
-            screened=screened,
-            gap=gap,
-            intercept=intercept,
-            run=_CDRun(),
-        )
+        return state
 
     def _update_intercept(self, problem, lin, n_newton=1) -> float:
         """Minimize over the intercept with the coefficients fixed; return its change."""
@@ -571,20 +566,11 @@ class CoordinateDescent(Solver):
                     # scaled data); the outer iteration takes over.
                     break
                 last = current
-        fun, grad, gap, residual = self._full(problem, x, lin, screened)
-        new = _CDState(
-            x=x,
-            fun=fun,
-            residual=residual,
-            lin=lin,
-            grad=grad,
-            screened=screened,
-            gap=gap,
-            n_epochs=state.n_epochs + epochs,
-            ws_size=ws.size,
-            intercept=intercept,
-            run=state.run,
+        new = self._evaluated(
+            problem, x, lin, screened,
+            n_epochs=state.n_epochs + epochs, ws_size=ws.size, intercept=intercept, run=state.run,
         )
+        fun, grad, gap, residual = new.fun, new.grad, new.gap, new.residual
         new.record = {"gap": float(gap), "ws_size": float(ws.size), "n_epochs": float(epochs)}
         if not _finite(fun, gap, residual, grad, lin, x):
             raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])

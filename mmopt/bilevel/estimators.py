@@ -8,6 +8,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core.linear_model import LinearRegressorMixin
 from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin, Rule
 from mmopt._core.validation import check_input
 from mmopt.bilevel.glm import (
@@ -69,7 +70,7 @@ def _scalar_or_array(values, penalty):
     return float(values[0]) if penalty == "shared" else np.array(values)
 
 
-class BilevelRidge(ParamsValidationMixin, RegressorMixin, BaseEstimator):
+class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, BaseEstimator):
     """Ridge regression whose penalty is learned by minimizing the K-fold CV error.
 
     The penalty ``alpha`` (one, or one per feature) minimizes the mean over folds of the
@@ -205,23 +206,6 @@ class BilevelRidge(ParamsValidationMixin, RegressorMixin, BaseEstimator):
         self.result_ = result
         self.n_iter_ = int(result.nit)
         return self
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Predict ``X @ coef_ + intercept_``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        check_is_fitted(self)
-        check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return X @ self.coef_ + self.intercept_
 
 
 class BilevelLogisticRegression(ParamsValidationMixin, ClassifierMixin, BaseEstimator):

@@ -23,9 +23,10 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
+from mmopt._core.linear_model import LinearRegressorMixin
 from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin
 from mmopt._core.result import Result
 from mmopt._core.validation import (
@@ -376,7 +377,9 @@ class RobustRegressionProblem(MMProblem):
         )
 
 
-class MMRobustRegressor(ParamsValidationMixin, RegressorMixin, BaseEstimator):
+class MMRobustRegressor(
+    LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, BaseEstimator
+):
     """Robust linear regression (Huber, Cauchy or Welsch) by IRLS accelerated with Anderson.
 
     Fits ``y ~ X coef + intercept`` by minimizing
@@ -475,6 +478,8 @@ class MMRobustRegressor(ParamsValidationMixin, RegressorMixin, BaseEstimator):
     (array([1., 2., 3.]), 20)
     """
 
+    # A sparse X reaches validate_data, whose message names it, as in fit.
+    _sparse_predict_input = True
     _parameter_constraints = {
         "loss": [Options(_IRLS_LOSSES), InstanceOf(RobustLoss, name="a RobustLoss")],
         "c": [None, Interval(float, 0, None, closed="neither")],
@@ -629,24 +634,6 @@ class MMRobustRegressor(ParamsValidationMixin, RegressorMixin, BaseEstimator):
             f"y has entries of magnitude {peak:.3g}, whose squares are out of floating-point "
             "range; rescale y (with alpha=0 and scale=None the fit rescales it itself)."
         )
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Predict ``X @ coef_ + intercept_``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-            Predictions.
-        """
-        check_is_fitted(self)
-        check_input(X, "X", allow_sparse=True, ndim=2)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return X @ self.coef_ + self.intercept_
 
 
 def _chain_results(solves: list[tuple[Result, float]], unit: float) -> Result:
