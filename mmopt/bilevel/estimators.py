@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.special
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
-from mmopt._core.linear_model import LinearRegressorMixin
+from mmopt._core.linear_model import LinearClassifierMixin, LinearRegressorMixin
 from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin, Rule
 from mmopt._core.validation import check_input
 from mmopt.bilevel.glm import (
@@ -208,7 +207,9 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
         return self
 
 
-class BilevelLogisticRegression(ParamsValidationMixin, ClassifierMixin, BaseEstimator):
+class BilevelLogisticRegression(
+    LinearClassifierMixin, ParamsValidationMixin, ClassifierMixin, BaseEstimator
+):
     """L2 logistic regression whose penalty is learned by minimizing the K-fold CV log-loss.
 
     ``C`` (one, one per feature, or one per weight) minimizes the mean over folds of the
@@ -359,55 +360,3 @@ class BilevelLogisticRegression(ParamsValidationMixin, ClassifierMixin, BaseEsti
     def _refit_start(full, result):
         # The mean of the fold solutions is close to the full-data one: a warm start.
         return np.mean(result.x_lower, axis=0) if result.x_lower else full.x0
-
-    def decision_function(self, X: ArrayLike) -> np.ndarray:
-        """Linear scores ``X @ coef_.T + intercept_`` (one column for two classes).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) or (n_samples, n_classes)
-        """
-        check_is_fitted(self)
-        check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        scores = X @ self.coef_.T + self.intercept_
-        return scores[:, 0] if scores.shape[1] == 1 else scores
-
-    def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        """Class probabilities.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-        """
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            p = scipy.special.expit(scores)
-            return np.column_stack([1.0 - p, p])
-        return scipy.special.softmax(scores, axis=1)
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Most probable class.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        scores = self.decision_function(X)
-        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[index]

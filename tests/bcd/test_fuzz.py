@@ -346,7 +346,7 @@ def test_string_targets_of_a_regressor_are_named(estimator):
     # compatible with add.reduce"), which named no argument.
     X, y = _data()
     for targets in (np.array(["a", "b"] * 15), ["a", "b"] * 15):
-        with pytest.raises(TypeError, match=r"^y must hold numbers"):
+        with pytest.raises(TypeError, match=r"^y must hold real numbers"):
             estimator().fit(X, targets)
 
 
