@@ -26,6 +26,8 @@ def conjugate_gradient(
     max_iter: int | None = None,
     inv_diag: np.ndarray | None = None,
     true_residual: bool = True,
+    stop: Callable[[np.ndarray], bool] | None = None,
+    on_step: Callable[[float, np.ndarray], None] | None = None,
 ) -> InnerSolveResult:
     """Conjugate gradients for ``A x = b`` (``A`` symmetric positive semi-definite) from ``x0``,
     until the residual norm ``||A x - b|| <= tol``.
@@ -50,13 +52,26 @@ def conjugate_gradient(
         the end and every 50 iterations), so that the reported value is the true one, as
         error bounds built on it need. ``False`` skips those products where the recursive
         residual is enough (truncated Newton steps, whose gradient is recomputed anyway).
+    stop : callable, optional
+        ``stop(r) -> bool``, a stopping rule of the caller's on the (recursively updated)
+        residual vector ``r = b - A x``, tested after every iteration besides
+        ``||r|| <= tol`` (an inexact Newton step's forcing term in another norm, say). It must
+        not modify ``r``.
+    on_step : callable, optional
+        ``on_step(alpha, p)``, called after every update ``x += alpha p`` with the step and
+        the direction whose product ``matvec`` has just computed: a caller can accumulate a
+        linear image of ``x`` (``X x`` for ``A = X^T D X``) from the products it already
+        formed, without a pass of its own. ``p`` is overwritten afterwards: copy what must
+        be kept.
 
     Returns
     -------
     InnerSolveResult
         ``x``, the iterations ``nit``, the products ``n_matvec`` (including the residual
         checks), the final ``residual`` and whether it reached ``tol``. A null direction of a
-        semi-definite ``A`` ends the iteration early (``converged`` then tells).
+        semi-definite ``A`` ends the iteration early (``converged`` then tells). When
+        ``stop`` ends it, ``residual`` is the recursive one (no check product) and
+        ``converged`` still tells whether ``||r|| <= tol``.
 
     Examples
     --------
@@ -67,14 +82,16 @@ def conjugate_gradient(
     >>> bool(np.allclose(A @ out.x, 1.0)), out.nit <= 3
     (True, True)
     """
-    x = np.array(x0, dtype=float)
+    # float32 systems stay float32 (a float32 operator is not upcast at every product);
+    # anything else is solved in float64.
+    x = np.array(x0, dtype=np.result_type(x0, b, np.float32))
     n = x.size
     max_iter = 10 * n + 10 if max_iter is None else max_iter
     if x.any():
         r = b - matvec(x)
         n_matvec = 1
     else:  # a cold start: the residual is b, no product needed
-        r = np.array(b, dtype=float)
+        r = np.array(b, dtype=x.dtype)
         n_matvec = 0
     # math.sqrt of a dot product and in-place updates: the per-iteration overhead counts
     # next to a cheap matvec (a GLM Hessian-vector product is two small matrix products).
@@ -99,7 +116,13 @@ def conjugate_gradient(
             break
         a = rs / pAp
         x += a * p
+        if on_step is not None:
+            on_step(a, p)
         r -= a * Ap  # (not in place on Ap: a matvec may return its argument or a view)
+        if stop is not None and stop(r):
+            k += 1
+            norm = math.sqrt(float(r @ r))
+            break
         if inv_diag is None:
             s = r
         else:

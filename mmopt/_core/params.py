@@ -26,8 +26,8 @@ __all__ = [
     "InstanceOf",
     "Interval",
     "Options",
+    "ParamsValidationMixin",
     "Rule",
-    "check_options",
     "constraints_of",
     "invalid_values",
     "validate_params",
@@ -351,12 +351,29 @@ def validate_params(table: Mapping[str, list], params: Mapping[str, Any],
             raise ValueError(f"{rule.message}; got {shown}.")
 
 
-def check_options(obj) -> None:
-    """Check ``obj``'s options against its class's ``_parameter_constraints`` and
-    ``_parameter_rules`` (an option the object does not have is skipped)."""
-    table, rules = constraints_of(type(obj))
-    params = {name: getattr(obj, name) for name in table if hasattr(obj, name)}
-    validate_params(table, params, rules, owner=None)
+class ParamsValidationMixin:
+    """``_validate_params`` for a class with ``get_params`` (a solver or a scikit-learn
+    estimator): checks its options against the ``_parameter_constraints`` tables and
+    ``_parameter_rules`` merged along its bases. A class with checks no table can say
+    extends ``_validate_params`` and calls ``super()``.
+
+    Examples
+    --------
+    >>> from sklearn.base import BaseEstimator
+    >>> from mmopt._core.params import Interval, ParamsValidationMixin
+    >>> class Model(ParamsValidationMixin, BaseEstimator):
+    ...     _parameter_constraints = {"tol": [Interval(float, 0, None)]}
+    ...     def __init__(self, tol=1e-6):
+    ...         self.tol = tol
+    >>> Model(tol=-1.0)._validate_params()
+    Traceback (most recent call last):
+    ...
+    ValueError: tol must be a real number in [0, inf); got -1.0.
+    """
+
+    def _validate_params(self) -> None:
+        table, rules = constraints_of(type(self))
+        validate_params(table, self.get_params(deep=False), rules)
 
 
 class _Unlikely:

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from mmopt._core.exceptions import ConvergenceWarning
-from mmopt._core.params import Interval, constraints_of, validate_params
+from mmopt._core.params import Interval, ParamsValidationMixin
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
 
 __all__ = ["Solver", "SolverState", "StopSolve", "caller_stacklevel"]
@@ -57,7 +57,7 @@ class SolverState:
     intermediate: bool = False
 
 
-class Solver(BaseEstimator):
+class Solver(ParamsValidationMixin, BaseEstimator):
     """Base class of mmopt solvers.
 
     Options are keyword-only arguments of ``__init__`` and are only stored there, so
@@ -123,13 +123,6 @@ class Solver(BaseEstimator):
     }
 
     # ------------------------------------------------------------------ hooks for subclasses
-    def _validate_params(self) -> None:
-        """Check the options against the merged ``_parameter_constraints`` tables and
-        ``_parameter_rules``; subclasses with checks no table can say extend this and call
-        ``super()``."""
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
-
     def _should_stop(self, problem, state: SolverState) -> tuple[Status, str] | Status | None:
         """A solver's own stopping test, checked after each recorded iteration.
 

@@ -180,6 +180,7 @@ def check_input(
         if not allow_sparse:
             raise TypeError(f"{name} must be a dense array, got a sparse {type(value).__name__}.")
         _check_not_empty(value.shape, name)
+        _check_real(np.dtype(value.dtype), name)
         return value
     if isinstance(value, str | bytes):
         raise TypeError(f"{name} must be an array, got a string {value!r:.40}.")
@@ -199,10 +200,8 @@ def check_input(
             f"{name} must be {ndim}-dimensional, got an array of shape {array.shape}{hint}."
         )
     _check_not_empty(array.shape, name)
+    _check_real(array.dtype, name)
     kind = array.dtype.kind
-    if kind == "c":
-        # (the wording scikit-learn's estimator checks expect)
-        raise ValueError(f"Complex data not supported: {name} must hold real numbers.")
     if kind in "VMm" or (numeric and kind in "SU"):
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}.")
     if kind == "O":
@@ -216,6 +215,12 @@ def check_input(
             what = "real numbers" if numeric else "class labels (numbers or strings)"
             raise TypeError(f"{name} must hold {what}: {error}") from None
     return value
+
+
+def _check_real(dtype: np.dtype, name: str) -> None:
+    if dtype.kind == "c":
+        # (the wording scikit-learn's estimator checks expect)
+        raise ValueError(f"Complex data not supported: {name} must hold real numbers.")
 
 
 def _check_not_empty(shape: tuple, name: str) -> None:

@@ -31,8 +31,9 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.krylov import conjugate_gradient
 from mmopt._core.linesearch import armijo, backtracking
-from mmopt._core.params import Interval, Options, check_options
+from mmopt._core.params import Interval, Options
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
@@ -122,8 +123,12 @@ class CoordinateDescent(Solver):
     screening : bool, default=True
         Gap-safe screening (an L1 penalty without L2 part; not for logistic regression with
         an intercept).
-    anderson : bool, default=True
-        Anderson extrapolation of the inner iterates (kept only when the objective drops).
+    extrapolation : bool, default=True
+        Anderson extrapolation of the inner iterates (Bertrand and Massias): every few
+        epochs, the affine combination of the last iterates that minimizes the norm of
+        their differences' combination, kept only when the objective drops. A fixed,
+        offline scheme of coordinate descent, distinct from the ``anderson=`` option of the
+        MM-type solvers (an :class:`~mmopt.AndersonAcceleration` configuration).
     prox_newton : bool, default=True
         Logistic datafit: proximal-Newton iterations on the working set, their directions
         from compiled coordinate descent on the loss's quadratic model and an Armijo line
@@ -206,7 +211,7 @@ class CoordinateDescent(Solver):
     _parameter_constraints: ClassVar[dict] = {
         "working_set": [bool],
         "screening": [bool],
-        "anderson": [bool],
+        "extrapolation": [bool],
         "prox_newton": [bool],
         "newton_solver": [Options(_NEWTON_SOLVERS)],
         "fit_intercept": [bool],
@@ -219,7 +224,7 @@ class CoordinateDescent(Solver):
         *,
         working_set: bool = True,
         screening: bool = True,
-        anderson: bool = True,
+        extrapolation: bool = True,
         prox_newton: bool = True,
         newton_solver: str = "auto",
         fit_intercept: bool = False,
@@ -232,7 +237,7 @@ class CoordinateDescent(Solver):
     ):
         self.working_set = working_set
         self.screening = screening
-        self.anderson = anderson
+        self.extrapolation = extrapolation
         self.prox_newton = prox_newton
         self.newton_solver = newton_solver
         self.fit_intercept = fit_intercept
@@ -242,10 +247,6 @@ class CoordinateDescent(Solver):
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_options(self)
 
     def check_problem(self, problem) -> None:
         super().check_problem(problem)
@@ -274,8 +275,9 @@ class CoordinateDescent(Solver):
         pen = problem.penalty
         return pen.l1 > 0 and (self._is_ls(problem) or pen.l2 == 0)
 
-    def _full(self, problem, x, lin, screened):
-        """Objective, full gradient, duality gap and stopping quantity at ``x``."""
+    def _evaluated(self, problem, x, lin, screened, **fields) -> _CDState:
+        """The state at ``x`` (``fields``: its counters): objective, full gradient, duality
+        gap and stopping quantity."""
         datafit, pen = problem.datafit, problem.penalty
         aux = self._aux(problem, lin)
         grad = datafit.gradient(x, aux)
@@ -293,7 +295,10 @@ class CoordinateDescent(Solver):
             violation = pen.subdiff_distance(x, grad)
             violation[screened] = 0.0
             residual = float(violation.max())
-        return fun, grad, gap, residual
+        return _CDState(
+            x=x, fun=fun, residual=residual, lin=lin, grad=grad, screened=screened, gap=gap,
+            **fields,
+        )
 
     def _init_state(self, problem, x0) -> _CDState:
         datafit = problem.datafit
@@ -315,8 +320,9 @@ class CoordinateDescent(Solver):
         # Features with a zero column never move; leave them out from the start.
         screened |= datafit.norms2 == 0
         with np.errstate(over="ignore", invalid="ignore"):
-            fun, grad, gap, residual = self._full(problem, x, lin, screened)
-        if not _finite(fun, gap, residual, grad, lin, x):
+            state = self._evaluated(problem, x, lin, screened, intercept=intercept, run=_CDRun())
+        fun = state.fun
+        if not _finite(fun, state.gap, state.residual, state.grad, lin, x):
             raise ValueError(
                 "x0 gives a non-finite objective, gradient or duality gap: the problem's "
                 f"scale overflows {dtype} there; start closer to 0 or rescale the data."
@@ -330,17 +336,7 @@ class CoordinateDescent(Solver):
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        return _CDState(
-            x=x,
-            fun=fun,
-            residual=residual,
-            lin=lin,
-            grad=grad,
-            screened=screened,
-            gap=gap,
-            intercept=intercept,
-            run=_CDRun(),
-        )
+        return state
 
     def _update_intercept(self, problem, lin, n_newton=1) -> float:
         """Minimize over the intercept with the coefficients fixed; return its change."""
@@ -555,10 +551,10 @@ class CoordinateDescent(Solver):
                 break
             if not np.isfinite(change):
                 break  # the outer test below reports the numerical failure
-            if self.anderson:
+            if self.extrapolation:
                 history.append(x[ws].copy())
             if epochs % _ANDERSON_EVERY == 0:
-                if self.anderson and len(history) >= _ANDERSON_EVERY + 1:
+                if self.extrapolation and len(history) >= _ANDERSON_EVERY + 1:
                     self._extrapolate(problem, x, lin, ws, history)
                     history = []
                 if not self.working_set or self._ws_stop(problem, x, lin, ws, target):
@@ -570,20 +566,11 @@ class CoordinateDescent(Solver):
                     # scaled data); the outer iteration takes over.
                     break
                 last = current
-        fun, grad, gap, residual = self._full(problem, x, lin, screened)
-        new = _CDState(
-            x=x,
-            fun=fun,
-            residual=residual,
-            lin=lin,
-            grad=grad,
-            screened=screened,
-            gap=gap,
-            n_epochs=state.n_epochs + epochs,
-            ws_size=ws.size,
-            intercept=intercept,
-            run=state.run,
+        new = self._evaluated(
+            problem, x, lin, screened,
+            n_epochs=state.n_epochs + epochs, ws_size=ws.size, intercept=intercept, run=state.run,
         )
+        fun, grad, gap, residual = new.fun, new.grad, new.gap, new.residual
         new.record = {"gap": float(gap), "ws_size": float(ws.size), "n_epochs": float(epochs)}
         if not _finite(fun, gap, residual, grad, lin, x):
             raise StopSolve(Status.NUMERICAL_FAILURE, STATUS_MESSAGES[Status.NUMERICAL_FAILURE])
@@ -693,12 +680,13 @@ class CoordinateDescent(Solver):
         gradients need ``H`` only through products (``X p`` then ``X^T (l'' X p)``: two
         passes over ``X``, BLAS for dense designs, against ``n p^2`` to form ``H`` for a
         Cholesky factorization), and converge fast on the well-conditioned systems of
-        regularized GLMs. The loop is written out rather than calling
-        ``scipy.sparse.linalg.cg`` so that ``q = X d`` is accumulated from the products
-        already computed: the line search and the update of ``z = X w`` need no further
-        pass over ``X``. ``grad`` is the datafit gradient and ``fun`` the objective at ``x``
-        (both known from the outer iteration). Returns the number of
-        CG iterations, the intercept and whether the line search found a decrease.
+        regularized GLMs. The shared :func:`~mmopt._core.krylov.conjugate_gradient` runs
+        with a hook that accumulates ``q = X d`` from the products already computed (the
+        line search and the update of ``z = X w`` then need no further pass over ``X``) and
+        a second stopping rule, the forcing term's sup-norm floor. ``grad`` is the datafit
+        gradient and ``fun`` the objective at ``x`` (both known from the outer iteration).
+        Returns the number of CG iterations, the intercept and whether the line search
+        found a decrease.
         """
         datafit, pen = problem.datafit, problem.penalty
         n, y, X = datafit.n_samples, datafit.y, datafit.X
@@ -712,35 +700,34 @@ class CoordinateDescent(Solver):
         # Forcing term: inexact early, superlinear near the optimum (Eisenstat-Walker);
         # the residual never needs to go below a fraction of tol, the outer stopping test.
         eta = min(0.5, g_inf**_FORCING_POWER)
-        stop_2 = eta * float(np.sqrt(g @ g))
+        stop_2 = eta * float(np.sqrt(g @ g))  # CG's own test, on ||r||_2
         stop_inf = _CG_TOL_FRACTION * self.tol
         # Jacobi-like preconditioner from the column norms and the mean curvature: it
         # corrects the features' scales without a pass over the squared design.
         precond = 1.0 / (datafit.norms2 * lpp.mean() + pen.l2 + tiny)
-        d = np.zeros_like(x)
         q = np.zeros(n, dtype=x.dtype)
-        r = -g
-        z = precond * r
-        direction = z.copy()
-        rz = float(r @ z)
-        iterations = 0
-        while iterations < min(_MAX_CG, 2 * x.size + 10):
-            iterations += 1
+        products = []  # the last X p, which on_step folds into q = X d
+
+        def hessian_product(direction):
             Xp = np.asarray(X @ direction).ravel()
-            Hp = np.asarray(X.T @ (lpp * Xp)).ravel() + pen.l2 * direction
-            curvature = float(direction @ Hp)
-            if not curvature > 0.0:  # H is only semi-definite without an L2 part
-                break
-            alpha = rz / curvature
-            d += alpha * direction
-            q += alpha * Xp
-            r -= alpha * Hp
-            if float(np.sqrt(r @ r)) <= stop_2 or float(np.abs(r).max()) <= stop_inf:
-                break
-            z = precond * r
-            rz_new = float(r @ z)
-            direction = z + (rz_new / rz) * direction
-            rz = rz_new
+            products[:] = [Xp]
+            return np.asarray(X.T @ (lpp * Xp)).ravel() + pen.l2 * direction
+
+        def accumulate(alpha, direction):
+            np.add(q, alpha * products[0], out=q)
+
+        cg = conjugate_gradient(
+            hessian_product,
+            -g,
+            np.zeros_like(x),
+            stop_2,
+            max_iter=min(_MAX_CG, 2 * x.size + 10),
+            inv_diag=precond,
+            true_residual=False,
+            stop=lambda r: float(np.abs(r).max()) <= stop_inf,
+            on_step=accumulate,
+        )
+        d, iterations = cg.x, cg.n_matvec
         if not d.any():
             return iterations, intercept, False
         # Armijo backtracking on the exact objective (CG iterates are descent directions).

@@ -14,7 +14,9 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.params import Interval, Options, check_options
+from mmopt._core.linear_model import LinearClassifierMixin, LinearRegressorMixin
+from mmopt._core.params import Interval, Options, ParamsValidationMixin
+from mmopt._core.validation import check_input
 from mmopt.bcd.cd import CoordinateDescent
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic, Multinomial
 from mmopt.bcd.penalties import L1, L2, ElasticNet, L1Positive
@@ -34,82 +36,15 @@ _COMMON = {
 }
 
 
-class _Validated:
-    """Checks an estimator's options against its ``_parameter_constraints`` table."""
-
-    def _validate_params(self) -> None:
-        check_options(self)
-
-
-def _check_input(value, name: str, *, numeric: bool = True, ndim=None) -> int | None:
-    """Named errors for inputs whose scikit-learn validation error does not name them.
-
-    Ragged nested sequences, strings, None, complex or empty arrays, a number of
-    dimensions other than ``ndim`` and (``numeric``) non-numeric entries raise here, naming
-    ``name``; everything else is left to ``validate_data``, whose messages name the input
-    (``"Input X contains NaN"``). Returns the number of samples (rows).
-    """
-    if value is None:
-        # (The parenthesis is scikit-learn's wording, which its estimator checks look for.)
-        if name == "y":
-            raise ValueError(
-                "y must be array-like, got None (this estimator requires y to be passed, but "
-                "the target y is None)."
-            )
-        raise TypeError(f"{name} must be array-like, got None.")
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be array-like, got a {type(value).__name__}.")
-    if sp.issparse(value):
-        if value.dtype.kind not in "biuf":
-            raise TypeError(
-                f"{name} must hold real numbers, got a sparse matrix of {value.dtype}."
-            )
-        return value.shape[0]
-    array = value
-    if not isinstance(value, np.ndarray):
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{name} must be a rectangular array: its nested sequences have different "
-                "lengths (a ragged sequence)."
-            ) from None
-    if array.dtype.kind == "c":
-        raise ValueError(
-            f"{name} must hold real numbers, got complex values (Complex data not supported)."
-        )
-    if array.size == 0:
-        what = ""
-        if array.ndim == 2:
-            count, kind = (0, "sample") if array.shape[0] == 0 else (0, "feature")
-            what = (f": {count} {kind}(s) (shape={array.shape}) while a minimum of 1 is "
-                    "required")
-        raise ValueError(f"{name} must not be empty, got shape {array.shape}{what}.")
-    if ndim is not None and array.ndim != ndim:
-        shape = "(n_samples, n_features)" if ndim == 2 else "(n_samples,)"
-        hint = ""
-        if ndim == 2 and array.ndim == 1:
-            hint = (" Reshape your data with array.reshape(-1, 1) if it has a single feature "
-                    "or array.reshape(1, -1) if it holds a single sample.")
-        raise ValueError(
-            f"{name} must be {ndim}-dimensional, of shape {shape}; got shape {array.shape}."
-            + hint
-        )
-    if numeric and array.dtype.kind in "OUSV":
-        try:
-            array.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"{name} must hold numbers, got dtype {array.dtype} (class labels belong to "
-                f"a classifier): {exc}"
-            ) from None
-    return array.shape[0] if array.ndim else None
-
-
 def _check_Xy(X, y, *, numeric_y: bool = True) -> None:
-    """:func:`_check_input` on both, and one target per row of ``X``."""
-    n = _check_input(X, "X", ndim=2)
-    m = _check_input(y, "y", numeric=numeric_y)
+    """:func:`~mmopt._core.validation.check_input` on both (``X`` dense or sparse), and one
+    target per row of ``X``."""
+    check_input(X, "X", allow_sparse=True, ndim=2)
+    check_input(y, "y", numeric=numeric_y)
+    # (np.asarray rather than np.shape: array-likes need not support NumPy's functions)
+    n = X.shape[0] if sp.issparse(X) else np.asarray(X).shape[0]
+    targets = np.asarray(y)
+    m = targets.shape[0] if targets.ndim else None
     if m is not None and n != m:
         raise ValueError(
             f"y must have one entry per row of X (inconsistent numbers of samples: {m} "
@@ -125,7 +60,7 @@ def _check_labels(y) -> None:
         raise ValueError(f"y must hold class labels: {exc}") from None
 
 
-class BCDElasticNet(_Validated, RegressorMixin, BaseEstimator):
+class BCDElasticNet(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, BaseEstimator):
     """Elastic net by compiled coordinate descent with working sets and gap-safe screening.
 
     Minimizes, like :class:`sklearn.linear_model.ElasticNet`,
@@ -181,6 +116,9 @@ class BCDElasticNet(_Validated, RegressorMixin, BaseEstimator):
     (array([1., 0., 2., 0., 0.]), 3.0)
     """
 
+    # Predictions keep a float32 X in float32 and take CSR input, like fit.
+    _sparse_predict_input = True
+    _predict_validation: ClassVar[dict] = {"dtype": _FLOATS, "accept_sparse": "csr"}
     _parameter_constraints: ClassVar[dict] = {
         "alpha": _NON_NEGATIVE,
         "l1_ratio": [Interval(float, 0, 1)],
@@ -250,13 +188,6 @@ class BCDElasticNet(_Validated, RegressorMixin, BaseEstimator):
         self.result_ = result
         return self
 
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Linear predictions ``X coef_ + intercept_``."""
-        check_is_fitted(self)
-        _check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=_FLOATS, accept_sparse="csr", reset=False)
-        return np.asarray(X @ self.coef_).ravel() + self.intercept_
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
@@ -307,7 +238,9 @@ class BCDLasso(BCDElasticNet):
         return L1Positive(self.alpha) if self.positive else L1(self.alpha)
 
 
-class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
+class BCDLogisticRegression(
+    LinearClassifierMixin, ParamsValidationMixin, ClassifierMixin, BaseEstimator
+):
     """L1 or L2 logistic regression by (block) coordinate descent.
 
     Minimizes, like :class:`sklearn.linear_model.LogisticRegression`,
@@ -355,6 +288,9 @@ class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
     True
     """
 
+    # Predictions keep a float32 X in float32 and take CSR input, like fit.
+    _sparse_predict_input = True
+    _predict_validation: ClassVar[dict] = {"dtype": _FLOATS, "accept_sparse": "csr"}
     _parameter_constraints: ClassVar[dict] = {
         "penalty": [Options({"l1", "l2"})],
         "C": _POSITIVE,
@@ -446,41 +382,13 @@ class BCDLogisticRegression(_Validated, ClassifierMixin, BaseEstimator):
         self.result_ = result
         return self
 
-    def decision_function(self, X: ArrayLike) -> np.ndarray:
-        """``X coef_.T + intercept_`` (one column for two classes)."""
-        check_is_fitted(self)
-        _check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=_FLOATS, accept_sparse="csr", reset=False)
-        scores = np.asarray(X @ self.coef_.T) + self.intercept_
-        return scores.ravel() if scores.shape[1] == 1 else scores
-
-    def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        """Class probabilities (logistic for two classes, softmax for more)."""
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            p1 = 1.0 / (1.0 + np.exp(-scores))
-            return np.column_stack([1 - p1, p1])
-        scores = scores - scores.max(axis=1, keepdims=True)
-        e = np.exp(scores)
-        return e / e.sum(axis=1, keepdims=True)
-
-    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
-        """Logarithm of :meth:`predict_proba`."""
-        return np.log(self.predict_proba(X))
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """The most probable class."""
-        scores = self.decision_function(X)
-        idx = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[idx]
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
 
 
-class BCDLabelPropagation(_Validated, ClassifierMixin, BaseEstimator):
+class BCDLabelPropagation(ParamsValidationMixin, ClassifierMixin, BaseEstimator):
     """Graph-based semi-supervised classification by quadratic label propagation.
 
     Builds a symmetric k-nearest-neighbour graph (or an RBF graph), and for each class ``c``
@@ -647,7 +555,7 @@ class BCDLabelPropagation(_Validated, ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities of new samples: weighted averages of their neighbours'."""
         check_is_fitted(self)
-        _check_input(X, "X", ndim=2)
+        check_input(X, "X", allow_sparse=True, ndim=2)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         if self.kernel == "knn":
             k = min(self.n_neighbors, self._X_fit.shape[0])

@@ -39,7 +39,6 @@ from mmopt._core.params import (
     Interval,
     Options,
     Rule,
-    check_options,
 )
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
@@ -307,10 +306,6 @@ class BlockCoordinateDescent(Solver):
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_options(self)
 
     def check_problem(self, problem) -> None:
         """Check the options that depend on the problem's datafit and penalty."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.special
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
-from mmopt._core.params import InstanceOf, Interval, Options, Rule, constraints_of, validate_params
+from mmopt._core.linear_model import LinearClassifierMixin, LinearRegressorMixin
+from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin, Rule
 from mmopt._core.validation import check_input
 from mmopt.bilevel.glm import (
     LogisticLowerLevel,
@@ -51,11 +51,6 @@ def _bounds_rule(name: str) -> Rule:
                 f"{name} must be a pair (low, high) of finite numbers with 0 < low <= high")
 
 
-def _validate_params(est) -> None:
-    table, rules = constraints_of(type(est))
-    validate_params(table, est.get_params(deep=False), rules)
-
-
 def _solver(est):
     # Barzilai-Borwein steps: a secant step fits the few hyperparameters in a handful
     # of iterations where the growth rule needs many.
@@ -74,7 +69,7 @@ def _scalar_or_array(values, penalty):
     return float(values[0]) if penalty == "shared" else np.array(values)
 
 
-class BilevelRidge(RegressorMixin, BaseEstimator):
+class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, BaseEstimator):
     """Ridge regression whose penalty is learned by minimizing the K-fold CV error.
 
     The penalty ``alpha`` (one, or one per feature) minimizes the mean over folds of the
@@ -192,7 +187,7 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         check_input(X, "X", ndim=2)
         check_input(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
-        _validate_params(self)
+        self._validate_params()
         low, high = (float(v) for v in self.alpha_bounds)
         solver = _solver(self)
         problem = ridge_cv_problem(
@@ -211,25 +206,10 @@ class BilevelRidge(RegressorMixin, BaseEstimator):
         self.n_iter_ = int(result.nit)
         return self
 
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Predict ``X @ coef_ + intercept_``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        check_is_fitted(self)
-        check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return X @ self.coef_ + self.intercept_
-
-
-class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
+class BilevelLogisticRegression(
+    LinearClassifierMixin, ParamsValidationMixin, ClassifierMixin, BaseEstimator
+):
     """L2 logistic regression whose penalty is learned by minimizing the K-fold CV log-loss.
 
     ``C`` (one, one per feature, or one per weight) minimizes the mean over folds of the
@@ -352,7 +332,7 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
         check_input(y, "y", numeric=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
         y = _check_labels(y, X.shape[0])
-        _validate_params(self)
+        self._validate_params()
         low, high = (float(v) for v in self.C_bounds)
         self.classes_, Y = _encode(y)
         solver = _solver(self)
@@ -380,55 +360,3 @@ class BilevelLogisticRegression(ClassifierMixin, BaseEstimator):
     def _refit_start(full, result):
         # The mean of the fold solutions is close to the full-data one: a warm start.
         return np.mean(result.x_lower, axis=0) if result.x_lower else full.x0
-
-    def decision_function(self, X: ArrayLike) -> np.ndarray:
-        """Linear scores ``X @ coef_.T + intercept_`` (one column for two classes).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) or (n_samples, n_classes)
-        """
-        check_is_fitted(self)
-        check_input(X, "X", ndim=2)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        scores = X @ self.coef_.T + self.intercept_
-        return scores[:, 0] if scores.shape[1] == 1 else scores
-
-    def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        """Class probabilities.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-        """
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            p = scipy.special.expit(scores)
-            return np.column_stack([1.0 - p, p])
-        return scipy.special.softmax(scores, axis=1)
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Most probable class.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        scores = self.decision_function(X)
-        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[index]

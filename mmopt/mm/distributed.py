@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
-from mmopt._core.params import Interval, validate_params
+from mmopt._core.params import Interval
 from mmopt._core.threads import single_threaded
 from mmopt._core.validation import check_input
 from mmopt.mm.moe import MixtureOfExperts
@@ -108,10 +108,6 @@ class DistributedMixtureOfExperts(MixtureOfExperts):
         self.n_shards = n_shards
         self.n_support = n_support
         self.n_jobs = n_jobs
-
-    def _check_params(self):
-        table = {k: v for k, v in self._parameter_constraints.items() if k != "random_state"}
-        validate_params(table, self.get_params(deep=False), owner=type(self).__name__)
 
     def fit(self, X, y) -> DistributedMixtureOfExperts:
         """Fit the shards in parallel and reduce their models.

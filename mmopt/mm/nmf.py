@@ -13,7 +13,7 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
-from mmopt._core.params import InstanceOf, Interval, Options, constraints_of, validate_params
+from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin
 from mmopt._core.threads import check_n_threads
 from mmopt._core.validation import check_array, check_choice, check_input
 from mmopt.mm._kernels import EPSILON as _EPSILON
@@ -360,7 +360,9 @@ def initialize_factors(X, n_components, init="nndsvda", *, random_state=None, ep
     return W, H
 
 
-class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class MMNMF(
+    ParamsValidationMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
     """Non-negative matrix factorization by Anderson-accelerated multiplicative updates.
 
     Finds non-negative ``W`` (n_samples, n_components) and ``H`` (n_components, n_features)
@@ -471,10 +473,6 @@ class MMNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             max_iter=self.max_iter,
             verbose=self.verbose,
         )
-
-    def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
 
     def _validate_data_nonnegative(self, X, reset):
         check_input(X, "X", allow_sparse=True, ndim=2)

@@ -23,10 +23,11 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
-from mmopt._core.params import InstanceOf, Interval, Options, constraints_of, validate_params
+from mmopt._core.linear_model import LinearRegressorMixin
+from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin
 from mmopt._core.result import Result
 from mmopt._core.validation import (
     check_array,
@@ -376,7 +377,9 @@ class RobustRegressionProblem(MMProblem):
         )
 
 
-class MMRobustRegressor(RegressorMixin, BaseEstimator):
+class MMRobustRegressor(
+    LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, BaseEstimator
+):
     """Robust linear regression (Huber, Cauchy or Welsch) by IRLS accelerated with Anderson.
 
     Fits ``y ~ X coef + intercept`` by minimizing
@@ -475,6 +478,8 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
     (array([1., 2., 3.]), 20)
     """
 
+    # A sparse X reaches validate_data, whose message names it, as in fit.
+    _sparse_predict_input = True
     _parameter_constraints = {
         "loss": [Options(_IRLS_LOSSES), InstanceOf(RobustLoss, name="a RobustLoss")],
         "c": [None, Interval(float, 0, None, closed="neither")],
@@ -609,10 +614,6 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
         self.outliers_ = np.abs(residuals) > final.rho.c * final.scale
         return self
 
-    def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
-
     def _normalize_targets(self, y: np.ndarray) -> tuple[np.ndarray, float]:
         """``(y / unit, unit)``, with ``unit`` a power of two when ``y`` is extreme in scale.
 
@@ -633,24 +634,6 @@ class MMRobustRegressor(RegressorMixin, BaseEstimator):
             f"y has entries of magnitude {peak:.3g}, whose squares are out of floating-point "
             "range; rescale y (with alpha=0 and scale=None the fit rescales it itself)."
         )
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Predict ``X @ coef_ + intercept_``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-            Predictions.
-        """
-        check_is_fitted(self)
-        check_input(X, "X", allow_sparse=True, ndim=2)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return X @ self.coef_ + self.intercept_
 
 
 def _chain_results(solves: list[tuple[Result, float]], unit: float) -> Result:

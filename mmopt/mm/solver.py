@@ -14,7 +14,7 @@ from mmopt._core.anderson import (
     anderson_counts,
     make_accelerator,
 )
-from mmopt._core.params import Options, constraints_of, validate_params
+from mmopt._core.params import Options
 from mmopt._core.registry import register_solver
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.validation import check_array
@@ -143,11 +143,6 @@ class MMSolver(Solver):
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
 
     def _evaluate(self, problem, x, run: _MMRun):
         evaluation = problem.mm_step(x)

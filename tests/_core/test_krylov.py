@@ -103,3 +103,53 @@ def test_inconsistent_semidefinite_system_stops_without_overflow():
         out = conjugate_gradient(lambda v: A @ v, b, np.zeros(4), 1e-10)
     assert not out.converged and np.all(np.isfinite(out.x))
     assert out.residual == pytest.approx(np.linalg.norm(A @ out.x - b))
+
+
+def test_on_step_accumulates_a_linear_image_of_the_iterate():
+    # A = X^T X: the hook folds the products X p the matvec forms into q = X x, which must
+    # match the product formed afresh from the returned x.
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((40, 15))
+    b = rng.standard_normal(15)
+    q = np.zeros(40)
+    last = []
+
+    def matvec(p):
+        last[:] = [X @ p]
+        return X.T @ last[0]
+
+    def on_step(alpha, p):
+        np.add(q, alpha * last[0], out=q)
+
+    out = conjugate_gradient(matvec, b, np.zeros(15), 1e-10, on_step=on_step)
+    assert out.converged
+    np.testing.assert_allclose(q, X @ out.x, atol=1e-10)
+
+
+def test_a_stopping_rule_ends_the_iteration_once_it_holds():
+    A, b = _spd(25, 3)
+    threshold = 1e-3 * np.abs(b).max()
+    rule_calls = []
+
+    def stop(r):
+        rule_calls.append(float(np.abs(r).max()))
+        return rule_calls[-1] <= threshold
+
+    out = conjugate_gradient(lambda v: A @ v, b, np.zeros(25), 1e-14, stop=stop,
+                             true_residual=False)
+    full = conjugate_gradient(lambda v: A @ v, b, np.zeros(25), 1e-14, true_residual=False)
+    # The rule saw each iteration's residual, was false until the last one, and that
+    # residual is (to rounding) the true one of the returned x.
+    assert len(rule_calls) == out.nit
+    assert all(value > threshold for value in rule_calls[:-1])
+    assert np.abs(b - A @ out.x).max() <= threshold * (1 + 1e-6)
+    assert out.nit < full.nit
+    assert not out.converged  # ||r|| is still above tol: converged speaks of tol only
+
+
+def test_float32_systems_stay_float32():
+    A, b = _spd(6, 1, shift=1.0)
+    out = conjugate_gradient(lambda v: A.astype(np.float32) @ v, b.astype(np.float32),
+                             np.zeros(6, np.float32), 1e-3)
+    assert out.x.dtype == np.float32
+    np.testing.assert_allclose(out.x, np.linalg.solve(A, b), rtol=1e-3, atol=1e-3)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import ElasticNet as SkElasticNet
 from sklearn.linear_model import Lasso, LogisticRegression
 
+import mmopt
 from mmopt.bcd import (
     L1,
     L2,
@@ -39,17 +40,18 @@ def data():
 
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize(
-    "working_set, screening, anderson",
+    "working_set, screening, extrapolation",
     [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
 )
-def test_lasso_equals_sklearn(data, sparse, working_set, screening, anderson):
+def test_lasso_equals_sklearn(data, sparse, working_set, screening, extrapolation):
     X, y = data
     n = X.shape[0]
     alpha = np.abs(X.T @ y).max() / n / 20
     ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=200_000).fit(X, y).coef_
     design = sp.csc_matrix(X) if sparse else X
     res = CoordinateDescent(
-        tol=1e-12, working_set=working_set, screening=screening, anderson=anderson, max_iter=1000
+        tol=1e-12, working_set=working_set, screening=screening, extrapolation=extrapolation,
+        max_iter=1000
     ).solve(BCDProblem(LeastSquares(design, y), L1(alpha)))
     assert res.success and res.gap <= 1e-12
     np.testing.assert_allclose(res.x, ref, atol=1e-6)
@@ -320,3 +322,16 @@ def test_logistic_screening_is_safe(positive):
     assert screened.n_screened > 100 and plain.n_screened == 0
     np.testing.assert_allclose(screened.x, plain.x, atol=1e-6)
     assert screened.gap <= 1e-10
+
+
+def test_extrapolation_is_not_called_anderson(data):
+    # One word, one meaning: ``anderson=`` is the AndersonAcceleration option of the MM-type
+    # solvers; coordinate descent's own scheme is ``extrapolation``, and the old spelling is
+    # refused with the valid options listed.
+    X, y = data
+    problem = BCDProblem(LeastSquares(X, y), L1(0.1))
+    with pytest.raises(TypeError, match="unknown option 'anderson'.*extrapolation"):
+        mmopt.solve(problem, solver="cd", anderson=False)
+    plain = mmopt.solve(problem, solver="cd", extrapolation=False, tol=1e-10)
+    extrapolated = mmopt.solve(problem, solver="cd", tol=1e-10)
+    np.testing.assert_allclose(plain.x, extrapolated.x, atol=1e-6)

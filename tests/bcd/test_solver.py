@@ -21,7 +21,6 @@ from mmopt.bcd import (
     Multinomial,
     NoPenalty,
     check_blocks,
-    make_partition,
 )
 from mmopt.bcd.solver import SELECTIONS, UPDATES
 from mmopt.datasets import make_lattice_graph, make_sparse_least_squares
@@ -225,15 +224,6 @@ def test_variable_blocks_take_the_top_coordinates():
             partition="variable", selection="gsl", block_size=4, max_iter=1, tol=0
         ).solve(problem)
     np.testing.assert_array_equal(np.flatnonzero(res.x != 0), top)
-
-
-def test_partitions():
-    lip = np.array([1.0, 5.0, 3.0, 4.0, 2.0])
-    assert [b.tolist() for b in make_partition("order", lip, 2)] == [[0, 1], [2, 3], [4]]
-    assert [b.tolist() for b in make_partition("sorted", lip, 2)] == [[1, 3], [2, 4], [0]]
-    for kind in ("order", "sorted", "avg"):
-        blocks = make_partition(kind, lip, 2)
-        np.testing.assert_array_equal(np.sort(np.concatenate(blocks)), np.arange(5))
 
 
 @pytest.mark.parametrize(
