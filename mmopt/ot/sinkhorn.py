@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core.params import Options
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
-from mmopt._core.validation import check_array, check_choice
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot.problem import OTProblem, check_n_threads
+from mmopt.ot._support import N_THREADS, Support, check_threads_option, log_ratio_sum
+from mmopt.ot.problem import OTProblem
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
 
@@ -98,7 +99,7 @@ class _SinkhornRun:
     """What one solve computes once and reads at every step (never stored on the solver,
     so that one solver object can run several solves at once)."""
 
-    support: _Support
+    support: Support
     method: str  # "log" or "scaling", the domain in use
     threads: int
     full_C: np.ndarray  # the problem's cost, rows and columns of zero mass included
@@ -111,24 +112,6 @@ class _SinkhornState(SolverState):
     f: np.ndarray | None = None  # row potentials on the support of a
     g: np.ndarray | None = None  # column potentials on the support of b
     run: _SinkhornRun | None = None  # shared by every state of one solve
-
-
-class _Support:
-    """The problem restricted to the rows and columns with positive mass."""
-
-    def __init__(self, problem: OTProblem):
-        self.rows = np.flatnonzero(problem.a > 0)
-        self.cols = np.flatnonzero(problem.b > 0)
-        self.a = problem.a[self.rows]
-        self.b = problem.b[self.cols]
-        self.full = self.rows.size == problem.a.size and self.cols.size == problem.b.size
-        if self.full:  # no copy of C (the problem holds a read-only view of it)
-            self.C = np.ascontiguousarray(problem.C)
-        else:
-            self.C = np.ascontiguousarray(problem.C[np.ix_(self.rows, self.cols)])
-        self.mass = float(self.b.sum())
-        self.log_a = np.log(self.a)
-        self.log_b = np.log(self.b)
 
 
 @register_solver
@@ -239,18 +222,19 @@ class Sinkhorn(Solver):
         self.callback = callback
         self.verbose = verbose
 
+    _parameter_constraints = {
+        "method": [Options({"auto", "log", "scaling"})],
+        "overrelaxation": [bool],
+        "n_threads": N_THREADS,
+    }
+
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_choice(self.method, "method", ("auto", "log", "scaling"))
-        if not isinstance(self.overrelaxation, (bool, np.bool_)):
-            raise TypeError(
-                f"overrelaxation must be True or False, got {self.overrelaxation!r}."
-            )
-        check_n_threads(self.n_threads)
+        check_threads_option(self)
 
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
-        support = _Support(problem)
+        support = Support(problem)
         spread = float(support.C.max() - support.C.min())
         # The plan's exponents (f_i + g_j - C_ij) / reg are computed to about eps * |C| /
         # reg: beyond this they carry no digit and every plan is rounding noise.
@@ -276,16 +260,10 @@ class Sinkhorn(Solver):
     def _init_state(self, problem, x0):
         run = self._start_run(problem)
         support = run.support
-        n, m = problem.shape
         if x0 is None:
             f, g = np.zeros(support.rows.size), np.zeros(support.cols.size)
         else:
-            x0 = check_array(x0, "x0", ndim=1, finite=False)
-            if x0.shape != (n + m,):
-                raise ValueError(f"x0 must have shape ({n + m},) = (n + m,), got {x0.shape}.")
-            f, g = np.array(x0[:n][support.rows]), np.array(x0[n:][support.cols])
-            if not (np.isfinite(f).all() and np.isfinite(g).all()):
-                raise ValueError("x0 must be finite on the entries of positive mass.")
+            f, g, _ = support.read_start(x0)
             f, g = _usable_start(run, problem.reg, f, g)
         return _SinkhornState(x=np.concatenate([f, g]), fun=-np.inf, f=f, g=g, run=run)
 
@@ -317,10 +295,7 @@ class Sinkhorn(Solver):
     def _fields(self, problem, state):
         run, reg = state.run, problem.reg
         support = run.support
-        n, m = problem.shape
-        f = np.empty(n)
-        g = np.empty(m)
-        f[support.rows], g[support.cols] = state.f, state.g
+        f, g = support.potentials(state.f, state.g)
         _zero_mass_potentials(run, reg, f, g, state.f, state.g)
         scaling = run.scaling
         if (
@@ -335,19 +310,12 @@ class Sinkhorn(Solver):
             block *= scaling.v
         else:
             block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
-        if support.full:
-            plan = block
-        else:
-            plan = np.zeros((n, m))
-            plan[np.ix_(support.rows, support.cols)] = block
+        plan = support.plan(block)
         transport_cost = float(np.vdot(support.C, block))
         rows, cols = block.sum(axis=1), block.sum(axis=0)
-        # sum P (log P - 1) from the potentials: log P_ij = (f_i + g_j - C_ij) / reg, so no
-        # logarithm of the n x m entries is needed.
         total = float(rows.sum())
-        entropy_term = (
-            float(state.f @ rows + state.g @ cols) - transport_cost
-        ) / reg - total
+        # sum P (log P - 1)
+        entropy_term = log_ratio_sum(state.f, state.g, rows, cols, transport_cost, reg) - total
         marginal_error = float(
             np.abs(rows - support.a).sum()
             + np.abs(cols - support.b).sum()
@@ -369,7 +337,7 @@ class Sinkhorn(Solver):
         return fields
 
 
-def _dual_value(support: _Support, f, g, penalty: float) -> float:
+def _dual_value(support: Support, f, g, penalty: float) -> float:
     """``<a, f> + <b, g> - penalty``; a value beyond float64 becomes inf or NaN quietly
     (the loop reports it as status 4).
 
