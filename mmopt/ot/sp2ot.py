@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
 from mmopt._core.anderson import AndersonAcceleration
+from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.registry import solve
 from mmopt._core.result import Result
 from mmopt._core.validation import check_array, check_scalar
@@ -236,16 +237,21 @@ class SP2OTProblem(MMProblem):
         if not self.safeguard:
             return Q_new, F_new, 0
         rounding = 1e-13 * max(abs(F_t), 1.0)
-        step, halvings = 1.0, 0
         direction = Q_new - Q_t
-        while not F_new <= F_t + rounding and halvings < 60:
-            step *= 0.5
-            halvings += 1
-            Q_new = Q_t + step * direction
-            F_new = self.objective(Q_new)
-        if not F_new <= F_t + rounding:
+
+        def trial(step):
+            if step == 1.0:
+                return Q_new, F_new
+            Q = Q_t + step * direction
+            return Q, self.objective(Q)
+
+        # The step along [Q_t, Q_new] is halved until F does not increase (60 halvings).
+        found = backtracking(trial, armijo(F_t, 0.0, c1=0.0, rounding=rounding,
+                                           value=lambda t: t[1]), max_trials=61)
+        halvings = found.n_trials - 1
+        if not found.success:
             return Q_t, F_t, halvings
-        return Q_new, F_new, halvings
+        return (*found.trial, halvings)
 
     def mm_step(self, x):
         Q_t = np.asarray(x, dtype=float).reshape(self.shape)

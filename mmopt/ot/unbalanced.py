@@ -263,9 +263,10 @@ class _Run(ScalingRun):
         d_cols = cols / reg + (0.0 if math.isinf(self.rho_b) else beta / self.rho_b)
         diagonal = (1.0 + damping) * np.concatenate([d_rows, d_cols])
         diagonal += 1e-12 * grad_norm  # both marginals hard: the (1, -1) null direction
-        direction = newton_direction(diagonal, S, grad, reg)
-        if direction is None:
+        found = newton_direction(diagonal, S, grad, reg)
+        if found is None:
             return None
+        direction = found.d
         slope = float(grad @ direction)
         if not (math.isfinite(slope) and slope < 0):
             return None
