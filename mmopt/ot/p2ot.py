@@ -396,7 +396,8 @@ def progressive_partial_ot(C, rho, gamma=1.0, reg=0.1, prior=None, **options) ->
 
     (``a = 1/n``; ``xi`` is the untransported mass, the papers' virtual column), by the
     scaling algorithm of :class:`ProgressivePartialOT`. Only a fraction ``rho`` of the mass
-    is transported: the samples the plan is most confident about.
+    is transported: the samples the plan is most confident about. The papers' references:
+    :class:`ProgressivePartialOT`.
 
     Parameters
     ----------
@@ -419,13 +420,6 @@ def progressive_partial_ot(C, rho, gamma=1.0, reg=0.1, prior=None, **options) ->
     Result
         With ``plan``, ``slack``, ``transported``, ``transported_mass``,
         ``cluster_marginal``, ``objective``.
-
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep
-       Imbalanced Clustering", ICLR 2024.
-    .. [2] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
 
     Examples
     --------

@@ -484,9 +484,6 @@ def partial_ot(a, b, C, mass=None, reg=None, **options) -> Result:
     ----------
     .. [1] L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for
        unbalanced optimal transport problems", Mathematics of Computation 87 (2018).
-    .. [2] J.-D. Benamou, G. Carlier, M. Cuturi, L. Nenna, G. Peyré, "Iterative Bregman
-       projections for regularized transportation problems", SIAM J. Sci. Comput. 37
-       (2015).
 
     Examples
     --------

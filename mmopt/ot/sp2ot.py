@@ -373,7 +373,8 @@ def sp2ot_pseudo_labels(
     features (:func:`semantic_graph`), then runs the safeguarded MM of SP²OT on the shared
     MM loop (:class:`mmopt.mm.MMSolver`; ``anderson=True`` tries safeguarded Anderson
     extrapolation of the plan). Framework-agnostic: a PyTorch user passes
-    ``logits.detach().numpy()`` and ``features.detach().numpy()`` per batch.
+    ``logits.detach().numpy()`` and ``features.detach().numpy()`` per batch. The papers'
+    references: :class:`SP2OTProblem`.
 
     Parameters
     ----------
@@ -406,13 +407,6 @@ def sp2ot_pseudo_labels(
         The MM result (``x`` the flattened plan, ``fun`` = ``F``, ``history``) plus
         ``plan`` (n, k), ``labels`` (row-wise argmax), ``confidence`` (transported fraction
         ``Q 1 / a``), ``mask`` (``confidence >= threshold``).
-
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
-    .. [2] C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep
-       Imbalanced Clustering", ICLR 2024.
 
     Examples
     --------

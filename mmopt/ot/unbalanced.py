@@ -594,7 +594,8 @@ def unbalanced_sinkhorn(a, b, C, reg, reg_m, **options) -> Result:
 
     with POT's conventions (``ot.unbalanced.sinkhorn_unbalanced``): ``c = a b^T`` for
     ``reg_type="kl"`` (default), ``c = 1`` for ``"entropy"``; ``reg_m = (rho_1, rho_2)`` or
-    one value for both; ``inf`` on one side keeps that marginal exact.
+    one value for both; ``inf`` on one side keeps that marginal exact. The algorithm and its
+    references: :class:`UnbalancedSinkhorn`.
 
     Parameters
     ----------
@@ -618,13 +619,6 @@ def unbalanced_sinkhorn(a, b, C, reg, reg_m, **options) -> Result:
         With ``plan``, ``f``, ``g``, ``transported_mass``, ``row_marginal``,
         ``col_marginal``, ``marginal_kl``, ``marginal_l1``, ``transport_cost``,
         ``objective``, ``optimality_error``.
-
-    References
-    ----------
-    .. [1] L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for
-       unbalanced optimal transport problems", Mathematics of Computation 87 (2018).
-    .. [2] T. Séjourné, F.-X. Vialard, G. Peyré, "Faster unbalanced optimal transport:
-       translation invariant Sinkhorn and 1-D Frank-Wolfe", AISTATS 2022.
 
     Examples
     --------
