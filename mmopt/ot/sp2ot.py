@@ -15,11 +15,10 @@ from sklearn.neighbors import NearestNeighbors
 
 from mmopt._core.anderson import AndersonAcceleration
 from mmopt._core.linesearch import armijo, backtracking
+from mmopt._core.mm import MMProblem, MMSolver
 from mmopt._core.registry import solve
 from mmopt._core.result import Result
 from mmopt._core.validation import check_array, check_scalar
-from mmopt.mm.problem import MMProblem
-from mmopt.mm.solver import MMSolver
 from mmopt.ot.p2ot import P2OTProblem, ProgressivePartialOT
 
 __all__ = ["SP2OT", "SP2OTProblem", "semantic_graph", "sp2ot_pseudo_labels"]
