@@ -25,10 +25,15 @@ __all__ = ["Sinkhorn", "sinkhorn"]
 _MAX_EXPONENT_ERROR = 0.1
 # The scaling domain keeps its kernel relative to the potentials at the last absorption,
 # K_ij = exp((f_i + g_j - C_ij) / reg), with the scalings u, v in [1 / _BOUND, _BOUND];
-# entries of exponent below _KERNEL_FLOOR are set to 0 (they are below 1e-260 of the plan's
-# scale even times _BOUND ** 2), so that K v and K^T u never meet a subnormal number.
+# entries of exponent below _KERNEL_FLOOR + log(mass) are set to 0 (they are below 1e-260
+# of the plan's scale even times _BOUND ** 2), so that K v and K^T u never meet a subnormal
+# number; at masses so small that this floor would itself be subnormal (below 1e-200), the
+# floor is the smallest normal number's exponent: all the float64 range can hold.
 _BOUND = 1e20
 _KERNEL_FLOOR = -600.0
+_NORMAL_FLOOR = float(np.log(np.finfo(float).tiny))
+# "auto" runs the log domain below this total mass.
+_MIN_SCALING_MASS = 1e-200
 # The scaling domain gives way to the log domain for the rest of a solve when absorptions
 # (each recomputing the kernel: an exp per entry) or failed sweeps become this frequent.
 _MAX_ABSORPTION_SHARE = 1.0 / 3.0
@@ -86,7 +91,8 @@ class _ScalingKernel:
         self.relax_failures = 0
 
     def absorb_potentials(self, support, reg, f, g, threads):
-        _dense_plan(support.C, f, g, float(reg), self.K, threads, _KERNEL_FLOOR)
+        floor = max(_KERNEL_FLOOR + np.log(support.mass), _NORMAL_FLOOR)
+        _dense_plan(support.C, f, g, float(reg), self.K, threads, float(floor))
         self.f_base, self.g_base, self.reg = f, g, reg
         self.u.fill(1.0)
         self.v.fill(1.0)
@@ -157,12 +163,13 @@ class Sinkhorn(Solver):
         error then grows tenfold the plain iteration resumes. The fixed point is the same;
         slow problems (small ``reg``) converge in several times fewer iterations.
     tol : float, default=1e-9
-        Stop when the L1 marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1`` is at most ``tol``.
-        The row sums come out of the next row update, so the error recorded at iteration
-        ``k`` is that of iterate ``k - 1`` (the returned iterate is at least as good; its
-        exact error is ``Result.marginal_error``). After an over-relaxed iteration, whose
-        columns are not exact, the error covers rows and columns, and the solve returns
-        iterate ``k - 1`` itself when it meets ``tol``.
+        Stop when the L1 marginal error relative to the total mass,
+        ``(||P 1 - a||_1 + ||P^T 1 - b||_1) / sum(b)`` (``Result.residual``), is at most
+        ``tol``. The row sums come out of the next row update, so the error recorded at
+        iteration ``k`` is that of iterate ``k - 1`` (the returned iterate is at least as
+        good; its exact absolute error is ``Result.marginal_error``). After an over-relaxed
+        iteration, whose columns are not exact, the error covers rows and columns, and the
+        solve returns iterate ``k - 1`` itself when it meets ``tol``.
     max_iter : int, default=10000
         Maximum number of iterations (one row and one column update each).
     n_threads : int, optional
@@ -182,7 +189,12 @@ class Sinkhorn(Solver):
     Rows or columns of zero mass get zero plan entries; their potentials (which no finite
     value makes optimal) are the soft c-transform of the other side's,
     ``f_i = -reg log sum_j exp((g_j - C_ij) / reg)`` over the columns of positive mass (the
-    potential a row of unit mass would have there), so ``x`` is finite.
+    potential a row of unit mass would have there), so ``x`` is finite. ``tol`` is relative
+    to the total mass, so any common scale of ``a`` and ``b`` gives the same plan up to that
+    scale (``method="auto"`` takes the log domain below a total mass of 1e-200, where
+    ``diag(u) K diag(v)`` would lose digits); below about 1e-290 the plan's smallest entries
+    underflow float64, and ``marginal_error`` can then exceed ``tol * sum(b)`` although
+    the potentials meet ``tol``.
 
     Examples
     --------
@@ -246,7 +258,11 @@ class Sinkhorn(Solver):
                 "plan's exponents (f + g - C) / reg would be pure rounding error. Use a "
                 "larger reg, or exact_ot for unregularized transport."
             )
-        method = "scaling" if self.method == "auto" else self.method
+        method = self.method
+        if method == "auto":
+            # Plans of total mass near the float64 underflow range lose their digits in
+            # diag(u) K diag(v) (u, v down to 1e-20): the log domain keeps them.
+            method = "scaling" if support.mass >= _MIN_SCALING_MASS else "log"
         threads = effective_n_threads(self.n_threads)
         if support.C.size < _MIN_PARALLEL_SIZE:
             threads = 1  # waking other threads would cost more than a pass over C
@@ -274,15 +290,18 @@ class Sinkhorn(Solver):
         f, g, error, mass, relaxed = _iteration(
             run, reg, state.f, state.g, self.method == "auto", self.overrelaxation
         )
-        if relaxed and error <= self.tol and np.isfinite(state.fun):
+        # The residual is relative to the total mass, so that tol means the same at any
+        # scale of the histograms (an absolute 1e-9 is met by any plan at masses of 1e-10).
+        residual = error / support.mass
+        if relaxed and residual <= self.tol and np.isfinite(state.fun):
             # An over-relaxed iterate need not be better than the one it came from, whose
             # error (rows and columns) meets tol: that one is the answer.
             return _SinkhornState(
-                x=state.x, fun=state.fun, residual=error, f=state.f, g=state.g, run=run
+                x=state.x, fun=state.fun, residual=residual, f=state.f, g=state.g, run=run
             )
         fun = _dual_value(support, f, g, reg * mass)
         return _SinkhornState(
-            x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g, run=run
+            x=np.concatenate([f, g]), fun=fun, residual=residual, f=f, g=g, run=run
         )
 
     # ---------------------------------------------------------------------------- result
@@ -333,7 +352,7 @@ class Sinkhorn(Solver):
         if not np.isfinite(state.fun):
             # The start itself (no step was accepted): its dual value and marginal error.
             fields["fun"] = _dual_value(support, state.f, state.g, reg * total)
-            fields["residual"] = marginal_error
+            fields["residual"] = marginal_error / support.mass
         return fields
 
 

@@ -235,7 +235,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             run.use_newton
             and not state.intermediate
             and np.isfinite(state.residual)
-            and state.residual <= self.switch_tol * run.support.mass
+            and state.residual <= self.switch_tol
             and (self.newton == "always" or self._iterations_left(run) > _NEWTON_MIN_REMAINING)
         )
         if in_newton and run.newton_pause > 0:
@@ -291,7 +291,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         return _SNSState(
             x=np.concatenate([f, g]),
             fun=_dual_value(support, f, g, level * support.mass),
-            residual=error,
+            residual=error / support.mass,
             f=f,
             g=g,
             run=run,
@@ -397,7 +397,8 @@ class SinkhornNewtonSparse(Sinkhorn):
             new_value, _, _, error = self._dual(run, reg, f_new, g_new)
             return -new_value, 1e-4 * step * slope, error, (f_new, g_new, new_value, error)
 
-        residual = state.residual if np.isfinite(state.residual) else grad_norm
+        # The line search compares absolute marginal errors (the residual is relative).
+        residual = state.residual * support.mass if np.isfinite(state.residual) else grad_norm
         accepted = line_search(evaluate, -value, residual, max_halvings=_MAX_HALVINGS)
         if accepted is None:
             run.damping = max(16.0 * run.damping, 1e-2)
@@ -407,7 +408,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         return _SNSState(
             x=np.concatenate([f_new, g_new]),
             fun=new_value,
-            residual=error,
+            residual=error / support.mass,
             f=f_new,
             g=g_new,
             run=run,
@@ -423,7 +424,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             # Stopped (max_iter, interrupt, callback) during the epsilon scaling: report the
             # problem's own dual value and marginal error, not the level's.
             value, _, _, error = self._dual(state.run, problem.reg, state.f, state.g)
-            fields["fun"], fields["residual"] = value, error
+            fields["fun"], fields["residual"] = value, error / state.run.support.mass
         fields["n_sinkhorn"] = state.run.n_sinkhorn
         fields["n_newton"] = state.run.n_newton
         return fields
