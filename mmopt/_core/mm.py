@@ -379,3 +379,8 @@ def _objective_value(fun) -> float:
             f"the problem's objective must return a scalar, got an array of shape {fun.shape}."
         )
     return float(fun)
+
+
+# Their public home is mmopt.mm (which re-exports them): documentation links, reprs,
+# pickles and the registry's family name use that path.
+MMProblem.__module__ = MMSolver.__module__ = "mmopt.mm"
