@@ -1,32 +1,52 @@
 """Newton steps on entropic OT duals: the sparsified Newton system and the line search.
 
-Shared by :class:`~mmopt.ot.UnbalancedSinkhorn` and :class:`~mmopt.ot.PartialSinkhorn`.
-Both duals have, in the row and column potentials, the Hessian (of the negative dual)
-``(1/reg) [[diag(P 1), P], [P^T, diag(P^T 1)]]`` plus a diagonal, and for partial OT one
-more variable (the multiplier of the total mass) that borders it with the plan's
-marginals. The plan is replaced by its sparsification (:func:`sparsify_plan`).
+Shared by :class:`~mmopt.ot.SinkhornNewtonSparse`, :class:`~mmopt.ot.UnbalancedSinkhorn`
+and :class:`~mmopt.ot.PartialSinkhorn`. The duals have, in the row and column potentials,
+the Hessian (of the negative dual) ``(1/reg) [[diag(P 1), P], [P^T, diag(P^T 1)]]`` plus a
+diagonal, and for partial OT one more variable (the multiplier of the total mass) that
+borders it with the plan's marginals. The plan is replaced by its sparsification
+(:func:`~mmopt.ot._kernels.sparsify_plan`); the line search is the shared backtracking
+(:func:`mmopt._core.linesearch.backtracking`) with the acceptance test of these duals.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, cg, splu
 
+from mmopt._core.linesearch import backtracking
+
 # Sparse LU when the sparsified plan has at most this many nonzeros per variable, CG beyond.
 DIRECT_MAX_DEGREE = 40
 
 
-def newton_direction(diagonal, S, grad, reg, border=None):
+@dataclass
+class Direction:
+    """A Newton direction and how it was found."""
+
+    d: np.ndarray
+    cg_iterations: int = 0
+    cg_converged: bool = True
+
+
+def newton_direction(diagonal, S, grad, reg, border=None, *, solver="auto",
+                     direct_max_degree=DIRECT_MAX_DEGREE, cg_tol=None, max_cg=200):
     """Solve ``H d = -grad`` for the bordered, sparsified dual Hessian ``H``.
 
     ``H = [[diag(diagonal[:n]), S / reg], [S^T / reg, diag(diagonal[n:])]]`` with ``S`` of
     shape ``(n, m)``; with ``border = (w, corner)`` it gains a last row and column
-    ``[w^T, corner]`` (``grad`` then has ``n + m + 1`` entries). Sparse LU (symmetric
-    mode) when ``S`` is sparse enough, else Jacobi-preconditioned CG. Returns None when the
-    factorization fails.
+    ``[w^T, corner]`` (``grad`` then has ``n + m + 1`` entries). ``solver="auto"`` takes a
+    sparse LU (symmetric mode: ``H`` is symmetric positive definite, a minimum-degree
+    ordering of ``A + A^T`` has little fill-in) when ``S`` has at most
+    ``direct_max_degree`` nonzeros per variable, else Jacobi-preconditioned CG to the
+    relative residual ``cg_tol`` (``min(0.1, sqrt(||grad||_1))`` when None: an inexact
+    Newton step, tighter near the optimum); ``"direct"`` and ``"cg"`` force one. Returns a
+    :class:`Direction`, or None when the factorization fails.
     """
     n = S.shape[0]
     size = diagonal.size
@@ -37,8 +57,9 @@ def newton_direction(diagonal, S, grad, reg, border=None):
         w, corner = border
         full_diagonal = np.concatenate([diagonal, [corner]])
     total = full_diagonal.size
-    grad_norm = float(np.abs(grad).sum())
-    if S.nnz <= DIRECT_MAX_DEGREE * total:
+    if solver == "auto":
+        solver = "direct" if S.nnz <= direct_max_degree * total else "cg"
+    if solver == "direct":
         blocks = [[sp.diags_array(diagonal[:n]), S / reg],
                   [St / reg, sp.diags_array(diagonal[n:])]]
         system = sp.bmat(blocks, format="csc")
@@ -47,10 +68,10 @@ def newton_direction(diagonal, S, grad, reg, border=None):
             system = sp.bmat([[system, column], [column.T, sp.csc_array([[corner]])]],
                              format="csc")
         try:
-            return splu(
+            return Direction(splu(
                 system, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                 options={"SymmetricMode": True},
-            ).solve(-grad)
+            ).solve(-grad))
         except RuntimeError:
             return None
 
@@ -65,9 +86,19 @@ def newton_direction(diagonal, S, grad, reg, border=None):
 
     operator = LinearOperator((total, total), matvec=matvec, dtype=float)
     jacobi = LinearOperator((total, total), matvec=lambda v: v / full_diagonal, dtype=float)
-    direction, _ = cg(operator, -grad, rtol=min(0.1, math.sqrt(grad_norm)), maxiter=200,
-                      M=jacobi)
-    return direction
+    if cg_tol is None:
+        cg_tol = min(0.1, math.sqrt(float(np.abs(grad).sum())))
+    iterations = 0
+
+    def count(_):
+        nonlocal iterations
+        iterations += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direction, info = cg(operator, -grad, rtol=cg_tol, maxiter=max_cg, M=jacobi,
+                             callback=count)
+    return Direction(direction, iterations, info == 0)
 
 
 def line_search(evaluate, value, error, max_halvings=30):
@@ -82,19 +113,20 @@ def line_search(evaluate, value, error, max_halvings=30):
     None when no step is accepted.
     """
     rounding = 1e-13 * max(abs(value), 1.0)
-    step = 1.0
-    for _ in range(max_halvings):
-        out = evaluate(step)
-        if out is not None:
-            new_value, wanted, new_error, payload = out
-            if math.isfinite(new_value) and new_value <= value + rounding:
-                decrease = value - new_value
-                if (decrease >= wanted and decrease > rounding) or (
-                    new_error < (1.0 - 1e-4 * step) * error
-                ):
-                    return payload, step
-        step *= 0.5
-    return None
+
+    def accept(step, out):
+        if out is None:
+            return False
+        new_value, wanted, new_error, _ = out
+        if not (math.isfinite(new_value) and new_value <= value + rounding):
+            return False
+        decrease = value - new_value
+        return (decrease >= wanted and decrease > rounding) or (
+            new_error < (1.0 - 1e-4 * step) * error
+        )
+
+    found = backtracking(evaluate, accept, max_trials=max_halvings)
+    return (found.trial[3], found.step) if found.success else None
 
 
 def next_damping(damping, step):

@@ -11,8 +11,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.mm import MMSolver
 from mmopt._core.validation import check_choice, check_scalar
-from mmopt.mm.solver import MMSolver
 from mmopt.ot.p2ot import progressive_partial_ot, rho_schedule
 from mmopt.ot.sp2ot import SP2OTProblem, semantic_graph
 

@@ -94,7 +94,9 @@ class ExactOT(Solver):
         self.callback = callback
         self.verbose = verbose
 
-    # Its options are the common ones, which the base class checks.
+    # Its options are the common ones: an empty table of its own (the base class checks
+    # them), so that the option tests know it declares everything.
+    _parameter_constraints: ClassVar[dict] = {}
 
     def _init_state(self, problem, x0):
         if x0 is not None:

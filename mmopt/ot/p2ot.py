@@ -14,6 +14,7 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_scalar, readonly
 from mmopt.ot._kernels import dense_plan, log_half_step
+from mmopt.ot._support import N_THREADS, check_threads_option, kl, logsumexp
 
 __all__ = ["P2OTProblem", "ProgressivePartialOT", "progressive_partial_ot", "rho_schedule"]
 
@@ -124,7 +125,7 @@ class P2OTProblem(Problem):
         target = self.rho * float(self.a.sum()) * self.prior
         if math.isinf(self.gamma):
             return value if np.allclose(q, target, atol=1e-9) else math.inf
-        return value + self.gamma * _kl(q, target)
+        return value + self.gamma * kl(q, target)
 
     def __repr__(self) -> str:
         n, k = self.C.shape
@@ -135,12 +136,6 @@ class P2OTProblem(Problem):
 def _xlogx(x):
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(np.where(x > 0, x * np.log(x), 0.0).sum())
-
-
-def _kl(x, y):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(x > 0, x * np.log(x / y), 0.0)
-    return float(terms.sum() - x.sum() + y.sum())
 
 
 class _Run:
@@ -165,9 +160,7 @@ class _Run:
         if math.isinf(self.gamma):
             return 0.0
         keep = self.beta > 0
-        z = self.log_beta[keep] - g[keep] / self.gamma
-        top = float(z.max())
-        log_B = top + math.log(float(np.exp(z - top).sum()))
+        log_B = logsumexp(self.log_beta[keep] - g[keep] / self.gamma)
         return self.gamma * (math.log(self.real_mass) - log_B)
 
     def dual(self, f, g, h):
@@ -273,9 +266,11 @@ class ProgressivePartialOT(Solver):
         self.callback = callback
         self.verbose = verbose
 
+    _parameter_constraints = {"n_threads": N_THREADS}
+
     def _validate_params(self) -> None:
         super()._validate_params()
-        effective_n_threads(self.n_threads)
+        check_threads_option(self)
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.n_threads)
@@ -302,9 +297,7 @@ class ProgressivePartialOT(Solver):
         hc, _ = log_half_step(run.Ct, f, g, run.log_beta, reg, n_threads=run.threads)
         g = run.fi * hc
         if run.virtual_mass > 0:
-            z = f / reg
-            top = float(z.max())
-            h = reg * (math.log(run.virtual_mass) - top - math.log(float(np.exp(z - top).sum())))
+            h = reg * (math.log(run.virtual_mass) - logsumexp(f / reg))
         else:
             h = -np.inf
         fun = run.dual(f, g, h)
@@ -403,7 +396,8 @@ def progressive_partial_ot(C, rho, gamma=1.0, reg=0.1, prior=None, **options) ->
 
     (``a = 1/n``; ``xi`` is the untransported mass, the papers' virtual column), by the
     scaling algorithm of :class:`ProgressivePartialOT`. Only a fraction ``rho`` of the mass
-    is transported: the samples the plan is most confident about.
+    is transported: the samples the plan is most confident about. The papers' references:
+    :class:`ProgressivePartialOT`.
 
     Parameters
     ----------
@@ -426,13 +420,6 @@ def progressive_partial_ot(C, rho, gamma=1.0, reg=0.1, prior=None, **options) ->
     Result
         With ``plan``, ``slack``, ``transported``, ``transported_mass``,
         ``cluster_marginal``, ``objective``.
-
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep
-       Imbalanced Clustering", ICLR 2024.
-    .. [2] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
 
     Examples
     --------

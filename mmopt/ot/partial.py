@@ -7,47 +7,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
-from mmopt._core.threads import effective_n_threads
-from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
-from mmopt.ot._kernels import (
-    dense_plan,
-    log_half_step,
-    plan_marginals,
-    plan_row_sums,
-    sparsify_plan,
-)
+from mmopt._core.validation import check_array, check_scalar
+from mmopt.ot._kernels import dense_plan, plan_marginals, plan_row_sums, sparsify_plan
 from mmopt.ot._newton import line_search, newton_direction, next_damping
+from mmopt.ot._support import (
+    N_THREADS,
+    ScalingRun,
+    check_threads_option,
+    log_ratio_sum,
+    measure,
+)
 from mmopt.ot.exact import exact_ot
 
 __all__ = ["PartialOTProblem", "PartialSinkhorn", "partial_ot"]
 
-_SCALING_MAX_RATIO = 100.0
 # Newton: sparsification budget relative to the gradient's L1 norm.
 _NEWTON_NU = 1e-2
-
-
-def _measure(value, name, size, axis):
-    if value is None or np.size(value) == 0:
-        return readonly(np.full(size, 1.0 / size))
-    hist = check_array(value, name, ndim=1, nonnegative=True)
-    if hist.shape[0] != size:
-        raise ValueError(
-            f"{name} must have one entry per {axis} of C ({size}), got {hist.shape[0]}."
-        )
-    if not hist.sum() > 0:
-        raise ValueError(f"{name} must have a positive total mass.")
-    return hist
 
 
 def _check_partial(a, b, C, mass):
     C = check_array(C, "C", ndim=2)
     n, m = C.shape
-    a = _measure(a, "a", n, "row")
-    b = _measure(b, "b", m, "column")
+    a = measure(a, "a", n, "row")
+    b = measure(b, "b", m, "column")
     limit = min(float(a.sum()), float(b.sum()))
     if mass is None:
         mass = limit
@@ -123,41 +110,13 @@ class PartialOTProblem(Problem):
         return f"PartialOTProblem(n={n}, m={m}, mass={self.mass:g}, reg={self.reg:g})"
 
 
-class _Run:
-    """One solve's constants: the support, the kernel or the transposed cost."""
+class _Run(ScalingRun):
+    """One solve's constants: the support, the kernel or the transposed cost. The plan is
+    ``exp((f + g + t - C) / reg)``: the half steps see ``t`` folded into the other side."""
 
     def __init__(self, problem: PartialOTProblem, method: str, n_threads):
-        self.rows = np.flatnonzero(problem.a > 0)
-        self.cols = np.flatnonzero(problem.b > 0)
-        self.full = self.rows.size == problem.a.size and self.cols.size == problem.b.size
-        if self.full:
-            self.C = np.ascontiguousarray(problem.C)
-        else:
-            self.C = np.ascontiguousarray(problem.C[np.ix_(self.rows, self.cols)])
-        self.a, self.b = problem.a[self.rows], problem.b[self.cols]
-        self.log_a, self.log_b = np.log(self.a), np.log(self.b)
-        self.reg = problem.reg
+        super().__init__(problem, method, n_threads)
         self.mass = problem.mass
-        self.threads = effective_n_threads(n_threads)
-        if method == "auto":
-            spread = float(self.C.max() - self.C.min())
-            method = "scaling" if spread / self.reg <= _SCALING_MAX_RATIO else "log"
-        self.method = method
-        self.Ct = np.ascontiguousarray(self.C.T)
-        if method != "log":
-            with np.errstate(under="ignore"):
-                self.K = np.exp(self.C * (-1.0 / self.reg))
-
-    def half(self, own_old, other, log_w, transpose):
-        """Unclipped block update ``h`` and the block's sums at ``(own_old, other)``; the
-        plan is ``exp((own + other - C) / reg)`` here (``t`` folded into ``other``)."""
-        reg = self.reg
-        if self.method == "log":
-            C = self.Ct if transpose else self.C
-            return log_half_step(C, other, own_old, log_w, reg, n_threads=self.threads)
-        Kv = (self.K.T if transpose else self.K) @ np.exp(other / reg)
-        with np.errstate(divide="ignore"):
-            return reg * (log_w - np.log(Kv)), np.exp(own_old / reg) * Kv
 
     def marginals(self, f, g, t):
         return plan_marginals(self.C, self.Ct, f, g + t, self.reg, n_threads=self.threads)
@@ -208,9 +167,10 @@ class _Run:
         diagonal += 1e-12 * reduced_norm
         border = np.concatenate([rows[free_f], cols[free_g]]) / reg
         corner = (1.0 + damping) * (total + dropped) / reg + 1e-12 * reduced_norm
-        solution = newton_direction(diagonal, S, reduced, reg, border=(border, corner))
-        if solution is None or not np.all(np.isfinite(solution)):
+        found = newton_direction(diagonal, S, reduced, reg, border=(border, corner))
+        if found is None or not np.all(np.isfinite(found.d)):
             return None
+        solution = found.d
         df, dg = np.zeros(n), np.zeros(m)
         nf = int(free_f.sum())
         df[free_f] = solution[:nf]
@@ -359,30 +319,24 @@ class PartialSinkhorn(Solver):
         self.callback = callback
         self.verbose = verbose
 
+    _parameter_constraints = {
+        "method": [Options({"auto", "log", "scaling"})],
+        "newton": [None, bool],
+        "newton_switch": [Interval(float, 0, None)],
+        "n_threads": N_THREADS,
+    }
+
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_choice(self.method, "method", ("auto", "log", "scaling"))
-        if self.newton is not None and not isinstance(self.newton, (bool, np.bool_)):
-            raise TypeError(f"newton must be True, False or None, got {self.newton!r}.")
-        check_scalar(self.newton_switch, "newton_switch", min_value=0.0)
-        effective_n_threads(self.n_threads)
+        check_threads_option(self)
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.method, self.n_threads)
-        n, m = problem.shape
         if x0 is None:
             f, g, t = np.zeros(run.rows.size), np.zeros(run.cols.size), 0.0
         else:
-            x0 = check_array(x0, "x0", ndim=1, finite=False)
-            if x0.shape != (n + m + 1,):
-                raise ValueError(
-                    f"x0 must have shape ({n + m + 1},) = (n + m + 1,), got {x0.shape}."
-                )
-            f = np.minimum(np.array(x0[:n][run.rows]), 0.0)
-            g = np.minimum(np.array(x0[n:n + m][run.cols]), 0.0)
-            t = float(x0[-1])
-            if not (np.isfinite(f).all() and np.isfinite(g).all() and math.isfinite(t)):
-                raise ValueError("x0 must be finite on the entries of positive mass.")
+            f, g, rest = run.read_start(x0, extra=1)
+            f, g, t = np.minimum(f, 0.0), np.minimum(g, 0.0), float(rest[0])
         return _PartialState(
             x=np.concatenate([f, g, [t]]), fun=-np.inf, f=f, g=g, t=t, run=run
         )
@@ -439,22 +393,14 @@ class PartialSinkhorn(Solver):
 
     def _result_fields(self, problem, state):
         run, reg = state.run, state.run.reg
-        n, m = problem.shape
         block = dense_plan(run.C, state.f, state.g + state.t, reg, n_threads=run.threads)
-        if run.full:
-            plan = block
-        else:
-            plan = np.zeros((n, m))
-            plan[np.ix_(run.rows, run.cols)] = block
-        f, g = np.full(n, -np.inf), np.full(m, -np.inf)
-        f[run.rows], g[run.cols] = state.f, state.g
+        plan = run.plan(block)
+        f, g = run.potentials(state.f, state.g)
         rows_s, cols_s = block.sum(axis=1), block.sum(axis=0)
         cost = float(np.vdot(run.C, block))
-        # sum P (log P - 1) from the potentials: log P_ij = (f_i + g_j + t - C_ij) / reg.
         total = float(rows_s.sum())
-        entropy = (
-            float(state.f @ rows_s + state.g @ cols_s) + state.t * total - cost
-        ) / reg - total
+        # sum P (log P - 1), with log P_ij = (f_i + g_j + t - C_ij) / reg.
+        entropy = log_ratio_sum(state.f, state.g + state.t, rows_s, cols_s, cost, reg) - total
         return {
             "x": np.concatenate([f, g, [state.t]]),
             "plan": plan,
@@ -538,9 +484,6 @@ def partial_ot(a, b, C, mass=None, reg=None, **options) -> Result:
     ----------
     .. [1] L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for
        unbalanced optimal transport problems", Mathematics of Computation 87 (2018).
-    .. [2] J.-D. Benamou, G. Carlier, M. Cuturi, L. Nenna, G. Peyré, "Iterative Bregman
-       projections for regularized transportation problems", SIAM J. Sci. Comput. 37
-       (2015).
 
     Examples
     --------

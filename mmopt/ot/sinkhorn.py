@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core.params import Options
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
-from mmopt._core.validation import check_array, check_choice
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot.problem import OTProblem, check_n_threads
+from mmopt.ot._support import N_THREADS, Support, check_threads_option, log_ratio_sum
+from mmopt.ot.problem import OTProblem
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
 
@@ -24,10 +25,15 @@ __all__ = ["Sinkhorn", "sinkhorn"]
 _MAX_EXPONENT_ERROR = 0.1
 # The scaling domain keeps its kernel relative to the potentials at the last absorption,
 # K_ij = exp((f_i + g_j - C_ij) / reg), with the scalings u, v in [1 / _BOUND, _BOUND];
-# entries of exponent below _KERNEL_FLOOR are set to 0 (they are below 1e-260 of the plan's
-# scale even times _BOUND ** 2), so that K v and K^T u never meet a subnormal number.
+# entries of exponent below _KERNEL_FLOOR + log(mass) are set to 0 (they are below 1e-260
+# of the plan's scale even times _BOUND ** 2), so that K v and K^T u never meet a subnormal
+# number; at masses so small that this floor would itself be subnormal (below 1e-200), the
+# floor is the smallest normal number's exponent: all the float64 range can hold.
 _BOUND = 1e20
 _KERNEL_FLOOR = -600.0
+_NORMAL_FLOOR = float(np.log(np.finfo(float).tiny))
+# "auto" runs the log domain below this total mass.
+_MIN_SCALING_MASS = 1e-200
 # The scaling domain gives way to the log domain for the rest of a solve when absorptions
 # (each recomputing the kernel: an exp per entry) or failed sweeps become this frequent.
 _MAX_ABSORPTION_SHARE = 1.0 / 3.0
@@ -85,7 +91,8 @@ class _ScalingKernel:
         self.relax_failures = 0
 
     def absorb_potentials(self, support, reg, f, g, threads):
-        _dense_plan(support.C, f, g, float(reg), self.K, threads, _KERNEL_FLOOR)
+        floor = max(_KERNEL_FLOOR + np.log(support.mass), _NORMAL_FLOOR)
+        _dense_plan(support.C, f, g, float(reg), self.K, threads, float(floor))
         self.f_base, self.g_base, self.reg = f, g, reg
         self.u.fill(1.0)
         self.v.fill(1.0)
@@ -98,7 +105,7 @@ class _SinkhornRun:
     """What one solve computes once and reads at every step (never stored on the solver,
     so that one solver object can run several solves at once)."""
 
-    support: _Support
+    support: Support
     method: str  # "log" or "scaling", the domain in use
     threads: int
     full_C: np.ndarray  # the problem's cost, rows and columns of zero mass included
@@ -111,24 +118,6 @@ class _SinkhornState(SolverState):
     f: np.ndarray | None = None  # row potentials on the support of a
     g: np.ndarray | None = None  # column potentials on the support of b
     run: _SinkhornRun | None = None  # shared by every state of one solve
-
-
-class _Support:
-    """The problem restricted to the rows and columns with positive mass."""
-
-    def __init__(self, problem: OTProblem):
-        self.rows = np.flatnonzero(problem.a > 0)
-        self.cols = np.flatnonzero(problem.b > 0)
-        self.a = problem.a[self.rows]
-        self.b = problem.b[self.cols]
-        self.full = self.rows.size == problem.a.size and self.cols.size == problem.b.size
-        if self.full:  # no copy of C (the problem holds a read-only view of it)
-            self.C = np.ascontiguousarray(problem.C)
-        else:
-            self.C = np.ascontiguousarray(problem.C[np.ix_(self.rows, self.cols)])
-        self.mass = float(self.b.sum())
-        self.log_a = np.log(self.a)
-        self.log_b = np.log(self.b)
 
 
 @register_solver
@@ -174,12 +163,13 @@ class Sinkhorn(Solver):
         error then grows tenfold the plain iteration resumes. The fixed point is the same;
         slow problems (small ``reg``) converge in several times fewer iterations.
     tol : float, default=1e-9
-        Stop when the L1 marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1`` is at most ``tol``.
-        The row sums come out of the next row update, so the error recorded at iteration
-        ``k`` is that of iterate ``k - 1`` (the returned iterate is at least as good; its
-        exact error is ``Result.marginal_error``). After an over-relaxed iteration, whose
-        columns are not exact, the error covers rows and columns, and the solve returns
-        iterate ``k - 1`` itself when it meets ``tol``.
+        Stop when the L1 marginal error relative to the total mass,
+        ``(||P 1 - a||_1 + ||P^T 1 - b||_1) / sum(b)`` (``Result.residual``), is at most
+        ``tol``. The row sums come out of the next row update, so the error recorded at
+        iteration ``k`` is that of iterate ``k - 1`` (the returned iterate is at least as
+        good; its exact absolute error is ``Result.marginal_error``). After an over-relaxed
+        iteration, whose columns are not exact, the error covers rows and columns, and the
+        solve returns iterate ``k - 1`` itself when it meets ``tol``.
     max_iter : int, default=10000
         Maximum number of iterations (one row and one column update each).
     n_threads : int, optional
@@ -199,7 +189,12 @@ class Sinkhorn(Solver):
     Rows or columns of zero mass get zero plan entries; their potentials (which no finite
     value makes optimal) are the soft c-transform of the other side's,
     ``f_i = -reg log sum_j exp((g_j - C_ij) / reg)`` over the columns of positive mass (the
-    potential a row of unit mass would have there), so ``x`` is finite.
+    potential a row of unit mass would have there), so ``x`` is finite. ``tol`` is relative
+    to the total mass, so any common scale of ``a`` and ``b`` gives the same plan up to that
+    scale (``method="auto"`` takes the log domain below a total mass of 1e-200, where
+    ``diag(u) K diag(v)`` would lose digits); below about 1e-290 the plan's smallest entries
+    underflow float64, and ``marginal_error`` can then exceed ``tol * sum(b)`` although
+    the potentials meet ``tol``.
 
     Examples
     --------
@@ -239,18 +234,19 @@ class Sinkhorn(Solver):
         self.callback = callback
         self.verbose = verbose
 
+    _parameter_constraints = {
+        "method": [Options({"auto", "log", "scaling"})],
+        "overrelaxation": [bool],
+        "n_threads": N_THREADS,
+    }
+
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_choice(self.method, "method", ("auto", "log", "scaling"))
-        if not isinstance(self.overrelaxation, (bool, np.bool_)):
-            raise TypeError(
-                f"overrelaxation must be True or False, got {self.overrelaxation!r}."
-            )
-        check_n_threads(self.n_threads)
+        check_threads_option(self)
 
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
-        support = _Support(problem)
+        support = Support(problem)
         spread = float(support.C.max() - support.C.min())
         # The plan's exponents (f_i + g_j - C_ij) / reg are computed to about eps * |C| /
         # reg: beyond this they carry no digit and every plan is rounding noise.
@@ -262,7 +258,11 @@ class Sinkhorn(Solver):
                 "plan's exponents (f + g - C) / reg would be pure rounding error. Use a "
                 "larger reg, or exact_ot for unregularized transport."
             )
-        method = "scaling" if self.method == "auto" else self.method
+        method = self.method
+        if method == "auto":
+            # Plans of total mass near the float64 underflow range lose their digits in
+            # diag(u) K diag(v) (u, v down to 1e-20): the log domain keeps them.
+            method = "scaling" if support.mass >= _MIN_SCALING_MASS else "log"
         threads = effective_n_threads(self.n_threads)
         if support.C.size < _MIN_PARALLEL_SIZE:
             threads = 1  # waking other threads would cost more than a pass over C
@@ -276,16 +276,10 @@ class Sinkhorn(Solver):
     def _init_state(self, problem, x0):
         run = self._start_run(problem)
         support = run.support
-        n, m = problem.shape
         if x0 is None:
             f, g = np.zeros(support.rows.size), np.zeros(support.cols.size)
         else:
-            x0 = check_array(x0, "x0", ndim=1, finite=False)
-            if x0.shape != (n + m,):
-                raise ValueError(f"x0 must have shape ({n + m},) = (n + m,), got {x0.shape}.")
-            f, g = np.array(x0[:n][support.rows]), np.array(x0[n:][support.cols])
-            if not (np.isfinite(f).all() and np.isfinite(g).all()):
-                raise ValueError("x0 must be finite on the entries of positive mass.")
+            f, g, _ = support.read_start(x0)
             f, g = _usable_start(run, problem.reg, f, g)
         return _SinkhornState(x=np.concatenate([f, g]), fun=-np.inf, f=f, g=g, run=run)
 
@@ -296,15 +290,18 @@ class Sinkhorn(Solver):
         f, g, error, mass, relaxed = _iteration(
             run, reg, state.f, state.g, self.method == "auto", self.overrelaxation
         )
-        if relaxed and error <= self.tol and np.isfinite(state.fun):
+        # The residual is relative to the total mass, so that tol means the same at any
+        # scale of the histograms (an absolute 1e-9 is met by any plan at masses of 1e-10).
+        residual = error / support.mass
+        if relaxed and residual <= self.tol and np.isfinite(state.fun):
             # An over-relaxed iterate need not be better than the one it came from, whose
             # error (rows and columns) meets tol: that one is the answer.
             return _SinkhornState(
-                x=state.x, fun=state.fun, residual=error, f=state.f, g=state.g, run=run
+                x=state.x, fun=state.fun, residual=residual, f=state.f, g=state.g, run=run
             )
         fun = _dual_value(support, f, g, reg * mass)
         return _SinkhornState(
-            x=np.concatenate([f, g]), fun=fun, residual=error, f=f, g=g, run=run
+            x=np.concatenate([f, g]), fun=fun, residual=residual, f=f, g=g, run=run
         )
 
     # ---------------------------------------------------------------------------- result
@@ -317,10 +314,7 @@ class Sinkhorn(Solver):
     def _fields(self, problem, state):
         run, reg = state.run, problem.reg
         support = run.support
-        n, m = problem.shape
-        f = np.empty(n)
-        g = np.empty(m)
-        f[support.rows], g[support.cols] = state.f, state.g
+        f, g = support.potentials(state.f, state.g)
         _zero_mass_potentials(run, reg, f, g, state.f, state.g)
         scaling = run.scaling
         if (
@@ -335,19 +329,12 @@ class Sinkhorn(Solver):
             block *= scaling.v
         else:
             block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
-        if support.full:
-            plan = block
-        else:
-            plan = np.zeros((n, m))
-            plan[np.ix_(support.rows, support.cols)] = block
+        plan = support.plan(block)
         transport_cost = float(np.vdot(support.C, block))
         rows, cols = block.sum(axis=1), block.sum(axis=0)
-        # sum P (log P - 1) from the potentials: log P_ij = (f_i + g_j - C_ij) / reg, so no
-        # logarithm of the n x m entries is needed.
         total = float(rows.sum())
-        entropy_term = (
-            float(state.f @ rows + state.g @ cols) - transport_cost
-        ) / reg - total
+        # sum P (log P - 1)
+        entropy_term = log_ratio_sum(state.f, state.g, rows, cols, transport_cost, reg) - total
         marginal_error = float(
             np.abs(rows - support.a).sum()
             + np.abs(cols - support.b).sum()
@@ -365,11 +352,11 @@ class Sinkhorn(Solver):
         if not np.isfinite(state.fun):
             # The start itself (no step was accepted): its dual value and marginal error.
             fields["fun"] = _dual_value(support, state.f, state.g, reg * total)
-            fields["residual"] = marginal_error
+            fields["residual"] = marginal_error / support.mass
         return fields
 
 
-def _dual_value(support: _Support, f, g, penalty: float) -> float:
+def _dual_value(support: Support, f, g, penalty: float) -> float:
     """``<a, f> + <b, g> - penalty``; a value beyond float64 becomes inf or NaN quietly
     (the loop reports it as status 4).
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator, cg, splu
 
+from mmopt._core.params import Interval, Options
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
-from mmopt._core.validation import check_choice, check_scalar
 from mmopt.ot._kernels import plan_marginals, sparsify_plan
+from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import (
     _MAX_RELAX_FAILURES,
@@ -158,6 +156,17 @@ class SinkhornNewtonSparse(Sinkhorn):
 
     name = "sns"
     problem_types = (OTProblem,)
+    # Merged with Sinkhorn's table (method, overrelaxation, n_threads).
+    _parameter_constraints = {
+        "newton": [Options({"auto", "always", "never"})],
+        "switch_tol": [Interval(float, 0, None)],
+        "reg_scaling": [None, Interval(float, 1, None, closed="neither")],
+        "nu": [Interval(float, 0, 1)],
+        "shift": [Interval(float, 0, None)],
+        "linear_solver": [Options({"auto", "direct", "cg"})],
+        "cg_tol": [Interval(float, 0, None, closed="neither")],
+        "max_cg": [Interval(int, 1, None)],
+    }
 
     def __init__(
         self,
@@ -196,18 +205,6 @@ class SinkhornNewtonSparse(Sinkhorn):
         self.cg_tol = cg_tol
         self.max_cg = max_cg
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_choice(self.newton, "newton", ("auto", "always", "never"))
-        check_scalar(self.switch_tol, "switch_tol", min_value=0.0)
-        if self.reg_scaling is not None:
-            check_scalar(self.reg_scaling, "reg_scaling", min_value=1.0, include_min=False)
-        check_scalar(self.nu, "nu", min_value=0.0, max_value=1.0)
-        check_scalar(self.shift, "shift", min_value=0.0)
-        check_choice(self.linear_solver, "linear_solver", ("auto", "direct", "cg"))
-        check_scalar(self.cg_tol, "cg_tol", min_value=0.0, include_min=False)
-        check_scalar(self.max_cg, "max_cg", kind=int, min_value=1)
-
     def _start_run(self, problem) -> _SNSRun:
         base = super()._start_run(problem)
         return _SNSRun(**{f.name: getattr(base, f.name) for f in dataclass_fields(_SinkhornRun)})
@@ -238,7 +235,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             run.use_newton
             and not state.intermediate
             and np.isfinite(state.residual)
-            and state.residual <= self.switch_tol * run.support.mass
+            and state.residual <= self.switch_tol
             and (self.newton == "always" or self._iterations_left(run) > _NEWTON_MIN_REMAINING)
         )
         if in_newton and run.newton_pause > 0:
@@ -294,7 +291,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         return _SNSState(
             x=np.concatenate([f, g]),
             fun=_dual_value(support, f, g, level * support.mass),
-            residual=error,
+            residual=error / support.mass,
             f=f,
             g=g,
             run=run,
@@ -368,107 +365,58 @@ class SinkhornNewtonSparse(Sinkhorn):
         # which the shift takes care of. With S's own sums instead, every connected
         # component of S's graph adds a null direction, along which the step is garbage
         # (steps stalled near 1e-7 that way).
-        r, c = row, col
-        n = r.size
         # Levenberg-Marquardt damping, lam times the Hessian's diagonal on top of the shift:
         # at small reg the dual is far from quadratic and a plain Newton step overshoots,
         # so lam grows after short or failed steps and shrinks after full ones.
-        lam = run.damping
-        delta = self.shift * grad_norm
-        scale = 1.0 + lam
-        r_damped, c_damped = r * scale, c * scale
-        diagonal = np.concatenate([r_damped, c_damped]) / reg + delta
-        St = S.T.tocsr()
-
-        def matvec(v):
-            top = (r_damped * v[:n] + S @ v[n:]) / reg
-            bottom = (St @ v[:n] + c_damped * v[n:]) / reg
-            return np.concatenate([top, bottom]) + delta * v
-
-        size = n + c.size
+        diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
+        diagonal += self.shift * grad_norm
         grad = np.concatenate([grad_f, grad_g])
-        cg_iterations = 0
-        solver = self.linear_solver
-        if solver == "auto":
-            # Once CG has failed to converge (an ill-conditioned system, small reg), the
-            # remaining steps factorize: CG failed again at every later step when measured.
-            sparse_enough = S.nnz <= _DIRECT_MAX_DEGREE * size
-            solver = "direct" if sparse_enough or run.cg_failed else "cg"
-        if solver == "direct":
-            # The shifted, sparsified Hessian is a bipartite graph's (signless) Laplacian
-            # plus delta I: sparse, symmetric positive definite, with little fill-in. At
-            # small reg its graph is a near-matching with long chains, where Jacobi-CG
-            # needs hundreds of iterations and still returns poor directions. Symmetric
-            # mode (no pivoting off the diagonal, a minimum-degree ordering of A + A^T) is
-            # the right LU for a symmetric positive definite matrix and has less fill-in.
-            system = sp.bmat(
-                [[sp.diags_array(r_damped / reg + delta), S / reg],
-                 [St / reg, sp.diags_array(c_damped / reg + delta)]],
-                format="csc",
-            )
-            try:
-                direction = splu(
-                    system, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                    options={"SymmetricMode": True},
-                ).solve(grad)
-            except RuntimeError:  # a singular factor: fall back to a Sinkhorn step
-                return None
-        else:
-            system = LinearOperator((size, size), matvec=matvec, dtype=float)
-            preconditioner = LinearOperator(
-                (size, size), matvec=lambda v: v / diagonal, dtype=float
-            )
-
-            def count(_):
-                nonlocal cg_iterations
-                cg_iterations += 1
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                direction, info = cg(
-                    system, grad, rtol=self.cg_tol, maxiter=self.max_cg, M=preconditioner,
-                    callback=count,
-                )
-            run.cg_failed = run.cg_failed or info != 0
+        # Once CG has failed to converge (an ill-conditioned system, small reg), the
+        # remaining steps factorize: CG failed again at every later step when measured.
+        solver = "direct" if self.linear_solver == "auto" and run.cg_failed else (
+            self.linear_solver
+        )
+        found = newton_direction(
+            diagonal, S, -grad, reg, solver=solver, direct_max_degree=_DIRECT_MAX_DEGREE,
+            cg_tol=self.cg_tol, max_cg=self.max_cg,
+        )
+        if found is None:  # a singular factor: fall back to a Sinkhorn step
+            return None
+        run.cg_failed = run.cg_failed or not found.cg_converged
+        direction, n = found.d, row.size
         slope = float(grad @ direction)
         if not np.isfinite(slope) or slope <= 0:
             return None
-        step = 1.0
+
         # Near the optimum the dual value changes below its rounding error, where Armijo's
         # test passes on noise with ever shorter steps (thousands of useless Newton steps
-        # were measured): a step must raise the value by more than the rounding error, or
-        # lower the marginal error without losing value beyond it.
-        rounding = 1e-13 * max(abs(value), 1.0)
-        residual = state.residual if np.isfinite(state.residual) else grad_norm
-        for _ in range(_MAX_HALVINGS):
+        # were measured): the search keeps a step that raises the value by more than the
+        # rounding error, or lowers the marginal error without losing value beyond it.
+        def evaluate(step):
             f_new, g_new = f + step * direction[:n], g + step * direction[n:]
             new_value, _, _, error = self._dual(run, reg, f_new, g_new)
-            if not new_value >= value - rounding:
-                step *= 0.5
-                continue
-            gain = new_value - value
-            if (gain >= 1e-4 * step * slope and gain > rounding) or (
-                error <= (1.0 - 1e-4 * step) * residual
-            ):
-                if step == 1.0:
-                    run.damping = run.damping / 4.0 if run.damping > 1e-6 else 0.0
-                else:
-                    run.damping = max(4.0 * run.damping, 1e-3)
-                return _SNSState(
-                    x=np.concatenate([f_new, g_new]),
-                    fun=new_value,
-                    residual=error,
-                    f=f_new,
-                    g=g_new,
-                    run=run,
-                    stage="newton",
-                    record={"newton": 1.0, "cg_iterations": float(cg_iterations),
-                            "hessian_density": density, "step": step, "reg": reg,
-                            "intermediate": 0.0},
-                )
-            step *= 0.5
-        run.damping = max(16.0 * run.damping, 1e-2)
-        return None
+            return -new_value, 1e-4 * step * slope, error, (f_new, g_new, new_value, error)
+
+        # The line search compares absolute marginal errors (the residual is relative).
+        residual = state.residual * support.mass if np.isfinite(state.residual) else grad_norm
+        accepted = line_search(evaluate, -value, residual, max_halvings=_MAX_HALVINGS)
+        if accepted is None:
+            run.damping = max(16.0 * run.damping, 1e-2)
+            return None
+        (f_new, g_new, new_value, error), step = accepted
+        run.damping = next_damping(run.damping, step)
+        return _SNSState(
+            x=np.concatenate([f_new, g_new]),
+            fun=new_value,
+            residual=error / support.mass,
+            f=f_new,
+            g=g_new,
+            run=run,
+            stage="newton",
+            record={"newton": 1.0, "cg_iterations": float(found.cg_iterations),
+                    "hessian_density": density, "step": step, "reg": reg,
+                    "intermediate": 0.0},
+        )
 
     def _result_fields(self, problem, state):
         fields = super()._result_fields(problem, state)
@@ -476,7 +424,7 @@ class SinkhornNewtonSparse(Sinkhorn):
             # Stopped (max_iter, interrupt, callback) during the epsilon scaling: report the
             # problem's own dual value and marginal error, not the level's.
             value, _, _, error = self._dual(state.run, problem.reg, state.f, state.g)
-            fields["fun"], fields["residual"] = value, error
+            fields["fun"], fields["residual"] = value, error / state.run.support.mass
         fields["n_sinkhorn"] = state.run.n_sinkhorn
         fields["n_newton"] = state.run.n_newton
         return fields

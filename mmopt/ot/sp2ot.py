@@ -14,11 +14,11 @@ import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
 from mmopt._core.anderson import AndersonAcceleration
+from mmopt._core.linesearch import armijo, backtracking
+from mmopt._core.mm import MMProblem, MMSolver
 from mmopt._core.registry import solve
 from mmopt._core.result import Result
 from mmopt._core.validation import check_array, check_scalar
-from mmopt.mm.problem import MMProblem
-from mmopt.mm.solver import MMSolver
 from mmopt.ot.p2ot import P2OTProblem, ProgressivePartialOT
 
 __all__ = ["SP2OT", "SP2OTProblem", "semantic_graph", "sp2ot_pseudo_labels"]
@@ -236,16 +236,21 @@ class SP2OTProblem(MMProblem):
         if not self.safeguard:
             return Q_new, F_new, 0
         rounding = 1e-13 * max(abs(F_t), 1.0)
-        step, halvings = 1.0, 0
         direction = Q_new - Q_t
-        while not F_new <= F_t + rounding and halvings < 60:
-            step *= 0.5
-            halvings += 1
-            Q_new = Q_t + step * direction
-            F_new = self.objective(Q_new)
-        if not F_new <= F_t + rounding:
+
+        def trial(step):
+            if step == 1.0:
+                return Q_new, F_new
+            Q = Q_t + step * direction
+            return Q, self.objective(Q)
+
+        # The step along [Q_t, Q_new] is halved until F does not increase (60 halvings).
+        found = backtracking(trial, armijo(F_t, 0.0, c1=0.0, rounding=rounding,
+                                           value=lambda t: t[1]), max_trials=61)
+        halvings = found.n_trials - 1
+        if not found.success:
             return Q_t, F_t, halvings
-        return Q_new, F_new, halvings
+        return (*found.trial, halvings)
 
     def mm_step(self, x):
         Q_t = np.asarray(x, dtype=float).reshape(self.shape)
@@ -367,7 +372,8 @@ def sp2ot_pseudo_labels(
     features (:func:`semantic_graph`), then runs the safeguarded MM of SP²OT on the shared
     MM loop (:class:`mmopt.mm.MMSolver`; ``anderson=True`` tries safeguarded Anderson
     extrapolation of the plan). Framework-agnostic: a PyTorch user passes
-    ``logits.detach().numpy()`` and ``features.detach().numpy()`` per batch.
+    ``logits.detach().numpy()`` and ``features.detach().numpy()`` per batch. The papers'
+    references: :class:`SP2OTProblem`.
 
     Parameters
     ----------
@@ -400,13 +406,6 @@ def sp2ot_pseudo_labels(
         The MM result (``x`` the flattened plan, ``fun`` = ``F``, ``history``) plus
         ``plan`` (n, k), ``labels`` (row-wise argmax), ``confidence`` (transported fraction
         ``Q 1 / a``), ``mask`` (``confidence >= threshold``).
-
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
-    .. [2] C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep
-       Imbalanced Clustering", ICLR 2024.
 
     Examples
     --------

@@ -14,7 +14,7 @@ from scipy.sparse.linalg import LinearOperator, cg
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.lbfgs import LBFGSBSteps, LBFGSBStopped
 from mmopt._core.linesearch import backtracking
-from mmopt._core.params import Interval, Options, constraints_of, validate_params
+from mmopt._core.params import Interval, Options
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
@@ -361,10 +361,6 @@ class SparsityConstrainedOT(Solver):
         self.callback = callback
         self.verbose = verbose
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
 
     # ----------------------------------------------------------------------------- setup
     def _init_state(self, problem, x0):

@@ -7,26 +7,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
-from mmopt._core.threads import effective_n_threads
-from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
-from mmopt.ot._kernels import (
-    dense_plan,
-    log_half_step,
-    plan_marginals,
-    plan_row_sums,
-    sparsify_plan,
-)
+from mmopt._core.validation import check_array, check_choice, check_scalar
+from mmopt.ot._kernels import dense_plan, plan_marginals, plan_row_sums, sparsify_plan
 from mmopt.ot._newton import line_search, newton_direction, next_damping
+from mmopt.ot._support import (
+    N_THREADS,
+    ScalingRun,
+    check_threads_option,
+    kl,
+    log_ratio_sum,
+    logsumexp,
+    measure,
+)
 
 __all__ = ["UnbalancedOTProblem", "UnbalancedSinkhorn", "unbalanced_sinkhorn"]
 
-# Above this ratio of the cost's spread to reg the scaling domain's kernel comes close to
-# underflowing: the log domain is used instead (as in balanced Sinkhorn).
-_SCALING_MAX_RATIO = 100.0
 # Stabilized scaling: the kernel absorbs the potentials once an iteration moves them by less
 # than this many reg (log-domain steps before), and again once they drift this many reg from
 # the absorbed ones (exp of the drift stays far from overflow).
@@ -56,26 +56,6 @@ def _relaxation_pair(reg_m):
             raise ValueError(f"reg_m must be > 0 (inf for a hard marginal), got {value!r}.")
         pair.append(value)
     return pair[0], pair[1]
-
-
-def _logsumexp(x):
-    top = float(x.max())
-    if not math.isfinite(top):
-        return top
-    return top + math.log(float(np.exp(x - top).sum()))
-
-
-def _histogram(value, name, size, axis):
-    if value is None or np.size(value) == 0:
-        return readonly(np.full(size, 1.0 / size))
-    hist = check_array(value, name, ndim=1, nonnegative=True)
-    if hist.shape[0] != size:
-        raise ValueError(
-            f"{name} must have one entry per {axis} of C ({size}), got {hist.shape[0]}."
-        )
-    if not hist.sum() > 0:
-        raise ValueError(f"{name} must have a positive total mass.")
-    return hist
 
 
 @dataclass(frozen=True)
@@ -140,8 +120,8 @@ class UnbalancedOTProblem(Problem):
     def __post_init__(self):
         C = check_array(self.C, "C", ndim=2)
         n, m = C.shape
-        a = _histogram(self.a, "a", n, "row")
-        b = _histogram(self.b, "b", m, "column")
+        a = measure(self.a, "a", n, "row")
+        b = measure(self.b, "b", m, "column")
         reg = check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
         reg_m = _relaxation_pair(self.reg_m)
         check_choice(self.reg_type, "reg_type", ("kl", "entropy"))
@@ -172,22 +152,12 @@ class UnbalancedOTProblem(Problem):
         )
 
 
-class _Run:
+class _Run(ScalingRun):
     """What one solve computes once: the support, the kernel, the update constants."""
 
     def __init__(self, problem: UnbalancedOTProblem, method: str, n_threads):
-        self.rows = np.flatnonzero(problem.a > 0)
-        self.cols = np.flatnonzero(problem.b > 0)
-        self.full = self.rows.size == problem.a.size and self.cols.size == problem.b.size
-        if self.full:
-            self.C = np.ascontiguousarray(problem.C)
-        else:
-            self.C = np.ascontiguousarray(problem.C[np.ix_(self.rows, self.cols)])
-        self.a = problem.a[self.rows]
-        self.b = problem.b[self.cols]
-        self.log_a = np.log(self.a)
-        self.log_b = np.log(self.b)
-        self.reg = reg = problem.reg
+        super().__init__(problem, method, n_threads, large="stabilized")
+        reg = self.reg
         self.rho_a, self.rho_b = problem.reg_m
         # Exponent of the KL-relaxed scaling update (1 for a hard marginal).
         self.fi_a = 1.0 if math.isinf(self.rho_a) else self.rho_a / (self.rho_a + reg)
@@ -195,15 +165,6 @@ class _Run:
         # The solver works with shifted potentials f~ = f + kappa reg log a (and g~ alike),
         # so that the plan is exp((f~_i + g~_j - C_ij) / reg) for both reference measures.
         self.kappa = 1.0 if problem.reg_type == "kl" else 0.0
-        self.threads = effective_n_threads(n_threads)
-        if method == "auto":
-            spread = float(self.C.max() - self.C.min())
-            method = "scaling" if spread / reg <= _SCALING_MAX_RATIO else "stabilized"
-        self.method = method
-        self.Ct = np.ascontiguousarray(self.C.T)
-        if method == "scaling":
-            with np.errstate(under="ignore"):
-                self.K = np.exp(self.C * (-1.0 / reg))
         self.mass = float(max(self.a.sum(), self.b.sum()))
         # Total mass of the reference measure c.
         if problem.reg_type == "kl":
@@ -219,7 +180,7 @@ class _Run:
         return gt - self.kappa * self.reg * self.log_b
 
     # ------------------------------------------------------------------------ half steps
-    def _half(self, C, K, other, own_old, log_w, fi, transpose, kernel=None):
+    def _half(self, other, own_old, log_w, fi, transpose, kernel=None):
         """Exact maximization of the dual in one block of potentials.
 
         Returns the new shifted potentials and the plan's sums along this block at
@@ -235,29 +196,20 @@ class _Run:
                 return None
             mass = np.exp((own_old - own0) / reg) * Kv
             h = reg * (log_w - np.log(Kv)) + own0
-        elif self.method in ("log", "stabilized"):
-            # h = reg (log w - logsumexp_j((other_j - C_ij) / reg)): the balanced update.
-            h, mass = log_half_step(C, other, own_old, log_w, reg, n_threads=self.threads)
         else:
-            Kv = (K.T if transpose else K) @ np.exp(other / reg)
-            mass = np.exp(own_old / reg) * Kv
-            with np.errstate(divide="ignore"):
-                h = reg * (log_w - np.log(Kv))
+            # h = reg (log w - logsumexp_j((other_j - C_ij) / reg)): the balanced update.
+            h, mass = self.half(own_old, other, log_w, transpose)
         if fi == 1.0:
             return h, mass
         return fi * h + (1.0 - fi) * self.kappa * reg * log_w, mass
 
     def row_update(self, ft, gt, kernel=None):
-        K = getattr(self, "K", None)
-        if kernel is not None:
-            kernel = (kernel[0], kernel[1], kernel[2])
-        return self._half(self.C, K, gt, ft, self.log_a, self.fi_a, False, kernel)
+        return self._half(gt, ft, self.log_a, self.fi_a, False, kernel)
 
     def col_update(self, ft, gt, kernel=None):
-        K = getattr(self, "K", None)
         if kernel is not None:
             kernel = (kernel[0], kernel[2], kernel[1])
-        return self._half(self.Ct, K, ft, gt, self.log_b, self.fi_b, True, kernel)
+        return self._half(ft, gt, self.log_b, self.fi_b, True, kernel)
 
     def absorb(self, ft, gt):
         """The stabilized kernel at ``(ft, gt)``: ``(K~, f0, g0)``."""
@@ -275,9 +227,9 @@ class _Run:
         if inf_a and inf_b:
             return 0.0
         if not inf_a:
-            log_A = float(_logsumexp(self.log_a - self.true_f(ft) / self.rho_a))
+            log_A = logsumexp(self.log_a - self.true_f(ft) / self.rho_a)
         if not inf_b:
-            log_B = float(_logsumexp(self.log_b - self.true_g(gt) / self.rho_b))
+            log_B = logsumexp(self.log_b - self.true_g(gt) / self.rho_b)
         if inf_b:
             return self.rho_a * (log_A - math.log(self.b.sum()))
         if inf_a:
@@ -311,9 +263,10 @@ class _Run:
         d_cols = cols / reg + (0.0 if math.isinf(self.rho_b) else beta / self.rho_b)
         diagonal = (1.0 + damping) * np.concatenate([d_rows, d_cols])
         diagonal += 1e-12 * grad_norm  # both marginals hard: the (1, -1) null direction
-        direction = newton_direction(diagonal, S, grad, reg)
-        if direction is None:
+        found = newton_direction(diagonal, S, grad, reg)
+        if found is None:
             return None
+        direction = found.d
         slope = float(grad @ direction)
         if not (math.isfinite(slope) and slope < 0):
             return None
@@ -377,13 +330,6 @@ class _UnbalancedState(SolverState):
     marginals: tuple | None = None
     damping: float = 0.0
     newton: bool = True
-
-
-def _kl(x, y):
-    """Generalized KL divergence ``sum x log(x / y) - x + y`` (0 log 0 = 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(x > 0, x * np.log(x / y), 0.0)
-    return float(terms.sum() - x.sum() + y.sum())
 
 
 @register_solver
@@ -496,32 +442,24 @@ class UnbalancedSinkhorn(Solver):
         self.callback = callback
         self.verbose = verbose
 
+    _parameter_constraints = {
+        "method": [Options({"auto", "log", "scaling", "stabilized"})],
+        "translation_invariant": [bool],
+        "newton": [None, bool],
+        "newton_switch": [Interval(float, 0, None)],
+        "n_threads": N_THREADS,
+    }
+
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_choice(self.method, "method", ("auto", "log", "scaling", "stabilized"))
-        if not isinstance(self.translation_invariant, (bool, np.bool_)):
-            raise TypeError(
-                "translation_invariant must be True or False, got "
-                f"{self.translation_invariant!r}."
-            )
-        if self.newton is not None and not isinstance(self.newton, (bool, np.bool_)):
-            raise TypeError(f"newton must be True, False or None, got {self.newton!r}.")
-        check_scalar(self.newton_switch, "newton_switch", min_value=0.0)
-        effective_n_threads(self.n_threads)
+        check_threads_option(self)
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.method, self.n_threads)
-        n, m = problem.shape
         if x0 is None:
-            f = np.zeros(run.rows.size)
-            g = np.zeros(run.cols.size)
+            f, g = np.zeros(run.rows.size), np.zeros(run.cols.size)
         else:
-            x0 = check_array(x0, "x0", ndim=1, finite=False)
-            if x0.shape != (n + m,):
-                raise ValueError(f"x0 must have shape ({n + m},) = (n + m,), got {x0.shape}.")
-            f, g = np.array(x0[:n][run.rows]), np.array(x0[n:][run.cols])
-            if not (np.isfinite(f).all() and np.isfinite(g).all()):
-                raise ValueError("x0 must be finite on the entries of positive mass.")
+            f, g, _ = run.read_start(x0)
         ft = f + run.kappa * run.reg * run.log_a
         gt = g + run.kappa * run.reg * run.log_b
         return _UnbalancedState(x=np.concatenate([f, g]), fun=-np.inf, ft=ft, gt=gt, run=run)
@@ -604,25 +542,19 @@ class UnbalancedSinkhorn(Solver):
 
     def _result_fields(self, problem, state):
         run = state.run
-        n, m = problem.shape
         block = dense_plan(run.C, state.ft, state.gt, run.reg, n_threads=run.threads)
         rows_s, cols_s = block.sum(axis=1), block.sum(axis=0)
-        if run.full:
-            plan = block
-        else:
-            plan = np.zeros((n, m))
-            plan[np.ix_(run.rows, run.cols)] = block
-        f = np.full(n, -np.inf)
-        g = np.full(m, -np.inf)
-        f[run.rows], g[run.cols] = run.true_f(state.ft), run.true_g(state.gt)
+        plan = run.plan(block)
+        f_s, g_s = run.true_f(state.ft), run.true_g(state.gt)
+        f, g = run.potentials(f_s, g_s)
         row_marginal, col_marginal = plan.sum(axis=1), plan.sum(axis=0)
         transport_cost = float(np.vdot(run.C, block))
-        # KL(P | c) from the potentials: log(P_ij / c_ij) = (f_i + g_j - C_ij) / reg.
+        # KL(P | c): log(P_ij / c_ij) = (f_i + g_j - C_ij) / reg with the true potentials.
         total = float(rows_s.sum())
         kl_plan = (
-            float(f[run.rows] @ rows_s + g[run.cols] @ cols_s) - transport_cost
-        ) / run.reg - total + run.c_mass
-        kl_a, kl_b = _kl(row_marginal, problem.a), _kl(col_marginal, problem.b)
+            log_ratio_sum(f_s, g_s, rows_s, cols_s, transport_cost, run.reg) - total + run.c_mass
+        )
+        kl_a, kl_b = kl(row_marginal, problem.a), kl(col_marginal, problem.b)
         objective = transport_cost + run.reg * kl_plan
         objective += 0.0 if math.isinf(run.rho_a) else run.rho_a * kl_a
         objective += 0.0 if math.isinf(run.rho_b) else run.rho_b * kl_b
@@ -662,7 +594,8 @@ def unbalanced_sinkhorn(a, b, C, reg, reg_m, **options) -> Result:
 
     with POT's conventions (``ot.unbalanced.sinkhorn_unbalanced``): ``c = a b^T`` for
     ``reg_type="kl"`` (default), ``c = 1`` for ``"entropy"``; ``reg_m = (rho_1, rho_2)`` or
-    one value for both; ``inf`` on one side keeps that marginal exact.
+    one value for both; ``inf`` on one side keeps that marginal exact. The algorithm and its
+    references: :class:`UnbalancedSinkhorn`.
 
     Parameters
     ----------
@@ -686,13 +619,6 @@ def unbalanced_sinkhorn(a, b, C, reg, reg_m, **options) -> Result:
         With ``plan``, ``f``, ``g``, ``transported_mass``, ``row_marginal``,
         ``col_marginal``, ``marginal_kl``, ``marginal_l1``, ``transport_cost``,
         ``objective``, ``optimality_error``.
-
-    References
-    ----------
-    .. [1] L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for
-       unbalanced optimal transport problems", Mathematics of Computation 87 (2018).
-    .. [2] T. Séjourné, F.-X. Vialard, G. Peyré, "Faster unbalanced optimal transport:
-       translation invariant Sinkhorn and 1-D Frank-Wolfe", AISTATS 2022.
 
     Examples
     --------

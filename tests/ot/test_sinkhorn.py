@@ -7,7 +7,7 @@ from scipy.special import logsumexp
 
 import mmopt
 from mmopt import ConvergenceWarning
-from mmopt.ot import OTProblem, Sinkhorn, exact_ot, sinkhorn
+from mmopt.ot import OTProblem, Sinkhorn, exact_ot, sinkhorn, sinkhorn_newton_sparse
 
 
 def _clouds(seed, n=30, m=40, shift=0.0):
@@ -248,3 +248,21 @@ def test_bad_options_and_x0():
         Sinkhorn(n_threads=1.5).solve(problem)
     with pytest.raises(TypeError, match="overrelaxation"):
         Sinkhorn(overrelaxation="yes").solve(problem)
+
+
+@pytest.mark.parametrize("solver", [sinkhorn, sinkhorn_newton_sparse])
+@pytest.mark.parametrize("scale", [1e-250, 1e-10, 1e6])
+def test_tol_is_relative_to_the_total_mass(solver, scale):
+    # tol was an absolute L1 error: at masses of 1e-10 the second iteration met it with a
+    # relative marginal error of 0.7, and below 1e-200 the scaling domain's kernel floor
+    # (absolute) cut the plan itself.
+    rng = np.random.default_rng(0)
+    x, y = rng.random((20, 2)), rng.random((25, 2))
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    a, b = rng.random(20) + 0.1, rng.random(25) + 0.1
+    a, b = a / a.sum(), b / b.sum()
+    reference = solver(a, b, C, reg=1e-2, tol=1e-9)
+    res = solver(a * scale, b * scale, C, reg=1e-2, tol=1e-9)
+    assert res.status == 0 and res.residual <= 1e-9
+    assert res.marginal_error / scale <= 1e-8
+    np.testing.assert_allclose(res.plan / scale, reference.plan, rtol=0, atol=1e-8)
