@@ -4,7 +4,8 @@ potentials live on a regular grid and each half-iteration is a Gaussian transfor
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,6 +22,36 @@ __all__ = ["SmoothRegimeNotApplicable", "SmoothSinkhornOutput", "smooth_sinkhorn
 _EPS_FACTOR = 0.5
 # Entries of a c-transform onto grid nodes (warm start) evaluated per block.
 _BLOCK_ENTRIES = 1 << 20
+
+
+class _Relaxation:
+    """The over-relaxation factor from the plain iteration's observed linear rate."""
+
+    WINDOW = 10
+    MAX_OMEGA = 1.8
+    START_ERROR = 0.1
+
+    def __init__(self):
+        self.errors = []
+        self.omega = 1.0
+        self.switch_error = None
+        self.failed = False
+
+    def update(self, error: float) -> float:
+        if self.failed:
+            return 1.0
+        if self.switch_error is not None:
+            if error > 10.0 * self.switch_error:
+                self.failed, self.omega = True, 1.0
+            return self.omega
+        if error < self.START_ERROR:
+            self.errors.append(error)
+        if len(self.errors) > self.WINDOW:
+            rate = (self.errors[-1] / self.errors[-1 - self.WINDOW]) ** (1.0 / self.WINDOW)
+            if 0.0 < rate < 1.0:
+                self.omega = min(self.MAX_OMEGA, 2.0 / (1.0 + np.sqrt(1.0 - rate)))
+                self.switch_error = error
+        return self.omega
 
 
 class SmoothSinkhornOutput(NamedTuple):
@@ -53,6 +84,7 @@ def smooth_sinkhorn(
     f_init=None,
     g_init=None,
     eps_scaling: bool = True,
+    overrelaxation: bool = True,
     n_threads: int | None = None,
     callback: Callable[[int, float], object] | None = None,
 ) -> SmoothSinkhornOutput:
@@ -97,6 +129,11 @@ def smooth_sinkhorn(
     eps_scaling : bool, default=True
         Start at ``reg`` = the squared diameter of the clouds' bounding box, halve it per
         level with one iteration each, then iterate at the target ``reg``.
+    overrelaxation : bool, default=True
+        Once the error's linear rate ``r`` is measured (over 10 plain iterations, when the
+        error is below 0.1), over-relax both updates, ``F <- F + w (F_new - F)``, with
+        ``w = 2 / (1 + sqrt(1 - r))`` (at most 1.8); back to plain iterations for good if the
+        error grows tenfold.
     n_threads : int, optional
         Threads of the kernels; all available CPUs when None.
     callback : callable, optional
@@ -175,15 +212,26 @@ def smooth_sinkhorn(
             G = g_update(f_update(G, eps), eps)
             eps *= _EPS_FACTOR
 
+    def marginal_error(values, exact, coords, weights):
+        """L1 error of the marginal ``weights exp((values - exact) / reg)`` at the points."""
+        change = grid.interpolate((values - exact) / reg, coords, threads)
+        return float(np.abs(weights * np.expm1(change)).sum())
+
     history = []
     n_iter, converged = 0, False
+    relax = _Relaxation() if overrelaxation else None
+    omega = 1.0
     F = f_update(G, reg)
     while n_iter < max_iter:
-        G_new = g_update(F, reg)
-        # Columns of the iterate (F, G): b_j exp((G - G_new)(y_j) / reg).
-        change = grid.interpolate((G - G_new) / reg, y_grid, threads)
-        error = float(np.abs(b * np.expm1(change)).sum())
-        G = G_new
+        G_exact = g_update(F, reg)
+        G_next = G + omega * (G_exact - G)
+        # The iterate (F, G_next): its columns are b exp((G_next - G_exact) / reg), its rows
+        # a exp((F - F_exact) / reg) with F_exact the row update (needed next anyway).
+        F_exact = f_update(G_next, reg)
+        error = marginal_error(F, F_exact, x_grid, a)
+        if omega != 1.0:
+            error += marginal_error(G_next, G_exact, y_grid, b)
+        G = G_next
         n_iter += 1
         history.append(error)
         if not np.isfinite(error):
@@ -191,7 +239,9 @@ def smooth_sinkhorn(
         if error <= tol:
             converged = True
             break
-        F = f_update(G, reg)
+        if relax is not None:
+            omega = relax.update(error)
+        F = F + omega * (F_exact - F)
         if callback is not None:
             try:
                 callback(n_iter, error)
@@ -223,9 +273,13 @@ def _check_inputs(x, y, a, b, reg):
     b = check_array(b, "b", ndim=1, nonnegative=True)
     for name, w, pts in (("a", a, x), ("b", b, y)):
         if w.shape[0] != pts.shape[0]:
-            raise ValueError(f"{name} must have one weight per point: {w.shape[0]} != {pts.shape[0]}.")
+            raise ValueError(
+                f"{name} must have one weight per point: {w.shape[0]} != {pts.shape[0]}."
+            )
     if not np.isclose(a.sum(), b.sum(), rtol=1e-9, atol=0.0) or a.sum() <= 0:
-        raise ValueError(f"a and b must have the same positive mass, got {a.sum()} and {b.sum()}.")
+        raise ValueError(
+            f"a and b must have the same positive mass, got {a.sum()} and {b.sum()}."
+        )
     if not (np.isfinite(reg) and reg > 0):
         raise ValueError(f"reg must be a positive finite number, got {reg!r}.")
     return x, y, a, b, float(reg)
@@ -234,7 +288,9 @@ def _check_inputs(x, y, a, b, reg):
 def _check_potential(values, points, name):
     values = check_array(values, name, ndim=1)
     if values.shape[0] != points.shape[0]:
-        raise ValueError(f"{name} must have one value per point: {values.shape[0]} != {points.shape[0]}.")
+        raise ValueError(
+            f"{name} must have one value per point: {values.shape[0]} != {points.shape[0]}."
+        )
     return values
 
 
