@@ -104,8 +104,8 @@ def run(quick: bool = False) -> str:
         func = _mmopt_case if name == "mmopt" else _pot_case
         try:
             r = _isolated(func, d, n, factor)
-        except ImportError:
-            lines.append(f"| {name} | {d} | {n} | {factor:g} | not installed | | | | | |")
+        except ImportError as exc:
+            lines.append(f"| {name} | {d} | {n} | {factor:g} | not importable: {exc} | | | | | |")
             continue
         except Exception as exc:  # the row says why (e.g. the regime does not apply)
             lines.append(f"| {name} | {d} | {n} | {factor:g} | failed: {exc} | | | | | |")

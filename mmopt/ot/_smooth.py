@@ -183,7 +183,9 @@ def smooth_sinkhorn(
     grid = GaussGrid.covering(np.vstack([x, y]), reg, tol)
     x_grid, y_grid = grid.coordinates(x), grid.coordinates(y)
     a_grid, b_grid = grid.spread(x_grid, a), grid.spread(y_grid, b)
-    a_active, b_active = a_grid != 0.0, b_grid != 0.0
+    # The nodes the points' interpolation reads (zero-mass points included).
+    a_active = grid.spread(x_grid, np.ones(x.shape[0])) != 0.0
+    b_active = grid.spread(y_grid, np.ones(y.shape[0])) != 0.0
     log_a_grid, sign_a = _log_abs(a_grid), np.sign(a_grid)
     log_b_grid, sign_b = _log_abs(b_grid), np.sign(b_grid)
 
