@@ -11,6 +11,7 @@ through a plan, as a scikit-learn transformer.
 
 from mmopt.ot.clustering import ImbalancedOTClustering
 from mmopt.ot.exact import ExactOT, exact_ot
+from mmopt.ot.lazy_plan import LazyPlan
 from mmopt.ot.mapping import OTMapping
 from mmopt.ot.p2ot import (
     P2OTProblem,
@@ -29,6 +30,7 @@ from mmopt.ot.unbalanced import UnbalancedOTProblem, UnbalancedSinkhorn, unbalan
 __all__ = [
     "ImbalancedOTClustering",
     "ExactOT",
+    "LazyPlan",
     "OTMapping",
     "OTProblem",
     "P2OTProblem",
