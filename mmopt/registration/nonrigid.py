@@ -17,7 +17,13 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 from sklearn.base import BaseEstimator
 
-from mmopt._core.params import Interval, Options, constraints_of, validate_params
+from mmopt._core.params import (
+    InstanceOf,
+    Interval,
+    Options,
+    constraints_of,
+    validate_params,
+)
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -28,6 +34,11 @@ from mmopt.registration.arap import (
     best_rotations,
     edge_weights,
     laplacian,
+)
+from mmopt.registration.deformation_graph import (
+    CoarseResult,
+    DeformationGraph,
+    run_coarse_stage,
 )
 from mmopt.registration.nonrigid_problem import NonRigidRegistrationProblem
 from mmopt.registration.problem import _centroid, check_point_cloud
@@ -57,6 +68,7 @@ class _Setup:
     weights: np.ndarray      # arap_weight / degree(head), per directed edge
     arap_matrix: sp.csr_matrix  # kron(Laplacian, I3), 3n x 3n
     nu: float
+    coarse: CoarseResult | None  # the deformation-graph stage, when it ran
 
 
 @dataclass
@@ -103,7 +115,9 @@ class SPARE(Solver):
     0. The solve stops when the RMS change of ``v`` per point, divided by the problem's
     ``scale``, is at most ``tol``.
 
-    This is the fine stage of the paper (no deformation-graph coarse stage).
+    The fine stage above is started, by default, by the paper's coarse stage on a
+    deformation graph (see :mod:`mmopt.registration.deformation_graph`); ``nu`` is then the
+    median closest-point distance after it.
 
     Parameters
     ----------
@@ -118,6 +132,14 @@ class SPARE(Solver):
         (at least ``1e-6 * scale``).
     reject_opposite : bool, default=True
         Give weight 0 to pairs with ``(R_i n_i)^T n_q < 0`` (when the normals are oriented).
+    reject_distance : float or None, default=3.0
+        Give weight 0 to pairs farther apart than ``reject_distance * nu`` (Euclidean
+        distance); None keeps them all. Source points without a counterpart in the target
+        otherwise follow outliers or the target's border (see BENCHMARKS.md).
+    coarse : bool or DeformationGraph, default=True
+        Start with the coarse stage on a deformation graph (:class:`DeformationGraph`, its
+        options; True for the defaults), whose result (positions and rotations) starts the
+        fine stage above. Skipped when ``x0`` is given.
     neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
         KD-tree library of the closest-point search.
     tol : float, default=1e-4
@@ -132,8 +154,12 @@ class SPARE(Solver):
     ``Result`` fields besides the common ones: ``points`` (n, 3) the deformed source,
     ``rotations`` (n, 3, 3), ``normals`` (the deformed source normals ``R_i n_i``),
     ``inlier_ratio`` (share of points with a valid pair closer than ``3 nu``), ``nu``;
-    ``x`` is ``points.ravel()``. ``history`` holds ``energy_start`` (the objective at the
-    iteration's correspondences before its update; ``fun`` is after it) and ``inlier_ratio``.
+    ``x`` is ``points.ravel()``. After the coarse stage also ``nodes`` (m, 3),
+    ``node_transforms`` (m, 4, 4: node ``j`` maps the points near it by ``y = A_j (x - g_j)
+    + g_j + t_j``) and ``coarse_history`` (``fun``, ``energy_start``, ``residual``, one entry
+    per coarse iteration; ``nit`` counts the fine iterations). ``history`` holds
+    ``energy_start`` (the objective at the iteration's correspondences before its update;
+    ``fun`` is after it) and ``inlier_ratio``.
 
     The authors of SPARE state that the method is under patent and that their code is for
     research use only; this implementation follows the paper's equations and shares no code
@@ -164,6 +190,8 @@ class SPARE(Solver):
         "welsch_scale": [Interval(float, 0, None, closed="neither"), None],
         "normal_weight": [Interval(float, 0, None)],
         "reject_opposite": [bool],
+        "reject_distance": [Interval(float, 0, None, closed="neither"), None],
+        "coarse": [bool, InstanceOf(DeformationGraph)],
         "neighbors": [Options(BACKENDS)],
         "tol": [Interval(float, 0, None)],
         "max_iter": [Interval(int, 1, None)],
@@ -178,6 +206,8 @@ class SPARE(Solver):
         welsch_scale: float | None = None,
         normal_weight: float = 1.0,
         reject_opposite: bool = True,
+        reject_distance: float | None = 3.0,
+        coarse: bool | DeformationGraph = True,
         neighbors: str = "auto",
         tol: float = 1e-4,
         max_iter: int = 100,
@@ -188,6 +218,8 @@ class SPARE(Solver):
         self.welsch_scale = welsch_scale
         self.normal_weight = normal_weight
         self.reject_opposite = reject_opposite
+        self.reject_distance = reject_distance
+        self.coarse = coarse
         self.neighbors = neighbors
         self.tol = tol
         self.max_iter = max_iter
@@ -221,6 +253,15 @@ class SPARE(Solver):
         heads, tails = problem.edges()
         weights = float(self.arap_weight) * edge_weights(heads, n)
         L = laplacian(heads, tails, weights, n)
+        coarse = None
+        R = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+        if self.coarse is not False and x0 is None:
+            options = DeformationGraph() if self.coarse is True else self.coarse
+            coarse = run_coarse_stage(p, np.asarray(src_normals), target,
+                                      np.asarray(tgt_normals), oriented=oriented,
+                                      reject_opposite=self.reject_opposite, index=index,
+                                      options=options)
+            v, R = coarse.v, coarse.R
         if self.welsch_scale is None:
             dist, _ = index.query(v)
             nu = max(float(np.median(dist)), 1e-6)
@@ -230,9 +271,8 @@ class SPARE(Solver):
             scale=scale, origin=origin, p=p, normals=np.asarray(src_normals),
             target=target, target_normals=np.asarray(tgt_normals), oriented=oriented,
             index=index, heads=heads, tails=tails, weights=weights,
-            arap_matrix=sp.kron(L, sp.identity(3), format="csr"), nu=nu,
+            arap_matrix=sp.kron(L, sp.identity(3), format="csr"), nu=nu, coarse=coarse,
         )
-        R = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
         pairs = self._pairs(setup, v, R)
         fun = self._energy(setup, v, R, pairs)
         return _State(x=self._user_x(setup, v), fun=fun, v=v, R=R, setup=setup,
@@ -254,13 +294,29 @@ class SPARE(Solver):
     def _result_fields(self, problem, state: _State) -> dict:
         s = state.setup
         points = s.origin + s.scale * state.v
-        return {
+        fields = {
             "points": points,
             "rotations": state.R,
             "normals": np.einsum("nab,nb->na", state.R, s.normals),
             "inlier_ratio": float(state.inlier_ratio),
             "nu": s.nu * s.scale,
         }
+        if s.coarse is not None:
+            fields.update(self._coarse_fields(s))
+        return fields
+
+    @staticmethod
+    def _coarse_fields(s: _Setup) -> dict:
+        """The graph nodes and their maps in data units (4x4, acting on the points near
+        each node: ``y = A (x - g) + g + t``)."""
+        c = s.coarse
+        nodes = s.origin + s.scale * c.nodes
+        transforms = np.broadcast_to(np.eye(4), (len(nodes), 4, 4)).copy()
+        transforms[:, :3, :3] = c.affines
+        transforms[:, :3, 3] = (nodes + s.scale * c.shifts
+                                - np.einsum("nab,nb->na", c.affines, nodes))
+        return {"nodes": nodes, "node_transforms": transforms,
+                "coarse_history": dict(c.history)}
 
     # ---------------------------------------------------------------------- the pieces
     @staticmethod
@@ -268,7 +324,7 @@ class SPARE(Solver):
         return (setup.origin + setup.scale * v).ravel()
 
     def _pairs(self, s: _Setup, v: np.ndarray, R: np.ndarray) -> _Pairs:
-        _, idx = s.index.query(v)
+        dist, idx = s.index.query(v)
         q = s.target[idx]
         nq = s.target_normals[idx]
         rn = np.einsum("nab,nb->na", R, s.normals)
@@ -278,6 +334,10 @@ class SPARE(Solver):
         else:
             nq = nq * np.where(dots < 0.0, -1.0, 1.0)[:, None]
             valid = np.ones(len(v), dtype=bool)
+        if self.reject_distance is not None:
+            # A point of the source with no counterpart (missing overlap) is matched to the
+            # border or to an outlier: far away, yet often with a small plane residual.
+            valid &= dist <= self.reject_distance * s.nu
         d = np.einsum("na,na->n", rn + nq, v - q)
         w = np.where(valid, np.exp(-0.5 * (d / s.nu) ** 2), 0.0)
         return _Pairs(q=q, nq=nq, w=w, valid=valid)
