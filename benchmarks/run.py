@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ["mm", "ot", "sparse_ot", "unbalanced", "icp", "nonrigid", "bilevel", "bcd"]
+FAMILIES = [
+    "mm", "ot", "sparse_ot", "unbalanced", "icp", "symmetric", "nonrigid", "bilevel", "bcd",
+]
 
 
 def _cpu_model() -> str:

@@ -17,6 +17,12 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 from sklearn.base import BaseEstimator
 
+from mmopt._core.anderson import (
+    ANDERSON_OPTION,
+    AndersonAcceleration,
+    anderson_counts,
+    make_accelerator,
+)
 from mmopt._core.params import (
     InstanceOf,
     Interval,
@@ -77,6 +83,7 @@ class _State(SolverState):
     R: np.ndarray = None
     setup: _Setup = None
     inlier_ratio: float = np.nan
+    anderson: AndersonAcceleration | None = None  # this run's accelerator
 
 
 @dataclass
@@ -136,6 +143,11 @@ class SPARE(Solver):
         Give weight 0 to pairs farther apart than ``reject_distance * nu`` (Euclidean
         distance); None keeps them all. Source points without a counterpart in the target
         otherwise follow outliers or the target's border (see BENCHMARKS.md).
+    anderson : bool or AndersonAcceleration, default=False
+        Anderson acceleration of the outer iteration on the positions ``v`` (the rotations
+        follow by their step at the extrapolated positions), with the shared safeguard: a
+        candidate is kept only if its energy, at its own closest points, is no larger than
+        the current one. Off by default: measured, it does not pay (BENCHMARKS.md).
     coarse : bool or DeformationGraph, default=True
         Start with the coarse stage on a deformation graph (:class:`DeformationGraph`, its
         options; True for the defaults), whose result (positions and rotations) starts the
@@ -192,6 +204,7 @@ class SPARE(Solver):
         "reject_opposite": [bool],
         "reject_distance": [Interval(float, 0, None, closed="neither"), None],
         "coarse": [bool, InstanceOf(DeformationGraph)],
+        "anderson": ANDERSON_OPTION,
         "neighbors": [Options(BACKENDS)],
         "tol": [Interval(float, 0, None)],
         "max_iter": [Interval(int, 1, None)],
@@ -208,6 +221,7 @@ class SPARE(Solver):
         reject_opposite: bool = True,
         reject_distance: float | None = 3.0,
         coarse: bool | DeformationGraph = True,
+        anderson: bool | AndersonAcceleration = False,
         neighbors: str = "auto",
         tol: float = 1e-4,
         max_iter: int = 100,
@@ -220,6 +234,7 @@ class SPARE(Solver):
         self.reject_opposite = reject_opposite
         self.reject_distance = reject_distance
         self.coarse = coarse
+        self.anderson = anderson
         self.neighbors = neighbors
         self.tol = tol
         self.max_iter = max_iter
@@ -276,7 +291,8 @@ class SPARE(Solver):
         pairs = self._pairs(setup, v, R)
         fun = self._energy(setup, v, R, pairs)
         return _State(x=self._user_x(setup, v), fun=fun, v=v, R=R, setup=setup,
-                      inlier_ratio=self._inlier_ratio(setup, v, R, pairs))
+                      inlier_ratio=self._inlier_ratio(setup, v, R, pairs),
+                      anderson=make_accelerator(self.anderson))
 
     def _step(self, problem, state: _State) -> _State:
         s = state.setup
@@ -285,11 +301,28 @@ class SPARE(Solver):
         v = self._solve_positions(s, state.v, state.R, pairs)
         R = self._update_rotations(s, v, state.R, pairs)
         fun = self._energy(s, v, R, pairs)
+        accepted = np.nan
+        aa = state.anderson
+        if aa is not None:
+            # Extrapolate the positions; the rotations follow by their MM step there. The
+            # candidate is kept only if its energy at its own matches is no larger than the
+            # current one (re-matched), so fun <= energy_start still holds.
+            def evaluate(v_try):
+                pairs_try = self._pairs(s, v_try, state.R)
+                R_try = self._update_rotations(s, v_try, state.R, pairs_try)
+                return self._energy(s, v_try, R_try, pairs_try), (R_try, pairs_try)
+
+            out = aa.safeguarded_step(state.v.ravel(), v.ravel(), evaluate, start,
+                                      to_point=lambda x: x.reshape(-1, 3))
+            accepted = out.record
+            if out.accepted:
+                v, (R, pairs), fun = out.point, out.info, out.value
         change = float(np.sqrt(np.mean(np.sum((v - state.v) ** 2, axis=1))))
         inliers = self._inlier_ratio(s, v, R, pairs)
         return _State(x=self._user_x(s, v), fun=fun, residual=change, v=v, R=R, setup=s,
-                      inlier_ratio=inliers,
-                      record={"energy_start": start, "inlier_ratio": inliers})
+                      inlier_ratio=inliers, anderson=aa,
+                      record={"energy_start": start, "inlier_ratio": inliers,
+                              "accepted": accepted})
 
     def _result_fields(self, problem, state: _State) -> dict:
         s = state.setup
@@ -300,6 +333,7 @@ class SPARE(Solver):
             "normals": np.einsum("nab,nb->na", state.R, s.normals),
             "inlier_ratio": float(state.inlier_ratio),
             "nu": s.nu * s.scale,
+            **anderson_counts(state.anderson),
         }
         if s.coarse is not None:
             fields.update(self._coarse_fields(s))

@@ -296,3 +296,18 @@ def test_recovers_a_scan_deformation(kind):
         return np.sqrt(np.mean(np.sum((x - data.ground_truth) ** 2, axis=1)))
 
     assert error(res.points) < 0.5 * error(source)
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+def test_anderson_keeps_the_energy_safeguard():
+    p, normals = _ellipsoid(300)
+    target = p + 0.04 * normals * np.sin(3 * p[:, :1])
+    res = nonrigid_icp(p, target, source_normals=normals, target_normals=normals,
+                       anderson=True, coarse=False, max_iter=15)
+    assert res.n_accepted > 0
+    assert np.all(res.history["fun"] <= res.history["energy_start"] * (1 + 1e-12))
+    accepted = res.history["accepted"]
+    assert np.all(np.isnan(accepted) | (accepted == 0) | (accepted == 1))
+    plain = nonrigid_icp(p, target, source_normals=normals, target_normals=normals,
+                         coarse=False, max_iter=15)
+    assert plain.n_accepted == 0 and np.all(np.isnan(plain.history["accepted"]))
