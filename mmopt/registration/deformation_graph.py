@@ -48,9 +48,12 @@ from mmopt.registration.options import _Checked
 __all__ = ["DeformationGraph", "blend_weights", "farthest_point_nodes"]
 
 _POSITIVE = Interval(float, 0, None, closed="neither")
-# Proximal weight (normalized units) that keeps the node system definite when a node sees
-# no weighted sample; it only tightens the surrogate.
-_PROXIMAL = 1e-10
+# Proximal term eps ||X - X_k||^2, eps relative to the mean diagonal of the data term's
+# Hessian: directions the plane residuals do not see (sliding along a flat or cylindrical
+# part, a node without weighted samples) move only as far as the smoothness carries them,
+# instead of by the noise of the normals divided by a vanishing curvature. It only tightens
+# the surrogate, so F still decreases.
+_PROXIMAL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,6 @@ class _Graph:
         self.reg_matrix = sp.kron(StS, sp.identity(3), format="csr") * self.ws
         is_affine = np.tile([1.0, 1.0, 1.0, 0.0], self.m)
         self.reg_matrix += sp.diags(np.repeat(is_affine, 3) * self.wr)
-        self.reg_matrix += _PROXIMAL * sp.identity(12 * self.m)
         self.reg_rhs = -(self.S.T @ self.h) * self.ws
 
     def positions(self, X, all_points=False) -> np.ndarray:
@@ -265,11 +267,13 @@ def _system(graph: _Graph, X, q, m, valid) -> tuple[sp.csc_matrix, np.ndarray]:
         shape=(len(q), 12 * graph.m),
     )
     b = np.einsum("na,na->n", m, graph.offset - q)
-    H = (J.T @ sp.diags(w) @ J + graph.reg_matrix).tocsc()
+    data = (J.T @ sp.diags(w) @ J).tocsr()
+    eps = _PROXIMAL * max(float(data.diagonal().mean()), 1e-12)
+    H = (data + graph.reg_matrix + eps * sp.identity(12 * graph.m)).tocsc()
     rotations = np.zeros((graph.m, 4, 3))
     rotations[:, :3, :] = np.transpose(best_rotations(_affines(X)), (0, 2, 1))
     rhs = (-(J.T @ (w * b)) + graph.reg_rhs.ravel()
-           + graph.wr * rotations.ravel() + _PROXIMAL * X.ravel())
+           + graph.wr * rotations.ravel() + eps * X.ravel())
     return H, rhs
 
 
