@@ -17,7 +17,7 @@ started by a coarse stage on a deformation graph (:class:`DeformationGraph`).
 from mmopt.registration.deformation_graph import DeformationGraph
 from mmopt.registration.estimator import ICPRegistration
 from mmopt.registration.icp import ICP, icp
-from mmopt.registration.io import read_point_cloud, write_point_cloud
+from mmopt.registration.io import read_faces, read_point_cloud, write_point_cloud
 from mmopt.registration.kabsch import weighted_kabsch
 from mmopt.registration.nonrigid import (
     SPARE,
@@ -43,6 +43,7 @@ __all__ = [
     "estimate_normals",
     "icp",
     "nonrigid_icp",
+    "read_faces",
     "read_point_cloud",
     "se3_exp",
     "se3_log",
