@@ -226,20 +226,28 @@ class _Graph:
                                                self.normals[coo.row])
         out = np.zeros((self.W.shape[0], 3))
         np.add.at(out, coo.row, turned)
-        return out / np.linalg.norm(out, axis=1)[:, None]
+        # Blends of nearly opposite rotations could cancel: never divide by zero.
+        return out / np.maximum(np.linalg.norm(out, axis=1), 1e-12)[:, None]
+
+
+def orient_pairs(source_normals, target_normals, *, oriented: bool, reject_opposite: bool):
+    """``(target_normals, valid)`` of matched pairs: with oriented normals, pairs facing
+    opposite ways are invalid (if ``reject_opposite``); otherwise each target normal is
+    flipped to agree with its source normal and every pair is valid."""
+    dots = np.einsum("na,na->n", source_normals, target_normals)
+    if oriented:
+        valid = dots >= 0.0 if reject_opposite else np.ones(len(dots), dtype=bool)
+        return target_normals, valid
+    flipped = target_normals * np.where(dots < 0.0, -1.0, 1.0)[:, None]
+    return flipped, np.ones(len(dots), dtype=bool)
 
 
 def _pairs(graph: _Graph, v, X, oriented: bool, reject_opposite: bool, target, target_normals):
     _, idx = graph.index.query(v)
-    q, nq = target[idx], target_normals[idx]
     rn = graph.point_normals(X)
-    dots = np.einsum("na,na->n", rn, nq)
-    if oriented:
-        valid = dots >= 0.0 if reject_opposite else np.ones(len(v), dtype=bool)
-    else:
-        nq = nq * np.where(dots < 0.0, -1.0, 1.0)[:, None]
-        valid = np.ones(len(v), dtype=bool)
-    return q, rn + nq, valid
+    nq, valid = orient_pairs(rn, target_normals[idx], oriented=oriented,
+                             reject_opposite=reject_opposite)
+    return target[idx], rn + nq, valid
 
 
 def _energy(graph: _Graph, X, q, m, valid) -> float:

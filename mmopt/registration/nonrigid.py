@@ -44,6 +44,7 @@ from mmopt.registration.arap import (
 from mmopt.registration.deformation_graph import (
     CoarseResult,
     DeformationGraph,
+    orient_pairs,
     run_coarse_stage,
 )
 from mmopt.registration.nonrigid_problem import NonRigidRegistrationProblem
@@ -365,12 +366,8 @@ class SPARE(Solver):
         q = s.target[idx]
         nq = s.target_normals[idx]
         rn = np.einsum("nab,nb->na", R, s.normals)
-        dots = np.einsum("na,na->n", rn, nq)
-        if s.oriented:
-            valid = dots >= 0.0 if self.reject_opposite else np.ones(len(v), dtype=bool)
-        else:
-            nq = nq * np.where(dots < 0.0, -1.0, 1.0)[:, None]
-            valid = np.ones(len(v), dtype=bool)
+        nq, valid = orient_pairs(rn, nq, oriented=s.oriented,
+                                 reject_opposite=self.reject_opposite)
         if self.reject_distance is not None:
             # A point of the source with no counterpart (missing overlap) is matched to the
             # border or to an outlier: far away, yet often with a small plane residual.
