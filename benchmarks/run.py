@@ -29,7 +29,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ["mm", "sso", "ot", "sparse_ot", "smooth_ot", "unbalanced", "icp", "bilevel", "bcd"]
+FAMILIES = [
+    "mm", "sso", "ot", "sparse_ot", "smooth_ot", "unbalanced", "icp", "symmetric", "nonrigid",
+    "bilevel", "bcd",
+]
 
 
 def _cpu_model() -> str:

@@ -71,6 +71,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_rows(rows: list[tuple[str, object]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+
+
 def _read_init(path: str):
     """The 4x4 matrix of ``--init``, with errors that name the file."""
     import numpy as np
@@ -92,6 +98,11 @@ def _read_init(path: str):
 
 
 def _register(args: argparse.Namespace) -> int:
+    if args.nonrigid:
+        return _register_nonrigid(args)
+    if args.faces is not None:
+        print("mmopt register: error: --faces needs --nonrigid.", file=sys.stderr)
+        return 2
     import numpy as np
 
     from mmopt.registration import ICP, RegistrationProblem, ScaleSchedule
@@ -131,9 +142,7 @@ def _register(args: argparse.Namespace) -> int:
         ("inlier RMSE", "-" if result.inlier_rmse is None else f"{result.inlier_rmse:.4g}"),
         ("seconds", f"{result.time:.3f}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key.ljust(width)}  {value}")
+    _print_rows(rows)
     if args.output:
         T = result.transform
         moved = source @ T[:3, :3].T + T[:3, 3]
@@ -144,6 +153,45 @@ def _register(args: argparse.Namespace) -> int:
             print(f"mmopt register: error: {error}", file=sys.stderr)
             return 2
         print(f"aligned source written to {args.output}")
+    return 0 if result.success else 1
+
+
+def _register_nonrigid(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mmopt.registration import SPARE, NonRigidRegistrationProblem
+    from mmopt.registration.io import read_faces, read_point_cloud, write_point_cloud
+
+    try:
+        source, source_normals = read_point_cloud(args.source)
+        target, target_normals = read_point_cloud(args.target)
+        faces = None if args.faces is None else read_faces(args.faces)
+        problem = NonRigidRegistrationProblem(source, target, source_normals=source_normals,
+                                              target_normals=target_normals, faces=faces)
+        solver = SPARE(arap_weight=args.arap_weight, coarse=not args.no_coarse,
+                       max_iter=args.max_iter, verbose=args.verbose)
+        result = solver.solve(problem)
+    except (ValueError, TypeError, ImportError, OSError) as error:
+        print(f"mmopt register: error: {error}", file=sys.stderr)
+        return 2
+    coarse = result.get("coarse_history", {}).get("fun", ())
+    moved = np.linalg.norm(result.points - source, axis=1)
+    rows = [
+        ("status", f"{result.status} ({result.message})"),
+        ("iterations (coarse + fine)", f"{len(coarse)} + {result.nit}"),
+        ("graph nodes", len(result.nodes) if "nodes" in result else "-"),
+        ("inlier ratio", f"{result.inlier_ratio:.4f}"),
+        ("displacement RMS / max", f"{np.sqrt(np.mean(moved**2)):.4g} / {moved.max():.4g}"),
+        ("seconds", f"{result.time:.3f}"),
+    ]
+    _print_rows(rows)
+    if args.output:
+        try:
+            write_point_cloud(args.output, result.points, result.normals, faces=faces)
+        except (ValueError, ImportError, OSError) as error:
+            print(f"mmopt register: error: {error}", file=sys.stderr)
+            return 2
+        print(f"deformed source written to {args.output}")
     return 0 if result.success else 1
 
 
@@ -175,17 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     register = sub.add_parser(
         "register",
-        help="rigidly register two point clouds (Fast and Robust ICP)",
+        help="register two point clouds (rigid ICP, or non-rigid SPARE with --nonrigid)",
         description=(
             "Find the rigid transform T with TARGET ~= T SOURCE by robust ICP with Anderson "
-            "acceleration; print T (4x4) and the diagnostics. Files: .ply (needs plyfile), "
-            ".xyz/.txt/.pts or .npy, with or without normals."
+            "acceleration; print T (4x4) and the diagnostics. With --nonrigid, deform SOURCE "
+            "point by point onto TARGET (SPARE; the ICP options are then unused) and write "
+            "the deformed source (with its faces, when given, as a PLY mesh). Files: .ply "
+            "(needs plyfile), .xyz/.txt/.pts or .npy, with or without normals."
         ),
     )
     register.add_argument("source", help="the moving cloud")
     register.add_argument("target", help="the fixed cloud")
     register.add_argument(
-        "--metric", choices=["point-to-point", "point-to-plane", "hybrid"],
+        "--metric", choices=["point-to-point", "point-to-plane", "hybrid", "symmetric"],
         default="point-to-point",
     )
     register.add_argument(
@@ -200,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--no-anderson", action="store_true", help="plain ICP iterations")
     register.add_argument("--max-iter", type=int, default=1000)
     register.add_argument("-o", "--output", help="write the aligned source to this file")
+    register.add_argument("--nonrigid", action="store_true",
+                          help="non-rigid registration (SPARE) instead of rigid ICP")
+    register.add_argument(
+        "--faces", help="--nonrigid: triangles of the source (.ply face element, .npy or "
+        "text rows of 3 vertex indices); their edges form the deformation graph",
+    )
+    register.add_argument("--arap-weight", type=float, default=200.0,
+                          help="--nonrigid: weight of the as-rigid-as-possible term")
+    register.add_argument("--no-coarse", action="store_true",
+                          help="--nonrigid: skip the deformation-graph coarse stage")
     register.add_argument("-v", "--verbose", action="count", default=0)
     register.set_defaults(func=_register)
     return parser

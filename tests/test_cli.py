@@ -88,3 +88,49 @@ def test_register_reports_bad_input(tmp_path, capsys):
     code = main(["register", str(tmp_path / "bad.xyz"), str(tmp_path / "bad.xyz")])
     assert code == 2
     assert "at least 3 points" in capsys.readouterr().err
+
+
+def test_register_nonrigid_writes_the_deformed_mesh(tmp_path, capsys):
+    import numpy as np
+
+    pytest.importorskip("plyfile")
+    from mmopt.registration.io import read_faces, read_point_cloud, write_point_cloud
+
+    # A 12 x 12 grid sheet (two triangles per cell) and a gently bent copy of it.
+    u, w = np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 1, 12))
+    source = np.c_[u.ravel(), w.ravel(), np.zeros(144)]
+    cells = np.arange(144).reshape(12, 12)[:-1, :-1].ravel()
+    faces = np.r_[np.c_[cells, cells + 1, cells + 13], np.c_[cells, cells + 13, cells + 12]]
+    target = source + np.c_[np.zeros((144, 2)), 0.03 * np.sin(np.pi * source[:, 0])]
+    write_point_cloud(tmp_path / "s.ply", source, faces=faces)
+    write_point_cloud(tmp_path / "t.xyz", target)
+    out_file = tmp_path / "deformed.ply"
+    code = main(["register", "--nonrigid", str(tmp_path / "s.ply"), str(tmp_path / "t.xyz"),
+                 "--faces", str(tmp_path / "s.ply"), "-o", str(out_file)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "iterations (coarse + fine)" in out and "deformed source written" in out
+    points, normals = read_point_cloud(out_file)
+    np.testing.assert_array_equal(read_faces(out_file), faces)
+    assert normals is not None
+    before = np.sqrt(np.mean(np.sum((source - target) ** 2, axis=1)))
+    # Point-wise error: the sheet may slide a little in its plane, which the plane
+    # residuals do not see.
+    assert np.sqrt(np.mean(np.sum((points - target) ** 2, axis=1))) < 0.5 * before
+    assert np.abs(points[:, 2] - target[:, 2]).mean() < 0.3 * np.abs(target[:, 2]).mean()
+
+
+def test_register_nonrigid_reports_bad_faces(tmp_path, capsys):
+    import numpy as np
+
+    from mmopt.registration.io import write_point_cloud
+
+    rng = np.random.default_rng(0)
+    write_point_cloud(tmp_path / "s.npy", rng.random((30, 3)))
+    np.save(tmp_path / "f.npy", np.array([[0, 1, 99]]))
+    code = main(["register", "--nonrigid", str(tmp_path / "s.npy"), str(tmp_path / "s.npy"),
+                 "--faces", str(tmp_path / "f.npy")])
+    assert code == 2
+    assert "faces" in capsys.readouterr().err
+    assert main(["register", str(tmp_path / "s.npy"), str(tmp_path / "s.npy"), "--faces",
+                 str(tmp_path / "f.npy")]) == 2

@@ -10,12 +10,14 @@ intermediate stages end); :class:`ICPRegistration` is the scikit-learn estimator
 
 :class:`SPARE` (:func:`nonrigid_icp`, :class:`NonRigidRegistration`) deforms a source point by
 point onto a target (:class:`NonRigidRegistrationProblem`): robust non-rigid registration with
-the symmetrized point-to-plane distance and an as-rigid-as-possible regularizer.
+the symmetrized point-to-plane distance and an as-rigid-as-possible regularizer, optionally
+started by a coarse stage on a deformation graph (:class:`DeformationGraph`).
 """
 
+from mmopt.registration.deformation_graph import DeformationGraph
 from mmopt.registration.estimator import ICPRegistration
 from mmopt.registration.icp import ICP, icp
-from mmopt.registration.io import read_point_cloud, write_point_cloud
+from mmopt.registration.io import read_faces, read_point_cloud, write_point_cloud
 from mmopt.registration.kabsch import weighted_kabsch
 from mmopt.registration.nonrigid import (
     SPARE,
@@ -29,6 +31,7 @@ from mmopt.registration.problem import RegistrationProblem
 from mmopt.registration.se3 import se3_exp, se3_log
 
 __all__ = [
+    "DeformationGraph",
     "ICP",
     "ICPRegistration",
     "NonRigidRegistration",
@@ -40,6 +43,7 @@ __all__ = [
     "estimate_normals",
     "icp",
     "nonrigid_icp",
+    "read_faces",
     "read_point_cloud",
     "se3_exp",
     "se3_log",

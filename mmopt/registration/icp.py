@@ -32,10 +32,11 @@ from mmopt.registration.normals import local_geometry
 from mmopt.registration.options import ScaleSchedule, StageCriteria
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
 from mmopt.registration.se3 import _se3_exp, _se3_log
+from mmopt.registration.symmetric import source_normals, symmetric_correspond, symmetric_step
 
 __all__ = ["ICP", "icp", "point_to_plane_jacobian"]
 
-METRICS = ("point_to_point", "point_to_plane", "hybrid")
+METRICS = ("point_to_point", "point_to_plane", "hybrid", "symmetric")
 INITS = ("centroids", "identity")
 # The named losses at ICP's scale nu: Welsch's weight exp(-r^2 / (2 nu^2)) is c = sqrt(2);
 # Huber's corner, Cauchy's half-weight point and Tukey's cutoff sit at nu (c = 1). "l2" and
@@ -112,6 +113,7 @@ class _Setup:
     nus: list  # nu of each stage (normalized); [None] for l2 / trimmed
     loss: RobustLoss  # the loss object (a name resolved)
     refine: bool = False  # the last stage is the surface refinement
+    source_normals: np.ndarray | None = None  # metric="symmetric" only
 
 
 @dataclass
@@ -201,12 +203,16 @@ class ICP(Solver):
 
     Parameters
     ----------
-    metric : {"point_to_point", "point_to_plane", "hybrid"}, default="point_to_point"
+    metric : {"point_to_point", "point_to_plane", "hybrid", "symmetric"}, \
+default="point_to_point"
         Residual. Point-to-plane uses the target normals (estimated by PCA over
         ``normals_k`` neighbours when the problem has none). ``"hybrid"`` runs the
         point-to-point stages and refines with point-to-plane in the last stage: robust
         point-to-point finds the basin from far starts, where point-to-plane alone can
-        stall.
+        stall. ``"symmetric"`` is Rusinkiewicz's symmetric point-to-plane distance along
+        the sum of both normals (source normals estimated too when missing; see
+        :mod:`mmopt.registration.symmetric`), with point-to-plane's step; it matches the
+        whole source in every stage.
     loss : {"welsch", "l2", "huber", "cauchy", "tukey", "trimmed"} or RobustLoss, \
 default="welsch"
         Robust loss (``"l2"`` is classic ICP). A name is the :mod:`mmopt.losses` loss tuned
@@ -461,6 +467,8 @@ default="welsch"
             P=P, Q=Q, normals=normals, index=index, scale=s, source_centroid=cs,
             target_centroid=ct, spacing=spacing, noise=float(np.median(thickness)), nus=[None],
             loss=self._resolved_loss(),
+            source_normals=source_normals(problem, self.normals_k, self.neighbors)
+            if self.metric == "symmetric" else None,
         )
 
     def _schedule(self, setup: _Setup, initial_residuals: np.ndarray) -> list:
@@ -513,6 +521,8 @@ default="welsch"
         dist, idx = self._query(run, X, bound=self._bound(run.setup, nu))
         if metric == "point_to_plane":
             residuals = self._plane_residuals(run.setup, X, idx)
+        elif metric == "symmetric":
+            return symmetric_correspond(run.setup, X, T, dist, idx)
         else:
             residuals = dist
         return X, residuals, dist, idx
@@ -580,6 +590,9 @@ default="welsch"
                 p_bar, q_bar, H, spread, similarity=self.similarity,
                 scale_bounds=tuple(self.scale_bounds),
             )
+        if metric == "symmetric":
+            return symmetric_step(setup, T, corr, lambda r: _loss_weights(setup.loss, r, nu),
+                                  lambda r: _loss_energy(setup.loss, r, nu))
         matched = idx >= 0
         w = _loss_weights(setup.loss, residuals[matched], nu)
         if not np.sum(w) > 0:
@@ -636,12 +649,13 @@ default="welsch"
                     f"({setup.scale:.3g}): the start overflows float64."
                 )
         run = _Run(setup)
-        metric = "point_to_plane" if self.metric == "point_to_plane" else "point_to_point"
+        metric = "point_to_point" if self.metric == "hybrid" else self.metric
         # The median initial residual that sets the schedule, from the sparsest subsample
         # (queries from a far start are the slowest); it is also the first stage's subsample
         # unless the schedule is too short to have coarse stages.
         stride = self._scale_schedule().coarse_stride
-        probe = 1 if stride == 1 else max(stride, setup.P.shape[0] // _COARSE_MIN_POINTS)
+        probe = 1 if stride == 1 or metric == "symmetric" else max(
+            stride, setup.P.shape[0] // _COARSE_MIN_POINTS)
         P = setup.P[::probe]
         corr = self._correspond(run, P, metric, T, None)
         setup.nus = self._schedule(setup, corr[1])
@@ -697,7 +711,7 @@ default="welsch"
         n_annealed = len(setup.nus) - setup.refine
         n_coarse = n_annealed - 3
         stride = self._scale_schedule().coarse_stride
-        if stride == 1 or stage >= n_coarse:
+        if stride == 1 or stage >= n_coarse or self.metric == "symmetric":
             return 1
         sparsest = max(stride, setup.P.shape[0] // _COARSE_MIN_POINTS)
         return min(stride * 2 ** (n_coarse - 1 - stage), sparsest)

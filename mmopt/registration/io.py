@@ -8,7 +8,7 @@ import numpy as np
 
 from mmopt._core.validation import check_array
 
-__all__ = ["read_point_cloud", "write_point_cloud"]
+__all__ = ["read_faces", "read_point_cloud", "write_point_cloud"]
 
 FORMATS = {".ply": "ply", ".xyz": "xyz", ".txt": "xyz", ".pts": "xyz", ".npy": "npy"}
 
@@ -141,7 +141,41 @@ def read_point_cloud(path) -> tuple[np.ndarray, np.ndarray | None]:
     return _split(array, path)
 
 
-def write_point_cloud(path, points, normals=None, *, binary: bool = False) -> None:
+def read_faces(path) -> np.ndarray:
+    """Read triangles (vertex-index triples) from a PLY ``face`` element, an NPY array or a
+    text file of rows of 3 integers.
+
+    Returns an int array of shape (f, 3); raises ``ValueError`` naming the file when it holds
+    no triangles (or faces that are not triangles).
+    """
+    path = Path(path)
+    fmt = _format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file.")
+    try:
+        if fmt == "ply":
+            data = _plyfile().PlyData.read(str(path))
+            if "face" not in data:
+                raise ValueError("the file has no face element")
+            rows = data["face"].data[data["face"].data.dtype.names[0]]
+            if any(len(row) != 3 for row in rows):
+                raise ValueError("only triangles are supported")
+            faces = np.array([np.asarray(row) for row in rows]).reshape(-1, 3)
+        elif fmt == "npy":
+            faces = np.load(path, allow_pickle=False)
+        else:
+            faces = np.loadtxt(path, ndmin=2)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path}: not readable triangles ({error}).") from None
+    faces = np.asarray(faces)
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.shape[0] == 0:
+        raise ValueError(f"{path}: expected rows of 3 vertex indices, got shape {faces.shape}.")
+    if faces.dtype.kind == "f" and not np.all(faces == np.round(faces)):
+        raise ValueError(f"{path}: face vertex indices must be integers.")
+    return faces.astype(np.intp)
+
+
+def write_point_cloud(path, points, normals=None, *, faces=None, binary: bool = False) -> None:
     """Write a cloud (and normals) as PLY, XYZ or NPY, picked by the suffix of ``path``.
 
     Parameters
@@ -150,11 +184,15 @@ def write_point_cloud(path, points, normals=None, *, binary: bool = False) -> No
         Destination file.
     points : array-like of shape (n, 3)
     normals : array-like of shape (n, 3), optional
+    faces : array-like of shape (f, 3), optional
+        Triangles (vertex indices), written as the PLY ``face`` element (PLY only).
     binary : bool, default=False
         Binary little-endian PLY instead of ASCII (PLY only).
     """
     path = Path(path)
     fmt = _format(path)
+    if faces is not None and fmt != "ply":
+        raise ValueError(f"{path}: faces can only be written to a .ply file.")
     points = check_array(points, "points", ndim=2, shape=(None, 3))
     array = points
     if normals is not None:
@@ -171,5 +209,10 @@ def write_point_cloud(path, points, normals=None, *, binary: bool = False) -> No
     records = np.empty(points.shape[0], dtype=[(n, "f8") for n in names])
     for i, name in enumerate(names):
         records[name] = array[:, i]
-    element = plyfile.PlyElement.describe(records, "vertex")
-    plyfile.PlyData([element], text=not binary).write(str(path))
+    elements = [plyfile.PlyElement.describe(records, "vertex")]
+    if faces is not None:
+        faces = np.asarray(faces, dtype=np.int32)
+        face_records = np.empty(faces.shape[0], dtype=[("vertex_indices", "i4", (3,))])
+        face_records["vertex_indices"] = faces
+        elements.append(plyfile.PlyElement.describe(face_records, "face"))
+    plyfile.PlyData(elements, text=not binary).write(str(path))

@@ -17,7 +17,19 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 from sklearn.base import BaseEstimator
 
-from mmopt._core.params import Interval, Options, constraints_of, validate_params
+from mmopt._core.anderson import (
+    ANDERSON_OPTION,
+    AndersonAcceleration,
+    anderson_counts,
+    make_accelerator,
+)
+from mmopt._core.params import (
+    InstanceOf,
+    Interval,
+    Options,
+    constraints_of,
+    validate_params,
+)
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -29,15 +41,24 @@ from mmopt.registration.arap import (
     edge_weights,
     laplacian,
 )
+from mmopt.registration.deformation_graph import (
+    CoarseResult,
+    DeformationGraph,
+    orient_pairs,
+    run_coarse_stage,
+)
 from mmopt.registration.nonrigid_problem import NonRigidRegistrationProblem
 from mmopt.registration.problem import _centroid, check_point_cloud
 
 __all__ = ["SPARE", "NonRigidRegistration", "NonRigidRegistrationProblem", "nonrigid_icp"]
 
 # Weight of the proximal term eps * ||v - v_k||^2 added to the linear system (normalized
-# units): it keeps the system positive definite when no pair has weight (all rejected) and
-# only decreases the surrogate, so the descent argument is unchanged.
-_PROXIMAL = 1e-8
+# units; a data block w m m^T has eigenvalue up to 4): it keeps the system positive definite
+# when no pair has weight (all rejected), and it stops the directions that the plane
+# residuals barely see (a flat sheet sliding in its plane) from jumping by the noise of the
+# normals over a vanishing curvature (measured: 1e-8 let a bent 12 x 12 sheet slide by half
+# its width). It only tightens the surrogate, so the descent argument is unchanged.
+_PROXIMAL = 1e-2
 
 
 @dataclass
@@ -57,6 +78,7 @@ class _Setup:
     weights: np.ndarray      # arap_weight / degree(head), per directed edge
     arap_matrix: sp.csr_matrix  # kron(Laplacian, I3), 3n x 3n
     nu: float
+    coarse: CoarseResult | None  # the deformation-graph stage, when it ran
 
 
 @dataclass
@@ -65,6 +87,7 @@ class _State(SolverState):
     R: np.ndarray = None
     setup: _Setup = None
     inlier_ratio: float = np.nan
+    anderson: AndersonAcceleration | None = None  # this run's accelerator
 
 
 @dataclass
@@ -103,7 +126,9 @@ class SPARE(Solver):
     0. The solve stops when the RMS change of ``v`` per point, divided by the problem's
     ``scale``, is at most ``tol``.
 
-    This is the fine stage of the paper (no deformation-graph coarse stage).
+    The fine stage above is started, by default, by the paper's coarse stage on a
+    deformation graph (see :mod:`mmopt.registration.deformation_graph`); ``nu`` is then the
+    median closest-point distance after it.
 
     Parameters
     ----------
@@ -118,6 +143,19 @@ class SPARE(Solver):
         (at least ``1e-6 * scale``).
     reject_opposite : bool, default=True
         Give weight 0 to pairs with ``(R_i n_i)^T n_q < 0`` (when the normals are oriented).
+    reject_distance : float or None, default=3.0
+        Give weight 0 to pairs farther apart than ``reject_distance * nu`` (Euclidean
+        distance); None keeps them all. Source points without a counterpart in the target
+        otherwise follow outliers or the target's border (see BENCHMARKS.md).
+    anderson : bool or AndersonAcceleration, default=False
+        Anderson acceleration of the outer iteration on the positions ``v`` (the rotations
+        follow by their step at the extrapolated positions), with the shared safeguard: a
+        candidate is kept only if its energy, at its own closest points, is no larger than
+        the current one. Off by default: measured, it does not pay (BENCHMARKS.md).
+    coarse : bool or DeformationGraph, default=True
+        Start with the coarse stage on a deformation graph (:class:`DeformationGraph`, its
+        options; True for the defaults), whose result (positions and rotations) starts the
+        fine stage above. Skipped when ``x0`` is given.
     neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
         KD-tree library of the closest-point search.
     tol : float, default=1e-4
@@ -132,8 +170,12 @@ class SPARE(Solver):
     ``Result`` fields besides the common ones: ``points`` (n, 3) the deformed source,
     ``rotations`` (n, 3, 3), ``normals`` (the deformed source normals ``R_i n_i``),
     ``inlier_ratio`` (share of points with a valid pair closer than ``3 nu``), ``nu``;
-    ``x`` is ``points.ravel()``. ``history`` holds ``energy_start`` (the objective at the
-    iteration's correspondences before its update; ``fun`` is after it) and ``inlier_ratio``.
+    ``x`` is ``points.ravel()``. After the coarse stage also ``nodes`` (m, 3),
+    ``node_transforms`` (m, 4, 4: node ``j`` maps the points near it by ``y = A_j (x - g_j)
+    + g_j + t_j``) and ``coarse_history`` (``fun``, ``energy_start``, ``residual``, one entry
+    per coarse iteration; ``nit`` counts the fine iterations). ``history`` holds
+    ``energy_start`` (the objective at the iteration's correspondences before its update;
+    ``fun`` is after it) and ``inlier_ratio``.
 
     The authors of SPARE state that the method is under patent and that their code is for
     research use only; this implementation follows the paper's equations and shares no code
@@ -164,6 +206,9 @@ class SPARE(Solver):
         "welsch_scale": [Interval(float, 0, None, closed="neither"), None],
         "normal_weight": [Interval(float, 0, None)],
         "reject_opposite": [bool],
+        "reject_distance": [Interval(float, 0, None, closed="neither"), None],
+        "coarse": [bool, InstanceOf(DeformationGraph)],
+        "anderson": ANDERSON_OPTION,
         "neighbors": [Options(BACKENDS)],
         "tol": [Interval(float, 0, None)],
         "max_iter": [Interval(int, 1, None)],
@@ -178,6 +223,9 @@ class SPARE(Solver):
         welsch_scale: float | None = None,
         normal_weight: float = 1.0,
         reject_opposite: bool = True,
+        reject_distance: float | None = 3.0,
+        coarse: bool | DeformationGraph = True,
+        anderson: bool | AndersonAcceleration = False,
         neighbors: str = "auto",
         tol: float = 1e-4,
         max_iter: int = 100,
@@ -188,6 +236,9 @@ class SPARE(Solver):
         self.welsch_scale = welsch_scale
         self.normal_weight = normal_weight
         self.reject_opposite = reject_opposite
+        self.reject_distance = reject_distance
+        self.coarse = coarse
+        self.anderson = anderson
         self.neighbors = neighbors
         self.tol = tol
         self.max_iter = max_iter
@@ -221,6 +272,15 @@ class SPARE(Solver):
         heads, tails = problem.edges()
         weights = float(self.arap_weight) * edge_weights(heads, n)
         L = laplacian(heads, tails, weights, n)
+        coarse = None
+        R = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+        if self.coarse is not False and x0 is None:
+            options = DeformationGraph() if self.coarse is True else self.coarse
+            coarse = run_coarse_stage(p, np.asarray(src_normals), target,
+                                      np.asarray(tgt_normals), oriented=oriented,
+                                      reject_opposite=self.reject_opposite, index=index,
+                                      options=options)
+            v, R = coarse.v, coarse.R
         if self.welsch_scale is None:
             dist, _ = index.query(v)
             nu = max(float(np.median(dist)), 1e-6)
@@ -230,13 +290,13 @@ class SPARE(Solver):
             scale=scale, origin=origin, p=p, normals=np.asarray(src_normals),
             target=target, target_normals=np.asarray(tgt_normals), oriented=oriented,
             index=index, heads=heads, tails=tails, weights=weights,
-            arap_matrix=sp.kron(L, sp.identity(3), format="csr"), nu=nu,
+            arap_matrix=sp.kron(L, sp.identity(3), format="csr"), nu=nu, coarse=coarse,
         )
-        R = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
         pairs = self._pairs(setup, v, R)
         fun = self._energy(setup, v, R, pairs)
         return _State(x=self._user_x(setup, v), fun=fun, v=v, R=R, setup=setup,
-                      inlier_ratio=self._inlier_ratio(setup, v, R, pairs))
+                      inlier_ratio=self._inlier_ratio(setup, v, R, pairs),
+                      anderson=make_accelerator(self.anderson))
 
     def _step(self, problem, state: _State) -> _State:
         s = state.setup
@@ -245,22 +305,56 @@ class SPARE(Solver):
         v = self._solve_positions(s, state.v, state.R, pairs)
         R = self._update_rotations(s, v, state.R, pairs)
         fun = self._energy(s, v, R, pairs)
+        accepted = np.nan
+        aa = state.anderson
+        if aa is not None:
+            # Extrapolate the positions; the rotations follow by their MM step there. The
+            # candidate is kept only if its energy at its own matches is no larger than the
+            # current one (re-matched), so fun <= energy_start still holds.
+            def evaluate(v_try):
+                pairs_try = self._pairs(s, v_try, state.R)
+                R_try = self._update_rotations(s, v_try, state.R, pairs_try)
+                return self._energy(s, v_try, R_try, pairs_try), (R_try, pairs_try)
+
+            out = aa.safeguarded_step(state.v.ravel(), v.ravel(), evaluate, start,
+                                      to_point=lambda x: x.reshape(-1, 3))
+            accepted = out.record
+            if out.accepted:
+                v, (R, pairs), fun = out.point, out.info, out.value
         change = float(np.sqrt(np.mean(np.sum((v - state.v) ** 2, axis=1))))
         inliers = self._inlier_ratio(s, v, R, pairs)
         return _State(x=self._user_x(s, v), fun=fun, residual=change, v=v, R=R, setup=s,
-                      inlier_ratio=inliers,
-                      record={"energy_start": start, "inlier_ratio": inliers})
+                      inlier_ratio=inliers, anderson=aa,
+                      record={"energy_start": start, "inlier_ratio": inliers,
+                              "accepted": accepted})
 
     def _result_fields(self, problem, state: _State) -> dict:
         s = state.setup
         points = s.origin + s.scale * state.v
-        return {
+        fields = {
             "points": points,
             "rotations": state.R,
             "normals": np.einsum("nab,nb->na", state.R, s.normals),
             "inlier_ratio": float(state.inlier_ratio),
             "nu": s.nu * s.scale,
+            **anderson_counts(state.anderson),
         }
+        if s.coarse is not None:
+            fields.update(self._coarse_fields(s))
+        return fields
+
+    @staticmethod
+    def _coarse_fields(s: _Setup) -> dict:
+        """The graph nodes and their maps in data units (4x4, acting on the points near
+        each node: ``y = A (x - g) + g + t``)."""
+        c = s.coarse
+        nodes = s.origin + s.scale * c.nodes
+        transforms = np.broadcast_to(np.eye(4), (len(nodes), 4, 4)).copy()
+        transforms[:, :3, :3] = c.affines
+        transforms[:, :3, 3] = (nodes + s.scale * c.shifts
+                                - np.einsum("nab,nb->na", c.affines, nodes))
+        return {"nodes": nodes, "node_transforms": transforms,
+                "coarse_history": dict(c.history)}
 
     # ---------------------------------------------------------------------- the pieces
     @staticmethod
@@ -268,16 +362,16 @@ class SPARE(Solver):
         return (setup.origin + setup.scale * v).ravel()
 
     def _pairs(self, s: _Setup, v: np.ndarray, R: np.ndarray) -> _Pairs:
-        _, idx = s.index.query(v)
+        dist, idx = s.index.query(v)
         q = s.target[idx]
         nq = s.target_normals[idx]
         rn = np.einsum("nab,nb->na", R, s.normals)
-        dots = np.einsum("na,na->n", rn, nq)
-        if s.oriented:
-            valid = dots >= 0.0 if self.reject_opposite else np.ones(len(v), dtype=bool)
-        else:
-            nq = nq * np.where(dots < 0.0, -1.0, 1.0)[:, None]
-            valid = np.ones(len(v), dtype=bool)
+        nq, valid = orient_pairs(rn, nq, oriented=s.oriented,
+                                 reject_opposite=self.reject_opposite)
+        if self.reject_distance is not None:
+            # A point of the source with no counterpart (missing overlap) is matched to the
+            # border or to an outlier: far away, yet often with a small plane residual.
+            valid &= dist <= self.reject_distance * s.nu
         d = np.einsum("na,na->n", rn + nq, v - q)
         w = np.where(valid, np.exp(-0.5 * (d / s.nu) ** 2), 0.0)
         return _Pairs(q=q, nq=nq, w=w, valid=valid)

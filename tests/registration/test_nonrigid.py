@@ -21,6 +21,7 @@ from mmopt.registration.arap import (
     knn_edges,
     mesh_edges,
 )
+from mmopt.registration.nonrigid import _PROXIMAL
 
 
 def _ellipsoid(n, seed=0, axes=(1.0, 0.7, 0.5)):
@@ -84,7 +85,7 @@ def test_linear_solve_matches_a_dense_minimization():
             row[3 * i + a], row[3 * j + a] = 1.0, -1.0
             rows.append(np.sqrt(s.weights[e]) * row)
             rhs.append(np.sqrt(s.weights[e]) * b[a])
-    eps = 1e-8
+    eps = _PROXIMAL
     rows.extend(np.sqrt(eps) * np.eye(3 * n))
     rhs.extend(np.sqrt(eps) * state.v.ravel())
     dense = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
@@ -134,10 +135,12 @@ def test_objective_non_increasing_in_every_outer_iteration(normal_weight, estima
     assert np.all(res.history["fun"] < res.history["energy_start"])
 
 
-@pytest.mark.parametrize("normal_weight, atol", [(0.0, 1e-5), (1.0, 5e-4)])
+@pytest.mark.parametrize("normal_weight, atol", [(0.0, 3e-5), (1.0, 5e-4)])
 def test_recovers_a_translation(normal_weight, atol):
     # The normal-alignment term matches R_i n_i with the normal of the nearest (not the
-    # same) target point, which tilts the rotations slightly on a coarse sampling.
+    # same) target point, which tilts the rotations slightly on a coarse sampling. The
+    # proximal term slows the last tangential creep, so the change-based stop (tol=1e-4)
+    # leaves ~2e-5 here.
     p, normals = _ellipsoid(400)
     res = nonrigid_icp(p, p[::-1] + [0.02, -0.01, 0.0], source_normals=normals,
                        target_normals=normals[::-1], normal_weight=normal_weight)
@@ -296,3 +299,31 @@ def test_recovers_a_scan_deformation(kind):
         return np.sqrt(np.mean(np.sum((x - data.ground_truth) ** 2, axis=1)))
 
     assert error(res.points) < 0.5 * error(source)
+
+
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+def test_anderson_keeps_the_energy_safeguard():
+    p, normals = _ellipsoid(300)
+    target = p + 0.04 * normals * np.sin(3 * p[:, :1])
+    res = nonrigid_icp(p, target, source_normals=normals, target_normals=normals,
+                       anderson=True, coarse=False, max_iter=15)
+    assert res.n_accepted > 0
+    assert np.all(res.history["fun"] <= res.history["energy_start"] * (1 + 1e-12))
+    accepted = res.history["accepted"]
+    assert np.all(np.isnan(accepted) | (accepted == 0) | (accepted == 1))
+    plain = nonrigid_icp(p, target, source_normals=normals, target_normals=normals,
+                         coarse=False, max_iter=15)
+    assert plain.n_accepted == 0 and np.all(np.isnan(plain.history["accepted"]))
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_a_bent_sheet_does_not_slide_in_its_plane(coarse):
+    # Plane residuals barely see in-plane motion of a flat sheet: without a real proximal
+    # term the solve jumped by half the sheet's width along it (normal noise over a
+    # vanishing curvature).
+    u, w = np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 1, 12))
+    source = np.c_[u.ravel(), w.ravel(), np.zeros(144)]
+    target = source + np.c_[np.zeros((144, 2)), 0.03 * np.sin(np.pi * source[:, 0])]
+    res = nonrigid_icp(source, target, coarse=coarse)
+    before = np.sqrt(np.mean(np.sum((source - target) ** 2, axis=1)))
+    assert np.sqrt(np.mean(np.sum((res.points - target) ** 2, axis=1))) < 0.2 * before
