@@ -28,7 +28,8 @@ from mmopt.losses import LOSSES, L2Loss, RobustLoss, TrimmedLoss, get_loss
 from mmopt.registration._kernels import weighted_pair_moments
 from mmopt.registration._neighbors import BACKENDS, NeighborIndex
 from mmopt.registration.kabsch import kabsch_from_moments
-from mmopt.registration.normals import local_geometry
+from mmopt.registration.multires import solve_pyramid, stage_times
+from mmopt.registration.normals import local_geometry, sampled_geometry
 from mmopt.registration.options import ScaleSchedule, StageCriteria
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
 from mmopt.registration.se3 import _se3_exp, _se3_log
@@ -49,8 +50,19 @@ _REFINE_NOISE_RATIO = 0.1
 # spread wider than the noise estimate, which underestimates heavy noise).
 _REFINE_BANDWIDTH = 2.5
 _REFINE_NU_FACTOR = 1.5
+# Largest motion (in units of that bandwidth) over which a large source's refinement keeps
+# its previous neighbourhoods (see _surface_neighbours).
+_REUSE_FRACTION = 0.2
 # Smallest subsample of the coarse stages (see coarse_stride).
 _COARSE_MIN_POINTS = 1000
+# Scan-scale clouds (see ICP, "Multi-resolution"): above this many points (the larger
+# cloud) multires="auto" solves a voxel-grid level first; the surface refinement matches at
+# most _REFINE_MAX_POINTS source points; the point-to-point spacing and noise estimates use
+# the neighbourhoods of at most _GEOMETRY_MAX_POINTS target points. All three sit above
+# the sizes of the existing suite (15k points), which keeps its results unchanged.
+_MULTIRES_MIN_POINTS = 40000
+_REFINE_MAX_POINTS = 20000
+_GEOMETRY_MAX_POINTS = 50000
 
 
 def _scale_free(loss: RobustLoss) -> bool:
@@ -122,6 +134,8 @@ class _Run:
     anderson: AndersonAcceleration | None = None
     stage_iters: list = field(default_factory=lambda: [0])  # iterations of each stage
     n_queries: int = 0  # nearest-neighbour searches of this run
+    # The surface refinement's last neighbourhoods on a large source: (pose, indices).
+    surface_neighbours: tuple | None = None
 
 
 @dataclass
@@ -326,6 +340,7 @@ default="welsch"
         "inlier_threshold": [Interval(float, 0, None, closed="neither"), None],
         "neighbors": [Options(BACKENDS)],
         "n_threads": [Interval(int, 1, None)],
+        "multires": [Options({"auto"}), bool],
         # The options every solver has (Solver checks them too).
         "tol": [Interval(float, 0, None)],
         "max_iter": [Interval(int, 1, None)],
@@ -355,6 +370,7 @@ default="welsch"
         inlier_threshold: float | None = None,
         neighbors: str = "auto",
         n_threads: int = 1,
+        multires="auto",
         tol: float = 1e-5,
         max_iter: int = 1000,
         callback=None,
@@ -374,10 +390,39 @@ default="welsch"
         self.inlier_threshold = inlier_threshold
         self.neighbors = neighbors
         self.n_threads = n_threads
+        self.multires = multires
         self.tol = tol
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
+
+    def solve(self, problem, x0=None) -> Result:
+        """Register ``problem`` from ``x0`` (``init`` when None); see the class notes.
+
+        Returns
+        -------
+        Result
+            With the fields listed in the Notes.
+        """
+        self._validate_params()
+        self.check_problem(problem)
+        if self._multires(max(problem.source.shape[0], problem.target.shape[0])):
+            return solve_pyramid(self, problem, x0)
+        result = super().solve(problem, x0)
+        result.stage_times = stage_times(result.history, result.n_stages)
+        result.levels = [{
+            "n_source": problem.source.shape[0], "n_target": problem.target.shape[0],
+            "voxel_size": None, "nit": result.nit, "n_queries": result.n_queries,
+            "time": result.time,
+        }]
+        return result
+
+    def _multires(self, largest: int) -> bool:
+        """Whether to solve a voxel-grid level first (see ``multires``), for clouds of at
+        most ``largest`` points."""
+        if self.multires is False or self._scale_schedule().nu is not None:
+            return False
+        return self.multires is True or largest > _MULTIRES_MIN_POINTS
 
     # ---------------------------------------------------------------------------- options
     def _validate_params(self) -> None:
@@ -448,12 +493,7 @@ default="welsch"
                 "lower normals_k or pass target_normals."
             )
         normals, thickness, spacing = problem.cached(
-            ("geometry", self.normals_k, self.neighbors),
-            # Smaller clouds than normals_k: the whole cloud is each neighbourhood (only the
-            # noise estimate of point-to-point uses it then; estimated normals were refused).
-            lambda: local_geometry(
-                Q, k=min(self.normals_k, Q.shape[0]), neighbors=self.neighbors
-            ),
+            self._geometry_key(Q.shape[0]), lambda: self._target_geometry(Q, index)
         )
         if self.metric != "point_to_point" and problem.target_normals is not None:
             normals = np.asarray(problem.target_normals)
@@ -462,6 +502,27 @@ default="welsch"
             target_centroid=ct, spacing=spacing, noise=float(np.median(thickness)), nus=[None],
             loss=self._resolved_loss(),
         )
+
+    def _geometry_key(self, n_target: int) -> tuple:
+        """Cache key of the target geometry this solver needs (see _target_geometry)."""
+        sampled = self.metric == "point_to_point" and n_target > _GEOMETRY_MAX_POINTS
+        return ("sampled geometry" if sampled else "geometry", self.normals_k, self.neighbors)
+
+    def _target_geometry(self, Q: np.ndarray, index) -> tuple:
+        """``(normals, thickness, spacing)`` of the target ``Q`` (normalized coordinates).
+
+        Point-to-point needs no normals, only the spacing and noise medians: on large
+        targets they come from a subsample's neighbourhoods, searched in ``index``.
+        """
+        if self._geometry_key(Q.shape[0])[0] == "sampled geometry":
+            _, thickness, spacing = sampled_geometry(
+                index, k=self.normals_k, max_points=_GEOMETRY_MAX_POINTS,
+                n_threads=self.n_threads,
+            )
+            return None, thickness, spacing
+        # Smaller clouds than normals_k: the whole cloud is each neighbourhood (only the
+        # noise estimate of point-to-point uses it then; estimated normals were refused).
+        return local_geometry(Q, k=min(self.normals_k, Q.shape[0]), neighbors=self.neighbors)
 
     def _schedule(self, setup: _Setup, initial_residuals: np.ndarray) -> list:
         if _scale_free(setup.loss):
@@ -509,7 +570,7 @@ default="welsch"
     def _correspond(self, run: _Run, P: np.ndarray, metric: str, T: np.ndarray, nu) -> tuple:
         X = P @ T[:3, :3].T + T[:3, 3]
         if metric == "surface":
-            return self._surface_correspond(run, X)
+            return self._surface_correspond(run, X, T)
         dist, idx = self._query(run, X, bound=self._bound(run.setup, nu))
         if metric == "point_to_plane":
             residuals = self._plane_residuals(run.setup, X, idx)
@@ -517,7 +578,7 @@ default="welsch"
             residuals = dist
         return X, residuals, dist, idx
 
-    def _surface_correspond(self, run: _Run, X: np.ndarray) -> tuple:
+    def _surface_correspond(self, run: _Run, X: np.ndarray, T: np.ndarray) -> tuple:
         """Offsets of ``X`` from the smoothed target surface (see the class notes).
 
         Returns ``(X, residuals, dist, idx, centres, normals)``: ``dist`` and ``idx`` of the
@@ -526,7 +587,7 @@ default="welsch"
         """
         setup = run.setup
         k = min(self.refine_k, setup.Q.shape[0])
-        dist, idx = self._query(run, X, k=k)
+        dist, idx = self._surface_neighbours(run, X, T, k)
         h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
         # Weights relative to the nearest point: no underflow for far source points.
         a = np.exp((dist[:, :1] ** 2 - dist**2) / (2.0 * h * h))
@@ -538,6 +599,31 @@ default="welsch"
         normals = np.linalg.eigh(covariance)[1][:, :, 0]
         residuals = np.einsum("ij,ij->i", normals, X - centres)
         return X, residuals, dist[:, 0], idx[:, 0], centres, normals
+
+    def _surface_neighbours(self, run: _Run, X: np.ndarray, T: np.ndarray, k: int) -> tuple:
+        """The ``k`` nearest target points of each row of ``X`` (sorted distances, indices).
+
+        On a large source (subsampled refinement) the neighbourhoods of the previous call
+        are reused while no point has moved by more than a fifth of the kernel bandwidth
+        since they were searched (a bound from ``T - T_prev``): the pose barely moves there,
+        and a neighbourhood that lost or gained a far member changes the kernel-weighted
+        surface by that member's small weight. Only the distances are recomputed.
+        """
+        setup = run.setup
+        cached = run.surface_neighbours
+        if cached is not None and cached[1].shape[0] == X.shape[0]:
+            T_prev, idx = cached
+            reach = 1.0 + float(np.max(np.abs(setup.P).sum(axis=1)))
+            h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
+            if float(np.abs(T - T_prev).max()) * reach < _REUSE_FRACTION * h:
+                dist = np.linalg.norm(setup.Q[idx] - X[:, None, :], axis=2)
+                order = np.argsort(dist, axis=1)
+                return (np.take_along_axis(dist, order, axis=1),
+                        np.take_along_axis(idx, order, axis=1))
+        dist, idx = self._query(run, X, k=k)
+        if X.shape[0] < setup.P.shape[0]:
+            run.surface_neighbours = (T.copy(), idx)
+        return dist, idx
 
     @staticmethod
     def _plane_residuals(setup: _Setup, X, idx) -> np.ndarray:
@@ -776,8 +862,11 @@ default="welsch"
             run.stage_iters.append(0)
             nu = setup.nus[stage]
             if setup.refine and stage == len(setup.nus) - 1:
-                # The surface refinement: new residuals, matched afresh on every point.
-                metric, P = "surface", setup.P
+                # The surface refinement: new residuals, matched afresh on every point (on
+                # a regular subsample of large sources: the fit averages over thousands of
+                # planes anyway, and each match costs a refine_k-neighbour search).
+                metric = "surface"
+                P = setup.P[:: -(-setup.P.shape[0] // _REFINE_MAX_POINTS)]
                 corr = self._correspond(run, P, metric, T_new, nu)
             elif self._stride(setup, stage - 1) != self._stride(setup, stage):
                 # A denser subsample, or the whole source: match its points (one query).
@@ -822,8 +911,10 @@ default="welsch"
         nu_min = setup.nus[-1]
         corr = state.corr
         if corr[0].shape[0] != setup.P.shape[0]:
-            # Stopped during a subsampled stage: match the whole source for the diagnostics.
-            corr = self._correspond(run, setup.P, state.metric, state.T, nu)
+            # Subsampled stage (coarse, or the refinement of a large source): match the
+            # whole source for the diagnostics (its nearest points: no surface fit needed).
+            metric = "point_to_point" if state.metric == "surface" else state.metric
+            corr = self._correspond(run, setup.P, metric, state.T, nu)
         dist = corr[2]
         if self.inlier_threshold is not None:
             threshold = float(self.inlier_threshold)
