@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -28,7 +29,7 @@ from mmopt.losses import LOSSES, L2Loss, RobustLoss, TrimmedLoss, get_loss
 from mmopt.registration._kernels import weighted_pair_moments
 from mmopt.registration._neighbors import BACKENDS, NeighborIndex
 from mmopt.registration.kabsch import kabsch_from_moments
-from mmopt.registration.multires import solve_pyramid, stage_times
+from mmopt.registration.multires import coarse_problem
 from mmopt.registration.normals import local_geometry, sampled_geometry
 from mmopt.registration.options import ScaleSchedule, StageCriteria
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
@@ -59,8 +60,8 @@ _COARSE_MIN_POINTS = 1000
 # cloud) multires="auto" solves a voxel-grid level first; the surface refinement matches at
 # most _REFINE_MAX_POINTS source points; the point-to-point spacing and noise estimates use
 # the neighbourhoods of at most _GEOMETRY_MAX_POINTS target points. All three sit above
-# the sizes of the existing suite (15k points), which keeps its results unchanged.
-_MULTIRES_MIN_POINTS = 40000
+# the sizes of the existing suite (at most 15k points), which keeps its results unchanged.
+_MULTIRES_MIN_POINTS = 20000
 _REFINE_MAX_POINTS = 20000
 _GEOMETRY_MAX_POINTS = 50000
 
@@ -124,6 +125,7 @@ class _Setup:
     nus: list  # nu of each stage (normalized); [None] for l2 / trimmed
     loss: RobustLoss  # the loss object (a name resolved)
     refine: bool = False  # the last stage is the surface refinement
+    final_level: bool = True  # the full-resolution clouds (not a voxel-grid level)
 
 
 @dataclass
@@ -136,6 +138,16 @@ class _Run:
     n_queries: int = 0  # nearest-neighbour searches of this run
     # The surface refinement's last neighbourhoods on a large source: (pose, indices).
     surface_neighbours: tuple | None = None
+    # Multi-resolution: the problems of the levels (coarse first), the current one, the
+    # stages of the levels before it, and one summary dict per finished level.
+    problems: list = field(default_factory=list)
+    level: int = 0
+    stage_offset: int = 0
+    levels: list = field(default_factory=list)
+    # Seconds of each stage, and the clock of the last step's end (perf_counter).
+    stage_times: list = field(default_factory=lambda: [0.0])
+    clock: float = 0.0
+    level_start: tuple = (0.0, 0, 0)  # (clock, iterations, queries) when the level began
 
 
 @dataclass
@@ -208,6 +220,19 @@ class ICP(Solver):
     so it is when a quarter of the source points or more sit exactly on target points (the
     same sampling: the matches are exact).
 
+    **Multi-resolution** (scan scale, ``multires``): above 20,000 points (the larger cloud)
+    the solve runs twice. First on a voxel-grid level: both clouds replaced by the means of
+    their occupied voxels (:func:`~mmopt.registration.pyramid.voxel_downsample`, the voxel
+    size chosen so that the target keeps about 15,000 cells; mean normals when the target
+    has normals), with the whole annealed schedule and its stopping rules and without the
+    surface refinement; then on the full clouds from that pose, where the initial residuals
+    are small, so the same schedule rule gives only a few stages, followed by the surface
+    refinement when the data call for it. On large clouds the refinement matches a regular
+    subsample of at most 20,000 source points and reuses its neighbourhoods while the pose
+    moves by less than a fifth of the kernel bandwidth, and the spacing and noise estimates
+    of point-to-point come from the neighbourhoods of at most 50,000 target points. Clouds
+    of the existing sizes (up to 20,000 points) are solved exactly as without these.
+
     Searches for the losses whose weight vanishes far away are bounded at the loss's
     :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
     ``nu`` for ``"tukey"``): farther points have (nearly) zero weight, and bounded KD-tree
@@ -269,6 +294,10 @@ default="welsch"
         KD-tree library (``"auto"``: pykdtree when installed).
     n_threads : int, default=1
         Threads of scipy's KD-tree queries, at least 1 (results do not depend on it).
+    multires : {"auto", True, False}, default="auto"
+        Solve a voxel-grid level of both clouds first (see above): ``"auto"`` above 20,000
+        points, True always (a small target keeps a quarter of its points there), False
+        never. A fixed ``schedule.nu`` (tracking) never does.
     tol : float, default=1e-5
         Stage (and final) stopping threshold on ``||T_k - T_{k-1}||_F`` in normalized units.
     max_iter : int, default=1000
@@ -297,6 +326,13 @@ default="welsch"
     point, -1 beyond the search bound). ``history`` adds ``nu`` (NaN for the scale-free
     losses), ``stage``, ``accepted`` (1, 0, NaN when not tried), ``n_queries`` and
     ``n_points`` (source points matched: the coarse subsample or all) per iteration.
+    ``stage_times`` holds the seconds spent in each stage (an iteration counts in the stage
+    it ended in; the setup in the first), and ``levels`` one dict per resolution level
+    (``n_source``, ``n_target``, ``voxel_size`` (None at full resolution), ``nit``,
+    ``n_queries``, ``time``); with the multi-resolution solve the counts above (``nit``,
+    ``n_queries``, ``n_stages``, ``iterations_per_stage``, Anderson's, ``history``) cover
+    both levels, and the other fields are the full-resolution level's. ``verbose=1`` then
+    shows a progress bar over the levels.
 
     The solver keeps nothing of a run on itself: one instance can serve several threads.
 
@@ -395,27 +431,6 @@ default="welsch"
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
-
-    def solve(self, problem, x0=None) -> Result:
-        """Register ``problem`` from ``x0`` (``init`` when None); see the class notes.
-
-        Returns
-        -------
-        Result
-            With the fields listed in the Notes.
-        """
-        self._validate_params()
-        self.check_problem(problem)
-        if self._multires(max(problem.source.shape[0], problem.target.shape[0])):
-            return solve_pyramid(self, problem, x0)
-        result = super().solve(problem, x0)
-        result.stage_times = stage_times(result.history, result.n_stages)
-        result.levels = [{
-            "n_source": problem.source.shape[0], "n_target": problem.target.shape[0],
-            "voxel_size": None, "nit": result.nit, "n_queries": result.n_queries,
-            "time": result.time,
-        }]
-        return result
 
     def _multires(self, largest: int) -> bool:
         """Whether to solve a voxel-grid level first (see ``multires``), for clouds of at
@@ -549,7 +564,8 @@ default="welsch"
         return nus
 
     def _refines(self, setup: _Setup) -> bool:
-        if self.metric != "point_to_point" or self.similarity or self.refine is False:
+        if (self.metric != "point_to_point" or self.similarity or self.refine is False
+                or not setup.final_level):
             return False
         if self.refine == "auto":
             return setup.noise > _REFINE_NOISE_RATIO * setup.spacing
@@ -578,12 +594,14 @@ default="welsch"
             residuals = dist
         return X, residuals, dist, idx
 
-    def _surface_correspond(self, run: _Run, X: np.ndarray, T: np.ndarray) -> tuple:
+    def _surface_correspond(self, run: _Run, X: np.ndarray, T: np.ndarray | None = None
+                            ) -> tuple:
         """Offsets of ``X`` from the smoothed target surface (see the class notes).
 
         Returns ``(X, residuals, dist, idx, centres, normals)``: ``dist`` and ``idx`` of the
         nearest target point, and per source point the kernel-weighted mean and the PCA
-        normal of its ``refine_k`` nearest target points.
+        normal of its ``refine_k`` nearest target points. ``T`` (the pose that moved the
+        source to ``X``) lets a large source reuse its previous neighbourhoods.
         """
         setup = run.setup
         k = min(self.refine_k, setup.Q.shape[0])
@@ -600,7 +618,8 @@ default="welsch"
         residuals = np.einsum("ij,ij->i", normals, X - centres)
         return X, residuals, dist[:, 0], idx[:, 0], centres, normals
 
-    def _surface_neighbours(self, run: _Run, X: np.ndarray, T: np.ndarray, k: int) -> tuple:
+    def _surface_neighbours(self, run: _Run, X: np.ndarray, T: np.ndarray | None, k: int
+                            ) -> tuple:
         """The ``k`` nearest target points of each row of ``X`` (sorted distances, indices).
 
         On a large source (subsampled refinement) the neighbourhoods of the previous call
@@ -611,7 +630,7 @@ default="welsch"
         """
         setup = run.setup
         cached = run.surface_neighbours
-        if cached is not None and cached[1].shape[0] == X.shape[0]:
+        if T is not None and cached is not None and cached[1].shape[0] == X.shape[0]:
             T_prev, idx = cached
             reach = 1.0 + float(np.max(np.abs(setup.P).sum(axis=1)))
             h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
@@ -621,7 +640,7 @@ default="welsch"
                 return (np.take_along_axis(dist, order, axis=1),
                         np.take_along_axis(idx, order, axis=1))
         dist, idx = self._query(run, X, k=k)
-        if X.shape[0] < setup.P.shape[0]:
+        if T is not None and X.shape[0] < setup.P.shape[0]:
             run.surface_neighbours = (T.copy(), idx)
         return dist, idx
 
@@ -704,7 +723,12 @@ default="welsch"
         return search.trial[0] @ T if search.success else T
 
     def _init_state(self, problem, x0):
-        setup = self._make_setup(problem)
+        clock = time.perf_counter()
+        problems = [problem]
+        if self._multires(max(problem.source.shape[0], problem.target.shape[0])):
+            problems.insert(0, coarse_problem(self, problem))
+        setup = self._make_setup(problems[0])
+        setup.final_level = len(problems) == 1
         init = self.init if x0 is None else x0
         if isinstance(init, str):
             check_choice(init, "init" if x0 is None else "x0", INITS)
@@ -721,7 +745,13 @@ default="welsch"
                     f"{name}: its translation is too large for the clouds' scale "
                     f"({setup.scale:.3g}): the start overflows float64."
                 )
-        run = _Run(setup)
+        run = _Run(setup, problems=problems, clock=clock, level_start=(clock, 0, 0))
+        return self._start_level(run, T, "init" if x0 is None else "x0")
+
+    def _start_level(self, run: _Run, T: np.ndarray, name: str) -> _ICPState:
+        """The first state of the current level from the pose ``T`` (its normalized
+        coordinates): the schedule from the residuals there, the first stage's matches."""
+        setup = run.setup
         metric = "point_to_plane" if self.metric == "point_to_plane" else "point_to_point"
         # The median initial residual that sets the schedule, from the sparsest subsample
         # (queries from a far start are the slowest); it is also the first stage's subsample
@@ -751,7 +781,6 @@ default="welsch"
                 "rescale the clouds or use loss='welsch' (unit-free)."
             )
         if not np.isfinite(energy):
-            name = "init" if x0 is None else "x0"
             raise ValueError(
                 f"{name}: the start is so far from the target that the energy overflows "
                 "float64; start closer (init='centroids')."
@@ -759,8 +788,43 @@ default="welsch"
         return _ICPState(
             x=self._to_user(setup, T), fun=fun, T=T, corr=corr,
             G=self._plain_step(setup, P, metric, T, corr, nu), energy=energy,
-            P=P, metric=metric, run=run,
+            P=P, metric=metric, run=run, intermediate=not setup.final_level,
         )
+
+    def _next_level(self, run: _Run, T: np.ndarray, nit: int) -> _ICPState:
+        """Leave the current level at pose ``T`` (its normalized coordinates) after ``nit``
+        iterations in all: the next level starts there with its own schedule."""
+        self._close_level(run, nit)
+        T_user = self._to_user(run.setup, T)
+        run.stage_offset += len(run.setup.nus)
+        run.level += 1
+        run.setup = self._make_setup(run.problems[run.level])
+        run.setup.final_level = run.level == len(run.problems) - 1
+        run.surface_neighbours = None
+        run.stage_iters.append(0)
+        run.stage_times.append(0.0)
+        state = self._start_level(run, self._from_user(run.setup, T_user), "x0")
+        if run.anderson is not None:
+            run.anderson.reset()
+        return state
+
+    @classmethod
+    def _close_level(cls, run: _Run, nit: int) -> None:
+        """Summarize the current level in ``run.levels``."""
+        run.levels.append(cls._level_summary(run, nit))
+        run.level_start = (time.perf_counter(), nit, run.n_queries)
+
+    @staticmethod
+    def _level_summary(run: _Run, nit: int) -> dict:
+        """The current level so far, ``nit`` iterations done in all (see the Notes)."""
+        problem = run.problems[run.level]
+        start, nit0, queries0 = run.level_start
+        return {
+            "n_source": problem.source.shape[0], "n_target": problem.target.shape[0],
+            "voxel_size": problem.cached(("voxel size",), lambda: None),
+            "nit": nit - nit0, "n_queries": run.n_queries - queries0,
+            "time": time.perf_counter() - start,
+        }
 
     @staticmethod
     def _matches_noisy(setup: _Setup, corr: tuple) -> bool:
@@ -839,9 +903,16 @@ default="welsch"
                 T_new, corr, energy = state.T, state.corr, state.energy
         step = float(np.linalg.norm(T_new - state.T))
         stage, stage_iter = state.stage, state.stage_iter + 1
-        run.stage_iters[stage] += 1
+        run.stage_iters[-1] += 1
         residual = step
         last = stage == len(setup.nus) - 1
+        if last and step < self.tol and not setup.final_level:
+            # A voxel-grid level converged: the next level starts from its pose.
+            new = self._next_level(run, T_new, sum(run.stage_iters[:-1]))
+            new.residual = np.inf
+            new.record = self._record(run, new, accepted)
+            self._tick(run)
+            return new
         # The intermediate scales only lead into the basin: the stage criteria end them; the
         # nu_min stage (and the refinement after it) converge to tol.
         criteria = self._stage_criteria()
@@ -860,6 +931,7 @@ default="welsch"
             # valid; the energy and the plain step are those of the new problem.
             stage, stage_iter = stage + 1, 0
             run.stage_iters.append(0)
+            run.stage_times.append(0.0)
             nu = setup.nus[stage]
             if setup.refine and stage == len(setup.nus) - 1:
                 # The surface refinement: new residuals, matched afresh on every point (on
@@ -880,7 +952,7 @@ default="welsch"
             if aa is not None:
                 aa.reset()
             residual = np.inf
-        return _ICPState(
+        new = _ICPState(
             x=self._to_user(setup, T_new),
             fun=self._user_energy(setup, energy),
             residual=residual,
@@ -893,28 +965,57 @@ default="welsch"
             P=P,
             metric=metric,
             run=run,
-            record={
-                "nu": np.nan if nu is None else nu * setup.scale,
-                "stage": stage,
-                "accepted": accepted,
-                "n_queries": run.n_queries,
-                "n_points": P.shape[0],
-            },
+            intermediate=not setup.final_level,
         )
+        new.record = self._record(run, new, accepted)
+        self._tick(run)
+        return new
+
+    @staticmethod
+    def _record(run: _Run, state: _ICPState, accepted) -> dict:
+        nu = run.setup.nus[state.stage]
+        return {
+            "nu": np.nan if nu is None else nu * run.setup.scale,
+            "stage": run.stage_offset + state.stage,
+            "level": run.level,
+            "accepted": accepted,
+            "n_queries": run.n_queries,
+            "n_points": state.P.shape[0],
+        }
+
+    @staticmethod
+    def _tick(run: _Run) -> None:
+        """Charge the time since the last step's end to the current stage."""
+        now = time.perf_counter()
+        run.stage_times[-1] += now - run.clock
+        run.clock = now
 
     def _result_fields(self, problem, state):
         run = state.run
         setup = run.setup
-        s = setup.scale
         T = state.x
         nu = setup.nus[state.stage]
         nu_min = setup.nus[-1]
         corr = state.corr
+        # Stopped on a voxel-grid level (max_iter, callback): the diagnostics are those of
+        # the full clouds at its pose (the scales carried over in data units).
+        T_final, metric = state.T, state.metric
+        if not setup.final_level:
+            coarse = setup
+            setup = self._make_setup(problem)
+            T_final = self._from_user(setup, T)
+            ratio = coarse.scale / setup.scale
+            nu = None if nu is None else nu * ratio
+            nu_min = None if nu_min is None else nu_min * ratio
+            corr = (np.empty((0, 3)),)
+        s = setup.scale
         if corr[0].shape[0] != setup.P.shape[0]:
-            # Subsampled stage (coarse, or the refinement of a large source): match the
-            # whole source for the diagnostics (its nearest points: no surface fit needed).
-            metric = "point_to_point" if state.metric == "surface" else state.metric
-            corr = self._correspond(run, setup.P, metric, state.T, nu)
+            # Subsampled stage (coarse, or the refinement of a large source), or a voxel
+            # level: match the whole source for the diagnostics (its nearest points: no
+            # surface fit needed).
+            metric = "point_to_point" if metric == "surface" else metric
+            corr = self._correspond(_Run(setup), setup.P, metric, T_final, nu)
+            run.n_queries += 1
         dist = corr[2]
         if self.inlier_threshold is not None:
             threshold = float(self.inlier_threshold)
@@ -930,6 +1031,7 @@ default="welsch"
         n_acc = 0 if aa is None else aa.n_accepted
         n_rej = 0 if aa is None else aa.n_rejected
         scale = float(np.cbrt(np.linalg.det(T[:3, :3])))
+        n_stages = run.stage_offset + state.stage + 1
         return {
             "transform": T,
             "rotation": T[:3, :3] / scale,
@@ -940,10 +1042,15 @@ default="welsch"
             "nu_min": None if nu_min is None else nu_min * s,
             "spacing": setup.spacing * s,
             "noise": setup.noise * s,
-            "n_stages": state.stage + 1,
-            "refined": bool(setup.refine and state.stage == len(setup.nus) - 1),
-            "n_coarse_stages": sum(self._coarse(setup, k) for k in range(state.stage + 1)),
-            "iterations_per_stage": np.array(run.stage_iters[: state.stage + 1], dtype=int),
+            "n_stages": n_stages,
+            "refined": bool(setup.final_level and setup.refine
+                            and state.stage == len(setup.nus) - 1),
+            "n_coarse_stages": run.stage_offset + sum(
+                self._coarse(run.setup, k) for k in range(state.stage + 1)
+            ),
+            "iterations_per_stage": np.array(run.stage_iters[:n_stages], dtype=int),
+            "stage_times": np.array(run.stage_times[:n_stages]),
+            "levels": run.levels + [self._level_summary(run, sum(run.stage_iters))],
             "n_accepted": n_acc,
             "n_rejected": n_rej,
             # No proposal made (Anderson off, or converged before it extrapolated): 0.

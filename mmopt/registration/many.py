@@ -75,7 +75,7 @@ class SharedTarget:
         problem.cached(self.geometry_key,
                        lambda: (normals, thickness * ratio, spacing * ratio))
         if self.level is not None:
-            problem.cached(("pyramid", solver.metric == "point_to_point"), lambda: self.level)
+            problem.cached(("pyramid", solver.metric != "point_to_point"), lambda: self.level)
 
 
 def _solve_chunk(solver: ICP, shared: SharedTarget, sources: list, x0s: list) -> list:

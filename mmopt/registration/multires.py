@@ -5,15 +5,15 @@ solve, yet the stages at a large loss scale only need a coarse view of both clou
 the pose into the basin. The coarse level replaces each cloud by the means of its occupied
 voxels (:func:`~mmopt.registration.pyramid.voxel_downsample`, the voxel size chosen from the
 target so that it keeps about ``_LEVEL_POINTS`` cells) and runs the whole annealed schedule
-there, with its own stopping rules (:class:`StageCriteria`, ``tol``); the full-resolution
-level then starts from that pose, where the initial residuals are small: its schedule (the
-same rule, ``init_factor`` times the median residual down to ``nu_min``) has only a few
-stages, followed by the surface refinement when the data call for it.
+there, with its own stopping rules (:class:`StageCriteria`, ``tol``); when its last stage
+converges, the full-resolution level starts from that pose (in :class:`ICP`'s loop), where
+the initial residuals are small: its schedule (the same rule, ``init_factor`` times the
+median residual down to ``nu_min``) has only a few stages, followed by the surface
+refinement when the data call for it.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from mmopt.registration.problem import RegistrationProblem
 from mmopt.registration.pyramid import voxel_downsample, voxel_size_for
 
-__all__ = ["TargetLevel", "solve_pyramid", "stage_times"]
+__all__ = ["TargetLevel", "coarse_problem"]
 
 # Cells of the coarse target: the size of the shipped scan pair, solved in a fraction of a
 # second with the full annealing.
@@ -49,94 +49,27 @@ class TargetLevel:
         return cls(voxel, means, cell_normals)
 
 
-def stage_times(history: dict, n_stages: int) -> np.ndarray:
-    """Seconds spent in each stage, from a solve's ``history`` (``time`` and ``stage``).
+def coarse_problem(solver, problem: RegistrationProblem) -> RegistrationProblem:
+    """The voxel-grid level of ``problem`` for ``solver`` (an :class:`ICP`), cached on it.
 
-    An iteration's time goes to the stage it ended in; the setup before the first
-    iteration counts in stage 0.
+    Both clouds are downsampled with the voxel size chosen from the target (see
+    :class:`TargetLevel`), the target's mean normals kept for the plane metrics; its cache
+    holds the voxel size (key ``("voxel size",)``), and the shared index and geometry of
+    the coarse target when the level carries them (:func:`~mmopt.registration.icp_many`).
     """
-    seconds = np.diff(np.concatenate([[0.0], np.asarray(history["time"], dtype=float)]))
-    stages = np.asarray(history.get("stage", np.zeros(seconds.size)), dtype=int)
-    out = np.zeros(n_stages)
-    if seconds.size:
-        np.add.at(out, np.clip(stages, 0, n_stages - 1), seconds)
-    return out
+    planes = solver.metric != "point_to_point"
 
-
-def solve_pyramid(solver, problem: RegistrationProblem, x0=None):
-    """Solve ``problem`` with ``solver`` (an :class:`ICP`) on the coarse level, then in full.
-
-    Returns the full-resolution level's result with the counts of both levels merged
-    (``nit``, ``n_queries``, ``n_stages``, ``iterations_per_stage``, ``stage_times``,
-    Anderson's counts, ``history``, ``time``) and ``levels``: one dict per level with its
-    ``n_source`` and ``n_target`` points, ``voxel_size`` (None at full resolution),
-    ``nit``, ``n_queries`` and ``time``.
-    """
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    bar = tqdm(total=2, desc="icp levels", leave=False, disable=solver.verbose != 1)
-    try:
+    def build() -> RegistrationProblem:
         level = problem.cached(
-            ("pyramid", solver.metric == "point_to_point"),
-            lambda: TargetLevel.build(
-                problem.target,
-                None if solver.metric == "point_to_point" else problem.target_normals,
-            ),
+            ("pyramid", planes),
+            lambda: TargetLevel.build(problem.target, problem.target_normals if planes
+                                      else None),
         )
-        source, _, _ = voxel_downsample(problem.source, level.voxel_size)
-        coarse_problem = RegistrationProblem(source, level.points, target_normals=level.normals)
+        source = voxel_downsample(problem.source, level.voxel_size)[0]
+        coarse = RegistrationProblem(source, level.points, target_normals=level.normals)
+        coarse.cached(("voxel size",), lambda: level.voxel_size)
         if level.shared is not None:
-            level.shared.attach(solver, coarse_problem)
-        inner = {"multires": False, "verbose": 0 if solver.verbose == 1 else solver.verbose}
-        coarse_solver = solver.__class__(**{**solver.get_params(deep=False), **inner,
-                                            "refine": False})
-        bar.set_postfix(points=source.shape[0])
-        coarse = coarse_solver.solve(coarse_problem, x0)
-        bar.update(1)
-        fine_solver = solver.__class__(**{
-            **solver.get_params(deep=False), **inner,
-            "max_iter": max(1, solver.max_iter - coarse.nit),
-        })
-        bar.set_postfix(points=problem.source.shape[0])
-        fine = fine_solver.solve(problem, coarse.transform)
-        bar.update(1)
-    finally:
-        bar.close()
-    levels = [_level(coarse_problem, coarse, level.voxel_size), _level(problem, fine, None)]
-    result = _merge(coarse, fine, time.perf_counter() - start)
-    result.levels = levels
-    return result
+            level.shared.attach(solver, coarse)
+        return coarse
 
-
-def _level(problem: RegistrationProblem, result, voxel_size) -> dict:
-    return {"n_source": problem.source.shape[0], "n_target": problem.target.shape[0],
-            "voxel_size": voxel_size, "nit": result.nit, "n_queries": result.n_queries,
-            "time": result.time}
-
-
-def _merge(coarse, fine, seconds: float):
-    result = fine
-    # The fine level's clock and stage numbers continue the coarse level's.
-    offsets = {"time": coarse.time, "stage": coarse.n_stages}
-    result.history = {
-        key: np.concatenate([
-            np.asarray(coarse.history.get(key, np.full(coarse.nit, np.nan)), dtype=float),
-            np.asarray(values, dtype=float) + offsets.get(key, 0.0),
-        ])
-        for key, values in fine.history.items()
-    }
-    result.nit = coarse.nit + fine.nit
-    result.time = seconds
-    result.n_queries = coarse.n_queries + fine.n_queries
-    result.n_stages = coarse.n_stages + fine.n_stages
-    result.n_coarse_stages = coarse.n_stages + fine.n_coarse_stages
-    result.iterations_per_stage = np.concatenate(
-        [coarse.iterations_per_stage, fine.iterations_per_stage]
-    )
-    result.stage_times = np.concatenate([coarse.stage_times, fine.stage_times])
-    result.n_accepted = coarse.n_accepted + fine.n_accepted
-    result.n_rejected = coarse.n_rejected + fine.n_rejected
-    proposals = result.n_accepted + result.n_rejected
-    result.acceptance_rate = result.n_accepted / proposals if proposals else 0.0
-    return result
+    return problem.cached(("coarse problem", planes), build)

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from mmopt import ConvergenceWarning
 from mmopt.datasets import load_scan_pair, make_registration_problem
 from mmopt.registration import ICP, RegistrationProblem, icp, icp_many
 from mmopt.registration._neighbors import NeighborIndex
@@ -101,12 +102,25 @@ def test_multires_recovers_the_known_transform(noisy_case):
     assert coarse["n_target"] < problem.target.shape[0] == fine["n_target"]
     assert coarse["voxel_size"] > 0 and fine["voxel_size"] is None
     assert res.nit == coarse["nit"] + fine["nit"] == res.iterations_per_stage.sum()
-    assert res.n_queries == coarse["n_queries"] + fine["n_queries"]
+    # The final diagnostics' search (whole source) counts too.
+    assert coarse["n_queries"] + fine["n_queries"] <= res.n_queries
     assert res.stage_times.shape == (res.n_stages,) and np.all(res.stage_times >= 0)
-    assert np.all(np.diff(res.history["time"]) >= 0)
+    assert res.stage_times.sum() <= res.time
+    assert np.array_equal(np.unique(res.history["level"]), [0, 1])
+    assert np.all(np.diff(res.history["stage"]) >= 0)
     assert _rotation_error_deg(res, T) <= 0.6
     diagonal = np.linalg.norm(np.ptp(problem.target, axis=0))
     assert np.linalg.norm(res.translation - T[:3, 3]) / diagonal <= 0.002
+
+
+def test_multires_stopped_on_the_coarse_level_reports_the_full_clouds(noisy_case):
+    problem, _ = noisy_case
+    with pytest.warns(ConvergenceWarning):
+        res = ICP(init="identity", multires=True, max_iter=3).solve(problem)
+    assert res.status == 1 and len(res.levels) == 1 and res.levels[0]["voxel_size"] > 0
+    assert res.correspondences.shape == (problem.source.shape[0],)
+    assert res.correspondences.max() < problem.target.shape[0]
+    assert 0.0 <= res.inlier_ratio <= 1.0 and np.isfinite(res.nu)
 
 
 def test_multires_auto_only_above_the_size_threshold(noisy_case):
