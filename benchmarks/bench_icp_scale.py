@@ -65,10 +65,10 @@ def _timed(func):
 
 
 def _open3d(problem, threshold):
-    source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(problem.source))
-    target = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(problem.target))
+    source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(problem.source)))
+    target = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(problem.target)))
     if problem.target_normals is not None:
-        target.normals = o3d.utility.Vector3dVector(problem.target_normals)
+        target.normals = o3d.utility.Vector3dVector(np.array(problem.target_normals))
     else:  # estimated outside the timing
         target.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(10))
     T0 = np.eye(4)

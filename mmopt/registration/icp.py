@@ -605,44 +605,51 @@ default="welsch"
         """
         setup = run.setup
         k = min(self.refine_k, setup.Q.shape[0])
-        dist, idx = self._surface_neighbours(run, X, T, k)
+        dist, idx, neighbourhoods, nearest = self._surface_neighbours(run, X, T, k)
+        rows = np.arange(X.shape[0])
+        closest = dist[rows, nearest]
         h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
         # Weights relative to the nearest point: no underflow for far source points.
-        a = np.exp((dist[:, :1] ** 2 - dist**2) / (2.0 * h * h))
+        a = np.exp((closest[:, None] ** 2 - dist**2) / (2.0 * h * h))
         a /= a.sum(axis=1, keepdims=True)
-        neighbourhoods = setup.Q[idx]
         centres = np.einsum("nk,nkj->nj", a, neighbourhoods)
         centred = neighbourhoods - centres[:, None, :]
-        covariance = np.einsum("nk,nki,nkj->nij", a, centred, centred)
+        # sum_k a_k c_k c_k^T as a batched product (3x faster than a 3-operand einsum).
+        covariance = np.matmul((centred * a[:, :, None]).transpose(0, 2, 1), centred)
         normals = np.linalg.eigh(covariance)[1][:, :, 0]
         residuals = np.einsum("ij,ij->i", normals, X - centres)
-        return X, residuals, dist[:, 0], idx[:, 0], centres, normals
+        return X, residuals, closest, idx[rows, nearest], centres, normals
 
     def _surface_neighbours(self, run: _Run, X: np.ndarray, T: np.ndarray | None, k: int
                             ) -> tuple:
-        """The ``k`` nearest target points of each row of ``X`` (sorted distances, indices).
+        """The ``k`` nearest target points of each row of ``X``.
 
-        On a large source (subsampled refinement) the neighbourhoods of the previous call
-        are reused while no point has moved by more than a fifth of the kernel bandwidth
-        since they were searched (a bound from ``T - T_prev``): the pose barely moves there,
-        and a neighbourhood that lost or gained a far member changes the kernel-weighted
-        surface by that member's small weight. Only the distances are recomputed.
+        Returns ``(dist, idx, neighbourhoods, nearest)``: distances and indices (n, k), the
+        points ``Q[idx]``, and the column of each row's nearest point.
+
+        At scan scale (a multi-resolution solve, or a subsampled refinement) the
+        neighbourhoods of the previous call are reused while no point has moved by more
+        than a fifth of the kernel bandwidth since they were searched (a bound from
+        ``T - T_prev``): the pose barely moves there, and a neighbourhood that lost or
+        gained a far member changes the kernel-weighted surface by that member's small
+        weight. Only the distances are recomputed.
         """
         setup = run.setup
         cached = run.surface_neighbours
         if T is not None and cached is not None and cached[1].shape[0] == X.shape[0]:
-            T_prev, idx = cached
-            reach = 1.0 + float(np.max(np.abs(setup.P).sum(axis=1)))
+            T_prev, idx, neighbourhoods, reach = cached
             h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
             if float(np.abs(T - T_prev).max()) * reach < _REUSE_FRACTION * h:
-                dist = np.linalg.norm(setup.Q[idx] - X[:, None, :], axis=2)
-                order = np.argsort(dist, axis=1)
-                return (np.take_along_axis(dist, order, axis=1),
-                        np.take_along_axis(idx, order, axis=1))
+                offsets = neighbourhoods - X[:, None, :]
+                dist = np.sqrt(np.einsum("nkj,nkj->nk", offsets, offsets))
+                return dist, idx, neighbourhoods, np.argmin(dist, axis=1)
         dist, idx = self._query(run, X, k=k)
-        if T is not None and X.shape[0] < setup.P.shape[0]:
-            run.surface_neighbours = (T.copy(), idx)
-        return dist, idx
+        neighbourhoods = setup.Q[idx]
+        if T is not None and (len(run.problems) > 1 or X.shape[0] < setup.P.shape[0]):
+            # How far a point moves per unit change of T's entries: 1 + max_i ||p_i||_1.
+            reach = 1.0 + float(np.max(np.abs(setup.P).sum(axis=1)))
+            run.surface_neighbours = (T.copy(), idx, neighbourhoods, reach)
+        return dist, idx, neighbourhoods, np.zeros(X.shape[0], dtype=np.intp)
 
     @staticmethod
     def _plane_residuals(setup: _Setup, X, idx) -> np.ndarray:
