@@ -4,11 +4,9 @@ and icp_many against separate icp calls."""
 from __future__ import annotations
 
 import os
-import time
-import warnings
 
 import numpy as np
-from _common import markdown_table
+from _common import markdown_table, timed
 
 from mmopt.datasets import load_scan_pair, make_registration_problem
 from mmopt.registration import ICP, RegistrationProblem, icp, icp_many
@@ -56,14 +54,6 @@ def _cases(quick):
         yield f"synthetic x{factor}: 30 deg, 0.2% noise, 30% crop", problem, T
 
 
-def _timed(func):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        start = time.perf_counter()
-        out = func()
-        return out, time.perf_counter() - start
-
-
 def _open3d(problem, threshold):
     source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(problem.source)))
     target = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(problem.target)))
@@ -74,7 +64,7 @@ def _open3d(problem, threshold):
     T0 = np.eye(4)
     T0[:3, 3] = problem.target.mean(0) - problem.source.mean(0)
     reg = o3d.pipelines.registration
-    out, seconds = _timed(lambda: reg.registration_icp(
+    out, seconds = timed(lambda: reg.registration_icp(
         source, target, threshold, T0, reg.TransformationEstimationPointToPlane(),
         reg.ICPConvergenceCriteria(max_iteration=100)))
     return np.asarray(out.transformation), seconds
@@ -93,9 +83,9 @@ def _many(quick):
         source = data.source + rng.normal(scale=JITTER, size=data.source.shape)
         sources.append(source @ move[:3, :3].T + move[:3, 3])
     options = dict(n_threads=1)
-    separate, t_separate = _timed(lambda: [icp(s, target, **options) for s in sources])
-    together, t_together = _timed(lambda: icp_many(sources, target, n_jobs=THREADS, **options))
-    together_1, t_together_1 = _timed(lambda: icp_many(sources, target, n_jobs=1, **options))
+    separate, t_separate = timed(lambda: [icp(s, target, **options) for s in sources])
+    together, t_together = timed(lambda: icp_many(sources, target, n_jobs=THREADS, **options))
+    together_1, t_together_1 = timed(lambda: icp_many(sources, target, n_jobs=1, **options))
     gap = max(_rotation_error(a.transform, b.transform) for a, b in zip(separate, together))
     return [
         {"method": f"{n_scans} separate icp calls", "threads": 1, "seconds": t_separate,
@@ -113,7 +103,7 @@ def run(quick: bool = False) -> str:
     rows = []
     for label, problem, T_ref in _cases(quick):
         diagonal = float(np.linalg.norm(np.ptp(problem.target, axis=0)))
-        res, seconds = _timed(lambda p=problem: ICP(n_threads=THREADS).solve(p))
+        res, seconds = timed(lambda p=problem: ICP(n_threads=THREADS).solve(p))
         coarse = res.levels[0]
         rows.append({
             "case": label, "points (source)": problem.source.shape[0],
