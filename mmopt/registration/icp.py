@@ -915,7 +915,7 @@ default="welsch"
         last = stage == len(setup.nus) - 1
         if last and step < self.tol and not setup.final_level:
             # A voxel-grid level converged: the next level starts from its pose.
-            new = self._next_level(run, T_new, sum(run.stage_iters[:-1]))
+            new = self._next_level(run, T_new, sum(run.stage_iters))
             new.residual = np.inf
             new.record = self._record(run, new, accepted)
             self._tick(run)
