@@ -8,6 +8,15 @@ import warnings
 import numpy as np
 
 
+def timed(func):
+    """``(func(), wall seconds)`` of one call, warnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        out = func()
+        return out, time.perf_counter() - start
+
+
 def best_time(func, *, repeat: int = 3) -> float:
     """Smallest wall time of ``repeat`` calls (the least disturbed by other load)."""
     times = []

@@ -11,11 +11,10 @@ is within the cap.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 
 import numpy as np
-from _common import markdown_table
+from _common import markdown_table, timed
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_breast_cancer, load_digits, make_classification
@@ -39,14 +38,6 @@ def _clouds(n, seed=0):
     return np.full(n, 1.0 / n), np.full(n, 1.5 / n), C / C.max()
 
 
-def _timed(func):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        start = time.perf_counter()
-        out = func()
-        return out, time.perf_counter() - start
-
-
 def _pot_unbalanced_error(a, b, reg, reg_m, P, log):
     # u = exp(f / reg) with POT's kernel a b^T exp(-C / reg): f = reg log u.
     f, g = reg * log["logu"], reg * log["logv"]
@@ -64,7 +55,7 @@ def _ladder(run_pot, error_of, target, start, cap, time_cap):
     error, reached)."""
     budget, spent = start, 0.0
     while True:
-        out, elapsed = _timed(lambda b=budget: run_pot(b))
+        out, elapsed = timed(lambda b=budget: run_pot(b))
         spent += elapsed
         error = error_of(out)
         if error <= target:
@@ -82,7 +73,7 @@ def run(quick: bool = False, regs=None) -> str:
     reg_m = 1.0
     rows = []
     for reg in regs:
-        res, t_mm = _timed(lambda reg=reg: unbalanced_sinkhorn(a, b, C, reg, reg_m, tol=1e-9,
+        res, t_mm = timed(lambda reg=reg: unbalanced_sinkhorn(a, b, C, reg, reg_m, tol=1e-9,
                                                        max_iter=100_000))
         row = {"problem": "unbalanced", "n": n, "reg": reg, "mmopt s": t_mm,
                "mmopt iters": res.nit, "mmopt error": res.optimality_error,
@@ -104,7 +95,7 @@ def run(quick: bool = False, regs=None) -> str:
     b_part = np.full(n, 1.0 / n)
     mass = 0.5
     for reg in regs:
-        res, t_mm = _timed(lambda reg=reg: partial_ot(a, b_part, C, mass, reg=reg, tol=1e-9,
+        res, t_mm = timed(lambda reg=reg: partial_ot(a, b_part, C, mass, reg=reg, tol=1e-9,
                                               max_iter=100_000))
         row = {"problem": "entropic partial (m=0.5)", "n": n, "reg": reg, "mmopt s": t_mm,
                "mmopt iters": res.nit, "mmopt error": res.kkt_error,

@@ -1,8 +1,9 @@
 """Rigid registration of point clouds: Fast and Robust ICP.
 
 :class:`RegistrationProblem` holds the two clouds (source first: ``target ~= T source``);
-:class:`ICP` (:func:`icp`) solves it by robust point-to-point or point-to-plane ICP with the
-annealed Welsch scale and Anderson acceleration on the se(3) twist, its grouped options
+:class:`ICP` (:func:`icp`; :func:`icp_many` for many sources against one target) solves it
+by robust point-to-point or point-to-plane ICP with the annealed Welsch scale and Anderson
+acceleration on the se(3) twist (multi-resolution at scan scale), its grouped options
 :class:`ScaleSchedule` (the annealing of the loss scale) and :class:`StageCriteria` (when
 intermediate stages end); :class:`ICPRegistration` is the scikit-learn estimator.
 :func:`estimate_normals` gives PCA normals; :func:`read_point_cloud` and
@@ -19,6 +20,7 @@ from mmopt.registration.estimator import ICPRegistration
 from mmopt.registration.icp import ICP, icp
 from mmopt.registration.io import read_faces, read_point_cloud, write_point_cloud
 from mmopt.registration.kabsch import weighted_kabsch
+from mmopt.registration.many import icp_many
 from mmopt.registration.nonrigid import (
     SPARE,
     NonRigidRegistration,
@@ -42,6 +44,7 @@ __all__ = [
     "StageCriteria",
     "estimate_normals",
     "icp",
+    "icp_many",
     "nonrigid_icp",
     "read_faces",
     "read_point_cloud",

@@ -7,7 +7,7 @@ import numpy as np
 from mmopt._core.validation import check_array, check_scalar
 from mmopt.registration._neighbors import NeighborIndex
 
-__all__ = ["estimate_normals", "local_geometry"]
+__all__ = ["estimate_normals", "local_geometry", "sampled_geometry"]
 
 
 def local_geometry(points, *, k: int = 10, neighbors: str = "auto"):
@@ -39,19 +39,57 @@ def local_geometry(points, *, k: int = 10, neighbors: str = "auto"):
     # distances and covariances of clouds at 1e300 or 1e-300 neither overflow nor underflow.
     unit = _power_of_two_size(points)
     points = points / unit
-    n_neighbors = min(max(k, 7), n)
     index = NeighborIndex(points, backend=neighbors)
-    dist, idx = index.query(points, k=n_neighbors)
+    normals, thickness, spacing = _neighbourhood_geometry(index, points, k)
+    return normals, thickness * unit, spacing * unit
+
+
+def sampled_geometry(index: NeighborIndex, *, k: int = 10, max_points: int = 50000,
+                     n_threads: int = 1):
+    """:func:`local_geometry` of a regular subsample of an indexed cloud.
+
+    The neighbourhoods of every ``ceil(n / max_points)``-th point of ``index.points``,
+    searched in the whole cloud through ``index`` (no second tree): their normals and
+    thicknesses, and the spacing estimate. The spacing and the noise estimate (the median
+    thickness) are medians, which a subsample of tens of thousands of points pins down as
+    well as the whole cloud, at a fraction of the cost on clouds of 10^5-10^6 points. The
+    points should be of moderate size (normalized coordinates): squared distances are formed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration._neighbors import NeighborIndex
+    >>> from mmopt.registration.normals import sampled_geometry
+    >>> xy = np.stack(np.meshgrid(np.arange(30.0), np.arange(30.0)), -1).reshape(-1, 2)
+    >>> index = NeighborIndex(np.c_[xy, np.zeros(900)])
+    >>> normals, thickness, spacing = sampled_geometry(index, k=8, max_points=100)
+    >>> normals.shape, spacing
+    ((100, 3), 1.0)
+    """
+    k = check_scalar(k, "k", kind=int, min_value=3)
+    max_points = check_scalar(max_points, "max_points", kind=int, min_value=1)
+    points = index.points
+    stride = -(-points.shape[0] // max_points)
+    return _neighbourhood_geometry(index, points[::stride], k, n_threads=n_threads)
+
+
+def _neighbourhood_geometry(index: NeighborIndex, queries: np.ndarray, k: int,
+                            n_threads: int = 1):
+    """Normals and thickness of the neighbourhoods of ``queries`` among the indexed points
+    (each query one of them), and the cloud's spacing (see :func:`local_geometry`)."""
+    n = index.points.shape[0]
+    n_neighbors = min(max(k, 7), n)
+    dist, idx = index.query(queries, k=n_neighbors, n_threads=n_threads)
     # Spacing from the 6 nearest neighbours other than the point itself.
     near = dist[:, 1 : min(7, n_neighbors)] ** 2
     spacing = float(np.sqrt(np.median(np.median(near, axis=1))))
-    neighbourhoods = points[idx[:, : min(k, n)]]
+    neighbourhoods = index.points[idx[:, : min(k, n)]]
     centred = neighbourhoods - neighbourhoods.mean(axis=1, keepdims=True)
     covariance = np.einsum("nki,nkj->nij", centred, centred) / centred.shape[1]
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     normals = np.ascontiguousarray(eigenvectors[:, :, 0])
     thickness = np.sqrt(np.clip(eigenvalues[:, 0], 0.0, None))
-    return normals, thickness * unit, spacing * unit
+    return normals, thickness, spacing
 
 
 def _power_of_two_size(points: np.ndarray) -> float:

@@ -1,0 +1,157 @@
+"""Registration at scan scale (10^5-10^6 points): mmopt's ICP against Open3D point-to-plane,
+and icp_many against separate icp calls."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from _common import markdown_table, timed
+
+from mmopt.datasets import load_scan_pair, make_registration_problem
+from mmopt.registration import ICP, RegistrationProblem, icp, icp_many
+from mmopt.registration.se3 import rotation_angle, se3_exp
+
+try:
+    import open3d as o3d
+except ImportError:  # Open3D is an optional benchmark extra
+    o3d = None
+
+JITTER = 0.001  # data units (the pair's spacing is ~0.007, its diagonal ~1.9)
+THREADS = 2
+
+
+def _upsample(points, normals, factor, rng):
+    """Each point repeated ``factor`` times with Gaussian jitter (the issue's recipe)."""
+    points = np.repeat(points, factor, axis=0)
+    points = points + rng.normal(scale=JITTER, size=points.shape)
+    return points, None if normals is None else np.repeat(normals, factor, axis=0)
+
+
+def _rotation_error(T, T_ref):
+    def nearest(A):
+        U, _, Vt = np.linalg.svd(A)
+        return U @ Vt
+
+    return float(np.degrees(rotation_angle(nearest(T[:3, :3]).T @ nearest(T_ref[:3, :3]))))
+
+
+def _cases(quick):
+    data = load_scan_pair()
+    rng = np.random.default_rng(0)
+    for factor in (2,) if quick else (4, 10, 68):
+        source, _ = _upsample(data.source, None, factor, rng)
+        target, normals = _upsample(data.target, data.target_normals, factor, rng)
+        yield (f"scan pair x{factor} (vs official answer)",
+               RegistrationProblem(source, target, target_normals=normals),
+               data.reference_transform)
+    for factor in (2,) if quick else (10, 34):
+        points, _ = _upsample(data.source, None, factor, rng)
+        problem, T = make_registration_problem(
+            points, rotation_deg=30, translation=0.1, noise=0.002, outlier_fraction=0.0,
+            overlap=0.7, random_state=0,
+        )
+        yield f"synthetic x{factor}: 30 deg, 0.2% noise, 30% crop", problem, T
+
+
+def _open3d(problem, threshold):
+    source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(problem.source)))
+    target = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(problem.target)))
+    if problem.target_normals is not None:
+        target.normals = o3d.utility.Vector3dVector(np.array(problem.target_normals))
+    else:  # estimated outside the timing
+        target.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(10))
+    T0 = np.eye(4)
+    T0[:3, 3] = problem.target.mean(0) - problem.source.mean(0)
+    reg = o3d.pipelines.registration
+    out, seconds = timed(lambda: reg.registration_icp(
+        source, target, threshold, T0, reg.TransformationEstimationPointToPlane(),
+        reg.ICPConvergenceCriteria(max_iteration=100)))
+    return np.asarray(out.transformation), seconds
+
+
+def _many(quick):
+    """20 scans (the pair's source, jittered, each moved by a different small motion)
+    against one map (the pair's target upsampled x10)."""
+    data = load_scan_pair()
+    rng = np.random.default_rng(1)
+    target, _ = _upsample(data.target, None, 2 if quick else 10, rng)
+    n_scans = 4 if quick else 20
+    sources = []
+    for _ in range(n_scans):
+        move = se3_exp(np.r_[rng.normal(scale=0.05, size=3), rng.normal(scale=0.02, size=3)])
+        source = data.source + rng.normal(scale=JITTER, size=data.source.shape)
+        sources.append(source @ move[:3, :3].T + move[:3, 3])
+    options = dict(n_threads=1)
+    separate, t_separate = timed(lambda: [icp(s, target, **options) for s in sources])
+    together, t_together = timed(lambda: icp_many(sources, target, n_jobs=THREADS, **options))
+    gap = max(_rotation_error(a.transform, b.transform) for a, b in zip(separate, together))
+    return [
+        {"method": f"{n_scans} separate icp calls", "threads": 1, "seconds": t_separate,
+         "speed-up": 1.0},
+        {"method": f"icp_many, n_jobs={THREADS}", "threads": THREADS, "seconds": t_together,
+         "speed-up": t_separate / t_together},
+    ], n_scans, target.shape[0], data.source.shape[0], gap
+
+
+def run(quick: bool = False) -> str:
+    if o3d is not None and hasattr(o3d.utility, "set_max_threads"):
+        o3d.utility.set_max_threads(THREADS)
+    rows = []
+    for label, problem, T_ref in _cases(quick):
+        diagonal = float(np.linalg.norm(np.ptp(problem.target, axis=0)))
+        res, seconds = timed(lambda p=problem: ICP(n_threads=THREADS).solve(p))
+        coarse = res.levels[0]
+        rows.append({
+            "case": label, "points (source)": problem.source.shape[0],
+            "method": "mmopt icp (defaults)", "seconds": seconds,
+            "rotation error (deg)": _rotation_error(res.transform, T_ref),
+            "iterations": res.nit, "NN queries": res.n_queries,
+            "coarse level": f"{coarse['n_source']} pts, {coarse['time']:.2f} s"
+            if coarse["voxel_size"] is not None else "-",
+            "refined": res.refined,
+        })
+        if o3d is not None:
+            T, seconds = _open3d(problem, 0.05 * diagonal)
+            rows.append({
+                "case": label, "points (source)": problem.source.shape[0],
+                "method": "Open3D point-to-plane", "seconds": seconds,
+                "rotation error (deg)": _rotation_error(T, T_ref), "iterations": None,
+                "NN queries": None, "coarse level": None, "refined": None,
+            })
+        for row in rows[-2:]:  # progress of a long run
+            print(row, file=sys.stderr, flush=True)
+    many_rows, n_scans, n_target, n_source, gap = _many(quick)
+    cpu = os.cpu_count()
+    text = [
+        "## Registration at scan scale (issue 20)",
+        "",
+        f"The shipped scan pair with each point repeated k times (x k) plus Gaussian jitter "
+        f"of {JITTER} (the pair's spacing is ~0.007, diagonal ~1.9), against the official "
+        "answer; and synthetic scans (`make_registration_problem` on the upsampled source: "
+        "30 degrees, 10% translation, 0.2% noise, 30% crop). One run each, centroid start "
+        f"for everyone, {THREADS} threads for everyone (mmopt `n_threads={THREADS}`, Open3D "
+        f"`set_max_threads({THREADS})`; the machine has {cpu} CPUs, so Open3D's default "
+        "thread count is the same), shared and loaded machine. mmopt: defaults (multi-"
+        "resolution above 20k points: voxel level of ~15k cells, then the full clouds; "
+        "surface refinement on at most 20k source points). Open3D "
+        + ("not installed." if o3d is None else
+           f"{o3d.__version__}: `registration_icp` point-to-plane, correspondence distance "
+           "5% of the diagonal, 100 iterations at most, the shipped target normals (repeated) "
+           "or normals estimated outside the timing."),
+        "",
+        markdown_table(rows),
+        "",
+        f"Many scans against one map: {n_scans} scans of "
+        f"{n_source} points (the pair's source, jittered) against the pair's target x10 "
+        f"({n_target} points); mmopt defaults, `n_threads=1` per solve; largest rotation "
+        f"difference between icp_many and the separate calls: {gap:.2e} deg.",
+        "",
+        markdown_table(many_rows),
+    ]
+    return "\n".join(text) + "\n"
+
+
+if __name__ == "__main__":
+    print(run(quick=False))

@@ -1,0 +1,192 @@
+"""ICP at scan scale: the voxel pyramid, the multi-resolution solve, the subsampled surface
+refinement with reused neighbourhoods, the sampled geometry, and icp_many (small clouds)."""
+
+import importlib
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+from mmopt import ConvergenceWarning
+from mmopt.datasets import load_scan_pair, make_registration_problem
+from mmopt.registration import ICP, RegistrationProblem, icp, icp_many
+from mmopt.registration._neighbors import NeighborIndex
+from mmopt.registration.many import SharedTarget
+from mmopt.registration.normals import local_geometry, sampled_geometry
+from mmopt.registration.pyramid import voxel_downsample, voxel_size_for
+from mmopt.registration.se3 import rotation_angle
+
+# The module (the package's attribute of that name is the function icp).
+icp_module = importlib.import_module("mmopt.registration.icp")
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return load_scan_pair()
+
+
+def _rotation_error_deg(res, T):
+    return float(np.degrees(rotation_angle(res.rotation.T @ T[:3, :3])))
+
+
+# ------------------------------------------------------------------------------ pyramid
+def test_voxel_downsample_matches_a_dictionary_reference():
+    rng = np.random.default_rng(0)
+    points = rng.random((3000, 3)) * [4.0, 2.0, 1.0] - 1.0
+    normals = rng.normal(size=(3000, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    size = 0.37
+    means, counts, cell_normals = voxel_downsample(points, size, normals=normals)
+    # Reference: a Python dictionary of cells (no shared code).
+    cells = {}
+    origin = points.min(axis=0)
+    for i, p in enumerate(points):
+        cells.setdefault(tuple(np.floor((p - origin) / size).astype(int)), []).append(i)
+    keys = sorted(cells)
+    assert means.shape == (len(keys), 3) and counts.sum() == 3000
+    for row, key in enumerate(keys):
+        members = cells[key]
+        assert counts[row] == len(members)
+        np.testing.assert_allclose(means[row], points[members].mean(axis=0), atol=1e-12)
+        first = normals[members[0]]
+        flipped = normals[members] * np.sign(normals[members] @ first)[:, None]
+        mean = flipped.sum(axis=0)
+        np.testing.assert_allclose(cell_normals[row], mean / np.linalg.norm(mean), atol=1e-9)
+
+
+def test_voxel_downsample_is_order_free_and_checks_its_input():
+    rng = np.random.default_rng(1)
+    points = rng.random((500, 3))
+    means = voxel_downsample(points, 0.2)[0]
+    np.testing.assert_allclose(voxel_downsample(points[::-1], 0.2)[0], means, atol=1e-12)
+    with pytest.raises(ValueError, match="voxel_size"):
+        voxel_downsample(points, 0.0)
+    with pytest.raises(ValueError, match="normals"):
+        voxel_downsample(points, 0.2, normals=np.ones((3, 3)))
+
+
+def test_voxel_size_for_hits_the_cell_count(scan):
+    size = voxel_size_for(scan.target, 3000)
+    assert 0.85 * 3000 <= voxel_downsample(scan.target, size)[0].shape[0] <= 1.15 * 3000
+
+
+def test_sampled_geometry_agrees_with_the_whole_cloud(scan):
+    points = scan.target / 2.0
+    _, thickness, spacing = local_geometry(points, k=10)
+    index = NeighborIndex(points)
+    normals, sampled, sampled_spacing = sampled_geometry(index, k=10, max_points=points.shape[0])
+    assert normals.shape == points.shape
+    assert sampled_spacing == pytest.approx(spacing, rel=1e-12)
+    _, sub, sub_spacing = sampled_geometry(index, k=10, max_points=2000)
+    assert sub.shape[0] <= 2000
+    assert sub_spacing == pytest.approx(spacing, rel=0.05)
+    assert np.median(sub) == pytest.approx(np.median(thickness), rel=0.1)
+
+
+# --------------------------------------------------------------------- multi-resolution
+@pytest.fixture(scope="module")
+def noisy_case(scan):
+    # The issue's synthetic case (0.5% noise, 20% outliers, 30% crop) at a third density.
+    return make_registration_problem(
+        scan.source[::3], rotation_deg=30, translation=0.1, noise=0.005,
+        outlier_fraction=0.2, overlap=0.7, random_state=0,
+    )
+
+
+def test_multires_recovers_the_known_transform(noisy_case):
+    problem, T = noisy_case
+    res = ICP(init="identity", multires=True).solve(problem)
+    assert res.success and len(res.levels) == 2
+    coarse, fine = res.levels
+    assert coarse["n_target"] < problem.target.shape[0] == fine["n_target"]
+    assert coarse["voxel_size"] > 0 and fine["voxel_size"] is None
+    assert res.nit == coarse["nit"] + fine["nit"] == res.iterations_per_stage.sum()
+    # The final diagnostics' search (whole source) counts too.
+    assert coarse["n_queries"] + fine["n_queries"] <= res.n_queries
+    assert res.stage_times.shape == (res.n_stages,) and np.all(res.stage_times >= 0)
+    assert res.stage_times.sum() <= res.time
+    assert np.array_equal(np.unique(res.history["level"]), [0, 1])
+    assert np.all(np.diff(res.history["stage"]) >= 0)
+    assert _rotation_error_deg(res, T) <= 0.6
+    diagonal = np.linalg.norm(np.ptp(problem.target, axis=0))
+    assert np.linalg.norm(res.translation - T[:3, 3]) / diagonal <= 0.002
+
+
+def test_multires_stopped_on_the_coarse_level_reports_the_full_clouds(noisy_case):
+    problem, _ = noisy_case
+    with pytest.warns(ConvergenceWarning):
+        res = ICP(init="identity", multires=True, max_iter=3).solve(problem)
+    assert res.status == 1 and len(res.levels) == 1 and res.levels[0]["voxel_size"] > 0
+    assert res.correspondences.shape == (problem.source.shape[0],)
+    assert res.correspondences.max() < problem.target.shape[0]
+    assert 0.0 <= res.inlier_ratio <= 1.0 and np.isfinite(res.nu)
+
+
+def test_multires_auto_only_above_the_size_threshold(noisy_case):
+    problem, _ = noisy_case
+    assert not ICP()._multires(problem.source.shape[0])
+    assert ICP()._multires(icp_module._MULTIRES_MIN_POINTS + 1)
+    assert not ICP(multires=False)._multires(10**7)
+    with pytest.raises(ValueError, match="multires"):
+        ICP(multires="yes").solve(problem)
+
+
+def test_large_source_refinement_subsamples_and_reuses_neighbours(noisy_case, monkeypatch):
+    # A large source (here: the threshold lowered) refines on a subsample, reusing its
+    # neighbourhoods while the pose barely moves: fewer searches, the same accuracy.
+    problem, T = noisy_case
+    full = ICP(init="identity", multires=False).solve(problem)
+    monkeypatch.setattr(icp_module, "_REFINE_MAX_POINTS", problem.source.shape[0] // 3)
+    sub = ICP(init="identity", multires=False).solve(problem)
+    assert full.refined and sub.refined
+    assert sub.correspondences.shape == (problem.source.shape[0],)
+    refine_full, refine_sub = full.iterations_per_stage[-1], sub.iterations_per_stage[-1]
+    # One search per refinement iteration without reuse (plus Anderson's trials), fewer with.
+    assert sub.n_queries - (sub.nit - refine_sub) < full.n_queries - (full.nit - refine_full)
+    assert _rotation_error_deg(sub, T) <= 0.6
+    assert abs(_rotation_error_deg(sub, T) - _rotation_error_deg(full, T)) <= 0.2
+
+
+# ----------------------------------------------------------------------------- icp_many
+@pytest.fixture(scope="module")
+def many_case(scan):
+    target = scan.target[::6]
+    sources, moves = [], []
+    for seed in range(3):
+        problem, T = make_registration_problem(
+            scan.target[::5], rotation_deg=20, translation=0.05, noise=0.002,
+            outlier_fraction=0.0, overlap=0.8, random_state=seed,
+        )
+        sources.append(problem.source)
+        moves.append(T)
+    return sources, target, moves
+
+
+@pytest.mark.parametrize("options", [{}, {"multires": True}, {"metric": "point_to_plane"}])
+def test_icp_many_equals_separate_icp_calls(many_case, options):
+    sources, target, _ = many_case
+    together = icp_many(sources, target, n_jobs=2, **options)
+    for source, res in zip(sources, together):
+        alone = icp(source, target, **options)
+        np.testing.assert_allclose(res.transform, alone.transform, atol=1e-7)
+        assert res.nit == alone.nit and res.status == alone.status
+
+
+def test_icp_many_checks_its_inputs_and_pickles(many_case):
+    sources, target, _ = many_case
+    assert icp_many([], target) == []
+    with pytest.raises(ValueError, match="x0s"):
+        icp_many(sources, target, x0s=[None])
+    with pytest.raises(ValueError, match="prefer"):
+        icp_many(sources, target, prefer="dask")
+    with pytest.raises(ValueError, match=r"sources\[1\]"):
+        icp_many([sources[0], np.ones((4, 2))], target)
+    shared = SharedTarget(target, None, ICP(), coarse=True)
+    copy = pickle.loads(pickle.dumps(shared))
+    problem = RegistrationProblem(sources[0], target)
+    copy.attach(ICP(), problem)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = ICP().solve(problem)
+    np.testing.assert_allclose(res.transform, icp(sources[0], target).transform, atol=1e-7)
