@@ -327,3 +327,17 @@ def test_a_bent_sheet_does_not_slide_in_its_plane(coarse):
     res = nonrigid_icp(source, target, coarse=coarse)
     before = np.sqrt(np.mean(np.sum((source - target) ** 2, axis=1)))
     assert np.sqrt(np.mean(np.sum((res.points - target) ** 2, axis=1))) < 0.2 * before
+
+
+def test_estimator_passes_the_new_options_to_spare():
+    # coarse / reject_distance / anderson reach the solver: turning the coarse stage off
+    # leaves no graph nodes in the result, and the defaults equal SPARE's.
+    u, w = np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 1, 12))
+    X = np.c_[u.ravel(), w.ravel(), np.zeros(144)]
+    Y = X + [0.0, 0.0, 0.01]
+    default = NonRigidRegistration().fit(X, Y)
+    direct = SPARE().solve(NonRigidRegistrationProblem(X, Y))
+    np.testing.assert_allclose(default.points_, direct.points, atol=1e-12)
+    fine_only = NonRigidRegistration(coarse=False, reject_distance=None).fit(X, Y)
+    assert getattr(fine_only.result_, "nodes", None) is None
+    assert np.sqrt(np.mean(np.sum((fine_only.points_ - Y) ** 2, axis=1))) < 5e-3
