@@ -38,6 +38,9 @@ class CloudLevel:
     y_label: np.ndarray
     cell: float
 
+    def __post_init__(self):
+        self.log_a, self.log_b = np.log(self.a), np.log(self.b)
+
 
 def _cells(points, origin, cell):
     """Integer labels of the grid cells of ``points`` (0 .. count - 1) and the count."""

@@ -18,6 +18,7 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import check_n_threads, effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
+from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
@@ -34,6 +35,13 @@ _SPACING_SAMPLE = 2000
 # the threshold is more than this many times its value at reg (too many pairs kept).
 _MIN_MARGIN = 0.75
 _MAX_SLACK = 2.0
+# Diagonal shift of the Newton system, relative to the gradient's L1 norm (the Hessian's
+# null direction (1, -1)), as in SinkhornNewtonSparse.
+_NEWTON_SHIFT = 1e-3
+# After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
+_MAX_NEWTON_BACKOFF = 32
+# Kernel calls over fewer pairs than this run on one thread (waking others costs more).
+_MIN_PARALLEL_PAIRS = 1 << 16
 
 
 def _parse_cost(cost):
@@ -165,7 +173,7 @@ class _Pattern:
     ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation.
     """
 
-    def __init__(self, level, kind, p, phi0, psi0, threshold, reg, threads):
+    def __init__(self, level, kind, p, phi0, psi0, threshold, threads):
         indptr, indices = kept_pairs(level.x, level.y, phi0, psi0, threshold, n_threads=threads)
         cost = pair_costs(level.x, level.y, indptr, indices, kind, p, threads)
         matrix = sp.csr_matrix((cost, indices, indptr), shape=(len(level.x), len(level.y)))
@@ -175,7 +183,8 @@ class _Pattern:
         self.t_indices = transposed.indices.astype(np.int32)
         self.t_cost = transposed.data
         self.phi0, self.psi0 = phi0, psi0
-        self.threshold, self.reg = threshold, reg
+        self.threshold = threshold
+        self._rows = None
 
     @property
     def nnz(self) -> int:
@@ -186,7 +195,18 @@ class _Pattern:
         return self.threshold - float(np.max(phi - self.phi0)) - float(np.max(psi - self.psi0))
 
     def rows(self) -> np.ndarray:
-        return np.repeat(np.arange(self.indptr.size - 1), np.diff(self.indptr))
+        """The row of every kept pair (made once)."""
+        if self._rows is None:
+            self._rows = np.repeat(np.arange(self.indptr.size - 1), np.diff(self.indptr))
+        return self._rows
+
+    def plan(self, f, g, reg):
+        """The kept plan entries at ``(f, g, reg)`` and the plan's row and column sums."""
+        rows = self.rows()
+        values = np.exp((f[rows] + g[self.indices] - self.cost) / reg)
+        n, m = self.indptr.size - 1, self.t_indptr.size - 1
+        return (values, np.bincount(rows, weights=values, minlength=n),
+                np.bincount(self.indices, weights=values, minlength=m))
 
 
 @dataclass
@@ -203,6 +223,10 @@ class _Run:
     cost_scale: float
     pattern: _Pattern | None = None
     truncations: int = 0
+    n_newton: int = 0
+    newton_pause: int = 0  # Sinkhorn iterations before the next Newton attempt
+    newton_backoff: int = 1
+    damping: float = 0.0
     level_log: list = field(default_factory=list)
 
 
@@ -271,6 +295,16 @@ class PointCloudSinkhorn(Solver):
         margin falls below 3/4 of the threshold).
     max_coarse : int, default=1000
         Largest number of clusters per cloud at the coarsest level (sharp regime).
+    newton : bool, default=True
+        Sharp regime: at the problem's ``reg`` on the original clouds, once the relative
+        marginal error is below ``newton_switch``, take Newton steps on the dual restricted
+        to the kept pairs, whose Hessian is exactly the kept plan (the Newton stage of
+        :class:`~mmopt.ot.SinkhornNewtonSparse`: its linear solve
+        :func:`~mmopt.ot._newton.newton_direction`, shifted and Levenberg-Marquardt damped,
+        and its backtracking line search); a failed step falls back to Sinkhorn iterations
+        (1, 2, 4, ... of them before the next try).
+    newton_switch : float, default=1e-2
+        Relative marginal error below which Newton steps start.
     n_threads : int, optional
         Threads of the kernels and KD-tree queries; all available CPUs when None.
     callback : callable, optional
@@ -329,6 +363,8 @@ class PointCloudSinkhorn(Solver):
         switch_tol: float = 0.1,
         truncation: float = 40.0,
         max_coarse: int = 1000,
+        newton: bool = True,
+        newton_switch: float = 1e-2,
         n_threads: int | None = None,
         callback=None,
         verbose: int = 0,
@@ -340,6 +376,8 @@ class PointCloudSinkhorn(Solver):
         self.switch_tol = switch_tol
         self.truncation = truncation
         self.max_coarse = max_coarse
+        self.newton = newton
+        self.newton_switch = newton_switch
         self.n_threads = n_threads
         self.callback = callback
         self.verbose = verbose
@@ -352,6 +390,9 @@ class PointCloudSinkhorn(Solver):
         check_scalar(self.switch_tol, "switch_tol", min_value=0.0, include_min=False)
         check_scalar(self.truncation, "truncation", min_value=1.0)
         check_scalar(self.max_coarse, "max_coarse", kind=int, min_value=1)
+        if not isinstance(self.newton, (bool, np.bool_)):
+            raise TypeError(f"newton must be True or False, got {self.newton!r}.")
+        check_scalar(self.newton_switch, "newton_switch", min_value=0.0)
         check_n_threads(self.n_threads)
 
     # ----------------------------------------------------------------------------- setup
@@ -386,7 +427,7 @@ class PointCloudSinkhorn(Solver):
                    problem.cost_scale)
         reg = max(problem.reg, run.cost_scale)
         level = levels[0]
-        f, g = reg * np.log(level.a), reg * np.log(level.b)
+        f, g = reg * level.log_a, reg * level.log_b
         run.level_log.append(_level_entry(level, reg))
         return _PCState(x=np.concatenate([f, g]), fun=-np.inf, f=f, g=g, level=0, reg=reg,
                         run=run)
@@ -398,45 +439,61 @@ class PointCloudSinkhorn(Solver):
         f, g, error, entry = state.f, state.g, 0.0, run.level_log[-1]
         if run.regime == "sharp":
             pattern = run.pattern
-            phi, psi = f - reg * np.log(level.a), g - reg * np.log(level.b)
+            phi, psi = f - reg * level.log_a, g - reg * level.log_b
             if (
                 pattern is None
                 or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg
                 or pattern.threshold > _MAX_SLACK * self.truncation * reg
             ):
                 pattern = run.pattern = _Pattern(level, run.kind, run.p, phi, psi,
-                                                 self.truncation * reg, reg, run.threads)
+                                                 self.truncation * reg, run.threads)
                 run.truncations += 1
                 entry["truncations"] += 1
                 entry["kept"] = max(entry["kept"], pattern.nnz)
                 # The incoming columns were exact on the previous pattern only.
                 _, col_mass = sparse_softmin(pattern.t_indptr, pattern.t_indices,
-                                             pattern.t_cost, f, g, np.log(level.b), reg,
-                                             run.threads)
+                                             pattern.t_cost, f, g, level.log_b, reg,
+                                             _threads(run, pattern.nnz))
                 error = float(np.abs(col_mass - level.b).sum())
-            f_new, row_mass = sparse_softmin(pattern.indptr, pattern.indices, pattern.cost, g,
-                                             f, np.log(level.a), reg, run.threads)
-            g_new, _ = sparse_softmin(pattern.t_indptr, pattern.t_indices, pattern.t_cost,
-                                      f_new, g, np.log(level.b), reg, run.threads)
+            if (
+                state.level == len(run.levels) - 1 and reg == problem.reg and self.newton
+                and state.residual <= self.newton_switch and error == 0.0
+            ):
+                if run.newton_pause > 0:
+                    run.newton_pause -= 1
+                else:
+                    new = _newton_step(problem, state, pattern, level)
+                    if new is not None:
+                        run.n_newton += 1
+                        run.newton_backoff = 1
+                        entry["iterations"] += 1
+                        return new
+                    run.newton_pause = run.newton_backoff
+                    run.newton_backoff = min(2 * run.newton_backoff, _MAX_NEWTON_BACKOFF)
             kept = pattern.nnz
+            threads = _threads(run, kept)
+            f_new, row_mass = sparse_softmin(pattern.indptr, pattern.indices, pattern.cost, g,
+                                             f, level.log_a, reg, threads)
+            g_new, _ = sparse_softmin(pattern.t_indptr, pattern.t_indices, pattern.t_cost,
+                                      f_new, g, level.log_b, reg, threads)
         else:
-            f_new, row_mass = online_softmin(level.x, level.y, g, f, np.log(level.a), reg,
-                                             run.kind, run.p, run.threads)
-            g_new, _ = online_softmin(level.y, level.x, f_new, g, np.log(level.b), reg,
-                                      run.kind, run.p, run.threads)
             kept = len(level.x) * len(level.y)
+            threads = _threads(run, kept)
+            f_new, row_mass = online_softmin(level.x, level.y, g, f, level.log_a, reg,
+                                             run.kind, run.p, threads)
+            g_new, _ = online_softmin(level.y, level.x, f_new, g, level.log_b, reg,
+                                      run.kind, run.p, threads)
         error += float(np.abs(row_mass - level.a).sum())
         mass = float(level.b.sum())
         entry["iterations"] += 1
-        last = state.level == len(run.levels) - 1
-        final = last and reg == problem.reg
+        final = state.level == len(run.levels) - 1 and reg == problem.reg
         new = _PCState(
             x=np.concatenate([f_new, g_new]),
             fun=float(level.a @ f_new + level.b @ g_new) - reg * mass,
             residual=error / mass,
             f=f_new, g=g_new, level=state.level, reg=reg, run=run,
             record={"level": float(state.level), "reg": reg, "kept": float(kept),
-                    "intermediate": float(not final)},
+                    "newton": 0.0, "intermediate": float(not final)},
             intermediate=not final,
         )
         if not final and error <= self.switch_tol * mass:
@@ -471,20 +528,17 @@ class PointCloudSinkhorn(Solver):
         level = run.levels[-1]
         mass = float(level.b.sum())
         fields = {"regime": run.regime, "levels": [dict(e) for e in run.level_log],
-                  "reg_reached": reg}
+                  "reg_reached": reg, "n_newton": run.n_newton}
         if run.regime == "sharp":
-            phi, psi = f - reg * np.log(level.a), g - reg * np.log(level.b)
+            phi, psi = f - reg * level.log_a, g - reg * level.log_b
             pattern = run.pattern
-            if (state.level != len(run.levels) - 1 or pattern is None or pattern.reg != reg
+            if (state.level != len(run.levels) - 1 or pattern is None
                     or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg):
                 pattern = _Pattern(level, run.kind, run.p, phi, psi, self.truncation * reg,
-                                   reg, run.threads)
-            rows = pattern.rows()
-            values = np.exp((f[rows] + g[pattern.indices] - pattern.cost) / reg)
+                                   run.threads)
+            values, row_sums, col_sums = pattern.plan(f, g, reg)
             block = sp.csr_matrix((values, pattern.indices, pattern.indptr),
                                   shape=(len(level.x), len(level.y)))
-            row_sums = np.asarray(block.sum(axis=1)).ravel()
-            col_sums = np.asarray(block.sum(axis=0)).ravel()
             transport = float(values @ pattern.cost)
             with np.errstate(over="ignore"):
                 dropped = float(level.a.sum() * mass * np.exp(-pattern.margin(phi, psi) / reg))
@@ -514,6 +568,57 @@ class PointCloudSinkhorn(Solver):
         return fields
 
 
+def _newton_step(problem, state, pattern, level):
+    """A damped Newton step on the dual restricted to the kept pairs; None if the line
+    search finds no acceptable step."""
+    run, reg = state.run, state.reg
+    n = len(level.x)
+    mass = float(level.b.sum())
+
+    def negative_dual(f, g):
+        values, row, col = pattern.plan(f, g, reg)
+        value = reg * float(values.sum()) - float(level.a @ f + level.b @ g)
+        error = float(np.abs(row - level.a).sum() + np.abs(col - level.b).sum())
+        return value, values, row, col, error
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        value, values, row, col, error = negative_dual(state.f, state.g)
+        grad = np.concatenate([row - level.a, col - level.b])
+        if not np.isfinite(value) or error == 0.0:
+            return None
+        S = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=(n, len(level.y)))
+        diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
+        direction = newton_direction(diagonal + _NEWTON_SHIFT * error, S, grad, reg)
+        if direction is None:
+            return None
+        slope = float(grad @ direction)
+        if not (np.isfinite(slope) and slope < 0.0):
+            return None
+
+        def evaluate(step):
+            f = state.f + step * direction[:n]
+            g = state.g + step * direction[n:]
+            new_value, _, _, _, new_error = negative_dual(f, g)
+            return new_value, -1e-4 * step * slope, new_error, (f, g, new_value, new_error)
+
+        accepted = line_search(evaluate, value, error, max_halvings=12)
+    if accepted is None:
+        run.damping = max(16.0 * run.damping, 1e-2)
+        return None
+    (f, g, new_value, new_error), step = accepted
+    run.damping = next_damping(run.damping, step)
+    return _PCState(
+        x=np.concatenate([f, g]), fun=-new_value, residual=new_error / mass, f=f, g=g,
+        level=state.level, reg=reg, run=run,
+        record={"level": float(state.level), "reg": reg, "kept": float(pattern.nnz),
+                "newton": 1.0, "intermediate": 0.0},
+    )
+
+
+def _threads(run, pairs: int) -> int:
+    return run.threads if pairs >= _MIN_PARALLEL_PAIRS else 1
+
+
 def _level_entry(level: CloudLevel, reg: float) -> dict:
     return {"n": len(level.x), "m": len(level.y), "cell": level.cell, "reg_start": reg,
             "reg_end": reg, "iterations": 0, "kept": 0, "truncations": 0}
@@ -526,9 +631,9 @@ def _prolong(coarse: CloudLevel, fine: CloudLevel, f, g, reg):
     x_parent[fine.x_label] = coarse.x_label
     y_parent = np.empty(len(fine.y), dtype=np.int64)
     y_parent[fine.y_label] = coarse.y_label
-    phi = (f - reg * np.log(coarse.a))[x_parent]
-    psi = (g - reg * np.log(coarse.b))[y_parent]
-    return phi + reg * np.log(fine.a), psi + reg * np.log(fine.b)
+    phi = (f - reg * coarse.log_a)[x_parent]
+    psi = (g - reg * coarse.log_b)[y_parent]
+    return phi + reg * fine.log_a, psi + reg * fine.log_b
 
 
 def _embed(block, shape, rows, cols):
