@@ -95,7 +95,10 @@ def test_grid_hierarchy_is_nested_and_keeps_mass():
 
 # ------------------------------------------------------------- against the dense Sinkhorn
 def _check_against_dense(res, x, y, a, b, reg, cost_p=2.0):
-    reference = sinkhorn(a, b, _cost(x, y, cost_p), reg, tol=1e-13, max_iter=50_000)
+    # Small reg: Sinkhorn-Newton-Sparse on the dense cost (its own Newton code, not
+    # pointcloud_sinkhorn's) reaches 1e-13 in a fraction of plain Sinkhorn's time.
+    solver = sinkhorn if reg >= 1e-2 else sinkhorn_newton_sparse
+    reference = solver(a, b, _cost(x, y, cost_p), reg, tol=1e-13, max_iter=50_000)
     # Potentials are defined up to (f + c, g - c).
     shift = np.mean(res.f - reference.f)
     np.testing.assert_allclose(res.f - shift, reference.f, rtol=0, atol=1e-6 * reg)
@@ -110,7 +113,7 @@ def _check_against_dense(res, x, y, a, b, reg, cost_p=2.0):
     [(2, False, 1e-1), (2, True, 1e-2), (3, False, 1e-3), (3, True, 1e-3), (2, False, 1e-4)],
 )
 def test_sharp_regime_matches_dense_sinkhorn(d, weights, relative_reg):
-    x, y, a, b = _clouds(300, 340, d, seed=d, weights=weights)
+    x, y, a, b = _clouds(300, 260, d, seed=d, weights=weights)
     reg = relative_reg * d  # the squared diameter of the unit cube
     res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-11,
                               max_coarse=120)
