@@ -205,3 +205,17 @@ def test_sharp_regime_needs_the_squared_cost_and_inputs_are_not_modified():
     pointcloud_sinkhorn(x, y, a, b, reg=0.01)
     for before, after in zip(copies, (x, y, a, b)):
         np.testing.assert_array_equal(before, after)
+
+
+def test_ot_mapping_uses_point_clouds_above_its_size_threshold():
+    from mmopt.ot import OTMapping
+
+    x, y, _, _ = _clouds(200, 150, 2, seed=7)
+    large = OTMapping(reg=1e-3, max_dense_pairs=100, solver_options={"tol": 1e-10}).fit(x, y)
+    assert large.cost_ is None and large.result_.solver == "pointcloud_sinkhorn"
+    # The dense problem it solves: the cost relative to the bounding box's diagonal.
+    scale = PointCloudOTProblem(x, y, reg=1.0).cost_scale
+    plan = sinkhorn([], [], _cost(x, y) / scale, 1e-3, tol=1e-13).plan
+    expected = plan @ y / plan.sum(1, keepdims=True)
+    np.testing.assert_allclose(large.transform(x), expected, atol=1e-6)
+    assert large.inverse_transform(y).shape == y.shape
