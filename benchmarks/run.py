@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ["mm", "ot", "sparse_ot", "unbalanced", "icp", "bilevel", "bcd"]
+FAMILIES = ["mm", "ot", "sparse_ot", "unbalanced", "pointcloud", "icp", "bilevel", "bcd"]
 
 
 def _cpu_model() -> str:
