@@ -21,6 +21,9 @@ from scipy.spatial import cKDTree
 
 __all__ = ["CloudLevel", "grid_hierarchy", "kept_pairs"]
 
+# Neighbours per block of KD-tree queries (about 100 MB of temporaries).
+_QUERY_ENTRIES = 1 << 22
+
 
 @dataclass
 class CloudLevel:
@@ -160,24 +163,31 @@ def _ball_rows(x, y, phi, psi, threshold, n_threads, k_start):
     pending = np.arange(n)
     k = max(1, min(k_start, m))
     while pending.size:
-        distance, index = tree.query(lifted_x[pending], k=k, workers=n_threads)
-        distance, index = distance.reshape(len(pending), k), index.reshape(len(pending), k)
-        squared = distance * distance
-        # C_ij - psi_j = squared - top; keep it <= threshold + max(phi_i, its row minimum).
-        radius = top + threshold + np.maximum(phi[pending], squared[:, 0] - top)
-        keep = squared <= radius[:, None]
-        again = keep[:, -1] & (k < m)
-        done = ~again
-        counts[pending[done]] = keep[done].sum(axis=1)
-        chunks.append((pending[done], index[done], keep[done]))
-        pending = pending[again]
+        # Rows in blocks of at most _QUERY_ENTRIES neighbours: bounded temporary memory
+        # however wide the balls (prolonged potentials can make them wide).
+        block = max(1, _QUERY_ENTRIES // k)
+        again_rows = []
+        for start in range(0, pending.size, block):
+            part = pending[start:start + block]
+            distance, index = tree.query(lifted_x[part], k=k, workers=n_threads)
+            distance, index = distance.reshape(len(part), k), index.reshape(len(part), k)
+            squared = distance * distance
+            # C_ij - psi_j = squared - top; keep it <= threshold + max(phi_i, row minimum).
+            radius = top + threshold + np.maximum(phi[part], squared[:, 0] - top)
+            keep = squared <= radius[:, None]
+            again = keep[:, -1] & (k < m)
+            done = ~again
+            counts[part[done]] = keep[done].sum(axis=1)
+            chunks.append((part[done], index[done][keep[done]]))
+            again_rows.append(part[again])
+        pending = np.concatenate(again_rows)
         k = min(4 * k, m)
     indptr = np.concatenate([[0], np.cumsum(counts)])
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    for rows, index, keep in chunks:
+    for rows, kept in chunks:
         # Each chunk's kept entries, row by row, go to their rows' slots in order.
         row_counts = counts[rows]
         starts = np.repeat(indptr[rows] - np.concatenate([[0], np.cumsum(row_counts)[:-1]]),
                            row_counts)
-        indices[starts + np.arange(starts.size)] = index[keep]
+        indices[starts + np.arange(starts.size)] = kept
     return indptr, indices
