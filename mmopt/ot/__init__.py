@@ -20,6 +20,7 @@ from mmopt.ot.p2ot import (
     rho_schedule,
 )
 from mmopt.ot.partial import PartialOTProblem, PartialSinkhorn, partial_ot
+from mmopt.ot.pointcloud import PointCloudOTProblem, PointCloudSinkhorn, pointcloud_sinkhorn
 from mmopt.ot.problem import OTProblem
 from mmopt.ot.sinkhorn import Sinkhorn, sinkhorn
 from mmopt.ot.sns import SinkhornNewtonSparse, sinkhorn_newton_sparse
@@ -36,6 +37,8 @@ __all__ = [
     "P2OTProblem",
     "PartialOTProblem",
     "PartialSinkhorn",
+    "PointCloudOTProblem",
+    "PointCloudSinkhorn",
     "ProgressivePartialOT",
     "SP2OT",
     "SP2OTProblem",
@@ -46,6 +49,7 @@ __all__ = [
     "UnbalancedSinkhorn",
     "exact_ot",
     "partial_ot",
+    "pointcloud_sinkhorn",
     "progressive_partial_ot",
     "rho_schedule",
     "semantic_graph",

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -15,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from mmopt._core.params import InstanceOf, Interval, Options, constraints_of, validate_params
 from mmopt._core.registry import solve
 from mmopt._core.validation import check_array
+from mmopt.ot.pointcloud import PointCloudOTProblem
 from mmopt.ot.problem import OTProblem
 
 __all__ = ["OTMapping"]
@@ -48,6 +50,13 @@ class OTMapping(TransformerMixin, BaseEstimator):
         Divide the cost by its maximum, so that ``reg`` is relative to the cost's scale.
     solver_options : dict, optional
         Options passed to the solver (``tol``, ``max_iter``, ``k`` ...).
+    max_dense_pairs : int, default=25_000_000
+        Above this many pairs ``n * m``, the entropic solvers (``"sinkhorn"``, ``"sns"``)
+        with the ``"sqeuclidean"`` or ``"euclidean"`` metric run
+        :func:`~mmopt.ot.pointcloud_sinkhorn` on the samples instead of forming the cost
+        (``cost_`` is then None, the plan sparse or a linear operator, and a normalized
+        ``reg`` is relative to the cost of the samples' bounding-box diagonal, an upper bound
+        of the largest cost).
 
     Attributes
     ----------
@@ -81,6 +90,7 @@ class OTMapping(TransformerMixin, BaseEstimator):
         "metric": [str, callable],
         "normalize_cost": [bool],
         "solver_options": [None, InstanceOf(Mapping, name="a dict of the solver's options")],
+        "max_dense_pairs": [Interval(int, 1, None)],
     }
 
     def __init__(
@@ -91,12 +101,14 @@ class OTMapping(TransformerMixin, BaseEstimator):
         metric: str = "sqeuclidean",
         normalize_cost: bool = True,
         solver_options: dict | None = None,
+        max_dense_pairs: int = 25_000_000,
     ):
         self.solver = solver
         self.reg = reg
         self.metric = metric
         self.normalize_cost = normalize_cost
         self.solver_options = solver_options
+        self.max_dense_pairs = max_dense_pairs
 
     def fit(self, X, y, sample_weight=None, target_weight=None):
         """Compute the plan from source samples ``X`` to target samples ``y``.
@@ -133,9 +145,22 @@ class OTMapping(TransformerMixin, BaseEstimator):
         a = _weights(sample_weight, "sample_weight", X.shape[0])
         b = _weights(target_weight, "target_weight", target.shape[0])
         b = b * (a.sum() / b.sum())
-        C = _cost(X, target, self.metric, self.normalize_cost)
-        # The exact solver does not read the problem's reg.
-        result = solve(OTProblem(a, b, C, self.reg), self.solver, **options)
+        large = (
+            X.shape[0] * target.shape[0] > self.max_dense_pairs
+            and self.solver in ("sinkhorn", "sns")
+            and self.metric in ("sqeuclidean", "euclidean")
+        )
+        if large:
+            C = None
+            problem = PointCloudOTProblem(X, target, a, b, reg=self.reg, cost=self.metric)
+            if self.normalize_cost:
+                problem = PointCloudOTProblem(X, target, a, b, cost=self.metric,
+                                              reg=self.reg * problem.cost_scale)
+            result = solve(problem, "pointcloud_sinkhorn", **options)
+        else:
+            C = _cost(X, target, self.metric, self.normalize_cost)
+            # The exact solver does not read the problem's reg.
+            result = solve(OTProblem(a, b, C, self.reg), self.solver, **options)
         plan = result.plan
         self.result_ = result
         self.plan_ = plan
@@ -235,6 +260,9 @@ def _barycentric(plan, points, fallback):
     if sp.issparse(plan):
         moved = np.asarray(plan @ points)
         mass = np.asarray(plan.sum(axis=1)).ravel()
+    elif isinstance(plan, LinearOperator):  # a point-cloud plan applied by its kernel
+        moved = np.column_stack([plan.matvec(column) for column in points.T])
+        mass = plan.matvec(np.ones(plan.shape[1]))
     else:
         moved = plan @ points
         mass = plan.sum(axis=1)

@@ -524,7 +524,7 @@ def _choose_relaxation(state: _ScalingKernel, error: float, mass: float) -> None
         state.relaxed_sweeps = 0
 
 
-def sinkhorn(a, b, C, reg, **options) -> Result:
+def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
     """Entropic optimal transport by Sinkhorn's algorithm (see :class:`Sinkhorn`).
 
     Parameters
@@ -532,7 +532,10 @@ def sinkhorn(a, b, C, reg, **options) -> Result:
     a, b : array-like of shape (n,), (m,)
         Non-negative histograms of equal total mass; empty means uniform.
     C : array-like of shape (n, m)
-        Cost matrix.
+        Cost matrix. Omitted (None) with point clouds ``x=`` (n, d) and ``y=`` (m, d)
+        instead (and optionally ``cost=``): the call is
+        :func:`~mmopt.ot.pointcloud_sinkhorn`'s (no cost matrix formed; its options,
+        its result fields, ``tol`` relative to the mass, sparse plan for sharp plans).
     reg : float
         Entropic regularization (> 0).
     **options
@@ -556,5 +559,11 @@ def sinkhorn(a, b, C, reg, **options) -> Result:
     array([[0.5, 0. ],
            [0. , 0.5]])
     """
+    if C is None and ("x" in options or "y" in options):
+        from mmopt.ot.pointcloud import pointcloud_sinkhorn
+
+        return pointcloud_sinkhorn(
+            options.pop("x", None), options.pop("y", None), a, b, reg=reg, **options
+        )
     x0 = options.pop("x0", None)
     return solve(OTProblem(a, b, C, reg), "sinkhorn", x0=x0, **options)

@@ -430,7 +430,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         return fields
 
 
-def sinkhorn_newton_sparse(a, b, C, reg, **options) -> Result:
+def sinkhorn_newton_sparse(a, b, C=None, reg=None, **options) -> Result:
     """Entropic OT by Sinkhorn-Newton-Sparse (see :class:`SinkhornNewtonSparse`).
 
     Parameters
@@ -438,7 +438,10 @@ def sinkhorn_newton_sparse(a, b, C, reg, **options) -> Result:
     a, b : array-like of shape (n,), (m,)
         Non-negative histograms of equal total mass; empty means uniform.
     C : array-like of shape (n, m)
-        Cost matrix.
+        Cost matrix. Omitted (None) with point clouds ``x=`` (n, d) and ``y=`` (m, d)
+        instead (and optionally ``cost=``): the call is
+        :func:`~mmopt.ot.pointcloud_sinkhorn`'s (no cost matrix formed; its options,
+        its result fields, ``tol`` relative to the mass, sparse plan for sharp plans).
     reg : float
         Entropic regularization (> 0).
     **options
@@ -457,5 +460,11 @@ def sinkhorn_newton_sparse(a, b, C, reg, **options) -> Result:
     array([[0.5, 0. ],
            [0. , 0.5]])
     """
+    if C is None and ("x" in options or "y" in options):
+        from mmopt.ot.pointcloud import pointcloud_sinkhorn
+
+        return pointcloud_sinkhorn(
+            options.pop("x", None), options.pop("y", None), a, b, reg=reg, **options
+        )
     x0 = options.pop("x0", None)
     return solve(OTProblem(a, b, C, reg), "sns", x0=x0, **options)

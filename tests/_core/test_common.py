@@ -15,7 +15,13 @@ from mmopt._core.params import constraints_of, invalid_values
 from mmopt.bcd import L1, BCDProblem, LeastSquares
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 from mmopt.mm import LinearTargetModel, MMProblem, TargetSurrogateProblem
-from mmopt.ot import OTProblem, P2OTProblem, PartialOTProblem, UnbalancedOTProblem
+from mmopt.ot import (
+    OTProblem,
+    P2OTProblem,
+    PartialOTProblem,
+    PointCloudOTProblem,
+    UnbalancedOTProblem,
+)
 from mmopt.registration import NonRigidRegistrationProblem, RegistrationProblem
 
 
@@ -118,6 +124,10 @@ EXAMPLE_PROBLEMS = {
         -np.log(_ot_problem(seed=seed).C[:, :4] + 0.01), rho=0.4, gamma=1.0, reg=0.05
     ),
     "exact": _ot_problem,
+    # Sharp regime (reg below the squared spacing) with a two-level hierarchy.
+    "pointcloud_sinkhorn": lambda seed=0: PointCloudOTProblem(
+        *np.random.default_rng(seed).random((2, 60, 2)), reg=1e-3
+    ),
 }
 
 NAMES = sorted(SOLVERS)

@@ -1,0 +1,764 @@
+"""Entropic OT between point clouds without a cost matrix: online costs, epsilon scaling, and
+multiscale truncation for sharp plans."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
+from scipy.spatial import cKDTree
+
+from mmopt._core.problem import Problem
+from mmopt._core.registry import register_solver, solve
+from mmopt._core.result import Result
+from mmopt._core.solver import Solver, SolverState
+from mmopt._core.threads import check_n_threads, effective_n_threads
+from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
+from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
+from mmopt.ot._newton import line_search, newton_direction, next_damping
+from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
+
+__all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
+
+# Relative tolerance on the equality of the two total masses.
+_MASS_RTOL = 1e-9
+# "auto" takes the sharp regime when reg is at most this many squared point spacings
+# (the median squared distance from a point of x to its nearest point of y).
+_SHARP_MAX_SPACINGS = 10.0
+# Points of x sampled to estimate the spacing.
+_SPACING_SAMPLE = 2000
+# The truncation is redone when the potentials moved enough that the certified reduced cost
+# of the dropped pairs fell below this share of the threshold, or when reg fell so much that
+# the threshold is more than this many times its value at reg (too many pairs kept).
+_MIN_MARGIN = 0.75
+_MAX_SLACK = 2.0
+# Diagonal shift of the Newton system, relative to the gradient's L1 norm (the Hessian's
+# null direction (1, -1)), as in SinkhornNewtonSparse.
+_NEWTON_SHIFT = 1e-3
+# After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
+_MAX_NEWTON_BACKOFF = 32
+# Kernel calls over fewer pairs than this run on one thread (waking others costs more).
+_MIN_PARALLEL_PAIRS = 1 << 16
+_SWITCH_CELLS = 0.25
+
+
+def _parse_cost(cost):
+    """``(kind, p)`` of the kernels: 0 ``|x - y|^2``, 1 ``|x - y|``, 2 ``|x - y|^p``."""
+    if isinstance(cost, str):
+        check_choice(cost, "cost", ("sqeuclidean", "euclidean"))
+        return (0, 2.0) if cost == "sqeuclidean" else (1, 1.0)
+    if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+        raise TypeError(
+            f"cost must be 'sqeuclidean', 'euclidean' or a power p > 0, got {cost!r}."
+        )
+    p = check_scalar(cost, "cost", min_value=0.0, include_min=False)
+    if p == 2.0:
+        return 0, 2.0
+    return (1, 1.0) if p == 1.0 else (2, p)
+
+
+def _weights(value, name, size):
+    if value is None or np.size(value) == 0:
+        return readonly(np.full(size, 1.0 / size))
+    weights = check_array(value, name, ndim=1, nonnegative=True)
+    if weights.shape[0] != size:
+        cloud = "x" if name == "a" else "y"
+        raise ValueError(f"{name} must have one entry per point of {cloud} ({size}), "
+                         f"got {weights.shape[0]}.")
+    total = float(weights.sum())
+    if not (total > 0 and np.isfinite(total)):
+        raise ValueError(f"{name} must have a positive, finite total mass.")
+    return weights
+
+
+@dataclass(frozen=True)
+class PointCloudOTProblem(Problem):
+    r"""Entropic OT between two weighted point clouds, the cost computed from the points.
+
+    .. math::
+
+        \min_{P \ge 0,\ P 1 = a,\ P^\top 1 = b} \sum_{ij} C_{ij} P_{ij}
+        + \mathrm{reg} \sum_{ij} P_{ij} (\log P_{ij} - 1), \qquad
+        C_{ij} = c(x_i, y_j),
+
+    the problem of :class:`~mmopt.ot.OTProblem` with ``C`` never formed: memory
+    ``O(n + m)`` (plus the kept pairs of a sharp plan).
+
+    Parameters
+    ----------
+    x : array-like of shape (n, d)
+        Source points.
+    y : array-like of shape (m, d)
+        Target points, in the same dimension.
+    a, b : array-like of shape (n,), (m,), optional
+        Non-negative weights of equal total mass; None (or empty) means uniform.
+    reg : float
+        Entropic regularization (> 0), in the units of the cost.
+    cost : {"sqeuclidean", "euclidean"} or float, default="sqeuclidean"
+        ``|x - y|^2``, ``|x - y|``, or ``|x - y|^p`` for a number ``p > 0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.ot import PointCloudOTProblem
+    >>> rng = np.random.default_rng(0)
+    >>> problem = PointCloudOTProblem(rng.random((50, 2)), rng.random((40, 2)), reg=1e-2)
+    >>> problem.shape
+    (50, 40)
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    a: np.ndarray | None = None
+    b: np.ndarray | None = None
+    reg: float = None
+    cost: str | float = "sqeuclidean"
+
+    default_solver = "pointcloud_sinkhorn"
+
+    def __post_init__(self):
+        x = check_array(self.x, "x", ndim=2)
+        y = check_array(self.y, "y", ndim=2)
+        if x.shape[1] != y.shape[1]:
+            raise ValueError(
+                f"y must have the dimension of x ({x.shape[1]}), got points of dimension "
+                f"{y.shape[1]}."
+            )
+        a = _weights(self.a, "a", x.shape[0])
+        b = _weights(self.b, "b", y.shape[0])
+        mass_a, mass_b = float(a.sum()), float(b.sum())
+        if abs(mass_a - mass_b) > _MASS_RTOL * max(mass_a, mass_b):
+            raise ValueError(f"a and b must have the same total mass; got sum(a)={mass_a!r} "
+                             f"and sum(b)={mass_b!r}.")
+        if self.reg is None:
+            raise TypeError("reg must be given (a positive real number).")
+        reg = check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
+        _parse_cost(self.cost)
+        for name, value in (("x", x), ("y", y), ("a", a), ("b", b), ("reg", reg)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n, m)``, the shape of the plan."""
+        return self.x.shape[0], self.y.shape[0]
+
+    @property
+    def cost_scale(self) -> float:
+        """The cost of the diagonal of the clouds' common bounding box (the largest cost
+        up to a factor): where epsilon scaling starts."""
+        low = np.minimum(self.x.min(axis=0), self.y.min(axis=0))
+        high = np.maximum(self.x.max(axis=0), self.y.max(axis=0))
+        diameter = float(np.linalg.norm(high - low))
+        kind, p = _parse_cost(self.cost)
+        return diameter**p if diameter > 0 else 1.0
+
+    def squared_spacing(self) -> float:
+        """Median squared distance from a point of ``x`` (a sample of 2000) to the nearest
+        point of ``y``: the scale below which a plan is sharp (nearly a map)."""
+        sample = self.x[:: max(1, self.x.shape[0] // _SPACING_SAMPLE)]
+        distance, _ = cKDTree(self.y).query(sample, k=1)
+        return float(np.median(distance**2))
+
+    def __repr__(self) -> str:
+        n, m = self.shape
+        return f"PointCloudOTProblem(n={n}, m={m}, d={self.x.shape[1]}, reg={self.reg:g})"
+
+
+class _Pattern:
+    """The kept pairs of one truncation, in compressed rows and columns, with their costs.
+
+    Every pair left out had reduced cost ``C_ij - phi0_i - psi0_j > threshold``, with
+    ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation.
+    """
+
+    def __init__(self, level, kind, p, phi0, psi0, threshold, threads):
+        indptr, indices = kept_pairs(level.x, level.y, phi0, psi0, threshold, n_threads=threads)
+        cost = pair_costs(level.x, level.y, indptr, indices, kind, p, threads)
+        matrix = sp.csr_matrix((cost, indices, indptr), shape=(len(level.x), len(level.y)))
+        transposed = matrix.T.tocsr()
+        self.indptr, self.indices, self.cost = indptr, indices, cost
+        self.t_indptr = transposed.indptr.astype(np.int64)
+        self.t_indices = transposed.indices.astype(np.int32)
+        self.t_cost = transposed.data
+        self.phi0, self.psi0 = phi0, psi0
+        self.threshold = threshold
+        self._rows = None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.cost.size)
+
+    def margin(self, phi, psi) -> float:
+        """The smallest reduced cost a dropped pair can have at ``(phi, psi)``."""
+        return self.threshold - float(np.max(phi - self.phi0)) - float(np.max(psi - self.psi0))
+
+    def rows(self) -> np.ndarray:
+        """The row of every kept pair (made once)."""
+        if self._rows is None:
+            self._rows = np.repeat(np.arange(self.indptr.size - 1), np.diff(self.indptr))
+        return self._rows
+
+    def plan(self, f, g, reg):
+        """The kept plan entries at ``(f, g, reg)`` and the plan's row and column sums."""
+        rows = self.rows()
+        values = np.exp((f[rows] + g[self.indices] - self.cost) / reg)
+        n, m = self.indptr.size - 1, self.t_indptr.size - 1
+        return (values, np.bincount(rows, weights=values, minlength=n),
+                np.bincount(self.indices, weights=values, minlength=m))
+
+
+@dataclass
+class _Run:
+    """One solve's working data (never stored on the solver)."""
+
+    levels: list  # CloudLevel, coarsest first; the last is the clouds of positive mass
+    rows: np.ndarray  # the problem's points of positive mass
+    cols: np.ndarray
+    regime: str  # "sharp" or "smooth"
+    kind: int
+    p: float
+    threads: int
+    cost_scale: float
+    pattern: _Pattern | None = None
+    truncations: int = 0
+    n_newton: int = 0
+    newton_pause: int = 0  # Sinkhorn iterations before the next Newton attempt
+    newton_backoff: int = 1
+    damping: float = 0.0
+    level_log: list = field(default_factory=list)
+
+
+@dataclass
+class _PCState(SolverState):
+    f: np.ndarray | None = None  # potentials on the current level's points
+    g: np.ndarray | None = None
+    level: int = 0
+    reg: float = 0.0  # the current epsilon-scaling level's reg
+    run: _Run | None = None
+
+
+@register_solver
+class PointCloudSinkhorn(Solver):
+    r"""Sinkhorn for point clouds: online costs, epsilon scaling and multiscale truncation.
+
+    The cost ``C_ij = c(x_i, y_j)`` is computed inside the kernels and never stored. The
+    iterations are those of :class:`~mmopt.ot.Sinkhorn` in the log domain (the same
+    potentials ``f``, ``g``: ``P_ij = exp((f_i + g_j - C_ij) / reg)``), run by epsilon
+    scaling: ``reg`` starts at the cost of the clouds' bounding-box diagonal and is
+    multiplied by ``scaling`` each time the marginal error falls below ``switch_tol``
+    (relative to the mass), the potentials carried from one value to the next, down to
+    the problem's ``reg``, where the iterations run to ``tol``.
+
+    Two regimes:
+
+    - ``"sharp"`` (squared Euclidean cost): Schmitzer's sparse stabilized scaling on a
+      coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are clustered
+      on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the coarsest level
+      is solved first, and the solve moves to the next finer level (potentials passed to
+      each point from its cluster) once ``reg`` is below ``h^2 / 4`` (``h`` the level's cell
+      size). At every level only the pairs of reduced cost
+      ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
+      ``psi = g - reg log b`` (found by k-nearest queries of a KD-tree in a lifted cloud,
+      never visiting the others), so a half-iteration costs O(kept pairs). The pairs are
+      re-selected when ``reg`` changes or the potentials moved enough to erode the margin.
+      Every dropped pair has a plan entry at most ``a_i b_j exp(-margin / reg)``, where
+      ``margin`` is the threshold minus the largest rise of ``phi`` and of ``psi`` since
+      the selection: the dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``,
+      reported as ``dropped_mass_bound``.
+    - ``"smooth"``: every pair, by the online kernel (O(n m) per iteration, memory
+      O(n + m)); any cost and dimension.
+
+    ``"auto"`` takes the sharp regime for the squared Euclidean cost in dimension at most 3
+    when ``reg`` is at most 10 squared point spacings (the median squared distance from a
+    point of ``x`` to the nearest of ``y``), the smooth one otherwise.
+
+    Parameters
+    ----------
+    regime : {"auto", "sharp", "smooth"}, default="auto"
+        See above. ``"sharp"`` needs the squared Euclidean cost.
+    tol : float, default=1e-6
+        Stop when the L1 marginal error of the plan (the kept pairs' in the sharp regime)
+        is at most ``tol`` times the total mass, at the problem's ``reg`` on the original
+        clouds. As in :class:`~mmopt.ot.Sinkhorn`, the error recorded at an iteration is
+        that of the iterate before it.
+    max_iter : int, default=10000
+        Maximum number of iterations (all levels together).
+    scaling : float, default=0.25
+        Factor of ``reg`` from one epsilon-scaling step to the next, in (0, 1).
+    switch_tol : float, default=0.1
+        Relative marginal error at which an epsilon-scaling step moves on.
+    truncation : float, default=40.0
+        Threshold of the kept reduced costs, in units of ``reg`` (sharp regime): each
+        dropped entry is at most ``e^-30 a_i b_j`` (the pairs are re-selected when the
+        margin falls below 3/4 of the threshold).
+    max_coarse : int, default=1000
+        Largest number of clusters per cloud at the coarsest level (sharp regime).
+    newton : bool, default=True
+        Sharp regime: at the problem's ``reg`` on the original clouds, once the relative
+        marginal error is below ``newton_switch``, take Newton steps on the dual restricted
+        to the kept pairs, whose Hessian is exactly the kept plan (the Newton stage of
+        :class:`~mmopt.ot.SinkhornNewtonSparse`: its linear solve
+        :func:`~mmopt.ot._newton.newton_direction`, shifted and Levenberg-Marquardt damped,
+        and its backtracking line search); a failed step falls back to Sinkhorn iterations
+        (1, 2, 4, ... of them before the next try).
+    newton_switch : float, default=1e-2
+        Relative marginal error below which Newton steps start.
+    n_threads : int, optional
+        Threads of the kernels and KD-tree queries; all available CPUs when None.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
+    verbose : int, default=0
+        0 silent, 1 a progress bar, 2 a line per iteration (with the level, its ``reg``
+        and the number of kept pairs).
+
+    Notes
+    -----
+    ``Result.x`` is ``concat(f, g)`` on the original clouds and ``fun`` the dual value
+    ``<a, f> + <b, g> - reg * sum(P)``. Extra fields: ``f``, ``g``; ``plan``, a
+    ``scipy.sparse.csr_matrix`` of the kept pairs (sharp) or a
+    :class:`scipy.sparse.linalg.LinearOperator` applying the plan and its transpose by the
+    online kernel (smooth); ``transport_cost`` (``<C, P>`` over the kept pairs; NaN in the
+    smooth regime above 10^8 pairs) and ``transport_cost_error_bound`` (the dropped pairs'
+    largest possible contribution, the cost scale times the dropped-mass bound);
+    ``dropped_mass_bound``; ``marginal_error`` (L1, of the returned plan);
+    ``regime``; ``levels`` (one dict per level of the hierarchy: its sizes, cell size, the
+    ``reg`` values it ran, iterations and the most pairs it kept); ``reg_reached`` (the
+    ``reg`` of the returned potentials: below the problem's only when stopped early). The
+    history records per iteration ``level``, ``reg``, ``kept`` (pairs) and
+    ``intermediate``. Points of zero mass get the soft c-transform of the other side's
+    potentials (as in :class:`~mmopt.ot.Sinkhorn`). Interrupted (Ctrl-C) during the
+    epsilon scaling, the solve returns the last iterate, its potentials passed down to the
+    original points.
+
+    References
+    ----------
+    B. Schmitzer, "Stabilized sparse scaling algorithms for entropy regularized transport
+    problems", SIAM J. Sci. Comput. 41(3), 2019. J. Feydy, "Geometric data analysis, beyond
+    convolutions", PhD thesis, 2020 (multiscale Sinkhorn).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.ot import PointCloudOTProblem, PointCloudSinkhorn
+    >>> rng = np.random.default_rng(0)
+    >>> problem = PointCloudOTProblem(rng.random((300, 2)), rng.random((300, 2)), reg=1e-4)
+    >>> res = PointCloudSinkhorn(regime="sharp").solve(problem)
+    >>> bool(res.success), res.plan.shape, bool(res.dropped_mass_bound < 1e-12)
+    (True, (300, 300), True)
+    """
+
+    name = "pointcloud_sinkhorn"
+    problem_types = (PointCloudOTProblem,)
+    maximize = True
+
+    def __init__(
+        self,
+        *,
+        regime: str = "auto",
+        tol: float = 1e-6,
+        max_iter: int = 10_000,
+        scaling: float = 0.25,
+        switch_tol: float = 0.1,
+        truncation: float = 40.0,
+        max_coarse: int = 1000,
+        newton: bool = True,
+        newton_switch: float = 1e-2,
+        n_threads: int | None = None,
+        callback=None,
+        verbose: int = 0,
+    ):
+        self.regime = regime
+        self.tol = tol
+        self.max_iter = max_iter
+        self.scaling = scaling
+        self.switch_tol = switch_tol
+        self.truncation = truncation
+        self.max_coarse = max_coarse
+        self.newton = newton
+        self.newton_switch = newton_switch
+        self.n_threads = n_threads
+        self.callback = callback
+        self.verbose = verbose
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        check_choice(self.regime, "regime", ("auto", "sharp", "smooth"))
+        check_scalar(self.scaling, "scaling", min_value=0.0, max_value=1.0,
+                     include_min=False, include_max=False)
+        check_scalar(self.switch_tol, "switch_tol", min_value=0.0, include_min=False)
+        check_scalar(self.truncation, "truncation", min_value=1.0)
+        check_scalar(self.max_coarse, "max_coarse", kind=int, min_value=1)
+        if not isinstance(self.newton, (bool, np.bool_)):
+            raise TypeError(f"newton must be True or False, got {self.newton!r}.")
+        check_scalar(self.newton_switch, "newton_switch", min_value=0.0)
+        check_n_threads(self.n_threads)
+
+    # ----------------------------------------------------------------------------- setup
+    def _choose_regime(self, problem) -> str:
+        kind, _ = _parse_cost(problem.cost)
+        if self.regime == "sharp":
+            if kind != 0:
+                raise ValueError("regime='sharp' needs cost='sqeuclidean' (its truncation "
+                                 f"searches balls of the squared distance); got {problem.cost!r}.")
+            return "sharp"
+        if self.regime == "smooth":
+            return "smooth"
+        if kind != 0 or problem.x.shape[1] > 3:
+            return "smooth"
+        sharp = problem.reg <= _SHARP_MAX_SPACINGS * problem.squared_spacing()
+        return "sharp" if sharp else "smooth"
+
+    def _init_state(self, problem, x0):
+        if x0 is not None:
+            raise ValueError("x0 is not supported by pointcloud_sinkhorn (the solve starts "
+                             "from its coarsest level); pass x0=None.")
+        regime = self._choose_regime(problem)
+        kind, p = _parse_cost(problem.cost)
+        rows, cols = np.flatnonzero(problem.a > 0), np.flatnonzero(problem.b > 0)
+        x, y = np.ascontiguousarray(problem.x[rows]), np.ascontiguousarray(problem.y[cols])
+        a, b = problem.a[rows], problem.b[cols]
+        if regime == "sharp":
+            levels = grid_hierarchy(x, a, y, b, max_coarse=self.max_coarse)
+        else:
+            levels = [CloudLevel(x, a, y, b, np.arange(len(x)), np.arange(len(y)), 0.0)]
+        run = _Run(levels, rows, cols, regime, kind, p, effective_n_threads(self.n_threads),
+                   problem.cost_scale)
+        reg = max(problem.reg, run.cost_scale)
+        level = levels[0]
+        f, g = reg * level.log_a, reg * level.log_b
+        run.level_log.append(_level_entry(level, reg))
+        return _PCState(x=np.concatenate([f, g]), fun=-np.inf, f=f, g=g, level=0, reg=reg,
+                        run=run)
+
+    # ------------------------------------------------------------------------------ step
+    def _step(self, problem, state):
+        run = state.run
+        level, reg = run.levels[state.level], state.reg
+        f, g, error, entry = state.f, state.g, 0.0, run.level_log[-1]
+        if run.regime == "sharp":
+            pattern = run.pattern
+            phi, psi = f - reg * level.log_a, g - reg * level.log_b
+            if (
+                pattern is None
+                or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg
+                or pattern.threshold > _MAX_SLACK * self.truncation * reg
+            ):
+                pattern = run.pattern = _Pattern(level, run.kind, run.p, phi, psi,
+                                                 self.truncation * reg, run.threads)
+                run.truncations += 1
+                entry["truncations"] += 1
+                entry["kept"] = max(entry["kept"], pattern.nnz)
+                # The incoming columns were exact on the previous pattern only.
+                _, col_mass = sparse_softmin(pattern.t_indptr, pattern.t_indices,
+                                             pattern.t_cost, f, g, level.log_b, reg,
+                                             _threads(run, pattern.nnz))
+                error = float(np.abs(col_mass - level.b).sum())
+            if (
+                state.level == len(run.levels) - 1 and reg == problem.reg and self.newton
+                and state.residual <= self.newton_switch and error == 0.0
+            ):
+                if run.newton_pause > 0:
+                    run.newton_pause -= 1
+                else:
+                    new = _newton_step(problem, state, pattern, level)
+                    if new is not None:
+                        run.n_newton += 1
+                        run.newton_backoff = 1
+                        entry["iterations"] += 1
+                        return new
+                    run.newton_pause = run.newton_backoff
+                    run.newton_backoff = min(2 * run.newton_backoff, _MAX_NEWTON_BACKOFF)
+            kept = pattern.nnz
+            threads = _threads(run, kept)
+            f_new, row_mass = sparse_softmin(pattern.indptr, pattern.indices, pattern.cost, g,
+                                             f, level.log_a, reg, threads)
+            g_new, _ = sparse_softmin(pattern.t_indptr, pattern.t_indices, pattern.t_cost,
+                                      f_new, g, level.log_b, reg, threads)
+        else:
+            kept = len(level.x) * len(level.y)
+            threads = _threads(run, kept)
+            f_new, row_mass = online_softmin(level.x, level.y, g, f, level.log_a, reg,
+                                             run.kind, run.p, threads)
+            g_new, _ = online_softmin(level.y, level.x, f_new, g, level.log_b, reg,
+                                      run.kind, run.p, threads)
+        error += float(np.abs(row_mass - level.a).sum())
+        mass = float(level.b.sum())
+        entry["iterations"] += 1
+        final = state.level == len(run.levels) - 1 and reg == problem.reg
+        new = _PCState(
+            x=np.concatenate([f_new, g_new]),
+            fun=float(level.a @ f_new + level.b @ g_new) - reg * mass,
+            residual=error / mass,
+            f=f_new, g=g_new, level=state.level, reg=reg, run=run,
+            record={"level": float(state.level), "reg": reg, "kept": float(kept),
+                    "newton": 0.0, "intermediate": float(not final)},
+            intermediate=not final,
+        )
+        if not final and error <= self.switch_tol * mass:
+            self._next_stage(problem, new)
+        return new
+
+    def _next_stage(self, problem, state) -> None:
+        """Move ``state`` (in place: it is the step's new state) to the next reg or level."""
+        run = state.run
+        level = run.levels[state.level]
+        next_reg = max(state.reg * self.scaling, problem.reg)
+        # The finer level takes over once its truncation is sparse: reg below a quarter of
+        # the squared cell size (switching at d h^2 kept most pairs of the finer clouds,
+        # 4-7 GB at 10^4 points).
+        if state.level < len(run.levels) - 1 and (
+            next_reg < _SWITCH_CELLS * level.cell**2 or state.reg == problem.reg
+        ):
+            finer = run.levels[state.level + 1]
+            state.f, state.g = _prolong(level, finer, state.f, state.g, state.reg)
+            state.x = np.concatenate([state.f, state.g])
+            state.level += 1
+            run.pattern = None
+            run.level_log.append(_level_entry(finer, state.reg))
+        else:
+            state.reg = next_reg
+            run.level_log[-1]["reg_end"] = next_reg
+
+    # ---------------------------------------------------------------------------- result
+    def _result_fields(self, problem, state):
+        run = state.run
+        reg, f, g = state.reg, state.f, state.g
+        for index in range(state.level, len(run.levels) - 1):
+            f, g = _prolong(run.levels[index], run.levels[index + 1], f, g, reg)
+        level = run.levels[-1]
+        mass = float(level.b.sum())
+        fields = {"regime": run.regime, "levels": [dict(e) for e in run.level_log],
+                  "reg_reached": reg, "n_newton": run.n_newton}
+        if run.regime == "sharp":
+            phi, psi = f - reg * level.log_a, g - reg * level.log_b
+            pattern = run.pattern
+            if (state.level != len(run.levels) - 1 or pattern is None
+                    or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg):
+                pattern = _Pattern(level, run.kind, run.p, phi, psi, self.truncation * reg,
+                                   run.threads)
+            values, row_sums, col_sums = pattern.plan(f, g, reg)
+            block = sp.csr_matrix((values, pattern.indices, pattern.indptr),
+                                  shape=(len(level.x), len(level.y)))
+            transport = float(values @ pattern.cost)
+            with np.errstate(over="ignore"):
+                dropped = float(level.a.sum() * mass * np.exp(-pattern.margin(phi, psi) / reg))
+            plan = _embed(block, problem.shape, run.rows, run.cols)
+            fields.update(kept=pattern.nnz)
+        else:
+            zeros_x, zeros_y = np.zeros(len(level.x)), np.zeros(len(level.y))
+            # Row sums of the plan: the row update's mass output at (f, g).
+            _, row_sums = online_softmin(level.x, level.y, g, f, zeros_x, reg, run.kind,
+                                         run.p, run.threads)
+            _, col_sums = online_softmin(level.y, level.x, f, g, zeros_y, reg, run.kind,
+                                         run.p, run.threads)
+            transport = _online_transport_cost(level, f, g, reg, run)
+            dropped = 0.0
+            plan = _online_plan(problem, run, f, g, reg)
+        f_full, g_full = _full_potentials(problem, run, f, g, reg)
+        error = float(np.abs(row_sums - level.a).sum() + np.abs(col_sums - level.b).sum())
+        fields.update(
+            x=np.concatenate([f_full, g_full]), f=f_full, g=g_full, plan=plan,
+            transport_cost=transport, transport_cost_error_bound=dropped * run.cost_scale,
+            dropped_mass_bound=dropped, marginal_error=error,
+        )
+        if state.intermediate:
+            # Stopped during the epsilon scaling: the value and error of what is returned.
+            fields["fun"] = float(level.a @ f + level.b @ g) - reg * float(row_sums.sum())
+            fields["residual"] = error / mass
+        return fields
+
+
+def _newton_step(problem, state, pattern, level):
+    """A damped Newton step on the dual restricted to the kept pairs; None if the line
+    search finds no acceptable step."""
+    run, reg = state.run, state.reg
+    n = len(level.x)
+    mass = float(level.b.sum())
+
+    def negative_dual(f, g):
+        values, row, col = pattern.plan(f, g, reg)
+        value = reg * float(values.sum()) - float(level.a @ f + level.b @ g)
+        error = float(np.abs(row - level.a).sum() + np.abs(col - level.b).sum())
+        return value, values, row, col, error
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        value, values, row, col, error = negative_dual(state.f, state.g)
+        grad = np.concatenate([row - level.a, col - level.b])
+        if not np.isfinite(value) or error == 0.0:
+            return None
+        S = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=(n, len(level.y)))
+        diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
+        direction = newton_direction(diagonal + _NEWTON_SHIFT * error, S, grad, reg)
+        if direction is None:
+            return None
+        slope = float(grad @ direction)
+        if not (np.isfinite(slope) and slope < 0.0):
+            return None
+
+        def evaluate(step):
+            f = state.f + step * direction[:n]
+            g = state.g + step * direction[n:]
+            new_value, _, _, _, new_error = negative_dual(f, g)
+            return new_value, -1e-4 * step * slope, new_error, (f, g, new_value, new_error)
+
+        accepted = line_search(evaluate, value, error, max_halvings=12)
+    if accepted is None:
+        run.damping = max(16.0 * run.damping, 1e-2)
+        return None
+    (f, g, new_value, new_error), step = accepted
+    run.damping = next_damping(run.damping, step)
+    return _PCState(
+        x=np.concatenate([f, g]), fun=-new_value, residual=new_error / mass, f=f, g=g,
+        level=state.level, reg=reg, run=run,
+        record={"level": float(state.level), "reg": reg, "kept": float(pattern.nnz),
+                "newton": 1.0, "intermediate": 0.0},
+    )
+
+
+def _threads(run, pairs: int) -> int:
+    return run.threads if pairs >= _MIN_PARALLEL_PAIRS else 1
+
+
+def _level_entry(level: CloudLevel, reg: float) -> dict:
+    return {"n": len(level.x), "m": len(level.y), "cell": level.cell, "reg_start": reg,
+            "reg_end": reg, "iterations": 0, "kept": 0, "truncations": 0}
+
+
+def _prolong(coarse: CloudLevel, fine: CloudLevel, f, g, reg):
+    """Potentials of ``fine``'s points from their clusters' in ``coarse`` (the parts
+    ``phi = f - reg log a``, ``psi = g - reg log b`` are passed down)."""
+    x_parent = np.empty(len(fine.x), dtype=np.int64)
+    x_parent[fine.x_label] = coarse.x_label
+    y_parent = np.empty(len(fine.y), dtype=np.int64)
+    y_parent[fine.y_label] = coarse.y_label
+    phi = (f - reg * coarse.log_a)[x_parent]
+    psi = (g - reg * coarse.log_b)[y_parent]
+    return phi + reg * fine.log_a, psi + reg * fine.log_b
+
+
+def _embed(block, shape, rows, cols):
+    """The plan on the points of positive mass placed in the full (n, m) plan."""
+    if len(rows) == shape[0] and len(cols) == shape[1]:
+        return block
+    coo = block.tocoo()
+    return sp.csr_matrix((coo.data, (rows[coo.row], cols[coo.col])), shape=shape)
+
+
+def _full_potentials(problem, run, f, g, reg):
+    """Potentials of every point: points of zero mass get the soft c-transform of the
+    other side's potentials, ``f_i = -reg log sum_j exp((g_j - C_ij) / reg)``."""
+    n, m = problem.shape
+    level = run.levels[-1]
+    f_full, g_full = np.empty(n), np.empty(m)
+    f_full[run.rows], g_full[run.cols] = f, g
+    empty_rows = np.setdiff1d(np.arange(n), run.rows)
+    empty_cols = np.setdiff1d(np.arange(m), run.cols)
+    if empty_rows.size:
+        zeros = np.zeros(empty_rows.size)
+        f_full[empty_rows], _ = online_softmin(problem.x[empty_rows], level.y, g, zeros,
+                                               zeros, reg, run.kind, run.p, run.threads)
+    if empty_cols.size:
+        zeros = np.zeros(empty_cols.size)
+        g_full[empty_cols], _ = online_softmin(problem.y[empty_cols], level.x, f, zeros,
+                                               zeros, reg, run.kind, run.p, run.threads)
+    return f_full, g_full
+
+
+# Pairs above which the smooth regime does not compute <C, P> (one more O(nm) pass).
+_MAX_COST_PAIRS = 10**8
+_COST_BLOCK = 1 << 22  # entries per block of that pass
+
+
+def _online_transport_cost(level, f, g, reg, run) -> float:
+    n, m = len(level.x), len(level.y)
+    if n * m > _MAX_COST_PAIRS:
+        return float("nan")
+    rows_per_block = max(1, _COST_BLOCK // m)
+    total = 0.0
+    for start in range(0, n, rows_per_block):
+        stop = min(n, start + rows_per_block)
+        distance = np.sqrt(((level.x[start:stop, None, :] - level.y[None]) ** 2).sum(-1))
+        cost = distance**run.p
+        total += float((cost * np.exp((f[start:stop, None] + g[None] - cost) / reg)).sum())
+    return total
+
+
+def _online_plan(problem, run, f, g, reg) -> LinearOperator:
+    """The plan as an operator: ``P v`` and ``P^T u`` by the online kernel, O(n + m)
+    memory (for any sign of the vector: its positive and negative parts apart)."""
+    level = run.levels[-1]
+    n, m = problem.shape
+
+    def apply(points, others, own, other, vector, size):
+        out = np.zeros(size)
+        vector = np.asarray(vector, dtype=float).ravel()
+        for sign in (1.0, -1.0):
+            part = np.maximum(sign * vector, 0.0)
+            if not part.any():
+                continue
+            with np.errstate(divide="ignore"):
+                shifted = other + reg * np.log(part)
+            zeros = np.zeros(len(points))
+            _, mass = online_softmin(points, others, shifted, own, zeros, reg, run.kind,
+                                     run.p, run.threads)
+            out += sign * mass
+        return out
+
+    def matvec(v):
+        out = np.zeros(n)
+        out[run.rows] = apply(level.x, level.y, f, g, np.asarray(v).ravel()[run.cols],
+                              len(level.x))
+        return out
+
+    def rmatvec(u):
+        out = np.zeros(m)
+        out[run.cols] = apply(level.y, level.x, g, f, np.asarray(u).ravel()[run.rows],
+                              len(level.y))
+        return out
+
+    return LinearOperator((n, m), matvec=matvec, rmatvec=rmatvec, dtype=float)
+
+
+def pointcloud_sinkhorn(x, y, a=None, b=None, *, reg, cost="sqeuclidean", tol=1e-6,
+                        regime="auto", **options) -> Result:
+    """Entropic OT between point clouds without a cost matrix (see
+    :class:`PointCloudSinkhorn`).
+
+    Parameters
+    ----------
+    x, y : array-like of shape (n, d), (m, d)
+        The clouds.
+    a, b : array-like of shape (n,), (m,), optional
+        Weights of equal total mass; None means uniform.
+    reg : float
+        Entropic regularization (> 0), in the units of the cost.
+    cost : {"sqeuclidean", "euclidean"} or float, default="sqeuclidean"
+        The ground cost (a float ``p``: ``|x - y|^p``).
+    tol : float, default=1e-6
+        Relative L1 marginal error to reach.
+    regime : {"auto", "sharp", "smooth"}, default="auto"
+        Sparse multiscale truncation (sharp plans) or every pair by the online kernel.
+    **options
+        Other options of :class:`PointCloudSinkhorn`.
+
+    Returns
+    -------
+    Result
+        With ``f``, ``g``, ``plan``, ``transport_cost``, ``dropped_mass_bound``,
+        ``marginal_error``, ``levels``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.ot import pointcloud_sinkhorn
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((400, 3))
+    >>> res = pointcloud_sinkhorn(x, x + 0.01, reg=1e-4)
+    >>> res.regime, bool(abs(res.transport_cost - 3e-4) < 1e-5)
+    ('sharp', True)
+    """
+    problem = PointCloudOTProblem(x, y, a, b, reg=reg, cost=cost)
+    return solve(problem, "pointcloud_sinkhorn", tol=tol, regime=regime, **options)

@@ -1,0 +1,221 @@
+"""Point-cloud OT: kernels against NumPy, solves against the dense Sinkhorn, the truncation
+bound, bad input."""
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from mmopt.ot import (
+    PointCloudOTProblem,
+    PointCloudSinkhorn,
+    pointcloud_sinkhorn,
+    sinkhorn,
+    sinkhorn_newton_sparse,
+)
+from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
+from mmopt.ot._truncation import grid_hierarchy, kept_pairs
+
+
+def _cost(x, y, p=2.0):
+    distance = np.sqrt(((x[:, None] - y[None]) ** 2).sum(-1))
+    return distance**p
+
+
+def _clouds(n, m, d, seed=0, weights=False):
+    rng = np.random.default_rng(seed)
+    x, y = rng.random((n, d)), 0.9 * rng.random((m, d)) + 0.05
+    if not weights:
+        return x, y, None, None
+    a, b = rng.random(n) + 0.1, rng.random(m) + 0.1
+    return x, y, a / a.sum(), b / b.sum()
+
+
+# --------------------------------------------------------------------------------- kernels
+@pytest.mark.parametrize("d", [1, 2, 3, 5])
+@pytest.mark.parametrize("kind, p", [(0, 2.0), (1, 1.0), (2, 1.5)])
+def test_online_softmin_matches_numpy(d, kind, p):
+    rng = np.random.default_rng(d)
+    x, y = rng.random((37, d)), rng.random((1100, d))  # more columns than one block
+    g, f_old = 0.1 * rng.normal(size=1100), 0.1 * rng.normal(size=37)
+    log_a, reg = np.log(rng.random(37)), 1e-3
+    f, mass = online_softmin(x, y, g, f_old, log_a, reg, kind, p, 2)
+    lse = logsumexp((g - _cost(x, y, p)) / reg, axis=1)
+    np.testing.assert_allclose(f, reg * (log_a - lse), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(mass, np.exp(f_old / reg + lse), rtol=1e-12)
+
+
+def test_sparse_kernels_match_numpy():
+    rng = np.random.default_rng(1)
+    x, y = rng.random((40, 3)), rng.random((50, 3))
+    keep = rng.random((40, 50)) < 0.2
+    keep[3] = False  # an empty row
+    rows, cols = np.nonzero(keep)
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
+    cost = pair_costs(x, y, indptr, cols, 1, 1.0, 2)
+    np.testing.assert_allclose(cost, _cost(x, y, 1.0)[rows, cols], rtol=1e-14)
+    g, f_old, log_a = rng.normal(size=50), rng.normal(size=40), np.log(rng.random(40))
+    f, mass = sparse_softmin(indptr, cols, cost, g, f_old, log_a, 0.05, 2)
+    exponent = np.full((40, 50), -np.inf)
+    exponent[rows, cols] = (g[cols] - cost) / 0.05
+    with np.errstate(divide="ignore"):
+        lse = logsumexp(exponent, axis=1)
+    full = np.isfinite(lse)
+    np.testing.assert_allclose(f[full], (0.05 * (log_a - lse))[full], atol=1e-13)
+    np.testing.assert_allclose(mass[full], np.exp(f_old / 0.05 + lse)[full], rtol=1e-12)
+    assert f[3] == np.inf and mass[3] == 0.0
+
+
+def test_kept_pairs_is_exactly_the_rule():
+    rng = np.random.default_rng(2)
+    x, y = rng.random((120, 2)), rng.random((90, 2))
+    phi, psi = 0.02 * rng.normal(size=120), 0.02 * rng.normal(size=90)
+    phi[0] = -1.0  # a row no pair meets: it keeps its best ones
+    indptr, indices = kept_pairs(x, y, phi, psi, 0.01, k_start=2)
+    kept = np.zeros((120, 90), dtype=bool)
+    kept[np.repeat(np.arange(120), np.diff(indptr)), indices] = True
+    reduced = _cost(x, y) - phi[:, None] - psi
+    assert (reduced[~kept] > 0.01).all()
+    shifted = _cost(x, y) - psi
+    rule = (reduced <= 0.01) | (shifted <= shifted.min(1, keepdims=True) + 0.01)
+    assert (kept[rule]).all() and kept[0].any()
+    assert kept.sum(0).min() > 0  # no empty column
+
+
+def test_grid_hierarchy_is_nested_and_keeps_mass():
+    x, y, a, b = _clouds(3000, 2500, 2, weights=True)
+    levels = grid_hierarchy(x, a, y, b, max_coarse=100, growth=4.0)
+    assert len(levels) >= 3 and len(levels[0].x) <= 100
+    for coarse, fine in zip(levels[:-1], levels[1:]):
+        np.testing.assert_allclose(coarse.a.sum(), 1.0)
+        # Points together in a fine cluster are together in its coarse cluster.
+        pairs = np.unique(np.stack([fine.x_label, coarse.x_label]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+        np.testing.assert_allclose(np.bincount(coarse.x_label, a), coarse.a)
+
+
+# ------------------------------------------------------------- against the dense Sinkhorn
+def _check_against_dense(res, x, y, a, b, reg, cost_p=2.0):
+    # Small reg: Sinkhorn-Newton-Sparse on the dense cost (its own Newton code, not
+    # pointcloud_sinkhorn's) reaches 1e-13 in a fraction of plain Sinkhorn's time.
+    solver = sinkhorn if reg >= 1e-2 else sinkhorn_newton_sparse
+    reference = solver(a, b, _cost(x, y, cost_p), reg, tol=1e-13, max_iter=50_000)
+    # Potentials are defined up to (f + c, g - c).
+    shift = np.mean(res.f - reference.f)
+    np.testing.assert_allclose(res.f - shift, reference.f, rtol=0, atol=1e-6 * reg)
+    np.testing.assert_allclose(res.g + shift, reference.g, rtol=0, atol=1e-6 * reg)
+    plan = res.plan.toarray() if hasattr(res.plan, "toarray") else res.plan @ np.eye(len(y))
+    np.testing.assert_allclose(plan, reference.plan, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(res.transport_cost, reference.transport_cost, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "d, weights, relative_reg",
+    [(2, False, 1e-1), (2, True, 1e-2), (3, False, 1e-3), (3, True, 1e-3), (2, False, 1e-4)],
+)
+def test_sharp_regime_matches_dense_sinkhorn(d, weights, relative_reg):
+    x, y, a, b = _clouds(300, 260, d, seed=d, weights=weights)
+    reg = relative_reg * d  # the squared diameter of the unit cube
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-11,
+                              max_coarse=120)
+    assert res.success and res.regime == "sharp"
+    assert res.dropped_mass_bound < 1e-12
+    assert res.marginal_error < 1e-10
+    _check_against_dense(res, x, y, a, b, reg)
+
+
+def test_smooth_regime_matches_dense_sinkhorn_for_other_costs():
+    x, y, a, b = _clouds(150, 120, 3, weights=True)
+    res = pointcloud_sinkhorn(x, y, a, b, reg=0.05, cost=1.5, regime="smooth", tol=1e-12)
+    assert res.success and res.regime == "smooth" and res.dropped_mass_bound == 0.0
+    _check_against_dense(res, x, y, a, b, 0.05, cost_p=1.5)
+    # The plan operator's transpose.
+    u = np.random.default_rng(0).normal(size=150)
+    dense = sinkhorn(a, b, _cost(x, y, 1.5), 0.05, tol=1e-13).plan
+    np.testing.assert_allclose(res.plan.rmatvec(u), dense.T @ u, atol=1e-9)
+
+
+def test_truncation_bound_holds_for_the_exact_dropped_mass():
+    x, y, _, _ = _clouds(200, 220, 2, seed=5)
+    reg = 2e-3
+    # A low threshold, so that the dropped mass is not negligible.
+    res = pointcloud_sinkhorn(x, y, reg=reg, regime="sharp", truncation=4.0, tol=1e-9)
+    full = np.exp((res.f[:, None] + res.g[None] - _cost(x, y)) / reg)
+    kept = res.plan.toarray() > 0
+    dropped = float(full[~kept].sum())
+    assert 0.0 < dropped <= res.dropped_mass_bound
+    assert res.transport_cost_error_bound >= float((full * _cost(x, y))[~kept].sum())
+
+
+def test_zero_mass_points_and_delegation():
+    x, y, a, b = _clouds(60, 50, 2, weights=True)
+    a = a.copy()
+    a[:5] = 0.0
+    a /= a.sum()
+    res = sinkhorn(a, b, x=x, y=y, reg=1e-2, tol=1e-11)
+    assert res.solver == "pointcloud_sinkhorn" and np.isfinite(res.f).all()
+    assert abs(res.plan[:5].sum()) == 0.0
+    reference = sinkhorn(a, b, _cost(x, y), 1e-2, tol=1e-13)
+    shift = np.mean(res.g - reference.g)
+    np.testing.assert_allclose(res.f + shift, reference.f, atol=1e-8)
+    sns = sinkhorn_newton_sparse(a, b, x=x, y=y, reg=1e-2)
+    assert sns.solver == "pointcloud_sinkhorn" and sns.success
+
+
+def test_stopped_in_the_epsilon_scaling_returns_finest_potentials():
+    x, y, _, _ = _clouds(400, 400, 2)
+
+    def stop(intermediate):
+        if intermediate.nit == 3:
+            raise StopIteration
+
+    res = PointCloudSinkhorn(regime="sharp", max_coarse=50, callback=stop).solve(
+        PointCloudOTProblem(x, y, reg=1e-4)
+    )
+    assert res.status == 2 and res.f.shape == (400,) and np.isfinite(res.x).all()
+    assert res.reg_reached > 1e-4 and np.isfinite(res.fun)
+    assert res.history["level"].size == 3
+
+
+# -------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"y": np.zeros((5, 3))}, "dimension of x"),
+        ({"x": np.full((4, 2), np.nan)}, "x"),
+        ({"x": np.zeros((0, 2))}, "x"),
+        ({"b": -np.ones(5) / 5}, "b"),
+        ({"a": np.ones(3)}, "a must have one entry per point of x"),
+        ({"a": np.ones(4)}, "same total mass"),
+        ({"reg": -1.0}, "reg"),
+        ({"cost": "cosine"}, "cost"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, match):
+    args = {"x": np.zeros((4, 2)), "y": np.ones((5, 2)), "reg": 0.1}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        PointCloudOTProblem(**args)
+
+
+def test_sharp_regime_needs_the_squared_cost_and_inputs_are_not_modified():
+    x, y, a, b = _clouds(30, 30, 2, weights=True)
+    with pytest.raises(ValueError, match="cost"):
+        pointcloud_sinkhorn(x, y, reg=0.1, cost="euclidean", regime="sharp")
+    copies = [v.copy() for v in (x, y, a, b)]
+    pointcloud_sinkhorn(x, y, a, b, reg=0.01)
+    for before, after in zip(copies, (x, y, a, b)):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_ot_mapping_uses_point_clouds_above_its_size_threshold():
+    from mmopt.ot import OTMapping
+
+    x, y, _, _ = _clouds(200, 150, 2, seed=7)
+    large = OTMapping(reg=1e-3, max_dense_pairs=100, solver_options={"tol": 1e-10}).fit(x, y)
+    assert large.cost_ is None and large.result_.solver == "pointcloud_sinkhorn"
+    # The dense problem it solves: the cost relative to the bounding box's diagonal.
+    scale = PointCloudOTProblem(x, y, reg=1.0).cost_scale
+    plan = sinkhorn([], [], _cost(x, y) / scale, 1e-3, tol=1e-13).plan
+    expected = plan @ y / plan.sum(1, keepdims=True)
+    np.testing.assert_allclose(large.transform(x), expected, atol=1e-6)
+    assert large.inverse_transform(y).shape == y.shape
