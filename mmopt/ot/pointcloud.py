@@ -18,7 +18,9 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import check_n_threads, effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
+from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
+from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
@@ -228,6 +230,10 @@ class _Run:
     newton_pause: int = 0  # Sinkhorn iterations before the next Newton attempt
     newton_backoff: int = 1
     damping: float = 0.0
+    # Smooth regime, squared Euclidean cost in d <= 3: None until the grid Gaussian
+    # transform is tried, then whether its solve was used.
+    grid: bool | None = None
+    grid_error: float = 0.0  # its (grid model's) L1 marginal error
     level_log: list = field(default_factory=list)
 
 
@@ -268,8 +274,15 @@ class PointCloudSinkhorn(Solver):
       ``margin`` is the threshold minus the largest rise of ``phi`` and of ``psi`` since
       the selection: the dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``,
       reported as ``dropped_mass_bound``.
-    - ``"smooth"``: every pair, by the online kernel (O(n m) per iteration, memory
-      O(n + m)); any cost and dimension.
+    - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
+      Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
+      convolutions, the clouds spread onto the grid and the potentials interpolated back
+      (``mmopt.ot._smooth.smooth_sinkhorn``: O(n + m + grid) per iteration); up to 10^8
+      pairs the exact marginal error is then measured and the online kernel finishes the
+      solve if the grid's discretization left it above ``tol`` (above that the reported
+      ``marginal_error`` is the grid model's). Other costs and dimensions, and grids too
+      large for ``reg``: every pair by the online kernel (O(n m) per iteration, memory
+      O(n + m)).
 
     ``"auto"`` takes the sharp regime for the squared Euclidean cost in dimension at most 3
     when ``reg`` is at most 10 squared point spacings (the median squared distance from a
@@ -479,6 +492,10 @@ class PointCloudSinkhorn(Solver):
                                       f_new, g, level.log_b, reg, threads)
         else:
             kept = len(level.x) * len(level.y)
+            if run.grid is None:
+                new = self._grid_solve(problem, state)
+                if new is not None:
+                    return new
             threads = _threads(run, kept)
             f_new, row_mass = online_softmin(level.x, level.y, g, f, level.log_a, reg,
                                              run.kind, run.p, threads)
@@ -500,6 +517,45 @@ class PointCloudSinkhorn(Solver):
         if not final and error <= self.switch_tol * mass:
             self._next_stage(problem, new)
         return new
+
+    def _grid_solve(self, problem, state):
+        """The whole smooth-regime solve by the grid Gaussian transform (squared Euclidean
+        cost, d <= 3; :func:`mmopt.ot._smooth.smooth_sinkhorn`), as one step at the problem's
+        reg; None where it does not apply (the online kernel's iterations then run)."""
+        run = state.run
+        level = run.levels[state.level]
+        run.grid = False
+        if run.kind != 0 or level.x.shape[1] > 3:
+            return None
+        mass = float(level.b.sum())
+        try:
+            out = smooth_sinkhorn(level.x, level.y, level.a, level.b, problem.reg,
+                                  tol=self.tol * mass, max_iter=self.max_iter,
+                                  n_threads=run.threads)
+        except SmoothRegimeNotApplicable:
+            return None
+        run.grid, run.grid_error = True, float(out.marginal_error)
+        run.level_log[-1]["iterations"] += out.n_iter
+        run.level_log[-1]["reg_end"] = problem.reg
+        error = run.grid_error
+        if len(level.x) * len(level.y) <= _MAX_COST_PAIRS:
+            # The grid's discretization adds to its model's error: where two passes over the
+            # pairs are affordable, stop on the exact error (the online kernel's iterations
+            # then finish the solve if the grid left it above tol).
+            _, rows = online_softmin(level.x, level.y, out.g, out.f, np.zeros(len(level.x)),
+                                     problem.reg, run.kind, run.p, run.threads)
+            _, cols = online_softmin(level.y, level.x, out.f, out.g, np.zeros(len(level.y)),
+                                     problem.reg, run.kind, run.p, run.threads)
+            error = float(np.abs(rows - level.a).sum() + np.abs(cols - level.b).sum())
+        return _PCState(
+            x=np.concatenate([out.f, out.g]),
+            fun=float(level.a @ out.f + level.b @ out.g) - problem.reg * mass,
+            residual=error / mass, f=out.f, g=out.g, level=state.level,
+            reg=problem.reg, run=run,
+            record={"level": float(state.level), "reg": problem.reg,
+                    "kept": float(len(level.x) * len(level.y)), "newton": 0.0,
+                    "intermediate": 0.0},
+        )
 
     def _next_stage(self, problem, state) -> None:
         """Move ``state`` (in place: it is the step's new state) to the next reg or level."""
@@ -547,6 +603,12 @@ class PointCloudSinkhorn(Solver):
                 dropped = float(level.a.sum() * mass * np.exp(-pattern.margin(phi, psi) / reg))
             plan = _embed(block, problem.shape, run.rows, run.cols)
             fields.update(kept=pattern.nnz)
+        elif run.grid and len(level.x) * len(level.y) > _MAX_COST_PAIRS:
+            # Exact marginals would cost two O(n m) passes: report the grid model's error.
+            row_sums = col_sums = None
+            transport = _online_transport_cost(level, f, g, reg, run)
+            dropped = 0.0
+            plan = _online_plan(problem, run, f, g, reg)
         else:
             zeros_x, zeros_y = np.zeros(len(level.x)), np.zeros(len(level.y))
             # Row sums of the plan: the row update's mass output at (f, g).
@@ -558,7 +620,11 @@ class PointCloudSinkhorn(Solver):
             dropped = 0.0
             plan = _online_plan(problem, run, f, g, reg)
         f_full, g_full = _full_potentials(problem, run, f, g, reg)
-        error = float(np.abs(row_sums - level.a).sum() + np.abs(col_sums - level.b).sum())
+        if row_sums is None:
+            error, row_mass = run.grid_error, mass
+        else:
+            error = float(np.abs(row_sums - level.a).sum() + np.abs(col_sums - level.b).sum())
+            row_mass = float(row_sums.sum())
         fields.update(
             x=np.concatenate([f_full, g_full]), f=f_full, g=g_full, plan=plan,
             transport_cost=transport, transport_cost_error_bound=dropped * run.cost_scale,
@@ -566,7 +632,7 @@ class PointCloudSinkhorn(Solver):
         )
         if state.intermediate:
             # Stopped during the epsilon scaling: the value and error of what is returned.
-            fields["fun"] = float(level.a @ f + level.b @ g) - reg * float(row_sums.sum())
+            fields["fun"] = float(level.a @ f + level.b @ g) - reg * row_mass
             fields["residual"] = error / mass
         return fields
 
@@ -591,9 +657,10 @@ def _newton_step(problem, state, pattern, level):
             return None
         S = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=(n, len(level.y)))
         diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
-        direction = newton_direction(diagonal + _NEWTON_SHIFT * error, S, grad, reg)
-        if direction is None:
+        found = newton_direction(diagonal + _NEWTON_SHIFT * error, S, grad, reg)
+        if found is None:
             return None
+        direction = found.d
         slope = float(grad @ direction)
         if not (np.isfinite(slope) and slope < 0.0):
             return None

@@ -219,3 +219,19 @@ def test_ot_mapping_uses_point_clouds_above_its_size_threshold():
     expected = plan @ y / plan.sum(1, keepdims=True)
     np.testing.assert_allclose(large.transform(x), expected, atol=1e-6)
     assert large.inverse_transform(y).shape == y.shape
+
+
+def test_smooth_regime_uses_the_grid_and_matches_dense_sinkhorn():
+    # Squared Euclidean in 2-D at a reg far above the squared spacing: the grid Gaussian
+    # transform solves it (few steps), then the exact marginal error is checked.
+    rng = np.random.default_rng(3)
+    x, y = rng.random((300, 2)), rng.random((280, 2)) * 0.8 + 0.1
+    b = rng.random(280)
+    b /= b.sum()
+    a = np.full(300, 1 / 300)
+    reg = 1e-2
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="smooth", tol=1e-8)
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    ref = sinkhorn(a, b, C, reg, tol=1e-11)
+    assert res.status == 0 and res.nit < 20 and res.marginal_error <= 1e-8
+    np.testing.assert_allclose(res.plan @ np.eye(280), ref.plan, atol=1e-9)
