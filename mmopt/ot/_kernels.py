@@ -144,7 +144,8 @@ def sparse_columns(formulation, alpha, beta, Ct, b, reg, k, *, n_threads=None):
     """The k-sparse plan columns of the semi-dual or dual at the given potentials.
 
     Returns ``(rows, values, nnz, phi, row_sums, col_sums)``: column ``j`` of the plan has
-    entries ``values[j, :nnz[j]]`` at rows ``rows[j, :nnz[j]]``, ``phi[j]`` is its conjugate
+    entries ``values[j, :nnz[j]]`` at rows ``rows[j, :nnz[j]]`` (the slots after them hold
+    row -1 and value 0), ``phi[j]`` is its conjugate
     value, and the last two are the plan's row and column sums. ``Ct`` is the transposed
     cost, shape (m, n). ``beta`` is ignored by the semi-dual, ``b`` by the dual.
 
@@ -159,8 +160,10 @@ def sparse_columns(formulation, alpha, beta, Ct, b, reg, k, *, n_threads=None):
     Ct = np.ascontiguousarray(Ct, dtype=np.float64)
     m, n = Ct.shape
     width = max(1, min(int(k), n))
-    rows = np.empty((m, width), dtype=np.int32)
-    values = np.empty((m, width))
+    # Slots past nnz[j] are not written by the kernels: give them defined values (row -1,
+    # value 0) so the output never depends on what the memory held.
+    rows = np.full((m, width), -1, dtype=np.int32)
+    values = np.zeros((m, width))
     nnz = np.empty(m, dtype=np.int32)
     phi = np.empty(m)
     row_sums = np.empty(n)
