@@ -8,7 +8,8 @@ tolerance. Parameter error: the Euclidean distance between the true and the fitt
 ``(intercept, coef, sigma)`` of all experts after Hungarian matching; ARI: of the most
 probable expert of each sample (posterior) against the simulated labels.
 
-Usage: ``python benchmarks/bench_moe.py [n_samples ...] [--seeds 0 1 2]``.
+Usage: ``python benchmarks/bench_moe.py [n_samples ...] [--seeds 0 1 2]``, or
+``python benchmarks/run.py --only moe`` (n = 10^5, seeds 0-2; ``--quick``: 2 x 10^4, seed 0).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def parameter_error(model, truth) -> float:
     return float(np.sqrt(cost[linear_sum_assignment(cost)].sum()))
 
 
-def run(n_samples: int, seed: int, client, *, n_features: int = 2, n_init: int = 3) -> dict:
+def run_case(n_samples: int, seed: int, *, n_features: int = 2, n_init: int = 3) -> dict:
     X, y, truth = make_moe_regression(n_samples, n_features, 3, noise=0.3, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -63,17 +64,37 @@ def run(n_samples: int, seed: int, client, *, n_features: int = 2, n_init: int =
     }
 
 
+def _table(sizes, seeds) -> str:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        rows = [run_case(n, seed) for n in sizes for seed in seeds]
+    return markdown_table(rows)
+
+
+def run(quick: bool = False) -> str:
+    """The BENCHMARKS.md section (``benchmarks/run.py``)."""
+    sizes, seeds = ([20_000], [0]) if quick else ([100_000], [0, 1, 2])
+    return (
+        "## Distributed mixtures of experts vs one global EM fit\n\n"
+        "Global: one `MixtureOfExperts(3, n_init=3)` on all rows in the driver; distributed: "
+        "`DistributedMixtureOfExperts(3, n_shards=2, n_init=3, n_support=1000)` on a 2-worker "
+        "`LocalCluster` (processes) through `joblib.parallel_config(backend=\"dask\")`, data "
+        "passed as NumPy arrays (so the driver holds every row: its memory is not measured "
+        "here). Parameter error after Hungarian matching of the experts; ARI of the most "
+        "probable expert. n = 10^6: `python benchmarks/bench_moe.py 1000000`.\n\n"
+        + _table(sizes, seeds)
+        + "\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sizes", nargs="*", type=int, default=[100_000])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     args = parser.parse_args()
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        rows = [run(n, seed, client) for n in args.sizes for seed in args.seeds]
-    print(markdown_table(rows))
+    print(_table(args.sizes, args.seeds))
 
 
 if __name__ == "__main__":
