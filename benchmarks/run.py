@@ -77,7 +77,7 @@ def _environment() -> str:
     )
 
 
-def _measured_on() -> str:
+def _measured_on(quick: bool) -> str:
     """One line naming when, on which CPU and with which threads a section was measured."""
     threads = ", ".join(
         f"{name}={os.environ.get(name, 'unset')}"
@@ -85,13 +85,13 @@ def _measured_on() -> str:
     )
     return (
         f"_Measured {datetime.date.today().isoformat()} on {_cpu_model()}, "
-        f"{os.cpu_count()} CPUs, {threads}._"
+        f"{os.cpu_count()} CPUs, {threads}{' (--quick: smoke-test sizes)' if quick else ''}._"
     )
 
 
-def _wrap(family: str, section: str) -> str:
+def _wrap(family: str, section: str, quick: bool = False) -> str:
     return (
-        f"<!-- section: {family} -->\n{_measured_on()}\n\n{section.strip()}\n"
+        f"<!-- section: {family} -->\n{_measured_on(quick)}\n\n{section.strip()}\n"
         f"<!-- end: {family} -->"
     )
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"bench_{family}")
         start = time.perf_counter()
         print(f"running bench_{family} ...", file=sys.stderr, flush=True)
-        blocks[family] = _wrap(family, module.run(quick=args.quick))
+        blocks[family] = _wrap(family, module.run(quick=args.quick), args.quick)
         print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     output = Path(args.output)
     if args.only and output.exists():
