@@ -233,12 +233,14 @@ class ICP(Solver):
     size chosen so that the target keeps about 15,000 cells; mean normals when the target
     has normals), with the whole annealed schedule and its stopping rules and without the
     surface refinement; then on the full clouds from that pose, where the initial residuals
-    are small, so the same schedule rule gives only a few stages, followed by the surface
-    refinement when the data call for it. On large clouds the refinement matches a regular
-    subsample of at most 20,000 source points and reuses its neighbourhoods while the pose
-    moves by less than a fifth of the kernel bandwidth, and the spacing and noise estimates
-    of point-to-point come from the neighbourhoods of at most 50,000 target points. Clouds
-    of the existing sizes (up to 20,000 points) are solved exactly as without these.
+    are small, so the same schedule rule gives only a few stages (those before ``nu_min``
+    match a regular subsample of at most 20,000 source points, the ``nu_min`` stage all of
+    them), followed by the surface refinement when the data call for it. On large clouds
+    the refinement matches a regular subsample of at most 20,000 source points and reuses
+    its neighbourhoods while the pose moves by less than a fifth of the kernel bandwidth,
+    and the spacing and noise estimates of point-to-point come from the neighbourhoods of
+    at most 50,000 target points. Clouds of the existing sizes (up to 20,000 points) are
+    solved exactly as without these.
 
     Searches for the losses whose weight vanishes far away are bounded at the loss's
     :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
