@@ -64,6 +64,10 @@ _COARSE_MIN_POINTS = 1000
 # the sizes of the existing suite (at most 15k points), which keeps its results unchanged.
 _MULTIRES_MIN_POINTS = 20000
 _REFINE_MAX_POINTS = 20000
+# The full-resolution level after a voxel-grid level starts near the solution: its stages
+# before nu_min match a regular subsample of at most this many source points (the nu_min
+# stage matches all of them).
+_FINE_MAX_POINTS = 20000
 _GEOMETRY_MAX_POINTS = 50000
 
 
@@ -127,6 +131,7 @@ class _Setup:
     loss: RobustLoss  # the loss object (a name resolved)
     refine: bool = False  # the last stage is the surface refinement
     final_level: bool = True  # the full-resolution clouds (not a voxel-grid level)
+    after_coarse: bool = False  # a level that starts from a voxel-grid level's pose
     source_normals: np.ndarray | None = None  # metric="symmetric" only
 
 
@@ -228,12 +233,14 @@ class ICP(Solver):
     size chosen so that the target keeps about 15,000 cells; mean normals when the target
     has normals), with the whole annealed schedule and its stopping rules and without the
     surface refinement; then on the full clouds from that pose, where the initial residuals
-    are small, so the same schedule rule gives only a few stages, followed by the surface
-    refinement when the data call for it. On large clouds the refinement matches a regular
-    subsample of at most 20,000 source points and reuses its neighbourhoods while the pose
-    moves by less than a fifth of the kernel bandwidth, and the spacing and noise estimates
-    of point-to-point come from the neighbourhoods of at most 50,000 target points. Clouds
-    of the existing sizes (up to 20,000 points) are solved exactly as without these.
+    are small, so the same schedule rule gives only a few stages (those before ``nu_min``
+    match a regular subsample of at most 20,000 source points, the ``nu_min`` stage all of
+    them), followed by the surface refinement when the data call for it. On large clouds
+    the refinement matches a regular subsample of at most 20,000 source points and reuses
+    its neighbourhoods while the pose moves by less than a fifth of the kernel bandwidth,
+    and the spacing and noise estimates of point-to-point come from the neighbourhoods of
+    at most 50,000 target points. Clouds of the existing sizes (up to 20,000 points) are
+    solved exactly as without these.
 
     Searches for the losses whose weight vanishes far away are bounded at the loss's
     :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
@@ -824,6 +831,7 @@ default="welsch"
         run.level += 1
         run.setup = self._make_setup(run.problems[run.level])
         run.setup.final_level = run.level == len(run.problems) - 1
+        run.setup.after_coarse = True
         run.surface_neighbours = None
         run.stage_iters.append(0)
         run.stage_times.append(0.0)
@@ -867,14 +875,20 @@ default="welsch"
         # Early stages (all but the last three) match a regular subsample of the source:
         # at a large nu the fit averages over many points anyway, and each query is cheaper
         # (queries from a far pose are the slowest: the bound 5 nu prunes nothing). The
-        # subsample doubles as nu halves, from about _COARSE_MIN_POINTS points.
+        # subsample doubles as nu halves, from about _COARSE_MIN_POINTS points. After a
+        # voxel-grid level, every stage before nu_min matches at most _FINE_MAX_POINTS.
         n_annealed = len(setup.nus) - setup.refine
         n_coarse = n_annealed - 3
         stride = self._scale_schedule().coarse_stride
-        if stride == 1 or stage >= n_coarse or self.metric == "symmetric":
+        if stride == 1 or self.metric == "symmetric":
             return 1
+        capped = 1
+        if setup.after_coarse and stage < n_annealed - 1:
+            capped = -(-setup.P.shape[0] // _FINE_MAX_POINTS)
+        if stage >= n_coarse:
+            return capped
         sparsest = max(stride, setup.P.shape[0] // _COARSE_MIN_POINTS)
-        return min(stride * 2 ** (n_coarse - 1 - stage), sparsest)
+        return max(min(stride * 2 ** (n_coarse - 1 - stage), sparsest), capped)
 
     def _coarse(self, setup: _Setup, stage: int) -> bool:
         return self._stride(setup, stage) > 1

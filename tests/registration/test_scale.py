@@ -148,6 +148,24 @@ def test_large_source_refinement_subsamples_and_reuses_neighbours(noisy_case, mo
     assert abs(_rotation_error_deg(sub, T) - _rotation_error_deg(full, T)) <= 0.2
 
 
+def test_fine_level_matches_a_subsample_before_nu_min(noisy_case, monkeypatch):
+    # After the voxel-grid level, the fine level's stages before nu_min match at most
+    # _FINE_MAX_POINTS source points (here: the cap lowered), the nu_min stage all of them.
+    problem, T = noisy_case
+    n_source = problem.source.shape[0]
+    cap = n_source // 3
+    monkeypatch.setattr(icp_module, "_FINE_MAX_POINTS", cap)
+    res = ICP(init="identity", multires=True).solve(problem)
+    assert res.success and res.refined and len(res.levels) == 2
+    fine = res.history["level"] == 1
+    stages, points = res.history["stage"][fine], res.history["n_points"][fine]
+    nu_min = stages == stages.max() - 1  # the refinement (its own subsample) is the last
+    earlier = stages < stages.max() - 1
+    assert np.all(points[nu_min] == n_source) and np.any(nu_min)
+    assert np.all(points[earlier] <= cap) and np.any(earlier)
+    assert _rotation_error_deg(res, T) <= 0.6
+
+
 # ----------------------------------------------------------------------------- icp_many
 @pytest.fixture(scope="module")
 def many_case(scan):
