@@ -133,7 +133,7 @@ def run(quick: bool = False) -> str:
         "30 degrees, 10% translation, 0.2% noise, 30% crop). One run each, centroid start "
         f"for everyone, {THREADS} threads for everyone (mmopt `n_threads={THREADS}`, Open3D "
         f"`set_max_threads({THREADS})`; the machine has {cpu} CPUs, so Open3D's default "
-        "thread count is the same), shared and loaded machine. mmopt: defaults (multi-"
+        "thread count is the same). mmopt: defaults (multi-"
         "resolution above 20k points: voxel level of ~15k cells, then the full clouds; "
         "surface refinement on at most 20k source points). Open3D "
         + ("not installed." if o3d is None else
