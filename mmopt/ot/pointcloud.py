@@ -11,16 +11,18 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 from scipy.spatial import cKDTree
 
+from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
-from mmopt._core.threads import check_n_threads, effective_n_threads
+from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
+from mmopt.ot._support import N_THREADS, check_threads_option
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
@@ -398,18 +400,20 @@ class PointCloudSinkhorn(Solver):
         self.callback = callback
         self.verbose = verbose
 
+    _parameter_constraints = {
+        "regime": [Options({"auto", "sharp", "smooth"})],
+        "scaling": [Interval(float, 0, 1, closed="neither")],
+        "switch_tol": [Interval(float, 0, None, closed="neither")],
+        "truncation": [Interval(float, 1, None)],
+        "max_coarse": [Interval(int, 1, None)],
+        "newton": [bool],
+        "newton_switch": [Interval(float, 0, None)],
+        "n_threads": N_THREADS,
+    }
+
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_choice(self.regime, "regime", ("auto", "sharp", "smooth"))
-        check_scalar(self.scaling, "scaling", min_value=0.0, max_value=1.0,
-                     include_min=False, include_max=False)
-        check_scalar(self.switch_tol, "switch_tol", min_value=0.0, include_min=False)
-        check_scalar(self.truncation, "truncation", min_value=1.0)
-        check_scalar(self.max_coarse, "max_coarse", kind=int, min_value=1)
-        if not isinstance(self.newton, (bool, np.bool_)):
-            raise TypeError(f"newton must be True or False, got {self.newton!r}.")
-        check_scalar(self.newton_switch, "newton_switch", min_value=0.0)
-        check_n_threads(self.n_threads)
+        check_threads_option(self)
 
     # ----------------------------------------------------------------------------- setup
     def _choose_regime(self, problem) -> str:
