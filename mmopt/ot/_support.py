@@ -22,6 +22,25 @@ from mmopt.ot._kernels import log_half_step
 # Option table entries shared by the family's solvers. n_threads: None (all CPUs), a
 # positive count, or a negative one counting back from the number of CPUs.
 N_THREADS = [None, Interval(int, 1, None), Interval(int, None, -1)]
+# Docstring entries (``mmopt._core._docstrings.fill_doc``) of the family's parameters that
+# mean the same in several solvers and functions.
+OT_PARAMS = {
+    "histograms": """\
+a, b : array-like of shape (n,), (m,)
+    Non-negative histograms of equal total mass; empty means uniform.""",
+    "cost_or_clouds": """\
+C : array-like of shape (n, m)
+    Cost matrix. Omitted (None) with point clouds ``x=`` (n, d) and ``y=`` (m, d)
+    instead (and optionally ``cost=``): the call is
+    :func:`~mmopt.ot.pointcloud_sinkhorn`'s (no cost matrix formed; its options,
+    its result fields, ``tol`` relative to the mass, sparse plan for sharp plans).""",
+    "entropic_reg": """\
+reg : float
+    Entropic regularization (> 0).""",
+    "log_n_threads": """\
+n_threads : int, optional
+    Threads of the log-domain kernel; all CPUs when None.""",
+}
 # Above this ratio of the cost's spread to reg, exp(-C / reg) comes close to underflowing:
 # "auto" takes the log domain (or a stabilized one) instead of the scaling domain.
 SCALING_MAX_RATIO = 100.0

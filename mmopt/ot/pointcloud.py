@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 from scipy.spatial import cKDTree
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
@@ -249,6 +250,7 @@ class _PCState(SolverState):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS)
 class PointCloudSinkhorn(Solver):
     r"""Sinkhorn for point clouds: online costs, epsilon scaling and multiscale truncation.
 
@@ -325,8 +327,7 @@ class PointCloudSinkhorn(Solver):
         points in 3-D, where Newton then needed a few dozen steps).
     n_threads : int, optional
         Threads of the kernels and KD-tree queries; all available CPUs when None.
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
+    %(callback)s
     verbose : int, default=0
         0 silent, 1 a progress bar, 2 a line per iteration (with the level, its ``reg``
         and the number of kept pairs).
