@@ -4,11 +4,11 @@ and one solver/estimator serves several threads."""
 
 import contextlib
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _helpers import ARRAY_KINDS, assert_thread_safe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +24,6 @@ from mmopt.mm import (
 )
 
 FAST = settings(max_examples=20, deadline=None, derandomize=True)
-ARRAY_KINDS = ["ragged", "string", "object", "complex", "nan", "inf", "empty", "none"]
 
 
 def _regression(seed=0, n=30, p=3):
@@ -275,12 +274,4 @@ def test_shared_mm_solver_on_shared_nmf_and_robust_problems_from_threads():
     problems = [nmf, nmf_kl, robust]
     solver = MMSolver(tol=1e-8, max_iter=300)
     with _quiet():
-        expected = [solver.solve(p) for p in problems]
-        before = dict(vars(solver))
-        with ThreadPoolExecutor(4) as pool:
-            got = list(pool.map(solver.solve, problems * 4))
-    for i, res in enumerate(got):
-        ref = expected[i % 3]
-        assert res.nit == ref.nit and np.array_equal(res.x, ref.x)
-        assert res.n_evaluations == ref.n_evaluations
-    assert vars(solver) == before
+        assert_thread_safe(solver, problems, ["nit", "x", "n_evaluations"])
