@@ -18,7 +18,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-__all__ = ["SOLVER_PARAMS", "fill_doc", "substitute"]
+__all__ = ["DATA_PARAMS", "SOLVER_PARAMS", "fill_doc", "substitute"]
 
 T = TypeVar("T")
 
@@ -82,4 +82,17 @@ callback : callable, optional
     "verbose": """\
 verbose : int, default=0
     0 silent, 1 a progress bar, 2 a line per iteration.""",
+}
+
+# The data arguments of estimators' ``fit`` and of the problems built from a data set.
+DATA_PARAMS = {
+    "X": """\
+X : array-like of shape (n_samples, n_features)
+    Training data.""",
+    "y_targets": """\
+y : array-like of shape (n_samples,)
+    Targets.""",
+    "y_labels": """\
+y : array-like of shape (n_samples,)
+    Class labels.""",
 }

@@ -41,6 +41,10 @@ reg : float
 n_threads : int, optional
     Threads of the log-domain kernel; all CPUs when None.""",
 }
+# The arguments of the one-call functions of balanced entropic OT, together.
+OT_PARAMS["balanced_ot_args"] = "\n".join(
+    OT_PARAMS[name] for name in ("histograms", "cost_or_clouds", "entropic_reg")
+)
 # Above this ratio of the cost's spread to reg, exp(-C / reg) comes close to underflowing:
 # "auto" takes the log domain (or a stabilized one) instead of the scaling domain.
 SCALING_MAX_RATIO = 100.0

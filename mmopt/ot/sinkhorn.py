@@ -530,9 +530,7 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
 
     Parameters
     ----------
-    %(histograms)s
-    %(cost_or_clouds)s
-    %(entropic_reg)s
+    %(balanced_ot_args)s
     **options
         Options of :class:`Sinkhorn` (``method``, ``tol``, ``max_iter``, ``n_threads``,
         ``callback``, ``verbose``) and ``x0`` (warm-start potentials ``concat(f, g)``;

@@ -438,9 +438,7 @@ def sinkhorn_newton_sparse(a, b, C=None, reg=None, **options) -> Result:
 
     Parameters
     ----------
-    %(histograms)s
-    %(cost_or_clouds)s
-    %(entropic_reg)s
+    %(balanced_ot_args)s
     **options
         Options of :class:`SinkhornNewtonSparse` and ``x0`` (warm-start potentials).
 
