@@ -15,7 +15,7 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_scalar, readonly
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, OT_PARAMS, check_threads_option, kl, logsumexp
+from mmopt.ot._support import N_THREADS, OT_PARAMS, kl, logsumexp
 
 __all__ = ["P2OTProblem", "ProgressivePartialOT", "progressive_partial_ot", "rho_schedule"]
 
@@ -261,10 +261,6 @@ class ProgressivePartialOT(Solver):
         self.verbose = verbose
 
     _parameter_constraints = {"n_threads": N_THREADS}
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_threads_option(self)
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.n_threads)

@@ -20,7 +20,6 @@ from mmopt.ot._support import (
     N_THREADS,
     OT_PARAMS,
     ScalingRun,
-    check_threads_option,
     log_ratio_sum,
     measure,
 )
@@ -321,10 +320,6 @@ class PartialSinkhorn(Solver):
         "newton_switch": [Interval(float, 0, None)],
         "n_threads": N_THREADS,
     }
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_threads_option(self)
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.method, self.n_threads)

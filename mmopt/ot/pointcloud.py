@@ -23,7 +23,7 @@ from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
-from mmopt.ot._support import N_THREADS, check_threads_option
+from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
@@ -411,10 +411,6 @@ class PointCloudSinkhorn(Solver):
         "newton_switch": [Interval(float, 0, None)],
         "n_threads": N_THREADS,
     }
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_threads_option(self)
 
     # ----------------------------------------------------------------------------- setup
     def _choose_regime(self, problem) -> str:

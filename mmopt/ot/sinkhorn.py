@@ -14,7 +14,7 @@ from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, OT_PARAMS, Support, check_threads_option, log_ratio_sum
+from mmopt.ot._support import N_THREADS, OT_PARAMS, Support, log_ratio_sum
 from mmopt.ot.problem import OTProblem, solve_ot
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
@@ -239,10 +239,6 @@ class Sinkhorn(Solver):
         "overrelaxation": [bool],
         "n_threads": N_THREADS,
     }
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_threads_option(self)
 
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
