@@ -3,14 +3,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+import mmopt
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 
 # The kinds of bad array of conftest's ``BAD_ARRAYS``, for parametrizing at import time.
 ARRAY_KINDS = ["ragged", "string", "object", "complex", "nan", "inf", "empty", "none"]
+
+
+@contextlib.contextmanager
+def no_numpy_warnings():
+    """Non-convergence warnings silenced, and any NumPy RuntimeWarning (overflow, division
+    by zero) raised: none may leak out of a solve on valid data."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mmopt.ConvergenceWarning)
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
 
 
 def assert_thread_safe(solver, problems, fields, *, repeats: int = 4, threads: int = 4):

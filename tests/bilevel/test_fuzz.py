@@ -2,16 +2,13 @@
 extreme-but-valid inputs give finite results or a clear error, inputs are not modified, and
 one MAID instance serves several threads on shared problems."""
 
-import contextlib
-import warnings
 
 import numpy as np
 import pytest
-from _helpers import ARRAY_KINDS, assert_thread_safe, shrinkage_problem
+from _helpers import ARRAY_KINDS, assert_thread_safe, no_numpy_warnings, shrinkage_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mmopt
 from mmopt.bilevel import (
     MAID,
     BilevelLogisticRegression,
@@ -35,15 +32,6 @@ def _regression(seed=0, n=40, p=4):
 def _classification(seed=0, n=40, p=3):
     X, y = _regression(seed, n, p)
     return X, (y > np.median(y)).astype(int)
-
-
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", mmopt.ConvergenceWarning)
-        # No NumPy warning may leak out of a fit on valid data.
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 
 # ----------------------------------------------------------------------- bad inputs named
@@ -214,7 +202,7 @@ def test_ridge_extreme_scales_finite_and_inputs_unchanged(fuzz, exponent, x_expo
     X, y = _regression(n=20, p=3)
     X, y = X * 10.0**x_exponent, y * 10.0**exponent
     before = fuzz.snapshot(X, y)
-    with _quiet():
+    with no_numpy_warnings():
         try:
             model = BilevelRidge(max_iter=10).fit(X, y)
         except ValueError as error:
@@ -236,7 +224,7 @@ def test_logistic_extreme_feature_scales(fuzz, exponent, labels):
     X = X * 10.0**exponent
     y = {"int": y, "str": np.where(y == 1, "yes", "no"), "float": y.astype(float)}[labels]
     before = fuzz.snapshot(X, y)
-    with _quiet():
+    with no_numpy_warnings():
         try:
             model = BilevelLogisticRegression(max_iter=5).fit(X, y)
         except ValueError as error:
@@ -262,7 +250,7 @@ def test_one_maid_on_shared_glm_problems_from_threads():
         logistic_cv_problem(X, classes3, cv=3),
     ]
     solver = MAID(max_iter=8)
-    with _quiet():
+    with no_numpy_warnings():
         assert_thread_safe(solver, problems, ["nit", "fun", "x", "cost"])
     assert solver.callback is None
 
@@ -271,7 +259,7 @@ def test_maid_budget_stop_with_a_user_callback_leaves_the_solver_unchanged():
     seen = []
     solver = MAID(max_cost=50, callback=lambda r: seen.append(r.nit), max_iter=1000)
     before = dict(vars(solver))
-    with _quiet():
+    with no_numpy_warnings():
         res = solver.solve(ridge_cv_problem(*_regression(), cv=3))
     assert res.status == 1 and "max_cost" in res.message and seen
     assert vars(solver) == before
