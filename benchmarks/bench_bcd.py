@@ -8,12 +8,12 @@ it: ``tol`` means something different in each library.
 
 from __future__ import annotations
 
-import time
 import warnings
+from functools import partial
 
 import numpy as np
 import scipy.sparse.linalg as spla
-from _common import best_time, first_index_below, markdown_table
+from _common import best_time, first_index_below, markdown_table, timed
 from scipy.optimize import minimize
 from sklearn.linear_model import Lasso, LogisticRegression
 
@@ -187,6 +187,19 @@ def _time_to(res, f_star, target):
     return None if hits.size == 0 else float(res.history["time"][hits[0]])
 
 
+def _run_500(problem, selection, partition, update, block_size):
+    """500 iterations of BlockCoordinateDescent with these rules (tol=0, seeded)."""
+    return BlockCoordinateDescent(
+        selection=selection,
+        partition=partition,
+        update=update,
+        block_size=block_size,
+        max_iter=500,
+        tol=0.0,
+        random_state=0,
+    ).solve(problem)
+
+
 def paper_section(quick: bool) -> str:
     n, p = (400, 4000) if quick else (1000, 10_000)
     X, y = make_sparse_least_squares(n, p, random_state=0)
@@ -205,19 +218,7 @@ def paper_section(quick: bool) -> str:
     rows = []
     f0 = problem.objective(np.zeros(p)) * n
     for selection, partition, update in configs:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            start = time.perf_counter()
-            res = BlockCoordinateDescent(
-                selection=selection,
-                partition=partition,
-                update=update,
-                block_size=5,
-                max_iter=500,
-                tol=0.0,
-                random_state=0,
-            ).solve(problem)
-            elapsed = time.perf_counter() - start
+        res, elapsed = timed(partial(_run_500, problem, selection, partition, update, 5))
         rows.append(
             {
                 "selection": selection,
@@ -240,17 +241,7 @@ def paper_section(quick: bool) -> str:
         ("gsl", "variable", "exact", 50),
         ("gsl", "variable", "gradient", 5),
     ]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = BlockCoordinateDescent(
-                selection=selection,
-                partition=partition,
-                update=update,
-                block_size=size,
-                max_iter=500,
-                tol=0.0,
-                random_state=0,
-            ).solve(lattice)
+        res, _ = timed(partial(_run_500, lattice, selection, partition, update, size))
         lattice_rows.append(
             {
                 "selection": selection,

@@ -16,7 +16,7 @@ import time
 import warnings
 
 import numpy as np
-from _common import markdown_table
+from _common import best_of, markdown_table
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.metrics import accuracy_score, log_loss
@@ -31,14 +31,7 @@ N_GRID = 41
 
 
 def _cpu(func, repeat):
-    best = np.inf
-    for _ in range(repeat):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            start = time.process_time()
-            out = func()
-            best = min(best, time.process_time() - start)
-    return out, best
+    return best_of(func, repeat, clock=time.process_time)
 
 
 def _cv_loss(X, y, C, cv):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
-import warnings
 
 import numpy as np
+from _common import best_of as _best
 from _common import markdown_table
 
 from mmopt.datasets import load_scan_pair, make_registration_problem
@@ -51,15 +50,6 @@ def _start(problem, start):
     return T
 
 
-def _best(func, repeat):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
-            out = func()
-            best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def _ours(problem, start, repeat, **options):

@@ -9,7 +9,9 @@ import warnings
 from functools import partial
 
 import numpy as np
-from _common import markdown_table
+from _common import best_of as _timed
+from _common import cpuinfo, markdown_table
+from _common import gaussian_clouds as _clouds
 
 from mmopt.ot import exact_ot, sinkhorn, sinkhorn_newton_sparse
 
@@ -23,24 +25,6 @@ except ImportError:  # so is regot (sparse-Newton Sinkhorn solvers in C++)
     regot = None
 
 
-def _clouds(n, seed=0):
-    rng = np.random.default_rng(seed)
-    x, y = rng.standard_normal((n, 2)), rng.standard_normal((n, 2))
-    C = ((x[:, None] - y[None]) ** 2).sum(-1)
-    return np.full(n, 1.0 / n), np.full(n, 1.0 / n), C / C.max()
-
-
-def _timed(func, repeat=1):
-    """``func()``'s output and its best wall time over ``repeat`` runs (this machine is
-    shared and noisy: the minimum is the least disturbed run)."""
-    best = np.inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            out = func()
-            best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def _reuse_heap_memory():
@@ -125,16 +109,7 @@ def _cpu_path() -> str:
     """The SIMD path of our kernels and the CPU vendor, e.g. 'avx512 on AuthenticAMD'."""
     from mmopt_ext._sinkhorn import exp_path
 
-    vendor = "unknown vendor"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("vendor_id"):
-                    vendor = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{exp_path()} on {vendor}"
+    return f"{exp_path()} on {cpuinfo('vendor_id') or 'unknown vendor'}"
 
 
 def _mixture(n, rng, dim=2):

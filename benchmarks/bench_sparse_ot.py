@@ -8,7 +8,7 @@ import time
 import warnings
 
 import numpy as np
-from _common import markdown_table
+from _common import gaussian_clouds, markdown_table
 
 from mmopt.ot import OTProblem, sparsity_constrained_ot
 from mmopt.ot.sparsity_constrained import _Conjugates
@@ -21,11 +21,8 @@ except ImportError:  # POT is an optional benchmark extra
 
 
 def _clouds(n, seed=0):
-    # The same problem as the Sinkhorn section: two 2-D Gaussians, the second shifted.
-    rng = np.random.default_rng(seed)
-    x, y = rng.standard_normal((n, 2)), rng.standard_normal((n, 2)) + 1.0
-    C = ((x[:, None] - y[None]) ** 2).sum(-1)
-    return np.full(n, 1.0 / n), np.full(n, 1.0 / n), C / C.max()
+    # Two 2-D Gaussians, the second shifted.
+    return gaussian_clouds(n, seed, shift=1.0)
 
 
 def _timed(func, *args, **kwargs):

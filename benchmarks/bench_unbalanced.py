@@ -14,7 +14,7 @@ import math
 import warnings
 
 import numpy as np
-from _common import markdown_table, timed
+from _common import gaussian_clouds, markdown_table, timed
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_breast_cancer, load_digits, make_classification
@@ -32,10 +32,7 @@ except ImportError:  # POT is an optional benchmark extra
 
 
 def _clouds(n, seed=0):
-    rng = np.random.default_rng(seed)
-    x, y = rng.standard_normal((n, 2)), rng.standard_normal((n, 2)) + 1.0
-    C = ((x[:, None] - y[None]) ** 2).sum(-1)
-    return np.full(n, 1.0 / n), np.full(n, 1.5 / n), C / C.max()
+    return gaussian_clouds(n, seed, shift=1.0, mass_b=1.5)
 
 
 def _pot_unbalanced_error(a, b, reg, reg_m, P, log):

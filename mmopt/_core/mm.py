@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.anderson import (
     ANDERSON_OPTION,
     AndersonAcceleration,
@@ -173,6 +174,7 @@ class _MMState(SolverState):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS)
 class MMSolver(Solver):
     """Majorization-minimization with optional safeguarded Anderson acceleration.
 
@@ -204,11 +206,8 @@ class MMSolver(Solver):
         Stop when the stopping quantity is at most ``tol``.
     max_iter : int, default=1000
         Maximum number of iterations.
-    callback : callable, optional
-        ``callback(intermediate_result)``, called after each iteration with a
-        :class:`mmopt.Result` snapshot; raise ``StopIteration`` to stop (status 2).
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 one line per iteration.
+    %(callback)s
+    %(verbose)s
 
     Notes
     -----

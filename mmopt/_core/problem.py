@@ -39,3 +39,9 @@ class Problem:
         from mmopt._core.registry import solve
 
         return solve(self, solver, **options)
+
+    def _set_fields(self, **values) -> None:
+        """Store checked, converted values in place of the raw ones, once, at construction
+        (a frozen dataclass refuses plain assignment)."""
+        for name, value in values.items():
+            object.__setattr__(self, name, value)

@@ -10,7 +10,7 @@ iteration:
    (an O(p) ``np.argpartition``), at least twice the support; all features when the penalty
    has no L1 part;
 3. least squares: compiled coordinate-descent epochs on the working set (the residual
-   ``y - X w`` kept exact), with an Anderson extrapolation of the last iterates every few
+   ``y - X w`` kept exact), with an Anderson extrapolation of the last iterates every 5
    epochs kept only when it lowers the objective; logistic: proximal-Newton iterations, each
    direction from compiled coordinate descent on the loss's quadratic model, then an Armijo
    line search; until the working set's own duality gap (its optimality violation without
@@ -44,7 +44,8 @@ from mmopt.bcd.problem import BCDProblem
 
 __all__ = ["CoordinateDescent"]
 
-# Epochs between two Anderson extrapolations / inner optimality checks.
+# Epochs between two Anderson extrapolations / inner optimality checks (the user guide's
+# "every five epochs"; 5 took fewer epochs to tol than 10 on lasso and L1-logistic problems).
 _ANDERSON_EVERY = 5
 # The working set is solved until its gap is this fraction of the outer gap.
 _INNER_FRACTION = 0.3
@@ -124,7 +125,7 @@ class CoordinateDescent(Solver):
         Gap-safe screening (an L1 penalty without L2 part; not for logistic regression with
         an intercept).
     extrapolation : bool, default=True
-        Anderson extrapolation of the inner iterates (Bertrand and Massias): every few
+        Anderson extrapolation of the inner iterates (Bertrand and Massias): every 5
         epochs, the affine combination of the last iterates that minimizes the norm of
         their differences' combination, kept only when the objective drops. A fixed,
         offline scheme of coordinate descent, distinct from the ``anderson=`` option of the

@@ -9,6 +9,8 @@ are what the compiled coordinate-descent kernels need.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from mmopt._core.validation import check_scalar
@@ -87,6 +89,19 @@ class Penalty:
         return {}
 
 
+class _OneTerm(Penalty):
+    """A penalty of one term, ``l1`` or ``l2`` (named by ``_term``), equal to ``alpha``."""
+
+    _term: ClassVar[str]
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = check_scalar(alpha, "alpha", min_value=0.0)
+        setattr(self, self._term, self.alpha)
+
+    def _params(self):
+        return {"alpha": self.alpha}
+
+
 class NoPenalty(Penalty):
     """No penalty: ``g = 0``.
 
@@ -98,7 +113,7 @@ class NoPenalty(Penalty):
     """
 
 
-class L2(Penalty):
+class L2(_OneTerm):
     """Ridge penalty ``alpha / 2 ||x||^2``.
 
     Examples
@@ -108,15 +123,10 @@ class L2(Penalty):
     array([1.])
     """
 
-    def __init__(self, alpha: float = 1.0):
-        self.alpha = check_scalar(alpha, "alpha", min_value=0.0)
-        self.l2 = self.alpha
-
-    def _params(self):
-        return {"alpha": self.alpha}
+    _term = "l2"
 
 
-class L1(Penalty):
+class L1(_OneTerm):
     """Lasso penalty ``alpha ||x||_1``.
 
     Examples
@@ -126,15 +136,10 @@ class L1(Penalty):
     array([ 2., -0.])
     """
 
-    def __init__(self, alpha: float = 1.0):
-        self.alpha = check_scalar(alpha, "alpha", min_value=0.0)
-        self.l1 = self.alpha
-
-    def _params(self):
-        return {"alpha": self.alpha}
+    _term = "l1"
 
 
-class L1Positive(Penalty):
+class L1Positive(_OneTerm):
     """``alpha ||x||_1`` restricted to ``x >= 0`` (non-negative Lasso).
 
     Examples
@@ -145,13 +150,7 @@ class L1Positive(Penalty):
     """
 
     positive = True
-
-    def __init__(self, alpha: float = 1.0):
-        self.alpha = check_scalar(alpha, "alpha", min_value=0.0)
-        self.l1 = self.alpha
-
-    def _params(self):
-        return {"alpha": self.alpha}
+    _term = "l1"
 
 
 class ElasticNet(Penalty):

@@ -7,6 +7,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import validate_data
 
+from mmopt._core._docstrings import DATA_PARAMS, fill_doc
 from mmopt._core.linear_model import LinearClassifierMixin, LinearRegressorMixin
 from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin, Rule
 from mmopt._core.validation import check_input
@@ -170,15 +171,14 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
         self.max_iter = max_iter
         self.verbose = verbose
 
+    @fill_doc(DATA_PARAMS)
     def fit(self, X: ArrayLike, y: ArrayLike) -> BilevelRidge:
         """Learn the penalty by cross-validation, then refit on all data.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
-        y : array-like of shape (n_samples,)
-            Targets.
+        %(X)s
+        %(y_targets)s
 
         Returns
         -------
@@ -314,15 +314,14 @@ class BilevelLogisticRegression(
         self.max_iter = max_iter
         self.verbose = verbose
 
+    @fill_doc(DATA_PARAMS)
     def fit(self, X: ArrayLike, y: ArrayLike) -> BilevelLogisticRegression:
         """Learn the penalty by cross-validation, then refit on all data.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
-        y : array-like of shape (n_samples,)
-            Class labels.
+        %(X)s
+        %(y_labels)s
 
         Returns
         -------

@@ -21,6 +21,7 @@ from sklearn.model_selection import check_cv
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
 
+from mmopt._core._docstrings import DATA_PARAMS, fill_doc
 from mmopt._core.validation import check_array, check_choice, check_input
 from mmopt.bilevel.problem import BilevelProblem, LowerLevel, UpperLevel
 from mmopt_ext._softmax_hvp import softmax_hessian_rows
@@ -50,6 +51,7 @@ def _spectral_norm_sq(A: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------ ridge
+@fill_doc(DATA_PARAMS)
 class RidgeLowerLevel(LowerLevel):
     """Ridge training problem ``Phi(w, theta) = (||Xc w - yc||^2 + sum_j e^theta_j w_j^2)
     / (2 n)`` over the coefficients ``w``.
@@ -60,10 +62,8 @@ class RidgeLowerLevel(LowerLevel):
 
     Parameters
     ----------
-    X : array-like of shape (n_samples, n_features)
-        Training data.
-    y : array-like of shape (n_samples,)
-        Targets.
+    %(X)s
+    %(y_targets)s
     penalty : {"shared", "per_feature"}, default="shared"
         One penalty (``theta`` of size 1) or one per feature.
     fit_intercept : bool, default=True

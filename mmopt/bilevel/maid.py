@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.krylov import conjugate_gradient
 from mmopt._core.linesearch import backtracking
 from mmopt._core.params import Interval, Options
@@ -133,6 +134,7 @@ class HypergradientEstimate(NamedTuple):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS)
 class MAID(Solver):
     r"""Adaptively inexact first-order method for bilevel learning (MAID).
 
@@ -259,10 +261,8 @@ class MAID(Solver):
         rests on the secant's curvature estimate, not on a certificate.
     max_iter : int, default=200
         Maximum outer iterations.
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 one line per iteration.
+    %(callback)s
+    %(verbose)s
 
     Notes
     -----

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core._demo import line_plot, timed
 
 
 def _rows_and_curves(label, fits):
@@ -33,29 +31,10 @@ def _rows_and_curves(label, fits):
     return rows, curves
 
 
-def _fit(estimator, X, y=None):
-    # The table shows each solve's status, so a non-convergence warning would only repeat it.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        start = time.perf_counter()
-        estimator.fit(X) if y is None else estimator.fit(X, y)
-        return estimator, time.perf_counter() - start
-
-
 def _plot(curves, title, path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, evaluations, gap in curves:
-        ax.semilogy(evaluations, gap, label=method)
-    ax.set_xlabel("MM-map evaluations (objective + surrogate minimizer)")
-    ax.set_ylabel("(F(x_k) - F_best) / |F_best|")
-    ax.set_title(title, fontsize=10)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return line_plot(curves, path, title=title,
+                     xlabel="MM-map evaluations (objective + surrogate minimizer)",
+                     ylabel="(F(x_k) - F_best) / |F_best|")
 
 
 def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
@@ -71,10 +50,10 @@ def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
     for loss in ("huber", "welsch"):
         fits = []
         for anderson, method in ((False, "MM"), (True, "MM + Anderson")):
-            model, seconds = _fit(
+            model, seconds = timed(
                 MMRobustRegressor(
                     loss=loss, anderson=anderson, tol=1e-10, max_iter=5000, verbose=verbose
-                ),
+                ).fit,
                 X,
                 y,
             )
@@ -90,7 +69,7 @@ def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
         digits = digits[:400]
     fits = []
     for anderson, method in ((False, "MM"), (True, "MM + Anderson")):
-        model, seconds = _fit(
+        model, seconds = timed(
             MMNMF(
                 n_components=10,
                 init="nndsvda",
@@ -99,7 +78,7 @@ def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
                 max_iter=300 if quick else 5000,
                 random_state=0,
                 verbose=verbose,
-            ),
+            ).fit,
             digits,
         )
         fits.append((method, model.result_, seconds))

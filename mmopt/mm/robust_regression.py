@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import validate_data
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
 from mmopt._core.linear_model import LinearRegressorMixin
 from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin
@@ -377,6 +378,7 @@ class RobustRegressionProblem(MMProblem):
         )
 
 
+@fill_doc(SOLVER_PARAMS)
 class MMRobustRegressor(
     LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, BaseEstimator
 ):
@@ -424,8 +426,7 @@ class MMRobustRegressor(
         Stopping tolerance on the relative fixed-point residual of each solve.
     max_iter : int, default=500
         Maximum number of iterations of each solve.
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 one line per iteration.
+    %(verbose)s
 
     Attributes
     ----------

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.anderson import AndersonAcceleration
 from mmopt._core.params import InstanceOf, Interval, Options
 from mmopt._core.registry import register_solver
@@ -25,6 +26,7 @@ class _EpochState(SolverState):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS)
 class SSO(MMSolver):
     """Target-based surrogate optimization, full-batch (MM) or stochastic (SSO).
 
@@ -57,10 +59,8 @@ class SSO(MMSolver):
         Stop when the stopping quantity is at most ``tol``.
     max_iter : int, default=1000
         Maximum number of iterations (MM steps, or epochs).
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 one line per iteration.
+    %(callback)s
+    %(verbose)s
 
     Notes
     -----

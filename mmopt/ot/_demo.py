@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from mmopt._core.exceptions import ConvergenceWarning
-
-
-def _timed(func, *args, **kwargs):
-    # The table shows each solve's status, so a non-convergence warning would only repeat it.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        start = time.perf_counter()
-        result = func(*args, **kwargs)
-        return result, time.perf_counter() - start
+from mmopt._core._demo import line_plot, save_figure, timed
 
 
 def _clouds(n):
@@ -43,26 +32,12 @@ def _plot_plans(source, target, plans, path):
         ax.set_title(title, fontsize=10)
         ax.set_aspect("equal")
     axes[0].legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _plot_convergence(curves, title, path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for label, seconds, error in curves:
-        ax.semilogy(seconds, np.maximum(error, 1e-16), label=label)
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("L1 marginal error")
-    ax.set_title(title, fontsize=10)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    curves = [(label, seconds, np.maximum(error, 1e-16)) for label, seconds, error in curves]
+    return line_plot(curves, path, title=title, xlabel="seconds", ylabel="L1 marginal error")
 
 
 def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
@@ -76,7 +51,7 @@ def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
     label = f"OT, {n} points to a ring, cost / max"
     rows, files = [], []
 
-    exact, t_exact = _timed(exact_ot, [], [], C)
+    exact, t_exact = timed(exact_ot, [], [], C)
     rows.append(
         {
             "problem": label,
@@ -93,7 +68,7 @@ def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
         ("Sinkhorn (log domain)", sinkhorn),
         ("Sinkhorn-Newton-Sparse", sinkhorn_newton_sparse),
     ):
-        result, seconds = _timed(func, [], [], C, reg, tol=1e-9, max_iter=20_000, verbose=verbose)
+        result, seconds = timed(func, [], [], C, reg, tol=1e-9, max_iter=20_000, verbose=verbose)
         runs[name] = result
         rows.append(
             {
@@ -105,7 +80,7 @@ def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
                 "status": result.status,
             }
         )
-    sparse, t_sparse = _timed(
+    sparse, t_sparse = timed(
         sparsity_constrained_ot, [], [], C, 2, 0.1, polish=True, verbose=verbose
     )
     rows.append(

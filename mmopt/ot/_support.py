@@ -12,25 +12,44 @@ from __future__ import annotations
 
 import math
 
+import joblib
 import numpy as np
 
 from mmopt._core.params import Interval
-from mmopt._core.threads import check_n_threads, effective_n_threads
+from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, readonly
 from mmopt.ot._kernels import log_half_step
 
 # Option table entries shared by the family's solvers. n_threads: None (all CPUs), a
-# positive count, or a negative one counting back from the number of CPUs.
-N_THREADS = [None, Interval(int, 1, None), Interval(int, None, -1)]
+# positive count, or a negative one counting back from the number of CPUs, which must leave
+# one (-1 is all of them; see mmopt._core.threads.check_n_threads).
+N_THREADS = [None, Interval(int, 1, None), Interval(int, -joblib.cpu_count(), -1)]
+# Docstring entries (``mmopt._core._docstrings.fill_doc``) of the family's parameters that
+# mean the same in several solvers and functions.
+OT_PARAMS = {
+    "histograms": """\
+a, b : array-like of shape (n,), (m,)
+    Non-negative histograms of equal total mass; empty means uniform.""",
+    "cost_or_clouds": """\
+C : array-like of shape (n, m)
+    Cost matrix. Omitted (None) with point clouds ``x=`` (n, d) and ``y=`` (m, d)
+    instead (and optionally ``cost=``): the call is
+    :func:`~mmopt.ot.pointcloud_sinkhorn`'s (no cost matrix formed; its options,
+    its result fields, ``tol`` relative to the mass, sparse plan for sharp plans).""",
+    "entropic_reg": """\
+reg : float
+    Entropic regularization (> 0).""",
+    "log_n_threads": """\
+n_threads : int, optional
+    Threads of the log-domain kernel; all CPUs when None.""",
+}
+# The arguments of the one-call functions of balanced entropic OT, together.
+OT_PARAMS["balanced_ot_args"] = "\n".join(
+    OT_PARAMS[name] for name in ("histograms", "cost_or_clouds", "entropic_reg")
+)
 # Above this ratio of the cost's spread to reg, exp(-C / reg) comes close to underflowing:
 # "auto" takes the log domain (or a stabilized one) instead of the scaling domain.
 SCALING_MAX_RATIO = 100.0
-
-
-def check_threads_option(solver) -> None:
-    """The part of ``n_threads``'s check no table can say: a negative count must leave a
-    CPU (the table has already checked the type)."""
-    check_n_threads(solver.n_threads)
 
 
 def measure(value, name: str, size: int, axis: str) -> np.ndarray:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
@@ -14,12 +15,13 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_scalar, readonly
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, check_threads_option, kl, logsumexp
+from mmopt.ot._support import N_THREADS, OT_PARAMS, kl, logsumexp
 
 __all__ = ["P2OTProblem", "ProgressivePartialOT", "progressive_partial_ot", "rho_schedule"]
 
 
 @dataclass(frozen=True)
+@fill_doc(OT_PARAMS)
 class P2OTProblem(Problem):
     r"""The P²OT problem of Zhang et al.: partial OT with a KL-relaxed cluster marginal.
 
@@ -46,8 +48,7 @@ class P2OTProblem(Problem):
         Fraction of the mass to transport, in ``(0, 1]``.
     gamma : float
         Strength of the KL relaxation of the cluster marginal (> 0; ``inf`` makes it exact).
-    reg : float
-        Entropic regularization (> 0).
+    %(entropic_reg)s
     prior : array-like of shape (k,), optional
         Cluster prior ``pi`` (non-negative, normalized here); uniform when None.
     a : array-like of shape (n,), optional
@@ -101,12 +102,7 @@ class P2OTProblem(Problem):
                 raise ValueError(f"a must have one entry per row of C ({n}), got {a.shape[0]}.")
             if not a.min() > 0:
                 raise ValueError("a must be positive.")
-        object.__setattr__(self, "C", C)
-        object.__setattr__(self, "rho", rho)
-        object.__setattr__(self, "gamma", gamma)
-        object.__setattr__(self, "reg", reg)
-        object.__setattr__(self, "prior", prior)
-        object.__setattr__(self, "a", a)
+        self._set_fields(C=C, rho=rho, gamma=gamma, reg=reg, prior=prior, a=a)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -186,6 +182,7 @@ class _P2OTState(SolverState):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS, OT_PARAMS)
 class ProgressivePartialOT(Solver):
     r"""Scaling algorithm of P²OT with an implicit virtual column, in the log domain.
 
@@ -213,12 +210,9 @@ class ProgressivePartialOT(Solver):
         optimal after each iteration) is at most ``tol``; lagged by one iteration.
     max_iter : int, default=10000
         Maximum number of iterations.
-    n_threads : int, optional
-        Threads of the log-domain kernel; all CPUs when None.
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 a line per iteration.
+    %(log_n_threads)s
+    %(callback)s
+    %(verbose)s
 
     Notes
     -----
@@ -267,10 +261,6 @@ class ProgressivePartialOT(Solver):
         self.verbose = verbose
 
     _parameter_constraints = {"n_threads": N_THREADS}
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_threads_option(self)
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.n_threads)

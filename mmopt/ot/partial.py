@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
@@ -17,8 +18,8 @@ from mmopt.ot._kernels import dense_plan, plan_marginals, plan_row_sums, sparsif
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._support import (
     N_THREADS,
+    OT_PARAMS,
     ScalingRun,
-    check_threads_option,
     log_ratio_sum,
     measure,
 )
@@ -47,6 +48,7 @@ def _check_partial(a, b, C, mass):
 
 
 @dataclass(frozen=True)
+@fill_doc(OT_PARAMS)
 class PartialOTProblem(Problem):
     r"""Entropic partial optimal transport: move exactly ``mass`` of ``a`` onto ``b``.
 
@@ -72,8 +74,7 @@ class PartialOTProblem(Problem):
         Finite cost matrix.
     mass : float or None
         Mass to transport, in ``(0, min(sum a, sum b)]``; None for that upper bound.
-    reg : float
-        Entropic regularization (> 0).
+    %(entropic_reg)s
 
     Examples
     --------
@@ -94,11 +95,7 @@ class PartialOTProblem(Problem):
     def __post_init__(self):
         a, b, C, mass = _check_partial(self.a, self.b, self.C, self.mass)
         reg = check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
-        object.__setattr__(self, "a", a)
-        object.__setattr__(self, "b", b)
-        object.__setattr__(self, "C", C)
-        object.__setattr__(self, "mass", mass)
-        object.__setattr__(self, "reg", reg)
+        self._set_fields(a=a, b=b, C=C, mass=mass, reg=reg)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -226,6 +223,7 @@ def _kkt(sums, target, potential):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS, OT_PARAMS)
 class PartialSinkhorn(Solver):
     r"""Block coordinate ascent on the dual of entropic partial OT (Benamou et al.).
 
@@ -262,12 +260,9 @@ class PartialSinkhorn(Solver):
         the row part recorded at iteration ``k`` is that of iterate ``k - 1``.
     max_iter : int, default=10000
         Maximum number of iterations.
-    n_threads : int, optional
-        Threads of the log-domain kernel; all CPUs when None.
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 a line per iteration.
+    %(log_n_threads)s
+    %(callback)s
+    %(verbose)s
 
     Notes
     -----
@@ -325,10 +320,6 @@ class PartialSinkhorn(Solver):
         "newton_switch": [Interval(float, 0, None)],
         "n_threads": N_THREADS,
     }
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_threads_option(self)
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.method, self.n_threads)

@@ -11,16 +11,19 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 from scipy.spatial import cKDTree
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
+from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
-from mmopt._core.threads import check_n_threads, effective_n_threads
+from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
+from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
@@ -247,6 +250,7 @@ class _PCState(SolverState):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS)
 class PointCloudSinkhorn(Solver):
     r"""Sinkhorn for point clouds: online costs, epsilon scaling and multiscale truncation.
 
@@ -323,8 +327,7 @@ class PointCloudSinkhorn(Solver):
         points in 3-D, where Newton then needed a few dozen steps).
     n_threads : int, optional
         Threads of the kernels and KD-tree queries; all available CPUs when None.
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
+    %(callback)s
     verbose : int, default=0
         0 silent, 1 a progress bar, 2 a line per iteration (with the level, its ``reg``
         and the number of kept pairs).
@@ -398,18 +401,16 @@ class PointCloudSinkhorn(Solver):
         self.callback = callback
         self.verbose = verbose
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_choice(self.regime, "regime", ("auto", "sharp", "smooth"))
-        check_scalar(self.scaling, "scaling", min_value=0.0, max_value=1.0,
-                     include_min=False, include_max=False)
-        check_scalar(self.switch_tol, "switch_tol", min_value=0.0, include_min=False)
-        check_scalar(self.truncation, "truncation", min_value=1.0)
-        check_scalar(self.max_coarse, "max_coarse", kind=int, min_value=1)
-        if not isinstance(self.newton, (bool, np.bool_)):
-            raise TypeError(f"newton must be True or False, got {self.newton!r}.")
-        check_scalar(self.newton_switch, "newton_switch", min_value=0.0)
-        check_n_threads(self.n_threads)
+    _parameter_constraints = {
+        "regime": [Options({"auto", "sharp", "smooth"})],
+        "scaling": [Interval(float, 0, 1, closed="neither")],
+        "switch_tol": [Interval(float, 0, None, closed="neither")],
+        "truncation": [Interval(float, 1, None)],
+        "max_coarse": [Interval(int, 1, None)],
+        "newton": [bool],
+        "newton_switch": [Interval(float, 0, None)],
+        "n_threads": N_THREADS,
+    }
 
     # ----------------------------------------------------------------------------- setup
     def _choose_regime(self, problem) -> str:

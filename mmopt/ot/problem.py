@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core.problem import Problem
+from mmopt._core.registry import solve
 from mmopt._core.threads import check_n_threads
 from mmopt._core.validation import check_array, check_scalar, readonly
 
-__all__ = ["OTProblem", "check_histograms", "check_n_threads"]
+__all__ = ["OTProblem", "check_histograms", "check_n_threads", "solve_ot"]
 
 # Relative tolerance on the equality of the two total masses (float64 histograms).
 _MASS_RTOL = 1e-9
@@ -137,10 +138,7 @@ class OTProblem(Problem):
     def __post_init__(self):
         a, b, C = check_histograms(self.a, self.b, self.C)
         reg = check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
-        object.__setattr__(self, "a", a)
-        object.__setattr__(self, "b", b)
-        object.__setattr__(self, "C", C)
-        object.__setattr__(self, "reg", reg)
+        self._set_fields(a=a, b=b, C=C, reg=reg)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -155,3 +153,18 @@ class OTProblem(Problem):
     def __repr__(self) -> str:
         n, m = self.C.shape
         return f"OTProblem(n={n}, m={m}, reg={self.reg:g})"
+
+
+def solve_ot(a, b, C, reg, solver: str, options: dict):
+    """The body of the one-call functions of balanced entropic OT (``sinkhorn``,
+    ``sinkhorn_newton_sparse``): ``OTProblem(a, b, C, reg)`` solved by the registered
+    ``solver`` with ``options`` (``x0`` among them), or, with point clouds ``x=``/``y=``
+    in ``options`` instead of ``C``, :func:`~mmopt.ot.pointcloud_sinkhorn`'s solve."""
+    if C is None and ("x" in options or "y" in options):
+        from mmopt.ot.pointcloud import pointcloud_sinkhorn
+
+        return pointcloud_sinkhorn(
+            options.pop("x", None), options.pop("y", None), a, b, reg=reg, **options
+        )
+    x0 = options.pop("x0", None)
+    return solve(OTProblem(a, b, C, reg), solver, x0=x0, **options)

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.params import Options
-from mmopt._core.registry import register_solver, solve
+from mmopt._core.registry import register_solver
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, Support, check_threads_option, log_ratio_sum
-from mmopt.ot.problem import OTProblem
+from mmopt.ot._support import N_THREADS, OT_PARAMS, Support, log_ratio_sum
+from mmopt.ot.problem import OTProblem, solve_ot
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
 
@@ -121,6 +122,7 @@ class _SinkhornState(SolverState):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS, OT_PARAMS)
 class Sinkhorn(Solver):
     r"""Sinkhorn's algorithm: exact alternating maximization of the entropic OT dual.
 
@@ -174,10 +176,8 @@ class Sinkhorn(Solver):
         Maximum number of iterations (one row and one column update each).
     n_threads : int, optional
         Threads of the Cython kernels (a positive integer); all available CPUs when None.
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 a line per iteration.
+    %(callback)s
+    %(verbose)s
 
     Notes
     -----
@@ -239,10 +239,6 @@ class Sinkhorn(Solver):
         "overrelaxation": [bool],
         "n_threads": N_THREADS,
     }
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_threads_option(self)
 
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
@@ -524,20 +520,13 @@ def _choose_relaxation(state: _ScalingKernel, error: float, mass: float) -> None
         state.relaxed_sweeps = 0
 
 
+@fill_doc(OT_PARAMS)
 def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
     """Entropic optimal transport by Sinkhorn's algorithm (see :class:`Sinkhorn`).
 
     Parameters
     ----------
-    a, b : array-like of shape (n,), (m,)
-        Non-negative histograms of equal total mass; empty means uniform.
-    C : array-like of shape (n, m)
-        Cost matrix. Omitted (None) with point clouds ``x=`` (n, d) and ``y=`` (m, d)
-        instead (and optionally ``cost=``): the call is
-        :func:`~mmopt.ot.pointcloud_sinkhorn`'s (no cost matrix formed; its options,
-        its result fields, ``tol`` relative to the mass, sparse plan for sharp plans).
-    reg : float
-        Entropic regularization (> 0).
+    %(balanced_ot_args)s
     **options
         Options of :class:`Sinkhorn` (``method``, ``tol``, ``max_iter``, ``n_threads``,
         ``callback``, ``verbose``) and ``x0`` (warm-start potentials ``concat(f, g)``;
@@ -559,11 +548,4 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
     array([[0.5, 0. ],
            [0. , 0.5]])
     """
-    if C is None and ("x" in options or "y" in options):
-        from mmopt.ot.pointcloud import pointcloud_sinkhorn
-
-        return pointcloud_sinkhorn(
-            options.pop("x", None), options.pop("y", None), a, b, reg=reg, **options
-        )
-    x0 = options.pop("x0", None)
-    return solve(OTProblem(a, b, C, reg), "sinkhorn", x0=x0, **options)
+    return solve_ot(a, b, C, reg, "sinkhorn", options)

@@ -7,12 +7,14 @@ from dataclasses import fields as dataclass_fields
 
 import numpy as np
 
+from mmopt._core._docstrings import fill_doc
 from mmopt._core.params import Interval, Options
-from mmopt._core.registry import register_solver, solve
+from mmopt._core.registry import register_solver
 from mmopt._core.result import Result
 from mmopt.ot._kernels import plan_marginals, sparsify_plan
 from mmopt.ot._newton import line_search, newton_direction, next_damping
-from mmopt.ot.problem import OTProblem
+from mmopt.ot._support import OT_PARAMS
+from mmopt.ot.problem import OTProblem, solve_ot
 from mmopt.ot.sinkhorn import (
     _MAX_RELAX_FAILURES,
     Sinkhorn,
@@ -430,20 +432,13 @@ class SinkhornNewtonSparse(Sinkhorn):
         return fields
 
 
+@fill_doc(OT_PARAMS)
 def sinkhorn_newton_sparse(a, b, C=None, reg=None, **options) -> Result:
     """Entropic OT by Sinkhorn-Newton-Sparse (see :class:`SinkhornNewtonSparse`).
 
     Parameters
     ----------
-    a, b : array-like of shape (n,), (m,)
-        Non-negative histograms of equal total mass; empty means uniform.
-    C : array-like of shape (n, m)
-        Cost matrix. Omitted (None) with point clouds ``x=`` (n, d) and ``y=`` (m, d)
-        instead (and optionally ``cost=``): the call is
-        :func:`~mmopt.ot.pointcloud_sinkhorn`'s (no cost matrix formed; its options,
-        its result fields, ``tol`` relative to the mass, sparse plan for sharp plans).
-    reg : float
-        Entropic regularization (> 0).
+    %(balanced_ot_args)s
     **options
         Options of :class:`SinkhornNewtonSparse` and ``x0`` (warm-start potentials).
 
@@ -460,11 +455,4 @@ def sinkhorn_newton_sparse(a, b, C=None, reg=None, **options) -> Result:
     array([[0.5, 0. ],
            [0. , 0.5]])
     """
-    if C is None and ("x" in options or "y" in options):
-        from mmopt.ot.pointcloud import pointcloud_sinkhorn
-
-        return pointcloud_sinkhorn(
-            options.pop("x", None), options.pop("y", None), a, b, reg=reg, **options
-        )
-    x0 = options.pop("x0", None)
-    return solve(OTProblem(a, b, C, reg), "sns", x0=x0, **options)
+    return solve_ot(a, b, C, reg, "sns", options)

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, cg
 
+from mmopt._core._docstrings import fill_doc
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.lbfgs import LBFGSBSteps, LBFGSBStopped
 from mmopt._core.linesearch import backtracking
@@ -21,6 +22,7 @@ from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array
 from mmopt.ot._kernels import sparse_columns
+from mmopt.ot._support import OT_PARAMS
 from mmopt.ot.problem import OTProblem
 
 __all__ = ["SparsityConstrainedOT", "sparsity_constrained_ot"]
@@ -684,13 +686,13 @@ def _scale_on_support(plan, a, b, *, tol, max_iter=10_000):
     return None
 
 
+@fill_doc(OT_PARAMS)
 def sparsity_constrained_ot(a, b, C, k, reg, **options) -> Result:
     """Optimal transport with at most ``k`` nonzeros per column (:class:`SparsityConstrainedOT`).
 
     Parameters
     ----------
-    a, b : array-like of shape (n,), (m,)
-        Non-negative histograms of equal total mass; empty means uniform.
+    %(histograms)s
     C : array-like of shape (n, m)
         Cost matrix.
     k : int

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
@@ -17,8 +18,8 @@ from mmopt.ot._kernels import dense_plan, plan_marginals, plan_row_sums, sparsif
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._support import (
     N_THREADS,
+    OT_PARAMS,
     ScalingRun,
-    check_threads_option,
     kl,
     log_ratio_sum,
     logsumexp,
@@ -59,6 +60,7 @@ def _relaxation_pair(reg_m):
 
 
 @dataclass(frozen=True)
+@fill_doc(OT_PARAMS)
 class UnbalancedOTProblem(Problem):
     r"""Entropic optimal transport with KL-relaxed marginals (POT's conventions).
 
@@ -91,8 +93,7 @@ class UnbalancedOTProblem(Problem):
         Non-negative target measure; empty means uniform.
     C : array-like of shape (n, m)
         Finite cost matrix.
-    reg : float
-        Entropic regularization (> 0).
+    %(entropic_reg)s
     reg_m : float or pair of floats
         Marginal relaxations ``rho_1`` (rows) and ``rho_2`` (columns), > 0; ``inf`` for a
         hard marginal. Both infinite is balanced OT and needs equal masses.
@@ -132,11 +133,7 @@ class UnbalancedOTProblem(Problem):
                     "reg_m = (inf, inf) is balanced OT: a and b must have the same total "
                     f"mass; got sum(a)={mass_a!r} and sum(b)={mass_b!r}."
                 )
-        object.__setattr__(self, "a", a)
-        object.__setattr__(self, "b", b)
-        object.__setattr__(self, "C", C)
-        object.__setattr__(self, "reg", reg)
-        object.__setattr__(self, "reg_m", reg_m)
+        self._set_fields(a=a, b=b, C=C, reg=reg, reg_m=reg_m)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -333,6 +330,7 @@ class _UnbalancedState(SolverState):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS, OT_PARAMS)
 class UnbalancedSinkhorn(Solver):
     r"""Scaling algorithm for unbalanced entropic OT (Chizat et al.), with translations.
 
@@ -380,12 +378,9 @@ class UnbalancedSinkhorn(Solver):
         :class:`Sinkhorn`, the value recorded at iteration ``k`` is that of iterate ``k - 1``.
     max_iter : int, default=10000
         Maximum number of iterations.
-    n_threads : int, optional
-        Threads of the log-domain kernel; all CPUs when None.
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 a line per iteration.
+    %(log_n_threads)s
+    %(callback)s
+    %(verbose)s
 
     Notes
     -----
@@ -449,10 +444,6 @@ class UnbalancedSinkhorn(Solver):
         "newton_switch": [Interval(float, 0, None)],
         "n_threads": N_THREADS,
     }
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_threads_option(self)
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.method, self.n_threads)
@@ -582,6 +573,7 @@ class UnbalancedSinkhorn(Solver):
         }
 
 
+@fill_doc(OT_PARAMS)
 def unbalanced_sinkhorn(a, b, C, reg, reg_m, **options) -> Result:
     r"""Unbalanced entropic optimal transport (see :class:`UnbalancedOTProblem`).
 
@@ -603,8 +595,7 @@ def unbalanced_sinkhorn(a, b, C, reg, reg_m, **options) -> Result:
         Non-negative measures (their masses may differ); empty means uniform.
     C : array-like of shape (n, m)
         Cost matrix.
-    reg : float
-        Entropic regularization (> 0).
+    %(entropic_reg)s
     reg_m : float or pair of floats
         Marginal relaxation(s), > 0, ``inf`` allowed.
     **options

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core._demo import line_plot, save_figure, timed
 from mmopt.datasets import load_scan_pair
 
 
@@ -33,26 +31,16 @@ def _plot_clouds(data, transform, path):
         ax.set_title(title)
         ax.set_aspect("equal")
     axes[0].legend(markerscale=15, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _plot_energy(runs, path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, result, _ in runs:
-        ax.plot(np.arange(1, result.nit + 1), result.history["fun"], label=method)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("Welsch energy at the current nu")
-    ax.set_title("Robust ICP on the shipped scan pair (nu halves at each stage)", fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    curves = [(method, np.arange(1, result.nit + 1), result.history["fun"])
+              for method, result, _ in runs]
+    return line_plot(curves, path, logy=False, xlabel="iteration",
+                     ylabel="Welsch energy at the current nu",
+                     title="Robust ICP on the shipped scan pair (nu halves at each stage)",
+                     title_size=9)
 
 
 def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
@@ -63,11 +51,8 @@ def run(output_dir: Path | None, *, quick: bool = False, verbose: int = 0):
     problem = RegistrationProblem(data.source, data.target, target_normals=data.target_normals)
     runs = []
     for anderson, method in ((False, "robust ICP"), (True, "robust ICP + Anderson")):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            start = time.perf_counter()
-            result = ICP(anderson=anderson, verbose=verbose).solve(problem)
-            runs.append((method, result, time.perf_counter() - start))
+        result, seconds = timed(ICP(anderson=anderson, verbose=verbose).solve, problem)
+        runs.append((method, result, seconds))
     rows = [
         {
             "problem": "scan pair (rotation error "

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration, make_accelerator
 from mmopt._core.linesearch import backtracking
 from mmopt._core.params import (
@@ -171,6 +172,7 @@ class _ICPState(SolverState):
 
 
 @register_solver
+@fill_doc(SOLVER_PARAMS)
 class ICP(Solver):
     """Fast and Robust ICP (Zhang, Yao, Deng): robust ICP accelerated by Anderson.
 
@@ -316,10 +318,8 @@ default="welsch"
         Stage (and final) stopping threshold on ``||T_k - T_{k-1}||_F`` in normalized units.
     max_iter : int, default=1000
         Total iteration cap.
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
-    verbose : int, default=0
-        0 silent, 1 a progress bar, 2 one line per iteration.
+    %(callback)s
+    %(verbose)s
 
     Notes
     -----

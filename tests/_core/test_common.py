@@ -7,13 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from _helpers import shrinkage_problem
 from sklearn.base import clone
 
 import mmopt
 from mmopt import SOLVERS, ConvergenceWarning, Result, Solver
 from mmopt._core.params import constraints_of, invalid_values
 from mmopt.bcd import L1, BCDProblem, LeastSquares
-from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 from mmopt.mm import LinearTargetModel, MMProblem, TargetSurrogateProblem
 from mmopt.ot import (
     OTProblem,
@@ -80,18 +80,7 @@ def _nonrigid_problem(seed=0):
 
 
 def _bilevel_problem(seed=0):
-    # Learn the shrinkage e^theta of x*(theta) = c / (1 + e^theta) towards a target.
-    c, t = np.array([1.0, 2.0, 3.0]) + 0.1 * seed, np.array([0.5, 0.8, 1.6])
-    lower = LowerLevel(
-        value=lambda x, th: 0.5 * np.sum((x - c) ** 2) + 0.5 * np.exp(th[0]) * x @ x,
-        grad_x=lambda x, th: x - c + np.exp(th[0]) * x,
-        hvp_xx=lambda x, th, v: (1.0 + np.exp(th[0])) * v,
-        vjp_theta=lambda x, th, q: np.array([np.exp(th[0]) * x @ q]),
-        mu=lambda th: 1.0 + np.exp(th[0]),
-        x0=np.zeros(3),
-    )
-    upper = UpperLevel(lambda x: 0.5 * np.sum((x - t) ** 2), lambda x: x - t, L_g=1.0)
-    return BilevelProblem(lower, upper, theta0=2.0)
+    return shrinkage_problem(np.array([1.0, 2.0, 3.0]) + 0.1 * seed)
 
 
 def _lasso_problem(seed=0):

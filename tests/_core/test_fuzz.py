@@ -4,11 +4,11 @@ inputs end with a finite result or an honest status; inputs are never modified."
 
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import joblib
 import numpy as np
 import pytest
+from _helpers import assert_thread_safe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -289,15 +289,8 @@ def test_anderson_shape_changes_are_errors():
 def test_one_mm_solver_and_one_problem_shared_by_threads():
     # Same problem object and same solver from 4 threads at once: the sequential answer.
     solver, problem = MMSolver(tol=1e-12, max_iter=5000), _quadratic(seed=3)
-    expected = solver.solve(problem)
-    before = dict(vars(solver))
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: solver.solve(problem), range(12)))
-    for res in results:
-        assert res.nit == expected.nit and np.array_equal(res.x, expected.x)
-        assert res.n_evaluations == expected.n_evaluations
-        assert res.n_accepted == expected.n_accepted
-    assert vars(solver) == before
+    assert_thread_safe(solver, [problem], ["nit", "x", "n_evaluations", "n_accepted"],
+                       repeats=12)
 
 
 # --------------------------------------------------------------------------------- threads

@@ -335,3 +335,20 @@ def test_extrapolation_is_not_called_anderson(data):
     plain = mmopt.solve(problem, solver="cd", extrapolation=False, tol=1e-10)
     extrapolated = mmopt.solve(problem, solver="cd", tol=1e-10)
     np.testing.assert_allclose(plain.x, extrapolated.x, atol=1e-6)
+
+
+def test_extrapolation_saves_epochs_on_a_lasso():
+    # Extrapolating every 5 epochs (the documented period): on diabetes at alpha_max / 100
+    # it reached a gap of 1e-10 in 30 epochs, against 155 without (and 160 with a period
+    # of 10), with the same solution.
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    y = (y - y.mean()) / y.std()
+    problem = BCDProblem(LeastSquares(X, y), L1(np.abs(X.T @ y).max() / len(y) / 100))
+    fast = CoordinateDescent(tol=1e-10).solve(problem)
+    plain = CoordinateDescent(tol=1e-10, extrapolation=False).solve(problem)
+    assert fast.success and plain.success
+    assert fast.n_epochs * 2 <= plain.n_epochs
+    np.testing.assert_allclose(fast.x, plain.x, atol=1e-6)

@@ -17,12 +17,24 @@ def problem_a():
     return BCDProblem(LeastSquares(X, y)), X.shape[0]
 
 
-def _final_suboptimality(problem, n, **options):
+@pytest.fixture(scope="module")
+def lattice():
+    # A 50 x 50 lattice graph with 100 labelled nodes, and its optimal value.
+    W, y = make_lattice_graph(50, n_labelled=100, random_state=0)
+    datafit = LabelPropagationQuadratic(W, y, label_weight=1e5)
+    problem = BCDProblem(datafit)
+    return problem, problem.objective(spla.spsolve(datafit.A.tocsc(), datafit.c))
+
+
+def _run_500(problem, **options):
+    """500 iterations of BlockCoordinateDescent (tol=0), warnings silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = BlockCoordinateDescent(
-            block_size=5, max_iter=500, tol=0.0, random_state=0, **options
-        ).solve(problem)
+        return BlockCoordinateDescent(max_iter=500, tol=0.0, **options).solve(problem)
+
+
+def _final_suboptimality(problem, n, **options):
+    res = _run_500(problem, block_size=5, random_state=0, **options)
     # The paper's f is 1/2 ||Ax - b||^2 (ours is divided by n) and f* = 0.
     return res.fun * n, res
 
@@ -44,32 +56,18 @@ def test_gsq_matrix_updates_variable_blocks(problem_a):
     assert gsq_vb <= 0.1
 
 
-def test_lattice_red_black_message_passing():
-    W, y = make_lattice_graph(50, n_labelled=100, random_state=0)
-    datafit = LabelPropagationQuadratic(W, y, label_weight=1e5)
-    problem = BCDProblem(datafit)
-    f_star = problem.objective(spla.spsolve(datafit.A.tocsc(), datafit.c))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = BlockCoordinateDescent(
-            partition="red-black", selection="cyclic", update="exact", max_iter=500, tol=0.0
-        ).solve(problem)
+def test_lattice_red_black_message_passing(lattice):
+    problem, f_star = lattice
+    res = _run_500(problem, partition="red-black", selection="cyclic", update="exact")
     assert problem.objective(np.zeros(2500)) - f_star > 1e6
     assert res.fun - f_star <= 1e-3
     # Timing is for the benchmarks; here only that it is not pathologically slow.
     assert res.time < 5.0
 
 
-def test_lattice_greedy_tree_message_passing():
-    W, y = make_lattice_graph(50, n_labelled=100, random_state=0)
-    datafit = LabelPropagationQuadratic(W, y, label_weight=1e5)
-    problem = BCDProblem(datafit)
-    f_star = problem.objective(spla.spsolve(datafit.A.tocsc(), datafit.c))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = BlockCoordinateDescent(
-            partition="greedy-tree", selection="gsl", max_iter=500, tol=0.0
-        ).solve(problem)
+def test_lattice_greedy_tree_message_passing(lattice):
+    problem, f_star = lattice
+    res = _run_500(problem, partition="greedy-tree", selection="gsl")
     assert res.fun - f_star <= 1e-3
     # Blocks are forests of the lattice: far larger than a red-black colour is not possible,
     # yet more than a few nodes.

@@ -2,23 +2,18 @@
 extreme-but-valid inputs give finite results or a clear error, inputs are not modified, and
 one MAID instance serves several threads on shared problems."""
 
-import contextlib
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from _helpers import ARRAY_KINDS, assert_thread_safe, no_numpy_warnings, shrinkage_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mmopt
 from mmopt.bilevel import (
     MAID,
     BilevelLogisticRegression,
     BilevelProblem,
     BilevelRidge,
-    LowerLevel,
-    UpperLevel,
     logistic_cv_problem,
     make_tv_denoising_data,
     ridge_cv_problem,
@@ -26,7 +21,6 @@ from mmopt.bilevel import (
 )
 
 FAST = settings(max_examples=8, deadline=None, derandomize=True)
-ARRAY_KINDS = ["ragged", "string", "object", "complex", "nan", "inf", "empty", "none"]
 
 
 def _regression(seed=0, n=40, p=4):
@@ -38,15 +32,6 @@ def _regression(seed=0, n=40, p=4):
 def _classification(seed=0, n=40, p=3):
     X, y = _regression(seed, n, p)
     return X, (y > np.median(y)).astype(int)
-
-
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", mmopt.ConvergenceWarning)
-        # No NumPy warning may leak out of a fit on valid data.
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 
 # ----------------------------------------------------------------------- bad inputs named
@@ -193,31 +178,17 @@ def test_maid_bad_options_named(fuzz, option, value):
     fuzz.raises_naming(MAID(**{option: value}).solve, option, ridge_cv_problem(*_regression()))
 
 
-def _shrinkage_problem(c=(1.0, 2.0, 3.0), theta0=2.0, x0=None):
-    c, t = np.asarray(c, float), np.array([0.5, 0.8, 1.6])
-    lower = LowerLevel(
-        value=lambda x, th: 0.5 * np.sum((x - c) ** 2) + 0.5 * np.exp(th[0]) * x @ x,
-        grad_x=lambda x, th: x - c + np.exp(th[0]) * x,
-        hvp_xx=lambda x, th, v: (1.0 + np.exp(th[0])) * v,
-        vjp_theta=lambda x, th, q: np.array([np.exp(th[0]) * x @ q]),
-        mu=lambda th: 1.0 + np.exp(th[0]),
-        x0=np.zeros(3) if x0 is None else x0,
-    )
-    upper = UpperLevel(lambda x: 0.5 * np.sum((x - t) ** 2), lambda x: x - t, L_g=1.0)
-    return BilevelProblem(lower, upper, theta0=theta0)
-
-
 @pytest.mark.parametrize("kind", ["ragged", "string", "nan", "inf", "complex", "empty", "none"])
 def test_bilevel_problem_bad_arrays_named(fuzz, kind):
     bad = fuzz.BAD_ARRAYS[kind]
-    fuzz.raises_naming(_shrinkage_problem, "theta0", theta0=bad)
+    fuzz.raises_naming(shrinkage_problem, "theta0", theta0=bad)
     if kind != "none":  # None means the default start in these two
-        fuzz.raises_naming(_shrinkage_problem, "x0", x0=bad)
-        fuzz.raises_naming(MAID().solve, "x0", _shrinkage_problem(), bad)
+        fuzz.raises_naming(shrinkage_problem, "x0", x0=bad)
+        fuzz.raises_naming(MAID().solve, "x0", shrinkage_problem(), bad)
 
 
 def test_bilevel_problem_bad_parts_named(fuzz):
-    problem = _shrinkage_problem()
+    problem = shrinkage_problem()
     lower, upper = problem.lowers[0], problem.uppers[0]
     fuzz.raises_naming(BilevelProblem, "lower", None, upper, theta0=1.0)
     fuzz.raises_naming(BilevelProblem, "upper", lower, 3, theta0=1.0)
@@ -231,7 +202,7 @@ def test_ridge_extreme_scales_finite_and_inputs_unchanged(fuzz, exponent, x_expo
     X, y = _regression(n=20, p=3)
     X, y = X * 10.0**x_exponent, y * 10.0**exponent
     before = fuzz.snapshot(X, y)
-    with _quiet():
+    with no_numpy_warnings():
         try:
             model = BilevelRidge(max_iter=10).fit(X, y)
         except ValueError as error:
@@ -253,7 +224,7 @@ def test_logistic_extreme_feature_scales(fuzz, exponent, labels):
     X = X * 10.0**exponent
     y = {"int": y, "str": np.where(y == 1, "yes", "no"), "float": y.astype(float)}[labels]
     before = fuzz.snapshot(X, y)
-    with _quiet():
+    with no_numpy_warnings():
         try:
             model = BilevelLogisticRegression(max_iter=5).fit(X, y)
         except ValueError as error:
@@ -279,16 +250,8 @@ def test_one_maid_on_shared_glm_problems_from_threads():
         logistic_cv_problem(X, classes3, cv=3),
     ]
     solver = MAID(max_iter=8)
-    with _quiet():
-        expected = [solver.solve(p) for p in problems]
-        before = dict(vars(solver))
-        with ThreadPoolExecutor(4) as pool:
-            got = list(pool.map(solver.solve, problems * 4))
-    for i, res in enumerate(got):
-        ref = expected[i % 3]
-        assert res.nit == ref.nit and res.fun == ref.fun and np.array_equal(res.x, ref.x)
-        assert res.cost == ref.cost
-    assert vars(solver) == before
+    with no_numpy_warnings():
+        assert_thread_safe(solver, problems, ["nit", "fun", "x", "cost"])
     assert solver.callback is None
 
 
@@ -296,7 +259,7 @@ def test_maid_budget_stop_with_a_user_callback_leaves_the_solver_unchanged():
     seen = []
     solver = MAID(max_cost=50, callback=lambda r: seen.append(r.nit), max_iter=1000)
     before = dict(vars(solver))
-    with _quiet():
+    with no_numpy_warnings():
         res = solver.solve(ridge_cv_problem(*_regression(), cv=3))
     assert res.status == 1 and "max_cost" in res.message and seen
     assert vars(solver) == before

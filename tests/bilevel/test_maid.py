@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _helpers import distance_upper_level, shrinkage_lower_level
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
@@ -34,18 +35,7 @@ def _toy(c, t, *, with_constants=True, solver=None):
             cross_norm=lambda x, th: np.exp(th[0]) * np.linalg.norm(x),
             cross_lipschitz=lambda th: np.exp(th[0]),
         )
-    lower = LowerLevel(
-        value=lambda x, th: 0.5 * np.sum((x - c) ** 2) + 0.5 * np.exp(th[0]) * x @ x,
-        grad_x=lambda x, th: x - c + np.exp(th[0]) * x,
-        hvp_xx=lambda x, th, v: (1.0 + np.exp(th[0])) * v,
-        vjp_theta=lambda x, th, q: np.array([np.exp(th[0]) * x @ q]),
-        mu=lambda th: 1.0 + np.exp(th[0]),
-        x0=np.zeros(c.size),
-        solver=solver,
-        **extra,
-    )
-    upper = UpperLevel(lambda x: 0.5 * np.sum((x - t) ** 2), lambda x: x - t, L_g=1.0)
-    return lower, upper
+    return shrinkage_lower_level(c, solver=solver, **extra), distance_upper_level(t)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -2,17 +2,14 @@
 extreme-but-valid inputs give finite results or an honest status, inputs are not modified,
 and one solver/estimator serves several threads."""
 
-import contextlib
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _helpers import ARRAY_KINDS, assert_thread_safe, no_numpy_warnings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mmopt
 from mmopt.mm import (
     MMNMF,
     MMRobustRegressor,
@@ -24,7 +21,6 @@ from mmopt.mm import (
 )
 
 FAST = settings(max_examples=20, deadline=None, derandomize=True)
-ARRAY_KINDS = ["ragged", "string", "object", "complex", "nan", "inf", "empty", "none"]
 
 
 def _regression(seed=0, n=30, p=3):
@@ -38,15 +34,6 @@ def _regression(seed=0, n=30, p=3):
 def _nonnegative(seed=0, n=15, m=6):
     rng = np.random.default_rng(seed)
     return rng.random((n, 2)) @ rng.random((2, m)) + 0.01
-
-
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", mmopt.ConvergenceWarning)
-        # No NumPy warning (overflow, division by zero) may leak out of a fit.
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 
 # ----------------------------------------------------------------------- bad inputs named
@@ -137,7 +124,7 @@ def test_nmf_at_1e300_and_1e_300_is_finite_and_scaled(fuzz):
         for loss, degree in (("frobenius", 1.0), ("kullback-leibler", 0.5)):
             data = X * factor
             before = fuzz.snapshot(data)
-            with _quiet():
+            with no_numpy_warnings():
                 model = MMNMF(n_components=2, loss=loss, random_state=0, max_iter=400)
                 W = model.fit_transform(data)
             fuzz.assert_unchanged(before, data)
@@ -152,13 +139,13 @@ def test_nmf_at_1e300_and_1e_300_is_finite_and_scaled(fuzz):
                     err, rel=1e-6
                 )
                 assert err <= max(3.0 * reference.reconstruction_err_, 1e-3 * np.linalg.norm(X))
-            with _quiet():
+            with no_numpy_warnings():
                 assert np.all(np.isfinite(model.transform(data)))
 
 
 def test_nmf_sparse_at_1e300(fuzz):
     X = sp.csr_matrix(_nonnegative() * 1e300)
-    with _quiet():
+    with no_numpy_warnings():
         model = MMNMF(n_components=2, loss="kullback-leibler", max_iter=100).fit(X)
     assert np.all(np.isfinite(model.components_))
     fuzz.assert_honest(model.result_)
@@ -171,7 +158,7 @@ def test_robust_regressor_at_1e300_targets_is_equivariant(fuzz):
     for factor in (1e300, 1e-300, 1e200):
         target = y * factor
         before = fuzz.snapshot(X, target)
-        with _quiet():
+        with no_numpy_warnings():
             model = MMRobustRegressor().fit(X, target)
         fuzz.assert_unchanged(before, X, target)
         assert np.all(np.isfinite(model.coef_)) and np.isfinite(model.intercept_)
@@ -199,7 +186,7 @@ def test_robust_regressor_extreme_scales_finite_or_named(fuzz, x_exp, y_exp, los
     X, y = X * 10.0**x_exp, y * 10.0**y_exp
     before = fuzz.snapshot(X, y)
     try:
-        with _quiet():
+        with no_numpy_warnings():
             model = MMRobustRegressor(loss=loss, max_iter=100).fit(X, y)
     except ValueError as error:
         assert "X" in str(error) or "y" in str(error) or "x0" in str(error)
@@ -224,7 +211,7 @@ def test_nmf_extreme_scales_and_layouts(fuzz, exponent, loss, layout):
     elif layout == "sparse":
         X = sp.csr_matrix(X)
     before = fuzz.snapshot(X)
-    with _quiet():
+    with no_numpy_warnings():
         model = MMNMF(n_components=2, loss=loss, max_iter=60, random_state=0).fit(X)
     fuzz.assert_honest(model.result_)
     assert np.all(np.isfinite(model.components_)) and np.isfinite(model.reconstruction_err_)
@@ -274,13 +261,5 @@ def test_shared_mm_solver_on_shared_nmf_and_robust_problems_from_threads():
     robust = RobustRegressionProblem(*_regression(), loss="cauchy", scale=1.0)
     problems = [nmf, nmf_kl, robust]
     solver = MMSolver(tol=1e-8, max_iter=300)
-    with _quiet():
-        expected = [solver.solve(p) for p in problems]
-        before = dict(vars(solver))
-        with ThreadPoolExecutor(4) as pool:
-            got = list(pool.map(solver.solve, problems * 4))
-    for i, res in enumerate(got):
-        ref = expected[i % 3]
-        assert res.nit == ref.nit and np.array_equal(res.x, ref.x)
-        assert res.n_evaluations == ref.n_evaluations
-    assert vars(solver) == before
+    with no_numpy_warnings():
+        assert_thread_safe(solver, problems, ["nit", "x", "n_evaluations"])

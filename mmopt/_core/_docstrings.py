@@ -1,0 +1,98 @@
+"""Shared numpydoc text: one wording for a parameter that means the same in several places.
+
+A docstring names an entry of a table by a placeholder on a line of its own,
+``%(callback)s``; :func:`fill_doc` replaces it with the entry's lines, each indented like
+the placeholder. Only placeholders that name an entry are touched, so a docstring may hold
+other ``%`` signs ("95% efficiency") without escaping them, and an unknown name is an error
+at import time rather than a placeholder left in the rendered documentation.
+
+Share an entry only where the parameter means exactly the same thing; a parameter whose
+meaning differs (``tol`` is a different stopping quantity in every solver) keeps its own
+text.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+__all__ = ["DATA_PARAMS", "SOLVER_PARAMS", "fill_doc", "substitute"]
+
+T = TypeVar("T")
+
+_PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>\w+)\)s[ \t]*$", re.MULTILINE)
+
+
+def substitute(docstring: str, table: Mapping[str, str]) -> str:
+    """Replace each line ``%(name)s`` of ``docstring`` by ``table[name]``, indented alike.
+
+    Parameters
+    ----------
+    docstring : str
+        The text with placeholders, each alone on its line.
+    table : mapping of str to str
+        Entry text, dedented (the first line at column 0).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from mmopt._core._docstrings import substitute
+    >>> print(substitute("Parameters\\n    %(k)s\\n", {"k": "k : int\\n    Size."}))
+    Parameters
+        k : int
+            Size.
+    <BLANKLINE>
+    """
+
+    def replace(match: re.Match) -> str:
+        name = match["name"]
+        if name not in table:
+            raise KeyError(f"no shared docstring entry {name!r}; known: {sorted(table)}")
+        return textwrap.indent(textwrap.dedent(table[name]).strip("\n"), match["indent"])
+
+    return _PLACEHOLDER.sub(replace, docstring)
+
+
+def fill_doc(*tables: Mapping[str, str]) -> Callable[[T], T]:
+    """Class or function decorator: :func:`substitute` the entries of ``tables`` in
+    ``__doc__`` (a later table's entry replaces an earlier one's)."""
+    merged: dict[str, str] = {}
+    for table in tables:
+        merged.update(table)
+
+    def decorate(obj: T) -> T:
+        if obj.__doc__:
+            obj.__doc__ = substitute(obj.__doc__, merged)
+        return obj
+
+    return decorate
+
+
+# The options every :class:`mmopt.Solver` has and that mean the same in all of them.
+SOLVER_PARAMS = {
+    "callback": """\
+callback : callable, optional
+    ``callback(intermediate_result)`` after each iteration, with a :class:`mmopt.Result`
+    snapshot; raising ``StopIteration`` stops the solve (status 2).""",
+    "verbose": """\
+verbose : int, default=0
+    0 silent, 1 a progress bar, 2 a line per iteration.""",
+}
+
+# The data arguments of estimators' ``fit`` and of the problems built from a data set.
+DATA_PARAMS = {
+    "X": """\
+X : array-like of shape (n_samples, n_features)
+    Training data.""",
+    "y_targets": """\
+y : array-like of shape (n_samples,)
+    Targets.""",
+    "y_labels": """\
+y : array-like of shape (n_samples,)
+    Class labels.""",
+}

@@ -1,0 +1,63 @@
+"""mmopt._core._docstrings: shared numpydoc entries substituted into docstrings."""
+
+import inspect
+
+import pytest
+
+import mmopt
+import mmopt.bilevel
+import mmopt.ot
+from mmopt._core._docstrings import DATA_PARAMS, SOLVER_PARAMS, fill_doc, substitute
+
+
+def test_placeholder_lines_take_the_entry_indented_like_them():
+    doc = "Parameters\n    ----------\n    %(k)s\n    other : int\n"
+    out = substitute(doc, {"k": "k : float\n    The scale."})
+    assert out == ("Parameters\n    ----------\n    k : float\n        The scale.\n"
+                   "    other : int\n")
+
+
+def test_other_percent_signs_and_inline_placeholders_are_left_alone():
+    doc = "95% efficiency; see %(k)s inline.\n    %(k)s\n"
+    assert substitute(doc, {"k": "k : int"}) == "95% efficiency; see %(k)s inline.\n    k : int\n"
+
+
+def test_an_unknown_entry_fails_loudly():
+    with pytest.raises(KeyError, match="no shared docstring entry 'nope'"):
+        substitute("    %(nope)s\n", SOLVER_PARAMS)
+
+
+def test_fill_doc_merges_tables_and_keeps_objects_without_docstring():
+    @fill_doc(SOLVER_PARAMS, {"verbose": "verbose : bool\n    Talk."})
+    def f():
+        """Doc.
+
+        %(callback)s
+        %(verbose)s
+        """
+
+    assert "``callback(intermediate_result)``" in f.__doc__
+    assert "verbose : bool\n            Talk." in f.__doc__
+
+    def g():
+        pass
+
+    assert fill_doc(DATA_PARAMS)(g) is g and g.__doc__ is None
+
+
+def _public_docstrings():
+    for name, cls in sorted(mmopt.SOLVERS.items()):
+        yield name, inspect.getdoc(cls)
+    for module in (mmopt.ot, mmopt.bilevel):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            yield name, inspect.getdoc(obj)
+            for attr in ("fit",):
+                method = getattr(obj, attr, None)
+                if method is not None:
+                    yield f"{name}.{attr}", inspect.getdoc(method)
+
+
+@pytest.mark.parametrize("name, doc", list(_public_docstrings()), ids=lambda v: str(v)[:40])
+def test_no_placeholder_is_left_in_a_public_docstring(name, doc):
+    assert doc is None or "%(" not in doc, name

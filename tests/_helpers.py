@@ -1,0 +1,73 @@
+"""Helpers shared by test modules of several families (importable as ``_helpers``: the
+``pythonpath`` option of pytest in pyproject.toml puts ``tests/`` on the path)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import mmopt
+from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
+
+# The kinds of bad array of conftest's ``BAD_ARRAYS``, for parametrizing at import time.
+ARRAY_KINDS = ["ragged", "string", "object", "complex", "nan", "inf", "empty", "none"]
+
+
+@contextlib.contextmanager
+def no_numpy_warnings():
+    """Non-convergence warnings silenced, and any NumPy RuntimeWarning (overflow, division
+    by zero) raised: none may leak out of a solve on valid data."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mmopt.ConvergenceWarning)
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
+
+
+def assert_thread_safe(solver, problems, fields, *, repeats: int = 4, threads: int = 4):
+    """One solver shared by ``threads`` threads on ``problems * repeats`` gives, field by
+    field, exactly the answers of solving each problem alone, and leaves its options (the
+    very same objects) as they were."""
+    expected = [solver.solve(problem) for problem in problems]
+    before = dict(vars(solver))
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(solver.solve, list(problems) * repeats))
+    for i, res in enumerate(results):
+        ref = expected[i % len(problems)]
+        for name in fields:
+            np.testing.assert_array_equal(res[name], ref[name], err_msg=f"{name} of run {i}")
+    assert vars(solver).keys() == before.keys()
+    assert all(vars(solver)[key] is before[key] for key in before)
+    return expected
+
+
+def shrinkage_lower_level(c, *, x0=None, solver=None, **constants) -> LowerLevel:
+    """``Phi(x, theta) = 1/2 ||x - c||^2 + e^theta / 2 ||x||^2``, whose minimizer
+    ``x*(theta) = c / (1 + e^theta)`` shrinks ``c``; ``constants`` are the optional
+    Lipschitz constants of :class:`~mmopt.bilevel.LowerLevel`."""
+    c = np.asarray(c, dtype=float)
+    return LowerLevel(
+        value=lambda x, th: 0.5 * np.sum((x - c) ** 2) + 0.5 * np.exp(th[0]) * x @ x,
+        grad_x=lambda x, th: x - c + np.exp(th[0]) * x,
+        hvp_xx=lambda x, th, v: (1.0 + np.exp(th[0])) * v,
+        vjp_theta=lambda x, th, q: np.array([np.exp(th[0]) * x @ q]),
+        mu=lambda th: 1.0 + np.exp(th[0]),
+        x0=np.zeros(c.size) if x0 is None else x0,
+        solver=solver,
+        **constants,
+    )
+
+
+def distance_upper_level(t) -> UpperLevel:
+    """``g(x) = 1/2 ||x - t||^2``."""
+    t = np.asarray(t, dtype=float)
+    return UpperLevel(lambda x: 0.5 * np.sum((x - t) ** 2), lambda x: x - t, L_g=1.0)
+
+
+def shrinkage_problem(c=(1.0, 2.0, 3.0), t=(0.5, 0.8, 1.6), *, theta0=2.0,
+                      x0=None) -> BilevelProblem:
+    """Learn the shrinkage ``e^theta`` of ``x*(theta)`` towards the target ``t``."""
+    return BilevelProblem(shrinkage_lower_level(c, x0=x0), distance_upper_level(t),
+                          theta0=theta0)
