@@ -352,8 +352,8 @@ default="welsch"
     (``n_source``, ``n_target``, ``voxel_size`` (None at full resolution), ``nit``,
     ``n_queries``, ``time``); with the multi-resolution solve the counts above (``nit``,
     ``n_queries``, ``n_stages``, ``iterations_per_stage``, Anderson's, ``history``) cover
-    both levels, and the other fields are the full-resolution level's. ``verbose=1`` then
-    shows a progress bar over the levels.
+    both levels, and the other fields are the full-resolution level's. ``verbose=1`` shows a
+    progress bar of the iterations with the current level and stage.
 
     The solver keeps nothing of a run on itself: one instance can serve several threads.
 

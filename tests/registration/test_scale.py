@@ -206,6 +206,24 @@ def test_icp_many_equals_separate_icp_calls(many_case, options):
         assert res.nit == alone.nit and res.status == alone.status
 
 
+def test_icp_many_on_a_dask_cluster_equals_threads(many_case):
+    # joblib's dask backend on a 2-worker local cluster (processes): each chunk receives
+    # the shared target pickled; the results are those of the threaded run.
+    distributed = pytest.importorskip("distributed")
+    from joblib import parallel_config
+
+    sources, target = many_case[0][:2], many_case[1]
+    threaded = icp_many(sources, target, n_jobs=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster), parallel_config(backend="dask"):
+        on_dask = icp_many(sources, target)
+    assert len(on_dask) == len(sources)
+    for a, b in zip(threaded, on_dask):
+        np.testing.assert_allclose(a.transform, b.transform, atol=1e-9)
+        assert a.nit == b.nit
+
+
 def test_icp_many_checks_its_inputs_and_pickles(many_case):
     sources, target, _ = many_case
     assert icp_many([], target) == []
@@ -242,3 +260,13 @@ def test_dropped_refinement_finishes_nu_min_on_the_whole_source(scan, monkeypatc
     points = res.history["n_points"][fine]
     assert points[0] <= source.shape[0] // 3 and points[-1] == source.shape[0]
     assert _rotation_error_deg(res, T) < 1e-6
+
+
+def test_verbose_bar_shows_level_and_stage(many_case, capsys):
+    # verbose=1: the progress bar of a multi-resolution solve names its level and stage.
+    sources, target, _ = many_case
+    res = ICP(multires=True, verbose=1).solve(RegistrationProblem(sources[0], target))
+    err = capsys.readouterr().err
+    assert "level=1" in err and f"stage={res.n_stages - 1}" in err
+    assert len(res.stage_times) == res.n_stages == len(res.iterations_per_stage)
+    assert sum(level["n_queries"] for level in res.levels) <= res.n_queries
