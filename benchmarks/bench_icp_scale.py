@@ -155,6 +155,7 @@ def run(quick: bool = False) -> str:
         o3d.utility.set_max_threads(THREADS)
     rows = []
     for label, problem, T_ref in _cases(quick):
+        first = len(rows)
         diagonal = float(np.linalg.norm(np.ptp(problem.target, axis=0)))
         res, seconds = timed(lambda p=problem: ICP(n_threads=THREADS).solve(p))
         coarse = res.levels[0]
@@ -185,7 +186,7 @@ def run(quick: bool = False) -> str:
                     "rotation error (deg)": _rotation_error(T, T_ref), "iterations": None,
                     "NN queries": None, "coarse level": None, "refined": None,
                 })
-        for row in rows[-4:]:  # progress of a long run
+        for row in rows[first:]:  # progress of a long run
             print(row, file=sys.stderr, flush=True)
     many_rows, n_scans, n_target, n_source = _many(quick)
     cpu = os.cpu_count()
@@ -204,7 +205,12 @@ def run(quick: bool = False) -> str:
         + ("not installed." if o3d is None else
            f"{o3d.__version__}: `registration_icp` point-to-plane, correspondence distance "
            "5% of the diagonal, 100 iterations at most, the shipped target normals (repeated) "
-           "or normals estimated outside the timing."),
+           "or normals estimated outside the timing.")
+        + (" small_gicp not installed." if small_gicp is None else
+           f" small_gicp (up to {SMALL_GICP_MAX_POINTS} points): `align` on the full clouds "
+           "(no downsampling), its GICP and PLANE_ICP at their defaults (20 iterations at "
+           "most, 20-neighbour covariances/normals, convergence at 0.1 degrees), the same "
+           "correspondence distance and start, preprocessing timed."),
         "",
         markdown_table(rows),
         "",
