@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["markdown_to_rst"]
+__all__ = ["markdown_to_rst", "plot_scan_scale", "scan_scale_rows"]
 
 # Section underlines below the page's own title ("="), by Markdown heading level.
 _UNDERLINES = {1: "-", 2: "~", 3: "^", 4: '"'}
@@ -134,3 +134,74 @@ def markdown_to_rst(markdown: str, *, skip_title: bool = True) -> str:
             text = "\\" + text
         out += [text, ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def scan_scale_rows(markdown: str) -> list[dict]:
+    """The rows of the time table of BENCHMARKS.md's ``icp_scale`` section.
+
+    Each row is a dict of the table's header cells (``points (source)``, ``method``,
+    ``seconds``, ...); empty when the section or its table is missing.
+    """
+    match = re.search(r"<!-- section: icp_scale -->(.*?)<!-- end: icp_scale -->", markdown,
+                      re.DOTALL)
+    if match is None:
+        return []
+    lines = [line for line in match.group(1).splitlines() if line.strip().startswith("|")]
+    rows, header = [], None
+    for line in lines:
+        cells = _cells(line)
+        if re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line.strip()):
+            continue
+        if "points (source)" in cells and "seconds" in cells:
+            header = cells
+        elif header is not None and len(cells) == len(header):
+            rows.append(dict(zip(header, cells)))
+        else:
+            header = None  # another table (icp_many's)
+    return rows
+
+
+def plot_scan_scale(markdown: str, path) -> None:
+    """Wall time against the source's point count, per method, from the ``icp_scale``
+    table of BENCHMARKS.md (log-log, with a slope-1 guide: linear growth), saved to
+    ``path``. Reads the table only: the docs build never runs the benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = scan_scale_rows(markdown)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    methods: dict[str, list] = {}
+    for row in rows:
+        try:
+            point = (float(row["points (source)"]), float(row["seconds"]),
+                     row["case"].startswith("synthetic"))
+        except (KeyError, ValueError):
+            continue
+        methods.setdefault(row["method"], []).append(point)
+    for method, points in methods.items():
+        color = None
+        for synthetic, style in ((False, "o-"), (True, "s--")):
+            kind = sorted(p[:2] for p in points if p[2] == synthetic)
+            if kind:
+                n, t = zip(*kind)
+                label = f"{method} ({'synthetic' if synthetic else 'scan pair'})"
+                color = ax.plot(n, t, style, color=color, label=label)[0].get_color()
+    mmopt = sorted(next((p for m, p in methods.items() if m.startswith("mmopt")), []))
+    if mmopt:
+        n0, t0 = mmopt[0][:2]
+        guide = [n0, mmopt[-1][0]]
+        ax.plot(guide, [t0, t0 * guide[1] / n0], "k:", label="linear growth")
+    if not methods:
+        ax.text(0.5, 0.5, "no icp_scale measurements in BENCHMARKS.md", ha="center",
+                transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("source points")
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("Rigid registration at scan scale (BENCHMARKS.md, icp_scale)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,6 +1,10 @@
-"""Kernel of robust point-to-point ICP: weighted moments of matched pairs, in one pass."""
+"""Kernels of robust ICP: weighted moments of matched pairs (point-to-point), and the
+kernel-weighted local planes of the smoothed target surface (the surface refinement)."""
 
 import numpy as np
+
+from cython.parallel cimport prange
+from libc.math cimport exp, fabs, sqrt
 
 
 def weighted_pair_moments(
@@ -49,3 +53,165 @@ def weighted_pair_moments(
     q_sum = np.array([qs[0], qs[1], qs[2]])
     cross = np.array([cr[a] for a in range(9)]).reshape(3, 3)
     return total, p_sum, q_sum, cross, p_sq
+
+
+cdef inline void _smallest_eigenvector(double a[3][3], double *out) noexcept nogil:
+    """Unit eigenvector of the smallest eigenvalue of the symmetric 3x3 ``a`` (overwritten):
+    cyclic Jacobi rotations until the off-diagonal part vanishes at double precision."""
+    cdef double v[3][3]
+    cdef double theta, t, c, s, akp, akq, scale, off
+    cdef int sweep, p, q, k, pair, best
+    for p in range(3):
+        for q in range(3):
+            v[p][q] = 1.0 if p == q else 0.0
+    scale = a[0][0] * a[0][0] + a[1][1] * a[1][1] + a[2][2] * a[2][2]
+    for sweep in range(50):
+        off = a[0][1] * a[0][1] + a[0][2] * a[0][2] + a[1][2] * a[1][2]
+        if off <= 1e-32 * scale or off == 0.0:
+            break
+        for pair in range(3):
+            p = 0 if pair < 2 else 1
+            q = 1 if pair == 0 else 2
+            if a[p][q] == 0.0:
+                continue
+            # The rotation in the (p, q) plane that zeroes a[p][q] (the smaller angle).
+            theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q])
+            t = 1.0 / (fabs(theta) + sqrt(theta * theta + 1.0))
+            if theta < 0.0:
+                t = -t
+            c = 1.0 / sqrt(t * t + 1.0)
+            s = t * c
+            for k in range(3):  # a <- a J
+                akp = a[k][p]
+                akq = a[k][q]
+                a[k][p] = c * akp - s * akq
+                a[k][q] = s * akp + c * akq
+            for k in range(3):  # a <- J^T a
+                akp = a[p][k]
+                akq = a[q][k]
+                a[p][k] = c * akp - s * akq
+                a[q][k] = s * akp + c * akq
+            for k in range(3):  # v <- v J
+                akp = v[k][p]
+                akq = v[k][q]
+                v[k][p] = c * akp - s * akq
+                v[k][q] = s * akp + c * akq
+    best = 0
+    for k in range(1, 3):
+        if a[k][k] < a[best][best]:
+            best = k
+    for k in range(3):
+        out[k] = v[k][best]
+
+
+cdef inline void _fit_row(
+    const double[:, ::1] X, const double[:, ::1] Q, const Py_ssize_t[:, ::1] idx,
+    Py_ssize_t i, double inv_two_h2, bint taper, double[::1] residuals,
+    double[::1] closest, Py_ssize_t[::1] nearest, double[:, ::1] centres,
+    double[:, ::1] normals,
+) noexcept nogil:
+    cdef Py_ssize_t k = idx.shape[1]
+    cdef Py_ssize_t j, m, first = 0
+    cdef double d2, d_min = 0.0, d_max = 0.0, floor = 0.0, wj, total = 0.0
+    cdef double diff[3]
+    cdef double centre[3]
+    cdef double cov[3][3]
+    cdef double normal[3]
+    cdef int a, b, tapered
+    for j in range(k):
+        m = idx[i, j]
+        d2 = 0.0
+        for a in range(3):
+            diff[a] = Q[m, a] - X[i, a]
+            d2 = d2 + diff[a] * diff[a]
+        if j == 0 or d2 < d_min:
+            d_min = d2
+            first = j
+        if j == 0 or d2 > d_max:
+            d_max = d2
+    closest[i] = sqrt(d_min)
+    nearest[i] = idx[i, first]
+    # Gaussian weights relative to the nearest point (no underflow far away); tapered, each
+    # minus the farthest member's, so that a point entering or leaving the neighbourhood
+    # does so at weight 0 (the planes move continuously with the pose).
+    if taper:
+        floor = exp((d_min - d_max) * inv_two_h2)
+    for tapered in range(2):
+        total = 0.0
+        for a in range(3):
+            centre[a] = 0.0
+        for j in range(k):
+            m = idx[i, j]
+            d2 = 0.0
+            for a in range(3):
+                diff[a] = Q[m, a] - X[i, a]
+                d2 = d2 + diff[a] * diff[a]
+            wj = exp((d_min - d2) * inv_two_h2) - floor
+            total = total + wj
+            for a in range(3):
+                centre[a] = centre[a] + wj * Q[m, a]
+        if total > 0.0:
+            break
+        floor = 0.0  # all members equidistant: the plain weights
+    for a in range(3):
+        centre[a] = centre[a] / total
+        for b in range(3):
+            cov[a][b] = 0.0
+    for j in range(k):
+        m = idx[i, j]
+        d2 = 0.0
+        for a in range(3):
+            diff[a] = Q[m, a] - X[i, a]
+            d2 = d2 + diff[a] * diff[a]
+        wj = (exp((d_min - d2) * inv_two_h2) - floor) / total
+        for a in range(3):
+            diff[a] = Q[m, a] - centre[a]
+        for a in range(3):
+            for b in range(a, 3):
+                cov[a][b] = cov[a][b] + wj * diff[a] * diff[b]
+    for a in range(3):
+        for b in range(a):
+            cov[a][b] = cov[b][a]
+    _smallest_eigenvector(cov, normal)
+    residuals[i] = 0.0
+    for a in range(3):
+        centres[i, a] = centre[a]
+        normals[i, a] = normal[a]
+        residuals[i] = residuals[i] + normal[a] * (X[i, a] - centre[a])
+
+
+def surface_planes(
+    const double[:, ::1] X,
+    const double[:, ::1] Q,
+    const Py_ssize_t[:, ::1] idx,
+    double bandwidth,
+    bint taper,
+    int n_threads,
+):
+    """Kernel-weighted local plane of each row's neighbourhood ``Q[idx[i]]``.
+
+    Returns ``(residuals, closest, nearest, centres, normals)``: per row of ``X``, the
+    offset ``n_i . (x_i - c_i)`` from the plane through the weighted mean ``c_i`` with the
+    normal ``n_i`` of the smallest principal axis of the weighted covariance, the distance
+    to and the index of the nearest neighbour. Weights ``exp((d_min^2 - d_j^2) / (2 h^2))``,
+    each lowered by the farthest member's when ``taper``. Rows in parallel (each row's
+    result does not depend on the thread count).
+    """
+    cdef Py_ssize_t n = X.shape[0]
+    cdef Py_ssize_t i
+    cdef double inv_two_h2 = 1.0 / (2.0 * bandwidth * bandwidth)
+    residuals = np.empty(n)
+    closest = np.empty(n)
+    nearest = np.empty(n, dtype=np.intp)
+    centres = np.empty((n, 3))
+    normals = np.empty((n, 3))
+    cdef double[::1] r_view = residuals
+    cdef double[::1] c_view = closest
+    cdef Py_ssize_t[::1] n_view = nearest
+    cdef double[:, ::1] ce_view = centres
+    cdef double[:, ::1] no_view = normals
+    if idx.shape[1] == 0:
+        raise ValueError("idx must hold at least one neighbour per row.")
+    for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+        _fit_row(X, Q, idx, i, inv_two_h2, taper, r_view, c_view, n_view, ce_view, no_view)
+    return residuals, closest, nearest, centres, normals

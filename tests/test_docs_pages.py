@@ -99,3 +99,21 @@ def test_converter_refuses_a_malformed_table():
         convert("| a | b |\n|---|---|\n| 1 | 2 | 3 |\n")
     with pytest.raises(ValueError, match=r"\|---\|"):
         convert("| a | b |\n| 1 | 2 |\n")
+
+
+def test_scan_scale_figure_reads_the_benchmarks_table(tmp_path):
+    # The registration guide's figure: the icp_scale table of BENCHMARKS.md, plotted.
+    pytest.importorskip("matplotlib")
+    path = DOCS / "_benchmarks.py"
+    if not path.exists():
+        pytest.skip("no docs/ next to the tests (installed package)")
+    spec = importlib.util.spec_from_file_location("_mmopt_docs_benchmarks_fig", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    markdown = BENCHMARKS.read_text(encoding="utf-8")
+    rows = module.scan_scale_rows(markdown)
+    assert rows and all(float(row["seconds"]) > 0 for row in rows)
+    assert {"mmopt icp (defaults)"} <= {row["method"] for row in rows}
+    assert module.scan_scale_rows("no section") == []
+    module.plot_scan_scale(markdown, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 1000

@@ -360,7 +360,12 @@ class _Progress:
     def update(self, nit: int, state: SolverState) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(fun=f"{state.fun:.6g}", residual=f"{state.residual:.2e}")
+            # Solvers that run in stages or levels (ICP's annealing and voxel pyramid)
+            # record them: the bar shows where a long solve stands.
+            stages = {key: int(state.record[key]) for key in ("level", "stage")
+                      if key in state.record and np.isfinite(state.record[key])}
+            self.bar.set_postfix(fun=f"{state.fun:.6g}", residual=f"{state.residual:.2e}",
+                                 **stages)
         elif self.verbose >= 2:
             from tqdm import tqdm
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmopt_ext._icp import surface_planes as _surface_planes
 from mmopt_ext._icp import weighted_pair_moments as _weighted_pair_moments
 
-__all__ = ["weighted_pair_moments"]
+__all__ = ["surface_planes", "weighted_pair_moments"]
 
 
 def weighted_pair_moments(P, Q, idx, w):
@@ -39,3 +40,43 @@ def weighted_pair_moments(P, Q, idx, w):
     if idx.size and idx.max() >= Q.shape[0]:
         raise ValueError(f"idx holds {idx.max()}, beyond the {Q.shape[0]} rows of Q.")
     return _weighted_pair_moments(P, Q, idx, w)
+
+
+def surface_planes(X, Q, idx, bandwidth: float, *, taper: bool = False, n_threads: int = 1):
+    """Kernel-weighted local plane of the neighbourhood ``Q[idx[i]]`` of each row ``x_i``.
+
+    With ``d_ij = |x_i - q_j|`` over the neighbourhood and ``d_i`` its smallest, the weights
+    ``a_ij = exp((d_i^2 - d_ij^2) / (2 h^2))`` (``h`` the bandwidth) give the weighted mean
+    ``c_i`` and covariance of the neighbourhood; the plane's normal ``n_i`` is the
+    covariance's eigenvector of the smallest eigenvalue (sign arbitrary) and the residual
+    ``n_i . (x_i - c_i)``. With ``taper``, each weight is lowered by the farthest member's,
+    so that a point entering or leaving a neighbourhood does so at weight 0 and the planes
+    move continuously with ``X`` (plain weights where all members are equidistant).
+
+    Returns ``(residuals, closest, nearest, centres, normals)``: shapes (n,), (n,), (n,),
+    (n, 3), (n, 3); ``closest`` and ``nearest`` are the distance to and the index in ``Q``
+    of each row's nearest neighbour.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration._kernels import surface_planes
+    >>> Q = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    >>> r, closest, nearest, centres, normals = surface_planes(
+    ...     np.array([[0.2, 0.1, 0.5]]), Q, np.array([[0, 1, 2, 3]]), 10.0)
+    >>> round(abs(float(r[0])), 12), int(nearest[0]), np.abs(normals[0])
+    (0.5, 0, array([0., 0., 1.]))
+    """
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Q = np.ascontiguousarray(Q, dtype=np.float64)
+    idx = np.ascontiguousarray(idx, dtype=np.intp)
+    # The kernel reads without bounds checks.
+    if X.ndim != 2 or X.shape[1] != 3 or Q.ndim != 2 or Q.shape[1] != 3:
+        raise ValueError(f"X and Q must have shape (*, 3), got {X.shape} and {Q.shape}.")
+    if idx.ndim != 2 or idx.shape[0] != X.shape[0] or idx.shape[1] < 1:
+        raise ValueError(f"idx must have shape ({X.shape[0]}, k) with k >= 1, got {idx.shape}.")
+    if idx.size and (idx.min() < 0 or idx.max() >= Q.shape[0]):
+        raise ValueError(f"idx must hold indices of the {Q.shape[0]} rows of Q.")
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth!r}.")
+    return _surface_planes(X, Q, idx, float(bandwidth), bool(taper), int(n_threads))

@@ -27,7 +27,7 @@ from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.validation import check_choice
 from mmopt.losses import LOSSES, L2Loss, RobustLoss, TrimmedLoss, get_loss
-from mmopt.registration._kernels import weighted_pair_moments
+from mmopt.registration._kernels import surface_planes, weighted_pair_moments
 from mmopt.registration._neighbors import BACKENDS, NeighborIndex
 from mmopt.registration.kabsch import kabsch_from_moments
 from mmopt.registration.multires import coarse_problem
@@ -66,10 +66,12 @@ _COARSE_MIN_POINTS = 1000
 _MULTIRES_MIN_POINTS = 20000
 _REFINE_MAX_POINTS = 20000
 # The full-resolution level after a voxel-grid level starts near the solution: its stages
-# before nu_min match a regular subsample of at most this many source points (the nu_min
-# stage matches all of them).
+# match a regular subsample of at most this many source points (a final nu_min stage,
+# with no refinement after it, matches all of them).
 _FINE_MAX_POINTS = 20000
-_GEOMETRY_MAX_POINTS = 50000
+_GEOMETRY_MAX_POINTS = 20000
+# Halvings of a refused surface-refinement step tried at scan scale (see _step).
+_SURFACE_HALVINGS = 4
 
 
 def _scale_free(loss: RobustLoss) -> bool:
@@ -235,14 +237,19 @@ class ICP(Solver):
     size chosen so that the target keeps about 15,000 cells; mean normals when the target
     has normals), with the whole annealed schedule and its stopping rules and without the
     surface refinement; then on the full clouds from that pose, where the initial residuals
-    are small, so the same schedule rule gives only a few stages (those before ``nu_min``
-    match a regular subsample of at most 20,000 source points, the ``nu_min`` stage all of
-    them), followed by the surface refinement when the data call for it. On large clouds
-    the refinement matches a regular subsample of at most 20,000 source points and reuses
-    its neighbourhoods while the pose moves by less than a fifth of the kernel bandwidth,
-    and the spacing and noise estimates of point-to-point come from the neighbourhoods of
-    at most 50,000 target points. Clouds of the existing sizes (up to 20,000 points) are
-    solved exactly as without these.
+    are small, so the same schedule rule gives only a few stages. Its stages match a
+    regular subsample of at most 20,000 source points, except a last ``nu_min`` stage,
+    which matches all of them; when the surface refinement follows, the ``nu_min`` stage
+    only leads into its basin, so it matches the subsample too and ends as an
+    intermediate stage does. On large clouds the refinement matches a regular subsample of
+    at most 20,000 source points, reuses its neighbourhoods while the pose moves by less
+    than a fifth of the kernel bandwidth, and tapers its kernel weights (each lowered by
+    that of the farthest neighbour, so that neighbours enter and leave at weight 0 and the
+    smoothed surface moves continuously with the pose: without it, at 10^5 points and
+    more, the refinement stalled at start-dependent poses); a refused refinement step is
+    halved up to four times before the stage ends. The spacing and noise estimates of
+    point-to-point come from the neighbourhoods of at most 20,000 target points. Clouds of
+    the existing sizes (up to 20,000 points) are solved exactly as without these.
 
     Searches for the losses whose weight vanishes far away are bounded at the loss's
     :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
@@ -345,8 +352,8 @@ default="welsch"
     (``n_source``, ``n_target``, ``voxel_size`` (None at full resolution), ``nit``,
     ``n_queries``, ``time``); with the multi-resolution solve the counts above (``nit``,
     ``n_queries``, ``n_stages``, ``iterations_per_stage``, Anderson's, ``history``) cover
-    both levels, and the other fields are the full-resolution level's. ``verbose=1`` then
-    shows a progress bar over the levels.
+    both levels, and the other fields are the full-resolution level's. ``verbose=1`` shows a
+    progress bar of the iterations with the current level and stage.
 
     The solver keeps nothing of a run on itself: one instance can serve several threads.
 
@@ -624,12 +631,18 @@ default="welsch"
         """
         setup = run.setup
         k = min(self.refine_k, setup.Q.shape[0])
-        dist, idx, neighbourhoods, nearest = self._surface_neighbours(run, X, T, k)
-        rows = np.arange(X.shape[0])
-        closest = dist[rows, nearest]
         h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
+        if T is not None and self._scan_scale(run):
+            # Scan scale: the compiled kernel, with the tapered weights.
+            idx = self._surface_neighbours(run, X, T, k)
+            residuals, closest, nearest, centres, normals = surface_planes(
+                X, setup.Q, idx, h, taper=True, n_threads=self.n_threads
+            )
+            return X, residuals, closest, nearest, centres, normals
+        dist, idx = self._query(run, X, k=k)
+        neighbourhoods = setup.Q[idx]
         # Weights relative to the nearest point: no underflow for far source points.
-        a = np.exp((closest[:, None] ** 2 - dist**2) / (2.0 * h * h))
+        a = np.exp((dist[:, :1] ** 2 - dist**2) / (2.0 * h * h))
         a /= a.sum(axis=1, keepdims=True)
         centres = np.einsum("nk,nkj->nj", a, neighbourhoods)
         centred = neighbourhoods - centres[:, None, :]
@@ -638,38 +651,37 @@ default="welsch"
         covariance = np.einsum("nk,nki,nkj->nij", a, centred, centred)
         normals = np.linalg.eigh(covariance)[1][:, :, 0]
         residuals = np.einsum("ij,ij->i", normals, X - centres)
-        return X, residuals, closest, idx[rows, nearest], centres, normals
+        return X, residuals, dist[:, 0], idx[:, 0], centres, normals
 
-    def _surface_neighbours(self, run: _Run, X: np.ndarray, T: np.ndarray | None, k: int
-                            ) -> tuple:
-        """The ``k`` nearest target points of each row of ``X``.
+    @staticmethod
+    def _scan_scale(run: _Run) -> bool:
+        """Whether the refinement runs at scan scale: after a voxel-grid level, or on a
+        subsample of a large source (clouds of the existing sizes keep the plain weights)."""
+        return len(run.problems) > 1 or run.setup.P.shape[0] > _REFINE_MAX_POINTS
 
-        Returns ``(dist, idx, neighbourhoods, nearest)``: distances and indices (n, k), the
-        points ``Q[idx]``, and the column of each row's nearest point.
+    def _surface_neighbours(self, run: _Run, X: np.ndarray, T: np.ndarray, k: int
+                            ) -> np.ndarray:
+        """Indices (n, k) of the ``k`` nearest target points of each row of ``X`` (moved by
+        the pose ``T``), at scan scale.
 
-        At scan scale (a multi-resolution solve, or a subsampled refinement) the
-        neighbourhoods of the previous call are reused while no point has moved by more
+        The neighbourhoods of the previous call are reused while no point has moved by more
         than a fifth of the kernel bandwidth since they were searched (a bound from
-        ``T - T_prev``): the pose barely moves there, and a neighbourhood that lost or
-        gained a far member changes the kernel-weighted surface by that member's small
-        weight. Only the distances are recomputed.
+        ``T - T_prev``): the pose barely moves there, and with the tapered weights a
+        neighbourhood that lost or gained a far member changes the kernel-weighted surface
+        by that member's small weight.
         """
         setup = run.setup
         cached = run.surface_neighbours
-        if T is not None and cached is not None and cached[1].shape[0] == X.shape[0]:
-            T_prev, idx, neighbourhoods, reach = cached
+        if cached is not None and cached[1].shape[0] == X.shape[0]:
+            T_prev, idx, reach = cached
             h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
             if float(np.abs(T - T_prev).max()) * reach < _REUSE_FRACTION * h:
-                offsets = neighbourhoods - X[:, None, :]
-                dist = np.sqrt(np.einsum("nkj,nkj->nk", offsets, offsets))
-                return dist, idx, neighbourhoods, np.argmin(dist, axis=1)
-        dist, idx = self._query(run, X, k=k)
-        neighbourhoods = setup.Q[idx]
-        if T is not None and (len(run.problems) > 1 or X.shape[0] < setup.P.shape[0]):
-            # How far a point moves per unit change of T's entries: 1 + max_i ||p_i||_1.
-            reach = 1.0 + float(np.max(np.abs(setup.P).sum(axis=1)))
-            run.surface_neighbours = (T.copy(), idx, neighbourhoods, reach)
-        return dist, idx, neighbourhoods, np.zeros(X.shape[0], dtype=np.intp)
+                return idx
+        idx = self._query(run, X, k=k)[1]
+        # How far a point moves per unit change of T's entries: 1 + max_i ||p_i||_1.
+        reach = 1.0 + float(np.max(np.abs(setup.P).sum(axis=1)))
+        run.surface_neighbours = (T.copy(), idx, reach)
+        return idx
 
     @staticmethod
     def _plane_residuals(setup: _Setup, X, idx) -> np.ndarray:
@@ -883,7 +895,7 @@ default="welsch"
         if stride == 1 or self.metric == "symmetric":
             return 1
         capped = 1
-        if setup.after_coarse and stage < n_annealed - 1:
+        if setup.after_coarse and (stage < n_annealed - 1 or setup.refine):
             capped = -(-setup.P.shape[0] // _FINE_MAX_POINTS)
         if stage >= n_coarse:
             return capped
@@ -933,6 +945,18 @@ default="welsch"
             T_new = state.G
             corr = self._correspond(run, P, metric, T_new, nu)
             energy = self._energy(setup, corr, nu)
+            if metric == "surface" and energy > state.energy and self._scan_scale(run):
+                # At scan scale the planes move with the pose (continuously, with the
+                # tapered weights): a shorter step along the same twist can still descend.
+                twist = _se3_log(T_new @ np.linalg.inv(state.T))
+                for _ in range(_SURFACE_HALVINGS):
+                    twist = twist / 2.0
+                    T_try = _se3_exp(twist) @ state.T
+                    corr_try = self._correspond(run, P, metric, T_try, nu)
+                    energy_try = self._energy(setup, corr_try, nu)
+                    if energy_try <= state.energy:
+                        T_new, corr, energy = T_try, corr_try, energy_try
+                        break
             if metric != "point_to_point" and energy > state.energy:
                 # Re-matching by Euclidean distance does not minimize the point-to-plane
                 # residuals, so a Gauss-Newton step that lowered the frozen-match energy can
@@ -955,15 +979,27 @@ default="welsch"
         # nu_min stage (and the refinement after it) converge to tol.
         criteria = self._stage_criteria()
         intermediate = stage < len(setup.nus) - 1 - setup.refine
+        if setup.after_coarse and setup.refine and stage == len(setup.nus) - 2:
+            # At scan scale the nu_min stage matches a subsample too and only leads into
+            # the refinement's basin.
+            intermediate = True
         stage_tol = self.tol if criteria.tol is None or not intermediate else criteria.tol
         ending = not last and (step < stage_tol or stage_iter >= criteria.max_iter)
         if (
             ending and setup.refine and self.refine == "auto" and stage == len(setup.nus) - 2
             and not self._matches_noisy(setup, corr)
         ):
-            # No refinement after all: the nu_min stage is the last one.
+            # No refinement after all: the nu_min stage is the last one, on the whole source.
+            stride = self._stride(setup, stage)
             setup.nus.pop()
             setup.refine, ending = False, False
+            if self._stride(setup, stage) != stride:
+                P = self._active_points(setup, stage)
+                corr = self._correspond(run, P, metric, T_new, nu)
+                energy = self._energy(setup, corr, nu)
+                if aa is not None:
+                    aa.reset()
+                residual = np.inf
         if ending:
             # Next stage: a smaller nu. Correspondences found under the wider bound remain
             # valid; the energy and the plain step are those of the new problem.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mmopt.registration import weighted_kabsch
-from mmopt.registration._kernels import weighted_pair_moments
+from mmopt.registration._kernels import surface_planes, weighted_pair_moments
 from mmopt.registration.kabsch import kabsch_from_moments
 
 
@@ -52,3 +52,92 @@ def test_fit_from_moments_matches_weighted_kabsch(similarity):
     expected = weighted_kabsch(P[keep], Q[idx[keep]], w[keep], similarity=similarity,
                                scale_bounds=(0.1, 10.0))
     np.testing.assert_allclose(T, expected, atol=1e-10)
+
+
+# ------------------------------------------------------------------ surface_planes kernel
+def _planes_reference(X, Q, idx, h, taper):
+    """NumPy: weighted mean, covariance, its smallest eigenvector (numpy.linalg.eigh)."""
+    neighbourhoods = Q[idx]
+    d2 = ((neighbourhoods - X[:, None, :]) ** 2).sum(axis=2)
+    a = np.exp((d2.min(axis=1, keepdims=True) - d2) / (2.0 * h * h))
+    if taper:
+        a = a - a.min(axis=1, keepdims=True)
+    a /= a.sum(axis=1, keepdims=True)
+    centres = np.einsum("nk,nkj->nj", a, neighbourhoods)
+    centred = neighbourhoods - centres[:, None, :]
+    covariance = np.einsum("nk,nki,nkj->nij", a, centred, centred)
+    values, vectors = np.linalg.eigh(covariance)
+    normals = vectors[:, :, 0]
+    residuals = np.einsum("ij,ij->i", normals, X - centres)
+    nearest = idx[np.arange(len(X)), d2.argmin(axis=1)]
+    return residuals, np.sqrt(d2.min(axis=1)), nearest, centres, normals, values
+
+
+@pytest.mark.parametrize("taper", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_surface_planes_match_numpy(seed, taper):
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    # A curved, noisy sheet, queried near it (well-separated smallest eigenvalues).
+    uv = rng.random((3000, 2)) * 2.0 - 1.0
+    Q = np.c_[uv, 0.2 * uv[:, 0] ** 2 + 0.01 * rng.normal(size=3000)]
+    X = Q[rng.integers(0, 3000, 400)] + 0.02 * rng.normal(size=(400, 3))
+    idx = cKDTree(Q).query(X, k=24)[1]
+    h = [0.02, 0.1, 1.0][seed]
+    got = surface_planes(X, Q, idx, h, taper=taper, n_threads=2)
+    residuals, closest, nearest, centres, normals, values = _planes_reference(X, Q, idx, h,
+                                                                             taper)
+    separated = values[:, 1] > 1e-6 * values[:, 2]
+    sign = np.sign(np.einsum("ij,ij->i", got[4], normals))
+    np.testing.assert_allclose(got[3], centres, atol=1e-12)
+    np.testing.assert_allclose(got[1], closest, atol=1e-12)
+    np.testing.assert_array_equal(got[2], nearest)
+    np.testing.assert_allclose((got[4] * sign[:, None])[separated], normals[separated],
+                               atol=1e-8)
+    np.testing.assert_allclose((got[0] * sign)[separated], residuals[separated], atol=1e-10)
+    assert np.allclose(np.linalg.norm(got[4], axis=1), 1.0)
+
+
+def test_surface_planes_taper_is_continuous_at_the_farthest_member():
+    # Two candidates for the last place, at the same distance: with the taper their weight
+    # is 0, so either neighbourhood gives the same plane (a member entering or leaving
+    # does not jump it); with the plain weights the two planes differ.
+    rng = np.random.default_rng(4)
+    Q = rng.normal(size=(40, 3)) * [1.0, 1.0, 0.1]
+    X = np.array([0.05, -0.02, 0.3])
+    order = np.argsort(((Q - X) ** 2).sum(axis=1))
+    a, b = order[11], order[12]
+    turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    Q[b] = X + turn @ (Q[a] - X)  # as far from X as Q[a], elsewhere
+    with_a = np.r_[order[:11], a][None, :]
+    with_b = np.r_[order[:11], b][None, :]
+    tapered = [surface_planes(X[None], Q, i, 0.3, taper=True) for i in (with_a, with_b)]
+    plain = [surface_planes(X[None], Q, i, 0.3, taper=False) for i in (with_a, with_b)]
+    np.testing.assert_allclose(tapered[0][3], tapered[1][3], atol=1e-13)
+    np.testing.assert_allclose(np.abs(tapered[0][0]), np.abs(tapered[1][0]), atol=1e-13)
+    assert np.abs(plain[0][3] - plain[1][3]).max() > 1e-3
+
+
+def test_surface_planes_thread_count_does_not_change_results():
+    rng = np.random.default_rng(6)
+    Q = rng.normal(size=(500, 3))
+    X = rng.normal(size=(300, 3))
+    idx = rng.integers(0, 500, size=(300, 10))
+    one = surface_planes(X, Q, idx, 0.5, taper=True, n_threads=1)
+    two = surface_planes(X, Q, idx, 0.5, taper=True, n_threads=2)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_surface_planes_reject_bad_input():
+    Q = np.zeros((5, 3))
+    X = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="idx"):
+        surface_planes(X, Q, np.array([[0, 5], [1, 2]]), 1.0)
+    with pytest.raises(ValueError, match="idx"):
+        surface_planes(X, Q, np.zeros((3, 2), dtype=int), 1.0)
+    with pytest.raises(ValueError, match="bandwidth"):
+        surface_planes(X, Q, np.zeros((2, 2), dtype=int), 0.0)
+    with pytest.raises(ValueError, match="X and Q"):
+        surface_planes(np.zeros((2, 2)), Q, np.zeros((2, 2), dtype=int), 1.0)
