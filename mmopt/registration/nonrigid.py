@@ -118,7 +118,8 @@ class SPARE(Solver):
     closest target point ``q`` (normal ``n_q``). Each outer iteration finds the closest points,
     fixes the Welsch weights ``w_i = exp(-d_i^2 / (2 nu^2))`` (the MM surrogate: the data term
     is concave in ``d^2``, so its tangent majorizes it), solves one sparse symmetric positive
-    definite system for all ``v`` (sparse Cholesky or SuperLU), then updates every ``R_i`` by a batched 3x3 SVD:
+    definite system for all ``v`` (sparse Cholesky or SuperLU), then updates every ``R_i``
+    by a batched 3x3 SVD:
     the ARAP edges and the normal alignment (weight ``beta``, with the iteration's Welsch
     weights ``w_i``) give a Procrustes term, and the data term's dependence on ``R_i n_i`` is
     majorized by a linear function (``(e^T r)^2 = |e|^2 - |e x r|^2`` with a concave second
