@@ -499,7 +499,9 @@ class NonRigidRegistration(BaseEstimator):
 
     Parameters
     ----------
-    arap_weight, welsch_scale, reject_opposite, reject_distance, coarse, anderson, tol, max_iter
+    arap_weight, welsch_scale, reject_opposite, reject_distance, coarse, anderson
+        See :class:`SPARE` (the same defaults).
+    linear_solver, tol, max_iter
         See :class:`SPARE` (the same defaults).
     k : int, default=8
         Neighbours of the k-NN graph (see :class:`NonRigidRegistrationProblem`).
@@ -529,7 +531,8 @@ class NonRigidRegistration(BaseEstimator):
     def __init__(self, *, arap_weight: float = 200.0, welsch_scale: float | None = None,
                  reject_opposite: bool = True, reject_distance: float | None = 3.0,
                  coarse: bool | DeformationGraph = True,
-                 anderson: bool | AndersonAcceleration = False, k: int = 8,
+                 anderson: bool | AndersonAcceleration = False,
+                 linear_solver: str = "auto", k: int = 8,
                  tol: float = 1e-4, max_iter: int = 100):
         self.arap_weight = arap_weight
         self.welsch_scale = welsch_scale
@@ -537,6 +540,7 @@ class NonRigidRegistration(BaseEstimator):
         self.reject_distance = reject_distance
         self.coarse = coarse
         self.anderson = anderson
+        self.linear_solver = linear_solver
         self.k = k
         self.tol = tol
         self.max_iter = max_iter

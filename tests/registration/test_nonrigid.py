@@ -348,3 +348,6 @@ def test_estimator_passes_the_new_options_to_spare():
     fine_only = NonRigidRegistration(coarse=False, reject_distance=None).fit(X, Y)
     assert getattr(fine_only.result_, "nodes", None) is None
     assert np.sqrt(np.mean(np.sum((fine_only.points_ - Y) ** 2, axis=1))) < 5e-3
+    superlu = NonRigidRegistration(linear_solver="superlu").fit(X, Y)
+    assert superlu.result_.nit == default.result_.nit
+    np.testing.assert_allclose(superlu.points_, default.points_, atol=1e-9)
