@@ -63,7 +63,8 @@ _PROXIMAL = 1e-2
 
 @dataclass
 class _Setup:
-    """What one run computes once (shared, read-only, by all its states)."""
+    """What one run computes once (shared by all its states; read-only but for the sparse
+    solver's cached column order)."""
 
     scale: float
     origin: np.ndarray
@@ -266,6 +267,7 @@ class SPARE(Solver):
         scale = problem.scale
         if not scale > 0:
             raise ValueError("source and target coincide in one point; nothing to register.")
+        linear = SPDSolver(self.linear_solver)  # fails early if cholespy is asked but absent
         origin = _centroid(problem.source)
         n = problem.source.shape[0]
         p = (problem.source - origin) / scale
@@ -302,7 +304,7 @@ class SPARE(Solver):
             target=target, target_normals=np.asarray(tgt_normals), oriented=oriented,
             index=index, heads=heads, tails=tails, weights=weights,
             arap_matrix=sp.kron(L, sp.identity(3), format="csr"), nu=nu, coarse=coarse,
-            linear=SPDSolver(self.linear_solver),
+            linear=linear,
         )
         pairs = self._pairs(setup, v, R)
         fun = self._energy(setup, v, R, pairs)
