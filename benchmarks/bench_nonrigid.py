@@ -1,12 +1,15 @@
 """SPARE vs pycpd's DeformableRegistration (CPD) on deformations of the shipped scan.
 
-Run: python benchmarks/bench_nonrigid.py [--quick] (pycpd optional: pip install pycpd), or
-through ``benchmarks/run.py --only nonrigid``. Two tables: SPARE (coarse stage + fine stage,
-its defaults) against its fine stage alone without distance rejection (the defaults before
-the coarse stage) on the full scan, several kinds and seeds, clean and with 20% outliers and
-30% missing overlap; and SPARE against CPD at CPD's defaults on every 4th point, where CPD's
-n x m kernel still fits the time budget. Error: RMS distance of the deformed source to the
-true position of every source point (data units).
+Run: python benchmarks/bench_nonrigid.py [--quick] [spare] [cpd] [cpd10k] [solvers] (pycpd
+optional: pip install pycpd), or through ``benchmarks/run.py --only nonrigid``. Tables:
+SPARE (coarse stage + fine stage, its defaults) against its fine stage alone without
+distance rejection (the defaults before the coarse stage) on the full scan, several kinds
+and seeds, clean and with 20% outliers and 30% missing overlap (``spare``); SPARE against
+CPD at CPD's defaults on every 4th point, where CPD's n x m kernel still fits the time
+budget (``cpd``); SPARE against CPD on 10,000 random points, CPD stopped past twice SPARE's
+time (``cpd10k``); SPARE's time per part with each sparse solver on the full scan
+(``solvers``). Error: RMS distance of the deformed source to the true position of every
+source point (data units).
 """
 
 from __future__ import annotations
