@@ -14,7 +14,6 @@ from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import splu
 from sklearn.base import BaseEstimator
 
 from mmopt._core.anderson import (
@@ -35,6 +34,7 @@ from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.validation import check_array
 from mmopt.registration._neighbors import BACKENDS, NeighborIndex
+from mmopt.registration._spd_solve import LINEAR_SOLVERS, SPDSolver
 from mmopt.registration.arap import (
     arap_energy,
     best_rotations,
@@ -63,7 +63,8 @@ _PROXIMAL = 1e-2
 
 @dataclass
 class _Setup:
-    """What one run computes once (shared, read-only, by all its states)."""
+    """What one run computes once (shared by all its states; read-only but for the sparse
+    solver's cached column order)."""
 
     scale: float
     origin: np.ndarray
@@ -79,6 +80,7 @@ class _Setup:
     arap_matrix: sp.csr_matrix  # kron(Laplacian, I3), 3n x 3n
     nu: float
     coarse: CoarseResult | None  # the deformation-graph stage, when it ran
+    linear: SPDSolver        # this run's sparse solver (remembers its column order)
 
 
 @dataclass
@@ -117,7 +119,8 @@ class SPARE(Solver):
     closest target point ``q`` (normal ``n_q``). Each outer iteration finds the closest points,
     fixes the Welsch weights ``w_i = exp(-d_i^2 / (2 nu^2))`` (the MM surrogate: the data term
     is concave in ``d^2``, so its tangent majorizes it), solves one sparse symmetric positive
-    definite system for all ``v`` (SuperLU), then updates every ``R_i`` by a batched 3x3 SVD:
+    definite system for all ``v`` (sparse Cholesky or SuperLU), then updates every ``R_i``
+    by a batched 3x3 SVD:
     the ARAP edges and the normal alignment (weight ``beta``, with the iteration's Welsch
     weights ``w_i``) give a Procrustes term, and the data term's dependence on ``R_i n_i`` is
     majorized by a linear function (``(e^T r)^2 = |e|^2 - |e x r|^2`` with a concave second
@@ -158,6 +161,12 @@ class SPARE(Solver):
         fine stage above. Skipped when ``x0`` is given.
     neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
         KD-tree library of the closest-point search.
+    linear_solver : {"auto", "cholespy", "superlu"}, default="auto"
+        Sparse solver of the v-step: a sparse Cholesky factorization through the optional
+        ``cholespy`` package (``pip install mmopt[cholesky]``), or scipy's SuperLU, whose
+        column order is chosen at the first iteration and reused afterwards (the pattern
+        does not change). ``"auto"``: cholespy when it is installed. Both solve the same
+        system; BENCHMARKS.md compares their times.
     tol : float, default=1e-4
         Tolerance on the RMS change of ``v`` per outer iteration, relative to ``scale``.
     max_iter : int, default=100
@@ -210,6 +219,7 @@ class SPARE(Solver):
         "coarse": [bool, InstanceOf(DeformationGraph)],
         "anderson": ANDERSON_OPTION,
         "neighbors": [Options(BACKENDS)],
+        "linear_solver": [Options(LINEAR_SOLVERS)],
         "tol": [Interval(float, 0, None)],
         "max_iter": [Interval(int, 1, None)],
         "callback": [None, callable],
@@ -227,6 +237,7 @@ class SPARE(Solver):
         coarse: bool | DeformationGraph = True,
         anderson: bool | AndersonAcceleration = False,
         neighbors: str = "auto",
+        linear_solver: str = "auto",
         tol: float = 1e-4,
         max_iter: int = 100,
         callback=None,
@@ -240,6 +251,7 @@ class SPARE(Solver):
         self.coarse = coarse
         self.anderson = anderson
         self.neighbors = neighbors
+        self.linear_solver = linear_solver
         self.tol = tol
         self.max_iter = max_iter
         self.callback = callback
@@ -255,6 +267,7 @@ class SPARE(Solver):
         scale = problem.scale
         if not scale > 0:
             raise ValueError("source and target coincide in one point; nothing to register.")
+        linear = SPDSolver(self.linear_solver)  # fails early if cholespy is asked but absent
         origin = _centroid(problem.source)
         n = problem.source.shape[0]
         p = (problem.source - origin) / scale
@@ -291,6 +304,7 @@ class SPARE(Solver):
             target=target, target_normals=np.asarray(tgt_normals), oriented=oriented,
             index=index, heads=heads, tails=tails, weights=weights,
             arap_matrix=sp.kron(L, sp.identity(3), format="csr"), nu=nu, coarse=coarse,
+            linear=linear,
         )
         pairs = self._pairs(setup, v, R)
         fun = self._energy(setup, v, R, pairs)
@@ -414,7 +428,7 @@ class SPARE(Solver):
 
     def _solve_positions(self, s: _Setup, v, R, pairs: _Pairs) -> np.ndarray:
         H, rhs = self._system(s, v, R, pairs)
-        return splu(H, permc_spec="MMD_AT_PLUS_A").solve(rhs).reshape(-1, 3)
+        return s.linear.solve(H, rhs).reshape(-1, 3)
 
     def _rotation_targets(self, s: _Setup, v, R, pairs: _Pairs) -> np.ndarray:
         """The matrices ``M_i`` whose Procrustes rotations minimize the R-step surrogate."""
@@ -487,7 +501,9 @@ class NonRigidRegistration(BaseEstimator):
 
     Parameters
     ----------
-    arap_weight, welsch_scale, reject_opposite, reject_distance, coarse, anderson, tol, max_iter
+    arap_weight, welsch_scale, reject_opposite, reject_distance, coarse, anderson
+        See :class:`SPARE` (the same defaults).
+    linear_solver, tol, max_iter
         See :class:`SPARE` (the same defaults).
     k : int, default=8
         Neighbours of the k-NN graph (see :class:`NonRigidRegistrationProblem`).
@@ -517,7 +533,8 @@ class NonRigidRegistration(BaseEstimator):
     def __init__(self, *, arap_weight: float = 200.0, welsch_scale: float | None = None,
                  reject_opposite: bool = True, reject_distance: float | None = 3.0,
                  coarse: bool | DeformationGraph = True,
-                 anderson: bool | AndersonAcceleration = False, k: int = 8,
+                 anderson: bool | AndersonAcceleration = False,
+                 linear_solver: str = "auto", k: int = 8,
                  tol: float = 1e-4, max_iter: int = 100):
         self.arap_weight = arap_weight
         self.welsch_scale = welsch_scale
@@ -525,6 +542,7 @@ class NonRigidRegistration(BaseEstimator):
         self.reject_distance = reject_distance
         self.coarse = coarse
         self.anderson = anderson
+        self.linear_solver = linear_solver
         self.k = k
         self.tol = tol
         self.max_iter = max_iter

@@ -34,13 +34,13 @@ def _ellipsoid(n, seed=0, axes=(1.0, 0.7, 0.5)):
     return p, normals / np.linalg.norm(normals, axis=1)[:, None]
 
 
-def _run_setup(n=60, seed=0):
+def _run_setup(n=60, seed=0, linear_solver="auto"):
     """A solver, a problem and its first state and pairs (the pieces the tests check)."""
     p, normals = _ellipsoid(n, seed)
     target = p + 0.03 * normals * np.sin(3 * p[:, :1])
     problem = NonRigidRegistrationProblem(p, target, source_normals=normals,
                                           target_normals=normals, k=6)
-    solver = SPARE()
+    solver = SPARE(linear_solver=linear_solver)
     state = solver._init_state(problem, None)
     rng = np.random.default_rng(seed + 1)
     state.R = Rotation.from_rotvec(0.1 * rng.normal(size=(n, 3))).as_matrix()
@@ -64,12 +64,19 @@ def test_arap_gradient_by_finite_differences():
     np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-5)
 
 
-def test_linear_solve_matches_a_dense_minimization():
+@pytest.mark.parametrize("linear_solver", ["superlu", "cholespy"])
+def test_linear_solve_matches_a_dense_minimization(linear_solver):
     # The v-step minimizes the surrogate sum_i w_i (m_i^T (v_i - q_i))^2 + ARAP + eps|v-v_k|^2;
     # its minimizer from a dense least-squares fit of those residual rows, built independently.
-    solver, _, state, pairs = _run_setup()
+    if linear_solver == "cholespy":
+        pytest.importorskip("cholespy")
+    solver, _, state, pairs = _run_setup(linear_solver=linear_solver)
     s = state.setup
+    assert s.linear.method == linear_solver
+    # _init_state solved nothing: twice, so that SuperLU's second solve reuses its order.
+    v_first = solver._solve_positions(s, state.v, state.R, pairs)
     v_new = solver._solve_positions(s, state.v, state.R, pairs)
+    np.testing.assert_allclose(v_first, v_new, atol=1e-10)
     n = state.v.shape[0]
     m = np.einsum("nab,nb->na", state.R, s.normals) + pairs.nq
     rows, rhs = [], []
@@ -341,3 +348,6 @@ def test_estimator_passes_the_new_options_to_spare():
     fine_only = NonRigidRegistration(coarse=False, reject_distance=None).fit(X, Y)
     assert getattr(fine_only.result_, "nodes", None) is None
     assert np.sqrt(np.mean(np.sum((fine_only.points_ - Y) ** 2, axis=1))) < 5e-3
+    superlu = NonRigidRegistration(linear_solver="superlu").fit(X, Y)
+    assert superlu.result_.nit == default.result_.nit
+    np.testing.assert_allclose(superlu.points_, default.points_, atol=1e-9)
