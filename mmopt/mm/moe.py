@@ -35,6 +35,15 @@ _GATE_MAX_ITER = 50
 
 def logsumexp(a: np.ndarray, axis: int = 1, keepdims: bool = False) -> np.ndarray:
     """``log(sum(exp(a)))`` along ``axis``, shifted by the maximum (finite inputs)."""
+    a = np.asarray(a)
+    if a.ndim == 2 and axis in (1, -1):
+        # Few columns: NumPy reduces a short last axis row by row, far slower than a loop
+        # over the columns and a matrix-vector product.
+        top = a[:, 0].copy()
+        for j in range(1, a.shape[1]):
+            np.maximum(top, a[:, j], out=top)
+        out = top + np.log(np.exp(a - top[:, None]) @ np.ones(a.shape[1]))
+        return out[:, None] if keepdims else out
     top = np.max(a, axis=axis, keepdims=True)
     out = top + np.log(np.sum(np.exp(a - top), axis=axis, keepdims=True))
     return out if keepdims else np.squeeze(out, axis=axis)
@@ -62,9 +71,9 @@ def _gate_objective(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float
     """
     n_gates, p = R.shape[1], Z.shape[1]
     W = np.vstack([free.reshape(n_gates - 1, p), np.zeros((1, p))])
-    log_pi = log_softmax(Z @ W.T, axis=1)
+    log_pi = log_softmax(Z @ np.ascontiguousarray(W.T), axis=1)
     value = -float(np.sum(R * log_pi)) / scale
-    residual = R - R.sum(axis=1, keepdims=True) * np.exp(log_pi)
+    residual = R - (R @ np.ones(n_gates))[:, None] * np.exp(log_pi)
     grad = -(residual.T @ Z)[:-1] / scale
     return value, grad.ravel()
 
@@ -73,8 +82,8 @@ def _gate_hessian(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float):
     """Hessian of :func:`_gate_objective`: ``sum_i r_i (diag(P_i) - P_i P_i^T) (x) z_i z_i^T``."""
     n_gates, p = R.shape[1], Z.shape[1]
     W = np.vstack([free.reshape(n_gates - 1, p), np.zeros((1, p))])
-    P = np.exp(log_softmax(Z @ W.T, axis=1))[:, :-1]
-    weighted = P * (R.sum(axis=1, keepdims=True) / scale)
+    P = np.exp(log_softmax(Z @ np.ascontiguousarray(W.T), axis=1))[:, :-1]
+    weighted = P * ((R @ np.ones(n_gates))[:, None] / scale)
     A = n_gates - 1
     # Block (a, b) of size p x p is Z^T diag(c_ab) Z with c_ab = w_a (delta_ab - P_b): one
     # BLAS product of all the c_ab with the rows' outer products z_i z_i^T.
@@ -110,8 +119,9 @@ def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _
 
 def log_joint(Z, y, W, B, variances):
     """``log pi_k(x_i) + log N(y_i; z_i^T beta_k, sigma_k^2)``, shape (n, K)."""
-    log_pi = log_softmax(Z @ W.T, axis=1)
-    residual = y[:, None] - Z @ B.T
+    # Contiguous right operands: OpenBLAS is slow on (n, p) @ (p, K)-transposed products.
+    log_pi = log_softmax(Z @ np.ascontiguousarray(W.T), axis=1)
+    residual = y[:, None] - Z @ np.ascontiguousarray(B.T)
     return log_pi - 0.5 * (_LOG_2PI + np.log(variances) + residual**2 / variances)
 
 
@@ -171,13 +181,16 @@ class MoEProblem(MMProblem):
         K, p = self.n_experts, Z.shape[1]
         B = np.empty((K, p))
         variances = np.empty(K)
+        Rt = np.ascontiguousarray(R.T)
         for k in range(K):
-            r = R[:, k]
-            root = np.sqrt(r)
-            B[k] = np.linalg.lstsq(Z * root[:, None], y * root, rcond=None)[0]
+            r = Rt[k]
+            # Weighted least squares by its normal equations (p is small); lstsq on the
+            # p x p system still answers when an expert's weights leave it singular.
+            weighted = Z * r[:, None]
+            B[k] = np.linalg.lstsq(weighted.T @ Z, weighted.T @ y, rcond=None)[0]
             mass = float(r.sum())
             residual = y - Z @ B[k]
-            variance = float(r @ residual**2) / mass if mass > 0 else np.inf
+            variance = float(np.sum(r * residual**2)) / mass if mass > 0 else np.inf
             variances[k] = variance if np.isfinite(variance) else np.var(y)
         variances = np.maximum(variances, self.variance_floor)
         W = fit_gates(Z, R, W0)
