@@ -239,7 +239,8 @@ class TargetSurrogateProblem(MMProblem):
         ``C`` is ``1 / (alpha n_samples)``).
     inner : {"exact", "gd"}, optional
         How the surrogate is minimized: ``"exact"`` (linear models only; the default for
-        them) or ``"gd"`` (the default otherwise). Minibatch steps always use ``"gd"``.
+        them) or ``"gd"`` (the default otherwise). Minibatch steps with the minibatch-only
+        surrogate (``projection="batch"``) always use ``"gd"``.
     n_inner : int, default=10
         Gradient steps per surrogate with ``inner="gd"``.
     n_classes : int, optional
