@@ -289,7 +289,13 @@ def test_bad_inputs_name_the_argument(fuzz):
     fuzz.raises_naming(SSOClassifier().partial_fit, "classes", X, y > 0)
     fuzz.raises_naming(SSO(batch_size=0).solve, "batch_size",
                        TargetSurrogateProblem(linear, "squared", X, y))
+    fuzz.raises_naming(SSO(batch_size=8, projection="rows").solve, "projection",
+                       TargetSurrogateProblem(linear, "squared", X, y))
+    fuzz.raises_naming(TargetSurrogateProblem(linear, "squared", X, y).surrogate_step,
+                       "projection", np.zeros(5), np.arange(4), None, "rows")
     before = fuzz.snapshot(X, y)
     SSORegressor().fit(X, y)
-    SSO(batch_size=7, max_iter=2).solve(TargetSurrogateProblem(linear, "squared", X, y))
+    for projection in ("full", "batch"):
+        SSO(batch_size=7, max_iter=2, projection=projection).solve(
+            TargetSurrogateProblem(linear, "squared", X, y))
     fuzz.assert_unchanged(before, X, y)
