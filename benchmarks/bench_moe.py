@@ -1,24 +1,32 @@
-"""Distributed vs global mixture-of-experts fits: wall time, parameter error and ARI.
+"""Distributed vs global mixture-of-experts fits: wall time, parameter error, ARI, driver memory.
 
-Simulated data (``make_moe_regression``, K = 3); the global fit is :class:`MixtureOfExperts`
-on all the data in this process, the distributed one :class:`DistributedMixtureOfExperts`
-with one shard per worker of a 2-worker ``dask.distributed.LocalCluster`` (through
-``joblib.parallel_config(backend="dask")``). Both use the same number of starts and the same
-tolerance. Parameter error: the Euclidean distance between the true and the fitted
-``(intercept, coef, sigma)`` of all experts after Hungarian matching; ARI: of the most
-probable expert of each sample (posterior) against the simulated labels.
+Simulated data (the model of ``make_moe_regression``, K = 3, two features), drawn in two
+halves of ``n / 2`` rows each. The distributed fit is :class:`DistributedMixtureOfExperts`
+on a 2-worker ``dask.distributed.LocalCluster`` (processes, one thread each) given a
+``dask.array`` whose two row chunks are the halves, drawn and held by the workers
+(``persist``) before the clock starts: the driver never holds a data row. The global fit is
+one :class:`MixtureOfExperts` on the same rows, assembled in the driver (all the machine's
+BLAS threads). Both use the same number of starts and the same tolerance.
+
+Parameter error: the Euclidean distance between the true and the fitted ``(intercept, coef,
+sigma)`` of all experts after Hungarian matching; ARI: of the most probable expert of each
+sample (posterior) against the simulated labels. Driver peak: the peak of the driver's
+Python/NumPy allocations during the distributed fit (``tracemalloc``), which holds only the
+local models and the support points.
 
 Usage: ``python benchmarks/bench_moe.py [n_samples ...] [--seeds 0 1 2]``, or
-``python benchmarks/run.py --only moe`` (n = 10^5, seeds 0-2; ``--quick``: 2 x 10^4, seed 0).
+``python benchmarks/run.py --only moe`` (n = 10^5, seeds 0-2; with the environment variable
+``MMOPT_BENCH_MOE_LARGE=1`` also n = 10^6; ``--quick``: 2 x 10^4, seed 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+import tracemalloc
 import warnings
 
-import joblib
 import numpy as np
 from _common import markdown_table
 from scipy.optimize import linear_sum_assignment
@@ -26,6 +34,22 @@ from sklearn.metrics import adjusted_rand_score
 
 from mmopt.datasets import make_moe_regression
 from mmopt.mm import DistributedMixtureOfExperts, MixtureOfExperts
+
+N_FEATURES, N_EXPERTS, N_INIT, N_SUPPORT = 2, 3, 3, 1000
+
+
+def sample_chunk(truth, n_rows: int, seed: int, chunk: int):
+    """``n_rows`` samples of the mixture ``truth`` (its own stream per seed and chunk)."""
+    rng = np.random.default_rng([seed, chunk])
+    X = rng.standard_normal((n_rows, truth.coef.shape[1]))
+    logits = X @ truth.gate_coef.T + truth.gate_intercept
+    gates = np.exp(logits - logits.max(axis=1, keepdims=True))
+    gates /= gates.sum(axis=1, keepdims=True)
+    labels = np.minimum((rng.random((n_rows, 1)) > np.cumsum(gates, axis=1)).sum(axis=1),
+                        len(truth.sigma) - 1)
+    means = np.einsum("ij,ij->i", X, truth.coef[labels]) + truth.intercept[labels]
+    y = means + truth.sigma[labels] * rng.standard_normal(n_rows)
+    return X, y, labels
 
 
 def parameter_error(model, truth) -> float:
@@ -35,58 +59,127 @@ def parameter_error(model, truth) -> float:
     return float(np.sqrt(cost[linear_sum_assignment(cost)].sum()))
 
 
-def run_case(n_samples: int, seed: int, *, n_features: int = 2, n_init: int = 3) -> dict:
-    X, y, truth = make_moe_regression(n_samples, n_features, 3, noise=0.3, random_state=seed)
+def _dask_data(client, truth, n_samples: int, seed: int):
+    """The two halves as dask arrays drawn on the workers and kept there."""
+    import dask
+    import dask.array as da
+    from distributed import wait
+
+    half = n_samples // 2
+    parts = [dask.delayed(sample_chunk, pure=True)(truth, half, seed, i) for i in range(2)]
+    dX = da.concatenate([da.from_delayed(p[0], (half, N_FEATURES), float) for p in parts])
+    dy = da.concatenate([da.from_delayed(p[1], (half,), float) for p in parts])
+    dX, dy = client.persist([dX, dy])
+    wait([dX, dy])
+    return dX, dy
+
+
+def fit_distributed(client, dX, dy, seed: int):
+    """The distributed fit, its wall time, its CPU critical path (the driver's CPU time
+    plus the busiest worker's) and the driver's allocation peak (bytes)."""
+    workers_before = client.run(time.process_time)
+    tracemalloc.start()
+    cpu = time.process_time()
+    start = time.perf_counter()
+    fit = DistributedMixtureOfExperts(N_EXPERTS, n_init=N_INIT, n_support=N_SUPPORT,
+                                      random_state=seed).fit(dX, dy)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    workers_after = client.run(time.process_time)
+    busiest = max(workers_after[w] - workers_before[w] for w in workers_before)
+    return fit, elapsed, cpu + busiest, peak
+
+
+def run_case(client, n_samples: int, seed: int) -> dict:
+    truth = make_moe_regression(2, N_FEATURES, N_EXPERTS, noise=0.3, random_state=seed)[2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        dX, dy = _dask_data(client, truth, n_samples, seed)
+        dist_fit, t_dist, cpu_dist, peak = fit_distributed(client, dX, dy, seed)
+        del dX, dy
+        chunks = [sample_chunk(truth, n_samples // 2, seed, i) for i in range(2)]
+        X = np.vstack([c[0] for c in chunks])
+        y = np.concatenate([c[1] for c in chunks])
+        labels = np.concatenate([c[2] for c in chunks])
+        del chunks
+        cpu = time.process_time()
         start = time.perf_counter()
-        global_fit = MixtureOfExperts(3, n_init=n_init, random_state=seed).fit(X, y)
+        global_fit = MixtureOfExperts(N_EXPERTS, n_init=N_INIT, random_state=seed).fit(X, y)
         t_global = time.perf_counter() - start
-        start = time.perf_counter()
-        with joblib.parallel_config(backend="dask"):
-            dist_fit = DistributedMixtureOfExperts(
-                3, n_shards=2, n_init=n_init, n_support=1000, random_state=seed).fit(X, y)
-        t_dist = time.perf_counter() - start
-    labels = truth.labels
+        cpu_global = time.process_time() - cpu
     return {
         "n": n_samples,
         "seed": seed,
         "global s": t_global,
         "distributed s": t_dist,
         "time ratio": t_dist / t_global,
+        "global CPU s": cpu_global,
+        "dist CPU path s": cpu_dist,
+        "CPU ratio": cpu_dist / cpu_global,
         "param err global": parameter_error(global_fit, truth),
         "param err dist": parameter_error(dist_fit, truth),
         "ARI global": adjusted_rand_score(labels, global_fit.predict_expert(X, y)),
         "ARI dist": adjusted_rand_score(labels, dist_fit.predict_expert(X, y)),
         "loglik global": global_fit.score(X, y),
         "loglik dist": dist_fit.score(X, y),
-        "reduction iters": dist_fit.n_iter_,
+        "EM iters global": global_fit.n_iter_,
+        "driver peak MiB": peak / 2**20,
+        "data MiB": (X.nbytes + y.nbytes) / 2**20,
     }
 
 
+# Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc map and
+# unmap every large NumPy temporary: EM on a shard then takes about 3x the CPU time it takes
+# in the driver. The workers here keep the thread settings and glibc's default allocator.
+WORKER_ENVIRON = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+
+
 def _table(sizes, seeds) -> str:
+    import dask
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster):
-        rows = [run_case(n, seed) for n in sizes for seed in seeds]
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         dashboard_address=None) as cluster, Client(cluster) as client:
+        # Warm-up: the workers import mmopt and scikit-learn on their first task.
+        run_case(client, 4000, 0)
+        rows = []
+        for n in sizes:
+            for seed in seeds:
+                rows.append(run_case(client, n, seed))
+                print(rows[-1], flush=True)
     return markdown_table(rows)
+
+
+def _section(table: str) -> str:
+    return (
+        "## Distributed mixtures of experts vs one global EM fit\n\n"
+        f"Global: one `MixtureOfExperts({N_EXPERTS}, n_init={N_INIT})` on all rows in the "
+        "driver; distributed: `DistributedMixtureOfExperts("
+        f"{N_EXPERTS}, n_init={N_INIT}, n_support={N_SUPPORT})` on a 2-worker "
+        "`LocalCluster` (processes, one thread each, without Dask's default "
+        "`MALLOC_TRIM_THRESHOLD_`, which makes the workers' EM about 3x slower) given a "
+        "`dask.array` whose two row chunks (the shards) were drawn and persisted on the "
+        "workers before the clock starts. Time ratio: distributed / global wall time. "
+        "Parameter error after Hungarian matching of the experts; ARI of the most probable "
+        "expert. Driver peak: `tracemalloc` peak of the driver during the distributed fit "
+        "(the data never reach it), against the data's size. n = 10^6: "
+        "`MMOPT_BENCH_MOE_LARGE=1 python benchmarks/run.py --only moe`.\n\n"
+        + table
+        + "\n"
+    )
 
 
 def run(quick: bool = False) -> str:
     """The BENCHMARKS.md section (``benchmarks/run.py``)."""
-    sizes, seeds = ([20_000], [0]) if quick else ([100_000], [0, 1, 2])
-    return (
-        "## Distributed mixtures of experts vs one global EM fit\n\n"
-        "Global: one `MixtureOfExperts(3, n_init=3)` on all rows in the driver; distributed: "
-        "`DistributedMixtureOfExperts(3, n_shards=2, n_init=3, n_support=1000)` on a 2-worker "
-        "`LocalCluster` (processes) through `joblib.parallel_config(backend=\"dask\")`, data "
-        "passed as NumPy arrays (so the driver holds every row: its memory is not measured "
-        "here). Parameter error after Hungarian matching of the experts; ARI of the most "
-        "probable expert. n = 10^6: `python benchmarks/bench_moe.py 1000000`.\n\n"
-        + _table(sizes, seeds)
-        + "\n"
-    )
+    if quick:
+        sizes, seeds = [20_000], [0]
+    else:
+        sizes = [100_000, 1_000_000] if os.environ.get("MMOPT_BENCH_MOE_LARGE") else [100_000]
+        seeds = [0, 1, 2]
+    return _section(_table(sizes, seeds))
 
 
 def main() -> None:
@@ -94,7 +187,7 @@ def main() -> None:
     parser.add_argument("sizes", nargs="*", type=int, default=[100_000])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     args = parser.parse_args()
-    print(_table(args.sizes, args.seeds))
+    print(_section(_table(args.sizes, args.seeds)))
 
 
 if __name__ == "__main__":

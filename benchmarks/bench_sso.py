@@ -110,14 +110,24 @@ def _at_budget(epochs, values, budget):
 def _section(label, loss, X, y, alpha, quick):
     problem = TargetSurrogateProblem(LinearTargetModel(), loss, X, y, alpha=alpha)
     minibatch = TargetSurrogateProblem(LinearTargetModel(), loss, X, y, alpha=alpha, n_inner=1)
+    armijo = TargetSurrogateProblem(LinearTargetModel(), loss, X, y, alpha=alpha, inner="gd",
+                                    n_inner=3)
     max_epochs = 10 if quick else 50
     curves = {
         "SSO full batch (exact inner, Anderson)": _repeated(
             _curve_sso, problem, tol=1e-13, max_iter=2000),
         "SSO full batch, no Anderson": _repeated(
             _curve_sso, problem, anderson=False, tol=1e-13, max_iter=2000),
-        "SSO minibatch 32 (1 Armijo step)": _repeated(
-            _curve_sso, minibatch, batch_size=32, max_iter=max_epochs, random_state=0),
+        "SSO minibatch 32, paper's surrogate (exact projection)": _repeated(
+            _curve_sso, problem, batch_size=32, max_iter=max_epochs, random_state=0),
+    }
+    if X.shape[0] <= 5000:  # each inner step evaluates the model on all rows
+        curves["SSO minibatch 32, paper's surrogate (3 Armijo steps)"] = _repeated(
+            _curve_sso, armijo, batch_size=32, max_iter=max_epochs, random_state=0)
+    curves |= {
+        "SSO minibatch 32, minibatch-only surrogate (1 Armijo step)": _repeated(
+            _curve_sso, minibatch, batch_size=32, max_iter=max_epochs, random_state=0,
+            projection="batch"),
         "scipy L-BFGS-B": _repeated(_curve_lbfgs, problem, 2000),
         "sklearn SGD (partial_fit epochs)": _repeated(_curve_sgd, problem, loss, max_epochs),
     }

@@ -6,14 +6,13 @@ row fixed to zero (the softmax is unchanged by adding one vector to every row). 
 the negative log-likelihood: the E-step's lower bound (Jensen's inequality on the log of the
 mixture) touches the log-likelihood at the current parameters, and the M-step maximizes it:
 weighted least squares per expert, the weighted variance of its residuals, and a weighted
-multinomial-logistic fit of the gates (convex, solved by trust-region Newton from the current
-gates, so the bound never goes down even when it stops early).
+multinomial-logistic fit of the gates (convex, solved by Newton's method with a line search
+from the current gates, so the bound never goes down even when it stops early).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
@@ -35,6 +34,15 @@ _GATE_MAX_ITER = 50
 
 def logsumexp(a: np.ndarray, axis: int = 1, keepdims: bool = False) -> np.ndarray:
     """``log(sum(exp(a)))`` along ``axis``, shifted by the maximum (finite inputs)."""
+    a = np.asarray(a)
+    if a.ndim == 2 and axis in (1, -1):
+        # Few columns: NumPy reduces a short last axis row by row, far slower than a loop
+        # over the columns and a matrix-vector product.
+        top = a[:, 0].copy()
+        for j in range(1, a.shape[1]):
+            np.maximum(top, a[:, j], out=top)
+        out = top + np.log(np.exp(a - top[:, None]) @ np.ones(a.shape[1]))
+        return out[:, None] if keepdims else out
     top = np.max(a, axis=axis, keepdims=True)
     out = top + np.log(np.sum(np.exp(a - top), axis=axis, keepdims=True))
     return out if keepdims else np.squeeze(out, axis=axis)
@@ -54,64 +62,88 @@ def _design(X: np.ndarray) -> np.ndarray:
     return np.hstack([np.ones((X.shape[0], 1)), X])
 
 
-def _gate_objective(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float):
-    """Negative weighted multinomial log-likelihood of the gates and its gradient.
+def _gate_log_pi(free: np.ndarray, Z: np.ndarray, n_gates: int) -> np.ndarray:
+    """``log softmax(Z W^T)`` with ``W``'s first ``K - 1`` rows ``free`` and the last zero."""
+    W = np.vstack([free.reshape(n_gates - 1, Z.shape[1]), np.zeros((1, Z.shape[1]))])
+    return log_softmax(Z @ np.ascontiguousarray(W.T), axis=1)
+
+
+def _gate_objective(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float,
+                    *, derivatives: bool = True):
+    """Negative weighted multinomial log-likelihood of the gates, its gradient and Hessian.
 
     ``-sum_ik R_ik log softmax(Z W^T)_ik / scale`` over the first ``K - 1`` gate rows (the
-    last is zero); ``R`` holds non-negative weights per sample and gate.
+    last is zero); ``R`` holds non-negative weights per sample and gate. The Hessian is
+    ``sum_i r_i (diag(P_i) - P_i P_i^T) (x) z_i z_i^T / scale`` with ``r_i = sum_k R_ik``.
+    Only the value when ``derivatives`` is false.
     """
     n_gates, p = R.shape[1], Z.shape[1]
-    W = np.vstack([free.reshape(n_gates - 1, p), np.zeros((1, p))])
-    log_pi = log_softmax(Z @ W.T, axis=1)
+    log_pi = _gate_log_pi(free, Z, n_gates)
     value = -float(np.sum(R * log_pi)) / scale
-    residual = R - R.sum(axis=1, keepdims=True) * np.exp(log_pi)
-    grad = -(residual.T @ Z)[:-1] / scale
-    return value, grad.ravel()
-
-
-def _gate_hessian(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float):
-    """Hessian of :func:`_gate_objective`: ``sum_i r_i (diag(P_i) - P_i P_i^T) (x) z_i z_i^T``."""
-    n_gates, p = R.shape[1], Z.shape[1]
-    W = np.vstack([free.reshape(n_gates - 1, p), np.zeros((1, p))])
-    P = np.exp(log_softmax(Z @ W.T, axis=1))[:, :-1]
-    weighted = P * (R.sum(axis=1, keepdims=True) / scale)
+    if not derivatives:
+        return value
+    P = np.exp(log_pi)
+    mass = R @ np.ones(n_gates)
+    grad = -((R - mass[:, None] * P).T @ Z)[:-1] / scale
     A = n_gates - 1
-    # Block (a, b) of size p x p is Z^T diag(c_ab) Z with c_ab = w_a (delta_ab - P_b): one
-    # BLAS product of all the c_ab with the rows' outer products z_i z_i^T.
-    c = -weighted[:, :, None] * P[:, None, :]
-    c[:, np.arange(A), np.arange(A)] += weighted
-    outer = (Z[:, :, None] * Z[:, None, :]).reshape(Z.shape[0], p * p)
-    blocks = (c.reshape(Z.shape[0], A * A).T @ outer).reshape(A, A, p, p)
-    return blocks.transpose(0, 2, 1, 3).reshape(A * p, A * p)
+    weighted = np.ascontiguousarray((P[:, :-1] * (mass / scale)[:, None]).T)
+    P_t = np.ascontiguousarray(P[:, :-1].T)
+    H = np.empty((A, p, A, p))
+    # Block (a, b) is Z^T diag(c_ab) Z with c_ab = w_a (delta_ab - P_b).
+    for i in range(A):
+        for j in range(i + 1):
+            c = weighted[i] * ((i == j) - P_t[j])
+            H[i, :, j] = H[j, :, i] = (Z * c[:, None]).T @ Z
+    return value, grad.ravel(), H.reshape(A * p, A * p)
 
 
 def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _GATE_MAX_ITER,
               tol: float = 1e-10) -> np.ndarray:
     """Gate parameters maximizing ``sum_ik R_ik log softmax(Z W^T)_ik``, from ``W0``.
 
-    Newton's method in a trust region (scipy's ``trust-exact``) on the convex weighted
-    multinomial-logistic objective, over the first ``K - 1`` rows (the last row stays zero).
-    The trust region accepts only steps that lower the objective, so its value at the
-    returned point is never above its value at ``W0``.
+    Newton's method (IRLS) with an Armijo backtracking line search on the convex weighted
+    multinomial-logistic objective, over the first ``K - 1`` rows (the last row stays zero),
+    until the largest gradient entry of the objective divided by ``sum R`` is at most
+    ``tol``. Only steps that lower the objective are taken, so its value at the returned
+    point is never above its value at ``W0``.
     """
     n_gates = R.shape[1]
     if n_gates == 1:
         return np.zeros_like(W0)
     scale = max(float(R.sum()), np.finfo(float).tiny)
-    start = (W0[:-1] - W0[-1]).ravel()
-    f0, _ = _gate_objective(start, Z, R, scale)
-    with np.errstate(over="ignore", invalid="ignore"):
-        res = minimize(_gate_objective, start, args=(Z, R, scale), jac=True,
-                       hess=_gate_hessian, method="trust-exact",
-                       options={"maxiter": max_iter, "gtol": tol})
-    free = res.x if np.isfinite(res.fun) and res.fun <= f0 else start
+    free = (W0[:-1] - W0[-1]).ravel()
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        value, grad, H = _gate_objective(free, Z, R, scale)
+        for _ in range(max_iter):
+            if not np.isfinite(value) or np.abs(grad).max() <= tol:
+                break
+            # The Hessian is positive semi-definite: clip its spectrum from below.
+            eigval, eigvec = np.linalg.eigh(H)
+            floor = max(float(eigval[-1]), 1.0) * 1e-12
+            direction = -eigvec @ ((eigvec.T @ grad) / np.maximum(eigval, floor))
+            slope = float(grad @ direction)
+            if not slope < 0:
+                break
+            step, accepted = 1.0, False
+            for _ in range(40):
+                trial = free + step * direction
+                trial_value = _gate_objective(trial, Z, R, scale, derivatives=False)
+                if trial_value <= value + 1e-4 * step * slope:
+                    accepted = True
+                    break
+                step *= 0.5
+            if not accepted:
+                break
+            free = trial
+            value, grad, H = _gate_objective(free, Z, R, scale)
     return np.vstack([free.reshape(n_gates - 1, -1), np.zeros((1, Z.shape[1]))])
 
 
 def log_joint(Z, y, W, B, variances):
     """``log pi_k(x_i) + log N(y_i; z_i^T beta_k, sigma_k^2)``, shape (n, K)."""
-    log_pi = log_softmax(Z @ W.T, axis=1)
-    residual = y[:, None] - Z @ B.T
+    # Contiguous right operands: OpenBLAS is slow on (n, p) @ (p, K)-transposed products.
+    log_pi = log_softmax(Z @ np.ascontiguousarray(W.T), axis=1)
+    residual = y[:, None] - Z @ np.ascontiguousarray(B.T)
     return log_pi - 0.5 * (_LOG_2PI + np.log(variances) + residual**2 / variances)
 
 
@@ -171,13 +203,16 @@ class MoEProblem(MMProblem):
         K, p = self.n_experts, Z.shape[1]
         B = np.empty((K, p))
         variances = np.empty(K)
+        Rt = np.ascontiguousarray(R.T)
         for k in range(K):
-            r = R[:, k]
-            root = np.sqrt(r)
-            B[k] = np.linalg.lstsq(Z * root[:, None], y * root, rcond=None)[0]
+            r = Rt[k]
+            # Weighted least squares by its normal equations (p is small); lstsq on the
+            # p x p system still answers when an expert's weights leave it singular.
+            weighted = Z * r[:, None]
+            B[k] = np.linalg.lstsq(weighted.T @ Z, weighted.T @ y, rcond=None)[0]
             mass = float(r.sum())
             residual = y - Z @ B[k]
-            variance = float(r @ residual**2) / mass if mass > 0 else np.inf
+            variance = float(np.sum(r * residual**2)) / mass if mass > 0 else np.inf
             variances[k] = variance if np.isfinite(variance) else np.var(y)
         variances = np.maximum(variances, self.variance_floor)
         W = fit_gates(Z, R, W0)

@@ -179,10 +179,13 @@ class MixtureReductionProblem(MMProblem):
         v = np.empty(K)
         for k in range(K):
             members = labels == clusters[k % len(clusters)]
-            w = weight[members] + 1e-300
+            # Relative weights, so that clusters of massless experts average without
+            # underflowing to a zero variance.
+            w = weight[members]
+            w = w / w.sum() if w.sum() > 0 else np.ones(len(w))
             B[k] = np.average(self.local_experts[members], axis=0, weights=w)
             v[k] = np.average(self.local_variances[members], weights=w)
-        return np.concatenate([B.ravel(), v])
+        return np.concatenate([B.ravel(), np.maximum(v, _TINY_VARIANCE)])
 
     def kl_divergences(self, x) -> np.ndarray:
         """``KL(local expert l || reduced expert k)`` at each support point: (n_s, L, K)."""

@@ -34,12 +34,24 @@ class SSO(MMSolver):
     :class:`~mmopt.mm.TargetSurrogateProblem`: one gradient of the loss in target space on
     all samples, then the surrogate's minimization (exact for a linear model), with
     safeguarded Anderson acceleration as in :class:`~mmopt.mm.MMSolver`; the objective
-    never increases. With a ``batch_size``, each iteration is one epoch of SSO, projected
-    stochastic gradient descent in target space: the samples are shuffled and, for each
-    minibatch, the surrogate of the minibatch's loss built at the current parameters is
-    decreased by the problem's ``n_inner`` gradient steps with an Armijo line search,
-    with the target-space step ``eta / (1 + epoch)`` (``schedule="inverse"``, the
-    decreasing step SGD needs on strongly convex losses) or ``eta`` (``"constant"``).
+    never increases. With a ``batch_size``, each iteration is one epoch of SSO [1]_,
+    projected stochastic gradient descent in target space: the samples are shuffled and
+    each minibatch ``S`` of ``b`` rows makes one outer step. Its loss gradient ``g_S`` in
+    target space (the only one of the step) defines the stochastic surrogate
+
+    ``s(theta) = <g_S, f_S(theta) - z_S> / b + ||f(theta) - z||^2 / (2 eta n) + penalty``
+
+    whose mean over the minibatches is the full-batch surrogate; its minimizer is the
+    projection onto the model's outputs of the target-space SGD step that moves the
+    minibatch's targets by ``-eta (n / b) g_S`` and leaves the others. The problem
+    minimizes it exactly (linear model, ``inner="exact"``: a solve with the design's Gram
+    matrix) or by its ``n_inner`` gradient steps with an Armijo line search (any model;
+    each step evaluates the model on all rows, never the loss gradient).
+    ``projection="batch"`` restricts the proximity term to the minibatch (the surrogate of
+    the minibatch's loss alone: cheaper inner steps for a costly model, but several of
+    them overfit the minibatch). The target-space step is ``eta / (1 + epoch)``
+    (``schedule="inverse"``, the decreasing step SGD needs on strongly convex losses) or
+    ``eta`` (``"constant"``).
 
     Parameters
     ----------
@@ -53,6 +65,9 @@ class SSO(MMSolver):
         or the relative decrease of the objective.
     schedule : {"inverse", "constant"}, default="inverse"
         Target-space step of the minibatch epochs (see above).
+    projection : {"full", "batch"}, default="full"
+        Rows of the minibatch surrogates' proximity term: all (the paper's projection in
+        target space) or the minibatch's.
     random_state : int, numpy Generator or None, default=None
         Seed of the minibatch order.
     tol : float, default=1e-6
@@ -102,6 +117,7 @@ class SSO(MMSolver):
     _parameter_constraints = {
         "batch_size": [None, Interval(int, 1, None)],
         "schedule": [Options({"inverse", "constant"})],
+        "projection": [Options({"full", "batch"})],
         "random_state": [
             None,
             Interval(int, 0, None),
@@ -114,6 +130,7 @@ class SSO(MMSolver):
         *,
         batch_size: int | None = None,
         schedule: str = "inverse",
+        projection: str = "full",
         anderson: bool | AndersonAcceleration = True,
         stopping: str = "step",
         random_state=None,
@@ -126,6 +143,7 @@ class SSO(MMSolver):
                          callback=callback, verbose=verbose)
         self.batch_size = batch_size
         self.schedule = schedule
+        self.projection = projection
         self.random_state = random_state
 
     def _residual_covers_x(self) -> bool:
@@ -156,7 +174,7 @@ class SSO(MMSolver):
         x = state.x
         for start in range(0, problem.n_samples, self.batch_size):
             rows = np.sort(order[start:start + self.batch_size])
-            x = problem.surrogate_step(x, rows, eta)[0]
+            x = problem.surrogate_step(x, rows, eta, self.projection)[0]
         fun = problem.objective(x)
         count = state.n_target_gradients + problem.n_samples
         if self.stopping == "objective":

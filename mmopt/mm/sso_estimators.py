@@ -74,7 +74,8 @@ class _SSOLinearModel(BaseEstimator):
         return self
 
     def _partial_fit(self, X, y):
-        # One SSO step on this minibatch: its surrogate, decreased by n_inner Armijo steps.
+        # One step on this minibatch: a stream has no other rows to project on, so the
+        # minibatch's own surrogate, decreased by n_inner Armijo steps.
         problem = self._problem(X, y, inner="gd")
         theta = self._theta() if hasattr(self, "coef_") else problem.initial_point()
         theta = problem.surrogate_step(theta)[0]
@@ -114,10 +115,11 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
     batch_size : int, optional
         Minibatch size of SSO; None for full-batch MM.
     inner : {"exact", "gd"}, optional
-        Inner minimization of the full-batch surrogate (exact when None).
+        Inner minimization of the surrogates (exact when None: a ridge solve on the full
+        batch, the projection in target space on minibatches).
     n_inner : int, default=10
         Armijo gradient steps per surrogate when they are used (``inner="gd"``,
-        minibatches, ``partial_fit``).
+        ``partial_fit``).
     anderson : bool or AndersonAcceleration, default=True
         Safeguarded Anderson acceleration of the full-batch MM.
     tol : float, default=1e-6
@@ -235,7 +237,8 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
     batch_size : int, optional
         Minibatch size of SSO; None for full-batch MM.
     inner : {"exact", "gd"}, optional
-        Inner minimization of the full-batch surrogate (exact when None).
+        Inner minimization of the surrogates (exact when None: a ridge solve on the full
+        batch, the projection in target space on minibatches).
     n_inner : int, default=10
         Armijo gradient steps per surrogate when they are used.
     anderson : bool or AndersonAcceleration, default=True

@@ -164,24 +164,41 @@ class TargetModel:
 
 
 class _Surrogate:
-    """``s_t`` built at ``theta_t`` on the rows ``rows``: value and gradient."""
+    """The surrogate built at ``theta_t`` with the loss gradient on ``rows``: value, gradient.
 
-    def __init__(self, problem: TargetSurrogateProblem, Z, G, rows, eta: float):
-        self.problem, self.Z, self.G, self.eta = problem, Z, G, eta
+    ``s(theta) = <G, f_S(theta) - z_S> / b + ||f_P(theta) - z_P||^2 / (2 eta n_P) + penalty``
+    with ``S`` the ``b`` rows of the gradient and ``P`` those of the proximity term: ``S``
+    itself, or all rows (``full``: the paper's projection in target space).
+    """
+
+    def __init__(self, problem: TargetSurrogateProblem, theta_t, rows, eta: float,
+                 full: bool = False):
+        self.problem, self.eta = problem, eta
+        self.rows = rows
         self.X = problem.X if rows is None else problem.X[rows]
         self.n = self.X.shape[0]
+        self.Z = problem.model.predict(theta_t, self.X)
+        self.G = problem.loss.gradient(self.Z, rows)
+        # Rows of the proximity term, and where the gradient rows sit among them.
+        self.subset = rows is not None and full
+        self.X_prox = problem.X if self.subset else self.X
+        self.Z_prox = problem.model.predict(theta_t, problem.X) if self.subset else self.Z
 
     def value_and_outputs(self, theta):
-        F = self.problem.model.predict(theta, self.X)
-        gap = F - self.Z
-        value = float(np.sum(self.G * gap)) + float(np.sum(gap * gap)) / (2.0 * self.eta)
-        value /= self.n
+        gap = self.problem.model.predict(theta, self.X_prox) - self.Z_prox
+        gap_rows = gap[self.rows] if self.subset else gap
+        value = float(np.sum(self.G * gap_rows)) / self.n
+        value += float(np.sum(gap * gap)) / (2.0 * self.eta * gap.shape[0])
         return value + self.problem.penalty(theta), gap
 
     def gradient(self, theta, gap):
         problem = self.problem
-        V = (self.G + gap / self.eta) / self.n
-        return problem.model.vjp(theta, self.X, V) + problem.alpha * problem.mask * theta
+        V = gap / (self.eta * gap.shape[0])
+        if self.subset:
+            V[self.rows] += self.G / self.n
+        else:
+            V += self.G / self.n
+        return problem.model.vjp(theta, self.X_prox, V) + problem.alpha * problem.mask * theta
 
     def value(self, theta) -> float:
         return self.value_and_outputs(theta)[0]
@@ -222,7 +239,8 @@ class TargetSurrogateProblem(MMProblem):
         ``C`` is ``1 / (alpha n_samples)``).
     inner : {"exact", "gd"}, optional
         How the surrogate is minimized: ``"exact"`` (linear models only; the default for
-        them) or ``"gd"`` (the default otherwise). Minibatch steps always use ``"gd"``.
+        them) or ``"gd"`` (the default otherwise). Minibatch steps with the minibatch-only
+        surrogate (``projection="batch"``) always use ``"gd"``.
     n_inner : int, default=10
         Gradient steps per surrogate with ``inner="gd"``.
     n_classes : int, optional
@@ -290,6 +308,7 @@ class TargetSurrogateProblem(MMProblem):
                                  f"{loss} loss needs {n_outputs}.")
         self._factor = _RidgeFactor(self.X, model.fit_intercept) if self.inner == "exact" \
             else None
+        self._gram = None
 
     @property
     def n_samples(self) -> int:
@@ -306,27 +325,37 @@ class TargetSurrogateProblem(MMProblem):
         """``F(theta)``: the mean loss plus the penalty."""
         return self.loss.value(self.model.predict(theta, self.X)) + self.penalty(theta)
 
-    def surrogate(self, theta_t: np.ndarray, rows=None, eta: float | None = None
-                  ) -> _Surrogate:
-        """The surrogate built at ``theta_t`` on ``rows`` (all when None), with the step
-        ``eta`` (the problem's when None); one target gradient. ``.value(theta)`` is
-        ``s_t(theta) - l(z_t)`` and ``.gradient`` its gradient (through the model's
-        ``vjp``)."""
-        X = self.X if rows is None else self.X[rows]
-        Z = self.model.predict(theta_t, X)
-        return _Surrogate(self, Z, self.loss.gradient(Z, rows), rows,
-                          self.eta if eta is None else eta)
+    def surrogate(self, theta_t: np.ndarray, rows=None, eta: float | None = None,
+                  projection: str = "full") -> _Surrogate:
+        """The surrogate built at ``theta_t`` with the loss gradient on ``rows`` (all when
+        None) and the step ``eta`` (the problem's when None); one target gradient.
 
-    def surrogate_step(self, theta: np.ndarray, rows=None, eta: float | None = None
-                       ) -> tuple[np.ndarray, float]:
-        """Build the surrogate at ``theta`` on ``rows`` with the step ``eta`` and minimize it.
-
-        Returns the new parameters and the loss (plus penalty) at ``theta`` on those rows.
-        Exact for a linear model on all rows with ``inner="exact"``; ``n_inner`` Armijo
-        gradient steps otherwise (the only choice on a minibatch: an exact minimizer of a
-        minibatch's surrogate would fit that minibatch alone).
+        With ``projection="full"`` its proximity term runs over all rows (the stochastic
+        surrogate of Lavington et al., whose mean over the minibatches is the full-batch
+        surrogate), with ``"batch"`` over ``rows`` only (the surrogate of the minibatch's
+        loss). ``.value(theta)`` is ``s_t(theta)`` less the loss at ``theta_t`` and
+        ``.gradient`` its gradient (through the model's ``vjp``).
         """
-        surrogate = self.surrogate(theta, rows, eta)
+        projection = check_choice(projection, "projection", ("full", "batch"))
+        return _Surrogate(self, theta_t, rows, self.eta if eta is None else eta,
+                          full=projection == "full")
+
+    def surrogate_step(self, theta: np.ndarray, rows=None, eta: float | None = None,
+                       projection: str = "full") -> tuple[np.ndarray, float]:
+        """Build the surrogate at ``theta`` (see :meth:`surrogate`) and minimize it.
+
+        Returns the new parameters and the loss (plus penalty) at ``theta`` on ``rows``.
+        Exact for a linear model with ``inner="exact"``: on all rows a ridge solve, on a
+        minibatch with ``projection="full"`` the projection of the target-space step
+        ``z_S - eta (n / b) g_S`` onto the model's outputs (a solve with the design's Gram
+        matrix, no pass over the data). Otherwise ``n_inner`` gradient steps with an
+        Armijo line search (the only choice with ``projection="batch"``: the exact
+        minimizer of a minibatch's own surrogate would fit that minibatch alone).
+        """
+        projection = check_choice(projection, "projection", ("full", "batch"))
+        if rows is not None and self.inner == "exact" and projection == "full":
+            return self._projected_step(theta, rows, self.eta if eta is None else eta)
+        surrogate = self.surrogate(theta, rows, eta, projection)
         fun = self.loss.value(surrogate.Z, rows) + self.penalty(theta)
         if rows is None and self.inner == "exact":
             return self._exact_minimizer(surrogate), fun
@@ -340,6 +369,48 @@ class TargetSurrogateProblem(MMProblem):
 
     def initial_point(self) -> np.ndarray:
         return self.x0
+
+    def _projected_step(self, theta: np.ndarray, rows, eta: float):
+        """Exact minimizer of the full-projection surrogate on a minibatch (linear model).
+
+        With ``M`` the parameters as a (p, k) matrix (intercept row last), ``A`` the design
+        with its unit column and ``D = M - M_t``, the surrogate is ``<G, A_S D> / b +
+        ||A D||^2 / (2 eta n) + alpha / 2 ||mask (M_t + D)||^2``: its minimizer solves
+        ``(A^T A / (eta n) + alpha mask) D = -(A_S^T G / b + alpha mask M_t)``.
+        """
+        X_rows = self.X[rows]
+        Z = self.model.predict(theta, X_rows)
+        G = self.loss.gradient(Z, rows)
+        fun = self.loss.value(Z, rows) + self.penalty(theta)
+        M = theta.reshape(-1, G.shape[1])
+        mask = self.mask.reshape(M.shape)[:, 0]
+        rhs = X_rows.T @ G
+        if self.model.fit_intercept:
+            rhs = np.vstack([rhs, G.sum(axis=0)[None, :]])
+        rhs = rhs / len(rows) + self.alpha * mask[:, None] * M
+        vals, vecs = self._gram_eigen(eta)
+        keep = vals > vals[-1] * max(self.X.shape) * np.finfo(float).eps
+        inverse = np.divide(1.0, vals, out=np.zeros_like(vals), where=keep)
+        step = vecs @ ((vecs.T @ rhs) * inverse[:, None])
+        return (M - step).ravel(), fun
+
+    def _gram_eigen(self, eta: float):
+        """Eigen-decomposition of ``A^T A / (eta n) + alpha mask``, cached per ``eta``."""
+        if self._gram is None:
+            A = self.X
+            gram = A.T @ A
+            if self.model.fit_intercept:
+                col = A.sum(axis=0)
+                gram = np.block([[gram, col[:, None]], [col[None, :], np.array([[len(A)]])]])
+            self._gram = (gram, {})
+        gram, cache = self._gram
+        if eta not in cache:
+            mask = self.mask.reshape(gram.shape[0], -1)[:, 0]
+            matrix = gram / (eta * self.n_samples) + self.alpha * np.diag(mask)
+            if len(cache) > 8:
+                cache.clear()
+            cache[eta] = np.linalg.eigh(matrix)
+        return cache[eta]
 
     def _exact_minimizer(self, surrogate: _Surrogate) -> np.ndarray:
         # s_t(theta) = ||X W + b - T||^2 / (2 eta n) + alpha/2 ||W||^2 + const, T = z_t - eta g.

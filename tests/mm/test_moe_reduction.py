@@ -146,3 +146,17 @@ def test_empty_kmeans_cluster_repeats_a_found_one(local_models, monkeypatch):
     B, v = problem.unpack(problem.initial_point())
     assert np.isfinite(B).all() and np.isfinite(v).all()
     assert np.allclose(B, B[0]) and np.allclose(v, v[0])
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_one_sample_shards_at_the_defaults(seed):
+    # Two samples, two shards of one sample: each local fit has massless experts with the
+    # variance floor; their k-means cluster used to average to a zero variance (NaN
+    # divergence at the start).
+    from mmopt.mm import DistributedMixtureOfExperts
+
+    rng = np.random.default_rng(seed)
+    X, y = rng.random((2, 1)), rng.standard_normal(2)
+    fitted = DistributedMixtureOfExperts(random_state=seed).fit(X, y)
+    assert fitted.reduction_.status == 0 and np.isfinite(fitted.reduction_.fun)
+    assert np.all(fitted.variances_ > 0) and np.all(np.isfinite(fitted.predict(X)))
