@@ -10,7 +10,7 @@ import numpy as np
 
 from mmopt_ext._gauss_grid import lagrange_interp as _lagrange_interp
 from mmopt_ext._gauss_grid import lagrange_spread as _lagrange_spread
-from mmopt_ext._gauss_grid import signed_lse_convolve as _signed_lse_convolve
+from mmopt_ext._gauss_grid import stabilized_convolve as _stabilized_convolve
 
 # Grid spacing (in units of the kernel's width sqrt(reg / 2)) and Lagrange order, by the
 # smallest requested tolerance they serve. Measured, not derived (see smooth_sinkhorn's
@@ -71,15 +71,17 @@ class GaussGrid:
         _lagrange_spread(coords, np.ascontiguousarray(values, dtype=np.float64), self.order, grid)
         return grid
 
-    def interpolate(self, grid, coords, threads: int):
-        """The Lagrange interpolant of the grid values ``grid`` at ``coords``."""
+    def interpolate(self, grid, coords, threads: int, order: int | None = None):
+        """The Lagrange interpolant of the grid values ``grid`` at ``coords`` (of the grid's
+        order unless ``order`` is given)."""
         out = np.empty(coords.shape[0])
-        _lagrange_interp(np.ascontiguousarray(grid), coords, self.order, out, threads)
+        _lagrange_interp(np.ascontiguousarray(grid), coords, order or self.order, out, threads)
         return out
 
     def log_convolve(self, log_abs, sign, reg: float, threads: int):
         """``sum_Y sign_Y exp(log_abs_Y - |X - Y|^2 / reg)`` at every node ``X``, as
-        ``(log |.|, sign)``: one signed log-sum-exp convolution per axis."""
+        ``(log |.|, sign)``: one stabilized convolution (blocks of matrix products) per
+        axis."""
         ratio = self.step**2 / reg
         if log_abs.size < _MIN_PARALLEL_NODES:
             threads = 1
@@ -87,6 +89,6 @@ class GaussGrid:
             if length == 1:
                 continue
             out_log, out_sign = np.empty(self.shape), np.empty(self.shape)
-            _signed_lse_convolve(log_abs, sign, axis, ratio, out_log, out_sign, threads)
+            _stabilized_convolve(log_abs, sign, axis, ratio, out_log, out_sign, threads)
             log_abs, sign = out_log, out_sign
         return log_abs, sign

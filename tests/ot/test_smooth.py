@@ -13,7 +13,7 @@ from mmopt.ot import LazyPlan, sinkhorn
 from mmopt.ot import lazy_plan as lazy_plan_module
 from mmopt.ot._gauss_grid import GaussGrid, SmoothRegimeNotApplicable
 from mmopt.ot._smooth import smooth_sinkhorn
-from mmopt_ext._gauss_grid import lagrange_interp, lagrange_spread, signed_lse_convolve
+from mmopt_ext._gauss_grid import lagrange_interp, lagrange_spread, stabilized_convolve
 
 
 # ---------------------------------------------------------------- NumPy references
@@ -69,16 +69,25 @@ def test_spread_and_interp_match_numpy(d, q):
     np.testing.assert_allclose(out, exact, rtol=1e-9)
 
 
-@pytest.mark.parametrize("axis", [0, 1, 2])
-def test_signed_lse_convolve_matches_numpy(axis):
+@pytest.mark.parametrize(
+    "axis, shape, c",
+    [(0, (9, 7, 8), 0.37), (1, (9, 7, 8), 0.37), (2, (9, 7, 8), 0.37),
+     # Lines of 60 and 50 nodes: several output blocks (c B L <= 300), a whole zero line.
+     (0, (60, 5, 3), 0.2), (1, (4, 50, 1), 0.5), (2, (3, 2, 60), 0.2)],
+)
+def test_stabilized_convolve_matches_numpy(axis, shape, c):
     rng = np.random.default_rng(axis)
-    shape = (9, 7, 8)
     log_abs = rng.normal(scale=300.0, size=shape)  # a dynamic range of e^±900
+    # A smooth part with the slopes of a transport potential (the maxima far from X).
+    coord = np.indices(shape)[axis].astype(float)
+    log_abs += 4.0 * coord * np.sin(np.arange(np.prod(shape)).reshape(shape))
     sign = np.sign(rng.normal(size=shape))
     sign[0, 0, :3] = 0.0
-    c = 0.37
+    line = [0, 0, 0]
+    line[axis] = slice(None)
+    sign[tuple(line)] = 0.0
     out_log, out_sign = np.empty(shape), np.empty(shape)
-    signed_lse_convolve(log_abs, sign, axis, c, out_log, out_sign, 2)
+    stabilized_convolve(log_abs, sign, axis, c, out_log, out_sign, 2)
 
     la = np.moveaxis(np.where(sign == 0, -np.inf, log_abs), axis, -1)
     sg = np.moveaxis(sign, axis, -1)
