@@ -13,8 +13,8 @@ from scipy.spatial import cKDTree
 
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
-from mmopt._core.result import Result
-from mmopt._core.solver import Solver, SolverState
+from mmopt._core.result import STATUS_MESSAGES, Result, Status
+from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import check_n_threads, effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
@@ -533,31 +533,38 @@ class PointCloudSinkhorn(Solver):
         try:
             out = smooth_sinkhorn(level.x, level.y, level.a, level.b, problem.reg,
                                   tol=self.tol * mass, max_iter=self.max_iter,
-                                  n_threads=run.threads)
+                                  n_threads=run.threads, progress=self.verbose == 1)
         except SmoothRegimeNotApplicable:
             return None
+        reg = float(out.reg_reached)
         run.grid, run.grid_error = True, float(out.marginal_error)
         run.level_log[-1]["iterations"] += out.n_iter
-        run.level_log[-1]["reg_end"] = problem.reg
+        run.level_log[-1]["reg_end"] = reg
         error = run.grid_error
         if len(level.x) * len(level.y) <= _MAX_COST_PAIRS:
             # The grid's discretization adds to its model's error: where two passes over the
             # pairs are affordable, stop on the exact error (the online kernel's iterations
             # then finish the solve if the grid left it above tol).
             _, rows = online_softmin(level.x, level.y, out.g, out.f, np.zeros(len(level.x)),
-                                     problem.reg, run.kind, run.p, run.threads)
+                                     reg, run.kind, run.p, run.threads)
             _, cols = online_softmin(level.y, level.x, out.f, out.g, np.zeros(len(level.y)),
-                                     problem.reg, run.kind, run.p, run.threads)
+                                     reg, run.kind, run.p, run.threads)
             error = float(np.abs(rows - level.a).sum() + np.abs(cols - level.b).sum())
-        return _PCState(
+        new = _PCState(
             x=np.concatenate([out.f, out.g]),
-            fun=float(level.a @ out.f + level.b @ out.g) - problem.reg * mass,
+            fun=float(level.a @ out.f + level.b @ out.g) - reg * mass,
             residual=error / mass, f=out.f, g=out.g, level=state.level,
-            reg=problem.reg, run=run,
-            record={"level": float(state.level), "reg": problem.reg,
+            reg=reg, run=run,
+            record={"level": float(state.level), "reg": reg,
                     "kept": float(len(level.x) * len(level.y)), "newton": 0.0,
-                    "intermediate": 0.0},
+                    "intermediate": float(reg != problem.reg)},
+            intermediate=reg != problem.reg,
         )
+        if out.interrupted:
+            # Ctrl-C inside the grid solve: the potentials of its last completed level or
+            # iteration end the solve (status 3).
+            raise StopSolve(Status.INTERRUPTED, STATUS_MESSAGES[Status.INTERRUPTED], new)
+        return new
 
     def _next_stage(self, problem, state) -> None:
         """Move ``state`` (in place: it is the step's new state) to the next reg or level."""

@@ -276,3 +276,75 @@ def test_lazy_plan_bad_input(monkeypatch):
     monkeypatch.setattr(lazy_plan_module, "_MAX_DENSE_ENTRIES", 10)
     with pytest.raises(MemoryError, match="matvec"):
         plan.toarray()
+
+
+def test_smooth_sinkhorn_keyboard_interrupt_returns_last_iterate():
+    x, y, a, b = _problem(2, 300, 4, False)
+    reg = 0.01
+
+    def interrupt(n_iter, error):
+        if n_iter == 3:
+            raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # an interrupt does not warn
+        out = smooth_sinkhorn(x, y, a, b, reg, callback=interrupt, eps_scaling=False)
+    assert out.interrupted and not out.converged and out.n_iter == 3
+    assert out.reg_reached == reg
+    assert np.isfinite(out.f).all() and np.isfinite(out.g).all()
+    # The iterate of the third iteration: its rows are a's (F is a row update of an earlier
+    # G, up to the over-relaxation) and its marginal error is the recorded one's order.
+    plan = LazyPlan(x, y, out.f, out.g, reg)
+    error = np.abs(plan.sum(axis=1) - a).sum() + np.abs(plan.sum(axis=0) - b).sum()
+    assert 1e-6 < error < 10 * out.history[-1] + 1e-3
+
+
+def test_smooth_sinkhorn_interrupt_during_eps_scaling(monkeypatch):
+    """Ctrl-C in the epsilon scaling returns the last completed level's potentials, at its
+    reg: G of that level and F its exact row update (rows equal to a)."""
+    x, y, a, b = _problem(2, 300, 5, True)
+    calls = [0]
+    original = GaussGrid.log_convolve
+
+    def convolve(self, *args):
+        calls[0] += 1
+        if calls[0] == 5:  # the third level's first transform: two levels completed
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(GaussGrid, "log_convolve", convolve)
+    out = smooth_sinkhorn(x, y, a, b, 0.01)
+    monkeypatch.undo()
+    diam2 = float(np.sum(np.ptp(np.vstack([x, y]), axis=0) ** 2))
+    assert out.interrupted and out.n_iter == 0
+    assert out.reg_reached == pytest.approx(diam2 / 2)
+    plan = LazyPlan(x, y, out.f, out.g, out.reg_reached)
+    np.testing.assert_allclose(plan.sum(axis=1), a, rtol=1e-6)
+
+
+def test_pointcloud_sinkhorn_smooth_interrupt_and_progress(monkeypatch, capsys):
+    from mmopt.ot import PointCloudOTProblem, PointCloudSinkhorn
+
+    x, y, a, b = _problem(2, 300, 6, False)
+    problem = PointCloudOTProblem(x, y, a, b, reg=0.01)
+    full = PointCloudSinkhorn(regime="smooth", verbose=1).solve(problem)
+    assert full.success and full.reg_reached == 0.01
+    assert "smooth_sinkhorn" in capsys.readouterr().err  # the grid solve's tqdm bar
+    calls = [0]
+    original = GaussGrid.log_convolve
+
+    def convolve(self, *args):
+        calls[0] += 1
+        if calls[0] == 7:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(GaussGrid, "log_convolve", convolve)
+    res = PointCloudSinkhorn(regime="smooth").solve(problem)
+    assert res.status == 3 and not res.success
+    assert res.reg_reached > problem.reg and res.levels[-1]["reg_end"] == res.reg_reached
+    assert np.isfinite(res.f).all() and np.isfinite(res.g).all()
+    # Its reported marginal error is that of the returned potentials at reg_reached.
+    plan = LazyPlan(x, y, res.f, res.g, res.reg_reached)
+    error = np.abs(plan.sum(axis=1) - a).sum() + np.abs(plan.sum(axis=0) - b).sum()
+    assert res.marginal_error == pytest.approx(error, rel=1e-6)
