@@ -64,7 +64,8 @@ result = pointcloud_sinkhorn(source, target, reg=reg, regime="smooth")
 report(f"scans, n = {len(source)}, m = {len(target)}", result)
 a = np.full(len(source), 1.0 / len(source))
 mapped = (result.plan @ target) / a[:, None]
-print(f"mean displacement of the barycentric map: {np.linalg.norm(mapped - source, axis=1).mean():.3f}")
+displacement = np.linalg.norm(mapped - source, axis=1)
+print(f"mean displacement of the barycentric map: {displacement.mean():.3f}")
 
 # %%
 # Colour transfer between two photographs
@@ -118,7 +119,7 @@ ax.scatter(*target[::step].T, s=1, c="tab:orange", alpha=0.3, label="target")
 ax.set_title("barycentric map of the plan")
 ax.legend(loc="upper left", markerscale=5)
 ax = fig.add_subplot(2, 3, 3)
-ax.hist(np.linalg.norm(mapped - source, axis=1), bins=50)
+ax.hist(displacement, bins=50)
 ax.set_title("displacement of each source point")
 for k, (image, title) in enumerate(
     [(images[0], "first image"), (images[1], "second image (colours)"),
