@@ -17,7 +17,9 @@ from mmopt._core.result import STATUS_MESSAGES, Result, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import check_n_threads, effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
-from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
+from mmopt.ot._cloud_gemm import online_softmin_gemm
+from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
+from mmopt.ot._cloud_kernels import pair_costs, sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
@@ -693,6 +695,15 @@ def _newton_step(problem, state, pattern, level):
         record={"level": float(state.level), "reg": reg, "kept": float(pattern.nnz),
                 "newton": 1.0, "intermediate": 0.0},
     )
+
+
+def online_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads):
+    """The online row update (:func:`mmopt.ot._cloud_kernels.online_softmin`): a direct
+    loop over the coordinates up to dimension 3, tiles of small matrix products above
+    (:func:`mmopt.ot._cloud_gemm.online_softmin_gemm`)."""
+    if x.shape[1] > 3:
+        return online_softmin_gemm(x, y, g, f_old, log_a, reg, kind, p, n_threads)
+    return _direct_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads)
 
 
 def _threads(run, pairs: int) -> int:
