@@ -107,7 +107,8 @@ def run(quick: bool = False) -> str:
         f"random weights b; squared Euclidean cost; reg = factor x squared diameter of the "
         f"bounding box; tol = {TOL:g} (mmopt: the grid model's L1 marginal error iterated to "
         f"tol / 2, as PointCloudSinkhorn does; POT: its stopThr). 'true error' is the L1 "
-        "marginal error of the returned potentials' plan, computed exactly tile by tile (n <= 3e4). Peak = the process's maximum RSS; CPU = "
+        "marginal error of the returned potentials' plan, computed exactly tile by tile "
+        "(n <= 3e4). Peak = the process's maximum RSS; CPU = "
         "its user + system time over the solve (all threads).",
         "",
         "| solver | d | n = m | reg factor | grid | iterations | time (s) | CPU (s) "

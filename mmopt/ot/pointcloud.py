@@ -282,8 +282,8 @@ class PointCloudSinkhorn(Solver):
       (``mmopt.ot._smooth.smooth_sinkhorn``: O(n + m + grid) per iteration; the grid
       model is iterated to ``tol / 2``, the other half left to the grid's discretization);
       up to 10^8 pairs the exact marginal error is then measured and the online kernel
-      finishes the solve if the grid's discretization left it above ``tol`` (above that the reported
-      ``marginal_error`` is the grid model's). Other costs and dimensions, and grids too
+      finishes the solve if the grid's discretization left it above ``tol`` (above that the
+      reported ``marginal_error`` is the grid model's). Other costs and dimensions, and grids too
       large for ``reg``: every pair by the online kernel (O(n m) per iteration, memory
       O(n + m)).
 
