@@ -82,6 +82,7 @@ y = colours[1][rng.choice(len(colours[1]), N_COLOURS, replace=False)]
 reg = 1e-2 * squared_diameter(x, y)
 result = pointcloud_sinkhorn(x, y, reg=reg, regime="smooth")
 report(f"colours, n = m = {N_COLOURS}", result)
+print("for 10^5 - 10^6 colours: MMOPT_EXAMPLE_N=200000 python examples/plot_pointcloud_ot.py")
 
 
 def entropic_map(points, y, g, reg, block=1024):
