@@ -152,10 +152,6 @@ def smooth_sinkhorn(
         A tqdm bar over the epsilon-scaling levels and the iterations (the level's ``reg``
         and the marginal error as its postfix).
 
-    A ``KeyboardInterrupt`` (Ctrl-C, or raised by ``callback``) during the solve returns the
-    potentials of the last completed level or iteration, with ``interrupted=True`` and
-    their ``reg`` as ``reg_reached``.
-
     Returns
     -------
     SmoothSinkhornOutput
@@ -188,6 +184,10 @@ def smooth_sinkhorn(
     marginal error of the result (up to ``10^8`` pairs) and finishes with the online kernel
     when the grid left it above ``tol``. The per-iteration check interpolates the change of
     the potentials at order 4 and confirms it at the grid's order before stopping.
+
+    A ``KeyboardInterrupt`` (Ctrl-C, or raised by ``callback``) during the solve returns the
+    potentials of the last completed level or iteration, with ``interrupted=True`` and
+    their ``reg`` as ``reg_reached``.
 
     Examples
     --------
