@@ -16,7 +16,10 @@ NO_OPENMP = os.environ.get("MMOPT_NO_OPENMP", "0") == "1"
 NO_LIBMVEC = os.environ.get("MMOPT_NO_LIBMVEC", "0") == "1"
 # Kernels that include mmopt_ext/_expsum.h (libmvec gives them an SSE2 exp for CPUs without
 # AVX2; their AVX2/AVX-512 exp is inline).
-SIMD_EXP_MODULES = {"mmopt_ext._sinkhorn", "mmopt_ext._pointcloud"}
+SIMD_EXP_MODULES = {
+    "mmopt_ext._sinkhorn", "mmopt_ext._pointcloud", "mmopt_ext._gauss_grid",
+    "mmopt_ext._cloud_gemm",
+}
 
 LIBMVEC_PROBE = textwrap.dedent(
     """

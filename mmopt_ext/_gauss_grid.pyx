@@ -1,6 +1,7 @@
 """Kernels of the grid Gaussian transform (smooth-regime Sinkhorn for point clouds, d <= 3):
 tensor Lagrange spreading of point weights onto a regular grid, Lagrange interpolation of grid
-values at points, and the signed log-domain Gaussian convolution of grid values along one axis.
+values at points, and the signed, stabilized Gaussian convolution of grid values along one
+axis (blocks of matrix products).
 
 Grids are C-ordered 3-D arrays (trailing axes of length 1 when d < 3); point coordinates are
 given in grid units (node ``k`` of axis ``a`` sits at coordinate ``k``).
@@ -9,10 +10,23 @@ given in grid units (node ``k`` of axis ``a`` sits at coordinate ``k``).
 from cython.parallel cimport prange
 from libc.math cimport exp, floor, log, INFINITY
 from libc.stdlib cimport free, malloc
+from scipy.linalg.cython_blas cimport dgemm
 
-# Terms more than this below a sum's largest term (in log) are skipped: exp(-40) * grid
-# length stays below double rounding for any grid this module accepts.
-cdef double _SKIP = 40.0
+cdef extern from "_expsum.h" nogil:
+    ctypedef void (*mmopt_exprow_fn)(const double*, const double*, double, double, Py_ssize_t,
+                                     double*)
+    mmopt_exprow_fn mmopt_exprow
+    int mmopt_expsum_select(int which)
+
+mmopt_expsum_select(-1)
+
+# stabilized_convolve: the bound on |2 c u (Y - Xc)| that sets the block size and the most
+# outputs per block.
+cdef double _MAX_CROSS = 300.0
+cdef Py_ssize_t _MAX_BLOCK = 64
+# Tiles: at most this many lines, and lines x L x B below OpenBLAS's threading threshold.
+cdef Py_ssize_t _MAX_TILE_LINES = 256
+cdef Py_ssize_t _GEMM_WORK = 200000
 
 
 cdef inline Py_ssize_t _weights(double t, int q, double *w) noexcept nogil:
@@ -101,7 +115,7 @@ def lagrange_interp(
             free(w)
 
 
-def signed_lse_convolve(
+def stabilized_convolve(
     const double[:, :, ::1] log_abs,
     const double[:, :, ::1] sign,
     int axis,
@@ -113,76 +127,130 @@ def signed_lse_convolve(
     """Gaussian convolution of signed values kept as ``sign * exp(log_abs)``, along ``axis``.
 
     ``out[.., X, ..] = sum_Y sign[.., Y, ..] exp(log_abs[.., Y, ..] - c (X - Y)^2)`` with
-    ``c = step_sq_over_reg`` (``h^2 / reg``), returned as ``(log |out|, sign(out))``. Each
-    output takes two passes over its line: the largest term, then the shifted sum (terms 40
-    below the largest skipped). Lines run in parallel.
+    ``c = step_sq_over_reg`` (``h^2 / reg``), returned as ``(log |out|, sign(out))``.
+
+    The outputs of a line are taken in blocks of ``B`` consecutive nodes of centre ``Xc``.
+    Writing ``X = Xc + u``,
+
+        ``l_Y - c (X - Y)^2 = [l_Y - c (Xc - Y)^2] - c u^2 + 2 c u (Y - Xc)``,
+
+    the first bracket is shifted by its maximum over the line ``m`` (so its exponential is
+    in (0, 1]) and the last term is a fixed ``L x B`` matrix ``exp(2 c u (Y - Xc))`` for all
+    lines: the block is one matrix product (BLAS ``dgemm``) of the lines' shifted
+    exponentials with that matrix, then ``log |.| + m - c u^2``. ``B`` keeps
+    ``c B L <= 300`` (``L`` the line's length), so the matrix stays within ``e^{+-300}``;
+    the largest term of each output is then at least ``e^-300`` of the scale, and shifted
+    exponentials below ``e^-700`` are replaced by ``e^-700`` (the clamp of ``_expsum.h``'s
+    vectorized ``exp``): each such term is below ``e^-100`` times the output's largest term.
+    The sum is otherwise exact up to rounding (relative to its largest term, as any signed
+    sum).
     """
     cdef Py_ssize_t s0 = log_abs.shape[0], s1 = log_abs.shape[1], s2 = log_abs.shape[2]
-    cdef Py_ssize_t length = log_abs.shape[axis]
-    cdef Py_ssize_t n_lines = (s0 * s1 * s2) // length
-    cdef Py_ssize_t line, X, Y, i0, i1, i2, t
-    cdef Py_ssize_t o0, o1, o2  # strides (in elements) of the line and the other two axes
-    cdef double *buf
-    cdef double *sg
-    cdef double *kern
-    cdef double top, term, total
-    kern = <double *>malloc(length * sizeof(double))
-    for t in range(length):
-        kern[t] = -step_sq_over_reg * t * t
+    cdef Py_ssize_t L = log_abs.shape[axis]
+    cdef Py_ssize_t P = s0 if axis == 1 else (s0 * s1 if axis == 2 else 1)
+    cdef Py_ssize_t Q = s1 * s2 if axis == 0 else (s2 if axis == 1 else 1)
+    cdef double c = step_sq_over_reg
+    cdef Py_ssize_t B = <Py_ssize_t>(_MAX_CROSS / (c * L))
+    B = max(1, min(B, L, _MAX_BLOCK))
+    # Lines per tile: each tile's products stay below OpenBLAS's threshold for threading
+    # (the tiles already run in parallel).
+    cdef Py_ssize_t lines = max(1, min(_GEMM_WORK // (L * B), _MAX_TILE_LINES))
+    cdef Py_ssize_t per_p = (Q + lines - 1) // lines
+    cdef Py_ssize_t n_tiles = P * per_p
+    cdef double *la = <double *>&log_abs[0, 0, 0]
+    cdef double *sg = <double *>&sign[0, 0, 0]
+    cdef double *ol = &out_log_abs[0, 0, 0]
+    cdef double *osg = &out_sign[0, 0, 0]
+    # Per block (one after the other): the matrix exp(2 c u (Y - Xc)) (L x size, row-major)
+    # and the squared distances c (Xc - Y)^2 (L).
+    cdef double *M = <double *>malloc(L * (L + _MAX_BLOCK + 1) * sizeof(double))
+    cdef double *D
+    cdef Py_ssize_t start, size, n_blocks = 0, block, tile, p, q0, n_lines, j, Y, k, index
+    cdef double xc, u, value, best
+    cdef double *T
+    cdef double *Z
+    cdef double *W
+    cdef double *S
+    cdef double *top
+    cdef double *Mb
+    cdef int gm, gn, gk, lda, ldb, ldc
+    cdef double one = 1.0, zero = 0.0
+    cdef char no = b'N'
+    if M == NULL:
+        raise MemoryError("stabilized_convolve: work buffer")
+    D = M + L * L
+    start = 0
+    while start < L:
+        size = min(B, L - start)
+        xc = start + 0.5 * (size - 1)
+        for Y in range(L):
+            D[n_blocks * L + Y] = c * (xc - Y) * (xc - Y)
+            for k in range(size):
+                M[start * L + Y * size + k] = exp(2.0 * c * (Y - xc) * (start + k - xc))
+        start += size
+        n_blocks += 1
     try:
         with nogil:
-            for line in prange(n_lines, schedule="static", num_threads=n_threads):
-                buf = <double *>malloc(2 * length * sizeof(double))
-                sg = buf + length
-                # The line's position in the other two axes.
-                if axis == 0:
-                    i1 = line // s2
-                    i2 = line % s2
-                elif axis == 1:
-                    i0 = line // s2
-                    i2 = line % s2
-                else:
-                    i0 = line // s1
-                    i1 = line % s1
-                for Y in range(length):
-                    if axis == 0:
-                        buf[Y] = log_abs[Y, i1, i2]
-                        sg[Y] = sign[Y, i1, i2]
-                    elif axis == 1:
-                        buf[Y] = log_abs[i0, Y, i2]
-                        sg[Y] = sign[i0, Y, i2]
-                    else:
-                        buf[Y] = log_abs[i0, i1, Y]
-                        sg[Y] = sign[i0, i1, Y]
-                    if sg[Y] == 0.0:
-                        buf[Y] = -INFINITY
-                for X in range(length):
-                    top = -INFINITY
-                    for Y in range(length):
-                        term = buf[Y] + kern[X - Y if X >= Y else Y - X]
-                        if term > top:
-                            top = term
-                    total = 0.0
-                    if top > -INFINITY:
-                        for Y in range(length):
-                            term = buf[Y] + kern[X - Y if X >= Y else Y - X] - top
-                            if term > -_SKIP:
-                                total = total + sg[Y] * exp(term)
-                    if axis == 0:
-                        o0, o1, o2 = X, i1, i2
-                    elif axis == 1:
-                        o0, o1, o2 = i0, X, i2
-                    else:
-                        o0, o1, o2 = i0, i1, X
-                    if total > 0.0:
-                        out_log_abs[o0, o1, o2] = top + log(total)
-                        out_sign[o0, o1, o2] = 1.0
-                    elif total < 0.0:
-                        out_log_abs[o0, o1, o2] = top + log(-total)
-                        out_sign[o0, o1, o2] = -1.0
-                    else:
-                        out_log_abs[o0, o1, o2] = -INFINITY
-                        out_sign[o0, o1, o2] = 0.0
-                free(buf)
+            for tile in prange(n_tiles, schedule="dynamic", num_threads=n_threads):
+                # The tile: lines q0 .. q0 + n_lines - 1 of slab p; node Y of line j is at
+                # (p L + Y) Q + q0 + j. Gathered row by row (n_lines x L), log |.| of zeros
+                # set to -inf.
+                p = tile // per_p
+                q0 = (tile % per_p) * lines
+                n_lines = min(lines, Q - q0)
+                T = <double *>malloc((3 * L + B + 1) * n_lines * sizeof(double))
+                Z = T + L * n_lines
+                W = Z + L * n_lines
+                S = W + L * n_lines
+                top = S + B * n_lines
+                for Y in range(L):
+                    for j in range(n_lines):
+                        index = (p * L + Y) * Q + q0 + j
+                        Z[j * L + Y] = sg[index]
+                        T[j * L + Y] = la[index] if sg[index] != 0.0 else -INFINITY
+                start = 0
+                for block in range(n_blocks):
+                    size = min(B, L - start)
+                    xc = start + 0.5 * (size - 1)
+                    Mb = M + start * L
+                    for j in range(n_lines):
+                        best = -INFINITY
+                        for Y in range(L):
+                            value = T[j * L + Y] - D[block * L + Y]
+                            if value > best:
+                                best = value
+                        top[j] = best
+                        if best == -INFINITY:
+                            for Y in range(L):
+                                W[j * L + Y] = 0.0
+                        else:
+                            # exp(T - D - best), clamped below at e^-700 (zero signs: zero).
+                            mmopt_exprow(&D[block * L], &T[j * L], -best, 1.0, L, &W[j * L])
+                            for Y in range(L):
+                                W[j * L + Y] = W[j * L + Y] * Z[j * L + Y]
+                    # S (n_lines x size) = W (n_lines x L) @ Mb (L x size), row-major.
+                    gm = <int>size
+                    gn = <int>n_lines
+                    gk = <int>L
+                    lda = <int>size
+                    ldb = <int>L
+                    ldc = <int>size
+                    dgemm(&no, &no, &gm, &gn, &gk, &one, Mb, &lda, W, &ldb, &zero, S, &ldc)
+                    for k in range(size):
+                        u = start + k - xc
+                        for j in range(n_lines):
+                            index = (p * L + start + k) * Q + q0 + j
+                            value = S[j * size + k]
+                            if value > 0.0:
+                                ol[index] = top[j] - c * u * u + log(value)
+                                osg[index] = 1.0
+                            elif value < 0.0:
+                                ol[index] = top[j] - c * u * u + log(-value)
+                                osg[index] = -1.0
+                            else:
+                                ol[index] = -INFINITY
+                                osg[index] = 0.0
+                    start = start + size
+                free(T)
     finally:
-        free(kern)
+        free(M)

@@ -15,11 +15,13 @@ from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
-from mmopt._core.result import Result
-from mmopt._core.solver import Solver, SolverState
+from mmopt._core.result import STATUS_MESSAGES, Result, Status
+from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
-from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
+from mmopt.ot._cloud_gemm import online_softmin_gemm
+from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
+from mmopt.ot._cloud_kernels import pair_costs, sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
@@ -281,10 +283,11 @@ class PointCloudSinkhorn(Solver):
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
       convolutions, the clouds spread onto the grid and the potentials interpolated back
-      (``mmopt.ot._smooth.smooth_sinkhorn``: O(n + m + grid) per iteration); up to 10^8
-      pairs the exact marginal error is then measured and the online kernel finishes the
-      solve if the grid's discretization left it above ``tol`` (above that the reported
-      ``marginal_error`` is the grid model's). Other costs and dimensions, and grids too
+      (``mmopt.ot._smooth.smooth_sinkhorn``: O(n + m + grid) per iteration; the grid
+      model is iterated to ``tol / 2``, the other half left to the grid's discretization);
+      up to 10^8 pairs the exact marginal error is then measured and the online kernel
+      finishes the solve if the grid's discretization left it above ``tol`` (above that the
+      reported ``marginal_error`` is the grid model's). Other costs and dimensions, and grids too
       large for ``reg``: every pair by the online kernel (O(n m) per iteration, memory
       O(n + m)).
 
@@ -532,33 +535,42 @@ class PointCloudSinkhorn(Solver):
             return None
         mass = float(level.b.sum())
         try:
+            # The grid model is iterated to half of tol: the other half is left to the
+            # grid's discretization (measured at 2e-7 - 4e-7 at the default tol).
             out = smooth_sinkhorn(level.x, level.y, level.a, level.b, problem.reg,
-                                  tol=self.tol * mass, max_iter=self.max_iter,
-                                  n_threads=run.threads)
+                                  tol=0.5 * self.tol * mass, max_iter=self.max_iter,
+                                  n_threads=run.threads, progress=self.verbose == 1)
         except SmoothRegimeNotApplicable:
             return None
+        reg = float(out.reg_reached)
         run.grid, run.grid_error = True, float(out.marginal_error)
         run.level_log[-1]["iterations"] += out.n_iter
-        run.level_log[-1]["reg_end"] = problem.reg
+        run.level_log[-1]["reg_end"] = reg
         error = run.grid_error
         if len(level.x) * len(level.y) <= _MAX_COST_PAIRS:
             # The grid's discretization adds to its model's error: where two passes over the
             # pairs are affordable, stop on the exact error (the online kernel's iterations
             # then finish the solve if the grid left it above tol).
             _, rows = online_softmin(level.x, level.y, out.g, out.f, np.zeros(len(level.x)),
-                                     problem.reg, run.kind, run.p, run.threads)
+                                     reg, run.kind, run.p, run.threads)
             _, cols = online_softmin(level.y, level.x, out.f, out.g, np.zeros(len(level.y)),
-                                     problem.reg, run.kind, run.p, run.threads)
+                                     reg, run.kind, run.p, run.threads)
             error = float(np.abs(rows - level.a).sum() + np.abs(cols - level.b).sum())
-        return _PCState(
+        new = _PCState(
             x=np.concatenate([out.f, out.g]),
-            fun=float(level.a @ out.f + level.b @ out.g) - problem.reg * mass,
+            fun=float(level.a @ out.f + level.b @ out.g) - reg * mass,
             residual=error / mass, f=out.f, g=out.g, level=state.level,
-            reg=problem.reg, run=run,
-            record={"level": float(state.level), "reg": problem.reg,
+            reg=reg, run=run,
+            record={"level": float(state.level), "reg": reg,
                     "kept": float(len(level.x) * len(level.y)), "newton": 0.0,
-                    "intermediate": 0.0},
+                    "intermediate": float(reg != problem.reg)},
+            intermediate=reg != problem.reg,
         )
+        if out.interrupted:
+            # Ctrl-C inside the grid solve: the potentials of its last completed level or
+            # iteration end the solve (status 3).
+            raise StopSolve(Status.INTERRUPTED, STATUS_MESSAGES[Status.INTERRUPTED], new)
+        return new
 
     def _next_stage(self, problem, state) -> None:
         """Move ``state`` (in place: it is the step's new state) to the next reg or level."""
@@ -687,6 +699,15 @@ def _newton_step(problem, state, pattern, level):
         record={"level": float(state.level), "reg": reg, "kept": float(pattern.nnz),
                 "newton": 1.0, "intermediate": 0.0},
     )
+
+
+def online_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads):
+    """The online row update (:func:`mmopt.ot._cloud_kernels.online_softmin`): a direct
+    loop over the coordinates up to dimension 3, tiles of small matrix products above
+    (:func:`mmopt.ot._cloud_gemm.online_softmin_gemm`)."""
+    if x.shape[1] > 3:
+        return online_softmin_gemm(x, y, g, f_old, log_a, reg, kind, p, n_threads)
+    return _direct_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads)
 
 
 def _threads(run, pairs: int) -> int:

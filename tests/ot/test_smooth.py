@@ -13,7 +13,7 @@ from mmopt.ot import LazyPlan, sinkhorn
 from mmopt.ot import lazy_plan as lazy_plan_module
 from mmopt.ot._gauss_grid import GaussGrid, SmoothRegimeNotApplicable
 from mmopt.ot._smooth import smooth_sinkhorn
-from mmopt_ext._gauss_grid import lagrange_interp, lagrange_spread, signed_lse_convolve
+from mmopt_ext._gauss_grid import lagrange_interp, lagrange_spread, stabilized_convolve
 
 
 # ---------------------------------------------------------------- NumPy references
@@ -69,16 +69,25 @@ def test_spread_and_interp_match_numpy(d, q):
     np.testing.assert_allclose(out, exact, rtol=1e-9)
 
 
-@pytest.mark.parametrize("axis", [0, 1, 2])
-def test_signed_lse_convolve_matches_numpy(axis):
+@pytest.mark.parametrize(
+    "axis, shape, c",
+    [(0, (9, 7, 8), 0.37), (1, (9, 7, 8), 0.37), (2, (9, 7, 8), 0.37),
+     # Lines of 60 and 50 nodes: several output blocks (c B L <= 300), a whole zero line.
+     (0, (60, 5, 3), 0.2), (1, (4, 50, 1), 0.5), (2, (3, 2, 60), 0.2)],
+)
+def test_stabilized_convolve_matches_numpy(axis, shape, c):
     rng = np.random.default_rng(axis)
-    shape = (9, 7, 8)
     log_abs = rng.normal(scale=300.0, size=shape)  # a dynamic range of e^±900
+    # A smooth part with the slopes of a transport potential (the maxima far from X).
+    coord = np.indices(shape)[axis].astype(float)
+    log_abs += 4.0 * coord * np.sin(np.arange(np.prod(shape)).reshape(shape))
     sign = np.sign(rng.normal(size=shape))
     sign[0, 0, :3] = 0.0
-    c = 0.37
+    line = [0, 0, 0]
+    line[axis] = slice(None)
+    sign[tuple(line)] = 0.0
     out_log, out_sign = np.empty(shape), np.empty(shape)
-    signed_lse_convolve(log_abs, sign, axis, c, out_log, out_sign, 2)
+    stabilized_convolve(log_abs, sign, axis, c, out_log, out_sign, 2)
 
     la = np.moveaxis(np.where(sign == 0, -np.inf, log_abs), axis, -1)
     sg = np.moveaxis(sign, axis, -1)
@@ -267,3 +276,108 @@ def test_lazy_plan_bad_input(monkeypatch):
     monkeypatch.setattr(lazy_plan_module, "_MAX_DENSE_ENTRIES", 10)
     with pytest.raises(MemoryError, match="matvec"):
         plan.toarray()
+
+
+def test_smooth_sinkhorn_keyboard_interrupt_returns_last_iterate():
+    x, y, a, b = _problem(2, 300, 4, False)
+    reg = 0.01
+
+    def interrupt(n_iter, error):
+        if n_iter == 3:
+            raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # an interrupt does not warn
+        out = smooth_sinkhorn(x, y, a, b, reg, callback=interrupt, eps_scaling=False)
+    assert out.interrupted and not out.converged and out.n_iter == 3
+    assert out.reg_reached == reg
+    assert np.isfinite(out.f).all() and np.isfinite(out.g).all()
+    # The iterate of the third iteration: its rows are a's (F is a row update of an earlier
+    # G, up to the over-relaxation) and its marginal error is the recorded one's order.
+    plan = LazyPlan(x, y, out.f, out.g, reg)
+    error = np.abs(plan.sum(axis=1) - a).sum() + np.abs(plan.sum(axis=0) - b).sum()
+    assert 1e-6 < error < 10 * out.history[-1] + 1e-3
+
+
+def test_smooth_sinkhorn_interrupt_during_eps_scaling(monkeypatch):
+    """Ctrl-C in the epsilon scaling returns the last completed level's potentials, at its
+    reg: G of that level and F its exact row update (rows equal to a)."""
+    x, y, a, b = _problem(2, 300, 5, True)
+    calls = [0]
+    original = GaussGrid.log_convolve
+
+    def convolve(self, *args):
+        calls[0] += 1
+        if calls[0] == 5:  # the third level's first transform: two levels completed
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(GaussGrid, "log_convolve", convolve)
+    out = smooth_sinkhorn(x, y, a, b, 0.01)
+    monkeypatch.undo()
+    diam2 = float(np.sum(np.ptp(np.vstack([x, y]), axis=0) ** 2))
+    assert out.interrupted and out.n_iter == 0
+    assert out.reg_reached == pytest.approx(diam2 / 2)
+    plan = LazyPlan(x, y, out.f, out.g, out.reg_reached)
+    np.testing.assert_allclose(plan.sum(axis=1), a, rtol=1e-6)
+
+
+def test_pointcloud_sinkhorn_smooth_interrupt_and_progress(monkeypatch, capsys):
+    from mmopt.ot import PointCloudOTProblem, PointCloudSinkhorn
+
+    x, y, a, b = _problem(2, 300, 6, False)
+    problem = PointCloudOTProblem(x, y, a, b, reg=0.01)
+    full = PointCloudSinkhorn(regime="smooth", verbose=1).solve(problem)
+    assert full.success and full.reg_reached == 0.01
+    assert "smooth_sinkhorn" in capsys.readouterr().err  # the grid solve's tqdm bar
+    calls = [0]
+    original = GaussGrid.log_convolve
+
+    def convolve(self, *args):
+        calls[0] += 1
+        if calls[0] == 7:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(GaussGrid, "log_convolve", convolve)
+    res = PointCloudSinkhorn(regime="smooth").solve(problem)
+    assert res.status == 3 and not res.success
+    assert res.reg_reached > problem.reg and res.levels[-1]["reg_end"] == res.reg_reached
+    assert np.isfinite(res.f).all() and np.isfinite(res.g).all()
+    # Its reported marginal error is that of the returned potentials at reg_reached.
+    plan = LazyPlan(x, y, res.f, res.g, res.reg_reached)
+    error = np.abs(plan.sum(axis=1) - a).sum() + np.abs(plan.sum(axis=0) - b).sum()
+    assert res.marginal_error == pytest.approx(error, rel=1e-6)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_grid_transform_error_within_the_gaussian_bound(d):
+    """For an affine potential ``G(y) = s . y`` (a translation's), the grid transform
+    ``sum_Y B_Y exp((G(Y) - |X - Y|^2) / reg)`` differs from the exact
+    ``Phi(X) = sum_j b_j exp((G(y_j) - |X - y_j|^2) / reg)`` by at most
+    ``gaussian_interpolation_bound(...) * sum(b) * max_y exp((G(y) - |X - y|^2) / reg)`` at
+    every node (the documented bound; checked against the dense sum)."""
+    from mmopt.ot._gauss_grid import gaussian_interpolation_bound
+
+    rng = np.random.default_rng(d)
+    m, reg = (400, 0.02) if d == 2 else (150, 0.05)
+    y = rng.random((m, d))
+    b = rng.uniform(0.5, 1.5, m)
+    s = rng.normal(size=d) * 0.3
+    grid = GaussGrid.covering(y, reg, tol=1e-6)
+    coords = grid.coordinates(y)
+    B = grid.spread(coords, b)
+    axes = [grid.origin[k] + grid.step * np.arange(grid.shape[k]) for k in range(d)]
+    nodes = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, d)
+    with np.errstate(divide="ignore"):
+        log_B = np.log(np.abs(B))
+    G_nodes = (nodes @ s).reshape(grid.shape)
+    log_abs, sign = grid.log_convolve(log_B + G_nodes / reg, np.sign(B), reg, 1)
+    approx = (sign * np.exp(log_abs)).ravel()
+    exact = (b[None, :] * np.exp((y @ s)[None, :] / reg - _dense_cost(nodes, y) / reg)).sum(1)
+    scale = np.exp((nodes @ s + s @ s / 4) / reg) * b.sum()  # sum(b) max_y of the summand
+    bound = gaussian_interpolation_bound(grid.step, reg, grid.order, d)
+    assert bound < 1e-5  # the design point of tol = 1e-6 (spacing sqrt(reg / 2) / 4, q = 10)
+    ratio = np.abs(approx - exact) / scale
+    assert ratio.max() <= bound
+    assert ratio.max() > 1e-4 * bound  # the bound is not vacuous by orders of magnitude
