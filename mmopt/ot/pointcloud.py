@@ -17,7 +17,7 @@ from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import check_n_threads, effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
-from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
+from mmopt.ot._cloud_kernels import online_softmin, sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
@@ -44,7 +44,9 @@ _NEWTON_SHIFT = 1e-3
 _MAX_NEWTON_BACKOFF = 32
 # Kernel calls over fewer pairs than this run on one thread (waking others costs more).
 _MIN_PARALLEL_PAIRS = 1 << 16
-_SWITCH_CELLS = 0.0625
+# The finer level of the hierarchy takes over when its truncation keeps about this many
+# pairs per row (see _switch_radius2).
+_SWITCH_KEPT = 32.0
 
 
 def _parse_cost(cost):
@@ -177,8 +179,8 @@ class _Pattern:
     """
 
     def __init__(self, level, kind, p, phi0, psi0, threshold, threads):
-        indptr, indices = kept_pairs(level.x, level.y, phi0, psi0, threshold, n_threads=threads)
-        cost = pair_costs(level.x, level.y, indptr, indices, kind, p, threads)
+        indptr, indices, cost, phi0 = kept_pairs(level.x, level.y, phi0, psi0, threshold,
+                                                 n_threads=threads, trees=level.trees)
         matrix = sp.csr_matrix((cost, indices, indptr), shape=(len(level.x), len(level.y)))
         transposed = matrix.T.tocsr()
         self.indptr, self.indices, self.cost = indptr, indices, cost
@@ -235,6 +237,7 @@ class _Run:
     grid: bool | None = None
     grid_error: float = 0.0  # its (grid model's) L1 marginal error
     level_log: list = field(default_factory=list)
+    switch_radius2: dict = field(default_factory=dict)  # per level, see _switch_radius2
 
 
 @dataclass
@@ -461,7 +464,11 @@ class PointCloudSinkhorn(Solver):
                 or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg
                 or pattern.threshold > _MAX_SLACK * self.truncation * reg
             ):
-                pattern = run.pattern = _Pattern(level, run.kind, run.p, phi, psi,
+                # A new level's potentials, passed down from clusters, are rough: its rows
+                # keep the pairs within the threshold of their best (the c-transform of
+                # psi), not of phi.
+                row_reference = phi if pattern is not None else np.full_like(phi, -np.inf)
+                pattern = run.pattern = _Pattern(level, run.kind, run.p, row_reference, psi,
                                                  self.truncation * reg, run.threads)
                 run.truncations += 1
                 entry["truncations"] += 1
@@ -564,12 +571,14 @@ class PointCloudSinkhorn(Solver):
         run = state.run
         level = run.levels[state.level]
         next_reg = max(state.reg * self.scaling, problem.reg)
-        # The finer level takes over once its truncation is sparse: reg below 1/16 of the
-        # squared cell size (switching at d h^2 kept most pairs of the finer clouds, 4-7 GB
-        # at 10^4 points; at h^2 / 4 the first fine truncation still kept 16.6M of the 25M
-        # pairs at 5000 points in 3-D, half the solve's time).
+        # The finer level takes over once its first truncation is sparse: its threshold
+        # (truncation * reg) at most the squared radius of a ball holding about
+        # _SWITCH_KEPT of its points. A switch by the coarse level's cell size alone (reg
+        # below h^2 / 16) kept 16.4M of the 10^8 pairs at 10^4 points in 3-D (most of the
+        # solve's time and memory).
         if state.level < len(run.levels) - 1 and (
-            next_reg < _SWITCH_CELLS * level.cell**2 or state.reg == problem.reg
+            state.reg == problem.reg
+            or self.truncation * state.reg <= _switch_radius2(run, state.level + 1)
         ):
             finer = run.levels[state.level + 1]
             state.f, state.g = _prolong(level, finer, state.f, state.g, state.reg)
@@ -690,6 +699,20 @@ def _newton_step(problem, state, pattern, level):
 
 def _threads(run, pairs: int) -> int:
     return run.threads if pairs >= _MIN_PARALLEL_PAIRS else 1
+
+
+def _switch_radius2(run, index: int) -> float:
+    """The squared radius of a ball holding about ``_SWITCH_KEPT`` points of ``y`` around a
+    point of ``x`` at level ``index`` (from the median squared nearest-neighbour distance
+    ``s^2``, the radius of a ball holding half a point on average)."""
+    if index not in run.switch_radius2:
+        level = run.levels[index]
+        sample = level.x[:: max(1, len(level.x) // _SPACING_SAMPLE)]
+        distance, _ = cKDTree(level.y).query(sample, k=1)
+        spacing2 = float(np.median(distance**2))
+        run.switch_radius2[index] = spacing2 * (_SWITCH_KEPT / np.log(2.0)) ** (
+            2.0 / level.x.shape[1])
+    return run.switch_radius2[index]
 
 
 def _level_entry(level: CloudLevel, reg: float) -> dict:
