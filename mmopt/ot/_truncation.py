@@ -6,8 +6,8 @@ scheme, for the squared Euclidean cost:
 - :func:`grid_hierarchy`: nested grid clusterings of both clouds (cells halving in size),
   coarsest first, each cluster a weighted centroid carrying its points' mass;
 - :func:`kept_pairs`: the pairs whose reduced cost ``C_ij - phi_i - psi_j`` is at most a
-  threshold, found without visiting the others by branch and bound in a k-d tree of ``y`` whose nodes
-  carry the largest ``psi`` below them (:class:`SpatialTree`).
+  threshold, found without visiting the others by branch and bound in a k-d tree of ``y``
+  whose nodes carry the largest ``psi`` below them (:class:`SpatialTree`).
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ def test_spatial_tree_is_balanced_and_covers_its_points():
         node = leaf
         while node > 0:
             node = (node - 1) // 2
-            assert (tree.lo[node] <= tree.lo[leaf]).all() and (tree.hi[node] >= tree.hi[leaf]).all()
+            assert (tree.lo[node] <= tree.lo[leaf]).all()
+            assert (tree.hi[node] >= tree.hi[leaf]).all()
     psi = rng.normal(size=1000)
     node_max = tree.node_max(psi)
     assert node_max[0] == psi.max()
