@@ -33,13 +33,20 @@ _SHARP_MAX_SPACINGS = 10.0
 # Points of x sampled to estimate the spacing.
 _SPACING_SAMPLE = 2000
 # The truncation is redone when the potentials moved enough that the certified reduced cost
-# of the dropped pairs fell below this share of the threshold, or when reg fell so much that
-# the threshold is more than this many times its value at reg (too many pairs kept).
+# of the dropped pairs (the margin) fell below a floor (see _min_margin), or when reg fell
+# so much that the threshold is more than _MAX_SLACK times its value at reg (too many
+# pairs kept). The floor, in units of the threshold: at most _MIN_MARGIN; at least
+# _FINAL_MARGIN at the problem's reg (where the dropped-mass bound must also stay below
+# tol / 100), _COARSE_MARGIN before (an intermediate solve's pattern only steers the next).
 _MIN_MARGIN = 0.75
+_FINAL_MARGIN = 0.5
+_COARSE_MARGIN = 0.25
 _MAX_SLACK = 2.0
 # Diagonal shift of the Newton system, relative to the gradient's L1 norm (the Hessian's
 # null direction (1, -1)), as in SinkhornNewtonSparse.
 _NEWTON_SHIFT = 1e-3
+# Plan entries below this share of their row's or column's mass leave the Newton Hessian.
+_NEWTON_SPARSIFY = 1e-6
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
 # Kernel calls over fewer pairs than this run on one thread (waking others costs more).
@@ -461,7 +468,7 @@ class PointCloudSinkhorn(Solver):
             phi, psi = f - reg * level.log_a, g - reg * level.log_b
             if (
                 pattern is None
-                or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg
+                or pattern.margin(phi, psi) < self._min_margin(problem, state)
                 or pattern.threshold > _MAX_SLACK * self.truncation * reg
             ):
                 # A new level's potentials, passed down from clusters, are rough: its rows
@@ -566,6 +573,16 @@ class PointCloudSinkhorn(Solver):
                     "intermediate": 0.0},
         )
 
+    def _min_margin(self, problem, state) -> float:
+        """The smallest margin the kept pairs may keep before they are selected again."""
+        run = state.run
+        threshold = self.truncation * state.reg
+        if state.level < len(run.levels) - 1 or state.reg > problem.reg:
+            return _COARSE_MARGIN * threshold
+        # Dropped mass at most exp(-margin / reg) times the squared mass: tol / 100.
+        floor = max(_FINAL_MARGIN * threshold, state.reg * np.log(100.0 / self.tol))
+        return min(_MIN_MARGIN * threshold, floor)
+
     def _next_stage(self, problem, state) -> None:
         """Move ``state`` (in place: it is the step's new state) to the next reg or level."""
         run = state.run
@@ -604,7 +621,7 @@ class PointCloudSinkhorn(Solver):
             phi, psi = f - reg * level.log_a, g - reg * level.log_b
             pattern = run.pattern
             if (state.level != len(run.levels) - 1 or pattern is None
-                    or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg):
+                    or pattern.margin(phi, psi) < self._min_margin(problem, state)):
                 pattern = _Pattern(level, run.kind, run.p, phi, psi, self.truncation * reg,
                                    run.threads)
             values, row_sums, col_sums = pattern.plan(f, g, reg)
@@ -667,7 +684,14 @@ def _newton_step(problem, state, pattern, level):
         grad = np.concatenate([row - level.a, col - level.b])
         if not np.isfinite(value) or error == 0.0:
             return None
-        S = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=(n, len(level.y)))
+        # The Hessian without the entries negligible in both their row and their column
+        # (SinkhornNewtonSparse's sparsification; the line search stays exact): a near map
+        # keeps about one entry per row, and the factorization little fill-in.
+        rows = pattern.rows()
+        significant = values >= _NEWTON_SPARSIFY * np.minimum(row[rows], col[pattern.indices])
+        S = sp.csr_matrix((values[significant], (rows[significant],
+                                                 pattern.indices[significant])),
+                          shape=(n, len(level.y)))
         diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
         found = newton_direction(diagonal + _NEWTON_SHIFT * error, S, grad, reg)
         if found is None:
