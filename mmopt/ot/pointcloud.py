@@ -185,7 +185,7 @@ class _Pattern:
     ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation.
     """
 
-    def __init__(self, level, kind, p, phi0, psi0, threshold, threads):
+    def __init__(self, level, phi0, psi0, threshold, threads):
         indptr, indices, cost, phi0 = kept_pairs(level.x, level.y, phi0, psi0, threshold,
                                                  n_threads=threads, trees=level.trees)
         matrix = sp.csr_matrix((cost, indices, indptr), shape=(len(level.x), len(level.y)))
@@ -274,15 +274,20 @@ class PointCloudSinkhorn(Solver):
       coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are clustered
       on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the coarsest level
       is solved first, and the solve moves to the next finer level (potentials passed to
-      each point from its cluster) once ``reg`` is below ``h^2 / 16`` (``h`` the level's cell
-      size). At every level only the pairs of reduced cost
-      ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
-      ``psi = g - reg log b`` (found by k-nearest queries of a KD-tree in a lifted cloud,
-      never visiting the others), so a half-iteration costs O(kept pairs). The pairs are
-      re-selected when ``reg`` changes or the potentials moved enough to erode the margin.
-      Every dropped pair has a plan entry at most ``a_i b_j exp(-margin / reg)``, where
-      ``margin`` is the threshold minus the largest rise of ``phi`` and of ``psi`` since
-      the selection: the dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``,
+      each point from its cluster) once the finer level's truncation is sparse (the
+      threshold below the squared radius of a ball holding about 32 of its points). At
+      every level only the pairs of reduced cost ``C_ij - phi_i - psi_j <= truncation * reg``
+      are kept, with ``phi = f - reg log a``, ``psi = g - reg log b`` (and, at a new level,
+      every pair within the threshold of its row's best); they are found by branch and bound
+      in a k-d tree of ``y`` whose nodes carry the largest ``psi`` below them, never visiting
+      the others, so a half-iteration costs O(kept pairs). The pairs are re-selected when
+      ``reg`` changes or the potentials moved enough to erode the margin: below a quarter
+      of the threshold before the problem's ``reg``, below the larger of half the threshold
+      and ``reg log(100 / tol)`` at it (at most 3/4 of the threshold; the returned plan
+      always meets that floor). Every dropped pair has a plan entry at most
+      ``a_i b_j exp(-margin / reg)``, where ``margin`` is the threshold minus the largest
+      rise of ``phi`` and of ``psi`` since the selection: the dropped mass is at most
+      ``sum(a) sum(b) exp(-margin / reg)``,
       reported as ``dropped_mass_bound``.
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
@@ -315,24 +320,26 @@ class PointCloudSinkhorn(Solver):
         Relative marginal error at which an epsilon-scaling step moves on.
     truncation : float, default=40.0
         Threshold of the kept reduced costs, in units of ``reg`` (sharp regime): each
-        dropped entry is at most ``e^-30 a_i b_j`` (the pairs are re-selected when the
-        margin falls below 3/4 of the threshold).
+        dropped entry of the returned plan is at most ``a_i b_j exp(-truncation / 2)``
+        (``e^-20``), and at most ``a_i b_j tol / 100`` where 3/4 of the threshold allows it
+        (see the margin floors above).
     max_coarse : int, default=1000
         Largest number of clusters per cloud at the coarsest level (sharp regime).
     newton : bool, default=True
         Sharp regime: at the problem's ``reg`` on the original clouds, once the relative
         marginal error is below ``newton_switch``, take Newton steps on the dual restricted
-        to the kept pairs, whose Hessian is exactly the kept plan (the Newton stage of
+        to the kept pairs, whose Hessian is the kept plan (the Newton stage of
         :class:`~mmopt.ot.SinkhornNewtonSparse`: its linear solve
-        :func:`~mmopt.ot._newton.newton_direction`, shifted and Levenberg-Marquardt damped,
-        and its backtracking line search); a failed step falls back to Sinkhorn iterations
-        (1, 2, 4, ... of them before the next try).
+        :func:`~mmopt.ot._newton.newton_direction` on that Hessian without the entries
+        below 1e-6 of both their row's and their column's mass, shifted and
+        Levenberg-Marquardt damped, and its exact backtracking line search); a failed step
+        falls back to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
     newton_switch : float, default=0.1
         Relative marginal error below which Newton steps start (Sinkhorn's linear rate is
         slow at a sharp reg: from 0.05 down to 1e-2 it took about 4400 iterations at 3000
         points in 3-D, where Newton then needed a few dozen steps).
     n_threads : int, optional
-        Threads of the kernels and KD-tree queries; all available CPUs when None.
+        Threads of the kernels and tree searches; all available CPUs when None.
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration; ``StopIteration`` stops.
     verbose : int, default=0
@@ -475,7 +482,7 @@ class PointCloudSinkhorn(Solver):
                 # keep the pairs within the threshold of their best (the c-transform of
                 # psi), not of phi.
                 row_reference = phi if pattern is not None else np.full_like(phi, -np.inf)
-                pattern = run.pattern = _Pattern(level, run.kind, run.p, row_reference, psi,
+                pattern = run.pattern = _Pattern(level, row_reference, psi,
                                                  self.truncation * reg, run.threads)
                 run.truncations += 1
                 entry["truncations"] += 1
@@ -622,7 +629,7 @@ class PointCloudSinkhorn(Solver):
             pattern = run.pattern
             if (state.level != len(run.levels) - 1 or pattern is None
                     or pattern.margin(phi, psi) < self._min_margin(problem, state)):
-                pattern = _Pattern(level, run.kind, run.p, phi, psi, self.truncation * reg,
+                pattern = _Pattern(level, phi, psi, self.truncation * reg,
                                    run.threads)
             values, row_sums, col_sums = pattern.plan(f, g, reg)
             block = sp.csr_matrix((values, pattern.indices, pattern.indptr),
