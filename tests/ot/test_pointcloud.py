@@ -176,6 +176,21 @@ def test_truncation_bound_holds_for_the_exact_dropped_mass():
     assert res.transport_cost_error_bound >= float((full * _cost(x, y))[~kept].sum())
 
 
+def test_margin_floor_at_the_default_tol_bounds_the_returned_plan():
+    # At tol = 1e-6 the pairs may drift to a margin of 20 reg during the solve; the
+    # returned plan's dropped mass stays certified below tol / 100 and is exact.
+    x, y, a, b = _clouds(400, 380, 3, seed=7, weights=True)
+    reg = 3e-4
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", max_coarse=60)
+    assert res.success and len(res.levels) >= 2 and res.n_newton > 0
+    assert res.dropped_mass_bound <= 1e-8
+    full = np.exp((res.f[:, None] + res.g[None] - _cost(x, y)) / reg)
+    kept = res.plan.toarray() > 0
+    assert float(full[~kept].sum()) <= res.dropped_mass_bound
+    rows, cols = res.plan.toarray().sum(1), res.plan.toarray().sum(0)
+    assert np.abs(rows - a).sum() + np.abs(cols - b).sum() <= 1e-6
+
+
 def test_zero_mass_points_and_delegation():
     x, y, a, b = _clouds(60, 50, 2, weights=True)
     a = a.copy()
