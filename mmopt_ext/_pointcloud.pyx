@@ -183,3 +183,141 @@ def pair_costs(
         for i in prange(n, schedule="guided", num_threads=n_threads):
             for e in range(indptr[i], indptr[i + 1]):
                 out[e] = _cost(&x[i, 0], &y[indices[e], 0], d, kind, p)
+
+
+# Depth bound of the DFS stacks of the tree searches (a tree over < 2^60 points).
+DEF STACK = 128
+
+
+cdef inline double _box_distance2(
+    const double* xi, const double* lo, const double* hi, Py_ssize_t d
+) noexcept nogil:
+    """Squared distance from ``xi`` to the box ``[lo, hi]``."""
+    cdef double s = 0.0, t
+    cdef Py_ssize_t k
+    for k in range(d):
+        t = lo[k] - xi[k]
+        if t > 0.0:
+            s = s + t * t
+        else:
+            t = xi[k] - hi[k]
+            if t > 0.0:
+                s = s + t * t
+    return s
+
+
+cdef double _best_reduced(
+    const double* xi, const double[:, ::1] points, const double[::1] psi,
+    const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
+    const double[::1] node_max, Py_ssize_t first_leaf, Py_ssize_t d, long long* stack,
+) noexcept nogil:
+    """``min_j |x_i - y_j|^2 - psi_j`` by branch and bound over the tree."""
+    cdef double best = INFINITY, bound, value
+    cdef Py_ssize_t top = 1, node, e, left
+    stack[0] = 0
+    while top > 0:
+        top = top - 1
+        node = stack[top]
+        bound = _box_distance2(xi, &lo[node, 0], &hi[node, 0], d) - node_max[node]
+        if bound >= best:
+            continue
+        if node >= first_leaf:
+            for e in range(start[node], start[node + 1]):
+                value = _cost(xi, &points[e, 0], d, 0, 2.0) - psi[e]
+                if value < best:
+                    best = value
+            continue
+        left = 2 * node + 1
+        # The nearer child last, so that it is searched first.
+        if (_box_distance2(xi, &lo[left, 0], &hi[left, 0], d) - node_max[left]
+                <= _box_distance2(xi, &lo[left + 1, 0], &hi[left + 1, 0], d)
+                - node_max[left + 1]):
+            stack[top] = left + 1
+            stack[top + 1] = left
+        else:
+            stack[top] = left
+            stack[top + 1] = left + 1
+        top = top + 2
+    return best
+
+
+cdef Py_ssize_t _ball(
+    const double* xi, double radius, const double[:, ::1] points, const double[::1] psi,
+    const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
+    const double[::1] node_max, Py_ssize_t first_leaf, Py_ssize_t d, long long* stack,
+    const long long[::1] order, int* out_index, double* out_cost,
+) noexcept nogil:
+    """The points with ``|x_i - y_j|^2 - psi_j <= radius``: counted, and written to
+    ``out_index`` (original indices) and ``out_cost`` (``|x_i - y_j|^2``) unless NULL."""
+    cdef Py_ssize_t top = 1, node, e, count = 0
+    cdef double c
+    stack[0] = 0
+    while top > 0:
+        top = top - 1
+        node = stack[top]
+        if _box_distance2(xi, &lo[node, 0], &hi[node, 0], d) - node_max[node] > radius:
+            continue
+        if node >= first_leaf:
+            for e in range(start[node], start[node + 1]):
+                c = _cost(xi, &points[e, 0], d, 0, 2.0)
+                if c - psi[e] <= radius:
+                    if out_index != NULL:
+                        out_index[count] = <int>order[e]
+                        out_cost[count] = c
+                    count = count + 1
+            continue
+        stack[top] = 2 * node + 1
+        stack[top + 1] = 2 * node + 2
+        top = top + 2
+    return count
+
+
+def tree_ball_pairs(
+    const double[:, ::1] x,
+    const double[::1] phi,
+    const double[:, ::1] points,
+    const double[::1] psi,
+    const long long[::1] order,
+    const double[:, ::1] lo,
+    const double[:, ::1] hi,
+    const long long[::1] start,
+    const double[::1] node_max,
+    Py_ssize_t first_leaf,
+    double threshold,
+    long long[::1] counts,
+    double[::1] phi_eff,
+    int[::1] indices,
+    double[::1] cost,
+    const long long[::1] indptr,
+    int fill,
+    int n_threads,
+):
+    """Per row ``i`` of ``x``, the tree's points ``j`` with
+    ``|x_i - y_j|^2 - psi_j <= max(phi_i, min_l |x_i - y_l|^2 - psi_l) + threshold``.
+
+    The tree is an implicit complete binary tree (children ``2k + 1``, ``2k + 2``; leaves
+    from ``first_leaf`` on, leaf ``k`` holding the points ``start[k]:start[k + 1]`` of
+    ``points``, which are ``y[order]``, and ``psi`` in that order) with boxes ``lo``, ``hi``
+    and ``node_max`` the largest ``psi`` below each node. With ``fill = 0`` it writes
+    ``counts`` and ``phi_eff`` (the max above); with ``fill = 1`` it writes the pairs'
+    original indices and squared distances into ``indices[indptr[i]:]`` and ``cost``.
+    """
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t d = x.shape[1]
+    cdef Py_ssize_t i
+    cdef long long* stack
+    if n == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        stack = <long long*>malloc(STACK * sizeof(long long))
+        for i in prange(n, schedule="guided"):
+            if fill == 0:
+                phi_eff[i] = max(phi[i], _best_reduced(
+                    &x[i, 0], points, psi, lo, hi, start, node_max, first_leaf, d, stack))
+                counts[i] = _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi,
+                                  start, node_max, first_leaf, d, stack, order, NULL, NULL)
+            else:
+                _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi, start,
+                      node_max, first_leaf, d, stack, order, &indices[indptr[i]],
+                      &cost[indptr[i]])
+        free(stack)

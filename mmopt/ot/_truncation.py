@@ -6,10 +6,8 @@ scheme, for the squared Euclidean cost:
 - :func:`grid_hierarchy`: nested grid clusterings of both clouds (cells halving in size),
   coarsest first, each cluster a weighted centroid carrying its points' mass;
 - :func:`kept_pairs`: the pairs whose reduced cost ``C_ij - phi_i - psi_j`` is at most a
-  threshold, found without visiting the others. With ``M = max psi`` and the lifted points
-  ``X_i = (x_i, 0)``, ``Y_j = (y_j, sqrt(M - psi_j))``, ``|X_i - Y_j|^2 = C_ij - psi_j + M``,
-  so the kept columns of row ``i`` are a ball of ``X_i`` in the lifted cloud: k-nearest
-  queries of a :class:`scipy.spatial.cKDTree`.
+  threshold, found without visiting the others by branch and bound in a k-d tree of ``y``
+  whose nodes carry the largest ``psi`` below them (:class:`SpatialTree`).
 """
 
 from __future__ import annotations
@@ -17,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-__all__ = ["CloudLevel", "grid_hierarchy", "kept_pairs"]
+from mmopt_ext._pointcloud import tree_ball_pairs
 
-# Neighbours per block of KD-tree queries (about 100 MB of temporaries).
-_QUERY_ENTRIES = 1 << 22
+__all__ = ["CloudLevel", "SpatialTree", "grid_hierarchy", "kept_pairs"]
+
+# Points per leaf of the spatial trees (at least this many, fewer than twice as many).
+_LEAF_SIZE = 16
 
 
 @dataclass
@@ -43,6 +42,7 @@ class CloudLevel:
 
     def __post_init__(self):
         self.log_a, self.log_b = np.log(self.a), np.log(self.b)
+        self.trees = {}  # the SpatialTree of each cloud, made by kept_pairs when needed
 
 
 def _cells(points, origin, cell):
@@ -117,77 +117,125 @@ def grid_hierarchy(x, a, y, b, *, max_coarse=1000, growth=8.0) -> list[CloudLeve
     return levels + [identity]
 
 
-def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, k_start=16):
-    """The CSR pattern ``(indptr, indices)`` of the pairs kept for the sqeuclidean cost.
+class SpatialTree:
+    """A balanced k-d tree over fixed points, for the searches of :func:`kept_pairs`.
+
+    An implicit complete binary tree (children of node ``k``: ``2k + 1``, ``2k + 2``), all
+    leaves at one depth, each holding a contiguous run of ``points = original[order]``
+    (``start[k]:start[k + 1]`` for a leaf ``k``), split at the median of the widest side;
+    ``lo`` and ``hi`` are the nodes' bounding boxes. Built once per level; the potentials
+    change, the tree does not.
+    """
+
+    def __init__(self, points):
+        m, d = points.shape
+        depth = int(np.floor(np.log2(m / _LEAF_SIZE))) if m >= 2 * _LEAF_SIZE else 0
+        order = np.arange(m)
+        bounds = [(0, m)]
+        for _ in range(depth):
+            children = []
+            for begin, end in bounds:
+                segment = order[begin:end]
+                chunk = points[segment]
+                axis = int(np.argmax(chunk.max(axis=0) - chunk.min(axis=0)))
+                half = (end - begin) // 2
+                order[begin:end] = segment[np.argpartition(chunk[:, axis], half)]
+                children += [(begin, begin + half), (begin + half, end)]
+            bounds = children
+        self.first_leaf = (1 << depth) - 1
+        nodes = 2 * self.first_leaf + 1
+        self.order = order.astype(np.int64)
+        self.points = np.ascontiguousarray(points[order])
+        self.start = np.zeros(nodes + 1, dtype=np.int64)
+        self.start[self.first_leaf:nodes] = [begin for begin, _ in bounds]
+        self.start[nodes] = m
+        self.leaf_starts = self.start[self.first_leaf:nodes]
+        lo, hi = np.empty((nodes, d)), np.empty((nodes, d))
+        lo[self.first_leaf:] = np.minimum.reduceat(self.points, self.leaf_starts, axis=0)
+        hi[self.first_leaf:] = np.maximum.reduceat(self.points, self.leaf_starts, axis=0)
+        self.lo, self.hi = lo, hi
+        self._up(lo, np.minimum)
+        self._up(hi, np.maximum)
+
+    def _up(self, values, combine):
+        """Fill the internal nodes of ``values`` from the leaves, level by level."""
+        first = self.first_leaf
+        while first > 0:
+            parents = np.arange((first - 1) // 2, first)
+            values[parents] = combine(values[2 * parents + 1], values[2 * parents + 2])
+            first = (first - 1) // 2
+
+    def node_max(self, psi):
+        """The largest ``psi`` (in the original order) below each node."""
+        out = np.empty(2 * self.first_leaf + 1)
+        out[self.first_leaf:] = np.maximum.reduceat(psi[self.order], self.leaf_starts)
+        self._up(out, np.maximum)
+        return out
+
+
+def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None):
+    """The CSR pattern ``(indptr, indices)`` of the pairs kept for the sqeuclidean cost,
+    their costs, and the row potentials ``phi_eff`` that certify the dropped pairs.
 
     Row ``i`` keeps every ``j`` with ``C_ij - phi_i - psi_j <= threshold`` and every ``j``
     with ``C_ij - psi_j <= min_l (C_il - psi_l) + threshold`` (so no row is empty, whatever
-    ``phi``); a column left empty keeps, symmetrically, its rows within ``threshold`` of its
-    own best. Every pair not kept has ``C_ij - phi_i - psi_j > threshold``. Columns are not
-    sorted within a row.
+    ``phi``; ``phi_i = -inf`` keeps only the latter); a column left empty keeps,
+    symmetrically, its rows within ``threshold`` of its own best. With
+    ``phi_eff_i = max(phi_i, min_l (C_il - psi_l)) >= phi_i``, every pair not kept has
+    ``C_ij - phi_eff_i - psi_j > threshold``. Columns are not sorted within a row.
+
+    The rows are searched in a :class:`SpatialTree` of ``y`` whose nodes carry the largest
+    ``psi`` below them: a node is skipped when the squared distance to its box minus that
+    largest ``psi`` exceeds the row's bound (branch and bound, exact). ``trees``: a dict in
+    which the trees of ``x`` and ``y`` are kept between calls on the same clouds.
 
     Examples
     --------
     >>> import numpy as np
     >>> x = y = np.array([[0.0], [1.0], [3.0]])
-    >>> indptr, indices = kept_pairs(x, y, np.zeros(3), np.zeros(3), 1.5)
-    >>> indptr.tolist(), sorted(indices[:2].tolist())
-    ([0, 2, 4, 5], [0, 1])
+    >>> indptr, indices, cost, phi_eff = kept_pairs(x, y, np.zeros(3), np.zeros(3), 1.5)
+    >>> indptr.tolist(), sorted(indices[:2].tolist()), phi_eff.tolist()
+    ([0, 2, 4, 5], [0, 1], [0.0, 0.0, 0.0])
     """
     n, m = len(x), len(y)
-    indptr, indices = _ball_rows(x, y, phi, psi, threshold, n_threads, k_start)
+    trees = {} if trees is None else trees
+    if "y" not in trees:
+        trees["y"] = SpatialTree(y)
+    indptr, indices, cost, phi_eff = _ball_rows(x, trees["y"], phi, psi, threshold,
+                                                n_threads)
     counts = np.bincount(indices, minlength=m)
     empty = np.flatnonzero(counts == 0)
     if empty.size:
-        extra_ptr, extra_rows = _ball_rows(
-            y[empty], x, psi[empty], phi, threshold, n_threads, k_start
+        if "x" not in trees:
+            trees["x"] = SpatialTree(x)
+        extra_ptr, extra_rows, extra_cost, _ = _ball_rows(
+            y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads
         )
         rows = np.concatenate([np.repeat(np.arange(n), np.diff(indptr)), extra_rows])
         cols = np.concatenate([indices, np.repeat(empty, np.diff(extra_ptr))])
+        cost = np.concatenate([cost, extra_cost])
         order = np.argsort(rows, kind="stable")
-        indices = cols[order].astype(np.int32)
+        indices, cost = cols[order].astype(np.int32), cost[order]
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return indptr.astype(np.int64), indices
+    return indptr.astype(np.int64), indices, cost, phi_eff
 
 
-def _ball_rows(x, y, phi, psi, threshold, n_threads, k_start):
-    """Row-wise kept pairs (the first rule of :func:`kept_pairs`) by k-nearest queries in
-    the lifted cloud, with k grown (x4) for the rows whose k-th neighbour is still kept."""
-    n, m = len(x), len(y)
-    top = float(psi.max())
-    lifted_y = np.hstack([y, np.sqrt(np.maximum(top - psi, 0.0))[:, None]])
-    lifted_x = np.hstack([x, np.zeros((n, 1))])
-    tree = cKDTree(lifted_y)
-    counts = np.zeros(n, dtype=np.int64)
-    chunks = []
-    pending = np.arange(n)
-    k = max(1, min(k_start, m))
-    while pending.size:
-        # Rows in blocks of at most _QUERY_ENTRIES neighbours: bounded temporary memory
-        # however wide the balls (prolonged potentials can make them wide).
-        block = max(1, _QUERY_ENTRIES // k)
-        again_rows = []
-        for start in range(0, pending.size, block):
-            part = pending[start:start + block]
-            distance, index = tree.query(lifted_x[part], k=k, workers=n_threads)
-            distance, index = distance.reshape(len(part), k), index.reshape(len(part), k)
-            squared = distance * distance
-            # C_ij - psi_j = squared - top; keep it <= threshold + max(phi_i, row minimum).
-            radius = top + threshold + np.maximum(phi[part], squared[:, 0] - top)
-            keep = squared <= radius[:, None]
-            again = keep[:, -1] & (k < m)
-            done = ~again
-            counts[part[done]] = keep[done].sum(axis=1)
-            chunks.append((part[done], index[done][keep[done]]))
-            again_rows.append(part[again])
-        pending = np.concatenate(again_rows)
-        k = min(4 * k, m)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    for rows, kept in chunks:
-        # Each chunk's kept entries, row by row, go to their rows' slots in order.
-        row_counts = counts[rows]
-        starts = np.repeat(indptr[rows] - np.concatenate([[0], np.cumsum(row_counts)[:-1]]),
-                           row_counts)
-        indices[starts + np.arange(starts.size)] = kept
-    return indptr, indices
+def _ball_rows(x, tree, phi, psi, threshold, n_threads):
+    """The two row rules of :func:`kept_pairs` for the rows ``x`` against ``tree``'s points
+    (potentials ``psi``): ``(indptr, indices, cost, phi_eff)``."""
+    n = len(x)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    phi = np.ascontiguousarray(phi, dtype=np.float64)
+    psi = np.ascontiguousarray(psi, dtype=np.float64)
+    psi_sorted = np.ascontiguousarray(psi[tree.order])
+    node_max = tree.node_max(psi)
+    counts, phi_eff = np.empty(n, dtype=np.int64), np.empty(n)
+    args = (x, phi, tree.points, psi_sorted, tree.order, tree.lo, tree.hi, tree.start,
+            node_max, tree.first_leaf, float(threshold), counts, phi_eff)
+    empty_int, empty_float = np.empty(0, dtype=np.int32), np.empty(0)
+    tree_ball_pairs(*args, empty_int, empty_float, np.zeros(1, dtype=np.int64), 0,
+                    n_threads)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices, cost = np.empty(int(indptr[-1]), dtype=np.int32), np.empty(int(indptr[-1]))
+    tree_ball_pairs(*args, indices, cost, indptr, 1, n_threads)
+    return indptr, indices, cost, phi_eff

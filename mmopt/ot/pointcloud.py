@@ -21,7 +21,7 @@ from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_gemm import online_softmin_gemm
 from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
-from mmopt.ot._cloud_kernels import pair_costs, sparse_softmin
+from mmopt.ot._cloud_kernels import sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
@@ -38,18 +38,27 @@ _SHARP_MAX_SPACINGS = 10.0
 # Points of x sampled to estimate the spacing.
 _SPACING_SAMPLE = 2000
 # The truncation is redone when the potentials moved enough that the certified reduced cost
-# of the dropped pairs fell below this share of the threshold, or when reg fell so much that
-# the threshold is more than this many times its value at reg (too many pairs kept).
+# of the dropped pairs (the margin) fell below a floor (see _min_margin), or when reg fell
+# so much that the threshold is more than _MAX_SLACK times its value at reg (too many
+# pairs kept). The floor, in units of the threshold: at most _MIN_MARGIN; at least
+# _FINAL_MARGIN at the problem's reg (where the dropped-mass bound must also stay below
+# tol / 100), _COARSE_MARGIN before (an intermediate solve's pattern only steers the next).
 _MIN_MARGIN = 0.75
+_FINAL_MARGIN = 0.5
+_COARSE_MARGIN = 0.25
 _MAX_SLACK = 2.0
 # Diagonal shift of the Newton system, relative to the gradient's L1 norm (the Hessian's
 # null direction (1, -1)), as in SinkhornNewtonSparse.
 _NEWTON_SHIFT = 1e-3
+# Plan entries below this share of their row's or column's mass leave the Newton Hessian.
+_NEWTON_SPARSIFY = 1e-6
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
 # Kernel calls over fewer pairs than this run on one thread (waking others costs more).
 _MIN_PARALLEL_PAIRS = 1 << 16
-_SWITCH_CELLS = 0.0625
+# The finer level of the hierarchy takes over when its truncation keeps about this many
+# pairs per row (see _switch_radius2).
+_SWITCH_KEPT = 32.0
 
 
 def _parse_cost(cost):
@@ -181,9 +190,9 @@ class _Pattern:
     ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation.
     """
 
-    def __init__(self, level, kind, p, phi0, psi0, threshold, threads):
-        indptr, indices = kept_pairs(level.x, level.y, phi0, psi0, threshold, n_threads=threads)
-        cost = pair_costs(level.x, level.y, indptr, indices, kind, p, threads)
+    def __init__(self, level, phi0, psi0, threshold, threads):
+        indptr, indices, cost, phi0 = kept_pairs(level.x, level.y, phi0, psi0, threshold,
+                                                 n_threads=threads, trees=level.trees)
         matrix = sp.csr_matrix((cost, indices, indptr), shape=(len(level.x), len(level.y)))
         transposed = matrix.T.tocsr()
         self.indptr, self.indices, self.cost = indptr, indices, cost
@@ -240,6 +249,7 @@ class _Run:
     grid: bool | None = None
     grid_error: float = 0.0  # its (grid model's) L1 marginal error
     level_log: list = field(default_factory=list)
+    switch_radius2: dict = field(default_factory=dict)  # per level, see _switch_radius2
 
 
 @dataclass
@@ -270,15 +280,20 @@ class PointCloudSinkhorn(Solver):
       coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are clustered
       on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the coarsest level
       is solved first, and the solve moves to the next finer level (potentials passed to
-      each point from its cluster) once ``reg`` is below ``h^2 / 16`` (``h`` the level's cell
-      size). At every level only the pairs of reduced cost
-      ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
-      ``psi = g - reg log b`` (found by k-nearest queries of a KD-tree in a lifted cloud,
-      never visiting the others), so a half-iteration costs O(kept pairs). The pairs are
-      re-selected when ``reg`` changes or the potentials moved enough to erode the margin.
-      Every dropped pair has a plan entry at most ``a_i b_j exp(-margin / reg)``, where
-      ``margin`` is the threshold minus the largest rise of ``phi`` and of ``psi`` since
-      the selection: the dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``,
+      each point from its cluster) once the finer level's truncation is sparse (the
+      threshold below the squared radius of a ball holding about 32 of its points). At
+      every level only the pairs of reduced cost ``C_ij - phi_i - psi_j <= truncation * reg``
+      are kept, with ``phi = f - reg log a``, ``psi = g - reg log b`` (and, at a new level,
+      every pair within the threshold of its row's best); they are found by branch and bound
+      in a k-d tree of ``y`` whose nodes carry the largest ``psi`` below them, never visiting
+      the others, so a half-iteration costs O(kept pairs). The pairs are re-selected when
+      ``reg`` changes or the potentials moved enough to erode the margin: below a quarter
+      of the threshold before the problem's ``reg``, below the larger of half the threshold
+      and ``reg log(100 / tol)`` at it (at most 3/4 of the threshold; the returned plan
+      always meets that floor). Every dropped pair has a plan entry at most
+      ``a_i b_j exp(-margin / reg)``, where ``margin`` is the threshold minus the largest
+      rise of ``phi`` and of ``psi`` since the selection: the dropped mass is at most
+      ``sum(a) sum(b) exp(-margin / reg)``,
       reported as ``dropped_mass_bound``.
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
@@ -312,24 +327,26 @@ class PointCloudSinkhorn(Solver):
         Relative marginal error at which an epsilon-scaling step moves on.
     truncation : float, default=40.0
         Threshold of the kept reduced costs, in units of ``reg`` (sharp regime): each
-        dropped entry is at most ``e^-30 a_i b_j`` (the pairs are re-selected when the
-        margin falls below 3/4 of the threshold).
+        dropped entry of the returned plan is at most ``a_i b_j exp(-truncation / 2)``
+        (``e^-20``), and at most ``a_i b_j tol / 100`` where 3/4 of the threshold allows it
+        (see the margin floors above).
     max_coarse : int, default=1000
         Largest number of clusters per cloud at the coarsest level (sharp regime).
     newton : bool, default=True
         Sharp regime: at the problem's ``reg`` on the original clouds, once the relative
         marginal error is below ``newton_switch``, take Newton steps on the dual restricted
-        to the kept pairs, whose Hessian is exactly the kept plan (the Newton stage of
+        to the kept pairs, whose Hessian is the kept plan (the Newton stage of
         :class:`~mmopt.ot.SinkhornNewtonSparse`: its linear solve
-        :func:`~mmopt.ot._newton.newton_direction`, shifted and Levenberg-Marquardt damped,
-        and its backtracking line search); a failed step falls back to Sinkhorn iterations
-        (1, 2, 4, ... of them before the next try).
+        :func:`~mmopt.ot._newton.newton_direction` on that Hessian without the entries
+        below 1e-6 of both their row's and their column's mass, shifted and
+        Levenberg-Marquardt damped, and its exact backtracking line search); a failed step
+        falls back to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
     newton_switch : float, default=0.1
         Relative marginal error below which Newton steps start (Sinkhorn's linear rate is
         slow at a sharp reg: from 0.05 down to 1e-2 it took about 4400 iterations at 3000
         points in 3-D, where Newton then needed a few dozen steps).
     n_threads : int, optional
-        Threads of the kernels and KD-tree queries; all available CPUs when None.
+        Threads of the kernels and tree searches; all available CPUs when None.
     %(callback)s
     verbose : int, default=0
         0 silent, 1 a progress bar, 2 a line per iteration (with the level, its ``reg``
@@ -462,10 +479,14 @@ class PointCloudSinkhorn(Solver):
             phi, psi = f - reg * level.log_a, g - reg * level.log_b
             if (
                 pattern is None
-                or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg
+                or pattern.margin(phi, psi) < self._min_margin(problem, state)
                 or pattern.threshold > _MAX_SLACK * self.truncation * reg
             ):
-                pattern = run.pattern = _Pattern(level, run.kind, run.p, phi, psi,
+                # A new level's potentials, passed down from clusters, are rough: its rows
+                # keep the pairs within the threshold of their best (the c-transform of
+                # psi), not of phi.
+                row_reference = phi if pattern is not None else np.full_like(phi, -np.inf)
+                pattern = run.pattern = _Pattern(level, row_reference, psi,
                                                  self.truncation * reg, run.threads)
                 run.truncations += 1
                 entry["truncations"] += 1
@@ -572,17 +593,29 @@ class PointCloudSinkhorn(Solver):
             raise StopSolve(Status.INTERRUPTED, STATUS_MESSAGES[Status.INTERRUPTED], new)
         return new
 
+    def _min_margin(self, problem, state) -> float:
+        """The smallest margin the kept pairs may keep before they are selected again."""
+        run = state.run
+        threshold = self.truncation * state.reg
+        if state.level < len(run.levels) - 1 or state.reg > problem.reg:
+            return _COARSE_MARGIN * threshold
+        # Dropped mass at most exp(-margin / reg) times the squared mass: tol / 100.
+        floor = max(_FINAL_MARGIN * threshold, state.reg * np.log(100.0 / self.tol))
+        return min(_MIN_MARGIN * threshold, floor)
+
     def _next_stage(self, problem, state) -> None:
         """Move ``state`` (in place: it is the step's new state) to the next reg or level."""
         run = state.run
         level = run.levels[state.level]
         next_reg = max(state.reg * self.scaling, problem.reg)
-        # The finer level takes over once its truncation is sparse: reg below 1/16 of the
-        # squared cell size (switching at d h^2 kept most pairs of the finer clouds, 4-7 GB
-        # at 10^4 points; at h^2 / 4 the first fine truncation still kept 16.6M of the 25M
-        # pairs at 5000 points in 3-D, half the solve's time).
+        # The finer level takes over once its first truncation is sparse: its threshold
+        # (truncation * reg) at most the squared radius of a ball holding about
+        # _SWITCH_KEPT of its points. A switch by the coarse level's cell size alone (reg
+        # below h^2 / 16) kept 16.4M of the 10^8 pairs at 10^4 points in 3-D (most of the
+        # solve's time and memory).
         if state.level < len(run.levels) - 1 and (
-            next_reg < _SWITCH_CELLS * level.cell**2 or state.reg == problem.reg
+            state.reg == problem.reg
+            or self.truncation * state.reg <= _switch_radius2(run, state.level + 1)
         ):
             finer = run.levels[state.level + 1]
             state.f, state.g = _prolong(level, finer, state.f, state.g, state.reg)
@@ -608,8 +641,8 @@ class PointCloudSinkhorn(Solver):
             phi, psi = f - reg * level.log_a, g - reg * level.log_b
             pattern = run.pattern
             if (state.level != len(run.levels) - 1 or pattern is None
-                    or pattern.margin(phi, psi) < _MIN_MARGIN * self.truncation * reg):
-                pattern = _Pattern(level, run.kind, run.p, phi, psi, self.truncation * reg,
+                    or pattern.margin(phi, psi) < self._min_margin(problem, state)):
+                pattern = _Pattern(level, phi, psi, self.truncation * reg,
                                    run.threads)
             values, row_sums, col_sums = pattern.plan(f, g, reg)
             block = sp.csr_matrix((values, pattern.indices, pattern.indptr),
@@ -671,7 +704,14 @@ def _newton_step(problem, state, pattern, level):
         grad = np.concatenate([row - level.a, col - level.b])
         if not np.isfinite(value) or error == 0.0:
             return None
-        S = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=(n, len(level.y)))
+        # The Hessian without the entries negligible in both their row and their column
+        # (SinkhornNewtonSparse's sparsification; the line search stays exact): a near map
+        # keeps about one entry per row, and the factorization little fill-in.
+        rows = pattern.rows()
+        significant = values >= _NEWTON_SPARSIFY * np.minimum(row[rows], col[pattern.indices])
+        S = sp.csr_matrix((values[significant], (rows[significant],
+                                                 pattern.indices[significant])),
+                          shape=(n, len(level.y)))
         diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
         found = newton_direction(diagonal + _NEWTON_SHIFT * error, S, grad, reg)
         if found is None:
@@ -712,6 +752,20 @@ def online_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads):
 
 def _threads(run, pairs: int) -> int:
     return run.threads if pairs >= _MIN_PARALLEL_PAIRS else 1
+
+
+def _switch_radius2(run, index: int) -> float:
+    """The squared radius of a ball holding about ``_SWITCH_KEPT`` points of ``y`` around a
+    point of ``x`` at level ``index`` (from the median squared nearest-neighbour distance
+    ``s^2``, the radius of a ball holding half a point on average)."""
+    if index not in run.switch_radius2:
+        level = run.levels[index]
+        sample = level.x[:: max(1, len(level.x) // _SPACING_SAMPLE)]
+        distance, _ = cKDTree(level.y).query(sample, k=1)
+        spacing2 = float(np.median(distance**2))
+        run.switch_radius2[index] = spacing2 * (_SWITCH_KEPT / np.log(2.0)) ** (
+            2.0 / level.x.shape[1])
+    return run.switch_radius2[index]
 
 
 def _level_entry(level: CloudLevel, reg: float) -> dict:

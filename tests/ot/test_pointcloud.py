@@ -13,7 +13,7 @@ from mmopt.ot import (
     sinkhorn_newton_sparse,
 )
 from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
-from mmopt.ot._truncation import grid_hierarchy, kept_pairs
+from mmopt.ot._truncation import SpatialTree, grid_hierarchy, kept_pairs
 
 
 def _cost(x, y, p=2.0):
@@ -65,20 +65,50 @@ def test_sparse_kernels_match_numpy():
     assert f[3] == np.inf and mass[3] == 0.0
 
 
-def test_kept_pairs_is_exactly_the_rule():
+@pytest.mark.parametrize("d, n, m", [(2, 120, 90), (3, 700, 650), (1, 40, 45)])
+def test_kept_pairs_is_exactly_the_rule(d, n, m):
     rng = np.random.default_rng(2)
-    x, y = rng.random((120, 2)), rng.random((90, 2))
-    phi, psi = 0.02 * rng.normal(size=120), 0.02 * rng.normal(size=90)
+    x, y = rng.random((n, d)), rng.random((m, d))
+    # Potentials with a large smooth part (as after a deformation), and noise.
+    phi = 0.3 * np.sin(3.0 * x[:, 0]) + 0.02 * rng.normal(size=n)
+    psi = -0.3 * np.sin(3.0 * y[:, 0]) + 0.02 * rng.normal(size=m)
     phi[0] = -1.0  # a row no pair meets: it keeps its best ones
-    indptr, indices = kept_pairs(x, y, phi, psi, 0.01, k_start=2)
-    kept = np.zeros((120, 90), dtype=bool)
-    kept[np.repeat(np.arange(120), np.diff(indptr)), indices] = True
-    reduced = _cost(x, y) - phi[:, None] - psi
-    assert (reduced[~kept] > 0.01).all()
+    phi[1] = -np.inf  # only the rule of the row's best
+    indptr, indices, cost, phi_eff = kept_pairs(x, y, phi, psi, 0.01)
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    kept = np.zeros((n, m), dtype=bool)
+    kept[rows, indices] = True
+    assert kept.sum() == indices.size  # no pair twice
+    np.testing.assert_allclose(cost, _cost(x, y)[rows, indices], rtol=1e-12, atol=1e-15)
     shifted = _cost(x, y) - psi
-    rule = (reduced <= 0.01) | (shifted <= shifted.min(1, keepdims=True) + 0.01)
-    assert (kept[rule]).all() and kept[0].any()
+    np.testing.assert_allclose(phi_eff, np.maximum(phi, shifted.min(1)), atol=1e-14)
+    assert (shifted - phi_eff[:, None] > 0.01)[~kept].all()  # the certificate
+    rule = (shifted - phi[:, None] <= 0.01) | (shifted <= shifted.min(1, keepdims=True) + 0.01)
+    assert (kept[rule]).all() and kept[0].any() and kept[1].any()
     assert kept.sum(0).min() > 0  # no empty column
+
+
+def test_spatial_tree_is_balanced_and_covers_its_points():
+    rng = np.random.default_rng(3)
+    points = rng.random((1000, 3))
+    tree = SpatialTree(points)
+    assert np.array_equal(np.sort(tree.order), np.arange(1000))
+    sizes = np.diff(tree.start[tree.first_leaf:])
+    assert sizes.min() >= 16 and sizes.max() <= 32
+    for leaf in range(tree.first_leaf, 2 * tree.first_leaf + 1):
+        inside = tree.points[tree.start[leaf]:tree.start[leaf + 1]]
+        assert (inside >= tree.lo[leaf]).all() and (inside <= tree.hi[leaf]).all()
+        # Every ancestor's box holds the leaf's box.
+        node = leaf
+        while node > 0:
+            node = (node - 1) // 2
+            assert (tree.lo[node] <= tree.lo[leaf]).all()
+            assert (tree.hi[node] >= tree.hi[leaf]).all()
+    psi = rng.normal(size=1000)
+    node_max = tree.node_max(psi)
+    assert node_max[0] == psi.max()
+    leaf = tree.first_leaf + 3
+    assert node_max[leaf] == psi[tree.order[tree.start[leaf]:tree.start[leaf + 1]]].max()
 
 
 def test_grid_hierarchy_is_nested_and_keeps_mass():
@@ -144,6 +174,21 @@ def test_truncation_bound_holds_for_the_exact_dropped_mass():
     dropped = float(full[~kept].sum())
     assert 0.0 < dropped <= res.dropped_mass_bound
     assert res.transport_cost_error_bound >= float((full * _cost(x, y))[~kept].sum())
+
+
+def test_margin_floor_at_the_default_tol_bounds_the_returned_plan():
+    # At tol = 1e-6 the pairs may drift to a margin of 20 reg during the solve; the
+    # returned plan's dropped mass stays certified below tol / 100 and is exact.
+    x, y, a, b = _clouds(400, 380, 3, seed=7, weights=True)
+    reg = 3e-4
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", max_coarse=60)
+    assert res.success and len(res.levels) >= 2 and res.n_newton > 0
+    assert res.dropped_mass_bound <= 1e-8
+    full = np.exp((res.f[:, None] + res.g[None] - _cost(x, y)) / reg)
+    kept = res.plan.toarray() > 0
+    assert float(full[~kept].sum()) <= res.dropped_mass_bound
+    rows, cols = res.plan.toarray().sum(1), res.plan.toarray().sum(0)
+    assert np.abs(rows - a).sum() + np.abs(cols - b).sum() <= 1e-6
 
 
 def test_zero_mass_points_and_delegation():
