@@ -12,6 +12,7 @@ from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
+from mmopt.ot._batched import batched_sinkhorn
 from mmopt.ot._kernels import dense_plan, log_half_step
 from mmopt.ot._support import N_THREADS, Support, check_threads_option, log_ratio_sum
 from mmopt.ot.problem import OTProblem
@@ -247,17 +248,7 @@ class Sinkhorn(Solver):
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
         support = Support(problem)
-        spread = float(support.C.max() - support.C.min())
-        # The plan's exponents (f_i + g_j - C_ij) / reg are computed to about eps * |C| /
-        # reg: beyond this they carry no digit and every plan is rounding noise.
-        rounding = float(np.abs(support.C).max()) * np.finfo(float).eps
-        if rounding > _MAX_EXPONENT_ERROR * problem.reg:
-            raise ValueError(
-                f"reg={problem.reg:.3g} is too small for the cost (max |C| = "
-                f"{float(np.abs(support.C).max()):.3g}, spread {spread:.3g}): in float64 the "
-                "plan's exponents (f + g - C) / reg would be pure rounding error. Use a "
-                "larger reg, or exact_ot for unregularized transport."
-            )
+        check_reg_resolution(support.C, problem.reg)
         method = self.method
         if method == "auto":
             # Plans of total mass near the float64 underflow range lose their digits in
@@ -354,6 +345,22 @@ class Sinkhorn(Solver):
             fields["fun"] = _dual_value(support, state.f, state.g, reg * total)
             fields["residual"] = marginal_error / support.mass
         return fields
+
+
+def check_reg_resolution(C, reg) -> None:
+    """Raise ``ValueError`` when ``reg`` is below the rounding of the plan's exponents.
+
+    The exponents ``(f_i + g_j - C_ij) / reg`` are computed to about ``eps * |C| / reg``:
+    beyond ``_MAX_EXPONENT_ERROR`` they carry no digit and every plan is rounding noise.
+    """
+    largest = float(np.abs(C).max())
+    if largest * np.finfo(float).eps > _MAX_EXPONENT_ERROR * reg:
+        spread = float(C.max() - C.min())
+        raise ValueError(
+            f"reg={reg:.3g} is too small for the cost (max |C| = {largest:.3g}, spread "
+            f"{spread:.3g}): in float64 the plan's exponents (f + g - C) / reg would be pure "
+            "rounding error. Use a larger reg, or exact_ot for unregularized transport."
+        )
 
 
 def _dual_value(support: Support, f, g, penalty: float) -> float:
@@ -565,5 +572,10 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
         return pointcloud_sinkhorn(
             options.pop("x", None), options.pop("y", None), a, b, reg=reg, **options
         )
+    if b is not None and np.ndim(b) == 2:
+        return batched_sinkhorn(a, b, C, reg, **options)
+    if "return_plan" in options:
+        raise TypeError("return_plan is an option of batched histograms only (b of shape "
+                        "(m, k)); a single problem's Result always holds its plan.")
     x0 = options.pop("x0", None)
     return solve(OTProblem(a, b, C, reg), "sinkhorn", x0=x0, **options)
