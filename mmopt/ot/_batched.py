@@ -130,13 +130,43 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     n, m = C.shape
     k = b.shape[1]
     out = _Output(n, m, k, return_plan)
+    shared = _Shared(a, b, C, reg, solver, threads, out)
+    alone = {}
     with _blas_limit(threads):
-        rows = np.flatnonzero(a > 0)
-        batch = _Batch(a, b, C, rows, reg, solver, threads, out)
-        alone = batch.run() if solver.method != "log" and a.sum() >= _MIN_MASS else list(range(k))
+        if solver.method == "log" or a.sum() < _MIN_MASS:
+            alone = dict.fromkeys(range(k))
+        else:
+            # Groups of problems, each on its own shared kernel: the first holds them all;
+            # the problems that leave a group (too far from the others for one kernel)
+            # form the next, started from their potentials.
+            groups = [(np.arange(k), None)]
+            while groups:
+                columns, potentials = groups.pop()
+                left, failed = _Batch(shared, columns, potentials).run()
+                if left:
+                    potentials = (np.stack([f for f, _ in left.values()]),
+                                  np.stack([g for _, g in left.values()]))
+                    groups.append((np.array(list(left)), potentials))
+                alone.update(failed)
     if alone:
-        _solve_alone(alone, batch, solver, out)
-    return out.result(a, b, C, reg, batch, start)
+        _solve_alone(alone, shared)
+    return out.result(a, shared.history, start)
+
+
+class _Shared:
+    """What every group of one batched solve reads: the data and the answers' store."""
+
+    def __init__(self, a, b, C, reg, solver, threads, out):
+        self.full_a, self.full_C = a, C
+        self.rows = rows = np.flatnonzero(a > 0)
+        if rows.size < a.size:  # rows of zero mass never carry mass: left out
+            C = np.ascontiguousarray(C[rows])
+            a = a[rows]
+        self.a, self.b, self.C, self.reg = a, b, C, reg
+        self.solver, self.threads, self.out = solver, threads, out
+        self.mass = float(a.sum())
+        self.history = {"residual": [], "n_active": [], "time": []}
+        self.start = time.perf_counter()
 
 
 class _Output:
@@ -153,7 +183,7 @@ class _Output:
         self.method = np.full(k, "scaling", dtype=object)
         self.plan = np.zeros((k, n, m)) if return_plan else None
 
-    def result(self, a, b, C, reg, batch, start) -> Result:
+    def result(self, a, history, start) -> Result:
         status = Status(int(self.status.max()))
         failed = np.flatnonzero(self.status != Status.CONVERGED)
         elapsed = time.perf_counter() - start
@@ -167,7 +197,6 @@ class _Output:
                 ConvergenceWarning,
                 stacklevel=caller_stacklevel(),
             )
-        history = {key: np.asarray(value) for key, value in batch.history.items()}
         fields = {
             "x": np.concatenate([self.f, self.g]),
             "fun": self.fun,
@@ -176,7 +205,7 @@ class _Output:
             "message": message,
             "nit": int(self.nit.max()),
             "time": elapsed,
-            "history": history,
+            "history": {key: np.asarray(value) for key, value in history.items()},
             "solver": "sinkhorn",
             "f": self.f,
             "g": self.g,
@@ -194,26 +223,36 @@ class _Output:
 
 
 class _Batch:
-    """The columns iterating together on one shared kernel.
+    """A group of problems iterating together on one shared kernel.
 
-    Scalings are stored one problem per row: ``U`` (k, n), ``V`` (k, m), so that
+    Scalings are stored one problem per row: ``U`` (c, n), ``V`` (c, m), so that
     ``V @ K.T`` and ``U @ K`` are the GEMMs and a problem's scalings are contiguous for
     the fused one-problem sweep (:func:`mmopt_ext._sinkhorn.scaling_iteration`) that
     takes over when few problems are left.
     """
 
-    def __init__(self, a, b, C, rows, reg, solver, threads, out):
-        self.full_a, self.full_C = a, C
-        if rows.size < a.size:  # rows of zero mass never carry mass: left out
-            C = np.ascontiguousarray(C[rows])
-            a = a[rows]
-        self.rows, self.a, self.b, self.C, self.reg = rows, a, b, C, reg
-        self.solver, self.threads, self.out = solver, threads, out
-        self.mass = float(a.sum())
-        self.history = {"residual": [], "n_active": [], "time": []}
-        self.guesses = {}  # potentials of the problems that leave the batch
+    def __init__(self, shared, columns, potentials=None):
+        self.shared = shared
+        self.a, self.C, self.reg, self.mass = shared.a, shared.C, shared.reg, shared.mass
+        self.solver, self.threads, self.out = shared.solver, shared.threads, shared.out
+        self.active = columns
+        self.B = np.ascontiguousarray(shared.b[:, columns].T)
+        self.zeros = bool((self.B == 0).any())
+        self.offset = shared.out.nit[columns].copy()  # iterations done before this group
+        c = columns.size
+        self.column_error = np.zeros(c)
+        self.omega = np.ones(c)
+        self.relax = {int(j): _Relaxation() for j in columns}
         self.K = None
         self.CK = None  # C * K (transport costs), made when a problem first needs it
+        self.left = {}  # problems that leave for another group: their potentials (f, g)
+        self.failed = {}  # problems whose sweep failed: finished alone from scratch
+        if potentials is None:
+            self._start()
+        else:
+            f, g = potentials
+            self.U, self.V = f, g  # replaced by the scalings in _rebase
+            self._rebase(f, g, np.ones(c, dtype=bool))
 
     # -------------------------------------------------------------------------- kernel
     def _set_kernel(self, F, G):
@@ -234,58 +273,52 @@ class _Batch:
                              n_threads=self.threads)
         h, _ = log_half_step(Ct, f, np.zeros(m), np.zeros(m), reg, n_threads=self.threads)
         self._set_kernel(f, h + reg * np.log(self.mass))
-        return np.ones((self.b.shape[1], n)), np.ascontiguousarray(self.b.T) / self.mass
+        self.U = np.ones((self.active.size, n))
+        self.V = self.B / self.mass
 
     # --------------------------------------------------------------------------- loop
-    def run(self) -> list[int]:
-        """Iterate until every problem has converged or left; returns the problems that
-        must be finished alone."""
+    def run(self):
+        """Iterate until every problem has converged, reached ``max_iter`` or left.
+
+        Returns ``(left, alone)``: the problems that left for another group and those
+        to finish alone (frequent absorptions: a shared kernel does not pay), each
+        mapped to its potentials ``(f, g)`` (None after a failed sweep).
+        """
         from mmopt.ot.sinkhorn import _MAX_ABSORPTION_SHARE, _MIN_ABSORPTIONS
 
-        solver = self.solver
-        max_iter = solver.max_iter
-        k = self.b.shape[1]
-        self.active = np.arange(k)
-        self.U, self.V = self._start()
-        self.B = np.ascontiguousarray(self.b.T)
-        self.zeros = bool((self.B == 0).any())
-        self.column_error = np.zeros(k)
-        self.omega = np.ones(k)
-        self.relax = [_Relaxation() for _ in range(k)]
-        self.acc = np.empty((max(1, min(self.threads, self.C.shape[0] // 4)), self.C.shape[1]))
-        alone = []
-        absorptions = sweeps = 0
-        start = time.perf_counter()
-        for it in range(1, max_iter + 1):
+        solver, history = self.solver, self.shared.history
+        alone = {}
+        absorptions = 0
+        it = 0
+        while self.active.size:
+            it += 1
             if self.active.size > _FUSED_MAX:
                 error, out_of_range = self._gemm_sweep(it)
             else:
                 error, out_of_range = self._fused_sweeps(it)
             if not self.active.size:
                 break
-            self.history["residual"].append(float(error.max() / self.mass))
-            self.history["n_active"].append(self.active.size)
-            self.history["time"].append(time.perf_counter() - start)
-            sweeps += 1
+            history["residual"].append(float(error.max() / self.mass))
+            history["n_active"].append(self.active.size)
+            history["time"].append(time.perf_counter() - self.shared.start)
             if solver.overrelaxation:
                 self._relaxation(error)
+            last = self.offset + it >= solver.max_iter
+            if last.any():
+                # max_iter reached: these report status 1 from where they stand (their
+                # exact error is computed on that iterate).
+                self._finish(last, self.offset[last] + it, Status.MAX_ITER)
+                self._keep(~last)
+                out_of_range = out_of_range[~last]
             if out_of_range.any():
                 absorptions += 1
-                crowded = absorptions >= _MIN_ABSORPTIONS and (
-                    absorptions > _MAX_ABSORPTION_SHARE * sweeps
-                )
-                # Frequent absorptions: a shared kernel does not pay, each goes alone.
-                left = self._absorb(np.zeros(self.active.size, dtype=bool) if crowded else None)
-                for j in left:
-                    self.out.nit[j] = it
-                alone.extend(left)
-                if not self.active.size:
+                if absorptions >= _MIN_ABSORPTIONS and absorptions > _MAX_ABSORPTION_SHARE * it:
+                    self.out.nit[self.active] = self.offset + it
+                    alone.update(self._potentials())
                     break
-        else:
-            # max_iter reached: the problems still running report status 1 from where
-            # they stand (their exact error is computed on that iterate).
-            self._finish(np.ones(self.active.size, dtype=bool), max_iter, Status.MAX_ITER)
-        return alone
+                self._absorb(it)
+        alone.update(self.failed)
+        return self.left, alone
 
     def _keep(self, keep):
         """Drop the problems not in ``keep`` from the working arrays."""
@@ -293,6 +326,7 @@ class _Batch:
             self.active[keep], self.U[keep], self.V[keep], self.B[keep]
         )
         self.column_error, self.omega = self.column_error[keep], self.omega[keep]
+        self.offset = self.offset[keep]
 
     def _gemm_sweep(self, it):
         """One iteration of every active problem through two GEMMs; returns the errors of
@@ -302,7 +336,7 @@ class _Batch:
         error = np.abs(U * S - a).sum(axis=1) + self.column_error
         done = error <= self.solver.tol * self.mass
         if done.any():
-            self._finish(done, it - 1, Status.CONVERGED, S[done])
+            self._finish(done, self.offset[done] + it - 1, Status.CONVERGED, S[done])
             keep = ~done
             self._keep(keep)
             U, V, B, S, error = self.U, self.V, self.B, S[keep], error[keep]
@@ -332,6 +366,9 @@ class _Batch:
         error = np.empty(self.active.size)
         out_of_range = np.zeros(self.active.size, dtype=bool)
         done = np.zeros(self.active.size, dtype=bool)
+        if not hasattr(self, "acc"):
+            n, m = self.C.shape
+            self.acc = np.empty((max(1, min(self.threads, n // 4)), m))
         last = []
         for c in range(self.active.size):
             u, v = self.U[c], self.V[c]
@@ -348,7 +385,7 @@ class _Batch:
         if done.any():
             for c in np.flatnonzero(done):
                 self.U[c], self.V[c] = last[c]
-            self._finish(done, it - 1, Status.CONVERGED)
+            self._finish(done, self.offset[done] + it - 1, Status.CONVERGED)
             keep = ~done
             self._keep(keep)
             error, out_of_range = error[keep], out_of_range[keep]
@@ -358,7 +395,7 @@ class _Batch:
         from mmopt.ot.sinkhorn import _MAX_RELAX_FAILURES, _choose_relaxation
 
         for c, j in enumerate(self.active):
-            state = self.relax[j]
+            state = self.relax[int(j)]
             if state.relax_failures < _MAX_RELAX_FAILURES:
                 _choose_relaxation(state, float(error[c]), self.mass)
                 self.omega[c] = state.omega
@@ -371,28 +408,48 @@ class _Batch:
             bad |= ~((Vc.min(axis=1) >= low) & (Vc.max(axis=1) <= high))
         return bad
 
-    def _absorb(self, keep=None):
-        """Move the shared base to the middle of the problems' potentials (one new kernel);
-        the problems too far from it (all but ``keep``), or with non-finite scalings,
-        leave the batch. Returns the problems that left."""
+    def _current(self):
+        """The active problems' potentials ``(f, g)`` (-inf at zero mass) and which are
+        finite (a failed sweep's are not)."""
         reg = self.reg
         with np.errstate(divide="ignore", invalid="ignore"):
             f = self.F + reg * np.log(self.U)
             g = self.G + reg * np.log(self.V)
         positive = self.B > 0
         finite = np.isfinite(f).all(axis=1) & (np.isfinite(g) | ~positive).all(axis=1)
+        return f, np.where(positive, g, -np.inf), finite
+
+    def _potentials(self):
+        f, g, finite = self._current()
+        return {int(j): (f[c], g[c]) if finite[c] else None for c, j in enumerate(self.active)}
+
+    def _absorb(self, it):
+        """Move the shared base to the middle of the problems' potentials (one new kernel);
+        the problems too far from it leave for another group, those with non-finite
+        scalings (a failed sweep) to be finished alone from scratch."""
+        f, g, finite = self._current()
+        self._rebase(f, g, finite, it)
+
+    def _rebase(self, f, g, keep, it=0):
+        """Set the base to the middle of the potentials ``f`` (c, n), ``g`` (c, m) of the
+        problems in ``keep`` and recompute the kernel and scalings; the problems too far
+        from the others for the scalings' range move to ``self.left``."""
+        reg = self.reg
+        positive = self.B > 0
         g = np.where(positive, g, np.nan)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            # Each problem's gauge (f + s, g - s) centred on the base, so that the spread
-            # measures the potentials, not the arbitrary constant between f and g.
-            shift = 0.5 * (np.nanmean(g - self.G, axis=1) - np.mean(f - self.F, axis=1))
+            F0 = np.nanmean(f[keep], axis=0) if keep.any() else 0.0
+            G0 = np.nanmean(g[keep], axis=0) if keep.any() else 0.0
+            # Each problem's gauge (f + s, g - s) centred, so that the spread measures the
+            # potentials, not the arbitrary constant between f and g.
+            shift = 0.5 * (np.nanmean(g - G0, axis=1) - np.mean(f - F0, axis=1))
             f, g = f + shift[:, None], g - shift[:, None]
-            keep = finite.copy() if keep is None else keep & finite
+            keep = keep.copy()
             while keep.any():
                 F = 0.5 * (f[keep].min(axis=0) + f[keep].max(axis=0))
                 G = 0.5 * (np.nanmin(g[keep], axis=0) + np.nanmax(g[keep], axis=0))
-                G = np.where(np.isfinite(G), G, self.G)
+                G = np.where(np.isfinite(G), G, 0.0)
                 spread = np.maximum(np.abs(f - F).max(axis=1),
                                     np.nanmax(np.abs(g - G), axis=1)) / reg
                 spread[~keep] = -np.inf
@@ -400,9 +457,14 @@ class _Batch:
                 if spread[worst] <= _MAX_SPREAD:
                     break
                 keep[worst] = False
-        left = self.active[~keep].tolist()
-        for c in np.flatnonzero(~keep & finite):
-            self.guesses[int(self.active[c])] = (f[c], np.where(positive[c], g[c], -np.inf))
+        finite = np.isfinite(f).all(axis=1)
+        for c in np.flatnonzero(~keep):
+            j = int(self.active[c])
+            self.out.nit[j] = self.offset[c] + it
+            if finite[c]:
+                self.left[j] = (f[c], np.where(positive[c], g[c], -np.inf))
+            else:
+                self.failed[j] = None
         f, g, positive = f[keep], g[keep], positive[keep]
         self._keep(keep)
         if self.active.size:
@@ -410,12 +472,11 @@ class _Batch:
             self.U = np.exp((f - F) / reg)
             with np.errstate(invalid="ignore"):
                 self.V = np.where(positive, np.exp((g - G) / reg), 0.0)
-        return left
 
     # ------------------------------------------------------------------------- results
     def _finish(self, done, nit, status, S=None):
         """Record the answers of the active problems ``done`` at their scalings (``S =
-        V K^T`` when known)."""
+        V K^T`` when known) after ``nit`` iterations (one per problem)."""
         out, reg, a = self.out, self.reg, self.a
         U, V = self.U[done], self.V[done]
         if S is None:
@@ -427,14 +488,16 @@ class _Batch:
         with np.errstate(divide="ignore"):
             f = self.F + reg * np.log(U)
             g = self.G + reg * np.log(V)
+        rows_support = self.shared.rows
         for c, j in enumerate(self.active[done]):
-            b = self.b[:, j]
-            fj, gj = self._full_potentials(f[c], g[c], b)
+            b = self.shared.b[:, j]
+            fj, gj = _full_potentials(self.shared, f[c], g[c], b)
             rows, cols = row_sums[c], col_sums[c]
             total = float(rows.sum())
             positive = b > 0
-            dual = float(a @ fj[self.rows]) + float(b[positive] @ gj[positive]) - reg * total
-            entropy = (float(rows @ fj[self.rows]) + float(cols[positive] @ gj[positive])
+            dual = (float(a @ fj[rows_support]) + float(b[positive] @ gj[positive])
+                    - reg * total)
+            entropy = (float(rows @ fj[rows_support]) + float(cols[positive] @ gj[positive])
                        - transport[c]) / reg - total
             out.f[:, j], out.g[:, j] = fj, gj
             out.fun[j] = dual
@@ -442,58 +505,60 @@ class _Batch:
             out.objective[j] = transport[c] + reg * entropy
             out.marginal_error[j] = float(np.abs(rows - a).sum() + np.abs(cols - b).sum())
             out.status[j] = status
-            out.nit[j] = nit
+            out.nit[j] = nit[c]
             if out.plan is not None:
                 block = self.K * U[c, :, None]
                 block *= V[c]
-                out.plan[j][self.rows] = block
+                out.plan[j][rows_support] = block
 
-    def _full_potentials(self, f, g, b):
-        """Potentials of the problem's shape: rows of zero mass and columns of zero mass in
-        ``b`` get the soft c-transform of the other side's (as :class:`Sinkhorn` does)."""
-        reg, threads = self.reg, self.threads
-        C = self.full_C
-        n = C.shape[0]
-        f_full = np.empty(n)
-        f_full[self.rows] = f
-        empty_cols = np.flatnonzero(b == 0)
-        cols = np.flatnonzero(b > 0)
-        g = g.copy()
-        if empty_cols.size:
-            block = np.ascontiguousarray(C[np.ix_(self.rows, empty_cols)].T)
-            g[empty_cols], _ = log_half_step(
-                block, f, np.zeros(empty_cols.size), np.zeros(empty_cols.size), reg,
-                n_threads=threads,
-            )
-        if self.rows.size < n:
-            empty_rows = np.setdiff1d(np.arange(n), self.rows)
-            block = np.ascontiguousarray(C[np.ix_(empty_rows, cols)])
-            f_full[empty_rows], _ = log_half_step(
-                block, g[cols], np.zeros(empty_rows.size), np.zeros(empty_rows.size), reg,
-                n_threads=threads,
-            )
-        return f_full, g
-
-
-def _solve_alone(columns, batch, solver, out):
-    """Finish ``columns`` one by one with :class:`Sinkhorn`, warm-started where the batch
-    left them (from zero potentials if their sweep failed)."""
-    params = solver.get_params(deep=False)
-    a, C, reg = batch.full_a, batch.full_C, batch.reg
+def _full_potentials(shared, f, g, b):
+    """Potentials of the problem's shape: rows of zero mass and columns of zero mass in
+    ``b`` get the soft c-transform of the other side's (as :class:`Sinkhorn` does)."""
+    reg, threads, rows = shared.reg, shared.threads, shared.rows
+    C = shared.full_C
     n = C.shape[0]
-    for j in columns:
+    f_full = np.empty(n)
+    f_full[rows] = f
+    empty_cols = np.flatnonzero(b == 0)
+    cols = np.flatnonzero(b > 0)
+    g = g.copy()
+    if empty_cols.size:
+        block = np.ascontiguousarray(C[np.ix_(rows, empty_cols)].T)
+        g[empty_cols], _ = log_half_step(
+            block, f, np.zeros(empty_cols.size), np.zeros(empty_cols.size), reg,
+            n_threads=threads,
+        )
+    if rows.size < n:
+        empty_rows = np.setdiff1d(np.arange(n), rows)
+        block = np.ascontiguousarray(C[np.ix_(empty_rows, cols)])
+        f_full[empty_rows], _ = log_half_step(
+            block, g[cols], np.zeros(empty_rows.size), np.zeros(empty_rows.size), reg,
+            n_threads=threads,
+        )
+    return f_full, g
+
+
+def _solve_alone(columns, shared):
+    """Finish ``columns`` (a dict: problem -> its potentials, or None) one by one with
+    :class:`Sinkhorn`, warm-started where their group left them (from zero potentials
+    after a failed sweep)."""
+    solver, out = shared.solver, shared.out
+    params = solver.get_params(deep=False)
+    a, C, reg = shared.full_a, shared.full_C, shared.reg
+    n = C.shape[0]
+    for j, guess in sorted(columns.items()):
         done = int(out.nit[j])
         params["max_iter"] = max(1, solver.max_iter - done)
-        guess = batch.guesses.get(j)
         x0 = None
         if guess is not None:
             f = np.full(n, -np.inf)
-            f[batch.rows] = guess[0]
+            f[shared.rows] = guess[0]
             x0 = np.concatenate([f, guess[1]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            res = get_solver("sinkhorn", **params).solve(OTProblem(a, batch.b[:, j], C, reg),
-                                                         x0=x0)
+            res = get_solver("sinkhorn", **params).solve(
+                OTProblem(a, shared.b[:, j], C, reg), x0=x0
+            )
         out.f[:, j], out.g[:, j] = res.f, res.g
         out.fun[j] = res.fun
         out.transport_cost[j] = res.transport_cost
