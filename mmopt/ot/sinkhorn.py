@@ -536,8 +536,11 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
 
     Parameters
     ----------
-    a, b : array-like of shape (n,), (m,)
-        Non-negative histograms of equal total mass; empty means uniform.
+    a, b : array-like of shape (n,), (m,) or (m, k)
+        Non-negative histograms of equal total mass; empty means uniform. ``b`` of shape
+        (m, k) holds k target histograms (each of the mass of ``a``): the k problems
+        ``(a, b[:, j], C, reg)`` are solved together (batched: matrix-matrix products on
+        one shared kernel, each problem with its own stopping test; see Returns).
     C : array-like of shape (n, m)
         Cost matrix. Omitted (None) with point clouds ``x=`` (n, d) and ``y=`` (m, d)
         instead (and optionally ``cost=``): the call is
@@ -550,12 +553,23 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
         ``callback``, ``verbose``) and ``x0`` (warm-start potentials ``concat(f, g)``;
         potentials whose plan overflows, or too large for ``reg`` in float64, are replaced
         by an equivalent start: ``f`` shifted to a largest entry of 0, ``g`` its column
-        update).
+        update). With batched ``b``: ``return_plan`` (default False) adds the plans;
+        ``x0``, ``callback`` and ``verbose`` are not available.
 
     Returns
     -------
     Result
         With ``plan``, ``f``, ``g``, ``transport_cost``, ``objective``, ``marginal_error``.
+        With ``b`` of shape (m, k): ``fun``, ``transport_cost`` (POT's batched return
+        value), ``objective``, ``marginal_error``, ``column_status`` and ``column_nit``
+        of shape (k,), ``method`` (k,), ``f`` (n, k), ``g`` (m, k), ``x`` (n + m, k);
+        ``status`` is the worst problem's (0 only when all converged), ``nit`` the most
+        iterations any took; ``plan`` (k, n, m) only with ``return_plan=True``. The
+        problems share one stabilized kernel (``K_ij = exp((F_i + G_j - C_ij) / reg)``,
+        scalings ``U`` (k, n), ``V`` (k, m), two GEMMs per iteration with ``n_threads``
+        BLAS threads); each stops on its own ``tol`` and over-relaxes on its own rate;
+        problems too far apart for one kernel continue in further groups, and one whose
+        kernel needs recomputing too often is finished alone by :class:`Sinkhorn`.
 
     Examples
     --------
@@ -565,6 +579,10 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
     >>> np.round(res.plan, 6)
     array([[0.5, 0. ],
            [0. , 0.5]])
+    >>> B = np.array([[0.5, 0.2], [0.5, 0.8]])  # two target histograms
+    >>> batch = sinkhorn([0.5, 0.5], B, np.array([[0.0, 1.0], [1.0, 0.0]]), reg=0.05)
+    >>> batch.transport_cost.round(6), batch.column_status
+    (array([0. , 0.3]), array([0, 0]))
     """
     if C is None and ("x" in options or "y" in options):
         from mmopt.ot.pointcloud import pointcloud_sinkhorn
