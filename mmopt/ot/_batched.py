@@ -5,7 +5,7 @@ base potentials ``F``, ``G``) with per-column scalings ``U`` (n, k) and ``V`` (m
 each half-iteration is one matrix-matrix product (``K @ V``, ``K.T @ U``: BLAS GEMM) for all
 columns instead of k matrix-vector products. Each column has its own stopping test and
 over-relaxation and leaves the batch as soon as it converges. When scalings leave
-``[1 / _BOUND, _BOUND]`` the base moves to the middle of the columns' potentials (one
+their range the base moves to the middle of the columns' potentials (one
 recomputed kernel for all); a column whose potentials lie too far from the others' for one
 shared kernel, or whose sweep fails, is finished alone by :class:`~mmopt.ot.Sinkhorn`
 (absorption per column, log domain where needed), warm-started where it stands.
@@ -30,21 +30,22 @@ from mmopt.ot.problem import OTProblem, _histogram, _mass_rtol
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
 
-# Scalings stay in [1 / _BOUND, _BOUND] and kernel entries below exp(_FLOOR) are zeroed:
-# K_ij v_j >= exp(_FLOOR) / _BOUND stays a normal float64 (no subnormal slow path in the
-# products), and a zeroed entry of the plan is below exp(_FLOOR) * _BOUND**2 = e^-264
-# of the kernel's scale.
-_BOUND = 1e60
-_LOG_BOUND = float(np.log(_BOUND))
-_FLOOR = float(np.log(np.finfo(float).tiny)) + _LOG_BOUND + 20.0
-# After moving the base, a column whose potentials are further from it than this (in units
-# of reg) leaves the batch: it would soon leave the scalings' range again.
-_MAX_SPREAD = 0.5 * _LOG_BOUND
+# Scalings stay in [e^-L, e^L] and kernel entries below e^floor are zeroed, with
+# floor = log(tiny) + L + 20: K_ij v_j >= e^(floor - L) stays a normal float64 (no subnormal
+# slow path in the products). A zeroed entry of a problem's plan is below e^(floor + 2 L)
+# (its potentials are within L of the base): L is the largest, at most _MAX_LOG_BOUND, that
+# keeps this below e^-_TRUNCATION times the total mass.
+_MAX_LOG_BOUND = 200.0
+_TRUNCATION = 60.0
+_LOG_TINY = float(np.log(np.finfo(float).tiny))
+# After moving the base, a problem whose potentials are further from it than this share of
+# L (in units of reg) leaves for another group: it would soon leave the range again.
+_SPREAD_SHARE = 0.65
+# Below this L (total masses below about 1e-200) the problems are solved alone.
+_MIN_LOG_BOUND = 20.0
 # With this many problems left or fewer, each iterates alone on the shared kernel (one
 # pass over it per problem) instead of through GEMMs (two passes for all).
 _FUSED_MAX = 4
-# Below this total mass the kernel's scale nears the floor: columns are solved alone.
-_MIN_MASS = 1e-100
 
 _CONTROLLER = None
 
@@ -133,7 +134,7 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     shared = _Shared(a, b, C, reg, solver, threads, out)
     alone = {}
     with _blas_limit(threads):
-        if solver.method == "log" or a.sum() < _MIN_MASS:
+        if solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND:
             alone = dict.fromkeys(range(k))
         else:
             # Groups of problems, each on its own shared kernel: the first holds them all;
@@ -167,6 +168,13 @@ class _Shared:
         self.mass = float(a.sum())
         self.history = {"residual": [], "n_active": [], "time": []}
         self.start = time.perf_counter()
+        self.relax = [_Relaxation() for _ in range(b.shape[1])]
+        self.log_bound = min(
+            _MAX_LOG_BOUND, (np.log(self.mass) - _TRUNCATION - _LOG_TINY - 20.0) / 3.0
+        )
+        self.bound = float(np.exp(self.log_bound))
+        self.floor = _LOG_TINY + self.log_bound + 20.0
+        self.max_spread = _SPREAD_SHARE * self.log_bound
 
 
 class _Output:
@@ -242,7 +250,7 @@ class _Batch:
         c = columns.size
         self.column_error = np.zeros(c)
         self.omega = np.ones(c)
-        self.relax = {int(j): _Relaxation() for j in columns}
+        self.relax = shared.relax  # each problem's, kept from group to group
         self.K = None
         self.CK = None  # C * K (transport costs), made when a problem first needs it
         self.left = {}  # problems that leave for another group: their potentials (f, g)
@@ -259,7 +267,7 @@ class _Batch:
         self.F, self.G = F, G
         if self.K is None:
             self.K = np.empty(self.C.shape)
-        _dense_plan(self.C, F, G, float(self.reg), self.K, self.threads, _FLOOR)
+        _dense_plan(self.C, F, G, float(self.reg), self.K, self.threads, self.shared.floor)
         self.CK = None
 
     def _start(self):
@@ -374,7 +382,7 @@ class _Batch:
             u, v = self.U[c], self.V[c]
             last.append((u.copy(), v.copy()))
             row_error, within, column_error, _ = _scaling_iteration(
-                self.K, self.a, self.B[c], u, v, self.acc, _BOUND, self.threads,
+                self.K, self.a, self.B[c], u, v, self.acc, self.shared.bound, self.threads,
                 float(self.omega[c]),
             )
             error[c] = row_error + self.column_error[c]
@@ -402,7 +410,8 @@ class _Batch:
 
     def _out_of_range(self, U, V, B):
         with np.errstate(invalid="ignore"):
-            low, high = 1.0 / _BOUND, _BOUND
+            high = self.shared.bound
+            low = 1.0 / high
             bad = ~((U.min(axis=1) >= low) & (U.max(axis=1) <= high))
             Vc = np.where(B > 0, V, 1.0) if self.zeros else V
             bad |= ~((Vc.min(axis=1) >= low) & (Vc.max(axis=1) <= high))
@@ -454,7 +463,7 @@ class _Batch:
                                     np.nanmax(np.abs(g - G), axis=1)) / reg
                 spread[~keep] = -np.inf
                 worst = int(np.argmax(spread))
-                if spread[worst] <= _MAX_SPREAD:
+                if spread[worst] <= self.shared.max_spread:
                     break
                 keep[worst] = False
         finite = np.isfinite(f).all(axis=1)

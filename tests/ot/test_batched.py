@@ -95,8 +95,9 @@ def test_problems_that_leave_the_batch(monkeypatch):
     a, b, C = _problem(k=7, seed=3)
     reg = 3e-3
     reference = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
-    monkeypatch.setattr(_batched, "_BOUND", 1e4)
-    monkeypatch.setattr(_batched, "_MAX_SPREAD", 2.0)
+    monkeypatch.setattr(_batched, "_MAX_LOG_BOUND", 10.0)
+    monkeypatch.setattr(_batched, "_MIN_LOG_BOUND", 5.0)
+    monkeypatch.setattr(_batched, "_SPREAD_SHARE", 0.2)
     split = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
     monkeypatch.undo()
     monkeypatch.setattr(_batched, "_FUSED_MAX", 100)
@@ -156,3 +157,16 @@ def test_max_iter_reports_per_column_status():
 def test_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         sinkhorn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-250])
+def test_tiny_masses(scale):
+    """The scalings' range narrows with the mass (so that the truncated kernel stays exact);
+    below about 1e-200 the problems are solved alone."""
+    a, b, C = _problem(k=3)
+    res = sinkhorn(a * scale, b * scale, C, 1e-2, tol=1e-12, return_plan=True)
+    assert res.status == 0
+    for j in range(3):
+        single = sinkhorn(a * scale, b[:, j] * scale, C, 1e-2, tol=1e-12)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10 * scale
+        assert res.method[j] == single.method
