@@ -295,7 +295,8 @@ def _pot_batched_errors(a, b, C, reg, log):
     return (np.abs(u * (K @ v) - a[:, None]).sum(0) + np.abs(v * (K.T @ u) - b).sum(0))
 
 
-def batched_suite(quick: bool = False, regs=(1e-2, 3e-3, 1e-3), k: int = 32) -> list[dict]:
+def batched_suite(quick: bool = False, regs=(1e-2, 3e-3, 1e-3), k: int = 32,
+                  thread_counts=(1, 2)) -> list[dict]:
     """k histograms on one cost: our batched solve against k separate solves and POT's
     batched ``ot.sinkhorn``, one thread each and on two threads (ours ``n_threads=2``,
     POT's BLAS at 2 threads), each to the same L1 marginal error (POT's worst column's, or
@@ -305,7 +306,7 @@ def batched_suite(quick: bool = False, regs=(1e-2, 3e-3, 1e-3), k: int = 32) -> 
     n = 300 if quick else 1000
     a, b, C = _batched_problem(n, k)
     rows = []
-    for threads in (1, 2):
+    for threads in thread_counts:
         with threadpool_limits(threads):
             for reg in regs:
                 cap = 20_000
