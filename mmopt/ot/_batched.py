@@ -1,14 +1,15 @@
 """Sinkhorn for k histograms sharing one cost: ``b`` of shape (m, k), solved together.
 
-The columns iterate on one absorbed kernel ``K_ij = exp((F_i + G_j - C_ij) / reg)`` (shared
-base potentials ``F``, ``G``) with per-column scalings ``U`` (n, k) and ``V`` (m, k), so that
-each half-iteration is one matrix-matrix product (``K @ V``, ``K.T @ U``: BLAS GEMM) for all
-columns instead of k matrix-vector products. Each column has its own stopping test and
-over-relaxation and leaves the batch as soon as it converges. When scalings leave
-their range the base moves to the middle of the columns' potentials (one
-recomputed kernel for all); a column whose potentials lie too far from the others' for one
-shared kernel, or whose sweep fails, is finished alone by :class:`~mmopt.ot.Sinkhorn`
-(absorption per column, log domain where needed), warm-started where it stands.
+The problems iterate on one absorbed kernel ``K_ij = exp((F_i + G_j - C_ij) / reg)`` (shared
+base potentials ``F``, ``G``) with a scaling vector each (``U`` (k, n), ``V`` (k, m)), so
+that each half-iteration is one matrix-matrix product (``V @ K.T``, ``U @ K``: BLAS GEMM)
+for all of them instead of k matrix-vector products. Each problem has its own stopping test
+and over-relaxation and leaves as soon as it converges; the last few iterate alone on the
+kernel (the fused one-pass sweep). When scalings leave their range the base moves to the
+middle of the problems' potentials (one recomputed kernel for all); problems too far from
+the others for one kernel form a further group with its own kernel, started where they
+stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
+finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
 """
 
 from __future__ import annotations
