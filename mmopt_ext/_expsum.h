@@ -334,7 +334,8 @@ typedef double (*mmopt_scaling_fn)(const double *, ptrdiff_t, ptrdiff_t, const d
  * by omega (u^(1 - omega) target^omega; omega = 1 is plain Sinkhorn). */
 static inline double mmopt_relaxed(double old, double target, double omega)
 {
-    return omega == 1.0 ? target : old * pow(target / old, omega);
+    /* target == 0 (a histogram entry of zero mass): 0, the limit of old^(1 - omega) 0^omega. */
+    return omega == 1.0 || target == 0.0 ? target : old * pow(target / old, omega);
 }
 
 static double mmopt_scaling_rows_scalar(const double *K, ptrdiff_t m, ptrdiff_t rows,

@@ -20,8 +20,17 @@ cdef extern from "_expsum.h" nogil:
     ctypedef double (*mmopt_expsum_fn)(const double*, const double*, double, double, Py_ssize_t)
     mmopt_expsum_fn mmopt_expsum
     int mmopt_expsum_select(int which)
+    int mmopt_expsum_path
 
-mmopt_expsum_select(-1)
+from mmopt_ext._sinkhorn import _PATHS, requested_exp_path
+
+# The path MMOPT_EXP_PATH names (same indices as _sinkhorn's), else the fastest.
+mmopt_expsum_select(requested_exp_path())
+
+
+def exp_path():
+    """The name of the ``exp`` path these kernels use."""
+    return _PATHS[mmopt_expsum_path]
 
 # Columns per block of the online kernel: 3 blocks of 512 doubles stay in L1.
 DEF BLOCK = 512

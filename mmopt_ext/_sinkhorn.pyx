@@ -4,6 +4,9 @@ fused scaling-domain iteration, the plan and its marginals, the sparsified plan.
 The sums of exponentials run through ``_expsum.h`` (glibc's SIMD ``exp`` where available).
 """
 
+import os
+import warnings
+
 import numpy as np
 
 from cython.parallel cimport prange
@@ -32,9 +35,32 @@ cdef extern from "_expsum.h" nogil:
     mmopt_scaling_fn mmopt_scaling_rows
     double mmopt_relaxed(double old, double target, double omega)
 
-mmopt_expsum_select(-1)
-
 _PATHS = tuple(mmopt_expsum_names[i].decode() for i in range(4))
+
+
+def requested_exp_path():
+    """The index of the ``exp`` path the environment variable ``MMOPT_EXP_PATH`` names
+    (``scalar``, ``sse2``, ``avx2`` or ``avx512``; read when the kernels are imported), -1
+    (the fastest available) when it is unset or names a path this build and CPU cannot run
+    (with a ``RuntimeWarning``).
+
+    It lets a benchmark or a test run the AVX2 path on an AVX-512 CPU, for example.
+    """
+    name = os.environ.get("MMOPT_EXP_PATH", "").strip().lower()
+    if not name:
+        return -1
+    if name in _PATHS and mmopt_expsum_available(_PATHS.index(name)):
+        return _PATHS.index(name)
+    available = tuple(p for i, p in enumerate(_PATHS) if mmopt_expsum_available(i))
+    warnings.warn(
+        f"MMOPT_EXP_PATH={name!r} is not an exp path this build and CPU can run (available: "
+        f"{available}); using the fastest.",
+        RuntimeWarning,
+    )
+    return -1
+
+
+mmopt_expsum_select(requested_exp_path())
 
 
 def exp_paths():
@@ -50,7 +76,9 @@ def exp_path():
 def select_exp_path(name=None):
     """Use the ``exp`` path ``name`` (None: the fastest available); returns the name in use.
 
-    Meant for tests and benchmarks: every path computes the same sums up to rounding.
+    Meant for tests and benchmarks: every path computes the same sums up to rounding. It
+    changes this module's kernels only; the environment variable ``MMOPT_EXP_PATH`` (read
+    at import) sets the path of every kernel (``_sinkhorn`` and ``_pointcloud``).
     """
     which = -1 if name is None else (_PATHS.index(name) if name in _PATHS else 99)
     if mmopt_expsum_select(which) < 0:

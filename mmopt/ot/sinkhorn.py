@@ -13,6 +13,7 @@ from mmopt._core.registry import register_solver
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
+from mmopt.ot._batched import batched_sinkhorn
 from mmopt.ot._kernels import dense_plan, log_half_step
 from mmopt.ot._support import N_THREADS, OT_PARAMS, Support, log_ratio_sum
 from mmopt.ot.problem import OTProblem, solve_ot
@@ -243,17 +244,7 @@ class Sinkhorn(Solver):
     # ----------------------------------------------------------------------------- setup
     def _start_run(self, problem) -> _SinkhornRun:
         support = Support(problem)
-        spread = float(support.C.max() - support.C.min())
-        # The plan's exponents (f_i + g_j - C_ij) / reg are computed to about eps * |C| /
-        # reg: beyond this they carry no digit and every plan is rounding noise.
-        rounding = float(np.abs(support.C).max()) * np.finfo(float).eps
-        if rounding > _MAX_EXPONENT_ERROR * problem.reg:
-            raise ValueError(
-                f"reg={problem.reg:.3g} is too small for the cost (max |C| = "
-                f"{float(np.abs(support.C).max()):.3g}, spread {spread:.3g}): in float64 the "
-                "plan's exponents (f + g - C) / reg would be pure rounding error. Use a "
-                "larger reg, or exact_ot for unregularized transport."
-            )
+        check_reg_resolution(support.C, problem.reg)
         method = self.method
         if method == "auto":
             # Plans of total mass near the float64 underflow range lose their digits in
@@ -350,6 +341,22 @@ class Sinkhorn(Solver):
             fields["fun"] = _dual_value(support, state.f, state.g, reg * total)
             fields["residual"] = marginal_error / support.mass
         return fields
+
+
+def check_reg_resolution(C, reg) -> None:
+    """Raise ``ValueError`` when ``reg`` is below the rounding of the plan's exponents.
+
+    The exponents ``(f_i + g_j - C_ij) / reg`` are computed to about ``eps * |C| / reg``:
+    beyond ``_MAX_EXPONENT_ERROR`` they carry no digit and every plan is rounding noise.
+    """
+    largest = float(np.abs(C).max())
+    if largest * np.finfo(float).eps > _MAX_EXPONENT_ERROR * reg:
+        spread = float(C.max() - C.min())
+        raise ValueError(
+            f"reg={reg:.3g} is too small for the cost (max |C| = {largest:.3g}, spread "
+            f"{spread:.3g}): in float64 the plan's exponents (f + g - C) / reg would be pure "
+            "rounding error. Use a larger reg, or exact_ot for unregularized transport."
+        )
 
 
 def _dual_value(support: Support, f, g, penalty: float) -> float:
@@ -526,18 +533,35 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
 
     Parameters
     ----------
-    %(balanced_ot_args)s
+    a, b : array-like of shape (n,), (m,) or (m, k)
+        Non-negative histograms of equal total mass; empty means uniform. ``b`` of shape
+        (m, k) holds k target histograms (each of the mass of ``a``): the k problems
+        ``(a, b[:, j], C, reg)`` are solved together (batched: matrix-matrix products on
+        one shared kernel, each problem with its own stopping test; see Returns).
+    %(cost_or_clouds)s
+    %(entropic_reg)s
     **options
         Options of :class:`Sinkhorn` (``method``, ``tol``, ``max_iter``, ``n_threads``,
         ``callback``, ``verbose``) and ``x0`` (warm-start potentials ``concat(f, g)``;
         potentials whose plan overflows, or too large for ``reg`` in float64, are replaced
         by an equivalent start: ``f`` shifted to a largest entry of 0, ``g`` its column
-        update).
+        update). With batched ``b``: ``return_plan`` (default False) adds the plans;
+        ``x0``, ``callback`` and ``verbose`` are not available.
 
     Returns
     -------
     Result
         With ``plan``, ``f``, ``g``, ``transport_cost``, ``objective``, ``marginal_error``.
+        With ``b`` of shape (m, k): ``fun``, ``transport_cost`` (POT's batched return
+        value), ``objective``, ``marginal_error``, ``column_status`` and ``column_nit``
+        of shape (k,), ``method`` (k,), ``f`` (n, k), ``g`` (m, k), ``x`` (n + m, k);
+        ``status`` is the worst problem's (0 only when all converged), ``nit`` the most
+        iterations any took; ``plan`` (k, n, m) only with ``return_plan=True``. The
+        problems share one stabilized kernel (``K_ij = exp((F_i + G_j - C_ij) / reg)``,
+        scalings ``U`` (k, n), ``V`` (k, m), two GEMMs per iteration with ``n_threads``
+        BLAS threads); each stops on its own ``tol`` and over-relaxes on its own rate;
+        problems too far apart for one kernel continue in further groups, and one whose
+        kernel needs recomputing too often is finished alone by :class:`Sinkhorn`.
 
     Examples
     --------
@@ -547,5 +571,15 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
     >>> np.round(res.plan, 6)
     array([[0.5, 0. ],
            [0. , 0.5]])
+    >>> B = np.array([[0.5, 0.2], [0.5, 0.8]])  # two target histograms
+    >>> batch = sinkhorn([0.5, 0.5], B, np.array([[0.0, 1.0], [1.0, 0.0]]), reg=0.05)
+    >>> batch.transport_cost.round(6), batch.column_status
+    (array([0. , 0.3]), array([0, 0]))
     """
+    clouds = C is None and ("x" in options or "y" in options)
+    if not clouds and b is not None and np.ndim(b) == 2:
+        return batched_sinkhorn(a, b, C, reg, **options)
+    if "return_plan" in options:
+        raise TypeError("return_plan is an option of batched histograms only (b of shape "
+                        "(m, k)); a single problem's Result always holds its plan.")
     return solve_ot(a, b, C, reg, "sinkhorn", options)

@@ -219,3 +219,45 @@ def test_scaling_iteration_flags_scalings_out_of_range():
     u, v = np.ones(2), np.ones(2)
     out = _sinkhorn.scaling_iteration(np.eye(2) * 1e-30, a, b, u, v, np.empty((1, 2)), 1e20, 1)
     assert not out[1] and u[0] == pytest.approx(0.5e30)  # finite, out of [1e-20, 1e20]
+
+
+_ENV_SCRIPT = """
+import sys
+import numpy as np
+from mmopt_ext import _pointcloud, _sinkhorn
+from mmopt.ot import sinkhorn
+from mmopt.ot._kernels import dense_plan
+rng = np.random.default_rng(0)
+C = rng.random((40, 33))
+f, g = rng.standard_normal(40) * 0.1, rng.standard_normal(33) * 0.1
+exact = np.exp((f[:, None] + g[None, :] - C) / 1e-2)
+error = float(np.abs(dense_plan(C, f, g, 1e-2) / exact - 1).max())
+res = sinkhorn([], [], C, 1e-2, method="log", tol=1e-12)
+np.save(sys.argv[1], res.plan)
+print(_sinkhorn.exp_path(), _pointcloud.exp_path(), error)
+"""
+
+
+@pytest.mark.parametrize("name", [p for p in EXP_PATHS if p != "scalar"] + ["bogus"])
+def test_environment_variable_selects_the_exp_path(tmp_path, name):
+    """MMOPT_EXP_PATH (read at import) runs every kernel on the named path (e.g. AVX2 on an
+    AVX-512 CPU): exp against NumPy and the plan against the default path's."""
+    import os
+    import subprocess
+    import sys
+
+    from mmopt.ot import sinkhorn
+
+    env = dict(os.environ, MMOPT_EXP_PATH=name)
+    out = subprocess.run(
+        [sys.executable, "-c", _ENV_SCRIPT, str(tmp_path / "plan.npy")],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    sink_path, cloud_path, error = out.stdout.split()
+    expected = EXP_PATHS[-1] if name == "bogus" else name
+    assert sink_path == cloud_path == expected
+    assert ("RuntimeWarning" in out.stderr) == (name == "bogus")
+    assert float(error) < 1e-13
+    C = np.random.default_rng(0).random((40, 33))
+    reference = sinkhorn([], [], C, 1e-2, method="log", tol=1e-12).plan
+    assert np.abs(np.load(tmp_path / "plan.npy") - reference).max() < 1e-14

@@ -1,0 +1,581 @@
+"""Sinkhorn for k histograms sharing one cost: ``b`` of shape (m, k), solved together.
+
+The problems iterate on one absorbed kernel ``K_ij = exp((F_i + G_j - C_ij) / reg)`` (shared
+base potentials ``F``, ``G``) with a scaling vector each (``U`` (k, n), ``V`` (k, m)), so
+that each half-iteration is one matrix-matrix product (``V @ K.T``, ``U @ K``: BLAS GEMM)
+for all of them instead of k matrix-vector products. Each problem has its own stopping test
+and over-relaxation and leaves as soon as it converges; the last few iterate alone on the
+kernel (the fused one-pass sweep). When scalings leave their range the base moves to the
+middle of the problems' potentials (one recomputed kernel for all); problems too far from
+the others for one kernel form a further group with its own kernel, started where they
+stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
+finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from mmopt._core.exceptions import ConvergenceWarning
+from mmopt._core.registry import get_solver
+from mmopt._core.result import STATUS_MESSAGES, Result, Status
+from mmopt._core.solver import caller_stacklevel
+from mmopt._core.threads import effective_n_threads
+from mmopt._core.validation import check_array, check_scalar
+from mmopt.ot._kernels import log_half_step
+from mmopt.ot.problem import OTProblem, _histogram, _mass_rtol
+from mmopt_ext._sinkhorn import dense_plan as _dense_plan
+from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
+
+# Scalings stay in [e^-L, e^L] and kernel entries below e^floor are zeroed, with
+# floor = log(tiny) + L + 20: K_ij v_j >= e^(floor - L) stays a normal float64 (no subnormal
+# slow path in the products). A zeroed entry of a problem's plan is below e^(floor + 2 L)
+# (its potentials are within L of the base): L is the largest, at most _MAX_LOG_BOUND, that
+# keeps this below e^-_TRUNCATION times the total mass.
+_MAX_LOG_BOUND = 200.0
+_TRUNCATION = 60.0
+_LOG_TINY = float(np.log(np.finfo(float).tiny))
+# After moving the base, a problem whose potentials are further from it than this share of
+# L (in units of reg) leaves for another group: it would soon leave the range again.
+_SPREAD_SHARE = 0.65
+# Below this L (total masses below about 1e-200) the problems are solved alone.
+_MIN_LOG_BOUND = 20.0
+# With this many problems left or fewer, each iterates alone on the shared kernel (one
+# pass over it per problem) instead of through GEMMs (two passes for all).
+_FUSED_MAX = 4
+
+_CONTROLLER = None
+
+
+def _blas_limit(threads: int):
+    """A context limiting BLAS to ``threads`` threads (the controller is built once)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=threads, user_api="blas")
+
+
+class _Relaxation:
+    """One column's over-relaxation state (the fields :func:`_choose_relaxation` reads)."""
+
+    def __init__(self):
+        self.omega = 1.0
+        self.errors = []
+        self.switch_error = np.inf
+        self.relaxed_sweeps = 0
+        self.relax_failures = 0
+
+
+def check_batched(a, b, C, reg):
+    """Validate ``(a, b, C, reg)`` with ``b`` of shape (m, k); returns float64 arrays.
+
+    ``a`` is one histogram shared by the k problems (empty means uniform); each column of
+    ``b`` has the total mass of ``a`` (up to the histograms' precision: a column given in
+    float32 is rescaled to it in float64).
+    """
+    C = check_array(C, "C", ndim=2)
+    n, m = C.shape
+    if a is not None and np.ndim(a) == 2:
+        raise ValueError(
+            f"a must be 1-D (one source histogram shared by the k problems of b's columns), "
+            f"got shape {np.shape(a)}."
+        )
+    a = _histogram(a, "a", n, "rows")
+    b = check_array(b, "b", ndim=2, nonnegative=True, min_size=0)
+    if b.shape[0] != m or b.shape[1] == 0:
+        raise ValueError(
+            f"b must have shape (m, k) = ({m}, k) with k >= 1 (one column per problem, one row "
+            f"per column of C), got {b.shape}."
+        )
+    mass = float(a.sum())
+    with np.errstate(over="ignore"):
+        masses = b.sum(axis=0)
+    tolerance = _mass_rtol((a, b), max(n, m)) * mass
+    bad = np.flatnonzero(~(np.abs(masses - mass) <= tolerance))
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(
+            f"every column of b must have the total mass of a ({mass!r}); column {j} has "
+            f"sum(b[:, {j}])={float(masses[j])!r} ({bad.size} such column(s))."
+        )
+    b = b * (mass / masses)
+    reg = check_scalar(reg, "reg", min_value=0.0, include_min=False)
+    return a, b, C, reg
+
+
+def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> Result:
+    """Sinkhorn for the k problems ``(a, b[:, j], C, reg)``; see :func:`mmopt.ot.sinkhorn`."""
+    from mmopt.ot.sinkhorn import check_reg_resolution
+
+    start = time.perf_counter()
+    for name in ("x0", "callback"):
+        if options.get(name) is not None:
+            raise ValueError(
+                f"{name} is not supported with batched histograms (b of shape (m, k)); "
+                "solve the columns one by one to use it."
+            )
+    if options.get("verbose"):
+        raise ValueError(
+            "verbose is not supported with batched histograms (b of shape (m, k)); "
+            "Result.history records the largest residual of the columns still running."
+        )
+    options.pop("x0", None)
+    solver = get_solver("sinkhorn", **options)
+    solver._validate_params()
+    a, b, C, reg = check_batched(a, b, C, reg)
+    check_reg_resolution(C, reg)
+    threads = effective_n_threads(solver.n_threads)
+    n, m = C.shape
+    k = b.shape[1]
+    out = _Output(n, m, k, return_plan)
+    shared = _Shared(a, b, C, reg, solver, threads, out)
+    alone = {}
+    with _blas_limit(threads):
+        if solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND:
+            alone = dict.fromkeys(range(k))
+        else:
+            # Groups of problems, each on its own shared kernel: the first holds them all;
+            # the problems that leave a group (too far from the others for one kernel)
+            # form the next, started from their potentials.
+            groups = [(np.arange(k), None)]
+            while groups:
+                columns, potentials = groups.pop()
+                left, failed = _Batch(shared, columns, potentials).run()
+                if left:
+                    potentials = (np.stack([f for f, _ in left.values()]),
+                                  np.stack([g for _, g in left.values()]))
+                    groups.append((np.array(list(left)), potentials))
+                alone.update(failed)
+    if alone:
+        _solve_alone(alone, shared)
+    return out.result(a, shared.history, start)
+
+
+class _Shared:
+    """What every group of one batched solve reads: the data and the answers' store."""
+
+    def __init__(self, a, b, C, reg, solver, threads, out):
+        self.full_a, self.full_C = a, C
+        self.rows = rows = np.flatnonzero(a > 0)
+        if rows.size < a.size:  # rows of zero mass never carry mass: left out
+            C = np.ascontiguousarray(C[rows])
+            a = a[rows]
+        self.a, self.b, self.C, self.reg = a, b, C, reg
+        self.solver, self.threads, self.out = solver, threads, out
+        self.mass = float(a.sum())
+        self.history = {"residual": [], "n_active": [], "time": []}
+        self.start = time.perf_counter()
+        self.relax = [_Relaxation() for _ in range(b.shape[1])]
+        self.log_bound = min(
+            _MAX_LOG_BOUND, (np.log(self.mass) - _TRUNCATION - _LOG_TINY - 20.0) / 3.0
+        )
+        self.bound = float(np.exp(self.log_bound))
+        self.floor = _LOG_TINY + self.log_bound + 20.0
+        self.max_spread = _SPREAD_SHARE * self.log_bound
+
+
+class _Output:
+    """Each column's answer, filled as the columns finish."""
+
+    def __init__(self, n, m, k, return_plan):
+        self.f, self.g = np.full((n, k), -np.inf), np.full((m, k), -np.inf)
+        self.fun = np.full(k, np.nan)
+        self.transport_cost = np.full(k, np.nan)
+        self.objective = np.full(k, np.nan)
+        self.marginal_error = np.full(k, np.nan)
+        self.status = np.full(k, -1)
+        self.nit = np.zeros(k, dtype=int)
+        self.method = np.full(k, "scaling", dtype=object)
+        self.plan = np.zeros((k, n, m)) if return_plan else None
+
+    def result(self, a, history, start) -> Result:
+        status = Status(int(self.status.max()))
+        failed = np.flatnonzero(self.status != Status.CONVERGED)
+        elapsed = time.perf_counter() - start
+        message = STATUS_MESSAGES[status]
+        if failed.size:
+            message = f"{message} Columns not converged: {failed.tolist()}."
+            warnings.warn(
+                f"sinkhorn (batched): {failed.size} of {self.status.size} columns did not "
+                f"converge (columns {failed[:10].tolist()}"
+                f"{' ...' if failed.size > 10 else ''}; see Result.column_status).",
+                ConvergenceWarning,
+                stacklevel=caller_stacklevel(),
+            )
+        fields = {
+            "x": np.concatenate([self.f, self.g]),
+            "fun": self.fun,
+            "success": status == Status.CONVERGED,
+            "status": int(status),
+            "message": message,
+            "nit": int(self.nit.max()),
+            "time": elapsed,
+            "history": {key: np.asarray(value) for key, value in history.items()},
+            "solver": "sinkhorn",
+            "f": self.f,
+            "g": self.g,
+            "transport_cost": self.transport_cost,
+            "objective": self.objective,
+            "marginal_error": self.marginal_error,
+            "residual": float(self.marginal_error.max() / a.sum()),
+            "column_status": self.status,
+            "column_nit": self.nit,
+            "method": self.method,
+        }
+        if self.plan is not None:
+            fields["plan"] = self.plan
+        return Result(fields)
+
+
+class _Batch:
+    """A group of problems iterating together on one shared kernel.
+
+    Scalings are stored one problem per row: ``U`` (c, n), ``V`` (c, m), so that
+    ``V @ K.T`` and ``U @ K`` are the GEMMs and a problem's scalings are contiguous for
+    the fused one-problem sweep (:func:`mmopt_ext._sinkhorn.scaling_iteration`) that
+    takes over when few problems are left.
+    """
+
+    def __init__(self, shared, columns, potentials=None):
+        self.shared = shared
+        self.a, self.C, self.reg, self.mass = shared.a, shared.C, shared.reg, shared.mass
+        self.solver, self.threads, self.out = shared.solver, shared.threads, shared.out
+        self.active = columns
+        self.B = np.ascontiguousarray(shared.b[:, columns].T)
+        self.zeros = bool((self.B == 0).any())
+        self.offset = shared.out.nit[columns].copy()  # iterations done before this group
+        c = columns.size
+        self.column_error = np.zeros(c)
+        self.omega = np.ones(c)
+        self.relax = shared.relax  # each problem's, kept from group to group
+        self.K = None
+        self.CK = None  # C * K (transport costs), made when a problem first needs it
+        self.left = {}  # problems that leave for another group: their potentials (f, g)
+        self.failed = {}  # problems whose sweep failed: finished alone from scratch
+        if potentials is None:
+            self._start()
+        else:
+            f, g = potentials
+            self.U, self.V = f, g  # replaced by the scalings in _rebase
+            self._rebase(f, g, np.ones(c, dtype=bool))
+
+    # -------------------------------------------------------------------------- kernel
+    def _set_kernel(self, F, G):
+        self.F, self.G = F, G
+        if self.K is None:
+            self.K = np.empty(self.C.shape)
+        _dense_plan(self.C, F, G, float(self.reg), self.K, self.threads, self.shared.floor)
+        self.CK = None
+
+    def _start(self):
+        """One log-domain iteration from zero potentials, shared by all problems: the rows'
+        update is the same for every problem, and the columns' is ``reg log b + h`` with
+        ``h`` the same for every problem; ``h + reg log(mass)`` is the base."""
+        reg, C = self.reg, self.C
+        n, m = C.shape
+        Ct = np.ascontiguousarray(C.T)
+        f, _ = log_half_step(C, np.zeros(m), np.zeros(n), np.log(self.a), reg,
+                             n_threads=self.threads)
+        h, _ = log_half_step(Ct, f, np.zeros(m), np.zeros(m), reg, n_threads=self.threads)
+        self._set_kernel(f, h + reg * np.log(self.mass))
+        self.U = np.ones((self.active.size, n))
+        self.V = self.B / self.mass
+
+    # --------------------------------------------------------------------------- loop
+    def run(self):
+        """Iterate until every problem has converged, reached ``max_iter`` or left.
+
+        Returns ``(left, alone)``: the problems that left for another group and those
+        to finish alone (frequent absorptions: a shared kernel does not pay), each
+        mapped to its potentials ``(f, g)`` (None after a failed sweep).
+        """
+        from mmopt.ot.sinkhorn import _MAX_ABSORPTION_SHARE, _MIN_ABSORPTIONS
+
+        solver, history = self.solver, self.shared.history
+        alone = {}
+        absorptions = 0
+        it = 0
+        while self.active.size:
+            it += 1
+            if self.active.size > _FUSED_MAX:
+                error, out_of_range = self._gemm_sweep(it)
+            else:
+                error, out_of_range = self._fused_sweeps(it)
+            if not self.active.size:
+                break
+            history["residual"].append(float(error.max() / self.mass))
+            history["n_active"].append(self.active.size)
+            history["time"].append(time.perf_counter() - self.shared.start)
+            if solver.overrelaxation:
+                self._relaxation(error)
+            last = self.offset + it >= solver.max_iter
+            if last.any():
+                # max_iter reached: these report status 1 from where they stand (their
+                # exact error is computed on that iterate).
+                self._finish(last, self.offset[last] + it, Status.MAX_ITER)
+                self._keep(~last)
+                out_of_range = out_of_range[~last]
+            if out_of_range.any():
+                absorptions += 1
+                if absorptions >= _MIN_ABSORPTIONS and absorptions > _MAX_ABSORPTION_SHARE * it:
+                    self.out.nit[self.active] = self.offset + it
+                    alone.update(self._potentials())
+                    break
+                self._absorb(it)
+        alone.update(self.failed)
+        return self.left, alone
+
+    def _keep(self, keep):
+        """Drop the problems not in ``keep`` from the working arrays."""
+        self.active, self.U, self.V, self.B = (
+            self.active[keep], self.U[keep], self.V[keep], self.B[keep]
+        )
+        self.column_error, self.omega = self.column_error[keep], self.omega[keep]
+        self.offset = self.offset[keep]
+
+    def _gemm_sweep(self, it):
+        """One iteration of every active problem through two GEMMs; returns the errors of
+        the incoming iterates (of the problems still active) and which left the range."""
+        U, V, B, K, a = self.U, self.V, self.B, self.K, self.a
+        S = V @ K.T
+        error = np.abs(U * S - a).sum(axis=1) + self.column_error
+        done = error <= self.solver.tol * self.mass
+        if done.any():
+            self._finish(done, self.offset[done] + it - 1, Status.CONVERGED, S[done])
+            keep = ~done
+            self._keep(keep)
+            U, V, B, S, error = self.U, self.V, self.B, S[keep], error[keep]
+            if not self.active.size:
+                return error, done[keep]
+        omega = self.omega[:, None]
+        relaxed = self.omega != 1.0
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            target = a / S
+            U = U * (target / U) ** omega if relaxed.any() else target
+            R = U @ K
+            target = B / R
+            if relaxed.any():
+                V = V * (target / V) ** omega
+                if self.zeros:
+                    V[B == 0] = 0.0
+                self.column_error = np.abs(V * R - B).sum(axis=1)
+                self.column_error[~relaxed] = 0.0
+            else:
+                V = target
+                self.column_error = np.zeros(self.active.size)
+        self.U, self.V = U, V
+        return error, self._out_of_range(U, V, B)
+
+    def _fused_sweeps(self, it):
+        """One iteration of each active problem alone (one pass over the kernel each)."""
+        error = np.empty(self.active.size)
+        out_of_range = np.zeros(self.active.size, dtype=bool)
+        done = np.zeros(self.active.size, dtype=bool)
+        if not hasattr(self, "acc"):
+            n, m = self.C.shape
+            self.acc = np.empty((max(1, min(self.threads, n // 4)), m))
+        last = []
+        for c in range(self.active.size):
+            u, v = self.U[c], self.V[c]
+            last.append((u.copy(), v.copy()))
+            row_error, within, column_error, _ = _scaling_iteration(
+                self.K, self.a, self.B[c], u, v, self.acc, self.shared.bound, self.threads,
+                float(self.omega[c]),
+            )
+            error[c] = row_error + self.column_error[c]
+            done[c] = error[c] <= self.solver.tol * self.mass
+            self.column_error[c] = column_error if self.omega[c] != 1.0 else 0.0
+            if not within:  # (zero-mass columns have v = 0: checked again below)
+                out_of_range[c] = self._out_of_range(u[None], v[None], self.B[c, None])[0]
+        if done.any():
+            for c in np.flatnonzero(done):
+                self.U[c], self.V[c] = last[c]
+            self._finish(done, self.offset[done] + it - 1, Status.CONVERGED)
+            keep = ~done
+            self._keep(keep)
+            error, out_of_range = error[keep], out_of_range[keep]
+        return error, out_of_range
+
+    def _relaxation(self, error):
+        from mmopt.ot.sinkhorn import _MAX_RELAX_FAILURES, _choose_relaxation
+
+        for c, j in enumerate(self.active):
+            state = self.relax[int(j)]
+            if state.relax_failures < _MAX_RELAX_FAILURES:
+                _choose_relaxation(state, float(error[c]), self.mass)
+                self.omega[c] = state.omega
+
+    def _out_of_range(self, U, V, B):
+        with np.errstate(invalid="ignore"):
+            high = self.shared.bound
+            low = 1.0 / high
+            bad = ~((U.min(axis=1) >= low) & (U.max(axis=1) <= high))
+            Vc = np.where(B > 0, V, 1.0) if self.zeros else V
+            bad |= ~((Vc.min(axis=1) >= low) & (Vc.max(axis=1) <= high))
+        return bad
+
+    def _current(self):
+        """The active problems' potentials ``(f, g)`` (-inf at zero mass) and which are
+        finite (a failed sweep's are not)."""
+        reg = self.reg
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = self.F + reg * np.log(self.U)
+            g = self.G + reg * np.log(self.V)
+        positive = self.B > 0
+        finite = np.isfinite(f).all(axis=1) & (np.isfinite(g) | ~positive).all(axis=1)
+        return f, np.where(positive, g, -np.inf), finite
+
+    def _potentials(self):
+        f, g, finite = self._current()
+        return {int(j): (f[c], g[c]) if finite[c] else None for c, j in enumerate(self.active)}
+
+    def _absorb(self, it):
+        """Move the shared base to the middle of the problems' potentials (one new kernel);
+        the problems too far from it leave for another group, those with non-finite
+        scalings (a failed sweep) to be finished alone from scratch."""
+        f, g, finite = self._current()
+        self._rebase(f, g, finite, it)
+
+    def _rebase(self, f, g, keep, it=0):
+        """Set the base to the middle of the potentials ``f`` (c, n), ``g`` (c, m) of the
+        problems in ``keep`` and recompute the kernel and scalings; the problems too far
+        from the others for the scalings' range move to ``self.left``."""
+        reg = self.reg
+        positive = self.B > 0
+        g = np.where(positive, g, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            F0 = np.nanmean(f[keep], axis=0) if keep.any() else 0.0
+            G0 = np.nanmean(g[keep], axis=0) if keep.any() else 0.0
+            # Each problem's gauge (f + s, g - s) centred, so that the spread measures the
+            # potentials, not the arbitrary constant between f and g.
+            shift = 0.5 * (np.nanmean(g - G0, axis=1) - np.mean(f - F0, axis=1))
+            f, g = f + shift[:, None], g - shift[:, None]
+            keep = keep.copy()
+            while keep.any():
+                F = 0.5 * (f[keep].min(axis=0) + f[keep].max(axis=0))
+                G = 0.5 * (np.nanmin(g[keep], axis=0) + np.nanmax(g[keep], axis=0))
+                G = np.where(np.isfinite(G), G, 0.0)
+                spread = np.maximum(np.abs(f - F).max(axis=1),
+                                    np.nanmax(np.abs(g - G), axis=1)) / reg
+                spread[~keep] = -np.inf
+                worst = int(np.argmax(spread))
+                if spread[worst] <= self.shared.max_spread:
+                    break
+                keep[worst] = False
+        finite = np.isfinite(f).all(axis=1)
+        for c in np.flatnonzero(~keep):
+            j = int(self.active[c])
+            self.out.nit[j] = self.offset[c] + it
+            if finite[c]:
+                self.left[j] = (f[c], np.where(positive[c], g[c], -np.inf))
+            else:
+                self.failed[j] = None
+        f, g, positive = f[keep], g[keep], positive[keep]
+        self._keep(keep)
+        if self.active.size:
+            self._set_kernel(F, G)
+            self.U = np.exp((f - F) / reg)
+            with np.errstate(invalid="ignore"):
+                self.V = np.where(positive, np.exp((g - G) / reg), 0.0)
+
+    # ------------------------------------------------------------------------- results
+    def _finish(self, done, nit, status, S=None):
+        """Record the answers of the active problems ``done`` at their scalings (``S =
+        V K^T`` when known) after ``nit`` iterations (one per problem)."""
+        out, reg, a = self.out, self.reg, self.a
+        U, V = self.U[done], self.V[done]
+        if S is None:
+            S = V @ self.K.T
+        if self.CK is None:
+            self.CK = self.C * self.K
+        row_sums, col_sums = U * S, V * (U @ self.K)
+        transport = np.einsum("ci,ci->c", U, V @ self.CK.T)
+        with np.errstate(divide="ignore"):
+            f = self.F + reg * np.log(U)
+            g = self.G + reg * np.log(V)
+        rows_support = self.shared.rows
+        for c, j in enumerate(self.active[done]):
+            b = self.shared.b[:, j]
+            fj, gj = _full_potentials(self.shared, f[c], g[c], b)
+            rows, cols = row_sums[c], col_sums[c]
+            total = float(rows.sum())
+            positive = b > 0
+            dual = (float(a @ fj[rows_support]) + float(b[positive] @ gj[positive])
+                    - reg * total)
+            entropy = (float(rows @ fj[rows_support]) + float(cols[positive] @ gj[positive])
+                       - transport[c]) / reg - total
+            out.f[:, j], out.g[:, j] = fj, gj
+            out.fun[j] = dual
+            out.transport_cost[j] = transport[c]
+            out.objective[j] = transport[c] + reg * entropy
+            out.marginal_error[j] = float(np.abs(rows - a).sum() + np.abs(cols - b).sum())
+            out.status[j] = status
+            out.nit[j] = nit[c]
+            if out.plan is not None:
+                block = self.K * U[c, :, None]
+                block *= V[c]
+                out.plan[j][rows_support] = block
+
+def _full_potentials(shared, f, g, b):
+    """Potentials of the problem's shape: rows of zero mass and columns of zero mass in
+    ``b`` get the soft c-transform of the other side's (as :class:`Sinkhorn` does)."""
+    reg, threads, rows = shared.reg, shared.threads, shared.rows
+    C = shared.full_C
+    n = C.shape[0]
+    f_full = np.empty(n)
+    f_full[rows] = f
+    empty_cols = np.flatnonzero(b == 0)
+    cols = np.flatnonzero(b > 0)
+    g = g.copy()
+    if empty_cols.size:
+        block = np.ascontiguousarray(C[np.ix_(rows, empty_cols)].T)
+        g[empty_cols], _ = log_half_step(
+            block, f, np.zeros(empty_cols.size), np.zeros(empty_cols.size), reg,
+            n_threads=threads,
+        )
+    if rows.size < n:
+        empty_rows = np.setdiff1d(np.arange(n), rows)
+        block = np.ascontiguousarray(C[np.ix_(empty_rows, cols)])
+        f_full[empty_rows], _ = log_half_step(
+            block, g[cols], np.zeros(empty_rows.size), np.zeros(empty_rows.size), reg,
+            n_threads=threads,
+        )
+    return f_full, g
+
+
+def _solve_alone(columns, shared):
+    """Finish ``columns`` (a dict: problem -> its potentials, or None) one by one with
+    :class:`Sinkhorn`, warm-started where their group left them (from zero potentials
+    after a failed sweep)."""
+    solver, out = shared.solver, shared.out
+    params = solver.get_params(deep=False)
+    a, C, reg = shared.full_a, shared.full_C, shared.reg
+    n = C.shape[0]
+    for j, guess in sorted(columns.items()):
+        done = int(out.nit[j])
+        params["max_iter"] = max(1, solver.max_iter - done)
+        x0 = None
+        if guess is not None:
+            f = np.full(n, -np.inf)
+            f[shared.rows] = guess[0]
+            x0 = np.concatenate([f, guess[1]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = get_solver("sinkhorn", **params).solve(
+                OTProblem(a, shared.b[:, j], C, reg), x0=x0
+            )
+        out.f[:, j], out.g[:, j] = res.f, res.g
+        out.fun[j] = res.fun
+        out.transport_cost[j] = res.transport_cost
+        out.objective[j] = res.objective
+        out.marginal_error[j] = res.marginal_error
+        out.status[j] = res.status
+        out.nit[j] = done + res.nit
+        out.method[j] = res.method
+        if out.plan is not None:
+            out.plan[j] = res.plan

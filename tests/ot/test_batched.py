@@ -1,0 +1,172 @@
+"""Batched histograms: ``sinkhorn(a, b, C, reg)`` with ``b`` of shape (m, k)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from mmopt import ConvergenceWarning
+from mmopt.ot import _batched, sinkhorn
+
+
+def _problem(n=60, m=50, k=6, seed=0):
+    """A shared cost with mixed columns: smooth, nearly sparse, with zero entries, and
+    one far from the others (its mass on the targets furthest from the sources)."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((n, 2)), rng.standard_normal((m, 2)) + 0.5
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    C /= C.max()
+    a = rng.dirichlet(np.ones(n))
+    columns = [rng.dirichlet(np.ones(m)) for _ in range(k - 3)]
+    columns.append(rng.dirichlet(np.full(m, 0.05)))  # nearly sparse
+    sparse = rng.dirichlet(np.ones(m))
+    sparse[rng.choice(m, m // 3, replace=False)] = 0.0
+    columns.append(sparse / sparse.sum())
+    far = np.exp(8.0 * C.mean(axis=0))
+    columns.append(far / far.sum())
+    return a, np.stack(columns, axis=1), C
+
+
+def _plan(C, f, g, reg):
+    with np.errstate(under="ignore"):
+        return np.exp((f[:, None] + g[None, :] - C) / reg)
+
+
+@pytest.mark.parametrize("reg", [5e-2, 1e-2, 2e-3])
+def test_each_column_equals_the_single_solve(reg):
+    a, b, C = _problem()
+    res = sinkhorn(a, b, C, reg, tol=1e-13, max_iter=100_000, return_plan=True)
+    assert res.status == 0 and res.success
+    k = b.shape[1]
+    assert res.fun.shape == res.transport_cost.shape == res.marginal_error.shape == (k,)
+    assert res.f.shape == (C.shape[0], k) and res.g.shape == (C.shape[1], k)
+    assert res.plan.shape == (k, *C.shape)
+    assert res.x.shape == (C.shape[0] + C.shape[1], k)
+    for j in range(k):
+        single = sinkhorn(a, b[:, j], C, reg, tol=1e-13, max_iter=100_000)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10
+        assert abs(res.transport_cost[j] - single.transport_cost) <= 1e-10
+        assert abs(res.fun[j] - single.fun) <= 1e-10
+        assert abs(res.objective[j] - single.objective) <= 1e-10
+        # The potentials give the same plan (they are defined up to (f + c, g - c)).
+        positive = b[:, j] > 0
+        plan = _plan(C, res.f[:, j], res.g[:, j], reg)
+        assert np.abs(plan[:, positive] - res.plan[j][:, positive]).max() <= 1e-12
+        # Zero-mass columns: the soft c-transform of f, in the same gauge.
+        shift = res.f[0, j] - single.f[0]
+        np.testing.assert_allclose(res.g[~positive, j], single.g[~positive] - shift, atol=1e-9)
+        assert res.marginal_error[j] <= 1e-12
+        assert abs(res.marginal_error[j] - (np.abs(res.plan[j].sum(1) - a).sum()
+                                            + np.abs(res.plan[j].sum(0) - b[:, j]).sum())) < 1e-14
+
+
+def test_plan_only_on_request_and_inputs_untouched():
+    a, b, C = _problem()
+    copies = a.copy(), b.copy(), C.copy()
+    res = sinkhorn(a, b, C, 1e-2)
+    assert "plan" not in res
+    for before, after in zip(copies, (a, b, C)):
+        np.testing.assert_array_equal(before, after)
+    assert res.column_status.tolist() == [0] * b.shape[1]
+    assert (res.column_nit <= res.nit).all() and res.nit == res.column_nit.max()
+    assert set(res.history) >= {"residual", "n_active", "time"}
+    assert np.all(res.marginal_error <= 1e-9 * a.sum() * 1.01)
+
+
+def test_against_pot_batched():
+    ot = pytest.importorskip("ot")
+    a, b, C = _problem(k=5)
+    b = b[:, :4]  # POT's plain scaling iteration needs every column of b positive
+    b[b == 0] = 1e-3
+    b /= b.sum(axis=0)
+    reg = 2e-2
+    costs, log = ot.sinkhorn(a, b, C, reg, stopThr=1e-14, numItermax=200_000, log=True)
+    res = sinkhorn(a, b, C, reg, tol=1e-13, max_iter=200_000)
+    np.testing.assert_allclose(res.transport_cost, costs, rtol=0, atol=1e-10)
+    K = np.exp(-C / reg)
+    for j in range(b.shape[1]):
+        pot_plan = log["u"][:, j, None] * K * log["v"][:, j]
+        assert np.abs(_plan(C, res.f[:, j], res.g[:, j], reg) - pot_plan).max() <= 1e-10
+
+
+def test_problems_that_leave_the_batch(monkeypatch):
+    """Problems too far from the others for one kernel (forced: a tiny range) are finished
+    alone, warm-started; the fused one-problem sweeps give the same answers."""
+    a, b, C = _problem(k=7, seed=3)
+    reg = 3e-3
+    reference = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    monkeypatch.setattr(_batched, "_MAX_LOG_BOUND", 10.0)
+    monkeypatch.setattr(_batched, "_MIN_LOG_BOUND", 5.0)
+    monkeypatch.setattr(_batched, "_SPREAD_SHARE", 0.2)
+    split = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    monkeypatch.undo()
+    monkeypatch.setattr(_batched, "_FUSED_MAX", 100)
+    fused = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    for res in (split, fused):
+        assert res.status == 0
+        assert np.abs(res.plan - reference.plan).max() <= 1e-10
+        np.testing.assert_allclose(res.transport_cost, reference.transport_cost, atol=1e-11)
+
+
+def test_log_method_and_threads():
+    a, b, C = _problem(k=4)
+    ref = sinkhorn(a, b, C, 1e-2, tol=1e-12, return_plan=True)
+    log = sinkhorn(a, b, C, 1e-2, tol=1e-12, method="log", return_plan=True)
+    assert list(log.method) == ["log"] * 4
+    assert np.abs(log.plan - ref.plan).max() <= 1e-10
+    two = sinkhorn(a, b, C, 1e-2, tol=1e-12, n_threads=2, return_plan=True)
+    assert np.abs(two.plan - ref.plan).max() <= 1e-12
+
+
+def test_max_iter_reports_per_column_status():
+    a, b, C = _problem()
+    with pytest.warns(ConvergenceWarning, match="columns did not converge"):
+        res = sinkhorn(a, b, C, 1e-3, max_iter=5)
+    assert res.status == 1 and not res.success
+    assert (res.column_status == 1).all() and (res.column_nit == 5).all()
+    assert np.isfinite(res.fun).all() and (res.marginal_error > 1e-9).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixed = sinkhorn(a, b, C, 1e-1, max_iter=10_000)
+    assert mixed.status == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((np.ones((5, 2)) / 5, np.ones((4, 2)) / 4, np.ones((5, 4)), 0.1), {}, ValueError,
+         "a must be 1-D"),
+        ((None, np.ones((3, 2)) / 3, np.ones((5, 4)), 0.1), {}, ValueError,
+         r"b must have shape \(m, k\) = \(4, k\)"),
+        ((None, np.ones((4, 0)), np.ones((5, 4)), 0.1), {}, ValueError, "k >= 1"),
+        ((None, np.c_[np.ones(4) / 4, np.ones(4) / 2], np.ones((5, 4)), 0.1), {}, ValueError,
+         r"column 1 has sum\(b\[:, 1\]\)"),
+        ((None, -np.ones((4, 2)), np.ones((5, 4)), 0.1), {}, ValueError, "b"),
+        ((None, np.ones((4, 2)) / 4, np.ones(4), 0.1), {}, ValueError, "C"),
+        ((None, np.ones((4, 2)) / 4, np.ones((5, 4)), -1.0), {}, ValueError, "reg"),
+        ((None, np.ones((4, 2)) / 4, np.ones((5, 4)), 0.1), {"x0": np.zeros(9)}, ValueError,
+         "x0 is not supported"),
+        ((None, np.ones((4, 2)) / 4, np.ones((5, 4)), 0.1), {"callback": print}, ValueError,
+         "callback is not supported"),
+        ((None, np.ones((4, 2)) / 4, np.ones((5, 4)), 0.1), {"bogus": 1}, TypeError,
+         "bogus"),
+        ((None, np.ones(4) / 4, np.ones((5, 4)), 0.1), {"return_plan": True}, TypeError,
+         "return_plan"),
+    ],
+)
+def test_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sinkhorn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-250])
+def test_tiny_masses(scale):
+    """The scalings' range narrows with the mass (so that the truncated kernel stays exact);
+    below about 1e-200 the problems are solved alone."""
+    a, b, C = _problem(k=3)
+    res = sinkhorn(a * scale, b * scale, C, 1e-2, tol=1e-12, return_plan=True)
+    assert res.status == 0
+    for j in range(3):
+        single = sinkhorn(a * scale, b[:, j] * scale, C, 1e-2, tol=1e-12)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10 * scale
+        assert res.method[j] == single.method
