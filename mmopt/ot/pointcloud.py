@@ -172,11 +172,21 @@ class PointCloudOTProblem(Problem):
         return diameter**p if diameter > 0 else 1.0
 
     def squared_spacing(self) -> float:
-        """Median squared distance from a point of ``x`` (a sample of 2000) to the nearest
-        point of ``y``: the scale below which a plan is sharp (nearly a map)."""
-        sample = self.x[:: max(1, self.x.shape[0] // _SPACING_SAMPLE)]
-        distance, _ = cKDTree(self.y).query(sample, k=1)
-        return float(np.median(distance**2))
+        """Squared point spacing of the denser cloud: the median squared distance from a
+        point to its nearest other point of the same cloud (a sample of 2000 each), the
+        smaller of the two clouds'. A row of the plan spreads over about
+        ``(reg / spacing**2) ** (d / 2)`` points of the other cloud wherever the clouds
+        overlap, so this is the scale below which a plan is sharp (nearly a map); it does
+        not depend on how far apart the clouds are (a distance between the clouds would
+        call a plan sharp that spreads over thousands of points once transported)."""
+        spacings = []
+        for cloud in (self.x, self.y):
+            sample = cloud[:: max(1, cloud.shape[0] // _SPACING_SAMPLE)]
+            if cloud.shape[0] < 2:
+                continue
+            distance, _ = cKDTree(cloud).query(sample, k=2)
+            spacings.append(float(np.median(distance[:, 1] ** 2)))
+        return min(spacings) if spacings else 0.0
 
     def __repr__(self) -> str:
         n, m = self.shape

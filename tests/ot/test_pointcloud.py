@@ -280,3 +280,20 @@ def test_smooth_regime_uses_the_grid_and_matches_dense_sinkhorn():
     ref = sinkhorn(a, b, C, reg, tol=1e-11)
     assert res.status == 0 and res.nit < 20 and res.marginal_error <= 1e-8
     np.testing.assert_allclose(res.plan @ np.eye(280), ref.plan, atol=1e-9)
+
+
+def test_auto_regime_follows_each_clouds_own_spacing_not_their_distance():
+    # Two clouds far apart: the distance between them says nothing about how many points
+    # a row of the plan spreads over once transported. A reg far above the clouds' squared
+    # spacing is smooth however far apart they are, and one far below it is sharp.
+    rng = np.random.default_rng(5)
+    x = rng.random((400, 2))
+    y = rng.random((380, 2)) + 3.0
+    problem = PointCloudOTProblem(x, y, reg=1.0)
+    spacing = problem.squared_spacing()
+    own = min(np.median(np.sort(((c[:, None] - c[None]) ** 2).sum(-1), axis=1)[:, 1])
+              for c in (x, y))
+    assert spacing == pytest.approx(own)
+    assert PointCloudSinkhorn()._choose_regime(PointCloudOTProblem(x, y, reg=1e-1)) == "smooth"
+    assert PointCloudSinkhorn()._choose_regime(
+        PointCloudOTProblem(x, y, reg=spacing)) == "sharp"
