@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
+from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
@@ -19,6 +21,7 @@ from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._support import (
     N_THREADS,
     OT_PARAMS,
+    SCALING_MAX_RATIO,
     ScalingRun,
     log_ratio_sum,
     measure,
@@ -29,6 +32,8 @@ __all__ = ["PartialOTProblem", "PartialSinkhorn", "partial_ot"]
 
 # Newton: sparsification budget relative to the gradient's L1 norm.
 _NEWTON_NU = 1e-2
+# Epsilon scaling: each coarser stage runs until its residual is this fraction of the mass.
+_STAGE_TOL = 1e-2
 
 
 def _check_partial(a, b, C, mass):
@@ -114,6 +119,8 @@ class _Run(ScalingRun):
     def __init__(self, problem: PartialOTProblem, method: str, n_threads):
         super().__init__(problem, method, n_threads)
         self.mass = problem.mass
+        # Epsilon scaling: (reg, iterations) of the coarser stages that gave the start.
+        self.stages = []
 
     def marginals(self, f, g, t):
         return plan_marginals(self.C, self.Ct, f, g + t, self.reg, n_threads=self.threads)
@@ -254,6 +261,18 @@ class PartialSinkhorn(Solver):
         against the cost's spread), where block steps need many iterations.
     newton_switch : float, default=1e-2
         See ``newton``.
+    eps_scaling : bool or None, default=None
+        Start from the solutions of coarser problems: ``reg_0 = (max C - min C) / 100``
+        (the largest ``reg`` of the log-domain path), then ``reg_0 / eps_factor``, ... down to
+        ``reg``, each stage solved (block and Newton steps) until its residual is a hundredth
+        of the mass, from the potentials of the one before (the plan is ``exp((f + g + t -
+        C) / reg)``: the potentials are on the cost's scale at every ``reg``). The final
+        problem is solved to ``tol`` from there; the solution does not change, only the
+        work to reach it. None: on when ``x0`` is None and ``reg_0 > eps_factor reg``.
+        Only the final stage counts in ``nit``, ``max_iter`` and the callback; the stages
+        are in ``Result.eps_stages``.
+    eps_factor : float, default=4.0
+        Ratio of consecutive ``reg`` of the epsilon-scaling stages (> 1).
     tol : float, default=1e-9
         Stop when the L1 violation of the optimality conditions (each row and column sum at
         most its mass, with equality where its multiplier is negative) is at most ``tol``;
@@ -299,6 +318,8 @@ class PartialSinkhorn(Solver):
         method: str = "auto",
         newton: bool | None = None,
         newton_switch: float = 1e-2,
+        eps_scaling: bool | None = None,
+        eps_factor: float = 4.0,
         tol: float = 1e-9,
         max_iter: int = 10_000,
         n_threads: int | None = None,
@@ -308,6 +329,8 @@ class PartialSinkhorn(Solver):
         self.method = method
         self.newton = newton
         self.newton_switch = newton_switch
+        self.eps_scaling = eps_scaling
+        self.eps_factor = eps_factor
         self.tol = tol
         self.max_iter = max_iter
         self.n_threads = n_threads
@@ -318,6 +341,8 @@ class PartialSinkhorn(Solver):
         "method": [Options({"auto", "log", "scaling"})],
         "newton": [None, bool],
         "newton_switch": [Interval(float, 0, None)],
+        "eps_scaling": [None, bool],
+        "eps_factor": [Interval(float, 1, None, closed="neither")],
         "n_threads": N_THREADS,
     }
 
@@ -325,12 +350,43 @@ class PartialSinkhorn(Solver):
         run = _Run(problem, self.method, self.n_threads)
         if x0 is None:
             f, g, t = np.zeros(run.rows.size), np.zeros(run.cols.size), 0.0
-        else:
+            x0 = self._eps_scaling_start(problem, run)
+        if x0 is not None:
             f, g, rest = run.read_start(x0, extra=1)
             f, g, t = np.minimum(f, 0.0), np.minimum(g, 0.0), float(rest[0])
         return _PartialState(
             x=np.concatenate([f, g, [t]]), fun=-np.inf, f=f, g=g, t=t, run=run
         )
+
+    def _eps_scaling_start(self, problem, run):
+        """Potentials from the coarser stages of epsilon scaling, or None (stages off)."""
+        spread = float(run.C.max() - run.C.min()) if run.C.size else 0.0
+        reg0 = spread / SCALING_MAX_RATIO
+        wanted = self.eps_scaling
+        if wanted is None:
+            wanted = reg0 > self.eps_factor * run.reg
+        if not wanted or not reg0 > run.reg:
+            return None
+        regs = []
+        reg = reg0
+        while reg > run.reg * (1.0 + 1e-12):
+            regs.append(reg)
+            reg /= self.eps_factor
+        stage = PartialSinkhorn(
+            method=self.method, newton=self.newton, newton_switch=self.newton_switch,
+            eps_scaling=False, tol=_STAGE_TOL * run.mass, max_iter=self.max_iter,
+            n_threads=self.n_threads,
+        )
+        x = None
+        for reg in regs:
+            coarse = PartialOTProblem(problem.a, problem.b, problem.C, problem.mass, reg)
+            with warnings.catch_warnings():
+                # A stage only has to give a start; the final solve reports convergence.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                res = stage.solve(coarse, x0=x)
+            run.stages.append((reg, res.nit))
+            x = np.where(np.isfinite(res.x), res.x, 0.0)
+        return x
 
     def _use_newton(self, run, state):
         wanted = run.method == "log" if self.newton is None else bool(self.newton)
@@ -406,6 +462,7 @@ class PartialSinkhorn(Solver):
             "kkt_error": _kkt(rows_s, run.a, state.f) + _kkt(cols_s, run.b, state.g)
             + abs(total - run.mass),
             "method": run.method,
+            "eps_stages": list(run.stages),
         }
 
 

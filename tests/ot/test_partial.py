@@ -156,3 +156,27 @@ def test_newton_stage_at_small_reg(reg):
                                 max_iter=50_000)
         assert blocks.success and res.nit < blocks.nit
         np.testing.assert_allclose(res.plan, blocks.plan, atol=1e-8)
+
+
+@pytest.mark.parametrize("reg", [1e-3, 2e-4])
+def test_eps_scaling_gives_the_same_plan(reg):
+    # Epsilon scaling only changes the start: the plan equals that of the solve from zero
+    # potentials (checked independently above against POT and the KKT conditions), and the
+    # coarser stages are recorded.
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((50, 2)), rng.standard_normal((40, 2)) + 0.5
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    C /= C.max()
+    a, b = np.full(50, 1 / 50), np.full(40, 1 / 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cold = partial_ot(a, b, C, 0.9, reg=reg, eps_scaling=False, tol=1e-11,
+                          max_iter=50_000)
+    res = partial_ot(a, b, C, 0.9, reg=reg, tol=1e-11, max_iter=50_000)
+    assert cold.success and res.success and cold.eps_stages == []
+    reg0 = (C.max() - C.min()) / 100
+    assert [r for r, _ in res.eps_stages] == pytest.approx(
+        [reg0 / 4**k for k in range(len(res.eps_stages))])
+    assert res.eps_stages[-1][0] > reg >= res.eps_stages[-1][0] / 4
+    np.testing.assert_allclose(res.plan, cold.plan, atol=1e-9)
+    assert res.transported_mass == pytest.approx(0.9, abs=1e-10)
