@@ -1,5 +1,6 @@
-"""Helpers shared by test modules of several families (importable as ``_helpers``: the
-``pythonpath`` option of pytest in pyproject.toml puts ``tests/`` on the path)."""
+"""Helpers shared by test modules of several families, importable as ``_helpers``: the
+``pythonpath`` option of pytest in pyproject.toml puts ``tests/_shared/`` on the path (not
+``tests/``, whose ``ot/`` folder would shadow POT where POT is not installed)."""
 
 from __future__ import annotations
 
