@@ -215,3 +215,46 @@ def surface_planes(
     for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
         _fit_row(X, Q, idx, i, inv_two_h2, taper, r_view, c_view, n_view, ce_view, no_view)
     return residuals, closest, nearest, centres, normals
+
+
+def nearest_candidates(
+    const double[:, ::1] X,
+    const double[:, ::1] Q,
+    const Py_ssize_t[:, ::1] candidates,
+    Py_ssize_t k,
+    int n_threads,
+):
+    """The ``k`` nearest of each row's candidate points ``Q[candidates[i]]``.
+
+    Returns the indices (n, k), nearest first; equidistant candidates keep their order in
+    ``candidates``. Per row, the squared distances to the candidates are insertion-sorted
+    (candidates that were sorted at a nearby position are nearly sorted: few moves). Rows in
+    parallel (each row's result does not depend on the thread count).
+    """
+    cdef Py_ssize_t n = X.shape[0]
+    cdef Py_ssize_t n_cand = candidates.shape[1]
+    cdef Py_ssize_t i, j, s, m
+    cdef double d2, dd
+    cdef int a
+    if k < 1 or k > n_cand:
+        raise ValueError(f"k must be in [1, {n_cand}], got {k}.")
+    order = np.empty((n, n_cand), dtype=np.intp)
+    work = np.empty((n, n_cand))
+    cdef Py_ssize_t[:, ::1] o_view = order
+    cdef double[:, ::1] w_view = work
+    for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+        for j in range(n_cand):
+            m = candidates[i, j]
+            d2 = 0.0
+            for a in range(3):
+                dd = Q[m, a] - X[i, a]
+                d2 = d2 + dd * dd
+            # Insert (d2, m) into the sorted prefix [0, j) of row i (stable: after equals).
+            s = j
+            while s > 0 and w_view[i, s - 1] > d2:
+                w_view[i, s] = w_view[i, s - 1]
+                o_view[i, s] = o_view[i, s - 1]
+                s = s - 1
+            w_view[i, s] = d2
+            o_view[i, s] = m
+    return np.ascontiguousarray(order[:, :k])
