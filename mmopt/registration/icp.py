@@ -244,8 +244,10 @@ class ICP(Solver):
     which matches all of them; when the surface refinement follows, the ``nu_min`` stage
     only leads into its basin, so it matches the subsample too and ends as an
     intermediate stage does. On large clouds the refinement matches a regular subsample of
-    at most 20,000 source points, reuses its neighbourhoods while the pose moves by less
-    than a fifth of the kernel bandwidth, and tapers its kernel weights (each lowered by
+    at most 20,000 source points, takes each point's exact ``refine_k`` nearest target
+    points from a cache of ``refine_k + refine_k // 2`` candidates (searched again only for
+    the points that moved by more than half the gap between their last and their
+    ``refine_k``-th candidate), and tapers its kernel weights (each lowered by
     that of the farthest neighbour, so that neighbours enter and leave at weight 0 and the
     smoothed surface moves continuously with the pose: without it, at 10^5 points and
     more, the refinement stalled at start-dependent poses); a refused refinement step is
