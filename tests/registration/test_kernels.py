@@ -152,7 +152,7 @@ def test_nearest_candidates_match_a_sort(seed):
     rng = np.random.default_rng(seed)
     Q = rng.normal(size=(800, 3))
     X = rng.normal(size=(200, 3))
-    candidates = rng.permutation(800)[: 200 * 12].reshape(200, 12)
+    candidates = np.array([rng.choice(800, 12, replace=False) for _ in range(200)])
     got = nearest_candidates(X, Q, candidates, 5, n_threads=2)
     d2 = ((Q[candidates] - X[:, None, :]) ** 2).sum(axis=2)
     expected = np.take_along_axis(candidates, np.argsort(d2, axis=1, kind="stable")[:, :5], 1)
