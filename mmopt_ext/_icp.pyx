@@ -3,8 +3,9 @@ kernel-weighted local planes of the smoothed target surface (the surface refinem
 
 import numpy as np
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport exp, fabs, sqrt
+from libc.stdlib cimport abort, free, malloc
 
 
 def weighted_pair_moments(
@@ -106,10 +107,11 @@ cdef inline void _smallest_eigenvector(double a[3][3], double *out) noexcept nog
 
 cdef inline void _fit_row(
     const double[:, ::1] X, const double[:, ::1] Q, const Py_ssize_t[:, ::1] idx,
-    Py_ssize_t i, double inv_two_h2, bint taper, double[::1] residuals,
+    Py_ssize_t i, double inv_two_h2, bint taper, double* weights, double[::1] residuals,
     double[::1] closest, Py_ssize_t[::1] nearest, double[:, ::1] centres,
     double[:, ::1] normals,
 ) noexcept nogil:
+    # weights: room for idx.shape[1] doubles (the squared distances, then the weights).
     cdef Py_ssize_t k = idx.shape[1]
     cdef Py_ssize_t j, m, first = 0
     cdef double d2, d_min = 0.0, d_max = 0.0, floor = 0.0, wj, total = 0.0
@@ -124,6 +126,7 @@ cdef inline void _fit_row(
         for a in range(3):
             diff[a] = Q[m, a] - X[i, a]
             d2 = d2 + diff[a] * diff[a]
+        weights[j] = d2
         if j == 0 or d2 < d_min:
             d_min = d2
             first = j
@@ -134,6 +137,8 @@ cdef inline void _fit_row(
     # Gaussian weights relative to the nearest point (no underflow far away); tapered, each
     # minus the farthest member's, so that a point entering or leaving the neighbourhood
     # does so at weight 0 (the planes move continuously with the pose).
+    for j in range(k):
+        weights[j] = exp((d_min - weights[j]) * inv_two_h2)
     if taper:
         floor = exp((d_min - d_max) * inv_two_h2)
     for tapered in range(2):
@@ -142,11 +147,7 @@ cdef inline void _fit_row(
             centre[a] = 0.0
         for j in range(k):
             m = idx[i, j]
-            d2 = 0.0
-            for a in range(3):
-                diff[a] = Q[m, a] - X[i, a]
-                d2 = d2 + diff[a] * diff[a]
-            wj = exp((d_min - d2) * inv_two_h2) - floor
+            wj = weights[j] - floor
             total = total + wj
             for a in range(3):
                 centre[a] = centre[a] + wj * Q[m, a]
@@ -159,11 +160,7 @@ cdef inline void _fit_row(
             cov[a][b] = 0.0
     for j in range(k):
         m = idx[i, j]
-        d2 = 0.0
-        for a in range(3):
-            diff[a] = Q[m, a] - X[i, a]
-            d2 = d2 + diff[a] * diff[a]
-        wj = (exp((d_min - d2) * inv_two_h2) - floor) / total
+        wj = (weights[j] - floor) / total
         for a in range(3):
             diff[a] = Q[m, a] - centre[a]
         for a in range(3):
@@ -210,8 +207,67 @@ def surface_planes(
     cdef Py_ssize_t[::1] n_view = nearest
     cdef double[:, ::1] ce_view = centres
     cdef double[:, ::1] no_view = normals
+    cdef double* weights
     if idx.shape[1] == 0:
         raise ValueError("idx must hold at least one neighbour per row.")
-    for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
-        _fit_row(X, Q, idx, i, inv_two_h2, taper, r_view, c_view, n_view, ce_view, no_view)
+    with nogil, parallel(num_threads=n_threads):
+        weights = <double*> malloc(idx.shape[1] * sizeof(double))
+        if weights == NULL:
+            abort()
+        for i in prange(n, schedule="static"):
+            _fit_row(X, Q, idx, i, inv_two_h2, taper, weights, r_view, c_view, n_view,
+                     ce_view, no_view)
+        free(weights)
     return residuals, closest, nearest, centres, normals
+
+
+def nearest_candidates(
+    const double[:, ::1] X,
+    const double[:, ::1] Q,
+    const Py_ssize_t[:, ::1] candidates,
+    Py_ssize_t k,
+    int n_threads,
+):
+    """The ``k`` nearest of each row's candidate points ``Q[candidates[i]]``.
+
+    Returns the indices (n, k), nearest first; equidistant candidates keep their order in
+    ``candidates``. Per row, the squared distances to the candidates are insertion-sorted
+    (candidates that were sorted at a nearby position are nearly sorted: few moves). Rows in
+    parallel (each row's result does not depend on the thread count).
+    """
+    cdef Py_ssize_t n = X.shape[0]
+    cdef Py_ssize_t n_cand = candidates.shape[1]
+    cdef Py_ssize_t i, j, s, m
+    cdef double d2, dd
+    cdef double* dist
+    cdef Py_ssize_t* order
+    cdef int a
+    if k < 1 or k > n_cand:
+        raise ValueError(f"k must be in [1, {n_cand}], got {k}.")
+    out = np.empty((n, k), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] o_view = out
+    with nogil, parallel(num_threads=n_threads):
+        dist = <double*> malloc(n_cand * sizeof(double))
+        order = <Py_ssize_t*> malloc(n_cand * sizeof(Py_ssize_t))
+        if dist == NULL or order == NULL:
+            abort()
+        for i in prange(n, schedule="static"):
+            for j in range(n_cand):
+                m = candidates[i, j]
+                d2 = 0.0
+                for a in range(3):
+                    dd = Q[m, a] - X[i, a]
+                    d2 = d2 + dd * dd
+                # Insert (d2, m) into the sorted prefix [0, j) (stable: after equals).
+                s = j
+                while s > 0 and dist[s - 1] > d2:
+                    dist[s] = dist[s - 1]
+                    order[s] = order[s - 1]
+                    s = s - 1
+                dist[s] = d2
+                order[s] = m
+            for j in range(k):
+                o_view[i, j] = order[j]
+        free(dist)
+        free(order)
+    return out

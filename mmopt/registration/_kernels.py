@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmopt_ext._icp import nearest_candidates as _nearest_candidates
 from mmopt_ext._icp import surface_planes as _surface_planes
 from mmopt_ext._icp import weighted_pair_moments as _weighted_pair_moments
 
-__all__ = ["surface_planes", "weighted_pair_moments"]
+__all__ = ["nearest_candidates", "surface_planes", "weighted_pair_moments"]
 
 
 def weighted_pair_moments(P, Q, idx, w):
@@ -80,3 +81,35 @@ def surface_planes(X, Q, idx, bandwidth: float, *, taper: bool = False, n_thread
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth!r}.")
     return _surface_planes(X, Q, idx, float(bandwidth), bool(taper), int(n_threads))
+
+
+def nearest_candidates(X, Q, candidates, k: int, *, n_threads: int = 1) -> np.ndarray:
+    """Indices of the ``k`` nearest points to each row ``x_i`` among ``Q[candidates[i]]``.
+
+    Returns an int array of shape (n, k), nearest first (equidistant candidates in their
+    order in ``candidates``). When the candidates of a row hold its ``k`` nearest points of
+    ``Q`` (see ICP's surface refinement), these are its exact ``k`` nearest neighbours.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration._kernels import nearest_candidates
+    >>> Q = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
+    >>> nearest_candidates(np.array([[2.2, 0, 0]]), Q, np.array([[0, 1, 2, 3]]), 2)
+    array([[2, 3]])
+    """
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Q = np.ascontiguousarray(Q, dtype=np.float64)
+    candidates = np.ascontiguousarray(candidates, dtype=np.intp)
+    # The kernel reads without bounds checks.
+    if X.ndim != 2 or X.shape[1] != 3 or Q.ndim != 2 or Q.shape[1] != 3:
+        raise ValueError(f"X and Q must have shape (*, 3), got {X.shape} and {Q.shape}.")
+    if candidates.ndim != 2 or candidates.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"candidates must have shape ({X.shape[0]}, K), got {candidates.shape}."
+        )
+    if candidates.size and (candidates.min() < 0 or candidates.max() >= Q.shape[0]):
+        raise ValueError(f"candidates must hold indices of the {Q.shape[0]} rows of Q.")
+    if not 1 <= k <= candidates.shape[1]:
+        raise ValueError(f"k must be in [1, {candidates.shape[1]}], got {k!r}.")
+    return _nearest_candidates(X, Q, candidates, int(k), int(n_threads))

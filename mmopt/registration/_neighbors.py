@@ -10,6 +10,9 @@ from mmopt._core.validation import check_choice, check_scalar
 __all__ = ["NeighborIndex", "pykdtree_available"]
 
 BACKENDS = ("auto", "scipy", "pykdtree")
+# Fewer query points than this are searched on one thread by scipy: its workers are threads
+# started for each call, which costs more than such a search saves.
+_MIN_ROWS_PER_THREAD = 2048
 
 
 def pykdtree_available() -> bool:
@@ -53,8 +56,8 @@ class NeighborIndex:
     def query(self, x: np.ndarray, *, k: int = 1, bound: float = np.inf, n_threads: int = 1):
         """Distances and indices of the ``k`` nearest points to each row of ``x``.
 
-        ``n_threads`` (at least 1) is the thread count of scipy's search (pykdtree uses
-        OpenMP as configured).
+        ``n_threads`` (at least 1) is the largest thread count of scipy's search (one
+        thread per 2048 rows times ``k`` at most; pykdtree uses OpenMP as configured).
         """
         n_threads = check_scalar(n_threads, "n_threads", kind=int, min_value=1)
         x = np.ascontiguousarray(x, dtype=np.float64)
@@ -65,7 +68,8 @@ class NeighborIndex:
             idx = idx.astype(np.intp)
             idx[idx >= self.points.shape[0]] = -1
         else:
-            dist, idx = self._tree.query(x, k=k, distance_upper_bound=bound, workers=n_threads)
+            workers = max(1, min(n_threads, (x.shape[0] * k) // _MIN_ROWS_PER_THREAD))
+            dist, idx = self._tree.query(x, k=k, distance_upper_bound=bound, workers=workers)
             idx = np.asarray(idx, dtype=np.intp)
             idx[idx >= self.points.shape[0]] = -1
         return np.asarray(dist, dtype=float), idx

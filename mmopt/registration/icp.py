@@ -27,7 +27,11 @@ from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.validation import check_choice
 from mmopt.losses import LOSSES, L2Loss, RobustLoss, TrimmedLoss, get_loss
-from mmopt.registration._kernels import surface_planes, weighted_pair_moments
+from mmopt.registration._kernels import (
+    nearest_candidates,
+    surface_planes,
+    weighted_pair_moments,
+)
 from mmopt.registration._neighbors import BACKENDS, NeighborIndex
 from mmopt.registration.kabsch import kabsch_from_moments
 from mmopt.registration.multires import coarse_problem
@@ -53,9 +57,6 @@ _REFINE_NOISE_RATIO = 0.1
 # spread wider than the noise estimate, which underestimates heavy noise).
 _REFINE_BANDWIDTH = 2.5
 _REFINE_NU_FACTOR = 1.5
-# Largest motion (in units of that bandwidth) over which a large source's refinement keeps
-# its previous neighbourhoods (see _surface_neighbours).
-_REUSE_FRACTION = 0.2
 # Smallest subsample of the coarse stages (see coarse_stride).
 _COARSE_MIN_POINTS = 1000
 # Scan-scale clouds (see ICP, "Multi-resolution"): above this many points (the larger
@@ -146,7 +147,8 @@ class _Run:
     anderson: AndersonAcceleration | None = None
     stage_iters: list = field(default_factory=lambda: [0])  # iterations of each stage
     n_queries: int = 0  # nearest-neighbour searches of this run
-    # The surface refinement's last neighbourhoods on a large source: (pose, indices).
+    # The surface refinement's candidate neighbours on a large source: (positions where
+    # each row was searched, candidate indices, margins); see ICP._surface_neighbours.
     surface_neighbours: tuple | None = None
     # Multi-resolution: the problems of the levels (coarse first), the current one, the
     # stages of the levels before it, and one summary dict per finished level.
@@ -242,8 +244,10 @@ class ICP(Solver):
     which matches all of them; when the surface refinement follows, the ``nu_min`` stage
     only leads into its basin, so it matches the subsample too and ends as an
     intermediate stage does. On large clouds the refinement matches a regular subsample of
-    at most 20,000 source points, reuses its neighbourhoods while the pose moves by less
-    than a fifth of the kernel bandwidth, and tapers its kernel weights (each lowered by
+    at most 20,000 source points, takes each point's exact ``refine_k`` nearest target
+    points from a cache of ``refine_k + refine_k // 2`` candidates (searched again only for
+    the points that moved by more than half the gap between their last and their
+    ``refine_k``-th candidate), and tapers its kernel weights (each lowered by
     that of the farthest neighbour, so that neighbours enter and leave at weight 0 and the
     smoothed surface moves continuously with the pose: without it, at 10^5 points and
     more, the refinement stalled at start-dependent poses); a refused refinement step is
@@ -610,7 +614,7 @@ default="welsch"
     def _correspond(self, run: _Run, P: np.ndarray, metric: str, T: np.ndarray, nu) -> tuple:
         X = P @ T[:3, :3].T + T[:3, 3]
         if metric == "surface":
-            return self._surface_correspond(run, X, T)
+            return self._surface_correspond(run, X)
         dist, idx = self._query(run, X, bound=self._bound(run.setup, nu))
         if metric == "point_to_plane":
             residuals = self._plane_residuals(run.setup, X, idx)
@@ -620,21 +624,19 @@ default="welsch"
             residuals = dist
         return X, residuals, dist, idx
 
-    def _surface_correspond(self, run: _Run, X: np.ndarray, T: np.ndarray | None = None
-                            ) -> tuple:
+    def _surface_correspond(self, run: _Run, X: np.ndarray) -> tuple:
         """Offsets of ``X`` from the smoothed target surface (see the class notes).
 
         Returns ``(X, residuals, dist, idx, centres, normals)``: ``dist`` and ``idx`` of the
         nearest target point, and per source point the kernel-weighted mean and the PCA
-        normal of its ``refine_k`` nearest target points. ``T`` (the pose that moved the
-        source to ``X``) lets a large source reuse its previous neighbourhoods.
+        normal of its ``refine_k`` nearest target points.
         """
         setup = run.setup
         k = min(self.refine_k, setup.Q.shape[0])
         h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
-        if T is not None and self._scan_scale(run):
-            # Scan scale: the compiled kernel, with the tapered weights.
-            idx = self._surface_neighbours(run, X, T, k)
+        if self._scan_scale(run):
+            # Scan scale: cached candidates, the compiled kernel, the tapered weights.
+            idx = self._surface_neighbours(run, X, k)
             residuals, closest, nearest, centres, normals = surface_planes(
                 X, setup.Q, idx, h, taper=True, n_threads=self.n_threads
             )
@@ -659,29 +661,38 @@ default="welsch"
         subsample of a large source (clouds of the existing sizes keep the plain weights)."""
         return len(run.problems) > 1 or run.setup.P.shape[0] > _REFINE_MAX_POINTS
 
-    def _surface_neighbours(self, run: _Run, X: np.ndarray, T: np.ndarray, k: int
-                            ) -> np.ndarray:
-        """Indices (n, k) of the ``k`` nearest target points of each row of ``X`` (moved by
-        the pose ``T``), at scan scale.
+    def _surface_neighbours(self, run: _Run, X: np.ndarray, k: int) -> np.ndarray:
+        """Indices (n, k) of the exact ``k`` nearest target points of each row of ``X``, at
+        scan scale, from a cache of candidates.
 
-        The neighbourhoods of the previous call are reused while no point has moved by more
-        than a fifth of the kernel bandwidth since they were searched (a bound from
-        ``T - T_prev``): the pose barely moves there, and with the tapered weights a
-        neighbourhood that lost or gained a far member changes the kernel-weighted surface
-        by that member's small weight.
+        Each row keeps the ``K = k + k // 2`` nearest target points of the position ``x0``
+        where it was last searched. If the row has since moved by ``delta = |x - x0|`` with
+        ``2 delta < d_K - d_k`` (its K-th and k-th distances at ``x0``), every one of its
+        ``k`` nearest points at ``x`` is among them (each lies within ``d_k + 2 delta`` of
+        ``x0``), and they are picked from the candidates; only the rows that moved farther
+        are searched again (one query, counted in ``n_queries``).
         """
         setup = run.setup
-        cached = run.surface_neighbours
-        if cached is not None and cached[1].shape[0] == X.shape[0]:
-            T_prev, idx, reach = cached
-            h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
-            if float(np.abs(T - T_prev).max()) * reach < _REUSE_FRACTION * h:
-                return idx
-        idx = self._query(run, X, k=k)[1]
-        # How far a point moves per unit change of T's entries: 1 + max_i ||p_i||_1.
-        reach = 1.0 + float(np.max(np.abs(setup.P).sum(axis=1)))
-        run.surface_neighbours = (T.copy(), idx, reach)
-        return idx
+        n_target = setup.Q.shape[0]
+        n_cand = min(n_target, k + max(k // 2, 1))
+        cache = run.surface_neighbours
+        if cache is None or cache[1].shape[0] != X.shape[0]:
+            stale = slice(None)
+            cache = (X.copy(), np.empty((X.shape[0], n_cand), dtype=np.intp),
+                     np.empty(X.shape[0]))
+            run.surface_neighbours = cache
+        else:
+            origin, _, margin = cache
+            moved = np.sqrt(np.einsum("ij,ij->i", X - origin, X - origin))
+            stale = np.flatnonzero(2.0 * moved >= margin)
+        origin, candidates, margin = cache
+        if not isinstance(stale, np.ndarray) or stale.size:
+            dist, idx = self._query(run, X[stale], k=n_cand)
+            origin[stale], candidates[stale] = X[stale], idx.reshape(-1, n_cand)
+            dist = dist.reshape(-1, n_cand)
+            # With every target point a candidate the picks are always exact.
+            margin[stale] = np.inf if n_cand == n_target else dist[:, -1] - dist[:, k - 1]
+        return nearest_candidates(X, setup.Q, candidates, k, n_threads=self.n_threads)
 
     @staticmethod
     def _plane_residuals(setup: _Setup, X, idx) -> np.ndarray:

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from mmopt.registration import weighted_kabsch
-from mmopt.registration._kernels import surface_planes, weighted_pair_moments
+from mmopt.registration._kernels import (
+    nearest_candidates,
+    surface_planes,
+    weighted_pair_moments,
+)
 from mmopt.registration.kabsch import kabsch_from_moments
 
 
@@ -141,3 +145,29 @@ def test_surface_planes_reject_bad_input():
         surface_planes(X, Q, np.zeros((2, 2), dtype=int), 0.0)
     with pytest.raises(ValueError, match="X and Q"):
         surface_planes(np.zeros((2, 2)), Q, np.zeros((2, 2), dtype=int), 1.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nearest_candidates_match_a_sort(seed):
+    rng = np.random.default_rng(seed)
+    Q = rng.normal(size=(800, 3))
+    X = rng.normal(size=(200, 3))
+    candidates = np.array([rng.choice(800, 12, replace=False) for _ in range(200)])
+    got = nearest_candidates(X, Q, candidates, 5, n_threads=2)
+    d2 = ((Q[candidates] - X[:, None, :]) ** 2).sum(axis=2)
+    expected = np.take_along_axis(candidates, np.argsort(d2, axis=1, kind="stable")[:, :5], 1)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, nearest_candidates(X, Q, candidates, 5, n_threads=1))
+
+
+def test_nearest_candidates_keep_the_order_of_ties_and_check_input():
+    Q = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 2.0, 0], [0, 0, 0.5]])
+    X = np.zeros((1, 3))
+    np.testing.assert_array_equal(nearest_candidates(X, Q, [[2, 1, 0, 3]], 3), [[3, 1, 0]])
+    np.testing.assert_array_equal(nearest_candidates(X, Q, [[0, 2, 1, 3]], 3), [[3, 0, 1]])
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_candidates(X, Q, [[0, 1]], 3)
+    with pytest.raises(ValueError, match="candidates"):
+        nearest_candidates(X, Q, [[0, 4]], 1)
+    with pytest.raises(ValueError, match="candidates"):
+        nearest_candidates(X, Q, [[0], [1]], 1)

@@ -1,5 +1,6 @@
 """ICP at scan scale: the voxel pyramid, the multi-resolution solve, the subsampled surface
-refinement with reused neighbourhoods, the sampled geometry, and icp_many (small clouds)."""
+refinement and its candidate neighbours, the sampled geometry, and icp_many (small
+clouds)."""
 
 import importlib
 import pickle
@@ -133,18 +134,17 @@ def test_multires_auto_only_above_the_size_threshold(noisy_case):
         ICP(multires="yes").solve(problem)
 
 
-def test_large_source_refinement_subsamples_and_reuses_neighbours(noisy_case, monkeypatch):
-    # A large source (here: the threshold lowered) refines on a subsample, reusing its
-    # neighbourhoods while the pose barely moves: fewer searches, the same accuracy.
+def test_large_source_refinement_subsamples(noisy_case, monkeypatch):
+    # A large source (here: the threshold lowered) refines on a subsample, with the
+    # accuracy of the whole source's refinement.
     problem, T = noisy_case
     full = ICP(init="identity", multires=False).solve(problem)
     monkeypatch.setattr(icp_module, "_REFINE_MAX_POINTS", problem.source.shape[0] // 3)
     sub = ICP(init="identity", multires=False).solve(problem)
     assert full.refined and sub.refined
     assert sub.correspondences.shape == (problem.source.shape[0],)
-    refine_full, refine_sub = full.iterations_per_stage[-1], sub.iterations_per_stage[-1]
-    # One search per refinement iteration without reuse (plus Anderson's trials), fewer with.
-    assert sub.n_queries - (sub.nit - refine_sub) < full.n_queries - (full.nit - refine_full)
+    refined = sub.history["stage"] == sub.history["stage"].max()
+    assert np.all(sub.history["n_points"][refined] <= problem.source.shape[0] // 3 + 1)
     # A sparse, very noisy case (0.5% noise, 1748 refined points): both errors are
     # noise-dominated (0.26 full, 0.62 subsampled with the tapered kernel; seeds 1 and 2:
     # within 0.06 and below the full solve's).
@@ -152,33 +152,41 @@ def test_large_source_refinement_subsamples_and_reuses_neighbours(noisy_case, mo
     assert abs(_rotation_error_deg(sub, T) - _rotation_error_deg(full, T)) <= 0.4
 
 
-def test_fine_level_matches_a_subsample(noisy_case, monkeypatch):
-    # After the voxel-grid level, the fine level's stages match at most _FINE_MAX_POINTS
-    # source points (here: the cap lowered), nu_min included when the refinement follows.
-    problem, T = noisy_case
-    cap = problem.source.shape[0] // 3
-    monkeypatch.setattr(icp_module, "_FINE_MAX_POINTS", cap)
-    res = ICP(init="identity", multires=True).solve(problem)
-    assert res.success and res.refined and len(res.levels) == 2
-    fine = res.history["level"] == 1
-    stages, points = res.history["stage"][fine], res.history["n_points"][fine]
-    annealed = stages < stages.max()  # the refinement (its own subsample) is the last
-    assert np.all(points[annealed] <= cap) and np.any(stages == stages.max() - 1)
-    assert _rotation_error_deg(res, T) <= 0.6
+def test_refinement_candidates_give_the_exact_neighbours(scan):
+    # At scan scale the refinement picks each row's refine_k nearest target points from a
+    # cache of candidates: always the exact neighbours of a fresh search (cKDTree, brute
+    # order by distance), and only the rows that moved past their margin are searched.
+    from scipy.spatial import cKDTree
 
+    from mmopt.registration.se3 import se3_exp
 
-def test_final_nu_min_stage_matches_the_whole_source(noisy_case, monkeypatch):
-    # Without the refinement the nu_min stage is the last one: it matches every point.
-    problem, T = noisy_case
-    n_source = problem.source.shape[0]
-    monkeypatch.setattr(icp_module, "_FINE_MAX_POINTS", n_source // 3)
-    res = ICP(init="identity", multires=True, refine=False).solve(problem)
-    assert res.success and not res.refined and len(res.levels) == 2
-    fine = res.history["level"] == 1
-    stages, points = res.history["stage"][fine], res.history["n_points"][fine]
-    assert np.all(points[stages == stages.max()] == n_source)
-    assert np.all(points[stages < stages.max()] <= n_source // 3)
-    assert _rotation_error_deg(res, T) <= 1.0
+    problem = RegistrationProblem(scan.source, scan.target)
+    solver = ICP()
+    setup = solver._make_setup(problem)
+    run = icp_module._Run(setup)
+    tree = cKDTree(setup.Q)
+    X = setup.P[::4]
+    k = 32
+    stale_fraction = []
+    for twist in ([0, 0, 1e-4, 1e-4, 0, 0], [0, 0, 2e-3, 0, 1e-3, 0], [0.3, 0, 0, 0, 0, 0]):
+        if run.surface_neighbours is None:
+            solver._surface_neighbours(run, X, k)
+        origin, _, margin = (a.copy() for a in run.surface_neighbours)
+        T = se3_exp(np.asarray(twist, dtype=float))
+        moved = X @ T[:3, :3].T + T[:3, 3]
+        got = solver._surface_neighbours(run, moved, k)
+        dist, expected = tree.query(moved, k=k)
+        got_dist = np.sort(np.linalg.norm(setup.Q[got] - moved[:, None], axis=2), axis=1)
+        np.testing.assert_allclose(got_dist, dist, rtol=0, atol=1e-15)
+        assert np.mean(np.sort(got, axis=1) == np.sort(expected, axis=1)) > 0.999  # ties
+        # Only the rows that moved past half their margin were searched again, there.
+        stale = 2.0 * np.linalg.norm(moved - origin, axis=1) >= margin
+        searched = np.any(run.surface_neighbours[0] != origin, axis=1)
+        np.testing.assert_array_equal(searched, stale)
+        np.testing.assert_array_equal(run.surface_neighbours[0][stale], moved[stale])
+        stale_fraction.append(stale.mean())
+    assert run.n_queries <= 4
+    assert stale_fraction[0] < 0.01 and stale_fraction[2] > 0.99
 
 
 # ----------------------------------------------------------------------------- icp_many
