@@ -180,7 +180,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         self.spread_ = spread if spread > 0 else 1.0
         self.prototypes_ = np.array(centers, dtype=float)
         walk = self._neighbour_average(Z) if lam > 0 else None
-        plan = None
+        plan, x0 = None, None
         for t in range(rounds):
             rho = rho_schedule(t + 1, rounds, rho0=rho0)
             logits = self._logits(Z)
@@ -191,7 +191,8 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
                 # by lam times its neighbours' (transported) share in each cluster.
                 C = C - lam * (walk @ (n * plan))
                 C -= C.min()
-            plan = self._pseudo_labels(C, rho)
+            # Warm start: the potentials change little from one round to the next.
+            plan, x0 = self._pseudo_labels(C, rho, x0)
             self.prototypes_ = self._refit(plan, Z)
         self.plan_ = plan
         weights = plan.sum(axis=0)
@@ -227,12 +228,13 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         degree = np.asarray(W.sum(axis=1)).ravel()
         return sp.diags(1.0 / np.where(degree > 0, degree, 1.0)) @ W
 
-    def _pseudo_labels(self, C, rho):
+    def _pseudo_labels(self, C, rho, x0):
         with warnings.catch_warnings():
             # Each round's plan only needs to be good enough to move the prototypes.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return progressive_partial_ot(C, rho, self.gamma, self.reg, tol=1e-8,
-                                          max_iter=2000).plan
+            res = progressive_partial_ot(C, rho, self.gamma, self.reg, tol=1e-8,
+                                         max_iter=2000, x0=x0)
+        return res.plan, res.x
 
     def predict(self, X):
         """The cluster of each sample: the head's most likely prototype."""
