@@ -4,7 +4,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from mmopt.ot import ImbalancedOTClustering
+from mmopt.ot import ImbalancedOTClustering, semantic_graph
 
 
 @pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
@@ -53,3 +53,14 @@ def test_common_scale_keeps_the_geometry():
     np.testing.assert_array_equal(a, b)
     with pytest.raises(TypeError, match="standardize"):
         ImbalancedOTClustering(2, standardize="yes").fit(X)
+
+
+def test_semantic_reward_is_the_neighbour_average():
+    # The reward operator is D^-1 (S + S^T) of the semantic graph: checked densely.
+    rng = np.random.default_rng(2)
+    Z = rng.normal(size=(30, 3))
+    A = ImbalancedOTClustering(2, n_neighbors=4)._neighbour_average(Z).toarray()
+    S = semantic_graph(Z, 4).toarray()
+    W = S + S.T
+    np.testing.assert_allclose(A, W / W.sum(axis=1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(A.sum(axis=1), 1.0)
