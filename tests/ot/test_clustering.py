@@ -64,3 +64,13 @@ def test_semantic_reward_is_the_neighbour_average():
     W = S + S.T
     np.testing.assert_allclose(A, W / W.sum(axis=1, keepdims=True), rtol=1e-12)
     np.testing.assert_allclose(A.sum(axis=1), 1.0)
+
+
+def test_emptied_prototype_restarts_at_the_farthest_sample():
+    Z = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [9.0, 0.0]])
+    plan = np.zeros((4, 3))
+    plan[:2, 0] = 0.25
+    plan[2:, 1] = 0.25  # cluster 2 gets nothing: it restarts at [9, 0]
+    centers = ImbalancedOTClustering._refit(plan, Z)
+    np.testing.assert_allclose(centers[:2], [[0.05, 0.0], [7.0, 0.0]])
+    np.testing.assert_allclose(centers[2], [9.0, 0.0])
