@@ -70,7 +70,7 @@ def test_emptied_prototype_restarts_at_the_farthest_sample():
     Z = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [9.0, 0.0]])
     plan = np.zeros((4, 3))
     plan[:2, 0] = 0.25
-    plan[2:, 1] = 0.25  # cluster 2 gets nothing: it restarts at [9, 0]
+    plan[2:, 1] = [0.25, 0.05]  # cluster 2 gets nothing: it restarts at [9, 0]
     centers = ImbalancedOTClustering._refit(plan, Z)
-    np.testing.assert_allclose(centers[:2], [[0.05, 0.0], [7.0, 0.0]])
+    np.testing.assert_allclose(centers[:2], [[0.05, 0.0], [17.0 / 3.0, 0.0]])
     np.testing.assert_allclose(centers[2], [9.0, 0.0])
