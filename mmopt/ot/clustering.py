@@ -50,8 +50,8 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     pseudo-labels. The labels of the training samples are the last plan's (which uses
     the semantic graph); :meth:`predict` assigns new samples with the head alone (nearest
     prototype), so on the training samples it can differ from ``labels_`` near the
-    boundaries. With few clusters of very different sizes (e.g. two) the semantic
-    reward can merge the small cluster into the large one; use ``lam=0`` there.
+    boundaries. With few clusters (two or three) of very different sizes the semantic
+    reward can merge the small clusters into the large one; use ``lam=0`` there.
 
     Parameters
     ----------
