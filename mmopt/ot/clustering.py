@@ -5,16 +5,16 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core.exceptions import ConvergenceWarning
-from mmopt._core.mm import MMSolver
 from mmopt._core.validation import check_choice, check_scalar
 from mmopt.ot.p2ot import progressive_partial_ot, rho_schedule
-from mmopt.ot.sp2ot import SP2OTProblem, semantic_graph
+from mmopt.ot.sp2ot import semantic_graph
 
 __all__ = ["ImbalancedOTClustering"]
 
@@ -30,16 +30,28 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     Each of ``n_rounds`` rounds
 
     1. takes the progressive fraction ``rho_t`` (:func:`rho_schedule`),
-    2. computes pseudo-labels: the SP²OT plan ``Q`` for the cost ``-log softmax(logits)``
-       and the features' semantic graph (:class:`SP2OTProblem`; plain P²OT when
-       ``lam=0``),
+    2. computes pseudo-labels: the P²OT plan ``Q_t`` (:func:`progressive_partial_ot`) for
+       the cost ``-log softmax(logits) - lam A (n Q_{t-1})``, where ``A = D^{-1}(S + S^T)``
+       averages over the neighbours of the features' semantic graph ``S``
+       (:func:`semantic_graph`, ``D`` its degrees): each sample is rewarded by ``lam``
+       times its neighbours' shares of the last plan in each cluster. This is SP²OT's
+       semantic term ``-lambda <S, Q Q^T>`` linearized at the last plan (one
+       majorization-minimization step per round, interleaved with the head's updates as
+       in the papers' training), with each sample's reward normalized by its degree so
+       that it lies in ``[0, lam]`` whatever the density; ``lam=0`` gives plain P²OT,
     3. refits the prototypes to the plan: ``mu_j`` is the ``Q``-weighted mean of the
-       samples (the minimizer of ``sum_ij Q_ij ||x_i - mu_j||^2``).
+       samples (the minimizer of ``sum_ij Q_ij ||x_i - mu_j||^2``); a prototype left with
+       under 1% of an equal share of the mass restarts at the sample farthest from the
+       other prototypes.
 
     Only the transported (confident) mass trains the head, starting with a fraction
     ``rho_0`` and growing to all of it, and the cluster sizes are only KL-pulled towards the
     prior: long-tailed clusters are not forced to equal size as by balanced Sinkhorn
-    pseudo-labels.
+    pseudo-labels. The labels of the training samples are the last plan's (which uses
+    the semantic graph); :meth:`predict` assigns new samples with the head alone (nearest
+    prototype), so on the training samples it can differ from ``labels_`` near the
+    boundaries. With few clusters (two or three) of very different sizes the semantic
+    reward can merge the small clusters into the large one; use ``lam=0`` there.
 
     Parameters
     ----------
@@ -49,10 +61,9 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         Pseudo-labelling rounds.
     rho0 : float, default=0.1
         Initial transported fraction of the schedule.
-    lam : float, default=0.0
-        Weight of the semantic term (scaled by ``1 / n``: ``lambda = lam n (1 - rho)``
-        in the problem, so that its effect does not depend on the sample count); 0 gives
-        P²OT pseudo-labels.
+    lam : float, default=4.0
+        Weight of the semantic reward (in units of the cost, nats); 0 gives P²OT
+        pseudo-labels.
     gamma : float, default=0.01
         KL relaxation of the cluster sizes (small: the sizes follow the data more than the
         uniform prior; the papers' 1 suits deep training, where features adapt).
@@ -75,7 +86,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     Attributes
     ----------
     labels_ : ndarray of shape (n_samples,)
-        Cluster of each training sample.
+        Cluster of each training sample: the largest entry of its row of the last plan.
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
         Centers in the input space: the plan-weighted means of the samples.
     plan_ : ndarray of shape (n_samples, n_clusters)
@@ -107,7 +118,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         *,
         n_rounds: int = 20,
         rho0: float = 0.1,
-        lam: float = 0.0,
+        lam: float = 4.0,
         gamma: float = 0.01,
         reg: float = 0.1,
         temperature: float = 0.5,
@@ -168,48 +179,62 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         spread = float(distances.mean())
         self.spread_ = spread if spread > 0 else 1.0
         self.prototypes_ = np.array(centers, dtype=float)
-        S = semantic_graph(Z, self.n_neighbors) if lam > 0 else None
-        plan = None
+        walk = self._neighbour_average(Z) if lam > 0 else None
+        plan, x0 = None, None
         for t in range(rounds):
             rho = rho_schedule(t + 1, rounds, rho0=rho0)
             logits = self._logits(Z)
             shifted = logits - logits.max(axis=1, keepdims=True)
             C = -(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
-            plan = self._pseudo_labels(C, S, rho, lam * n * (1.0 - rho))
-            self.prototypes_ = self._refit(plan, Z, rng)
+            if walk is not None and plan is not None:
+                # The semantic term linearized at the last plan: each sample is rewarded
+                # by lam times its neighbours' (transported) share in each cluster.
+                C = C - lam * (walk @ (n * plan))
+                C -= C.min()
+            # Warm start: the potentials change little from one round to the next.
+            plan, x0 = self._pseudo_labels(C, rho, x0)
+            self.prototypes_ = self._refit(plan, Z)
         self.plan_ = plan
         weights = plan.sum(axis=0)
         safe = np.where(weights > 0, weights, 1.0)
         self.cluster_centers_ = np.where(
             weights[:, None] > 0, (plan.T @ X) / safe[:, None], self.mean_[None, :]
         )
-        self.labels_ = self._logits(Z).argmax(axis=1)
+        self.labels_ = plan.argmax(axis=1)
         return self
 
     @staticmethod
-    def _refit(plan, Z, rng):
-        """The plan's weighted means; a prototype that lost all its mass restarts at a
-        random sample."""
+    def _refit(plan, Z):
+        """The plan's weighted means; a prototype left with under 1% of an equal share of
+        the mass restarts at the sample farthest from the other prototypes (as k-means++
+        would place it deterministically: in a region no prototype covers)."""
         weights = plan.sum(axis=0)
+        k = weights.size
         safe = np.where(weights > 0, weights, 1.0)
         centers = (plan.T @ Z) / safe[:, None]
-        empty = weights <= 1e-12 * max(float(weights.sum()), 1e-300)
-        if empty.any():
-            centers[empty] = Z[rng.choice(Z.shape[0], int(empty.sum()))]
+        empty = weights <= 1e-2 * max(float(weights.sum()), 1e-300) / k
+        if empty.any() and not empty.all():
+            far = ((Z[:, None, :] - centers[~empty][None]) ** 2).sum(-1).min(axis=1)
+            for j in np.flatnonzero(empty):
+                i = int(far.argmax())
+                centers[j] = Z[i]
+                far = np.minimum(far, ((Z - Z[i]) ** 2).sum(axis=1))
         return centers
 
-    def _pseudo_labels(self, C, S, rho, lam):
+    def _neighbour_average(self, Z):
+        """Row-normalized symmetrized semantic graph ``D^-1 (S + S^T)``."""
+        S = semantic_graph(Z, self.n_neighbors)
+        W = (S + S.T).tocsr()
+        degree = np.asarray(W.sum(axis=1)).ravel()
+        return sp.diags(1.0 / np.where(degree > 0, degree, 1.0)) @ W
+
+    def _pseudo_labels(self, C, rho, x0):
         with warnings.catch_warnings():
             # Each round's plan only needs to be good enough to move the prototypes.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            if S is None or lam == 0:
-                return progressive_partial_ot(C, rho, self.gamma, self.reg, tol=1e-8,
-                                              max_iter=2000).plan
-            problem = SP2OTProblem(C, S, rho, lam=lam, gamma=self.gamma, reg=self.reg,
-                                   inner_tol=1e-8, inner_max_iter=2000)
-            res = MMSolver(anderson=False, stopping="objective", tol=1e-6,
-                           max_iter=20).solve(problem)
-            return res.x.reshape(C.shape)
+            res = progressive_partial_ot(C, rho, self.gamma, self.reg, tol=1e-8,
+                                         max_iter=2000, x0=x0)
+        return res.plan, res.x
 
     def predict(self, X):
         """The cluster of each sample: the head's most likely prototype."""
