@@ -47,6 +47,15 @@ _MIN_LOG_BOUND = 20.0
 # With this many problems left or fewer, each iterates alone on the shared kernel (one
 # pass over it per problem) instead of through GEMMs (two passes for all).
 _FUSED_MAX = 4
+# Anderson mixing of each problem's column scalings (log domain): memory (differences kept),
+# Tikhonov weight relative to the mean squared difference, error growth since the last
+# restart that clears the memory, and restarts after which the problem over-relaxes instead.
+_ANDERSON_MEMORY = 6
+_ANDERSON_RIDGE = 1e-10
+_ANDERSON_GROWTH = 2.0
+_ANDERSON_MAX_RESTARTS = 5
+_RESET_BEST = False
+_ANDERSON_START = 1e-2  # relative marginal error below which a problem starts mixing
 
 _CONTROLLER = None
 
@@ -252,6 +261,7 @@ class _Batch:
         self.column_error = np.zeros(c)
         self.omega = np.ones(c)
         self.relax = shared.relax  # each problem's, kept from group to group
+        self.anderson = _Anderson(c, shared.C.shape[1]) if self.solver.overrelaxation else None
         self.K = None
         self.CK = None  # C * K (transport costs), made when a problem first needs it
         self.left = {}  # problems that leave for another group: their potentials (f, g)
@@ -336,6 +346,8 @@ class _Batch:
         )
         self.column_error, self.omega = self.column_error[keep], self.omega[keep]
         self.offset = self.offset[keep]
+        if self.anderson is not None:
+            self.anderson.keep(keep)
 
     def _gemm_sweep(self, it):
         """One iteration of every active problem through two GEMMs; returns the errors of
@@ -359,14 +371,10 @@ class _Batch:
             R = U @ K
             target = B / R
             if relaxed.any():
-                V = V * (target / V) ** omega
+                target = V * (target / V) ** omega
                 if self.zeros:
-                    V[B == 0] = 0.0
-                self.column_error = np.abs(V * R - B).sum(axis=1)
-                self.column_error[~relaxed] = 0.0
-            else:
-                V = target
-                self.column_error = np.zeros(self.active.size)
+                    target[B == 0] = 0.0
+            V, self.column_error = self._mix(V, target, R, error)
         self.U, self.V = U, V
         return error, self._out_of_range(U, V, B)
 
@@ -379,6 +387,7 @@ class _Batch:
             n, m = self.C.shape
             self.acc = np.empty((max(1, min(self.threads, n // 4)), m))
         last = []
+        sums = np.empty_like(self.V)
         for c in range(self.active.size):
             u, v = self.U[c], self.V[c]
             last.append((u.copy(), v.copy()))
@@ -386,11 +395,19 @@ class _Batch:
                 self.K, self.a, self.B[c], u, v, self.acc, self.shared.bound, self.threads,
                 float(self.omega[c]),
             )
+            sums[c] = self.acc.sum(axis=0) if self.acc.shape[0] > 1 else self.acc[0]
             error[c] = row_error + self.column_error[c]
             done[c] = error[c] <= self.solver.tol * self.mass
             self.column_error[c] = column_error if self.omega[c] != 1.0 else 0.0
             if not within:  # (zero-mass columns have v = 0: checked again below)
                 out_of_range[c] = self._out_of_range(u[None], v[None], self.B[c, None])[0]
+        if self.anderson is not None and self.anderson.on.any():
+            previous = np.array([v for _, v in last])
+            mixed = self.anderson.on.copy()
+            self.V, column_error = self._mix(previous, self.V, sums, error)
+            self.column_error[mixed] = column_error[mixed]
+            out_of_range[mixed] = self._out_of_range(
+                self.U[mixed], self.V[mixed], self.B[mixed])
         if done.any():
             for c in np.flatnonzero(done):
                 self.U[c], self.V[c] = last[c]
@@ -400,10 +417,30 @@ class _Batch:
             error, out_of_range = error[keep], out_of_range[keep]
         return error, out_of_range
 
+    def _mix(self, V, target, R, error):
+        """The new column scalings from the incoming ``V``, the column update ``target``
+        (over-relaxed where ``omega != 1``) and ``R = U K``: Anderson-mixed for the
+        problems that mix; returns them and their column-marginal errors."""
+        B = self.B
+        if self.anderson is not None and self.anderson.on.any():
+            V = self.anderson.step(V, target, B, error, self.mass)
+        else:
+            V = target
+        relaxed = (self.omega != 1.0)
+        if self.anderson is not None:
+            relaxed |= self.anderson.on
+        column_error = np.zeros(V.shape[0])
+        if relaxed.any():
+            column_error[relaxed] = np.abs(V[relaxed] * R[relaxed] - B[relaxed]).sum(axis=1)
+        return V, column_error
+
     def _relaxation(self, error):
         from mmopt.ot.sinkhorn import _MAX_RELAX_FAILURES, _choose_relaxation
 
+        mixing = self.anderson.on if self.anderson is not None else np.zeros(error.size, bool)
         for c, j in enumerate(self.active):
+            if mixing[c]:
+                continue
             state = self.relax[int(j)]
             if state.relax_failures < _MAX_RELAX_FAILURES:
                 _choose_relaxation(state, float(error[c]), self.mass)
@@ -478,10 +515,16 @@ class _Batch:
         f, g, positive = f[keep], g[keep], positive[keep]
         self._keep(keep)
         if self.active.size:
+            previous = self.V
             self._set_kernel(F, G)
             self.U = np.exp((f - F) / reg)
             with np.errstate(invalid="ignore"):
                 self.V = np.where(positive, np.exp((g - G) / reg), 0.0)
+            if self.anderson is not None:
+                # The same iterates in the new base: log v moves by a constant per problem.
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    self.anderson.x += np.where(
+                        positive, np.log(self.V) - np.log(previous), 0.0)
 
     # ------------------------------------------------------------------------- results
     def _finish(self, done, nit, status, S=None):
@@ -520,6 +563,97 @@ class _Batch:
                 block = self.K * U[c, :, None]
                 block *= V[c]
                 out.plan[j][rows_support] = block
+
+class _Anderson:
+    """Anderson mixing of the problems' column updates, one memory per problem.
+
+    The fixed-point map is one Sinkhorn iteration acting on ``x = log v`` (entries of zero
+    mass left out): ``T(x) = log(b / (K^T (a / K e^x)))``, residual ``r = T(x) - x``. From the
+    last differences ``dX``, ``dR`` of iterates and residuals (at most
+    ``_ANDERSON_MEMORY``), the step is ``x + r - (dX + dR) gamma`` with ``gamma`` the
+    (ridge-regularized) least-squares fit of ``r`` by ``dR``. Safeguard: when a problem's
+    marginal error grows more than ``_ANDERSON_GROWTH``-fold over its smallest since the
+    last restart (or a step is not finite), its memory is cleared and the plain step taken;
+    after ``_ANDERSON_MAX_RESTARTS`` restarts it stops mixing (over-relaxation instead),
+    so that every problem keeps Sinkhorn's convergence.
+    """
+
+    def __init__(self, c, m):
+        M = _ANDERSON_MEMORY
+        self.on = np.ones(c, dtype=bool)
+        self.restarts = np.zeros(c, dtype=int)
+        self.best = np.full(c, np.inf)
+        self.count = np.zeros(c, dtype=int)  # differences held (<= M)
+        self.slot = np.zeros(c, dtype=int)  # where the next difference goes
+        self.dX = np.zeros((c, M, m))
+        self.dR = np.zeros((c, M, m))
+        self.x = np.zeros((c, m))  # last iterate and residual
+        self.r = np.zeros((c, m))
+        self.started = np.zeros(c, dtype=bool)
+
+    def keep(self, keep):
+        for name in ("on", "restarts", "best", "count", "slot", "dX", "dR", "x", "r",
+                     "started"):
+            setattr(self, name, getattr(self, name)[keep])
+
+    def clear(self, which=slice(None)):
+        """Forget the memory of the problems ``which`` (all by default)."""
+        self.count[which] = 0
+        self.started[which] = False
+        if _RESET_BEST:
+            self.best[which] = np.inf
+        self.dX[which] = 0.0
+        self.dR[which] = 0.0
+
+    def step(self, V, target, B, error, mass):
+        """The mixed scalings: rows of ``target`` (the map's values at ``V``) for the
+        problems that do not mix, Anderson steps for those that do."""
+        rows = np.flatnonzero(self.on)
+        out = target.copy()
+        if not rows.size:
+            return out
+        positive = B[rows] > 0
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            x = np.where(positive, np.log(V[rows]), 0.0)
+            r = np.where(positive, np.log(target[rows]) - x, 0.0)
+        ok = np.isfinite(x).all(axis=1) & np.isfinite(r).all(axis=1)
+        # The safeguard's measure: the residual weighted by b (about the column-marginal
+        # error of the plain step).
+        residual = np.where(ok, (B[rows] * np.abs(r)).sum(axis=1), np.inf)
+        grew = self.started[rows] & ~(residual <= _ANDERSON_GROWTH * self.best[rows])
+        if grew.any():
+            g = rows[grew]
+            self.restarts[g] += 1
+            self.clear(g)
+            self.on[g[self.restarts[g] > _ANDERSON_MAX_RESTARTS]] = False
+        self.best[rows] = np.minimum(self.best[rows], residual)
+        started = self.started[rows] & ok
+        # New differences into each problem's ring of M slots.
+        s = rows[started]
+        if s.size:
+            slot = self.slot[s]
+            self.dX[s, slot] = x[started] - self.x[s]
+            self.dR[s, slot] = r[started] - self.r[s]
+            self.slot[s] = (slot + 1) % _ANDERSON_MEMORY
+            self.count[s] = np.minimum(self.count[s] + 1, _ANDERSON_MEMORY)
+        self.x[rows], self.r[rows] = x, r
+        self.started[rows] = ok
+        dX, dR = self.dX[rows], self.dR[rows]
+        gram = dR @ dR.transpose(0, 2, 1)
+        scale = np.trace(gram, axis1=1, axis2=2) / _ANDERSON_MEMORY
+        gram += (_ANDERSON_RIDGE * scale + np.finfo(float).tiny)[:, None, None] * np.eye(
+            _ANDERSON_MEMORY)
+        gamma = np.linalg.solve(gram, (dR @ r[:, :, None]))
+        with np.errstate(over="ignore", invalid="ignore"):
+            mixed = np.exp(x + r - ((dX + dR).transpose(0, 2, 1) @ gamma)[:, :, 0])
+            mixed = np.where(positive, mixed, 0.0)
+        good = ok & np.isfinite(mixed).all(axis=1) & (self.count[rows] > 0)
+        out[rows[good]] = mixed[good]
+        bad = rows[~ok]
+        if bad.size:
+            self.clear(bad)
+        return out
+
 
 def _full_potentials(shared, f, g, b):
     """Potentials of the problem's shape: rows of zero mass and columns of zero mass in
