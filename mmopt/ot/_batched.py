@@ -54,8 +54,6 @@ _ANDERSON_MEMORY = 6
 _ANDERSON_RIDGE = 1e-10
 _ANDERSON_GROWTH = 2.0
 _ANDERSON_MAX_RESTARTS = 5
-_RESET_BEST = False
-_ANDERSON_START = 1e-2  # relative marginal error below which a problem starts mixing
 
 _CONTROLLER = None
 
@@ -374,7 +372,7 @@ class _Batch:
                 target = V * (target / V) ** omega
                 if self.zeros:
                     target[B == 0] = 0.0
-            V, self.column_error = self._mix(V, target, R, error)
+            V, self.column_error = self._mix(V, target, R)
         self.U, self.V = U, V
         return error, self._out_of_range(U, V, B)
 
@@ -404,7 +402,7 @@ class _Batch:
         if self.anderson is not None and self.anderson.on.any():
             previous = np.array([v for _, v in last])
             mixed = self.anderson.on.copy()
-            self.V, column_error = self._mix(previous, self.V, sums, error)
+            self.V, column_error = self._mix(previous, self.V, sums)
             self.column_error[mixed] = column_error[mixed]
             out_of_range[mixed] = self._out_of_range(
                 self.U[mixed], self.V[mixed], self.B[mixed])
@@ -417,18 +415,20 @@ class _Batch:
             error, out_of_range = error[keep], out_of_range[keep]
         return error, out_of_range
 
-    def _mix(self, V, target, R, error):
+    def _mix(self, V, target, R):
         """The new column scalings from the incoming ``V``, the column update ``target``
         (over-relaxed where ``omega != 1``) and ``R = U K``: Anderson-mixed for the
         problems that mix; returns them and their column-marginal errors."""
         B = self.B
         if self.anderson is not None and self.anderson.on.any():
-            V = self.anderson.step(V, target, B, error, self.mass)
+            V = self.anderson.step(V, target, B, self.zeros)
         else:
             V = target
         relaxed = (self.omega != 1.0)
         if self.anderson is not None:
             relaxed |= self.anderson.on
+        if relaxed.all():
+            return V, np.abs(V * R - B).sum(axis=1)
         column_error = np.zeros(V.shape[0])
         if relaxed.any():
             column_error[relaxed] = np.abs(V[relaxed] * R[relaxed] - B[relaxed]).sum(axis=1)
@@ -523,8 +523,8 @@ class _Batch:
             if self.anderson is not None:
                 # The same iterates in the new base: log v moves by a constant per problem.
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    self.anderson.x += np.where(
-                        positive, np.log(self.V) - np.log(previous), 0.0)
+                    self.anderson.shift(np.where(
+                        positive, np.log(self.V) - np.log(previous), 0.0))
 
     # ------------------------------------------------------------------------- results
     def _finish(self, done, nit, status, S=None):
@@ -572,8 +572,8 @@ class _Anderson:
     last differences ``dX``, ``dR`` of iterates and residuals (at most
     ``_ANDERSON_MEMORY``), the step is ``x + r - (dX + dR) gamma`` with ``gamma`` the
     (ridge-regularized) least-squares fit of ``r`` by ``dR``. Safeguard: when a problem's
-    marginal error grows more than ``_ANDERSON_GROWTH``-fold over its smallest since the
-    last restart (or a step is not finite), its memory is cleared and the plain step taken;
+    residual (weighted by ``b``) grows more than ``_ANDERSON_GROWTH``-fold over its
+    smallest, or a step is not finite, its memory is cleared and the plain step taken;
     after ``_ANDERSON_MAX_RESTARTS`` restarts it stops mixing (over-relaxation instead),
     so that every problem keeps Sinkhorn's convergence.
     """
@@ -585,70 +585,95 @@ class _Anderson:
         self.best = np.full(c, np.inf)
         self.count = np.zeros(c, dtype=int)  # differences held (<= M)
         self.slot = np.zeros(c, dtype=int)  # where the next difference goes
-        self.dX = np.zeros((c, M, m))
-        self.dR = np.zeros((c, M, m))
-        self.x = np.zeros((c, m))  # last iterate and residual
+        self.dR = np.zeros((c, M, m))  # residual differences
+        self.dXR = np.zeros((c, M, m))  # iterate + residual differences
+        self.gram = np.zeros((c, M, M))  # dR dR^T
+        self.x = np.zeros((c, m))  # last iterate (log v), its residual, the next iterate
         self.r = np.zeros((c, m))
+        self.x_next = np.zeros((c, m))
         self.started = np.zeros(c, dtype=bool)
 
     def keep(self, keep):
-        for name in ("on", "restarts", "best", "count", "slot", "dX", "dR", "x", "r",
-                     "started"):
+        for name in ("on", "restarts", "best", "count", "slot", "dR", "dXR", "gram", "x",
+                     "r", "x_next", "started"):
             setattr(self, name, getattr(self, name)[keep])
 
-    def clear(self, which=slice(None)):
-        """Forget the memory of the problems ``which`` (all by default)."""
+    def shift(self, delta):
+        """The same iterates after a change of base: ``log v`` moved by ``delta``."""
+        self.x += delta
+        self.x_next += delta
+
+    def clear(self, which):
+        """Forget the memory of the problems ``which``."""
         self.count[which] = 0
         self.started[which] = False
-        if _RESET_BEST:
-            self.best[which] = np.inf
-        self.dX[which] = 0.0
         self.dR[which] = 0.0
+        self.dXR[which] = 0.0
+        self.gram[which] = 0.0
 
-    def step(self, V, target, B, error, mass):
-        """The mixed scalings: rows of ``target`` (the map's values at ``V``) for the
-        problems that do not mix, Anderson steps for those that do."""
+    def step(self, V, target, B, zeros):
+        """The new scalings: rows of ``target`` (the map's values at ``V``) for the
+        problems that do not mix, Anderson steps for those that do (``zeros``: whether
+        ``B`` has zero entries)."""
         rows = np.flatnonzero(self.on)
-        out = target.copy()
         if not rows.size:
-            return out
-        positive = B[rows] > 0
+            return target
+        every = rows.size == self.on.size
+        pick = slice(None) if every else rows  # (views, not copies, when all mix)
+        started = self.started[rows]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            x = np.where(positive, np.log(V[rows]), 0.0)
-            r = np.where(positive, np.log(target[rows]) - x, 0.0)
-        ok = np.isfinite(x).all(axis=1) & np.isfinite(r).all(axis=1)
-        # The safeguard's measure: the residual weighted by b (about the column-marginal
-        # error of the plain step).
-        residual = np.where(ok, (B[rows] * np.abs(r)).sum(axis=1), np.inf)
-        grew = self.started[rows] & ~(residual <= _ANDERSON_GROWTH * self.best[rows])
+            # log v is known from the last step (log of V only for a fresh start).
+            x = self.x_next[pick] if started.all() else np.where(
+                started[:, None], self.x_next[pick], np.log(V[pick]))
+            log_target = np.log(target[pick])
+            if zeros:
+                positive = B[pick] > 0
+                x = np.where(positive, x, 0.0)
+                log_target = np.where(positive, log_target, 0.0)
+            r = log_target - x
+        ok = np.isfinite(r).all(axis=1)
+        residual = np.where(ok, np.einsum("cj,cj->c", B[pick], np.abs(r)), np.inf)
+        grew = started & ~(residual <= _ANDERSON_GROWTH * self.best[rows])
         if grew.any():
             g = rows[grew]
             self.restarts[g] += 1
             self.clear(g)
             self.on[g[self.restarts[g] > _ANDERSON_MAX_RESTARTS]] = False
         self.best[rows] = np.minimum(self.best[rows], residual)
-        started = self.started[rows] & ok
-        # New differences into each problem's ring of M slots.
-        s = rows[started]
+        # New differences into each problem's ring of M slots; the Gram matrix's row
+        # and column of that slot.
+        new = self.started[rows] & ok
+        s = rows[new]
         if s.size:
             slot = self.slot[s]
-            self.dX[s, slot] = x[started] - self.x[s]
-            self.dR[s, slot] = r[started] - self.r[s]
+            d_r = r[new] - self.r[s]
+            self.dR[s, slot] = d_r
+            self.dXR[s, slot] = (x[new] - self.x[s]) + d_r
+            row = (self.dR[s] @ d_r[:, :, None])[:, :, 0]
+            self.gram[s, slot, :] = row
+            self.gram[s, :, slot] = row
             self.slot[s] = (slot + 1) % _ANDERSON_MEMORY
             self.count[s] = np.minimum(self.count[s] + 1, _ANDERSON_MEMORY)
-        self.x[rows], self.r[rows] = x, r
+        self.x[pick], self.r[pick] = x, r
         self.started[rows] = ok
-        dX, dR = self.dX[rows], self.dR[rows]
-        gram = dR @ dR.transpose(0, 2, 1)
+        gram = self.gram[pick].copy()
         scale = np.trace(gram, axis1=1, axis2=2) / _ANDERSON_MEMORY
         gram += (_ANDERSON_RIDGE * scale + np.finfo(float).tiny)[:, None, None] * np.eye(
             _ANDERSON_MEMORY)
-        gamma = np.linalg.solve(gram, (dR @ r[:, :, None]))
+        gamma = np.linalg.solve(gram, self.dR[pick] @ r[:, :, None])
+        # x + r - (dX + dR) gamma, as an update of the plain step T(x) = x + r.
+        x_next = log_target - (gamma.transpose(0, 2, 1) @ self.dXR[pick])[:, 0]
         with np.errstate(over="ignore", invalid="ignore"):
-            mixed = np.exp(x + r - ((dX + dR).transpose(0, 2, 1) @ gamma)[:, :, 0])
-            mixed = np.where(positive, mixed, 0.0)
+            mixed = np.exp(x_next)
+            if zeros:
+                mixed[~positive] = 0.0
         good = ok & np.isfinite(mixed).all(axis=1) & (self.count[rows] > 0)
-        out[rows[good]] = mixed[good]
+        self.x_next[pick] = np.where(good[:, None], x_next, log_target)
+        if every and good.all():
+            out = mixed
+        else:
+            out = target.copy()
+            out[rows[good]] = mixed[good]
         bad = rows[~ok]
         if bad.size:
             self.clear(bad)
