@@ -10,6 +10,14 @@ middle of the problems' potentials (one recomputed kernel for all); problems too
 the others for one kernel form a further group with its own kernel, started where they
 stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
 finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
+
+Each problem's column scalings are Anderson-mixed (:class:`_Anderson`), with restarts and a
+fall-back to over-relaxation as safeguard.
+
+References
+----------
+H. F. Walker and P. Ni, "Anderson acceleration for fixed-point iterations", SIAM J.
+Numer. Anal. 49(4), 2011.
 """
 
 from __future__ import annotations
