@@ -245,10 +245,30 @@ def floor_figure(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _batched_problem(n, k, seed=0):
-    """One n x n cost (2-D mixtures, squared Euclidean / max), a random source histogram
-    and k smooth target histograms (random mixtures of bumps over the target points)."""
+def _batched_problem(n, k, seed=0, kind="mixtures"):
+    """One cost shared by k problems, a source histogram and k target histograms.
+
+    ``mixtures``: n x n cost between 2-D mixtures (squared Euclidean / max), a random
+    source histogram, k smooth targets (random mixtures of bumps over the target points).
+    ``images``: images on a square grid of about n pixels (squared distance between pixels
+    / max), a blob as source and k images of two blobs each, pixels below 1e-3 of an
+    image's largest left empty (zero mass).
+    """
     rng = np.random.default_rng(seed)
+    if kind == "images":
+        side = int(round(np.sqrt(n)))
+        grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)
+        grid = grid / side
+        C = ((grid[:, None] - grid[None]) ** 2).sum(-1)
+        C /= C.max()
+        a = np.exp(-((grid - 0.5) ** 2).sum(1) / 0.1)
+        columns = []
+        for _ in range(k):
+            image = sum(np.exp(-((grid - rng.random(2)) ** 2).sum(1) / rng.uniform(0.005, 0.05))
+                        for _ in range(2))
+            image[image < 1e-3 * image.max()] = 0.0
+            columns.append(image / image.sum())
+        return a / a.sum(), np.stack(columns, axis=1), C
     x, y = _mixture(n, rng), _mixture(n, rng)
     C = ((x[:, None] - y[None]) ** 2).sum(-1)
     C /= C.max()
@@ -271,28 +291,31 @@ def _pot_batched_errors(a, b, C, reg, log):
 
 
 def batched_suite(quick: bool = False, regs=(1e-2, 3e-3, 1e-3), k: int = 32,
-                  thread_counts=(1, 2)) -> list[dict]:
+                  thread_counts=(1, 2), kind: str = "mixtures", with_pot: bool = True,
+                  repeat: int = 3) -> list[dict]:
     """k histograms on one cost: our batched solve against k separate solves and POT's
     batched ``ot.sinkhorn``, one thread each and on two threads (ours ``n_threads=2``,
     POT's BLAS at 2 threads), each to the same L1 marginal error (POT's worst column's, or
-    1e-9 where it went below)."""
+    1e-9 where it went below; 2e-8 without POT)."""
     from threadpoolctl import threadpool_limits
 
     n = 300 if quick else 1000
-    a, b, C = _batched_problem(n, k)
+    a, b, C = _batched_problem(n, k, kind=kind)
     rows = []
     for threads in thread_counts:
         with threadpool_limits(threads):
             for reg in regs:
                 cap = 20_000
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    costs, log = pot.sinkhorn(a, b, C, reg, stopThr=1e-9, numItermax=cap,
-                                              log=True)
-                pot_error = float(_pot_batched_errors(a, b, C, reg, log).max())
-                pot_ok = bool(np.isfinite(costs).all() and pot_error < 1e-6
-                              and log["niter"] < cap - 1)
-                tol = max(1e-9, pot_error) if pot_ok else 1e-9
+                pot_ok, log, pot_error = False, None, None
+                if with_pot:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        costs, log = pot.sinkhorn(a, b, C, reg, stopThr=1e-9,
+                                                  numItermax=cap, log=True)
+                    pot_error = float(_pot_batched_errors(a, b, C, reg, log).max())
+                    pot_ok = bool(np.isfinite(costs).all() and pot_error < 1e-6
+                                  and log["niter"] < cap - 1)
+                tol = max(1e-9, pot_error) if pot_ok else (1e-9 if with_pot else 2e-8)
                 funcs = [
                     partial(sinkhorn, a, b, C, reg, tol=tol, n_threads=threads),
                     lambda reg=reg, tol=tol, threads=threads: [
@@ -303,21 +326,40 @@ def batched_suite(quick: bool = False, regs=(1e-2, 3e-3, 1e-3), k: int = 32,
                 if pot_ok:
                     funcs.append(partial(pot.sinkhorn, a, b, C, reg, stopThr=1e-9,
                                          numItermax=cap))
-                times, (ours, separate, *_) = _interleaved(funcs, 1 if quick else 3)
+                times, (ours, separate, *_) = _interleaved(funcs, 1 if quick else repeat)
                 gap = max(float(np.abs(ours.transport_cost[j] - separate[j].transport_cost))
                           for j in range(k))
+                if not with_pot:
+                    pot_cell = "-"
+                elif pot_ok:
+                    pot_cell = f"{log['niter']}, {pot_error:.1e}"
+                else:
+                    pot_cell = f"not converged ({cap} iters)"
                 rows.append({
+                    "problem": f"{kind}, {C.shape[0]}x{C.shape[1]}",
+                    "k": k,
                     "threads": threads,
                     "reg": reg,
-                    "POT iters, worst L1 error": (f"{log['niter']}, {pot_error:.1e}" if pot_ok
-                                                  else f"not converged ({cap} iters)"),
+                    "POT iters, worst L1 error": pot_cell,
                     "batched iters (max over columns), worst L1 error": (
                         f"{ours.nit}, {float(ours.marginal_error.max()):.1e}"),
-                    "batched / 32 separate": times[0] / times[1],
+                    "iterations: batched sum / separate sum": (
+                        float(ours.column_nit.sum()) / sum(r.nit for r in separate)),
+                    "batched / k separate": times[0] / times[1],
                     "batched / POT batched": times[0] / times[2] if pot_ok else None,
                     "max |cost - separate cost|": gap,
                     "batched time (s)": times[0],
                 })
+    return rows
+
+
+def batched_other(quick: bool = False) -> list[dict]:
+    """The batched solve outside the main case (one thread, without POT): image
+    histograms on a grid (k = 32), and the mixtures with k = 8 and k = 128."""
+    rows = batched_suite(quick, thread_counts=(1,), kind="images", with_pot=False)
+    for k in (8, 128):
+        rows += batched_suite(quick, regs=(1e-2, 1e-3), k=k, thread_counts=(1,),
+                              with_pot=False, repeat=1 if k == 128 else 3)
     return rows
 
 
@@ -391,6 +433,29 @@ def avx2_report(quick: bool = False) -> str:
     ])
 
 
+def batched_report(quick: bool = False) -> str:
+    """The batched-histograms part of the section (``python benchmarks/bench_ot.py
+    --batched`` prints it alone)."""
+    n = 300 if quick else 1000
+    return "\n".join([
+        f"## Batched histograms: k problems sharing one {n}-point cost", "",
+        "`sinkhorn(a, b, C, reg)` with `b` of shape (m, k): our batched solve (GEMMs on one "
+        "shared kernel, each problem Anderson-mixed) against k separate default `sinkhorn` "
+        "calls and POT's batched `ot.sinkhorn` (same `b`), interleaved, medians of 3; all "
+        "to the worst L1 marginal error POT's columns reached (or 1e-9). Threads: ours "
+        "`n_threads`, POT's OpenBLAS through threadpoolctl. 2-D mixtures (random weights) "
+        "against 32 smooth target histograms. \"iterations\": the problems' iterations "
+        "summed, batched over separate (Anderson mixing is batched-only: the separate "
+        "solves over-relax).", "",
+        markdown_table(batched_suite(quick)), "",
+        "### Other problems and k (one thread, without POT, to L1 error 2e-8)", "",
+        f"Images: a {int(round(np.sqrt(n)))}x{int(round(np.sqrt(n)))} pixel grid, squared "
+        "distance between pixels, 32 two-blob images with empty pixels. Mixtures as above "
+        "with k = 8 and k = 128 (k = 128: one run each).", "",
+        markdown_table(batched_other(quick)),
+    ])
+
+
 def suite_report(quick: bool = False) -> str:
     lines = [
         "## Against POT's default ot.sinkhorn (one thread each)",
@@ -405,15 +470,7 @@ def suite_report(quick: bool = False) -> str:
     lines += [markdown_table(pot_suite(quick)), "", "### Floor", "",
               markdown_table(floor_figure(quick)), "",
               "### The AVX2 path", "", avx2_report(quick), "",
-              f"## Batched histograms: 32 problems sharing one {300 if quick else 1000}-point "
-              "cost", "",
-              "`sinkhorn(a, b, C, reg)` with `b` of shape (m, 32): our batched solve (GEMMs "
-              "on one shared kernel) against 32 separate `sinkhorn` calls and POT's batched "
-              "`ot.sinkhorn` (same `b`), interleaved, medians of 3; all to the worst L1 "
-              "marginal error POT's columns reached (or 1e-9). Threads: ours `n_threads`, "
-              "POT's OpenBLAS through threadpoolctl. 2-D mixtures (random weights) against "
-              "32 smooth target histograms.", "",
-              markdown_table(batched_suite(quick))]
+              batched_report(quick)]
     return "\n".join(lines)
 
 
@@ -579,6 +636,9 @@ if __name__ == "__main__":
     import sys
 
     # python benchmarks/bench_ot.py [--quick] --suite: only the suite against POT's default
-    # ot.sinkhorn and the floor figure.
+    # ot.sinkhorn and the floor figure; --batched: only the batched histograms.
     quick_run = "--quick" in sys.argv
-    print(suite_report(quick_run) if "--suite" in sys.argv else run(quick_run))
+    if "--batched" in sys.argv:
+        print(batched_report(quick_run))
+    else:
+        print(suite_report(quick_run) if "--suite" in sys.argv else run(quick_run))

@@ -10,6 +10,14 @@ middle of the problems' potentials (one recomputed kernel for all); problems too
 the others for one kernel form a further group with its own kernel, started where they
 stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
 finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
+
+Each problem's column scalings are Anderson-mixed (:class:`_Anderson`), with restarts and a
+fall-back to over-relaxation as safeguard.
+
+References
+----------
+H. F. Walker and P. Ni, "Anderson acceleration for fixed-point iterations", SIAM J.
+Numer. Anal. 49(4), 2011.
 """
 
 from __future__ import annotations
@@ -47,6 +55,13 @@ _MIN_LOG_BOUND = 20.0
 # With this many problems left or fewer, each iterates alone on the shared kernel (one
 # pass over it per problem) instead of through GEMMs (two passes for all).
 _FUSED_MAX = 4
+# Anderson mixing of each problem's column scalings (log domain): memory (differences kept),
+# Tikhonov weight relative to the mean squared difference, error growth since the last
+# restart that clears the memory, and restarts after which the problem over-relaxes instead.
+_ANDERSON_MEMORY = 6
+_ANDERSON_RIDGE = 1e-10
+_ANDERSON_GROWTH = 2.0
+_ANDERSON_MAX_RESTARTS = 5
 
 _CONTROLLER = None
 
@@ -252,6 +267,7 @@ class _Batch:
         self.column_error = np.zeros(c)
         self.omega = np.ones(c)
         self.relax = shared.relax  # each problem's, kept from group to group
+        self.anderson = _Anderson(c, shared.C.shape[1]) if self.solver.overrelaxation else None
         self.K = None
         self.CK = None  # C * K (transport costs), made when a problem first needs it
         self.left = {}  # problems that leave for another group: their potentials (f, g)
@@ -336,6 +352,8 @@ class _Batch:
         )
         self.column_error, self.omega = self.column_error[keep], self.omega[keep]
         self.offset = self.offset[keep]
+        if self.anderson is not None:
+            self.anderson.keep(keep)
 
     def _gemm_sweep(self, it):
         """One iteration of every active problem through two GEMMs; returns the errors of
@@ -359,14 +377,10 @@ class _Batch:
             R = U @ K
             target = B / R
             if relaxed.any():
-                V = V * (target / V) ** omega
+                target = V * (target / V) ** omega
                 if self.zeros:
-                    V[B == 0] = 0.0
-                self.column_error = np.abs(V * R - B).sum(axis=1)
-                self.column_error[~relaxed] = 0.0
-            else:
-                V = target
-                self.column_error = np.zeros(self.active.size)
+                    target[B == 0] = 0.0
+            V, self.column_error = self._mix(V, target, R)
         self.U, self.V = U, V
         return error, self._out_of_range(U, V, B)
 
@@ -379,6 +393,7 @@ class _Batch:
             n, m = self.C.shape
             self.acc = np.empty((max(1, min(self.threads, n // 4)), m))
         last = []
+        sums = np.empty_like(self.V)
         for c in range(self.active.size):
             u, v = self.U[c], self.V[c]
             last.append((u.copy(), v.copy()))
@@ -386,11 +401,19 @@ class _Batch:
                 self.K, self.a, self.B[c], u, v, self.acc, self.shared.bound, self.threads,
                 float(self.omega[c]),
             )
+            sums[c] = self.acc.sum(axis=0) if self.acc.shape[0] > 1 else self.acc[0]
             error[c] = row_error + self.column_error[c]
             done[c] = error[c] <= self.solver.tol * self.mass
             self.column_error[c] = column_error if self.omega[c] != 1.0 else 0.0
             if not within:  # (zero-mass columns have v = 0: checked again below)
                 out_of_range[c] = self._out_of_range(u[None], v[None], self.B[c, None])[0]
+        if self.anderson is not None and self.anderson.on.any():
+            previous = np.array([v for _, v in last])
+            mixed = self.anderson.on.copy()
+            self.V, column_error = self._mix(previous, self.V, sums)
+            self.column_error[mixed] = column_error[mixed]
+            out_of_range[mixed] = self._out_of_range(
+                self.U[mixed], self.V[mixed], self.B[mixed])
         if done.any():
             for c in np.flatnonzero(done):
                 self.U[c], self.V[c] = last[c]
@@ -400,10 +423,32 @@ class _Batch:
             error, out_of_range = error[keep], out_of_range[keep]
         return error, out_of_range
 
+    def _mix(self, V, target, R):
+        """The new column scalings from the incoming ``V``, the column update ``target``
+        (over-relaxed where ``omega != 1``) and ``R = U K``: Anderson-mixed for the
+        problems that mix; returns them and their column-marginal errors."""
+        B = self.B
+        if self.anderson is not None and self.anderson.on.any():
+            V = self.anderson.step(V, target, B, self.zeros)
+        else:
+            V = target
+        relaxed = (self.omega != 1.0)
+        if self.anderson is not None:
+            relaxed |= self.anderson.on
+        if relaxed.all():
+            return V, np.abs(V * R - B).sum(axis=1)
+        column_error = np.zeros(V.shape[0])
+        if relaxed.any():
+            column_error[relaxed] = np.abs(V[relaxed] * R[relaxed] - B[relaxed]).sum(axis=1)
+        return V, column_error
+
     def _relaxation(self, error):
         from mmopt.ot.sinkhorn import _MAX_RELAX_FAILURES, _choose_relaxation
 
+        mixing = self.anderson.on if self.anderson is not None else np.zeros(error.size, bool)
         for c, j in enumerate(self.active):
+            if mixing[c]:
+                continue
             state = self.relax[int(j)]
             if state.relax_failures < _MAX_RELAX_FAILURES:
                 _choose_relaxation(state, float(error[c]), self.mass)
@@ -478,10 +523,16 @@ class _Batch:
         f, g, positive = f[keep], g[keep], positive[keep]
         self._keep(keep)
         if self.active.size:
+            previous = self.V
             self._set_kernel(F, G)
             self.U = np.exp((f - F) / reg)
             with np.errstate(invalid="ignore"):
                 self.V = np.where(positive, np.exp((g - G) / reg), 0.0)
+            if self.anderson is not None:
+                # The same iterates in the new base: log v moves by a constant per problem.
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    self.anderson.shift(np.where(
+                        positive, np.log(self.V) - np.log(previous), 0.0))
 
     # ------------------------------------------------------------------------- results
     def _finish(self, done, nit, status, S=None):
@@ -520,6 +571,122 @@ class _Batch:
                 block = self.K * U[c, :, None]
                 block *= V[c]
                 out.plan[j][rows_support] = block
+
+class _Anderson:
+    """Anderson mixing of the problems' column updates, one memory per problem.
+
+    The fixed-point map is one Sinkhorn iteration acting on ``x = log v`` (entries of zero
+    mass left out): ``T(x) = log(b / (K^T (a / K e^x)))``, residual ``r = T(x) - x``. From the
+    last differences ``dX``, ``dR`` of iterates and residuals (at most
+    ``_ANDERSON_MEMORY``), the step is ``x + r - (dX + dR) gamma`` with ``gamma`` the
+    (ridge-regularized) least-squares fit of ``r`` by ``dR``. Safeguard: when a problem's
+    residual (weighted by ``b``) grows more than ``_ANDERSON_GROWTH``-fold over its
+    smallest, or a step is not finite, its memory is cleared and the plain step taken;
+    after ``_ANDERSON_MAX_RESTARTS`` restarts it stops mixing (over-relaxation instead),
+    so that every problem keeps Sinkhorn's convergence.
+    """
+
+    def __init__(self, c, m):
+        M = _ANDERSON_MEMORY
+        self.on = np.ones(c, dtype=bool)
+        self.restarts = np.zeros(c, dtype=int)
+        self.best = np.full(c, np.inf)
+        self.count = np.zeros(c, dtype=int)  # differences held (<= M)
+        self.slot = np.zeros(c, dtype=int)  # where the next difference goes
+        self.dR = np.zeros((c, M, m))  # residual differences
+        self.dXR = np.zeros((c, M, m))  # iterate + residual differences
+        self.gram = np.zeros((c, M, M))  # dR dR^T
+        self.x = np.zeros((c, m))  # last iterate (log v), its residual, the next iterate
+        self.r = np.zeros((c, m))
+        self.x_next = np.zeros((c, m))
+        self.started = np.zeros(c, dtype=bool)
+
+    def keep(self, keep):
+        for name in ("on", "restarts", "best", "count", "slot", "dR", "dXR", "gram", "x",
+                     "r", "x_next", "started"):
+            setattr(self, name, getattr(self, name)[keep])
+
+    def shift(self, delta):
+        """The same iterates after a change of base: ``log v`` moved by ``delta``."""
+        self.x += delta
+        self.x_next += delta
+
+    def clear(self, which):
+        """Forget the memory of the problems ``which``."""
+        self.count[which] = 0
+        self.started[which] = False
+        self.dR[which] = 0.0
+        self.dXR[which] = 0.0
+        self.gram[which] = 0.0
+
+    def step(self, V, target, B, zeros):
+        """The new scalings: rows of ``target`` (the map's values at ``V``) for the
+        problems that do not mix, Anderson steps for those that do (``zeros``: whether
+        ``B`` has zero entries)."""
+        rows = np.flatnonzero(self.on)
+        if not rows.size:
+            return target
+        every = rows.size == self.on.size
+        pick = slice(None) if every else rows  # (views, not copies, when all mix)
+        started = self.started[rows]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # log v is known from the last step (log of V only for a fresh start).
+            x = self.x_next[pick] if started.all() else np.where(
+                started[:, None], self.x_next[pick], np.log(V[pick]))
+            log_target = np.log(target[pick])
+            if zeros:
+                positive = B[pick] > 0
+                x = np.where(positive, x, 0.0)
+                log_target = np.where(positive, log_target, 0.0)
+            r = log_target - x
+        ok = np.isfinite(r).all(axis=1)
+        residual = np.where(ok, np.einsum("cj,cj->c", B[pick], np.abs(r)), np.inf)
+        grew = started & ~(residual <= _ANDERSON_GROWTH * self.best[rows])
+        if grew.any():
+            g = rows[grew]
+            self.restarts[g] += 1
+            self.clear(g)
+            self.on[g[self.restarts[g] > _ANDERSON_MAX_RESTARTS]] = False
+        self.best[rows] = np.minimum(self.best[rows], residual)
+        # New differences into each problem's ring of M slots; the Gram matrix's row
+        # and column of that slot.
+        new = self.started[rows] & ok
+        s = rows[new]
+        if s.size:
+            slot = self.slot[s]
+            d_r = r[new] - self.r[s]
+            self.dR[s, slot] = d_r
+            self.dXR[s, slot] = (x[new] - self.x[s]) + d_r
+            row = (self.dR[s] @ d_r[:, :, None])[:, :, 0]
+            self.gram[s, slot, :] = row
+            self.gram[s, :, slot] = row
+            self.slot[s] = (slot + 1) % _ANDERSON_MEMORY
+            self.count[s] = np.minimum(self.count[s] + 1, _ANDERSON_MEMORY)
+        self.x[pick], self.r[pick] = x, r
+        self.started[rows] = ok
+        gram = self.gram[pick].copy()
+        scale = np.trace(gram, axis1=1, axis2=2) / _ANDERSON_MEMORY
+        gram += (_ANDERSON_RIDGE * scale + np.finfo(float).tiny)[:, None, None] * np.eye(
+            _ANDERSON_MEMORY)
+        gamma = np.linalg.solve(gram, self.dR[pick] @ r[:, :, None])
+        # x + r - (dX + dR) gamma, as an update of the plain step T(x) = x + r.
+        x_next = log_target - (gamma.transpose(0, 2, 1) @ self.dXR[pick])[:, 0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            mixed = np.exp(x_next)
+            if zeros:
+                mixed[~positive] = 0.0
+        good = ok & np.isfinite(mixed).all(axis=1) & (self.count[rows] > 0)
+        self.x_next[pick] = np.where(good[:, None], x_next, log_target)
+        if every and good.all():
+            out = mixed
+        else:
+            out = target.copy()
+            out[rows[good]] = mixed[good]
+        bad = rows[~ok]
+        if bad.size:
+            self.clear(bad)
+        return out
+
 
 def _full_potentials(shared, f, g, b):
     """Potentials of the problem's shape: rows of zero mass and columns of zero mass in

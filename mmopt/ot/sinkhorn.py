@@ -559,7 +559,9 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
         iterations any took; ``plan`` (k, n, m) only with ``return_plan=True``. The
         problems share one stabilized kernel (``K_ij = exp((F_i + G_j - C_ij) / reg)``,
         scalings ``U`` (k, n), ``V`` (k, m), two GEMMs per iteration with ``n_threads``
-        BLAS threads); each stops on its own ``tol`` and over-relaxes on its own rate;
+        BLAS threads); each stops on its own ``tol`` and is accelerated on its own
+        (Anderson mixing of its column scalings with ``overrelaxation=True``, safeguarded
+        by restarts and a fall-back to over-relaxation);
         problems too far apart for one kernel continue in further groups, and one whose
         kernel needs recomputing too often is finished alone by :class:`Sinkhorn`.
 

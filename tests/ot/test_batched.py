@@ -170,3 +170,100 @@ def test_tiny_masses(scale):
         single = sinkhorn(a * scale, b[:, j] * scale, C, 1e-2, tol=1e-12)
         assert np.abs(res.plan[j] - single.plan).max() <= 1e-10 * scale
         assert res.method[j] == single.method
+
+
+def _anderson_reference(xs, rs, memory):
+    """Type-II Anderson step from iterates ``xs`` and residuals ``rs`` (oldest first), by
+    least squares on the last ``memory`` differences (NumPy lstsq, no ridge)."""
+    dX = np.diff(np.array(xs[-memory - 1:]), axis=0).T
+    dR = np.diff(np.array(rs[-memory - 1:]), axis=0).T
+    gamma = np.linalg.lstsq(dR, rs[-1], rcond=None)[0]
+    return xs[-1] + rs[-1] - (dX + dR) @ gamma
+
+
+def test_anderson_step_against_least_squares():
+    """The mixed scalings equal a plain least-squares Anderson step (log domain) on a
+    contractive affine map, before and after the memory is full; zero-mass entries stay 0."""
+    rng = np.random.default_rng(4)
+    c, m = 3, 12
+    memory = _batched._ANDERSON_MEMORY
+    A = 0.5 * rng.standard_normal((c, m, m)) / np.sqrt(m)
+    shift = rng.standard_normal((c, m))
+    B = rng.random((c, m))
+    B[1, :3] = 0.0
+    positive = B > 0
+    mixer = _batched._Anderson(c, m)
+    x = rng.standard_normal((c, m)) * positive
+    V = np.where(positive, np.exp(x), 0.0)
+    history = [([], []) for _ in range(c)]
+    for step in range(memory + 4):
+        tx = (A @ x[:, :, None])[:, :, 0] + shift
+        target = np.where(positive, np.exp(tx), 0.0)
+        V = mixer.step(V, target, B, zeros=True)
+        for j in range(c):
+            xs, rs = history[j]
+            xs.append(x[j] * positive[j])
+            rs.append((tx[j] - x[j]) * positive[j])
+            expected = target[j] if step == 0 else np.where(
+                positive[j], np.exp(_anderson_reference(xs, rs, memory)), 0.0)
+            np.testing.assert_allclose(V[j], expected, rtol=1e-7)
+        assert (V[~positive] == 0).all()
+        x = np.where(positive, np.log(np.where(positive, V, 1.0)), 0.0)
+    assert mixer.on.all() and (mixer.restarts == 0).all()
+
+
+def test_anderson_safeguard_and_plain_iterations(monkeypatch):
+    """Forced restarts at every step (no growth allowed): the problems fall back to
+    over-relaxation; without over-relaxation (no mixing either): plain Sinkhorn. Both give
+    the single solves' answers."""
+    a, b, C = _problem(k=6, seed=5)
+    reg = 5e-3
+    reference = [sinkhorn(a, b[:, j], C, reg, tol=1e-12, max_iter=100_000) for j in range(6)]
+    plain = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, overrelaxation=False,
+                     return_plan=True)
+    mixed = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    restarts = []
+    original = _batched._Anderson.step
+
+    def step(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        restarts.append(self.restarts.max())
+        return out
+
+    monkeypatch.setattr(_batched, "_ANDERSON_GROWTH", 0.0)
+    monkeypatch.setattr(_batched._Anderson, "step", step)
+    fallback = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    assert max(restarts) == _batched._ANDERSON_MAX_RESTARTS + 1
+    assert plain.nit > mixed.nit
+    for res in (plain, mixed, fallback):
+        assert res.status == 0
+        for j in range(6):
+            assert np.abs(res.plan[j] - reference[j].plan).max() <= 1e-10
+            assert abs(res.transport_cost[j] - reference[j].transport_cost) <= 1e-11
+
+
+@pytest.mark.parametrize("k", [1, 8, 24])
+def test_image_histograms_on_a_grid(k):
+    """Another problem class: k images (smooth blobs, some pixels empty) on a 12 x 12 grid,
+    squared distances between pixels; each column = its single solve, and k = 1 works."""
+    rng = np.random.default_rng(k)
+    side = 12
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) / side
+    C = ((grid[:, None] - grid[None]) ** 2).sum(-1)
+    C /= C.max()
+    a = np.exp(-((grid - 0.5) ** 2).sum(1) / 0.1)
+    a /= a.sum()
+    columns = []
+    for _ in range(k):
+        image = sum(np.exp(-((grid - rng.random(2)) ** 2).sum(1) / rng.uniform(0.005, 0.05))
+                    for _ in range(2))
+        image[image < 1e-3 * image.max()] = 0.0
+        columns.append(image / image.sum())
+    b = np.stack(columns, axis=1)
+    reg = 2e-3
+    res = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    assert res.status == 0 and res.plan.shape == (k, *C.shape)
+    for j in range(k):
+        single = sinkhorn(a, b[:, j], C, reg, tol=1e-12, max_iter=100_000)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10
+        assert abs(res.transport_cost[j] - single.transport_cost) <= 1e-11
