@@ -44,8 +44,8 @@ class RobustLoss:
     """Base class of the robust losses: ``rho``, ``psi`` and the IRLS weight.
 
     Subclasses set ``name``, ``convex``, ``cutoff`` and a default for ``c`` and implement
-    :meth:`rho`, :meth:`psi` and :meth:`weight`; every method is vectorized and accepts
-    array-likes.
+    :meth:`rho` and :meth:`weight` (and :meth:`psi` when it is not just ``u * weight(u)``);
+    every method is vectorized and accepts array-likes.
 
     Parameters
     ----------
@@ -81,9 +81,11 @@ class RobustLoss:
         """The loss at the standardized residuals ``u``."""
         raise NotImplementedError
 
-    def psi(self, u: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
-        """The influence function ``rho'(u)``."""
-        raise NotImplementedError
+    def psi(self, u: ArrayLike) -> np.ndarray:
+        """The influence function ``rho'(u)``: ``u * weight(u)`` unless a loss has a closed
+        form of its own."""
+        u = np.asarray(u, dtype=float)
+        return u * self.weight(u)
 
     def weight(self, u: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
         """The IRLS weight ``psi(u) / u``, equal to 1 at ``u = 0``."""
@@ -221,10 +223,6 @@ class CauchyLoss(RobustLoss):
         with np.errstate(over="ignore"):
             return 0.5 * self.c**2 * np.log1p(z * z)
 
-    def psi(self, u: ArrayLike) -> np.ndarray:
-        u = np.asarray(u, dtype=float)
-        return u * self.weight(u)
-
     def weight(self, u: ArrayLike) -> np.ndarray:
         z = np.asarray(u, dtype=float) / self.c
         with np.errstate(over="ignore"):  # an overflow gives the right limit, weight 0
@@ -267,10 +265,6 @@ class WelschLoss(RobustLoss):
         # z * z gives the right limit, c^2 / 2.
         with np.errstate(over="ignore"):
             return -0.5 * self.c**2 * np.expm1(-z * z)
-
-    def psi(self, u: ArrayLike) -> np.ndarray:
-        u = np.asarray(u, dtype=float)
-        return u * self.weight(u)
 
     def weight(self, u: ArrayLike) -> np.ndarray:
         z = np.asarray(u, dtype=float) / self.c

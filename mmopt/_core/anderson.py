@@ -12,6 +12,7 @@ does not increase. ``ANDERSON_OPTION`` is the option's entry for a solver's
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -179,16 +180,21 @@ class AndersonAcceleration:
         self.damping = float(damping)
         self.max_condition = float(max_condition)
         self.delay = int(delay)
+        self._start()
+
+    def _start(self) -> None:
+        """An empty history, no buffers and zero counts."""
+        self._size = -1  # length of the vectors the buffers hold (none yet)
         self.n_accepted = 0
         self.n_rejected = 0
-        self.n_resets = 0
+        self.n_resets = -1  # the reset that starts the history is not counted
         self.reset()
-        self.n_resets = 0
 
     def reset(self) -> None:
         """Forget the history (after a rejected proposal or a change of problem)."""
-        self._g_prev = None
-        self._r_prev = None
+        # The buffers stay allocated: a reset happens after every rejected proposal, and
+        # the next pair has the same size unless the caller changed problem.
+        self._has_prev = False
         self._n_cols = 0
         self._next_col = 0
         self._since_reset = 0
@@ -201,13 +207,13 @@ class AndersonAcceleration:
         A solver given an accelerator as an option runs with ``accelerator.fresh()``, so that
         the caller's object is never mutated and concurrent solves never share a history.
         """
-        return type(self)(
-            self.memory,
-            regularization=self.regularization,
-            damping=self.damping,
-            max_condition=self.max_condition,
-            delay=self.delay,
-        )
+        # The options were checked when this object was made: copy them without checking
+        # again (a solve makes one accelerator, and small solves feel the cost).
+        copy = type(self).__new__(type(self))
+        for name in self._parameter_constraints:
+            setattr(copy, name, getattr(self, name))
+        copy._start()
+        return copy
 
     @property
     def history_size(self) -> int:
@@ -216,10 +222,17 @@ class AndersonAcceleration:
 
     def _allocate(self, size: int) -> None:
         # Zero-filled so that unused columns never carry NaN garbage into the products
-        # below, which run over the whole buffer.
+        # below, which run over the whole buffer. Allocated once per run (and again only if
+        # the vectors change size after a reset), not at every step: with large iterates a
+        # fresh temporary per step costs page faults, with small ones Python overhead.
         self._dG = np.zeros((size, self.memory), order="F")
         self._dR = np.zeros((size, self.memory), order="F")
         self._gram = np.zeros((self.memory, self.memory))
+        self._g_prev = np.empty(size)
+        # Two residual buffers used in turn: the newest residual and the one before it.
+        self._r_prev = np.empty(size)
+        self._r_next = np.empty(size)
+        self._size = size
 
     def update(self, x, g) -> np.ndarray:
         """Record the pair ``(x, G(x))`` and return the next point to try.
@@ -241,14 +254,14 @@ class AndersonAcceleration:
         g = np.asarray(g, dtype=float).ravel()
         if x.shape != g.shape:
             raise ValueError(f"x and g must have the same shape, got {x.shape} and {g.shape}.")
-        if self._g_prev is not None and self._g_prev.shape != x.shape:
-            raise ValueError(
-                f"x changed size from {self._g_prev.shape[0]} to {x.shape[0]}; call reset()."
-            )
-        r = g - x
-        if self._g_prev is not None:
-            if getattr(self, "_dG", None) is None or self._dG.shape[0] != x.size:
-                self._allocate(x.size)
+        size = x.shape[0]
+        if self._has_prev and self._size != size:
+            raise ValueError(f"x changed size from {self._size} to {size}; call reset().")
+        if self._size != size:
+            self._allocate(size)
+        # r = g - x into the free residual buffer; the previous one is still needed.
+        r = np.subtract(g, x, out=self._r_next)
+        if self._has_prev:
             col = self._next_col
             # Differences of G values (not of iterates): the undamped proposal is then a
             # single product, g - dG theta.
@@ -261,8 +274,9 @@ class AndersonAcceleration:
             self._gram[:, col] = products
             self._next_col = (col + 1) % self.memory
             self._n_cols = min(self._n_cols + 1, self.memory)
-        self._g_prev = g.copy()
-        self._r_prev = r
+        np.copyto(self._g_prev, g)
+        self._r_prev, self._r_next = r, self._r_prev
+        self._has_prev = True
         self._since_reset += 1
         self.extrapolated = False
         if self._n_cols == 0 or self._since_reset <= self.delay:
@@ -284,30 +298,30 @@ class AndersonAcceleration:
         (and a reset) when no well-conditioned subset of columns is left.
         """
         # Columns in chronological order, newest last, so that dropping from the front drops
-        # the oldest differences.
-        memory = self.memory
-        order = [(self._next_col + i) % memory for i in range(memory)][memory - self._n_cols :]
+        # the oldest differences. The system is a few columns wide: the work here is Python
+        # and NumPy call overhead, so each pass makes as few calls as it can.
+        memory, n_cols = self.memory, self._n_cols
+        oldest = self._next_col - n_cols
+        columns = np.arange(oldest, oldest + n_cols) % memory
         rhs_all = self._dR.T @ r
-        while order:
-            gram = self._gram[np.ix_(order, order)]
-            norms = np.sqrt(np.diag(gram))
-            if not np.all(norms > 0):
-                order = order[1:]
+        for first in range(n_cols):
+            order = columns[first:]
+            gram = self._gram[order[:, None], order]
+            norms = np.sqrt(gram.diagonal())
+            if not norms.min() > 0:  # also False for NaN
                 continue
-            normalized = gram / np.outer(norms, norms)
-            normalized[np.diag_indices_from(normalized)] += self.regularization
+            normalized = gram / (norms[:, None] * norms)
+            normalized.ravel()[:: len(order) + 1] += self.regularization
             eigenvalues = np.linalg.eigvalsh(normalized)
+            low, high = float(eigenvalues[0]), float(eigenvalues[-1])
             # cond(Gram) is cond(dR)^2: compare the square root with the bound.
-            if eigenvalues[0] > 0 and np.sqrt(eigenvalues[-1] / eigenvalues[0]) <= (
-                self.max_condition
-            ):
+            if low > 0 and math.sqrt(high / low) <= self.max_condition:
                 phi = np.linalg.solve(normalized, rhs_all[order] / norms)
                 theta_used = phi / norms
-                if np.all(np.isfinite(theta_used)):
-                    theta = np.zeros(self.memory)
+                if np.isfinite(theta_used).all():
+                    theta = np.zeros(memory)
                     theta[order] = theta_used
                     return theta
-            order = order[1:]
         self.reset()
         return None
 
@@ -392,6 +406,9 @@ class AndersonAcceleration:
         return f"{type(self).__name__}({shown})"
 
 
+# What ``anderson=True`` means; solves run with fresh copies of it.
+_DEFAULT = AndersonAcceleration()
+
 #: The ``anderson`` option's entry in a solver's ``_parameter_constraints`` table.
 ANDERSON_OPTION = [bool, InstanceOf(AndersonAcceleration)]
 
@@ -415,7 +432,7 @@ def make_accelerator(option: bool | AndersonAcceleration | None) -> AndersonAcce
         return option.fresh()
     if option is None or not option:
         return None
-    return AndersonAcceleration()
+    return _DEFAULT.fresh()
 
 
 def anderson_counts(accelerator: AndersonAcceleration | None) -> dict[str, int]:

@@ -368,6 +368,8 @@ class MMSolver(Solver):
 
 def _objective_value(fun) -> float:
     """``F(x)`` as a float; a clear error when the problem's objective returned no number."""
+    if type(fun) is float:  # the usual case, without the checks below (once per evaluation)
+        return fun
     if isinstance(fun, bool) or not isinstance(fun, numbers.Real | np.ndarray):
         raise TypeError(
             "the problem's objective must return a real number, got "

@@ -98,6 +98,13 @@ class Interval(Constraint):
                              f"{self.closed!r}.")
 
     def accepts_type(self, value) -> bool:
+        # Plain Python numbers first: options are checked at every solve, and the checks
+        # against the numbers ABCs below cost more than the rest of the test.
+        kind = type(value)
+        if kind is float:
+            return self.kind is float
+        if kind is int:
+            return True
         if _is_bool(value):
             return False
         if self.kind is int:
@@ -336,9 +343,9 @@ def validate_params(table: Mapping[str, list], params: Mapping[str, Any],
         if name not in params:
             continue
         value = params[name]
-        constraints = [_as_constraint(s) for s in specs]
-        if any(c.is_satisfied_by(value) for c in constraints):
+        if any(_as_constraint(s).is_satisfied_by(value) for s in specs):
             continue
+        constraints = [_as_constraint(s) for s in specs]
         wanted = " or ".join(c.describe() for c in constraints)
         where = f" ({owner})" if owner else ""
         message = f"{name}{where} must be {wanted}; got {value!r}."
@@ -372,8 +379,29 @@ class ParamsValidationMixin:
     """
 
     def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
+        cls = type(self)
+        table, rules = constraints_of(cls)
+        names = _option_names(cls)
+        # Solvers check their options at every solve: read them directly rather than through
+        # get_params, which inspects the constructor's signature on each call.
+        params = (
+            self.get_params(deep=False)
+            if names is None
+            else {name: getattr(self, name) for name in names}
+        )
+        validate_params(table, params, rules)
+
+
+@functools.cache
+def _option_names(cls: type) -> tuple[str, ...] | None:
+    """The names ``get_params(deep=False)`` returns, found once per class; None when the class
+    defines its own ``get_params`` (which is then called)."""
+    for klass in cls.__mro__:
+        if "get_params" in vars(klass):
+            break
+    if klass.__module__.split(".")[0] != "sklearn" or not hasattr(cls, "_get_param_names"):
+        return None
+    return tuple(cls._get_param_names())
 
 
 class _Unlikely:

@@ -75,6 +75,13 @@ _GEOMETRY_MAX_POINTS = 20000
 _SURFACE_HALVINGS = 4
 
 
+# What schedule=None and stage_criteria=None mean. Made once: the groups are frozen, and
+# checking a new one costs about a tenth of a small ICP iteration, which asks for the
+# criteria at every step.
+_DEFAULT_SCHEDULE = ScaleSchedule()
+_DEFAULT_CRITERIA = StageCriteria()
+
+
 def _scale_free(loss: RobustLoss) -> bool:
     """Whether ``loss`` has no scale for the stages to anneal (least squares, trimmed)."""
     return isinstance(loss, L2Loss | TrimmedLoss)
@@ -478,10 +485,10 @@ default="welsch"
         return get_loss(self.loss, c=_NAMED_LOSS_C.get(self.loss))
 
     def _scale_schedule(self) -> ScaleSchedule:
-        return ScaleSchedule() if self.schedule is None else self.schedule
+        return _DEFAULT_SCHEDULE if self.schedule is None else self.schedule
 
     def _stage_criteria(self) -> StageCriteria:
-        return StageCriteria() if self.stage_criteria is None else self.stage_criteria
+        return _DEFAULT_CRITERIA if self.stage_criteria is None else self.stage_criteria
 
     # --------------------------------------------------------------------- coordinates
     @staticmethod

@@ -235,3 +235,96 @@ def test_safeguarded_step_maps_the_candidate_before_evaluating():
         x = outcome.point if outcome.accepted else g
     assert seen and all(np.all(p >= 0.0) for p in seen)
     assert isinstance(outcome, AndersonStep)
+
+
+class _PlainAnderson:
+    """The accelerator written plainly, as before its buffers were reused: fresh arrays at
+    every step, the chronological column list and NumPy's helpers (``ix_``, ``outer``,
+    ``diag_indices_from``) for the small system. The same floating-point operations in the
+    same order, so the iterates must agree bit for bit."""
+
+    def __init__(self, memory, regularization, damping, max_condition, delay):
+        self.m, self.reg, self.beta = memory, regularization, damping
+        self.max_condition, self.delay = max_condition, delay
+        self.dG = self.dR = None
+        self.reset()
+
+    def reset(self):
+        self.g_prev = self.r_prev = None
+        self.n_cols = self.next_col = self.since_reset = 0
+
+    def update(self, x, g):
+        r = g - x
+        if self.g_prev is not None:
+            if self.dG is None or self.dG.shape[0] != x.size:
+                self.dG = np.zeros((x.size, self.m), order="F")
+                self.dR = np.zeros((x.size, self.m), order="F")
+                self.gram = np.zeros((self.m, self.m))
+            col = self.next_col
+            self.dG[:, col] = g - self.g_prev
+            self.dR[:, col] = r - self.r_prev
+            products = self.dR.T @ self.dR[:, col]
+            self.gram[col, :] = products
+            self.gram[:, col] = products
+            self.next_col = (col + 1) % self.m
+            self.n_cols = min(self.n_cols + 1, self.m)
+        self.g_prev, self.r_prev = g.copy(), r
+        self.since_reset += 1
+        if self.n_cols == 0 or self.since_reset <= self.delay:
+            return g, False
+        order = [(self.next_col + i) % self.m for i in range(self.m)][self.m - self.n_cols:]
+        rhs = self.dR.T @ r
+        while order:
+            gram = self.gram[np.ix_(order, order)]
+            norms = np.sqrt(np.diag(gram))
+            if np.all(norms > 0):
+                normalized = gram / np.outer(norms, norms)
+                normalized[np.diag_indices_from(normalized)] += self.reg
+                eig = np.linalg.eigvalsh(normalized)
+                if eig[0] > 0 and np.sqrt(eig[-1] / eig[0]) <= self.max_condition:
+                    theta_used = np.linalg.solve(normalized, rhs[order] / norms) / norms
+                    if np.all(np.isfinite(theta_used)):
+                        theta = np.zeros(self.m)
+                        theta[order] = theta_used
+                        if self.beta == 1.0:
+                            return g - self.dG @ theta, True
+                        return (x + self.beta * r - self.dG @ theta
+                                + (1.0 - self.beta) * (self.dR @ theta)), True
+            order = order[1:]
+        self.reset()
+        return g, False
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"memory": 1},
+        {"memory": 3, "damping": 0.4},
+        {"memory": 6, "delay": 2},
+        {"memory": 4, "regularization": 0.0},
+        {"memory": 5, "max_condition": 10.0},  # columns dropped often
+        {"memory": 8, "max_condition": 1e3, "damping": 0.7},
+    ],
+)
+@pytest.mark.parametrize("d", [1, 3, 40])
+def test_iterates_are_those_of_the_plain_algorithm_bit_for_bit(options, d):
+    # Reused buffers and fewer NumPy calls per step must not change a single iterate: with
+    # rejections (resets), collinear and ill-conditioned histories, and a change of size.
+    aa = AndersonAcceleration(**options)
+    ref = _PlainAnderson(aa.memory, aa.regularization, aa.damping, aa.max_condition, aa.delay)
+    for size in (d, d + 2):
+        A, b, _ = _linear_map(size + len(options), d=size, rho=0.97)
+        x = np.zeros(size)
+        for k in range(70):
+            g = A @ x + b
+            if k % 9 == 8:  # a refused proposal: both forget their history
+                aa.safeguard(1.0, 0.0)
+                ref.reset()
+            out = aa.update(x, g)
+            expected, extrapolated = ref.update(x, g)
+            assert aa.extrapolated == extrapolated
+            np.testing.assert_array_equal(out, expected)
+            x = out
+        aa.reset()
+        ref.reset()
