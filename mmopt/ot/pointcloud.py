@@ -374,9 +374,11 @@ class PointCloudSinkhorn(Solver):
     - ``"sharp"`` (squared Euclidean cost): Schmitzer's sparse stabilized scaling on a
       coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are clustered
       on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the coarsest level
-      is solved first, and the solve moves to the next finer level (potentials passed to
-      each point from its cluster) once the finer level's truncation is sparse (the
-      threshold below the squared radius of a ball holding about 32 of its points). At
+      is solved first, and the solve moves to the next finer level once the finer level's
+      truncation is sparse (the threshold below the median squared distance from a point
+      of its ``x`` to its 32nd nearest point of its ``y``), each point's potential then
+      extrapolated by a Sinkhorn half-step against the coarser level's clusters (as in
+      geomloss). At
       every level only the pairs of reduced cost ``C_ij - phi_i - psi_j <= truncation * reg``
       are kept, with ``phi = f - reg log a``, ``psi = g - reg log b`` (and, at a new level,
       every pair within the threshold of its row's best); they are found by branch and bound
@@ -387,9 +389,12 @@ class PointCloudSinkhorn(Solver):
       and ``reg log(100 / tol)`` at it (at most 3/4 of the threshold; the returned plan
       always meets that floor). Every dropped pair has a plan entry at most
       ``a_i b_j exp(-margin / reg)``, where ``margin`` is the threshold minus the largest
-      rise of ``phi`` and of ``psi`` since the selection: the dropped mass is at most
-      ``sum(a) sum(b) exp(-margin / reg)``,
-      reported as ``dropped_mass_bound``.
+      rise of ``phi`` and of ``psi`` above their references: the dropped mass is at most
+      ``sum(a) sum(b) exp(-margin / reg)``, reported as ``dropped_mass_bound``. When the
+      margin erodes at a fixed level, only the rows and columns whose potentials rose by
+      more than a quarter of the slack are searched again (the others keep their pairs and
+      references, certified as in ``_Pattern.refreshed``); a full search replaces it when
+      more than half the rows moved or the pairs grew by half.
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
       convolutions, the clouds spread onto the grid and the potentials interpolated back
