@@ -26,13 +26,7 @@ from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
-from mmopt.ot._truncation import (
-    CloudLevel,
-    SpatialTree,
-    _ball_rows,
-    grid_hierarchy,
-    kept_pairs,
-)
+from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
 
@@ -53,9 +47,6 @@ _MIN_MARGIN = 0.75
 _FINAL_MARGIN = 0.5
 _COARSE_MARGIN = 0.25
 _MAX_SLACK = 2.0
-# A partial re-truncation (_Pattern.refreshed) is refused when it would keep more than this
-# many times the pairs of the last full one.
-_MAX_GROWTH = 1.5
 # Diagonal shift of the Newton system, relative to the gradient's L1 norm (the Hessian's
 # null direction (1, -1)), as in SinkhornNewtonSparse.
 _NEWTON_SHIFT = 1e-3
@@ -205,98 +196,22 @@ class PointCloudOTProblem(Problem):
 class _Pattern:
     """The kept pairs of one truncation, in compressed rows and columns, with their costs.
 
-    Every pair left out has reduced cost ``C_ij - phi0_i - psi0_j > threshold``, with
-    ``phi0``, ``psi0`` references at most the potentials ``phi = f - reg log a``,
-    ``psi = g - reg log b`` of the searches that certified it (see :meth:`refreshed`).
+    Every pair left out had reduced cost ``C_ij - phi0_i - psi0_j > threshold``, with
+    ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation.
     """
 
     def __init__(self, level, phi0, psi0, threshold, threads):
         indptr, indices, cost, phi0 = kept_pairs(level.x, level.y, phi0, psi0, threshold,
                                                  n_threads=threads, trees=level.trees)
-        self._set(sp.csr_matrix((cost, indices, indptr),
-                                shape=(len(level.x), len(level.y))), phi0, psi0, threshold)
-        self.searched_nnz = self.nnz  # pairs at the last full search
-
-    def _set(self, matrix, phi0, psi0, threshold):
+        matrix = sp.csr_matrix((cost, indices, indptr), shape=(len(level.x), len(level.y)))
         transposed = matrix.T.tocsr()
-        self.indptr = matrix.indptr.astype(np.int64)
-        self.indices = matrix.indices.astype(np.int32)
-        self.cost = matrix.data
+        self.indptr, self.indices, self.cost = indptr, indices, cost
         self.t_indptr = transposed.indptr.astype(np.int64)
         self.t_indices = transposed.indices.astype(np.int32)
         self.t_cost = transposed.data
         self.phi0, self.psi0 = phi0, psi0
         self.threshold = threshold
         self._rows = None
-
-    def refreshed(self, level, phi, psi, delta, threads):
-        """A new pattern, certified at ``(phi, psi)`` within ``2 delta`` of its threshold
-        (its margin at least ``threshold - 2 delta``), by searching again only the rows
-        whose ``phi`` rose by more than ``delta`` since their reference and the columns
-        whose ``psi`` did (and any row or column left without pairs); None when more than
-        half the rows would be searched (a full truncation then costs as much) or when it
-        would keep more than ``_MAX_GROWTH`` times the pairs of the last full search (the
-        references lag behind the potentials: pairs accumulate).
-
-        The certificate: rows ``R`` searched at ``(phi, psi)`` get the reference
-        ``phi_eff >= phi`` (:func:`~mmopt.ot._truncation.kept_pairs`); every column keeps
-        ``min(psi0, psi)``, which certifies its old dropped pairs (from ``psi0``) and those
-        dropped by the row searches (from ``psi``); then the columns ``K`` drop all their
-        pairs and are searched against the new row references, which certifies every pair
-        of theirs dropped, with their own ``psi_eff``; a row left empty is searched last
-        and keeps the smaller of its two references.
-        """
-        n, m = self.indptr.size - 1, self.t_indptr.size - 1
-        moved = phi - self.phi0 > delta
-        if np.count_nonzero(moved) > n // 2:
-            return None
-        trees = level.trees
-        threshold = self.threshold
-        rows, cols, cost = self.rows(), self.indices, self.cost
-        keep = ~moved[rows]
-        rows, cols, cost = [rows[keep]], [cols[keep]], [cost[keep]]
-        phi0, psi0 = self.phi0.copy(), np.minimum(self.psi0, psi)
-        searched = np.flatnonzero(moved)
-        if searched.size:
-            indptr, indices, found, phi_eff = _ball_rows(level.x[searched], trees["y"],
-                                                         phi[searched], psi, threshold,
-                                                         threads)
-            rows.append(np.repeat(searched, np.diff(indptr)))
-            cols.append(indices)
-            cost.append(found)
-            phi0[searched] = phi_eff
-        rows, cols, cost = np.concatenate(rows), np.concatenate(cols), np.concatenate(cost)
-        columns = (psi - self.psi0 > delta) | (np.bincount(cols, minlength=m) == 0)
-        searched = np.flatnonzero(columns)
-        if searched.size:
-            keep = ~columns[cols]
-            if "x" not in trees:
-                trees["x"] = SpatialTree(level.x)
-            indptr, indices, found, psi_eff = _ball_rows(level.y[searched], trees["x"],
-                                                         psi[searched], phi0, threshold,
-                                                         threads)
-            rows = np.concatenate([rows[keep], indices])
-            cols = np.concatenate([cols[keep], np.repeat(searched, np.diff(indptr))])
-            cost = np.concatenate([cost[keep], found])
-            psi0[searched] = psi_eff
-        searched = np.flatnonzero(np.bincount(rows, minlength=n) == 0)
-        if searched.size:
-            indptr, indices, found, phi_eff = _ball_rows(level.x[searched], trees["y"],
-                                                         phi[searched], psi, threshold,
-                                                         threads)
-            rows = np.concatenate([rows, np.repeat(searched, np.diff(indptr))])
-            cols = np.concatenate([cols, indices])
-            cost = np.concatenate([cost, found])
-            phi0[searched] = np.minimum(phi0[searched], phi_eff)
-        order = np.argsort(rows, kind="stable")
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-        if cost.size > _MAX_GROWTH * self.searched_nnz:
-            return None
-        new = object.__new__(_Pattern)
-        new._set(sp.csr_matrix((cost[order], cols[order], indptr), shape=(n, m)), phi0,
-                 psi0, threshold)
-        new.searched_nnz = self.searched_nnz
-        return new
 
     @property
     def nnz(self) -> int:
@@ -378,9 +293,9 @@ class PointCloudSinkhorn(Solver):
       truncation is sparse (the threshold below the median squared distance from a point
       of its ``x`` to its 32nd nearest point of its ``y``), each point's potential then
       extrapolated by a Sinkhorn half-step against the coarser level's clusters (as in
-      geomloss). At
-      every level only the pairs of reduced cost ``C_ij - phi_i - psi_j <= truncation * reg``
-      are kept, with ``phi = f - reg log a``, ``psi = g - reg log b`` (and, at a new level,
+      geomloss). At every level only the pairs of reduced cost
+      ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
+      ``psi = g - reg log b`` (and, at a new level,
       every pair within the threshold of its row's best); they are found by branch and bound
       in a k-d tree of ``y`` whose nodes carry the largest ``psi`` below them, never visiting
       the others, so a half-iteration costs O(kept pairs). The pairs are re-selected when
@@ -389,12 +304,8 @@ class PointCloudSinkhorn(Solver):
       and ``reg log(100 / tol)`` at it (at most 3/4 of the threshold; the returned plan
       always meets that floor). Every dropped pair has a plan entry at most
       ``a_i b_j exp(-margin / reg)``, where ``margin`` is the threshold minus the largest
-      rise of ``phi`` and of ``psi`` above their references: the dropped mass is at most
-      ``sum(a) sum(b) exp(-margin / reg)``, reported as ``dropped_mass_bound``. When the
-      margin erodes at a fixed level, only the rows and columns whose potentials rose by
-      more than a quarter of the slack are searched again (the others keep their pairs and
-      references, certified as in ``_Pattern.refreshed``); a full search replaces it when
-      more than half the rows moved or the pairs grew by half.
+      rise of ``phi`` and of ``psi`` since the selection: the dropped mass is at most
+      ``sum(a) sum(b) exp(-margin / reg)``, reported as ``dropped_mass_bound``.
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
       convolutions, the clouds spread onto the grid and the potentials interpolated back
@@ -578,25 +489,6 @@ class PointCloudSinkhorn(Solver):
             pattern = run.pattern
             phi, psi = f - reg * level.log_a, g - reg * level.log_b
             floor = self._min_margin(problem, state)
-            if (
-                pattern is not None
-                and pattern.threshold <= _MAX_SLACK * self.truncation * reg
-                and pattern.margin(phi, psi) < floor
-            ):
-                # Search again only the rows and columns that moved by more than a quarter
-                # of the slack: the margin is then at least half-way back above the floor.
-                refreshed = pattern.refreshed(level, phi, psi,
-                                              0.25 * (pattern.threshold - floor),
-                                              run.threads)
-                if refreshed is not None:
-                    pattern = run.pattern = refreshed
-                    run.truncations += 1
-                    entry["truncations"] += 1
-                    entry["kept"] = max(entry["kept"], pattern.nnz)
-                    _, col_mass = sparse_softmin(pattern.t_indptr, pattern.t_indices,
-                                                 pattern.t_cost, f, g, level.log_b, reg,
-                                                 _threads(run, pattern.nnz))
-                    error = float(np.abs(col_mass - level.b).sum())
             if (
                 pattern is None
                 or pattern.margin(phi, psi) < floor

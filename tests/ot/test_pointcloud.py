@@ -88,49 +88,6 @@ def test_kept_pairs_is_exactly_the_rule(d, n, m):
     assert kept.sum(0).min() > 0  # no empty column
 
 
-@pytest.mark.parametrize("d", [2, 3])
-def test_refreshed_pattern_keeps_the_certificate(d):
-    # A pattern searched again only where the potentials moved: checked against the dense
-    # reduced costs (no pair twice, every row and column kept, every dropped pair above the
-    # threshold from the new references, margin at least threshold - 2 delta).
-    from mmopt.ot.pointcloud import _Pattern
-
-    rng = np.random.default_rng(4)
-    n, m, threshold = 300, 280, 0.02
-    x, y = rng.random((n, d)), rng.random((m, d))
-    level = grid_hierarchy(x, np.full(n, 1 / n), y, np.full(m, 1 / m))[-1]
-    phi = 0.2 * np.sin(3.0 * x[:, 0]) + 0.005 * rng.normal(size=n)
-    psi = -0.2 * np.sin(3.0 * y[:, 0]) + 0.005 * rng.normal(size=m)
-    pattern = _Pattern(level, phi, psi, threshold, 1)
-    for _ in range(3):
-        # Most potentials move a little, some a lot (up and down).
-        phi = phi + 0.001 * rng.normal(size=n)
-        psi = psi + 0.001 * rng.normal(size=m)
-        phi[rng.choice(n, 20, replace=False)] += 0.03 * rng.normal(size=20)
-        psi[rng.choice(m, 20, replace=False)] += 0.03 * rng.normal(size=20)
-        delta = 0.004
-        new = pattern.refreshed(level, phi, psi, delta, 1)
-        assert new is not None
-        kept = np.zeros((n, m), dtype=bool)
-        rows = new.rows()
-        kept[rows, new.indices] = True
-        assert kept.sum() == new.nnz  # no pair twice
-        assert kept.any(1).all() and kept.any(0).all()
-        cost = _cost(x, y)
-        np.testing.assert_allclose(new.cost, cost[rows, new.indices], rtol=1e-12,
-                                   atol=1e-15)
-        reduced = cost - new.phi0[:, None] - new.psi0[None, :]
-        assert (reduced[~kept] > threshold).all()
-        assert new.margin(phi, psi) >= threshold - 2 * delta - 1e-12
-        # The transposed pattern is the same set of pairs.
-        t_kept = np.zeros((m, n), dtype=bool)
-        t_kept[np.repeat(np.arange(m), np.diff(new.t_indptr)), new.t_indices] = True
-        assert np.array_equal(t_kept, kept.T)
-        pattern = new
-    # Where most rows moved, a full truncation is asked for instead.
-    assert pattern.refreshed(level, phi + 1.0, psi, delta, 1) is None
-
-
 def test_spatial_tree_is_balanced_and_covers_its_points():
     rng = np.random.default_rng(3)
     points = rng.random((1000, 3))
