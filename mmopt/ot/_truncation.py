@@ -22,6 +22,8 @@ __all__ = ["CloudLevel", "SpatialTree", "grid_hierarchy", "kept_pairs"]
 
 # Points per leaf of the spatial trees (at least this many, fewer than twice as many).
 _LEAF_SIZE = 16
+# The finest clustered level of grid_hierarchy has at most this share of the clouds' points.
+_FINEST_SHARE = 0.3
 
 
 @dataclass
@@ -69,7 +71,7 @@ def _centroids(points, weights, labels, count):
     return np.ascontiguousarray(centers / mass[:, None]), mass
 
 
-def grid_hierarchy(x, a, y, b, *, max_coarse=1000, growth=8.0) -> list[CloudLevel]:
+def grid_hierarchy(x, a, y, b, *, max_coarse=1000, growth=4.0) -> list[CloudLevel]:
     """Levels from a coarse clustering of at most ``max_coarse`` clusters per cloud to the
     original clouds, each level about ``growth`` times larger than the previous.
 
@@ -102,7 +104,7 @@ def grid_hierarchy(x, a, y, b, *, max_coarse=1000, growth=8.0) -> list[CloudLeve
         x_label, x_count = _cells(x, origin, cell)
         y_label, y_count = _cells(y, origin, cell)
         count = max(x_count, y_count)
-        if count > 0.25 * max(n, m):
+        if count > _FINEST_SHARE * max(n, m):
             break  # as large as the clouds themselves: they come next
         if count > max_coarse and not levels:
             break  # no grid is coarse enough (high dimension): no hierarchy

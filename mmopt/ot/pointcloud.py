@@ -58,7 +58,7 @@ _MAX_NEWTON_BACKOFF = 32
 _MIN_PARALLEL_PAIRS = 1 << 16
 # The finer level of the hierarchy takes over when its truncation keeps about this many
 # pairs per row (see _switch_radius2).
-_SWITCH_KEPT = 32.0
+_SWITCH_KEPT = 32
 
 
 def _parse_cost(cost):
@@ -289,11 +289,13 @@ class PointCloudSinkhorn(Solver):
     - ``"sharp"`` (squared Euclidean cost): Schmitzer's sparse stabilized scaling on a
       coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are clustered
       on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the coarsest level
-      is solved first, and the solve moves to the next finer level (potentials passed to
-      each point from its cluster) once the finer level's truncation is sparse (the
-      threshold below the squared radius of a ball holding about 32 of its points). At
-      every level only the pairs of reduced cost ``C_ij - phi_i - psi_j <= truncation * reg``
-      are kept, with ``phi = f - reg log a``, ``psi = g - reg log b`` (and, at a new level,
+      is solved first, and the solve moves to the next finer level once the finer level's
+      truncation is sparse (the threshold below the median squared distance from a point
+      of its ``x`` to its 32nd nearest point of its ``y``), each point's potential then
+      extrapolated by a Sinkhorn half-step against the coarser level's clusters (as in
+      geomloss). At every level only the pairs of reduced cost
+      ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
+      ``psi = g - reg log b`` (and, at a new level,
       every pair within the threshold of its row's best); they are found by branch and bound
       in a k-d tree of ``y`` whose nodes carry the largest ``psi`` below them, never visiting
       the others, so a half-iteration costs O(kept pairs). The pairs are re-selected when
@@ -303,8 +305,7 @@ class PointCloudSinkhorn(Solver):
       always meets that floor). Every dropped pair has a plan entry at most
       ``a_i b_j exp(-margin / reg)``, where ``margin`` is the threshold minus the largest
       rise of ``phi`` and of ``psi`` since the selection: the dropped mass is at most
-      ``sum(a) sum(b) exp(-margin / reg)``,
-      reported as ``dropped_mass_bound``.
+      ``sum(a) sum(b) exp(-margin / reg)``, reported as ``dropped_mass_bound``.
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
       convolutions, the clouds spread onto the grid and the potentials interpolated back
@@ -487,9 +488,10 @@ class PointCloudSinkhorn(Solver):
         if run.regime == "sharp":
             pattern = run.pattern
             phi, psi = f - reg * level.log_a, g - reg * level.log_b
+            floor = self._min_margin(problem, state)
             if (
                 pattern is None
-                or pattern.margin(phi, psi) < self._min_margin(problem, state)
+                or pattern.margin(phi, psi) < floor
                 or pattern.threshold > _MAX_SLACK * self.truncation * reg
             ):
                 # A new level's potentials, passed down from clusters, are rough: its rows
@@ -508,6 +510,7 @@ class PointCloudSinkhorn(Solver):
                 error = float(np.abs(col_mass - level.b).sum())
             if (
                 state.level == len(run.levels) - 1 and reg == problem.reg and self.newton
+                and not state.intermediate  # its residual measured at this level and reg
                 and state.residual <= self.newton_switch and error == 0.0
             ):
                 if run.newton_pause > 0:
@@ -628,7 +631,8 @@ class PointCloudSinkhorn(Solver):
             or self.truncation * state.reg <= _switch_radius2(run, state.level + 1)
         ):
             finer = run.levels[state.level + 1]
-            state.f, state.g = _prolong(level, finer, state.f, state.g, state.reg)
+            state.f, state.g = _extrapolate(level, finer, state.f, state.g, state.reg,
+                                            self.truncation * state.reg, run.threads)
             state.x = np.concatenate([state.f, state.g])
             state.level += 1
             run.pattern = None
@@ -765,16 +769,17 @@ def _threads(run, pairs: int) -> int:
 
 
 def _switch_radius2(run, index: int) -> float:
-    """The squared radius of a ball holding about ``_SWITCH_KEPT`` points of ``y`` around a
-    point of ``x`` at level ``index`` (from the median squared nearest-neighbour distance
-    ``s^2``, the radius of a ball holding half a point on average)."""
+    """The squared radius of a ball holding ``_SWITCH_KEPT`` points of ``y`` around a point
+    of ``x`` at level ``index``: the median over a sample of ``x`` of the squared distance to
+    its ``_SWITCH_KEPT``-th nearest point of ``y``. (Not from the nearest-neighbour distance
+    alone: the centroids of a clustered level's two clouds in one cell are much closer to
+    each other than to the next cell's, which made the finer levels take over late.)"""
     if index not in run.switch_radius2:
         level = run.levels[index]
         sample = level.x[:: max(1, len(level.x) // _SPACING_SAMPLE)]
-        distance, _ = cKDTree(level.y).query(sample, k=1)
-        spacing2 = float(np.median(distance**2))
-        run.switch_radius2[index] = spacing2 * (_SWITCH_KEPT / np.log(2.0)) ** (
-            2.0 / level.x.shape[1])
+        k = int(min(_SWITCH_KEPT, len(level.y)))
+        distance, _ = cKDTree(level.y).query(sample, k=[k])
+        run.switch_radius2[index] = float(np.median(distance[:, 0] ** 2))
     return run.switch_radius2[index]
 
 
@@ -793,6 +798,28 @@ def _prolong(coarse: CloudLevel, fine: CloudLevel, f, g, reg):
     phi = (f - reg * coarse.log_a)[x_parent]
     psi = (g - reg * coarse.log_b)[y_parent]
     return phi + reg * fine.log_a, psi + reg * fine.log_b
+
+
+def _extrapolate(coarse: CloudLevel, fine: CloudLevel, f, g, reg, threshold, threads):
+    """Potentials of ``fine``'s points by one Sinkhorn half-step against the other side's
+    clusters of ``coarse`` (geomloss's extrapolation): ``f_i = reg log a_i - reg log sum_J
+    exp((G_J - C(x_i, Y_J)) / reg)`` over the clusters ``J`` within ``threshold`` of the
+    row's best, likewise ``g``. Smooth where :func:`_prolong`'s are constant per cluster,
+    so the finer level's iterations start near its solution; the potentials are only a
+    starting point (the truncations that follow certify themselves)."""
+    phi, psi = _prolong(coarse, fine, f, g, reg)
+    out = []
+    for points, own_log, others, other, other_log, start in (
+        (fine.x, fine.log_a, coarse.y, g, coarse.log_b, phi),
+        (fine.y, fine.log_b, coarse.x, f, coarse.log_a, psi),
+    ):
+        rows = np.full(len(points), -np.inf)
+        indptr, indices, cost, _ = kept_pairs(points, others, rows, other - reg * other_log,
+                                              threshold, n_threads=threads)
+        new, _ = sparse_softmin(indptr, indices, cost, other, start, own_log, reg,
+                                threads)
+        out.append(np.where(np.isfinite(new), new, start))
+    return out[0], out[1]
 
 
 def _embed(block, shape, rows, cols):

@@ -88,6 +88,28 @@ def test_kept_pairs_is_exactly_the_rule(d, n, m):
     assert kept.sum(0).min() > 0  # no empty column
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_extrapolated_potentials_are_the_dense_half_step(d):
+    # A new level's potentials: one Sinkhorn half-step against the coarser level's clusters,
+    # checked against logsumexp over every cluster (the truncation at 40 reg drops terms of
+    # relative size below e^-40).
+    from mmopt.ot.pointcloud import _extrapolate
+
+    rng = np.random.default_rng(5)
+    n, m, reg = 1500, 1200, 1e-3
+    x, y = rng.random((n, d)), rng.random((m, d))
+    a, b = rng.random(n) + 0.5, rng.random(m) + 0.5
+    a, b = a / a.sum(), b / b.sum()
+    coarse, fine = grid_hierarchy(x, a, y, b, max_coarse=200)[-2:]
+    f = 0.1 * np.sin(3.0 * coarse.x[:, 0]) + reg * coarse.log_a
+    g = -0.1 * np.sin(3.0 * coarse.y[:, 0]) + reg * coarse.log_b
+    f_new, g_new = _extrapolate(coarse, fine, f, g, reg, 40.0 * reg, 1)
+    expected_f = reg * fine.log_a - reg * logsumexp((g - _cost(fine.x, coarse.y)) / reg, axis=1)
+    expected_g = reg * fine.log_b - reg * logsumexp((f - _cost(fine.y, coarse.x)) / reg, axis=1)
+    np.testing.assert_allclose(f_new, expected_f, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g_new, expected_g, rtol=0, atol=1e-12)
+
+
 def test_spatial_tree_is_balanced_and_covers_its_points():
     rng = np.random.default_rng(3)
     points = rng.random((1000, 3))
