@@ -161,9 +161,11 @@ def stabilized_convolve(
     cdef double *sg = <double *>&sign[0, 0, 0]
     cdef double *ol = &out_log_abs[0, 0, 0]
     cdef double *osg = &out_sign[0, 0, 0]
-    # Per block (one after the other): the matrix exp(2 c u (Y - Xc)) (L x size, row-major)
-    # and the squared distances c (Xc - Y)^2 (L).
-    cdef double *M = <double *>malloc(L * (L + _MAX_BLOCK + 1) * sizeof(double))
+    # Per block (one after the other): the matrix exp(2 c u (Y - Xc)) (L x size, row-major;
+    # L x L in all) and the squared distances c (Xc - Y)^2 (L per block). Long lines at small
+    # blocks have up to L blocks.
+    cdef Py_ssize_t max_blocks = (L + B - 1) // B
+    cdef double *M = <double *>malloc(L * (L + max_blocks) * sizeof(double))
     cdef double *D
     cdef Py_ssize_t start, size, n_blocks = 0, block, tile, p, q0, n_lines, j, Y, k, index
     cdef double xc, u, value, best

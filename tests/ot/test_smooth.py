@@ -73,7 +73,10 @@ def test_spread_and_interp_match_numpy(d, q):
     "axis, shape, c",
     [(0, (9, 7, 8), 0.37), (1, (9, 7, 8), 0.37), (2, (9, 7, 8), 0.37),
      # Lines of 60 and 50 nodes: several output blocks (c B L <= 300), a whole zero line.
-     (0, (60, 5, 3), 0.2), (1, (4, 50, 1), 0.5), (2, (3, 2, 60), 0.2)],
+     (0, (60, 5, 3), 0.2), (1, (4, 50, 1), 0.5), (2, (3, 2, 60), 0.2),
+     # Long lines with one-node blocks (c L > 300): more blocks than a line's work buffer
+     # once held (a write past its end crashed 2-D clouds at reg 1e-5 diam^2).
+     (0, (400, 2, 1), 0.5), (1, (2, 300, 1), 2.0)],
 )
 def test_stabilized_convolve_matches_numpy(axis, shape, c):
     rng = np.random.default_rng(axis)
