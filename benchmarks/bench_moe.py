@@ -16,7 +16,9 @@ local models and the support points.
 
 Usage: ``python benchmarks/bench_moe.py [n_samples ...] [--seeds 0 1 2]``, or
 ``python benchmarks/run.py --only moe`` (n = 10^5, seeds 0-2; with the environment variable
-``MMOPT_BENCH_MOE_LARGE=1`` also n = 10^6; ``--quick``: 2 x 10^4, seed 0).
+``MMOPT_BENCH_MOE_LARGE=1`` also n = 10^6; ``--quick``: 2 x 10^4, seed 0), then the
+accuracy of both fits on other simulated data (other K, dimensions, noise, gates, shard
+counts; not with ``--quick``).
 """
 
 from __future__ import annotations
@@ -183,7 +185,43 @@ def _table(sizes, seeds) -> str:
     return markdown_table(rows)
 
 
-def _section(table: str) -> str:
+OTHER_N = 40_000
+# Other data (accuracy only): (n_experts, n_features, noise, gate_scale, n_shards).
+OTHER_DATA = [(2, 1, 0.3, 4.0, 2), (3, 5, 0.3, 4.0, 2), (4, 2, 0.3, 4.0, 2),
+              (3, 2, 0.1, 4.0, 2), (3, 2, 0.6, 4.0, 2), (3, 2, 0.3, 1.5, 2),
+              (5, 3, 0.3, 4.0, 2), (3, 2, 0.3, 4.0, 4)]
+
+
+def other_data_row(n_samples: int, config, seed: int) -> dict:
+    """Global and distributed fits (shards in this process) on one other configuration."""
+    K, d, noise, gate_scale, n_shards = config
+    X, y, truth = make_moe_regression(n_samples, d, K, noise=noise, gate_scale=gate_scale,
+                                      random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        global_fit = MixtureOfExperts(K, n_init=N_INIT, random_state=seed).fit(X, y)
+        dist_fit = DistributedMixtureOfExperts(K, n_shards=n_shards, n_init=N_INIT,
+                                               n_support=N_SUPPORT, n_jobs=1,
+                                               random_state=seed).fit(X, y)
+    err = [parameter_error(m, truth) for m in (global_fit, dist_fit)]
+    ari = [adjusted_rand_score(truth.labels, m.predict_expert(X, y))
+           for m in (global_fit, dist_fit)]
+    return {"K": K, "features": d, "noise": noise, "gate scale": gate_scale,
+            "shards": n_shards, "seed": seed, "param err global": err[0],
+            "param err dist": err[1], "err ratio": err[1] / err[0],
+            "ARI global": ari[0], "ARI dist": ari[1], "ARI gap": ari[0] - ari[1]}
+
+
+def other_data_table(n_samples: int, seeds) -> str:
+    rows = []
+    for config in OTHER_DATA:
+        for seed in seeds:
+            rows.append(other_data_row(n_samples, config, seed))
+            print(rows[-1], flush=True)
+    return markdown_table(rows)
+
+
+def _section(table: str, other: str | None = None) -> str:
     return (
         "## Distributed mixtures of experts vs one global EM fit\n\n"
         f"Global: one `MixtureOfExperts({N_EXPERTS}, n_init={N_INIT})` on all rows in the "
@@ -202,6 +240,14 @@ def _section(table: str) -> str:
         "distributed fit (the data never reach it), against the data's size. n = 10^6: "
         "`MMOPT_BENCH_MOE_LARGE=1 python benchmarks/run.py --only moe`.\n\n"
         + table
+        + ("" if other is None else
+           "\n### Accuracy on other data\n\n"
+           f"The same comparison of accuracy (not time) on other simulated data: "
+           f"`make_moe_regression({OTHER_N}, features, K, noise=..., gate_scale=...)`, "
+           f"`n_init={N_INIT}`, `n_support={N_SUPPORT}`, the shards fitted in the driver "
+           "one after another (`n_jobs=1`). Err ratio: distributed / global parameter error "
+           "(target <= 1.5); ARI gap: global - distributed ARI (target <= 0.05).\n\n"
+           + other)
         + "\n"
     )
 
@@ -213,7 +259,9 @@ def run(quick: bool = False) -> str:
     else:
         sizes = [100_000, 1_000_000] if os.environ.get("MMOPT_BENCH_MOE_LARGE") else [100_000]
         seeds = [0, 1, 2]
-    return _section(_table(sizes, seeds))
+    table = _table(sizes, seeds)
+    other = None if quick else other_data_table(OTHER_N, [0, 1, 2])
+    return _section(table, other)
 
 
 def main() -> None:
