@@ -133,6 +133,7 @@ def run_case(client, n_samples: int, seed: int) -> dict:
         "EM iters global": global_fit.n_iter_,
         "driver peak MiB": peak / 2**20,
         "data MiB": (X.nbytes + y.nbytes) / 2**20,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -234,7 +235,8 @@ def _section(table: str, other: str | None = None) -> str:
         "the workers' environment, replacing Dask's `MALLOC_TRIM_THRESHOLD_=65536`, and by "
         "`mallopt` in the driver), which keep EM's freed temporaries mapped instead of "
         "page-faulting them in again every iteration. Time ratio: distributed / global "
-        "wall time. "
+        "wall time. Load: the machine's 1-minute load average after the case (wall times "
+        "compare only on a quiet machine). "
         "Parameter error after Hungarian matching of the experts; ARI of the most probable "
         "expert. Driver peak: `tracemalloc` peak of the driver during a second, untimed "
         "distributed fit (the data never reach it), against the data's size. n = 10^6: "
