@@ -16,7 +16,9 @@ local models and the support points.
 
 Usage: ``python benchmarks/bench_moe.py [n_samples ...] [--seeds 0 1 2]``, or
 ``python benchmarks/run.py --only moe`` (n = 10^5, seeds 0-2; with the environment variable
-``MMOPT_BENCH_MOE_LARGE=1`` also n = 10^6; ``--quick``: 2 x 10^4, seed 0).
+``MMOPT_BENCH_MOE_LARGE=1`` also n = 10^6; ``--quick``: 2 x 10^4, seed 0), then the
+accuracy of both fits on other simulated data (other K, dimensions, noise, gates, shard
+counts; not with ``--quick``).
 """
 
 from __future__ import annotations
@@ -75,20 +77,24 @@ def _dask_data(client, truth, n_samples: int, seed: int):
 
 
 def fit_distributed(client, dX, dy, seed: int):
-    """The distributed fit, its wall time, its CPU critical path (the driver's CPU time
-    plus the busiest worker's) and the driver's allocation peak (bytes)."""
+    """The distributed fit, its wall time and its CPU critical path (the driver's CPU time
+    plus the busiest worker's), then the driver's allocation peak (bytes) of a second,
+    identical fit run under ``tracemalloc`` (which slows every allocation of the driver,
+    where the scheduler runs, so it stays off the clock)."""
     workers_before = client.run(time.process_time)
-    tracemalloc.start()
     cpu = time.process_time()
     start = time.perf_counter()
     fit = DistributedMixtureOfExperts(N_EXPERTS, n_init=N_INIT, n_support=N_SUPPORT,
                                       random_state=seed).fit(dX, dy)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
     workers_after = client.run(time.process_time)
     busiest = max(workers_after[w] - workers_before[w] for w in workers_before)
+    tracemalloc.start()
+    DistributedMixtureOfExperts(N_EXPERTS, n_init=N_INIT, n_support=N_SUPPORT,
+                                random_state=seed).fit(dX, dy)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     return fit, elapsed, cpu + busiest, peak
 
 
@@ -127,19 +133,50 @@ def run_case(client, n_samples: int, seed: int) -> dict:
         "EM iters global": global_fit.n_iter_,
         "driver peak MiB": peak / 2**20,
         "data MiB": (X.nbytes + y.nbytes) / 2**20,
+        "load": os.getloadavg()[0],
     }
 
 
-# Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc map and
-# unmap every large NumPy temporary: EM on a shard then takes about 3x the CPU time it takes
-# in the driver. The workers here keep the thread settings and glibc's default allocator.
-WORKER_ENVIRON = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+# glibc's allocator gives the pages of freed large blocks back to the system as soon as the
+# free space passes its trim threshold (and maps blocks above its mmap threshold afresh):
+# every large NumPy temporary of an EM iteration then page-faults its memory in again, which
+# costs about as much CPU as the arithmetic (measured: 674,000 minor faults and 3.6 s of CPU
+# for a 3-start fit on 5 x 10^4 rows, against 3,200 faults and 2.0 s with the thresholds
+# below). Dask's nannies make it worse: they start workers with MALLOC_TRIM_THRESHOLD_=65536.
+# Both fits here run with the same, larger thresholds: the workers through their
+# environment, the driver (global fit) through mallopt. A worker runs its task in a thread,
+# whose allocations go to a separate glibc arena made of 64 MiB heaps that are unmapped as
+# soon as they empty: at 5 x 10^5 rows per shard that is again 22x the page faults of the
+# main thread (225,000 against 10,000 in 5 EM iterations). MALLOC_ARENA_MAX=1 sends the
+# task's allocations to the main arena, where the driver's global fit makes its own.
+MALLOC_TRIM_THRESHOLD = 2**30
+MALLOC_MMAP_THRESHOLD = 2**25  # glibc's largest
+WORKER_ENVIRON = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1,
+                  "MALLOC_TRIM_THRESHOLD_": MALLOC_TRIM_THRESHOLD,
+                  "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD, "MALLOC_ARENA_MAX": 1}
+
+
+def _driver_malloc_thresholds() -> bool:
+    """The workers' allocator thresholds in this process (glibc only): True if set."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+                and mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD))
 
 
 def _table(sizes, seeds) -> str:
     import dask
     from distributed import Client, LocalCluster
 
+    if not _driver_malloc_thresholds():
+        print("warning: could not set the driver's malloc thresholds (not glibc?)", flush=True)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                          dashboard_address=None) as cluster, Client(cluster) as client:
@@ -153,21 +190,72 @@ def _table(sizes, seeds) -> str:
     return markdown_table(rows)
 
 
-def _section(table: str) -> str:
+OTHER_N = 40_000
+# Other data (accuracy only): (n_experts, n_features, noise, gate_scale, n_shards).
+OTHER_DATA = [(2, 1, 0.3, 4.0, 2), (3, 5, 0.3, 4.0, 2), (4, 2, 0.3, 4.0, 2),
+              (3, 2, 0.1, 4.0, 2), (3, 2, 0.6, 4.0, 2), (3, 2, 0.3, 1.5, 2),
+              (5, 3, 0.3, 4.0, 2), (3, 2, 0.3, 4.0, 4)]
+
+
+def other_data_row(n_samples: int, config, seed: int) -> dict:
+    """Global and distributed fits (shards in this process) on one other configuration."""
+    K, d, noise, gate_scale, n_shards = config
+    X, y, truth = make_moe_regression(n_samples, d, K, noise=noise, gate_scale=gate_scale,
+                                      random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        global_fit = MixtureOfExperts(K, n_init=N_INIT, random_state=seed).fit(X, y)
+        dist_fit = DistributedMixtureOfExperts(K, n_shards=n_shards, n_init=N_INIT,
+                                               n_support=N_SUPPORT, n_jobs=1,
+                                               random_state=seed).fit(X, y)
+    err = [parameter_error(m, truth) for m in (global_fit, dist_fit)]
+    ari = [adjusted_rand_score(truth.labels, m.predict_expert(X, y))
+           for m in (global_fit, dist_fit)]
+    return {"K": K, "features": d, "noise": noise, "gate scale": gate_scale,
+            "shards": n_shards, "seed": seed, "param err global": err[0],
+            "param err dist": err[1], "err ratio": err[1] / err[0],
+            "ARI global": ari[0], "ARI dist": ari[1], "ARI gap": ari[0] - ari[1]}
+
+
+def other_data_table(n_samples: int, seeds) -> str:
+    rows = []
+    for config in OTHER_DATA:
+        for seed in seeds:
+            rows.append(other_data_row(n_samples, config, seed))
+            print(rows[-1], flush=True)
+    return markdown_table(rows)
+
+
+def _section(table: str, other: str | None = None) -> str:
     return (
         "## Distributed mixtures of experts vs one global EM fit\n\n"
         f"Global: one `MixtureOfExperts({N_EXPERTS}, n_init={N_INIT})` on all rows in the "
         "driver; distributed: `DistributedMixtureOfExperts("
         f"{N_EXPERTS}, n_init={N_INIT}, n_support={N_SUPPORT})` on a 2-worker "
-        "`LocalCluster` (processes, one thread each, without Dask's default "
-        "`MALLOC_TRIM_THRESHOLD_`, which makes the workers' EM about 3x slower) given a "
+        "`LocalCluster` (processes, one thread each) given a "
         "`dask.array` whose two row chunks (the shards) were drawn and persisted on the "
-        "workers before the clock starts. Time ratio: distributed / global wall time. "
+        "workers before the clock starts. Both fits run with the same glibc allocator "
+        "thresholds (`MALLOC_TRIM_THRESHOLD_=2**30`, `MALLOC_MMAP_THRESHOLD_=2**25`: in "
+        "the workers' environment, replacing Dask's `MALLOC_TRIM_THRESHOLD_=65536`, and by "
+        "`mallopt` in the driver), which keep EM's freed temporaries mapped instead of "
+        "page-faulting them in again every iteration; the workers also get "
+        "`MALLOC_ARENA_MAX=1`, so that their task thread allocates from the main arena "
+        "as the driver's global fit does. Time ratio: distributed / global "
+        "wall time. Load: the machine's 1-minute load average after the case (wall times "
+        "compare only on a quiet machine). "
         "Parameter error after Hungarian matching of the experts; ARI of the most probable "
-        "expert. Driver peak: `tracemalloc` peak of the driver during the distributed fit "
-        "(the data never reach it), against the data's size. n = 10^6: "
+        "expert. Driver peak: `tracemalloc` peak of the driver during a second, untimed "
+        "distributed fit (the data never reach it), against the data's size. n = 10^6: "
         "`MMOPT_BENCH_MOE_LARGE=1 python benchmarks/run.py --only moe`.\n\n"
         + table
+        + ("" if other is None else
+           "\n### Accuracy on other data\n\n"
+           f"The same comparison of accuracy (not time) on other simulated data: "
+           f"`make_moe_regression({OTHER_N}, features, K, noise=..., gate_scale=...)`, "
+           f"`n_init={N_INIT}`, `n_support={N_SUPPORT}`, the shards fitted in the driver "
+           "one after another (`n_jobs=1`). Err ratio: distributed / global parameter error "
+           "(target <= 1.5); ARI gap: global - distributed ARI (target <= 0.05).\n\n"
+           + other)
         + "\n"
     )
 
@@ -179,7 +267,9 @@ def run(quick: bool = False) -> str:
     else:
         sizes = [100_000, 1_000_000] if os.environ.get("MMOPT_BENCH_MOE_LARGE") else [100_000]
         seeds = [0, 1, 2]
-    return _section(_table(sizes, seeds))
+    table = _table(sizes, seeds)
+    other = None if quick else other_data_table(OTHER_N, [0, 1, 2])
+    return _section(table, other)
 
 
 def main() -> None:
