@@ -44,10 +44,11 @@ class DistributedMixtureOfExperts(MixtureOfExperts):
     ``n_experts`` experts (``n_init`` starts, EM to ``tol``); the local fits run through
     :class:`joblib.Parallel`, so inside ``joblib.parallel_config(backend="dask")`` they run on
     a Dask cluster. A :class:`dask.array.Array` input is sharded by its row chunks instead:
-    one task per chunk (:func:`dask.delayed`), computed by the active Dask scheduler, so the
-    data are never gathered on the driver. Each shard returns its model and ``n_support``
-    of its inputs; :func:`aggregate_mixtures` reduces the union, with model weights and
-    support-point weights proportional to the shard sizes.
+    one task per chunk, computed by the active Dask scheduler, so the data are never gathered
+    on the driver; on a ``distributed.Client``, each fit goes to the least busy worker (tasks
+    per thread), the one holding its chunk among equals. Each shard returns its model and
+    ``n_support`` of its inputs; :func:`aggregate_mixtures` reduces the union, with model
+    weights and support-point weights proportional to the shard sizes.
 
     Parameters
     ----------
@@ -196,7 +197,7 @@ def _active_client():
     return None
 
 
-def spread_over_workers(holders, nthreads: dict) -> list:
+def _spread_over_workers(holders, nthreads: dict) -> list:
     """A worker for each task: the least loaded (tasks per thread), its data's holder first.
 
     ``holders[i]`` is the collection of workers that hold task ``i``'s data; ``nthreads``
@@ -216,13 +217,13 @@ def spread_over_workers(holders, nthreads: dict) -> list:
 
 
 def _fit_on_client(client, x_blocks, y_blocks, local, seeds, n_support) -> list:
-    """The shards' fits on a Dask cluster, at most one per worker thread at a time.
+    """The shards' fits on a Dask cluster, spread over the worker threads.
 
     Left to itself, the scheduler runs a task where its data are: two shards held by one
-    worker are fitted one after the other there while another worker idles (work stealing
-    does not move a task whose duration it does not know). The chunks are computed (or found,
+    worker were fitted one after the other there while another worker idled (work stealing
+    did not move the second fit before the first ended). The chunks are computed (or found,
     when persisted) first, then each fit is pinned to a worker by
-    :func:`spread_over_workers` (loosely: the scheduler may still move it if that worker
+    :func:`_spread_over_workers` (loosely: the scheduler may still move it if that worker
     leaves). Moving a shard costs far less than fitting it.
     """
     from distributed import wait
@@ -232,7 +233,7 @@ def _fit_on_client(client, x_blocks, y_blocks, local, seeds, n_support) -> list:
     wait(blocks)
     x_futures, y_futures = blocks[:n_shards], blocks[n_shards:]
     who_has = client.who_has(x_futures)
-    targets = spread_over_workers([who_has.get(f.key, ()) for f in x_futures],
+    targets = _spread_over_workers([who_has.get(f.key, ()) for f in x_futures],
                                   client.nthreads())
     fits = [client.submit(_fit_shard, xf, yf, local, int(seed), n_support, workers=[target],
                           allow_other_workers=True, pure=False)

@@ -9,7 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from mmopt.datasets import make_moe_regression
 from mmopt.mm import DistributedMixtureOfExperts, MixtureOfExperts
-from mmopt.mm.distributed import spread_over_workers
+from mmopt.mm.distributed import _spread_over_workers
 
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
@@ -121,10 +121,10 @@ def test_dask_array_chunks_are_the_shards_and_never_gathered(data, serial_fit, c
 def test_spread_over_workers_fills_every_thread_before_doubling_up():
     threads = {"a": 1, "b": 1, "c": 2}
     # Every shard held by "a": one task per thread, holders first among equals.
-    assert spread_over_workers([{"a"}] * 4, threads) == ["a", "b", "c", "c"]
-    assert spread_over_workers([{"b"}, {"b"}, {"c"}], threads) == ["b", "a", "c"]
+    assert _spread_over_workers([{"a"}] * 4, threads) == ["a", "b", "c", "c"]
+    assert _spread_over_workers([{"b"}, {"b"}, {"c"}], threads) == ["b", "a", "c"]
     # More tasks than threads: the next round starts again from the least loaded.
-    placed = spread_over_workers([()] * 8, threads)
+    placed = _spread_over_workers([()] * 8, threads)
     assert [placed.count(w) for w in "abc"] == [2, 2, 4]
 
 
