@@ -44,10 +44,11 @@ class DistributedMixtureOfExperts(MixtureOfExperts):
     ``n_experts`` experts (``n_init`` starts, EM to ``tol``); the local fits run through
     :class:`joblib.Parallel`, so inside ``joblib.parallel_config(backend="dask")`` they run on
     a Dask cluster. A :class:`dask.array.Array` input is sharded by its row chunks instead:
-    one task per chunk (:func:`dask.delayed`), computed by the active Dask scheduler, so the
-    data are never gathered on the driver. Each shard returns its model and ``n_support``
-    of its inputs; :func:`aggregate_mixtures` reduces the union, with model weights and
-    support-point weights proportional to the shard sizes.
+    one task per chunk, computed by the active Dask scheduler, so the data are never gathered
+    on the driver; on a ``distributed.Client``, each fit goes to the least busy worker (tasks
+    per thread), the one holding its chunk among equals. Each shard returns its model and
+    ``n_support`` of its inputs; :func:`aggregate_mixtures` reduces the union, with model
+    weights and support-point weights proportional to the shard sizes.
 
     Parameters
     ----------
@@ -174,9 +175,67 @@ class DistributedMixtureOfExperts(MixtureOfExperts):
         x_blocks = X.to_delayed().ravel()
         y_blocks = y.to_delayed().ravel()
         seeds = rng.randint(2**31 - 1, size=len(x_blocks))
-        tasks = [dask.delayed(_fit_shard)(xb, yb, local, int(seed), self.n_support)
-                 for xb, yb, seed in zip(x_blocks, y_blocks, seeds)]
         self.n_features_in_ = int(X.shape[1])
         if hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
+        client = _active_client()
+        if client is not None:
+            return _fit_on_client(client, x_blocks, y_blocks, local, seeds, self.n_support)
+        tasks = [dask.delayed(_fit_shard)(xb, yb, local, int(seed), self.n_support)
+                 for xb, yb, seed in zip(x_blocks, y_blocks, seeds)]
         return list(dask.compute(*tasks))
+
+
+def _active_client():
+    """The ``distributed.Client`` that ``dask.compute`` would use now, or None."""
+    import dask.base
+
+    scheduler = getattr(dask.base.get_scheduler(), "__self__", None)
+    if type(scheduler).__name__ == "Client" and \
+            type(scheduler).__module__.split(".")[0] == "distributed":
+        return scheduler
+    return None
+
+
+def _spread_over_workers(holders, nthreads: dict) -> list:
+    """A worker for each task: the least loaded (tasks per thread), its data's holder first.
+
+    ``holders[i]`` is the collection of workers that hold task ``i``'s data; ``nthreads``
+    maps each worker to its thread count. Tasks are placed in order, each on the worker with
+    the fewest tasks per thread so far, a holder of its data among equals (then the first in
+    sorted order), so that no worker gets a second task while another has a free thread.
+    """
+    workers = sorted(nthreads)
+    load = dict.fromkeys(workers, 0)
+    placed = []
+    for held in holders:
+        held = set(held)
+        best = min(workers, key=lambda w: (load[w] / max(nthreads[w], 1), w not in held))
+        load[best] += 1
+        placed.append(best)
+    return placed
+
+
+def _fit_on_client(client, x_blocks, y_blocks, local, seeds, n_support) -> list:
+    """The shards' fits on a Dask cluster, spread over the worker threads.
+
+    Left to itself, the scheduler runs a task where its data are: two shards held by one
+    worker were fitted one after the other there while another worker idled (work stealing
+    did not move the second fit before the first ended). The chunks are computed (or found,
+    when persisted) first, then each fit is pinned to a worker by
+    :func:`_spread_over_workers` (loosely: the scheduler may still move it if that worker
+    leaves). Moving a shard costs far less than fitting it.
+    """
+    from distributed import wait
+
+    n_shards = len(x_blocks)
+    blocks = client.compute([*x_blocks, *y_blocks], optimize_graph=False)
+    wait(blocks)
+    x_futures, y_futures = blocks[:n_shards], blocks[n_shards:]
+    who_has = client.who_has(x_futures)
+    targets = _spread_over_workers([who_has.get(f.key, ()) for f in x_futures],
+                                  client.nthreads())
+    fits = [client.submit(_fit_shard, xf, yf, local, int(seed), n_support, workers=[target],
+                          allow_other_workers=True, pure=False)
+            for xf, yf, seed, target in zip(x_futures, y_futures, seeds, targets)]
+    return client.gather(fits)

@@ -9,6 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from mmopt.datasets import make_moe_regression
 from mmopt.mm import DistributedMixtureOfExperts, MixtureOfExperts
+from mmopt.mm.distributed import _spread_over_workers
 
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
@@ -115,6 +116,37 @@ def test_dask_array_chunks_are_the_shards_and_never_gathered(data, serial_fit, c
     assert len(fit.local_models_) == 2 and fit.n_features_in_ == 2
     # Same shards, same seeds: the same model as the array input.
     assert np.allclose(fit.coef_, serial_fit.coef_, rtol=1e-12)
+
+
+def test_spread_over_workers_fills_every_thread_before_doubling_up():
+    threads = {"a": 1, "b": 1, "c": 2}
+    # Every shard held by "a": one task per thread, holders first among equals.
+    assert _spread_over_workers([{"a"}] * 4, threads) == ["a", "b", "c", "c"]
+    assert _spread_over_workers([{"b"}, {"b"}, {"c"}], threads) == ["b", "a", "c"]
+    # More tasks than threads: the next round starts again from the least loaded.
+    placed = _spread_over_workers([()] * 8, threads)
+    assert [placed.count(w) for w in "abc"] == [2, 2, 4]
+
+
+def test_shards_held_by_one_worker_are_fitted_on_two(data, serial_fit, client):
+    X, y, _ = data
+    first = sorted(client.scheduler_info()["workers"])[0]
+    dX, dy = client.persist([da.from_array(X, chunks=(2000, 2)), da.from_array(y, chunks=2000)],
+                            workers=[first])
+    distributed.wait([dX, dy])
+    assert {w for held in client.who_has(dX).values() for w in held} == {first}
+    with distributed.get_task_stream(client) as stream:
+        fit = DistributedMixtureOfExperts(3, n_shards=2, n_init=1, n_support=200,
+                                          random_state=0).fit(dX, dy)
+    fits = [task for task in stream.data if "_fit_shard" in str(task["key"])]
+    assert len(fits) == 2 and len({task["worker"] for task in fits}) == 2
+    # At the same time, not one after the other.
+    (start_a, stop_a), (start_b, stop_b) = sorted(
+        (task["startstops"][-1]["start"], task["startstops"][-1]["stop"]) for task in fits)
+    assert start_b < stop_a
+    assert np.allclose(fit.coef_, serial_fit.coef_, rtol=1e-12)
+    # The persisted data are still there.
+    assert float(dy.sum().compute()) == pytest.approx(float(y.sum()))
 
 
 def test_bad_inputs(fuzz, data):
