@@ -38,7 +38,12 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
        semantic term ``-lambda <S, Q Q^T>`` linearized at the last plan (one
        majorization-minimization step per round, interleaved with the head's updates as
        in the papers' training), with each sample's reward normalized by its degree so
-       that it lies in ``[0, lam]`` whatever the density; ``lam=0`` gives plain P²OT,
+       that it lies in ``[0, lam]`` whatever the density, and each cluster's divided by
+       the mean column sum of ``A`` over its transported samples (clipped at ``lam``):
+       every cluster hands out a total reward equal to its transported mass, however
+       many neighbour lists its confident samples are in (without this, with few
+       clusters, the one whose confident samples lie in the densest region takes all
+       the mass over the rounds); ``lam=0`` gives plain P²OT,
     3. refits the prototypes to the plan: ``mu_j`` is the ``Q``-weighted mean of the
        samples (the minimizer of ``sum_ij Q_ij ||x_i - mu_j||^2``); a prototype left with
        under 1% of an equal share of the mass restarts at the sample farthest from the
@@ -50,8 +55,10 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     pseudo-labels. The labels of the training samples are the last plan's (which uses
     the semantic graph); :meth:`predict` assigns new samples with the head alone (nearest
     prototype), so on the training samples it can differ from ``labels_`` near the
-    boundaries. With few clusters (two or three) of very different sizes the semantic
-    reward can merge the small clusters into the large one; use ``lam=0`` there.
+    boundaries. The semantic reward helps most with many clusters separated by
+    low-density regions; with two or three overlapping clusters of different spreads, or
+    small clusters hardly larger than the neighbourhoods, it can pull samples into the
+    larger clusters: compare with ``lam=0`` there (see the user guide).
 
     Parameters
     ----------
