@@ -12,27 +12,12 @@ is within the cap.
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from _common import gaussian_clouds, markdown_table, timed
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
-from sklearn.datasets import (
-    load_breast_cancer,
-    load_digits,
-    load_wine,
-    make_blobs,
-    make_classification,
-)
-from sklearn.decomposition import PCA
-from sklearn.metrics import normalized_mutual_info_score
-from sklearn.mixture import GaussianMixture
-from sklearn.preprocessing import StandardScaler
 
-from mmopt.ot import ImbalancedOTClustering, partial_ot, unbalanced_sinkhorn
+from mmopt.ot import partial_ot, unbalanced_sinkhorn
 
 try:
     import ot as pot
@@ -140,130 +125,6 @@ def run(quick: bool = False, regs=None) -> str:
         "module docstring; "
         "'POT reached' is False when POT did not get there within its cap (then its time "
         "is a lower bound).\n\n" + markdown_table(rows)
-        # The clustering table has no timings: its seeds run in parallel.
-        + "\n\n" + run_clustering(quick, n_jobs=min(5, os.cpu_count() or 1))
-    )
-
-
-
-# ----------------------------------------------------------------------------- clustering
-def _long_tail(X, y, ratio, seed, largest):
-    """Class c (by frequency rank) keeps ``largest * ratio**(-c / (k - 1))`` samples (or
-    all it has); returns the subset, its labels (0 the largest class) and the original
-    class of each rank."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(y)
-    k = classes.size
-    counts = np.maximum((largest * ratio ** (-np.arange(k) / (k - 1))).astype(int), 2)
-    order = rng.permutation(k)
-    keep = np.concatenate([
-        rng.permutation(np.flatnonzero(y == classes[c]))[:counts[i]]
-        for i, c in enumerate(order)
-    ])
-    # Class 0 is the largest, class k - 1 the smallest.
-    relabel = np.empty(k, dtype=int)
-    relabel[order] = np.arange(k)
-    return X[keep], relabel[np.searchsorted(classes, y[keep])], classes[order]
-
-
-def _datasets(seed):
-    X, y = load_digits(return_X_y=True)
-    for ratio in (10, 50):
-        Xs, ys, _ = _long_tail(X / 16.0, y, ratio, seed, 150)
-        yield f"digits LT{ratio}", PCA(20, random_state=seed).fit_transform(Xs), ys, 10
-    X, y = load_breast_cancer(return_X_y=True)
-    # The seed picks the larger class: malignant (all its 212 samples, the smallest 35
-    # benign: ratio 6) or benign (350 and 35 malignant: ratio 10), two different problems.
-    Xs, ys, ranks = _long_tail(X, y, 10, seed, 350)
-    head = "malignant" if ranks[0] == 0 else "benign"
-    sizes = ":".join(str(c) for c in np.bincount(ys))
-    yield f"breast_cancer, {head} head ({sizes})", StandardScaler().fit_transform(Xs), ys, 2
-    X, y = make_classification(
-        2000, 10, n_informative=6, n_redundant=0, n_classes=6, n_clusters_per_class=1,
-        class_sep=2.0, random_state=seed,
-    )
-    Xs, ys, _ = _long_tail(X, y, 20, seed, 300)
-    yield "make_classification LT20", Xs, ys, 6
-    # Not used to choose the defaults (held out): wine, Gaussian blobs.
-    X, y = load_wine(return_X_y=True)
-    Xs, ys, _ = _long_tail(X, y, 5, seed, 71)
-    yield "wine LT5", StandardScaler().fit_transform(Xs), ys, 3
-    X, y = make_blobs(3000, n_features=8, centers=8, cluster_std=2.5, random_state=seed)
-    Xs, ys, _ = _long_tail(X, y, 20, seed, 200)
-    yield "make_blobs LT20", Xs, ys, 8
-
-
-def _matched(truth, labels):
-    k = max(truth.max(), labels.max()) + 1
-    table = np.zeros((k, k))
-    np.add.at(table, (truth, labels), 1)
-    rows, cols = linear_sum_assignment(-table)
-    mapping = np.arange(k)
-    mapping[cols] = rows
-    return table[rows, cols].sum() / truth.size, mapping[labels]
-
-
-def _models(k, seed):
-    return {
-        "ImbalancedOTClustering (SP2OT, lam=4: default)": ImbalancedOTClustering(
-            k, random_state=seed),
-        "ImbalancedOTClustering (P2OT, lam=0)": ImbalancedOTClustering(
-            k, lam=0.0, random_state=seed),
-        # The same heads on balanced pseudo-labels: all the mass, sizes held uniform.
-        "same head, balanced Sinkhorn, lam=4": ImbalancedOTClustering(
-            k, rho0=1.0, gamma=1e6, random_state=seed),
-        "same head, balanced Sinkhorn, lam=0": ImbalancedOTClustering(
-            k, lam=0.0, rho0=1.0, gamma=1e6, random_state=seed),
-        "KMeans": KMeans(k, n_init=10, random_state=seed),
-        "GaussianMixture": GaussianMixture(k, covariance_type="diag", random_state=seed),
-    }
-
-
-def _clustering_scores(seed):
-    """[((data, n, method), (accuracy, NMI, tail recall)), ...] for one seed."""
-    out = []
-    for name, X, y, k in _datasets(seed):
-        tail = np.arange(k)[-max(1, k // 3):]
-        for method, model in _models(k, seed).items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                labels = model.fit_predict(X)
-            acc, mapped = _matched(y, labels)
-            recall = np.mean([(mapped == y)[y == c].mean() for c in tail])
-            out.append(((name, X.shape[0], method),
-                        (acc, normalized_mutual_info_score(y, labels), recall)))
-    return out
-
-
-def run_clustering(quick: bool = False, n_jobs: int = 1) -> str:
-    """Accuracy (Hungarian-matched), NMI and tail-class recall, mean ± sd over seeds
-    (``n_jobs`` processes, one seed each)."""
-    seeds = range(3 if quick else 5)
-    if n_jobs > 1:
-        with ProcessPoolExecutor(n_jobs) as pool:
-            per_seed = list(pool.map(_clustering_scores, seeds))
-    else:
-        per_seed = [_clustering_scores(seed) for seed in seeds]
-    scores = {}
-    for key, values in (item for items in per_seed for item in items):
-        scores.setdefault(key, []).append(values)
-    rows = []
-    for (name, n, method), values in scores.items():
-        mean, sd = np.mean(values, axis=0), np.std(values, axis=0)
-        rows.append({"data": name, "n": n, "seeds": len(values), "method": method,
-                     **{f"{key}": f"{m:.3f} ± {s:.3f}"
-                        for key, m, s in zip(("accuracy", "NMI", "tail recall"), mean, sd)}})
-    return (
-        "### Imbalanced clustering\n\n"
-        f"{len(seeds)} seeds (subsample, PCA and model seeds). Long-tailed (LT r: the "
-        "largest class r times the smallest, geometric) subsets: digits (20 principal "
-        "components), breast_cancer (standardized; which class is the larger depends on "
-        "the seed: two rows), make_classification (6 classes, 10 features); held out (not "
-        "used to choose the defaults): wine (standardized), make_blobs (8 blobs, 8 "
-        "features). Mean ± sd over the seeds of each row. Tail recall: mean recall of "
-        "the smallest third of the classes after Hungarian matching. 'balanced "
-        "Sinkhorn': the same head and schedule with all the mass and the cluster "
-        "sizes held uniform (rho0 = 1, gamma = 1e6).\n\n" + markdown_table(rows)
     )
 
 

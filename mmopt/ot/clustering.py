@@ -38,7 +38,12 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
        semantic term ``-lambda <S, Q Q^T>`` linearized at the last plan (one
        majorization-minimization step per round, interleaved with the head's updates as
        in the papers' training), with each sample's reward normalized by its degree so
-       that it lies in ``[0, lam]`` whatever the density; ``lam=0`` gives plain P²OT,
+       that it lies in ``[0, lam]`` whatever the density, and each cluster's divided by
+       the mean column sum of ``A`` over its transported samples (clipped at ``lam``):
+       every cluster hands out a total reward equal to its transported mass, however
+       many neighbour lists its confident samples are in (without this, with few
+       clusters, the one whose confident samples lie in the densest region takes all
+       the mass over the rounds); ``lam=0`` gives plain P²OT,
     3. refits the prototypes to the plan: ``mu_j`` is the ``Q``-weighted mean of the
        samples (the minimizer of ``sum_ij Q_ij ||x_i - mu_j||^2``); a prototype left with
        under 1% of an equal share of the mass restarts at the sample farthest from the
@@ -50,8 +55,10 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     pseudo-labels. The labels of the training samples are the last plan's (which uses
     the semantic graph); :meth:`predict` assigns new samples with the head alone (nearest
     prototype), so on the training samples it can differ from ``labels_`` near the
-    boundaries. With few clusters (two or three) of very different sizes the semantic
-    reward can merge the small clusters into the large one; use ``lam=0`` there.
+    boundaries. The semantic reward helps most with many clusters separated by
+    low-density regions; with two or three overlapping clusters of different spreads, or
+    small clusters hardly larger than the neighbourhoods, it can pull samples into the
+    larger clusters: compare with ``lam=0`` there (see the user guide).
 
     Parameters
     ----------
@@ -180,6 +187,9 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         self.spread_ = spread if spread > 0 else 1.0
         self.prototypes_ = np.array(centers, dtype=float)
         walk = self._neighbour_average(Z) if lam > 0 else None
+        # How many neighbour lists hear each sample's label (the column sums of the walk,
+        # mean 1): samples in dense regions next to sparse ones are heard the most.
+        audience = np.asarray(walk.sum(axis=0)).ravel() if walk is not None else None
         plan, x0 = None, None
         for t in range(rounds):
             rho = rho_schedule(t + 1, rounds, rho0=rho0)
@@ -189,7 +199,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
             if walk is not None and plan is not None:
                 # The semantic term linearized at the last plan: each sample is rewarded
                 # by lam times its neighbours' (transported) share in each cluster.
-                C = C - lam * (walk @ (n * plan))
+                C = C - lam * self._reward(walk, audience, plan)
                 C -= C.min()
             # Warm start: the potentials change little from one round to the next.
             plan, x0 = self._pseudo_labels(C, rho, x0)
@@ -202,6 +212,22 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         )
         self.labels_ = plan.argmax(axis=1)
         return self
+
+    @staticmethod
+    def _reward(walk, audience, plan):
+        """Neighbour shares ``A (n Q)``, each cluster's divided by the mean audience of its
+        transported samples (clipped to [0, 1]).
+
+        Without the division a cluster whose confident samples sit in a dense region is
+        heard by more samples than one whose confident samples are spread out (the
+        ``k``-nearest-neighbour lists of a sparse region's samples point into the dense one,
+        not the reverse), and with few clusters that advantage compounds over the rounds
+        until the dense cluster has taken all the mass. With it every cluster hands out a
+        total reward equal to its transported mass."""
+        mass = plan.sum(axis=0)
+        heard = (audience @ plan) / np.where(mass > 0, mass, 1.0)
+        share = walk @ (plan.shape[0] * plan)
+        return np.minimum(share / np.maximum(heard, 1e-3), 1.0)
 
     @staticmethod
     def _refit(plan, Z):
@@ -232,8 +258,11 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         with warnings.catch_warnings():
             # Each round's plan only needs to be good enough to move the prototypes.
             warnings.simplefilter("ignore", ConvergenceWarning)
+            # Small plans: one thread (OpenMP's start-up costs more than the work, and
+            # much more on a loaded machine).
             res = progressive_partial_ot(C, rho, self.gamma, self.reg, tol=1e-8,
-                                         max_iter=2000, x0=x0)
+                                         max_iter=2000, x0=x0,
+                                         n_threads=1 if C.size < 100_000 else None)
         return res.plan, res.x
 
     def predict(self, X):

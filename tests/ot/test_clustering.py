@@ -74,3 +74,40 @@ def test_emptied_prototype_restarts_at_the_farthest_sample():
     centers = ImbalancedOTClustering._refit(plan, Z)
     np.testing.assert_allclose(centers[:2], [[0.05, 0.0], [17.0 / 3.0, 0.0]])
     np.testing.assert_allclose(centers[2], [9.0, 0.0])
+
+
+def test_reward_hands_out_each_clusters_transported_mass():
+    # Dense reference: A = D^-1 (S + S^T); each cluster's neighbour shares A (n Q) divided
+    # by the mean column sum of A over its transported samples, so that (before the clip
+    # at 1) cluster j's rewards sum to n times its transported mass.
+    rng = np.random.default_rng(3)
+    Z = np.vstack([rng.normal(0, 0.2, (20, 2)), rng.normal(0, 2.0, (20, 2)) + [3, 0]])
+    walk = ImbalancedOTClustering(2, n_neighbors=5)._neighbour_average(Z)
+    S = semantic_graph(Z, 5).toarray()
+    A = (S + S.T) / (S + S.T).sum(axis=1, keepdims=True)
+    plan = np.zeros((40, 2))
+    plan[:5, 0] = plan[20:25, 1] = 1 / 40  # five confident samples per cluster
+    audience = A.sum(axis=0)
+    reward = ImbalancedOTClustering._reward(walk, audience, plan)
+    heard = np.array([audience[:5].mean(), audience[20:25].mean()])
+    raw = A @ (40 * plan)
+    np.testing.assert_allclose(reward, np.minimum(raw / heard, 1.0), rtol=1e-12)
+    unclipped = raw / heard
+    np.testing.assert_allclose(unclipped.sum(axis=0), [5.0, 5.0], rtol=1e-12)
+
+
+def test_two_unequal_clusters_do_not_collapse():
+    # breast_cancer with the spread-out malignant class the larger (212 vs 35 compact
+    # benign samples): the unnormalized reward handed all the mass to one cluster.
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.metrics import normalized_mutual_info_score
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([np.flatnonzero(y == 0),
+                           rng.permutation(np.flatnonzero(y == 1))[:35]])
+    X, y = StandardScaler().fit_transform(X[keep]), y[keep]
+    labels = ImbalancedOTClustering(2, random_state=0).fit(X).labels_
+    assert np.bincount(labels, minlength=2).min() >= 20
+    assert normalized_mutual_info_score(y, labels) > 0.1
