@@ -295,8 +295,13 @@ def test_make_nonrigid_problem(kind):
     target = data.problem.target
     assert target.shape[0] == pytest.approx(data.in_target.sum() / 0.8, abs=1)
     # Without noise, every kept true position is a target point.
-    dist = cKDTree(target).query(data.ground_truth[data.in_target])[0]
+    dist, idx = cKDTree(target).query(data.ground_truth[data.in_target])
     assert dist.max() < 1e-12
+    # The true normals are unit vectors, those of the kept target points.
+    truth_normals = data.ground_truth_normals
+    np.testing.assert_allclose(np.linalg.norm(truth_normals, axis=1), 1.0)
+    np.testing.assert_allclose(truth_normals[data.in_target],
+                               np.asarray(data.problem.target_normals)[idx], atol=1e-12)
     moved = np.linalg.norm(data.ground_truth - points, axis=1)
     assert moved.max() > 0.01
     with pytest.raises(ValueError, match="kind"):
