@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.spatial import cKDTree
 from sklearn.base import BaseEstimator
 
 from mmopt._core.anderson import (
@@ -404,7 +405,15 @@ class SPARE(Solver):
         d = np.einsum("na,na->n", rn + nq, v - q)
         w = np.where(valid, np.exp(-0.5 * (d / s.nu) ** 2), 0.0)
         mu = float(self.point_weight)
-        wp = np.where(valid, np.exp(-0.5 * (dist / s.nu) ** 2), 0.0) if mu > 0 else None
+        wp = None
+        if mu > 0:
+            # Point-to-point pairs only where the match is reciprocal (the target point's
+            # closest deformed source point is i): a source point without a counterpart
+            # (missing overlap) is matched to the target's border, whose points have their
+            # own source points, and would otherwise be dragged along the surface to it.
+            _, back = cKDTree(v).query(q)
+            mutual = valid & (back == np.arange(len(v)))
+            wp = np.where(mutual, np.exp(-0.5 * (dist / s.nu) ** 2), 0.0)
         return _Pairs(q=q, nq=nq, w=w, valid=valid, mu=mu, wp=wp)
 
     @staticmethod
@@ -420,8 +429,8 @@ class SPARE(Solver):
         if pairs.mu > 0:
             # Point-to-point part: the same Welsch loss of the distance to the closest point.
             e2 = np.sum((v - pairs.q) ** 2, axis=1)
-            data += pairs.mu * np.sum(np.where(pairs.valid, -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2),
-                                               0.0))
+            data += pairs.mu * np.sum(np.where(pairs.wp > 0,
+                                               -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2), 0.0))
         align = 0.0
         if self.normal_weight > 0:
             rn = np.einsum("nab,nb->na", R, s.normals)

@@ -88,9 +88,12 @@ def test_linear_solve_matches_a_dense_minimization(linear_solver, point_weight):
         rows.append(row)
         rhs.append(np.sqrt(pairs.w[i]) * m[i] @ pairs.q[i])
         if point_weight > 0:
-            # wp_i from the distance to the closest point, recomputed here.
+            # wp_i from the distance to the closest point, recomputed here; 0 unless the
+            # match is reciprocal (brute force: q_i's closest point of v is v_i).
             dist = np.linalg.norm(state.v[i] - pairs.q[i])
-            wp = np.exp(-0.5 * (dist / s.nu) ** 2) if pairs.valid[i] else 0.0
+            back = np.argmin(np.linalg.norm(state.v - pairs.q[i], axis=1))
+            mutual = pairs.valid[i] and back == i
+            wp = np.exp(-0.5 * (dist / s.nu) ** 2) if mutual else 0.0
             rows.extend(np.sqrt(point_weight * wp) * np.eye(3 * n)[3 * i:3 * i + 3])
             rhs.extend(np.sqrt(point_weight * wp) * pairs.q[i])
     for e, (i, j) in enumerate(zip(s.heads, s.tails)):
