@@ -1,16 +1,21 @@
 """SPARE vs pycpd's and probreg's CPD on deformations of the shipped scan.
 
 Run: python benchmarks/bench_nonrigid.py [--quick] [spare] [small] [cpd10k] [solvers]
-(pycpd and probreg optional; run with the repository root on PYTHONPATH), or through
-``benchmarks/run.py --only nonrigid``, which runs all four. Tables: SPARE at its defaults
-against ``point_weight=0`` (the paper's plane-only data term, the defaults before it) on the
-full scan (``spare``); on every 8th point (1,851), SPARE against pycpd's
-``DeformableRegistration`` and probreg's non-rigid CPD at their defaults and probreg's run
-to convergence (``small``: the only place CPD is converged); on 10,000 random points, SPARE
-against pycpd at its defaults, stopped past twice SPARE's time (``cpd10k``); SPARE's time
-per part with each sparse solver on the full scan (``solvers``). Error: RMS distance of the
-deformed source to the true position of every source point (data units), and its part
-along the surface (tangential: the error minus its component along the true normal).
+(pycpd and probreg optional; the repository root on PYTHONPATH), or through
+``benchmarks/run.py --only nonrigid``, which runs all four tables:
+
+- ``spare``: SPARE with the paper's plane-only data term (``point_weight=0``, the default)
+  and with a point-to-point part (``point_weight=100``) on the full scan;
+- ``small``: every 8th point (1,851): SPARE against pycpd's ``DeformableRegistration`` and
+  probreg's non-rigid CPD at their defaults, and probreg run to convergence (the only
+  place CPD is converged);
+- ``cpd10k``: 10,000 random points, SPARE against pycpd at its defaults, stopped past
+  twice SPARE's time;
+- ``solvers``: SPARE's time per part with each sparse solver on the full scan.
+
+Error: RMS distance of the deformed source to the true position of every source point
+(data units), and its part along the surface (the error minus its component along the
+true normal).
 """
 
 from __future__ import annotations
@@ -72,12 +77,13 @@ def _spare_table(sub: int, clean_seeds, robust_seeds) -> list[str]:
     points, normals = _scan(sub)
     lines = [f"SPARE on {points.shape[0]:,} source points (`max_iter=30`); each cell: error / "
              "its tangential part (time, iterations):", "",
-             "| problem | start | SPARE (defaults, `point_weight=100`) | `point_weight=0` |",
+             "| problem | start | SPARE `point_weight=0` | SPARE `point_weight=100` |",
              "|---|---|---|---|"]
     for kind, outliers, overlap, seed in _cases(clean_seeds, robust_seeds):
         data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
                                      overlap=overlap, random_state=seed)
-        cells = [_spare_cell(data)[0], _spare_cell(data, point_weight=0.0)[0]]
+        cells = [_spare_cell(data, point_weight=0.0)[0],
+                 _spare_cell(data, point_weight=100.0)[0]]
         lines.append(f"| {_label(kind, outliers, overlap, seed)} | "
                      f"{_errors(data.problem.source, data)} | " + " | ".join(cells) + " |")
         print(lines[-1], file=sys.stderr, flush=True)
@@ -99,14 +105,13 @@ def _small_table(sub: int, seeds) -> list[str]:
              "`DeformableRegistration` and probreg's non-rigid `registration_cpd` at their "
              "defaults, probreg also run to convergence (`maxiter=500, tol=1e-7`); each "
              "cell: error / its tangential part (time):", "",
-             "| problem | start | SPARE (defaults) | SPARE `point_weight=0` | pycpd | "
+             "| problem | start | SPARE `point_weight=0` | SPARE `point_weight=100` | pycpd | "
              "probreg | probreg converged |", "|---|---|---|---|---|---|---|"]
     for kind, outliers, overlap, seed in _cases(seeds, seeds):
         data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
                                      overlap=overlap, random_state=seed)
         source, target = data.problem.source, data.problem.target
-        cells = [_spare_cell(data)[0].split(",")[0] + ")",
-                 _spare_cell(data, point_weight=0.0)[0].split(",")[0] + ")"]
+        cells = [_spare_cell(data, point_weight=w)[0].split(",")[0] + ")" for w in (0.0, 100.0)]
         if DeformableRegistration is None:
             cells.append("not installed")
         else:
@@ -165,15 +170,15 @@ def _cpd_large_table(n: int, budget_factor: float) -> list[str]:
     points, normals = scan.source[keep], scan.source_normals[keep]
     lines = [f"SPARE vs CPD on {n:,} random source points (CPD stopped after the first "
              f"iteration ending past {budget_factor:g} x SPARE's time):", "",
-             "| problem | start | SPARE (defaults) | SPARE `point_weight=0` | "
+             "| problem | start | SPARE `point_weight=0` | SPARE `point_weight=100` | "
              "CPD at SPARE's time | CPD at the stop |", "|---|---|---|---|---|---|"]
     cases = [c for c in _cases((0,), (0,)) if c[1] == 0.0 or c[0] == "bend"]
     for kind, outliers, overlap, seed in cases:
         data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
                                      overlap=overlap, random_state=seed)
         truth, source, target = data.ground_truth, data.problem.source, data.problem.target
-        cell, t_spare = _spare_cell(data)
-        plane = _spare_cell(data, point_weight=0.0)[0]
+        cell, t_spare = _spare_cell(data, point_weight=0.0)
+        point = _spare_cell(data, point_weight=100.0)[0]
         trace, done = _cpd_within(source, target, truth, budget_factor * t_spare)
         at_spare = [row for row in trace if row[0] <= t_spare]
         at = (f"{at_spare[-1][2]:.4f} (it {at_spare[-1][1]})" if at_spare
@@ -181,7 +186,7 @@ def _cpd_large_table(n: int, budget_factor: float) -> list[str]:
         last = trace[-1]
         stop = f"{last[2]:.4f} ({last[0]:.1f} s, {last[1]} it{'' if done else ', cut'})"
         lines.append(f"| {_label(kind, outliers, overlap, seed)} | {_errors(source, data)} | "
-                     f"{cell} | {plane} | {at} | {stop} |")
+                     f"{cell} | {point} | {at} | {stop} |")
         print(lines[-1], file=sys.stderr, flush=True)
     return lines
 

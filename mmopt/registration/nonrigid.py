@@ -145,7 +145,7 @@ class SPARE(Solver):
     normal_weight : float, default=1.0
         ``beta``, the weight of the alignment of the deformed normals ``R_i n_i`` with the
         matched target normals (0 to leave it out).
-    point_weight : float, default=100.0
+    point_weight : float, default=0.0
         ``mu``, the weight of a point-to-point part of the data term,
         ``mu sum_i 2 nu^2 (1 - exp(-|v_i - q_i|^2 / (2 nu^2)))`` (same Welsch loss and
         rejections, on the Euclidean distance to the closest point). The plane residual
@@ -246,7 +246,7 @@ class SPARE(Solver):
         arap_weight: float = 200.0,
         welsch_scale: float | None = None,
         normal_weight: float = 1.0,
-        point_weight: float = 100.0,
+        point_weight: float = 0.0,
         reject_opposite: bool = True,
         reject_distance: float | None = 3.0,
         coarse: bool | DeformationGraph = True,
@@ -564,7 +564,7 @@ class NonRigidRegistration(BaseEstimator):
     """
 
     def __init__(self, *, arap_weight: float = 200.0, welsch_scale: float | None = None,
-                 point_weight: float = 100.0, reject_opposite: bool = True,
+                 point_weight: float = 0.0, reject_opposite: bool = True,
                  reject_distance: float | None = 3.0,
                  coarse: bool | DeformationGraph = True,
                  anderson: bool | AndersonAcceleration = False,
