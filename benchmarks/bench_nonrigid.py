@@ -158,9 +158,9 @@ def _cpd_within(source, target, truth, budget: float):
 
 
 def _cpd_large_table(n: int, budget_factor: float) -> list[str]:
-    """SPARE vs CPD on ``n`` random source points (the clean cases and bend with outliers,
-    seed 0); CPD runs for at most ``budget_factor`` times SPARE's time on the case (at
-    least one iteration)."""
+    """SPARE vs CPD on ``n`` random source points (bend, clean and with outliers and missing
+    overlap, seed 0: one CPD iteration takes minutes at this size); CPD runs for at most
+    ``budget_factor`` times SPARE's time on the case (at least one iteration)."""
     try:
         import pycpd  # noqa: F401
     except ImportError:
@@ -172,7 +172,7 @@ def _cpd_large_table(n: int, budget_factor: float) -> list[str]:
              f"iteration ending past {budget_factor:g} x SPARE's time):", "",
              "| problem | start | SPARE `point_weight=0` | SPARE `point_weight=100` | "
              "CPD at SPARE's time | CPD at the stop |", "|---|---|---|---|---|---|"]
-    cases = [c for c in _cases((0,), (0,)) if c[1] == 0.0 or c[0] == "bend"]
+    cases = [c for c in _cases((0,), (0,)) if c[0] == "bend"]
     for kind, outliers, overlap, seed in cases:
         data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
                                      overlap=overlap, random_state=seed)
@@ -243,7 +243,7 @@ def run(quick: bool = False, tables=TABLES) -> str:
     """The Markdown section of BENCHMARKS.md (each table followed by its run time)."""
     warnings.simplefilter("ignore")
     builders = {
-        "spare": lambda: _spare_table(8 if quick else 1, (0,) if quick else (0, 1), (0,)),
+        "spare": lambda: _spare_table(8 if quick else 1, (0,), (0,)),
         "small": lambda: _small_table(16 if quick else 8, (0,)),
         "cpd10k": lambda: _cpd_large_table(2000 if quick else 10000, 2.0),
         "solvers": lambda: _solver_table(8 if quick else 1),

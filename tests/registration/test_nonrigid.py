@@ -370,7 +370,7 @@ def test_point_weight_recovers_a_stretch_along_the_surface(coarse):
         return np.sqrt(np.mean(np.sum((x - truth) ** 2, axis=1)))
 
     plane = nonrigid_icp(source, truth, coarse=coarse, point_weight=0.0)
-    both = nonrigid_icp(source, truth, coarse=coarse)
+    both = nonrigid_icp(source, truth, coarse=coarse, point_weight=100.0)
     assert error(plane.points) > 0.8 * error(source)
     assert error(both.points) < 0.25 * error(source)
     assert np.all(both.history["fun"] <= both.history["energy_start"] * (1 + 1e-12))
@@ -388,6 +388,10 @@ def test_estimator_passes_the_new_options_to_spare():
     fine_only = NonRigidRegistration(coarse=False, reject_distance=None).fit(X, Y)
     assert getattr(fine_only.result_, "nodes", None) is None
     assert np.sqrt(np.mean(np.sum((fine_only.points_ - Y) ** 2, axis=1))) < 5e-3
+    stretch = NonRigidRegistration(point_weight=100.0).fit(X, Y)
+    np.testing.assert_allclose(
+        stretch.points_,
+        SPARE(point_weight=100.0).solve(NonRigidRegistrationProblem(X, Y)).points, atol=1e-12)
     superlu = NonRigidRegistration(linear_solver="superlu").fit(X, Y)
     assert superlu.result_.nit == default.result_.nit
     np.testing.assert_allclose(superlu.points_, default.points_, atol=1e-9)
