@@ -147,13 +147,16 @@ class SPARE(Solver):
         matched target normals (0 to leave it out).
     point_weight : float, default=0.0
         ``mu``, the weight of a point-to-point part of the data term,
-        ``mu sum_i 2 nu^2 (1 - exp(-|v_i - q_i|^2 / (2 nu^2)))`` (same Welsch loss and
-        rejections, on the Euclidean distance to the closest point). The plane residual
-        does not see motion along the surface, so with ``mu = 0`` the tangential part of
-        the solution is set by the ARAP term alone, which pulls it towards an isometry:
-        a deformation that stretches the surface (most do) is then recovered along the
+        ``mu sum_i 2 nu^2 (1 - exp(-|v_i - q_i|^2 / (2 nu^2)))`` (same Welsch scale and
+        rejections, on the Euclidean distance to the closest point), on reciprocal pairs
+        only (``q_i``'s closest deformed source point is ``v_i``). The plane residual does
+        not see motion along the surface, so with ``mu = 0`` the tangential part of the
+        solution is set by the ARAP term alone, which pulls it towards an isometry: a
+        deformation that stretches the surface (most do) is then recovered along the
         normals but slides along the surface. The point-to-point part anchors the
-        tangential motion to the data; 0 gives the paper's data term.
+        tangential motion to the data (on clean, fairly complete data; with outliers and
+        missing overlap on a densely sampled surface it can do worse, see BENCHMARKS.md,
+        hence the default 0: the paper's data term).
     welsch_scale : float, optional
         ``nu`` in data units; by default the median of the initial closest-point distances
         (at least ``1e-6 * scale``).
