@@ -168,8 +168,9 @@ def _register_nonrigid(args: argparse.Namespace) -> int:
         faces = None if args.faces is None else read_faces(args.faces)
         problem = NonRigidRegistrationProblem(source, target, source_normals=source_normals,
                                               target_normals=target_normals, faces=faces)
-        solver = SPARE(arap_weight=args.arap_weight, coarse=not args.no_coarse,
-                       max_iter=args.max_iter, verbose=args.verbose)
+        solver = SPARE(arap_weight=args.arap_weight, point_weight=args.point_weight,
+                       coarse=not args.no_coarse, max_iter=args.max_iter,
+                       verbose=args.verbose)
         result = solver.solve(problem)
     except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"mmopt register: error: {error}", file=sys.stderr)
@@ -258,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register.add_argument("--arap-weight", type=float, default=200.0,
                           help="--nonrigid: weight of the as-rigid-as-possible term")
+    register.add_argument("--point-weight", type=float, default=0.0,
+                          help="--nonrigid: weight of the point-to-point part of the data "
+                          "term (0: plane residuals only)")
     register.add_argument("--no-coarse", action="store_true",
                           help="--nonrigid: skip the deformation-graph coarse stage")
     register.add_argument("-v", "--verbose", action="count", default=0)

@@ -87,8 +87,10 @@ def make_nonrigid_problem(
     -------
     Bunch
         ``problem`` (:class:`~mmopt.registration.NonRigidRegistrationProblem`),
-        ``ground_truth`` (n, 3): ``f`` of every source point (noise-free), ``in_target``
-        (n,) bool: whether the point's image was kept in the target.
+        ``ground_truth`` (n, 3): ``f`` of every source point (noise-free),
+        ``ground_truth_normals`` (n, 3): the unit normals there (to split an error into its
+        normal and tangential parts), ``in_target`` (n,) bool: whether the point's image
+        was kept in the target.
 
     Examples
     --------
@@ -136,6 +138,7 @@ def make_nonrigid_problem(
     direction = rng.normal(size=3)
     ranks = np.argsort(np.argsort(points @ direction)) / points.shape[0]
     keep = ranks >= 1.0 - overlap
+    truth_normals = target_normals
     target, target_normals = target[keep], target_normals[keep]
     n_outliers = int(round(outlier_fraction / (1.0 - outlier_fraction) * target.shape[0]))
     if n_outliers:
@@ -147,4 +150,5 @@ def make_nonrigid_problem(
     order = rng.permutation(target.shape[0])
     problem = NonRigidRegistrationProblem(points, target[order], source_normals=normals,
                                           target_normals=target_normals[order])
-    return Bunch(problem=problem, ground_truth=truth, in_target=keep)
+    return Bunch(problem=problem, ground_truth=truth, ground_truth_normals=truth_normals,
+                 in_target=keep)

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.spatial import cKDTree
 from sklearn.base import BaseEstimator
 
 from mmopt._core.anderson import (
@@ -100,6 +101,8 @@ class _Pairs:
     nq: np.ndarray       # target normals, sign-matched to the source normal when unoriented
     w: np.ndarray        # Welsch weights (0 for rejected pairs)
     valid: np.ndarray    # pairs not rejected for opposite normals
+    mu: float = 0.0      # weight of the point-to-point part of the data term
+    wp: np.ndarray | None = None  # its Welsch weights (when mu > 0)
 
 
 @register_solver
@@ -113,7 +116,8 @@ class SPARE(Solver):
         E(v, R) = \\sum_i 2\\nu^2 \\left(1 - e^{-d_i^2 / (2\\nu^2)}\\right)
         + \\alpha \\sum_i \\frac{1}{|N(i)|} \\sum_{j \\in N(i)}
         \\lVert (v_i - v_j) - R_i (p_i - p_j) \\rVert^2
-        + \\beta \\sum_i w_i \\lVert R_i n_i - n_q \\rVert^2,
+        + \\beta \\sum_i w_i \\lVert R_i n_i - n_q \\rVert^2
+        + \\mu \\sum_i 2\\nu^2 \\left(1 - e^{-\\lVert v_i - q \\rVert^2 / (2\\nu^2)}\\right),
 
     with the symmetrized point-to-plane residual ``d_i = (R_i n_i + n_q)^T (v_i - q)`` to the
     closest target point ``q`` (normal ``n_q``). Each outer iteration finds the closest points,
@@ -141,6 +145,18 @@ class SPARE(Solver):
     normal_weight : float, default=1.0
         ``beta``, the weight of the alignment of the deformed normals ``R_i n_i`` with the
         matched target normals (0 to leave it out).
+    point_weight : float, default=0.0
+        ``mu``, the weight of a point-to-point part of the data term,
+        ``mu sum_i 2 nu^2 (1 - exp(-|v_i - q_i|^2 / (2 nu^2)))`` (same Welsch scale and
+        rejections, on the Euclidean distance to the closest point), on reciprocal pairs
+        only (``q_i``'s closest deformed source point is ``v_i``). The plane residual does
+        not see motion along the surface, so with ``mu = 0`` the tangential part of the
+        solution is set by the ARAP term alone, which pulls it towards an isometry: a
+        deformation that stretches the surface (most do) is then recovered along the
+        normals but slides along the surface. The point-to-point part anchors the
+        tangential motion to the data (on clean, fairly complete data; with outliers and
+        missing overlap on a densely sampled surface it can do worse, see BENCHMARKS.md,
+        hence the default 0: the paper's data term).
     welsch_scale : float, optional
         ``nu`` in data units; by default the median of the initial closest-point distances
         (at least ``1e-6 * scale``).
@@ -214,6 +230,7 @@ class SPARE(Solver):
         "arap_weight": [Interval(float, 0, None, closed="neither")],
         "welsch_scale": [Interval(float, 0, None, closed="neither"), None],
         "normal_weight": [Interval(float, 0, None)],
+        "point_weight": [Interval(float, 0, None)],
         "reject_opposite": [bool],
         "reject_distance": [Interval(float, 0, None, closed="neither"), None],
         "coarse": [bool, InstanceOf(DeformationGraph)],
@@ -232,6 +249,7 @@ class SPARE(Solver):
         arap_weight: float = 200.0,
         welsch_scale: float | None = None,
         normal_weight: float = 1.0,
+        point_weight: float = 0.0,
         reject_opposite: bool = True,
         reject_distance: float | None = 3.0,
         coarse: bool | DeformationGraph = True,
@@ -246,6 +264,7 @@ class SPARE(Solver):
         self.arap_weight = arap_weight
         self.welsch_scale = welsch_scale
         self.normal_weight = normal_weight
+        self.point_weight = point_weight
         self.reject_opposite = reject_opposite
         self.reject_distance = reject_distance
         self.coarse = coarse
@@ -388,7 +407,17 @@ class SPARE(Solver):
             valid &= dist <= self.reject_distance * s.nu
         d = np.einsum("na,na->n", rn + nq, v - q)
         w = np.where(valid, np.exp(-0.5 * (d / s.nu) ** 2), 0.0)
-        return _Pairs(q=q, nq=nq, w=w, valid=valid)
+        mu = float(self.point_weight)
+        wp = None
+        if mu > 0:
+            # Point-to-point pairs only where the match is reciprocal (the target point's
+            # closest deformed source point is i): a source point without a counterpart
+            # (missing overlap) is matched to the target's border, whose points have their
+            # own source points, and would otherwise be dragged along the surface to it.
+            _, back = cKDTree(v).query(q)
+            mutual = valid & (back == np.arange(len(v)))
+            wp = np.where(mutual, np.exp(-0.5 * (dist / s.nu) ** 2), 0.0)
+        return _Pairs(q=q, nq=nq, w=w, valid=valid, mu=mu, wp=wp)
 
     @staticmethod
     def _residuals(s: _Setup, v, R, pairs: _Pairs) -> np.ndarray:
@@ -400,6 +429,11 @@ class SPARE(Solver):
         d = self._residuals(s, v, R, pairs)
         nu2 = s.nu * s.nu
         data = np.sum(np.where(pairs.valid, -2.0 * nu2 * np.expm1(-0.5 * d * d / nu2), 0.0))
+        if pairs.mu > 0:
+            # Point-to-point part: the same Welsch loss of the distance to the closest point.
+            e2 = np.sum((v - pairs.q) ** 2, axis=1)
+            data += pairs.mu * np.sum(np.where(pairs.wp > 0,
+                                               -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2), 0.0))
         align = 0.0
         if self.normal_weight > 0:
             rn = np.einsum("nab,nb->na", R, s.normals)
@@ -412,18 +446,20 @@ class SPARE(Solver):
         n = v.shape[0]
         m = np.einsum("nab,nb->na", R, s.normals) + pairs.nq
         blocks = pairs.w[:, None, None] * np.einsum("na,nb->nab", m, m)
-        blocks += _PROXIMAL * np.eye(3)
+        rhs = np.einsum("nab,nb->na", blocks, pairs.q) + _PROXIMAL * v
+        diagonal = np.full(n, _PROXIMAL)
+        if pairs.mu > 0:
+            diagonal += pairs.mu * pairs.wp
+            rhs += (pairs.mu * pairs.wp)[:, None] * pairs.q
+        blocks += diagonal[:, None, None] * np.eye(3)
         data = sp.bsr_matrix((blocks, np.arange(n), np.arange(n + 1)), shape=(3 * n, 3 * n))
         H = (s.arap_matrix + data).tocsc()
         # ARAP right-hand side: each edge pulls v_i - v_j towards R_i (p_i - p_j).
         b_edges = s.weights[:, None] * np.einsum(
             "eab,eb->ea", R[s.heads], s.p[s.heads] - s.p[s.tails]
         )
-        rhs = np.zeros((n, 3))
         np.add.at(rhs, s.heads, b_edges)
         np.add.at(rhs, s.tails, -b_edges)
-        rhs += np.einsum("nab,nb->na", blocks - _PROXIMAL * np.eye(3), pairs.q)
-        rhs += _PROXIMAL * v
         return H, rhs.ravel()
 
     def _solve_positions(self, s: _Setup, v, R, pairs: _Pairs) -> np.ndarray:
@@ -501,7 +537,7 @@ class NonRigidRegistration(BaseEstimator):
 
     Parameters
     ----------
-    arap_weight, welsch_scale, reject_opposite, reject_distance, coarse, anderson
+    arap_weight, welsch_scale, point_weight, reject_opposite, reject_distance, coarse, anderson
         See :class:`SPARE` (the same defaults).
     linear_solver, tol, max_iter
         See :class:`SPARE` (the same defaults).
@@ -531,13 +567,15 @@ class NonRigidRegistration(BaseEstimator):
     """
 
     def __init__(self, *, arap_weight: float = 200.0, welsch_scale: float | None = None,
-                 reject_opposite: bool = True, reject_distance: float | None = 3.0,
+                 point_weight: float = 0.0, reject_opposite: bool = True,
+                 reject_distance: float | None = 3.0,
                  coarse: bool | DeformationGraph = True,
                  anderson: bool | AndersonAcceleration = False,
                  linear_solver: str = "auto", k: int = 8,
                  tol: float = 1e-4, max_iter: int = 100):
         self.arap_weight = arap_weight
         self.welsch_scale = welsch_scale
+        self.point_weight = point_weight
         self.reject_opposite = reject_opposite
         self.reject_distance = reject_distance
         self.coarse = coarse

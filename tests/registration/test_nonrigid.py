@@ -34,13 +34,13 @@ def _ellipsoid(n, seed=0, axes=(1.0, 0.7, 0.5)):
     return p, normals / np.linalg.norm(normals, axis=1)[:, None]
 
 
-def _run_setup(n=60, seed=0, linear_solver="auto"):
+def _run_setup(n=60, seed=0, linear_solver="auto", point_weight=100.0):
     """A solver, a problem and its first state and pairs (the pieces the tests check)."""
     p, normals = _ellipsoid(n, seed)
     target = p + 0.03 * normals * np.sin(3 * p[:, :1])
     problem = NonRigidRegistrationProblem(p, target, source_normals=normals,
                                           target_normals=normals, k=6)
-    solver = SPARE(linear_solver=linear_solver)
+    solver = SPARE(linear_solver=linear_solver, point_weight=point_weight)
     state = solver._init_state(problem, None)
     rng = np.random.default_rng(seed + 1)
     state.R = Rotation.from_rotvec(0.1 * rng.normal(size=(n, 3))).as_matrix()
@@ -64,13 +64,15 @@ def test_arap_gradient_by_finite_differences():
     np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("point_weight", [0.0, 100.0])
 @pytest.mark.parametrize("linear_solver", ["superlu", "cholespy"])
-def test_linear_solve_matches_a_dense_minimization(linear_solver):
-    # The v-step minimizes the surrogate sum_i w_i (m_i^T (v_i - q_i))^2 + ARAP + eps|v-v_k|^2;
-    # its minimizer from a dense least-squares fit of those residual rows, built independently.
+def test_linear_solve_matches_a_dense_minimization(linear_solver, point_weight):
+    # The v-step minimizes the surrogate sum_i w_i (m_i^T (v_i - q_i))^2
+    # + mu sum_i wp_i |v_i - q_i|^2 + ARAP + eps|v-v_k|^2; its minimizer from a dense
+    # least-squares fit of those residual rows, built independently.
     if linear_solver == "cholespy":
         pytest.importorskip("cholespy")
-    solver, _, state, pairs = _run_setup(linear_solver=linear_solver)
+    solver, _, state, pairs = _run_setup(linear_solver=linear_solver, point_weight=point_weight)
     s = state.setup
     assert s.linear.method == linear_solver
     # _init_state solved nothing: twice, so that SuperLU's second solve reuses its order.
@@ -85,6 +87,15 @@ def test_linear_solve_matches_a_dense_minimization(linear_solver):
         row[3 * i:3 * i + 3] = np.sqrt(pairs.w[i]) * m[i]
         rows.append(row)
         rhs.append(np.sqrt(pairs.w[i]) * m[i] @ pairs.q[i])
+        if point_weight > 0:
+            # wp_i from the distance to the closest point, recomputed here; 0 unless the
+            # match is reciprocal (brute force: q_i's closest point of v is v_i).
+            dist = np.linalg.norm(state.v[i] - pairs.q[i])
+            back = np.argmin(np.linalg.norm(state.v - pairs.q[i], axis=1))
+            mutual = pairs.valid[i] and back == i
+            wp = np.exp(-0.5 * (dist / s.nu) ** 2) if mutual else 0.0
+            rows.extend(np.sqrt(point_weight * wp) * np.eye(3 * n)[3 * i:3 * i + 3])
+            rhs.extend(np.sqrt(point_weight * wp) * pairs.q[i])
     for e, (i, j) in enumerate(zip(s.heads, s.tails)):
         b = state.R[i] @ (s.p[i] - s.p[j])
         for a in range(3):
@@ -130,14 +141,17 @@ def test_best_rotations_are_rotations():
 
 
 @pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+@pytest.mark.parametrize("point_weight", [0.0, 100.0])
 @pytest.mark.parametrize("normal_weight", [0.0, 1.0])
 @pytest.mark.parametrize("estimated", [False, True])
-def test_objective_non_increasing_in_every_outer_iteration(normal_weight, estimated):
+def test_objective_non_increasing_in_every_outer_iteration(normal_weight, estimated,
+                                                           point_weight):
     # At each iteration's matches and weights (the MM argument); re-matching may raise it.
     p, normals = _ellipsoid(300)
     target = p + 0.04 * normals * np.sin(3 * p[:, :1])
     given = {} if estimated else {"source_normals": normals, "target_normals": normals}
-    res = nonrigid_icp(p, target, max_iter=15, normal_weight=normal_weight, **given)
+    res = nonrigid_icp(p, target, max_iter=15, normal_weight=normal_weight,
+                       point_weight=point_weight, **given)
     assert np.all(res.history["fun"] <= res.history["energy_start"] * (1 + 1e-12))
     assert np.all(res.history["fun"] < res.history["energy_start"])
 
@@ -260,7 +274,8 @@ def test_too_few_points_for_normals():
 @pytest.mark.parametrize(
     "option, value, error",
     [("arap_weight", 0.0, ValueError), ("welsch_scale", -1.0, ValueError),
-     ("reject_opposite", 1, TypeError), ("neighbors", "bogus", ValueError)],
+     ("reject_opposite", 1, TypeError), ("neighbors", "bogus", ValueError),
+     ("point_weight", -1.0, ValueError)],
 )
 def test_bad_options(option, value, error):
     p, _ = _ellipsoid(30)
@@ -283,8 +298,13 @@ def test_make_nonrigid_problem(kind):
     target = data.problem.target
     assert target.shape[0] == pytest.approx(data.in_target.sum() / 0.8, abs=1)
     # Without noise, every kept true position is a target point.
-    dist = cKDTree(target).query(data.ground_truth[data.in_target])[0]
+    dist, idx = cKDTree(target).query(data.ground_truth[data.in_target])
     assert dist.max() < 1e-12
+    # The true normals are unit vectors, those of the kept target points.
+    truth_normals = data.ground_truth_normals
+    np.testing.assert_allclose(np.linalg.norm(truth_normals, axis=1), 1.0)
+    np.testing.assert_allclose(truth_normals[data.in_target],
+                               np.asarray(data.problem.target_normals)[idx], atol=1e-12)
     moved = np.linalg.norm(data.ground_truth - points, axis=1)
     assert moved.max() > 0.01
     with pytest.raises(ValueError, match="kind"):
@@ -336,6 +356,26 @@ def test_a_bent_sheet_does_not_slide_in_its_plane(coarse):
     assert np.sqrt(np.mean(np.sum((res.points - target) ** 2, axis=1))) < 0.2 * before
 
 
+@pytest.mark.parametrize("coarse", [False, True])
+def test_point_weight_recovers_a_stretch_along_the_surface(coarse):
+    # A flat sheet stretched by 4% in its own plane: the plane residuals are zero for any
+    # in-plane motion, so with point_weight=0 the ARAP term keeps the sheet rigid (the
+    # tangential error stays that of the start); the point-to-point part recovers the
+    # stretch (the closest target point of every true position is its own image here).
+    u, w = np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 1, 12))
+    source = np.c_[u.ravel(), w.ravel(), np.zeros(144)]
+    truth = source * [1.04, 1.0, 1.0] - [0.02, 0.0, 0.0]
+
+    def error(x):
+        return np.sqrt(np.mean(np.sum((x - truth) ** 2, axis=1)))
+
+    plane = nonrigid_icp(source, truth, coarse=coarse, point_weight=0.0)
+    both = nonrigid_icp(source, truth, coarse=coarse, point_weight=100.0)
+    assert error(plane.points) > 0.8 * error(source)
+    assert error(both.points) < 0.25 * error(source)
+    assert np.all(both.history["fun"] <= both.history["energy_start"] * (1 + 1e-12))
+
+
 def test_estimator_passes_the_new_options_to_spare():
     # coarse / reject_distance / anderson reach the solver: turning the coarse stage off
     # leaves no graph nodes in the result, and the defaults equal SPARE's.
@@ -348,6 +388,10 @@ def test_estimator_passes_the_new_options_to_spare():
     fine_only = NonRigidRegistration(coarse=False, reject_distance=None).fit(X, Y)
     assert getattr(fine_only.result_, "nodes", None) is None
     assert np.sqrt(np.mean(np.sum((fine_only.points_ - Y) ** 2, axis=1))) < 5e-3
+    stretch = NonRigidRegistration(point_weight=100.0).fit(X, Y)
+    np.testing.assert_allclose(
+        stretch.points_,
+        SPARE(point_weight=100.0).solve(NonRigidRegistrationProblem(X, Y)).points, atol=1e-12)
     superlu = NonRigidRegistration(linear_solver="superlu").fit(X, Y)
     assert superlu.result_.nit == default.result_.nit
     np.testing.assert_allclose(superlu.points_, default.points_, atol=1e-9)
