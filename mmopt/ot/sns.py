@@ -115,9 +115,8 @@ class SinkhornNewtonSparse(Sinkhorn):
         Epsilon scaling of stage 1 when Newton steps may be used and
         ``(max C - min C) / reg > 200``: Sinkhorn starts at
         ``reg' = (max C - min C) / 100`` and divides ``reg'`` by this factor each time its
-        marginal error (at ``reg'``) reaches ``switch_tol``, down to ``reg``. At small
-        ``reg`` this takes several times fewer iterations than Sinkhorn at ``reg`` from zero
-        potentials. None: stage 1 runs at ``reg`` only.
+        marginal error (at ``reg'``) reaches ``switch_tol``, down to ``reg``. None: stage 1
+        runs at ``reg`` only.
     nu : float, default=1e-3
         Sparsification budget, relative to the gradient's L1 norm.
     shift : float, default=1e-3
@@ -126,9 +125,9 @@ class SinkhornNewtonSparse(Sinkhorn):
         How the Newton system is solved: a sparse LU factorization of the sparsified
         Hessian (``"direct"``), or Jacobi-preconditioned conjugate gradients (``"cg"``).
         ``"auto"`` factorizes when the sparsified plan keeps at most 20 entries per row and
-        column on average (small ``reg``: a near-matching, where CG needed hundreds of
-        iterations at ``reg = 1e-4``), and for every step after CG has once failed to reach
-        ``cg_tol`` within ``max_cg`` iterations.
+        column on average (small ``reg``: a near-matching, where CG converges slowly),
+        and for every step after CG has once failed to reach ``cg_tol`` within ``max_cg``
+        iterations.
     cg_tol : float, default=1e-2
         Relative residual at which conjugate gradients stop (an inexact Newton step).
     max_cg : int, default=500
@@ -143,6 +142,12 @@ class SinkhornNewtonSparse(Sinkhorn):
     (iteration counts per stage), and ``history`` records per iteration ``newton`` (1 for a
     Newton step), ``cg_iterations``, ``hessian_density`` (fraction of the plan's entries
     kept) and ``step`` (the line-search step length).
+
+    References
+    ----------
+    .. [1] X. Tang, M. Shavlovsky, H. Rahmanian, E. Tardini, K. K. Thekumparampil, T. Xiao,
+       L. Ying, "Accelerating Sinkhorn algorithm with sparse Newton iterations", ICLR
+       (2024).
 
     Examples
     --------

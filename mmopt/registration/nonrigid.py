@@ -154,7 +154,7 @@ class SPARE(Solver):
         Anderson acceleration of the outer iteration on the positions ``v`` (the rotations
         follow by their step at the extrapolated positions), with the shared safeguard: a
         candidate is kept only if its energy, at its own closest points, is no larger than
-        the current one. Off by default: measured, it does not pay (BENCHMARKS.md).
+        the current one. Off by default: it does not pay on the benchmarks (BENCHMARKS.md).
     coarse : bool or DeformationGraph, default=True
         Start with the coarse stage on a deformation graph (:class:`DeformationGraph`, its
         options; True for the defaults), whose result (positions and rotations) starts the

@@ -1,6 +1,7 @@
 """mmopt._core._docstrings: shared numpydoc entries substituted into docstrings."""
 
 import inspect
+import re
 
 import pytest
 
@@ -61,3 +62,12 @@ def _public_docstrings():
 @pytest.mark.parametrize("name, doc", list(_public_docstrings()), ids=lambda v: str(v)[:40])
 def test_no_placeholder_is_left_in_a_public_docstring(name, doc):
     assert doc is None or "%(" not in doc, name
+
+
+@pytest.mark.parametrize("name", sorted(mmopt.SOLVERS))
+def test_every_registered_solver_documents_its_source_and_an_example(name):
+    # Every registered solver implements a published method: its docstring names the paper
+    # (a numpydoc References section, not empty) and shows a run.
+    doc = inspect.getdoc(mmopt.SOLVERS[name])
+    assert re.search(r"\nReferences\n-{10}\n\S", doc), f"{name}: no References section"
+    assert "\nExamples\n--------\n>>> " in doc, f"{name}: no Examples section"
