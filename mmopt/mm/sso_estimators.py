@@ -9,7 +9,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
-from mmopt._core.params import Interval, Options, constraints_of, validate_params
+from mmopt._core.params import Interval, Options, ParamsValidationMixin
 from mmopt._core.validation import check_input
 from mmopt.mm.sso import SSO
 from mmopt.mm.target_surrogate import LinearTargetModel, TargetSurrogateProblem
@@ -17,7 +17,7 @@ from mmopt.mm.target_surrogate import LinearTargetModel, TargetSurrogateProblem
 __all__ = ["SSOClassifier", "SSORegressor"]
 
 
-class _SSOLinearModel(BaseEstimator):
+class _SSOLinearModel(ParamsValidationMixin, BaseEstimator):
     """What both estimators share: options, the fit on the shared loop, ``partial_fit``."""
 
     _parameter_constraints = {
@@ -50,10 +50,6 @@ class _SSOLinearModel(BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
         self.verbose = verbose
-
-    def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
 
     def _problem(self, X, y, *, inner=None) -> TargetSurrogateProblem:
         return TargetSurrogateProblem(

@@ -22,13 +22,7 @@ from mmopt._core.anderson import (
     anderson_counts,
     make_accelerator,
 )
-from mmopt._core.params import (
-    InstanceOf,
-    Interval,
-    Options,
-    constraints_of,
-    validate_params,
-)
+from mmopt._core.params import InstanceOf, Interval, Options
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -256,11 +250,6 @@ class SPARE(Solver):
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
-
-    def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
-        super()._validate_params()
 
     # ------------------------------------------------------------------------ the run
     def _init_state(self, problem: NonRigidRegistrationProblem, x0) -> _State:
