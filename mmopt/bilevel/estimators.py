@@ -7,7 +7,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import validate_data
 
-from mmopt._core._docstrings import DATA_PARAMS, fill_doc
+from mmopt._core._docstrings import DATA_PARAMS, fill_doc, references
 from mmopt._core.linear_model import LinearClassifierMixin, LinearRegressorMixin
 from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin, Rule
 from mmopt._core.validation import check_input
@@ -70,6 +70,7 @@ def _scalar_or_array(values, penalty):
     return float(values[0]) if penalty == "shared" else np.array(values)
 
 
+@fill_doc(references("salehi2023"))
 class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, BaseEstimator):
     """Ridge regression whose penalty is learned by minimizing the K-fold CV error.
 
@@ -122,11 +123,7 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
     n_features_in_ : int
         Number of features seen in ``fit``.
 
-    References
-    ----------
-    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
-       first-order method for bilevel optimization with application to hyperparameter
-       learning", arXiv:2308.10098, 2023 (MAID, the solver used here).
+    %(references)s
 
     Examples
     --------
@@ -207,6 +204,7 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
         return self
 
 
+@fill_doc(references("salehi2023"))
 class BilevelLogisticRegression(
     LinearClassifierMixin, ParamsValidationMixin, ClassifierMixin, BaseEstimator
 ):
@@ -263,11 +261,7 @@ class BilevelLogisticRegression(
     n_features_in_ : int
         Number of features seen in ``fit``.
 
-    References
-    ----------
-    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
-       first-order method for bilevel optimization with application to hyperparameter
-       learning", arXiv:2308.10098, 2023 (MAID, the solver used here).
+    %(references)s
 
     Examples
     --------

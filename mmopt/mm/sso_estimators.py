@@ -8,6 +8,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core._docstrings import fill_doc, references
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
 from mmopt._core.params import Interval, Options, ParamsValidationMixin
 from mmopt._core.validation import check_input
@@ -90,6 +91,7 @@ class _SSOLinearModel(ParamsValidationMixin, BaseEstimator):
         return np.vstack(rows).ravel()
 
 
+@fill_doc(references("lavington2023"))
 class SSORegressor(RegressorMixin, _SSOLinearModel):
     """Linear least squares fitted by target-based surrogates (MM) or SSO.
 
@@ -144,10 +146,7 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
     --------
     SSOClassifier, TargetSurrogateProblem, sklearn.linear_model.SGDRegressor
 
-    References
-    ----------
-    .. [1] J. W. Lavington, S. Vaswani, R. Babanezhad, M. Schmidt and N. Le Roux,
-       "Target-based surrogates for stochastic optimization", *ICML*, 2023.
+    %(references)s
 
     Examples
     --------
@@ -210,6 +209,7 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
         return X @ self.coef_ + self.intercept_
 
 
+@fill_doc(references("lavington2023", "bohning1992"))
 class SSOClassifier(ClassifierMixin, _SSOLinearModel):
     """Logistic (binary) or softmax (multiclass) regression by target-based surrogates.
 
@@ -265,12 +265,7 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
     --------
     SSORegressor, TargetSurrogateProblem, sklearn.linear_model.LogisticRegression
 
-    References
-    ----------
-    .. [1] J. W. Lavington, S. Vaswani, R. Babanezhad, M. Schmidt and N. Le Roux,
-       "Target-based surrogates for stochastic optimization", *ICML*, 2023.
-    .. [2] D. Böhning, "Multinomial logistic regression algorithm", *Ann. Inst. Statist.
-       Math.* 44(1), 197-200, 1992.
+    %(references)s
 
     Examples
     --------
