@@ -50,9 +50,24 @@ def _label(kind, outliers, overlap, seed) -> str:
     return f"{kind}{extra}, seed {seed}"
 
 
-def _spare_table(sub: int, seeds) -> list[str]:
+def _scan_points(sub: int):
+    """Every ``sub``-th point of the shipped scan's source, and its normals."""
     scan = load_scan_pair()
-    points, normals = scan.source[::sub], scan.source_normals[::sub]
+    return scan.source[::sub], scan.source_normals[::sub]
+
+
+def _spare_runs(points, normals, cases):
+    """Per case: its label, the generated problem (with its ground truth) and SPARE's
+    result and seconds at ``max_iter=30``, the setting of every comparison table."""
+    for kind, outliers, overlap, seed in cases:
+        data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
+                                     overlap=overlap, random_state=seed)
+        res, seconds = _timed(SPARE(max_iter=30).solve, data.problem)
+        yield _label(kind, outliers, overlap, seed), data, res, seconds
+
+
+def _spare_table(sub: int, seeds) -> list[str]:
+    points, normals = _scan_points(sub)
     lines = [f"SPARE on {points.shape[0]:,} source points (`max_iter=30`):", "",
              "| problem | start | SPARE (defaults) | fine stage only, no distance rejection |",
              "|---|---|---|---|"]
@@ -78,18 +93,14 @@ def _cpd_table(sub: int, seeds) -> list[str]:
         from pycpd import DeformableRegistration
     except ImportError:
         return ["pycpd is not installed: no CPD comparison."]
-    scan = load_scan_pair()
-    points, normals = scan.source[::sub], scan.source_normals[::sub]
+    points, normals = _scan_points(sub)
     lines = [f"SPARE vs CPD on {points.shape[0]:,} source points:", "",
              "| problem | start | SPARE | CPD |", "|---|---|---|---|"]
-    for kind, outliers, overlap, seed in _cases(seeds):
-        data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
-                                     overlap=overlap, random_state=seed)
+    for label, data, res, t_spare in _spare_runs(points, normals, _cases(seeds)):
         truth, source, target = data.ground_truth, data.problem.source, data.problem.target
-        res, t_spare = _timed(SPARE(max_iter=30).solve, data.problem)
         (moved, _), t_cpd = _timed(lambda x, y: DeformableRegistration(X=x, Y=y).register(),
                                    target, source)
-        lines.append(f"| {_label(kind, outliers, overlap, seed)} | {_rms(source, truth):.4f} | "
+        lines.append(f"| {label} | {_rms(source, truth):.4f} | "
                      f"{_rms(res.points, truth):.4f} ({t_spare:.1f} s) | "
                      f"{_rms(moved, truth):.4f} ({t_cpd:.1f} s) |")
         print(lines[-1], file=sys.stderr, flush=True)
@@ -102,25 +113,21 @@ def _probreg_table(sub: int, seeds) -> list[str]:
         from probreg import cpd
     except ImportError:
         return ["probreg is not installed: no probreg comparison."]
-    scan = load_scan_pair()
-    points, normals = scan.source[::sub], scan.source_normals[::sub]
+    points, normals = _scan_points(sub)
     lines = [f"SPARE vs probreg's non-rigid CPD on {points.shape[0]:,} source points: at "
              "probreg's defaults (`maxiter=50, tol=1e-3`) and run to convergence "
              "(`maxiter=500, tol=1e-7`):", "",
              "| problem | start | SPARE | probreg (defaults) | probreg (converged) |",
              "|---|---|---|---|---|"]
-    for kind, outliers, overlap, seed in _cases(seeds):
-        data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
-                                     overlap=overlap, random_state=seed)
+    for label, data, res, t_spare in _spare_runs(points, normals, _cases(seeds)):
         truth, source, target = data.ground_truth, data.problem.source, data.problem.target
-        res, t_spare = _timed(SPARE(max_iter=30).solve, data.problem)
         cells = []
         for options in ({}, {"maxiter": 500, "tol": 1e-7}):
             out, seconds = _timed(lambda x, y, o: cpd.registration_cpd(
                 x, y, tf_type_name="nonrigid", **o), source, target, options)
             cells.append(f"{_rms(out.transformation.transform(source), truth):.4f} "
                          f"({seconds:.1f} s)")
-        lines.append(f"| {_label(kind, outliers, overlap, seed)} | {_rms(source, truth):.4f} | "
+        lines.append(f"| {label} | {_rms(source, truth):.4f} | "
                      f"{_rms(res.points, truth):.4f} ({t_spare:.1f} s) | " + " | ".join(cells)
                      + " |")
         print(lines[-1], file=sys.stderr, flush=True)
@@ -167,18 +174,15 @@ def _cpd_large_table(n: int, seeds, budget_factor: float) -> list[str]:
              "| problem | start | SPARE | CPD at SPARE's time | CPD at the stop |",
              "|---|---|---|---|---|"]
     cases = [c for c in _cases(seeds) if c[1] == 0.0 or c[3] == seeds[0]]
-    for kind, outliers, overlap, seed in cases:
-        data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
-                                     overlap=overlap, random_state=seed)
+    for label, data, res, t_spare in _spare_runs(points, normals, cases):
         truth, source, target = data.ground_truth, data.problem.source, data.problem.target
-        res, t_spare = _timed(SPARE(max_iter=30).solve, data.problem)
         trace, done = _cpd_within(source, target, truth, budget_factor * t_spare)
         at_spare = [row for row in trace if row[0] <= t_spare]
         cell = (f"{at_spare[-1][2]:.4f} (it {at_spare[-1][1]})" if at_spare
                 else "no iteration done")
         last = trace[-1]
         stop = f"{last[2]:.4f} ({last[0]:.1f} s, {last[1]} it{'' if done else ', cut'})"
-        lines.append(f"| {_label(kind, outliers, overlap, seed)} | {_rms(source, truth):.4f} | "
+        lines.append(f"| {label} | {_rms(source, truth):.4f} | "
                      f"{_rms(res.points, truth):.4f} ({t_spare:.1f} s, {res.nit} it) | "
                      f"{cell} | {stop} |")
         print(lines[-1], file=sys.stderr, flush=True)
@@ -211,8 +215,7 @@ def _solver_table(sub: int) -> list[str]:
     """SPARE's time per part with each sparse back end, on the bend and twist cases."""
     from mmopt.registration._spd_solve import cholespy_available
 
-    scan = load_scan_pair()
-    points, normals = scan.source[::sub], scan.source_normals[::sub]
+    points, normals = _scan_points(sub)
     methods = ["superlu"] + (["cholespy"] if cholespy_available() else [])
     parts = ("sparse solve", "assembly", "rotation assembly", "3x3 SVDs")
     lines = [f"SPARE's fine stage by part on {points.shape[0]:,} points (seconds; the coarse "
