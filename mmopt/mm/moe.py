@@ -18,6 +18,7 @@ from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.params import Interval, validate_params
 from mmopt._core.validation import check_input
 from mmopt.mm.problem import MMProblem
@@ -124,17 +125,13 @@ def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _
             slope = float(grad @ direction)
             if not slope < 0:
                 break
-            step, accepted = 1.0, False
-            for _ in range(40):
-                trial = free + step * direction
-                trial_value = _gate_objective(trial, Z, R, scale, derivatives=False)
-                if trial_value <= value + 1e-4 * step * slope:
-                    accepted = True
-                    break
-                step *= 0.5
-            if not accepted:
+            search = backtracking(
+                lambda step, x=free, d=direction: _gate_objective(x + step * d, Z, R, scale,
+                                                                  derivatives=False),
+                armijo(value, slope), max_trials=40)
+            if not search.success:
                 break
-            free = trial
+            free = free + search.step * direction
             value, grad, H = _gate_objective(free, Z, R, scale)
     return np.vstack([free.reshape(n_gates - 1, -1), np.zeros((1, Z.shape[1]))])
 
