@@ -18,9 +18,10 @@ from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core._docstrings import DATA_PARAMS, fill_doc
 from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.params import Interval, validate_params
-from mmopt._core.validation import check_input
+from mmopt._core.validation import check_input, validate_fit_data
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.solver import MMSolver
 
@@ -312,22 +313,21 @@ class MixtureOfExperts(RegressorMixin, BaseEstimator):
         table = {k: v for k, v in self._parameter_constraints.items() if k != "random_state"}
         validate_params(table, self.get_params(deep=False), owner=type(self).__name__)
 
+    @fill_doc(DATA_PARAMS)
     def fit(self, X, y) -> MixtureOfExperts:
         """Fit the mixture by EM from ``n_init`` starts.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
+        %(X)s
+        %(y_targets)s
 
         Returns
         -------
         self : MixtureOfExperts
         """
         self._check_params()
-        check_input(X, "X", ndim=2)
-        check_input(y, "y")
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        X, y = validate_fit_data(self, X, y)
         rng = check_random_state(self.random_state)
         solver = MMSolver(anderson=False, stopping="objective", tol=self.tol,
                           max_iter=self.max_iter)

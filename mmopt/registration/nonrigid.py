@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 
+from mmopt._core._docstrings import fill_doc
 from mmopt._core.anderson import (
     ANDERSON_OPTION,
     AndersonAcceleration,
@@ -41,7 +42,7 @@ from mmopt.registration.deformation_graph import (
     orient_pairs,
     run_coarse_stage,
 )
-from mmopt.registration.nonrigid_problem import NonRigidRegistrationProblem
+from mmopt.registration.nonrigid_problem import CLOUD_PARAMS, NonRigidRegistrationProblem
 from mmopt.registration.problem import _centroid, check_point_cloud
 
 __all__ = ["SPARE", "NonRigidRegistration", "NonRigidRegistrationProblem", "nonrigid_icp"]
@@ -447,15 +448,13 @@ class SPARE(Solver):
         return float(np.mean(pairs.valid & (np.abs(d) < 3.0 * s.nu)))
 
 
+@fill_doc(CLOUD_PARAMS)
 def nonrigid_icp(source, target, **options) -> Result:
     """Deform ``source`` onto ``target`` with :class:`SPARE`.
 
     Parameters
     ----------
-    source : array-like of shape (n, 3)
-        The cloud to deform.
-    target : array-like of shape (m, 3)
-        The fixed cloud.
+    %(clouds)s
     **options
         ``source_normals``, ``target_normals``, ``faces``, ``k``, ``normals_k`` (see
         :class:`NonRigidRegistrationProblem`), ``x0`` and the options of :class:`SPARE`.

@@ -6,12 +6,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt._core._docstrings import fill_doc
 from mmopt._core.validation import check_scalar, readonly
 from mmopt.registration.arap import knn_edges, mesh_edges
 from mmopt.registration.normals import estimate_normals
 from mmopt.registration.problem import _check_normals, _CloudPair, check_point_cloud
 
 __all__ = ["NonRigidRegistrationProblem"]
+
+# The two clouds, as every non-rigid entry point takes them.
+CLOUD_PARAMS = {
+    "clouds": """\
+source : array-like of shape (n, 3)
+    The cloud to deform.
+target : array-like of shape (m, 3)
+    The fixed cloud.""",
+}
 
 
 def _check_faces(value, n: int) -> np.ndarray | None:
@@ -36,6 +46,7 @@ def _check_faces(value, n: int) -> np.ndarray | None:
     return readonly(faces)
 
 
+@fill_doc(CLOUD_PARAMS)
 @dataclass(frozen=True, eq=False)
 class NonRigidRegistrationProblem(_CloudPair):
     """Non-rigid registration: deform ``source`` point by point onto ``target``.
@@ -47,10 +58,7 @@ class NonRigidRegistrationProblem(_CloudPair):
 
     Parameters
     ----------
-    source : array-like of shape (n, 3)
-        The cloud to deform.
-    target : array-like of shape (m, 3)
-        The fixed cloud.
+    %(clouds)s
     source_normals, target_normals : array-like of shape (n, 3) / (m, 3), optional
         Unit normals (normalized here). When both are given they are taken as consistently
         oriented (pairs with opposite normals are rejected); when either is estimated (PCA over
