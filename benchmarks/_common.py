@@ -61,6 +61,16 @@ def first_index_below(values, target) -> int | None:
     return None if hits.size == 0 else int(hits[0]) + 1
 
 
+def measured_table(measure, cases) -> str:
+    """The Markdown table of ``measure(*case)`` (a row dict) over ``cases``, each row printed
+    as soon as it is measured (a long run shows its progress and keeps what it measured)."""
+    rows = []
+    for case in cases:
+        rows.append(measure(*case))
+        print(rows[-1], flush=True)
+    return markdown_table(rows)
+
+
 def markdown_table(rows: list[dict]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(map(_escape, columns)) + " |", "|" + "---|" * len(columns)]

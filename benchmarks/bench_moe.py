@@ -31,7 +31,7 @@ import tracemalloc
 import warnings
 
 import numpy as np
-from _common import markdown_table
+from _common import measured_table
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
@@ -201,12 +201,7 @@ def _table(sizes, seeds) -> str:
                          dashboard_address=None) as cluster, Client(cluster) as client:
         # Warm-up: the workers import mmopt and scikit-learn on their first task.
         run_case(client, 4000, 0)
-        rows = []
-        for n in sizes:
-            for seed in seeds:
-                rows.append(run_case(client, n, seed))
-                print(rows[-1], flush=True)
-    return markdown_table(rows)
+        return measured_table(run_case, [(client, n, seed) for n in sizes for seed in seeds])
 
 
 OTHER_N = 40_000
@@ -237,12 +232,8 @@ def other_data_row(n_samples: int, config, seed: int) -> dict:
 
 
 def other_data_table(n_samples: int, seeds) -> str:
-    rows = []
-    for config in OTHER_DATA:
-        for seed in seeds:
-            rows.append(other_data_row(n_samples, config, seed))
-            print(rows[-1], flush=True)
-    return markdown_table(rows)
+    return measured_table(other_data_row,
+                          [(n_samples, config, seed) for config in OTHER_DATA for seed in seeds])
 
 
 def _section(table: str, other: str | None = None) -> str:

@@ -13,6 +13,7 @@ from _common import best_of as _timed
 from _common import cpuinfo, markdown_table
 from _common import gaussian_clouds as _clouds
 
+from mmopt.datasets import make_image_histograms
 from mmopt.ot import exact_ot, sinkhorn, sinkhorn_newton_sparse
 
 try:
@@ -256,19 +257,7 @@ def _batched_problem(n, k, seed=0, kind="mixtures"):
     """
     rng = np.random.default_rng(seed)
     if kind == "images":
-        side = int(round(np.sqrt(n)))
-        grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)
-        grid = grid / side
-        C = ((grid[:, None] - grid[None]) ** 2).sum(-1)
-        C /= C.max()
-        a = np.exp(-((grid - 0.5) ** 2).sum(1) / 0.1)
-        columns = []
-        for _ in range(k):
-            image = sum(np.exp(-((grid - rng.random(2)) ** 2).sum(1) / rng.uniform(0.005, 0.05))
-                        for _ in range(2))
-            image[image < 1e-3 * image.max()] = 0.0
-            columns.append(image / image.sum())
-        return a / a.sum(), np.stack(columns, axis=1), C
+        return make_image_histograms(int(round(np.sqrt(n))), k, random_state=rng)
     x, y = _mixture(n, rng), _mixture(n, rng)
     C = ((x[:, None] - y[None]) ** 2).sum(-1)
     C /= C.max()

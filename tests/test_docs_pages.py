@@ -14,14 +14,19 @@ WRITING = DOCS / "user_guide" / "writing_a_solver.rst"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 
-def _converter():
+def _docs_benchmarks(name: str = "_mmopt_docs_benchmarks"):
+    """docs/_benchmarks.py (the Benchmarks page's converter and figures), loaded as ``name``."""
     path = DOCS / "_benchmarks.py"
     if not path.exists():
         pytest.skip("no docs/ next to the tests (installed package)")
-    spec = importlib.util.spec_from_file_location("_mmopt_docs_benchmarks", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.markdown_to_rst
+    return module
+
+
+def _converter():
+    return _docs_benchmarks().markdown_to_rst
 
 
 @pytest.mark.skipif(not WRITING.exists(), reason="no docs/ next to the tests")
@@ -104,12 +109,7 @@ def test_converter_refuses_a_malformed_table():
 def test_scan_scale_figure_reads_the_benchmarks_table(tmp_path):
     # The registration guide's figure: the icp_scale table of BENCHMARKS.md, plotted.
     pytest.importorskip("matplotlib")
-    path = DOCS / "_benchmarks.py"
-    if not path.exists():
-        pytest.skip("no docs/ next to the tests (installed package)")
-    spec = importlib.util.spec_from_file_location("_mmopt_docs_benchmarks_fig", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _docs_benchmarks("_mmopt_docs_benchmarks_fig")
     markdown = BENCHMARKS.read_text(encoding="utf-8")
     rows = module.scan_scale_rows(markdown)
     assert rows and all(float(row["seconds"]) > 0 for row in rows)

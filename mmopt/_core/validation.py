@@ -10,8 +10,10 @@ import numbers
 from collections.abc import Callable
 
 import numpy as np
+from sklearn.utils.validation import validate_data
 
 __all__ = [
+    "validate_fit_data",
     "check_array",
     "check_input",
     "check_scalar",
@@ -293,3 +295,30 @@ def check_choice(value, name: str, choices) -> str:
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {options}; got {value!r}.")
     return value
+
+
+def validate_fit_data(estimator, X, y, *, labels: bool = False, reset: bool = True):
+    """The data checks of an estimator's ``fit`` (or ``partial_fit``): ``X`` a 2-D numeric
+    array and ``y`` numeric targets (or, with ``labels``, class labels of any type), bad input
+    named by :func:`check_input`; then scikit-learn's ``validate_data`` (float64 ``X``,
+    ``n_features_in_`` set when ``reset``, checked against it otherwise).
+
+    Returns
+    -------
+    X, y : ndarray
+
+    Examples
+    --------
+    >>> from sklearn.base import BaseEstimator
+    >>> from mmopt._core.validation import validate_fit_data
+    >>> X, y = validate_fit_data(BaseEstimator(), [[1, 2], [3, 4]], [0.5, 1.5])
+    >>> X.dtype, y.shape
+    (dtype('float64'), (2,))
+    >>> validate_fit_data(BaseEstimator(), [[1, 2], [3, 4]], "ab")
+    Traceback (most recent call last):
+    ...
+    TypeError: y must be an array, got a string 'ab'.
+    """
+    check_input(X, "X", ndim=2)
+    check_input(y, "y", numeric=not labels)
+    return validate_data(estimator, X, y, dtype=np.float64, y_numeric=not labels, reset=reset)

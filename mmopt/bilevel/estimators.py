@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.validation import validate_data
 
-from mmopt._core._docstrings import DATA_PARAMS, fill_doc
+from mmopt._core._docstrings import DATA_PARAMS, fill_doc, references
 from mmopt._core.linear_model import LinearClassifierMixin, LinearRegressorMixin
 from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin, Rule
-from mmopt._core.validation import check_input
+from mmopt._core.validation import validate_fit_data
 from mmopt.bilevel.glm import (
     LogisticLowerLevel,
     RidgeLowerLevel,
@@ -52,6 +51,24 @@ def _bounds_rule(name: str) -> Rule:
                 f"{name} must be a pair (low, high) of finite numbers with 0 < low <= high")
 
 
+# The MAID options and results both estimators document alike.
+_MAID_DOC = {
+    "maid_tol": """\
+tol : float, default=1e-5
+    Tolerance of MAID on the projected hypergradient.""",
+    "maid_options": """\
+max_iter : int, default=100
+    Outer iterations of MAID.
+verbose : int, default=0
+    Progress of MAID.""",
+    "maid_counts": """\
+n_iter_ : int
+    MAID iterations.
+n_features_in_ : int
+    Number of features seen in ``fit``.""",
+}
+
+
 def _solver(est):
     # Barzilai-Borwein steps: a secant step fits the few hyperparameters in a handful
     # of iterations where the growth rule needs many.
@@ -70,6 +87,7 @@ def _scalar_or_array(values, penalty):
     return float(values[0]) if penalty == "shared" else np.array(values)
 
 
+@fill_doc(_MAID_DOC, references("salehi2023"))
 class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, BaseEstimator):
     """Ridge regression whose penalty is learned by minimizing the K-fold CV error.
 
@@ -94,16 +112,12 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
         Box on ``alpha`` (per-feature penalties overfit the validation folds without one).
     spread_penalty : float, default=0.0
         Weight of :class:`SpreadPenalty` on ``log(alpha)`` (per-feature penalties).
-    tol : float, default=1e-5
-        Tolerance of MAID on the projected hypergradient.
+    %(maid_tol)s
     xtol : float or None, default=None
         Tolerance of MAID on ``log(alpha)``: stop when the secant (Barzilai-Borwein) estimate
         of the distance to the optimum is below it (``alpha`` to about 1%, far finer than a
         grid search); None stops on ``tol`` only.
-    max_iter : int, default=100
-        Outer iterations of MAID.
-    verbose : int, default=0
-        Progress of MAID.
+    %(maid_options)s
 
     Attributes
     ----------
@@ -117,16 +131,9 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
         Minus the CV mean squared error at ``alpha_`` (as ``RidgeCV.best_score_``).
     result_ : mmopt.Result
         The MAID result (``theta = log(alpha_)``).
-    n_iter_ : int
-        MAID iterations.
-    n_features_in_ : int
-        Number of features seen in ``fit``.
+    %(maid_counts)s
 
-    References
-    ----------
-    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
-       first-order method for bilevel optimization with application to hyperparameter
-       learning", arXiv:2308.10098, 2023 (MAID, the solver used here).
+    %(references)s
 
     Examples
     --------
@@ -184,9 +191,7 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
         -------
         self : BilevelRidge
         """
-        check_input(X, "X", ndim=2)
-        check_input(y, "y")
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        X, y = validate_fit_data(self, X, y)
         self._validate_params()
         low, high = (float(v) for v in self.alpha_bounds)
         solver = _solver(self)
@@ -207,6 +212,7 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
         return self
 
 
+@fill_doc(_MAID_DOC, references("salehi2023"))
 class BilevelLogisticRegression(
     LinearClassifierMixin, ParamsValidationMixin, ClassifierMixin, BaseEstimator
 ):
@@ -233,16 +239,12 @@ class BilevelLogisticRegression(
         Box on ``C``.
     spread_penalty : float, default=0.0
         Weight of :class:`SpreadPenalty` on ``log(1 / C)``.
-    tol : float, default=1e-5
-        Tolerance of MAID on the projected hypergradient.
+    %(maid_tol)s
     xtol : float or None, default=None
         Tolerance of MAID on ``log(C)``: stop when the secant (Barzilai-Borwein) estimate of
         the distance to the optimum is below it (``C`` to about 1%, far finer than a grid
         search); None stops on ``tol`` only.
-    max_iter : int, default=100
-        Outer iterations of MAID.
-    verbose : int, default=0
-        Progress of MAID.
+    %(maid_options)s
 
     Attributes
     ----------
@@ -258,16 +260,9 @@ class BilevelLogisticRegression(
         Minus the CV log-loss at ``C_``.
     result_ : mmopt.Result
         The MAID result (``theta = log(1 / C_)``).
-    n_iter_ : int
-        MAID iterations.
-    n_features_in_ : int
-        Number of features seen in ``fit``.
+    %(maid_counts)s
 
-    References
-    ----------
-    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
-       first-order method for bilevel optimization with application to hyperparameter
-       learning", arXiv:2308.10098, 2023 (MAID, the solver used here).
+    %(references)s
 
     Examples
     --------
@@ -327,9 +322,7 @@ class BilevelLogisticRegression(
         -------
         self : BilevelLogisticRegression
         """
-        check_input(X, "X", ndim=2)
-        check_input(y, "y", numeric=False)
-        X, y = validate_data(self, X, y, dtype=np.float64)
+        X, y = validate_fit_data(self, X, y, labels=True)
         y = _check_labels(y, X.shape[0])
         self._validate_params()
         low, high = (float(v) for v in self.C_bounds)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.krylov import conjugate_gradient
 from mmopt._core.linesearch import backtracking
 from mmopt._core.params import Interval, Options
@@ -134,7 +134,7 @@ class HypergradientEstimate(NamedTuple):
 
 
 @register_solver
-@fill_doc(SOLVER_PARAMS)
+@fill_doc(SOLVER_PARAMS, references("salehi2023", "pedregosa2016"))
 class MAID(Solver):
     r"""Adaptively inexact first-order method for bilevel learning (MAID).
 
@@ -276,13 +276,7 @@ class MAID(Solver):
     cumulative ``n_lower_iter``, ``n_cg_iter``, ``n_hvp``, ``n_lower_solves`` and ``cost``
     (lower + CG iterations).
 
-    References
-    ----------
-    .. [1] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact
-       first-order method for bilevel optimization with application to hyperparameter
-       learning", arXiv:2308.10098, 2023.
-    .. [2] F. Pedregosa, "Hyperparameter optimization with approximate gradient", ICML 2016
-       (HOAG: the a-priori accuracy schedules).
+    %(references)s
 
     Examples
     --------

@@ -9,7 +9,7 @@ from mmopt.datasets._bcd import make_lattice_graph, make_sparse_least_squares
 from mmopt.datasets._generators import load_diabetes_with_outliers, make_regression_with_outliers
 from mmopt.datasets._moe import make_moe_regression
 from mmopt.datasets._nonrigid import make_nonrigid_problem
-from mmopt.datasets._ot import make_ot_problem
+from mmopt.datasets._ot import make_image_histograms, make_ot_problem
 from mmopt.datasets._scans import (
     load_scan_pair,
     make_registration_clouds,
@@ -19,6 +19,7 @@ from mmopt.datasets._scans import (
 __all__ = [
     "load_diabetes_with_outliers",
     "load_scan_pair",
+    "make_image_histograms",
     "make_lattice_graph",
     "make_moe_regression",
     "make_nonrigid_problem",

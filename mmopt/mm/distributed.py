@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import validate_data
 
 from mmopt._core.params import Interval
 from mmopt._core.threads import single_threaded
-from mmopt._core.validation import check_input
+from mmopt._core.validation import validate_fit_data
 from mmopt.mm.moe import MixtureOfExperts
 from mmopt.mm.moe_reduction import aggregate_mixtures
 
@@ -130,9 +129,7 @@ class DistributedMixtureOfExperts(MixtureOfExperts):
         if _is_dask_array(X):
             shards = self._fit_dask(X, y, local, rng)
         else:
-            check_input(X, "X", ndim=2)
-            check_input(y, "y")
-            X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+            X, y = validate_fit_data(self, X, y)
             if X.shape[0] < self.n_shards:
                 raise ValueError(
                     f"n_shards={self.n_shards} exceeds the number of samples: "

@@ -18,8 +18,10 @@ from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core._docstrings import DATA_PARAMS, fill_doc
+from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.params import Interval, validate_params
-from mmopt._core.validation import check_input
+from mmopt._core.validation import check_input, validate_fit_data
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.solver import MMSolver
 
@@ -124,17 +126,13 @@ def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _
             slope = float(grad @ direction)
             if not slope < 0:
                 break
-            step, accepted = 1.0, False
-            for _ in range(40):
-                trial = free + step * direction
-                trial_value = _gate_objective(trial, Z, R, scale, derivatives=False)
-                if trial_value <= value + 1e-4 * step * slope:
-                    accepted = True
-                    break
-                step *= 0.5
-            if not accepted:
+            search = backtracking(
+                lambda step, x=free, d=direction: _gate_objective(x + step * d, Z, R, scale,
+                                                                  derivatives=False),
+                armijo(value, slope), max_trials=40)
+            if not search.success:
                 break
-            free = trial
+            free = free + search.step * direction
             value, grad, H = _gate_objective(free, Z, R, scale)
     return np.vstack([free.reshape(n_gates - 1, -1), np.zeros((1, Z.shape[1]))])
 
@@ -315,22 +313,21 @@ class MixtureOfExperts(RegressorMixin, BaseEstimator):
         table = {k: v for k, v in self._parameter_constraints.items() if k != "random_state"}
         validate_params(table, self.get_params(deep=False), owner=type(self).__name__)
 
+    @fill_doc(DATA_PARAMS)
     def fit(self, X, y) -> MixtureOfExperts:
         """Fit the mixture by EM from ``n_init`` starts.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
+        %(X)s
+        %(y_targets)s
 
         Returns
         -------
         self : MixtureOfExperts
         """
         self._check_params()
-        check_input(X, "X", ndim=2)
-        check_input(y, "y")
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        X, y = validate_fit_data(self, X, y)
         rng = check_random_state(self.random_state)
         solver = MMSolver(anderson=False, stopping="objective", tol=self.tol,
                           max_iter=self.max_iter)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.anderson import AndersonAcceleration
 from mmopt._core.params import InstanceOf, Interval, Options
 from mmopt._core.registry import register_solver
@@ -26,7 +26,7 @@ class _EpochState(SolverState):
 
 
 @register_solver
-@fill_doc(SOLVER_PARAMS)
+@fill_doc(SOLVER_PARAMS, references("lavington2023"))
 class SSO(MMSolver):
     """Target-based surrogate optimization, full-batch (MM) or stochastic (SSO).
 
@@ -90,10 +90,7 @@ class SSO(MMSolver):
     whose size shrinks with ``eta`` and grows with the gradient noise, as SGD with a
     constant step: its stopping test may never be met (status 1).
 
-    References
-    ----------
-    .. [1] J. W. Lavington, S. Vaswani, R. Babanezhad, M. Schmidt and N. Le Roux,
-       "Target-based surrogates for stochastic optimization", *ICML*, 2023.
+    %(references)s
 
     Examples
     --------

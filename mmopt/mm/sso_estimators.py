@@ -8,16 +8,44 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core._docstrings import DATA_PARAMS, fill_doc, references
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
-from mmopt._core.params import Interval, Options, constraints_of, validate_params
-from mmopt._core.validation import check_input
+from mmopt._core.params import Interval, Options, ParamsValidationMixin
+from mmopt._core.validation import validate_fit_data
 from mmopt.mm.sso import SSO
 from mmopt.mm.target_surrogate import LinearTargetModel, TargetSurrogateProblem
 
 __all__ = ["SSOClassifier", "SSORegressor"]
 
 
-class _SSOLinearModel(BaseEstimator):
+# The options and attributes both estimators share, with the same meaning.
+_SHARED_DOC = {
+    "batch_size_inner": """\
+batch_size : int, optional
+    Minibatch size of SSO; None for full-batch MM.
+inner : {"exact", "gd"}, optional
+    Inner minimization of the surrogates (exact when None: a ridge solve on the full
+    batch, the projection in target space on minibatches).""",
+    "solver_options": """\
+anderson : bool or AndersonAcceleration, default=True
+    Safeguarded Anderson acceleration of the full-batch MM.
+tol : float, default=1e-6
+    Tolerance of the solver's stopping test.
+max_iter : int, default=1000
+    Maximum MM steps (or epochs with ``batch_size``).
+random_state : int, numpy Generator or None, default=None
+    Seed of the minibatch order.
+verbose : int, default=0
+    Progress output of the solver.""",
+    "fit_counts": """\
+n_target_gradients_ : int
+    Per-sample gradients of the loss computed (summed over ``partial_fit`` calls).
+n_features_in_ : int
+feature_names_in_ : ndarray of str""",
+}
+
+
+class _SSOLinearModel(ParamsValidationMixin, BaseEstimator):
     """What both estimators share: options, the fit on the shared loop, ``partial_fit``."""
 
     _parameter_constraints = {
@@ -50,10 +78,6 @@ class _SSOLinearModel(BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
         self.verbose = verbose
-
-    def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
 
     def _problem(self, X, y, *, inner=None) -> TargetSurrogateProblem:
         return TargetSurrogateProblem(
@@ -94,6 +118,7 @@ class _SSOLinearModel(BaseEstimator):
         return np.vstack(rows).ravel()
 
 
+@fill_doc(_SHARED_DOC, references("lavington2023"))
 class SSORegressor(RegressorMixin, _SSOLinearModel):
     """Linear least squares fitted by target-based surrogates (MM) or SSO.
 
@@ -112,24 +137,11 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
         Whether to fit an intercept.
     eta : float, optional
         Step in target space; 1 (the loss's smoothness) when None.
-    batch_size : int, optional
-        Minibatch size of SSO; None for full-batch MM.
-    inner : {"exact", "gd"}, optional
-        Inner minimization of the surrogates (exact when None: a ridge solve on the full
-        batch, the projection in target space on minibatches).
+    %(batch_size_inner)s
     n_inner : int, default=10
         Armijo gradient steps per surrogate when they are used (``inner="gd"``,
         ``partial_fit``).
-    anderson : bool or AndersonAcceleration, default=True
-        Safeguarded Anderson acceleration of the full-batch MM.
-    tol : float, default=1e-6
-        Tolerance of the solver's stopping test.
-    max_iter : int, default=1000
-        Maximum MM steps (or epochs with ``batch_size``).
-    random_state : int, numpy Generator or None, default=None
-        Seed of the minibatch order.
-    verbose : int, default=0
-        Progress output of the solver.
+    %(solver_options)s
 
     Attributes
     ----------
@@ -139,19 +151,13 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
         The solver's result (not set by ``partial_fit``).
     n_iter_ : int
         Iterations of the solve.
-    n_target_gradients_ : int
-        Per-sample gradients of the loss computed (summed over ``partial_fit`` calls).
-    n_features_in_ : int
-    feature_names_in_ : ndarray of str
+    %(fit_counts)s
 
     See Also
     --------
     SSOClassifier, TargetSurrogateProblem, sklearn.linear_model.SGDRegressor
 
-    References
-    ----------
-    .. [1] J. W. Lavington, S. Vaswani, R. Babanezhad, M. Schmidt and N. Le Roux,
-       "Target-based surrogates for stochastic optimization", *ICML*, 2023.
+    %(references)s
 
     Examples
     --------
@@ -168,22 +174,21 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
     _loss = "squared"
     _n_outputs = 1
 
+    @fill_doc(DATA_PARAMS)
     def fit(self, X: ArrayLike, y: ArrayLike) -> SSORegressor:
         """Fit the model.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
+        %(X)s
+        %(y_targets)s
 
         Returns
         -------
         self : SSORegressor
         """
         self._validate_params()
-        check_input(X, "X", ndim=2)
-        check_input(y, "y")
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        X, y = validate_fit_data(self, X, y)
         self._fit(X, y)
         self.coef_, self.intercept_ = self.coef_[0], float(self.intercept_[0])
         return self
@@ -198,9 +203,7 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
         first = not hasattr(self, "coef_")
         if first:
             self._validate_params()
-        check_input(X, "X", ndim=2)
-        check_input(y, "y")
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, reset=first)
+        X, y = validate_fit_data(self, X, y, reset=first)
         if not first:
             self.coef_, self.intercept_ = self.coef_[None, :], np.array([self.intercept_])
         self._partial_fit(X, y)
@@ -214,6 +217,7 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
         return X @ self.coef_ + self.intercept_
 
 
+@fill_doc(_SHARED_DOC, references("lavington2023", "bohning1992"))
 class SSOClassifier(ClassifierMixin, _SSOLinearModel):
     """Logistic (binary) or softmax (multiclass) regression by target-based surrogates.
 
@@ -234,23 +238,10 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
         Whether to fit intercepts.
     eta : float, optional
         Step in logit space; ``1 / beta`` when None (4 for two classes, 2 for more).
-    batch_size : int, optional
-        Minibatch size of SSO; None for full-batch MM.
-    inner : {"exact", "gd"}, optional
-        Inner minimization of the surrogates (exact when None: a ridge solve on the full
-        batch, the projection in target space on minibatches).
+    %(batch_size_inner)s
     n_inner : int, default=10
         Armijo gradient steps per surrogate when they are used.
-    anderson : bool or AndersonAcceleration, default=True
-        Safeguarded Anderson acceleration of the full-batch MM.
-    tol : float, default=1e-6
-        Tolerance of the solver's stopping test.
-    max_iter : int, default=1000
-        Maximum MM steps (or epochs with ``batch_size``).
-    random_state : int, numpy Generator or None, default=None
-        Seed of the minibatch order.
-    verbose : int, default=0
-        Progress output of the solver.
+    %(solver_options)s
 
     Attributes
     ----------
@@ -260,21 +251,13 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
     result_ : mmopt.Result
         The solver's result (not set by ``partial_fit``).
     n_iter_ : int
-    n_target_gradients_ : int
-        Per-sample gradients of the loss computed (summed over ``partial_fit`` calls).
-    n_features_in_ : int
-    feature_names_in_ : ndarray of str
+    %(fit_counts)s
 
     See Also
     --------
     SSORegressor, TargetSurrogateProblem, sklearn.linear_model.LogisticRegression
 
-    References
-    ----------
-    .. [1] J. W. Lavington, S. Vaswani, R. Babanezhad, M. Schmidt and N. Le Roux,
-       "Target-based surrogates for stochastic optimization", *ICML*, 2023.
-    .. [2] D. Böhning, "Multinomial logistic regression algorithm", *Ann. Inst. Statist.
-       Math.* 44(1), 197-200, 1992.
+    %(references)s
 
     Examples
     --------
@@ -288,23 +271,21 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
     ((3, 4), True)
     """
 
+    @fill_doc(DATA_PARAMS)
     def fit(self, X: ArrayLike, y: ArrayLike) -> SSOClassifier:
         """Fit the model.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
-            Class labels.
+        %(X)s
+        %(y_labels)s
 
         Returns
         -------
         self : SSOClassifier
         """
         self._validate_params()
-        check_input(X, "X", ndim=2)
-        check_input(y, "y", numeric=False)
-        X, y = validate_data(self, X, y, dtype=np.float64)
+        X, y = validate_fit_data(self, X, y, labels=True)
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
@@ -312,14 +293,15 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
                 f"y must hold at least 2 classes; got 1 class: {self.classes_[0]!r}.")
         return self._fit(X, codes.astype(float))
 
+    @fill_doc(DATA_PARAMS)
     def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike | None = None
                     ) -> SSOClassifier:
         """One SSO step on the minibatch ``(X, y)``.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
+        %(X)s
+        %(y_labels)s
         classes : array-like of shape (n_classes,), optional
             All the classes; required on the first call.
 
@@ -335,9 +317,7 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
             self.classes_ = np.unique(np.asarray(classes))
             if len(self.classes_) < 2:
                 raise ValueError("classes must hold at least 2 classes.")
-        check_input(X, "X", ndim=2)
-        check_input(y, "y", numeric=False)
-        X, y = validate_data(self, X, y, dtype=np.float64, reset=first)
+        X, y = validate_fit_data(self, X, y, labels=True, reset=first)
         check_classification_targets(y)
         unknown = np.setdiff1d(y, self.classes_)
         if unknown.size:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg
 
+from mmopt._core._docstrings import fill_doc, references
 from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.validation import check_array, check_callable, check_choice, check_scalar
 from mmopt.mm._target_losses import make_target_loss
@@ -204,6 +205,7 @@ class _Surrogate:
         return self.value_and_outputs(theta)[0]
 
 
+@fill_doc(references("lavington2023"))
 class TargetSurrogateProblem(MMProblem):
     r"""Minimize a loss of a model's outputs by target-based surrogates (MM).
 
@@ -251,10 +253,7 @@ class TargetSurrogateProblem(MMProblem):
     Every :meth:`mm_step` and :meth:`surrogate_step` computes one gradient of the loss in
     target space (on its rows); the inner minimization only evaluates the model.
 
-    References
-    ----------
-    .. [1] J. W. Lavington, S. Vaswani, R. Babanezhad, M. Schmidt and N. Le Roux,
-       "Target-based surrogates for stochastic optimization", *ICML*, 2023.
+    %(references)s
 
     Examples
     --------

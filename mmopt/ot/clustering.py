@@ -11,6 +11,7 @@ from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mmopt._core._docstrings import fill_doc, references
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.validation import check_choice, check_scalar
 from mmopt.ot.p2ot import progressive_partial_ot, rho_schedule
@@ -19,6 +20,7 @@ from mmopt.ot.sp2ot import semantic_graph
 __all__ = ["ImbalancedOTClustering"]
 
 
+@fill_doc(references("zhang2024p2ot", "zhang2024sp2ot"))
 class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     r"""Clustering with a prototype head trained on (S)P²OT pseudo-labels.
 
@@ -101,12 +103,7 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen in ``fit``.
 
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep
-       Imbalanced Clustering", ICLR 2024.
-    .. [2] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
+    %(references)s
 
     Examples
     --------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
@@ -182,7 +182,7 @@ class _P2OTState(SolverState):
 
 
 @register_solver
-@fill_doc(SOLVER_PARAMS, OT_PARAMS)
+@fill_doc(SOLVER_PARAMS, OT_PARAMS, references("zhang2024p2ot", "zhang2024sp2ot", "chizat2018"))
 class ProgressivePartialOT(Solver):
     r"""Scaling algorithm of P²OT with an implicit virtual column, in the log domain.
 
@@ -222,14 +222,7 @@ class ProgressivePartialOT(Solver):
     its pseudo-label), ``transported_mass``, ``cluster_marginal`` (``Q^T 1``), ``f``,
     ``g``, ``h``, ``objective`` (the primal objective), ``row_error``.
 
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep
-       Imbalanced Clustering", ICLR 2024.
-    .. [2] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
-    .. [3] L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for
-       unbalanced optimal transport problems", Mathematics of Computation 87 (2018).
+    %(references)s
 
     Examples
     --------
@@ -335,6 +328,7 @@ def _row_update(run, f_old, g, h):
     return reg * (run.log_a - np.logaddexp(L, h / reg)), row_mass
 
 
+@fill_doc(references("zhang2024p2ot"))
 def rho_schedule(t, total, rho0=0.1):
     r"""The papers' progressive mass: ``rho_t = rho_0 + (1 - rho_0) exp(-5 (1 - t/T)^2)``.
 
@@ -352,10 +346,7 @@ def rho_schedule(t, total, rho0=0.1):
     float or ndarray
         ``rho_t``, rising from about ``rho_0`` to 1.
 
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep
-       Imbalanced Clustering", ICLR 2024.
+    %(references)s
 
     Examples
     --------

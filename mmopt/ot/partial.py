@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
@@ -494,6 +494,7 @@ def _exact_partial(a, b, C, mass) -> Result:
     return res
 
 
+@fill_doc(references("chizat2018"))
 def partial_ot(a, b, C, mass=None, reg=None, **options) -> Result:
     r"""Partial optimal transport: move exactly ``mass`` between ``a`` and ``b``.
 
@@ -528,10 +529,7 @@ def partial_ot(a, b, C, mass=None, reg=None, **options) -> Result:
         With ``plan``, ``transported_mass``, ``transport_cost``, ``row_marginal``,
         ``col_marginal``, and ``f``, ``g`` (dual potentials).
 
-    References
-    ----------
-    .. [1] L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for
-       unbalanced optimal transport problems", Mathematics of Computation 87 (2018).
+    %(references)s
 
     Examples
     --------

@@ -164,7 +164,7 @@ class Sinkhorn(Solver):
         2017), where ``rate`` is the observed ratio of successive marginal errors over
         5 plain iterations (used once two successive windows agree within 10%). If the
         error then grows tenfold the plain iteration resumes. The fixed point is the same;
-        slow problems (small ``reg``) converge in several times fewer iterations.
+        slow problems (small ``reg``) take fewer iterations.
     tol : float, default=1e-9
         Stop when the L1 marginal error relative to the total mass,
         ``(||P 1 - a||_1 + ||P^T 1 - b||_1) / sum(b)`` (``Result.residual``), is at most
@@ -196,6 +196,15 @@ class Sinkhorn(Solver):
     ``diag(u) K diag(v)`` would lose digits); below about 1e-290 the plan's smallest entries
     underflow float64, and ``marginal_error`` can then exceed ``tol * sum(b)`` although
     the potentials meet ``tol``.
+
+    References
+    ----------
+    .. [1] M. Cuturi, "Sinkhorn distances: lightspeed computation of optimal transport",
+       Advances in Neural Information Processing Systems 26 (2013).
+    .. [2] B. Schmitzer, "Stabilized sparse scaling algorithms for entropy regularized
+       transport problems", SIAM J. Sci. Comput. 41 (2019).
+    .. [3] A. Thibault, L. Chizat, C. Dossal, N. Papadakis, "Overrelaxed Sinkhorn-Knopp
+       algorithm for regularized optimal transport", Algorithms 14 (2021).
 
     Examples
     --------

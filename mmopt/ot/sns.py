@@ -83,8 +83,8 @@ class SinkhornNewtonSparse(Sinkhorn):
     :math:`L(f, g)`: the Hessian
     :math:`-\frac{1}{\mathrm{reg}}\begin{bmatrix}\mathrm{diag}(S1) & S\\ S^\top &
     \mathrm{diag}(S^\top 1)\end{bmatrix}` is built from a sparsified plan ``S`` (per row and
-    per column, the smallest entries whose total is at most ``nu * ||grad||_1`` are
-    dropped, selected in O(nm) by binning the entries by magnitude), shifted by
+    per column, the smallest entries whose total is at most ``drop_budget * ||grad||_1``
+    are dropped, selected in O(nm) by binning the entries by magnitude), shifted by
     ``shift * ||grad||_1`` (the Hessian's null direction ``(1, -1)``) and damped
     Levenberg-Marquardt style (the diagonal scaled by ``1 + lam``, ``lam`` growing after
     short or failed steps and shrinking after full ones: at small ``reg`` the dual is far
@@ -115,20 +115,20 @@ class SinkhornNewtonSparse(Sinkhorn):
         Epsilon scaling of stage 1 when Newton steps may be used and
         ``(max C - min C) / reg > 200``: Sinkhorn starts at
         ``reg' = (max C - min C) / 100`` and divides ``reg'`` by this factor each time its
-        marginal error (at ``reg'``) reaches ``switch_tol``, down to ``reg``. At small
-        ``reg`` this takes several times fewer iterations than Sinkhorn at ``reg`` from zero
-        potentials. None: stage 1 runs at ``reg`` only.
-    nu : float, default=1e-3
-        Sparsification budget, relative to the gradient's L1 norm.
+        marginal error (at ``reg'``) reaches ``switch_tol``, down to ``reg``. None: stage 1
+        runs at ``reg`` only.
+    drop_budget : float, default=1e-3
+        Sparsification budget: the mass of the entries dropped from each row and column
+        of the Hessian's plan, relative to the gradient's L1 norm.
     shift : float, default=1e-3
         Diagonal shift of the Newton system, relative to the gradient's L1 norm.
     linear_solver : {"auto", "direct", "cg"}, default="auto"
         How the Newton system is solved: a sparse LU factorization of the sparsified
         Hessian (``"direct"``), or Jacobi-preconditioned conjugate gradients (``"cg"``).
         ``"auto"`` factorizes when the sparsified plan keeps at most 20 entries per row and
-        column on average (small ``reg``: a near-matching, where CG needed hundreds of
-        iterations at ``reg = 1e-4``), and for every step after CG has once failed to reach
-        ``cg_tol`` within ``max_cg`` iterations.
+        column on average (small ``reg``: a near-matching, where CG converges slowly),
+        and for every step after CG has once failed to reach ``cg_tol`` within ``max_cg``
+        iterations.
     cg_tol : float, default=1e-2
         Relative residual at which conjugate gradients stop (an inexact Newton step).
     max_cg : int, default=500
@@ -143,6 +143,12 @@ class SinkhornNewtonSparse(Sinkhorn):
     (iteration counts per stage), and ``history`` records per iteration ``newton`` (1 for a
     Newton step), ``cg_iterations``, ``hessian_density`` (fraction of the plan's entries
     kept) and ``step`` (the line-search step length).
+
+    References
+    ----------
+    .. [1] X. Tang, M. Shavlovsky, H. Rahmanian, E. Tardini, K. K. Thekumparampil, T. Xiao,
+       L. Ying, "Accelerating Sinkhorn algorithm with sparse Newton iterations", ICLR
+       (2024).
 
     Examples
     --------
@@ -163,7 +169,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         "newton": [Options({"auto", "always", "never"})],
         "switch_tol": [Interval(float, 0, None)],
         "reg_scaling": [None, Interval(float, 1, None, closed="neither")],
-        "nu": [Interval(float, 0, 1)],
+        "drop_budget": [Interval(float, 0, 1)],
         "shift": [Interval(float, 0, None)],
         "linear_solver": [Options({"auto", "direct", "cg"})],
         "cg_tol": [Interval(float, 0, None, closed="neither")],
@@ -176,7 +182,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         newton: str = "auto",
         switch_tol: float = 1e-2,
         reg_scaling: float | None = 3.0,
-        nu: float = 1e-3,
+        drop_budget: float = 1e-3,
         shift: float = 1e-3,
         linear_solver: str = "auto",
         cg_tol: float = 1e-2,
@@ -201,7 +207,7 @@ class SinkhornNewtonSparse(Sinkhorn):
         self.newton = newton
         self.switch_tol = switch_tol
         self.reg_scaling = reg_scaling
-        self.nu = nu
+        self.drop_budget = drop_budget
         self.shift = shift
         self.linear_solver = linear_solver
         self.cg_tol = cg_tol
@@ -357,9 +363,8 @@ class SinkhornNewtonSparse(Sinkhorn):
         grad_norm = float(np.abs(grad_f).sum() + np.abs(grad_g).sum())
         if grad_norm == 0.0:
             return None
-        S = sparsify_plan(
-            support.C, f, g, reg, row, col, self.nu * grad_norm, self.nu * grad_norm
-        )
+        budget = self.drop_budget * grad_norm
+        S = sparsify_plan(support.C, f, g, reg, row, col, budget, budget)
         density = S.nnz / (row.size * col.size)
         # The diagonal keeps the full plan's marginals (only the off-diagonal block is
         # sparsified): the matrix is then the bipartite Laplacian of S plus the dropped mass

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
+from mmopt._core._docstrings import fill_doc, references
 from mmopt._core.anderson import AndersonAcceleration
 from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.mm import MMProblem, MMSolver
@@ -24,6 +25,7 @@ from mmopt.ot.p2ot import P2OTProblem, ProgressivePartialOT
 __all__ = ["SP2OT", "SP2OTProblem", "semantic_graph", "sp2ot_pseudo_labels"]
 
 
+@fill_doc(references("zhang2024sp2ot"))
 def semantic_graph(features, n_neighbors: int = 20, sigma: float | None = None):
     r"""Sparse semantic affinity ``S`` of the samples: a Gaussian kernel on the neighbours.
 
@@ -48,10 +50,7 @@ def semantic_graph(features, n_neighbors: int = 20, sigma: float | None = None):
     -------
     scipy.sparse.csr_matrix of shape (n, n)
 
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
+    %(references)s
 
     Examples
     --------
@@ -90,6 +89,7 @@ def semantic_graph(features, n_neighbors: int = 20, sigma: float | None = None):
     return S
 
 
+@fill_doc(references("zhang2024sp2ot", "zhang2024p2ot"))
 class SP2OTProblem(MMProblem):
     r"""SP²OT as majorization-minimization over the plan ``Q`` (n samples x k clusters).
 
@@ -134,12 +134,7 @@ class SP2OTProblem(MMProblem):
     safeguard : bool, default=True
         Halve steps that increase ``F`` (off only to study the plain linearization).
 
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
-    .. [2] C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep
-       Imbalanced Clustering", ICLR 2024.
+    %(references)s
 
     Examples
     --------
@@ -299,6 +294,7 @@ class SP2OTProblem(MMProblem):
         return f"SP2OTProblem(n={n}, k={k}, rho={self.p2ot.rho:g}, lam={self.lam:g})"
 
 
+@fill_doc(references("zhang2024sp2ot"))
 class SP2OT(MMSolver):
     """The MM solver of SP²OT: :class:`mmopt.mm.MMSolver` with the papers' defaults.
 
@@ -310,10 +306,7 @@ class SP2OT(MMSolver):
     :class:`mmopt.mm.MMSolver`'s; it is not a separate registered solver (``mmopt.solve``
     on an :class:`SP2OTProblem` uses ``"mm"``).
 
-    References
-    ----------
-    .. [1] C. Zhang, H. Ren, X. He, "SP²OT: Semantic-Regularized Progressive Partial
-       Optimal Transport for Imbalanced Clustering", arXiv:2404.03446 (2024).
+    %(references)s
 
     Examples
     --------

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, cg
 
-from mmopt._core._docstrings import fill_doc
+from mmopt._core._docstrings import fill_doc, references
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.lbfgs import LBFGSBSteps, LBFGSBStopped
 from mmopt._core.linesearch import backtracking
@@ -194,6 +194,7 @@ class _Conjugates:
 
 
 @register_solver
+@fill_doc(references("liu2023", "blondel2018", "byrd1995"))
 class SparsityConstrainedOT(Solver):
     r"""Optimal transport with at most ``k`` nonzeros per column of the plan.
 
@@ -287,15 +288,7 @@ class SparsityConstrainedOT(Solver):
     g_j)``: the largest potential at which they would receive no mass (for the
     semi-dual, ``g`` is the one its plan implies, ``T_ij = [f_i + g_j - C_ij]_+ / reg``).
 
-    References
-    ----------
-    .. [1] T. Liu, J. Puigcerver and M. Blondel, "Sparsity-constrained optimal transport",
-       International Conference on Learning Representations (ICLR), 2023.
-    .. [2] M. Blondel, V. Seguy and A. Rolet, "Smooth and sparse optimal transport",
-       International Conference on Artificial Intelligence and Statistics (AISTATS), 2018.
-    .. [3] R. H. Byrd, P. Lu, J. Nocedal and C. Zhu, "A limited memory algorithm for bound
-       constrained optimization", SIAM Journal on Scientific Computing 16(5):1190-1208,
-       1995 (L-BFGS-B).
+    %(references)s
 
     Examples
     --------
@@ -686,7 +679,7 @@ def _scale_on_support(plan, a, b, *, tol, max_iter=10_000):
     return None
 
 
-@fill_doc(OT_PARAMS)
+@fill_doc(OT_PARAMS, references("liu2023"))
 def sparsity_constrained_ot(a, b, C, k, reg, **options) -> Result:
     """Optimal transport with at most ``k`` nonzeros per column (:class:`SparsityConstrainedOT`).
 
@@ -711,10 +704,7 @@ def sparsity_constrained_ot(a, b, C, k, reg, **options) -> Result:
         ``objective``, ``row_violation``, ``column_violation``, ``marginal_error``,
         ``nnz_per_column``.
 
-    References
-    ----------
-    .. [1] T. Liu, J. Puigcerver and M. Blondel, "Sparsity-constrained optimal transport",
-       International Conference on Learning Representations (ICLR), 2023.
+    %(references)s
 
     Examples
     --------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
+from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.params import Interval, Options
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
@@ -330,7 +330,7 @@ class _UnbalancedState(SolverState):
 
 
 @register_solver
-@fill_doc(SOLVER_PARAMS, OT_PARAMS)
+@fill_doc(SOLVER_PARAMS, OT_PARAMS, references("chizat2018", "sejourne2022"))
 class UnbalancedSinkhorn(Solver):
     r"""Scaling algorithm for unbalanced entropic OT (Chizat et al.), with translations.
 
@@ -393,12 +393,7 @@ class UnbalancedSinkhorn(Solver):
     ``optimality_error`` (L1 norm of the dual gradient at the returned iterate, computed
     exactly) and ``method``.
 
-    References
-    ----------
-    .. [1] L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for
-       unbalanced optimal transport problems", Mathematics of Computation 87 (2018).
-    .. [2] T. Séjourné, F.-X. Vialard, G. Peyré, "Faster unbalanced optimal transport:
-       translation invariant Sinkhorn and 1-D Frank-Wolfe", AISTATS 2022.
+    %(references)s
 
     Examples
     --------

@@ -17,19 +17,14 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 from sklearn.base import BaseEstimator
 
+from mmopt._core._docstrings import fill_doc
 from mmopt._core.anderson import (
     ANDERSON_OPTION,
     AndersonAcceleration,
     anderson_counts,
     make_accelerator,
 )
-from mmopt._core.params import (
-    InstanceOf,
-    Interval,
-    Options,
-    constraints_of,
-    validate_params,
-)
+from mmopt._core.params import InstanceOf, Interval, Options
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -48,7 +43,7 @@ from mmopt.registration.deformation_graph import (
     orient_pairs,
     run_coarse_stage,
 )
-from mmopt.registration.nonrigid_problem import NonRigidRegistrationProblem
+from mmopt.registration.nonrigid_problem import CLOUD_PARAMS, NonRigidRegistrationProblem
 from mmopt.registration.problem import _centroid, check_point_cloud
 
 __all__ = ["SPARE", "NonRigidRegistration", "NonRigidRegistrationProblem", "nonrigid_icp"]
@@ -170,7 +165,7 @@ class SPARE(Solver):
         Anderson acceleration of the outer iteration on the positions ``v`` (the rotations
         follow by their step at the extrapolated positions), with the shared safeguard: a
         candidate is kept only if its energy, at its own closest points, is no larger than
-        the current one. Off by default: measured, it does not pay (BENCHMARKS.md).
+        the current one. Off by default: it does not pay on the benchmarks (BENCHMARKS.md).
     coarse : bool or DeformationGraph, default=True
         Start with the coarse stage on a deformation graph (:class:`DeformationGraph`, its
         options; True for the defaults), whose result (positions and rotations) starts the
@@ -275,11 +270,6 @@ class SPARE(Solver):
         self.max_iter = max_iter
         self.callback = callback
         self.verbose = verbose
-
-    def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
-        super()._validate_params()
 
     # ------------------------------------------------------------------------ the run
     def _init_state(self, problem: NonRigidRegistrationProblem, x0) -> _State:
@@ -494,15 +484,13 @@ class SPARE(Solver):
         return float(np.mean(pairs.valid & (np.abs(d) < 3.0 * s.nu)))
 
 
+@fill_doc(CLOUD_PARAMS)
 def nonrigid_icp(source, target, **options) -> Result:
     """Deform ``source`` onto ``target`` with :class:`SPARE`.
 
     Parameters
     ----------
-    source : array-like of shape (n, 3)
-        The cloud to deform.
-    target : array-like of shape (m, 3)
-        The fixed cloud.
+    %(clouds)s
     **options
         ``source_normals``, ``target_normals``, ``faces``, ``k``, ``normals_k`` (see
         :class:`NonRigidRegistrationProblem`), ``x0`` and the options of :class:`SPARE`.

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from mmopt._core.problem import Problem
+from mmopt._core._docstrings import fill_doc
 from mmopt._core.validation import check_scalar, readonly
 from mmopt.registration.arap import knn_edges, mesh_edges
 from mmopt.registration.normals import estimate_normals
-from mmopt.registration.problem import _check_normals, _diagonal, check_point_cloud
+from mmopt.registration.problem import _check_normals, _CloudPair, check_point_cloud
 
 __all__ = ["NonRigidRegistrationProblem"]
+
+# The two clouds, as every non-rigid entry point takes them.
+CLOUD_PARAMS = {
+    "clouds": """\
+source : array-like of shape (n, 3)
+    The cloud to deform.
+target : array-like of shape (m, 3)
+    The fixed cloud.""",
+}
 
 
 def _check_faces(value, n: int) -> np.ndarray | None:
@@ -38,8 +46,9 @@ def _check_faces(value, n: int) -> np.ndarray | None:
     return readonly(faces)
 
 
+@fill_doc(CLOUD_PARAMS)
 @dataclass(frozen=True, eq=False)
-class NonRigidRegistrationProblem(Problem):
+class NonRigidRegistrationProblem(_CloudPair):
     """Non-rigid registration: deform ``source`` point by point onto ``target``.
 
     The unknowns are the deformed positions ``v_i`` of every source point and a rotation
@@ -49,10 +58,7 @@ class NonRigidRegistrationProblem(Problem):
 
     Parameters
     ----------
-    source : array-like of shape (n, 3)
-        The cloud to deform.
-    target : array-like of shape (m, 3)
-        The fixed cloud.
+    %(clouds)s
     source_normals, target_normals : array-like of shape (n, 3) / (m, 3), optional
         Unit normals (normalized here). When both are given they are taken as consistently
         oriented (pairs with opposite normals are rejected); when either is estimated (PCA over
@@ -83,10 +89,6 @@ class NonRigidRegistrationProblem(Problem):
     faces: np.ndarray | None = None
     k: int = 8
     normals_k: int = 10
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    _lock: threading.RLock = field(
-        default_factory=threading.RLock, init=False, repr=False, compare=False
-    )
 
     default_solver = "spare"
 
@@ -115,21 +117,9 @@ class NonRigidRegistrationProblem(Problem):
                              self.target_normals, self.faces, self.k, self.normals_k))
 
     @property
-    def scale(self) -> float:
-        """Normalization length: the larger bounding-box diagonal of the two clouds."""
-        return max(_diagonal(self.source), _diagonal(self.target))
-
-    @property
     def n_edges(self) -> int:
         """Number of directed edges of the ARAP graph."""
         return int(self.edges()[0].shape[0])
-
-    def cached(self, key, build):
-        """Memoize ``build()`` under ``key`` (thread-safe; entries are read only)."""
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = build()
-            return self._cache[key]
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """Directed edges ``(heads, tails)`` of the ARAP graph."""

@@ -125,7 +125,34 @@ def check_rigid_transform(value, name: str, *, similarity: bool = False) -> np.n
 
 
 @dataclass(frozen=True, eq=False)
-class RegistrationProblem(Problem):
+class _CloudPair(Problem):
+    """What the rigid and the non-rigid problem share: a source and a target cloud, their
+    common length scale, and a thread-safe memo of what is built from them (KD-trees,
+    normals, graphs), which pickling leaves out."""
+
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.RLock = field(
+        default_factory=threading.RLock, init=False, repr=False, compare=False
+    )
+
+    @property
+    def scale(self) -> float:
+        """Normalization length: the larger bounding-box diagonal of the two clouds."""
+        return max(_diagonal(self.source), _diagonal(self.target))
+
+    def cached(self, key, build):
+        """Memoize ``build()`` under ``key`` (KD-trees and geometry are built once).
+
+        Thread-safe: solves sharing the problem build each entry once and read it only.
+        """
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
+
+
+@dataclass(frozen=True, eq=False)
+class RegistrationProblem(_CloudPair):
     """Rigid registration of ``source`` onto ``target``: find ``T`` with ``target ~= T source``.
 
     ``T`` is a 4x4 homogeneous transform acting on column vectors, ``y = R @ x + t``. The
@@ -165,10 +192,6 @@ class RegistrationProblem(Problem):
     target: np.ndarray
     target_normals: np.ndarray | None = None
     source_normals: np.ndarray | None = None
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    _lock: threading.RLock = field(
-        default_factory=threading.RLock, init=False, repr=False, compare=False
-    )
 
     default_solver = "icp"
 
@@ -196,27 +219,12 @@ class RegistrationProblem(Problem):
         )
 
     @property
-    def scale(self) -> float:
-        """Normalization length: the larger bounding-box diagonal of the two clouds."""
-        return max(_diagonal(self.source), _diagonal(self.target))
-
-    @property
     def source_centroid(self) -> np.ndarray:
         return _centroid(self.source)
 
     @property
     def target_centroid(self) -> np.ndarray:
         return _centroid(self.target)
-
-    def cached(self, key, build):
-        """Memoize ``build()`` under ``key`` (KD-trees and geometry are built once).
-
-        Thread-safe: solves sharing the problem build each entry once and read it only.
-        """
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = build()
-            return self._cache[key]
 
     def __repr__(self) -> str:
         normals = " with target normals" if self.target_normals is not None else ""

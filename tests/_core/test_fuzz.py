@@ -8,8 +8,8 @@ import warnings
 import joblib
 import numpy as np
 import pytest
-from _helpers import assert_thread_safe
-from hypothesis import given, settings
+from _helpers import assert_thread_safe, fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import mmopt
@@ -19,7 +19,7 @@ from mmopt._core.threads import check_n_threads, effective_n_threads
 from mmopt._core.validation import check_array, check_input
 from mmopt.mm import MMProblem, MMSolver
 
-FAST = settings(max_examples=25, deadline=None, derandomize=True)
+FAST = fuzz_settings(25)
 
 
 # ------------------------------------------------------------------------------ validation

@@ -9,12 +9,27 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from hypothesis import settings
 
 import mmopt
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
 
 # The kinds of bad array of conftest's ``BAD_ARRAYS``, for parametrizing at import time.
 ARRAY_KINDS = ["ragged", "string", "object", "complex", "nan", "inf", "empty", "none"]
+
+
+def fuzz_settings(max_examples: int, **options) -> settings:
+    """Hypothesis settings of the fuzz tests: ``max_examples`` cases drawn the same way on
+    every run (derandomized, so a failure reproduces) and no per-example deadline (a loaded
+    machine must not fail a test)."""
+    return settings(max_examples=max_examples, deadline=None, derandomize=True, **options)
+
+
+def linear_data(seed: int, n: int, coef, noise: float):
+    """``X`` (n, len(coef)) standard normal and ``y = X @ coef + noise * N(0, 1)``."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, len(coef)))
+    return X, X @ np.asarray(coef, dtype=float) + noise * rng.standard_normal(n)
 
 
 @contextlib.contextmanager

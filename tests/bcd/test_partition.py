@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from _helpers import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mmopt.bcd.partition import check_blocks, make_partition, red_black_partition
 from mmopt.datasets import make_lattice_graph
 
-FAST = settings(max_examples=30, deadline=None, derandomize=True)
+FAST = fuzz_settings(30)
 
 
 @FAST

@@ -5,8 +5,15 @@ one MAID instance serves several threads on shared problems."""
 
 import numpy as np
 import pytest
-from _helpers import ARRAY_KINDS, assert_thread_safe, no_numpy_warnings, shrinkage_problem
-from hypothesis import given, settings
+from _helpers import (
+    ARRAY_KINDS,
+    assert_thread_safe,
+    fuzz_settings,
+    linear_data,
+    no_numpy_warnings,
+    shrinkage_problem,
+)
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mmopt.bilevel import (
@@ -20,13 +27,11 @@ from mmopt.bilevel import (
     tv_denoising_problem,
 )
 
-FAST = settings(max_examples=8, deadline=None, derandomize=True)
+FAST = fuzz_settings(8)
 
 
 def _regression(seed=0, n=40, p=4):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, p))
-    return X, X @ np.linspace(1.0, 2.0, p) + 0.5 * rng.standard_normal(n)
+    return linear_data(seed, n, np.linspace(1.0, 2.0, p), noise=0.5)
 
 
 def _classification(seed=0, n=40, p=3):

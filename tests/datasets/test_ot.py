@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from mmopt.datasets import make_ot_problem
+from mmopt.datasets import make_image_histograms, make_ot_problem
 
 
 @pytest.mark.parametrize("weights", ["uniform", "random"])
@@ -40,3 +40,29 @@ def test_reproducible_and_unnormalized():
 def test_bad_input(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make_ot_problem(**{"n_source": 5, **kwargs})
+
+
+def test_image_histograms_on_a_grid():
+    a, B, C = make_image_histograms(6, 4, random_state=0)
+    assert a.shape == (36,) and B.shape == (36, 4) and C.shape == (36, 36)
+    np.testing.assert_allclose(a.sum(), 1.0)
+    np.testing.assert_allclose(B.sum(axis=0), np.ones(4))
+    # The cost is the squared distance between the pixels (i, j) / side, over its maximum.
+    pixels = np.array([(j, i) for i in range(6) for j in range(6)]) / 6
+    expected = cdist(pixels, pixels, "sqeuclidean")
+    np.testing.assert_allclose(C, expected / expected.max(), atol=1e-15)
+    # The source is one blob at the centre; the targets leave their faint pixels empty.
+    assert a.argmax() in {14, 15, 20, 21} and np.all(a > 0)
+    assert np.all(B >= 0) and (B == 0).any()
+    again = make_image_histograms(6, 4, random_state=np.random.RandomState(0))
+    for x, y in zip((a, B, C), again):
+        np.testing.assert_array_equal(x, y)
+    generator = make_image_histograms(6, 4, random_state=np.random.default_rng(0))[1]
+    assert generator.shape == (36, 4) and not np.array_equal(generator, B)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"side": 1}, "side"), ({"n_images": 0}, "n_images"),
+                                          ({"random_state": "x"}, "random_state")])
+def test_image_histograms_name_a_bad_argument(kwargs, name):
+    with pytest.raises((TypeError, ValueError), match=name):
+        make_image_histograms(**kwargs)

@@ -6,8 +6,8 @@ and one solver/estimator serves several threads."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from _helpers import ARRAY_KINDS, assert_thread_safe, no_numpy_warnings
-from hypothesis import given, settings
+from _helpers import ARRAY_KINDS, assert_thread_safe, fuzz_settings, linear_data, no_numpy_warnings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mmopt.mm import (
@@ -20,13 +20,11 @@ from mmopt.mm import (
     mad_scale,
 )
 
-FAST = settings(max_examples=20, deadline=None, derandomize=True)
+FAST = fuzz_settings(20)
 
 
 def _regression(seed=0, n=30, p=3):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, p))
-    y = X @ np.arange(1.0, p + 1.0) + 0.1 * rng.standard_normal(n)
+    X, y = linear_data(seed, n, np.arange(1.0, p + 1.0), noise=0.1)
     y[:3] += 20.0
     return X, y
 

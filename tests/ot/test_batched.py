@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mmopt import ConvergenceWarning
+from mmopt.datasets import make_image_histograms
 from mmopt.ot import _batched, sinkhorn
 
 
@@ -246,20 +247,7 @@ def test_anderson_safeguard_and_plain_iterations(monkeypatch):
 def test_image_histograms_on_a_grid(k):
     """Another problem class: k images (smooth blobs, some pixels empty) on a 12 x 12 grid,
     squared distances between pixels; each column = its single solve, and k = 1 works."""
-    rng = np.random.default_rng(k)
-    side = 12
-    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) / side
-    C = ((grid[:, None] - grid[None]) ** 2).sum(-1)
-    C /= C.max()
-    a = np.exp(-((grid - 0.5) ** 2).sum(1) / 0.1)
-    a /= a.sum()
-    columns = []
-    for _ in range(k):
-        image = sum(np.exp(-((grid - rng.random(2)) ** 2).sum(1) / rng.uniform(0.005, 0.05))
-                    for _ in range(2))
-        image[image < 1e-3 * image.max()] = 0.0
-        columns.append(image / image.sum())
-    b = np.stack(columns, axis=1)
+    a, b, C = make_image_histograms(12, k, random_state=np.random.default_rng(k))
     reg = 2e-3
     res = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
     assert res.status == 0 and res.plan.shape == (k, *C.shape)

@@ -55,8 +55,8 @@ def test_auto_keeps_sinkhorn_at_large_reg():
 
 def test_bad_options():
     problem = OTProblem([], [], np.ones((3, 3)) - np.eye(3), 1e-3)
-    for option, value in (("newton", "sometimes"), ("nu", 2.0), ("cg_tol", 0.0), ("max_cg", 0),
-                          ("linear_solver", "qr")):
+    for option, value in (("newton", "sometimes"), ("drop_budget", 2.0), ("cg_tol", 0.0),
+                          ("max_cg", 0), ("linear_solver", "qr")):
         with pytest.raises((ValueError, TypeError), match=option):
             SinkhornNewtonSparse(**{option: value}).solve(problem)
 
@@ -152,3 +152,12 @@ def test_issue_case_takes_newton_steps_where_sinkhorn_crawls():
     ref = sinkhorn(a, a, C, 5e-3, tol=1e-12, max_iter=200_000)
     assert ref.nit > 20 * res.n_sinkhorn
     np.testing.assert_allclose(res.plan, ref.plan, atol=1e-9)
+
+
+def test_the_sparsification_budget_is_drop_budget_not_nu():
+    # ``nu`` is the robust-loss scale of the registration solvers; here the option that means
+    # something else has its own name, and the old one is refused with the valid options listed.
+    problem = OTProblem([], [], np.ones((3, 3)) - np.eye(3), 1e-2)
+    with pytest.raises(TypeError, match="'nu'.*drop_budget"):
+        mmopt.solve(problem, "sns", nu=1e-3)
+    assert mmopt.solve(problem, "sns", drop_budget=1e-3).success

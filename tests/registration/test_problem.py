@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from mmopt.registration import RegistrationProblem, icp
+from mmopt.registration import NonRigidRegistrationProblem, RegistrationProblem, icp
 from mmopt.registration.problem import check_rigid_transform
 
 rng = np.random.default_rng(0)
@@ -81,3 +81,25 @@ def test_similarity_init_accepts_scaled_rotation():
     check_rigid_transform(T, "init", similarity=True)
     with pytest.raises(ValueError, match="rotation times a positive scale"):
         check_rigid_transform(np.diag([2.0, 1.0, 1.0, 1.0]), "init", similarity=True)
+
+
+@pytest.mark.parametrize("cls", [RegistrationProblem, NonRigidRegistrationProblem])
+def test_both_problems_memoize_once_across_threads_and_pickle_without_the_memo(cls):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    problem = cls(rng.random((30, 3)), rng.random((40, 3)))
+    calls, gate = [], threading.Event()
+
+    def build():
+        calls.append(1)
+        gate.wait(0.05)  # a slow build: the other threads arrive while it runs
+        return object()
+
+    with ThreadPoolExecutor(8) as pool:
+        values = list(pool.map(lambda _: problem.cached("k", build), range(16)))
+    assert len(calls) == 1 and all(v is values[0] for v in values)
+    copy = pickle.loads(pickle.dumps(problem))
+    assert copy._cache == {} and copy.scale == problem.scale
+    np.testing.assert_array_equal(copy.source, problem.source)
