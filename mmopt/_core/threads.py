@@ -12,6 +12,11 @@ from mmopt_ext._openmp_helpers import openmp_enabled, openmp_max_threads
 
 __all__ = ["check_n_threads", "effective_n_threads", "single_threaded", "openmp_enabled"]
 
+# Below this many entries a pass over the data takes a few microseconds: waking a team of
+# threads costs more than it saves, and on a busy machine each parallel region waits for a
+# time slice per thread (milliseconds).
+MIN_PARALLEL_SIZE = 1 << 16
+
 # Set inside solve_many workers: the processes already run in parallel, so kernels must not
 # each start a full team of threads on top of them.
 _forced_threads: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -19,27 +24,32 @@ _forced_threads: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 
-def effective_n_threads(n_threads: int | None = None) -> int:
+def effective_n_threads(n_threads: int | None = None, size: int | None = None) -> int:
     """Resolve a user's ``n_threads`` the way scikit-learn does.
 
     ``None`` means OpenMP's default (which honours ``OMP_NUM_THREADS``) capped by the CPUs this
     process may use, or 1 inside a :func:`mmopt.solve_many` worker; a negative value counts
-    back from the number of CPUs (``-1`` is all of them).
+    back from the number of CPUs (``-1`` is all of them). With ``size`` (the number of entries
+    a kernel's pass reads), passes over fewer than ``MIN_PARALLEL_SIZE`` entries run on one
+    thread.
 
     Examples
     --------
     >>> from mmopt._core.threads import effective_n_threads
     >>> effective_n_threads(1)
     1
+    >>> effective_n_threads(-1, size=100)
+    1
     """
-    if not openmp_enabled():
+    if n_threads is not None:
+        n_threads = check_n_threads(n_threads)
+    if not openmp_enabled() or (size is not None and size < MIN_PARALLEL_SIZE):
         return 1
     if n_threads is None:
         forced = _forced_threads.get()
         if forced is not None:
             return forced
         return max(1, min(openmp_max_threads(), joblib.cpu_count()))
-    n_threads = check_n_threads(n_threads)
     if n_threads < 0:
         # (joblib reads the cgroup quota files: only asked when needed, kernels resolve
         # their thread count on every call)

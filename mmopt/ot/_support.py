@@ -157,7 +157,7 @@ class ScalingRun(Support):
     def __init__(self, problem, method: str, n_threads, large: str = "log"):
         super().__init__(problem)
         self.reg = reg = problem.reg
-        self.threads = effective_n_threads(n_threads)
+        self.threads = effective_n_threads(n_threads, size=self.C.size)
         if method == "auto":
             spread = float(self.C.max() - self.C.min())
             method = "scaling" if spread / reg <= SCALING_MAX_RATIO else large

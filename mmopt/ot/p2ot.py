@@ -149,7 +149,7 @@ class _Run:
         with np.errstate(divide="ignore"):
             self.log_beta = np.log(self.beta)
         self.fi = 1.0 if math.isinf(self.gamma) else self.gamma / (self.gamma + self.reg)
-        self.threads = effective_n_threads(n_threads)
+        self.threads = effective_n_threads(n_threads, size=self.Ct.size)
 
     def translation(self, g):
         """Best shift ``lam`` along ``(f + lam, g - lam, h - lam)`` (plan unchanged)."""

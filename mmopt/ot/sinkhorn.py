@@ -55,8 +55,6 @@ _MAX_RELAX_FAILURES = 3
 # ... and only once the error is below this fraction of the mass: the linear regime, where
 # the rate means something (earlier windows can agree by chance, and relaxing there fails).
 _RELAX_MAX_ERROR = 0.1
-# Problems with fewer entries run their kernels on one thread.
-_MIN_PARALLEL_SIZE = 1 << 16
 
 
 class _ScalingKernel:
@@ -259,9 +257,7 @@ class Sinkhorn(Solver):
             # Plans of total mass near the float64 underflow range lose their digits in
             # diag(u) K diag(v) (u, v down to 1e-20): the log domain keeps them.
             method = "scaling" if support.mass >= _MIN_SCALING_MASS else "log"
-        threads = effective_n_threads(self.n_threads)
-        if support.C.size < _MIN_PARALLEL_SIZE:
-            threads = 1  # waking other threads would cost more than a pass over C
+        threads = effective_n_threads(self.n_threads, size=support.C.size)
         run = _SinkhornRun(support, method, threads, problem.C)
         if method == "log":
             run.Ct = np.ascontiguousarray(support.C.T)

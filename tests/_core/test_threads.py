@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from mmopt import openmp_enabled
-from mmopt._core.threads import effective_n_threads, single_threaded
+from mmopt._core.threads import MIN_PARALLEL_SIZE, effective_n_threads, single_threaded
 
 
 def test_effective_n_threads_rules():
@@ -18,6 +18,29 @@ def test_effective_n_threads_rules():
         effective_n_threads(0)
     with pytest.raises(TypeError, match="n_threads"):
         effective_n_threads(1.5)
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
+def test_small_passes_run_on_one_thread():
+    assert effective_n_threads(2, size=MIN_PARALLEL_SIZE - 1) == 1
+    assert effective_n_threads(2, size=MIN_PARALLEL_SIZE) == 2
+    assert effective_n_threads(None, size=10) == 1
+    with pytest.raises(ValueError, match="n_threads"):
+        effective_n_threads(0, size=10)  # still validated when the size decides
+
+
+def test_small_ot_problems_resolve_one_thread():
+    import numpy as np
+
+    from mmopt.ot import progressive_partial_ot, unbalanced_sinkhorn
+
+    rng = np.random.default_rng(0)
+    C = rng.random((40, 30))
+    a, b = np.full(40, 1 / 40), np.full(30, 1 / 30)
+    one = unbalanced_sinkhorn(a, b, C, 0.1, 1.0, n_threads=1)
+    two = unbalanced_sinkhorn(a, b, C, 0.1, 1.0, n_threads=2)
+    np.testing.assert_array_equal(one.plan, two.plan)  # the same single-threaded passes
+    assert progressive_partial_ot(C, rho=0.5, n_threads=2).status == 0
 
 
 def test_openmp_build_flag_matches_environment():
