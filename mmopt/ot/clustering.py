@@ -255,11 +255,8 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
         with warnings.catch_warnings():
             # Each round's plan only needs to be good enough to move the prototypes.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            # Small plans: one thread (OpenMP's start-up costs more than the work, and
-            # much more on a loaded machine).
             res = progressive_partial_ot(C, rho, self.gamma, self.reg, tol=1e-8,
-                                         max_iter=2000, x0=x0,
-                                         n_threads=1 if C.size < 100_000 else None)
+                                         max_iter=2000, x0=x0)
         return res.plan, res.x
 
     def predict(self, X):
