@@ -211,15 +211,28 @@ class _Pattern:
         self.t_cost = transposed.data
         self.phi0, self.psi0 = phi0, psi0
         self.threshold = threshold
+        # Weights normalized to mass 1, in logs, for margin's soft maxima.
+        self.log_a = level.log_a - np.log(level.a.sum())
+        self.log_b = level.log_b - np.log(level.b.sum())
         self._rows = None
 
     @property
     def nnz(self) -> int:
         return int(self.cost.size)
 
-    def margin(self, phi, psi) -> float:
-        """The smallest reduced cost a dropped pair can have at ``(phi, psi)``."""
-        return self.threshold - float(np.max(phi - self.phi0)) - float(np.max(psi - self.psi0))
+    def margin(self, phi, psi, reg) -> float:
+        """A certified margin of the dropped pairs at ``(phi, psi, reg)``: their plan mass
+        is at most ``sum(a) sum(b) exp(-margin / reg)``.
+
+        A dropped pair had ``C_ij - phi0_i - psi0_j > threshold``, so its entry
+        ``a_i b_j exp((phi_i + psi_j - C_ij) / reg)`` is below ``exp(-threshold / reg)``
+        times ``a_i exp(dphi_i / reg) b_j exp(dpsi_j / reg)`` (``dphi = phi - phi0``,
+        likewise ``dpsi``); summed over all pairs, the threshold minus the two weighted
+        soft maxima ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` (and ``psi``'s). At
+        most the largest rises' sum, far below it when only a few points moved far.
+        """
+        return (self.threshold - _soft_max(phi - self.phi0, self.log_a, reg)
+                - _soft_max(psi - self.psi0, self.log_b, reg))
 
     def rows(self) -> np.ndarray:
         """The row of every kept pair (made once)."""
@@ -491,7 +504,7 @@ class PointCloudSinkhorn(Solver):
             floor = self._min_margin(problem, state)
             if (
                 pattern is None
-                or pattern.margin(phi, psi) < floor
+                or pattern.margin(phi, psi, reg) < floor
                 or pattern.threshold > _MAX_SLACK * self.truncation * reg
             ):
                 # A new level's potentials, passed down from clusters, are rough: its rows
@@ -655,7 +668,7 @@ class PointCloudSinkhorn(Solver):
             phi, psi = f - reg * level.log_a, g - reg * level.log_b
             pattern = run.pattern
             if (state.level != len(run.levels) - 1 or pattern is None
-                    or pattern.margin(phi, psi) < self._min_margin(problem, state)):
+                    or pattern.margin(phi, psi, reg) < self._min_margin(problem, state)):
                 pattern = _Pattern(level, phi, psi, self.truncation * reg,
                                    run.threads)
             values, row_sums, col_sums = pattern.plan(f, g, reg)
@@ -663,7 +676,7 @@ class PointCloudSinkhorn(Solver):
                                   shape=(len(level.x), len(level.y)))
             transport = float(values @ pattern.cost)
             with np.errstate(over="ignore"):
-                dropped = float(level.a.sum() * mass * np.exp(-pattern.margin(phi, psi) / reg))
+                dropped = float(level.a.sum() * mass * np.exp(-pattern.margin(phi, psi, reg) / reg))
             plan = _embed(block, problem.shape, run.rows, run.cols)
             fields.update(kept=pattern.nnz)
         elif run.grid and len(level.x) * len(level.y) > _MAX_COST_PAIRS:
@@ -820,6 +833,14 @@ def _extrapolate(coarse: CloudLevel, fine: CloudLevel, f, g, reg, threshold, thr
                                 threads)
         out.append(np.where(np.isfinite(new), new, start))
     return out[0], out[1]
+
+
+def _soft_max(values, log_weights, reg) -> float:
+    """``reg log(sum_i w_i exp(values_i / reg))`` for weights ``w`` of sum 1, stably (at
+    most ``max(values)``)."""
+    shifted = values / reg + log_weights
+    top = float(np.max(shifted))
+    return reg * (top + float(np.log(np.exp(shifted - top).sum())))
 
 
 def _embed(block, shape, rows, cols):
