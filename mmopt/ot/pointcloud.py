@@ -4,11 +4,12 @@ multiscale truncation for sharp plans."""
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator
+from scipy.sparse.linalg import LinearOperator, cg, splu
 from scipy.spatial import cKDTree
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
@@ -23,7 +24,7 @@ from mmopt.ot._cloud_gemm import online_softmin_gemm
 from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
 from mmopt.ot._cloud_kernels import sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
-from mmopt.ot._newton import line_search, newton_direction, next_damping
+from mmopt.ot._newton import Direction, line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
@@ -54,6 +55,11 @@ _NEWTON_SHIFT = 1e-3
 _NEWTON_SPARSIFY = 1e-6
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
+# Newton systems of more variables than this are solved by multigrid-preconditioned CG
+# (_multilevel_direction) instead of a sparse LU, whose fill-in grows too fast in 3-D.
+_MULTILEVEL_MIN = 20000
+_MULTILEVEL_MAX_CG = 100
+_JACOBI_WEIGHT = 2.0 / 3.0
 # Kernel calls over fewer pairs than this run on one thread (waking others costs more).
 _MIN_PARALLEL_PAIRS = 1 << 16
 # The finer level of the hierarchy takes over when its truncation keeps about this many
@@ -676,7 +682,8 @@ class PointCloudSinkhorn(Solver):
                                   shape=(len(level.x), len(level.y)))
             transport = float(values @ pattern.cost)
             with np.errstate(over="ignore"):
-                dropped = float(level.a.sum() * mass * np.exp(-pattern.margin(phi, psi, reg) / reg))
+                margin = pattern.margin(phi, psi, reg)
+                dropped = float(level.a.sum() * mass * np.exp(-margin / reg))
             plan = _embed(block, problem.shape, run.rows, run.cols)
             fields.update(kept=pattern.nnz)
         elif run.grid and len(level.x) * len(level.y) > _MAX_COST_PAIRS:
@@ -740,7 +747,11 @@ def _newton_step(problem, state, pattern, level):
                                                  pattern.indices[significant])),
                           shape=(n, len(level.y)))
         diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
-        found = newton_direction(diagonal + _NEWTON_SHIFT * error, S, grad, reg)
+        shifted = diagonal + _NEWTON_SHIFT * error
+        if n + len(level.y) > _MULTILEVEL_MIN and len(run.levels) > 1:
+            found = _multilevel_direction(shifted, S, grad, reg, run.levels, error / mass)
+        else:
+            found = newton_direction(shifted, S, grad, reg)
         if found is None:
             return None
         direction = found.d
@@ -766,6 +777,70 @@ def _newton_step(problem, state, pattern, level):
         record={"level": float(state.level), "reg": reg, "kept": float(pattern.nnz),
                 "newton": 1.0, "intermediate": 0.0},
     )
+
+
+def _aggregation(fine: CloudLevel, coarse: CloudLevel):
+    """The signed aggregation of the Newton variables ``(f, g)`` of ``fine`` onto those of
+    ``coarse``: each point's variable summed into its cluster's, the ``g`` part negated
+    (so that the restricted Hessian is a weighted graph Laplacian plus a diagonal, whose
+    near-null vector, constant per cluster, the coarse space holds)."""
+    n, m = len(fine.x), len(fine.y)
+    x_parent = np.empty(n, dtype=np.int64)
+    x_parent[fine.x_label] = coarse.x_label
+    y_parent = np.empty(m, dtype=np.int64)
+    y_parent[fine.y_label] = coarse.y_label
+    rows = np.concatenate([x_parent, len(coarse.x) + y_parent])
+    signs = np.concatenate([np.ones(n), -np.ones(m)])
+    shape = (len(coarse.x) + len(coarse.y), n + m)
+    return sp.csr_matrix((signs, (rows, np.arange(n + m))), shape=shape)
+
+
+def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
+    """The Newton direction by CG preconditioned with a multigrid V-cycle whose coarse
+    spaces are the hierarchy's clusters (aggregation: one variable per cluster, Galerkin
+    coarse operators ``R H R^T``), one damped Jacobi sweep before and after each coarse
+    correction (a symmetric preconditioner), a sparse LU on the coarsest level that has at
+    most ``_MULTILEVEL_MIN`` variables. Inexact Newton: relative residual
+    ``min(0.1, sqrt(relative_error))``. None if CG makes no progress."""
+    n = S.shape[0]
+    H = sp.bmat([[sp.diags_array(diagonal[:n]), S / reg],
+                 [S.T / reg, sp.diags_array(diagonal[n:])]], format="csr")
+    operators, restrictions = [H], []
+    for index in range(len(levels) - 1, 0, -1):
+        if operators[-1].shape[0] <= _MULTILEVEL_MIN:
+            break
+        R = _aggregation(levels[index], levels[index - 1])
+        restrictions.append(R)
+        operators.append((R @ operators[-1] @ R.T).tocsr())
+    coarsest = splu(operators[-1].tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                    options={"SymmetricMode": True})
+    inverse_diagonals = [_JACOBI_WEIGHT / A.diagonal() for A in operators[:-1]]
+
+    def cycle(k, residual):
+        if k == len(operators) - 1:
+            return coarsest.solve(residual)
+        A, R, weight = operators[k], restrictions[k], inverse_diagonals[k]
+        out = weight * residual
+        out += R.T @ cycle(k + 1, R @ (residual - A @ out))
+        out += weight * (residual - A @ out)
+        return out
+
+    size = H.shape[0]
+    preconditioner = LinearOperator((size, size), matvec=lambda v: cycle(0, v), dtype=float)
+    iterations = 0
+
+    def count(_):
+        nonlocal iterations
+        iterations += 1
+
+    rtol = min(0.1, float(np.sqrt(relative_error)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direction, info = cg(H, -grad, rtol=rtol, maxiter=_MULTILEVEL_MAX_CG, M=preconditioner,
+                             callback=count)
+    if not np.all(np.isfinite(direction)):
+        return None
+    return Direction(direction, iterations, info == 0)
 
 
 def online_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads):
