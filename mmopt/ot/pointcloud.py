@@ -827,18 +827,10 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
     coarsest = splu(operators[-1].tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                     options={"SymmetricMode": True})
     inverse_diagonals = [_JACOBI_WEIGHT / A.diagonal() for A in operators[:-1]]
-
-    def cycle(k, residual):
-        if k == len(operators) - 1:
-            return coarsest.solve(residual)
-        A, R, weight = operators[k], restrictions[k], inverse_diagonals[k]
-        out = weight * residual
-        out += R.T @ cycle(k + 1, R @ (residual - A @ out))
-        out += weight * (residual - A @ out)
-        return out
-
+    hierarchy = (operators, restrictions, inverse_diagonals, coarsest)
     size = H.shape[0]
-    preconditioner = LinearOperator((size, size), matvec=lambda v: cycle(0, v), dtype=float)
+    preconditioner = LinearOperator((size, size), matvec=lambda v: _v_cycle(0, v, hierarchy),
+                                    dtype=float)
     iterations = 0
 
     def count(_):
@@ -853,6 +845,20 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
     if not np.all(np.isfinite(direction)):
         return None
     return Direction(direction, iterations, info == 0)
+
+
+def _v_cycle(k, residual, hierarchy):
+    """One V-cycle of :func:`_multilevel_direction` from level ``k`` (a module function,
+    not a closure calling itself: that reference cycle kept each Newton step's operators
+    alive until the garbage collector's next full pass)."""
+    operators, restrictions, inverse_diagonals, coarsest = hierarchy
+    if k == len(operators) - 1:
+        return coarsest.solve(residual)
+    A, R, weight = operators[k], restrictions[k], inverse_diagonals[k]
+    out = weight * residual
+    out += R.T @ _v_cycle(k + 1, R @ (residual - A @ out), hierarchy)
+    out += weight * (residual - A @ out)
+    return out
 
 
 def online_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads):
