@@ -811,9 +811,10 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
     """The Newton direction by CG preconditioned with a multigrid V-cycle whose coarse
     spaces are the hierarchy's clusters (aggregation: one variable per cluster, Galerkin
     coarse operators ``R H R^T``), one damped Jacobi sweep before and after each coarse
-    correction (a symmetric preconditioner), a sparse LU on the coarsest level that has at
-    most ``_MULTILEVEL_MIN`` variables. Inexact Newton: relative residual
-    ``min(0.1, sqrt(relative_error))``. None if CG makes no progress."""
+    correction (a symmetric preconditioner), a sparse LU on the first level of at most
+    ``_MULTILEVEL_MIN`` variables (or the hierarchy's coarsest). Inexact Newton: relative
+    residual ``min(0.1, sqrt(relative_error))``, at most ``_MULTILEVEL_MAX_CG`` iterations.
+    None if the factorization fails or the direction is not finite."""
     n = S.shape[0]
     H = sp.bmat([[sp.diags_array(diagonal[:n]), S / reg],
                  [S.T / reg, sp.diags_array(diagonal[n:])]], format="csr")
@@ -824,8 +825,11 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
         R = _aggregation(levels[index], levels[index - 1])
         restrictions.append(R)
         operators.append((R @ operators[-1] @ R.T).tocsr())
-    coarsest = splu(operators[-1].tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                    options={"SymmetricMode": True})
+    try:
+        coarsest = splu(operators[-1].tocsc(), permc_spec="MMD_AT_PLUS_A",
+                        diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    except RuntimeError:
+        return None
     inverse_diagonals = [_JACOBI_WEIGHT / A.diagonal() for A in operators[:-1]]
     hierarchy = (operators, restrictions, inverse_diagonals, coarsest)
     size = H.shape[0]
