@@ -62,8 +62,11 @@ _NEWTON_SPARSIFY = 1e-6
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
 # Newton systems of more variables than this are solved by multigrid-preconditioned CG
-# (_multilevel_direction) instead of a sparse LU, whose fill-in grows too fast in 3-D.
-_MULTILEVEL_MIN = 20000
+# (_multilevel_direction) instead of a sparse LU, whose fill-in grows too fast in 3-D:
+# 23x at 6 10^4 variables (LU faster than the CG there), 118x (5 GB) at 2 10^5. The
+# V-cycle's coarsest level, factorized, has at most _COARSEST_MAX variables.
+_MULTILEVEL_MIN = 100_000
+_COARSEST_MAX = 20_000
 _MULTILEVEL_MAX_CG = 100
 _JACOBI_WEIGHT = 2.0 / 3.0
 # Kernel calls over fewer pairs than this run on one thread (waking others costs more).
@@ -379,7 +382,7 @@ class PointCloudSinkhorn(Solver):
         below 1e-6 of both their row's and their column's mass, shifted and
         Levenberg-Marquardt damped, and its exact backtracking line search); a failed step
         falls back to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
-        Systems of more than 20000 variables are solved instead by CG preconditioned with a
+        Systems of more than 10^5 variables are solved instead by CG preconditioned with a
         multigrid V-cycle whose coarse spaces are the hierarchy's clusters (a sparse LU's
         fill-in grows too fast with the size in 3-D).
     newton_switch : float, default=0.1
@@ -812,7 +815,7 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
     spaces are the hierarchy's clusters (aggregation: one variable per cluster, Galerkin
     coarse operators ``R H R^T``), one damped Jacobi sweep before and after each coarse
     correction (a symmetric preconditioner), a sparse LU on the first level of at most
-    ``_MULTILEVEL_MIN`` variables (or the hierarchy's coarsest). Inexact Newton: relative
+    ``_COARSEST_MAX`` variables (or the hierarchy's coarsest). Inexact Newton: relative
     residual ``min(0.1, sqrt(relative_error))``, at most ``_MULTILEVEL_MAX_CG`` iterations.
     None if the factorization fails or the direction is not finite."""
     n = S.shape[0]
@@ -820,7 +823,7 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
                  [S.T / reg, sp.diags_array(diagonal[n:])]], format="csr")
     operators, restrictions = [H], []
     for index in range(len(levels) - 1, 0, -1):
-        if operators[-1].shape[0] <= _MULTILEVEL_MIN:
+        if operators[-1].shape[0] <= _COARSEST_MAX:
             break
         R = _aggregation(levels[index], levels[index - 1])
         restrictions.append(R)

@@ -232,10 +232,13 @@ def test_pattern_margin_certifies_the_dropped_mass_after_the_potentials_move(d):
 
 
 @pytest.mark.parametrize("d", [2, 3])
-def test_multilevel_newton_direction_solves_the_newton_system(d):
+def test_multilevel_newton_direction_solves_the_newton_system(d, monkeypatch):
     # The multigrid-preconditioned CG on the hierarchy's clusters against a dense solve of
-    # the same shifted Hessian [[diag(r), S / reg], [S^T / reg, diag(c)]].
+    # the same shifted Hessian [[diag(r), S / reg], [S^T / reg, diag(c)]]; a small coarsest
+    # size, so that the V-cycle recurses through the levels.
     from mmopt.ot import pointcloud as module
+
+    monkeypatch.setattr(module, "_COARSEST_MAX", 100)
 
     x, y, a, b = _clouds(700, 650, d, seed=d, weights=True)
     levels = grid_hierarchy(x, a, y, b, max_coarse=40)
@@ -261,6 +264,7 @@ def test_sharp_regime_with_multilevel_newton_matches_dense_sinkhorn(monkeypatch)
     from mmopt.ot import pointcloud as module
 
     monkeypatch.setattr(module, "_MULTILEVEL_MIN", 100)
+    monkeypatch.setattr(module, "_COARSEST_MAX", 100)
     calls = []
     original = module._multilevel_direction
     monkeypatch.setattr(module, "_multilevel_direction",
