@@ -4,11 +4,12 @@ multiscale truncation for sharp plans."""
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator
+from scipy.sparse.linalg import LinearOperator, cg, splu
 from scipy.spatial import cKDTree
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
@@ -23,7 +24,7 @@ from mmopt.ot._cloud_gemm import online_softmin_gemm
 from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
 from mmopt.ot._cloud_kernels import sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
-from mmopt.ot._newton import line_search, newton_direction, next_damping
+from mmopt.ot._newton import Direction, line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
@@ -33,8 +34,10 @@ __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
 # Relative tolerance on the equality of the two total masses.
 _MASS_RTOL = 1e-9
 # "auto" takes the sharp regime when reg is at most this many squared point spacings
-# (the median squared distance from a point of x to its nearest point of y).
-_SHARP_MAX_SPACINGS = 10.0
+# (PointCloudOTProblem.squared_spacing). Measured at 2000 points (2-D and 3-D): the smooth
+# regime did not finish in 200 s CPU at 5 spacings in 3-D and 2 in 2-D, took 12-49 s at
+# 5-10 in 2-D where the sharp one took 2 s; the sharp one was faster up to 80 spacings.
+_SHARP_MAX_SPACINGS = 20.0
 # Points of x sampled to estimate the spacing.
 _SPACING_SAMPLE = 2000
 # The truncation is redone when the potentials moved enough that the certified reduced cost
@@ -47,6 +50,10 @@ _MIN_MARGIN = 0.75
 _FINAL_MARGIN = 0.5
 _COARSE_MARGIN = 0.25
 _MAX_SLACK = 2.0
+# Far from the solution (relative marginal error above this) the pattern only steers the
+# iterations, so it keeps the coarse floor at the problem's reg too (fewer re-truncations
+# in the damped Newton phase); closer, the final floor applies.
+_RELAXED_ABOVE = 1e-3
 # Diagonal shift of the Newton system, relative to the gradient's L1 norm (the Hessian's
 # null direction (1, -1)), as in SinkhornNewtonSparse.
 _NEWTON_SHIFT = 1e-3
@@ -54,6 +61,14 @@ _NEWTON_SHIFT = 1e-3
 _NEWTON_SPARSIFY = 1e-6
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
+# Newton systems of more variables than this are solved by multigrid-preconditioned CG
+# (_multilevel_direction) instead of a sparse LU, whose fill-in grows too fast in 3-D:
+# 23x at 6 10^4 variables (LU faster than the CG there), 118x (5 GB) at 2 10^5. The
+# V-cycle's coarsest level, factorized, has at most _COARSEST_MAX variables.
+_MULTILEVEL_MIN = 100_000
+_COARSEST_MAX = 20_000
+_MULTILEVEL_MAX_CG = 100
+_JACOBI_WEIGHT = 2.0 / 3.0
 # Kernel calls over fewer pairs than this run on one thread (waking others costs more).
 _MIN_PARALLEL_PAIRS = 1 << 16
 # The finer level of the hierarchy takes over when its truncation keeps about this many
@@ -211,15 +226,28 @@ class _Pattern:
         self.t_cost = transposed.data
         self.phi0, self.psi0 = phi0, psi0
         self.threshold = threshold
+        # Weights normalized to mass 1, in logs, for margin's soft maxima.
+        self.log_a = level.log_a - np.log(level.a.sum())
+        self.log_b = level.log_b - np.log(level.b.sum())
         self._rows = None
 
     @property
     def nnz(self) -> int:
         return int(self.cost.size)
 
-    def margin(self, phi, psi) -> float:
-        """The smallest reduced cost a dropped pair can have at ``(phi, psi)``."""
-        return self.threshold - float(np.max(phi - self.phi0)) - float(np.max(psi - self.psi0))
+    def margin(self, phi, psi, reg) -> float:
+        """A certified margin of the dropped pairs at ``(phi, psi, reg)``: their plan mass
+        is at most ``sum(a) sum(b) exp(-margin / reg)``.
+
+        A dropped pair had ``C_ij - phi0_i - psi0_j > threshold``, so its entry
+        ``a_i b_j exp((phi_i + psi_j - C_ij) / reg)`` is below ``exp(-threshold / reg)``
+        times ``a_i exp(dphi_i / reg) b_j exp(dpsi_j / reg)`` (``dphi = phi - phi0``,
+        likewise ``dpsi``); summed over all pairs, the threshold minus the two weighted
+        soft maxima ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` (and ``psi``'s). At
+        most the largest rises' sum, far below it when only a few points moved far.
+        """
+        return (self.threshold - _soft_max(phi - self.phi0, self.log_a, reg)
+                - _soft_max(psi - self.psi0, self.log_b, reg))
 
     def rows(self) -> np.ndarray:
         """The row of every kept pair (made once)."""
@@ -300,12 +328,14 @@ class PointCloudSinkhorn(Solver):
       in a k-d tree of ``y`` whose nodes carry the largest ``psi`` below them, never visiting
       the others, so a half-iteration costs O(kept pairs). The pairs are re-selected when
       ``reg`` changes or the potentials moved enough to erode the margin: below a quarter
-      of the threshold before the problem's ``reg``, below the larger of half the threshold
-      and ``reg log(100 / tol)`` at it (at most 3/4 of the threshold; the returned plan
-      always meets that floor). Every dropped pair has a plan entry at most
-      ``a_i b_j exp(-margin / reg)``, where ``margin`` is the threshold minus the largest
-      rise of ``phi`` and of ``psi`` since the selection: the dropped mass is at most
-      ``sum(a) sum(b) exp(-margin / reg)``, reported as ``dropped_mass_bound``.
+      of the threshold before the problem's ``reg`` (and at it while the relative marginal
+      error is above 1e-3), below the larger of half the threshold and
+      ``reg log(100 / tol)`` after (at most 3/4 of the threshold; the returned plan always
+      meets that floor). The margin is the threshold minus the weighted soft maxima
+      ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` of the rises ``dphi`` of ``phi``
+      since the selection and likewise of ``psi`` (at most their largest rises): the
+      dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``, reported as
+      ``dropped_mass_bound``.
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
       convolutions, the clouds spread onto the grid and the potentials interpolated back
@@ -318,8 +348,8 @@ class PointCloudSinkhorn(Solver):
       O(n + m)).
 
     ``"auto"`` takes the sharp regime for the squared Euclidean cost in dimension at most 3
-    when ``reg`` is at most 10 squared point spacings (the median squared distance from a
-    point of ``x`` to the nearest of ``y``), the smooth one otherwise.
+    when ``reg`` is at most 20 squared point spacings
+    (:meth:`PointCloudOTProblem.squared_spacing`), the smooth one otherwise.
 
     Parameters
     ----------
@@ -337,10 +367,10 @@ class PointCloudSinkhorn(Solver):
     switch_tol : float, default=0.1
         Relative marginal error at which an epsilon-scaling step moves on.
     truncation : float, default=40.0
-        Threshold of the kept reduced costs, in units of ``reg`` (sharp regime): each
-        dropped entry of the returned plan is at most ``a_i b_j exp(-truncation / 2)``
-        (``e^-20``), and at most ``a_i b_j tol / 100`` where 3/4 of the threshold allows it
-        (see the margin floors above).
+        Threshold of the kept reduced costs, in units of ``reg`` (sharp regime): the
+        dropped mass of the returned plan is at most ``sum(a) sum(b) exp(-truncation / 2)``
+        (``e^-20``), and at most ``sum(a) sum(b) tol / 100`` where 3/4 of the threshold
+        allows it (see the margin floors above).
     max_coarse : int, default=1000
         Largest number of clusters per cloud at the coarsest level (sharp regime).
     newton : bool, default=True
@@ -352,6 +382,9 @@ class PointCloudSinkhorn(Solver):
         below 1e-6 of both their row's and their column's mass, shifted and
         Levenberg-Marquardt damped, and its exact backtracking line search); a failed step
         falls back to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
+        Systems of more than 10^5 variables are solved instead by CG preconditioned with a
+        multigrid V-cycle whose coarse spaces are the hierarchy's clusters (a sparse LU's
+        fill-in grows too fast with the size in 3-D).
     newton_switch : float, default=0.1
         Relative marginal error below which Newton steps start (Sinkhorn's linear rate is
         slow at a sharp reg, where Newton steps take over).
@@ -490,7 +523,7 @@ class PointCloudSinkhorn(Solver):
             floor = self._min_margin(problem, state)
             if (
                 pattern is None
-                or pattern.margin(phi, psi) < floor
+                or pattern.margin(phi, psi, reg) < floor
                 or pattern.threshold > _MAX_SLACK * self.truncation * reg
             ):
                 # A new level's potentials, passed down from clusters, are rough: its rows
@@ -609,7 +642,8 @@ class PointCloudSinkhorn(Solver):
         """The smallest margin the kept pairs may keep before they are selected again."""
         run = state.run
         threshold = self.truncation * state.reg
-        if state.level < len(run.levels) - 1 or state.reg > problem.reg:
+        if (state.level < len(run.levels) - 1 or state.reg > problem.reg
+                or state.residual > _RELAXED_ABOVE):
             return _COARSE_MARGIN * threshold
         # Dropped mass at most exp(-margin / reg) times the squared mass: tol / 100.
         floor = max(_FINAL_MARGIN * threshold, state.reg * np.log(100.0 / self.tol))
@@ -654,7 +688,7 @@ class PointCloudSinkhorn(Solver):
             phi, psi = f - reg * level.log_a, g - reg * level.log_b
             pattern = run.pattern
             if (state.level != len(run.levels) - 1 or pattern is None
-                    or pattern.margin(phi, psi) < self._min_margin(problem, state)):
+                    or pattern.margin(phi, psi, reg) < self._min_margin(problem, state)):
                 pattern = _Pattern(level, phi, psi, self.truncation * reg,
                                    run.threads)
             values, row_sums, col_sums = pattern.plan(f, g, reg)
@@ -662,7 +696,8 @@ class PointCloudSinkhorn(Solver):
                                   shape=(len(level.x), len(level.y)))
             transport = float(values @ pattern.cost)
             with np.errstate(over="ignore"):
-                dropped = float(level.a.sum() * mass * np.exp(-pattern.margin(phi, psi) / reg))
+                margin = pattern.margin(phi, psi, reg)
+                dropped = float(level.a.sum() * mass * np.exp(-margin / reg))
             plan = _embed(block, problem.shape, run.rows, run.cols)
             fields.update(kept=pattern.nnz)
         elif run.grid and len(level.x) * len(level.y) > _MAX_COST_PAIRS:
@@ -726,7 +761,11 @@ def _newton_step(problem, state, pattern, level):
                                                  pattern.indices[significant])),
                           shape=(n, len(level.y)))
         diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
-        found = newton_direction(diagonal + _NEWTON_SHIFT * error, S, grad, reg)
+        shifted = diagonal + _NEWTON_SHIFT * error
+        if n + len(level.y) > _MULTILEVEL_MIN and len(run.levels) > 1:
+            found = _multilevel_direction(shifted, S, grad, reg, run.levels, error / mass)
+        else:
+            found = newton_direction(shifted, S, grad, reg)
         if found is None:
             return None
         direction = found.d
@@ -752,6 +791,80 @@ def _newton_step(problem, state, pattern, level):
         record={"level": float(state.level), "reg": reg, "kept": float(pattern.nnz),
                 "newton": 1.0, "intermediate": 0.0},
     )
+
+
+def _aggregation(fine: CloudLevel, coarse: CloudLevel):
+    """The signed aggregation of the Newton variables ``(f, g)`` of ``fine`` onto those of
+    ``coarse``: each point's variable summed into its cluster's, the ``g`` part negated
+    (so that the restricted Hessian is a weighted graph Laplacian plus a diagonal, whose
+    near-null vector, constant per cluster, the coarse space holds)."""
+    n, m = len(fine.x), len(fine.y)
+    x_parent = np.empty(n, dtype=np.int64)
+    x_parent[fine.x_label] = coarse.x_label
+    y_parent = np.empty(m, dtype=np.int64)
+    y_parent[fine.y_label] = coarse.y_label
+    rows = np.concatenate([x_parent, len(coarse.x) + y_parent])
+    signs = np.concatenate([np.ones(n), -np.ones(m)])
+    shape = (len(coarse.x) + len(coarse.y), n + m)
+    return sp.csr_matrix((signs, (rows, np.arange(n + m))), shape=shape)
+
+
+def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
+    """The Newton direction by CG preconditioned with a multigrid V-cycle whose coarse
+    spaces are the hierarchy's clusters (aggregation: one variable per cluster, Galerkin
+    coarse operators ``R H R^T``), one damped Jacobi sweep before and after each coarse
+    correction (a symmetric preconditioner), a sparse LU on the first level of at most
+    ``_COARSEST_MAX`` variables (or the hierarchy's coarsest). Inexact Newton: relative
+    residual ``min(0.1, sqrt(relative_error))``, at most ``_MULTILEVEL_MAX_CG`` iterations.
+    None if the factorization fails or the direction is not finite."""
+    n = S.shape[0]
+    H = sp.bmat([[sp.diags_array(diagonal[:n]), S / reg],
+                 [S.T / reg, sp.diags_array(diagonal[n:])]], format="csr")
+    operators, restrictions = [H], []
+    for index in range(len(levels) - 1, 0, -1):
+        if operators[-1].shape[0] <= _COARSEST_MAX:
+            break
+        R = _aggregation(levels[index], levels[index - 1])
+        restrictions.append(R)
+        operators.append((R @ operators[-1] @ R.T).tocsr())
+    try:
+        coarsest = splu(operators[-1].tocsc(), permc_spec="MMD_AT_PLUS_A",
+                        diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    except RuntimeError:
+        return None
+    inverse_diagonals = [_JACOBI_WEIGHT / A.diagonal() for A in operators[:-1]]
+    hierarchy = (operators, restrictions, inverse_diagonals, coarsest)
+    size = H.shape[0]
+    preconditioner = LinearOperator((size, size), matvec=lambda v: _v_cycle(0, v, hierarchy),
+                                    dtype=float)
+    iterations = 0
+
+    def count(_):
+        nonlocal iterations
+        iterations += 1
+
+    rtol = min(0.1, float(np.sqrt(relative_error)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direction, info = cg(H, -grad, rtol=rtol, maxiter=_MULTILEVEL_MAX_CG, M=preconditioner,
+                             callback=count)
+    if not np.all(np.isfinite(direction)):
+        return None
+    return Direction(direction, iterations, info == 0)
+
+
+def _v_cycle(k, residual, hierarchy):
+    """One V-cycle of :func:`_multilevel_direction` from level ``k`` (a module function,
+    not a closure calling itself: that reference cycle kept each Newton step's operators
+    alive until the garbage collector's next full pass)."""
+    operators, restrictions, inverse_diagonals, coarsest = hierarchy
+    if k == len(operators) - 1:
+        return coarsest.solve(residual)
+    A, R, weight = operators[k], restrictions[k], inverse_diagonals[k]
+    out = weight * residual
+    out += R.T @ _v_cycle(k + 1, R @ (residual - A @ out), hierarchy)
+    out += weight * (residual - A @ out)
+    return out
 
 
 def online_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads):
@@ -819,6 +932,14 @@ def _extrapolate(coarse: CloudLevel, fine: CloudLevel, f, g, reg, threshold, thr
                                 threads)
         out.append(np.where(np.isfinite(new), new, start))
     return out[0], out[1]
+
+
+def _soft_max(values, log_weights, reg) -> float:
+    """``reg log(sum_i w_i exp(values_i / reg))`` for weights ``w`` of sum 1, stably (at
+    most ``max(values)``)."""
+    shifted = values / reg + log_weights
+    top = float(np.max(shifted))
+    return reg * (top + float(np.log(np.exp(shifted - top).sum())))
 
 
 def _embed(block, shape, rows, cols):
