@@ -7,7 +7,7 @@ import os
 import sys
 
 import numpy as np
-from _common import markdown_table, timed
+from _common import best_of, markdown_table, timed
 
 from mmopt.datasets import load_scan_pair, make_registration_problem
 from mmopt.registration import ICP, RegistrationProblem, icp, icp_many
@@ -27,6 +27,11 @@ THREADS = 2
 # small_gicp runs only up to this size (on the loaded machine: ~30 s at 59k points, 171 s
 # (GICP) and 198 s (point-to-plane) at 148k).
 SMALL_GICP_MAX_POINTS = 60000
+# Every timed method gets one first ("cold") call per case, then the best of REPEATS calls
+# up to REPEATS_MAX_POINTS source points (of LARGE_REPEATS above).
+REPEATS = 3
+REPEATS_MAX_POINTS = 150000
+LARGE_REPEATS = 1
 
 
 def _upsample(points, normals, factor, rng):
@@ -63,6 +68,7 @@ def _cases(quick):
 
 
 def _open3d(problem, threshold):
+    """A function running Open3D's point-to-plane ICP (normals made outside it)."""
     source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(problem.source)))
     target = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(problem.target)))
     if problem.target_normals is not None:
@@ -72,17 +78,43 @@ def _open3d(problem, threshold):
     T0 = np.eye(4)
     T0[:3, 3] = problem.target.mean(0) - problem.source.mean(0)
     reg = o3d.pipelines.registration
-    out, seconds = timed(lambda: reg.registration_icp(
-        source, target, threshold, T0, reg.TransformationEstimationPointToPlane(),
-        reg.ICPConvergenceCriteria(max_iteration=100)))
-    return np.asarray(out.transformation), seconds
+
+    def solve():
+        out = reg.registration_icp(
+            source, target, threshold, T0, reg.TransformationEstimationPointToPlane(),
+            reg.ICPConvergenceCriteria(max_iteration=100))
+        return np.asarray(out.transformation)
+
+    return solve
+
+
+def _fresh(problem):
+    """A new problem on the same arrays: a solve caches its trees, voxel levels and target
+    geometry on the problem, which a timed call must build again (as Open3D builds its
+    tree in each ``registration_icp``)."""
+    return RegistrationProblem(problem.source, problem.target,
+                               target_normals=problem.target_normals)
+
+
+def _first_and_best(solve, repeat):
+    """``(last output, first call's wall seconds, best of repeat more calls)``."""
+    _, first = best_of(solve)
+    out, best = best_of(solve, repeat)
+    return out, first, best
+
+
+def _open3d_threads(limit):
+    """Set Open3D's thread limit (0: its default, all CPUs) and return its thread count."""
+    o3d.utility.set_max_threads(limit)
+    return o3d.utility.get_max_threads()
 
 
 def _small_gicp(problem, threshold, kind):
     """small_gicp's ``align`` on the full clouds (no downsampling: its ``align`` on arrays
     would voxelize at 0.25 data units, a tenth of these clouds), its other defaults (20
     iterations at most, 20-neighbour covariances / normals) with the same correspondence
-    distance as Open3D; the preprocessing (trees, covariances) is timed."""
+    distance as Open3D: a function running it, preprocessing (trees, covariances)
+    included."""
 
     def solve():
         source = small_gicp.PointCloud(np.array(problem.source))
@@ -96,8 +128,7 @@ def _small_gicp(problem, threshold, kind):
         return small_gicp.align(target, source, tree, T0, registration_type=kind,
                                 max_correspondence_distance=threshold, num_threads=THREADS)
 
-    out, seconds = timed(solve)
-    return np.asarray(out.T_target_source), seconds
+    return lambda: np.asarray(solve().T_target_source)
 
 
 def _many(quick):
@@ -150,42 +181,65 @@ def _many_on_dask(sources, target, options):
         return timed(lambda: icp_many(sources, target, **options))
 
 
+def _row(case, n, method, threads, times, repeat, error, extra=None):
+    """A row of the time table: ``times[t] = (first call, best of repeat)`` in seconds for
+    ``THREADS`` (``threads`` says what that was) and, where measured, 1 thread."""
+    one = times.get(1)
+    row = {
+        "case": case, "points (source)": n, "method": method, "threads": threads,
+        "seconds": times[THREADS][1], "first call (s)": times[THREADS][0],
+        "seconds, 1 thread": None if one is None else one[1],
+        "first call, 1 thread (s)": None if one is None else one[0],
+        "best of": repeat, "rotation error (deg)": error,
+        "iterations": None, "NN queries": None, "coarse level": None, "refined": None,
+    }
+    row.update(extra or {})
+    return row
+
+
 def run(quick: bool = False) -> str:
-    if o3d is not None and hasattr(o3d.utility, "set_max_threads"):
-        o3d.utility.set_max_threads(THREADS)
-    rows = []
+    rows, ratios = [], []
+    o3d_default = None if o3d is None else _open3d_threads(0)
     for label, problem, T_ref in _cases(quick):
         first = len(rows)
+        n = problem.source.shape[0]
+        repeat = 1 if quick else REPEATS if n <= REPEATS_MAX_POINTS else LARGE_REPEATS
         diagonal = float(np.linalg.norm(np.ptp(problem.target, axis=0)))
-        res, seconds = timed(lambda p=problem: ICP(n_threads=THREADS).solve(p))
+        times = {}
+        for threads in (THREADS, 1):
+            res, *times[threads] = _first_and_best(
+                lambda p=problem, t=threads: ICP(n_threads=t).solve(_fresh(p)), repeat)
         coarse = res.levels[0]
-        rows.append({
-            "case": label, "points (source)": problem.source.shape[0],
-            "method": "mmopt icp (defaults)", "seconds": seconds,
-            "rotation error (deg)": _rotation_error(res.transform, T_ref),
-            "iterations": res.nit, "NN queries": res.n_queries,
-            "coarse level": f"{coarse['n_source']} pts, {coarse['time']:.2f} s"
-            if coarse["voxel_size"] is not None else "-",
-            "refined": res.refined,
-        })
+        rows.append(_row(label, n, "mmopt icp (defaults)", THREADS, times, repeat,
+                         _rotation_error(res.transform, T_ref), {
+                             "iterations": res.nit, "NN queries": res.n_queries,
+                             "coarse level": f"{coarse['n_source']} pts, {coarse['time']:.2f} s"
+                             if coarse["voxel_size"] is not None else "-",
+                             "refined": res.refined}))
         if o3d is not None:
-            T, seconds = _open3d(problem, 0.05 * diagonal)
-            rows.append({
-                "case": label, "points (source)": problem.source.shape[0],
-                "method": "Open3D point-to-plane", "seconds": seconds,
-                "rotation error (deg)": _rotation_error(T, T_ref), "iterations": None,
-                "NN queries": None, "coarse level": None, "refined": None,
+            solve = _open3d(problem, 0.05 * diagonal)
+            o3d_times = {}
+            for limit in (0, 1):
+                _open3d_threads(limit)
+                T, *o3d_times[limit] = _first_and_best(solve, repeat)
+            _open3d_threads(0)
+            rows.append(_row(label, n, "Open3D point-to-plane", f"default ({o3d_default})",
+                             {THREADS: o3d_times[0], 1: o3d_times[1]}, repeat,
+                             _rotation_error(T, T_ref)))
+            ratios.append({
+                "case": label, "points (source)": n,
+                f"mmopt / Open3D, {THREADS} threads / default ({o3d_default})":
+                    times[THREADS][1] / o3d_times[0][1],
+                "mmopt / Open3D, 1 thread each": times[1][1] / o3d_times[1][1],
+                "mmopt / Open3D, first calls": times[THREADS][0] / o3d_times[0][0],
             })
-        if small_gicp is not None and problem.source.shape[0] <= SMALL_GICP_MAX_POINTS:
+        if small_gicp is not None and n <= SMALL_GICP_MAX_POINTS:
             for kind, name in (("GICP", "small_gicp GICP"),
                                ("PLANE_ICP", "small_gicp point-to-plane")):
-                T, seconds = _small_gicp(problem, 0.05 * diagonal, kind)
-                rows.append({
-                    "case": label, "points (source)": problem.source.shape[0],
-                    "method": name, "seconds": seconds,
-                    "rotation error (deg)": _rotation_error(T, T_ref), "iterations": None,
-                    "NN queries": None, "coarse level": None, "refined": None,
-                })
+                T, *seconds = _first_and_best(
+                    _small_gicp(problem, 0.05 * diagonal, kind), repeat)
+                rows.append(_row(label, n, name, THREADS, {THREADS: seconds}, repeat,
+                                 _rotation_error(T, T_ref)))
         for row in rows[first:]:  # progress of a long run
             print(row, file=sys.stderr, flush=True)
     many_rows, n_scans, n_target, n_source = _many(quick)
@@ -196,11 +250,17 @@ def run(quick: bool = False) -> str:
         f"The shipped scan pair with each point repeated k times (x k) plus Gaussian jitter "
         f"of {JITTER} (the pair's spacing is ~0.007, diagonal ~1.9), against the official "
         "answer; and synthetic scans (`make_registration_problem` on the upsampled source: "
-        "30 degrees, 10% translation, 0.2% noise, 30% crop). One run each, centroid start "
-        f"for everyone, {THREADS} threads for everyone (mmopt `n_threads={THREADS}`, Open3D "
-        f"`set_max_threads({THREADS})`; the machine has {cpu} CPUs, so Open3D's default "
-        "thread count is the same). mmopt: defaults (multi-"
-        "resolution above 20k points: voxel level of ~15k cells, then the full clouds; "
+        "30 degrees, 10% translation, 0.2% noise, 30% crop). Centroid start for everyone. "
+        "Each method and thread count, per case, in one process: a first call (`first call`, "
+        "the cold one: the first of the whole process for the first case) then the best of "
+        f"`best of` more calls (`seconds`: {REPEATS} up to {REPEATS_MAX_POINTS} source "
+        f"points, {LARGE_REPEATS} above). mmopt with `n_threads={THREADS}` (`seconds`) and 1 "
+        "(`seconds, 1 thread`), each call on a new `RegistrationProblem` (a solve caches "
+        "its KD-trees, voxel levels and target geometry on the problem: reusing it would "
+        "leave them out of the timing); Open3D at its default thread count (`set_max_threads(0)`: "
+        f"TBB, all {cpu} CPUs, whatever OMP_NUM_THREADS says) and with "
+        f"`set_max_threads(1)`; small_gicp with `num_threads={THREADS}`. mmopt: defaults "
+        "(multi-resolution above 20k points: voxel level of ~15k cells, then the full clouds; "
         "surface refinement on at most 20k source points). Open3D "
         + ("not installed." if o3d is None else
            f"{o3d.__version__}: `registration_icp` point-to-plane, correspondence distance "
@@ -213,6 +273,10 @@ def run(quick: bool = False) -> str:
            "correspondence distance and start, preprocessing timed."),
         "",
         markdown_table(rows),
+        "",
+        "Time ratios (best calls; below 1: mmopt faster):",
+        "",
+        markdown_table(ratios) if ratios else "Open3D not installed: no ratios.",
         "",
         f"Many scans against one map: {n_scans} scans of "
         f"{n_source} points (the pair's source, jittered) against the pair's target x10 "

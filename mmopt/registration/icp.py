@@ -23,7 +23,7 @@ from mmopt._core.params import (
     validate_params,
 )
 from mmopt._core.registry import register_solver, solve
-from mmopt._core.result import Result
+from mmopt._core.result import Result, Status
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.validation import check_choice
 from mmopt.losses import LOSSES, L2Loss, RobustLoss, TrimmedLoss, get_loss
@@ -73,6 +73,9 @@ _FINE_MAX_POINTS = 20000
 _GEOMETRY_MAX_POINTS = 20000
 # Halvings of a refused surface-refinement step tried at scan scale (see _step).
 _SURFACE_HALVINGS = 4
+# At scan scale the refinement also ends when a step lowers its energy by less than this
+# fraction of it (see _step).
+_REFINE_ENERGY_RTOL = 1e-4
 
 
 # What schedule=None and stage_criteria=None mean. Made once: the groups are frozen, and
@@ -180,6 +183,7 @@ class _ICPState(SolverState):
     P: np.ndarray | None = None  # the source points matched (a subsample in coarse stages)
     metric: str = "point_to_point"  # residual of the current stage
     run: _Run | None = None
+    settled: bool = False  # a scan-scale refinement step barely lowered the energy
 
 
 @register_solver
@@ -258,9 +262,13 @@ class ICP(Solver):
     that of the farthest neighbour, so that neighbours enter and leave at weight 0 and the
     smoothed surface moves continuously with the pose: without it, at 10^5 points and
     more, the refinement stalled at start-dependent poses); a refused refinement step is
-    halved up to four times before the stage ends. The spacing and noise estimates of
-    point-to-point come from the neighbourhoods of at most 20,000 target points. Clouds of
-    the existing sizes (up to 20,000 points) are solved exactly as without these.
+    halved up to four times before the stage ends, and the refinement also ends at a step
+    that lowers its energy by less than ``1e-4`` of it (its neighbourhoods change with the
+    pose, and from there its steps shrink by only ~10% each, moving the pose by
+    thousandths of a degree within the start-dependent spread of its result). The spacing
+    and noise estimates of point-to-point come from the neighbourhoods of at most 20,000
+    target points. Clouds of the existing sizes (up to 20,000 points) are solved exactly as
+    without these.
 
     Searches for the losses whose weight vanishes far away are bounded at the loss's
     :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
@@ -309,7 +317,8 @@ default="welsch"
         When the intermediate stages (``nu > nu_min``) end (see :class:`StageCriteria`; its
         defaults, ``max_iter=100`` and ``tol=1e-3``, when None). They only lead the pose
         into the basin of the final scale, so converging them to the solver's ``tol`` is
-        wasted work; the ``nu_min`` stage and the refinement always run to ``tol``.
+        wasted work; the ``nu_min`` stage and the refinement run to ``tol`` (on large
+        clouds the refinement can end earlier, see "Multi-resolution").
     normals_k : int, default=10
         Neighbourhood size for normals, spacing and noise estimates; when the target normals
         are estimated (``metric`` other than ``"point_to_point"`` and no ``target_normals``),
@@ -985,6 +994,12 @@ default="welsch"
         stage, stage_iter = state.stage, state.stage_iter + 1
         run.stage_iters[-1] += 1
         residual = step
+        # At scan scale the refinement's neighbourhoods are searched afresh at each pose, and
+        # once its steps lower the energy by a fraction of a per mille they shrink only
+        # slowly (by ~10% a step), drifting within the start-dependent spread of its final
+        # pose: it ends there (see _should_stop).
+        settled = (metric == "surface" and self._scan_scale(run)
+                   and state.energy - energy < _REFINE_ENERGY_RTOL * abs(state.energy))
         last = stage == len(setup.nus) - 1
         if last and step < self.tol and not setup.final_level:
             # A voxel-grid level converged: the next level starts from its pose.
@@ -1058,10 +1073,19 @@ default="welsch"
             metric=metric,
             run=run,
             intermediate=not setup.final_level,
+            settled=settled,
         )
         new.record = self._record(run, new, accepted)
         self._tick(run)
         return new
+
+    def _should_stop(self, problem, state):
+        if state.settled:
+            return Status.CONVERGED, (
+                "Converged: the surface refinement's step lowered its energy by less than "
+                f"{_REFINE_ENERGY_RTOL:g} of it."
+            )
+        return None
 
     @staticmethod
     def _record(run: _Run, state: _ICPState, accepted) -> dict:

@@ -152,6 +152,31 @@ def test_large_source_refinement_subsamples(noisy_case, monkeypatch):
     assert abs(_rotation_error_deg(sub, T) - _rotation_error_deg(full, T)) <= 0.4
 
 
+def test_scan_scale_refinement_ends_at_a_step_that_barely_lowers_its_energy(
+        scan, monkeypatch):
+    # At scan scale (a voxel level first) the refinement ends at its first step that lowers
+    # its energy by less than _REFINE_ENERGY_RTOL of it; with that rule off it runs on to a
+    # refused step (here one more), ending at the same pose.
+    problem, T = make_registration_problem(
+        scan.source[::3], rotation_deg=30, translation=0.1, noise=0.002,
+        outlier_fraction=0.0, overlap=1.0, random_state=0,
+    )
+    rtol = icp_module._REFINE_ENERGY_RTOL
+    res = ICP(multires=True).solve(problem)
+    assert res.success and res.refined and len(res.levels) == 2
+    refining = res.history["stage"] == res.history["stage"].max()
+    energy = res.history["fun"][refining]  # Welsch: the energy itself
+    drops = -np.diff(energy) / np.abs(energy[:-1])
+    assert drops.size >= 2 and np.all(drops[:-1] >= rtol) and 0 <= drops[-1] < rtol
+    assert "less than" in res.message
+    monkeypatch.setattr(icp_module, "_REFINE_ENERGY_RTOL", 0.0)
+    off = ICP(multires=True).solve(problem)
+    assert off.success and "tol" in off.message
+    assert off.iterations_per_stage[-1] > res.iterations_per_stage[-1]
+    assert np.degrees(rotation_angle(off.rotation.T @ res.rotation)) <= 0.01
+    assert _rotation_error_deg(res, T) <= 0.2
+
+
 def test_refinement_candidates_give_the_exact_neighbours(scan):
     # At scan scale the refinement picks each row's refine_k nearest target points from a
     # cache of candidates: always the exact neighbours of a fresh search (cKDTree, brute
