@@ -19,8 +19,6 @@ from mmopt._core.params import (
     Interval,
     Options,
     Rule,
-    constraints_of,
-    validate_params,
 )
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result, Status
@@ -229,20 +227,19 @@ class ICP(Solver):
 
     **Surface refinement.** When the points are noisy relative to their spacing (the
     target's noise estimate above a tenth of its spacing), nearest-point matching at a small
-    ``nu`` snaps each source point onto single noisy target points: the energy becomes a sum
-    of sharp wells whose minimizer wanders by a noise-driven amount (measured: 0.2-1.5
-    degrees on the issue's synthetic case, from the true transform as well as from far
-    starts), and a larger ``nu`` cannot help because the source points past the target's
-    border (partial overlap) then pull tangentially. ``refine="auto"`` therefore adds one
-    last stage that matches a smoothed target surface instead: each source point's
+    ``nu`` snaps each source point onto single noisy target points: the energy becomes a sum of
+    sharp wells whose minimizer wanders by a noise-driven amount (from the true transform as
+    well as from far starts), and a larger ``nu`` cannot help because the source points past
+    the target's border (partial overlap) then pull tangentially. ``refine="auto"`` therefore
+    adds one last stage that matches a smoothed target surface instead: each source point's
     ``refine_k`` nearest target points, Gaussian-weighted by distance (bandwidth ``2.5
-    max(noise, spacing)``), give a local mean and a PCA normal; the residual is the offset
-    from that plane (a denoised point-to-plane, in the spirit of moving least squares), the
-    loss scale ``1.5 nu_min``, and the step is the point-to-plane Gauss-Newton step with its
-    line search and energy safeguard. Plane residuals carry no tangential pull, so partial
-    overlap biases them far less. On clean scans (the shipped pair) the stage is skipped, and
-    so it is when a quarter of the source points or more sit exactly on target points (the
-    same sampling: the matches are exact).
+    max(noise, spacing)``), give a local mean and a PCA normal; the residual is the offset from
+    that plane (a denoised point-to-plane, in the spirit of moving least squares), the loss
+    scale ``1.5 nu_min``, and the step is the point-to-plane Gauss-Newton step with its line
+    search and energy safeguard. Plane residuals carry no tangential pull, so partial overlap
+    biases them far less. On clean scans (the shipped pair) the stage is skipped, and so it is
+    when a quarter of the source points or more sit exactly on target points (the same
+    sampling: the matches are exact).
 
     **Multi-resolution** (scan scale, ``multires``): above 20,000 points (the larger cloud)
     the solve runs twice. First on a voxel-grid level: both clouds replaced by the means of
@@ -260,20 +257,20 @@ class ICP(Solver):
     the points that moved by more than half the gap between their last and their
     ``refine_k``-th candidate), and tapers its kernel weights (each lowered by
     that of the farthest neighbour, so that neighbours enter and leave at weight 0 and the
-    smoothed surface moves continuously with the pose: without it, at 10^5 points and
-    more, the refinement stalled at start-dependent poses); a refused refinement step is
+    smoothed surface moves continuously with the pose, so the refinement does not stall at
+    start-dependent poses); a refused refinement step is
     halved up to four times before the stage ends, and the refinement also ends at a step
     that lowers its energy by less than ``1e-4`` of it (its neighbourhoods change with the
-    pose, and from there its steps shrink by only ~10% each, moving the pose by
-    thousandths of a degree within the start-dependent spread of its result). The spacing
+    pose, and from there its steps shrink slowly, moving the pose within the
+    start-dependent spread of its result). The spacing
     and noise estimates of point-to-point come from the neighbourhoods of at most 20,000
     target points. Clouds of the existing sizes (up to 20,000 points) are solved exactly as
     without these.
 
     Searches for the losses whose weight vanishes far away are bounded at the loss's
     :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
-    ``nu`` for ``"tukey"``): farther points have (nearly) zero weight, and bounded KD-tree
-    searches are several times faster.
+    ``nu`` for ``"tukey"``): farther points have (nearly) zero weight, and a bounded KD-tree
+    search visits fewer nodes.
 
     Parameters
     ----------
@@ -482,11 +479,6 @@ default="welsch"
         return self.multires is True or largest > _MULTIRES_MIN_POINTS
 
     # ---------------------------------------------------------------------------- options
-    def _validate_params(self) -> None:
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
-        super()._validate_params()
-
     def _resolved_loss(self) -> RobustLoss:
         """The loss object: a name tuned to ICP's scale (see ``loss``), or the instance."""
         if isinstance(self.loss, RobustLoss):
