@@ -551,19 +551,23 @@ class BatchedAnderson:
             rows = np.flatnonzero(rows)
         if rows.size != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows for {rows.size} problems.")
-        pick = slice(None) if every else rows  # views, not copies, when all problems move
+        if every or (rows.size == self.k and (rows == np.arange(self.k)).all()):
+            every, pick = True, slice(None)  # views, not copies, when all problems move
+        else:
+            pick = rows
         memory = self.memory
         R = G - X
-        new = rows[self._has_prev[rows]]
-        if new.size:
+        where = self._has_prev[rows]
+        if where.any():
             # Each problem's newest difference into its ring of columns, and the Gram
             # matrix's row and column of that slot (O(d memory) per problem).
+            new = rows[where]
             col = self._next_col[new]
-            where = self._has_prev[rows]
-            self._dG[new, col] = G[where] - self._g_prev[new]
-            d_r = R[where] - self._r_prev[new]
+            all_new = every and where.all()
+            self._dG[new, col] = (G if all_new else G[where]) - self._g_prev[new]
+            d_r = (R if all_new else R[where]) - self._r_prev[new]
             self._dR[new, col] = d_r
-            products = np.einsum("cmd,cd->cm", self._dR[new], d_r)
+            products = ((self._dR if all_new else self._dR[new]) @ d_r[:, :, None])[:, :, 0]
             self._gram[new, col, :] = products
             self._gram[new, :, col] = products
             self._next_col[new] = (col + 1) % memory
@@ -577,19 +581,26 @@ class BatchedAnderson:
         out = G.copy()
         if not want.any():
             return out
-        use = rows[want]
-        theta, ok = self._coefficients(use, R[want])
-        self.extrapolated[use[ok]] = True
+        all_want = every and want.all()
+        use = slice(None) if all_want else rows[want]
+        theta, ok = self._coefficients(use, R if all_want else R[want])
+        extrapolated = self.extrapolated[use]
+        extrapolated[ok] = True
+        self.extrapolated[use] = extrapolated
         if not ok.any():
             return out
-        at = np.flatnonzero(want)[ok]
-        use, theta = use[ok], theta[ok]
-        dG_theta = np.einsum("cm,cmd->cd", theta, self._dG[use])
+        if all_want and ok.all():
+            at, dG, dR = slice(None), self._dG, self._dR
+        else:
+            at = np.flatnonzero(want)[ok]
+            dG, dR = self._dG[rows[at]], self._dR[rows[at]]
+            theta = theta[ok]
+        dG_theta = (theta[:, None, :] @ dG)[:, 0]
         beta = self.damping
         if beta == 1.0:
-            out[at] = G[at] - dG_theta
+            out[at] -= dG_theta
         else:
-            dR_theta = np.einsum("cm,cmd->cd", theta, self._dR[use])
+            dR_theta = (theta[:, None, :] @ dR)[:, 0]
             out[at] = X[at] + beta * R[at] - dG_theta + (1.0 - beta) * dR_theta
         return out
 
@@ -599,8 +610,12 @@ class BatchedAnderson:
         conditioned go through :func:`_history_coefficients` one by one (dropping old
         columns), and those with no usable column left are reset. Returns ``(theta, ok)``."""
         memory = self.memory
-        gram = self._gram[rows]
-        rhs = np.einsum("cmd,cd->cm", self._dR[rows], R)
+        if isinstance(rows, slice):
+            rows = np.arange(self.k)
+            gram, dR = self._gram, self._dR
+        else:
+            gram, dR = self._gram[rows], self._dR[rows]
+        rhs = (dR @ R[:, :, None])[:, :, 0]
         used = np.arange(memory) < self._n_cols[rows][:, None]
         diagonal = gram.diagonal(axis1=1, axis2=2)
         with np.errstate(divide="ignore", invalid="ignore"):

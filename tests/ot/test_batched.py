@@ -192,7 +192,7 @@ def test_anderson_step_against_least_squares():
     B = rng.random((c, m))
     B[1, :3] = 0.0
     positive = B > 0
-    mixer = _batched._Anderson(c, m)
+    mixer = _batched._Anderson(c)
     x = rng.standard_normal((c, m)) * positive
     V = np.where(positive, np.exp(x), 0.0)
     history = [([], []) for _ in range(c)]
