@@ -11,8 +11,10 @@ the others for one kernel form a further group with its own kernel, started wher
 stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
 finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
 
-Each problem's column scalings are Anderson-mixed (:class:`_Anderson`), with restarts and a
-fall-back to over-relaxation as safeguard.
+Each problem's column scalings are Anderson-mixed (:class:`_Anderson`, over
+:class:`~mmopt._core.anderson.BatchedAnderson`), with restarts and a
+fall-back to over-relaxation as safeguard. On small kernels (``_ALONE_MAX_ENTRIES``) a
+group's last few problems, and k <= ``_FUSED_MAX`` problems, are solved alone.
 
 References
 ----------
@@ -56,6 +58,12 @@ _MIN_LOG_BOUND = 20.0
 # With this many problems left or fewer, each iterates alone on the shared kernel (one
 # pass over it per problem) instead of through GEMMs (two passes for all).
 _FUSED_MAX = 4
+# Below this many kernel entries (n m) a one-problem sweep costs less than the Python
+# around it (the mixing's stacked solves, the bookkeeping): the few problems of a group's
+# tail (at most _FUSED_MAX) are then finished alone by Sinkhorn, warm-started, and k <=
+# _FUSED_MAX problems are solved one by one from the start. Chosen from measured time per
+# problem-iteration (BENCHMARKS.md, batched part, "size rule").
+_ALONE_MAX_ENTRIES = 300_000
 # Anderson mixing of each problem's column scalings (log domain): memory (differences kept),
 # Tikhonov weight (on the column-normalized system), the residual growth over the smallest
 # that refuses an extrapolated iterate, and refusals after which the problem over-relaxes.
@@ -151,7 +159,8 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     shared = _Shared(a, b, C, reg, solver, threads, out)
     alone = {}
     with _blas_limit(threads):
-        if solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND:
+        if (solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND
+                or (k <= _FUSED_MAX and shared.small)):
             alone = dict.fromkeys(range(k))
         else:
             # Groups of problems, each on its own shared kernel: the first holds them all;
@@ -192,6 +201,7 @@ class _Shared:
         self.bound = float(np.exp(self.log_bound))
         self.floor = _LOG_TINY + self.log_bound + 20.0
         self.max_spread = _SPREAD_SHARE * self.log_bound
+        self.small = C.shape[0] * C.shape[1] <= _ALONE_MAX_ENTRIES
 
 
 class _Output:
@@ -317,6 +327,12 @@ class _Batch:
         absorptions = 0
         it = 0
         while self.active.size:
+            if self.active.size <= _FUSED_MAX and self.shared.small:
+                # A small kernel's tail: each problem alone costs less (see
+                # _ALONE_MAX_ENTRIES), warm-started where it stands.
+                self.out.nit[self.active] = self.offset + it
+                alone.update(self._potentials())
+                break
             it += 1
             if self.active.size > _FUSED_MAX:
                 error, out_of_range = self._gemm_sweep(it)
@@ -659,7 +675,7 @@ class _Anderson:
         good = np.isfinite(mixed).all(axis=1) & accelerator.extrapolated[moved]
         self.x[moved] = np.where(good[:, None], proposal, log_target)
         self.known[moved] = True
-        if every and good.all():
+        if every and moved.size == rows.size and good.all():
             return mixed
         out = target.copy()
         out[moved[good]] = mixed[good]
