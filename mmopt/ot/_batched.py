@@ -411,6 +411,8 @@ class _Batch:
             self.acc = np.empty((max(1, min(self.threads, n // 4)), m))
         last = []
         sums = np.empty_like(self.V)
+        mixed = (self.anderson.on.copy() if self.anderson is not None
+                 else np.zeros(self.active.size, dtype=bool))
         for c in range(self.active.size):
             u, v = self.U[c], self.V[c]
             last.append((u.copy(), v.copy()))
@@ -422,11 +424,11 @@ class _Batch:
             error[c] = row_error + self.column_error[c]
             done[c] = error[c] <= self.solver.tol * self.mass
             self.column_error[c] = column_error if self.omega[c] != 1.0 else 0.0
-            if not within:  # (zero-mass columns have v = 0: checked again below)
+            if not within and not mixed[c]:
+                # (zero-mass columns have v = 0; mixed problems are checked after mixing)
                 out_of_range[c] = self._out_of_range(u[None], v[None], self.B[c, None])[0]
-        if self.anderson is not None and self.anderson.on.any():
+        if mixed.any():
             previous = np.array([v for _, v in last])
-            mixed = self.anderson.on.copy()
             self.V, column_error = self._mix(previous, self.V, sums)
             self.column_error[mixed] = column_error[mixed]
             out_of_range[mixed] = self._out_of_range(
