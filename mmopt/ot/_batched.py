@@ -157,12 +157,12 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     k = b.shape[1]
     out = _Output(n, m, k, return_plan)
     shared = _Shared(a, b, C, reg, solver, threads, out)
-    alone = {}
-    with _blas_limit(threads):
-        if (solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND
-                or (k <= _FUSED_MAX and shared.small)):
-            alone = dict.fromkeys(range(k))
-        else:
+    if (solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND
+            or (k <= _FUSED_MAX and shared.small)):
+        alone = dict.fromkeys(range(k))
+    else:
+        alone = {}
+        with _blas_limit(threads):
             # Groups of problems, each on its own shared kernel: the first holds them all;
             # the problems that leave a group (too far from the others for one kernel)
             # form the next, started from their potentials.
