@@ -618,14 +618,16 @@ class BatchedAnderson:
         rhs = (dR @ R[:, :, None])[:, :, 0]
         used = np.arange(memory) < self._n_cols[rows][:, None]
         diagonal = gram.diagonal(axis1=1, axis2=2)
+        index = np.arange(memory)
+        full = bool(used.all())  # (the usual case: every history full)
         with np.errstate(divide="ignore", invalid="ignore"):
-            norms = np.where(used, np.sqrt(diagonal), 1.0)
-            both = used[:, :, None] & used[:, None, :]
-            normalized = np.where(both, gram / (norms[:, :, None] * norms[:, None, :]), 0.0)
-            # Unused columns: an identity block (eigenvalue 1, inside the used block's
-            # range since its diagonal is 1) and a zero right-hand side, so theta = 0.
-            index = np.arange(memory)
-            normalized[:, index, index] = np.where(used, normalized[:, index, index], 1.0)
+            norms = np.sqrt(diagonal) if full else np.where(used, np.sqrt(diagonal), 1.0)
+            normalized = gram / (norms[:, :, None] * norms[:, None, :])
+            if not full:
+                # Unused columns: an identity block (eigenvalue 1, inside the used block's
+                # range since its diagonal is 1) and a zero right-hand side: theta = 0.
+                normalized[~(used[:, :, None] & used[:, None, :])] = 0.0
+                normalized[:, index, index] = np.where(used, normalized[:, index, index], 1.0)
             normalized[:, index, index] += self.regularization
             good = (~used | (diagonal > 0)).all(axis=1) & np.isfinite(normalized).all(
                 axis=(1, 2))
@@ -639,7 +641,8 @@ class BatchedAnderson:
                 at = at[conditioned]
                 if at.size:
                     phi = np.linalg.solve(normalized[at], (rhs[at] / norms[at])[:, :, None])
-                    theta[at] = np.where(used[at], phi[:, :, 0] / norms[at], 0.0)
+                    theta[at] = (phi[:, :, 0] / norms[at] if full
+                                 else np.where(used[at], phi[:, :, 0] / norms[at], 0.0))
                     finite = np.isfinite(theta[at]).all(axis=1)
                     good[at[~finite]] = False
         for c in np.flatnonzero(~good):
