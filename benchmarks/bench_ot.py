@@ -423,8 +423,8 @@ def avx2_report(quick: bool = False) -> str:
 
 
 def batched_report(quick: bool = False) -> str:
-    """The batched-histograms part of the section (``python benchmarks/bench_ot.py
-    --batched`` prints it alone)."""
+    """The batched-histograms tables (section ``ot_batched``: ``python benchmarks/run.py
+    --only ot_batched``)."""
     n = 300 if quick else 1000
     return "\n".join([
         f"## Batched histograms: k problems sharing one {n}-point cost", "",
@@ -436,7 +436,7 @@ def batched_report(quick: bool = False) -> str:
         "against 32 smooth target histograms. \"iterations\": the problems' iterations "
         "summed, batched over separate (Anderson mixing is batched-only: the separate "
         "solves over-relax).", "",
-        markdown_table(batched_suite(quick)), "",
+        markdown_table(batched_suite(quick, with_pot=pot is not None)), "",
         "### Other problems and k (one thread, without POT, to L1 error 2e-8)", "",
         f"Images: a {int(round(np.sqrt(n)))}x{int(round(np.sqrt(n)))} pixel grid, squared "
         "distance between pixels, 32 two-blob images with empty pixels. Mixtures as above "
@@ -458,8 +458,7 @@ def suite_report(quick: bool = False) -> str:
         return "\n".join(lines + ["POT is not installed (`pip install pot`)."])
     lines += [markdown_table(pot_suite(quick)), "", "### Floor", "",
               markdown_table(floor_figure(quick)), "",
-              "### The AVX2 path", "", avx2_report(quick), "",
-              batched_report(quick)]
+              "### The AVX2 path", "", avx2_report(quick)]
     return "\n".join(lines)
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FAMILIES = [
-    "mm", "sso", "moe", "ot", "sparse_ot", "pointcloud", "smooth_ot", "unbalanced", "clustering",
-    "icp", "icp_scale", "symmetric", "nonrigid", "bilevel", "bcd",
+    "mm", "sso", "moe", "ot", "ot_batched", "sparse_ot", "pointcloud", "smooth_ot",
+    "unbalanced", "clustering", "icp", "icp_scale", "symmetric", "nonrigid", "bilevel", "bcd",
 ]
 
 

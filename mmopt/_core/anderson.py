@@ -25,6 +25,7 @@ __all__ = [
     "ANDERSON_OPTION",
     "AndersonAcceleration",
     "AndersonStep",
+    "BatchedAnderson",
     "anderson_counts",
     "make_accelerator",
 ]
@@ -66,6 +67,45 @@ class AndersonStep:
 
 
 _NOT_TRIED = AndersonStep()
+
+
+def _acceptable(value, reference):
+    """The safeguard's rule, for one value or an array of them: finite and no larger than
+    the reference (NaN and infinities are refused)."""
+    return np.isfinite(value) & (value <= reference)
+
+
+def _history_coefficients(gram, rhs_all, columns, regularization, max_condition):
+    """Coefficients of the regularized, column-normalized normal equations on the newest
+    columns of one history.
+
+    ``gram`` is the (memory, memory) Gram matrix of the residual differences, ``rhs_all``
+    their products with the newest residual, ``columns`` the used columns, oldest first.
+    Columns are dropped from the front (oldest) until the system is well conditioned.
+    Returns the coefficients over the whole buffer (zero for unused columns), or None when
+    no well-conditioned subset is left.
+    """
+    # The system is a few columns wide: the work here is Python and NumPy call overhead,
+    # so each pass makes as few calls as it can.
+    for first in range(columns.size):
+        order = columns[first:]
+        sub = gram[order[:, None], order]
+        norms = np.sqrt(sub.diagonal())
+        if not norms.min() > 0:  # also False for NaN
+            continue
+        normalized = sub / (norms[:, None] * norms)
+        normalized.ravel()[:: len(order) + 1] += regularization
+        eigenvalues = np.linalg.eigvalsh(normalized)
+        low, high = float(eigenvalues[0]), float(eigenvalues[-1])
+        # cond(Gram) is cond(dR)^2: compare the square root with the bound.
+        if low > 0 and math.sqrt(high / low) <= max_condition:
+            phi = np.linalg.solve(normalized, rhs_all[order] / norms)
+            theta_used = phi / norms
+            if np.isfinite(theta_used).all():
+                theta = np.zeros(gram.shape[0])
+                theta[order] = theta_used
+                return theta
+    return None
 
 
 class AndersonAcceleration:
@@ -215,6 +255,11 @@ class AndersonAcceleration:
         copy._start()
         return copy
 
+    def batched(self, k: int) -> BatchedAnderson:
+        """``k`` accelerators with these options, run together on the rows of ``(k, d)``
+        arrays (see :class:`BatchedAnderson`)."""
+        return BatchedAnderson(self, k)
+
     @property
     def history_size(self) -> int:
         """Number of difference pairs currently used."""
@@ -292,38 +337,16 @@ class AndersonAcceleration:
         return x + beta * r - self._dG @ theta + (1.0 - beta) * (self._dR @ theta)
 
     def _coefficients(self, r):
-        """Solve the regularized, column-normalized normal equations on the newest columns.
-
-        Returns the coefficients over the whole buffer (zero for unused columns), or None
-        (and a reset) when no well-conditioned subset of columns is left.
-        """
-        # Columns in chronological order, newest last, so that dropping from the front drops
-        # the oldest differences. The system is a few columns wide: the work here is Python
-        # and NumPy call overhead, so each pass makes as few calls as it can.
-        memory, n_cols = self.memory, self._n_cols
+        """The least-squares coefficients for the newest residual ``r`` (see
+        :func:`_history_coefficients`), or None after a reset."""
+        n_cols = self._n_cols
         oldest = self._next_col - n_cols
-        columns = np.arange(oldest, oldest + n_cols) % memory
-        rhs_all = self._dR.T @ r
-        for first in range(n_cols):
-            order = columns[first:]
-            gram = self._gram[order[:, None], order]
-            norms = np.sqrt(gram.diagonal())
-            if not norms.min() > 0:  # also False for NaN
-                continue
-            normalized = gram / (norms[:, None] * norms)
-            normalized.ravel()[:: len(order) + 1] += self.regularization
-            eigenvalues = np.linalg.eigvalsh(normalized)
-            low, high = float(eigenvalues[0]), float(eigenvalues[-1])
-            # cond(Gram) is cond(dR)^2: compare the square root with the bound.
-            if low > 0 and math.sqrt(high / low) <= self.max_condition:
-                phi = np.linalg.solve(normalized, rhs_all[order] / norms)
-                theta_used = phi / norms
-                if np.isfinite(theta_used).all():
-                    theta = np.zeros(memory)
-                    theta[order] = theta_used
-                    return theta
-        self.reset()
-        return None
+        columns = np.arange(oldest, oldest + n_cols) % self.memory
+        theta = _history_coefficients(self._gram, self._dR.T @ r, columns,
+                                      self.regularization, self.max_condition)
+        if theta is None:
+            self.reset()
+        return theta
 
     def safeguard(self, value: float, reference: float) -> bool:
         """Decide on an extrapolated point from its objective, and keep the counts.
@@ -341,7 +364,7 @@ class AndersonAcceleration:
             True to keep the extrapolated point. On False the caller takes the plain step;
             the history has been reset.
         """
-        if np.isfinite(value) and value <= reference:
+        if _acceptable(value, reference):
             self.n_accepted += 1
             return True
         self.n_rejected += 1
@@ -404,6 +427,237 @@ class AndersonAcceleration:
             if getattr(self, name) != parameters[name].default
         )
         return f"{type(self).__name__}({shown})"
+
+
+class BatchedAnderson:
+    """``k`` independent :class:`AndersonAcceleration` histories advanced together.
+
+    Row ``i`` of the ``(k, d)`` arrays passed to :meth:`update` is problem ``i``'s iterate;
+    each problem keeps its own history, and what :meth:`update` proposes for it is what an
+    :class:`AndersonAcceleration` with the same options, given the same pairs, proposes
+    (same least squares, same dropping of ill-conditioned columns, same resets). The
+    products run over all problems at once (stacked small solves), which is what a solver
+    of many problems sharing one operator needs (batched Sinkhorn). :meth:`safeguard` is
+    :meth:`AndersonAcceleration.safeguard` for many problems: a refused value resets that
+    problem's history.
+
+    Made by :meth:`AndersonAcceleration.batched`; ``n_accepted``, ``n_rejected`` and
+    ``n_resets`` are per-problem counts, ``extrapolated`` says which problems' last
+    proposal was extrapolated.
+
+    Examples
+    --------
+    Two linear maps ``G_i(x) = A_i x + b_i`` accelerated together:
+
+    >>> import numpy as np
+    >>> from mmopt import AndersonAcceleration
+    >>> A = np.stack([np.diag([0.9, 0.5, 0.99]), np.diag([0.3, 0.8, 0.95])])
+    >>> b = np.ones((2, 3))
+    >>> aa = AndersonAcceleration(memory=3).batched(2)
+    >>> X = np.zeros((2, 3))
+    >>> for _ in range(6):
+    ...     X = aa.update(X, np.einsum("kij,kj->ki", A, X) + b)
+    >>> bool(np.allclose(X, np.linalg.solve(np.eye(3) - A, b[:, :, None])[:, :, 0]))
+    True
+    """
+
+    _STATE = ("_dG", "_dR", "_gram", "_g_prev", "_r_prev", "_has_prev", "_n_cols",
+              "_next_col", "_since_reset", "extrapolated", "n_accepted", "n_rejected",
+              "n_resets")
+
+    def __init__(self, options: AndersonAcceleration, k: int):
+        for name in AndersonAcceleration._parameter_constraints:
+            setattr(self, name, getattr(options, name))
+        self.k = int(k)
+        self._size = -1
+        self._has_prev = np.zeros(self.k, dtype=bool)
+        self._n_cols = np.zeros(self.k, dtype=int)
+        self._next_col = np.zeros(self.k, dtype=int)
+        self._since_reset = np.zeros(self.k, dtype=int)
+        self.extrapolated = np.zeros(self.k, dtype=bool)
+        self.n_accepted = np.zeros(self.k, dtype=int)
+        self.n_rejected = np.zeros(self.k, dtype=int)
+        self.n_resets = np.zeros(self.k, dtype=int)
+
+    def _allocate(self, size: int) -> None:
+        k, memory = self.k, self.memory
+        # Zero-filled: unused columns enter the stacked products with weight zero.
+        self._dG = np.zeros((k, memory, size))
+        self._dR = np.zeros((k, memory, size))
+        self._gram = np.zeros((k, memory, memory))
+        self._g_prev = np.zeros((k, size))
+        self._r_prev = np.zeros((k, size))
+        self._size = size
+
+    def reset(self, rows=None) -> None:
+        """Forget the histories of ``rows`` (indices or a boolean mask; all when None)."""
+        rows = slice(None) if rows is None else rows
+        self._has_prev[rows] = False
+        self._n_cols[rows] = 0
+        self._next_col[rows] = 0
+        self._since_reset[rows] = 0
+        self.extrapolated[rows] = False
+        self.n_resets[rows] += 1
+        if self._size >= 0:
+            self._dG[rows] = 0.0
+            self._dR[rows] = 0.0
+            self._gram[rows] = 0.0
+
+    def keep(self, keep) -> None:
+        """Keep only the problems ``keep`` (a boolean mask or indices), in that order."""
+        for name in self._STATE:
+            value = getattr(self, name, None)
+            if isinstance(value, np.ndarray):
+                setattr(self, name, value[keep])
+        self.k = self._has_prev.size
+
+    def shift(self, delta, rows=None) -> None:
+        """Move the problems' variables by ``delta`` (c, d) (a change of origin, e.g. of
+        the base of log scalings): differences are unchanged, the last map value moves."""
+        if self._size >= 0:
+            rows = slice(None) if rows is None else rows
+            self._g_prev[rows] += delta
+
+    def safeguard(self, values, references, rows=None) -> np.ndarray:
+        """:meth:`AndersonAcceleration.safeguard` for the problems ``rows`` (all when None):
+        which values are kept; the others are counted refused and their histories reset."""
+        rows = np.arange(self.k) if rows is None else np.asarray(rows)
+        accepted = _acceptable(np.asarray(values, dtype=float), references)
+        self.n_accepted[rows[accepted]] += 1
+        refused = rows[~accepted]
+        if refused.size:
+            self.n_rejected[refused] += 1
+            self.reset(refused)
+        return accepted
+
+    def update(self, X, G, rows=None) -> np.ndarray:
+        """Record the pairs ``(X[i], G[i])`` of the problems ``rows`` (all when None) and
+        return their next points (``(len(rows), d)``; the rows of ``G`` where nothing
+        was extrapolated, see :attr:`extrapolated`)."""
+        X = np.asarray(X, dtype=float)
+        G = np.asarray(G, dtype=float)
+        if X.shape != G.shape or X.ndim != 2:
+            raise ValueError(
+                f"X and G must be 2-D of the same shape, got {X.shape} and {G.shape}.")
+        size = X.shape[1]
+        if self._size != size:
+            if self._has_prev.any():
+                raise ValueError(f"the iterates changed size from {self._size} to {size}; "
+                                 "call reset().")
+            self._allocate(size)
+        every = rows is None
+        rows = np.arange(self.k) if every else np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if rows.size != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows for {rows.size} problems.")
+        if every or (rows.size == self.k and (rows == np.arange(self.k)).all()):
+            every, pick = True, slice(None)  # views, not copies, when all problems move
+        else:
+            pick = rows
+        memory = self.memory
+        R = G - X
+        where = self._has_prev[rows]
+        if where.any():
+            # Each problem's newest difference into its ring of columns, and the Gram
+            # matrix's row and column of that slot (O(d memory) per problem).
+            new = rows[where]
+            col = self._next_col[new]
+            all_new = every and where.all()
+            self._dG[new, col] = (G if all_new else G[where]) - self._g_prev[new]
+            d_r = (R if all_new else R[where]) - self._r_prev[new]
+            self._dR[new, col] = d_r
+            products = ((self._dR if all_new else self._dR[new]) @ d_r[:, :, None])[:, :, 0]
+            self._gram[new, col, :] = products
+            self._gram[new, :, col] = products
+            self._next_col[new] = (col + 1) % memory
+            self._n_cols[new] = np.minimum(self._n_cols[new] + 1, memory)
+        self._g_prev[pick] = G
+        self._r_prev[pick] = R
+        self._has_prev[rows] = True
+        self._since_reset[rows] += 1
+        self.extrapolated[rows] = False
+        want = (self._n_cols[rows] > 0) & (self._since_reset[rows] > self.delay)
+        out = G.copy()
+        if not want.any():
+            return out
+        all_want = every and want.all()
+        use = slice(None) if all_want else rows[want]
+        theta, ok = self._coefficients(use, R if all_want else R[want])
+        extrapolated = self.extrapolated[use]
+        extrapolated[ok] = True
+        self.extrapolated[use] = extrapolated
+        if not ok.any():
+            return out
+        if all_want and ok.all():
+            at, dG, dR = slice(None), self._dG, self._dR
+        else:
+            at = np.flatnonzero(want)[ok]
+            dG, dR = self._dG[rows[at]], self._dR[rows[at]]
+            theta = theta[ok]
+        dG_theta = (theta[:, None, :] @ dG)[:, 0]
+        beta = self.damping
+        if beta == 1.0:
+            out[at] -= dG_theta
+        else:
+            dR_theta = (theta[:, None, :] @ dR)[:, 0]
+            out[at] = X[at] + beta * R[at] - dG_theta + (1.0 - beta) * dR_theta
+        return out
+
+    def _coefficients(self, rows, R):
+        """Coefficients of the problems ``rows`` for their newest residuals ``R``: all
+        problems at once on their full normalized systems; the few whose system is ill
+        conditioned go through :func:`_history_coefficients` one by one (dropping old
+        columns), and those with no usable column left are reset. Returns ``(theta, ok)``."""
+        memory = self.memory
+        if isinstance(rows, slice):
+            rows = np.arange(self.k)
+            gram, dR = self._gram, self._dR
+        else:
+            gram, dR = self._gram[rows], self._dR[rows]
+        rhs = (dR @ R[:, :, None])[:, :, 0]
+        used = np.arange(memory) < self._n_cols[rows][:, None]
+        diagonal = gram.diagonal(axis1=1, axis2=2)
+        index = np.arange(memory)
+        full = bool(used.all())  # (the usual case: every history full)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            norms = np.sqrt(diagonal) if full else np.where(used, np.sqrt(diagonal), 1.0)
+            normalized = gram / (norms[:, :, None] * norms[:, None, :])
+            if not full:
+                # Unused columns: an identity block (eigenvalue 1, inside the used block's
+                # range since its diagonal is 1) and a zero right-hand side: theta = 0.
+                normalized[~(used[:, :, None] & used[:, None, :])] = 0.0
+                normalized[:, index, index] = np.where(used, normalized[:, index, index], 1.0)
+            normalized[:, index, index] += self.regularization
+            good = (~used | (diagonal > 0)).all(axis=1) & np.isfinite(normalized).all(
+                axis=(1, 2))
+            theta = np.zeros((rows.size, memory))
+            if good.any():
+                eigenvalues = np.linalg.eigvalsh(normalized[good])
+                low, high = eigenvalues[:, 0], eigenvalues[:, -1]
+                conditioned = (low > 0) & (np.sqrt(high / low) <= self.max_condition)
+                at = np.flatnonzero(good)
+                good[at[~conditioned]] = False
+                at = at[conditioned]
+                if at.size:
+                    phi = np.linalg.solve(normalized[at], (rhs[at] / norms[at])[:, :, None])
+                    theta[at] = (phi[:, :, 0] / norms[at] if full
+                                 else np.where(used[at], phi[:, :, 0] / norms[at], 0.0))
+                    finite = np.isfinite(theta[at]).all(axis=1)
+                    good[at[~finite]] = False
+        for c in np.flatnonzero(~good):
+            row = rows[c]
+            n_cols = self._n_cols[row]
+            oldest = self._next_col[row] - n_cols
+            columns = np.arange(oldest, oldest + n_cols) % memory
+            found = _history_coefficients(self._gram[row], rhs[c], columns,
+                                          self.regularization, self.max_condition)
+            if found is not None:
+                theta[c] = found
+                good[c] = True
+        if not good.all():
+            self.reset(rows[~good])
+        return theta, good
 
 
 # What ``anderson=True`` means; solves run with fresh copies of it.

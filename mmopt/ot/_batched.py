@@ -11,8 +11,10 @@ the others for one kernel form a further group with its own kernel, started wher
 stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
 finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
 
-Each problem's column scalings are Anderson-mixed (:class:`_Anderson`), with restarts and a
-fall-back to over-relaxation as safeguard.
+Each problem's column scalings are Anderson-mixed (:class:`_Anderson`, over
+:class:`~mmopt._core.anderson.BatchedAnderson`), with restarts and a
+fall-back to over-relaxation as safeguard. On small kernels (``_ALONE_MAX_ENTRIES``) a
+group's last few problems, and k <= ``_FUSED_MAX`` problems, are solved alone.
 
 References
 ----------
@@ -28,6 +30,7 @@ import warnings
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from mmopt._core.anderson import AndersonAcceleration
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.registry import get_solver
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
@@ -55,9 +58,15 @@ _MIN_LOG_BOUND = 20.0
 # With this many problems left or fewer, each iterates alone on the shared kernel (one
 # pass over it per problem) instead of through GEMMs (two passes for all).
 _FUSED_MAX = 4
+# Below this many kernel entries (n m) a one-problem sweep costs less than the Python
+# around it (the mixing's stacked solves, the bookkeeping): the few problems of a group's
+# tail (at most _FUSED_MAX) are then finished alone by Sinkhorn, warm-started, and k <=
+# _FUSED_MAX problems are solved one by one from the start. Chosen from measured time per
+# problem-iteration (BENCHMARKS.md, batched part, "size rule").
+_ALONE_MAX_ENTRIES = 300_000
 # Anderson mixing of each problem's column scalings (log domain): memory (differences kept),
-# Tikhonov weight relative to the mean squared difference, error growth since the last
-# restart that clears the memory, and restarts after which the problem over-relaxes instead.
+# Tikhonov weight (on the column-normalized system), the residual growth over the smallest
+# that refuses an extrapolated iterate, and refusals after which the problem over-relaxes.
 _ANDERSON_MEMORY = 6
 _ANDERSON_RIDGE = 1e-10
 _ANDERSON_GROWTH = 2.0
@@ -148,11 +157,12 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     k = b.shape[1]
     out = _Output(n, m, k, return_plan)
     shared = _Shared(a, b, C, reg, solver, threads, out)
-    alone = {}
-    with _blas_limit(threads):
-        if solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND:
-            alone = dict.fromkeys(range(k))
-        else:
+    if (solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND
+            or (k <= _FUSED_MAX and shared.small)):
+        alone = dict.fromkeys(range(k))
+    else:
+        alone = {}
+        with _blas_limit(threads):
             # Groups of problems, each on its own shared kernel: the first holds them all;
             # the problems that leave a group (too far from the others for one kernel)
             # form the next, started from their potentials.
@@ -191,6 +201,7 @@ class _Shared:
         self.bound = float(np.exp(self.log_bound))
         self.floor = _LOG_TINY + self.log_bound + 20.0
         self.max_spread = _SPREAD_SHARE * self.log_bound
+        self.small = C.shape[0] * C.shape[1] <= _ALONE_MAX_ENTRIES
 
 
 class _Output:
@@ -267,7 +278,7 @@ class _Batch:
         self.column_error = np.zeros(c)
         self.omega = np.ones(c)
         self.relax = shared.relax  # each problem's, kept from group to group
-        self.anderson = _Anderson(c, shared.C.shape[1]) if self.solver.overrelaxation else None
+        self.anderson = _Anderson(c) if self.solver.overrelaxation else None
         self.K = None
         self.CK = None  # C * K (transport costs), made when a problem first needs it
         self.left = {}  # problems that leave for another group: their potentials (f, g)
@@ -316,6 +327,12 @@ class _Batch:
         absorptions = 0
         it = 0
         while self.active.size:
+            if self.active.size <= _FUSED_MAX and self.shared.small:
+                # A small kernel's tail: each problem alone costs less (see
+                # _ALONE_MAX_ENTRIES), warm-started where it stands.
+                self.out.nit[self.active] = self.offset + it
+                alone.update(self._potentials())
+                break
             it += 1
             if self.active.size > _FUSED_MAX:
                 error, out_of_range = self._gemm_sweep(it)
@@ -394,6 +411,8 @@ class _Batch:
             self.acc = np.empty((max(1, min(self.threads, n // 4)), m))
         last = []
         sums = np.empty_like(self.V)
+        mixed = (self.anderson.on.copy() if self.anderson is not None
+                 else np.zeros(self.active.size, dtype=bool))
         for c in range(self.active.size):
             u, v = self.U[c], self.V[c]
             last.append((u.copy(), v.copy()))
@@ -405,11 +424,11 @@ class _Batch:
             error[c] = row_error + self.column_error[c]
             done[c] = error[c] <= self.solver.tol * self.mass
             self.column_error[c] = column_error if self.omega[c] != 1.0 else 0.0
-            if not within:  # (zero-mass columns have v = 0: checked again below)
+            if not within and not mixed[c]:
+                # (zero-mass columns have v = 0; mixed problems are checked after mixing)
                 out_of_range[c] = self._out_of_range(u[None], v[None], self.B[c, None])[0]
-        if self.anderson is not None and self.anderson.on.any():
+        if mixed.any():
             previous = np.array([v for _, v in last])
-            mixed = self.anderson.on.copy()
             self.V, column_error = self._mix(previous, self.V, sums)
             self.column_error[mixed] = column_error[mixed]
             out_of_range[mixed] = self._out_of_range(
@@ -573,51 +592,41 @@ class _Batch:
                 out.plan[j][rows_support] = block
 
 class _Anderson:
-    """Anderson mixing of the problems' column updates, one memory per problem.
+    """Anderson mixing of the problems' column updates in the log domain, one history per
+    problem (:class:`~mmopt._core.anderson.BatchedAnderson`).
 
     The fixed-point map is one Sinkhorn iteration acting on ``x = log v`` (entries of zero
-    mass left out): ``T(x) = log(b / (K^T (a / K e^x)))``, residual ``r = T(x) - x``. From the
-    last differences ``dX``, ``dR`` of iterates and residuals (at most
-    ``_ANDERSON_MEMORY``), the step is ``x + r - (dX + dR) gamma`` with ``gamma`` the
-    (ridge-regularized) least-squares fit of ``r`` by ``dR``. Safeguard: when a problem's
-    residual (weighted by ``b``) grows more than ``_ANDERSON_GROWTH``-fold over its
-    smallest, or a step is not finite, its memory is cleared and the plain step taken;
-    after ``_ANDERSON_MAX_RESTARTS`` restarts it stops mixing (over-relaxation instead),
-    so that every problem keeps Sinkhorn's convergence.
+    mass left out, held at 0): ``T(x) = log(b / (K^T (a / K e^x)))``. Safeguard (the
+    accelerator's rule): an extrapolated iterate is kept if its residual ``sum b |T(x) -
+    x|`` is finite and at most ``_ANDERSON_GROWTH`` times the problem's smallest so far;
+    otherwise its history is reset (the iterate stands: evaluating it was the iteration
+    just done). After ``_ANDERSON_MAX_RESTARTS`` refusals a problem stops mixing
+    (over-relaxation instead), so every problem keeps Sinkhorn's convergence.
     """
 
-    def __init__(self, c, m):
-        M = _ANDERSON_MEMORY
+    def __init__(self, c):
+        self.accelerator = AndersonAcceleration(
+            memory=_ANDERSON_MEMORY, regularization=_ANDERSON_RIDGE).batched(c)
         self.on = np.ones(c, dtype=bool)
-        self.restarts = np.zeros(c, dtype=int)
         self.best = np.full(c, np.inf)
-        self.count = np.zeros(c, dtype=int)  # differences held (<= M)
-        self.slot = np.zeros(c, dtype=int)  # where the next difference goes
-        self.dR = np.zeros((c, M, m))  # residual differences
-        self.dXR = np.zeros((c, M, m))  # iterate + residual differences
-        self.gram = np.zeros((c, M, M))  # dR dR^T
-        self.x = np.zeros((c, m))  # last iterate (log v), its residual, the next iterate
-        self.r = np.zeros((c, m))
-        self.x_next = np.zeros((c, m))
-        self.started = np.zeros(c, dtype=bool)
+        self.x = None  # log v of the current iterates (rows of problems that mix)
+        self.known = np.zeros(c, dtype=bool)  # whether x holds the row's current log v
+
+    @property
+    def restarts(self):
+        return self.accelerator.n_rejected
 
     def keep(self, keep):
-        for name in ("on", "restarts", "best", "count", "slot", "dR", "dXR", "gram", "x",
-                     "r", "x_next", "started"):
-            setattr(self, name, getattr(self, name)[keep])
+        self.accelerator.keep(keep)
+        self.on, self.best, self.known = self.on[keep], self.best[keep], self.known[keep]
+        if self.x is not None:
+            self.x = self.x[keep]
 
     def shift(self, delta):
         """The same iterates after a change of base: ``log v`` moved by ``delta``."""
-        self.x += delta
-        self.x_next += delta
-
-    def clear(self, which):
-        """Forget the memory of the problems ``which``."""
-        self.count[which] = 0
-        self.started[which] = False
-        self.dR[which] = 0.0
-        self.dXR[which] = 0.0
-        self.gram[which] = 0.0
+        self.accelerator.shift(delta)
+        if self.x is not None:
+            self.x += delta
 
     def step(self, V, target, B, zeros):
         """The new scalings: rows of ``target`` (the map's values at ``V``) for the
@@ -628,11 +637,13 @@ class _Anderson:
             return target
         every = rows.size == self.on.size
         pick = slice(None) if every else rows  # (views, not copies, when all mix)
-        started = self.started[rows]
+        if self.x is None:
+            self.x = np.zeros(V.shape)
+        known = self.known[rows]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            # log v is known from the last step (log of V only for a fresh start).
-            x = self.x_next[pick] if started.all() else np.where(
-                started[:, None], self.x_next[pick], np.log(V[pick]))
+            # log v is carried from the last step (log of V only for a fresh start).
+            x = self.x[pick] if known.all() else np.where(
+                known[:, None], self.x[pick], np.log(V[pick]))
             log_target = np.log(target[pick])
             if zeros:
                 positive = B[pick] > 0
@@ -641,50 +652,35 @@ class _Anderson:
             r = log_target - x
         ok = np.isfinite(r).all(axis=1)
         residual = np.where(ok, np.einsum("cj,cj->c", B[pick], np.abs(r)), np.inf)
-        grew = started & ~(residual <= _ANDERSON_GROWTH * self.best[rows])
-        if grew.any():
-            g = rows[grew]
-            self.restarts[g] += 1
-            self.clear(g)
-            self.on[g[self.restarts[g] > _ANDERSON_MAX_RESTARTS]] = False
+        accelerator = self.accelerator
+        tried = accelerator.extrapolated[rows]
+        if tried.any():
+            accelerator.safeguard(residual[tried], _ANDERSON_GROWTH * self.best[rows[tried]],
+                                  rows[tried])
+            self.on[rows[accelerator.n_rejected[rows] > _ANDERSON_MAX_RESTARTS]] = False
         self.best[rows] = np.minimum(self.best[rows], residual)
-        # New differences into each problem's ring of M slots; the Gram matrix's row
-        # and column of that slot.
-        new = self.started[rows] & ok
-        s = rows[new]
-        if s.size:
-            slot = self.slot[s]
-            d_r = r[new] - self.r[s]
-            self.dR[s, slot] = d_r
-            self.dXR[s, slot] = (x[new] - self.x[s]) + d_r
-            row = (self.dR[s] @ d_r[:, :, None])[:, :, 0]
-            self.gram[s, slot, :] = row
-            self.gram[s, :, slot] = row
-            self.slot[s] = (slot + 1) % _ANDERSON_MEMORY
-            self.count[s] = np.minimum(self.count[s] + 1, _ANDERSON_MEMORY)
-        self.x[pick], self.r[pick] = x, r
-        self.started[rows] = ok
-        gram = self.gram[pick].copy()
-        scale = np.trace(gram, axis1=1, axis2=2) / _ANDERSON_MEMORY
-        gram += (_ANDERSON_RIDGE * scale + np.finfo(float).tiny)[:, None, None] * np.eye(
-            _ANDERSON_MEMORY)
-        gamma = np.linalg.solve(gram, self.dR[pick] @ r[:, :, None])
-        # x + r - (dX + dR) gamma, as an update of the plain step T(x) = x + r.
-        x_next = log_target - (gamma.transpose(0, 2, 1) @ self.dXR[pick])[:, 0]
+        if not ok.all():  # (a failed sweep: no pair recorded, the problem starts afresh)
+            accelerator.reset(rows[~ok])
+            self.known[rows[~ok]] = False
+        if ok.all():
+            moved = rows
+            proposal = accelerator.update(x, log_target, None if every else rows)
+        else:
+            moved, x, log_target = rows[ok], x[ok], log_target[ok]
+            if zeros:
+                positive = positive[ok]
+            proposal = accelerator.update(x, log_target, moved)
         with np.errstate(over="ignore", invalid="ignore"):
-            mixed = np.exp(x_next)
+            mixed = np.exp(proposal)
             if zeros:
                 mixed[~positive] = 0.0
-        good = ok & np.isfinite(mixed).all(axis=1) & (self.count[rows] > 0)
-        self.x_next[pick] = np.where(good[:, None], x_next, log_target)
-        if every and good.all():
-            out = mixed
-        else:
-            out = target.copy()
-            out[rows[good]] = mixed[good]
-        bad = rows[~ok]
-        if bad.size:
-            self.clear(bad)
+        good = np.isfinite(mixed).all(axis=1) & accelerator.extrapolated[moved]
+        self.x[moved] = np.where(good[:, None], proposal, log_target)
+        self.known[moved] = True
+        if every and moved.size == rows.size and good.all():
+            return mixed
+        out = target.copy()
+        out[moved[good]] = mixed[good]
         return out
 
 

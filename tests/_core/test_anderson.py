@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmopt import AndersonAcceleration
+from mmopt._core import anderson as anderson_module
 from mmopt._core.anderson import (
     ANDERSON_OPTION,
     AndersonStep,
@@ -328,3 +329,96 @@ def test_iterates_are_those_of_the_plain_algorithm_bit_for_bit(options, d):
             x = out
         aa.reset()
         ref.reset()
+
+
+def _nonlinear_maps(k, d, seed):
+    """k contractive maps G_i(x) = A_i tanh(x) + b_i (different per problem)."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((k, d, d)) * 0.9 / np.sqrt(d)
+    b = rng.standard_normal((k, d))
+    return lambda X: np.einsum("kij,kj->ki", A, np.tanh(X)) + b
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"memory": 3},
+        {"memory": 5, "damping": 0.7, "delay": 2},
+        {"memory": 4, "regularization": 0.0, "max_condition": 10.0},
+    ],
+)
+def test_batched_equals_single_accelerators_run_one_by_one(options, monkeypatch):
+    # the per-problem fallback (old columns dropped) is counted when the batch calls it
+    calls = []
+    one_by_one = anderson_module._history_coefficients
+    monkeypatch.setattr(anderson_module, "_history_coefficients",
+                        lambda *args: calls.append(1) or one_by_one(*args))
+    k, d = 5, 7
+    G = _nonlinear_maps(k, d, 0)
+    batched = AndersonAcceleration(**options).batched(k)
+    singles = [AndersonAcceleration(**options) for _ in range(k)]
+    X = np.zeros((k, d))
+    x_single = X.copy()
+    extrapolated = 0
+    batched_calls = 0
+    for _ in range(14):  # (not to machine precision: conditioning is then a coin toss)
+        before = len(calls)
+        X = batched.update(X, G(X))
+        batched_calls += len(calls) - before
+        g = G(x_single)
+        x_single = np.stack([aa.update(x, gi) for aa, x, gi in zip(singles, x_single, g)])
+        np.testing.assert_allclose(X, x_single, rtol=1e-9, atol=1e-12)
+        assert batched.extrapolated.tolist() == [aa.extrapolated for aa in singles]
+        assert batched.n_resets.tolist() == [aa.n_resets for aa in singles]
+        extrapolated += int(batched.extrapolated.sum())
+    assert extrapolated > k * 8
+    # max_condition 10 sends problems through the fallback in the third case only
+    assert (batched_calls > 0) == ("max_condition" in options)
+
+
+def test_batched_subsets_safeguard_keep_and_shift():
+    k, d = 4, 6
+    G = _nonlinear_maps(k, d, 1)
+    batched = AndersonAcceleration(memory=3).batched(k)
+    singles = [AndersonAcceleration(memory=3) for _ in range(k)]
+    X = np.zeros((k, d))
+    rows = np.array([0, 2, 3])
+    for it in range(8):
+        # problem 1 moves only every other step; the others every step
+        move = rows if it % 2 else np.arange(k)
+        out = batched.update(X[move], G(X)[move], move)
+        g = G(X)
+        for c, i in enumerate(move):
+            np.testing.assert_allclose(out[c], singles[i].update(X[i], g[i]), rtol=1e-9)
+        X[move] = out
+    values = np.array([1.0, np.nan, 3.0, 0.5])
+    references = np.array([2.0, 2.0, 2.0, 2.0])
+    accepted = batched.safeguard(values, references)
+    expected = [aa.safeguard(v, r) for aa, v, r in zip(singles, values, references)]
+    assert accepted.tolist() == expected == [True, False, False, True]
+    assert batched.n_rejected.tolist() == [aa.n_rejected for aa in singles]
+    assert batched._n_cols.tolist() == [aa.history_size for aa in singles]
+    # dropping problem 0 keeps the others' histories; a shift of origin moves both the
+    # iterate and the map (differences unchanged): the proposal moves by the same shift
+    batched.keep(np.array([False, True, True, True]))
+    singles = singles[1:]
+    X = X[1:]
+    delta = np.linspace(-1.0, 1.0, d)
+    batched.shift(np.tile(delta, (3, 1)))
+    for aa in singles:
+        aa._g_prev += delta
+    g = G(np.vstack([X[:1], X]))[1:]  # maps of problems 1..3
+    out = batched.update(X + delta, g + delta)
+    for c, aa in enumerate(singles):
+        np.testing.assert_allclose(out[c], aa.update(X[c] + delta, g[c] + delta), rtol=1e-9)
+
+
+def test_batched_rejects_bad_shapes():
+    batched = AndersonAcceleration().batched(2)
+    with pytest.raises(ValueError, match="same shape"):
+        batched.update(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="rows for"):
+        batched.update(np.zeros((2, 3)), np.zeros((2, 3)), rows=[0])
+    batched.update(np.zeros((2, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="changed size"):
+        batched.update(np.zeros((2, 4)), np.ones((2, 4)))

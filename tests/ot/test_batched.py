@@ -10,6 +10,14 @@ from mmopt.datasets import make_image_histograms
 from mmopt.ot import _batched, sinkhorn
 
 
+@pytest.fixture(autouse=True)
+def _batched_machinery(monkeypatch, request):
+    """These problems are small: without this, the size rule (tails and k <= 4 solved
+    alone) would leave the shared-kernel paths untested. The tests of the rule opt out."""
+    if not request.node.name.startswith("test_size_rule"):
+        monkeypatch.setattr(_batched, "_ALONE_MAX_ENTRIES", 0)
+
+
 def _problem(n=60, m=50, k=6, seed=0):
     """A shared cost with mixed columns: smooth, nearly sparse, with zero entries, and
     one far from the others (its mass on the targets furthest from the sources)."""
@@ -193,7 +201,7 @@ def test_anderson_step_against_least_squares():
     B = rng.random((c, m))
     B[1, :3] = 0.0
     positive = B > 0
-    mixer = _batched._Anderson(c, m)
+    mixer = _batched._Anderson(c)
     x = rng.standard_normal((c, m)) * positive
     V = np.where(positive, np.exp(x), 0.0)
     history = [([], []) for _ in range(c)]
@@ -255,3 +263,55 @@ def test_image_histograms_on_a_grid(k):
         single = sinkhorn(a, b[:, j], C, reg, tol=1e-12, max_iter=100_000)
         assert np.abs(res.plan[j] - single.plan).max() <= 1e-10
         assert abs(res.transport_cost[j] - single.transport_cost) <= 1e-11
+
+
+@pytest.mark.parametrize("k", [3, 9])
+def test_size_rule_small_kernels_finish_alone(k, monkeypatch):
+    """Small kernels (the default rule): k <= 4 problems are solved one by one (the same
+    iterates as separate calls), and a larger batch hands its last few problems to warm-
+    started single solves; every column still equals its single solve."""
+    a, b, C = _problem(k=k, seed=7)
+    reg = 3e-3
+    assert C.size <= _batched._ALONE_MAX_ENTRIES
+    alone = []
+    original = _batched._solve_alone
+    monkeypatch.setattr(_batched, "_solve_alone",
+                        lambda columns, shared: alone.append(dict(columns)) or original(
+                            columns, shared))
+    res = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    singles = [sinkhorn(a, b[:, j], C, reg, tol=1e-12, max_iter=100_000)
+               for j in range(k)]
+    assert res.status == 0 and len(alone) == 1
+    handed = alone[0]
+    if k <= _batched._FUSED_MAX:
+        assert handed == dict.fromkeys(range(k))  # from scratch: the separate solves
+        assert res.column_nit.tolist() == [r.nit for r in singles]
+    else:
+        assert 0 < len(handed) <= _batched._FUSED_MAX
+        assert all(guess is not None for guess in handed.values())  # warm-started
+    for j in range(k):
+        assert np.abs(res.plan[j] - singles[j].plan).max() <= 1e-10
+        assert abs(res.transport_cost[j] - singles[j].transport_cost) <= 1e-11
+
+
+def test_anderson_step_with_a_failed_row():
+    """A problem whose sweep failed (non-finite update) takes the plain update and starts
+    its memory afresh; the others keep mixing (every problem mixing, or some)."""
+    rng = np.random.default_rng(8)
+    c, m = 3, 10
+    B = rng.random((c, m))
+    for failed in (0, 2):
+        mixer = _batched._Anderson(c)
+        V = np.exp(rng.standard_normal((c, m)))
+        for step in range(4):
+            target = np.exp(0.5 * np.log(V) + rng.standard_normal((c, m)) * 0.01)
+            if step == 3:
+                target[failed, 0] = np.inf
+            out = mixer.step(V, target, B, zeros=False)
+            assert out.shape == (c, m)
+            V = out
+        np.testing.assert_array_equal(out[failed], target[failed])
+        others = [j for j in range(c) if j != failed]
+        assert np.isfinite(out[others]).all() and not np.array_equal(out[others],
+                                                                     target[others])
+        assert not mixer.known[failed] and mixer.accelerator._n_cols[failed] == 0
