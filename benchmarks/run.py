@@ -29,6 +29,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The thread variables as the run was started: read once, before any benchmark runs (starting a
+# Dask LocalCluster sets OMP_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1 in this process's own
+# environment, which would otherwise be reported for every section measured before it).
+_THREADS = ", ".join(
+    f"{name}={os.environ.get(name, 'unset')}"
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+)
 FAMILIES = [
     "mm", "sso", "moe", "ot", "ot_batched", "sparse_ot", "pointcloud", "smooth_ot",
     "unbalanced", "clustering", "icp", "icp_scale", "symmetric", "nonrigid", "bilevel", "bcd",
@@ -67,10 +74,7 @@ def _environment() -> str:
         f"{platform.python_version()}\n"
         f"- cpu: {_cpu_model()}\n"
         f"- threads: "
-        + ", ".join(
-            f"{name}={os.environ.get(name, 'unset')}"
-            for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-        )
+        + _THREADS
         + "\n"
         f"- mmopt {mmopt.__version__} (OpenMP: {mmopt.openmp_enabled()}), numpy "
         f"{numpy.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}\n"
@@ -79,13 +83,9 @@ def _environment() -> str:
 
 def _measured_on(quick: bool) -> str:
     """One line naming when, on which CPU and with which threads a section was measured."""
-    threads = ", ".join(
-        f"{name}={os.environ.get(name, 'unset')}"
-        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    )
     return (
         f"_Measured {datetime.date.today().isoformat()} on {_cpu_model()}, "
-        f"{os.cpu_count()} CPUs, {threads}{' (--quick: smoke-test sizes)' if quick else ''}._"
+        f"{os.cpu_count()} CPUs, {_THREADS}{' (--quick: smoke-test sizes)' if quick else ''}._"
     )
 
 
