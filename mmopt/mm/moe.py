@@ -31,6 +31,7 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 # Floor of the experts' variances relative to the variance of y: keeps an expert that
 # collapses onto a few points from driving the likelihood to infinity.
 _VARIANCE_FLOOR = 1e-8
+_GATE_MIN_DECREASE = 1e-13
 _GATE_MAX_ITER = 50
 
 
@@ -124,7 +125,10 @@ def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _
             floor = max(float(eigval[-1]), 1.0) * 1e-12
             direction = -eigvec @ ((eigvec.T @ grad) / np.maximum(eigval, floor))
             slope = float(grad @ direction)
-            if not slope < 0:
+            # -slope is twice Newton's predicted decrease: below the rounding of the value (a
+            # sum over all samples) no step can be seen to lower it, and a line search would
+            # spend its every trial finding that out.
+            if not slope < -_GATE_MIN_DECREASE * max(1.0, abs(value)):
                 break
             search = backtracking(
                 lambda step, x=free, d=direction: _gate_objective(x + step * d, Z, R, scale,

@@ -120,6 +120,25 @@ def test_soft_weights_gate_fit_has_zero_gradient():
     assert np.abs(gradient).max() < 1e-6 * R.sum()
 
 
+def test_gate_fit_stops_at_rounding_level_without_line_searches(monkeypatch):
+    # From the optimum and with tol=0 only rounding is left to lower: Newton's predicted
+    # decrease stops the fit at once, where the line search would spend all its trials on
+    # every M-step (what made one start of a 5x10^5-row shard 4x slower).
+    import mmopt.mm.moe as moe
+
+    rng = np.random.default_rng(2)
+    Z = _design(rng.standard_normal((5000, 3)))
+    R = rng.random((5000, 3))
+    W = fit_gates(Z, R, np.zeros((3, 4)), tol=1e-12)
+    calls = []
+    original = moe._gate_objective
+    monkeypatch.setattr(moe, "_gate_objective",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    again = fit_gates(Z, R, W, tol=0.0)
+    assert len(calls) <= 3
+    np.testing.assert_allclose(again, W, atol=1e-9)
+
+
 def test_bad_options_and_inputs(fuzz, data):
     X, y, _ = data
     for option, value in [("n_experts", 0), ("tol", -1.0), ("n_init", 0), ("max_iter", 0)]:
