@@ -148,7 +148,7 @@ def test_register_nonrigid_passes_the_point_weight(tmp_path, capsys):
     target = source * [1.04, 1.0, 1.0] - [0.02, 0.0, 0.0]
     np.save(tmp_path / "s.npy", source)
     np.save(tmp_path / "t.npy", target)
-    out_file = tmp_path / "deformed.ply"
+    out_file = tmp_path / "deformed.npy"  # (PLY output needs the optional plyfile)
     code = main(["register", "--nonrigid", str(tmp_path / "s.npy"), str(tmp_path / "t.npy"),
                  "--point-weight", "100", "-o", str(out_file)])
     assert code == 0, capsys.readouterr().out

@@ -115,8 +115,8 @@ class MixtureReductionProblem(MMProblem):
     >>> local = MixtureOfExperts(2, n_init=1, random_state=0).fit(X, y)
     >>> problem = MixtureReductionProblem([local], X[:100], n_experts=2, random_state=0)
     >>> res = problem.solve(anderson=False, stopping="objective")
-    >>> round(res.fun, 12)  # one model: the reduction is the model itself
-    0.0
+    >>> bool(abs(res.fun) < 1e-12)  # one model: the reduction is the model itself
+    True
     """
 
     def __init__(self, models, support, n_experts: int, *, weights=None,
