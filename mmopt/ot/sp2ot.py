@@ -300,8 +300,8 @@ class SP2OT(MMSolver):
 
     Solves :class:`SP2OTProblem` on the shared MM loop: stop when the relative change of
     ``F`` is below ``tol`` (``stopping="objective"``) or after ``max_iter`` (100) steps;
-    Anderson acceleration off by default (on our runs it helped on some problems and
-    doubled the steps on others; with ``anderson=True`` an extrapolated plan is mapped back
+    Anderson acceleration off by default (it took more steps on the pseudo-label problems
+    measured in the user guide; with ``anderson=True`` an extrapolated plan is mapped back
     to the constraints and kept only if it lowers ``F``). Every option is
     :class:`mmopt.mm.MMSolver`'s; it is not a separate registered solver (``mmopt.solve``
     on an :class:`SP2OTProblem` uses ``"mm"``).
