@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["markdown_to_rst", "plot_scan_scale", "scan_scale_rows"]
+__all__ = [
+    "markdown_to_rst", "plot_pointcloud_scale", "plot_scan_scale", "pointcloud_scale_rows",
+    "scan_scale_rows",
+]
 
 # Section underlines below the page's own title ("="), by Markdown heading level.
 _UNDERLINES = {1: "-", 2: "~", 3: "^", 4: '"'}
@@ -202,6 +205,102 @@ def plot_scan_scale(markdown: str, path) -> None:
     ax.set_ylabel("wall time (s)")
     ax.set_title("Rigid registration at scan scale (BENCHMARKS.md, icp_scale)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# The point-cloud OT sections and the solver each table row must name to be plotted.
+_POINTCLOUD_SECTIONS = {
+    "pointcloud": ("sharp", "pointcloud_sinkhorn"),
+    "smooth_ot": ("smooth", "mmopt"),
+}
+_MEASURED_ON = re.compile(r"^_Measured \S+ on ([^(,]+)")
+
+
+def pointcloud_scale_rows(markdown: str) -> list[dict]:
+    """Finished point-cloud OT solves from BENCHMARKS.md's ``pointcloud`` (sharp regime) and
+    ``smooth_ot`` (smooth regime) sections, at ``n >= 10^4`` (the range the scaling claim
+    covers).
+
+    Each row is a dict with ``regime``, ``d``, ``n``, ``seconds`` and ``cpu`` (the CPU model
+    of the nearest ``_Measured ... on ...`` line above its table); rows of peers, of
+    unfinished solves and of other tables are left out.
+    """
+    import numpy as np
+
+    rows = []
+    for section, (regime, solver) in _POINTCLOUD_SECTIONS.items():
+        match = re.search(rf"<!-- section: {section} -->(.*?)<!-- end: {section} -->",
+                          markdown, re.DOTALL)
+        if match is None:
+            continue
+        header, cpu = None, ""
+        for line in match.group(1).splitlines():
+            measured = _MEASURED_ON.match(line.strip())
+            if measured:
+                cpu = measured.group(1).strip()
+            if not line.strip().startswith("|"):
+                header = None
+                continue
+            if re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line.strip()):
+                continue
+            cells = _cells(line)
+            if header is None:
+                header = cells
+                continue
+            if len(cells) != len(header):
+                continue
+            row = dict(zip(header, cells))
+            if row.get("solver") != solver or row.get("status", "0") not in ("0", ""):
+                continue
+            try:
+                point = {"regime": regime, "d": int(row["d"]), "n": int(row["n = m"]),
+                         "seconds": float(row["time (s)"]), "cpu": cpu}
+            except (KeyError, ValueError):
+                continue
+            if point["n"] >= 10_000 and np.isfinite(point["seconds"]):
+                rows.append(point)
+    return rows
+
+
+def plot_pointcloud_scale(markdown: str, path) -> None:
+    """Wall time against n = m for point-cloud OT, one line per regime, dimension and CPU,
+    from BENCHMARKS.md (log-log, with an n log n guide), saved to ``path``. Reads the tables
+    only: the docs build never runs the benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = pointcloud_scale_rows(markdown)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lines: dict[tuple, dict[int, float]] = {}
+    for row in rows:
+        # One point per size: the fastest measurement of that size on that CPU.
+        line = lines.setdefault((row["regime"], row["d"], row["cpu"]), {})
+        line[row["n"]] = min(line.get(row["n"], np.inf), row["seconds"])
+    for (regime, d, cpu), points in sorted(lines.items()):
+        n, t = zip(*sorted(points.items()))
+        style = "o-" if regime == "sharp" else "s--"
+        ax.plot(n, t, style, label=f"{regime}, {d}-D ({cpu})")
+    if rows:
+        n_all = sorted({row["n"] for row in rows})
+        first = min(lines.items(), key=lambda item: min(item[1]))[1]
+        n0 = min(first)
+        guide = np.array([n0, n_all[-1]], dtype=float)
+        ax.plot(guide, first[n0] * guide * np.log(guide) / (n0 * np.log(n0)), "k:",
+                label="n log n growth")
+    else:
+        ax.text(0.5, 0.5, "no point-cloud OT measurements in BENCHMARKS.md", ha="center",
+                transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("points per cloud (n = m)")
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("Point-cloud OT (BENCHMARKS.md, pointcloud and smooth_ot)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

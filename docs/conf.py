@@ -103,19 +103,22 @@ def _insert_benchmarks(app, docname, source):
     )
 
 
-# The registration guide's time-vs-points figure, drawn from BENCHMARKS.md's icp_scale
-# table when the build starts (never by running the benchmark).
+# The registration and OT guides' time-vs-points figures, drawn from BENCHMARKS.md's
+# icp_scale, pointcloud and smooth_ot tables when the build starts (never by running the
+# benchmarks).
 _FIGURES = Path(__file__).resolve().parent / "_figures"
 
 
-def _scan_scale_figure(app):
-    from _benchmarks import plot_scan_scale
+def _scale_figures(app):
+    from _benchmarks import plot_pointcloud_scale, plot_scan_scale
 
     _FIGURES.mkdir(exist_ok=True)
-    plot_scan_scale(_BENCHMARKS_MD.read_text(encoding="utf-8"), _FIGURES / "icp_scale.png")
+    markdown = _BENCHMARKS_MD.read_text(encoding="utf-8")
+    plot_scan_scale(markdown, _FIGURES / "icp_scale.png")
+    plot_pointcloud_scale(markdown, _FIGURES / "pointcloud_scale.png")
 
 
 def setup(app):
     app.connect("autodoc-skip-member", _skip_member)
     app.connect("source-read", _insert_benchmarks)
-    app.connect("builder-inited", _scan_scale_figure)
+    app.connect("builder-inited", _scale_figures)

@@ -117,3 +117,26 @@ def test_scan_scale_figure_reads_the_benchmarks_table(tmp_path):
     assert module.scan_scale_rows("no section") == []
     module.plot_scan_scale(markdown, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+def test_pointcloud_scale_figure_reads_the_benchmarks_tables(tmp_path):
+    # The OT guide's figure: finished pointcloud / smooth_ot solves at n >= 10^4, plotted.
+    pytest.importorskip("matplotlib")
+    module = _docs_benchmarks("_mmopt_docs_benchmarks_pc")
+    markdown = BENCHMARKS.read_text(encoding="utf-8")
+    rows = module.pointcloud_scale_rows(markdown)
+    assert {row["regime"] for row in rows} == {"sharp", "smooth"}
+    assert all(row["n"] >= 10_000 and row["seconds"] > 0 and row["cpu"] for row in rows)
+    table = (
+        "<!-- section: pointcloud -->\n_Measured 2026-01-01 on Some CPU, 2 CPUs._\n\n"
+        "| n = m | d | solver | time (s) | status |\n|---|---|---|---|---|\n"
+        "| 10000 | 3 | pointcloud_sinkhorn | 2.5 | 0 |\n"
+        "| 10000 | 3 | POT lazy | 90 | 1 |\n"
+        "| 100000 | 3 | pointcloud_sinkhorn | nan | timeout |\n"
+        "| 1000 | 3 | pointcloud_sinkhorn | 0.1 | 0 |\n<!-- end: pointcloud -->"
+    )
+    assert module.pointcloud_scale_rows(table) == [
+        {"regime": "sharp", "d": 3, "n": 10000, "seconds": 2.5, "cpu": "Some CPU"}]
+    assert module.pointcloud_scale_rows("no section") == []
+    module.plot_pointcloud_scale(markdown, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 1000
