@@ -75,6 +75,10 @@ class _ScalingKernel:
         self.u, self.v = np.ones(n), np.ones(m)
         self.reg = None
         self.f = self.g = None  # the potentials of the last iteration
+        # The iterate before it, on the same kernel (None after an absorption): over-relaxed
+        # solves return that one, and its plan is diag(u_prev) K diag(v_prev), no exp needed.
+        self.u_prev, self.v_prev = np.empty(n), np.empty(m)
+        self.f_prev = self.g_prev = None
         self.f_base = self.g_base = None
         self.absorb = True
         self.absorptions = 0
@@ -319,6 +323,15 @@ class Sinkhorn(Solver):
             # its plan diag(u) K diag(v) without an exp per entry.
             block = scaling.K * scaling.u[:, None]
             block *= scaling.v
+        elif (
+            scaling is not None
+            and scaling.reg == reg
+            and state.f is scaling.f_prev
+            and state.g is scaling.g_prev
+        ):
+            # The iterate before the last one (an over-relaxed solve returns it), same kernel.
+            block = scaling.K * scaling.u_prev[:, None]
+            block *= scaling.v_prev
         else:
             block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
         plan = support.plan(block)
@@ -471,6 +484,11 @@ def _scaling_step(run: _SinkhornRun, reg, f, g, relax):
         state.errors.clear()
     if state.absorb or not own:
         state.absorb_potentials(support, reg, f, g, run.threads)
+        state.f_prev = state.g_prev = None
+    else:
+        np.copyto(state.u_prev, state.u)
+        np.copyto(state.v_prev, state.v)
+        state.f_prev, state.g_prev = f, g
     state.sweeps += 1
     omega = state.omega
     row_error, within, column_error, mass = _scaling_iteration(

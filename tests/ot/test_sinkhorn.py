@@ -156,6 +156,31 @@ def test_overrelaxation_returns_an_iterate_within_tol(seed):
         assert res.fun == pytest.approx(res.objective, rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_relaxed_solve_plan_is_the_returned_potentials_plan_without_an_exp_pass(
+    monkeypatch, seed
+):
+    # An over-relaxed solve returns the iterate before its last sweep; its plan is built from
+    # that iterate's scalings on the same kernel (no exp per entry): it must be the plan of
+    # the returned potentials, exp((f_i + g_j - C_ij) / reg), computed here by NumPy.
+    module = sys.modules["mmopt.ot.sinkhorn"]
+    calls = []
+    dense_plan = module.dense_plan
+    monkeypatch.setattr(
+        module, "dense_plan", lambda *a, **k: calls.append(1) or dense_plan(*a, **k)
+    )
+    rng = np.random.default_rng(seed)
+    n, m = 80, 70
+    a, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m))
+    C = rng.random((n, m))
+    reg = 1e-2
+    res = sinkhorn(a, b, C, reg, tol=1e-10, method="scaling")
+    assert res.success and res.method == "scaling"
+    expected = np.exp((res.f[:, None] + res.g[None, :] - C) / reg)
+    np.testing.assert_allclose(res.plan, expected, rtol=1e-11, atol=1e-300)
+    assert calls == []  # the scalings' plan, not a recomputed exp
+
+
 def test_frequent_absorptions_move_auto_to_the_log_domain(monkeypatch):
     # With scalings bounded to [1/1.5, 1.5] nearly every iteration absorbs (recomputes the
     # kernel): "auto" moves to the log domain and says so; "scaling" stays.
