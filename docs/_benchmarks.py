@@ -196,15 +196,24 @@ def plot_scan_scale(markdown: str, path) -> None:
         n0, t0 = mmopt[0][:2]
         guide = [n0, mmopt[-1][0]]
         ax.plot(guide, [t0, t0 * guide[1] / n0], "k:", label="linear growth")
-    if not methods:
-        ax.text(0.5, 0.5, "no icp_scale measurements in BENCHMARKS.md", ha="center",
+    _finish_log_log(fig, ax, path, empty=not methods, what="icp_scale",
+                    xlabel="source points",
+                    title="Rigid registration at scan scale (BENCHMARKS.md, icp_scale)")
+
+
+def _finish_log_log(fig, ax, path, *, empty, what, xlabel, title, legend_size=8) -> None:
+    """Log-log axes, labels and legend of a time-vs-size figure; save it to ``path``."""
+    import matplotlib.pyplot as plt
+
+    if empty:
+        ax.text(0.5, 0.5, f"no {what} measurements in BENCHMARKS.md", ha="center",
                 transform=ax.transAxes)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("source points")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("wall time (s)")
-    ax.set_title("Rigid registration at scan scale (BENCHMARKS.md, icp_scale)")
-    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -292,15 +301,6 @@ def plot_pointcloud_scale(markdown: str, path) -> None:
         guide = np.array([n0, n_all[-1]], dtype=float)
         ax.plot(guide, first[n0] * guide * np.log(guide) / (n0 * np.log(n0)), "k:",
                 label="n log n growth")
-    else:
-        ax.text(0.5, 0.5, "no point-cloud OT measurements in BENCHMARKS.md", ha="center",
-                transform=ax.transAxes)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("points per cloud (n = m)")
-    ax.set_ylabel("wall time (s)")
-    ax.set_title("Point-cloud OT (BENCHMARKS.md, pointcloud and smooth_ot)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish_log_log(fig, ax, path, empty=not rows, what="point-cloud OT",
+                    xlabel="points per cloud (n = m)", legend_size=7,
+                    title="Point-cloud OT (BENCHMARKS.md, pointcloud and smooth_ot)")

@@ -313,25 +313,18 @@ class Sinkhorn(Solver):
         f, g = support.potentials(state.f, state.g)
         _zero_mass_potentials(run, reg, f, g, state.f, state.g)
         scaling = run.scaling
-        if (
-            scaling is not None
-            and scaling.reg == reg
-            and state.f is scaling.f
-            and state.g is scaling.g
-        ):
-            # The last iterate of the scaling domain at reg (not an epsilon-scaling level's):
-            # its plan diag(u) K diag(v) without an exp per entry.
-            block = scaling.K * scaling.u[:, None]
-            block *= scaling.v
-        elif (
-            scaling is not None
-            and scaling.reg == reg
-            and state.f is scaling.f_prev
-            and state.g is scaling.g_prev
-        ):
-            # The iterate before the last one (an over-relaxed solve returns it), same kernel.
-            block = scaling.K * scaling.u_prev[:, None]
-            block *= scaling.v_prev
+        u = v = None
+        if scaling is not None and scaling.reg == reg:
+            # The scaling domain's last iterate at reg (not an epsilon-scaling level's), or the
+            # one before it (an over-relaxed solve returns that one), on the same kernel: its
+            # plan is diag(u) K diag(v), without an exp per entry.
+            if state.f is scaling.f and state.g is scaling.g:
+                u, v = scaling.u, scaling.v
+            elif state.f is scaling.f_prev and state.g is scaling.g_prev:
+                u, v = scaling.u_prev, scaling.v_prev
+        if u is not None:
+            block = scaling.K * u[:, None]
+            block *= v
         else:
             block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
         plan = support.plan(block)
