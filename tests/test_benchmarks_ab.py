@@ -1,20 +1,11 @@
 """benchmarks/ab_families.py: the before/after table and the option-spelling shim."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_families.py"
+from _helpers import load_repo_script
 
 
 def _harness():
-    if not HARNESS.exists():
-        pytest.skip("no benchmarks/ next to the tests (installed package)")
-    spec = importlib.util.spec_from_file_location("_mmopt_bench_ab", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script("benchmarks/ab_families.py", "_mmopt_bench_ab")
 
 
 def test_spelling_picks_the_name_the_tree_takes():
