@@ -361,7 +361,7 @@ def _agree(before: dict, after: dict) -> str:
     x, y = before["objective"], after["objective"]
     atol, rtol = after["atol"], after["rtol"]
     ok = abs(x - y) <= atol + rtol * max(1.0, abs(x))
-    tol = f"|d| <= {atol:g}" if atol else f"rel {rtol:g}"
+    tol = f"abs {atol:g}" if atol else f"rel {rtol:g}"
     note = "" if before["status"] == after["status"] else ", **status differs**"
     return f"{'yes' if ok else '**no**'} ({tol}){note}"
 
