@@ -1,24 +1,18 @@
 """benchmarks/run.py keeps BENCHMARKS.md in marked sections, each naming where it was measured,
 so ``--only <family>`` replaces one family's figures and leaves the others as they were."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from _helpers import load_repo_script
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNNER = ROOT / "benchmarks" / "run.py"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 
 def _runner():
-    if not RUNNER.exists():
-        pytest.skip("no benchmarks/ next to the tests (installed package)")
-    spec = importlib.util.spec_from_file_location("_mmopt_bench_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script("benchmarks/run.py", "_mmopt_bench_runner")
 
 
 def test_splice_replaces_only_the_named_section_and_appends_a_new_one():

@@ -1,12 +1,12 @@
 """Pages of the docs whose content is code or data: the "Writing a solver" walk-through runs
 as a doctest, and BENCHMARKS.md converts to clean reStructuredText for the Benchmarks page."""
 
-import importlib.util
 import io
 import re
 from pathlib import Path
 
 import pytest
+from _helpers import load_repo_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -16,13 +16,7 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 def _docs_benchmarks(name: str = "_mmopt_docs_benchmarks"):
     """docs/_benchmarks.py (the Benchmarks page's converter and figures), loaded as ``name``."""
-    path = DOCS / "_benchmarks.py"
-    if not path.exists():
-        pytest.skip("no docs/ next to the tests (installed package)")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script("docs/_benchmarks.py", name)
 
 
 def _converter():

@@ -130,6 +130,10 @@ def line_search(evaluate, value, error, max_halvings=30):
 
 
 def next_damping(damping, step):
-    """Levenberg-Marquardt-style damping: grows after short steps, shrinks after full."""
+    """Levenberg-Marquardt-style damping after a Newton step of length ``step``: shrinks
+    after a full step, grows after a short one, and grows faster (``step=None``) after a
+    line search that accepted no step."""
+    if step is None:
+        return max(16.0 * damping, 1e-2)
     damping = damping / 4.0 if step == 1.0 else max(4.0 * damping, 1e-3)
     return 0.0 if damping < 1e-6 else damping

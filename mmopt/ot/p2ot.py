@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
-from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -16,13 +15,14 @@ from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_scalar, readonly
 from mmopt.ot._kernels import dense_plan, log_half_step
 from mmopt.ot._support import N_THREADS, OT_PARAMS, kl, logsumexp
+from mmopt.ot.problem import CostMatrixProblem
 
 __all__ = ["P2OTProblem", "ProgressivePartialOT", "progressive_partial_ot", "rho_schedule"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 @fill_doc(OT_PARAMS)
-class P2OTProblem(Problem):
+class P2OTProblem(CostMatrixProblem):
     r"""The P²OT problem of Zhang et al.: partial OT with a KL-relaxed cluster marginal.
 
     For a cost ``C`` (n samples x k clusters), find the plan ``Q`` and the slack
@@ -70,6 +70,8 @@ class P2OTProblem(Problem):
     a: np.ndarray | None = None
 
     default_solver = "p2ot"
+    _plan_axes = ("n", "k")
+    _repr_fields = ("rho", "gamma", "reg")
 
     def __post_init__(self):
         C = check_array(self.C, "C", ndim=2)
@@ -104,11 +106,6 @@ class P2OTProblem(Problem):
                 raise ValueError("a must be positive.")
         self._set_fields(C=C, rho=rho, gamma=gamma, reg=reg, prior=prior, a=a)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(n, k)``, the shape of the plan."""
-        return self.C.shape
-
     def objective(self, Q) -> float:
         """The P²OT objective of a plan ``Q`` (slack ``a - Q 1``); ``inf`` if infeasible."""
         Q = np.asarray(Q, dtype=float)
@@ -122,11 +119,6 @@ class P2OTProblem(Problem):
         if math.isinf(self.gamma):
             return value if np.allclose(q, target, atol=1e-9) else math.inf
         return value + self.gamma * kl(q, target)
-
-    def __repr__(self) -> str:
-        n, k = self.C.shape
-        return (f"P2OTProblem(n={n}, k={k}, rho={self.rho:g}, gamma={self.gamma:g}, "
-                f"reg={self.reg:g})")
 
 
 def _xlogx(x):

@@ -11,7 +11,6 @@ import numpy as np
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.params import Interval, Options
-from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -27,6 +26,7 @@ from mmopt.ot._support import (
     measure,
 )
 from mmopt.ot.exact import exact_ot
+from mmopt.ot.problem import CostMatrixProblem
 
 __all__ = ["PartialOTProblem", "PartialSinkhorn", "partial_ot"]
 
@@ -52,9 +52,9 @@ def _check_partial(a, b, C, mass):
     return a, b, C, min(mass, limit)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 @fill_doc(OT_PARAMS)
-class PartialOTProblem(Problem):
+class PartialOTProblem(CostMatrixProblem):
     r"""Entropic partial optimal transport: move exactly ``mass`` of ``a`` onto ``b``.
 
     .. math::
@@ -96,20 +96,12 @@ class PartialOTProblem(Problem):
     reg: float
 
     default_solver = "partial_sinkhorn"
+    _repr_fields = ("mass", "reg")
 
     def __post_init__(self):
         a, b, C, mass = _check_partial(self.a, self.b, self.C, self.mass)
         reg = check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
         self._set_fields(a=a, b=b, C=C, mass=mass, reg=reg)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(n, m)``, the shape of the plan."""
-        return self.C.shape
-
-    def __repr__(self) -> str:
-        n, m = self.C.shape
-        return f"PartialOTProblem(n={n}, m={m}, mass={self.mass:g}, reg={self.reg:g})"
 
 
 class _Run(ScalingRun):

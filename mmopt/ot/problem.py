@@ -93,8 +93,36 @@ def _histogram(value, name, size, axis):
     return hist
 
 
-@dataclass(frozen=True)
-class OTProblem(Problem):
+def _repr_value(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(f"{v:g}" for v in value) + ")"
+    return f"{value:g}"
+
+
+class CostMatrixProblem(Problem):
+    """What the OT problems on a dense cost matrix ``C`` share: the plan has ``C``'s shape,
+    and the repr gives the plan's sizes (named by ``_plan_axes``) and the scalar parameters
+    named by ``_repr_fields``. Subclasses are frozen dataclasses declared with
+    ``repr=False``, so that this repr is kept."""
+
+    _plan_axes: tuple[str, str] = ("n", "m")
+    _repr_fields: tuple[str, ...] = ("reg",)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The shape of the plan, that of ``C``."""
+        return self.C.shape
+
+    def __repr__(self) -> str:
+        sizes = [f"{axis}={size}" for axis, size in zip(self._plan_axes, self.C.shape)]
+        fields = [f"{name}={_repr_value(getattr(self, name))}" for name in self._repr_fields]
+        return f"{type(self).__name__}({', '.join(sizes + fields)})"
+
+
+@dataclass(frozen=True, repr=False)
+class OTProblem(CostMatrixProblem):
     r"""Entropic optimal transport between histograms ``a`` and ``b`` for the cost ``C``.
 
     .. math::
@@ -140,19 +168,10 @@ class OTProblem(Problem):
         reg = check_scalar(self.reg, "reg", min_value=0.0, include_min=False)
         self._set_fields(a=a, b=b, C=C, reg=reg)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(n, m)``, the shape of the plan."""
-        return self.C.shape
-
     def plan(self, f, g) -> np.ndarray:
         """The plan ``exp((f_i + g_j - C_ij) / reg)`` of potentials ``f``, ``g``."""
         with np.errstate(under="ignore"):
             return np.exp((np.asarray(f)[:, None] + np.asarray(g)[None, :] - self.C) / self.reg)
-
-    def __repr__(self) -> str:
-        n, m = self.C.shape
-        return f"OTProblem(n={n}, m={m}, reg={self.reg:g})"
 
 
 def solve_ot(a, b, C, reg, solver: str, options: dict):

@@ -544,6 +544,15 @@ def _choose_relaxation(state: _ScalingKernel, error: float, mass: float) -> None
 
 
 @fill_doc(OT_PARAMS)
+def _is_batch(b) -> bool:
+    """``b`` of shape (m, k); a ragged or non-numeric ``b`` goes on to the histogram checks,
+    whose error names it."""
+    try:
+        return np.ndim(b) == 2
+    except (TypeError, ValueError):
+        return False
+
+
 def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
     """Entropic optimal transport by Sinkhorn's algorithm (see :class:`Sinkhorn`).
 
@@ -595,7 +604,7 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
     (array([0. , 0.3]), array([0, 0]))
     """
     clouds = C is None and ("x" in options or "y" in options)
-    if not clouds and b is not None and np.ndim(b) == 2:
+    if not clouds and b is not None and _is_batch(b):
         return batched_sinkhorn(a, b, C, reg, **options)
     if "return_plan" in options:
         raise TypeError("return_plan is an option of batched histograms only (b of shape "

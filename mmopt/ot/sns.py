@@ -407,11 +407,10 @@ class SinkhornNewtonSparse(Sinkhorn):
         # The line search compares absolute marginal errors (the residual is relative).
         residual = state.residual * support.mass if np.isfinite(state.residual) else grad_norm
         accepted = line_search(evaluate, -value, residual, max_halvings=_MAX_HALVINGS)
+        run.damping = next_damping(run.damping, None if accepted is None else accepted[1])
         if accepted is None:
-            run.damping = max(16.0 * run.damping, 1e-2)
             return None
         (f_new, g_new, new_value, error), step = accepted
-        run.damping = next_damping(run.damping, step)
         return _SNSState(
             x=np.concatenate([f_new, g_new]),
             fun=new_value,

@@ -9,7 +9,6 @@ import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.params import Interval, Options
-from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -25,6 +24,7 @@ from mmopt.ot._support import (
     logsumexp,
     measure,
 )
+from mmopt.ot.problem import CostMatrixProblem
 
 __all__ = ["UnbalancedOTProblem", "UnbalancedSinkhorn", "unbalanced_sinkhorn"]
 
@@ -59,9 +59,9 @@ def _relaxation_pair(reg_m):
     return pair[0], pair[1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 @fill_doc(OT_PARAMS)
-class UnbalancedOTProblem(Problem):
+class UnbalancedOTProblem(CostMatrixProblem):
     r"""Entropic optimal transport with KL-relaxed marginals (POT's conventions).
 
     .. math::
@@ -117,6 +117,7 @@ class UnbalancedOTProblem(Problem):
     reg_type: str = "kl"
 
     default_solver = "unbalanced_sinkhorn"
+    _repr_fields = ("reg", "reg_m", "reg_type")
 
     def __post_init__(self):
         C = check_array(self.C, "C", ndim=2)
@@ -134,19 +135,6 @@ class UnbalancedOTProblem(Problem):
                     f"mass; got sum(a)={mass_a!r} and sum(b)={mass_b!r}."
                 )
         self._set_fields(a=a, b=b, C=C, reg=reg, reg_m=reg_m)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(n, m)``, the shape of the plan."""
-        return self.C.shape
-
-    def __repr__(self) -> str:
-        n, m = self.C.shape
-        rho = ", ".join(f"{r:g}" for r in self.reg_m)
-        return (
-            f"UnbalancedOTProblem(n={n}, m={m}, reg={self.reg:g}, reg_m=({rho}), "
-            f"reg_type={self.reg_type!r})"
-        )
 
 
 class _Run(ScalingRun):

@@ -5,14 +5,33 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import settings
 
 import mmopt
 from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def load_repo_script(relative: str, name: str):
+    """The script ``relative`` of the repository (e.g. ``benchmarks/run.py``, not in a
+    package) loaded from its file as module ``name``; the test is skipped where the tests
+    run without that folder (an installed package)."""
+    path = REPOSITORY / relative
+    if not path.exists():
+        pytest.skip(f"no {path.parent.name}/ next to the tests (installed package)")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # The kinds of bad array of conftest's ``BAD_ARRAYS``, for parametrizing at import time.
 ARRAY_KINDS = ["ragged", "string", "object", "complex", "nan", "inf", "empty", "none"]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmopt.ot import OTProblem
+from mmopt.ot import OTProblem, P2OTProblem, PartialOTProblem, UnbalancedOTProblem
 from mmopt.ot.problem import check_histograms, check_n_threads
 
 
@@ -107,3 +107,23 @@ def test_repr_and_default_solver():
     problem = OTProblem([], [], np.ones((3, 2)), reg=0.25)
     assert repr(problem) == "OTProblem(n=3, m=2, reg=0.25)"
     assert problem.default_solver == "sinkhorn"
+
+
+@pytest.mark.parametrize(
+    "make, text",
+    [
+        (lambda C: OTProblem([], [], C, reg=0.25), "OTProblem(n=3, m=2, reg=0.25)"),
+        (lambda C: PartialOTProblem([], [], C, 0.5, 0.1),
+         "PartialOTProblem(n=3, m=2, mass=0.5, reg=0.1)"),
+        (lambda C: UnbalancedOTProblem([], [], C, 0.1, (1.0, np.inf), "entropy"),
+         "UnbalancedOTProblem(n=3, m=2, reg=0.1, reg_m=(1, inf), reg_type='entropy')"),
+        (lambda C: P2OTProblem(C, 0.5, 2.0, 0.1),
+         "P2OTProblem(n=3, k=2, rho=0.5, gamma=2, reg=0.1)"),
+    ],
+)
+def test_cost_matrix_problems_share_shape_and_repr(make, text):
+    """The problems on a dense cost matrix: the plan has C's shape; the repr gives the sizes
+    and the scalar parameters (not the dataclass's field dump of the arrays)."""
+    problem = make(np.arange(6.0).reshape(3, 2))
+    assert problem.shape == (3, 2)
+    assert repr(problem) == text

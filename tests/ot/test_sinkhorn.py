@@ -291,3 +291,10 @@ def test_tol_is_relative_to_the_total_mass(solver, scale):
     assert res.status == 0 and res.residual <= 1e-9
     assert res.marginal_error / scale <= 1e-8
     np.testing.assert_allclose(res.plan / scale, reference.plan, rtol=0, atol=1e-8)
+
+
+def test_ragged_b_is_named_not_taken_for_a_batch():
+    # np.ndim of a ragged list raises NumPy's "inhomogeneous shape" error, which does not
+    # say which argument is wrong; the histogram check names b.
+    with pytest.raises(ValueError, match=r"\bb\b"):
+        sinkhorn(np.array([0.5, 0.5]), [[1.0, 2.0], [3.0]], np.ones((2, 3)), 0.1)

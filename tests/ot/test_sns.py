@@ -3,6 +3,7 @@ import pytest
 
 import mmopt
 from mmopt.ot import OTProblem, SinkhornNewtonSparse, sinkhorn, sinkhorn_newton_sparse
+from mmopt.ot._newton import next_damping
 
 
 def _clouds(seed, n=60, m=50):
@@ -161,3 +162,14 @@ def test_the_sparsification_budget_is_drop_budget_not_nu():
     with pytest.raises(TypeError, match="'nu'.*drop_budget"):
         mmopt.solve(problem, "sns", nu=1e-3)
     assert mmopt.solve(problem, "sns", drop_budget=1e-3).success
+
+
+def test_next_damping_rule():
+    """The shared Newton damping rule: /4 after a full step (0 below 1e-6), x4 (at least
+    1e-3) after a short one, x16 (at least 1e-2) after a failed line search."""
+    assert next_damping(1.0, 1.0) == 0.25
+    assert next_damping(2e-6, 1.0) == 0.0
+    assert next_damping(1.0, 0.5) == 4.0
+    assert next_damping(0.0, 0.5) == 1e-3
+    assert next_damping(1.0, None) == 16.0
+    assert next_damping(0.0, None) == 1e-2
