@@ -10,6 +10,7 @@ side by side, one per core.
 """
 
 from libc.math cimport log
+from scipy.linalg.cython_blas cimport dgemm
 
 import numpy as np
 
@@ -69,16 +70,22 @@ def gate_objective(const double[:, ::1] Z, const double[:, ::1] R, const double[
     cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], K = R.shape[1], A = K - 1
     cdef Py_ssize_t npp = p * (p + 1) // 2, n_pairs = A * (A + 1) // 2
     cdef Py_ssize_t i, r, k, a, b, j, l, t, pair, blk, start, stop
-    cdef double s, lse, lp, mass, g, wa, c, value = 0.0, block_value
+    cdef double s, lse, mass, wa, c, value = 0.0, block_value
     if R.shape[0] != n or W.shape[0] != A or W.shape[1] != p or K < 2:
         raise ValueError("Z (n, p), R (n, K >= 2) and W (K - 1, p) do not match.")
     if derivatives and (grad.shape[0] != A * p or hess.shape[0] != A * p * A * p):
         raise ValueError("grad must have (K - 1) p entries and hess their square.")
     cdef double[::1] logit = np.empty(BLOCK * K), shifted = np.empty(BLOCK * K)
     cdef double[::1] expo = np.empty(BLOCK * K), zeros = np.zeros(BLOCK * K)
-    cdef double[::1] top = np.empty(BLOCK), P = np.empty(K), zz = np.empty(npp)
-    cdef double[::1] g_block = np.empty(A * p), g_total = np.zeros(A * p)
-    cdef double[::1] h_block = np.empty(n_pairs * npp), h_total = np.zeros(n_pairs * npp)
+    cdef double[::1] top = np.empty(BLOCK), P = np.empty(K)
+    # Per block: the rows' gradient weights (m, A), Hessian weights (m, pairs) and products
+    # z_j z_l, j <= l (m, npp); the block's sums are two small matrix products (BLAS).
+    cdef double[::1] g_coef = np.empty(BLOCK * A), h_coef = np.empty(BLOCK * n_pairs)
+    cdef double[::1] zz = np.empty(BLOCK * npp)
+    cdef double[::1] g_total = np.zeros(A * p), h_total = np.zeros(n_pairs * npp)
+    cdef char no = b"N", tr = b"T"
+    cdef int gm, gn, gk, lda, ldb, ldc
+    cdef double one = 1.0
     with nogil:
         for blk in range((n + BLOCK - 1) // BLOCK):
             start = blk * BLOCK
@@ -86,46 +93,46 @@ def gate_objective(const double[:, ::1] Z, const double[:, ::1] R, const double[
             _shifted_logits(Z, start, stop, W, A, K, &logit[0], &shifted[0], &top[0])
             mmopt_exprow(&zeros[0], &shifted[0], 0.0, 1.0, (stop - start) * K, &expo[0])
             block_value = 0.0
-            if derivatives:
-                g_block[:] = 0.0
-                h_block[:] = 0.0
             for i in range(start, stop):
                 r = (i - start) * K
                 s = 0.0
                 for k in range(K):
                     s = s + expo[r + k]
                 lse = top[i - start] + log(s)
-                mass = 0.0
                 for k in range(K):
-                    lp = logit[r + k] - lse
-                    block_value = block_value + R[i, k] * lp
-                    P[k] = expo[r + k] / s
-                    mass = mass + R[i, k]
+                    block_value = block_value + R[i, k] * (logit[r + k] - lse)
                 if not derivatives:
                     continue
+                s = 1.0 / s
+                mass = 0.0
+                for k in range(K):
+                    P[k] = expo[r + k] * s
+                    mass = mass + R[i, k]
+                r = i - start
                 for a in range(A):
-                    g = R[i, a] - mass * P[a]
-                    for j in range(p):
-                        g_block[a * p + j] += g * Z[i, j]
-                t = 0
+                    g_coef[r * A + a] = R[i, a] - mass * P[a]
+                t = r * npp
                 for j in range(p):
                     for l in range(j, p):
                         zz[t] = Z[i, j] * Z[i, l]
                         t = t + 1
-                pair = 0
+                pair = r * n_pairs
                 for a in range(A):
                     wa = P[a] * mass
                     for b in range(a + 1):
-                        c = wa * ((a == b) - P[b])
-                        for t in range(npp):
-                            h_block[pair * npp + t] += c * zz[t]
+                        h_coef[pair] = wa * ((a == b) - P[b])
                         pair = pair + 1
             value = value + block_value
             if derivatives:
-                for t in range(A * p):
-                    g_total[t] += g_block[t]
-                for t in range(n_pairs * npp):
-                    h_total[t] += h_block[t]
+                # Column-major views of the row-major blocks: g_total (p x A) += Z_blk^T
+                # (p x m) g_coef (m x A), h_total (npp x pairs) += zz^T h_coef.
+                gk = <int>(stop - start)
+                gm, gn, lda, ldb, ldc = <int>p, <int>A, <int>p, <int>A, <int>p
+                dgemm(&no, &tr, &gm, &gn, &gk, &one, &Z[start, 0], &lda, &g_coef[0], &ldb,
+                      &one, &g_total[0], &ldc)
+                gm, gn, lda, ldb, ldc = <int>npp, <int>n_pairs, <int>npp, <int>n_pairs, <int>npp
+                dgemm(&no, &tr, &gm, &gn, &gk, &one, &zz[0], &lda, &h_coef[0], &ldb,
+                      &one, &h_total[0], &ldc)
         if derivatives:
             for t in range(A * p):
                 grad[t] = -g_total[t]
@@ -165,6 +172,7 @@ def e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
     cdef double[::1] expo = np.empty(BLOCK * K), zeros = np.zeros(BLOCK * K)
     cdef double[::1] top = np.empty(BLOCK)
     cdef double[::1] log_var = np.log(np.asarray(variances))
+    cdef double[::1] inv_var = 1.0 / np.asarray(variances)
     with nogil:
         for blk in range((n + BLOCK - 1) // BLOCK):
             start = blk * BLOCK
@@ -185,7 +193,7 @@ def e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
                         mean = mean + Z[i, j] * B[k, j]
                     res = y[i] - mean
                     logit[r + k] = (logit[r + k] - lse) - 0.5 * (LOG_2PI + log_var[k]
-                                                                 + res * res / variances[k])
+                                                                 + res * res * inv_var[k])
                 best = logit[r]
                 for k in range(1, K):
                     if logit[r + k] > best:
@@ -201,8 +209,9 @@ def e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
                 for k in range(K):
                     s = s + expo[r + k]
                 block_total = block_total + (top[i - start] + log(s))
+                s = 1.0 / s
                 for k in range(K):
-                    R[i, k] = expo[r + k] / s
+                    R[i, k] = expo[r + k] * s
             total = total + block_total
     return total
 
@@ -211,46 +220,55 @@ def expert_moments(const double[:, ::1] Z, const double[::1] y, const double[:, 
                    double[:, :, ::1] gram, double[:, ::1] rhs, double[::1] mass):
     """Weighted normal equations of every expert: ``gram[k] = sum_i R_ik z_i z_i^T``,
     ``rhs[k] = sum_i R_ik y_i z_i`` and ``mass[k] = sum_i R_ik``."""
-    cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], K = R.shape[1]
-    cdef Py_ssize_t i, j, l, k, blk, start, stop
-    cdef double r, wz
+    cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], K = R.shape[1], npp = p * (p + 1) // 2
+    cdef Py_ssize_t i, r, j, l, k, t, blk, start, stop
     if (y.shape[0] != n or R.shape[0] != n or gram.shape[0] != K or gram.shape[1] != p
             or gram.shape[2] != p or rhs.shape[0] != K or rhs.shape[1] != p
             or mass.shape[0] != K):
         raise ValueError("Z (n, p), y (n,), R (n, K), gram (K, p, p), rhs (K, p) and "
                          "mass (K,) do not match.")
-    cdef double[:, :, ::1] g_block = np.empty((K, p, p)), g_total = np.zeros((K, p, p))
-    cdef double[:, ::1] r_block = np.empty((K, p)), r_total = np.zeros((K, p))
+    # Per block: the rows' products z_j z_l (j <= l) and y z_j; the block's sums weighted by
+    # R are two small matrix products (BLAS).
+    cdef double[::1] zz = np.empty(BLOCK * npp), zy = np.empty(BLOCK * p)
+    cdef double[::1] g_total = np.zeros(npp * K), r_total = np.zeros(p * K)
     cdef double[::1] m_block = np.empty(K), m_total = np.zeros(K)
+    cdef char no = b"N", tr = b"T"
+    cdef int gm, gn, gk, lda, ldb, ldc
+    cdef double one = 1.0
     with nogil:
         for blk in range((n + BLOCK - 1) // BLOCK):
             start = blk * BLOCK
             stop = min(start + BLOCK, n)
-            g_block[:, :, :] = 0.0
-            r_block[:, :] = 0.0
             m_block[:] = 0.0
             for i in range(start, stop):
+                r = i - start
+                t = r * npp
+                for j in range(p):
+                    zy[r * p + j] = Z[i, j] * y[i]
+                    for l in range(j, p):
+                        zz[t] = Z[i, j] * Z[i, l]
+                        t = t + 1
                 for k in range(K):
-                    r = R[i, k]
-                    m_block[k] += r
-                    for j in range(p):
-                        wz = r * Z[i, j]
-                        r_block[k, j] += wz * y[i]
-                        for l in range(j, p):
-                            g_block[k, j, l] += wz * Z[i, l]
+                    m_block[k] += R[i, k]
             for k in range(K):
                 m_total[k] += m_block[k]
-                for j in range(p):
-                    r_total[k, j] += r_block[k, j]
-                    for l in range(j, p):
-                        g_total[k, j, l] += g_block[k, j, l]
+            # Column-major: g_total (npp x K) += zz^T (npp x m) R_blk (m x K); rhs likewise.
+            gk, gn, ldb = <int>(stop - start), <int>K, <int>K
+            gm, lda, ldc = <int>npp, <int>npp, <int>npp
+            dgemm(&no, &tr, &gm, &gn, &gk, &one, &zz[0], &lda, &R[start, 0], &ldb, &one,
+                  &g_total[0], &ldc)
+            gm, lda, ldc = <int>p, <int>p, <int>p
+            dgemm(&no, &tr, &gm, &gn, &gk, &one, &zy[0], &lda, &R[start, 0], &ldb, &one,
+                  &r_total[0], &ldc)
         for k in range(K):
             mass[k] = m_total[k]
+            t = 0
             for j in range(p):
-                rhs[k, j] = r_total[k, j]
+                rhs[k, j] = r_total[k * p + j]
                 for l in range(j, p):
-                    gram[k, j, l] = g_total[k, j, l]
-                    gram[k, l, j] = g_total[k, j, l]
+                    gram[k, j, l] = g_total[k * npp + t]
+                    gram[k, l, j] = g_total[k * npp + t]
+                    t = t + 1
     return None
 
 
