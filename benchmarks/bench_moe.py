@@ -158,12 +158,13 @@ def run_case(client, n_samples: int, seed: int) -> dict:
 
 # glibc's allocator gives the pages of freed large blocks back to the system as soon as the
 # free space passes its trim threshold (and maps blocks above its mmap threshold afresh):
-# every large NumPy temporary of an EM iteration then page-faults its memory in again, which
-# costs about as much CPU as the arithmetic (measured: 674,000 minor faults and 3.6 s of CPU
-# for a 3-start fit on 5 x 10^4 rows, against 3,200 faults and 2.0 s with the thresholds
-# below). Dask's nannies make it worse: they start workers with MALLOC_TRIM_THRESHOLD_=65536.
-# Both fits here run with the same, larger thresholds: the workers through their
-# environment, the driver (global fit) through mallopt. A worker runs its task in a thread,
+# every large temporary of an EM iteration then page-faults its memory in again. With the
+# NumPy EM of before mmopt_ext._moe that cost about as much CPU as the arithmetic (674,000
+# minor faults and 3.6 s of CPU for a 3-start fit on 5 x 10^4 rows, against 3,200 faults and
+# 2.0 s with the thresholds below); the compiled EM allocates one (n, K) array per
+# iteration, so the thresholds matter far less now. Dask's nannies start their workers with
+# MALLOC_TRIM_THRESHOLD_=65536. Both fits here run with the same, larger thresholds: the
+# workers through their environment, the driver (global fit) through mallopt. A worker runs its task in a thread,
 # whose allocations go to a separate glibc arena made of 64 MiB heaps that are unmapped as
 # soon as they empty: at 5 x 10^5 rows per shard that is again 22x the page faults of the
 # main thread (225,000 against 10,000 in 5 EM iterations). MALLOC_ARENA_MAX=1 sends the
