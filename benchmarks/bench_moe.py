@@ -164,11 +164,12 @@ def run_case(client, n_samples: int, seed: int) -> dict:
 # 2.0 s with the thresholds below); the compiled EM allocates one (n, K) array per
 # iteration, so the thresholds matter far less now. Dask's nannies start their workers with
 # MALLOC_TRIM_THRESHOLD_=65536. Both fits here run with the same, larger thresholds: the
-# workers through their environment, the driver (global fit) through mallopt. A worker runs its task in a thread,
-# whose allocations go to a separate glibc arena made of 64 MiB heaps that are unmapped as
-# soon as they empty: at 5 x 10^5 rows per shard that is again 22x the page faults of the
-# main thread (225,000 against 10,000 in 5 EM iterations). MALLOC_ARENA_MAX=1 sends the
-# task's allocations to the main arena, where the driver's global fit makes its own.
+# workers through their environment, the driver (global fit) through mallopt. A worker runs
+# its task in a thread, whose allocations go to a separate glibc arena made of 64 MiB heaps
+# that are unmapped as soon as they empty: at 5 x 10^5 rows per shard that was again 22x the
+# page faults of the main thread (225,000 against 10,000 in 5 EM iterations, NumPy EM).
+# MALLOC_ARENA_MAX=1 sends the task's allocations to the main arena, where the driver's
+# global fit makes its own.
 MALLOC_TRIM_THRESHOLD = 2**30
 MALLOC_MMAP_THRESHOLD = 2**25  # glibc's largest
 WORKER_ENVIRON = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1,
