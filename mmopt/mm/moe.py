@@ -62,8 +62,8 @@ def log_softmax(a: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 def _design(X: np.ndarray) -> np.ndarray:
-    """``[1, X]``: the intercept column first."""
-    return np.hstack([np.ones((X.shape[0], 1)), X])
+    """``[1, X]``: the intercept column first (C order, as the kernels need it)."""
+    return np.ascontiguousarray(np.hstack([np.ones((X.shape[0], 1)), X]))
 
 
 def _gate_objective(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float,

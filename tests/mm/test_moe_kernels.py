@@ -119,3 +119,14 @@ def test_kernels_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="do not match"):
         _moe.expert_residuals(Z, y, R, B[:, :-1].copy() if p > 1 else B[:-1].copy(),
                               np.empty(K))
+
+
+def test_fortran_ordered_and_strided_inputs_give_the_same_fit():
+    from mmopt.datasets import make_moe_regression
+    from mmopt.mm import MixtureOfExperts
+
+    X, y, _ = make_moe_regression(500, 2, 2, noise=0.3, random_state=0)
+    reference = MixtureOfExperts(2, n_init=1, random_state=0).fit(X, y)
+    for X_other in (np.asfortranarray(X), np.repeat(X, 2, axis=1)[:, ::2]):
+        other = MixtureOfExperts(2, n_init=1, random_state=0).fit(X_other, y)
+        np.testing.assert_array_equal(other.coef_, reference.coef_)
