@@ -105,20 +105,36 @@ def test_em_step_matches_reference():
         assert np.isclose(new_variances[k], expected, rtol=1e-9)
 
 
-def test_kernels_reject_mismatched_shapes():
-    Z, y, W, B, variances, R = random_case(1)
-    K, p = R.shape[1], Z.shape[1]
-    with pytest.raises(ValueError, match="do not match"):
-        _moe.gate_objective(Z, R[:-1], W[:-1].copy(), None, None, False)
-    with pytest.raises(ValueError, match="grad must have"):
-        _moe.gate_objective(Z, R, W[:-1].copy(), np.empty(1), np.empty(1), True)
-    with pytest.raises(ValueError, match="do not match"):
-        _moe.e_step(Z, y[:-1], W, B, variances, R)
-    with pytest.raises(ValueError, match="do not match"):
-        _moe.expert_moments(Z, y, R, np.empty((K, p, p + 1)), np.empty((K, p)), np.empty(K))
-    with pytest.raises(ValueError, match="do not match"):
-        _moe.expert_residuals(Z, y, R, B[:, :-1].copy() if p > 1 else B[:-1].copy(),
-                              np.empty(K))
+def test_kernels_reject_mismatched_shapes(fuzz):
+    # Bounds are not checked inside the loops: run in a subprocess, so that an access out of
+    # bounds fails this test instead of the suite.
+    fuzz.run_isolated(
+        """
+        import numpy as np
+        import pytest
+        from mmopt_ext import _moe
+
+        n, p, K = 300, 3, 3
+        Z, y, R = np.ones((n, p)), np.ones(n), np.full((n, K), 1 / K)
+        W, B, v = np.zeros((K, p)), np.zeros((K, p)), np.ones(K)
+        for call in [
+            lambda: _moe.gate_objective(Z, R[:-1], W[:-1].copy(), None, None, False),
+            lambda: _moe.gate_objective(Z, R, W, None, None, False),
+            lambda: _moe.gate_objective(Z, R, W[:-1].copy(), np.empty(1), np.empty(1), True),
+            lambda: _moe.e_step(Z, y[:-1], W, B, v, R.copy()),
+            lambda: _moe.e_step(Z, y, W, B, v[:-1].copy(), R.copy()),
+            lambda: _moe.e_step(Z, y, W, B, v, np.empty((n, K + 1))),
+            lambda: _moe.expert_moments(Z, y, R, np.empty((K, p, p + 1)), np.empty((K, p)),
+                                        np.empty(K)),
+            lambda: _moe.expert_moments(Z, y[:-1], R, np.empty((K, p, p)), np.empty((K, p)),
+                                        np.empty(K)),
+            lambda: _moe.expert_residuals(Z, y, R, B[:, :-1].copy(), np.empty(K)),
+            lambda: _moe.expert_residuals(Z, y, R, B, np.empty(K - 1)),
+        ]:
+            with pytest.raises(ValueError, match="do not match|grad must have"):
+                call()
+        """
+    )
 
 
 def test_fortran_ordered_and_strided_inputs_give_the_same_fit():
