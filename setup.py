@@ -18,7 +18,7 @@ NO_LIBMVEC = os.environ.get("MMOPT_NO_LIBMVEC", "0") == "1"
 # AVX2; their AVX2/AVX-512 exp is inline).
 SIMD_EXP_MODULES = {
     "mmopt_ext._sinkhorn", "mmopt_ext._pointcloud", "mmopt_ext._gauss_grid",
-    "mmopt_ext._cloud_gemm",
+    "mmopt_ext._cloud_gemm", "mmopt_ext._moe",
 }
 
 LIBMVEC_PROBE = textwrap.dedent(

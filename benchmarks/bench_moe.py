@@ -158,16 +158,18 @@ def run_case(client, n_samples: int, seed: int) -> dict:
 
 # glibc's allocator gives the pages of freed large blocks back to the system as soon as the
 # free space passes its trim threshold (and maps blocks above its mmap threshold afresh):
-# every large NumPy temporary of an EM iteration then page-faults its memory in again, which
-# costs about as much CPU as the arithmetic (measured: 674,000 minor faults and 3.6 s of CPU
-# for a 3-start fit on 5 x 10^4 rows, against 3,200 faults and 2.0 s with the thresholds
-# below). Dask's nannies make it worse: they start workers with MALLOC_TRIM_THRESHOLD_=65536.
-# Both fits here run with the same, larger thresholds: the workers through their
-# environment, the driver (global fit) through mallopt. A worker runs its task in a thread,
-# whose allocations go to a separate glibc arena made of 64 MiB heaps that are unmapped as
-# soon as they empty: at 5 x 10^5 rows per shard that is again 22x the page faults of the
-# main thread (225,000 against 10,000 in 5 EM iterations). MALLOC_ARENA_MAX=1 sends the
-# task's allocations to the main arena, where the driver's global fit makes its own.
+# every large temporary of an EM iteration then page-faults its memory in again. With the
+# NumPy EM of before mmopt_ext._moe that cost about as much CPU as the arithmetic (674,000
+# minor faults and 3.6 s of CPU for a 3-start fit on 5 x 10^4 rows, against 3,200 faults and
+# 2.0 s with the thresholds below); the compiled EM allocates one (n, K) array per
+# iteration, so the thresholds matter far less now. Dask's nannies start their workers with
+# MALLOC_TRIM_THRESHOLD_=65536. Both fits here run with the same, larger thresholds: the
+# workers through their environment, the driver (global fit) through mallopt. A worker runs
+# its task in a thread, whose allocations go to a separate glibc arena made of 64 MiB heaps
+# that are unmapped as soon as they empty: at 5 x 10^5 rows per shard that was again 22x the
+# page faults of the main thread (225,000 against 10,000 in 5 EM iterations, NumPy EM).
+# MALLOC_ARENA_MAX=1 sends the task's allocations to the main arena, where the driver's
+# global fit makes its own.
 MALLOC_TRIM_THRESHOLD = 2**30
 MALLOC_MMAP_THRESHOLD = 2**25  # glibc's largest
 WORKER_ENVIRON = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1,
@@ -190,13 +192,33 @@ def _driver_malloc_thresholds() -> bool:
                 and mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD))
 
 
+# Dask's background work on the two cores the fits share: each worker's statistical
+# profiler samples the task thread's stack every 10 ms, every process's event loop ticks
+# every 20 ms, the scheduler steals work every 100 ms (the fits are pinned, there is nothing
+# to steal) and samples the system every 500 ms, the nannies check memory every 100 ms.
+# Measured (10^5 rows, seed 0, loaded machine, same process): driver CPU 0.17-0.24 s ->
+# 0.06 s, each worker 1.07-1.19 s -> 0.95-1.00 s per fit (a shard's fit alone: ~1.0 s).
+# MMOPT_BENCH_MOE_DASK_DEFAULTS=1 keeps Dask's defaults.
+QUIET_DASK = {"distributed.worker.profile.enabled": False,
+              "distributed.admin.tick.interval": "1s",
+              "distributed.scheduler.work-stealing": False,
+              "distributed.admin.system-monitor.interval": "2s",
+              "distributed.worker.memory.monitor-interval": "1s"}
+
+
+def _dask_settings() -> dict:
+    quiet = os.environ.get("MMOPT_BENCH_MOE_DASK_DEFAULTS", "") != "1"
+    return {"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON,
+            **(QUIET_DASK if quiet else {})}
+
+
 def _table(sizes, seeds) -> str:
     import dask
     from distributed import Client, LocalCluster
 
     if not _driver_malloc_thresholds():
         print("warning: could not set the driver's malloc thresholds (not glibc?)", flush=True)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}), \
+    with dask.config.set(_dask_settings()), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                          dashboard_address=None) as cluster, Client(cluster) as client:
         # Warm-up: the workers import mmopt and scikit-learn on their first task.
@@ -247,7 +269,14 @@ def _section(table: str, other: str | None = None) -> str:
         f"{N_EXPERTS}, n_init={N_INIT}, n_support={N_SUPPORT})` on a 2-worker "
         "`LocalCluster` (processes, one thread each) given a "
         "`dask.array` whose two row chunks (the shards) were drawn and persisted on the "
-        "workers before the clock starts. Both fits run with the same glibc allocator "
+        "workers before the clock starts. "
+        + ("The cluster runs with Dask's default settings. "
+           if os.environ.get("MMOPT_BENCH_MOE_DASK_DEFAULTS", "") == "1" else
+           "Dask's background work is turned down (`QUIET_DASK` in `benchmarks/bench_moe.py`: "
+           "no worker profiler, no work stealing (the fits are pinned), 1-s event-loop "
+           "ticks, 2-s system and 1-s nanny memory monitors; "
+           "`MMOPT_BENCH_MOE_DASK_DEFAULTS=1` keeps the defaults). ")
+        + "Both fits run with the same glibc allocator "
         "thresholds (`MALLOC_TRIM_THRESHOLD_=2**30`, `MALLOC_MMAP_THRESHOLD_=2**25`: in "
         "the workers' environment, replacing Dask's `MALLOC_TRIM_THRESHOLD_=65536`, and by "
         "`mallopt` in the driver), which keep EM's freed temporaries mapped instead of "

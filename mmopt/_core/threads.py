@@ -89,14 +89,30 @@ def check_n_threads(n_threads, name: str = "n_threads"):
     return n_threads
 
 
+_controller = None
+
+
+def _threadpool_controller():
+    """One ``threadpoolctl.ThreadpoolController`` per process, made on first use.
+
+    Making one inspects every loaded library (milliseconds); limiting threads with it does
+    not. Libraries loaded after it are not seen (as with scikit-learn's cached controller):
+    mmopt's kernels, NumPy's and SciPy's BLAS are loaded by then.
+    """
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller
+
+
 @contextlib.contextmanager
 def single_threaded():
     """Within this context, ``effective_n_threads(None)`` is 1 (and BLAS uses one thread)."""
-    from threadpoolctl import threadpool_limits
-
     token = _forced_threads.set(1)
     try:
-        with threadpool_limits(limits=1):
+        with _threadpool_controller().limit(limits=1):
             yield
     finally:
         _forced_threads.reset(token)

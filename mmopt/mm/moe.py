@@ -24,6 +24,7 @@ from mmopt._core.params import Interval, validate_params
 from mmopt._core.validation import check_input, validate_fit_data
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.solver import MMSolver
+from mmopt_ext import _moe as _kernels
 
 __all__ = ["MixtureOfExperts", "MoEProblem"]
 
@@ -61,14 +62,8 @@ def log_softmax(a: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 def _design(X: np.ndarray) -> np.ndarray:
-    """``[1, X]``: the intercept column first."""
-    return np.hstack([np.ones((X.shape[0], 1)), X])
-
-
-def _gate_log_pi(free: np.ndarray, Z: np.ndarray, n_gates: int) -> np.ndarray:
-    """``log softmax(Z W^T)`` with ``W``'s first ``K - 1`` rows ``free`` and the last zero."""
-    W = np.vstack([free.reshape(n_gates - 1, Z.shape[1]), np.zeros((1, Z.shape[1]))])
-    return log_softmax(Z @ np.ascontiguousarray(W.T), axis=1)
+    """``[1, X]``: the intercept column first (C order, as the kernels need it)."""
+    return np.ascontiguousarray(np.hstack([np.ones((X.shape[0], 1)), X]))
 
 
 def _gate_objective(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float,
@@ -78,26 +73,24 @@ def _gate_objective(free: np.ndarray, Z: np.ndarray, R: np.ndarray, scale: float
     ``-sum_ik R_ik log softmax(Z W^T)_ik / scale`` over the first ``K - 1`` gate rows (the
     last is zero); ``R`` holds non-negative weights per sample and gate. The Hessian is
     ``sum_i r_i (diag(P_i) - P_i P_i^T) (x) z_i z_i^T / scale`` with ``r_i = sum_k R_ik``.
-    Only the value when ``derivatives`` is false.
+    Only the value when ``derivatives`` is false. One pass over the rows
+    (:func:`mmopt_ext._moe.gate_objective`), without (n, p) temporaries.
     """
     n_gates, p = R.shape[1], Z.shape[1]
-    log_pi = _gate_log_pi(free, Z, n_gates)
-    value = -float(np.sum(R * log_pi)) / scale
+    W = np.ascontiguousarray(free, dtype=float).reshape(n_gates - 1, p)
     if not derivatives:
-        return value
-    P = np.exp(log_pi)
-    mass = R @ np.ones(n_gates)
-    grad = -((R - mass[:, None] * P).T @ Z)[:-1] / scale
-    A = n_gates - 1
-    weighted = np.ascontiguousarray((P[:, :-1] * (mass / scale)[:, None]).T)
-    P_t = np.ascontiguousarray(P[:, :-1].T)
-    H = np.empty((A, p, A, p))
-    # Block (a, b) is Z^T diag(c_ab) Z with c_ab = w_a (delta_ab - P_b).
-    for i in range(A):
-        for j in range(i + 1):
-            c = weighted[i] * ((i == j) - P_t[j])
-            H[i, :, j] = H[j, :, i] = (Z * c[:, None]).T @ Z
-    return value, grad.ravel(), H.reshape(A * p, A * p)
+        return _kernels.gate_objective(Z, R, W, None, None, False) / scale
+    size = (n_gates - 1) * p
+    grad, H = np.empty(size), np.empty((size, size))
+    value = _kernels.gate_objective(Z, R, W, grad, H.reshape(-1), True)
+    grad /= scale
+    H /= scale
+    return value / scale, grad, H
+
+
+def _first(evaluation) -> float:
+    """The value of a :func:`_gate_objective` evaluation (a tuple with its derivatives)."""
+    return evaluation[0] if isinstance(evaluation, tuple) else evaluation
 
 
 def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _GATE_MAX_ITER,
@@ -113,6 +106,8 @@ def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _
     n_gates = R.shape[1]
     if n_gates == 1:
         return np.zeros_like(W0)
+    Z = np.ascontiguousarray(Z, dtype=float)
+    R = np.ascontiguousarray(R, dtype=float)
     scale = max(float(R.sum()), np.finfo(float).tiny)
     free = (W0[:-1] - W0[-1]).ravel()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -130,14 +125,19 @@ def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _
             # spend its every trial finding that out.
             if not slope < -_GATE_MIN_DECREASE * max(1.0, abs(value)):
                 break
+            # Newton's full step is nearly always accepted: its trial gets the derivatives
+            # too (in the same pass), the next iteration's; shorter trials only the value.
             search = backtracking(
-                lambda step, x=free, d=direction: _gate_objective(x + step * d, Z, R, scale,
-                                                                  derivatives=False),
-                armijo(value, slope), max_trials=40)
+                lambda step, x=free, d=direction: _gate_objective(
+                    x + step * d, Z, R, scale, derivatives=step == 1.0),
+                armijo(value, slope, value=_first), max_trials=40)
             if not search.success:
                 break
             free = free + search.step * direction
-            value, grad, H = _gate_objective(free, Z, R, scale)
+            if isinstance(search.trial, tuple):
+                value, grad, H = search.trial
+            else:
+                value, grad, H = _gate_objective(free, Z, R, scale)
     return np.vstack([free.reshape(n_gates - 1, -1), np.zeros((1, Z.shape[1]))])
 
 
@@ -167,7 +167,7 @@ class MoEProblem(MMProblem):
 
     def __init__(self, X, y, n_experts: int, x0):
         self.Z = _design(np.asarray(X, dtype=float))
-        self.y = np.asarray(y, dtype=float)
+        self.y = np.ascontiguousarray(y, dtype=float)
         self.n_experts = int(n_experts)
         self.x0 = np.asarray(x0, dtype=float)
         self.variance_floor = _VARIANCE_FLOOR * max(float(np.var(self.y)), 1e-300)
@@ -186,36 +186,38 @@ class MoEProblem(MMProblem):
         return np.concatenate([W[:-1].ravel(), np.ravel(B), np.ravel(variances)])
 
     def objective(self, x) -> float:
+        return self._e_step(x, np.empty((self.Z.shape[0], self.n_experts)))
+
+    def _e_step(self, x, R) -> float:
+        """Write the responsibilities at ``x`` to ``R``; return ``F(x)``."""
         W, B, v = self.unpack(x)
-        return -float(np.mean(logsumexp(log_joint(self.Z, self.y, W, B, v), axis=1)))
+        total = _kernels.e_step(self.Z, self.y, W, np.ascontiguousarray(B), v, R)
+        return -total / self.Z.shape[0]
 
     def surrogate_minimizer(self, x):
         return self.mm_step(x)[0]
 
     def mm_step(self, x):
-        W, B, v = self.unpack(x)
-        joint = log_joint(self.Z, self.y, W, B, v)
-        log_norm = logsumexp(joint, axis=1, keepdims=True)
-        R = np.exp(joint - log_norm)  # E-step: responsibilities
-        return self.m_step(R, W), -float(np.mean(log_norm))
+        R = np.empty((self.Z.shape[0], self.n_experts))
+        fun = self._e_step(x, R)  # E-step: responsibilities
+        return self.m_step(R, self.unpack(x)[0]), fun
 
     def m_step(self, R, W0):
         """The packed parameters maximizing the EM bound with responsibilities ``R``."""
         Z, y = self.Z, self.y
         K, p = self.n_experts, Z.shape[1]
-        B = np.empty((K, p))
-        variances = np.empty(K)
-        Rt = np.ascontiguousarray(R.T)
-        for k in range(K):
-            r = Rt[k]
-            # Weighted least squares by its normal equations (p is small); lstsq on the
-            # p x p system still answers when an expert's weights leave it singular.
-            weighted = Z * r[:, None]
-            B[k] = np.linalg.lstsq(weighted.T @ Z, weighted.T @ y, rcond=None)[0]
-            mass = float(r.sum())
-            residual = y - Z @ B[k]
-            variance = float(np.sum(r * residual**2)) / mass if mass > 0 else np.inf
-            variances[k] = variance if np.isfinite(variance) else np.var(y)
+        R = np.ascontiguousarray(R, dtype=float)
+        gram, rhs, masses = np.empty((K, p, p)), np.empty((K, p)), np.empty(K)
+        _kernels.expert_moments(Z, y, R, gram, rhs, masses)
+        # Weighted least squares by its normal equations (p is small); lstsq on the p x p
+        # system still answers when an expert's weights leave it singular.
+        B = np.array([np.linalg.lstsq(gram[k], rhs[k], rcond=None)[0] for k in range(K)])
+        squares = np.empty(K)
+        _kernels.expert_residuals(Z, y, R, B, squares)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            variances = np.where(masses > 0, squares / masses, np.inf)
+        if not np.isfinite(variances).all():
+            variances[~np.isfinite(variances)] = np.var(y)
         variances = np.maximum(variances, self.variance_floor)
         W = fit_gates(Z, R, W0)
         return self.pack(W, B, variances)
@@ -231,12 +233,21 @@ class MoEProblem(MMProblem):
         return self.x0
 
 
+def _distinct_rows(data: np.ndarray, at_most: int) -> int:
+    """``min(at_most, number of distinct rows of data)`` in ``at_most`` passes (no sort)."""
+    count = 0
+    while count < at_most and len(data):
+        count += 1
+        data = data[np.any(data != data[0], axis=1)]
+    return count
+
+
 def _initial_responsibilities(X, y, n_experts, rng) -> np.ndarray:
     """Hard responsibilities from k-means on the standardized ``(X, y)``."""
     data = np.column_stack([X, y])
     scale = data.std(axis=0)
     data = (data - data.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
-    n_clusters = min(n_experts, len(np.unique(data, axis=0)))
+    n_clusters = _distinct_rows(data, n_experts)
     labels = KMeans(n_clusters, n_init=1, random_state=rng.randint(2**31 - 1)).fit(data).labels_
     R = np.full((X.shape[0], n_experts), 1e-3)
     R[np.arange(X.shape[0]), labels] = 1.0

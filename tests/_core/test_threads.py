@@ -20,6 +20,17 @@ def test_effective_n_threads_rules():
         effective_n_threads(1.5)
 
 
+def test_single_threaded_limits_every_pool_and_restores_it():
+    from threadpoolctl import threadpool_info
+
+    before = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()}
+    for _ in range(2):  # the second time with the controller made by the first
+        with single_threaded():
+            inside = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()}
+        assert inside and set(inside.values()) == {1}
+        assert {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()} == before
+
+
 @pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
 def test_small_passes_run_on_one_thread():
     assert effective_n_threads(2, size=MIN_PARALLEL_SIZE - 1) == 1
