@@ -35,10 +35,12 @@ from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.registry import get_solver
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
 from mmopt._core.solver import caller_stacklevel
-from mmopt._core.threads import effective_n_threads
+from mmopt._core.threads import MIN_PARALLEL_SIZE, effective_n_threads
 from mmopt._core.validation import check_array, check_scalar
 from mmopt.ot._kernels import log_half_step
 from mmopt.ot.problem import OTProblem, _histogram, _mass_rtol
+from mmopt_ext._batched_sinkhorn import masked_residual as _masked_residual
+from mmopt_ext._batched_sinkhorn import select_mixed as _select_mixed
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
 
@@ -448,17 +450,16 @@ class _Batch:
         problems that mix; returns them and their column-marginal errors."""
         B = self.B
         if self.anderson is not None and self.anderson.on.any():
-            V = self.anderson.step(V, target, B, self.zeros)
+            V, column_error = self.anderson.step(V, target, B, R, self.threads)
         else:
-            V = target
+            V, column_error = target, np.full(V.shape[0], np.nan)
         relaxed = (self.omega != 1.0)
         if self.anderson is not None:
             relaxed |= self.anderson.on
-        if relaxed.all():
-            return V, np.abs(V * R - B).sum(axis=1)
-        column_error = np.zeros(V.shape[0])
-        if relaxed.any():
-            column_error[relaxed] = np.abs(V[relaxed] * R[relaxed] - B[relaxed]).sum(axis=1)
+        missing = relaxed & np.isnan(column_error)
+        if missing.any():
+            column_error[missing] = np.abs(V[missing] * R[missing] - B[missing]).sum(axis=1)
+        column_error[~relaxed] = 0.0
         return V, column_error
 
     def _relaxation(self, error):
@@ -628,30 +629,31 @@ class _Anderson:
         if self.x is not None:
             self.x += delta
 
-    def step(self, V, target, B, zeros):
-        """The new scalings: rows of ``target`` (the map's values at ``V``) for the
-        problems that do not mix, Anderson steps for those that do (``zeros``: whether
-        ``B`` has zero entries)."""
+    def step(self, V, target, B, R, threads):
+        """The new scalings and their column-marginal errors: rows of ``target`` (the
+        map's values at ``V``) for the problems that do not mix, Anderson steps for those
+        that do (``R = U K``, the column sums the errors are taken against). Returns
+        ``(V, column_error)``, ``column_error`` NaN for the problems that do not mix."""
+        c, m = V.shape
+        column_error = np.full(c, np.nan)
         rows = np.flatnonzero(self.on)
         if not rows.size:
-            return target
-        every = rows.size == self.on.size
-        pick = slice(None) if every else rows  # (views, not copies, when all mix)
+            return target, column_error
         if self.x is None:
             self.x = np.zeros(V.shape)
+        if rows.size * m * _ANDERSON_MEMORY < MIN_PARALLEL_SIZE:
+            threads = 1  # (a parallel region costs more than the passes)
+        # log v (carried from the last step, log V after a restart), the map's value
+        # log t, and the safeguard's residual sum b |log t - log v|.
         known = self.known[rows]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            # log v is carried from the last step (log of V only for a fresh start).
-            x = self.x[pick] if known.all() else np.where(
-                known[:, None], self.x[pick], np.log(V[pick]))
-            log_target = np.log(target[pick])
-            if zeros:
-                positive = B[pick] > 0
-                x = np.where(positive, x, 0.0)
-                log_target = np.where(positive, log_target, 0.0)
-            r = log_target - x
-        ok = np.isfinite(r).all(axis=1)
-        residual = np.where(ok, np.einsum("cj,cj->c", B[pick], np.abs(r)), np.inf)
+            x = self.x[rows]
+            if not known.all():
+                x[~known] = np.log(V[rows[~known]])
+            log_target = np.log(target[rows])
+        residual = np.empty(rows.size)
+        _masked_residual(x, log_target, B, rows, residual, threads)
+        ok = np.isfinite(residual)
         accelerator = self.accelerator
         tried = accelerator.extrapolated[rows]
         if tried.any():
@@ -659,29 +661,24 @@ class _Anderson:
                                   rows[tried])
             self.on[rows[accelerator.n_rejected[rows] > _ANDERSON_MAX_RESTARTS]] = False
         self.best[rows] = np.minimum(self.best[rows], residual)
+        moved = rows
         if not ok.all():  # (a failed sweep: no pair recorded, the problem starts afresh)
             accelerator.reset(rows[~ok])
             self.known[rows[~ok]] = False
-        if ok.all():
-            moved = rows
-            proposal = accelerator.update(x, log_target, None if every else rows)
-        else:
             moved, x, log_target = rows[ok], x[ok], log_target[ok]
-            if zeros:
-                positive = positive[ok]
-            proposal = accelerator.update(x, log_target, moved)
-        with np.errstate(over="ignore", invalid="ignore"):
-            mixed = np.exp(proposal)
-            if zeros:
-                mixed[~positive] = 0.0
-        good = np.isfinite(mixed).all(axis=1) & accelerator.extrapolated[moved]
-        self.x[moved] = np.where(good[:, None], proposal, log_target)
-        self.known[moved] = True
-        if every and moved.size == rows.size and good.all():
-            return mixed
         out = target.copy()
-        out[moved[good]] = mixed[good]
-        return out
+        if moved.size:
+            proposal = accelerator.update(x, log_target, moved, n_threads=threads)
+            errors = np.empty(moved.size)
+            with np.errstate(over="ignore", invalid="ignore"):
+                mixed = np.exp(proposal)
+            # the mixed scalings where usable, the carried log v, the column errors
+            _select_mixed(proposal, mixed, log_target,
+                          accelerator.extrapolated[moved].view(np.int8), B, R, moved, out,
+                          self.x, errors, threads)
+            self.known[moved] = True
+            column_error[moved] = errors
+        return out, column_error
 
 
 def _full_potentials(shared, f, g, b):

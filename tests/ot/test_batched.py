@@ -208,7 +208,9 @@ def test_anderson_step_against_least_squares():
     for step in range(memory + 4):
         tx = (A @ x[:, :, None])[:, :, 0] + shift
         target = np.where(positive, np.exp(tx), 0.0)
-        V = mixer.step(V, target, B, zeros=True)
+        R = np.where(positive, B / np.where(positive, target, 1.0), 1.0)
+        V, column_error = mixer.step(V, target, B, R, 1)
+        np.testing.assert_allclose(column_error, np.abs(V * R - B).sum(axis=1), rtol=1e-12)
         for j in range(c):
             xs, rs = history[j]
             xs.append(x[j] * positive[j])
@@ -307,11 +309,63 @@ def test_anderson_step_with_a_failed_row():
             target = np.exp(0.5 * np.log(V) + rng.standard_normal((c, m)) * 0.01)
             if step == 3:
                 target[failed, 0] = np.inf
-            out = mixer.step(V, target, B, zeros=False)
+            out, column_error = mixer.step(V, target, B, np.ones((c, m)), 1)
             assert out.shape == (c, m)
+            assert np.isnan(column_error[failed]) == (step == 3)
             V = out
         np.testing.assert_array_equal(out[failed], target[failed])
         others = [j for j in range(c) if j != failed]
         assert np.isfinite(out[others]).all() and not np.array_equal(out[others],
                                                                      target[others])
         assert not mixer.known[failed] and mixer.accelerator._n_cols[failed] == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mixing_passes_against_numpy(threads):
+    """The compiled passes around the mixing equal their NumPy statements: zero-mass
+    entries masked and the b-weighted residual (inf for a non-finite row); the mixed
+    scalings kept only where extrapolated and finite, the carried log v, column errors."""
+    from mmopt_ext._batched_sinkhorn import masked_residual, select_mixed
+
+    rng = np.random.default_rng(11)
+    c, m = 5, 37
+    B = rng.random((c, m))
+    B[1, :4] = 0.0
+    positive = B > 0
+    rows = np.array([4, 0, 1, 3], dtype=np.intp)  # row 2 does not mix
+    X = rng.standard_normal((rows.size, m))
+    LT = rng.standard_normal((rows.size, m))
+    LT[3, 5] = np.nan  # problem 3's sweep failed
+    X0, LT0 = X.copy(), LT.copy()
+    residual = np.empty(rows.size)
+    masked_residual(X, LT, B, rows, residual, threads)
+    pos = positive[rows]
+    np.testing.assert_array_equal(X, np.where(pos, X0, 0.0))
+    np.testing.assert_array_equal(LT, np.where(pos, LT0, 0.0))
+    with np.errstate(invalid="ignore"):
+        expected = np.where(np.isfinite(LT).all(axis=1),
+                            (B[rows] * np.abs(LT - X)).sum(axis=1), np.inf)
+    np.testing.assert_allclose(residual, expected, rtol=1e-13)
+    assert residual[3] == np.inf
+
+    P = rng.standard_normal((rows.size, m))
+    P[2, 7] = 800.0  # exp overflows: problem 1 keeps its plain update
+    P[pos == 0] = 0.0
+    with np.errstate(over="ignore"):
+        E = np.exp(P)
+    extrapolated = np.array([1, 0, 1, 1], dtype=np.int8)
+    R = rng.random((c, m)) + 0.5
+    V = rng.random((c, m))
+    x_known = rng.standard_normal((c, m))
+    V0, x0 = V.copy(), x_known.copy()
+    errors = np.empty(rows.size)
+    select_mixed(P, E, LT, extrapolated, B, R, rows, V, x_known, errors, threads)
+    good = (extrapolated == 1) & np.isfinite(np.where(pos, E, 0.0)).all(axis=1)
+    assert good.tolist() == [True, False, False, True]
+    V_expected, x_expected = V0.copy(), x0.copy()
+    V_expected[rows[good]] = np.where(pos[good], E[good], 0.0)
+    x_expected[rows] = np.where(good[:, None], P, LT)
+    np.testing.assert_array_equal(V, V_expected)
+    np.testing.assert_array_equal(x_known, x_expected)
+    np.testing.assert_allclose(
+        errors, np.abs(V[rows] * R[rows] - B[rows]).sum(axis=1), rtol=1e-13)
