@@ -42,7 +42,7 @@ from mmopt.ot.problem import OTProblem, _histogram, _mass_rtol
 from mmopt_ext._batched_sinkhorn import masked_residual as _masked_residual
 from mmopt_ext._batched_sinkhorn import select_mixed as _select_mixed
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
-from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
+from mmopt_ext._sinkhorn import scaling_iterations as _scaling_iterations
 
 # Scalings stay in [e^-L, e^L] and kernel entries below e^floor are zeroed, with
 # floor = log(tiny) + L + 20: K_ij v_j >= e^(floor - L) stays a normal float64 (no subnormal
@@ -404,40 +404,35 @@ class _Batch:
         return error, self._out_of_range(U, V, B)
 
     def _fused_sweeps(self, it):
-        """One iteration of each active problem alone (one pass over the kernel each)."""
-        error = np.empty(self.active.size)
-        out_of_range = np.zeros(self.active.size, dtype=bool)
-        done = np.zeros(self.active.size, dtype=bool)
-        if not hasattr(self, "acc"):
-            n, m = self.C.shape
-            self.acc = np.empty((max(1, min(self.threads, n // 4)), m))
-        last = []
-        sums = np.empty_like(self.V)
+        """One iteration of the active problems, all on one pass over the kernel (each
+        block of its rows swept by every problem while in cache)."""
+        c = self.active.size
+        n, m = self.C.shape
+        if getattr(self, "acc", None) is None or self.acc.shape[0] < c:
+            self.acc = np.empty((c, max(1, min(self.threads, n // 4)), m))
+        acc = self.acc[:c]
         mixed = (self.anderson.on.copy() if self.anderson is not None
-                 else np.zeros(self.active.size, dtype=bool))
-        for c in range(self.active.size):
-            u, v = self.U[c], self.V[c]
-            last.append((u.copy(), v.copy()))
-            row_error, within, column_error, _ = _scaling_iteration(
-                self.K, self.a, self.B[c], u, v, self.acc, self.shared.bound, self.threads,
-                float(self.omega[c]),
-            )
-            sums[c] = self.acc.sum(axis=0) if self.acc.shape[0] > 1 else self.acc[0]
-            error[c] = row_error + self.column_error[c]
-            done[c] = error[c] <= self.solver.tol * self.mass
-            self.column_error[c] = column_error if self.omega[c] != 1.0 else 0.0
-            if not within and not mixed[c]:
-                # (zero-mass columns have v = 0; mixed problems are checked after mixing)
-                out_of_range[c] = self._out_of_range(u[None], v[None], self.B[c, None])[0]
+                 else np.zeros(c, dtype=bool))
+        previous_U, previous_V = self.U.copy(), self.V.copy()
+        row_error, within, column_error, _ = _scaling_iterations(
+            self.K, self.a, self.B, self.U, self.V, acc, self.omega, self.shared.bound,
+            self.threads)
+        sums = acc[:, 0] if acc.shape[1] == 1 else acc.sum(axis=1)
+        error = row_error + self.column_error
+        done = error <= self.solver.tol * self.mass
+        self.column_error = np.where(self.omega != 1.0, column_error, 0.0)
+        out_of_range = np.zeros(c, dtype=bool)
+        check = ~within & ~mixed  # (mixed problems are checked after mixing)
+        if check.any():  # (zero-mass columns have v = 0: checked again without them)
+            out_of_range[check] = self._out_of_range(
+                self.U[check], self.V[check], self.B[check])
         if mixed.any():
-            previous = np.array([v for _, v in last])
-            self.V, column_error = self._mix(previous, self.V, sums)
+            self.V, column_error = self._mix(previous_V, self.V, sums)
             self.column_error[mixed] = column_error[mixed]
             out_of_range[mixed] = self._out_of_range(
                 self.U[mixed], self.V[mixed], self.B[mixed])
         if done.any():
-            for c in np.flatnonzero(done):
-                self.U[c], self.V[c] = last[c]
+            self.U[done], self.V[done] = previous_U[done], previous_V[done]
             self._finish(done, self.offset[done] + it - 1, Status.CONVERGED)
             keep = ~done
             self._keep(keep)
