@@ -4,17 +4,21 @@ The problems iterate on one absorbed kernel ``K_ij = exp((F_i + G_j - C_ij) / re
 base potentials ``F``, ``G``) with a scaling vector each (``U`` (k, n), ``V`` (k, m)), so
 that each half-iteration is one matrix-matrix product (``V @ K.T``, ``U @ K``: BLAS GEMM)
 for all of them instead of k matrix-vector products. Each problem has its own stopping test
-and over-relaxation and leaves as soon as it converges; the last few iterate alone on the
-kernel (the fused one-pass sweep). When scalings leave their range the base moves to the
+and over-relaxation and leaves as soon as it converges; the last few iterate on one pass
+over the kernel (each block of its rows swept by every problem while in cache:
+:func:`mmopt_ext._sinkhorn.scaling_iterations`). When scalings leave their range the base moves to the
 middle of the problems' potentials (one recomputed kernel for all); problems too far from
 the others for one kernel form a further group with its own kernel, started where they
 stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
 finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
 
 Each problem's column scalings are Anderson-mixed (:class:`_Anderson`, over
-:class:`~mmopt._core.anderson.BatchedAnderson`), with restarts and a
-fall-back to over-relaxation as safeguard. On small kernels (``_ALONE_MAX_ENTRIES``) a
-group's last few problems, and k <= ``_FUSED_MAX`` problems, are solved alone.
+:class:`~mmopt._core.anderson.BatchedAnderson`, whose step is one compiled pass per
+problem), with restarts and a fall-back to over-relaxation as safeguard; the log-domain
+passes around the mixing are compiled too (:mod:`mmopt_ext._batched_sinkhorn`). On small
+kernels (``_SMALL_MAX_ENTRIES``) the last few problems are finished alone once their
+errors fall slowly (:meth:`_Batch._slow`); on tiny ones (``_ALONE_MAX_ENTRIES``) at once,
+and k <= ``_FUSED_MAX`` problems one by one.
 
 References
 ----------
@@ -57,15 +61,22 @@ _LOG_TINY = float(np.log(np.finfo(float).tiny))
 _SPREAD_SHARE = 0.65
 # Below this L (total masses below about 1e-200) the problems are solved alone.
 _MIN_LOG_BOUND = 20.0
-# With this many problems left or fewer, each iterates alone on the shared kernel (one
-# pass over it per problem) instead of through GEMMs (two passes for all).
+# With this many problems left or fewer, they iterate on one pass over the shared kernel
+# (scaling_iterations) instead of through GEMMs (two passes for all, faster per problem
+# from about 8 problems).
 _FUSED_MAX = 4
-# Below this many kernel entries (n m) a one-problem sweep costs less than the Python
-# around it (the mixing's stacked solves, the bookkeeping): the few problems of a group's
-# tail (at most _FUSED_MAX) are then finished alone by Sinkhorn, warm-started, and k <=
-# _FUSED_MAX problems are solved one by one from the start. Chosen from measured time per
-# problem-iteration (BENCHMARKS.md, batched part, "size rule").
-_ALONE_MAX_ENTRIES = 300_000
+# Below _SMALL_MAX_ENTRIES kernel entries (n m) a one-problem sweep costs less than the
+# Python around it (the mixing, the bookkeeping): with few problems the batch pays only
+# while the mixing converges fast. What the iterations show decides: a group on such a
+# kernel with at most _FUSED_MAX problems left, after at least _PROBE_ITERATIONS
+# iterations, whose largest error did not fall tenfold over the last _PROBE_ITERATIONS / 2
+# (slow problems, where mixing saves less) hands them to warm-started single solves. Below
+# _ALONE_MAX_ENTRIES even fast mixing does not pay for that Python: a group's last
+# _FUSED_MAX problems go alone at once, and k <= _FUSED_MAX problems are solved one by one.
+# Chosen from measured times (BENCHMARKS.md, ot_batched, "size rule").
+_SMALL_MAX_ENTRIES = 300_000
+_ALONE_MAX_ENTRIES = 30_000
+_PROBE_ITERATIONS = 30
 # Anderson mixing of each problem's column scalings (log domain): memory (differences kept),
 # Tikhonov weight (on the column-normalized system), the residual growth over the smallest
 # that refuses an extrapolated iterate, and refusals after which the problem over-relaxes.
@@ -160,7 +171,7 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     out = _Output(n, m, k, return_plan)
     shared = _Shared(a, b, C, reg, solver, threads, out)
     if (solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND
-            or (k <= _FUSED_MAX and shared.small)):
+            or (k <= _FUSED_MAX and shared.tiny)):
         alone = dict.fromkeys(range(k))
     else:
         alone = {}
@@ -203,7 +214,8 @@ class _Shared:
         self.bound = float(np.exp(self.log_bound))
         self.floor = _LOG_TINY + self.log_bound + 20.0
         self.max_spread = _SPREAD_SHARE * self.log_bound
-        self.small = C.shape[0] * C.shape[1] <= _ALONE_MAX_ENTRIES
+        self.small = C.shape[0] * C.shape[1] <= _SMALL_MAX_ENTRIES
+        self.tiny = C.shape[0] * C.shape[1] <= _ALONE_MAX_ENTRIES
 
 
 class _Output:
@@ -284,6 +296,7 @@ class _Batch:
         self.K = None
         self.CK = None  # C * K (transport costs), made when a problem first needs it
         self.left = {}  # problems that leave for another group: their potentials (f, g)
+        self.largest_error = []  # the largest error of the active problems, per iteration
         self.failed = {}  # problems whose sweep failed: finished alone from scratch
         if potentials is None:
             self._start()
@@ -329,8 +342,9 @@ class _Batch:
         absorptions = 0
         it = 0
         while self.active.size:
-            if self.active.size <= _FUSED_MAX and self.shared.small:
-                # A small kernel's tail: each problem alone costs less (see
+            if self.active.size <= _FUSED_MAX and (
+                    self.shared.tiny or (self.shared.small and self._slow(it))):
+                # A small kernel's slow tail: each problem alone costs less (see
                 # _ALONE_MAX_ENTRIES), warm-started where it stands.
                 self.out.nit[self.active] = self.offset + it
                 alone.update(self._potentials())
@@ -343,6 +357,7 @@ class _Batch:
             if not self.active.size:
                 break
             history["residual"].append(float(error.max() / self.mass))
+            self.largest_error.append(float(error.max()))
             history["n_active"].append(self.active.size)
             history["time"].append(time.perf_counter() - self.shared.start)
             if solver.overrelaxation:
@@ -363,6 +378,14 @@ class _Batch:
                 self._absorb(it)
         alone.update(self.failed)
         return self.left, alone
+
+    def _slow(self, it):
+        """Whether the group, after at least ``_PROBE_ITERATIONS`` iterations, has not cut
+        its largest error tenfold over the last half of that many."""
+        window = _PROBE_ITERATIONS // 2
+        if it < _PROBE_ITERATIONS:
+            return False
+        return not self.largest_error[-1] <= 0.1 * self.largest_error[-1 - window]
 
     def _keep(self, keep):
         """Drop the problems not in ``keep`` from the working arrays."""

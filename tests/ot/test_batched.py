@@ -16,6 +16,7 @@ def _batched_machinery(monkeypatch, request):
     alone) would leave the shared-kernel paths untested. The tests of the rule opt out."""
     if not request.node.name.startswith("test_size_rule"):
         monkeypatch.setattr(_batched, "_ALONE_MAX_ENTRIES", 0)
+        monkeypatch.setattr(_batched, "_SMALL_MAX_ENTRIES", 0)
 
 
 def _problem(n=60, m=50, k=6, seed=0):
@@ -269,7 +270,7 @@ def test_image_histograms_on_a_grid(k):
 
 @pytest.mark.parametrize("k", [3, 9])
 def test_size_rule_small_kernels_finish_alone(k, monkeypatch):
-    """Small kernels (the default rule): k <= 4 problems are solved one by one (the same
+    """Tiny kernels (the default rule): k <= 4 problems are solved one by one (the same
     iterates as separate calls), and a larger batch hands its last few problems to warm-
     started single solves; every column still equals its single solve."""
     a, b, C = _problem(k=k, seed=7)
@@ -294,6 +295,43 @@ def test_size_rule_small_kernels_finish_alone(k, monkeypatch):
     for j in range(k):
         assert np.abs(res.plan[j] - singles[j].plan).max() <= 1e-10
         assert abs(res.transport_cost[j] - singles[j].transport_cost) <= 1e-11
+
+
+@pytest.mark.parametrize("reg", [1e-2, 1e-3])
+def test_size_rule_small_kernels_hand_slow_tails_alone(reg, monkeypatch):
+    """Small (not tiny) kernels: the batch runs; its last few problems go to warm-started
+    single solves only after the probe iterations, and only when their largest error
+    fell less than tenfold over the last half of them (slow at 1e-3, not at 1e-2)."""
+    monkeypatch.setattr(_batched, "_ALONE_MAX_ENTRIES", 0)
+    a, b, C = _problem(k=3, seed=7)
+    assert C.size <= _batched._SMALL_MAX_ENTRIES
+    handed, errors = [], []
+    original, slow = _batched._solve_alone, _batched._Batch._slow
+    monkeypatch.setattr(_batched, "_solve_alone",
+                        lambda columns, shared: handed.append(dict(columns)) or original(
+                            columns, shared))
+
+    def spy(self, it):
+        verdict = slow(self, it)
+        if verdict:
+            errors.append((it, list(self.largest_error)))
+        return verdict
+
+    monkeypatch.setattr(_batched._Batch, "_slow", spy)
+    res = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    assert res.status == 0
+    if reg == 1e-2:
+        assert not handed and not errors
+    else:
+        assert len(handed) == 1 and set(handed[0]) == {0, 1, 2}
+        assert all(guess is not None for guess in handed[0].values())
+        it, trace = errors[0]
+        window = _batched._PROBE_ITERATIONS // 2
+        assert it >= _batched._PROBE_ITERATIONS and len(trace) == it
+        assert trace[-1] > 0.1 * trace[-1 - window]
+    for j in range(3):
+        single = sinkhorn(a, b[:, j], C, reg, tol=1e-12, max_iter=100_000)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10
 
 
 def test_anderson_step_with_a_failed_row():
