@@ -7,9 +7,9 @@ for all of them instead of k matrix-vector products. Each problem has its own st
 and over-relaxation and leaves as soon as it converges; the last few iterate on one pass
 over the kernel (each block of its rows swept by every problem while in cache:
 :func:`mmopt_ext._sinkhorn.scaling_iterations`). When scalings leave their range the
-base moves to the middle of the problems' potentials (one recomputed kernel for all); problems too far from
-the others for one kernel form a further group with its own kernel, started where they
-stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
+base moves to the middle of the problems' potentials (one recomputed kernel for all);
+problems too far from the others for one kernel form a further group with its own kernel,
+started where they stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
 finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
 
 Each problem's column scalings are Anderson-mixed (:class:`_Anderson`, over
