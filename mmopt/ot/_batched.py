@@ -9,8 +9,9 @@ over the kernel (each block of its rows swept by every problem while in cache:
 :func:`mmopt_ext._sinkhorn.scaling_iterations`). When scalings leave their range the
 base moves to the middle of the problems' potentials (one recomputed kernel for all);
 problems too far from the others for one kernel form a further group with its own kernel,
-started where they stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
-finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
+started where they stand. A problem whose sweep fails, or whose group recomputes its
+kernel too often, is finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain
+where needed).
 
 Each problem's column scalings are Anderson-mixed (:class:`_Anderson`, over
 :class:`~mmopt._core.anderson.BatchedAnderson`, whose step is one compiled pass per
