@@ -17,6 +17,7 @@ from scipy.linalg.cython_lapack cimport dgesv, dsyev
 
 # Largest memory the fixed-size work arrays of the small solves hold.
 DEF MAX_MEMORY = 64
+MEMORY_LIMIT = MAX_MEMORY
 
 
 cdef int _solve_one(

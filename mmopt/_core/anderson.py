@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmopt._core.params import InstanceOf, Interval, validate_params
+from mmopt_ext._anderson import MEMORY_LIMIT as _BATCHED_MAX_MEMORY
 from mmopt_ext._anderson import batched_update as _batched_update
 
 __all__ = [
@@ -467,6 +468,9 @@ class BatchedAnderson:
               "n_resets")
 
     def __init__(self, options: AndersonAcceleration, k: int):
+        if options.memory > _BATCHED_MAX_MEMORY:
+            raise ValueError(f"memory must be at most {_BATCHED_MAX_MEMORY} for batched "
+                             f"histories, got {options.memory}.")
         for name in AndersonAcceleration._parameter_constraints:
             setattr(self, name, getattr(options, name))
         self.k = int(k)

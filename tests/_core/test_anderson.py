@@ -428,6 +428,8 @@ def test_batched_threads_give_the_same_iterates():
 
 
 def test_batched_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="memory must be at most 64"):
+        AndersonAcceleration(memory=65).batched(2)
     batched = AndersonAcceleration().batched(2)
     with pytest.raises(ValueError, match="same shape"):
         batched.update(np.zeros((2, 3)), np.zeros((2, 4)))
