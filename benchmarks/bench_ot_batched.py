@@ -65,9 +65,12 @@ def run(quick: bool = False) -> str:
         batched_report(quick), "",
         "### Size rule: batched over separate solves across n and k", "",
         "Mixtures as above, one thread, least process CPU time of 2 runs (1 for n k >= "
-        "128 000), to L1 error 2e-8. Kernels of at most 300 000 entries hand a group's "
-        "last 4 problems to warm-started single solves, and solve k <= 4 problems one by "
-        "one (`_ALONE_MAX_ENTRIES` in `mmopt/ot/_batched.py`).", "",
+        "128 000), to L1 error 2e-8. Kernels of at most 30 000 entries hand a group's "
+        "last 4 problems to warm-started single solves at once, and solve k <= 4 problems "
+        "one by one (`_ALONE_MAX_ENTRIES` in `mmopt/ot/_batched.py`); kernels of at most "
+        "300 000 entries do so once the group's largest error falls less than tenfold in "
+        "15 iterations, after the first 30 (`_SMALL_MAX_ENTRIES`, `_PROBE_ITERATIONS`).",
+        "",
         markdown_table(size_rule_table(quick)),
     ])
 

@@ -420,3 +420,77 @@ def scaling_iteration(
             if not (low <= u[j] <= bound):
                 within = False
     return error, within, column_error, mass
+
+
+# Rows per sub-block of the multi-problem sweep: the block of K (16 rows of m entries)
+# stays in cache while each problem's sweep reads it (a multiple of 4: the SIMD row blocks).
+DEF SHARED_ROWS = 16
+
+
+def scaling_iterations(
+    const double[:, ::1] K,
+    const double[::1] a,
+    const double[:, ::1] B,
+    double[:, ::1] U,
+    double[:, ::1] V,
+    double[:, :, ::1] acc,
+    const double[::1] omega,
+    double bound,
+    int n_threads,
+):
+    """:func:`scaling_iteration` for the c problems ``(U[p], V[p], B[p], omega[p])``
+    sharing ``K``, with one pass over ``K`` for all of them: each block of a few rows is
+    read once from memory and swept by every problem while it is in cache.
+
+    ``acc`` has shape (c, blocks, m) (``acc[p]`` is the single iteration's ``acc``).
+    Returns arrays ``(row_error, within, column_error, mass)`` of length c, each entry
+    what :func:`scaling_iteration` returns for that problem (``u``, ``v`` equal to its;
+    the row errors summed in another order).
+    """
+    cdef Py_ssize_t c = U.shape[0]
+    cdef Py_ssize_t n = K.shape[0]
+    cdef Py_ssize_t m = K.shape[1]
+    cdef Py_ssize_t blocks = acc.shape[1]
+    cdef Py_ssize_t t, j, p, start, stop, first, last
+    cdef double total, low = 1.0 / bound
+    errors_arr = np.zeros((blocks, c))
+    row_error_arr = np.zeros(c)
+    column_error_arr = np.zeros(c)
+    mass_arr = np.zeros(c)
+    within_arr = np.ones(c, dtype=bool)
+    cdef double[:, ::1] errors = errors_arr
+    cdef double[::1] row_error = row_error_arr
+    cdef double[::1] column_error = column_error_arr
+    cdef double[::1] mass = mass_arr
+    cdef unsigned char[::1] within = within_arr.view(np.uint8)
+    with nogil:
+        for t in prange(blocks, schedule="static", num_threads=n_threads):
+            start = (t * n // blocks) // 4 * 4
+            stop = n if t == blocks - 1 else ((t + 1) * n // blocks) // 4 * 4
+            for p in range(c):
+                memset(&acc[p, t, 0], 0, m * sizeof(double))
+            first = start
+            while first < stop:
+                last = min(first + SHARED_ROWS, stop)
+                for p in range(c):
+                    errors[t, p] += mmopt_scaling_rows(
+                        &K[first, 0], m, last - first, &V[p, 0], &a[first], &U[p, first],
+                        &acc[p, t, 0], omega[p],
+                    )
+                first = last
+        for p in range(c):
+            for t in range(blocks):
+                row_error[p] += errors[t, p]
+            for j in range(m):
+                total = acc[p, 0, j]
+                for t in range(1, blocks):
+                    total = total + acc[p, t, j]
+                V[p, j] = mmopt_relaxed(V[p, j], B[p, j] / total, omega[p])
+                column_error[p] += fabs(V[p, j] * total - B[p, j])
+                mass[p] += V[p, j] * total
+                if not (low <= V[p, j] <= bound):
+                    within[p] = 0
+            for j in range(n):
+                if not (low <= U[p, j] <= bound):
+                    within[p] = 0
+    return row_error_arr, within_arr, column_error_arr, mass_arr

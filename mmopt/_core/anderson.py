@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from mmopt._core.params import InstanceOf, Interval, validate_params
+from mmopt_ext._anderson import MEMORY_LIMIT as _BATCHED_MAX_MEMORY
+from mmopt_ext._anderson import batched_update as _batched_update
 
 __all__ = [
     "ANDERSON_OPTION",
@@ -466,14 +468,17 @@ class BatchedAnderson:
               "n_resets")
 
     def __init__(self, options: AndersonAcceleration, k: int):
+        if options.memory > _BATCHED_MAX_MEMORY:
+            raise ValueError(f"memory must be at most {_BATCHED_MAX_MEMORY} for batched "
+                             f"histories, got {options.memory}.")
         for name in AndersonAcceleration._parameter_constraints:
             setattr(self, name, getattr(options, name))
         self.k = int(k)
         self._size = -1
         self._has_prev = np.zeros(self.k, dtype=bool)
-        self._n_cols = np.zeros(self.k, dtype=int)
-        self._next_col = np.zeros(self.k, dtype=int)
-        self._since_reset = np.zeros(self.k, dtype=int)
+        self._n_cols = np.zeros(self.k, dtype=np.intp)
+        self._next_col = np.zeros(self.k, dtype=np.intp)
+        self._since_reset = np.zeros(self.k, dtype=np.intp)
         self.extrapolated = np.zeros(self.k, dtype=bool)
         self.n_accepted = np.zeros(self.k, dtype=int)
         self.n_rejected = np.zeros(self.k, dtype=int)
@@ -530,12 +535,18 @@ class BatchedAnderson:
             self.reset(refused)
         return accepted
 
-    def update(self, X, G, rows=None) -> np.ndarray:
+    def update(self, X, G, rows=None, *, n_threads: int = 1) -> np.ndarray:
         """Record the pairs ``(X[i], G[i])`` of the problems ``rows`` (all when None) and
         return their next points (``(len(rows), d)``; the rows of ``G`` where nothing
-        was extrapolated, see :attr:`extrapolated`)."""
-        X = np.asarray(X, dtype=float)
-        G = np.asarray(G, dtype=float)
+        was extrapolated, see :attr:`extrapolated`).
+
+        Each problem's step (its newest differences, Gram row, normalized normal equations
+        and extrapolation) is one compiled pass, problems in parallel on ``n_threads``
+        threads; a problem whose full system is ill-conditioned drops its oldest columns
+        one by one as :class:`AndersonAcceleration` does, and is reset when none is left.
+        """
+        X = np.ascontiguousarray(X, dtype=float)
+        G = np.ascontiguousarray(G, dtype=float)
         if X.shape != G.shape or X.ndim != 2:
             raise ValueError(
                 f"X and G must be 2-D of the same shape, got {X.shape} and {G.shape}.")
@@ -545,119 +556,42 @@ class BatchedAnderson:
                 raise ValueError(f"the iterates changed size from {self._size} to {size}; "
                                  "call reset().")
             self._allocate(size)
-        every = rows is None
-        rows = np.arange(self.k) if every else np.asarray(rows)
+        rows = np.arange(self.k) if rows is None else np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
+        rows = rows.astype(np.intp, copy=False)
         if rows.size != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows for {rows.size} problems.")
-        if every or (rows.size == self.k and (rows == np.arange(self.k)).all()):
-            every, pick = True, slice(None)  # views, not copies, when all problems move
-        else:
-            pick = rows
-        memory = self.memory
-        R = G - X
-        where = self._has_prev[rows]
-        if where.any():
-            # Each problem's newest difference into its ring of columns, and the Gram
-            # matrix's row and column of that slot (O(d memory) per problem).
-            new = rows[where]
-            col = self._next_col[new]
-            all_new = every and where.all()
-            self._dG[new, col] = (G if all_new else G[where]) - self._g_prev[new]
-            d_r = (R if all_new else R[where]) - self._r_prev[new]
-            self._dR[new, col] = d_r
-            products = ((self._dR if all_new else self._dR[new]) @ d_r[:, :, None])[:, :, 0]
-            self._gram[new, col, :] = products
-            self._gram[new, :, col] = products
-            self._next_col[new] = (col + 1) % memory
-            self._n_cols[new] = np.minimum(self._n_cols[new] + 1, memory)
-        self._g_prev[pick] = G
-        self._r_prev[pick] = R
-        self._has_prev[rows] = True
-        self._since_reset[rows] += 1
-        self.extrapolated[rows] = False
-        want = (self._n_cols[rows] > 0) & (self._since_reset[rows] > self.delay)
-        out = G.copy()
-        if not want.any():
-            return out
-        all_want = every and want.all()
-        use = slice(None) if all_want else rows[want]
-        theta, ok = self._coefficients(use, R if all_want else R[want])
-        extrapolated = self.extrapolated[use]
-        extrapolated[ok] = True
-        self.extrapolated[use] = extrapolated
-        if not ok.any():
-            return out
-        if all_want and ok.all():
-            at, dG, dR = slice(None), self._dG, self._dR
-        else:
-            at = np.flatnonzero(want)[ok]
-            dG, dR = self._dG[rows[at]], self._dR[rows[at]]
-            theta = theta[ok]
-        dG_theta = (theta[:, None, :] @ dG)[:, 0]
-        beta = self.damping
-        if beta == 1.0:
-            out[at] -= dG_theta
-        else:
-            dR_theta = (theta[:, None, :] @ dR)[:, 0]
-            out[at] = X[at] + beta * R[at] - dG_theta + (1.0 - beta) * dR_theta
-        return out
-
-    def _coefficients(self, rows, R):
-        """Coefficients of the problems ``rows`` for their newest residuals ``R``: all
-        problems at once on their full normalized systems; the few whose system is ill
-        conditioned go through :func:`_history_coefficients` one by one (dropping old
-        columns), and those with no usable column left are reset. Returns ``(theta, ok)``."""
-        memory = self.memory
-        if isinstance(rows, slice):
-            rows = np.arange(self.k)
-            gram, dR = self._gram, self._dR
-        else:
-            gram, dR = self._gram[rows], self._dR[rows]
-        rhs = (dR @ R[:, :, None])[:, :, 0]
-        used = np.arange(memory) < self._n_cols[rows][:, None]
-        diagonal = gram.diagonal(axis1=1, axis2=2)
-        index = np.arange(memory)
-        full = bool(used.all())  # (the usual case: every history full)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            norms = np.sqrt(diagonal) if full else np.where(used, np.sqrt(diagonal), 1.0)
-            normalized = gram / (norms[:, :, None] * norms[:, None, :])
-            if not full:
-                # Unused columns: an identity block (eigenvalue 1, inside the used block's
-                # range since its diagonal is 1) and a zero right-hand side: theta = 0.
-                normalized[~(used[:, :, None] & used[:, None, :])] = 0.0
-                normalized[:, index, index] = np.where(used, normalized[:, index, index], 1.0)
-            normalized[:, index, index] += self.regularization
-            good = (~used | (diagonal > 0)).all(axis=1) & np.isfinite(normalized).all(
-                axis=(1, 2))
-            theta = np.zeros((rows.size, memory))
-            if good.any():
-                eigenvalues = np.linalg.eigvalsh(normalized[good])
-                low, high = eigenvalues[:, 0], eigenvalues[:, -1]
-                conditioned = (low > 0) & (np.sqrt(high / low) <= self.max_condition)
-                at = np.flatnonzero(good)
-                good[at[~conditioned]] = False
-                at = at[conditioned]
-                if at.size:
-                    phi = np.linalg.solve(normalized[at], (rhs[at] / norms[at])[:, :, None])
-                    theta[at] = (phi[:, :, 0] / norms[at] if full
-                                 else np.where(used[at], phi[:, :, 0] / norms[at], 0.0))
-                    finite = np.isfinite(theta[at]).all(axis=1)
-                    good[at[~finite]] = False
-        for c in np.flatnonzero(~good):
+        out = np.empty_like(G)
+        rhs = np.empty((rows.size, self.memory))
+        theta = np.empty((rows.size, self.memory))
+        state = np.empty(rows.size, dtype=np.int8)
+        _batched_update(X, G, rows, self._dG, self._dR, self._gram, self._g_prev,
+                        self._r_prev, self._has_prev.view(np.uint8), self._n_cols,
+                        self._next_col, self._since_reset, self.delay, self.regularization,
+                        self.max_condition, self.damping, out, rhs, theta, state,
+                        n_threads)
+        self.extrapolated[rows] = state == 1
+        for c in np.flatnonzero(state == 2):
+            # The full system is ill-conditioned: drop the oldest columns one by one.
             row = rows[c]
             n_cols = self._n_cols[row]
             oldest = self._next_col[row] - n_cols
-            columns = np.arange(oldest, oldest + n_cols) % memory
+            columns = np.arange(oldest, oldest + n_cols) % self.memory
             found = _history_coefficients(self._gram[row], rhs[c], columns,
                                           self.regularization, self.max_condition)
-            if found is not None:
-                theta[c] = found
-                good[c] = True
-        if not good.all():
-            self.reset(rows[~good])
-        return theta, good
+            if found is None:
+                self.reset([row])
+                continue
+            self.extrapolated[row] = True
+            dG_theta = found @ self._dG[row]
+            if self.damping == 1.0:
+                out[c] = G[c] - dG_theta
+            else:
+                beta = self.damping
+                r = G[c] - X[c]
+                out[c] = X[c] + beta * r - dG_theta + (1.0 - beta) * (found @ self._dR[row])
+        return out
 
 
 # What ``anderson=True`` means; solves run with fresh copies of it.

@@ -4,17 +4,22 @@ The problems iterate on one absorbed kernel ``K_ij = exp((F_i + G_j - C_ij) / re
 base potentials ``F``, ``G``) with a scaling vector each (``U`` (k, n), ``V`` (k, m)), so
 that each half-iteration is one matrix-matrix product (``V @ K.T``, ``U @ K``: BLAS GEMM)
 for all of them instead of k matrix-vector products. Each problem has its own stopping test
-and over-relaxation and leaves as soon as it converges; the last few iterate alone on the
-kernel (the fused one-pass sweep). When scalings leave their range the base moves to the
-middle of the problems' potentials (one recomputed kernel for all); problems too far from
-the others for one kernel form a further group with its own kernel, started where they
-stand. A problem whose sweep fails, or whose group recomputes its kernel too often, is
-finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
+and over-relaxation and leaves as soon as it converges; the last few iterate on one pass
+over the kernel (each block of its rows swept by every problem while in cache:
+:func:`mmopt_ext._sinkhorn.scaling_iterations`). When scalings leave their range the
+base moves to the middle of the problems' potentials (one recomputed kernel for all);
+problems too far from the others for one kernel form a further group with its own kernel,
+started where they stand. A problem whose sweep fails, or whose group recomputes its
+kernel too often, is finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain
+where needed).
 
 Each problem's column scalings are Anderson-mixed (:class:`_Anderson`, over
-:class:`~mmopt._core.anderson.BatchedAnderson`), with restarts and a
-fall-back to over-relaxation as safeguard. On small kernels (``_ALONE_MAX_ENTRIES``) a
-group's last few problems, and k <= ``_FUSED_MAX`` problems, are solved alone.
+:class:`~mmopt._core.anderson.BatchedAnderson`, whose step is one compiled pass per
+problem), with restarts and a fall-back to over-relaxation as safeguard; the log-domain
+passes around the mixing are compiled too (:mod:`mmopt_ext._batched_sinkhorn`). On small
+kernels (``_SMALL_MAX_ENTRIES``) the last few problems are finished alone once their
+errors fall slowly (:meth:`_Batch._slow`); on tiny ones (``_ALONE_MAX_ENTRIES``) at once,
+and k <= ``_FUSED_MAX`` problems one by one.
 
 References
 ----------
@@ -35,12 +40,14 @@ from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.registry import get_solver
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
 from mmopt._core.solver import caller_stacklevel
-from mmopt._core.threads import effective_n_threads
+from mmopt._core.threads import MIN_PARALLEL_SIZE, effective_n_threads
 from mmopt._core.validation import check_array, check_scalar
 from mmopt.ot._kernels import log_half_step
 from mmopt.ot.problem import OTProblem, _histogram, _mass_rtol
+from mmopt_ext._batched_sinkhorn import masked_residual as _masked_residual
+from mmopt_ext._batched_sinkhorn import select_mixed as _select_mixed
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
-from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
+from mmopt_ext._sinkhorn import scaling_iterations as _scaling_iterations
 
 # Scalings stay in [e^-L, e^L] and kernel entries below e^floor are zeroed, with
 # floor = log(tiny) + L + 20: K_ij v_j >= e^(floor - L) stays a normal float64 (no subnormal
@@ -55,15 +62,22 @@ _LOG_TINY = float(np.log(np.finfo(float).tiny))
 _SPREAD_SHARE = 0.65
 # Below this L (total masses below about 1e-200) the problems are solved alone.
 _MIN_LOG_BOUND = 20.0
-# With this many problems left or fewer, each iterates alone on the shared kernel (one
-# pass over it per problem) instead of through GEMMs (two passes for all).
+# With this many problems left or fewer, they iterate on one pass over the shared kernel
+# (scaling_iterations) instead of through GEMMs (two passes for all, faster per problem
+# from about 8 problems).
 _FUSED_MAX = 4
-# Below this many kernel entries (n m) a one-problem sweep costs less than the Python
-# around it (the mixing's stacked solves, the bookkeeping): the few problems of a group's
-# tail (at most _FUSED_MAX) are then finished alone by Sinkhorn, warm-started, and k <=
-# _FUSED_MAX problems are solved one by one from the start. Chosen from measured time per
-# problem-iteration (BENCHMARKS.md, batched part, "size rule").
-_ALONE_MAX_ENTRIES = 300_000
+# Below _SMALL_MAX_ENTRIES kernel entries (n m) a one-problem sweep costs less than the
+# Python around it (the mixing, the bookkeeping): with few problems the batch pays only
+# while the mixing converges fast. What the iterations show decides: a group on such a
+# kernel with at most _FUSED_MAX problems left, after at least _PROBE_ITERATIONS
+# iterations, whose largest error did not fall tenfold over the last _PROBE_ITERATIONS / 2
+# (slow problems, where mixing saves less) hands them to warm-started single solves. Below
+# _ALONE_MAX_ENTRIES even fast mixing does not pay for that Python: a group's last
+# _FUSED_MAX problems go alone at once, and k <= _FUSED_MAX problems are solved one by one.
+# Chosen from measured times (BENCHMARKS.md, ot_batched, "size rule").
+_SMALL_MAX_ENTRIES = 300_000
+_ALONE_MAX_ENTRIES = 30_000
+_PROBE_ITERATIONS = 30
 # Anderson mixing of each problem's column scalings (log domain): memory (differences kept),
 # Tikhonov weight (on the column-normalized system), the residual growth over the smallest
 # that refuses an extrapolated iterate, and refusals after which the problem over-relaxes.
@@ -158,7 +172,7 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     out = _Output(n, m, k, return_plan)
     shared = _Shared(a, b, C, reg, solver, threads, out)
     if (solver.method == "log" or shared.log_bound < _MIN_LOG_BOUND
-            or (k <= _FUSED_MAX and shared.small)):
+            or (k <= _FUSED_MAX and shared.tiny)):
         alone = dict.fromkeys(range(k))
     else:
         alone = {}
@@ -201,7 +215,8 @@ class _Shared:
         self.bound = float(np.exp(self.log_bound))
         self.floor = _LOG_TINY + self.log_bound + 20.0
         self.max_spread = _SPREAD_SHARE * self.log_bound
-        self.small = C.shape[0] * C.shape[1] <= _ALONE_MAX_ENTRIES
+        self.small = C.shape[0] * C.shape[1] <= _SMALL_MAX_ENTRIES
+        self.tiny = C.shape[0] * C.shape[1] <= _ALONE_MAX_ENTRIES
 
 
 class _Output:
@@ -282,6 +297,7 @@ class _Batch:
         self.K = None
         self.CK = None  # C * K (transport costs), made when a problem first needs it
         self.left = {}  # problems that leave for another group: their potentials (f, g)
+        self.largest_error = []  # the largest error of the active problems, per iteration
         self.failed = {}  # problems whose sweep failed: finished alone from scratch
         if potentials is None:
             self._start()
@@ -327,8 +343,9 @@ class _Batch:
         absorptions = 0
         it = 0
         while self.active.size:
-            if self.active.size <= _FUSED_MAX and self.shared.small:
-                # A small kernel's tail: each problem alone costs less (see
+            if self.active.size <= _FUSED_MAX and (
+                    self.shared.tiny or (self.shared.small and self._slow(it))):
+                # A small kernel's slow tail: each problem alone costs less (see
                 # _ALONE_MAX_ENTRIES), warm-started where it stands.
                 self.out.nit[self.active] = self.offset + it
                 alone.update(self._potentials())
@@ -341,6 +358,7 @@ class _Batch:
             if not self.active.size:
                 break
             history["residual"].append(float(error.max() / self.mass))
+            self.largest_error.append(float(error.max()))
             history["n_active"].append(self.active.size)
             history["time"].append(time.perf_counter() - self.shared.start)
             if solver.overrelaxation:
@@ -361,6 +379,14 @@ class _Batch:
                 self._absorb(it)
         alone.update(self.failed)
         return self.left, alone
+
+    def _slow(self, it):
+        """Whether the group, after at least ``_PROBE_ITERATIONS`` iterations, has not cut
+        its largest error tenfold over the last half of that many."""
+        window = _PROBE_ITERATIONS // 2
+        if it < _PROBE_ITERATIONS:
+            return False
+        return not self.largest_error[-1] <= 0.1 * self.largest_error[-1 - window]
 
     def _keep(self, keep):
         """Drop the problems not in ``keep`` from the working arrays."""
@@ -402,40 +428,35 @@ class _Batch:
         return error, self._out_of_range(U, V, B)
 
     def _fused_sweeps(self, it):
-        """One iteration of each active problem alone (one pass over the kernel each)."""
-        error = np.empty(self.active.size)
-        out_of_range = np.zeros(self.active.size, dtype=bool)
-        done = np.zeros(self.active.size, dtype=bool)
-        if not hasattr(self, "acc"):
-            n, m = self.C.shape
-            self.acc = np.empty((max(1, min(self.threads, n // 4)), m))
-        last = []
-        sums = np.empty_like(self.V)
+        """One iteration of the active problems, all on one pass over the kernel (each
+        block of its rows swept by every problem while in cache)."""
+        c = self.active.size
+        n, m = self.C.shape
+        if getattr(self, "acc", None) is None or self.acc.shape[0] < c:
+            self.acc = np.empty((c, max(1, min(self.threads, n // 4)), m))
+        acc = self.acc[:c]
         mixed = (self.anderson.on.copy() if self.anderson is not None
-                 else np.zeros(self.active.size, dtype=bool))
-        for c in range(self.active.size):
-            u, v = self.U[c], self.V[c]
-            last.append((u.copy(), v.copy()))
-            row_error, within, column_error, _ = _scaling_iteration(
-                self.K, self.a, self.B[c], u, v, self.acc, self.shared.bound, self.threads,
-                float(self.omega[c]),
-            )
-            sums[c] = self.acc.sum(axis=0) if self.acc.shape[0] > 1 else self.acc[0]
-            error[c] = row_error + self.column_error[c]
-            done[c] = error[c] <= self.solver.tol * self.mass
-            self.column_error[c] = column_error if self.omega[c] != 1.0 else 0.0
-            if not within and not mixed[c]:
-                # (zero-mass columns have v = 0; mixed problems are checked after mixing)
-                out_of_range[c] = self._out_of_range(u[None], v[None], self.B[c, None])[0]
+                 else np.zeros(c, dtype=bool))
+        previous_U, previous_V = self.U.copy(), self.V.copy()
+        row_error, within, column_error, _ = _scaling_iterations(
+            self.K, self.a, self.B, self.U, self.V, acc, self.omega, self.shared.bound,
+            self.threads)
+        sums = acc[:, 0] if acc.shape[1] == 1 else acc.sum(axis=1)
+        error = row_error + self.column_error
+        done = error <= self.solver.tol * self.mass
+        self.column_error = np.where(self.omega != 1.0, column_error, 0.0)
+        out_of_range = np.zeros(c, dtype=bool)
+        check = ~within & ~mixed  # (mixed problems are checked after mixing)
+        if check.any():  # (zero-mass columns have v = 0: checked again without them)
+            out_of_range[check] = self._out_of_range(
+                self.U[check], self.V[check], self.B[check])
         if mixed.any():
-            previous = np.array([v for _, v in last])
-            self.V, column_error = self._mix(previous, self.V, sums)
+            self.V, column_error = self._mix(previous_V, self.V, sums)
             self.column_error[mixed] = column_error[mixed]
             out_of_range[mixed] = self._out_of_range(
                 self.U[mixed], self.V[mixed], self.B[mixed])
         if done.any():
-            for c in np.flatnonzero(done):
-                self.U[c], self.V[c] = last[c]
+            self.U[done], self.V[done] = previous_U[done], previous_V[done]
             self._finish(done, self.offset[done] + it - 1, Status.CONVERGED)
             keep = ~done
             self._keep(keep)
@@ -448,17 +469,16 @@ class _Batch:
         problems that mix; returns them and their column-marginal errors."""
         B = self.B
         if self.anderson is not None and self.anderson.on.any():
-            V = self.anderson.step(V, target, B, self.zeros)
+            V, column_error = self.anderson.step(V, target, B, R, self.threads)
         else:
-            V = target
+            V, column_error = target, np.full(V.shape[0], np.nan)
         relaxed = (self.omega != 1.0)
         if self.anderson is not None:
             relaxed |= self.anderson.on
-        if relaxed.all():
-            return V, np.abs(V * R - B).sum(axis=1)
-        column_error = np.zeros(V.shape[0])
-        if relaxed.any():
-            column_error[relaxed] = np.abs(V[relaxed] * R[relaxed] - B[relaxed]).sum(axis=1)
+        missing = relaxed & np.isnan(column_error)
+        if missing.any():
+            column_error[missing] = np.abs(V[missing] * R[missing] - B[missing]).sum(axis=1)
+        column_error[~relaxed] = 0.0
         return V, column_error
 
     def _relaxation(self, error):
@@ -628,30 +648,31 @@ class _Anderson:
         if self.x is not None:
             self.x += delta
 
-    def step(self, V, target, B, zeros):
-        """The new scalings: rows of ``target`` (the map's values at ``V``) for the
-        problems that do not mix, Anderson steps for those that do (``zeros``: whether
-        ``B`` has zero entries)."""
+    def step(self, V, target, B, R, threads):
+        """The new scalings and their column-marginal errors: rows of ``target`` (the
+        map's values at ``V``) for the problems that do not mix, Anderson steps for those
+        that do (``R = U K``, the column sums the errors are taken against). Returns
+        ``(V, column_error)``, ``column_error`` NaN for the problems that do not mix."""
+        c, m = V.shape
+        column_error = np.full(c, np.nan)
         rows = np.flatnonzero(self.on)
         if not rows.size:
-            return target
-        every = rows.size == self.on.size
-        pick = slice(None) if every else rows  # (views, not copies, when all mix)
+            return target, column_error
         if self.x is None:
             self.x = np.zeros(V.shape)
+        if rows.size * m * _ANDERSON_MEMORY < MIN_PARALLEL_SIZE:
+            threads = 1  # (a parallel region costs more than the passes)
+        # log v (carried from the last step, log V after a restart), the map's value
+        # log t, and the safeguard's residual sum b |log t - log v|.
         known = self.known[rows]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            # log v is carried from the last step (log of V only for a fresh start).
-            x = self.x[pick] if known.all() else np.where(
-                known[:, None], self.x[pick], np.log(V[pick]))
-            log_target = np.log(target[pick])
-            if zeros:
-                positive = B[pick] > 0
-                x = np.where(positive, x, 0.0)
-                log_target = np.where(positive, log_target, 0.0)
-            r = log_target - x
-        ok = np.isfinite(r).all(axis=1)
-        residual = np.where(ok, np.einsum("cj,cj->c", B[pick], np.abs(r)), np.inf)
+            x = self.x[rows]
+            if not known.all():
+                x[~known] = np.log(V[rows[~known]])
+            log_target = np.log(target[rows])
+        residual = np.empty(rows.size)
+        _masked_residual(x, log_target, B, rows, residual, threads)
+        ok = np.isfinite(residual)
         accelerator = self.accelerator
         tried = accelerator.extrapolated[rows]
         if tried.any():
@@ -659,29 +680,24 @@ class _Anderson:
                                   rows[tried])
             self.on[rows[accelerator.n_rejected[rows] > _ANDERSON_MAX_RESTARTS]] = False
         self.best[rows] = np.minimum(self.best[rows], residual)
+        moved = rows
         if not ok.all():  # (a failed sweep: no pair recorded, the problem starts afresh)
             accelerator.reset(rows[~ok])
             self.known[rows[~ok]] = False
-        if ok.all():
-            moved = rows
-            proposal = accelerator.update(x, log_target, None if every else rows)
-        else:
             moved, x, log_target = rows[ok], x[ok], log_target[ok]
-            if zeros:
-                positive = positive[ok]
-            proposal = accelerator.update(x, log_target, moved)
-        with np.errstate(over="ignore", invalid="ignore"):
-            mixed = np.exp(proposal)
-            if zeros:
-                mixed[~positive] = 0.0
-        good = np.isfinite(mixed).all(axis=1) & accelerator.extrapolated[moved]
-        self.x[moved] = np.where(good[:, None], proposal, log_target)
-        self.known[moved] = True
-        if every and moved.size == rows.size and good.all():
-            return mixed
         out = target.copy()
-        out[moved[good]] = mixed[good]
-        return out
+        if moved.size:
+            proposal = accelerator.update(x, log_target, moved, n_threads=threads)
+            errors = np.empty(moved.size)
+            with np.errstate(over="ignore", invalid="ignore"):
+                mixed = np.exp(proposal)
+            # the mixed scalings where usable, the carried log v, the column errors
+            _select_mixed(proposal, mixed, log_target,
+                          accelerator.extrapolated[moved].view(np.int8), B, R, moved, out,
+                          self.x, errors, threads)
+            self.known[moved] = True
+            column_error[moved] = errors
+        return out, column_error
 
 
 def _full_potentials(shared, f, g, b):

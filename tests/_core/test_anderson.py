@@ -413,7 +413,23 @@ def test_batched_subsets_safeguard_keep_and_shift():
         np.testing.assert_allclose(out[c], aa.update(X[c] + delta, g[c] + delta), rtol=1e-9)
 
 
+def test_batched_threads_give_the_same_iterates():
+    # problems are independent: their steps do not depend on how they are spread
+    k, d = 6, 300
+    G = _nonlinear_maps(k, d, 2)
+    runs = []
+    for threads in (1, 2):
+        batched = AndersonAcceleration(memory=4, damping=0.8).batched(k)
+        X = np.zeros((k, d))
+        for _ in range(9):
+            X = batched.update(X, G(X), n_threads=threads)
+        runs.append(X)
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
 def test_batched_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="memory must be at most 64"):
+        AndersonAcceleration(memory=65).batched(2)
     batched = AndersonAcceleration().batched(2)
     with pytest.raises(ValueError, match="same shape"):
         batched.update(np.zeros((2, 3)), np.zeros((2, 4)))

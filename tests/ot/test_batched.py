@@ -16,6 +16,7 @@ def _batched_machinery(monkeypatch, request):
     alone) would leave the shared-kernel paths untested. The tests of the rule opt out."""
     if not request.node.name.startswith("test_size_rule"):
         monkeypatch.setattr(_batched, "_ALONE_MAX_ENTRIES", 0)
+        monkeypatch.setattr(_batched, "_SMALL_MAX_ENTRIES", 0)
 
 
 def _problem(n=60, m=50, k=6, seed=0):
@@ -208,7 +209,9 @@ def test_anderson_step_against_least_squares():
     for step in range(memory + 4):
         tx = (A @ x[:, :, None])[:, :, 0] + shift
         target = np.where(positive, np.exp(tx), 0.0)
-        V = mixer.step(V, target, B, zeros=True)
+        R = np.where(positive, B / np.where(positive, target, 1.0), 1.0)
+        V, column_error = mixer.step(V, target, B, R, 1)
+        np.testing.assert_allclose(column_error, np.abs(V * R - B).sum(axis=1), rtol=1e-12)
         for j in range(c):
             xs, rs = history[j]
             xs.append(x[j] * positive[j])
@@ -267,7 +270,7 @@ def test_image_histograms_on_a_grid(k):
 
 @pytest.mark.parametrize("k", [3, 9])
 def test_size_rule_small_kernels_finish_alone(k, monkeypatch):
-    """Small kernels (the default rule): k <= 4 problems are solved one by one (the same
+    """Tiny kernels (the default rule): k <= 4 problems are solved one by one (the same
     iterates as separate calls), and a larger batch hands its last few problems to warm-
     started single solves; every column still equals its single solve."""
     a, b, C = _problem(k=k, seed=7)
@@ -294,6 +297,43 @@ def test_size_rule_small_kernels_finish_alone(k, monkeypatch):
         assert abs(res.transport_cost[j] - singles[j].transport_cost) <= 1e-11
 
 
+@pytest.mark.parametrize("reg", [1e-2, 1e-3])
+def test_size_rule_small_kernels_hand_slow_tails_alone(reg, monkeypatch):
+    """Small (not tiny) kernels: the batch runs; its last few problems go to warm-started
+    single solves only after the probe iterations, and only when their largest error
+    fell less than tenfold over the last half of them (slow at 1e-3, not at 1e-2)."""
+    monkeypatch.setattr(_batched, "_ALONE_MAX_ENTRIES", 0)
+    a, b, C = _problem(k=3, seed=7)
+    assert C.size <= _batched._SMALL_MAX_ENTRIES
+    handed, errors = [], []
+    original, slow = _batched._solve_alone, _batched._Batch._slow
+    monkeypatch.setattr(_batched, "_solve_alone",
+                        lambda columns, shared: handed.append(dict(columns)) or original(
+                            columns, shared))
+
+    def spy(self, it):
+        verdict = slow(self, it)
+        if verdict:
+            errors.append((it, list(self.largest_error)))
+        return verdict
+
+    monkeypatch.setattr(_batched._Batch, "_slow", spy)
+    res = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    assert res.status == 0
+    if reg == 1e-2:
+        assert not handed and not errors
+    else:
+        assert len(handed) == 1 and set(handed[0]) == {0, 1, 2}
+        assert all(guess is not None for guess in handed[0].values())
+        it, trace = errors[0]
+        window = _batched._PROBE_ITERATIONS // 2
+        assert it >= _batched._PROBE_ITERATIONS and len(trace) == it
+        assert trace[-1] > 0.1 * trace[-1 - window]
+    for j in range(3):
+        single = sinkhorn(a, b[:, j], C, reg, tol=1e-12, max_iter=100_000)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10
+
+
 def test_anderson_step_with_a_failed_row():
     """A problem whose sweep failed (non-finite update) takes the plain update and starts
     its memory afresh; the others keep mixing (every problem mixing, or some)."""
@@ -307,11 +347,104 @@ def test_anderson_step_with_a_failed_row():
             target = np.exp(0.5 * np.log(V) + rng.standard_normal((c, m)) * 0.01)
             if step == 3:
                 target[failed, 0] = np.inf
-            out = mixer.step(V, target, B, zeros=False)
+            out, column_error = mixer.step(V, target, B, np.ones((c, m)), 1)
             assert out.shape == (c, m)
+            assert np.isnan(column_error[failed]) == (step == 3)
             V = out
         np.testing.assert_array_equal(out[failed], target[failed])
         others = [j for j in range(c) if j != failed]
         assert np.isfinite(out[others]).all() and not np.array_equal(out[others],
                                                                      target[others])
         assert not mixer.known[failed] and mixer.accelerator._n_cols[failed] == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mixing_passes_against_numpy(threads):
+    """The compiled passes around the mixing equal their NumPy statements: zero-mass
+    entries masked and the b-weighted residual (inf for a non-finite row); the mixed
+    scalings kept only where extrapolated and finite, the carried log v, column errors."""
+    from mmopt_ext._batched_sinkhorn import masked_residual, select_mixed
+
+    rng = np.random.default_rng(11)
+    c, m = 5, 37
+    B = rng.random((c, m))
+    B[1, :4] = 0.0
+    positive = B > 0
+    rows = np.array([4, 0, 1, 3], dtype=np.intp)  # row 2 does not mix
+    X = rng.standard_normal((rows.size, m))
+    LT = rng.standard_normal((rows.size, m))
+    LT[3, 5] = np.nan  # problem 3's sweep failed
+    X0, LT0 = X.copy(), LT.copy()
+    residual = np.empty(rows.size)
+    masked_residual(X, LT, B, rows, residual, threads)
+    pos = positive[rows]
+    np.testing.assert_array_equal(X, np.where(pos, X0, 0.0))
+    np.testing.assert_array_equal(LT, np.where(pos, LT0, 0.0))
+    with np.errstate(invalid="ignore"):
+        expected = np.where(np.isfinite(LT).all(axis=1),
+                            (B[rows] * np.abs(LT - X)).sum(axis=1), np.inf)
+    np.testing.assert_allclose(residual, expected, rtol=1e-13)
+    assert residual[3] == np.inf
+
+    P = rng.standard_normal((rows.size, m))
+    P[2, 7] = 800.0  # exp overflows: problem 1 keeps its plain update
+    P[pos == 0] = 0.0
+    with np.errstate(over="ignore"):
+        E = np.exp(P)
+    extrapolated = np.array([1, 0, 1, 1], dtype=np.int8)
+    R = rng.random((c, m)) + 0.5
+    V = rng.random((c, m))
+    x_known = rng.standard_normal((c, m))
+    V0, x0 = V.copy(), x_known.copy()
+    errors = np.empty(rows.size)
+    select_mixed(P, E, LT, extrapolated, B, R, rows, V, x_known, errors, threads)
+    good = (extrapolated == 1) & np.isfinite(np.where(pos, E, 0.0)).all(axis=1)
+    assert good.tolist() == [True, False, False, True]
+    V_expected, x_expected = V0.copy(), x0.copy()
+    V_expected[rows[good]] = np.where(pos[good], E[good], 0.0)
+    x_expected[rows] = np.where(good[:, None], P, LT)
+    np.testing.assert_array_equal(V, V_expected)
+    np.testing.assert_array_equal(x_known, x_expected)
+    np.testing.assert_allclose(
+        errors, np.abs(V[rows] * R[rows] - B[rows]).sum(axis=1), rtol=1e-13)
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_shared_sweep_equals_single_sweeps(blocks):
+    """One pass over K for c problems gives each problem what its own fused sweep gives
+    (and NumPy's products): over-relaxed or not, zero-mass entries, rows not a multiple
+    of the row blocks."""
+    from mmopt_ext._sinkhorn import scaling_iteration, scaling_iterations
+
+    rng = np.random.default_rng(12)
+    n, m, c = 53, 41, 3
+    K = np.exp(-rng.random((n, m)) * 3)
+    a = rng.dirichlet(np.ones(n))
+    B = rng.dirichlet(np.ones(m), size=c)
+    B[2, :5] = 0.0
+    B[2] /= B[2].sum()
+    U = rng.random((c, n)) + 0.5
+    V = np.where(B > 0, rng.random((c, m)) + 0.5, 0.0)
+    omega = np.array([1.0, 1.6, 1.0])
+    acc = np.empty((c, blocks, m))
+    U1, V1 = U.copy(), V.copy()
+    row_error, within, column_error, mass = scaling_iterations(
+        K, a, B, U1, V1, acc, omega, 1e3, 2)
+    for p in range(c):
+        u, v = U[p].copy(), V[p].copy()
+        single = scaling_iteration(K, a, B[p], u, v, np.empty((blocks, m)), 1e3, 1, omega[p])
+        np.testing.assert_array_equal(U1[p], u)
+        np.testing.assert_array_equal(V1[p], v)
+        np.testing.assert_allclose([row_error[p], column_error[p], mass[p]],
+                                   [single[0], single[2], single[3]], rtol=1e-12)
+        assert within[p] == single[1]
+        # NumPy: the row error at the incoming scalings, the relaxed updates
+        s = K @ V[p]
+        assert row_error[p] == pytest.approx(np.abs(U[p] * s - a).sum(), rel=1e-12)
+        u_new = U[p] * (a / s / U[p]) ** omega[p]
+        np.testing.assert_allclose(U1[p], u_new, rtol=1e-12)
+        t = K.T @ u_new
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v_new = np.where(B[p] > 0, V[p] * (B[p] / t / V[p]) ** omega[p], 0.0)
+        np.testing.assert_allclose(V1[p], v_new, rtol=1e-12)
+        np.testing.assert_allclose(acc[p].sum(axis=0), t, rtol=1e-12)
