@@ -133,10 +133,11 @@ def _small_gicp(problem, threshold, kind):
 
 def _many(quick):
     """20 scans (the pair's source, jittered, each moved by a different small motion)
-    against one map (the pair's target upsampled x10)."""
+    against one map (the pair's target upsampled x10; 4 scans and x2 in quick mode)."""
     data = load_scan_pair()
     rng = np.random.default_rng(1)
-    target, _ = _upsample(data.target, None, 2 if quick else 10, rng)
+    factor = 2 if quick else 10
+    target, _ = _upsample(data.target, None, factor, rng)
     n_scans = 4 if quick else 20
     sources = []
     for _ in range(n_scans):
@@ -163,7 +164,7 @@ def _many(quick):
                 _rotation_error(a.transform, b.transform)
                 for a, b in zip(together, results)),
         })
-    return rows, n_scans, target.shape[0], data.source.shape[0]
+    return rows, n_scans, factor, target.shape[0], data.source.shape[0]
 
 
 def _many_on_dask(sources, target, options):
@@ -242,7 +243,7 @@ def run(quick: bool = False) -> str:
                                  _rotation_error(T, T_ref)))
         for row in rows[first:]:  # progress of a long run
             print(row, file=sys.stderr, flush=True)
-    many_rows, n_scans, n_target, n_source = _many(quick)
+    many_rows, n_scans, factor, n_target, n_source = _many(quick)
     cpu = os.cpu_count()
     text = [
         "## Registration at scan scale (issue 20)",
@@ -279,7 +280,7 @@ def run(quick: bool = False) -> str:
         markdown_table(ratios) if ratios else "Open3D not installed: no ratios.",
         "",
         f"Many scans against one map: {n_scans} scans of "
-        f"{n_source} points (the pair's source, jittered) against the pair's target x10 "
+        f"{n_source} points (the pair's source, jittered) against the pair's target x{factor} "
         f"({n_target} points); mmopt defaults, `n_threads=1` per solve; rotation "
         "differences against the separate calls (icp_many) and against the threaded "
         "icp_many (Dask: one chunk per worker, the shared target pickled to each).",
