@@ -31,7 +31,7 @@ from mmopt.registration._kernels import (
     surface_planes,
     weighted_pair_moments,
 )
-from mmopt.registration._neighbors import BACKENDS, NeighborIndex
+from mmopt.registration._neighbors import _MIN_ROWS_PER_THREAD, BACKENDS, NeighborIndex
 from mmopt.registration.kabsch import kabsch_from_moments
 from mmopt.registration.multires import coarse_problem
 from mmopt.registration.normals import _neighbourhood_geometry, sampled_geometry
@@ -75,6 +75,11 @@ _SURFACE_HALVINGS = 4
 # At scan scale the refinement also ends when a step lowers its energy by less than this
 # fraction of it (see _step).
 _REFINE_ENERGY_RTOL = 1e-4
+# A search costs ~0.3-4 us per row and neighbour (the most from far poses, whose bounds
+# prune little), and starting its threads ~0.1-0.4 ms: with n_threads >= 2, a search that
+# the run's last one predicts to take at least this long per thread runs on n_threads,
+# whatever its size (its results do not depend on the thread count). See _query.
+_PARALLEL_QUERY_SECONDS = 5e-4
 
 
 # What schedule=None and stage_criteria=None mean. Made once: the groups are frozen, and
@@ -180,6 +185,8 @@ class _Run:
     anderson: AndersonAcceleration | None = None
     stage_iters: list = field(default_factory=lambda: [0])  # iterations of each stage
     n_queries: int = 0  # nearest-neighbour searches of this run
+    # Seconds per row and neighbour of the last search (times its threads), or 0 (see _query).
+    row_seconds: float = 0.0
     # The surface refinement's candidate neighbours on a large source: (positions where
     # each row was searched, candidate indices, margins); see ICP._surface_neighbours.
     surface_neighbours: tuple | None = None
@@ -360,7 +367,9 @@ default="welsch"
     neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
         KD-tree library (``"auto"``: pykdtree when installed).
     n_threads : int, default=1
-        Threads of scipy's KD-tree queries, at least 1 (results do not depend on it).
+        Threads of scipy's KD-tree queries and of the compiled kernels, at least 1 (results
+        do not depend on it); from 2, a multi-resolution solve also builds the full clouds'
+        KD-tree and geometry on a second thread while it solves the voxel-grid level.
     multires : {"auto", True, False}, default="auto"
         Solve a voxel-grid level of both clouds first (see above): ``"auto"`` above 20,000
         points, True always (a small target keeps a quarter of its points there), False
@@ -651,7 +660,21 @@ default="welsch"
     # ------------------------------------------------------------------ correspondences
     def _query(self, run: _Run, X: np.ndarray, **kwargs):
         run.n_queries += 1
-        return run.setup.index.query(X, n_threads=self.n_threads, **kwargs)
+        if self.n_threads == 1:
+            return run.setup.index.query(X, n_threads=1, **kwargs)
+        # Threads for the searches of at least 2 * _PARALLEL_QUERY_SECONDS at the cost per
+        # row of the last one (the default rows-per-thread rule for the first, and as a cap).
+        rows = X.shape[0] * kwargs.get("k", 1)
+        min_rows = _MIN_ROWS_PER_THREAD
+        if run.row_seconds > 0.0:
+            min_rows = int(min(max(_PARALLEL_QUERY_SECONDS / run.row_seconds, 1.0), min_rows))
+        start = time.perf_counter()
+        out = run.setup.index.query(X, n_threads=self.n_threads, min_rows_per_thread=min_rows,
+                                    **kwargs)
+        if rows:
+            threads = max(1, min(self.n_threads, rows // min_rows))
+            run.row_seconds = (time.perf_counter() - start) * threads / rows
+        return out
 
     def _correspond(self, run: _Run, P: np.ndarray, metric: str, T: np.ndarray, nu) -> tuple:
         X = P @ T[:3, :3].T + T[:3, 3]

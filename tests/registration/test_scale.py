@@ -125,6 +125,48 @@ def test_point_to_point_then_point_to_plane_on_one_problem(scan, monkeypatch):
     np.testing.assert_array_equal(again.transform, fresh.transform)
 
 
+class _SpyTree:
+    """A cKDTree that records the workers of each search."""
+
+    def __init__(self, tree):
+        self.tree, self.workers = tree, []
+
+    def query(self, x, **options):
+        self.workers.append(options["workers"])
+        return self.tree.query(x, **options)
+
+
+def test_searches_predicted_slow_run_on_threads_with_the_same_results(scan):
+    # A search runs on n_threads when the run's last one predicts it to be slow, whatever
+    # its size; the results are those of one thread.
+    points = scan.target[::4]
+    index = NeighborIndex(points, backend="scipy")
+    spy = index._tree = _SpyTree(index._tree)
+    x = scan.source[:300]
+    dist, idx = index.query(x, k=3, n_threads=1)
+    assert spy.workers == [1]
+    fast = index.query(x, k=3, n_threads=2, min_rows_per_thread=100)
+    assert spy.workers[-1] == 2
+    np.testing.assert_array_equal(fast[0], dist)
+    np.testing.assert_array_equal(fast[1], idx)
+
+    setup = icp_module._Setup(
+        P=x, Q=points, normals=None, index=index, scale=1.0, source_centroid=np.zeros(3),
+        target_centroid=np.zeros(3), spacing=1.0, noise=0.0, nus=[None], loss=None)
+    run = icp_module._Run(setup)
+    solver = ICP(n_threads=2)
+    solver._query(run, x)  # no cost known yet: 300 rows are too few for a second thread
+    assert spy.workers[-1] == 1 and run.row_seconds > 0
+    run.row_seconds = 1e-5  # 10 us a row: 300 rows take 3 ms
+    np.testing.assert_array_equal(solver._query(run, x, k=3)[1], idx)
+    assert spy.workers[-1] == 2
+    run.row_seconds = 1e-9
+    solver._query(run, x)
+    assert spy.workers[-1] == 1
+    ICP(n_threads=1)._query(run, x)
+    assert spy.workers[-1] == 1 and run.n_queries == 4
+
+
 # --------------------------------------------------------------------- multi-resolution
 @pytest.fixture(scope="module")
 def noisy_case(scan):
