@@ -89,6 +89,15 @@ _DEFAULT_SCHEDULE = ScaleSchedule()
 _DEFAULT_CRITERIA = StageCriteria()
 
 
+def _moved(P: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """The rows of ``P`` moved by the 4x4 ``T``: ``P @ R^T + t``, the translation added in
+    place (NumPy broadcasts the strided column ``T[:3, 3]`` over a new array several times
+    slower than the product itself; the same result)."""
+    X = P @ T[:3, :3].T
+    X += T[:3, 3]
+    return X
+
+
 def _scale_free(loss: RobustLoss) -> bool:
     """Whether ``loss`` has no scale for the stages to anneal (least squares, trimmed)."""
     return isinstance(loss, L2Loss | TrimmedLoss)
@@ -677,7 +686,7 @@ default="welsch"
         return out
 
     def _correspond(self, run: _Run, P: np.ndarray, metric: str, T: np.ndarray, nu) -> tuple:
-        X = P @ T[:3, :3].T + T[:3, 3]
+        X = _moved(P, T)
         if metric == "surface":
             return self._surface_correspond(run, X)
         dist, idx = self._query(run, X, bound=self._bound(run.setup, nu))
@@ -832,7 +841,7 @@ default="welsch"
 
         def trial(step: float) -> tuple:
             D = _se3_exp(step * delta)
-            Xs = X @ D[:3, :3].T + D[:3, 3]
+            Xs = _moved(X, D)
             return D, _loss_energy(loss, np.einsum("ij,ij->i", normals, Xs - Q), nu)
 
         # Strict decrease of the frozen-match energy (the Gauss-Newton model is not the
