@@ -11,6 +11,7 @@ from _common import best_of, markdown_table, timed
 
 from mmopt.datasets import load_scan_pair, make_registration_problem
 from mmopt.registration import ICP, RegistrationProblem, icp, icp_many
+from mmopt.registration._neighbors import pykdtree_available
 from mmopt.registration.se3 import rotation_angle, se3_exp
 
 try:
@@ -252,7 +253,10 @@ def run(quick: bool = False) -> str:
         f"of {JITTER} (the pair's spacing is ~0.007, diagonal ~1.9), against the official "
         "answer; and synthetic scans (`make_registration_problem` on the upsampled source: "
         "30 degrees, 10% translation, 0.2% noise, 30% crop). Centroid start for everyone. "
-        "Each method and thread count, per case, in one process: a first call (`first call`, "
+        "mmopt's KD-tree: "
+        + ("pykdtree (OpenMP threads as configured, whatever `n_threads` says). "
+           if pykdtree_available() else "scipy's cKDTree. ")
+        + "Each method and thread count, per case, in one process: a first call (`first call`, "
         "the cold one: the first of the whole process for the first case) then the best of "
         f"`best of` more calls (`seconds`: {REPEATS} up to {REPEATS_MAX_POINTS} source "
         f"points, {LARGE_REPEATS} above). mmopt with `n_threads={THREADS}` (`seconds`) and 1 "
