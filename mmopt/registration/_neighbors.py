@@ -53,11 +53,14 @@ class NeighborIndex:
         else:
             self._tree = cKDTree(self.points)
 
-    def query(self, x: np.ndarray, *, k: int = 1, bound: float = np.inf, n_threads: int = 1):
+    def query(self, x: np.ndarray, *, k: int = 1, bound: float = np.inf, n_threads: int = 1,
+              min_rows_per_thread: int = _MIN_ROWS_PER_THREAD):
         """Distances and indices of the ``k`` nearest points to each row of ``x``.
 
-        ``n_threads`` (at least 1) is the largest thread count of scipy's search (one
-        thread per 2048 rows times ``k`` at most; pykdtree uses OpenMP as configured).
+        ``n_threads`` (at least 1) is the largest thread count of scipy's search: one
+        thread per ``min_rows_per_thread`` rows times ``k`` at most (2048 by default; a
+        caller that knows its searches are slower per row can lower it). pykdtree uses
+        OpenMP as configured.
         """
         n_threads = check_scalar(n_threads, "n_threads", kind=int, min_value=1)
         x = np.ascontiguousarray(x, dtype=np.float64)
@@ -68,7 +71,7 @@ class NeighborIndex:
             idx = idx.astype(np.intp)
             idx[idx >= self.points.shape[0]] = -1
         else:
-            workers = max(1, min(n_threads, (x.shape[0] * k) // _MIN_ROWS_PER_THREAD))
+            workers = max(1, min(n_threads, (x.shape[0] * k) // max(min_rows_per_thread, 1)))
             dist, idx = self._tree.query(x, k=k, distance_upper_bound=bound, workers=workers)
             idx = np.asarray(idx, dtype=np.intp)
             idx[idx >= self.points.shape[0]] = -1

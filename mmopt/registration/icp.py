@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -30,10 +31,10 @@ from mmopt.registration._kernels import (
     surface_planes,
     weighted_pair_moments,
 )
-from mmopt.registration._neighbors import BACKENDS, NeighborIndex
+from mmopt.registration._neighbors import _MIN_ROWS_PER_THREAD, BACKENDS, NeighborIndex
 from mmopt.registration.kabsch import kabsch_from_moments
 from mmopt.registration.multires import coarse_problem
-from mmopt.registration.normals import local_geometry, sampled_geometry
+from mmopt.registration.normals import _neighbourhood_geometry, sampled_geometry
 from mmopt.registration.options import ScaleSchedule, StageCriteria
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
 from mmopt.registration.se3 import _se3_exp, _se3_log
@@ -74,6 +75,11 @@ _SURFACE_HALVINGS = 4
 # At scan scale the refinement also ends when a step lowers its energy by less than this
 # fraction of it (see _step).
 _REFINE_ENERGY_RTOL = 1e-4
+# A search costs ~0.3-4 us per row and neighbour (the most from far poses, whose bounds
+# prune little), and starting its threads ~0.1-0.4 ms: with n_threads >= 2, a search that
+# the run's last one predicts to take at least this long per thread runs on n_threads,
+# whatever its size (its results do not depend on the thread count). See _query.
+_PARALLEL_QUERY_SECONDS = 5e-4
 
 
 # What schedule=None and stage_criteria=None mean. Made once: the groups are frozen, and
@@ -81,6 +87,15 @@ _REFINE_ENERGY_RTOL = 1e-4
 # criteria at every step.
 _DEFAULT_SCHEDULE = ScaleSchedule()
 _DEFAULT_CRITERIA = StageCriteria()
+
+
+def _moved(P: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """The rows of ``P`` moved by the 4x4 ``T``: ``P @ R^T + t``, the translation added in
+    place (NumPy broadcasts the strided column ``T[:3, 3]`` over a new array several times
+    slower than the product itself; the same result)."""
+    X = P @ T[:3, :3].T
+    X += T[:3, 3]
+    return X
 
 
 def _scale_free(loss: RobustLoss) -> bool:
@@ -147,6 +162,30 @@ class _Setup:
     source_normals: np.ndarray | None = None  # metric="symmetric" only
 
 
+class _Prefetch:
+    """A level's :class:`_Setup` built on a second thread while the solve runs the level
+    before it (a multi-resolution solve with ``n_threads >= 2``): the full-resolution
+    target's KD-tree and geometry then cost no wall time of their own."""
+
+    def __init__(self, build):
+        self._build = build
+        self._setup = None
+        self._thread = threading.Thread(target=self._run, name="mmopt-icp-level", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._setup = self._build()
+        except Exception:  # built again, and raised, by the solving thread
+            self._setup = None
+
+    def result(self) -> _Setup:
+        """The setup (waiting for the thread); built here when the thread failed, which
+        raises its error in the solving thread."""
+        self._thread.join()
+        return self._build() if self._setup is None else self._setup
+
+
 @dataclass
 class _Run:
     """The per-solve context shared by the states of one run (never stored on the solver)."""
@@ -155,6 +194,8 @@ class _Run:
     anderson: AndersonAcceleration | None = None
     stage_iters: list = field(default_factory=lambda: [0])  # iterations of each stage
     n_queries: int = 0  # nearest-neighbour searches of this run
+    # Seconds per row and neighbour of the last search (times its threads), or 0 (see _query).
+    row_seconds: float = 0.0
     # The surface refinement's candidate neighbours on a large source: (positions where
     # each row was searched, candidate indices, margins); see ICP._surface_neighbours.
     surface_neighbours: tuple | None = None
@@ -168,6 +209,8 @@ class _Run:
     stage_times: list = field(default_factory=lambda: [0.0])
     clock: float = 0.0
     level_start: tuple = (0.0, 0, 0)  # (clock, iterations, queries) when the level began
+    # The full-resolution level's setup, built on a second thread (see _Prefetch), or None.
+    prefetch: _Prefetch | None = None
 
 
 @dataclass
@@ -333,7 +376,9 @@ default="welsch"
     neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
         KD-tree library (``"auto"``: pykdtree when installed).
     n_threads : int, default=1
-        Threads of scipy's KD-tree queries, at least 1 (results do not depend on it).
+        Threads of scipy's KD-tree queries and of the compiled kernels, at least 1 (results
+        do not depend on it); from 2, a multi-resolution solve also builds the full clouds'
+        KD-tree and geometry on a second thread while it solves the voxel-grid level.
     multires : {"auto", True, False}, default="auto"
         Solve a voxel-grid level of both clouds first (see above): ``"auto"`` above 20,000
         points, True always (a small target keeps a quarter of its points there), False
@@ -560,20 +605,27 @@ default="welsch"
         return ("sampled geometry" if sampled else "geometry", self.normals_k, self.neighbors)
 
     def _target_geometry(self, Q: np.ndarray, index) -> tuple:
-        """``(normals, thickness, spacing)`` of the target ``Q`` (normalized coordinates).
+        """``(normals, thickness, spacing)`` of the target ``Q`` (normalized coordinates),
+        from its neighbourhoods searched in ``index`` (a tree over ``Q``).
 
         Point-to-point needs no normals, only the spacing and noise medians: on large
-        targets they come from a subsample's neighbourhoods, searched in ``index``.
+        targets they come from a subsample's neighbourhoods, and only their eigenvalues
+        (None for the normals). Up to that size the normals are computed for every metric
+        (the eigenvalues of ``eigh`` and ``eigvalsh`` differ by rounding, which would move
+        the solves of the existing suite).
         """
         if self._geometry_key(Q.shape[0])[0] == "sampled geometry":
-            _, thickness, spacing = sampled_geometry(
+            return sampled_geometry(
                 index, k=self.normals_k, max_points=_GEOMETRY_MAX_POINTS,
-                n_threads=self.n_threads,
+                n_threads=self.n_threads, normals=False,
             )
-            return None, thickness, spacing
         # Smaller clouds than normals_k: the whole cloud is each neighbourhood (only the
         # noise estimate of point-to-point uses it then; estimated normals were refused).
-        return local_geometry(Q, k=min(self.normals_k, Q.shape[0]), neighbors=self.neighbors)
+        # Q is normalized (its diagonal is 1): no power-of-two rescaling as in
+        # local_geometry, whose estimates these equal (its rescaling is exact).
+        return _neighbourhood_geometry(
+            index, Q, min(self.normals_k, Q.shape[0]), n_threads=self.n_threads
+        )
 
     def _schedule(self, setup: _Setup, initial_residuals: np.ndarray) -> list:
         if _scale_free(setup.loss):
@@ -617,10 +669,24 @@ default="welsch"
     # ------------------------------------------------------------------ correspondences
     def _query(self, run: _Run, X: np.ndarray, **kwargs):
         run.n_queries += 1
-        return run.setup.index.query(X, n_threads=self.n_threads, **kwargs)
+        if self.n_threads == 1:
+            return run.setup.index.query(X, n_threads=1, **kwargs)
+        # Threads for the searches of at least 2 * _PARALLEL_QUERY_SECONDS at the cost per
+        # row of the last one (the default rows-per-thread rule for the first, and as a cap).
+        rows = X.shape[0] * kwargs.get("k", 1)
+        min_rows = _MIN_ROWS_PER_THREAD
+        if run.row_seconds > 0.0:
+            min_rows = int(min(max(_PARALLEL_QUERY_SECONDS / run.row_seconds, 1.0), min_rows))
+        start = time.perf_counter()
+        out = run.setup.index.query(X, n_threads=self.n_threads, min_rows_per_thread=min_rows,
+                                    **kwargs)
+        if rows:
+            threads = max(1, min(self.n_threads, rows // min_rows))
+            run.row_seconds = (time.perf_counter() - start) * threads / rows
+        return out
 
     def _correspond(self, run: _Run, P: np.ndarray, metric: str, T: np.ndarray, nu) -> tuple:
-        X = P @ T[:3, :3].T + T[:3, 3]
+        X = _moved(P, T)
         if metric == "surface":
             return self._surface_correspond(run, X)
         dist, idx = self._query(run, X, bound=self._bound(run.setup, nu))
@@ -775,7 +841,7 @@ default="welsch"
 
         def trial(step: float) -> tuple:
             D = _se3_exp(step * delta)
-            Xs = X @ D[:3, :3].T + D[:3, 3]
+            Xs = _moved(X, D)
             return D, _loss_energy(loss, np.einsum("ij,ij->i", normals, Xs - Q), nu)
 
         # Strict decrease of the frozen-match energy (the Gauss-Newton model is not the
@@ -786,7 +852,12 @@ default="welsch"
     def _init_state(self, problem, x0):
         clock = time.perf_counter()
         problems = [problem]
+        prefetch = None
         if self._multires(max(problem.source.shape[0], problem.target.shape[0])):
+            if self.n_threads > 1:
+                # The full clouds' tree and geometry on a second thread, while this one
+                # builds and solves the voxel-grid level.
+                prefetch = _Prefetch(lambda: self._make_setup(problem))
             problems.insert(0, coarse_problem(self, problem))
         setup = self._make_setup(problems[0])
         setup.final_level = len(problems) == 1
@@ -806,7 +877,8 @@ default="welsch"
                     f"{name}: its translation is too large for the clouds' scale "
                     f"({setup.scale:.3g}): the start overflows float64."
                 )
-        run = _Run(setup, problems=problems, clock=clock, level_start=(clock, 0, 0))
+        run = _Run(setup, problems=problems, clock=clock, level_start=(clock, 0, 0),
+                   prefetch=prefetch)
         return self._start_level(run, T, "init" if x0 is None else "x0")
 
     def _start_level(self, run: _Run, T: np.ndarray, name: str) -> _ICPState:
@@ -860,7 +932,7 @@ default="welsch"
         T_user = self._to_user(run.setup, T)
         run.stage_offset += len(run.setup.nus)
         run.level += 1
-        run.setup = self._make_setup(run.problems[run.level])
+        run.setup = self._level_setup(run, run.problems[run.level])
         run.setup.final_level = run.level == len(run.problems) - 1
         run.setup.after_coarse = True
         run.surface_neighbours = None
@@ -870,6 +942,14 @@ default="welsch"
         if run.anderson is not None:
             run.anderson.reset()
         return state
+
+    def _level_setup(self, run: _Run, problem: RegistrationProblem) -> _Setup:
+        """The setup of ``problem``: the prefetched one for the full-resolution level (used
+        once), or built here."""
+        if run.prefetch is not None and problem is run.problems[-1]:
+            prefetch, run.prefetch = run.prefetch, None
+            return prefetch.result()
+        return self._make_setup(problem)
 
     @classmethod
     def _close_level(cls, run: _Run, nit: int) -> None:
@@ -1110,7 +1190,7 @@ default="welsch"
         T_final, metric = state.T, state.metric
         if not setup.final_level:
             coarse = setup
-            setup = self._make_setup(problem)
+            setup = self._level_setup(run, problem)
             T_final = self._from_user(setup, T)
             ratio = coarse.scale / setup.scale
             nu = None if nu is None else nu * ratio

@@ -28,10 +28,10 @@ class _ScaledIndex:
         self._ratio = scale / unit
         self.points = None  # not needed by ICP: only queries are
 
-    def query(self, x, *, k: int = 1, bound: float = np.inf, n_threads: int = 1):
+    def query(self, x, *, k: int = 1, bound: float = np.inf, n_threads: int = 1, **options):
         dist, idx = self._index.query(
             np.asarray(x) * self._ratio + self._shift, k=k, bound=bound * self._ratio,
-            n_threads=n_threads,
+            n_threads=n_threads, **options,
         )
         return dist / self._ratio, idx
 

@@ -45,12 +45,13 @@ def local_geometry(points, *, k: int = 10, neighbors: str = "auto"):
 
 
 def sampled_geometry(index: NeighborIndex, *, k: int = 10, max_points: int = 50000,
-                     n_threads: int = 1):
+                     n_threads: int = 1, normals: bool = True):
     """:func:`local_geometry` of a regular subsample of an indexed cloud.
 
     The neighbourhoods of every ``ceil(n / max_points)``-th point of ``index.points``,
     searched in the whole cloud through ``index`` (no second tree): their normals and
-    thicknesses, and the spacing estimate. The spacing and the noise estimate (the median
+    thicknesses, and the spacing estimate (``normals=False``: None for the normals, only
+    the neighbourhoods' eigenvalues computed). The spacing and the noise estimate (the median
     thickness) are medians, which a subsample of tens of thousands of points pins down as
     well as the whole cloud, at a fraction of the cost on clouds of 10^5-10^6 points. The
     points should be of moderate size (normalized coordinates): squared distances are formed.
@@ -70,13 +71,15 @@ def sampled_geometry(index: NeighborIndex, *, k: int = 10, max_points: int = 500
     max_points = check_scalar(max_points, "max_points", kind=int, min_value=1)
     points = index.points
     stride = -(-points.shape[0] // max_points)
-    return _neighbourhood_geometry(index, points[::stride], k, n_threads=n_threads)
+    return _neighbourhood_geometry(index, points[::stride], k, n_threads=n_threads,
+                                   normals=normals)
 
 
 def _neighbourhood_geometry(index: NeighborIndex, queries: np.ndarray, k: int,
-                            n_threads: int = 1):
+                            n_threads: int = 1, normals: bool = True):
     """Normals and thickness of the neighbourhoods of ``queries`` among the indexed points
-    (each query one of them), and the cloud's spacing (see :func:`local_geometry`)."""
+    (each query one of them), and the cloud's spacing (see :func:`local_geometry`); None
+    for the normals with ``normals=False`` (eigenvalues only: cheaper)."""
     n = index.points.shape[0]
     n_neighbors = min(max(k, 7), n)
     dist, idx = index.query(queries, k=n_neighbors, n_threads=n_threads)
@@ -86,8 +89,11 @@ def _neighbourhood_geometry(index: NeighborIndex, queries: np.ndarray, k: int,
     neighbourhoods = index.points[idx[:, : min(k, n)]]
     centred = neighbourhoods - neighbourhoods.mean(axis=1, keepdims=True)
     covariance = np.einsum("nki,nkj->nij", centred, centred) / centred.shape[1]
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    normals = np.ascontiguousarray(eigenvectors[:, :, 0])
+    if normals:
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        normals = np.ascontiguousarray(eigenvectors[:, :, 0])
+    else:
+        eigenvalues, normals = np.linalg.eigvalsh(covariance), None
     thickness = np.sqrt(np.clip(eigenvalues[:, 0], 0.0, None))
     return normals, thickness, spacing
 

@@ -134,6 +134,8 @@ class _CloudPair(Problem):
     _lock: threading.RLock = field(
         default_factory=threading.RLock, init=False, repr=False, compare=False
     )
+    # One lock per entry under construction: entries of different keys build concurrently.
+    _building: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def scale(self) -> float:
@@ -143,12 +145,23 @@ class _CloudPair(Problem):
     def cached(self, key, build):
         """Memoize ``build()`` under ``key`` (KD-trees and geometry are built once).
 
-        Thread-safe: solves sharing the problem build each entry once and read it only.
+        Thread-safe: solves sharing the problem build each entry once and read it only;
+        entries of different keys can build at the same time (on different threads), and a
+        build may ask for other entries.
         """
         with self._lock:
-            if key not in self._cache:
-                self._cache[key] = build()
-            return self._cache[key]
+            if key in self._cache:
+                return self._cache[key]
+            entry_lock = self._building.setdefault(key, threading.RLock())
+        with entry_lock:
+            with self._lock:
+                if key in self._cache:  # built by the thread that held entry_lock
+                    return self._cache[key]
+            value = build()
+            with self._lock:
+                self._cache[key] = value
+                self._building.pop(key, None)
+            return value
 
 
 @dataclass(frozen=True, eq=False)

@@ -103,3 +103,32 @@ def test_both_problems_memoize_once_across_threads_and_pickle_without_the_memo(c
     copy = pickle.loads(pickle.dumps(problem))
     assert copy._cache == {} and copy.scale == problem.scale
     np.testing.assert_array_equal(copy.source, problem.source)
+
+
+
+def test_memo_builds_different_entries_at_the_same_time():
+    # Each entry has its own lock: a build that waits for another key's build (asked for on
+    # another thread while it runs) sees it finish, and a build may ask for other entries.
+    # Behind one lock the other key would wait for this build: it would time out.
+    import threading
+
+    problem = RegistrationProblem(GOOD, GOOD + 1.0)
+    started, other_built, seen = threading.Event(), threading.Event(), []
+
+    def slow():
+        started.set()
+        seen.append(other_built.wait(10))
+        return problem.cached("inner", lambda: "inner")
+
+    def other():
+        other_built.set()
+        return "other"
+
+    worker = threading.Thread(target=lambda: problem.cached("slow", slow))
+    worker.start()
+    assert started.wait(10)
+    assert problem.cached("other", other) == "other"
+    worker.join(10)
+    assert seen == [True]
+    assert problem.cached("slow", lambda: "rebuilt") == "inner"
+    assert problem._cache.keys() == {"slow", "inner", "other"}

@@ -4,6 +4,7 @@ clouds)."""
 
 import importlib
 import pickle
+import threading
 import warnings
 
 import numpy as np
@@ -86,6 +87,86 @@ def test_sampled_geometry_agrees_with_the_whole_cloud(scan):
     assert np.median(sub) == pytest.approx(np.median(thickness), rel=0.1)
 
 
+def test_noise_geometry_without_normals_equals_the_full_one(scan):
+    # Point-to-point needs only the eigenvalues (eigvalsh): the same thickness and spacing as
+    # with the eigenvectors, and None for the normals.
+    index = NeighborIndex(scan.target / 2.0)
+    normals, thickness, spacing = sampled_geometry(index, k=10, max_points=3000)
+    none, thin, thin_spacing = sampled_geometry(index, k=10, max_points=3000, normals=False)
+    assert none is None and thin_spacing == spacing
+    np.testing.assert_allclose(thin, thickness, rtol=1e-9, atol=1e-15)
+    assert normals.shape == (thickness.shape[0], 3)
+
+
+@pytest.mark.parametrize("metric", ["point_to_point", "point_to_plane"])
+def test_target_geometry_from_the_solve_index_equals_local_geometry(scan, metric):
+    # The solve's own tree (normalized coordinates, n_threads) gives local_geometry's
+    # estimates (which builds its own tree on a power-of-two rescaled copy).
+    problem = RegistrationProblem(scan.source, scan.target)
+    Q = (problem.target - problem.target_centroid) / problem.scale
+    normals, thickness, spacing = ICP(metric=metric, n_threads=2)._target_geometry(
+        Q, NeighborIndex(Q))
+    ref_normals, ref_thickness, ref_spacing = local_geometry(Q, k=10)
+    # Bit for bit: the solves of clouds of the existing sizes do not move.
+    assert spacing == ref_spacing
+    np.testing.assert_array_equal(thickness, ref_thickness)
+    np.testing.assert_array_equal(normals, ref_normals)
+
+
+def test_point_to_point_then_point_to_plane_on_one_problem(scan, monkeypatch):
+    # A large point-to-point solve caches a geometry without normals: a plane solve of the
+    # same problem must still get (and cache) its estimated normals.
+    monkeypatch.setattr(icp_module, "_GEOMETRY_MAX_POINTS", 2000)
+    problem = RegistrationProblem(scan.source[::2], scan.target[::2])
+    ICP().solve(problem)
+    again = ICP(metric="point_to_plane").solve(problem)
+    fresh = ICP(metric="point_to_plane").solve(
+        RegistrationProblem(scan.source[::2], scan.target[::2]))
+    np.testing.assert_array_equal(again.transform, fresh.transform)
+
+
+class _SpyTree:
+    """A cKDTree that records the workers of each search."""
+
+    def __init__(self, tree):
+        self.tree, self.workers = tree, []
+
+    def query(self, x, **options):
+        self.workers.append(options["workers"])
+        return self.tree.query(x, **options)
+
+
+def test_searches_predicted_slow_run_on_threads_with_the_same_results(scan):
+    # A search runs on n_threads when the run's last one predicts it to be slow, whatever
+    # its size; the results are those of one thread.
+    points = scan.target[::4]
+    index = NeighborIndex(points, backend="scipy")
+    spy = index._tree = _SpyTree(index._tree)
+    x = scan.source[:300]
+    dist, idx = index.query(x, k=3, n_threads=1)
+    assert spy.workers == [1]
+    fast = index.query(x, k=3, n_threads=2, min_rows_per_thread=100)
+    assert spy.workers[-1] == 2
+    np.testing.assert_array_equal(fast[0], dist)
+    np.testing.assert_array_equal(fast[1], idx)
+
+    setup = icp_module._Setup(
+        P=x, Q=points, normals=None, index=index, scale=1.0, source_centroid=np.zeros(3),
+        target_centroid=np.zeros(3), spacing=1.0, noise=0.0, nus=[None], loss=None)
+    run = icp_module._Run(setup)
+    solver = ICP(n_threads=2)
+    solver._query(run, x)  # no cost known yet: 300 rows are too few for a second thread
+    assert spy.workers[-1] == 1 and run.row_seconds > 0
+    run.row_seconds = 1e-5  # 10 us a row: 300 rows take 3 ms
+    np.testing.assert_array_equal(solver._query(run, x, k=3)[1], idx)
+    assert spy.workers[-1] == 2
+    run.row_seconds = 1e-9
+    solver._query(run, x)
+    assert spy.workers[-1] == 1
+    ICP(n_threads=1)._query(run, x)
+    assert spy.workers[-1] == 1 and run.n_queries == 4
+
+
 # --------------------------------------------------------------------- multi-resolution
 @pytest.fixture(scope="module")
 def noisy_case(scan):
@@ -123,6 +204,48 @@ def test_multires_stopped_on_the_coarse_level_reports_the_full_clouds(noisy_case
     assert res.correspondences.shape == (problem.source.shape[0],)
     assert res.correspondences.max() < problem.target.shape[0]
     assert 0.0 <= res.inlier_ratio <= 1.0 and np.isfinite(res.nu)
+
+
+@pytest.mark.parametrize("metric", ["point_to_point", "point_to_plane"])
+def test_multires_builds_the_full_level_on_a_second_thread(noisy_case, monkeypatch, metric):
+    # With n_threads >= 2 the full clouds' setup is built on a second thread while the voxel
+    # level runs: the same solve as on one thread (the searches' results do not depend on
+    # the thread count), with that setup built once, off the solving thread.
+    problem, _ = noisy_case
+    built_on = []
+    make_setup = ICP._make_setup
+
+    def recording(self, p):
+        built_on.append((p.source.shape[0], threading.current_thread().name))
+        return make_setup(self, p)
+
+    monkeypatch.setattr(ICP, "_make_setup", recording)
+
+    def fresh():
+        return RegistrationProblem(problem.source, problem.target)
+
+    one = ICP(init="identity", multires=True, metric=metric).solve(fresh())
+    assert all(name == threading.current_thread().name for _, name in built_on)
+    built_on.clear()
+    two = ICP(init="identity", multires=True, metric=metric, n_threads=2).solve(fresh())
+    full = [name for n, name in built_on if n == problem.source.shape[0]]
+    assert full == ["mmopt-icp-level"]
+    np.testing.assert_array_equal(two.transform, one.transform)
+    assert two.nit == one.nit and two.n_queries == one.n_queries
+
+
+def test_prefetched_setup_raises_its_error_in_the_solving_thread():
+    calls = []
+
+    def failing():
+        calls.append(threading.current_thread().name)
+        raise ValueError("normals_k=10 must be smaller")
+
+    prefetch = icp_module._Prefetch(failing)
+    with pytest.raises(ValueError, match="normals_k"):
+        prefetch.result()
+    assert calls == ["mmopt-icp-level", threading.current_thread().name]
+    assert icp_module._Prefetch(lambda: 7).result() == 7
 
 
 def test_multires_auto_only_above_the_size_threshold(noisy_case):
