@@ -2,7 +2,11 @@
 
 Run: python benchmarks/bench_nonrigid.py [--quick] [spare] [small] [cpd10k] [solvers]
 (pycpd and probreg optional; the repository root on PYTHONPATH), or through
-``benchmarks/run.py --only nonrigid``, which runs all four tables:
+``benchmarks/run.py --only nonrigid``, which runs all four tables and writes the whole
+``nonrigid`` section of BENCHMARKS.md (nothing in it is written by hand; the notes from
+earlier, longer runs are in the user guide, docs/user_guide/registration.rst, "Notes from
+the benchmarks"). Set ``MMOPT_BENCH_SKIP_CPD10K=1`` to leave out ``cpd10k``: pycpd needs
+about 4 GB at 10,000 points and minutes per iteration. The tables:
 
 - ``spare``: SPARE with the paper's plane-only data term (``point_weight=0``, the default)
   and with a point-to-point part (``point_weight=100``) on the full scan;
@@ -20,6 +24,7 @@ true normal).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -237,11 +242,20 @@ def _solver_table(sub: int) -> list[str]:
 
 
 TABLES = ("spare", "small", "cpd10k", "solvers")
+SKIP_CPD10K = "MMOPT_BENCH_SKIP_CPD10K"
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on this platform
+        return "unknown"
 
 
 def run(quick: bool = False, tables=TABLES) -> str:
     """The Markdown section of BENCHMARKS.md (each table followed by its run time)."""
     warnings.simplefilter("ignore")
+    skip_cpd10k = os.environ.get(SKIP_CPD10K, "") not in ("", "0")
     builders = {
         "spare": lambda: _spare_table(8 if quick else 1, (0,), (0,)),
         "small": lambda: _small_table(16 if quick else 8, (0,)),
@@ -249,15 +263,27 @@ def run(quick: bool = False, tables=TABLES) -> str:
         "solvers": lambda: _solver_table(8 if quick else 1),
     }
     out = ["## Non-rigid registration (SPARE) vs CPD", "",
+           "Written by `python benchmarks/run.py --only nonrigid` (tables of "
+           "`benchmarks/bench_nonrigid.py`; notes from earlier, longer runs are in the user "
+           "guide, `docs/user_guide/registration.rst`, \"Notes from the benchmarks\"). "
            "`mmopt.datasets.make_nonrigid_problem` on the shipped scan (noise 0.001 L, L ~ 1.94 "
            "the diagonal); RMS error to the true position of every source point, data units, "
-           "and its tangential part (`t`). CPD is converged only in the small table.", ""]
+           "and its tangential part (`t`: the error minus its component along the true "
+           "normal). SPARE at its defaults but `max_iter=30`. CPD is converged only in the "
+           "small table. Times depend on the machine's load, given per table (1-minute load "
+           "average at its start and end).", ""]
     total = time.perf_counter()
     for name in TABLES:
         if name not in tables:
             continue
+        if name == "cpd10k" and skip_cpd10k:
+            out += [f"(table `cpd10k` not run: `{SKIP_CPD10K}` was set; it needs about 4 GB "
+                    "for pycpd at 10,000 points.)", ""]
+            continue
+        start_load = _load()
         lines, seconds = _timed(builders[name])
-        out += lines + ["", f"(table `{name}`: {seconds / 60:.1f} min)", ""]
+        out += lines + ["", f"(table `{name}`: {seconds / 60:.1f} min, load average "
+                            f"{start_load} -> {_load()})", ""]
     out.append(f"(all tables: {(time.perf_counter() - total) / 60:.1f} min)")
     return "\n".join(out)
 

@@ -159,8 +159,10 @@ class SPARE(Solver):
         Give weight 0 to pairs with ``(R_i n_i)^T n_q < 0`` (when the normals are oriented).
     reject_distance : float or None, default=3.0
         Give weight 0 to pairs farther apart than ``reject_distance * nu`` (Euclidean
-        distance); None keeps them all. Source points without a counterpart in the target
-        otherwise follow outliers or the target's border (see BENCHMARKS.md).
+        distance), in both stages (the coarse stage with its own ``nu``); None keeps them
+        all. Source points without a counterpart in the target otherwise follow outliers or
+        the target's border, and the coarse stage folds the unobserved part of the source
+        onto the target (see the user guide).
     anderson : bool or AndersonAcceleration, default=False
         Anderson acceleration of the outer iteration on the positions ``v`` (the rotations
         follow by their step at the extrapolated positions), with the shared safeguard: a
@@ -301,7 +303,7 @@ class SPARE(Solver):
             coarse = run_coarse_stage(p, np.asarray(src_normals), target,
                                       np.asarray(tgt_normals), oriented=oriented,
                                       reject_opposite=self.reject_opposite, index=index,
-                                      options=options)
+                                      options=options, reject_distance=self.reject_distance)
             v, R = coarse.v, coarse.R
         if self.welsch_scale is None:
             dist, _ = index.query(v)
