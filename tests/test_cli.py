@@ -158,3 +158,12 @@ def test_register_nonrigid_passes_the_point_weight(tmp_path, capsys):
     code = main(["register", "--nonrigid", str(tmp_path / "s.npy"), str(tmp_path / "t.npy"),
                  "--point-weight", "-1", "-o", str(out_file)])
     assert code != 0 and "point_weight" in capsys.readouterr().err
+    code = main(["register", "--nonrigid", str(tmp_path / "s.npy"), str(tmp_path / "t.npy"),
+                 "--arap-floor", "0.25", "-o", str(out_file)])
+    assert code == 0, capsys.readouterr().out
+    points, _ = read_point_cloud(out_file)
+    direct = SPARE(arap_floor=0.25).solve(NonRigidRegistrationProblem(source, target))
+    np.testing.assert_allclose(points, direct.points, atol=1e-6)
+    code = main(["register", "--nonrigid", str(tmp_path / "s.npy"), str(tmp_path / "t.npy"),
+                 "--arap-floor", "2", "-o", str(out_file)])
+    assert code != 0 and "arap_floor" in capsys.readouterr().err

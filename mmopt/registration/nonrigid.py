@@ -152,9 +152,9 @@ class SPARE(Solver):
         ``v`` falls to ``10 tol`` the weight is halved, down to ``arap_floor * arap_weight``,
         and the run ends by ``tol`` only at that weight (1: no continuation, the paper's
         scheme). Each outer iteration keeps its weight fixed, so ``fun <= energy_start``
-        still holds per iteration; the iterations above the floor are recorded as
-        ``intermediate`` (the objective changes at each halving) and ``history`` holds the
-        weight used (``arap_weight``).
+        still holds per iteration; the iterations above the floor are intermediate stages
+        (they never end the run; the objective changes at each halving), and ``history``
+        holds each iteration's weight (``arap_weight``).
     point_weight : float, default=0.0
         ``mu``, the weight of a point-to-point part of the data term,
         ``mu sum_i 2 nu^2 (1 - exp(-|v_i - q_i|^2 / (2 nu^2)))`` (same Welsch scale and
@@ -165,8 +165,10 @@ class SPARE(Solver):
         deformation that stretches the surface (most do) is then recovered along the
         normals but slides along the surface. The point-to-point part anchors the
         tangential motion to the data (on clean, fairly complete data; with outliers and
-        missing overlap on a densely sampled surface it can do worse, see BENCHMARKS.md,
-        hence the default 0: the paper's data term).
+        missing overlap on a densely sampled surface it can do worse: its pairs are right
+        only where the error is below about half the point spacing, elsewhere it holds the
+        start's tangential error; see the user guide. Hence the default 0: the paper's
+        data term).
     welsch_scale : float, optional
         ``nu`` in data units; by default the median of the initial closest-point distances
         (at least ``1e-6 * scale``).
