@@ -60,7 +60,8 @@ _PROXIMAL = 1e-2
 @dataclass
 class _Setup:
     """What one run computes once (shared by all its states; read-only but for the sparse
-    solver's cached column order)."""
+    solver's cached column order). The ARAP continuation gives later states a copy with the
+    ARAP weight scaled (:func:`_soften`), sharing the rest."""
 
     scale: float
     origin: np.ndarray
