@@ -2,11 +2,17 @@
 
 Run: python benchmarks/bench_nonrigid.py [--quick] [spare] [small] [cpd10k] [solvers]
 (pycpd and probreg optional; the repository root on PYTHONPATH), or through
-``benchmarks/run.py --only nonrigid``, which runs all four tables:
+``benchmarks/run.py --only nonrigid``, which runs all four tables and writes the whole
+``nonrigid`` section of BENCHMARKS.md (nothing in it is written by hand; the notes from
+earlier, longer runs are in the user guide, docs/user_guide/registration.rst, "Notes from
+the benchmarks"). Set ``MMOPT_BENCH_SKIP_CPD10K=1`` to leave out ``cpd10k``: pycpd needs
+about 4 GB at 10,000 points and minutes per iteration. The tables:
 
-- ``spare``: SPARE with the paper's plane-only data term (``point_weight=0``, the default)
-  and with a point-to-point part (``point_weight=100``) on the full scan;
-- ``small``: every 8th point (1,851): SPARE against pycpd's ``DeformableRegistration`` and
+- ``spare``: SPARE with the paper's plane-only data term (``point_weight=0``, the default),
+  with a point-to-point part (``point_weight=100``) and with the stiff-to-soft ARAP
+  continuation (``arap_floor=0.1``) on the full scan;
+- ``small``: every 8th point (1,851): SPARE (the same three settings) against pycpd's
+  ``DeformableRegistration`` and
   probreg's non-rigid CPD at their defaults, and probreg run to convergence (the only
   place CPD is converged);
 - ``cpd10k``: 10,000 random points, SPARE against pycpd at its defaults, stopped past
@@ -20,6 +26,7 @@ true normal).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -68,6 +75,10 @@ def _spare_cell(data, **options) -> tuple[str, float]:
     return f"{_errors(res.points, data)} ({seconds:.1f} s, {res.nit} it)", seconds
 
 
+# SPARE's settings in the tables: its defaults, the point-to-point part, the continuation.
+SETTINGS = ({}, {"point_weight": 100.0}, {"arap_floor": 0.1})
+
+
 def _scan(sub: int):
     scan = load_scan_pair()
     return scan.source[::sub], scan.source_normals[::sub]
@@ -77,13 +88,12 @@ def _spare_table(sub: int, clean_seeds, robust_seeds) -> list[str]:
     points, normals = _scan(sub)
     lines = [f"SPARE on {points.shape[0]:,} source points (`max_iter=30`); each cell: error / "
              "its tangential part (time, iterations):", "",
-             "| problem | start | SPARE `point_weight=0` | SPARE `point_weight=100` |",
-             "|---|---|---|---|"]
+             "| problem | start | SPARE (defaults) | SPARE `point_weight=100` | "
+             "SPARE `arap_floor=0.1` |", "|---|---|---|---|---|"]
     for kind, outliers, overlap, seed in _cases(clean_seeds, robust_seeds):
         data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
                                      overlap=overlap, random_state=seed)
-        cells = [_spare_cell(data, point_weight=0.0)[0],
-                 _spare_cell(data, point_weight=100.0)[0]]
+        cells = [_spare_cell(data, **options)[0] for options in SETTINGS]
         lines.append(f"| {_label(kind, outliers, overlap, seed)} | "
                      f"{_errors(data.problem.source, data)} | " + " | ".join(cells) + " |")
         print(lines[-1], file=sys.stderr, flush=True)
@@ -105,13 +115,14 @@ def _small_table(sub: int, seeds) -> list[str]:
              "`DeformableRegistration` and probreg's non-rigid `registration_cpd` at their "
              "defaults, probreg also run to convergence (`maxiter=500, tol=1e-7`); each "
              "cell: error / its tangential part (time):", "",
-             "| problem | start | SPARE `point_weight=0` | SPARE `point_weight=100` | pycpd | "
-             "probreg | probreg converged |", "|---|---|---|---|---|---|---|"]
+             "| problem | start | SPARE (defaults) | SPARE `point_weight=100` | "
+             "SPARE `arap_floor=0.1` | pycpd | probreg | probreg converged |",
+             "|---|---|---|---|---|---|---|---|"]
     for kind, outliers, overlap, seed in _cases(seeds, seeds):
         data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
                                      overlap=overlap, random_state=seed)
         source, target = data.problem.source, data.problem.target
-        cells = [_spare_cell(data, point_weight=w)[0].split(",")[0] + ")" for w in (0.0, 100.0)]
+        cells = [_spare_cell(data, **options)[0].split(",")[0] + ")" for options in SETTINGS]
         if DeformableRegistration is None:
             cells.append("not installed")
         else:
@@ -170,7 +181,7 @@ def _cpd_large_table(n: int, budget_factor: float) -> list[str]:
     points, normals = scan.source[keep], scan.source_normals[keep]
     lines = [f"SPARE vs CPD on {n:,} random source points (CPD stopped after the first "
              f"iteration ending past {budget_factor:g} x SPARE's time):", "",
-             "| problem | start | SPARE `point_weight=0` | SPARE `point_weight=100` | "
+             "| problem | start | SPARE (defaults) | SPARE `point_weight=100` | "
              "CPD at SPARE's time | CPD at the stop |", "|---|---|---|---|---|---|"]
     cases = [c for c in _cases((0,), (0,)) if c[0] == "bend"]
     for kind, outliers, overlap, seed in cases:
@@ -237,11 +248,20 @@ def _solver_table(sub: int) -> list[str]:
 
 
 TABLES = ("spare", "small", "cpd10k", "solvers")
+SKIP_CPD10K = "MMOPT_BENCH_SKIP_CPD10K"
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on this platform
+        return "unknown"
 
 
 def run(quick: bool = False, tables=TABLES) -> str:
     """The Markdown section of BENCHMARKS.md (each table followed by its run time)."""
     warnings.simplefilter("ignore")
+    skip_cpd10k = os.environ.get(SKIP_CPD10K, "") not in ("", "0")
     builders = {
         "spare": lambda: _spare_table(8 if quick else 1, (0,), (0,)),
         "small": lambda: _small_table(16 if quick else 8, (0,)),
@@ -249,15 +269,27 @@ def run(quick: bool = False, tables=TABLES) -> str:
         "solvers": lambda: _solver_table(8 if quick else 1),
     }
     out = ["## Non-rigid registration (SPARE) vs CPD", "",
+           "Written by `python benchmarks/run.py --only nonrigid` (tables of "
+           "`benchmarks/bench_nonrigid.py`; notes from earlier, longer runs are in the user "
+           "guide, `docs/user_guide/registration.rst`, \"Notes from the benchmarks\"). "
            "`mmopt.datasets.make_nonrigid_problem` on the shipped scan (noise 0.001 L, L ~ 1.94 "
            "the diagonal); RMS error to the true position of every source point, data units, "
-           "and its tangential part (`t`). CPD is converged only in the small table.", ""]
+           "and its tangential part (`t`: the error minus its component along the true "
+           "normal). SPARE at its defaults but `max_iter=30`. CPD is converged only in the "
+           "small table. Times depend on the machine's load, given per table (1-minute load "
+           "average at its start and end).", ""]
     total = time.perf_counter()
     for name in TABLES:
         if name not in tables:
             continue
+        if name == "cpd10k" and skip_cpd10k:
+            out += [f"(table `cpd10k` not run: `{SKIP_CPD10K}` was set; it needs about 4 GB "
+                    "for pycpd at 10,000 points.)", ""]
+            continue
+        start_load = _load()
         lines, seconds = _timed(builders[name])
-        out += lines + ["", f"(table `{name}`: {seconds / 60:.1f} min)", ""]
+        out += lines + ["", f"(table `{name}`: {seconds / 60:.1f} min, load average "
+                            f"{start_load} -> {_load()})", ""]
     out.append(f"(all tables: {(time.perf_counter() - total) / 60:.1f} min)")
     return "\n".join(out)
 

@@ -169,8 +169,8 @@ def _register_nonrigid(args: argparse.Namespace) -> int:
         problem = NonRigidRegistrationProblem(source, target, source_normals=source_normals,
                                               target_normals=target_normals, faces=faces)
         solver = SPARE(arap_weight=args.arap_weight, point_weight=args.point_weight,
-                       coarse=not args.no_coarse, max_iter=args.max_iter,
-                       verbose=args.verbose)
+                       arap_floor=args.arap_floor, coarse=not args.no_coarse,
+                       max_iter=args.max_iter, verbose=args.verbose)
         result = solver.solve(problem)
     except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"mmopt register: error: {error}", file=sys.stderr)
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--point-weight", type=float, default=0.0,
                           help="--nonrigid: weight of the point-to-point part of the data "
                           "term (0: plane residuals only)")
+    register.add_argument("--arap-floor", type=float, default=1.0,
+                          help="--nonrigid: halve the ARAP weight each time the iteration "
+                          "settles, down to this fraction of it (1: no continuation)")
     register.add_argument("--no-coarse", action="store_true",
                           help="--nonrigid: skip the deformation-graph coarse stage")
     register.add_argument("-v", "--verbose", action="count", default=0)

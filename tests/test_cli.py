@@ -136,13 +136,18 @@ def test_register_nonrigid_reports_bad_faces(tmp_path, capsys):
                  str(tmp_path / "f.npy")]) == 2
 
 
-def test_register_nonrigid_passes_the_point_weight(tmp_path, capsys):
+@pytest.mark.parametrize("flag, option, good, bad",
+                         [("--point-weight", "point_weight", 100.0, -1.0),
+                          ("--arap-floor", "arap_floor", 0.25, 2.0)])
+def test_register_nonrigid_passes_the_solver_options(tmp_path, capsys, flag, option, good,
+                                                     bad):
     import numpy as np
 
     from mmopt.registration import SPARE, NonRigidRegistrationProblem
     from mmopt.registration.io import read_point_cloud
 
-    # A sheet stretched by 4% in its plane: the output equals SPARE(point_weight=100)'s.
+    # A sheet stretched by 4% in its plane: the output equals SPARE(option=good)'s, and a
+    # bad value is refused naming the option.
     u, w = np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 1, 12))
     source = np.c_[u.ravel(), w.ravel(), np.zeros(144)]
     target = source * [1.04, 1.0, 1.0] - [0.02, 0.0, 0.0]
@@ -150,11 +155,11 @@ def test_register_nonrigid_passes_the_point_weight(tmp_path, capsys):
     np.save(tmp_path / "t.npy", target)
     out_file = tmp_path / "deformed.npy"  # (PLY output needs the optional plyfile)
     code = main(["register", "--nonrigid", str(tmp_path / "s.npy"), str(tmp_path / "t.npy"),
-                 "--point-weight", "100", "-o", str(out_file)])
+                 flag, str(good), "-o", str(out_file)])
     assert code == 0, capsys.readouterr().out
     points, _ = read_point_cloud(out_file)
-    direct = SPARE(point_weight=100.0).solve(NonRigidRegistrationProblem(source, target))
+    direct = SPARE(**{option: good}).solve(NonRigidRegistrationProblem(source, target))
     np.testing.assert_allclose(points, direct.points, atol=1e-6)
     code = main(["register", "--nonrigid", str(tmp_path / "s.npy"), str(tmp_path / "t.npy"),
-                 "--point-weight", "-1", "-o", str(out_file)])
-    assert code != 0 and "point_weight" in capsys.readouterr().err
+                 flag, str(bad), "-o", str(out_file)])
+    assert code != 0 and option in capsys.readouterr().err

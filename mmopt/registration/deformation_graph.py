@@ -21,10 +21,11 @@ on a subsample of the source,
 
 with the Welsch loss ``rho`` of the symmetrized point-to-plane residual ``d_i = (n'_i +
 n_q)^T (v_i - q)`` (``n'_i`` the source normal turned by the blend of the nodes' rotations),
-``E`` the pairs of nodes that share a point. Each outer iteration fixes the closest points,
-the normals and the Welsch weights, majorizes ``dist(A_j, SO(3))^2`` by ``||A_j - R_j||^2``
-at the projection ``R_j`` of the current ``A_j`` and solves one sparse linear system for
-``X``: ``F`` at the iteration's matches does not increase.
+``E`` the pairs of nodes that share a point; pairs farther apart than ``reject_distance``
+times ``nu`` (SPARE's option of that name) get weight 0. Each outer iteration fixes the
+closest points, the normals and the Welsch weights, majorizes ``dist(A_j, SO(3))^2`` by
+``||A_j - R_j||^2`` at the projection ``R_j`` of the current ``A_j`` and solves one sparse
+linear system for ``X``: ``F`` at the iteration's matches does not increase.
 
 Implemented from the equations of the SPARE paper (Yao, Deng et al.) and the embedded
 deformation of Sumner et al.; the authors state that SPARE is under patent (see
@@ -242,11 +243,17 @@ def orient_pairs(source_normals, target_normals, *, oriented: bool, reject_oppos
     return flipped, np.ones(len(dots), dtype=bool)
 
 
-def _pairs(graph: _Graph, v, X, oriented: bool, reject_opposite: bool, target, target_normals):
-    _, idx = graph.index.query(v)
+def _pairs(graph: _Graph, v, X, oriented: bool, reject_opposite: bool, target, target_normals,
+           reject_distance: float | None = None):
+    dist, idx = graph.index.query(v)
     rn = graph.point_normals(X)
     nq, valid = orient_pairs(rn, target_normals[idx], oriented=oriented,
                              reject_opposite=reject_opposite)
+    if reject_distance is not None:
+        # As in the fine stage: a sample without a counterpart (missing overlap) is matched
+        # to the target's border or to an outlier, far away; left in, it folds the graph's
+        # unobserved part onto the target, and the fine stage starts from that fold.
+        valid &= dist <= reject_distance * graph.nu
     return target[idx], rn + nq, valid
 
 
@@ -292,10 +299,12 @@ def _step(graph: _Graph, X, q, m, valid) -> np.ndarray:
 
 
 def run_coarse_stage(p, normals, target, target_normals, *, oriented: bool,
-                     reject_opposite: bool, index, options: DeformationGraph) -> CoarseResult:
+                     reject_opposite: bool, index, options: DeformationGraph,
+                     reject_distance: float | None = None) -> CoarseResult:
     """Deform ``p`` (normalized units) by the deformation graph; see the module notes.
 
-    ``index`` is the closest-point index of ``target``. Returns the deformed points, the
+    ``index`` is the closest-point index of ``target``; pairs farther apart than
+    ``reject_distance * nu`` get weight 0 (None keeps them all). Returns the deformed points, the
     per-point rotations (projections of the blended ``A_j``) that start the fine stage, the
     nodes and their maps, and a history with ``fun``, ``energy_start`` and ``residual``.
     """
@@ -306,7 +315,8 @@ def run_coarse_stage(p, normals, target, target_normals, *, oriented: bool,
     graph.nu = max(float(np.median(index.query(v)[0])), 1e-6)
     history = {"fun": [], "energy_start": [], "residual": []}
     for _ in range(options.max_iter):
-        q, m, valid = _pairs(graph, v, X, oriented, reject_opposite, target, target_normals)
+        q, m, valid = _pairs(graph, v, X, oriented, reject_opposite, target, target_normals,
+                             reject_distance)
         history["energy_start"].append(_energy(graph, X, q, m, valid))
         X = _step(graph, X, q, m, valid)
         v_new = graph.positions(X)

@@ -9,7 +9,7 @@ any commercial use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -60,7 +60,8 @@ _PROXIMAL = 1e-2
 @dataclass
 class _Setup:
     """What one run computes once (shared by all its states; read-only but for the sparse
-    solver's cached column order)."""
+    solver's cached column order). The ARAP continuation gives later states a copy with the
+    ARAP weight scaled (:func:`_soften`), sharing the rest."""
 
     scale: float
     origin: np.ndarray
@@ -77,6 +78,13 @@ class _Setup:
     nu: float
     coarse: CoarseResult | None  # the deformation-graph stage, when it ran
     linear: SPDSolver        # this run's sparse solver (remembers its column order)
+    arap_scale: float = 1.0  # weights and arap_matrix are arap_scale times arap_weight's
+
+
+def _soften(s: _Setup, factor: float) -> _Setup:
+    """The setup with the ARAP weight multiplied by ``factor`` (the rest shared)."""
+    return replace(s, weights=s.weights * factor, arap_matrix=s.arap_matrix * factor,
+                   arap_scale=s.arap_scale * factor)
 
 
 @dataclass
@@ -140,6 +148,14 @@ class SPARE(Solver):
     normal_weight : float, default=1.0
         ``beta``, the weight of the alignment of the deformed normals ``R_i n_i`` with the
         matched target normals (0 to leave it out).
+    arap_floor : float, default=1.0
+        Stiff-to-soft continuation of the ARAP weight, in (0, 1]: each time the change of
+        ``v`` falls to ``10 tol`` the weight is halved, down to ``arap_floor * arap_weight``,
+        and the run ends by ``tol`` only at that weight (1: no continuation, the paper's
+        scheme). Each outer iteration keeps its weight fixed, so ``fun <= energy_start``
+        still holds per iteration; the iterations above the floor are intermediate stages
+        (they never end the run; the objective changes at each halving), and ``history``
+        holds each iteration's weight (``arap_weight``).
     point_weight : float, default=0.0
         ``mu``, the weight of a point-to-point part of the data term,
         ``mu sum_i 2 nu^2 (1 - exp(-|v_i - q_i|^2 / (2 nu^2)))`` (same Welsch scale and
@@ -150,8 +166,10 @@ class SPARE(Solver):
         deformation that stretches the surface (most do) is then recovered along the
         normals but slides along the surface. The point-to-point part anchors the
         tangential motion to the data (on clean, fairly complete data; with outliers and
-        missing overlap on a densely sampled surface it can do worse, see BENCHMARKS.md,
-        hence the default 0: the paper's data term).
+        missing overlap on a densely sampled surface it can do worse: its pairs are right
+        only where the error is below about half the point spacing, elsewhere it holds the
+        start's tangential error; see the user guide. Hence the default 0: the paper's
+        data term).
     welsch_scale : float, optional
         ``nu`` in data units; by default the median of the initial closest-point distances
         (at least ``1e-6 * scale``).
@@ -159,8 +177,10 @@ class SPARE(Solver):
         Give weight 0 to pairs with ``(R_i n_i)^T n_q < 0`` (when the normals are oriented).
     reject_distance : float or None, default=3.0
         Give weight 0 to pairs farther apart than ``reject_distance * nu`` (Euclidean
-        distance); None keeps them all. Source points without a counterpart in the target
-        otherwise follow outliers or the target's border (see BENCHMARKS.md).
+        distance), in both stages (the coarse stage with its own ``nu``); None keeps them
+        all. Source points without a counterpart in the target otherwise follow outliers or
+        the target's border, and the coarse stage folds the unobserved part of the source
+        onto the target (see the user guide).
     anderson : bool or AndersonAcceleration, default=False
         Anderson acceleration of the outer iteration on the positions ``v`` (the rotations
         follow by their step at the extrapolated positions), with the shared safeguard: a
@@ -225,6 +245,7 @@ class SPARE(Solver):
         "arap_weight": [Interval(float, 0, None, closed="neither")],
         "welsch_scale": [Interval(float, 0, None, closed="neither"), None],
         "normal_weight": [Interval(float, 0, None)],
+        "arap_floor": [Interval(float, 0, 1, closed="right")],
         "point_weight": [Interval(float, 0, None)],
         "reject_opposite": [bool],
         "reject_distance": [Interval(float, 0, None, closed="neither"), None],
@@ -244,6 +265,7 @@ class SPARE(Solver):
         arap_weight: float = 200.0,
         welsch_scale: float | None = None,
         normal_weight: float = 1.0,
+        arap_floor: float = 1.0,
         point_weight: float = 0.0,
         reject_opposite: bool = True,
         reject_distance: float | None = 3.0,
@@ -259,6 +281,7 @@ class SPARE(Solver):
         self.arap_weight = arap_weight
         self.welsch_scale = welsch_scale
         self.normal_weight = normal_weight
+        self.arap_floor = arap_floor
         self.point_weight = point_weight
         self.reject_opposite = reject_opposite
         self.reject_distance = reject_distance
@@ -301,7 +324,7 @@ class SPARE(Solver):
             coarse = run_coarse_stage(p, np.asarray(src_normals), target,
                                       np.asarray(tgt_normals), oriented=oriented,
                                       reject_opposite=self.reject_opposite, index=index,
-                                      options=options)
+                                      options=options, reject_distance=self.reject_distance)
             v, R = coarse.v, coarse.R
         if self.welsch_scale is None:
             dist, _ = index.query(v)
@@ -346,10 +369,19 @@ class SPARE(Solver):
                 v, (R, pairs), fun = out.point, out.info, out.value
         change = float(np.sqrt(np.mean(np.sum((v - state.v) ** 2, axis=1))))
         inliers = self._inlier_ratio(s, v, R, pairs)
-        return _State(x=self._user_x(s, v), fun=fun, residual=change, v=v, R=R, setup=s,
-                      inlier_ratio=inliers, anderson=aa,
+        # Stiff-to-soft continuation: this iteration ran at a fixed ARAP weight; above the
+        # floor it is an intermediate stage, and once settled the next one is softer.
+        above = s.arap_scale > self.arap_floor * (1.0 + 1e-12)
+        nxt = s
+        if above and change <= 10.0 * self.tol:
+            nxt = _soften(s, max(0.5, self.arap_floor / s.arap_scale))
+            if aa is not None:
+                aa.reset()  # its history belongs to the previous weight
+        return _State(x=self._user_x(s, v), fun=fun, residual=change, v=v, R=R, setup=nxt,
+                      inlier_ratio=inliers, anderson=aa, intermediate=above,
                       record={"energy_start": start, "inlier_ratio": inliers,
-                              "accepted": accepted})
+                              "accepted": accepted,
+                              "arap_weight": float(self.arap_weight) * s.arap_scale})
 
     def _result_fields(self, problem, state: _State) -> dict:
         s = state.setup
@@ -525,7 +557,9 @@ class NonRigidRegistration(BaseEstimator):
 
     Parameters
     ----------
-    arap_weight, welsch_scale, point_weight, reject_opposite, reject_distance, coarse, anderson
+    arap_weight, arap_floor, welsch_scale, point_weight, reject_opposite, reject_distance
+        See :class:`SPARE` (the same defaults).
+    coarse, anderson
         See :class:`SPARE` (the same defaults).
     linear_solver, tol, max_iter
         See :class:`SPARE` (the same defaults).
@@ -554,14 +588,16 @@ class NonRigidRegistration(BaseEstimator):
     (225, 3)
     """
 
-    def __init__(self, *, arap_weight: float = 200.0, welsch_scale: float | None = None,
-                 point_weight: float = 0.0, reject_opposite: bool = True,
+    def __init__(self, *, arap_weight: float = 200.0, arap_floor: float = 1.0,
+                 welsch_scale: float | None = None, point_weight: float = 0.0,
+                 reject_opposite: bool = True,
                  reject_distance: float | None = 3.0,
                  coarse: bool | DeformationGraph = True,
                  anderson: bool | AndersonAcceleration = False,
                  linear_solver: str = "auto", k: int = 8,
                  tol: float = 1e-4, max_iter: int = 100):
         self.arap_weight = arap_weight
+        self.arap_floor = arap_floor
         self.welsch_scale = welsch_scale
         self.point_weight = point_weight
         self.reject_opposite = reject_opposite

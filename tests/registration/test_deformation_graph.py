@@ -154,3 +154,39 @@ def test_bad_coarse_options():
     p, _ = _surface(30)
     with pytest.raises((TypeError, ValueError), match="coarse"):
         SPARE(coarse="yes").solve(NonRigidRegistrationProblem(p, p + 0.01))
+
+
+def test_pairs_reject_far_matches_like_a_brute_force_search():
+    graph, X, _, _, _ = _graph_and_pairs()
+    p, normals = _surface(300)
+    target = (p + 0.03 * normals * np.sin(3 * p[:, :1]))[p[:, 0] < 0.3]
+    graph.index = NeighborIndex(target, backend="scipy")
+    v = graph.positions(X)
+    _, _, valid = _pairs(graph, v, X, True, True, target, np.tile([0.0, 0.0, 1.0],
+                                                                  (len(target), 1)))
+    _, _, kept = _pairs(graph, v, X, True, True, target, np.tile([0.0, 0.0, 1.0],
+                                                                 (len(target), 1)),
+                        reject_distance=1.5)
+    near = cdist(v, target).min(axis=1) <= 1.5 * graph.nu    # brute force, no KD-tree
+    assert np.any(valid & ~near) and np.any(valid & near)
+    np.testing.assert_array_equal(kept, valid & near)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rejection_keeps_the_unobserved_part_from_folding_onto_the_target(seed):
+    # The target is the source lifted by 0.03, with the part x >= 0.2 missing. Without the
+    # distance rejection the missing part's samples match the target's border and drag the
+    # graph over it (measured: error 0.25-0.31 from a start of 0.03); with it they are left
+    # to the smoothness term and follow the observed part.
+    p, normals = _surface(600, seed)
+    truth = p + [0.0, 0.0, 0.03]
+    keep = p[:, 0] < 0.2
+    target = truth[keep]
+    errors = {}
+    for reject in (None, 3.0):
+        coarse = run_coarse_stage(p, normals, target, normals[keep], oriented=True,
+                                  reject_opposite=True, index=NeighborIndex(target),
+                                  options=DeformationGraph(node_spacing=4.0),
+                                  reject_distance=reject)
+        errors[reject] = np.sqrt(np.mean(np.sum((coarse.v - truth) ** 2, axis=1)[~keep]))
+    assert errors[3.0] < 0.005 < 0.1 < errors[None]

@@ -275,7 +275,8 @@ def test_too_few_points_for_normals():
     "option, value, error",
     [("arap_weight", 0.0, ValueError), ("welsch_scale", -1.0, ValueError),
      ("reject_opposite", 1, TypeError), ("neighbors", "bogus", ValueError),
-     ("point_weight", -1.0, ValueError)],
+     ("point_weight", -1.0, ValueError), ("arap_floor", 0.0, ValueError),
+     ("arap_floor", 1.5, ValueError)],
 )
 def test_bad_options(option, value, error):
     p, _ = _ellipsoid(30)
@@ -376,6 +377,28 @@ def test_point_weight_recovers_a_stretch_along_the_surface(coarse):
     assert np.all(both.history["fun"] <= both.history["energy_start"] * (1 + 1e-12))
 
 
+@pytest.mark.filterwarnings("ignore::mmopt.ConvergenceWarning")
+def test_arap_continuation_halves_the_weight_and_keeps_every_mm_step():
+    # Each iteration runs at one ARAP weight (recorded), halved once the change settles,
+    # down to the floor; the surrogate argument holds at each iteration's weight.
+    p, normals = _ellipsoid(300)
+    target = p + 0.04 * normals * np.sin(3 * p[:, :1])
+    res = nonrigid_icp(p, target, arap_floor=0.1, max_iter=60, tol=1e-4)
+    weights = np.asarray(res.history["arap_weight"])
+    ratios = weights[1:] / weights[:-1]
+    assert weights[0] == 200.0 and weights[-1] == pytest.approx(20.0)
+    assert np.all(np.isclose(ratios, 1.0) | np.isclose(ratios, 0.5)
+                  | np.isclose(weights[1:], 20.0))
+    assert np.sum(~np.isclose(ratios, 1.0)) == 4               # 200 100 50 25 20
+    assert np.all(res.history["fun"] <= res.history["energy_start"] * (1 + 1e-12))
+    assert res.success and res.history["residual"][-1] <= 1e-4
+    # the floor 1 is the paper's scheme, unchanged
+    plain = nonrigid_icp(p, target, max_iter=60)
+    same = nonrigid_icp(p, target, max_iter=60, arap_floor=1.0)
+    np.testing.assert_array_equal(plain.points, same.points)
+    assert set(plain.history["arap_weight"]) == {200.0}
+
+
 def test_estimator_passes_the_new_options_to_spare():
     # coarse / reject_distance / anderson reach the solver: turning the coarse stage off
     # leaves no graph nodes in the result, and the defaults equal SPARE's.
@@ -392,6 +415,10 @@ def test_estimator_passes_the_new_options_to_spare():
     np.testing.assert_allclose(
         stretch.points_,
         SPARE(point_weight=100.0).solve(NonRigidRegistrationProblem(X, Y)).points, atol=1e-12)
+    soft = NonRigidRegistration(arap_floor=0.25).fit(X, Y)
+    np.testing.assert_allclose(
+        soft.points_,
+        SPARE(arap_floor=0.25).solve(NonRigidRegistrationProblem(X, Y)).points, atol=1e-12)
     superlu = NonRigidRegistration(linear_solver="superlu").fit(X, Y)
     assert superlu.result_.nit == default.result_.nit
     np.testing.assert_allclose(superlu.points_, default.points_, atol=1e-9)
