@@ -325,8 +325,9 @@ class PointCloudSinkhorn(Solver):
       ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
       ``psi = g - reg log b`` (and, at a new level,
       every pair within the threshold of its row's best); they are found by branch and bound
-      in a k-d tree of ``y`` whose nodes carry the largest ``psi`` below them, never visiting
-      the others, so a half-iteration costs O(kept pairs). The pairs are re-selected when
+      in a k-d tree of ``y`` whose nodes carry an affine upper bound of ``psi`` below them
+      (a least-squares slope, the exact largest residual), never visiting the others, so a
+      half-iteration costs O(kept pairs). The pairs are re-selected when
       ``reg`` changes or the potentials moved enough to erode the margin: below a quarter
       of the threshold before the problem's ``reg`` (and at it while the relative marginal
       error is above 1e-3), below the larger of half the threshold and
