@@ -315,17 +315,23 @@ cdef double _ball(
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
     const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
     Py_ssize_t d, long long* stack, double* moved, const long long[::1] order,
-    _Buffer* out,
+    _Buffer* out, const double[::1] weight, const double[::1] node_weight, double phi_ref,
+    double inv_reg, double* dropped,
 ) noexcept nogil:
     """Append the points with ``|x_i - y_j|^2 - psi_j <= radius`` to ``out`` (original
-    indices, ``|x_i - y_j|^2``); returns the smallest such value (inf if none)."""
+    indices, ``|x_i - y_j|^2``); returns the smallest such value (inf if none). Sets
+    ``dropped`` to an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 - psi_j - phi_ref) /
+    reg)`` over the points left out: a skipped node's weight times the exponential of its
+    bound, a leaf's points exactly."""
     cdef Py_ssize_t top = 1, node, e
-    cdef double c, value, smallest = INFINITY
+    cdef double c, value, bound, smallest = INFINITY, total = 0.0
     stack[0] = 0
     while top > 0:
         top = top - 1
         node = stack[top]
-        if _node_bound(xi, node, shift, offset, lo, hi, d, moved) > radius:
+        bound = _node_bound(xi, node, shift, offset, lo, hi, d, moved)
+        if bound > radius:
+            total = total + node_weight[node] * exp((phi_ref - bound) * inv_reg)
             continue
         if node >= first_leaf:
             for e in range(start[node], start[node + 1]):
@@ -335,10 +341,13 @@ cdef double _ball(
                     _push(out, <int>order[e], c)
                     if value < smallest:
                         smallest = value
+                else:
+                    total = total + weight[e] * exp((phi_ref - value) * inv_reg)
             continue
         stack[top] = 2 * node + 1
         stack[top + 1] = 2 * node + 2
         top = top + 2
+    dropped[0] = total
     return smallest
 
 
@@ -348,7 +357,8 @@ cdef void _chunk_rows(
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
     const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
     double threshold, long long[::1] counts, double[::1] phi_eff, _Buffer* out,
-    long long* stack, double* bounds, double* moved,
+    long long* stack, double* bounds, double* moved, const double[::1] weight,
+    const double[::1] node_weight, double inv_reg, double[::1] dropped,
 ) noexcept nogil:
     """The rows ``begin:end`` of :func:`tree_ball_pairs` into ``out``."""
     cdef Py_ssize_t i, d = x.shape[1], before
@@ -360,7 +370,8 @@ cdef void _chunk_rows(
             # One search at phi_i + threshold: enough when it meets a pair at or below
             # phi_i (the row's best is then at most phi_i, so phi_eff_i = phi_i).
             smallest = _ball(&x[i, 0], phi[i] + threshold, points, psi, lo, hi, start,
-                             shift, offset, first_leaf, d, stack, moved, order, out)
+                             shift, offset, first_leaf, d, stack, moved, order, out,
+                             weight, node_weight, phi[i], inv_reg, &dropped[i])
             if smallest <= phi[i]:
                 phi_eff[i] = phi[i]
                 counts[i] = out.size - before
@@ -374,7 +385,8 @@ cdef void _chunk_rows(
                                  first_leaf, d, stack, bounds, moved)
         phi_eff[i] = max(phi[i], best)
         _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi, start, shift, offset,
-              first_leaf, d, stack, moved, order, out)
+              first_leaf, d, stack, moved, order, out, weight, node_weight, phi_eff[i],
+              inv_reg, &dropped[i])
         counts[i] = out.size - before
 
 
@@ -389,14 +401,20 @@ def tree_ball_pairs(
     const long long[::1] start,
     const double[:, ::1] shift,
     const double[::1] offset,
+    const double[::1] weight,
+    const double[::1] node_weight,
     Py_ssize_t first_leaf,
     double threshold,
+    double reg,
     int n_threads,
 ):
     """Per row ``i`` of ``x``, the tree's points ``j`` with
     ``|x_i - y_j|^2 - psi_j <= max(phi_i, min_l |x_i - y_l|^2 - psi_l) + threshold``:
-    ``(indptr, indices, cost, phi_eff)``, the pairs in compressed rows (original indices,
-    squared distances; unsorted within a row) and ``phi_eff`` the max above.
+    ``(indptr, indices, cost, phi_eff, dropped)``, the pairs in compressed rows (original
+    indices, squared distances; unsorted within a row), ``phi_eff`` the max above and
+    ``dropped[i]`` an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 - psi_j - phi_eff_i) /
+    reg)`` over the row's points left out (``weight``: the points' ``w`` in tree order,
+    ``node_weight``: their sums below each node).
 
     The tree is an implicit complete binary tree (children ``2k + 1``, ``2k + 2``; leaves
     from ``first_leaf`` on, leaf ``k`` holding the points ``start[k]:start[k + 1]`` of
@@ -418,8 +436,11 @@ def tree_ball_pairs(
     cdef int failed = 0
     counts_array = np.zeros(n, dtype=np.int64)
     phi_eff_array = np.empty(n)
+    dropped_array = np.zeros(n)
     cdef long long[::1] counts = counts_array
     cdef double[::1] phi_eff = phi_eff_array
+    cdef double[::1] dropped = dropped_array
+    cdef double inv_reg = 1.0 / reg
     buffers = <_Buffer*>calloc(max(n_chunks, 1), sizeof(_Buffer))
     if buffers == NULL:
         raise MemoryError("tree_ball_pairs: no memory for the chunk buffers")
@@ -431,7 +452,8 @@ def tree_ball_pairs(
             for c in prange(n_chunks, schedule="dynamic"):
                 _chunk_rows(c * CHUNK, min(n, (c + 1) * CHUNK), x, phi, points, psi, order,
                             lo, hi, start, shift, offset, first_leaf, threshold, counts,
-                            phi_eff, &buffers[c], stack, bounds, moved)
+                            phi_eff, &buffers[c], stack, bounds, moved, weight,
+                            node_weight, inv_reg, dropped)
             free(stack)
             free(bounds)
             free(moved)
@@ -450,7 +472,7 @@ def tree_ball_pairs(
             free(buffers[c].index)
             free(buffers[c].cost)
         free(buffers)
-    return indptr_array, indices_array, cost_array, phi_eff_array
+    return indptr_array, indices_array, cost_array, phi_eff_array, dropped_array
 
 
 cdef void _gather(

@@ -167,6 +167,13 @@ class SpatialTree:
             values[parents] = combine(values[2 * parents + 1], values[2 * parents + 2])
             first = (first - 1) // 2
 
+    def node_sum(self, weights):
+        """The sum of ``weights`` (in the original order) below each node."""
+        out = np.empty(2 * self.first_leaf + 1)
+        out[self.first_leaf:] = np.add.reduceat(weights[self.order], self.leaf_starts)
+        self._up(out, np.add)
+        return out
+
     def node_affine(self, psi):
         """An affine upper bound of ``psi`` (in the original order) below each node:
         ``(shift, offset)`` with ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` for
@@ -205,9 +212,15 @@ class SpatialTree:
         return shift, offset
 
 
-def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None):
+def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, reg=None):
     """The CSR pattern ``(indptr, indices)`` of the pairs kept for the sqeuclidean cost,
-    their costs, and the row potentials ``phi_eff`` that certify the dropped pairs.
+    their costs, and the row potentials ``phi_eff`` that certify the dropped pairs; with
+    the weights ``b`` of ``y`` and ``reg``, also ``dropped``: per row ``i`` an upper bound
+    of ``sum_j b_j exp(-(C_ij - phi_eff_i - psi_j) / reg)`` over the pairs left out by the
+    row rules (so the plan ``a_i b_j exp((phi_i + psi_j - C_ij) / reg)`` at any
+    ``phi <= phi_eff`` drops at most ``sum_i a_i dropped_i``), accumulated in the tree
+    search: a skipped node's weight times the exponential of its bound, and the scanned
+    points exactly.
 
     Row ``i`` keeps every ``j`` with ``C_ij - phi_i - psi_j <= threshold`` and every ``j``
     with ``C_ij - psi_j <= min_l (C_il - psi_l) + threshold`` (so no row is empty, whatever
@@ -237,15 +250,16 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None):
     trees = {} if trees is None else trees
     if "y" not in trees:
         trees["y"] = SpatialTree(y)
-    indptr, indices, cost, phi_eff = _ball_rows(x, trees["y"], phi, psi, threshold,
-                                                n_threads)
+    weights = np.zeros(m) if b is None else np.asarray(b, dtype=np.float64)
+    indptr, indices, cost, phi_eff, dropped = _ball_rows(
+        x, trees["y"], phi, psi, threshold, n_threads, weights, 1.0 if reg is None else reg)
     counts = np.bincount(indices, minlength=m)
     empty = np.flatnonzero(counts == 0)
     if empty.size:
         if "x" not in trees:
             trees["x"] = SpatialTree(x)
-        extra_ptr, extra_rows, extra_cost, _ = _ball_rows(
-            y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads
+        extra_ptr, extra_rows, extra_cost, _, _ = _ball_rows(
+            y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads, np.zeros(n), 1.0
         )
         rows = np.concatenate([np.repeat(np.arange(n), np.diff(indptr)), extra_rows])
         cols = np.concatenate([indices, np.repeat(empty, np.diff(extra_ptr))])
@@ -253,16 +267,21 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None):
         order = np.argsort(rows, kind="stable")
         indices, cost = cols[order].astype(np.int32), cost[order]
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return indptr.astype(np.int64), indices, cost, phi_eff
+    out = indptr.astype(np.int64), indices, cost, phi_eff
+    # The pairs added for empty columns only lower the dropped mass: the bound holds.
+    return out if b is None else out + (dropped,)
 
 
-def _ball_rows(x, tree, phi, psi, threshold, n_threads):
+def _ball_rows(x, tree, phi, psi, threshold, n_threads, weights, reg):
     """The two row rules of :func:`kept_pairs` for the rows ``x`` against ``tree``'s points
-    (potentials ``psi``): ``(indptr, indices, cost, phi_eff)``."""
+    (potentials ``psi``, weights ``weights``): ``(indptr, indices, cost, phi_eff,
+    dropped)``."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     phi = np.ascontiguousarray(phi, dtype=np.float64)
     psi = np.ascontiguousarray(psi, dtype=np.float64)
     shift, offset = tree.node_affine(psi)
     return tree_ball_pairs(x, phi, tree.points, np.ascontiguousarray(psi[tree.order]),
                            tree.order, tree.lo, tree.hi, tree.start, shift, offset,
-                           tree.first_leaf, float(threshold), int(n_threads))
+                           np.ascontiguousarray(weights[tree.order]),
+                           tree.node_sum(weights), tree.first_leaf, float(threshold),
+                           float(reg), int(n_threads))

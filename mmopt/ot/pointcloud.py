@@ -212,12 +212,17 @@ class _Pattern:
     """The kept pairs of one truncation, in compressed rows and columns, with their costs.
 
     Every pair left out had reduced cost ``C_ij - phi0_i - psi0_j > threshold``, with
-    ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation.
+    ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation;
+    ``row_dropped[i]`` bounds ``sum_j b_j exp(-(C_ij - phi0_i - psi0_j) / reg)`` over row
+    ``i``'s pairs left out (from the tree search, :func:`kept_pairs`).
     """
 
-    def __init__(self, level, phi0, psi0, threshold, threads):
-        indptr, indices, cost, phi0 = kept_pairs(level.x, level.y, phi0, psi0, threshold,
-                                                 n_threads=threads, trees=level.trees)
+    def __init__(self, level, phi0, psi0, reg, threshold, threads):
+        indptr, indices, cost, phi0, row_dropped = kept_pairs(
+            level.x, level.y, phi0, psi0, threshold, n_threads=threads, trees=level.trees,
+            b=level.b, reg=reg)
+        with np.errstate(divide="ignore"):
+            self.log_row_dropped = level.log_a + np.log(row_dropped)
         matrix = sp.csr_matrix((cost, indices, indptr), shape=(len(level.x), len(level.y)))
         transposed = matrix.T.tocsr()
         self.indptr, self.indices, self.cost = indptr, indices, cost
@@ -225,10 +230,11 @@ class _Pattern:
         self.t_indices = transposed.indices.astype(np.int32)
         self.t_cost = transposed.data
         self.phi0, self.psi0 = phi0, psi0
-        self.threshold = threshold
+        self.threshold, self.reg = threshold, reg
         # Weights normalized to mass 1, in logs, for margin's soft maxima.
         self.log_a = level.log_a - np.log(level.a.sum())
         self.log_b = level.log_b - np.log(level.b.sum())
+        self.log_total = float(np.log(level.a.sum()) + np.log(level.b.sum()))
         self._rows = None
 
     @property
@@ -237,7 +243,8 @@ class _Pattern:
 
     def margin(self, phi, psi, reg) -> float:
         """A certified margin of the dropped pairs at ``(phi, psi, reg)``: their plan mass
-        is at most ``sum(a) sum(b) exp(-margin / reg)``.
+        is at most ``sum(a) sum(b) exp(-margin / reg)``; the larger of two bounds'
+        margins.
 
         A dropped pair had ``C_ij - phi0_i - psi0_j > threshold``, so its entry
         ``a_i b_j exp((phi_i + psi_j - C_ij) / reg)`` is below ``exp(-threshold / reg)``
@@ -245,9 +252,28 @@ class _Pattern:
         likewise ``dpsi``); summed over all pairs, the threshold minus the two weighted
         soft maxima ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` (and ``psi``'s). At
         most the largest rises' sum, far below it when only a few points moved far.
+
+        Row by row, the same entries sum to at most ``a_i exp(dphi_i / reg)
+        row_dropped_i exp(max(dpsi) / reg)``: the tree search's bound, which counts only
+        the pairs near the threshold at their weight (about the pairs kept per row over
+        ``m`` of the first bound's mass, at potentials that moved little).
         """
-        return (self.threshold - _soft_max(phi - self.phi0, self.log_a, reg)
-                - _soft_max(psi - self.psi0, self.log_b, reg))
+        uniform = (self.threshold - _soft_max(phi - self.phi0, self.log_a, reg)
+                   - _soft_max(psi - self.psi0, self.log_b, reg))
+        if reg > self.reg:
+            return uniform  # row_dropped bounds the sums at the truncation's reg and below
+        # Below it, each term exp(-r / reg) = exp(-r / reg0) exp(-r (1 / reg - 1 / reg0))
+        # with r > threshold.
+        lowered = self.threshold * (1.0 / reg - 1.0 / self.reg)
+        with np.errstate(over="ignore", invalid="ignore"):
+            shifted = self.log_row_dropped - lowered + (phi - self.phi0) / reg
+            top = float(np.max(shifted))
+            if top == -np.inf:
+                return np.inf  # nothing dropped
+            log_bound = (top + float(np.log(np.exp(shifted - top).sum()))
+                         + float(np.max(psi - self.psi0)) / reg)
+        by_rows = -reg * (log_bound - self.log_total)
+        return max(uniform, by_rows) if np.isfinite(by_rows) else uniform
 
     def rows(self) -> np.ndarray:
         """The row of every kept pair (made once)."""
@@ -531,7 +557,7 @@ class PointCloudSinkhorn(Solver):
                 # keep the pairs within the threshold of their best (the c-transform of
                 # psi), not of phi.
                 row_reference = phi if pattern is not None else np.full_like(phi, -np.inf)
-                pattern = run.pattern = _Pattern(level, row_reference, psi,
+                pattern = run.pattern = _Pattern(level, row_reference, psi, reg,
                                                  self.truncation * reg, run.threads)
                 run.truncations += 1
                 entry["truncations"] += 1
@@ -690,7 +716,7 @@ class PointCloudSinkhorn(Solver):
             pattern = run.pattern
             if (state.level != len(run.levels) - 1 or pattern is None
                     or pattern.margin(phi, psi, reg) < self._min_margin(problem, state)):
-                pattern = _Pattern(level, phi, psi, self.truncation * reg,
+                pattern = _Pattern(level, phi, psi, reg, self.truncation * reg,
                                    run.threads)
             values, row_sums, col_sums = pattern.plan(f, g, reg)
             block = sp.csr_matrix((values, pattern.indices, pattern.indptr),

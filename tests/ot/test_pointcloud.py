@@ -232,7 +232,7 @@ def test_pattern_margin_certifies_the_dropped_mass_after_the_potentials_move(d):
     rng = np.random.default_rng(d)
     reg = 2e-3
     phi0, psi0 = 0.01 * rng.normal(size=120), 0.01 * rng.normal(size=100)
-    pattern = _Pattern(level, phi0, psi0, 12 * reg, 1)
+    pattern = _Pattern(level, phi0, psi0, reg, 12 * reg, 1)
     cost = _cost(x, y)
     kept = np.zeros((120, 100), dtype=bool)
     kept[pattern.rows(), pattern.indices] = True
@@ -248,7 +248,35 @@ def test_pattern_margin_certifies_the_dropped_mass_after_the_potentials_move(d):
     assert 0.0 < dropped <= np.exp(-margin / reg)
     expected = reg * (np.log(a @ np.exp((phi - pattern.phi0) / reg))
                       + np.log(b @ np.exp((psi - psi0) / reg)))
-    assert margin == pytest.approx(pattern.threshold - expected, rel=1e-12)
+    # At least the soft-max bound's margin (the row bound's, when larger, certified above).
+    assert margin >= pattern.threshold - expected - 1e-12 * reg
+    # A smaller reg than the truncation's: the bound still holds.
+    smaller = 0.7 * reg
+    entries = a[:, None] * b[None] * np.exp((phi[:, None] + psi[None] - cost) / smaller)
+    assert float(entries[~kept].sum()) <= np.exp(-pattern.margin(phi, psi, smaller) / smaller)
+
+
+@pytest.mark.parametrize("d, threads", [(2, 1), (3, 2)])
+def test_kept_pairs_row_dropped_bounds_the_exact_dropped_sums(d, threads):
+    # kept_pairs' per-row bound of sum_j b_j exp(-(C_ij - phi_eff_i - psi_j) / reg) over the
+    # pairs left out, against the dense sums: an upper bound, and within a modest factor
+    # (it counts skipped tree nodes at their bound).
+    rng = np.random.default_rng(10 + d)
+    n, m, reg = 1300, 1200, 1e-3
+    x, y = rng.random((n, d)), rng.random((m, d))
+    b = rng.uniform(0.5, 1.5, size=m)
+    b /= b.sum()
+    phi = 0.3 * np.sin(3.0 * x[:, 0]) + reg * rng.normal(size=n)
+    psi = -0.3 * np.sin(3.0 * y[:, 0]) + reg * rng.normal(size=m)
+    phi[5] = -np.inf
+    indptr, indices, cost, phi_eff, dropped = kept_pairs(x, y, phi, psi, 8 * reg,
+                                                         n_threads=threads, b=b, reg=reg)
+    kept = np.zeros((n, m), dtype=bool)
+    kept[np.repeat(np.arange(n), np.diff(indptr)), indices] = True
+    terms = b[None] * np.exp(-(_cost(x, y) - phi_eff[:, None] - psi[None]) / reg)
+    exact = np.where(kept, 0.0, terms).sum(1)
+    assert (exact > 0).all() and (dropped >= exact * (1 - 1e-12)).all()
+    assert np.median(dropped / exact) < 20.0
 
 
 @pytest.mark.parametrize("d", [2, 3])
