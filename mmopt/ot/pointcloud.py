@@ -281,6 +281,16 @@ class _Pattern:
             self._rows = np.repeat(np.arange(self.indptr.size - 1), np.diff(self.indptr))
         return self._rows
 
+    def sums(self, f, g, reg, threads, transposed=False) -> np.ndarray:
+        """The kept plan's row sums at ``(f, g, reg)`` (column sums if ``transposed``)."""
+        if transposed:
+            f, g = g, f
+            indptr, indices, cost = self.t_indptr, self.t_indices, self.t_cost
+        else:
+            indptr, indices, cost = self.indptr, self.indices, self.cost
+        _, out = sparse_softmin(indptr, indices, cost, g, f, np.zeros(len(f)), reg, threads)
+        return out
+
     def plan(self, f, g, reg):
         """The kept plan entries at ``(f, g, reg)`` and the plan's row and column sums."""
         rows = self.rows()
@@ -768,20 +778,25 @@ def _newton_step(problem, state, pattern, level):
     n = len(level.x)
     mass = float(level.b.sum())
 
+    threads = _threads(run, pattern.nnz)
+
     def negative_dual(f, g):
-        values, row, col = pattern.plan(f, g, reg)
-        value = reg * float(values.sum()) - float(level.a @ f + level.b @ g)
+        # The plan's row and column sums by the sparse kernels (parallel, vectorized exp).
+        row = pattern.sums(f, g, reg, threads)
+        col = pattern.sums(f, g, reg, threads, transposed=True)
+        value = reg * float(row.sum()) - float(level.a @ f + level.b @ g)
         error = float(np.abs(row - level.a).sum() + np.abs(col - level.b).sum())
-        return value, values, row, col, error
+        return value, row, col, error
 
     with np.errstate(over="ignore", invalid="ignore"):
-        value, values, row, col, error = negative_dual(state.f, state.g)
+        value, row, col, error = negative_dual(state.f, state.g)
         grad = np.concatenate([row - level.a, col - level.b])
         if not np.isfinite(value) or error == 0.0:
             return None
         # The Hessian without the entries negligible in both their row and their column
         # (SinkhornNewtonSparse's sparsification; the line search stays exact): a near map
         # keeps about one entry per row, and the factorization little fill-in.
+        values, _, _ = pattern.plan(state.f, state.g, reg)
         rows = pattern.rows()
         significant = values >= _NEWTON_SPARSIFY * np.minimum(row[rows], col[pattern.indices])
         S = sp.csr_matrix((values[significant], (rows[significant],
@@ -804,7 +819,7 @@ def _newton_step(problem, state, pattern, level):
         def evaluate(step):
             f = state.f + step * direction[:n]
             g = state.g + step * direction[n:]
-            new_value, _, _, _, new_error = negative_dual(f, g)
+            new_value, _, _, new_error = negative_dual(f, g)
             return new_value, -1e-4 * step * slope, new_error, (f, g, new_value, new_error)
 
         accepted = line_search(evaluate, value, error, max_halvings=12)
