@@ -370,9 +370,11 @@ class PointCloudSinkhorn(Solver):
       ``reg log(100 / tol)`` after (at most 3/4 of the threshold; the returned plan always
       meets that floor). The margin is the threshold minus the weighted soft maxima
       ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` of the rises ``dphi`` of ``phi``
-      since the selection and likewise of ``psi`` (at most their largest rises): the
-      dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``, reported as
-      ``dropped_mass_bound``.
+      since the selection and likewise of ``psi`` (at most their largest rises), or, when
+      larger, the margin of a bound summed row by row in the tree search (each skipped
+      node's weight at its bound, the scanned points exactly) and carried to the moved
+      potentials: the dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``,
+      reported as ``dropped_mass_bound``.
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
       convolutions, the clouds spread onto the grid and the potentials interpolated back
