@@ -21,8 +21,9 @@ from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_gemm import online_softmin_gemm
-from mmopt.ot._cloud_kernels import ParallelCSR, sparse_softmin
+from mmopt.ot._cloud_kernels import ParallelCSR
 from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
+from mmopt.ot._cloud_kernels import sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import Direction, line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
