@@ -488,24 +488,3 @@ cdef void _gather(
             if buffers[c].size > 0:
                 memcpy(&indices[base], buffers[c].index, buffers[c].size * sizeof(int))
                 memcpy(&cost[base], buffers[c].cost, buffers[c].size * sizeof(double))
-
-
-def csr_matvec(
-    const long long[::1] indptr,
-    const int[::1] indices,
-    const double[::1] data,
-    const double[::1] x,
-    double[::1] out,
-    int n_threads,
-):
-    """``out = A x`` for the CSR matrix ``(data, indices, indptr)``, rows in parallel (the
-    Newton systems' CG of :mod:`mmopt.ot.pointcloud`; SciPy's product runs on one thread)."""
-    cdef Py_ssize_t n = indptr.shape[0] - 1
-    cdef Py_ssize_t i, e
-    cdef double total
-    with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            total = 0.0
-            for e in range(indptr[i], indptr[i + 1]):
-                total = total + data[e] * x[indices[e]]
-            out[i] = total

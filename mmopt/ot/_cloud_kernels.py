@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmopt_ext._pointcloud import csr_matvec as _csr_matvec
 from mmopt_ext._pointcloud import online_softmin as _online_softmin
 from mmopt_ext._pointcloud import pair_costs as _pair_costs
 from mmopt_ext._pointcloud import sparse_softmin as _sparse_softmin
@@ -73,29 +72,3 @@ def pair_costs(x, y, indptr, indices, kind, p, n_threads):
     _pair_costs(_floats(x), _floats(y), indptr, np.ascontiguousarray(indices, dtype=np.int32),
                 int(kind), float(p), out, int(n_threads))
     return out
-
-
-class ParallelCSR:
-    """A CSR matrix whose products with vectors (``A @ v``) run on ``n_threads`` threads.
-
-    Examples
-    --------
-    >>> import numpy as np, scipy.sparse as sp
-    >>> A = sp.csr_matrix(np.array([[1.0, 2.0], [0.0, 3.0]]))
-    >>> (ParallelCSR(A, 2) @ np.array([1.0, 1.0])).tolist()
-    [3.0, 3.0]
-    """
-
-    def __init__(self, matrix, n_threads):
-        matrix = matrix.tocsr()
-        self.shape = matrix.shape
-        self.indptr = matrix.indptr.astype(np.int64, copy=False)
-        self.indices = matrix.indices.astype(np.int32, copy=False)
-        self.data = _floats(matrix.data)
-        self.n_threads = int(n_threads)
-
-    def __matmul__(self, vector):
-        out = np.empty(self.shape[0])
-        _csr_matvec(self.indptr, self.indices, self.data, _floats(vector), out,
-                    self.n_threads)
-        return out

@@ -21,7 +21,6 @@ from mmopt._core.solver import Solver, SolverState, StopSolve
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_gemm import online_softmin_gemm
-from mmopt.ot._cloud_kernels import ParallelCSR
 from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
 from mmopt.ot._cloud_kernels import sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
@@ -808,8 +807,7 @@ def _newton_step(problem, state, pattern, level):
         diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
         shifted = diagonal + _NEWTON_SHIFT * error
         if n + len(level.y) > _MULTILEVEL_MIN and len(run.levels) > 1:
-            found = _multilevel_direction(shifted, S, grad, reg, run.levels, error / mass,
-                                          run.threads)
+            found = _multilevel_direction(shifted, S, grad, reg, run.levels, error / mass)
         else:
             found = newton_direction(shifted, S, grad, reg)
         if found is None:
@@ -855,15 +853,14 @@ def _aggregation(fine: CloudLevel, coarse: CloudLevel):
     return sp.csr_matrix((signs, (rows, np.arange(n + m))), shape=shape)
 
 
-def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error, threads=1):
+def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
     """The Newton direction by CG preconditioned with a multigrid V-cycle whose coarse
     spaces are the hierarchy's clusters (aggregation: one variable per cluster, Galerkin
     coarse operators ``R H R^T``), one damped Jacobi sweep before and after each coarse
     correction (a symmetric preconditioner), a sparse LU on the first level of at most
     ``_COARSEST_MAX`` variables (or the hierarchy's coarsest). Inexact Newton: relative
     residual ``min(0.1, sqrt(relative_error))``, at most ``_MULTILEVEL_MAX_CG`` iterations.
-    The products with the levels' operators run on ``threads`` threads. None if the
-    factorization fails or the direction is not finite."""
+    None if the factorization fails or the direction is not finite."""
     n = S.shape[0]
     H = sp.bmat([[sp.diags_array(diagonal[:n]), S / reg],
                  [S.T / reg, sp.diags_array(diagonal[n:])]], format="csr")
@@ -880,13 +877,10 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error, thread
     except RuntimeError:
         return None
     inverse_diagonals = [_JACOBI_WEIGHT / A.diagonal() for A in operators[:-1]]
-    products = [ParallelCSR(A, threads) for A in operators[:-1]]
-    hierarchy = (products, restrictions, inverse_diagonals, coarsest)
+    hierarchy = (operators, restrictions, inverse_diagonals, coarsest)
     size = H.shape[0]
     preconditioner = LinearOperator((size, size), matvec=lambda v: _v_cycle(0, v, hierarchy),
                                     dtype=float)
-    fine = products[0] if products else ParallelCSR(H, threads)
-    H = LinearOperator((size, size), matvec=fine.__matmul__, dtype=float)
     iterations = 0
 
     def count(_):
@@ -908,7 +902,7 @@ def _v_cycle(k, residual, hierarchy):
     not a closure calling itself: that reference cycle kept each Newton step's operators
     alive until the garbage collector's next full pass)."""
     operators, restrictions, inverse_diagonals, coarsest = hierarchy
-    if k == len(operators):
+    if k == len(operators) - 1:
         return coarsest.solve(residual)
     A, R, weight = operators[k], restrictions[k], inverse_diagonals[k]
     out = weight * residual
