@@ -28,8 +28,10 @@ DIRECT_MAX_DEGREE = 40
 # the exact factorization when the cap is not reached (checked by the residual of the
 # solve) and otherwise a preconditioner of GMRES. (Uncapped, a 3-D-like plan's 1.87M nonzeros
 # at 2 10^5 variables filled in to 220M: 5 GB; a 9-neighbour 3-D graph of 4 10^4 variables
-# fills 4 10^5 nonzeros to 2.3 10^7.)
-DIRECT_GUARD_SIZE = 50_000
+# fills 4 10^5 nonzeros to 2.3 10^7.) Not below: SuperLU's incomplete factorization was
+# slower than its complete one in 3-D (the 3 10^4-point 3-D sharp solve, 6 10^4
+# variables: 57.5 s CPU instead of 44.7).
+DIRECT_GUARD_SIZE = 100_000
 DIRECT_MAX_FILL = 30_000_000
 # Relative residual under which the capped factorization counts as exact.
 _EXACT_RTOL = 1e-8
