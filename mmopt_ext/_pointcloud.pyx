@@ -13,8 +13,11 @@ Costs: kind 0 ``|x - y|^2``, kind 1 ``|x - y|``, kind 2 ``|x - y|^p``.
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport exp, log, pow, sqrt, INFINITY
-from libc.stdlib cimport free, malloc
+from libc.math cimport exp, fabs, log, pow, sqrt, INFINITY
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy
+
+import numpy as np
 
 cdef extern from "_expsum.h" nogil:
     ctypedef double (*mmopt_expsum_fn)(const double*, const double*, double, double, Py_ssize_t)
@@ -196,6 +199,8 @@ def pair_costs(
 
 # Depth bound of the DFS stacks of the tree searches (a tree over < 2^60 points).
 DEF STACK = 128
+# Rows per work unit of tree_ball_pairs (each unit's pairs go to its own growable buffer).
+DEF CHUNK = 512
 
 
 cdef inline double _box_distance2(
@@ -215,20 +220,42 @@ cdef inline double _box_distance2(
     return s
 
 
+cdef inline double _node_bound(
+    const double* xi, Py_ssize_t node, const double[:, ::1] shift,
+    const double[::1] offset, const double[:, ::1] lo, const double[:, ::1] hi,
+    Py_ssize_t d, double* moved,
+) noexcept nogil:
+    """A lower bound of ``|x_i - y_j|^2 - psi_j`` over the points below ``node``, whose
+    potentials satisfy ``psi_j <= 2 s.y_j + offset - |s|^2`` (``s = shift[node]``):
+    ``|x - y|^2 - 2 s.y = |y - (x + s)|^2 - 2 s.x - |s|^2``, so the bound is the squared
+    distance from ``x_i + s`` to the node's box minus ``2 s.x_i + offset``, less a
+    relative rounding slack (a smaller bound only visits more)."""
+    cdef double dot = 0.0, dist2, value
+    cdef Py_ssize_t k
+    for k in range(d):
+        moved[k] = xi[k] + shift[node, k]
+        dot = dot + xi[k] * shift[node, k]
+    dist2 = _box_distance2(moved, &lo[node, 0], &hi[node, 0], d)
+    value = dist2 - 2.0 * dot - offset[node]
+    return value - 1e-12 * (dist2 + 2.0 * fabs(dot) + fabs(offset[node]))
+
+
 cdef double _best_reduced(
     const double* xi, const double[:, ::1] points, const double[::1] psi,
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
-    const double[::1] node_max, Py_ssize_t first_leaf, Py_ssize_t d, long long* stack,
+    const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
+    Py_ssize_t d, long long* stack, double* bounds, double* moved,
 ) noexcept nogil:
-    """``min_j |x_i - y_j|^2 - psi_j`` by branch and bound over the tree."""
-    cdef double best = INFINITY, bound, value
+    """``min_j |x_i - y_j|^2 - psi_j`` by branch and bound over the tree (depth first, the
+    child of smaller bound first; ``bounds`` holds the pushed nodes' bounds)."""
+    cdef double best = INFINITY, value, left_bound, right_bound
     cdef Py_ssize_t top = 1, node, e, left
     stack[0] = 0
+    bounds[0] = _node_bound(xi, 0, shift, offset, lo, hi, d, moved)
     while top > 0:
         top = top - 1
         node = stack[top]
-        bound = _box_distance2(xi, &lo[node, 0], &hi[node, 0], d) - node_max[node]
-        if bound >= best:
+        if bounds[top] >= best:
             continue
         if node >= first_leaf:
             for e in range(start[node], start[node + 1]):
@@ -237,48 +264,130 @@ cdef double _best_reduced(
                     best = value
             continue
         left = 2 * node + 1
-        # The nearer child last, so that it is searched first.
-        if (_box_distance2(xi, &lo[left, 0], &hi[left, 0], d) - node_max[left]
-                <= _box_distance2(xi, &lo[left + 1, 0], &hi[left + 1, 0], d)
-                - node_max[left + 1]):
-            stack[top] = left + 1
-            stack[top + 1] = left
+        left_bound = _node_bound(xi, left, shift, offset, lo, hi, d, moved)
+        right_bound = _node_bound(xi, left + 1, shift, offset, lo, hi, d, moved)
+        # The child of smaller bound last, so that it is searched first.
+        if left_bound <= right_bound:
+            stack[top], bounds[top] = left + 1, right_bound
+            stack[top + 1], bounds[top + 1] = left, left_bound
         else:
-            stack[top] = left
-            stack[top + 1] = left + 1
+            stack[top], bounds[top] = left, left_bound
+            stack[top + 1], bounds[top + 1] = left + 1, right_bound
         top = top + 2
     return best
 
 
-cdef Py_ssize_t _ball(
+cdef struct _Buffer:
+    int* index
+    double* cost
+    Py_ssize_t size
+    Py_ssize_t capacity
+    int failed
+
+
+cdef inline void _push(_Buffer* out, int index, double cost) noexcept nogil:
+    """Append a pair, doubling the buffer when full (``failed`` set if memory runs out)."""
+    cdef Py_ssize_t capacity
+    cdef int* grown_index
+    cdef double* grown_cost
+    if out.size == out.capacity:
+        if out.failed:
+            return
+        capacity = 2 * out.capacity + 1024
+        grown_index = <int*>realloc(out.index, capacity * sizeof(int))
+        if grown_index == NULL:
+            out.failed = 1
+            return
+        out.index = grown_index
+        grown_cost = <double*>realloc(out.cost, capacity * sizeof(double))
+        if grown_cost == NULL:
+            out.failed = 1
+            return
+        out.cost = grown_cost
+        out.capacity = capacity
+    out.index[out.size] = index
+    out.cost[out.size] = cost
+    out.size = out.size + 1
+
+
+cdef double _ball(
     const double* xi, double radius, const double[:, ::1] points, const double[::1] psi,
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
-    const double[::1] node_max, Py_ssize_t first_leaf, Py_ssize_t d, long long* stack,
-    const long long[::1] order, int* out_index, double* out_cost,
+    const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
+    Py_ssize_t d, long long* stack, double* moved, const long long[::1] order,
+    _Buffer* out, const double[::1] weight, const double[::1] node_weight, double phi_ref,
+    double inv_reg, double* dropped,
 ) noexcept nogil:
-    """The points with ``|x_i - y_j|^2 - psi_j <= radius``: counted, and written to
-    ``out_index`` (original indices) and ``out_cost`` (``|x_i - y_j|^2``) unless NULL."""
-    cdef Py_ssize_t top = 1, node, e, count = 0
-    cdef double c
+    """Append the points with ``|x_i - y_j|^2 - psi_j <= radius`` to ``out`` (original
+    indices, ``|x_i - y_j|^2``); returns the smallest such value (inf if none). Sets
+    ``dropped`` to an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 - psi_j - phi_ref) /
+    reg)`` over the points left out: a skipped node's weight times the exponential of its
+    bound, a leaf's points exactly."""
+    cdef Py_ssize_t top = 1, node, e
+    cdef double c, value, bound, smallest = INFINITY, total = 0.0
     stack[0] = 0
     while top > 0:
         top = top - 1
         node = stack[top]
-        if _box_distance2(xi, &lo[node, 0], &hi[node, 0], d) - node_max[node] > radius:
+        bound = _node_bound(xi, node, shift, offset, lo, hi, d, moved)
+        if bound > radius:
+            total = total + node_weight[node] * exp((phi_ref - bound) * inv_reg)
             continue
         if node >= first_leaf:
             for e in range(start[node], start[node + 1]):
                 c = _cost(xi, &points[e, 0], d, 0, 2.0)
-                if c - psi[e] <= radius:
-                    if out_index != NULL:
-                        out_index[count] = <int>order[e]
-                        out_cost[count] = c
-                    count = count + 1
+                value = c - psi[e]
+                if value <= radius:
+                    _push(out, <int>order[e], c)
+                    if value < smallest:
+                        smallest = value
+                else:
+                    total = total + weight[e] * exp((phi_ref - value) * inv_reg)
             continue
         stack[top] = 2 * node + 1
         stack[top + 1] = 2 * node + 2
         top = top + 2
-    return count
+    dropped[0] = total
+    return smallest
+
+
+cdef void _chunk_rows(
+    Py_ssize_t begin, Py_ssize_t end, const double[:, ::1] x, const double[::1] phi,
+    const double[:, ::1] points, const double[::1] psi, const long long[::1] order,
+    const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
+    const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
+    double threshold, long long[::1] counts, double[::1] phi_eff, _Buffer* out,
+    long long* stack, double* bounds, double* moved, const double[::1] weight,
+    const double[::1] node_weight, double inv_reg, double[::1] dropped,
+) noexcept nogil:
+    """The rows ``begin:end`` of :func:`tree_ball_pairs` into ``out``."""
+    cdef Py_ssize_t i, d = x.shape[1], before
+    cdef double smallest, best
+    for i in range(begin, end):
+        before = out.size
+        best = INFINITY
+        if phi[i] > -INFINITY:
+            # One search at phi_i + threshold: enough when it meets a pair at or below
+            # phi_i (the row's best is then at most phi_i, so phi_eff_i = phi_i).
+            smallest = _ball(&x[i, 0], phi[i] + threshold, points, psi, lo, hi, start,
+                             shift, offset, first_leaf, d, stack, moved, order, out,
+                             weight, node_weight, phi[i], inv_reg, &dropped[i])
+            if smallest <= phi[i]:
+                phi_eff[i] = phi[i]
+                counts[i] = out.size - before
+                continue
+            # Otherwise the best lies above phi_i: the smallest value met if any (every
+            # point within phi_i + threshold was met), else a search for it.
+            out.size = before
+            best = smallest
+        if best == INFINITY:
+            best = _best_reduced(&x[i, 0], points, psi, lo, hi, start, shift, offset,
+                                 first_leaf, d, stack, bounds, moved)
+        phi_eff[i] = max(phi[i], best)
+        _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi, start, shift, offset,
+              first_leaf, d, stack, moved, order, out, weight, node_weight, phi_eff[i],
+              inv_reg, &dropped[i])
+        counts[i] = out.size - before
 
 
 def tree_ball_pairs(
@@ -290,43 +399,92 @@ def tree_ball_pairs(
     const double[:, ::1] lo,
     const double[:, ::1] hi,
     const long long[::1] start,
-    const double[::1] node_max,
+    const double[:, ::1] shift,
+    const double[::1] offset,
+    const double[::1] weight,
+    const double[::1] node_weight,
     Py_ssize_t first_leaf,
     double threshold,
-    long long[::1] counts,
-    double[::1] phi_eff,
-    int[::1] indices,
-    double[::1] cost,
-    const long long[::1] indptr,
-    int fill,
+    double reg,
     int n_threads,
 ):
     """Per row ``i`` of ``x``, the tree's points ``j`` with
-    ``|x_i - y_j|^2 - psi_j <= max(phi_i, min_l |x_i - y_l|^2 - psi_l) + threshold``.
+    ``|x_i - y_j|^2 - psi_j <= max(phi_i, min_l |x_i - y_l|^2 - psi_l) + threshold``:
+    ``(indptr, indices, cost, phi_eff, dropped)``, the pairs in compressed rows (original
+    indices, squared distances; unsorted within a row), ``phi_eff`` the max above and
+    ``dropped[i]`` an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 - psi_j - phi_eff_i) /
+    reg)`` over the row's points left out (``weight``: the points' ``w`` in tree order,
+    ``node_weight``: their sums below each node).
 
     The tree is an implicit complete binary tree (children ``2k + 1``, ``2k + 2``; leaves
     from ``first_leaf`` on, leaf ``k`` holding the points ``start[k]:start[k + 1]`` of
-    ``points``, which are ``y[order]``, and ``psi`` in that order) with boxes ``lo``, ``hi``
-    and ``node_max`` the largest ``psi`` below each node. With ``fill = 0`` it writes
-    ``counts`` and ``phi_eff`` (the max above); with ``fill = 1`` it writes the pairs'
-    original indices and squared distances into ``indices[indptr[i]:]`` and ``cost``.
+    ``points``, which are ``y[order]``, and ``psi`` in that order) with boxes ``lo``,
+    ``hi``; below node ``k``, ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` (an
+    affine bound of the potentials, see ``_node_bound``). One search per row when
+    ``phi_i`` is at least the row's best value (found in that search), two or three
+    otherwise; rows in parallel by chunks of 512, each chunk's pairs in a buffer of its
+    own, copied once into the result.
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t d = x.shape[1]
-    cdef Py_ssize_t i
+    cdef Py_ssize_t n_chunks = (n + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t c, begin, e, total = 0
     cdef long long* stack
-    if n == 0:
+    cdef double* bounds
+    cdef double* moved
+    cdef _Buffer* buffers
+    cdef int failed = 0
+    counts_array = np.zeros(n, dtype=np.int64)
+    phi_eff_array = np.empty(n)
+    dropped_array = np.zeros(n)
+    cdef long long[::1] counts = counts_array
+    cdef double[::1] phi_eff = phi_eff_array
+    cdef double[::1] dropped = dropped_array
+    cdef double inv_reg = 1.0 / reg
+    buffers = <_Buffer*>calloc(max(n_chunks, 1), sizeof(_Buffer))
+    if buffers == NULL:
+        raise MemoryError("tree_ball_pairs: no memory for the chunk buffers")
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            stack = <long long*>malloc(STACK * sizeof(long long))
+            bounds = <double*>malloc(STACK * sizeof(double))
+            moved = <double*>malloc((d + 1) * sizeof(double))
+            for c in prange(n_chunks, schedule="dynamic"):
+                _chunk_rows(c * CHUNK, min(n, (c + 1) * CHUNK), x, phi, points, psi, order,
+                            lo, hi, start, shift, offset, first_leaf, threshold, counts,
+                            phi_eff, &buffers[c], stack, bounds, moved, weight,
+                            node_weight, inv_reg, dropped)
+            free(stack)
+            free(bounds)
+            free(moved)
+        for c in range(n_chunks):
+            failed = failed or buffers[c].failed
+            total = total + buffers[c].size
+        if failed:
+            raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
+        indptr_array = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts_array, out=indptr_array[1:])
+        indices_array = np.empty(total, dtype=np.int32)
+        cost_array = np.empty(total)
+        _gather(buffers, n_chunks, indptr_array, indices_array, cost_array, n_threads)
+    finally:
+        for c in range(n_chunks):
+            free(buffers[c].index)
+            free(buffers[c].cost)
+        free(buffers)
+    return indptr_array, indices_array, cost_array, phi_eff_array, dropped_array
+
+
+cdef void _gather(
+    _Buffer* buffers, Py_ssize_t n_chunks, long long[::1] indptr, int[::1] indices,
+    double[::1] cost, int n_threads,
+) noexcept:
+    cdef Py_ssize_t c, base
+    if indices.shape[0] == 0:
         return
-    with nogil, parallel(num_threads=n_threads):
-        stack = <long long*>malloc(STACK * sizeof(long long))
-        for i in prange(n, schedule="guided"):
-            if fill == 0:
-                phi_eff[i] = max(phi[i], _best_reduced(
-                    &x[i, 0], points, psi, lo, hi, start, node_max, first_leaf, d, stack))
-                counts[i] = _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi,
-                                  start, node_max, first_leaf, d, stack, order, NULL, NULL)
-            else:
-                _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi, start,
-                      node_max, first_leaf, d, stack, order, &indices[indptr[i]],
-                      &cost[indptr[i]])
-        free(stack)
+    with nogil:
+        for c in prange(n_chunks, schedule="static", num_threads=n_threads):
+            base = indptr[c * CHUNK]
+            if buffers[c].size > 0:
+                memcpy(&indices[base], buffers[c].index, buffers[c].size * sizeof(int))
+                memcpy(&cost[base], buffers[c].cost, buffers[c].size * sizeof(double))

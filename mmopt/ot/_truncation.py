@@ -7,7 +7,7 @@ scheme, for the squared Euclidean cost:
   coarsest first, each cluster a weighted centroid carrying its points' mass;
 - :func:`kept_pairs`: the pairs whose reduced cost ``C_ij - phi_i - psi_j`` is at most a
   threshold, found without visiting the others by branch and bound in a k-d tree of ``y``
-  whose nodes carry the largest ``psi`` below them (:class:`SpatialTree`).
+  whose nodes carry an affine upper bound of ``psi`` below them (:class:`SpatialTree`).
 """
 
 from __future__ import annotations
@@ -167,17 +167,60 @@ class SpatialTree:
             values[parents] = combine(values[2 * parents + 1], values[2 * parents + 2])
             first = (first - 1) // 2
 
-    def node_max(self, psi):
-        """The largest ``psi`` (in the original order) below each node."""
+    def node_sum(self, weights):
+        """The sum of ``weights`` (in the original order) below each node."""
         out = np.empty(2 * self.first_leaf + 1)
-        out[self.first_leaf:] = np.maximum.reduceat(psi[self.order], self.leaf_starts)
-        self._up(out, np.maximum)
+        out[self.first_leaf:] = np.add.reduceat(weights[self.order], self.leaf_starts)
+        self._up(out, np.add)
         return out
 
+    def node_affine(self, psi):
+        """An affine upper bound of ``psi`` (in the original order) below each node:
+        ``(shift, offset)`` with ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` for
+        every point ``y_j`` below node ``k``.
 
-def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None):
+        The slope is a least-squares fit of ``psi`` over the node's points (a near map's
+        potentials are smooth, so the bound is tight where ``max psi`` is loose by the
+        slope times the node's size); the offset is then the exact largest residual, so the
+        bound holds whatever the fit.
+        """
+        m, d = self.points.shape
+        nodes = 2 * self.first_leaf + 1
+        values = psi[self.order]
+        shift, offset = np.empty((nodes, d)), np.empty(nodes)
+        leaves = self.first_leaf + 1
+        first, width = 0, leaves  # the nodes of one depth: first .. 2 first; leaves each
+        while first < nodes:
+            starts = self.leaf_starts[::width]
+            count = np.diff(np.append(starts, m))
+            owner = np.repeat(np.arange(starts.size), count)
+            mean = np.add.reduceat(self.points, starts, axis=0) / count[:, None]
+            centered = self.points - mean[owner]
+            residual = values - (np.add.reduceat(values, starts) / count)[owner]
+            moments = np.add.reduceat(centered[:, :, None] * centered[:, None, :], starts,
+                                      axis=0)
+            ridge = 1e-10 * np.trace(moments, axis1=1, axis2=2) + 1e-300
+            moments += ridge[:, None, None] * np.eye(d)
+            rhs = np.add.reduceat(centered * residual[:, None], starts, axis=0)
+            slope = np.linalg.solve(moments, rhs[:, :, None])[:, :, 0]
+            half = 0.5 * slope
+            top = np.maximum.reduceat(values - 2.0 * np.einsum("ij,ij->i", half[owner],
+                                                               self.points), starts)
+            shift[first:2 * first + 1] = half
+            offset[first:2 * first + 1] = top + np.einsum("ij,ij->i", half, half)
+            first, width = 2 * first + 1, width // 2
+        return shift, offset
+
+
+def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, reg=None):
     """The CSR pattern ``(indptr, indices)`` of the pairs kept for the sqeuclidean cost,
-    their costs, and the row potentials ``phi_eff`` that certify the dropped pairs.
+    their costs, and the row potentials ``phi_eff`` that certify the dropped pairs; with
+    the weights ``b`` of ``y`` and ``reg``, also ``dropped``: per row ``i`` an upper bound
+    of ``sum_j b_j exp(-(C_ij - phi_eff_i - psi_j) / reg)`` over the pairs left out by the
+    row rules (so the plan ``a_i b_j exp((phi_i + psi_j - C_ij) / reg)`` at any
+    ``phi <= phi_eff`` drops at most ``sum_i a_i dropped_i``), accumulated in the tree
+    search: a skipped node's weight times the exponential of its bound, and the scanned
+    points exactly.
 
     Row ``i`` keeps every ``j`` with ``C_ij - phi_i - psi_j <= threshold`` and every ``j``
     with ``C_ij - psi_j <= min_l (C_il - psi_l) + threshold`` (so no row is empty, whatever
@@ -186,10 +229,14 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None):
     ``phi_eff_i = max(phi_i, min_l (C_il - psi_l)) >= phi_i``, every pair not kept has
     ``C_ij - phi_eff_i - psi_j > threshold``. Columns are not sorted within a row.
 
-    The rows are searched in a :class:`SpatialTree` of ``y`` whose nodes carry the largest
-    ``psi`` below them: a node is skipped when the squared distance to its box minus that
-    largest ``psi`` exceeds the row's bound (branch and bound, exact). ``trees``: a dict in
-    which the trees of ``x`` and ``y`` are kept between calls on the same clouds.
+    The rows are searched in a :class:`SpatialTree` of ``y`` whose nodes carry an affine
+    upper bound ``psi_j <= 2 s.y_j + o - |s|^2`` of the potentials below them
+    (:meth:`SpatialTree.node_affine`): since ``|x - y|^2 - 2 s.y = |y - (x + s)|^2 - 2 s.x -
+    |s|^2``, a node is skipped when the squared distance from ``x_i + s`` to its box minus
+    ``2 s.x_i + o`` exceeds the row's bound (branch and bound, exact). A row searches once
+    when that search meets a pair at or below ``phi_i``, else again from its best.
+    ``trees``: a dict in which the trees of ``x`` and ``y`` are kept between calls on the
+    same clouds.
 
     Examples
     --------
@@ -203,15 +250,16 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None):
     trees = {} if trees is None else trees
     if "y" not in trees:
         trees["y"] = SpatialTree(y)
-    indptr, indices, cost, phi_eff = _ball_rows(x, trees["y"], phi, psi, threshold,
-                                                n_threads)
+    weights = np.zeros(m) if b is None else np.asarray(b, dtype=np.float64)
+    indptr, indices, cost, phi_eff, dropped = _ball_rows(
+        x, trees["y"], phi, psi, threshold, n_threads, weights, 1.0 if reg is None else reg)
     counts = np.bincount(indices, minlength=m)
     empty = np.flatnonzero(counts == 0)
     if empty.size:
         if "x" not in trees:
             trees["x"] = SpatialTree(x)
-        extra_ptr, extra_rows, extra_cost, _ = _ball_rows(
-            y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads
+        extra_ptr, extra_rows, extra_cost, _, _ = _ball_rows(
+            y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads, np.zeros(n), 1.0
         )
         rows = np.concatenate([np.repeat(np.arange(n), np.diff(indptr)), extra_rows])
         cols = np.concatenate([indices, np.repeat(empty, np.diff(extra_ptr))])
@@ -219,25 +267,21 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None):
         order = np.argsort(rows, kind="stable")
         indices, cost = cols[order].astype(np.int32), cost[order]
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return indptr.astype(np.int64), indices, cost, phi_eff
+    out = indptr.astype(np.int64), indices, cost, phi_eff
+    # The pairs added for empty columns only lower the dropped mass: the bound holds.
+    return out if b is None else out + (dropped,)
 
 
-def _ball_rows(x, tree, phi, psi, threshold, n_threads):
+def _ball_rows(x, tree, phi, psi, threshold, n_threads, weights, reg):
     """The two row rules of :func:`kept_pairs` for the rows ``x`` against ``tree``'s points
-    (potentials ``psi``): ``(indptr, indices, cost, phi_eff)``."""
-    n = len(x)
+    (potentials ``psi``, weights ``weights``): ``(indptr, indices, cost, phi_eff,
+    dropped)``."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     phi = np.ascontiguousarray(phi, dtype=np.float64)
     psi = np.ascontiguousarray(psi, dtype=np.float64)
-    psi_sorted = np.ascontiguousarray(psi[tree.order])
-    node_max = tree.node_max(psi)
-    counts, phi_eff = np.empty(n, dtype=np.int64), np.empty(n)
-    args = (x, phi, tree.points, psi_sorted, tree.order, tree.lo, tree.hi, tree.start,
-            node_max, tree.first_leaf, float(threshold), counts, phi_eff)
-    empty_int, empty_float = np.empty(0, dtype=np.int32), np.empty(0)
-    tree_ball_pairs(*args, empty_int, empty_float, np.zeros(1, dtype=np.int64), 0,
-                    n_threads)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    indices, cost = np.empty(int(indptr[-1]), dtype=np.int32), np.empty(int(indptr[-1]))
-    tree_ball_pairs(*args, indices, cost, indptr, 1, n_threads)
-    return indptr, indices, cost, phi_eff
+    shift, offset = tree.node_affine(psi)
+    return tree_ball_pairs(x, phi, tree.points, np.ascontiguousarray(psi[tree.order]),
+                           tree.order, tree.lo, tree.hi, tree.start, shift, offset,
+                           np.ascontiguousarray(weights[tree.order]),
+                           tree.node_sum(weights), tree.first_leaf, float(threshold),
+                           float(reg), int(n_threads))

@@ -212,12 +212,17 @@ class _Pattern:
     """The kept pairs of one truncation, in compressed rows and columns, with their costs.
 
     Every pair left out had reduced cost ``C_ij - phi0_i - psi0_j > threshold``, with
-    ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation.
+    ``phi = f - reg log a`` and ``psi = g - reg log b`` the potentials at the truncation;
+    ``row_dropped[i]`` bounds ``sum_j b_j exp(-(C_ij - phi0_i - psi0_j) / reg)`` over row
+    ``i``'s pairs left out (from the tree search, :func:`kept_pairs`).
     """
 
-    def __init__(self, level, phi0, psi0, threshold, threads):
-        indptr, indices, cost, phi0 = kept_pairs(level.x, level.y, phi0, psi0, threshold,
-                                                 n_threads=threads, trees=level.trees)
+    def __init__(self, level, phi0, psi0, reg, threshold, threads):
+        indptr, indices, cost, phi0, row_dropped = kept_pairs(
+            level.x, level.y, phi0, psi0, threshold, n_threads=threads, trees=level.trees,
+            b=level.b, reg=reg)
+        with np.errstate(divide="ignore"):
+            self.log_row_dropped = level.log_a + np.log(row_dropped)
         matrix = sp.csr_matrix((cost, indices, indptr), shape=(len(level.x), len(level.y)))
         transposed = matrix.T.tocsr()
         self.indptr, self.indices, self.cost = indptr, indices, cost
@@ -225,10 +230,11 @@ class _Pattern:
         self.t_indices = transposed.indices.astype(np.int32)
         self.t_cost = transposed.data
         self.phi0, self.psi0 = phi0, psi0
-        self.threshold = threshold
+        self.threshold, self.reg = threshold, reg
         # Weights normalized to mass 1, in logs, for margin's soft maxima.
         self.log_a = level.log_a - np.log(level.a.sum())
         self.log_b = level.log_b - np.log(level.b.sum())
+        self.log_total = float(np.log(level.a.sum()) + np.log(level.b.sum()))
         self._rows = None
 
     @property
@@ -237,7 +243,8 @@ class _Pattern:
 
     def margin(self, phi, psi, reg) -> float:
         """A certified margin of the dropped pairs at ``(phi, psi, reg)``: their plan mass
-        is at most ``sum(a) sum(b) exp(-margin / reg)``.
+        is at most ``sum(a) sum(b) exp(-margin / reg)``; the larger of two bounds'
+        margins.
 
         A dropped pair had ``C_ij - phi0_i - psi0_j > threshold``, so its entry
         ``a_i b_j exp((phi_i + psi_j - C_ij) / reg)`` is below ``exp(-threshold / reg)``
@@ -245,15 +252,44 @@ class _Pattern:
         likewise ``dpsi``); summed over all pairs, the threshold minus the two weighted
         soft maxima ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` (and ``psi``'s). At
         most the largest rises' sum, far below it when only a few points moved far.
+
+        Row by row, the same entries sum to at most ``a_i exp(dphi_i / reg)
+        row_dropped_i exp(max(dpsi) / reg)``: the tree search's bound, which counts only
+        the pairs near the threshold at their weight (about the pairs kept per row over
+        ``m`` of the first bound's mass, at potentials that moved little).
         """
-        return (self.threshold - _soft_max(phi - self.phi0, self.log_a, reg)
-                - _soft_max(psi - self.psi0, self.log_b, reg))
+        uniform = (self.threshold - _soft_max(phi - self.phi0, self.log_a, reg)
+                   - _soft_max(psi - self.psi0, self.log_b, reg))
+        if reg > self.reg:
+            return uniform  # row_dropped bounds the sums at the truncation's reg and below
+        # Below it, each term exp(-r / reg) = exp(-r / reg0) exp(-r (1 / reg - 1 / reg0))
+        # with r > threshold.
+        lowered = self.threshold * (1.0 / reg - 1.0 / self.reg)
+        with np.errstate(over="ignore", invalid="ignore"):
+            shifted = self.log_row_dropped - lowered + (phi - self.phi0) / reg
+            top = float(np.max(shifted))
+            if top == -np.inf:
+                return np.inf  # nothing dropped
+            log_bound = (top + float(np.log(np.exp(shifted - top).sum()))
+                         + float(np.max(psi - self.psi0)) / reg)
+        by_rows = -reg * (log_bound - self.log_total)
+        return max(uniform, by_rows) if np.isfinite(by_rows) else uniform
 
     def rows(self) -> np.ndarray:
         """The row of every kept pair (made once)."""
         if self._rows is None:
             self._rows = np.repeat(np.arange(self.indptr.size - 1), np.diff(self.indptr))
         return self._rows
+
+    def sums(self, f, g, reg, threads, transposed=False) -> np.ndarray:
+        """The kept plan's row sums at ``(f, g, reg)`` (column sums if ``transposed``)."""
+        if transposed:
+            f, g = g, f
+            indptr, indices, cost = self.t_indptr, self.t_indices, self.t_cost
+        else:
+            indptr, indices, cost = self.indptr, self.indices, self.cost
+        _, out = sparse_softmin(indptr, indices, cost, g, f, np.zeros(len(f)), reg, threads)
+        return out
 
     def plan(self, f, g, reg):
         """The kept plan entries at ``(f, g, reg)`` and the plan's row and column sums."""
@@ -325,17 +361,20 @@ class PointCloudSinkhorn(Solver):
       ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
       ``psi = g - reg log b`` (and, at a new level,
       every pair within the threshold of its row's best); they are found by branch and bound
-      in a k-d tree of ``y`` whose nodes carry the largest ``psi`` below them, never visiting
-      the others, so a half-iteration costs O(kept pairs). The pairs are re-selected when
+      in a k-d tree of ``y`` whose nodes carry an affine upper bound of ``psi`` below them
+      (a least-squares slope, the exact largest residual), never visiting the others, so a
+      half-iteration costs O(kept pairs). The pairs are re-selected when
       ``reg`` changes or the potentials moved enough to erode the margin: below a quarter
       of the threshold before the problem's ``reg`` (and at it while the relative marginal
       error is above 1e-3), below the larger of half the threshold and
       ``reg log(100 / tol)`` after (at most 3/4 of the threshold; the returned plan always
       meets that floor). The margin is the threshold minus the weighted soft maxima
       ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` of the rises ``dphi`` of ``phi``
-      since the selection and likewise of ``psi`` (at most their largest rises): the
-      dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``, reported as
-      ``dropped_mass_bound``.
+      since the selection and likewise of ``psi`` (at most their largest rises), or, when
+      larger, the margin of a bound summed row by row in the tree search (each skipped
+      node's weight at its bound, the scanned points exactly) and carried to the moved
+      potentials: the dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``,
+      reported as ``dropped_mass_bound``.
     - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
       convolutions, the clouds spread onto the grid and the potentials interpolated back
@@ -530,7 +569,7 @@ class PointCloudSinkhorn(Solver):
                 # keep the pairs within the threshold of their best (the c-transform of
                 # psi), not of phi.
                 row_reference = phi if pattern is not None else np.full_like(phi, -np.inf)
-                pattern = run.pattern = _Pattern(level, row_reference, psi,
+                pattern = run.pattern = _Pattern(level, row_reference, psi, reg,
                                                  self.truncation * reg, run.threads)
                 run.truncations += 1
                 entry["truncations"] += 1
@@ -689,7 +728,7 @@ class PointCloudSinkhorn(Solver):
             pattern = run.pattern
             if (state.level != len(run.levels) - 1 or pattern is None
                     or pattern.margin(phi, psi, reg) < self._min_margin(problem, state)):
-                pattern = _Pattern(level, phi, psi, self.truncation * reg,
+                pattern = _Pattern(level, phi, psi, reg, self.truncation * reg,
                                    run.threads)
             values, row_sums, col_sums = pattern.plan(f, g, reg)
             block = sp.csr_matrix((values, pattern.indices, pattern.indptr),
@@ -741,20 +780,25 @@ def _newton_step(problem, state, pattern, level):
     n = len(level.x)
     mass = float(level.b.sum())
 
+    threads = _threads(run, pattern.nnz)
+
     def negative_dual(f, g):
-        values, row, col = pattern.plan(f, g, reg)
-        value = reg * float(values.sum()) - float(level.a @ f + level.b @ g)
+        # The plan's row and column sums by the sparse kernels (parallel, vectorized exp).
+        row = pattern.sums(f, g, reg, threads)
+        col = pattern.sums(f, g, reg, threads, transposed=True)
+        value = reg * float(row.sum()) - float(level.a @ f + level.b @ g)
         error = float(np.abs(row - level.a).sum() + np.abs(col - level.b).sum())
-        return value, values, row, col, error
+        return value, row, col, error
 
     with np.errstate(over="ignore", invalid="ignore"):
-        value, values, row, col, error = negative_dual(state.f, state.g)
+        value, row, col, error = negative_dual(state.f, state.g)
         grad = np.concatenate([row - level.a, col - level.b])
         if not np.isfinite(value) or error == 0.0:
             return None
         # The Hessian without the entries negligible in both their row and their column
         # (SinkhornNewtonSparse's sparsification; the line search stays exact): a near map
         # keeps about one entry per row, and the factorization little fill-in.
+        values, _, _ = pattern.plan(state.f, state.g, reg)
         rows = pattern.rows()
         significant = values >= _NEWTON_SPARSIFY * np.minimum(row[rows], col[pattern.indices])
         S = sp.csr_matrix((values[significant], (rows[significant],
@@ -776,7 +820,7 @@ def _newton_step(problem, state, pattern, level):
         def evaluate(step):
             f = state.f + step * direction[:n]
             g = state.g + step * direction[n:]
-            new_value, _, _, _, new_error = negative_dual(f, g)
+            new_value, _, _, new_error = negative_dual(f, g)
             return new_value, -1e-4 * step * slope, new_error, (f, g, new_value, new_error)
 
         accepted = line_search(evaluate, value, error, max_halvings=12)

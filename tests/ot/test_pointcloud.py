@@ -66,8 +66,9 @@ def test_sparse_kernels_match_numpy():
     assert f[3] == np.inf and mass[3] == 0.0
 
 
-@pytest.mark.parametrize("d, n, m", [(2, 120, 90), (3, 700, 650), (1, 40, 45)])
-def test_kept_pairs_is_exactly_the_rule(d, n, m):
+@pytest.mark.parametrize("d, n, m, threads", [(2, 120, 90, 1), (3, 700, 650, 1),
+                                               (3, 1500, 1400, 2), (1, 40, 45, 1)])
+def test_kept_pairs_is_exactly_the_rule(d, n, m, threads):
     rng = np.random.default_rng(2)
     x, y = rng.random((n, d)), rng.random((m, d))
     # Potentials with a large smooth part (as after a deformation), and noise.
@@ -75,7 +76,12 @@ def test_kept_pairs_is_exactly_the_rule(d, n, m):
     psi = -0.3 * np.sin(3.0 * y[:, 0]) + 0.02 * rng.normal(size=m)
     phi[0] = -1.0  # a row no pair meets: it keeps its best ones
     phi[1] = -np.inf  # only the rule of the row's best
-    indptr, indices, cost, phi_eff = kept_pairs(x, y, phi, psi, 0.01)
+    # Rows just below their best (the search at phi + threshold meets pairs, none at or
+    # below phi: the row is searched again from its best) and just above it.
+    best = (_cost(x, y) - psi).min(1)
+    phi[2::7] = best[2::7] - 0.004
+    phi[3::7] = best[3::7] + 0.001
+    indptr, indices, cost, phi_eff = kept_pairs(x, y, phi, psi, 0.01, n_threads=threads)
     rows = np.repeat(np.arange(n), np.diff(indptr))
     kept = np.zeros((n, m), dtype=bool)
     kept[rows, indices] = True
@@ -127,11 +133,25 @@ def test_spatial_tree_is_balanced_and_covers_its_points():
             node = (node - 1) // 2
             assert (tree.lo[node] <= tree.lo[leaf]).all()
             assert (tree.hi[node] >= tree.hi[leaf]).all()
-    psi = rng.normal(size=1000)
-    node_max = tree.node_max(psi)
-    assert node_max[0] == psi.max()
-    leaf = tree.first_leaf + 3
-    assert node_max[leaf] == psi[tree.order[tree.start[leaf]:tree.start[leaf + 1]]].max()
+    # The nodes' affine bounds of psi hold at every point below them, and are tight at one
+    # (the offset is the largest residual); for an affine psi the slope is psi's own.
+    points = tree.points
+    for psi, exact in ((rng.normal(size=1000), False),
+                       (0.7 - 1.3 * tree.points[np.argsort(tree.order), 0], True)):
+        shift, offset = tree.node_affine(psi)
+        values = psi[tree.order]
+        for node in range(2 * tree.first_leaf + 1):
+            leftmost, rightmost = node, node
+            while leftmost < tree.first_leaf:
+                leftmost, rightmost = 2 * leftmost + 1, 2 * rightmost + 2
+            below = slice(tree.start[leftmost], tree.start[rightmost + 1])
+            bound = 2.0 * points[below] @ shift[node] + offset[node] - shift[node] @ shift[node]
+            gap = bound - values[below]
+            assert gap.min() >= -1e-12 and gap.min() <= 1e-12
+            if exact:
+                np.testing.assert_allclose(2.0 * shift[node], [-1.3, 0.0, 0.0],
+                                           atol=1e-6)
+                assert gap.max() <= 1e-9
 
 
 def test_grid_hierarchy_is_nested_and_keeps_mass():
@@ -212,7 +232,7 @@ def test_pattern_margin_certifies_the_dropped_mass_after_the_potentials_move(d):
     rng = np.random.default_rng(d)
     reg = 2e-3
     phi0, psi0 = 0.01 * rng.normal(size=120), 0.01 * rng.normal(size=100)
-    pattern = _Pattern(level, phi0, psi0, 12 * reg, 1)
+    pattern = _Pattern(level, phi0, psi0, reg, 12 * reg, 1)
     cost = _cost(x, y)
     kept = np.zeros((120, 100), dtype=bool)
     kept[pattern.rows(), pattern.indices] = True
@@ -228,7 +248,35 @@ def test_pattern_margin_certifies_the_dropped_mass_after_the_potentials_move(d):
     assert 0.0 < dropped <= np.exp(-margin / reg)
     expected = reg * (np.log(a @ np.exp((phi - pattern.phi0) / reg))
                       + np.log(b @ np.exp((psi - psi0) / reg)))
-    assert margin == pytest.approx(pattern.threshold - expected, rel=1e-12)
+    # At least the soft-max bound's margin (the row bound's, when larger, certified above).
+    assert margin >= pattern.threshold - expected - 1e-12 * reg
+    # A smaller reg than the truncation's: the bound still holds.
+    smaller = 0.7 * reg
+    entries = a[:, None] * b[None] * np.exp((phi[:, None] + psi[None] - cost) / smaller)
+    assert float(entries[~kept].sum()) <= np.exp(-pattern.margin(phi, psi, smaller) / smaller)
+
+
+@pytest.mark.parametrize("d, threads", [(2, 1), (3, 2)])
+def test_kept_pairs_row_dropped_bounds_the_exact_dropped_sums(d, threads):
+    # kept_pairs' per-row bound of sum_j b_j exp(-(C_ij - phi_eff_i - psi_j) / reg) over the
+    # pairs left out, against the dense sums: an upper bound, and within a modest factor
+    # (it counts skipped tree nodes at their bound).
+    rng = np.random.default_rng(10 + d)
+    n, m, reg = 1300, 1200, 1e-3
+    x, y = rng.random((n, d)), rng.random((m, d))
+    b = rng.uniform(0.5, 1.5, size=m)
+    b /= b.sum()
+    phi = 0.3 * np.sin(3.0 * x[:, 0]) + reg * rng.normal(size=n)
+    psi = -0.3 * np.sin(3.0 * y[:, 0]) + reg * rng.normal(size=m)
+    phi[5] = -np.inf
+    indptr, indices, cost, phi_eff, dropped = kept_pairs(x, y, phi, psi, 8 * reg,
+                                                         n_threads=threads, b=b, reg=reg)
+    kept = np.zeros((n, m), dtype=bool)
+    kept[np.repeat(np.arange(n), np.diff(indptr)), indices] = True
+    terms = b[None] * np.exp(-(_cost(x, y) - phi_eff[:, None] - psi[None]) / reg)
+    exact = np.where(kept, 0.0, terms).sum(1)
+    assert (exact > 0).all() and (dropped >= exact * (1 - 1e-12)).all()
+    assert np.median(dropped / exact) < 20.0
 
 
 @pytest.mark.parametrize("d", [2, 3])
