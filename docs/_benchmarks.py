@@ -219,18 +219,18 @@ def _finish_log_log(fig, ax, path, *, empty, what, xlabel, title, legend_size=8)
     plt.close(fig)
 
 
-# The sections holding point-cloud OT tables and the regime of their rows (None: the row's own
-# "regime" column says; the "device" section holds runs on a second machine's CPU).
-_POINTCLOUD_SECTIONS = {"pointcloud": "sharp", "smooth_ot": "smooth", "device": None}
-# How our solver is named in those tables.
-_POINTCLOUD_SOLVERS = {"pointcloud_sinkhorn", "mmopt"}
+# The point-cloud OT sections and the solver each table row must name to be plotted.
+_POINTCLOUD_SECTIONS = {
+    "pointcloud": ("sharp", "pointcloud_sinkhorn"),
+    "smooth_ot": ("smooth", "mmopt"),
+}
 _MEASURED_ON = re.compile(r"^_Measured \S+ on ([^(,]+)")
 
 
 def pointcloud_scale_rows(markdown: str) -> list[dict]:
-    """Finished point-cloud OT solves from BENCHMARKS.md's ``pointcloud`` (sharp regime),
-    ``smooth_ot`` (smooth regime) and ``device`` (a second CPU; a ``regime`` column) sections,
-    at ``n >= 10^4`` (the range the scaling claim covers).
+    """Finished point-cloud OT solves from BENCHMARKS.md's ``pointcloud`` (sharp regime) and
+    ``smooth_ot`` (smooth regime) sections, at ``n >= 10^4`` (the range the scaling claim
+    covers).
 
     Each row is a dict with ``regime``, ``d``, ``n``, ``seconds`` and ``cpu`` (the CPU model
     of the nearest ``_Measured ... on ...`` line above its table); rows of peers, of
@@ -239,7 +239,7 @@ def pointcloud_scale_rows(markdown: str) -> list[dict]:
     import numpy as np
 
     rows = []
-    for section, section_regime in _POINTCLOUD_SECTIONS.items():
+    for section, (regime, solver) in _POINTCLOUD_SECTIONS.items():
         match = re.search(rf"<!-- section: {section} -->(.*?)<!-- end: {section} -->",
                           markdown, re.DOTALL)
         if match is None:
@@ -261,9 +261,7 @@ def pointcloud_scale_rows(markdown: str) -> list[dict]:
             if len(cells) != len(header):
                 continue
             row = dict(zip(header, cells))
-            regime = row.get("regime", section_regime)
-            if (row.get("solver") not in _POINTCLOUD_SOLVERS or regime not in ("sharp", "smooth")
-                    or row.get("status", "0") not in ("0", "")):
+            if row.get("solver") != solver or row.get("status", "0") not in ("0", ""):
                 continue
             try:
                 point = {"regime": regime, "d": int(row["d"]), "n": int(row["n = m"]),
