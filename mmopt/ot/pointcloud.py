@@ -63,9 +63,12 @@ _NEWTON_SPARSIFY = 1e-6
 _MAX_NEWTON_BACKOFF = 32
 # Newton systems of more variables than this are solved by multigrid-preconditioned CG
 # (_multilevel_direction) instead of a sparse LU, whose fill-in grows too fast in 3-D:
-# 23x at 6 10^4 variables (LU faster than the CG there), 118x (5 GB) at 2 10^5. The
-# V-cycle's coarsest level, factorized, has at most _COARSEST_MAX variables.
-_MULTILEVEL_MIN = 100_000
+# 23x at 6 10^4 variables, 118x (5 GB) at 2 10^5. At 6 10^4 variables (3 10^4 points,
+# bench clouds, 2 threads, load 1.3-1.8) the CG made the solve faster: 3-D 17.4 s wall
+# instead of 29.1 (45 Newton steps instead of 31), 2-D 7.4 s instead of 60.5; at 2 10^4
+# the V-cycle's first level is already the coarsest (an LU, as before). The V-cycle's
+# coarsest level, factorized, has at most _COARSEST_MAX variables.
+_MULTILEVEL_MIN = 50_000
 _COARSEST_MAX = 20_000
 _MULTILEVEL_MAX_CG = 100
 _JACOBI_WEIGHT = 2.0 / 3.0
@@ -421,7 +424,7 @@ class PointCloudSinkhorn(Solver):
         below 1e-6 of both their row's and their column's mass, shifted and
         Levenberg-Marquardt damped, and its exact backtracking line search); a failed step
         falls back to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
-        Systems of more than 10^5 variables are solved instead by CG preconditioned with a
+        Systems of more than 5 10^4 variables are solved instead by CG preconditioned with a
         multigrid V-cycle whose coarse spaces are the hierarchy's clusters (a sparse LU's
         fill-in grows too fast with the size in 3-D).
     newton_switch : float, default=0.1
