@@ -828,7 +828,7 @@ def _newton_step(problem, state, pattern, level):
 
         accepted = line_search(evaluate, value, error, max_halvings=12)
     if accepted is None:
-        run.damping = max(16.0 * run.damping, 1e-2)
+        run.damping = next_damping(run.damping, None)
         return None
     (f, g, new_value, new_error), step = accepted
     run.damping = next_damping(run.damping, step)
