@@ -210,7 +210,7 @@ def test_anderson_step_against_least_squares():
         tx = (A @ x[:, :, None])[:, :, 0] + shift
         target = np.where(positive, np.exp(tx), 0.0)
         R = np.where(positive, B / np.where(positive, target, 1.0), 1.0)
-        V, column_error = mixer.step(V, target, B, R, 1)
+        V, column_error = mixer.step(V, target, B, R)
         np.testing.assert_allclose(column_error, np.abs(V * R - B).sum(axis=1), rtol=1e-12)
         for j in range(c):
             xs, rs = history[j]
@@ -347,7 +347,7 @@ def test_anderson_step_with_a_failed_row():
             target = np.exp(0.5 * np.log(V) + rng.standard_normal((c, m)) * 0.01)
             if step == 3:
                 target[failed, 0] = np.inf
-            out, column_error = mixer.step(V, target, B, np.ones((c, m)), 1)
+            out, column_error = mixer.step(V, target, B, np.ones((c, m)))
             assert out.shape == (c, m)
             assert np.isnan(column_error[failed]) == (step == 3)
             V = out
