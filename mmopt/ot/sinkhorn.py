@@ -543,7 +543,6 @@ def _choose_relaxation(state: _ScalingKernel, error: float, mass: float) -> None
         state.relaxed_sweeps = 0
 
 
-@fill_doc(OT_PARAMS)
 def _is_batch(b) -> bool:
     """``b`` of shape (m, k); a ragged or non-numeric ``b`` goes on to the histogram checks,
     whose error names it."""
@@ -553,6 +552,7 @@ def _is_batch(b) -> bool:
         return False
 
 
+@fill_doc(OT_PARAMS)
 def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
     """Entropic optimal transport by Sinkhorn's algorithm (see :class:`Sinkhorn`).
 
