@@ -32,6 +32,18 @@ cdef Py_ssize_t BLOCK = 256
 cdef double LOG_2PI = 1.8378770664093453
 
 
+cdef inline double _shift_by_max(const double *row, double *out, Py_ssize_t n) noexcept nogil:
+    """``out = row - max(row)`` over ``n`` entries; returns the maximum (a log-sum-exp's shift)."""
+    cdef double best = row[0]
+    cdef Py_ssize_t k
+    for k in range(1, n):
+        if row[k] > best:
+            best = row[k]
+    for k in range(n):
+        out[k] = row[k] - best
+    return best
+
+
 cdef inline void _shifted_logits(const double[:, ::1] Z, Py_ssize_t start, Py_ssize_t stop,
                                  const double[:, ::1] W, Py_ssize_t n_rows_w,
                                  Py_ssize_t n_gates, double *logit, double *shifted,
@@ -40,7 +52,7 @@ cdef inline void _shifted_logits(const double[:, ::1] Z, Py_ssize_t start, Py_ss
     ``logit``, row by row, their maximum per row in ``top`` and ``logit - top`` in
     ``shifted``."""
     cdef Py_ssize_t i, r, k, j, p = Z.shape[1]
-    cdef double t, best
+    cdef double t
     for i in range(start, stop):
         r = (i - start) * n_gates
         for k in range(n_gates):
@@ -49,13 +61,7 @@ cdef inline void _shifted_logits(const double[:, ::1] Z, Py_ssize_t start, Py_ss
                 for j in range(p):
                     t = t + W[k, j] * Z[i, j]
             logit[r + k] = t
-        best = logit[r]
-        for k in range(1, n_gates):
-            if logit[r + k] > best:
-                best = logit[r + k]
-        top[i - start] = best
-        for k in range(n_gates):
-            shifted[r + k] = logit[r + k] - best
+        top[i - start] = _shift_by_max(&logit[r], &shifted[r], n_gates)
 
 
 def gate_objective(const double[:, ::1] Z, const double[:, ::1] R, const double[:, ::1] W,
@@ -163,7 +169,7 @@ def e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
     """
     cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], K = B.shape[0]
     cdef Py_ssize_t i, r, j, k, blk, start, stop
-    cdef double lse, best, s, mean, res, total = 0.0, block_total
+    cdef double lse, s, mean, res, total = 0.0, block_total
     if (y.shape[0] != n or W.shape[0] != K or W.shape[1] != p or B.shape[1] != p
             or variances.shape[0] != K or R.shape[0] != n or R.shape[1] != K or K < 1):
         raise ValueError("Z (n, p), y (n,), W and B (K, p), variances (K,) and R (n, K) "
@@ -194,13 +200,7 @@ def e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
                     res = y[i] - mean
                     logit[r + k] = (logit[r + k] - lse) - 0.5 * (LOG_2PI + log_var[k]
                                                                  + res * res * inv_var[k])
-                best = logit[r]
-                for k in range(1, K):
-                    if logit[r + k] > best:
-                        best = logit[r + k]
-                top[i - start] = best
-                for k in range(K):
-                    shifted[r + k] = logit[r + k] - best
+                top[i - start] = _shift_by_max(&logit[r], &shifted[r], K)
             mmopt_exprow(&zeros[0], &shifted[0], 0.0, 1.0, (stop - start) * K, &expo[0])
             block_total = 0.0
             for i in range(start, stop):

@@ -113,29 +113,30 @@ def newton_direction(diagonal, S, grad, reg, border=None, *, solver="auto",
 
     operator = LinearOperator((total, total), matvec=matvec, dtype=float)
     jacobi = LinearOperator((total, total), matvec=lambda v: v / full_diagonal, dtype=float)
-    if cg_tol is None:
-        cg_tol = min(0.1, math.sqrt(float(np.abs(grad).sum())))
-    iterations = 0
-
-    def count(_):
-        nonlocal iterations
-        iterations += 1
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        direction, info = cg(operator, -grad, rtol=cg_tol, maxiter=max_cg, M=jacobi,
-                             callback=count)
-    return Direction(direction, iterations, info == 0)
+    return _krylov(cg, operator, -grad, _inexact_tol(grad, cg_tol), maxiter=max_cg, M=jacobi)
 
 
 def _preconditioned_gmres(system, grad, preconditioner, rtol, max_iter):
     """GMRES on ``system d = -grad`` preconditioned by incomplete LU factors (not
     symmetric, so not CG's): relative residual ``rtol`` (as ``newton_direction``'s CG when
     None), at most ``max_iter`` iterations, restarted every 50."""
-    if rtol is None:
-        rtol = min(0.1, math.sqrt(float(np.abs(grad).sum())))
     size = system.shape[0]
     restart = min(max_iter, 50)
+    return _krylov(gmres, system, -grad, _inexact_tol(grad, rtol), restart=restart,
+                   maxiter=-(-max_iter // restart),
+                   M=LinearOperator((size, size), matvec=preconditioner, dtype=float),
+                   callback_type="pr_norm")
+
+
+def _inexact_tol(grad, rtol):
+    """``rtol``, or the inexact-Newton relative residual ``min(0.1, sqrt(||grad||_1))``
+    when None (loose far from the solution, tight near it)."""
+    return min(0.1, math.sqrt(float(np.abs(grad).sum()))) if rtol is None else rtol
+
+
+def _krylov(method, operator, rhs, rtol, **options) -> Direction:
+    """A SciPy Krylov solve (``cg``, ``gmres``) with its iterations counted; SciPy's
+    warnings are silenced (a solve that did not converge says so in ``Direction``)."""
     iterations = 0
 
     def count(_):
@@ -144,11 +145,7 @@ def _preconditioned_gmres(system, grad, preconditioner, rtol, max_iter):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        direction, info = gmres(
-            system, -grad, rtol=rtol, restart=restart, maxiter=-(-max_iter // restart),
-            M=LinearOperator((size, size), matvec=preconditioner, dtype=float),
-            callback=count, callback_type="pr_norm",
-        )
+        direction, info = method(operator, rhs, rtol=rtol, callback=count, **options)
     return Direction(direction, iterations, info == 0)
 
 
