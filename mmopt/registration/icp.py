@@ -319,7 +319,10 @@ class ICP(Solver):
     Searches for the losses whose weight vanishes far away are bounded at the loss's
     :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
     ``nu`` for ``"tukey"``): farther points have (nearly) zero weight, and a bounded KD-tree
-    search visits fewer nodes.
+    search visits fewer nodes. Each source point also keeps its 4 nearest target points
+    (within the bound) from its last search: while it has moved by less than these
+    candidates can vouch for (half the gap between its nearest and its 4th), its match is
+    picked from them, the same as a new search's; only the other points are searched again.
 
     Parameters
     ----------
@@ -410,7 +413,7 @@ default="welsch"
     (stages run on the subsample), ``iterations_per_stage``, ``n_accepted`` and
     ``n_rejected`` (Anderson proposals kept / refused), ``acceptance_rate`` (0 when no
     proposal was made), ``n_queries`` (nearest-neighbour searches of the source cloud or of
-    its subsample), ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
+    its subsample, each counted once whether its cached candidates or the tree answer it), ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
     ``inlier_threshold``, ``correspondences`` (index of each source point's closest target
     point, -1 beyond the search bound). ``history`` adds ``nu`` (NaN for the scale-free
     losses), ``stage``, ``accepted`` (1, 0, NaN when not tried), ``n_queries`` and
@@ -761,13 +764,10 @@ default="welsch"
                 X, setup.Q, idx, h, taper=True, n_threads=self.n_threads
             )
             return X, residuals, closest, nearest, centres, normals
-        # The exact k nearest points from the candidate cache, and their distances as the
-        # KD-tree computes them (the same sum of squares in the same order: the same bits).
-        idx = self._surface_neighbours(run, X, k)
+        # (The candidate cache of the scan scale does not pay here: the refinement's steps
+        # on clouds of this size move most points past their candidates' margin.)
+        dist, idx = self._query(run, X, k=k)
         neighbourhoods = setup.Q[idx]
-        offsets = neighbourhoods - X[:, None, :]
-        dist = np.sqrt(offsets[..., 0] * offsets[..., 0] + offsets[..., 1] * offsets[..., 1]
-                       + offsets[..., 2] * offsets[..., 2])
         # Weights relative to the nearest point: no underflow for far source points.
         a = np.exp((dist[:, :1] ** 2 - dist**2) / (2.0 * h * h))
         a /= a.sum(axis=1, keepdims=True)
