@@ -148,12 +148,9 @@ def cached_nearest(X, origin, Q, candidates, near, reach, bound: float):
     >>> idx[:1], stale
     (array([1]), array([1]))
     """
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    origin = np.ascontiguousarray(origin, dtype=np.float64)
-    Q = np.ascontiguousarray(Q, dtype=np.float64)
+    X, origin, Q, near, reach = (np.ascontiguousarray(a, dtype=np.float64)
+                                 for a in (X, origin, Q, near, reach))
     candidates = np.ascontiguousarray(candidates, dtype=np.intp)
-    near = np.ascontiguousarray(near, dtype=np.float64)
-    reach = np.ascontiguousarray(reach, dtype=np.float64)
     # The kernel reads without bounds checks.
     if X.ndim != 2 or X.shape[1] != 3 or Q.ndim != 2 or Q.shape[1] != 3:
         raise ValueError(f"X and Q must have shape (*, 3), got {X.shape} and {Q.shape}.")
