@@ -109,12 +109,8 @@ def test_target_geometry_from_the_solve_index_equals_local_geometry(scan, metric
     ref_normals, ref_thickness, ref_spacing = local_geometry(Q, k=10)
     # Bit for bit: the solves of clouds of the existing sizes do not move.
     assert spacing == ref_spacing
-    if metric == "point_to_point":
-        # Only the noise estimate (the median thickness) is used: the same bits.
-        assert normals is None and np.median(thickness) == np.median(ref_thickness)
-    else:
-        np.testing.assert_array_equal(thickness, ref_thickness)
-        np.testing.assert_array_equal(normals, ref_normals)
+    np.testing.assert_array_equal(thickness, ref_thickness)
+    np.testing.assert_array_equal(normals, ref_normals)
 
 
 def test_point_to_point_then_point_to_plane_on_one_problem(scan, monkeypatch):
