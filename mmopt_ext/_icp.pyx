@@ -4,7 +4,7 @@ kernel-weighted local planes of the smoothed target surface (the surface refinem
 import numpy as np
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport INFINITY, M_PI, acos, cos, exp, fabs, sqrt
+from libc.math cimport INFINITY, exp, fabs, sqrt
 from libc.stdlib cimport abort, free, malloc
 
 
@@ -348,81 +348,3 @@ def cached_nearest(
                 d_view[i] = INFINITY
                 i_view[i] = -1
     return dist, idx, stale[:n_stale]
-
-
-def neighbourhood_min_eigenvalues(
-    const double[:, ::1] Q,
-    const Py_ssize_t[:, ::1] idx,
-    Py_ssize_t k,
-):
-    """Approximate smallest eigenvalue of each neighbourhood's covariance, and its error bound.
-
-    Row ``i``'s neighbourhood is ``Q[idx[i, :k]]``; its covariance (about its mean, divided
-    by ``k``) has eigenvalues from the closed form of a symmetric 3x3 matrix (trigonometric
-    solution of the characteristic cubic). Returns ``(values, bounds)``: the eigenvalue and
-    a generous bound on its error (``1e-7`` times the matrix's scale: the closed form loses
-    up to ~sqrt(machine epsilon) of it near repeated eigenvalues), meant for locating a
-    median that LAPACK then computes exactly on a few rows. Serial (a few ms for 10^4 rows).
-    """
-    cdef Py_ssize_t n = idx.shape[0]
-    cdef Py_ssize_t i, j, m
-    cdef int a, b
-    cdef double mean[3]
-    cdef double c[6]
-    cdef double d[3]
-    cdef double p1, q, p2, p, r, phi, det, b00, b11, b22, b01, b02, b12
-    values = np.empty(n, dtype=np.float64)
-    bounds = np.empty(n, dtype=np.float64)
-    cdef double[::1] v_view = values
-    cdef double[::1] e_view = bounds
-    with nogil:
-        for i in range(n):
-            for a in range(3):
-                mean[a] = 0.0
-            for j in range(k):
-                m = idx[i, j]
-                for a in range(3):
-                    mean[a] = mean[a] + Q[m, a]
-            for a in range(3):
-                mean[a] = mean[a] / k
-            for a in range(6):
-                c[a] = 0.0
-            for j in range(k):
-                m = idx[i, j]
-                for a in range(3):
-                    d[a] = Q[m, a] - mean[a]
-                c[0] = c[0] + d[0] * d[0]
-                c[1] = c[1] + d[1] * d[1]
-                c[2] = c[2] + d[2] * d[2]
-                c[3] = c[3] + d[0] * d[1]
-                c[4] = c[4] + d[0] * d[2]
-                c[5] = c[5] + d[1] * d[2]
-            for a in range(6):
-                c[a] = c[a] / k
-            p1 = c[3] * c[3] + c[4] * c[4] + c[5] * c[5]
-            q = (c[0] + c[1] + c[2]) / 3.0
-            p2 = ((c[0] - q) * (c[0] - q) + (c[1] - q) * (c[1] - q)
-                  + (c[2] - q) * (c[2] - q) + 2.0 * p1)
-            if p2 <= 0.0:
-                v_view[i] = q
-                e_view[i] = 1e-7 * fabs(q)
-                continue
-            p = sqrt(p2 / 6.0)
-            b00 = (c[0] - q) / p
-            b11 = (c[1] - q) / p
-            b22 = (c[2] - q) / p
-            b01 = c[3] / p
-            b02 = c[4] / p
-            b12 = c[5] / p
-            det = (b00 * (b11 * b22 - b12 * b12) - b01 * (b01 * b22 - b12 * b02)
-                   + b02 * (b01 * b12 - b11 * b02))
-            r = det / 2.0
-            if r <= -1.0:
-                phi = M_PI / 3.0
-            elif r >= 1.0:
-                phi = 0.0
-            else:
-                phi = acos(r) / 3.0
-            v_view[i] = q + 2.0 * p * cos(phi + 2.0 * M_PI / 3.0)
-            e_view[i] = 1e-7 * (fabs(q) + 2.0 * p)
-    return values, bounds

@@ -6,17 +6,10 @@ import numpy as np
 
 from mmopt_ext._icp import cached_nearest as _cached_nearest
 from mmopt_ext._icp import nearest_candidates as _nearest_candidates
-from mmopt_ext._icp import neighbourhood_min_eigenvalues as _neighbourhood_min_eigenvalues
 from mmopt_ext._icp import surface_planes as _surface_planes
 from mmopt_ext._icp import weighted_pair_moments as _weighted_pair_moments
 
-__all__ = [
-    "cached_nearest",
-    "nearest_candidates",
-    "neighbourhood_min_eigenvalues",
-    "surface_planes",
-    "weighted_pair_moments",
-]
+__all__ = ["cached_nearest", "nearest_candidates", "surface_planes", "weighted_pair_moments"]
 
 
 def weighted_pair_moments(P, Q, idx, w):
@@ -166,31 +159,3 @@ def cached_nearest(X, origin, Q, candidates, near, reach, bound: float):
     if candidates.size and candidates.max() >= Q.shape[0]:
         raise ValueError(f"candidates must hold indices of the {Q.shape[0]} rows of Q.")
     return _cached_nearest(X, origin, Q, candidates, near, reach, float(bound))
-
-
-def neighbourhood_min_eigenvalues(points, idx):
-    """Smallest eigenvalue of each neighbourhood ``points[idx[i]]``'s covariance (about its
-    mean, divided by its size), from a closed form, and a bound on its error.
-
-    Returns ``(values, bounds)``: the bounds (``1e-7`` of each covariance's scale) are
-    generous, for locating order statistics that an exact eigensolver then settles.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mmopt.registration._kernels import neighbourhood_min_eigenvalues
-    >>> points = np.array([[0.0, 0, 0], [2, 0, 0], [0, 2, 0], [2, 2, 0], [1, 1, 1]])
-    >>> values, bounds = neighbourhood_min_eigenvalues(points, np.array([[0, 1, 2, 3]]))
-    >>> bool(abs(values[0]) <= bounds[0])  # a flat neighbourhood
-    True
-    """
-    points = np.ascontiguousarray(points, dtype=np.float64)
-    idx = np.ascontiguousarray(idx, dtype=np.intp)
-    # The kernel reads without bounds checks.
-    if points.ndim != 2 or points.shape[1] != 3:
-        raise ValueError(f"points must have shape (n, 3), got {points.shape}.")
-    if idx.ndim != 2 or idx.shape[1] < 1:
-        raise ValueError(f"idx must have shape (m, k) with k >= 1, got {idx.shape}.")
-    if idx.size and (idx.min() < 0 or idx.max() >= points.shape[0]):
-        raise ValueError(f"idx must hold indices of the {points.shape[0]} rows of points.")
-    return _neighbourhood_min_eigenvalues(points, idx, idx.shape[1])

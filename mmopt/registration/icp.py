@@ -35,11 +35,7 @@ from mmopt.registration._kernels import (
 from mmopt.registration._neighbors import _MIN_ROWS_PER_THREAD, BACKENDS, NeighborIndex
 from mmopt.registration.kabsch import kabsch_from_moments
 from mmopt.registration.multires import coarse_problem
-from mmopt.registration.normals import (
-    _neighbourhood_geometry,
-    _noise_geometry,
-    sampled_geometry,
-)
+from mmopt.registration.normals import _neighbourhood_geometry, sampled_geometry
 from mmopt.registration.options import ScaleSchedule, StageCriteria
 from mmopt.registration.problem import RegistrationProblem, check_rigid_transform
 from mmopt.registration.se3 import _se3_exp, _se3_log
@@ -417,8 +413,7 @@ default="welsch"
     (stages run on the subsample), ``iterations_per_stage``, ``n_accepted`` and
     ``n_rejected`` (Anderson proposals kept / refused), ``acceptance_rate`` (0 when no
     proposal was made), ``n_queries`` (nearest-neighbour searches of the source cloud or of
-    its subsample, each counted once whether its cached candidates or the tree answer it),
-    ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
+    its subsample, each counted once whether its cached candidates or the tree answer it), ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
     ``inlier_threshold``, ``correspondences`` (index of each source point's closest target
     point, -1 beyond the search bound). ``history`` adds ``nu`` (NaN for the scale-free
     losses), ``stage``, ``accepted`` (1, 0, NaN when not tried), ``n_queries`` and
@@ -615,11 +610,8 @@ default="welsch"
 
     def _geometry_key(self, n_target: int) -> tuple:
         """Cache key of the target geometry this solver needs (see _target_geometry)."""
-        if self.metric != "point_to_point":
-            kind = "geometry"
-        else:
-            kind = "sampled geometry" if n_target > _GEOMETRY_MAX_POINTS else "noise geometry"
-        return (kind, self.normals_k, self.neighbors)
+        sampled = self.metric == "point_to_point" and n_target > _GEOMETRY_MAX_POINTS
+        return ("sampled geometry" if sampled else "geometry", self.normals_k, self.neighbors)
 
     def _target_geometry(self, Q: np.ndarray, index) -> tuple:
         """``(normals, thickness, spacing)`` of the target ``Q`` (normalized coordinates),
@@ -627,9 +619,9 @@ default="welsch"
 
         Point-to-point needs no normals, only the spacing and noise medians: on large
         targets they come from a subsample's neighbourhoods, and only their eigenvalues
-        (None for the normals). Up to that size they are ``eigh``'s median to the bit,
-        without the normals (see ``_noise_geometry``: the eigenvalues of ``eigvalsh``
-        differ by rounding, which would move the solves of the existing suite).
+        (None for the normals). Up to that size the normals are computed for every metric
+        (the eigenvalues of ``eigh`` and ``eigvalsh`` differ by rounding, which would move
+        the solves of the existing suite).
         """
         if self._geometry_key(Q.shape[0])[0] == "sampled geometry":
             return sampled_geometry(
@@ -640,10 +632,7 @@ default="welsch"
         # noise estimate of point-to-point uses it then; estimated normals were refused).
         # Q is normalized (its diagonal is 1): no power-of-two rescaling as in
         # local_geometry, whose estimates these equal (its rescaling is exact).
-        # Point-to-point needs only the median thickness: the same bits, without normals.
-        geometry = (_noise_geometry if self.metric == "point_to_point"
-                    else _neighbourhood_geometry)
-        return geometry(
+        return _neighbourhood_geometry(
             index, Q, min(self.normals_k, Q.shape[0]), n_threads=self.n_threads
         )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from mmopt._core.validation import check_array, check_scalar
-from mmopt.registration._kernels import neighbourhood_min_eigenvalues
 from mmopt.registration._neighbors import NeighborIndex
 
 __all__ = ["estimate_normals", "local_geometry", "sampled_geometry"]
@@ -81,8 +80,15 @@ def _neighbourhood_geometry(index: NeighborIndex, queries: np.ndarray, k: int,
     """Normals and thickness of the neighbourhoods of ``queries`` among the indexed points
     (each query one of them), and the cloud's spacing (see :func:`local_geometry`); None
     for the normals with ``normals=False`` (eigenvalues only: cheaper)."""
-    idx, spacing = _neighbourhoods(index, queries, k, n_threads)
-    covariance = _covariances(index.points, idx)
+    n = index.points.shape[0]
+    n_neighbors = min(max(k, 7), n)
+    dist, idx = index.query(queries, k=n_neighbors, n_threads=n_threads)
+    # Spacing from the 6 nearest neighbours other than the point itself.
+    near = dist[:, 1 : min(7, n_neighbors)] ** 2
+    spacing = float(np.sqrt(np.median(np.median(near, axis=1))))
+    neighbourhoods = index.points[idx[:, : min(k, n)]]
+    centred = neighbourhoods - neighbourhoods.mean(axis=1, keepdims=True)
+    covariance = np.einsum("nki,nkj->nij", centred, centred) / centred.shape[1]
     if normals:
         eigenvalues, eigenvectors = np.linalg.eigh(covariance)
         normals = np.ascontiguousarray(eigenvectors[:, :, 0])
@@ -90,50 +96,6 @@ def _neighbourhood_geometry(index: NeighborIndex, queries: np.ndarray, k: int,
         eigenvalues, normals = np.linalg.eigvalsh(covariance), None
     thickness = np.sqrt(np.clip(eigenvalues[:, 0], 0.0, None))
     return normals, thickness, spacing
-
-
-def _neighbourhoods(index: NeighborIndex, queries: np.ndarray, k: int, n_threads: int):
-    """Indices of the ``k`` nearest indexed points of each query (at most all of them),
-    and the cloud's spacing (see :func:`local_geometry`)."""
-    n = index.points.shape[0]
-    n_neighbors = min(max(k, 7), n)
-    dist, idx = index.query(queries, k=n_neighbors, n_threads=n_threads)
-    # Spacing from the 6 nearest neighbours other than the point itself.
-    near = dist[:, 1 : min(7, n_neighbors)] ** 2
-    spacing = float(np.sqrt(np.median(np.median(near, axis=1))))
-    return np.ascontiguousarray(idx[:, : min(k, n)]), spacing
-
-
-def _covariances(points: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Covariance of each neighbourhood ``points[idx[i]]`` (about its mean, divided by its
-    size); each row's result does not depend on the other rows."""
-    neighbourhoods = points[idx]
-    centred = neighbourhoods - neighbourhoods.mean(axis=1, keepdims=True)
-    return np.einsum("nki,nkj->nij", centred, centred) / centred.shape[1]
-
-
-def _noise_geometry(index: NeighborIndex, queries: np.ndarray, k: int, n_threads: int = 1):
-    """``(None, thickness, spacing)`` of :func:`_neighbourhood_geometry` without the normals,
-    whose median thickness (the noise estimate) and spacing are the same to the bit.
-
-    The smallest covariance eigenvalues come from a compiled closed form with an error
-    bound; the rows whose bounds reach the middle ranks get LAPACK's ``eigh`` values (the
-    same as the full computation: each row's covariance and eigenvalues do not depend on
-    the other rows). The rows below and above them keep their approximations, which are
-    certainly below or above the middle, so the median is the exact one; other statistics
-    of the returned thickness are approximate (to ~1e-7 of each neighbourhood's spread).
-    """
-    idx, spacing = _neighbourhoods(index, queries, k, n_threads)
-    values, bounds = neighbourhood_min_eigenvalues(index.points, idx)
-    m = values.size
-    ranks = [(m - 1) // 2, m // 2]  # the one or two middle ranks of the median
-    lowest = np.partition(values - bounds, ranks)[ranks[0]]
-    highest = np.partition(values + bounds, ranks)[ranks[1]]
-    # Rows whose interval lies below `lowest` (above `highest`) are below (above) both
-    # middle order statistics of the exact eigenvalues, which lie in [lowest, highest].
-    band = np.flatnonzero((values + bounds >= lowest) & (values - bounds <= highest))
-    values[band] = np.linalg.eigh(_covariances(index.points, idx[band]))[0][:, 0]
-    return None, np.sqrt(np.clip(values, 0.0, None)), spacing
 
 
 def _power_of_two_size(points: np.ndarray) -> float:

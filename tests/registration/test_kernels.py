@@ -7,7 +7,6 @@ from mmopt.registration import weighted_kabsch
 from mmopt.registration._kernels import (
     cached_nearest,
     nearest_candidates,
-    neighbourhood_min_eigenvalues,
     surface_planes,
     weighted_pair_moments,
 )
@@ -218,18 +217,3 @@ def test_cached_nearest_checks_its_input():
                         ("near", np.zeros(3))):
         with pytest.raises(ValueError, match=name):
             cached_nearest(X, **{**good, name: value})
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_neighbourhood_min_eigenvalues_within_their_bounds_of_eigh(seed):
-    rng = np.random.default_rng(seed)
-    # Flat, round and elongated neighbourhoods (near-repeated eigenvalues included).
-    points = rng.normal(size=(400, 3)) * rng.choice([1e-3, 1.0], size=(400, 3))
-    idx = np.array([rng.choice(400, 8, replace=False) for _ in range(300)])
-    idx[:5] = idx[0]
-    values, bounds = neighbourhood_min_eigenvalues(points, idx)
-    centred = points[idx] - points[idx].mean(axis=1, keepdims=True)
-    exact = np.linalg.eigh(np.einsum("nki,nkj->nij", centred, centred) / 8)[0][:, 0]
-    assert np.all(np.abs(values - exact) <= bounds)
-    with pytest.raises(ValueError, match="idx"):
-        neighbourhood_min_eigenvalues(points, idx + 400)

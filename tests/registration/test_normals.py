@@ -5,11 +5,7 @@ import pytest
 
 from mmopt.registration import estimate_normals
 from mmopt.registration._neighbors import NeighborIndex, pykdtree_available
-from mmopt.registration.normals import (
-    _neighbourhood_geometry,
-    _noise_geometry,
-    local_geometry,
-)
+from mmopt.registration.normals import local_geometry
 
 
 def _sphere(n, seed=0):
@@ -53,31 +49,3 @@ def test_pykdtree_matches_scipy():
         np.testing.assert_allclose(da, db, rtol=1e-12)
         np.testing.assert_array_equal(ia, ib)
         assert (ia == -1).any() == np.isfinite(bound)
-
-
-def _clouds():
-    rng = np.random.default_rng(3)
-    xy = np.stack(np.meshgrid(np.arange(30.0), np.arange(30.0)), -1).reshape(-1, 2) / 30
-    yield _sphere(3000)
-    yield _sphere(2000, seed=1) + 0.01 * rng.normal(size=(2000, 3))
-    yield rng.random((1500, 3))
-    yield np.c_[xy, np.zeros(900)]  # flat: every smallest eigenvalue ~0 (ties)
-    yield np.c_[xy, 0.003 * rng.normal(size=900)]
-    for n in (4, 11, 12):  # the whole cloud in each neighbourhood; odd and even sizes
-        yield rng.random((n, 3))
-
-
-@pytest.mark.parametrize("k", [6, 10])
-def test_noise_geometry_median_and_spacing_equal_the_full_ones_to_the_bit(k):
-    # Point-to-point's noise estimate (the median thickness) and spacing without the
-    # normals: the same bits as from every neighbourhood's eigh (they set the solve's nu).
-    for points in _clouds():
-        index = NeighborIndex(points)
-        kk = min(k, points.shape[0])
-        normals, thickness, spacing = _neighbourhood_geometry(index, points, kk)
-        none, fast, fast_spacing = _noise_geometry(index, points, kk)
-        assert none is None and fast_spacing == spacing
-        assert np.median(fast) == np.median(thickness)
-        # The other rows carry the closed form's approximations.
-        np.testing.assert_allclose(fast**2, thickness**2, rtol=0,
-                                   atol=1e-7 * float(np.max(thickness**2) + 1e-300) + 1e-12)
