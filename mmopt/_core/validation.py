@@ -315,7 +315,9 @@ def check_indices(values, name: str, upper: int, *, hint: str = "") -> np.ndarra
     """
     arr = np.asarray(values)
     if arr.dtype.kind == "f":
-        integral = np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+        if not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+            raise ValueError(f"{name} must hold integer indices; it holds non-integral values.")
+        integral = True
     elif arr.dtype.kind == "O":
         integral = all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in arr.ravel()
