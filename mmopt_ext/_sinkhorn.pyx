@@ -445,7 +445,9 @@ def scaling_iterations(
 ):
     """:func:`scaling_iteration` for the c problems ``(U[p], V[p], B[p], omega[p])``
     sharing ``K``, with one pass over ``K`` for all of them: each block of a few rows is
-    read once from memory and swept by every problem while it is in cache.
+    read once from memory and swept by the problems while it is in cache, two at a time
+    (each load of ``K`` serving both; each problem's results bit-identical to its own
+    sweep's).
 
     ``acc`` has shape (c, blocks, m) (``acc[p]`` is the single iteration's ``acc``).
     Returns arrays ``(row_error, within, column_error, mass)`` of length c, each entry
