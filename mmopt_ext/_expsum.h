@@ -369,6 +369,40 @@ static inline double mmopt_hsum_avx2(__m256d x)
     return _mm_cvtsd_f64(_mm_add_sd(low, _mm_unpackhi_pd(low, low)));
 }
 
+/* A 4-row tile's new scalings from its dot products d (the update of u), adding the tile's
+ * row errors to *err in row order. */
+static inline void mmopt_tile_scalings(const double *d, const double *a, double *u,
+                                       double omega, double *w, double *err)
+{
+    for (int r = 0; r < 4; ++r) {
+        *err += fabs(u[r] * d[r] - a[r]);
+        w[r] = mmopt_relaxed(u[r], a[r] / d[r], omega);
+        u[r] = w[r];
+    }
+}
+
+/* acc + sum_r w_r x_r over a 4-row tile (x_r: 4 entries of row r): one store of acc per
+ * tile. */
+__attribute__((target("avx2,fma")))
+static inline __m256d mmopt_tile_update_avx2(__m256d acc, const __m256d *w, __m256d x0,
+                                             __m256d x1, __m256d x2, __m256d x3)
+{
+    __m256d x = _mm256_fmadd_pd(w[0], x0, acc);
+    __m256d y = _mm256_mul_pd(w[1], x1);
+    x = _mm256_fmadd_pd(w[2], x2, x);
+    y = _mm256_fmadd_pd(w[3], x3, y);
+    return _mm256_add_pd(x, y);
+}
+
+/* The same for the entries j of acc beyond the last multiple of 4. */
+static inline void mmopt_tile_update_tail(double *acc, const double *w, const double *k0,
+                                          const double *k1, const double *k2,
+                                          const double *k3, ptrdiff_t j, ptrdiff_t m)
+{
+    for (; j < m; ++j)
+        acc[j] += (w[0] * k0[j] + w[1] * k1[j]) + (w[2] * k2[j] + w[3] * k3[j]);
+}
+
 /* Blocks of 4 rows: the dot products share each load of v, the update of acc loads and
  * stores acc once per 4 rows (the store port, not the arithmetic, bounds a plain axpy). */
 __attribute__((target("avx2,fma")))
@@ -407,23 +441,15 @@ static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t ro
             d[3] += k3[j] * v[j];
         }
         double w[4];
-        for (int r = 0; r < 4; ++r) {
-            err += fabs(u[i + r] * d[r] - a[i + r]);
-            w[r] = mmopt_relaxed(u[i + r], a[i + r] / d[r], omega);
-            u[i + r] = w[r];
-        }
-        const __m256d w0 = _mm256_set1_pd(w[0]), w1 = _mm256_set1_pd(w[1]);
-        const __m256d w2 = _mm256_set1_pd(w[2]), w3 = _mm256_set1_pd(w[3]);
+        mmopt_tile_scalings(d, a + i, u + i, omega, w, &err);
+        const __m256d wv[4] = {_mm256_set1_pd(w[0]), _mm256_set1_pd(w[1]),
+                               _mm256_set1_pd(w[2]), _mm256_set1_pd(w[3])};
         j = 0;
-        for (; j + 4 <= m; j += 4) {
-            __m256d x = _mm256_fmadd_pd(w0, _mm256_loadu_pd(k0 + j), _mm256_loadu_pd(acc + j));
-            __m256d y = _mm256_mul_pd(w1, _mm256_loadu_pd(k1 + j));
-            x = _mm256_fmadd_pd(w2, _mm256_loadu_pd(k2 + j), x);
-            y = _mm256_fmadd_pd(w3, _mm256_loadu_pd(k3 + j), y);
-            _mm256_storeu_pd(acc + j, _mm256_add_pd(x, y));
-        }
-        for (; j < m; ++j)
-            acc[j] += (w[0] * k0[j] + w[1] * k1[j]) + (w[2] * k2[j] + w[3] * k3[j]);
+        for (; j + 4 <= m; j += 4)
+            _mm256_storeu_pd(acc + j, mmopt_tile_update_avx2(
+                _mm256_loadu_pd(acc + j), wv, _mm256_loadu_pd(k0 + j),
+                _mm256_loadu_pd(k1 + j), _mm256_loadu_pd(k2 + j), _mm256_loadu_pd(k3 + j)));
+        mmopt_tile_update_tail(acc, w, k0, k1, k2, k3, j, m);
     }
     if (i < rows)
         err += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v, a + i, u + i, acc, omega);
@@ -494,39 +520,23 @@ static void mmopt_scaling_rows2_avx2(const double *K, ptrdiff_t m, ptrdiff_t row
             }
         }
         double w0[4], w1[4];
-        for (int r = 0; r < 4; ++r) {
-            e0 += fabs(u0[i + r] * d0[r] - a[i + r]);
-            w0[r] = mmopt_relaxed(u0[i + r], a[i + r] / d0[r], omega0);
-            u0[i + r] = w0[r];
-        }
-        for (int r = 0; r < 4; ++r) {
-            e1 += fabs(u1[i + r] * d1[r] - a[i + r]);
-            w1[r] = mmopt_relaxed(u1[i + r], a[i + r] / d1[r], omega1);
-            u1[i + r] = w1[r];
-        }
-        const __m256d w00 = _mm256_set1_pd(w0[0]), w01 = _mm256_set1_pd(w0[1]);
-        const __m256d w02 = _mm256_set1_pd(w0[2]), w03 = _mm256_set1_pd(w0[3]);
-        const __m256d w10 = _mm256_set1_pd(w1[0]), w11 = _mm256_set1_pd(w1[1]);
-        const __m256d w12 = _mm256_set1_pd(w1[2]), w13 = _mm256_set1_pd(w1[3]);
+        mmopt_tile_scalings(d0, a + i, u0 + i, omega0, w0, &e0);
+        mmopt_tile_scalings(d1, a + i, u1 + i, omega1, w1, &e1);
+        const __m256d wv0[4] = {_mm256_set1_pd(w0[0]), _mm256_set1_pd(w0[1]),
+                                _mm256_set1_pd(w0[2]), _mm256_set1_pd(w0[3])};
+        const __m256d wv1[4] = {_mm256_set1_pd(w1[0]), _mm256_set1_pd(w1[1]),
+                                _mm256_set1_pd(w1[2]), _mm256_set1_pd(w1[3])};
         ptrdiff_t j = 0;
         for (; j + 4 <= m; j += 4) {
             __m256d x0 = _mm256_loadu_pd(k0 + j), x1 = _mm256_loadu_pd(k1 + j);
             __m256d x2 = _mm256_loadu_pd(k2 + j), x3 = _mm256_loadu_pd(k3 + j);
-            __m256d x = _mm256_fmadd_pd(w00, x0, _mm256_loadu_pd(acc0 + j));
-            __m256d y = _mm256_mul_pd(w01, x1);
-            x = _mm256_fmadd_pd(w02, x2, x);
-            y = _mm256_fmadd_pd(w03, x3, y);
-            _mm256_storeu_pd(acc0 + j, _mm256_add_pd(x, y));
-            x = _mm256_fmadd_pd(w10, x0, _mm256_loadu_pd(acc1 + j));
-            y = _mm256_mul_pd(w11, x1);
-            x = _mm256_fmadd_pd(w12, x2, x);
-            y = _mm256_fmadd_pd(w13, x3, y);
-            _mm256_storeu_pd(acc1 + j, _mm256_add_pd(x, y));
+            _mm256_storeu_pd(acc0 + j, mmopt_tile_update_avx2(
+                _mm256_loadu_pd(acc0 + j), wv0, x0, x1, x2, x3));
+            _mm256_storeu_pd(acc1 + j, mmopt_tile_update_avx2(
+                _mm256_loadu_pd(acc1 + j), wv1, x0, x1, x2, x3));
         }
-        for (; j < m; ++j) {
-            acc0[j] += (w0[0] * k0[j] + w0[1] * k1[j]) + (w0[2] * k2[j] + w0[3] * k3[j]);
-            acc1[j] += (w1[0] * k0[j] + w1[1] * k1[j]) + (w1[2] * k2[j] + w1[3] * k3[j]);
-        }
+        mmopt_tile_update_tail(acc0, w0, k0, k1, k2, k3, j, m);
+        mmopt_tile_update_tail(acc1, w1, k0, k1, k2, k3, j, m);
     }
     if (i < rows) {
         e0 += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v0, a + i, u0 + i, acc0, omega0);
