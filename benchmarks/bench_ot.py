@@ -212,9 +212,10 @@ def pot_suite(quick: bool = False, regs=(1e-1, 1e-2, 3e-3, 1e-3, 1e-4), seed=0) 
     plan's L1 marginal error ``e`` is measured, and ours run to ``tol = max(1e-9, e)``: the
     same error, or 1e-9 where POT went below it. At 1e-4 POT does not converge (its cap is
     shown); ours run to 1e-9. Times: :func:`_per_call_times` (each solve repeated to cover
-    0.2 s per round, interleaved, median of 5 rounds; solves of 10-30 ms timed once each
-    gave ratios that moved by a third from run to run).
+    0.2 s per round, interleaved, median of 5 rounds).
     """
+    # Solves of 10-30 ms timed once each (median of 3) gave ratios that moved by a third
+    # between runs (3-D 1e-2: 0.40 on one path, 0.53 on the other for the same code).
     from threadpoolctl import threadpool_limits
 
     rows = []
