@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _geomloss
+import numpy as np
 from _common import markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -136,6 +138,41 @@ def _row(n, d, solver, out):
     }
 
 
+def _clouds(n, d):
+    """``(x, y, a, b, reg)``: the clouds, weights and reg of ``_CASE``."""
+    rng = np.random.default_rng(0)
+    x = rng.random((n, d))
+    y = rng.random((n, d))
+    y = y + 0.1 * np.sin(3.0 * y[:, ::-1])
+    both = np.vstack([x, y])
+    a = np.full(n, 1.0 / n)
+    return x, y, a, a, RELATIVE_REG * float(np.sum(np.ptp(both, axis=0) ** 2))
+
+
+def _geomloss_section(quick: bool) -> str:
+    """geomloss's CPU backends against pointcloud_sinkhorn (``_geomloss.compare``)."""
+    if quick:
+        table, lines = _geomloss.compare(_clouds, _case, sizes=(500,), dims=(3,), budget=5.0)
+    else:
+        table, lines = _geomloss.compare(
+            _clouds, _case, dims=(2, 3) if _geomloss.LARGE else (3,))
+    return (
+        "\n\n### geomloss (CPU) at the same reg\n\n"
+        "`SamplesLoss(\"sinkhorn\", p=2, blur=sqrt(reg / 2), debias=False, potentials=True)` "
+        "in float64: its cost |x - y|^2 / 2 at eps = blur^2 = reg / 2 is our plan, its "
+        "potentials times 2 ours. It has no stopping test: one symmetric update per epsilon "
+        "from the diameter^2 down to blur^2 by factors scaling^2 (`updates`), so `scaling` is "
+        "raised (0.5 ... 0.999) until its plan's L1 marginal error (computed tile by tile) "
+        "reaches ours, or a run is predicted over "
+        f"{_geomloss.BUDGET:.0f} s (`MMOPT_BENCH_GEOMLOSS_BUDGET`); torch and KeOps on "
+        f"{_geomloss.THREADS} threads, KeOps's compilation not timed. "
+        + ("" if _geomloss.LARGE or quick else
+           "Sizes growing to the ten-minute runs with `MMOPT_BENCH_GEOMLOSS_LARGE=1` (not in "
+           "this run). ")
+        + "\n\n" + table + "\n\n" + lines
+    )
+
+
 def run(quick: bool = False) -> str:
     large = os.environ.get("MMOPT_BENCH_POINTCLOUD_LARGE") == "1"
     sizes = (10_000,) if quick else (10_000, 30_000, 100_000)
@@ -179,6 +216,7 @@ def run(quick: bool = False) -> str:
         "bound` the certified mass of the pairs left out. A case whose predicted peak memory "
         f"exceeds {MEMORY_BUDGET_MB:.0f} MB (`MMOPT_BENCH_POINTCLOUD_MEMORY_MB`) is skipped.\n\n"
         + markdown_table(rows) + "\n\n" + "\n".join(ratios) + note
+        + _geomloss_section(quick)
     )
 
 
