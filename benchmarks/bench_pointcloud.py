@@ -152,25 +152,12 @@ def _clouds(n, d):
 def _geomloss_section(quick: bool) -> str:
     """geomloss's CPU backends against pointcloud_sinkhorn (``_geomloss.compare``)."""
     if quick:
-        table, lines = _geomloss.compare(_clouds, _case, sizes=(500,), dims=(3,), budget=5.0)
+        budget, found = 5.0, _geomloss.compare(_clouds, _guarded_case, sizes=(500,),
+                                               dims=(3,), budget=5.0)
     else:
-        table, lines = _geomloss.compare(
-            _clouds, _case, dims=(2, 3) if _geomloss.LARGE else (3,))
-    return (
-        "\n\n### geomloss (CPU) at the same reg\n\n"
-        "`SamplesLoss(\"sinkhorn\", p=2, blur=sqrt(reg / 2), debias=False, potentials=True)` "
-        "in float64: its cost |x - y|^2 / 2 at eps = blur^2 = reg / 2 is our plan, its "
-        "potentials times 2 ours. It has no stopping test: one symmetric update per epsilon "
-        "from the diameter^2 down to blur^2 by factors scaling^2 (`updates`), so `scaling` is "
-        "raised (0.5 ... 0.999) until its plan's L1 marginal error (computed tile by tile) "
-        "reaches ours, or a run is predicted over "
-        f"{_geomloss.BUDGET:.0f} s (`MMOPT_BENCH_GEOMLOSS_BUDGET`); torch and KeOps on "
-        f"{_geomloss.THREADS} threads, KeOps's compilation not timed. "
-        + ("" if _geomloss.LARGE or quick else
-           "Sizes growing to the ten-minute runs with `MMOPT_BENCH_GEOMLOSS_LARGE=1` (not in "
-           "this run). ")
-        + "\n\n" + table + "\n\n" + lines
-    )
+        budget, found = _geomloss.BUDGET, _geomloss.compare(
+            _clouds, _guarded_case, dims=(2, 3) if _geomloss.LARGE else (3,))
+    return "\n\n" + _geomloss.section(*found, "`marginal error` above", budget)
 
 
 def run(quick: bool = False) -> str:

@@ -91,6 +91,7 @@ def _isolated(func, *args) -> dict:
 
 
 def _geomloss_clouds(n: int, d: int):
+    """``(x, y, a, b, reg)`` of the cases above, for ``_geomloss.compare``."""
     x, y, a, b = _clouds(d, n)
     return x, y, a, b, REG_FACTOR * _diam2(x, y)
 
@@ -104,29 +105,16 @@ def _geomloss_ours(n: int, d: int) -> dict:
 
 def _geomloss_section(quick: bool) -> str:
     """geomloss's CPU backends against the smooth solver (``_geomloss.compare``)."""
+    budget = 5.0 if quick else _geomloss.BUDGET
     if quick:
-        table, lines = _geomloss.compare(_geomloss_clouds, _geomloss_ours, sizes=(1000,),
-                                         dims=(2,), budget=5.0)
+        found = _geomloss.compare(_geomloss_clouds, _geomloss_ours, sizes=(1000,), dims=(2,),
+                                  budget=budget)
     elif _geomloss.LARGE:
-        table, lines = _geomloss.compare(_geomloss_clouds, _geomloss_ours)
+        found = _geomloss.compare(_geomloss_clouds, _geomloss_ours)
     else:
-        table, lines = _geomloss.compare(_geomloss_clouds, _geomloss_ours, sizes=(2000,),
-                                         dims=(2,))
-    return (
-        "\n### geomloss (CPU) at the same reg\n\n"
-        "`SamplesLoss(\"sinkhorn\", p=2, blur=sqrt(reg / 2), debias=False, potentials=True)` "
-        "in float64: its cost |x - y|^2 / 2 at eps = blur^2 = reg / 2 is our plan, its "
-        "potentials times 2 ours. It has no stopping test: one symmetric update per epsilon "
-        "from the diameter^2 down to blur^2 by factors scaling^2 (`updates`), so `scaling` is "
-        "raised (0.5 ... 0.999) until its plan's L1 marginal error (computed tile by tile) "
-        "reaches ours ('true error' above, the grid model's where that is not computed), or "
-        f"a run is predicted over {_geomloss.BUDGET:.0f} s (`MMOPT_BENCH_GEOMLOSS_BUDGET`); "
-        f"torch and KeOps on {_geomloss.THREADS} threads, KeOps's compilation not timed. "
-        + ("" if _geomloss.LARGE or quick else
-           "Sizes growing to the ten-minute runs with `MMOPT_BENCH_GEOMLOSS_LARGE=1` (not in "
-           "this run). ")
-        + "\n\n" + table + "\n\n" + lines + "\n"
-    )
+        found = _geomloss.compare(_geomloss_clouds, _geomloss_ours, sizes=(2000,), dims=(2,))
+    return "\n" + _geomloss.section(
+        *found, "'true error' above, the grid model's where that is not computed", budget)
 
 
 def run(quick: bool = False) -> str:
