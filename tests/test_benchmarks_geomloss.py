@@ -94,3 +94,42 @@ def test_update_count_follows_geomloss_schedule():
         # One update per epsilon, plus the first (before the loop) and the last.
         expected = len(epsilon_schedule(2, diameter, blur, scaling)) + 2
         assert bench.geomloss_iterations(diameter, blur, scaling) == expected
+
+
+def _fake_runs(bench, monkeypatch, seconds_per_update, error_of):
+    """Replace geomloss's process by a run taking ``seconds_per_update`` per update, its error
+    ``error_of(scaling, extra)``; returns the list of settings run."""
+    ran = []
+
+    def run(path, backend, scaling, extra, timeout):
+        ran.append((scaling, extra))
+        x = np.load(path)["x"]
+        blur = bench.geomloss_blur(float(np.load(path)["reg"]))
+        updates = bench.geomloss_iterations(bench._diameter(x, x), blur, scaling) + extra
+        return {"time": seconds_per_update * updates, "cpu": 0.0, "peak_mb": 0.0,
+                "iterations": updates, "error": error_of(scaling, extra), "status": "ran"}
+
+    monkeypatch.setattr(bench, "_run", run)
+    monkeypatch.setattr(bench, "available", lambda backend: None)
+    return ran
+
+
+def test_sweep_stops_at_the_target_or_the_budget_and_jumps(monkeypatch):
+    bench = _module()
+    x = np.random.default_rng(0).random((10, 2))
+    a = np.full(10, 0.1)
+    settings = [(0.5, 0), (0.9, 0), (0.9, 100), (0.9, 1000), (0.9, 10_000)]
+    error = {setting: 10.0 ** -k for k, setting in enumerate(settings)}
+    ran = _fake_runs(bench, monkeypatch, 1.0 / 100, lambda s, e: error[(s, e)])
+    # The per-update time is learned at the first run (updates / 100 seconds each).
+    runs, rate = bench.sweep(x, x, a, a, 1e-3, 1e-2 + 1e-9, "online", None, 1e9, settings)
+    assert ran == settings[:3] and runs[-1]["error"] <= 1e-2 + 1e-9
+    assert rate == pytest.approx(0.01 / 100)
+    # A budget the 1000-update setting exceeds: a skipped row, nothing more run.
+    ran.clear()
+    runs, _ = bench.sweep(x, x, a, a, 1e-3, 0.0, "online", None, 5.0, settings)
+    assert ran == settings[:3] and runs[-1]["status"].startswith("skipped")
+    # jump: after the first run only the last setting within the budget runs.
+    ran.clear()
+    runs, _ = bench.sweep(x, x, a, a, 1e-3, 0.0, "online", None, 50.0, settings, jump=True)
+    assert ran == [settings[0], settings[3]] and runs[-1]["status"].startswith("skipped")
