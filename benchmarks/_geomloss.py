@@ -11,14 +11,15 @@ eps`` and potentials ``f = p F``, ``g = p G`` give the same plan (:func:`geomlos
 diameter^p down to blur^p by factors ``scaling^p``, one symmetric update per value, then one
 last update) with no stopping test: its accuracy is set by ``scaling`` only.
 
-Each geomloss run is a process of its own (``python _geomloss.py case.npz backend scaling``,
-torch and OpenMP on ``THREADS`` threads), so that its peak memory is its own and a run past its
-budget can be killed. geomloss, torch and (for the "online" and "multiscale" backends) pykeops
-are optional (the ``bench`` extra); without them the rows say so.
+Each geomloss run is a process of its own (``python _geomloss.py case.npz backend scaling
+extra``, torch and OpenMP on ``THREADS`` threads), so that its peak memory is its own and a run
+past its budget can be killed. geomloss, torch and (for the "online" and "multiscale" backends)
+pykeops are optional (the ``bench`` extra); without them the section or the rows say so.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -106,7 +107,6 @@ def _solve(path: str, backend: str, scaling: float, extra: int = 0) -> dict:
     import resource
     import time
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     import torch
     from geomloss import SamplesLoss
 
@@ -169,11 +169,10 @@ def _run(path: str, backend: str, scaling: float, extra: int, timeout: float) ->
 
 
 def available(backend: str) -> str | None:
-    """None where geomloss can run ``backend`` here, else why not."""
+    """None where geomloss's ``backend`` is installed here, else why not (the modules are
+    looked up, not imported: torch is imported only in the runs' processes)."""
     for module in ("torch", "geomloss") + (("pykeops",) if backend != "tensorized" else ()):
-        try:
-            __import__(module)
-        except ImportError:
+        if importlib.util.find_spec(module) is None:
             return f"{module} not installed"
     return None
 
