@@ -282,11 +282,11 @@ def compare(clouds, ours, sizes=SIZES, dims=(2, 3), budget: float = BUDGET):
     our error, with :data:`EXTENDED` more updates at the final epsilon. Sizes grow per variant
     and dimension until a first run is predicted over ``budget`` (from the last size's time
     per pair and update)."""
-    from _common import markdown_table
-
     reason = available("tensorized")
     if reason is not None:  # nothing of geomloss can run: do not run ours either
         return "", f"- geomloss not run: {reason}"
+    from _common import markdown_table  # beside this script, on the path of its runs
+
     variants = [(backend, None) for backend in BACKENDS]
     variants += [(backend, EXTENDED) for backend in EXTENDED_BACKENDS]
     rows, lines = [], []

@@ -133,3 +133,15 @@ def test_sweep_stops_at_the_target_or_the_budget_and_jumps(monkeypatch):
     ran.clear()
     runs, _ = bench.sweep(x, x, a, a, 1e-3, 0.0, "online", None, 50.0, settings, jump=True)
     assert ran == [settings[0], settings[3]] and runs[-1]["status"].startswith("skipped")
+
+
+def test_compare_without_geomloss_runs_nothing(monkeypatch):
+    bench = _module()
+    monkeypatch.setattr(bench, "available", lambda backend: "torch not installed")
+
+    def never(*args):
+        raise AssertionError("ran without geomloss")
+
+    table, lines = bench.compare(never, never, sizes=(10,), dims=(2,))
+    assert table == "" and "torch not installed" in lines
+    assert "torch not installed" in bench.section(table, lines, "ours")
