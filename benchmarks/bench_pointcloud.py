@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _geomloss
+import numpy as np
 from _common import markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -136,6 +138,28 @@ def _row(n, d, solver, out):
     }
 
 
+def _clouds(n, d):
+    """``(x, y, a, b, reg)``: the clouds, weights and reg of ``_CASE``."""
+    rng = np.random.default_rng(0)
+    x = rng.random((n, d))
+    y = rng.random((n, d))
+    y = y + 0.1 * np.sin(3.0 * y[:, ::-1])
+    both = np.vstack([x, y])
+    a = np.full(n, 1.0 / n)
+    return x, y, a, a, RELATIVE_REG * float(np.sum(np.ptp(both, axis=0) ** 2))
+
+
+def _geomloss_section(quick: bool) -> str:
+    """geomloss's CPU backends against pointcloud_sinkhorn (``_geomloss.compare``)."""
+    if quick:
+        budget, found = 5.0, _geomloss.compare(_clouds, _guarded_case, sizes=(500,),
+                                               dims=(3,), budget=5.0)
+    else:
+        budget, found = _geomloss.BUDGET, _geomloss.compare(
+            _clouds, _guarded_case, dims=(2, 3) if _geomloss.LARGE else (3,))
+    return "\n\n" + _geomloss.section(*found, "`marginal error` above", budget)
+
+
 def run(quick: bool = False) -> str:
     large = os.environ.get("MMOPT_BENCH_POINTCLOUD_LARGE") == "1"
     sizes = (10_000,) if quick else (10_000, 30_000, 100_000)
@@ -179,6 +203,7 @@ def run(quick: bool = False) -> str:
         "bound` the certified mass of the pairs left out. A case whose predicted peak memory "
         f"exceeds {MEMORY_BUDGET_MB:.0f} MB (`MMOPT_BENCH_POINTCLOUD_MEMORY_MB`) is skipped.\n\n"
         + markdown_table(rows) + "\n\n" + "\n".join(ratios) + note
+        + _geomloss_section(quick)
     )
 
 
