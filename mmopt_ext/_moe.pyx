@@ -33,65 +33,171 @@ cdef Py_ssize_t BLOCK = 256
 cdef double LOG_2PI = 1.8378770664093453
 
 
-cdef inline double _shift_by_max(const double *row, double *out, Py_ssize_t n) noexcept nogil:
-    """``out = row - max(row)`` over ``n`` entries; returns the maximum (a log-sum-exp's shift)."""
-    cdef double best = row[0]
-    cdef Py_ssize_t k
-    for k in range(1, n):
-        if row[k] > best:
-            best = row[k]
-    for k in range(n):
-        out[k] = row[k] - best
-    return best
+cdef inline void _columns(const double *A, Py_ssize_t m, Py_ssize_t q,
+                          double *out) noexcept nogil:
+    """``out[j * m + i] = A[i * q + j]``: ``m`` rows of ``q`` entries to ``q`` columns."""
+    cdef Py_ssize_t i, j
+    for j in range(q):
+        for i in range(m):
+            out[j * m + i] = A[i * q + j]
 
 
-cdef inline void _shifted_logits(const double *Z, Py_ssize_t m, Py_ssize_t p,
-                                 const double *W, Py_ssize_t n_rows_w, Py_ssize_t n_gates,
-                                 double *logit, double *shifted, double *top) noexcept nogil:
-    """Gate logits of the ``m`` rows of ``Z`` (C order, ``p`` columns; rows of ``W`` past
-    ``n_rows_w`` are zero) in ``logit``, row by row, their maximum per row in ``top`` and
-    ``logit - top`` in ``shifted``."""
-    cdef Py_ssize_t i, k, j
-    cdef const double *z
-    cdef const double *w
-    cdef double t
+cdef inline void _shifted_logits(const double *zT, Py_ssize_t m, Py_ssize_t p,
+                                 const double *W, Py_ssize_t n_rows_w, Py_ssize_t K,
+                                 double *L, double *S, double *top) noexcept nogil:
+    """Gate logits of ``m`` rows (columns ``zT``; rows of ``W`` past ``n_rows_w`` are zero)
+    in ``L`` (K, m), their maximum per row in ``top`` and ``L - top`` in ``S``."""
+    cdef Py_ssize_t i, j, k
+    cdef double w, v
+    cdef double *Lk
+    for k in range(K):
+        Lk = L + k * m
+        if k >= n_rows_w:
+            for i in range(m):
+                Lk[i] = 0.0
+            continue
+        w = W[k * p]
+        for i in range(m):
+            Lk[i] = w * zT[i]
+        for j in range(1, p):
+            w = W[k * p + j]
+            for i in range(m):
+                Lk[i] += w * zT[j * m + i]
+    _shift_by_max(L, m, K, S, top)
+
+
+cdef inline void _shift_by_max(const double *L, Py_ssize_t m, Py_ssize_t K, double *S,
+                               double *top) noexcept nogil:
+    """``top`` (m,): the maximum of each row of ``L`` (K, m); ``S = L - top``."""
+    cdef Py_ssize_t i, k
+    cdef double v
     for i in range(m):
-        z = Z + i * p
-        for k in range(n_gates):
-            t = 0.0
-            if k < n_rows_w:
-                w = W + k * p
-                for j in range(p):
-                    t = t + w[j] * z[j]
-            logit[i * n_gates + k] = t
-        top[i] = _shift_by_max(&logit[i * n_gates], &shifted[i * n_gates], n_gates)
+        top[i] = L[i]
+    for k in range(1, K):
+        for i in range(m):
+            v = L[k * m + i]
+            top[i] = v if v > top[i] else top[i]
+    for k in range(K):
+        for i in range(m):
+            S[k * m + i] = L[k * m + i] - top[i]
 
 
-cdef inline void _add_gate_derivatives(const double *z, Py_ssize_t p, const double *P,
-                                       const double *r, Py_ssize_t A, double mass,
-                                       double *g, double *h) noexcept nogil:
-    """Add one row's terms of the gates' gradient and Hessian (negated gradient).
+cdef inline void _row_sums(const double *E, Py_ssize_t m, Py_ssize_t K,
+                           double *out) noexcept nogil:
+    """``out[i] = sum_k E[k, i]`` for ``E`` (K, m)."""
+    cdef Py_ssize_t i, k
+    for i in range(m):
+        out[i] = E[i]
+    for k in range(1, K):
+        for i in range(m):
+            out[i] += E[k * m + i]
 
-    ``g`` (A, p) gets ``(r_a - mass P_a) z``; ``h`` (pairs ``b <= a`` in order, then the
-    products ``z_j z_l``, ``j <= l``) gets ``mass P_a (delta_ab - P_b) z_j z_l``. Directly,
-    not by a small matrix product per block: with a few gates and features the products
-    are a few dozen flops per row, less than BLAS's call and packing.
+
+cdef inline void _products(const double *zT, Py_ssize_t m, Py_ssize_t p,
+                           double *zz) noexcept nogil:
+    """``zz`` (p (p + 1) / 2, m): the products ``z_j z_l`` (``j <= l``) of each row."""
+    cdef Py_ssize_t i, j, l, t = 0
+    for j in range(p):
+        for l in range(j, p):
+            for i in range(m):
+                zz[t * m + i] = zT[j * m + i] * zT[l * m + i]
+            t = t + 1
+
+
+# Sums over the rows go to per-row lanes: ``lanes[t * BLOCK + i]`` adds the term of row ``i``
+# of every block, and :func:`_lane_sums` adds the lanes at the end. Every update is then an
+# elementwise loop the compiler vectorizes (a sum per block would be a reduction, which it
+# must leave sequential), and each lane sums ``n / BLOCK`` terms in order, then ``BLOCK``
+# lanes are added: rounding grows like ``n / BLOCK + BLOCK``, as with sums per block.
+
+cdef inline void _add_gate_lanes(const double *zT, const double *zz, Py_ssize_t m,
+                                 Py_ssize_t p, const double *P, const double *Rc,
+                                 const double *mass, Py_ssize_t A, double *c, double *G,
+                                 double *H) noexcept nogil:
+    """Add ``m`` rows' terms of the gates' (negated) gradient and Hessian to their lanes.
+
+    ``G`` (A p lanes) gets ``(r_a - mass P_a) z_j``; ``H`` (pairs ``b <= a`` in order, then
+    the products ``z_j z_l``, ``j <= l``) gets ``mass P_a (delta_ab - P_b) z_j z_l``.
+    ``P``, ``Rc`` (A or more, m) and ``mass`` (m,) are by column; ``c`` is (m,) work space.
     """
-    cdef Py_ssize_t a, b, j, l, t = 0
-    cdef double c, cz, wa
+    cdef Py_ssize_t i, j, a, b, t, npp = p * (p + 1) // 2
+    cdef double *lane
+    cdef const double *col
+    cdef double delta
     for a in range(A):
-        c = r[a] - mass * P[a]
+        for i in range(m):
+            c[i] = Rc[a * m + i] - mass[i] * P[a * m + i]
         for j in range(p):
-            g[a * p + j] += c * z[j]
+            lane = G + (a * p + j) * BLOCK
+            col = zT + j * m
+            for i in range(m):
+                lane[i] += c[i] * col[i]
     for a in range(A):
-        wa = P[a] * mass
         for b in range(a + 1):
-            c = wa * ((a == b) - P[b])
-            for j in range(p):
-                cz = c * z[j]
-                for l in range(j, p):
-                    h[t] += cz * z[l]
-                    t = t + 1
+            delta = 1.0 if a == b else 0.0
+            for i in range(m):
+                c[i] = (P[a * m + i] * mass[i]) * (delta - P[b * m + i])
+            for t in range(npp):
+                lane = H + t * BLOCK
+                col = zz + t * m
+                for i in range(m):
+                    lane[i] += c[i] * col[i]
+            H += npp * BLOCK
+
+
+cdef inline void _add_moment_lanes(const double *zT, const double *zz, const double *y,
+                                   Py_ssize_t m, Py_ssize_t p, const double *Rc,
+                                   Py_ssize_t K, double *c, double *gram, double *rhs,
+                                   double *mass) noexcept nogil:
+    """Add ``m`` rows' terms of every expert's weighted normal equations to their lanes:
+    ``gram`` (K, then ``z_j z_l``, ``j <= l``) gets ``r_k z_j z_l``, ``rhs`` (K, p)
+    ``r_k y z_j``, ``mass`` (K,) ``r_k``; ``Rc`` (K, m) by column, ``c`` (m,) work space."""
+    cdef Py_ssize_t i, j, k, t, npp = p * (p + 1) // 2
+    cdef double *lane
+    cdef const double *col
+    cdef const double *r
+    for k in range(K):
+        r = Rc + k * m
+        lane = mass + k * BLOCK
+        for i in range(m):
+            lane[i] += r[i]
+        for t in range(npp):
+            lane = gram + (k * npp + t) * BLOCK
+            col = zz + t * m
+            for i in range(m):
+                lane[i] += r[i] * col[i]
+        for i in range(m):
+            c[i] = r[i] * y[i]
+        for j in range(p):
+            lane = rhs + (k * p + j) * BLOCK
+            col = zT + j * m
+            for i in range(m):
+                lane[i] += c[i] * col[i]
+
+
+cdef inline void _lane_sums(const double *lanes, Py_ssize_t count,
+                            double *out) noexcept nogil:
+    """``out[t] = sum_i lanes[t * BLOCK + i]`` for ``t < count``."""
+    cdef Py_ssize_t i, t
+    cdef double s
+    for t in range(count):
+        s = 0.0
+        for i in range(BLOCK):
+            s = s + lanes[t * BLOCK + i]
+        out[t] = s
+
+
+cdef class _Work:
+    """Work space of a pass over blocks of rows: columns and lanes (see above)."""
+    cdef double[::1] zT, zz, L, S, E, top, s, c, mass, P, Rc, lanes
+
+    def __init__(self, Py_ssize_t p, Py_ssize_t K, Py_ssize_t n_lanes):
+        cdef Py_ssize_t m = BLOCK
+        self.zT, self.zz = np.empty(p * m), np.empty(max(p * (p + 1) // 2, 1) * m)
+        self.L, self.S, self.E = np.empty(K * m), np.empty(K * m), np.empty(K * m)
+        self.P, self.Rc = np.empty(K * m), np.empty(K * m)
+        self.top, self.s, self.c, self.mass = np.empty(m), np.empty(m), np.empty(m), np.empty(m)
+        self.lanes = np.zeros(max(n_lanes, 1) * m)
 
 
 def gate_objective(const double[:, ::1] Z, const double[:, ::1] R, const double[:, ::1] W,
@@ -105,59 +211,59 @@ def gate_objective(const double[:, ::1] Z, const double[:, ::1] R, const double[
     """
     cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], K = R.shape[1], A = K - 1
     cdef Py_ssize_t npp = p * (p + 1) // 2, n_pairs = A * (A + 1) // 2
-    cdef Py_ssize_t i, r, k, t, blk, start, stop
-    cdef double s, lse, mass, value = 0.0, block_value
-    cdef const double *row
+    cdef Py_ssize_t i, k, t, m, blk, start
     if R.shape[0] != n or W.shape[0] != A or W.shape[1] != p or K < 2:
         raise ValueError("Z (n, p), R (n, K >= 2) and W (K - 1, p) do not match.")
     if derivatives and (grad.shape[0] != A * p or hess.shape[0] != A * p * A * p):
         raise ValueError("grad must have (K - 1) p entries and hess their square.")
-    cdef double[::1] logit = np.empty(BLOCK * K), shifted = np.empty(BLOCK * K)
-    cdef double[::1] expo = np.empty(BLOCK * K), zeros = np.zeros(BLOCK * K)
-    cdef double[::1] top = np.empty(BLOCK), P = np.empty(K)
-    # Each block's sums, added to the totals in order.
-    cdef double[::1] g_block = np.empty(A * p), h_block = np.empty(n_pairs * npp)
-    cdef double[::1] g_total = np.zeros(A * p), h_total = np.zeros(n_pairs * npp)
+    cdef Py_ssize_t n_g = A * p, n_h = n_pairs * npp
+    cdef _Work work = _Work(p, K, 1 + n_g + n_h)
+    cdef double[::1] zeros = np.zeros(BLOCK * K), sums = np.empty(1 + n_g + n_h)
+    cdef double *zT = &work.zT[0]
+    cdef double *zz = &work.zz[0]
+    cdef double *L = &work.L[0]
+    cdef double *S = &work.S[0]
+    cdef double *E = &work.E[0]
+    cdef double *top = &work.top[0]
+    cdef double *s = &work.s[0]
+    cdef double *c = &work.c[0]
+    cdef double *mass = &work.mass[0]
+    cdef double *P = &work.P[0]
+    cdef double *Rc = &work.Rc[0]
+    cdef double *value = &work.lanes[0]
+    cdef double *G = value + BLOCK
+    cdef double *H = G + n_g * BLOCK
     with nogil:
         for blk in range((n + BLOCK - 1) // BLOCK):
             start = blk * BLOCK
-            stop = min(start + BLOCK, n)
-            _shifted_logits(&Z[start, 0], stop - start, p, &W[0, 0], A, K, &logit[0],
-                            &shifted[0], &top[0])
-            mmopt_exprow(&zeros[0], &shifted[0], 0.0, 1.0, (stop - start) * K, &expo[0])
-            block_value = 0.0
-            if derivatives:
-                g_block[:] = 0.0
-                h_block[:] = 0.0
-            for i in range(start, stop):
-                r = (i - start) * K
-                row = &R[i, 0]
-                s = 0.0
-                for k in range(K):
-                    s = s + expo[r + k]
-                lse = top[i - start] + log(s)
-                for k in range(K):
-                    block_value = block_value + row[k] * (logit[r + k] - lse)
-                if not derivatives:
-                    continue
-                s = 1.0 / s
-                mass = 0.0
-                for k in range(K):
-                    P[k] = expo[r + k] * s
-                    mass = mass + row[k]
-                _add_gate_derivatives(&Z[i, 0], p, &P[0], row, A, mass, &g_block[0],
-                                      &h_block[0])
-            value = value + block_value
-            if derivatives:
-                for t in range(A * p):
-                    g_total[t] += g_block[t]
-                for t in range(n_pairs * npp):
-                    h_total[t] += h_block[t]
+            m = min(BLOCK, n - start)
+            _columns(&Z[start, 0], m, p, zT)
+            _columns(&R[start, 0], m, K, Rc)
+            _shifted_logits(zT, m, p, &W[0, 0], A, K, L, S, top)
+            mmopt_exprow(&zeros[0], S, 0.0, 1.0, m * K, E)
+            _row_sums(E, m, K, s)
+            # log(s) in place of the shifted logits' first column: the log-partition.
+            for i in range(m):
+                S[i] = top[i] + log(s[i])
+            for k in range(K):
+                for i in range(m):
+                    value[i] += Rc[k * m + i] * (L[k * m + i] - S[i])
+            if not derivatives:
+                continue
+            for i in range(m):
+                s[i] = 1.0 / s[i]
+            for k in range(A):
+                for i in range(m):
+                    P[k * m + i] = E[k * m + i] * s[i]
+            _row_sums(Rc, m, K, mass)
+            _products(zT, m, p, zz)
+            _add_gate_lanes(zT, zz, m, p, P, Rc, mass, A, c, G, H)
+        _lane_sums(value, 1 + (n_g + n_h if derivatives else 0), &sums[0])
         if derivatives:
-            for t in range(A * p):
-                grad[t] = -g_total[t]
-            _unpack_hessian(&h_total[0], A, p, &hess[0])
-    return -value
+            for t in range(n_g):
+                grad[t] = -sums[1 + t]
+            _unpack_hessian(&sums[1 + n_g], A, p, &hess[0])
+    return -sums[0]
 
 
 cdef void _unpack_hessian(const double *packed, Py_ssize_t A, Py_ssize_t p,
@@ -177,122 +283,103 @@ cdef void _unpack_hessian(const double *packed, Py_ssize_t A, Py_ssize_t p,
                     t = t + 1
 
 
-cdef inline void _add_expert_moments(const double *z, double y, Py_ssize_t p,
-                                     const double *r, Py_ssize_t K, double *gram,
-                                     double *rhs, double *mass) noexcept nogil:
-    """Add one row's terms of every expert's weighted normal equations: ``gram`` (K, then
-    ``z_j z_l``, ``j <= l``) gets ``r_k z_j z_l``, ``rhs`` (K, p) ``r_k y z_j``, ``mass``
-    (K,) ``r_k``."""
-    cdef Py_ssize_t k, j, l, t = 0
-    cdef double c, cz
-    for k in range(K):
-        c = r[k]
-        mass[k] += c
-        for j in range(p):
-            cz = c * z[j]
-            rhs[k * p + j] += cz * y
-            for l in range(j, p):
-                gram[t] += cz * z[l]
-                t = t + 1
-
-
 cdef double _e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
                     const double[:, ::1] B, const double[::1] variances, double[:, ::1] R,
-                    bint moments, double *gram_total, double *rhs_total,
-                    double *mass_total, double *g_total, double *h_total,
-                    double *gate_value) except *:
+                    bint moments, double *out) except *:
     """The E-step's pass (see :func:`e_step`); with ``moments``, also the sums of
-    :func:`e_step_moments` (packed as in :func:`_add_expert_moments` and
-    :func:`_add_gate_derivatives`, added to the ``*_total`` arrays, which start at zero)."""
+    :func:`e_step_moments`, written to ``out``: the gates' objective, the experts' ``gram``
+    (K, then ``z_j z_l``, ``j <= l``), ``rhs`` (K, p) and ``mass`` (K,), the gates'
+    negated gradient (K - 1, p) and Hessian (packed as in :func:`_add_gate_lanes`)."""
     cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], K = B.shape[0], A = K - 1
     cdef Py_ssize_t npp = p * (p + 1) // 2, n_pairs = A * (A + 1) // 2
-    cdef Py_ssize_t i, r, j, k, t, blk, start, stop
-    cdef double lse, s, mean, res, mass, total = 0.0, block_total, block_gate
-    cdef const double *z
-    cdef double *row
-    cdef double[::1] logit = np.empty(BLOCK * K), shifted = np.empty(BLOCK * K)
-    cdef double[::1] expo = np.empty(BLOCK * K), zeros = np.zeros(BLOCK * K)
-    cdef double[::1] top = np.empty(BLOCK), log_gate = np.empty(BLOCK * K)
-    cdef double[::1] gate_p = np.empty(BLOCK * K)
+    cdef Py_ssize_t i, j, k, m, blk, start
+    cdef Py_ssize_t n_gram = K * npp, n_rhs = K * p, n_g = A * p, n_h = n_pairs * npp
+    cdef Py_ssize_t n_sums = 2 + n_gram + n_rhs + K + n_g + n_h
+    cdef _Work work = _Work(p, K, n_sums if moments else 1)
+    cdef double[::1] zeros = np.zeros(BLOCK * K), sums = np.empty(n_sums)
     cdef double[::1] log_var = np.log(np.asarray(variances))
     cdef double[::1] inv_var = 1.0 / np.asarray(variances)
-    # Each block's sums of the moments, added to the totals in order.
-    cdef Py_ssize_t n_gram = K * npp, n_rhs = K * p, n_g = A * p, n_h = n_pairs * npp
-    cdef double[::1] sums = np.empty(max(n_gram + n_rhs + K + n_g + n_h, 1))
-    cdef double *gram_block = &sums[0]
-    cdef double *rhs_block = gram_block + n_gram
-    cdef double *mass_block = rhs_block + n_rhs
-    cdef double *g_block = mass_block + K
-    cdef double *h_block = g_block + n_g
-    if moments:
-        gate_value[0] = 0.0
+    cdef double *zT = &work.zT[0]
+    cdef double *zz = &work.zz[0]
+    cdef double *L = &work.L[0]
+    cdef double *S = &work.S[0]
+    cdef double *E = &work.E[0]
+    cdef double *top = &work.top[0]
+    cdef double *s = &work.s[0]
+    cdef double *c = &work.c[0]
+    cdef double *mass = &work.mass[0]
+    cdef double *P = &work.P[0]
+    cdef double *Rc = &work.Rc[0]
+    cdef double *total = &work.lanes[0]
+    cdef double *gate = total + BLOCK
+    cdef double *gram = gate + BLOCK
+    cdef double *rhs = gram + n_gram * BLOCK
+    cdef double *mass_lanes = rhs + n_rhs * BLOCK
+    cdef double *G = mass_lanes + K * BLOCK
+    cdef double *H = G + n_g * BLOCK
+    cdef const double *yb
+    cdef double b, res, half_log, iv
     with nogil:
         for blk in range((n + BLOCK - 1) // BLOCK):
             start = blk * BLOCK
-            stop = min(start + BLOCK, n)
-            _shifted_logits(&Z[start, 0], stop - start, p, &W[0, 0], K, K, &logit[0],
-                            &shifted[0], &top[0])
-            mmopt_exprow(&zeros[0], &shifted[0], 0.0, 1.0, (stop - start) * K, &expo[0])
-            # The joint log-densities, in place of the logits, and again shifted by their
-            # maximum per row.
-            for i in range(start, stop):
-                r = (i - start) * K
-                z = &Z[i, 0]
-                s = 0.0
-                for k in range(K):
-                    s = s + expo[r + k]
-                lse = top[i - start] + log(s)
-                s = 1.0 / s
-                for k in range(K):
-                    gate_p[r + k] = expo[r + k] * s
-                    log_gate[r + k] = logit[r + k] - lse
-                    mean = 0.0
-                    for j in range(p):
-                        mean = mean + z[j] * B[k, j]
-                    res = y[i] - mean
-                    logit[r + k] = log_gate[r + k] - 0.5 * (LOG_2PI + log_var[k]
-                                                            + res * res * inv_var[k])
-                top[i - start] = _shift_by_max(&logit[r], &shifted[r], K)
-            mmopt_exprow(&zeros[0], &shifted[0], 0.0, 1.0, (stop - start) * K, &expo[0])
-            block_total = 0.0
-            block_gate = 0.0
+            m = min(BLOCK, n - start)
+            yb = &y[start]
+            _columns(&Z[start, 0], m, p, zT)
+            _shifted_logits(zT, m, p, &W[0, 0], K, K, L, S, top)
+            mmopt_exprow(&zeros[0], S, 0.0, 1.0, m * K, E)
+            _row_sums(E, m, K, s)
+            for i in range(m):
+                top[i] = top[i] + log(s[i])
             if moments:
-                for t in range(n_gram + n_rhs + K + n_g + n_h):
-                    gram_block[t] = 0.0
-            for i in range(start, stop):
-                r = (i - start) * K
-                row = &R[i, 0]
-                s = 0.0
+                # The gates' probabilities, before E is overwritten.
+                for i in range(m):
+                    s[i] = 1.0 / s[i]
+                for k in range(A):
+                    for i in range(m):
+                        P[k * m + i] = E[k * m + i] * s[i]
+            # L: the gates' log-probabilities; S: the joint log-densities (residuals first).
+            for k in range(K):
+                for i in range(m):
+                    L[k * m + i] = L[k * m + i] - top[i]
+                b = B[k, 0]
+                for i in range(m):
+                    S[k * m + i] = b * zT[i]
+                for j in range(1, p):
+                    b = B[k, j]
+                    for i in range(m):
+                        S[k * m + i] += b * zT[j * m + i]
+                half_log = 0.5 * (LOG_2PI + log_var[k])
+                iv = 0.5 * inv_var[k]
+                for i in range(m):
+                    res = yb[i] - S[k * m + i]
+                    S[k * m + i] = (L[k * m + i] - half_log) - res * res * iv
+            # The responsibilities: the joint densities normalized per row.
+            _shift_by_max(S, m, K, E, top)
+            mmopt_exprow(&zeros[0], E, 0.0, 1.0, m * K, S)
+            _row_sums(S, m, K, s)
+            for i in range(m):
+                total[i] += top[i] + log(s[i])
+                s[i] = 1.0 / s[i]
+            for k in range(K):
+                for i in range(m):
+                    Rc[k * m + i] = S[k * m + i] * s[i]
+            for i in range(m):
                 for k in range(K):
-                    s = s + expo[r + k]
-                block_total = block_total + (top[i - start] + log(s))
-                s = 1.0 / s
-                for k in range(K):
-                    row[k] = expo[r + k] * s
-                if not moments:
-                    continue
-                mass = 0.0
-                for k in range(K):
-                    block_gate = block_gate + row[k] * log_gate[r + k]
-                    mass = mass + row[k]
-                _add_expert_moments(&Z[i, 0], y[i], p, row, K, gram_block, rhs_block,
-                                    mass_block)
-                _add_gate_derivatives(&Z[i, 0], p, &gate_p[r], row, A, mass, g_block,
-                                      h_block)
-            total = total + block_total
-            if moments:
-                gate_value[0] -= block_gate
-                for t in range(n_gram):
-                    gram_total[t] += gram_block[t]
-                for t in range(n_rhs):
-                    rhs_total[t] += rhs_block[t]
-                for t in range(K):
-                    mass_total[t] += mass_block[t]
-                for t in range(n_g):
-                    g_total[t] += g_block[t]
-                for t in range(n_h):
-                    h_total[t] += h_block[t]
-    return total
+                    R[start + i, k] = Rc[k * m + i]
+            if not moments:
+                continue
+            for k in range(K):
+                for i in range(m):
+                    gate[i] += Rc[k * m + i] * L[k * m + i]
+            _row_sums(Rc, m, K, mass)
+            _products(zT, m, p, zz)
+            _add_moment_lanes(zT, zz, yb, m, p, Rc, K, c, gram, rhs, mass_lanes)
+            _add_gate_lanes(zT, zz, m, p, P, Rc, mass, A, c, G, H)
+        _lane_sums(total, n_sums if moments else 1, &sums[0])
+    if moments:
+        for i in range(n_sums - 1):
+            out[i] = sums[1 + i]
+    return sums[0]
 
 
 def e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
@@ -304,7 +391,7 @@ def e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
     ``K`` gate rows.
     """
     _check_e_step(Z, y, W, B, variances, R)
-    return _e_step(Z, y, W, B, variances, R, False, NULL, NULL, NULL, NULL, NULL, NULL)
+    return _e_step(Z, y, W, B, variances, R, False, NULL)
 
 
 def e_step_moments(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
@@ -320,25 +407,24 @@ def e_step_moments(const double[:, ::1] Z, const double[::1] y, const double[:, 
     """
     _check_e_step(Z, y, W, B, variances, R)
     cdef Py_ssize_t p = Z.shape[1], K = B.shape[0], A = K - 1, npp = p * (p + 1) // 2
+    cdef Py_ssize_t t, n_gram = K * npp, n_rhs = K * p
     if (gram.shape[0] != K or gram.shape[1] != p or gram.shape[2] != p or rhs.shape[0] != K
             or rhs.shape[1] != p or mass.shape[0] != K or grad.shape[0] != A * p
             or hess.shape[0] != A * p * A * p):
         raise ValueError("gram (K, p, p), rhs (K, p), mass (K,), grad ((K - 1) p,) and "
                          "hess (((K - 1) p)^2,) do not match Z (n, p) and B (K, p).")
-    cdef double[::1] gram_total = np.zeros(K * npp), rhs_total = np.zeros(K * p)
-    cdef double[::1] g_total = np.zeros(max(A * p, 1))
-    cdef double[::1] h_total = np.zeros(max(A * (A + 1) // 2 * npp, 1))
-    cdef double gate_value = 0.0
-    mass[:] = 0.0
-    total = _e_step(Z, y, W, B, variances, R, True, &gram_total[0], &rhs_total[0], &mass[0],
-                    &g_total[0], &h_total[0], &gate_value)
-    _unpack_moments(&gram_total[0], &rhs_total[0], K, p, gram, rhs)
-    cdef Py_ssize_t t
-    for t in range(A * p):
-        grad[t] = -g_total[t]
+    cdef double[::1] sums = np.empty(1 + n_gram + n_rhs + K + A * p + A * (A + 1) // 2 * npp)
+    total = _e_step(Z, y, W, B, variances, R, True, &sums[0])
+    _unpack_moments(&sums[1], &sums[1 + n_gram], K, p, gram, rhs)
+    t = 1 + n_gram + n_rhs
+    for k in range(K):
+        mass[k] = sums[t + k]
+    t += K
+    for k in range(A * p):
+        grad[k] = -sums[t + k]
     if A > 0:
-        _unpack_hessian(&h_total[0], A, p, &hess[0])
-    return total, gate_value
+        _unpack_hessian(&sums[t + A * p], A, p, &hess[0])
+    return total, -sums[0]
 
 
 def _check_e_step(const double[:, ::1] Z, const double[::1] y, const double[:, ::1] W,
@@ -353,14 +439,13 @@ def _check_e_step(const double[:, ::1] Z, const double[::1] y, const double[:, :
 cdef void _unpack_moments(const double *gram_packed, const double *rhs_packed, Py_ssize_t K,
                           Py_ssize_t p, double[:, :, ::1] gram, double[:, ::1] rhs) noexcept:
     """``gram`` (K, p, p) and ``rhs`` (K, p) from their packed sums."""
-    cdef Py_ssize_t k, j, l, t
+    cdef Py_ssize_t k, j, l, t = 0
     for k in range(K):
-        t = 0
         for j in range(p):
             rhs[k, j] = rhs_packed[k * p + j]
             for l in range(j, p):
-                gram[k, j, l] = gram_packed[k * (p * (p + 1) // 2) + t]
-                gram[k, l, j] = gram_packed[k * (p * (p + 1) // 2) + t]
+                gram[k, j, l] = gram_packed[t]
+                gram[k, l, j] = gram_packed[t]
                 t = t + 1
 
 
@@ -369,35 +454,30 @@ def expert_moments(const double[:, ::1] Z, const double[::1] y, const double[:, 
     """Weighted normal equations of every expert: ``gram[k] = sum_i R_ik z_i z_i^T``,
     ``rhs[k] = sum_i R_ik y_i z_i`` and ``mass[k] = sum_i R_ik``."""
     cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], K = R.shape[1], npp = p * (p + 1) // 2
-    cdef Py_ssize_t i, k, t, blk, start, stop
+    cdef Py_ssize_t k, m, blk, start
     if (y.shape[0] != n or R.shape[0] != n or gram.shape[0] != K or gram.shape[1] != p
             or gram.shape[2] != p or rhs.shape[0] != K or rhs.shape[1] != p
             or mass.shape[0] != K):
         raise ValueError("Z (n, p), y (n,), R (n, K), gram (K, p, p), rhs (K, p) and "
                          "mass (K,) do not match.")
-    cdef double[::1] g_block = np.empty(npp * K), r_block = np.empty(p * K)
-    cdef double[::1] m_block = np.empty(K)
-    cdef double[::1] g_total = np.zeros(npp * K), r_total = np.zeros(p * K)
-    cdef double[::1] m_total = np.zeros(K)
+    cdef Py_ssize_t n_gram = K * npp, n_rhs = K * p
+    cdef _Work work = _Work(p, K, n_gram + n_rhs + K)
+    cdef double[::1] sums = np.empty(n_gram + n_rhs + K)
+    cdef double *gram_lanes = &work.lanes[0]
     with nogil:
         for blk in range((n + BLOCK - 1) // BLOCK):
             start = blk * BLOCK
-            stop = min(start + BLOCK, n)
-            g_block[:] = 0.0
-            r_block[:] = 0.0
-            m_block[:] = 0.0
-            for i in range(start, stop):
-                _add_expert_moments(&Z[i, 0], y[i], p, &R[i, 0], K, &g_block[0],
-                                    &r_block[0], &m_block[0])
-            for t in range(npp * K):
-                g_total[t] += g_block[t]
-            for t in range(p * K):
-                r_total[t] += r_block[t]
-            for t in range(K):
-                m_total[t] += m_block[t]
+            m = min(BLOCK, n - start)
+            _columns(&Z[start, 0], m, p, &work.zT[0])
+            _columns(&R[start, 0], m, K, &work.Rc[0])
+            _products(&work.zT[0], m, p, &work.zz[0])
+            _add_moment_lanes(&work.zT[0], &work.zz[0], &y[start], m, p, &work.Rc[0], K,
+                              &work.c[0], gram_lanes, gram_lanes + n_gram * BLOCK,
+                              gram_lanes + (n_gram + n_rhs) * BLOCK)
+        _lane_sums(gram_lanes, n_gram + n_rhs + K, &sums[0])
     for k in range(K):
-        mass[k] = m_total[k]
-    _unpack_moments(&g_total[0], &r_total[0], K, p, gram, rhs)
+        mass[k] = sums[n_gram + n_rhs + k]
+    _unpack_moments(&sums[0], &sums[n_gram], K, p, gram, rhs)
     return None
 
 
