@@ -259,6 +259,10 @@ class MoEProblem(MMProblem):
 
 def _distinct_rows(data: np.ndarray, at_most: int) -> int:
     """``min(at_most, number of distinct rows of data)`` in ``at_most`` passes (no sort)."""
+    # The first rows nearly always hold enough distinct ones: sorting a few is free, each
+    # full pass costs as much as a k-means iteration.
+    if len(np.unique(data[: 64 * at_most], axis=0)) >= at_most:
+        return at_most
     count = 0
     while count < at_most and len(data):
         count += 1
@@ -273,9 +277,11 @@ def _initial_responsibilities(X, y, n_experts, rng) -> np.ndarray:
     data = (data - data.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
     n_clusters = _distinct_rows(data, n_experts)
     labels = KMeans(n_clusters, n_init=1, random_state=rng.randint(2**31 - 1)).fit(data).labels_
-    R = np.full((X.shape[0], n_experts), 1e-3)
-    R[np.arange(X.shape[0]), labels] = 1.0
-    return R / R.sum(axis=1, keepdims=True)
+    # Rows (1, 1e-3, ...) in some order, normalized: every row sums to the same total.
+    total = 1.0 + (n_experts - 1) * 1e-3
+    R = np.full((X.shape[0], n_experts), 1e-3 / total)
+    R[np.arange(X.shape[0]), labels] = 1.0 / total
+    return R
 
 
 class MixtureOfExperts(RegressorMixin, BaseEstimator):
