@@ -5,9 +5,11 @@ equations and of the gates' Newton step is a handful of flops: NumPy spends its 
 passes over (n, K) and (n, p) temporaries (about a dozen per evaluation), these kernels make
 one. EM's E-step pass also sums what its M-step starts from (:func:`e_step_moments`): the
 experts' normal equations and the gates' Newton derivatives at the current gates, which
-would otherwise take two more passes. Sums run over blocks of ``BLOCK`` rows, each block's partial sum added to the total in
-order: the rounding error then grows like ``BLOCK + n / BLOCK`` instead of ``n`` (a
-sequential sum), close to NumPy's pairwise sums. Serial: the shards of a distributed fit run
+would otherwise take two more passes. Rows go by blocks of ``BLOCK``, each transposed
+to columns, so that every per-row update is a loop over the block's rows that the compiler
+vectorizes; sums go to per-row lanes (see :func:`_lane_sums`): the rounding error then
+grows like ``BLOCK + n / BLOCK`` instead of ``n`` (a sequential sum), close to NumPy's
+pairwise sums. Serial: the shards of a distributed fit run
 side by side, one per core.
 """
 
@@ -47,23 +49,29 @@ cdef inline void _shifted_logits(const double *zT, Py_ssize_t m, Py_ssize_t p,
                                  double *L, double *S, double *top) noexcept nogil:
     """Gate logits of ``m`` rows (columns ``zT``; rows of ``W`` past ``n_rows_w`` are zero)
     in ``L`` (K, m), their maximum per row in ``top`` and ``L - top`` in ``S``."""
-    cdef Py_ssize_t i, j, k
-    cdef double w, v
-    cdef double *Lk
-    for k in range(K):
-        Lk = L + k * m
-        if k >= n_rows_w:
-            for i in range(m):
-                Lk[i] = 0.0
-            continue
-        w = W[k * p]
-        for i in range(m):
-            Lk[i] = w * zT[i]
-        for j in range(1, p):
-            w = W[k * p + j]
-            for i in range(m):
-                Lk[i] += w * zT[j * m + i]
+    cdef Py_ssize_t i
+    _linear_columns(zT, m, p, W, n_rows_w, L)
+    for i in range(n_rows_w * m, K * m):
+        L[i] = 0.0
     _shift_by_max(L, m, K, S, top)
+
+
+cdef inline void _linear_columns(const double *zT, Py_ssize_t m, Py_ssize_t p,
+                                 const double *coef, Py_ssize_t rows,
+                                 double *out) noexcept nogil:
+    """``out[k, i] = sum_j coef[k, j] zT[j, i]`` for ``k < rows`` (``out``: (rows, m))."""
+    cdef Py_ssize_t i, j, k
+    cdef double w
+    cdef double *row
+    for k in range(rows):
+        row = out + k * m
+        w = coef[k * p]
+        for i in range(m):
+            row[i] = w * zT[i]
+        for j in range(1, p):
+            w = coef[k * p + j]
+            for i in range(m):
+                row[i] += w * zT[j * m + i]
 
 
 cdef inline void _shift_by_max(const double *L, Py_ssize_t m, Py_ssize_t K, double *S,
@@ -120,29 +128,33 @@ cdef inline void _add_gate_lanes(const double *zT, const double *zz, Py_ssize_t 
     the products ``z_j z_l``, ``j <= l``) gets ``mass P_a (delta_ab - P_b) z_j z_l``.
     ``P``, ``Rc`` (A or more, m) and ``mass`` (m,) are by column; ``c`` is (m,) work space.
     """
-    cdef Py_ssize_t i, j, a, b, t, npp = p * (p + 1) // 2
-    cdef double *lane
-    cdef const double *col
+    cdef Py_ssize_t i, a, b, npp = p * (p + 1) // 2
     cdef double delta
     for a in range(A):
         for i in range(m):
             c[i] = Rc[a * m + i] - mass[i] * P[a * m + i]
-        for j in range(p):
-            lane = G + (a * p + j) * BLOCK
-            col = zT + j * m
-            for i in range(m):
-                lane[i] += c[i] * col[i]
+        _add_products(c, zT, p, m, G + a * p * BLOCK)
     for a in range(A):
         for b in range(a + 1):
             delta = 1.0 if a == b else 0.0
             for i in range(m):
                 c[i] = (P[a * m + i] * mass[i]) * (delta - P[b * m + i])
-            for t in range(npp):
-                lane = H + t * BLOCK
-                col = zz + t * m
-                for i in range(m):
-                    lane[i] += c[i] * col[i]
+            _add_products(c, zz, npp, m, H)
             H += npp * BLOCK
+
+
+cdef inline void _add_products(const double *c, const double *cols, Py_ssize_t count,
+                               Py_ssize_t m, double *lanes) noexcept nogil:
+    """``lanes[t, i] += c[i] cols[t, i]`` for ``t < count``, ``i < m`` (lanes: (count,
+    BLOCK), ``cols``: (count, m))."""
+    cdef Py_ssize_t i, t
+    cdef double *lane
+    cdef const double *col
+    for t in range(count):
+        lane = lanes + t * BLOCK
+        col = cols + t * m
+        for i in range(m):
+            lane[i] += c[i] * col[i]
 
 
 cdef inline void _add_moment_lanes(const double *zT, const double *zz, const double *y,
@@ -152,27 +164,18 @@ cdef inline void _add_moment_lanes(const double *zT, const double *zz, const dou
     """Add ``m`` rows' terms of every expert's weighted normal equations to their lanes:
     ``gram`` (K, then ``z_j z_l``, ``j <= l``) gets ``r_k z_j z_l``, ``rhs`` (K, p)
     ``r_k y z_j``, ``mass`` (K,) ``r_k``; ``Rc`` (K, m) by column, ``c`` (m,) work space."""
-    cdef Py_ssize_t i, j, k, t, npp = p * (p + 1) // 2
+    cdef Py_ssize_t i, k, npp = p * (p + 1) // 2
     cdef double *lane
-    cdef const double *col
     cdef const double *r
     for k in range(K):
         r = Rc + k * m
         lane = mass + k * BLOCK
         for i in range(m):
             lane[i] += r[i]
-        for t in range(npp):
-            lane = gram + (k * npp + t) * BLOCK
-            col = zz + t * m
-            for i in range(m):
-                lane[i] += r[i] * col[i]
+        _add_products(r, zz, npp, m, gram + k * npp * BLOCK)
         for i in range(m):
             c[i] = r[i] * y[i]
-        for j in range(p):
-            lane = rhs + (k * p + j) * BLOCK
-            col = zT + j * m
-            for i in range(m):
-                lane[i] += c[i] * col[i]
+        _add_products(c, zT, p, m, rhs + k * p * BLOCK)
 
 
 cdef inline void _lane_sums(const double *lanes, Py_ssize_t count,
@@ -188,16 +191,69 @@ cdef inline void _lane_sums(const double *lanes, Py_ssize_t count,
 
 
 cdef class _Work:
-    """Work space of a pass over blocks of rows: columns and lanes (see above)."""
-    cdef double[::1] zT, zz, L, S, E, top, s, c, mass, P, Rc, lanes
+    """Work space of a pass over blocks of rows (``BLOCK`` rows, ``p`` columns of ``Z``,
+    ``K`` gates): the block's columns ``zT`` (p, m) and products ``zz`` (p (p + 1) / 2, m),
+    logits ``L``, shifted logits ``S``, their exponentials ``E``, gate probabilities ``P``
+    and responsibilities ``Rc`` (K, m each), per-row ``top``, ``s``, ``mass`` and ``c``,
+    ``zeros`` (K BLOCK) and ``n_lanes`` lanes of sums starting at zero (see above)."""
+    cdef object buffer
+    cdef double *zT
+    cdef double *zz
+    cdef double *L
+    cdef double *S
+    cdef double *E
+    cdef double *P
+    cdef double *Rc
+    cdef double *top
+    cdef double *s
+    cdef double *mass
+    cdef double *c
+    cdef double *zeros
+    cdef double *lanes
 
     def __init__(self, Py_ssize_t p, Py_ssize_t K, Py_ssize_t n_lanes):
-        cdef Py_ssize_t m = BLOCK
-        self.zT, self.zz = np.empty(p * m), np.empty(max(p * (p + 1) // 2, 1) * m)
-        self.L, self.S, self.E = np.empty(K * m), np.empty(K * m), np.empty(K * m)
-        self.P, self.Rc = np.empty(K * m), np.empty(K * m)
-        self.top, self.s, self.c, self.mass = np.empty(m), np.empty(m), np.empty(m), np.empty(m)
-        self.lanes = np.zeros(max(n_lanes, 1) * m)
+        cdef Py_ssize_t m = BLOCK, npp = p * (p + 1) // 2
+        cdef double[::1] buffer = np.zeros((p + npp + 6 * K + 4 + max(n_lanes, 1)) * m)
+        self.buffer = buffer
+        self.zT = &buffer[0]
+        self.zz = self.zT + p * m
+        self.L = self.zz + npp * m
+        self.S = self.L + K * m
+        self.E = self.S + K * m
+        self.P = self.E + K * m
+        self.Rc = self.P + K * m
+        self.zeros = self.Rc + K * m
+        self.top = self.zeros + K * m
+        self.s = self.top + m
+        self.mass = self.s + m
+        self.c = self.mass + m
+        self.lanes = self.c + m
+
+
+cdef inline void _gate_block(_Work work, const double *Z, Py_ssize_t m, Py_ssize_t p,
+                             const double *W, Py_ssize_t n_rows_w,
+                             Py_ssize_t K) noexcept nogil:
+    """The gates' part of a block of ``m`` rows: ``work.zT``, the logits ``work.L``, the
+    exponentials ``work.E`` of the logits shifted by their maximum per row, their sums per
+    row ``work.s`` and the log-partitions ``work.top`` (see :func:`_shifted_logits`)."""
+    cdef Py_ssize_t i
+    _columns(Z, m, p, work.zT)
+    _shifted_logits(work.zT, m, p, W, n_rows_w, K, work.L, work.S, work.top)
+    mmopt_exprow(work.zeros, work.S, 0.0, 1.0, m * K, work.E)
+    _row_sums(work.E, m, K, work.s)
+    for i in range(m):
+        work.top[i] = work.top[i] + log(work.s[i])
+
+
+cdef inline void _gate_probabilities(_Work work, Py_ssize_t m, Py_ssize_t rows) noexcept nogil:
+    """``work.P``: the first ``rows`` gates' probabilities of the block :func:`_gate_block`
+    left in ``work`` (``work.s`` becomes ``1 / s``)."""
+    cdef Py_ssize_t i, k
+    for i in range(m):
+        work.s[i] = 1.0 / work.s[i]
+    for k in range(rows):
+        for i in range(m):
+            work.P[k * m + i] = work.E[k * m + i] * work.s[i]
 
 
 def gate_objective(const double[:, ::1] Z, const double[:, ::1] R, const double[:, ::1] W,
@@ -218,46 +274,26 @@ def gate_objective(const double[:, ::1] Z, const double[:, ::1] R, const double[
         raise ValueError("grad must have (K - 1) p entries and hess their square.")
     cdef Py_ssize_t n_g = A * p, n_h = n_pairs * npp
     cdef _Work work = _Work(p, K, 1 + n_g + n_h)
-    cdef double[::1] zeros = np.zeros(BLOCK * K), sums = np.empty(1 + n_g + n_h)
-    cdef double *zT = &work.zT[0]
-    cdef double *zz = &work.zz[0]
-    cdef double *L = &work.L[0]
-    cdef double *S = &work.S[0]
-    cdef double *E = &work.E[0]
-    cdef double *top = &work.top[0]
-    cdef double *s = &work.s[0]
-    cdef double *c = &work.c[0]
-    cdef double *mass = &work.mass[0]
-    cdef double *P = &work.P[0]
-    cdef double *Rc = &work.Rc[0]
-    cdef double *value = &work.lanes[0]
+    cdef double[::1] sums = np.empty(1 + n_g + n_h)
+    cdef double *value = work.lanes
     cdef double *G = value + BLOCK
     cdef double *H = G + n_g * BLOCK
     with nogil:
         for blk in range((n + BLOCK - 1) // BLOCK):
             start = blk * BLOCK
             m = min(BLOCK, n - start)
-            _columns(&Z[start, 0], m, p, zT)
-            _columns(&R[start, 0], m, K, Rc)
-            _shifted_logits(zT, m, p, &W[0, 0], A, K, L, S, top)
-            mmopt_exprow(&zeros[0], S, 0.0, 1.0, m * K, E)
-            _row_sums(E, m, K, s)
-            # log(s) in place of the shifted logits' first column: the log-partition.
-            for i in range(m):
-                S[i] = top[i] + log(s[i])
+            _gate_block(work, &Z[start, 0], m, p, &W[0, 0], A, K)
+            _columns(&R[start, 0], m, K, work.Rc)
             for k in range(K):
                 for i in range(m):
-                    value[i] += Rc[k * m + i] * (L[k * m + i] - S[i])
+                    value[i] += work.Rc[k * m + i] * (work.L[k * m + i] - work.top[i])
             if not derivatives:
                 continue
-            for i in range(m):
-                s[i] = 1.0 / s[i]
-            for k in range(A):
-                for i in range(m):
-                    P[k * m + i] = E[k * m + i] * s[i]
-            _row_sums(Rc, m, K, mass)
-            _products(zT, m, p, zz)
-            _add_gate_lanes(zT, zz, m, p, P, Rc, mass, A, c, G, H)
+            _gate_probabilities(work, m, A)
+            _row_sums(work.Rc, m, K, work.mass)
+            _products(work.zT, m, p, work.zz)
+            _add_gate_lanes(work.zT, work.zz, m, p, work.P, work.Rc, work.mass, A, work.c, G,
+                            H)
         _lane_sums(value, 1 + (n_g + n_h if derivatives else 0), &sums[0])
         if derivatives:
             for t in range(n_g):
@@ -296,21 +332,18 @@ cdef double _e_step(const double[:, ::1] Z, const double[::1] y, const double[:,
     cdef Py_ssize_t n_gram = K * npp, n_rhs = K * p, n_g = A * p, n_h = n_pairs * npp
     cdef Py_ssize_t n_sums = 2 + n_gram + n_rhs + K + n_g + n_h
     cdef _Work work = _Work(p, K, n_sums if moments else 1)
-    cdef double[::1] zeros = np.zeros(BLOCK * K), sums = np.empty(n_sums)
+    cdef double[::1] sums = np.empty(n_sums)
     cdef double[::1] log_var = np.log(np.asarray(variances))
     cdef double[::1] inv_var = 1.0 / np.asarray(variances)
-    cdef double *zT = &work.zT[0]
-    cdef double *zz = &work.zz[0]
-    cdef double *L = &work.L[0]
-    cdef double *S = &work.S[0]
-    cdef double *E = &work.E[0]
-    cdef double *top = &work.top[0]
-    cdef double *s = &work.s[0]
-    cdef double *c = &work.c[0]
-    cdef double *mass = &work.mass[0]
-    cdef double *P = &work.P[0]
-    cdef double *Rc = &work.Rc[0]
-    cdef double *total = &work.lanes[0]
+    cdef double *zT = work.zT
+    cdef double *L = work.L
+    cdef double *S = work.S
+    cdef double *E = work.E
+    cdef double *top = work.top
+    cdef double *s = work.s
+    cdef double *P = work.P
+    cdef double *Rc = work.Rc
+    cdef double *total = work.lanes
     cdef double *gate = total + BLOCK
     cdef double *gram = gate + BLOCK
     cdef double *rhs = gram + n_gram * BLOCK
@@ -324,30 +357,15 @@ cdef double _e_step(const double[:, ::1] Z, const double[::1] y, const double[:,
             start = blk * BLOCK
             m = min(BLOCK, n - start)
             yb = &y[start]
-            _columns(&Z[start, 0], m, p, zT)
-            _shifted_logits(zT, m, p, &W[0, 0], K, K, L, S, top)
-            mmopt_exprow(&zeros[0], S, 0.0, 1.0, m * K, E)
-            _row_sums(E, m, K, s)
-            for i in range(m):
-                top[i] = top[i] + log(s[i])
+            _gate_block(work, &Z[start, 0], m, p, &W[0, 0], K, K)
             if moments:
-                # The gates' probabilities, before E is overwritten.
-                for i in range(m):
-                    s[i] = 1.0 / s[i]
-                for k in range(A):
-                    for i in range(m):
-                        P[k * m + i] = E[k * m + i] * s[i]
-            # L: the gates' log-probabilities; S: the joint log-densities (residuals first).
+                _gate_probabilities(work, m, A)  # before E is overwritten
+            # L: the gates' log-probabilities; S: the joint log-densities (experts' means
+            # first).
+            _linear_columns(zT, m, p, &B[0, 0], K, S)
             for k in range(K):
                 for i in range(m):
                     L[k * m + i] = L[k * m + i] - top[i]
-                b = B[k, 0]
-                for i in range(m):
-                    S[k * m + i] = b * zT[i]
-                for j in range(1, p):
-                    b = B[k, j]
-                    for i in range(m):
-                        S[k * m + i] += b * zT[j * m + i]
                 half_log = 0.5 * (LOG_2PI + log_var[k])
                 iv = 0.5 * inv_var[k]
                 for i in range(m):
@@ -355,7 +373,7 @@ cdef double _e_step(const double[:, ::1] Z, const double[::1] y, const double[:,
                     S[k * m + i] = (L[k * m + i] - half_log) - res * res * iv
             # The responsibilities: the joint densities normalized per row.
             _shift_by_max(S, m, K, E, top)
-            mmopt_exprow(&zeros[0], E, 0.0, 1.0, m * K, S)
+            mmopt_exprow(work.zeros, E, 0.0, 1.0, m * K, S)
             _row_sums(S, m, K, s)
             for i in range(m):
                 total[i] += top[i] + log(s[i])
@@ -371,10 +389,10 @@ cdef double _e_step(const double[:, ::1] Z, const double[::1] y, const double[:,
             for k in range(K):
                 for i in range(m):
                     gate[i] += Rc[k * m + i] * L[k * m + i]
-            _row_sums(Rc, m, K, mass)
-            _products(zT, m, p, zz)
-            _add_moment_lanes(zT, zz, yb, m, p, Rc, K, c, gram, rhs, mass_lanes)
-            _add_gate_lanes(zT, zz, m, p, P, Rc, mass, A, c, G, H)
+            _row_sums(Rc, m, K, work.mass)
+            _products(zT, m, p, work.zz)
+            _add_moment_lanes(zT, work.zz, yb, m, p, Rc, K, work.c, gram, rhs, mass_lanes)
+            _add_gate_lanes(zT, work.zz, m, p, P, Rc, work.mass, A, work.c, G, H)
         _lane_sums(total, n_sums if moments else 1, &sums[0])
     if moments:
         for i in range(n_sums - 1):
@@ -463,16 +481,16 @@ def expert_moments(const double[:, ::1] Z, const double[::1] y, const double[:, 
     cdef Py_ssize_t n_gram = K * npp, n_rhs = K * p
     cdef _Work work = _Work(p, K, n_gram + n_rhs + K)
     cdef double[::1] sums = np.empty(n_gram + n_rhs + K)
-    cdef double *gram_lanes = &work.lanes[0]
+    cdef double *gram_lanes = work.lanes
     with nogil:
         for blk in range((n + BLOCK - 1) // BLOCK):
             start = blk * BLOCK
             m = min(BLOCK, n - start)
-            _columns(&Z[start, 0], m, p, &work.zT[0])
-            _columns(&R[start, 0], m, K, &work.Rc[0])
-            _products(&work.zT[0], m, p, &work.zz[0])
-            _add_moment_lanes(&work.zT[0], &work.zz[0], &y[start], m, p, &work.Rc[0], K,
-                              &work.c[0], gram_lanes, gram_lanes + n_gram * BLOCK,
+            _columns(&Z[start, 0], m, p, work.zT)
+            _columns(&R[start, 0], m, K, work.Rc)
+            _products(work.zT, m, p, work.zz)
+            _add_moment_lanes(work.zT, work.zz, &y[start], m, p, work.Rc, K, work.c,
+                              gram_lanes, gram_lanes + n_gram * BLOCK,
                               gram_lanes + (n_gram + n_rhs) * BLOCK)
         _lane_sums(gram_lanes, n_gram + n_rhs + K, &sums[0])
     for k in range(K):
