@@ -258,7 +258,8 @@ class MoEProblem(MMProblem):
 
 
 def _distinct_rows(data: np.ndarray, at_most: int) -> int:
-    """``min(at_most, number of distinct rows of data)`` in ``at_most`` passes (no sort)."""
+    """``min(at_most, number of distinct rows of data)``: from the first rows when they
+    suffice, else in ``at_most`` passes over all rows (no sort of all rows)."""
     # The first rows nearly always hold enough distinct ones: sorting a few is free, each
     # full pass costs as much as a k-means iteration.
     if len(np.unique(data[: 64 * at_most], axis=0)) >= at_most:
