@@ -196,3 +196,23 @@ def test_fused_em_step_matches_separate_passes(seed):
     assert close(fun, problem._e_step(problem.x0, R))
     separate = problem.m_step(R, problem.unpack(problem.x0)[0])
     assert close(fused, separate, rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 6])
+def test_scalar_and_vector_logs_agree(seed):
+    # The kernels' logs (libmvec's AVX2 log where available, else the C library's): both
+    # paths against the NumPy reference.
+    Z, y, W, B, variances, R = random_case(seed)
+    joint = log_softmax(Z @ W.T, axis=1) + norm.logpdf(y[:, None], Z @ B.T,
+                                                         np.sqrt(variances))
+    expected = logsumexp(joint, axis=1).sum()
+    ref_value = reference_gate_objective(Z, R, W)[0]
+    try:
+        for vector in (False, True):
+            _moe._select_log_path(vector)
+            out = np.empty((len(y), len(variances)))
+            assert close(_moe.e_step(Z, y, W, B, variances, out), expected)
+            assert close(_moe.gate_objective(Z, R, W[:-1].copy(), None, None, False),
+                         ref_value)
+    finally:
+        _moe._select_log_path(True)
