@@ -194,6 +194,60 @@ def sparse_softmin(
         free(gathered)
 
 
+def significant_pairs(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[:, ::1] x,
+    const double[:, ::1] y,
+    const double[::1] f,
+    const double[::1] g,
+    const double[::1] log_row,
+    const double[::1] log_col,
+    double reg,
+    double log_ratio,
+    int n_threads,
+):
+    """The plan entries ``exp((f_i + g_j - |x_i - y_j|^2) / reg)`` of a compressed-row
+    pattern that are at least ``exp(log_ratio)`` times the smaller of their row's and their
+    column's sums (``log_row``, ``log_col``, in logs): ``(indptr, indices, data)`` of a
+    compressed-row matrix (columns in the pattern's order), by a counting pass and a
+    filling pass over the rows in parallel; the test is on the exponent, so only the kept
+    entries take an ``exp``."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t d = x.shape[1]
+    cdef Py_ssize_t i, e, j, c, out
+    cdef double inv_reg = 1.0 / reg
+    cdef double t
+    counts_array = np.zeros(n + 1, dtype=np.int64)
+    cdef long long[::1] counts = counts_array
+    with nogil:
+        for i in prange(n, schedule="guided", num_threads=n_threads):
+            c = 0
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
+                if t >= log_ratio + min(log_row[i], log_col[j]):
+                    c = c + 1
+            counts[i + 1] = c
+    np.cumsum(counts_array, out=counts_array)
+    total = int(counts_array[n])
+    out_indices_array = np.empty(total, dtype=np.int32)
+    data_array = np.empty(total)
+    cdef int[::1] out_indices = out_indices_array
+    cdef double[::1] data = data_array
+    with nogil:
+        for i in prange(n, schedule="guided", num_threads=n_threads):
+            out = counts[i]
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
+                if t >= log_ratio + min(log_row[i], log_col[j]):
+                    out_indices[out] = <int>j
+                    data[out] = exp(t)
+                    out = out + 1
+    return counts_array, out_indices_array, data_array
+
+
 def csr_transpose(
     const long long[::1] indptr,
     const int[::1] indices,

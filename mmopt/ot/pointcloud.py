@@ -28,7 +28,7 @@ from mmopt.ot._newton import Direction, line_search, newton_direction, next_damp
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
-from mmopt_ext._pointcloud import csr_transpose
+from mmopt_ext._pointcloud import csr_transpose, significant_pairs
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
 
@@ -302,9 +302,8 @@ class _Pattern:
 
     def blocks(self, f, g, reg, threads):
         """The kept plan entries at ``(f, g, reg)``, by blocks of rows of about
-        ``_PAIRS_PER_BLOCK`` pairs (bounded temporaries): yields ``(rows, start, stop,
-        values, cost)``, ``rows`` the rows of the block's entries (from ``rows[0]``),
-        ``start:stop`` their positions in the pattern."""
+        ``_PAIRS_PER_BLOCK`` pairs (bounded temporaries): yields ``(start, stop, values,
+        cost)``, ``start:stop`` the block's positions in the pattern."""
         n = self.indptr.size - 1
         cuts = np.searchsorted(self.indptr, np.arange(0, self.nnz, _PAIRS_PER_BLOCK),
                                side="right") - 1
@@ -321,7 +320,7 @@ class _Pattern:
             values -= g[columns]
             values *= -1.0 / reg
             np.exp(values, out=values)
-            yield rows, start, stop, values, cost
+            yield start, stop, values, cost
 
 
 @dataclass
@@ -755,7 +754,7 @@ class PointCloudSinkhorn(Solver):
                 pattern = _Pattern(level, phi, psi, reg, self.truncation * reg,
                                    run.threads)
             values, transport = np.empty(pattern.nnz), 0.0
-            for _, start, stop, entries, cost in pattern.blocks(f, g, reg, run.threads):
+            for start, stop, entries, cost in pattern.blocks(f, g, reg, run.threads):
                 values[start:stop] = entries
                 transport += float(entries @ cost)
             row_sums = pattern.sums(f, g, reg, run.threads)
@@ -863,24 +862,14 @@ def _newton_step(problem, state, pattern, level):
 def _significant_plan(pattern, f, g, reg, row, col, threads):
     """The kept plan at ``(f, g, reg)`` without its entries below ``_NEWTON_SPARSIFY`` of
     both their row's and their column's sums (``row``, ``col``), as a CSR matrix built
-    block by block (:meth:`_Pattern.blocks`: no array over every kept pair, no COO
-    triplets)."""
-    n, m = pattern.indptr.size - 1, pattern.t_indptr.size - 1
-    counts = np.zeros(n + 1, dtype=np.int64)
-    columns, entries = [], []
-    for rows, start, stop, values, _ in pattern.blocks(f, g, reg, threads):
-        block_columns = pattern.indices[start:stop]
-        significant = values >= _NEWTON_SPARSIFY * np.minimum(row[rows], col[block_columns])
-        first, last = int(rows[0]), int(rows[-1]) + 1
-        counts[first + 1:last + 1] += np.bincount(rows[significant] - first,
-                                                  minlength=last - first)
-        columns.append(block_columns[significant])
-        entries.append(values[significant])
-    indptr = np.cumsum(counts)
-    if not columns:
-        return sp.csr_matrix((n, m))
-    return sp.csr_matrix((np.concatenate(entries), np.concatenate(columns), indptr),
-                         shape=(n, m))
+    straight from the pattern (:func:`significant_pairs`: no array over every kept pair,
+    no COO triplets)."""
+    with np.errstate(divide="ignore"):
+        log_row, log_col = np.log(row), np.log(col)
+    indptr, indices, data = significant_pairs(
+        pattern.indptr, pattern.indices, pattern.x, pattern.y, f, g, log_row, log_col, reg,
+        float(np.log(_NEWTON_SPARSIFY)), threads)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(pattern.x), len(pattern.y)))
 
 
 def _aggregation(fine: CloudLevel, coarse: CloudLevel):

@@ -446,3 +446,36 @@ def test_auto_regime_follows_each_clouds_own_spacing_not_their_distance():
     assert PointCloudSinkhorn()._choose_regime(PointCloudOTProblem(x, y, reg=1e-1)) == "smooth"
     assert PointCloudSinkhorn()._choose_regime(
         PointCloudOTProblem(x, y, reg=spacing)) == "sharp"
+
+
+@pytest.mark.parametrize("d, threads", [(2, 1), (3, 2)])
+def test_significant_pairs_and_transpose_match_numpy(d, threads):
+    # The Newton Hessian's entries straight from an indices-only pattern (the costs
+    # recomputed) against the dense plan filtered in NumPy, and the counting-sort
+    # transpose against SciPy's.
+    from mmopt_ext._pointcloud import csr_transpose, significant_pairs
+
+    rng = np.random.default_rng(20 + d)
+    n, m, reg = 60, 70, 0.05
+    x, y = rng.random((n, d)), rng.random((m, d))
+    keep = rng.random((n, m)) < 0.3
+    keep[4] = False  # an empty row
+    keep[:, 5] = False  # an empty column
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
+    indices = np.nonzero(keep)[1].astype(np.int32)
+    f, g = 0.1 * rng.normal(size=n), 0.1 * rng.normal(size=m)
+    plan = np.where(keep, np.exp((f[:, None] + g[None] - _cost(x, y)) / reg), 0.0)
+    row, col = plan.sum(1), plan.sum(0)
+    ratio = 1e-2
+    with np.errstate(divide="ignore"):
+        out = significant_pairs(indptr, indices, x, y, f, g, np.log(row), np.log(col), reg,
+                                np.log(ratio), threads)
+    found = sp.csr_matrix((out[2], out[1], out[0]), shape=(n, m)).toarray()
+    expected = np.where(plan >= ratio * np.minimum(row[:, None], col[None]), plan, 0.0)
+    expected[~keep] = 0.0
+    assert 0 < np.count_nonzero(expected) < keep.sum()
+    np.testing.assert_allclose(found, expected, rtol=1e-13, atol=0)
+    t_indptr, t_indices = csr_transpose(indptr, indices, m)
+    transposed = sp.csr_matrix(keep).T.tocsr()
+    np.testing.assert_array_equal(t_indptr, transposed.indptr)
+    np.testing.assert_array_equal(t_indices, transposed.indices)
