@@ -252,18 +252,23 @@ def csr_transpose(
     const long long[::1] indptr,
     const int[::1] indices,
     Py_ssize_t m,
+    const double[::1] values=None,
 ):
-    """The compressed-column pattern ``(t_indptr, t_indices)`` of a compressed-row pattern
-    with ``m`` columns (rows ascending within each column), by a counting sort with no
-    temporary beyond its outputs (SciPy's transpose of a pattern carries its values and,
-    from int64 ``indptr``, int64 copies of the indices)."""
+    """The compressed-column pattern ``(t_indptr, t_indices, t_values)`` of a compressed-row
+    pattern with ``m`` columns (rows ascending within each column) and its ``values`` in
+    that order (None without ``values``), by a counting sort with no temporary beyond its
+    outputs (SciPy's transpose of a pattern carries values and, from int64 ``indptr``,
+    int64 copies of the indices)."""
     cdef Py_ssize_t n = indptr.shape[0] - 1
     cdef Py_ssize_t nnz = indices.shape[0]
     cdef Py_ssize_t i, e, j
+    cdef bint with_values = values is not None
     t_indptr_array = np.zeros(m + 1, dtype=np.int64)
     t_indices_array = np.empty(nnz, dtype=np.int32)
+    t_values_array = np.empty(nnz if with_values else 0)
     cdef long long[::1] t_indptr = t_indptr_array
     cdef int[::1] t_indices = t_indices_array
+    cdef double[::1] t_values = t_values_array
     cdef long long[::1] fill
     with nogil:
         for e in range(nnz):
@@ -277,8 +282,10 @@ def csr_transpose(
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
                 t_indices[fill[j]] = <int>i
+                if with_values:
+                    t_values[fill[j]] = values[e]
                 fill[j] += 1
-    return t_indptr_array, t_indices_array
+    return t_indptr_array, t_indices_array, (t_values_array if with_values else None)
 
 
 def pair_costs(

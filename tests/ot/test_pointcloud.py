@@ -196,6 +196,21 @@ def test_sharp_regime_matches_dense_sinkhorn(d, weights, relative_reg):
     _check_against_dense(res, x, y, a, b, reg)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_sharp_regime_with_indices_only_pairs_matches_dense_sinkhorn(d, monkeypatch):
+    # Above _STORED_COST_MAX_PAIRS the kept pairs are indices only and every kernel
+    # recomputes the costs: forced here, the same potentials and plan as the dense solver.
+    from mmopt.ot import pointcloud as module
+
+    monkeypatch.setattr(module, "_STORED_COST_MAX_PAIRS", 0)
+    x, y, a, b = _clouds(300, 260, d, seed=d + 5, weights=True)
+    reg = 1e-3 * d
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-11,
+                              max_coarse=120)
+    assert res.success and res.n_newton > 0 and res.marginal_error < 1e-10
+    _check_against_dense(res, x, y, a, b, reg)
+
+
 def test_smooth_regime_matches_dense_sinkhorn_for_other_costs():
     x, y, a, b = _clouds(150, 120, 3, weights=True)
     res = pointcloud_sinkhorn(x, y, a, b, reg=0.05, cost=1.5, regime="smooth", tol=1e-12)
@@ -475,7 +490,11 @@ def test_significant_pairs_and_transpose_match_numpy(d, threads):
     expected[~keep] = 0.0
     assert 0 < np.count_nonzero(expected) < keep.sum()
     np.testing.assert_allclose(found, expected, rtol=1e-13, atol=0)
-    t_indptr, t_indices = csr_transpose(indptr, indices, m)
-    transposed = sp.csr_matrix(keep).T.tocsr()
+    values = rng.random(indices.size)
+    t_indptr, t_indices, t_values = csr_transpose(indptr, indices, m, values)
+    transposed = sp.csr_matrix((values, indices, indptr), shape=(n, m)).T.tocsr()
+    transposed.sort_indices()
     np.testing.assert_array_equal(t_indptr, transposed.indptr)
     np.testing.assert_array_equal(t_indices, transposed.indices)
+    np.testing.assert_array_equal(t_values, transposed.data)
+    assert csr_transpose(indptr, indices, m)[2] is None
