@@ -3,7 +3,8 @@
 ``online_softmin`` is the row update of :func:`mmopt_ext._sinkhorn.log_half_step` with
 ``C_ij = cost(x_i, y_j)`` computed block by block into a small per-thread buffer (never an
 n x m array: memory O(n + m)); ``sparse_softmin`` is the same update restricted to kept
-pairs given in compressed-row form with their costs. Both return, per row::
+pairs given in compressed-row form, with their costs or computing the squared distances
+from the points. Both return, per row::
 
     f_new_i  = reg * (log_a_i - logsumexp_j((g_j - C_ij) / reg))
     row_mass_i = sum_j exp((f_old_i + g_j - C_ij) / reg)      # the plan's row sum at f_old

@@ -78,7 +78,7 @@ _MIN_PARALLEL_PAIRS = 1 << 16
 # The finer level of the hierarchy takes over when its truncation keeps about this many
 # pairs per row (see _switch_radius2).
 _SWITCH_KEPT = 32
-# Kept pairs per block when the plan's entries are formed (Newton's Hessian, the result).
+# Kept pairs per block when the returned plan's entries are formed.
 _PAIRS_PER_BLOCK = 1 << 20
 # Truncations keeping at most this many pairs store their costs (16 bytes a pair, rows and
 # columns): the sparse kernels then read them in order instead of gathering both points of
