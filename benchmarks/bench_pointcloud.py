@@ -31,14 +31,16 @@ POT_BUDGET = 90.0
 # A case is skipped (its row says why) when its predicted peak memory exceeds this (MB;
 # MMOPT_BENCH_POINTCLOUD_MEMORY_MB overrides it on a larger machine): at a
 # fixed reg relative to the diameter the kept pairs per row grow like n (2-D 10^5 keeps
-# about 37M pairs, 5.3 GB measured), so `run.py --only pointcloud` stays safe to run.
+# about 37M pairs), so `run.py --only pointcloud` stays safe to run.
 MEMORY_BUDGET_MB = float(os.environ.get("MMOPT_BENCH_POINTCLOUD_MEMORY_MB", 2500))
-# Peak resident bytes per kept pair (measured: 3.75M pairs 501 MB in 3-D, 3.39M 772 MB in
-# 2-D, 37M pairs 5.3 GB and growing when stopped), and the reduced-cost radius of a row's
-# kept pairs in units of reg (the threshold, 40, plus about 15: the row potential sits
-# above the row's best pair by reg log of the points it spreads over; fitted on the same
-# runs: 45-48 in 2-D, 55 in 3-D).
-BYTES_PER_PAIR = 200.0
+# Peak resident bytes per kept pair (the pairs stored as indices only; measured in 2-D:
+# 36.8M pairs 833 MB, 9.3M 419 MB, 3.37M 312 MB, the interpreter's ~170 MB included: 18
+# bytes a pair above it at 10^5, more at small sizes, where the budget is far), and the
+# reduced-cost radius of a row's kept pairs in units of reg (the threshold, 40, plus about
+# 15: the row potential sits above the row's best pair by reg log of the points it spreads
+# over; fitted on earlier runs: 45-48 in 2-D, 55 in 3-D; 2-D 10^5 keeps 36.8M pairs where
+# 50M are predicted).
+BYTES_PER_PAIR = 24.0
 KEPT_RADIUS = 55.0
 
 _CASE = r"""
