@@ -5,17 +5,27 @@ halves of ``n / 2`` rows each. The distributed fit is :class:`DistributedMixture
 on a 2-worker ``dask.distributed.LocalCluster`` (processes, one thread each) given a
 ``dask.array`` whose two row chunks are the halves, drawn and held by the workers
 (``persist``) before the clock starts: the driver never holds a data row. The global fit is
-one :class:`MixtureOfExperts` on the same rows, assembled in the driver, timed twice: with
-one and with two BLAS/OpenMP threads (threadpoolctl); the time ratio is against the faster.
-Both use the same number of starts and the same tolerance.
+one :class:`MixtureOfExperts` on the same rows, assembled in the driver, timed with one
+and, where the environment allows, two BLAS/OpenMP threads (threadpoolctl); each repeat
+keeps the faster. Both use the same number of starts and the same tolerance.
+
+Timing protocol: per case (n, seed), ``repeats`` pairs of fits on the same data (3 up to
+10^5 rows, 2 above; ``MMOPT_BENCH_MOE_REPEATS``), the global and the distributed fit
+interleaved in alternating order; the table shows the median of each, the ratio of the
+medians and the ratio of every repeat. Every fit is a new estimator: nothing is cached
+between repeats (the distributed fit's tasks are not pure, so Dask recomputes them). All
+cases run on one warm cluster, started and warmed up (workers import mmopt) before the
+first case, as a user's long-lived cluster would be: the workers' start and import time is
+not part of a fit.
 
 Parameter error: the Euclidean distance between the true and the fitted ``(intercept, coef,
 sigma)`` of all experts after Hungarian matching; ARI: of the most probable expert of each
-sample (posterior) against the simulated labels. Driver peak: the peak of the driver's
-Python/NumPy allocations during the distributed fit (``tracemalloc``), which holds only the
-local models and the support points.
+sample (posterior) against the simulated labels, of the last repeat's fits (all repeats
+give the same fits). Driver peak: the peak of the driver's Python/NumPy allocations during
+one more, untimed distributed fit (``tracemalloc``), which holds only the local models and
+the support points.
 
-Usage: ``python benchmarks/bench_moe.py [n_samples ...] [--seeds 0 1 2]``, or
+Usage: ``python benchmarks/bench_moe.py [n_samples ...] [--seeds 0 1 2] [--repeats 3]``, or
 ``python benchmarks/run.py --only moe`` (n = 10^5, seeds 0-2; with the environment variable
 ``MMOPT_BENCH_MOE_LARGE=1`` also n = 10^6; ``--quick``: 2 x 10^4, seed 0), then the
 accuracy of both fits on other simulated data (other K, dimensions, noise, gates, shard
@@ -77,27 +87,35 @@ def _dask_data(client, truth, n_samples: int, seed: int):
     return dX, dy
 
 
+def _new_distributed(seed: int):
+    return DistributedMixtureOfExperts(N_EXPERTS, n_init=N_INIT, n_support=N_SUPPORT,
+                                       random_state=seed)
+
+
 def fit_distributed(client, dX, dy, seed: int):
-    """The distributed fit, its wall time and its CPU critical path (the driver's CPU time
-    plus the busiest worker's), then the driver's allocation peak (bytes) of a second,
-    identical fit run under ``tracemalloc`` (which slows every allocation of the driver,
-    where the scheduler runs, so it stays off the clock)."""
+    """The distributed fit, its wall time, its CPU critical path (the driver's CPU time plus
+    the busiest worker's) and each worker's CPU time, busiest first."""
     workers_before = client.run(time.process_time)
     cpu = time.process_time()
     start = time.perf_counter()
-    fit = DistributedMixtureOfExperts(N_EXPERTS, n_init=N_INIT, n_support=N_SUPPORT,
-                                      random_state=seed).fit(dX, dy)
+    fit = _new_distributed(seed).fit(dX, dy)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     workers_after = client.run(time.process_time)
     per_worker = sorted((workers_after[w] - workers_before[w] for w in workers_before),
                         reverse=True)
+    return fit, elapsed, cpu + per_worker[0], per_worker
+
+
+def driver_peak(dX, dy, seed: int) -> int:
+    """The driver's allocation peak (bytes) during a distributed fit run under
+    ``tracemalloc`` (which slows every allocation of the driver, where the scheduler runs,
+    so it stays off the clock)."""
     tracemalloc.start()
-    DistributedMixtureOfExperts(N_EXPERTS, n_init=N_INIT, n_support=N_SUPPORT,
-                                random_state=seed).fit(dX, dy)
+    _new_distributed(seed).fit(dX, dy)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return fit, elapsed, cpu + per_worker[0], per_worker, peak
+    return peak
 
 
 def fit_global(X, y, seed: int, threads: int):
@@ -116,33 +134,70 @@ def fit_global(X, y, seed: int, threads: int):
     return fit, (elapsed, cpu, in_effect)
 
 
-def run_case(client, n_samples: int, seed: int) -> dict:
+def repeats_for(n_samples: int) -> int:
+    """Timed repeats per case: ``MMOPT_BENCH_MOE_REPEATS``, else 3 up to 10^5 rows (fits of
+    about a second, where one-off noise is ~10%) and 2 above."""
+    value = os.environ.get("MMOPT_BENCH_MOE_REPEATS", "")
+    if value:
+        return max(1, int(value))
+    return 3 if n_samples <= 100_000 else 2
+
+
+def _spread(values) -> str:
+    return " / ".join(f"{v:.3g}" for v in values)
+
+
+def run_case(client, n_samples: int, seed: int, repeats: int | None = None) -> dict:
+    """One (n, seed) case: ``repeats`` timed pairs of fits on the same data, the global and
+    the distributed fit interleaved (the global first on even repeats, last on odd ones, so
+    that neither always runs right after the other), then the medians."""
+    repeats = repeats_for(n_samples) if repeats is None else repeats
     truth = make_moe_regression(2, N_FEATURES, N_EXPERTS, noise=0.3, random_state=seed)[2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dX, dy = _dask_data(client, truth, n_samples, seed)
-        dist_fit, t_dist, cpu_dist, worker_cpu, peak = fit_distributed(client, dX, dy, seed)
-        del dX, dy
         chunks = [sample_chunk(truth, n_samples // 2, seed, i) for i in range(2)]
         X = np.vstack([c[0] for c in chunks])
         y = np.concatenate([c[1] for c in chunks])
         labels = np.concatenate([c[2] for c in chunks])
         del chunks
-        global_fit, timings = fit_global(X, y, seed, 1), {}
-        global_fit, timings[1] = global_fit
-        timings[2] = fit_global(X, y, seed, 2)[1]
-    t_global, cpu_global, _ = min(timings.values())
+        dist, glob = [], []
+        two_threads = _two_threads_possible()
+        for repeat in range(repeats):
+            for which in (("global", "dist") if repeat % 2 == 0 else ("dist", "global")):
+                if which == "dist":
+                    dist.append(fit_distributed(client, dX, dy, seed))
+                    continue
+                # One thread, then two where the environment lets BLAS have two: the
+                # global fit keeps the faster (its kernels are serial; BLAS and k-means's
+                # OpenMP are what a second thread can speed up).
+                timings = {1: fit_global(X, y, seed, 1)}
+                if two_threads:
+                    timings[2] = fit_global(X, y, seed, 2)
+                glob.append(timings)
+        peak = driver_peak(dX, dy, seed)
+        del dX, dy
+    global_fit = glob[-1][1][0]
+    dist_fit = dist[-1][0]
+    # Per repeat, the faster global fit's (wall s, CPU s, threads).
+    fastest = [min(g.values(), key=lambda fit_timing: fit_timing[1][0])[1] for g in glob]
+    t_global, cpu_global = [f[0] for f in fastest], [f[1] for f in fastest]
+    t_dist, cpu_dist = [d[1] for d in dist], [d[2] for d in dist]
+    two = [g[2][1][0] for g in glob if 2 in g]
+    workers = np.median([d[3] for d in dist], axis=0)
     return {
         "n": n_samples,
         "seed": seed,
-        "global s 1 thread": timings[1][0],
-        "global s 2 threads": timings[2][0] if timings[2][2] >= 2 else None,
-        "distributed s": t_dist,
-        "time ratio": t_dist / t_global,
-        "global CPU s": cpu_global,
-        "dist CPU path s": cpu_dist,
-        "CPU ratio": cpu_dist / cpu_global,
-        "worker CPU s": " / ".join(f"{c:.3g}" for c in worker_cpu),
+        "repeats": repeats,
+        "global s 1 thread": float(np.median([g[1][1][0] for g in glob])),
+        "global s 2 threads": float(np.median(two)) if two else None,
+        "distributed s": float(np.median(t_dist)),
+        "time ratio": float(np.median(t_dist) / np.median(t_global)),
+        "ratio per repeat": _spread(np.divide(t_dist, t_global)),
+        "global CPU s": float(np.median(cpu_global)),
+        "dist CPU path s": float(np.median(cpu_dist)),
+        "CPU ratio": float(np.median(cpu_dist) / np.median(cpu_global)),
+        "worker CPU s": _spread(workers),
         "param err global": parameter_error(global_fit, truth),
         "param err dist": parameter_error(dist_fit, truth),
         "ARI global": adjusted_rand_score(labels, global_fit.predict_expert(X, y)),
@@ -154,6 +209,15 @@ def run_case(client, n_samples: int, seed: int) -> dict:
         "data MiB": (X.nbytes + y.nbytes) / 2**20,
         "load": os.getloadavg()[0],
     }
+
+
+def _two_threads_possible() -> bool:
+    """Whether BLAS may run two threads here (not pinned to one by the environment)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(2):
+        return any(pool["num_threads"] >= 2 for pool in threadpool_info()
+                   if pool["user_api"] == "blas")
 
 
 # glibc's allocator gives the pages of freed large blocks back to the system as soon as the
@@ -212,7 +276,7 @@ def _dask_settings() -> dict:
             **(QUIET_DASK if quiet else {})}
 
 
-def _table(sizes, seeds) -> str:
+def _table(sizes, seeds, repeats: int | None = None) -> str:
     import dask
     from distributed import Client, LocalCluster
 
@@ -222,8 +286,9 @@ def _table(sizes, seeds) -> str:
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                          dashboard_address=None) as cluster, Client(cluster) as client:
         # Warm-up: the workers import mmopt and scikit-learn on their first task.
-        run_case(client, 4000, 0)
-        return measured_table(run_case, [(client, n, seed) for n in sizes for seed in seeds])
+        run_case(client, 4000, 0, repeats=1)
+        return measured_table(run_case, [(client, n, seed, repeats) for n in sizes
+                                         for seed in seeds])
 
 
 OTHER_N = 40_000
@@ -263,8 +328,13 @@ def _section(table: str, other: str | None = None) -> str:
         "## Distributed mixtures of experts vs one global EM fit\n\n"
         f"Global: one `MixtureOfExperts({N_EXPERTS}, n_init={N_INIT})` on all rows in the "
         "driver, timed with 1 and with 2 BLAS and OpenMP threads (threadpoolctl; a dash where the "
-        "environment kept BLAS at one thread); time ratio: distributed wall time over the "
-        "faster global one, CPU ratio likewise against its CPU time. Distributed: "
+        "environment kept BLAS at one thread), each repeat keeping the faster. Timing: per "
+        "row, `repeats` pairs of fits on the same data, global and distributed interleaved "
+        "in alternating order, every fit a new estimator (nothing cached); times are the "
+        "medians over the repeats, time ratio the distributed median over the global one "
+        "(ratio per repeat: each repeat's), CPU ratio likewise with CPU times. All rows run "
+        "on one warm cluster (started, workers' imports done, before the first row), as a "
+        "user's long-lived cluster. Distributed: "
         "`DistributedMixtureOfExperts("
         f"{N_EXPERTS}, n_init={N_INIT}, n_support={N_SUPPORT})` on a 2-worker "
         "`LocalCluster` (processes, one thread each) given a "
@@ -285,11 +355,11 @@ def _section(table: str, other: str | None = None) -> str:
         "as the driver's global fit does. The library pins each shard's fit to its own "
         "worker (one fit per worker thread). Dist CPU path: the driver's CPU time plus the "
         "busiest worker's; worker CPU: each worker's CPU time during the fit, busiest "
-        "first. Load: the machine's 1-minute load average "
+        "first (medians). Load: the machine's 1-minute load average "
         "after the case (wall times "
         "compare only on a quiet machine). "
         "Parameter error after Hungarian matching of the experts; ARI of the most probable "
-        "expert. Driver peak: `tracemalloc` peak of the driver during a second, untimed "
+        "expert. Driver peak: `tracemalloc` peak of the driver during one more, untimed "
         "distributed fit (the data never reach it), against the data's size. n = 10^6: "
         "`MMOPT_BENCH_MOE_LARGE=1 python benchmarks/run.py --only moe`.\n\n"
         + table
@@ -321,8 +391,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sizes", nargs="*", type=int, default=[100_000])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per case (default: 3 up to 10^5 rows, 2 above)")
     args = parser.parse_args()
-    print(_section(_table(args.sizes, args.seeds)))
+    print(_section(_table(args.sizes, args.seeds, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _geomloss
+import numpy as np
 from _common import markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -29,14 +31,16 @@ POT_BUDGET = 90.0
 # A case is skipped (its row says why) when its predicted peak memory exceeds this (MB;
 # MMOPT_BENCH_POINTCLOUD_MEMORY_MB overrides it on a larger machine): at a
 # fixed reg relative to the diameter the kept pairs per row grow like n (2-D 10^5 keeps
-# about 37M pairs, 5.3 GB measured), so `run.py --only pointcloud` stays safe to run.
+# about 37M pairs), so `run.py --only pointcloud` stays safe to run.
 MEMORY_BUDGET_MB = float(os.environ.get("MMOPT_BENCH_POINTCLOUD_MEMORY_MB", 2500))
-# Peak resident bytes per kept pair (measured: 3.75M pairs 501 MB in 3-D, 3.39M 772 MB in
-# 2-D, 37M pairs 5.3 GB and growing when stopped), and the reduced-cost radius of a row's
-# kept pairs in units of reg (the threshold, 40, plus about 15: the row potential sits
-# above the row's best pair by reg log of the points it spreads over; fitted on the same
-# runs: 45-48 in 2-D, 55 in 3-D).
-BYTES_PER_PAIR = 200.0
+# Peak resident bytes per kept pair (the pairs stored as indices only; measured in 2-D:
+# 36.8M pairs 833 MB, 9.3M 419 MB, 3.37M 312 MB, the interpreter's ~170 MB included: 18
+# bytes a pair above it at 10^5, more at small sizes, where the budget is far), and the
+# reduced-cost radius of a row's kept pairs in units of reg (the threshold, 40, plus about
+# 15: the row potential sits above the row's best pair by reg log of the points it spreads
+# over; fitted on earlier runs: 45-48 in 2-D, 55 in 3-D; 2-D 10^5 keeps 36.8M pairs where
+# 50M are predicted).
+BYTES_PER_PAIR = 24.0
 KEPT_RADIUS = 55.0
 
 _CASE = r"""
@@ -136,6 +140,28 @@ def _row(n, d, solver, out):
     }
 
 
+def _clouds(n, d):
+    """``(x, y, a, b, reg)``: the clouds, weights and reg of ``_CASE``."""
+    rng = np.random.default_rng(0)
+    x = rng.random((n, d))
+    y = rng.random((n, d))
+    y = y + 0.1 * np.sin(3.0 * y[:, ::-1])
+    both = np.vstack([x, y])
+    a = np.full(n, 1.0 / n)
+    return x, y, a, a, RELATIVE_REG * float(np.sum(np.ptp(both, axis=0) ** 2))
+
+
+def _geomloss_section(quick: bool) -> str:
+    """geomloss's CPU backends against pointcloud_sinkhorn (``_geomloss.compare``)."""
+    if quick:
+        budget, found = 5.0, _geomloss.compare(_clouds, _guarded_case, sizes=(500,),
+                                               dims=(3,), budget=5.0)
+    else:
+        budget, found = _geomloss.BUDGET, _geomloss.compare(
+            _clouds, _guarded_case, dims=(2, 3) if _geomloss.LARGE else (3,))
+    return "\n\n" + _geomloss.section(*found, "`marginal error` above", budget)
+
+
 def run(quick: bool = False) -> str:
     large = os.environ.get("MMOPT_BENCH_POINTCLOUD_LARGE") == "1"
     sizes = (10_000,) if quick else (10_000, 30_000, 100_000)
@@ -179,6 +205,7 @@ def run(quick: bool = False) -> str:
         "bound` the certified mass of the pairs left out. A case whose predicted peak memory "
         f"exceeds {MEMORY_BUDGET_MB:.0f} MB (`MMOPT_BENCH_POINTCLOUD_MEMORY_MB`) is skipped.\n\n"
         + markdown_table(rows) + "\n\n" + "\n".join(ratios) + note
+        + _geomloss_section(quick)
     )
 
 

@@ -330,6 +330,11 @@ static double mmopt_expsum_avx2(const double *c, const double *g, double shift,
 typedef double (*mmopt_scaling_fn)(const double *, ptrdiff_t, ptrdiff_t, const double *,
                                    const double *, double *, double *, double);
 
+/* The same sweep for two problems (v, u, acc, omega, err each) on one block of K. */
+typedef void (*mmopt_scaling2_fn)(const double *, ptrdiff_t, ptrdiff_t, const double *,
+                                  const double *, const double *, double *, double *, double *,
+                                  double *, double, double, double *, double *);
+
 /* The new scaling of a row or column: the Sinkhorn update target = a_i / s_i, over-relaxed
  * by omega (u^(1 - omega) target^omega; omega = 1 is plain Sinkhorn). */
 static inline double mmopt_relaxed(double old, double target, double omega)
@@ -362,6 +367,40 @@ static inline double mmopt_hsum_avx2(__m256d x)
     __m128d low = _mm256_castpd256_pd128(x), high = _mm256_extractf128_pd(x, 1);
     low = _mm_add_pd(low, high);
     return _mm_cvtsd_f64(_mm_add_sd(low, _mm_unpackhi_pd(low, low)));
+}
+
+/* A 4-row tile's new scalings from its dot products d (the update of u), adding the tile's
+ * row errors to *err in row order. */
+static inline void mmopt_tile_scalings(const double *d, const double *a, double *u,
+                                       double omega, double *w, double *err)
+{
+    for (int r = 0; r < 4; ++r) {
+        *err += fabs(u[r] * d[r] - a[r]);
+        w[r] = mmopt_relaxed(u[r], a[r] / d[r], omega);
+        u[r] = w[r];
+    }
+}
+
+/* acc + sum_r w_r x_r over a 4-row tile (x_r: 4 entries of row r): one store of acc per
+ * tile. */
+__attribute__((target("avx2,fma")))
+static inline __m256d mmopt_tile_update_avx2(__m256d acc, const __m256d *w, __m256d x0,
+                                             __m256d x1, __m256d x2, __m256d x3)
+{
+    __m256d x = _mm256_fmadd_pd(w[0], x0, acc);
+    __m256d y = _mm256_mul_pd(w[1], x1);
+    x = _mm256_fmadd_pd(w[2], x2, x);
+    y = _mm256_fmadd_pd(w[3], x3, y);
+    return _mm256_add_pd(x, y);
+}
+
+/* The same for the entries j of acc beyond the last multiple of 4. */
+static inline void mmopt_tile_update_tail(double *acc, const double *w, const double *k0,
+                                          const double *k1, const double *k2,
+                                          const double *k3, ptrdiff_t j, ptrdiff_t m)
+{
+    for (; j < m; ++j)
+        acc[j] += (w[0] * k0[j] + w[1] * k1[j]) + (w[2] * k2[j] + w[3] * k3[j]);
 }
 
 /* Blocks of 4 rows: the dot products share each load of v, the update of acc loads and
@@ -402,27 +441,109 @@ static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t ro
             d[3] += k3[j] * v[j];
         }
         double w[4];
-        for (int r = 0; r < 4; ++r) {
-            err += fabs(u[i + r] * d[r] - a[i + r]);
-            w[r] = mmopt_relaxed(u[i + r], a[i + r] / d[r], omega);
-            u[i + r] = w[r];
-        }
-        const __m256d w0 = _mm256_set1_pd(w[0]), w1 = _mm256_set1_pd(w[1]);
-        const __m256d w2 = _mm256_set1_pd(w[2]), w3 = _mm256_set1_pd(w[3]);
+        mmopt_tile_scalings(d, a + i, u + i, omega, w, &err);
+        const __m256d wv[4] = {_mm256_set1_pd(w[0]), _mm256_set1_pd(w[1]),
+                               _mm256_set1_pd(w[2]), _mm256_set1_pd(w[3])};
         j = 0;
-        for (; j + 4 <= m; j += 4) {
-            __m256d x = _mm256_fmadd_pd(w0, _mm256_loadu_pd(k0 + j), _mm256_loadu_pd(acc + j));
-            __m256d y = _mm256_mul_pd(w1, _mm256_loadu_pd(k1 + j));
-            x = _mm256_fmadd_pd(w2, _mm256_loadu_pd(k2 + j), x);
-            y = _mm256_fmadd_pd(w3, _mm256_loadu_pd(k3 + j), y);
-            _mm256_storeu_pd(acc + j, _mm256_add_pd(x, y));
-        }
-        for (; j < m; ++j)
-            acc[j] += (w[0] * k0[j] + w[1] * k1[j]) + (w[2] * k2[j] + w[3] * k3[j]);
+        for (; j + 4 <= m; j += 4)
+            _mm256_storeu_pd(acc + j, mmopt_tile_update_avx2(
+                _mm256_loadu_pd(acc + j), wv, _mm256_loadu_pd(k0 + j),
+                _mm256_loadu_pd(k1 + j), _mm256_loadu_pd(k2 + j), _mm256_loadu_pd(k3 + j)));
+        mmopt_tile_update_tail(acc, w, k0, k1, k2, k3, j, m);
     }
     if (i < rows)
         err += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v, a + i, u + i, acc, omega);
     return err;
+}
+#endif
+
+/* Two problems, one sweep each (the paths without a paired variant). */
+static void mmopt_scaling_rows2_each(const double *K, ptrdiff_t m, ptrdiff_t rows,
+                                     const double *v0, const double *v1, const double *a,
+                                     double *u0, double *u1, double *acc0, double *acc1,
+                                     double omega0, double omega1, double *err0, double *err1)
+{
+    *err0 = mmopt_scaling_rows_scalar(K, m, rows, v0, a, u0, acc0, omega0);
+    *err1 = mmopt_scaling_rows_scalar(K, m, rows, v1, a, u1, acc1, omega1);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* mmopt_scaling_rows_avx2 for two problems at once, each with the same operations in the
+ * same order as its own sweep (bit-identical results): each loaded vector of K serves both
+ * problems' dot products, and again both updates of acc. One problem's sweep reads every
+ * entry of K twice from L2 (a 4-row tile, v and acc do not stay in L1 together), and that
+ * traffic, not the arithmetic, bounds it; two problems share it. The dot products take 2
+ * rows at a time (8 accumulators, 4 vectors of K, 2 of v: the 16 AVX2 registers). */
+__attribute__((target("avx2,fma")))
+static void mmopt_scaling_rows2_avx2(const double *K, ptrdiff_t m, ptrdiff_t rows,
+                                     const double *v0, const double *v1, const double *a,
+                                     double *u0, double *u1, double *acc0, double *acc1,
+                                     double omega0, double omega1, double *err0, double *err1)
+{
+    double e0 = 0.0, e1 = 0.0;
+    ptrdiff_t i = 0;
+    for (; i + 4 <= rows; i += 4) {
+        const double *k0 = K + i * m, *k1 = k0 + m, *k2 = k1 + m, *k3 = k2 + m;
+        const double *tile[4] = {k0, k1, k2, k3};
+        double d0[4], d1[4];
+        for (int h = 0; h < 4; h += 2) {
+            const double *ka = tile[h], *kb = tile[h + 1];
+            __m256d sa0 = _mm256_setzero_pd(), ta0 = _mm256_setzero_pd();
+            __m256d sb0 = _mm256_setzero_pd(), tb0 = _mm256_setzero_pd();
+            __m256d sa1 = _mm256_setzero_pd(), ta1 = _mm256_setzero_pd();
+            __m256d sb1 = _mm256_setzero_pd(), tb1 = _mm256_setzero_pd();
+            ptrdiff_t j = 0;
+            for (; j + 8 <= m; j += 8) {
+                __m256d xa = _mm256_loadu_pd(ka + j), ya = _mm256_loadu_pd(ka + j + 4);
+                __m256d xb = _mm256_loadu_pd(kb + j), yb = _mm256_loadu_pd(kb + j + 4);
+                __m256d p = _mm256_loadu_pd(v0 + j), q = _mm256_loadu_pd(v0 + j + 4);
+                sa0 = _mm256_fmadd_pd(xa, p, sa0);
+                ta0 = _mm256_fmadd_pd(ya, q, ta0);
+                sb0 = _mm256_fmadd_pd(xb, p, sb0);
+                tb0 = _mm256_fmadd_pd(yb, q, tb0);
+                p = _mm256_loadu_pd(v1 + j);
+                q = _mm256_loadu_pd(v1 + j + 4);
+                sa1 = _mm256_fmadd_pd(xa, p, sa1);
+                ta1 = _mm256_fmadd_pd(ya, q, ta1);
+                sb1 = _mm256_fmadd_pd(xb, p, sb1);
+                tb1 = _mm256_fmadd_pd(yb, q, tb1);
+            }
+            d0[h] = mmopt_hsum_avx2(_mm256_add_pd(sa0, ta0));
+            d0[h + 1] = mmopt_hsum_avx2(_mm256_add_pd(sb0, tb0));
+            d1[h] = mmopt_hsum_avx2(_mm256_add_pd(sa1, ta1));
+            d1[h + 1] = mmopt_hsum_avx2(_mm256_add_pd(sb1, tb1));
+            for (; j < m; ++j) {
+                d0[h] += ka[j] * v0[j];
+                d0[h + 1] += kb[j] * v0[j];
+                d1[h] += ka[j] * v1[j];
+                d1[h + 1] += kb[j] * v1[j];
+            }
+        }
+        double w0[4], w1[4];
+        mmopt_tile_scalings(d0, a + i, u0 + i, omega0, w0, &e0);
+        mmopt_tile_scalings(d1, a + i, u1 + i, omega1, w1, &e1);
+        const __m256d wv0[4] = {_mm256_set1_pd(w0[0]), _mm256_set1_pd(w0[1]),
+                                _mm256_set1_pd(w0[2]), _mm256_set1_pd(w0[3])};
+        const __m256d wv1[4] = {_mm256_set1_pd(w1[0]), _mm256_set1_pd(w1[1]),
+                                _mm256_set1_pd(w1[2]), _mm256_set1_pd(w1[3])};
+        ptrdiff_t j = 0;
+        for (; j + 4 <= m; j += 4) {
+            __m256d x0 = _mm256_loadu_pd(k0 + j), x1 = _mm256_loadu_pd(k1 + j);
+            __m256d x2 = _mm256_loadu_pd(k2 + j), x3 = _mm256_loadu_pd(k3 + j);
+            _mm256_storeu_pd(acc0 + j, mmopt_tile_update_avx2(
+                _mm256_loadu_pd(acc0 + j), wv0, x0, x1, x2, x3));
+            _mm256_storeu_pd(acc1 + j, mmopt_tile_update_avx2(
+                _mm256_loadu_pd(acc1 + j), wv1, x0, x1, x2, x3));
+        }
+        mmopt_tile_update_tail(acc0, w0, k0, k1, k2, k3, j, m);
+        mmopt_tile_update_tail(acc1, w1, k0, k1, k2, k3, j, m);
+    }
+    if (i < rows) {
+        e0 += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v0, a + i, u0 + i, acc0, omega0);
+        e1 += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v1, a + i, u1 + i, acc1, omega1);
+    }
+    *err0 = e0;
+    *err1 = e1;
 }
 #endif
 
@@ -431,6 +552,7 @@ static const char *mmopt_expsum_names[4] = {"scalar", "sse2", "avx2", "avx512"};
 static mmopt_expsum_fn mmopt_expsum = mmopt_expsum_scalar;
 static mmopt_exprow_fn mmopt_exprow = mmopt_exprow_scalar;
 static mmopt_scaling_fn mmopt_scaling_rows = mmopt_scaling_rows_scalar;
+static mmopt_scaling2_fn mmopt_scaling_rows2 = mmopt_scaling_rows2_each;
 static int mmopt_expsum_path = -1;
 
 /* 1 when path `which` can run on this build and CPU. */
@@ -461,10 +583,14 @@ static int mmopt_expsum_select(int which)
     mmopt_expsum = mmopt_expsum_scalar;
     mmopt_exprow = mmopt_exprow_scalar;
     mmopt_scaling_rows = mmopt_scaling_rows_scalar;
+    mmopt_scaling_rows2 = mmopt_scaling_rows2_each;
 #if defined(__x86_64__) && defined(__GNUC__)
     mmopt_exp_table_init();
     /* The fused scaling sweep has no AVX-512 variant: it is bound by memory, not arithmetic. */
-    if (which >= 2) mmopt_scaling_rows = mmopt_scaling_rows_avx2;
+    if (which >= 2) {
+        mmopt_scaling_rows = mmopt_scaling_rows_avx2;
+        mmopt_scaling_rows2 = mmopt_scaling_rows2_avx2;
+    }
     if (which == 3) { mmopt_expsum = mmopt_expsum_avx512; mmopt_exprow = mmopt_exprow_avx512; }
     if (which == 2) { mmopt_expsum = mmopt_expsum_avx2; mmopt_exprow = mmopt_exprow_avx2; }
 #if defined(MMOPT_HAVE_LIBMVEC)

@@ -3,7 +3,8 @@
 ``online_softmin`` is the row update of :func:`mmopt_ext._sinkhorn.log_half_step` with
 ``C_ij = cost(x_i, y_j)`` computed block by block into a small per-thread buffer (never an
 n x m array: memory O(n + m)); ``sparse_softmin`` is the same update restricted to kept
-pairs given in compressed-row form with their costs. Both return, per row::
+pairs given in compressed-row form, with their costs or computing the squared distances
+from the points. Both return, per row::
 
     f_new_i  = reg * (log_a_i - logsumexp_j((g_j - C_ij) / reg))
     row_mass_i = sum_j exp((f_old_i + g_j - C_ij) / reg)      # the plan's row sum at f_old
@@ -138,6 +139,8 @@ def sparse_softmin(
     const long long[::1] indptr,
     const int[::1] indices,
     const double[::1] cost,
+    const double[:, ::1] x,
+    const double[:, ::1] y,
     const double[::1] g,
     const double[::1] f_old,
     const double[::1] log_a,
@@ -149,32 +152,141 @@ def sparse_softmin(
     """Row update over the kept pairs of a compressed-row pattern with costs ``cost``.
 
     Row ``i`` keeps columns ``indices[indptr[i]:indptr[i + 1]]`` with costs ``cost`` at the
-    same positions; a row with no pair gets ``f_new = inf`` and ``row_mass = 0``. Pass the
-    transposed pattern (compressed columns) for the column update.
+    same positions, or, when ``cost`` is None, ``|x_i - y_j|^2`` computed here (not stored:
+    the pattern then needs 4 bytes per pair, not 12); a row with no pair gets ``f_new =
+    inf`` and ``row_mass = 0``. Pass the transposed pattern (compressed columns, ``x`` and
+    ``y`` swapped) for the column update.
     """
     cdef Py_ssize_t n = indptr.shape[0] - 1
-    cdef Py_ssize_t i, e, start, width, widest = 0
+    cdef Py_ssize_t d = 0
+    cdef Py_ssize_t i, j, e, start, width, widest = 0
     cdef double inv_reg = 1.0 / reg
     cdef double best, total, t
     cdef double* gathered
+    cdef double* costs
+    cdef bint online = cost is None
+    if online:
+        if x is None or y is None or x.shape[1] != y.shape[1]:
+            raise ValueError("sparse_softmin: without cost, x and y (same dimension) are needed")
+        d = x.shape[1]
     for i in range(n):
         widest = max(widest, <Py_ssize_t>(indptr[i + 1] - indptr[i]))
     with nogil, parallel(num_threads=n_threads):
-        gathered = <double*>malloc((widest + 1) * sizeof(double))
+        gathered = <double*>malloc((2 * widest + 1) * sizeof(double))
+        costs = gathered + widest
         for i in prange(n, schedule="guided"):
             start = indptr[i]
             width = indptr[i + 1] - start
             best = -INFINITY
             for e in range(width):
-                gathered[e] = g[indices[start + e]]
-                t = gathered[e] - cost[start + e]
+                j = indices[start + e]
+                if online:
+                    costs[e] = _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)
+                else:
+                    costs[e] = cost[start + e]
+                gathered[e] = g[j]
+                t = gathered[e] - costs[e]
                 if t > best:
                     best = t
             total = 0.0
             if best > -INFINITY:
-                total = mmopt_expsum(&cost[start], gathered, -best, inv_reg, width)
+                total = mmopt_expsum(costs, gathered, -best, inv_reg, width)
             _finish_row(best, total, reg, inv_reg, f_old[i], log_a[i], &f_new[i], &row_mass[i])
         free(gathered)
+
+
+def significant_pairs(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[:, ::1] x,
+    const double[:, ::1] y,
+    const double[::1] f,
+    const double[::1] g,
+    const double[::1] log_row,
+    const double[::1] log_col,
+    double reg,
+    double log_ratio,
+    int n_threads,
+):
+    """The plan entries ``exp((f_i + g_j - |x_i - y_j|^2) / reg)`` of a compressed-row
+    pattern that are at least ``exp(log_ratio)`` times the smaller of their row's and their
+    column's sums (``log_row``, ``log_col``, in logs): ``(indptr, indices, data)`` of a
+    compressed-row matrix (columns in the pattern's order), by a counting pass and a
+    filling pass over the rows in parallel; the test is on the exponent, so only the kept
+    entries take an ``exp``."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t d = x.shape[1]
+    cdef Py_ssize_t i, e, j, c, out
+    cdef double inv_reg = 1.0 / reg
+    cdef double t
+    counts_array = np.zeros(n + 1, dtype=np.int64)
+    cdef long long[::1] counts = counts_array
+    with nogil:
+        for i in prange(n, schedule="guided", num_threads=n_threads):
+            c = 0
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
+                if t >= log_ratio + min(log_row[i], log_col[j]):
+                    c = c + 1
+            counts[i + 1] = c
+    np.cumsum(counts_array, out=counts_array)
+    total = int(counts_array[n])
+    out_indices_array = np.empty(total, dtype=np.int32)
+    data_array = np.empty(total)
+    cdef int[::1] out_indices = out_indices_array
+    cdef double[::1] data = data_array
+    with nogil:
+        for i in prange(n, schedule="guided", num_threads=n_threads):
+            out = counts[i]
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
+                if t >= log_ratio + min(log_row[i], log_col[j]):
+                    out_indices[out] = <int>j
+                    data[out] = exp(t)
+                    out = out + 1
+    return counts_array, out_indices_array, data_array
+
+
+def csr_transpose(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    Py_ssize_t m,
+    const double[::1] values=None,
+):
+    """The compressed-column pattern ``(t_indptr, t_indices, t_values)`` of a compressed-row
+    pattern with ``m`` columns (rows ascending within each column) and its ``values`` in
+    that order (None without ``values``), by a counting sort with no temporary beyond its
+    outputs (SciPy's transpose of a pattern carries values and, from int64 ``indptr``,
+    int64 copies of the indices)."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t nnz = indices.shape[0]
+    cdef Py_ssize_t i, e, j
+    cdef bint with_values = values is not None
+    t_indptr_array = np.zeros(m + 1, dtype=np.int64)
+    t_indices_array = np.empty(nnz, dtype=np.int32)
+    t_values_array = np.empty(nnz if with_values else 0)
+    cdef long long[::1] t_indptr = t_indptr_array
+    cdef int[::1] t_indices = t_indices_array
+    cdef double[::1] t_values = t_values_array
+    cdef long long[::1] fill
+    with nogil:
+        for e in range(nnz):
+            t_indptr[indices[e] + 1] += 1
+        for j in range(m):
+            t_indptr[j + 1] += t_indptr[j]
+    fill_array = t_indptr_array[:m].copy()
+    fill = fill_array
+    with nogil:
+        for i in range(n):
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                t_indices[fill[j]] = <int>i
+                if with_values:
+                    t_values[fill[j]] = values[e]
+                fill[j] += 1
+    return t_indptr_array, t_indices_array, (t_values_array if with_values else None)
 
 
 def pair_costs(
@@ -283,6 +395,7 @@ cdef struct _Buffer:
     Py_ssize_t size
     Py_ssize_t capacity
     int failed
+    int with_cost  # 0: the costs are not kept (cost stays NULL)
 
 
 cdef inline void _push(_Buffer* out, int index, double cost) noexcept nogil:
@@ -299,14 +412,16 @@ cdef inline void _push(_Buffer* out, int index, double cost) noexcept nogil:
             out.failed = 1
             return
         out.index = grown_index
-        grown_cost = <double*>realloc(out.cost, capacity * sizeof(double))
-        if grown_cost == NULL:
-            out.failed = 1
-            return
-        out.cost = grown_cost
+        if out.with_cost:
+            grown_cost = <double*>realloc(out.cost, capacity * sizeof(double))
+            if grown_cost == NULL:
+                out.failed = 1
+                return
+            out.cost = grown_cost
         out.capacity = capacity
     out.index[out.size] = index
-    out.cost[out.size] = cost
+    if out.with_cost:
+        out.cost[out.size] = cost
     out.size = out.size + 1
 
 
@@ -407,6 +522,7 @@ def tree_ball_pairs(
     double threshold,
     double reg,
     int n_threads,
+    bint with_cost=True,
 ):
     """Per row ``i`` of ``x``, the tree's points ``j`` with
     ``|x_i - y_j|^2 - psi_j <= max(phi_i, min_l |x_i - y_l|^2 - psi_l) + threshold``:
@@ -423,7 +539,8 @@ def tree_ball_pairs(
     affine bound of the potentials, see ``_node_bound``). One search per row when
     ``phi_i`` is at least the row's best value (found in that search), two or three
     otherwise; rows in parallel by chunks of 512, each chunk's pairs in a buffer of its
-    own, copied once into the result.
+    own, copied once into the result. ``with_cost=False``: ``cost`` is None (the pairs'
+    costs are not kept, 4 bytes per pair instead of 12).
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t d = x.shape[1]
@@ -444,6 +561,8 @@ def tree_ball_pairs(
     buffers = <_Buffer*>calloc(max(n_chunks, 1), sizeof(_Buffer))
     if buffers == NULL:
         raise MemoryError("tree_ball_pairs: no memory for the chunk buffers")
+    for c in range(n_chunks):
+        buffers[c].with_cost = with_cost
     try:
         with nogil, parallel(num_threads=n_threads):
             stack = <long long*>malloc(STACK * sizeof(long long))
@@ -465,7 +584,7 @@ def tree_ball_pairs(
         indptr_array = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts_array, out=indptr_array[1:])
         indices_array = np.empty(total, dtype=np.int32)
-        cost_array = np.empty(total)
+        cost_array = np.empty(total) if with_cost else None
         _gather(buffers, n_chunks, indptr_array, indices_array, cost_array, n_threads)
     finally:
         for c in range(n_chunks):
@@ -479,6 +598,8 @@ cdef void _gather(
     _Buffer* buffers, Py_ssize_t n_chunks, long long[::1] indptr, int[::1] indices,
     double[::1] cost, int n_threads,
 ) noexcept:
+    # cost is None when the pairs' costs were not kept.
+    cdef bint with_cost = cost is not None
     cdef Py_ssize_t c, base
     if indices.shape[0] == 0:
         return
@@ -487,4 +608,5 @@ cdef void _gather(
             base = indptr[c * CHUNK]
             if buffers[c].size > 0:
                 memcpy(&indices[base], buffers[c].index, buffers[c].size * sizeof(int))
-                memcpy(&cost[base], buffers[c].cost, buffers[c].size * sizeof(double))
+                if with_cost:
+                    memcpy(&cost[base], buffers[c].cost, buffers[c].size * sizeof(double))

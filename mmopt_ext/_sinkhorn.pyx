@@ -33,6 +33,11 @@ cdef extern from "_expsum.h" nogil:
         double
     )
     mmopt_scaling_fn mmopt_scaling_rows
+    ctypedef void (*mmopt_scaling2_fn)(
+        const double*, Py_ssize_t, Py_ssize_t, const double*, const double*, const double*,
+        double*, double*, double*, double*, double, double, double*, double*
+    )
+    mmopt_scaling2_fn mmopt_scaling_rows2
     double mmopt_relaxed(double old, double target, double omega)
 
 _PATHS = tuple(mmopt_expsum_names[i].decode() for i in range(4))
@@ -440,7 +445,9 @@ def scaling_iterations(
 ):
     """:func:`scaling_iteration` for the c problems ``(U[p], V[p], B[p], omega[p])``
     sharing ``K``, with one pass over ``K`` for all of them: each block of a few rows is
-    read once from memory and swept by every problem while it is in cache.
+    read once from memory and swept by the problems while it is in cache, two at a time
+    (each load of ``K`` serving both; each problem's results bit-identical to its own
+    sweep's).
 
     ``acc`` has shape (c, blocks, m) (``acc[p]`` is the single iteration's ``acc``).
     Returns arrays ``(row_error, within, column_error, mass)`` of length c, each entry
@@ -453,6 +460,7 @@ def scaling_iterations(
     cdef Py_ssize_t blocks = acc.shape[1]
     cdef Py_ssize_t t, j, p, start, stop, first, last
     cdef double total, low = 1.0 / bound
+    cdef double e0, e1
     errors_arr = np.zeros((blocks, c))
     row_error_arr = np.zeros(c)
     column_error_arr = np.zeros(c)
@@ -472,7 +480,19 @@ def scaling_iterations(
             first = start
             while first < stop:
                 last = min(first + SHARED_ROWS, stop)
-                for p in range(c):
+                # Problems in pairs, each pair sharing the block's loads (bit-identical to
+                # one sweep each); an odd one alone.
+                p = 0
+                while p + 2 <= c:
+                    mmopt_scaling_rows2(
+                        &K[first, 0], m, last - first, &V[p, 0], &V[p + 1, 0], &a[first],
+                        &U[p, first], &U[p + 1, first], &acc[p, t, 0], &acc[p + 1, t, 0],
+                        omega[p], omega[p + 1], &e0, &e1,
+                    )
+                    errors[t, p] += e0
+                    errors[t, p + 1] += e1
+                    p = p + 2
+                if p < c:
                     errors[t, p] += mmopt_scaling_rows(
                         &K[first, 0], m, last - first, &V[p, 0], &a[first], &U[p, first],
                         &acc[p, t, 0], omega[p],

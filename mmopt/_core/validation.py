@@ -297,6 +297,44 @@ def check_choice(value, name: str, choices) -> str:
     return value
 
 
+def check_indices(values, name: str, upper: int, *, hint: str = "") -> np.ndarray:
+    """Check that ``values`` holds integer indices in ``[0, upper)``; return them as ``intp``.
+
+    Integer arrays, floats with integral values (as loaders of mesh files give) and
+    sequences of Python integers are accepted; booleans are not. ``hint`` ends the
+    out-of-range message (what the indices must refer to).
+
+    Examples
+    --------
+    >>> check_indices([2.0, 0], "faces", 3)
+    array([2, 0])
+    >>> check_indices([0, 3], "blocks[0]", 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: blocks[0] has indices 0..3, outside [0, 3).
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        if not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+            raise ValueError(f"{name} must hold integer indices; it holds non-integral values.")
+        integral = True
+    elif arr.dtype.kind == "O":
+        integral = all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in arr.ravel()
+        )
+    else:
+        integral = arr.dtype.kind in "iu"
+    if not integral:
+        raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}.")
+    arr = arr.astype(np.intp)
+    if arr.size and (arr.min() < 0 or arr.max() >= upper):
+        raise ValueError(
+            f"{name} has indices {arr.min()}..{arr.max()}, outside [0, {upper})."
+            + (f" {hint}" if hint else "")
+        )
+    return arr
+
+
 def validate_fit_data(estimator, X, y, *, labels: bool = False, reset: bool = True):
     """The data checks of an estimator's ``fit`` (or ``partial_fit``): ``X`` a 2-D numeric
     array and ``y`` numeric targets (or, with ``labels``, class labels of any type), bad input

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import scipy.sparse as sp
 
-from mmopt._core.validation import check_array, check_choice, check_scalar
+from mmopt._core.validation import check_array, check_choice, check_indices, check_scalar
 
 __all__ = ["make_partition", "check_blocks", "red_black_partition"]
 
@@ -38,19 +36,9 @@ def check_blocks(blocks, n_coords: int, *, name: str = "blocks") -> list[np.ndar
             raise ValueError(f"{name}[{i}] must be a 1-D sequence of indices.") from None
         if arr.ndim != 1 or arr.size == 0:
             raise ValueError(f"{name}[{i}] must be a non-empty 1-D sequence of indices.")
-        if arr.dtype.kind == "b" or not (
-            np.issubdtype(arr.dtype, np.integer)
-            or all(
-                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in arr.tolist()
-            )
-        ):
-            raise TypeError(f"{name}[{i}] must hold integer indices, got dtype {arr.dtype}.")
-        arr = arr.astype(np.intp)
-        if arr.min() < 0 or arr.max() >= n_coords:
-            raise ValueError(
-                f"{name}[{i}] has an index outside [0, {n_coords}): {name} must partition "
-                "the coordinates."
-            )
+        arr = check_indices(
+            arr, f"{name}[{i}]", n_coords, hint=f"{name} must partition the coordinates."
+        )
         np.add.at(seen, arr, 1)
         out.append(arr)
     if np.any(seen > 1):

@@ -94,24 +94,31 @@ def _first(evaluation) -> float:
 
 
 def fit_gates(Z: np.ndarray, R: np.ndarray, W0: np.ndarray, *, max_iter: int = _GATE_MAX_ITER,
-              tol: float = 1e-10) -> np.ndarray:
+              tol: float = 1e-10, start: tuple | None = None) -> np.ndarray:
     """Gate parameters maximizing ``sum_ik R_ik log softmax(Z W^T)_ik``, from ``W0``.
 
     Newton's method (IRLS) with an Armijo backtracking line search on the convex weighted
     multinomial-logistic objective, over the first ``K - 1`` rows (the last row stays zero),
     until the largest gradient entry of the objective divided by ``sum R`` is at most
     ``tol``. Only steps that lower the objective are taken, so its value at the returned
-    point is never above its value at ``W0``.
+    point is never above its value at ``W0``. ``start``: the objective's ``(value,
+    gradient, Hessian)`` at ``W0`` and ``sum R``, when already known (EM's E-step computes
+    them in its pass over the data), instead of a first pass here.
     """
     n_gates = R.shape[1]
     if n_gates == 1:
         return np.zeros_like(W0)
     Z = np.ascontiguousarray(Z, dtype=float)
     R = np.ascontiguousarray(R, dtype=float)
-    scale = max(float(R.sum()), np.finfo(float).tiny)
     free = (W0[:-1] - W0[-1]).ravel()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        value, grad, H = _gate_objective(free, Z, R, scale)
+        if start is None:
+            scale = max(float(R.sum()), np.finfo(float).tiny)
+            value, grad, H = _gate_objective(free, Z, R, scale)
+        else:
+            value, grad, H, total = start
+            scale = max(float(total), np.finfo(float).tiny)
+            value, grad, H = value / scale, grad / scale, H / scale
         for _ in range(max_iter):
             if not np.isfinite(value) or np.abs(grad).max() <= tol:
                 break
@@ -198,17 +205,34 @@ class MoEProblem(MMProblem):
         return self.mm_step(x)[0]
 
     def mm_step(self, x):
-        R = np.empty((self.Z.shape[0], self.n_experts))
-        fun = self._e_step(x, R)  # E-step: responsibilities
-        return self.m_step(R, self.unpack(x)[0]), fun
+        # E-step (responsibilities) and, in the same pass over the data, the sums the
+        # M-step starts from: the experts' normal equations and the gates' objective with
+        # its derivatives at the current gates (Newton's first iterate).
+        Z, K, p = self.Z, self.n_experts, self.Z.shape[1]
+        W, B, v = self.unpack(x)
+        R = np.empty((Z.shape[0], K))
+        moments = np.empty((K, p, p)), np.empty((K, p)), np.empty(K)
+        size = (K - 1) * p
+        grad, H = np.empty(size), np.empty((size, size))
+        total, gate_value = _kernels.e_step_moments(
+            Z, self.y, W, np.ascontiguousarray(B), v, R, *moments, grad, H.reshape(-1))
+        gates = (gate_value, grad, H, moments[2].sum())
+        return self.m_step(R, W, moments=moments, gates=gates), -total / Z.shape[0]
 
-    def m_step(self, R, W0):
-        """The packed parameters maximizing the EM bound with responsibilities ``R``."""
+    def m_step(self, R, W0, *, moments=None, gates=None):
+        """The packed parameters maximizing the EM bound with responsibilities ``R``.
+
+        ``moments``: the experts' weighted normal equations ``(gram, rhs, masses)`` of
+        ``R`` (:func:`mmopt_ext._moe.expert_moments`), ``gates``: the gates' objective at
+        ``W0`` (``start`` of :func:`fit_gates`), when already computed.
+        """
         Z, y = self.Z, self.y
         K, p = self.n_experts, Z.shape[1]
         R = np.ascontiguousarray(R, dtype=float)
-        gram, rhs, masses = np.empty((K, p, p)), np.empty((K, p)), np.empty(K)
-        _kernels.expert_moments(Z, y, R, gram, rhs, masses)
+        if moments is None:
+            moments = np.empty((K, p, p)), np.empty((K, p)), np.empty(K)
+            _kernels.expert_moments(Z, y, R, *moments)
+        gram, rhs, masses = moments
         # Weighted least squares by its normal equations (p is small); lstsq on the p x p
         # system still answers when an expert's weights leave it singular.
         B = np.array([np.linalg.lstsq(gram[k], rhs[k], rcond=None)[0] for k in range(K)])
@@ -219,7 +243,7 @@ class MoEProblem(MMProblem):
         if not np.isfinite(variances).all():
             variances[~np.isfinite(variances)] = np.var(y)
         variances = np.maximum(variances, self.variance_floor)
-        W = fit_gates(Z, R, W0)
+        W = fit_gates(Z, R, W0, start=gates)
         return self.pack(W, B, variances)
 
     def project(self, x):
@@ -234,7 +258,12 @@ class MoEProblem(MMProblem):
 
 
 def _distinct_rows(data: np.ndarray, at_most: int) -> int:
-    """``min(at_most, number of distinct rows of data)`` in ``at_most`` passes (no sort)."""
+    """``min(at_most, number of distinct rows of data)``: from the first rows when they
+    suffice, else in ``at_most`` passes over all rows (no sort of all rows)."""
+    # The first rows nearly always hold enough distinct ones: sorting a few is free, each
+    # full pass costs as much as a k-means iteration.
+    if len(np.unique(data[: 64 * at_most], axis=0)) >= at_most:
+        return at_most
     count = 0
     while count < at_most and len(data):
         count += 1
@@ -249,9 +278,11 @@ def _initial_responsibilities(X, y, n_experts, rng) -> np.ndarray:
     data = (data - data.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
     n_clusters = _distinct_rows(data, n_experts)
     labels = KMeans(n_clusters, n_init=1, random_state=rng.randint(2**31 - 1)).fit(data).labels_
-    R = np.full((X.shape[0], n_experts), 1e-3)
-    R[np.arange(X.shape[0]), labels] = 1.0
-    return R / R.sum(axis=1, keepdims=True)
+    # Rows (1, 1e-3, ...) in some order, normalized: every row sums to the same total.
+    total = 1.0 + (n_experts - 1) * 1e-3
+    R = np.full((X.shape[0], n_experts), 1e-3 / total)
+    R[np.arange(X.shape[0]), labels] = 1.0 / total
+    return R
 
 
 class MixtureOfExperts(RegressorMixin, BaseEstimator):

@@ -224,7 +224,12 @@ class MixtureReductionProblem(MMProblem):
             root = np.sqrt(t)
             B[k] = np.linalg.lstsq(self.Z * root[:, None], target * root, rcond=None)[0]
             gap = self.local_means - (self.Z @ B[k])[:, None]
-            v[k] = float(np.sum(T * (self.local_variances + gap**2))) / total
+            # The weighted mean of vl + gap^2 about the heaviest local expert's variance:
+            # exactly that variance when all the mass comes from it (one shard: the reduced
+            # expert is the local one, whose gaps are rounding errors), so the divergence is
+            # exactly zero there instead of a rounding error of either sign.
+            base = self.local_variances[np.argmax(T.sum(axis=0))]
+            v[k] = base + float(np.sum(T * ((self.local_variances - base) + gap**2))) / total
         return np.concatenate([B.ravel(), np.maximum(v, _TINY_VARIANCE)])
 
     def gate_targets(self, x) -> np.ndarray:

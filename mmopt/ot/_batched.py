@@ -62,10 +62,18 @@ _LOG_TINY = float(np.log(np.finfo(float).tiny))
 _SPREAD_SHARE = 0.65
 # Below this L (total masses below about 1e-200) the problems are solved alone.
 _MIN_LOG_BOUND = 20.0
-# With this many problems left or fewer, they iterate on one pass over the shared kernel
-# (scaling_iterations) instead of through GEMMs (two passes for all, faster per problem
-# from about 8 problems).
+# The last few problems: _FUSED_MAX (the size rule below, and at n_threads > 1 the switch
+# from GEMMs to scaling_iterations) and _SHARED_SWEEP_MAX (that switch on one thread). With
+# that many problems left or fewer, they iterate on one pass over the shared kernel
+# (scaling_iterations, problems in pairs sharing each load of K) instead of through GEMMs.
+# On one thread, n = 1000: the paired sweep costs ~145 us per problem-iteration, the two
+# GEMMs 230-400 us at 4-7 problems (OpenBLAS packs K for a few columns), 150-240 at 8-12,
+# ~100 at 32; mixtures k = 32, reg 1e-3, seeds 0-2: 7-15% less CPU time switching at 12
+# than at 4 (loaded machine, CPU time). At n_threads > 1 the fused sweeps' OpenMP region
+# alternates with BLAS calls (libgomp's spinning workers): not measured on an idle
+# machine, so the switch stays at _FUSED_MAX there.
 _FUSED_MAX = 4
+_SHARED_SWEEP_MAX = 12
 # Below _SMALL_MAX_ENTRIES kernel entries (n m) a one-problem sweep costs less than the
 # Python around it (the mixing, the bookkeeping): with few problems the batch pays only
 # while the mixing converges fast. What the iterations show decides: a group on such a
@@ -216,6 +224,7 @@ class _Shared:
         self.floor = _LOG_TINY + self.log_bound + 20.0
         self.max_spread = _SPREAD_SHARE * self.log_bound
         self.small = C.shape[0] * C.shape[1] <= _SMALL_MAX_ENTRIES
+        self.sweep_max = _SHARED_SWEEP_MAX if threads == 1 else _FUSED_MAX
         self.tiny = C.shape[0] * C.shape[1] <= _ALONE_MAX_ENTRIES
 
 
@@ -351,7 +360,7 @@ class _Batch:
                 alone.update(self._potentials())
                 break
             it += 1
-            if self.active.size > _FUSED_MAX:
+            if self.active.size > self.shared.sweep_max:
                 error, out_of_range = self._gemm_sweep(it)
             else:
                 error, out_of_range = self._fused_sweeps(it)

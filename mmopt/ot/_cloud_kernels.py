@@ -37,8 +37,9 @@ def online_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads):
     return f_new, row_mass
 
 
-def sparse_softmin(indptr, indices, cost, g, f_old, log_a, reg, n_threads):
-    """The same row update over the kept pairs of a CSR pattern (``cost`` on its entries);
+def sparse_softmin(indptr, indices, cost, g, f_old, log_a, reg, n_threads, points=None):
+    """The same row update over the kept pairs of a CSR pattern (``cost`` on its entries,
+    or, when ``cost`` is None, the squared distances computed from ``points = (x, y)``);
     a row without pairs gets ``f_new = inf`` and ``row_mass = 0``.
 
     Examples
@@ -48,11 +49,22 @@ def sparse_softmin(indptr, indices, cost, g, f_old, log_a, reg, n_threads):
     ...                          np.log([0.5, 0.5]), 1.0, 1)
     >>> f.round(4), mass
     (array([-0.6931, -0.6931]), array([1., 1.]))
+    >>> x = np.array([[0.0], [1.0]])
+    >>> f, mass = sparse_softmin([0, 1, 2], [0, 1], None, np.zeros(2), np.zeros(2),
+    ...                          np.log([0.5, 0.5]), 1.0, 1, points=(x, x))
+    >>> f.round(4)
+    array([-0.6931, -0.6931])
     """
     n = len(indptr) - 1
     f_new, row_mass = np.empty(n), np.empty(n)
+    if cost is None:
+        if points is None:
+            raise ValueError("sparse_softmin needs points=(x, y) when cost is None.")
+        x, y = (_floats(cloud) for cloud in points)
+    else:
+        cost, x, y = _floats(cost), None, None
     _sparse_softmin(np.ascontiguousarray(indptr, dtype=np.int64),
-                    np.ascontiguousarray(indices, dtype=np.int32), _floats(cost), _floats(g),
+                    np.ascontiguousarray(indices, dtype=np.int32), cost, x, y, _floats(g),
                     _floats(f_old), _floats(log_a), float(reg), f_new, row_mass,
                     int(n_threads))
     return f_new, row_mass

@@ -38,20 +38,33 @@ class NeighborIndex:
 
     def __init__(self, points: np.ndarray, *, backend: str = "auto"):
         check_choice(backend, "neighbors", BACKENDS)
+        requested = backend
         if backend == "auto":
             backend = "pykdtree" if pykdtree_available() else "scipy"
         elif backend == "pykdtree" and not pykdtree_available():
             raise ImportError(
                 "neighbors='pykdtree' needs the pykdtree package (pip install pykdtree)."
             )
+        self._requested = requested
         self.backend = backend
         self.points = np.ascontiguousarray(points, dtype=np.float64)
-        if backend == "pykdtree":
+        self._build()
+
+    def _build(self) -> None:
+        if self.backend == "pykdtree":
             from pykdtree.kdtree import KDTree
 
             self._tree = KDTree(self.points)
         else:
             self._tree = cKDTree(self.points)
+
+    def __getstate__(self) -> dict:
+        # pykdtree's trees do not pickle: an index sent to another process (joblib, Dask
+        # workers) carries its points and is built again there.
+        return {"points": self.points, "requested": self._requested}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["points"], backend=state["requested"])
 
     def query(self, x: np.ndarray, *, k: int = 1, bound: float = np.inf, n_threads: int = 1,
               min_rows_per_thread: int = _MIN_ROWS_PER_THREAD):

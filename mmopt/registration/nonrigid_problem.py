@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import fill_doc
-from mmopt._core.validation import check_scalar, readonly
+from mmopt._core.validation import check_indices, check_scalar, readonly
 from mmopt.registration.arap import knn_edges, mesh_edges
 from mmopt.registration.normals import estimate_normals
 from mmopt.registration.problem import _check_normals, _CloudPair, check_point_cloud
@@ -32,17 +32,9 @@ def _check_faces(value, n: int) -> np.ndarray | None:
         raise ValueError(
             f"faces must have shape (f, 3) (triangle vertex indices), got {faces.shape}."
         )
-    if faces.dtype.kind == "f":
-        if not np.all(np.isfinite(faces)) or not np.all(faces == np.round(faces)):
-            raise ValueError("faces must hold integer vertex indices.")
-    elif faces.dtype.kind not in "iu":
-        raise TypeError(f"faces must hold integer vertex indices, got dtype {faces.dtype}.")
-    faces = faces.astype(np.intp)
-    if faces.min() < 0 or faces.max() >= n:
-        raise ValueError(
-            f"faces index vertices {faces.min()}..{faces.max()}, but source has {n} points: "
-            "the faces do not belong to this source."
-        )
+    faces = check_indices(
+        faces, "faces", n, hint="The faces do not belong to this source (its point count)."
+    )
     return readonly(faces)
 
 

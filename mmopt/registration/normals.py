@@ -14,7 +14,8 @@ def local_geometry(points, *, k: int = 10, neighbors: str = "auto"):
     """Per-point normal, thickness and spacing from the ``k`` nearest neighbours.
 
     Returns ``(normals, thickness, spacing)``: unit normals (eigenvector of the smallest
-    eigenvalue of the neighbourhood covariance; the sign is arbitrary), the thickness
+    eigenvalue of the neighbourhood covariance, signed as in :func:`estimate_normals`), the
+    thickness
     ``sqrt(smallest eigenvalue)`` (spread across the local plane: noise plus curvature), and
     the typical spacing of the cloud, ``sqrt(median_i median_j d_ij^2)`` over the 6 nearest
     neighbours ``j`` of each point ``i`` (the official Fast-Robust-ICP estimate).
@@ -81,21 +82,71 @@ def _neighbourhood_geometry(index: NeighborIndex, queries: np.ndarray, k: int,
     (each query one of them), and the cloud's spacing (see :func:`local_geometry`); None
     for the normals with ``normals=False`` (eigenvalues only: cheaper)."""
     n = index.points.shape[0]
-    n_neighbors = min(max(k, 7), n)
-    dist, idx = index.query(queries, k=n_neighbors, n_threads=n_threads)
+    k = min(k, n)
+    # One neighbour more than needed shows whether the k-th nearest is tied with the next.
+    dist, idx = index.query(queries, k=min(max(k, 7) + 1, n), n_threads=n_threads)
     # Spacing from the 6 nearest neighbours other than the point itself.
-    near = dist[:, 1 : min(7, n_neighbors)] ** 2
+    near = dist[:, 1 : min(7, n)] ** 2
     spacing = float(np.sqrt(np.median(np.median(near, axis=1))))
-    neighbourhoods = index.points[idx[:, : min(k, n)]]
-    centred = neighbourhoods - neighbourhoods.mean(axis=1, keepdims=True)
-    covariance = np.einsum("nki,nkj->nij", centred, centred) / centred.shape[1]
+    idx, members = _tied_neighbourhoods(index, queries, k, dist, idx, n_threads)
+    # Summed in the order of the point indices: the same set gives the same bits whatever
+    # order the KD-tree library returned it in.
+    order = np.argsort(np.where(members, idx, n), axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1)
+    members = np.take_along_axis(members, order, axis=1)
+    mask = members[:, :, None].astype(float)
+    neighbourhoods = index.points[np.where(members, idx, 0)] * mask
+    counts = members.sum(axis=1)[:, None]
+    centred = (neighbourhoods - neighbourhoods.sum(axis=1, keepdims=True)
+               / counts[:, :, None]) * mask
+    covariance = np.einsum("nki,nkj->nij", centred, centred) / counts[:, :, None]
     if normals:
         eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-        normals = np.ascontiguousarray(eigenvectors[:, :, 0])
+        normals = _fixed_sign(eigenvectors[:, :, 0])
     else:
         eigenvalues, normals = np.linalg.eigvalsh(covariance), None
     thickness = np.sqrt(np.clip(eigenvalues[:, 0], 0.0, None))
     return normals, thickness, spacing
+
+
+# Distances equal to this relative precision count as ties (a regular grid's equidistant
+# neighbours differ in the last bits, and the KD-tree libraries round them differently).
+_TIE = 1e-9
+
+
+def _tied_neighbourhoods(index: NeighborIndex, queries, k, dist, idx, n_threads):
+    """``(idx, members)``: the ``k`` nearest indexed points of each query and every point
+    as near as the ``k``-th (``members`` marks the entries of each row that belong).
+
+    Among equidistant points the KD-tree libraries pick different ones for the ``k``-th
+    place (pykdtree and scipy disagree on regular grids), so a neighbourhood of exactly
+    ``k`` would depend on the library; with all ties in it, it does not. ``dist, idx`` hold
+    a query of at least ``k + 1`` neighbours (or all points); rows whose ties run to its
+    end are searched again, with twice as many neighbours each time.
+    """
+    n = index.points.shape[0]
+    radius = dist[:, k - 1] * (1.0 + _TIE)
+    while True:
+        width = idx.shape[1]
+        open_rows = np.flatnonzero(dist[:, -1] <= radius) if width < n else []
+        if len(open_rows) == 0:
+            return idx, (dist <= radius[:, None]) & (idx >= 0)
+        wider = min(2 * width, n)
+        more_dist, more_idx = index.query(queries[open_rows], k=wider, n_threads=n_threads)
+        pad = ((0, 0), (0, wider - width))
+        dist = np.pad(dist, pad, constant_values=np.inf)
+        idx = np.pad(idx, pad, constant_values=-1)
+        dist[open_rows], idx[open_rows] = more_dist, more_idx
+
+
+def _fixed_sign(normals: np.ndarray) -> np.ndarray:
+    """The normals turned so that the component of largest magnitude is positive (the
+    first such component on exact ties): a sign that depends on the normal alone, not on
+    the eigen-solver or on the order of the neighbours."""
+    normals = np.ascontiguousarray(normals)
+    largest = np.argmax(np.abs(normals), axis=1)
+    sign = np.where(normals[np.arange(len(normals)), largest] < 0.0, -1.0, 1.0)
+    return normals * sign[:, None]
 
 
 def _power_of_two_size(points: np.ndarray) -> float:
@@ -109,14 +160,20 @@ def _power_of_two_size(points: np.ndarray) -> float:
 def estimate_normals(points, *, k: int = 10, neighbors: str = "auto") -> np.ndarray:
     """Unit normals of a point cloud by PCA over each point's ``k`` nearest neighbours.
 
-    The sign of each normal is arbitrary (point-to-plane ICP only uses ``(n^T r)^2``).
+    The neighbourhood holds the ``k`` nearest points and every point as near as the
+    ``k``-th (on a regular grid several are equidistant, and KD-tree libraries pick
+    different ones), so the normals do not depend on the ``neighbors`` library. The sign
+    makes the component of largest magnitude positive: a fixed rule, not a consistent
+    orientation of the surface (point-to-plane ICP only uses ``(n^T r)^2``, and SPARE
+    turns each target normal to agree with its source normal).
 
     Parameters
     ----------
     points : array-like of shape (n, 3)
         The cloud.
     k : int, default=10
-        Neighbourhood size (the point itself included), from 3 to the number of points.
+        Neighbourhood size (the point itself included, ties with the ``k``-th too), from 3
+        to the number of points.
     neighbors : {"auto", "scipy", "pykdtree"}, default="auto"
         KD-tree library.
 

@@ -161,3 +161,34 @@ def test_solver_state_not_kept_and_refit_is_deterministic(data):
         second = moe.fit(X, y).coef_
     assert moe.get_params() == params
     assert np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distinct_rows_matches_unique(seed):
+    # Data whose first rows repeat one row (the short check cannot decide) and data with
+    # enough distinct rows at the start, against np.unique's count.
+    from mmopt.mm.moe import _distinct_rows
+
+    rng = np.random.default_rng(seed)
+    n = 2000
+    data = np.repeat(rng.integers(0, 3, (n // 50, 2)).astype(float), 50, axis=0)
+    if seed % 2:
+        data = data[rng.permutation(n)]
+    for at_most in (1, 2, 3, 5, 20):
+        expected = min(at_most, len(np.unique(data, axis=0)))
+        assert _distinct_rows(data, at_most) == expected
+    assert _distinct_rows(np.ones((500, 3)), 4) == 1
+
+
+def test_initial_responsibilities_are_normalized_hard_labels():
+    from mmopt.mm.moe import _initial_responsibilities
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-5, 1, (300, 2)), rng.normal(5, 1, (300, 2))])
+    y = X.sum(axis=1)
+    R = _initial_responsibilities(X, y, 3, np.random.RandomState(0))
+    np.testing.assert_allclose(R.sum(axis=1), 1.0, rtol=0, atol=1e-15)
+    top = R.max(axis=1)
+    np.testing.assert_allclose(top, 1.0 / 1.002)
+    np.testing.assert_allclose(np.sort(R, axis=1)[:, :2], 1e-3 / 1.002)
+    assert set(np.argmax(R[:300], axis=1)).isdisjoint(np.argmax(R[300:], axis=1))

@@ -130,6 +130,12 @@ def test_kernels_reject_mismatched_shapes(fuzz):
                                         np.empty(K)),
             lambda: _moe.expert_residuals(Z, y, R, B[:, :-1].copy(), np.empty(K)),
             lambda: _moe.expert_residuals(Z, y, R, B, np.empty(K - 1)),
+            lambda: _moe.e_step_moments(Z, y, W, B, v, R.copy(), np.empty((K, p, p)),
+                                        np.empty((K, p)), np.empty(K), np.empty(1),
+                                        np.empty(((K - 1) * p) ** 2)),
+            lambda: _moe.e_step_moments(Z, y[:-1], W, B, v, R.copy(), np.empty((K, p, p)),
+                                        np.empty((K, p)), np.empty(K), np.empty((K - 1) * p),
+                                        np.empty(((K - 1) * p) ** 2)),
         ]:
             with pytest.raises(ValueError, match="do not match|grad must have"):
                 call()
@@ -146,3 +152,67 @@ def test_fortran_ordered_and_strided_inputs_give_the_same_fit():
     for X_other in (np.asfortranarray(X), np.repeat(X, 2, axis=1)[:, ::2]):
         other = MixtureOfExperts(2, n_init=1, random_state=0).fit(X_other, y)
         np.testing.assert_array_equal(other.coef_, reference.coef_)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_e_step_moments_matches_reference(seed):
+    # The fused pass against the NumPy references of its parts: responsibilities and
+    # log-likelihood, the experts' normal equations of those responsibilities, and the
+    # gates' objective with its derivatives at the same gates.
+    Z, y, W, B, variances, _ = random_case(seed)
+    K, p = len(variances), Z.shape[1]
+    joint = log_softmax(Z @ W.T, axis=1) + norm.logpdf(y[:, None], Z @ B.T,
+                                                         np.sqrt(variances))
+    log_norm = logsumexp(joint, axis=1)
+    R_ref = np.exp(joint - log_norm[:, None])
+    R = np.full((len(y), K), np.nan)
+    gram, rhs, mass = np.empty((K, p, p)), np.empty((K, p)), np.full(K, np.nan)
+    grad, hess = np.empty((K - 1) * p), np.empty(((K - 1) * p) ** 2)
+    total, gate_value = _moe.e_step_moments(Z, y, W, B, variances, R, gram, rhs, mass, grad,
+                                            hess)
+    assert close(total, log_norm.sum())
+    assert close(R, R_ref)
+    assert close(gram, np.einsum("ik,ij,il->kjl", R_ref, Z, Z))
+    assert close(rhs, np.einsum("ik,i,ij->kj", R_ref, y, Z))
+    assert close(mass, R_ref.sum(axis=0))
+    ref_value, ref_grad, ref_hess = reference_gate_objective(Z, R_ref, W)
+    assert close(gate_value, ref_value)
+    assert close(grad, ref_grad, rtol=1e-11)
+    assert close(hess.reshape(ref_hess.shape), ref_hess)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_fused_em_step_matches_separate_passes(seed):
+    # MoEProblem.mm_step starts the M-step from the fused pass's sums; the M-step from
+    # the responsibilities alone (separate passes, fit_gates' own first evaluation) must
+    # give the same parameters.
+    Z, y, W, B, variances, _ = random_case(seed)
+    if Z.shape[0] < 50:
+        return
+    W = W / np.abs(W).max()  # gates a Newton solve can start from
+    problem = MoEProblem(Z[:, 1:], y, len(variances), MoEProblem.pack(W, B, variances))
+    fused, fun = problem.mm_step(problem.x0)
+    R = np.empty((len(y), len(variances)))
+    assert close(fun, problem._e_step(problem.x0, R))
+    separate = problem.m_step(R, problem.unpack(problem.x0)[0])
+    assert close(fused, separate, rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 6])
+def test_scalar_and_vector_logs_agree(seed):
+    # The kernels' logs (libmvec's AVX2 log where available, else the C library's): both
+    # paths against the NumPy reference.
+    Z, y, W, B, variances, R = random_case(seed)
+    joint = log_softmax(Z @ W.T, axis=1) + norm.logpdf(y[:, None], Z @ B.T,
+                                                         np.sqrt(variances))
+    expected = logsumexp(joint, axis=1).sum()
+    ref_value = reference_gate_objective(Z, R, W)[0]
+    try:
+        for vector in (False, True):
+            _moe._select_log_path(vector)
+            out = np.empty((len(y), len(variances)))
+            assert close(_moe.e_step(Z, y, W, B, variances, out), expected)
+            assert close(_moe.gate_objective(Z, R, W[:-1].copy(), None, None, False),
+                         ref_value)
+    finally:
+        _moe._select_log_path(True)

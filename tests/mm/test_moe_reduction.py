@@ -34,6 +34,19 @@ def test_single_model_is_returned_unchanged(local_models):
                        atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_single_model_divergence_is_exactly_zero(seed):
+    # The reduced experts' variances are the local ones exactly (not up to rounding), so
+    # the one-model divergence is zero on any data, not only where rounding happens to
+    # cancel.
+    K = 2 + seed % 3
+    X, y, _ = make_moe_regression(1500, 1 + seed % 2, K, noise=0.3, random_state=seed)
+    model = MixtureOfExperts(K, n_init=1, random_state=seed).fit(X, y)
+    res = aggregate_mixtures([model], X[:150], random_state=seed)
+    assert res.fun == 0.0
+    np.testing.assert_array_equal(np.sort(res.model.variances_), np.sort(model.variances_))
+
+
 def test_kl_matches_numerical_integration(local_models):
     models, support, *_ = local_models
     problem = MixtureReductionProblem(models, support[:5], 2, random_state=0)

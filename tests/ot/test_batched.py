@@ -99,6 +99,33 @@ def test_against_pot_batched():
         assert np.abs(_plan(C, res.f[:, j], res.g[:, j], reg) - pot_plan).max() <= 1e-10
 
 
+@pytest.mark.parametrize("reg", [1e-2, 3e-3])
+def test_one_thread_shared_sweeps_of_up_to_twelve_problems(monkeypatch, reg):
+    """On one thread the last _SHARED_SWEEP_MAX problems iterate on the paired one-pass
+    sweep instead of GEMMs (odd and even counts): each column still equals its single
+    solve (plan, cost, potentials through the plan)."""
+    sizes = []
+    sweep = _batched._scaling_iterations
+
+    def counted(K, a, B, U, *args):
+        sizes.append(U.shape[0])
+        return sweep(K, a, B, U, *args)
+
+    monkeypatch.setattr(_batched, "_scaling_iterations", counted)
+    a, b, C = _problem(n=220, m=200, k=11, seed=4)
+    res = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, n_threads=1, return_plan=True)
+    assert res.status == 0
+    assert max(sizes) == 11 and min(sizes) >= 1
+    for j in range(b.shape[1]):
+        single = sinkhorn(a, b[:, j], C, reg, tol=1e-12, max_iter=100_000, n_threads=1)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10
+        assert abs(res.transport_cost[j] - single.transport_cost) <= 1e-10
+        # (columns of zero mass get finite potentials, the soft c-transform: left out)
+        P = _plan(C, res.f[:, j], res.g[:, j], reg)
+        positive = b[:, j] > 0
+        assert np.abs(P - res.plan[j])[:, positive].max() <= 1e-10
+
+
 def test_problems_that_leave_the_batch(monkeypatch):
     """Problems too far from the others for one kernel (forced: a tiny range) are finished
     alone, warm-started; the fused one-problem sweeps give the same answers."""
@@ -111,6 +138,7 @@ def test_problems_that_leave_the_batch(monkeypatch):
     split = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
     monkeypatch.undo()
     monkeypatch.setattr(_batched, "_FUSED_MAX", 100)
+    monkeypatch.setattr(_batched, "_SHARED_SWEEP_MAX", 100)
     fused = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
     for res in (split, fused):
         assert res.status == 0
@@ -409,15 +437,16 @@ def test_mixing_passes_against_numpy(threads):
         errors, np.abs(V[rows] * R[rows] - B[rows]).sum(axis=1), rtol=1e-13)
 
 
+@pytest.mark.parametrize("c", [3, 4])
 @pytest.mark.parametrize("blocks", [1, 3])
-def test_shared_sweep_equals_single_sweeps(blocks):
-    """One pass over K for c problems gives each problem what its own fused sweep gives
-    (and NumPy's products): over-relaxed or not, zero-mass entries, rows not a multiple
-    of the row blocks."""
+def test_shared_sweep_equals_single_sweeps(blocks, c):
+    """One pass over K for c problems (in pairs, an odd one alone) gives each problem
+    what its own fused sweep gives, bit for bit (and NumPy's products): over-relaxed or
+    not, zero-mass entries, rows not a multiple of the row blocks."""
     from mmopt_ext._sinkhorn import scaling_iteration, scaling_iterations
 
     rng = np.random.default_rng(12)
-    n, m, c = 53, 41, 3
+    n, m = 53, 41
     K = np.exp(-rng.random((n, m)) * 3)
     a = rng.dirichlet(np.ones(n))
     B = rng.dirichlet(np.ones(m), size=c)
@@ -425,7 +454,7 @@ def test_shared_sweep_equals_single_sweeps(blocks):
     B[2] /= B[2].sum()
     U = rng.random((c, n)) + 0.5
     V = np.where(B > 0, rng.random((c, m)) + 0.5, 0.0)
-    omega = np.array([1.0, 1.6, 1.0])
+    omega = np.array([1.0, 1.6, 1.0, 1.3])[:c]
     acc = np.empty((c, blocks, m))
     U1, V1 = U.copy(), V.copy()
     row_error, within, column_error, mass = scaling_iterations(

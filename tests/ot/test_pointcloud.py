@@ -196,6 +196,21 @@ def test_sharp_regime_matches_dense_sinkhorn(d, weights, relative_reg):
     _check_against_dense(res, x, y, a, b, reg)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_sharp_regime_with_indices_only_pairs_matches_dense_sinkhorn(d, monkeypatch):
+    # Above _STORED_COST_MAX_PAIRS the kept pairs are indices only and every kernel
+    # recomputes the costs: forced here, the same potentials and plan as the dense solver.
+    from mmopt.ot import pointcloud as module
+
+    monkeypatch.setattr(module, "_STORED_COST_MAX_PAIRS", 0)
+    x, y, a, b = _clouds(300, 260, d, seed=d + 5, weights=True)
+    reg = 1e-3 * d
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-11,
+                              max_coarse=120)
+    assert res.success and res.n_newton > 0 and res.marginal_error < 1e-10
+    _check_against_dense(res, x, y, a, b, reg)
+
+
 def test_smooth_regime_matches_dense_sinkhorn_for_other_costs():
     x, y, a, b = _clouds(150, 120, 3, weights=True)
     res = pointcloud_sinkhorn(x, y, a, b, reg=0.05, cost=1.5, regime="smooth", tol=1e-12)
@@ -235,7 +250,7 @@ def test_pattern_margin_certifies_the_dropped_mass_after_the_potentials_move(d):
     pattern = _Pattern(level, phi0, psi0, reg, 12 * reg, 1)
     cost = _cost(x, y)
     kept = np.zeros((120, 100), dtype=bool)
-    kept[pattern.rows(), pattern.indices] = True
+    kept[np.repeat(np.arange(120), np.diff(pattern.indptr)), pattern.indices] = True
     assert 0 < kept.sum() < kept.size
     phi = pattern.phi0 + reg * rng.uniform(-3.0, 1.0, size=120)
     psi = psi0 + reg * rng.uniform(-1.0, 2.0, size=100)
@@ -446,3 +461,40 @@ def test_auto_regime_follows_each_clouds_own_spacing_not_their_distance():
     assert PointCloudSinkhorn()._choose_regime(PointCloudOTProblem(x, y, reg=1e-1)) == "smooth"
     assert PointCloudSinkhorn()._choose_regime(
         PointCloudOTProblem(x, y, reg=spacing)) == "sharp"
+
+
+@pytest.mark.parametrize("d, threads", [(2, 1), (3, 2)])
+def test_significant_pairs_and_transpose_match_numpy(d, threads):
+    # The Newton Hessian's entries straight from an indices-only pattern (the costs
+    # recomputed) against the dense plan filtered in NumPy, and the counting-sort
+    # transpose against SciPy's.
+    from mmopt_ext._pointcloud import csr_transpose, significant_pairs
+
+    rng = np.random.default_rng(20 + d)
+    n, m, reg = 60, 70, 0.05
+    x, y = rng.random((n, d)), rng.random((m, d))
+    keep = rng.random((n, m)) < 0.3
+    keep[4] = False  # an empty row
+    keep[:, 5] = False  # an empty column
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
+    indices = np.nonzero(keep)[1].astype(np.int32)
+    f, g = 0.1 * rng.normal(size=n), 0.1 * rng.normal(size=m)
+    plan = np.where(keep, np.exp((f[:, None] + g[None] - _cost(x, y)) / reg), 0.0)
+    row, col = plan.sum(1), plan.sum(0)
+    ratio = 1e-2
+    with np.errstate(divide="ignore"):
+        out = significant_pairs(indptr, indices, x, y, f, g, np.log(row), np.log(col), reg,
+                                np.log(ratio), threads)
+    found = sp.csr_matrix((out[2], out[1], out[0]), shape=(n, m)).toarray()
+    expected = np.where(plan >= ratio * np.minimum(row[:, None], col[None]), plan, 0.0)
+    expected[~keep] = 0.0
+    assert 0 < np.count_nonzero(expected) < keep.sum()
+    np.testing.assert_allclose(found, expected, rtol=1e-13, atol=0)
+    values = rng.random(indices.size)
+    t_indptr, t_indices, t_values = csr_transpose(indptr, indices, m, values)
+    transposed = sp.csr_matrix((values, indices, indptr), shape=(n, m)).T.tocsr()
+    transposed.sort_indices()
+    np.testing.assert_array_equal(t_indptr, transposed.indptr)
+    np.testing.assert_array_equal(t_indices, transposed.indices)
+    np.testing.assert_array_equal(t_values, transposed.data)
+    assert csr_transpose(indptr, indices, m)[2] is None

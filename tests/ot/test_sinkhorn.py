@@ -181,6 +181,26 @@ def test_relaxed_solve_plan_is_the_returned_potentials_plan_without_an_exp_pass(
     assert calls == []  # the scalings' plan, not a recomputed exp
 
 
+def test_plan_built_in_the_kernel_memory_is_owned_by_the_result():
+    # The scaling domain builds the final plan in its kernel's memory: the run must not use
+    # that memory again, so a second solve by the same solver object (and the result's
+    # other fields) leave the first result's plan untouched; checked against NumPy's plan of
+    # the returned potentials.
+    a, b, C = _clouds(5, n=60, m=50)
+    solver = Sinkhorn(method="scaling", tol=1e-11)
+    first = solver.solve(OTProblem(a, b, C, 1e-2))
+    kept = first.plan.copy()
+    a2, b2, C2 = _clouds(6, n=60, m=50)
+    second = solver.solve(OTProblem(a2, b2, C2, 1e-2))
+    np.testing.assert_array_equal(first.plan, kept)
+    assert not np.shares_memory(first.plan, second.plan)
+    for res, (a_, b_, C_) in ((first, (a, b, C)), (second, (a2, b2, C2))):
+        expected = np.exp((res.f[:, None] + res.g[None, :] - C_) / 1e-2)
+        np.testing.assert_allclose(res.plan, expected, rtol=1e-11, atol=1e-300)
+        error = np.abs(expected.sum(1) - a_).sum() + np.abs(expected.sum(0) - b_).sum()
+        assert res.marginal_error == pytest.approx(error, rel=1e-3, abs=1e-15)
+
+
 def test_frequent_absorptions_move_auto_to_the_log_domain(monkeypatch):
     # With scalings bounded to [1/1.5, 1.5] nearly every iteration absorbs (recomputes the
     # kernel): "auto" moves to the log domain and says so; "scaling" stays.

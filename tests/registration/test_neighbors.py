@@ -1,5 +1,7 @@
 """NeighborIndex against a brute-force NumPy search."""
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,19 @@ def test_bad_options_are_named():
     if not pykdtree_available():
         with pytest.raises(ImportError, match="pykdtree"):
             NeighborIndex(points, backend="pykdtree")
+
+
+@pytest.mark.parametrize("backend", ["scipy", "pykdtree", "auto"])
+def test_an_index_pickles_and_answers_the_same(backend):
+    # joblib and Dask send the shared target's index to workers; pykdtree's tree itself does
+    # not pickle, so the index carries its points and is built again.
+    if backend == "pykdtree" and not pykdtree_available():
+        pytest.skip("pykdtree is not installed")
+    rng = np.random.default_rng(3)
+    points, queries = rng.random((500, 3)), rng.random((50, 3))
+    index = NeighborIndex(points, backend=backend)
+    copy = pickle.loads(pickle.dumps(index))
+    assert copy.backend == index.backend
+    answers = zip(copy.query(queries, k=3, bound=0.2), index.query(queries, k=3, bound=0.2))
+    for got, expected in answers:
+        np.testing.assert_array_equal(got, expected)

@@ -11,6 +11,8 @@ from mmopt.registration import (
     SPARE,
     NonRigidRegistration,
     NonRigidRegistrationProblem,
+    _neighbors,
+    estimate_normals,
     nonrigid_icp,
 )
 from mmopt.registration.arap import (
@@ -145,7 +147,7 @@ def test_best_rotations_are_rotations():
 @pytest.mark.parametrize("normal_weight", [0.0, 1.0])
 @pytest.mark.parametrize("estimated", [False, True])
 def test_objective_non_increasing_in_every_outer_iteration(normal_weight, estimated,
-                                                           point_weight):
+                                                           point_weight, kdtree_library):
     # At each iteration's matches and weights (the MM argument); re-matching may raise it.
     p, normals = _ellipsoid(300)
     target = p + 0.04 * normals * np.sin(3 * p[:, :1])
@@ -344,17 +346,69 @@ def test_anderson_keeps_the_energy_safeguard():
     assert plain.n_accepted == 0 and np.all(np.isnan(plain.history["accepted"]))
 
 
+@pytest.fixture(params=["scipy", "pykdtree"])
+def kdtree_library(request, monkeypatch):
+    """The KD-tree library of ``neighbors="auto"`` (the problem's normal estimation): scipy
+    (pykdtree hidden, as in a venv without it) and pykdtree when installed."""
+    if request.param == "scipy":
+        monkeypatch.setattr(_neighbors, "pykdtree_available", lambda: False)
+    elif not _neighbors.pykdtree_available():
+        pytest.skip("pykdtree not installed")
+    return request.param
+
+
+def _bent_sheet(nx=12, ny=12):
+    u, w = np.meshgrid(np.linspace(0, 1, nx), np.linspace(0, 1, ny))
+    source = np.c_[u.ravel(), w.ravel(), np.zeros(nx * ny)]
+    return source, source + np.c_[np.zeros((nx * ny, 2)), 0.03 * np.sin(np.pi * u.ravel())]
+
+
+def _rms(x, y):
+    return np.sqrt(np.mean(np.sum((x - y) ** 2, axis=1)))
+
+
 @pytest.mark.parametrize("coarse", [False, True])
-def test_a_bent_sheet_does_not_slide_in_its_plane(coarse):
+def test_a_bent_sheet_does_not_slide_in_its_plane(coarse, kdtree_library):
     # Plane residuals barely see in-plane motion of a flat sheet: without a real proximal
     # term the solve jumped by half the sheet's width along it (normal noise over a
-    # vanishing curvature).
-    u, w = np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 1, 12))
-    source = np.c_[u.ravel(), w.ravel(), np.zeros(144)]
-    target = source + np.c_[np.zeros((144, 2)), 0.03 * np.sin(np.pi * source[:, 0])]
+    # vanishing curvature). With the coarse stage it ended at 0.13 (scipy) or 0.74
+    # (pykdtree) of the start's error while each library picked its own one of the grid's
+    # equidistant neighbours for the normals (now all are taken).
+    source, target = _bent_sheet()
     res = nonrigid_icp(source, target, coarse=coarse)
-    before = np.sqrt(np.mean(np.sum((source - target) ** 2, axis=1)))
-    assert np.sqrt(np.mean(np.sum((res.points - target) ** 2, axis=1))) < 0.2 * before
+    assert _rms(res.points, target) < 0.06 * _rms(source, target)
+
+
+def test_the_result_does_not_depend_on_the_kdtree_library(monkeypatch):
+    if not _neighbors.pykdtree_available():
+        pytest.skip("pykdtree not installed")
+    source, target = _bent_sheet(12, 9)
+    with_pykdtree = nonrigid_icp(source, target).points
+    monkeypatch.setattr(_neighbors, "pykdtree_available", lambda: False)
+    np.testing.assert_allclose(nonrigid_icp(source, target).points, with_pykdtree,
+                               atol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="open defect (issue 17): the coarse stage slides "
+                   "along directions the plane residuals do not see, by the normals' noise")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(12, 12), (20, 15)])
+def test_the_coarse_stage_does_not_amplify_the_noise_of_the_normals(seed, shape):
+    # Target normals off by ~3e-3 (as pykdtree's PCA normals were against scipy's before
+    # ties were taken whole): the graph cannot fit the bend exactly, its residuals stay,
+    # and the normals' components along the sheet push it the same way at every iteration,
+    # by up to 36 times the start's error where the fine stage alone ends below 0.1. A
+    # proximal term on the samples' positions (3e-3 w_i) holds it (below 3 times the fine
+    # stage here) but slows the coarse stage's true tangential motion, which other tests
+    # of this suite see (translation, folding): not merged, see the h17f report.
+    source, target = _bent_sheet(*shape)
+    rng = np.random.default_rng(seed)
+    normals = estimate_normals(target) + 3e-3 * rng.normal(size=target.shape)
+    normals /= np.linalg.norm(normals, axis=1)[:, None]
+    fine = nonrigid_icp(source, target, target_normals=normals, coarse=False)
+    both = nonrigid_icp(source, target, target_normals=normals)
+    before = _rms(source, target)
+    assert _rms(both.points, target) < max(3.0 * _rms(fine.points, target), 0.1 * before)
 
 
 @pytest.mark.parametrize("coarse", [False, True])
