@@ -413,7 +413,8 @@ default="welsch"
     (stages run on the subsample), ``iterations_per_stage``, ``n_accepted`` and
     ``n_rejected`` (Anderson proposals kept / refused), ``acceptance_rate`` (0 when no
     proposal was made), ``n_queries`` (nearest-neighbour searches of the source cloud or of
-    its subsample, each counted once whether its cached candidates or the tree answer it), ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
+    its subsample, each counted once whether its cached candidates or the tree answer it),
+    ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
     ``inlier_threshold``, ``correspondences`` (index of each source point's closest target
     point, -1 beyond the search bound). ``history`` adds ``nu`` (NaN for the scale-free
     losses), ``stage``, ``accepted`` (1, 0, NaN when not tried), ``n_queries`` and
