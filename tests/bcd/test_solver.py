@@ -232,7 +232,7 @@ def test_variable_blocks_take_the_top_coordinates():
         ([[0, 1], [1, 2]], ValueError, "more than one block"),
         ([[0, 1]], ValueError, "coordinate 2 is in no block"),
         ([[0, 1], [2, 3]], ValueError, "outside"),
-        ([[0.5], [1, 2]], TypeError, "integer"),
+        ([[0.5], [1, 2]], ValueError, "integer"),
         ([[], [0, 1, 2]], ValueError, "non-empty"),
         ("abc", TypeError, "sequence"),
     ],
