@@ -22,10 +22,11 @@ on a subsample of the source,
 with the Welsch loss ``rho`` of the symmetrized point-to-plane residual ``d_i = (n'_i +
 n_q)^T (v_i - q)`` (``n'_i`` the source normal turned by the blend of the nodes' rotations),
 ``E`` the pairs of nodes that share a point; pairs farther apart than ``reject_distance``
-times ``nu`` (SPARE's option of that name) get weight 0. Each outer iteration fixes the
-closest points, the normals and the Welsch weights, majorizes ``dist(A_j, SO(3))^2`` by
-``||A_j - R_j||^2`` at the projection ``R_j`` of the current ``A_j`` and solves one sparse
-linear system for ``X``: ``F`` at the iteration's matches does not increase.
+times ``nu`` (SPARE's option of that name), or facing away, are rejected: weight 0, and
+``rho`` at its ceiling ``2 nu^2``. Each outer iteration fixes the closest points, the
+normals and the Welsch weights, majorizes ``dist(A_j, SO(3))^2`` by ``||A_j - R_j||^2`` at
+the projection ``R_j`` of the current ``A_j`` and solves one sparse linear system for
+``X``: ``F`` at the iteration's matches does not increase.
 
 Implemented from the equations of the SPARE paper (Yao, Deng et al.) and the embedded
 deformation of Sumner et al.; the authors state that SPARE is under patent (see
@@ -258,10 +259,14 @@ def _pairs(graph: _Graph, v, X, oriented: bool, reject_opposite: bool, target, t
 
 
 def _energy(graph: _Graph, X, q, m, valid) -> float:
-    """``F(X)`` at fixed matches ``q`` and directions ``m``."""
+    """``F(X)`` at fixed matches ``q`` and directions ``m``; a rejected pair counts at the
+    loss's ceiling ``2 nu^2`` (its limit far away)."""
     d = np.einsum("na,na->n", m, graph.positions(X) - q)
     nu2 = graph.nu**2
-    data = np.sum(np.where(valid, -2.0 * nu2 * np.expm1(-0.5 * d * d / nu2), 0.0))
+    # Counted as 0, a pair would lower F by leaving the target, and the stop and the
+    # history would not see the graph sliding off it. The ceiling is a constant at fixed
+    # matches: the surrogate and its step are unchanged.
+    data = np.sum(np.where(valid, -2.0 * nu2 * np.expm1(-0.5 * d * d / nu2), 2.0 * nu2))
     smooth = np.sum((graph.S @ X + graph.h) ** 2)
     A = _affines(X)
     rotation = np.sum((A - best_rotations(A)) ** 2)

@@ -190,3 +190,33 @@ def test_rejection_keeps_the_unobserved_part_from_folding_onto_the_target(seed):
                                   reject_distance=reject)
         errors[reject] = np.sqrt(np.mean(np.sum((coarse.v - truth) ** 2, axis=1)[~keep]))
     assert errors[3.0] < 0.005 < 0.1 < errors[None]
+
+
+def test_the_energy_does_not_fall_as_the_graph_leaves_the_target():
+    # A rejected pair counts at the Welsch loss's ceiling 2 nu^2, its limit far away: moving
+    # the whole graph off the target (re-matched at each offset) can only raise F. Counted
+    # as 0, F fell to the regularizers alone once every pair was rejected, and the coarse
+    # stage's history and stop could not see a sheet sliding off the data.
+    graph, _, _, _, _ = _graph_and_pairs()
+    p, normals = _surface(300)
+    target = p + 0.003 * normals * np.sin(3 * p[:, :1])   # the identity nearly fits
+    X = np.tile(np.r_[np.eye(3), np.zeros((1, 3))], (graph.m, 1))
+    X = X + 1e-3 * np.random.default_rng(3).normal(size=X.shape)
+    energies = []
+    for offset in np.linspace(0.0, 0.5, 26):
+        shifted = X.copy()
+        shifted[3::4] += [0.0, 0.0, offset]            # every node's t_j
+        q, m, valid = _pairs(graph, graph.positions(shifted), shifted, True, True, target,
+                             normals, reject_distance=3.0)
+        energies.append(_energy(graph, shifted, q, m, valid))
+    assert not valid.any()                                  # all rejected at the end
+    assert np.all(np.diff(energies) >= -1e-12 * energies[-1])
+    assert energies[-1] > 10.0 * energies[0]
+    # Reference at the end: the ceiling per sample plus the regularizers (translation-free).
+    A = np.transpose(X.reshape(-1, 4, 3)[:, :3, :], (0, 2, 1))
+    U, _, Vt = np.linalg.svd(A)
+    R = U @ np.diag([1.0, 1.0, -1.0]) @ Vt
+    R = np.where(np.linalg.det(U @ Vt)[:, None, None] > 0, U @ Vt, R)
+    smooth = np.sum((graph.S @ X + graph.h) ** 2)
+    expected = 2.0 * graph.nu**2 + graph.ws * smooth + graph.wr * np.sum((A - R) ** 2)
+    np.testing.assert_allclose(energies[-1], expected, rtol=1e-12)
