@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmopt_ext._icp import cached_nearest as _cached_nearest
 from mmopt_ext._icp import nearest_candidates as _nearest_candidates
 from mmopt_ext._icp import surface_planes as _surface_planes
 from mmopt_ext._icp import weighted_pair_moments as _weighted_pair_moments
 
-__all__ = ["nearest_candidates", "surface_planes", "weighted_pair_moments"]
+__all__ = ["cached_nearest", "nearest_candidates", "surface_planes", "weighted_pair_moments"]
 
 
 def weighted_pair_moments(P, Q, idx, w):
@@ -113,3 +114,48 @@ def nearest_candidates(X, Q, candidates, k: int, *, n_threads: int = 1) -> np.nd
     if not 1 <= k <= candidates.shape[1]:
         raise ValueError(f"k must be in [1, {candidates.shape[1]}], got {k!r}.")
     return _nearest_candidates(X, Q, candidates, int(k), int(n_threads))
+
+
+def cached_nearest(X, origin, Q, candidates, near, reach, bound: float):
+    """Nearest point of ``Q`` within ``bound`` of each row of ``X``, from cached candidates.
+
+    Row ``i`` was searched at ``origin[i]``: ``candidates[i]`` holds every point of ``Q``
+    closer to it than ``reach[i]`` (nearest first; -1 pads), its nearest at ``near[i]``.
+    Rows that moved too far for the candidates to settle their answer, or whose distance
+    is within rounding of ``bound``, are stale.
+
+    Returns ``(dist, idx, stale)``: per row the distance (inf beyond ``bound``) and index
+    (-1) of its nearest point, bit-identical to a KD-tree's bounded search, and the indices
+    of the stale rows (to search again; their ``dist`` and ``idx`` are not set).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmopt.registration._kernels import cached_nearest
+    >>> Q = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
+    >>> origin = np.array([[0.9, 0, 0], [0.9, 0, 0]])
+    >>> candidates = np.array([[1, 0], [1, 0]])  # within 1.1 of the origin: reach 1.1
+    >>> dist, idx, stale = cached_nearest(
+    ...     np.array([[0.8, 0, 0], [2.0, 0, 0]]), origin, Q, candidates,
+    ...     near=np.array([0.1, 0.1]), reach=np.array([1.1, 1.1]), bound=np.inf)
+    >>> idx[:1], stale
+    (array([1]), array([1]))
+    """
+    X, origin, Q, near, reach = (np.ascontiguousarray(a, dtype=np.float64)
+                                 for a in (X, origin, Q, near, reach))
+    candidates = np.ascontiguousarray(candidates, dtype=np.intp)
+    # The kernel reads without bounds checks.
+    if X.ndim != 2 or X.shape[1] != 3 or Q.ndim != 2 or Q.shape[1] != 3:
+        raise ValueError(f"X and Q must have shape (*, 3), got {X.shape} and {Q.shape}.")
+    n = X.shape[0]
+    if origin.shape != X.shape or candidates.ndim != 2 or candidates.shape[0] != n:
+        raise ValueError(
+            f"origin and candidates must have {n} rows like X, got {origin.shape} and "
+            f"{candidates.shape}."
+        )
+    if near.shape != (n,) or reach.shape != (n,):
+        raise ValueError(f"near and reach must have shape ({n},), got {near.shape} and "
+                         f"{reach.shape}.")
+    if candidates.size and candidates.max() >= Q.shape[0]:
+        raise ValueError(f"candidates must hold indices of the {Q.shape[0]} rows of Q.")
+    return _cached_nearest(X, origin, Q, candidates, near, reach, float(bound))

@@ -15,6 +15,21 @@ BACKENDS = ("auto", "scipy", "pykdtree")
 _MIN_ROWS_PER_THREAD = 2048
 
 
+_pykdtree_pool = None
+
+
+def _pykdtree_threads():
+    """A thread limiter for pykdtree's OpenMP runtime (made once, after pykdtree is loaded:
+    a limiter only sees the libraries loaded before it)."""
+    global _pykdtree_pool
+    if _pykdtree_pool is None:
+        import pykdtree.kdtree  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _pykdtree_pool = ThreadpoolController().select(user_api="openmp")
+    return _pykdtree_pool
+
+
 def pykdtree_available() -> bool:
     """True when the optional ``pykdtree`` package can be imported."""
     try:
@@ -72,15 +87,18 @@ class NeighborIndex:
 
         ``n_threads`` (at least 1) is the largest thread count of scipy's search: one
         thread per ``min_rows_per_thread`` rows times ``k`` at most (2048 by default; a
-        caller that knows its searches are slower per row can lower it). pykdtree uses
-        OpenMP as configured.
+        caller that knows its searches are slower per row can lower it); pykdtree's OpenMP
+        search uses at most ``n_threads`` threads.
         """
         n_threads = check_scalar(n_threads, "n_threads", kind=int, min_value=1)
         x = np.ascontiguousarray(x, dtype=np.float64)
         if self.backend == "pykdtree":
-            dist, idx = self._tree.query(
-                x, k=k, distance_upper_bound=None if not np.isfinite(bound) else float(bound)
-            )
+            # pykdtree takes its thread count from OpenMP's settings: bound it by n_threads
+            # (set on this thread only, restored after the search).
+            with _pykdtree_threads().limit(limits=n_threads):
+                dist, idx = self._tree.query(
+                    x, k=k, distance_upper_bound=None if not np.isfinite(bound) else float(bound)
+                )
             idx = idx.astype(np.intp)
             idx[idx >= self.points.shape[0]] = -1
         else:

@@ -27,6 +27,7 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.validation import check_choice
 from mmopt.losses import LOSSES, L2Loss, RobustLoss, TrimmedLoss, get_loss
 from mmopt.registration._kernels import (
+    cached_nearest,
     nearest_candidates,
     surface_planes,
     weighted_pair_moments,
@@ -80,6 +81,8 @@ _REFINE_ENERGY_RTOL = 1e-4
 # the run's last one predicts to take at least this long per thread runs on n_threads,
 # whatever its size (its results do not depend on the thread count). See _query.
 _PARALLEL_QUERY_SECONDS = 5e-4
+# Candidates kept per source point for the nearest-point matches (see ICP._nearest).
+_NEAREST_CANDIDATES = 4
 
 
 # What schedule=None and stage_criteria=None mean. Made once: the groups are frozen, and
@@ -199,6 +202,9 @@ class _Run:
     # The surface refinement's candidate neighbours on a large source: (positions where
     # each row was searched, candidate indices, margins); see ICP._surface_neighbours.
     surface_neighbours: tuple | None = None
+    # The nearest-point matches' candidates: (the source points matched, positions where
+    # each row was searched, candidate indices, nearest and reach distances); see ICP._nearest.
+    nearest: tuple | None = None
     # Multi-resolution: the problems of the levels (coarse first), the current one, the
     # stages of the levels before it, and one summary dict per finished level.
     problems: list = field(default_factory=list)
@@ -313,7 +319,10 @@ class ICP(Solver):
     Searches for the losses whose weight vanishes far away are bounded at the loss's
     :attr:`~mmopt.losses.RobustLoss.search_bound` times ``nu`` (``5 nu`` for ``"welsch"``,
     ``nu`` for ``"tukey"``): farther points have (nearly) zero weight, and a bounded KD-tree
-    search visits fewer nodes.
+    search visits fewer nodes. Each source point also keeps its 4 nearest target points
+    (within the bound) from its last search: while it has moved by less than these
+    candidates can vouch for (half the gap between its nearest and its 4th), its match is
+    picked from them, the same as a new search's; only the other points are searched again.
 
     Parameters
     ----------
@@ -404,7 +413,8 @@ default="welsch"
     (stages run on the subsample), ``iterations_per_stage``, ``n_accepted`` and
     ``n_rejected`` (Anderson proposals kept / refused), ``acceptance_rate`` (0 when no
     proposal was made), ``n_queries`` (nearest-neighbour searches of the source cloud or of
-    its subsample), ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
+    its subsample, each counted once whether its cached candidates or the tree answer it),
+    ``inlier_ratio``, ``inlier_rmse`` (None without inliers),
     ``inlier_threshold``, ``correspondences`` (index of each source point's closest target
     point, -1 beyond the search bound). ``history`` adds ``nu`` (NaN for the scale-free
     losses), ``stage``, ``accepted`` (1, 0, NaN when not tried), ``n_queries`` and
@@ -667,8 +677,8 @@ default="welsch"
         return bound * nu
 
     # ------------------------------------------------------------------ correspondences
-    def _query(self, run: _Run, X: np.ndarray, **kwargs):
-        run.n_queries += 1
+    def _query(self, run: _Run, X: np.ndarray, count: bool = True, **kwargs):
+        run.n_queries += count
         if self.n_threads == 1:
             return run.setup.index.query(X, n_threads=1, **kwargs)
         # Threads for the searches of at least 2 * _PARALLEL_QUERY_SECONDS at the cost per
@@ -689,7 +699,7 @@ default="welsch"
         X = _moved(P, T)
         if metric == "surface":
             return self._surface_correspond(run, X)
-        dist, idx = self._query(run, X, bound=self._bound(run.setup, nu))
+        dist, idx = self._nearest(run, P, X, self._bound(run.setup, nu))
         if metric == "point_to_plane":
             residuals = self._plane_residuals(run.setup, X, idx)
         elif metric == "symmetric":
@@ -697,6 +707,46 @@ default="welsch"
         else:
             residuals = dist
         return X, residuals, dist, idx
+
+    def _nearest(self, run: _Run, P: np.ndarray, X: np.ndarray, bound: float) -> tuple:
+        """Distance and index of the nearest target point within ``bound`` of each row of
+        ``X`` (the rows of ``P`` moved), -1 and inf where none: one search, counted in
+        ``n_queries``, whose answers equal the KD-tree's bit for bit (up to ties).
+
+        Each row keeps the ``_NEAREST_CANDIDATES`` nearest target points (within the bound
+        then) of the position where it was last searched. Near convergence the points move
+        by a small fraction of the spacing per iteration, so the candidates settle most
+        rows' answers (see :func:`~mmopt.registration._kernels.cached_nearest`) at a
+        fraction of a search's cost; only the other rows are searched in the tree.
+        """
+        run.n_queries += 1
+        n = X.shape[0]
+        n_target = run.setup.Q.shape[0]
+        k = min(_NEAREST_CANDIDATES, n_target)
+        cache = run.nearest
+        if cache is None or not (cache[0].shape == P.shape and cache[0].strides == P.strides
+                                 and cache[0].ctypes.data == P.ctypes.data):
+            # A new set of source points (a stage's subsample, a level): search them all.
+            # The cache holds P itself, so its address cannot be reused by another array.
+            cache = (P, X.copy(), np.empty((n, k), dtype=np.intp), np.empty(n), np.empty(n))
+            run.nearest = cache
+            dist, idx, stale = np.empty(n), np.empty(n, dtype=np.intp), np.arange(n)
+        else:
+            _, origin, candidates, near, reach = cache
+            dist, idx, stale = cached_nearest(X, origin, run.setup.Q, candidates, near, reach,
+                                              bound)
+        if stale.size:
+            _, origin, candidates, near, reach = cache
+            found, ids = self._query(run, X[stale], count=False, k=k, bound=bound)
+            found, ids = found.reshape(-1, k), ids.reshape(-1, k)
+            origin[stale], candidates[stale], near[stale] = X[stale], ids, found[:, 0]
+            # Every target point closer than the k-th candidate is a candidate; fewer than
+            # k within the bound: every point within it (all of them when k = n_target).
+            last = found[:, -1]
+            reach[stale] = np.where(np.isfinite(last), np.inf if k == n_target else last,
+                                    bound)
+            dist[stale], idx[stale] = found[:, 0], ids[:, 0]
+        return dist, idx
 
     def _surface_correspond(self, run: _Run, X: np.ndarray) -> tuple:
         """Offsets of ``X`` from the smoothed target surface (see the class notes).
@@ -709,12 +759,14 @@ default="welsch"
         k = min(self.refine_k, setup.Q.shape[0])
         h = _REFINE_BANDWIDTH * max(setup.noise, setup.spacing)
         if self._scan_scale(run):
-            # Scan scale: cached candidates, the compiled kernel, the tapered weights.
+            # Scan scale: the compiled kernel, the tapered weights.
             idx = self._surface_neighbours(run, X, k)
             residuals, closest, nearest, centres, normals = surface_planes(
                 X, setup.Q, idx, h, taper=True, n_threads=self.n_threads
             )
             return X, residuals, closest, nearest, centres, normals
+        # (The candidate cache of the scan scale does not pay here: the refinement's steps
+        # on clouds of this size move most points past their candidates' margin.)
         dist, idx = self._query(run, X, k=k)
         neighbourhoods = setup.Q[idx]
         # Weights relative to the nearest point: no underflow for far source points.
@@ -744,7 +796,7 @@ default="welsch"
         ``2 delta < d_K - d_k`` (its K-th and k-th distances at ``x0``), every one of its
         ``k`` nearest points at ``x`` is among them (each lies within ``d_k + 2 delta`` of
         ``x0``), and they are picked from the candidates; only the rows that moved farther
-        are searched again (one query, counted in ``n_queries``).
+        are searched again. Each call counts as one query in ``n_queries``.
         """
         setup = run.setup
         n_target = setup.Q.shape[0]
@@ -758,10 +810,12 @@ default="welsch"
         else:
             origin, _, margin = cache
             moved = np.sqrt(np.einsum("ij,ij->i", X - origin, X - origin))
-            stale = np.flatnonzero(2.0 * moved >= margin)
+            # (With a relative slack for the rounding of the distances.)
+            stale = np.flatnonzero(2.0 * moved * (1.0 + 1e-12) >= margin)
         origin, candidates, margin = cache
+        run.n_queries += 1
         if not isinstance(stale, np.ndarray) or stale.size:
-            dist, idx = self._query(run, X[stale], k=n_cand)
+            dist, idx = self._query(run, X[stale], count=False, k=n_cand)
             origin[stale], candidates[stale] = X[stale], idx.reshape(-1, n_cand)
             dist = dist.reshape(-1, n_cand)
             # With every target point a candidate the picks are always exact.
@@ -936,6 +990,7 @@ default="welsch"
         run.setup.final_level = run.level == len(run.problems) - 1
         run.setup.after_coarse = True
         run.surface_neighbours = None
+        run.nearest = None
         run.stage_iters.append(0)
         run.stage_times.append(0.0)
         state = self._start_level(run, self._from_user(run.setup, T_user), "x0")

@@ -5,6 +5,7 @@ import pytest
 
 from mmopt.registration import weighted_kabsch
 from mmopt.registration._kernels import (
+    cached_nearest,
     nearest_candidates,
     surface_planes,
     weighted_pair_moments,
@@ -171,3 +172,48 @@ def test_nearest_candidates_keep_the_order_of_ties_and_check_input():
         nearest_candidates(X, Q, [[0, 4]], 1)
     with pytest.raises(ValueError, match="candidates"):
         nearest_candidates(X, Q, [[0], [1]], 1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cached_nearest_matches_brute_force_or_reports_stale(seed):
+    # Candidates: each origin's 6 nearest points within a bound (fewer, -1 padded, where
+    # fewer lie within it); rows then move by various amounts. Every row the kernel
+    # answers must hold the brute-force nearest point within the current bound, with its
+    # distance to the bit; a row it calls stale must be one the candidates cannot settle.
+    rng = np.random.default_rng(seed)
+    Q = rng.random((600, 3))
+    origin = rng.random((400, 3))
+    d_all = np.sqrt(((Q[None] - origin[:, None]) ** 2).sum(axis=2))
+    order = np.argsort(d_all, axis=1)[:, :6]
+    d_sorted = np.take_along_axis(d_all, order, axis=1)
+    query_bound = 0.06
+    candidates = np.where(d_sorted < query_bound, order, -1)
+    near = np.where(d_sorted[:, 0] < query_bound, d_sorted[:, 0], np.inf)
+    reach = np.where(d_sorted[:, -1] < query_bound, d_sorted[:, -1], query_bound)
+    X = origin + rng.normal(size=origin.shape) * rng.choice([1e-4, 3e-3, 3e-2], (400, 1))
+    for bound in (np.inf, 0.05, 0.02):
+        dist, idx, stale = cached_nearest(X, origin, Q, candidates, near, reach, bound)
+        d_new = np.sqrt(((Q[None] - X[:, None]) ** 2).sum(axis=2))
+        best = d_new.argmin(axis=1)
+        best_d = d_new[np.arange(400), best]
+        answered = np.setdiff1d(np.arange(400), stale)
+        within = best_d[answered] < bound
+        np.testing.assert_array_equal(idx[answered], np.where(within, best[answered], -1))
+        np.testing.assert_array_equal(dist[answered],
+                                      np.where(within, best_d[answered], np.inf))
+        moved = np.linalg.norm(X - origin, axis=1)
+        settled = (near + 2 * moved < reach) | (bound + moved < reach)
+        assert not settled[stale].any() or np.all(
+            np.abs(d_new[stale[settled[stale]]].min(axis=1) - bound) <= 1e-12 * bound)
+        assert 0 < stale.size < 400
+
+
+def test_cached_nearest_checks_its_input():
+    Q = np.zeros((3, 3))
+    X = np.zeros((2, 3))
+    good = dict(origin=X, Q=Q, candidates=np.zeros((2, 2), dtype=np.intp), near=np.zeros(2),
+                reach=np.ones(2), bound=1.0)
+    for name, value in (("candidates", np.full((2, 2), 3)), ("origin", np.zeros((3, 3))),
+                        ("near", np.zeros(3))):
+        with pytest.raises(ValueError, match=name):
+            cached_nearest(X, **{**good, name: value})

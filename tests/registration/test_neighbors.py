@@ -74,3 +74,29 @@ def test_an_index_pickles_and_answers_the_same(backend):
     answers = zip(copy.query(queries, k=3, bound=0.2), index.query(queries, k=3, bound=0.2))
     for got, expected in answers:
         np.testing.assert_array_equal(got, expected)
+
+
+def test_pykdtree_threads_are_bounded_by_n_threads_and_restored():
+    if not pykdtree_available():
+        pytest.skip("pykdtree is not installed")
+    from mmopt.registration._neighbors import _pykdtree_threads
+
+    rng = np.random.default_rng(4)
+    points, queries = rng.random((3000, 3)), rng.random((3000, 3))
+    index = NeighborIndex(points, backend="pykdtree")
+    pool = _pykdtree_threads()
+    before = [info["num_threads"] for info in pool.info()]
+    seen = []
+    real_query = index._tree.query
+
+    def spy(*args, **kwargs):
+        seen.append([info["num_threads"] for info in pool.info()])
+        return real_query(*args, **kwargs)
+
+    index._tree = type("Spy", (), {"query": staticmethod(spy)})()
+    one = index.query(queries, n_threads=1)
+    two = index.query(queries, n_threads=2)
+    assert all(n == 1 for n in seen[0]) and all(n <= 2 for n in seen[1])
+    assert [info["num_threads"] for info in pool.info()] == before
+    for got, expected in zip(one, two):
+        np.testing.assert_array_equal(got, expected)

@@ -337,6 +337,35 @@ def test_refinement_candidates_give_the_exact_neighbours(scan):
     assert stale_fraction[0] < 0.01 and stale_fraction[2] > 0.99
 
 
+def test_nearest_matches_from_candidates_equal_the_tree_search(scan):
+    # The nearest-point matches come from a cache of candidates: over a sequence of poses
+    # (small and large moves) and shrinking bounds, the same distances (bit for bit) and
+    # indices as a fresh bounded search, with only a part of the rows searched again.
+    from mmopt.registration.se3 import se3_exp
+
+    problem = RegistrationProblem(scan.source, scan.target)
+    solver = ICP()
+    setup = solver._make_setup(problem)
+    run = icp_module._Run(setup)
+    P = setup.P[::3]
+    rows = []  # rows searched in the tree, per call
+    spy = setup.index.query
+    setup.index.query = lambda x, **kw: (rows.__setitem__(-1, x.shape[0]), spy(x, **kw))[1]
+    twists = [[0, 0, 0, 0, 0, 0], [1e-4, 0, 0, 0, 2e-4, 0], [0, 3e-3, 0, 1e-3, 0, 0],
+              [0.2, 0, 0.1, 0, 0, 0.05], [0.2, 0, 0.1, 0, 0, 0.0501]]
+    for twist, bound in zip(twists, [np.inf, 0.05, 0.02, 0.01, 0.005], strict=True):
+        T = se3_exp(np.asarray(twist, dtype=float))
+        X = P @ T[:3, :3].T + T[:3, 3]
+        rows.append(0)
+        dist, idx = solver._nearest(run, P, X, bound)
+        expected_dist, expected_idx = spy(X, bound=bound)
+        np.testing.assert_array_equal(dist, expected_dist)
+        assert np.mean(idx == expected_idx) > 0.999  # equidistant points may swap
+    assert run.n_queries == len(twists)
+    # The first call searches every row, a small move few, a large one more.
+    assert rows[0] == P.shape[0] and rows[1] < 0.25 * P.shape[0] and rows[3] > rows[1]
+
+
 # ----------------------------------------------------------------------------- icp_many
 @pytest.fixture(scope="module")
 def many_case(scan):
