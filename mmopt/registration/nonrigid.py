@@ -174,12 +174,14 @@ class SPARE(Solver):
         ``nu`` in data units; by default the median of the initial closest-point distances
         (at least ``1e-6 * scale``).
     reject_opposite : bool, default=True
-        Give weight 0 to pairs with ``(R_i n_i)^T n_q < 0`` (when the normals are oriented).
+        Reject pairs with ``(R_i n_i)^T n_q < 0`` (when the normals are oriented). A
+        rejected pair has weight 0 and counts in the objective at the loss's ceiling
+        ``2 nu^2`` (so that leaving the target never lowers it).
     reject_distance : float or None, default=3.0
-        Give weight 0 to pairs farther apart than ``reject_distance * nu`` (Euclidean
-        distance), in both stages (the coarse stage with its own ``nu``); None keeps them
-        all. Source points without a counterpart in the target otherwise follow outliers or
-        the target's border, and the coarse stage folds the unobserved part of the source
+        Reject pairs farther apart than ``reject_distance * nu`` (Euclidean distance), in
+        both stages (the coarse stage with its own ``nu``); None keeps them all. Source
+        points without a counterpart in the target otherwise follow outliers or the
+        target's border, and the coarse stage folds the unobserved part of the source
         onto the target (see the user guide).
     anderson : bool or AndersonAcceleration, default=False
         Anderson acceleration of the outer iteration on the positions ``v`` (the rotations
@@ -447,15 +449,21 @@ class SPARE(Solver):
         return np.einsum("na,na->n", rn + pairs.nq, v - pairs.q)
 
     def _energy(self, s: _Setup, v, R, pairs: _Pairs) -> float:
-        """The objective at fixed correspondences (normalized units)."""
+        """The objective at fixed correspondences (normalized units); a rejected pair counts
+        at the loss's ceiling ``2 nu^2``."""
         d = self._residuals(s, v, R, pairs)
         nu2 = s.nu * s.nu
-        data = np.sum(np.where(pairs.valid, -2.0 * nu2 * np.expm1(-0.5 * d * d / nu2), 0.0))
+        # As in the coarse stage: counted as 0, a pair leaving the target would lower the
+        # energy that Anderson's safeguard compares across matches. Constant at fixed pairs.
+        data = np.sum(np.where(pairs.valid, -2.0 * nu2 * np.expm1(-0.5 * d * d / nu2),
+                               2.0 * nu2))
         if pairs.mu > 0:
             # Point-to-point part: the same Welsch loss of the distance to the closest point.
             e2 = np.sum((v - pairs.q) ** 2, axis=1)
+            # Reciprocal pairs only; rejected ones at the ceiling, as above.
+            rho = np.where(pairs.valid, 0.0, 2.0 * nu2)
             data += pairs.mu * np.sum(np.where(pairs.wp > 0,
-                                               -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2), 0.0))
+                                               -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2), rho))
         align = 0.0
         if self.normal_weight > 0:
             rn = np.einsum("nab,nb->na", R, s.normals)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from scipy.optimize import approx_fprime
+from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from mmopt.registration import SPARE, DeformationGraph, NonRigidRegistrationProblem
@@ -190,3 +191,68 @@ def test_rejection_keeps_the_unobserved_part_from_folding_onto_the_target(seed):
                                   reject_distance=reject)
         errors[reject] = np.sqrt(np.mean(np.sum((coarse.v - truth) ** 2, axis=1)[~keep]))
     assert errors[3.0] < 0.005 < 0.1 < errors[None]
+
+
+def test_the_energy_does_not_fall_as_the_graph_leaves_the_target():
+    # A rejected pair counts at the Welsch loss's ceiling 2 nu^2, its limit far away: moving
+    # the whole graph off the target (re-matched at each offset) can only raise F. Counted
+    # as 0, F fell to the regularizers alone once every pair was rejected, and the coarse
+    # stage's history and stop could not see a sheet sliding off the data.
+    graph, _, _, _, _ = _graph_and_pairs()
+    p, normals = _surface(300)
+    target = p + 0.003 * normals * np.sin(3 * p[:, :1])   # the identity nearly fits
+    X = np.tile(np.r_[np.eye(3), np.zeros((1, 3))], (graph.m, 1))
+    X = X + 1e-3 * np.random.default_rng(3).normal(size=X.shape)
+    energies = []
+    for offset in np.linspace(0.0, 0.5, 26):
+        shifted = X.copy()
+        shifted[3::4] += [0.0, 0.0, offset]            # every node's t_j
+        q, m, valid = _pairs(graph, graph.positions(shifted), shifted, True, True, target,
+                             normals, reject_distance=3.0)
+        energies.append(_energy(graph, shifted, q, m, valid))
+    assert not valid.any()                                  # all rejected at the end
+    assert np.all(np.diff(energies) >= -1e-12 * energies[-1])
+    assert energies[-1] > 10.0 * energies[0]
+    # Reference at the end: the ceiling per sample plus the regularizers (translation-free).
+    A = np.transpose(X.reshape(-1, 4, 3)[:, :3, :], (0, 2, 1))
+    U, _, Vt = np.linalg.svd(A)
+    R = U @ np.diag([1.0, 1.0, -1.0]) @ Vt
+    R = np.where(np.linalg.det(U @ Vt)[:, None, None] > 0, U @ Vt, R)
+    smooth = np.sum((graph.S @ X + graph.h) ** 2)
+    expected = 2.0 * graph.nu**2 + graph.ws * smooth + graph.wr * np.sum((A - R) ** 2)
+    np.testing.assert_allclose(energies[-1], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("shape", [(12, 12), (20, 15), (16, 9)])
+def test_the_coarse_stage_never_ends_above_its_start(seed, shape):
+    # A bent sheet with target normals off by N(0, 3e-3): the graph cannot fit the bend,
+    # and the normals' noise pushed it along the sheet and off the target (30-36 times the
+    # start's error), with F at its own matches ending above the start's. The step whose
+    # new matches raise F is undone and the stage ends there. F is recomputed here at
+    # the returned maps' own matches.
+    from mmopt.registration import estimate_normals
+
+    nx, ny = shape
+    u, w = np.meshgrid(np.linspace(0, 1, nx), np.linspace(0, 1, ny))
+    p = np.c_[u.ravel(), w.ravel(), np.zeros(nx * ny)]
+    target = p + np.c_[np.zeros((nx * ny, 2)), 0.03 * np.sin(np.pi * u.ravel())]
+    rng = np.random.default_rng(seed)
+    tn = estimate_normals(target) + 3e-3 * rng.normal(size=target.shape)
+    tn /= np.linalg.norm(tn, axis=1)[:, None]
+    normals = np.tile([0.0, 0.0, 1.0], (nx * ny, 1))
+    index = NeighborIndex(target)
+    options = DeformationGraph()
+    coarse = run_coarse_stage(p, normals, target, tn, oriented=False, reject_opposite=True,
+                              index=index, options=options, reject_distance=3.0)
+    start = coarse.history["energy_start"]
+    assert np.all(np.diff(start) <= 0.0)
+    spacing = float(np.mean(cKDTree(p).query(p, k=2)[0][:, 1]))
+    graph = _Graph(p, normals, options, index, nu=1.0, spacing=spacing)
+    graph.nu = max(float(np.median(index.query(p)[0])), 1e-6)
+    X = np.concatenate([np.transpose(coarse.affines, (0, 2, 1)), coarse.shifts[:, None, :]],
+                       axis=1).reshape(-1, 3)
+    np.testing.assert_allclose(graph.positions(X, all_points=True), coarse.v, atol=1e-12)
+    q, m, valid = _pairs(graph, graph.positions(X), X, False, True, target, tn,
+                         reject_distance=3.0)
+    assert _energy(graph, X, q, m, valid) <= start[0]
