@@ -484,6 +484,10 @@ def scaling_iterations(
                 # one sweep each); an odd one alone.
                 p = 0
                 while p + 2 <= c:
+                    # Assigned here so that Cython makes them thread-private: written only
+                    # through their addresses, they would be shared by the prange's threads.
+                    e0 = 0.0
+                    e1 = 0.0
                     mmopt_scaling_rows2(
                         &K[first, 0], m, last - first, &V[p, 0], &V[p + 1, 0], &a[first],
                         &U[p, first], &U[p + 1, first], &acc[p, t, 0], &acc[p + 1, t, 0],
