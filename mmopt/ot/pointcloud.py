@@ -888,8 +888,8 @@ def _significant_plan(pattern, f, g, reg, row, col, threads):
 
 class _Bipartite:
     """``[[diag(d[:n]), s S], [s S^T, diag(d[n:])]]``, never assembled: the Newton Hessian
-    and its Galerkin coarse operators (an assembly by ``sp.bmat`` held the plan's entries
-    twice more, with COO triplets on the way)."""
+    (an assembly by ``sp.bmat`` held the plan's entries twice more, with COO triplets on
+    the way)."""
 
     def __init__(self, diagonal, S, scale):
         self.diagonal, self.S, self.scale = diagonal, S, scale
@@ -901,12 +901,6 @@ class _Bipartite:
         out[:n] += self.scale * (self.S @ v[n:])
         out[n:] += self.scale * (self.S.T @ v[:n])
         return out
-
-    def assembled(self):
-        n = self.S.shape[0]
-        return sp.bmat([[sp.diags_array(self.diagonal[:n]), self.scale * self.S],
-                        [self.scale * self.S.T, sp.diags_array(self.diagonal[n:])]],
-                       format="csc")
 
 
 def _strongest_neighbours(indptr, indices, strength):
