@@ -958,15 +958,19 @@ def _multilevel_direction(diagonal, S, grad, reg, relative_error):
     best_y = _strongest_neighbours(S.indptr, S.indices, S.data)
     best = np.concatenate([np.where(best_y >= 0, n + best_y, -1),
                            _strongest_neighbours(ST.indptr, ST.indices, ST.data)])
+    del ST  # as many entries as the plan's: not held through the rest of the setup
     count, labels = _aggregates(best)
     P_x = sp.csr_matrix((np.ones(n), (np.arange(n), labels[:n])), shape=(n, count))
     P_y = sp.csr_matrix((np.ones(S.shape[1]), (np.arange(S.shape[1]), labels[n:])),
                         shape=(S.shape[1], count))
     coupling = (P_x.T @ S @ P_y).tocsr()
+    coupling = (coupling + coupling.T).tocsr()
+    coupling.data *= -scale
     # P^T A P with A = [[D_x, -s S], [-s S^T, D_y]]: the pairs inside an aggregate move
     # onto its diagonal.
-    coarse = (sp.diags_array(np.bincount(labels, weights=diagonal, minlength=count))
-              - scale * (coupling + coupling.T)).tocsr()
+    coarse = (coupling + sp.diags_array(
+        np.bincount(labels, weights=diagonal, minlength=count))).tocsr()
+    del coupling
     operators, all_labels = [coarse], [labels]
     while coarse.shape[0] > _COARSEST_MAX:
         strength = -coarse.data
