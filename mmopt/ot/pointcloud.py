@@ -29,7 +29,7 @@ from mmopt.ot._newton import Direction, line_search, newton_direction, next_damp
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
-from mmopt_ext._pointcloud import csr_transpose, significant_pairs
+from mmopt_ext._pointcloud import csr_transpose, significant_pairs, strongest_couplings
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
 
@@ -906,20 +906,11 @@ class _Bipartite:
         return out
 
 
-def _strongest_neighbours(indptr, indices, strength):
-    """For each row of a CSR pattern, the column of its largest positive ``strength``
-    (-1 for a row without one); ties go to any of the largest."""
-    size = indptr.size - 1
-    counts = np.diff(indptr)
-    rows = np.repeat(np.arange(size), counts)
-    top = np.zeros(size)
-    filled = counts > 0
-    if strength.size:
-        top[filled] = np.maximum.reduceat(strength, indptr[:-1][filled])
-    hit = (strength > 0.0) & (strength == top[rows])
-    best = np.full(size, -1, dtype=np.int64)
-    best[rows[hit]] = indices[hit]
-    return best
+def _strongest(A):
+    """:func:`strongest_couplings` of a SciPy CSR matrix: each row's and each column's
+    index of its largest positive entry (-1 for none)."""
+    return strongest_couplings(np.asarray(A.indptr, dtype=np.int64),
+                               np.asarray(A.indices, dtype=np.int32), A.data, A.shape[1])
 
 
 def _aggregates(best):
@@ -954,12 +945,8 @@ def _multilevel_direction(diagonal, S, grad, reg, relative_error):
     signs = np.concatenate([np.ones(n), -np.ones(S.shape[1])])
     # First level, from the bipartite Hessian: x_i's strongest y is the largest S_ij in
     # its row, y_j's strongest x the largest in its column.
-    ST = S.T.tocsr()
-    best_y = _strongest_neighbours(S.indptr, S.indices, S.data)
-    best = np.concatenate([np.where(best_y >= 0, n + best_y, -1),
-                           _strongest_neighbours(ST.indptr, ST.indices, ST.data)])
-    del ST  # as many entries as the plan's: not held through the rest of the setup
-    count, labels = _aggregates(best)
+    best_y, best_x = _strongest(S)
+    count, labels = _aggregates(np.concatenate([np.where(best_y >= 0, n + best_y, -1), best_x]))
     P_x = sp.csr_matrix((np.ones(n), (np.arange(n), labels[:n])), shape=(n, count))
     P_y = sp.csr_matrix((np.ones(S.shape[1]), (np.arange(S.shape[1]), labels[n:])),
                         shape=(S.shape[1], count))
@@ -973,11 +960,8 @@ def _multilevel_direction(diagonal, S, grad, reg, relative_error):
     del coupling
     operators, all_labels = [coarse], [labels]
     while coarse.shape[0] > _COARSEST_MAX:
-        strength = -coarse.data
-        strength[np.repeat(np.arange(coarse.shape[0]), np.diff(coarse.indptr))
-                 == coarse.indices] = 0.0
-        count, labels = _aggregates(
-            _strongest_neighbours(coarse.indptr, coarse.indices, strength))
+        # Off-diagonal weights are -a_ij > 0; the diagonal, positive, is never the largest.
+        count, labels = _aggregates(_strongest(-coarse)[0])
         if count > 0.75 * coarse.shape[0]:
             break  # no longer coarsening: factorize this level
         triplets = coarse.tocoo()

@@ -360,6 +360,25 @@ def test_multilevel_newton_direction_on_a_nearly_singular_laplacian(seed, monkey
     assert np.linalg.norm(error) <= 1e-2 * np.linalg.norm(exact)
 
 
+def test_strongest_couplings_against_numpy_argmax():
+    # Each row's and column's largest positive entry against NumPy's argmax of the dense
+    # matrix (distinct values, so no ties), -1 for an empty or non-positive line.
+    from mmopt_ext._pointcloud import strongest_couplings
+
+    rng = np.random.default_rng(5)
+    n, m = 50, 60
+    dense = np.where(rng.random((n, m)) < 0.2, rng.random((n, m)) - 0.2, 0.0)
+    dense[3] = 0.0  # an empty row
+    dense[:, 7] = np.where(dense[:, 7] != 0.0, -1.0, 0.0)  # a column without positives
+    A = sp.csr_matrix(dense)
+    rows, cols = strongest_couplings(A.indptr.astype(np.int64), A.indices, A.data, m)
+    expected_rows = np.where(dense.max(1) > 0, dense.argmax(1), -1)
+    expected_cols = np.where(dense.max(0) > 0, dense.argmax(0), -1)
+    assert rows[3] == -1 and cols[7] == -1
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(cols, expected_cols)
+
+
 def test_sharp_regime_with_multilevel_newton_matches_dense_sinkhorn(monkeypatch):
     # Above _MULTILEVEL_MIN variables the Newton steps use the multigrid CG; forced here
     # on a small problem, the potentials still match the dense solver's.
