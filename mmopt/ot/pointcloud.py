@@ -72,7 +72,7 @@ _MAX_NEWTON_BACKOFF = 32
 # coarsest level, factorized, has at most _COARSEST_MAX variables. Its coarse spaces come
 # from the Hessian's strongest couplings, not the hierarchy's clusters: on the late, nearly
 # singular systems of 3-D 10^5 (Newton step 20) the clusters' V-cycle CG was at relative
-# residual 0.73 after 100 iterations; the couplings' reaches 1.2e-3 in 11 (one thread).
+# residual 0.73 after 100 iterations; the couplings' reaches 1.0e-3 in 11 (one thread).
 # Their coarse operators fill in more than the clusters' did: at 2-D 3 10^4 the LU of a
 # level of 2 10^4 variables took most of a solve; at most 5000, CPU per solve fell from
 # 0.40 s to 0.15 s in 2-D and 0.39 to 0.37 s in 3-D 10^5.
