@@ -289,6 +289,40 @@ def csr_transpose(
     return t_indptr_array, t_indices_array, (t_values_array if with_values else None)
 
 
+def strongest_couplings(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[::1] data,
+    Py_ssize_t m,
+):
+    """For each row and each of the ``m`` columns of a compressed-row matrix, the column
+    (row) of its largest positive entry, -1 where none is positive; ties go to the first
+    (one pass over the entries, no transpose: the aggregation of the multigrid Newton
+    solve)."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t i, e, j
+    cdef double top, value
+    row_best_array = np.full(n, -1, dtype=np.int64)
+    col_best_array = np.full(m, -1, dtype=np.int64)
+    col_top_array = np.zeros(m)
+    cdef long long[::1] row_best = row_best_array
+    cdef long long[::1] col_best = col_best_array
+    cdef double[::1] col_top = col_top_array
+    with nogil:
+        for i in range(n):
+            top = 0.0
+            for e in range(indptr[i], indptr[i + 1]):
+                value = data[e]
+                j = indices[e]
+                if value > top:
+                    top = value
+                    row_best[i] = j
+                if value > col_top[j]:
+                    col_top[j] = value
+                    col_best[j] = i
+    return row_best_array, col_best_array
+
+
 def pair_costs(
     const double[:, ::1] x,
     const double[:, ::1] y,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, cg, splu
 from scipy.spatial import cKDTree
 
@@ -28,7 +29,7 @@ from mmopt.ot._newton import Direction, line_search, newton_direction, next_damp
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
-from mmopt_ext._pointcloud import csr_transpose, significant_pairs
+from mmopt_ext._pointcloud import csr_transpose, significant_pairs, strongest_couplings
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
 
@@ -68,9 +69,15 @@ _MAX_NEWTON_BACKOFF = 32
 # bench clouds, 2 threads, load 1.3-1.8) the CG made the solve faster: 3-D 17.4 s wall
 # instead of 29.1 (45 Newton steps instead of 31), 2-D 7.4 s instead of 60.5; at 2 10^4
 # the V-cycle's first level is already the coarsest (an LU, as before). The V-cycle's
-# coarsest level, factorized, has at most _COARSEST_MAX variables.
+# coarsest level, factorized, has at most _COARSEST_MAX variables. Its coarse spaces come
+# from the Hessian's strongest couplings, not the hierarchy's clusters: on the late, nearly
+# singular systems of 3-D 10^5 (Newton step 20) the clusters' V-cycle CG was at relative
+# residual 0.73 after 100 iterations; the couplings' reaches 1.0e-3 in 11 (one thread).
+# Their coarse operators fill in more than the clusters' did: at 2-D 3 10^4 the LU of a
+# level of 2 10^4 variables took most of a solve; at most 5000, CPU per solve fell from
+# 0.40 s to 0.15 s in 2-D and 0.39 to 0.37 s in 3-D 10^5.
 _MULTILEVEL_MIN = 50_000
-_COARSEST_MAX = 20_000
+_COARSEST_MAX = 5_000
 _MULTILEVEL_MAX_CG = 100
 _JACOBI_WEIGHT = 2.0 / 3.0
 # Kernel calls over fewer pairs than this run on one thread (waking others costs more).
@@ -455,8 +462,8 @@ class PointCloudSinkhorn(Solver):
         Levenberg-Marquardt damped, and its exact backtracking line search); a failed step
         falls back to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
         Systems of more than 5 10^4 variables are solved instead by CG preconditioned with a
-        multigrid V-cycle whose coarse spaces are the hierarchy's clusters (a sparse LU's
-        fill-in grows too fast with the size in 3-D).
+        multigrid V-cycle whose coarse spaces join the most strongly coupled variables
+        (algebraic aggregation; a sparse LU's fill-in grows too fast with the size in 3-D).
     newton_switch : float, default=0.1
         Relative marginal error below which Newton steps start (Sinkhorn's linear rate is
         slow at a sharp reg, where Newton steps take over).
@@ -838,8 +845,8 @@ def _newton_step(problem, state, pattern, level):
         S = _significant_plan(pattern, state.f, state.g, reg, row, col, threads)
         diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
         shifted = diagonal + _NEWTON_SHIFT * error
-        if n + len(level.y) > _MULTILEVEL_MIN and len(run.levels) > 1:
-            found = _multilevel_direction(shifted, S, grad, reg, run.levels, error / mass)
+        if n + len(level.y) > _MULTILEVEL_MIN:
+            found = _multilevel_direction(shifted, S, grad, reg, error / mass)
         else:
             found = newton_direction(shifted, S, grad, reg)
         if found is None:
@@ -882,27 +889,10 @@ def _significant_plan(pattern, f, g, reg, row, col, threads):
     return sp.csr_matrix((data, indices, indptr), shape=(len(pattern.x), len(pattern.y)))
 
 
-def _aggregation(fine: CloudLevel, coarse: CloudLevel):
-    """The signed aggregation of the Newton variables ``(f, g)`` of ``fine`` onto those of
-    ``coarse``: each point's variable summed into its cluster's, the ``g`` part negated
-    (so that the restricted Hessian is a weighted graph Laplacian plus a diagonal, whose
-    near-null vector, constant per cluster, the coarse space holds); with the cluster of
-    each point of ``x`` and of ``y``."""
-    n, m = len(fine.x), len(fine.y)
-    x_parent = np.empty(n, dtype=np.int64)
-    x_parent[fine.x_label] = coarse.x_label
-    y_parent = np.empty(m, dtype=np.int64)
-    y_parent[fine.y_label] = coarse.y_label
-    rows = np.concatenate([x_parent, len(coarse.x) + y_parent])
-    signs = np.concatenate([np.ones(n), -np.ones(m)])
-    shape = (len(coarse.x) + len(coarse.y), n + m)
-    return sp.csr_matrix((signs, (rows, np.arange(n + m))), shape=shape), x_parent, y_parent
-
-
 class _Bipartite:
     """``[[diag(d[:n]), s S], [s S^T, diag(d[n:])]]``, never assembled: the Newton Hessian
-    and its Galerkin coarse operators (an assembly by ``sp.bmat`` held the plan's entries
-    twice more, with COO triplets on the way)."""
+    (an assembly by ``sp.bmat`` held the plan's entries twice more, with COO triplets on
+    the way)."""
 
     def __init__(self, diagonal, S, scale):
         self.diagonal, self.S, self.scale = diagonal, S, scale
@@ -915,50 +905,85 @@ class _Bipartite:
         out[n:] += self.scale * (self.S.T @ v[:n])
         return out
 
-    def assembled(self):
-        n = self.S.shape[0]
-        return sp.bmat([[sp.diags_array(self.diagonal[:n]), self.scale * self.S],
-                        [self.scale * self.S.T, sp.diags_array(self.diagonal[n:])]],
-                       format="csc")
+
+def _strongest(A):
+    """:func:`strongest_couplings` of a SciPy CSR matrix: each row's and each column's
+    index of its largest positive entry (-1 for none)."""
+    return strongest_couplings(np.asarray(A.indptr, dtype=np.int64),
+                               np.asarray(A.indices, dtype=np.int32), A.data, A.shape[1])
 
 
-def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
-    """The Newton direction by CG preconditioned with a multigrid V-cycle whose coarse
-    spaces are the hierarchy's clusters (aggregation: one variable per cluster, Galerkin
-    coarse operators ``R H R^T``), one damped Jacobi sweep before and after each coarse
-    correction (a symmetric preconditioner), a sparse LU on the first level of at most
-    ``_COARSEST_MAX`` variables (or the hierarchy's coarsest). Inexact Newton: relative
-    residual ``min(0.1, sqrt(relative_error))``, at most ``_MULTILEVEL_MAX_CG`` iterations.
-    None if the factorization fails or the direction is not finite."""
-    H = _Bipartite(diagonal, S, 1.0 / reg)
-    operators, restrictions = [H], []
-    for index in range(len(levels) - 1, 0, -1):
-        if operators[-1].shape[0] <= _COARSEST_MAX:
-            break
-        fine, coarse = levels[index], levels[index - 1]
-        R, x_parent, y_parent = _aggregation(fine, coarse)
-        restrictions.append(R)
-        A = operators[-1]
-        n_coarse, m_coarse, n = len(coarse.x), len(coarse.y), x_parent.size
-        Rx, Ry = R[:n_coarse, :n], -R[n_coarse:, n:]
-        coarse_diagonal = np.concatenate([
-            np.bincount(x_parent, weights=A.diagonal[:n], minlength=n_coarse),
-            np.bincount(y_parent, weights=A.diagonal[n:], minlength=m_coarse)])
-        # R = [[Rx, 0], [0, -Ry]]: R H R^T = [[diag, -Rx S Ry^T], [., diag]] (scaled).
-        operators.append(_Bipartite(coarse_diagonal, (Rx @ A.S @ Ry.T).tocsr(), -A.scale))
+def _aggregates(best):
+    """The number of aggregates and each variable's: the connected components of the graph
+    joining each variable to its strongest neighbour (``best``, -1 for none)."""
+    size = best.size
+    linked = np.flatnonzero(best >= 0)
+    graph = sp.csr_matrix((np.ones(linked.size), (linked, best[linked])), shape=(size, size))
+    return connected_components(graph, directed=True, connection="weak")
+
+
+def _multilevel_direction(diagonal, S, grad, reg, relative_error):
+    """The Newton direction by CG preconditioned with an algebraic multigrid V-cycle.
+
+    In the variables ``(f, -g)`` the Hessian is a weighted graph Laplacian plus a small
+    diagonal. Each level joins every variable to the one it is most strongly coupled with
+    (largest plan entry, or largest off-diagonal weight on the coarse levels) and takes the
+    connected components of those links as the next level's variables (unsmoothed
+    aggregation by strength; Galerkin coarse operators ``P^T A P``). Near convergence the
+    plan is close to a map and the Laplacian nearly singular (diagonal dominance 1e-9..1e-7
+    relative): clusters of nearby points, as geometric aggregation takes, are then only
+    weakly coupled and the coarse space misses the smooth modes, while the strongly coupled
+    pairs hold them. One damped Jacobi sweep before and after each coarse correction (a
+    symmetric preconditioner), a sparse LU on the first level of at most ``_COARSEST_MAX``
+    variables or on one that stops coarsening. Inexact Newton: relative residual
+    ``min(0.1, sqrt(relative_error))``, at most ``_MULTILEVEL_MAX_CG`` iterations. None if
+    the factorization fails or the direction is not finite.
+    """
+    n = S.shape[0]
+    scale = 1.0 / reg
+    H = _Bipartite(diagonal, S, scale)
+    signs = np.concatenate([np.ones(n), -np.ones(S.shape[1])])
+    # First level, from the bipartite Hessian: x_i's strongest y is the largest S_ij in
+    # its row, y_j's strongest x the largest in its column.
+    best_y, best_x = _strongest(S)
+    count, labels = _aggregates(np.concatenate([np.where(best_y >= 0, n + best_y, -1), best_x]))
+    P_x = sp.csr_matrix((np.ones(n), (np.arange(n), labels[:n])), shape=(n, count))
+    P_y = sp.csr_matrix((np.ones(S.shape[1]), (np.arange(S.shape[1]), labels[n:])),
+                        shape=(S.shape[1], count))
+    coupling = (P_x.T @ S @ P_y).tocsr()
+    coupling = (coupling + coupling.T).tocsr()
+    coupling.data *= -scale
+    # P^T A P with A = [[D_x, -s S], [-s S^T, D_y]]: the pairs inside an aggregate move
+    # onto its diagonal.
+    coarse = (coupling + sp.diags_array(
+        np.bincount(labels, weights=diagonal, minlength=count))).tocsr()
+    del coupling
+    operators, all_labels = [coarse], [labels]
+    while coarse.shape[0] > _COARSEST_MAX:
+        # Off-diagonal weights are -a_ij > 0; the diagonal, positive, is never the largest.
+        count, labels = _aggregates(_strongest(-coarse)[0])
+        if count > 0.75 * coarse.shape[0]:
+            break  # no longer coarsening: factorize this level
+        triplets = coarse.tocoo()
+        coarse = sp.csr_matrix((triplets.data, (labels[triplets.row], labels[triplets.col])),
+                               shape=(count, count))
+        operators.append(coarse)
+        all_labels.append(labels)
     try:
-        coarsest = splu(operators[-1].assembled(), permc_spec="MMD_AT_PLUS_A",
-                        diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+        coarsest = splu(coarse.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                        options={"SymmetricMode": True})
     except RuntimeError:
         return None
-    inverse_diagonals = [_JACOBI_WEIGHT / A.diagonal for A in operators[:-1]]
-    hierarchy = (operators, restrictions, inverse_diagonals, coarsest)
+    inverse_diagonals = [_JACOBI_WEIGHT / diagonal] + [
+        _JACOBI_WEIGHT / A.diagonal() for A in operators[:-1]]
+    sizes = [A.shape[0] for A in operators]
+    hierarchy = ([H] + operators[:-1], all_labels, sizes, inverse_diagonals, coarsest, signs)
     size = H.shape[0]
     preconditioner = LinearOperator((size, size), matvec=lambda v: _v_cycle(0, v, hierarchy),
                                     dtype=float)
     iterations = 0
 
-    def count(_):
+    def count_iteration(_):
         nonlocal iterations
         iterations += 1
 
@@ -967,7 +992,7 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
         warnings.simplefilter("ignore")
         direction, info = cg(LinearOperator((size, size), matvec=H.__matmul__, dtype=float),
                              -grad, rtol=rtol, maxiter=_MULTILEVEL_MAX_CG, M=preconditioner,
-                             callback=count)
+                             callback=count_iteration)
     if not np.all(np.isfinite(direction)):
         return None
     return Direction(direction, iterations, info == 0)
@@ -976,13 +1001,21 @@ def _multilevel_direction(diagonal, S, grad, reg, levels, relative_error):
 def _v_cycle(k, residual, hierarchy):
     """One V-cycle of :func:`_multilevel_direction` from level ``k`` (a module function,
     not a closure calling itself: that reference cycle kept each Newton step's operators
-    alive until the garbage collector's next full pass)."""
-    operators, restrictions, inverse_diagonals, coarsest = hierarchy
-    if k == len(operators) - 1:
+    alive until the garbage collector's next full pass). Level 0 is the Hessian in the
+    variables ``(f, g)``, so its restriction and prolongation carry the signs of ``-g``."""
+    operators, labels, sizes, inverse_diagonals, coarsest, signs = hierarchy
+    if k == len(operators):
         return coarsest.solve(residual)
-    A, R, weight = operators[k], restrictions[k], inverse_diagonals[k]
+    A, parent, weight = operators[k], labels[k], inverse_diagonals[k]
     out = weight * residual
-    out += R.T @ _v_cycle(k + 1, R @ (residual - A @ out), hierarchy)
+    rest = residual - A @ out
+    if k == 0:
+        rest *= signs
+    correction = _v_cycle(k + 1, np.bincount(parent, weights=rest, minlength=sizes[k]),
+                          hierarchy)[parent]
+    if k == 0:
+        correction *= signs
+    out += correction
     out += weight * (residual - A @ out)
     return out
 
