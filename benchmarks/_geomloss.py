@@ -250,10 +250,12 @@ def summary(runs: list[dict], mine_time: float, mine_error: float) -> str:
             f"in {last['time']:.1f} s ({ratio:.2g}x our time; {runs[-1]['status']})")
 
 
-def section(table: str, lines: str, ours: str, budget: float = BUDGET) -> str:
-    """The Markdown subsection of ``compare``'s output, ``ours`` naming our error."""
+def section(table: str, lines: str, ours: str, budget: float = BUDGET, *,
+            regime: str) -> str:
+    """The Markdown subsection of ``compare``'s output, ``ours`` naming our error and
+    ``regime`` ("sharp" or "smooth") the section's plans (one heading per section)."""
     return (
-        "### geomloss (CPU) at the same reg\n\n"
+        f"### geomloss (CPU) at the same reg, {regime} plans\n\n"
         "`SamplesLoss(\"sinkhorn\", p=2, blur=sqrt(reg / 2), debias=False, potentials=True)` "
         "in float64: its cost |x - y|^2 / 2 at eps = blur^2 = reg / 2 is our plan, its "
         "potentials times 2 ours. It has no stopping test: one symmetric update per epsilon "

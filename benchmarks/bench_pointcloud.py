@@ -159,7 +159,8 @@ def _geomloss_section(quick: bool) -> str:
     else:
         budget, found = _geomloss.BUDGET, _geomloss.compare(
             _clouds, _guarded_case, dims=(2, 3) if _geomloss.LARGE else (3,))
-    return "\n\n" + _geomloss.section(*found, "`marginal error` above", budget)
+    return "\n\n" + _geomloss.section(*found, "`marginal error` above", budget,
+                                       regime="sharp")
 
 
 def run(quick: bool = False) -> str:
