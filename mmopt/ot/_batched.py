@@ -60,6 +60,9 @@ _LOG_TINY = float(np.log(np.finfo(float).tiny))
 # After moving the base, a problem whose potentials are further from it than this share of
 # L (in units of reg) leaves for another group: it would soon leave the range again.
 _SPREAD_SHARE = 0.65
+# Problems that leave (or start) together are clustered into groups that each fit one
+# kernel (:func:`_groups`) up to this many: the pairwise distances cost O(c^2 (n + m)).
+_MAX_CLUSTERED = 256
 # Below this L (total masses below about 1e-200) the problems are solved alone.
 _MIN_LOG_BOUND = 20.0
 # The last few problems: _FUSED_MAX (the size rule below, and at n_threads > 1 the switch
@@ -93,6 +96,15 @@ _ANDERSON_MEMORY = 6
 _ANDERSON_RIDGE = 1e-10
 _ANDERSON_GROWTH = 2.0
 _ANDERSON_MAX_RESTARTS = 5
+# Epsilon scaling: where the cost's spread over reg exceeds _LEVEL_MIN_RATIO, the problems
+# are first solved at _LEVEL_FACTOR times reg (itself so warm-started where its ratio
+# still exceeds it), to an L1 marginal error of _LEVEL_TOL times the mass; their
+# potentials there start the next level. Mixtures k = 32, n = 1000, reg 1e-3, seeds 0-2:
+# 0.6-0.7x the summed iterations, the slowest column 0.4-0.8x; at ratios of 100 (reg 1e-2)
+# the extra level costs more than it saves.
+_LEVEL_MIN_RATIO = 300.0
+_LEVEL_FACTOR = 10.0
+_LEVEL_TOL = 0.1
 
 _CONTROLLER = None
 
@@ -183,29 +195,131 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
             or (k <= _FUSED_MAX and shared.tiny)):
         alone = dict.fromkeys(range(k))
     else:
-        alone = {}
         with _blas_limit(threads):
-            # Groups of problems, each on its own shared kernel: the first holds them all;
-            # the problems that leave a group (too far from the others for one kernel)
-            # form the next, started from their potentials.
-            groups = [(np.arange(k), None)]
-            while groups:
-                columns, potentials = groups.pop()
-                left, failed = _Batch(shared, columns, potentials).run()
-                if left:
-                    potentials = (np.stack([f for f, _ in left.values()]),
-                                  np.stack([g for _, g in left.values()]))
-                    groups.append((np.array(list(left)), potentials))
-                alone.update(failed)
+            warm = {}
+            levels = _levels(shared, reg)
+            for level_reg, next_reg in zip(levels, levels[1:] + [reg]):
+                level = _Shared(a, b, C, level_reg, solver, threads, out, _LEVEL_TOL, warm)
+                level.history = shared.history
+                for j, potentials in _run_groups(level, warm).items():
+                    # (left alone: the next level starts them where they stand, or from
+                    # zero potentials after a failed sweep)
+                    if potentials is None:
+                        warm.pop(j, None)
+                    else:
+                        warm[j] = potentials
+                _next_level(warm, level, next_reg)
+                out.status[:] = -1
+            alone = _run_groups(shared, warm)
     if alone:
         _solve_alone(alone, shared)
     return out.result(a, shared.history, start)
 
 
-class _Shared:
-    """What every group of one batched solve reads: the data and the answers' store."""
+def _levels(shared, reg):
+    """The regularizations of the epsilon-scaling levels before ``reg``, largest first
+    (none on small kernels: their slow problems are finished alone, see
+    ``_SMALL_MAX_ENTRIES``)."""
+    C = shared.C
+    if shared.small:
+        return []
+    spread = float(C.max() - C.min())
+    levels = []
+    level = reg
+    while spread > _LEVEL_MIN_RATIO * level:
+        level *= _LEVEL_FACTOR
+        levels.append(level)
+    return levels[::-1]
 
-    def __init__(self, a, b, C, reg, solver, threads, out):
+
+def _next_level(warm, level, reg):
+    """Move the potentials in ``warm`` from ``level.reg`` to ``reg``: the entropic terms
+    ``reg log a`` and ``reg log b`` rescaled. Kept as they are, a weight of 1e-38 would
+    leave its row or column 10 x 88 below the others' exponents at a tenth of the
+    regularization (an underflowing sweep)."""
+    log_a = np.log(level.a)
+    with np.errstate(divide="ignore"):
+        log_b = np.log(level.b)
+    step = reg - level.reg
+    for j, (f, g) in warm.items():
+        positive = level.b[:, j] > 0
+        warm[j] = (f + step * log_a, np.where(positive, g + step * log_b[:, j], -np.inf))
+
+
+def _run_groups(shared, warm):
+    """Solve every problem in groups, each on its own shared kernel, and return those to
+    finish alone. The problems with potentials in ``warm`` (problem -> ``(f, g)``) start
+    from them, in one group, the others from zero potentials in another; the problems
+    that leave a group (too far from the others for one kernel) form the next, started
+    where they stand."""
+    # (the problems at max_iter are left out: only a level's can be)
+    start = np.flatnonzero(shared.out.nit < shared.max_iter)
+    warm = {j: warm[j] for j in start if j in warm}
+    cold = np.array([j for j in start if j not in warm], dtype=int)
+    groups = [(cold, None)] if cold.size else []
+    if warm:
+        groups += _groups(warm, shared)
+    alone = {}
+    while groups:
+        columns, potentials = groups.pop()
+        left, failed = _Batch(shared, columns, potentials).run()
+        if left:
+            groups += _groups(left, shared)
+        alone.update(failed)
+    return alone
+
+
+def _groups(potentials, shared):
+    """The problems of ``potentials`` (a dict problem -> ``(f, g)``) in groups that each fit
+    one kernel, largest last: each group's columns and stacked potentials.
+
+    Greedy: the problem with the most others within reach (potentials at most twice the
+    spread allowed from the base apart, in the gauge centred as :meth:`_Batch._rebase`
+    does) starts a group, and the others within reach of all its members join it, nearest
+    first. One group per run of :meth:`_Batch._rebase`'s peeling would instead gather the
+    problems far from the others on every side into one group, to be split again.
+    """
+    columns = np.array(list(potentials))
+    f = np.stack([f for f, _ in potentials.values()])
+    g = np.stack([g for _, g in potentials.values()])
+    c = columns.size
+    if c == 1 or c > _MAX_CLUSTERED:
+        return [(columns, (f, g))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        gn = np.where(np.isfinite(g), g, np.nan)
+        shift = 0.5 * (np.nanmean(gn - np.nanmean(gn, axis=0), axis=1)
+                       - np.mean(f - np.mean(f, axis=0), axis=1))
+        fs, gs = f + shift[:, None], gn - shift[:, None]
+        distance = np.empty((c, c))
+        for i in range(c):
+            distance[i] = np.maximum(np.abs(fs - fs[i]).max(axis=1),
+                                     np.nanmax(np.abs(gs - gs[i]), axis=1))
+    near = ~(distance > 2.0 * shared.max_spread * shared.reg)  # (NaN: no column in common)
+    remaining = np.ones(c, dtype=bool)
+    groups = []
+    while remaining.any():
+        reach = near & remaining & remaining[:, None]
+        first = int(np.argmax(np.where(remaining, reach.sum(axis=1), -1)))
+        members = [first]
+        for j in np.argsort(distance[first]):
+            if j != first and reach[first, j] and near[j, members].all():
+                members.append(int(j))
+        remaining[members] = False
+        members = np.sort(members)
+        groups.append((columns[members], (f[members], g[members])))
+    return sorted(groups, key=lambda group: group[0].size)
+
+
+class _Shared:
+    """What every group of one batched solve reads: the data and the answers' store.
+
+    At an epsilon-scaling level (``warm`` given) the problems stop at ``tol`` and only their
+    potentials are kept, in ``warm``; otherwise ``tol`` is the solver's and the answers go
+    to ``out``.
+    """
+
+    def __init__(self, a, b, C, reg, solver, threads, out, tol=None, warm=None):
         self.full_a, self.full_C = a, C
         self.rows = rows = np.flatnonzero(a > 0)
         if rows.size < a.size:  # rows of zero mass never carry mass: left out
@@ -213,6 +327,10 @@ class _Shared:
             a = a[rows]
         self.a, self.b, self.C, self.reg = a, b, C, reg
         self.solver, self.threads, self.out = solver, threads, out
+        self.tol = solver.tol if tol is None else tol
+        # (the levels take at most half of max_iter: the rest is reg's)
+        self.max_iter = solver.max_iter if warm is None else solver.max_iter // 2
+        self.warm = warm
         self.mass = float(a.sum())
         self.history = {"residual": [], "n_active": [], "time": []}
         self.start = time.perf_counter()
@@ -308,6 +426,9 @@ class _Batch:
         self.left = {}  # problems that leave for another group: their potentials (f, g)
         self.largest_error = []  # the largest error of the active problems, per iteration
         self.failed = {}  # problems whose sweep failed: finished alone from scratch
+        # Started from potentials, the first iterate's column error is not known (0 in
+        # column_error): it must not stop on its row error alone.
+        self.unmeasured = potentials is not None
         if potentials is None:
             self._start()
         else:
@@ -372,7 +493,7 @@ class _Batch:
             history["time"].append(time.perf_counter() - self.shared.start)
             if solver.overrelaxation:
                 self._relaxation(error)
-            last = self.offset + it >= solver.max_iter
+            last = self.offset + it >= self.shared.max_iter
             if last.any():
                 # max_iter reached: these report status 1 from where they stand (their
                 # exact error is computed on that iterate).
@@ -413,7 +534,8 @@ class _Batch:
         U, V, B, K, a = self.U, self.V, self.B, self.K, self.a
         S = V @ K.T
         error = np.abs(U * S - a).sum(axis=1) + self.column_error
-        done = error <= self.solver.tol * self.mass
+        done = (error <= self.shared.tol * self.mass) & (not self.unmeasured)
+        self.unmeasured = False
         if done.any():
             self._finish(done, self.offset[done] + it - 1, Status.CONVERGED, S[done])
             keep = ~done
@@ -452,7 +574,8 @@ class _Batch:
             self.threads)
         sums = acc[:, 0] if acc.shape[1] == 1 else acc.sum(axis=1)
         error = row_error + self.column_error
-        done = error <= self.solver.tol * self.mass
+        done = (error <= self.shared.tol * self.mass) & (not self.unmeasured)
+        self.unmeasured = False
         self.column_error = np.where(self.omega != 1.0, column_error, 0.0)
         out_of_range = np.zeros(c, dtype=bool)
         check = ~within & ~mixed  # (mixed problems are checked after mixing)
@@ -588,6 +711,15 @@ class _Batch:
         V K^T`` when known) after ``nit`` iterations (one per problem)."""
         out, reg, a = self.out, self.reg, self.a
         U, V = self.U[done], self.V[done]
+        if self.shared.warm is not None:  # an epsilon-scaling level: its potentials only
+            with np.errstate(divide="ignore"):
+                f = self.F + reg * np.log(U)
+                g = np.where(self.B[done] > 0, self.G + reg * np.log(V), -np.inf)
+            for c, j in enumerate(self.active[done]):
+                self.shared.warm[int(j)] = (f[c], g[c])
+            out.status[self.active[done]] = status
+            out.nit[self.active[done]] = nit
+            return
         if S is None:
             S = V @ self.K.T
         if self.CK is None:
