@@ -8,10 +8,14 @@ and over-relaxation and leaves as soon as it converges; the last few iterate on 
 over the kernel (each block of its rows swept by every problem while in cache:
 :func:`mmopt_ext._sinkhorn.scaling_iterations`). When scalings leave their range the
 base moves to the middle of the problems' potentials (one recomputed kernel for all);
-problems too far from the others for one kernel form a further group with its own kernel,
-started where they stand. A problem whose sweep fails, or whose group recomputes its
-kernel too often, is finished alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain
-where needed).
+problems too far from the others for one kernel form further groups with their own
+kernels (clustered so that each fits one: :func:`_groups`), started where they stand. A
+problem whose sweep fails, or whose group recomputes its kernel too often, is finished
+alone by :class:`~mmopt.ot.Sinkhorn` (absorption, log domain where needed).
+
+Where reg is small against the cost's spread (``_LEVEL_MIN_RATIO``) the problems are first
+solved loosely at 10x reg (epsilon scaling, itself so started where that ratio still
+holds), and start at reg from those potentials.
 
 Each problem's column scalings are Anderson-mixed (:class:`_Anderson`, over
 :class:`~mmopt._core.anderson.BatchedAnderson`, whose step is one compiled pass per
@@ -25,6 +29,8 @@ References
 ----------
 H. F. Walker and P. Ni, "Anderson acceleration for fixed-point iterations", SIAM J.
 Numer. Anal. 49(4), 2011.
+B. Schmitzer, "Stabilized sparse scaling algorithms for entropy regularized transport
+problems", SIAM J. Sci. Comput. 41(3), 2019 (epsilon scaling, section 3.2).
 """
 
 from __future__ import annotations
@@ -237,13 +243,11 @@ def _next_level(warm, level, reg):
     ``reg log a`` and ``reg log b`` rescaled. Kept as they are, a weight of 1e-38 would
     leave its row or column 10 x 88 below the others' exponents at a tenth of the
     regularization (an underflowing sweep)."""
-    log_a = np.log(level.a)
-    with np.errstate(divide="ignore"):
-        log_b = np.log(level.b)
+    positive = level.b > 0
+    log_a, log_b = np.log(level.a), np.log(np.where(positive, level.b, 1.0))
     step = reg - level.reg
     for j, (f, g) in warm.items():
-        positive = level.b[:, j] > 0
-        warm[j] = (f + step * log_a, np.where(positive, g + step * log_b[:, j], -np.inf))
+        warm[j] = (f + step * log_a, np.where(positive[:, j], g + step * log_b[:, j], -np.inf))
 
 
 def _run_groups(shared, warm):
