@@ -240,14 +240,23 @@ def _levels(shared, reg):
 
 def _next_level(warm, level, reg):
     """Move the potentials in ``warm`` from ``level.reg`` to ``reg``: the entropic terms
-    ``reg log a`` and ``reg log b`` rescaled. Kept as they are, a weight of 1e-38 would
-    leave its row or column 10 x 88 below the others' exponents at a tenth of the
-    regularization (an underflowing sweep)."""
+    ``reg log a`` and ``reg log b`` rescaled, relative to the weights' median.
+
+    Kept as they are, a weight of 1e-38 would leave its row or column 10 x 88 below the
+    others' exponents at a tenth of the regularization (an underflowing sweep). Rescaled
+    in full, a typical weight (about 1 / n) would leave them about 10 log n above: the
+    soft minimum behind the potentials, ``-reg log sum_j b_j exp(...)``, carries about
+    ``reg log n`` of its own, which the median cancels.
+    """
     positive = level.b > 0
-    log_a, log_b = np.log(level.a), np.log(np.where(positive, level.b, 1.0))
+    log_a = np.log(level.a)
+    log_a -= np.median(log_a)
     step = reg - level.reg
     for j, (f, g) in warm.items():
-        warm[j] = (f + step * log_a, np.where(positive[:, j], g + step * log_b[:, j], -np.inf))
+        log_b = np.log(level.b[positive[:, j], j])
+        g = g.copy()
+        g[positive[:, j]] += step * (log_b - np.median(log_b))
+        warm[j] = (f + step * log_a, g)
 
 
 def _run_groups(shared, warm):
