@@ -83,13 +83,14 @@ def test_plan_only_on_request_and_inputs_untouched():
     assert np.all(res.marginal_error <= 1e-9 * a.sum() * 1.01)
 
 
-def test_against_pot_batched():
+@pytest.mark.parametrize("reg", [2e-2, 3e-3])
+def test_against_pot_batched(reg):
+    """(At 3e-3, spread / reg > _LEVEL_MIN_RATIO: started from a level at 3e-2.)"""
     ot = pytest.importorskip("ot")
     a, b, C = _problem(k=5)
     b = b[:, :4]  # POT's plain scaling iteration needs every column of b positive
     b[b == 0] = 1e-3
     b /= b.sum(axis=0)
-    reg = 2e-2
     costs, log = ot.sinkhorn(a, b, C, reg, stopThr=1e-14, numItermax=200_000, log=True)
     res = sinkhorn(a, b, C, reg, tol=1e-13, max_iter=200_000)
     np.testing.assert_allclose(res.transport_cost, costs, rtol=0, atol=1e-10)
@@ -495,6 +496,8 @@ def test_epsilon_scaling_levels(monkeypatch):
                         lambda shared, warm: regs.append(shared.reg) or run_groups(shared, warm))
     res = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
     assert regs == [pytest.approx(1e-2), reg]
+    two = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, n_threads=2, return_plan=True)
+    assert two.status == 0 and np.abs(two.plan - res.plan).max() <= 1e-10
     monkeypatch.setattr(_batched, "_LEVEL_MIN_RATIO", np.inf)
     plain = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
     assert res.status == plain.status == 0
