@@ -105,10 +105,11 @@ _ANDERSON_MAX_RESTARTS = 5
 # Epsilon scaling: where the cost's spread over reg exceeds _LEVEL_MIN_RATIO, the problems
 # are first solved at _LEVEL_FACTOR times reg (itself so warm-started where its ratio
 # still exceeds it), to an L1 marginal error of _LEVEL_TOL times the mass; their
-# potentials there start the next level. Mixtures k = 32, n = 1000, reg 1e-3, seeds 0-2:
-# 0.6-0.7x the summed iterations, the slowest column 0.4-0.8x; at ratios of 100 (reg 1e-2)
-# the extra level costs more than it saves.
-_LEVEL_MIN_RATIO = 300.0
+# potentials there start the next level. One thread, k = 32, reg 1e-3 (ratio 1000), CPU
+# time against none (loaded machine): mixtures n = 1000 0.52-0.94 (seeds 0-5), n = 300
+# 0.73-0.90, n = 100 0.30-0.65, n = 1500 0.93, images 1024 px 0.91; at ratio 333 (3e-3)
+# mixed, 0.79-1.15 (n = 300 lost), so not there.
+_LEVEL_MIN_RATIO = 500.0
 _LEVEL_FACTOR = 10.0
 _LEVEL_TOL = 0.1
 
@@ -203,7 +204,7 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     else:
         with _blas_limit(threads):
             warm = {}
-            levels = _levels(shared, reg)
+            levels = _levels(shared.C, reg)
             for level_reg, next_reg in zip(levels, levels[1:] + [reg]):
                 level = _Shared(a, b, C, level_reg, solver, threads, out, _LEVEL_TOL, warm)
                 level.history = shared.history
@@ -222,13 +223,8 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
     return out.result(a, shared.history, start)
 
 
-def _levels(shared, reg):
-    """The regularizations of the epsilon-scaling levels before ``reg``, largest first
-    (none on small kernels: their slow problems are finished alone, see
-    ``_SMALL_MAX_ENTRIES``)."""
-    C = shared.C
-    if shared.small:
-        return []
+def _levels(C, reg):
+    """The regularizations of the epsilon-scaling levels before ``reg``, largest first."""
     spread = float(C.max() - C.min())
     levels = []
     level = reg
