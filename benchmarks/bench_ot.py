@@ -390,12 +390,14 @@ def batched_other(quick: bool = False) -> list[dict]:
     return rows
 
 
+_MARKER = "--- mmopt bench_ot avx2 report ---"
 _AVX2_SCRIPT = """
 import sys
 sys.path.insert(0, {here!r})
 import bench_ot
 from _common import markdown_table
 quick = {quick!r}
+print({marker!r})
 print(bench_ot._cpu_path())
 print(markdown_table(bench_ot.pot_suite(quick, regs=(1e-2, 3e-3, 1e-3))))
 print()
@@ -442,11 +444,13 @@ def avx2_report(quick: bool = False) -> str:
         return "The AVX2 path is not available on this CPU."
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(
-        [sys.executable, "-c", _AVX2_SCRIPT.format(here=here, quick=quick)],
+        [sys.executable, "-c", _AVX2_SCRIPT.format(here=here, quick=quick, marker=_MARKER)],
         env=dict(os.environ, MMOPT_EXP_PATH="avx2"), capture_output=True, text=True,
         check=True,
     ).stdout
-    path, tables = out.split("\n", 1)
+    # Imports may print first (POT imports pykeops when it is installed, which prints a
+    # warning on stdout): the report starts after the marker line.
+    path, tables = out.split(_MARKER + "\n", 1)[-1].split("\n", 1)
     return "\n".join([
         f"CPU path: {path} (`MMOPT_EXP_PATH=avx2`). The same suite and floor as above, "
         "reg 1e-2, 3e-3 and 1e-3. The scaling domain's fused sweep is the same AVX2 code "
