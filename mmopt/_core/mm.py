@@ -22,7 +22,7 @@ from mmopt._core.anderson import (
     anderson_counts,
     make_accelerator,
 )
-from mmopt._core.params import Options
+from mmopt._core.params import Options, Param
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver
 from mmopt._core.solver import Solver, SolverState
@@ -247,27 +247,10 @@ class MMSolver(Solver):
     problem_types = (MMProblem,)
     required_methods = ("mm_step", "project", "initial_point")
 
-    _parameter_constraints = {
-        "anderson": ANDERSON_OPTION,
-        "stopping": [Options({"step", "objective"})],
+    _options = {
+        "anderson": Param(True, *ANDERSON_OPTION),
+        "stopping": Param("step", Options({"step", "objective"})),
     }
-
-    def __init__(
-        self,
-        *,
-        anderson: bool | AndersonAcceleration = True,
-        stopping: str = "step",
-        tol: float = 1e-6,
-        max_iter: int = 1000,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.anderson = anderson
-        self.stopping = stopping
-        self.tol = tol
-        self.max_iter = max_iter
-        self.callback = callback
-        self.verbose = verbose
 
     def _evaluate(self, problem, x, run: _MMRun):
         evaluation = problem.mm_step(x)
