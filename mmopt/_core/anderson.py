@@ -163,7 +163,6 @@ class AndersonAcceleration:
     --------
     Accelerate the linear fixed-point map ``G(x) = A x + b``:
 
-    >>> import numpy as np
     >>> from mmopt import AndersonAcceleration
     >>> A = np.diag([0.9, 0.5, 0.99]); b = np.ones(3)
     >>> aa = AndersonAcceleration(memory=3)
@@ -451,7 +450,6 @@ class BatchedAnderson:
     --------
     Two linear maps ``G_i(x) = A_i x + b_i`` accelerated together:
 
-    >>> import numpy as np
     >>> from mmopt import AndersonAcceleration
     >>> A = np.stack([np.diag([0.9, 0.5, 0.99]), np.diag([0.3, 0.8, 0.95])])
     >>> b = np.ones((2, 3))

@@ -64,7 +64,6 @@ class MMProblem(Problem):
     --------
     Minimize ``F(x) = sum(log(cosh(x - 2)))`` with the quadratic majorizer of curvature 1:
 
-    >>> import numpy as np
     >>> from mmopt.mm import MMProblem
     >>> problem = MMProblem(
     ...     objective=lambda x: float(np.sum(np.log(np.cosh(x - 2.0)))),
@@ -225,7 +224,6 @@ class MMSolver(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import MMProblem, MMSolver
     >>> A = np.diag([1.0, 10.0, 100.0])
     >>> L = 100.0  # curvature of the majorizer: largest eigenvalue of A

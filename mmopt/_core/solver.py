@@ -90,7 +90,6 @@ class Solver(ParamsValidationMixin, BaseEstimator):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import MMProblem, MMSolver
     >>> problem = MMProblem(
     ...     objective=lambda x: float(np.sum((x - 1.0) ** 2)),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
+from mmopt._core.params import Param
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -56,7 +57,6 @@ class P2OTProblem(CostMatrixProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import P2OTProblem
     >>> P2OTProblem(np.ones((4, 2)), rho=0.5, gamma=1.0, reg=0.1)
     P2OTProblem(n=4, k=2, rho=0.5, gamma=1, reg=0.1)
@@ -218,7 +218,6 @@ class ProgressivePartialOT(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import P2OTProblem, ProgressivePartialOT
     >>> C = -np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]))
     >>> res = ProgressivePartialOT().solve(P2OTProblem(C, rho=0.5))
@@ -230,22 +229,11 @@ class ProgressivePartialOT(Solver):
     problem_types = (P2OTProblem,)
     maximize = True
 
-    def __init__(
-        self,
-        *,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {"n_threads": N_THREADS}
+    _options = {
+        "tol": Param(1e-9),
+        "max_iter": Param(10_000),
+        "n_threads": Param(None, *N_THREADS),
+    }
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.n_threads)
@@ -396,7 +384,6 @@ def progressive_partial_ot(C, rho, gamma=1.0, reg=0.1, prior=None, **options) ->
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import progressive_partial_ot
     >>> rng = np.random.default_rng(0)
     >>> logits = rng.normal(size=(50, 3))

@@ -10,7 +10,7 @@ import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.exceptions import ConvergenceWarning
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -83,7 +83,6 @@ class PartialOTProblem(CostMatrixProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import PartialOTProblem
     >>> PartialOTProblem([], [], np.ones((3, 2)), 0.5, 0.1)
     PartialOTProblem(n=3, m=2, mass=0.5, reg=0.1)
@@ -291,7 +290,6 @@ class PartialSinkhorn(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import PartialOTProblem, PartialSinkhorn
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> res = PartialSinkhorn().solve(PartialOTProblem([0.5, 0.5], [0.5, 0.5], C, 0.5, 0.01))
@@ -304,38 +302,15 @@ class PartialSinkhorn(Solver):
     problem_types = (PartialOTProblem,)
     maximize = True
 
-    def __init__(
-        self,
-        *,
-        method: str = "auto",
-        newton: bool | None = None,
-        newton_switch: float = 1e-2,
-        eps_scaling: bool | None = None,
-        eps_factor: float = 4.0,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.method = method
-        self.newton = newton
-        self.newton_switch = newton_switch
-        self.eps_scaling = eps_scaling
-        self.eps_factor = eps_factor
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {
-        "method": [Options({"auto", "log", "scaling"})],
-        "newton": [None, bool],
-        "newton_switch": [Interval(float, 0, None)],
-        "eps_scaling": [None, bool],
-        "eps_factor": [Interval(float, 1, None, closed="neither")],
-        "n_threads": N_THREADS,
+    _options = {
+        "method": Param("auto", Options({"auto", "log", "scaling"})),
+        "newton": Param(None, None, bool),
+        "newton_switch": Param(1e-2, Interval(float, 0, None)),
+        "eps_scaling": Param(None, None, bool),
+        "eps_factor": Param(4.0, Interval(float, 1, None, closed="neither")),
+        "tol": Param(1e-9),
+        "max_iter": Param(10_000),
+        "n_threads": Param(None, *N_THREADS),
     }
 
     def _init_state(self, problem, x0):
@@ -525,7 +500,6 @@ def partial_ot(a, b, C, mass=None, reg=None, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import partial_ot
     >>> C = np.array([[0.0, 2.0], [1.0, 5.0]])
     >>> res = partial_ot([0.5, 0.5], [0.5, 0.5], C, mass=0.5)

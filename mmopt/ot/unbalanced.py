@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -102,7 +102,6 @@ class UnbalancedOTProblem(CostMatrixProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import UnbalancedOTProblem
     >>> problem = UnbalancedOTProblem([0.5, 0.5], [0.2, 0.6], np.eye(2)[::-1], 0.1, 1.0)
     >>> problem
@@ -385,7 +384,6 @@ class UnbalancedSinkhorn(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import UnbalancedOTProblem, UnbalancedSinkhorn
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> res = UnbalancedSinkhorn().solve(UnbalancedOTProblem([1.0, 1.0], [1.0, 3.0], C, 0.1, 1.0))
@@ -397,35 +395,14 @@ class UnbalancedSinkhorn(Solver):
     problem_types = (UnbalancedOTProblem,)
     maximize = True
 
-    def __init__(
-        self,
-        *,
-        method: str = "auto",
-        translation_invariant: bool = True,
-        newton: bool | None = None,
-        newton_switch: float = 1e-3,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.method = method
-        self.translation_invariant = translation_invariant
-        self.newton = newton
-        self.newton_switch = newton_switch
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {
-        "method": [Options({"auto", "log", "scaling", "stabilized"})],
-        "translation_invariant": [bool],
-        "newton": [None, bool],
-        "newton_switch": [Interval(float, 0, None)],
-        "n_threads": N_THREADS,
+    _options = {
+        "method": Param("auto", Options({"auto", "log", "scaling", "stabilized"})),
+        "translation_invariant": Param(True, bool),
+        "newton": Param(None, None, bool),
+        "newton_switch": Param(1e-3, Interval(float, 0, None)),
+        "tol": Param(1e-9),
+        "max_iter": Param(10_000),
+        "n_threads": Param(None, *N_THREADS),
     }
 
     def _init_state(self, problem, x0):
@@ -596,7 +573,6 @@ def unbalanced_sinkhorn(a, b, C, reg, reg_m, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import unbalanced_sinkhorn
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> res = unbalanced_sinkhorn([0.5, 0.5], [0.5, 1.5], C, reg=0.05, reg_m=(np.inf, 1.0))

@@ -40,7 +40,6 @@ class ICPRegistration(TransformerMixin, BaseEstimator):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import ICPRegistration
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(200, 3)) * [3.0, 2.0, 1.0]
