@@ -33,14 +33,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from mmopt._core.linesearch import armijo, backtracking
-from mmopt._core.params import (
-    Constraint,
-    InstanceOf,
-    Interval,
-    Options,
-    Param,
-    Rule,
-)
+from mmopt._core.params import Constraint, InstanceOf, Interval, Options, Param, Rule
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve

@@ -160,10 +160,7 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BilevelRidge:
         """Learn the penalty by cross-validation, then refit on all data.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_targets)s
+        %(fit_targets)s
 
         Returns
         -------
@@ -266,10 +263,7 @@ class BilevelLogisticRegression(
     def fit(self, X: ArrayLike, y: ArrayLike) -> BilevelLogisticRegression:
         """Learn the penalty by cross-validation, then refit on all data.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_labels)s
+        %(fit_labels)s
 
         Returns
         -------

@@ -364,10 +364,7 @@ class MixtureOfExperts(ParamsValidationMixin, RegressorMixin, BaseEstimator):
     def fit(self, X, y) -> MixtureOfExperts:
         """Fit the mixture by EM from ``n_init`` starts.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_targets)s
+        %(fit_targets)s
 
         Returns
         -------

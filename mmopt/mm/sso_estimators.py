@@ -160,10 +160,7 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
     def fit(self, X: ArrayLike, y: ArrayLike) -> SSORegressor:
         """Fit the model.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_targets)s
+        %(fit_targets)s
 
         Returns
         -------
@@ -257,10 +254,7 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
     def fit(self, X: ArrayLike, y: ArrayLike) -> SSOClassifier:
         """Fit the model.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_labels)s
+        %(fit_labels)s
 
         Returns
         -------

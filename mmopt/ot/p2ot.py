@@ -8,14 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
-from mmopt._core.params import Param
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_scalar, readonly
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, OT_PARAMS, kl, logsumexp
+from mmopt.ot._support import OT_PARAMS, SCALING_OPTIONS, kl, logsumexp
 from mmopt.ot.problem import CostMatrixProblem
 
 __all__ = ["P2OTProblem", "ProgressivePartialOT", "progressive_partial_ot", "rho_schedule"]
@@ -200,11 +199,7 @@ class ProgressivePartialOT(Solver):
     tol : float, default=1e-9
         Stop when the rows' L1 error ``||Q 1 + xi - a||_1`` (the other blocks are exactly
         optimal after each iteration) is at most ``tol``; lagged by one iteration.
-    max_iter : int, default=10000
-        Maximum number of iterations.
-    %(log_n_threads)s
-    %(callback)s
-    %(verbose)s
+    %(scaling_options)s
 
     Notes
     -----
@@ -230,9 +225,7 @@ class ProgressivePartialOT(Solver):
     maximize = True
 
     _options = {
-        "tol": Param(1e-9),
-        "max_iter": Param(10_000),
-        "n_threads": Param(None, *N_THREADS),
+        **SCALING_OPTIONS,
     }
 
     def _init_state(self, problem, x0):

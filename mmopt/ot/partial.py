@@ -18,9 +18,9 @@ from mmopt._core.validation import check_array, check_scalar
 from mmopt.ot._kernels import dense_plan, plan_marginals, plan_row_sums, sparsify_plan
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._support import (
-    N_THREADS,
     OT_PARAMS,
     SCALING_MAX_RATIO,
+    SCALING_OPTIONS,
     ScalingRun,
     log_ratio_sum,
     measure,
@@ -268,11 +268,7 @@ class PartialSinkhorn(Solver):
         Stop when the L1 violation of the optimality conditions (each row and column sum at
         most its mass, with equality where its multiplier is negative) is at most ``tol``;
         the row part recorded at iteration ``k`` is that of iterate ``k - 1``.
-    max_iter : int, default=10000
-        Maximum number of iterations.
-    %(log_n_threads)s
-    %(callback)s
-    %(verbose)s
+    %(scaling_options)s
 
     Notes
     -----
@@ -308,9 +304,7 @@ class PartialSinkhorn(Solver):
         "newton_switch": Param(1e-2, Interval(float, 0, None)),
         "eps_scaling": Param(None, None, bool),
         "eps_factor": Param(4.0, Interval(float, 1, None, closed="neither")),
-        "tol": Param(1e-9),
-        "max_iter": Param(10_000),
-        "n_threads": Param(None, *N_THREADS),
+        **SCALING_OPTIONS,
     }
 
     def _init_state(self, problem, x0):

@@ -15,7 +15,7 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt.ot._batched import batched_sinkhorn
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, OT_PARAMS, Support, log_ratio_sum
+from mmopt.ot._support import OT_PARAMS, SCALING_OPTIONS, Support, log_ratio_sum
 from mmopt.ot.problem import OTProblem, solve_ot
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
@@ -229,9 +229,7 @@ class Sinkhorn(Solver):
     _options = {
         "method": Param("auto", Options({"auto", "log", "scaling"})),
         "overrelaxation": Param(True, bool),
-        "tol": Param(1e-9),
-        "max_iter": Param(10_000),
-        "n_threads": Param(None, *N_THREADS),
+        **SCALING_OPTIONS,
     }
 
     # ----------------------------------------------------------------------------- setup

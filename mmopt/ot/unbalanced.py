@@ -16,8 +16,8 @@ from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.ot._kernels import dense_plan, plan_marginals, plan_row_sums, sparsify_plan
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._support import (
-    N_THREADS,
     OT_PARAMS,
+    SCALING_OPTIONS,
     ScalingRun,
     kl,
     log_ratio_sum,
@@ -363,11 +363,7 @@ class UnbalancedSinkhorn(Solver):
         Stop when the L1 norm of the dual gradient, ``||P 1 - a e^{-f/rho_1}||_1`` (the
         column block is exactly optimal after each iteration), is at most ``tol``. As in
         :class:`Sinkhorn`, the value recorded at iteration ``k`` is that of iterate ``k - 1``.
-    max_iter : int, default=10000
-        Maximum number of iterations.
-    %(log_n_threads)s
-    %(callback)s
-    %(verbose)s
+    %(scaling_options)s
 
     Notes
     -----
@@ -400,9 +396,7 @@ class UnbalancedSinkhorn(Solver):
         "translation_invariant": Param(True, bool),
         "newton": Param(None, None, bool),
         "newton_switch": Param(1e-3, Interval(float, 0, None)),
-        "tol": Param(1e-9),
-        "max_iter": Param(10_000),
-        "n_threads": Param(None, *N_THREADS),
+        **SCALING_OPTIONS,
     }
 
     def _init_state(self, problem, x0):

@@ -14,14 +14,7 @@ import numpy as np
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration, make_accelerator
 from mmopt._core.linesearch import backtracking
-from mmopt._core.params import (
-    Constraint,
-    InstanceOf,
-    Interval,
-    Options,
-    Param,
-    Rule,
-)
+from mmopt._core.params import Constraint, InstanceOf, Interval, Options, Param, Rule
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result, Status
 from mmopt._core.solver import Solver, SolverState
