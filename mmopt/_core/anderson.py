@@ -5,8 +5,8 @@
 per-run accelerator that keeps the history. :func:`make_accelerator` turns the option into a
 fresh accelerator for one solve, and :meth:`AndersonAcceleration.safeguarded_step` is the one
 safeguard protocol: extrapolate, evaluate, keep the extrapolated point only if the objective
-does not increase. ``ANDERSON_OPTION`` is the option's entry for a solver's
-``_parameter_constraints`` table.
+does not increase. ``ANDERSON_OPTION`` holds the option's constraints, for a solver's
+``_options`` table (``"anderson": Param(True, *ANDERSON_OPTION)``).
 """
 
 from __future__ import annotations
@@ -595,7 +595,7 @@ class BatchedAnderson:
 # What ``anderson=True`` means; solves run with fresh copies of it.
 _DEFAULT = AndersonAcceleration()
 
-#: The ``anderson`` option's entry in a solver's ``_parameter_constraints`` table.
+#: The ``anderson`` option's constraints (``Param(True, *ANDERSON_OPTION)`` in ``_options``).
 ANDERSON_OPTION = [bool, InstanceOf(AndersonAcceleration)]
 
 
