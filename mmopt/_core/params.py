@@ -36,6 +36,7 @@ __all__ = [
     "Rule",
     "constraints_of",
     "invalid_values",
+    "options_of",
     "validate_params",
 ]
 
@@ -365,6 +366,24 @@ def _declared(cls: type) -> dict[str, Param]:
                 merged[name] = Param(first.default, *param.constraints,
                                      positional=first.positional)
     return merged
+
+
+def options_of(cls: type, *names: str) -> dict[str, Param]:
+    """The declared options ``names`` of ``cls`` (defaults and constraints), for a class that
+    passes them on to ``cls`` (an estimator to its solver) and so shares their defaults.
+
+    Examples
+    --------
+    >>> from mmopt._core.params import options_of
+    >>> from mmopt.mm import MMSolver
+    >>> options_of(MMSolver, "stopping")
+    {'stopping': Param('step', Options(choices=frozenset({'step', 'objective'})))}
+    """
+    declared = _declared(cls)
+    unknown = [name for name in names if name not in declared]
+    if unknown:
+        raise KeyError(f"{cls.__name__} declares no option {', '.join(map(repr, unknown))}.")
+    return {name: declared[name] for name in names}
 
 
 @functools.cache

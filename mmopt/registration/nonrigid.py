@@ -23,7 +23,14 @@ from mmopt._core.anderson import (
     anderson_counts,
     make_accelerator,
 )
-from mmopt._core.params import InstanceOf, Interval, Options, Param
+from mmopt._core.params import (
+    InstanceOf,
+    Interval,
+    Options,
+    Param,
+    ParamsValidationMixin,
+    options_of,
+)
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -520,7 +527,7 @@ def nonrigid_icp(source, target, **options) -> Result:
     return solve(problem, "spare", x0=x0, **options)
 
 
-class NonRigidRegistration(BaseEstimator):
+class NonRigidRegistration(ParamsValidationMixin, BaseEstimator):
     """Non-rigid registration as an estimator: ``fit(X=source, y=target)``.
 
     Parameters
@@ -555,26 +562,13 @@ class NonRigidRegistration(BaseEstimator):
     (225, 3)
     """
 
-    def __init__(self, *, arap_weight: float = 200.0, arap_floor: float = 1.0,
-                 welsch_scale: float | None = None, point_weight: float = 0.0,
-                 reject_opposite: bool = True,
-                 reject_distance: float | None = 3.0,
-                 coarse: bool | DeformationGraph = True,
-                 anderson: bool | AndersonAcceleration = False,
-                 linear_solver: str = "auto", k: int = 8,
-                 tol: float = 1e-4, max_iter: int = 100):
-        self.arap_weight = arap_weight
-        self.arap_floor = arap_floor
-        self.welsch_scale = welsch_scale
-        self.point_weight = point_weight
-        self.reject_opposite = reject_opposite
-        self.reject_distance = reject_distance
-        self.coarse = coarse
-        self.anderson = anderson
-        self.linear_solver = linear_solver
-        self.k = k
-        self.tol = tol
-        self.max_iter = max_iter
+    # SPARE's options, passed on to it, and the k-NN graph's size.
+    _options = {
+        **options_of(SPARE, "arap_weight", "arap_floor", "welsch_scale", "point_weight",
+                     "reject_opposite", "reject_distance", "coarse", "anderson",
+                     "linear_solver", "tol", "max_iter"),
+        "k": Param(8, Interval(int, 1, None)),
+    }
 
     def fit(self, X, y, *, source_normals=None, target_normals=None, faces=None):
         """Deform the source ``X`` (n, 3) onto the target ``y`` (m, 3)."""

@@ -16,6 +16,7 @@ from mmopt._core.params import (
     Rule,
     constraints_of,
     invalid_values,
+    options_of,
     validate_params,
 )
 
@@ -164,3 +165,17 @@ def test_declared_option_needs_constraints():
     with pytest.raises(TypeError, match="'x' has no constraints"):
         class _Bad(ParamsValidationMixin, BaseEstimator):
             _options = {"x": Param(1)}
+
+
+def test_options_of_shares_a_solvers_declarations():
+    from mmopt.registration import ICP, ICPRegistration, NonRigidRegistration
+    from mmopt.registration.nonrigid import SPARE
+
+    # The wrapping estimators' defaults are their solvers', read from one declaration.
+    for estimator, solver in [(ICPRegistration, ICP), (NonRigidRegistration, SPARE)]:
+        shared = set(estimator().get_params()) & set(solver().get_params())
+        assert shared and all(getattr(estimator(), name) == getattr(solver(), name)
+                              for name in shared)
+    assert options_of(_Child, "method")["method"].default == "auto"
+    with pytest.raises(KeyError, match="'gone'"):
+        options_of(_Child, "method", "gone")
