@@ -376,8 +376,8 @@ def options_of(cls: type, *names: str) -> dict[str, Param]:
     --------
     >>> from mmopt._core.params import options_of
     >>> from mmopt.mm import MMSolver
-    >>> options_of(MMSolver, "stopping")
-    {'stopping': Param('step', Options(choices=frozenset({'step', 'objective'})))}
+    >>> options_of(MMSolver, "max_iter")
+    {'max_iter': Param(1000, Interval(kind=<class 'int'>, low=1, high=None, closed='both'))}
     """
     declared = _declared(cls)
     unknown = [name for name in names if name not in declared]
@@ -397,17 +397,14 @@ def constraints_of(cls: type) -> tuple[dict[str, list[Constraint]], list[Rule]]:
     table: dict[str, list[Constraint]] = {}
     rules: list[Rule] = []
     for klass in reversed(cls.__mro__):
-        own = vars(klass).get("_parameter_constraints")
-        if own:
-            for name, specs in own.items():
-                table[name] = [_as_constraint(s) for s in specs]
-        rules.extend(vars(klass).get("_parameter_rules", ()))
-    for name, param in _declared(cls).items():
-        table[name] = [_as_constraint(s) for s in param.constraints]
-    for klass in cls.__mro__:
+        for name, specs in vars(klass).get("_parameter_constraints", {}).items():
+            table[name] = [_as_constraint(s) for s in specs]
         for name, param in vars(klass).get("_options", {}).items():
             if param is None:
                 table.pop(name, None)
+            elif param.constraints:
+                table[name] = [_as_constraint(s) for s in param.constraints]
+        rules.extend(vars(klass).get("_parameter_rules", ()))
     return table, rules
 
 

@@ -152,6 +152,18 @@ def test_declared_options_inherit_constraints_and_init():
         _Child(method="nope")._validate_params()
 
 
+def test_a_written_init_with_its_own_table_overrides_the_declared_constraints():
+    class Tight(_Base):
+        _parameter_constraints = {"tol": [Interval(float, 1, None)]}
+
+        def __init__(self, tol=2.0):
+            self.tol = tol
+
+    assert constraints_of(Tight)[0]["tol"] == [Interval(float, 1, None)]
+    with pytest.raises(ValueError, match="tol must be"):
+        Tight(tol=0.5)._validate_params()
+
+
 def test_declared_options_clone_and_pickle():
     model = _Child(3.0, method="log", callback=print)
     copy = clone(model)
