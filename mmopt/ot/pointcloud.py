@@ -14,7 +14,7 @@ from scipy.sparse.linalg import LinearOperator, cg, splu
 from scipy.spatial import cKDTree
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
@@ -151,7 +151,6 @@ class PointCloudOTProblem(Problem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import PointCloudOTProblem
     >>> rng = np.random.default_rng(0)
     >>> problem = PointCloudOTProblem(rng.random((50, 2)), rng.random((40, 2)), reg=1e-2)
@@ -501,7 +500,6 @@ class PointCloudSinkhorn(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import PointCloudOTProblem, PointCloudSinkhorn
     >>> rng = np.random.default_rng(0)
     >>> problem = PointCloudOTProblem(rng.random((300, 2)), rng.random((300, 2)), reg=1e-4)
@@ -514,44 +512,16 @@ class PointCloudSinkhorn(Solver):
     problem_types = (PointCloudOTProblem,)
     maximize = True
 
-    def __init__(
-        self,
-        *,
-        regime: str = "auto",
-        tol: float = 1e-6,
-        max_iter: int = 10_000,
-        scaling: float = 0.25,
-        switch_tol: float = 0.1,
-        truncation: float = 40.0,
-        max_coarse: int = 1000,
-        newton: bool = True,
-        newton_switch: float = 0.1,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.regime = regime
-        self.tol = tol
-        self.max_iter = max_iter
-        self.scaling = scaling
-        self.switch_tol = switch_tol
-        self.truncation = truncation
-        self.max_coarse = max_coarse
-        self.newton = newton
-        self.newton_switch = newton_switch
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {
-        "regime": [Options({"auto", "sharp", "smooth"})],
-        "scaling": [Interval(float, 0, 1, closed="neither")],
-        "switch_tol": [Interval(float, 0, None, closed="neither")],
-        "truncation": [Interval(float, 1, None)],
-        "max_coarse": [Interval(int, 1, None)],
-        "newton": [bool],
-        "newton_switch": [Interval(float, 0, None)],
-        "n_threads": N_THREADS,
+    _options = {
+        "regime": Param("auto", Options({"auto", "sharp", "smooth"})),
+        "max_iter": Param(10_000),
+        "scaling": Param(0.25, Interval(float, 0, 1, closed="neither")),
+        "switch_tol": Param(0.1, Interval(float, 0, None, closed="neither")),
+        "truncation": Param(40.0, Interval(float, 1, None)),
+        "max_coarse": Param(1000, Interval(int, 1, None)),
+        "newton": Param(True, bool),
+        "newton_switch": Param(0.1, Interval(float, 0, None)),
+        "n_threads": Param(None, *N_THREADS),
     }
 
     # ----------------------------------------------------------------------------- setup
@@ -1208,7 +1178,6 @@ def pointcloud_sinkhorn(x, y, a=None, b=None, *, reg, cost="sqeuclidean", tol=1e
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import pointcloud_sinkhorn
     >>> rng = np.random.default_rng(0)
     >>> x = rng.random((400, 3))

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
-from mmopt._core.params import Options
+from mmopt._core.params import Options, Param
 from mmopt._core.registry import register_solver
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt.ot._batched import batched_sinkhorn
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, OT_PARAMS, Support, log_ratio_sum
+from mmopt.ot._support import OT_PARAMS, SCALING_OPTIONS, Support, log_ratio_sum
 from mmopt.ot.problem import OTProblem, solve_ot
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
 from mmopt_ext._sinkhorn import scaled_plan as _scaled_plan
@@ -235,7 +235,6 @@ class Sinkhorn(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import OTProblem, Sinkhorn
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.random((5, 2)), rng.random((6, 2))
@@ -252,29 +251,10 @@ class Sinkhorn(Solver):
     # non-finite entry of x makes fun non-finite, which the loop checks without scanning x.
     residual_covers_x = True
 
-    def __init__(
-        self,
-        *,
-        method: str = "auto",
-        overrelaxation: bool = True,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.method = method
-        self.overrelaxation = overrelaxation
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {
-        "method": [Options({"auto", "log", "scaling"})],
-        "overrelaxation": [bool],
-        "n_threads": N_THREADS,
+    _options = {
+        "method": Param("auto", Options({"auto", "log", "scaling"})),
+        "overrelaxation": Param(True, bool),
+        **SCALING_OPTIONS,
     }
 
     # ----------------------------------------------------------------------------- setup
@@ -650,7 +630,6 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import sinkhorn
     >>> res = sinkhorn([0.5, 0.5], [0.5, 0.5], np.array([[0.0, 1.0], [1.0, 0.0]]), reg=0.05)
     >>> np.round(res.plan, 6)
