@@ -330,6 +330,10 @@ static double mmopt_expsum_avx2(const double *c, const double *g, double shift,
 typedef double (*mmopt_scaling_fn)(const double *, ptrdiff_t, ptrdiff_t, const double *,
                                    const double *, double *, double *, double);
 
+/* The same sweep on a float32 copy of K. */
+typedef double (*mmopt_scaling_f32_fn)(const float *, ptrdiff_t, ptrdiff_t, const double *,
+                                       const double *, double *, double *, double);
+
 /* The same sweep for two problems (v, u, acc, omega, err each) on one block of K. */
 typedef void (*mmopt_scaling2_fn)(const double *, ptrdiff_t, ptrdiff_t, const double *,
                                   const double *, const double *, double *, double *, double *,
@@ -343,21 +347,85 @@ static inline double mmopt_relaxed(double old, double target, double omega)
     return omega == 1.0 || target == 0.0 ? target : old * pow(target / old, omega);
 }
 
+/* The kernel's storage: K in float64, or a float32 copy of it (half the memory traffic; the
+ * products and sums stay in float64). A solve sweeps the float32 copy only while its
+ * marginal error is far above the copy's rounding (2^-24 relative per entry). */
+static inline const void *mmopt_row(const void *K, ptrdiff_t i, ptrdiff_t m, int single)
+{
+    return single ? (const void *)((const float *)K + i * m)
+                  : (const void *)((const double *)K + i * m);
+}
+
+static inline double mmopt_entry(const void *k, ptrdiff_t j, int single)
+{
+    return single ? (double)((const float *)k)[j] : ((const double *)k)[j];
+}
+
+/* The sweep for K of either storage: inlined with `single` constant, so that each storage
+ * gets its own loop. */
+static inline double mmopt_scaling_rows_any(const void *K, ptrdiff_t m, ptrdiff_t rows,
+                                            const double *v, const double *a, double *u,
+                                            double *acc, double omega, int single)
+{
+    double err = 0.0;
+    for (ptrdiff_t i = 0; i < rows; ++i) {
+        const void *k = mmopt_row(K, i, m, single);
+        double s = 0.0;
+        for (ptrdiff_t j = 0; j < m; ++j) s += mmopt_entry(k, j, single) * v[j];
+        err += fabs(u[i] * s - a[i]);
+        double w = mmopt_relaxed(u[i], a[i] / s, omega);
+        u[i] = w;
+        for (ptrdiff_t j = 0; j < m; ++j) acc[j] += w * mmopt_entry(k, j, single);
+    }
+    return err;
+}
+
 static double mmopt_scaling_rows_scalar(const double *K, ptrdiff_t m, ptrdiff_t rows,
                                         const double *v, const double *a, double *u,
                                         double *acc, double omega)
 {
-    double err = 0.0;
-    for (ptrdiff_t i = 0; i < rows; ++i) {
-        const double *k = K + i * m;
-        double s = 0.0;
-        for (ptrdiff_t j = 0; j < m; ++j) s += k[j] * v[j];
-        err += fabs(u[i] * s - a[i]);
-        double w = mmopt_relaxed(u[i], a[i] / s, omega);
-        u[i] = w;
-        for (ptrdiff_t j = 0; j < m; ++j) acc[j] += w * k[j];
+    return mmopt_scaling_rows_any(K, m, rows, v, a, u, acc, omega, 0);
+}
+
+static double mmopt_scaling_rows_f32_scalar(const float *K, ptrdiff_t m, ptrdiff_t rows,
+                                            const double *v, const double *a, double *u,
+                                            double *acc, double omega)
+{
+    return mmopt_scaling_rows_any(K, m, rows, v, a, u, acc, omega, 1);
+}
+
+/* The plan diag(u) K diag(v) written over a block of rows of K (row stride m), with its
+ * row sums into row_sums, its column sums added into cols, and <C, P> over the block
+ * returned: one pass over K and C where NumPy would take five. */
+typedef double (*mmopt_plan_fn)(double *, const double *, ptrdiff_t, ptrdiff_t, const double *,
+                                const double *, double *, double *);
+
+/* Entries j0..m-1 of one row of it, adding to the row's sum and its <C, P>. */
+static inline void mmopt_plan_entries(double *k, const double *c, double scale,
+                                      const double *v, ptrdiff_t j, ptrdiff_t m, double *cols,
+                                      double *total, double *dot)
+{
+    for (; j < m; ++j) {
+        double p = k[j] * scale * v[j];
+        k[j] = p;
+        *total += p;
+        cols[j] += p;
+        *dot += c[j] * p;
     }
-    return err;
+}
+
+static double mmopt_plan_rows_scalar(double *K, const double *C, ptrdiff_t m, ptrdiff_t rows,
+                                     const double *u, const double *v, double *row_sums,
+                                     double *cols)
+{
+    double cost = 0.0;
+    for (ptrdiff_t i = 0; i < rows; ++i) {
+        double total = 0.0, dot = 0.0;
+        mmopt_plan_entries(K + i * m, C + i * m, u[i], v, 0, m, cols, &total, &dot);
+        row_sums[i] = total;
+        cost += dot;
+    }
+    return cost;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -395,25 +463,35 @@ static inline __m256d mmopt_tile_update_avx2(__m256d acc, const __m256d *w, __m2
 }
 
 /* The same for the entries j of acc beyond the last multiple of 4. */
-static inline void mmopt_tile_update_tail(double *acc, const double *w, const double *k0,
-                                          const double *k1, const double *k2,
-                                          const double *k3, ptrdiff_t j, ptrdiff_t m)
+static inline void mmopt_tile_update_tail(double *acc, const double *w, const void *k0,
+                                          const void *k1, const void *k2, const void *k3,
+                                          ptrdiff_t j, ptrdiff_t m, int single)
 {
     for (; j < m; ++j)
-        acc[j] += (w[0] * k0[j] + w[1] * k1[j]) + (w[2] * k2[j] + w[3] * k3[j]);
+        acc[j] += (w[0] * mmopt_entry(k0, j, single) + w[1] * mmopt_entry(k1, j, single)) +
+                  (w[2] * mmopt_entry(k2, j, single) + w[3] * mmopt_entry(k3, j, single));
+}
+
+/* 4 entries of a row from j on, as float64. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline __m256d mmopt_load4(const void *k, ptrdiff_t j, int single)
+{
+    return single ? _mm256_cvtps_pd(_mm_loadu_ps((const float *)k + j))
+                  : _mm256_loadu_pd((const double *)k + j);
 }
 
 /* Blocks of 4 rows: the dot products share each load of v, the update of acc loads and
  * stores acc once per 4 rows (the store port, not the arithmetic, bounds a plain axpy). */
-__attribute__((target("avx2,fma")))
-static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t rows,
-                                      const double *v, const double *a, double *u,
-                                      double *acc, double omega)
+__attribute__((target("avx2,fma"), always_inline))
+static inline double mmopt_scaling_rows_avx2_any(const void *K, ptrdiff_t m, ptrdiff_t rows,
+                                                 const double *v, const double *a, double *u,
+                                                 double *acc, double omega, int single)
 {
     double err = 0.0;
     ptrdiff_t i = 0;
     for (; i + 4 <= rows; i += 4) {
-        const double *k0 = K + i * m, *k1 = k0 + m, *k2 = k1 + m, *k3 = k2 + m;
+        const void *k0 = mmopt_row(K, i, m, single), *k1 = mmopt_row(K, i + 1, m, single);
+        const void *k2 = mmopt_row(K, i + 2, m, single), *k3 = mmopt_row(K, i + 3, m, single);
         __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
         __m256d s2 = _mm256_setzero_pd(), s3 = _mm256_setzero_pd();
         __m256d t0 = _mm256_setzero_pd(), t1 = _mm256_setzero_pd();
@@ -421,24 +499,24 @@ static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t ro
         ptrdiff_t j = 0;
         for (; j + 8 <= m; j += 8) {
             __m256d va = _mm256_loadu_pd(v + j), vb = _mm256_loadu_pd(v + j + 4);
-            s0 = _mm256_fmadd_pd(_mm256_loadu_pd(k0 + j), va, s0);
-            s1 = _mm256_fmadd_pd(_mm256_loadu_pd(k1 + j), va, s1);
-            s2 = _mm256_fmadd_pd(_mm256_loadu_pd(k2 + j), va, s2);
-            s3 = _mm256_fmadd_pd(_mm256_loadu_pd(k3 + j), va, s3);
-            t0 = _mm256_fmadd_pd(_mm256_loadu_pd(k0 + j + 4), vb, t0);
-            t1 = _mm256_fmadd_pd(_mm256_loadu_pd(k1 + j + 4), vb, t1);
-            t2 = _mm256_fmadd_pd(_mm256_loadu_pd(k2 + j + 4), vb, t2);
-            t3 = _mm256_fmadd_pd(_mm256_loadu_pd(k3 + j + 4), vb, t3);
+            s0 = _mm256_fmadd_pd(mmopt_load4(k0, j, single), va, s0);
+            s1 = _mm256_fmadd_pd(mmopt_load4(k1, j, single), va, s1);
+            s2 = _mm256_fmadd_pd(mmopt_load4(k2, j, single), va, s2);
+            s3 = _mm256_fmadd_pd(mmopt_load4(k3, j, single), va, s3);
+            t0 = _mm256_fmadd_pd(mmopt_load4(k0, j + 4, single), vb, t0);
+            t1 = _mm256_fmadd_pd(mmopt_load4(k1, j + 4, single), vb, t1);
+            t2 = _mm256_fmadd_pd(mmopt_load4(k2, j + 4, single), vb, t2);
+            t3 = _mm256_fmadd_pd(mmopt_load4(k3, j + 4, single), vb, t3);
         }
         double d[4] = {mmopt_hsum_avx2(_mm256_add_pd(s0, t0)),
                        mmopt_hsum_avx2(_mm256_add_pd(s1, t1)),
                        mmopt_hsum_avx2(_mm256_add_pd(s2, t2)),
                        mmopt_hsum_avx2(_mm256_add_pd(s3, t3))};
         for (; j < m; ++j) {
-            d[0] += k0[j] * v[j];
-            d[1] += k1[j] * v[j];
-            d[2] += k2[j] * v[j];
-            d[3] += k3[j] * v[j];
+            d[0] += mmopt_entry(k0, j, single) * v[j];
+            d[1] += mmopt_entry(k1, j, single) * v[j];
+            d[2] += mmopt_entry(k2, j, single) * v[j];
+            d[3] += mmopt_entry(k3, j, single) * v[j];
         }
         double w[4];
         mmopt_tile_scalings(d, a + i, u + i, omega, w, &err);
@@ -447,13 +525,59 @@ static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t ro
         j = 0;
         for (; j + 4 <= m; j += 4)
             _mm256_storeu_pd(acc + j, mmopt_tile_update_avx2(
-                _mm256_loadu_pd(acc + j), wv, _mm256_loadu_pd(k0 + j),
-                _mm256_loadu_pd(k1 + j), _mm256_loadu_pd(k2 + j), _mm256_loadu_pd(k3 + j)));
-        mmopt_tile_update_tail(acc, w, k0, k1, k2, k3, j, m);
+                _mm256_loadu_pd(acc + j), wv, mmopt_load4(k0, j, single),
+                mmopt_load4(k1, j, single), mmopt_load4(k2, j, single),
+                mmopt_load4(k3, j, single)));
+        mmopt_tile_update_tail(acc, w, k0, k1, k2, k3, j, m, single);
     }
     if (i < rows)
-        err += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v, a + i, u + i, acc, omega);
+        err += mmopt_scaling_rows_any(mmopt_row(K, i, m, single), m, rows - i, v, a + i, u + i,
+                                      acc, omega, single);
     return err;
+}
+
+__attribute__((target("avx2,fma")))
+static double mmopt_scaling_rows_avx2(const double *K, ptrdiff_t m, ptrdiff_t rows,
+                                      const double *v, const double *a, double *u,
+                                      double *acc, double omega)
+{
+    return mmopt_scaling_rows_avx2_any(K, m, rows, v, a, u, acc, omega, 0);
+}
+
+__attribute__((target("avx2,fma")))
+static double mmopt_scaling_rows_f32_avx2(const float *K, ptrdiff_t m, ptrdiff_t rows,
+                                          const double *v, const double *a, double *u,
+                                          double *acc, double omega)
+{
+    return mmopt_scaling_rows_avx2_any(K, m, rows, v, a, u, acc, omega, 1);
+}
+
+__attribute__((target("avx2,fma")))
+static double mmopt_plan_rows_avx2(double *K, const double *C, ptrdiff_t m, ptrdiff_t rows,
+                                   const double *u, const double *v, double *row_sums,
+                                   double *cols)
+{
+    double cost = 0.0;
+    for (ptrdiff_t i = 0; i < rows; ++i) {
+        double *k = K + i * m;
+        const double *c = C + i * m;
+        const __m256d scale = _mm256_set1_pd(u[i]);
+        __m256d total = _mm256_setzero_pd(), dot = _mm256_setzero_pd();
+        ptrdiff_t j = 0;
+        for (; j + 4 <= m; j += 4) {
+            __m256d p = _mm256_mul_pd(_mm256_mul_pd(_mm256_loadu_pd(k + j), scale),
+                                      _mm256_loadu_pd(v + j));
+            _mm256_storeu_pd(k + j, p);
+            total = _mm256_add_pd(total, p);
+            _mm256_storeu_pd(cols + j, _mm256_add_pd(_mm256_loadu_pd(cols + j), p));
+            dot = _mm256_fmadd_pd(_mm256_loadu_pd(c + j), p, dot);
+        }
+        double row_total = mmopt_hsum_avx2(total), row_dot = mmopt_hsum_avx2(dot);
+        mmopt_plan_entries(k, c, u[i], v, j, m, cols, &row_total, &row_dot);
+        row_sums[i] = row_total;
+        cost += row_dot;
+    }
+    return cost;
 }
 #endif
 
@@ -535,8 +659,8 @@ static void mmopt_scaling_rows2_avx2(const double *K, ptrdiff_t m, ptrdiff_t row
             _mm256_storeu_pd(acc1 + j, mmopt_tile_update_avx2(
                 _mm256_loadu_pd(acc1 + j), wv1, x0, x1, x2, x3));
         }
-        mmopt_tile_update_tail(acc0, w0, k0, k1, k2, k3, j, m);
-        mmopt_tile_update_tail(acc1, w1, k0, k1, k2, k3, j, m);
+        mmopt_tile_update_tail(acc0, w0, k0, k1, k2, k3, j, m, 0);
+        mmopt_tile_update_tail(acc1, w1, k0, k1, k2, k3, j, m, 0);
     }
     if (i < rows) {
         e0 += mmopt_scaling_rows_scalar(K + i * m, m, rows - i, v0, a + i, u0 + i, acc0, omega0);
@@ -552,8 +676,41 @@ static const char *mmopt_expsum_names[4] = {"scalar", "sse2", "avx2", "avx512"};
 static mmopt_expsum_fn mmopt_expsum = mmopt_expsum_scalar;
 static mmopt_exprow_fn mmopt_exprow = mmopt_exprow_scalar;
 static mmopt_scaling_fn mmopt_scaling_rows = mmopt_scaling_rows_scalar;
+static mmopt_scaling_f32_fn mmopt_scaling_rows_f32 = mmopt_scaling_rows_f32_scalar;
+static mmopt_plan_fn mmopt_plan_rows = mmopt_plan_rows_scalar;
 static mmopt_scaling2_fn mmopt_scaling_rows2 = mmopt_scaling_rows2_each;
 static int mmopt_expsum_path = -1;
+
+/* y = x rounded to float32, entries below float32's smallest normal number set to 0
+ * (subnormal operands can take a slow path in the float32 sweep). The entries are zeroed
+ * in float64 before the conversion: converting them would itself give subnormal floats,
+ * which cost a microcode assist each on some CPUs (10x the whole copy, measured). */
+#define MMOPT_FLOAT32_TINY 1.1754943508222875e-38
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2")))
+static void mmopt_to_single_avx2(const double *x, float *y, ptrdiff_t m)
+{
+    const __m256d tiny = _mm256_set1_pd(MMOPT_FLOAT32_TINY);
+    ptrdiff_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+        __m256d value = _mm256_loadu_pd(x + j);
+        value = _mm256_and_pd(value, _mm256_cmp_pd(value, tiny, _CMP_GE_OQ));
+        _mm_storeu_ps(y + j, _mm256_cvtpd_ps(value));
+    }
+    for (; j < m; ++j) y[j] = x[j] >= MMOPT_FLOAT32_TINY ? (float)x[j] : 0.0f;
+}
+#endif
+
+static inline void mmopt_to_single(const double *x, float *y, ptrdiff_t m)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (mmopt_expsum_path >= 2) {
+        mmopt_to_single_avx2(x, y, m);
+        return;
+    }
+#endif
+    for (ptrdiff_t j = 0; j < m; ++j) y[j] = x[j] >= MMOPT_FLOAT32_TINY ? (float)x[j] : 0.0f;
+}
 
 /* 1 when path `which` can run on this build and CPU. */
 static int mmopt_expsum_available(int which)
@@ -583,12 +740,16 @@ static int mmopt_expsum_select(int which)
     mmopt_expsum = mmopt_expsum_scalar;
     mmopt_exprow = mmopt_exprow_scalar;
     mmopt_scaling_rows = mmopt_scaling_rows_scalar;
+    mmopt_scaling_rows_f32 = mmopt_scaling_rows_f32_scalar;
+    mmopt_plan_rows = mmopt_plan_rows_scalar;
     mmopt_scaling_rows2 = mmopt_scaling_rows2_each;
 #if defined(__x86_64__) && defined(__GNUC__)
     mmopt_exp_table_init();
     /* The fused scaling sweep has no AVX-512 variant: it is bound by memory, not arithmetic. */
     if (which >= 2) {
         mmopt_scaling_rows = mmopt_scaling_rows_avx2;
+        mmopt_scaling_rows_f32 = mmopt_scaling_rows_f32_avx2;
+        mmopt_plan_rows = mmopt_plan_rows_avx2;
         mmopt_scaling_rows2 = mmopt_scaling_rows2_avx2;
     }
     if (which == 3) { mmopt_expsum = mmopt_expsum_avx512; mmopt_exprow = mmopt_exprow_avx512; }

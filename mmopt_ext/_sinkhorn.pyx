@@ -33,6 +33,17 @@ cdef extern from "_expsum.h" nogil:
         double
     )
     mmopt_scaling_fn mmopt_scaling_rows
+    ctypedef double (*mmopt_scaling_f32_fn)(
+        const float*, Py_ssize_t, Py_ssize_t, const double*, const double*, double*, double*,
+        double
+    )
+    mmopt_scaling_f32_fn mmopt_scaling_rows_f32
+    ctypedef double (*mmopt_plan_fn)(
+        double*, const double*, Py_ssize_t, Py_ssize_t, const double*, const double*, double*,
+        double*
+    )
+    mmopt_plan_fn mmopt_plan_rows
+    void mmopt_to_single(const double *x, float *y, Py_ssize_t m)
     ctypedef void (*mmopt_scaling2_fn)(
         const double*, Py_ssize_t, Py_ssize_t, const double*, const double*, const double*,
         double*, double*, double*, double*, double, double, double*, double*
@@ -339,12 +350,14 @@ def dense_plan(
     double[:, ::1] out,
     int n_threads,
     double floor=-700.0,
+    float[:, ::1] single=None,
 ):
     """Write the plan ``exp((f_i + g_j - C_ij) / reg)`` into ``out`` (SIMD ``exp``).
 
     Entries whose exponent is at most ``floor`` (at least -700) are set to 0 and from 700 on to
     ``inf``, both up to 1e-9 (the SIMD routine clamps there; ``exp`` itself is below 1e-304 and above 1e304
-    there).
+    there). With ``single``, also a float32 copy there, its entries below float32's smallest
+    normal number set to 0 (subnormal operands can take a slow path).
     """
     cdef Py_ssize_t n = C.shape[0]
     cdef Py_ssize_t m = C.shape[1]
@@ -358,6 +371,7 @@ def dense_plan(
     cdef double high = exp(700.0) * (1.0 - 1e-9)
     cdef double *row
     cdef double value
+    cdef bint copy = single is not None
     with nogil:
         for i in prange(n, schedule="static", num_threads=n_threads):
             row = &out[i, 0]
@@ -365,10 +379,52 @@ def dense_plan(
             for j in range(m):
                 value = row[j]
                 row[j] = 0.0 if value <= low else (INFINITY if value >= high else value)
+            if copy:  # the row is still in cache
+                mmopt_to_single(row, &single[i, 0], m)
+
+
+def scaled_plan(
+    double[:, ::1] K,
+    const double[:, ::1] C,
+    const double[::1] u,
+    const double[::1] v,
+    int n_threads,
+):
+    """Overwrite ``K`` with the plan ``diag(u) K diag(v)`` and return its row sums, column
+    sums and ``<C, P>``, in one pass over ``K`` and ``C``.
+
+    The rows are split into blocks (one per thread), each with its own partial column
+    sums, added in block order: the result does not depend on the number of threads.
+    """
+    cdef Py_ssize_t n = K.shape[0]
+    cdef Py_ssize_t m = K.shape[1]
+    cdef Py_ssize_t blocks = max(1, min(n_threads, n))
+    cdef Py_ssize_t t, j, start, stop
+    rows_arr = np.empty(n)
+    partial_arr = np.zeros((blocks, m))
+    costs_arr = np.zeros(blocks)
+    cdef double[::1] rows = rows_arr
+    cdef double[:, ::1] partial = partial_arr
+    cdef double[::1] costs = costs_arr
+    with nogil:
+        for t in prange(blocks, schedule="static", num_threads=n_threads):
+            start = t * n // blocks
+            stop = (t + 1) * n // blocks
+            if stop > start:
+                costs[t] = mmopt_plan_rows(
+                    &K[start, 0], &C[start, 0], m, stop - start, &u[start], &v[0],
+                    &rows[start], &partial[t, 0],
+                )
+    return rows_arr, partial_arr.sum(axis=0), float(costs_arr.sum())
+
+
+ctypedef fused kernel_t:
+    float
+    double
 
 
 def scaling_iteration(
-    const double[:, ::1] K,
+    const kernel_t[:, ::1] K,
     const double[::1] a,
     const double[::1] b,
     double[::1] u,
@@ -387,6 +443,9 @@ def scaling_iteration(
     ``[1 / bound, bound]`` (False on NaN or infinity as well); ``column_error`` and
     ``mass`` are the L1 column-marginal error and the total mass of the plan at the new
     ``(u, v)`` (0 and ``sum(b)`` up to rounding when ``omega == 1``).
+
+    ``K`` is float64, or a float32 copy of the kernel (half the memory traffic; products
+    and sums in float64, so the iteration is the one of the rounded kernel).
 
     ``K v`` and ``K^T u`` take one pass over ``K``: each row's dot product with ``v`` sets
     ``u_i``, and the row, still in cache, is added to ``K^T u`` right away. The rows are
@@ -408,10 +467,16 @@ def scaling_iteration(
             stop = n if t == blocks - 1 else ((t + 1) * n // blocks) // 4 * 4
             memset(&acc[t, 0], 0, m * sizeof(double))
             if stop > start:
-                error += mmopt_scaling_rows(
-                    &K[start, 0], m, stop - start, &v[0], &a[start], &u[start], &acc[t, 0],
-                    omega,
-                )
+                if kernel_t is double:
+                    error += mmopt_scaling_rows(
+                        &K[start, 0], m, stop - start, &v[0], &a[start], &u[start],
+                        &acc[t, 0], omega,
+                    )
+                else:
+                    error += mmopt_scaling_rows_f32(
+                        &K[start, 0], m, stop - start, &v[0], &a[start], &u[start],
+                        &acc[t, 0], omega,
+                    )
         for j in range(m):
             total = acc[0, j]
             for t in range(1, blocks):

@@ -96,6 +96,10 @@ y : array-like of shape (n_samples,)
 y : array-like of shape (n_samples,)
     Class labels.""",
 }
+# The Parameters section of a supervised ``fit(X, y)``, whole.
+for _kind in ("targets", "labels"):
+    DATA_PARAMS[f"fit_{_kind}"] = "\n".join(
+        ["Parameters", "----------", DATA_PARAMS["X"], DATA_PARAMS[f"y_{_kind}"]])
 
 
 # The papers the docstrings built with :func:`references` cite, each written once.

@@ -5,8 +5,8 @@
 per-run accelerator that keeps the history. :func:`make_accelerator` turns the option into a
 fresh accelerator for one solve, and :meth:`AndersonAcceleration.safeguarded_step` is the one
 safeguard protocol: extrapolate, evaluate, keep the extrapolated point only if the objective
-does not increase. ``ANDERSON_OPTION`` is the option's entry for a solver's
-``_parameter_constraints`` table.
+does not increase. ``ANDERSON_OPTION`` holds the option's constraints, for a solver's
+``_options`` table (``"anderson": Param(True, *ANDERSON_OPTION)``).
 """
 
 from __future__ import annotations
@@ -163,7 +163,6 @@ class AndersonAcceleration:
     --------
     Accelerate the linear fixed-point map ``G(x) = A x + b``:
 
-    >>> import numpy as np
     >>> from mmopt import AndersonAcceleration
     >>> A = np.diag([0.9, 0.5, 0.99]); b = np.ones(3)
     >>> aa = AndersonAcceleration(memory=3)
@@ -451,7 +450,6 @@ class BatchedAnderson:
     --------
     Two linear maps ``G_i(x) = A_i x + b_i`` accelerated together:
 
-    >>> import numpy as np
     >>> from mmopt import AndersonAcceleration
     >>> A = np.stack([np.diag([0.9, 0.5, 0.99]), np.diag([0.3, 0.8, 0.95])])
     >>> b = np.ones((2, 3))
@@ -597,7 +595,7 @@ class BatchedAnderson:
 # What ``anderson=True`` means; solves run with fresh copies of it.
 _DEFAULT = AndersonAcceleration()
 
-#: The ``anderson`` option's entry in a solver's ``_parameter_constraints`` table.
+#: The ``anderson`` option's constraints (``Param(True, *ANDERSON_OPTION)`` in ``_options``).
 ANDERSON_OPTION = [bool, InstanceOf(AndersonAcceleration)]
 
 

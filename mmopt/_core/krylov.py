@@ -75,7 +75,6 @@ def conjugate_gradient(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt._core.krylov import conjugate_gradient
     >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
     >>> out = conjugate_gradient(lambda v: A @ v, np.ones(2), np.zeros(2), 1e-12)
@@ -153,7 +152,6 @@ def inverse_diagonal(diagonal: np.ndarray) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt._core.krylov import inverse_diagonal
     >>> inverse_diagonal(np.array([4.0, 0.0]))
     array([0.25, 1.  ])

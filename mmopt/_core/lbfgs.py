@@ -151,7 +151,6 @@ class LBFGSBSteps:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt._core.lbfgs import LBFGSBSteps
     >>> with LBFGSBSteps(lambda x: (float(x @ x), 2 * x), np.ones(3), memory=5) as steps:
     ...     first = steps.step()

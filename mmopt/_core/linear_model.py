@@ -25,7 +25,14 @@ class _LinearPredictor:
     """
 
     _sparse_predict_input: ClassVar[bool] = False
+    # Whether fit takes sparse X (scikit-learn's input tag).
+    _sparse_fit_input: ClassVar[bool] = False
     _predict_validation: ClassVar[dict[str, Any]] = {"dtype": np.float64}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = self._sparse_fit_input
+        return tags
 
     def _linear_scores(self, X: ArrayLike) -> np.ndarray:
         check_is_fitted(self)
@@ -45,7 +52,6 @@ class LinearRegressorMixin(_LinearPredictor):
     --------
     A line fitted elsewhere, ``y = 2 x + 1``:
 
-    >>> import numpy as np
     >>> from sklearn.base import BaseEstimator
     >>> from mmopt._core.linear_model import LinearRegressorMixin
     >>> Line = type("Line", (LinearRegressorMixin, BaseEstimator), {"fit": lambda s, X, y: s})
@@ -72,7 +78,6 @@ class LinearClassifierMixin(_LinearPredictor):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from sklearn.base import BaseEstimator, ClassifierMixin
     >>> from mmopt._core.linear_model import LinearClassifierMixin
     >>> class Sign(LinearClassifierMixin, ClassifierMixin, BaseEstimator):

@@ -22,7 +22,7 @@ from mmopt._core.anderson import (
     anderson_counts,
     make_accelerator,
 )
-from mmopt._core.params import Options
+from mmopt._core.params import Options, Param
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver
 from mmopt._core.solver import Solver, SolverState
@@ -64,7 +64,6 @@ class MMProblem(Problem):
     --------
     Minimize ``F(x) = sum(log(cosh(x - 2)))`` with the quadratic majorizer of curvature 1:
 
-    >>> import numpy as np
     >>> from mmopt.mm import MMProblem
     >>> problem = MMProblem(
     ...     objective=lambda x: float(np.sum(np.log(np.cosh(x - 2.0)))),
@@ -225,7 +224,6 @@ class MMSolver(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import MMProblem, MMSolver
     >>> A = np.diag([1.0, 10.0, 100.0])
     >>> L = 100.0  # curvature of the majorizer: largest eigenvalue of A
@@ -247,27 +245,10 @@ class MMSolver(Solver):
     problem_types = (MMProblem,)
     required_methods = ("mm_step", "project", "initial_point")
 
-    _parameter_constraints = {
-        "anderson": ANDERSON_OPTION,
-        "stopping": [Options({"step", "objective"})],
+    _options = {
+        "anderson": Param(True, *ANDERSON_OPTION),
+        "stopping": Param("step", Options({"step", "objective"})),
     }
-
-    def __init__(
-        self,
-        *,
-        anderson: bool | AndersonAcceleration = True,
-        stopping: str = "step",
-        tol: float = 1e-6,
-        max_iter: int = 1000,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.anderson = anderson
-        self.stopping = stopping
-        self.tol = tol
-        self.max_iter = max_iter
-        self.callback = callback
-        self.verbose = verbose
 
     def _evaluate(self, problem, x, run: _MMRun):
         evaluation = problem.mm_step(x)

@@ -8,6 +8,11 @@ rejected, so that tests cover every option without a hand-written list.
 
 A value of the wrong type raises ``TypeError``; a value of an accepted type outside its range
 or set raises ``ValueError``, as scikit-learn and scipy do.
+
+A class that only stores its options declares each once, with its default, as a
+:class:`Param` in ``_options``; :class:`ParamsValidationMixin` then writes its ``__init__``
+(see there), and the options every solver shares (``tol``, ``max_iter``, ...) come from the
+base class's table instead of being repeated in each signature.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ __all__ = [
     "InstanceOf",
     "Interval",
     "Options",
+    "Param",
     "ParamsValidationMixin",
     "Rule",
     "constraints_of",
     "invalid_values",
+    "options_of",
     "validate_params",
 ]
 
@@ -302,9 +309,87 @@ class Rule:
     message: str
 
 
+class Param:
+    """An option declared once: its default and the constraints its value may meet.
+
+    An entry of a class's ``_options`` table (see :class:`ParamsValidationMixin`).
+
+    Parameters
+    ----------
+    default : object
+        The default value in the generated ``__init__``.
+    *constraints
+        What the value may be, as in ``_parameter_constraints`` (any one suffices). None
+        of them: the constraints a base class declared for the option (a subclass that
+        only changes a default).
+    positional : bool, default=False
+        Whether the option may also be passed by position (scikit-learn's convention for
+        an estimator's main parameter, such as ``alpha``); other options are keyword-only.
+
+    Examples
+    --------
+    >>> from mmopt._core.params import Interval, Param
+    >>> Param(1e-6, Interval(float, 0, None))
+    Param(1e-06, Interval(kind=<class 'float'>, low=0, high=None, closed='both'))
+    """
+
+    __slots__ = ("constraints", "default", "positional")
+
+    def __init__(self, default, *constraints, positional: bool = False):
+        self.default = default
+        self.constraints = constraints
+        self.positional = positional
+
+    def __repr__(self) -> str:
+        shown = [repr(self.default), *map(repr, self.constraints)]
+        if self.positional:
+            shown.append("positional=True")
+        return f"Param({', '.join(shown)})"
+
+
+def _declared(cls: type) -> dict[str, Param]:
+    """The ``_options`` of ``cls`` and its bases, resolved: for each option the most derived
+    default and constraints, the class's own options first (in declaration order), then
+    its bases'; an entry None removes a base's option."""
+    merged: dict[str, Param] = {}
+    removed: set[str] = set()
+    for klass in cls.__mro__:
+        for name, param in vars(klass).get("_options", {}).items():
+            if name in removed:
+                continue
+            if param is None:
+                removed.add(name)
+            elif name not in merged:
+                merged[name] = param
+            elif not merged[name].constraints and param.constraints:
+                first = merged[name]
+                merged[name] = Param(first.default, *param.constraints,
+                                     positional=first.positional)
+    return merged
+
+
+def options_of(cls: type, *names: str) -> dict[str, Param]:
+    """The declared options ``names`` of ``cls`` (defaults and constraints), for a class that
+    passes them on to ``cls`` (an estimator to its solver) and so shares their defaults.
+
+    Examples
+    --------
+    >>> from mmopt._core.params import options_of
+    >>> from mmopt.mm import MMSolver
+    >>> options_of(MMSolver, "max_iter")
+    {'max_iter': Param(1000, Interval(kind=<class 'int'>, low=1, high=None, closed='both'))}
+    """
+    declared = _declared(cls)
+    unknown = [name for name in names if name not in declared]
+    if unknown:
+        raise KeyError(f"{cls.__name__} declares no option {', '.join(map(repr, unknown))}.")
+    return {name: declared[name] for name in names}
+
+
 @functools.cache
 def constraints_of(cls: type) -> tuple[dict[str, list[Constraint]], list[Rule]]:
-    """The option table of a class and its bases (a subclass's entry replaces its base's).
+    """The option table of a class and its bases (a subclass's entry replaces its base's):
+    ``_parameter_constraints`` and the constraints of the ``_options`` entries.
 
     Built once per class (a table does not change after its class is defined); callers must
     not modify what it returns.
@@ -312,12 +397,37 @@ def constraints_of(cls: type) -> tuple[dict[str, list[Constraint]], list[Rule]]:
     table: dict[str, list[Constraint]] = {}
     rules: list[Rule] = []
     for klass in reversed(cls.__mro__):
-        own = vars(klass).get("_parameter_constraints")
-        if own:
-            for name, specs in own.items():
-                table[name] = [_as_constraint(s) for s in specs]
+        for name, specs in vars(klass).get("_parameter_constraints", {}).items():
+            table[name] = [_as_constraint(s) for s in specs]
+        for name, param in vars(klass).get("_options", {}).items():
+            if param is None:
+                table.pop(name, None)
+            elif param.constraints:
+                table[name] = [_as_constraint(s) for s in param.constraints]
         rules.extend(vars(klass).get("_parameter_rules", ()))
     return table, rules
+
+
+def _make_init(cls: type, params: Mapping[str, Param]) -> Callable:
+    """An ``__init__`` that stores each option under its name, written out as source (as
+    :mod:`dataclasses` does) so that it costs what a hand-written one costs and
+    ``inspect.signature`` shows the options, as scikit-learn's ``get_params`` needs."""
+    for name, param in params.items():
+        if not param.constraints:
+            raise TypeError(f"{cls.__name__}: option {name!r} has no constraints in its class "
+                            "or its bases.")
+    positional = [name for name, param in params.items() if param.positional]
+    keyword = [name for name, param in params.items() if not param.positional]
+    arguments = ["self"] + [f"{name}=_default_{name}" for name in positional]
+    if keyword:
+        arguments += ["*"] + [f"{name}=_default_{name}" for name in keyword]
+    body = "".join(f"    self.{name} = {name}\n" for name in params) or "    pass\n"
+    namespace = {f"_default_{name}": param.default for name, param in params.items()}
+    exec(f"def __init__({', '.join(arguments)}):\n{body}", namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    return init
 
 
 def validate_params(table: Mapping[str, list], params: Mapping[str, Any],
@@ -364,10 +474,18 @@ class ParamsValidationMixin:
     ``_parameter_rules`` merged along its bases. A class with checks no table can say
     extends ``_validate_params`` and calls ``super()``.
 
+    A class whose ``__init__`` would only store its options declares them instead in
+    ``_options``, a dict of :class:`Param` (default and constraints side by side), and gets
+    that ``__init__`` written for it: the options of the class and its bases, keyword-only
+    unless declared ``positional``. A subclass's entry replaces its base's (``Param(100)``
+    changes only the default; ``None`` removes the option); a subclass without a table of
+    its own inherits its base's ``__init__``, and a class that defines ``__init__`` itself
+    keeps it.
+
     Examples
     --------
     >>> from sklearn.base import BaseEstimator
-    >>> from mmopt._core.params import Interval, ParamsValidationMixin
+    >>> from mmopt._core.params import Interval, Param, ParamsValidationMixin
     >>> class Model(ParamsValidationMixin, BaseEstimator):
     ...     _parameter_constraints = {"tol": [Interval(float, 0, None)]}
     ...     def __init__(self, tol=1e-6):
@@ -376,7 +494,16 @@ class ParamsValidationMixin:
     Traceback (most recent call last):
     ...
     ValueError: tol must be a real number in [0, inf); got -1.0.
+    >>> class Declared(ParamsValidationMixin, BaseEstimator):
+    ...     _options = {"tol": Param(1e-6, Interval(float, 0, None))}
+    >>> Declared(tol=1e-3)
+    Declared(tol=0.001)
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_options" in vars(cls) and "__init__" not in vars(cls):
+            cls.__init__ = _make_init(cls, _declared(cls))
 
     def _validate_params(self) -> None:
         cls = type(self)

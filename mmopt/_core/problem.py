@@ -21,7 +21,6 @@ class Problem:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import MMProblem
     >>> problem = MMProblem(
     ...     objective=lambda x: float(np.sum((x - 1.0) ** 2)),

@@ -98,7 +98,6 @@ def solve(problem: Problem, solver=None, *, x0=None, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> import mmopt
     >>> from mmopt.mm import MMProblem
     >>> problem = MMProblem(
@@ -157,7 +156,6 @@ def solve_many(
 
     Examples
     --------
-    >>> import numpy as np
     >>> import mmopt
     >>> from mmopt.mm import MMProblem
     >>> problems = [

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from mmopt._core.exceptions import ConvergenceWarning
-from mmopt._core.params import Interval, ParamsValidationMixin
+from mmopt._core.params import Interval, Param, ParamsValidationMixin
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
 
 __all__ = ["Solver", "SolverState", "StopSolve", "caller_stacklevel"]
@@ -83,14 +83,13 @@ class Solver(ParamsValidationMixin, BaseEstimator):
     - ``_close_state(problem, state)`` (optional): release what the run holds
 
     and declares ``name`` (its key in the registry), ``problem_types`` (the problem classes it
-    accepts), ``required_methods`` (what it calls on the problem) and its options'
-    constraints in ``_parameter_constraints`` (see :mod:`mmopt._core.params`); the table is
-    merged with the common one (``tol``, ``max_iter``, ``callback``, ``verbose``) and checked
-    at the start of every solve.
+    accepts), ``required_methods`` (what it calls on the problem) and its options, each
+    with its default and constraints, in ``_options`` (see :mod:`mmopt._core.params`), from
+    which its ``__init__`` is written; the table is merged with the common one (``tol``,
+    ``max_iter``, ``callback``, ``verbose``) and checked at the start of every solve.
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import MMProblem, MMSolver
     >>> problem = MMProblem(
     ...     objective=lambda x: float(np.sum((x - 1.0) ** 2)),
@@ -114,12 +113,13 @@ class Solver(ParamsValidationMixin, BaseEstimator):
     # True for a direct method whose one step gives the final answer (exact OT's LP solve):
     # there is no later iteration for max_iter or a callback to stop at.
     single_step: ClassVar[bool] = False
-    # The options every solver has; subclasses add their own tables (merged along the MRO).
-    _parameter_constraints: ClassVar[dict] = {
-        "tol": [Interval(float, 0, None)],
-        "max_iter": [Interval(int, 1, None)],
-        "callback": [None, callable],
-        "verbose": [Interval(int, 0, None)],
+    # The options every solver has; subclasses add their own tables (merged along the MRO)
+    # and set their own defaults (``"tol": Param(1e-9)``).
+    _options: ClassVar[dict] = {
+        "tol": Param(1e-6, Interval(float, 0, None)),
+        "max_iter": Param(1000, Interval(int, 1, None)),
+        "callback": Param(None, None, callable),
+        "verbose": Param(0, Interval(int, 0, None)),
     }
 
     # ------------------------------------------------------------------ hooks for subclasses

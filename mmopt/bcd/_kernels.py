@@ -108,7 +108,6 @@ def cd_least_squares(X, w, R, norms2, ws, l1, l2, positive=False, n_epochs=1) ->
 
     Examples
     --------
-    >>> import numpy as np
     >>> X = np.asfortranarray(np.eye(2)); y = np.array([3.0, -0.5])
     >>> w = np.zeros(2); R = y.copy()
     >>> _ = cd_least_squares(X, w, R, np.ones(2), [0, 1], l1=1.0, l2=0.0)
@@ -128,7 +127,6 @@ def cd_logistic(X, y, w, z, lipschitz, ws, l1, l2, positive=False, n_epochs=1) -
 
     Examples
     --------
-    >>> import numpy as np
     >>> X = np.asfortranarray(np.eye(2)); y = np.array([1.0, -1.0])
     >>> w = np.zeros(2); z = np.zeros(2)
     >>> _ = cd_logistic(X, y, w, z, np.full(2, 0.25), [0, 1], l1=0.0, l2=1.0)
@@ -152,7 +150,6 @@ def cd_quadratic_model(
 
     Examples
     --------
-    >>> import numpy as np
     >>> X = np.asfortranarray(np.eye(2))
     >>> w, r, q, h = np.zeros(2), np.array([-1.0, 2.0]), np.zeros(2), np.zeros(2)
     >>> _ = cd_quadratic_model(X, np.ones(2), h, w, r, q, [0, 1], 0.0, 0.0, compute_h=True)
@@ -183,7 +180,6 @@ def column_dots(X, v, ws) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> column_dots(np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.ones(2), [2, 0])
     array([7., 3.])
     """
@@ -200,7 +196,6 @@ def add_columns(X, ws, coef, out) -> None:
 
     Examples
     --------
-    >>> import numpy as np
     >>> out = np.zeros(2)
     >>> add_columns(np.asfortranarray(np.arange(6.0).reshape(2, 3)), [2], np.array([1.0]), out)
     >>> out
@@ -220,7 +215,6 @@ def gram_columns(X, X_csr, cols) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> import scipy.sparse as sp
     >>> X = sp.csc_matrix(np.array([[1.0, 0, 2], [0, 3, 1]]))
     >>> gram_columns(X, X.tocsr(), [2])
@@ -250,7 +244,6 @@ def greedy_forest_solve(A, diag, order, grad, max_size=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> import scipy.sparse as sp
     >>> A = sp.csr_matrix(np.array([[2.0, -1, -1], [-1, 2, -1], [-1, -1, 2]]))  # a triangle
     >>> block, delta = greedy_forest_solve(A, A.diagonal(), np.array([0, 1, 2]), np.ones(3))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,7 +32,7 @@ from scipy.special import expit
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.krylov import conjugate_gradient
 from mmopt._core.linesearch import armijo, backtracking
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
@@ -194,7 +193,6 @@ class CoordinateDescent(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bcd import BCDProblem, CoordinateDescent, L1, LeastSquares
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((50, 200))
@@ -209,45 +207,17 @@ class CoordinateDescent(Solver):
     required_methods = ("objective",)
     residual_covers_x = True
 
-    _parameter_constraints: ClassVar[dict] = {
-        "working_set": [bool],
-        "screening": [bool],
-        "extrapolation": [bool],
-        "prox_newton": [bool],
-        "newton_solver": [Options(_NEWTON_SOLVERS)],
-        "fit_intercept": [bool],
-        "ws_min_size": [Interval(int, 1, None)],
-        "max_epochs": [Interval(int, 1, None)],
+    _options = {
+        "working_set": Param(True, bool),
+        "screening": Param(True, bool),
+        "extrapolation": Param(True, bool),
+        "prox_newton": Param(True, bool),
+        "newton_solver": Param("auto", Options(_NEWTON_SOLVERS)),
+        "fit_intercept": Param(False, bool),
+        "ws_min_size": Param(10, Interval(int, 1, None)),
+        "max_epochs": Param(50_000, Interval(int, 1, None)),
+        "max_iter": Param(100),
     }
-
-    def __init__(
-        self,
-        *,
-        working_set: bool = True,
-        screening: bool = True,
-        extrapolation: bool = True,
-        prox_newton: bool = True,
-        newton_solver: str = "auto",
-        fit_intercept: bool = False,
-        ws_min_size: int = 10,
-        max_epochs: int = 50_000,
-        tol: float = 1e-6,
-        max_iter: int = 100,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.working_set = working_set
-        self.screening = screening
-        self.extrapolation = extrapolation
-        self.prox_newton = prox_newton
-        self.newton_solver = newton_solver
-        self.fit_intercept = fit_intercept
-        self.ws_min_size = ws_min_size
-        self.max_epochs = max_epochs
-        self.tol = tol
-        self.max_iter = max_iter
-        self.callback = callback
-        self.verbose = verbose
 
     def check_problem(self, problem) -> None:
         super().check_problem(problem)

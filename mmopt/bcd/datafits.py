@@ -40,7 +40,6 @@ def check_design(X, name: str = "X"):
 
     Examples
     --------
-    >>> import numpy as np
     >>> check_design(np.eye(2)).flags.f_contiguous
     True
     """
@@ -188,7 +187,6 @@ class LeastSquares(_LinearDatafit):
 
     Examples
     --------
-    >>> import numpy as np
     >>> f = LeastSquares(np.eye(2), [1.0, 2.0])
     >>> w = np.zeros(2)
     >>> f.value(w, f.init_aux(w)), f.gradient(w, f.init_aux(w))
@@ -270,7 +268,6 @@ class Logistic(_LinearDatafit):
 
     Examples
     --------
-    >>> import numpy as np
     >>> f = Logistic(np.eye(2), [1.0, -1.0])
     >>> round(f.value(np.zeros(2), f.init_aux(np.zeros(2))), 4)
     0.6931
@@ -350,7 +347,6 @@ class Multinomial(_LinearDatafit):
 
     Examples
     --------
-    >>> import numpy as np
     >>> f = Multinomial(np.eye(3), [0, 1, 2])
     >>> round(f.value(np.zeros(9), f.init_aux(np.zeros(9))), 4)  # log 3
     1.0986
@@ -443,7 +439,6 @@ class LabelPropagationQuadratic(Datafit):
 
     Examples
     --------
-    >>> import numpy as np
     >>> W = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0.0]])
     >>> f = LabelPropagationQuadratic(W, [1.0, np.nan, 0.0], label_weight=1.0)
     >>> np.round(np.linalg.solve(f.A.toarray(), f.c), 3)

@@ -15,7 +15,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core.linear_model import LinearClassifierMixin, LinearRegressorMixin
-from mmopt._core.params import Interval, Options, ParamsValidationMixin
+from mmopt._core.params import Interval, Options, Param, ParamsValidationMixin
 from mmopt._core.validation import check_input
 from mmopt.bcd.cd import CoordinateDescent
 from mmopt.bcd.datafits import LabelPropagationQuadratic, LeastSquares, Logistic, Multinomial
@@ -29,10 +29,11 @@ __all__ = ["BCDLasso", "BCDElasticNet", "BCDLogisticRegression", "BCDLabelPropag
 _FLOATS = [np.float64, np.float32]
 _POSITIVE = [Interval(float, 0, None, closed="neither")]
 _NON_NEGATIVE = [Interval(float, 0, None)]
+# The options of the regression and classification estimators that CoordinateDescent takes.
 _COMMON = {
-    "tol": _NON_NEGATIVE,
-    "max_iter": [Interval(int, 1, None)],
-    "verbose": [Interval(int, 0, None)],
+    "tol": Param(1e-6, *_NON_NEGATIVE),
+    "max_iter": Param(100, Interval(int, 1, None)),
+    "verbose": Param(0, Interval(int, 0, None)),
 }
 
 
@@ -106,7 +107,6 @@ class BCDElasticNet(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin,
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bcd import BCDElasticNet
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((50, 5))
@@ -117,40 +117,17 @@ class BCDElasticNet(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin,
     """
 
     # Predictions keep a float32 X in float32 and take CSR input, like fit.
-    _sparse_predict_input = True
+    _sparse_predict_input = _sparse_fit_input = True
     _predict_validation: ClassVar[dict] = {"dtype": _FLOATS, "accept_sparse": "csr"}
-    _parameter_constraints: ClassVar[dict] = {
-        "alpha": _NON_NEGATIVE,
-        "l1_ratio": [Interval(float, 0, 1)],
-        "fit_intercept": [bool],
-        "positive": [bool],
-        "working_set": [bool],
-        "screening": [bool],
+    _options = {
+        "alpha": Param(1.0, *_NON_NEGATIVE, positional=True),
+        "l1_ratio": Param(0.5, Interval(float, 0, 1)),
+        "fit_intercept": Param(True, bool),
+        "positive": Param(False, bool),
+        "working_set": Param(True, bool),
+        "screening": Param(True, bool),
         **_COMMON,
     }
-
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        *,
-        l1_ratio: float = 0.5,
-        fit_intercept: bool = True,
-        positive: bool = False,
-        tol: float = 1e-6,
-        max_iter: int = 100,
-        working_set: bool = True,
-        screening: bool = True,
-        verbose: int = 0,
-    ):
-        self.alpha = alpha
-        self.l1_ratio = l1_ratio
-        self.fit_intercept = fit_intercept
-        self.positive = positive
-        self.tol = tol
-        self.max_iter = max_iter
-        self.working_set = working_set
-        self.screening = screening
-        self.verbose = verbose
 
     def _penalty(self):
         return ElasticNet(self.alpha, self.l1_ratio, positive=self.positive)
@@ -188,11 +165,6 @@ class BCDElasticNet(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin,
         self.result_ = result
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
-
 
 class BCDLasso(BCDElasticNet):
     """Lasso by compiled coordinate descent with working sets and gap-safe screening.
@@ -203,7 +175,6 @@ class BCDLasso(BCDElasticNet):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bcd import BCDLasso
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((50, 20))
@@ -213,26 +184,8 @@ class BCDLasso(BCDElasticNet):
     (array([0, 1]), True)
     """
 
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        *,
-        fit_intercept: bool = True,
-        positive: bool = False,
-        tol: float = 1e-6,
-        max_iter: int = 100,
-        working_set: bool = True,
-        screening: bool = True,
-        verbose: int = 0,
-    ):
-        self.alpha = alpha
-        self.fit_intercept = fit_intercept
-        self.positive = positive
-        self.tol = tol
-        self.max_iter = max_iter
-        self.working_set = working_set
-        self.screening = screening
-        self.verbose = verbose
+    # BCDElasticNet's options but l1_ratio.
+    _options = {"l1_ratio": None}
 
     def _penalty(self):
         return L1Positive(self.alpha) if self.positive else L1(self.alpha)
@@ -278,7 +231,6 @@ class BCDLogisticRegression(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bcd import BCDLogisticRegression
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((200, 3))
@@ -289,34 +241,15 @@ class BCDLogisticRegression(
     """
 
     # Predictions keep a float32 X in float32 and take CSR input, like fit.
-    _sparse_predict_input = True
+    _sparse_predict_input = _sparse_fit_input = True
     _predict_validation: ClassVar[dict] = {"dtype": _FLOATS, "accept_sparse": "csr"}
-    _parameter_constraints: ClassVar[dict] = {
-        "penalty": [Options({"l1", "l2"})],
-        "C": _POSITIVE,
-        "fit_intercept": [bool],
-        "intercept_scaling": _POSITIVE,
+    _options = {
+        "penalty": Param("l2", Options({"l1", "l2"}), positional=True),
+        "C": Param(1.0, *_POSITIVE),
+        "fit_intercept": Param(True, bool),
+        "intercept_scaling": Param(1.0, *_POSITIVE),
         **_COMMON,
     }
-
-    def __init__(
-        self,
-        penalty: str = "l2",
-        *,
-        C: float = 1.0,
-        fit_intercept: bool = True,
-        intercept_scaling: float = 1.0,
-        tol: float = 1e-6,
-        max_iter: int = 100,
-        verbose: int = 0,
-    ):
-        self.penalty = penalty
-        self.C = C
-        self.fit_intercept = fit_intercept
-        self.intercept_scaling = intercept_scaling
-        self.tol = tol
-        self.max_iter = max_iter
-        self.verbose = verbose
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> BCDLogisticRegression:
         """Fit the model; ``X`` dense or sparse."""
@@ -382,11 +315,6 @@ class BCDLogisticRegression(
         self.result_ = result
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
-
 
 class BCDLabelPropagation(ParamsValidationMixin, ClassifierMixin, BaseEstimator):
     """Graph-based semi-supervised classification by quadratic label propagation.
@@ -444,7 +372,6 @@ class BCDLabelPropagation(ParamsValidationMixin, ClassifierMixin, BaseEstimator)
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bcd import BCDLabelPropagation
     >>> X = np.r_[np.linspace(0, 1, 10), np.linspace(5, 6, 10)][:, None]
     >>> y = -np.ones(20, dtype=int); y[0], y[-1] = 0, 1
@@ -453,42 +380,19 @@ class BCDLabelPropagation(ParamsValidationMixin, ClassifierMixin, BaseEstimator)
     True
     """
 
-    _parameter_constraints: ClassVar[dict] = {
-        "kernel": [Options({"knn", "rbf"})],
-        "n_neighbors": [Interval(int, 1, None)],
-        "gamma": _POSITIVE,
-        "label_weight": _POSITIVE,
-        "partition": [Options({"clusters", *PARTITIONS}), _IndexBlocks()],
-        "selection": [Options(SELECTIONS)],
-        "update": [Options(UPDATES)],
-        "tol": _NON_NEGATIVE,
-        "max_iter": [Interval(int, 1, None)],
+    _options = {
+        "kernel": Param("knn", Options({"knn", "rbf"}), positional=True),
+        "n_neighbors": Param(7, Interval(int, 1, None)),
+        "gamma": Param(20.0, *_POSITIVE),
+        "label_weight": Param(1e5, *_POSITIVE),
+        "partition": Param("clusters", Options({"clusters", *PARTITIONS}), _IndexBlocks()),
+        "selection": Param("cyclic", Options(SELECTIONS)),
+        "update": Param("exact", Options(UPDATES)),
+        "tol": Param(1e-8, *_NON_NEGATIVE),
+        "max_iter": Param(10_000, Interval(int, 1, None)),
     }
     # The solver's clashes between partition and selection hold here too.
     _parameter_rules: ClassVar[list] = BlockCoordinateDescent._parameter_rules
-
-    def __init__(
-        self,
-        kernel: str = "knn",
-        *,
-        n_neighbors: int = 7,
-        gamma: float = 20.0,
-        label_weight: float = 1e5,
-        partition="clusters",
-        selection: str = "cyclic",
-        update: str = "exact",
-        tol: float = 1e-8,
-        max_iter: int = 10_000,
-    ):
-        self.kernel = kernel
-        self.n_neighbors = n_neighbors
-        self.gamma = gamma
-        self.label_weight = label_weight
-        self.partition = partition
-        self.selection = selection
-        self.update = update
-        self.tol = tol
-        self.max_iter = max_iter
 
     def _graph(self, X):
         if self.kernel == "knn":

@@ -80,7 +80,6 @@ class IncrementalGradient:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bcd import LeastSquares
     >>> rng = np.random.default_rng(0)
     >>> f = LeastSquares(rng.standard_normal((6, 4)), rng.standard_normal(6))

@@ -64,7 +64,6 @@ def make_partition(kind: str, lipschitz: np.ndarray, block_size: int) -> list[np
 
     Examples
     --------
-    >>> import numpy as np
     >>> [b.tolist() for b in make_partition("sorted", np.array([1.0, 4.0, 2.0, 3.0]), 2)]
     [[1, 3], [2, 0]]
     >>> [b.tolist() for b in make_partition("avg", np.array([1.0, 4.0, 2.0, 3.0]), 2)]
@@ -94,7 +93,6 @@ def red_black_partition(graph) -> list[np.ndarray]:
 
     Examples
     --------
-    >>> import numpy as np
     >>> path = np.diag(np.ones(3), 1) + np.diag(np.ones(3), -1)
     >>> [b.tolist() for b in red_black_partition(path)]
     [[0, 2], [1, 3]]

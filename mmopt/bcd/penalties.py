@@ -107,7 +107,6 @@ class NoPenalty(Penalty):
 
     Examples
     --------
-    >>> import numpy as np
     >>> NoPenalty().prox(np.array([1.0, -2.0]), 0.5)
     array([ 1., -2.])
     """
@@ -118,7 +117,6 @@ class L2(_OneTerm):
 
     Examples
     --------
-    >>> import numpy as np
     >>> L2(1.0).prox(np.array([2.0]), 1.0)
     array([1.])
     """
@@ -131,7 +129,6 @@ class L1(_OneTerm):
 
     Examples
     --------
-    >>> import numpy as np
     >>> L1(1.0).prox(np.array([3.0, -0.5]), 1.0)
     array([ 2., -0.])
     """
@@ -144,7 +141,6 @@ class L1Positive(_OneTerm):
 
     Examples
     --------
-    >>> import numpy as np
     >>> L1Positive(1.0).prox(np.array([3.0, -0.5]), 1.0)
     array([2., 0.])
     """
@@ -158,7 +154,6 @@ class ElasticNet(Penalty):
 
     Examples
     --------
-    >>> import numpy as np
     >>> pen = ElasticNet(1.0, l1_ratio=0.5)
     >>> pen.l1, pen.l2
     (0.5, 0.5)

@@ -28,7 +28,6 @@ class BCDProblem(Problem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bcd import BCDProblem, LeastSquares, L1
     >>> problem = BCDProblem(LeastSquares(np.eye(3), [3.0, -0.5, 1.0]), L1(0.1))
     >>> res = problem.solve(tol=1e-10)

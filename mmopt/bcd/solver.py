@@ -33,13 +33,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from mmopt._core.linesearch import armijo, backtracking
-from mmopt._core.params import (
-    Constraint,
-    InstanceOf,
-    Interval,
-    Options,
-    Rule,
-)
+from mmopt._core.params import Constraint, InstanceOf, Interval, Options, Param, Rule
 from mmopt._core.registry import register_solver
 from mmopt._core.result import STATUS_MESSAGES, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
@@ -237,7 +231,6 @@ class BlockCoordinateDescent(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bcd import BCDProblem, BlockCoordinateDescent, LeastSquares
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((40, 10))
@@ -252,15 +245,15 @@ class BlockCoordinateDescent(Solver):
     problem_types = (BCDProblem,)
     required_methods = ("objective",)
 
-    _parameter_constraints: ClassVar[dict] = {
-        "block_size": [Interval(int, 1, None)],
-        "partition": [Options(PARTITIONS), _IndexBlocks()],
-        "selection": [Options(SELECTIONS)],
-        "update": [Options(UPDATES)],
-        "gradient": [Options({"auto", "recompute", "incremental"})],
-        "active_set_newton": [bool],
-        "stopping": [Options({"auto", "gap", "kkt"})],
-        "random_state": RANDOM_STATE,
+    _options = {
+        "block_size": Param(5, Interval(int, 1, None)),
+        "partition": Param("auto", Options(PARTITIONS), _IndexBlocks()),
+        "selection": Param("gsl", Options(SELECTIONS)),
+        "update": Param("gradient", Options(UPDATES)),
+        "gradient": Param("auto", Options({"auto", "recompute", "incremental"})),
+        "active_set_newton": Param(False, bool),
+        "stopping": Param("auto", Options({"auto", "gap", "kkt"})),
+        "random_state": Param(None, *RANDOM_STATE),
     }
     _parameter_rules: ClassVar[list] = [
         Rule(
@@ -277,35 +270,6 @@ class BlockCoordinateDescent(Solver):
             "partition='greedy-tree' orders nodes by selection='gsl', 'gs' or 'random'",
         ),
     ]
-
-    def __init__(
-        self,
-        *,
-        block_size: int = 5,
-        partition="auto",
-        selection: str = "gsl",
-        update: str = "gradient",
-        gradient: str = "auto",
-        active_set_newton: bool = False,
-        stopping: str = "auto",
-        random_state=None,
-        tol: float = 1e-6,
-        max_iter: int = 1000,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.block_size = block_size
-        self.partition = partition
-        self.selection = selection
-        self.update = update
-        self.gradient = gradient
-        self.active_set_newton = active_set_newton
-        self.stopping = stopping
-        self.random_state = random_state
-        self.tol = tol
-        self.max_iter = max_iter
-        self.callback = callback
-        self.verbose = verbose
 
     def check_problem(self, problem) -> None:
         """Check the options that depend on the problem's datafit and penalty."""

@@ -8,7 +8,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from mmopt._core._docstrings import DATA_PARAMS, fill_doc, references
 from mmopt._core.linear_model import LinearClassifierMixin, LinearRegressorMixin
-from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin, Rule
+from mmopt._core.params import InstanceOf, Interval, Options, Param, ParamsValidationMixin, Rule
 from mmopt._core.validation import validate_fit_data
 from mmopt.bilevel.glm import (
     LogisticLowerLevel,
@@ -27,13 +27,16 @@ __all__ = ["BilevelLogisticRegression", "BilevelRidge"]
 
 # The options both estimators share (the MAID options they pass on, checked before the CV
 # problem is built).
-_COMMON_CONSTRAINTS = {
-    "fit_intercept": [bool],
-    "spread_penalty": [Interval(float, 0, None)],
-    "tol": [Interval(float, 0, None)],
-    "xtol": [Interval(float, 0, None), None],
-    "max_iter": [Interval(int, 1, None)],
-    "verbose": [Interval(int, 0, None)],
+_COMMON_OPTIONS = {
+    # Checked by scikit-learn's check_cv when the CV problem is built.
+    "cv": Param(5, InstanceOf(object, name="an int, a cross-validation generator or an "
+                                            "iterable of (train, validation) pairs")),
+    "fit_intercept": Param(True, bool),
+    "spread_penalty": Param(0.0, Interval(float, 0, None)),
+    "tol": Param(1e-5, Interval(float, 0, None)),
+    "xtol": Param(None, Interval(float, 0, None), None),
+    "max_iter": Param(100, Interval(int, 1, None)),
+    "verbose": Param(0, Interval(int, 0, None)),
 }
 _PAIR = InstanceOf(tuple, list, name="a pair (low, high)")
 
@@ -145,47 +148,19 @@ class BilevelRidge(LinearRegressorMixin, ParamsValidationMixin, RegressorMixin, 
     (0.0005, 2993)
     """
 
-    _parameter_constraints = {
-        **_COMMON_CONSTRAINTS,
-        "penalty": [Options({"shared", "per_feature"})],
-        "alpha_init": [Interval(float, 0, None, closed="neither")],
-        "alpha_bounds": [_PAIR],
+    _options = {
+        "penalty": Param("shared", Options({"shared", "per_feature"})),
+        "alpha_init": Param(1.0, Interval(float, 0, None, closed="neither")),
+        "alpha_bounds": Param((1e-8, 1e8), _PAIR),
+        **_COMMON_OPTIONS,
     }
     _parameter_rules = [_bounds_rule("alpha_bounds")]
-
-    def __init__(
-        self,
-        *,
-        penalty: str = "shared",
-        cv=5,
-        fit_intercept: bool = True,
-        alpha_init: float = 1.0,
-        alpha_bounds=(1e-8, 1e8),
-        spread_penalty: float = 0.0,
-        tol: float = 1e-5,
-        xtol: float | None = None,
-        max_iter: int = 100,
-        verbose: int = 0,
-    ):
-        self.penalty = penalty
-        self.cv = cv
-        self.fit_intercept = fit_intercept
-        self.alpha_init = alpha_init
-        self.alpha_bounds = alpha_bounds
-        self.spread_penalty = spread_penalty
-        self.tol = tol
-        self.xtol = xtol
-        self.max_iter = max_iter
-        self.verbose = verbose
 
     @fill_doc(DATA_PARAMS)
     def fit(self, X: ArrayLike, y: ArrayLike) -> BilevelRidge:
         """Learn the penalty by cross-validation, then refit on all data.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_targets)s
+        %(fit_targets)s
 
         Returns
         -------
@@ -276,47 +251,19 @@ class BilevelLogisticRegression(
     (0.63, -0.0781)
     """
 
-    _parameter_constraints = {
-        **_COMMON_CONSTRAINTS,
-        "penalty": [Options({"shared", "per_feature", "per_weight"})],
-        "C_init": [Interval(float, 0, None, closed="neither")],
-        "C_bounds": [_PAIR],
+    _options = {
+        "penalty": Param("shared", Options({"shared", "per_feature", "per_weight"})),
+        "C_init": Param(1.0, Interval(float, 0, None, closed="neither")),
+        "C_bounds": Param((1e-4, 1e4), _PAIR),
+        **_COMMON_OPTIONS,
     }
     _parameter_rules = [_bounds_rule("C_bounds")]
-
-    def __init__(
-        self,
-        *,
-        penalty: str = "shared",
-        cv=5,
-        fit_intercept: bool = True,
-        C_init: float = 1.0,
-        C_bounds=(1e-4, 1e4),
-        spread_penalty: float = 0.0,
-        tol: float = 1e-5,
-        xtol: float | None = None,
-        max_iter: int = 100,
-        verbose: int = 0,
-    ):
-        self.penalty = penalty
-        self.cv = cv
-        self.fit_intercept = fit_intercept
-        self.C_init = C_init
-        self.C_bounds = C_bounds
-        self.spread_penalty = spread_penalty
-        self.tol = tol
-        self.xtol = xtol
-        self.max_iter = max_iter
-        self.verbose = verbose
 
     @fill_doc(DATA_PARAMS)
     def fit(self, X: ArrayLike, y: ArrayLike) -> BilevelLogisticRegression:
         """Learn the penalty by cross-validation, then refit on all data.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_labels)s
+        %(fit_labels)s
 
         Returns
         -------

@@ -71,7 +71,6 @@ class RidgeLowerLevel(LowerLevel):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from sklearn.linear_model import Ridge
     >>> from mmopt.bilevel.glm import RidgeLowerLevel
     >>> rng = np.random.default_rng(0)
@@ -160,7 +159,6 @@ class SquaredLossUpperLevel(UpperLevel):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel.glm import SquaredLossUpperLevel
     >>> upper = SquaredLossUpperLevel(np.eye(2), np.ones(2))
     >>> upper.value(np.ones(2))
@@ -406,7 +404,6 @@ class LogisticLowerLevel(LowerLevel):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from sklearn.linear_model import LogisticRegression
     >>> from mmopt.bilevel.glm import LogisticLowerLevel
     >>> from mmopt.bilevel.inner import newton_cg
@@ -690,7 +687,6 @@ class LogLossUpperLevel(UpperLevel):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel.glm import LogLossUpperLevel
     >>> upper = LogLossUpperLevel(np.ones((2, 1)), np.array([0.0, 1.0]))
     >>> bool(np.isclose(upper.value(np.zeros(2)), np.log(2)))

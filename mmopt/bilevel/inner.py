@@ -30,7 +30,6 @@ def fista(lower, x0, theta, gtol, *, max_iter=10_000) -> InnerSolveResult:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel import LowerLevel
     >>> from mmopt.bilevel.inner import fista
     >>> d = np.array([1.0, 10.0, 100.0])
@@ -93,7 +92,6 @@ def newton_cg(lower, x0, theta, gtol, *, max_iter=100) -> InnerSolveResult:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel import LowerLevel
     >>> from mmopt.bilevel.inner import newton_cg
     >>> f = lambda x, t: np.sum(np.logaddexp(0, x)) + 0.5 * x @ x - x.sum() * 0.3

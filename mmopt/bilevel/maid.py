@@ -29,7 +29,7 @@ import numpy as np
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.krylov import conjugate_gradient
 from mmopt._core.linesearch import backtracking
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.registry import register_solver
 from mmopt._core.result import InnerSolveResult, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
@@ -280,7 +280,6 @@ class MAID(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel import MAID
     >>> from mmopt.bilevel.glm import ridge_cv_problem
     >>> from sklearn.datasets import load_diabetes
@@ -293,72 +292,26 @@ class MAID(Solver):
     name = "maid"
     problem_types = (BilevelProblem,)
     residual_covers_x = False
-    _parameter_constraints = {
-        "accuracy": [Options(_SCHEDULES)],
-        "eps0": [Interval(float, 0, None, closed="neither")],
-        "delta0": [Interval(float, 0, None, closed="neither")],
-        "step0": [Interval(float, 0, None, closed="neither"), Options({"auto"})],
-        "eta": [Interval(float, 0, 1, closed="neither")],
-        "tau": [Interval(float, 0, 1, closed="neither")],
-        "accuracy_growth": [Interval(float, 1, None)],
-        "backtrack": [Interval(float, 0, 1, closed="neither")],
-        "step_growth": [Interval(float, 1, None)],
-        "step_rule": [Options({"growth", "bb"})],
-        "max_backtracks": [Interval(int, 0, None)],
-        "max_accuracy_retries": [Interval(int, 0, None)],
-        "min_eps": [Interval(float, 0, None)],
-        "inner_solver": [Options(_INNER), callable],
-        "max_inner_iter": [Interval(int, 1, None)],
-        "max_cost": [Interval(int, 1, None), None],
-        "xtol": [Interval(float, 0, None), None],
+    _options = {
+        "accuracy": Param("adaptive", Options(_SCHEDULES)),
+        "eps0": Param(0.1, Interval(float, 0, None, closed="neither")),
+        "delta0": Param(0.1, Interval(float, 0, None, closed="neither")),
+        "step0": Param("auto", Interval(float, 0, None, closed="neither"), Options({"auto"})),
+        "eta": Param(1e-4, Interval(float, 0, 1, closed="neither")),
+        "tau": Param(0.5, Interval(float, 0, 1, closed="neither")),
+        "accuracy_growth": Param(1.05, Interval(float, 1, None)),
+        "backtrack": Param(0.5, Interval(float, 0, 1, closed="neither")),
+        "step_growth": Param(10.0 / 9.0, Interval(float, 1, None)),
+        "step_rule": Param("growth", Options({"growth", "bb"})),
+        "max_backtracks": Param(10, Interval(int, 0, None)),
+        "max_accuracy_retries": Param(30, Interval(int, 0, None)),
+        "min_eps": Param(1e-13, Interval(float, 0, None)),
+        "inner_solver": Param("auto", Options(_INNER), callable),
+        "max_inner_iter": Param(10_000, Interval(int, 1, None)),
+        "max_cost": Param(None, Interval(int, 1, None), None),
+        "xtol": Param(None, Interval(float, 0, None), None),
+        "max_iter": Param(200),
     }
-
-    def __init__(
-        self,
-        *,
-        accuracy: str = "adaptive",
-        eps0: float = 0.1,
-        delta0: float = 0.1,
-        step0: float | str = "auto",
-        eta: float = 1e-4,
-        tau: float = 0.5,
-        accuracy_growth: float = 1.05,
-        backtrack: float = 0.5,
-        step_growth: float = 10.0 / 9.0,
-        step_rule: str = "growth",
-        max_backtracks: int = 10,
-        max_accuracy_retries: int = 30,
-        min_eps: float = 1e-13,
-        inner_solver="auto",
-        max_inner_iter: int = 10_000,
-        max_cost: int | None = None,
-        tol: float = 1e-6,
-        xtol: float | None = None,
-        max_iter: int = 200,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.accuracy = accuracy
-        self.eps0 = eps0
-        self.delta0 = delta0
-        self.step0 = step0
-        self.eta = eta
-        self.tau = tau
-        self.accuracy_growth = accuracy_growth
-        self.backtrack = backtrack
-        self.step_growth = step_growth
-        self.step_rule = step_rule
-        self.max_backtracks = max_backtracks
-        self.max_accuracy_retries = max_accuracy_retries
-        self.min_eps = min_eps
-        self.inner_solver = inner_solver
-        self.max_inner_iter = max_inner_iter
-        self.max_cost = max_cost
-        self.tol = tol
-        self.xtol = xtol
-        self.max_iter = max_iter
-        self.callback = callback
-        self.verbose = verbose
 
     # ------------------------------------------------------------------ the shared loop
     def _should_stop(self, problem, state: _MAIDState):
@@ -614,7 +567,6 @@ class MAID(Solver):
 
         Examples
         --------
-        >>> import numpy as np
         >>> from sklearn.datasets import load_diabetes
         >>> from mmopt.bilevel import MAID
         >>> from mmopt.bilevel.glm import ridge_cv_problem

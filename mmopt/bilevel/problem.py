@@ -81,7 +81,6 @@ class LowerLevel:
     --------
     ``Phi(x, theta) = 1/2 ||x - c||^2 + exp(theta)/2 ||x||^2``:
 
-    >>> import numpy as np
     >>> from mmopt.bilevel import LowerLevel
     >>> c = np.array([1.0, 2.0])
     >>> lower = LowerLevel(
@@ -219,7 +218,6 @@ class UpperLevel:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel import UpperLevel
     >>> upper = UpperLevel(lambda x: 0.5 * x @ x, lambda x: x, L_g=1.0)
     >>> upper.value(np.ones(2))
@@ -256,7 +254,6 @@ class SpreadPenalty:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel import SpreadPenalty
     >>> SpreadPenalty(2.0).value(np.array([0.0, 2.0]))
     2.0
@@ -327,7 +324,6 @@ class BilevelProblem(Problem):
     Learn the shrinkage ``exp(theta)`` that brings ``x*(theta) = c / (1 + exp(theta))``
     closest to a target ``t`` (closed form: ``exp(theta*) = c.c / c.t - 1``):
 
-    >>> import numpy as np
     >>> from mmopt.bilevel import BilevelProblem, LowerLevel, UpperLevel
     >>> c, t = np.array([1.0, 2.0]), np.array([0.4, 0.9])
     >>> lower = LowerLevel(

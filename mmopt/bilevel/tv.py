@@ -69,7 +69,6 @@ class TVDenoisingLowerLevel(LowerLevel):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel.tv import TVDenoisingLowerLevel
     >>> lower = TVDenoisingLowerLevel(np.ones((4, 4)))
     >>> bool(np.isclose(lower.value(np.ones(16), np.log([0.1, 0.01])), 16 * 0.1 * 0.01))
@@ -231,7 +230,6 @@ class SquaredErrorUpperLevel(UpperLevel):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.bilevel.tv import SquaredErrorUpperLevel
     >>> SquaredErrorUpperLevel(np.zeros((2, 2))).value(np.ones(4))
     2.0

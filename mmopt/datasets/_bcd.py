@@ -97,7 +97,6 @@ def make_lattice_graph(side: int = 50, *, n_labelled: int = 100, random_state=No
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.datasets import make_lattice_graph
     >>> W, y = make_lattice_graph(4, n_labelled=3, random_state=0)
     >>> W.shape, int(W.sum()), int(np.isfinite(y).sum())

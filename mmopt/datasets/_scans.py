@@ -133,7 +133,6 @@ def make_registration_clouds(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.datasets import make_registration_clouds
     >>> rng = np.random.default_rng(0)
     >>> source, target, T = make_registration_clouds(rng.random((2000, 3)), random_state=0)
@@ -209,7 +208,6 @@ def make_registration_problem(points=None, **options):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.datasets import make_registration_problem
     >>> rng = np.random.default_rng(0)
     >>> problem, T = make_registration_problem(rng.random((2000, 3)), random_state=0)

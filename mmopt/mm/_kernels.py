@@ -54,7 +54,6 @@ def multiplicative_update(factor, numerator, denominator, out):
 
     Examples
     --------
-    >>> import numpy as np
     >>> out = np.empty((1, 2))
     >>> sums = multiplicative_update(np.ones((1, 2)), np.array([[2.0, 3.0]]),
     ...                              np.array([[1.0, 3.0]]), out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils import check_random_state
 
-from mmopt._core.params import Interval
+from mmopt._core.params import Interval, Param
 from mmopt._core.threads import single_threaded
 from mmopt._core.validation import validate_fit_data
 from mmopt.mm.moe import MixtureOfExperts
@@ -93,21 +93,12 @@ class DistributedMixtureOfExperts(MixtureOfExperts):
     (2, (2, 1))
     """
 
-    _parameter_constraints: dict = {
-        **MixtureOfExperts._parameter_constraints,
-        "n_shards": [Interval(int, 1, None)],
-        "n_support": [Interval(int, 1, None)],
-        "n_jobs": [Interval(int, None, None), None],
+    # Added to MixtureOfExperts's options.
+    _options = {
+        "n_shards": Param(2, Interval(int, 1, None)),
+        "n_support": Param(500, Interval(int, 1, None)),
+        "n_jobs": Param(None, Interval(int, None, None), None),
     }
-
-    def __init__(self, n_experts: int = 3, *, n_shards: int = 2, n_support: int = 500,
-                 max_iter: int = 300, tol: float = 1e-6, n_init: int = 3,
-                 n_jobs: int | None = None, random_state=None):
-        super().__init__(n_experts, max_iter=max_iter, tol=tol, n_init=n_init,
-                         random_state=random_state)
-        self.n_shards = n_shards
-        self.n_support = n_support
-        self.n_jobs = n_jobs
 
     def fit(self, X, y) -> DistributedMixtureOfExperts:
         """Fit the shards in parallel and reduce their models.

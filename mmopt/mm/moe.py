@@ -20,7 +20,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core._docstrings import DATA_PARAMS, fill_doc
 from mmopt._core.linesearch import armijo, backtracking
-from mmopt._core.params import Interval, validate_params
+from mmopt._core.params import (
+    InstanceOf,
+    Interval,
+    Param,
+    ParamsValidationMixin,
+    constraints_of,
+    validate_params,
+)
 from mmopt._core.validation import check_input, validate_fit_data
 from mmopt.mm.problem import MMProblem
 from mmopt.mm.solver import MMSolver
@@ -285,7 +292,7 @@ def _initial_responsibilities(X, y, n_experts, rng) -> np.ndarray:
     return R
 
 
-class MixtureOfExperts(RegressorMixin, BaseEstimator):
+class MixtureOfExperts(ParamsValidationMixin, RegressorMixin, BaseEstimator):
     r"""Mixture of linear-Gaussian experts with softmax gates, fitted by EM.
 
     :math:`p(y \mid x) = \sum_k \pi_k(x)\, N(y;\, b_k + x^\top \beta_k, \sigma_k^2)`, gates
@@ -339,34 +346,25 @@ class MixtureOfExperts(RegressorMixin, BaseEstimator):
     True
     """
 
-    _parameter_constraints: dict = {
-        "n_experts": [Interval(int, 1, None)],
-        "max_iter": [Interval(int, 1, None)],
-        "tol": [Interval(float, 0, None)],
-        "n_init": [Interval(int, 1, None)],
-        "random_state": ["random_state"],
+    _options = {
+        "n_experts": Param(3, Interval(int, 1, None), positional=True),
+        "max_iter": Param(300, Interval(int, 1, None)),
+        "tol": Param(1e-6, Interval(float, 0, None)),
+        "n_init": Param(3, Interval(int, 1, None)),
+        # Checked by scikit-learn's check_random_state when the fit starts.
+        "random_state": Param(None, None, Interval(int, 0, None),
+                              InstanceOf(np.random.RandomState)),
     }
 
-    def __init__(self, n_experts: int = 3, *, max_iter: int = 300, tol: float = 1e-6,
-                 n_init: int = 3, random_state=None):
-        self.n_experts = n_experts
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_init = n_init
-        self.random_state = random_state
-
     def _check_params(self):
-        table = {k: v for k, v in self._parameter_constraints.items() if k != "random_state"}
+        table = {k: v for k, v in constraints_of(type(self))[0].items() if k != "random_state"}
         validate_params(table, self.get_params(deep=False), owner=type(self).__name__)
 
     @fill_doc(DATA_PARAMS)
     def fit(self, X, y) -> MixtureOfExperts:
         """Fit the mixture by EM from ``n_init`` starts.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_targets)s
+        %(fit_targets)s
 
         Returns
         -------

@@ -306,7 +306,6 @@ def aggregate_mixtures(models, support, weights=None, *, n_experts: int | None =
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.datasets import make_moe_regression
     >>> from mmopt.mm import MixtureOfExperts, aggregate_mixtures
     >>> X, y, _ = make_moe_regression(2000, 1, 2, noise=0.2, random_state=0)

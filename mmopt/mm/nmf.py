@@ -12,8 +12,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
-from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin
+from mmopt._core.anderson import ANDERSON_OPTION
+from mmopt._core.params import InstanceOf, Interval, Options, Param, ParamsValidationMixin
 from mmopt._core.threads import check_n_threads
 from mmopt._core.validation import check_array, check_choice, check_input
 from mmopt.mm._kernels import EPSILON as _EPSILON
@@ -96,7 +96,6 @@ class NMFProblem(MMProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import NMFProblem
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((20, 2)) @ rng.random((2, 8))  # exactly rank 2
@@ -311,7 +310,6 @@ def initialize_factors(X, n_components, init="nndsvda", *, random_state=None, ep
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm.nmf import initialize_factors
     >>> W, H = initialize_factors(np.ones((4, 3)), 2, init="random", random_state=0)
     >>> W.shape, H.shape, bool((W >= 0).all() and (H >= 0).all())
@@ -414,7 +412,6 @@ class MMNMF(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import MMNMF
     >>> X = np.array([[1, 1], [2, 1], [3, 1.2], [4, 1], [5, 0.8], [6, 1]])
     >>> model = MMNMF(n_components=2, init="random", random_state=0, max_iter=500)
@@ -423,41 +420,17 @@ class MMNMF(
     True
     """
 
-    _parameter_constraints = {
-        "n_components": [None, Interval(int, 1, None)],
-        "loss": [Options(LOSSES)],
-        "init": [None, Options({"random", "nndsvd", "nndsvda", "nndsvdar", "custom"})],
-        "anderson": ANDERSON_OPTION,
-        "tol": [Interval(float, 0, None)],
-        "max_iter": [Interval(int, 1, None)],
-        "random_state": [
-            None,
-            Interval(int, 0, 2**32 - 1),
-            InstanceOf(np.random.RandomState, name="a numpy RandomState"),
-        ],
-        "verbose": [Interval(int, 0, None)],
+    _options = {
+        "n_components": Param(None, None, Interval(int, 1, None), positional=True),
+        "loss": Param("frobenius", Options(LOSSES)),
+        "init": Param(None, None, Options({"random", "nndsvd", "nndsvda", "nndsvdar", "custom"})),
+        "anderson": Param(True, *ANDERSON_OPTION),
+        "tol": Param(1e-4, Interval(float, 0, None)),
+        "max_iter": Param(200, Interval(int, 1, None)),
+        "random_state": Param(None, None, Interval(int, 0, 2**32 - 1),
+                              InstanceOf(np.random.RandomState, name="a numpy RandomState")),
+        "verbose": Param(0, Interval(int, 0, None)),
     }
-
-    def __init__(
-        self,
-        n_components: int | None = None,
-        *,
-        loss: str = "frobenius",
-        init: str | None = None,
-        anderson: bool | AndersonAcceleration = True,
-        tol: float = 1e-4,
-        max_iter: int = 200,
-        random_state=None,
-        verbose: int = 0,
-    ):
-        self.n_components = n_components
-        self.loss = loss
-        self.init = init
-        self.anderson = anderson
-        self.tol = tol
-        self.max_iter = max_iter
-        self.random_state = random_state
-        self.verbose = verbose
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -26,9 +26,9 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import validate_data
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
-from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
+from mmopt._core.anderson import ANDERSON_OPTION
 from mmopt._core.linear_model import LinearRegressorMixin
-from mmopt._core.params import InstanceOf, Interval, Options, ParamsValidationMixin
+from mmopt._core.params import InstanceOf, Interval, Options, Param, ParamsValidationMixin
 from mmopt._core.result import Result
 from mmopt._core.validation import (
     check_array,
@@ -127,7 +127,6 @@ def mad_scale(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm.robust_regression import mad_scale
     >>> r = np.array([-1.0, 0.5, 0.0, 2.0, 100.0]) + 10.0  # an offset bulk, one outlier
     >>> round(mad_scale(r), 4), round(mad_scale(r, center="zero"), 4)
@@ -244,7 +243,6 @@ class RobustRegressionProblem(MMProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm.robust_regression import RobustRegressionProblem
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((50, 2))
@@ -468,7 +466,6 @@ class MMRobustRegressor(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm.robust_regression import MMRobustRegressor
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((100, 3))
@@ -481,40 +478,18 @@ class MMRobustRegressor(
 
     # A sparse X reaches validate_data, whose message names it, as in fit.
     _sparse_predict_input = True
-    _parameter_constraints = {
-        "loss": [Options(_IRLS_LOSSES), InstanceOf(RobustLoss, name="a RobustLoss")],
-        "c": [None, Interval(float, 0, None, closed="neither")],
-        "scale": [None, Interval(float, 0, None, closed="neither")],
-        "alpha": [Interval(float, 0, None)],
-        "fit_intercept": [bool],
-        "anderson": ANDERSON_OPTION,
-        "tol": [Interval(float, 0, None)],
-        "max_iter": [Interval(int, 1, None)],
-        "verbose": [Interval(int, 0, None)],
+    _options = {
+        "loss": Param("huber", Options(_IRLS_LOSSES), InstanceOf(RobustLoss, name="a RobustLoss"),
+                      positional=True),
+        "c": Param(None, None, Interval(float, 0, None, closed="neither")),
+        "scale": Param(None, None, Interval(float, 0, None, closed="neither")),
+        "alpha": Param(0.0, Interval(float, 0, None)),
+        "fit_intercept": Param(True, bool),
+        "anderson": Param(True, *ANDERSON_OPTION),
+        "tol": Param(1e-6, Interval(float, 0, None)),
+        "max_iter": Param(500, Interval(int, 1, None)),
+        "verbose": Param(0, Interval(int, 0, None)),
     }
-
-    def __init__(
-        self,
-        loss: str = "huber",
-        *,
-        c: float | None = None,
-        scale: float | None = None,
-        alpha: float = 0.0,
-        fit_intercept: bool = True,
-        anderson: bool | AndersonAcceleration = True,
-        tol: float = 1e-6,
-        max_iter: int = 500,
-        verbose: int = 0,
-    ):
-        self.loss = loss
-        self.c = c
-        self.scale = scale
-        self.alpha = alpha
-        self.fit_intercept = fit_intercept
-        self.anderson = anderson
-        self.tol = tol
-        self.max_iter = max_iter
-        self.verbose = verbose
 
     def fit(
         self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None

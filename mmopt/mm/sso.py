@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
-from mmopt._core.anderson import AndersonAcceleration
-from mmopt._core.params import InstanceOf, Interval, Options
+from mmopt._core.params import InstanceOf, Interval, Options, Param
 from mmopt._core.registry import register_solver
 from mmopt._core.solver import SolverState
 from mmopt._core.validation import check_array
@@ -94,7 +93,6 @@ class SSO(MMSolver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import SSO, LinearTargetModel, TargetSurrogateProblem
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((200, 4))
@@ -111,37 +109,14 @@ class SSO(MMSolver):
     problem_types = (TargetSurrogateProblem,)
     required_methods = ("mm_step", "surrogate_step", "objective", "project", "initial_point")
 
-    _parameter_constraints = {
-        "batch_size": [None, Interval(int, 1, None)],
-        "schedule": [Options({"inverse", "constant"})],
-        "projection": [Options({"full", "batch"})],
-        "random_state": [
-            None,
-            Interval(int, 0, None),
-            InstanceOf(np.random.Generator, name="a numpy Generator"),
-        ],
+    # Added to MMSolver's options (anderson, stopping and the common ones).
+    _options = {
+        "batch_size": Param(None, None, Interval(int, 1, None)),
+        "schedule": Param("inverse", Options({"inverse", "constant"})),
+        "projection": Param("full", Options({"full", "batch"})),
+        "random_state": Param(None, None, Interval(int, 0, None),
+                              InstanceOf(np.random.Generator, name="a numpy Generator")),
     }
-
-    def __init__(
-        self,
-        *,
-        batch_size: int | None = None,
-        schedule: str = "inverse",
-        projection: str = "full",
-        anderson: bool | AndersonAcceleration = True,
-        stopping: str = "step",
-        random_state=None,
-        tol: float = 1e-6,
-        max_iter: int = 1000,
-        callback=None,
-        verbose: int = 0,
-    ):
-        super().__init__(anderson=anderson, stopping=stopping, tol=tol, max_iter=max_iter,
-                         callback=callback, verbose=verbose)
-        self.batch_size = batch_size
-        self.schedule = schedule
-        self.projection = projection
-        self.random_state = random_state
 
     def _residual_covers_x(self) -> bool:
         return self.batch_size is None and super()._residual_covers_x()

@@ -9,8 +9,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmopt._core._docstrings import DATA_PARAMS, fill_doc, references
-from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration
-from mmopt._core.params import Interval, Options, ParamsValidationMixin
+from mmopt._core.anderson import ANDERSON_OPTION
+from mmopt._core.params import Interval, Options, Param, ParamsValidationMixin
 from mmopt._core.validation import validate_fit_data
 from mmopt.mm.sso import SSO
 from mmopt.mm.target_surrogate import LinearTargetModel, TargetSurrogateProblem
@@ -48,36 +48,19 @@ feature_names_in_ : ndarray of str""",
 class _SSOLinearModel(ParamsValidationMixin, BaseEstimator):
     """What both estimators share: options, the fit on the shared loop, ``partial_fit``."""
 
-    _parameter_constraints = {
-        "alpha": [Interval(float, 0, None)],
-        "fit_intercept": [bool],
-        "eta": [None, Interval(float, 0, None, closed="neither")],
-        "batch_size": [None, Interval(int, 1, None)],
-        "inner": [None, Options({"exact", "gd"})],
-        "n_inner": [Interval(int, 1, None)],
-        "anderson": ANDERSON_OPTION,
-        "tol": [Interval(float, 0, None)],
-        "max_iter": [Interval(int, 1, None)],
-        "random_state": SSO._parameter_constraints["random_state"],
-        "verbose": [Interval(int, 0, None)],
+    _options = {
+        "alpha": Param(1e-4, Interval(float, 0, None)),
+        "fit_intercept": Param(True, bool),
+        "eta": Param(None, None, Interval(float, 0, None, closed="neither")),
+        "batch_size": Param(None, None, Interval(int, 1, None)),
+        "inner": Param(None, None, Options({"exact", "gd"})),
+        "n_inner": Param(10, Interval(int, 1, None)),
+        "anderson": Param(True, *ANDERSON_OPTION),
+        "tol": Param(1e-6, Interval(float, 0, None)),
+        "max_iter": Param(1000, Interval(int, 1, None)),
+        "random_state": Param(None, *SSO._options["random_state"].constraints),
+        "verbose": Param(0, Interval(int, 0, None)),
     }
-
-    def __init__(self, *, alpha: float = 1e-4, fit_intercept: bool = True,
-                 eta: float | None = None, batch_size: int | None = None,
-                 inner: str | None = None, n_inner: int = 10,
-                 anderson: bool | AndersonAcceleration = True, tol: float = 1e-6,
-                 max_iter: int = 1000, random_state=None, verbose: int = 0):
-        self.alpha = alpha
-        self.fit_intercept = fit_intercept
-        self.eta = eta
-        self.batch_size = batch_size
-        self.inner = inner
-        self.n_inner = n_inner
-        self.anderson = anderson
-        self.tol = tol
-        self.max_iter = max_iter
-        self.random_state = random_state
-        self.verbose = verbose
 
     def _problem(self, X, y, *, inner=None) -> TargetSurrogateProblem:
         return TargetSurrogateProblem(
@@ -161,7 +144,6 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import SSORegressor
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((100, 3))
@@ -178,10 +160,7 @@ class SSORegressor(RegressorMixin, _SSOLinearModel):
     def fit(self, X: ArrayLike, y: ArrayLike) -> SSORegressor:
         """Fit the model.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_targets)s
+        %(fit_targets)s
 
         Returns
         -------
@@ -275,10 +254,7 @@ class SSOClassifier(ClassifierMixin, _SSOLinearModel):
     def fit(self, X: ArrayLike, y: ArrayLike) -> SSOClassifier:
         """Fit the model.
 
-        Parameters
-        ----------
-        %(X)s
-        %(y_labels)s
+        %(fit_labels)s
 
         Returns
         -------

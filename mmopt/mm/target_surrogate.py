@@ -48,7 +48,6 @@ class LinearTargetModel:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import LinearTargetModel
     >>> model = LinearTargetModel()
     >>> theta = np.array([1.0, 2.0, 0.5])  # W = [[1], [2]], b = 0.5
@@ -113,7 +112,6 @@ class TargetModel:
     --------
     A one-parameter exponential model ``z = exp(theta x)``:
 
-    >>> import numpy as np
     >>> from mmopt.mm import TargetModel
     >>> model = TargetModel(
     ...     predict=lambda th, X: np.exp(X * th[0]),
@@ -259,7 +257,6 @@ class TargetSurrogateProblem(MMProblem):
     --------
     Least squares with an exact inner solve is ordinary least squares after one step:
 
-    >>> import numpy as np
     >>> from mmopt.mm import LinearTargetModel, TargetSurrogateProblem
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((50, 3))

@@ -21,7 +21,6 @@ def online_softmin_gemm(x, y, g, f_old, log_a, reg, kind, p, n_threads):
 
     Examples
     --------
-    >>> import numpy as np
     >>> x = np.zeros((2, 5))
     >>> y = np.eye(5)[:2]
     >>> f, mass = online_softmin_gemm(x, y, np.zeros(2), np.zeros(2), np.log([0.5, 0.5]),

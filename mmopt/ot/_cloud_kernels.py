@@ -23,7 +23,6 @@ def online_softmin(x, y, g, f_old, log_a, reg, kind, p, n_threads):
 
     Examples
     --------
-    >>> import numpy as np
     >>> x, y = np.array([[0.0], [1.0]]), np.array([[0.0], [1.0]])
     >>> f, mass = online_softmin(x, y, np.zeros(2), np.zeros(2), np.log([0.5, 0.5]), 1.0,
     ...                          0, 2.0, 1)
@@ -44,7 +43,6 @@ def sparse_softmin(indptr, indices, cost, g, f_old, log_a, reg, n_threads, point
 
     Examples
     --------
-    >>> import numpy as np
     >>> f, mass = sparse_softmin([0, 1, 2], [0, 1], [0.0, 0.0], np.zeros(2), np.zeros(2),
     ...                          np.log([0.5, 0.5]), 1.0, 1)
     >>> f.round(4), mass
@@ -75,7 +73,6 @@ def pair_costs(x, y, indptr, indices, kind, p, n_threads):
 
     Examples
     --------
-    >>> import numpy as np
     >>> pair_costs(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0]]), [0, 1], [0], 1, 1.0, 1)
     array([5.])
     """

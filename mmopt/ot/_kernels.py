@@ -22,7 +22,6 @@ def log_half_step(C, g, f_old, log_a, reg, *, n_threads=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> f, mass = log_half_step(C, np.zeros(2), np.zeros(2), np.log([0.5, 0.5]), 1.0)
     >>> bool(np.allclose(np.exp(f[0]) * (1 + np.exp(-1.0)), 0.5)), mass.round(4)
@@ -49,7 +48,6 @@ def dense_plan(C, f, g, reg, *, n_threads=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> bool(np.allclose(dense_plan(C, np.zeros(2), np.zeros(2), 1.0), np.exp(-C)))
     True
@@ -68,7 +66,6 @@ def plan_row_sums(C, f, g, reg, *, n_threads=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> bool(np.allclose(plan_row_sums(C, np.zeros(2), np.zeros(2), 1.0), 1 + np.exp(-1.0)))
     True
@@ -91,7 +88,6 @@ def plan_marginals(C, Ct, f, g, reg, *, n_threads=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> rows, cols = plan_marginals(C, C.T.copy(), np.zeros(2), np.zeros(2), 1.0)
     >>> bool(np.allclose(rows, 1 + np.exp(-1.0))), bool(np.allclose(cols, rows))
@@ -119,7 +115,6 @@ def sparsify_plan(C, f, g, reg, row_sums, col_sums, row_budget, col_budget):
 
     Examples
     --------
-    >>> import numpy as np
     >>> plan = np.array([[0.5, 1e-6], [1e-6, 0.5]])
     >>> C = -np.log(plan)
     >>> S = sparsify_plan(C, np.zeros(2), np.zeros(2), 1.0, plan.sum(1), plan.sum(0),
@@ -151,7 +146,6 @@ def sparse_columns(formulation, alpha, beta, Ct, b, reg, k, *, n_threads=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> Ct = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
     >>> out = sparse_columns("semi_dual", np.zeros(3), None, Ct, np.array([0.5, 0.5]), 1.0, 1)
     >>> out[1][:, 0], out[1][:, 0].sum(), out[0][:, 0]

@@ -191,7 +191,6 @@ def smooth_sinkhorn(
 
     Examples
     --------
-    >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.random((300, 2)), rng.random((300, 2)) + 0.2
     >>> w = np.full(300, 1 / 300)

@@ -15,7 +15,8 @@ import math
 import joblib
 import numpy as np
 
-from mmopt._core.params import Interval
+from mmopt._core._docstrings import SOLVER_PARAMS
+from mmopt._core.params import Interval, Param
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, readonly
 from mmopt.ot._kernels import log_half_step
@@ -24,6 +25,12 @@ from mmopt.ot._kernels import log_half_step
 # positive count, or a negative one counting back from the number of CPUs, which must leave
 # one (-1 is all of them; see mmopt._core.threads.check_n_threads).
 N_THREADS = [None, Interval(int, 1, None), Interval(int, -joblib.cpu_count(), -1)]
+# The options whose defaults the scaling solvers (Sinkhorn, partial, unbalanced, P²OT) share.
+SCALING_OPTIONS = {
+    "tol": Param(1e-9),
+    "max_iter": Param(10_000),
+    "n_threads": Param(None, *N_THREADS),
+}
 # Docstring entries (``mmopt._core._docstrings.fill_doc``) of the family's parameters that
 # mean the same in several solvers and functions.
 OT_PARAMS = {
@@ -42,7 +49,15 @@ reg : float
     "log_n_threads": """\
 n_threads : int, optional
     Threads of the log-domain kernel; all CPUs when None.""",
+    "max_iter": """\
+max_iter : int, default=10000
+    Maximum number of iterations.""",
 }
+# The options the scaling solvers share after ``tol`` (SCALING_OPTIONS and the common ones).
+OT_PARAMS["scaling_options"] = "\n".join(
+    [OT_PARAMS["max_iter"], OT_PARAMS["log_n_threads"], SOLVER_PARAMS["callback"],
+     SOLVER_PARAMS["verbose"]]
+)
 # The arguments of the one-call functions of balanced entropic OT, together.
 OT_PARAMS["balanced_ot_args"] = "\n".join(
     OT_PARAMS[name] for name in ("histograms", "cost_or_clouds", "entropic_reg")

@@ -81,7 +81,6 @@ def grid_hierarchy(x, a, y, b, *, max_coarse=1000, growth=4.0) -> list[CloudLeve
 
     Examples
     --------
-    >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.random((5000, 2)), rng.random((4000, 2))
     >>> levels = grid_hierarchy(x, np.full(5000, 2e-4), y, np.full(4000, 2.5e-4))
@@ -242,7 +241,6 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
 
     Examples
     --------
-    >>> import numpy as np
     >>> x = y = np.array([[0.0], [1.0], [3.0]])
     >>> indptr, indices, cost, phi_eff = kept_pairs(x, y, np.zeros(3), np.zeros(3), 1.5)
     >>> indptr.tolist(), sorted(indices[:2].tolist()), phi_eff.tolist()

@@ -107,7 +107,6 @@ class ImbalancedOTClustering(ClusterMixin, BaseEstimator):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import ImbalancedOTClustering
     >>> rng = np.random.default_rng(0)
     >>> X = np.vstack([rng.normal(0, 0.5, (90, 2)), rng.normal(4, 0.5, (10, 2))])

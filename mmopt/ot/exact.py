@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment, linprog
 
+from mmopt._core.params import Param
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
@@ -73,7 +74,6 @@ class ExactOT(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> import mmopt
     >>> from mmopt.ot import OTProblem
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 0.5]])
@@ -87,16 +87,11 @@ class ExactOT(Solver):
     #: One step gives the final answer (no iterates to stop between).
     single_step: ClassVar[bool] = True
 
-    def __init__(self, *, tol: float = 1e-7, max_iter: int = 1, callback=None,
-                 verbose: int = 0):
-        self.tol = tol
-        self.max_iter = max_iter
-        self.callback = callback
-        self.verbose = verbose
-
-    # Its options are the common ones: an empty table of its own (the base class checks
-    # them), so that the option tests know it declares everything.
-    _parameter_constraints: ClassVar[dict] = {}
+    # Its options are the common ones, with defaults of its own.
+    _options = {
+        "tol": Param(1e-7),
+        "max_iter": Param(1),
+    }
 
     def _init_state(self, problem, x0):
         if x0 is not None:
@@ -211,7 +206,6 @@ def exact_ot(a, b, C, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import exact_ot
     >>> res = exact_ot([], [], np.array([[0.0, 1.0], [1.0, 0.0]]))
     >>> res.fun, res.plan

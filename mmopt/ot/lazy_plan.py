@@ -36,7 +36,6 @@ class LazyPlan:
 
     Examples
     --------
-    >>> import numpy as np
     >>> x = np.array([[0.0], [1.0]])
     >>> plan = LazyPlan(x, x, np.zeros(2), np.zeros(2), reg=1.0)
     >>> plan.matvec(np.ones(2)).round(4)

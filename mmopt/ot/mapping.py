@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,7 +12,13 @@ from scipy.spatial.distance import cdist
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mmopt._core.params import InstanceOf, Interval, Options, constraints_of, validate_params
+from mmopt._core.params import (
+    InstanceOf,
+    Interval,
+    Options,
+    Param,
+    ParamsValidationMixin,
+)
 from mmopt._core.registry import solve
 from mmopt._core.validation import check_array
 from mmopt.ot.pointcloud import PointCloudOTProblem
@@ -24,7 +29,7 @@ __all__ = ["OTMapping"]
 _SOLVERS = ("sinkhorn", "sns", "exact", "sparsity_constrained")
 
 
-class OTMapping(TransformerMixin, BaseEstimator):
+class OTMapping(ParamsValidationMixin, TransformerMixin, BaseEstimator):
     """Transport samples onto a target sample through an optimal transport plan.
 
     ``fit(X, y)`` takes source samples ``X`` (n, d) and target samples ``y`` (m, d), builds
@@ -74,7 +79,6 @@ class OTMapping(TransformerMixin, BaseEstimator):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import OTMapping
     >>> rng = np.random.default_rng(0)
     >>> source = rng.normal(size=(50, 2))
@@ -84,31 +88,16 @@ class OTMapping(TransformerMixin, BaseEstimator):
     True
     """
 
-    _parameter_constraints: ClassVar[dict] = {
-        "solver": [Options(_SOLVERS)],
-        "reg": [Interval(float, 0, None, closed="neither")],
-        "metric": [str, callable],
-        "normalize_cost": [bool],
-        "solver_options": [None, InstanceOf(Mapping, name="a dict of the solver's options")],
-        "max_dense_pairs": [Interval(int, 1, None)],
+    _options = {
+        "solver": Param("sinkhorn", Options(_SOLVERS)),
+        "reg": Param(1e-2, Interval(float, 0, None, closed="neither")),
+        "metric": Param("sqeuclidean", str, callable),
+        "normalize_cost": Param(True, bool),
+        "solver_options": Param(
+            None, None, InstanceOf(Mapping, name="a dict of the solver's options")
+        ),
+        "max_dense_pairs": Param(25_000_000, Interval(int, 1, None)),
     }
-
-    def __init__(
-        self,
-        *,
-        solver: str = "sinkhorn",
-        reg: float = 1e-2,
-        metric: str = "sqeuclidean",
-        normalize_cost: bool = True,
-        solver_options: dict | None = None,
-        max_dense_pairs: int = 25_000_000,
-    ):
-        self.solver = solver
-        self.reg = reg
-        self.metric = metric
-        self.normalize_cost = normalize_cost
-        self.solver_options = solver_options
-        self.max_dense_pairs = max_dense_pairs
 
     def fit(self, X, y, sample_weight=None, target_weight=None):
         """Compute the plan from source samples ``X`` to target samples ``y``.
@@ -127,8 +116,7 @@ class OTMapping(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        table, rules = constraints_of(type(self))
-        validate_params(table, self.get_params(deep=False), rules)
+        self._validate_params()
         options = dict(self.solver_options or {})
         if y is None:
             raise ValueError(

@@ -14,7 +14,7 @@ from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt._core.validation import check_array, check_scalar, readonly
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, OT_PARAMS, kl, logsumexp
+from mmopt.ot._support import OT_PARAMS, SCALING_OPTIONS, kl, logsumexp
 from mmopt.ot.problem import CostMatrixProblem
 
 __all__ = ["P2OTProblem", "ProgressivePartialOT", "progressive_partial_ot", "rho_schedule"]
@@ -56,7 +56,6 @@ class P2OTProblem(CostMatrixProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import P2OTProblem
     >>> P2OTProblem(np.ones((4, 2)), rho=0.5, gamma=1.0, reg=0.1)
     P2OTProblem(n=4, k=2, rho=0.5, gamma=1, reg=0.1)
@@ -200,11 +199,7 @@ class ProgressivePartialOT(Solver):
     tol : float, default=1e-9
         Stop when the rows' L1 error ``||Q 1 + xi - a||_1`` (the other blocks are exactly
         optimal after each iteration) is at most ``tol``; lagged by one iteration.
-    max_iter : int, default=10000
-        Maximum number of iterations.
-    %(log_n_threads)s
-    %(callback)s
-    %(verbose)s
+    %(scaling_options)s
 
     Notes
     -----
@@ -218,7 +213,6 @@ class ProgressivePartialOT(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import P2OTProblem, ProgressivePartialOT
     >>> C = -np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]))
     >>> res = ProgressivePartialOT().solve(P2OTProblem(C, rho=0.5))
@@ -230,22 +224,9 @@ class ProgressivePartialOT(Solver):
     problem_types = (P2OTProblem,)
     maximize = True
 
-    def __init__(
-        self,
-        *,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {"n_threads": N_THREADS}
+    _options = {
+        **SCALING_OPTIONS,
+    }
 
     def _init_state(self, problem, x0):
         run = _Run(problem, self.n_threads)
@@ -396,7 +377,6 @@ def progressive_partial_ot(C, rho, gamma=1.0, reg=0.1, prior=None, **options) ->
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import progressive_partial_ot
     >>> rng = np.random.default_rng(0)
     >>> logits = rng.normal(size=(50, 3))

@@ -10,7 +10,7 @@ import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
 from mmopt._core.exceptions import ConvergenceWarning
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -18,9 +18,9 @@ from mmopt._core.validation import check_array, check_scalar
 from mmopt.ot._kernels import dense_plan, plan_marginals, plan_row_sums, sparsify_plan
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._support import (
-    N_THREADS,
     OT_PARAMS,
     SCALING_MAX_RATIO,
+    SCALING_OPTIONS,
     ScalingRun,
     log_ratio_sum,
     measure,
@@ -83,7 +83,6 @@ class PartialOTProblem(CostMatrixProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import PartialOTProblem
     >>> PartialOTProblem([], [], np.ones((3, 2)), 0.5, 0.1)
     PartialOTProblem(n=3, m=2, mass=0.5, reg=0.1)
@@ -269,11 +268,7 @@ class PartialSinkhorn(Solver):
         Stop when the L1 violation of the optimality conditions (each row and column sum at
         most its mass, with equality where its multiplier is negative) is at most ``tol``;
         the row part recorded at iteration ``k`` is that of iterate ``k - 1``.
-    max_iter : int, default=10000
-        Maximum number of iterations.
-    %(log_n_threads)s
-    %(callback)s
-    %(verbose)s
+    %(scaling_options)s
 
     Notes
     -----
@@ -291,7 +286,6 @@ class PartialSinkhorn(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import PartialOTProblem, PartialSinkhorn
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> res = PartialSinkhorn().solve(PartialOTProblem([0.5, 0.5], [0.5, 0.5], C, 0.5, 0.01))
@@ -304,38 +298,13 @@ class PartialSinkhorn(Solver):
     problem_types = (PartialOTProblem,)
     maximize = True
 
-    def __init__(
-        self,
-        *,
-        method: str = "auto",
-        newton: bool | None = None,
-        newton_switch: float = 1e-2,
-        eps_scaling: bool | None = None,
-        eps_factor: float = 4.0,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.method = method
-        self.newton = newton
-        self.newton_switch = newton_switch
-        self.eps_scaling = eps_scaling
-        self.eps_factor = eps_factor
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {
-        "method": [Options({"auto", "log", "scaling"})],
-        "newton": [None, bool],
-        "newton_switch": [Interval(float, 0, None)],
-        "eps_scaling": [None, bool],
-        "eps_factor": [Interval(float, 1, None, closed="neither")],
-        "n_threads": N_THREADS,
+    _options = {
+        "method": Param("auto", Options({"auto", "log", "scaling"})),
+        "newton": Param(None, None, bool),
+        "newton_switch": Param(1e-2, Interval(float, 0, None)),
+        "eps_scaling": Param(None, None, bool),
+        "eps_factor": Param(4.0, Interval(float, 1, None, closed="neither")),
+        **SCALING_OPTIONS,
     }
 
     def _init_state(self, problem, x0):
@@ -525,7 +494,6 @@ def partial_ot(a, b, C, mass=None, reg=None, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import partial_ot
     >>> C = np.array([[0.0, 2.0], [1.0, 5.0]])
     >>> res = partial_ot([0.5, 0.5], [0.5, 0.5], C, mass=0.5)

@@ -12,9 +12,10 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, cg, splu
 from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
@@ -29,6 +30,7 @@ from mmopt.ot._newton import Direction, line_search, newton_direction, next_damp
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
+from mmopt.ot.problem import OTProblem
 from mmopt_ext._pointcloud import csr_transpose, significant_pairs, strongest_couplings
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
@@ -87,6 +89,13 @@ _MIN_PARALLEL_PAIRS = 1 << 16
 _SWITCH_KEPT = 32
 # Kept pairs per block when the returned plan's entries are formed.
 _PAIRS_PER_BLOCK = 1 << 20
+# Smooth regime: clouds of at most this many pairs (positive mass) are solved on their dense
+# cost by Sinkhorn-Newton-Sparse (exact, and its Newton steps converge where plain Sinkhorn
+# takes thousands of iterations at small reg): the grid's cost does not shrink with the
+# clouds (forced on 300 points in 3-D at reg 1e-3 x diameter^2 it took minutes), and the
+# online kernel pays the cost's arithmetic at every pass. 8 MB of cost at the limit.
+_DENSE_MAX_PAIRS = 1 << 20
+
 # Truncations keeping at most this many pairs store their costs (16 bytes a pair, rows and
 # columns): the sparse kernels then read them in order instead of gathering both points of
 # every pair (one thread, 10^5 points: 2.3x faster in 3-D, 33 pairs a row; 1.5x in 2-D,
@@ -151,7 +160,6 @@ class PointCloudOTProblem(Problem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import PointCloudOTProblem
     >>> rng = np.random.default_rng(0)
     >>> problem = PointCloudOTProblem(rng.random((50, 2)), rng.random((40, 2)), reg=1e-2)
@@ -358,8 +366,8 @@ class _Run:
     newton_pause: int = 0  # Sinkhorn iterations before the next Newton attempt
     newton_backoff: int = 1
     damping: float = 0.0
-    # Smooth regime, squared Euclidean cost in d <= 3: None until the grid Gaussian
-    # transform is tried, then whether its solve was used.
+    # Smooth regime: None until the dense solve (small clouds) or the grid Gaussian
+    # transform (squared Euclidean cost, d <= 3) is tried, then whether the grid's was used.
     grid: bool | None = None
     grid_error: float = 0.0  # its (grid model's) L1 marginal error
     level_log: list = field(default_factory=list)
@@ -415,7 +423,9 @@ class PointCloudSinkhorn(Solver):
       node's weight at its bound, the scanned points exactly) and carried to the moved
       potentials: the dropped mass is at most ``sum(a) sum(b) exp(-margin / reg)``,
       reported as ``dropped_mass_bound``.
-    - ``"smooth"``: for the squared Euclidean cost in dimension at most 3, log-domain
+    - ``"smooth"``: clouds of at most 2^20 pairs (of positive mass) are solved on their
+      dense cost by :class:`~mmopt.ot.SinkhornNewtonSparse` (no grid or online pass costs
+      less there). Larger ones: for the squared Euclidean cost in dimension at most 3, log-domain
       Sinkhorn on a regular grid whose kernel products are exact separable Gaussian
       convolutions, the clouds spread onto the grid and the potentials interpolated back
       (``mmopt.ot._smooth.smooth_sinkhorn``: O(n + m + grid) per iteration; the grid
@@ -485,7 +495,8 @@ class PointCloudSinkhorn(Solver):
     largest possible contribution, the cost scale times the dropped-mass bound);
     ``dropped_mass_bound``; ``marginal_error`` (L1, of the returned plan);
     ``regime``; ``levels`` (one dict per level of the hierarchy: its sizes, cell size, the
-    ``reg`` values it ran, iterations and the most pairs it kept); ``reg_reached`` (the
+    ``reg`` values it ran, iterations and the most pairs it kept; in the smooth regime
+    ``kernel``, ``"dense"``, ``"grid"`` or ``"online"``); ``reg_reached`` (the
     ``reg`` of the returned potentials: below the problem's only when stopped early). The
     history records per iteration ``level``, ``reg``, ``kept`` (pairs) and
     ``intermediate``. Points of zero mass get the soft c-transform of the other side's
@@ -501,7 +512,6 @@ class PointCloudSinkhorn(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import PointCloudOTProblem, PointCloudSinkhorn
     >>> rng = np.random.default_rng(0)
     >>> problem = PointCloudOTProblem(rng.random((300, 2)), rng.random((300, 2)), reg=1e-4)
@@ -514,44 +524,16 @@ class PointCloudSinkhorn(Solver):
     problem_types = (PointCloudOTProblem,)
     maximize = True
 
-    def __init__(
-        self,
-        *,
-        regime: str = "auto",
-        tol: float = 1e-6,
-        max_iter: int = 10_000,
-        scaling: float = 0.25,
-        switch_tol: float = 0.1,
-        truncation: float = 40.0,
-        max_coarse: int = 1000,
-        newton: bool = True,
-        newton_switch: float = 0.1,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.regime = regime
-        self.tol = tol
-        self.max_iter = max_iter
-        self.scaling = scaling
-        self.switch_tol = switch_tol
-        self.truncation = truncation
-        self.max_coarse = max_coarse
-        self.newton = newton
-        self.newton_switch = newton_switch
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {
-        "regime": [Options({"auto", "sharp", "smooth"})],
-        "scaling": [Interval(float, 0, 1, closed="neither")],
-        "switch_tol": [Interval(float, 0, None, closed="neither")],
-        "truncation": [Interval(float, 1, None)],
-        "max_coarse": [Interval(int, 1, None)],
-        "newton": [bool],
-        "newton_switch": [Interval(float, 0, None)],
-        "n_threads": N_THREADS,
+    _options = {
+        "regime": Param("auto", Options({"auto", "sharp", "smooth"})),
+        "max_iter": Param(10_000),
+        "scaling": Param(0.25, Interval(float, 0, 1, closed="neither")),
+        "switch_tol": Param(0.1, Interval(float, 0, None, closed="neither")),
+        "truncation": Param(40.0, Interval(float, 1, None)),
+        "max_coarse": Param(1000, Interval(int, 1, None)),
+        "newton": Param(True, bool),
+        "newton_switch": Param(0.1, Interval(float, 0, None)),
+        "n_threads": Param(None, *N_THREADS),
     }
 
     # ----------------------------------------------------------------------------- setup
@@ -646,6 +628,7 @@ class PointCloudSinkhorn(Solver):
                 new = self._grid_solve(problem, state)
                 if new is not None:
                     return new
+                entry.setdefault("kernel", "online")
             threads = _threads(run, kept)
             f_new, row_mass = online_softmin(level.x, level.y, g, f, level.log_a, reg,
                                              run.kind, run.p, threads)
@@ -675,6 +658,8 @@ class PointCloudSinkhorn(Solver):
         run = state.run
         level = run.levels[state.level]
         run.grid = False
+        if len(level.x) * len(level.y) <= _DENSE_MAX_PAIRS:
+            return self._dense_solve(problem, state)
         if run.kind != 0 or level.x.shape[1] > 3:
             return None
         mass = float(level.b.sum())
@@ -688,6 +673,7 @@ class PointCloudSinkhorn(Solver):
             return None
         reg = float(out.reg_reached)
         run.grid, run.grid_error = True, float(out.marginal_error)
+        run.level_log[-1]["kernel"] = "grid"
         run.level_log[-1]["iterations"] += out.n_iter
         run.level_log[-1]["reg_end"] = reg
         error = run.grid_error
@@ -713,6 +699,39 @@ class PointCloudSinkhorn(Solver):
         if out.interrupted:
             # Ctrl-C inside the grid solve: the potentials of its last completed level or
             # iteration end the solve (status 3).
+            raise StopSolve(Status.INTERRUPTED, STATUS_MESSAGES[Status.INTERRUPTED], new)
+        return new
+
+    def _dense_solve(self, problem, state):
+        """Small clouds (smooth regime): the dense cost and Sinkhorn-Newton-Sparse at the
+        problem's reg, as one step (its iterations counted in the level's log). If it stops
+        short of tol (its iteration cap) the online kernel's iterations go on from its
+        potentials."""
+        from mmopt.ot.sns import SinkhornNewtonSparse
+
+        run = state.run
+        level = run.levels[state.level]
+        C = cdist(level.x, level.y, "euclidean" if run.kind else "sqeuclidean")
+        if run.kind == 2:
+            C **= run.p
+        out = SinkhornNewtonSparse(tol=self.tol, max_iter=self.max_iter,
+                                   n_threads=run.threads).solve(
+            OTProblem(level.a, level.b, C, problem.reg))
+        entry = run.level_log[-1]
+        entry["iterations"] += out.nit
+        entry["reg_end"] = problem.reg
+        entry["kernel"] = "dense"
+        mass = float(level.b.sum())
+        new = _PCState(
+            x=np.concatenate([out.f, out.g]),
+            fun=float(level.a @ out.f + level.b @ out.g) - problem.reg * mass,
+            residual=out.marginal_error / mass, f=out.f, g=out.g, level=state.level,
+            reg=problem.reg, run=run,
+            record={"level": float(state.level), "reg": problem.reg,
+                    "kept": float(len(level.x) * len(level.y)), "newton": float(out.n_newton),
+                    "intermediate": 0.0},
+        )
+        if out.status == Status.INTERRUPTED:
             raise StopSolve(Status.INTERRUPTED, STATUS_MESSAGES[Status.INTERRUPTED], new)
         return new
 
@@ -1208,7 +1227,6 @@ def pointcloud_sinkhorn(x, y, a=None, b=None, *, reg, cost="sqeuclidean", tol=1e
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import pointcloud_sinkhorn
     >>> rng = np.random.default_rng(0)
     >>> x = rng.random((400, 3))

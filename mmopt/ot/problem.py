@@ -147,7 +147,6 @@ class OTProblem(CostMatrixProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import OTProblem
     >>> problem = OTProblem([], [], np.array([[0.0, 1.0], [1.0, 0.0]]), reg=0.1)
     >>> res = problem.solve(tol=1e-10)

@@ -8,16 +8,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
-from mmopt._core.params import Options
+from mmopt._core.params import Options, Param
 from mmopt._core.registry import register_solver
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
 from mmopt._core.threads import effective_n_threads
 from mmopt.ot._batched import batched_sinkhorn
 from mmopt.ot._kernels import dense_plan, log_half_step
-from mmopt.ot._support import N_THREADS, OT_PARAMS, Support, log_ratio_sum
+from mmopt.ot._support import OT_PARAMS, SCALING_OPTIONS, Support, log_ratio_sum
 from mmopt.ot.problem import OTProblem, solve_ot
 from mmopt_ext._sinkhorn import dense_plan as _dense_plan
+from mmopt_ext._sinkhorn import scaled_plan as _scaled_plan
 from mmopt_ext._sinkhorn import scaling_iteration as _scaling_iteration
 
 __all__ = ["Sinkhorn", "sinkhorn"]
@@ -55,6 +56,20 @@ _MAX_RELAX_FAILURES = 3
 # ... and only once the error is below this fraction of the mass: the linear regime, where
 # the rate means something (earlier windows can agree by chance, and relaxing there fails).
 _RELAX_MAX_ERROR = 0.1
+# Kernels of at least _SINGLE_MIN_ENTRIES entries (past the L2 caches, where reading K
+# bounds the sweep) are also kept as a float32 copy, made at each absorption, and swept in
+# it while the marginal error (relative to the mass) is above max(_SINGLE_UNTIL, 10 tol):
+# half the memory traffic, products and sums still in float64. The copy's errors are
+# bounded: rounding moves each row and column sum by at most 2^-24 of itself (the row sums
+# total at most the mass plus the row error), and the entries below float32's smallest
+# normal number (0 in the copy) add at most that number times sum(u) sum(v). That margin
+# is added to the errors a float32 sweep reports, so they never claim a tol they do not
+# meet; a sweep whose margin would exceed a tenth of the threshold (scalings far from 1)
+# reads K itself. The phase ends for good at the threshold.
+_SINGLE_MIN_ENTRIES = 1 << 18
+_SINGLE_UNTIL = 1e-6
+_FLOAT32_ROUNDING = 2.0**-24
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 class _ScalingKernel:
@@ -66,8 +81,13 @@ class _ScalingKernel:
     recomputed, as does one after the scalings left ``[1 / _BOUND, _BOUND]``.
     """
 
-    def __init__(self, n: int, m: int, threads: int):
+    def __init__(self, n: int, m: int, threads: int, single_until: float | None = None):
         self.K = np.empty((n, m))
+        # The float32 phase (see _SINGLE_MIN_ENTRIES): K32 the copy while it runs, None where
+        # it never runs or has ended.
+        self.single_until = single_until
+        self.K32 = None if single_until is None else np.empty((n, m), dtype=np.float32)
+        self.margin = 0.0  # what the incoming iterate's column error may be off by
         # One partial K^T u per block of rows (the blocks run in parallel).
         blocks = max(1, min(threads, n // 4))
         self.acc = np.empty((blocks, m))
@@ -96,7 +116,7 @@ class _ScalingKernel:
 
     def absorb_potentials(self, support, reg, f, g, threads):
         floor = max(_KERNEL_FLOOR + np.log(support.mass), _NORMAL_FLOOR)
-        _dense_plan(support.C, f, g, float(reg), self.K, threads, float(floor))
+        _dense_plan(support.C, f, g, float(reg), self.K, threads, float(floor), self.K32)
         self.f_base, self.g_base, self.reg = f, g, reg
         self.u.fill(1.0)
         self.v.fill(1.0)
@@ -146,9 +166,14 @@ class Sinkhorn(Solver):
     cache, is added into ``K^T u``; the row marginal error comes out of the same pass; rows
     in parallel). When ``u`` or ``v`` leave ``[1e-20, 1e20]`` they are absorbed into the
     potentials and the kernel recomputed, so that it neither underflows nor overflows at
-    any ``reg``. In the log domain (a Cython kernel, one log-sum-exp per row in a single
-    pass shifted by the previous potential, a SIMD ``exp`` on AVX-512/AVX2 CPUs, rows in
-    parallel) each half-iteration pays an ``exp`` per entry instead of a multiply-add.
+    any ``reg``. Kernels of 2^18 entries or more are also kept in float32, and swept there
+    (in float64 arithmetic, half the memory traffic) while the marginal error is above
+    ``max(1e-6, 10 tol)``; the errors those sweeps report include a bound on the float32
+    rounding, so they never claim a ``tol`` the float64 kernel does not meet, and the
+    last iterations, the plan and the reported errors are float64. In the log domain (a
+    Cython kernel, one log-sum-exp per row in a single pass shifted by the previous
+    potential, a SIMD ``exp`` on AVX-512/AVX2 CPUs, rows in parallel) each half-iteration
+    pays an ``exp`` per entry instead of a multiply-add.
 
     Parameters
     ----------
@@ -210,7 +235,6 @@ class Sinkhorn(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import OTProblem, Sinkhorn
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.random((5, 2)), rng.random((6, 2))
@@ -227,29 +251,10 @@ class Sinkhorn(Solver):
     # non-finite entry of x makes fun non-finite, which the loop checks without scanning x.
     residual_covers_x = True
 
-    def __init__(
-        self,
-        *,
-        method: str = "auto",
-        overrelaxation: bool = True,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.method = method
-        self.overrelaxation = overrelaxation
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {
-        "method": [Options({"auto", "log", "scaling"})],
-        "overrelaxation": [bool],
-        "n_threads": N_THREADS,
+    _options = {
+        "method": Param("auto", Options({"auto", "log", "scaling"})),
+        "overrelaxation": Param(True, bool),
+        **SCALING_OPTIONS,
     }
 
     # ----------------------------------------------------------------------------- setup
@@ -266,7 +271,12 @@ class Sinkhorn(Solver):
         if method == "log":
             run.Ct = np.ascontiguousarray(support.C.T)
         else:
-            run.scaling = _ScalingKernel(support.rows.size, support.cols.size, run.threads)
+            single_until = None
+            if support.C.size >= _SINGLE_MIN_ENTRIES:
+                single_until = max(_SINGLE_UNTIL, 10.0 * self.tol)
+            run.scaling = _ScalingKernel(
+                support.rows.size, support.cols.size, run.threads, single_until
+            )
         return run
 
     def _init_state(self, problem, x0):
@@ -328,16 +338,15 @@ class Sinkhorn(Solver):
             # solve at 1000 x 900). The run keeps a fresh buffer and forgets its kernel, so
             # that anything iterating on it afterwards absorbs anew.
             block = scaling.K
-            block *= u[:, None]
-            block *= v
+            rows, cols, transport_cost = _scaled_plan(block, support.C, u, v, run.threads)
             scaling.K = np.empty_like(block)
             scaling.reg = None
             scaling.f = scaling.g = scaling.f_prev = scaling.g_prev = None
         else:
             block = dense_plan(support.C, state.f, state.g, reg, n_threads=run.threads)
+            transport_cost = float(np.vdot(support.C, block))
+            rows, cols = block.sum(axis=1), block.sum(axis=0)
         plan = support.plan(block)
-        transport_cost = float(np.vdot(support.C, block))
-        rows, cols = block.sum(axis=1), block.sum(axis=0)
         total = float(rows.sum())
         # sum P (log P - 1)
         entropy_term = log_ratio_sum(state.f, state.g, rows, cols, transport_cost, reg) - total
@@ -492,11 +501,32 @@ def _scaling_step(run: _SinkhornRun, reg, f, g, relax):
         state.f_prev, state.g_prev = f, g
     state.sweeps += 1
     omega = state.omega
+    single = state.K32 is not None
+    if single:
+        threshold = state.single_until * support.mass
+        flushed = _FLOAT32_TINY * float(state.u.sum()) * float(state.v.sum())
+        single = _FLOAT32_ROUNDING * support.mass + flushed <= 0.1 * threshold
     row_error, within, column_error, mass = _scaling_iteration(
-        state.K, support.a, support.b, state.u, state.v, state.acc, _BOUND, state.threads,
-        omega,
+        state.K32 if single else state.K, support.a, support.b, state.u, state.v, state.acc,
+        _BOUND, state.threads, omega,
     )
-    error = row_error + state.column_error
+    error = row_error + state.column_error + state.margin
+    state.margin = 0.0
+    if single:
+        # The copy's row sums at the incoming scalings, and (carried to the next sweep) its
+        # column sums at the new ones, are within these margins of the kernel's.
+        error += _FLOAT32_ROUNDING * (support.mass + row_error) + flushed
+        state.margin = _FLOAT32_ROUNDING * (mass if omega != 1.0 else support.mass) + (
+            _FLOAT32_TINY * float(state.u.sum()) * float(state.v.sum())
+        )
+        if not state.margin <= threshold:
+            # Scalings far from 1 (an absorption is due, or overflow): the copy's column
+            # sums bound the kernel's loosely or not at all. The next error is kept above
+            # the threshold, so that it neither ends the phase nor meets tol (<= threshold /
+            # 10); errors that large are far from both anyway.
+            state.margin = 1.01 * threshold
+        if error <= threshold:
+            state.K32 = None  # the rest of the solve sweeps K itself
     if within:  # positive, finite scalings: no NumPy warning to silence
         f_new = state.f_base + reg * np.log(state.u)
         g_new = state.g_base + reg * np.log(state.v)
@@ -600,7 +630,6 @@ def sinkhorn(a, b, C=None, reg=None, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import sinkhorn
     >>> res = sinkhorn([0.5, 0.5], [0.5, 0.5], np.array([[0.0, 1.0], [1.0, 0.0]]), reg=0.05)
     >>> np.round(res.plan, 6)

@@ -8,7 +8,7 @@ from dataclasses import fields as dataclass_fields
 import numpy as np
 
 from mmopt._core._docstrings import fill_doc
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.registry import register_solver
 from mmopt._core.result import Result
 from mmopt.ot._kernels import plan_marginals, sparsify_plan
@@ -152,7 +152,6 @@ class SinkhornNewtonSparse(Sinkhorn):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import sinkhorn_newton_sparse
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.random((40, 2)), rng.random((40, 2))
@@ -164,54 +163,17 @@ class SinkhornNewtonSparse(Sinkhorn):
 
     name = "sns"
     problem_types = (OTProblem,)
-    # Merged with Sinkhorn's table (method, overrelaxation, n_threads).
-    _parameter_constraints = {
-        "newton": [Options({"auto", "always", "never"})],
-        "switch_tol": [Interval(float, 0, None)],
-        "reg_scaling": [None, Interval(float, 1, None, closed="neither")],
-        "drop_budget": [Interval(float, 0, 1)],
-        "shift": [Interval(float, 0, None)],
-        "linear_solver": [Options({"auto", "direct", "cg"})],
-        "cg_tol": [Interval(float, 0, None, closed="neither")],
-        "max_cg": [Interval(int, 1, None)],
+    # Added to Sinkhorn's options (method, overrelaxation, n_threads and the common ones).
+    _options = {
+        "newton": Param("auto", Options({"auto", "always", "never"})),
+        "switch_tol": Param(1e-2, Interval(float, 0, None)),
+        "reg_scaling": Param(3.0, None, Interval(float, 1, None, closed="neither")),
+        "drop_budget": Param(1e-3, Interval(float, 0, 1)),
+        "shift": Param(1e-3, Interval(float, 0, None)),
+        "linear_solver": Param("auto", Options({"auto", "direct", "cg"})),
+        "cg_tol": Param(1e-2, Interval(float, 0, None, closed="neither")),
+        "max_cg": Param(500, Interval(int, 1, None)),
     }
-
-    def __init__(
-        self,
-        *,
-        newton: str = "auto",
-        switch_tol: float = 1e-2,
-        reg_scaling: float | None = 3.0,
-        drop_budget: float = 1e-3,
-        shift: float = 1e-3,
-        linear_solver: str = "auto",
-        cg_tol: float = 1e-2,
-        max_cg: int = 500,
-        method: str = "auto",
-        overrelaxation: bool = True,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        super().__init__(
-            method=method,
-            overrelaxation=overrelaxation,
-            tol=tol,
-            max_iter=max_iter,
-            n_threads=n_threads,
-            callback=callback,
-            verbose=verbose,
-        )
-        self.newton = newton
-        self.switch_tol = switch_tol
-        self.reg_scaling = reg_scaling
-        self.drop_budget = drop_budget
-        self.shift = shift
-        self.linear_solver = linear_solver
-        self.cg_tol = cg_tol
-        self.max_cg = max_cg
 
     def _start_run(self, problem) -> _SNSRun:
         base = super()._start_run(problem)
@@ -452,7 +414,6 @@ def sinkhorn_newton_sparse(a, b, C=None, reg=None, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import sinkhorn_newton_sparse
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> np.round(sinkhorn_newton_sparse([], [], C, reg=0.05).plan, 6)

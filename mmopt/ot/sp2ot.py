@@ -14,9 +14,9 @@ import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
 from mmopt._core._docstrings import fill_doc, references
-from mmopt._core.anderson import AndersonAcceleration
 from mmopt._core.linesearch import armijo, backtracking
 from mmopt._core.mm import MMProblem, MMSolver
+from mmopt._core.params import Param
 from mmopt._core.registry import solve
 from mmopt._core.result import Result
 from mmopt._core.validation import check_array, check_scalar
@@ -54,7 +54,6 @@ def semantic_graph(features, n_neighbors: int = 20, sigma: float | None = None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import semantic_graph
     >>> S = semantic_graph(np.array([[0.0], [1.0], [3.0]]), n_neighbors=1)
     >>> S.toarray().round(3)
@@ -138,7 +137,6 @@ class SP2OTProblem(MMProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.mm import MMSolver
     >>> from mmopt.ot import SP2OTProblem, semantic_graph
     >>> rng = np.random.default_rng(0)
@@ -310,7 +308,6 @@ class SP2OT(MMSolver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import SP2OT, SP2OTProblem, semantic_graph
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(40, 2))
@@ -323,20 +320,11 @@ class SP2OT(MMSolver):
     name = "sp2ot"
     problem_types = (SP2OTProblem,)
 
-    def __init__(
-        self,
-        *,
-        anderson: bool | AndersonAcceleration = False,
-        stopping: str = "objective",
-        tol: float = 1e-6,
-        max_iter: int = 100,
-        callback=None,
-        verbose: int = 0,
-    ):
-        super().__init__(
-            anderson=anderson, stopping=stopping, tol=tol, max_iter=max_iter, callback=callback,
-            verbose=verbose,
-        )
+    _options = {
+        "anderson": Param(False),
+        "stopping": Param("objective"),
+        "max_iter": Param(100),
+    }
 
 
 def _log_softmax_cost(logits):
@@ -402,7 +390,6 @@ def sp2ot_pseudo_labels(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import sp2ot_pseudo_labels
     >>> rng = np.random.default_rng(0)
     >>> features = np.vstack([rng.normal(0, 1, (40, 2)), rng.normal(6, 1, (10, 2))])

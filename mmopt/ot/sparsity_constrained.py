@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -15,7 +14,7 @@ from mmopt._core._docstrings import fill_doc, references
 from mmopt._core.exceptions import ConvergenceWarning
 from mmopt._core.lbfgs import LBFGSBSteps, LBFGSBStopped
 from mmopt._core.linesearch import backtracking
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
@@ -292,7 +291,6 @@ class SparsityConstrainedOT(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import OTProblem, SparsityConstrainedOT
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.random((30, 2)), rng.random((20, 2))
@@ -307,55 +305,21 @@ class SparsityConstrainedOT(Solver):
     maximize = True
 
     # The common options (tol, max_iter, callback, verbose) are checked by the base class.
-    _parameter_constraints: ClassVar[dict] = {
-        "k": [None, Interval(int, 1, None)],
-        "reg": [None, Interval(float, 0, None, closed="neither")],
-        "formulation": [Options({"semi_dual", "dual"})],
-        "ftol": [Interval(float, 0, None)],
-        "patience": [Interval(int, 1, None)],
-        "memory": [Interval(int, 1, None)],
-        "init": [Options({"sinkhorn", "zeros"})],
-        "newton": [bool],
-        "polish": [bool],
-        "plan_format": [Options({"sparse", "dense"})],
-        "n_threads": [None, Interval(int, 1, None)],
+    _options = {
+        "k": Param(None, None, Interval(int, 1, None)),
+        "reg": Param(None, None, Interval(float, 0, None, closed="neither")),
+        "formulation": Param("semi_dual", Options({"semi_dual", "dual"})),
+        "tol": Param(1e-8),
+        "ftol": Param(1e-6, Interval(float, 0, None)),
+        "patience": Param(200, Interval(int, 1, None)),
+        "max_iter": Param(10_000),
+        "memory": Param(20, Interval(int, 1, None)),
+        "init": Param("sinkhorn", Options({"sinkhorn", "zeros"})),
+        "newton": Param(True, bool),
+        "polish": Param(False, bool),
+        "plan_format": Param("sparse", Options({"sparse", "dense"})),
+        "n_threads": Param(1, None, Interval(int, 1, None)),
     }
-
-    def __init__(
-        self,
-        *,
-        k: int | None = None,
-        reg: float | None = None,
-        formulation: str = "semi_dual",
-        tol: float = 1e-8,
-        ftol: float = 1e-6,
-        patience: int = 200,
-        max_iter: int = 10_000,
-        memory: int = 20,
-        init: str = "sinkhorn",
-        newton: bool = True,
-        polish: bool = False,
-        plan_format: str = "sparse",
-        n_threads: int | None = 1,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.k = k
-        self.reg = reg
-        self.formulation = formulation
-        self.tol = tol
-        self.ftol = ftol
-        self.patience = patience
-        self.max_iter = max_iter
-        self.memory = memory
-        self.init = init
-        self.newton = newton
-        self.polish = polish
-        self.plan_format = plan_format
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
 
     # ----------------------------------------------------------------------------- setup
     def _init_state(self, problem, x0):
@@ -708,7 +672,6 @@ def sparsity_constrained_ot(a, b, C, k, reg, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import sparsity_constrained_ot
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
     >>> res = sparsity_constrained_ot([], [], C, k=2, reg=0.1)

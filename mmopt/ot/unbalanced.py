@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc, references
-from mmopt._core.params import Interval, Options
+from mmopt._core.params import Interval, Options, Param
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -16,8 +16,8 @@ from mmopt._core.validation import check_array, check_choice, check_scalar
 from mmopt.ot._kernels import dense_plan, plan_marginals, plan_row_sums, sparsify_plan
 from mmopt.ot._newton import line_search, newton_direction, next_damping
 from mmopt.ot._support import (
-    N_THREADS,
     OT_PARAMS,
+    SCALING_OPTIONS,
     ScalingRun,
     kl,
     log_ratio_sum,
@@ -102,7 +102,6 @@ class UnbalancedOTProblem(CostMatrixProblem):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import UnbalancedOTProblem
     >>> problem = UnbalancedOTProblem([0.5, 0.5], [0.2, 0.6], np.eye(2)[::-1], 0.1, 1.0)
     >>> problem
@@ -364,11 +363,7 @@ class UnbalancedSinkhorn(Solver):
         Stop when the L1 norm of the dual gradient, ``||P 1 - a e^{-f/rho_1}||_1`` (the
         column block is exactly optimal after each iteration), is at most ``tol``. As in
         :class:`Sinkhorn`, the value recorded at iteration ``k`` is that of iterate ``k - 1``.
-    max_iter : int, default=10000
-        Maximum number of iterations.
-    %(log_n_threads)s
-    %(callback)s
-    %(verbose)s
+    %(scaling_options)s
 
     Notes
     -----
@@ -385,7 +380,6 @@ class UnbalancedSinkhorn(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import UnbalancedOTProblem, UnbalancedSinkhorn
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> res = UnbalancedSinkhorn().solve(UnbalancedOTProblem([1.0, 1.0], [1.0, 3.0], C, 0.1, 1.0))
@@ -397,35 +391,12 @@ class UnbalancedSinkhorn(Solver):
     problem_types = (UnbalancedOTProblem,)
     maximize = True
 
-    def __init__(
-        self,
-        *,
-        method: str = "auto",
-        translation_invariant: bool = True,
-        newton: bool | None = None,
-        newton_switch: float = 1e-3,
-        tol: float = 1e-9,
-        max_iter: int = 10_000,
-        n_threads: int | None = None,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.method = method
-        self.translation_invariant = translation_invariant
-        self.newton = newton
-        self.newton_switch = newton_switch
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_threads = n_threads
-        self.callback = callback
-        self.verbose = verbose
-
-    _parameter_constraints = {
-        "method": [Options({"auto", "log", "scaling", "stabilized"})],
-        "translation_invariant": [bool],
-        "newton": [None, bool],
-        "newton_switch": [Interval(float, 0, None)],
-        "n_threads": N_THREADS,
+    _options = {
+        "method": Param("auto", Options({"auto", "log", "scaling", "stabilized"})),
+        "translation_invariant": Param(True, bool),
+        "newton": Param(None, None, bool),
+        "newton_switch": Param(1e-3, Interval(float, 0, None)),
+        **SCALING_OPTIONS,
     }
 
     def _init_state(self, problem, x0):
@@ -596,7 +567,6 @@ def unbalanced_sinkhorn(a, b, C, reg, reg_m, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.ot import unbalanced_sinkhorn
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> res = unbalanced_sinkhorn([0.5, 0.5], [0.5, 1.5], C, reg=0.05, reg_m=(np.inf, 1.0))

@@ -20,7 +20,6 @@ def weighted_pair_moments(P, Q, idx, w):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration._kernels import weighted_pair_moments
     >>> P = np.eye(3); Q = 2 * np.eye(3)
     >>> total, p_sum, q_sum, cross, p_sq = weighted_pair_moments(
@@ -61,7 +60,6 @@ def surface_planes(X, Q, idx, bandwidth: float, *, taper: bool = False, n_thread
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration._kernels import surface_planes
     >>> Q = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]])
     >>> r, closest, nearest, centres, normals = surface_planes(
@@ -93,7 +91,6 @@ def nearest_candidates(X, Q, candidates, k: int, *, n_threads: int = 1) -> np.nd
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration._kernels import nearest_candidates
     >>> Q = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
     >>> nearest_candidates(np.array([[2.2, 0, 0]]), Q, np.array([[0, 1, 2, 3]]), 2)
@@ -130,7 +127,6 @@ def cached_nearest(X, origin, Q, candidates, near, reach, bound: float):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration._kernels import cached_nearest
     >>> Q = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
     >>> origin = np.array([[0.9, 0, 0], [0.9, 0, 0]])

@@ -48,7 +48,6 @@ class SPDSolver:
 
     Examples
     --------
-    >>> import numpy as np
     >>> import scipy.sparse as sp
     >>> from mmopt.registration._spd_solve import SPDSolver
     >>> H = sp.diags([4.0, 5.0, 6.0]).tocsc()

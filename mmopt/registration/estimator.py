@@ -6,17 +6,16 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from mmopt._core.params import ParamsValidationMixin, options_of
 from mmopt._core.registry import get_solver
 from mmopt._core.validation import check_array
-from mmopt.losses import RobustLoss
 from mmopt.registration.icp import ICP
-from mmopt.registration.options import ScaleSchedule
 from mmopt.registration.problem import RegistrationProblem, check_point_cloud
 
 __all__ = ["ICPRegistration"]
 
 
-class ICPRegistration(TransformerMixin, BaseEstimator):
+class ICPRegistration(ParamsValidationMixin, TransformerMixin, BaseEstimator):
     """Rigid registration as an estimator: ``fit(X=source, y=target)``, ``transform(X)``.
 
     Learns the transform ``T`` with ``y ~= T X`` by :class:`ICP`; :meth:`transform` applies
@@ -40,7 +39,6 @@ class ICPRegistration(TransformerMixin, BaseEstimator):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import ICPRegistration
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(200, 3)) * [3.0, 2.0, 1.0]
@@ -51,26 +49,9 @@ class ICPRegistration(TransformerMixin, BaseEstimator):
     array([[0.5, 0. , 0. ]])
     """
 
-    def __init__(
-        self,
-        *,
-        metric: str = "point_to_point",
-        loss: str | RobustLoss = "welsch",
-        schedule: ScaleSchedule | None = None,
-        init="centroids",
-        similarity: bool = False,
-        anderson: bool = True,
-        tol: float = 1e-5,
-        max_iter: int = 1000,
-    ):
-        self.metric = metric
-        self.loss = loss
-        self.schedule = schedule
-        self.init = init
-        self.similarity = similarity
-        self.anderson = anderson
-        self.tol = tol
-        self.max_iter = max_iter
+    # ICP's options, passed on to it.
+    _options = options_of(ICP, "metric", "loss", "schedule", "init", "similarity", "anderson",
+                          "tol", "max_iter")
 
     def fit(self, X, y, *, target_normals=None):
         """Register the source ``X`` (n, 3) onto the target ``y`` (m, 3)."""

@@ -14,13 +14,7 @@ import numpy as np
 from mmopt._core._docstrings import SOLVER_PARAMS, fill_doc
 from mmopt._core.anderson import ANDERSON_OPTION, AndersonAcceleration, make_accelerator
 from mmopt._core.linesearch import backtracking
-from mmopt._core.params import (
-    Constraint,
-    InstanceOf,
-    Interval,
-    Options,
-    Rule,
-)
+from mmopt._core.params import Constraint, InstanceOf, Interval, Options, Param, Rule
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result, Status
 from mmopt._core.solver import Solver, SolverState
@@ -436,7 +430,6 @@ default="welsch"
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import ICP, RegistrationProblem
     >>> from mmopt.registration.se3 import se3_exp
     >>> rng = np.random.default_rng(0)
@@ -452,78 +445,31 @@ default="welsch"
     problem_types = (RegistrationProblem,)
     residual_covers_x = False
 
-    _parameter_constraints: ClassVar[dict] = {
-        "metric": [Options(METRICS)],
-        "loss": [Options(LOSSES), InstanceOf(RobustLoss)],
-        "schedule": [InstanceOf(ScaleSchedule), None],
-        "stage_criteria": [InstanceOf(StageCriteria), None],
+    _options = {
+        "metric": Param("point_to_point", Options(METRICS)),
+        "loss": Param("welsch", Options(LOSSES), InstanceOf(RobustLoss)),
+        "schedule": Param(None, InstanceOf(ScaleSchedule), None),
+        "stage_criteria": Param(None, InstanceOf(StageCriteria), None),
         # An array-like transform is checked (shape, rigidity) when the solve starts.
-        "init": [Options(INITS),
-                 InstanceOf(np.ndarray, list, tuple, name="a (4, 4) rigid transform")],
-        "similarity": [bool],
-        "scale_bounds": [_ScaleBounds()],
-        "anderson": ANDERSON_OPTION,
-        "normals_k": [Interval(int, 3, None)],
-        "refine": [Options({"auto"}), bool],
-        "refine_k": [Interval(int, 3, None)],
-        "inlier_threshold": [Interval(float, 0, None, closed="neither"), None],
-        "neighbors": [Options(BACKENDS)],
-        "n_threads": [Interval(int, 1, None)],
-        "multires": [Options({"auto"}), bool],
-        # The options every solver has (Solver checks them too).
-        "tol": [Interval(float, 0, None)],
-        "max_iter": [Interval(int, 1, None)],
-        "callback": [None, callable],
-        "verbose": [Interval(int, 0, None)],
+        "init": Param("centroids", Options(INITS),
+                      InstanceOf(np.ndarray, list, tuple, name="a (4, 4) rigid transform")),
+        "similarity": Param(False, bool),
+        "scale_bounds": Param((0.5, 2.0), _ScaleBounds()),
+        "anderson": Param(True, *ANDERSON_OPTION),
+        "normals_k": Param(10, Interval(int, 3, None)),
+        "refine": Param("auto", Options({"auto"}), bool),
+        "refine_k": Param(32, Interval(int, 3, None)),
+        "inlier_threshold": Param(None, Interval(float, 0, None, closed="neither"), None),
+        "neighbors": Param("auto", Options(BACKENDS)),
+        "n_threads": Param(1, Interval(int, 1, None)),
+        "multires": Param("auto", Options({"auto"}), bool),
+        "tol": Param(1e-5),
     }
     _parameter_rules: ClassVar[list] = [
         Rule(("similarity", "metric"),
              lambda p: not p["similarity"] or p["metric"] == "point_to_point",
              "similarity=True needs metric='point_to_point'"),
     ]
-
-    def __init__(
-        self,
-        *,
-        metric: str = "point_to_point",
-        loss: str | RobustLoss = "welsch",
-        schedule: ScaleSchedule | None = None,
-        stage_criteria: StageCriteria | None = None,
-        init="centroids",
-        similarity: bool = False,
-        scale_bounds: tuple[float, float] = (0.5, 2.0),
-        anderson: bool | AndersonAcceleration = True,
-        normals_k: int = 10,
-        refine="auto",
-        refine_k: int = 32,
-        inlier_threshold: float | None = None,
-        neighbors: str = "auto",
-        n_threads: int = 1,
-        multires="auto",
-        tol: float = 1e-5,
-        max_iter: int = 1000,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.metric = metric
-        self.loss = loss
-        self.schedule = schedule
-        self.stage_criteria = stage_criteria
-        self.init = init
-        self.similarity = similarity
-        self.scale_bounds = scale_bounds
-        self.anderson = anderson
-        self.normals_k = normals_k
-        self.refine = refine
-        self.refine_k = refine_k
-        self.inlier_threshold = inlier_threshold
-        self.neighbors = neighbors
-        self.n_threads = n_threads
-        self.multires = multires
-        self.tol = tol
-        self.max_iter = max_iter
-        self.callback = callback
-        self.verbose = verbose
 
     def _multires(self, largest: int) -> bool:
         """Whether to solve a voxel-grid level first (see ``multires``), for clouds of at
@@ -1318,7 +1264,6 @@ def point_to_plane_jacobian(X: np.ndarray, normals: np.ndarray) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.icp import point_to_plane_jacobian
     >>> point_to_plane_jacobian(np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 1.0]]))
     array([[ 0., -1.,  0.,  0.,  0.,  1.]])
@@ -1347,7 +1292,6 @@ def icp(source, target, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import icp
     >>> from mmopt.registration.se3 import se3_exp
     >>> rng = np.random.default_rng(1)

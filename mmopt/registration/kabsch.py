@@ -44,7 +44,6 @@ def weighted_kabsch(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.kabsch import weighted_kabsch
     >>> from mmopt.registration.se3 import se3_exp
     >>> T = se3_exp([0.1, 0.2, -0.3, 1.0, 0.0, 2.0])
@@ -123,7 +122,6 @@ def kabsch_from_moments(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.kabsch import kabsch_from_moments
     >>> kabsch_from_moments(np.zeros(3), np.ones(3), np.eye(3), 1.0)[:3, 3]
     array([1., 1., 1.])

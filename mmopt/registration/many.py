@@ -126,7 +126,6 @@ def icp_many(sources, target, *, target_normals=None, x0s=None, n_jobs: int | No
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import icp_many
     >>> from mmopt.registration.se3 import se3_exp
     >>> rng = np.random.default_rng(0)

@@ -10,7 +10,6 @@ any commercial use.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,7 +23,14 @@ from mmopt._core.anderson import (
     anderson_counts,
     make_accelerator,
 )
-from mmopt._core.params import InstanceOf, Interval, Options
+from mmopt._core.params import (
+    InstanceOf,
+    Interval,
+    Options,
+    Param,
+    ParamsValidationMixin,
+    options_of,
+)
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import Result
 from mmopt._core.solver import Solver, SolverState
@@ -230,7 +236,6 @@ class SPARE(Solver):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import NonRigidRegistrationProblem, SPARE
     >>> u, w = np.meshgrid(np.linspace(0, 1, 20), np.linspace(0, 1, 20))
     >>> source = np.c_[u.ravel(), w.ravel(), np.zeros(400)]
@@ -243,58 +248,21 @@ class SPARE(Solver):
     name = "spare"
     problem_types = (NonRigidRegistrationProblem,)
 
-    _parameter_constraints: ClassVar[dict] = {
-        "arap_weight": [Interval(float, 0, None, closed="neither")],
-        "welsch_scale": [Interval(float, 0, None, closed="neither"), None],
-        "normal_weight": [Interval(float, 0, None)],
-        "arap_floor": [Interval(float, 0, 1, closed="right")],
-        "point_weight": [Interval(float, 0, None)],
-        "reject_opposite": [bool],
-        "reject_distance": [Interval(float, 0, None, closed="neither"), None],
-        "coarse": [bool, InstanceOf(DeformationGraph)],
-        "anderson": ANDERSON_OPTION,
-        "neighbors": [Options(BACKENDS)],
-        "linear_solver": [Options(LINEAR_SOLVERS)],
-        "tol": [Interval(float, 0, None)],
-        "max_iter": [Interval(int, 1, None)],
-        "callback": [None, callable],
-        "verbose": [Interval(int, 0, None)],
+    _options = {
+        "arap_weight": Param(200.0, Interval(float, 0, None, closed="neither")),
+        "welsch_scale": Param(None, Interval(float, 0, None, closed="neither"), None),
+        "normal_weight": Param(1.0, Interval(float, 0, None)),
+        "arap_floor": Param(1.0, Interval(float, 0, 1, closed="right")),
+        "point_weight": Param(0.0, Interval(float, 0, None)),
+        "reject_opposite": Param(True, bool),
+        "reject_distance": Param(3.0, Interval(float, 0, None, closed="neither"), None),
+        "coarse": Param(True, bool, InstanceOf(DeformationGraph)),
+        "anderson": Param(False, *ANDERSON_OPTION),
+        "neighbors": Param("auto", Options(BACKENDS)),
+        "linear_solver": Param("auto", Options(LINEAR_SOLVERS)),
+        "tol": Param(1e-4),
+        "max_iter": Param(100),
     }
-
-    def __init__(
-        self,
-        *,
-        arap_weight: float = 200.0,
-        welsch_scale: float | None = None,
-        normal_weight: float = 1.0,
-        arap_floor: float = 1.0,
-        point_weight: float = 0.0,
-        reject_opposite: bool = True,
-        reject_distance: float | None = 3.0,
-        coarse: bool | DeformationGraph = True,
-        anderson: bool | AndersonAcceleration = False,
-        neighbors: str = "auto",
-        linear_solver: str = "auto",
-        tol: float = 1e-4,
-        max_iter: int = 100,
-        callback=None,
-        verbose: int = 0,
-    ):
-        self.arap_weight = arap_weight
-        self.welsch_scale = welsch_scale
-        self.normal_weight = normal_weight
-        self.arap_floor = arap_floor
-        self.point_weight = point_weight
-        self.reject_opposite = reject_opposite
-        self.reject_distance = reject_distance
-        self.coarse = coarse
-        self.anderson = anderson
-        self.neighbors = neighbors
-        self.linear_solver = linear_solver
-        self.tol = tol
-        self.max_iter = max_iter
-        self.callback = callback
-        self.verbose = verbose
 
     # ------------------------------------------------------------------------ the run
     def _init_state(self, problem: NonRigidRegistrationProblem, x0) -> _State:
@@ -544,7 +512,6 @@ def nonrigid_icp(source, target, **options) -> Result:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import nonrigid_icp
     >>> u, w = np.meshgrid(np.linspace(0, 1, 20), np.linspace(0, 1, 20))
     >>> source = np.c_[u.ravel(), w.ravel(), np.zeros(400)]
@@ -560,7 +527,7 @@ def nonrigid_icp(source, target, **options) -> Result:
     return solve(problem, "spare", x0=x0, **options)
 
 
-class NonRigidRegistration(BaseEstimator):
+class NonRigidRegistration(ParamsValidationMixin, BaseEstimator):
     """Non-rigid registration as an estimator: ``fit(X=source, y=target)``.
 
     Parameters
@@ -587,7 +554,6 @@ class NonRigidRegistration(BaseEstimator):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import NonRigidRegistration
     >>> u, w = np.meshgrid(np.linspace(0, 1, 15), np.linspace(0, 1, 15))
     >>> X = np.c_[u.ravel(), w.ravel(), np.zeros(225)]
@@ -596,26 +562,13 @@ class NonRigidRegistration(BaseEstimator):
     (225, 3)
     """
 
-    def __init__(self, *, arap_weight: float = 200.0, arap_floor: float = 1.0,
-                 welsch_scale: float | None = None, point_weight: float = 0.0,
-                 reject_opposite: bool = True,
-                 reject_distance: float | None = 3.0,
-                 coarse: bool | DeformationGraph = True,
-                 anderson: bool | AndersonAcceleration = False,
-                 linear_solver: str = "auto", k: int = 8,
-                 tol: float = 1e-4, max_iter: int = 100):
-        self.arap_weight = arap_weight
-        self.arap_floor = arap_floor
-        self.welsch_scale = welsch_scale
-        self.point_weight = point_weight
-        self.reject_opposite = reject_opposite
-        self.reject_distance = reject_distance
-        self.coarse = coarse
-        self.anderson = anderson
-        self.linear_solver = linear_solver
-        self.k = k
-        self.tol = tol
-        self.max_iter = max_iter
+    # SPARE's options, passed on to it, and the k-NN graph's size.
+    _options = {
+        **options_of(SPARE, "arap_weight", "arap_floor", "welsch_scale", "point_weight",
+                     "reject_opposite", "reject_distance", "coarse", "anderson",
+                     "linear_solver", "tol", "max_iter"),
+        "k": Param(8, Interval(int, 1, None)),
+    }
 
     def fit(self, X, y, *, source_normals=None, target_normals=None, faces=None):
         """Deform the source ``X`` (n, 3) onto the target ``y`` (m, 3)."""

@@ -66,7 +66,6 @@ class NonRigidRegistrationProblem(_CloudPair):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import NonRigidRegistrationProblem
     >>> rng = np.random.default_rng(0)
     >>> problem = NonRigidRegistrationProblem(rng.random((50, 3)), rng.random((60, 3)))

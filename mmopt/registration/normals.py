@@ -22,7 +22,6 @@ def local_geometry(points, *, k: int = 10, neighbors: str = "auto"):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.normals import local_geometry
     >>> xy = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)
     >>> normals, thickness, spacing = local_geometry(np.c_[xy, np.zeros(100)], k=8)
@@ -59,7 +58,6 @@ def sampled_geometry(index: NeighborIndex, *, k: int = 10, max_points: int = 500
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration._neighbors import NeighborIndex
     >>> from mmopt.registration.normals import sampled_geometry
     >>> xy = np.stack(np.meshgrid(np.arange(30.0), np.arange(30.0)), -1).reshape(-1, 2)
@@ -183,7 +181,6 @@ def estimate_normals(points, *, k: int = 10, neighbors: str = "auto") -> np.ndar
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import estimate_normals
     >>> rng = np.random.default_rng(0)
     >>> plane = np.c_[rng.random((200, 2)), np.zeros(200)]

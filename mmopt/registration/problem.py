@@ -97,7 +97,6 @@ def check_rigid_transform(value, name: str, *, similarity: bool = False) -> np.n
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.problem import check_rigid_transform
     >>> check_rigid_transform(2 * np.eye(4), "init")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -191,7 +190,6 @@ class RegistrationProblem(_CloudPair):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration import RegistrationProblem
     >>> rng = np.random.default_rng(0)
     >>> source = rng.random((100, 3))

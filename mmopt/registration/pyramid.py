@@ -41,7 +41,6 @@ def voxel_downsample(points, voxel_size: float, *, normals=None, origin=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.pyramid import voxel_downsample
     >>> points = np.array([[0.1, 0.1, 0.1], [0.3, 0.3, 0.3], [1.5, 0.2, 0.2]])
     >>> means, counts, _ = voxel_downsample(points, 1.0, origin=np.zeros(3))
@@ -114,7 +113,6 @@ def voxel_size_for(points, n_cells: int, *, max_rounds: int = 4) -> float:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.pyramid import voxel_downsample, voxel_size_for
     >>> xy = np.random.default_rng(0).random((20000, 2))
     >>> size = voxel_size_for(np.c_[xy, np.zeros(20000)], 400)

@@ -31,7 +31,6 @@ def hat(omega) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.se3 import hat
     >>> bool(np.allclose(hat([1.0, 2.0, 3.0]) @ [4.0, 5.0, 6.0], np.cross([1, 2, 3], [4, 5, 6])))
     True
@@ -58,7 +57,6 @@ def so3_exp(omega) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.se3 import so3_exp
     >>> np.round(so3_exp([0.0, 0.0, np.pi / 2]), 12) + 0.0
     array([[ 0., -1.,  0.],
@@ -85,7 +83,6 @@ def rotation_angle(R) -> float:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.se3 import rotation_angle, so3_exp
     >>> round(float(np.degrees(rotation_angle(so3_exp([0.0, 0.3, 0.0])))), 6)
     17.188734
@@ -101,7 +98,6 @@ def so3_log(R) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.se3 import so3_exp, so3_log
     >>> np.round(so3_log(so3_exp([0.1, -0.2, 0.3])), 12)
     array([ 0.1, -0.2,  0.3])
@@ -175,7 +171,6 @@ def se3_exp(twist) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.se3 import se3_exp
     >>> np.round(se3_exp([0.0, 0.0, 0.0, 1.0, 2.0, 3.0]), 12)
     array([[1., 0., 0., 1.],
@@ -207,7 +202,6 @@ def se3_log(T) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.se3 import se3_exp, se3_log
     >>> xi = np.array([0.3, -0.1, 0.2, 1.0, -2.0, 0.5])
     >>> bool(np.allclose(se3_log(se3_exp(xi)), xi))

@@ -63,7 +63,6 @@ def symmetric_residuals(X, Q, moved_normals, target_normals) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
     >>> from mmopt.registration.symmetric import symmetric_residuals
     >>> n = np.array([[0.0, 0.0, 1.0]])
     >>> symmetric_residuals(np.array([[0.0, 0.0, 0.5]]), np.zeros((1, 3)), n, -n)

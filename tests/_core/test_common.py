@@ -244,7 +244,7 @@ def _invalid_option_cases():
     cases = []
     for name in NAMES:
         cls = SOLVERS[name]
-        own = any("_parameter_constraints" in vars(klass)
+        own = any("_parameter_constraints" in vars(klass) or "_options" in vars(klass)
                   for klass in cls.__mro__[:cls.__mro__.index(Solver)])
         if not own:
             cases.append(pytest.param(
@@ -266,7 +266,7 @@ def test_declared_options_reject_their_invalid_values(name, option, value, error
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("option, value, error", invalid_values(Solver._parameter_constraints))
+@pytest.mark.parametrize("option, value, error", invalid_values(constraints_of(Solver)[0]))
 def test_common_options_reject_their_invalid_values(name, option, value, error):
     # The base table holds for every solver, with or without a table of its own.
     with pytest.raises(error, match=re.escape(option)):

@@ -1,16 +1,22 @@
+import inspect
 import math
+import pickle
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.base import BaseEstimator, clone
 
 from mmopt._core.params import (
     InstanceOf,
     Interval,
     Options,
+    Param,
+    ParamsValidationMixin,
     Rule,
     constraints_of,
     invalid_values,
+    options_of,
     validate_params,
 )
 
@@ -87,3 +93,101 @@ def test_descriptions():
     assert Interval(int, 1, None).describe() == "an integer in [1, inf)"
     assert InstanceOf(bool).describe() == "True or False"
     assert Options({"b", "a"}).describe() == "one of 'a', 'b'"
+
+
+class _Base(ParamsValidationMixin, BaseEstimator):
+    _options = {
+        "tol": Param(1e-6, Interval(float, 0, None)),
+        "callback": Param(None, None, callable),
+        "gone": Param(1, Interval(int, 0, None)),
+    }
+
+
+class _Child(_Base):
+    _options = {
+        "alpha": Param(1.0, Interval(float, 0, None), positional=True),
+        "method": Param("auto", Options({"auto", "log"})),
+        "tol": Param(1e-9),
+        "gone": None,
+    }
+
+
+class _GrandChild(_Child):
+    pass
+
+
+class _Written(_Child):
+    def __init__(self, alpha=2.0):
+        self.alpha = alpha
+
+
+def test_declared_options_write_the_init():
+    # The generated __init__ must look hand-written to inspect (scikit-learn reads it):
+    # the class's own options first, the positional one before the keyword-only ones,
+    # a subclass's default replacing its base's and a removed option absent.
+    signature = inspect.signature(_Child.__init__)
+    kinds = {name: p.kind for name, p in signature.parameters.items()}
+    assert list(kinds) == ["self", "alpha", "method", "tol", "callback"]
+    assert kinds["alpha"] == inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert {kinds[n] for n in ("method", "tol", "callback")} == {inspect.Parameter.KEYWORD_ONLY}
+    assert [p.default for p in signature.parameters.values()][1:] == [1.0, "auto", 1e-9, None]
+    model = _Child(0.5, tol=1e-3)
+    assert model.get_params() == {"alpha": 0.5, "method": "auto", "tol": 1e-3, "callback": None}
+    assert repr(model) == "_Child(alpha=0.5, tol=0.001)"
+    with pytest.raises(TypeError):
+        _Child(0.5, "log")  # keyword-only
+    with pytest.raises(TypeError):
+        _Child(gone=2)
+
+
+def test_declared_options_inherit_constraints_and_init():
+    table, _ = constraints_of(_Child)
+    assert set(table) == {"alpha", "method", "tol", "callback"}
+    assert table["tol"] == [Interval(float, 0, None)]  # the base's, under the new default
+    assert _GrandChild.__init__ is _Child.__init__
+    assert list(inspect.signature(_Written.__init__).parameters) == ["self", "alpha"]
+    with pytest.raises(ValueError, match="tol must be"):
+        _Child(tol=-1.0)._validate_params()
+    with pytest.raises(ValueError, match="method must be"):
+        _Child(method="nope")._validate_params()
+
+
+def test_a_written_init_with_its_own_table_overrides_the_declared_constraints():
+    class Tight(_Base):
+        _parameter_constraints = {"tol": [Interval(float, 1, None)]}
+
+        def __init__(self, tol=2.0):
+            self.tol = tol
+
+    assert constraints_of(Tight)[0]["tol"] == [Interval(float, 1, None)]
+    with pytest.raises(ValueError, match="tol must be"):
+        Tight(tol=0.5)._validate_params()
+
+
+def test_declared_options_clone_and_pickle():
+    model = _Child(3.0, method="log", callback=print)
+    copy = clone(model)
+    assert copy.get_params() == model.get_params() and copy is not model
+    back = pickle.loads(pickle.dumps(_Child(3.0, method="log")))
+    assert back.get_params() == {"alpha": 3.0, "method": "log", "tol": 1e-9, "callback": None}
+    assert _Child.__init__.__qualname__ == "_Child.__init__"
+
+
+def test_declared_option_needs_constraints():
+    with pytest.raises(TypeError, match="'x' has no constraints"):
+        class _Bad(ParamsValidationMixin, BaseEstimator):
+            _options = {"x": Param(1)}
+
+
+def test_options_of_shares_a_solvers_declarations():
+    from mmopt.registration import ICP, ICPRegistration, NonRigidRegistration
+    from mmopt.registration.nonrigid import SPARE
+
+    # The wrapping estimators' defaults are their solvers', read from one declaration.
+    for estimator, solver in [(ICPRegistration, ICP), (NonRigidRegistration, SPARE)]:
+        shared = set(estimator().get_params()) & set(solver().get_params())
+        assert shared and all(getattr(estimator(), name) == getattr(solver(), name)
+                              for name in shared)
+    assert options_of(_Child, "method")["method"].default == "auto"
+    with pytest.raises(KeyError, match="'gone'"):
+        options_of(_Child, "method", "gone")

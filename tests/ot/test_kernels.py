@@ -183,19 +183,22 @@ def test_sparsify_with_a_zero_budget_keeps_every_significant_entry():
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (9, 17), (40, 70), (103, 61)])
 @pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("omega", [1.0, 1.6])
-def test_scaling_iteration_matches_numpy(exp_path, shape, blocks, omega):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scaling_iteration_matches_numpy(exp_path, shape, blocks, omega, dtype):
     # One fused sweep (K v and K^T u in one pass, row error on the way; over-relaxed when
     # omega != 1) against NumPy's two matrix-vector products; shapes with row blocks and
-    # SIMD lanes left over.
+    # SIMD lanes left over. A float32 K is swept in float64 arithmetic: the reference is
+    # the float64 sweep of the same (rounded) entries.
     n, m = shape
     rng = np.random.default_rng(n * 31 + m)
-    K = rng.random(shape) ** 3
+    K = (rng.random(shape) ** 3).astype(dtype)
     a, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m))
     u0, v0 = rng.random(n) + 0.5, rng.random(m) + 0.5
     u, v = u0.copy(), v0.copy()
     error, within, column_error, mass = _sinkhorn.scaling_iteration(
         K, a, b, u, v, np.empty((blocks, m)), 1e20, 2, omega
     )
+    K = K.astype(np.float64)
     Kv = K @ v0
     u_ref = u0 ** (1 - omega) * (a / Kv) ** omega
     KTu = K.T @ u_ref
@@ -207,6 +210,35 @@ def test_scaling_iteration_matches_numpy(exp_path, shape, blocks, omega):
     assert column_error == pytest.approx(np.abs(plan.sum(0) - b).sum(), rel=1e-10, abs=1e-15)
     assert mass == pytest.approx(plan.sum(), rel=1e-13)
     assert within
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (40, 70), (103, 61)])
+def test_dense_plan_writes_a_float32_copy_without_subnormals(exp_path, shape):
+    # The copy the float32 sweeps read: the plan rounded to float32, entries below float32's
+    # smallest normal number 0 (exponents spread over float32's underflow).
+    rng = np.random.default_rng(shape[0])
+    C = rng.random(shape) * 120.0
+    f, g = rng.standard_normal(shape[0]), rng.standard_normal(shape[1])
+    out, single = np.empty(shape), np.full(shape, np.nan, dtype=np.float32)
+    _sinkhorn.dense_plan(C, f, g, 1.0, out, 2, -700.0, single)
+    tiny = np.finfo(np.float32).tiny
+    np.testing.assert_array_equal(single, np.where(out >= tiny, out, 0.0).astype(np.float32))
+    np.testing.assert_allclose(out, np.exp(f[:, None] + g[None, :] - C), rtol=1e-13)
+    assert not ((single > 0) & (single < tiny)).any()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (40, 70), (103, 61)])
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_scaled_plan_matches_numpy(exp_path, shape, n_threads):
+    rng = np.random.default_rng(shape[1])
+    K, C = rng.random(shape), rng.random(shape)
+    u, v = rng.random(shape[0]) + 0.5, rng.random(shape[1]) + 0.5
+    plan = K * u[:, None] * v[None, :]
+    rows, cols, cost = _sinkhorn.scaled_plan(K, C, u, v, n_threads)
+    np.testing.assert_allclose(K, plan, rtol=1e-15)
+    np.testing.assert_allclose(rows, plan.sum(1), rtol=1e-13)
+    np.testing.assert_allclose(cols, plan.sum(0), rtol=1e-13)
+    assert cost == pytest.approx(float((C * plan).sum()), rel=1e-13)
 
 
 def test_scaling_iteration_flags_scalings_out_of_range():

@@ -128,16 +128,21 @@ def test_zero_mass_rows_and_front_door(fuzz):
     assert warm.nit <= 2
 
 
+def _shifted_clouds(seed, n, m, mass_b=1.0):
+    """Uniform masses on two Gaussian clouds in the plane, the second shifted by 0.5, and
+    their squared-distance cost scaled to a largest entry of 1."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((n, 2)), rng.standard_normal((m, 2)) + 0.5
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    return np.full(n, 1 / n), np.full(m, mass_b / m), C / C.max()
+
+
 @pytest.mark.parametrize("reg", [1e-3, 1e-4])
 def test_newton_stage_at_small_reg(reg):
     # The projected Newton stage converges at small reg where block steps are slow; its
     # plan satisfies the KKT conditions checked from the plan alone and equals the plan of
     # block steps only.
-    rng = np.random.default_rng(7)
-    x, y = rng.standard_normal((60, 2)), rng.standard_normal((70, 2)) + 0.5
-    C = ((x[:, None] - y[None]) ** 2).sum(-1)
-    C /= C.max()
-    a, b = np.full(60, 1 / 60), np.full(70, 1.2 / 70)
+    a, b, C = _shifted_clouds(7, 60, 70, mass_b=1.2)
     res = partial_ot(a, b, C, 0.8, reg=reg, newton=True, tol=1e-11, max_iter=20_000)
     assert res.success and sum(res.history["newton"]) > 0
     assert res.transported_mass == pytest.approx(0.8, abs=1e-10)
@@ -165,11 +170,7 @@ def test_eps_scaling_gives_the_same_plan(reg):
     # Epsilon scaling only changes the start: the plan equals that of the solve from zero
     # potentials (checked independently above against POT and the KKT conditions), and the
     # coarser stages are recorded.
-    rng = np.random.default_rng(3)
-    x, y = rng.standard_normal((50, 2)), rng.standard_normal((40, 2)) + 0.5
-    C = ((x[:, None] - y[None]) ** 2).sum(-1)
-    C /= C.max()
-    a, b = np.full(50, 1 / 50), np.full(40, 1 / 40)
+    a, b, C = _shifted_clouds(3, 50, 40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cold = partial_ot(a, b, C, 0.9, reg=reg, eps_scaling=False, tol=1e-11,

@@ -1,6 +1,8 @@
 """Point-cloud OT: kernels against NumPy, solves against the dense Sinkhorn, the truncation
 bound, bad input."""
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -211,7 +213,10 @@ def test_sharp_regime_with_indices_only_pairs_matches_dense_sinkhorn(d, monkeypa
     _check_against_dense(res, x, y, a, b, reg)
 
 
-def test_smooth_regime_matches_dense_sinkhorn_for_other_costs():
+def test_smooth_regime_matches_dense_sinkhorn_for_other_costs(monkeypatch):
+    # The online kernel (other costs), on clouds small enough for the dense solve but for
+    # the patched limit.
+    monkeypatch.setattr(sys.modules["mmopt.ot.pointcloud"], "_DENSE_MAX_PAIRS", 0)
     x, y, a, b = _clouds(150, 120, 3, weights=True)
     res = pointcloud_sinkhorn(x, y, a, b, reg=0.05, cost=1.5, regime="smooth", tol=1e-12)
     assert res.success and res.regime == "smooth" and res.dropped_mass_bound == 0.0
@@ -488,9 +493,11 @@ def test_ot_mapping_uses_point_clouds_above_its_size_threshold():
     assert large.inverse_transform(y).shape == y.shape
 
 
-def test_smooth_regime_uses_the_grid_and_matches_dense_sinkhorn():
+def test_smooth_regime_uses_the_grid_and_matches_dense_sinkhorn(monkeypatch):
     # Squared Euclidean in 2-D at a reg far above the squared spacing: the grid Gaussian
-    # transform solves it (few steps), then the exact marginal error is checked.
+    # transform solves it (few steps), then the exact marginal error is checked (clouds
+    # small enough for the dense solve but for the patched limit).
+    monkeypatch.setattr(sys.modules["mmopt.ot.pointcloud"], "_DENSE_MAX_PAIRS", 0)
     rng = np.random.default_rng(3)
     x, y = rng.random((300, 2)), rng.random((280, 2)) * 0.8 + 0.1
     b = rng.random(280)
@@ -502,6 +509,27 @@ def test_smooth_regime_uses_the_grid_and_matches_dense_sinkhorn():
     ref = sinkhorn(a, b, C, reg, tol=1e-11)
     assert res.status == 0 and res.nit < 20 and res.marginal_error <= 1e-8
     np.testing.assert_allclose(res.plan @ np.eye(280), ref.plan, atol=1e-9)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean", 1.5])
+def test_smooth_regime_solves_small_clouds_densely_to_tol(d, cost):
+    # Clouds of at most 2^20 pairs take the dense cost and Sinkhorn-Newton-Sparse: at a reg
+    # far below the squared spacing (where the grid's cost does not shrink with the clouds
+    # and plain Sinkhorn takes thousands of iterations) the solve meets tol, checked
+    # against NumPy's plan of the returned potentials and a log-domain dense reference.
+    x, y, a, b = _clouds(90, 70, d, seed=d, weights=True)
+    reg = 1e-3 * d
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, cost=cost, regime="smooth", tol=1e-9)
+    assert res.success and res.levels[-1]["kernel"] == "dense"
+    assert res.nit <= 3 and res.levels[-1]["iterations"] < 2000
+    p = {"sqeuclidean": 2.0, "euclidean": 1.0}.get(cost, cost)
+    C = np.sqrt(((x[:, None] - y[None]) ** 2).sum(-1)) ** p
+    plan = np.exp((res.f[:, None] + res.g[None, :] - C) / reg)
+    error = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
+    assert error <= 1e-9 * (1 + 1e-6)
+    assert res.marginal_error == pytest.approx(error, rel=1e-4, abs=1e-13)
+    assert res.transport_cost == pytest.approx(float((C * plan).sum()), rel=1e-9)
 
 
 def test_auto_regime_follows_each_clouds_own_spacing_not_their_distance():

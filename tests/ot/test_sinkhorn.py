@@ -201,6 +201,80 @@ def test_plan_built_in_the_kernel_memory_is_owned_by_the_result():
         assert res.marginal_error == pytest.approx(error, rel=1e-3, abs=1e-15)
 
 
+def _spy_on_sweeps(monkeypatch):
+    """Record, for each scaling-domain sweep, whether it read the float32 copy of the
+    kernel, the incoming potentials and the L1 error it reported for them."""
+    module = sys.modules["mmopt.ot.sinkhorn"]
+    sweeps = []
+    step = module._scaling_step
+
+    def spy(run, reg, f, g, relax):
+        single = run.scaling.K32 is not None
+        out = step(run, reg, f, g, relax)
+        if out is not None:
+            sweeps.append((single, f.copy(), g.copy(), out[2]))
+        return out
+
+    monkeypatch.setattr(module, "_scaling_step", spy)
+    return module, sweeps
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("reg", [1e-1, 1e-2, 1e-3])
+def test_float32_sweeps_never_report_less_than_the_true_error(monkeypatch, seed, reg):
+    # Kernels from 2^18 entries are swept in a float32 copy while the error is large: the
+    # error such a sweep reports (with the copy's rounding margin) must bound the true L1
+    # marginal error of its incoming potentials' plan, computed here by NumPy from the
+    # potentials; and the solve's answer must be the float64 sweeps' answer.
+    module, sweeps = _spy_on_sweeps(monkeypatch)
+    rng = np.random.default_rng(seed)
+    n, m = 600, 500
+    x, y = rng.standard_normal((n, 3)), rng.standard_normal((m, 3)) * 0.8 + 0.3
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    C /= C.max()
+    a, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m))
+    res = sinkhorn(a, b, C, reg, tol=1e-9, n_threads=2)
+    assert res.success and res.method == "scaling"
+    float32 = sum(single for single, *_ in sweeps)
+    assert 0 < float32 < len(sweeps)  # the copy served the first sweeps, K the last ones
+    checked = 0
+    for single, f, g, error in sweeps[1:]:  # (the start's columns are not known exact)
+        if not single:
+            continue
+        plan = np.exp((f[:, None] + g[None, :] - C) / reg)
+        true = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
+        assert error >= true * (1 - 1e-9) - 1e-14
+        checked += 1
+    assert checked > 0
+    monkeypatch.setattr(module, "_SINGLE_MIN_ENTRIES", np.inf)  # float64 sweeps only
+    reference = sinkhorn(a, b, C, reg, tol=1e-9, n_threads=2)
+    assert reference.success
+    np.testing.assert_allclose(res.plan, reference.plan, rtol=0, atol=2e-9)
+    expected = np.exp((res.f[:, None] + res.g[None, :] - C) / reg)
+    error = np.abs(expected.sum(1) - a).sum() + np.abs(expected.sum(0) - b).sum()
+    assert error <= 1e-9 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-6, 1e-9])
+def test_float32_phase_on_small_problems_keeps_every_tol(monkeypatch, tol):
+    # The phase forced on small kernels (any size), histograms of another mass and with
+    # empty bins: the answer meets tol exactly as a float64-only solve does.
+    module, sweeps = _spy_on_sweeps(monkeypatch)
+    monkeypatch.setattr(module, "_SINGLE_MIN_ENTRIES", 1)
+    for seed in range(4):
+        a, b, C = _clouds(20 + seed, n=37, m=29, shift=0.5)
+        a, b = 3.0 * a, 3.0 * b
+        a[seed] = 0.0
+        b *= a.sum() / b.sum()
+        sweeps.clear()
+        res = sinkhorn(a, b, C, 3e-3, tol=tol)
+        assert res.success and any(single for single, *_ in sweeps)
+        P = res.plan
+        error = np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum()
+        assert error <= tol * a.sum() * (1 + 1e-6)
+        assert res.marginal_error == pytest.approx(error, rel=1e-6, abs=1e-15)
+
+
 def test_frequent_absorptions_move_auto_to_the_log_domain(monkeypatch):
     # With scalings bounded to [1/1.5, 1.5] nearly every iteration absorbs (recomputes the
     # kernel): "auto" moves to the log domain and says so; "scaling" stays.

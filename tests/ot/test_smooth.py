@@ -2,6 +2,7 @@
 NumPy references and the dense solver."""
 
 import itertools
+import sys
 import warnings
 
 import numpy as np
@@ -328,6 +329,8 @@ def test_smooth_sinkhorn_interrupt_during_eps_scaling(monkeypatch):
 def test_pointcloud_sinkhorn_smooth_interrupt_and_progress(monkeypatch, capsys):
     from mmopt.ot import PointCloudOTProblem, PointCloudSinkhorn
 
+    # The grid, on clouds small enough for the dense solve but for the patched limit.
+    monkeypatch.setattr(sys.modules["mmopt.ot.pointcloud"], "_DENSE_MAX_PAIRS", 0)
     x, y, a, b = _problem(2, 300, 6, False)
     problem = PointCloudOTProblem(x, y, a, b, reg=0.01)
     full = PointCloudSinkhorn(regime="smooth", verbose=1).solve(problem)
@@ -344,6 +347,7 @@ def test_pointcloud_sinkhorn_smooth_interrupt_and_progress(monkeypatch, capsys):
 
     monkeypatch.setattr(GaussGrid, "log_convolve", convolve)
     res = PointCloudSinkhorn(regime="smooth").solve(problem)
+    assert full.levels[-1]["kernel"] == "grid"
     assert res.status == 3 and not res.success
     assert res.reg_reached > problem.reg and res.levels[-1]["reg_end"] == res.reg_reached
     assert np.isfinite(res.f).all() and np.isfinite(res.g).all()
