@@ -207,7 +207,7 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
             levels = _levels(shared.C, reg)
             for level_reg, next_reg in zip(levels, levels[1:] + [reg]):
                 level = _Shared(a, b, C, level_reg, solver, threads, out, _LEVEL_TOL, warm)
-                level.history = shared.history
+                level.history = shared.history  # (the levels' iterations recorded too)
                 for j, potentials in _run_groups(level, warm).items():
                     # (left alone: the next level starts them where they stand, or from
                     # zero potentials after a failed sweep)
@@ -216,7 +216,7 @@ def batched_sinkhorn(a, b, C, reg, *, return_plan: bool = False, **options) -> R
                     else:
                         warm[j] = potentials
                 _next_level(warm, level, next_reg)
-                out.status[:] = -1
+                out.status[:] = -1  # (a level's statuses are no answers; nit counts on)
             alone = _run_groups(shared, warm)
     if alone:
         _solve_alone(alone, shared)
@@ -238,11 +238,11 @@ def _next_level(warm, level, reg):
     """Move the potentials in ``warm`` from ``level.reg`` to ``reg``: the entropic terms
     ``reg log a`` and ``reg log b`` rescaled, relative to the weights' median.
 
-    Kept as they are, a weight of 1e-38 would leave its row or column 10 x 88 below the
-    others' exponents at a tenth of the regularization (an underflowing sweep). Rescaled
-    in full, a typical weight (about 1 / n) would leave them about 10 log n above: the
-    soft minimum behind the potentials, ``-reg log sum_j b_j exp(...)``, carries about
-    ``reg log n`` of its own, which the median cancels.
+    Kept as they are, a weight of 1e-38 would leave its row or column about 9 x 88 below
+    the others' exponents at a tenth of the regularization (an underflowing sweep).
+    Relative to the median, typical rows and columns keep theirs: rescaled in full, each
+    problem's plan would start about e^(9 log n) too heavy (only its first iteration
+    lost, but one far out of the scalings' range).
     """
     positive = level.b > 0
     log_a = np.log(level.a)
@@ -258,9 +258,9 @@ def _next_level(warm, level, reg):
 def _run_groups(shared, warm):
     """Solve every problem in groups, each on its own shared kernel, and return those to
     finish alone. The problems with potentials in ``warm`` (problem -> ``(f, g)``) start
-    from them, in one group, the others from zero potentials in another; the problems
-    that leave a group (too far from the others for one kernel) form the next, started
-    where they stand."""
+    from them, in groups that fit one kernel each (:func:`_groups`), the others from zero
+    potentials in one group; the problems that leave a group (too far from the others for
+    one kernel) form the next groups, started where they stand."""
     # (the problems at max_iter are left out: only a level's can be)
     start = np.flatnonzero(shared.out.nit < shared.max_iter)
     warm = {j: warm[j] for j in start if j in warm}
