@@ -241,8 +241,8 @@ def _next_level(warm, level, reg):
     Kept as they are, a weight of 1e-38 would leave its row or column about 9 x 88 below
     the others' exponents at a tenth of the regularization (an underflowing sweep).
     Relative to the median, typical rows and columns keep theirs: rescaled in full, each
-    problem's plan would start about e^(9 log n) too heavy (only its first iteration
-    lost, but one far out of the scalings' range).
+    problem's plan would start far too heavy (first errors of 1e23 times the mass at
+    n = 1000, mixtures: the same iterates after that, up to each problem's scale).
     """
     positive = level.b > 0
     log_a = np.log(level.a)
