@@ -83,13 +83,14 @@ def test_plan_only_on_request_and_inputs_untouched():
     assert np.all(res.marginal_error <= 1e-9 * a.sum() * 1.01)
 
 
-def test_against_pot_batched():
+@pytest.mark.parametrize("reg", [2e-2, 1.5e-3])
+def test_against_pot_batched(reg):
+    """(At 1.5e-3, spread / reg > _LEVEL_MIN_RATIO: started from a level at 1.5e-2.)"""
     ot = pytest.importorskip("ot")
     a, b, C = _problem(k=5)
     b = b[:, :4]  # POT's plain scaling iteration needs every column of b positive
     b[b == 0] = 1e-3
     b /= b.sum(axis=0)
-    reg = 2e-2
     costs, log = ot.sinkhorn(a, b, C, reg, stopThr=1e-14, numItermax=200_000, log=True)
     res = sinkhorn(a, b, C, reg, tol=1e-13, max_iter=200_000)
     np.testing.assert_allclose(res.transport_cost, costs, rtol=0, atol=1e-10)
@@ -477,3 +478,104 @@ def test_shared_sweep_equals_single_sweeps(blocks, c):
             v_new = np.where(B[p] > 0, V[p] * (B[p] / t / V[p]) ** omega[p], 0.0)
         np.testing.assert_allclose(V1[p], v_new, rtol=1e-12)
         np.testing.assert_allclose(acc[p].sum(axis=0), t, rtol=1e-12)
+
+
+def test_epsilon_scaling_levels(monkeypatch):
+    """Where spread / reg > _LEVEL_MIN_RATIO the problems are first solved at 10x reg
+    (loosely), then at reg from there: the levels run, their iterations count, and every
+    column still equals its single solve (and the batch without levels)."""
+    C1 = np.array([[0.0, 1.0]])
+    assert _batched._levels(C1, 3e-3) == []
+    np.testing.assert_allclose(_batched._levels(C1, 1e-3), [1e-2])
+    np.testing.assert_allclose(_batched._levels(C1, 1e-4), [1e-2, 1e-3])
+    np.testing.assert_allclose(_batched._levels(C1 + 5.0, 1e-4), [1e-2, 1e-3])
+    a, b, C = _problem(k=6, seed=2)
+    reg = 1e-3
+    regs = []
+    run_groups = _batched._run_groups
+    monkeypatch.setattr(_batched, "_run_groups",
+                        lambda shared, warm: regs.append(shared.reg) or run_groups(shared, warm))
+    res = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    assert regs == [pytest.approx(1e-2), reg]
+    two = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, n_threads=2, return_plan=True)
+    assert two.status == 0 and np.abs(two.plan - res.plan).max() <= 1e-10
+    monkeypatch.setattr(_batched, "_LEVEL_MIN_RATIO", np.inf)
+    plain = sinkhorn(a, b, C, reg, tol=1e-12, max_iter=100_000, return_plan=True)
+    assert res.status == plain.status == 0
+    assert (res.marginal_error <= 1e-12).all()
+    assert np.abs(res.plan - plain.plan).max() <= 1e-10
+    for j in range(b.shape[1]):
+        single = sinkhorn(a, b[:, j], C, reg, tol=1e-12, max_iter=100_000)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10
+        assert abs(res.transport_cost[j] - single.transport_cost) <= 1e-11
+
+
+class _Fake:
+    """What :func:`_batched._groups` reads of ``_Shared``."""
+
+    def __init__(self, reg=1e-3, max_spread=10.0):
+        self.reg, self.max_spread = reg, max_spread
+
+
+def test_levels_rescale_the_entropic_terms(monkeypatch):
+    """A column with weights of 1e-38 (seed 7's first): kept as they are, its potentials at
+    10x reg would underflow its first sweep at reg (a failed sweep, solved alone from
+    scratch); with the entropic terms rescaled no problem goes alone."""
+    a, b, C = _problem(k=3, seed=7)
+    assert 0 < b[:, 0].min() < 1e-30
+    handed = []
+    solve_alone = _batched._solve_alone
+    monkeypatch.setattr(_batched, "_solve_alone",
+                        lambda columns, shared: handed.append(columns) or solve_alone(
+                            columns, shared))
+    res = sinkhorn(a, b, C, 1e-3, tol=1e-12, max_iter=100_000, return_plan=True)
+    assert res.status == 0 and not handed
+    for j in range(3):
+        single = sinkhorn(a, b[:, j], C, 1e-3, tol=1e-12, max_iter=100_000)
+        assert np.abs(res.plan[j] - single.plan).max() <= 1e-10
+
+
+def test_groups_fit_one_kernel():
+    """Problems in two clusters (and one far from both) form three groups, largest last,
+    each within reach (potentials at most 2 max_spread reg apart, gauge centred)."""
+    rng = np.random.default_rng(0)
+    shared = _Fake(reg=1e-3, max_spread=10.0)
+    reach = 2 * shared.max_spread * shared.reg
+    base_f, base_g = rng.standard_normal(30), rng.standard_normal(20)
+    bump = np.zeros(20)
+    bump[:10] = 3 * reach
+    potentials = {}
+    for j in range(4):
+        potentials[j] = (base_f + 0.1 * reach * rng.random(30),
+                         base_g + 0.1 * reach * rng.random(20))
+    for j in range(4, 7):
+        potentials[j] = (base_f + 0.1 * reach * rng.random(30),
+                         base_g + bump + 0.1 * reach * rng.random(20))
+    potentials[7] = (base_f, base_g - bump)
+    potentials[2][1][3] = -np.inf  # a column of zero mass: left out of the distances
+    groups = _batched._groups(potentials, shared)
+    members = [sorted(columns.tolist()) for columns, _ in groups]
+    assert members == [[7], [4, 5, 6], [0, 1, 2, 3]]
+    for columns, (f, g) in groups:
+        for c, j in enumerate(columns):
+            np.testing.assert_array_equal(f[c], potentials[j][0])
+            np.testing.assert_array_equal(g[c], potentials[j][1])
+    assert _batched._groups({3: potentials[3]}, shared)[0][0].tolist() == [3]
+
+
+def test_warm_group_measures_its_columns_first():
+    """A group started from potentials whose rows are exact but columns are not (the row
+    update of perturbed potentials) does not stop on its first, exact, row error."""
+    a, b, C = _problem(k=2, seed=1)
+    reg = 1e-2
+    single = sinkhorn(a, b[:, 0], C, reg, tol=1e-12, max_iter=100_000)
+    g = single.g + 1e-4 * np.random.default_rng(0).standard_normal(C.shape[1])
+    with np.errstate(under="ignore"):
+        f = reg * (np.log(a) - np.log(np.exp((g[None, :] - C) / reg).sum(axis=1)))
+    solver = _batched.get_solver("sinkhorn", tol=1e-8)
+    out = _batched._Output(*C.shape, 2, False)
+    shared = _batched._Shared(a, b, C, reg, solver, 1, out)
+    left, failed = _batched._Batch(shared, np.array([0]), (f[None], g[None])).run()
+    assert not left and not failed and out.status[0] == 0
+    assert out.marginal_error[0] <= 1e-8 * a.sum()
+    assert out.nit[0] > 1
