@@ -171,6 +171,32 @@ def test_pairs_reject_far_matches_like_a_brute_force_search():
     np.testing.assert_array_equal(kept, valid & near)
 
 
+def test_point_pairs_are_the_reciprocal_ones_like_a_brute_force_search():
+    # The point-to-point part takes the valid pairs whose target point has the sample itself
+    # as its closest sample; checked with dense distances, and its energy by the formula.
+    graph, X, _ = _graph_and_pairs()
+    p, normals = _surface(300)
+    target = (p + 0.03 * normals * np.sin(3 * p[:, :1]))[p[:, 0] < 0.3]
+    graph.index = NeighborIndex(target, backend="scipy")
+    v = graph.positions(X)
+    up = np.tile([0.0, 0.0, 1.0], (len(target), 1))
+    q, m, valid, reciprocal = _pairs(graph, v, X, True, True, target, up, reject_distance=3.0)
+    closest = cdist(v, target).argmin(axis=1)
+    back = cdist(target[closest], v).argmin(axis=1)
+    expected = valid & (back == np.arange(len(v)))
+    assert 0 < expected.sum() < valid.sum()
+    np.testing.assert_array_equal(reciprocal, expected)
+    assert not _pairs(graph, v, X, True, True, target, up, reject_distance=3.0,
+                      point=False)[3].any()
+    nu2 = graph.nu**2
+    e2 = np.sum((v - target[closest]) ** 2, axis=1)
+    part = np.where(expected, 2 * nu2 * (1 - np.exp(-e2 / (2 * nu2))), 0.0)
+    none = np.zeros(len(v), dtype=bool)       # rejected pairs count alike in both
+    np.testing.assert_allclose(
+        _energy(graph, X, q, m, valid, reciprocal) - _energy(graph, X, q, m, valid, none),
+        _POINT * part.sum() / len(v), rtol=1e-10)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_rejection_keeps_the_unobserved_part_from_folding_onto_the_target(seed):
     # The target is the source lifted by 0.03, with the part x >= 0.2 missing. Without the
