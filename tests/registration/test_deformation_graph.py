@@ -157,13 +157,18 @@ def test_bad_coarse_options():
         SPARE(coarse="yes").solve(NonRigidRegistrationProblem(p, p + 0.01))
 
 
-def test_pairs_reject_far_matches_like_a_brute_force_search():
+def _partial_target():
+    """The graph of ``_graph_and_pairs`` on a target that covers part of it, with its
+    sample positions and upward target normals."""
     graph, X, _ = _graph_and_pairs()
     p, normals = _surface(300)
     target = (p + 0.03 * normals * np.sin(3 * p[:, :1]))[p[:, 0] < 0.3]
     graph.index = NeighborIndex(target, backend="scipy")
-    v = graph.positions(X)
-    up = np.tile([0.0, 0.0, 1.0], (len(target), 1))
+    return graph, X, graph.positions(X), target, np.tile([0.0, 0.0, 1.0], (len(target), 1))
+
+
+def test_pairs_reject_far_matches_like_a_brute_force_search():
+    graph, X, v, target, up = _partial_target()
     _, _, valid, _ = _pairs(graph, v, X, True, True, target, up)
     _, _, kept, _ = _pairs(graph, v, X, True, True, target, up, reject_distance=1.5)
     near = cdist(v, target).min(axis=1) <= 1.5 * graph.nu    # brute force, no KD-tree
@@ -174,12 +179,7 @@ def test_pairs_reject_far_matches_like_a_brute_force_search():
 def test_point_pairs_are_the_reciprocal_ones_like_a_brute_force_search():
     # The point-to-point part takes the valid pairs whose target point has the sample itself
     # as its closest sample; checked with dense distances, and its energy by the formula.
-    graph, X, _ = _graph_and_pairs()
-    p, normals = _surface(300)
-    target = (p + 0.03 * normals * np.sin(3 * p[:, :1]))[p[:, 0] < 0.3]
-    graph.index = NeighborIndex(target, backend="scipy")
-    v = graph.positions(X)
-    up = np.tile([0.0, 0.0, 1.0], (len(target), 1))
+    graph, X, v, target, up = _partial_target()
     q, m, valid, reciprocal = _pairs(graph, v, X, True, True, target, up, reject_distance=3.0)
     closest = cdist(v, target).argmin(axis=1)
     back = cdist(target[closest], v).argmin(axis=1)
