@@ -25,12 +25,13 @@ with the Welsch loss ``rho`` of the symmetrized point-to-plane residual ``d_i = 
 n_q)^T (v_i - q)`` (``n'_i`` the source normal turned by the blend of the nodes' rotations),
 ``E`` the pairs of nodes that share a point; pairs farther apart than ``reject_distance``
 times ``nu`` (SPARE's option of that name), or facing away, are rejected: weight 0, and
-``rho`` at its ceiling ``2 nu^2``. The second data part, with a small weight ``mu``
-(3e-3), is the Welsch loss of the distance to the closest point ``q_i`` on reciprocal pairs
-(``q_i``'s closest sample is ``v_i``; a valid pair that is not reciprocal is left out of it,
-a rejected one counts at its ceiling): the plane residuals do not see a slide along a flat
-or cylindrical part, which the normals' noise otherwise drives at every iteration. It is
-left out of the first iteration, whose matches are those of the unregistered start. Each
+``rho`` at its ceiling ``2 nu^2``. The second data part, off by default (weight ``mu``,
+``DeformationGraph.point_weight``), is the Welsch loss of the distance to the closest point
+``q_i`` on reciprocal pairs (``q_i``'s closest sample is ``v_i``; a valid pair that is not
+reciprocal is left out of it, a rejected one counts at its ceiling): the plane residuals do
+not see a slide along a flat or cylindrical part, which the normals' noise otherwise drives
+at every iteration. It is left out of the first iteration, whose matches are those of the
+unregistered start. Each
 outer iteration fixes the closest points, the normals and the Welsch weights, majorizes
 ``dist(A_j, SO(3))^2`` by ``||A_j - R_j||^2`` at the projection ``R_j`` of the current
 ``A_j`` and solves one sparse linear system for ``X``: ``F`` at the iteration's matches
@@ -64,17 +65,6 @@ _POSITIVE = Interval(float, 0, None, closed="neither")
 # instead of by the noise of the normals divided by a vanishing curvature. It only tightens
 # the surrogate, so F still decreases.
 _PROXIMAL = 1e-3
-# Weight ``mu`` of the point-to-point part of the data term relative to the plane part
-# (both are Welsch losses at the same nu; see the module notes). The plane residuals do not
-# see a slide along a cylinder's axis or a flat part, and the normals' noise pushes along it
-# at every iteration; the proximal term only anchors to the last iterate, so the slide added
-# up (bent sheets, normals off by 3e-3: 0.4-4.4 times the start's error, 8-84 times the fine
-# stage alone). This part anchors it to the data. Measured on noisy sheets, the scan and
-# the translation and folding tests: 1e-3 holds less (12 x 12 sheets, normals off by 1e-2:
-# up to 2.2 times the sheet test's bound, 0.5 with 3e-3); 1e-2 pins a noise-free 40 x 10
-# grid onto its target so that the fine stage's nu (the median distance after this stage)
-# collapses and it rejects the worst-fitted points.
-_POINT = 3e-3
 
 
 @dataclass(frozen=True)
@@ -95,13 +85,24 @@ class DeformationGraph(_Checked):
         Tolerance on the RMS change of the samples per iteration, relative to the scale.
     max_iter : int, default=30
         Outer iterations.
+    point_weight : float, default=0.0
+        ``mu``, the weight of the point-to-point part of the data term relative to the
+        plane part (>= 0; see the module notes); 0: the paper's plane term alone. The plane
+        residuals do not see a slide along a flat or cylindrical part, which noise in the
+        normals drives at every iteration (the proximal term only anchors each step to the
+        last iterate); this part anchors it to the data. 3e-3 holds bent sheets with noisy
+        normals (1e-3 holds less; 1e-2 pins a noise-free grid onto its target so closely
+        that the fine stage's ``nu``, the median distance after this stage, collapses), but
+        it also holds part of the true tangential motion: on the full scan it costs up to
+        twice the error when combined with SPARE's ``point_weight=100`` (see the user guide,
+        "The coarse stage's anchor"). Hence the default 0.
 
     Examples
     --------
     >>> from mmopt.registration import DeformationGraph
     >>> DeformationGraph(node_spacing=8.0)
     DeformationGraph(node_spacing=8.0, smooth_weight=0.01, rotation_weight=0.0001, \
-n_samples=3000, tol=0.001, max_iter=30)
+n_samples=3000, tol=0.001, max_iter=30, point_weight=0.0)
     """
 
     node_spacing: float = 10.0
@@ -110,6 +111,7 @@ n_samples=3000, tol=0.001, max_iter=30)
     n_samples: int = 3000
     tol: float = 1e-3
     max_iter: int = 30
+    point_weight: float = 0.0
 
     _parameter_constraints: ClassVar[dict] = {
         "node_spacing": [_POSITIVE],
@@ -118,6 +120,7 @@ n_samples=3000, tol=0.001, max_iter=30)
         "n_samples": [Interval(int, 1, None)],
         "tol": [Interval(float, 0, None)],
         "max_iter": [Interval(int, 1, None)],
+        "point_weight": [Interval(float, 0, None)],
     }
 
 
@@ -227,6 +230,7 @@ class _Graph:
         self.m = self.nodes.shape[0]
         self.ws = options.smooth_weight / max(len(heads), 1)
         self.wr = options.rotation_weight / self.m
+        self.mu = options.point_weight
         # The quadratic regularizers in vec(X) order (index 3c + a for X[c, a]).
         StS = (self.S.T @ self.S).tocsr()
         self.reg_matrix = sp.kron(StS, sp.identity(3), format="csr") * self.ws
@@ -267,7 +271,7 @@ def _pairs(graph: _Graph, v, X, oriented: bool, reject_opposite: bool, target, t
            reject_distance: float | None = None, point: bool = True):
     """``(q, m, valid, reciprocal)``: matched target points, the directions ``m`` of the
     plane residuals, the pairs not rejected, and those of them in the point-to-point part
-    (none unless ``point``)."""
+    (none unless ``point`` and the part's weight is positive)."""
     dist, idx = graph.index.query(v)
     rn = graph.point_normals(X)
     nq, valid = orient_pairs(rn, target_normals[idx], oriented=oriented,
@@ -279,7 +283,7 @@ def _pairs(graph: _Graph, v, X, oriented: bool, reject_opposite: bool, target, t
         valid &= dist <= reject_distance * graph.nu
     q = target[idx]
     reciprocal = np.zeros(len(v), dtype=bool)
-    if point:
+    if point and graph.mu > 0:
         # Only reciprocal pairs (q's closest sample is the sample itself), as in the fine
         # stage: a sample without a counterpart is matched to the border, whose target
         # points have their own samples, and is left out rather than dragged along to it.
@@ -304,7 +308,7 @@ def _energy(graph: _Graph, X, q, m, valid, reciprocal) -> float:
     # match is not trusted, it is not a pair leaving the data); a rejected one counts at
     # the ceiling here too.
     point = np.where(valid, 0.0, 2.0 * nu2)
-    data += _POINT * np.sum(np.where(reciprocal, -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2),
+    data += graph.mu * np.sum(np.where(reciprocal, -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2),
                                      point))
     smooth = np.sum((graph.S @ X + graph.h) ** 2)
     A = _affines(X)
@@ -321,7 +325,7 @@ def _system(graph: _Graph, X, q, m, valid, reciprocal) -> tuple[sp.csc_matrix, n
     # Point-to-point part, majorized like the plane part (Welsch weight fixed at X):
     # wp ||B_i X + offset_i - q_i||^2, the same rows B for each coordinate.
     e2 = np.sum((v - q) ** 2, axis=1)
-    wp = _POINT * np.where(reciprocal, np.exp(-0.5 * e2 / graph.nu**2), 0.0) / len(q)
+    wp = graph.mu * np.where(reciprocal, np.exp(-0.5 * e2 / graph.nu**2), 0.0) / len(q)
     # Data rows: d_i = sum_(c,a) B_ic m_ia X_ca + m_i^T (offset_i - q_i).
     coo = graph.B.tocoo()
     J = sp.csr_matrix(
