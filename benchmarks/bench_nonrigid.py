@@ -339,7 +339,8 @@ def _solver_table(sub: int) -> list[str]:
 
 TABLES = ("spare", "small", "cpd10k", "cpd10kend", "solvers")
 SKIP_CPD10K = "MMOPT_BENCH_SKIP_CPD10K"
-# Opt-in: probreg to its own end takes ~10 min per case at 10,000 points (dense n x n solve).
+# Opt-in: probreg to its own end took 165-179 CPU s per case at 10,000 points (its tol ended
+# it after 10-11 of its 50 iterations; dense n x n solve, ~2.4 GB), pycpd ~1 min per iteration.
 RUN_CPD10KEND = "MMOPT_BENCH_CPD10K_END"
 # pycpd's CPU budget (seconds) in ``cpd10kend``: its defaults' end would take ~100 min.
 PYCPD_BUDGET = "MMOPT_BENCH_PYCPD_BUDGET"
@@ -384,8 +385,9 @@ def run(quick: bool = False, tables=TABLES) -> str:
                     "for pycpd at 10,000 points.)", ""]
             continue
         if name == "cpd10kend" and not run_cpd10kend:
-            out += [f"(table `cpd10kend` not run: set `{RUN_CPD10KEND}=1` to run it; probreg "
-                    "at its defaults takes about 10 min per case at 10,000 points.)", ""]
+            out += [f"(table `cpd10kend` not run: set `{RUN_CPD10KEND}=1` to run it; about "
+                    "15 min: probreg to its end takes about 3 min per case at 10,000 points, "
+                    "pycpd the budget.)", ""]
             continue
         start_load = _load()
         lines, seconds = _timed(builders[name])
