@@ -386,8 +386,8 @@ def run(quick: bool = False, tables=TABLES) -> str:
             continue
         if name == "cpd10kend" and not run_cpd10kend:
             out += [f"(table `cpd10kend` not run: set `{RUN_CPD10KEND}=1` to run it; about "
-                    "15 min: probreg to its end takes about 3 min per case at 10,000 points, "
-                    "pycpd the budget.)", ""]
+                    "30 min: per case at 10,000 points, probreg to its end about 3 min, pycpd its "
+                    "budget, 10 min unless set.)", ""]
             continue
         start_load = _load()
         lines, seconds = _timed(builders[name])
