@@ -31,11 +31,10 @@ times ``nu`` (SPARE's option of that name), or facing away, are rejected: weight
 reciprocal is left out of it, a rejected one counts at its ceiling): the plane residuals do
 not see a slide along a flat or cylindrical part, which the normals' noise otherwise drives
 at every iteration. It is left out of the first iteration, whose matches are those of the
-unregistered start. Each
-outer iteration fixes the closest points, the normals and the Welsch weights, majorizes
-``dist(A_j, SO(3))^2`` by ``||A_j - R_j||^2`` at the projection ``R_j`` of the current
-``A_j`` and solves one sparse linear system for ``X``: ``F`` at the iteration's matches
-does not increase.
+unregistered start. Each outer iteration fixes the closest points, the normals and the
+Welsch weights, majorizes ``dist(A_j, SO(3))^2`` by ``||A_j - R_j||^2`` at the projection
+``R_j`` of the current ``A_j`` and solves one sparse linear system for ``X``: ``F`` at the
+iteration's matches does not increase.
 
 Implemented from the equations of the SPARE paper (Yao, Deng et al.) and the embedded
 deformation of Sumner et al.; the authors state that SPARE is under patent (see
@@ -308,8 +307,8 @@ def _energy(graph: _Graph, X, q, m, valid, reciprocal) -> float:
     # match is not trusted, it is not a pair leaving the data); a rejected one counts at
     # the ceiling here too.
     point = np.where(valid, 0.0, 2.0 * nu2)
-    data += graph.mu * np.sum(np.where(reciprocal, -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2),
-                                     point))
+    data += graph.mu * np.sum(np.where(reciprocal,
+                                       -2.0 * nu2 * np.expm1(-0.5 * e2 / nu2), point))
     smooth = np.sum((graph.S @ X + graph.h) ** 2)
     A = _affines(X)
     rotation = np.sum((A - best_rotations(A)) ** 2)
