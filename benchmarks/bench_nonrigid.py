@@ -1,8 +1,9 @@
 """SPARE vs pycpd's and probreg's CPD on deformations of the shipped scan.
 
-Run: python benchmarks/bench_nonrigid.py [--quick] [spare] [small] [cpd10k] [solvers]
+Run: python benchmarks/bench_nonrigid.py [--quick] [spare] [small] [cpd10k] [cpd10kend]
+[solvers]
 (pycpd and probreg optional; the repository root on PYTHONPATH), or through
-``benchmarks/run.py --only nonrigid``, which runs all four tables and writes the whole
+``benchmarks/run.py --only nonrigid``, which runs the tables and writes the whole
 ``nonrigid`` section of BENCHMARKS.md (nothing in it is written by hand; the notes from
 earlier, longer runs are in the user guide, docs/user_guide/registration.rst, "Notes from
 the benchmarks"). Set ``MMOPT_BENCH_SKIP_CPD10K=1`` to leave out ``cpd10k``: pycpd needs
@@ -17,6 +18,10 @@ about 4 GB at 10,000 points and minutes per iteration. The tables:
   place CPD is converged);
 - ``cpd10k``: 10,000 random points, SPARE against pycpd at its defaults, stopped past
   twice SPARE's time;
+- ``cpd10kend`` (opt-in: ``MMOPT_BENCH_CPD10K_END=1``): the same two cases, probreg's
+  non-rigid CPD at its defaults run to its own end, and pycpd at its defaults for a CPU
+  budget (``MMOPT_BENCH_PYCPD_BUDGET`` seconds, 600 unless set) with the CPU time its
+  defaults' end would take predicted from its time per iteration; CPU and wall seconds;
 - ``solvers``: SPARE's time per part with each sparse solver on the full scan.
 
 Error: RMS distance of the deformed source to the true position of every source point
@@ -202,6 +207,91 @@ def _cpd_large_table(n: int, budget_factor: float) -> list[str]:
     return lines
 
 
+def _cpu() -> float:
+    return time.process_time()
+
+
+def _probreg_to_the_end(source, target):
+    """probreg's non-rigid CPD at its defaults, run to its own stop: the deformed source,
+    CPU and wall seconds and iterations."""
+    from probreg import cpd
+
+    iterations = [0]
+
+    def count(_transformation):
+        iterations[0] += 1
+
+    cpu, wall = _cpu(), time.perf_counter()
+    out = cpd.registration_cpd(source, target, tf_type_name="nonrigid", callbacks=[count])
+    cpu, wall = _cpu() - cpu, time.perf_counter() - wall
+    return out.transformation.transform(source), cpu, wall, iterations[0]
+
+
+def _pycpd_for(source, target, budget: float):
+    """pycpd's ``DeformableRegistration`` at its defaults for ``budget`` CPU seconds (at
+    least one iteration): the deformed source at the cut, CPU and wall seconds, iterations
+    done, whether it stopped by itself, and its ``max_iterations``."""
+    from pycpd import DeformableRegistration
+
+    cpu, wall = _cpu(), time.perf_counter()
+    cpd = DeformableRegistration(X=target, Y=source)  # its n x n kernel: timed
+
+    def record(iteration, **_):
+        if _cpu() - cpu > budget:
+            raise _OutOfTime
+
+    try:
+        cpd.register(callback=record)
+        done = True
+    except _OutOfTime:
+        done = False
+    cpu, wall = _cpu() - cpu, time.perf_counter() - wall
+    return cpd.TY, cpu, wall, cpd.iteration, done, cpd.max_iterations
+
+
+def _cpd_to_the_end_table(n: int, budget: float) -> list[str]:
+    """SPARE vs CPD at their defaults on ``n`` random source points (bend, clean and with
+    outliers and missing overlap, seed 0): probreg run to its own stop, pycpd for
+    ``budget`` CPU seconds with the time its defaults' end would take predicted from its
+    CPU time per iteration."""
+    scan = load_scan_pair()
+    keep = np.sort(np.random.default_rng(0).choice(scan.source.shape[0], n, replace=False))
+    points, normals = scan.source[keep], scan.source_normals[keep]
+    lines = [f"SPARE vs CPD at their defaults on {n:,} random source points; each cell: error "
+             "/ its tangential part (CPU s, wall s, iterations). probreg's non-rigid "
+             "`registration_cpd` runs to its own stop; pycpd's `DeformableRegistration` is "
+             f"cut after the first iteration ending past {budget:g} CPU s, and its defaults' "
+             "end (`max_iterations`) is predicted from its CPU time per iteration:", "",
+             "| problem | start | SPARE (defaults) | probreg (to its end) | pycpd (cut) | "
+             "pycpd CPU s / it | pycpd's end predicted (CPU s) |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, outliers, overlap, seed in [c for c in _cases((0,), (0,)) if c[0] == "bend"]:
+        data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
+                                     overlap=overlap, random_state=seed)
+        source, target = data.problem.source, data.problem.target
+        cpu, wall = _cpu(), time.perf_counter()
+        res = SPARE(max_iter=30).solve(data.problem)
+        cells = [f"{_errors(res.points, data)} ({_cpu() - cpu:.1f}, "
+                 f"{time.perf_counter() - wall:.1f}, {res.nit} it)"]
+        try:
+            moved, cpu, wall, nit = _probreg_to_the_end(source, target)
+            cells.append(f"{_errors(moved, data)} ({cpu:.0f}, {wall:.0f}, {nit} it)")
+        except ImportError:
+            cells.append("not installed")
+        try:
+            moved, cpu, wall, nit, done, max_it = _pycpd_for(source, target, budget)
+            per = cpu / max(nit, 1)
+            cells += [f"{_errors(moved, data)} ({cpu:.0f}, {wall:.0f}, {nit} it"
+                      f"{'' if done else ', cut'})", f"{per:.1f}",
+                      f"{cpu:.0f} (ended)" if done else f"{per * max_it:.0f} ({max_it} it)"]
+        except ImportError:
+            cells += ["not installed", "", ""]
+        lines.append(f"| {_label(kind, outliers, overlap, seed)} | {_errors(source, data)} | "
+                     + " | ".join(cells) + " |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
 class _TimedSPARE(SPARE):
     """SPARE recording the seconds of each part of its outer iteration."""
 
@@ -247,8 +337,13 @@ def _solver_table(sub: int) -> list[str]:
     return lines
 
 
-TABLES = ("spare", "small", "cpd10k", "solvers")
+TABLES = ("spare", "small", "cpd10k", "cpd10kend", "solvers")
 SKIP_CPD10K = "MMOPT_BENCH_SKIP_CPD10K"
+# Opt-in: probreg to its own end took 165-179 CPU s per case at 10,000 points (its tol ended
+# it after 10-11 of its 50 iterations; dense n x n solve, ~2.4 GB), pycpd ~1 min per iteration.
+RUN_CPD10KEND = "MMOPT_BENCH_CPD10K_END"
+# pycpd's CPU budget (seconds) in ``cpd10kend``: its defaults' end would take ~100 min.
+PYCPD_BUDGET = "MMOPT_BENCH_PYCPD_BUDGET"
 
 
 def _load() -> str:
@@ -262,10 +357,13 @@ def run(quick: bool = False, tables=TABLES) -> str:
     """The Markdown section of BENCHMARKS.md (each table followed by its run time)."""
     warnings.simplefilter("ignore")
     skip_cpd10k = os.environ.get(SKIP_CPD10K, "") not in ("", "0")
+    run_cpd10kend = os.environ.get(RUN_CPD10KEND, "") not in ("", "0")
     builders = {
         "spare": lambda: _spare_table(8 if quick else 1, (0,), (0,)),
         "small": lambda: _small_table(16 if quick else 8, (0,)),
         "cpd10k": lambda: _cpd_large_table(2000 if quick else 10000, 2.0),
+        "cpd10kend": lambda: _cpd_to_the_end_table(
+            2000 if quick else 10000, float(os.environ.get(PYCPD_BUDGET, "600"))),
         "solvers": lambda: _solver_table(8 if quick else 1),
     }
     out = ["## Non-rigid registration (SPARE) vs CPD", "",
@@ -285,6 +383,11 @@ def run(quick: bool = False, tables=TABLES) -> str:
         if name == "cpd10k" and skip_cpd10k:
             out += [f"(table `cpd10k` not run: `{SKIP_CPD10K}` was set; it needs about 4 GB "
                     "for pycpd at 10,000 points.)", ""]
+            continue
+        if name == "cpd10kend" and not run_cpd10kend:
+            out += [f"(table `cpd10kend` not run: set `{RUN_CPD10KEND}=1` to run it; about "
+                    "30 min: per case at 10,000 points, probreg to its end about 3 min, pycpd its "
+                    "budget, 10 min unless set.)", ""]
             continue
         start_load = _load()
         lines, seconds = _timed(builders[name])

@@ -54,17 +54,18 @@ def _graph_and_pairs(seed=0):
     p, normals = _surface(300, seed)
     target = p + 0.03 * normals * np.sin(3 * p[:, :1])
     index = NeighborIndex(target, backend="scipy")
-    graph = _Graph(p, normals, DeformationGraph(node_spacing=3.0, n_samples=200), index,
-                   nu=0.02, spacing=0.1)
+    # A point-to-point part far above its useful 3e-3, so that the checks below see it.
+    graph = _Graph(p, normals, DeformationGraph(node_spacing=3.0, n_samples=200,
+                                                point_weight=0.3),
+                   index, nu=0.02, spacing=0.1)
     rng = np.random.default_rng(seed + 1)
     X = np.tile(np.r_[np.eye(3), np.zeros((1, 3))], (graph.m, 1))
     X = X + 0.05 * rng.normal(size=X.shape)
-    q, m, valid = _pairs(graph, graph.positions(X), X, True, True, target, normals)
-    return graph, X, q, m, valid
+    return graph, X, _pairs(graph, graph.positions(X), X, True, True, target, normals)
 
 
 def test_graph_setup_and_identity():
-    graph, X, _, _, _ = _graph_and_pairs()
+    graph, X, _ = _graph_and_pairs()
     identity = np.tile(np.r_[np.eye(3), np.zeros((1, 3))], (graph.m, 1))
     p, _ = _surface(300)
     np.testing.assert_allclose(graph.positions(identity, all_points=True), p, atol=1e-14)
@@ -73,19 +74,19 @@ def test_graph_setup_and_identity():
 
 def test_gradient_by_finite_differences():
     # The surrogate touches F at X: its gradient 2 (H x - rhs) is F's gradient there.
-    graph, X, q, m, valid = _graph_and_pairs()
-    H, rhs = _system(graph, X, q, m, valid)
+    graph, X, pairs = _graph_and_pairs()
+    H, rhs = _system(graph, X, *pairs)
     analytic = 2.0 * (H @ X.ravel() - rhs)
-    numeric = approx_fprime(X.ravel(), lambda x: _energy(graph, x.reshape(-1, 3), q, m, valid),
+    numeric = approx_fprime(X.ravel(), lambda x: _energy(graph, x.reshape(-1, 3), *pairs),
                             1e-7)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-7 * np.abs(numeric).max())
 
 
 def test_step_minimizes_the_surrogate_and_decreases_f():
-    graph, X, q, m, valid = _graph_and_pairs(seed=2)
-    H, rhs = _system(graph, X, q, m, valid)
+    graph, X, pairs = _graph_and_pairs(seed=2)
+    H, rhs = _system(graph, X, *pairs)
     new = np.linalg.solve(H.toarray(), rhs)            # dense reference of the sparse solve
-    assert _energy(graph, new.reshape(-1, 3), q, m, valid) < _energy(graph, X, q, m, valid)
+    assert _energy(graph, new.reshape(-1, 3), *pairs) < _energy(graph, X, *pairs)
 
 
 @pytest.mark.parametrize("oriented", [True, False])
@@ -157,28 +158,54 @@ def test_bad_coarse_options():
         SPARE(coarse="yes").solve(NonRigidRegistrationProblem(p, p + 0.01))
 
 
-def test_pairs_reject_far_matches_like_a_brute_force_search():
-    graph, X, _, _, _ = _graph_and_pairs()
+def _partial_target():
+    """The graph of ``_graph_and_pairs`` on a target that covers part of it, with its
+    sample positions and upward target normals."""
+    graph, X, _ = _graph_and_pairs()
     p, normals = _surface(300)
     target = (p + 0.03 * normals * np.sin(3 * p[:, :1]))[p[:, 0] < 0.3]
     graph.index = NeighborIndex(target, backend="scipy")
-    v = graph.positions(X)
-    _, _, valid = _pairs(graph, v, X, True, True, target, np.tile([0.0, 0.0, 1.0],
-                                                                  (len(target), 1)))
-    _, _, kept = _pairs(graph, v, X, True, True, target, np.tile([0.0, 0.0, 1.0],
-                                                                 (len(target), 1)),
-                        reject_distance=1.5)
+    return graph, X, graph.positions(X), target, np.tile([0.0, 0.0, 1.0], (len(target), 1))
+
+
+def test_pairs_reject_far_matches_like_a_brute_force_search():
+    graph, X, v, target, up = _partial_target()
+    _, _, valid, _ = _pairs(graph, v, X, True, True, target, up)
+    _, _, kept, _ = _pairs(graph, v, X, True, True, target, up, reject_distance=1.5)
     near = cdist(v, target).min(axis=1) <= 1.5 * graph.nu    # brute force, no KD-tree
     assert np.any(valid & ~near) and np.any(valid & near)
     np.testing.assert_array_equal(kept, valid & near)
 
 
+def test_point_pairs_are_the_reciprocal_ones_like_a_brute_force_search():
+    # The point-to-point part takes the valid pairs whose target point has the sample itself
+    # as its closest sample; checked with dense distances, and its energy by the formula.
+    graph, X, v, target, up = _partial_target()
+    q, m, valid, reciprocal = _pairs(graph, v, X, True, True, target, up, reject_distance=3.0)
+    closest = cdist(v, target).argmin(axis=1)
+    back = cdist(target[closest], v).argmin(axis=1)
+    expected = valid & (back == np.arange(len(v)))
+    assert 0 < expected.sum() < valid.sum()
+    np.testing.assert_array_equal(reciprocal, expected)
+    assert not _pairs(graph, v, X, True, True, target, up, reject_distance=3.0,
+                      point=False)[3].any()
+    nu2 = graph.nu**2
+    e2 = np.sum((v - target[closest]) ** 2, axis=1)
+    part = np.where(expected, 2 * nu2 * (1 - np.exp(-e2 / (2 * nu2))), 0.0)
+    none = np.zeros(len(v), dtype=bool)       # rejected pairs count alike in both
+    np.testing.assert_allclose(
+        _energy(graph, X, q, m, valid, reciprocal) - _energy(graph, X, q, m, valid, none),
+        graph.mu * part.sum() / len(v), rtol=1e-10)
+
+
+@pytest.mark.parametrize("point_weight", [0.0, 3e-3])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_rejection_keeps_the_unobserved_part_from_folding_onto_the_target(seed):
+def test_rejection_keeps_the_unobserved_part_from_folding_onto_the_target(seed, point_weight):
     # The target is the source lifted by 0.03, with the part x >= 0.2 missing. Without the
     # distance rejection the missing part's samples match the target's border and drag the
     # graph over it (measured: error 0.25-0.31 from a start of 0.03); with it they are left
-    # to the smoothness term and follow the observed part.
+    # to the smoothness term and follow the observed part. The point-to-point part must not
+    # hold that motion back (damping the positions did: 0.005-0.013 left, h17g).
     p, normals = _surface(600, seed)
     truth = p + [0.0, 0.0, 0.03]
     keep = p[:, 0] < 0.2
@@ -187,7 +214,8 @@ def test_rejection_keeps_the_unobserved_part_from_folding_onto_the_target(seed):
     for reject in (None, 3.0):
         coarse = run_coarse_stage(p, normals, target, normals[keep], oriented=True,
                                   reject_opposite=True, index=NeighborIndex(target),
-                                  options=DeformationGraph(node_spacing=4.0),
+                                  options=DeformationGraph(node_spacing=4.0,
+                                                           point_weight=point_weight),
                                   reject_distance=reject)
         errors[reject] = np.sqrt(np.mean(np.sum((coarse.v - truth) ** 2, axis=1)[~keep]))
     assert errors[3.0] < 0.005 < 0.1 < errors[None]
@@ -198,7 +226,7 @@ def test_the_energy_does_not_fall_as_the_graph_leaves_the_target():
     # the whole graph off the target (re-matched at each offset) can only raise F. Counted
     # as 0, F fell to the regularizers alone once every pair was rejected, and the coarse
     # stage's history and stop could not see a sheet sliding off the data.
-    graph, _, _, _, _ = _graph_and_pairs()
+    graph, _, _ = _graph_and_pairs()
     p, normals = _surface(300)
     target = p + 0.003 * normals * np.sin(3 * p[:, :1])   # the identity nearly fits
     X = np.tile(np.r_[np.eye(3), np.zeros((1, 3))], (graph.m, 1))
@@ -207,19 +235,21 @@ def test_the_energy_does_not_fall_as_the_graph_leaves_the_target():
     for offset in np.linspace(0.0, 0.5, 26):
         shifted = X.copy()
         shifted[3::4] += [0.0, 0.0, offset]            # every node's t_j
-        q, m, valid = _pairs(graph, graph.positions(shifted), shifted, True, True, target,
-                             normals, reject_distance=3.0)
-        energies.append(_energy(graph, shifted, q, m, valid))
-    assert not valid.any()                                  # all rejected at the end
+        pairs = _pairs(graph, graph.positions(shifted), shifted, True, True, target,
+                       normals, reject_distance=3.0)
+        energies.append(_energy(graph, shifted, *pairs))
+    assert not pairs[2].any()                               # all rejected at the end
     assert np.all(np.diff(energies) >= -1e-12 * energies[-1])
     assert energies[-1] > 10.0 * energies[0]
-    # Reference at the end: the ceiling per sample plus the regularizers (translation-free).
+    # Reference at the end: the ceilings per sample (plane and point-to-point parts) plus
+    # the regularizers (translation-free).
     A = np.transpose(X.reshape(-1, 4, 3)[:, :3, :], (0, 2, 1))
     U, _, Vt = np.linalg.svd(A)
     R = U @ np.diag([1.0, 1.0, -1.0]) @ Vt
     R = np.where(np.linalg.det(U @ Vt)[:, None, None] > 0, U @ Vt, R)
     smooth = np.sum((graph.S @ X + graph.h) ** 2)
-    expected = 2.0 * graph.nu**2 + graph.ws * smooth + graph.wr * np.sum((A - R) ** 2)
+    expected = ((1.0 + graph.mu) * 2.0 * graph.nu**2 + graph.ws * smooth
+                + graph.wr * np.sum((A - R) ** 2))
     np.testing.assert_allclose(energies[-1], expected, rtol=1e-12)
 
 
@@ -253,6 +283,6 @@ def test_the_coarse_stage_never_ends_above_its_start(seed, shape):
     X = np.concatenate([np.transpose(coarse.affines, (0, 2, 1)), coarse.shifts[:, None, :]],
                        axis=1).reshape(-1, 3)
     np.testing.assert_allclose(graph.positions(X, all_points=True), coarse.v, atol=1e-12)
-    q, m, valid = _pairs(graph, graph.positions(X), X, False, True, target, tn,
-                         reject_distance=3.0)
-    assert _energy(graph, X, q, m, valid) <= start[0]
+    pairs = _pairs(graph, graph.positions(X), X, False, True, target, tn,
+                   reject_distance=3.0)
+    assert _energy(graph, X, *pairs) <= start[0]
