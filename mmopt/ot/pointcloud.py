@@ -392,13 +392,14 @@ class PointCloudSinkhorn(Solver):
     Two regimes:
 
     - ``"sharp"`` (squared Euclidean cost): Schmitzer's sparse stabilized scaling on a
-      coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are clustered
-      on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the coarsest level
-      is solved first, and the solve moves to the next finer level once the finer level's
-      truncation is sparse (the threshold below the median squared distance from a point
-      of its ``x`` to its 32nd nearest point of its ``y``), each point's potential then
-      extrapolated by a Sinkhorn half-step against the coarser level's clusters (as in
-      geomloss). At every level only the pairs of reduced cost
+      coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are put in
+      Z (Morton) order, so that the kept pairs of nearby rows gather nearby memory, and
+      clustered on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the
+      coarsest level is solved first, and the solve moves to the next finer level once the
+      finer level's truncation is sparse (the threshold below the median squared distance
+      from a point of its ``x`` to its 32nd nearest point of its ``y``), each point's
+      potential then extrapolated by a Sinkhorn half-step against the coarser level's
+      clusters (as in geomloss). At every level only the pairs of reduced cost
       ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
       ``psi = g - reg log b`` (and, at a new level,
       every pair within the threshold of its row's best); they are found by branch and bound
