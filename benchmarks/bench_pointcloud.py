@@ -34,18 +34,20 @@ POT_BUDGET = 90.0
 # about 37M pairs), so `run.py --only pointcloud` stays safe to run.
 MEMORY_BUDGET_MB = float(os.environ.get("MMOPT_BENCH_POINTCLOUD_MEMORY_MB", 2500))
 # The 10^6-point 3-D case (MMOPT_BENCH_POINTCLOUD_LARGE=1) has a budget of its own
-# (MMOPT_BENCH_POINTCLOUD_LARGE_MEMORY_MB; about 6 GB predicted) and more time.
+# (MMOPT_BENCH_POINTCLOUD_LARGE_MEMORY_MB; 6 GB predicted) and more time.
 LARGE_MEMORY_BUDGET_MB = float(os.environ.get("MMOPT_BENCH_POINTCLOUD_LARGE_MEMORY_MB", 12000))
 LARGE_TIMEOUT = 5400
 # Peak resident memory: BASE_MB (the interpreter, NumPy, the clouds and the hierarchy) plus
-# BYTES_PER_PAIR per kept pair (the pairs as int32 indices, rows and columns, 8 bytes,
-# and the returned plan's values and column indices, 12). Measured: 2-D 10^5 36.8M pairs
-# 828 MB, 3-D 10^5 3.75M 385 MB, 3-D 10^6 MEASURED_1E6. KEPT_RADIUS: the reduced-cost
-# radius of a row's kept pairs in units of reg (the threshold, 40, plus the row
-# potential's distance to the row's best pair), fitted on the final kept pairs: 40.5 in
-# 2-D (10^5), 42.5 in 3-D (10^5 and 10^6).
+# BYTES_PER_PAIR per kept pair (at the end, the pattern's int32 column indices and the
+# returned plan's values and column indices, 16 bytes, the transposed pattern freed; the
+# truncations' peaks are about as high). Measured: 2-D 10^5 36.8M pairs 838 MB (918
+# predicted), 3-D 10^6 328M pairs 5768 MB (6007 predicted); small cases also store the
+# pairs' costs (3-D 10^5: 385 MB, 308 predicted; far below the budget). KEPT_RADIUS: the
+# reduced-cost radius of a row's kept pairs in units of reg (the threshold, 40, plus the
+# row potential's distance to the row's best pair), fitted on the final kept pairs: 40.5
+# in 2-D (10^5), 42.5 in 3-D (10^5 and 10^6).
 BASE_MB = 250.0
-BYTES_PER_PAIR = 20.0
+BYTES_PER_PAIR = 18.0
 KEPT_RADIUS = 43.0
 
 _CASE = r"""
