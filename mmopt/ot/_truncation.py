@@ -300,7 +300,7 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
             y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads, np.zeros(n), 1.0,
             with_cost)
         # Each column's pairs go at the end of their rows, by np.insert: no array of a
-        # row per pair, no sort of all the pairs (10^6 points in 3-D keep 4 10^8 pairs).
+        # row per pair, no sort of all the pairs (10^6 points in 3-D keep 3.3 10^8 pairs).
         order = np.argsort(extra_rows, kind="stable")
         extra_rows = extra_rows[order]
         at = indptr[extra_rows + 1]
