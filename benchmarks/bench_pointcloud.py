@@ -33,15 +33,22 @@ POT_BUDGET = 90.0
 # fixed reg relative to the diameter the kept pairs per row grow like n (2-D 10^5 keeps
 # about 37M pairs), so `run.py --only pointcloud` stays safe to run.
 MEMORY_BUDGET_MB = float(os.environ.get("MMOPT_BENCH_POINTCLOUD_MEMORY_MB", 2500))
-# Peak resident bytes per kept pair (the pairs stored as indices only; measured in 2-D:
-# 36.8M pairs 833 MB, 9.3M 419 MB, 3.37M 312 MB, the interpreter's ~170 MB included: 18
-# bytes a pair above it at 10^5, more at small sizes, where the budget is far), and the
-# reduced-cost radius of a row's kept pairs in units of reg (the threshold, 40, plus about
-# 15: the row potential sits above the row's best pair by reg log of the points it spreads
-# over; fitted on earlier runs: 45-48 in 2-D, 55 in 3-D; 2-D 10^5 keeps 36.8M pairs where
-# 50M are predicted).
-BYTES_PER_PAIR = 24.0
-KEPT_RADIUS = 55.0
+# The 10^6-point 3-D case (MMOPT_BENCH_POINTCLOUD_LARGE=1) has a budget of its own
+# (MMOPT_BENCH_POINTCLOUD_LARGE_MEMORY_MB; 6 GB predicted) and more time.
+LARGE_MEMORY_BUDGET_MB = float(os.environ.get("MMOPT_BENCH_POINTCLOUD_LARGE_MEMORY_MB", 12000))
+LARGE_TIMEOUT = 5400
+# Peak resident memory: BASE_MB (the interpreter, NumPy, the clouds and the hierarchy) plus
+# BYTES_PER_PAIR per kept pair (at the end, the pattern's int32 column indices and the
+# returned plan's values and column indices, 16 bytes, the transposed pattern freed; the
+# truncations' peaks are about as high). Measured: 2-D 10^5 36.8M pairs 838 MB (918
+# predicted), 3-D 10^6 328M pairs 5768 MB (6007 predicted); small cases also store the
+# pairs' costs (3-D 10^5: 385 MB, 308 predicted; far below the budget). KEPT_RADIUS: the
+# reduced-cost radius of a row's kept pairs in units of reg (the threshold, 40, plus the
+# row potential's distance to the row's best pair), fitted on the final kept pairs: 40.5
+# in 2-D (10^5), 42.5 in 3-D (10^5 and 10^6).
+BASE_MB = 250.0
+BYTES_PER_PAIR = 18.0
+KEPT_RADIUS = 43.0
 
 _CASE = r"""
 import json, os, resource, sys, time
@@ -113,16 +120,22 @@ def predicted_pairs(n, d) -> float:
     return float(n) * n * ball
 
 
-def _guarded_case(n, d):
+def predicted_megabytes(n, d) -> float:
+    """Predicted peak resident memory of the sharp solve at n points (MB)."""
+    return BASE_MB + predicted_pairs(n, d) * BYTES_PER_PAIR / 2**20
+
+
+def _guarded_case(n, d, budget=MEMORY_BUDGET_MB, timeout=1800):
     """``_case(n, d)``, or a skipped row when its predicted memory exceeds the budget."""
-    pairs = predicted_pairs(n, d)
-    megabytes = pairs * BYTES_PER_PAIR / 2**20
-    if megabytes > MEMORY_BUDGET_MB:
+    pairs, megabytes = predicted_pairs(n, d), predicted_megabytes(n, d)
+    if megabytes > budget:
         reason = (f"skipped: about {pairs / 1e6:.0f}M kept pairs predicted, "
-                  f"{megabytes:.0f} MB > the {MEMORY_BUDGET_MB:.0f} MB budget")
+                  f"{megabytes:.0f} MB > the {budget:.0f} MB budget")
         print(f"pointcloud n={n} d={d}: {reason}", file=sys.stderr)
         return {"time": float("nan"), "status": reason}
-    return _case(n, d)
+    out = _case(n, d, timeout=timeout)
+    out["predicted_mb"] = megabytes
+    return out
 
 
 def _row(n, d, solver, out):
@@ -132,7 +145,8 @@ def _row(n, d, solver, out):
     return {
         "n = m": n, "d": d, "solver": solver, "time (s)": out.get("time"),
         "CPU (s)": out.get("cpu"),
-        "peak RSS (MB)": out.get("peak_mb"), "status": out.get("status"),
+        "peak RSS (MB)": out.get("peak_mb"), "predicted (MB)": out.get("predicted_mb"),
+        "status": out.get("status"),
         "levels (points)": listed("levels"), "kept pairs per level (max)": listed("level_kept"),
         "kept pairs (final)": out.get("kept"), "truncations": out.get("truncations"),
         "iterations (Newton)": f"{out.get('nit')} ({out.get('newton')})",
@@ -171,7 +185,8 @@ def run(quick: bool = False) -> str:
         for n in sizes:
             rows.append(_row(n, d, "pointcloud_sinkhorn", _guarded_case(n, d)))
     if large and not quick:
-        rows.append(_row(1_000_000, 3, "pointcloud_sinkhorn", _guarded_case(1_000_000, 3)))
+        rows.append(_row(1_000_000, 3, "pointcloud_sinkhorn", _guarded_case(
+            1_000_000, 3, budget=LARGE_MEMORY_BUDGET_MB, timeout=LARGE_TIMEOUT)))
     # POT's lazy empirical Sinkhorn: O(n^2) per iteration, no epsilon scaling.
     ratios = []
     for n, d in ((1000, 2), (1000, 3)) if not quick else ((500, 3),):

@@ -18,7 +18,7 @@ import numpy as np
 
 from mmopt_ext._pointcloud import tree_ball_pairs
 
-__all__ = ["CloudLevel", "SpatialTree", "grid_hierarchy", "kept_pairs"]
+__all__ = ["CloudLevel", "SpatialTree", "grid_hierarchy", "kept_pairs", "spatial_order"]
 
 # Points per leaf of the spatial trees (at least this many, fewer than twice as many).
 _LEAF_SIZE = 16
@@ -47,15 +47,50 @@ class CloudLevel:
         self.trees = {}  # the SpatialTree of each cloud, made by kept_pairs when needed
 
 
+def _interleave(keys, bits):
+    """One integer per row of the non-negative integer ``keys`` (below ``2**bits``): their
+    bits interleaved, most significant first (the Morton, or Z-order, code)."""
+    code = np.zeros(len(keys), dtype=np.int64)
+    for bit in range(bits - 1, -1, -1):
+        for column in keys.T:
+            code = (code << 1) | ((column >> bit) & 1)
+    return code
+
+
+def spatial_order(points) -> np.ndarray:
+    """A permutation of the rows of ``points`` along a Z-order (Morton) curve: points near
+    each other in space get near positions, so that the sparse kernels' gathers of the
+    partners of consecutive rows hit the same cache lines. At 10^6 points in 3-D the
+    clouds outgrow the CPU caches and random order made a pass over the kept pairs 7x
+    slower (one thread; the tree search 1.8x). Identity above 63 dimensions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spatial_order(np.array([[0.9, 0.9], [0.1, 0.1], [0.9, 0.1], [0.1, 0.9]])).tolist()
+    [1, 3, 2, 0]
+    """
+    points = np.asarray(points, dtype=np.float64)
+    n, d = points.shape
+    if n < 2 or d == 0 or d > 63:
+        return np.arange(n)
+    bits = min(21, 63 // d)
+    low = points.min(axis=0)
+    span = float(np.max(points.max(axis=0) - low))
+    if not span > 0.0:
+        return np.arange(n)
+    scale = (2**bits - 1) / span
+    keys = np.minimum(((points - low) * scale).astype(np.int64), 2**bits - 1)
+    return np.argsort(_interleave(keys, bits), kind="stable")
+
+
 def _cells(points, origin, cell):
-    """Integer labels of the grid cells of ``points`` (0 .. count - 1) and the count."""
+    """Integer labels of the grid cells of ``points`` (0 .. count - 1, in the Z order of
+    the cells: :func:`spatial_order`'s locality for the clustered levels) and the count."""
     keys = np.floor((points - origin) / cell).astype(np.int64)
     if keys.shape[1] <= 3 and keys.max(initial=0) < (1 << 20):
         # One 60-bit integer per point: a 1-D sort instead of a lexicographic one.
-        code = np.zeros(len(keys), dtype=np.int64)
-        for column in keys.T:
-            code = (code << 20) | column
-        _, labels = np.unique(code, return_inverse=True)
+        _, labels = np.unique(_interleave(keys, 20), return_inverse=True)
     else:
         _, labels = np.unique(keys, axis=0, return_inverse=True)
     labels = labels.ravel()
@@ -262,13 +297,16 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
         extra_ptr, extra_rows, extra_cost, _, _ = _ball_rows(
             y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads, np.zeros(n), 1.0,
             with_cost)
-        rows = np.concatenate([np.repeat(np.arange(n), np.diff(indptr)), extra_rows])
-        cols = np.concatenate([indices, np.repeat(empty, np.diff(extra_ptr))])
-        order = np.argsort(rows, kind="stable")
-        indices = cols[order].astype(np.int32)
+        # Each column's pairs go at the end of their rows, by np.insert: no array of a
+        # row per pair, no sort of all the pairs (10^6 points in 3-D keep 3.3 10^8 pairs).
+        order = np.argsort(extra_rows, kind="stable")
+        extra_rows = extra_rows[order]
+        at = indptr[extra_rows + 1]
+        indices = np.insert(indices, at, np.repeat(empty, np.diff(extra_ptr))[order])
         if with_cost:
-            cost = np.concatenate([cost, extra_cost])[order]
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+            cost = np.insert(cost, at, extra_cost[order])
+        indptr = indptr + np.concatenate(
+            [[0], np.cumsum(np.bincount(extra_rows, minlength=n))])
     out = indptr.astype(np.int64), indices, cost, phi_eff
     # The pairs added for empty columns only lower the dropped mass: the bound holds.
     return out if b is None else out + (dropped,)

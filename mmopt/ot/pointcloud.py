@@ -29,7 +29,7 @@ from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
 from mmopt.ot._newton import Direction, line_search, newton_direction, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
-from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs
+from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs, spatial_order
 from mmopt.ot.problem import OTProblem
 from mmopt_ext._pointcloud import csr_transpose, significant_pairs, strongest_couplings
 
@@ -323,8 +323,9 @@ class _Pattern:
 
     def blocks(self, f, g, reg, threads):
         """The kept plan entries at ``(f, g, reg)``, by blocks of rows of about
-        ``_PAIRS_PER_BLOCK`` pairs (bounded temporaries): yields ``(start, stop, values,
-        cost)``, ``start:stop`` the block's positions in the pattern."""
+        ``_PAIRS_PER_BLOCK`` pairs (bounded temporaries): yields ``(first, last, start,
+        stop, values, cost)``, rows ``first:last``, ``start:stop`` their positions in the
+        pattern."""
         n = self.indptr.size - 1
         cuts = np.searchsorted(self.indptr, np.arange(0, self.nnz, _PAIRS_PER_BLOCK),
                                side="right") - 1
@@ -345,7 +346,7 @@ class _Pattern:
             values -= g[columns]
             values *= -1.0 / reg
             np.exp(values, out=values)
-            yield start, stop, values, cost
+            yield first, last, start, stop, values, cost
 
 
 @dataclass
@@ -353,7 +354,7 @@ class _Run:
     """One solve's working data (never stored on the solver)."""
 
     levels: list  # CloudLevel, coarsest first; the last is the clouds of positive mass
-    rows: np.ndarray  # the problem's points of positive mass
+    rows: np.ndarray  # the problem's points of positive mass (sharp regime: in Z order)
     cols: np.ndarray
     regime: str  # "sharp" or "smooth"
     kind: int
@@ -399,13 +400,14 @@ class PointCloudSinkhorn(Solver):
     Two regimes:
 
     - ``"sharp"`` (squared Euclidean cost): Schmitzer's sparse stabilized scaling on a
-      coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are clustered
-      on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the coarsest level
-      is solved first, and the solve moves to the next finer level once the finer level's
-      truncation is sparse (the threshold below the median squared distance from a point
-      of its ``x`` to its 32nd nearest point of its ``y``), each point's potential then
-      extrapolated by a Sinkhorn half-step against the coarser level's clusters (as in
-      geomloss). At every level only the pairs of reduced cost
+      coarse-to-fine hierarchy (as geomloss's multiscale scheme). Both clouds are put in
+      Z (Morton) order, so that the kept pairs of nearby rows gather nearby memory, and
+      clustered on nested grids (:func:`~mmopt.ot._truncation.grid_hierarchy`); the
+      coarsest level is solved first, and the solve moves to the next finer level once the
+      finer level's truncation is sparse (the threshold below the median squared distance
+      from a point of its ``x`` to its 32nd nearest point of its ``y``), each point's
+      potential then extrapolated by a Sinkhorn half-step against the coarser level's
+      clusters (as in geomloss). At every level only the pairs of reduced cost
       ``C_ij - phi_i - psi_j <= truncation * reg`` are kept, with ``phi = f - reg log a``,
       ``psi = g - reg log b`` (and, at a new level,
       every pair within the threshold of its row's best); they are found by branch and bound
@@ -558,6 +560,11 @@ class PointCloudSinkhorn(Solver):
         regime = self._choose_regime(problem)
         kind, p = _parse_cost(problem.cost)
         rows, cols = np.flatnonzero(problem.a > 0), np.flatnonzero(problem.b > 0)
+        if regime == "sharp":
+            # The solve's points in Z order (its results are mapped back through rows,
+            # cols): the kept pairs then gather nearby memory (spatial_order).
+            rows = rows[spatial_order(problem.x[rows])]
+            cols = cols[spatial_order(problem.y[cols])]
         x, y = np.ascontiguousarray(problem.x[rows]), np.ascontiguousarray(problem.y[cols])
         a, b = problem.a[rows], problem.b[cols]
         if regime == "sharp":
@@ -789,18 +796,15 @@ class PointCloudSinkhorn(Solver):
                 pattern = run.pattern = None  # the solve is over: its pairs can go first
                 pattern = _Pattern(level, phi, psi, reg, self.truncation * reg,
                                    run.threads)
-            values, transport = np.empty(pattern.nnz), 0.0
-            for start, stop, entries, cost in pattern.blocks(f, g, reg, run.threads):
-                values[start:stop] = entries
-                transport += float(entries @ cost)
             row_sums = pattern.sums(f, g, reg, run.threads)
             col_sums = pattern.sums(f, g, reg, run.threads, transposed=True)
-            block = sp.csr_matrix((values, pattern.indices, pattern.indptr),
-                                  shape=(len(level.x), len(level.y)))
             with np.errstate(over="ignore"):
                 margin = pattern.margin(phi, psi, reg)
                 dropped = float(level.a.sum() * mass * np.exp(-margin / reg))
-            plan = _embed(block, problem.shape, run.rows, run.cols)
+            # The solve is over: the transposed pairs go before the plan's arrays come.
+            run.pattern = None
+            pattern.t_indptr = pattern.t_indices = pattern.t_cost = None
+            plan, transport = _sparse_plan(pattern, f, g, reg, problem.shape, run)
             fields.update(kept=pattern.nnz)
         elif run.grid and len(level.x) * len(level.y) > _MAX_COST_PAIRS:
             # Exact marginals would cost two O(n m) passes: report the grid model's error.
@@ -1114,12 +1118,25 @@ def _soft_max(values, log_weights, reg) -> float:
     return reg * (top + float(np.log(np.exp(shifted - top).sum())))
 
 
-def _embed(block, shape, rows, cols):
-    """The plan on the points of positive mass placed in the full (n, m) plan."""
-    if len(rows) == shape[0] and len(cols) == shape[1]:
-        return block
-    coo = block.tocoo()
-    return sp.csr_matrix((coo.data, (rows[coo.row], cols[coo.col])), shape=shape)
+def _sparse_plan(pattern, f, g, reg, shape, run):
+    """The kept plan at ``(f, g, reg)`` as a CSR matrix of the problem's ``shape`` (the
+    pattern's row ``i`` is its row ``run.rows[i]``, column ``j`` its column
+    ``run.cols[j]``) and its transport cost ``<C, P>``, written block by block straight
+    into the plan's arrays (no COO triplets, no array over every pair but the plan's)."""
+    counts = np.zeros(shape[0], dtype=np.int64)
+    counts[run.rows] = np.diff(pattern.indptr)
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    shift = indptr[run.rows] - pattern.indptr[:-1]  # from the pattern's positions
+    indices = np.empty(pattern.nnz, dtype=np.int32 if shape[1] < 2**31 else np.int64)
+    data, transport = np.empty(pattern.nnz), 0.0
+    for first, last, start, stop, values, cost in pattern.blocks(f, g, reg, run.threads):
+        target = np.arange(start, stop) + np.repeat(
+            shift[first:last], np.diff(pattern.indptr[first:last + 1]))
+        indices[target] = run.cols[pattern.indices[start:stop]]
+        data[target] = values
+        transport += float(values @ cost)
+    return sp.csr_matrix((data, indices, indptr), shape=shape), transport
 
 
 def _full_potentials(problem, run, f, g, reg):

@@ -16,7 +16,7 @@ from mmopt.ot import (
     sinkhorn_newton_sparse,
 )
 from mmopt.ot._cloud_kernels import online_softmin, pair_costs, sparse_softmin
-from mmopt.ot._truncation import SpatialTree, grid_hierarchy, kept_pairs
+from mmopt.ot._truncation import SpatialTree, grid_hierarchy, kept_pairs, spatial_order
 
 
 def _cost(x, y, p=2.0):
@@ -211,6 +211,42 @@ def test_sharp_regime_with_indices_only_pairs_matches_dense_sinkhorn(d, monkeypa
                               max_coarse=120)
     assert res.success and res.n_newton > 0 and res.marginal_error < 1e-10
     _check_against_dense(res, x, y, a, b, reg)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_sharp_regime_with_zero_mass_points_matches_dense_sinkhorn(d):
+    # The solve runs on the points of positive mass in Z order: its plan and potentials
+    # are mapped back through a subset and a permutation of both clouds.
+    x, y, a, b = _clouds(280, 250, d, seed=d + 9, weights=True)
+    a, b = a.copy(), b.copy()
+    a[[0, 7, 100]], b[[3, 249]] = 0.0, 0.0
+    a, b = a / a.sum(), b / b.sum()
+    reg = 1e-3 * d
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-11,
+                              max_coarse=120)
+    assert res.success and res.marginal_error < 1e-10
+    plan = res.plan.toarray()
+    assert plan[[0, 7, 100]].sum() == 0.0 and plan[:, [3, 249]].sum() == 0.0
+    keep_x, keep_y = a > 0, b > 0
+    reference = sinkhorn_newton_sparse(a[keep_x], b[keep_y], _cost(x[keep_x], y[keep_y]),
+                                       reg, tol=1e-13, max_iter=50_000)
+    np.testing.assert_allclose(plan[np.ix_(keep_x, keep_y)], reference.plan, rtol=0,
+                               atol=1e-8)
+    shift = np.mean(res.f[keep_x] - reference.f)
+    np.testing.assert_allclose(res.f[keep_x] - shift, reference.f, rtol=0, atol=1e-6 * reg)
+    np.testing.assert_allclose(res.g[keep_y] + shift, reference.g, rtol=0, atol=1e-6 * reg)
+
+
+def test_spatial_order_is_a_permutation_that_keeps_neighbours_near():
+    rng = np.random.default_rng(3)
+    points = rng.random((4000, 3))
+    order = spatial_order(points)
+    np.testing.assert_array_equal(np.sort(order), np.arange(4000))
+    # Consecutive points along the curve are close: mean step far below random order's.
+    step = np.linalg.norm(np.diff(points[order], axis=0), axis=1).mean()
+    assert step < 0.25 * np.linalg.norm(np.diff(points, axis=0), axis=1).mean()
+    np.testing.assert_array_equal(spatial_order(np.ones((5, 2))), np.arange(5))
+    assert spatial_order(np.zeros((0, 3))).size == 0
 
 
 def test_smooth_regime_matches_dense_sinkhorn_for_other_costs(monkeypatch):
