@@ -26,6 +26,11 @@ from _common import markdown_table
 
 HERE = Path(__file__).resolve().parent
 RELATIVE_REG = 1e-5
+# The growth table: reg this many squared point spacings (PointCloudOTProblem.
+# squared_spacing), so that a row keeps about the same number of pairs at every n (at a
+# fixed reg relative to the diameter the kept pairs grow like n^2). 0.25 is the main
+# table's reg at 10^5 points in 3-D.
+SPACING_REG = 0.25
 # Seconds POT's lazy Sinkhorn gets before its error is read off.
 POT_BUDGET = 90.0
 # A case is skipped (its row says why) when its predicted peak memory exceeds this (MB;
@@ -55,12 +60,16 @@ import json, os, resource, sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
 n, d, relative, peer, budget = {n}, {d}, {relative}, {peer!r}, {budget}
+spacings = {spacings}
 rng = np.random.default_rng(0)
 x = rng.random((n, d))
 y = rng.random((n, d))
 y = y + 0.1 * np.sin(3.0 * y[:, ::-1])
 diameter2 = float(np.sum((np.maximum(x.max(0), y.max(0)) - np.minimum(x.min(0), y.min(0))) ** 2))
 reg = relative * diameter2
+if spacings is not None:
+    from mmopt.ot import PointCloudOTProblem
+    reg = spacings * PointCloudOTProblem(x, y, reg=1.0).squared_spacing()
 out = {{}}
 if peer == "mmopt":
     from mmopt.ot import pointcloud_sinkhorn
@@ -71,7 +80,7 @@ if peer == "mmopt":
                kept=res.kept, bound=res.dropped_mass_bound,
                levels=[l["n"] for l in res.levels],
                level_kept=[l["kept"] for l in res.levels],
-               truncations=sum(l["truncations"] for l in res.levels))
+               truncations=sum(l["truncations"] for l in res.levels), reg=reg / diameter2)
 else:
     import warnings
     import ot
@@ -97,9 +106,9 @@ print(json.dumps(out))
 """
 
 
-def _case(n, d, peer="mmopt", timeout=1800):
+def _case(n, d, peer="mmopt", timeout=1800, spacings=None):
     code = _CASE.format(root=str(HERE.parent), n=n, d=d, relative=RELATIVE_REG, peer=peer,
-                        budget=POT_BUDGET)
+                        budget=POT_BUDGET, spacings=spacings)
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=timeout, check=True)
@@ -207,6 +216,12 @@ def run(quick: bool = False) -> str:
     note = ("" if large or quick else
             "\n\nThe 10^6-point 3-D case runs with `MMOPT_BENCH_POINTCLOUD_LARGE=1` "
             "(not in this run).")
+    growth = []
+    for n in (3_000,) if quick else (10_000, 30_000, 100_000, 300_000) + (
+            (1_000_000,) if large else ()):
+        out = _case(n, 3, timeout=LARGE_TIMEOUT, spacings=SPACING_REG)
+        growth.append(dict(_row(n, 3, "pointcloud_sinkhorn", out),
+                           **{"reg / diameter^2": out.get("reg")}))
     return (
         "## Point-cloud OT without a cost matrix, sharp plans (pointcloud_sinkhorn)\n\n"
         f"reg = {RELATIVE_REG:g} x squared diameter, tol = 1e-6 relative L1 marginal error, "
@@ -221,6 +236,12 @@ def run(quick: bool = False) -> str:
         "bound` the certified mass of the pairs left out. A case whose predicted peak memory "
         f"exceeds {MEMORY_BUDGET_MB:.0f} MB (`MMOPT_BENCH_POINTCLOUD_MEMORY_MB`) is skipped.\n\n"
         + markdown_table(rows) + "\n\n" + "\n".join(ratios) + note
+        + "\n\n### Growth at a fixed number of kept pairs per point (3-D)\n\n"
+        f"reg = {SPACING_REG:g} x the clouds' squared point spacing "
+        "(`PointCloudOTProblem.squared_spacing`), the same clouds, tol and regime as above: "
+        "a row keeps about the same number of pairs at every n, where at a fixed reg "
+        "relative to the diameter (above) the kept pairs grow like n^2.\n\n"
+        + markdown_table(growth)
         + _geomloss_section(quick)
     )
 

@@ -244,11 +244,15 @@ def pointcloud_scale_rows(markdown: str) -> list[dict]:
                           markdown, re.DOTALL)
         if match is None:
             continue
-        header, cpu = None, ""
+        header, cpu, label = None, "", regime
         for line in match.group(1).splitlines():
             measured = _MEASURED_ON.match(line.strip())
             if measured:
                 cpu = measured.group(1).strip()
+            if line.startswith("#"):
+                # The sharp section's growth table runs at a reg fixed in squared point
+                # spacings (a fixed number of kept pairs per point): a line of its own.
+                label = f"{regime}, reg ~ spacing^2" if "fixed number" in line else regime
             if not line.strip().startswith("|"):
                 header = None
                 continue
@@ -264,7 +268,7 @@ def pointcloud_scale_rows(markdown: str) -> list[dict]:
             if row.get("solver") != solver or row.get("status", "0") not in ("0", ""):
                 continue
             try:
-                point = {"regime": regime, "d": int(row["d"]), "n": int(row["n = m"]),
+                point = {"regime": label, "d": int(row["d"]), "n": int(row["n = m"]),
                          "seconds": float(row["time (s)"]), "cpu": cpu}
             except (KeyError, ValueError):
                 continue
@@ -292,7 +296,7 @@ def plot_pointcloud_scale(markdown: str, path) -> None:
         line[row["n"]] = min(line.get(row["n"], np.inf), row["seconds"])
     for (regime, d, cpu), points in sorted(lines.items()):
         n, t = zip(*sorted(points.items()))
-        style = "o-" if regime == "sharp" else "s--"
+        style = {"sharp": "o-", "smooth": "s--"}.get(regime, "^-.")
         ax.plot(n, t, style, label=f"{regime}, {d}-D ({cpu})")
     if rows:
         n_all = sorted({row["n"] for row in rows})
