@@ -505,8 +505,17 @@ class _Batch:
             last = self.offset + it >= self.shared.max_iter
             if last.any():
                 # max_iter reached: these report status 1 from where they stand (their
-                # exact error is computed on that iterate).
-                self._finish(last, self.offset[last] + it, Status.MAX_ITER)
+                # exact error is computed on that iterate); a sweep that failed on the
+                # last iteration (non-finite scalings) leaves nothing to report from, so
+                # those are finished alone like any failed sweep (from zero potentials).
+                _, _, finite = self._current()
+                for c in np.flatnonzero(last & ~finite):
+                    j = int(self.active[c])
+                    self.out.nit[j] = self.offset[c] + it
+                    self.failed[j] = None
+                answered = last & finite
+                if answered.any():
+                    self._finish(answered, self.offset[answered] + it, Status.MAX_ITER)
                 self._keep(~last)
                 out_of_range = out_of_range[~last]
             if out_of_range.any():

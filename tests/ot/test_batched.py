@@ -170,6 +170,32 @@ def test_max_iter_reports_per_column_status():
     assert mixed.status == 0
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_sweep_failing_at_max_iter_still_reports_finite_fields(seed):
+    # At reg 1e-4 with max_iter = 2 (one epsilon-scaling level, then one iteration at reg)
+    # the last sweep's scalings overflow: those problems are finished like any failed
+    # sweep (alone, from zero potentials), so status 1 comes with finite fields, each the
+    # exact value of the returned potentials' plan (NumPy), and no NumPy warning leaks.
+    rng = np.random.default_rng(seed)
+    n, k, reg = 200, 8, 1e-4
+    x, y = rng.standard_normal((n, 2)), rng.standard_normal((n, 2)) + 1.0
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    C /= C.max()
+    a, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(n), size=k).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.warns(ConvergenceWarning, match="columns did not converge"):
+            res = sinkhorn(a, b, C, reg, max_iter=2)
+    assert res.status == 1 and (res.column_status == 1).all()
+    for field in ("fun", "transport_cost", "objective", "marginal_error"):
+        assert np.isfinite(getattr(res, field)).all(), field
+    for j in range(k):
+        plan = np.exp((res.f[:, j, None] + res.g[None, :, j] - C) / reg)
+        error = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b[:, j]).sum()
+        assert res.marginal_error[j] == pytest.approx(error, rel=1e-6)
+        assert res.transport_cost[j] == pytest.approx(float((C * plan).sum()), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
