@@ -13,7 +13,7 @@ its pattern (the ARAP Laplacian plus 3x3 diagonal blocks). Two back ends:
   then a function of the pattern alone. With SuperLU's default partial pivoting and a
   column order (COLAMD), rows were exchanged where the diagonal was weak (SPARE's rejected
   pairs leave only the ARAP and proximal terms there), and the fill grew with the number
-  of such rows: 1.5-1.9 times this mode's on the full scan with outliers, 1.4 with none.
+  of such rows (the user guide has the figures).
 
 ``"auto"`` takes cholespy when it can be imported, SuperLU otherwise.
 """
