@@ -18,10 +18,12 @@ about 4 GB at 10,000 points and minutes per iteration. The tables:
   place CPD is converged);
 - ``cpd10k``: 10,000 random points, SPARE against pycpd at its defaults, stopped past
   twice SPARE's time;
-- ``cpd10kend`` (opt-in: ``MMOPT_BENCH_CPD10K_END=1``): the same two cases, probreg's
-  non-rigid CPD at its defaults run to its own end, and pycpd at its defaults for a CPU
-  budget (``MMOPT_BENCH_PYCPD_BUDGET`` seconds, 600 unless set) with the CPU time its
-  defaults' end would take predicted from its time per iteration; CPU and wall seconds;
+- ``cpd10kend`` (opt-in: ``MMOPT_BENCH_CPD10K_END=1``): the same two cases, or those of
+  ``MMOPT_BENCH_CPD10K_CASES`` (``"twist:0,bumps:0,bend:1"``: kind and seed, each clean and
+  with outliers and missing overlap), probreg's non-rigid CPD at its defaults run to its
+  own end, and pycpd at its defaults for a CPU budget (``MMOPT_BENCH_PYCPD_BUDGET``
+  seconds, 600 unless set; 0 leaves pycpd out) with the CPU time its defaults' end would
+  take predicted from its time per iteration; CPU and wall seconds;
 - ``solvers``: SPARE's time per part with each sparse solver on the full scan.
 
 Error: RMS distance of the deformed source to the true position of every source point
@@ -249,23 +251,41 @@ def _pycpd_for(source, target, budget: float):
     return cpd.TY, cpu, wall, cpd.iteration, done, cpd.max_iterations
 
 
-def _cpd_to_the_end_table(n: int, budget: float) -> list[str]:
-    """SPARE vs CPD at their defaults on ``n`` random source points (bend, clean and with
-    outliers and missing overlap, seed 0): probreg run to its own stop, pycpd for
+def _end_cases(spec: str):
+    """The cases of ``cpd10kend`` from ``"kind:seed,..."`` (each clean and with 20% outliers
+    and 70% overlap), in that order."""
+    cases = []
+    for item in (part.strip() for part in spec.split(",")):
+        kind, _, seed = item.partition(":")
+        if kind not in ("bend", "twist", "bumps") or not seed.strip().isdigit():
+            raise ValueError(f"{CPD10K_CASES}: expected 'kind:seed' items with kind in bend, "
+                             f"twist, bumps, got {item!r}.")
+        cases.append((kind, int(seed)))
+    return ([(kind, 0.0, 1.0, seed) for kind, seed in cases]
+            + [(kind, 0.2, 0.7, seed) for kind, seed in cases])
+
+
+def _cpd_to_the_end_table(n: int, budget: float, cases) -> list[str]:
+    """SPARE vs CPD at their defaults on ``n`` random source points, one row per case of
+    ``cases`` (``(kind, outliers, overlap, seed)``): probreg run to its own stop, pycpd for
     ``budget`` CPU seconds with the time its defaults' end would take predicted from its
-    CPU time per iteration."""
+    CPU time per iteration (left out when ``budget`` is 0)."""
     scan = load_scan_pair()
     keep = np.sort(np.random.default_rng(0).choice(scan.source.shape[0], n, replace=False))
     points, normals = scan.source[keep], scan.source_normals[keep]
+    with_pycpd = budget > 0
+    pycpd_text = (f"pycpd's `DeformableRegistration` is cut after the first iteration ending "
+                  f"past {budget:g} CPU s, and its defaults' end (`max_iterations`) is "
+                  "predicted from its CPU time per iteration" if with_pycpd
+                  else "pycpd not run (budget 0)")
     lines = [f"SPARE vs CPD at their defaults on {n:,} random source points; each cell: error "
              "/ its tangential part (CPU s, wall s, iterations). probreg's non-rigid "
-             "`registration_cpd` runs to its own stop; pycpd's `DeformableRegistration` is "
-             f"cut after the first iteration ending past {budget:g} CPU s, and its defaults' "
-             "end (`max_iterations`) is predicted from its CPU time per iteration:", "",
-             "| problem | start | SPARE (defaults) | probreg (to its end) | pycpd (cut) | "
-             "pycpd CPU s / it | pycpd's end predicted (CPU s) |",
-             "|---|---|---|---|---|---|---|"]
-    for kind, outliers, overlap, seed in [c for c in _cases((0,), (0,)) if c[0] == "bend"]:
+             f"`registration_cpd` runs to its own stop; {pycpd_text}:", "",
+             "| problem | start | SPARE (defaults) | probreg (to its end) |"
+             + (" pycpd (cut) | pycpd CPU s / it | pycpd's end predicted (CPU s) |"
+                if with_pycpd else ""),
+             "|---|---|---|---|" + ("---|---|---|" if with_pycpd else "")]
+    for kind, outliers, overlap, seed in cases:
         data = make_nonrigid_problem(points, normals, kind=kind, outlier_fraction=outliers,
                                      overlap=overlap, random_state=seed)
         source, target = data.problem.source, data.problem.target
@@ -278,14 +298,15 @@ def _cpd_to_the_end_table(n: int, budget: float) -> list[str]:
             cells.append(f"{_errors(moved, data)} ({cpu:.0f}, {wall:.0f}, {nit} it)")
         except ImportError:
             cells.append("not installed")
-        try:
-            moved, cpu, wall, nit, done, max_it = _pycpd_for(source, target, budget)
-            per = cpu / max(nit, 1)
-            cells += [f"{_errors(moved, data)} ({cpu:.0f}, {wall:.0f}, {nit} it"
-                      f"{'' if done else ', cut'})", f"{per:.1f}",
-                      f"{cpu:.0f} (ended)" if done else f"{per * max_it:.0f} ({max_it} it)"]
-        except ImportError:
-            cells += ["not installed", "", ""]
+        if with_pycpd:
+            try:
+                moved, cpu, wall, nit, done, max_it = _pycpd_for(source, target, budget)
+                per = cpu / max(nit, 1)
+                cells += [f"{_errors(moved, data)} ({cpu:.0f}, {wall:.0f}, {nit} it"
+                          f"{'' if done else ', cut'})", f"{per:.1f}",
+                          f"{cpu:.0f} (ended)" if done else f"{per * max_it:.0f} ({max_it} it)"]
+            except ImportError:
+                cells += ["not installed", "", ""]
         lines.append(f"| {_label(kind, outliers, overlap, seed)} | {_errors(source, data)} | "
                      + " | ".join(cells) + " |")
         print(lines[-1], file=sys.stderr, flush=True)
@@ -342,8 +363,11 @@ SKIP_CPD10K = "MMOPT_BENCH_SKIP_CPD10K"
 # Opt-in: probreg to its own end took 165-179 CPU s per case at 10,000 points (its tol ended
 # it after 10-11 of its 50 iterations; dense n x n solve, ~2.4 GB), pycpd ~1 min per iteration.
 RUN_CPD10KEND = "MMOPT_BENCH_CPD10K_END"
-# pycpd's CPU budget (seconds) in ``cpd10kend``: its defaults' end would take ~100 min.
+# pycpd's CPU budget (seconds) in ``cpd10kend``: its defaults' end would take ~100 min; 0
+# leaves pycpd out.
 PYCPD_BUDGET = "MMOPT_BENCH_PYCPD_BUDGET"
+# The cases of ``cpd10kend``, "kind:seed,..." (each clean and robust); bend seed 0 unless set.
+CPD10K_CASES = "MMOPT_BENCH_CPD10K_CASES"
 
 
 def _load() -> str:
@@ -363,7 +387,8 @@ def run(quick: bool = False, tables=TABLES) -> str:
         "small": lambda: _small_table(16 if quick else 8, (0,)),
         "cpd10k": lambda: _cpd_large_table(2000 if quick else 10000, 2.0),
         "cpd10kend": lambda: _cpd_to_the_end_table(
-            2000 if quick else 10000, float(os.environ.get(PYCPD_BUDGET, "600"))),
+            2000 if quick else 10000, float(os.environ.get(PYCPD_BUDGET, "600")),
+            _end_cases(os.environ.get(CPD10K_CASES, "bend:0"))),
         "solvers": lambda: _solver_table(8 if quick else 1),
     }
     out = ["## Non-rigid registration (SPARE) vs CPD", "",

@@ -348,7 +348,10 @@ def _system(graph: _Graph, X, q, m, valid, reciprocal) -> tuple[sp.csc_matrix, n
 def _step(graph: _Graph, X, *pairs) -> np.ndarray:
     """One MM step: the minimizer of the surrogate of ``F`` at ``X``."""
     H, rhs = _system(graph, X, *pairs)
-    return splu(H, permc_spec="MMD_AT_PLUS_A").solve(rhs).reshape(-1, 3)
+    # H is SPD (the proximal term): the diagonal as pivot in a symmetric order. Partial
+    # pivoting exchanged rows and doubled the fill (full scan: 0.10 -> 0.04 s a step).
+    return splu(H, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                options={"SymmetricMode": True}).solve(rhs).reshape(-1, 3)
 
 
 def run_coarse_stage(p, normals, target, target_normals, *, oriented: bool,

@@ -66,7 +66,7 @@ _PROXIMAL = 1e-2
 @dataclass
 class _Setup:
     """What one run computes once (shared by all its states; read-only but for the sparse
-    solver's cached column order). The ARAP continuation gives later states a copy with the
+    solver's cached order). The ARAP continuation gives later states a copy with the
     ARAP weight scaled (:func:`_soften`), sharing the rest."""
 
     scale: float
@@ -80,17 +80,53 @@ class _Setup:
     heads: np.ndarray
     tails: np.ndarray
     weights: np.ndarray      # arap_weight / degree(head), per directed edge
-    arap_matrix: sp.csr_matrix  # kron(Laplacian, I3), 3n x 3n
+    system: _Pattern         # the v-step matrix's fixed pattern (ARAP values at scale 1)
     nu: float
     coarse: CoarseResult | None  # the deformation-graph stage, when it ran
-    linear: SPDSolver        # this run's sparse solver (remembers its column order)
-    arap_scale: float = 1.0  # weights and arap_matrix are arap_scale times arap_weight's
+    linear: SPDSolver        # this run's sparse solver (remembers its order)
+    arap_scale: float = 1.0  # weights and the ARAP values are arap_scale times arap_weight's
 
 
 def _soften(s: _Setup, factor: float) -> _Setup:
     """The setup with the ARAP weight multiplied by ``factor`` (the rest shared)."""
-    return replace(s, weights=s.weights * factor, arap_matrix=s.arap_matrix * factor,
-                   arap_scale=s.arap_scale * factor)
+    return replace(s, weights=s.weights * factor, arap_scale=s.arap_scale * factor)
+
+
+class _Pattern:
+    """The v-step matrix's pattern, fixed for a run: ``kron(L, I3)``'s and every 3x3
+    diagonal block in full (CSC, sorted), with the places of the ARAP values and of the
+    blocks in its data. Adding the blocks as a sparse matrix dropped the zero entries of a
+    rejected pair's block, so the pattern changed with the rejections, and the sparse
+    solver chose its order again (or reused one made for another pattern)."""
+
+    def __init__(self, arap: sp.spmatrix, n: int):
+        arap = sp.csc_matrix(arap)
+        arap.sum_duplicates()
+        size = 3 * n
+        ones = sp.bsr_matrix((np.ones((n, 3, 3)), np.arange(n), np.arange(n + 1)),
+                             shape=(size, size))
+        pattern = (abs(arap) + ones).tocsc()  # positive entries: none cancels
+        pattern.sum_duplicates()
+        self.shape = (size, size)
+        self.indptr, self.indices = pattern.indptr, pattern.indices
+        keys = self._keys(pattern.indptr, pattern.indices, size)
+        self.arap_values = arap.data
+        self.arap_places = np.searchsorted(keys, self._keys(arap.indptr, arap.indices, size))
+        # Block i's entry (a, b) sits at row 3i + a, column 3i + b.
+        i, a, b = np.indices((n, 3, 3)).reshape(3, -1)
+        self.block_places = np.searchsorted(keys, (3 * i + b) * size + 3 * i + a)
+
+    @staticmethod
+    def _keys(indptr, indices, size):
+        """Column-major keys of a CSC pattern's entries (increasing when sorted)."""
+        return np.repeat(np.arange(size, dtype=np.int64), np.diff(indptr)) * size + indices
+
+    def matrix(self, arap_scale: float, blocks: np.ndarray) -> sp.csc_matrix:
+        """``arap_scale kron(L, I3) + blockdiag(blocks)`` on the fixed pattern."""
+        data = np.zeros(len(self.indices))
+        data[self.arap_places] = arap_scale * self.arap_values
+        data[self.block_places] += blocks.ravel()
+        return sp.csc_matrix((data, self.indices, self.indptr), shape=self.shape)
 
 
 @dataclass
@@ -202,10 +238,11 @@ class SPARE(Solver):
         KD-tree library of the closest-point search.
     linear_solver : {"auto", "cholespy", "superlu"}, default="auto"
         Sparse solver of the v-step: a sparse Cholesky factorization through the optional
-        ``cholespy`` package (``pip install mmopt[cholesky]``), or scipy's SuperLU, whose
-        column order is chosen at the first iteration and reused afterwards (the pattern
-        does not change). ``"auto"``: cholespy when it is installed. Both solve the same
-        system; BENCHMARKS.md compares their times.
+        ``cholespy`` package (``pip install mmopt[cholesky]``), or scipy's SuperLU in its
+        symmetric mode: a fill-reducing symmetric order chosen at the first iteration and
+        reused afterwards (the pattern does not change), the diagonal as pivot (the system
+        is positive definite). ``"auto"``: cholespy when it is installed. Both solve the
+        same system; BENCHMARKS.md compares their times.
     tol : float, default=1e-4
         Tolerance on the RMS change of ``v`` per outer iteration, relative to ``scale``.
     max_iter : int, default=100
@@ -269,7 +306,8 @@ class SPARE(Solver):
         scale = problem.scale
         if not scale > 0:
             raise ValueError("source and target coincide in one point; nothing to register.")
-        linear = SPDSolver(self.linear_solver)  # fails early if cholespy is asked but absent
+        # Fails early if cholespy is asked but absent; blocks of a point's 3 coordinates.
+        linear = SPDSolver(self.linear_solver, block_size=3)
         origin = _centroid(problem.source)
         n = problem.source.shape[0]
         p = (problem.source - origin) / scale
@@ -305,7 +343,7 @@ class SPARE(Solver):
             scale=scale, origin=origin, p=p, normals=np.asarray(src_normals),
             target=target, target_normals=np.asarray(tgt_normals), oriented=oriented,
             index=index, heads=heads, tails=tails, weights=weights,
-            arap_matrix=sp.kron(L, sp.identity(3), format="csr"), nu=nu, coarse=coarse,
+            system=_Pattern(sp.kron(L, sp.identity(3)), n), nu=nu, coarse=coarse,
             linear=linear,
         )
         pairs = self._pairs(setup, v, R)
@@ -450,8 +488,7 @@ class SPARE(Solver):
             diagonal += pairs.mu * pairs.wp
             rhs += (pairs.mu * pairs.wp)[:, None] * pairs.q
         blocks += diagonal[:, None, None] * np.eye(3)
-        data = sp.bsr_matrix((blocks, np.arange(n), np.arange(n + 1)), shape=(3 * n, 3 * n))
-        H = (s.arap_matrix + data).tocsc()
+        H = s.system.matrix(s.arap_scale, blocks)
         # ARAP right-hand side: each edge pulls v_i - v_j towards R_i (p_i - p_j).
         b_edges = s.weights[:, None] * np.einsum(
             "eab,eb->ea", R[s.heads], s.p[s.heads] - s.p[s.tails]

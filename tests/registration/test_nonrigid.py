@@ -1,5 +1,7 @@
 """SPARE non-rigid registration: each step checked against an independent reference."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.optimize import approx_fprime
@@ -24,7 +26,7 @@ from mmopt.registration.arap import (
     knn_edges,
     mesh_edges,
 )
-from mmopt.registration.nonrigid import _PROXIMAL
+from mmopt.registration.nonrigid import _PROXIMAL, _soften
 
 
 def _ellipsoid(n, seed=0, axes=(1.0, 0.7, 0.5)):
@@ -111,6 +113,33 @@ def test_linear_solve_matches_a_dense_minimization(linear_solver, point_weight):
     rhs.extend(np.sqrt(eps) * state.v.ravel())
     dense = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
     np.testing.assert_allclose(v_new.ravel(), dense, atol=1e-8)
+
+
+def test_the_v_step_matrix_keeps_its_pattern_when_pairs_are_rejected():
+    # The sparse solver orders the pattern once: rejected pairs (zero weight) must not drop
+    # their blocks' entries from it. Values against kron(L, I3) + the 3x3 blocks, built
+    # independently, with the ARAP weight halved as the continuation does.
+    solver, _, state, pairs = _run_setup(n=40, point_weight=0.0)
+    s = state.setup
+    H, _ = solver._system(s, state.v, state.R, pairs)
+    rejected = replace(pairs, w=np.where(np.arange(40) % 2 == 0, 0.0, pairs.w))
+    soft = _soften(s, 0.5)
+    H_rejected, _ = solver._system(soft, state.v, state.R, rejected)
+    assert np.array_equal(H.indptr, H_rejected.indptr)
+    assert np.array_equal(H.indices, H_rejected.indices)
+    n = 40
+    L = np.zeros((n, n))
+    for (i, j), c in zip(zip(s.heads, s.tails), s.weights):
+        L[i, i] += c
+        L[j, j] += c
+        L[i, j] -= c
+        L[j, i] -= c
+    m = np.einsum("nab,nb->na", state.R, s.normals) + rejected.nq
+    expected = np.kron(0.5 * L, np.eye(3))
+    for i in range(n):
+        block = rejected.w[i] * np.outer(m[i], m[i]) + _PROXIMAL * np.eye(3)
+        expected[3 * i:3 * i + 3, 3 * i:3 * i + 3] += block
+    np.testing.assert_allclose(H_rejected.toarray(), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_rotation_step_against_brute_force():
