@@ -13,7 +13,8 @@ exactly at any magnitude (a running maximum shifts the exponentials), rows in pa
 Costs: kind 0 ``|x - y|^2``, kind 1 ``|x - y|``, kind 2 ``|x - y|^p``.
 """
 
-from cython.parallel cimport parallel, prange
+from cython cimport view
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp, fabs, log, pow, sqrt, INFINITY
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
@@ -345,8 +346,17 @@ def pair_costs(
 
 # Depth bound of the DFS stacks of the tree searches (a tree over < 2^60 points).
 DEF STACK = 128
-# Rows per work unit of tree_ball_pairs (each unit's pairs go to its own growable buffer).
-DEF CHUNK = 512
+# Rows per work unit of tree_ball_pairs, and units per wave: a wave's units run in parallel,
+# each thread appending its units' pairs to a buffer of its own; between waves they are
+# copied in row order into the output, which grows by realloc (for large arrays an mremap
+# on Linux: no copy), so that the search holds one wave's pairs beyond its output instead
+# of every pair twice (per-unit buffers, then their gathered copy).
+DEF CHUNK = 64
+DEF WAVE = 64
+# Below this exponent exp() is exactly 0 in double precision (it underflows past
+# -745.13): such terms of the dropped-mass sums are skipped (same sums, no exp calls and
+# no underflow slow path).
+DEF EXP_ZERO = -746.0
 
 
 cdef inline double _box_distance2(
@@ -480,7 +490,9 @@ cdef double _ball(
         node = stack[top]
         bound = _node_bound(xi, node, shift, offset, lo, hi, d, moved)
         if bound > radius:
-            total = total + node_weight[node] * exp((phi_ref - bound) * inv_reg)
+            value = (phi_ref - bound) * inv_reg
+            if value > EXP_ZERO:
+                total = total + node_weight[node] * exp(value)
             continue
         if node >= first_leaf:
             for e in range(start[node], start[node + 1]):
@@ -491,7 +503,9 @@ cdef double _ball(
                     if value < smallest:
                         smallest = value
                 else:
-                    total = total + weight[e] * exp((phi_ref - value) * inv_reg)
+                    value = (phi_ref - value) * inv_reg
+                    if value > EXP_ZERO:
+                        total = total + weight[e] * exp(value)
             continue
         stack[top] = 2 * node + 1
         stack[top + 1] = 2 * node + 2
@@ -572,19 +586,25 @@ def tree_ball_pairs(
     ``hi``; below node ``k``, ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` (an
     affine bound of the potentials, see ``_node_bound``). One search per row when
     ``phi_i`` is at least the row's best value (found in that search), two or three
-    otherwise; rows in parallel by chunks of 512, each chunk's pairs in a buffer of its
-    own, copied once into the result. ``with_cost=False``: ``cost`` is None (the pairs'
+    otherwise; rows in parallel by units of 64, by waves of 64 units (see ``WAVE``). ``with_cost=False``: ``cost`` is None (the pairs'
     costs are not kept, 4 bytes per pair instead of 12).
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t d = x.shape[1]
-    cdef Py_ssize_t n_chunks = (n + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t c, begin, e, total = 0
+    cdef Py_ssize_t n_units = (n + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t u, w, first, last, t, size, wave_pairs, total = 0, capacity, grown
     cdef long long* stack
     cdef double* bounds
     cdef double* moved
     cdef _Buffer* buffers
+    cdef int* owner
+    cdef Py_ssize_t* unit_start
+    cdef Py_ssize_t* unit_end
+    cdef int* out_index = NULL
+    cdef double* out_cost = NULL
+    cdef void* grown_pointer
     cdef int failed = 0
+    n_threads = max(1, n_threads)
     counts_array = np.zeros(n, dtype=np.int64)
     phi_eff_array = np.empty(n)
     dropped_array = np.zeros(n)
@@ -592,55 +612,229 @@ def tree_ball_pairs(
     cdef double[::1] phi_eff = phi_eff_array
     cdef double[::1] dropped = dropped_array
     cdef double inv_reg = 1.0 / reg
-    buffers = <_Buffer*>calloc(max(n_chunks, 1), sizeof(_Buffer))
-    if buffers == NULL:
-        raise MemoryError("tree_ball_pairs: no memory for the chunk buffers")
-    for c in range(n_chunks):
-        buffers[c].with_cost = with_cost
+    buffers = <_Buffer*>calloc(n_threads, sizeof(_Buffer))
+    owner = <int*>malloc(WAVE * sizeof(int))
+    unit_start = <Py_ssize_t*>malloc(WAVE * sizeof(Py_ssize_t))
+    unit_end = <Py_ssize_t*>malloc(WAVE * sizeof(Py_ssize_t))
     try:
-        with nogil, parallel(num_threads=n_threads):
-            stack = <long long*>malloc(STACK * sizeof(long long))
-            bounds = <double*>malloc(STACK * sizeof(double))
-            moved = <double*>malloc((d + 1) * sizeof(double))
-            for c in prange(n_chunks, schedule="dynamic"):
-                _chunk_rows(c * CHUNK, min(n, (c + 1) * CHUNK), x, phi, points, psi, order,
-                            lo, hi, start, shift, offset, first_leaf, threshold, counts,
-                            phi_eff, &buffers[c], stack, bounds, moved, weight,
-                            node_weight, inv_reg, dropped)
-            free(stack)
-            free(bounds)
-            free(moved)
-        for c in range(n_chunks):
-            failed = failed or buffers[c].failed
-            total = total + buffers[c].size
-        if failed:
+        if buffers == NULL or owner == NULL or unit_start == NULL or unit_end == NULL:
+            raise MemoryError("tree_ball_pairs: no memory for the wave buffers")
+        for t in range(n_threads):
+            buffers[t].with_cost = with_cost
+        # Grown by half when full: untouched capacity is not resident, and the final
+        # realloc gives it back.
+        capacity = max(1024, 8 * n)
+        out_index = <int*>malloc(capacity * sizeof(int))
+        if with_cost:
+            out_cost = <double*>malloc(capacity * sizeof(double))
+        if out_index == NULL or (with_cost and out_cost == NULL):
             raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
-        indptr_array = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts_array, out=indptr_array[1:])
-        indices_array = np.empty(total, dtype=np.int32)
-        cost_array = np.empty(total) if with_cost else None
-        _gather(buffers, n_chunks, indptr_array, indices_array, cost_array, n_threads)
+        for first in range(0, n_units, WAVE):
+            last = min(n_units, first + WAVE)
+            for t in range(n_threads):
+                buffers[t].size = 0
+            with nogil, parallel(num_threads=n_threads):
+                stack = <long long*>malloc(STACK * sizeof(long long))
+                bounds = <double*>malloc(STACK * sizeof(double))
+                moved = <double*>malloc((d + 1) * sizeof(double))
+                for u in prange(first, last, schedule="dynamic"):
+                    w = threadid()
+                    owner[u - first] = <int>w
+                    unit_start[u - first] = buffers[w].size
+                    _chunk_rows(u * CHUNK, min(n, (u + 1) * CHUNK), x, phi, points, psi,
+                                order, lo, hi, start, shift, offset, first_leaf, threshold,
+                                counts, phi_eff, &buffers[w], stack, bounds, moved, weight,
+                                node_weight, inv_reg, dropped)
+                    unit_end[u - first] = buffers[w].size
+                free(stack)
+                free(bounds)
+                free(moved)
+            wave_pairs = 0
+            for t in range(n_threads):
+                failed = failed or buffers[t].failed
+                wave_pairs = wave_pairs + buffers[t].size
+            if failed:
+                raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
+            if total + wave_pairs > capacity:
+                grown = max(total + wave_pairs, capacity + capacity // 2)
+                grown_pointer = realloc(out_index, grown * sizeof(int))
+                if grown_pointer == NULL:
+                    raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
+                out_index = <int*>grown_pointer
+                if with_cost:
+                    grown_pointer = realloc(out_cost, grown * sizeof(double))
+                    if grown_pointer == NULL:
+                        raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
+                    out_cost = <double*>grown_pointer
+                capacity = grown
+            # The units' pairs in row order.
+            for u in range(last - first):
+                size = unit_end[u] - unit_start[u]
+                if size > 0:
+                    memcpy(&out_index[total], &buffers[owner[u]].index[unit_start[u]],
+                           size * sizeof(int))
+                    if with_cost:
+                        memcpy(&out_cost[total], &buffers[owner[u]].cost[unit_start[u]],
+                               size * sizeof(double))
+                    total = total + size
+        indices_array = _owned(<void**>&out_index, total, sizeof(int), "i")
+        cost_array = (_owned(<void**>&out_cost, total, sizeof(double), "d") if with_cost
+                      else None)
     finally:
-        for c in range(n_chunks):
-            free(buffers[c].index)
-            free(buffers[c].cost)
+        free(out_index)
+        free(out_cost)
+        for t in range(n_threads):
+            free(buffers[t].index)
+            free(buffers[t].cost)
         free(buffers)
+        free(owner)
+        free(unit_start)
+        free(unit_end)
+    indptr_array = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts_array, out=indptr_array[1:])
     return indptr_array, indices_array, cost_array, phi_eff_array, dropped_array
 
 
-cdef void _gather(
-    _Buffer* buffers, Py_ssize_t n_chunks, long long[::1] indptr, int[::1] indices,
-    double[::1] cost, int n_threads,
-) noexcept:
-    # cost is None when the pairs' costs were not kept.
-    cdef bint with_cost = cost is not None
-    cdef Py_ssize_t c, base
-    if indices.shape[0] == 0:
-        return
+cdef object _owned(void** data, Py_ssize_t size, Py_ssize_t itemsize, str kind):
+    """A NumPy array of ``size`` items over ``data[0]`` (shrunk to fit by realloc), which it
+    then owns and frees; ``data[0]`` is set to NULL."""
+    cdef view.array out
+    cdef void* fitted = realloc(data[0], max(size, 1) * itemsize)
+    if fitted != NULL:
+        data[0] = fitted
+    out = view.array(shape=(max(size, 1),), itemsize=itemsize, format=kind, mode="c",
+                     allocate_buffer=False)
+    out.data = <char*>data[0]
+    out.callback_free_data = free
+    data[0] = NULL
+    return np.asarray(out)[:size]
+
+
+def tree_affine_bounds(
+    const double[:, ::1] points,
+    const double[::1] psi,
+    const long long[::1] start,
+    Py_ssize_t first_leaf,
+    double[:, ::1] shift,
+    double[::1] offset,
+):
+    """Per node ``k`` of an implicit complete binary tree (children ``2k + 1``, ``2k + 2``;
+    leaf ``k >= first_leaf`` holding ``points[start[k]:start[k + 1]]`` and their ``psi``),
+    an affine upper bound ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` of the
+    values below it, into ``shift`` and ``offset``.
+
+    ``shift`` is half the least-squares slope of ``psi`` over the node's points (centred
+    moments per leaf, merged upwards by Chan et al.'s pairwise update, then a d x d solve
+    with a relative ridge of 1e-10 of the trace); ``offset`` is then the exact largest
+    residual ``psi_j - 2 shift.y_j`` plus ``|shift|^2``, so the bound holds whatever the
+    slope's rounding.
+    """
+    cdef Py_ssize_t nodes = 2 * first_leaf + 1
+    cdef Py_ssize_t d = points.shape[1]
+    cdef Py_ssize_t k, e, p, q, r, left, right, low, high, pivot
+    cdef double count, delta_psi, share, ridge, top, value, t
+    count_array = np.zeros(nodes)
+    mean_array = np.zeros((nodes, d))
+    psi_mean_array = np.zeros(nodes)
+    moments_array = np.zeros((nodes, d, d))
+    cross_array = np.zeros((nodes, d))
+    system_array = np.empty((d, d + 1))
+    delta_array = np.empty(d)
+    cdef double[::1] counts = count_array
+    cdef double[:, ::1] mean = mean_array
+    cdef double[::1] psi_mean = psi_mean_array
+    cdef double[:, :, ::1] moments = moments_array
+    cdef double[:, ::1] cross = cross_array
+    cdef double[:, ::1] system = system_array
+    cdef double[::1] delta = delta_array
     with nogil:
-        for c in prange(n_chunks, schedule="static", num_threads=n_threads):
-            base = indptr[c * CHUNK]
-            if buffers[c].size > 0:
-                memcpy(&indices[base], buffers[c].index, buffers[c].size * sizeof(int))
-                if with_cost:
-                    memcpy(&cost[base], buffers[c].cost, buffers[c].size * sizeof(double))
+        # Leaves: means, then moments about them.
+        for k in range(first_leaf, nodes):
+            count = <double>(start[k + 1] - start[k])
+            counts[k] = count
+            if count == 0.0:
+                continue
+            for e in range(start[k], start[k + 1]):
+                psi_mean[k] = psi_mean[k] + psi[e]
+                for p in range(d):
+                    mean[k, p] = mean[k, p] + points[e, p]
+            psi_mean[k] = psi_mean[k] / count
+            for p in range(d):
+                mean[k, p] = mean[k, p] / count
+            for e in range(start[k], start[k + 1]):
+                value = psi[e] - psi_mean[k]
+                for p in range(d):
+                    t = points[e, p] - mean[k, p]
+                    cross[k, p] = cross[k, p] + t * value
+                    for q in range(p + 1):
+                        moments[k, p, q] = moments[k, p, q] + t * (points[e, q] - mean[k, q])
+        # Internal nodes: the children's moments merged (exact in exact arithmetic).
+        for k in range(first_leaf - 1, -1, -1):
+            left, right = 2 * k + 1, 2 * k + 2
+            count = counts[left] + counts[right]
+            counts[k] = count
+            if counts[left] == 0.0 or counts[right] == 0.0:
+                r = right if counts[left] == 0.0 else left
+                psi_mean[k] = psi_mean[r]
+                for p in range(d):
+                    mean[k, p] = mean[r, p]
+                    cross[k, p] = cross[r, p]
+                    for q in range(p + 1):
+                        moments[k, p, q] = moments[r, p, q]
+                continue
+            share = counts[left] * counts[right] / count
+            delta_psi = psi_mean[right] - psi_mean[left]
+            psi_mean[k] = psi_mean[left] + delta_psi * (counts[right] / count)
+            for p in range(d):
+                delta[p] = mean[right, p] - mean[left, p]
+                mean[k, p] = mean[left, p] + delta[p] * (counts[right] / count)
+                cross[k, p] = cross[left, p] + cross[right, p] + share * delta[p] * delta_psi
+                for q in range(p + 1):
+                    moments[k, p, q] = (moments[left, p, q] + moments[right, p, q]
+                                        + share * delta[p] * delta[q])
+        for k in range(nodes):
+            # slope = (moments + ridge I)^-1 cross, by Gaussian elimination with partial
+            # pivoting on [moments + ridge I | cross].
+            ridge = 0.0
+            for p in range(d):
+                ridge = ridge + moments[k, p, p]
+            ridge = 1e-10 * ridge + 1e-300
+            for p in range(d):
+                for q in range(d):
+                    system[p, q] = moments[k, p, q] if q <= p else moments[k, q, p]
+                system[p, p] = system[p, p] + ridge
+                system[p, d] = cross[k, p]
+            for p in range(d):
+                pivot = p
+                for q in range(p + 1, d):
+                    if fabs(system[q, p]) > fabs(system[pivot, p]):
+                        pivot = q
+                if pivot != p:
+                    for q in range(d + 1):
+                        system[p, q], system[pivot, q] = system[pivot, q], system[p, q]
+                for q in range(p + 1, d):
+                    t = system[q, p] / system[p, p]
+                    for r in range(p, d + 1):
+                        system[q, r] = system[q, r] - t * system[p, r]
+            for p in range(d - 1, -1, -1):
+                t = system[p, d]
+                for q in range(p + 1, d):
+                    t = t - system[p, q] * delta[q]
+                delta[p] = t / system[p, p]
+            for p in range(d):
+                shift[k, p] = 0.5 * delta[p]
+            # The exact largest residual over the node's points (leaves low .. high).
+            low, high = k, k
+            while low < first_leaf:
+                low, high = 2 * low + 1, 2 * high + 2
+            top = -INFINITY
+            for e in range(start[low], start[high + 1]):
+                value = psi[e]
+                for p in range(d):
+                    value = value - 2.0 * shift[k, p] * points[e, p]
+                if value > top:
+                    top = value
+            value = 0.0
+            for p in range(d):
+                value = value + shift[k, p] * shift[k, p]
+            offset[k] = top + value

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmopt_ext._pointcloud import tree_ball_pairs
+from mmopt_ext._pointcloud import tree_affine_bounds, tree_ball_pairs
 
 __all__ = ["CloudLevel", "SpatialTree", "grid_hierarchy", "kept_pairs", "spatial_order"]
 
@@ -216,33 +216,12 @@ class SpatialTree:
         The slope is a least-squares fit of ``psi`` over the node's points (a near map's
         potentials are smooth, so the bound is tight where ``max psi`` is loose by the
         slope times the node's size); the offset is then the exact largest residual, so the
-        bound holds whatever the fit.
+        bound holds whatever the fit (:func:`~mmopt_ext._pointcloud.tree_affine_bounds`).
         """
-        m, d = self.points.shape
         nodes = 2 * self.first_leaf + 1
-        values = psi[self.order]
-        shift, offset = np.empty((nodes, d)), np.empty(nodes)
-        leaves = self.first_leaf + 1
-        first, width = 0, leaves  # the nodes of one depth: first .. 2 first; leaves each
-        while first < nodes:
-            starts = self.leaf_starts[::width]
-            count = np.diff(np.append(starts, m))
-            owner = np.repeat(np.arange(starts.size), count)
-            mean = np.add.reduceat(self.points, starts, axis=0) / count[:, None]
-            centered = self.points - mean[owner]
-            residual = values - (np.add.reduceat(values, starts) / count)[owner]
-            moments = np.add.reduceat(centered[:, :, None] * centered[:, None, :], starts,
-                                      axis=0)
-            ridge = 1e-10 * np.trace(moments, axis1=1, axis2=2) + 1e-300
-            moments += ridge[:, None, None] * np.eye(d)
-            rhs = np.add.reduceat(centered * residual[:, None], starts, axis=0)
-            slope = np.linalg.solve(moments, rhs[:, :, None])[:, :, 0]
-            half = 0.5 * slope
-            top = np.maximum.reduceat(values - 2.0 * np.einsum("ij,ij->i", half[owner],
-                                                               self.points), starts)
-            shift[first:2 * first + 1] = half
-            offset[first:2 * first + 1] = top + np.einsum("ij,ij->i", half, half)
-            first, width = 2 * first + 1, width // 2
+        shift, offset = np.empty((nodes, self.points.shape[1])), np.empty(nodes)
+        tree_affine_bounds(self.points, np.ascontiguousarray(psi[self.order]), self.start,
+                           self.first_leaf, shift, offset)
         return shift, offset
 
 
