@@ -474,16 +474,22 @@ cdef double _ball(
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
     const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
     Py_ssize_t d, long long* stack, double* moved, const long long[::1] order,
-    _Buffer* out, const double[::1] weight, const double[::1] node_weight, double phi_ref,
-    double inv_reg, double* dropped,
+    _Buffer* out, const double[::1] lifted, const double[::1] node_weight, double phi_ref,
+    double inv_reg, double* dropped, double* scratch,
 ) noexcept nogil:
     """Append the points with ``|x_i - y_j|^2 - psi_j <= radius`` to ``out`` (original
-    indices, ``|x_i - y_j|^2``); returns the smallest such value (inf if none). Sets
-    ``dropped`` to an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 - psi_j - phi_ref) /
-    reg)`` over the points left out: a skipped node's weight times the exponential of its
-    bound, a leaf's points exactly."""
-    cdef Py_ssize_t top = 1, node, e
-    cdef double c, value, bound, smallest = INFINITY, total = 0.0
+    indices, ``|x_i - y_j|^2``); returns the smallest such value (inf if none). Unless
+    ``dropped`` is NULL, sets it to an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 -
+    psi_j - phi_ref) / reg)`` over the points left out: a skipped node's weight times the
+    exponential of its bound, a leaf's points by the vector exp of ``_expsum.h`` over
+    ``lifted_j = psi_j + reg log w_j`` (its ~1e-13 relative error covered by a factor
+    ``1 + 1e-12``, its clamp at ``e^-700`` only raising a term). ``scratch``: room for
+    three times a leaf's points."""
+    cdef Py_ssize_t top = 1, node, e, first, size, left_out
+    cdef double c, value, bound, smallest = INFINITY, total = 0.0, leaves = 0.0
+    cdef double* costs = scratch
+    cdef double* far_costs
+    cdef double* far_lifted
     stack[0] = 0
     while top > 0:
         top = top - 1
@@ -491,26 +497,37 @@ cdef double _ball(
         bound = _node_bound(xi, node, shift, offset, lo, hi, d, moved)
         if bound > radius:
             value = (phi_ref - bound) * inv_reg
-            if value > EXP_ZERO:
+            if value > EXP_ZERO and dropped != NULL:
                 total = total + node_weight[node] * exp(value)
             continue
         if node >= first_leaf:
-            for e in range(start[node], start[node + 1]):
-                c = _cost(xi, &points[e, 0], d, 0, 2.0)
-                value = c - psi[e]
+            first = start[node]
+            size = start[node + 1] - first
+            far_costs = scratch + size
+            far_lifted = far_costs + size
+            for e in range(size):
+                costs[e] = _cost(xi, &points[first + e, 0], d, 0, 2.0)
+            left_out = 0
+            for e in range(size):
+                c = costs[e]
+                value = c - psi[first + e]
                 if value <= radius:
-                    _push(out, <int>order[e], c)
+                    _push(out, <int>order[first + e], c)
                     if value < smallest:
                         smallest = value
                 else:
-                    value = (phi_ref - value) * inv_reg
-                    if value > EXP_ZERO:
-                        total = total + weight[e] * exp(value)
+                    far_costs[left_out] = c
+                    far_lifted[left_out] = lifted[first + e]
+                    left_out = left_out + 1
+            if left_out > 0 and dropped != NULL:
+                leaves = leaves + mmopt_expsum(far_costs, far_lifted, phi_ref, inv_reg,
+                                               left_out)
             continue
         stack[top] = 2 * node + 1
         stack[top + 1] = 2 * node + 2
         top = top + 2
-    dropped[0] = total
+    if dropped != NULL:
+        dropped[0] = total + leaves * (1.0 + 1e-12)
     return smallest
 
 
@@ -520,13 +537,17 @@ cdef void _chunk_rows(
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
     const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
     double threshold, long long[::1] counts, double[::1] phi_eff, _Buffer* out,
-    long long* stack, double* bounds, double* moved, const double[::1] weight,
-    const double[::1] node_weight, double inv_reg, double[::1] dropped,
+    long long* stack, double* bounds, double* moved, const double[::1] lifted,
+    const double[::1] node_weight, double inv_reg, double[::1] dropped, double* scratch,
+    bint with_dropped,
 ) noexcept nogil:
     """The rows ``begin:end`` of :func:`tree_ball_pairs` into ``out``."""
     cdef Py_ssize_t i, d = x.shape[1], before
     cdef double smallest, best
+    cdef double* row_dropped = NULL
     for i in range(begin, end):
+        if with_dropped:
+            row_dropped = &dropped[i]
         before = out.size
         best = INFINITY
         if phi[i] > -INFINITY:
@@ -534,7 +555,7 @@ cdef void _chunk_rows(
             # phi_i (the row's best is then at most phi_i, so phi_eff_i = phi_i).
             smallest = _ball(&x[i, 0], phi[i] + threshold, points, psi, lo, hi, start,
                              shift, offset, first_leaf, d, stack, moved, order, out,
-                             weight, node_weight, phi[i], inv_reg, &dropped[i])
+                             lifted, node_weight, phi[i], inv_reg, row_dropped, scratch)
             if smallest <= phi[i]:
                 phi_eff[i] = phi[i]
                 counts[i] = out.size - before
@@ -548,8 +569,8 @@ cdef void _chunk_rows(
                                  first_leaf, d, stack, bounds, moved)
         phi_eff[i] = max(phi[i], best)
         _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi, start, shift, offset,
-              first_leaf, d, stack, moved, order, out, weight, node_weight, phi_eff[i],
-              inv_reg, &dropped[i])
+              first_leaf, d, stack, moved, order, out, lifted, node_weight, phi_eff[i],
+              inv_reg, row_dropped, scratch)
         counts[i] = out.size - before
 
 
@@ -574,8 +595,9 @@ def tree_ball_pairs(
 ):
     """Per row ``i`` of ``x``, the tree's points ``j`` with
     ``|x_i - y_j|^2 - psi_j <= max(phi_i, min_l |x_i - y_l|^2 - psi_l) + threshold``:
-    ``(indptr, indices, cost, phi_eff, dropped)``, the pairs in compressed rows (original
-    indices, squared distances; unsorted within a row), ``phi_eff`` the max above and
+    ``(indptr, indices, cost, phi_eff, dropped, met)``, the pairs in compressed rows
+    (original indices, squared distances; unsorted within a row), ``phi_eff`` the max
+    above, ``met[j]`` 1 where some row keeps the point ``j`` (0 elsewhere) and
     ``dropped[i]`` an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 - psi_j - phi_eff_i) /
     reg)`` over the row's points left out (``weight``: the points' ``w`` in tree order,
     ``node_weight``: their sums below each node).
@@ -586,8 +608,9 @@ def tree_ball_pairs(
     ``hi``; below node ``k``, ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` (an
     affine bound of the potentials, see ``_node_bound``). One search per row when
     ``phi_i`` is at least the row's best value (found in that search), two or three
-    otherwise; rows in parallel by units of 64, by waves of 64 units (see ``WAVE``). ``with_cost=False``: ``cost`` is None (the pairs'
-    costs are not kept, 4 bytes per pair instead of 12).
+    otherwise; rows in parallel by units of 64, by waves of 64 units (see ``WAVE``).
+    ``with_cost=False``: ``cost`` is None (the pairs' costs are not kept, 4 bytes per pair
+    instead of 12). ``dropped`` is 0 where every weight is (no exponentials computed).
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t d = x.shape[1]
@@ -603,11 +626,19 @@ def tree_ball_pairs(
     cdef int* out_index = NULL
     cdef double* out_cost = NULL
     cdef void* grown_pointer
+    cdef double* scratch
     cdef int failed = 0
+    cdef Py_ssize_t max_leaf = max(1, int(np.diff(np.asarray(start)[first_leaf:]).max()))
+    cdef bint with_dropped = bool((np.asarray(weight) > 0.0).any())
+    with np.errstate(divide="ignore"):
+        lifted_array = np.asarray(psi) + reg * np.log(np.asarray(weight))
+    cdef const double[::1] lifted = lifted_array
     n_threads = max(1, n_threads)
     counts_array = np.zeros(n, dtype=np.int64)
     phi_eff_array = np.empty(n)
     dropped_array = np.zeros(n)
+    met_array = np.zeros(points.shape[0], dtype=np.uint8)
+    cdef unsigned char[::1] met = met_array
     cdef long long[::1] counts = counts_array
     cdef double[::1] phi_eff = phi_eff_array
     cdef double[::1] dropped = dropped_array
@@ -637,18 +668,20 @@ def tree_ball_pairs(
                 stack = <long long*>malloc(STACK * sizeof(long long))
                 bounds = <double*>malloc(STACK * sizeof(double))
                 moved = <double*>malloc((d + 1) * sizeof(double))
+                scratch = <double*>malloc(3 * max_leaf * sizeof(double))
                 for u in prange(first, last, schedule="dynamic"):
                     w = threadid()
                     owner[u - first] = <int>w
                     unit_start[u - first] = buffers[w].size
                     _chunk_rows(u * CHUNK, min(n, (u + 1) * CHUNK), x, phi, points, psi,
                                 order, lo, hi, start, shift, offset, first_leaf, threshold,
-                                counts, phi_eff, &buffers[w], stack, bounds, moved, weight,
-                                node_weight, inv_reg, dropped)
+                                counts, phi_eff, &buffers[w], stack, bounds, moved, lifted,
+                                node_weight, inv_reg, dropped, scratch, with_dropped)
                     unit_end[u - first] = buffers[w].size
                 free(stack)
                 free(bounds)
                 free(moved)
+                free(scratch)
             wave_pairs = 0
             for t in range(n_threads):
                 failed = failed or buffers[t].failed
@@ -676,6 +709,8 @@ def tree_ball_pairs(
                     if with_cost:
                         memcpy(&out_cost[total], &buffers[owner[u]].cost[unit_start[u]],
                                size * sizeof(double))
+                    for t in range(total, total + size):
+                        met[out_index[t]] = 1
                     total = total + size
         indices_array = _owned(<void**>&out_index, total, sizeof(int), "i")
         cost_array = (_owned(<void**>&out_cost, total, sizeof(double), "d") if with_cost
@@ -692,7 +727,7 @@ def tree_ball_pairs(
         free(unit_end)
     indptr_array = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts_array, out=indptr_array[1:])
-    return indptr_array, indices_array, cost_array, phi_eff_array, dropped_array
+    return indptr_array, indices_array, cost_array, phi_eff_array, dropped_array, met_array
 
 
 cdef object _owned(void** data, Py_ssize_t size, Py_ssize_t itemsize, str kind):

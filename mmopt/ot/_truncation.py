@@ -265,15 +265,14 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
     if "y" not in trees:
         trees["y"] = SpatialTree(y)
     weights = np.zeros(m) if b is None else np.asarray(b, dtype=np.float64)
-    indptr, indices, cost, phi_eff, dropped = _ball_rows(
+    indptr, indices, cost, phi_eff, dropped, met = _ball_rows(
         x, trees["y"], phi, psi, threshold, n_threads, weights, 1.0 if reg is None else reg,
         with_cost)
-    counts = np.bincount(indices, minlength=m)
-    empty = np.flatnonzero(counts == 0)
+    empty = np.flatnonzero(met == 0)
     if empty.size:
         if "x" not in trees:
             trees["x"] = SpatialTree(x)
-        extra_ptr, extra_rows, extra_cost, _, _ = _ball_rows(
+        extra_ptr, extra_rows, extra_cost, _, _, _ = _ball_rows(
             y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads, np.zeros(n), 1.0,
             with_cost)
         # Each column's pairs go at the end of their rows, by np.insert: no array of a
@@ -294,7 +293,7 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
 def _ball_rows(x, tree, phi, psi, threshold, n_threads, weights, reg, with_cost=True):
     """The two row rules of :func:`kept_pairs` for the rows ``x`` against ``tree``'s points
     (potentials ``psi``, weights ``weights``): ``(indptr, indices, cost, phi_eff,
-    dropped)``."""
+    dropped, met)`` (``met``: 1 for the points some row keeps)."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     phi = np.ascontiguousarray(phi, dtype=np.float64)
     psi = np.ascontiguousarray(psi, dtype=np.float64)
