@@ -346,17 +346,22 @@ def pair_costs(
 
 # Depth bound of the DFS stacks of the tree searches (a tree over < 2^60 points).
 DEF STACK = 128
-# Rows per work unit of tree_ball_pairs, and units per wave: a wave's units run in parallel,
-# each thread appending its units' pairs to a buffer of its own; between waves they are
-# copied in row order into the output, which grows by realloc (for large arrays an mremap
-# on Linux: no copy), so that the search holds one wave's pairs beyond its output instead
-# of every pair twice (per-unit buffers, then their gathered copy).
+# Rows per work unit of tree_ball_pairs, and at least this many units per wave, at most
+# WAVES waves: a wave's units run in parallel, each thread appending its units' pairs to a
+# buffer of its own; between waves they are copied in row order into the output, which
+# grows by realloc (for large arrays an mremap on Linux: no copy), so that the search
+# holds one wave's pairs beyond its output instead of every pair twice (per-unit buffers,
+# then their gathered copy). Each wave ends at a barrier (idle threads spin there): a few
+# dozen per search.
 DEF CHUNK = 64
 DEF WAVE = 64
+DEF WAVES = 32
 # Below this exponent exp() is exactly 0 in double precision (it underflows past
 # -745.13): such terms of the dropped-mass sums are skipped (same sums, no exp calls and
 # no underflow slow path).
 DEF EXP_ZERO = -746.0
+# Skipped nodes' terms of a row's dropped-mass sum per call of the vector exp.
+DEF NODE_BATCH = 32
 
 
 cdef inline double _box_distance2(
@@ -474,20 +479,23 @@ cdef double _ball(
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
     const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
     Py_ssize_t d, long long* stack, double* moved, const long long[::1] order,
-    _Buffer* out, const double[::1] lifted, const double[::1] node_weight, double phi_ref,
+    _Buffer* out, const double[::1] lifted, const double[::1] node_lifted, double phi_ref,
     double inv_reg, double* dropped, double* scratch,
 ) noexcept nogil:
     """Append the points with ``|x_i - y_j|^2 - psi_j <= radius`` to ``out`` (original
     indices, ``|x_i - y_j|^2``); returns the smallest such value (inf if none). Unless
     ``dropped`` is NULL, sets it to an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 -
     psi_j - phi_ref) / reg)`` over the points left out: a skipped node's weight times the
-    exponential of its bound, a leaf's points by the vector exp of ``_expsum.h`` over
-    ``lifted_j = psi_j + reg log w_j`` (its ~1e-13 relative error covered by a factor
-    ``1 + 1e-12``, its clamp at ``e^-700`` only raising a term). ``scratch``: room for
+    exponential of its bound, a leaf's points exactly, both by the vector exp of
+    ``_expsum.h`` (``lifted_j = psi_j + reg log w_j``, ``node_lifted = reg log`` of the
+    nodes' weights; its ~1e-13 relative error covered by a factor ``1 + 1e-12``, its clamp
+    at ``e^-700`` only raising a term). ``scratch``: room for ``2 NODE_BATCH`` values and
     three times a leaf's points."""
-    cdef Py_ssize_t top = 1, node, e, first, size, left_out
-    cdef double c, value, bound, smallest = INFINITY, total = 0.0, leaves = 0.0
-    cdef double* costs = scratch
+    cdef Py_ssize_t top = 1, node, e, first, size, left_out, skipped = 0
+    cdef double c, value, bound, smallest = INFINITY, total = 0.0
+    cdef double* node_bounds = scratch
+    cdef double* node_terms = scratch + NODE_BATCH
+    cdef double* costs = scratch + 2 * NODE_BATCH
     cdef double* far_costs
     cdef double* far_lifted
     stack[0] = 0
@@ -496,14 +504,19 @@ cdef double _ball(
         node = stack[top]
         bound = _node_bound(xi, node, shift, offset, lo, hi, d, moved)
         if bound > radius:
-            value = (phi_ref - bound) * inv_reg
-            if value > EXP_ZERO and dropped != NULL:
-                total = total + node_weight[node] * exp(value)
+            if dropped != NULL and (phi_ref - bound) * inv_reg > EXP_ZERO:
+                if skipped == NODE_BATCH:
+                    total = total + mmopt_expsum(node_bounds, node_terms, phi_ref, inv_reg,
+                                                 skipped)
+                    skipped = 0
+                node_bounds[skipped] = bound
+                node_terms[skipped] = node_lifted[node]
+                skipped = skipped + 1
             continue
         if node >= first_leaf:
             first = start[node]
             size = start[node + 1] - first
-            far_costs = scratch + size
+            far_costs = costs + size
             far_lifted = far_costs + size
             for e in range(size):
                 costs[e] = _cost(xi, &points[first + e, 0], d, 0, 2.0)
@@ -520,14 +533,16 @@ cdef double _ball(
                     far_lifted[left_out] = lifted[first + e]
                     left_out = left_out + 1
             if left_out > 0 and dropped != NULL:
-                leaves = leaves + mmopt_expsum(far_costs, far_lifted, phi_ref, inv_reg,
-                                               left_out)
+                total = total + mmopt_expsum(far_costs, far_lifted, phi_ref, inv_reg,
+                                             left_out)
             continue
         stack[top] = 2 * node + 1
         stack[top + 1] = 2 * node + 2
         top = top + 2
     if dropped != NULL:
-        dropped[0] = total + leaves * (1.0 + 1e-12)
+        if skipped > 0:
+            total = total + mmopt_expsum(node_bounds, node_terms, phi_ref, inv_reg, skipped)
+        dropped[0] = total * (1.0 + 1e-12)
     return smallest
 
 
@@ -538,7 +553,7 @@ cdef void _chunk_rows(
     const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
     double threshold, long long[::1] counts, double[::1] phi_eff, _Buffer* out,
     long long* stack, double* bounds, double* moved, const double[::1] lifted,
-    const double[::1] node_weight, double inv_reg, double[::1] dropped, double* scratch,
+    const double[::1] node_lifted, double inv_reg, double[::1] dropped, double* scratch,
     bint with_dropped,
 ) noexcept nogil:
     """The rows ``begin:end`` of :func:`tree_ball_pairs` into ``out``."""
@@ -555,7 +570,7 @@ cdef void _chunk_rows(
             # phi_i (the row's best is then at most phi_i, so phi_eff_i = phi_i).
             smallest = _ball(&x[i, 0], phi[i] + threshold, points, psi, lo, hi, start,
                              shift, offset, first_leaf, d, stack, moved, order, out,
-                             lifted, node_weight, phi[i], inv_reg, row_dropped, scratch)
+                             lifted, node_lifted, phi[i], inv_reg, row_dropped, scratch)
             if smallest <= phi[i]:
                 phi_eff[i] = phi[i]
                 counts[i] = out.size - before
@@ -569,7 +584,7 @@ cdef void _chunk_rows(
                                  first_leaf, d, stack, bounds, moved)
         phi_eff[i] = max(phi[i], best)
         _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi, start, shift, offset,
-              first_leaf, d, stack, moved, order, out, lifted, node_weight, phi_eff[i],
+              first_leaf, d, stack, moved, order, out, lifted, node_lifted, phi_eff[i],
               inv_reg, row_dropped, scratch)
         counts[i] = out.size - before
 
@@ -608,13 +623,14 @@ def tree_ball_pairs(
     ``hi``; below node ``k``, ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` (an
     affine bound of the potentials, see ``_node_bound``). One search per row when
     ``phi_i`` is at least the row's best value (found in that search), two or three
-    otherwise; rows in parallel by units of 64, by waves of 64 units (see ``WAVE``).
+    otherwise; rows in parallel by units of 64, by waves (see ``WAVES``).
     ``with_cost=False``: ``cost`` is None (the pairs' costs are not kept, 4 bytes per pair
     instead of 12). ``dropped`` is 0 where every weight is (no exponentials computed).
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t d = x.shape[1]
     cdef Py_ssize_t n_units = (n + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t wave = max(WAVE, (n_units + WAVES - 1) // WAVES)
     cdef Py_ssize_t u, w, first, last, t, size, wave_pairs, total = 0, capacity, grown
     cdef long long* stack
     cdef double* bounds
@@ -632,7 +648,9 @@ def tree_ball_pairs(
     cdef bint with_dropped = bool((np.asarray(weight) > 0.0).any())
     with np.errstate(divide="ignore"):
         lifted_array = np.asarray(psi) + reg * np.log(np.asarray(weight))
+        node_lifted_array = reg * np.log(np.asarray(node_weight))
     cdef const double[::1] lifted = lifted_array
+    cdef const double[::1] node_lifted = node_lifted_array
     n_threads = max(1, n_threads)
     counts_array = np.zeros(n, dtype=np.int64)
     phi_eff_array = np.empty(n)
@@ -644,9 +662,9 @@ def tree_ball_pairs(
     cdef double[::1] dropped = dropped_array
     cdef double inv_reg = 1.0 / reg
     buffers = <_Buffer*>calloc(n_threads, sizeof(_Buffer))
-    owner = <int*>malloc(WAVE * sizeof(int))
-    unit_start = <Py_ssize_t*>malloc(WAVE * sizeof(Py_ssize_t))
-    unit_end = <Py_ssize_t*>malloc(WAVE * sizeof(Py_ssize_t))
+    owner = <int*>malloc(wave * sizeof(int))
+    unit_start = <Py_ssize_t*>malloc(wave * sizeof(Py_ssize_t))
+    unit_end = <Py_ssize_t*>malloc(wave * sizeof(Py_ssize_t))
     try:
         if buffers == NULL or owner == NULL or unit_start == NULL or unit_end == NULL:
             raise MemoryError("tree_ball_pairs: no memory for the wave buffers")
@@ -660,15 +678,15 @@ def tree_ball_pairs(
             out_cost = <double*>malloc(capacity * sizeof(double))
         if out_index == NULL or (with_cost and out_cost == NULL):
             raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
-        for first in range(0, n_units, WAVE):
-            last = min(n_units, first + WAVE)
+        for first in range(0, n_units, wave):
+            last = min(n_units, first + wave)
             for t in range(n_threads):
                 buffers[t].size = 0
             with nogil, parallel(num_threads=n_threads):
                 stack = <long long*>malloc(STACK * sizeof(long long))
                 bounds = <double*>malloc(STACK * sizeof(double))
                 moved = <double*>malloc((d + 1) * sizeof(double))
-                scratch = <double*>malloc(3 * max_leaf * sizeof(double))
+                scratch = <double*>malloc((2 * NODE_BATCH + 3 * max_leaf) * sizeof(double))
                 for u in prange(first, last, schedule="dynamic"):
                     w = threadid()
                     owner[u - first] = <int>w
@@ -676,7 +694,7 @@ def tree_ball_pairs(
                     _chunk_rows(u * CHUNK, min(n, (u + 1) * CHUNK), x, phi, points, psi,
                                 order, lo, hi, start, shift, offset, first_leaf, threshold,
                                 counts, phi_eff, &buffers[w], stack, bounds, moved, lifted,
-                                node_weight, inv_reg, dropped, scratch, with_dropped)
+                                node_lifted, inv_reg, dropped, scratch, with_dropped)
                     unit_end[u - first] = buffers[w].size
                 free(stack)
                 free(bounds)
