@@ -346,16 +346,41 @@ def pair_costs(
 
 # Depth bound of the DFS stacks of the tree searches (a tree over < 2^60 points).
 DEF STACK = 128
-# Rows per work unit of tree_ball_pairs, and at least this many units per wave, at most
-# WAVES waves: a wave's units run in parallel, each thread appending its units' pairs to a
-# buffer of its own; between waves they are copied in row order into the output, which
-# grows by realloc (for large arrays an mremap on Linux: no copy), so that the search
-# holds one wave's pairs beyond its output instead of every pair twice (per-unit buffers,
-# then their gathered copy). Each wave ends at a barrier (idle threads spin there): a few
-# dozen per search.
+# Rows per work unit of tree_ball_pairs. Each unit's pairs go to a buffer of its own; the
+# thread that finishes a unit appends, under a lock, every finished unit that is next in
+# row order to the output and frees its buffer, so that the search holds only the units
+# finished out of order beyond its output (instead of every pair twice: per-unit buffers,
+# then their gathered copy). The output grows by realloc (for large arrays an mremap on
+# Linux: no copy). One parallel region: no barrier per batch of rows, where idle threads
+# would spin.
 DEF CHUNK = 64
-DEF WAVE = 64
-DEF WAVES = 32
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    typedef omp_lock_t mmopt_lock;
+    static void mmopt_lock_init(mmopt_lock *lock) { omp_init_lock(lock); }
+    static void mmopt_lock_destroy(mmopt_lock *lock) { omp_destroy_lock(lock); }
+    static void mmopt_lock_set(mmopt_lock *lock) { omp_set_lock(lock); }
+    static void mmopt_lock_unset(mmopt_lock *lock) { omp_unset_lock(lock); }
+    #else
+    typedef int mmopt_lock;
+    static void mmopt_lock_init(mmopt_lock *lock) { (void)lock; }
+    static void mmopt_lock_destroy(mmopt_lock *lock) { (void)lock; }
+    static void mmopt_lock_set(mmopt_lock *lock) { (void)lock; }
+    static void mmopt_lock_unset(mmopt_lock *lock) { (void)lock; }
+    #endif
+    """
+    ctypedef struct mmopt_lock:
+        pass
+    void mmopt_lock_init(mmopt_lock* lock) noexcept nogil
+    void mmopt_lock_destroy(mmopt_lock* lock) noexcept nogil
+    void mmopt_lock_set(mmopt_lock* lock) noexcept nogil
+    void mmopt_lock_unset(mmopt_lock* lock) noexcept nogil
+
+
 # Below this exponent exp() is exactly 0 in double precision (it underflows past
 # -745.13): such terms of the dropped-mass sums are skipped (same sums, no exp calls and
 # no underflow slow path).
@@ -589,6 +614,55 @@ cdef void _chunk_rows(
         counts[i] = out.size - before
 
 
+cdef struct _Output:
+    int* index
+    double* cost
+    unsigned char* met  # met[j] = 1 once a pair of column j is appended
+    Py_ssize_t size
+    Py_ssize_t capacity
+    Py_ssize_t next_unit  # the first unit not yet appended
+    int failed
+    int with_cost
+
+
+cdef void _append_finished(_Buffer* units, int* finished, Py_ssize_t n_units,
+                           _Output* out) noexcept nogil:
+    """Append the finished units from ``out.next_unit`` on, in order, to ``out`` (growing
+    it by half when full) and free their buffers; under the caller's lock."""
+    cdef _Buffer* unit
+    cdef Py_ssize_t e, grown
+    cdef void* pointer
+    while out.next_unit < n_units and finished[out.next_unit]:
+        unit = &units[out.next_unit]
+        out.failed = out.failed or unit.failed
+        if not out.failed and out.size + unit.size > out.capacity:
+            grown = max(out.size + unit.size, out.capacity + out.capacity // 2)
+            pointer = realloc(out.index, grown * sizeof(int))
+            if pointer == NULL:
+                out.failed = 1
+            else:
+                out.index = <int*>pointer
+                if out.with_cost:
+                    pointer = realloc(out.cost, grown * sizeof(double))
+                    if pointer == NULL:
+                        out.failed = 1
+                    else:
+                        out.cost = <double*>pointer
+                if not out.failed:
+                    out.capacity = grown
+        if not out.failed and unit.size > 0:
+            memcpy(&out.index[out.size], unit.index, unit.size * sizeof(int))
+            if out.with_cost:
+                memcpy(&out.cost[out.size], unit.cost, unit.size * sizeof(double))
+            for e in range(unit.size):
+                out.met[unit.index[e]] = 1
+            out.size = out.size + unit.size
+        free(unit.index)
+        free(unit.cost)
+        unit.index, unit.cost = NULL, NULL
+        out.next_unit = out.next_unit + 1
+
+
 def tree_ball_pairs(
     const double[:, ::1] x,
     const double[::1] phi,
@@ -623,27 +697,22 @@ def tree_ball_pairs(
     ``hi``; below node ``k``, ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` (an
     affine bound of the potentials, see ``_node_bound``). One search per row when
     ``phi_i`` is at least the row's best value (found in that search), two or three
-    otherwise; rows in parallel by units of 64, by waves (see ``WAVES``).
+    otherwise; rows in parallel by units of 64 (see ``CHUNK``).
     ``with_cost=False``: ``cost`` is None (the pairs' costs are not kept, 4 bytes per pair
     instead of 12). ``dropped`` is 0 where every weight is (no exponentials computed).
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t d = x.shape[1]
     cdef Py_ssize_t n_units = (n + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t wave = max(WAVE, (n_units + WAVES - 1) // WAVES)
-    cdef Py_ssize_t u, w, first, last, t, size, wave_pairs, total = 0, capacity, grown
+    cdef Py_ssize_t u
     cdef long long* stack
     cdef double* bounds
     cdef double* moved
-    cdef _Buffer* buffers
-    cdef int* owner
-    cdef Py_ssize_t* unit_start
-    cdef Py_ssize_t* unit_end
-    cdef int* out_index = NULL
-    cdef double* out_cost = NULL
-    cdef void* grown_pointer
     cdef double* scratch
-    cdef int failed = 0
+    cdef _Buffer* units
+    cdef int* finished
+    cdef _Output out
+    cdef mmopt_lock lock
     cdef Py_ssize_t max_leaf = max(1, int(np.diff(np.asarray(start)[first_leaf:]).max()))
     cdef bint with_dropped = bool((np.asarray(weight) > 0.0).any())
     with np.errstate(divide="ignore"):
@@ -651,101 +720,68 @@ def tree_ball_pairs(
         node_lifted_array = reg * np.log(np.asarray(node_weight))
     cdef const double[::1] lifted = lifted_array
     cdef const double[::1] node_lifted = node_lifted_array
-    n_threads = max(1, n_threads)
     counts_array = np.zeros(n, dtype=np.int64)
     phi_eff_array = np.empty(n)
     dropped_array = np.zeros(n)
-    met_array = np.zeros(points.shape[0], dtype=np.uint8)
+    met_array = np.zeros(max(points.shape[0], 1), dtype=np.uint8)
     cdef unsigned char[::1] met = met_array
     cdef long long[::1] counts = counts_array
     cdef double[::1] phi_eff = phi_eff_array
     cdef double[::1] dropped = dropped_array
     cdef double inv_reg = 1.0 / reg
-    buffers = <_Buffer*>calloc(n_threads, sizeof(_Buffer))
-    owner = <int*>malloc(wave * sizeof(int))
-    unit_start = <Py_ssize_t*>malloc(wave * sizeof(Py_ssize_t))
-    unit_end = <Py_ssize_t*>malloc(wave * sizeof(Py_ssize_t))
+    units = <_Buffer*>calloc(max(n_units, 1), sizeof(_Buffer))
+    finished = <int*>calloc(max(n_units, 1), sizeof(int))
+    # Grown by half when full: untouched capacity is not resident, and the final realloc
+    # gives it back.
+    out.capacity = max(1024, 8 * n)
+    out.index = <int*>malloc(out.capacity * sizeof(int))
+    out.cost = <double*>malloc(out.capacity * sizeof(double)) if with_cost else NULL
+    out.met, out.size, out.next_unit, out.failed = &met[0], 0, 0, 0
+    out.with_cost = with_cost
+    mmopt_lock_init(&lock)
     try:
-        if buffers == NULL or owner == NULL or unit_start == NULL or unit_end == NULL:
-            raise MemoryError("tree_ball_pairs: no memory for the wave buffers")
-        for t in range(n_threads):
-            buffers[t].with_cost = with_cost
-        # Grown by half when full: untouched capacity is not resident, and the final
-        # realloc gives it back.
-        capacity = max(1024, 8 * n)
-        out_index = <int*>malloc(capacity * sizeof(int))
-        if with_cost:
-            out_cost = <double*>malloc(capacity * sizeof(double))
-        if out_index == NULL or (with_cost and out_cost == NULL):
+        if (units == NULL or finished == NULL or out.index == NULL
+                or (with_cost and out.cost == NULL)):
             raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
-        for first in range(0, n_units, wave):
-            last = min(n_units, first + wave)
-            for t in range(n_threads):
-                buffers[t].size = 0
-            with nogil, parallel(num_threads=n_threads):
-                stack = <long long*>malloc(STACK * sizeof(long long))
-                bounds = <double*>malloc(STACK * sizeof(double))
-                moved = <double*>malloc((d + 1) * sizeof(double))
-                scratch = <double*>malloc((2 * NODE_BATCH + 3 * max_leaf) * sizeof(double))
-                for u in prange(first, last, schedule="dynamic"):
-                    w = threadid()
-                    owner[u - first] = <int>w
-                    unit_start[u - first] = buffers[w].size
-                    _chunk_rows(u * CHUNK, min(n, (u + 1) * CHUNK), x, phi, points, psi,
-                                order, lo, hi, start, shift, offset, first_leaf, threshold,
-                                counts, phi_eff, &buffers[w], stack, bounds, moved, lifted,
-                                node_lifted, inv_reg, dropped, scratch, with_dropped)
-                    unit_end[u - first] = buffers[w].size
-                free(stack)
-                free(bounds)
-                free(moved)
-                free(scratch)
-            wave_pairs = 0
-            for t in range(n_threads):
-                failed = failed or buffers[t].failed
-                wave_pairs = wave_pairs + buffers[t].size
-            if failed:
-                raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
-            if total + wave_pairs > capacity:
-                grown = max(total + wave_pairs, capacity + capacity // 2)
-                grown_pointer = realloc(out_index, grown * sizeof(int))
-                if grown_pointer == NULL:
-                    raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
-                out_index = <int*>grown_pointer
-                if with_cost:
-                    grown_pointer = realloc(out_cost, grown * sizeof(double))
-                    if grown_pointer == NULL:
-                        raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
-                    out_cost = <double*>grown_pointer
-                capacity = grown
-            # The units' pairs in row order.
-            for u in range(last - first):
-                size = unit_end[u] - unit_start[u]
-                if size > 0:
-                    memcpy(&out_index[total], &buffers[owner[u]].index[unit_start[u]],
-                           size * sizeof(int))
-                    if with_cost:
-                        memcpy(&out_cost[total], &buffers[owner[u]].cost[unit_start[u]],
-                               size * sizeof(double))
-                    for t in range(total, total + size):
-                        met[out_index[t]] = 1
-                    total = total + size
-        indices_array = _owned(<void**>&out_index, total, sizeof(int), "i")
-        cost_array = (_owned(<void**>&out_cost, total, sizeof(double), "d") if with_cost
-                      else None)
+        for u in range(n_units):
+            units[u].with_cost = with_cost
+        with nogil, parallel(num_threads=max(1, n_threads)):
+            stack = <long long*>malloc(STACK * sizeof(long long))
+            bounds = <double*>malloc(STACK * sizeof(double))
+            moved = <double*>malloc((d + 1) * sizeof(double))
+            scratch = <double*>malloc((2 * NODE_BATCH + 3 * max_leaf) * sizeof(double))
+            for u in prange(n_units, schedule="dynamic"):
+                _chunk_rows(u * CHUNK, min(n, (u + 1) * CHUNK), x, phi, points, psi,
+                            order, lo, hi, start, shift, offset, first_leaf, threshold,
+                            counts, phi_eff, &units[u], stack, bounds, moved, lifted,
+                            node_lifted, inv_reg, dropped, scratch, with_dropped)
+                mmopt_lock_set(&lock)
+                finished[u] = 1
+                _append_finished(units, finished, n_units, &out)
+                mmopt_lock_unset(&lock)
+            free(stack)
+            free(bounds)
+            free(moved)
+            free(scratch)
+        if out.failed:
+            raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
+        indices_array = _owned(<void**>&out.index, out.size, sizeof(int), "i")
+        cost_array = (_owned(<void**>&out.cost, out.size, sizeof(double), "d")
+                      if with_cost else None)
     finally:
-        free(out_index)
-        free(out_cost)
-        for t in range(n_threads):
-            free(buffers[t].index)
-            free(buffers[t].cost)
-        free(buffers)
-        free(owner)
-        free(unit_start)
-        free(unit_end)
+        mmopt_lock_destroy(&lock)
+        free(out.index)
+        free(out.cost)
+        if units != NULL:
+            for u in range(n_units):
+                free(units[u].index)
+                free(units[u].cost)
+        free(units)
+        free(finished)
     indptr_array = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts_array, out=indptr_array[1:])
-    return indptr_array, indices_array, cost_array, phi_eff_array, dropped_array, met_array
+    return (indptr_array, indices_array, cost_array, phi_eff_array, dropped_array,
+            met_array[:points.shape[0]])
 
 
 cdef object _owned(void** data, Py_ssize_t size, Py_ssize_t itemsize, str kind):

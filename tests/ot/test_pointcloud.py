@@ -180,9 +180,10 @@ def test_node_affine_slopes_are_the_least_squares_fits(d):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_kept_pairs_over_several_waves_match_brute_force(threads):
-    # More rows than one wave of the search (64 units of 64 rows) and more pairs than its
-    # first output capacity (8 a row): the waves' pairs are appended in row order. Against
+def test_kept_pairs_of_many_units_match_brute_force(threads):
+    # Many units of the search (64 rows each, appended in row order as they finish, two
+    # threads finishing them out of order) and more pairs than its first output capacity
+    # (8 a row, grown by realloc). Against
     # the rule by brute force, block by block; the order within a row is the search's
     # (the tree's leaves last to first, each leaf's points in tree order); one and two
     # threads give the same arrays.
