@@ -234,7 +234,8 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
     row rules (so the plan ``a_i b_j exp((phi_i + psi_j - C_ij) / reg)`` at any
     ``phi <= phi_eff`` drops at most ``sum_i a_i dropped_i``), accumulated in the tree
     search: a skipped node's weight times the exponential of its bound, and the scanned
-    points exactly.
+    points' terms themselves (by a vector ``exp``, the sum raised by a relative 1e-12 to
+    cover its rounding; a term below ``e^-700`` counts as ``e^-700``).
 
     Row ``i`` keeps every ``j`` with ``C_ij - phi_i - psi_j <= threshold`` and every ``j``
     with ``C_ij - psi_j <= min_l (C_il - psi_l) + threshold`` (so no row is empty, whatever
@@ -251,7 +252,9 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
     when that search meets a pair at or below ``phi_i``, else again from its best.
     ``trees``: a dict in which the trees of ``x`` and ``y`` are kept between calls on the
     same clouds. ``with_cost=False``: the costs are not kept (None; 4 bytes per pair
-    instead of 12, for callers that recompute them).
+    instead of 12, for callers that recompute them). The pairs of a row come in the
+    search's order, whatever ``n_threads`` (rows are searched in parallel by units of 64,
+    appended in row order).
 
     Examples
     --------
