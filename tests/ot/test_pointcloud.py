@@ -119,6 +119,15 @@ def test_extrapolated_potentials_are_the_dense_half_step(d):
     np.testing.assert_allclose(g_new, expected_g, rtol=0, atol=1e-12)
 
 
+def _nodes(tree):
+    """Each node of a SpatialTree with the slice of ``tree.points`` below it."""
+    for node in range(2 * tree.first_leaf + 1):
+        leftmost, rightmost = node, node
+        while leftmost < tree.first_leaf:
+            leftmost, rightmost = 2 * leftmost + 1, 2 * rightmost + 2
+        yield node, slice(tree.start[leftmost], tree.start[rightmost + 1])
+
+
 def test_spatial_tree_is_balanced_and_covers_its_points():
     rng = np.random.default_rng(3)
     points = rng.random((1000, 3))
@@ -142,11 +151,7 @@ def test_spatial_tree_is_balanced_and_covers_its_points():
                        (0.7 - 1.3 * tree.points[np.argsort(tree.order), 0], True)):
         shift, offset = tree.node_affine(psi)
         values = psi[tree.order]
-        for node in range(2 * tree.first_leaf + 1):
-            leftmost, rightmost = node, node
-            while leftmost < tree.first_leaf:
-                leftmost, rightmost = 2 * leftmost + 1, 2 * rightmost + 2
-            below = slice(tree.start[leftmost], tree.start[rightmost + 1])
+        for node, below in _nodes(tree):
             bound = 2.0 * points[below] @ shift[node] + offset[node] - shift[node] @ shift[node]
             gap = bound - values[below]
             assert gap.min() >= -1e-12 and gap.min() <= 1e-12
@@ -166,11 +171,7 @@ def test_node_affine_slopes_are_the_least_squares_fits(d):
     psi = np.sin(3.0 * points[:, 0]) + points[:, -1] ** 2 + 0.01 * rng.normal(size=1000)
     shift, offset = tree.node_affine(psi)
     values = psi[tree.order]
-    for node in range(2 * tree.first_leaf + 1):
-        leftmost, rightmost = node, node
-        while leftmost < tree.first_leaf:
-            leftmost, rightmost = 2 * leftmost + 1, 2 * rightmost + 2
-        below = slice(tree.start[leftmost], tree.start[rightmost + 1])
+    for node, below in _nodes(tree):
         inside, value = tree.points[below], values[below]
         slope = np.linalg.lstsq(inside - inside.mean(0), value - value.mean(), rcond=None)[0]
         np.testing.assert_allclose(2.0 * shift[node], slope, rtol=1e-6, atol=1e-8)
