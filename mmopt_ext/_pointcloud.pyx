@@ -13,7 +13,8 @@ exactly at any magnitude (a running maximum shifts the exponentials), rows in pa
 Costs: kind 0 ``|x - y|^2``, kind 1 ``|x - y|``, kind 2 ``|x - y|^p``.
 """
 
-from cython.parallel cimport parallel, prange
+from cython cimport view
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp, fabs, log, pow, sqrt, INFINITY
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
@@ -345,8 +346,47 @@ def pair_costs(
 
 # Depth bound of the DFS stacks of the tree searches (a tree over < 2^60 points).
 DEF STACK = 128
-# Rows per work unit of tree_ball_pairs (each unit's pairs go to its own growable buffer).
-DEF CHUNK = 512
+# Rows per work unit of tree_ball_pairs. Each unit's pairs go to a buffer of its own; the
+# thread that finishes a unit appends, under a lock, every finished unit that is next in
+# row order to the output and frees its buffer, so that the search holds only the units
+# finished out of order beyond its output (instead of every pair twice: per-unit buffers,
+# then their gathered copy). The output grows by realloc (for large arrays an mremap on
+# Linux: no copy). One parallel region: no barrier per batch of rows, where idle threads
+# would spin.
+DEF CHUNK = 64
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    typedef omp_lock_t mmopt_lock;
+    static void mmopt_lock_init(mmopt_lock *lock) { omp_init_lock(lock); }
+    static void mmopt_lock_destroy(mmopt_lock *lock) { omp_destroy_lock(lock); }
+    static void mmopt_lock_set(mmopt_lock *lock) { omp_set_lock(lock); }
+    static void mmopt_lock_unset(mmopt_lock *lock) { omp_unset_lock(lock); }
+    #else
+    typedef int mmopt_lock;
+    static void mmopt_lock_init(mmopt_lock *lock) { (void)lock; }
+    static void mmopt_lock_destroy(mmopt_lock *lock) { (void)lock; }
+    static void mmopt_lock_set(mmopt_lock *lock) { (void)lock; }
+    static void mmopt_lock_unset(mmopt_lock *lock) { (void)lock; }
+    #endif
+    """
+    ctypedef struct mmopt_lock:
+        pass
+    void mmopt_lock_init(mmopt_lock* lock) noexcept nogil
+    void mmopt_lock_destroy(mmopt_lock* lock) noexcept nogil
+    void mmopt_lock_set(mmopt_lock* lock) noexcept nogil
+    void mmopt_lock_unset(mmopt_lock* lock) noexcept nogil
+
+
+# Below this exponent exp() is exactly 0 in double precision (it underflows past
+# -745.13): such terms of the dropped-mass sums are skipped (same sums, no exp calls and
+# no underflow slow path).
+DEF EXP_ZERO = -746.0
+# Skipped nodes' terms of a row's dropped-mass sum per call of the vector exp.
+DEF NODE_BATCH = 32
 
 
 cdef inline double _box_distance2(
@@ -464,39 +504,70 @@ cdef double _ball(
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
     const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
     Py_ssize_t d, long long* stack, double* moved, const long long[::1] order,
-    _Buffer* out, const double[::1] weight, const double[::1] node_weight, double phi_ref,
-    double inv_reg, double* dropped,
+    _Buffer* out, const double[::1] lifted, const double[::1] node_lifted, double phi_ref,
+    double inv_reg, double* dropped, double* scratch,
 ) noexcept nogil:
     """Append the points with ``|x_i - y_j|^2 - psi_j <= radius`` to ``out`` (original
-    indices, ``|x_i - y_j|^2``); returns the smallest such value (inf if none). Sets
-    ``dropped`` to an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 - psi_j - phi_ref) /
-    reg)`` over the points left out: a skipped node's weight times the exponential of its
-    bound, a leaf's points exactly."""
-    cdef Py_ssize_t top = 1, node, e
+    indices, ``|x_i - y_j|^2``); returns the smallest such value (inf if none). Unless
+    ``dropped`` is NULL, sets it to an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 -
+    psi_j - phi_ref) / reg)`` over the points left out: a skipped node's weight times the
+    exponential of its bound, a leaf's points exactly, both by the vector exp of
+    ``_expsum.h`` (``lifted_j = psi_j + reg log w_j``, ``node_lifted = reg log`` of the
+    nodes' weights; its ~1e-13 relative error covered by a factor ``1 + 1e-12``, its clamp
+    at ``e^-700`` only raising a term). ``scratch``: room for ``2 NODE_BATCH`` values and
+    three times a leaf's points."""
+    cdef Py_ssize_t top = 1, node, e, first, size, left_out, skipped = 0
     cdef double c, value, bound, smallest = INFINITY, total = 0.0
+    cdef double* node_bounds = scratch
+    cdef double* node_terms = scratch + NODE_BATCH
+    cdef double* costs = scratch + 2 * NODE_BATCH
+    cdef double* far_costs
+    cdef double* far_lifted
     stack[0] = 0
     while top > 0:
         top = top - 1
         node = stack[top]
         bound = _node_bound(xi, node, shift, offset, lo, hi, d, moved)
         if bound > radius:
-            total = total + node_weight[node] * exp((phi_ref - bound) * inv_reg)
+            if dropped != NULL and (phi_ref - bound) * inv_reg > EXP_ZERO:
+                if skipped == NODE_BATCH:
+                    total = total + mmopt_expsum(node_bounds, node_terms, phi_ref, inv_reg,
+                                                 skipped)
+                    skipped = 0
+                node_bounds[skipped] = bound
+                node_terms[skipped] = node_lifted[node]
+                skipped = skipped + 1
             continue
         if node >= first_leaf:
-            for e in range(start[node], start[node + 1]):
-                c = _cost(xi, &points[e, 0], d, 0, 2.0)
-                value = c - psi[e]
+            first = start[node]
+            size = start[node + 1] - first
+            far_costs = costs + size
+            far_lifted = far_costs + size
+            for e in range(size):
+                costs[e] = _cost(xi, &points[first + e, 0], d, 0, 2.0)
+            left_out = 0
+            for e in range(size):
+                c = costs[e]
+                value = c - psi[first + e]
                 if value <= radius:
-                    _push(out, <int>order[e], c)
+                    _push(out, <int>order[first + e], c)
                     if value < smallest:
                         smallest = value
                 else:
-                    total = total + weight[e] * exp((phi_ref - value) * inv_reg)
+                    far_costs[left_out] = c
+                    far_lifted[left_out] = lifted[first + e]
+                    left_out = left_out + 1
+            if left_out > 0 and dropped != NULL:
+                total = total + mmopt_expsum(far_costs, far_lifted, phi_ref, inv_reg,
+                                             left_out)
             continue
         stack[top] = 2 * node + 1
         stack[top + 1] = 2 * node + 2
         top = top + 2
-    dropped[0] = total
+    if dropped != NULL:
+        if skipped > 0:
+            total = total + mmopt_expsum(node_bounds, node_terms, phi_ref, inv_reg, skipped)
+        dropped[0] = total * (1.0 + 1e-12)
     return smallest
 
 
@@ -506,13 +577,17 @@ cdef void _chunk_rows(
     const double[:, ::1] lo, const double[:, ::1] hi, const long long[::1] start,
     const double[:, ::1] shift, const double[::1] offset, Py_ssize_t first_leaf,
     double threshold, long long[::1] counts, double[::1] phi_eff, _Buffer* out,
-    long long* stack, double* bounds, double* moved, const double[::1] weight,
-    const double[::1] node_weight, double inv_reg, double[::1] dropped,
+    long long* stack, double* bounds, double* moved, const double[::1] lifted,
+    const double[::1] node_lifted, double inv_reg, double[::1] dropped, double* scratch,
+    bint with_dropped,
 ) noexcept nogil:
     """The rows ``begin:end`` of :func:`tree_ball_pairs` into ``out``."""
     cdef Py_ssize_t i, d = x.shape[1], before
     cdef double smallest, best
+    cdef double* row_dropped = NULL
     for i in range(begin, end):
+        if with_dropped:
+            row_dropped = &dropped[i]
         before = out.size
         best = INFINITY
         if phi[i] > -INFINITY:
@@ -520,7 +595,7 @@ cdef void _chunk_rows(
             # phi_i (the row's best is then at most phi_i, so phi_eff_i = phi_i).
             smallest = _ball(&x[i, 0], phi[i] + threshold, points, psi, lo, hi, start,
                              shift, offset, first_leaf, d, stack, moved, order, out,
-                             weight, node_weight, phi[i], inv_reg, &dropped[i])
+                             lifted, node_lifted, phi[i], inv_reg, row_dropped, scratch)
             if smallest <= phi[i]:
                 phi_eff[i] = phi[i]
                 counts[i] = out.size - before
@@ -534,9 +609,58 @@ cdef void _chunk_rows(
                                  first_leaf, d, stack, bounds, moved)
         phi_eff[i] = max(phi[i], best)
         _ball(&x[i, 0], phi_eff[i] + threshold, points, psi, lo, hi, start, shift, offset,
-              first_leaf, d, stack, moved, order, out, weight, node_weight, phi_eff[i],
-              inv_reg, &dropped[i])
+              first_leaf, d, stack, moved, order, out, lifted, node_lifted, phi_eff[i],
+              inv_reg, row_dropped, scratch)
         counts[i] = out.size - before
+
+
+cdef struct _Output:
+    int* index
+    double* cost
+    unsigned char* met  # met[j] = 1 once a pair of column j is appended
+    Py_ssize_t size
+    Py_ssize_t capacity
+    Py_ssize_t next_unit  # the first unit not yet appended
+    int failed
+    int with_cost
+
+
+cdef void _append_finished(_Buffer* units, int* finished, Py_ssize_t n_units,
+                           _Output* out) noexcept nogil:
+    """Append the finished units from ``out.next_unit`` on, in order, to ``out`` (growing
+    it by half when full) and free their buffers; under the caller's lock."""
+    cdef _Buffer* unit
+    cdef Py_ssize_t e, grown
+    cdef void* pointer
+    while out.next_unit < n_units and finished[out.next_unit]:
+        unit = &units[out.next_unit]
+        out.failed = out.failed or unit.failed
+        if not out.failed and out.size + unit.size > out.capacity:
+            grown = max(out.size + unit.size, out.capacity + out.capacity // 2)
+            pointer = realloc(out.index, grown * sizeof(int))
+            if pointer == NULL:
+                out.failed = 1
+            else:
+                out.index = <int*>pointer
+                if out.with_cost:
+                    pointer = realloc(out.cost, grown * sizeof(double))
+                    if pointer == NULL:
+                        out.failed = 1
+                    else:
+                        out.cost = <double*>pointer
+                if not out.failed:
+                    out.capacity = grown
+        if not out.failed and unit.size > 0:
+            memcpy(&out.index[out.size], unit.index, unit.size * sizeof(int))
+            if out.with_cost:
+                memcpy(&out.cost[out.size], unit.cost, unit.size * sizeof(double))
+            for e in range(unit.size):
+                out.met[unit.index[e]] = 1
+            out.size = out.size + unit.size
+        free(unit.index)
+        free(unit.cost)
+        unit.index, unit.cost = NULL, NULL
+        out.next_unit = out.next_unit + 1
 
 
 def tree_ball_pairs(
@@ -560,8 +684,9 @@ def tree_ball_pairs(
 ):
     """Per row ``i`` of ``x``, the tree's points ``j`` with
     ``|x_i - y_j|^2 - psi_j <= max(phi_i, min_l |x_i - y_l|^2 - psi_l) + threshold``:
-    ``(indptr, indices, cost, phi_eff, dropped)``, the pairs in compressed rows (original
-    indices, squared distances; unsorted within a row), ``phi_eff`` the max above and
+    ``(indptr, indices, cost, phi_eff, dropped, met)``, the pairs in compressed rows
+    (original indices, squared distances; unsorted within a row), ``phi_eff`` the max
+    above, ``met[j]`` 1 where some row keeps the point ``j`` (0 elsewhere) and
     ``dropped[i]`` an upper bound of ``sum_j w_j exp(-(|x_i - y_j|^2 - psi_j - phi_eff_i) /
     reg)`` over the row's points left out (``weight``: the points' ``w`` in tree order,
     ``node_weight``: their sums below each node).
@@ -572,75 +697,233 @@ def tree_ball_pairs(
     ``hi``; below node ``k``, ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` (an
     affine bound of the potentials, see ``_node_bound``). One search per row when
     ``phi_i`` is at least the row's best value (found in that search), two or three
-    otherwise; rows in parallel by chunks of 512, each chunk's pairs in a buffer of its
-    own, copied once into the result. ``with_cost=False``: ``cost`` is None (the pairs'
-    costs are not kept, 4 bytes per pair instead of 12).
+    otherwise; rows in parallel by units of 64 (see ``CHUNK``).
+    ``with_cost=False``: ``cost`` is None (the pairs' costs are not kept, 4 bytes per pair
+    instead of 12). ``dropped`` is 0 where every weight is (no exponentials computed).
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t d = x.shape[1]
-    cdef Py_ssize_t n_chunks = (n + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t c, begin, e, total = 0
+    cdef Py_ssize_t n_units = (n + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t u
     cdef long long* stack
     cdef double* bounds
     cdef double* moved
-    cdef _Buffer* buffers
-    cdef int failed = 0
+    cdef double* scratch
+    cdef _Buffer* units
+    cdef int* finished
+    cdef _Output out
+    cdef mmopt_lock lock
+    cdef Py_ssize_t max_leaf = max(1, int(np.diff(np.asarray(start)[first_leaf:]).max()))
+    cdef bint with_dropped = bool((np.asarray(weight) > 0.0).any())
+    with np.errstate(divide="ignore"):
+        lifted_array = np.asarray(psi) + reg * np.log(np.asarray(weight))
+        node_lifted_array = reg * np.log(np.asarray(node_weight))
+    cdef const double[::1] lifted = lifted_array
+    cdef const double[::1] node_lifted = node_lifted_array
     counts_array = np.zeros(n, dtype=np.int64)
     phi_eff_array = np.empty(n)
     dropped_array = np.zeros(n)
+    met_array = np.zeros(max(points.shape[0], 1), dtype=np.uint8)
+    cdef unsigned char[::1] met = met_array
     cdef long long[::1] counts = counts_array
     cdef double[::1] phi_eff = phi_eff_array
     cdef double[::1] dropped = dropped_array
     cdef double inv_reg = 1.0 / reg
-    buffers = <_Buffer*>calloc(max(n_chunks, 1), sizeof(_Buffer))
-    if buffers == NULL:
-        raise MemoryError("tree_ball_pairs: no memory for the chunk buffers")
-    for c in range(n_chunks):
-        buffers[c].with_cost = with_cost
+    units = <_Buffer*>calloc(max(n_units, 1), sizeof(_Buffer))
+    finished = <int*>calloc(max(n_units, 1), sizeof(int))
+    # Grown by half when full: untouched capacity is not resident, and the final realloc
+    # gives it back.
+    out.capacity = max(1024, 8 * n)
+    out.index = <int*>malloc(out.capacity * sizeof(int))
+    out.cost = <double*>malloc(out.capacity * sizeof(double)) if with_cost else NULL
+    out.met, out.size, out.next_unit, out.failed = &met[0], 0, 0, 0
+    out.with_cost = with_cost
+    mmopt_lock_init(&lock)
     try:
-        with nogil, parallel(num_threads=n_threads):
+        if (units == NULL or finished == NULL or out.index == NULL
+                or (with_cost and out.cost == NULL)):
+            raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
+        for u in range(n_units):
+            units[u].with_cost = with_cost
+        with nogil, parallel(num_threads=max(1, n_threads)):
             stack = <long long*>malloc(STACK * sizeof(long long))
             bounds = <double*>malloc(STACK * sizeof(double))
             moved = <double*>malloc((d + 1) * sizeof(double))
-            for c in prange(n_chunks, schedule="dynamic"):
-                _chunk_rows(c * CHUNK, min(n, (c + 1) * CHUNK), x, phi, points, psi, order,
-                            lo, hi, start, shift, offset, first_leaf, threshold, counts,
-                            phi_eff, &buffers[c], stack, bounds, moved, weight,
-                            node_weight, inv_reg, dropped)
+            scratch = <double*>malloc((2 * NODE_BATCH + 3 * max_leaf) * sizeof(double))
+            for u in prange(n_units, schedule="dynamic"):
+                _chunk_rows(u * CHUNK, min(n, (u + 1) * CHUNK), x, phi, points, psi,
+                            order, lo, hi, start, shift, offset, first_leaf, threshold,
+                            counts, phi_eff, &units[u], stack, bounds, moved, lifted,
+                            node_lifted, inv_reg, dropped, scratch, with_dropped)
+                mmopt_lock_set(&lock)
+                finished[u] = 1
+                _append_finished(units, finished, n_units, &out)
+                mmopt_lock_unset(&lock)
             free(stack)
             free(bounds)
             free(moved)
-        for c in range(n_chunks):
-            failed = failed or buffers[c].failed
-            total = total + buffers[c].size
-        if failed:
+            free(scratch)
+        if out.failed:
             raise MemoryError("tree_ball_pairs: no memory for the kept pairs")
-        indptr_array = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts_array, out=indptr_array[1:])
-        indices_array = np.empty(total, dtype=np.int32)
-        cost_array = np.empty(total) if with_cost else None
-        _gather(buffers, n_chunks, indptr_array, indices_array, cost_array, n_threads)
+        indices_array = _owned(<void**>&out.index, out.size, sizeof(int), "i")
+        cost_array = (_owned(<void**>&out.cost, out.size, sizeof(double), "d")
+                      if with_cost else None)
     finally:
-        for c in range(n_chunks):
-            free(buffers[c].index)
-            free(buffers[c].cost)
-        free(buffers)
-    return indptr_array, indices_array, cost_array, phi_eff_array, dropped_array
+        mmopt_lock_destroy(&lock)
+        free(out.index)
+        free(out.cost)
+        if units != NULL:
+            for u in range(n_units):
+                free(units[u].index)
+                free(units[u].cost)
+        free(units)
+        free(finished)
+    indptr_array = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts_array, out=indptr_array[1:])
+    return (indptr_array, indices_array, cost_array, phi_eff_array, dropped_array,
+            met_array[:points.shape[0]])
 
 
-cdef void _gather(
-    _Buffer* buffers, Py_ssize_t n_chunks, long long[::1] indptr, int[::1] indices,
-    double[::1] cost, int n_threads,
-) noexcept:
-    # cost is None when the pairs' costs were not kept.
-    cdef bint with_cost = cost is not None
-    cdef Py_ssize_t c, base
-    if indices.shape[0] == 0:
-        return
+cdef object _owned(void** data, Py_ssize_t size, Py_ssize_t itemsize, str kind):
+    """A NumPy array of ``size`` items over ``data[0]`` (shrunk to fit by realloc), which it
+    then owns and frees; ``data[0]`` is set to NULL."""
+    cdef view.array out
+    cdef void* fitted = realloc(data[0], max(size, 1) * itemsize)
+    if fitted != NULL:
+        data[0] = fitted
+    out = view.array(shape=(max(size, 1),), itemsize=itemsize, format=kind, mode="c",
+                     allocate_buffer=False)
+    out.data = <char*>data[0]
+    out.callback_free_data = free
+    data[0] = NULL
+    return np.asarray(out)[:size]
+
+
+def tree_affine_bounds(
+    const double[:, ::1] points,
+    const double[::1] psi,
+    const long long[::1] start,
+    Py_ssize_t first_leaf,
+    double[:, ::1] shift,
+    double[::1] offset,
+):
+    """Per node ``k`` of an implicit complete binary tree (children ``2k + 1``, ``2k + 2``;
+    leaf ``k >= first_leaf`` holding ``points[start[k]:start[k + 1]]`` and their ``psi``),
+    an affine upper bound ``psi_j <= 2 shift[k].y_j + offset[k] - |shift[k]|^2`` of the
+    values below it, into ``shift`` and ``offset``.
+
+    ``shift`` is half the least-squares slope of ``psi`` over the node's points (centred
+    moments per leaf, merged upwards by Chan et al.'s pairwise update, then a d x d solve
+    with a relative ridge of 1e-10 of the trace); ``offset`` is then the exact largest
+    residual ``psi_j - 2 shift.y_j`` plus ``|shift|^2``, so the bound holds whatever the
+    slope's rounding.
+    """
+    cdef Py_ssize_t nodes = 2 * first_leaf + 1
+    cdef Py_ssize_t d = points.shape[1]
+    cdef Py_ssize_t k, e, p, q, r, left, right, low, high, pivot
+    cdef double count, delta_psi, share, ridge, top, value, t
+    count_array = np.zeros(nodes)
+    mean_array = np.zeros((nodes, d))
+    psi_mean_array = np.zeros(nodes)
+    moments_array = np.zeros((nodes, d, d))
+    cross_array = np.zeros((nodes, d))
+    system_array = np.empty((d, d + 1))
+    delta_array = np.empty(d)
+    cdef double[::1] counts = count_array
+    cdef double[:, ::1] mean = mean_array
+    cdef double[::1] psi_mean = psi_mean_array
+    cdef double[:, :, ::1] moments = moments_array
+    cdef double[:, ::1] cross = cross_array
+    cdef double[:, ::1] system = system_array
+    cdef double[::1] delta = delta_array
     with nogil:
-        for c in prange(n_chunks, schedule="static", num_threads=n_threads):
-            base = indptr[c * CHUNK]
-            if buffers[c].size > 0:
-                memcpy(&indices[base], buffers[c].index, buffers[c].size * sizeof(int))
-                if with_cost:
-                    memcpy(&cost[base], buffers[c].cost, buffers[c].size * sizeof(double))
+        # Leaves: means, then moments about them.
+        for k in range(first_leaf, nodes):
+            count = <double>(start[k + 1] - start[k])
+            counts[k] = count
+            if count == 0.0:
+                continue
+            for e in range(start[k], start[k + 1]):
+                psi_mean[k] = psi_mean[k] + psi[e]
+                for p in range(d):
+                    mean[k, p] = mean[k, p] + points[e, p]
+            psi_mean[k] = psi_mean[k] / count
+            for p in range(d):
+                mean[k, p] = mean[k, p] / count
+            for e in range(start[k], start[k + 1]):
+                value = psi[e] - psi_mean[k]
+                for p in range(d):
+                    t = points[e, p] - mean[k, p]
+                    cross[k, p] = cross[k, p] + t * value
+                    for q in range(p + 1):
+                        moments[k, p, q] = moments[k, p, q] + t * (points[e, q] - mean[k, q])
+        # Internal nodes: the children's moments merged (exact in exact arithmetic).
+        for k in range(first_leaf - 1, -1, -1):
+            left, right = 2 * k + 1, 2 * k + 2
+            count = counts[left] + counts[right]
+            counts[k] = count
+            if counts[left] == 0.0 or counts[right] == 0.0:
+                r = right if counts[left] == 0.0 else left
+                psi_mean[k] = psi_mean[r]
+                for p in range(d):
+                    mean[k, p] = mean[r, p]
+                    cross[k, p] = cross[r, p]
+                    for q in range(p + 1):
+                        moments[k, p, q] = moments[r, p, q]
+                continue
+            share = counts[left] * counts[right] / count
+            delta_psi = psi_mean[right] - psi_mean[left]
+            psi_mean[k] = psi_mean[left] + delta_psi * (counts[right] / count)
+            for p in range(d):
+                delta[p] = mean[right, p] - mean[left, p]
+                mean[k, p] = mean[left, p] + delta[p] * (counts[right] / count)
+                cross[k, p] = cross[left, p] + cross[right, p] + share * delta[p] * delta_psi
+                for q in range(p + 1):
+                    moments[k, p, q] = (moments[left, p, q] + moments[right, p, q]
+                                        + share * delta[p] * delta[q])
+        for k in range(nodes):
+            # slope = (moments + ridge I)^-1 cross, by Gaussian elimination with partial
+            # pivoting on [moments + ridge I | cross].
+            ridge = 0.0
+            for p in range(d):
+                ridge = ridge + moments[k, p, p]
+            ridge = 1e-10 * ridge + 1e-300
+            for p in range(d):
+                for q in range(d):
+                    system[p, q] = moments[k, p, q] if q <= p else moments[k, q, p]
+                system[p, p] = system[p, p] + ridge
+                system[p, d] = cross[k, p]
+            for p in range(d):
+                pivot = p
+                for q in range(p + 1, d):
+                    if fabs(system[q, p]) > fabs(system[pivot, p]):
+                        pivot = q
+                if pivot != p:
+                    for q in range(d + 1):
+                        system[p, q], system[pivot, q] = system[pivot, q], system[p, q]
+                for q in range(p + 1, d):
+                    t = system[q, p] / system[p, p]
+                    for r in range(p, d + 1):
+                        system[q, r] = system[q, r] - t * system[p, r]
+            for p in range(d - 1, -1, -1):
+                t = system[p, d]
+                for q in range(p + 1, d):
+                    t = t - system[p, q] * delta[q]
+                delta[p] = t / system[p, p]
+            for p in range(d):
+                shift[k, p] = 0.5 * delta[p]
+            # The exact largest residual over the node's points (leaves low .. high).
+            low, high = k, k
+            while low < first_leaf:
+                low, high = 2 * low + 1, 2 * high + 2
+            top = -INFINITY
+            for e in range(start[low], start[high + 1]):
+                value = psi[e]
+                for p in range(d):
+                    value = value - 2.0 * shift[k, p] * points[e, p]
+                if value > top:
+                    top = value
+            value = 0.0
+            for p in range(d):
+                value = value + shift[k, p] * shift[k, p]
+            offset[k] = top + value

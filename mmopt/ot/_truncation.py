@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmopt_ext._pointcloud import tree_ball_pairs
+from mmopt_ext._pointcloud import tree_affine_bounds, tree_ball_pairs
 
 __all__ = ["CloudLevel", "SpatialTree", "grid_hierarchy", "kept_pairs", "spatial_order"]
 
@@ -216,33 +216,12 @@ class SpatialTree:
         The slope is a least-squares fit of ``psi`` over the node's points (a near map's
         potentials are smooth, so the bound is tight where ``max psi`` is loose by the
         slope times the node's size); the offset is then the exact largest residual, so the
-        bound holds whatever the fit.
+        bound holds whatever the fit (:func:`~mmopt_ext._pointcloud.tree_affine_bounds`).
         """
-        m, d = self.points.shape
         nodes = 2 * self.first_leaf + 1
-        values = psi[self.order]
-        shift, offset = np.empty((nodes, d)), np.empty(nodes)
-        leaves = self.first_leaf + 1
-        first, width = 0, leaves  # the nodes of one depth: first .. 2 first; leaves each
-        while first < nodes:
-            starts = self.leaf_starts[::width]
-            count = np.diff(np.append(starts, m))
-            owner = np.repeat(np.arange(starts.size), count)
-            mean = np.add.reduceat(self.points, starts, axis=0) / count[:, None]
-            centered = self.points - mean[owner]
-            residual = values - (np.add.reduceat(values, starts) / count)[owner]
-            moments = np.add.reduceat(centered[:, :, None] * centered[:, None, :], starts,
-                                      axis=0)
-            ridge = 1e-10 * np.trace(moments, axis1=1, axis2=2) + 1e-300
-            moments += ridge[:, None, None] * np.eye(d)
-            rhs = np.add.reduceat(centered * residual[:, None], starts, axis=0)
-            slope = np.linalg.solve(moments, rhs[:, :, None])[:, :, 0]
-            half = 0.5 * slope
-            top = np.maximum.reduceat(values - 2.0 * np.einsum("ij,ij->i", half[owner],
-                                                               self.points), starts)
-            shift[first:2 * first + 1] = half
-            offset[first:2 * first + 1] = top + np.einsum("ij,ij->i", half, half)
-            first, width = 2 * first + 1, width // 2
+        shift, offset = np.empty((nodes, self.points.shape[1])), np.empty(nodes)
+        tree_affine_bounds(self.points, np.ascontiguousarray(psi[self.order]), self.start,
+                           self.first_leaf, shift, offset)
         return shift, offset
 
 
@@ -255,7 +234,8 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
     row rules (so the plan ``a_i b_j exp((phi_i + psi_j - C_ij) / reg)`` at any
     ``phi <= phi_eff`` drops at most ``sum_i a_i dropped_i``), accumulated in the tree
     search: a skipped node's weight times the exponential of its bound, and the scanned
-    points exactly.
+    points' terms themselves (by a vector ``exp``, the sum raised by a relative 1e-12 to
+    cover its rounding; a term below ``e^-700`` counts as ``e^-700``).
 
     Row ``i`` keeps every ``j`` with ``C_ij - phi_i - psi_j <= threshold`` and every ``j``
     with ``C_ij - psi_j <= min_l (C_il - psi_l) + threshold`` (so no row is empty, whatever
@@ -272,7 +252,9 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
     when that search meets a pair at or below ``phi_i``, else again from its best.
     ``trees``: a dict in which the trees of ``x`` and ``y`` are kept between calls on the
     same clouds. ``with_cost=False``: the costs are not kept (None; 4 bytes per pair
-    instead of 12, for callers that recompute them).
+    instead of 12, for callers that recompute them). The pairs of a row come in the
+    search's order, whatever ``n_threads`` (rows are searched in parallel by units of 64,
+    appended in row order).
 
     Examples
     --------
@@ -286,15 +268,14 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
     if "y" not in trees:
         trees["y"] = SpatialTree(y)
     weights = np.zeros(m) if b is None else np.asarray(b, dtype=np.float64)
-    indptr, indices, cost, phi_eff, dropped = _ball_rows(
+    indptr, indices, cost, phi_eff, dropped, met = _ball_rows(
         x, trees["y"], phi, psi, threshold, n_threads, weights, 1.0 if reg is None else reg,
         with_cost)
-    counts = np.bincount(indices, minlength=m)
-    empty = np.flatnonzero(counts == 0)
+    empty = np.flatnonzero(met == 0)
     if empty.size:
         if "x" not in trees:
             trees["x"] = SpatialTree(x)
-        extra_ptr, extra_rows, extra_cost, _, _ = _ball_rows(
+        extra_ptr, extra_rows, extra_cost, _, _, _ = _ball_rows(
             y[empty], trees["x"], psi[empty], phi_eff, threshold, n_threads, np.zeros(n), 1.0,
             with_cost)
         # Each column's pairs go at the end of their rows, by np.insert: no array of a
@@ -315,7 +296,7 @@ def kept_pairs(x, y, phi, psi, threshold, *, n_threads=1, trees=None, b=None, re
 def _ball_rows(x, tree, phi, psi, threshold, n_threads, weights, reg, with_cost=True):
     """The two row rules of :func:`kept_pairs` for the rows ``x`` against ``tree``'s points
     (potentials ``psi``, weights ``weights``): ``(indptr, indices, cost, phi_eff,
-    dropped)``."""
+    dropped, met)`` (``met``: 1 for the points some row keeps)."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     phi = np.ascontiguousarray(phi, dtype=np.float64)
     psi = np.ascontiguousarray(psi, dtype=np.float64)

@@ -119,6 +119,15 @@ def test_extrapolated_potentials_are_the_dense_half_step(d):
     np.testing.assert_allclose(g_new, expected_g, rtol=0, atol=1e-12)
 
 
+def _nodes(tree):
+    """Each node of a SpatialTree with the slice of ``tree.points`` below it."""
+    for node in range(2 * tree.first_leaf + 1):
+        leftmost, rightmost = node, node
+        while leftmost < tree.first_leaf:
+            leftmost, rightmost = 2 * leftmost + 1, 2 * rightmost + 2
+        yield node, slice(tree.start[leftmost], tree.start[rightmost + 1])
+
+
 def test_spatial_tree_is_balanced_and_covers_its_points():
     rng = np.random.default_rng(3)
     points = rng.random((1000, 3))
@@ -142,11 +151,7 @@ def test_spatial_tree_is_balanced_and_covers_its_points():
                        (0.7 - 1.3 * tree.points[np.argsort(tree.order), 0], True)):
         shift, offset = tree.node_affine(psi)
         values = psi[tree.order]
-        for node in range(2 * tree.first_leaf + 1):
-            leftmost, rightmost = node, node
-            while leftmost < tree.first_leaf:
-                leftmost, rightmost = 2 * leftmost + 1, 2 * rightmost + 2
-            below = slice(tree.start[leftmost], tree.start[rightmost + 1])
+        for node, below in _nodes(tree):
             bound = 2.0 * points[below] @ shift[node] + offset[node] - shift[node] @ shift[node]
             gap = bound - values[below]
             assert gap.min() >= -1e-12 and gap.min() <= 1e-12
@@ -154,6 +159,73 @@ def test_spatial_tree_is_balanced_and_covers_its_points():
                 np.testing.assert_allclose(2.0 * shift[node], [-1.3, 0.0, 0.0],
                                            atol=1e-6)
                 assert gap.max() <= 1e-9
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_node_affine_slopes_are_the_least_squares_fits(d):
+    # The slopes merged up from the leaves' centred moments against NumPy's least squares
+    # over each node's points (psi smooth plus noise, a cloud with a dense blob).
+    rng = np.random.default_rng(20 + d)
+    points = np.vstack([rng.random((700, d)), 0.5 + 0.01 * rng.normal(size=(300, d))])
+    tree = SpatialTree(points)
+    psi = np.sin(3.0 * points[:, 0]) + points[:, -1] ** 2 + 0.01 * rng.normal(size=1000)
+    shift, offset = tree.node_affine(psi)
+    values = psi[tree.order]
+    for node, below in _nodes(tree):
+        inside, value = tree.points[below], values[below]
+        slope = np.linalg.lstsq(inside - inside.mean(0), value - value.mean(), rcond=None)[0]
+        np.testing.assert_allclose(2.0 * shift[node], slope, rtol=1e-6, atol=1e-8)
+        residual = value - 2.0 * inside @ shift[node]
+        np.testing.assert_allclose(offset[node] - shift[node] @ shift[node],
+                                   residual.max(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kept_pairs_of_many_units_match_brute_force(threads):
+    # Many units of the search (64 rows each, appended in row order as they finish, two
+    # threads finishing them out of order) and more pairs than its first output capacity
+    # (8 a row, grown by realloc). Against
+    # the rule by brute force, block by block; the order within a row is the search's
+    # (the tree's leaves last to first, each leaf's points in tree order); one and two
+    # threads give the same arrays.
+    rng = np.random.default_rng(21)
+    n, m, reg = 9000, 6000, 1e-4
+    x = np.vstack([rng.random((n - 2000, 3)), 0.3 + 0.02 * rng.random((2000, 3))])
+    y = rng.random((m, 3))
+    b = rng.uniform(0.5, 1.5, size=m)
+    b /= b.sum()
+    psi = 0.05 * np.sin(3.0 * y[:, 0]) + reg * rng.normal(size=m)
+    phi = np.full(n, -np.inf)
+    phi[::2] = 0.1 * rng.random(n // 2) - 0.05
+    out = kept_pairs(x, y, phi, psi, 40 * reg, n_threads=threads, b=b, reg=reg)
+    indptr, indices, cost, phi_eff, dropped = out
+    assert indices.size > 8 * n and indptr[-1] == indices.size
+    single = kept_pairs(x, y, phi, psi, 40 * reg, n_threads=1, b=b, reg=reg)
+    for mine, reference in zip(out, single):
+        np.testing.assert_array_equal(mine, reference)
+    tree = SpatialTree(y)
+    position = np.argsort(tree.order)
+    leaf = np.searchsorted(tree.leaf_starts, position, side="right") - 1
+    search_order = position - 2 * m * leaf  # ascending within a leaf, leaves descending
+    for first in range(0, n, 1500):
+        rows = slice(first, first + 1500)
+        shifted = _cost(x[rows], y) - psi
+        best = shifted.min(1)
+        np.testing.assert_allclose(phi_eff[rows], np.maximum(phi[rows], best), rtol=0,
+                                   atol=1e-14)
+        rule = (shifted - phi[rows, None] <= 40 * reg) | (shifted <= best[:, None] + 40 * reg)
+        left_out = (b * np.exp(-np.where(rule, np.inf, shifted - phi_eff[rows, None])
+                               / reg)).sum(1)
+        assert (dropped[rows] >= left_out * (1 - 1e-9)).all()
+        for i in range(first, min(n, first + 1500)):
+            columns = indices[indptr[i]:indptr[i + 1]]
+            own = rule[i - first]
+            # The columns a row keeps for an empty column come after its own.
+            np.testing.assert_array_equal(np.sort(columns[:own.sum()]), np.flatnonzero(own))
+            assert (np.diff(search_order[columns[:own.sum()]]) > 0).all()
+            np.testing.assert_allclose(cost[indptr[i]:indptr[i + 1]],
+                                       _cost(x[i:i + 1], y[columns])[0], rtol=1e-12,
+                                       atol=1e-15)
 
 
 def test_grid_hierarchy_is_nested_and_keeps_mass():
