@@ -59,7 +59,7 @@ _MAX_SLACK = 2.0
 # once the margin falls below _RELAXED_MARGIN thresholds; closer, the final floor applies.
 _RELAXED_ABOVE = 1e-3
 # Negative: the margin no longer certifies a small dropped mass there, it only bounds how
-# far the potentials' soft maxima rose since the selection (1.25 thresholds). The damped
+# far the potentials' soft maxima rose since the selection (2 thresholds). The damped
 # Newton steps between errors 0.1 and 1e-3 move clusters of matched pairs by tens of reg
 # (measured on the bench clouds at 0.25 squared spacings: 10-80 reg) and so drove the
 # margin under the coarse floor after most steps, each time forcing a re-selection that
@@ -426,10 +426,12 @@ class PointCloudSinkhorn(Solver):
       (a least-squares slope, the exact largest residual), never visiting the others, so a
       half-iteration costs O(kept pairs). The pairs are re-selected when
       ``reg`` changes or the potentials moved enough to erode the margin: below a quarter
-      of the threshold before the problem's ``reg`` (and at it while the relative marginal
-      error is above 1e-3), below the larger of half the threshold and
-      ``reg log(100 / tol)`` after (at most 3/4 of the threshold; the returned plan always
-      meets that floor). The margin is the threshold minus the weighted soft maxima
+      of the threshold before the problem's ``reg``; at it, below minus the threshold
+      while the relative marginal error is above 1e-3 (there the pairs only steer the
+      damped Newton steps, which move clusters of matched pairs by tens of ``reg``), then
+      below the larger of half the threshold and ``reg log(100 / tol)`` (at most 3/4 of
+      the threshold; an iterate is only taken as converged, and the returned plan always
+      is, at that floor). The margin is the threshold minus the weighted soft maxima
       ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` of the rises ``dphi`` of ``phi``
       since the selection and likewise of ``psi`` (at most their largest rises), or, when
       larger, the margin of a bound summed row by row in the tree search (each skipped
