@@ -63,9 +63,13 @@ _RELAXED_ABOVE = 1e-3
 # Newton steps between errors 0.1 and 1e-3 move clusters of matched pairs by tens of reg
 # (measured on the bench clouds at 0.25 squared spacings: 10-80 reg) and so drove the
 # margin under the coarse floor after most steps, each time forcing a re-selection that
-# cost about a Newton step; at -1 threshold the fine level of 3-D 10^5 re-selected 7 times
-# instead of 13 and 3 10^5 13 instead of 21, with the same Newton steps. Never re-selecting
-# there cost more Newton steps (3-D 3 10^4: 25 instead of 16) than it saved.
+# cost about a Newton step. At -1 threshold (one thread, CPU time) the fine level of 3-D
+# 10^5 re-selected 7 times instead of 13 (17.0-17.9 s instead of 20.8-21.6), 3 10^5 13
+# instead of 21 (71.6 s instead of 87.2), with the same Newton steps; Gaussian blobs to a
+# shell, 3-D 10^5, 41 instead of 76 (216 s instead of 299); 2-D 10^5 at 1e-5 diameter^2
+# was unchanged (7 re-selections, one Newton step more). Never re-selecting there cost
+# more Newton steps (3-D 3 10^4: 25 instead of 16) than it saved, and a restricted
+# problem that the kept pairs cannot solve then never left the relaxed phase.
 _RELAXED_MARGIN = -1.0
 # Diagonal shift of the Newton system, relative to the gradient's L1 norm (the Hessian's
 # null direction (1, -1)), as in SinkhornNewtonSparse.
