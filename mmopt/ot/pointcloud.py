@@ -67,7 +67,9 @@ _RELAXED_ABOVE = 1e-3
 # 10^5 re-selected 7 times instead of 13 (17.0-17.9 s instead of 20.8-21.6), 3 10^5 13
 # instead of 21 (71.6 s instead of 87.2), with the same Newton steps; Gaussian blobs to a
 # shell, 3-D 10^5, 41 instead of 76 (216 s instead of 299); 2-D 10^5 at 1e-5 diameter^2
-# was unchanged (7 re-selections, one Newton step more). Never re-selecting there cost
+# was unchanged (7 re-selections, one Newton step more); 3-D 10^6 (one run, 2 threads)
+# re-selected 49 times instead of 58 but took 51 Newton steps instead of 40 (408 s CPU
+# under load, 442 quiet before: no clear gain there). Never re-selecting there cost
 # more Newton steps (3-D 3 10^4: 25 instead of 16) than it saved, and a restricted
 # problem that the kept pairs cannot solve then never left the relaxed phase.
 _RELAXED_MARGIN = -1.0
