@@ -55,9 +55,24 @@ _FINAL_MARGIN = 0.5
 _COARSE_MARGIN = 0.25
 _MAX_SLACK = 2.0
 # Far from the solution (relative marginal error above this) the pattern only steers the
-# iterations, so it keeps the coarse floor at the problem's reg too (fewer re-truncations
-# in the damped Newton phase); closer, the final floor applies.
+# iterations: at the problem's reg on the original clouds it is then re-selected only
+# once the margin falls below _RELAXED_MARGIN thresholds; closer, the final floor applies.
 _RELAXED_ABOVE = 1e-3
+# Negative: the margin no longer certifies a small dropped mass there, it only bounds how
+# far the potentials' soft maxima rose since the selection (2 thresholds). The damped
+# Newton steps between errors 0.1 and 1e-3 move clusters of matched pairs by tens of reg
+# (measured on the bench clouds at 0.25 squared spacings: 10-80 reg) and so drove the
+# margin under the coarse floor after most steps, each time forcing a re-selection that
+# cost about a Newton step. At -1 threshold (one thread, CPU time) the fine level of 3-D
+# 10^5 re-selected 7 times instead of 13 (17.0-17.9 s instead of 20.8-21.6), 3 10^5 13
+# instead of 21 (71.6 s instead of 87.2), with the same Newton steps; Gaussian blobs to a
+# shell, 3-D 10^5, 41 instead of 76 (216 s instead of 299); 2-D 10^5 at 1e-5 diameter^2
+# was unchanged (7 re-selections, one Newton step more); 3-D 10^6 (one run, 2 threads)
+# re-selected 49 times instead of 58 but took 51 Newton steps instead of 40 (408 s CPU
+# under load, 442 quiet before: no clear gain there). Never re-selecting there cost
+# more Newton steps (3-D 3 10^4: 25 instead of 16) than it saved, and a restricted
+# problem that the kept pairs cannot solve then never left the relaxed phase.
+_RELAXED_MARGIN = -1.0
 # Diagonal shift of the Newton system, relative to the gradient's L1 norm (the Hessian's
 # null direction (1, -1)), as in SinkhornNewtonSparse.
 _NEWTON_SHIFT = 1e-3
@@ -362,6 +377,8 @@ class _Run:
     threads: int
     cost_scale: float
     pattern: _Pattern | None = None
+    # The pattern must be re-selected before an iterate's residual counts (_hold_at_tol).
+    stale: bool = False
     truncations: int = 0
     n_newton: int = 0
     newton_pause: int = 0  # Sinkhorn iterations before the next Newton attempt
@@ -415,10 +432,12 @@ class PointCloudSinkhorn(Solver):
       (a least-squares slope, the exact largest residual), never visiting the others, so a
       half-iteration costs O(kept pairs). The pairs are re-selected when
       ``reg`` changes or the potentials moved enough to erode the margin: below a quarter
-      of the threshold before the problem's ``reg`` (and at it while the relative marginal
-      error is above 1e-3), below the larger of half the threshold and
-      ``reg log(100 / tol)`` after (at most 3/4 of the threshold; the returned plan always
-      meets that floor). The margin is the threshold minus the weighted soft maxima
+      of the threshold before the problem's ``reg``; at it, below minus the threshold
+      while the relative marginal error is above 1e-3 (there the pairs only steer the
+      damped Newton steps, which move clusters of matched pairs by tens of ``reg``), then
+      below the larger of half the threshold and ``reg log(100 / tol)`` (at most 3/4 of
+      the threshold; an iterate is only taken as converged, and the returned plan always
+      is, at that floor). The margin is the threshold minus the weighted soft maxima
       ``reg log(sum_i a_i exp(dphi_i / reg) / sum(a))`` of the rises ``dphi`` of ``phi``
       since the selection and likewise of ``psi`` (at most their largest rises), or, when
       larger, the margin of a bound summed row by row in the tree search (each skipped
@@ -591,6 +610,7 @@ class PointCloudSinkhorn(Solver):
             floor = self._min_margin(problem, state)
             if (
                 pattern is None
+                or run.stale
                 or pattern.margin(phi, psi, reg) < floor
                 or pattern.threshold > _MAX_SLACK * self.truncation * reg
             ):
@@ -600,6 +620,7 @@ class PointCloudSinkhorn(Solver):
                 row_reference = phi if pattern is not None else np.full_like(phi, -np.inf)
                 # The old pairs go before the new ones are found (not both in memory).
                 pattern = run.pattern = None
+                run.stale = False
                 pattern = run.pattern = _Pattern(level, row_reference, psi, reg,
                                                  self.truncation * reg, run.threads)
                 run.truncations += 1
@@ -622,6 +643,7 @@ class PointCloudSinkhorn(Solver):
                         run.n_newton += 1
                         run.newton_backoff = 1
                         entry["iterations"] += 1
+                        self._hold_at_tol(new, pattern, level)
                         return new
                     run.newton_pause = run.newton_backoff
                     run.newton_backoff = min(2 * run.newton_backoff, _MAX_NEWTON_BACKOFF)
@@ -656,6 +678,8 @@ class PointCloudSinkhorn(Solver):
         )
         if not final and error <= self.switch_tol * mass:
             self._next_stage(problem, new)
+        elif final and run.regime == "sharp":
+            self._hold_at_tol(new, pattern, level)
         return new
 
     def _grid_solve(self, problem, state):
@@ -746,12 +770,33 @@ class PointCloudSinkhorn(Solver):
         """The smallest margin the kept pairs may keep before they are selected again."""
         run = state.run
         threshold = self.truncation * state.reg
-        if (state.level < len(run.levels) - 1 or state.reg > problem.reg
-                or state.residual > _RELAXED_ABOVE):
+        if state.level < len(run.levels) - 1 or state.reg > problem.reg:
             return _COARSE_MARGIN * threshold
-        # Dropped mass at most exp(-margin / reg) times the squared mass: tol / 100.
-        floor = max(_FINAL_MARGIN * threshold, state.reg * np.log(100.0 / self.tol))
+        if state.residual > _RELAXED_ABOVE:
+            return _RELAXED_MARGIN * threshold
+        return self._final_floor(state.reg)
+
+    def _final_floor(self, reg) -> float:
+        """The margin floor near the solution at the problem's ``reg``: the dropped mass at
+        most ``exp(-margin / reg)`` times the squared mass, ``tol / 100``, where 3/4 of the
+        threshold allows it."""
+        threshold = self.truncation * reg
+        floor = max(_FINAL_MARGIN * threshold, reg * np.log(100.0 / self.tol))
         return min(_MIN_MARGIN * threshold, floor)
+
+    def _hold_at_tol(self, new, pattern, level) -> None:
+        """Keep ``new`` (at the problem's reg on the original clouds) from ending the solve
+        when its residual meets ``tol`` but its pattern's margin is below the final floor
+        (allowed while the error was above ``_RELAXED_ABOVE``): that residual is the kept
+        pairs' only, so the pairs are re-selected and the error measured again first."""
+        if new.residual > self.tol:
+            return
+        reg = new.reg
+        margin = pattern.margin(new.f - reg * level.log_a, new.g - reg * level.log_b, reg)
+        if margin < self._final_floor(reg):
+            new.run.stale = True
+            new.intermediate = True
+            new.record["intermediate"] = 1.0
 
     def _next_stage(self, problem, state) -> None:
         """Move ``state`` (in place: it is the step's new state) to the next reg or level."""

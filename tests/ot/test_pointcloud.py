@@ -526,6 +526,83 @@ def test_margin_floor_at_the_default_tol_bounds_the_returned_plan():
     assert np.abs(rows - a).sum() + np.abs(cols - b).sum() <= 1e-6
 
 
+def _deformed_clouds(n, d, seed):
+    # Uniform points against a smoothly deformed cloud, random weights, at a reg of a
+    # quarter of the squared point spacing: a nearly one-to-one plan whose damped Newton
+    # steps move clusters of matched pairs by tens of reg.
+    rng = np.random.default_rng(seed)
+    x, y = rng.random((n, d)), rng.random((n - 20, d))
+    y = y + 0.1 * np.sin(3.0 * y[:, ::-1])
+    a, b = rng.random(n) + 0.5, rng.random(n - 20) + 0.5
+    a, b = a / a.sum(), b / b.sum()
+    reg = 0.25 * PointCloudOTProblem(x, y, reg=1.0).squared_spacing()
+    return x, y, a, b, reg
+
+
+def _level_potentials(state):
+    level = state.run.levels[state.level]
+    return state.f - state.reg * level.log_a, state.g - state.reg * level.log_b
+
+
+def test_relaxed_phase_keeps_the_pairs_down_to_a_negative_margin(monkeypatch):
+    # While the error is above 1e-3 at the problem's reg, a Newton step that leaves the
+    # margin between -1 and +1/4 of the threshold does not re-select the pairs (it did
+    # below +1/4 before); the solve still matches the dense solver.
+    from mmopt.ot import pointcloud as module
+
+    steps = []  # (pattern, residual before the step, margin after / threshold)
+    original = module._newton_step
+
+    def recording(problem, state, pattern, level):
+        new = original(problem, state, pattern, level)
+        if new is not None:
+            margin = pattern.margin(*_level_potentials(new), state.reg)
+            steps.append((pattern, state.residual, margin / pattern.threshold))
+        return new
+
+    monkeypatch.setattr(module, "_newton_step", recording)
+    x, y, a, b, reg = _deformed_clouds(800, 3, seed=0)
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-11, max_coarse=60)
+    assert res.success and res.marginal_error < 1e-10
+    kept_through = [
+        step for step, after in zip(steps, steps[1:])
+        if step[1] > module._RELAXED_ABOVE and -1.0 <= step[2] < module._COARSE_MARGIN
+        and after[0] is step[0]
+    ]
+    assert kept_through
+    _check_against_dense(res, x, y, a, b, reg)
+
+
+def test_an_iterate_at_tol_with_an_eroded_margin_does_not_end_the_solve(monkeypatch):
+    # At a loose tol the solve reaches tol while the error is above 1e-3, where the margin
+    # may have fallen below the final floor: such an iterate's error is the kept pairs'
+    # only, so it must not end the solve before the pairs are re-selected.
+    from mmopt.ot import pointcloud as module
+
+    ends, held = [], []
+    original = module.PointCloudSinkhorn._step
+
+    def recording(self, problem, state):
+        new = original(self, problem, state)
+        run = new.run
+        at_reg = new.level == len(run.levels) - 1 and new.reg == problem.reg
+        if at_reg and run.pattern is not None:  # None on entering the level
+            margin = run.pattern.margin(*_level_potentials(new), new.reg)
+            eroded = margin < self._final_floor(new.reg)
+            if new.residual <= self.tol:
+                (held if new.intermediate else ends).append(eroded)
+        return new
+
+    monkeypatch.setattr(module.PointCloudSinkhorn, "_step", recording)
+    x, y, a, b, reg = _deformed_clouds(800, 3, seed=0)
+    tol = 1e-2
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=tol, max_coarse=60)
+    assert res.success and any(held)  # the rule was exercised
+    assert ends and not any(ends)
+    assert res.marginal_error <= tol
+    assert res.dropped_mass_bound <= tol / 100
+
+
 def test_zero_mass_points_and_delegation():
     x, y, a, b = _clouds(60, 50, 2, weights=True)
     a = a.copy()
