@@ -81,11 +81,25 @@ def _environment() -> str:
     )
 
 
+# Optional packages that change what mmopt itself runs (its KD-tree, SPARE's sparse
+# solver): a section's figures depend on whether they were installed.
+_OPTIONAL_BACKENDS = ("pykdtree", "cholespy")
+
+
+def _backends() -> str:
+    import importlib.util
+
+    return ", ".join(f"{name} {'installed' if importlib.util.find_spec(name) else 'absent'}"
+                     for name in _OPTIONAL_BACKENDS)
+
+
 def _measured_on(quick: bool) -> str:
-    """One line naming when, on which CPU and with which threads a section was measured."""
+    """One line naming when, on which CPU, with which threads and optional back ends a
+    section was measured."""
     return (
         f"_Measured {datetime.date.today().isoformat()} on {_cpu_model()}, "
-        f"{os.cpu_count()} CPUs, {_THREADS}{' (--quick: smoke-test sizes)' if quick else ''}._"
+        f"{os.cpu_count()} CPUs, {_THREADS}; {_backends()}"
+        f"{' (--quick: smoke-test sizes)' if quick else ''}._"
     )
 
 
