@@ -15,7 +15,8 @@ its pattern (the ARAP Laplacian plus 3x3 diagonal blocks). Two back ends:
   pairs leave only the ARAP and proximal terms there), and the fill grew with the number
   of such rows (the user guide has the figures).
 
-``"auto"`` takes cholespy when it can be imported, SuperLU otherwise.
+``"auto"`` is SuperLU: in its symmetric mode it was the faster of the two on SPARE's
+systems with cholespy installed (the user guide has the figures); cholespy stays an option.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class SPDSolver:
         check_choice(method, "linear_solver", LINEAR_SOLVERS)
         self.block_size = check_scalar(block_size, "block_size", kind=int, min_value=1)
         if method == "auto":
-            method = "cholespy" if cholespy_available() else "superlu"
+            method = "superlu"
         elif method == "cholespy" and not cholespy_available():
             raise ImportError(
                 "linear_solver='cholespy' needs the optional cholespy package "

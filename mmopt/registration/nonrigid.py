@@ -241,8 +241,8 @@ class SPARE(Solver):
         ``cholespy`` package (``pip install mmopt[cholesky]``), or scipy's SuperLU in its
         symmetric mode: a fill-reducing symmetric order chosen at the first iteration and
         reused afterwards (the pattern does not change), the diagonal as pivot (the system
-        is positive definite). ``"auto"``: cholespy when it is installed. Both solve the
-        same system; BENCHMARKS.md compares their times.
+        is positive definite). ``"auto"`` is SuperLU, the faster of the two on SPARE's
+        systems. Both solve the same system; BENCHMARKS.md compares their times.
     tol : float, default=1e-4
         Tolerance on the RMS change of ``v`` per outer iteration, relative to ``scale``.
     max_iter : int, default=100

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from mmopt.registration import _spd_solve
-from mmopt.registration._spd_solve import SPDSolver, cholespy_available
+from mmopt.registration._spd_solve import SPDSolver
 
 
 def _spd_sequence(n=40, count=3, seed=0, weak=()):
@@ -40,8 +40,8 @@ def test_solves_match_a_dense_solve(method):
     assert solver.method == method
 
 
-def test_auto_picks_cholespy_when_importable(monkeypatch):
-    assert SPDSolver().method == ("cholespy" if cholespy_available() else "superlu")
+def test_auto_is_superlu_and_cholespy_needs_its_package(monkeypatch):
+    assert SPDSolver().method == "superlu"
     monkeypatch.setattr(_spd_solve, "cholespy_available", lambda: False)
     assert SPDSolver("auto").method == "superlu"
     with pytest.raises(ImportError, match="cholespy"):
