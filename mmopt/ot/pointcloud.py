@@ -26,7 +26,7 @@ from mmopt.ot._cloud_gemm import online_softmin_gemm
 from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
 from mmopt.ot._cloud_kernels import pair_costs, sparse_softmin
 from mmopt.ot._gauss_grid import SmoothRegimeNotApplicable
-from mmopt.ot._newton import Direction, line_search, newton_direction, next_damping
+from mmopt.ot._newton import Direction, line_search, next_damping
 from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs, spatial_order
@@ -80,20 +80,21 @@ _NEWTON_SHIFT = 1e-3
 _NEWTON_SPARSIFY = 1e-6
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
-# Newton systems of more variables than this are solved by multigrid-preconditioned CG
-# (_multilevel_direction) instead of a sparse LU, whose fill-in grows too fast in 3-D:
-# 23x at 6 10^4 variables, 118x (5 GB) at 2 10^5. At 6 10^4 variables (3 10^4 points,
-# bench clouds, 2 threads, load 1.3-1.8) the CG made the solve faster: 3-D 17.4 s wall
-# instead of 29.1 (45 Newton steps instead of 31), 2-D 7.4 s instead of 60.5; at 2 10^4
-# the V-cycle's first level is already the coarsest (an LU, as before). The V-cycle's
-# coarsest level, factorized, has at most _COARSEST_MAX variables. Its coarse spaces come
-# from the Hessian's strongest couplings, not the hierarchy's clusters: on the late, nearly
-# singular systems of 3-D 10^5 (Newton step 20) the clusters' V-cycle CG was at relative
-# residual 0.73 after 100 iterations; the couplings' reaches 1.0e-3 in 11 (one thread).
-# Their coarse operators fill in more than the clusters' did: at 2-D 3 10^4 the LU of a
-# level of 2 10^4 variables took most of a solve; at most 5000, CPU per solve fell from
-# 0.40 s to 0.15 s in 2-D and 0.39 to 0.37 s in 3-D 10^5.
-_MULTILEVEL_MIN = 50_000
+# Newton systems are solved by multigrid-preconditioned CG (_multilevel_direction), not by
+# a sparse LU, whose fill-in grows too fast in 3-D: 23x at 6 10^4 variables, 118x (5 GB) at
+# 2 10^5. The LU was kept below 5 10^4 variables until it was measured there too (one
+# thread, CPU time, bench clouds at 0.25 squared spacings unless said): 3-D 10^4 6.0 s
+# with the LU (4.8 s of it in 14 factorizations) against 0.8 s, 3-D 2 10^4 33.1 against
+# 1.6, 2-D 10^4 at 1e-5 diameter^2 2.7 against 0.9, 3-D 10^4 Gaussian blobs to a shell
+# with random weights 10.0 against 2.0; from 10^3 points up the CG was never slower, with
+# the same Newton steps within 2. The V-cycle's coarsest level, factorized, has at most
+# _COARSEST_MAX variables. Its coarse spaces come from the Hessian's strongest couplings,
+# not the hierarchy's clusters: on the late, nearly singular systems of 3-D 10^5 (Newton
+# step 20) the clusters' V-cycle CG was at relative residual 0.73 after 100 iterations;
+# the couplings' reaches 1.0e-3 in 11 (one thread). Their coarse operators fill in more
+# than the clusters' did: at 2-D 3 10^4 the LU of a level of 2 10^4 variables took most
+# of a solve; at most 5000, CPU per solve fell from 0.40 s to 0.15 s in 2-D and 0.39 to
+# 0.37 s in 3-D 10^5.
 _COARSEST_MAX = 5_000
 _MULTILEVEL_MAX_CG = 100
 _JACOBI_WEIGHT = 2.0 / 3.0
@@ -487,14 +488,13 @@ class PointCloudSinkhorn(Solver):
         Sharp regime: at the problem's ``reg`` on the original clouds, once the relative
         marginal error is below ``newton_switch``, take Newton steps on the dual restricted
         to the kept pairs, whose Hessian is the kept plan (the Newton stage of
-        :class:`~mmopt.ot.SinkhornNewtonSparse`: its linear solve
-        :func:`~mmopt.ot._newton.newton_direction` on that Hessian without the entries
-        below 1e-6 of both their row's and their column's mass, shifted and
-        Levenberg-Marquardt damped, and its exact backtracking line search); a failed step
+        :class:`~mmopt.ot.SinkhornNewtonSparse` on that Hessian without the entries below
+        1e-6 of both their row's and their column's mass, shifted and
+        Levenberg-Marquardt damped, with its exact backtracking line search); a failed step
         falls back to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
-        Systems of more than 5 10^4 variables are solved instead by CG preconditioned with a
-        multigrid V-cycle whose coarse spaces join the most strongly coupled variables
-        (algebraic aggregation; a sparse LU's fill-in grows too fast with the size in 3-D).
+        The Newton systems are solved by CG preconditioned with a multigrid V-cycle whose
+        coarse spaces join the most strongly coupled variables (algebraic aggregation; a
+        sparse LU's fill-in grows too fast with the size in 3-D).
     newton_switch : float, default=0.1
         Relative marginal error below which Newton steps start (Sinkhorn's linear rate is
         slow at a sharp reg, where Newton steps take over).
@@ -913,10 +913,7 @@ def _newton_step(problem, state, pattern, level):
         S = _significant_plan(pattern, state.f, state.g, reg, row, col, threads)
         diagonal = (1.0 + run.damping) * np.concatenate([row, col]) / reg
         shifted = diagonal + _NEWTON_SHIFT * error
-        if n + len(level.y) > _MULTILEVEL_MIN:
-            found = _multilevel_direction(shifted, S, grad, reg, error / mass)
-        else:
-            found = newton_direction(shifted, S, grad, reg)
+        found = _multilevel_direction(shifted, S, grad, reg, error / mass)
         if found is None:
             return None
         direction = found.d
