@@ -24,6 +24,10 @@ import numpy as np
 cdef extern from "_expsum.h" nogil:
     ctypedef double (*mmopt_expsum_fn)(const double*, const double*, double, double, Py_ssize_t)
     mmopt_expsum_fn mmopt_expsum
+    ctypedef void (*mmopt_exprow_fn)(
+        const double*, const double*, double, double, Py_ssize_t, double*
+    )
+    mmopt_exprow_fn mmopt_exprow
     int mmopt_expsum_select(int which)
     int mmopt_expsum_path
 
@@ -250,20 +254,35 @@ def significant_pairs(
     return counts_array, out_indices_array, data_array
 
 
+def _row_ranges(indptr, parts):
+    """Bounds of ``parts`` contiguous ranges of rows of about equal pairs (``parts + 1``
+    ascending row indices from 0 to the number of rows)."""
+    indptr = np.asarray(indptr)
+    inner = np.searchsorted(indptr, np.linspace(0, indptr[len(indptr) - 1], parts + 1)[1:parts])
+    return np.concatenate([[0], inner, [len(indptr) - 1]]).astype(np.int64)
+
+
 def csr_transpose(
     const long long[::1] indptr,
     const int[::1] indices,
     Py_ssize_t m,
     const double[::1] values=None,
+    int n_threads=1,
 ):
     """The compressed-column pattern ``(t_indptr, t_indices, t_values)`` of a compressed-row
     pattern with ``m`` columns (rows ascending within each column) and its ``values`` in
     that order (None without ``values``), by a counting sort with no temporary beyond its
-    outputs (SciPy's transpose of a pattern carries values and, from int64 ``indptr``,
-    int64 copies of the indices)."""
+    outputs and, with ``n_threads > 1``, one count per column and thread (SciPy's transpose
+    of a pattern carries values and, from int64 ``indptr``, int64 copies of the indices).
+
+    In parallel each thread takes a contiguous range of rows of about equal pairs, counts
+    their columns, and fills its rows after those of the threads before it in every column:
+    the output is the sequential one whatever ``n_threads``.
+    """
     cdef Py_ssize_t n = indptr.shape[0] - 1
     cdef Py_ssize_t nnz = indices.shape[0]
-    cdef Py_ssize_t i, e, j
+    cdef Py_ssize_t i, e, j, t, parts
+    cdef long long running, here
     cdef bint with_values = values is not None
     t_indptr_array = np.zeros(m + 1, dtype=np.int64)
     t_indices_array = np.empty(nnz, dtype=np.int32)
@@ -271,23 +290,157 @@ def csr_transpose(
     cdef long long[::1] t_indptr = t_indptr_array
     cdef int[::1] t_indices = t_indices_array
     cdef double[::1] t_values = t_values_array
-    cdef long long[::1] fill
+    parts = max(1, min(<Py_ssize_t>n_threads, n))
+    # Row ranges of about nnz / parts pairs each; fill[t, j]: thread t's next slot in j.
+    cdef long long[::1] cuts = _row_ranges(indptr, parts)
+    fill_array = np.zeros((parts, m), dtype=np.int64)
+    cdef long long[:, ::1] fill = fill_array
     with nogil:
-        for e in range(nnz):
-            t_indptr[indices[e] + 1] += 1
+        for t in prange(parts, schedule="static", chunksize=1, num_threads=parts):
+            for e in range(indptr[cuts[t]], indptr[cuts[t + 1]]):
+                fill[t, indices[e]] += 1
         for j in range(m):
-            t_indptr[j + 1] += t_indptr[j]
-    fill_array = t_indptr_array[:m].copy()
-    fill = fill_array
+            running = t_indptr[j]
+            for t in range(parts):
+                here = fill[t, j]
+                fill[t, j] = running
+                running = running + here
+            t_indptr[j + 1] = running
+        for t in prange(parts, schedule="static", chunksize=1, num_threads=parts):
+            for i in range(cuts[t], cuts[t + 1]):
+                for e in range(indptr[i], indptr[i + 1]):
+                    j = indices[e]
+                    t_indices[fill[t, j]] = <int>i
+                    if with_values:
+                        t_values[fill[t, j]] = values[e]
+                    fill[t, j] += 1
+    return t_indptr_array, t_indices_array, (t_values_array if with_values else None)
+
+
+def pair_marginals(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[::1] cost,
+    const double[:, ::1] x,
+    const double[:, ::1] y,
+    const double[::1] f,
+    const double[::1] g,
+    double reg,
+    double[::1] row_mass,
+    double[::1] col_mass,
+    int n_threads,
+):
+    """The row and the column sums of the plan ``exp((f_i + g_j - C_ij) / reg)`` over the
+    kept pairs of a compressed-row pattern, in one pass (two passes of
+    :func:`sparse_softmin`, rows then columns on the transposed pattern, read every pair
+    and gather both its points twice).
+
+    ``C_ij`` is ``cost`` at the pair's position, or ``|x_i - y_j|^2`` when ``cost`` is
+    None. ``row_mass`` is :func:`sparse_softmin`'s, to the bit (the same shifted sum of
+    each row); each entry ``exp((g_j - C_ij - best_i) / reg) exp((f_i + best_i) / reg)``,
+    ``best_i`` the row's largest ``g_j - C_ij``, is added to its column's sum, in row order.
+    With ``n_threads > 1`` each thread takes a contiguous range of rows of about equal
+    pairs with a column array of its own, added in thread order at the end: the same sums
+    at a given ``n_threads`` run to run.
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t m = col_mass.shape[0]
+    cdef Py_ssize_t nnz = indices.shape[0]
+    cdef Py_ssize_t d = 0
+    cdef Py_ssize_t i, j, e, t, start, width, widest = 0, parts
+    cdef double inv_reg = 1.0 / reg
+    cdef double best, total, scale, lse, value
+    cdef double* gathered
+    cdef double* costs
+    cdef double* entries
+    cdef double* column
+    cdef bint online = cost is None
+    if online:
+        if x is None or y is None or x.shape[1] != y.shape[1]:
+            raise ValueError("pair_marginals: without cost, x and y (same dimension) are needed")
+        d = x.shape[1]
+    for i in range(n):
+        widest = max(widest, <Py_ssize_t>(indptr[i + 1] - indptr[i]))
+    parts = max(1, min(<Py_ssize_t>n_threads, n))
+    cdef long long[::1] cuts = _row_ranges(indptr, parts)
+    # Thread 0 adds into col_mass itself, the others into their own rows of extra.
+    extra_array = np.zeros((parts - 1, m))
+    cdef double[:, ::1] extra = extra_array
+    col_mass[:] = 0.0
+    if n == 0 or m == 0:
+        row_mass[:] = 0.0
+        return
     with nogil:
+        for t in prange(parts, schedule="static", chunksize=1, num_threads=parts):
+            gathered = <double*>malloc((3 * widest + 1) * sizeof(double))
+            costs = gathered + widest
+            entries = costs + widest
+            column = &col_mass[0] if t == 0 else &extra[t - 1, 0]
+            for i in range(cuts[t], cuts[t + 1]):
+                start = indptr[i]
+                width = indptr[i + 1] - start
+                best = -INFINITY
+                for e in range(width):
+                    j = indices[start + e]
+                    if online:
+                        costs[e] = _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)
+                    else:
+                        costs[e] = cost[start + e]
+                    gathered[e] = g[j]
+                    value = gathered[e] - costs[e]
+                    if value > best:
+                        best = value
+                total = 0.0
+                if best > -INFINITY:
+                    total = mmopt_expsum(costs, gathered, -best, inv_reg, width)
+                if best == -INFINITY or total <= 0.0:
+                    row_mass[i] = 0.0
+                    continue
+                lse = best * inv_reg + log(total)
+                row_mass[i] = exp(f[i] * inv_reg + lse)
+                scale = exp((f[i] + best) * inv_reg)
+                mmopt_exprow(costs, gathered, -best, inv_reg, width, entries)
+                for e in range(width):
+                    column[indices[start + e]] += entries[e] * scale
+            free(gathered)
+        for t in range(1, parts):
+            for j in prange(m, schedule="static", num_threads=parts):
+                col_mass[j] += extra[t - 1, j]
+
+
+def bipartite_matvec(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[::1] data,
+    const double[::1] diagonal,
+    double scale,
+    const double[::1] v,
+    double[::1] out,
+    double[::1] work,
+):
+    """``out = [[diag(diagonal[:n]), s S], [s S^T, diag(diagonal[n:])]] v`` for a
+    compressed-row ``S`` of shape ``(n, m)``, in one pass over ``S`` (SciPy's ``S @ v`` and
+    ``S.T @ v`` read it twice). ``work`` (``m`` entries) receives ``S^T v[:n]``. The
+    products and sums are SciPy's, in its order: the same vector to the bit. One thread:
+    it runs between a Krylov solver's BLAS calls.
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t m = work.shape[0]
+    cdef Py_ssize_t i, j, e
+    cdef double acc, vi
+    with nogil:
+        for j in range(m):
+            work[j] = 0.0
         for i in range(n):
+            acc = 0.0
+            vi = v[i]
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
-                t_indices[fill[j]] = <int>i
-                if with_values:
-                    t_values[fill[j]] = values[e]
-                fill[j] += 1
-    return t_indptr_array, t_indices_array, (t_values_array if with_values else None)
+                acc = acc + data[e] * v[n + j]
+                work[j] += data[e] * vi
+            out[i] = diagonal[i] * vi + scale * acc
+        for j in range(m):
+            out[n + j] = diagonal[n + j] * v[n + j] + scale * work[j]
 
 
 def strongest_couplings(
