@@ -216,9 +216,10 @@ def significant_pairs(
     """The plan entries ``exp((f_i + g_j - |x_i - y_j|^2) / reg)`` of a compressed-row
     pattern that are at least ``exp(log_ratio)`` times the smaller of their row's and their
     column's sums (``log_row``, ``log_col``, in logs): ``(indptr, indices, data)`` of a
-    compressed-row matrix (columns in the pattern's order), by a counting pass and a
-    filling pass over the rows in parallel; the test is on the exponent, so only the kept
-    entries take an ``exp``."""
+    compressed-row matrix (columns in the pattern's order), by a counting pass over the
+    rows in parallel that marks the entries kept (a byte per pair), then a filling pass
+    that visits only those; the test is on the exponent, so only the kept entries take an
+    ``exp``."""
     cdef Py_ssize_t n = indptr.shape[0] - 1
     cdef Py_ssize_t d = x.shape[1]
     cdef Py_ssize_t i, e, j, c, out
@@ -226,14 +227,16 @@ def significant_pairs(
     cdef double t
     counts_array = np.zeros(n + 1, dtype=np.int64)
     cdef long long[::1] counts = counts_array
+    marks_array = np.empty(indices.shape[0], dtype=np.uint8)
+    cdef unsigned char[::1] marks = marks_array
     with nogil:
         for i in prange(n, schedule="guided", num_threads=n_threads):
             c = 0
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
                 t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
-                if t >= log_ratio + min(log_row[i], log_col[j]):
-                    c = c + 1
+                marks[e] = t >= log_ratio + min(log_row[i], log_col[j])
+                c = c + marks[e]
             counts[i + 1] = c
     np.cumsum(counts_array, out=counts_array)
     total = int(counts_array[n])
@@ -245,9 +248,9 @@ def significant_pairs(
         for i in prange(n, schedule="guided", num_threads=n_threads):
             out = counts[i]
             for e in range(indptr[i], indptr[i + 1]):
-                j = indices[e]
-                t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
-                if t >= log_ratio + min(log_row[i], log_col[j]):
+                if marks[e]:
+                    j = indices[e]
+                    t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
                     out_indices[out] = <int>j
                     data[out] = exp(t)
                     out = out + 1
