@@ -281,7 +281,8 @@ class _Pattern:
         if indices.size <= _STORED_COST_MAX_PAIRS:
             self.cost = pair_costs(level.x, level.y, indptr, indices, 0, 2.0, threads)
         self.t_indptr, self.t_indices, self.t_cost = csr_transpose(
-            indptr, indices, len(level.y), self.cost, threads)
+            indptr, indices, len(level.y), self.cost,
+            threads if indices.size >= _MIN_PARALLEL_PAIRS else 1)
         self.phi0, self.psi0 = phi0, psi0
         self.threshold, self.reg = threshold, reg
         # Weights normalized to mass 1, in logs, for margin's soft maxima.
