@@ -446,6 +446,120 @@ def bipartite_matvec(
             out[n + j] = diagonal[n + j] * v[n + j] + scale * work[j]
 
 
+def coarse_operator(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[::1] data,
+    Py_ssize_t offset,
+    const long long[::1] t_indptr,
+    const int[::1] t_indices,
+    const double[::1] t_data,
+    const long long[::1] labels,
+    Py_ssize_t count,
+    double weight,
+    const double[::1] diagonal=None,
+):
+    """The Galerkin operator ``P^T A P`` of unsmoothed aggregation, ``P`` the 0/1 matrix of
+    ``labels`` (``count`` aggregates), as a compressed-row matrix ``(indptr, indices,
+    data)`` (columns in first-met order within a row), by a sparse accumulator per
+    aggregate (Gustavson's product) instead of two sparse products and a transpose.
+
+    ``A`` is given by its rows: the first ``n`` (``indptr``, ``indices``, ``data``) have
+    their columns shifted by ``offset``, the next ``t_indptr.shape[0] - 1`` (``t_indptr``,
+    ...) have theirs as they are, every entry times ``weight``; ``diagonal``, when given,
+    is added to the aggregates' diagonal entries. The multigrid Newton solve's first level:
+    ``S`` and ``S^T`` (offset ``n``), ``weight = -1 / reg``, the aggregated diagonal; its
+    coarse levels: their CSR matrix, an empty second part, ``weight = 1``.
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t size = n + t_indptr.shape[0] - 1
+    cdef Py_ssize_t a, k, v, e, b, filled, total
+    cdef bint with_diagonal = diagonal is not None
+    if labels.shape[0] != size:
+        raise ValueError("coarse_operator: labels must have one entry per row")
+    # The rows of each aggregate, by a counting sort of labels.
+    member_ptr_array = np.zeros(count + 1, dtype=np.int64)
+    members_array = np.empty(size, dtype=np.int64)
+    cdef long long[::1] member_ptr = member_ptr_array
+    cdef long long[::1] members = members_array
+    next_array = np.empty(count, dtype=np.int64)
+    cdef long long[::1] next_slot = next_array
+    out_ptr_array = np.zeros(count + 1, dtype=np.int64)
+    cdef long long[::1] out_ptr = out_ptr_array
+    marker_array = np.full(count, -1, dtype=np.int64)
+    cdef long long[::1] marker = marker_array
+    with nogil:
+        for v in range(size):
+            member_ptr[labels[v] + 1] += 1
+        for a in range(count):
+            member_ptr[a + 1] += member_ptr[a]
+            next_slot[a] = member_ptr[a]
+        for v in range(size):
+            members[next_slot[labels[v]]] = v
+            next_slot[labels[v]] += 1
+        # Symbolic pass: the number of distinct aggregates each aggregate's rows reach.
+        total = 0
+        for a in range(count):
+            filled = 0
+            if with_diagonal:
+                marker[a] = a
+                filled = 1
+            for k in range(member_ptr[a], member_ptr[a + 1]):
+                v = members[k]
+                if v < n:
+                    for e in range(indptr[v], indptr[v + 1]):
+                        b = labels[indices[e] + offset]
+                        if marker[b] != a:
+                            marker[b] = a
+                            filled = filled + 1
+                else:
+                    for e in range(t_indptr[v - n], t_indptr[v - n + 1]):
+                        b = labels[t_indices[e]]
+                        if marker[b] != a:
+                            marker[b] = a
+                            filled = filled + 1
+            total = total + filled
+            out_ptr[a + 1] = total
+    out_indices_array = np.empty(total, dtype=np.int32)
+    out_data_array = np.zeros(total)
+    cdef int[::1] out_indices = out_indices_array
+    cdef double[::1] out_data = out_data_array
+    cdef long long[::1] position = next_array  # reused: an aggregate's slot in the row
+    with nogil:
+        for a in range(count):
+            marker[a] = -1
+        for a in range(count):
+            filled = out_ptr[a]
+            if with_diagonal:
+                marker[a] = a
+                position[a] = filled
+                out_indices[filled] = <int>a
+                filled = filled + 1
+            for k in range(member_ptr[a], member_ptr[a + 1]):
+                v = members[k]
+                if v < n:
+                    for e in range(indptr[v], indptr[v + 1]):
+                        b = labels[indices[e] + offset]
+                        if marker[b] != a:
+                            marker[b] = a
+                            position[b] = filled
+                            out_indices[filled] = <int>b
+                            filled = filled + 1
+                        out_data[position[b]] += weight * data[e]
+                else:
+                    for e in range(t_indptr[v - n], t_indptr[v - n + 1]):
+                        b = labels[t_indices[e]]
+                        if marker[b] != a:
+                            marker[b] = a
+                            position[b] = filled
+                            out_indices[filled] = <int>b
+                            filled = filled + 1
+                        out_data[position[b]] += weight * t_data[e]
+            if with_diagonal:
+                out_data[position[a]] += diagonal[a]
+    return out_ptr_array, out_indices_array, out_data_array
+
+
 def strongest_couplings(
     const long long[::1] indptr,
     const int[::1] indices,

@@ -34,6 +34,7 @@ from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs, spatial
 from mmopt.ot.problem import OTProblem
 from mmopt_ext._pointcloud import (
     bipartite_matvec,
+    coarse_operator,
     csr_transpose,
     pair_marginals,
     significant_pairs,
@@ -1025,6 +1026,25 @@ def _aggregates(best):
     return connected_components(graph, directed=True, connection="weak")
 
 
+def _coarse_operator(A, labels, count, weight=1.0, diagonal=None):
+    """:func:`coarse_operator` of a SciPy CSR matrix: ``P^T A P`` with ``P`` the
+    aggregates ``labels``, or, with ``weight`` and ``diagonal``, ``P^T [[D, w A], [w A^T,
+    D]] P`` with ``diagonal`` the aggregates' sums of ``D``, ``A`` of shape ``(n, m)`` and
+    ``labels`` over ``n + m`` variables, as a CSR matrix."""
+    labels = np.asarray(labels, dtype=np.int64)
+    indptr = np.asarray(A.indptr, dtype=np.int64)
+    indices = np.asarray(A.indices, dtype=np.int32)
+    empty = np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0)
+    if diagonal is None:
+        offset, transposed = 0, empty
+    else:
+        offset = A.shape[0]
+        transposed = csr_transpose(indptr, indices, A.shape[1], A.data)
+    out = coarse_operator(indptr, indices, A.data, offset, *transposed, labels, count,
+                          float(weight), diagonal)
+    return sp.csr_matrix((out[2], out[1], out[0]), shape=(count, count))
+
+
 def _multilevel_direction(diagonal, S, grad, reg, relative_error):
     """The Newton direction by CG preconditioned with an algebraic multigrid V-cycle.
 
@@ -1050,26 +1070,17 @@ def _multilevel_direction(diagonal, S, grad, reg, relative_error):
     # its row, y_j's strongest x the largest in its column.
     best_y, best_x = _strongest(S)
     count, labels = _aggregates(np.concatenate([np.where(best_y >= 0, n + best_y, -1), best_x]))
-    P_x = sp.csr_matrix((np.ones(n), (np.arange(n), labels[:n])), shape=(n, count))
-    P_y = sp.csr_matrix((np.ones(S.shape[1]), (np.arange(S.shape[1]), labels[n:])),
-                        shape=(S.shape[1], count))
-    coupling = (P_x.T @ S @ P_y).tocsr()
-    coupling = (coupling + coupling.T).tocsr()
-    coupling.data *= -scale
     # P^T A P with A = [[D_x, -s S], [-s S^T, D_y]]: the pairs inside an aggregate move
     # onto its diagonal.
-    coarse = (coupling + sp.diags_array(
-        np.bincount(labels, weights=diagonal, minlength=count))).tocsr()
-    del coupling
+    coarse = _coarse_operator(S, labels, count, -scale,
+                              np.bincount(labels, weights=diagonal, minlength=count))
     operators, all_labels = [coarse], [labels]
     while coarse.shape[0] > _COARSEST_MAX:
         # Off-diagonal weights are -a_ij > 0; the diagonal, positive, is never the largest.
         count, labels = _aggregates(_strongest(-coarse)[0])
         if count > 0.75 * coarse.shape[0]:
             break  # no longer coarsening: factorize this level
-        triplets = coarse.tocoo()
-        coarse = sp.csr_matrix((triplets.data, (labels[triplets.row], labels[triplets.col])),
-                               shape=(count, count))
+        coarse = _coarse_operator(coarse, labels, count)
         operators.append(coarse)
         all_labels.append(labels)
     try:

@@ -824,3 +824,29 @@ def test_bipartite_matvec_is_scipys_product():
     H = _Bipartite(diagonal, S, scale)
     np.testing.assert_array_equal(H @ v, expected)
     np.testing.assert_array_equal(H @ v, expected)  # its work array reused
+
+
+def test_coarse_operator_is_the_galerkin_product():
+    # The multigrid's coarse operators by one sparse accumulator per aggregate, against
+    # SciPy's P^T A P: the bipartite first level (S and S^T, a weight, the aggregated
+    # diagonal) and a plain symmetric level; aggregates mixing rows and columns, an
+    # aggregate with no entries.
+    from mmopt.ot.pointcloud import _coarse_operator
+
+    rng = np.random.default_rng(50)
+    n, m, count = 40, 30, 12
+    keep, indptr, indices = _random_pattern(rng, n, m, 0.2)
+    S = sp.csr_matrix((rng.random(indices.size), indices, indptr), shape=(n, m))
+    labels = rng.integers(0, count - 1, n + m)  # aggregate count - 1 stays empty
+    P = sp.csr_matrix((np.ones(n + m), (np.arange(n + m), labels)), shape=(n + m, count))
+    diagonal, weight = rng.random(n + m), -3.0
+    full = sp.bmat([[sp.diags_array(diagonal[:n]), weight * S],
+                    [weight * S.T, sp.diags_array(diagonal[n:])]]).tocsr()
+    expected = (P.T @ full @ P).toarray()
+    found = _coarse_operator(S, labels, count, weight,
+                             np.bincount(labels, weights=diagonal, minlength=count))
+    np.testing.assert_allclose(found.toarray(), expected, rtol=1e-14, atol=1e-14)
+    coarser = rng.integers(0, 5, count)
+    Q = sp.csr_matrix((np.ones(count), (np.arange(count), coarser)), shape=(count, 5))
+    np.testing.assert_allclose(_coarse_operator(found, coarser, 5).toarray(),
+                               (Q.T @ found @ Q).toarray(), rtol=1e-14, atol=1e-14)
