@@ -140,6 +140,48 @@ def online_softmin(
         free(buffer)
 
 
+cdef inline double _gather_row(
+    const int* columns, Py_ssize_t width, const double* stored, const double* xi,
+    const double* y, Py_ssize_t d, const double* g, double* costs, double* gathered,
+) noexcept nogil:
+    """A kept row's costs (``stored``, or the squared distances from ``xi`` to the rows of
+    ``y`` when NULL) and partners' ``g`` into ``costs`` and ``gathered``; returns the
+    row's largest ``g_j - C_ij``."""
+    cdef double best = -INFINITY, t
+    cdef Py_ssize_t e, j
+    for e in range(width):
+        j = columns[e]
+        if stored == NULL:
+            costs[e] = _cost(xi, &y[j * d], d, 0, 2.0)
+        else:
+            costs[e] = stored[e]
+        gathered[e] = g[j]
+        t = gathered[e] - costs[e]
+        if t > best:
+            best = t
+    return best
+
+
+cdef tuple _pair_sources(const long long[::1] indptr, const double[::1] cost,
+                         const double[:, ::1] x, const double[:, ::1] y, str name):
+    """``(stored, x, y, d, widest)`` for the row kernels: the costs' address (0 when they
+    are computed from ``x`` and ``y``), the clouds' (0 when unused), their dimension and
+    the widest row."""
+    cdef Py_ssize_t i, widest = 0, d = 0
+    cdef size_t stored = 0, xp = 0, yp = 0
+    if cost is None:
+        if x is None or y is None or x.shape[1] != y.shape[1]:
+            raise ValueError(f"{name}: without cost, x and y (same dimension) are needed")
+        d = x.shape[1]
+        if x.shape[0] and y.shape[0]:
+            xp, yp = <size_t>&x[0, 0], <size_t>&y[0, 0]
+    elif cost.shape[0]:
+        stored = <size_t>&cost[0]
+    for i in range(indptr.shape[0] - 1):
+        widest = max(widest, <Py_ssize_t>(indptr[i + 1] - indptr[i]))
+    return stored, xp, yp, d, widest
+
+
 def sparse_softmin(
     const long long[::1] indptr,
     const int[::1] indices,
@@ -163,36 +205,27 @@ def sparse_softmin(
     ``y`` swapped) for the column update.
     """
     cdef Py_ssize_t n = indptr.shape[0] - 1
-    cdef Py_ssize_t d = 0
-    cdef Py_ssize_t i, j, e, start, width, widest = 0
+    cdef Py_ssize_t i, start, width, widest, d
     cdef double inv_reg = 1.0 / reg
-    cdef double best, total, t
+    cdef double best, total
     cdef double* gathered
     cdef double* costs
-    cdef bint online = cost is None
-    if online:
-        if x is None or y is None or x.shape[1] != y.shape[1]:
-            raise ValueError("sparse_softmin: without cost, x and y (same dimension) are needed")
-        d = x.shape[1]
-    for i in range(n):
-        widest = max(widest, <Py_ssize_t>(indptr[i + 1] - indptr[i]))
+    cdef size_t stored_at, x_at, y_at
+    stored_at, x_at, y_at, d, widest = _pair_sources(indptr, cost, x, y, "sparse_softmin")
+    cdef const double* stored = <const double*>stored_at
+    cdef const double* xp = <const double*>x_at
+    cdef const double* yp = <const double*>y_at
+    cdef const double* gp = &g[0] if g.shape[0] else NULL
     with nogil, parallel(num_threads=n_threads):
         gathered = <double*>malloc((2 * widest + 1) * sizeof(double))
         costs = gathered + widest
         for i in prange(n, schedule="guided"):
             start = indptr[i]
             width = indptr[i + 1] - start
-            best = -INFINITY
-            for e in range(width):
-                j = indices[start + e]
-                if online:
-                    costs[e] = _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)
-                else:
-                    costs[e] = cost[start + e]
-                gathered[e] = g[j]
-                t = gathered[e] - costs[e]
-                if t > best:
-                    best = t
+            best = _gather_row(&indices[start] if width else NULL, width,
+                               stored + start if stored != NULL else NULL,
+                               xp + i * d if xp != NULL else NULL, yp, d, gp, costs,
+                               gathered)
             total = 0.0
             if best > -INFINITY:
                 total = mmopt_expsum(costs, gathered, -best, inv_reg, width)
@@ -348,22 +381,19 @@ def pair_marginals(
     """
     cdef Py_ssize_t n = indptr.shape[0] - 1
     cdef Py_ssize_t m = col_mass.shape[0]
-    cdef Py_ssize_t nnz = indices.shape[0]
-    cdef Py_ssize_t d = 0
-    cdef Py_ssize_t i, j, e, t, start, width, widest = 0, parts
+    cdef Py_ssize_t i, j, e, t, start, width, widest, parts, d
     cdef double inv_reg = 1.0 / reg
-    cdef double best, total, scale, lse, value
+    cdef double best, total, scale, lse
     cdef double* gathered
     cdef double* costs
     cdef double* entries
     cdef double* column
-    cdef bint online = cost is None
-    if online:
-        if x is None or y is None or x.shape[1] != y.shape[1]:
-            raise ValueError("pair_marginals: without cost, x and y (same dimension) are needed")
-        d = x.shape[1]
-    for i in range(n):
-        widest = max(widest, <Py_ssize_t>(indptr[i + 1] - indptr[i]))
+    cdef size_t stored_at, x_at, y_at
+    stored_at, x_at, y_at, d, widest = _pair_sources(indptr, cost, x, y, "pair_marginals")
+    cdef const double* stored = <const double*>stored_at
+    cdef const double* xp = <const double*>x_at
+    cdef const double* yp = <const double*>y_at
+    cdef const double* gp = &g[0] if g.shape[0] else NULL
     parts = max(1, min(<Py_ssize_t>n_threads, n))
     cdef long long[::1] cuts = _row_ranges(indptr, parts)
     # Thread 0 adds into col_mass itself, the others into their own rows of extra.
@@ -382,17 +412,10 @@ def pair_marginals(
             for i in range(cuts[t], cuts[t + 1]):
                 start = indptr[i]
                 width = indptr[i + 1] - start
-                best = -INFINITY
-                for e in range(width):
-                    j = indices[start + e]
-                    if online:
-                        costs[e] = _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)
-                    else:
-                        costs[e] = cost[start + e]
-                    gathered[e] = g[j]
-                    value = gathered[e] - costs[e]
-                    if value > best:
-                        best = value
+                best = _gather_row(&indices[start] if width else NULL, width,
+                                   stored + start if stored != NULL else NULL,
+                                   xp + i * d if xp != NULL else NULL, yp, d, gp, costs,
+                                   gathered)
                 total = 0.0
                 if best > -INFINITY:
                     total = mmopt_expsum(costs, gathered, -best, inv_reg, width)
