@@ -502,30 +502,32 @@ def coarse_operator(
         raise ValueError("coarse_operator: labels must have one entry per row")
     # The rows of each aggregate, by a counting sort of labels.
     member_ptr_array = np.zeros(count + 1, dtype=np.int64)
-    members_array = np.empty(size, dtype=np.int64)
+    # Per variable and per aggregate, int32 (both counts below 2^31 in a Newton system):
+    # half the memory of int64 for the accumulator's randomly accessed marker.
+    members_array = np.empty(size, dtype=np.int32)
     cdef long long[::1] member_ptr = member_ptr_array
-    cdef long long[::1] members = members_array
-    next_array = np.empty(count, dtype=np.int64)
-    cdef long long[::1] next_slot = next_array
+    cdef int[::1] members = members_array
+    next_array = np.empty(count, dtype=np.int32)
+    cdef int[::1] next_slot = next_array
     out_ptr_array = np.zeros(count + 1, dtype=np.int64)
     cdef long long[::1] out_ptr = out_ptr_array
-    marker_array = np.full(count, -1, dtype=np.int64)
-    cdef long long[::1] marker = marker_array
+    marker_array = np.full(count, -1, dtype=np.int32)
+    cdef int[::1] marker = marker_array
     with nogil:
         for v in range(size):
             member_ptr[labels[v] + 1] += 1
         for a in range(count):
             member_ptr[a + 1] += member_ptr[a]
-            next_slot[a] = member_ptr[a]
+            next_slot[a] = <int>member_ptr[a]
         for v in range(size):
-            members[next_slot[labels[v]]] = v
+            members[next_slot[labels[v]]] = <int>v
             next_slot[labels[v]] += 1
         # Symbolic pass: the number of distinct aggregates each aggregate's rows reach.
         total = 0
         for a in range(count):
             filled = 0
             if with_diagonal:
-                marker[a] = a
+                marker[a] = <int>a
                 filled = 1
             for k in range(member_ptr[a], member_ptr[a + 1]):
                 v = members[k]
@@ -533,13 +535,13 @@ def coarse_operator(
                     for e in range(indptr[v], indptr[v + 1]):
                         b = labels[indices[e] + offset]
                         if marker[b] != a:
-                            marker[b] = a
+                            marker[b] = <int>a
                             filled = filled + 1
                 else:
                     for e in range(t_indptr[v - n], t_indptr[v - n + 1]):
                         b = labels[t_indices[e]]
                         if marker[b] != a:
-                            marker[b] = a
+                            marker[b] = <int>a
                             filled = filled + 1
             total = total + filled
             out_ptr[a + 1] = total
@@ -547,14 +549,15 @@ def coarse_operator(
     out_data_array = np.zeros(total)
     cdef int[::1] out_indices = out_indices_array
     cdef double[::1] out_data = out_data_array
-    cdef long long[::1] position = next_array  # reused: an aggregate's slot in the row
+    position_array = np.empty(count, dtype=np.int64)  # an aggregate's slot in the row
+    cdef long long[::1] position = position_array
     with nogil:
         for a in range(count):
             marker[a] = -1
         for a in range(count):
             filled = out_ptr[a]
             if with_diagonal:
-                marker[a] = a
+                marker[a] = <int>a
                 position[a] = filled
                 out_indices[filled] = <int>a
                 filled = filled + 1
@@ -564,7 +567,7 @@ def coarse_operator(
                     for e in range(indptr[v], indptr[v + 1]):
                         b = labels[indices[e] + offset]
                         if marker[b] != a:
-                            marker[b] = a
+                            marker[b] = <int>a
                             position[b] = filled
                             out_indices[filled] = <int>b
                             filled = filled + 1
@@ -573,7 +576,7 @@ def coarse_operator(
                     for e in range(t_indptr[v - n], t_indptr[v - n + 1]):
                         b = labels[t_indices[e]]
                         if marker[b] != a:
-                            marker[b] = a
+                            marker[b] = <int>a
                             position[b] = filled
                             out_indices[filled] = <int>b
                             filled = filled + 1
