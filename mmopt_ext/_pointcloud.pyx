@@ -24,6 +24,10 @@ import numpy as np
 cdef extern from "_expsum.h" nogil:
     ctypedef double (*mmopt_expsum_fn)(const double*, const double*, double, double, Py_ssize_t)
     mmopt_expsum_fn mmopt_expsum
+    ctypedef void (*mmopt_exprow_fn)(
+        const double*, const double*, double, double, Py_ssize_t, double*
+    )
+    mmopt_exprow_fn mmopt_exprow
     int mmopt_expsum_select(int which)
     int mmopt_expsum_path
 
@@ -136,6 +140,48 @@ def online_softmin(
         free(buffer)
 
 
+cdef inline double _gather_row(
+    const int* columns, Py_ssize_t width, const double* stored, const double* xi,
+    const double* y, Py_ssize_t d, const double* g, double* costs, double* gathered,
+) noexcept nogil:
+    """A kept row's costs (``stored``, or the squared distances from ``xi`` to the rows of
+    ``y`` when NULL) and partners' ``g`` into ``costs`` and ``gathered``; returns the
+    row's largest ``g_j - C_ij``."""
+    cdef double best = -INFINITY, t
+    cdef Py_ssize_t e, j
+    for e in range(width):
+        j = columns[e]
+        if stored == NULL:
+            costs[e] = _cost(xi, &y[j * d], d, 0, 2.0)
+        else:
+            costs[e] = stored[e]
+        gathered[e] = g[j]
+        t = gathered[e] - costs[e]
+        if t > best:
+            best = t
+    return best
+
+
+cdef tuple _pair_sources(const long long[::1] indptr, const double[::1] cost,
+                         const double[:, ::1] x, const double[:, ::1] y, str name):
+    """``(stored, x, y, d, widest)`` for the row kernels: the costs' address (0 when they
+    are computed from ``x`` and ``y``), the clouds' (0 when unused), their dimension and
+    the widest row."""
+    cdef Py_ssize_t i, widest = 0, d = 0
+    cdef size_t stored = 0, xp = 0, yp = 0
+    if cost is None:
+        if x is None or y is None or x.shape[1] != y.shape[1]:
+            raise ValueError(f"{name}: without cost, x and y (same dimension) are needed")
+        d = x.shape[1]
+        if x.shape[0] and y.shape[0]:
+            xp, yp = <size_t>&x[0, 0], <size_t>&y[0, 0]
+    elif cost.shape[0]:
+        stored = <size_t>&cost[0]
+    for i in range(indptr.shape[0] - 1):
+        widest = max(widest, <Py_ssize_t>(indptr[i + 1] - indptr[i]))
+    return stored, xp, yp, d, widest
+
+
 def sparse_softmin(
     const long long[::1] indptr,
     const int[::1] indices,
@@ -159,36 +205,27 @@ def sparse_softmin(
     ``y`` swapped) for the column update.
     """
     cdef Py_ssize_t n = indptr.shape[0] - 1
-    cdef Py_ssize_t d = 0
-    cdef Py_ssize_t i, j, e, start, width, widest = 0
+    cdef Py_ssize_t i, start, width, widest, d
     cdef double inv_reg = 1.0 / reg
-    cdef double best, total, t
+    cdef double best, total
     cdef double* gathered
     cdef double* costs
-    cdef bint online = cost is None
-    if online:
-        if x is None or y is None or x.shape[1] != y.shape[1]:
-            raise ValueError("sparse_softmin: without cost, x and y (same dimension) are needed")
-        d = x.shape[1]
-    for i in range(n):
-        widest = max(widest, <Py_ssize_t>(indptr[i + 1] - indptr[i]))
+    cdef size_t stored_at, x_at, y_at
+    stored_at, x_at, y_at, d, widest = _pair_sources(indptr, cost, x, y, "sparse_softmin")
+    cdef const double* stored = <const double*>stored_at
+    cdef const double* xp = <const double*>x_at
+    cdef const double* yp = <const double*>y_at
+    cdef const double* gp = &g[0] if g.shape[0] else NULL
     with nogil, parallel(num_threads=n_threads):
         gathered = <double*>malloc((2 * widest + 1) * sizeof(double))
         costs = gathered + widest
         for i in prange(n, schedule="guided"):
             start = indptr[i]
             width = indptr[i + 1] - start
-            best = -INFINITY
-            for e in range(width):
-                j = indices[start + e]
-                if online:
-                    costs[e] = _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)
-                else:
-                    costs[e] = cost[start + e]
-                gathered[e] = g[j]
-                t = gathered[e] - costs[e]
-                if t > best:
-                    best = t
+            best = _gather_row(&indices[start] if width else NULL, width,
+                               stored + start if stored != NULL else NULL,
+                               xp + i * d if xp != NULL else NULL, yp, d, gp, costs,
+                               gathered)
             total = 0.0
             if best > -INFINITY:
                 total = mmopt_expsum(costs, gathered, -best, inv_reg, width)
@@ -212,9 +249,10 @@ def significant_pairs(
     """The plan entries ``exp((f_i + g_j - |x_i - y_j|^2) / reg)`` of a compressed-row
     pattern that are at least ``exp(log_ratio)`` times the smaller of their row's and their
     column's sums (``log_row``, ``log_col``, in logs): ``(indptr, indices, data)`` of a
-    compressed-row matrix (columns in the pattern's order), by a counting pass and a
-    filling pass over the rows in parallel; the test is on the exponent, so only the kept
-    entries take an ``exp``."""
+    compressed-row matrix (columns in the pattern's order), by a counting pass over the
+    rows in parallel that marks the entries kept (a byte per pair), then a filling pass
+    that visits only those; the test is on the exponent, so only the kept entries take an
+    ``exp``."""
     cdef Py_ssize_t n = indptr.shape[0] - 1
     cdef Py_ssize_t d = x.shape[1]
     cdef Py_ssize_t i, e, j, c, out
@@ -222,14 +260,16 @@ def significant_pairs(
     cdef double t
     counts_array = np.zeros(n + 1, dtype=np.int64)
     cdef long long[::1] counts = counts_array
+    marks_array = np.empty(indices.shape[0], dtype=np.uint8)
+    cdef unsigned char[::1] marks = marks_array
     with nogil:
         for i in prange(n, schedule="guided", num_threads=n_threads):
             c = 0
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
                 t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
-                if t >= log_ratio + min(log_row[i], log_col[j]):
-                    c = c + 1
+                marks[e] = t >= log_ratio + min(log_row[i], log_col[j])
+                c = c + marks[e]
             counts[i + 1] = c
     np.cumsum(counts_array, out=counts_array)
     total = int(counts_array[n])
@@ -241,13 +281,21 @@ def significant_pairs(
         for i in prange(n, schedule="guided", num_threads=n_threads):
             out = counts[i]
             for e in range(indptr[i], indptr[i + 1]):
-                j = indices[e]
-                t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
-                if t >= log_ratio + min(log_row[i], log_col[j]):
+                if marks[e]:
+                    j = indices[e]
+                    t = (f[i] + g[j] - _cost(&x[i, 0], &y[j, 0], d, 0, 2.0)) * inv_reg
                     out_indices[out] = <int>j
                     data[out] = exp(t)
                     out = out + 1
     return counts_array, out_indices_array, data_array
+
+
+def _row_ranges(indptr, parts):
+    """Bounds of ``parts`` contiguous ranges of rows of about equal pairs (``parts + 1``
+    ascending row indices from 0 to the number of rows)."""
+    indptr = np.asarray(indptr)
+    inner = np.searchsorted(indptr, np.linspace(0, indptr[len(indptr) - 1], parts + 1)[1:parts])
+    return np.concatenate([[0], inner, [len(indptr) - 1]]).astype(np.int64)
 
 
 def csr_transpose(
@@ -255,15 +303,22 @@ def csr_transpose(
     const int[::1] indices,
     Py_ssize_t m,
     const double[::1] values=None,
+    int n_threads=1,
 ):
     """The compressed-column pattern ``(t_indptr, t_indices, t_values)`` of a compressed-row
     pattern with ``m`` columns (rows ascending within each column) and its ``values`` in
     that order (None without ``values``), by a counting sort with no temporary beyond its
-    outputs (SciPy's transpose of a pattern carries values and, from int64 ``indptr``,
-    int64 copies of the indices)."""
+    outputs and, with ``n_threads > 1``, one count per column and thread (SciPy's transpose
+    of a pattern carries values and, from int64 ``indptr``, int64 copies of the indices).
+
+    In parallel each thread takes a contiguous range of rows of about equal pairs, counts
+    their columns, and fills its rows after those of the threads before it in every column:
+    the output is the sequential one whatever ``n_threads``.
+    """
     cdef Py_ssize_t n = indptr.shape[0] - 1
     cdef Py_ssize_t nnz = indices.shape[0]
-    cdef Py_ssize_t i, e, j
+    cdef Py_ssize_t i, e, j, t, parts
+    cdef long long running, here
     cdef bint with_values = values is not None
     t_indptr_array = np.zeros(m + 1, dtype=np.int64)
     t_indices_array = np.empty(nnz, dtype=np.int32)
@@ -271,23 +326,264 @@ def csr_transpose(
     cdef long long[::1] t_indptr = t_indptr_array
     cdef int[::1] t_indices = t_indices_array
     cdef double[::1] t_values = t_values_array
-    cdef long long[::1] fill
+    parts = max(1, min(<Py_ssize_t>n_threads, n))
+    # Row ranges of about nnz / parts pairs each; fill[t, j]: thread t's next slot in j.
+    cdef long long[::1] cuts = _row_ranges(indptr, parts)
+    fill_array = np.zeros((parts, m), dtype=np.int64)
+    cdef long long[:, ::1] fill = fill_array
     with nogil:
-        for e in range(nnz):
-            t_indptr[indices[e] + 1] += 1
+        for t in prange(parts, schedule="static", chunksize=1, num_threads=parts):
+            for e in range(indptr[cuts[t]], indptr[cuts[t + 1]]):
+                fill[t, indices[e]] += 1
         for j in range(m):
-            t_indptr[j + 1] += t_indptr[j]
-    fill_array = t_indptr_array[:m].copy()
-    fill = fill_array
+            running = t_indptr[j]
+            for t in range(parts):
+                here = fill[t, j]
+                fill[t, j] = running
+                running = running + here
+            t_indptr[j + 1] = running
+        for t in prange(parts, schedule="static", chunksize=1, num_threads=parts):
+            for i in range(cuts[t], cuts[t + 1]):
+                for e in range(indptr[i], indptr[i + 1]):
+                    j = indices[e]
+                    t_indices[fill[t, j]] = <int>i
+                    if with_values:
+                        t_values[fill[t, j]] = values[e]
+                    fill[t, j] += 1
+    return t_indptr_array, t_indices_array, (t_values_array if with_values else None)
+
+
+def pair_marginals(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[::1] cost,
+    const double[:, ::1] x,
+    const double[:, ::1] y,
+    const double[::1] f,
+    const double[::1] g,
+    double reg,
+    double[::1] row_mass,
+    double[::1] col_mass,
+    int n_threads,
+):
+    """The row and the column sums of the plan ``exp((f_i + g_j - C_ij) / reg)`` over the
+    kept pairs of a compressed-row pattern, in one pass (two passes of
+    :func:`sparse_softmin`, rows then columns on the transposed pattern, read every pair
+    and gather both its points twice).
+
+    ``C_ij`` is ``cost`` at the pair's position, or ``|x_i - y_j|^2`` when ``cost`` is
+    None. ``row_mass`` is :func:`sparse_softmin`'s, to the bit (the same shifted sum of
+    each row); each entry ``exp((g_j - C_ij - best_i) / reg) exp((f_i + best_i) / reg)``,
+    ``best_i`` the row's largest ``g_j - C_ij``, is added to its column's sum, in row order.
+    With ``n_threads > 1`` each thread takes a contiguous range of rows of about equal
+    pairs with a column array of its own, added in thread order at the end: the same sums
+    at a given ``n_threads`` run to run.
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t m = col_mass.shape[0]
+    cdef Py_ssize_t i, j, e, t, start, width, widest, parts, d
+    cdef double inv_reg = 1.0 / reg
+    cdef double best, total, scale, lse
+    cdef double* gathered
+    cdef double* costs
+    cdef double* entries
+    cdef double* column
+    cdef size_t stored_at, x_at, y_at
+    stored_at, x_at, y_at, d, widest = _pair_sources(indptr, cost, x, y, "pair_marginals")
+    cdef const double* stored = <const double*>stored_at
+    cdef const double* xp = <const double*>x_at
+    cdef const double* yp = <const double*>y_at
+    cdef const double* gp = &g[0] if g.shape[0] else NULL
+    parts = max(1, min(<Py_ssize_t>n_threads, n))
+    cdef long long[::1] cuts = _row_ranges(indptr, parts)
+    # Thread 0 adds into col_mass itself, the others into their own rows of extra.
+    extra_array = np.zeros((parts - 1, m))
+    cdef double[:, ::1] extra = extra_array
+    col_mass[:] = 0.0
+    if n == 0 or m == 0:
+        row_mass[:] = 0.0
+        return
     with nogil:
+        for t in prange(parts, schedule="static", chunksize=1, num_threads=parts):
+            gathered = <double*>malloc((3 * widest + 1) * sizeof(double))
+            costs = gathered + widest
+            entries = costs + widest
+            column = &col_mass[0] if t == 0 else &extra[t - 1, 0]
+            for i in range(cuts[t], cuts[t + 1]):
+                start = indptr[i]
+                width = indptr[i + 1] - start
+                best = _gather_row(&indices[start] if width else NULL, width,
+                                   stored + start if stored != NULL else NULL,
+                                   xp + i * d if xp != NULL else NULL, yp, d, gp, costs,
+                                   gathered)
+                total = 0.0
+                if best > -INFINITY:
+                    total = mmopt_expsum(costs, gathered, -best, inv_reg, width)
+                if best == -INFINITY or total <= 0.0:
+                    row_mass[i] = 0.0
+                    continue
+                lse = best * inv_reg + log(total)
+                row_mass[i] = exp(f[i] * inv_reg + lse)
+                scale = exp((f[i] + best) * inv_reg)
+                mmopt_exprow(costs, gathered, -best, inv_reg, width, entries)
+                for e in range(width):
+                    column[indices[start + e]] += entries[e] * scale
+            free(gathered)
+        for t in range(1, parts):
+            for j in prange(m, schedule="static", num_threads=parts):
+                col_mass[j] += extra[t - 1, j]
+
+
+def bipartite_matvec(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[::1] data,
+    const double[::1] diagonal,
+    double scale,
+    const double[::1] v,
+    double[::1] out,
+    double[::1] work,
+):
+    """``out = [[diag(diagonal[:n]), s S], [s S^T, diag(diagonal[n:])]] v`` for a
+    compressed-row ``S`` of shape ``(n, m)``, in one pass over ``S`` (SciPy's ``S @ v`` and
+    ``S.T @ v`` read it twice). ``work`` (``m`` entries) receives ``S^T v[:n]``. The
+    products and sums are SciPy's, in its order: the same vector to the bit. One thread:
+    it runs between a Krylov solver's BLAS calls.
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t m = work.shape[0]
+    cdef Py_ssize_t i, j, e
+    cdef double acc, vi
+    with nogil:
+        for j in range(m):
+            work[j] = 0.0
         for i in range(n):
+            acc = 0.0
+            vi = v[i]
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
-                t_indices[fill[j]] = <int>i
-                if with_values:
-                    t_values[fill[j]] = values[e]
-                fill[j] += 1
-    return t_indptr_array, t_indices_array, (t_values_array if with_values else None)
+                acc = acc + data[e] * v[n + j]
+                work[j] += data[e] * vi
+            out[i] = diagonal[i] * vi + scale * acc
+        for j in range(m):
+            out[n + j] = diagonal[n + j] * v[n + j] + scale * work[j]
+
+
+def coarse_operator(
+    const long long[::1] indptr,
+    const int[::1] indices,
+    const double[::1] data,
+    Py_ssize_t offset,
+    const long long[::1] t_indptr,
+    const int[::1] t_indices,
+    const double[::1] t_data,
+    const long long[::1] labels,
+    Py_ssize_t count,
+    double weight,
+    const double[::1] diagonal=None,
+):
+    """The Galerkin operator ``P^T A P`` of unsmoothed aggregation, ``P`` the 0/1 matrix of
+    ``labels`` (``count`` aggregates), as a compressed-row matrix ``(indptr, indices,
+    data)`` (columns in first-met order within a row), by a sparse accumulator per
+    aggregate (Gustavson's product) instead of two sparse products and a transpose.
+
+    ``A`` is given by its rows: the first ``n`` (``indptr``, ``indices``, ``data``) have
+    their columns shifted by ``offset``, the next ``t_indptr.shape[0] - 1`` (``t_indptr``,
+    ...) have theirs as they are, every entry times ``weight``; ``diagonal``, when given,
+    is added to the aggregates' diagonal entries. The multigrid Newton solve's first level:
+    ``S`` and ``S^T`` (offset ``n``), ``weight = -1 / reg``, the aggregated diagonal; its
+    coarse levels: their CSR matrix, an empty second part, ``weight = 1``.
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t size = n + t_indptr.shape[0] - 1
+    cdef Py_ssize_t a, k, v, e, b, filled, total
+    cdef bint with_diagonal = diagonal is not None
+    if labels.shape[0] != size:
+        raise ValueError("coarse_operator: labels must have one entry per row")
+    # The rows of each aggregate, by a counting sort of labels.
+    member_ptr_array = np.zeros(count + 1, dtype=np.int64)
+    # Per variable and per aggregate, int32 (both counts below 2^31 in a Newton system):
+    # half the memory of int64 for the accumulator's randomly accessed marker.
+    members_array = np.empty(size, dtype=np.int32)
+    cdef long long[::1] member_ptr = member_ptr_array
+    cdef int[::1] members = members_array
+    next_array = np.empty(count, dtype=np.int32)
+    cdef int[::1] next_slot = next_array
+    out_ptr_array = np.zeros(count + 1, dtype=np.int64)
+    cdef long long[::1] out_ptr = out_ptr_array
+    marker_array = np.full(count, -1, dtype=np.int32)
+    cdef int[::1] marker = marker_array
+    with nogil:
+        for v in range(size):
+            member_ptr[labels[v] + 1] += 1
+        for a in range(count):
+            member_ptr[a + 1] += member_ptr[a]
+            next_slot[a] = <int>member_ptr[a]
+        for v in range(size):
+            members[next_slot[labels[v]]] = <int>v
+            next_slot[labels[v]] += 1
+        # Symbolic pass: the number of distinct aggregates each aggregate's rows reach.
+        total = 0
+        for a in range(count):
+            filled = 0
+            if with_diagonal:
+                marker[a] = <int>a
+                filled = 1
+            for k in range(member_ptr[a], member_ptr[a + 1]):
+                v = members[k]
+                if v < n:
+                    for e in range(indptr[v], indptr[v + 1]):
+                        b = labels[indices[e] + offset]
+                        if marker[b] != a:
+                            marker[b] = <int>a
+                            filled = filled + 1
+                else:
+                    for e in range(t_indptr[v - n], t_indptr[v - n + 1]):
+                        b = labels[t_indices[e]]
+                        if marker[b] != a:
+                            marker[b] = <int>a
+                            filled = filled + 1
+            total = total + filled
+            out_ptr[a + 1] = total
+    out_indices_array = np.empty(total, dtype=np.int32)
+    out_data_array = np.zeros(total)
+    cdef int[::1] out_indices = out_indices_array
+    cdef double[::1] out_data = out_data_array
+    position_array = np.empty(count, dtype=np.int64)  # an aggregate's slot in the row
+    cdef long long[::1] position = position_array
+    with nogil:
+        for a in range(count):
+            marker[a] = -1
+        for a in range(count):
+            filled = out_ptr[a]
+            if with_diagonal:
+                marker[a] = <int>a
+                position[a] = filled
+                out_indices[filled] = <int>a
+                filled = filled + 1
+            for k in range(member_ptr[a], member_ptr[a + 1]):
+                v = members[k]
+                if v < n:
+                    for e in range(indptr[v], indptr[v + 1]):
+                        b = labels[indices[e] + offset]
+                        if marker[b] != a:
+                            marker[b] = <int>a
+                            position[b] = filled
+                            out_indices[filled] = <int>b
+                            filled = filled + 1
+                        out_data[position[b]] += weight * data[e]
+                else:
+                    for e in range(t_indptr[v - n], t_indptr[v - n + 1]):
+                        b = labels[t_indices[e]]
+                        if marker[b] != a:
+                            marker[b] = <int>a
+                            position[b] = filled
+                            out_indices[filled] = <int>b
+                            filled = filled + 1
+                        out_data[position[b]] += weight * t_data[e]
+            if with_diagonal:
+                out_data[position[a]] += diagonal[a]
+    return out_ptr_array, out_indices_array, out_data_array
 
 
 def strongest_couplings(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ from mmopt._core.problem import Problem
 from mmopt._core.registry import register_solver, solve
 from mmopt._core.result import STATUS_MESSAGES, Result, Status
 from mmopt._core.solver import Solver, SolverState, StopSolve
-from mmopt._core.threads import effective_n_threads
+from mmopt._core.threads import _threadpool_controller, effective_n_threads
 from mmopt._core.validation import check_array, check_choice, check_scalar, readonly
 from mmopt.ot._cloud_gemm import online_softmin_gemm
 from mmopt.ot._cloud_kernels import online_softmin as _direct_softmin
@@ -31,7 +32,14 @@ from mmopt.ot._smooth import smooth_sinkhorn
 from mmopt.ot._support import N_THREADS
 from mmopt.ot._truncation import CloudLevel, grid_hierarchy, kept_pairs, spatial_order
 from mmopt.ot.problem import OTProblem
-from mmopt_ext._pointcloud import csr_transpose, significant_pairs, strongest_couplings
+from mmopt_ext._pointcloud import (
+    bipartite_matvec,
+    coarse_operator,
+    csr_transpose,
+    pair_marginals,
+    significant_pairs,
+    strongest_couplings,
+)
 
 __all__ = ["PointCloudOTProblem", "PointCloudSinkhorn", "pointcloud_sinkhorn"]
 
@@ -274,7 +282,8 @@ class _Pattern:
         if indices.size <= _STORED_COST_MAX_PAIRS:
             self.cost = pair_costs(level.x, level.y, indptr, indices, 0, 2.0, threads)
         self.t_indptr, self.t_indices, self.t_cost = csr_transpose(
-            indptr, indices, len(level.y), self.cost)
+            indptr, indices, len(level.y), self.cost,
+            threads if indices.size >= _MIN_PARALLEL_PAIRS else 1)
         self.phi0, self.psi0 = phi0, psi0
         self.threshold, self.reg = threshold, reg
         # Weights normalized to mass 1, in logs, for margin's soft maxima.
@@ -326,6 +335,14 @@ class _Pattern:
             f, g = g, f
         _, out = self.softmin(f, g, np.zeros(len(f)), reg, threads, transposed)
         return out
+
+    def marginals(self, f, g, reg, threads):
+        """The kept plan's row and column sums at ``(f, g, reg)`` in one pass over the
+        pairs (:func:`pair_marginals`; the row sums are :meth:`sums`', to the bit)."""
+        row, col = np.empty(len(f)), np.empty(len(g))
+        pair_marginals(self.indptr, self.indices, self.cost, self.x, self.y, f, g, reg, row,
+                       col, threads)
+        return row, col
 
     def softmin(self, f, g, log_a, reg, threads, transposed=False):
         """The row update over the kept pairs (:func:`sparse_softmin`; the column update,
@@ -385,6 +402,10 @@ class _Run:
     newton_pause: int = 0  # Sinkhorn iterations before the next Newton attempt
     newton_backoff: int = 1
     damping: float = 0.0
+    # The last Newton step's accepted trial: (a weak reference to its pattern, f, g, reg,
+    # its negative_dual), the next step's starting point when nothing changed in between
+    # (weak: a re-selection frees the old pairs before it finds the new ones).
+    newton_trial: tuple | None = None
     # Smooth regime: None until the dense solve (small clouds) or the grid Gaussian
     # transform (squared Euclidean cost, d <= 3) is tried, then whether the grid's was used.
     grid: bool | None = None
@@ -895,15 +916,27 @@ def _newton_step(problem, state, pattern, level):
     threads = _threads(run, pattern.nnz)
 
     def negative_dual(f, g):
-        # The plan's row and column sums by the sparse kernels (parallel, vectorized exp).
-        row = pattern.sums(f, g, reg, threads)
-        col = pattern.sums(f, g, reg, threads, transposed=True)
+        # The plan's row and column sums in one pass over the kept pairs (parallel,
+        # vectorized exp).
+        row, col = pattern.marginals(f, g, reg, threads)
         value = reg * float(row.sum()) - float(level.a @ f + level.b @ g)
         error = float(np.abs(row - level.a).sum() + np.abs(col - level.b).sum())
         return value, row, col, error
 
-    with np.errstate(over="ignore", invalid="ignore"):
-        value, row, col, error = negative_dual(state.f, state.g)
+    # BLAS on one thread: the step's dot products (CG's, the line search's) are over
+    # vectors of n + m entries, too short to gain from a second thread, and OpenBLAS's
+    # threads, woken between the OpenMP kernels, spun: 3 10^5 points in 3-D, one Newton
+    # direction took 0.59 s CPU instead of 0.93 (one OpenMP thread, under load).
+    with np.errstate(over="ignore", invalid="ignore"), _threadpool_controller().limit(
+            limits=1, user_api="blas"):
+        last, run.newton_trial = run.newton_trial, None
+        if (last is not None and last[0]() is pattern and last[1] is state.f
+                and last[2] is state.g and last[3] == reg):
+            # The previous step's accepted trial, evaluated by its line search: the same
+            # arrays, pattern and reg, so the same sums (a pass over the pairs saved).
+            value, row, col, error = last[4]
+        else:
+            value, row, col, error = negative_dual(state.f, state.g)
         grad = np.concatenate([row - level.a, col - level.b])
         if not np.isfinite(value) or error == 0.0:
             return None
@@ -924,14 +957,16 @@ def _newton_step(problem, state, pattern, level):
         def evaluate(step):
             f = state.f + step * direction[:n]
             g = state.g + step * direction[n:]
-            new_value, _, _, new_error = negative_dual(f, g)
-            return new_value, -1e-4 * step * slope, new_error, (f, g, new_value, new_error)
+            found = negative_dual(f, g)
+            return found[0], -1e-4 * step * slope, found[3], (f, g, found)
 
         accepted = line_search(evaluate, value, error, max_halvings=12)
     if accepted is None:
         run.damping = next_damping(run.damping, None)
         return None
-    (f, g, new_value, new_error), step = accepted
+    (f, g, found), step = accepted
+    new_value, new_error = found[0], found[3]
+    run.newton_trial = (weakref.ref(pattern), f, g, reg, found)
     run.damping = next_damping(run.damping, step)
     return _PCState(
         x=np.concatenate([f, g]), fun=-new_value, residual=new_error / mass, f=f, g=g,
@@ -962,12 +997,16 @@ class _Bipartite:
     def __init__(self, diagonal, S, scale):
         self.diagonal, self.S, self.scale = diagonal, S, scale
         self.shape = (diagonal.size, diagonal.size)
+        self._indptr = np.asarray(S.indptr, dtype=np.int64)
+        self._indices = np.asarray(S.indices, dtype=np.int32)
+        self._work = np.empty(S.shape[1])
 
     def __matmul__(self, v):
-        n = self.S.shape[0]
-        out = self.diagonal * v
-        out[:n] += self.scale * (self.S @ v[n:])
-        out[n:] += self.scale * (self.S.T @ v[:n])
+        # One pass over S for both blocks, SciPy's arithmetic (S @ v and S.T @ v read it
+        # twice, the latter by a scatter over its columns).
+        out = np.empty(self.shape[0])
+        bipartite_matvec(self._indptr, self._indices, self.S.data, self.diagonal, self.scale,
+                         np.ascontiguousarray(v, dtype=np.float64), out, self._work)
         return out
 
 
@@ -985,6 +1024,25 @@ def _aggregates(best):
     linked = np.flatnonzero(best >= 0)
     graph = sp.csr_matrix((np.ones(linked.size), (linked, best[linked])), shape=(size, size))
     return connected_components(graph, directed=True, connection="weak")
+
+
+def _coarse_operator(A, labels, count, weight=1.0, diagonal=None):
+    """:func:`coarse_operator` of a SciPy CSR matrix: ``P^T A P`` with ``P`` the
+    aggregates ``labels``, or, with ``weight`` and ``diagonal``, ``P^T [[D, w A], [w A^T,
+    D]] P`` with ``diagonal`` the aggregates' sums of ``D``, ``A`` of shape ``(n, m)`` and
+    ``labels`` over ``n + m`` variables, as a CSR matrix."""
+    labels = np.asarray(labels, dtype=np.int64)
+    indptr = np.asarray(A.indptr, dtype=np.int64)
+    indices = np.asarray(A.indices, dtype=np.int32)
+    empty = np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0)
+    if diagonal is None:
+        offset, transposed = 0, empty
+    else:
+        offset = A.shape[0]
+        transposed = csr_transpose(indptr, indices, A.shape[1], A.data)
+    out = coarse_operator(indptr, indices, A.data, offset, *transposed, labels, count,
+                          float(weight), diagonal)
+    return sp.csr_matrix((out[2], out[1], out[0]), shape=(count, count))
 
 
 def _multilevel_direction(diagonal, S, grad, reg, relative_error):
@@ -1012,26 +1070,17 @@ def _multilevel_direction(diagonal, S, grad, reg, relative_error):
     # its row, y_j's strongest x the largest in its column.
     best_y, best_x = _strongest(S)
     count, labels = _aggregates(np.concatenate([np.where(best_y >= 0, n + best_y, -1), best_x]))
-    P_x = sp.csr_matrix((np.ones(n), (np.arange(n), labels[:n])), shape=(n, count))
-    P_y = sp.csr_matrix((np.ones(S.shape[1]), (np.arange(S.shape[1]), labels[n:])),
-                        shape=(S.shape[1], count))
-    coupling = (P_x.T @ S @ P_y).tocsr()
-    coupling = (coupling + coupling.T).tocsr()
-    coupling.data *= -scale
     # P^T A P with A = [[D_x, -s S], [-s S^T, D_y]]: the pairs inside an aggregate move
     # onto its diagonal.
-    coarse = (coupling + sp.diags_array(
-        np.bincount(labels, weights=diagonal, minlength=count))).tocsr()
-    del coupling
+    coarse = _coarse_operator(S, labels, count, -scale,
+                              np.bincount(labels, weights=diagonal, minlength=count))
     operators, all_labels = [coarse], [labels]
     while coarse.shape[0] > _COARSEST_MAX:
         # Off-diagonal weights are -a_ij > 0; the diagonal, positive, is never the largest.
         count, labels = _aggregates(_strongest(-coarse)[0])
         if count > 0.75 * coarse.shape[0]:
             break  # no longer coarsening: factorize this level
-        triplets = coarse.tocoo()
-        coarse = sp.csr_matrix((triplets.data, (labels[triplets.row], labels[triplets.col])),
-                               shape=(count, count))
+        coarse = _coarse_operator(coarse, labels, count)
         operators.append(coarse)
         all_labels.append(labels)
     try:

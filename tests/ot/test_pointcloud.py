@@ -733,7 +733,7 @@ def test_auto_regime_follows_each_clouds_own_spacing_not_their_distance():
         PointCloudOTProblem(x, y, reg=spacing)) == "sharp"
 
 
-@pytest.mark.parametrize("d, threads", [(2, 1), (3, 2)])
+@pytest.mark.parametrize("d, threads", [(2, 1), (3, 2), (3, 3)])
 def test_significant_pairs_and_transpose_match_numpy(d, threads):
     # The Newton Hessian's entries straight from an indices-only pattern (the costs
     # recomputed) against the dense plan filtered in NumPy, and the counting-sort
@@ -761,10 +761,92 @@ def test_significant_pairs_and_transpose_match_numpy(d, threads):
     assert 0 < np.count_nonzero(expected) < keep.sum()
     np.testing.assert_allclose(found, expected, rtol=1e-13, atol=0)
     values = rng.random(indices.size)
-    t_indptr, t_indices, t_values = csr_transpose(indptr, indices, m, values)
+    t_indptr, t_indices, t_values = csr_transpose(indptr, indices, m, values, threads)
     transposed = sp.csr_matrix((values, indices, indptr), shape=(n, m)).T.tocsr()
     transposed.sort_indices()
     np.testing.assert_array_equal(t_indptr, transposed.indptr)
     np.testing.assert_array_equal(t_indices, transposed.indices)
     np.testing.assert_array_equal(t_values, transposed.data)
     assert csr_transpose(indptr, indices, m)[2] is None
+
+
+def _random_pattern(rng, n, m, density):
+    """A random compressed-row pattern with an empty row (4) and an empty column (5)."""
+    keep = rng.random((n, m)) < density
+    keep[4] = False
+    keep[:, 5] = False
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
+    return keep, indptr, np.nonzero(keep)[1].astype(np.int32)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("stored", [False, True])
+def test_pair_marginals_match_the_dense_plan_sums(threads, stored):
+    # One pass for the kept plan's row and column sums (the line search's trials) against
+    # the dense plan restricted to the pattern, summed by NumPy; the row sums are
+    # sparse_softmin's to the bit.
+    from mmopt_ext._pointcloud import pair_marginals, sparse_softmin
+
+    rng = np.random.default_rng(30 + threads)
+    n, m, reg = 80, 90, 0.05
+    x, y = rng.random((n, 3)), rng.random((m, 3))
+    keep, indptr, indices = _random_pattern(rng, n, m, 0.3)
+    f, g = 0.1 * rng.normal(size=n), 0.1 * rng.normal(size=m)
+    cost = _cost(x, y)
+    plan = np.where(keep, np.exp((f[:, None] + g[None] - cost) / reg), 0.0)
+    pair_cost = cost[keep] if stored else None
+    row, col = np.full(n, np.nan), np.full(m, np.nan)
+    pair_marginals(indptr, indices, pair_cost, x, y, f, g, reg, row, col, threads)
+    np.testing.assert_allclose(row, plan.sum(1), rtol=1e-13, atol=0)
+    np.testing.assert_allclose(col, plan.sum(0), rtol=1e-13, atol=0)
+    assert row[4] == 0.0 and col[5] == 0.0
+    _, softmin_row = np.empty(n), np.empty(n)
+    sparse_softmin(indptr, indices, pair_cost, x, y, g, f, np.zeros(n), reg, _, softmin_row,
+                   threads)
+    np.testing.assert_array_equal(row, softmin_row)
+    with pytest.raises(ValueError, match="x and y"):
+        pair_marginals(indptr, indices, None, None, None, f, g, reg, row, col, threads)
+
+
+def test_bipartite_matvec_is_scipys_product():
+    # The Newton Hessian's product in one pass over S, against SciPy's two products: the
+    # same arithmetic, so the same vector to the bit.
+    from mmopt.ot.pointcloud import _Bipartite
+
+    rng = np.random.default_rng(40)
+    n, m = 70, 50
+    keep, indptr, indices = _random_pattern(rng, n, m, 0.2)
+    S = sp.csr_matrix((rng.random(indices.size), indices, indptr), shape=(n, m))
+    diagonal, v, scale = rng.random(n + m) + 1.0, rng.normal(size=n + m), 7.5
+    expected = diagonal * v
+    expected[:n] += scale * (S @ v[n:])
+    expected[n:] += scale * (S.T @ v[:n])
+    H = _Bipartite(diagonal, S, scale)
+    np.testing.assert_array_equal(H @ v, expected)
+    np.testing.assert_array_equal(H @ v, expected)  # its work array reused
+
+
+def test_coarse_operator_is_the_galerkin_product():
+    # The multigrid's coarse operators by one sparse accumulator per aggregate, against
+    # SciPy's P^T A P: the bipartite first level (S and S^T, a weight, the aggregated
+    # diagonal) and a plain symmetric level; aggregates mixing rows and columns, an
+    # aggregate with no entries.
+    from mmopt.ot.pointcloud import _coarse_operator
+
+    rng = np.random.default_rng(50)
+    n, m, count = 40, 30, 12
+    keep, indptr, indices = _random_pattern(rng, n, m, 0.2)
+    S = sp.csr_matrix((rng.random(indices.size), indices, indptr), shape=(n, m))
+    labels = rng.integers(0, count - 1, n + m)  # aggregate count - 1 stays empty
+    P = sp.csr_matrix((np.ones(n + m), (np.arange(n + m), labels)), shape=(n + m, count))
+    diagonal, weight = rng.random(n + m), -3.0
+    full = sp.bmat([[sp.diags_array(diagonal[:n]), weight * S],
+                    [weight * S.T, sp.diags_array(diagonal[n:])]]).tocsr()
+    expected = (P.T @ full @ P).toarray()
+    found = _coarse_operator(S, labels, count, weight,
+                             np.bincount(labels, weights=diagonal, minlength=count))
+    np.testing.assert_allclose(found.toarray(), expected, rtol=1e-14, atol=1e-14)
+    coarser = rng.integers(0, 5, count)
+    Q = sp.csr_matrix((np.ones(count), (np.arange(count), coarser)), shape=(count, 5))
+    np.testing.assert_allclose(_coarse_operator(found, coarser, 5).toarray(),
+                               (Q.T @ found @ Q).toarray(), rtol=1e-14, atol=1e-14)
