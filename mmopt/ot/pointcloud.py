@@ -100,6 +100,11 @@ _NEWTON_SPARSIFY = 1e-6
 # gain on the blobs (2-D 3 10^4 48.7 s) and none on the bench clouds.
 _NEWTON_SWITCH_TOL = 1e-3
 _SINKHORN_SWITCH_TOL = 0.1
+# A step that has made this many Newton attempts without reaching _NEWTON_SWITCH_TOL moves
+# on at _SINKHORN_SWITCH_TOL (a safeguard: where the steps keep failing, Sinkhorn's slow
+# rate at a sharp reg must not run on towards 1e-3). On the problems above a step took at
+# most 26 (3-D 3 10^5, bench clouds).
+_STAGE_NEWTON_MAX = 100
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
 # Newton systems are solved by multigrid-preconditioned CG (_multilevel_direction), not by
@@ -423,6 +428,7 @@ class _Run:
     # The (level, reg) at which the last residual was measured: Newton steps need the
     # current stage's.
     measured: tuple | None = None
+    stage_attempts: int = 0  # Newton attempts at the current epsilon-scaling step
     # Smooth regime: None until the dense solve (small clouds) or the grid Gaussian
     # transform (squared Euclidean cost, d <= 3) is tried, then whether the grid's was used.
     grid: bool | None = None
@@ -679,7 +685,9 @@ class PointCloudSinkhorn(Solver):
                 if run.newton_pause > 0:
                     run.newton_pause -= 1
                 else:
-                    new = _newton_step(problem, state, pattern, level)
+                    run.stage_attempts += 1
+                    new = _newton_step(problem, state, pattern, level,
+                                       self.truncation * reg)
                     if new is not None:
                         run.n_newton += 1
                         run.newton_backoff = 1
@@ -818,7 +826,7 @@ class PointCloudSinkhorn(Solver):
         """The relative marginal error at which an epsilon-scaling step moves on."""
         if self.switch_tol is not None:
             return self.switch_tol
-        if self.newton and run.regime == "sharp":
+        if self.newton and run.regime == "sharp" and run.stage_attempts <= _STAGE_NEWTON_MAX:
             return _NEWTON_SWITCH_TOL
         return _SINKHORN_SWITCH_TOL
 
@@ -859,6 +867,7 @@ class PointCloudSinkhorn(Solver):
         run = state.run
         level = run.levels[state.level]
         next_reg = max(state.reg * self.scaling, problem.reg)
+        run.stage_attempts = 0
         # The finer level takes over once its first truncation is sparse: its threshold
         # (truncation * reg) at most the squared radius of a ball holding about
         # _SWITCH_KEPT of its points. A switch by the coarse level's cell size alone (reg
@@ -941,9 +950,9 @@ class PointCloudSinkhorn(Solver):
         return fields
 
 
-def _newton_step(problem, state, pattern, level):
-    """A damped Newton step on the dual restricted to the kept pairs; None if the line
-    search finds no acceptable step."""
+def _newton_step(problem, state, pattern, level, max_move):
+    """A damped Newton step on the dual restricted to the kept pairs, no potential moving by
+    more than ``max_move``; None if the line search finds no acceptable step."""
     run, reg = state.run, state.reg
     n = len(level.x)
     mass = float(level.b.sum())
@@ -985,6 +994,15 @@ def _newton_step(problem, state, pattern, level):
         if found is None:
             return None
         direction = found.d
+        # No potential moves by more than max_move (the truncation threshold) in one step:
+        # a component of the kept pairs whose two sides' masses differ makes the restricted
+        # dual unbounded along its (f - c, g + c) direction, which only the diagonal shift
+        # held; such a step (18979 reg on 2-D Gaussian blobs to a shell at 10^4 points)
+        # left the pairs' margin at -474 thresholds, the next selection's sums overflowed
+        # and the solve ran to max_iter. A step past the threshold is re-selected anyway.
+        largest = float(np.abs(direction).max())
+        if largest > max_move:
+            direction = direction * (max_move / largest)
         slope = float(grad @ direction)
         if not (np.isfinite(slope) and slope < 0.0):
             return None

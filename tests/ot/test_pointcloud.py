@@ -586,6 +586,57 @@ def test_newton_steps_follow_the_epsilon_scaling(seed):
     np.testing.assert_allclose(res.transport_cost, reference.transport_cost, rtol=1e-8)
 
 
+def _stage_ends(res):
+    """The last iterate's index of each epsilon-scaling step (level, reg) of a solve."""
+    keys = list(zip(res.history["level"], res.history["reg"]))
+    return {key: i for i, key in enumerate(keys)}
+
+
+def test_a_step_past_its_newton_attempts_moves_on_at_sinkhorns_switch_tol(monkeypatch):
+    from mmopt.ot import pointcloud as module
+
+    monkeypatch.setattr(module, "_STAGE_NEWTON_MAX", 1)
+    x, y, a, b = _blobs_to_shell(1000, 2, 2)
+    reg = 0.25 * PointCloudOTProblem(x, y, reg=1.0).squared_spacing()
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-9)
+    assert res.success and res.marginal_error <= 2e-9
+    newton, intermediate = res.history["newton"] == 1, res.history["intermediate"] == 1
+    ends = [i for (level, r), i in _stage_ends(res).items()
+            if intermediate[i] and newton[res.history["reg"] == r].any()]
+    # Steps that took Newton steps, left past the cap between 1e-3 and 0.1.
+    assert ends and any(1e-3 < res.history["residual"][i] <= 0.1 for i in ends)
+
+
+def test_newton_steps_move_no_potential_past_the_threshold(monkeypatch):
+    # Two clusters on each side whose masses differ: where the kept pairs leave out the
+    # pairs across, the restricted dual is unbounded along the clusters' opposite shifts.
+    # Newton steps only at the problem's reg (switch_tol=0.1) moved potentials by up to
+    # 118 reg here; each step is held to the truncation threshold (40 reg).
+    from mmopt.ot import pointcloud as module
+
+    moves, original = [], module._newton_step
+
+    def recorded(problem, state, pattern, level, max_move):
+        out = original(problem, state, pattern, level, max_move)
+        if out is not None:
+            moves.append(max(np.abs(out.f - state.f).max(), np.abs(out.g - state.g).max())
+                         / state.reg)
+        return out
+
+    monkeypatch.setattr(module, "_newton_step", recorded)
+    rng = np.random.default_rng(1)
+    centers = np.repeat([[0.0, 0.0], [1.0, 0.0]], 200, axis=0)
+    x = centers + 0.02 * rng.standard_normal((400, 2))
+    y = centers + 0.02 * rng.standard_normal((400, 2))
+    a, b = np.full(400, 1 / 400), np.repeat([0.6 / 200, 0.4 / 200], 200)
+    reg = 1e-4
+    res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-9,
+                              switch_tol=0.1)
+    assert res.success and moves and max(moves) <= 40.0 * (1 + 1e-9)
+    reference = sinkhorn_newton_sparse(a, b, _cost(x, y), reg, tol=1e-13, max_iter=50_000)
+    np.testing.assert_allclose(res.plan.toarray(), reference.plan, rtol=0, atol=1e-8)
+
+
 def test_switch_tol_none_is_sinkhorns_without_newton():
     # Without Newton steps the epsilon-scaling steps move on at 0.1, as before.
     x, y, a, b = _blobs_to_shell(600, 2, 0)
@@ -609,8 +660,8 @@ def test_relaxed_phase_keeps_the_pairs_down_to_a_negative_margin(monkeypatch):
     steps = []  # (pattern, residual before the step, margin after / threshold)
     original = module._newton_step
 
-    def recording(problem, state, pattern, level):
-        new = original(problem, state, pattern, level)
+    def recording(problem, state, pattern, level, max_move):
+        new = original(problem, state, pattern, level, max_move)
         if new is not None:
             margin = pattern.margin(*_level_potentials(new), state.reg)
             steps.append((pattern, state.residual, margin / pattern.threshold))
