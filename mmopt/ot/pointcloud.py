@@ -531,13 +531,14 @@ class PointCloudSinkhorn(Solver):
     max_coarse : int, default=1000
         Largest number of clusters per cloud at the coarsest level (sharp regime).
     newton : bool, default=True
-        Sharp regime: at the problem's ``reg`` on the original clouds, once the relative
-        marginal error is below ``newton_switch``, take Newton steps on the dual restricted
-        to the kept pairs, whose Hessian is the kept plan (the Newton stage of
+        Sharp regime: at every epsilon-scaling step, once the relative marginal error is
+        below ``newton_switch``, take Newton steps on the dual restricted to the kept pairs,
+        whose Hessian is the kept plan (the Newton stage of
         :class:`~mmopt.ot.SinkhornNewtonSparse` on that Hessian without the entries below
         1e-6 of both their row's and their column's mass, shifted and
-        Levenberg-Marquardt damped, with its exact backtracking line search); a failed step
-        falls back to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
+        Levenberg-Marquardt damped, with its exact backtracking line search; no potential
+        moves by more than the truncation threshold in one step); a failed step falls back
+        to Sinkhorn iterations (1, 2, 4, ... of them before the next try).
         The Newton systems are solved by CG preconditioned with a multigrid V-cycle whose
         coarse spaces join the most strongly coupled variables (algebraic aggregation; a
         sparse LU's fill-in grows too fast with the size in 3-D).
