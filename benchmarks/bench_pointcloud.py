@@ -294,6 +294,16 @@ def run(quick: bool = False) -> str:
     note = ("" if large or quick else
             "\n\nThe 10^6-point 3-D case runs with `MMOPT_BENCH_POINTCLOUD_LARGE=1` "
             "(not in this run).")
+    growth = []
+    for n in (3_000,) if quick else (10_000, 30_000, 100_000, 300_000) + (
+            (1_000_000,) if large else ()):
+        out = _case(n, 3, timeout=LARGE_TIMEOUT, spacings=SPACING_REG)
+        growth.append(dict(_row(n, 3, "pointcloud_sinkhorn", out),
+                           **{"reg / diameter^2": out.get("reg")}))
+    geomloss = _geomloss_section(quick)
+    # Last, in this process: the cases above run in processes of their own, whose peak
+    # RSS (ru_maxrss counts the pages a child shares with its parent until it execs)
+    # would include the dense matrices this table leaves behind.
     exact = exactness_rows(quick)
     worst = max(exact, key=lambda row: row["max potential gap / reg"])
     over = [row for row in exact if row["max potential gap / reg"] > 1e-6]
@@ -313,12 +323,6 @@ def run(quick: bool = False) -> str:
             "of its row), so a 1e-11 marginal error leaves its offset loose by that much; "
             "the plans agree to the digits above."
         )
-    growth = []
-    for n in (3_000,) if quick else (10_000, 30_000, 100_000, 300_000) + (
-            (1_000_000,) if large else ()):
-        out = _case(n, 3, timeout=LARGE_TIMEOUT, spacings=SPACING_REG)
-        growth.append(dict(_row(n, 3, "pointcloud_sinkhorn", out),
-                           **{"reg / diameter^2": out.get("reg")}))
     return (
         "## Point-cloud OT without a cost matrix, sharp plans (pointcloud_sinkhorn)\n\n"
         f"reg = {RELATIVE_REG:g} x squared diameter, tol = 1e-6 relative L1 marginal error, "
@@ -353,7 +357,7 @@ def run(quick: bool = False) -> str:
         "a row keeps about the same number of pairs at every n, where at a fixed reg "
         "relative to the diameter (above) the kept pairs grow like n^2.\n\n"
         + markdown_table(growth)
-        + _geomloss_section(quick)
+        + geomloss
     )
 
 
