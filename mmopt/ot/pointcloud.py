@@ -88,16 +88,17 @@ _NEWTON_SHIFT = 1e-3
 _NEWTON_SPARSIFY = 1e-6
 # The epsilon-scaling steps' default switch_tol: with Newton steps at every step (the
 # sharp regime), each step is solved to 1e-3 before reg shrinks, so the next starts near
-# its solution and the central path is followed; Sinkhorn alone moves on at 0.1. Before,
-# Newton ran only at the problem's reg on the finest level, from the 0.1 error that the
-# last step left, where damped steps along weakly coupled clusters took most of the
-# solve (one thread, CPU time, under load; 0.25 squared spacings unless said): 2-D
-# Gaussian blobs to a shell with random weights, 3 10^4 points 4912 Newton steps and
-# 234 s against 139 steps and 7.6 s, 10^4 points 1694 against ~120 (29.8 s against 3.6);
-# 3-D, same clouds, 3 10^4 9.8 s against 7.6; the bench clouds, 3-D 3 10^5 42.9 s against
-# 32.9 (finest level: 28 Newton steps against 18), 3-D 10^5 8.5 against 8.8, 2-D 2 10^4
-# 8.4 against 2.9. Solving only the finest level's steps this way gave about half of the
-# gain on the blobs (2-D 3 10^4 48.7 s) and none on the bench clouds.
+# its solution; Sinkhorn alone moves on at 0.1. Before, Newton ran only at the problem's
+# reg on the finest level, from the 0.1 error that the last step left, where damped steps
+# along weakly coupled clusters took most of the solve (one thread, CPU time, under load;
+# 0.25 squared spacings unless said): 2-D Gaussian blobs to a shell with random weights,
+# 3 10^4 points 4912 Newton steps and 234 s against 139 steps and 7.6 s, 10^4 points
+# 1694 against ~120 (29.8 s against 3.6); 3-D, same clouds, 3 10^4 9.8 s against 7.6;
+# the bench clouds, 3-D 3 10^5 42.9 s against 32.9 (finest level: 28 Newton steps
+# against 18), 3-D 10^5 8.5 against 8.8, 2-D 2 10^4 8.4 against 2.9. Solving only the
+# finest level's steps this way gave about half of the gain on the blobs (2-D 3 10^4
+# 48.7 s) and none on the bench clouds; a step tolerance of 1e-2 was 3x slower on the
+# 2-D blobs, 3e-4 slower in 3-D.
 _NEWTON_SWITCH_TOL = 1e-3
 _SINKHORN_SWITCH_TOL = 0.1
 # A step that has made this many Newton attempts without reaching _NEWTON_SWITCH_TOL moves
@@ -650,6 +651,7 @@ class PointCloudSinkhorn(Solver):
     def _step(self, problem, state):
         run = state.run
         level, reg = run.levels[state.level], state.reg
+        final = state.level == len(run.levels) - 1 and reg == problem.reg
         f, g, error, entry = state.f, state.g, 0.0, run.level_log[-1]
         if run.regime == "sharp":
             pattern = run.pattern
@@ -677,7 +679,6 @@ class PointCloudSinkhorn(Solver):
                 _, col_mass = pattern.softmin(g, f, level.log_b, reg,
                                               _threads(run, pattern.nnz), transposed=True)
                 error = float(np.abs(col_mass - level.b).sum())
-            final = state.level == len(run.levels) - 1 and reg == problem.reg
             if (
                 self.newton and run.measured == (state.level, reg)
                 and not (final and state.intermediate)  # held by _hold_at_tol
@@ -722,7 +723,6 @@ class PointCloudSinkhorn(Solver):
         error += float(np.abs(row_mass - level.a).sum())
         mass = float(level.b.sum())
         entry["iterations"] += 1
-        final = state.level == len(run.levels) - 1 and reg == problem.reg
         run.measured = (state.level, reg)
         new = _PCState(
             x=np.concatenate([f_new, g_new]),
