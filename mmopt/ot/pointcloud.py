@@ -106,6 +106,12 @@ _SINKHORN_SWITCH_TOL = 0.1
 # rate at a sharp reg must not run on towards 1e-3). On the problems above a step took at
 # most 26 (3-D 3 10^5, bench clouds).
 _STAGE_NEWTON_MAX = 100
+# At the problem's reg on the original clouds, this many iterations without a new best
+# residual end the solve as stalled (status 5): the iterates are at the rounding floor of
+# the marginal error. A tol below it ran to max_iter (1000-point 2-D blobs to a shell at
+# reg 1e-5, tol 1e-10: 10000 iterations at 1.01e-10). Converging solves set a new best
+# within a few iterations at that stage (the damped Newton phases included).
+_STALL_ITERATIONS = 200
 # After a failed Newton step, Sinkhorn iterations before the next try: 1, 2, 4, ... up to this.
 _MAX_NEWTON_BACKOFF = 32
 # Newton systems are solved by multigrid-preconditioned CG (_multilevel_direction), not by
@@ -430,6 +436,11 @@ class _Run:
     # current stage's.
     measured: tuple | None = None
     stage_attempts: int = 0  # Newton attempts at the current epsilon-scaling step
+    # At the problem's reg on the original clouds: iterations, and the best residual and
+    # the iteration it came at (_should_stop's stall test).
+    final_iterations: int = 0
+    best_residual: float = np.inf
+    best_at: int = 0
     # Smooth regime: None until the dense solve (small clouds) or the grid Gaussian
     # transform (squared Euclidean cost, d <= 3) is tried, then whether the grid's was used.
     grid: bool | None = None
@@ -830,6 +841,23 @@ class PointCloudSinkhorn(Solver):
         if self.newton and run.regime == "sharp" and run.stage_attempts <= _STAGE_NEWTON_MAX:
             return _NEWTON_SWITCH_TOL
         return _SINKHORN_SWITCH_TOL
+
+    def _should_stop(self, problem, state):
+        """Status 5 (stalled) when the residual at the problem's reg on the original
+        clouds has not improved for ``_STALL_ITERATIONS`` iterations."""
+        run = state.run
+        if run is None or state.intermediate or state.residual <= self.tol:
+            return None
+        run.final_iterations += 1
+        if state.residual < run.best_residual:
+            run.best_residual, run.best_at = state.residual, run.final_iterations
+        elif run.final_iterations - run.best_at >= _STALL_ITERATIONS:
+            return Status.STALLED, (
+                f"Stalled: the marginal error has not gone below {run.best_residual:.3g} for "
+                f"{_STALL_ITERATIONS} iterations at the problem's reg; tol is below what "
+                "floating point reaches on this problem."
+            )
+        return None
 
     def _min_margin(self, problem, state) -> float:
         """The smallest margin the kept pairs may keep before they are selected again."""

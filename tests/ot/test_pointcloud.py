@@ -637,6 +637,17 @@ def test_newton_steps_move_no_potential_past_the_threshold(monkeypatch):
     np.testing.assert_allclose(res.plan.toarray(), reference.plan, rtol=0, atol=1e-8)
 
 
+def test_a_tol_below_the_rounding_floor_ends_as_stalled():
+    # 1000-point blobs at 0.25 squared spacings: the marginal error stops near 1e-10, so
+    # tol = 1e-10 ran to max_iter (10000 iterations) before the stall test.
+    x, y, a, b = _blobs_to_shell(1000, 2, 1)
+    reg = 0.25 * PointCloudOTProblem(x, y, reg=1.0).squared_spacing()
+    with pytest.warns(mmopt.ConvergenceWarning, match="Stalled"):
+        res = pointcloud_sinkhorn(x, y, a, b, reg=reg, regime="sharp", tol=1e-10)
+    assert res.status == 5 and res.nit < 1000
+    assert np.isfinite(res.x).all() and res.marginal_error < 1e-9
+
+
 def test_switch_tol_none_is_sinkhorns_without_newton():
     # Without Newton steps the epsilon-scaling steps move on at 0.1, as before.
     x, y, a, b = _blobs_to_shell(600, 2, 0)
