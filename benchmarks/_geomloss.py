@@ -32,12 +32,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 # Threads of torch and of KeOps's OpenMP loops: the same as ours (the two cores).
 THREADS = 2
-# MMOPT_BENCH_GEOMLOSS_LARGE=1: the issue's comparison, sizes growing until a run would take
-# ten minutes (hours in all); otherwise the smallest size, so a section's default run stays short.
-LARGE = os.environ.get("MMOPT_BENCH_GEOMLOSS_LARGE") == "1"
-# Seconds one geomloss run may take (predicted from the previous run, killed past twice this).
-BUDGET = float(os.environ.get("MMOPT_BENCH_GEOMLOSS_BUDGET", 600 if LARGE else 15))
-SIZES = (1000, 3000, 10_000, 30_000, 100_000) if LARGE else (1000,)
+# Seconds one geomloss run of the sweeps may take (predicted from the previous run, killed
+# past twice this). The ten-minute runs are bench_pointcloud_peers's (solve_until).
+BUDGET = float(os.environ.get("MMOPT_BENCH_GEOMLOSS_BUDGET", 15))
+SIZES = (1000,)
 BACKENDS = ("tensorized", "online", "multiscale")
 # SamplesLoss has no stopping test, so no scaling reaches a 1e-6 marginal error: geomloss's
 # own updates are then also run on at the final epsilon (``_extend_schedule``), ``extra`` more
@@ -154,18 +152,154 @@ def _extend_schedule(extra: int) -> None:
     sinkhorn_samples.scaling_parameters = extended
 
 
-def _run(path: str, backend: str, scaling: float, extra: int, timeout: float) -> dict:
+class _Stop(Exception):
+    """Raised inside geomloss's loop by :func:`solve_until`'s check: the run ends here."""
+
+    def __init__(self, **out):
+        super().__init__(out.get("status"))
+        self.out = out
+
+
+# solve_until: the first check right after the schedule, the next ones this many times
+# more updates (at least CHECK_MIN_GAP more), so the time to reach a target is overstated
+# by at most 10%; a run whose error has not fallen by STALL_FACTOR since half its updates
+# has stalled (a floor).
+CHECK_GROWTH = 1.1
+CHECK_MIN_GAP = 10
+STALL_FACTOR = 0.9
+# Updates appended to the schedule (a list: more than any run does within its budget).
+UNTIL_EXTRA = 10**6
+
+
+def solve_until(path: str, backend: str, target: float, budget: float,
+                scaling: float = 0.9) -> dict:
+    """geomloss's own updates (after its ``scaling`` schedule, on at the final epsilon) until
+    its plan's marginal error reaches ``target``, as if it had a stopping test that costs
+    nothing: the error is checked every ``CHECK_GROWTH`` times more updates, the checks'
+    time is not counted. Ends at the first check reaching ``target``, past ``budget``
+    seconds (checks not counted), or when stalled (``STALL_FACTOR``). Runs in its own
+    process (``python _geomloss.py until ...``)."""
+    import resource
+    import time
+
+    import torch
+    from geomloss import SamplesLoss
+    from geomloss._legacy import sinkhorn_samples
+
+    if backend not in ("online", "multiscale"):
+        raise ValueError(f"backend must be 'online' or 'multiscale', got {backend!r}")
+    torch.set_num_threads(THREADS)
+    data = np.load(path)
+    x, y, a, b, reg = (data[k] for k in ("x", "y", "a", "b", "reg"))
+    reg = float(reg)
+    tensors = [torch.from_numpy(np.ascontiguousarray(v)) for v in (a, x, b, y)]
+    loss = SamplesLoss("sinkhorn", p=2, blur=geomloss_blur(reg), scaling=scaling,
+                       debias=False, potentials=True, backend=backend)
+    loss(*(t[:16] for t in tensors))  # KeOps compiles at its first call: not timed
+    schedule, loop = sinkhorn_samples.scaling_parameters, sinkhorn_samples.sinkhorn_loop
+    watch = {"scheduled": 0, "checks": 0.0, "errors": {}}
+
+    def extended(*args, **kwargs):
+        diameter, eps, eps_list, rho = schedule(*args, **kwargs)
+        watch["scheduled"] = len(eps_list)
+        return diameter, eps, list(eps_list) + [eps] * UNTIL_EXTRA, rho
+
+    def watched_loop(softmin, a_logs, b_logs, *args, **kwargs):
+        fine_a = (a_logs[-1] if isinstance(a_logs, list) else a_logs).reshape(-1)
+        fine_b = (b_logs[-1] if isinstance(b_logs, list) else b_logs).reshape(-1)
+        calls, held, due = 0, None, watch["scheduled"]
+
+        def numpy(t):
+            return t.detach().cpu().numpy().reshape(-1).astype(np.float64)
+
+        def watched(eps, cost, h):
+            # sinkhorn_loop calls softmin twice to start, then twice per update: first
+            # with h = log b + g / eps (the x side), then h = log a + f / eps, both of the
+            # same iterate (f, g).
+            nonlocal calls, held, due
+            calls += 1
+            update = (calls - 3) // 2
+            if calls >= 3 and update >= watch["scheduled"]:
+                elapsed = time.perf_counter() - watch["start"] - watch["checks"]
+                # The clouds on this side (x, then y): the fine level has all the points.
+                fine = cost[0].shape[-2] == (len(x) if calls % 2 == 1 else len(y))
+                if not fine:
+                    raise _Stop(status="stopped: its updates at the final epsilon run on "
+                                "the coarse level (the jump to the fine points comes after "
+                                "the last one)", iterations=update, time=elapsed)
+                if elapsed > budget:
+                    raise _Stop(status=f"stopped at the {budget:.0f} s budget",
+                                iterations=update, time=elapsed)
+                if calls % 2 == 1:
+                    held = eps * (numpy(h) - numpy(fine_b))
+                elif update >= due:
+                    paused = time.perf_counter()
+                    f = eps * (numpy(h) - numpy(fine_a))
+                    error = marginal_error(
+                        numpy(cost[1]).reshape(len(x), -1), numpy(cost[0]).reshape(len(y), -1),
+                        np.exp(numpy(fine_a)), np.exp(numpy(fine_b)),
+                        *our_potentials(f, held), reg)
+                    watch["checks"] += time.perf_counter() - paused
+                    watch["errors"][update] = error
+                    earlier = [e for k, e in watch["errors"].items() if 2 * k <= update]
+                    if error <= target:
+                        raise _Stop(status="reached", iterations=update, time=elapsed,
+                                    error=error)
+                    if earlier and error > STALL_FACTOR * min(earlier):
+                        raise _Stop(status="stalled", iterations=update, time=elapsed,
+                                    error=error)
+                    due = max(update + CHECK_MIN_GAP, int(np.ceil(CHECK_GROWTH * update)))
+            return softmin(eps, cost, h)
+
+        return loop(watched, a_logs, b_logs, *args, **kwargs)
+
+    sinkhorn_samples.scaling_parameters = extended
+    sinkhorn_samples.sinkhorn_loop = watched_loop
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_start = usage.ru_utime + usage.ru_stime
+    watch["start"] = time.perf_counter()
+    try:
+        loss(*tensors)
+        raise _Stop(status=f"ran its {UNTIL_EXTRA} extra updates", time=float("nan"))
+    except _Stop as stop:
+        out = stop.out
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    errors = watch["errors"]
+    best = min(errors.values()) if errors else float("nan")
+    return dict(out, error=out.get("error", best), cpu=usage.ru_utime + usage.ru_stime
+                - cpu_start, check_time=watch["checks"], peak_mb=usage.ru_maxrss / 1024,
+                scheduled=watch["scheduled"])
+
+
+def run_until(x, y, a, b, reg: float, backend: str, target: float, budget: float) -> dict:
+    """:func:`solve_until` in a process of its own (killed past twice the budget, its checks
+    and a minute included), or a dict whose ``status`` says why it did not run."""
+    reason = available(backend)
+    if reason is not None:
+        return {"status": reason}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "clouds.npz")
+        np.savez(path, x=x, y=y, a=a, b=b, reg=reg)
+        return _child(["until", path, backend, repr(target), repr(budget)],
+                      timeout=2 * budget + 60)
+
+
+def _child(arguments: list[str], timeout: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
     try:
-        done = subprocess.run(
-            [sys.executable, str(HERE / "_geomloss.py"), path, backend, repr(scaling),
-             str(extra)],
-            capture_output=True, text=True, timeout=timeout, check=True, env=env)
+        done = subprocess.run([sys.executable, str(HERE / "_geomloss.py"), *arguments],
+                              capture_output=True, text=True, timeout=timeout, check=True,
+                              env=env)
     except subprocess.TimeoutExpired:
         return {"status": f"killed after {timeout:.0f} s"}
     except subprocess.CalledProcessError as error:
         return {"status": "failed: " + error.stderr.strip()[-200:].replace("\n", " ")}
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]), status="ran")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(out, status=out.get("status", "ran"))
+
+
+def _run(path: str, backend: str, scaling: float, extra: int, timeout: float) -> dict:
+    return _child([path, backend, repr(scaling), str(extra)], timeout)
 
 
 def available(backend: str) -> str | None:
@@ -184,14 +318,11 @@ def predicted_mb(backend: str, n: int, m: int) -> float:
 
 
 def sweep(x, y, a, b, reg: float, target: float, backend: str, seconds_per_pair_update=None,
-          budget: float = BUDGET, settings=None, jump: bool = False
-          ) -> tuple[list[dict], float | None]:
+          budget: float = BUDGET, settings=None) -> tuple[list[dict], float | None]:
     """geomloss at each ``(scaling, extra)`` of ``settings`` (default: :data:`SCALINGS`, no
     extra update), in order, until its marginal error reaches ``target`` or the next run's
     predicted time (from the last run's time per pair and update, or
-    ``seconds_per_pair_update`` at the first) exceeds ``budget``; with ``jump``, once a time
-    per pair and update is known, a setting is not run where the next one is predicted
-    within the budget too (the ten-minute runs: the settings' errors decrease in order).
+    ``seconds_per_pair_update`` at the first) exceeds ``budget``.
 
     Returns the runs (dicts with ``scaling``, ``extra``, ``status``, and ``time``, ``cpu``,
     ``error``, ``iterations``, ``peak_mb`` where it ran; a skipped run's ``status`` says why)
@@ -211,13 +342,8 @@ def sweep(x, y, a, b, reg: float, target: float, backend: str, seconds_per_pair_
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "clouds.npz")
         np.savez(path, x=x, y=y, a=a, b=b, reg=reg)
-        for index, (scaling, extra) in enumerate(settings):
+        for scaling, extra in settings:
             iterations = geomloss_iterations(diameter, blur, scaling) + extra
-            if jump and seconds_per_pair_update is not None and index + 1 < len(settings):
-                following = settings[index + 1]
-                later = geomloss_iterations(diameter, blur, following[0]) + following[1]
-                if seconds_per_pair_update * pairs * later <= budget:
-                    continue  # the next setting fits the budget too: this one is not run
             if seconds_per_pair_update is not None:
                 predicted = seconds_per_pair_update * pairs * iterations
                 if predicted > budget:
@@ -269,8 +395,8 @@ def section(table: str, lines: str, ours: str, budget: float = BUDGET, *,
         + "s" * (len(EXTENDED_BACKENDS) > 1) + ". Torch and KeOps on "
         f"{THREADS} threads, KeOps's compilation not timed; `time / ours` wall-clock, in the "
         "same run. "
-        + ("" if LARGE else "Sizes growing to the ten-minute runs with "
-           "`MMOPT_BENCH_GEOMLOSS_LARGE=1` (not in this run). ")
+        + "The ten-minute runs (a stopping test given to geomloss): section "
+        "`pointcloud_peers`. "
         + "\n\n" + table + "\n\n" + lines + "\n"
     )
 
@@ -312,11 +438,8 @@ def compare(clouds, ours, sizes=SIZES, dims=(2, 3), budget: float = BUDGET):
             for backend, settings in variants:
                 if (backend, settings) in hopeless or (settings and backend in reached):
                     continue
-                # Without extra updates no scaling reaches our error: at the ten-minute
-                # sizes only the finest within the budget is run.
                 runs, rate[backend] = sweep(x, y, a, b, reg, mine["error"], backend,
-                                            rate[backend], budget, settings,
-                                            jump=LARGE and settings is None)
+                                            rate[backend], budget, settings)
                 for run in runs:
                     rows.append({
                         "n = m": n, "d": d, "solver": f"geomloss {backend}",
@@ -337,4 +460,9 @@ def compare(clouds, ours, sizes=SIZES, dims=(2, 3), budget: float = BUDGET):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_solve(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))))
+    if sys.argv[1] == "until":
+        print(json.dumps(solve_until(sys.argv[2], sys.argv[3], float(sys.argv[4]),
+                                     float(sys.argv[5]))))
+    else:
+        print(json.dumps(_solve(sys.argv[1], sys.argv[2], float(sys.argv[3]),
+                                int(sys.argv[4]))))

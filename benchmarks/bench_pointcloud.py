@@ -180,8 +180,7 @@ def _geomloss_section(quick: bool) -> str:
         budget, found = 5.0, _geomloss.compare(_clouds, _guarded_case, sizes=(500,),
                                                dims=(3,), budget=5.0)
     else:
-        budget, found = _geomloss.BUDGET, _geomloss.compare(
-            _clouds, _guarded_case, dims=(2, 3) if _geomloss.LARGE else (3,))
+        budget, found = _geomloss.BUDGET, _geomloss.compare(_clouds, _guarded_case, dims=(3,))
     return "\n\n" + _geomloss.section(*found, "`marginal error` above", budget,
                                        regime="sharp")
 

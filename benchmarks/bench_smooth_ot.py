@@ -109,8 +109,6 @@ def _geomloss_section(quick: bool) -> str:
     if quick:
         found = _geomloss.compare(_geomloss_clouds, _geomloss_ours, sizes=(1000,), dims=(2,),
                                   budget=budget)
-    elif _geomloss.LARGE:
-        found = _geomloss.compare(_geomloss_clouds, _geomloss_ours)
     else:
         found = _geomloss.compare(_geomloss_clouds, _geomloss_ours, sizes=(2000,), dims=(2,))
     return "\n" + _geomloss.section(

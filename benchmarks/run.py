@@ -38,7 +38,8 @@ _THREADS = ", ".join(
 )
 FAMILIES = [
     "mm", "sso", "moe", "ot", "ot_batched", "sparse_ot", "pointcloud", "smooth_ot",
-    "unbalanced", "clustering", "icp", "icp_scale", "symmetric", "nonrigid", "bilevel", "bcd",
+    "pointcloud_peers", "unbalanced", "clustering", "icp", "icp_scale", "symmetric", "nonrigid",
+    "bilevel", "bcd",
 ]
 
 

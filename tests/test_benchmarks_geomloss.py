@@ -114,7 +114,7 @@ def _fake_runs(bench, monkeypatch, seconds_per_update, error_of):
     return ran
 
 
-def test_sweep_stops_at_the_target_or_the_budget_and_jumps(monkeypatch):
+def test_sweep_stops_at_the_target_or_the_budget(monkeypatch):
     bench = _module()
     x = np.random.default_rng(0).random((10, 2))
     a = np.full(10, 0.1)
@@ -129,10 +129,6 @@ def test_sweep_stops_at_the_target_or_the_budget_and_jumps(monkeypatch):
     ran.clear()
     runs, _ = bench.sweep(x, x, a, a, 1e-3, 0.0, "online", None, 5.0, settings)
     assert ran == settings[:3] and runs[-1]["status"].startswith("skipped")
-    # jump: after the first run only the last setting within the budget runs.
-    ran.clear()
-    runs, _ = bench.sweep(x, x, a, a, 1e-3, 0.0, "online", None, 50.0, settings, jump=True)
-    assert ran == [settings[0], settings[3]] and runs[-1]["status"].startswith("skipped")
 
 
 def test_compare_without_geomloss_runs_nothing(monkeypatch):
@@ -145,3 +141,46 @@ def test_compare_without_geomloss_runs_nothing(monkeypatch):
     table, lines = bench.compare(never, never, sizes=(10,), dims=(2,))
     assert table == "" and "torch not installed" in lines
     assert "torch not installed" in bench.section(table, lines, "ours", regime="sharp")
+
+
+def _until(bench, backend, tmp_path, monkeypatch, reg, target):
+    """solve_until on a small problem, geomloss's module restored after it; returns the
+    result and the clouds' path."""
+    from geomloss._legacy import sinkhorn_samples
+
+    originals = {name: getattr(sinkhorn_samples, name)
+                 for name in ("scaling_parameters", "sinkhorn_loop")}
+    for name, value in originals.items():  # monkeypatch restores them after the test too
+        monkeypatch.setattr(sinkhorn_samples, name, value)
+    x, y, a, b = _problem(150, 120, 2, seed=5)
+    path = str(tmp_path / "clouds.npz")
+    np.savez(path, x=x, y=y, a=a, b=b, reg=reg)
+    out = bench.solve_until(path, backend, target, 120.0)
+    for name, value in originals.items():
+        setattr(sinkhorn_samples, name, value)
+    return out, path
+
+
+def test_solve_until_reads_the_iterate_it_checks(tmp_path, monkeypatch):
+    """solve_until's error is that of the iterate geomloss holds (decoded from its softmin's
+    arguments): the potentials geomloss returns after as many updates (its last one a full
+    update more) have the same error to a few percent."""
+    pytest.importorskip("pykeops")
+    pytest.importorskip("geomloss")
+    bench = _module()
+    out, path = _until(bench, "online", tmp_path, monkeypatch, reg=0.05, target=1e-7)
+    assert out["status"] == "reached" and out["error"] <= 1e-7
+    assert out["iterations"] > out["scheduled"] and out["time"] > 0
+    returned = bench._solve(path, "online", 0.9, out["iterations"] - out["scheduled"] - 1)
+    assert returned["error"] == pytest.approx(out["error"], rel=0.1)
+
+
+def test_solve_until_says_when_multiscale_stays_coarse(tmp_path, monkeypatch):
+    """At a reg above the clusters' scale geomloss's multiscale backend would run the extra
+    updates on the clusters: solve_until stops at once and says so."""
+    pytest.importorskip("pykeops")
+    pytest.importorskip("geomloss")
+    bench = _module()
+    out, _ = _until(bench, "multiscale", tmp_path, monkeypatch, reg=0.05, target=1e-7)
+    assert out["status"].startswith("stopped") and "coarse level" in out["status"]
+    assert out["iterations"] == out["scheduled"]
