@@ -40,10 +40,7 @@ HERE = Path(__file__).resolve().parent
 TOL = 1e-6
 BUDGET = float(os.environ.get("MMOPT_BENCH_PEERS_BUDGET", 600))
 SIZES = {"smooth": (2000, 4000, 8000, 16_000, 32_000), "sharp": (1000, 2000, 4000, 8000)}
-# The sharp regime in 3-D only: at 1000 points no peer reaches TOL within the budget in
-# either dimension (the 90 s and 15 s runs of bench_pointcloud), so a second dimension would
-# add three ten-minute runs that show the same.
-DIMS = {"smooth": (2, 3), "sharp": (3,)}
+DIMS = {"smooth": (2, 3), "sharp": (2, 3)}
 PEERS = ("POT lazy", "geomloss online", "geomloss multiscale")
 POT_CHUNK = 50
 
