@@ -161,17 +161,19 @@ def _until(bench, backend, tmp_path, monkeypatch, reg, target):
     return out, path
 
 
-def test_solve_until_reads_the_iterate_it_checks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["tensorized", "online"])
+def test_solve_until_reads_the_iterate_it_checks(backend, tmp_path, monkeypatch):
     """solve_until's error is that of the iterate geomloss holds (decoded from its softmin's
     arguments): the potentials geomloss returns after as many updates (its last one a full
     update more) have the same error to a few percent."""
-    pytest.importorskip("pykeops")
+    if backend != "tensorized":
+        pytest.importorskip("pykeops")
     pytest.importorskip("geomloss")
     bench = _module()
-    out, path = _until(bench, "online", tmp_path, monkeypatch, reg=0.05, target=1e-7)
+    out, path = _until(bench, backend, tmp_path, monkeypatch, reg=0.05, target=1e-7)
     assert out["status"] == "reached" and out["error"] <= 1e-7
     assert out["iterations"] > out["scheduled"] and out["time"] > 0
-    returned = bench._solve(path, "online", 0.9, out["iterations"] - out["scheduled"] - 1)
+    returned = bench._solve(path, backend, 0.9, out["iterations"] - out["scheduled"] - 1)
     assert returned["error"] == pytest.approx(out["error"], rel=0.1)
 
 
