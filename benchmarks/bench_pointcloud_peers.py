@@ -132,8 +132,9 @@ def _run(solver: str, regime: str, n: int, d: int, budget: float) -> dict:
 
 
 def _row(regime, d, n, solver, out, ours) -> dict:
+    # A run with no plan to compare (stopped before any check) has no ratio.
     ratio = None
-    if "time" in out and "time" in ours and np.isfinite(out["time"]):
+    if np.isfinite(out.get("error", np.nan)) and np.isfinite(out.get("time", np.nan)):
         ratio = out["time"] / ours["time"]
     return {"regime": regime, "d": d, "n = m": n, "solver": solver,
             "time (s)": out.get("time"), "CPU (s)": out.get("cpu"),
@@ -156,8 +157,8 @@ def _summary(regime, d, solver, runs, ours) -> str:
             line += f"; n = m = {runs[-1][0]}: {following.get('status')}"
         return head + line
     n, out = runs[0]
-    if "time" not in out:
-        return head + f"did not run ({out.get('status')})"
+    if not np.isfinite(out.get("error", np.nan)):
+        return head + f"no result at n = m = {n} ({out.get('status')})"
     return head + (f"did not reach {TOL:g} at n = m = {n} ({out.get('status')}; its error "
                    f"{out.get('error', np.nan):.1e} after {out['time']:.0f} s, ours "
                    f"{ours[n].get('error', np.nan):.1e} in {ours[n]['time']:.2f} s: the "
