@@ -99,18 +99,14 @@ def _diameter(x, y) -> float:
     return float(np.linalg.norm(both.max(axis=0) - both.min(axis=0)))
 
 
-def _solve(path: str, backend: str, scaling: float, extra: int = 0) -> dict:
-    """One geomloss solve of the clouds saved at ``path`` (run in its own process), with
-    ``extra`` more updates at the final epsilon than its schedule has."""
-    import resource
-    import time
-
+def _compiled_loss(path: str, backend: str, scaling: float):
+    """The clouds saved at ``path`` (``x, y, a, b, reg``), geomloss's float64 ``SamplesLoss``
+    on them and its input tensors, its kernels compiled by a call on 16 points (KeOps
+    compiles at its first call, cached on disk after: not timed)."""
     import torch
     from geomloss import SamplesLoss
 
     torch.set_num_threads(THREADS)
-    if extra:
-        _extend_schedule(extra)
     data = np.load(path)
     x, y, a, b, reg = (data[k] for k in ("x", "y", "a", "b", "reg"))
     reg = float(reg)
@@ -118,8 +114,19 @@ def _solve(path: str, backend: str, scaling: float, extra: int = 0) -> dict:
     tensors = [torch.from_numpy(np.ascontiguousarray(v)) for v in (a, x, b, y)]
     loss = SamplesLoss("sinkhorn", p=2, blur=geomloss_blur(reg), scaling=scaling,
                        debias=False, potentials=True, backend=backend)
-    # KeOps compiles its kernels at their first call (cached on disk after): not timed.
     loss(*(t[:16] for t in tensors))
+    return x, y, a, b, reg, loss, tensors
+
+
+def _solve(path: str, backend: str, scaling: float, extra: int = 0) -> dict:
+    """One geomloss solve of the clouds saved at ``path`` (run in its own process), with
+    ``extra`` more updates at the final epsilon than its schedule has."""
+    import resource
+    import time
+
+    if extra:
+        _extend_schedule(extra)
+    x, y, a, b, reg, loss, tensors = _compiled_loss(path, backend, scaling)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_start = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
@@ -185,19 +192,11 @@ def solve_until(path: str, backend: str, target: float, budget: float,
     import time
 
     import torch
-    from geomloss import SamplesLoss
     from geomloss._legacy import sinkhorn_samples
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    torch.set_num_threads(THREADS)
-    data = np.load(path)
-    x, y, a, b, reg = (data[k] for k in ("x", "y", "a", "b", "reg"))
-    reg = float(reg)
-    tensors = [torch.from_numpy(np.ascontiguousarray(v)) for v in (a, x, b, y)]
-    loss = SamplesLoss("sinkhorn", p=2, blur=geomloss_blur(reg), scaling=scaling,
-                       debias=False, potentials=True, backend=backend)
-    loss(*(t[:16] for t in tensors))  # KeOps compiles at its first call: not timed
+    x, y, a, b, reg, loss, tensors = _compiled_loss(path, backend, scaling)
     schedule, loop = sinkhorn_samples.scaling_parameters, sinkhorn_samples.sinkhorn_loop
     watch = {"scheduled": 0, "checks": 0.0, "errors": {}}
 
